@@ -1,0 +1,37 @@
+// col2im.cl: the adjoint of im2col (torch.nn.functional.fold): sums every column element back into the
+// image position it was copied from. Zero padding only (positions in the padding are dropped).
+//
+// Gather formulation: one work-item per image element reads the (at most KSIZE) column entries that map
+// onto it, so no atomics are needed and the result is deterministic.
+// NDRange: (IW, IH, batch * C * ID). Column layout as in im2col.cl; uses common.cl's geometry defines.
+
+#include "common.cl"
+
+__kernel void col2im(__global const REAL* restrict col, const long col_offset,
+                     __global REAL* restrict x, const long x_offset) {
+    const int w = get_global_id(0);
+    const int h = get_global_id(1);
+    const int ncd = get_global_id(2);
+    const int d = ncd % ID;
+    const int nc = ncd / ID;  // n * C + c
+    const int c = nc % C;
+    const int n = nc / C;
+
+    ACC sum = 0;
+    for (int kd = 0; kd < KD; ++kd) {
+        const int pd = d + PD - kd * DD;  // padded coordinate minus the kernel offset
+        if (pd < 0 || pd % SD != 0 || pd / SD >= OD) continue;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ph = h + PH - kh * DH;
+            if (ph < 0 || ph % SH != 0 || ph / SH >= OH) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                const int pw = w + PW - kw * DW;
+                if (pw < 0 || pw % SW != 0 || pw / SW >= OW) continue;
+                const int row = c * KSIZE + (kd * KH + kh) * KW + kw;
+                const int l = ((pd / SD) * OH + ph / SH) * OW + pw / SW;
+                sum += col[col_offset + ((idx_t)n * (C * KSIZE) + row) * OUT_SPATIAL + l];
+            }
+        }
+    }
+    x[x_offset + (((idx_t)nc * ID + d) * IH + h) * IW + w] = (REAL)sum;
+}

@@ -1,0 +1,132 @@
+// common.cl: precision, index type, geometry defaults and padding-mode coordinate mapping shared by
+// every clconv kernel. The host prepends nothing: it passes -D defines, and each define has a default
+// here so that any kernel file compiles on its own (for tests and offline inspection).
+//
+// -D REAL       storage type: float (default), double or half
+// -D ACC        accumulation type: defaults to REAL (float for half; see below)
+// -D USE_FP64   enable cl_khr_fp64          -D USE_FP16  enable cl_khr_fp16
+// -D INDEX_T    integer type of flat offsets: int (default) or long, chosen by the host from the sizes
+// -D PAD_MODE   0 zeros, 1 reflect, 2 replicate, 3 circular
+//
+// Geometry is canonical 3-D: 1-D and 2-D problems are 3-D ones whose leading spatial dims are 1, so one
+// kernel family serves conv1d/2d/3d. Sizes are compile-time constants so that the index arithmetic
+// below divides by constants (the compiler turns those into multiplies and shifts).
+
+#ifdef USE_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+#ifdef USE_FP16
+#pragma OPENCL EXTENSION cl_khr_fp16 : enable
+#endif
+
+#ifndef REAL
+#define REAL float
+#endif
+#ifndef ACC
+#define ACC REAL
+#endif
+#ifndef INDEX_T
+#define INDEX_T int
+#endif
+typedef INDEX_T idx_t;
+
+// Input geometry (per image): C channels of ID x IH x IW.
+#ifndef C
+#define C 1
+#endif
+#ifndef ID
+#define ID 1
+#endif
+#ifndef IH
+#define IH 1
+#endif
+#ifndef IW
+#define IW 1
+#endif
+// Output spatial size.
+#ifndef OD
+#define OD 1
+#endif
+#ifndef OH
+#define OH 1
+#endif
+#ifndef OW
+#define OW 1
+#endif
+// Kernel size, stride, leading padding and dilation per spatial dim.
+#ifndef KD
+#define KD 1
+#endif
+#ifndef KH
+#define KH 1
+#endif
+#ifndef KW
+#define KW 1
+#endif
+#ifndef SD
+#define SD 1
+#endif
+#ifndef SH
+#define SH 1
+#endif
+#ifndef SW
+#define SW 1
+#endif
+#ifndef PD
+#define PD 0
+#endif
+#ifndef PH
+#define PH 0
+#endif
+#ifndef PW
+#define PW 0
+#endif
+#ifndef DD
+#define DD 1
+#endif
+#ifndef DH
+#define DH 1
+#endif
+#ifndef DW
+#define DW 1
+#endif
+
+#define KSIZE (KD * KH * KW)
+#define IN_SPATIAL (ID * IH * IW)
+#define OUT_SPATIAL (OD * OH * OW)
+
+#define PAD_ZEROS 0
+#define PAD_REFLECT 1
+#define PAD_REPLICATE 2
+#define PAD_CIRCULAR 3
+#ifndef PAD_MODE
+#define PAD_MODE PAD_ZEROS
+#endif
+
+// Maps coordinate i of the padded input onto the stored input of extent n; -1 means "a zero".
+// The host has validated the padding against the mode (reflect: pad < n, circular: pad <= n), so one
+// reflection or one wrap is always enough.
+inline int source_coord(int i, int n) {
+#if PAD_MODE == PAD_ZEROS
+    return (i >= 0 && i < n) ? i : -1;
+#elif PAD_MODE == PAD_REFLECT
+    if (i < 0) i = -i;
+    if (i >= n) i = 2 * (n - 1) - i;
+    return i;
+#elif PAD_MODE == PAD_REPLICATE
+    return clamp(i, 0, n - 1);
+#elif PAD_MODE == PAD_CIRCULAR
+    return (i % n + n) % n;
+#else
+#error "unknown PAD_MODE"
+#endif
+}
+
+// Flat offset of input element (c, d, h, w) inside one image, or -1 when the padded position is a zero.
+inline idx_t input_offset(int c, int d, int h, int w) {
+    const int sd = source_coord(d, ID);
+    const int sh = source_coord(h, IH);
+    const int sw = source_coord(w, IW);
+    if (sd < 0 || sh < 0 || sw < 0) return -1;
+    return ((idx_t)c * ID + sd) * (IH * IW) + (idx_t)sh * IW + sw;
+}

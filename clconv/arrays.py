@@ -1,0 +1,135 @@
+"""Operands in and results out: numpy or pyopencl arrays to contiguous device arrays, dtype rules.
+
+A numpy input gives a numpy result (one upload, one download); a `pyopencl.array.Array` input stays on
+the device and gives a `pyopencl.array.Array` on the device's queue, with nothing copied to the host.
+Device arrays that are contiguous enter the kernels as they are (offset included); strided ones are
+gathered on the device first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Union
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+
+from .device import Device
+from .errors import UnsupportedError
+from .program import kernel, precision_defines
+
+__all__ = ["ArrayLike", "is_device_array", "result_dtype", "to_device", "empty", "deliver",
+           "element_offset", "index_type"]
+
+ArrayLike = Union[np.ndarray, cla.Array]
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_device_array(x: object) -> bool:
+    return isinstance(x, cla.Array)
+
+
+def _dtype_of(x: object, name: str) -> np.dtype:
+    if isinstance(x, (np.ndarray, cla.Array)):
+        return np.dtype(x.dtype)
+    if x is None or isinstance(x, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be a numpy or pyopencl array, got {type(x).__name__}")
+    try:
+        return np.asarray(x).dtype
+    except Exception as err:
+        raise TypeError(f"{name} must be a numpy or pyopencl array, got {type(x).__name__}") from err
+
+
+def result_dtype(dev: Device, **operands: Any) -> np.dtype:
+    """The common floating dtype of the operands (None entries are skipped).
+
+    Raises TypeError (naming the argument) for non-float or mixed dtypes, and UnsupportedError when
+    the device lacks the precision.
+    """
+    dtypes = {name: _dtype_of(x, name) for name, x in operands.items() if x is not None}
+    for name, dt in dtypes.items():
+        if dt not in _FLOATS:
+            raise TypeError(f"{name} has dtype {dt}; clconv computes in float16, float32 or float64 "
+                            f"(convert with .astype(np.float32))")
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{n}: {d}" for n, d in dtypes.items())
+        raise TypeError(f"mixed dtypes ({listed}); all operands must have the same dtype")
+    dtype = next(iter(dtypes.values()))
+    if dtype == np.float64 and not dev.fp64:
+        raise UnsupportedError(f"dtype float64 needs cl_khr_fp64, which device {dev.name!r} "
+                               f"({dev.platform_name}) lacks; use float32")
+    if dtype == np.float16 and not dev.fp16:
+        raise UnsupportedError(f"dtype float16 needs cl_khr_fp16, which device {dev.name!r} "
+                               f"({dev.platform_name}) lacks; use float32")
+    return dtype
+
+
+def element_offset(a: cla.Array) -> int:
+    """The array's start inside its buffer, in elements (pyopencl keeps it in bytes)."""
+    return a.offset // a.dtype.itemsize
+
+
+def index_type(*element_counts: int) -> str:
+    """INDEX_T for kernels whose buffers hold up to these many elements."""
+    return "long" if max(element_counts, default=0) >= 2**31 else "int"
+
+
+def to_device(x: Any, dev: Device, name: str, dtype: np.dtype) -> cla.Array:
+    """`x` as a C-contiguous device array of `dtype` on `dev` (no copy when it already is one)."""
+    if isinstance(x, cla.Array):
+        if x.context != dev.context:
+            raise ValueError(f"{name} is a pyopencl array of another OpenCL context than the current "
+                             f"device {dev.name!r}; move it with {name}.get() or compute inside "
+                             f"`with clconv.device(...)` for its device")
+        if x.queue is not None and x.queue != dev.queue:
+            x.queue.finish()  # the producer's queue may still be writing it
+        else:
+            x.finish()
+        if x.size and not x.flags.c_contiguous:
+            return _gather(x, dev)
+        return x
+    host = np.ascontiguousarray(np.asarray(x), dtype=dtype)
+    if host.size == 0:
+        return cla.empty(dev.queue, host.shape, dtype)
+    return cla.to_device(dev.queue, host)
+
+
+def _gather(x: cla.Array, dev: Device) -> cla.Array:
+    """Contiguous copy of a strided device array (up to 5 dims) made on the device."""
+    if x.ndim > 5:
+        raise ValueError(f"strided device arrays of more than 5 dims are not supported (ndim={x.ndim})")
+    lift = 5 - x.ndim
+    shape = (1,) * lift + tuple(x.shape)
+    strides = (0,) * lift + tuple(s // x.dtype.itemsize for s in x.strides)
+    defines = precision_defines(x.dtype)
+    defines.update({f"S{i}": s for i, s in enumerate(shape)})
+    defines.update({f"T{i}": t for i, t in enumerate(strides)})
+    span = sum((s - 1) * abs(t) for s, t in zip(shape, strides)) + element_offset(x) + 1
+    defines["INDEX_T"] = index_type(span, x.size)
+    out = cla.empty(dev.queue, x.shape, x.dtype)
+    with dev.lock:
+        kernel(dev, "strided_copy.cl", "strided_copy", defines)(
+            dev.queue, (x.size,), None, x.base_data, np.int64(element_offset(x)), out.data)
+    return out
+
+
+def empty(dev: Device, shape: tuple[int, ...], dtype: np.dtype) -> cla.Array:
+    return cla.empty(dev.queue, shape, dtype)
+
+
+def deliver(out: cla.Array, as_host: bool) -> ArrayLike:
+    """The result as the caller gave its input: numpy (downloaded, blocking) or the device array."""
+    if not as_host:
+        return out
+    if out.size == 0:
+        return np.empty(out.shape, out.dtype)
+    return out.get()
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def buffer_of(a: cla.Array) -> cl.Buffer:
+    return a.base_data

@@ -1,0 +1,239 @@
+"""OpenCL devices: discovery, selection and the current-device context manager.
+
+A `Device` owns one context and one in-order queue for the whole process (CLBlast caches its compiled
+programs per context, so contexts must live long). `device(spec)` only chooses which `Device` is
+current; the choice is held in a `contextvars.ContextVar`, so blocks nest, restore on exit and are
+independent per thread.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+import warnings
+from functools import cached_property
+from typing import Any
+
+import pyopencl as cl
+
+from .errors import DeviceNotFoundError
+
+__all__ = ["Device", "devices", "device", "current_device", "default_device_reason"]
+
+ENV_VAR = "CLCONV_DEVICE"
+_KINDS = ((cl.device_type.GPU, "gpu"), (cl.device_type.ACCELERATOR, "accelerator"),
+          (cl.device_type.CPU, "cpu"))
+_PROBE_SOURCE = "__kernel void clconv_probe(__global float* x) { x[get_global_id(0)] *= 2.0f; }"
+_INSTALL_HINT = ("No OpenCL platform found. Install one, e.g. PoCL for the CPU on Debian/Ubuntu: "
+                 "`sudo apt-get install pocl-opencl-icd ocl-icd-opencl-dev`, or your GPU vendor's "
+                 "OpenCL driver.")
+
+
+class Device:
+    """One OpenCL device with its process-wide context, queue and caches.
+
+    Attributes: name, platform_name, vendor, kind ('cpu' | 'gpu' | 'accelerator'), fp16, fp64,
+    global_mem_bytes, max_alloc_bytes, index (position in `devices()`), platform_index,
+    device_index, and the lazily created `context` and `queue`.
+    """
+
+    def __init__(self, cl_device: cl.Device, index: int, platform_index: int,
+                 device_index: int) -> None:
+        self.cl_device = cl_device
+        self.index = index
+        self.platform_index = platform_index
+        self.device_index = device_index
+        self.name: str = cl_device.name.strip()
+        self.platform_name: str = cl_device.platform.name.strip()
+        self.vendor: str = cl_device.vendor.strip()
+        self.kind: str = next((k for t, k in _KINDS if cl_device.type & t), "cpu")
+        extensions = cl_device.extensions.split()
+        self.fp16: bool = "cl_khr_fp16" in extensions
+        self.fp64: bool = "cl_khr_fp64" in extensions or bool(cl_device.double_fp_config)
+        self.global_mem_bytes: int = int(cl_device.global_mem_size)
+        self.max_alloc_bytes: int = int(cl_device.max_mem_alloc_size)
+        self.opencl_version: str = cl_device.version.strip()
+        self.driver_version: str = cl_device.driver_version.strip()
+        # Serialises set-args + enqueue sequences that share kernels and the workspace.
+        self.lock = threading.RLock()
+        self.cache: dict[Any, Any] = {}  # per-device memo: programs, kernels, workspace, GEMM state
+        self._probe_lock = threading.Lock()
+        self._unusable_reason: str | None = None
+        self._probed = False
+
+    @cached_property
+    def context(self) -> cl.Context:
+        return cl.Context([self.cl_device])
+
+    @cached_property
+    def queue(self) -> cl.CommandQueue:
+        return cl.CommandQueue(self.context)
+
+    @property
+    def unusable_reason(self) -> str | None:
+        """None if a trivial kernel builds and runs here, else the first line of what went wrong."""
+        with self._probe_lock:
+            if not self._probed:
+                self._unusable_reason = _probe(self)
+                self._probed = True
+        return self._unusable_reason
+
+    @property
+    def usable(self) -> bool:
+        return self.unusable_reason is None
+
+    def __repr__(self) -> str:
+        return (f"<clconv.Device {self.index}: {self.name!r} on {self.platform_name!r} "
+                f"({self.kind}, {self.global_mem_bytes / 2**30:.1f} GiB, "
+                f"fp64={'yes' if self.fp64 else 'no'}, fp16={'yes' if self.fp16 else 'no'})>")
+
+    def __enter__(self) -> Device:
+        _STACK.set(_STACK.get() + (self,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # The stack lives in the caller's context (thread or asyncio task), not on the Device, so the
+        # same Device can be entered in many threads at once.
+        _STACK.set(_STACK.get()[:-1])
+
+
+def _probe(dev: Device) -> str | None:
+    """Builds and runs a trivial kernel; returns None on success, else a one-line reason."""
+    try:
+        prg = cl.Program(dev.context, _PROBE_SOURCE)
+        try:
+            prg.build()
+        except cl.Error as err:
+            log = ""
+            try:
+                log = prg.get_build_info(dev.cl_device, cl.program_build_info.LOG)
+            except cl.Error:
+                pass
+            first = next((ln.strip() for ln in (log or str(err)).splitlines() if ln.strip()), "")
+            return f"cannot build a trivial kernel: {first or err}"
+        import numpy as np
+        host = np.ones(4, np.float32)
+        buf = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                        hostbuf=host)
+        prg.clconv_probe(dev.queue, (4,), None, buf)
+        cl.enqueue_copy(dev.queue, host, buf)
+        if not (host == 2).all():
+            return "a trivial kernel ran but computed wrong results"
+    except Exception as err:  # a broken driver can fail in many ways; none may escape as a crash
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
+_DEVICES: list[Device] | None = None
+_DEVICES_LOCK = threading.Lock()
+
+
+def devices() -> list[Device]:
+    """Every OpenCL device on every platform, in platform order (the same objects on every call)."""
+    global _DEVICES
+    with _DEVICES_LOCK:
+        if _DEVICES is None:
+            found: list[Device] = []
+            try:
+                platforms = cl.get_platforms()
+            except cl.Error:  # the ICD loader reports "no platforms" as an error
+                platforms = []
+            for p_index, platform in enumerate(platforms):
+                try:
+                    cl_devices = platform.get_devices()
+                except cl.Error:
+                    continue
+                for d_index, cl_device in enumerate(cl_devices):
+                    found.append(Device(cl_device, len(found), p_index, d_index))
+            _DEVICES = found
+        return list(_DEVICES)
+
+
+def _describe(devs: list[Device]) -> str:
+    if not devs:
+        return _INSTALL_HINT
+    lines = []
+    for d in devs:
+        state = "" if d._probed is False or d.usable else f"  [unusable: {d.unusable_reason}]"
+        lines.append(f"  {d.index} ({d.platform_index}:{d.device_index}) {d.kind}: {d.name} "
+                     f"[{d.platform_name}]{state}")
+    return "available OpenCL devices:\n" + "\n".join(lines)
+
+
+def _usable_or_warn(d: Device) -> bool:
+    if d.usable:
+        return True
+    warnings.warn(f"clconv: skipping OpenCL device {d.name!r} on {d.platform_name!r}: "
+                  f"{d.unusable_reason}", RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _select(spec: str) -> Device:
+    devs = devices()
+    if not devs:
+        raise DeviceNotFoundError(_INSTALL_HINT)
+    text = spec.strip()
+    low = text.lower()
+    if low in ("cpu", "gpu", "accelerator"):
+        candidates = [d for d in devs if d.kind == low]
+    elif text.isdigit():
+        candidates = [d for d in devs if d.index == int(text)]
+    elif ":" in text and all(part.strip().isdigit() for part in text.split(":", 1)):
+        p, q = (int(part) for part in text.split(":", 1))
+        candidates = [d for d in devs if d.platform_index == p and d.device_index == q]
+    else:
+        candidates = [d for d in devs if low and (low in d.name.lower()
+                                                  or low in d.platform_name.lower())]
+    usable = [d for d in candidates if _usable_or_warn(d)]
+    if usable:
+        return usable[0]
+    why = "matches only unusable devices" if candidates else "matches no device"
+    raise DeviceNotFoundError(f"device spec {spec!r} {why}; {_describe(devs)}")
+
+
+def _default() -> tuple[Device, str]:
+    env = os.environ.get(ENV_VAR)
+    if env is not None and env.strip():
+        return _select(env), f"{ENV_VAR}={env!r}"
+    devs = devices()
+    if not devs:
+        raise DeviceNotFoundError(_INSTALL_HINT)
+    for kind in ("gpu", "cpu", "accelerator"):
+        for d in devs:
+            if d.kind == kind and _usable_or_warn(d):
+                return d, f"first usable {kind.upper()} ({ENV_VAR} not set)"
+    raise DeviceNotFoundError(f"no usable OpenCL device; {_describe(devs)}")
+
+
+# The devices of the enclosing `with` blocks, innermost last.
+_STACK: contextvars.ContextVar[tuple[Device, ...]] = contextvars.ContextVar("clconv_devices",
+                                                                           default=())
+
+
+def device(spec: str | int | Device | None = None) -> Device:
+    """Selects a device; use as `with clconv.device("cpu") as dev:` to make it current in a block.
+
+    spec: None (env CLCONV_DEVICE, else the first usable GPU, else the first usable CPU), 'cpu',
+    'gpu', 'accelerator', an index into `devices()` ('N' or N), 'P:D' (platform:device indices, like
+    PYOPENCL_CTX), or a case-insensitive substring of the platform or device name ('pocl').
+    Raises DeviceNotFoundError (listing the devices) when nothing usable matches.
+    """
+    if isinstance(spec, Device):
+        return spec
+    if spec is None:
+        return _default()[0]
+    if isinstance(spec, bool) or not isinstance(spec, (str, int)):
+        raise TypeError(f"device spec must be a str, int, Device or None, got {type(spec).__name__}")
+    return _select(str(spec))
+
+
+def current_device() -> Device:
+    """The device of the innermost active `with clconv.device(...)` block, else the default one."""
+    stack = _STACK.get()
+    return stack[-1] if stack else _default()[0]
+
+
+def default_device_reason() -> tuple[Device, str]:
+    """The default device and why it was chosen (for `python -m clconv info`)."""
+    return _default()

@@ -1,0 +1,277 @@
+"""Argument normalisation, validation and output sizes for convolutions and im2col/col2im.
+
+Pure functions of shapes and arguments (nothing here touches a device), so every check runs before any
+work is queued. Messages name the offending argument, as PyTorch's do.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+__all__ = ["IntOrTuple", "PaddingArg", "PADDING_MODES", "ConvGeometry", "as_tuple", "conv_geometry",
+           "unfold_geometry", "fold_geometry", "spatial_defines"]
+
+IntOrTuple = Union[int, Sequence[int]]
+PaddingArg = Union[int, Sequence[int], str]
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_PAD_MODE_CODE = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def as_tuple(value: IntOrTuple, nd: int, name: str, minimum: int) -> tuple[int, ...]:
+    """An int or a sequence of 1 or `nd` ints, as an nd-tuple of ints >= minimum."""
+    if _is_int(value):
+        items = [int(value)] * nd
+    elif isinstance(value, Sequence) and not isinstance(value, str) and all(map(_is_int, value)):
+        items = [int(v) for v in value]
+        if len(items) == 1:
+            items = items * nd
+        if len(items) != nd:
+            raise ValueError(f"{name} must be an int or a sequence of {nd} ints for a {nd}-d "
+                             f"operation, got {tuple(value)}")
+    else:
+        raise TypeError(f"{name} must be an int or a sequence of {nd} ints, got {value!r}")
+    if any(v < minimum for v in items):
+        what = "negative" if minimum == 0 else f"less than {minimum}"
+        raise ValueError(f"{name} must not be {what}, got {tuple(items)}")
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything about one convolution except the data: sizes per spatial dim, in PyTorch order.
+
+    A transposed convolution is described by the geometry of the forward convolution it is the adjoint
+    of: `in_size` is then the transposed op's output size.
+    """
+
+    nd: int
+    batch: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    in_size: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pad_lo: tuple[int, ...]
+    pad_hi: tuple[int, ...]
+    out_size: tuple[int, ...]
+    padding_mode: str = "zeros"
+
+    @property
+    def ksize(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def in_spatial(self) -> int:
+        return math.prod(self.in_size)
+
+    @property
+    def out_spatial(self) -> int:
+        return math.prod(self.out_size)
+
+    @property
+    def cin_per_group(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def cout_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def is_pointwise(self) -> bool:
+        """True when im2col would copy the input unchanged (1x1 kernel, stride 1, no padding)."""
+        return (self.ksize == 1 and set(self.stride) == {1} and not any(self.pad_lo)
+                and not any(self.pad_hi))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.in_channels, *self.in_size)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.out_channels, *self.out_size)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.cin_per_group, *self.kernel)
+
+    @property
+    def column_rows(self) -> int:
+        """Rows of one image's column matrix: C_in * prod(kernel)."""
+        return self.in_channels * self.ksize
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x 2 of the convolution (the usual GFLOP/s convention)."""
+        return 2 * self.batch * self.out_channels * self.out_spatial * self.cin_per_group * self.ksize
+
+    def defines(self) -> dict[str, object]:
+        """The -D geometry of common.cl (canonical 3-D: leading dims of 1 for 1-D and 2-D)."""
+        return spatial_defines(self.in_channels, self.in_size, self.out_size, self.kernel,
+                               self.stride, self.pad_lo, self.dilation, self.padding_mode)
+
+
+def spatial_defines(channels: int, in_size: Sequence[int], out_size: Sequence[int],
+                    kernel: Sequence[int], stride: Sequence[int], pad_lo: Sequence[int],
+                    dilation: Sequence[int], padding_mode: str = "zeros") -> dict[str, object]:
+    lift = 3 - len(in_size)
+
+    def canon(values: Sequence[int], fill: int) -> list[int]:
+        return [fill] * lift + list(values)
+
+    defines: dict[str, object] = {"C": channels, "PAD_MODE": _PAD_MODE_CODE[padding_mode]}
+    for prefix, values, fill in (("I", in_size, 1), ("O", out_size, 1)):
+        for axis, v in zip("DHW", canon(values, fill)):
+            defines[prefix + axis] = v
+    for prefix, values, fill in (("K", kernel, 1), ("S", stride, 1), ("P", pad_lo, 0),
+                                 ("D", dilation, 1)):
+        for axis, v in zip("DHW", canon(values, fill)):
+            defines[prefix + axis] = v
+    return defines
+
+
+def _out_size(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+              dilation: Sequence[int], pad_lo: Sequence[int], pad_hi: Sequence[int]) -> tuple[int, ...]:
+    return tuple((i + lo + hi - d * (k - 1) - 1) // s + 1
+                 for i, k, s, d, lo, hi in zip(in_size, kernel, stride, dilation, pad_lo, pad_hi))
+
+
+def _check_kernel_fits(in_size: Sequence[int], kernel: Sequence[int], dilation: Sequence[int],
+                       pad_lo: Sequence[int], pad_hi: Sequence[int]) -> None:
+    padded = tuple(i + lo + hi for i, lo, hi in zip(in_size, pad_lo, pad_hi))
+    extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    if any(e > p for e, p in zip(extent, padded)):
+        raise ValueError(f"kernel size {tuple(kernel)} (dilated extent {extent}) is larger than the "
+                         f"padded input {padded}")
+
+
+def conv_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int],
+                  stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
+                  padding_mode: str = "zeros") -> ConvGeometry:
+    """Validates a convolution's arguments (PyTorch's rules) and returns its geometry.
+
+    input_shape: (N, C_in, *spatial) (batched; the caller strips unbatched inputs first);
+    weight_shape: (C_out, C_in / groups, *kernel).
+    """
+    if len(input_shape) != nd + 2:
+        raise ValueError(f"input must have {nd + 1} (unbatched) or {nd + 2} (batched) dims for a "
+                         f"{nd}-d convolution, got shape {tuple(input_shape)}")
+    if len(weight_shape) != nd + 2:
+        raise ValueError(f"weight must have {nd + 2} dims (C_out, C_in/groups, *kernel) for a "
+                         f"{nd}-d convolution, got shape {tuple(weight_shape)}")
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups}")
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    stride_t = as_tuple(stride, nd, "stride", 1)
+    dilation_t = as_tuple(dilation, nd, "dilation", 1)
+    n, c_in, *in_size = (int(v) for v in input_shape)
+    c_out, c_in_g, *kernel = (int(v) for v in weight_shape)
+    if any(k < 1 for k in kernel) or c_in_g < 1 or c_out < 1:
+        raise ValueError(f"weight must have non-zero sizes (C_out, C_in/groups, *kernel), got shape "
+                         f"{tuple(weight_shape)}")
+    if c_out % groups:
+        raise ValueError(f"groups={groups} must divide the weight's output channels {c_out} "
+                         f"(weight shape {tuple(weight_shape)})")
+    if c_in_g * groups != c_in:
+        raise ValueError(f"input has {c_in} channels but weight {tuple(weight_shape)} with "
+                         f"groups={groups} expects {c_in_g * groups} (channel mismatch)")
+    pad_lo, pad_hi = _conv_padding(padding, nd, kernel, stride_t, dilation_t)
+    _check_kernel_fits(in_size, kernel, dilation_t, pad_lo, pad_hi)
+    if padding_mode == "reflect" and any(p >= i for p, i in zip(pad_lo + pad_hi, in_size * 2)):
+        raise ValueError(f"padding {tuple(zip(pad_lo, pad_hi))} with padding_mode='reflect' must be "
+                         f"smaller than the input size {tuple(in_size)} in every dim")
+    if padding_mode == "circular" and any(p > i for p, i in zip(pad_lo + pad_hi, in_size * 2)):
+        raise ValueError(f"padding {tuple(zip(pad_lo, pad_hi))} with padding_mode='circular' must "
+                         f"not exceed the input size {tuple(in_size)} (it would wrap more than once)")
+    out_size = _out_size(in_size, kernel, stride_t, dilation_t, pad_lo, pad_hi)
+    return ConvGeometry(nd, n, c_in, c_out, int(groups), tuple(in_size), tuple(kernel), stride_t,
+                        dilation_t, pad_lo, pad_hi, out_size, padding_mode)
+
+
+def _conv_padding(padding: PaddingArg, nd: int, kernel: Sequence[int], stride: tuple[int, ...],
+                  dilation: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(leading, trailing) padding per dim; 'same' pads an odd total with the extra on the end,
+    as PyTorch does for even kernels."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * nd, (0,) * nd
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(f"padding='same' is not supported for strided convolutions "
+                                 f"(stride={stride})")
+            total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+            lo = tuple(t // 2 for t in total)
+            return lo, tuple(t - low for t, low in zip(total, lo))
+        raise ValueError(f"padding must be an int, a tuple of ints, 'same' or 'valid', got {padding!r}")
+    pad = as_tuple(padding, nd, "padding", 0)
+    return pad, pad
+
+
+@dataclass(frozen=True)
+class UnfoldGeometry:
+    """im2col/col2im geometry: an image of `channels` x `in_size` and its `out_size` grid of blocks."""
+
+    channels: int
+    in_size: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[int, ...]
+    out_size: tuple[int, ...]
+
+    @property
+    def blocks(self) -> int:
+        return math.prod(self.out_size)
+
+    @property
+    def ksize(self) -> int:
+        return math.prod(self.kernel)
+
+    def defines(self) -> dict[str, object]:
+        return spatial_defines(self.channels, self.in_size, self.out_size, self.kernel, self.stride,
+                               self.padding, self.dilation)
+
+
+def _block_args(nd: int, kernel_size: IntOrTuple, dilation: IntOrTuple, padding: IntOrTuple,
+                stride: IntOrTuple) -> tuple[tuple[int, ...], ...]:
+    return (as_tuple(kernel_size, nd, "kernel_size", 1), as_tuple(dilation, nd, "dilation", 1),
+            as_tuple(padding, nd, "padding", 0), as_tuple(stride, nd, "stride", 1))
+
+
+def unfold_geometry(nd: int, channels: int, in_size: Sequence[int], kernel_size: IntOrTuple,
+                    dilation: IntOrTuple, padding: IntOrTuple, stride: IntOrTuple) -> UnfoldGeometry:
+    """Validates torch.nn.functional.unfold's arguments for an image of `in_size`."""
+    kernel, dil, pad, st = _block_args(nd, kernel_size, dilation, padding, stride)
+    out_size = _out_size(in_size, kernel, st, dil, pad, pad)
+    if any(o < 1 for o in out_size):
+        raise ValueError(f"kernel_size {kernel} with dilation {dil} does not fit the input of spatial "
+                         f"size {tuple(in_size)} padded by {pad}: it gives {out_size} blocks")
+    return UnfoldGeometry(channels, tuple(in_size), kernel, st, dil, pad, out_size)
+
+
+def fold_geometry(nd: int, rows: int, blocks: int, output_size: IntOrTuple, kernel_size: IntOrTuple,
+                  dilation: IntOrTuple, padding: IntOrTuple, stride: IntOrTuple) -> UnfoldGeometry:
+    """Validates torch.nn.functional.fold's arguments for columns of `rows` x `blocks`."""
+    size = as_tuple(output_size, nd, "output_size", 1)
+    kernel, dil, pad, st = _block_args(nd, kernel_size, dilation, padding, stride)
+    ksize = math.prod(kernel)
+    if rows % ksize:
+        raise ValueError(f"input's dim 1 ({rows}) must be divisible by the product of kernel_size "
+                         f"{kernel} ({ksize})")
+    out_size = _out_size(size, kernel, st, dil, pad, pad)
+    if any(o < 1 for o in out_size) or math.prod(out_size) != blocks:
+        raise ValueError(f"input has {blocks} blocks in its last dim, but output_size {size} with "
+                         f"kernel_size {kernel}, dilation {dil}, padding {pad} and stride {st} gives "
+                         f"{out_size} = {math.prod(out_size) if all(o > 0 for o in out_size) else 0}")
+    return UnfoldGeometry(rows // ksize, size, kernel, st, dil, pad, out_size)
