@@ -3,7 +3,7 @@
 // memory with irregular strides, and nothing is shared between neighbours.
 //
 // -D GROUPS, -D COUT  groups and output channels (C, the input channels, comes from common.cl)
-// -D HAS_BIAS         add bias[co]
+// -D HAS_BIAS         add bias[co]       -D RELU  apply max(0, .) last (NaN stays NaN)
 // NDRange: (OW, OH, batch * COUT * OD). Weight layout (COUT, C / GROUPS, KD, KH, KW).
 
 #include "common.cl"
@@ -47,6 +47,9 @@ __kernel void conv_direct(__global const REAL* restrict x, const long x_offset,
     }
 #ifdef HAS_BIAS
     sum += (ACC)bias[b_offset + co];
+#endif
+#ifdef RELU
+    sum = (sum < (ACC)0) ? (ACC)0 : sum;
 #endif
     y[y_offset + (((idx_t)nco * OD + od) * OH + oh) * OW + ow] = (REAL)sum;
 }

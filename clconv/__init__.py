@@ -9,13 +9,13 @@ Algorithms: im2col + CLBlast GEMM, and a direct loop kernel; see `clconv.conv`.
 
 from __future__ import annotations
 
-from .conv import ALGORITHMS, conv1d, conv2d, conv3d
+from .conv import ACTIVATIONS, ALGORITHMS, conv1d, conv2d, conv3d, workspace_size
 from .device import Device, current_device, device, devices
 from .errors import DeviceNotFoundError, KernelBuildError, UnsupportedError
 from .im2col import col2im, im2col
 
 __version__ = "0.1.0"
 
-__all__ = ["ALGORITHMS", "Device", "DeviceNotFoundError", "KernelBuildError", "UnsupportedError",
+__all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceNotFoundError", "KernelBuildError", "UnsupportedError",
            "col2im", "conv1d", "conv2d", "conv3d", "current_device", "device", "devices", "im2col",
-           "__version__"]
+           "workspace_size", "__version__"]

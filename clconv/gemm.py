@@ -74,27 +74,30 @@ def gemm(dev: Device, m: int, n: int, k: int,
          b: cla.Array, b_offset: int, b_stride: int,
          c: cla.Array, c_offset: int, c_stride: int,
          batch: int = 1, *, a_transposed: bool = False, b_transposed: bool = False,
-         alpha: float = 1.0, beta: float = 0.0) -> None:
+         alpha: float = 1.0, beta: float = 0.0, ldb: int | None = None,
+         ldc: int | None = None) -> None:
     """C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i] for i < batch, enqueued on dev.queue.
 
     op(A) is m x k, op(B) is k x n, C is m x n, all row-major and dense (leading dims follow from the
-    shapes). Matrix i starts at `offset + i * stride` elements; a stride of 0 reuses one matrix for
-    the whole batch (the filters of a convolution). One CLBlast call, whatever the batch.
+    shapes) unless ldb/ldc say that B/C are column blocks of wider matrices. Matrix i starts at
+    `offset + i * stride` elements; a stride of 0 reuses one matrix for the whole batch (the filters
+    of a convolution). One CLBlast call, whatever the batch.
     Call while holding dev.lock.
     """
     clblast = _require()
     if m == 0 or n == 0 or batch == 0:
         return
     lda = m if a_transposed else k
-    ldb = k if b_transposed else n
+    ldb = ldb if ldb is not None else (k if b_transposed else n)
+    ldc = ldc if ldc is not None else n
     # pyclblast checks only that a, b and c are 2-D pyopencl Arrays, then uses their base buffers.
     a2, b2, c2 = (x.reshape(x.size, 1) if x.ndim != 2 else x for x in (a, b, c))
     if batch == 1:
-        event = clblast.gemm(dev.queue, m, n, k, a2, b2, c2, lda, ldb, n, alpha=alpha, beta=beta,
+        event = clblast.gemm(dev.queue, m, n, k, a2, b2, c2, lda, ldb, ldc, alpha=alpha, beta=beta,
                              a_transp=a_transposed, b_transp=b_transposed, a_offset=a_offset,
                              b_offset=b_offset, c_offset=c_offset)
     else:
-        event = clblast.gemmStridedBatched(dev.queue, m, n, k, batch, a2, b2, c2, lda, ldb, n,
+        event = clblast.gemmStridedBatched(dev.queue, m, n, k, batch, a2, b2, c2, lda, ldb, ldc,
                                            a_stride, b_stride, c_stride, alpha=alpha, beta=beta,
                                            a_transp=a_transposed, b_transp=b_transposed,
                                            a_offset=a_offset, b_offset=b_offset, c_offset=c_offset)

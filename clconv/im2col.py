@@ -28,18 +28,21 @@ def _defines(geometry: Mapping[str, object], dtype: np.dtype, *sizes: int) -> di
 
 
 def enqueue_im2col(dev: Device, geometry: Mapping[str, object], batch: int, x: cla.Array,
-                   x_offset: int, col: cla.Array, col_offset: int) -> None:
+                   x_offset: int, col: cla.Array, col_offset: int, l_start: int = 0,
+                   ncols: int | None = None) -> None:
     """Writes the columns of `batch` images (layout of cl/im2col.cl). Call holding dev.lock.
 
     geometry: the -D geometry (`ConvGeometry.defines()` or `UnfoldGeometry.defines()`); offsets in
-    elements, pointing at the first image and the first column.
+    elements, pointing at the first image and the first column. Only the kernel positions
+    [l_start, l_start + ncols) are written (default: all), as a (rows x ncols) matrix per image.
     """
     rows = geometry["C"] * geometry["KD"] * geometry["KH"] * geometry["KW"]
     blocks = geometry["OD"] * geometry["OH"] * geometry["OW"]
-    defines = _defines(geometry, x.dtype, x_offset + x.size, col_offset + batch * rows * blocks)
+    ncols = blocks - l_start if ncols is None else ncols
+    defines = _defines(geometry, x.dtype, x_offset + x.size, col_offset + batch * rows * ncols)
     kernel(dev, "im2col.cl", "im2col", defines)(
-        dev.queue, (blocks, rows, batch), None, x.base_data, np.int64(x_offset), col.base_data,
-        np.int64(col_offset))
+        dev.queue, (ncols, rows, batch), None, x.base_data, np.int64(x_offset), col.base_data,
+        np.int64(col_offset), np.int32(l_start), np.int32(ncols))
 
 
 def enqueue_col2im(dev: Device, geometry: Mapping[str, object], batch: int, col: cla.Array,

@@ -1,0 +1,5 @@
+"""`python -m clconv <command>`: see clconv.cli."""
+
+from .cli import main
+
+raise SystemExit(main())
