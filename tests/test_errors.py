@@ -1,0 +1,201 @@
+"""Bad arguments raise ValueError / TypeError naming the offending argument.
+
+The ``match`` patterns are deliberately lenient: a regex on the argument's
+name only, never on the wording of the rest of the message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+import pytest
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+def f32(*shape):
+    return np.ones(shape, np.float32)
+
+
+X = f32(2, 4, 6, 6)  # (N, C, H, W)
+W = f32(3, 4, 3, 3)  # (C_out, C_in, kh, kw)
+
+# id -> (args, kwargs, exception, match)
+CONV2D_ERRORS = {
+    # shapes
+    "input-2d": ((f32(6, 6), W), {}, ValueError, "input"),
+    "input-5d": ((f32(1, 2, 4, 6, 6), W), {}, ValueError, "input"),
+    "weight-3d": ((X, f32(3, 4, 3)), {}, ValueError, "weight"),
+    "weight-5d": ((X, f32(3, 4, 3, 3, 1)), {}, ValueError, "weight"),
+    "channel-mismatch": ((X, f32(3, 3, 3, 3)), {}, ValueError, "channel|input|weight"),
+    "groups-not-dividing-input": ((f32(1, 3, 6, 6), f32(4, 1, 3, 3)), {"groups": 2}, ValueError, "groups"),
+    "groups-not-dividing-output": ((X, f32(3, 2, 3, 3)), {"groups": 2}, ValueError, "groups"),
+    "groups-zero": ((X, W), {"groups": 0}, ValueError, "groups"),
+    "kernel-larger-than-input": ((f32(1, 4, 4, 4), f32(2, 4, 5, 5)), {}, ValueError, "kernel"),
+    "dilated-kernel-larger-than-input": ((f32(1, 4, 4, 4), W), {"dilation": 2}, ValueError, "kernel"),
+    "kernel-larger-than-padded-input-one-dim": ((f32(1, 4, 3, 9), f32(2, 4, 6, 3)), {"padding": 1}, ValueError, "kernel"),
+    # bias
+    "bias-too-long": ((X, W, f32(4)), {}, ValueError, "bias"),
+    "bias-2d": ((X, W, f32(1, 3)), {}, ValueError, "bias"),
+    # stride / dilation / padding values
+    "stride-zero": ((X, W), {"stride": 0}, ValueError, "stride"),
+    "stride-negative": ((X, W), {"stride": -1}, ValueError, "stride"),
+    "stride-pair-zero": ((X, W), {"stride": (1, 0)}, ValueError, "stride"),
+    "dilation-zero": ((X, W), {"dilation": 0}, ValueError, "dilation"),
+    "dilation-pair-zero": ((X, W), {"dilation": (0, 1)}, ValueError, "dilation"),
+    "padding-negative": ((X, W), {"padding": -1}, ValueError, "padding"),
+    "padding-pair-negative": ((X, W), {"padding": (1, -1)}, ValueError, "padding"),
+    "padding-same-stride2": ((X, W), {"padding": "same", "stride": 2}, ValueError, "padding"),
+    "padding-same-stride-pair": ((X, W), {"padding": "same", "stride": (1, 2)}, ValueError, "padding"),
+    "padding-bad-string": ((X, W), {"padding": "full"}, ValueError, "padding"),
+    "padding-mode-unknown": ((X, W), {"padding": 1, "padding_mode": "mirror"}, ValueError, "padding_mode"),
+    "algorithm-unknown": ((X, W), {"algorithm": "fft"}, ValueError, "algorithm"),
+    "reflect-padding-too-large": ((f32(1, 4, 3, 6), W), {"padding": 3, "padding_mode": "reflect"}, ValueError, "padding"),
+    "circular-padding-too-large": ((f32(1, 4, 3, 6), W), {"padding": 4, "padding_mode": "circular"}, ValueError, "padding"),
+    # dtypes
+    "input-int32": ((X.astype(np.int32), W), {}, TypeError, "dtype"),
+    "weight-int64": ((X, W.astype(np.int64)), {}, TypeError, "dtype"),
+    "input-bool": ((X.astype(bool), W), {}, TypeError, "dtype"),
+    "mixed-f32-f64": ((X, W.astype(np.float64)), {}, TypeError, "dtype"),
+    "mixed-f64-f32": ((X.astype(np.float64), W), {}, TypeError, "dtype"),
+    "bias-f64-with-f32": ((X, W, np.ones(3, np.float64)), {}, TypeError, "dtype"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV2D_ERRORS))
+def test_conv2d_rejects(clconv, case):
+    args, kwargs, exc, match = CONV2D_ERRORS[case]
+    with pytest.raises(exc, match=match):
+        clconv.conv2d(*args, **kwargs)
+
+
+# Tuples of the wrong length may be reported as ValueError or TypeError.
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"stride": (1, 1, 1)}, "stride"),
+        ({"dilation": (1, 2, 1)}, "dilation"),
+        ({"padding": (1, 1, 1)}, "padding"),
+        ({"stride": 1.5}, "stride"),
+        ({"padding": 0.5}, "padding"),
+    ],
+    ids=["stride-len3", "dilation-len3", "padding-len3", "stride-float", "padding-float"],
+)
+def test_conv2d_rejects_malformed_tuples(clconv, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        clconv.conv2d(X, W, **kwargs)
+
+
+def test_errors_are_raised_before_any_work(clconv):
+    """Validation happens up front: a bad call with pyopencl inputs raises the same ValueError."""
+    dev = clconv.current_device()
+    x = cla.to_device(dev.queue, X)
+    w = cla.to_device(dev.queue, W)
+    with pytest.raises(ValueError, match="stride"):
+        clconv.conv2d(x, w, stride=0)
+    with pytest.raises(ValueError, match="groups"):
+        clconv.conv2d(x, w, groups=3)
+
+
+def test_limits_are_accepted(clconv):
+    """Boundary cases that must *not* raise: kernel == padded input, same with stride 1,
+    reflect padding == size - 1, circular padding == size."""
+    clconv.conv2d(f32(1, 4, 3, 3), f32(2, 4, 5, 5), padding=1)
+    clconv.conv2d(f32(1, 4, 3, 3), W, padding="same", stride=1)
+    clconv.conv2d(f32(1, 4, 3, 3), W, padding=2, padding_mode="reflect")
+    clconv.conv2d(f32(1, 4, 3, 3), W, padding=3, padding_mode="circular")
+
+
+def test_pyopencl_array_from_another_context(clconv):
+    """A device array must live on the current device's context."""
+    dev = clconv.current_device()
+    other_ctx = cl.Context(dev.context.devices)
+    other_q = cl.CommandQueue(other_ctx)
+    x = cla.to_device(other_q, X)
+    w = cla.to_device(other_q, W)
+    with pytest.raises((ValueError, TypeError), match="input|context"):
+        clconv.conv2d(x, w)
+
+
+# ---------------------------------------------------------------------------
+# precision support
+# ---------------------------------------------------------------------------
+
+
+def test_unsupported_error_is_runtime_error(clconv):
+    assert issubclass(clconv.UnsupportedError, RuntimeError)
+
+
+def test_float16_on_device_without_fp16(clconv):
+    dev = clconv.current_device()
+    if dev.fp16:
+        pytest.skip(f"{dev.name} supports float16")
+    x = X.astype(np.float16)
+    w = W.astype(np.float16)
+    with pytest.raises(clconv.UnsupportedError) as info:
+        clconv.conv2d(x, w)
+    message = str(info.value)
+    assert "float16" in message or "half" in message
+    assert dev.name in message
+    with pytest.raises(clconv.UnsupportedError, match="float16|half"):
+        clconv.im2col(x, 3)
+
+
+def test_float64_on_device_without_fp64(clconv):
+    dev = clconv.current_device()
+    if dev.fp64:
+        pytest.skip(f"{dev.name} supports float64")
+    with pytest.raises(clconv.UnsupportedError, match="float64|double"):
+        clconv.conv2d(X.astype(np.float64), W.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------
+# im2col / col2im
+# ---------------------------------------------------------------------------
+
+IM = f32(2, 3, 5, 5)
+
+IM2COL_ERRORS = {
+    "input-2d": ((f32(5, 5), 3), {}, ValueError, "input"),
+    "input-5d": ((f32(1, 2, 3, 5, 5), 3), {}, ValueError, "input"),
+    "kernel-too-large": ((IM, 6), {}, ValueError, "kernel"),
+    "dilated-kernel-too-large": ((IM, 3), {"dilation": 3}, ValueError, "kernel"),
+    "kernel-zero": ((IM, 0), {}, ValueError, "kernel"),
+    "stride-zero": ((IM, 3), {"stride": 0}, ValueError, "stride"),
+    "dilation-zero": ((IM, 3), {"dilation": 0}, ValueError, "dilation"),
+    "padding-negative": ((IM, 3), {"padding": -1}, ValueError, "padding"),
+    "int-dtype": ((IM.astype(np.int32), 3), {}, TypeError, "dtype"),
+}
+
+
+@pytest.mark.parametrize("case", list(IM2COL_ERRORS))
+def test_im2col_rejects(clconv, case):
+    args, kwargs, exc, match = IM2COL_ERRORS[case]
+    with pytest.raises(exc, match=match):
+        clconv.im2col(*args, **kwargs)
+
+
+COLS = f32(2, 3 * 9, 9)  # 3 channels, 3x3 kernel, 5x5 output -> 3x3 blocks
+
+COL2IM_ERRORS = {
+    "input-1d": ((f32(9), (5, 5), 3), {}, ValueError, "input"),
+    "input-4d": ((f32(1, 2, 27, 9), (5, 5), 3), {}, ValueError, "input"),
+    "rows-not-divisible-by-kernel": ((f32(2, 26, 9), (5, 5), 3), {}, ValueError, "kernel|input"),
+    "block-count-mismatch": ((f32(2, 27, 8), (5, 5), 3), {}, ValueError, "output_size|input|block"),
+    "stride-zero": ((COLS, (5, 5), 3), {"stride": 0}, ValueError, "stride"),
+    "padding-negative": ((COLS, (5, 5), 3), {"padding": -1}, ValueError, "padding"),
+    "int-dtype": ((COLS.astype(np.int64), (5, 5), 3), {}, TypeError, "dtype"),
+}
+
+
+@pytest.mark.parametrize("case", list(COL2IM_ERRORS))
+def test_col2im_rejects(clconv, case):
+    args, kwargs, exc, match = COL2IM_ERRORS[case]
+    with pytest.raises(exc, match=match):
+        clconv.col2im(*args, **kwargs)
