@@ -11,11 +11,11 @@ __kernel void col2im(__global const REAL* restrict col, const long col_offset,
                      __global REAL* restrict x, const long x_offset) {
     const int w = get_global_id(0);
     const int h = get_global_id(1);
-    const int ncd = get_global_id(2);
+    const idx_t ncd = get_global_id(2);  // batch * C * ID may pass 2**31 when INDEX_T is long
     const int d = ncd % ID;
-    const int nc = ncd / ID;  // n * C + c
+    const idx_t nc = ncd / ID;  // n * C + c
     const int c = nc % C;
-    const int n = nc / C;
+    const idx_t n = nc / C;
 
     ACC sum = 0;
     for (int kd = 0; kd < KD; ++kd) {
@@ -28,10 +28,10 @@ __kernel void col2im(__global const REAL* restrict col, const long col_offset,
                 const int pw = w + PW - kw * DW;
                 if (pw < 0 || pw % SW != 0 || pw / SW >= OW) continue;
                 const int row = c * KSIZE + (kd * KH + kh) * KW + kw;
-                const int l = ((pd / SD) * OH + ph / SH) * OW + pw / SW;
-                sum += col[col_offset + ((idx_t)n * (C * KSIZE) + row) * OUT_SPATIAL + l];
+                const idx_t l = ((idx_t)(pd / SD) * OH + ph / SH) * OW + pw / SW;
+                sum += col[col_offset + (n * ((idx_t)C * KSIZE) + row) * OUT_SPATIAL + l];
             }
         }
     }
-    x[x_offset + (((idx_t)nc * ID + d) * IH + h) * IW + w] = (REAL)sum;
+    x[x_offset + ((nc * ID + d) * IH + h) * IW + w] = (REAL)sum;
 }

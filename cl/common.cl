@@ -91,9 +91,12 @@ typedef INDEX_T idx_t;
 #define DW 1
 #endif
 
+// The volumes are of type idx_t so that products with them (an image's offset n * C * IN_SPATIAL) are
+// computed in 64 bits when INDEX_T is long; a plain int product of the constants would overflow for
+// images of 2**31 elements or more.
 #define KSIZE (KD * KH * KW)
-#define IN_SPATIAL (ID * IH * IW)
-#define OUT_SPATIAL (OD * OH * OW)
+#define IN_SPATIAL ((idx_t)ID * IH * IW)
+#define OUT_SPATIAL ((idx_t)OD * OH * OW)
 
 #define PAD_ZEROS 0
 #define PAD_REFLECT 1
@@ -128,5 +131,5 @@ inline idx_t input_offset(int c, int d, int h, int w) {
     const int sh = source_coord(h, IH);
     const int sw = source_coord(w, IW);
     if (sd < 0 || sh < 0 || sw < 0) return -1;
-    return ((idx_t)c * ID + sd) * (IH * IW) + (idx_t)sh * IW + sw;
+    return ((idx_t)c * ID + sd) * ((idx_t)IH * IW) + (idx_t)sh * IW + sw;
 }

@@ -20,7 +20,7 @@ from .errors import UnsupportedError
 from .program import kernel, precision_defines
 
 __all__ = ["ArrayLike", "is_device_array", "result_dtype", "to_device", "empty", "deliver",
-           "element_offset", "index_type"]
+           "element_offset", "index_type", "check_fits", "FORCE_INDEX_T"]
 
 ArrayLike = Union[np.ndarray, cla.Array]
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -31,8 +31,11 @@ def is_device_array(x: object) -> bool:
 
 
 def _dtype_of(x: object, name: str) -> np.dtype:
-    if isinstance(x, (np.ndarray, cla.Array)):
+    if isinstance(x, cla.Array):
         return np.dtype(x.dtype)
+    if isinstance(x, np.ndarray):
+        # A byte-swapped float (">f4" on x86) is still a float: the upload converts it.
+        return x.dtype.newbyteorder("=") if x.dtype.kind == "f" else x.dtype
     if x is None or isinstance(x, (str, bytes, dict, set)):
         raise TypeError(f"{name} must be a numpy or pyopencl array, got {type(x).__name__}")
     try:
@@ -42,12 +45,18 @@ def _dtype_of(x: object, name: str) -> np.dtype:
 
 
 def result_dtype(dev: Device, **operands: Any) -> np.dtype:
-    """The common floating dtype of the operands (None entries are skipped).
+    """The common floating dtype of the operands (a None bias is skipped; any other None operand
+    is a TypeError).
 
-    Raises TypeError (naming the argument) for non-float or mixed dtypes, and UnsupportedError when
-    the device lacks the precision.
+    Raises TypeError (naming the argument) for non-float or mixed dtypes, ValueError for a pyopencl
+    array of another context than the device's (checked here, before any work, so that even a call
+    with nothing to compute refuses it), and UnsupportedError when the device lacks the precision.
     """
-    dtypes = {name: _dtype_of(x, name) for name, x in operands.items() if x is not None}
+    for name, x in operands.items():
+        if isinstance(x, cla.Array):
+            _check_context(x, dev, name)
+    dtypes = {name: _dtype_of(x, name) for name, x in operands.items()
+              if x is not None or name != "bias"}
     for name, dt in dtypes.items():
         if dt not in _FLOATS:
             raise TypeError(f"{name} has dtype {dt}; clconv computes in float16, float32 or float64 "
@@ -70,18 +79,32 @@ def element_offset(a: cla.Array) -> int:
     return a.offset // a.dtype.itemsize
 
 
+#: Testing hook: "long" makes every kernel use 64-bit flat offsets, whatever the sizes (the long path
+#: is otherwise taken only past 2**31 elements, more than many devices can allocate).
+FORCE_INDEX_T: str | None = None
+
+
 def index_type(*element_counts: int) -> str:
-    """INDEX_T for kernels whose buffers hold up to these many elements."""
+    """INDEX_T for kernels whose buffers hold up to these many elements (end offsets, in elements)."""
+    if FORCE_INDEX_T is not None:
+        return FORCE_INDEX_T
     return "long" if max(element_counts, default=0) >= 2**31 else "int"
+
+
+def check_fits(dev: Device, what: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Raises MemoryError naming `what`, its shape and bytes when one buffer of it exceeds the
+    device's largest allocation (before anything is allocated, so no driver error is met)."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > dev.max_alloc_bytes:
+        raise MemoryError(f"the {what} {tuple(shape)} of {np.dtype(dtype)} needs {nbytes} bytes, more "
+                          f"than device {dev.name!r} can allocate at once ({dev.max_alloc_bytes} "
+                          f"bytes); split the batch or use a smaller input")
 
 
 def to_device(x: Any, dev: Device, name: str, dtype: np.dtype) -> cla.Array:
     """`x` as a C-contiguous device array of `dtype` on `dev` (no copy when it already is one)."""
     if isinstance(x, cla.Array):
-        if x.context != dev.context:
-            raise ValueError(f"{name} is a pyopencl array of another OpenCL context than the current "
-                             f"device {dev.name!r}; move it with {name}.get() or compute inside "
-                             f"`with clconv.device(...)` for its device")
+        _check_context(x, dev, name)
         if x.queue is not None and x.queue != dev.queue:
             x.queue.finish()  # the producer's queue may still be writing it
         else:
@@ -93,6 +116,13 @@ def to_device(x: Any, dev: Device, name: str, dtype: np.dtype) -> cla.Array:
     if host.size == 0:
         return cla.empty(dev.queue, host.shape, dtype)
     return cla.to_device(dev.queue, host)
+
+
+def _check_context(x: cla.Array, dev: Device, name: str) -> None:
+    if x.context != dev.context:
+        raise ValueError(f"{name} is a pyopencl array of another OpenCL context than the current "
+                         f"device {dev.name!r}; move it with {name}.get() or compute inside "
+                         f"`with clconv.device(...)` for its device")
 
 
 def _gather(x: cla.Array, dev: Device) -> cla.Array:

@@ -12,7 +12,6 @@ import contextvars
 import os
 import threading
 import warnings
-from functools import cached_property
 from typing import Any
 
 import pyopencl as cl
@@ -46,6 +45,11 @@ class Device:
         self.device_index = device_index
         self.name: str = cl_device.name.strip()
         self.platform_name: str = cl_device.platform.name.strip()
+        # What a name spec is matched against: PoCL's platform is "Portable Computing Language" and
+        # only its vendor/version say "pocl".
+        platform = cl_device.platform
+        self._match_text = (f"{self.name} {self.platform_name} {platform.vendor} "
+                            f"{platform.version}").lower()
         self.vendor: str = cl_device.vendor.strip()
         self.kind: str = next((k for t, k in _KINDS if cl_device.type & t), "cpu")
         extensions = cl_device.extensions.split()
@@ -61,14 +65,29 @@ class Device:
         self._probe_lock = threading.Lock()
         self._unusable_reason: str | None = None
         self._probed = False
+        self._warned = False
+        # Guards the one-time creation of the context and queue: two threads must never each make one
+        # (functools.cached_property does not lock since Python 3.12).
+        self._init_lock = threading.Lock()
+        self._context: cl.Context | None = None
+        self._queue: cl.CommandQueue | None = None
 
-    @cached_property
+    @property
     def context(self) -> cl.Context:
-        return cl.Context([self.cl_device])
+        if self._context is None:
+            with self._init_lock:
+                if self._context is None:
+                    self._context = cl.Context([self.cl_device])
+        return self._context
 
-    @cached_property
+    @property
     def queue(self) -> cl.CommandQueue:
-        return cl.CommandQueue(self.context)
+        if self._queue is None:
+            context = self.context
+            with self._init_lock:
+                if self._queue is None:
+                    self._queue = cl.CommandQueue(context)
+        return self._queue
 
     @property
     def unusable_reason(self) -> str | None:
@@ -164,8 +183,10 @@ def _describe(devs: list[Device]) -> str:
 def _usable_or_warn(d: Device) -> bool:
     if d.usable:
         return True
-    warnings.warn(f"clconv: skipping OpenCL device {d.name!r} on {d.platform_name!r}: "
-                  f"{d.unusable_reason}", RuntimeWarning, stacklevel=3)
+    if not d._warned:  # once per device and process, not on every call that picks the default
+        d._warned = True
+        warnings.warn(f"clconv: skipping OpenCL device {d.name!r} on {d.platform_name!r}: "
+                      f"{d.unusable_reason}", RuntimeWarning, stacklevel=3)
     return False
 
 
@@ -183,8 +204,7 @@ def _select(spec: str) -> Device:
         p, q = (int(part) for part in text.split(":", 1))
         candidates = [d for d in devs if d.platform_index == p and d.device_index == q]
     else:
-        candidates = [d for d in devs if low and (low in d.name.lower()
-                                                  or low in d.platform_name.lower())]
+        candidates = [d for d in devs if low and low in d._match_text]
     usable = [d for d in candidates if _usable_or_warn(d)]
     if usable:
         return usable[0]
@@ -195,7 +215,12 @@ def _select(spec: str) -> Device:
 def _default() -> tuple[Device, str]:
     env = os.environ.get(ENV_VAR)
     if env is not None and env.strip():
-        return _select(env), f"{ENV_VAR}={env!r}"
+        try:
+            return _select(env), f"{ENV_VAR}={env!r}"
+        except DeviceNotFoundError as err:
+            raise DeviceNotFoundError(f"environment variable {ENV_VAR}={env!r} selects no usable "
+                                      f"device (set it to an index, 'P:D', 'cpu'/'gpu' or a name "
+                                      f"below, or unset it): {err}") from None
     devs = devices()
     if not devs:
         raise DeviceNotFoundError(_INSTALL_HINT)
@@ -216,7 +241,8 @@ def device(spec: str | int | Device | None = None) -> Device:
 
     spec: None (env CLCONV_DEVICE, else the first usable GPU, else the first usable CPU), 'cpu',
     'gpu', 'accelerator', an index into `devices()` ('N' or N), 'P:D' (platform:device indices, like
-    PYOPENCL_CTX), or a case-insensitive substring of the platform or device name ('pocl').
+    PYOPENCL_CTX), or a case-insensitive substring of the device name or of the platform's name,
+    vendor or version ('pocl', 'nvidia').
     Raises DeviceNotFoundError (listing the devices) when nothing usable matches.
     """
     if isinstance(spec, Device):

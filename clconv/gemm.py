@@ -6,8 +6,6 @@ ignores `Array.offset`, so callers pass every offset explicitly (see `element_of
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from functools import lru_cache
 from types import ModuleType
 
@@ -17,7 +15,7 @@ import pyopencl.array as cla
 from .device import Device
 from .errors import UnsupportedError
 
-__all__ = ["available", "missing_reason", "gemm"]
+__all__ = ["available", "missing_reason", "gemm", "override_parameters"]
 
 _INSTALL = ("CLBlast's Python binding `pyclblast` is needed for algorithm='im2col'. On Debian/Ubuntu: "
             "`sudo apt-get install libclblast-dev` then `pip install pyclblast` (it builds from source). "
@@ -50,23 +48,38 @@ def _require() -> ModuleType:
 
 
 @lru_cache(maxsize=1)
-def _release_event():
-    """clReleaseEvent from the system's OpenCL loader (any loader dispatches to the event's driver)."""
-    name = ctypes.util.find_library("OpenCL") or "libOpenCL.so.1"
+def _returns_extra_reference() -> bool:
+    """True for the pyclblast releases known to return CLBlast's event wrapped with an extra retain
+    (up to 1.4.0: `cl.Event.from_int_ptr(event)` with pyopencl's default retain=True). Unknown or
+    later versions are left alone: a leak is safer than releasing an event twice."""
     try:
-        fn = ctypes.CDLL(name).clReleaseEvent
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p]
-    return fn
+        from importlib.metadata import version
+        parts = version("pyclblast").split(".")[:3]
+        return tuple(int(p) for p in parts) <= (1, 4, 0)
+    except Exception:
+        return False
 
 
 def _drop(event: cl.Event | None) -> None:
-    # pyclblast 1.4.0 wraps CLBlast's event with an extra retain, so dropping the Python object leaks
-    # the OpenCL event (~300 bytes a call measured on PoCL). Give that reference back.
-    release = _release_event()
-    if event is not None and release is not None:
-        release(event.int_ptr)
+    # pyclblast <= 1.4.0 wraps CLBlast's event with an extra retain, so dropping the Python object leaks
+    # the OpenCL event (~300 bytes a call measured on PoCL). Give that reference back through a
+    # non-retaining wrapper, released (clReleaseEvent, via pyopencl's own loader) as it is dropped.
+    if event is not None and _returns_extra_reference():
+        cl.Event.from_int_ptr(event.int_ptr, retain=False)
+
+
+def override_parameters(dev: Device, kernel: str, precision: int,
+                        parameters: dict[str, int]) -> None:
+    """CLBlast's OverrideParameters: `kernel`'s tuned parameters for `dev`, process-wide (see
+    clconv.tuning). Raises RuntimeError when CLBlast rejects them."""
+    _require().override_parameters(dev.cl_device, kernel, precision, dict(parameters))
+
+
+def _tuned(dev: Device) -> None:
+    # Tuned CLBlast parameters (user file or shipped database) go in before the device's first GEMM.
+    if "clblast_tuning" not in dev.cache:
+        from .tuning import apply_tuning
+        apply_tuning(dev)
 
 
 def gemm(dev: Device, m: int, n: int, k: int,
@@ -87,6 +100,7 @@ def gemm(dev: Device, m: int, n: int, k: int,
     clblast = _require()
     if m == 0 or n == 0 or batch == 0:
         return
+    _tuned(dev)
     lda = m if a_transposed else k
     ldb = ldb if ldb is not None else (k if b_transposed else n)
     ldc = ldc if ldc is not None else n

@@ -127,6 +127,11 @@ def spatial_defines(channels: int, in_size: Sequence[int], out_size: Sequence[in
     def canon(values: Sequence[int], fill: int) -> list[int]:
         return [fill] * lift + list(values)
 
+    # A stride only ever multiplies output index 0 when the output has one position in that dim;
+    # capping it there keeps -D values (and the kernels' coordinate arithmetic) far from overflow
+    # for strides up to 2**63, without changing any result.
+    stride = [s if o > 1 else min(s, i + lo + 1)
+              for s, o, i, lo in zip(stride, out_size, in_size, pad_lo)]
     defines: dict[str, object] = {"C": channels, "PAD_MODE": _PAD_MODE_CODE[padding_mode]}
     for prefix, values, fill in (("I", in_size, 1), ("O", out_size, 1)):
         for axis, v in zip("DHW", canon(values, fill)):
@@ -144,8 +149,28 @@ def _out_size(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[in
                  for i, k, s, d, lo, hi in zip(in_size, kernel, stride, dilation, pad_lo, pad_hi))
 
 
+# The kernels compute coordinates in the padded input with 32-bit ints (flat offsets may be 64-bit).
+MAX_PADDED_SIZE = 2**31 - 1
+
+
+def _check_spatial(name: str, shape: Sequence[int], in_size: Sequence[int]) -> None:
+    """PyTorch's rule: only the batch (and channel) dims may be empty, never a spatial one."""
+    if any(s < 1 for s in in_size):
+        raise ValueError(f"{name} must have non-zero spatial sizes (only the batch may be 0), got "
+                         f"shape {tuple(shape)}")
+
+
+def _check_padded_size(in_size: Sequence[int], pad_lo: Sequence[int],
+                       pad_hi: Sequence[int]) -> None:
+    padded = tuple(i + lo + hi for i, lo, hi in zip(in_size, pad_lo, pad_hi))
+    if any(p > MAX_PADDED_SIZE for p in padded):
+        raise ValueError(f"padding {tuple(zip(pad_lo, pad_hi))} is too large: the padded input "
+                         f"{padded} must stay below 2**31 in every dim")
+
+
 def _check_kernel_fits(in_size: Sequence[int], kernel: Sequence[int], dilation: Sequence[int],
                        pad_lo: Sequence[int], pad_hi: Sequence[int]) -> None:
+    _check_padded_size(in_size, pad_lo, pad_hi)
     padded = tuple(i + lo + hi for i, lo, hi in zip(in_size, pad_lo, pad_hi))
     extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
     if any(e > p for e, p in zip(extent, padded)):
@@ -177,6 +202,7 @@ def conv_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequence[in
     dilation_t = as_tuple(dilation, nd, "dilation", 1)
     n, c_in, *in_size = (int(v) for v in input_shape)
     c_out, c_in_g, *kernel = (int(v) for v in weight_shape)
+    _check_spatial("input", input_shape, in_size)
     if any(k < 1 for k in kernel) or c_in_g < 1 or c_out < 1:
         raise ValueError(f"weight must have non-zero sizes (C_out, C_in/groups, *kernel), got shape "
                          f"{tuple(weight_shape)}")
@@ -253,6 +279,11 @@ def unfold_geometry(nd: int, channels: int, in_size: Sequence[int], kernel_size:
                     dilation: IntOrTuple, padding: IntOrTuple, stride: IntOrTuple) -> UnfoldGeometry:
     """Validates torch.nn.functional.unfold's arguments for an image of `in_size`."""
     kernel, dil, pad, st = _block_args(nd, kernel_size, dilation, padding, stride)
+    if channels < 1:
+        raise ValueError(f"input must have at least one channel (only the batch may be 0), got "
+                         f"{channels} channels")
+    _check_spatial("input", (channels, *in_size), in_size)
+    _check_padded_size(in_size, pad, pad)
     out_size = _out_size(in_size, kernel, st, dil, pad, pad)
     if any(o < 1 for o in out_size):
         raise ValueError(f"kernel_size {kernel} with dilation {dil} does not fit the input of spatial "
@@ -266,6 +297,10 @@ def fold_geometry(nd: int, rows: int, blocks: int, output_size: IntOrTuple, kern
     size = as_tuple(output_size, nd, "output_size", 1)
     kernel, dil, pad, st = _block_args(nd, kernel_size, dilation, padding, stride)
     ksize = math.prod(kernel)
+    if rows < 1 or blocks < 1:
+        raise ValueError(f"input must have non-zero sizes (C*prod(kernel_size), L) (only the batch may "
+                         f"be 0), got ({rows}, {blocks})")
+    _check_padded_size(size, pad, pad)
     if rows % ksize:
         raise ValueError(f"input's dim 1 ({rows}) must be divisible by the product of kernel_size "
                          f"{kernel} ({ksize})")

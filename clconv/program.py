@@ -91,8 +91,13 @@ def kernel(dev: Device, source: str, name: str, defines: Mapping[str, object]) -
 
 
 def _program(dev: Device, source: str, options: tuple[str, ...]) -> cl.Program:
+    """The built program (call holding dev.lock). A compile error is remembered, so that a caller
+    retrying the same request gets the same KernelBuildError at once instead of a new build."""
     key = ("program", source, options)
     prg = dev.cache.get(key)
+    if isinstance(prg, KernelBuildError):
+        raise KernelBuildError(prg.args[0].split("\n", 1)[0], source=prg.source,
+                               options=prg.options, log=prg.log)
     if prg is None:
         prg = cl.Program(dev.context, _source(source))
         try:
@@ -102,8 +107,10 @@ def _program(dev: Device, source: str, options: tuple[str, ...]) -> cl.Program:
                 log = prg.get_build_info(dev.cl_device, cl.program_build_info.LOG)
             except cl.Error:
                 log = str(err)
-            raise KernelBuildError(f"building {source} failed on {dev.name!r}",
-                                   source=str(kernel_dir() / source), options=options,
-                                   log=log) from err
+            error = KernelBuildError(f"building {source} failed on {dev.name!r}",
+                                     source=str(kernel_dir() / source), options=options, log=log)
+            if getattr(err, "code", None) == cl.status_code.BUILD_PROGRAM_FAILURE:
+                dev.cache[key] = error  # deterministic: the same text and options fail again
+            raise error from err
         dev.cache[key] = prg
     return prg

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import zlib
 
 import numpy as np
@@ -31,6 +32,11 @@ import pytest
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+# The suite never writes into the user's cache, and algorithm='auto' follows the fixed rule so runs
+# are deterministic; tests/test_auto.py switches measuring on where it is the subject.
+os.environ["CLCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="clconv-test-cache-")
+os.environ["CLCONV_AUTO"] = "rule"
 
 FLOAT_DTYPES = (np.float32, np.float64)
 

@@ -1,0 +1,369 @@
+"""Memory budget and sizes: the column workspace stays under `workspace_limit` (results identical
+however the call is split), `workspace_size` tells what a call needs, oversized requests and the
+drivers' out-of-memory failures become MemoryError naming the sizes, and the 64-bit index path of the
+kernels computes the same results as the 32-bit one."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import types
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+import pytest
+import reference as ref
+from tolerance import assert_close, assert_exact, conv_magnitude, conv_reduction
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+@pytest.fixture
+def column_allocations(clconv, monkeypatch):
+    """Sizes of every column buffer allocated while the test runs (the cache is emptied first)."""
+    from clconv import workspace
+
+    dev = clconv.current_device()
+    workspace.release_column_buffer(dev)
+    sizes: list[int] = []
+
+    def buffer(context, flags, size=0, hostbuf=None):
+        sizes.append(size)
+        return cl.Buffer(context, flags, size, hostbuf)
+
+    monkeypatch.setattr(workspace, "cl", types.SimpleNamespace(Buffer=buffer, mem_flags=cl.mem_flags))
+    yield sizes
+    workspace.release_column_buffer(dev)  # no buffer made through the fake outlives the test
+
+
+@pytest.fixture
+def im2col_launches(clconv, monkeypatch):
+    """(batch, ncols) of every im2col launch of the convolution path."""
+    from clconv import conv
+
+    launches: list[tuple[int, int]] = []
+    real = conv.enqueue_im2col
+
+    def spy(dev, geometry, batch, x, x_offset, col, col_offset, l_start=0, ncols=None, **kw):
+        launches.append((batch, ncols))
+        return real(dev, geometry, batch, x, x_offset, col, col_offset, l_start, ncols, **kw)
+
+    monkeypatch.setattr(conv, "enqueue_im2col", spy)
+    return launches
+
+
+# (x shape, w shape, conv kwargs)
+SPLIT_CASES = {
+    "3x3-pad1": ((5, 6, 23, 19), (7, 6, 3, 3), {"padding": 1}),
+    "strided-dilated": ((4, 4, 17, 21), (6, 4, 3, 2), {"stride": (2, 1), "dilation": (1, 2)}),
+    "grouped": ((3, 6, 12, 12), (6, 2, 3, 3), {"groups": 3, "padding": 1}),
+    "more-groups-than-images": ((2, 8, 9, 9), (8, 2, 3, 3), {"groups": 4}),
+    "reflect": ((3, 3, 10, 11), (4, 3, 5, 3), {"padding": 2, "padding_mode": "reflect"}),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_CASES))
+def test_split_results_are_identical(clconv, rng, case, column_allocations, im2col_launches):
+    """Every limit, from the whole batch down to one column, gives bit-identical results, and no
+    column buffer allocation exceeds the limit."""
+    from clconv.workspace import release_column_buffer
+
+    x_shape, w_shape, kw = SPLIT_CASES[case]
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    need = clconv.workspace_size(x, w, algorithm="im2col", **kw)
+    rows = x_shape[1] * int(np.prod(w_shape[2:]))
+    assert need > 0 and need % (x_shape[0] * rows * 4) == 0
+    full = clconv.conv2d(x, w, b, algorithm="im2col", activation="relu", **kw)
+    want = np.maximum(ref.conv_nd(x, w, b, **kw), 0)
+    assert_close(full, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    image = need // x_shape[0]
+    for limit in (need, need - 1, image, image - 1, image // 3, rows * 4 * 2 + 3, rows * 4):
+        release_column_buffer(clconv.current_device())  # so that this call allocates its own
+        column_allocations.clear()
+        im2col_launches.clear()
+        got = clconv.conv2d(x, w, b, algorithm="im2col", activation="relu", workspace_limit=limit,
+                            **kw)
+        np.testing.assert_array_equal(got, full, err_msg=f"workspace_limit={limit}")
+        assert column_allocations, "the column buffer cache was emptied, so one is allocated"
+        assert max(column_allocations) <= limit, (limit, column_allocations)
+        if limit < need:
+            assert len(im2col_launches) > 1, f"workspace_limit={limit} < {need} must split the call"
+        else:
+            assert len(im2col_launches) == 1
+        if limit < image:  # one image at a time, in ranges of output positions
+            assert all(batch == 1 for batch, _ in im2col_launches)
+            assert max(n for _, n in im2col_launches) <= limit // (rows * 4)
+
+
+def test_limit_smaller_than_one_column_is_a_memory_error(clconv):
+    x = np.ones((1, 4, 6, 6), np.float32)
+    w = np.ones((2, 4, 3, 3), np.float32)
+    with pytest.raises(MemoryError, match="workspace_limit=100 .*36 values = 144 bytes"):
+        clconv.conv2d(x, w, algorithm="im2col", workspace_limit=100)
+    # the direct path needs no workspace at all
+    clconv.conv2d(x, w, algorithm="direct", workspace_limit=100)
+
+
+@pytest.mark.parametrize("limit, exc", [(0, ValueError), (-5, ValueError), (1.5e6, TypeError),
+                                        ("1MB", TypeError), (True, TypeError)])
+def test_bad_workspace_limit(clconv, limit, exc):
+    with pytest.raises(exc, match="workspace_limit"):
+        clconv.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32),
+                      workspace_limit=limit)
+
+
+def test_pointwise_and_direct_need_no_workspace(clconv, column_allocations):
+    x = np.ones((2, 8, 5, 5), np.float32)
+    assert clconv.workspace_size(x, np.ones((4, 8, 1, 1), np.float32), algorithm="im2col") == 0
+    assert clconv.workspace_size(x, np.ones((4, 8, 3, 3), np.float32), algorithm="direct") == 0
+    clconv.conv2d(x, np.ones((4, 8, 1, 1), np.float32), algorithm="im2col", workspace_limit=1)
+    assert column_allocations == []
+
+
+def test_workspace_size_of_large_networks(clconv):
+    """VGG's first blocks at batch 64 (shapes only: nothing runs)."""
+    # conv1_1: 3 -> 64 channels; conv1_2: 64 -> 64 channels, 224 x 224, 3x3, padding 1
+    assert clconv.workspace_size((64, 3, 224, 224), (64, 3, 3, 3), padding=1,
+                                 algorithm="im2col") == 64 * 27 * 224 * 224 * 4
+    size = clconv.workspace_size((64, 64, 224, 224), (64, 64, 3, 3), padding=1, algorithm="im2col")
+    assert size == 64 * 576 * 224 * 224 * 4 > 2**32
+    assert clconv.workspace_size((64, 64, 224, 224), (64, 64, 3, 3), padding=1, algorithm="im2col",
+                                 dtype=np.float64) == 2 * size
+    from clconv.conv import plan_columns
+    from clconv.params import conv_geometry
+
+    geo = conv_geometry(2, (64, 64, 224, 224), (64, 64, 3, 3), 1, 1, 1, 1)
+    for limit in (2**20, 2**27, 2**30):
+        plan = plan_columns(geo, 4, limit)
+        assert 0 < plan.nbytes <= limit
+        assert plan.batch_chunk * plan.col_chunk * 576 * 4 == plan.nbytes
+
+
+def test_default_limit_is_a_safe_fraction(clconv):
+    from clconv.workspace import default_workspace_limit
+
+    dev = clconv.current_device()
+    limit = default_workspace_limit(dev)
+    assert 0 < limit <= dev.max_alloc_bytes
+    assert limit <= max(dev.global_mem_bytes // 8, 1 << 20)
+
+
+def test_output_beyond_max_alloc_is_a_memory_error(clconv):
+    """Nothing is allocated or uploaded: the inputs are zero-copy broadcast views of one element."""
+    dev = clconv.current_device()
+    side = int((dev.max_alloc_bytes // 4) ** 0.5) + 2  # one float32 plane just over max_alloc
+    x = np.broadcast_to(np.float32(1), (1, 1, side, side))
+    with pytest.raises(MemoryError) as info:
+        clconv.conv2d(x, np.ones((1, 1, 1, 1), np.float32))
+    message = str(info.value)
+    assert f"output (1, 1, {side}, {side})" in message and str(dev.max_alloc_bytes) in message
+    with pytest.raises(MemoryError, match=r"output \(1, 9, \d+\)"):
+        clconv.im2col(x, 3)
+    with pytest.raises(MemoryError, match="output"):
+        clconv.col2im(np.broadcast_to(np.float32(1), (1, 1, side * side)), (side, side), 1)
+
+
+def _cl_error(cls, code, routine="clEnqueueNDRangeKernel"):
+    return cls(cl._cl._ErrorRecord(routine, code, f"{routine} failed"))
+
+
+DRIVER_FAILURES = {
+    "mem-object-allocation": lambda: _cl_error(cl.MemoryError,
+                                               cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE),
+    "out-of-resources": lambda: _cl_error(cl.RuntimeError, cl.status_code.OUT_OF_RESOURCES),
+    "out-of-host-memory": lambda: _cl_error(cl.MemoryError, cl.status_code.OUT_OF_HOST_MEMORY),
+    "invalid-buffer-size": lambda: _cl_error(cl.LogicError, cl.status_code.INVALID_BUFFER_SIZE,
+                                             "clCreateBuffer"),
+    "clblast-temp-buffer": lambda: RuntimeError(
+        "PyCLBlast: 'CLBlastXgemm' failed: CLBlastTempBufferAllocFailure: "
+        "CL_MEM_OBJECT_ALLOCATION_FAILURE"),
+    "clblast-out-of-resources": lambda: RuntimeError(
+        "PyCLBlast: 'CLBlastXgemmStridedBatched' failed: CLBlastOpenCLOutOfResources: "
+        "CL_OUT_OF_RESOURCES"),
+}
+
+
+@pytest.mark.parametrize("failure", list(DRIVER_FAILURES))
+@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
+def test_driver_out_of_memory_becomes_memory_error(clconv, monkeypatch, failure, algorithm):
+    from clconv import conv, gemm
+
+    def fail(*args, **kwargs):
+        raise DRIVER_FAILURES[failure]()
+
+    monkeypatch.setattr(conv, "run_direct", fail)
+    monkeypatch.setattr(gemm, "gemm", fail)
+    x = np.ones((2, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    with pytest.raises(MemoryError) as info:
+        clconv.conv2d(x, w, padding=1, algorithm=algorithm)
+    message = str(info.value)
+    for text in ("(2, 3, 8, 8)", "(4, 3, 3, 3)", "(2, 4, 8, 8)", "float32", "CL_", "device"):
+        assert text in message, (text, message)
+    if algorithm == "im2col":
+        workspace = int(re.search(r"column workspace (\d+) bytes", message).group(1))
+        assert workspace >= 2 * 27 * 64 * 4  # the columns (and whatever the plan stages beside)
+    assert isinstance(info.value.__cause__, (cl.Error, RuntimeError))
+
+
+def test_other_driver_errors_pass_unchanged(clconv, monkeypatch):
+    from clconv import conv
+
+    error = _cl_error(cl.LogicError, cl.status_code.INVALID_KERNEL_ARGS)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(conv, "run_direct", fail)
+    with pytest.raises(cl.LogicError) as info:
+        clconv.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32),
+                      algorithm="direct")
+    assert info.value is error
+
+
+def test_im2col_driver_failure_becomes_memory_error(clconv, monkeypatch):
+    module = importlib.import_module("clconv.im2col")  # clconv.im2col is the function
+
+    def fail(*args, **kwargs):
+        raise _cl_error(cl.MemoryError, cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE)
+
+    monkeypatch.setattr(module, "enqueue_im2col", fail)
+    monkeypatch.setattr(module, "enqueue_col2im", fail)
+    with pytest.raises(MemoryError, match=r"im2col of input \(1, 2, 5, 5\).*output \(1, 18, 9\)"):
+        clconv.im2col(np.ones((1, 2, 5, 5), np.float32), 3)
+    with pytest.raises(MemoryError, match=r"col2im of input \(1, 18, 9\).*output \(1, 2, 5, 5\)"):
+        clconv.col2im(np.ones((1, 18, 9), np.float32), (5, 5), 3)
+
+
+def test_real_oversized_allocation_becomes_memory_error(clconv):
+    """A real driver failure (CL_INVALID_BUFFER_SIZE) through the translation."""
+    from clconv.errors import device_memory_errors
+    from clconv.workspace import ColumnBuffer
+
+    dev = clconv.current_device()
+    holder = ColumnBuffer()
+    with pytest.raises(MemoryError, match="CL_INVALID_BUFFER_SIZE.*columns of 123 bytes"), \
+            device_memory_errors(dev, "columns of 123 bytes"):
+        holder.get(dev, dev.max_alloc_bytes + 4096)
+    assert holder.buffer is None and holder.nbytes == 0  # nothing half-made is kept
+
+
+# ---------------------------------------------------------------------------
+# 64-bit indexing
+# ---------------------------------------------------------------------------
+
+
+def test_index_type_selection(clconv):
+    from clconv.arrays import index_type
+
+    assert index_type() == "int"
+    assert index_type(0, 2**31 - 1) == "int"
+    assert index_type(2**31) == "long"
+    assert index_type(5, 2**40, 7) == "long"
+
+
+@pytest.fixture
+def force_long(clconv, monkeypatch):
+    from clconv import arrays
+
+    monkeypatch.setattr(arrays, "FORCE_INDEX_T", "long")
+    dev = clconv.current_device()
+    before = {k for k in dev.cache if isinstance(k, tuple) and k[0] == "kernel"}
+    yield dev
+    built = [k for k in dev.cache if isinstance(k, tuple) and k[0] == "kernel" and k not in before]
+    assert built and all("-DINDEX_T=long" in k[3] for k in built), built
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_long_index_path_matches_reference(clconv, rng, force_long, algorithm, nd):
+    """The kernels built with INDEX_T=long (used past 2**31 elements, which this device cannot
+    allocate) compute the same results, including offsets into pyopencl views."""
+    spatial = {1: (13,), 2: (9, 7), 3: (5, 6, 4)}[nd]
+    x = rng.standard_normal((2, 4, *spatial)).astype(np.float32)
+    w = rng.standard_normal((6, 2, *(3,) * nd)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    conv = getattr(clconv, f"conv{nd}d")
+    kw = {"padding": 1, "stride": 2, "groups": 2}
+    # input as an offset view inside a larger device buffer
+    big = cla.to_device(force_long.queue, np.concatenate([np.zeros(5, np.float32), x.ravel()]))
+    x_view = big[5:].reshape(x.shape)
+    got = conv(x_view, w, b, algorithm=algorithm, activation="relu", **kw).get()
+    want = np.maximum(ref.conv_nd(x, w, b, **kw), 0)
+    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    got = conv(x, w, b, algorithm=algorithm, padding_mode="reflect", padding=1, groups=2)
+    assert_close(got, ref.conv_nd(x, w, b, padding=1, padding_mode="reflect", groups=2),
+                 np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+
+
+def test_long_index_path_im2col_col2im_gather(clconv, rng, force_long):
+    x = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
+    assert_exact(clconv.im2col(x, (3, 2), dilation=(1, 2), padding=1, stride=(2, 1)),
+                 ref.unfold(x, (3, 2), dilation=(1, 2), padding=1, stride=(2, 1)))
+    cols = rng.standard_normal((2, 3 * 6, 4 * 8)).astype(np.float32)
+    assert_close(clconv.col2im(cols, (7, 8), (3, 2), dilation=(1, 2), padding=1, stride=(2, 1)),
+                 ref.fold(cols, (7, 8), (3, 2), dilation=(1, 2), padding=1, stride=(2, 1)),
+                 np.float32, reduction=6)
+    # a strided device view is gathered by cl/strided_copy.cl
+    big = cla.to_device(force_long.queue, np.repeat(x, 2, axis=-1))
+    w = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    got = clconv.conv2d(big[..., ::2], w, algorithm="direct").get()
+    assert_close(got, ref.conv_nd(x, w), np.float32, conv_reduction(w), conv_magnitude(x, w))
+
+
+def test_padding_beyond_32_bit_coordinates_is_rejected(clconv):
+    """Coordinates in the padded input are 32-bit in the kernels: padding that takes them past 2**31
+    would wrap around (and read real data where zeros belong), so it is a ValueError."""
+    x = np.arange(1, 26, dtype=np.float32).reshape(1, 1, 5, 5)
+    w = np.ones((1, 1, 1, 1), np.float32)
+    for kw in ({"padding": (0, 2**32), "stride": (1, 2**32 + 2)},
+               {"padding": (0, 2**31), "stride": (1, 2**31), "padding_mode": "replicate"}):
+        with pytest.raises(ValueError, match="padding"):
+            clconv.conv2d(x, w, **kw)
+    with pytest.raises(ValueError, match="padding"):
+        clconv.im2col(x, 1, padding=2**40, stride=2**41)
+    with pytest.raises(ValueError, match="padding"):
+        clconv.col2im(np.ones((1, 1, 1), np.float32), (2, 2), 1, padding=2**31, stride=2**33)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
+def test_huge_strides_are_exact(clconv, rng, algorithm):
+    """A stride past the padded input (even past 2**31) leaves one output position per dim."""
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 2, 3)).astype(np.float32)
+    want = ref.conv_nd(x, w, padding=1, stride=(100, 100))
+    for stride in ((2**31, 2**40), (2**63 - 1, 7)):
+        got = clconv.conv2d(x, w, padding=1, stride=stride, algorithm=algorithm)
+        assert got.shape == want.shape == (2, 4, 1, 1)
+        assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w))
+
+
+def _huge(*shape):
+    return np.broadcast_to(np.float32(1), shape)  # no memory behind it
+
+
+@pytest.mark.parametrize("op", ["conv_transpose2d", "conv2d_input", "conv2d_weight"])
+def test_transpose_and_gradients_oversized_operand_is_memory_error(clconv, op):
+    """Checked before anything is allocated or uploaded (the inputs are zero-copy views)."""
+    if not hasattr(clconv, op):
+        pytest.skip(f"clconv.{op} does not exist")
+    dev = clconv.current_device()
+    side = int((dev.max_alloc_bytes // 4) ** 0.5) + 2
+    w = np.ones((1, 1, 2, 2), np.float32)
+    call = {
+        "conv_transpose2d": lambda: clconv.conv_transpose2d(_huge(1, 1, side, side), w),
+        "conv2d_input": lambda: clconv.conv2d_input((1, 1, side + 1, side + 1), w,
+                                                    _huge(1, 1, side, side)),
+        "conv2d_weight": lambda: clconv.conv2d_weight(_huge(1, 1, side + 1, side + 1),
+                                                      (1, 1, 2, 2), _huge(1, 1, side, side)),
+    }[op]
+    with pytest.raises(MemoryError, match=rf"{side}|{side + 1}"):
+        call()
