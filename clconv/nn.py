@@ -1,0 +1,369 @@
+"""Convolution layers with parameters on the device, a forward and a hand-written backward.
+
+    layer = clconv.nn.Conv2d(1, 8, 3, padding=1)     # weight (8, 1, 3, 3), bias (8,) on the device
+    y = layer(x)                                     # forward; keeps x for backward
+    grad_x = layer.backward(grad_y)                  # fills layer.weight_grad, layer.bias_grad
+
+Constructor arguments and default initialisation are torch.nn.ConvNd's / ConvTransposeNd's:
+weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)), fan_in =
+weight.shape[1] * prod(kernel). `device` is a clconv device spec (default: the current device),
+`dtype` a numpy float dtype (default float32), `rng` a numpy Generator or seed for the
+initialisation, `algorithm` one of clconv.ALGORITHMS for the forward convolution (for transposed
+layers: for the convolution that computes their input gradient).
+
+weight, bias, weight_grad and bias_grad are pyopencl Arrays on the layer's device; assigning a numpy
+or pyopencl array of the right shape to weight/bias replaces it. forward/backward return numpy for
+numpy arguments and device arrays for device arrays, as the functional ops do. backward uses the
+input of the latest forward and overwrites the gradients (no accumulation across calls). float16
+layers store half and compute in float32 (see clconv.precision).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import pyopencl.array as cla
+
+from .arrays import ArrayLike, deliver, empty, is_device_array, result_dtype, to_device
+from .conv import ALGORITHMS, choose_algorithm, convolution, run_algorithm
+from .device import Device, current_device, device
+from .grad import enqueue_bias_grad, enqueue_weight_grad
+from .params import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple, conv_geometry
+from .precision import check_precision, compute_dtype, convert, store
+from .transpose import enqueue_adjoint, transpose_geometry, transpose_output_size
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+class _Layer:
+    """What every convolution layer shares: parameters on a device, dtype rules, saved input."""
+
+    nd: int = 2
+    transposed: bool = False
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
+                 stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
+                 bias: bool, padding_mode: str, device_spec: Any, dtype: Any, rng: Any,
+                 algorithm: str) -> None:
+        nd = self.nd
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.groups = _positive_int(groups, "groups")
+        if self.in_channels % self.groups:
+            raise ValueError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
+        if self.out_channels % self.groups:
+            raise ValueError(f"out_channels ({out_channels}) must be divisible by groups "
+                             f"({groups})")
+        self.kernel_size = as_tuple(kernel_size, nd, "kernel_size", 1)
+        self.stride = as_tuple(stride, nd, "stride", 1)
+        self.dilation = as_tuple(dilation, nd, "dilation", 1)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be an int, a tuple of ints, 'same' or 'valid', got "
+                                 f"{padding!r}")
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(f"padding='same' is not supported for strided convolutions "
+                                 f"(stride={self.stride})")
+            self.padding: tuple[int, ...] | str = padding
+        else:
+            self.padding = as_tuple(padding, nd, "padding", 0)
+        if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if self.transposed and padding_mode != "zeros":
+            raise ValueError(f"padding_mode must be 'zeros' for a transposed convolution layer, "
+                             f"got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        self.algorithm = algorithm
+        self.device: Device = current_device() if device_spec is None else device(device_spec)
+        self.dtype = np.dtype(np.float32 if dtype is None else dtype)
+        self._work = compute_dtype(self.dtype)
+        result_dtype(self.device, dtype=np.empty(0, self.dtype))  # UnsupportedError before any work
+        check_precision(self.device, self.dtype)
+
+        if self.transposed:
+            shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        else:
+            shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        fan_in = shape[1] * math.prod(self.kernel_size)
+        bound = 1.0 / math.sqrt(fan_in)
+        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self._weight = self._upload(gen.uniform(-bound, bound, shape), "weight", shape)
+        self._bias = (self._upload(gen.uniform(-bound, bound, self.out_channels), "bias",
+                                   (self.out_channels,)) if bias else None)
+        self.weight_grad: cla.Array | None = None
+        self.bias_grad: cla.Array | None = None
+        self._saved: tuple[Any, ...] | None = None
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _upload(self, value: Any, name: str, shape: tuple[int, ...]) -> cla.Array:
+        got = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+        if got != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {got}")
+        if isinstance(value, cla.Array):
+            if value.dtype != self.dtype:
+                raise TypeError(f"{name} has dtype {value.dtype}; this layer's dtype is "
+                                f"{self.dtype}")
+            return to_device(value, self.device, name, self.dtype)
+        return to_device(np.asarray(value, dtype=self.dtype), self.device, name, self.dtype)
+
+    @property
+    def weight(self) -> cla.Array:
+        """The weight on the device: (C_out, C_in/groups, *kernel), or (C_in, C_out/groups, *kernel)
+        for a transposed convolution."""
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: ArrayLike) -> None:
+        self._weight = self._upload(value, "weight", tuple(self._weight.shape))
+
+    @property
+    def bias(self) -> cla.Array | None:
+        """The bias (C_out,) on the device, or None."""
+        return self._bias
+
+    @bias.setter
+    def bias(self, value: ArrayLike | None) -> None:
+        if value is None or self._bias is None:
+            raise ValueError("bias can be replaced by an array of the same shape, not added or "
+                             "removed (construct the layer with bias=True/False)")
+        self._bias = self._upload(value, "bias", (self.out_channels,))
+
+    def parameters(self) -> list[cla.Array]:
+        """[weight, bias] (bias only when the layer has one)."""
+        return [self._weight] + ([self._bias] if self._bias is not None else [])
+
+    def gradients(self) -> list[cla.Array | None]:
+        """[weight_grad, bias_grad], matching `parameters()` (None before the first backward)."""
+        return [self.weight_grad] + ([self.bias_grad] if self._bias is not None else [])
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _in_work(self, a: cla.Array) -> cla.Array:
+        """A device array of the layer's dtype in the compute dtype (float32 for float16)."""
+        return a if a.dtype == self._work else convert(self.device, a, self._work)
+
+    def _operand(self, value: ArrayLike, name: str) -> tuple[cla.Array, bool]:
+        """(value batched on the device in the compute dtype, whether it was unbatched)."""
+        result_dtype(self.device, **{name: value, "weight": self._weight})
+        shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+        if len(shape) not in (self.nd + 1, self.nd + 2):
+            raise ValueError(f"{name} must have {self.nd + 1} (unbatched) or {self.nd + 2} "
+                             f"(batched) dims for {type(self).__name__}, got shape {shape}")
+        a = self._in_work(to_device(value, self.device, name, self.dtype))
+        unbatched = len(shape) == self.nd + 1
+        return (a.reshape((1, *shape)) if unbatched else a), unbatched
+
+    def _result(self, out: cla.Array, unbatched: bool, as_host: bool) -> ArrayLike:
+        out = store(self.device, out, self.dtype)
+        return deliver(out[0] if unbatched else out, as_host)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ArrayLike:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, input: ArrayLike) -> ArrayLike:
+        raise NotImplementedError
+
+    def backward(self, grad_output: ArrayLike) -> ArrayLike:
+        """grad_output (same shape as the latest forward's output) -> grad_input; also sets
+        `weight_grad` and `bias_grad` (device arrays of the parameters' shapes)."""
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first (it "
+                               f"uses that call's input)")
+        x, geo, out_shape = self._saved
+        with self.device:
+            g, g_unbatched = self._operand(grad_output, "grad_output")
+            if tuple(g.shape) != out_shape:
+                raise ValueError(f"grad_output must have the shape of the latest forward's output "
+                                 f"{out_shape}, got {tuple(g.shape)}")
+            w = self._in_work(self._weight)
+            grad_input, weight_grad = self._backward(geo, x, g, w)
+            if self._bias is not None:
+                bias_grad = empty(self.device, (self.out_channels,), self._work)
+                enqueue_bias_grad(self.device, g, bias_grad, g.shape[0], self.out_channels,
+                                  math.prod(g.shape[2:]))
+                self.bias_grad = store(self.device, bias_grad, self.dtype)
+            self.weight_grad = store(self.device, weight_grad, self.dtype)
+            return self._result(grad_input, g_unbatched, not is_device_array(grad_output))
+
+    def _backward(self, geo: ConvGeometry, x: cla.Array, g: cla.Array,
+                  w: cla.Array) -> tuple[cla.Array, cla.Array]:
+        raise NotImplementedError
+
+    def _weight_grad(self, geo: ConvGeometry, conv_input: cla.Array,
+                     conv_grad_output: cla.Array) -> cla.Array:
+        """The forward convolution `geo`'s weight gradient (zeros for an empty batch)."""
+        out = empty(self.device, tuple(self._weight.shape), self._work)
+        if geo.batch == 0:
+            out.fill(0)
+        else:
+            enqueue_weight_grad(self.device, geo, conv_input, conv_grad_output, out)
+        return out
+
+    def _describe(self) -> str:
+        parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}",
+                 f"stride={self.stride}"]
+        if self.padding != (0,) * self.nd:
+            parts.append(f"padding={self.padding!r}")
+        if self.dilation != (1,) * self.nd:
+            parts.append(f"dilation={self.dilation}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self._bias is None:
+            parts.append("bias=False")
+        if self.padding_mode != "zeros":
+            parts.append(f"padding_mode={self.padding_mode!r}")
+        if self.dtype != np.float32:
+            parts.append(f"dtype={self.dtype.name}")
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._describe()})"
+
+
+class _ConvNd(_Layer):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
+                 stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device: Any = None, dtype: Any = None, *, rng: Any = None,
+                 algorithm: str = "auto") -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype, rng, algorithm)
+
+    def forward(self, input: ArrayLike) -> ArrayLike:
+        """input (N, C_in, *spatial) or unbatched (C_in, *spatial) -> (N, C_out, *out)."""
+        with self.device:
+            x, unbatched = self._operand(input, "input")
+            geo = conv_geometry(self.nd, tuple(x.shape), tuple(self._weight.shape), self.stride,
+                                self.padding, self.dilation, self.groups, self.padding_mode)
+            b = None if self._bias is None else self._in_work(self._bias)
+            out = convolution(self.nd, x, self._in_work(self._weight), b, self.stride,
+                              self.padding, self.dilation, self.groups, self.padding_mode,
+                              self.algorithm)
+            self._saved = (x, geo, geo.output_shape)
+            return self._result(out, unbatched, not is_device_array(input))
+
+    def _backward(self, geo: ConvGeometry, x: cla.Array, g: cla.Array,
+                  w: cla.Array) -> tuple[cla.Array, cla.Array]:
+        grad_input = empty(self.device, geo.input_shape, self._work)
+        enqueue_adjoint(self.device, geo, g, w, None, grad_input)  # GEMM, then col2im
+        return grad_input, self._weight_grad(geo, x, g)
+
+
+class _ConvTransposeNd(_Layer):
+    transposed = True
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
+                 stride: IntOrTuple = 1, padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                 groups: int = 1, bias: bool = True, dilation: IntOrTuple = 1,
+                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None, *,
+                 rng: Any = None, algorithm: str = "auto") -> None:
+        if isinstance(padding, str):
+            raise TypeError(f"padding must be an int or a sequence of {self.nd} ints for a "
+                            f"transposed convolution, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype, rng, algorithm)
+        self.output_padding = as_tuple(output_padding, self.nd, "output_padding", 0)
+        if any(op >= s and op >= d for op, s, d in zip(self.output_padding, self.stride,
+                                                       self.dilation)):
+            raise ValueError(f"output_padding {self.output_padding} must be smaller than either "
+                             f"stride {self.stride} or dilation {self.dilation} in every dim")
+
+    def _output_padding(self, in_size: tuple[int, ...], output_size: Any) -> tuple[int, ...]:
+        """output_padding that gives `output_size` (spatial, or with batch/channel dims), as
+        torch.nn.ConvTransposeNd.forward's output_size argument."""
+        if output_size is None:
+            return self.output_padding
+        size = tuple(int(v) for v in output_size)
+        if len(size) in (self.nd + 1, self.nd + 2):
+            size = size[-self.nd:]
+        if len(size) != self.nd:
+            raise ValueError(f"output_size must have {self.nd} (spatial) or {self.nd + 2} entries, "
+                             f"got {tuple(output_size)}")
+        smallest = transpose_output_size(in_size, self.kernel_size, self.stride, self.padding,
+                                         (0,) * self.nd, self.dilation)
+        largest = tuple(s + st - 1 for s, st in zip(smallest, self.stride))
+        if any(not lo <= v <= hi for v, lo, hi in zip(size, smallest, largest)):
+            raise ValueError(f"output_size {size} is not reachable: for an input of spatial size "
+                             f"{in_size} valid sizes range from {smallest} to {largest}")
+        return tuple(v - s for v, s in zip(size, smallest))
+
+    def forward(self, input: ArrayLike, output_size: Any = None) -> ArrayLike:
+        """input (N, C_in, *spatial) or unbatched -> (N, C_out, *out); output_size (optional) picks
+        the output_padding, as in torch."""
+        with self.device:
+            x, unbatched = self._operand(input, "input")
+            out_pad = self._output_padding(tuple(x.shape[2:]), output_size)
+            geo = transpose_geometry(self.nd, tuple(x.shape), tuple(self._weight.shape),
+                                     self.stride, self.padding, out_pad, self.groups,
+                                     self.dilation)
+            out = empty(self.device, geo.input_shape, self._work)
+            b = None if self._bias is None else self._in_work(self._bias)
+            enqueue_adjoint(self.device, geo, x, self._in_work(self._weight), b, out)
+            self._saved = (x, geo, geo.input_shape)
+            return self._result(out, unbatched, not is_device_array(input))
+
+    def _backward(self, geo: ConvGeometry, x: cla.Array, g: cla.Array,
+                  w: cla.Array) -> tuple[cla.Array, cla.Array]:
+        # `geo` is the forward convolution from the output grid (g) to the input grid (x): the input
+        # gradient is that convolution of g, the weight gradient its weight gradient with g as the
+        # convolution's input and x as its output gradient.
+        grad_input = empty(self.device, geo.output_shape, self._work)
+        if grad_input.size:
+            algorithm = choose_algorithm(self.device, geo, self.algorithm, self._work)
+            run_algorithm(self.device, geo, algorithm, g, w, None, grad_input)
+        return grad_input, self._weight_grad(geo, g, x)
+
+    def _describe(self) -> str:
+        text = super()._describe()
+        if self.output_padding != (0,) * self.nd:
+            text += f", output_padding={self.output_padding}"
+        return text
+
+
+class Conv1d(_ConvNd):
+    """torch.nn.Conv1d on an OpenCL device: input (N, C_in, L) -> (N, C_out, L_out)."""
+
+    nd = 1
+
+
+class Conv2d(_ConvNd):
+    """torch.nn.Conv2d on an OpenCL device: input (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
+
+    nd = 2
+
+
+class Conv3d(_ConvNd):
+    """torch.nn.Conv3d on an OpenCL device: input (N, C_in, D, H, W) -> (N, C_out, D', H', W')."""
+
+    nd = 3
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """torch.nn.ConvTranspose1d on an OpenCL device: (N, C_in, L) -> (N, C_out, L_out)."""
+
+    nd = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """torch.nn.ConvTranspose2d on an OpenCL device: (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
+
+    nd = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """torch.nn.ConvTranspose3d on an OpenCL device: (N, C_in, D, H, W) -> (N, C_out, D', H',
+    W')."""
+
+    nd = 3
