@@ -1,39 +1,85 @@
 // im2col.cl: copies every receptive field of a batch of images into the columns of a matrix.
 //
-// Layout (torch.nn.functional.unfold's): col[n][row][l] with
+// Layout (torch.nn.functional.unfold's, per image): col[row][l] with
 //   row = c * KSIZE + (kd * KH + kh) * KW + kw      (C * KSIZE rows)
 //   l   = (od * OH + oh) * OW + ow                  (OUT_SPATIAL columns)
 // so that for each image the convolution is weight(C_out, C*KSIZE) x col(C*KSIZE, OUT_SPATIAL), and the
 // rows of one group are contiguous. Positions in the padding read source_coord()'s mapping (PAD_MODE).
+// Element (n, row, l) goes to col[col_offset + n * batch_stride + row * ld + (l - l_start)]: the
+// default (ld = ncols, batch_stride = C * KSIZE * ncols) is one matrix per image;
+// ld = batch * ncols with batch_stride = ncols puts the images side by side in one wide matrix (the
+// batch folded into the GEMM's N).
+//
+// -D LINES_PER_ITEM  output lines (od, oh) each work-item writes (default 1); the host picks enough
+//                    for runs of a few dozen elements, so that short lines (OW = 7, 14) do not cost
+//                    one work-item each.
+// Plus the geometry defines of common.cl.
 //
 // A launch may write only the columns [l_start, l_start + ncols) (to bound the buffer for large
-// images); the matrix written is then (C * KSIZE) x ncols per image.
-// NDRange: (ncols, C * KSIZE, batch). One work-item per column element; consecutive work-items
-// write consecutive addresses (l is the fastest dimension), which is what makes the writes coalesce.
-// Uses the geometry defines of common.cl.
+// images). The window touches `lines` output lines, from line l_start / OW on.
+// NDRange: (C * KSIZE * ceil(lines / LINES_PER_ITEM), batch), the line group varying fastest. Each
+// work-item writes, for one row, the parts of LINES_PER_ITEM consecutive output lines that lie in
+// the window: contiguous runs, adjacent to its neighbours' runs. The row's kernel offset and the
+// interior range of each line are worked out once (the divisions hoisted out of the element loops),
+// and each line is split into left padding, interior and right padding, so the interior is a plain
+// strided copy (a vectorisable memcpy for stride 1) without per-element bounds checks.
 
 #include "common.cl"
 
+#ifndef LINES_PER_ITEM
+#define LINES_PER_ITEM 1
+#endif
+
 __kernel void im2col(__global const REAL* restrict x, const long x_offset,
                      __global REAL* restrict col, const long col_offset,
-                     const int l_start, const int ncols) {
-    const int j = get_global_id(0);
-    const int l = l_start + j;
-    const int row = get_global_id(1);
-    const int n = get_global_id(2);
+                     const int l_start, const int ncols, const long ld, const long batch_stride) {
+    const int first_line = l_start / OW;
+    const int lines = (l_start + ncols - 1) / OW - first_line + 1;
+    const int groups = (lines + LINES_PER_ITEM - 1) / LINES_PER_ITEM;
+    const int row = (int)get_global_id(0) / groups;
+    const int line0 = first_line + ((int)get_global_id(0) % groups) * LINES_PER_ITEM;
+    const int n = get_global_id(1);
 
     const int c = row / KSIZE;
     const int k = row % KSIZE;
     const int kd = k / (KH * KW);
     const int kh = (k / KW) % KH;
     const int kw = k % KW;
-    const int od = l / (OH * OW);
-    const int oh = (l / OW) % OH;
-    const int ow = l % OW;
+    // iw = ow * SW + shift lies inside [0, IW) exactly for ow in [lo, hi) (the quotients are
+    // taken of non-negative numbers only: C division truncates towards zero).
+    const int shift = kw * DW - PW;
+    const int lo = (shift >= 0) ? 0 : min((SW - 1 - shift) / SW, OW);
+    const int hi = (shift > IW - 1) ? lo : clamp((IW - 1 - shift) / SW + 1, lo, OW);
 
-    const idx_t src = input_offset(c, od * SD - PD + kd * DD, oh * SH - PH + kh * DH,
-                                   ow * SW - PW + kw * DW);
-    const idx_t image = (idx_t)n * (C * IN_SPATIAL);
-    const idx_t dst = ((idx_t)n * (C * KSIZE) + row) * ncols + j;
-    col[col_offset + dst] = (src < 0) ? (REAL)0 : x[x_offset + image + src];
+    __global const REAL* image = x + x_offset + (idx_t)n * (C * IN_SPATIAL) + (idx_t)c * IN_SPATIAL;
+    __global REAL* out = col + col_offset + n * batch_stride + row * ld - l_start;
+    const int line_end = min(line0 + LINES_PER_ITEM, first_line + lines);
+    for (int line = line0; line < line_end; ++line) {
+        const int line_l = line * OW;  // l of the line's first element
+        const int begin = max(0, l_start - line_l);
+        const int end = min(OW, l_start + ncols - line_l);
+        __global REAL* dst = out + line_l;
+        const int sd = source_coord((line / OH) * SD - PD + kd * DD, ID);
+        const int sh = source_coord((line % OH) * SH - PH + kh * DH, IH);
+        if (sd < 0 || sh < 0) {  // the whole line reads zero padding
+            for (int ow = begin; ow < end; ++ow) dst[ow] = (REAL)0;
+            continue;
+        }
+        __global const REAL* src = image + (idx_t)sd * IH * IW + (idx_t)sh * IW;
+        const int a = clamp(lo, begin, end);
+        const int b = clamp(hi, a, end);
+        int ow = begin;
+        for (; ow < a; ++ow) {
+            const int sw = source_coord(ow * SW + shift, IW);
+            dst[ow] = (sw < 0) ? (REAL)0 : src[sw];
+        }
+#ifdef __clang__  // short runs (OW = 7, 14): 4-wide vectors, not the default 16 x 4 that never run
+#pragma clang loop vectorize_width(4) interleave_count(1)
+#endif
+        for (; ow < b; ++ow) dst[ow] = src[ow * SW + shift];
+        for (; ow < end; ++ow) {
+            const int sw = source_coord(ow * SW + shift, IW);
+            dst[ow] = (sw < 0) ? (REAL)0 : src[sw];
+        }
+    }
 }

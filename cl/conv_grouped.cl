@@ -1,0 +1,174 @@
+// conv_grouped.cl: direct convolution for groups with few channels each (depthwise: one), where a
+// GEMM per group would have a handful of rows.
+//
+// A work-item computes a segment of SEGW adjacent outputs along W for one (n, co, od, oh). The
+// outputs whose receptive field lies inside the input along W (the interior, a range known at
+// compile time) are computed VW at a time as one vector: per input line and kernel tap, one vector
+// of VW inputs (an unaligned vector load for stride 1, the even lanes of a 2 * VW load for
+// stride 2) times the tap, so each loaded line serves VW outputs and the taps unroll from the
+// KD/KH/KW defines; the last vector of a segment may overlap the previous one (it stores the same
+// values again). The few outputs at the left and right edges, where the padding is, are computed
+// one by one through source_coord() (PAD_MODE). Lines that fall entirely in zero padding are
+// skipped. Short lines are done ROWS at a time, so that a work-item has a few dozen outputs.
+//
+// -D GROUPS, -D COUT  groups and output channels (C, the input channels, comes from common.cl)
+// -D VW               outputs per vector: 2, 4, 8 or 16 (default 8)
+// -D SEGW             outputs per work-item along W, a multiple of VW (default 8 * VW)
+// -D ROWS             output lines per work-item (default 1)
+// -D HAS_BIAS         add bias[co]       -D RELU  apply max(0, .) last (NaN stays NaN)
+// Plus the geometry defines of common.cl (any nd: 1-d and 2-d problems are 3-d ones with
+// leading 1s).
+// NDRange: (ceil(OW / SEGW), ceil(OH / ROWS), batch * COUT * OD).
+// Weight layout (COUT, C / GROUPS, KD, KH, KW).
+
+#include "common.cl"
+
+#ifndef GROUPS
+#define GROUPS 1
+#endif
+#ifndef COUT
+#define COUT 1
+#endif
+#ifndef VW
+#define VW 8
+#endif
+#ifndef SEGW
+#define SEGW (8 * VW)
+#endif
+#ifndef ROWS
+#define ROWS 1
+#endif
+#define CIN_G (C / GROUPS)
+#define COUT_G (COUT / GROUPS)
+
+// Interior outputs [OW_LO, OW_HI): every input a vector of them loads is inside [0, IW) (the
+// stride-2 load reads one element past the last one it uses).
+#define OW_LO ((PW + SW - 1) / SW)
+#define LAST_READ_OFFSET ((KW - 1) * DW + (SW == 2 ? 1 : 0) - PW)  // last input read = ow*SW + this
+#define OW_HI_RAW ((IW - 1 - LAST_READ_OFFSET) >= 0 ? (IW - 1 - LAST_READ_OFFSET) / SW + 1 : 0)
+#define OW_HI (OW_HI_RAW < OW_LO ? OW_LO : (OW_HI_RAW > OW ? OW : OW_HI_RAW))
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define VREAL CAT(REAL, VW)
+#define VACC CAT(ACC, VW)
+#define VLOAD CAT(vload, VW)
+#define VSTORE CAT(vstore, VW)
+#define CONVERT_VACC CAT(convert_, VACC)
+#define CONVERT_VREAL CAT(convert_, VREAL)
+
+// VW inputs at stride SW from p, as a VACC.
+#if SW == 1
+#define LOAD_STRIDED(p) CONVERT_VACC(VLOAD(0, p))
+#elif SW == 2 && VW == 2
+#define LOAD_STRIDED(p) CONVERT_VACC(vload4(0, p).even)
+#elif SW == 2 && VW == 4
+#define LOAD_STRIDED(p) CONVERT_VACC(vload8(0, p).even)
+#elif SW == 2 && VW == 8
+#define LOAD_STRIDED(p) CONVERT_VACC(vload16(0, p).even)
+#elif SW == 2 && VW == 16
+#define LOAD_STRIDED(p) CONVERT_VACC((VREAL)(vload16(0, p).even, vload16(1, p).even))
+#else
+#define LOAD_STRIDED(p) load_strided(p)
+inline VACC load_strided(__global const REAL* p) {
+    ACC tmp[VW];
+    for (int v = 0; v < VW; ++v) tmp[v] = (ACC)p[v * SW];
+    return VLOAD(0, tmp);
+}
+#endif
+
+// One output at column ow (any position; the padding is read through source_coord()).
+inline ACC conv_point(__global const REAL* image, __global const REAL* filter, int od, int oh,
+                      int ow) {
+    ACC sum = (ACC)0;
+    for (int ci = 0; ci < CIN_G; ++ci) {
+        for (int kd = 0; kd < KD; ++kd) {
+            const int sd = source_coord(od * SD - PD + kd * DD, ID);
+            for (int kh = 0; kh < KH; ++kh) {
+                const int sh = source_coord(oh * SH - PH + kh * DH, IH);
+                if (sd < 0 || sh < 0) continue;
+                __global const REAL* line = image + ((idx_t)ci * ID + sd) * IH * IW +
+                                            (idx_t)sh * IW;
+                __global const REAL* taps = filter + ((ci * KD + kd) * KH + kh) * KW;
+                for (int kw = 0; kw < KW; ++kw) {
+                    const int sw = source_coord(ow * SW - PW + kw * DW, IW);
+                    if (sw >= 0) sum += (ACC)line[sw] * (ACC)taps[kw];
+                }
+            }
+        }
+    }
+    return sum;
+}
+
+inline ACC finish(ACC v, __global const REAL* bias, long b_offset, int co) {
+#ifdef HAS_BIAS
+    v += (ACC)bias[b_offset + co];
+#endif
+#ifdef RELU
+    v = (v < (ACC)0) ? (ACC)0 : v;  // NaN < 0 is false: NaN stays NaN
+#endif
+    return v;
+}
+
+// Outputs [seg0, seg1) of line (od, oh) of output channel co into out (the line's start).
+inline void conv_segment(__global const REAL* image, __global const REAL* filter,
+                         __global const REAL* bias, long b_offset, __global REAL* out, int co,
+                         int od, int oh, int seg0, int seg1) {
+    // The segment's interior part [a, b), done by vectors when it holds at least one.
+    int a = max(seg0, OW_LO), b = min(seg1, OW_HI);
+    if (b - a < VW) a = b = seg1;
+    for (int ow = seg0; ow < a; ++ow)
+        out[ow] = (REAL)finish(conv_point(image, filter, od, oh, ow), bias, b_offset, co);
+    for (int ow0 = a; ow0 < b; ow0 += VW) {
+        const int s = min(ow0, b - VW);  // the last vector ends at b (overlapping its predecessor)
+        __global const REAL* strip = image + (s * SW - PW);
+        VACC acc = (VACC)0;
+        for (int ci = 0; ci < CIN_G; ++ci) {
+            for (int kd = 0; kd < KD; ++kd) {
+                const int sd = source_coord(od * SD - PD + kd * DD, ID);
+#pragma unroll
+                for (int kh = 0; kh < KH; ++kh) {
+                    const int sh = source_coord(oh * SH - PH + kh * DH, IH);
+                    if (sd >= 0 && sh >= 0) {  // else a line of zero padding: it adds nothing
+                        __global const REAL* line = strip + ((idx_t)ci * ID + sd) * IH * IW +
+                                                    (idx_t)sh * IW;
+                        __global const REAL* taps = filter + ((ci * KD + kd) * KH + kh) * KW;
+#pragma unroll
+                        for (int kw = 0; kw < KW; ++kw)
+                            acc += (ACC)taps[kw] * LOAD_STRIDED(line + kw * DW);
+                    }
+                }
+            }
+        }
+#ifdef HAS_BIAS
+        acc += (ACC)bias[b_offset + co];
+#endif
+#ifdef RELU
+        acc = select(acc, (VACC)0, acc < (VACC)0);  // NaN < 0 is false: NaN stays NaN
+#endif
+        VSTORE(CONVERT_VREAL(acc), 0, out + s);
+    }
+    for (int ow = max(b, seg0); ow < seg1; ++ow)
+        out[ow] = (REAL)finish(conv_point(image, filter, od, oh, ow), bias, b_offset, co);
+}
+
+__kernel void conv_grouped(__global const REAL* restrict x, const long x_offset,
+                           __global const REAL* restrict weight, const long w_offset,
+                           __global const REAL* restrict bias, const long b_offset,
+                           __global REAL* restrict y, const long y_offset) {
+    const int seg0 = get_global_id(0) * SEGW;
+    const int seg1 = min(seg0 + SEGW, OW);
+    const int oh0 = get_global_id(1) * ROWS;
+    const int ncd = get_global_id(2);
+    const int od = ncd % OD;
+    const int nco = ncd / OD;  // n * COUT + co
+    const int co = nco % COUT;
+    const int n = nco / COUT;
+    const int c0 = (co / COUT_G) * CIN_G;
+
+    __global const REAL* image = x + x_offset + ((idx_t)n * C + c0) * IN_SPATIAL;
+    __global const REAL* filter = weight + w_offset + (idx_t)co * (CIN_G * KSIZE);
+    __global REAL* out = y + y_offset + ((idx_t)nco * OD + od) * OH * OW;
+    for (int oh = oh0; oh < min(oh0 + ROWS, OH); ++oh)
+        conv_segment(image, filter, bias, b_offset, out + (idx_t)oh * OW, co, od, oh, seg0, seg1);
+}

@@ -1,0 +1,215 @@
+"""algorithm='auto', measured: the first call of each (device, shape, dtype) times the algorithms
+that can run it and remembers the fastest, in memory and in a JSON file in `cache_dir()`.
+
+How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv.convolution` when it measures):
+
+1. A choice already made for the key is used: from this process's memory, else from
+   `cache_dir()/algorithms.json` (written by earlier processes; read once per process).
+2. Otherwise, unless $CLCONV_AUTO=rule, the call measures (on its own arrays): each applicable
+   algorithm runs once to build its kernels (and CLBlast's), then the algorithms are timed in up
+   to three interleaved rounds (two when a run takes 50 ms or more; only those within 1.5x of the
+   best go on to the next round), each keeping its fastest run; the fastest wins and is written to
+   memory and to the file. This happens once per key and process at most, whatever the number of
+   calls: a failed file write only costs a warning, and the choice stays in memory.
+3. With CLCONV_AUTO=rule (or when only one algorithm applies) nothing is measured or written: the
+   fixed rule of `conv.rule_choice` decides. The test suite uses it to stay fast and deterministic.
+
+The key: (platform, device name, driver version, nd, batch, channels, groups, sizes, kernel,
+stride, dilation, padding, padding_mode, dtype), plus CHOICES_VERSION, bumped when the kernels
+change enough to make old measurements stale. The bias and the activation are not part of it (they
+cost the same in every algorithm). `clconv.warmup(...)` makes the choice (and builds the kernels)
+ahead of the first real call. The file may be shared by processes: writes merge into what is on
+disk (read, update, write a temporary file, os.replace), so concurrent writers lose at most a
+re-measurable entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyopencl as cl
+
+from .cache import cache_dir
+from .device import Device
+from .params import ConvGeometry
+
+__all__ = ["ENV_VAR", "CHOICES_FILE", "CHOICES_VERSION", "mode", "key", "lookup", "measure",
+           "record", "forget"]
+
+ENV_VAR = "CLCONV_AUTO"
+MODES = ("measure", "rule")
+CHOICES_FILE = "algorithms.json"
+CHOICES_VERSION = 2  # 2: winograd no longer a candidate
+_REPEAT_BELOW_S = 0.05  # best runs faster than this get three timed rounds, slower ones two
+_FILE_LOCK = threading.Lock()
+
+
+def mode() -> str:
+    """'measure' (the default) or 'rule', from $CLCONV_AUTO."""
+    value = os.environ.get(ENV_VAR, "").strip().lower() or "measure"
+    if value not in MODES:
+        raise ValueError(f"environment variable {ENV_VAR}={os.environ.get(ENV_VAR)!r} must be "
+                         f"one of {MODES} (how algorithm='auto' chooses)")
+    return value
+
+
+def key(dev: Device, geo: ConvGeometry, dtype: Any) -> str:
+    """The JSON text naming one (device, geometry, dtype): the file's key."""
+    return json.dumps([CHOICES_VERSION, dev.platform_name, dev.name, dev.driver_version, geo.nd,
+                       geo.batch, geo.in_channels, geo.out_channels, geo.groups, geo.in_size,
+                       geo.kernel, geo.stride, geo.dilation, geo.pad_lo, geo.pad_hi,
+                       geo.padding_mode, np.dtype(dtype).name], separators=(",", ":"))
+
+
+class _Store:
+    """The choices of one device for one cache location: memory, backed by the file."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_geometry: dict[tuple[ConvGeometry, str], str] = {}
+        self.from_file: dict[str, str] | None = None  # key text -> algorithm, read once
+
+
+def _location() -> tuple[str | None, str | None]:
+    # What cache_dir() depends on, without creating the folder on every call.
+    return os.environ.get("CLCONV_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME")
+
+
+def _store(dev: Device) -> _Store:
+    slot = ("autotune", _location())
+    store = dev.cache.get(slot)
+    if store is None:
+        store = dev.cache.setdefault(slot, _Store())
+    return store
+
+
+def _path() -> Path:
+    return cache_dir() / CHOICES_FILE
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        warnings.warn(f"clconv: ignoring the algorithm choices in {path}: {err}", RuntimeWarning,
+                      stacklevel=4)
+        return {}
+    choices = data.get("choices") if isinstance(data, dict) else None
+    return choices if isinstance(choices, dict) else {}
+
+
+def lookup(dev: Device, geo: ConvGeometry, dtype: Any) -> str | None:
+    """The remembered choice for this key (memory, then the file), or None."""
+    store = _store(dev)
+    mem_key = (geo, np.dtype(dtype).name)
+    found = store.by_geometry.get(mem_key)
+    if found is not None:
+        return found
+    with store.lock:
+        if store.from_file is None:
+            try:
+                entries = _read_file(_path())
+            except OSError:  # no usable cache folder: memory only
+                entries = {}
+            store.from_file = {k: v["algorithm"] for k, v in entries.items()
+                               if isinstance(v, dict) and isinstance(v.get("algorithm"), str)}
+        found = store.from_file.get(key(dev, geo, dtype))
+        if found is not None:
+            store.by_geometry[mem_key] = found
+    return found
+
+
+def record(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str,
+           seconds: dict[str, float] | None = None) -> None:
+    """Remembers `algorithm` for the key in memory and merges it into the file."""
+    store = _store(dev)
+    store.by_geometry[(geo, np.dtype(dtype).name)] = algorithm
+    text = key(dev, geo, dtype)
+    if store.from_file is not None:
+        store.from_file[text] = algorithm
+    entry = {"algorithm": algorithm, "seconds": seconds or {},
+             "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        path = _path()
+        with _FILE_LOCK:
+            choices = _read_file(path)
+            choices[text] = entry
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps({"version": CHOICES_VERSION, "choices": choices}, indent=1,
+                                      sort_keys=True))
+            os.replace(tmp, path)
+    except OSError as err:
+        warnings.warn(f"clconv: could not save the algorithm choice to the cache folder ({err}); "
+                      f"it is kept in memory for this process", RuntimeWarning, stacklevel=3)
+
+
+def forget(dev: Device | None = None) -> None:
+    """Drops the in-memory choices (of `dev`, or of every device seen); the file stays."""
+    from .device import devices
+
+    for d in [dev] if dev is not None else devices():
+        for slot in [s for s in d.cache if isinstance(s, tuple) and s and s[0] == "autotune"]:
+            del d.cache[slot]
+
+
+def _time_once(dev: Device, run: Callable[[str], None], algorithm: str) -> float:
+    start = time.perf_counter()
+    run(algorithm)
+    dev.queue.finish()
+    return time.perf_counter() - start
+
+
+def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str],
+            run: Callable[[str], None]) -> str:
+    """Times `run(algorithm)` for each candidate, records the fastest and returns it.
+
+    Each candidate runs once untimed (kernel builds, CLBlast's compilation, caches), then in rounds
+    that interleave the candidates still within 1.5x of the best (so that a slow spell of a shared
+    machine hits them alike): up to three rounds, two when the best takes 50 ms or more; a
+    candidate's time is its fastest run. Holds dev.lock throughout, so other threads' work does not
+    disturb the timings (and a thread that waited finds the choice made). A candidate that raises
+    (its workspace does not fit, its kernel does not build here) is skipped with a warning (none
+    for MemoryError); if all do, the last error propagates.
+    """
+    with dev.lock:
+        done = lookup(dev, geo, dtype)
+        if done is not None:
+            return done
+        dev.queue.finish()
+        best: dict[str, float] = {}
+        error: BaseException | None = None
+        alive = []
+        for algorithm in candidates:
+            try:
+                _time_once(dev, run, algorithm)  # builds kernels, warms caches
+            except (MemoryError, RuntimeError, cl.Error) as err:
+                error = err
+                if not isinstance(err, MemoryError):
+                    warnings.warn(f"clconv: algorithm={algorithm!r} failed while measuring "
+                                  f"algorithm='auto' ({type(err).__name__}: {err}); choosing "
+                                  f"among the others", RuntimeWarning, stacklevel=4)
+                continue
+            alive.append(algorithm)
+        if not alive:
+            assert error is not None
+            raise error
+        for round_ in range(3):
+            for algorithm in alive:
+                seconds = _time_once(dev, run, algorithm)
+                best[algorithm] = min(best.get(algorithm, seconds), seconds)
+            leader = min(best.values())
+            alive = [a for a in alive if best[a] <= 1.5 * leader]
+            if len(alive) < 2 or (round_ >= 1 and leader >= _REPEAT_BELOW_S):
+                break
+        winner = min(best, key=best.__getitem__)
+        record(dev, geo, dtype, winner, best)
+        return winner

@@ -1,0 +1,202 @@
+"""algorithm='auto' that measures (clconv.autotune): the choice is made once per (device, shape,
+dtype), kept in memory and in algorithms.json in the cache folder (round trip, merging, a corrupt or
+unwritable file), CLCONV_AUTO=rule turns measuring off, clconv.warmup chooses ahead of time,
+and every algorithm computes the same convolution. Timings are never asserted, only which runs
+happen.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import reference as ref
+from helpers import random_array
+from tolerance import assert_close, conv_magnitude, conv_reduction
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+@pytest.fixture
+def cache(clconv, tmp_path, monkeypatch):
+    """A fresh cache folder, measuring on, no remembered choices in memory."""
+    from clconv import autotune
+
+    monkeypatch.setenv("CLCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CLCONV_AUTO", raising=False)
+    autotune.forget()
+    yield tmp_path / autotune.CHOICES_FILE
+    autotune.forget()
+
+
+@pytest.fixture
+def runs(clconv, monkeypatch):
+    """The algorithms run_algorithm is asked to run, in order, and the measure() calls."""
+    from clconv import autotune, conv
+
+    log: dict[str, list] = {"run": [], "measure": []}
+    real_run, real_measure = conv.run_algorithm, autotune.measure
+
+    def run(dev, geo, algorithm, *args, **kwargs):
+        log["run"].append(algorithm)
+        return real_run(dev, geo, algorithm, *args, **kwargs)
+
+    def measure(dev, geo, dtype, candidates, fn):
+        log["measure"].append(tuple(candidates))
+        return real_measure(dev, geo, dtype, candidates, fn)
+
+    monkeypatch.setattr(conv, "run_algorithm", run)
+    monkeypatch.setattr(autotune, "measure", measure)
+    return log
+
+
+def data(rng, x_shape=(2, 5, 9, 8), w_shape=(4, 5, 3, 3)):
+    return random_array(rng, x_shape), random_array(rng, w_shape), random_array(rng, (w_shape[0],))
+
+
+def test_measures_once_and_remembers(clconv, rng, cache, runs):
+    from clconv import autotune, conv
+    from clconv.params import conv_geometry
+
+    x, w, b = data(rng)
+    want = np.maximum(ref.conv_nd(x, w, b, 1, 1), 0)
+    for _ in range(3):
+        got = clconv.conv2d(x, w, b, padding=1, activation="relu")
+        assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    dev = clconv.current_device()
+    geo = conv_geometry(2, x.shape, w.shape, 1, 1, 1, 1)
+    candidates = conv.applicable_algorithms(dev, geo, np.float32)
+    assert len(runs["measure"]) == 1 and set(runs["measure"][0]) == set(candidates)
+    chosen = autotune.lookup(dev, geo, np.float32)
+    assert chosen in candidates
+    # measuring: an untimed run and at least one timed run of each; then the winner, every call
+    assert all(runs["run"].count(a) >= 2 for a in candidates)
+    assert runs["run"][-2:] == [chosen, chosen]
+    # ... and the file holds it with the timings
+    entries = json.loads(cache.read_text())["choices"]
+    assert entries[autotune.key(dev, geo, np.float32)]["algorithm"] == chosen
+    assert set(entries[autotune.key(dev, geo, np.float32)]["seconds"]) == set(candidates)
+
+
+def test_file_round_trip_and_merge(clconv, rng, cache, runs):
+    """A later process (memory forgotten) reads the choice from the file instead of measuring; a
+    choice written there by hand is obeyed; new choices merge into the file."""
+    from clconv import autotune
+    from clconv.params import conv_geometry
+
+    dev = clconv.current_device()
+    x, w, b = data(rng)
+    clconv.conv2d(x, w, b, padding=1)
+    assert len(runs["measure"]) == 1
+    geo = conv_geometry(2, x.shape, w.shape, 1, 1, 1, 1)
+    k = autotune.key(dev, geo, np.float32)
+    # another process's choice for this key, and an entry for some other key
+    text = json.loads(cache.read_text())
+    text["choices"][k]["algorithm"] = "direct"
+    text["choices"]["someone else's key"] = {"algorithm": "im2col", "seconds": {}}
+    cache.write_text(json.dumps(text))
+    autotune.forget()
+    runs["run"].clear()
+    got = clconv.conv2d(x, w, b, padding=1)
+    assert runs["run"] == ["direct"] and len(runs["measure"]) == 1  # read, not measured
+    assert_close(got, ref.conv_nd(x, w, b, 1, 1), np.float32, conv_reduction(w),
+                 conv_magnitude(x, w, b))
+    # a new shape is measured and merged in: the others stay
+    x2, w2, b2 = data(rng, (1, 3, 7, 7), (2, 3, 3, 3))
+    clconv.conv2d(x2, w2, b2)
+    assert len(runs["measure"]) == 2
+    choices = json.loads(cache.read_text())["choices"]
+    assert choices[k]["algorithm"] == "direct" and "someone else's key" in choices
+    assert len(choices) == 3
+    assert not list(cache.parent.glob("*.tmp"))
+
+
+def test_rule_mode_measures_nothing(clconv, rng, cache, runs, monkeypatch):
+    from clconv import conv
+    from clconv.params import conv_geometry
+
+    monkeypatch.setenv("CLCONV_AUTO", "rule")
+    x, w, b = data(rng)
+    clconv.conv2d(x, w, b, padding=1)
+    dev = clconv.current_device()
+    geo = conv_geometry(2, x.shape, w.shape, 1, 1, 1, 1)
+    assert runs["measure"] == [] and runs["run"] == [conv.rule_choice(dev, geo)]
+    assert not cache.exists()
+
+
+def test_bad_mode_names_the_variable(clconv, rng, cache, monkeypatch):
+    monkeypatch.setenv("CLCONV_AUTO", "fastest")
+    x, w, b = data(rng)
+    with pytest.raises(ValueError, match="CLCONV_AUTO"):
+        clconv.conv2d(x, w, b, padding=1)
+    clconv.conv2d(x, w, b, padding=1, algorithm="im2col")  # explicit algorithms do not care
+
+
+def test_warmup_chooses_ahead(clconv, rng, cache, runs):
+    from clconv import autotune
+    from clconv.params import conv_geometry
+
+    chosen = clconv.warmup((2, 5, 9, 8), (4, 5, 3, 3), padding=1)
+    dev = clconv.current_device()
+    geo = conv_geometry(2, (2, 5, 9, 8), (4, 5, 3, 3), 1, 1, 1, 1)
+    assert chosen == autotune.lookup(dev, geo, np.float32)
+    assert len(runs["measure"]) == 1
+    runs["run"].clear()
+    x, w, b = data(rng)
+    clconv.conv2d(x, w, b, padding=1)
+    assert runs["run"] == [chosen] and len(runs["measure"]) == 1
+    # unbatched shapes, explicit algorithms, other dtypes
+    assert clconv.warmup((3, 6, 6), (2, 3, 3, 3), algorithm="direct") == "direct"
+    assert clconv.warmup((1, 2, 10), (2, 1, 3), groups=2, bias=False) in ("direct", "im2col")
+
+
+def test_corrupt_file_is_replaced(clconv, rng, cache, runs):
+    cache.write_text("{not json")
+    x, w, b = data(rng)
+    with pytest.warns(RuntimeWarning, match="ignoring"):
+        clconv.conv2d(x, w, b, padding=1)
+    assert len(json.loads(cache.read_text())["choices"]) == 1
+
+
+def test_unusable_cache_folder_keeps_the_choice_in_memory(clconv, rng, tmp_path, monkeypatch,
+                                                          runs):
+    from clconv import autotune
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CLCONV_CACHE_DIR", str(blocker))  # mkdir fails: it is a file
+    monkeypatch.delenv("CLCONV_AUTO", raising=False)
+    autotune.forget()
+    try:
+        x, w, b = data(rng)
+        with pytest.warns(RuntimeWarning, match="could not save"):
+            clconv.conv2d(x, w, b, padding=1)
+        clconv.conv2d(x, w, b, padding=1)
+        assert len(runs["measure"]) == 1
+    finally:
+        autotune.forget()
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 6, 10, 9), (5, 6, 3, 3), {"padding": 1}),
+    ((3, 4, 8, 8), (4, 1, 3, 3), {"padding": 1, "groups": 4, "padding_mode": "reflect"}),
+    ((2, 8, 5, 7), (6, 4, 3, 3), {"padding": (2, 0), "groups": 2}),
+], ids=["dense", "depthwise-reflect", "grouped"])
+def test_every_algorithm_gives_the_same_result(clconv, rng, case, monkeypatch):
+    monkeypatch.setenv("CLCONV_AUTO", "rule")
+    x_shape, w_shape, kw = case
+    x, w, b = data(rng, x_shape, w_shape)
+    want = np.maximum(ref.conv_nd(x, w, b, 1, kw.get("padding", 0), 1, kw.get("groups", 1),
+                                  kw.get("padding_mode", "zeros")), 0)
+    results = {a: clconv.conv2d(x, w, b, activation="relu", algorithm=a, **kw)
+               for a in clconv.ALGORITHMS}
+    for a, got in results.items():
+        assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b),
+                     err_msg=a)

@@ -1,0 +1,138 @@
+"""algorithm='direct' for groups with few channels each: cl/conv_grouped.cl (vectors of adjacent
+outputs, edges through source_coord) against the float64 oracle and against cl/conv_direct.cl.
+
+Shapes are chosen around the kernel's cases: outputs narrower than a vector, widths that are not
+a multiple of it (overlapping last vector), interiors of 2/4/8 outputs, stride 1, 2 and 3, dilation,
+every padding_mode, channel multipliers (C_out/groups > 1), several channels per group, 1-d and 3-d,
+bias and ReLU, batch > 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference as ref
+from helpers import random_array
+from tolerance import assert_close, conv_magnitude, conv_reduction
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+@pytest.fixture
+def kernels_built(monkeypatch):
+    """Names of the kernels the convolution path asks program.kernel for."""
+    from clconv import conv
+
+    names: list[str] = []
+    real = conv.kernel
+
+    def spy(dev, source, name, defines):
+        names.append(name)
+        return real(dev, source, name, defines)
+
+    monkeypatch.setattr(conv, "kernel", spy)
+    return names
+
+
+def conv(clconv, nd, x, w, b, **kw):
+    return {1: clconv.conv1d, 2: clconv.conv2d, 3: clconv.conv3d}[nd](x, w, b, algorithm="direct",
+                                                                       **kw)
+
+
+# (x shape, w shape, conv kwargs)
+CASES = {
+    "depthwise": ((2, 4, 13, 21), (4, 1, 3, 3), {"padding": 1}),
+    "depthwise-wide": ((1, 3, 6, 70), (3, 1, 3, 3), {"padding": 1}),  # several segments' worth
+    "depthwise-s2": ((1, 4, 15, 33), (4, 1, 3, 3), {"padding": 1, "stride": 2}),
+    "depthwise-s3": ((1, 2, 11, 29), (2, 1, 3, 3), {"padding": 1, "stride": 3}),
+    "depthwise-dil": ((1, 3, 12, 25), (3, 1, 3, 3), {"padding": 2, "dilation": 2}),
+    "depthwise-5x5-valid": ((2, 2, 9, 12), (2, 1, 5, 5), {}),
+    "narrow": ((1, 3, 5, 3), (3, 1, 3, 3), {"padding": 1}),  # OW < any vector
+    "interior-4": ((1, 2, 6, 7), (2, 1, 3, 3), {"padding": 1}),
+    "multiplier": ((2, 3, 10, 17), (6, 1, 3, 3), {"padding": 1, "groups": 3}),
+    "grouped-4ch": ((1, 8, 9, 19), (4, 4, 3, 3), {"padding": (1, 2), "groups": 2}),
+    "reflect": ((1, 3, 7, 18), (3, 1, 3, 3), {"padding": 2, "padding_mode": "reflect"}),
+    "replicate": ((2, 2, 6, 11), (2, 1, 3, 5), {"padding": (1, 2), "padding_mode": "replicate"}),
+    "circular-s2": ((1, 4, 8, 20), (4, 1, 3, 3), {"padding": 1, "stride": 2,
+                                                  "padding_mode": "circular"}),
+    "dense-small": ((2, 3, 9, 16), (5, 3, 3, 3), {"padding": 1, "groups": 1}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_reference_2d(clconv, rng, case, kernels_built):
+    x_shape, w_shape, kw = CASES[case]
+    kw = dict(kw)
+    kw.setdefault("groups", x_shape[1] // w_shape[1])
+    x = random_array(rng, x_shape)
+    w = random_array(rng, w_shape)
+    b = random_array(rng, (w_shape[0],))
+    relu = case in ("depthwise", "multiplier", "reflect")
+    got = conv(clconv, 2, x, w, b, activation="relu" if relu else None, **kw)
+    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                       kw["groups"], kw.get("padding_mode", "zeros"))
+    if relu:
+        want = np.maximum(want, 0)
+    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    assert kernels_built == ["conv_grouped"]
+
+
+@pytest.mark.parametrize("nd, x_shape, w_shape, kw", [
+    (1, (2, 6, 50), (6, 1, 5), {"padding": 2, "groups": 6}),
+    (1, (3, 4, 9), (8, 2, 3), {"stride": 2, "groups": 2, "padding_mode": "reflect", "padding": 1}),
+    (3, (1, 3, 5, 6, 19), (3, 1, 3, 3, 3), {"padding": 1, "groups": 3}),
+    (3, (2, 4, 4, 5, 9), (4, 2, 2, 3, 3), {"padding": (0, 1, 1), "groups": 2,
+                                           "padding_mode": "replicate"}),
+], ids=["1d-depthwise", "1d-grouped-reflect", "3d-depthwise", "3d-grouped-replicate"])
+def test_matches_reference_1d_3d(clconv, rng, nd, x_shape, w_shape, kw):
+    x = random_array(rng, x_shape)
+    w = random_array(rng, w_shape)
+    b = random_array(rng, (w_shape[0],))
+    got = conv(clconv, nd, x, w, b, **kw)
+    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), 1, kw["groups"],
+                       kw.get("padding_mode", "zeros"))
+    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+
+
+def test_float64(clconv, dev, rng):
+    if not dev.fp64:
+        pytest.skip(f"{dev.name} has no float64 support")
+    x = random_array(rng, (2, 4, 7, 23), np.float64)
+    w = random_array(rng, (4, 1, 3, 3), np.float64)
+    got = clconv.conv2d(x, w, padding=1, groups=4, algorithm="direct")
+    assert got.dtype == np.float64
+    assert_close(got, ref.conv_nd(x, w, None, 1, 1, 1, 4), np.float64, conv_reduction(w),
+                 conv_magnitude(x, w))
+
+
+def test_agrees_with_the_per_element_kernel(clconv, rng, monkeypatch, kernels_built):
+    """conv_grouped.cl and conv_direct.cl compute the same depthwise convolution."""
+    from clconv import conv as conv_module
+
+    x = random_array(rng, (2, 6, 12, 30))
+    w = random_array(rng, (6, 1, 3, 3))
+    b = random_array(rng, (6,))
+    grouped = clconv.conv2d(x, w, b, padding=1, groups=6, algorithm="direct", activation="relu")
+    monkeypatch.setattr(conv_module, "GROUPED_MAX_CIN", 0)
+    plain = clconv.conv2d(x, w, b, padding=1, groups=6, algorithm="direct", activation="relu")
+    assert kernels_built == ["conv_grouped", "conv_direct"]
+    assert_close(grouped, plain.astype(np.float64), np.float32, conv_reduction(w),
+                 conv_magnitude(x, w, b))
+
+
+def test_nonfinite_input_poisons_only_its_windows(clconv, rng):
+    x = random_array(rng, (1, 2, 9, 20))
+    w = random_array(rng, (2, 1, 3, 3))
+    w[w == 0] = 0.5
+    x[0, 1, 4, 0] = np.inf  # at the left edge (the scalar path)
+    x[0, 0, 2, 9] = np.nan  # in the interior (the vector path)
+    got = clconv.conv2d(x, w, padding=1, groups=2, algorithm="direct")
+    want = ref.conv_nd(x, w, None, 1, 1, 1, 2)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
