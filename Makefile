@@ -9,13 +9,24 @@ PY       := $(VENV)/bin/python
 APT_PKGS := pocl-opencl-icd libclblast-dev ocl-icd-opencl-dev
 STAMP    := $(VENV)/.installed
 
-.PHONY: demo test info bench tune system venv clean
+.PHONY: demo test info bench tune system venv crosscheck clean
 
 demo: venv
 	$(PY) -m clconv demo
 
-test: venv
+test: venv crosscheck
 	$(PY) -m pytest -q
+
+# Optional: torch for the tests' cross-checks against torch.nn.functional (the numpy float64 oracle is
+# the reference either way). A CPU build is asked for by its local version, which only a local wheel
+# folder can satisfy, so this never downloads the large CUDA build; `make test TORCH_SPEC=` skips it.
+TORCH_SPEC ?= torch==2.13.0+cpu
+crosscheck: venv
+	@if [ -n "$(TORCH_SPEC)" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
+	  $(PY) -m pip install -q "$(TORCH_SPEC)" 2>/dev/null \
+	    && echo "installed $(TORCH_SPEC) for the torch cross-checks" \
+	    || echo "note: $(TORCH_SPEC) not installable here; the torch cross-checks will be skipped"; \
+	fi
 
 info: venv
 	$(PY) -m clconv info
