@@ -17,10 +17,10 @@
 __kernel void batch_epilogue(__global const REAL* restrict r, const long r_offset,
                              __global REAL* restrict y, const long y_offset,
                              __global const REAL* restrict bias, const long b_offset) {
-    const int s = get_global_id(0);
+    const idx_t s = get_global_id(0);  // SPATIAL may pass 2**31 when INDEX_T is long
     const int c = get_global_id(1);
-    const int i = get_global_id(2);
-    const int images = get_global_size(2);
+    const idx_t i = get_global_id(2);
+    const idx_t images = get_global_size(2);
     REAL v = r[r_offset + ((idx_t)c * images + i) * SPATIAL + s];
 #ifdef HAS_BIAS
     v += bias[b_offset + c];

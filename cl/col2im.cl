@@ -27,7 +27,7 @@ __kernel void col2im(__global const REAL* restrict col, const long col_offset,
             for (int kw = 0; kw < KW; ++kw) {
                 const int pw = w + PW - kw * DW;
                 if (pw < 0 || pw % SW != 0 || pw / SW >= OW) continue;
-                const int row = c * KSIZE + (kd * KH + kh) * KW + kw;
+                const idx_t row = c * KSIZE + ((idx_t)kd * KH + kh) * KW + kw;
                 const idx_t l = ((idx_t)(pd / SD) * OH + ph / SH) * OW + pw / SW;
                 sum += col[col_offset + (n * ((idx_t)C * KSIZE) + row) * OUT_SPATIAL + l];
             }

@@ -91,10 +91,16 @@ typedef INDEX_T idx_t;
 #define DW 1
 #endif
 
-// The volumes are of type idx_t so that products with them (an image's offset n * C * IN_SPATIAL) are
-// computed in 64 bits when INDEX_T is long; a plain int product of the constants would overflow for
-// images of 2**31 elements or more.
-#define KSIZE (KD * KH * KW)
+// The volumes are of type idx_t so that products with them (an image's offset n * C * IN_SPATIAL, a
+// filter's offset co * C / GROUPS * KSIZE) are computed in 64 bits when INDEX_T is long; a plain int
+// product of the constants would overflow for images or filters of 2**31 elements or more.
+//
+// Index rule of every kernel: a single coordinate (c, d, h, w, kd, kh, kw, an output position along
+// one dim) fits in int (the host checks that padded extents stay below 2**31), so those stay int and
+// the int path stays fast; anything that is a product or a flat count (get_global_id of a dim that
+// spans batch * channels, an offset, a row of C * KSIZE, a position in OD * OH * OW) is idx_t. With
+// INDEX_T=int (the host's choice while every buffer holds fewer than 2**31 elements) idx_t is int.
+#define KSIZE ((idx_t)KD * KH * KW)
 #define IN_SPATIAL ((idx_t)ID * IH * IW)
 #define OUT_SPATIAL ((idx_t)OD * OH * OW)
 

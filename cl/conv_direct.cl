@@ -23,14 +23,14 @@ __kernel void conv_direct(__global const REAL* restrict x, const long x_offset,
                           __global REAL* restrict y, const long y_offset) {
     const int ow = get_global_id(0);
     const int oh = get_global_id(1);
-    const int ncd = get_global_id(2);
+    const idx_t ncd = get_global_id(2);  // batch * COUT * OD may pass 2**31 when INDEX_T is long
     const int od = ncd % OD;
-    const int nco = ncd / OD;  // n * COUT + co
+    const idx_t nco = ncd / OD;  // n * COUT + co
     const int co = nco % COUT;
-    const int n = nco / COUT;
+    const idx_t n = nco / COUT;
     const int c0 = (co / COUT_G) * CIN_G;
 
-    __global const REAL* image = x + x_offset + (idx_t)n * (C * IN_SPATIAL);
+    __global const REAL* image = x + x_offset + n * (C * IN_SPATIAL);
     __global const REAL* filter = weight + w_offset + (idx_t)co * (CIN_G * KSIZE);
     ACC sum = 0;
     for (int ci = 0; ci < CIN_G; ++ci) {
@@ -40,7 +40,8 @@ __kernel void conv_direct(__global const REAL* restrict x, const long x_offset,
                     const idx_t src = input_offset(c0 + ci, od * SD - PD + kd * DD,
                                                    oh * SH - PH + kh * DH, ow * SW - PW + kw * DW);
                     if (src >= 0)
-                        sum += (ACC)image[src] * (ACC)filter[(ci * KD + kd) * (KH * KW) + kh * KW + kw];
+                        sum += (ACC)image[src] *
+                               (ACC)filter[(((idx_t)ci * KD + kd) * KH + kh) * KW + kw];
                 }
             }
         }
@@ -51,5 +52,5 @@ __kernel void conv_direct(__global const REAL* restrict x, const long x_offset,
 #ifdef RELU
     sum = (sum < (ACC)0) ? (ACC)0 : sum;
 #endif
-    y[y_offset + (((idx_t)nco * OD + od) * OH + oh) * OW + ow] = (REAL)sum;
+    y[y_offset + ((nco * OD + od) * OH + oh) * OW + ow] = (REAL)sum;
 }

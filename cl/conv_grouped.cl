@@ -87,9 +87,9 @@ inline ACC conv_point(__global const REAL* image, __global const REAL* filter, i
             for (int kh = 0; kh < KH; ++kh) {
                 const int sh = source_coord(oh * SH - PH + kh * DH, IH);
                 if (sd < 0 || sh < 0) continue;
-                __global const REAL* line = image + ((idx_t)ci * ID + sd) * IH * IW +
+                __global const REAL* line = image + ((idx_t)ci * ID + sd) * ((idx_t)IH * IW) +
                                             (idx_t)sh * IW;
-                __global const REAL* taps = filter + ((ci * KD + kd) * KH + kh) * KW;
+                __global const REAL* taps = filter + (((idx_t)ci * KD + kd) * KH + kh) * KW;
                 for (int kw = 0; kw < KW; ++kw) {
                     const int sw = source_coord(ow * SW - PW + kw * DW, IW);
                     if (sw >= 0) sum += (ACC)line[sw] * (ACC)taps[kw];
@@ -130,9 +130,10 @@ inline void conv_segment(__global const REAL* image, __global const REAL* filter
                 for (int kh = 0; kh < KH; ++kh) {
                     const int sh = source_coord(oh * SH - PH + kh * DH, IH);
                     if (sd >= 0 && sh >= 0) {  // else a line of zero padding: it adds nothing
-                        __global const REAL* line = strip + ((idx_t)ci * ID + sd) * IH * IW +
+                        __global const REAL* line = strip +
+                                                    ((idx_t)ci * ID + sd) * ((idx_t)IH * IW) +
                                                     (idx_t)sh * IW;
-                        __global const REAL* taps = filter + ((ci * KD + kd) * KH + kh) * KW;
+                        __global const REAL* taps = filter + (((idx_t)ci * KD + kd) * KH + kh) * KW;
 #pragma unroll
                         for (int kw = 0; kw < KW; ++kw)
                             acc += (ACC)taps[kw] * LOAD_STRIDED(line + kw * DW);
@@ -157,18 +158,19 @@ __kernel void conv_grouped(__global const REAL* restrict x, const long x_offset,
                            __global const REAL* restrict bias, const long b_offset,
                            __global REAL* restrict y, const long y_offset) {
     const int seg0 = get_global_id(0) * SEGW;
-    const int seg1 = min(seg0 + SEGW, OW);
+    const int seg1 = (OW - seg0 > SEGW) ? seg0 + SEGW : OW;  // no seg0 + SEGW past 2**31 - 1
     const int oh0 = get_global_id(1) * ROWS;
-    const int ncd = get_global_id(2);
+    const int oh1 = (OH - oh0 > ROWS) ? oh0 + ROWS : OH;
+    const idx_t ncd = get_global_id(2);  // batch * COUT * OD may pass 2**31 when INDEX_T is long
     const int od = ncd % OD;
-    const int nco = ncd / OD;  // n * COUT + co
+    const idx_t nco = ncd / OD;  // n * COUT + co
     const int co = nco % COUT;
-    const int n = nco / COUT;
+    const idx_t n = nco / COUT;
     const int c0 = (co / COUT_G) * CIN_G;
 
-    __global const REAL* image = x + x_offset + ((idx_t)n * C + c0) * IN_SPATIAL;
+    __global const REAL* image = x + x_offset + (n * C + c0) * IN_SPATIAL;
     __global const REAL* filter = weight + w_offset + (idx_t)co * (CIN_G * KSIZE);
-    __global REAL* out = y + y_offset + ((idx_t)nco * OD + od) * OH * OW;
-    for (int oh = oh0; oh < min(oh0 + ROWS, OH); ++oh)
+    __global REAL* out = y + y_offset + (nco * OD + od) * ((idx_t)OH * OW);
+    for (int oh = oh0; oh < oh1; ++oh)
         conv_segment(image, filter, bias, b_offset, out + (idx_t)oh * OW, co, od, oh, seg0, seg1);
 }

@@ -14,9 +14,9 @@
 
 __kernel void epilogue(__global REAL* restrict y, const long y_offset,
                        __global const REAL* restrict bias, const long b_offset) {
-    const int s = get_global_id(0);
+    const idx_t s = get_global_id(0);  // SPATIAL or the batch may pass 2**31 when INDEX_T is long
     const int c = get_global_id(1);
-    const int n = get_global_id(2);
+    const idx_t n = get_global_id(2);
     const idx_t i = y_offset + ((idx_t)n * CHANNELS + c) * SPATIAL + s;
     REAL v = y[i];
 #ifdef HAS_BIAS

@@ -32,13 +32,19 @@
 
 __kernel void im2col(__global const REAL* restrict x, const long x_offset,
                      __global REAL* restrict col, const long col_offset,
-                     const int l_start, const int ncols, const long ld, const long batch_stride) {
-    const int first_line = l_start / OW;
-    const int lines = (l_start + ncols - 1) / OW - first_line + 1;
-    const int groups = (lines + LINES_PER_ITEM - 1) / LINES_PER_ITEM;
-    const int row = (int)get_global_id(0) / groups;
-    const int line0 = first_line + ((int)get_global_id(0) % groups) * LINES_PER_ITEM;
-    const int n = get_global_id(1);
+                     const long l_start_arg, const long ncols_arg, const long ld,
+                     const long batch_stride) {
+    // Positions l and line numbers count through OD * OH * OW, which may pass 2**31 when INDEX_T is
+    // long (the host then passes l_start/ncols beyond int); a position inside a line is an int.
+    const idx_t l_start = l_start_arg;
+    const idx_t ncols = ncols_arg;
+    const idx_t first_line = l_start / OW;
+    const idx_t lines = (l_start + ncols - 1) / OW - first_line + 1;
+    const idx_t groups = (lines + LINES_PER_ITEM - 1) / LINES_PER_ITEM;
+    const idx_t gid = get_global_id(0);
+    const idx_t row = gid / groups;
+    const idx_t line0 = first_line + (gid % groups) * LINES_PER_ITEM;
+    const idx_t n = get_global_id(1);
 
     const int c = row / KSIZE;
     const int k = row % KSIZE;
@@ -51,21 +57,21 @@ __kernel void im2col(__global const REAL* restrict x, const long x_offset,
     const int lo = (shift >= 0) ? 0 : min((SW - 1 - shift) / SW, OW);
     const int hi = (shift > IW - 1) ? lo : clamp((IW - 1 - shift) / SW + 1, lo, OW);
 
-    __global const REAL* image = x + x_offset + (idx_t)n * (C * IN_SPATIAL) + (idx_t)c * IN_SPATIAL;
+    __global const REAL* image = x + x_offset + n * (C * IN_SPATIAL) + (idx_t)c * IN_SPATIAL;
     __global REAL* out = col + col_offset + n * batch_stride + row * ld - l_start;
-    const int line_end = min(line0 + LINES_PER_ITEM, first_line + lines);
-    for (int line = line0; line < line_end; ++line) {
-        const int line_l = line * OW;  // l of the line's first element
-        const int begin = max(0, l_start - line_l);
-        const int end = min(OW, l_start + ncols - line_l);
+    const idx_t line_end = min(line0 + LINES_PER_ITEM, first_line + lines);
+    for (idx_t line = line0; line < line_end; ++line) {
+        const idx_t line_l = line * OW;  // l of the line's first element
+        const int begin = (l_start > line_l) ? (int)(l_start - line_l) : 0;
+        const int end = (l_start + ncols - line_l < OW) ? (int)(l_start + ncols - line_l) : OW;
         __global REAL* dst = out + line_l;
-        const int sd = source_coord((line / OH) * SD - PD + kd * DD, ID);
-        const int sh = source_coord((line % OH) * SH - PH + kh * DH, IH);
+        const int sd = source_coord((int)(line / OH) * SD - PD + kd * DD, ID);
+        const int sh = source_coord((int)(line % OH) * SH - PH + kh * DH, IH);
         if (sd < 0 || sh < 0) {  // the whole line reads zero padding
             for (int ow = begin; ow < end; ++ow) dst[ow] = (REAL)0;
             continue;
         }
-        __global const REAL* src = image + (idx_t)sd * IH * IW + (idx_t)sh * IW;
+        __global const REAL* src = image + (idx_t)sd * ((idx_t)IH * IW) + (idx_t)sh * IW;
         const int a = clamp(lo, begin, end);
         const int b = clamp(hi, a, end);
         int ow = begin;

@@ -26,9 +26,9 @@ __kernel void pad_adjoint(__global const REAL* restrict padded, const long p_off
                           __global REAL* restrict x, const long x_offset) {
     const int w = get_global_id(0);
     const int h = get_global_id(1);
-    const int ncd = get_global_id(2);
+    const idx_t ncd = get_global_id(2);  // batch * C * ID may pass 2**31 when INDEX_T is long
     const int d = ncd % ID;
-    const int nc = ncd / ID;  // n * C + c
+    const idx_t nc = ncd / ID;  // n * C + c
 
     ACC sum = 0;
     for (int qd = 0; qd < QD; ++qd) {
@@ -37,9 +37,9 @@ __kernel void pad_adjoint(__global const REAL* restrict padded, const long p_off
             if (source_coord(qh - PH, IH) != h) continue;
             for (int qw = 0; qw < QW; ++qw) {
                 if (source_coord(qw - PW, IW) != w) continue;
-                sum += padded[p_offset + (((idx_t)nc * QD + qd) * QH + qh) * QW + qw];
+                sum += padded[p_offset + ((nc * QD + qd) * QH + qh) * QW + qw];
             }
         }
     }
-    x[x_offset + (((idx_t)nc * ID + d) * IH + h) * IW + w] = (REAL)sum;
+    x[x_offset + ((nc * ID + d) * IH + h) * IW + w] = (REAL)sum;
 }

@@ -71,11 +71,11 @@ __kernel void winograd_input(__global const REAL* restrict x, const long x_offse
                              const int th0, const int th_chunk, const long tiles) {
     const int tw = get_global_id(0);
     const int tr = get_global_id(1);  // th - th0
-    const int nc = get_global_id(2);
+    const idx_t nc = get_global_id(2);  // batch * C may pass 2**31 when INDEX_T is long
     const int c = nc % C;
-    const int n = nc / C;
+    const idx_t n = nc / C;
     const int th = th0 + tr;
-    __global const REAL* image = x + x_offset + (idx_t)nc * IH * IW;
+    __global const REAL* image = x + x_offset + nc * ((idx_t)IH * IW);
 
     ACC d[4][4];
     for (int i = 0; i < 4; ++i) {
@@ -94,7 +94,7 @@ __kernel void winograd_input(__global const REAL* restrict x, const long x_offse
         t[2][j] = d[2][j] - d[1][j];
         t[3][j] = d[1][j] - d[3][j];
     }
-    const idx_t p = ((idx_t)n * th_chunk + tr) * TW + tw;
+    const idx_t p = (n * th_chunk + tr) * TW + tw;
     __global REAL* dst = v + v_offset + (idx_t)c * tiles + p;
     const idx_t plane = (idx_t)C * tiles;
     for (int i = 0; i < 4; ++i) {  // (B^T d) B
@@ -113,12 +113,12 @@ __kernel void winograd_output(__global const REAL* restrict m, const long m_offs
                               const int th0, const int th_chunk, const long tiles) {
     const int tw = get_global_id(0);
     const int tr = get_global_id(1);
-    const int nco = get_global_id(2);
+    const idx_t nco = get_global_id(2);  // batch * COUT may pass 2**31 when INDEX_T is long
     const int co = nco % COUT;
-    const int n = nco / COUT;
+    const idx_t n = nco / COUT;
     const int th = th0 + tr;
 
-    const idx_t p = ((idx_t)n * th_chunk + tr) * TW + tw;
+    const idx_t p = (n * th_chunk + tr) * TW + tw;
     __global const REAL* src = m + m_offset + (idx_t)co * tiles + p;
     const idx_t plane = (idx_t)COUT * tiles;
     ACC t[2][4];  // A^T M
@@ -133,7 +133,7 @@ __kernel void winograd_output(__global const REAL* restrict m, const long m_offs
 #else
     const ACC b = (ACC)0;
 #endif
-    __global REAL* dst = y + y_offset + (idx_t)nco * OH * OW;
+    __global REAL* dst = y + y_offset + nco * ((idx_t)OH * OW);
     for (int i = 0; i < 2; ++i) {  // (A^T M) A
         const int oh = 2 * th + i;
         if (oh >= OH) break;

@@ -37,10 +37,10 @@ import numpy as np
 import pyopencl.array as cla
 
 from . import autotune, gemm
-from .arrays import (ArrayLike, deliver, element_offset, empty, index_type, is_device_array,
-                     result_dtype, to_device)
+from .arrays import (ArrayLike, check_fits, deliver, element_offset, empty, index_type,
+                     is_device_array, result_dtype, to_device)
 from .device import Device, current_device
-from .errors import device_memory_errors, sizes_text
+from .errors import UnsupportedError, device_memory_errors, sizes_text
 from .im2col import enqueue_im2col
 from .params import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
 from .program import kernel, precision_defines
@@ -48,7 +48,8 @@ from .workspace import column_buffer, default_workspace_limit
 
 __all__ = ["ALGORITHMS", "ACTIVATIONS", "conv1d", "conv2d", "conv3d", "choose_algorithm",
            "rule_choice", "applicable_algorithms", "winograd_unsupported", "warmup",
-           "workspace_size", "ColumnPlan", "plan_columns", "WinogradPlan", "plan_winograd"]
+           "workspace_size", "ColumnPlan", "plan_columns", "WinogradPlan", "plan_winograd",
+           "require_gemm", "resolve_workspace_limit"]
 
 ALGORITHMS = ("auto", "im2col", "direct", "winograd")
 GROUPED_MAX_CIN = 16  # 'direct' runs cl/conv_grouped.cl up to this many input channels per group
@@ -77,7 +78,10 @@ def conv2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     padding_mode: 'zeros' | 'reflect' | 'replicate' | 'circular' (as torch.nn.Conv2d's).
     algorithm: 'auto' | 'im2col' | 'direct' | 'winograd' (3x3 stride-1 only; see the module doc).
     activation: None or 'relu', fused into the last kernel.
-    workspace_limit: bytes the column buffer may take (None: the device's default).
+    workspace_limit: bytes the column buffer (or Winograd's transforms) may take (None: the
+    device's default, `clconv.workspace.default_workspace_limit`). A limit above the device's
+    largest single allocation (`Device.max_alloc_bytes`) is capped to it: the workspace is one
+    buffer, and the driver refuses a bigger one.
     numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device, nothing
     copied to the host. Returns (N, C_out, H_out, W_out).
     """
@@ -247,14 +251,24 @@ def plan_winograd(geo: ConvGeometry, itemsize: int, limit: int) -> WinogradPlan:
     return WinogradPlan(1, rows, filters + rows * tile * tw)
 
 
-def _limit(dev: Device, workspace_limit: int | None) -> int:
+def resolve_workspace_limit(dev: Device, workspace_limit: int | None) -> int:
+    """The workspace bound in bytes: the default, or the caller's limit capped at the device's
+    largest single allocation (the workspace is one buffer; a bigger one the driver refuses)."""
     if workspace_limit is None:
         return default_workspace_limit(dev)
     if isinstance(workspace_limit, bool) or not isinstance(workspace_limit, numbers.Integral):
         raise TypeError(f"workspace_limit must be an int number of bytes, got {workspace_limit!r}")
     if workspace_limit < 1:
         raise ValueError(f"workspace_limit must be positive, got {workspace_limit}")
-    return int(workspace_limit)
+    return min(int(workspace_limit), dev.max_alloc_bytes)
+
+
+def require_gemm(what: str) -> None:
+    """Raises UnsupportedError, saying how to install pyclblast, when `what` (an operation that
+    runs CLBlast's GEMM) cannot run because pyclblast is missing. Call before any upload or
+    allocation."""
+    if not gemm.available():
+        raise UnsupportedError(f"{what} needs CLBlast's GEMM. {gemm.missing_reason()}")
 
 
 def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: PaddingArg = 0,
@@ -288,13 +302,6 @@ def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: Pad
     return geo.batch * geo.column_rows * geo.out_spatial * dt.itemsize
 
 
-def _check_fits(dev: Device, what: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if nbytes > dev.max_alloc_bytes:
-        raise MemoryError(f"the {what} {shape} of {dtype} needs {nbytes} bytes, more than device "
-                          f"{dev.name!r} can allocate at once ({dev.max_alloc_bytes} bytes)")
-
-
 def convolution(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None,
                 stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
                 padding_mode: str, algorithm: str, activation: str | None = None,
@@ -305,7 +312,7 @@ def convolution(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | 
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    limit = _limit(dev, workspace_limit)
+    limit = resolve_workspace_limit(dev, workspace_limit)
     dtype = result_dtype(dev, input=input, weight=weight, bias=bias)
     x_shape = _shape(input)
     unbatched = len(x_shape) == nd + 1
@@ -315,9 +322,11 @@ def convolution(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | 
         raise ValueError(f"bias must have shape ({geo.out_channels},) (one per output channel), got "
                          f"{_shape(bias)}")
     algo = choose_algorithm(dev, geo, algorithm, dtype)
+    if algo != "direct":
+        require_gemm(f"conv{nd}d with algorithm={algo!r}")
     for what, shape in (("output", geo.output_shape), ("input", geo.input_shape),
                         ("weight", geo.weight_shape)):
-        _check_fits(dev, what, shape, dtype)
+        check_fits(dev, what, shape, dtype)
     plan = plan_workspace(geo, algo, dtype.itemsize, limit)
     with device_memory_errors(dev, lambda: sizes_text(
             f"conv{nd}d ({algo})", dtype, plan.nbytes if plan else 0, input=geo.input_shape,
@@ -424,8 +433,10 @@ def run_direct(dev: Device, geo: ConvGeometry, x: cla.Array, w: cla.Array, b: cl
     """Enqueues the direct loops for the whole batch (bias and activation fused): cl/conv_grouped.cl
     when the groups have at most GROUPED_MAX_CIN input channels each, else cl/conv_direct.cl."""
     defines = geo.defines()
+    # The weight counts too: a huge filter bank can meet a small input (padding) and output.
     defines.update(precision_defines(out.dtype), GROUPS=geo.groups, COUT=geo.out_channels,
-                   INDEX_T=index_type(element_offset(x) + x.size, element_offset(out) + out.size))
+                   INDEX_T=index_type(element_offset(x) + x.size, element_offset(out) + out.size,
+                                      element_offset(w) + w.size))
     if b is not None:
         defines["HAS_BIAS"] = None
     if activation == "relu":

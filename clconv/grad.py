@@ -6,7 +6,10 @@
 - conv*d_weight: im2col of the input, then per group grad_W_g += grad_out_g (C_out/g x L) @
   cols_g^T (L x C_in/g * K). CLBlast's batched GEMM writes one matrix per image, so the images'
   products land in a partial buffer (batch, C_out, C_in/g * K) and one more GEMM with a row of ones
-  sums them (2 + groups GEMM calls per batch chunk instead of one per image and group).
+  sums them (2 + groups GEMM calls per batch chunk instead of one per image and group). The columns
+  and partials stay within `workspace_limit` (`plan_weight_grad`): batch chunks, else one image at a
+  time straight into the weight, else ranges of an image's output positions, each range's product
+  added to the weight (GEMM beta = 1).
 - `enqueue_bias_grad`: the bias gradient (sum of grad_output over batch and space) the same way.
 
 Beyond torch.nn.grad: a keyword `padding_mode` ('zeros' | 'reflect' | 'replicate' | 'circular') for
@@ -24,6 +27,7 @@ import pyopencl.array as cla
 from . import gemm
 from .arrays import (ArrayLike, check_fits, deliver, element_offset, empty, is_device_array,
                      result_dtype)
+from .conv import ColumnPlan, require_gemm, resolve_workspace_limit
 from .device import Device, current_device
 from .errors import device_memory_errors, sizes_text
 from .im2col import enqueue_im2col
@@ -33,7 +37,8 @@ from .transpose import enqueue_adjoint
 from .workspace import column_buffer, default_workspace_limit
 
 __all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight", "conv3d_input",
-           "conv3d_weight", "conv_input", "conv_weight", "enqueue_bias_grad", "enqueue_weight_grad"]
+           "conv3d_weight", "conv_input", "conv_weight", "enqueue_bias_grad", "enqueue_weight_grad",
+           "plan_weight_grad"]
 
 
 def conv1d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
@@ -67,31 +72,37 @@ def conv3d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
 
 def conv1d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                  groups: int = 1, *, padding_mode: str = "zeros") -> ArrayLike:
+                  groups: int = 1, *, padding_mode: str = "zeros",
+                  workspace_limit: int | None = None) -> ArrayLike:
     """Gradient of conv1d w.r.t. its weight (C_out, C_in/groups, k); as `conv2d_weight`."""
     return conv_weight(1, input, weight_size, grad_output, stride, padding, dilation, groups,
-                       padding_mode)
+                       padding_mode, workspace_limit)
 
 
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                  groups: int = 1, *, padding_mode: str = "zeros") -> ArrayLike:
+                  groups: int = 1, *, padding_mode: str = "zeros",
+                  workspace_limit: int | None = None) -> ArrayLike:
     """Gradient of conv2d w.r.t. its weight, as torch.nn.grad.conv2d_weight.
 
     input (N, C_in, H, W); weight_size: the weight's shape (C_out, C_in/groups, kh, kw); grad_output
     (N, C_out, H_out, W_out), exactly the output shape of that convolution. Summed over the batch
-    (zeros for N = 0). Returns weight_size: numpy for a numpy input, else a pyopencl Array.
+    (zeros for N = 0). workspace_limit: bytes the column buffer (and the per-image partial sums)
+    may take, as for `clconv.conv2d` (None: the device's default; capped at its largest
+    allocation); the work is split to fit, and a limit that cannot hold one column of the im2col
+    matrix is a MemoryError. Returns weight_size: numpy for a numpy input, else a pyopencl Array.
     """
     return conv_weight(2, input, weight_size, grad_output, stride, padding, dilation, groups,
-                       padding_mode)
+                       padding_mode, workspace_limit)
 
 
 def conv3d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                  groups: int = 1, *, padding_mode: str = "zeros") -> ArrayLike:
+                  groups: int = 1, *, padding_mode: str = "zeros",
+                  workspace_limit: int | None = None) -> ArrayLike:
     """Gradient of conv3d w.r.t. its weight (C_out, C_in/groups, kd, kh, kw); as `conv2d_weight`."""
     return conv_weight(3, input, weight_size, grad_output, stride, padding, dilation, groups,
-                       padding_mode)
+                       padding_mode, workspace_limit)
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -127,6 +138,7 @@ def conv_input(nd: int, input_size: Sequence[int], weight: ArrayLike, grad_outpu
     dev = current_device()
     dtype = result_dtype(dev, weight=weight, grad_output=grad_output)
     size = _size_arg(input_size, nd, "input_size", "(N, C_in, *spatial)")
+    require_gemm(f"conv{nd}d_input")
     w_shape = _shape(weight)
     if len(w_shape) == nd + 2 and isinstance(groups, int) and groups > 0 \
             and size[1] != w_shape[1] * groups:
@@ -151,11 +163,14 @@ def conv_input(nd: int, input_size: Sequence[int], weight: ArrayLike, grad_outpu
 
 def conv_weight(nd: int, input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                 stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
-                padding_mode: str = "zeros") -> ArrayLike:
+                padding_mode: str = "zeros", workspace_limit: int | None = None) -> ArrayLike:
     """N-d weight gradient (nd in 1, 2, 3); see conv2d_weight."""
     dev = current_device()
+    limit = (default_workspace_limit(dev) if workspace_limit is None
+             else resolve_workspace_limit(dev, workspace_limit))
     dtype = result_dtype(dev, input=input, grad_output=grad_output)
     size = _size_arg(weight_size, nd, "weight_size", "(C_out, C_in/groups, *kernel)")
+    require_gemm(f"conv{nd}d_weight")
     x_shape = _shape(input)
     if len(x_shape) != nd + 2:
         raise ValueError(f"input must be batched, (N, C_in, *spatial) with {nd + 2} dims, for the "
@@ -167,14 +182,17 @@ def conv_weight(nd: int, input: ArrayLike, weight_size: Sequence[int], grad_outp
     shapes = {"input": geo.input_shape, "grad_output": geo.output_shape, "output": size}
     for what, shape in shapes.items():
         check_fits(dev, what, shape, work)
-    with device_memory_errors(dev, lambda: sizes_text(f"conv{nd}d_weight", work, **shapes)):
+    plan = plan_weight_grad(geo, work.itemsize, limit) if geo.batch else None
+    with device_memory_errors(dev, lambda: sizes_text(f"conv{nd}d_weight", work,
+                                                      plan.nbytes if plan else 0, **shapes)):
         out = empty(dev, size, work)
         if geo.batch == 0:
-            out.fill(0)
+            with dev.lock:  # pyopencl's fill kernel is shared per context
+                out.fill(0)
         elif out.size:
             x = load(dev, input, "input", dtype)
             g = load(dev, grad_output, "grad_output", dtype)
-            enqueue_weight_grad(dev, geo, x, g, out)
+            enqueue_weight_grad(dev, geo, x, g, out, plan=plan)
         return deliver(store(dev, out, dtype), not is_device_array(input))
 
 
@@ -189,24 +207,73 @@ def _ones(dev: Device, n: int, dtype: np.dtype) -> cla.Array:
     return ones
 
 
+def plan_weight_grad(geo: ConvGeometry, itemsize: int, limit: int) -> ColumnPlan:
+    """How `enqueue_weight_grad` splits its workspace to fit in `limit` bytes.
+
+    `batch_chunk` images at a time when at least two fit with their columns and partial weights
+    (nbytes = batch_chunk * (columns + weight)); else one image at a time, its product written
+    straight into the weight (no partial: nbytes = its columns, 0 for a 1x1 convolution, whose
+    columns are the input); else, within an image, `col_chunk` output positions at a time. Raises
+    MemoryError, naming the sizes, when not even one column (C_in * prod(kernel) values) fits.
+    """
+    wsize = geo.out_channels * geo.cin_per_group * geo.ksize  # one partial weight
+    columns = 0 if geo.is_pointwise else geo.column_rows * geo.out_spatial  # one image's
+    per_image = (columns + wsize) * itemsize
+    nb = min(geo.batch, limit // per_image)
+    if nb >= 2:
+        return ColumnPlan(nb, geo.out_spatial, nb * per_image)
+    if columns * itemsize <= limit:
+        return ColumnPlan(1, geo.out_spatial, columns * itemsize)
+    column = geo.column_rows * itemsize
+    if column > limit:
+        raise MemoryError(f"workspace_limit={limit} bytes cannot hold even one column of the "
+                          f"im2col matrix ({geo.column_rows} values = {column} bytes) of the "
+                          f"weight gradient of input {geo.input_shape} (one image's columns: "
+                          f"{columns * itemsize} bytes); raise workspace_limit")
+    cols = limit // column
+    return ColumnPlan(1, cols, cols * column)
+
+
 def enqueue_weight_grad(dev: Device, geo: ConvGeometry, x: cla.Array, g: cla.Array,
-                        out: cla.Array) -> None:
+                        out: cla.Array, limit: int | None = None,
+                        plan: ColumnPlan | None = None) -> None:
     """out (C_out, C_in/groups, *kernel) = sum over the batch of grad_W for the convolution `geo`
     of x (N, C_in, *in_size) with output gradient g (N, C_out, *out_size). Contiguous operands of
-    one dtype; needs geo.batch >= 1. Batch chunks after the first add to out (GEMM beta = 1)."""
+    one dtype; needs geo.batch >= 1. The workspace stays within `limit` bytes (default: the
+    device's), split as `plan` (default: `plan_weight_grad`) says; every product after the first
+    adds to out (GEMM beta = 1)."""
+    if plan is None:
+        limit = default_workspace_limit(dev) if limit is None else limit
+        plan = plan_weight_grad(geo, out.dtype.itemsize, limit)
     mg, kg, l = geo.cout_per_group, geo.cin_per_group * geo.ksize, geo.out_spatial
     wsize = geo.out_channels * kg  # elements of the weight (and of one image's partial)
-    col_image = geo.column_rows * l
+    rows = geo.column_rows
+    col_image = rows * l
     x_image, g_image = geo.in_channels * geo.in_spatial, geo.out_channels * l
     x_off, g_off, out_off = element_offset(x), element_offset(g), element_offset(out)
     pointwise = geo.is_pointwise  # the input already is the column matrix
     col_stride = x_image if pointwise else col_image
     per_image = (0 if pointwise else col_image) + wsize
-    chunk = max(1, min(geo.batch, default_workspace_limit(dev) // (per_image * out.dtype.itemsize)))
     defines = geo.defines()
     with dev.lock:
-        for n0 in range(0, geo.batch, chunk):
-            nb = min(chunk, geo.batch - n0)
+        for n0 in range(0, geo.batch, plan.batch_chunk):
+            nb = min(plan.batch_chunk, geo.batch - n0)
+            g0 = g_off + n0 * g_image
+            if nb == 1:
+                # One image: each range of its output positions adds g_grp[:, l0:l0 + lc]
+                # (lda = l) @ cols_grp^T to the weight, in one GEMM batched over the groups.
+                for l0 in range(0, l, plan.col_chunk):
+                    lc = min(plan.col_chunk, l - l0)
+                    beta = 0.0 if n0 == 0 and l0 == 0 else 1.0
+                    if pointwise:
+                        col, col_off, ldb = x, x_off + n0 * x_image + l0, l
+                    else:
+                        col, col_off, ldb = column_buffer(dev, (rows * lc,), out.dtype), 0, lc
+                        enqueue_im2col(dev, defines, 1, x, x_off + n0 * x_image, col, 0, l0, lc)
+                    gemm.gemm(dev, mg, kg, lc, g, g0 + l0, mg * l, col, col_off, kg * ldb,
+                              out, out_off, mg * kg, geo.groups, b_transposed=True, beta=beta,
+                              lda=l, ldb=ldb)
+                continue
             beta = 1.0 if n0 > 0 else 0.0
             work = column_buffer(dev, (nb * per_image,), out.dtype)
             if pointwise:
@@ -214,14 +281,6 @@ def enqueue_weight_grad(dev: Device, geo: ConvGeometry, x: cla.Array, g: cla.Arr
             else:
                 col, col_off, part_off = work, 0, nb * col_image
                 enqueue_im2col(dev, defines, nb, x, x_off + n0 * x_image, col, col_off)
-            g0 = g_off + n0 * g_image
-            if nb == 1:
-                # A single image: its product is the chunk's sum, written (or added) into out.
-                for grp in range(geo.groups):
-                    gemm.gemm(dev, mg, kg, l, g, g0 + grp * mg * l, 0, col,
-                              col_off + grp * kg * l, 0, out, out_off + grp * mg * kg, 0,
-                              b_transposed=True, beta=beta)
-                continue
             if geo.groups <= nb:
                 for grp in range(geo.groups):  # batched over the images of the chunk
                     gemm.gemm(dev, mg, kg, l, g, g0 + grp * mg * l, g_image, col,
@@ -242,7 +301,8 @@ def enqueue_bias_grad(dev: Device, g: cla.Array, out: cla.Array, batch: int, cha
     """out (channels,) = sum of g (batch, channels, spatial) over batch and space (zeros for an
     empty batch). Contiguous operands of one dtype."""
     if batch == 0 or spatial == 0:
-        out.fill(0)
+        with dev.lock:  # pyopencl's fill kernel is shared per context
+            out.fill(0)
         return
     g_off, out_off = element_offset(g), element_offset(out)
     with dev.lock:

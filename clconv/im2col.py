@@ -63,11 +63,14 @@ def enqueue_im2col(dev: Device, geometry: Mapping[str, object], batch: int, x: c
     # Output lines per work-item, for runs of >= _RUN elements (a function of the geometry only,
     # so that every window of a split call shares one build).
     per_item = min(geo_lines, -(-_RUN // ow))
-    defines = _defines(geometry, x.dtype, x_offset + x.size, end)
+    # The kernel counts positions through l_start + ncols <= blocks and rows through rows * lines
+    # (its NDRange) in idx_t: those decide INDEX_T too, not only the buffers (a column range of a
+    # huge padded image can fit a small buffer).
+    defines = _defines(geometry, x.dtype, x_offset + x.size, end, blocks, rows * lines)
     defines["LINES_PER_ITEM"] = per_item
     kernel(dev, "im2col.cl", "im2col", defines)(
         dev.queue, (rows * -(-lines // per_item), batch), None, x.base_data, np.int64(x_offset),
-        col.base_data, np.int64(col_offset), np.int32(l_start), np.int32(ncols), np.int64(ld),
+        col.base_data, np.int64(col_offset), np.int64(l_start), np.int64(ncols), np.int64(ld),
         np.int64(batch_stride))
 
 

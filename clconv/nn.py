@@ -28,7 +28,7 @@ import numpy as np
 import pyopencl.array as cla
 
 from .arrays import ArrayLike, deliver, empty, is_device_array, result_dtype, to_device
-from .conv import ALGORITHMS, choose_algorithm, convolution, run_algorithm
+from .conv import ALGORITHMS, choose_algorithm, convolution, require_gemm, run_algorithm
 from .device import Device, current_device, device
 from .grad import enqueue_bias_grad, enqueue_weight_grad
 from .params import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple, conv_geometry
@@ -182,6 +182,7 @@ class _Layer:
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first (it "
                                f"uses that call's input)")
         x, geo, out_shape = self._saved
+        require_gemm(f"{type(self).__name__}.backward")  # before grad_output is uploaded
         with self.device:
             g, g_unbatched = self._operand(grad_output, "grad_output")
             if tuple(g.shape) != out_shape:
@@ -206,7 +207,8 @@ class _Layer:
         """The forward convolution `geo`'s weight gradient (zeros for an empty batch)."""
         out = empty(self.device, tuple(self._weight.shape), self._work)
         if geo.batch == 0:
-            out.fill(0)
+            with self.device.lock:  # pyopencl's fill kernel is shared per context
+                out.fill(0)
         else:
             enqueue_weight_grad(self.device, geo, conv_input, conv_grad_output, out)
         return out
@@ -243,6 +245,8 @@ class _ConvNd(_Layer):
 
     def forward(self, input: ArrayLike) -> ArrayLike:
         """input (N, C_in, *spatial) or unbatched (C_in, *spatial) -> (N, C_out, *out)."""
+        if self.algorithm in ("im2col", "winograd"):  # before the input is uploaded
+            require_gemm(f"{type(self).__name__} with algorithm={self.algorithm!r}")
         with self.device:
             x, unbatched = self._operand(input, "input")
             geo = conv_geometry(self.nd, tuple(x.shape), tuple(self._weight.shape), self.stride,
@@ -302,6 +306,7 @@ class _ConvTransposeNd(_Layer):
     def forward(self, input: ArrayLike, output_size: Any = None) -> ArrayLike:
         """input (N, C_in, *spatial) or unbatched -> (N, C_out, *out); output_size (optional) picks
         the output_padding, as in torch."""
+        require_gemm(f"{type(self).__name__}.forward")  # before the input is uploaded
         with self.device:
             x, unbatched = self._operand(input, "input")
             out_pad = self._output_padding(tuple(x.shape[2:]), output_size)

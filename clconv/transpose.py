@@ -25,7 +25,7 @@ import pyopencl.array as cla
 from . import gemm
 from .arrays import (ArrayLike, check_fits, deliver, element_offset, empty, index_type,
                      is_device_array, result_dtype)
-from .conv import enqueue_bias
+from .conv import enqueue_bias, require_gemm
 from .device import Device, current_device
 from .errors import device_memory_errors, sizes_text
 from .im2col import enqueue_col2im
@@ -148,6 +148,7 @@ def conv_transpose(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike
     """N-d transposed convolution (nd in 1, 2, 3); see conv_transpose2d."""
     dev = current_device()
     dtype = result_dtype(dev, input=input, weight=weight, bias=bias)
+    require_gemm(f"conv_transpose{nd}d")
     x_shape = _shape(input)
     unbatched = len(x_shape) == nd + 1
     geo = transpose_geometry(nd, (1, *x_shape) if unbatched else x_shape, _shape(weight), stride,

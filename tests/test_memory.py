@@ -319,6 +319,227 @@ def test_long_index_path_im2col_col2im_gather(clconv, rng, force_long):
     assert_close(got, ref.conv_nd(x, w), np.float32, conv_reduction(w), conv_magnitude(x, w))
 
 
+def test_im2col_positions_past_2_31(clconv):
+    """A real 64-bit case on a tiny buffer: a 2x2 image padded by 50000 has 100002**2 > 2**31 output
+    positions, so a column range starting past 2**31 (l_start beyond int32) selects INDEX_T=long and
+    finds the image's pixels where they are."""
+    from clconv.im2col import enqueue_im2col
+    from clconv.params import conv_geometry
+
+    dev = clconv.current_device()
+    pad, ow = 50000, 100002
+    geo = conv_geometry(2, (1, 1, 2, 2), (1, 1, 1, 1), 1, pad, 1, 1)
+    assert geo.out_size == (ow, ow) and geo.out_spatial > 2**31
+    x = cla.to_device(dev.queue, np.array([[[[1, 2], [3, 4]]]], np.float32))
+    col = cla.empty(dev.queue, (8,), np.float32)
+    for row, want in ((0, [0, 0, 0, 1, 2, 0, 0, 0]), (1, [0, 0, 0, 3, 4, 0, 0, 0])):
+        l_start = (pad + row) * ow + pad - 3
+        assert l_start > 2**31
+        col.fill(np.float32(np.nan))
+        with dev.lock:
+            enqueue_im2col(dev, geo.defines(), 1, x, 0, col, 0, l_start, 8)
+        np.testing.assert_array_equal(col.get(), np.array(want, np.float32))
+
+
+def test_direct_index_type_counts_the_weight(clconv, monkeypatch):
+    """The direct kernels index the weight too: its extent (offset included) takes part in the
+    INDEX_T choice, so a huge filter bank with a small input and output gets 64-bit offsets."""
+    from clconv import conv
+
+    seen: list[tuple[int, ...]] = []
+    real = conv.index_type
+
+    def spy(*counts):
+        seen.append(counts)
+        return real(*counts)
+
+    monkeypatch.setattr(conv, "index_type", spy)
+    dev = clconv.current_device()
+    w = np.ones((2, 3, 3, 3), np.float32)
+    big = cla.to_device(dev.queue, np.concatenate([np.zeros(1000, np.float32), w.ravel()]))
+    clconv.conv2d(np.ones((1, 3, 3, 3), np.float32), big[1000:].reshape(w.shape),
+                  algorithm="direct")
+    assert any(1000 + w.size in counts for counts in seen), seen
+
+
+# Every module that launches a clconv kernel imports `kernel` from clconv.program.
+_LAUNCHING_MODULES = ("conv", "im2col", "transpose", "precision", "arrays")
+
+
+@pytest.fixture
+def kernel_launches(clconv, monkeypatch):
+    """(source, INDEX_T, dev.lock held) of every clconv kernel launched while the test runs."""
+    records: list[tuple[str, object, bool]] = []
+    for name in _LAUNCHING_MODULES:
+        module = importlib.import_module(f"clconv.{name}")
+
+        def spy(dev, source, kernel_name, defines, _real=module.kernel):
+            built = _real(dev, source, kernel_name, defines)
+
+            def launch(*args, **kwargs):
+                records.append((source, defines.get("INDEX_T"), dev.lock._is_owned()))
+                return built(*args, **kwargs)
+
+            return launch
+
+        monkeypatch.setattr(module, "kernel", spy)
+    return records
+
+
+def _host(a):
+    return a.get() if isinstance(a, cla.Array) else np.asarray(a)
+
+
+def _case_direct(c, r, dev):
+    # C_in / groups > GROUPED_MAX_CIN: cl/conv_direct.cl
+    x, w, b = r((2, 20, 7, 6)), r((6, 20, 3, 3)), r(6)
+    x3, w3 = r((1, 18, 4, 5, 4)), r((4, 18, 2, 3, 2))
+    return [c.conv2d(x, w, b, padding=1, stride=(2, 1), algorithm="direct", activation="relu"),
+            c.conv3d(x3, w3, padding=1, padding_mode="reflect", algorithm="direct")]
+
+
+def _case_grouped(c, r, dev):
+    return [c.conv1d(r((2, 4, 19)), r((6, 2, 3)), r(6), padding=2, dilation=2, groups=2,
+                     algorithm="direct"),
+            c.conv2d(r((2, 3, 9, 20)), r((3, 1, 3, 3)), stride=2, padding=1, groups=3,
+                     padding_mode="circular", algorithm="direct", activation="relu"),
+            c.conv3d(r((1, 4, 3, 5, 9)), r((4, 2, 2, 3, 3)), padding=(0, 1, 1), groups=2,
+                     algorithm="direct")]
+
+
+def _case_winograd(c, r, dev):
+    x, w, b = r((2, 4, 9, 7)), r((5, 4, 3, 3)), r(5)
+    filters = 16 * 5 * 4 * 4
+    one_row = 16 * (4 + 5) * 4 * 4  # a row of 4 tiles of V and M, float32
+    return [c.conv2d(x, w, b, padding=1, algorithm="winograd", activation="relu"),
+            c.conv2d(x, w, b, padding=1, algorithm="winograd", workspace_limit=filters + one_row),
+            c.conv2d(r((2, 4, 8, 8)), r((6, 2, 3, 3)), padding=1, groups=2,
+                     padding_mode="replicate", algorithm="winograd")]
+
+
+def _case_im2col_folded(c, r, dev):
+    x, w, b = r((3, 4, 8, 7)), r((5, 4, 3, 3)), r(5)
+    return [c.conv2d(x, w, b, padding=1, algorithm="im2col", activation="relu"),
+            c.conv1d(r((3, 4, 17)), r((6, 2, 3)), r(6), groups=2, algorithm="im2col")]
+
+
+def _case_im2col_ranges(c, r, dev):
+    x, w, b = r((2, 4, 8, 7)), r((5, 4, 3, 3)), r(5)
+    return [c.conv2d(x, w, b, padding=1, algorithm="im2col", workspace_limit=36 * 4 * 10),
+            c.conv3d(r((2, 3, 4, 5, 6)), r((4, 3, 2, 2, 3)), r(4), padding=1, stride=(1, 2, 1),
+                     algorithm="im2col", workspace_limit=3 * 12 * 4 * 7, activation="relu")]
+
+
+def _case_unfold_fold(c, r, dev):
+    x = r((2, 3, 7, 8))
+    cols = r((2, 3 * 6, 4 * 8))
+    return [c.im2col(x, (3, 2), dilation=(1, 2), padding=1, stride=(2, 1)),
+            c.col2im(cols, (7, 8), (3, 2), dilation=(1, 2), padding=1, stride=(2, 1)),
+            c.im2col1d(r((2, 3, 11)), 3, padding=1, stride=2),
+            c.col2im3d(r((1, 2 * 8, 3 * 3 * 3)), (4, 4, 4), 2)]
+
+
+def _case_transpose(c, r, dev):
+    return [c.conv_transpose2d(r((2, 4, 5, 6)), r((4, 3, 3, 3)), r(3), stride=2, padding=1,
+                               output_padding=1),
+            c.conv_transpose3d(r((1, 4, 3, 2, 3)), r((4, 1, 2, 2, 2)), r(2), groups=2, stride=2),
+            c.conv_transpose1d(r((2, 3, 7)), r((3, 5, 1)))]
+
+
+def _case_grad_input(c, r, dev):
+    w, g = r((4, 3, 3, 3)), r((2, 4, 6, 5))
+    return [c.conv2d_input((2, 3, 6, 5), w, g, padding=1, padding_mode=mode)
+            for mode in ("zeros", "reflect", "circular")]
+
+
+def _case_grad_weight(c, r, dev):
+    x, g = r((3, 4, 6, 5)), r((3, 6, 6, 5))
+    return [c.conv2d_weight(x, (6, 4, 3, 3), g, padding=1),
+            c.conv2d_weight(x, (6, 2, 3, 3), g, padding=1, groups=2, padding_mode="replicate"),
+            c.conv2d_weight(x, (6, 4, 3, 3), g, padding=1, workspace_limit=36 * 4 * 7)]
+
+
+def _case_layers(c, r, dev):
+    x = r((2, 3, 6, 5))
+    conv = c.nn.Conv2d(3, 4, 3, padding=1, rng=0)
+    y = conv(x)
+    gx = conv.backward(np.ones_like(y))
+    up = c.nn.ConvTranspose2d(3, 2, 3, stride=2, rng=1)
+    z = up(x)
+    gz = up.backward(np.ones_like(z))
+    return [y, gx, conv.weight_grad, conv.bias_grad, z, gz, up.weight_grad, up.bias_grad]
+
+
+def _case_strided_copy(c, r, dev):
+    x = r((2, 3, 7, 12))
+    view = cla.to_device(dev.queue, x)[..., ::2]
+    return [c.conv2d(view, r((2, 3, 3, 3)), algorithm="direct")]
+
+
+def _case_convert(c, r, dev):
+    from clconv.precision import convert
+
+    if not dev.fp64:
+        pytest.skip("needs float64 for a float32 <-> float64 conversion")
+    a = cla.to_device(dev.queue, r((3, 5, 7)))
+    wide = convert(dev, a[1:], np.float64)  # an offset view
+    return [wide, convert(dev, wide, np.float32)]
+
+
+# case: (function, the kernel sources it must launch)
+LONG_INDEX_CASES = {
+    "conv_direct": (_case_direct, {"conv_direct.cl"}),
+    "conv_grouped": (_case_grouped, {"conv_grouped.cl"}),
+    "winograd": (_case_winograd, {"winograd.cl"}),
+    "im2col-folded": (_case_im2col_folded, {"im2col.cl", "batch_epilogue.cl"}),
+    "im2col-ranges": (_case_im2col_ranges, {"im2col.cl", "epilogue.cl"}),
+    "unfold-fold": (_case_unfold_fold, {"im2col.cl", "col2im.cl"}),
+    "transposed": (_case_transpose, {"col2im.cl", "epilogue.cl"}),
+    "grad-input": (_case_grad_input, {"col2im.cl", "pad_adjoint.cl"}),
+    "grad-weight": (_case_grad_weight, {"im2col.cl"}),
+    "layers": (_case_layers, {"im2col.cl", "col2im.cl", "batch_epilogue.cl", "epilogue.cl"}),
+    "strided_copy": (_case_strided_copy, {"strided_copy.cl"}),
+    "convert": (_case_convert, {"convert.cl"}),
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_INDEX_CASES))
+def test_long_index_path_equals_int_path(clconv, monkeypatch, kernel_launches, case):
+    """Each kernel built with INDEX_T=long (forced on small shapes: the sizes that select it pass
+    2**31 elements) gives bit-identical results to its INDEX_T=int build, through every path that
+    launches it; every launch holds dev.lock."""
+    from clconv import arrays
+
+    run, sources = LONG_INDEX_CASES[case]
+    dev = clconv.current_device()
+    results = {}
+    for index_t in ("int", "long"):
+        monkeypatch.setattr(arrays, "FORCE_INDEX_T", None if index_t == "int" else "long")
+        rng = np.random.default_rng(7)
+
+        def r(shape, rng=rng):
+            return rng.standard_normal(shape).astype(np.float32)
+
+        kernel_launches.clear()
+        results[index_t] = [_host(a) for a in run(clconv, r, dev)]
+        launched = {source for source, _, _ in kernel_launches}
+        assert sources <= launched, (index_t, sorted(launched))
+        assert all(t == index_t for _, t, _ in kernel_launches), kernel_launches
+        assert all(locked for _, _, locked in kernel_launches), kernel_launches
+    for i, (a, b) in enumerate(zip(results["int"], results["long"])):
+        np.testing.assert_array_equal(b, a, err_msg=f"{case} result {i}")
+
+
+def test_long_index_cases_cover_every_kernel():
+    """Every kernel file that takes INDEX_T is exercised by a case above."""
+    from clconv.program import kernel_dir
+
+    covered = set().union(*(sources for _, sources in LONG_INDEX_CASES.values()))
+    with_index = {p.name for p in kernel_dir().glob("*.cl")
+                  if "idx_t" in p.read_text() and p.name != "common.cl"}
+    assert with_index <= covered, sorted(with_index - covered)
+
+
 def test_padding_beyond_32_bit_coordinates_is_rejected(clconv):
     """Coordinates in the padded input are 32-bit in the kernels: padding that takes them past 2**31
     would wrap around (and read real data where zeros belong), so it is a ValueError."""
