@@ -42,6 +42,7 @@ from .arrays import (ArrayLike, check_fits, deliver, element_offset, empty, inde
 from .device import Device, current_device
 from .errors import UnsupportedError, device_memory_errors, sizes_text
 from .im2col import enqueue_im2col
+from .precision import check_precision, compute_dtype, load, store
 from .params import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
 from .program import kernel, precision_defines
 from .workspace import column_buffer, default_workspace_limit
@@ -324,24 +325,29 @@ def convolution(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | 
     algo = choose_algorithm(dev, geo, algorithm, dtype)
     if algo != "direct":
         require_gemm(f"conv{nd}d with algorithm={algo!r}")
+    check_precision(dev, dtype)
+    # float16 is stored as such but computed in float32 (CLBlast's half GEMM accumulates in half);
+    # `load`/`store` are the identity for float32 and float64.
+    work = compute_dtype(dtype)
     for what, shape in (("output", geo.output_shape), ("input", geo.input_shape),
                         ("weight", geo.weight_shape)):
-        check_fits(dev, what, shape, dtype)
-    plan = plan_workspace(geo, algo, dtype.itemsize, limit)
+        check_fits(dev, what, shape, work)
+    plan = plan_workspace(geo, algo, work.itemsize, limit)
     with device_memory_errors(dev, lambda: sizes_text(
             f"conv{nd}d ({algo})", dtype, plan.nbytes if plan else 0, input=geo.input_shape,
             weight=geo.weight_shape, output=geo.output_shape)):
-        out = empty(dev, geo.output_shape, dtype)
+        out = empty(dev, geo.output_shape, work)
         if out.size:
-            x = to_device(input, dev, "input", dtype)
-            w = to_device(weight, dev, "weight", dtype)
-            b = None if bias is None else to_device(bias, dev, "bias", dtype)
+            x = load(dev, input, "input", dtype)
+            w = load(dev, weight, "weight", dtype)
+            b = None if bias is None else load(dev, bias, "bias", dtype)
             if _needs_measuring(dev, geo, algorithm, dtype):  # once per (device, shape, dtype)
                 algo = autotune.measure(
                     dev, geo, dtype, applicable_algorithms(dev, geo, dtype),
                     lambda a: run_algorithm(dev, geo, a, x, w, b, out, activation, limit))
-                plan = plan_workspace(geo, algo, dtype.itemsize, limit)
+                plan = plan_workspace(geo, algo, work.itemsize, limit)
             run_algorithm(dev, geo, algo, x, w, b, out, activation, limit, plan)
+        out = store(dev, out, dtype)
         return deliver(out[0] if unbatched else out, not is_device_array(input))
 
 

@@ -266,3 +266,23 @@ def test_tolerances_separate_the_dtypes(clconv, dev, fp16_device, name):
     assert tol[np.float64] < err32 <= tol[np.float32]
     err16, tol = results[np.dtype(HALF)]
     assert tol[np.float32] < err16 <= tol[HALF], "float16 results must be rounded to half"
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "direct", "auto"])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_float16_forward_convolutions(clconv, fp16_device, rng, algorithm, nd):
+    """conv1d/2d/3d in float16: half in and out, float32 inside (widened operands, float32 GEMM)."""
+    spatial = (7, 6, 5)[:nd]
+    x = random_array(rng, (2, 4, *spatial), HALF)
+    w = random_array(rng, (6, 2, *(3,) * nd), HALF)
+    b = random_array(rng, (6,), HALF)
+    conv = getattr(clconv, f"conv{nd}d")
+    got = conv(x, w, b, padding=1, groups=2, algorithm=algorithm)
+    assert got.dtype == HALF and isinstance(got, np.ndarray)
+    want = ref.conv_nd(x, w, b, padding=1, groups=2)
+    assert_close(got, want, HALF, reduction=2 * 3**nd, magnitude=conv_magnitude(x, w))
+    q = fp16_device.queue
+    got_dev = conv(cla.to_device(q, x), cla.to_device(q, w), cla.to_device(q, b), padding=1,
+                   groups=2, algorithm=algorithm)
+    assert isinstance(got_dev, cla.Array) and got_dev.dtype == HALF
+    np.testing.assert_array_equal(got_dev.get(), got)
