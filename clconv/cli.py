@@ -1,4 +1,4 @@
-"""Command line: `python -m clconv info | demo` (and the commands registered below)."""
+"""Command line: `python -m clconv info | demo | tune | bench`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,37 @@ def info() -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from . import tuning
+    from .device import device
+
+    dev = device(args.device)
+    if args.show:
+        entry, source = tuning.find_entry(dev)
+        print(f"device: {dev.name} [{dev.platform_name}], driver {dev.driver_version}, CLBlast "
+              f"{tuning.clblast_version()}")
+        print(f"tuning: {source}" + ("" if tuning.enabled() else
+                                     f" (but {tuning.ENV_VAR}=off disables loading)"))
+        for precision, kernels in (entry or {}).get("parameters", {}).items():
+            for kernel, params in kernels.items():
+                values = " ".join(f"{k}={v}" for k, v in sorted(params.items()))
+                print(f"  {kernel}/{precision}: {values}")
+        return 0
+    if not gemm.available():
+        print(f"clconv: {gemm.missing_reason()}", file=sys.stderr)
+        return 2
+    precisions = ([int(p) for p in args.precision.split(",")] if args.precision else None)
+    kernels = [k.strip() for k in args.kernels.split(",")] if args.kernels else None
+    command = "python -m clconv " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
+    try:
+        entry = tuning.tune(dev, args.budget, precisions, kernels, progress=not args.no_progress,
+                            command=command)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"clconv: {err}", file=sys.stderr)
+        return 2
+    return 0 if entry["parameters"] or entry["measured"] else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +85,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="im2col + GEMM against direct loops on a ResNet-50 layer")
     demo.add_argument("--device", default=None, help="device spec (default: CLCONV_DEVICE, GPU, CPU)")
     demo.add_argument("--repeat", type=int, default=5, help="timed runs per algorithm (median)")
+    tune = sub.add_parser("tune", help="search CLBlast's GEMM kernel parameters for a device and "
+                                       "save them (loaded on the device's first GEMM)")
+    tune.add_argument("--device", default=None, help="device spec (default: CLCONV_DEVICE, GPU, CPU)")
+    tune.add_argument("--budget", type=float, default=600.0,
+                      help="seconds to spend in CLBlast's tuners, all kernels and precisions "
+                           "together (default 600)")
+    tune.add_argument("--precision", default=None,
+                      help="comma-separated CLBlast precisions: 32 (float32), 64, 16 (default: 32 "
+                           "and whichever of 64/16 the device has)")
+    tune.add_argument("--kernels", default=None,
+                      help="comma-separated subset of Xgemm,XgemmDirect,Copy,Pad,Transpose,"
+                           "Padtranspose,GemmRoutine (default: all of these; GemmRoutine, the "
+                           "direct/tiled GEMM threshold, is timed in-process after the tuners, "
+                           "outside the budget); Xconvgemm (CLBlast's convolution, a bench peer) "
+                           "only when named")
+    tune.add_argument("--show", action="store_true",
+                      help="only print which tuning the device would load, and from where")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench = sub.add_parser("bench", help="algorithms and peers (numpy, torch, CLBlast convgemm) on "
+                                         "network layers: GFLOP/s, error, memory, latency")
+    bench.add_argument("--device", default=None, help="device spec (default: CLCONV_DEVICE, GPU, CPU)")
+    bench.add_argument("--layer", action="append", default=[], metavar="N,C,H,W,K,k,s,p[,g]",
+                       help="benchmark this layer instead of the built-in table (repeatable; "
+                            "'name=N,C,...' names it)")
+    bench.add_argument("--peers", default=None,
+                       help="comma-separated subset of clconv's algorithms (direct, im2col, ..., "
+                            "auto) and numpy, torch, convgemm (default: all)")
+    bench.add_argument("--repeat", type=int, default=5, help="most timed runs per peer (median)")
+    bench.add_argument("--time-per-peer", type=float, default=3.0,
+                       help="seconds of timed runs per peer and layer before the run count is cut "
+                            "(at least 2 runs)")
+    bench.add_argument("--out", default="bench-out/bench",
+                       help="output prefix for .txt/.csv/.json/.png ('-': print only)")
+    bench.add_argument("--no-latency", action="store_true",
+                       help="skip the first-call latency runs (fresh processes, cold and warm)")
+    bench.add_argument("--no-gemm", action="store_true",
+                       help="skip timing CLBlast's GEMM alone, tuned vs untuned (fresh processes)")
+    bench.add_argument("--no-plot", action="store_true", help="no PNG chart")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -61,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(args.device, args.repeat)
+        if args.command == "tune":
+            return _tune(args)
+        if args.command == "bench":
+            from .bench import main as bench_main
+            return bench_main(args)
     except DeviceNotFoundError as err:
         print(f"clconv: {err}", file=sys.stderr)
         return 2

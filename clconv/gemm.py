@@ -88,11 +88,11 @@ def gemm(dev: Device, m: int, n: int, k: int,
          c: cla.Array, c_offset: int, c_stride: int,
          batch: int = 1, *, a_transposed: bool = False, b_transposed: bool = False,
          alpha: float = 1.0, beta: float = 0.0, ldb: int | None = None,
-         ldc: int | None = None) -> None:
+         ldc: int | None = None, lda: int | None = None) -> None:
     """C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i] for i < batch, enqueued on dev.queue.
 
     op(A) is m x k, op(B) is k x n, C is m x n, all row-major and dense (leading dims follow from the
-    shapes) unless ldb/ldc say that B/C are column blocks of wider matrices. Matrix i starts at
+    shapes) unless lda/ldb/ldc say that A/B/C are column blocks of wider matrices. Matrix i starts at
     `offset + i * stride` elements; a stride of 0 reuses one matrix for the whole batch (the filters
     of a convolution). One CLBlast call, whatever the batch.
     Call while holding dev.lock.
@@ -101,7 +101,7 @@ def gemm(dev: Device, m: int, n: int, k: int,
     if m == 0 or n == 0 or batch == 0:
         return
     _tuned(dev)
-    lda = m if a_transposed else k
+    lda = lda if lda is not None else (m if a_transposed else k)
     ldb = ldb if ldb is not None else (k if b_transposed else n)
     ldc = ldc if ldc is not None else n
     # pyclblast checks only that a, b and c are 2-D pyopencl Arrays, then uses their base buffers.

@@ -1,0 +1,810 @@
+"""`python -m clconv bench`: clconv's algorithms against their peers on real network layers.
+
+For each layer (the table `LAYERS`, or the user's own `--layer N,C,H,W,K,k,s,p[,g]`) every
+algorithm ('direct', 'im2col', 'auto') and every importable peer runs on the same float32 data:
+
+- numpy: im2col (a strided window view, copied) + `matmul` on the host, in float32;
+- torch: `torch.nn.functional.conv2d` on the CPU (when torch is installed);
+- convgemm: CLBlast's own fused convolution `CLBlastSconvgemm`, called through ctypes on the same
+  device and queue (groups=1 only; CLBlast has no grouped variant).
+
+Each is timed as the median of a few calls after one warm-up (slow peers get fewer calls), clconv's
+with the operands already on the device and the queue finished after every call. Reported: median
+ms, GFLOP/s (2 x multiply-adds), the largest |error| against a float64 numpy reference, the speed-up
+over the direct loop kernel and the ratio of 'auto' to each peer; the im2col path's memory
+redundancy (column buffer / input); and the first call's latency in a fresh process with cold and
+with warm kernel caches. Writes <out>.txt (what was printed), <out>.csv, <out>.json and, with
+matplotlib, <out>.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import ctypes.util
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence, TextIO
+
+import numpy as np
+
+__all__ = ["Layer", "LAYERS", "PEERS", "parse_layer", "reference_conv2d", "numpy_conv2d",
+           "run_bench", "main"]
+
+HOST_PEERS = ("numpy", "torch", "convgemm")
+
+
+def default_peers() -> tuple[str, ...]:
+    """'direct', clconv's other algorithms, 'auto', then the peers outside clconv."""
+    from .conv import ALGORITHMS
+
+    algorithms = [a for a in ALGORITHMS if a not in ("auto", "direct")]
+    return ("direct", *algorithms, "auto", *HOST_PEERS)
+
+
+PEERS = default_peers()
+#: What the issue's targets compare: 'auto' (the library's default) against each peer.
+TARGETS = {"direct": 10.0, "convgemm": 3.0, "torch": 0.5}
+TORCH_TARGET_LAYERS = ("AlexNet conv2", "VGG16 conv3_2", "ResNet-50 res4 b8")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One 2-d convolution: input (n, c, h, w), weight (k_out, c / groups, ksize, ksize)."""
+
+    name: str
+    n: int
+    c: int
+    h: int
+    w: int
+    k_out: int
+    ksize: int
+    stride: int = 1
+    pad: int = 0
+    groups: int = 1
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return ((self.h + 2 * self.pad - self.ksize) // self.stride + 1,
+                (self.w + 2 * self.pad - self.ksize) // self.stride + 1)
+
+    @property
+    def flops(self) -> int:
+        oh, ow = self.out_hw
+        return 2 * self.n * self.k_out * oh * ow * (self.c // self.groups) * self.ksize ** 2
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.c
+
+    @property
+    def pointwise(self) -> bool:
+        return self.ksize == 1 and self.stride == 1 and self.pad == 0
+
+    @property
+    def input_bytes(self) -> int:
+        return 4 * self.n * self.c * self.h * self.w
+
+    @property
+    def column_bytes(self) -> int:
+        """float32 bytes of the im2col matrix (C * k * k rows, one column per output position)."""
+        oh, ow = self.out_hw
+        return 4 * self.n * self.c * self.ksize ** 2 * oh * ow
+
+    @property
+    def spec(self) -> str:
+        g = f",{self.groups}" if self.groups != 1 else ""
+        return (f"{self.n},{self.c},{self.h},{self.w},{self.k_out},{self.ksize},{self.stride},"
+                f"{self.pad}{g}")
+
+
+LAYERS: tuple[Layer, ...] = (
+    Layer("AlexNet conv2", 1, 96, 27, 27, 256, 5, 1, 2),
+    Layer("VGG16 conv3_2", 1, 256, 56, 56, 256, 3, 1, 1),
+    Layer("ResNet-50 3x3", 1, 64, 56, 56, 64, 3, 1, 1),
+    Layer("ResNet-50 1x1", 1, 256, 56, 56, 64, 1, 1, 0),
+    Layer("ResNet-50 res4 b8", 8, 256, 14, 14, 256, 3, 1, 1),
+    Layer("MobileNet depthwise", 1, 32, 112, 112, 32, 3, 1, 1, 32),
+)
+
+
+def parse_layer(text: str) -> Layer:
+    """'N,C,H,W,K,k,s,p[,g]' (optionally 'name=N,C,...') -> Layer."""
+    name, _, spec = text.rpartition("=")
+    try:
+        values = [int(v) for v in spec.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (8, 9) or min(values) < 0 or min(values[:7]) < 1:
+        raise ValueError(f"--layer wants N,C,H,W,K,k,s,p[,g] (positive ints, p >= 0), got {text!r}")
+    layer = Layer(name or f"layer {spec}", *values)
+    if layer.c % layer.groups or layer.k_out % layer.groups:
+        raise ValueError(f"--layer {text!r}: channels must divide by groups")
+    if min(layer.out_hw) < 1:
+        raise ValueError(f"--layer {text!r}: kernel larger than the padded input")
+    return layer
+
+
+# --------------------------------------------------------------------------------------------------
+# Host convolutions (the float64 reference and the numpy peer)
+
+def _columns(x: np.ndarray, layer: Layer) -> np.ndarray:
+    """(N, Ho*Wo, C*k*k) im2col of x (a copy), in x's dtype."""
+    p, k, s = layer.pad, layer.ksize, layer.stride
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    n, c, oh, ow = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n, oh * ow, c * k * k)
+
+
+def _conv_by_columns(x: np.ndarray, w: np.ndarray, layer: Layer) -> np.ndarray:
+    oh, ow = layer.out_hw
+    g, cg, kg = layer.groups, layer.c // layer.groups, layer.k_out // layer.groups
+    cols = _columns(x, layer)  # (N, L, C*k*k), rows of one group contiguous in the last axis
+    kk = layer.ksize ** 2
+    out = np.empty((layer.n, layer.k_out, oh * ow), x.dtype)
+    for gi in range(g):
+        wg = w[gi * kg:(gi + 1) * kg].reshape(kg, cg * kk)
+        out[:, gi * kg:(gi + 1) * kg] = wg @ cols[:, :, gi * cg * kk:(gi + 1) * cg * kk].transpose(0, 2, 1)
+    return out.reshape(layer.n, layer.k_out, oh, ow)
+
+
+def reference_conv2d(x: np.ndarray, w: np.ndarray, layer: Layer) -> np.ndarray:
+    """The float64 reference: im2col + matmul in float64."""
+    return _conv_by_columns(x.astype(np.float64), w.astype(np.float64), layer)
+
+
+def numpy_conv2d(x: np.ndarray, w: np.ndarray, layer: Layer) -> np.ndarray:
+    """The numpy peer: the same im2col + matmul in x's dtype (float32 here)."""
+    return _conv_by_columns(x, w, layer)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLBlast's convgemm through ctypes
+
+_CROSS_CORRELATION = 151  # CLBlastKernelModeCrossCorrelation in clblast_c.h
+
+
+def _convgemm_function() -> Callable[..., int] | str:
+    """CLBlastSconvgemm from the libclblast pyclblast uses, or why it is unavailable."""
+    from . import gemm
+
+    if not gemm.available():
+        return "pyclblast/CLBlast not installed"
+    for name in ("libclblast.so.1", ctypes.util.find_library("clblast") or "libclblast.so"):
+        try:
+            fn = ctypes.CDLL(name).CLBlastSconvgemm
+            break
+        except (OSError, AttributeError):
+            fn = None
+    if fn is None:
+        return "libclblast has no CLBlastSconvgemm (CLBlast < 1.5)"
+    size = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int] + [size] * 13 + [ctypes.c_void_p, size] * 3 + [
+        ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _convgemm_runner(dev: Any, layer: Layer, x: Any, w: Any, y: Any) -> Callable[[], None] | str:
+    if layer.groups != 1:
+        return "no grouped convolution in CLBlast"
+    fn = _convgemm_function()
+    if isinstance(fn, str):
+        return fn
+    queue_ptr = ctypes.c_void_p(dev.queue.int_ptr)
+
+    def run() -> None:
+        status = fn(_CROSS_CORRELATION, layer.c, layer.h, layer.w, layer.ksize, layer.ksize,
+                    layer.pad, layer.pad, layer.stride, layer.stride, 1, 1, layer.k_out, layer.n,
+                    x.base_data.int_ptr, 0, w.base_data.int_ptr, 0, y.base_data.int_ptr, 0,
+                    ctypes.byref(queue_ptr), None)
+        if status != 0:
+            raise RuntimeError(f"CLBlastSconvgemm failed with status {status}")
+        dev.queue.finish()
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+
+@dataclass
+class Result:
+    layer: str
+    spec: str
+    peer: str
+    ms: float | None
+    gflops: float | None
+    max_err: float | None
+    rel_err: float | None
+    runs: int
+    first_ms: float | None
+    note: str = ""
+
+
+def _time(fn: Callable[[], Any], repeat: int, budget_s: float) -> tuple[Any, float, list[float]]:
+    """(warm-up result, warm-up seconds, timed seconds) with fewer runs when a call is slow."""
+    t0 = time.perf_counter()
+    out = fn()
+    first = time.perf_counter() - t0
+    times = _runs(fn, _run_count(first, repeat, budget_s))
+    return out, first, times
+
+
+def _run_count(first: float, repeat: int, budget_s: float) -> int:
+    return max(2, min(repeat, int(budget_s / max(first, 1e-6))))
+
+
+def _runs(fn: Callable[[], Any], count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+class _Isolated:
+    """A host peer (numpy, torch) timed in a fresh interpreter: thread pools of different
+    libraries (OpenBLAS, torch's OpenMP, PoCL's workers) that spin-wait in one process were
+    measured to slow each other down by up to 40x on 2 cores."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+
+
+_HOST_SNIPPET = r"""
+import json, sys
+import numpy as np
+from clconv.bench import _time, numpy_conv2d, parse_layer
+folder, peer, spec, repeat, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+layer = parse_layer(spec)
+x, w = np.load(folder + "/x.npy"), np.load(folder + "/w.npy")
+if peer == "torch":
+    import torch
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    def run():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(xt, wt, stride=layer.stride, padding=layer.pad,
+                                              groups=layer.groups).numpy()
+else:
+    def run():
+        return numpy_conv2d(x, w, layer)
+out, first, times = _time(run, repeat, budget)
+np.save(folder + "/y.npy", out)
+print(json.dumps({"first": first, "times": times}))
+"""
+
+
+def _time_isolated(peer: str, layer: Layer, x: np.ndarray, w: np.ndarray, repeat: int,
+                   budget_s: float) -> tuple[np.ndarray, float, list[float]]:
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory(prefix="clconv-bench-") as folder:
+        np.save(os.path.join(folder, "x.npy"), x)
+        np.save(os.path.join(folder, "w.npy"), w)
+        done = subprocess.run([sys.executable, "-c", _HOST_SNIPPET, folder, peer, layer.spec,
+                               str(repeat), str(budget_s)], env=env, capture_output=True,
+                              text=True, timeout=1800, check=False)
+        if done.returncode != 0:
+            raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
+        data = json.loads(done.stdout.strip().splitlines()[-1])
+        return np.load(os.path.join(folder, "y.npy")), data["first"], data["times"]
+
+
+def _peer_runners(dev: Any, layer: Layer, x: np.ndarray, w: np.ndarray, peers: Sequence[str],
+                  isolate: bool = True) -> dict[str, Callable[[], Any] | _Isolated | str]:
+    """peer -> a function computing the layer's output as numpy, or why it cannot run."""
+    import pyopencl.array as cla
+
+    from .conv import conv2d
+
+    runners: dict[str, Callable[[], np.ndarray] | str] = {}
+    xd = cla.to_device(dev.queue, x)
+    wd = cla.to_device(dev.queue, w)
+    from .conv import ALGORITHMS
+
+    for peer in peers:
+        if peer in ALGORITHMS:
+            def run(a: str = peer) -> Any:
+                with dev:
+                    y = conv2d(xd, wd, stride=layer.stride, padding=layer.pad, groups=layer.groups,
+                               algorithm=a)
+                dev.queue.finish()
+                return y
+            runners[peer] = run
+        elif peer == "numpy" and isolate:
+            runners[peer] = _Isolated(peer)
+        elif peer == "numpy":
+            runners[peer] = lambda: numpy_conv2d(x, w, layer)
+        elif peer == "torch":
+            try:
+                import torch
+            except ImportError:
+                runners[peer] = "torch not installed"
+                continue
+            if isolate:
+                runners[peer] = _Isolated(peer)
+                continue
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+
+            def run_torch(xt: Any = xt, wt: Any = wt) -> np.ndarray:
+                with torch.no_grad():
+                    return torch.nn.functional.conv2d(xt, wt, stride=layer.stride,
+                                                      padding=layer.pad, groups=layer.groups).numpy()
+            runners[peer] = run_torch
+        elif peer == "convgemm":
+            oh, ow = layer.out_hw
+            yd = cla.empty(dev.queue, (layer.n, layer.k_out, oh, ow), np.float32)
+            fn = _convgemm_runner(dev, layer, xd, wd, yd)
+            runners[peer] = fn if isinstance(fn, str) else (lambda fn=fn, yd=yd: (fn(), yd)[1])
+    return runners
+
+
+def _to_host(y: Any) -> np.ndarray:
+    return y.get() if hasattr(y, "get") and not isinstance(y, np.ndarray) else np.asarray(y)
+
+
+def _auto_choice(dev: Any, layer: Layer) -> str:
+    """'chose im2col': what algorithm='auto' settled on for the layer ('' if it cannot be told)."""
+    try:
+        from .conv import choose_algorithm
+        from .params import conv_geometry
+
+        geo = conv_geometry(2, (layer.n, layer.c, layer.h, layer.w),
+                            (layer.k_out, layer.c // layer.groups, layer.ksize, layer.ksize),
+                            layer.stride, layer.pad, 1, layer.groups)
+        return f"chose {choose_algorithm(dev, geo, 'auto')}"
+    except Exception:  # the conv module's internals are not part of the bench's contract
+        return ""
+
+
+def bench_layer(dev: Any, layer: Layer, peers: Sequence[str], repeat: int, budget_s: float,
+                on_peer: Callable[[str], None] = lambda peer: None, rounds: int = 2,
+                isolate: bool = True) -> list[Result]:
+    """Times every peer on `layer`. clconv's own peers run in this process in `rounds` rounds
+    (each peer warmed up once, then its runs split over the rounds, so that a burst of load on a
+    shared machine lands on several peers rather than on one); numpy and torch run in fresh
+    interpreters (see `_Isolated`). The median of all of a peer's runs is reported."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((layer.n, layer.c, layer.h, layer.w)).astype(np.float32)
+    w = (rng.standard_normal((layer.k_out, layer.c // layer.groups, layer.ksize, layer.ksize))
+         / math.sqrt(layer.c // layer.groups * layer.ksize ** 2)).astype(np.float32)
+    ref = reference_conv2d(x, w, layer)
+    scale = float(np.abs(ref).max()) or 1.0
+    outcome: dict[str, Any] = {}  # peer -> note (str) or [run, out, first, planned runs, times]
+    runners = _peer_runners(dev, layer, x, w, peers, isolate)
+
+    def failed(err: Exception) -> str:
+        first_line = (str(err).splitlines() or [""])[0][:120]
+        return f"{type(err).__name__}: {first_line}"
+
+    for peer, run in runners.items():
+        on_peer(peer)
+        # The direct kernel takes seconds on big layers: it gets half the time and 2-3 runs.
+        budget = budget_s / (2 if peer == "direct" else 1)
+        try:
+            if isinstance(run, str):
+                outcome[peer] = run
+            elif isinstance(run, _Isolated):
+                out, first, times = _time_isolated(peer, layer, x, w, repeat, budget)
+                outcome[peer] = [None, out, first, len(times), times]
+            else:
+                t0 = time.perf_counter()
+                out = run()
+                first = time.perf_counter() - t0
+                planned = _run_count(first, repeat, budget)
+                times = _runs(run, -(-planned // rounds))
+                outcome[peer] = [run, out, first, planned, times]
+        except Exception as err:  # an algorithm that does not apply here, a driver failure
+            outcome[peer] = failed(err)
+    for _ in range(rounds - 1):
+        for peer, state in outcome.items():
+            if isinstance(state, list) and state[0] is not None:
+                run, _, _, planned, times = state
+                todo = min(-(-planned // rounds), planned - len(times))
+                try:
+                    times.extend(_runs(run, max(todo, 0)))
+                except Exception as err:
+                    outcome[peer] = failed(err)
+    results = []
+    for peer, state in outcome.items():
+        if isinstance(state, str):
+            results.append(Result(layer.name, layer.spec, peer, None, None, None, None, 0, None,
+                                  state))
+            continue
+        _, out, first, _, times = state
+        err = float(np.abs(_to_host(out).astype(np.float64) - ref).max())
+        med = statistics.median(times)
+        note = _auto_choice(dev, layer) if peer == "auto" else ""
+        results.append(Result(layer.name, layer.spec, peer, med * 1e3, layer.flops / med / 1e9,
+                              err, err / scale, len(times), first * 1e3, note))
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# First-call latency in a fresh process
+
+_LATENCY_SNIPPET = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np, clconv
+t1 = time.perf_counter()
+spec, n, c, h, w, k, ks, s, p = json.loads(sys.argv[1])
+x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(np.float32)
+wt = np.random.default_rng(1).standard_normal((k, c, ks, ks)).astype(np.float32)
+with clconv.device(spec):
+    t2 = time.perf_counter()
+    clconv.conv2d(x, wt, stride=s, padding=p)
+    t3 = time.perf_counter()
+    clconv.conv2d(x, wt, stride=s, padding=p)
+    t4 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "first_s": t3 - t2, "second_s": t4 - t3}))
+"""
+
+
+def measure_latency(spec: str, layer: Layer, cold: bool) -> dict[str, Any]:
+    """First and second conv2d call (numpy in/out, algorithm 'auto') in a fresh interpreter.
+
+    cold: the kernel caches start empty (XDG_CACHE_HOME and POCL_CACHE_DIR in a new temporary
+    folder, so PoCL's and pyopencl's binary caches are empty; CUDA_CACHE_DISABLE=1 for NVIDIA);
+    the tuning file and clconv's remembered algorithm choices are read from the usual place either
+    way. warm: the normal caches, after one run to fill them."""
+    from .cache import cache_dir
+
+    args = [sys.executable, "-c", _LATENCY_SNIPPET,
+            json.dumps([spec, layer.n, layer.c, layer.h, layer.w, layer.k_out, layer.ksize,
+                        layer.stride, layer.pad])]
+    env = dict(os.environ)
+    env["CLCONV_CACHE_DIR"] = str(cache_dir())
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory(prefix="clconv-cold-") as tmp:
+        if cold:
+            env.update(XDG_CACHE_HOME=tmp, POCL_CACHE_DIR=os.path.join(tmp, "pocl"),
+                       CUDA_CACHE_DISABLE="1")
+        runs = 1 if cold else 2  # warm: the first run fills the caches, the second is measured
+        for _ in range(runs):
+            done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600,
+                                  check=False)
+        if done.returncode != 0:
+            return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# CLBlast GEMM alone, tuned against untuned
+
+_GEMM_SNIPPET = r"""
+import json, statistics, sys, time
+import numpy as np, pyopencl.array as cla, clconv
+from clconv import gemm, tuning
+dev = clconv.device(sys.argv[1])
+shapes, repeat = json.loads(sys.argv[2]), int(sys.argv[3])
+ms = []
+with dev.lock:
+    for m, n, k, batch in shapes:
+        rng = np.random.default_rng(0)
+        a = cla.to_device(dev.queue, rng.standard_normal(m * k).astype(np.float32))
+        b = cla.to_device(dev.queue, rng.standard_normal(batch * k * n).astype(np.float32))
+        c = cla.empty(dev.queue, batch * m * n, np.float32)
+        def run():
+            gemm.gemm(dev, m, n, k, a, 0, 0, b, 0, k * n, c, 0, m * n, batch)
+            dev.queue.finish()
+        run()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        ms.append(statistics.median(times) * 1e3)
+state = tuning.tuning_state(dev)
+print(json.dumps({"ms": ms, "tuning": state.source if state else "none"}))
+"""
+
+
+def gemm_shapes(layers: Sequence[Layer]) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """(label, (m, n, k, batch)) of the GEMMs the im2col path runs on `layers`, after 1024^3."""
+    shapes = [("square 1024", (1024, 1024, 1024, 1))]
+    for lay in layers:
+        oh, ow = lay.out_hw
+        m, k = lay.k_out // lay.groups, lay.c // lay.groups * lay.ksize ** 2
+        batch = lay.n if lay.groups <= lay.n else lay.groups * lay.n
+        shapes.append((lay.name, (m, oh * ow, k, batch)))
+    return shapes
+
+
+def measure_gemm_tuning(spec: str, shapes: Sequence[tuple[int, int, int, int]], repeat: int = 3,
+                        rounds: int = 2) -> dict[str, Any]:
+    """Median ms per shape with CLCONV_TUNING=off and on, each in fresh processes, alternating
+    `rounds` times (so that a load change on a shared machine hits both); medians over rounds."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    runs: dict[str, list[list[float]]] = {"off": [], "on": []}
+    sources: dict[str, str] = {}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            done = subprocess.run([sys.executable, "-c", _GEMM_SNIPPET, spec,
+                                   json.dumps([list(s) for s in shapes]), str(repeat)],
+                                  env=dict(env, CLCONV_TUNING=mode), capture_output=True,
+                                  text=True, timeout=1800, check=False)
+            if done.returncode != 0:
+                return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+            data = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[mode].append(data["ms"])
+            sources[mode] = data["tuning"]
+    return {mode: [statistics.median(r[i] for r in runs[mode]) for i in range(len(shapes))]
+            for mode in runs} | {"tuning": sources}
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+def _fmt(v: float | None, spec: str, missing: str = "-") -> str:
+    return missing if v is None else format(v, spec)
+
+
+def _by(results: list[Result]) -> dict[tuple[str, str], Result]:
+    return {(r.layer, r.peer): r for r in results}
+
+
+def render(results: list[Result], layers: Sequence[Layer], peers: Sequence[str],
+           header: list[str], latency: dict[str, Any] | None,
+           gemm_tuning: dict[str, Any] | None = None) -> str:
+    out = io.StringIO()
+    for line in header:
+        print(line, file=out)
+    table = _by(results)
+    print("\n## Time and accuracy (float32; median of the runs shown; error = max |y - y_ref| "
+          "against float64)\n", file=out)
+    print(f"{'layer':<20} {'algorithm/peer':<10} {'median ms':>10} {'GFLOP/s':>8} {'runs':>4} "
+          f"{'max err':>9} {'vs direct':>9} {'auto/this':>9}", file=out)
+    for layer in layers:
+        direct = table.get((layer.name, "direct"))
+        auto = table.get((layer.name, "auto"))
+        print(f"{layer.name} ({layer.spec}): {layer.flops / 1e9:.3f} GFLOP", file=out)
+        for peer in peers:
+            r = table.get((layer.name, peer))
+            if r is None:
+                continue
+            if r.ms is None:
+                print(f"{'':<20} {peer:<10} {'n/a: ' + r.note}", file=out)
+                continue
+            vs_direct = direct.ms / r.ms if direct and direct.ms else None
+            auto_ratio = r.ms / auto.ms if auto and auto.ms and peer != "auto" else None
+            print(f"{'':<20} {peer:<10} {r.ms:>10.2f} {r.gflops:>8.1f} {r.runs:>4} "
+                  f"{r.max_err:>9.1e} {_fmt(vs_direct, '>8.1f')}x "
+                  f"{_fmt(auto_ratio, '>8.2f')}{'x' if auto_ratio else ' '} {r.note}".rstrip(),
+                  file=out)
+    print("\n'vs direct': how many times faster than the direct loop kernel; 'auto/this': how many "
+          "times faster 'auto' is than this row (> 1: clconv wins).", file=out)
+    print("\n## Targets (ratios of medians measured in this run)\n", file=out)
+    for layer in layers:
+        for algo in ("auto", "im2col"):
+            mine = table.get((layer.name, algo))
+            if mine is None or mine.ms is None:
+                continue
+            for peer, target in TARGETS.items():
+                r = table.get((layer.name, peer))
+                if r is None or r.ms is None or (peer == "direct" and layer.depthwise):
+                    continue
+                if peer == "torch" and layer.name not in TORCH_TARGET_LAYERS:
+                    continue
+                ratio = r.ms / mine.ms
+                verdict = "met" if ratio >= target else "NOT met"
+                print(f"{layer.name:<20} {algo:<6} vs {peer:<8} {ratio:7.2f}x  (target >= "
+                      f"{target:g}x: {verdict})", file=out)
+    print("\n## Memory: im2col's redundancy (float32 column matrix vs the input)\n", file=out)
+    print(f"{'layer':<20} {'input MiB':>9} {'columns MiB':>11} {'ratio':>6}   note", file=out)
+    for layer in layers:
+        note = ""
+        auto = table.get((layer.name, "auto"))
+        if layer.pointwise:
+            note = "1x1 stride 1: clconv multiplies the input itself, no column buffer"
+        elif auto is not None and auto.note.startswith("chose") and "im2col" not in auto.note:
+            note = f"'auto' {auto.note} here: no column buffer"
+        print(f"{layer.name:<20} {layer.input_bytes / 2**20:>9.2f} "
+              f"{layer.column_bytes / 2**20:>11.2f} {layer.column_bytes / layer.input_bytes:>5.1f}x"
+              f"   {note}", file=out)
+    if gemm_tuning:
+        print("\n## CLBlast SGEMM alone: untuned (CLCONV_TUNING=off) vs tuned, fresh processes\n",
+              file=out)
+        if "error" in gemm_tuning:
+            print(f"failed: {gemm_tuning['error']}", file=out)
+        else:
+            print(f"{'GEMM of':<20} {'m x n x k (x batch)':<22} {'untuned':>14} {'tuned':>14} "
+                  f"{'speed-up':>8}", file=out)
+            for (label, (m, n, k, b)), off, on in zip(gemm_tuning["shapes"], gemm_tuning["off"],
+                                                     gemm_tuning["on"]):
+                flop = 2 * m * n * k * b / 1e9
+                dims = f"{m}x{n}x{k}" + (f" x{b}" if b > 1 else "")
+                print(f"{label:<20} {dims:<22} {flop / off * 1e3:>7.1f} GFLOP/s "
+                      f"{flop / on * 1e3:>7.1f} GFLOP/s {off / on:>7.2f}x", file=out)
+            print(f"tuned = {gemm_tuning['tuning']['on']}", file=out)
+    if latency:
+        print("\n## First call in a fresh process (numpy in/out, algorithm 'auto', layer "
+              f"{latency['layer']})\n", file=out)
+        for kind in ("cold", "warm"):
+            v = latency.get(kind, {})
+            if "error" in v:
+                print(f"{kind:<5} failed: {v['error']}", file=out)
+            elif v:
+                print(f"{kind:<5} import {v['import_s'] * 1e3:7.0f} ms, first call "
+                      f"{v['first_s'] * 1e3:8.0f} ms, second call {v['second_s'] * 1e3:6.1f} ms",
+                      file=out)
+        print("cold: empty PoCL/pyopencl kernel caches (fresh XDG_CACHE_HOME and POCL_CACHE_DIR); "
+              "warm: the caches a previous run left.", file=out)
+    return out.getvalue()
+
+
+def _plot(results: list[Result], layers: Sequence[Layer], peers: Sequence[str], path: Path,
+          title: str) -> str | None:
+    """A grouped bar chart of GFLOP/s per layer and peer; None, or why it was not drawn."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed (pip install 'clconv[plot]')"
+    table = _by(results)
+    shown = [p for p in peers if any(table.get((lay.name, p)) and table[(lay.name, p)].gflops
+                                     for lay in layers)]
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(layers) + 2), 5))
+    width = 0.8 / max(len(shown), 1)
+    for i, peer in enumerate(shown):
+        values = [(table.get((lay.name, peer)).gflops or 0) if table.get((lay.name, peer)) else 0
+                  for lay in layers]
+        xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(layers))]
+        bars = ax.bar(xs, values, width, label=peer)
+        for bar, v in zip(bars, values):
+            if v:
+                ax.annotate(f"{v:.0f}" if v >= 10 else f"{v:.1f}", (bar.get_x() + width / 2, v),
+                            ha="center", va="bottom", fontsize=6)
+    ax.set_yscale("log")
+    ax.set_ylabel("GFLOP/s (log scale; higher is better)")
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([lay.name.replace(" ", "\n", 1) for lay in layers], fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, ncol=min(len(shown), 6))
+    ax.grid(axis="y", alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
+              peers: Sequence[str] | None = None, repeat: int = 5, budget_s: float = 3.0,
+              out: str | None = "bench-out/bench", latency: bool = True, plot: bool = True,
+              progress: bool = True, command: str | None = None,
+              stream: TextIO | None = None, gemm_tuning: bool = False) -> int:
+    """Runs the benchmark and writes <out>.txt/.csv/.json/.png; returns an exit code."""
+    from . import gemm, tuning
+    from .cache import cache_dir
+    from .device import device
+    from .progress import Progress
+
+    stream = stream or sys.stdout
+    peers = list(peers) if peers is not None else list(default_peers())
+    known = default_peers()
+    unknown = [p for p in peers if p not in known]
+    if unknown:
+        raise ValueError(f"unknown peers {unknown}; known: {known}")
+    dev = device(spec)
+    if command is None:  # the environment variables that change what runs come first, as typed
+        settings = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+                    if k.startswith(("CLCONV_", "POCL_", "CLBLAST_"))]
+        command = " ".join([*settings, "python -m clconv", *map(shlex.quote, sys.argv[1:])])
+    bar = Progress(len(layers) * len(peers) + (2 if latency else 0) + (1 if gemm_tuning else 0),
+                   "bench", enabled=progress)
+    results: list[Result] = []
+    done = 0
+    for layer in layers:
+        def on_peer(peer: str, layer: Layer = layer) -> None:
+            nonlocal done
+            bar.update(done, f"{layer.name}: {peer}")
+            done += 1
+        results.extend(bench_layer(dev, layer, peers, repeat, budget_s, on_peer))
+    lat = None
+    if latency:
+        lat_layer = next((lay for lay in layers if lay.name == "ResNet-50 3x3"), layers[0])
+        lat = {"layer": f"{lat_layer.name} ({lat_layer.spec})"}
+        for kind in ("cold", "warm"):
+            bar.update(done, f"first-call latency, {kind} caches")
+            lat[kind] = measure_latency(str(dev.index), lat_layer, kind == "cold")
+            done += 1
+    gemm_result = None
+    if gemm_tuning:
+        bar.update(done, "CLBlast GEMM, tuned vs untuned")
+        shapes = gemm_shapes(layers)
+        gemm_result = measure_gemm_tuning(str(dev.index), [sh for _, sh in shapes])
+        gemm_result["shapes"] = shapes
+        done += 1
+    bar.close()
+    state = tuning.tuning_state(dev)
+    torch_version = ""
+    try:
+        import torch
+        torch_version = f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    except ImportError:
+        pass
+    import pyopencl as cl
+
+    header = [
+        f"$ {command}",
+        f"date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"device: {dev.name} [{dev.platform_name}, {dev.opencl_version}, driver {dev.driver_version}]",
+        (f"host: {platform.machine()} {_cpu_name()}, {os.cpu_count()} CPUs, Python "
+         f"{platform.python_version()}, numpy {np.__version__}, {torch_version}pyopencl "
+         f"{cl.VERSION_TEXT}, CLBlast {tuning.clblast_version()}"),
+        (f"CLBlast tuning: {state.source if state else 'not loaded (no GEMM ran)'}"
+         + (f"; applied {', '.join(state.applied)}" if state and state.applied else "")
+         + (f"; errors: {'; '.join(state.errors)}" if state and state.errors else "")),
+        f"CLBlast available: {'yes' if gemm.available() else 'no: ' + str(gemm.missing_reason())}",
+        f"clconv cache (tuning file, 'auto' choices): {cache_dir()}",
+        "clconv's algorithms run on device arrays, the queue finished after each call; numpy and "
+        "torch run in fresh interpreters on host arrays",
+    ]
+    text = render(results, layers, peers, header, lat, gemm_result)
+    stream.write(text)
+    if out:
+        prefix = Path(out)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{prefix}.txt").write_text(text, encoding="utf-8")
+        with open(f"{prefix}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(asdict(results[0]).keys()) if results else [])
+            writer.writeheader()
+            for r in results:
+                writer.writerow(asdict(r))
+        layers_json = [dict(asdict(lay), flops=lay.flops, input_bytes=lay.input_bytes,
+                            column_bytes=lay.column_bytes) for lay in layers]
+        Path(f"{prefix}.json").write_text(json.dumps(
+            {"command": command, "header": header, "layers": layers_json,
+             "results": [asdict(r) for r in results], "latency": lat, "gemm_tuning": gemm_result},
+            indent=1) + "\n",
+            encoding="utf-8")
+        written = [f"{prefix}.txt", f"{prefix}.csv", f"{prefix}.json"]
+        if plot:
+            why = _plot(results, layers, peers, Path(f"{prefix}.png"),
+                        f"clconv bench on {dev.name} ({header[1]})")
+            if why:
+                stream.write(f"no plot: {why}\n")
+            else:
+                written.append(f"{prefix}.png")
+        stream.write("wrote " + ", ".join(written) + "\n")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(args: Any) -> int:
+    """Entry point for the CLI (argparse namespace from cli.py)."""
+    layers = [parse_layer(t) for t in args.layer] if args.layer else list(LAYERS)
+    peers = [p.strip() for p in args.peers.split(",")] if args.peers else list(default_peers())
+    return run_bench(args.device, layers, peers, args.repeat, args.time_per_peer,
+                     None if args.out == "-" else args.out, not args.no_latency, not args.no_plot,
+                     not args.no_progress, gemm_tuning=not args.no_gemm)
