@@ -240,8 +240,8 @@ def _time(fn: Callable[[], Any], repeat: int, budget_s: float) -> tuple[Any, flo
     t0 = time.perf_counter()
     out = fn()
     first = time.perf_counter() - t0
-    times = _runs(fn, _run_count(first, repeat, budget_s))
-    return out, first, times
+    times = _runs(fn, 1)  # the run count follows a warm call, not the first (builds, measuring)
+    return out, first, times + _runs(fn, _run_count(times[0], repeat, budget_s) - 1)
 
 
 def _run_count(first: float, repeat: int, budget_s: float) -> int:
@@ -378,8 +378,8 @@ def bench_layer(dev: Any, layer: Layer, peers: Sequence[str], repeat: int, budge
                 isolate: bool = True) -> list[Result]:
     """Times every peer on `layer`. clconv's own peers run in this process in `rounds` rounds
     (each peer warmed up once, then its runs split over the rounds, so that a burst of load on a
-    shared machine lands on several peers rather than on one); numpy and torch run in fresh
-    interpreters (see `_Isolated`). The median of all of a peer's runs is reported."""
+    shared machine lands on several peers rather than on one); numpy and torch run in a fresh
+    interpreter per round (see `_Isolated`). The median of all of a peer's runs is reported."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((layer.n, layer.c, layer.h, layer.w)).astype(np.float32)
     w = (rng.standard_normal((layer.k_out, layer.c // layer.groups, layer.ksize, layer.ksize))
@@ -400,15 +400,17 @@ def bench_layer(dev: Any, layer: Layer, peers: Sequence[str], repeat: int, budge
         try:
             if isinstance(run, str):
                 outcome[peer] = run
-            elif isinstance(run, _Isolated):
-                out, first, times = _time_isolated(peer, layer, x, w, repeat, budget)
-                outcome[peer] = [None, out, first, len(times), times]
+            elif isinstance(run, _Isolated):  # a fresh interpreter per round
+                out, first, times = _time_isolated(peer, layer, x, w, -(-repeat // rounds),
+                                                   budget / rounds)
+                outcome[peer] = [run, out, first, len(times) * rounds, times]
             else:
                 t0 = time.perf_counter()
                 out = run()
                 first = time.perf_counter() - t0
-                planned = _run_count(first, repeat, budget)
-                times = _runs(run, -(-planned // rounds))
+                times = _runs(run, 1)
+                planned = _run_count(times[0], repeat, budget)
+                times += _runs(run, -(-planned // rounds) - 1)
                 outcome[peer] = [run, out, first, planned, times]
         except Exception as err:  # an algorithm that does not apply here, a driver failure
             outcome[peer] = failed(err)
@@ -418,7 +420,11 @@ def bench_layer(dev: Any, layer: Layer, peers: Sequence[str], repeat: int, budge
                 run, _, _, planned, times = state
                 todo = min(-(-planned // rounds), planned - len(times))
                 try:
-                    times.extend(_runs(run, max(todo, 0)))
+                    if isinstance(run, _Isolated):
+                        times.extend(_time_isolated(peer, layer, x, w, max(todo, 2),
+                                                    budget_s / rounds)[2])
+                    else:
+                        times.extend(_runs(run, max(todo, 0)))
                 except Exception as err:
                     outcome[peer] = failed(err)
     results = []
@@ -664,7 +670,7 @@ def _plot(results: list[Result], layers: Sequence[Layer], peers: Sequence[str], 
     table = _by(results)
     shown = [p for p in peers if any(table.get((lay.name, p)) and table[(lay.name, p)].gflops
                                      for lay in layers)]
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(layers) + 2), 5))
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(layers) + 2), 5.5))
     width = 0.8 / max(len(shown), 1)
     for i, peer in enumerate(shown):
         values = [(table.get((lay.name, peer)).gflops or 0) if table.get((lay.name, peer)) else 0
@@ -680,7 +686,8 @@ def _plot(results: list[Result], layers: Sequence[Layer], peers: Sequence[str], 
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels([lay.name.replace(" ", "\n", 1) for lay in layers], fontsize=8)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, ncol=min(len(shown), 6))
+    ax.legend(fontsize=8, ncol=min(len(shown), 8), loc="upper center",
+              bbox_to_anchor=(0.5, -0.14), frameon=False)
     ax.grid(axis="y", alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -757,8 +764,8 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
          + (f"; errors: {'; '.join(state.errors)}" if state and state.errors else "")),
         f"CLBlast available: {'yes' if gemm.available() else 'no: ' + str(gemm.missing_reason())}",
         f"clconv cache (tuning file, 'auto' choices): {cache_dir()}",
-        "clconv's algorithms run on device arrays, the queue finished after each call; numpy and "
-        "torch run in fresh interpreters on host arrays",
+        ("clconv's algorithms run on device arrays, the queue finished after each call; numpy and "
+         "torch run in fresh interpreters on host arrays"),
     ]
     text = render(results, layers, peers, header, lat, gemm_result)
     stream.write(text)

@@ -375,6 +375,7 @@ class _PassResult:
     configs: int
     best: _Best | None
     stopped: str
+    unit: str = ""
 
 
 def _run_pass(cmd: list[str], phase: int, deadline: float, cwd: str,
@@ -400,6 +401,7 @@ def _run_pass(cmd: list[str], phase: int, deadline: float, cwd: str,
     current = 0
     best: _Best | None = None
     count = 0
+    unit = ""
     stopped = "finished"
     try:
         while True:
@@ -423,6 +425,9 @@ def _run_pass(cmd: list[str], phase: int, deadline: float, cwd: str,
             if explored:
                 names = explored.group(1).split()
                 continue
+            if text.startswith("|   ID |"):  # the table header names the speed unit
+                unit = text.strip().strip("|").split("|")[-2].strip()
+                continue
             row = parse_row(text, names)
             if row is not None:
                 count += 1
@@ -438,7 +443,7 @@ def _run_pass(cmd: list[str], phase: int, deadline: float, cwd: str,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return _PassResult(" ".join(cmd), time.monotonic() - start, count, best, stopped)
+    return _PassResult(" ".join(cmd), time.monotonic() - start, count, best, stopped, unit)
 
 
 def _fraction(configs: int, seconds: float, seconds_per_config: float) -> float:
@@ -567,6 +572,7 @@ def tune(dev: Device, budget: float = 600.0, precisions: Iterable[int] | None = 
     bar = Progress(budget, "tune", enabled=progress)
     results: dict[tuple[int, str], _Best] = {}
     counts: dict[tuple[int, str], int] = {}
+    units: dict[tuple[int, str], str] = {}
     log: list[dict[str, Any]] = []
     print(f"tuning CLBlast for {dev.name} [{dev.platform_name}] (platform {dev.platform_index}, "
           f"device {dev.device_index}), budget {budget:.0f} s, precisions "
@@ -599,6 +605,8 @@ def tune(dev: Device, budget: float = 600.0, precisions: Iterable[int] | None = 
             counts[key] = counts.get(key, 0) + result.configs
             if result.best and (key not in results or result.best.time_ms < results[key].time_ms):
                 results[key] = result.best
+            if result.unit:
+                units[key] = result.unit
             log.append({"command": result.command, "seconds": round(result.seconds, 1),
                         "configs": result.configs, "stopped": result.stopped,
                         "best_time_ms": result.best.time_ms if result.best else None})
@@ -617,7 +625,7 @@ def tune(dev: Device, budget: float = 600.0, precisions: Iterable[int] | None = 
     }
     for (precision, kernel), best in sorted(results.items()):
         entry["parameters"].setdefault(str(precision), {})[kernel] = best.params
-        unit = "GFLOPS" if kernel.startswith("Xgemm") else "GB/s"
+        unit = units.get((precision, kernel)) or ("GFLOPS" if "gemm" in kernel else "GB/s")
         entry["measured"].setdefault(str(precision), {})[kernel] = {
             "time_ms": best.time_ms, "metric": best.metric, "unit": unit,
             "configs": counts[(precision, kernel)], "size": sizes[kernel]}
