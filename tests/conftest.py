@@ -85,3 +85,25 @@ def to_cl(queue):
         return None if a is None else cla.to_device(queue, np.ascontiguousarray(a))
 
     return _to_cl
+
+
+@pytest.fixture
+def column_allocations(clconv_mod, monkeypatch):
+    """Sizes of every column buffer allocated while the test runs (the cache is emptied first)."""
+    import types
+
+    import pyopencl as cl
+
+    from clconv import workspace
+
+    dev = clconv_mod.current_device()
+    workspace.release_column_buffer(dev)
+    sizes: list[int] = []
+
+    def buffer(context, flags, size=0, hostbuf=None):
+        sizes.append(size)
+        return cl.Buffer(context, flags, size, hostbuf)
+
+    monkeypatch.setattr(workspace, "cl", types.SimpleNamespace(Buffer=buffer, mem_flags=cl.mem_flags))
+    yield sizes
+    workspace.release_column_buffer(dev)  # no buffer made through the fake outlives the test

@@ -7,7 +7,6 @@ chunks, then ranges of an image's output positions). The 64-bit index tests are 
 from __future__ import annotations
 
 import sys
-import types
 
 import numpy as np
 import pyopencl as cl
@@ -23,23 +22,6 @@ def clconv():
 
     return clconv
 
-
-@pytest.fixture
-def column_allocations(clconv, monkeypatch):
-    """Sizes of every column buffer allocated while the test runs (the cache is emptied first)."""
-    from clconv import workspace
-
-    dev = clconv.current_device()
-    workspace.release_column_buffer(dev)
-    sizes: list[int] = []
-
-    def buffer(context, flags, size=0, hostbuf=None):
-        sizes.append(size)
-        return cl.Buffer(context, flags, size, hostbuf)
-
-    monkeypatch.setattr(workspace, "cl", types.SimpleNamespace(Buffer=buffer, mem_flags=cl.mem_flags))
-    yield sizes
-    workspace.release_column_buffer(dev)
 
 
 def _r(rng, shape):
