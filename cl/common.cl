@@ -100,6 +100,16 @@ typedef INDEX_T idx_t;
 // the int path stays fast; anything that is a product or a flat count (get_global_id of a dim that
 // spans batch * channels, an offset, a row of C * KSIZE, a position in OD * OH * OW) is idx_t. With
 // INDEX_T=int (the host's choice while every buffer holds fewer than 2**31 elements) idx_t is int.
+// Convolution channels: C_out and groups (C, the input channels, is above), per group.
+#ifndef GROUPS
+#define GROUPS 1
+#endif
+#ifndef COUT
+#define COUT 1
+#endif
+#define CIN_G (C / GROUPS)
+#define COUT_G (COUT / GROUPS)
+
 #define KSIZE ((idx_t)KD * KH * KW)
 #define IN_SPATIAL ((idx_t)ID * IH * IW)
 #define OUT_SPATIAL ((idx_t)OD * OH * OW)

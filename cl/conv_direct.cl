@@ -8,14 +8,6 @@
 
 #include "common.cl"
 
-#ifndef GROUPS
-#define GROUPS 1
-#endif
-#ifndef COUT
-#define COUT 1
-#endif
-#define CIN_G (C / GROUPS)
-#define COUT_G (COUT / GROUPS)
 
 __kernel void conv_direct(__global const REAL* restrict x, const long x_offset,
                           __global const REAL* restrict weight, const long w_offset,

@@ -23,12 +23,6 @@
 
 #include "common.cl"
 
-#ifndef GROUPS
-#define GROUPS 1
-#endif
-#ifndef COUT
-#define COUT 1
-#endif
 #ifndef VW
 #define VW 8
 #endif
@@ -38,8 +32,6 @@
 #ifndef ROWS
 #define ROWS 1
 #endif
-#define CIN_G (C / GROUPS)
-#define COUT_G (COUT / GROUPS)
 
 // Interior outputs [OW_LO, OW_HI): every input a vector of them loads is inside [0, IW) (the
 // stride-2 load reads one element past the last one it uses).

@@ -27,14 +27,6 @@
 
 #include "common.cl"
 
-#ifndef GROUPS
-#define GROUPS 1
-#endif
-#ifndef COUT
-#define COUT 1
-#endif
-#define CIN_G (C / GROUPS)
-#define COUT_G (COUT / GROUPS)
 #define TH ((OH + 1) / 2)
 #define TW ((OW + 1) / 2)
 

@@ -12,15 +12,24 @@ import math
 from typing import Any, Union
 
 import numpy as np
-import pyopencl as cl
 import pyopencl.array as cla
 
 from .device import Device
 from .errors import UnsupportedError
 from .program import kernel, precision_defines
 
-__all__ = ["ArrayLike", "is_device_array", "result_dtype", "to_device", "empty", "deliver",
-           "element_offset", "index_type", "check_fits", "FORCE_INDEX_T"]
+__all__ = [
+    "FORCE_INDEX_T",
+    "ArrayLike",
+    "check_fits",
+    "deliver",
+    "element_offset",
+    "empty",
+    "index_type",
+    "is_device_array",
+    "result_dtype",
+    "to_device",
+]
 
 ArrayLike = Union[np.ndarray, cla.Array]
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -155,11 +164,3 @@ def deliver(out: cla.Array, as_host: bool) -> ArrayLike:
     if out.size == 0:
         return np.empty(out.shape, out.dtype)
     return out.get()
-
-
-def numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
-
-
-def buffer_of(a: cla.Array) -> cl.Buffer:
-    return a.base_data

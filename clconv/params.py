@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Union
 
-__all__ = ["IntOrTuple", "PaddingArg", "PADDING_MODES", "ConvGeometry", "as_tuple", "conv_geometry",
-           "unfold_geometry", "fold_geometry", "spatial_defines"]
+__all__ = [
+    "PADDING_MODES",
+    "ConvGeometry",
+    "IntOrTuple",
+    "PaddingArg",
+    "as_tuple",
+    "check_ranks_and_groups",
+    "conv_geometry",
+    "fold_geometry",
+    "spatial_defines",
+    "unfold_geometry",
+]
 
 IntOrTuple = Union[int, Sequence[int]]
 PaddingArg = Union[int, Sequence[int], str]
@@ -178,6 +189,21 @@ def _check_kernel_fits(in_size: Sequence[int], kernel: Sequence[int], dilation: 
                          f"padded input {padded}")
 
 
+def check_ranks_and_groups(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int],
+                           groups: object, op: str, weight_layout: str) -> None:
+    """The checks every convolution starts with: operand ranks and `groups` (a positive int)."""
+    if len(input_shape) != nd + 2:
+        raise ValueError(f"input must have {nd + 1} (unbatched) or {nd + 2} (batched) dims for a "
+                         f"{nd}-d {op}, got shape {tuple(input_shape)}")
+    if len(weight_shape) != nd + 2:
+        raise ValueError(f"weight must have {nd + 2} dims {weight_layout} for a {nd}-d {op}, got "
+                         f"shape {tuple(weight_shape)}")
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups}")
+
+
 def conv_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int],
                   stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
                   padding_mode: str = "zeros") -> ConvGeometry:
@@ -186,16 +212,8 @@ def conv_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequence[in
     input_shape: (N, C_in, *spatial) (batched; the caller strips unbatched inputs first);
     weight_shape: (C_out, C_in / groups, *kernel).
     """
-    if len(input_shape) != nd + 2:
-        raise ValueError(f"input must have {nd + 1} (unbatched) or {nd + 2} (batched) dims for a "
-                         f"{nd}-d convolution, got shape {tuple(input_shape)}")
-    if len(weight_shape) != nd + 2:
-        raise ValueError(f"weight must have {nd + 2} dims (C_out, C_in/groups, *kernel) for a "
-                         f"{nd}-d convolution, got shape {tuple(weight_shape)}")
-    if not _is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups}")
+    check_ranks_and_groups(nd, input_shape, weight_shape, groups, "convolution",
+                           "(C_out, C_in/groups, *kernel)")
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     stride_t = as_tuple(stride, nd, "stride", 1)

@@ -23,13 +23,21 @@ import numpy as np
 import pyopencl.array as cla
 
 from . import gemm
-from .arrays import (ArrayLike, check_fits, deliver, element_offset, empty, index_type,
-                     is_device_array, result_dtype)
+from .arrays import (
+    ArrayLike,
+    check_fits,
+    deliver,
+    element_offset,
+    empty,
+    index_type,
+    is_device_array,
+    result_dtype,
+)
 from .conv import enqueue_bias, require_gemm
 from .device import Device, current_device
 from .errors import device_memory_errors, sizes_text
 from .im2col import enqueue_col2im
-from .params import ConvGeometry, IntOrTuple, as_tuple
+from .params import ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_groups
 from .precision import check_precision, compute_dtype, load, store
 from .program import kernel, precision_defines
 from .workspace import column_buffer, default_workspace_limit
@@ -78,10 +86,6 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def transpose_output_size(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
                           padding: Sequence[int], output_padding: Sequence[int],
                           dilation: Sequence[int]) -> tuple[int, ...]:
@@ -99,16 +103,8 @@ def transpose_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequen
 
     input_shape: (N, C_in, *spatial) (batched); weight_shape: (C_in, C_out / groups, *kernel).
     """
-    if len(input_shape) != nd + 2:
-        raise ValueError(f"input must have {nd + 1} (unbatched) or {nd + 2} (batched) dims for a "
-                         f"{nd}-d transposed convolution, got shape {tuple(input_shape)}")
-    if len(weight_shape) != nd + 2:
-        raise ValueError(f"weight must have {nd + 2} dims (C_in, C_out/groups, *kernel) for a "
-                         f"{nd}-d transposed convolution, got shape {tuple(weight_shape)}")
-    if not _is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups}")
+    check_ranks_and_groups(nd, input_shape, weight_shape, groups, "transposed convolution",
+                           "(C_in, C_out/groups, *kernel)")
     stride_t = as_tuple(stride, nd, "stride", 1)
     padding_t = as_tuple(padding, nd, "padding", 0)
     out_pad = as_tuple(output_padding, nd, "output_padding", 0)

@@ -107,3 +107,16 @@ def column_allocations(clconv_mod, monkeypatch):
     monkeypatch.setattr(workspace, "cl", types.SimpleNamespace(Buffer=buffer, mem_flags=cl.mem_flags))
     yield sizes
     workspace.release_column_buffer(dev)  # no buffer made through the fake outlives the test
+
+
+@pytest.fixture
+def no_pyclblast(clconv_mod, monkeypatch):
+    """pyclblast cannot be imported (as if not installed): `import pyclblast` raises ImportError."""
+    from clconv import gemm
+
+    gemm._pyclblast.cache_clear()
+    monkeypatch.setitem(sys.modules, "pyclblast", None)
+    yield gemm
+    monkeypatch.undo()
+    gemm._pyclblast.cache_clear()
+    assert gemm.available()

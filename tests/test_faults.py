@@ -5,7 +5,6 @@ all gives DeviceNotFoundError listing what exists."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -184,18 +183,6 @@ def test_build_failure_in_a_public_op(clconv, monkeypatch, restore_cache):
 # pyclblast missing
 # ---------------------------------------------------------------------------
 
-
-@pytest.fixture
-def no_pyclblast(clconv, monkeypatch):
-    """pyclblast cannot be imported (as if not installed): `import pyclblast` raises ImportError."""
-    from clconv import gemm
-
-    gemm._pyclblast.cache_clear()
-    monkeypatch.setitem(sys.modules, "pyclblast", None)
-    yield gemm
-    monkeypatch.undo()
-    gemm._pyclblast.cache_clear()
-    assert gemm.available()
 
 
 def test_missing_pyclblast_message(clconv, no_pyclblast, rng):

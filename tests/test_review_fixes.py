@@ -6,8 +6,6 @@ chunks, then ranges of an image's output positions). The 64-bit index tests are 
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cla
@@ -137,17 +135,6 @@ def test_conv_uses_the_shared_check_fits(clconv, monkeypatch):
 # pyclblast missing: refused before any upload or allocation
 # ---------------------------------------------------------------------------
 
-
-@pytest.fixture
-def no_pyclblast(clconv, monkeypatch):
-    from clconv import gemm
-
-    gemm._pyclblast.cache_clear()
-    monkeypatch.setitem(sys.modules, "pyclblast", None)
-    yield gemm
-    monkeypatch.undo()
-    gemm._pyclblast.cache_clear()
-    assert gemm.available()
 
 
 @pytest.fixture
