@@ -12,13 +12,13 @@ backward (`clconv.nn`) make a small CNN trainable with clconv alone.
 from __future__ import annotations
 
 from . import nn
-from .conv import ACTIVATIONS, ALGORITHMS, conv1d, conv2d, conv3d, warmup, workspace_size
-from .device import Device, current_device, device, devices
-from .errors import DeviceNotFoundError, KernelBuildError, UnsupportedError
-from .grad import (conv1d_input, conv1d_weight, conv2d_input, conv2d_weight, conv3d_input,
+from .ops.conv import ACTIVATIONS, ALGORITHMS, conv1d, conv2d, conv3d, warmup, workspace_size
+from .runtime.device import Device, current_device, device, devices
+from .runtime.errors import DeviceNotFoundError, KernelBuildError, UnsupportedError
+from .ops.grad import (conv1d_input, conv1d_weight, conv2d_input, conv2d_weight, conv3d_input,
                    conv3d_weight)
-from .im2col import col2im, col2im1d, col2im3d, im2col, im2col1d, im2col3d
-from .transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
+from .ops.unfold import col2im, col2im1d, col2im3d, im2col, im2col1d, im2col3d
+from .ops.transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
 
 __version__ = "0.1.0"
 

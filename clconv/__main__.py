@@ -1,5 +1,5 @@
-"""`python -m clconv <command>`: see clconv.cli."""
+"""`python -m clconv <command>`: see clconv.tools.cli."""
 
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

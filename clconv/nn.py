@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from .arrays import ArrayLike, deliver, empty, is_device_array, result_dtype, to_device
-from .conv import ALGORITHMS, choose_algorithm, convolution, require_gemm, run_algorithm
-from .device import Device, current_device, device
-from .grad import enqueue_bias_grad, enqueue_weight_grad
-from .params import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple, conv_geometry
-from .precision import check_precision, compute_dtype, convert, store
-from .transpose import enqueue_adjoint, transpose_geometry, transpose_output_size
+from .runtime.transfer import ArrayLike, deliver, empty, is_device_array, result_dtype, to_device
+from .ops.conv import ALGORITHMS, choose_algorithm, convolution, require_gemm, run_algorithm
+from .runtime.device import Device, current_device, device
+from .ops.grad import enqueue_bias_grad, enqueue_weight_grad
+from .ops.geometry import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple, conv_geometry
+from .ops.precision import check_precision, compute_dtype, convert, store
+from .ops.transpose import enqueue_adjoint, transpose_geometry, transpose_output_size
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 

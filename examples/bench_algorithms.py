@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     import pyopencl.array as cla
 
     import clconv
-    from clconv.params import conv_geometry
+    from clconv.ops.geometry import conv_geometry
 
     dev = clconv.current_device()
     print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             cells.append(f"{algorithm}: {geo.flops / wall / 1e9:6.2f} GF/s ({wall * 1e3:7.2f} ms, "
                          f"cpu {cpu * 1e3:7.2f} ms)")
         if "auto" in args.algorithms.split(","):
-            chosen = clconv.conv.choose_algorithm(dev, geo, "auto", np.float32)
+            chosen = clconv.ops.conv.choose_algorithm(dev, geo, "auto", np.float32)
             row["auto_chose"] = chosen
             cells.append(f"auto chose {chosen}")
         if not args.no_torch:

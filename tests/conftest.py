@@ -94,7 +94,7 @@ def column_allocations(clconv_mod, monkeypatch):
 
     import pyopencl as cl
 
-    from clconv import workspace
+    from clconv.runtime import memory as workspace
 
     dev = clconv_mod.current_device()
     workspace.release_column_buffer(dev)
@@ -112,7 +112,7 @@ def column_allocations(clconv_mod, monkeypatch):
 @pytest.fixture
 def no_pyclblast(clconv_mod, monkeypatch):
     """pyclblast cannot be imported (as if not installed): `import pyclblast` raises ImportError."""
-    from clconv import gemm
+    from clconv.blas import clblast as gemm
 
     gemm._pyclblast.cache_clear()
     monkeypatch.setitem(sys.modules, "pyclblast", None)

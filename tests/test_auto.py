@@ -27,7 +27,7 @@ def clconv():
 @pytest.fixture
 def cache(clconv, tmp_path, monkeypatch):
     """A fresh cache folder, measuring on, no remembered choices in memory."""
-    from clconv import autotune
+    from clconv.ops import autotune
 
     monkeypatch.setenv("CLCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("CLCONV_AUTO", raising=False)
@@ -39,7 +39,8 @@ def cache(clconv, tmp_path, monkeypatch):
 @pytest.fixture
 def runs(clconv, monkeypatch):
     """The algorithms run_algorithm is asked to run, in order, and the measure() calls."""
-    from clconv import autotune, conv
+    from clconv.ops import autotune
+    from clconv.ops import conv
 
     log: dict[str, list] = {"run": [], "measure": []}
     real_run, real_measure = conv.run_algorithm, autotune.measure
@@ -62,8 +63,9 @@ def data(rng, x_shape=(2, 5, 9, 8), w_shape=(4, 5, 3, 3)):
 
 
 def test_measures_once_and_remembers(clconv, rng, cache, runs):
-    from clconv import autotune, conv
-    from clconv.params import conv_geometry
+    from clconv.ops import autotune
+    from clconv.ops import conv
+    from clconv.ops.geometry import conv_geometry
 
     x, w, b = data(rng)
     want = np.maximum(ref.conv_nd(x, w, b, 1, 1), 0)
@@ -88,8 +90,8 @@ def test_measures_once_and_remembers(clconv, rng, cache, runs):
 def test_file_round_trip_and_merge(clconv, rng, cache, runs):
     """A later process (memory forgotten) reads the choice from the file instead of measuring; a
     choice written there by hand is obeyed; new choices merge into the file."""
-    from clconv import autotune
-    from clconv.params import conv_geometry
+    from clconv.ops import autotune
+    from clconv.ops.geometry import conv_geometry
 
     dev = clconv.current_device()
     x, w, b = data(rng)
@@ -119,8 +121,8 @@ def test_file_round_trip_and_merge(clconv, rng, cache, runs):
 
 
 def test_rule_mode_measures_nothing(clconv, rng, cache, runs, monkeypatch):
-    from clconv import conv
-    from clconv.params import conv_geometry
+    from clconv.ops import conv
+    from clconv.ops.geometry import conv_geometry
 
     monkeypatch.setenv("CLCONV_AUTO", "rule")
     x, w, b = data(rng)
@@ -140,8 +142,8 @@ def test_bad_mode_names_the_variable(clconv, rng, cache, monkeypatch):
 
 
 def test_warmup_chooses_ahead(clconv, rng, cache, runs):
-    from clconv import autotune
-    from clconv.params import conv_geometry
+    from clconv.ops import autotune
+    from clconv.ops.geometry import conv_geometry
 
     chosen = clconv.warmup((2, 5, 9, 8), (4, 5, 3, 3), padding=1)
     dev = clconv.current_device()
@@ -167,7 +169,7 @@ def test_corrupt_file_is_replaced(clconv, rng, cache, runs):
 
 def test_unusable_cache_folder_keeps_the_choice_in_memory(clconv, rng, tmp_path, monkeypatch,
                                                           runs):
-    from clconv import autotune
+    from clconv.ops import autotune
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

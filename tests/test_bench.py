@@ -15,7 +15,7 @@ GROUPED = "grouped=1,4,8,8,4,3,2,1,4"
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory, clconv_mod):
-    from clconv import bench
+    from clconv.tools import bench
 
     out = tmp_path_factory.mktemp("bench") / "b"
     layers = [bench.parse_layer(TINY), bench.parse_layer(GROUPED)]
@@ -34,7 +34,7 @@ def test_bench_writes_text_csv_and_json(bench_run):
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["command"] == "pytest bench"
     assert len(rows) == len(data["results"])
-    from clconv.bench import default_peers
+    from clconv.tools.bench import default_peers
 
     for layer in layers:
         assert {r["peer"] for r in rows if r["layer"] == layer.name} == set(default_peers())
@@ -54,7 +54,7 @@ def test_every_peer_that_ran_matches_the_float64_reference(bench_run):
 
 
 def test_memory_redundancy_of_the_layers(clconv_mod):
-    from clconv.bench import LAYERS, parse_layer
+    from clconv.tools.bench import LAYERS, parse_layer
 
     vgg = next(lay for lay in LAYERS if lay.name == "VGG16 conv3_2")
     assert vgg.column_bytes / vgg.input_bytes == 9  # 3x3, stride 1, 'same' padding
@@ -67,14 +67,14 @@ def test_memory_redundancy_of_the_layers(clconv_mod):
 @pytest.mark.parametrize("bad", ["1,2,3", "1,3,10,10,4,3,0,0", "1,3,10,10,4,3,1,1,2", "a,b",
                                  "1,3,2,2,4,5,1,0"])
 def test_bad_layer_specs_are_refused(clconv_mod, bad):
-    from clconv.bench import parse_layer
+    from clconv.tools.bench import parse_layer
 
     with pytest.raises(ValueError):
         parse_layer(bad)
 
 
 def test_host_peers_match_the_reference(clconv_mod):
-    from clconv.bench import numpy_conv2d, parse_layer, reference_conv2d
+    from clconv.tools.bench import numpy_conv2d, parse_layer, reference_conv2d
 
     rng = np.random.default_rng(3)
     layer = parse_layer(GROUPED)
@@ -89,7 +89,7 @@ def test_host_peers_match_the_reference(clconv_mod):
 
 
 def test_cli_bench_prints_the_table(clconv_mod, tmp_path, capsys):
-    from clconv.cli import main
+    from clconv.tools.cli import main
 
     rc = main(["bench", "--layer", TINY, "--peers", "direct,im2col,numpy", "--repeat", "2",
                "--time-per-peer", "0.01", "--out", str(tmp_path / "c"), "--no-latency",

@@ -101,7 +101,7 @@ def test_threads_in_different_device_blocks(clconv, rng):
     """Half the threads compute inside `with clconv.device(0)`, half inside a block of a second
     Device (its own context, queue, lock and caches on the same OpenCL device); each thread sees its
     own block's device, and every result is right."""
-    device_module = importlib.import_module("clconv.device")
+    device_module = importlib.import_module("clconv.runtime.device")
     first = clconv.devices()[0]
     second = device_module.Device(first.cl_device, first.index, first.platform_index,
                                   first.device_index)
@@ -134,7 +134,7 @@ def test_threads_in_different_device_blocks(clconv, rng):
 
 def test_kernel_cache_builds_once_under_contention(clconv, monkeypatch):
     """8 threads asking at once for a kernel nobody has built get the same object, built once."""
-    from clconv import program
+    from clconv.runtime import program
 
     dev = clconv.current_device()
     builds = []
@@ -153,7 +153,7 @@ def test_kernel_cache_builds_once_under_contention(clconv, monkeypatch):
 
 
 def test_context_and_queue_are_made_once(clconv):
-    device_module = importlib.import_module("clconv.device")
+    device_module = importlib.import_module("clconv.runtime.device")
     first = clconv.devices()[0]
     fresh = device_module.Device(first.cl_device, first.index, first.platform_index,
                                  first.device_index)
@@ -166,7 +166,7 @@ def test_context_and_queue_are_made_once(clconv):
 def test_column_buffer_growth_and_release_under_contention(clconv, rng):
     """Threads whose calls need ever larger column buffers (so the shared buffer is replaced while
     others have work queued on the old one), and a thread releasing it meanwhile."""
-    from clconv.workspace import release_column_buffer
+    from clconv.runtime.memory import release_column_buffer
 
     dev = clconv.current_device()
     release_column_buffer(dev)

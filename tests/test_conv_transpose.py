@@ -131,7 +131,7 @@ def test_medium_shape(clconv, rng):
 
 def test_batch_chunks(clconv, rng, monkeypatch):
     """A small workspace splits the batch into chunks; the result does not change."""
-    import clconv.transpose as tr
+    import clconv.ops.transpose as tr
 
     x_shape, w_shape, kw = (5, 2, 4, 4), (2, 3, 3, 3), {"stride": 2, "padding": 1}
     col_image = 3 * 9 * 4 * 4 * 4  # one image's column matrix in bytes (float32)

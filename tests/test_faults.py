@@ -25,7 +25,7 @@ def clconv():
 def device_module(clconv):
     import importlib
 
-    return importlib.import_module("clconv.device")  # clconv.device is the function
+    return importlib.import_module("clconv.runtime.device")  # clconv.device is the function
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def restore_cache(clconv):
 def test_kernel_build_error_carries_log_and_options(clconv, restore_cache):
     import time
 
-    from clconv import program
+    from clconv.runtime import program
 
     with pytest.raises(clconv.KernelBuildError) as info:
         program.kernel(restore_cache, "epilogue.cl", "epilogue", {"REAL": "nonsense", "SPATIAL": 3})
@@ -162,7 +162,7 @@ def test_kernel_build_error_carries_log_and_options(clconv, restore_cache):
 
 def test_build_failure_in_a_public_op(clconv, monkeypatch, restore_cache):
     """A kernel that does not build on this driver surfaces from conv2d as KernelBuildError."""
-    from clconv import program
+    from clconv.runtime import program
 
     real_source = program._source
 

@@ -155,8 +155,8 @@ def test_batch_chunks(clconv, rng, monkeypatch, limit):
     smallest limit the weight gradient takes holds one column of its im2col matrix (then it works
     one image at a time, in ranges of output positions); below that it is a MemoryError (see
     tests/test_review_fixes.py)."""
-    import clconv.grad as gr
-    import clconv.transpose as tr
+    import clconv.ops.grad as gr
+    import clconv.ops.transpose as tr
 
     col_image = 3 * 9 * 5 * 5 * 4 + 4 * 27 * 4  # columns + partial of one image, float32 bytes
     value = 2 * col_image if limit == "two-images" else 4 * 9 * 4  # the widest column, 4 * 3x3

@@ -27,7 +27,7 @@ def clconv():
 @pytest.fixture
 def kernels_built(monkeypatch):
     """Names of the kernels the convolution path asks program.kernel for."""
-    from clconv import conv
+    from clconv.ops import conv
 
     names: list[str] = []
     real = conv.kernel
@@ -113,7 +113,7 @@ def test_float64(clconv, dev, rng):
 
 def test_agrees_with_the_per_element_kernel(clconv, rng, monkeypatch, kernels_built):
     """conv_grouped.cl and conv_direct.cl compute the same depthwise convolution."""
-    from clconv import conv as conv_module
+    from clconv.ops import conv as conv_module
 
     x = random_array(rng, (2, 6, 12, 30))
     w = random_array(rng, (6, 1, 3, 3))

@@ -43,8 +43,8 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_windows_and_folded_layout(clconv, dev, rng, case):
-    from clconv.im2col import enqueue_im2col
-    from clconv.params import conv_geometry
+    from clconv.ops.unfold import enqueue_im2col
+    from clconv.ops.geometry import conv_geometry
 
     x_shape, w_shape, kw = CASES[case]
     x = random_array(rng, x_shape)

@@ -27,7 +27,7 @@ def clconv():
 @pytest.fixture
 def im2col_launches(clconv, monkeypatch):
     """(batch, ncols) of every im2col launch of the convolution path."""
-    from clconv import conv
+    from clconv.ops import conv
 
     launches: list[tuple[int, int]] = []
     real = conv.enqueue_im2col
@@ -54,7 +54,7 @@ SPLIT_CASES = {
 def test_split_results_are_identical(clconv, rng, case, column_allocations, im2col_launches):
     """Every limit, from the whole batch down to one column, gives bit-identical results, and no
     column buffer allocation exceeds the limit."""
-    from clconv.workspace import release_column_buffer
+    from clconv.runtime.memory import release_column_buffer
 
     x_shape, w_shape, kw = SPLIT_CASES[case]
     x = rng.standard_normal(x_shape).astype(np.float32)
@@ -119,8 +119,8 @@ def test_workspace_size_of_large_networks(clconv):
     assert size == 64 * 576 * 224 * 224 * 4 > 2**32
     assert clconv.workspace_size((64, 64, 224, 224), (64, 64, 3, 3), padding=1, algorithm="im2col",
                                  dtype=np.float64) == 2 * size
-    from clconv.conv import plan_columns
-    from clconv.params import conv_geometry
+    from clconv.ops.conv import plan_columns
+    from clconv.ops.geometry import conv_geometry
 
     geo = conv_geometry(2, (64, 64, 224, 224), (64, 64, 3, 3), 1, 1, 1, 1)
     for limit in (2**20, 2**27, 2**30):
@@ -130,7 +130,7 @@ def test_workspace_size_of_large_networks(clconv):
 
 
 def test_default_limit_is_a_safe_fraction(clconv):
-    from clconv.workspace import default_workspace_limit
+    from clconv.runtime.memory import default_workspace_limit
 
     dev = clconv.current_device()
     limit = default_workspace_limit(dev)
@@ -176,7 +176,8 @@ DRIVER_FAILURES = {
 @pytest.mark.parametrize("failure", list(DRIVER_FAILURES))
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_driver_out_of_memory_becomes_memory_error(clconv, monkeypatch, failure, algorithm):
-    from clconv import conv, gemm
+    from clconv.ops import conv
+    from clconv.blas import clblast as gemm
 
     def fail(*args, **kwargs):
         raise DRIVER_FAILURES[failure]()
@@ -197,7 +198,7 @@ def test_driver_out_of_memory_becomes_memory_error(clconv, monkeypatch, failure,
 
 
 def test_other_driver_errors_pass_unchanged(clconv, monkeypatch):
-    from clconv import conv
+    from clconv.ops import conv
 
     error = _cl_error(cl.LogicError, cl.status_code.INVALID_KERNEL_ARGS)
 
@@ -212,7 +213,7 @@ def test_other_driver_errors_pass_unchanged(clconv, monkeypatch):
 
 
 def test_im2col_driver_failure_becomes_memory_error(clconv, monkeypatch):
-    module = importlib.import_module("clconv.im2col")  # clconv.im2col is the function
+    module = importlib.import_module("clconv.ops.unfold")  # clconv.im2col is the function
 
     def fail(*args, **kwargs):
         raise _cl_error(cl.MemoryError, cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE)
@@ -227,8 +228,8 @@ def test_im2col_driver_failure_becomes_memory_error(clconv, monkeypatch):
 
 def test_real_oversized_allocation_becomes_memory_error(clconv):
     """A real driver failure (CL_INVALID_BUFFER_SIZE) through the translation."""
-    from clconv.errors import device_memory_errors
-    from clconv.workspace import ColumnBuffer
+    from clconv.runtime.errors import device_memory_errors
+    from clconv.runtime.memory import ColumnBuffer
 
     dev = clconv.current_device()
     holder = ColumnBuffer()
@@ -244,7 +245,7 @@ def test_real_oversized_allocation_becomes_memory_error(clconv):
 
 
 def test_index_type_selection(clconv):
-    from clconv.arrays import index_type
+    from clconv.runtime.transfer import index_type
 
     assert index_type() == "int"
     assert index_type(0, 2**31 - 1) == "int"
@@ -254,7 +255,7 @@ def test_index_type_selection(clconv):
 
 @pytest.fixture
 def force_long(clconv, monkeypatch):
-    from clconv import arrays
+    from clconv.runtime import transfer as arrays
 
     monkeypatch.setattr(arrays, "FORCE_INDEX_T", "long")
     dev = clconv.current_device()
@@ -305,8 +306,8 @@ def test_im2col_positions_past_2_31(clconv):
     """A real 64-bit case on a tiny buffer: a 2x2 image padded by 50000 has 100002**2 > 2**31 output
     positions, so a column range starting past 2**31 (l_start beyond int32) selects INDEX_T=long and
     finds the image's pixels where they are."""
-    from clconv.im2col import enqueue_im2col
-    from clconv.params import conv_geometry
+    from clconv.ops.unfold import enqueue_im2col
+    from clconv.ops.geometry import conv_geometry
 
     dev = clconv.current_device()
     pad, ow = 50000, 100002
@@ -326,7 +327,7 @@ def test_im2col_positions_past_2_31(clconv):
 def test_direct_index_type_counts_the_weight(clconv, monkeypatch):
     """The direct kernels index the weight too: its extent (offset included) takes part in the
     INDEX_T choice, so a huge filter bank with a small input and output gets 64-bit offsets."""
-    from clconv import conv
+    from clconv.ops import conv
 
     seen: list[tuple[int, ...]] = []
     real = conv.index_type
@@ -344,7 +345,7 @@ def test_direct_index_type_counts_the_weight(clconv, monkeypatch):
     assert any(1000 + w.size in counts for counts in seen), seen
 
 
-# Every module that launches a clconv kernel imports `kernel` from clconv.program.
+# Every module that launches a clconv kernel imports `kernel` from clconv.runtime.program.
 _LAUNCHING_MODULES = ("conv", "im2col", "transpose", "precision", "arrays")
 
 
@@ -459,7 +460,7 @@ def _case_strided_copy(c, r, dev):
 
 
 def _case_convert(c, r, dev):
-    from clconv.precision import convert
+    from clconv.ops.precision import convert
 
     if not dev.fp64:
         pytest.skip("needs float64 for a float32 <-> float64 conversion")
@@ -490,7 +491,7 @@ def test_long_index_path_equals_int_path(clconv, monkeypatch, kernel_launches, c
     """Each kernel built with INDEX_T=long (forced on small shapes: the sizes that select it pass
     2**31 elements) gives bit-identical results to its INDEX_T=int build, through every path that
     launches it; every launch holds dev.lock."""
-    from clconv import arrays
+    from clconv.runtime import transfer as arrays
 
     run, sources = LONG_INDEX_CASES[case]
     dev = clconv.current_device()
@@ -514,7 +515,7 @@ def test_long_index_path_equals_int_path(clconv, monkeypatch, kernel_launches, c
 
 def test_long_index_cases_cover_every_kernel():
     """Every kernel file that takes INDEX_T is exercised by a case above."""
-    from clconv.program import kernel_dir
+    from clconv.runtime.program import kernel_dir
 
     covered = set().union(*(sources for _, sources in LONG_INDEX_CASES.values()))
     with_index = {p.name for p in kernel_dir().glob("*.cl")

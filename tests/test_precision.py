@@ -148,7 +148,7 @@ def test_device_that_reports_fp16_wrongly(clconv, dev, monkeypatch):
 def test_real_fp16_device_passes_the_probe(clconv, dev):
     if not dev.fp16:
         pytest.skip("the device has no cl_khr_fp16")
-    from clconv.precision import _probe_fp16
+    from clconv.ops.precision import _probe_fp16
 
     assert _probe_fp16(dev) is None
 
@@ -221,7 +221,7 @@ def test_float16_layers(clconv, fp16_device, rng, cls_name, x_shape):
 def test_convert_rounds_like_numpy(clconv, dev):
     """float32 -> float16 -> float32 on the device equals numpy's conversions (round to nearest
     even, subnormals, overflow to inf, NaN)."""
-    from clconv.precision import convert
+    from clconv.ops.precision import convert
 
     r = np.random.default_rng(0)
     values = np.concatenate([

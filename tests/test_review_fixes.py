@@ -34,7 +34,7 @@ def _r(rng, shape):
 @pytest.fixture
 def lock_checks(clconv, monkeypatch):
     """Records, for every Array.fill and gemm.gemm call, whether the device lock was held."""
-    from clconv import gemm
+    from clconv.blas import clblast as gemm
 
     dev = clconv.current_device()
     calls: list[tuple[str, bool]] = []
@@ -94,8 +94,8 @@ def test_workspace_limit_is_capped_at_the_largest_allocation(clconv, rng, monkey
                                                              column_allocations):
     """A limit larger than the device can allocate at once would plan a buffer the driver refuses:
     it is capped (here below one image's columns, so the call splits into column ranges)."""
-    from clconv import conv
-    from clconv.workspace import release_column_buffer
+    from clconv.ops import conv
+    from clconv.runtime.memory import release_column_buffer
 
     dev = clconv.current_device()
     x, w, b = _r(rng, (2, 8, 16, 16)), _r(rng, (8, 8, 3, 3)), _r(rng, 8)
@@ -120,7 +120,7 @@ def test_workspace_limit_is_capped_at_the_largest_allocation(clconv, rng, monkey
 
 def test_conv_uses_the_shared_check_fits(clconv, monkeypatch):
     """One check (arrays.check_fits) for every op: same message, conv.py keeps no copy of it."""
-    from clconv import conv
+    from clconv.ops import conv
 
     assert not hasattr(conv, "_check_fits")
     dev = clconv.current_device()
@@ -199,7 +199,7 @@ def test_missing_pyclblast_keeps_direct_and_auto(clconv, rng, no_pyclblast):
 @pytest.fixture
 def weight_grad_im2col(clconv, monkeypatch):
     """(batch, ncols) of every im2col launch of the weight gradient."""
-    from clconv import grad
+    from clconv.ops import grad
 
     launches: list[tuple[int, int | None]] = []
     real = grad.enqueue_im2col
@@ -226,9 +226,9 @@ def test_weight_grad_honours_workspace_limit(clconv, rng, case, column_allocatio
                                              weight_grad_im2col):
     """From the whole batch down to one column of one image, the column buffer never exceeds the
     limit and the gradient stays right (the split changes only the summation order)."""
-    from clconv.grad import plan_weight_grad
-    from clconv.params import conv_geometry
-    from clconv.workspace import release_column_buffer
+    from clconv.ops.grad import plan_weight_grad
+    from clconv.ops.geometry import conv_geometry
+    from clconv.runtime.memory import release_column_buffer
 
     x_shape, w_shape, kw = WEIGHT_GRAD_CASES[case]
     nd = len(w_shape) - 2

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def tuning(clconv_mod, tmp_path, monkeypatch):
     """clconv.tuning with CLCONV_CACHE_DIR pointing at an empty temporary folder."""
     monkeypatch.setenv("CLCONV_CACHE_DIR", str(tmp_path))
-    import clconv.tuning as tuning
+    import clconv.blas.tuning as tuning
 
     return tuning
 
@@ -157,7 +157,7 @@ def test_disabled_by_environment(tuning, monkeypatch):
 
 
 def test_rejected_parameters_are_recorded_not_raised(tuning, dev, clconv_mod):
-    from clconv import gemm
+    from clconv.blas import clblast as gemm
 
     if not gemm.available():
         pytest.skip("CLBlast not installed")
@@ -177,7 +177,7 @@ _SCRIPT = r"""
 import json, sys
 import numpy as np
 import clconv
-from clconv import tuning
+from clconv.blas import tuning
 out = sys.argv[1]
 results = {}
 dev = clconv.current_device()
@@ -211,7 +211,7 @@ def _run(tmp_path: Path, name: str, tuning_env: str) -> tuple[dict, dict]:
 
 
 def test_tuned_and_untuned_clblast_give_the_same_results(tuning, dev, tmp_path):
-    from clconv import gemm
+    from clconv.blas import clblast as gemm
 
     if not gemm.available():
         pytest.skip("CLBlast not installed")

@@ -92,8 +92,8 @@ def test_unbatched_and_device_arrays(clconv, dev, rng):
 @pytest.mark.parametrize("limit", ["images", "tile-rows", "one-row"])
 def test_workspace_limit_splits(clconv, rng, limit):
     """Chunks of images, then of tile rows, give the unsplit result (within rounding)."""
-    from clconv.conv import plan_winograd
-    from clconv.params import conv_geometry
+    from clconv.ops.conv import plan_winograd
+    from clconv.ops.geometry import conv_geometry
 
     x_shape, w_shape = (3, 4, 9, 11), (5, 4, 3, 3)
     geo = conv_geometry(2, x_shape, w_shape, 1, 1, 1, 1)

@@ -12,8 +12,8 @@ from types import ModuleType
 import pyopencl as cl
 import pyopencl.array as cla
 
-from .device import Device
-from .errors import UnsupportedError
+from ..runtime.device import Device
+from ..runtime.errors import UnsupportedError
 
 __all__ = ["available", "missing_reason", "gemm", "override_parameters"]
 

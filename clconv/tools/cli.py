@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import gemm
-from .device import default_device_reason, devices
-from .errors import DeviceNotFoundError
+from ..blas import clblast as gemm
+from ..runtime.device import default_device_reason, devices
+from ..runtime.errors import DeviceNotFoundError
 
 __all__ = ["main", "info"]
 
@@ -48,8 +48,8 @@ def info() -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from . import tuning
-    from .device import device
+    from ..blas import tuning
+    from ..runtime.device import device
 
     dev = device(args.device)
     if args.show:

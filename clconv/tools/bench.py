@@ -48,7 +48,7 @@ HOST_PEERS = ("numpy", "torch", "convgemm")
 
 def default_peers() -> tuple[str, ...]:
     """'direct', clconv's other algorithms, 'auto', then the peers outside clconv."""
-    from .conv import ALGORITHMS
+    from ..ops.conv import ALGORITHMS
 
     algorithms = [a for a in ALGORITHMS if a not in ("auto", "direct")]
     return ("direct", *algorithms, "auto", *HOST_PEERS)
@@ -179,7 +179,7 @@ _CROSS_CORRELATION = 151  # CLBlastKernelModeCrossCorrelation in clblast_c.h
 
 def _convgemm_function() -> Callable[..., int] | str:
     """CLBlastSconvgemm from the libclblast pyclblast uses, or why it is unavailable."""
-    from . import gemm
+    from ..blas import clblast as gemm
 
     if not gemm.available():
         return "pyclblast/CLBlast not installed"
@@ -269,7 +269,7 @@ class _Isolated:
 _HOST_SNIPPET = r"""
 import json, sys
 import numpy as np
-from clconv.bench import _time, numpy_conv2d, parse_layer
+from clconv.tools.bench import _time, numpy_conv2d, parse_layer
 folder, peer, spec, repeat, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 layer = parse_layer(spec)
 x, w = np.load(folder + "/x.npy"), np.load(folder + "/w.npy")
@@ -311,12 +311,12 @@ def _peer_runners(dev: Any, layer: Layer, x: np.ndarray, w: np.ndarray, peers: S
     """peer -> a function computing the layer's output as numpy, or why it cannot run."""
     import pyopencl.array as cla
 
-    from .conv import conv2d
+    from ..ops.conv import conv2d
 
     runners: dict[str, Callable[[], np.ndarray] | str] = {}
     xd = cla.to_device(dev.queue, x)
     wd = cla.to_device(dev.queue, w)
-    from .conv import ALGORITHMS
+    from ..ops.conv import ALGORITHMS
 
     for peer in peers:
         if peer in ALGORITHMS:
@@ -362,8 +362,8 @@ def _to_host(y: Any) -> np.ndarray:
 def _auto_choice(dev: Any, layer: Layer) -> str:
     """'chose im2col': what algorithm='auto' settled on for the layer ('' if it cannot be told)."""
     try:
-        from .conv import choose_algorithm
-        from .params import conv_geometry
+        from ..ops.conv import choose_algorithm
+        from ..ops.geometry import conv_geometry
 
         geo = conv_geometry(2, (layer.n, layer.c, layer.h, layer.w),
                             (layer.k_out, layer.c // layer.groups, layer.ksize, layer.ksize),
@@ -470,7 +470,7 @@ def measure_latency(spec: str, layer: Layer, cold: bool) -> dict[str, Any]:
     folder, so PoCL's and pyopencl's binary caches are empty; CUDA_CACHE_DISABLE=1 for NVIDIA);
     the tuning file and clconv's remembered algorithm choices are read from the usual place either
     way. warm: the normal caches, after one run to fill them."""
-    from .cache import cache_dir
+    from ..runtime.cache import cache_dir
 
     args = [sys.executable, "-c", _LATENCY_SNIPPET,
             json.dumps([spec, layer.n, layer.c, layer.h, layer.w, layer.k_out, layer.ksize,
@@ -498,7 +498,8 @@ def measure_latency(spec: str, layer: Layer, cold: bool) -> dict[str, Any]:
 _GEMM_SNIPPET = r"""
 import json, statistics, sys, time
 import numpy as np, pyopencl.array as cla, clconv
-from clconv import gemm, tuning
+from clconv.blas import clblast as gemm
+from clconv.blas import tuning
 dev = clconv.device(sys.argv[1])
 shapes, repeat = json.loads(sys.argv[2]), int(sys.argv[3])
 ms = []
@@ -701,10 +702,11 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
               progress: bool = True, command: str | None = None,
               stream: TextIO | None = None, gemm_tuning: bool = False) -> int:
     """Runs the benchmark and writes <out>.txt/.csv/.json/.png; returns an exit code."""
-    from . import gemm, tuning
-    from .cache import cache_dir
-    from .device import device
-    from .progress import Progress
+    from ..blas import clblast as gemm
+    from ..blas import tuning
+    from ..runtime.cache import cache_dir
+    from ..runtime.device import device
+    from ..runtime.progress import Progress
 
     stream = stream or sys.stdout
     peers = list(peers) if peers is not None else list(default_peers())

@@ -24,17 +24,17 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from . import gemm
-from .arrays import (ArrayLike, check_fits, deliver, element_offset, empty, is_device_array,
+from ..blas import clblast as gemm
+from ..runtime.transfer import (ArrayLike, check_fits, deliver, element_offset, empty, is_device_array,
                      result_dtype)
 from .conv import ColumnPlan, require_gemm, resolve_workspace_limit
-from .device import Device, current_device
-from .errors import device_memory_errors, sizes_text
-from .im2col import enqueue_im2col
-from .params import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
+from ..runtime.device import Device, current_device
+from ..runtime.errors import device_memory_errors, sizes_text
+from .unfold import enqueue_im2col
+from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
 from .precision import check_precision, compute_dtype, load, store
 from .transpose import enqueue_adjoint
-from .workspace import column_buffer, default_workspace_limit
+from ..runtime.memory import column_buffer, default_workspace_limit
 
 __all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight", "conv3d_input",
            "conv3d_weight", "conv_input", "conv_weight", "enqueue_bias_grad", "enqueue_weight_grad",

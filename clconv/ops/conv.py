@@ -36,16 +36,17 @@ from typing import Any, Sequence
 import numpy as np
 import pyopencl.array as cla
 
-from . import autotune, gemm
-from .arrays import (ArrayLike, check_fits, deliver, element_offset, empty, index_type,
+from . import autotune
+from ..blas import clblast as gemm
+from ..runtime.transfer import (ArrayLike, check_fits, deliver, element_offset, empty, index_type,
                      is_device_array, result_dtype, to_device)
-from .device import Device, current_device
-from .errors import UnsupportedError, device_memory_errors, sizes_text
-from .im2col import enqueue_im2col
+from ..runtime.device import Device, current_device
+from ..runtime.errors import UnsupportedError, device_memory_errors, sizes_text
+from .unfold import enqueue_im2col
 from .precision import check_precision, compute_dtype, load, store
-from .params import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
-from .program import kernel, precision_defines
-from .workspace import column_buffer, default_workspace_limit
+from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
+from ..runtime.program import kernel, precision_defines
+from ..runtime.memory import column_buffer, default_workspace_limit
 
 __all__ = ["ALGORITHMS", "ACTIVATIONS", "conv1d", "conv2d", "conv3d", "choose_algorithm",
            "rule_choice", "applicable_algorithms", "winograd_unsupported", "warmup",
@@ -80,7 +81,7 @@ def conv2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     algorithm: 'auto' | 'im2col' | 'direct' | 'winograd' (3x3 stride-1 only; see the module doc).
     activation: None or 'relu', fused into the last kernel.
     workspace_limit: bytes the column buffer (or Winograd's transforms) may take (None: the
-    device's default, `clconv.workspace.default_workspace_limit`). A limit above the device's
+    device's default, `clconv.runtime.memory.default_workspace_limit`). A limit above the device's
     largest single allocation (`Device.max_alloc_bytes`) is capped to it: the workspace is one
     buffer, and the driver refuses a bigger one.
     numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device, nothing

@@ -26,7 +26,7 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 def kernel_dir() -> Path:
     """The folder of the .cl sources: inside the installed package (wheels map the repository's
     top-level cl/ to clconv/cl), else the source checkout's cl/ (editable installs)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the clconv package folder
     for candidate in (here / "cl", here.parent / "cl"):
         if (candidate / "common.cl").is_file():
             return candidate

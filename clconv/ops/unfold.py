@@ -15,12 +15,12 @@ from typing import Any, Mapping
 import numpy as np
 import pyopencl.array as cla
 
-from .arrays import (ArrayLike, check_fits, deliver, element_offset, empty, index_type,
+from ..runtime.transfer import (ArrayLike, check_fits, deliver, element_offset, empty, index_type,
                      is_device_array, result_dtype, to_device)
-from .device import Device, current_device
-from .errors import device_memory_errors, sizes_text
-from .params import IntOrTuple, fold_geometry, unfold_geometry
-from .program import kernel, precision_defines
+from ..runtime.device import Device, current_device
+from ..runtime.errors import device_memory_errors, sizes_text
+from .geometry import IntOrTuple, fold_geometry, unfold_geometry
+from ..runtime.program import kernel, precision_defines
 
 __all__ = ["im2col", "col2im", "im2col1d", "col2im1d", "im2col3d", "col2im3d", "unfold", "fold",
            "enqueue_im2col", "enqueue_col2im"]

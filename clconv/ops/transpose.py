@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from . import gemm
-from .arrays import (
+from ..blas import clblast as gemm
+from ..runtime.transfer import (
     ArrayLike,
     check_fits,
     deliver,
@@ -34,13 +34,13 @@ from .arrays import (
     result_dtype,
 )
 from .conv import enqueue_bias, require_gemm
-from .device import Device, current_device
-from .errors import device_memory_errors, sizes_text
-from .im2col import enqueue_col2im
-from .params import ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_groups
+from ..runtime.device import Device, current_device
+from ..runtime.errors import device_memory_errors, sizes_text
+from .unfold import enqueue_col2im
+from .geometry import ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_groups
 from .precision import check_precision, compute_dtype, load, store
-from .program import kernel, precision_defines
-from .workspace import column_buffer, default_workspace_limit
+from ..runtime.program import kernel, precision_defines
+from ..runtime.memory import column_buffer, default_workspace_limit
 
 __all__ = ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "enqueue_adjoint",
            "enqueue_pad_adjoint", "transpose_geometry", "transpose_output_size"]

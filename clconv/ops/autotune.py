@@ -36,9 +36,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyopencl as cl
 
-from .cache import cache_dir
-from .device import Device
-from .params import ConvGeometry
+from ..runtime.cache import cache_dir
+from ..runtime.device import Device
+from .geometry import ConvGeometry
 
 __all__ = ["ENV_VAR", "CHOICES_FILE", "CHOICES_VERSION", "mode", "key", "lookup", "measure",
            "record", "forget"]
@@ -154,7 +154,7 @@ def record(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str,
 
 def forget(dev: Device | None = None) -> None:
     """Drops the in-memory choices (of `dev`, or of every device seen); the file stays."""
-    from .device import devices
+    from ..runtime.device import devices
 
     for d in [dev] if dev is not None else devices():
         for slot in [s for s in d.cache if isinstance(s, tuple) and s and s[0] == "autotune"]:

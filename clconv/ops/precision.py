@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from .arrays import element_offset, index_type, to_device
-from .device import Device
-from .errors import UnsupportedError
-from .program import kernel
+from ..runtime.transfer import element_offset, index_type, to_device
+from ..runtime.device import Device
+from ..runtime.errors import UnsupportedError
+from ..runtime.program import kernel
 
 __all__ = ["check_precision", "compute_dtype", "convert", "load", "store"]
 

@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pyopencl.array as cla
 
-from .conv import conv2d
-from .device import device
-from .params import conv_geometry
+from ..ops.conv import conv2d
+from ..runtime.device import device
+from ..ops.geometry import conv_geometry
 
 LAYER = dict(name="ResNet-50 conv2_x 3x3", n=1, c_in=64, size=56, c_out=64, k=3, stride=1, padding=1)
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
-from .cache import cache_dir
-from .device import Device
+from ..runtime.cache import cache_dir
+from ..runtime.device import Device
 
 __all__ = ["ENV_VAR", "FORMAT", "KERNELS", "TuningState", "TunerJob", "JOBS", "enabled",
            "clblast_version", "device_key", "user_path", "load_entry", "save_user", "merge_entries",
@@ -82,7 +82,7 @@ def clblast_version() -> str:
 
     CLBlast has no version call; the shared library's file name carries it (libclblast.so.1.5.3).
     """
-    from . import gemm
+    from . import clblast as gemm
 
     if gemm.available():  # the library is mapped now: read which file it is
         try:
@@ -280,7 +280,7 @@ def apply_tuning(dev: Device, entry: Mapping[str, Any] | None = None,
             except (OSError, ValueError) as err:  # a broken shipped file must not break GEMM
                 entry, source = None, f"tuning database unreadable: {err}"
         state = TuningState(source or "explicit entry")
-        from . import gemm
+        from . import clblast as gemm
 
         for precision, kernels in (entry or {}).get("parameters", {}).items():
             for kernel, params in kernels.items():
@@ -476,7 +476,7 @@ def measure_gemm_routine(dev: Device, precision: int = 32,
     import numpy as np
     import pyopencl.array as cla
 
-    from . import gemm
+    from . import clblast as gemm
 
     dtype = {16: np.float16, 32: np.float32, 64: np.float64}[precision]
     rows = []
@@ -543,7 +543,7 @@ def tune(dev: Device, budget: float = 600.0, precisions: Iterable[int] | None = 
     has them. kernels: a subset of the jobs' kernels (default: all the GEMM path uses; 'Xconvgemm',
     CLBlast's own convolution that `bench` compares against, only when named).
     """
-    from .progress import Progress
+    from ..runtime.progress import Progress
 
     out = out or sys.stdout
     routine = kernels is None or "GemmRoutine" in kernels
@@ -682,7 +682,7 @@ def _tune_routine(dev: Device, entry: dict[str, Any], precisions: Iterable[int],
         # A threshold is kept only when it beats CLBlast's own choice by more than the noise.
         keep = slowdown < 0.95 * default
         params = {"XGEMM_MIN_INDIRECT_SIZE": int(size)}
-        from . import gemm
+        from . import clblast as gemm
 
         if keep:
             gemm.override_parameters(dev, "GemmRoutine", precision, params)
