@@ -4,11 +4,17 @@
 // Gather formulation: one work-item per image element reads the (at most KSIZE) column entries that map
 // onto it, so no atomics are needed and the result is deterministic.
 // NDRange: (IW, IH, batch * C * ID). Column layout as in im2col.cl; uses common.cl's geometry defines.
+// A launch may hold only the columns [l_start, l_start + ncols) of each image (a (C * KSIZE) x ncols
+// matrix per image: the host splits one huge image's columns to bound the buffer); `accumulate` then
+// adds the window's sums to x (every window after the first) instead of storing them.
 
 #include "common.cl"
 
 __kernel void col2im(__global const REAL* restrict col, const long col_offset,
-                     __global REAL* restrict x, const long x_offset) {
+                     __global REAL* restrict x, const long x_offset, const long l_start_arg,
+                     const long ncols_arg, const int accumulate) {
+    const idx_t l_start = l_start_arg;
+    const idx_t ncols = ncols_arg;
     const int w = get_global_id(0);
     const int h = get_global_id(1);
     const idx_t ncd = get_global_id(2);  // batch * C * ID may pass 2**31 when INDEX_T is long
@@ -28,10 +34,12 @@ __kernel void col2im(__global const REAL* restrict col, const long col_offset,
                 const int pw = w + PW - kw * DW;
                 if (pw < 0 || pw % SW != 0 || pw / SW >= OW) continue;
                 const idx_t row = c * KSIZE + ((idx_t)kd * KH + kh) * KW + kw;
-                const idx_t l = ((idx_t)(pd / SD) * OH + ph / SH) * OW + pw / SW;
-                sum += col[col_offset + (n * ((idx_t)C * KSIZE) + row) * OUT_SPATIAL + l];
+                const idx_t l = ((idx_t)(pd / SD) * OH + ph / SH) * OW + pw / SW - l_start;
+                if (l >= 0 && l < ncols)
+                    sum += col[col_offset + (n * ((idx_t)C * KSIZE) + row) * ncols + l];
             }
         }
     }
-    x[x_offset + ((nc * ID + d) * IH + h) * IW + w] = (REAL)sum;
+    const idx_t i = x_offset + ((nc * ID + d) * IH + h) * IW + w;
+    x[i] = accumulate ? (REAL)((ACC)x[i] + sum) : (REAL)sum;
 }

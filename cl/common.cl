@@ -149,3 +149,16 @@ inline idx_t input_offset(int c, int d, int h, int w) {
     if (sd < 0 || sh < 0 || sw < 0) return -1;
     return ((idx_t)c * ID + sd) * ((idx_t)IH * IW) + (idx_t)sh * IW + sw;
 }
+
+// The tail of every kernel that writes a convolution's result: adds bias[b_offset + c] (-D HAS_BIAS)
+// and applies the activation (-D RELU). fmax would turn NaN into 0; PyTorch's relu keeps NaN, and so
+// does this comparison (NaN < 0 is false).
+inline ACC epilogue_value(ACC v, __global const REAL* bias, const long b_offset, const int c) {
+#ifdef HAS_BIAS
+    v += (ACC)bias[b_offset + c];
+#endif
+#ifdef RELU
+    v = (v < (ACC)0) ? (ACC)0 : v;
+#endif
+    return v;
+}

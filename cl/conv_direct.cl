@@ -38,11 +38,6 @@ __kernel void conv_direct(__global const REAL* restrict x, const long x_offset,
             }
         }
     }
-#ifdef HAS_BIAS
-    sum += (ACC)bias[b_offset + co];
-#endif
-#ifdef RELU
-    sum = (sum < (ACC)0) ? (ACC)0 : sum;
-#endif
-    y[y_offset + ((nco * OD + od) * OH + oh) * OW + ow] = (REAL)sum;
+    y[y_offset + ((nco * OD + od) * OH + oh) * OW + ow] =
+        (REAL)epilogue_value(sum, bias, b_offset, co);
 }

@@ -12,7 +12,8 @@
 // skipped. Short lines are done ROWS at a time, so that a work-item has a few dozen outputs.
 //
 // -D GROUPS, -D COUT  groups and output channels (C, the input channels, comes from common.cl)
-// -D VW               outputs per vector: 2, 4, 8 or 16 (default 8)
+// -D VW               outputs per vector: 2, 4 or 8 (default 8; at most 4 for double: wider
+//                     vectors than 256 bits through builtins change the ABI on AVX2 CPUs)
 // -D SEGW             outputs per work-item along W, a multiple of VW (default 8 * VW)
 // -D ROWS             output lines per work-item (default 1)
 // -D HAS_BIAS         add bias[co]       -D RELU  apply max(0, .) last (NaN stays NaN)
@@ -25,6 +26,16 @@
 
 #ifndef VW
 #define VW 8
+#endif
+#if VW > 8
+#error "VW must be 2, 4 or 8"
+#endif
+#if defined(USE_FP64) && VW > 4
+// 8 doubles are 512 bits: passed to or returned from a builtin, such a vector changes the x86 ABI
+// without AVX-512 (a compiler warning on AVX2 CPUs). Lanes are independent, so the results are
+// the same with 4; SEGW stays a multiple of it.
+#undef VW
+#define VW 4
 #endif
 #ifndef SEGW
 #define SEGW (8 * VW)
@@ -57,9 +68,9 @@
 #elif SW == 2 && VW == 4
 #define LOAD_STRIDED(p) CONVERT_VACC(vload8(0, p).even)
 #elif SW == 2 && VW == 8
-#define LOAD_STRIDED(p) CONVERT_VACC(vload16(0, p).even)
-#elif SW == 2 && VW == 16
-#define LOAD_STRIDED(p) CONVERT_VACC((VREAL)(vload16(0, p).even, vload16(1, p).even))
+// Two 8-wide loads, not one vload16: a 16-wide vector returned by a builtin changes the x86 ABI
+// without AVX-512 (a compiler warning on AVX2 CPUs); the lanes and the sums are the same.
+#define LOAD_STRIDED(p) CONVERT_VACC((VREAL)(vload8(0, p).even, vload8(1, p).even))
 #else
 #define LOAD_STRIDED(p) load_strided(p)
 inline VACC load_strided(__global const REAL* p) {
@@ -92,16 +103,6 @@ inline ACC conv_point(__global const REAL* image, __global const REAL* filter, i
     return sum;
 }
 
-inline ACC finish(ACC v, __global const REAL* bias, long b_offset, int co) {
-#ifdef HAS_BIAS
-    v += (ACC)bias[b_offset + co];
-#endif
-#ifdef RELU
-    v = (v < (ACC)0) ? (ACC)0 : v;  // NaN < 0 is false: NaN stays NaN
-#endif
-    return v;
-}
-
 // Outputs [seg0, seg1) of line (od, oh) of output channel co into out (the line's start).
 inline void conv_segment(__global const REAL* image, __global const REAL* filter,
                          __global const REAL* bias, long b_offset, __global REAL* out, int co,
@@ -110,7 +111,7 @@ inline void conv_segment(__global const REAL* image, __global const REAL* filter
     int a = max(seg0, OW_LO), b = min(seg1, OW_HI);
     if (b - a < VW) a = b = seg1;
     for (int ow = seg0; ow < a; ++ow)
-        out[ow] = (REAL)finish(conv_point(image, filter, od, oh, ow), bias, b_offset, co);
+        out[ow] = (REAL)epilogue_value(conv_point(image, filter, od, oh, ow), bias, b_offset, co);
     for (int ow0 = a; ow0 < b; ow0 += VW) {
         const int s = min(ow0, b - VW);  // the last vector ends at b (overlapping its predecessor)
         __global const REAL* strip = image + (s * SW - PW);
@@ -142,7 +143,7 @@ inline void conv_segment(__global const REAL* image, __global const REAL* filter
         VSTORE(CONVERT_VREAL(acc), 0, out + s);
     }
     for (int ow = max(b, seg0); ow < seg1; ++ow)
-        out[ow] = (REAL)finish(conv_point(image, filter, od, oh, ow), bias, b_offset, co);
+        out[ow] = (REAL)epilogue_value(conv_point(image, filter, od, oh, ow), bias, b_offset, co);
 }
 
 __kernel void conv_grouped(__global const REAL* restrict x, const long x_offset,

@@ -120,26 +120,17 @@ __kernel void winograd_output(__global const REAL* restrict m, const long m_offs
         t[0][j] = m0 + m1 + m2;
         t[1][j] = m1 - m2 - m3;
     }
-#ifdef HAS_BIAS
-    const ACC b = (ACC)bias[b_offset + co];
-#else
-    const ACC b = (ACC)0;
-#endif
     __global REAL* dst = y + y_offset + nco * ((idx_t)OH * OW);
     for (int i = 0; i < 2; ++i) {  // (A^T M) A
         const int oh = 2 * th + i;
         if (oh >= OH) break;
         ACC o[2];
-        o[0] = t[i][0] + t[i][1] + t[i][2] + b;
-        o[1] = t[i][1] - t[i][2] - t[i][3] + b;
+        o[0] = t[i][0] + t[i][1] + t[i][2];
+        o[1] = t[i][1] - t[i][2] - t[i][3];
         for (int j = 0; j < 2; ++j) {
             const int ow = 2 * tw + j;
             if (ow >= OW) break;
-            ACC val = o[j];
-#ifdef RELU
-            val = (val < (ACC)0) ? (ACC)0 : val;
-#endif
-            dst[(idx_t)oh * OW + ow] = (REAL)val;
+            dst[(idx_t)oh * OW + ow] = (REAL)epilogue_value(o[j], bias, b_offset, co);
         }
     }
 }

@@ -12,20 +12,34 @@ backward (`clconv.nn`) make a small CNN trainable with clconv alone.
 from __future__ import annotations
 
 from . import nn
-from .ops.conv import ACTIVATIONS, ALGORITHMS, conv1d, conv2d, conv3d, warmup, workspace_size
+from .ops.conv import (ACTIVATIONS, ALGORITHMS, ConvPlan, conv1d, conv2d, conv3d, plan_conv1d,
+                       plan_conv2d, plan_conv3d, warmup, workspace_size)
+from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weight, conv2d_input,
+                       conv2d_weight, conv3d_input, conv3d_weight, plan_conv1d_input,
+                       plan_conv1d_weight, plan_conv2d_input, plan_conv2d_weight,
+                       plan_conv3d_input, plan_conv3d_weight)
+from .ops.plan import Plan
+from .ops.transpose import (TransposePlan, conv_transpose1d, conv_transpose2d, conv_transpose3d,
+                            plan_conv_transpose1d, plan_conv_transpose2d, plan_conv_transpose3d)
+from .ops.unfold import (FoldPlan, UnfoldPlan, col2im, col2im1d, col2im3d, im2col, im2col1d,
+                         im2col3d, plan_col2im, plan_col2im1d, plan_col2im3d, plan_im2col,
+                         plan_im2col1d, plan_im2col3d)
 from .runtime.device import Device, current_device, device, devices
 from .runtime.errors import DeviceNotFoundError, KernelBuildError, UnsupportedError
-from .ops.grad import (conv1d_input, conv1d_weight, conv2d_input, conv2d_weight, conv3d_input,
-                   conv3d_weight)
-from .ops.unfold import col2im, col2im1d, col2im3d, im2col, im2col1d, im2col3d
-from .ops.transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
+from .runtime.memory import release_column_buffer
 
 __version__ = "0.1.0"
 
-__all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceNotFoundError", "KernelBuildError", "UnsupportedError",
-           "col2im", "conv1d", "conv2d", "conv3d", "current_device", "device", "devices", "im2col",
-           "workspace_size", "warmup", "__version__",
-           "col2im1d", "col2im3d", "im2col1d", "im2col3d",
-           "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+__all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceNotFoundError", "KernelBuildError",
+           "UnsupportedError", "__version__", "nn",
+           "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
            "conv1d_input", "conv2d_input", "conv3d_input", "conv1d_weight", "conv2d_weight",
-           "conv3d_weight", "nn"]
+           "conv3d_weight", "im2col", "col2im", "im2col1d", "col2im1d", "im2col3d", "col2im3d",
+           "plan_conv1d", "plan_conv2d", "plan_conv3d", "plan_conv_transpose1d",
+           "plan_conv_transpose2d", "plan_conv_transpose3d", "plan_conv1d_input",
+           "plan_conv2d_input", "plan_conv3d_input", "plan_conv1d_weight", "plan_conv2d_weight",
+           "plan_conv3d_weight", "plan_im2col", "plan_im2col1d", "plan_im2col3d", "plan_col2im",
+           "plan_col2im1d", "plan_col2im3d", "Plan", "ConvPlan", "TransposePlan", "InputGradPlan",
+           "WeightGradPlan", "UnfoldPlan", "FoldPlan",
+           "current_device", "device", "devices", "release_column_buffer", "warmup",
+           "workspace_size"]

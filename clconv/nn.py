@@ -11,7 +11,10 @@ weight.shape[1] * prod(kernel). `device` is a clconv device spec (default: the c
 initialisation, `algorithm` one of clconv.ALGORITHMS for the forward convolution (for transposed
 layers: for the convolution that computes their input gradient).
 
-weight, bias, weight_grad and bias_grad are pyopencl Arrays on the layer's device; assigning a numpy
+weight, bias, weight_grad and bias_grad are pyopencl Arrays on the layer's device that numpy and
+torch convert (`np.asarray(layer.weight)`, `torch.as_tensor(layer.weight_grad)` download a copy);
+`state_dict()` / `load_state_dict()` give and take numpy arrays (or torch tensors) under torch.nn's
+keys ('weight', 'bias'), and `grad_dict()` the gradients under the same keys. Assigning a numpy
 or pyopencl array of the right shape to weight/bias replaces it. forward/backward return numpy for
 numpy arguments and device arrays for device arrays, as the functional ops do. backward uses the
 input of the latest forward and overwrites the gradients (no accumulation across calls). float16
@@ -27,13 +30,18 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from .runtime.transfer import ArrayLike, deliver, empty, is_device_array, result_dtype, to_device
-from .ops.conv import ALGORITHMS, choose_algorithm, convolution, require_gemm, run_algorithm
-from .runtime.device import Device, current_device, device
-from .ops.grad import enqueue_bias_grad, enqueue_weight_grad
-from .ops.geometry import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple, conv_geometry
+from .blas import clblast
+from .ops.conv import ALGORITHMS, ConvPlan
+from .ops.geometry import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple
+from .ops.grad import InputGradPlan, WeightGradPlan, enqueue_bias_grad
+from .ops.plan import Plan, cached_plan
 from .ops.precision import check_precision, compute_dtype, convert, store
-from .ops.transpose import enqueue_adjoint, transpose_geometry, transpose_output_size
+from .ops.transpose import TransposePlan, transpose_output_size
+from .runtime.device import Device, current_device, device
+from .runtime.errors import device_memory_errors, sizes_text
+from .runtime.interop import host_convertible, host_operand
+from .runtime.memory import empty
+from .runtime.transfer import ArrayLike, deliver, is_device_array, result_dtype, to_device
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 
@@ -106,6 +114,9 @@ class _Layer:
         self.weight_grad: cla.Array | None = None
         self.bias_grad: cla.Array | None = None
         self._saved: tuple[Any, ...] | None = None
+        # The parameters in the compute dtype (float16 layers: float32 copies), made once per
+        # assignment of weight/bias rather than on every call.
+        self._converted: dict[str, cla.Array | None] = {}
 
     # -- parameters ---------------------------------------------------------------------------
     def _upload(self, value: Any, name: str, shape: tuple[int, ...]) -> cla.Array:
@@ -122,17 +133,18 @@ class _Layer:
     @property
     def weight(self) -> cla.Array:
         """The weight on the device: (C_out, C_in/groups, *kernel), or (C_in, C_out/groups, *kernel)
-        for a transposed convolution."""
-        return self._weight
+        for a transposed convolution. `np.asarray(layer.weight)` downloads it as numpy."""
+        return host_convertible(self._weight)
 
     @weight.setter
     def weight(self, value: ArrayLike) -> None:
         self._weight = self._upload(value, "weight", tuple(self._weight.shape))
+        self._converted.clear()
 
     @property
     def bias(self) -> cla.Array | None:
-        """The bias (C_out,) on the device, or None."""
-        return self._bias
+        """The bias (C_out,) on the device, or None. `np.asarray(layer.bias)` downloads it."""
+        return host_convertible(self._bias)
 
     @bias.setter
     def bias(self, value: ArrayLike | None) -> None:
@@ -140,19 +152,101 @@ class _Layer:
             raise ValueError("bias can be replaced by an array of the same shape, not added or "
                              "removed (construct the layer with bias=True/False)")
         self._bias = self._upload(value, "bias", (self.out_channels,))
+        self._converted.clear()
 
     def parameters(self) -> list[cla.Array]:
         """[weight, bias] (bias only when the layer has one)."""
-        return [self._weight] + ([self._bias] if self._bias is not None else [])
+        return [self.weight] + ([self.bias] if self._bias is not None else [])
 
     def gradients(self) -> list[cla.Array | None]:
         """[weight_grad, bias_grad], matching `parameters()` (None before the first backward)."""
         return [self.weight_grad] + ([self.bias_grad] if self._bias is not None else [])
 
+    @property
+    def weight_grad(self) -> cla.Array | None:
+        """The latest backward's weight gradient on the device (the weight's shape), or None
+        before the first backward. `np.asarray(layer.weight_grad)` downloads it."""
+        return self.__dict__.get("_weight_grad_value")
+
+    @weight_grad.setter
+    def weight_grad(self, value: cla.Array | None) -> None:
+        self.__dict__["_weight_grad_value"] = host_convertible(value)
+
+    @property
+    def bias_grad(self) -> cla.Array | None:
+        """The latest backward's bias gradient (C_out,) on the device, or None."""
+        return self.__dict__.get("_bias_grad_value")
+
+    @bias_grad.setter
+    def bias_grad(self, value: cla.Array | None) -> None:
+        self.__dict__["_bias_grad_value"] = host_convertible(value)
+
+    # -- numpy in and out, by torch.nn's names -------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """{'weight': ..., 'bias': ...} as numpy copies, torch.nn.ConvNd's keys and shapes ('bias'
+        only when the layer has one), so `torch_conv.load_state_dict({k: torch.from_numpy(v) ...})`
+        loads them."""
+        state = {"weight": self._weight.get()}
+        if self._bias is not None:
+            state["bias"] = self._bias.get()
+        return state
+
+    def grad_dict(self) -> dict[str, np.ndarray | None]:
+        """The latest backward's gradients under the same keys as `state_dict()`, as numpy copies
+        (None before the first backward)."""
+        grads = {"weight": self.weight_grad, "bias": self.bias_grad}
+        return {k: (None if g is None else g.get()) for k, g in grads.items()
+                if k == "weight" or self._bias is not None}
+
+    def load_state_dict(self, state: Any, strict: bool = True) -> tuple[list[str], list[str]]:
+        """Loads 'weight' and 'bias' (torch.nn's keys) from numpy arrays, torch tensors (a
+        torch.nn.Conv2d's `state_dict()`) or device arrays.
+
+        Shapes must equal the layer's (ValueError naming the key); values must be floating point
+        (TypeError) and are converted to the layer's dtype, as torch's load_state_dict copies them.
+        strict: missing or unexpected keys are a ValueError; otherwise they are skipped and returned
+        as (missing, unexpected). Nothing is replaced unless every entry is valid.
+        """
+        expected = ["weight"] + (["bias"] if self._bias is not None else [])
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                             f"unexpected keys {unexpected} (expected exactly {expected})")
+        values = {}
+        for key in (k for k in expected if k in state):
+            value = state[key]
+            if not isinstance(value, cla.Array):
+                value = np.asarray(host_operand(value, f"state[{key!r}]"))
+            shape = tuple(self._weight.shape) if key == "weight" else (self.out_channels,)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"state[{key!r}] has shape {tuple(value.shape)}; "
+                                 f"{type(self).__name__}'s {key} has shape {shape}")
+            if np.dtype(value.dtype).kind != "f":
+                raise TypeError(f"state[{key!r}] has dtype {value.dtype}; parameters are floating "
+                                f"point (this layer's dtype is {self.dtype})")
+            if isinstance(value, cla.Array) and value.dtype != self.dtype:
+                value = value.get()
+            values[key] = value if isinstance(value, cla.Array) else value.astype(self.dtype)
+        for key, value in values.items():
+            setattr(self, key, value)  # the weight/bias setters upload and check the context
+        return missing, unexpected
+
     # -- helpers ------------------------------------------------------------------------------
     def _in_work(self, a: cla.Array) -> cla.Array:
         """A device array of the layer's dtype in the compute dtype (float32 for float16)."""
         return a if a.dtype == self._work else convert(self.device, a, self._work)
+
+    def _param(self, name: str) -> cla.Array | None:
+        """weight or bias in the compute dtype (converted once per assignment)."""
+        if name not in self._converted:
+            value = self._weight if name == "weight" else self._bias
+            self._converted[name] = None if value is None else self._in_work(value)
+        return self._converted[name]
+
+    def _plan(self, kind: str, make: Any, *key: Any) -> Plan:
+        """A plan of the layer's device cache (shared with the functional API's)."""
+        return cached_plan(self.device, (kind, "nn", type(self).__name__, *key), make)
 
     def _operand(self, value: ArrayLike, name: str) -> tuple[cla.Array, bool]:
         """(value batched on the device in the compute dtype, whether it was unbatched)."""
@@ -182,18 +276,20 @@ class _Layer:
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first (it "
                                f"uses that call's input)")
         x, geo, out_shape = self._saved
-        require_gemm(f"{type(self).__name__}.backward")  # before grad_output is uploaded
+        clblast.require(f"{type(self).__name__}.backward")  # before grad_output is uploaded
         with self.device:
             g, g_unbatched = self._operand(grad_output, "grad_output")
             if tuple(g.shape) != out_shape:
                 raise ValueError(f"grad_output must have the shape of the latest forward's output "
                                  f"{out_shape}, got {tuple(g.shape)}")
-            w = self._in_work(self._weight)
-            grad_input, weight_grad = self._backward(geo, x, g, w)
+            grad_input, weight_grad = self._backward(geo, x, g, self._param("weight"))
             if self._bias is not None:
-                bias_grad = empty(self.device, (self.out_channels,), self._work)
-                enqueue_bias_grad(self.device, g, bias_grad, g.shape[0], self.out_channels,
-                                  math.prod(g.shape[2:]))
+                what = sizes_text(f"{type(self).__name__}.backward (bias gradient)", self._work,
+                                  grad_output=tuple(g.shape))
+                with device_memory_errors(self.device, what):
+                    bias_grad = empty(self.device, (self.out_channels,), self._work)
+                    enqueue_bias_grad(self.device, g, bias_grad, g.shape[0], self.out_channels,
+                                      math.prod(g.shape[2:]))
                 self.bias_grad = store(self.device, bias_grad, self.dtype)
             self.weight_grad = store(self.device, weight_grad, self.dtype)
             return self._result(grad_input, g_unbatched, not is_device_array(grad_output))
@@ -205,13 +301,12 @@ class _Layer:
     def _weight_grad(self, geo: ConvGeometry, conv_input: cla.Array,
                      conv_grad_output: cla.Array) -> cla.Array:
         """The forward convolution `geo`'s weight gradient (zeros for an empty batch)."""
-        out = empty(self.device, tuple(self._weight.shape), self._work)
-        if geo.batch == 0:
-            with self.device.lock:  # pyopencl's fill kernel is shared per context
-                out.fill(0)
-        else:
-            enqueue_weight_grad(self.device, geo, conv_input, conv_grad_output, out)
-        return out
+        w_shape = tuple(self._weight.shape)
+        plan = self._plan("weight_grad", lambda: WeightGradPlan(
+            self.device, self.nd, geo.input_shape, w_shape, geo.output_shape, geo.stride, 0,
+            geo.dilation, geo.groups, geo.padding_mode, self._work, geometry=geo),
+            geo, w_shape, self._work)
+        return plan(conv_input, conv_grad_output)
 
     def _describe(self) -> str:
         parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}",
@@ -246,23 +341,28 @@ class _ConvNd(_Layer):
     def forward(self, input: ArrayLike) -> ArrayLike:
         """input (N, C_in, *spatial) or unbatched (C_in, *spatial) -> (N, C_out, *out)."""
         if self.algorithm in ("im2col", "winograd"):  # before the input is uploaded
-            require_gemm(f"{type(self).__name__} with algorithm={self.algorithm!r}")
+            clblast.require(f"{type(self).__name__} with algorithm={self.algorithm!r}")
         with self.device:
             x, unbatched = self._operand(input, "input")
-            geo = conv_geometry(self.nd, tuple(x.shape), tuple(self._weight.shape), self.stride,
-                                self.padding, self.dilation, self.groups, self.padding_mode)
-            b = None if self._bias is None else self._in_work(self._bias)
-            out = convolution(self.nd, x, self._in_work(self._weight), b, self.stride,
-                              self.padding, self.dilation, self.groups, self.padding_mode,
-                              self.algorithm)
-            self._saved = (x, geo, geo.output_shape)
+            w_shape, x_shape = tuple(self._weight.shape), tuple(x.shape)
+            b_shape = None if self._bias is None else (self.out_channels,)
+            plan = self._plan("conv", lambda: ConvPlan(
+                self.device, self.nd, x_shape, w_shape, b_shape, self.stride, self.padding,
+                self.dilation, self.groups, self.padding_mode, self.algorithm, None, None,
+                self._work), x_shape, w_shape, b_shape, self._work, self.stride, self.padding,
+                self.dilation, self.groups, self.padding_mode, self.algorithm)
+            out = plan(x, self._param("weight"), self._param("bias"))
+            self._saved = (x, plan.geometry, plan.geometry.output_shape)
             return self._result(out, unbatched, not is_device_array(input))
 
     def _backward(self, geo: ConvGeometry, x: cla.Array, g: cla.Array,
                   w: cla.Array) -> tuple[cla.Array, cla.Array]:
-        grad_input = empty(self.device, geo.input_shape, self._work)
-        enqueue_adjoint(self.device, geo, g, w, None, grad_input)  # GEMM, then col2im
-        return grad_input, self._weight_grad(geo, x, g)
+        w_shape = tuple(w.shape)
+        plan = self._plan("input_grad", lambda: InputGradPlan(
+            self.device, self.nd, geo.input_shape, w_shape, geo.output_shape, geo.stride, 0,
+            geo.dilation, geo.groups, geo.padding_mode, self._work, geometry=geo),
+            geo, w_shape, self._work)
+        return plan(w, g), self._weight_grad(geo, x, g)
 
 
 class _ConvTransposeNd(_Layer):
@@ -306,16 +406,18 @@ class _ConvTransposeNd(_Layer):
     def forward(self, input: ArrayLike, output_size: Any = None) -> ArrayLike:
         """input (N, C_in, *spatial) or unbatched -> (N, C_out, *out); output_size (optional) picks
         the output_padding, as in torch."""
-        require_gemm(f"{type(self).__name__}.forward")  # before the input is uploaded
+        clblast.require(f"{type(self).__name__}.forward")  # before the input is uploaded
         with self.device:
             x, unbatched = self._operand(input, "input")
             out_pad = self._output_padding(tuple(x.shape[2:]), output_size)
-            geo = transpose_geometry(self.nd, tuple(x.shape), tuple(self._weight.shape),
-                                     self.stride, self.padding, out_pad, self.groups,
-                                     self.dilation)
-            out = empty(self.device, geo.input_shape, self._work)
-            b = None if self._bias is None else self._in_work(self._bias)
-            enqueue_adjoint(self.device, geo, x, self._in_work(self._weight), b, out)
+            w_shape, x_shape = tuple(self._weight.shape), tuple(x.shape)
+            b_shape = None if self._bias is None else (self.out_channels,)
+            plan = self._plan("transpose", lambda: TransposePlan(
+                self.device, self.nd, x_shape, w_shape, b_shape, self.stride, self.padding,
+                out_pad, self.groups, self.dilation, self._work), x_shape, w_shape, b_shape,
+                self._work, self.stride, self.padding, out_pad, self.groups, self.dilation)
+            out = plan(x, self._param("weight"), self._param("bias"))
+            geo = plan.geometry
             self._saved = (x, geo, geo.input_shape)
             return self._result(out, unbatched, not is_device_array(input))
 
@@ -324,11 +426,12 @@ class _ConvTransposeNd(_Layer):
         # `geo` is the forward convolution from the output grid (g) to the input grid (x): the input
         # gradient is that convolution of g, the weight gradient its weight gradient with g as the
         # convolution's input and x as its output gradient.
-        grad_input = empty(self.device, geo.output_shape, self._work)
-        if grad_input.size:
-            algorithm = choose_algorithm(self.device, geo, self.algorithm, self._work)
-            run_algorithm(self.device, geo, algorithm, g, w, None, grad_input)
-        return grad_input, self._weight_grad(geo, g, x)
+        w_shape = tuple(w.shape)
+        plan = self._plan("conv", lambda: ConvPlan(
+            self.device, self.nd, geo.input_shape, w_shape, None, geo.stride, 0, geo.dilation,
+            geo.groups, "zeros", self.algorithm, None, None, self._work, geometry=geo),
+            "backward", geo, w_shape, self._work, self.algorithm)
+        return plan(g, w), self._weight_grad(geo, g, x)
 
     def _describe(self) -> str:
         text = super()._describe()

@@ -63,3 +63,16 @@ def import_torch():
     except ImportError as exc:  # includes ModuleNotFoundError
         pytest.skip(f"torch not importable: {exc}")
     return torch
+
+
+def set_default_workspace_limit(monkeypatch, value: int) -> None:
+    """Makes `value` bytes every device's default workspace limit for the test (and drops the cached
+    plans, which were made under the old default)."""
+    import clconv
+    from clconv.runtime import memory
+
+    monkeypatch.setattr(memory, "default_workspace_limit", lambda dev: value)
+    for dev in clconv.devices():
+        if dev.plans is not None:
+            dev.plans.clear()
+    clconv.current_device().plans and clconv.current_device().plans.clear()

@@ -38,22 +38,28 @@ def cache(clconv, tmp_path, monkeypatch):
 
 @pytest.fixture
 def runs(clconv, monkeypatch):
-    """The algorithms run_algorithm is asked to run, in order, and the measure() calls."""
-    from clconv.ops import autotune
-    from clconv.ops import conv
+    """The algorithms that run (every configured algorithm's run(), in order) and the measure()
+    calls."""
+    from clconv.ops import autotune, conv
 
     log: dict[str, list] = {"run": [], "measure": []}
-    real_run, real_measure = conv.run_algorithm, autotune.measure
+    real_measure = autotune.measure
 
-    def run(dev, geo, algorithm, *args, **kwargs):
-        log["run"].append(algorithm)
-        return real_run(dev, geo, algorithm, *args, **kwargs)
+    def logged(cls):
+        real_run = cls.run
+
+        def run(self, *args, **kwargs):
+            log["run"].append(self.name)
+            return real_run(self, *args, **kwargs)
+        return run
+
+    for cls in set(conv.ALGORITHM_CLASSES.values()):
+        monkeypatch.setattr(cls, "run", logged(cls))
 
     def measure(dev, geo, dtype, candidates, fn):
         log["measure"].append(tuple(candidates))
         return real_measure(dev, geo, dtype, candidates, fn)
 
-    monkeypatch.setattr(conv, "run_algorithm", run)
     monkeypatch.setattr(autotune, "measure", measure)
     return log
 

@@ -130,11 +130,14 @@ def test_env_var_whitespace_and_empty(clconv, monkeypatch):
 @pytest.fixture
 def restore_cache(clconv):
     """Drops what a test adds to the device cache (e.g. a remembered build failure)."""
+    from clconv.runtime.program import programs
+
     dev = clconv.current_device()
-    before = set(dev.cache)
+    cache = programs(dev)
+    before = set(cache.entries)
     yield dev
-    for key in set(dev.cache) - before:
-        del dev.cache[key]
+    for key in set(cache.entries) - before:
+        del cache.entries[key]
 
 
 def test_kernel_build_error_carries_log_and_options(clconv, restore_cache):

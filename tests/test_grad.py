@@ -155,13 +155,11 @@ def test_batch_chunks(clconv, rng, monkeypatch, limit):
     smallest limit the weight gradient takes holds one column of its im2col matrix (then it works
     one image at a time, in ranges of output positions); below that it is a MemoryError (see
     tests/test_review_fixes.py)."""
-    import clconv.ops.grad as gr
-    import clconv.ops.transpose as tr
+    from helpers import set_default_workspace_limit
 
     col_image = 3 * 9 * 5 * 5 * 4 + 4 * 27 * 4  # columns + partial of one image, float32 bytes
     value = 2 * col_image if limit == "two-images" else 4 * 9 * 4  # the widest column, 4 * 3x3
-    monkeypatch.setattr(gr, "default_workspace_limit", lambda dev: value)
-    monkeypatch.setattr(tr, "default_workspace_limit", lambda dev: value)
+    set_default_workspace_limit(monkeypatch, value)
     check_grads(clconv, rng, (5, 3, 5, 5), (4, 3, 3, 3), padding=1)
     check_grads(clconv, rng, (3, 4, 5, 5), (4, 2, 3, 3), padding=1, groups=2,
                 padding_mode="reflect")

@@ -26,17 +26,17 @@ def clconv():
 
 @pytest.fixture
 def kernels_built(monkeypatch):
-    """Names of the kernels the convolution path asks program.kernel for."""
-    from clconv.ops import conv
+    """Names of the kernels the convolution path launches."""
+    from clconv.ops import launch
 
     names: list[str] = []
-    real = conv.kernel
+    real = launch.DirectConv.__call__
 
-    def spy(dev, source, name, defines):
-        names.append(name)
-        return real(dev, source, name, defines)
+    def spy(self, *args, **kwargs):
+        names.append("conv_grouped" if self.grouped else "conv_direct")
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(conv, "kernel", spy)
+    monkeypatch.setattr(launch.DirectConv, "__call__", spy)
     return names
 
 
@@ -113,13 +113,15 @@ def test_float64(clconv, dev, rng):
 
 def test_agrees_with_the_per_element_kernel(clconv, rng, monkeypatch, kernels_built):
     """conv_grouped.cl and conv_direct.cl compute the same depthwise convolution."""
-    from clconv.ops import conv as conv_module
+    from clconv.ops import launch
+    from clconv.ops.plan import plans
 
     x = random_array(rng, (2, 6, 12, 30))
     w = random_array(rng, (6, 1, 3, 3))
     b = random_array(rng, (6,))
     grouped = clconv.conv2d(x, w, b, padding=1, groups=6, algorithm="direct", activation="relu")
-    monkeypatch.setattr(conv_module, "GROUPED_MAX_CIN", 0)
+    monkeypatch.setattr(launch, "GROUPED_MAX_CIN", 0)
+    plans(clconv.current_device()).clear()  # the plan of this shape holds the grouped kernel
     plain = clconv.conv2d(x, w, b, padding=1, groups=6, algorithm="direct", activation="relu")
     assert kernels_built == ["conv_grouped", "conv_direct"]
     assert_close(grouped, plain.astype(np.float64), np.float32, conv_reduction(w),

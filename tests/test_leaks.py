@@ -73,9 +73,13 @@ class Meter:
     def snapshot(self):
         self.dev.queue.finish()
         gc.collect()
-        holder = self.dev.cache.get("column_buffer")
+        holder = self.dev.workspace
+        programs = self.dev.programs
         return {"rss": rss(), "heap": heap_in_use(), "objects": len(gc.get_objects()),
-                "cache": len(self.dev.cache), "column_bytes": holder.nbytes if holder else 0}
+                "cache": (len(programs.entries) if programs else 0,
+                          len(self.dev.plans.entries) if self.dev.plans else 0,
+                          len(self.dev.constants)),
+                "column_bytes": holder.nbytes if holder else 0}
 
     def check(self, before, after, calls, label):
         report = (f"{label}: {calls} calls, RSS {before['rss'] / 2**20:.1f} -> "

@@ -27,16 +27,16 @@ def clconv():
 @pytest.fixture
 def im2col_launches(clconv, monkeypatch):
     """(batch, ncols) of every im2col launch of the convolution path."""
-    from clconv.ops import conv
+    from clconv.ops import conv_algorithms
 
     launches: list[tuple[int, int]] = []
-    real = conv.enqueue_im2col
 
-    def spy(dev, geometry, batch, x, x_offset, col, col_offset, l_start=0, ncols=None, **kw):
-        launches.append((batch, ncols))
-        return real(dev, geometry, batch, x, x_offset, col, col_offset, l_start, ncols, **kw)
+    class Spy(conv_algorithms.Im2col):
+        def __call__(self, batch, x, x_offset, col, col_offset, l_start=0, ncols=None, **kw):
+            launches.append((batch, ncols))
+            return super().__call__(batch, x, x_offset, col, col_offset, l_start, ncols, **kw)
 
-    monkeypatch.setattr(conv, "enqueue_im2col", spy)
+    monkeypatch.setattr(conv_algorithms, "Im2col", Spy)
     return launches
 
 
@@ -176,13 +176,13 @@ DRIVER_FAILURES = {
 @pytest.mark.parametrize("failure", list(DRIVER_FAILURES))
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_driver_out_of_memory_becomes_memory_error(clconv, monkeypatch, failure, algorithm):
-    from clconv.ops import conv
     from clconv.blas import clblast as gemm
+    from clconv.ops import launch
 
     def fail(*args, **kwargs):
         raise DRIVER_FAILURES[failure]()
 
-    monkeypatch.setattr(conv, "run_direct", fail)
+    monkeypatch.setattr(launch.DirectConv, "__call__", fail)
     monkeypatch.setattr(gemm, "gemm", fail)
     x = np.ones((2, 3, 8, 8), np.float32)
     w = np.ones((4, 3, 3, 3), np.float32)
@@ -198,14 +198,14 @@ def test_driver_out_of_memory_becomes_memory_error(clconv, monkeypatch, failure,
 
 
 def test_other_driver_errors_pass_unchanged(clconv, monkeypatch):
-    from clconv.ops import conv
+    from clconv.ops import launch
 
     error = _cl_error(cl.LogicError, cl.status_code.INVALID_KERNEL_ARGS)
 
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(conv, "run_direct", fail)
+    monkeypatch.setattr(launch.DirectConv, "__call__", fail)
     with pytest.raises(cl.LogicError) as info:
         clconv.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32),
                       algorithm="direct")
@@ -213,13 +213,13 @@ def test_other_driver_errors_pass_unchanged(clconv, monkeypatch):
 
 
 def test_im2col_driver_failure_becomes_memory_error(clconv, monkeypatch):
-    module = importlib.import_module("clconv.ops.unfold")  # clconv.im2col is the function
+    from clconv.ops import launch
 
     def fail(*args, **kwargs):
         raise _cl_error(cl.MemoryError, cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE)
 
-    monkeypatch.setattr(module, "enqueue_im2col", fail)
-    monkeypatch.setattr(module, "enqueue_col2im", fail)
+    monkeypatch.setattr(launch.Im2col, "__call__", fail)
+    monkeypatch.setattr(launch.Col2im, "__call__", fail)
     with pytest.raises(MemoryError, match=r"im2col of input \(1, 2, 5, 5\).*output \(1, 18, 9\)"):
         clconv.im2col(np.ones((1, 2, 5, 5), np.float32), 3)
     with pytest.raises(MemoryError, match=r"col2im of input \(1, 18, 9\).*output \(1, 2, 5, 5\)"):
@@ -257,12 +257,14 @@ def test_index_type_selection(clconv):
 def force_long(clconv, monkeypatch):
     from clconv.runtime import transfer as arrays
 
+    from clconv.runtime.program import programs
+
     monkeypatch.setattr(arrays, "FORCE_INDEX_T", "long")
     dev = clconv.current_device()
-    before = {k for k in dev.cache if isinstance(k, tuple) and k[0] == "kernel"}
+    before = set(programs(dev).kernels)
     yield dev
-    built = [k for k in dev.cache if isinstance(k, tuple) and k[0] == "kernel" and k not in before]
-    assert built and all("-DINDEX_T=long" in k[3] for k in built), built
+    built = [k for k in programs(dev).kernels if k not in before]
+    assert built and all("-DINDEX_T=long" in k[1] for k in built), built
 
 
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
@@ -324,34 +326,43 @@ def test_im2col_positions_past_2_31(clconv):
         np.testing.assert_array_equal(col.get(), np.array(want, np.float32))
 
 
-def test_direct_index_type_counts_the_weight(clconv, monkeypatch):
-    """The direct kernels index the weight too: its extent (offset included) takes part in the
-    INDEX_T choice, so a huge filter bank with a small input and output gets 64-bit offsets."""
-    from clconv.ops import conv
+def test_operand_deep_into_its_buffer_is_rebased(clconv, monkeypatch):
+    """Kernels built for 32-bit offsets (from the plan's shapes) must never index past 2**31: a
+    device operand ending beyond the limit into its buffer (here the limit is lowered to make a
+    small view count) is copied to a buffer of its own first, with the same result."""
+    from clconv.ops import plan as plan_module
 
-    seen: list[tuple[int, ...]] = []
-    real = conv.index_type
-
-    def spy(*counts):
-        seen.append(counts)
-        return real(*counts)
-
-    monkeypatch.setattr(conv, "index_type", spy)
     dev = clconv.current_device()
-    w = np.ones((2, 3, 3, 3), np.float32)
+    w = np.arange(54, dtype=np.float32).reshape(2, 3, 3, 3) / 50
+    x = np.ones((1, 3, 3, 3), np.float32)
     big = cla.to_device(dev.queue, np.concatenate([np.zeros(1000, np.float32), w.ravel()]))
-    clconv.conv2d(np.ones((1, 3, 3, 3), np.float32), big[1000:].reshape(w.shape),
-                  algorithm="direct")
-    assert any(1000 + w.size in counts for counts in seen), seen
+    view = big[1000:].reshape(w.shape)
+    want = clconv.conv2d(x, w, algorithm="direct")
+    seen = []
+    real = plan_module._rebased
+
+    def spy(dev_, a):
+        b = real(dev_, a)
+        seen.append(b is not a)
+        return b
+
+    monkeypatch.setattr(plan_module, "_rebased", spy)
+    monkeypatch.setattr(plan_module, "INDEX_LIMIT", 1020)
+    got = clconv.conv2d(cla.to_device(dev.queue, x), view, algorithm="direct").get()
+    np.testing.assert_array_equal(got, want)
+    assert seen == [False, True]  # the input (offset 0) stays, the weight view is rebased
 
 
 # Every module that launches a clconv kernel imports `kernel` from clconv.runtime.program.
-_LAUNCHING_MODULES = ("conv", "im2col", "transpose", "precision", "arrays")
+_LAUNCHING_MODULES = ("ops.launch", "ops.precision", "runtime.transfer")
 
 
 @pytest.fixture
 def kernel_launches(clconv, monkeypatch):
     """(source, INDEX_T, dev.lock held) of every clconv kernel launched while the test runs."""
+    from clconv.ops.plan import plans
+
+    plans(clconv.current_device()).clear()  # plans fetch their kernels when they are made
     records: list[tuple[str, object, bool]] = []
     for name in _LAUNCHING_MODULES:
         module = importlib.import_module(f"clconv.{name}")

@@ -202,13 +202,13 @@ def weight_grad_im2col(clconv, monkeypatch):
     from clconv.ops import grad
 
     launches: list[tuple[int, int | None]] = []
-    real = grad.enqueue_im2col
 
-    def spy(dev, geometry, batch, x, x_offset, col, col_offset, l_start=0, ncols=None, **kw):
-        launches.append((batch, ncols))
-        return real(dev, geometry, batch, x, x_offset, col, col_offset, l_start, ncols, **kw)
+    class Spy(grad.Im2col):
+        def __call__(self, batch, x, x_offset, col, col_offset, l_start=0, ncols=None, **kw):
+            launches.append((batch, ncols))
+            return super().__call__(batch, x, x_offset, col, col_offset, l_start, ncols, **kw)
 
-    monkeypatch.setattr(grad, "enqueue_im2col", spy)
+    monkeypatch.setattr(grad, "Im2col", Spy)
     return launches
 
 

@@ -161,16 +161,13 @@ def test_rejected_parameters_are_recorded_not_raised(tuning, dev, clconv_mod):
 
     if not gemm.available():
         pytest.skip("CLBlast not installed")
-    before = dev.cache.get("clblast_tuning")
+    before = dev.blas_tuning
     try:
         entry = {"parameters": {"32": {"Copy": {"COPY_DIMX": 8}}}}  # incomplete: CLBlast refuses
         state = tuning.apply_tuning(dev, entry, "test")
         assert state.applied == [] and state.errors and "Copy/32" in state.errors[0]
     finally:
-        if before is None:
-            dev.cache.pop("clblast_tuning", None)
-        else:
-            dev.cache["clblast_tuning"] = before
+        dev.blas_tuning = before
 
 
 _SCRIPT = r"""

@@ -6,16 +6,22 @@ ignores `Array.offset`, so callers pass every offset explicitly (see `element_of
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 from types import ModuleType
+from typing import Any, Mapping
 
 import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device
 from ..runtime.errors import UnsupportedError
+from ..runtime.memory import BufferView
+from .tuning_db import ENV_VAR, enabled, find_entry
 
-__all__ = ["available", "missing_reason", "gemm", "override_parameters"]
+__all__ = ["TuningState", "apply_tuning", "available", "gemm", "missing_reason",
+           "override_parameters", "require", "tuning_state"]
 
 _INSTALL = ("CLBlast's Python binding `pyclblast` is needed for algorithm='im2col'. On Debian/Ubuntu: "
             "`sudo apt-get install libclblast-dev` then `pip install pyclblast` (it builds from source). "
@@ -38,6 +44,14 @@ def available() -> bool:
 def missing_reason() -> str | None:
     mod = _pyclblast()
     return mod if isinstance(mod, str) else None
+
+
+def require(what: str) -> None:
+    """Raises UnsupportedError, saying how to install pyclblast, when `what` (an operation that runs
+    CLBlast's GEMM) cannot run because pyclblast is missing. Plans call it before anything is
+    uploaded or allocated."""
+    if not available():
+        raise UnsupportedError(f"{what} needs CLBlast's GEMM. {missing_reason()}")
 
 
 def _require() -> ModuleType:
@@ -77,9 +91,55 @@ def override_parameters(dev: Device, kernel: str, precision: int,
 
 def _tuned(dev: Device) -> None:
     # Tuned CLBlast parameters (user file or shipped database) go in before the device's first GEMM.
-    if "clblast_tuning" not in dev.cache:
-        from .tuning import apply_tuning
+    if dev.blas_tuning is None:
         apply_tuning(dev)
+
+
+# --------------------------------------------------------------------------------------------------
+# Applying
+
+@dataclass
+class TuningState:
+    """What `apply_tuning` did on a device."""
+
+    source: str
+    applied: list[str] = field(default_factory=list)  # 'Xgemm/32', ...
+    errors: list[str] = field(default_factory=list)
+
+
+def tuning_state(dev: Device) -> TuningState | None:
+    """The state `apply_tuning` left on `dev`, or None before the device's first GEMM."""
+    return dev.blas_tuning
+
+
+def apply_tuning(dev: Device, entry: Mapping[str, Any] | None = None,
+                 source: str | None = None) -> TuningState:
+    """Hands the device's tuned parameters to CLBlast, once per device (later calls return the
+    first state) unless `entry` is given explicitly. Never raises for a bad or mismatched entry:
+    the problem is recorded in the state and CLBlast keeps its defaults for that kernel."""
+    with dev.lock:
+        state = dev.blas_tuning
+        if state is not None and entry is None:
+            return state
+        if entry is None:
+            if not enabled():
+                state = TuningState(f"disabled by {ENV_VAR}={os.environ.get(ENV_VAR)}")
+                dev.blas_tuning = state
+                return state
+            try:
+                entry, source = find_entry(dev)
+            except (OSError, ValueError) as err:  # a broken shipped file must not break GEMM
+                entry, source = None, f"tuning database unreadable: {err}"
+        state = TuningState(source or "explicit entry")
+        for precision, kernels in (entry or {}).get("parameters", {}).items():
+            for kernel, params in kernels.items():
+                try:
+                    override_parameters(dev, kernel, int(precision), params)
+                    state.applied.append(f"{kernel}/{precision}")
+                except Exception as err:  # CLBlast rejects parameters it does not know
+                    state.errors.append(f"{kernel}/{precision}: {err}")
+        dev.blas_tuning = state
+        return state
 
 
 def gemm(dev: Device, m: int, n: int, k: int,
@@ -104,8 +164,10 @@ def gemm(dev: Device, m: int, n: int, k: int,
     lda = lda if lda is not None else (m if a_transposed else k)
     ldb = ldb if ldb is not None else (k if b_transposed else n)
     ldc = ldc if ldc is not None else n
-    # pyclblast checks only that a, b and c are 2-D pyopencl Arrays, then uses their base buffers.
-    a2, b2, c2 = (x.reshape(x.size, 1) if x.ndim != 2 else x for x in (a, b, c))
+    # pyclblast checks only that a, b and c are 2-D pyopencl Arrays, then uses their base buffers
+    # and dtype (offsets are passed): light 2-D views, as reshape would cost ~50 us each.
+    a2, b2, c2 = (x if type(x) is BufferView else BufferView(x.base_data, x.dtype, x.size)
+                  for x in (a, b, c))
     if batch == 1:
         event = clblast.gemm(dev.queue, m, n, k, a2, b2, c2, lda, ldb, ldc, alpha=alpha, beta=beta,
                              a_transp=a_transposed, b_transp=b_transposed, a_offset=a_offset,

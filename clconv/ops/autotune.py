@@ -14,7 +14,8 @@ How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv.convolution` wh
 3. With CLCONV_AUTO=rule (or when only one algorithm applies) nothing is measured or written: the
    fixed rule of `conv.rule_choice` decides. The test suite uses it to stay fast and deterministic.
 
-The key: (platform, device name, driver version, nd, batch, channels, groups, sizes, kernel,
+The key: (platform, device name, driver version, nd, batch bucket (`batch_bucket`: the next power of
+two, so nearby batch sizes share a choice), channels, groups, sizes, kernel,
 stride, dilation, padding, padding_mode, dtype), plus CHOICES_VERSION, bumped when the kernels
 change enough to make old measurements stale. The bias and the activation are not part of it (they
 cost the same in every algorithm). `clconv.warmup(...)` makes the choice (and builds the kernels)
@@ -25,6 +26,7 @@ re-measurable entry.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -46,7 +48,7 @@ __all__ = ["ENV_VAR", "CHOICES_FILE", "CHOICES_VERSION", "mode", "key", "lookup"
 ENV_VAR = "CLCONV_AUTO"
 MODES = ("measure", "rule")
 CHOICES_FILE = "algorithms.json"
-CHOICES_VERSION = 2  # 2: winograd no longer a candidate
+CHOICES_VERSION = 3  # 2: winograd no longer a candidate; 3: batch buckets
 _REPEAT_BELOW_S = 0.05  # best runs faster than this get three timed rounds, slower ones two
 _FILE_LOCK = threading.Lock()
 
@@ -62,6 +64,7 @@ def mode() -> str:
 
 def key(dev: Device, geo: ConvGeometry, dtype: Any) -> str:
     """The JSON text naming one (device, geometry, dtype): the file's key."""
+    geo = _canonical(geo)
     return json.dumps([CHOICES_VERSION, dev.platform_name, dev.name, dev.driver_version, geo.nd,
                        geo.batch, geo.in_channels, geo.out_channels, geo.groups, geo.in_size,
                        geo.kernel, geo.stride, geo.dilation, geo.pad_lo, geo.pad_hi,
@@ -83,11 +86,28 @@ def _location() -> tuple[str | None, str | None]:
 
 
 def _store(dev: Device) -> _Store:
-    slot = ("autotune", _location())
-    store = dev.cache.get(slot)
+    stores = dev.choices
+    if stores is None:
+        with dev.lock:
+            if dev.choices is None:
+                dev.choices = {}
+            stores = dev.choices
+    location = _location()
+    store = stores.get(location)
     if store is None:
-        store = dev.cache.setdefault(slot, _Store())
+        store = stores.setdefault(location, _Store())
     return store
+
+
+def batch_bucket(batch: int) -> int:
+    """The batch size a choice is kept under: the next power of two (0 and 1 stay). Batch sizes
+    of one bucket share one measurement, so a planned layer met at a new, nearby batch size reuses
+    the choice instead of measuring again (both algorithms' costs grow linearly with the batch)."""
+    return batch if batch <= 1 else 1 << (batch - 1).bit_length()
+
+
+def _canonical(geo: ConvGeometry) -> ConvGeometry:
+    return dataclasses.replace(geo, batch=batch_bucket(geo.batch))
 
 
 def _path() -> Path:
@@ -110,7 +130,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 def lookup(dev: Device, geo: ConvGeometry, dtype: Any) -> str | None:
     """The remembered choice for this key (memory, then the file), or None."""
     store = _store(dev)
-    mem_key = (geo, np.dtype(dtype).name)
+    mem_key = (_canonical(geo), np.dtype(dtype).name)
     found = store.by_geometry.get(mem_key)
     if found is not None:
         return found
@@ -132,7 +152,7 @@ def record(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str,
            seconds: dict[str, float] | None = None) -> None:
     """Remembers `algorithm` for the key in memory and merges it into the file."""
     store = _store(dev)
-    store.by_geometry[(geo, np.dtype(dtype).name)] = algorithm
+    store.by_geometry[(_canonical(geo), np.dtype(dtype).name)] = algorithm
     text = key(dev, geo, dtype)
     if store.from_file is not None:
         store.from_file[text] = algorithm
@@ -153,12 +173,14 @@ def record(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str,
 
 
 def forget(dev: Device | None = None) -> None:
-    """Drops the in-memory choices (of `dev`, or of every device seen); the file stays."""
+    """Drops the in-memory choices (of `dev`, or of every device seen), and the functional API's
+    cached plans made with them; the file stays."""
     from ..runtime.device import devices
 
     for d in [dev] if dev is not None else devices():
-        for slot in [s for s in d.cache if isinstance(s, tuple) and s and s[0] == "autotune"]:
-            del d.cache[slot]
+        d.choices = None
+        if d.plans is not None:  # plans hold the algorithm they were made with
+            d.plans.clear()
 
 
 def _time_once(dev: Device, run: Callable[[str], None], algorithm: str) -> float:

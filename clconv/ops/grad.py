@@ -25,64 +25,71 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..blas import clblast as gemm
-from ..runtime.transfer import (ArrayLike, check_fits, deliver, element_offset, empty, is_device_array,
-                     result_dtype)
-from .conv import ColumnPlan, require_gemm, resolve_workspace_limit
 from ..runtime.device import Device, current_device
-from ..runtime.errors import device_memory_errors, sizes_text
-from .unfold import enqueue_im2col
+from ..runtime.group import splits_batch
+from ..runtime.memory import column_buffer, resolve_workspace_limit
+from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
+from .conv_algorithms import ColumnPlan
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
-from .precision import check_precision, compute_dtype, load, store
-from .transpose import enqueue_adjoint
-from ..runtime.memory import column_buffer, default_workspace_limit
+from .launch import Im2col
+from .plan import Plan, cached_plan, shape_of
+from .transpose import Adjoint
 
-__all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight", "conv3d_input",
-           "conv3d_weight", "conv_input", "conv_weight", "enqueue_bias_grad", "enqueue_weight_grad",
-           "plan_weight_grad"]
+__all__ = ["InputGradPlan", "WeightGradPlan", "conv1d_input", "conv1d_weight", "conv2d_input",
+           "conv2d_weight", "conv3d_input", "conv3d_weight", "enqueue_bias_grad", "plan_conv_input",
+           "plan_conv_weight", "plan_weight_grad", "WeightGrad"]
 
 
+@splits_batch("grad_output", ndim=3, sizes=("input_size",))
 def conv1d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
                  stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                 groups: int = 1, *, padding_mode: str = "zeros") -> ArrayLike:
+                 groups: int = 1, *, padding_mode: str = "zeros",
+                 workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
     """Gradient of conv1d w.r.t. its input (N, C_in, L); arguments as `conv2d_input`."""
-    return conv_input(1, input_size, weight, grad_output, stride, padding, dilation, groups,
-                      padding_mode)
+    return _input_grad(1, input_size, weight, grad_output, stride, padding, dilation, groups,
+                       padding_mode, workspace_limit, out)
 
 
+@splits_batch("grad_output", ndim=4, sizes=("input_size",))
 def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
                  stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                 groups: int = 1, *, padding_mode: str = "zeros") -> ArrayLike:
+                 groups: int = 1, *, padding_mode: str = "zeros",
+                 workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
     """Gradient of conv2d w.r.t. its input, as torch.nn.grad.conv2d_input.
 
     input_size: the input's shape (N, C_in, H, W); weight (C_out, C_in/groups, kh, kw); grad_output
     (N, C_out, H_out, W_out), exactly the output shape of that convolution. Convolution arguments as
     `clconv.conv2d`. Returns (N, C_in, H, W): numpy for a numpy grad_output, else a pyopencl Array.
     """
-    return conv_input(2, input_size, weight, grad_output, stride, padding, dilation, groups,
-                      padding_mode)
+    return _input_grad(2, input_size, weight, grad_output, stride, padding, dilation, groups,
+                       padding_mode, workspace_limit, out)
 
 
+@splits_batch("grad_output", ndim=5, sizes=("input_size",))
 def conv3d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
                  stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                 groups: int = 1, *, padding_mode: str = "zeros") -> ArrayLike:
+                 groups: int = 1, *, padding_mode: str = "zeros",
+                 workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
     """Gradient of conv3d w.r.t. its input (N, C_in, D, H, W); arguments as `conv2d_input`."""
-    return conv_input(3, input_size, weight, grad_output, stride, padding, dilation, groups,
-                      padding_mode)
+    return _input_grad(3, input_size, weight, grad_output, stride, padding, dilation, groups,
+                       padding_mode, workspace_limit, out)
 
 
+@splits_batch("input", "grad_output", ndim=3, reduce="sum")
 def conv1d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
                   groups: int = 1, *, padding_mode: str = "zeros",
-                  workspace_limit: int | None = None) -> ArrayLike:
+                  workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
     """Gradient of conv1d w.r.t. its weight (C_out, C_in/groups, k); as `conv2d_weight`."""
-    return conv_weight(1, input, weight_size, grad_output, stride, padding, dilation, groups,
-                       padding_mode, workspace_limit)
+    return _weight_grad(1, input, weight_size, grad_output, stride, padding, dilation, groups,
+                        padding_mode, workspace_limit, out)
 
 
+@splits_batch("input", "grad_output", ndim=4, reduce="sum")
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
                   groups: int = 1, *, padding_mode: str = "zeros",
-                  workspace_limit: int | None = None) -> ArrayLike:
+                  workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
     """Gradient of conv2d w.r.t. its weight, as torch.nn.grad.conv2d_weight.
 
     input (N, C_in, H, W); weight_size: the weight's shape (C_out, C_in/groups, kh, kw); grad_output
@@ -92,21 +99,18 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
     allocation); the work is split to fit, and a limit that cannot hold one column of the im2col
     matrix is a MemoryError. Returns weight_size: numpy for a numpy input, else a pyopencl Array.
     """
-    return conv_weight(2, input, weight_size, grad_output, stride, padding, dilation, groups,
-                       padding_mode, workspace_limit)
+    return _weight_grad(2, input, weight_size, grad_output, stride, padding, dilation, groups,
+                        padding_mode, workspace_limit, out)
 
 
+@splits_batch("input", "grad_output", ndim=5, reduce="sum")
 def conv3d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
                   groups: int = 1, *, padding_mode: str = "zeros",
-                  workspace_limit: int | None = None) -> ArrayLike:
+                  workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
     """Gradient of conv3d w.r.t. its weight (C_out, C_in/groups, kd, kh, kw); as `conv2d_weight`."""
-    return conv_weight(3, input, weight_size, grad_output, stride, padding, dilation, groups,
-                       padding_mode, workspace_limit)
-
-
-def _shape(x: Any) -> tuple[int, ...]:
-    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    return _weight_grad(3, input, weight_size, grad_output, stride, padding, dilation, groups,
+                        padding_mode, workspace_limit, out)
 
 
 def _size_arg(value: Any, nd: int, name: str, layout: str) -> tuple[int, ...]:
@@ -124,86 +128,151 @@ def _size_arg(value: Any, nd: int, name: str, layout: str) -> tuple[int, ...]:
     return tuple(int(v) for v in size)
 
 
-def _check_grad_output(geo: ConvGeometry, grad_output: Any, what: str) -> None:
-    shape = _shape(grad_output)
+def _check_grad_output(geo: ConvGeometry, grad_shape: Sequence[int], what: str) -> None:
+    shape = tuple(grad_shape)
     if shape != geo.output_shape:
         raise ValueError(f"grad_output must have the convolution's output shape {geo.output_shape} "
                          f"(for {what}), got {shape}")
 
 
-def conv_input(nd: int, input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
-               stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
-               padding_mode: str = "zeros") -> ArrayLike:
-    """N-d input gradient (nd in 1, 2, 3); see conv2d_input."""
+def _input_grad(nd: int, input_size: Any, weight: Any, grad_output: Any, stride: Any,
+                padding: Any, dilation: Any, groups: Any, padding_mode: Any, workspace_limit: Any,
+                out: Any) -> ArrayLike:
     dev = current_device()
     dtype = result_dtype(dev, weight=weight, grad_output=grad_output)
     size = _size_arg(input_size, nd, "input_size", "(N, C_in, *spatial)")
-    require_gemm(f"conv{nd}d_input")
-    w_shape = _shape(weight)
-    if len(w_shape) == nd + 2 and isinstance(groups, int) and groups > 0 \
-            and size[1] != w_shape[1] * groups:
-        raise ValueError(f"input_size has {size[1]} channels but weight {w_shape} with "
-                         f"groups={groups} expects {w_shape[1] * groups} (channel mismatch)")
-    geo = conv_geometry(nd, size, w_shape, stride, padding, dilation, groups, padding_mode)
-    _check_grad_output(geo, grad_output, f"input_size {size} and weight {w_shape}")
-    check_precision(dev, dtype)
-    work = compute_dtype(dtype)
-    shapes = {"grad_output": geo.output_shape, "weight": geo.weight_shape,
-              "output": geo.input_shape}
-    for what, shape in shapes.items():
-        check_fits(dev, what, shape, work)
-    with device_memory_errors(dev, lambda: sizes_text(f"conv{nd}d_input", work, **shapes)):
-        out = empty(dev, geo.input_shape, work)
-        if out.size:
-            w = load(dev, weight, "weight", dtype)
-            g = load(dev, grad_output, "grad_output", dtype)
-            enqueue_adjoint(dev, geo, g, w, None, out)
-        return deliver(store(dev, out, dtype), not is_device_array(grad_output))
+    w_shape, g_shape = shape_of(weight), shape_of(grad_output)
+    plan = cached_plan(dev, ("input_grad", nd, size, w_shape, g_shape, dtype, stride, padding,
+                             dilation, groups, padding_mode, workspace_limit),
+                       lambda: InputGradPlan(dev, nd, size, w_shape, g_shape, stride, padding,
+                                             dilation, groups, padding_mode, dtype,
+                                             workspace_limit))
+    return plan._execute({"weight": weight, "grad_output": grad_output}, out, check=False)
 
 
-def conv_weight(nd: int, input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
-                stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
-                padding_mode: str = "zeros", workspace_limit: int | None = None) -> ArrayLike:
-    """N-d weight gradient (nd in 1, 2, 3); see conv2d_weight."""
+def _weight_grad(nd: int, input: Any, weight_size: Any, grad_output: Any, stride: Any,
+                 padding: Any, dilation: Any, groups: Any, padding_mode: Any,
+                 workspace_limit: Any, out: Any) -> ArrayLike:
     dev = current_device()
-    limit = (default_workspace_limit(dev) if workspace_limit is None
-             else resolve_workspace_limit(dev, workspace_limit))
     dtype = result_dtype(dev, input=input, grad_output=grad_output)
     size = _size_arg(weight_size, nd, "weight_size", "(C_out, C_in/groups, *kernel)")
-    require_gemm(f"conv{nd}d_weight")
-    x_shape = _shape(input)
-    if len(x_shape) != nd + 2:
-        raise ValueError(f"input must be batched, (N, C_in, *spatial) with {nd + 2} dims, for the "
-                         f"weight gradient of a {nd}-d convolution, got shape {x_shape}")
-    geo = conv_geometry(nd, x_shape, size, stride, padding, dilation, groups, padding_mode)
-    _check_grad_output(geo, grad_output, f"input {x_shape} and weight_size {size}")
-    check_precision(dev, dtype)
-    work = compute_dtype(dtype)
-    shapes = {"input": geo.input_shape, "grad_output": geo.output_shape, "output": size}
-    for what, shape in shapes.items():
-        check_fits(dev, what, shape, work)
-    plan = plan_weight_grad(geo, work.itemsize, limit) if geo.batch else None
-    with device_memory_errors(dev, lambda: sizes_text(f"conv{nd}d_weight", work,
-                                                      plan.nbytes if plan else 0, **shapes)):
-        out = empty(dev, size, work)
-        if geo.batch == 0:
-            with dev.lock:  # pyopencl's fill kernel is shared per context
-                out.fill(0)
-        elif out.size:
-            x = load(dev, input, "input", dtype)
-            g = load(dev, grad_output, "grad_output", dtype)
-            enqueue_weight_grad(dev, geo, x, g, out, plan=plan)
-        return deliver(store(dev, out, dtype), not is_device_array(input))
+    x_shape, g_shape = shape_of(input), shape_of(grad_output)
+    plan = cached_plan(dev, ("weight_grad", nd, x_shape, size, g_shape, dtype, stride, padding,
+                             dilation, groups, padding_mode, workspace_limit),
+                       lambda: WeightGradPlan(dev, nd, x_shape, size, g_shape, stride, padding,
+                                              dilation, groups, padding_mode, dtype,
+                                              workspace_limit))
+    return plan._execute({"input": input, "grad_output": grad_output}, out, check=False)
+
+
+def plan_conv_input(nd: int, input_size: Sequence[int], weight_shape: Sequence[int],
+                    stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
+                    groups: int = 1, *, padding_mode: str = "zeros",
+                    workspace_limit: int | None = None, dtype: Any = np.float32) -> InputGradPlan:
+    """A plan for conv{nd}d_input on the current device: `plan(weight, grad_output, out=None)`."""
+    size = _size_arg(input_size, nd, "input_size", "(N, C_in, *spatial)")
+    w_shape = tuple(int(v) for v in weight_shape)
+    geo = conv_geometry(nd, size, w_shape, stride, padding, dilation, groups, padding_mode)
+    return InputGradPlan(current_device(), nd, size, w_shape, geo.output_shape, stride, padding,
+                         dilation, groups, padding_mode, np.dtype(dtype), workspace_limit)
+
+
+def plan_conv_weight(nd: int, input_shape: Sequence[int], weight_size: Sequence[int],
+                     stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, *, padding_mode: str = "zeros",
+                     workspace_limit: int | None = None, dtype: Any = np.float32) -> WeightGradPlan:
+    """A plan for conv{nd}d_weight on the current device: `plan(input, grad_output, out=None)`."""
+    size = _size_arg(weight_size, nd, "weight_size", "(C_out, C_in/groups, *kernel)")
+    x_shape = tuple(int(v) for v in input_shape)
+    geo = conv_geometry(nd, x_shape, size, stride, padding, dilation, groups, padding_mode) \
+        if len(x_shape) == nd + 2 else None
+    g_shape = geo.output_shape if geo is not None else ()
+    return WeightGradPlan(current_device(), nd, x_shape, size, g_shape, stride, padding, dilation,
+                          groups, padding_mode, np.dtype(dtype), workspace_limit)
+
+
+class InputGradPlan(Plan):
+    """conv*d_input, planned: the adjoint of the convolution (clconv.ops.transpose.Adjoint)."""
+
+    result_follows = "grad_output"
+
+    def __init__(self, dev: Device, nd: int, input_size: tuple[int, ...],
+                 weight_shape: tuple[int, ...], grad_shape: tuple[int, ...], stride: IntOrTuple,
+                 padding: PaddingArg, dilation: IntOrTuple, groups: int, padding_mode: str,
+                 dtype: np.dtype, workspace_limit: int | None = None,
+                 geometry: ConvGeometry | None = None) -> None:
+        gemm.require(f"conv{nd}d_input")
+        limit = resolve_workspace_limit(dev, workspace_limit)
+        size = tuple(input_size)
+        if len(weight_shape) == nd + 2 and isinstance(groups, int) and groups > 0 \
+                and len(size) == nd + 2 and size[1] != weight_shape[1] * groups:
+            raise ValueError(f"input_size has {size[1]} channels but weight {weight_shape} with "
+                             f"groups={groups} expects {weight_shape[1] * groups} (channel mismatch)")
+        geo = geometry or conv_geometry(nd, size, weight_shape, stride, padding, dilation, groups,
+                                        padding_mode)
+        _check_grad_output(geo, grad_shape, f"input_size {size} and weight {weight_shape}")
+        self._prepare(dev, dtype, {"weight": tuple(weight_shape), "grad_output": geo.output_shape},
+                      geo.input_shape, geo.input_shape,
+                      {"grad_output": geo.output_shape, "weight": geo.weight_shape,
+                       "output": geo.input_shape})
+        self.geometry = geo
+        self.adjoint = Adjoint(dev, geo, self.work, False, limit)
+        self.workspace_bytes = self.adjoint.workspace_bytes
+        self.label = f"conv{nd}d_input"
+        self.needs_gemm = True
+
+    def __call__(self, weight: ArrayLike, grad_output: ArrayLike, *,
+                 out: ArrayLike | None = None) -> ArrayLike:
+        return self._execute({"weight": weight, "grad_output": grad_output}, out)
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        self.adjoint.run(arrays["grad_output"], arrays["weight"], None, out)
+
+
+class WeightGradPlan(Plan):
+    """conv*d_weight, planned (see `WeightGrad`)."""
+
+    def __init__(self, dev: Device, nd: int, input_shape: tuple[int, ...],
+                 weight_size: tuple[int, ...], grad_shape: tuple[int, ...], stride: IntOrTuple,
+                 padding: PaddingArg, dilation: IntOrTuple, groups: int, padding_mode: str,
+                 dtype: np.dtype, workspace_limit: int | None = None,
+                 geometry: ConvGeometry | None = None) -> None:
+        limit = resolve_workspace_limit(dev, workspace_limit)
+        gemm.require(f"conv{nd}d_weight")
+        if len(input_shape) != nd + 2:
+            raise ValueError(f"input must be batched, (N, C_in, *spatial) with {nd + 2} dims, for "
+                             f"the weight gradient of a {nd}-d convolution, got shape "
+                             f"{tuple(input_shape)}")
+        geo = geometry or conv_geometry(nd, input_shape, weight_size, stride, padding, dilation,
+                                        groups, padding_mode)
+        _check_grad_output(geo, grad_shape, f"input {tuple(input_shape)} and weight_size "
+                                            f"{tuple(weight_size)}")
+        self._prepare(dev, dtype, {"input": geo.input_shape, "grad_output": geo.output_shape},
+                      tuple(weight_size), tuple(weight_size),
+                      {"input": geo.input_shape, "grad_output": geo.output_shape,
+                       "output": tuple(weight_size)})
+        self.geometry = geo
+        self.impl = WeightGrad(dev, geo, self.work, limit)
+        self.workspace_bytes = self.impl.workspace_bytes
+        self.label = f"conv{nd}d_weight"
+        self.needs_gemm = True
+
+    def __call__(self, input: ArrayLike, grad_output: ArrayLike, *,
+                 out: ArrayLike | None = None) -> ArrayLike:
+        return self._execute({"input": input, "grad_output": grad_output}, out)
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        self.impl.run(arrays["input"], arrays["grad_output"], out)
 
 
 def _ones(dev: Device, n: int, dtype: np.dtype) -> cla.Array:
     """A device vector of at least n ones (grow-only, one per device and dtype). Hold dev.lock."""
-    key = ("ones", np.dtype(dtype))
-    ones = dev.cache.get(key)
+    key = ("ones", np.dtype(dtype).str)
+    ones = dev.constants.get(key)
     if ones is None or ones.size < n:
         ones = cla.empty(dev.queue, (max(n, 256),), dtype)
         ones.fill(1)
-        dev.cache[key] = ones
+        dev.constants[key] = ones
     return ones
 
 
@@ -234,66 +303,80 @@ def plan_weight_grad(geo: ConvGeometry, itemsize: int, limit: int) -> ColumnPlan
     return ColumnPlan(1, cols, cols * column)
 
 
-def enqueue_weight_grad(dev: Device, geo: ConvGeometry, x: cla.Array, g: cla.Array,
-                        out: cla.Array, limit: int | None = None,
-                        plan: ColumnPlan | None = None) -> None:
+class WeightGrad:
     """out (C_out, C_in/groups, *kernel) = sum over the batch of grad_W for the convolution `geo`
-    of x (N, C_in, *in_size) with output gradient g (N, C_out, *out_size). Contiguous operands of
-    one dtype; needs geo.batch >= 1. The workspace stays within `limit` bytes (default: the
-    device's), split as `plan` (default: `plan_weight_grad`) says; every product after the first
-    adds to out (GEMM beta = 1)."""
-    if plan is None:
-        limit = default_workspace_limit(dev) if limit is None else limit
-        plan = plan_weight_grad(geo, out.dtype.itemsize, limit)
-    mg, kg, l = geo.cout_per_group, geo.cin_per_group * geo.ksize, geo.out_spatial
-    wsize = geo.out_channels * kg  # elements of the weight (and of one image's partial)
-    rows = geo.column_rows
-    col_image = rows * l
-    x_image, g_image = geo.in_channels * geo.in_spatial, geo.out_channels * l
-    x_off, g_off, out_off = element_offset(x), element_offset(g), element_offset(out)
-    pointwise = geo.is_pointwise  # the input already is the column matrix
-    col_stride = x_image if pointwise else col_image
-    per_image = (0 if pointwise else col_image) + wsize
-    defines = geo.defines()
-    with dev.lock:
-        for n0 in range(0, geo.batch, plan.batch_chunk):
-            nb = min(plan.batch_chunk, geo.batch - n0)
-            g0 = g_off + n0 * g_image
-            if nb == 1:
-                # One image: each range of its output positions adds g_grp[:, l0:l0 + lc]
-                # (lda = l) @ cols_grp^T to the weight, in one GEMM batched over the groups.
-                for l0 in range(0, l, plan.col_chunk):
-                    lc = min(plan.col_chunk, l - l0)
-                    beta = 0.0 if n0 == 0 and l0 == 0 else 1.0
-                    if pointwise:
-                        col, col_off, ldb = x, x_off + n0 * x_image + l0, l
-                    else:
-                        col, col_off, ldb = column_buffer(dev, (rows * lc,), out.dtype), 0, lc
-                        enqueue_im2col(dev, defines, 1, x, x_off + n0 * x_image, col, 0, l0, lc)
-                    gemm.gemm(dev, mg, kg, lc, g, g0 + l0, mg * l, col, col_off, kg * ldb,
-                              out, out_off, mg * kg, geo.groups, b_transposed=True, beta=beta,
-                              lda=l, ldb=ldb)
-                continue
-            beta = 1.0 if n0 > 0 else 0.0
-            work = column_buffer(dev, (nb * per_image,), out.dtype)
-            if pointwise:
-                col, col_off, part_off = x, x_off + n0 * x_image, 0
-            else:
-                col, col_off, part_off = work, 0, nb * col_image
-                enqueue_im2col(dev, defines, nb, x, x_off + n0 * x_image, col, col_off)
-            if geo.groups <= nb:
-                for grp in range(geo.groups):  # batched over the images of the chunk
-                    gemm.gemm(dev, mg, kg, l, g, g0 + grp * mg * l, g_image, col,
-                              col_off + grp * kg * l, col_stride,
-                              work, part_off + grp * mg * kg, wsize, nb, b_transposed=True)
-            else:
-                for i in range(nb):  # batched over the groups of one image
-                    gemm.gemm(dev, mg, kg, l, g, g0 + i * g_image, mg * l, col,
-                              col_off + i * col_stride, kg * l,
-                              work, part_off + i * wsize, mg * kg, geo.groups, b_transposed=True)
-            # out (1 x wsize) = ones (1 x nb) @ partials (nb x wsize)  (+ out after chunk 1)
-            gemm.gemm(dev, 1, wsize, nb, _ones(dev, nb, out.dtype), 0, 0, work, part_off, 0, out,
-                      out_off, 0, beta=beta)
+    of x (N, C_in, *in_size) with output gradient g (N, C_out, *out_size), configured once.
+
+    im2col of the input, then per group grad_W_g += grad_out_g (C_out/g x L) @ cols_g^T. The
+    images' products land in a partial buffer (batch, C_out, C_in/g * K) and one more GEMM with a
+    row of ones sums them; the columns and partials stay within `limit` (`plan_weight_grad`);
+    every product after the first adds to out (GEMM beta = 1). N = 0 gives zeros."""
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: int) -> None:
+        self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        self.plan = plan_weight_grad(geo, self.dtype.itemsize, limit) if geo.batch else None
+        self.workspace_bytes = self.plan.nbytes if self.plan else 0
+        index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
+                             geo.batch * geo.out_channels * geo.out_spatial,
+                             self.workspace_bytes // self.dtype.itemsize)
+        self.im2col = None if geo.is_pointwise or not geo.batch else \
+            Im2col(dev, geo.defines(), dtype, index_t)
+
+    def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
+        geo, plan, dev = self.geo, self.plan, self.dev
+        if plan is None:
+            with dev.lock:  # pyopencl's fill kernel is shared per context
+                out.fill(0)
+            return
+        mg, kg, l = geo.cout_per_group, geo.cin_per_group * geo.ksize, geo.out_spatial
+        wsize = geo.out_channels * kg  # elements of the weight (and of one image's partial)
+        rows = geo.column_rows
+        col_image = rows * l
+        x_image, g_image = geo.in_channels * geo.in_spatial, geo.out_channels * l
+        x_off, g_off, out_off = element_offset(x), element_offset(g), element_offset(out)
+        pointwise = geo.is_pointwise  # the input already is the column matrix
+        col_stride = x_image if pointwise else col_image
+        per_image = (0 if pointwise else col_image) + wsize
+        with dev.lock:
+            for n0 in range(0, geo.batch, plan.batch_chunk):
+                nb = min(plan.batch_chunk, geo.batch - n0)
+                g0 = g_off + n0 * g_image
+                if nb == 1:
+                    # One image: each range of its output positions adds g_grp[:, l0:l0 + lc]
+                    # (lda = l) @ cols_grp^T to the weight, in one GEMM batched over the groups.
+                    for l0 in range(0, l, plan.col_chunk):
+                        lc = min(plan.col_chunk, l - l0)
+                        beta = 0.0 if n0 == 0 and l0 == 0 else 1.0
+                        if pointwise:
+                            col, col_off, ldb = x, x_off + n0 * x_image + l0, l
+                        else:
+                            col, col_off, ldb = column_buffer(dev, (rows * lc,), self.dtype), 0, lc
+                            self.im2col(1, x, x_off + n0 * x_image, col, 0, l0, lc)
+                        gemm.gemm(dev, mg, kg, lc, g, g0 + l0, mg * l, col, col_off, kg * ldb,
+                                  out, out_off, mg * kg, geo.groups, b_transposed=True, beta=beta,
+                                  lda=l, ldb=ldb)
+                    continue
+                beta = 1.0 if n0 > 0 else 0.0
+                work = column_buffer(dev, (nb * per_image,), self.dtype)
+                if pointwise:
+                    col, col_off, part_off = x, x_off + n0 * x_image, 0
+                else:
+                    col, col_off, part_off = work, 0, nb * col_image
+                    self.im2col(nb, x, x_off + n0 * x_image, col, col_off)
+                if geo.groups <= nb:
+                    for grp in range(geo.groups):  # batched over the images of the chunk
+                        gemm.gemm(dev, mg, kg, l, g, g0 + grp * mg * l, g_image, col,
+                                  col_off + grp * kg * l, col_stride,
+                                  work, part_off + grp * mg * kg, wsize, nb, b_transposed=True)
+                else:
+                    for i in range(nb):  # batched over the groups of one image
+                        gemm.gemm(dev, mg, kg, l, g, g0 + i * g_image, mg * l, col,
+                                  col_off + i * col_stride, kg * l,
+                                  work, part_off + i * wsize, mg * kg, geo.groups,
+                                  b_transposed=True)
+                # out (1 x wsize) = ones (1 x nb) @ partials (nb x wsize)  (+ out after chunk 1)
+                gemm.gemm(dev, 1, wsize, nb, _ones(dev, nb, self.dtype), 0, 0, work, part_off, 0,
+                          out, out_off, 0, beta=beta)
 
 
 def enqueue_bias_grad(dev: Device, g: cla.Array, out: cla.Array, batch: int, channels: int,
@@ -315,3 +398,43 @@ def enqueue_bias_grad(dev: Device, g: cla.Array, out: cla.Array, batch: int, cha
         gemm.gemm(dev, channels, 1, spatial, g, g_off, channels * spatial, ones, 0, 0, partial, 0,
                   channels, batch)
         gemm.gemm(dev, 1, channels, batch, ones, 0, 0, partial, 0, 0, out, out_off, 0)
+
+
+def plan_conv1d_input(input_size: Sequence[int], weight_shape: Sequence[int],
+                      *args: Any, **kwargs: Any) -> InputGradPlan:
+    """A plan for `conv1d_input`; see `plan_conv2d_input`."""
+    return plan_conv_input(1, input_size, weight_shape, *args, **kwargs)
+
+
+def plan_conv2d_input(input_size: Sequence[int], weight_shape: Sequence[int],
+                      *args: Any, **kwargs: Any) -> InputGradPlan:
+    """A plan for `conv2d_input` on the current device: input_size (N, C_in, H, W), weight_shape,
+    then stride, padding, dilation, groups and keywords padding_mode, workspace_limit, dtype;
+    `plan(weight, grad_output, out=None)` enqueues."""
+    return plan_conv_input(2, input_size, weight_shape, *args, **kwargs)
+
+
+def plan_conv3d_input(input_size: Sequence[int], weight_shape: Sequence[int],
+                      *args: Any, **kwargs: Any) -> InputGradPlan:
+    """A plan for `conv3d_input`; see `plan_conv2d_input`."""
+    return plan_conv_input(3, input_size, weight_shape, *args, **kwargs)
+
+
+def plan_conv1d_weight(input_shape: Sequence[int], weight_size: Sequence[int],
+                       *args: Any, **kwargs: Any) -> WeightGradPlan:
+    """A plan for `conv1d_weight`; see `plan_conv2d_weight`."""
+    return plan_conv_weight(1, input_shape, weight_size, *args, **kwargs)
+
+
+def plan_conv2d_weight(input_shape: Sequence[int], weight_size: Sequence[int],
+                       *args: Any, **kwargs: Any) -> WeightGradPlan:
+    """A plan for `conv2d_weight` on the current device: input_shape (N, C_in, H, W), weight_size,
+    then stride, padding, dilation, groups and keywords padding_mode, workspace_limit, dtype;
+    `plan(input, grad_output, out=None)` enqueues."""
+    return plan_conv_weight(2, input_shape, weight_size, *args, **kwargs)
+
+
+def plan_conv3d_weight(input_shape: Sequence[int], weight_size: Sequence[int],
+                       *args: Any, **kwargs: Any) -> WeightGradPlan:
+    """A plan for `conv3d_weight`; see `plan_conv2d_weight`."""
+    return plan_conv_weight(3, input_shape, weight_size, *args, **kwargs)

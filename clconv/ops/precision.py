@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
+from ..runtime.memory import empty
 from ..runtime.transfer import element_offset, index_type, to_device
 from ..runtime.device import Device
 from ..runtime.errors import UnsupportedError
 from ..runtime.program import kernel
 
-__all__ = ["check_precision", "compute_dtype", "convert", "load", "store"]
+__all__ = ["check_precision", "compute_dtype", "convert", "convert_into", "load", "store"]
 
 _HALF = np.dtype(np.float16)
 _CL_NAMES = {np.dtype(np.float16): "half", np.dtype(np.float32): "float",
              np.dtype(np.float64): "double"}
-_PROBE_KEY = "fp16_probe"  # dev.cache entry: None when the probe passed, else the reason it failed
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -45,11 +45,11 @@ def check_precision(dev: Device, dtype: np.dtype) -> None:
     """
     if np.dtype(dtype) != _HALF:
         return
-    if _PROBE_KEY not in dev.cache:
+    if not isinstance(dev.fp16_reason, (str, type(None))):  # not probed yet
         with dev.lock:
-            if _PROBE_KEY not in dev.cache:
-                dev.cache[_PROBE_KEY] = _probe_fp16(dev)
-    reason = dev.cache[_PROBE_KEY]
+            if not isinstance(dev.fp16_reason, (str, type(None))):
+                dev.fp16_reason = _probe_fp16(dev)
+    reason = dev.fp16_reason
     if reason is not None:
         raise UnsupportedError(f"dtype float16: device {dev.name!r} ({dev.platform_name}) reports "
                                f"cl_khr_fp16 but {reason}; use float32")
@@ -80,12 +80,19 @@ def _probe_fp16(dev: Device) -> str | None:
 
 def convert(dev: Device, a: cla.Array, dtype: np.dtype) -> cla.Array:
     """A contiguous copy of the contiguous device array `a` in `dtype`, converted on the device."""
-    dtype = np.dtype(dtype)
-    out = cla.empty(dev.queue, a.shape, dtype)
+    out = empty(dev, a.shape, np.dtype(dtype))
+    convert_into(dev, a, out)
+    return out
+
+
+def convert_into(dev: Device, a: cla.Array, out: cla.Array) -> None:
+    """out[...] = a converted to out's dtype, on the device (both contiguous, of one size)."""
     if a.size == 0:
-        return out
+        return
+    dtype = out.dtype
     defines: dict[str, Any] = {"SRC": _CL_NAMES[a.dtype], "DST": _CL_NAMES[dtype],
-                               "INDEX_T": index_type(element_offset(a) + a.size)}
+                               "INDEX_T": index_type(element_offset(a) + a.size,
+                                                     element_offset(out) + out.size)}
     if a.dtype == _HALF:
         defines["SRC_HALF"] = None
     if dtype == _HALF:
@@ -94,9 +101,8 @@ def convert(dev: Device, a: cla.Array, dtype: np.dtype) -> cla.Array:
         defines["USE_FP64"] = 1
     with dev.lock:
         kernel(dev, "convert.cl", "convert", defines)(
-            dev.queue, (a.size,), None, a.base_data, np.int64(element_offset(a)), out.data,
-            np.int64(0))
-    return out
+            dev.queue, (a.size,), None, a.base_data, np.int64(element_offset(a)), out.base_data,
+            np.int64(element_offset(out)))
 
 
 def load(dev: Device, x: Any, name: str, dtype: np.dtype) -> cla.Array:

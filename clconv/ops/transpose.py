@@ -3,14 +3,16 @@
 A transposed convolution is the adjoint of a forward convolution: the forward one maps the
 transposed op's *output* grid to its *input* grid. Both are described by the forward convolution's
 `ConvGeometry` (`in_size` = the transposed output size, `out_size` = the transposed input size), so
-one routine, `enqueue_adjoint`, computes conv_transpose*d and conv*d_input:
+one configured routine, `Adjoint`, computes conv_transpose*d and conv*d_input:
 
     for each image and group g:
         cols_g (C_in/g * K, L) = W_g^T (C_in/g * K, C_out/g) @ y_g (C_out/g, L)
     col2im(cols) sums every column entry into the image position it came from (+ bias)
 
 with W_g the forward weight of group g as a (C_out/g, C_in/g * K) matrix. The weight layout of a
-transposed convolution, (C_in, C_out/groups, *k), is exactly that forward weight.
+transposed convolution, (C_in, C_out/groups, *k), is exactly that forward weight. The column
+buffer stays within the workspace limit: chunks of images, else ranges of one image's columns
+(col2im then adds each range's sums to the output).
 """
 
 from __future__ import annotations
@@ -23,67 +25,67 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..blas import clblast as gemm
-from ..runtime.transfer import (
-    ArrayLike,
-    check_fits,
-    deliver,
-    element_offset,
-    empty,
-    index_type,
-    is_device_array,
-    result_dtype,
-)
-from .conv import enqueue_bias, require_gemm
 from ..runtime.device import Device, current_device
-from ..runtime.errors import device_memory_errors, sizes_text
-from .unfold import enqueue_col2im
+from ..runtime.group import splits_batch
+from ..runtime.memory import column_buffer, empty, resolve_workspace_limit
+from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
 from .geometry import ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_groups
-from .precision import check_precision, compute_dtype, load, store
-from ..runtime.program import kernel, precision_defines
-from ..runtime.memory import column_buffer, default_workspace_limit
+from .launch import Col2im, Epilogue, PadAdjoint
+from .plan import Plan, cached_plan, shape_of
 
-__all__ = ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "enqueue_adjoint",
-           "enqueue_pad_adjoint", "transpose_geometry", "transpose_output_size"]
+__all__ = ["Adjoint", "TransposePlan", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+           "plan_conv_transpose", "plan_conv_transpose1d", "plan_conv_transpose2d",
+           "plan_conv_transpose3d", "transpose_geometry", "transpose_output_size"]
 
 
+@splits_batch("input", ndim=3)
 def conv_transpose1d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                      stride: IntOrTuple = 1, padding: IntOrTuple = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1) -> ArrayLike:
+                     dilation: IntOrTuple = 1, *,
+                     workspace_limit: int | None = None,
+                     out: ArrayLike | None = None) -> ArrayLike:
     """1-d transposed convolution: input (N, C_in, L) or (C_in, L), weight (C_in, C_out/groups, k)
     -> (N, C_out, L_out). Arguments as `conv_transpose2d`."""
-    return conv_transpose(1, input, weight, bias, stride, padding, output_padding, groups, dilation)
+    return _transpose(1, input, weight, bias, stride, padding, output_padding, groups, dilation,
+                      workspace_limit, out)
 
 
+@splits_batch("input", ndim=4)
 def conv_transpose2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                      stride: IntOrTuple = 1, padding: IntOrTuple = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1) -> ArrayLike:
+                     dilation: IntOrTuple = 1, *,
+                     workspace_limit: int | None = None,
+                     out: ArrayLike | None = None) -> ArrayLike:
     """2-d transposed convolution with torch.nn.functional.conv_transpose2d's semantics.
 
     input (N, C_in, H, W) or unbatched (C_in, H, W); weight (C_in, C_out/groups, kh, kw); bias
     (C_out,) or None. stride, dilation: int or pair (>= 1); padding: int or pair (>= 0), the zero
     padding of the forward convolution this is the adjoint of (it crops the output); output_padding:
     int or pair, extra size added on the trailing side, smaller than the stride or the dilation.
+    workspace_limit: bytes of column buffer (as conv2d's; the work is split to fit); out: an array
+    to write the result into (as conv2d's).
     Output size per dim: (in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1.
     numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device.
     Returns (N, C_out, H_out, W_out).
     """
-    return conv_transpose(2, input, weight, bias, stride, padding, output_padding, groups, dilation)
+    return _transpose(2, input, weight, bias, stride, padding, output_padding, groups, dilation,
+                      workspace_limit, out)
 
 
+@splits_batch("input", ndim=5)
 def conv_transpose3d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                      stride: IntOrTuple = 1, padding: IntOrTuple = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1) -> ArrayLike:
+                     dilation: IntOrTuple = 1, *,
+                     workspace_limit: int | None = None,
+                     out: ArrayLike | None = None) -> ArrayLike:
     """3-d transposed convolution: input (N, C_in, D, H, W) or unbatched, weight (C_in,
     C_out/groups, kd, kh, kw) -> (N, C_out, D_out, H_out, W_out). Arguments as
     `conv_transpose2d`."""
-    return conv_transpose(3, input, weight, bias, stride, padding, output_padding, groups, dilation)
-
-
-def _shape(x: Any) -> tuple[int, ...]:
-    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    return _transpose(3, input, weight, bias, stride, padding, output_padding, groups, dilation,
+                      workspace_limit, out)
 
 
 def transpose_output_size(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
@@ -138,91 +140,97 @@ def transpose_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequen
                         stride_t, dilation_t, padding_t, pad_hi, tuple(in_size))
 
 
-def conv_transpose(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None,
-                   stride: IntOrTuple, padding: IntOrTuple, output_padding: IntOrTuple,
-                   groups: int, dilation: IntOrTuple) -> ArrayLike:
-    """N-d transposed convolution (nd in 1, 2, 3); see conv_transpose2d."""
+def _transpose(nd: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+               output_padding: Any, groups: Any, dilation: Any, workspace_limit: Any,
+               out: Any) -> ArrayLike:
     dev = current_device()
     dtype = result_dtype(dev, input=input, weight=weight, bias=bias)
-    require_gemm(f"conv_transpose{nd}d")
-    x_shape = _shape(input)
-    unbatched = len(x_shape) == nd + 1
-    geo = transpose_geometry(nd, (1, *x_shape) if unbatched else x_shape, _shape(weight), stride,
-                             padding, output_padding, groups, dilation)
-    if bias is not None and _shape(bias) != (geo.in_channels,):
-        raise ValueError(f"bias must have shape ({geo.in_channels},) (one per output channel), got "
-                         f"{_shape(bias)}")
-    check_precision(dev, dtype)
-    work = compute_dtype(dtype)
-    # geo is the forward convolution: its output is this op's input and the other way round
-    shapes = {"input": geo.output_shape, "weight": geo.weight_shape, "output": geo.input_shape}
-    for what, shape in shapes.items():
-        check_fits(dev, what, shape, work)
-    with device_memory_errors(dev, lambda: sizes_text(f"conv_transpose{nd}d", work, **shapes)):
-        out = empty(dev, geo.input_shape, work)
-        if out.size:
-            y = load(dev, input, "input", dtype)
-            w = load(dev, weight, "weight", dtype)
-            b = None if bias is None else load(dev, bias, "bias", dtype)
-            enqueue_adjoint(dev, geo, y, w, b, out)
-        out = store(dev, out, dtype)
-        return deliver(out[0] if unbatched else out, not is_device_array(input))
+    x_shape, w_shape = shape_of(input), shape_of(weight)
+    b_shape = None if bias is None else shape_of(bias)
+    plan = cached_plan(dev, ("transpose", nd, x_shape, w_shape, b_shape, dtype, stride, padding,
+                             output_padding, groups, dilation, workspace_limit),
+                       lambda: TransposePlan(dev, nd, x_shape, w_shape, b_shape, stride, padding,
+                                             output_padding, groups, dilation, dtype,
+                                             workspace_limit))
+    return plan._execute({"input": input, "weight": weight, "bias": bias}, out, check=False)
 
 
-def enqueue_adjoint(dev: Device, geo: ConvGeometry, y: cla.Array, w: cla.Array,
-                    b: cla.Array | None, out: cla.Array) -> None:
-    """out (N, C_in, *in_size) = adjoint of the convolution `geo` applied to y (N, C_out,
-    *out_size), plus b (C_in,) per channel: GEMM with the transposed filters, then col2im; non-zero
-    padding modes fold the padded result back with `enqueue_pad_adjoint`. All operands contiguous,
-    of one dtype.
-    """
-    if out.size == 0:
-        return
-    if geo.padding_mode != "zeros":
-        # Adjoint of (pad, then convolve unpadded): the unpadded adjoint onto the padded grid,
-        # then folded back.
-        padded_geo = dataclasses.replace(geo, in_size=_padded_size(geo), pad_lo=(0,) * geo.nd,
-                                         pad_hi=(0,) * geo.nd, padding_mode="zeros")
-        padded = empty(dev, padded_geo.input_shape, out.dtype)
-        enqueue_adjoint(dev, padded_geo, y, w, None, padded)
-        with dev.lock:
-            enqueue_pad_adjoint(dev, geo, padded, out)
-            if b is not None:
-                enqueue_bias(dev, out, b, geo.batch, geo.in_channels, geo.in_spatial)
-        return
-    m = geo.cin_per_group * geo.ksize  # rows of one group's column block
-    k = geo.cout_per_group
-    l = geo.out_spatial
-    col_image = geo.column_rows * l
-    y_image, out_image = geo.out_channels * l, geo.in_channels * geo.in_spatial
-    y_off, w_off, out_off = element_offset(y), element_offset(w), element_offset(out)
-    # A 1x1, stride-1, unpadded kernel makes col2im the identity: the GEMM writes the output itself.
-    pointwise = geo.is_pointwise
-    chunk = geo.batch if pointwise else max(
-        1, min(geo.batch, default_workspace_limit(dev) // (col_image * out.dtype.itemsize)))
-    defines = geo.defines()
-    with dev.lock:
-        for n0 in range(0, geo.batch, chunk):
-            nb = min(chunk, geo.batch - n0)
-            if pointwise:
-                col, col_off = out, out_off + n0 * out_image
-            else:
-                col, col_off = column_buffer(dev, (nb * col_image,), out.dtype), 0
-            y0 = y_off + n0 * y_image
-            if geo.groups <= nb:
-                # One batched GEMM per group; the filters are shared by the batch (A stride 0).
-                for g in range(geo.groups):
-                    gemm.gemm(dev, m, l, k, w, w_off + g * k * m, 0, y, y0 + g * k * l, y_image,
-                              col, col_off + g * m * l, col_image, nb, a_transposed=True)
-            else:
-                # More groups than images: one batched GEMM per image, over the groups.
-                for i in range(nb):
-                    gemm.gemm(dev, m, l, k, w, w_off, k * m, y, y0 + i * y_image, k * l,
-                              col, col_off + i * col_image, m * l, geo.groups, a_transposed=True)
-            if not pointwise:
-                enqueue_col2im(dev, defines, nb, col, col_off, out, out_off + n0 * out_image)
-        if b is not None:
-            enqueue_bias(dev, out, b, geo.batch, geo.in_channels, geo.in_spatial)
+def plan_conv_transpose(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int],
+                        bias: bool = True, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+                        output_padding: IntOrTuple = 0, groups: int = 1,
+                        dilation: IntOrTuple = 1, *, workspace_limit: int | None = None,
+                        dtype: Any = np.float32) -> TransposePlan:
+    """A plan for an nd-d transposed convolution on the current device; see `plan_conv_transpose2d`."""
+    x_shape, w_shape = tuple(int(v) for v in input_shape), tuple(int(v) for v in weight_shape)
+    b_shape = (w_shape[1] * groups,) if bias and len(w_shape) > 1 and isinstance(groups, int) \
+        else None
+    return TransposePlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding,
+                         output_padding, groups, dilation, np.dtype(dtype), workspace_limit)
+
+
+def plan_conv_transpose1d(input_shape: Sequence[int], weight_shape: Sequence[int],
+                          bias: bool = True, *args: Any, **kwargs: Any) -> TransposePlan:
+    """A plan for `conv_transpose1d`; see `plan_conv_transpose2d`."""
+    return plan_conv_transpose(1, input_shape, weight_shape, bias, *args, **kwargs)
+
+
+def plan_conv_transpose2d(input_shape: Sequence[int], weight_shape: Sequence[int],
+                          bias: bool = True, *args: Any, **kwargs: Any) -> TransposePlan:
+    """A plan for `conv_transpose2d` on the current device, made once; `plan(x, weight, bias=None,
+    out=None)` then only enqueues. input_shape (N, C_in, H, W) or unbatched, weight_shape (C_in,
+    C_out/groups, kh, kw); bias: whether calls pass one (a plan with one also runs with None);
+    then stride, padding, output_padding, groups, dilation as `conv_transpose2d`, and keywords
+    workspace_limit (bytes of column buffer; the work is split to fit) and dtype."""
+    return plan_conv_transpose(2, input_shape, weight_shape, bias, *args, **kwargs)
+
+
+def plan_conv_transpose3d(input_shape: Sequence[int], weight_shape: Sequence[int],
+                          bias: bool = True, *args: Any, **kwargs: Any) -> TransposePlan:
+    """A plan for `conv_transpose3d`; see `plan_conv_transpose2d`."""
+    return plan_conv_transpose(3, input_shape, weight_shape, bias, *args, **kwargs)
+
+
+class TransposePlan(Plan):
+    """A transposed convolution, planned (see clconv.ops.plan). `geometry` is the forward
+    convolution it is the adjoint of."""
+
+    def __init__(self, dev: Device, nd: int, input_shape: tuple[int, ...],
+                 weight_shape: tuple[int, ...], bias_shape: tuple[int, ...] | None,
+                 stride: IntOrTuple, padding: IntOrTuple, output_padding: IntOrTuple,
+                 groups: int, dilation: IntOrTuple, dtype: np.dtype,
+                 workspace_limit: int | None = None) -> None:
+        gemm.require(f"conv_transpose{nd}d")
+        limit = resolve_workspace_limit(dev, workspace_limit)
+        unbatched = len(input_shape) == nd + 1
+        batch_shape = (1, *input_shape) if unbatched else tuple(input_shape)
+        geo = transpose_geometry(nd, batch_shape, weight_shape, stride, padding, output_padding,
+                                 groups, dilation)
+        if bias_shape is not None and tuple(bias_shape) != (geo.in_channels,):
+            raise ValueError(f"bias must have shape ({geo.in_channels},) (one per output channel), "
+                             f"got {tuple(bias_shape)}")
+        out_shape = geo.input_shape[1:] if unbatched else geo.input_shape
+        # geo is the forward convolution: its output is this op's input and the other way round
+        self._prepare(dev, dtype, {"input": tuple(input_shape), "weight": tuple(weight_shape),
+                                   "bias": None if bias_shape is None else tuple(bias_shape)},
+                      out_shape, geo.input_shape,
+                      {"input": geo.output_shape, "weight": geo.weight_shape,
+                       "output": geo.input_shape})
+        self.geometry = geo
+        self.has_bias = bias_shape is not None
+        self.adjoint = Adjoint(dev, geo, self.work, self.has_bias, limit)
+        self.workspace_bytes = self.adjoint.workspace_bytes
+        self.label = f"conv_transpose{nd}d"
+        self.needs_gemm = True
+
+    def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+                 out: ArrayLike | None = None) -> ArrayLike:
+        if bias is None and self.has_bias:
+            from .conv import _zeros
+            bias = _zeros(self.device, self.geometry.in_channels, self.dtype, weight)
+        return self._execute({"input": input, "weight": weight, "bias": bias}, out)
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        self.adjoint.run(arrays["input"], arrays["weight"], arrays["bias"], out)
 
 
 def _padded_size(geo: ConvGeometry) -> tuple[int, ...]:
@@ -230,18 +238,100 @@ def _padded_size(geo: ConvGeometry) -> tuple[int, ...]:
     return tuple(i + lo + hi for i, lo, hi in zip(geo.in_size, geo.pad_lo, geo.pad_hi))
 
 
-def enqueue_pad_adjoint(dev: Device, geo: ConvGeometry, padded: cla.Array, out: cla.Array) -> None:
-    """out (N, C_in, *in_size) = the sum of padded (N, C_in, *(in + pad_lo + pad_hi)) onto the
-    elements that `geo.padding_mode` reads each padded position from (cl/pad_adjoint.cl). Call
-    holding dev.lock.
-    """
-    lift = 3 - geo.nd
-    padded_size = (1,) * lift + _padded_size(geo)
-    defines = geo.defines()
-    defines.update(precision_defines(out.dtype), QD=padded_size[0], QH=padded_size[1],
-                   QW=padded_size[2], INDEX_T=index_type(element_offset(padded) + padded.size,
-                                                         element_offset(out) + out.size))
-    depth, height, width = (1,) * lift + geo.in_size
-    kernel(dev, "pad_adjoint.cl", "pad_adjoint", defines)(
-        dev.queue, (width, height, geo.batch * geo.in_channels * depth), None, padded.base_data,
-        np.int64(element_offset(padded)), out.base_data, np.int64(element_offset(out)))
+class Adjoint:
+    """out (N, C_in, *in_size) = adjoint of the convolution `geo` applied to y (N, C_out,
+    *out_size), plus b (C_in,) per channel: GEMM with the transposed filters, then col2im; non-zero
+    padding modes fold the padded result back (cl/pad_adjoint.cl). Configured once; `run` enqueues
+    on contiguous device arrays of one dtype. MemoryError when not even one column fits `limit`."""
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
+                 limit: int) -> None:
+        self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        itemsize = self.dtype.itemsize
+        self.padded: Adjoint | None = None
+        self.pad_adjoint: PadAdjoint | None = None
+        if geo.padding_mode != "zeros":
+            # Adjoint of (pad, then convolve unpadded): the unpadded adjoint onto the padded grid,
+            # then folded back.
+            padded_geo = dataclasses.replace(geo, in_size=_padded_size(geo), pad_lo=(0,) * geo.nd,
+                                             pad_hi=(0,) * geo.nd, padding_mode="zeros")
+            self.padded = Adjoint(dev, padded_geo, dtype, False, limit)
+            self.padded_shape = padded_geo.input_shape
+            self.workspace_bytes = self.padded.workspace_bytes
+            index_t = index_type(geo.batch * geo.in_channels * padded_geo.in_spatial,
+                                 geo.batch * geo.in_channels * geo.in_spatial)
+            self.pad_adjoint = PadAdjoint(dev, geo, dtype, index_t)
+        else:
+            self.pointwise = geo.is_pointwise  # col2im is the identity: the GEMM writes the output
+            col_image = geo.column_rows * geo.out_spatial
+            if self.pointwise:
+                self.batch_chunk, self.col_chunk = geo.batch, geo.out_spatial
+            elif col_image * itemsize <= limit:
+                self.batch_chunk = max(1, min(geo.batch, limit // (col_image * itemsize)))
+                self.col_chunk = geo.out_spatial
+            else:
+                column = geo.column_rows * itemsize
+                if column > limit:
+                    raise MemoryError(f"workspace_limit={limit} bytes cannot hold even one column of "
+                                      f"the im2col matrix ({geo.column_rows} values = {column} "
+                                      f"bytes) of this adjoint (input {geo.output_shape})")
+                self.batch_chunk, self.col_chunk = 1, limit // column
+            self.workspace_bytes = (0 if self.pointwise else
+                                    self.batch_chunk * geo.column_rows * self.col_chunk * itemsize)
+            index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
+                                 geo.batch * geo.out_channels * geo.out_spatial,
+                                 self.workspace_bytes // itemsize,
+                                 geo.out_channels * geo.cin_per_group * geo.ksize)
+            self.col2im = None if self.pointwise else Col2im(dev, geo.defines(), dtype, index_t)
+        self.epilogue = (Epilogue(dev, dtype, index_type(geo.batch * geo.in_channels *
+                                                         geo.in_spatial), True, None)
+                         if has_bias else None)
+
+    def run(self, y: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array) -> None:
+        geo, dev = self.geo, self.dev
+        if out.size == 0:
+            return
+        if self.padded is not None:
+            padded = empty(dev, self.padded_shape, out.dtype)
+            self.padded.run(y, w, None, padded)
+            with dev.lock:
+                self.pad_adjoint(geo.batch, padded, element_offset(padded), out,
+                                 element_offset(out))
+                if self.epilogue is not None:
+                    self.epilogue(out, element_offset(out), b, geo.batch, geo.in_channels,
+                                  geo.in_spatial)
+            return
+        m = geo.cin_per_group * geo.ksize  # rows of one group's column block
+        k = geo.cout_per_group
+        l = geo.out_spatial
+        y_image, out_image = geo.out_channels * l, geo.in_channels * geo.in_spatial
+        y_off, w_off, out_off = element_offset(y), element_offset(w), element_offset(out)
+        with dev.lock:
+            for n0 in range(0, geo.batch, self.batch_chunk):
+                nb = min(self.batch_chunk, geo.batch - n0)
+                y0 = y_off + n0 * y_image
+                for l0 in range(0, l, self.col_chunk):
+                    lc = min(self.col_chunk, l - l0)
+                    col_image = geo.column_rows * lc
+                    if self.pointwise:
+                        col, col_off = out, out_off + n0 * out_image
+                    else:
+                        col, col_off = column_buffer(dev, (nb * col_image,), out.dtype), 0
+                    if geo.groups <= nb:
+                        # One batched GEMM per group; the filters are shared by the batch.
+                        for g in range(geo.groups):
+                            gemm.gemm(dev, m, lc, k, w, w_off + g * k * m, 0,
+                                      y, y0 + g * k * l + l0, y_image,
+                                      col, col_off + g * m * lc, col_image, nb,
+                                      a_transposed=True, ldb=l)
+                    else:
+                        # More groups than images: one batched GEMM per image, over the groups.
+                        for i in range(nb):
+                            gemm.gemm(dev, m, lc, k, w, w_off, k * m, y, y0 + i * y_image + l0,
+                                      k * l, col, col_off + i * col_image, m * lc, geo.groups,
+                                      a_transposed=True, ldb=l)
+                    if not self.pointwise:
+                        self.col2im(nb, col, col_off, out, out_off + n0 * out_image, l0, lc,
+                                    accumulate=l0 > 0)
+            if self.epilogue is not None:
+                self.epilogue(out, out_off, b, geo.batch, geo.in_channels, geo.in_spatial)

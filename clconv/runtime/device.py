@@ -18,7 +18,8 @@ import pyopencl as cl
 
 from .errors import DeviceNotFoundError
 
-__all__ = ["Device", "devices", "device", "current_device", "default_device_reason"]
+__all__ = ["Device", "devices", "device", "current_device", "current_target",
+           "default_device_reason"]
 
 ENV_VAR = "CLCONV_DEVICE"
 _KINDS = ((cl.device_type.GPU, "gpu"), (cl.device_type.ACCELERATOR, "accelerator"),
@@ -38,30 +39,51 @@ class Device:
     """
 
     def __init__(self, cl_device: cl.Device, index: int, platform_index: int,
-                 device_index: int) -> None:
+                 device_index: int, *, context: cl.Context | None = None,
+                 queue: cl.CommandQueue | None = None) -> None:
         self.cl_device = cl_device
         self.index = index
         self.platform_index = platform_index
         self.device_index = device_index
-        self.name: str = cl_device.name.strip()
-        self.platform_name: str = cl_device.platform.name.strip()
+        # Each driver query is guarded: one odd answer must not make `devices()` fail for every
+        # device (the attribute then has a neutral value and the query's error is kept).
+        self.query_errors: dict[str, str] = {}
+        platform = _query(self, "platform", lambda: cl_device.platform, None)
+        self.name: str = _query(self, "name", lambda: cl_device.name.strip(), "unknown device")
+        self.platform_name: str = _query(self, "platform_name", lambda: platform.name.strip(),
+                                         "unknown platform")
         # What a name spec is matched against: PoCL's platform is "Portable Computing Language" and
         # only its vendor/version say "pocl".
-        platform = cl_device.platform
-        self._match_text = (f"{self.name} {self.platform_name} {platform.vendor} "
-                            f"{platform.version}").lower()
-        self.vendor: str = cl_device.vendor.strip()
-        self.kind: str = next((k for t, k in _KINDS if cl_device.type & t), "cpu")
-        extensions = cl_device.extensions.split()
+        self._match_text = (f"{self.name} {self.platform_name} "
+                            f"{_query(self, 'platform_vendor', lambda: platform.vendor, '')} "
+                            f"{_query(self, 'platform_version', lambda: platform.version, '')}"
+                            ).lower()
+        self.vendor: str = _query(self, "vendor", lambda: cl_device.vendor.strip(), "")
+        self.kind: str = _query(self, "kind", lambda: next(
+            (k for t, k in _KINDS if cl_device.type & t), "cpu"), "cpu")
+        extensions = _query(self, "extensions", lambda: cl_device.extensions.split(), [])
         self.fp16: bool = "cl_khr_fp16" in extensions
-        self.fp64: bool = "cl_khr_fp64" in extensions or bool(cl_device.double_fp_config)
-        self.global_mem_bytes: int = int(cl_device.global_mem_size)
-        self.max_alloc_bytes: int = int(cl_device.max_mem_alloc_size)
-        self.opencl_version: str = cl_device.version.strip()
-        self.driver_version: str = cl_device.driver_version.strip()
+        self.fp64: bool = "cl_khr_fp64" in extensions or bool(
+            _query(self, "double_fp_config", lambda: cl_device.double_fp_config, 0))
+        self.global_mem_bytes: int = _query(self, "global_mem_size",
+                                            lambda: int(cl_device.global_mem_size), 0)
+        self.max_alloc_bytes: int = _query(self, "max_mem_alloc_size",
+                                           lambda: int(cl_device.max_mem_alloc_size),
+                                           self.global_mem_bytes // 4)
+        self.opencl_version: str = _query(self, "version", lambda: cl_device.version.strip(), "")
+        self.driver_version: str = _query(self, "driver_version",
+                                          lambda: cl_device.driver_version.strip(), "")
         # Serialises set-args + enqueue sequences that share kernels and the workspace.
         self.lock = threading.RLock()
-        self.cache: dict[Any, Any] = {}  # per-device memo: programs, kernels, workspace, GEMM state
+        # Per-device state, each slot owned by one module (made there, lazily, under `lock`):
+        self.programs: Any = None    # runtime.program.ProgramCache: built programs and kernels
+        self.workspace: Any = None   # runtime.memory.ColumnBuffer: the column buffer
+        self.pool: Any = None        # runtime.memory: pyopencl MemoryPool for outputs/temporaries
+        self.plans: Any = None       # ops.plan.PlanCache: the functional API's plans (bounded LRU)
+        self.choices: Any = None     # ops.autotune: algorithm='auto''s choices
+        self.fp16_reason: Any = _UNSET  # ops.precision: None when the float16 probe passed
+        self.blas_tuning: Any = None  # blas.clblast: what applying CLBlast's tuning did
+        self.constants: dict[Any, Any] = {}  # ops: small constant device vectors (ones)
         self._probe_lock = threading.Lock()
         self._unusable_reason: str | None = None
         self._probed = False
@@ -69,8 +91,10 @@ class Device:
         # Guards the one-time creation of the context and queue: two threads must never each make one
         # (functools.cached_property does not lock since Python 3.12).
         self._init_lock = threading.Lock()
-        self._context: cl.Context | None = None
-        self._queue: cl.CommandQueue | None = None
+        self._context: cl.Context | None = context
+        self._queue: cl.CommandQueue | None = queue
+        #: True for a Device made around the user's own queue or context (`device(queue)`).
+        self.wraps_user_queue = queue is not None or context is not None
 
     @property
     def context(self) -> cl.Context:
@@ -115,6 +139,18 @@ class Device:
         # The stack lives in the caller's context (thread or asyncio task), not on the Device, so the
         # same Device can be entered in many threads at once.
         _STACK.set(_STACK.get()[:-1])
+
+
+_UNSET = object()
+
+
+def _query(dev: Device, what: str, ask: Any, fallback: Any) -> Any:
+    """`ask()`, or `fallback` when the driver's answer fails (recorded in dev.query_errors)."""
+    try:
+        return ask()
+    except Exception as err:  # noqa: BLE001 (cl.Error, a decode error, a missing attribute)
+        dev.query_errors[what] = f"{type(err).__name__}: {err}"
+        return fallback
 
 
 def _probe(dev: Device) -> str | None:
@@ -212,8 +248,24 @@ def _select(spec: str) -> Device:
     raise DeviceNotFoundError(f"device spec {spec!r} {why}; {_describe(devs)}")
 
 
+# (CLCONV_DEVICE, the device list it was chosen from, device, reason)
+_DEFAULT: tuple[str | None, Any, Device, str] | None = None
+
+
 def _default() -> tuple[Device, str]:
+    """The default device and why; chosen once per value of CLCONV_DEVICE (calls outside a `with`
+    block only read the variable and compare)."""
+    global _DEFAULT
     env = os.environ.get(ENV_VAR)
+    memo = _DEFAULT
+    if memo is not None and memo[0] == env and memo[1] is _DEVICES:
+        return memo[2], memo[3]
+    dev, reason = _choose_default(env)
+    _DEFAULT = (env, _DEVICES, dev, reason)
+    return dev, reason
+
+
+def _choose_default(env: str | None) -> tuple[Device, str]:
     if env is not None and env.strip():
         try:
             return _select(env), f"{ENV_VAR}={env!r}"
@@ -225,18 +277,18 @@ def _default() -> tuple[Device, str]:
     if not devs:
         raise DeviceNotFoundError(_INSTALL_HINT)
     for kind in ("gpu", "cpu", "accelerator"):
-        for d in devs:
+        for d in sorted(devs, key=lambda d: "rusticl" in d._match_text):  # Mesa's rusticl last
             if d.kind == kind and _usable_or_warn(d):
                 return d, f"first usable {kind.upper()} ({ENV_VAR} not set)"
     raise DeviceNotFoundError(f"no usable OpenCL device; {_describe(devs)}")
 
 
-# The devices of the enclosing `with` blocks, innermost last.
-_STACK: contextvars.ContextVar[tuple[Device, ...]] = contextvars.ContextVar("clconv_devices",
-                                                                           default=())
+# The devices (and device groups, clconv.runtime.group) of the enclosing `with` blocks, innermost last.
+_STACK: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("clconv_devices",
+                                                                        default=())
 
 
-def device(spec: str | int | Device | None = None) -> Device:
+def device(spec: Any = None) -> Any:
     """Selects a device; use as `with clconv.device("cpu") as dev:` to make it current in a block.
 
     spec: None (env CLCONV_DEVICE, else the first usable GPU, else the first usable CPU), 'cpu',
@@ -244,18 +296,68 @@ def device(spec: str | int | Device | None = None) -> Device:
     PYOPENCL_CTX), or a case-insensitive substring of the device name or of the platform's name,
     vendor or version ('pocl', 'nvidia').
     Raises DeviceNotFoundError (listing the devices) when nothing usable matches.
+    'all' or a list of specs returns a `clconv.runtime.group.DeviceGroup` of those devices, which
+    splits each op's batch across them (see that module).
     """
     if isinstance(spec, Device):
         return spec
+    if (isinstance(spec, str) and spec.strip().lower() == "all") or isinstance(spec, (list, tuple)):
+        from .group import group_of  # group.py imports this module
+        return group_of(spec)
     if spec is None:
         return _default()[0]
+    if isinstance(spec, (cl.CommandQueue, cl.Context)):
+        return _wrap(spec)
     if isinstance(spec, bool) or not isinstance(spec, (str, int)):
-        raise TypeError(f"device spec must be a str, int, Device or None, got {type(spec).__name__}")
+        raise TypeError(f"device spec must be a str, int, Device, pyopencl CommandQueue or Context, "
+                        f"or None, got {type(spec).__name__}")
     return _select(str(spec))
 
 
+_WRAPPED: dict[int, Device] = {}  # int_ptr of a user's queue or context -> its Device
+
+
+def _wrap(handle: cl.CommandQueue | cl.Context) -> Device:
+    """The Device around a user's own pyopencl queue (results come back on it) or context (clconv
+    makes one in-order queue on it), the same object for the same handle."""
+    with _DEVICES_LOCK:
+        found = _WRAPPED.get(handle.int_ptr)
+        if found is not None:
+            return found
+        if isinstance(handle, cl.CommandQueue):
+            context, queue = handle.context, handle
+            cl_device = handle.device
+            if queue.properties & cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE:
+                raise ValueError("clconv needs an in-order command queue (its kernels depend on "
+                                 "each other through the queue's order); pass a queue made "
+                                 "without OUT_OF_ORDER_EXEC_MODE_ENABLE")
+        else:
+            context, queue = handle, None
+            if len(handle.devices) != 1:
+                raise ValueError(f"a pyopencl Context passed to clconv.device must hold exactly one "
+                                 f"device, this one holds {len(handle.devices)}; pass a "
+                                 f"CommandQueue to say which")
+            cl_device = handle.devices[0]
+        known = next((d for d in devices() if d.cl_device == cl_device), None)
+        index, p_index, d_index = ((known.index, known.platform_index, known.device_index)
+                                   if known else (-1, -1, -1))
+        wrapped = Device(cl_device, index, p_index, d_index, context=context, queue=queue)
+        _WRAPPED[handle.int_ptr] = wrapped
+        return wrapped
+
+
 def current_device() -> Device:
-    """The device of the innermost active `with clconv.device(...)` block, else the default one."""
+    """The device of the innermost active `with clconv.device(...)` block, else the default one.
+    Under a device group: the group's first device (always a single Device)."""
+    stack = _STACK.get()
+    if not stack:
+        return _default()[0]
+    top = stack[-1]
+    return top if isinstance(top, Device) else top.primary
+
+
+def current_target() -> Any:
+    """The innermost active Device or DeviceGroup (the ops' split hook asks), else the default."""
     stack = _STACK.get()
     return stack[-1] if stack else _default()[0]
 

@@ -1,4 +1,5 @@
-"""The column buffer: one grow-only device scratch buffer per device, reused across calls.
+"""Device memory: the column buffer (one grow-only scratch buffer per device, reused across calls)
+and a per-device memory pool for outputs and temporaries.
 
 Every user of it holds `dev.lock` from writing it to enqueueing the last command that reads it; the
 device queue is in-order, so the next user's writes run only after those reads. Growing replaces the
@@ -7,13 +8,17 @@ buffer; OpenCL keeps the old one alive until the commands already queued on it h
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cla
+import pyopencl.tools as cl_tools
 
 from .device import Device
 
-__all__ = ["ColumnBuffer", "column_buffer", "default_workspace_limit", "release_column_buffer"]
+__all__ = ["ColumnBuffer", "column_buffer", "default_workspace_limit", "empty", "pool",
+           "release_column_buffer", "release_pool", "resolve_workspace_limit"]
 
 
 def default_workspace_limit(dev: Device) -> int:
@@ -21,6 +26,18 @@ def default_workspace_limit(dev: Device) -> int:
     eighth of the device's memory, so that the input, weights and output fit beside it."""
     share = min(dev.max_alloc_bytes // 4, dev.global_mem_bytes // 8)
     return max(share, min(1 << 20, dev.max_alloc_bytes))
+
+
+def resolve_workspace_limit(dev: Device, workspace_limit: int | None) -> int:
+    """The workspace bound in bytes: the default, or the caller's limit capped at the device's
+    largest single allocation (the workspace is one buffer; a bigger one the driver refuses)."""
+    if workspace_limit is None:
+        return default_workspace_limit(dev)
+    if isinstance(workspace_limit, bool) or not isinstance(workspace_limit, numbers.Integral):
+        raise TypeError(f"workspace_limit must be an int number of bytes, got {workspace_limit!r}")
+    if workspace_limit < 1:
+        raise ValueError(f"workspace_limit must be positive, got {workspace_limit}")
+    return min(int(workspace_limit), dev.max_alloc_bytes)
 
 
 class ColumnBuffer:
@@ -47,22 +64,71 @@ class ColumnBuffer:
         self.nbytes = 0
 
 
+class BufferView(cla.Array):
+    """A 2-D (size x 1) pyopencl Array over a raw buffer at offset 0, made without pyopencl's checks
+    (about 100x cheaper than `cla.Array(...)` or `reshape`): for clconv's internal operands, which
+    the kernels and CLBlast only read `base_data`, `dtype`, `shape` and `offset` of. Not for users'
+    hands (it has no queue and supports no Array arithmetic)."""
+
+    __slots__ = ()
+
+    def __init__(self, buffer: cl.MemoryObjectHolder, dtype: np.dtype, size: int) -> None:
+        self.base_data = buffer
+        self.dtype = np.dtype(dtype)
+        self.shape = (size, 1)
+        self.size = size
+        self.offset = 0
+
+
 def column_buffer(dev: Device, shape: tuple[int, ...], dtype: np.dtype) -> cla.Array:
-    """A device array view of `shape` on the device's column buffer (call holding dev.lock)."""
-    holder = dev.cache.get("column_buffer")
+    """A view of `prod(shape)` elements of `dtype` on the device's column buffer (call holding
+    dev.lock); offsets into it are passed to the kernels explicitly."""
+    holder = dev.workspace
     if holder is None:
-        holder = dev.cache["column_buffer"] = ColumnBuffer()
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    return cla.Array(dev.queue, shape, dtype, data=holder.get(dev, nbytes))
+        holder = dev.workspace = ColumnBuffer()
+    size = 1
+    for d in shape:
+        size *= int(d)
+    dtype = np.dtype(dtype)
+    return BufferView(holder.get(dev, size * dtype.itemsize), dtype, size)
 
 
 def release_column_buffer(dev: Device) -> int:
     """Frees the device's cached column buffer (the next call that needs one allocates it again);
     returns the bytes it held. For long-running processes after a one-off large call."""
     with dev.lock:
-        holder = dev.cache.get("column_buffer")
+        holder = dev.workspace
         if holder is None:
             return 0
         nbytes = holder.nbytes
         holder.release()
         return nbytes
+
+
+def pool(dev: Device) -> cl_tools.MemoryPool:
+    """The device's memory pool (pyopencl's): outputs and temporaries come from it, so that a call
+    that follows another of the same sizes allocates nothing. A buffer returns to the pool when its
+    array is dropped; the queue is in-order, so a later user of that memory runs after the earlier
+    commands that read or wrote it."""
+    found = dev.pool
+    if found is None:
+        with dev.lock:
+            if dev.pool is None:
+                dev.pool = cl_tools.MemoryPool(cl_tools.ImmediateAllocator(dev.queue))
+            found = dev.pool
+    return found
+
+
+def empty(dev: Device, shape: tuple[int, ...], dtype: np.dtype) -> cla.Array:
+    """An uninitialised C-contiguous device array on dev.queue, from the device's memory pool."""
+    return cla.empty(dev.queue, shape, dtype, allocator=pool(dev))
+
+
+def release_pool(dev: Device) -> int:
+    """Gives the pool's unused buffers back to the driver; returns how many were held."""
+    with dev.lock:
+        if dev.pool is None:
+            return 0
+        held = dev.pool.held_blocks
+        dev.pool.free_held()
+        return held

@@ -6,7 +6,9 @@ other drivers keep their own on-disk binary caches, so later processes build fas
 
 from __future__ import annotations
 
+import os
 import re
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
@@ -17,7 +19,7 @@ import pyopencl as cl
 from .device import Device
 from .errors import KernelBuildError
 
-__all__ = ["kernel_dir", "kernel", "precision_defines"]
+__all__ = ["ProgramCache", "kernel", "kernel_dir", "options", "precision_defines", "programs"]
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 
@@ -68,49 +70,178 @@ def precision_defines(dtype: np.dtype) -> dict[str, object]:
     return defines
 
 
-def _options(defines: Mapping[str, object]) -> tuple[str, ...]:
+def options(defines: Mapping[str, object]) -> tuple[str, ...]:
+    """The build options for `defines` ({name: value or None}), in a canonical order."""
     return tuple(f"-D{k}" if v is None else f"-D{k}={v}" for k, v in sorted(defines.items()))
+
+
+class ProgramCache:
+    """A device's built programs and their kernels, least recently used first out.
+
+    Bounded (`MAX_PROGRAMS`): a long-running process that meets many shapes keeps the most recent
+    builds; an evicted program is rebuilt on its next use (fast: the driver's disk cache has it).
+    A compile error is remembered too, so that retrying the same request fails at once.
+    `builds` counts the programs built (what a test counts to show that a call built nothing).
+    """
+
+    MAX_PROGRAMS = 256
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[tuple[str, tuple[str, ...]], cl.Program | KernelBuildError] = \
+            OrderedDict()
+        self.kernels: dict[tuple[str, tuple[str, ...], str], cl.Kernel] = {}
+        self.logs: OrderedDict[tuple[str, tuple[str, ...]], str] = OrderedDict()
+        self.builds = 0
+
+    def evict(self) -> None:
+        while len(self.entries) > self.MAX_PROGRAMS:
+            (source, opts), _ = self.entries.popitem(last=False)
+            self.logs.pop((source, opts), None)
+            for key in [k for k in self.kernels if k[0] == source and k[1] == opts]:
+                del self.kernels[key]
+        while len(self.logs) > self.MAX_PROGRAMS:
+            self.logs.popitem(last=False)
+
+
+def programs(dev: Device) -> ProgramCache:
+    """The device's ProgramCache (made on first use)."""
+    cache = dev.programs
+    if cache is None:
+        with dev.lock:
+            if dev.programs is None:
+                dev.programs = ProgramCache()
+            cache = dev.programs
+    return cache
 
 
 def kernel(dev: Device, source: str, name: str, defines: Mapping[str, object]) -> cl.Kernel:
     """The kernel `name` of cl/`source` built for `dev` with `defines`, from the cache if built.
 
     The returned kernel object is shared: set its arguments and enqueue it while holding `dev.lock`.
+    Plans call this once, when they are made, and keep the kernel.
     """
-    options = _options(defines)
-    key = ("kernel", source, name, options)
-    cached = dev.cache.get(key)
-    if cached is not None:
-        return cached
+    opts = options(defines)
+    cache = programs(dev)
+    found = cache.kernels.get((source, opts, name))
+    if found is not None:
+        return found
     with dev.lock:
-        cached = dev.cache.get(key)
-        if cached is None:
-            cached = cl.Kernel(_program(dev, source, options), name)
-            dev.cache[key] = cached
-    return cached
+        found = cache.kernels.get((source, opts, name))
+        if found is None:
+            found = cl.Kernel(_program(dev, cache, source, opts), name)
+            cache.kernels[(source, opts, name)] = found
+    return found
 
 
-def _program(dev: Device, source: str, options: tuple[str, ...]) -> cl.Program:
-    """The built program (call holding dev.lock). A compile error is remembered, so that a caller
-    retrying the same request gets the same KernelBuildError at once instead of a new build."""
-    key = ("program", source, options)
-    prg = dev.cache.get(key)
+def _program(dev: Device, cache: ProgramCache, source: str, opts: tuple[str, ...]) -> cl.Program:
+    """The built program (call holding dev.lock)."""
+    key = (source, opts)
+    prg = cache.entries.get(key)
     if isinstance(prg, KernelBuildError):
         raise KernelBuildError(prg.args[0].split("\n", 1)[0], source=prg.source,
                                options=prg.options, log=prg.log)
-    if prg is None:
-        prg = cl.Program(dev.context, _source(source))
+    if prg is not None:
+        cache.entries.move_to_end(key)
+        return prg
+    prg = cl.Program(dev.context, _source(source))
+    try:
+        cache.builds += 1
+        _build(prg, dev, source, opts)
+    except cl.Error as err:
         try:
-            prg.build(options=list(options), devices=[dev.cl_device])
-        except cl.Error as err:
-            try:
-                log = prg.get_build_info(dev.cl_device, cl.program_build_info.LOG)
-            except cl.Error:
-                log = str(err)
-            error = KernelBuildError(f"building {source} failed on {dev.name!r}",
-                                     source=str(kernel_dir() / source), options=options, log=log)
-            if getattr(err, "code", None) == cl.status_code.BUILD_PROGRAM_FAILURE:
-                dev.cache[key] = error  # deterministic: the same text and options fail again
-            raise error from err
-        dev.cache[key] = prg
+            log = prg.get_build_info(dev.cl_device, cl.program_build_info.LOG) or ""
+        except cl.Error:
+            log = ""
+        # pyopencl's cached-build path can raise with an empty driver log: the error text then
+        # carries the compiler's messages.
+        log = "\n".join(t for t in (log, cache.logs.pop(key, ""), str(err)) if t.strip())
+        error = KernelBuildError(f"building {source} failed on {dev.name!r}",
+                                 source=str(kernel_dir() / source), options=opts, log=log)
+        if getattr(err, "code", None) == cl.status_code.BUILD_PROGRAM_FAILURE:
+            cache.entries[key] = error  # deterministic: the same text and options fail again
+            cache.evict()
+        raise error from err
+    cache.entries[key] = prg
+    cache.evict()
     return prg
+
+
+_GENERATED = re.compile(r"^\d+ (warning|error)s? generated\.\s*$", re.M)
+
+
+class QuietBuild:
+    """`with QuietBuild(prg, dev, source, options): prg.build(...)` keeps compiler output off the
+    user's terminal (use holding dev.lock).
+
+    pyopencl turns a non-empty build log into a CompilerWarning and PoCL's clang writes "1 warning
+    generated." to file descriptor 2 itself; both are held back. `output` keeps what reached fd 2
+    (for KernelBuildError.log); any other text there (another thread's) is written back.
+    CLCONV_VERBOSE=1 prints each build's time and the driver's log to stderr.
+    """
+
+    def __init__(self, prg: cl.Program, dev: Device, source: str,
+                 options: tuple[str, ...]) -> None:
+        self.prg, self.dev, self.source, self.options = prg, dev, source, options
+        self.output = ""
+
+    def __enter__(self) -> QuietBuild:
+        import sys
+        import tempfile
+        import time
+        import warnings
+
+        self._t0 = time.perf_counter()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore", cl.CompilerWarning)
+        sys.stderr.flush()
+        self._captured = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._captured.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import sys
+        import time
+
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._warnings.__exit__(*exc)
+        self._captured.seek(0)
+        self.output = self._captured.read().decode("utf-8", "replace")
+        self._captured.close()
+        verbose = os.environ.get("CLCONV_VERBOSE") == "1"
+        shown = self.output if verbose else _GENERATED.sub("", self.output)
+        if shown.strip():
+            sys.stderr.write(shown.rstrip() + "\n")
+        if verbose:
+            try:
+                log = self.prg.get_build_info(self.dev.cl_device, cl.program_build_info.LOG) or ""
+            except cl.Error:
+                log = ""
+            print(f"clconv: built {self.source} {' '.join(self.options)} for {self.dev.name!r} in "
+                  f"{(time.perf_counter() - self._t0) * 1e3:.0f} ms"
+                  + (f"\n{log.strip()}" if log.strip() else ""), file=sys.stderr)
+
+
+def _build(prg: cl.Program, dev: Device, source: str, opts: tuple[str, ...]) -> None:
+    """prg.build() for `dev` under QuietBuild (call holding dev.lock). Kept in programs(dev).logs:
+    the driver's log after a successful build, what reached fd 2 after a failed one (the caller
+    adds the driver's log to the KernelBuildError itself)."""
+    quiet = QuietBuild(prg, dev, source, opts)
+    ok = False
+    try:
+        with quiet:
+            prg.build(options=list(opts), devices=[dev.cl_device])
+        ok = True
+    finally:
+        text = quiet.output
+        if ok:
+            try:
+                text = prg.get_build_info(dev.cl_device, cl.program_build_info.LOG) or ""
+            except cl.Error:
+                text = ""
+        if text.strip():
+            cache = programs(dev)
+            cache.logs[(source, opts)] = text
+            cache.evict()

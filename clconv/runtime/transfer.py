@@ -12,10 +12,13 @@ import math
 from typing import Any, Union
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from .device import Device
 from .errors import UnsupportedError
+from .interop import host_operand, supported_dtypes
+from .memory import empty
 from .program import kernel, precision_defines
 
 __all__ = [
@@ -40,6 +43,7 @@ def is_device_array(x: object) -> bool:
 
 
 def _dtype_of(x: object, name: str) -> np.dtype:
+    x = host_operand(x, name)  # torch tensors as numpy views; lists and scalars refused
     if isinstance(x, cla.Array):
         return np.dtype(x.dtype)
     if isinstance(x, np.ndarray):
@@ -68,8 +72,9 @@ def result_dtype(dev: Device, **operands: Any) -> np.dtype:
               if x is not None or name != "bias"}
     for name, dt in dtypes.items():
         if dt not in _FLOATS:
-            raise TypeError(f"{name} has dtype {dt}; clconv computes in float16, float32 or float64 "
-                            f"(convert with .astype(np.float32))")
+            raise TypeError(f"{name} has dtype {dt}; clconv computes in "
+                            f"{supported_dtypes(dev)} on this device (convert with "
+                            f".astype(np.float32))")
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{n}: {d}" for n, d in dtypes.items())
         raise TypeError(f"mixed dtypes ({listed}); all operands must have the same dtype")
@@ -111,20 +116,27 @@ def check_fits(dev: Device, what: str, shape: tuple[int, ...], dtype: np.dtype) 
 
 
 def to_device(x: Any, dev: Device, name: str, dtype: np.dtype) -> cla.Array:
-    """`x` as a C-contiguous device array of `dtype` on `dev` (no copy when it already is one)."""
+    """`x` as a C-contiguous device array of `dtype` on `dev` (no copy when it already is one).
+
+    Never waits on the host: a numpy array is uploaded asynchronously (pyopencl keeps the host
+    array alive until the copy is done), and a device array still being written on another queue
+    is waited for by the device's queue (a marker on its events), not by the caller.
+    """
     if isinstance(x, cla.Array):
         _check_context(x, dev, name)
         if x.queue is not None and x.queue != dev.queue:
-            x.queue.finish()  # the producer's queue may still be writing it
-        else:
-            x.finish()
+            # Everything already queued on the producer's queue (its own kernels too, which the
+            # array's events do not list) before the device's queue reads it.
+            cl.enqueue_marker(dev.queue, wait_for=[cl.enqueue_marker(x.queue)])
         if x.size and not x.flags.c_contiguous:
             return _gather(x, dev)
         return x
-    host = np.ascontiguousarray(np.asarray(x), dtype=dtype)
-    if host.size == 0:
-        return cla.empty(dev.queue, host.shape, dtype)
-    return cla.to_device(dev.queue, host)
+    host = np.ascontiguousarray(np.asarray(host_operand(x, name)), dtype=dtype)
+    out = empty(dev, host.shape, dtype)
+    if host.size:
+        # `out.set` would block; a non-blocking copy holds `host` until the driver has read it.
+        cl.enqueue_copy(dev.queue, out.base_data, host, dst_offset=out.offset, is_blocking=False)
+    return out
 
 
 def _check_context(x: cla.Array, dev: Device, name: str) -> None:
@@ -141,20 +153,15 @@ def _gather(x: cla.Array, dev: Device) -> cla.Array:
     lift = 5 - x.ndim
     shape = (1,) * lift + tuple(x.shape)
     strides = (0,) * lift + tuple(s // x.dtype.itemsize for s in x.strides)
-    defines = precision_defines(x.dtype)
-    defines.update({f"S{i}": s for i, s in enumerate(shape)})
-    defines.update({f"T{i}": t for i, t in enumerate(strides)})
     span = sum((s - 1) * abs(t) for s, t in zip(shape, strides)) + element_offset(x) + 1
+    defines = precision_defines(x.dtype)
     defines["INDEX_T"] = index_type(span, x.size)
-    out = cla.empty(dev.queue, x.shape, x.dtype)
+    out = empty(dev, x.shape, x.dtype)
     with dev.lock:
         kernel(dev, "strided_copy.cl", "strided_copy", defines)(
-            dev.queue, (x.size,), None, x.base_data, np.int64(element_offset(x)), out.data)
+            dev.queue, (x.size,), None, x.base_data, np.int64(element_offset(x)), out.data,
+            *(np.int64(s) for s in shape[1:]), *(np.int64(t) for t in strides))
     return out
-
-
-def empty(dev: Device, shape: tuple[int, ...], dtype: np.dtype) -> cla.Array:
-    return cla.empty(dev.queue, shape, dtype)
 
 
 def deliver(out: cla.Array, as_host: bool) -> ArrayLike:

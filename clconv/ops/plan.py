@@ -1,0 +1,283 @@
+"""Plans: an operation validated and configured once for fixed shapes and arguments, then run many times.
+
+Every op of clconv (convolutions, transposed convolutions, gradients, im2col/col2im) is a `Plan`
+subclass. Making a plan does everything that depends only on shapes and arguments: validation
+(PyTorch's rules, messages naming the argument), the algorithm choice (and, for 'auto', its
+measuring), kernel builds, the workspace split and the GEMM arguments. Running it (`plan(...)`) does
+the one skeleton below, the same for every op:
+
+    operands: checked against the plan (shape, dtype, context): cheap comparisons
+    -> load: numpy uploaded asynchronously, device arrays used in place (strided ones gathered)
+    -> result buffer: `out=` if given (checked), else from the device's memory pool
+    -> enqueue: the plan's kernels and GEMMs, nothing else
+    -> store: float16 results rounded once on the device; a marker event on the result
+    -> deliver: numpy for numpy operands (the only host wait), else the device array.
+
+The functional API (`clconv.conv2d(...)` etc.) goes through `cached_plan`: a bounded per-device LRU of
+plans keyed by the call's shapes, dtype and arguments, so a repeated call is one dict lookup.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Sequence
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+
+from ..runtime.device import Device
+from ..runtime.errors import device_memory_errors, sizes_text
+from ..blas import clblast
+from ..runtime import transfer
+from ..runtime.memory import empty
+from ..runtime.transfer import ArrayLike, check_fits, deliver, element_offset, is_device_array, \
+    result_dtype
+from .precision import check_precision, compute_dtype, load, store
+
+__all__ = ["Plan", "PlanCache", "cached_plan", "freeze", "shape_of"]
+
+
+def shape_of(x: Any) -> tuple[int, ...]:
+    """The shape of an operand (array or anything numpy can take)."""
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
+def freeze(value: Any) -> Hashable:
+    """A hashable key for an argument value that keeps its type (1, 1.0 and True stay distinct, so
+    a cached plan never accepts a value that validation would reject)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(freeze(v) for v in value))
+    if isinstance(value, np.dtype):
+        return ("dtype", value.str)
+    hash(value)  # TypeError for unhashable values: the caller then plans without the cache
+    return (type(value).__name__, value)
+
+
+class Plan:
+    """Base of every op's plan: the run skeleton (see the module doc).
+
+    Subclasses set, in their constructor (after validating):
+      device, dtype (the operands' dtype), work (the dtype kernels compute in),
+      operand_shapes: {name: shape the caller passes (None: that optional operand must be None)},
+      output_shape (the caller's, unbatched when the input was), batch_shape (the kernels'),
+      workspace_bytes, label (e.g. 'conv2d (im2col)'), result_follows (the operand whose kind,
+      numpy or device array, decides the result's)
+    and implement `enqueue(arrays, out)` on contiguous device arrays of `work` dtype.
+    """
+
+    device: Device
+    dtype: np.dtype
+    work: np.dtype
+    operand_shapes: dict[str, tuple[int, ...] | None]
+    output_shape: tuple[int, ...]
+    batch_shape: tuple[int, ...]
+    workspace_bytes: int = 0
+    label: str = ""
+    result_follows: str = "input"
+    needs_gemm: bool = False  # checked on every run too: pyclblast can go missing (tests do that)
+
+    def _prepare(self, dev: Device, dtype: np.dtype, operand_shapes: dict[str, Any],
+                 output_shape: tuple[int, ...], batch_shape: tuple[int, ...],
+                 fits: dict[str, tuple[int, ...]], checked: tuple[str, ...] = ()) -> None:
+        """Common plan-time set-up: precision checks and the single-buffer size checks (of
+        `checked`, default every entry of `fits`, in order)."""
+        self.device = dev
+        self.dtype = np.dtype(dtype)
+        check_precision(dev, self.dtype)
+        # float16 is stored as such but computed in float32 (rounded once at the end).
+        self.work = compute_dtype(self.dtype)
+        self.operand_shapes = operand_shapes
+        self.output_shape = tuple(output_shape)
+        self.batch_shape = tuple(batch_shape)
+        self._sizes = dict(fits)  # in the order memory errors name them
+        for what in checked or fits:  # each must fit one buffer (MemoryError before any work)
+            check_fits(dev, what, fits[what], self.work)
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        raise NotImplementedError
+
+    def sizes_text(self) -> str:
+        """The op, its shapes and workspace, for memory errors."""
+        return sizes_text(self.label, self.dtype, self.workspace_bytes, **self._sizes)
+
+    def _check_operands(self, values: dict[str, Any]) -> None:
+        for name, want in self.operand_shapes.items():
+            x = values[name]
+            if want is None:
+                if x is not None:
+                    raise ValueError(f"this plan was made without {name}; pass {name}=None or make "
+                                     f"a plan with one")
+                continue
+            if x is None:
+                raise ValueError(f"this plan was made with {name} of shape {want}; got None")
+            got = shape_of(x)
+            if got != want:
+                raise ValueError(f"{name} has shape {got} but this plan was made for {want}")
+        dtype = result_dtype(self.device, **{n: v for n, v in values.items()
+                                             if self.operand_shapes.get(n) is not None})
+        if dtype != self.dtype:
+            raise TypeError(f"operands have dtype {dtype} but this plan was made for {self.dtype}")
+        if dtype == np.float16:
+            check_precision(self.device, dtype)  # the probe's verdict (cheap once made)
+
+    def _result_buffer(self, out: Any, host: bool) -> tuple[cla.Array, Any]:
+        """The device array the kernels write (of `work` dtype, in batch_shape) and the caller's
+        `out` to fill at the end (None when the kernels write into `out` itself)."""
+        dev = self.device
+        if out is None:
+            return empty(dev, self.batch_shape, self.work), None
+        if host:
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"out must be a numpy array for numpy operands, got "
+                                f"{type(out).__name__}")
+            if out.shape != self.output_shape or out.dtype != self.dtype:
+                raise ValueError(f"out must have shape {self.output_shape} and dtype {self.dtype}, "
+                                 f"got {out.shape} {out.dtype}")
+            if not out.flags.writeable:
+                raise ValueError("out is read-only")
+            return empty(dev, self.batch_shape, self.work), out
+        if not isinstance(out, cla.Array):
+            raise TypeError(f"out must be a pyopencl Array for device operands, got "
+                            f"{type(out).__name__}")
+        if out.shape != self.output_shape or out.dtype != self.dtype:
+            raise ValueError(f"out must have shape {self.output_shape} and dtype {self.dtype}, got "
+                             f"{out.shape} {out.dtype}")
+        if out.context != dev.context:
+            raise ValueError(f"out is a pyopencl array of another OpenCL context than the plan's "
+                             f"device {dev.name!r}")
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous")
+        if self.work != self.dtype or out.queue != dev.queue:
+            return empty(dev, self.batch_shape, self.work), out
+        return out.reshape(self.batch_shape), None
+
+    def _execute(self, values: dict[str, Any], out: Any = None, check: bool = True) -> ArrayLike:
+        """The run skeleton: check, load, result buffer, enqueue, store, deliver. `check=False`
+        for the functional API, whose plan key already holds the operands' shapes and dtype."""
+        if self.needs_gemm:
+            clblast.require(self.label)
+        if check:
+            self._check_operands(values)
+        elif self.dtype == np.float16:
+            check_precision(self.device, self.dtype)
+        dev = self.device
+        host = not is_device_array(values[self.result_follows])
+        with device_memory_errors(dev, self.sizes_text):
+            result, fill = self._result_buffer(out, host)
+            if result.size:
+                arrays = {name: None if self.operand_shapes[name] is None else
+                          _rebased(dev, load(dev, values[name], name, self.dtype))
+                          for name in self.operand_shapes}
+                self.enqueue(arrays, result)
+            final = store(dev, result, self.dtype)
+            if final.shape != self.output_shape:  # unbatched
+                final = final.reshape(self.output_shape)
+            if not host:
+                # The result carries its completion event (for other queues and for .events users).
+                final.add_event(cl.enqueue_marker(dev.queue))
+            if fill is not None:
+                if host:
+                    if fill.size:
+                        final.get(ary=fill)
+                    return fill
+                _copy_into(dev, final, fill)
+                return fill
+        return deliver(final, host)
+
+
+#: Kernels built for 32-bit offsets (INDEX_T=int, chosen from the plan's shapes) index operands
+#: from the start of their buffer: a device operand that ends this far into its buffer (a view deep
+#: into a huge buffer) is copied to a buffer of its own first.
+INDEX_LIMIT = 2**31
+
+
+def _rebased(dev: Device, a: cla.Array) -> cla.Array:
+    if element_offset(a) + a.size < INDEX_LIMIT:
+        return a
+    copy = empty(dev, a.shape, a.dtype)
+    cl.enqueue_copy(dev.queue, copy.base_data, a.base_data, byte_count=a.nbytes,
+                    src_offset=a.offset, dst_offset=copy.offset)
+    return copy
+
+
+def _copy_into(dev: Device, src: cla.Array, dst: cla.Array) -> None:
+    """dst[...] = src on the device, converting the dtype if needed (for `out=`)."""
+    from .precision import convert_into
+
+    if src.dtype == dst.dtype:
+        if src.size:
+            cl.enqueue_copy(dev.queue, dst.base_data, src.base_data, byte_count=src.nbytes,
+                            src_offset=src.offset, dst_offset=dst.offset)
+    else:
+        convert_into(dev, src, dst)
+    if dst.queue is not None and dst.queue != dev.queue:
+        cl.enqueue_marker(dst.queue, wait_for=[cl.enqueue_marker(dev.queue)])
+    dst.add_event(cl.enqueue_marker(dev.queue))
+
+
+class PlanCache:
+    """A device's plans for the functional API, least recently used first out (MAX_PLANS)."""
+
+    MAX_PLANS = 512
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: OrderedDict[Hashable, Plan] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> Plan | None:
+        with self.lock:
+            plan = self.entries.get(key)
+            if plan is not None:
+                self.entries.move_to_end(key)
+                self.hits += 1
+            return plan
+
+    def put(self, key: Hashable, plan: Plan) -> None:
+        with self.lock:
+            self.misses += 1
+            self.entries[key] = plan
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.MAX_PLANS:
+                self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+def plans(dev: Device) -> PlanCache:
+    """The device's PlanCache (made on first use)."""
+    cache = dev.plans
+    if cache is None:
+        with dev.lock:
+            if dev.plans is None:
+                dev.plans = PlanCache()
+            cache = dev.plans
+    return cache
+
+
+def cached_plan(dev: Device, key_parts: Sequence[Any], make: Callable[[], Plan]) -> Plan:
+    """The plan for `key_parts` from the device's cache, else `make()` (cached when its key is
+    hashable; a value that cannot be hashed goes straight to `make`, whose validation names it)."""
+    try:
+        # What the plan was made under is part of the key: the testing hook that forces 64-bit
+        # kernel offsets (a plan keeps its kernels) and whether CLBlast is there ('auto' picks
+        # 'direct' without it).
+        key = (transfer.FORCE_INDEX_T, clblast.available(), *(freeze(v) for v in key_parts))
+    except TypeError:
+        return make()
+    cache = plans(dev)
+    plan = cache.get(key)
+    if plan is None:
+        plan = make()
+        cache.put(key, plan)
+    return plan
+
+
+def operand_offset(a: cla.Array | None) -> int:
+    """Element offset of an optional operand (0 for None)."""
+    return 0 if a is None else element_offset(a)

@@ -1,0 +1,397 @@
+"""Device groups: one op's batch split over several devices of a process, run concurrently.
+
+    with clconv.device("all"):            # or clconv.device(["pocl", "llvmpipe"])
+        y = clconv.conv2d(x, w, padding=1)  # x numpy (N, C, H, W): images spread over the devices
+
+A `DeviceGroup` is a context manager like a `Device`. Under it, every public op (the convolutions,
+transposed convolutions, gradients, im2col/col2im) follows these rules, applied by `splits_batch`:
+
+- numpy inputs with a batch of N >= 1: the batch is cut into contiguous ranges in proportion to
+  each device's measured speed (`split`), each range runs on its device in that device's own thread
+  (its own queue; no device waits on another) and the parts are concatenated along the batch
+  (summed, for the weight gradients, which sum over the batch). A batch smaller than the group
+  uses fewer devices (at most one image per part; the faster devices first).
+- speed (images/s): measured per (group, op, shapes without the batch, dtype, other arguments) by
+  a short calibration on the first call's own data: each device in turn runs the op on the first
+  p = min(N, max(2, N // (8 * devices))) images twice (the first run builds the kernels and makes
+  algorithm='auto''s choice; the second is timed); speed = p / time. The devices are measured one
+  after the other, so that they do not slow each other down. Every split call then replaces the
+  speed of each device that took part by its part's own images / seconds, timed while the other
+  parts ran (a small probe underrates a device that gains from large batches, and two drivers on
+  one CPU slow each other: the next split accounts for both). A device that raises
+  `UnsupportedError` (e.g. float64 on a device without fp64) gets speed 0 and no part; when every
+  device does, that error is raised. Fixed `weights` given to `DeviceGroup` are used as they are.
+- N = 0: the op runs on the group's first device and returns its empty result (zeros for a weight
+  gradient).
+- unbatched inputs ((C, H, W) for conv2d): the whole call runs on the fastest device.
+- pyopencl arrays: they live in one context, so the call runs, unsplit, on the group's device of
+  that context; arrays of a context outside the group, or of two contexts, are a ValueError.
+- results: equal to one device's call within rounding; each part is bitwise what its device returns
+  for that slice alone, so where all devices run the same algorithm with the same rounding the
+  result is bitwise one device's.
+
+`current_device()` under a group is the group's first device (internal callers always get a single
+`Device`); `current_target()` is the innermost Device or DeviceGroup.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyopencl.array as cla
+
+from . import device as _device_mod
+from .device import Device, current_target, devices
+from .errors import DeviceNotFoundError, UnsupportedError
+
+__all__ = ["DeviceGroup", "current_target", "run_on_group", "splits_batch"]
+
+REDUCTIONS = ("concat", "sum")
+
+
+class DeviceGroup:
+    """Several distinct devices used together: the batch of each op is split across them.
+
+    devices: the Devices (at least one, no repeats: each needs its own queue to run concurrently).
+    weights: fixed relative speeds (one positive number per device) instead of measuring them.
+    """
+
+    def __init__(self, devices: Sequence[Device], weights: Sequence[float] | None = None) -> None:
+        devs = tuple(devices)
+        if not devs:
+            raise ValueError("a device group needs at least one device")
+        for d in devs:
+            if not isinstance(d, Device):
+                raise TypeError(f"a device group holds clconv Devices, got {type(d).__name__}")
+        if len({id(d) for d in devs}) != len(devs):
+            names = [d.name for d in devs]
+            raise ValueError(f"a device is listed twice in the group {names}; each device runs its "
+                             f"part on its own queue, so list each once")
+        if weights is not None:
+            weights = tuple(float(w) for w in weights)
+            if len(weights) != len(devs) or not all(math.isfinite(w) and w > 0 for w in weights):
+                raise ValueError(f"weights must be {len(devs)} positive finite numbers (one per "
+                                 f"device), got {weights}")
+        self.devices: tuple[Device, ...] = devs
+        self.weights: tuple[float, ...] | None = weights
+        self._speeds: dict[Any, tuple[float, ...]] = {}
+        self._lock = threading.Lock()          # guards _speeds, _executors, last_split
+        self._calibrating = threading.Lock()   # one calibration at a time: timings undisturbed
+        self._executors: dict[int, ThreadPoolExecutor] = {}
+        self.last_split: list[tuple[Device, int, int]] = []  # what the latest split op chose
+        self.last_times: list[float] = []  # and how long each of its parts ran (s)
+
+    # -- context manager, like Device -----------------------------------------------------------
+    def __enter__(self) -> DeviceGroup:
+        _device_mod._STACK.set(_device_mod._STACK.get() + (self,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _device_mod._STACK.set(_device_mod._STACK.get()[:-1])
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def __iter__(self) -> Iterator[Device]:
+        return iter(self.devices)
+
+    @property
+    def primary(self) -> Device:
+        """The first device: `current_device()` under the group, and where N = 0 calls run."""
+        return self.devices[0]
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{d.index}: {d.name!r}" for d in self.devices)
+        return f"<clconv.DeviceGroup [{names}]>"
+
+    # -- splitting --------------------------------------------------------------------------------
+    def split(self, n: int,
+              weights: Sequence[float] | None = None) -> list[tuple[Device, int, int]]:
+        """Contiguous batch ranges [(device, start, stop), ...] covering range(n), sizes
+        proportional to `weights` (speeds; default: the fixed weights, else equal); devices with
+        an empty range are left out, so n smaller than the group uses fewer devices. Each device
+        first gets the whole part of its share; each remaining image goes to the device that would
+        finish it first ((count + 1) / weight smallest; ties to the earlier device), so that a slow
+        device is not given an image it would still be busy with after the others are done."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        w = tuple(weights) if weights is not None else (self.weights or (1.0,) * len(self))
+        if len(w) != len(self) or any(x < 0 for x in w) or not sum(w) > 0:
+            raise ValueError(f"weights must be {len(self)} non-negative numbers, not all 0; "
+                             f"got {w}")
+        total = float(sum(w))
+        quotas = [n * x / total for x in w]
+        counts = [math.floor(q) for q in quotas]
+        for _ in range(n - sum(counts)):  # fewer than len(w) images
+            best = min((i for i in range(len(w)) if w[i] > 0), key=lambda i: (counts[i] + 1) / w[i])
+            counts[best] += 1
+        ranges, start = [], 0
+        for d, c in zip(self.devices, counts):
+            if c:
+                ranges.append((d, start, start + c))
+                start += c
+        return ranges
+
+    def measured(self) -> dict[Any, tuple[float, ...]]:
+        """The speeds measured so far: {calibration key: (speed per device, 1/s)}."""
+        with self._lock:
+            return dict(self._speeds)
+
+    def speeds(self, key: Any, probe: Callable[[Device], object],
+               images: int = 1) -> tuple[float, ...]:
+        """Speed per device for `key` (images/s): the fixed weights, a remembered measurement, or a
+        new one made by timing `probe(device)` (its second run, on `images` images) on each device
+        in turn."""
+        if self.weights is not None:
+            return self.weights
+        with self._lock:
+            known = self._speeds.get(key)
+        if known is not None:
+            return known
+        with self._calibrating:
+            with self._lock:
+                known = self._speeds.get(key)
+            if known is not None:
+                return known
+            found: list[float] = []
+            unsupported: UnsupportedError | None = None
+            for d in self.devices:
+                try:
+                    probe(d)  # builds the kernels and settles 'auto': not part of the timing
+                    t0 = time.perf_counter()
+                    probe(d)
+                    found.append(images / max(time.perf_counter() - t0, 1e-9))
+                except UnsupportedError as err:  # e.g. float64 on a device without fp64
+                    unsupported = unsupported or err
+                    found.append(0.0)
+            if not any(found):
+                assert unsupported is not None
+                raise unsupported
+            result = tuple(found)
+            with self._lock:
+                self._speeds[key] = result
+            return result
+
+    # -- running ----------------------------------------------------------------------------------
+    def _executor(self, dev: Device) -> ThreadPoolExecutor:
+        """The one thread that runs this group's parts on `dev` (created on first use)."""
+        with self._lock:
+            ex = self._executors.get(id(dev))
+            if ex is None:
+                ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clconv-dev{dev.index}")
+                self._executors[id(dev)] = ex
+            return ex
+
+    def refine(self, key: Any, observed: dict[int, float]) -> None:
+        """Replaces the measured speeds of the devices in `observed` ({position: images/s} of a
+        split call's parts, each timed in its own thread while the others ran: the conditions
+        of the next call)."""
+        if self.weights is not None:
+            return
+        with self._lock:
+            old = self._speeds.get(key)
+            if old is not None:
+                self._speeds[key] = tuple(observed.get(i, s) for i, s in enumerate(old))
+
+    def run_parts(self, parts: Sequence[tuple[Device, Callable[[], Any]]]
+                  ) -> tuple[list[Any], list[float]]:
+        """Runs each (device, thunk) in that device's thread with the device current; returns the
+        results and each part's seconds, in order. Every part finishes before the first failure
+        (in order) is raised."""
+        def call(dev: Device, thunk: Callable[[], Any]) -> tuple[Any, float]:
+            with dev:
+                t0 = time.perf_counter()
+                return thunk(), time.perf_counter() - t0
+
+        futures: list[Future] = [self._executor(d).submit(call, d, f) for d, f in parts]
+        results, times, first_error = [], [], None
+        for fut in futures:
+            try:
+                result, seconds = fut.result()
+                results.append(result)
+                times.append(seconds)
+            except BaseException as err:  # re-raised below, once all parts are done
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error
+        return results, times
+
+
+_GROUPS: dict[tuple[int, ...], DeviceGroup] = {}
+_GROUPS_LOCK = threading.Lock()
+
+
+def group_of(spec: str | Sequence[Any]) -> DeviceGroup:
+    """`clconv.device("all")` / `clconv.device([spec, ...])`: the group of those devices, the same
+    object for the same devices so that its speed measurements are kept for the process."""
+    from .device import _usable_or_warn, device
+
+    if isinstance(spec, str):  # "all"
+        devs = [d for d in devices() if _usable_or_warn(d)]
+        if not devs:
+            raise DeviceNotFoundError(f"device('all'): no usable OpenCL device; "
+                                      f"{_device_mod._describe(devices())}")
+    else:
+        specs = list(spec)
+        if not specs:
+            raise ValueError("device([...]) needs at least one device spec")
+        devs = []
+        for s in specs:
+            if isinstance(s, (list, tuple, DeviceGroup)) or (isinstance(s, str)
+                                                             and s.strip().lower() == "all"):
+                raise TypeError(f"the specs of device([...]) name single devices, got {s!r}")
+            devs.append(device(s))
+    key = tuple(id(d) for d in devs)  # Devices live for the process
+    with _GROUPS_LOCK:
+        group = _GROUPS.get(key)
+        if group is None:
+            group = _GROUPS[key] = DeviceGroup(devs)
+        return group
+
+
+# -- the split hook of the public ops --------------------------------------------------------------
+def _describe_arg(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return ("array", value.shape, value.dtype.str)
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_describe_arg(v) for v in value)
+    return repr(value)
+
+
+def _calibration_key(op: Callable[..., Any], arguments: dict[str, Any], batched: Sequence[str],
+                     ndim: int, sizes: Sequence[str]) -> Any:
+    """What a speed measurement holds for: the op, its arguments without the batch (an unbatched
+    input counts as a batch of one, so it shares the batched call's measurement)."""
+    items = []
+    for name, v in sorted(arguments.items()):
+        if name in batched:
+            s = np.shape(v)
+            items.append((name, "batched", s[1:] if len(s) == ndim else s,
+                          getattr(v, "dtype", np.asarray(v).dtype).str))
+        elif name in sizes:
+            items.append((name, "size", tuple(v)[1:]))
+        else:
+            items.append((name, _describe_arg(v)))
+    return (op.__module__, op.__qualname__, tuple(items))
+
+
+def _device_arrays(values: Any) -> list[cla.Array]:
+    return [v for v in values if isinstance(v, cla.Array)]
+
+
+def splits_batch(*batched: str, ndim: int, sizes: Sequence[str] = (),
+                 reduce: str = "concat") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator of a public op: under a DeviceGroup, split its batch (see the module doc).
+
+    batched: the argument names holding arrays batched along axis 0 (the first decides: ndim dims
+    = batched, fewer = unbatched); ndim: the rank of a batched array; sizes: names of shape
+    arguments whose first entry is the batch (conv*_input's input_size); reduce: 'concat' (results
+    along axis 0) or 'sum' (weight gradients). Outside a group the op is called as is.
+    """
+    if not batched or reduce not in REDUCTIONS:
+        raise ValueError(f"splits_batch needs argument names and reduce in {REDUCTIONS}")
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            stack = _device_mod._STACK.get()
+            if not stack or not isinstance(stack[-1], DeviceGroup):
+                return fn(*args, **kwargs)  # the usual case costs one ContextVar read
+            return run_on_group(stack[-1], fn, args, kwargs, batched=batched, ndim=ndim,
+                                sizes=sizes, reduce=reduce, signature=signature)
+
+        return wrapper
+
+    return wrap
+
+
+def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any],
+                 kwargs: dict[str, Any], *, batched: Sequence[str], ndim: int,
+                 sizes: Sequence[str] = (), reduce: str = "concat",
+                 signature: inspect.Signature | None = None) -> Any:
+    """Runs `op(*args, **kwargs)` on `group` by the rules of the module doc (see `splits_batch`)."""
+    def on(dev: Device, a: Sequence[Any] = args, k: dict[str, Any] = kwargs) -> Any:
+        with dev:
+            return op(*a, **k)
+
+    try:
+        bound = (signature or inspect.signature(op)).bind(*args, **kwargs)
+    except TypeError:
+        return on(group.primary)  # the op raises its own error for wrong arguments
+
+    arrays = _device_arrays(bound.arguments.values())
+    if arrays:
+        owners = [d for d in group.devices if all(a.context == d.context for a in arrays)]
+        if not owners:
+            one = len({a.context for a in arrays}) == 1
+            where = "another context" if one else "several contexts"
+            raise ValueError(
+                f"{op.__name__} under {group!r}: its pyopencl arrays live in {where} than the "
+                f"group's devices; a device array cannot be split across devices. Pass numpy arrays"
+                f" to split the batch, or compute inside `with clconv.device(...)` "
+                f"for the arrays' device")
+        return on(owners[0])  # device arrays: unsplit, on their own device
+
+    lead = bound.arguments[batched[0]]
+    shape = np.shape(lead)
+    key = _calibration_key(op, bound.arguments, batched, ndim, sizes)
+    if len(shape) != ndim:  # unbatched (or a wrong rank, which the op reports)
+        best = group.speeds(key, lambda d: on(d))
+        return on(group.devices[int(np.argmax(best))])
+
+    n = shape[0]
+    consistent = all(len(np.shape(bound.arguments[name])) == ndim
+                     and np.shape(bound.arguments[name])[0] == n for name in batched) and all(
+        np.ndim(bound.arguments.get(name, ())) == 1 and len(bound.arguments[name]) == ndim
+        and bound.arguments[name][0] == n for name in sizes if name in bound.arguments)
+    if n == 0 or len(group) == 1 or not consistent:
+        # N = 0: the empty result; inconsistent batches: the op's own error message.
+        return on(group.primary)
+
+    def sliced(start: int, stop: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        part = bound.arguments.copy()
+        for name in batched:
+            part[name] = np.asarray(part[name])[start:stop]
+        for name in sizes:
+            if name in part:
+                part[name] = (stop - start, *tuple(part[name])[1:])
+        b = inspect.BoundArguments(bound.signature, part)
+        return b.args, b.kwargs
+
+    probe_n = min(n, max(2, n // (8 * len(group))))
+    probe_args, probe_kwargs = sliced(0, probe_n)
+    speeds = group.speeds(key, lambda d: on(d, probe_args, probe_kwargs), probe_n)
+    ranges = group.split(n, speeds)
+    with group._lock:
+        group.last_split = ranges
+    if len(ranges) == 1:
+        return on(ranges[0][0])
+    jobs = []
+    for dev, start, stop in ranges:
+        a, k = sliced(start, stop)
+        jobs.append((dev, functools.partial(op, *a, **k)))
+    parts, times = group.run_parts(jobs)
+    with group._lock:
+        group.last_times = times
+    position = {id(d): i for i, d in enumerate(group.devices)}
+    group.refine(key, {position[id(d)]: (stop - start) / max(t, 1e-9)
+                       for (d, start, stop), t in zip(ranges, times)})
+    if reduce == "sum":
+        acc = np.promote_types(parts[0].dtype, np.float32)  # float16 parts add in float32
+        total = parts[0].astype(acc)
+        for p in parts[1:]:
+            total += p
+        return total.astype(parts[0].dtype, copy=False)
+    return np.concatenate(parts, axis=0)
