@@ -1,21 +1,39 @@
 # clconv: the two commands of the README. Each one installs whatever is missing first:
-#   make demo   system packages (PoCL, CLBlast, OpenCL headers) -> .venv -> editable install -> demo
-#   make test   the same set-up, then the test suite
-# Other targets: make info, make bench, make tune, make clean.
+#   make demo   system packages (PoCL, CLBlast, OpenCL headers, Mesa's rusticl) -> .venv -> editable
+#               install -> demo
+#   make test   the same set-up, then the test suite on every usable OpenCL device (docs/devices.md)
+# Other targets: make sanitize (every kernel under Oclgrind), make device-bundle (the files
+# tools/device-check.sh carries to a GPU machine), make info, make bench, make tune, make clean.
 
 PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
-APT_PKGS := pocl-opencl-icd libclblast-dev ocl-icd-opencl-dev
+APT_PKGS := pocl-opencl-icd libclblast-dev ocl-icd-opencl-dev mesa-opencl-icd
+SANITIZE_PKGS := oclgrind
 STAMP    := $(VENV)/.installed
 
-.PHONY: demo test info bench tune system venv crosscheck clean
+.PHONY: demo test sanitize device-bundle info bench tune system sanitize-system venv crosscheck clean
 
 demo: venv
 	$(PY) -m clconv demo
 
+# Mesa's rusticl offers its llvmpipe CPU device only when asked: the suite then runs on PoCL (every
+# test) and on llvmpipe (the per-device modules, tests/conftest.py's EVERY_DEVICE_MODULES), and on
+# any GPU there is. CLCONV_TEST_DEVICES=pocl,llvmpipe,... names the devices instead.
+test: export RUSTICL_ENABLE ?= llvmpipe
 test: venv crosscheck
 	$(PY) -m pytest -q
+
+# Every kernel file in cl/ on tiny shapes under Oclgrind (invalid accesses, data races, results
+# against tests/reference.py); prints the launches checked per file. Runs after the tests in CI.
+sanitize: venv sanitize-system
+	$(PY) -m clconv.tools.sanitize
+
+# The files tools/device-check.sh needs on a GPU machine without network (pyopencl's cp312 wheel,
+# Debian's CLBlast and ICD loader unpacked, a pyclblast cp312 wheel): fetched into tools/device-bundle/
+# (which ignores itself; carried with the working tree as an ignored path).
+device-bundle: venv
+	tools/make-device-bundle.sh tools/device-bundle
 
 # Optional: torch for the tests' cross-checks against torch.nn.functional (the numpy float64 oracle is
 # the reference either way). A CPU build is asked for by its local version, which only a local wheel
@@ -38,8 +56,10 @@ tune: venv
 	$(PY) -m clconv tune
 
 # System packages: installed with apt-get when root, otherwise the exact command is printed.
-system:
-	@missing=""; for p in $(APT_PKGS); do \
+system: PKGS = $(APT_PKGS)
+sanitize-system: PKGS = $(SANITIZE_PKGS)
+system sanitize-system:
+	@missing=""; for p in $(PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -62,4 +82,4 @@ $(STAMP): pyproject.toml | system
 venv: system $(STAMP)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache tools/device-bundle

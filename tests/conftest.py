@@ -14,6 +14,22 @@ via
 ``clconv`` is imported lazily inside the fixtures so that the oracle
 self-tests (``test_reference.py``) run even when the package is broken.
 
+Devices under test (in the manner of pyopencl's per-device parametrisation): every test that
+uses the ``dev`` fixture, or the module-local ``clconv`` fixture outside the device-selection
+modules, runs once per device, with that device *current* (entered as ``with dev:``), so the
+functional API and ``clconv.current_device()`` inside the test use it. The devices are
+
+- ``CLCONV_TEST_DEVICES`` unset: the default device (``clconv.current_device()``, which honours
+  ``CLCONV_DEVICE``) runs every test; each other usable device runs the tests of
+  ``EVERY_DEVICE_MODULES`` (every kernel, algorithm, dtype rule and error path; the whole suite
+  twice would not fit ``make test``'s time on two cores).
+- ``CLCONV_TEST_DEVICES=spec,spec,...`` (specs as ``clconv.device`` takes them: ``pocl``,
+  ``llvmpipe``, ``1``, ``0:0``, ``gpu``): exactly those devices, each running every per-device
+  test; the first one is also made the default (``CLCONV_DEVICE``) for the tests that run once,
+  e.g. from several threads, which do not inherit the current device.
+
+The pytest header names them in a line ``clconv devices: ...``.
+
 ``tests/`` is put on ``sys.path`` here as well as through pyproject's
 ``pythonpath = ["tests"]`` so ``import reference`` / ``from tolerance import
 assert_close`` work however pytest is invoked.
@@ -44,7 +60,15 @@ FLOAT_DTYPES = (np.float32, np.float64)
 @pytest.fixture
 def rng(request):
     """A numpy Generator seeded from the test's node id (reproducible per test)."""
-    seed = zlib.crc32(request.node.nodeid.encode())
+    # The same data on every device: the device's id is taken out of the node id.
+    nodeid = request.node.nodeid
+    callspec = getattr(request.node, "callspec", None)
+    d = callspec.params.get("_device_under_test") if callspec is not None else None
+    if d is not None:
+        did = device_id(d)
+        nodeid = (nodeid.replace(f"[{did}]", "").replace(f"[{did}-", "[")
+                  .replace(f"-{did}]", "]").replace(f"-{did}-", "-"))
+    seed = zlib.crc32(nodeid.encode())
     return np.random.default_rng(seed)
 
 
@@ -56,13 +80,150 @@ def clconv_mod():
     return clconv
 
 
-@pytest.fixture(scope="session")
-def dev(clconv_mod):
-    """The device the numeric tests run on: ``clconv.current_device()``."""
-    return clconv_mod.current_device()
+# ---------------------------------------------------------------------------
+# devices under test
+# ---------------------------------------------------------------------------
+
+DEVICES_ENV = "CLCONV_TEST_DEVICES"
+
+#: Modules whose per-device tests also run on the devices after the first (unless the devices are
+#: named in CLCONV_TEST_DEVICES, which runs every per-device test on each): together they launch
+#: every kernel file in cl/ with every algorithm, padding mode, grouping, both dtypes where the
+#: device has them, the transposed convolutions, both gradients, the im2col/col2im family and the
+#: dtype/precision error paths (a device without fp64 or fp16 runs the tests that need one).
+#: Left out: tuning, benchmarks, leak soaks, thread stress, hypothesis sweeps and training runs
+#: (host-side logic or long, and device-independent in what they check).
+EVERY_DEVICE_MODULES = frozenset({
+    "test_conv2d", "test_conv1d3d", "test_conv_nd", "test_conv_transpose", "test_grad",
+    "test_grouped_direct", "test_im2col", "test_im2col_nd", "test_im2col_layout", "test_winograd",
+    "test_precision", "test_errors", "test_nn", "test_multi_device",
+})
+
+#: Modules that test device selection and the current-device stack themselves: their tests that
+#: take only the module's ``clconv`` fixture are not run inside a ``with dev:`` block.
+DEVICE_SELECTION_MODULES = frozenset({"test_devices", "test_faults", "test_reference"})
+
+_UNDER_TEST: tuple[list, bool] | BaseException | None = None
 
 
-@pytest.fixture(scope="session")
+def devices_under_test() -> tuple[list, bool]:
+    """(devices, named): the devices the per-device tests run on, and whether CLCONV_TEST_DEVICES
+    named them (then every per-device test runs on each)."""
+    global _UNDER_TEST
+    if _UNDER_TEST is None:
+        try:
+            _UNDER_TEST = _find_devices_under_test()
+        except BaseException as err:  # reported by the tests that need a device, not at collection
+            _UNDER_TEST = err
+    if isinstance(_UNDER_TEST, BaseException):
+        raise _UNDER_TEST
+    return _UNDER_TEST
+
+
+def _find_devices_under_test() -> tuple[list, bool]:
+    import clconv
+
+    spec = os.environ.get(DEVICES_ENV, "").strip()
+    if spec:
+        found = []
+        for part in spec.split(","):
+            if part.strip():
+                d = clconv.device(part.strip())  # DeviceNotFoundError names the devices there are
+                if d not in found:
+                    found.append(d)
+        return found, True
+    first = clconv.current_device()
+    return [first] + [d for d in clconv.devices() if d is not first and d.usable], False
+
+
+def device_id(d) -> str:
+    """A short test id for a device: its implementation and kind, e.g. 'pocl-cpu', 'rusticl-cpu'."""
+    text = d._match_text
+    impl = next((k for k in ("pocl", "rusticl", "clover", "oclgrind", "nvidia", "amd", "intel")
+                 if k in text), d.platform_name.split()[0].lower())
+    return f"{impl}{d.index}-{d.kind}"
+
+
+def pytest_configure(config):
+    spec = os.environ.get(DEVICES_ENV, "").strip()
+    if spec:
+        # The tests that run once (threads, selection) use the default device: make it the first named.
+        os.environ["CLCONV_DEVICE"] = spec.split(",")[0].strip()
+
+
+def pytest_report_header(config):
+    return _devices_line()
+
+
+def pytest_sessionstart(session):
+    # `pytest -q` (make test) prints no header: the devices line is written there all the same.
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        reporter.write_line(_devices_line())
+
+
+def _devices_line() -> str:
+    try:
+        devs, named = devices_under_test()
+    except BaseException as err:  # noqa: BLE001 - the header must not break collection
+        return f"clconv devices: none ({type(err).__name__}: {err})"
+    parts = []
+    for i, d in enumerate(devs):
+        scope = "all" if named or i == 0 else "subset"
+        parts.append(f"{device_id(d)} = {d.name} [{d.platform_name}, {d.opencl_version}, "
+                     f"fp64={'yes' if d.fp64 else 'no'}] ({scope})")
+    how = (f"{DEVICES_ENV}={os.environ[DEVICES_ENV]!r}" if named else
+           f"every usable device; set {DEVICES_ENV} to narrow")
+    return f"clconv devices: {'; '.join(parts)}  ({how})"
+
+
+def _per_device(metafunc) -> bool:
+    names = metafunc.fixturenames
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    return "dev" in names or ("clconv" in names and module not in DEVICE_SELECTION_MODULES)
+
+
+def pytest_generate_tests(metafunc):
+    if not _per_device(metafunc):
+        return
+    try:
+        devs, named = devices_under_test()
+    except BaseException:  # noqa: BLE001 - the `dev` fixture re-raises it in each test
+        metafunc.parametrize("_device_under_test", [None], ids=["no-device"], indirect=True)
+        return
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if not named and module not in EVERY_DEVICE_MODULES:
+        devs = devs[:1]
+    metafunc.parametrize("_device_under_test", devs, ids=[device_id(d) for d in devs],
+                         indirect=True)
+
+
+@pytest.fixture
+def _device_under_test(request):
+    """The device this test instance runs on (None for tests that are not per-device)."""
+    d = getattr(request, "param", None)
+    if d is None and hasattr(request, "param"):
+        devices_under_test()  # raises what went wrong finding the devices
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _current_device_under_test(_device_under_test):
+    """Makes the test's device current for the whole test (functional calls run on it)."""
+    if _device_under_test is None:
+        yield None
+    else:
+        with _device_under_test:
+            yield _device_under_test
+
+
+@pytest.fixture
+def dev(_current_device_under_test, clconv_mod):
+    """The device the numeric tests run on (current while the test runs)."""
+    return _current_device_under_test or clconv_mod.current_device()
+
+
+@pytest.fixture
 def queue(dev):
     return dev.queue
 
@@ -88,7 +249,7 @@ def to_cl(queue):
 
 
 @pytest.fixture
-def column_allocations(clconv_mod, monkeypatch):
+def column_allocations(clconv_mod, monkeypatch, _current_device_under_test):
     """Sizes of every column buffer allocated while the test runs (the cache is emptied first)."""
     import types
 
@@ -96,7 +257,7 @@ def column_allocations(clconv_mod, monkeypatch):
 
     from clconv.runtime import memory as workspace
 
-    dev = clconv_mod.current_device()
+    dev = clconv_mod.current_device()  # the device under test where there is one
     workspace.release_column_buffer(dev)
     sizes: list[int] = []
 
