@@ -10,9 +10,11 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 APT_PKGS := pocl-opencl-icd libclblast-dev ocl-icd-opencl-dev mesa-opencl-icd
 SANITIZE_PKGS := oclgrind
+TUNE_PKGS := clblast-utils
 STAMP    := $(VENV)/.installed
 
-.PHONY: demo test sanitize device-bundle info bench tune system sanitize-system venv crosscheck clean
+.PHONY: demo test sanitize device-bundle info bench tune system sanitize-system tune-system venv \
+        crosscheck clean
 
 demo: venv
 	$(PY) -m clconv demo
@@ -52,13 +54,15 @@ info: venv
 bench: venv
 	$(PY) -m clconv bench
 
-tune: venv
+# CLBlast's tuners (clblast_tuner_*) come with Debian's clblast-utils.
+tune: venv tune-system
 	$(PY) -m clconv tune
 
 # System packages: installed with apt-get when root, otherwise the exact command is printed.
 system: PKGS = $(APT_PKGS)
 sanitize-system: PKGS = $(SANITIZE_PKGS)
-system sanitize-system:
+tune-system: PKGS = $(TUNE_PKGS)
+system sanitize-system tune-system:
 	@missing=""; for p in $(PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \

@@ -105,7 +105,7 @@ def test_shipped_database_is_valid_and_covers_the_gemm_kernels(tuning):
 
 def test_shipped_database_is_package_data():
     text = (ROOT / "pyproject.toml").read_text()
-    assert '"tuning_db/*.json"' in text
+    assert '"tuning_db/*.json"' in text and '"clconv.blas"' in text
 
 
 def test_matching_needs_the_platform_and_the_device_or_its_code_generator(tuning, dev):
@@ -116,6 +116,9 @@ def test_matching_needs_the_platform_and_the_device_or_its_code_generator(tuning
     expected = 4 if "HSTR" in key["device_version"] else 0  # 2 + same driver + same CLBlast
     assert tuning._match_score(key, other_name) == expected
     assert tuning._match_score(key, dict(other_name, device_version="elsewhere")) == 0
+    if "HSTR" in key["device_version"]:  # PoCL on another CPU target: the nearest entry, last
+        other_target = dict(other_name, device_version="OpenCL 3.0 PoCL HSTR: pthread-x86-other")
+        assert tuning._match_score(key, other_target) == 1
 
 
 ROW = ("|   66 |   578 |    0   16   64   32    8    8    8    8    2    2    4    0    0    1    1"

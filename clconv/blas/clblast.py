@@ -7,6 +7,7 @@ ignores `Array.offset`, so callers pass every offset explicitly (see `element_of
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import ModuleType
@@ -23,9 +24,10 @@ from .tuning_db import ENV_VAR, enabled, find_entry
 __all__ = ["TuningState", "apply_tuning", "available", "gemm", "missing_reason",
            "override_parameters", "require", "tuning_state"]
 
-_INSTALL = ("CLBlast's Python binding `pyclblast` is needed for algorithm='im2col'. On Debian/Ubuntu: "
-            "`sudo apt-get install libclblast-dev` then `pip install pyclblast` (it builds from source). "
-            "algorithm='direct' works without it.")
+_INSTALL = ("CLBlast's Python binding `pyclblast` is needed for algorithm='im2col' and 'winograd', "
+            "transposed convolutions and gradients. On Debian/Ubuntu: `sudo apt-get install "
+            "libclblast-dev` then `pip install pyclblast` (it builds from source). "
+            "algorithm='direct' and 'implicit' (clconv's own GEMM) work without it.")
 
 
 @lru_cache(maxsize=1)
@@ -130,6 +132,11 @@ def apply_tuning(dev: Device, entry: Mapping[str, Any] | None = None,
                 entry, source = find_entry(dev)
             except (OSError, ValueError) as err:  # a broken shipped file must not break GEMM
                 entry, source = None, f"tuning database unreadable: {err}"
+            if entry is None:  # once per device: this runs before the device's first GEMM only
+                warnings.warn(f"clconv: CLBlast runs on its default GEMM parameters on {dev.name!r} "
+                              f"({source}); `python -m clconv tune` (make tune) tunes it for this "
+                              f"device, CLCONV_TUNING=off silences this", RuntimeWarning,
+                              stacklevel=4)
         state = TuningState(source or "explicit entry")
         for precision, kernels in (entry or {}).get("parameters", {}).items():
             for kernel, params in kernels.items():

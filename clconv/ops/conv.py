@@ -2,8 +2,9 @@
 `conv1d/2d/3d` (a cached plan per shape and arguments, then run).
 
 Algorithms (same semantics, same results within rounding; see clconv.ops.conv_algorithms):
-'im2col' (the cl/im2col.cl kernel + CLBlast's GEMM), 'direct' (loops), 'winograd' (opt-in, 2-d 3x3
-stride 1), and 'auto': the fastest of those that keep PyTorch's Inf/NaN semantics, measured on first
+'im2col' (the cl/im2col.cl kernel + CLBlast's GEMM), 'direct' (loops), 'implicit' (clconv's packed
+GEMM fused with the gather: no column buffer), 'im2col_packed' (im2col into the packed GEMM's
+panels + that GEMM), 'winograd' (opt-in, 2-d 3x3 stride 1), and 'auto': the fastest of those that keep PyTorch's Inf/NaN semantics, measured on first
 sight of a (device, shape, dtype) and remembered (clconv.ops.autotune), or the fixed `rule_choice`
 with CLCONV_AUTO=rule. Candidates whose workspace cannot fit the call's `workspace_limit` are left
 out ('direct' needs none).
@@ -23,8 +24,9 @@ from ..runtime.group import splits_batch
 from ..runtime.memory import resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, result_dtype
 from . import autotune
-from .conv_algorithms import (ColumnPlan, Direct, Im2colGemm, WinogradGemm, WinogradPlan,
-                              plan_columns, plan_winograd, winograd_unsupported)
+from .conv_algorithms import (ColumnPlan, Direct, Im2colGemm, ImplicitGemm, PackedIm2colGemm,
+                              WinogradGemm, WinogradPlan, plan_columns, plan_winograd,
+                              winograd_unsupported)
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
 from .launch import ACTIVATIONS, GROUPED_MAX_CIN
 from .plan import Plan, cached_plan, shape_of
@@ -34,10 +36,11 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "ConvPlan", "applicable_algorithms", "ch
            "rule_choice", "warmup", "winograd_unsupported", "workspace_size",
            "ColumnPlan", "WinogradPlan", "plan_columns", "plan_winograd"]
 
-ALGORITHMS = ("auto", "im2col", "direct", "winograd")
+ALGORITHMS = ("auto", "im2col", "direct", "winograd", "implicit", "im2col_packed")
 #: The classes behind the algorithm names (clconv.ops.conv_algorithms).
 ALGORITHM_CLASSES: dict[str, Any] = {"im2col": Im2colGemm, "direct": Direct,
-                                     "winograd": WinogradGemm}
+                                     "winograd": WinogradGemm, "implicit": ImplicitGemm,
+                                     "im2col_packed": PackedIm2colGemm}
 
 
 @splits_batch("input", ndim=3)
@@ -204,7 +207,7 @@ class ConvPlan(Plan):
         self.algorithm = self.impl.name
         self.workspace_bytes = self.impl.workspace_bytes
         self.label = f"conv{nd}d ({self.algorithm})"
-        self.needs_gemm = self.algorithm != "direct"
+        self.needs_gemm = self.algorithm in ("im2col", "winograd")  # CLBlast's
 
     def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
                  out: ArrayLike | None = None) -> ArrayLike:
@@ -283,11 +286,15 @@ def applicable_algorithms(dev: Device, geo: ConvGeometry, dtype: Any = np.float3
     """The algorithms algorithm='auto' may pick for `geo` on `dev` (what it measures), rule's first.
 
     'winograd' is never among them: its transforms mix the inputs of a whole tile, so one Inf or NaN
-    input turns neighbouring outputs into NaN where PyTorch keeps them finite. It is opt-in.
+    input turns neighbouring outputs into NaN where PyTorch keeps them finite. It is opt-in. The
+    packed-GEMM paths ('implicit', 'im2col_packed') are shaped for CPUs but measured everywhere:
+    on a GPU they are chosen only where they measure faster.
     """
-    found = ["direct"]
+    found = ["direct", "implicit", "im2col_packed"]
     if gemm.available():
         found.append("im2col")
+    if geo.groups > 1 and geo.cin_per_group <= GROUPED_MAX_CIN:
+        found = [a for a in found if a not in ("implicit", "im2col_packed")]  # tiles of 1-4 rows
     first = rule_choice(dev, geo, dtype)
     return [first] + [a for a in found if a != first]
 
@@ -295,15 +302,18 @@ def applicable_algorithms(dev: Device, geo: ConvGeometry, dtype: Any = np.float3
 def rule_choice(dev: Device, geo: ConvGeometry, dtype: Any = np.float32) -> str:
     """The fixed rule for algorithm='auto' (used with CLCONV_AUTO=rule, and first when measuring):
 
-    'direct' when CLBlast is not installed, or when the groups have few input channels each
-    (C_in/groups <= GROUPED_MAX_CIN: depthwise and narrow grouped convolutions, where a GEMM per
-    group has a handful of rows and cl/conv_grouped.cl wins); 'im2col' otherwise. Never 'winograd'
-    (see `applicable_algorithms`): ask for it by name where inputs are known to be finite.
+    'direct' for groups with few input channels each (C_in/groups <= GROUPED_MAX_CIN: depthwise
+    and narrow grouped convolutions, where a GEMM per group has a handful of rows and
+    cl/conv_grouped.cl wins); else 'implicit' on CPU devices (clconv's packed GEMM: 0.9-1.4x torch
+    CPU on PoCL, where CLBlast's GPU-shaped GEMM reaches a fraction of that) and 'im2col' (CLBlast)
+    on GPUs and accelerators, or 'implicit' there too when CLBlast is not installed. Never
+    'winograd' (see `applicable_algorithms`): ask for it by name where inputs are known to be
+    finite.
     """
-    if not gemm.available():
-        return "direct"
     if geo.groups > 1 and geo.cin_per_group <= GROUPED_MAX_CIN:
         return "direct"
+    if dev.kind == "cpu" or not gemm.available():
+        return "implicit"
     return "im2col"
 
 
@@ -356,8 +366,12 @@ def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: Pad
     algo = choose_algorithm(current_device(), geo, algorithm, dt)
     if algo == "winograd":
         return plan_winograd(geo, dt.itemsize, 2**62).nbytes
+    if algo == "im2col_packed":
+        from .packed_conv import IM2COL_PACKED, workspace_bytes
+
+        return workspace_bytes(geo, dt, IM2COL_PACKED, current_device())
     if algo != "im2col" or geo.is_pointwise:
-        return 0
+        return 0  # 'direct', 'implicit' and 1x1 im2col need none
     return geo.batch * geo.column_rows * geo.out_spatial * dt.itemsize
 
 

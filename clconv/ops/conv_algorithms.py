@@ -10,6 +10,11 @@
   (C_out, images * L) result into place with the bias and activation. Otherwise each chunk's GEMM
   writes the output directly (batched over the images or the groups) and cl/epilogue.cl adds bias
   and activation in place. 1x1 stride-1 unpadded convolutions use the input as the column matrix.
+- `ImplicitGemm` ('implicit'): clconv's own packed GEMM micro-kernel (clconv.blas.packed) with
+  the column panels gathered from the input into local memory: no column buffer. The fastest on
+  CPUs (PoCL) by far; the kernel is shaped for CPUs (one work-item per tile, local size 1).
+- `PackedIm2colGemm` ('im2col_packed'): im2col writing the packed panel layout, then the packed
+  GEMM: the im2col design on clconv's engine instead of CLBlast's.
 - `Winograd`: 2-d 3x3 stride-1 undilated convolutions by F(2x2, 3x3) (cl/winograd.cl): filter and
   input transforms, 16 * groups GEMMs in one strided-batched CLBlast call, output transform with bias
   and activation fused. Opt-in: an Inf/NaN input spreads over its tile.
@@ -32,9 +37,11 @@ from ..runtime.device import Device
 from ..runtime.memory import column_buffer
 from ..runtime.transfer import element_offset, index_type
 from .geometry import ConvGeometry
+from . import packed_conv
 from .launch import BatchEpilogue, DirectConv, Epilogue, Im2col, Winograd
 
-__all__ = ["ColumnPlan", "Direct", "Im2colGemm", "WinogradGemm", "WinogradPlan", "plan_columns",
+__all__ = ["ColumnPlan", "Direct", "Im2colGemm", "ImplicitGemm", "PackedIm2colGemm", "WinogradGemm",
+           "WinogradPlan", "plan_columns",
            "plan_winograd", "winograd_tiles", "winograd_unsupported"]
 
 
@@ -118,10 +125,12 @@ class Im2colGemm:
         self.dtype = np.dtype(dtype)
         self.im2col = None if geo.is_pointwise else Im2col(dev, geo.defines(), dtype, self.index_t)
         self.has_tail = has_bias or activation is not None
-        self.batch_epilogue = (BatchEpilogue(dev, dtype, self.index_t, has_bias, activation)
-                               if self.folded else None)
+        # Both epilogues are built even if this batch size needs one: whether a chunk is folded
+        # depends on the batch, and a plan for another batch size of the layer must build nothing.
+        self.batch_epilogue = (None if geo.is_pointwise else
+                               BatchEpilogue(dev, dtype, self.index_t, has_bias, activation))
         self.epilogue = (Epilogue(dev, dtype, self.index_t, has_bias, activation)
-                         if not self.folded and self.has_tail else None)
+                         if self.has_tail else None)
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array) -> None:
         geo, plan, dev = self.geo, self.plan, self.dev
@@ -166,7 +175,7 @@ class Im2colGemm:
                             gemm.gemm(dev, m, lc, k, w, w_off, m * k,
                                       col, col_off + i * col_image, k * ldb,
                                       out, c_off + i * out_image, m * l, groups, ldb=ldb, ldc=l)
-            if self.epilogue is not None:
+            if self.epilogue is not None and not self.folded:
                 self.epilogue(out, out_off, b, geo.batch, geo.out_channels, l)
 
 
@@ -262,3 +271,63 @@ class WinogradGemm:
                               cin_g * tiles, ws, m_off, cout_g * tiles, 16 * geo.groups)
                     self.launch.outputs(nb, ws, m_off, b, out, out_off + n0 * out_image, th0, nth,
                                         tw)
+
+
+class _PackedGemmConv:
+    """Shared by the two paths on clconv's packed GEMM engine (clconv.ops.packed_conv): the
+    filters are packed per group into the micro-kernel's A layout on each run, or once by
+    `prepare` (a plan's caller that keeps its weights, such as an nn layer, passes that)."""
+
+    name = ""
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
+                 activation: str | None, limit: int) -> None:
+        self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        self.activation = activation
+        self.limit = limit
+        self.tile = packed_conv.conv_tile(dev, geo, self.dtype)
+
+    def prepare(self, w: cla.Array) -> Any:
+        """The packed filters of the contiguous device weight `w` (a PackedA)."""
+        return packed_conv.pack_conv_weights(self.dev, self.geo, w, element_offset(w), self.tile)
+
+    def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            prepared: Any = None) -> None:
+        packed_w = self.prepare(w) if prepared is None else prepared
+        self._enqueue(x, packed_w, b, out)
+
+    def _enqueue(self, x: cla.Array, packed_w: Any, b: cla.Array | None, out: cla.Array) -> None:
+        raise NotImplementedError
+
+
+class ImplicitGemm(_PackedGemmConv):
+    """The fused implicit-GEMM convolution (cl/conv_implicit.cl): no column buffer, each work-item
+    gathers its column panel from the input into local memory and runs the packed micro-kernel
+    (6x16 float8 tiles on AVX2) on it; bias and activation fused into the store."""
+
+    name = "implicit"
+    workspace_bytes = 0
+
+    def _enqueue(self, x: cla.Array, packed_w: Any, b: cla.Array | None, out: cla.Array) -> None:
+        packed_conv.enqueue_implicit_conv(self.dev, self.geo, x, element_offset(x), packed_w, b,
+                                          out, element_offset(out), self.activation)
+
+
+class PackedIm2colGemm(_PackedGemmConv):
+    """im2col written straight in the packed GEMM's panel layout (cl/im2col_packed.cl), then the
+    packed micro-kernel (cl/gemm_packed.cl), the batch folded into N, bias and activation fused,
+    NCHW written directly. Workspace: the packed columns, split to fit the limit."""
+
+    name = "im2col_packed"
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
+                 activation: str | None, limit: int) -> None:
+        super().__init__(dev, geo, dtype, has_bias, activation, limit)
+        whole = packed_conv.workspace_bytes(geo, self.dtype, packed_conv.IM2COL_PACKED, dev)
+        self.workspace_bytes = min(whole, limit)
+        packed_conv._chunks(geo, self.tile, self.dtype.itemsize, limit)  # MemoryError if too small
+
+    def _enqueue(self, x: cla.Array, packed_w: Any, b: cla.Array | None, out: cla.Array) -> None:
+        packed_conv.enqueue_im2col_packed_conv(self.dev, self.geo, x, element_offset(x), packed_w,
+                                               b, out, element_offset(out), self.activation,
+                                               workspace_limit=self.limit)

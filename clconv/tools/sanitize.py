@@ -230,7 +230,8 @@ _CONV_CASES = [
 
 @case
 def conv2d_forward(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
-    """conv2d, 'im2col' (folded, chunked, ranges of positions) and 'direct', every padding mode,
+    """conv2d, 'im2col' (folded, chunked, ranges of positions), 'direct', 'implicit' and
+    'im2col_packed' (clconv's packed GEMM: conv_implicit.cl, im2col_packed.cl), every padding mode,
     groups, depthwise, pointwise, bias + ReLU, float32 and float64."""
     import clconv
 
@@ -243,7 +244,7 @@ def conv2d_forward(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
             x, w, b = _arr(rng, xs, dt), _arr(rng, ws, dt), _arr(rng, (ws[0],), dt)
             want = ref.conv_nd(x, w, b, **kw)
             red = math.prod(ws[1:])
-            for algorithm in ("im2col", "direct"):
+            for algorithm in ("im2col", "direct", "implicit", "im2col_packed"):
                 got = clconv.conv2d(x, w, b, algorithm=algorithm, **kw)
                 yield f"{algorithm} {xs} {ws} {kw} {np.dtype(dt).name}", got, want, dt, red, _mag(x, w)
             # a column buffer too small for one image: chunks of images, then ranges of positions
@@ -272,7 +273,8 @@ def conv1d_conv3d_forward(dev: Any, rng: np.random.Generator) -> Iterator[Check]
     ]
     for fn, xs, ws, kw in cases:
         kw = dict(kw)
-        algorithms = [kw.pop("only")] if "only" in kw else ["im2col", "direct"]
+        algorithms = ([kw.pop("only")] if "only" in kw else
+                      ["im2col", "direct", "implicit", "im2col_packed"])
         x, w, b = _arr(rng, xs), _arr(rng, ws), _arr(rng, (ws[0],))
         want = ref.conv_nd(x, w, b, **kw)
         for algorithm in algorithms:
@@ -441,6 +443,33 @@ def packed_gemm(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
                             a_transposed=at, b_transposed=bt, alpha=0.5, beta=2.0)
             yield (f"gemm_packed m={m} n={n} k={k} batch={batch} at={at} bt={bt} "
                    f"{np.dtype(dt).name}", cd, want, dt, k, _mag(a, b, c0) * 2)
+
+
+@case
+def peak_kernels(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
+    """cl/peak.cl (the bench's peak measurements) on a few work-items: the fma chains against
+    numpy's, and the copy."""
+    import pyopencl.array as cla
+
+    from ..runtime.program import kernel, precision_defines
+
+    vec, iters, items = 4, 3, 5
+    defines = precision_defines(np.dtype(np.float32))
+    defines.update(VEC=vec, ITERS=iters)
+    out = cla.empty(dev.queue, (items,), np.float32)
+    seed = np.float32(0.5)
+    with dev.lock:
+        kernel(dev, "peak.cl", "fma_peak", defines)(dev.queue, (items,), None, out.data, seed)
+    a = np.arange(items, dtype=np.float64)[:, None] + np.arange(8)
+    for _ in range(iters):
+        a = a * 0.5 + 0.5
+    yield "peak fma_peak", out, a.sum(axis=1) * vec, np.float32, 8 * vec, 8.0
+    src = cla.to_device(dev.queue, _arr(rng, (items * vec,)))
+    dst = cla.empty(dev.queue, (items * vec,), np.float32)
+    with dev.lock:
+        kernel(dev, "peak.cl", "copy_peak", {"VEC": vec})(dev.queue, (items,), None, src.data,
+                                                          dst.data)
+    yield "peak copy_peak", dst, src.get().astype(np.float64), np.float32, 1, 1.0
 
 
 def _index_long(case_fn: Case) -> Case:

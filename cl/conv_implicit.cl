@@ -1,0 +1,100 @@
+// conv_implicit.cl: a convolution as an implicit GEMM on the packed micro-kernel of
+// cl/gemm_packed.cl: no column buffer. Each work-item gathers its K x NR B panel (NR output
+// positions, the receptive fields of im2col_packed.cl's layout) from the NCHW input into local
+// memory, then multiplies it by the packed filters of its group, MR output channels at a time, and
+// writes the tiles straight into the NCHW output with the bias and activation (common.cl's
+// epilogue_value) fused into the store.
+//
+//   out[n][g * COUT_G + i][l] = act(sum_p A_g[i][p] * col_g[p][n * OUT_SPATIAL + l]
+//                                   + bias[g * COUT_G + i])
+//
+// A: the filters packed by clconv.blas.packed.pack_a, [GROUPS][ceil(COUT_G / MR)][K][MR]
+// (K = CIN_G * KSIZE), group g at ap + ap_off + g * ap_stride. Columns: folded over the images of
+// the launch, column j is jg = col_start + j (image jg / OUT_SPATIAL counted from x_off / out_off).
+// When K * NR values exceed the local-memory budget, K is walked in chunks of KC rows: the first
+// chunk stores its partial sums, later ones load them back and go on (the same order of additions),
+// and only the last applies the epilogue. The panel buffer is the `panel` argument (KC * NR
+// values).
+//
+// -D KC (rows of a panel chunk), plus MR/NR/VW/HAS_BIAS/RELU (gemm_packed.cl) and the geometry of
+// common.cl (with GROUPS, COUT). NDRange (ceil(ncols / NR), mgroups, GROUPS), local size 1:
+// work-item (jp, mg, g) does the A panels [mg * panels_per_group, (mg + 1) * panels_per_group) of
+// group g.
+
+#define GEMM_PACKED_NO_KERNELS
+#define IM2COL_PACKED_NO_KERNELS
+#include "gemm_packed.cl"
+#include "im2col_packed.cl"
+
+#ifndef KC
+#define KC KG
+#endif
+
+__kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
+                            __global const REAL* restrict ap, const long ap_off,
+                            const long ap_stride,
+                            __global REAL* restrict out, const long out_off,
+                            const long col_start, const long ncols, const int panels_per_group,
+                            __global const REAL* restrict bias, const long bias_off,
+                            __local REAL* restrict panel) {
+    const int jp = get_global_id(0);
+    const int mg = get_global_id(1);
+    const int g = get_global_id(2);
+    const int mpanels = (COUT_G + MR - 1) / MR;
+    const int ip0 = mg * panels_per_group;
+    const int ip1 = min(ip0 + panels_per_group, mpanels);
+    panel_columns pc;
+    decode_columns(&pc, x_off, col_start, ncols, jp);
+
+    // The output offsets of the NR columns: image jg / OUT_SPATIAL, position jg % OUT_SPATIAL.
+    long col[NR];
+    const long j0 = (long)jp * NR;
+    const int ncol = (int)min((long)NR, ncols - j0);
+#pragma unroll
+    for (int v = 0; v < NR; ++v)
+        col[v] = column_offset(col_start + min(j0 + v, ncols - 1), OUT_SPATIAL, COUT * OUT_SPATIAL);
+    const bool contiguous = (ncol == NR) && (col[NR - 1] - col[0] == NR - 1);
+
+    __global const REAL* apanels = ap + ap_off + g * ap_stride;
+    __global REAL* cg = out + out_off + (long)g * COUT_G * OUT_SPATIAL;
+    const long boff = bias_off + g * COUT_G;
+    for (int k0 = 0; k0 < KG; k0 += KC) {
+        const int kc = min(KC, KG - k0);
+        gather_rows_local(x, &pc, g, k0, k0 + kc, panel);
+        for (int ip = ip0; ip < ip1; ++ip) {
+            const int i0 = ip * MR;
+            const int mrows = min(MR, COUT_G - i0);
+            TILE_DECLARE(acc);
+            TILE_ZERO(acc)
+            if (k0 > 0) {  // go on from the partial sums of the previous chunks
+#pragma unroll
+                for (int i = 0; i < MR; ++i) {
+                    REAL lanes[NR];
+#pragma unroll
+                    for (int j = 0; j < NR; ++j)
+                        lanes[j] = (i < mrows && j < ncol)
+                                       ? cg[(long)(i0 + i) * OUT_SPATIAL + col[j]] : (REAL)0;
+#pragma unroll
+                    for (int v = 0; v < NV; ++v) acc[i][v] = VLOAD(v, lanes);
+                }
+            }
+            __global const REAL* apanel = apanels + ((long)ip * KG + k0) * MR;
+            TILE_MULTIPLY(acc, apanel, panel, kc)
+            if (k0 + kc < KG) {  // partial sums: stored as they are
+#pragma unroll
+                for (int i = 0; i < MR; ++i) {
+                    REAL lanes[NR];
+#pragma unroll
+                    for (int v = 0; v < NV; ++v) VSTORE(acc[i][v], v, lanes);
+#pragma unroll
+                    for (int j = 0; j < NR; ++j)
+                        if (i < mrows && j < ncol)
+                            cg[(long)(i0 + i) * OUT_SPATIAL + col[j]] = lanes[j];
+                }
+            } else {
+                TILE_STORE(acc, cg, (long)OUT_SPATIAL, i0, mrows, col, ncol, contiguous, (REAL)1,
+                           (REAL)0, bias, boff)
+            }
+        }
+    }
+}

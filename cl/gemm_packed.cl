@@ -1,0 +1,257 @@
+// gemm_packed.cl: clconv's own GEMM for CPU-like OpenCL devices (PoCL): operands packed into
+// micro-panels, one register-blocked MR x NR tile of C per step, BLIS-style.
+//
+//   C[z] = alpha * op(A[z]) @ op(B[z]) + beta * C[z]   (z < batch; row-major; op: transposed?)
+//
+// Packed layouts (zero-padded at the edges, exactly K deep, so no K padding and no K edge):
+//   A: [ceil(M / MR)][K][MR]   (panel ip holds rows ip*MR .. ip*MR + MR - 1, one k after the other)
+//   B: [ceil(N / NR)][K][NR]   (panel jp holds columns jp*NR .. jp*NR + NR - 1)
+// The zero padding never reaches a stored element: a padded row (column) only meets real values in
+// its own row (column) of the tile, and the masked store skips those (so 0 * Inf = NaN stays out).
+//
+// Micro-kernel: one work-item owns one B panel (K x NR, which stays in L2) and walks a range of A
+// panels; per A panel the MR x NR tile lives in MR * NR / VW vector accumulators (12 float8 for
+// 6x16: 12 of the 16 ymm registers of AVX2), every loop over the tile unrolled so that LLVM keeps
+// the private array in registers; per k: NR / VW vector loads of B, MR scalar broadcasts of A, MR *
+// NR / VW fma(). The whole K loop runs in registers and C is written once (masked for edge tiles).
+// PoCL runs a work-group of one work-item as plain code: no implicit vectorisation across
+// work-items (which measured 20x slower for this loop nest), no barriers. Explicit fma() needs no
+// fast-math flag.
+//
+// -D MR, -D NR     register tile (rows of A, columns of B); NR a multiple of VW
+// -D VW            vector width of REAL (8 for float on AVX2, 4 for double); 2, 4, 8 or 16
+// -D HAS_BIAS      C[i][j] += bias[bias_off + z * bias_stride + i] in the store (after alpha, beta)
+// -D RELU          C = (C < 0) ? 0 : C in the store (keeps NaN, as torch.relu)
+// -D GEMM_PACKED_NO_KERNELS  only the inline functions (for kernels that include this file)
+// Plus REAL (common.cl). Sizes (M, N, K, batch) are kernel arguments: one build serves every shape.
+
+#include "common.cl"
+
+#ifndef MR
+#define MR 6
+#endif
+#ifndef NR
+#define NR 16
+#endif
+#ifndef VW
+#define VW 8
+#endif
+#if NR % VW != 0
+#error "NR must be a multiple of VW"
+#endif
+#define NV (NR / VW)
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define VEC CAT(REAL, VW)
+#define VLOAD CAT(vload, VW)
+#define VSTORE CAT(vstore, VW)
+#define PACK_K 8  // k a pack work-item copies (the host's _PACK_K)
+#define VLOAD_PACK(i, p) vload8(i, p)
+#define VSTORE_PACK(v, p) vstore8(v, 0, p)
+
+// Where column j of C lies: C is a row-major M x N matrix whose columns may be split into segments
+// of `seg` columns `seg_stride` elements apart (a convolution's batch folded into N: segment =
+// image, row i of image s at c + s * seg_stride + i * ldc + j % seg). seg = N gives a plain matrix.
+inline long column_offset(long j, long seg, long seg_stride) {
+    return (j / seg) * seg_stride + j % seg;
+}
+
+// acc = A panel (K x MR) x B panel (K x NR), both packed; k runtime.
+#define TILE_DECLARE(acc) VEC acc[MR][NV]
+#define TILE_ZERO(acc)                                \
+    _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) \
+        _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) acc[i_][v_] = (VEC)(0);
+
+// Accumulates k steps of packed panels a (MR a step) and b (NR a step) into acc.
+#define TILE_MULTIPLY(acc, a, b, k)                           \
+    for (int p_ = 0; p_ < (k); ++p_) {                        \
+        VEC bv_[NV];                                          \
+        _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_)     \
+            bv_[v_] = VLOAD(v_, (b) + (long)p_ * NR);         \
+        _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) {   \
+            const VEC av_ = (VEC)((a)[(long)p_ * MR + i_]);   \
+            _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) \
+                acc[i_][v_] = fma(av_, bv_[v_], acc[i_][v_]); \
+        }                                                     \
+    }
+
+// The element of C in the store: alpha * acc + beta * C (C not read when beta == 0, as BLAS: its
+// old contents may be NaN), then common.cl's epilogue_value (bias of row i, activation).
+inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
+                        __global const REAL* bias, const long bias_off, const int i) {
+    REAL v = alpha * acc;
+    if (beta != (REAL)0) v = fma(beta, *c, v);
+    return epilogue_value(v, bias, bias_off, i);
+}
+
+// Stores the tile at rows i0.. (mrows of them valid) and the NR columns whose offsets are col[]
+// (ncols valid; `contiguous`: col[v] = col[0] + v for all NR, a full panel inside one segment).
+#define TILE_STORE(acc, c, ldc, i0, mrows, col, ncols, contiguous, alpha, beta, bias, bias_off) \
+    if ((contiguous) && (mrows) == MR) {                                                        \
+        _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) {                                     \
+            __global REAL* row_ = (c) + (long)((i0) + i_) * (ldc) + (col)[0];                   \
+            _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) {                                 \
+                VEC r_ = (alpha) * acc[i_][v_];                                                 \
+                if ((beta) != (REAL)0) r_ = fma((VEC)(beta), VLOAD(v_, row_), r_);              \
+                TILE_STORE_EPILOGUE_VEC(r_, bias, bias_off, (i0) + i_);                         \
+                VSTORE(r_, v_, row_);                                                           \
+            }                                                                                   \
+        }                                                                                       \
+    } else {                                                                                    \
+        _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) {                                     \
+            if (i_ < (mrows)) {                                                                 \
+                __global REAL* row_ = (c) + (long)((i0) + i_) * (ldc);                          \
+                _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) {                             \
+                    REAL lanes_[VW];                                                            \
+                    VSTORE(acc[i_][v_], 0, lanes_);                                             \
+                    _Pragma("unroll") for (int l_ = 0; l_ < VW; ++l_) {                         \
+                        const int j_ = v_ * VW + l_;                                            \
+                        if (j_ < (ncols)) {                                                     \
+                            __global REAL* e_ = row_ + (col)[j_];                               \
+                            *e_ = store_value(lanes_[l_], alpha, beta, e_, bias, bias_off,      \
+                                              (i0) + i_);                                       \
+                        }                                                                       \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+#ifdef HAS_BIAS
+#define TILE_STORE_EPILOGUE_VEC(r, bias, bias_off, i) r += (VEC)((bias)[(bias_off) + (i)]); \
+    TILE_RELU_VEC(r)
+#else
+#define TILE_STORE_EPILOGUE_VEC(r, bias, bias_off, i) TILE_RELU_VEC(r)
+#endif
+#ifdef RELU
+// select(a, b, c) takes b where c's lane is set: 0 exactly where r < 0 (NaN compares false: kept).
+#define TILE_RELU_VEC(r) r = select(r, (VEC)(0), r < (VEC)(0));
+#else
+#define TILE_RELU_VEC(r)
+#endif
+
+// The NR column offsets of B panel jp (and how many of its columns exist), once per work-item.
+#define PANEL_COLUMNS(col, ncols, contiguous, jp, n, seg, seg_stride)           \
+    long col[NR];                                                               \
+    const long j0_ = (long)(jp) * NR;                                           \
+    const int ncols = (int)min((long)NR, (long)(n) - j0_);                      \
+    _Pragma("unroll") for (int j_ = 0; j_ < NR; ++j_)                           \
+        col[j_] = column_offset(min(j0_ + j_, (long)(n) - 1), seg, seg_stride); \
+    const bool contiguous = (ncols == NR) && (col[NR - 1] - col[0] == NR - 1);
+
+#ifndef GEMM_PACKED_NO_KERNELS
+
+// Packs op(A[z]) (m x k; row-major with leading dim lda; A^T stored k x m when transposed) into
+// [ceil(m / MR)][k][MR] at ap + ap_off + z * ap_stride. NDRange (ceil(k / PACK_K), ceil(m / MR),
+// batch): each work-item reads PACK_K consecutive k of its MR rows (contiguous runs of A's rows)
+// and writes PACK_K * MR consecutive packed values.
+__kernel void pack_a(const int m, const int k, __global const REAL* restrict a, const long a_off,
+                     const long a_stride, const long lda, const int transposed,
+                     __global REAL* restrict ap, const long ap_off, const long ap_stride) {
+    const int p0 = get_global_id(0) * PACK_K;
+    const int ip = get_global_id(1);
+    const long z = get_global_id(2);
+    __global const REAL* src = a + a_off + z * a_stride;
+    __global REAL* dst = ap + ap_off + z * ap_stride + ((long)ip * k + p0) * MR;
+    const int r0 = ip * MR;
+    const int kn = min(PACK_K, k - p0);
+    if (transposed) {  // A^T is k x m: the MR values of one k are adjacent in memory
+        for (int q = 0; q < kn; ++q) {
+#pragma unroll
+            for (int i = 0; i < MR; ++i)
+                dst[q * MR + i] = (r0 + i < m) ? src[(long)(p0 + q) * lda + r0 + i] : (REAL)0;
+        }
+        return;
+    }
+    REAL t[MR][PACK_K];
+#pragma unroll
+    for (int i = 0; i < MR; ++i) {
+        __global const REAL* row = src + (long)(r0 + i) * lda + p0;
+        if (r0 + i < m && kn == PACK_K) {
+            VSTORE_PACK(VLOAD_PACK(0, row), t[i]);
+        } else {
+#pragma unroll
+            for (int q = 0; q < PACK_K; ++q) t[i][q] = (r0 + i < m && q < kn) ? row[q] : (REAL)0;
+        }
+    }
+    for (int q = 0; q < kn; ++q) {
+#pragma unroll
+        for (int i = 0; i < MR; ++i) dst[q * MR + i] = t[i][q];
+    }
+}
+
+// Packs op(B[z]) (k x n; B^T stored n x k when transposed) into [ceil(n / NR)][k][NR].
+// NDRange (ceil(k / PACK_K), ceil(n / NR), batch): each work-item packs PACK_K consecutive k of one
+// panel: rows of B as vector copies, or (transposed) PACK_K-long runs of B^T's rows, transposed
+// here.
+__kernel void pack_b(const int n, const int k, __global const REAL* restrict b, const long b_off,
+                     const long b_stride, const long ldb, const int transposed,
+                     __global REAL* restrict bp, const long bp_off, const long bp_stride) {
+    const int p0 = get_global_id(0) * PACK_K;
+    const int jp = get_global_id(1);
+    const long z = get_global_id(2);
+    __global const REAL* src = b + b_off + z * b_stride;
+    __global REAL* dst = bp + bp_off + z * bp_stride + ((long)jp * k + p0) * NR;
+    const int j0 = jp * NR;
+    const int kn = min(PACK_K, k - p0);
+    if (!transposed) {
+        for (int q = 0; q < kn; ++q) {
+            __global const REAL* row = src + (long)(p0 + q) * ldb + j0;
+            if (j0 + NR <= n) {  // a full row segment: plain vector copies
+#pragma unroll
+                for (int v = 0; v < NV; ++v) VSTORE(VLOAD(v, row), v, dst + q * NR);
+            } else {
+                for (int j = 0; j < NR; ++j) dst[q * NR + j] = (j0 + j < n) ? row[j] : (REAL)0;
+            }
+        }
+        return;
+    }
+    for (int j = 0; j < NR; ++j) {  // column j0 + j of op(B) is row j0 + j of B^T
+        __global const REAL* col = src + (long)(j0 + j) * ldb + p0;
+        REAL t[PACK_K];
+        if (j0 + j < n && kn == PACK_K) {
+            VSTORE_PACK(VLOAD_PACK(0, col), t);
+        } else {
+#pragma unroll
+            for (int q = 0; q < PACK_K; ++q) t[q] = (j0 + j < n && q < kn) ? col[q] : (REAL)0;
+        }
+        for (int q = 0; q < kn; ++q) dst[q * NR + j] = t[q];
+    }
+}
+
+// C[z] = alpha * A[z] @ B[z] + beta * C[z] (+ bias, activation) from packed A and B.
+// NDRange (ceil(n / NR), mgroups, batch), local size 1: work-item (jp, g) multiplies B panel jp by
+// A panels [g * panels_per_group, (g + 1) * panels_per_group). Column j of C is at
+// column_offset(j, seg, seg_stride); row i at i * ldc; matrix z at c_off + z * c_stride.
+__kernel void gemm_packed(const int m, const int n, const int k, const int panels_per_group,
+                          __global const REAL* restrict ap, const long ap_off, const long ap_stride,
+                          __global const REAL* restrict bp, const long bp_off, const long bp_stride,
+                          __global REAL* restrict c, const long c_off, const long c_stride,
+                          const long ldc, const long seg, const long seg_stride,
+                          const REAL alpha, const REAL beta,
+                          __global const REAL* restrict bias, const long bias_off,
+                          const long bias_stride) {
+    const int jp = get_global_id(0);
+    const int g = get_global_id(1);
+    const long z = get_global_id(2);
+    const int mpanels = (m + MR - 1) / MR;
+    const int ip0 = g * panels_per_group;
+    const int ip1 = min(ip0 + panels_per_group, mpanels);
+    __global const REAL* bpanel = bp + bp_off + z * bp_stride + (long)jp * k * NR;
+    __global const REAL* apanels = ap + ap_off + z * ap_stride;
+    __global REAL* cz = c + c_off + z * c_stride;
+    const long boff = bias_off + z * bias_stride;
+    PANEL_COLUMNS(col, ncols, contiguous, jp, n, seg, seg_stride)
+    for (int ip = ip0; ip < ip1; ++ip) {
+        TILE_DECLARE(acc);
+        TILE_ZERO(acc)
+        __global const REAL* apanel = apanels + (long)ip * k * MR;
+        TILE_MULTIPLY(acc, apanel, bpanel, k)
+        const int i0 = ip * MR;
+        TILE_STORE(acc, cz, ldc, i0, min(MR, m - i0), col, ncols, contiguous, alpha, beta, bias,
+                   boff)
+    }
+}
+
+#endif  // GEMM_PACKED_NO_KERNELS

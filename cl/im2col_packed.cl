@@ -1,0 +1,151 @@
+// im2col_packed.cl: the column matrix of a convolution written straight into the packed B layout of
+// cl/gemm_packed.cl, so that the GEMM needs no separate packing pass.
+//
+// Column matrix per group g (rows p < CIN_G * KSIZE, folded columns j over the images of a launch):
+//   row p = ci * KSIZE + (kd * KH + kh) * KW + kw      (input channel c = g * CIN_G + ci)
+//   column j -> jg = col_start + j, image n = jg / OUT_SPATIAL,
+//               l = jg % OUT_SPATIAL = (od * OH + oh) * OW + ow
+//   value = x[n][c][od*SD - PD + kd*DD][oh*SH - PH + kh*DH][ow*SW - PW + kw*DW] through
+//           source_coord() (PAD_MODE: zeros / reflect / replicate / circular); 0 past the end
+// Packed: bp[bp_off + g * group_stride + (j / NR) * K * NR + p * NR + j % NR], K = CIN_G * KSIZE,
+// group_stride = ceil(ncols / NR) * K * NR: [GROUPS][panels][K][NR] (the padded columns are zeros).
+//
+// -D NR, -D VW       panel width and vector width (the GEMM's)
+// -D ROWS_PER_ITEM   rows a work-item writes
+// Plus the geometry defines of common.cl (C, GROUPS, ID..OW, KD..DW, PAD_MODE), REAL, INDEX_T.
+// NDRange (ceil(ncols / NR), ceil(K / ROWS_PER_ITEM), GROUPS), local size 1. The batch and the
+// column counts are arguments.
+//
+// A work-item decodes its NR columns once into runs that lie in one output line each (image offset
+// and the window's corner in the padded input) and then writes ROWS_PER_ITEM rows of NR values,
+// kernel offset by kernel offset: the coordinates of an offset serve all its channels (see
+// DEFINE_GATHER).
+
+#include "common.cl"
+
+#ifndef NR
+#define NR 16
+#endif
+#ifndef VW
+#define VW 8
+#endif
+#ifndef VLOAD  // (gemm_packed.cl defines these too when included first)
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define VLOAD CAT(vload, VW)
+#define VSTORE CAT(vstore, VW)
+#endif
+#ifndef ROWS_PER_ITEM
+#define ROWS_PER_ITEM 64
+#endif
+#define KG ((int)(CIN_G * KSIZE))
+
+// The NR columns of panel jp, as runs of consecutive columns that lie in one output line (same
+// image, od and oh: the same input rows for every kernel offset): each run's image offset, window
+// corner in the padded input and length. Columns past the last one form no run (their values are
+// zeros).
+typedef struct {
+    idx_t base[NR];        // offset of the run's image in x (x_off included)
+    int d0[NR], h0[NR], w0[NR];
+    int start[NR], len[NR];
+    int runs;
+} panel_columns;
+
+inline void decode_columns(panel_columns* pc, const long x_off, const long col_start,
+                           const long ncols, const int jp) {
+    const long j0 = (long)jp * NR;
+    const int count = (int)min((long)NR, ncols - j0);
+    int runs = 0;
+    int v = 0;
+    while (v < count) {
+        const idx_t jg = (idx_t)(col_start + j0 + v);
+        const idx_t n = jg / OUT_SPATIAL;
+        const idx_t l = jg % OUT_SPATIAL;
+        const int ow = (int)(l % OW);
+        const int oh = (int)((l / OW) % OH);
+        const int od = (int)(l / ((idx_t)OH * OW));
+        const int len = min(count - v, OW - ow);
+        pc->base[runs] = (idx_t)x_off + n * (C * IN_SPATIAL);
+        pc->d0[runs] = od * SD - PD;
+        pc->h0[runs] = oh * SH - PH;
+        pc->w0[runs] = ow * SW - PW;
+        pc->start[runs] = v;
+        pc->len[runs] = len;
+        ++runs;
+        v += len;
+    }
+    pc->runs = runs;
+    for (int r = runs; r < NR; ++r) pc->start[r] = count;  // where the zero tail begins
+}
+
+// Writes rows [p0, p1) of group g's panel (K x NR, row p at dst[(p - p0) * NR]) from the input.
+// Rows are p = ci * KSIZE + kk: for each kernel offset kk and each run, the input coordinates are
+// worked out once and then serve every channel ci of the range (only the channel's offset changes):
+// a run inside one input row with stride 1 is NR / VW vector copies a channel, otherwise each
+// column's source (source_coord(), -1 for a zero) is kept in idx[] and gathered per channel.
+#define DEFINE_GATHER(name, AS)                                                                    \
+inline void name(__global const REAL* restrict x, const panel_columns* pc, const int g,            \
+                 const int p0, const int p1, AS REAL* restrict dst) {                              \
+    const int tail = pc->runs > 0 ? pc->start[pc->runs - 1] + pc->len[pc->runs - 1] : 0;           \
+    const idx_t group = (idx_t)g * CIN_G * IN_SPATIAL;                                             \
+    for (int kk = 0; kk < (int)KSIZE; ++kk) {                                                      \
+        /* the channels ci with p0 <= ci * KSIZE + kk < p1 */                                      \
+        const int ci0 = (p0 <= kk) ? 0 : (p0 - kk + (int)KSIZE - 1) / (int)KSIZE;                  \
+        const int ci1 = (p1 <= kk) ? 0 : (p1 - kk + (int)KSIZE - 1) / (int)KSIZE;                  \
+        if (ci0 >= ci1) continue;                                                                  \
+        const int kd = kk / (KH * KW), kh = (kk / KW) % KH, kw = kk % KW;                          \
+        AS REAL* rows = dst + (ci0 * (int)KSIZE + kk - p0) * NR;  /* row of channel ci0 */         \
+        for (int r = 0; r < pc->runs; ++r) {                                                       \
+            AS REAL* o = rows + pc->start[r];                                                      \
+            const int len = pc->len[r];                                                            \
+            const int sd = source_coord(pc->d0[r] + kd * DD, ID);                                  \
+            const int sh = source_coord(pc->h0[r] + kh * DH, IH);                                  \
+            if (sd < 0 || sh < 0) {  /* the run reads zero padding rows */                         \
+                for (int ci = ci0; ci < ci1; ++ci, o += KSIZE * NR)                                \
+                    for (int v = 0; v < len; ++v) o[v] = (REAL)0;                                  \
+                continue;                                                                          \
+            }                                                                                      \
+            __global const REAL* src = x + pc->base[r] + group + (idx_t)ci0 * IN_SPATIAL           \
+                                       + ((idx_t)sd * IH + sh) * IW;                               \
+            const int shift = pc->w0[r] + kw * DW;  /* input column of run column v: v*SW+shift */ \
+            if (SW == 1 && len == NR && shift >= 0 && shift + NR <= IW) {                          \
+                src += shift;                                                                      \
+                for (int ci = ci0; ci < ci1; ++ci, o += KSIZE * NR, src += IN_SPATIAL) {           \
+                    _Pragma("unroll") for (int q = 0; q < NR / VW; ++q)                            \
+                        VSTORE(VLOAD(q, src), q, o);                                               \
+                }                                                                                  \
+                continue;                                                                          \
+            }                                                                                      \
+            int idx[NR];                                                                           \
+            for (int v = 0; v < len; ++v) idx[v] = source_coord(v * SW + shift, IW);               \
+            for (int ci = ci0; ci < ci1; ++ci, o += KSIZE * NR, src += IN_SPATIAL)                 \
+                for (int v = 0; v < len; ++v) o[v] = (idx[v] < 0) ? (REAL)0 : src[idx[v]];         \
+        }                                                                                          \
+        if (tail < NR) {  /* columns past the last one */                                          \
+            AS REAL* o = rows;                                                                     \
+            for (int ci = ci0; ci < ci1; ++ci, o += KSIZE * NR)                                    \
+                for (int v = tail; v < NR; ++v) o[v] = (REAL)0;                                    \
+        }                                                                                          \
+    }                                                                                              \
+}
+
+DEFINE_GATHER(gather_rows_global, __global)
+DEFINE_GATHER(gather_rows_local, __local)
+
+#ifndef IM2COL_PACKED_NO_KERNELS
+
+__kernel void im2col_packed(__global const REAL* restrict x, const long x_off,
+                            __global REAL* restrict bp, const long bp_off, const long col_start,
+                            const long ncols) {
+    const int jp = get_global_id(0);
+    const int p0 = get_global_id(1) * ROWS_PER_ITEM;
+    const int g = get_global_id(2);
+    const int p1 = min(p0 + ROWS_PER_ITEM, KG);
+    const long panels = (ncols + NR - 1) / NR;
+    panel_columns pc;
+    decode_columns(&pc, x_off, col_start, ncols, jp);
+    __global REAL* dst = bp + bp_off + ((long)g * panels + jp) * KG * NR + (long)p0 * NR;
+    gather_rows_global(x, &pc, g, p0, p1, dst);
+}
+
+#endif  // IM2COL_PACKED_NO_KERNELS

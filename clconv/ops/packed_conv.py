@@ -1,0 +1,218 @@
+"""Convolutions on the packed GEMM engine (clconv.blas.packed): two paths for CPU-like devices.
+
+- im2col into packed panels (`enqueue_im2col_packed_conv`): cl/im2col_packed.cl writes each
+  group's column matrix (C_in/groups * prod(kernel) x images * L) straight in the micro-kernel's
+  packed B layout (no separate packing pass), then cl/gemm_packed.cl multiplies the packed filters
+  by it, one GEMM strided-batched over the groups, with the bias and activation fused into the store
+  of C and the result written directly in NCHW (the images are folded into the GEMM's N: a B panel
+  may straddle two images, its columns' output offsets say where each goes). Workspace: the packed
+  columns.
+- implicit GEMM (`enqueue_implicit_conv`): cl/conv_implicit.cl, no column buffer at all: each
+  work-item gathers its K x NR panel of the column matrix from the input into local memory and runs
+  the same micro-kernel on it. Workspace: none (the output only).
+
+Both keep every PyTorch semantic of the other paths (padding modes through common.cl's source_coord,
+stride, dilation, groups, 1-d/2-d/3-d through the canonical 3-D defines, NaN/Inf: no fast-math, the
+zero padding of the packs never reaches a stored element). The filters are packed once by
+`pack_conv_weights` (a plan keeps the `PackedA` while the weights are unchanged).
+Sizes that only change the amount of work (the batch, the column range) are kernel arguments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+
+from ..blas import packed
+from ..blas.packed import PackedA, Tile
+from ..runtime.device import Device, current_device
+from ..runtime.program import kernel, precision_defines
+from ..runtime.transfer import index_type
+from .geometry import ConvGeometry
+
+__all__ = [
+    "IM2COL_PACKED",
+    "IMPLICIT",
+    "conv_tile",
+    "enqueue_im2col_packed_conv",
+    "enqueue_implicit_conv",
+    "pack_conv_weights",
+    "workspace_bytes",
+]
+
+IM2COL_PACKED = "im2col_packed"
+IMPLICIT = "implicit"
+_ROWS_PER_ITEM = 64  # rows of the packed column matrix one im2col_packed work-item writes
+_PANEL_BUDGET = 256 * 1024  # bytes of local memory an implicit-GEMM panel may take (half Zen's L2)
+
+
+def conv_tile(dev: Device, geo: ConvGeometry, dtype: object) -> Tile:
+    """The register tile of `geo`'s per-group GEMM: (C_out/g) x (C_in/g * k) @ (... x N * L)."""
+    return packed.tile_for(dev, dtype, geo.cout_per_group, geo.batch * geo.out_spatial,
+                           geo.cin_per_group * geo.ksize)
+
+
+def pack_conv_weights(dev: Device, geo: ConvGeometry, w: cla.Array, w_offset: int | None = None,
+                      tile: Tile | None = None) -> PackedA:
+    """The filters (C_out, C_in/groups, *kernel), contiguous from element `w_offset` (default: the
+    array's own offset), packed per group as the GEMM's A: `groups` matrices of (C_out/groups) x
+    (C_in/groups * prod(kernel)). Enqueued; returns a PackedA with its own buffer (reuse it while
+    the weights are unchanged)."""
+    off = w.offset // w.dtype.itemsize if w_offset is None else w_offset
+    m, k = geo.cout_per_group, geo.cin_per_group * geo.ksize
+    tile = conv_tile(dev, geo, w.dtype) if tile is None else tile
+    return packed.pack_a(dev, m, k, w, off, m * k, geo.groups, tile=tile)
+
+
+def _columns_bytes(geo: ConvGeometry, tile: Tile, itemsize: int, columns: int) -> int:
+    return geo.groups * tile.packed_b_size(columns, geo.cin_per_group * geo.ksize) * itemsize
+
+
+def workspace_bytes(geo: ConvGeometry, dtype: object, algorithm: str = IM2COL_PACKED,
+                    dev: Device | None = None) -> int:
+    """Bytes of workspace the path needs for `geo` unsplit: for 'im2col_packed' the packed columns
+    of the whole batch, groups * ceil(N * L / NR) * NR * (C_in/groups * prod(kernel)) values (NR
+    from `dev`'s tile, default the current device); for 'implicit' 0 (the output is all it
+    writes)."""
+    if algorithm == IMPLICIT:
+        return 0
+    if algorithm != IM2COL_PACKED:
+        raise ValueError(f"algorithm must be {IM2COL_PACKED!r} or {IMPLICIT!r}, got {algorithm!r}")
+    dev = current_device() if dev is None else dev
+    itemsize = np.dtype(dtype).itemsize
+    return _columns_bytes(geo, conv_tile(dev, geo, dtype), itemsize, geo.batch * geo.out_spatial)
+
+
+# Columns one launch may take: the kernels count columns (and the GEMM's N) in int.
+_MAX_COLUMNS = 2**30
+
+
+def _chunks(geo: ConvGeometry, tile: Tile, itemsize: int,
+            limit: int | None) -> list[tuple[int, int]]:
+    """(first folded column, columns) per launch: whole images side by side while `limit` bytes of
+    packed columns allow (None: no limit), else ranges of one image's positions. Raises
+    MemoryError when not even one panel fits."""
+    total, l = geo.batch * geo.out_spatial, geo.out_spatial
+    panel = _columns_bytes(geo, tile, itemsize, tile.nr)
+    if limit is not None and panel > limit:
+        raise MemoryError(f"workspace_limit={limit} bytes cannot hold one packed column panel of "
+                          f"{panel} bytes")
+    cols = _MAX_COLUMNS if limit is None else min(_MAX_COLUMNS, (limit // panel) * tile.nr)
+    if total <= cols:
+        return [(0, total)]
+    if cols >= l:
+        step = (cols // l) * l
+        return [(c, min(step, total - c)) for c in range(0, total, step)]
+    return [(n * l + c, min(cols, l - c)) for n in range(geo.batch) for c in range(0, l, cols)]
+
+
+def _conv_defines(geo: ConvGeometry, dtype: np.dtype, tile: Tile, *buffers: cl.Buffer) -> dict:
+    defines = geo.defines()
+    defines.update(precision_defines(dtype))
+    defines.update(tile.defines(), GROUPS=geo.groups, COUT=geo.out_channels,
+                   INDEX_T=index_type(*(b.size // dtype.itemsize for b in buffers)))
+    return defines
+
+
+def _epilogue_defines(defines: dict, bias: cla.Array | None, activation: str | None) -> None:
+    if bias is not None:
+        defines["HAS_BIAS"] = None
+    if activation == "relu":
+        defines["RELU"] = None
+    elif activation is not None:
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+
+
+def _check(geo: ConvGeometry, w_packed: PackedA, dtype: np.dtype) -> None:
+    m, k = geo.cout_per_group, geo.cin_per_group * geo.ksize
+    if (w_packed.m, w_packed.k, w_packed.batch) != (m, k, geo.groups):
+        raise ValueError(f"w_packed holds {w_packed.batch} x ({w_packed.m} x {w_packed.k}) "
+                         f"filters, the convolution needs {geo.groups} x ({m} x {k}): pack them "
+                         f"with pack_conv_weights for this geometry")
+    if w_packed.data.dtype != dtype:
+        raise TypeError(f"w_packed is {w_packed.data.dtype}, the output {dtype}")
+
+
+def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_off: int,
+                               w_packed: PackedA, bias: cla.Array | None, out: cla.Array,
+                               out_off: int, activation: str | None = None, *,
+                               bias_off: int | None = None,
+                               workspace_limit: int | None = None) -> None:
+    """out = act(conv(x, w) + bias) by im2col into packed panels + the packed GEMM. Call holding
+    dev.lock (or not: the lock is re-entrant and taken here).
+
+    x: the (N, C_in, *in_size) input, contiguous from element x_off; out: (N, C_out, *out_size)
+    from element out_off; w_packed: `pack_conv_weights(dev, geo, w)`; bias: (C_out,) from element
+    bias_off (default its own offset) or None; activation None or 'relu' (NaN kept, as torch). Bias
+    and activation are fused into the GEMM's store. Workspace: `workspace_bytes(geo, dtype)` bytes
+    of the device's packing scratch; with `workspace_limit` the images (then an image's positions)
+    are split into launches whose packed columns fit (results do not depend on the split).
+    """
+    dtype = np.dtype(out.dtype)
+    _check(geo, w_packed, dtype)
+    if geo.batch == 0:
+        return
+    tile = w_packed.tile
+    m, k, l = geo.cout_per_group, geo.cin_per_group * geo.ksize, geo.out_spatial
+    b_off = 0 if bias is None else (bias.offset // bias.dtype.itemsize if bias_off is None
+                                    else bias_off)
+    chunks = _chunks(geo, tile, dtype.itemsize, workspace_limit)
+    most = max(n for _, n in chunks)
+    with dev.lock:
+        scratch = packed.packed_scratch(dev, geo.groups * tile.packed_b_size(most, k), dtype)
+        defines = _conv_defines(geo, dtype, tile, x.base_data, out.base_data)
+        defines["ROWS_PER_ITEM"] = _ROWS_PER_ITEM
+        im2col = kernel(dev, "im2col_packed.cl", "im2col_packed",
+                        {d: v for d, v in defines.items() if d != "MR"})
+        for start, ncols in chunks:
+            im2col(dev.queue, (tile.b_panels(ncols), -(-k // _ROWS_PER_ITEM), geo.groups),
+                   (1, 1, 1), x.base_data, np.int64(x_off), scratch.base_data, np.int64(0),
+                   np.int64(start), np.int64(ncols))
+            # Whole images: column j at (j // L) images + j % L; one image's range: plain columns.
+            image, pos = divmod(start, l)
+            segment = l if pos == 0 else ncols
+            packed.enqueue_gemm(
+                dev, tile, m, ncols, k, w_packed.data, w_packed.offset, w_packed.stride, scratch, 0,
+                tile.packed_b_size(ncols, k), out,
+                out_off + image * geo.out_channels * l + pos, m * l, l, geo.groups,
+                segment=segment, segment_stride=geo.out_channels * l, bias=bias,
+                bias_offset=b_off, bias_stride=m, activation=activation)
+
+
+def _implicit_chunk(dev: Device, k: int, tile: Tile, itemsize: int) -> int:
+    """KC: rows of a B panel held in local memory at once (all K when K x NR fits the budget)."""
+    budget = min(_PANEL_BUDGET, int(dev.cl_device.local_mem_size))
+    return max(1, min(k, budget // (tile.nr * itemsize)))
+
+
+def enqueue_implicit_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_off: int,
+                          w_packed: PackedA, bias: cla.Array | None, out: cla.Array, out_off: int,
+                          activation: str | None = None, *, bias_off: int | None = None) -> None:
+    """out = act(conv(x, w) + bias) by the fused implicit GEMM (cl/conv_implicit.cl). Arguments as
+    `enqueue_im2col_packed_conv`; no workspace (`workspace_bytes(geo, dtype, 'implicit')` is 0): the
+    column panels live in local memory, KC x NR values a work-item (KC = all of C_in/groups * prod(
+    kernel) up to 256 KiB, else chunks of K whose partial sums go through the output). Call holding
+    dev.lock (or not: it is taken here)."""
+    dtype = np.dtype(out.dtype)
+    _check(geo, w_packed, dtype)
+    if geo.batch == 0:
+        return
+    tile = w_packed.tile
+    m, k = geo.cout_per_group, geo.cin_per_group * geo.ksize
+    kc = _implicit_chunk(dev, k, tile, dtype.itemsize)
+    b_off = 0 if bias is None else (bias.offset // bias.dtype.itemsize if bias_off is None
+                                    else bias_off)
+    defines = _conv_defines(geo, dtype, tile, x.base_data, out.base_data)
+    defines["KC"] = kc
+    _epilogue_defines(defines, bias, activation)
+    bias_buf = bias.base_data if bias is not None else out.base_data
+    with dev.lock:
+        conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
+        for start, count in _chunks(geo, tile, dtype.itemsize, None):
+            mgroups, per_group = packed.grid(dev, tile, m, count, geo.groups)
+            conv(dev.queue, (tile.b_panels(count), mgroups, geo.groups), (1, 1, 1), x.base_data,
+                 np.int64(x_off), w_packed.data.base_data, np.int64(w_packed.offset),
+                 np.int64(w_packed.stride), out.base_data, np.int64(out_off), np.int64(start),
+                 np.int64(count), np.int32(per_group), bias_buf, np.int64(b_off),
+                 cl.LocalMemory(kc * tile.nr * dtype.itemsize))

@@ -1,0 +1,219 @@
+"""clconv.ops.packed_conv: im2col into packed panels + packed GEMM, and the fused implicit GEMM,
+against the numpy float64 oracle (tests/reference.py) with PyTorch's semantics: every padding mode,
+stride, dilation, groups (depthwise too), 1-d/2-d/3-d, bias and ReLU fused, NaN/Inf where torch puts
+them, offsets into larger buffers, the workspace split and the implicit path's K chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cla
+import pytest
+import reference as ref
+from tolerance import assert_close, conv_magnitude, conv_reduction
+
+from clconv.blas import packed
+from clconv.ops import packed_conv
+from clconv.ops.geometry import conv_geometry
+
+PATHS = {"im2col_packed": packed_conv.enqueue_im2col_packed_conv,
+         "implicit": packed_conv.enqueue_implicit_conv}
+
+# (input shape, weight shape, conv arguments)
+CASES = [
+    ((2, 4, 9, 11), (6, 4, 3, 3), {"padding": 1}),
+    ((1, 3, 20, 19), (17, 3, 3, 3), {"padding": 1, "stride": 2}),
+    ((1, 6, 7, 8), (6, 2, 3, 2), {"padding": (2, 1), "stride": (2, 1), "groups": 3,
+                                      "padding_mode": "reflect"}),
+    ((2, 5, 12, 9), (7, 5, 3, 3), {"padding": 2, "dilation": 2, "padding_mode": "replicate"}),
+    ((2, 4, 8, 8), (5, 4, 3, 3), {"padding": 3, "padding_mode": "circular"}),
+    ((1, 4, 10, 10), (4, 4, 4, 2), {"padding": "same"}),
+    ((3, 8, 5, 5), (8, 1, 3, 3), {"padding": 1, "groups": 8}),  # depthwise
+    # OW = 40, 35: whole panel rows inside one input row (the vector-copy gather), edges around them
+    ((2, 3, 5, 40), (4, 3, 3, 3), {"padding": 1}),
+    ((1, 20, 4, 35), (9, 20, 1, 3), {"padding": (0, 2), "padding_mode": "reflect"}),
+    ((2, 70, 6, 6), (70, 70, 1, 1), {}),  # 1x1: N * L = 72 crosses images inside a panel
+    ((2, 3, 10), (5, 3, 3), {"padding": 2, "dilation": 2, "padding_mode": "circular"}),  # 1-d
+    ((1, 2, 30), (4, 1, 5),
+     {"stride": 3, "groups": 2, "padding_mode": "reflect", "padding": 2}),  # 1-d
+    ((1, 2, 4, 5, 6), (3, 2, 2, 3, 2), {"padding": 1, "padding_mode": "replicate"}),  # 3-d
+    ((2, 4, 5, 4, 6), (4, 2, 3, 1, 3), {"stride": (1, 2, 2), "groups": 2, "padding": (1, 0, 2)}),
+]
+
+
+def _conv(dev, path, geo, x, w, b, activation, **kw):
+    q = dev.queue
+    wp = packed_conv.pack_conv_weights(dev, geo, cla.to_device(q, w))
+    out = cla.empty(q, geo.output_shape, x.dtype)
+    with dev.lock:
+        PATHS[path](dev, geo, cla.to_device(q, x), 0, wp,
+                    None if b is None else cla.to_device(q, b), out, 0, activation, **kw)
+    return out.get()
+
+
+def _geometry(x, w, kw):
+    return conv_geometry(w.ndim - 2, x.shape, w.shape, kw.get("stride", 1), kw.get("padding", 0),
+                         kw.get("dilation", 1), kw.get("groups", 1),
+                         kw.get("padding_mode", "zeros"))
+
+
+def _expected(x, w, b, kw, activation):
+    r = ref.conv_nd(x, w, b, **kw)
+    return np.maximum(r, 0) if activation == "relu" else r  # np.maximum keeps NaN, as torch.relu
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("activation,bias", [(None, False), ("relu", True)])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_reference(dev, rng, dtype, path, activation, bias, case):
+    xs, ws, kw = CASES[case]
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype) if bias else None
+    geo = _geometry(x, w, kw)
+    got = _conv(dev, path, geo, x, w, b, activation)
+    assert got.dtype == dtype
+    assert_close(got, _expected(x, w, b, kw, activation), reduction=conv_reduction(w),
+                 magnitude=conv_magnitude(x, w, b))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+def test_nan_inf_where_torch_puts_them(dev, rng, dtype, path, padding_mode):
+    """Inf and NaN in the input (next to the border, so the padding modes copy them or not), and a
+    zero filter tap facing an Inf (0 * Inf = NaN): the pattern is the oracle's, after ReLU too, in
+    the vector store of full tiles and the masked one of edge tiles and of panels across images."""
+    x = rng.uniform(0.5, 1.5, (2, 3, 9, 10)).astype(dtype)
+    w = rng.uniform(-1, 1, (7, 3, 3, 3)).astype(dtype)  # 7 = one full 6-row tile + an edge row
+    b = rng.standard_normal(7).astype(dtype)
+    x[0, 1, 0, 0] = np.inf
+    x[1, 2, 4, 9] = -np.inf
+    x[1, 0, 8, 3] = np.nan
+    w[2, 1, 1, 1] = 0.0
+    kw = {"padding": 1, "padding_mode": padding_mode}
+    geo = _geometry(x, w, kw)
+    for activation in (None, "relu"):
+        got = _conv(dev, path, geo, x, w, b, activation)
+        expected = _expected(x, w, b, kw, activation)
+        assert np.isnan(expected).any() and np.isinf(expected).any()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
+        finite = np.isfinite(expected)
+        assert_close(got[finite], expected[finite], reduction=conv_reduction(w),
+                     magnitude=conv_magnitude(x, w, b))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_offsets_into_larger_buffers(dev, rng, path):
+    """x, out and bias at element offsets inside bigger buffers: nothing outside is written."""
+    x = rng.standard_normal((2, 4, 7, 9)).astype(np.float32)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    kw = {"padding": 1, "stride": (1, 2)}
+    geo = _geometry(x, w, kw)
+    q = dev.queue
+    x_off, out_off, b_off = 5, 13, 3
+    x_buf = np.concatenate([rng.standard_normal(x_off), x.ravel(), rng.standard_normal(4)])
+    out_buf = rng.standard_normal(out_off + np.prod(geo.output_shape) + 7).astype(np.float32)
+    b_buf = np.concatenate([rng.standard_normal(b_off), b]).astype(np.float32)
+    d_out = cla.to_device(q, out_buf)
+    wp = packed_conv.pack_conv_weights(dev, geo, cla.to_device(q, w))
+    PATHS[path](dev, geo, cla.to_device(q, x_buf.astype(np.float32)), x_off, wp,
+                cla.to_device(q, b_buf), d_out, out_off, "relu", bias_off=b_off)
+    got = d_out.get()
+    n_out = int(np.prod(geo.output_shape))
+    assert_close(got[out_off:out_off + n_out].reshape(geo.output_shape),
+                 _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
+                 magnitude=conv_magnitude(x, w, b))
+    np.testing.assert_array_equal(got[:out_off], out_buf[:out_off])
+    np.testing.assert_array_equal(got[out_off + n_out:], out_buf[out_off + n_out:])
+
+
+@pytest.mark.parametrize("limit_panels", [1, 3, 10, 15])
+def test_workspace_limit_splits_without_changing_results(dev, rng, limit_panels):
+    """A limit of 1 or 3 packed panels splits each image's positions, 10 or 15 panels (160, 240 of
+    the 330 columns) run one or two whole images a launch; the results equal the unsplit call's bit
+    for bit (the same sums in the same order)."""
+    x = rng.standard_normal((3, 4, 10, 11)).astype(np.float32)
+    w = rng.standard_normal((10, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    kw = {"padding": 1, "groups": 2}
+    geo = _geometry(x, w, kw)
+    tile = packed_conv.conv_tile(dev, geo, np.float32)
+    panel = geo.groups * tile.packed_b_size(tile.nr, 2 * 9) * 4
+    chunks = packed_conv._chunks(geo, tile, 4, limit_panels * panel)
+    assert len(chunks) > 1 and sum(n for _, n in chunks) == 3 * 110
+    whole = _conv(dev, "im2col_packed", geo, x, w, b, "relu")
+    split = _conv(dev, "im2col_packed", geo, x, w, b, "relu",
+                  workspace_limit=limit_panels * panel)
+    np.testing.assert_array_equal(split, whole)
+    assert_close(whole, _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
+                 magnitude=conv_magnitude(x, w, b))
+    with pytest.raises(MemoryError, match="cannot hold one packed column panel"):
+        _conv(dev, "im2col_packed", geo, x, w, b, None, workspace_limit=panel - 1)
+
+
+def test_workspace_bytes(dev, rng):
+    """'implicit' needs none; 'im2col_packed' exactly the packed columns, which is what the device's
+    packing scratch holds after one call from empty."""
+    x = rng.standard_normal((2, 6, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    geo = _geometry(x, w, {"groups": 2})
+    tile = packed_conv.conv_tile(dev, geo, np.float32)
+    expected = 2 * (-(-2 * 49 // tile.nr)) * tile.nr * 27 * 4
+    assert packed_conv.workspace_bytes(geo, np.float32, dev=dev) == expected
+    assert packed_conv.workspace_bytes(geo, np.float32, "implicit", dev=dev) == 0
+    packed.release_scratch(dev)
+    _conv(dev, "implicit", geo, x, w, None, None)
+    assert packed.scratch_bytes(dev) == 0
+    _conv(dev, "im2col_packed", geo, x, w, None, None)
+    assert packed.scratch_bytes(dev) == expected
+    with pytest.raises(ValueError, match="algorithm must be"):
+        packed_conv.workspace_bytes(geo, np.float32, "im2col", dev=dev)
+
+
+def test_implicit_k_chunks(dev, rng, dtype, monkeypatch):
+    """With a local-memory budget below the whole K x NR panel, K runs in chunks whose partial sums
+    pass through the output; bias and ReLU only at the end (ReLU of a partial sum would be
+    wrong)."""
+    x = rng.standard_normal((2, 5, 8, 7)).astype(dtype)
+    w = rng.standard_normal((7, 5, 3, 3)).astype(dtype)
+    b = rng.standard_normal(7).astype(dtype)
+    kw = {"padding": 1}
+    geo = _geometry(x, w, kw)
+    tile = packed_conv.conv_tile(dev, geo, dtype)
+    monkeypatch.setattr(packed_conv, "_PANEL_BUDGET", 7 * tile.nr * dtype.itemsize)  # KC = 7 of 45
+    assert packed_conv._implicit_chunk(dev, 45, tile, dtype.itemsize) == 7
+    got = _conv(dev, "implicit", geo, x, w, b, "relu")
+    assert_close(got, _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
+                 magnitude=conv_magnitude(x, w, b))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rejects_mismatched_filters_and_activation(dev, rng, path):
+    q = dev.queue
+    x = cla.to_device(q, rng.standard_normal((1, 4, 6, 6)).astype(np.float32))
+    w = cla.to_device(q, rng.standard_normal((6, 4, 3, 3)).astype(np.float32))
+    geo = conv_geometry(2, x.shape, w.shape, 1, 1, 1, 1)
+    other = conv_geometry(2, (1, 4, 6, 6), (6, 2, 3, 3), 1, 1, 1, 2)
+    out = cla.empty(q, geo.output_shape, np.float32)
+    wp = packed_conv.pack_conv_weights(dev, geo, w)
+    with pytest.raises(ValueError, match="pack them with pack_conv_weights"):
+        PATHS[path](dev, other, x, 0, wp, None, out, 0)
+    with pytest.raises(ValueError, match="activation must be None or 'relu'"):
+        PATHS[path](dev, geo, x, 0, wp, None, out, 0, "gelu")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_64_bit_index_build(dev, rng, monkeypatch, path):
+    """INDEX_T=long (what buffers of 2**31 elements or more get) builds and computes the same."""
+    from clconv.runtime import transfer
+
+    monkeypatch.setattr(transfer, "FORCE_INDEX_T", "long")
+    x = rng.standard_normal((2, 4, 6, 18)).astype(np.float32)
+    w = rng.standard_normal((8, 2, 3, 3)).astype(np.float32)  # 4 per group: the 4 x 3VW tile
+    b = rng.standard_normal(8).astype(np.float32)
+    kw = {"padding": 1, "groups": 2, "padding_mode": "reflect"}
+    got = _conv(dev, path, _geometry(x, w, kw), x, w, b, "relu")
+    assert_close(got, _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
+                 magnitude=conv_magnitude(x, w, b))

@@ -1,0 +1,296 @@
+"""Plans (clconv.ops.plan): made once, run many; the functional API's plan cache; what a run does
+and does not do (no builds for a new batch size, no re-measuring within a batch bucket); out=;
+errors for operands that do not match the plan; and the review fixes that came with plans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+import pytest
+
+import reference as ref
+from tolerance import assert_close, conv_magnitude, conv_reduction
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+def _r(rng, shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.fixture
+def builds(clconv):
+    """programs built on the current device since the fixture started: call it."""
+    from clconv.runtime.program import programs
+
+    cache = programs(clconv.current_device())
+    start = cache.builds
+    return lambda: cache.builds - start
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "direct", "winograd", "auto"])
+def test_plan_runs_many_times_and_equals_the_functional_call(clconv, rng, algorithm):
+    x, w, b = _r(rng, (2, 4, 9, 8)), _r(rng, (6, 4, 3, 3)), _r(rng, (6,))
+    plan = clconv.plan_conv2d(x.shape, w.shape, padding=1, algorithm=algorithm,
+                              activation="relu")
+    assert plan.algorithm in clconv.ALGORITHMS and plan.algorithm != "auto"
+    want = np.maximum(ref.conv_nd(x, w, b, 1, 1), 0)
+    for _ in range(3):
+        assert_close(plan(x, w, b), want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    np.testing.assert_array_equal(
+        plan(x, w, b), clconv.conv2d(x, w, b, padding=1, algorithm=plan.algorithm,
+                                     activation="relu"))
+    # a plan made with a bias runs without one (adding zeros)
+    assert_close(plan(x, w), np.maximum(ref.conv_nd(x, w, None, 1, 1), 0), np.float32,
+                 conv_reduction(w), conv_magnitude(x, w))
+
+
+def test_every_op_has_a_plan(clconv, rng):
+    x, w, b = _r(rng, (2, 3, 7, 6)), _r(rng, (4, 3, 3, 3)), _r(rng, (4,))
+    y = ref.conv_nd(x, w, b, 1, 1)
+    g = _r(rng, y.shape)
+    wt = _r(rng, (3, 2, 3, 3))
+    cases = [
+        (clconv.plan_conv1d((2, 3, 11), (4, 3, 3), padding=1), (x[:, :, 0, :].repeat(2, -1)[..., :11],
+                                                                 w[:, :, 0], b)),
+        (clconv.plan_conv3d((1, 3, 4, 5, 6), (2, 3, 2, 2, 2), bias=False),
+         (_r(rng, (1, 3, 4, 5, 6)), _r(rng, (2, 3, 2, 2, 2)))),
+        (clconv.plan_conv_transpose2d(x.shape, wt.shape, stride=2, padding=1),
+         (x, wt, _r(rng, (2,)))),
+        (clconv.plan_conv2d_input(x.shape, w.shape, padding=1), (w, g)),
+        (clconv.plan_conv2d_weight(x.shape, w.shape, padding=1), (x, g)),
+        (clconv.plan_im2col(x.shape, 3, padding=1), (x,)),
+        (clconv.plan_col2im((2, 27, 42), (7, 6), 3, padding=1), (_r(rng, (2, 27, 42)),)),
+    ]
+    wants = [
+        ref.conv_nd(*cases[0][1], 1, 1),
+        ref.conv_nd(*cases[1][1]),
+        ref.conv_transpose_nd(*cases[2][1], stride=2, padding=1),
+        ref.conv_nd_input(x.shape, w, g, padding=1),
+        ref.conv_nd_weight(x, w.shape, g, padding=1),
+        ref.unfold(x, 3, padding=1),
+        ref.fold(cases[6][1][0], (7, 6), 3, padding=1),
+    ]
+    for (plan, args), want in zip(cases, wants):
+        got = plan(*args)
+        assert isinstance(plan, clconv.Plan)
+        assert_close(got, want, np.float32, reduction=100, magnitude=10.0)
+
+
+def test_out_argument(clconv, rng, queue):
+    x, w = _r(rng, (2, 3, 6, 6)), _r(rng, (4, 3, 3, 3))
+    want = clconv.conv2d(x, w, padding=1)
+    out = np.full(want.shape, np.nan, np.float32)
+    assert clconv.conv2d(x, w, padding=1, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    xd, wd = cla.to_device(queue, x), cla.to_device(queue, w)
+    outd = cla.empty(queue, want.shape, np.float32)
+    assert clconv.conv2d(xd, wd, padding=1, out=outd) is outd
+    np.testing.assert_array_equal(outd.get(), want)
+    with pytest.raises(ValueError, match="out must have shape"):
+        clconv.conv2d(x, w, padding=1, out=np.empty((2, 4, 6, 5), np.float32))
+    with pytest.raises(ValueError, match="out must have shape .* and dtype float32"):
+        clconv.conv2d(x, w, padding=1, out=np.empty(want.shape, np.float64))
+    with pytest.raises(TypeError, match="out must be a numpy array"):
+        clconv.conv2d(x, w, padding=1, out=outd)
+    with pytest.raises(TypeError, match="out must be a pyopencl Array"):
+        clconv.conv2d(xd, wd, padding=1, out=out)
+    other = cl.CommandQueue(cl.Context([queue.device]))
+    with pytest.raises(ValueError, match="another OpenCL context"):
+        clconv.conv2d(xd, wd, padding=1, out=cla.empty(other, want.shape, np.float32))
+    # the other ops take out= too
+    cols = clconv.im2col(x, 3)
+    got = np.empty(cols.shape, np.float32)
+    clconv.im2col(x, 3, out=got)
+    np.testing.assert_array_equal(got, cols)
+    gx = np.empty(x.shape, np.float32)
+    clconv.conv2d_input(x.shape, w, want, padding=1, out=gx)
+    assert_close(gx, ref.conv_nd_input(x.shape, w, want, padding=1), np.float32, reduction=36,
+                 magnitude=float(np.abs(want).max() * np.abs(w).max()))
+
+
+def test_operands_must_match_the_plan(clconv, rng):
+    x, w = _r(rng, (2, 3, 6, 6)), _r(rng, (4, 3, 3, 3))
+    plan = clconv.plan_conv2d(x.shape, w.shape, bias=False)
+    with pytest.raises(ValueError, match=r"input has shape \(1, 3, 6, 6\) but this plan was made "
+                                         r"for \(2, 3, 6, 6\)"):
+        plan(x[:1], w)
+    with pytest.raises(ValueError, match="made without bias"):
+        plan(x, w, np.zeros(4, np.float32))
+    with pytest.raises(TypeError, match="plan was made for float32"):
+        plan(x.astype(np.float64), w.astype(np.float64))
+    with pytest.raises(TypeError, match="dtype int64"):
+        plan(x.astype(np.int64), w)
+    with pytest.raises(ValueError, match="channel mismatch"):
+        clconv.plan_conv2d((2, 5, 6, 6), w.shape)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        clconv.plan_conv2d(x.shape, w.shape, algorithm="fastest")
+
+
+def test_repeated_calls_are_cache_hits(clconv, rng):
+    from clconv.ops.plan import plans
+
+    dev = clconv.current_device()
+    x, w = _r(rng, (1, 2, 5, 5)), _r(rng, (3, 2, 3, 3))
+    clconv.conv2d(x, w, padding=(1, 2), algorithm="direct")
+    cache = plans(dev)
+    hits, misses = cache.hits, cache.misses
+    for _ in range(5):
+        clconv.conv2d(x, w, padding=(1, 2), algorithm="direct")
+    assert (cache.hits - hits, cache.misses - misses) == (5, 0)
+    clconv.conv2d(x, w, padding=[1, 2], algorithm="direct")  # a list: another key, same result
+    # bools never share a key with ints (a cached plan must not accept what validation refuses)
+    from clconv.ops.plan import freeze
+    assert freeze(True) != freeze(1) and freeze((1, 2)) != freeze([1, 2])
+    with pytest.raises(TypeError, match="groups must be an int"):
+        clconv.conv2d(x, w, padding=(1, 2), groups=True, algorithm="direct")
+
+
+def test_the_plan_cache_and_the_program_cache_are_bounded(clconv, rng, monkeypatch):
+    from clconv.ops.plan import PlanCache, plans
+    from clconv.runtime.program import ProgramCache, programs
+
+    dev = clconv.current_device()
+    monkeypatch.setattr(PlanCache, "MAX_PLANS", 3)
+    monkeypatch.setattr(ProgramCache, "MAX_PROGRAMS", 4)
+    w = _r(rng, (2, 2, 3, 3))
+    for size in range(5, 12):
+        x = _r(rng, (1, 2, size, size))
+        assert_close(clconv.conv2d(x, w, algorithm="direct"), ref.conv_nd(x, w), np.float32,
+                     conv_reduction(w), conv_magnitude(x, w))
+        assert len(plans(dev).entries) <= 3 and len(programs(dev).entries) <= 4
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "direct", "winograd"])
+def test_a_new_batch_size_builds_nothing(clconv, rng, builds, algorithm):
+    """Batch sizes are arguments of every kernel: a planned layer met at another batch size (a new
+    plan) reuses the programs of the first."""
+    w = _r(rng, (8, 6, 3, 3))
+    clconv.conv2d(_r(rng, (1, 6, 10, 9)), w, padding=1, algorithm=algorithm)
+    before = builds()
+    for n in (3, 2, 5):
+        x = _r(rng, (n, 6, 10, 9))
+        got = clconv.conv2d(x, w, padding=1, algorithm=algorithm)
+        assert_close(got, ref.conv_nd(x, w, None, 1, 1), np.float32, conv_reduction(w),
+                     conv_magnitude(x, w))
+    assert builds() == before
+
+
+def test_auto_reuses_the_choice_within_a_batch_bucket(clconv, rng, tmp_path, monkeypatch):
+    from clconv.ops import autotune
+
+    monkeypatch.setenv("CLCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CLCONV_AUTO", raising=False)
+    autotune.forget()
+    measured = []
+    real = autotune.measure
+
+    def measure(*args, **kwargs):
+        measured.append(args[1].batch)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(autotune, "measure", measure)
+    try:
+        w = _r(rng, (6, 5, 3, 3))
+        for n in (3, 4, 3, 5):  # buckets 4, 4, 4, 8
+            clconv.conv2d(_r(rng, (n, 5, 7, 7)), w, padding=1)
+        assert measured == [3, 5]
+        assert autotune.batch_bucket(3) == 4 and autotune.batch_bucket(1) == 1
+    finally:
+        autotune.forget()
+
+
+def test_auto_leaves_out_candidates_that_do_not_fit_the_workspace(clconv, rng):
+    """A workspace limit too small for any im2col column: 'auto' runs one that needs no workspace
+    ('direct' or 'implicit') instead of failing; an explicit 'im2col' is a MemoryError."""
+    x, w = _r(rng, (2, 4, 6, 6)), _r(rng, (3, 4, 3, 3))
+    got = clconv.conv2d(x, w, padding=1, workspace_limit=16)
+    assert_close(got, ref.conv_nd(x, w, None, 1, 1), np.float32, conv_reduction(w),
+                 conv_magnitude(x, w))
+    assert clconv.plan_conv2d(x.shape, w.shape, padding=1, workspace_limit=16).algorithm in \
+        ("direct", "implicit")
+    with pytest.raises(MemoryError, match="one column"):
+        clconv.conv2d(x, w, padding=1, workspace_limit=16, algorithm="im2col")
+
+
+def test_device_results_carry_their_event(clconv, rng, queue):
+    x = cla.to_device(queue, _r(rng, (1, 2, 6, 6)))
+    w = cla.to_device(queue, _r(rng, (2, 2, 3, 3)))
+    y = clconv.conv2d(x, w)
+    assert y.events and all(isinstance(e, cl.Event) for e in y.events)
+    cl.wait_for_events(y.events)
+
+
+def test_numpy_inputs_are_uploaded_without_blocking(clconv, rng, monkeypatch):
+    """numpy operands go up with non-blocking copies (the only host wait is the result's
+    download)."""
+    import clconv.runtime.transfer as transfer
+
+    blocking = []
+    real = transfer.cl.enqueue_copy
+
+    def spy(queue, dst, src, **kwargs):
+        if isinstance(src, np.ndarray):
+            blocking.append(kwargs.get("is_blocking", True))
+        return real(queue, dst, src, **kwargs)
+
+    monkeypatch.setattr(transfer.cl, "enqueue_copy", spy)
+    x, w = _r(rng, (1, 2, 6, 6)), _r(rng, (2, 2, 3, 3))
+    clconv.conv2d(x, w, algorithm="direct")
+    assert blocking == [False, False]
+
+
+def test_layer_forward_and_backward_translate_memory_errors(clconv, rng, monkeypatch):
+    from clconv.ops import launch
+
+    def fail(*args, **kwargs):
+        raise cl.MemoryError(cl._cl._ErrorRecord("clEnqueueNDRangeKernel",
+                                                 cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE,
+                                                 "clEnqueueNDRangeKernel failed"))
+
+    layer = clconv.nn.Conv2d(3, 4, 3, padding=1, algorithm="direct", rng=0)
+    x = _r(rng, (2, 3, 5, 5))
+    layer(x)
+    monkeypatch.setattr(launch.DirectConv, "__call__", fail)
+    with pytest.raises(MemoryError, match=r"conv2d \(direct\) of input \(2, 3, 5, 5\)"):
+        layer(x)
+
+
+def test_one_failing_driver_query_does_not_hide_the_device(clconv):
+    from clconv.runtime.device import Device
+
+    real = clconv.devices()[0].cl_device
+
+    class Odd:
+        def __getattr__(self, name):
+            if name == "max_mem_alloc_size":
+                raise cl.LogicError("clGetDeviceInfo failed: INVALID_VALUE")
+            return getattr(real, name)
+
+    dev = Device(Odd(), 0, 0, 0)
+    assert dev.name == real.name.strip()
+    assert "max_mem_alloc_size" in dev.query_errors
+    assert dev.max_alloc_bytes == dev.global_mem_bytes // 4
+
+
+def test_device_wraps_a_users_queue(clconv, rng):
+    ctx = cl.Context([clconv.current_device().cl_device])
+    queue = cl.CommandQueue(ctx)
+    dev = clconv.device(queue)
+    assert dev.queue is queue and dev.context == ctx and clconv.device(queue) is dev
+    x, w = _r(rng, (1, 2, 6, 6)), _r(rng, (3, 2, 3, 3))
+    with dev:
+        y = clconv.conv2d(cla.to_device(queue, x), cla.to_device(queue, w), padding=1)
+    assert y.queue is queue
+    assert_close(y.get(), ref.conv_nd(x, w, None, 1, 1), np.float32, conv_reduction(w),
+                 conv_magnitude(x, w))
+    assert clconv.device(ctx).context == ctx
+    with pytest.raises(TypeError, match="device spec"):
+        clconv.device(3.5)
