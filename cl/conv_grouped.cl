@@ -66,7 +66,8 @@
 #elif SW == 2 && VW == 2
 #define LOAD_STRIDED(p) CONVERT_VACC(vload4(0, p).even)
 #elif SW == 2 && VW == 4
-#define LOAD_STRIDED(p) CONVERT_VACC(vload8(0, p).even)
+// Two 4-wide loads: a double8 (512 bits) through a builtin would change the ABI, as below.
+#define LOAD_STRIDED(p) CONVERT_VACC((VREAL)(vload4(0, p).even, vload4(1, p).even))
 #elif SW == 2 && VW == 8
 // Two 8-wide loads, not one vload16: a 16-wide vector returned by a builtin changes the x86 ABI
 // without AVX-512 (a compiler warning on AVX2 CPUs); the lanes and the sums are the same.

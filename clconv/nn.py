@@ -114,9 +114,7 @@ class _Layer:
         self.weight_grad: cla.Array | None = None
         self.bias_grad: cla.Array | None = None
         self._saved: tuple[Any, ...] | None = None
-        # The parameters in the compute dtype (float16 layers: float32 copies), made once per
-        # assignment of weight/bias rather than on every call.
-        self._converted: dict[str, cla.Array | None] = {}
+
 
     # -- parameters ---------------------------------------------------------------------------
     def _upload(self, value: Any, name: str, shape: tuple[int, ...]) -> cla.Array:
@@ -139,7 +137,6 @@ class _Layer:
     @weight.setter
     def weight(self, value: ArrayLike) -> None:
         self._weight = self._upload(value, "weight", tuple(self._weight.shape))
-        self._converted.clear()
 
     @property
     def bias(self) -> cla.Array | None:
@@ -152,7 +149,6 @@ class _Layer:
             raise ValueError("bias can be replaced by an array of the same shape, not added or "
                              "removed (construct the layer with bias=True/False)")
         self._bias = self._upload(value, "bias", (self.out_channels,))
-        self._converted.clear()
 
     def parameters(self) -> list[cla.Array]:
         """[weight, bias] (bias only when the layer has one)."""
@@ -238,11 +234,11 @@ class _Layer:
         return a if a.dtype == self._work else convert(self.device, a, self._work)
 
     def _param(self, name: str) -> cla.Array | None:
-        """weight or bias in the compute dtype (converted once per assignment)."""
-        if name not in self._converted:
-            value = self._weight if name == "weight" else self._bias
-            self._converted[name] = None if value is None else self._in_work(value)
-        return self._converted[name]
+        """weight or bias in the compute dtype. Converted on every call (float16 layers only; for
+        the others it is the array itself): optimizers update parameters in place
+        (`p -= lr * g` on `layer.parameters()`), which no cached conversion would see."""
+        value = self._weight if name == "weight" else self._bias
+        return None if value is None else self._in_work(value)
 
     def _plan(self, kind: str, make: Any, *key: Any) -> Plan:
         """A plan of the layer's device cache (shared with the functional API's)."""

@@ -320,6 +320,7 @@ _WRAPPED: dict[int, Device] = {}  # int_ptr of a user's queue or context -> its 
 def _wrap(handle: cl.CommandQueue | cl.Context) -> Device:
     """The Device around a user's own pyopencl queue (results come back on it) or context (clconv
     makes one in-order queue on it), the same object for the same handle."""
+    listed = devices()  # before taking _DEVICES_LOCK, which devices() takes too
     with _DEVICES_LOCK:
         found = _WRAPPED.get(handle.int_ptr)
         if found is not None:
@@ -338,7 +339,7 @@ def _wrap(handle: cl.CommandQueue | cl.Context) -> Device:
                                  f"device, this one holds {len(handle.devices)}; pass a "
                                  f"CommandQueue to say which")
             cl_device = handle.devices[0]
-        known = next((d for d in devices() if d.cl_device == cl_device), None)
+        known = next((d for d in listed if d.cl_device == cl_device), None)
         index, p_index, d_index = ((known.index, known.platform_index, known.device_index)
                                    if known else (-1, -1, -1))
         wrapped = Device(cl_device, index, p_index, d_index, context=context, queue=queue)

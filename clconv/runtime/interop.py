@@ -1,4 +1,4 @@
-"""What the functional API accepts besides numpy and pyopencl arrays, normalised before the ops see it.
+"""Operands besides numpy and pyopencl arrays, normalised before the ops see them.
 
 - A torch tensor on the CPU, detached or not needing grad, is read as a numpy array that shares its
   memory (`Tensor.numpy()`, or DLPack where `.numpy()` cannot: no copy either way); the result is

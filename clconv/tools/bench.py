@@ -1,12 +1,15 @@
 """`python -m clconv bench`: clconv's algorithms against their peers on real network layers.
 
-For each layer (the table `LAYERS`, or the user's own `--layer N,C,H,W,K,k,s,p[,g]`) every
-algorithm ('direct', 'im2col', 'auto') and every importable peer runs on the same float32 data:
+For each layer (the table `LAYERS`, or the user's own `--layer`, 1-d to 3-d: see LAYER_HELP) every
+algorithm ('direct', 'im2col', 'auto') and every importable peer runs on the same data (float32, or
+`--dtype`):
 
-- numpy: im2col (a strided window view, copied) + `matmul` on the host, in float32;
-- torch: `torch.nn.functional.conv2d` on the CPU (when torch is installed);
-- convgemm: CLBlast's own fused convolution `CLBlastSconvgemm`, called through ctypes on the same
-  device and queue (groups=1 only; CLBlast has no grouped variant).
+- numpy: im2col (a strided window view, copied) + `matmul` on the host, in the same dtype;
+- torch: `torch.nn.functional.conv1d/2d/3d` on the CPU (when torch is installed);
+- torch-cuda: the same on torch's CUDA device (cuDNN), operands already there, synchronised after
+  every call (when torch sees a GPU);
+- convgemm: CLBlast's own fused convolution `CLBlast{S,D,H}convgemm`, called through ctypes on the
+  same device and queue (2-d, groups=1 only; CLBlast has no grouped variant).
 
 Each is timed as the median of a few calls after one warm-up (slow peers get fewer calls), clconv's
 with the operands already on the device and the queue finished after every call. Reported: median
@@ -14,7 +17,7 @@ ms, GFLOP/s (2 x multiply-adds), the largest |error| against a float64 numpy ref
 over the direct loop kernel and the ratio of 'auto' to each peer; the im2col path's memory
 redundancy (column buffer / input); and the first call's latency in a fresh process with cold and
 with warm kernel caches. Writes <out>.txt (what was printed), <out>.csv, <out>.json and, with
-matplotlib, <out>.png.
+matplotlib, <out>.png; `--json -` prints the JSON on stdout (and the report on stderr).
 """
 
 from __future__ import annotations
@@ -22,28 +25,39 @@ from __future__ import annotations
 import csv
 import ctypes
 import ctypes.util
+import dataclasses
 import datetime as _dt
 import io
 import json
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
-__all__ = ["Layer", "LAYERS", "PEERS", "parse_layer", "reference_conv2d", "numpy_conv2d",
-           "run_bench", "main"]
+__all__ = [
+    "LAYERS",
+    "PEERS",
+    "Layer",
+    "main",
+    "numpy_conv2d",
+    "parse_layer",
+    "reference_conv2d",
+    "run_bench",
+]
 
-HOST_PEERS = ("numpy", "torch", "convgemm")
+HOST_PEERS = ("numpy", "torch", "torch-cuda", "convgemm")
 
 
 def default_peers() -> tuple[str, ...]:
@@ -55,14 +69,32 @@ def default_peers() -> tuple[str, ...]:
 
 
 PEERS = default_peers()
-#: What the issue's targets compare: 'auto' (the library's default) against each peer.
-TARGETS = {"direct": 10.0, "convgemm": 3.0, "torch": 0.5}
-TORCH_TARGET_LAYERS = ("AlexNet conv2", "VGG16 conv3_2", "ResNet-50 res4 b8")
+#: clconv's functional op for each number of spatial dims.
+CONV_NAMES = {1: "conv1d", 2: "conv2d", 3: "conv3d"}
+_SPATIAL_KEYS = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+LAYER_HELP = """\
+a layer to benchmark instead of the built-in table (repeatable), in one of two forms:
+  [NAME=]conv2d:N=1,C=64,H=56,W=56,K=64,k=3,s=1,p=1,d=1,g=1
+      conv1d takes L, conv2d H and W, conv3d D, H and W (the input's spatial size);
+      N batch (default 1), C input channels, K output channels, k kernel, s stride,
+      p padding, d dilation, g groups (defaults s=1, p=0, d=1, g=1); k, s, p and d
+      take one int or one per spatial dim joined by x (k=3x1, s=2x1)
+  [NAME=]N,C,H,W,K,k,s,p[,g]   (the short 2-d form: square kernel, same stride and
+      padding in both dims)"""
+
+
+def _dims(value: int | Sequence[int], nd: int) -> tuple[int, ...]:
+    return (int(value),) * nd if isinstance(value, (int, np.integer)) else tuple(value)
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One 2-d convolution: input (n, c, h, w), weight (k_out, c / groups, ksize, ksize)."""
+    """One convolution: input (n, c, *size), weight (k_out, c / groups, *kernel).
+
+    `Layer(name, n, c, h, w, k_out, ksize, stride, pad, groups)` is a square 2-d layer;
+    `Layer.make` builds any other (1-d to 3-d, per-dim kernel, stride, padding, dilation).
+    """
 
     name: str
     n: int
@@ -70,20 +102,74 @@ class Layer:
     h: int
     w: int
     k_out: int
-    ksize: int
-    stride: int = 1
-    pad: int = 0
+    ksize: int | tuple[int, ...]
+    stride: int | tuple[int, ...] = 1
+    pad: int | tuple[int, ...] = 0
     groups: int = 1
+    dilation: int | tuple[int, ...] = 1
+    #: the spatial input size when it is not (h, w): (L,) or (D, H, W)
+    size_nd: tuple[int, ...] | None = None
+
+    @classmethod
+    def make(cls, name: str, n: int, c: int, size: Sequence[int], k_out: int,
+             kernel: int | Sequence[int], stride: int | Sequence[int] = 1,
+             pad: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
+             groups: int = 1) -> Layer:
+        size = tuple(int(v) for v in size)
+        nd = len(size)
+        square = nd == 2 and len({*_dims(kernel, 2)}) == 1
+        simple = lambda v: v[0] if len(set(v)) == 1 else v
+        return cls(name, n, c, size[-2] if nd >= 2 else 1, size[-1], k_out,
+                   simple(_dims(kernel, nd)) if square or nd != 2 else _dims(kernel, nd),
+                   simple(_dims(stride, nd)), simple(_dims(pad, nd)), groups,
+                   simple(_dims(dilation, nd)), None if nd == 2 else size)
 
     @property
-    def out_hw(self) -> tuple[int, int]:
-        return ((self.h + 2 * self.pad - self.ksize) // self.stride + 1,
-                (self.w + 2 * self.pad - self.ksize) // self.stride + 1)
+    def nd(self) -> int:
+        return 2 if self.size_nd is None else len(self.size_nd)
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        return (self.h, self.w) if self.size_nd is None else self.size_nd
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        return _dims(self.ksize, self.nd)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return _dims(self.stride, self.nd)
+
+    @property
+    def pads(self) -> tuple[int, ...]:
+        return _dims(self.pad, self.nd)
+
+    @property
+    def dilations(self) -> tuple[int, ...]:
+        return _dims(self.dilation, self.nd)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n, self.c, *self.size)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.k_out, self.c // self.groups, *self.kernel)
+
+    @property
+    def out_size(self) -> tuple[int, ...]:
+        return tuple((i + 2 * p - d * (k - 1) - 1) // s + 1 for i, k, s, p, d in
+                     zip(self.size, self.kernel, self.strides, self.pads, self.dilations))
+
+    @property
+    def out_hw(self) -> tuple[int, ...]:
+        """The output's last two spatial sizes (its only one for 1-d)."""
+        return self.out_size[-2:]
 
     @property
     def flops(self) -> int:
-        oh, ow = self.out_hw
-        return 2 * self.n * self.k_out * oh * ow * (self.c // self.groups) * self.ksize ** 2
+        return (2 * self.n * self.k_out * math.prod(self.out_size) * (self.c // self.groups)
+                * math.prod(self.kernel))
 
     @property
     def depthwise(self) -> bool:
@@ -91,23 +177,37 @@ class Layer:
 
     @property
     def pointwise(self) -> bool:
-        return self.ksize == 1 and self.stride == 1 and self.pad == 0
+        return (all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides)
+                and all(p == 0 for p in self.pads))
 
     @property
     def input_bytes(self) -> int:
-        return 4 * self.n * self.c * self.h * self.w
+        """float32 bytes of the input."""
+        return 4 * math.prod(self.input_shape)
 
     @property
     def column_bytes(self) -> int:
-        """float32 bytes of the im2col matrix (C * k * k rows, one column per output position)."""
-        oh, ow = self.out_hw
-        return 4 * self.n * self.c * self.ksize ** 2 * oh * ow
+        """float32 bytes of the im2col matrix (C * prod(kernel) rows, one column per output)."""
+        return 4 * self.n * self.c * math.prod(self.kernel) * math.prod(self.out_size)
+
+    def conv_args(self) -> dict[str, Any]:
+        """stride, padding, dilation, groups as keywords of clconv's and torch's convNd."""
+        return dict(stride=self.strides, padding=self.pads, dilation=self.dilations,
+                    groups=self.groups)
 
     @property
     def spec(self) -> str:
-        g = f",{self.groups}" if self.groups != 1 else ""
-        return (f"{self.n},{self.c},{self.h},{self.w},{self.k_out},{self.ksize},{self.stride},"
-                f"{self.pad}{g}")
+        """The layer as --layer text (the short form when it says everything)."""
+        if self.nd == 2 and isinstance(self.ksize, int) and isinstance(self.stride, int) and \
+                isinstance(self.pad, int) and self.dilation == 1:
+            g = f",{self.groups}" if self.groups != 1 else ""
+            return (f"{self.n},{self.c},{self.h},{self.w},{self.k_out},{self.ksize},"
+                    f"{self.stride},{self.pad}{g}")
+        join = lambda v: "x".join(map(str, v)) if len(set(v)) > 1 else str(v[0])
+        sizes = ",".join(f"{k}={v}" for k, v in zip(_SPATIAL_KEYS[self.nd], self.size))
+        return (f"{CONV_NAMES[self.nd]}:N={self.n},C={self.c},{sizes},K={self.k_out},"
+                f"k={join(self.kernel)},s={join(self.strides)},p={join(self.pads)},"
+                f"d={join(self.dilations)},g={self.groups}")
 
 
 LAYERS: tuple[Layer, ...] = (
@@ -119,55 +219,107 @@ LAYERS: tuple[Layer, ...] = (
     Layer("MobileNet depthwise", 1, 32, 112, 112, 32, 3, 1, 1, 32),
 )
 
+_NAMED = re.compile(r"^(?:(?P<name>[^=:]*)=)?(?P<kind>conv[123]d):(?P<body>.*)$", re.DOTALL)
+
 
 def parse_layer(text: str) -> Layer:
-    """'N,C,H,W,K,k,s,p[,g]' (optionally 'name=N,C,...') -> Layer."""
+    """--layer text (see LAYER_HELP) -> Layer; ValueError saying what is wrong."""
+    m = _NAMED.match(text.strip())
+    layer = _parse_keyed(text, m) if m else _parse_short(text)
+    if layer.c % layer.groups or layer.k_out % layer.groups:
+        raise ValueError(f"--layer {text!r}: C={layer.c} and K={layer.k_out} must divide by "
+                         f"g={layer.groups}")
+    if min(layer.out_size) < 1:
+        raise ValueError(f"--layer {text!r}: the dilated kernel {layer.kernel} is larger than the "
+                         f"padded input {tuple(i + 2 * p for i, p in zip(layer.size, layer.pads))}")
+    return layer
+
+
+def _parse_short(text: str) -> Layer:
     name, _, spec = text.rpartition("=")
     try:
         values = [int(v) for v in spec.split(",")]
     except ValueError:
         values = []
     if len(values) not in (8, 9) or min(values) < 0 or min(values[:7]) < 1:
-        raise ValueError(f"--layer wants N,C,H,W,K,k,s,p[,g] (positive ints, p >= 0), got {text!r}")
-    layer = Layer(name or f"layer {spec}", *values)
-    if layer.c % layer.groups or layer.k_out % layer.groups:
-        raise ValueError(f"--layer {text!r}: channels must divide by groups")
-    if min(layer.out_hw) < 1:
-        raise ValueError(f"--layer {text!r}: kernel larger than the padded input")
-    return layer
+        raise ValueError(f"--layer wants N,C,H,W,K,k,s,p[,g] (positive ints, p >= 0) or the "
+                         f"conv2d:N=..,C=.. form, got {text!r}")
+    return Layer(name or f"layer {spec}", *values)
+
+
+def _parse_keyed(text: str, m: re.Match[str]) -> Layer:
+    nd = int(m["kind"][4])
+    spatial = _SPATIAL_KEYS[nd]
+    values: dict[str, tuple[int, ...]] = {}
+    for item in filter(None, (part.strip() for part in m["body"].split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in ("N", "C", "K", "k", "s", "p", "d", "g", *spatial):
+            raise ValueError(f"--layer {text!r}: {item!r} is not KEY=VALUE with KEY one of N, C, "
+                             f"{', '.join(spatial)}, K, k, s, p, d, g ({m['kind']})")
+        try:
+            parts = tuple(int(v) for v in value.strip().split("x"))
+        except ValueError:
+            raise ValueError(f"--layer {text!r}: {key}={value!r} is not an int"
+                             + (" or ints joined by x" if key in "kspd" else "")) from None
+        if len(parts) not in ((1, nd) if key in ("k", "s", "p", "d") else (1,)):
+            raise ValueError(f"--layer {text!r}: {key}={value} must have 1"
+                             + (f" or {nd} values" if key in "kspd" else " value"))
+        if min(parts) < (0 if key == "p" else 1):
+            raise ValueError(f"--layer {text!r}: {key}={value} must be "
+                             + ("non-negative" if key == "p" else "positive"))
+        if key in values:
+            raise ValueError(f"--layer {text!r}: {key} is given twice")
+        values[key] = parts
+    missing = [k for k in ("C", *spatial, "K", "k") if k not in values]
+    if missing:
+        raise ValueError(f"--layer {text!r}: missing {', '.join(missing)} ({m['kind']} needs C, "
+                         f"{', '.join(spatial)}, K and k)")
+    one = lambda key, default: values.get(key, (default,))[0]
+    many = lambda key, default: values.get(key, (default,))
+    layer = Layer.make("", one("N", 1), one("C", 0), [values[k][0] for k in spatial], one("K", 0),
+                       many("k", 1), many("s", 1), many("p", 0), many("d", 1), one("g", 1))
+    name = m["name"].strip() if m["name"] else f"layer {layer.spec}"
+    return dataclasses.replace(layer, name=name)
 
 
 # --------------------------------------------------------------------------------------------------
 # Host convolutions (the float64 reference and the numpy peer)
 
 def _columns(x: np.ndarray, layer: Layer) -> np.ndarray:
-    """(N, Ho*Wo, C*k*k) im2col of x (a copy), in x's dtype."""
-    p, k, s = layer.pad, layer.ksize, layer.stride
-    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
-    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s]
-    n, c, oh, ow = win.shape[:4]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n, oh * ow, c * k * k)
+    """(N, prod(out), C*prod(kernel)) im2col of x (a copy), in x's dtype."""
+    nd = layer.nd
+    pads = ((0, 0), (0, 0), *((p, p) for p in layer.pads))
+    xp = np.pad(x, pads) if any(layer.pads) else x
+    span = tuple(d * (k - 1) + 1 for k, d in zip(layer.kernel, layer.dilations))
+    axes = tuple(range(2, 2 + nd))
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=axes)
+    win = win[(slice(None), slice(None), *(slice(None, None, s) for s in layer.strides),
+               *(slice(None, None, d) for d in layer.dilations))]
+    win = win[(slice(None), slice(None), *(slice(0, o) for o in layer.out_size))]
+    order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
+    return win.transpose(order).reshape(layer.n, math.prod(layer.out_size),
+                                        layer.c * math.prod(layer.kernel))
 
 
 def _conv_by_columns(x: np.ndarray, w: np.ndarray, layer: Layer) -> np.ndarray:
-    oh, ow = layer.out_hw
     g, cg, kg = layer.groups, layer.c // layer.groups, layer.k_out // layer.groups
-    cols = _columns(x, layer)  # (N, L, C*k*k), rows of one group contiguous in the last axis
-    kk = layer.ksize ** 2
-    out = np.empty((layer.n, layer.k_out, oh * ow), x.dtype)
+    cols = _columns(x, layer)  # (N, L, C*kk), rows of one group contiguous in the last axis
+    kk = math.prod(layer.kernel)
+    out = np.empty((layer.n, layer.k_out, math.prod(layer.out_size)), x.dtype)
     for gi in range(g):
         wg = w[gi * kg:(gi + 1) * kg].reshape(kg, cg * kk)
         out[:, gi * kg:(gi + 1) * kg] = wg @ cols[:, :, gi * cg * kk:(gi + 1) * cg * kk].transpose(0, 2, 1)
-    return out.reshape(layer.n, layer.k_out, oh, ow)
+    return out.reshape(layer.n, layer.k_out, *layer.out_size)
 
 
 def reference_conv2d(x: np.ndarray, w: np.ndarray, layer: Layer) -> np.ndarray:
-    """The float64 reference: im2col + matmul in float64."""
+    """The float64 reference: im2col + matmul in float64 (any nd, despite the name)."""
     return _conv_by_columns(x.astype(np.float64), w.astype(np.float64), layer)
 
 
 def numpy_conv2d(x: np.ndarray, w: np.ndarray, layer: Layer) -> np.ndarray:
-    """The numpy peer: the same im2col + matmul in x's dtype (float32 here)."""
+    """The numpy peer: the same im2col + matmul in x's dtype (any nd, despite the name)."""
     return _conv_by_columns(x, w, layer)
 
 
@@ -177,20 +329,20 @@ def numpy_conv2d(x: np.ndarray, w: np.ndarray, layer: Layer) -> np.ndarray:
 _CROSS_CORRELATION = 151  # CLBlastKernelModeCrossCorrelation in clblast_c.h
 
 
-def _convgemm_function() -> Callable[..., int] | str:
-    """CLBlastSconvgemm from the libclblast pyclblast uses, or why it is unavailable."""
+def _convgemm_function(prefix: str = "S") -> Callable[..., int] | str:
+    """CLBlast{S,D,H}convgemm from the libclblast pyclblast uses, or why it is unavailable."""
     from ..blas import clblast as gemm
 
     if not gemm.available():
         return "pyclblast/CLBlast not installed"
     for name in ("libclblast.so.1", ctypes.util.find_library("clblast") or "libclblast.so"):
         try:
-            fn = ctypes.CDLL(name).CLBlastSconvgemm
+            fn = getattr(ctypes.CDLL(name), f"CLBlast{prefix}convgemm")
             break
         except (OSError, AttributeError):
             fn = None
     if fn is None:
-        return "libclblast has no CLBlastSconvgemm (CLBlast < 1.5)"
+        return f"libclblast has no CLBlast{prefix}convgemm (CLBlast < 1.5)"
     size = ctypes.c_size_t
     fn.argtypes = [ctypes.c_int] + [size] * 13 + [ctypes.c_void_p, size] * 3 + [
         ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
@@ -201,18 +353,21 @@ def _convgemm_function() -> Callable[..., int] | str:
 def _convgemm_runner(dev: Any, layer: Layer, x: Any, w: Any, y: Any) -> Callable[[], None] | str:
     if layer.groups != 1:
         return "no grouped convolution in CLBlast"
-    fn = _convgemm_function()
+    if layer.nd != 2:
+        return "CLBlast's convgemm is 2-d only"
+    prefix = {"float32": "S", "float64": "D", "float16": "H"}[np.dtype(x.dtype).name]
+    fn = _convgemm_function(prefix)
     if isinstance(fn, str):
         return fn
     queue_ptr = ctypes.c_void_p(dev.queue.int_ptr)
 
     def run() -> None:
-        status = fn(_CROSS_CORRELATION, layer.c, layer.h, layer.w, layer.ksize, layer.ksize,
-                    layer.pad, layer.pad, layer.stride, layer.stride, 1, 1, layer.k_out, layer.n,
+        status = fn(_CROSS_CORRELATION, layer.c, layer.h, layer.w, *layer.kernel, *layer.pads,
+                    *layer.strides, *layer.dilations, layer.k_out, layer.n,
                     x.base_data.int_ptr, 0, w.base_data.int_ptr, 0, y.base_data.int_ptr, 0,
                     ctypes.byref(queue_ptr), None)
         if status != 0:
-            raise RuntimeError(f"CLBlastSconvgemm failed with status {status}")
+            raise RuntimeError(f"CLBlast{prefix}convgemm failed with status {status}")
         dev.queue.finish()
 
     return run
@@ -269,17 +424,17 @@ class _Isolated:
 _HOST_SNIPPET = r"""
 import json, sys
 import numpy as np
-from clconv.tools.bench import _time, numpy_conv2d, parse_layer
+from clconv.tools.bench import CONV_NAMES, _time, numpy_conv2d, parse_layer
 folder, peer, spec, repeat, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 layer = parse_layer(spec)
 x, w = np.load(folder + "/x.npy"), np.load(folder + "/w.npy")
 if peer == "torch":
     import torch
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    conv = getattr(torch.nn.functional, CONV_NAMES[layer.nd])
     def run():
         with torch.no_grad():
-            return torch.nn.functional.conv2d(xt, wt, stride=layer.stride, padding=layer.pad,
-                                              groups=layer.groups).numpy()
+            return conv(xt, wt, **layer.conv_args()).numpy()
 else:
     def run():
         return numpy_conv2d(x, w, layer)
@@ -311,8 +466,9 @@ def _peer_runners(dev: Any, layer: Layer, x: np.ndarray, w: np.ndarray, peers: S
     """peer -> a function computing the layer's output as numpy, or why it cannot run."""
     import pyopencl.array as cla
 
-    from ..ops.conv import conv2d
+    from ..ops import conv as ops
 
+    conv = getattr(ops, CONV_NAMES[layer.nd])
     runners: dict[str, Callable[[], np.ndarray] | str] = {}
     xd = cla.to_device(dev.queue, x)
     wd = cla.to_device(dev.queue, w)
@@ -322,8 +478,7 @@ def _peer_runners(dev: Any, layer: Layer, x: np.ndarray, w: np.ndarray, peers: S
         if peer in ALGORITHMS:
             def run(a: str = peer) -> Any:
                 with dev:
-                    y = conv2d(xd, wd, stride=layer.stride, padding=layer.pad, groups=layer.groups,
-                               algorithm=a)
+                    y = conv(xd, wd, **layer.conv_args(), algorithm=a)
                 dev.queue.finish()
                 return y
             runners[peer] = run
@@ -341,49 +496,68 @@ def _peer_runners(dev: Any, layer: Layer, x: np.ndarray, w: np.ndarray, peers: S
                 runners[peer] = _Isolated(peer)
                 continue
             xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+            torch_conv = getattr(torch.nn.functional, CONV_NAMES[layer.nd])
 
-            def run_torch(xt: Any = xt, wt: Any = wt) -> np.ndarray:
+            def run_torch(xt: Any = xt, wt: Any = wt, torch_conv: Any = torch_conv) -> np.ndarray:
                 with torch.no_grad():
-                    return torch.nn.functional.conv2d(xt, wt, stride=layer.stride,
-                                                      padding=layer.pad, groups=layer.groups).numpy()
+                    return torch_conv(xt, wt, **layer.conv_args()).numpy()
             runners[peer] = run_torch
+        elif peer == "torch-cuda":
+            try:
+                import torch
+            except ImportError:
+                runners[peer] = "torch not installed"
+                continue
+            if not torch.cuda.is_available():
+                runners[peer] = "torch sees no CUDA device"
+                continue
+            xc, wc = torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda()
+            cuda_conv = getattr(torch.nn.functional, CONV_NAMES[layer.nd])
+
+            def run_cuda(xc: Any = xc, wc: Any = wc, cuda_conv: Any = cuda_conv) -> Any:
+                with torch.no_grad():
+                    y = cuda_conv(xc, wc, **layer.conv_args())
+                torch.cuda.synchronize()
+                return y
+            runners[peer] = run_cuda
         elif peer == "convgemm":
-            oh, ow = layer.out_hw
-            yd = cla.empty(dev.queue, (layer.n, layer.k_out, oh, ow), np.float32)
+            yd = cla.empty(dev.queue, (layer.n, layer.k_out, *layer.out_size), x.dtype)
             fn = _convgemm_runner(dev, layer, xd, wd, yd)
             runners[peer] = fn if isinstance(fn, str) else (lambda fn=fn, yd=yd: (fn(), yd)[1])
     return runners
 
 
 def _to_host(y: Any) -> np.ndarray:
+    if hasattr(y, "cpu") and hasattr(y, "numpy"):  # a torch tensor, possibly on the GPU
+        return y.cpu().numpy()
     return y.get() if hasattr(y, "get") and not isinstance(y, np.ndarray) else np.asarray(y)
 
 
-def _auto_choice(dev: Any, layer: Layer) -> str:
+def _auto_choice(dev: Any, layer: Layer, dtype: Any = np.float32) -> str:
     """'chose im2col': what algorithm='auto' settled on for the layer ('' if it cannot be told)."""
     try:
         from ..ops.conv import choose_algorithm
         from ..ops.geometry import conv_geometry
 
-        geo = conv_geometry(2, (layer.n, layer.c, layer.h, layer.w),
-                            (layer.k_out, layer.c // layer.groups, layer.ksize, layer.ksize),
-                            layer.stride, layer.pad, 1, layer.groups)
-        return f"chose {choose_algorithm(dev, geo, 'auto')}"
+        geo = conv_geometry(layer.nd, layer.input_shape, layer.weight_shape, layer.strides,
+                            layer.pads, layer.dilations, layer.groups)
+        return f"chose {choose_algorithm(dev, geo, 'auto', dtype)}"
     except Exception:  # the conv module's internals are not part of the bench's contract
         return ""
 
 
 def bench_layer(dev: Any, layer: Layer, peers: Sequence[str], repeat: int, budget_s: float,
                 on_peer: Callable[[str], None] = lambda peer: None, rounds: int = 2,
-                isolate: bool = True) -> list[Result]:
-    """Times every peer on `layer`. clconv's own peers run in this process in `rounds` rounds
+                isolate: bool = True, dtype: Any = np.float32) -> list[Result]:
+    """Times every peer on `layer` with operands of `dtype`. clconv's own peers run in this process
+    in `rounds` rounds
     (each peer warmed up once, then its runs split over the rounds, so that a burst of load on a
     shared machine lands on several peers rather than on one); numpy and torch run in a fresh
     interpreter per round (see `_Isolated`). The median of all of a peer's runs is reported."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((layer.n, layer.c, layer.h, layer.w)).astype(np.float32)
-    w = (rng.standard_normal((layer.k_out, layer.c // layer.groups, layer.ksize, layer.ksize))
-         / math.sqrt(layer.c // layer.groups * layer.ksize ** 2)).astype(np.float32)
+    x = rng.standard_normal(layer.input_shape).astype(dtype)
+    w = (rng.standard_normal(layer.weight_shape)
+         / math.sqrt(layer.c // layer.groups * math.prod(layer.kernel))).astype(dtype)
     ref = reference_conv2d(x, w, layer)
     scale = float(np.abs(ref).max()) or 1.0
     outcome: dict[str, Any] = {}  # peer -> note (str) or [run, out, first, planned runs, times]
@@ -436,7 +610,7 @@ def bench_layer(dev: Any, layer: Layer, peers: Sequence[str], repeat: int, budge
         _, out, first, _, times = state
         err = float(np.abs(_to_host(out).astype(np.float64) - ref).max())
         med = statistics.median(times)
-        note = _auto_choice(dev, layer) if peer == "auto" else ""
+        note = _auto_choice(dev, layer, dtype) if peer == "auto" else ""
         results.append(Result(layer.name, layer.spec, peer, med * 1e3, layer.flops / med / 1e9,
                               err, err / scale, len(times), first * 1e3, note))
     return results
@@ -450,21 +624,23 @@ import json, sys, time
 t0 = time.perf_counter()
 import numpy as np, clconv
 t1 = time.perf_counter()
-spec, n, c, h, w, k, ks, s, p = json.loads(sys.argv[1])
-x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(np.float32)
-wt = np.random.default_rng(1).standard_normal((k, c, ks, ks)).astype(np.float32)
+spec, x_shape, w_shape, name, kwargs = json.loads(sys.argv[1])
+x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+wt = np.random.default_rng(1).standard_normal(w_shape).astype(np.float32)
+conv = getattr(clconv, name)
 with clconv.device(spec):
     t2 = time.perf_counter()
-    clconv.conv2d(x, wt, stride=s, padding=p)
+    conv(x, wt, **kwargs)
     t3 = time.perf_counter()
-    clconv.conv2d(x, wt, stride=s, padding=p)
+    conv(x, wt, **kwargs)
     t4 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "first_s": t3 - t2, "second_s": t4 - t3}))
 """
 
 
 def measure_latency(spec: str, layer: Layer, cold: bool) -> dict[str, Any]:
-    """First and second conv2d call (numpy in/out, algorithm 'auto') in a fresh interpreter.
+    """First and second call of the layer's conv (numpy float32 in/out, algorithm 'auto') in a
+    fresh interpreter.
 
     cold: the kernel caches start empty (XDG_CACHE_HOME and POCL_CACHE_DIR in a new temporary
     folder, so PoCL's and pyopencl's binary caches are empty; CUDA_CACHE_DISABLE=1 for NVIDIA);
@@ -473,8 +649,8 @@ def measure_latency(spec: str, layer: Layer, cold: bool) -> dict[str, Any]:
     from ..runtime.cache import cache_dir
 
     args = [sys.executable, "-c", _LATENCY_SNIPPET,
-            json.dumps([spec, layer.n, layer.c, layer.h, layer.w, layer.k_out, layer.ksize,
-                        layer.stride, layer.pad])]
+            json.dumps([spec, layer.input_shape, layer.weight_shape, CONV_NAMES[layer.nd],
+                        layer.conv_args()])]
     env = dict(os.environ)
     env["CLCONV_CACHE_DIR"] = str(cache_dir())
     package_root = str(Path(__file__).resolve().parent.parent)
@@ -528,10 +704,9 @@ def gemm_shapes(layers: Sequence[Layer]) -> list[tuple[str, tuple[int, int, int,
     """(label, (m, n, k, batch)) of the GEMMs the im2col path runs on `layers`, after 1024^3."""
     shapes = [("square 1024", (1024, 1024, 1024, 1))]
     for lay in layers:
-        oh, ow = lay.out_hw
-        m, k = lay.k_out // lay.groups, lay.c // lay.groups * lay.ksize ** 2
+        m, k = lay.k_out // lay.groups, lay.c // lay.groups * math.prod(lay.kernel)
         batch = lay.n if lay.groups <= lay.n else lay.groups * lay.n
-        shapes.append((lay.name, (m, oh * ow, k, batch)))
+        shapes.append((lay.name, (m, math.prod(lay.out_size), k, batch)))
     return shapes
 
 
@@ -572,12 +747,15 @@ def _by(results: list[Result]) -> dict[tuple[str, str], Result]:
 
 def render(results: list[Result], layers: Sequence[Layer], peers: Sequence[str],
            header: list[str], latency: dict[str, Any] | None,
-           gemm_tuning: dict[str, Any] | None = None) -> str:
+           gemm_tuning: dict[str, Any] | None = None, dtype: Any = np.float32) -> str:
     out = io.StringIO()
+    dtype = np.dtype(dtype)
+    scale = dtype.itemsize / 4  # Layer's byte counts are float32's
     for line in header:
         print(line, file=out)
     table = _by(results)
-    print("\n## Time and accuracy (float32; median of the runs shown; error = max |y - y_ref| "
+    print(f"\n## Time and accuracy ({dtype.name}; median of the runs shown; error = "
+          "max |y - y_ref| "
           "against float64)\n", file=out)
     print(f"{'layer':<20} {'algorithm/peer':<10} {'median ms':>10} {'GFLOP/s':>8} {'runs':>4} "
           f"{'max err':>9} {'vs direct':>9} {'auto/this':>9}", file=out)
@@ -600,33 +778,19 @@ def render(results: list[Result], layers: Sequence[Layer], peers: Sequence[str],
                   file=out)
     print("\n'vs direct': how many times faster than the direct loop kernel; 'auto/this': how many "
           "times faster 'auto' is than this row (> 1: clconv wins).", file=out)
-    print("\n## Targets (ratios of medians measured in this run)\n", file=out)
-    for layer in layers:
-        for algo in ("auto", "im2col"):
-            mine = table.get((layer.name, algo))
-            if mine is None or mine.ms is None:
-                continue
-            for peer, target in TARGETS.items():
-                r = table.get((layer.name, peer))
-                if r is None or r.ms is None or (peer == "direct" and layer.depthwise):
-                    continue
-                if peer == "torch" and layer.name not in TORCH_TARGET_LAYERS:
-                    continue
-                ratio = r.ms / mine.ms
-                verdict = "met" if ratio >= target else "NOT met"
-                print(f"{layer.name:<20} {algo:<6} vs {peer:<8} {ratio:7.2f}x  (target >= "
-                      f"{target:g}x: {verdict})", file=out)
-    print("\n## Memory: im2col's redundancy (float32 column matrix vs the input)\n", file=out)
+    print(f"\n## Memory: im2col's redundancy ({dtype.name} column matrix vs the input)\n",
+          file=out)
     print(f"{'layer':<20} {'input MiB':>9} {'columns MiB':>11} {'ratio':>6}   note", file=out)
     for layer in layers:
         note = ""
         auto = table.get((layer.name, "auto"))
         if layer.pointwise:
-            note = "1x1 stride 1: clconv multiplies the input itself, no column buffer"
+            note = "1x1, stride 1, no padding: clconv multiplies the input itself, no column buffer"
         elif auto is not None and auto.note.startswith("chose") and "im2col" not in auto.note:
             note = f"'auto' {auto.note} here: no column buffer"
-        print(f"{layer.name:<20} {layer.input_bytes / 2**20:>9.2f} "
-              f"{layer.column_bytes / 2**20:>11.2f} {layer.column_bytes / layer.input_bytes:>5.1f}x"
+        print(f"{layer.name:<20} {layer.input_bytes * scale / 2**20:>9.2f} "
+              f"{layer.column_bytes * scale / 2**20:>11.2f} "
+              f"{layer.column_bytes / layer.input_bytes:>5.1f}x"
               f"   {note}", file=out)
     if gemm_tuning:
         print("\n## CLBlast SGEMM alone: untuned (CLCONV_TUNING=off) vs tuned, fresh processes\n",
@@ -700,25 +864,37 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
               peers: Sequence[str] | None = None, repeat: int = 5, budget_s: float = 3.0,
               out: str | None = "bench-out/bench", latency: bool = True, plot: bool = True,
               progress: bool = True, command: str | None = None,
-              stream: TextIO | None = None, gemm_tuning: bool = False) -> int:
-    """Runs the benchmark and writes <out>.txt/.csv/.json/.png; returns an exit code."""
+              stream: TextIO | None = None, gemm_tuning: bool = False,
+              dtype: Any = np.float32, json_out: str | None = None,
+              prog: str = "python -m clconv") -> int:
+    """Runs the benchmark and writes <out>.txt/.csv/.json/.png; returns an exit code.
+
+    dtype: the operands' dtype (float16/float64 where the device has them; ValueError otherwise).
+    json_out: also write the JSON there; '-' writes it to stdout, and the report to stderr.
+    """
     from ..blas import clblast as gemm
     from ..blas import tuning
     from ..runtime.cache import cache_dir
     from ..runtime.device import device
     from ..runtime.progress import Progress
 
-    stream = stream or sys.stdout
+    stream = stream or (sys.stderr if json_out == "-" else sys.stdout)
+    dtype = np.dtype(dtype)
     peers = list(peers) if peers is not None else list(default_peers())
     known = default_peers()
     unknown = [p for p in peers if p not in known]
     if unknown:
         raise ValueError(f"unknown peers {unknown}; known: {known}")
     dev = device(spec)
+    if dtype not in (np.float32, np.float64, np.float16):
+        raise ValueError(f"dtype must be float32, float64 or float16, got {dtype}")
+    if (dtype == np.float64 and not dev.fp64) or (dtype == np.float16 and not dev.fp16):
+        raise ValueError(f"device {dev.name!r} has no {dtype.name} (cl_khr_fp"
+                         f"{dtype.itemsize * 8}); use --dtype float32")
     if command is None:  # the environment variables that change what runs come first, as typed
         settings = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
                     if k.startswith(("CLCONV_", "POCL_", "CLBLAST_"))]
-        command = " ".join([*settings, "python -m clconv", *map(shlex.quote, sys.argv[1:])])
+        command = " ".join([*settings, prog, *map(shlex.quote, sys.argv[1:])])
     bar = Progress(len(layers) * len(peers) + (2 if latency else 0) + (1 if gemm_tuning else 0),
                    "bench", enabled=progress)
     results: list[Result] = []
@@ -728,7 +904,7 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
             nonlocal done
             bar.update(done, f"{layer.name}: {peer}")
             done += 1
-        results.extend(bench_layer(dev, layer, peers, repeat, budget_s, on_peer))
+        results.extend(bench_layer(dev, layer, peers, repeat, budget_s, on_peer, dtype=dtype))
     lat = None
     if latency:
         lat_layer = next((lay for lay in layers if lay.name == "ResNet-50 3x3"), layers[0])
@@ -769,8 +945,19 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
         ("clconv's algorithms run on device arrays, the queue finished after each call; numpy and "
          "torch run in fresh interpreters on host arrays"),
     ]
-    text = render(results, layers, peers, header, lat, gemm_result)
+    text = render(results, layers, peers, header, lat, gemm_result, dtype)
     stream.write(text)
+    layers_json = [dict(asdict(lay), spec=lay.spec, nd=lay.nd, input_shape=lay.input_shape,
+                        weight_shape=lay.weight_shape, out_size=lay.out_size, flops=lay.flops,
+                        input_bytes=lay.input_bytes, column_bytes=lay.column_bytes)
+                   for lay in layers]
+    data = {"command": command, "header": header, "dtype": dtype.name, "layers": layers_json,
+            "results": [asdict(r) for r in results], "latency": lat, "gemm_tuning": gemm_result}
+    if json_out == "-":
+        sys.stdout.write(json.dumps(data, indent=1) + "\n")
+    elif json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     if out:
         prefix = Path(out)
         prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -780,13 +967,7 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
             writer.writeheader()
             for r in results:
                 writer.writerow(asdict(r))
-        layers_json = [dict(asdict(lay), flops=lay.flops, input_bytes=lay.input_bytes,
-                            column_bytes=lay.column_bytes) for lay in layers]
-        Path(f"{prefix}.json").write_text(json.dumps(
-            {"command": command, "header": header, "layers": layers_json,
-             "results": [asdict(r) for r in results], "latency": lat, "gemm_tuning": gemm_result},
-            indent=1) + "\n",
-            encoding="utf-8")
+        Path(f"{prefix}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         written = [f"{prefix}.txt", f"{prefix}.csv", f"{prefix}.json"]
         if plot:
             why = _plot(results, layers, peers, Path(f"{prefix}.png"),
@@ -795,7 +976,11 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
                 stream.write(f"no plot: {why}\n")
             else:
                 written.append(f"{prefix}.png")
+        if json_out and json_out != "-":
+            written.append(json_out)
         stream.write("wrote " + ", ".join(written) + "\n")
+    elif json_out and json_out != "-":
+        stream.write(f"wrote {json_out}\n")
     return 0
 
 
@@ -811,9 +996,11 @@ def _cpu_name() -> str:
 
 
 def main(args: Any) -> int:
-    """Entry point for the CLI (argparse namespace from cli.py)."""
-    layers = [parse_layer(t) for t in args.layer] if args.layer else list(LAYERS)
-    peers = [p.strip() for p in args.peers.split(",")] if args.peers else list(default_peers())
+    """Entry point for the CLI (the argparse namespace of cli.py: --layer already parsed into
+    Layers, --peers into a list)."""
+    layers = list(args.layer) if args.layer else list(LAYERS)
+    peers = list(args.peers) if args.peers else list(default_peers())
     return run_bench(args.device, layers, peers, args.repeat, args.time_per_peer,
                      None if args.out == "-" else args.out, not args.no_latency, not args.no_plot,
-                     not args.no_progress, gemm_tuning=not args.no_gemm)
+                     not args.no_progress, gemm_tuning=not args.no_gemm, dtype=args.dtype,
+                     json_out=args.json, prog=getattr(args, "prog", "python -m clconv"))

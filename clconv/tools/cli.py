@@ -1,21 +1,38 @@
-"""Command line: `python -m clconv info | demo | tune | bench`."""
+"""Command line: `clconv info | demo | bench | tune | cache` (also `python -m clconv ...`).
+
+Every option is checked by argparse before anything runs: a bad value ends with a usage line and
+exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from ..blas import clblast as gemm
 from ..runtime.device import default_device_reason, devices
-from ..runtime.errors import DeviceNotFoundError
+from ..runtime.errors import DeviceNotFoundError, UnsupportedError
 
-__all__ = ["main", "info"]
+__all__ = ["build_parser", "info", "main", "prog_name"]
+
+DEVICE_HELP = "device spec: an index, P:D, cpu, gpu or part of a name (default: $CLCONV_DEVICE, " \
+              "else the first GPU, else the first CPU; see `info`)"
+
+
+def prog_name() -> str:
+    """'python -m clconv' when run as a module, else 'clconv' (the console script)."""
+    return "python -m clconv" if os.path.basename(sys.argv[0] or "") == "__main__.py" else "clconv"
 
 
 def info() -> int:
-    """Prints platforms, devices, capabilities, CLBlast's presence and the default device."""
+    """Prints platforms, devices, capabilities, CLBlast's presence, the default device and the
+    cache folder."""
     import pyopencl as cl
+
+    from ..runtime.cache import cache_dir
 
     try:
         platforms = cl.get_platforms()
@@ -38,6 +55,8 @@ def info() -> int:
             print(f"    {state}")
     reason = gemm.missing_reason()
     print("CLBlast (pyclblast): " + ("found" if reason is None else f"NOT FOUND: {reason}"))
+    print(f"cache folder (CLBlast tuning, 'auto' choices): {cache_dir()} "
+          f"(see `{prog_name()} cache`)")
     try:
         dev, why = default_device_reason()
         print(f"default device: {dev.index} {dev.name} [{dev.platform_name}], because: {why}")
@@ -45,6 +64,164 @@ def info() -> int:
         print(f"default device: none: {err}")
         return 1
     return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Option types: each raises ArgumentTypeError, which argparse turns into a usage error (exit 2)
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def layer_spec(text: str) -> Any:
+    """--layer text -> bench.Layer."""
+    from .bench import parse_layer
+
+    try:
+        return parse_layer(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--layer {text!r}: ")) from None
+
+
+def peer_list(text: str) -> list[str]:
+    from .bench import default_peers
+
+    peers = [p.strip() for p in text.split(",") if p.strip()]
+    known = default_peers()
+    unknown = [p for p in peers if p not in known]
+    if unknown or not peers:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {', '.join(unknown) or repr(text)}; "
+                                         f"choose from {','.join(known)}")
+    return peers
+
+
+def precision_list(text: str) -> list[int]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in ("16", "32", "64") for v in values):
+        raise argparse.ArgumentTypeError(f"wants a comma-separated list of 16, 32, 64, "
+                                         f"got {text!r}")
+    return [int(v) for v in values]
+
+
+def kernel_list(text: str) -> list[str]:
+    from ..blas.tuning import KERNELS
+
+    names = [k.strip() for k in text.split(",") if k.strip()]
+    known = [*KERNELS, "GemmRoutine"]
+    unknown = [k for k in names if k not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown kernel(s) {', '.join(unknown) or repr(text)}; "
+                                         f"choose from {','.join(known)}")
+    return names
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every help line; descriptions and epilogs keep their line breaks."""
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from .. import __version__
+    from .bench import LAYER_HELP
+
+    prog = prog or prog_name()
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=_Formatter,
+        description="clconv: neural-network convolutions on any OpenCL device, with PyTorch's "
+                    "semantics.")
+    parser.add_argument("--version", action="version", version=f"clconv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help,
+                              formatter_class=_Formatter)
+
+    command("info", "OpenCL platforms and devices, CLBlast, the default device, the cache folder")
+
+    demo = command("demo", "why im2col + GEMM beats loops: times each stage on your device",
+                   "Runs one layer with the direct loops and with im2col + GEMM, checks that "
+                   "they agree, times each stage (im2col, GEMM, epilogue) with OpenCL profiling "
+                   "events, shows the memory each needs, and draws it all into a PNG.")
+    demo.add_argument("--device", default=None, help=DEVICE_HELP)
+    demo.add_argument("--layer", type=layer_spec, default=None, metavar="SPEC",
+                      help="the layer (the bench's --layer forms; default: ResNet-50's 3x3 "
+                           "conv, 1,64,56,56,64,3,1,1)")
+    demo.add_argument("--repeat", type=positive_int, default=5,
+                      help="timed runs per algorithm and stage (median)")
+    demo.add_argument("--out", default="clconv-demo.png", metavar="PNG",
+                      help="where to write the chart (relative paths: the working folder)")
+    demo.add_argument("--no-plot", action="store_true", help="no PNG")
+
+    bench = command("bench", "algorithms and peers (numpy, torch, CLBlast convgemm) on network "
+                             "layers: GFLOP/s, error, memory, latency")
+    bench.epilog = "--layer forms:\n  " + LAYER_HELP.replace("\n", "\n  ")
+    bench.add_argument("--device", default=None, help=DEVICE_HELP)
+    bench.add_argument("--layer", action="append", type=layer_spec, default=[], metavar="SPEC",
+                       help="a layer instead of the built-in table (repeatable; forms below)")
+    bench.add_argument("--peers", type=peer_list, default=None, metavar="LIST",
+                       help="comma-separated subset of clconv's algorithms (direct, im2col, ..., "
+                            "auto) and numpy, torch, torch-cuda, convgemm (default: all)")
+    bench.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16"),
+                       help="the operands' dtype (float64/float16 where the device has them)")
+    bench.add_argument("--repeat", type=positive_int, default=5,
+                       help="most timed runs per peer (median)")
+    bench.add_argument("--time-per-peer", type=positive_float, default=3.0, metavar="SECONDS",
+                       help="seconds of timed runs per peer and layer before the run count is cut "
+                            "(at least 2 runs)")
+    bench.add_argument("--out", default="bench-out/bench", metavar="PREFIX",
+                       help="output prefix for .txt/.csv/.json/.png ('-': print only)")
+    bench.add_argument("--json", default=None, metavar="PATH",
+                       help="also write the results as JSON to PATH; '-' prints the JSON on "
+                            "stdout and the report on stderr")
+    bench.add_argument("--no-latency", action="store_true",
+                       help="skip the first-call latency runs (fresh processes, cold and warm)")
+    bench.add_argument("--no-gemm", action="store_true",
+                       help="skip timing CLBlast's GEMM alone, tuned vs untuned (fresh processes)")
+    bench.add_argument("--no-plot", action="store_true", help="no PNG chart")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    tune = command("tune", "search CLBlast's GEMM kernel parameters for a device and save them "
+                           "(loaded on the device's first GEMM)")
+    tune.add_argument("--device", default=None, help=DEVICE_HELP)
+    tune.add_argument("--budget", type=positive_float, default=600.0, metavar="SECONDS",
+                      help="seconds to spend in CLBlast's tuners, all kernels and precisions "
+                           "together")
+    tune.add_argument("--precision", type=precision_list, default=None, metavar="LIST",
+                      help="comma-separated CLBlast precisions: 32 (float32), 64, 16 (default: 32 "
+                           "and whichever of 64/16 the device has)")
+    tune.add_argument("--kernels", type=kernel_list, default=None, metavar="LIST",
+                      help="comma-separated subset of Xgemm,XgemmDirect,Copy,Pad,Transpose,"
+                           "Padtranspose,GemmRoutine (default: all of these; GemmRoutine, the "
+                           "direct/tiled GEMM threshold, is timed in-process after the tuners, "
+                           "outside the budget); Xconvgemm (CLBlast's convolution, a bench peer) "
+                           "only when named")
+    tune.add_argument("--show", action="store_true",
+                      help="only print which tuning the device would load, and from where")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    cache = command("cache", "show (or --clear) what clconv keeps between runs: CLBlast tuning "
+                             "and the algorithms 'auto' chose",
+                    "Shows clconv's cache folder ($CLCONV_CACHE_DIR, else $XDG_CACHE_HOME/clconv "
+                    "or ~/.cache/clconv) and its entries with their sizes.")
+    cache.add_argument("--clear", action="store_true",
+                       help="remove the tuning and 'auto' entries (clconv measures again on the "
+                            "next run; the OpenCL driver's own kernel cache is left alone)")
+    return parser
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -66,12 +243,10 @@ def _tune(args: argparse.Namespace) -> int:
     if not gemm.available():
         print(f"clconv: {gemm.missing_reason()}", file=sys.stderr)
         return 2
-    precisions = ([int(p) for p in args.precision.split(",")] if args.precision else None)
-    kernels = [k.strip() for k in args.kernels.split(",")] if args.kernels else None
-    command = "python -m clconv " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
+    command = f"{prog_name()} " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
     try:
-        entry = tuning.tune(dev, args.budget, precisions, kernels, progress=not args.no_progress,
-                            command=command)
+        entry = tuning.tune(dev, args.budget, args.precision, args.kernels,
+                            progress=not args.no_progress, command=command)
     except (FileNotFoundError, ValueError) as err:
         print(f"clconv: {err}", file=sys.stderr)
         return 2
@@ -79,65 +254,38 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clconv", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="OpenCL platforms and devices, CLBlast, the default device")
-    demo = sub.add_parser("demo", help="im2col + GEMM against direct loops on a ResNet-50 layer")
-    demo.add_argument("--device", default=None, help="device spec (default: CLCONV_DEVICE, GPU, CPU)")
-    demo.add_argument("--repeat", type=int, default=5, help="timed runs per algorithm (median)")
-    tune = sub.add_parser("tune", help="search CLBlast's GEMM kernel parameters for a device and "
-                                       "save them (loaded on the device's first GEMM)")
-    tune.add_argument("--device", default=None, help="device spec (default: CLCONV_DEVICE, GPU, CPU)")
-    tune.add_argument("--budget", type=float, default=600.0,
-                      help="seconds to spend in CLBlast's tuners, all kernels and precisions "
-                           "together (default 600)")
-    tune.add_argument("--precision", default=None,
-                      help="comma-separated CLBlast precisions: 32 (float32), 64, 16 (default: 32 "
-                           "and whichever of 64/16 the device has)")
-    tune.add_argument("--kernels", default=None,
-                      help="comma-separated subset of Xgemm,XgemmDirect,Copy,Pad,Transpose,"
-                           "Padtranspose,GemmRoutine (default: all of these; GemmRoutine, the "
-                           "direct/tiled GEMM threshold, is timed in-process after the tuners, "
-                           "outside the budget); Xconvgemm (CLBlast's convolution, a bench peer) "
-                           "only when named")
-    tune.add_argument("--show", action="store_true",
-                      help="only print which tuning the device would load, and from where")
-    tune.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bench = sub.add_parser("bench", help="algorithms and peers (numpy, torch, CLBlast convgemm) on "
-                                         "network layers: GFLOP/s, error, memory, latency")
-    bench.add_argument("--device", default=None, help="device spec (default: CLCONV_DEVICE, GPU, CPU)")
-    bench.add_argument("--layer", action="append", default=[], metavar="N,C,H,W,K,k,s,p[,g]",
-                       help="benchmark this layer instead of the built-in table (repeatable; "
-                            "'name=N,C,...' names it)")
-    bench.add_argument("--peers", default=None,
-                       help="comma-separated subset of clconv's algorithms (direct, im2col, ..., "
-                            "auto) and numpy, torch, convgemm (default: all)")
-    bench.add_argument("--repeat", type=int, default=5, help="most timed runs per peer (median)")
-    bench.add_argument("--time-per-peer", type=float, default=3.0,
-                       help="seconds of timed runs per peer and layer before the run count is cut "
-                            "(at least 2 runs)")
-    bench.add_argument("--out", default="bench-out/bench",
-                       help="output prefix for .txt/.csv/.json/.png ('-': print only)")
-    bench.add_argument("--no-latency", action="store_true",
-                       help="skip the first-call latency runs (fresh processes, cold and warm)")
-    bench.add_argument("--no-gemm", action="store_true",
-                       help="skip timing CLBlast's GEMM alone, tuned vs untuned (fresh processes)")
-    bench.add_argument("--no-plot", action="store_true", help="no PNG chart")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    args.prog = parser.prog
+    runners: dict[str, Callable[[], int]] = {
+        "info": info,
+        "demo": lambda: _demo(args),
+        "tune": lambda: _tune(args),
+        "bench": lambda: _bench(args),
+        "cache": lambda: _cache(args),
+    }
     try:
-        if args.command == "info":
-            return info()
-        if args.command == "demo":
-            from .demo import run_demo
-            return run_demo(args.device, args.repeat)
-        if args.command == "tune":
-            return _tune(args)
-        if args.command == "bench":
-            from .bench import main as bench_main
-            return bench_main(args)
-    except DeviceNotFoundError as err:
-        print(f"clconv: {err}", file=sys.stderr)
+        return runners[args.command]()
+    except (DeviceNotFoundError, UnsupportedError, ValueError) as err:
+        # What the options could not check beforehand: the device, what it supports.
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.device, args.repeat, layer=args.layer,
+                    out=None if args.no_plot else args.out)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from .cache_cmd import run_cache
+
+    return run_cache(clear=args.clear)
