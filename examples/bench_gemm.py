@@ -114,7 +114,8 @@ def gemm_variants(dev, shape: tuple[int, int, int], da: cla.Array, db: cla.Array
     return variants
 
 
-def bench_gemm(dev, shapes: list[tuple[int, int, int]], dtype: np.dtype, repeat: int) -> None:
+def bench_gemm(dev, shapes: list[tuple[int, int, int]], dtype: np.dtype, repeat: int,
+               peak: float | None = None) -> None:
     from clconv.blas import packed
 
     try:
@@ -125,7 +126,8 @@ def bench_gemm(dev, shapes: list[tuple[int, int, int]], dtype: np.dtype, repeat:
     q = dev.queue
     rng = np.random.default_rng(0)
     print(f"{'M x N x K':>20} {'tile':>5} {'packed':>8} {'packed A':>9} {'clblast':>8} {'numpy':>8}"
-          f" {'packed A/numpy':>15}   (GFLOP/s, medians of {repeat})")
+          f" {'packed A/numpy':>15} {'packed A % peak':>16} {'clblast % peak':>15}   "
+          f"(GFLOP/s, medians of {repeat})")
     for m, n, k in shapes:
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
@@ -141,7 +143,10 @@ def bench_gemm(dev, shapes: list[tuple[int, int, int]], dtype: np.dtype, repeat:
         print(f"{shape:>20} {pa.tile.mr}x{pa.tile.nr:<3} {rate['packed']:8.1f} "
               f"{rate['packed A']:9.1f} "
               f"{rate.get('clblast', float('nan')):8.1f} {rate['numpy']:8.1f} "
-              f"{rate['packed A'] / rate['numpy']:15.2f}", flush=True)
+              f"{rate['packed A'] / rate['numpy']:15.2f} "
+              f"{100 * rate['packed A'] / peak if peak else float('nan'):15.0f}% "
+              f"{100 * rate.get('clblast', float('nan')) / peak if peak else float('nan'):14.0f}%",
+              flush=True)
 
 
 def torch_rates(layers: dict[str, tuple[int, ...]], repeat: int, threads: int) -> dict[str, float]:
@@ -250,8 +255,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {dev.name} ({dev.platform_name}, {dev.cl_device.platform.version})")
     print(f"numpy {np.__version__}, OpenBLAS core {openblas_core()}, "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, dtype {dtype}")
+    from clconv.tools.peak import measure_peak
+
+    peak = measure_peak(dev)
+    peak_flops = peak.gflops32 if dtype == np.float32 else peak.gflops64
+    print(f"measured peak (clconv.tools.peak): float32 fma {peak.gflops32:.1f} GFLOP/s, float64 "
+          f"{peak.gflops64 or float('nan'):.1f} GFLOP/s, copy {peak.gbytes:.1f} GB/s")
     if not args.no_gemm:
-        bench_gemm(dev, [parse_shape(s) for s in args.shapes.split(",")], dtype, args.repeat)
+        bench_gemm(dev, [parse_shape(s) for s in args.shapes.split(",")], dtype, args.repeat,
+                   peak_flops)
     if args.conv or args.no_gemm:
         bench_conv(dev, dtype, args.repeat, args.torch_threads, args.rounds)
 

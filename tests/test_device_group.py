@@ -140,9 +140,9 @@ def test_calibration_measures_once_per_shape(rng):
     x, w, b = _data(rng, n=5)
     with group:
         clconv.conv2d(x, w, b, padding=1)
-        first = group.measured()
-        clconv.conv2d(x, w, b, padding=1)
-        assert group.measured() == first and len(first) == 1
+        first = dict(group.measured())
+        clconv.conv2d(x, w, b, padding=1)  # no new calibration (a split call refines the speeds)
+        assert group.measured().keys() == first.keys() and len(first) == 1
         clconv.conv2d(x[:, :, :5], w, b, padding=1)  # another shape: measured anew
         assert len(group.measured()) == 2
     speeds = next(iter(first.values()))

@@ -1,4 +1,4 @@
-"""No leaks: 10,000 calls in a loop keep host memory (RSS and the C heap in use), the number of live
+"""No leaks: 2,000 calls in a loop keep host memory (RSS and the C heap in use), the number of live
 Python objects and clconv's device caches flat. The long variants (100,000 calls, more shapes and
 ops, threads) carry the `soak` marker and run only on request: `pytest -m soak`."""
 
@@ -16,7 +16,7 @@ import pytest
 import reference as ref
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
-CALLS = 10_000
+CALLS = 2_000
 WARMUP = 300
 RSS_BOUND = 2 * 2**20  # bytes of RSS growth allowed over a whole loop (allocator noise)
 HEAP_BOUND_PER_CALL = 32  # bytes of C heap growth allowed per call (a leaked OpenCL event: ~300)

@@ -159,9 +159,9 @@ def test_the_plan_cache_and_the_program_cache_are_bounded(clconv, rng, monkeypat
     dev = clconv.current_device()
     monkeypatch.setattr(PlanCache, "MAX_PLANS", 3)
     monkeypatch.setattr(ProgramCache, "MAX_PROGRAMS", 4)
-    w = _r(rng, (2, 2, 3, 3))
-    for size in range(5, 12):
-        x = _r(rng, (1, 2, size, size))
+    w = _r(rng, (5, 3, 2, 3))  # shapes no other test builds: every step builds a program
+    for size in range(23, 30):
+        x = _r(rng, (1, 3, size, size + 1))
         assert_close(clconv.conv2d(x, w, algorithm="direct"), ref.conv_nd(x, w), np.float32,
                      conv_reduction(w), conv_magnitude(x, w))
         assert len(plans(dev).entries) <= 3 and len(programs(dev).entries) <= 4
@@ -183,7 +183,7 @@ def test_a_new_batch_size_builds_nothing(clconv, rng, builds, algorithm):
     assert builds() == before
 
 
-def test_auto_reuses_the_choice_within_a_batch_bucket(clconv, rng, tmp_path, monkeypatch):
+def test_auto_reuses_the_choice_of_a_nearby_batch_size(clconv, rng, tmp_path, monkeypatch):
     from clconv.ops import autotune
 
     monkeypatch.setenv("CLCONV_CACHE_DIR", str(tmp_path))
@@ -199,10 +199,13 @@ def test_auto_reuses_the_choice_within_a_batch_bucket(clconv, rng, tmp_path, mon
     monkeypatch.setattr(autotune, "measure", measure)
     try:
         w = _r(rng, (6, 5, 3, 3))
-        for n in (3, 4, 3, 5):  # buckets 4, 4, 4, 8
+        for n in (3, 4, 3, 5, 1):  # buckets 4, 4, 4, 8, 1: the later ones reuse the nearest
             clconv.conv2d(_r(rng, (n, 5, 7, 7)), w, padding=1)
-        assert measured == [3, 5]
+        assert measured == [3]
         assert autotune.batch_bucket(3) == 4 and autotune.batch_bucket(1) == 1
+        # another layer is measured
+        clconv.conv2d(_r(rng, (2, 5, 7, 7)), _r(rng, (6, 5, 1, 1)))
+        assert measured == [3, 2]
     finally:
         autotune.forget()
 

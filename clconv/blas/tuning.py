@@ -45,10 +45,11 @@ __all__ = ["ENV_VAR", "FORMAT", "KERNELS", "TuningState", "TunerJob", "JOBS", "e
            "parse_row", "tune"]
 
 from . import clblast as gemm
-from .clblast import TuningState, apply_tuning, tuning_state
-from .tuning_db import (_PRECISION_NAMES, ENV_VAR, _match_score, FORMAT, KERNELS, clblast_version, device_key, enabled,
-                        find_entry, load_entry, merge_entries, save_user, shipped_entries,
-                        user_path)
+# The data and applying halves live below this module; their names stay reachable from here.
+from .clblast import TuningState, apply_tuning, tuning_state  # noqa: F401
+from .tuning_db import (_PRECISION_NAMES, ENV_VAR, FORMAT, KERNELS, _match_score,  # noqa: F401
+                        clblast_version, device_key, enabled, find_entry, load_entry,
+                        merge_entries, save_user, shipped_entries, user_path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,21 +237,23 @@ def measure_gemm_routine(dev: Device, precision: int = 32,
 
 
     dtype = {16: np.float16, 32: np.float32, 64: np.float64}[precision]
-    rows = []
+    shapes = list(shapes)
+    rows = [{"m": m, "n": n, "k": k, "batch": batch} for m, n, k, batch in shapes]
+    # Each variant is timed on every shape before the next variant's override: CLBlast's own
+    # choice first (no override can be undone), then forced direct, then forced tiled. (Timing the
+    # variants shape by shape measured "the default" of the second shape onwards under the first
+    # shape's last override.)
+    variants = [("default_ms", None)] if with_default else []
+    variants += [("direct_ms", _FORCE_DIRECT), ("indirect_ms", 1)]
     with dev.lock:
-        for m, n, k, batch in shapes:
-            a = cla.to_device(dev.queue, np.ones(m * k, dtype) / k)
-            b = cla.to_device(dev.queue, np.ones(batch * k * n, dtype))
-            c = cla.empty(dev.queue, batch * m * n, dtype)
-            row = {"m": m, "n": n, "k": k, "batch": batch}
-            for name, limit in (("default_ms", None), ("direct_ms", _FORCE_DIRECT),
-                                ("indirect_ms", 1)):
-                if limit is None:
-                    if not with_default:
-                        continue
-                else:
-                    gemm.override_parameters(dev, "GemmRoutine", precision,
-                                             {"XGEMM_MIN_INDIRECT_SIZE": limit})
+        operands = [(cla.to_device(dev.queue, np.ones(m * k, dtype) / k),
+                     cla.to_device(dev.queue, np.ones(batch * k * n, dtype)),
+                     cla.empty(dev.queue, batch * m * n, dtype)) for m, n, k, batch in shapes]
+        for name, limit in variants:
+            if limit is not None:
+                gemm.override_parameters(dev, "GemmRoutine", precision,
+                                         {"XGEMM_MIN_INDIRECT_SIZE": limit})
+            for row, (m, n, k, batch), (a, b, c) in zip(rows, shapes, operands):
                 times: list[float] = []
                 # The first run compiles (once per routine variant); then at least `repeat` runs
                 # and 0.1 s of them, best kept (the least disturbed on a shared machine).
@@ -260,7 +263,6 @@ def measure_gemm_routine(dev: Device, precision: int = 32,
                     dev.queue.finish()
                     times.append(time.perf_counter() - t0)
                 row[name] = min(times[1:]) * 1e3
-            rows.append(row)
     return rows
 
 

@@ -5,6 +5,8 @@ How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv.convolution` wh
 
 1. A choice already made for the key is used: from this process's memory, else from
    `cache_dir()/algorithms.json` (written by earlier processes; read once per process).
+   Failing that, the choice for the same layer at the nearest other batch size (by ratio), so that a
+   planned layer met at a new batch size is not measured again.
 2. Otherwise, unless $CLCONV_AUTO=rule, the call measures (on its own arrays): each applicable
    algorithm runs once to build its kernels (and CLBlast's), then the algorithms are timed in up
    to three interleaved rounds (two when a run takes 50 ms or more; only those within 1.5x of the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import threading
 import time
@@ -143,9 +146,37 @@ def lookup(dev: Device, geo: ConvGeometry, dtype: Any) -> str | None:
             store.from_file = {k: v["algorithm"] for k, v in entries.items()
                                if isinstance(v, dict) and isinstance(v.get("algorithm"), str)}
         found = store.from_file.get(key(dev, geo, dtype))
+        if found is None:
+            found = _nearest_batch(store, dev, geo, dtype)
         if found is not None:
-            store.by_geometry[mem_key] = found
+            store.by_geometry[mem_key] = found  # memory only: the file keeps measured choices
     return found
+
+
+def _nearest_batch(store: _Store, dev: Device, geo: ConvGeometry, dtype: Any) -> str | None:
+    """The choice remembered for the same layer at the nearest other batch size (by ratio), from
+    memory or the file, or None: a planned layer met at a new batch size is not measured again.
+    Call holding store.lock."""
+    name = np.dtype(dtype).name
+    batch = max(batch_bucket(geo.batch), 1)
+    best: tuple[float, str] | None = None
+    for (other, other_dtype), algorithm in store.by_geometry.items():
+        if other_dtype == name and other.batch and dataclasses.replace(other, batch=geo.batch) == geo:
+            distance = abs(math.log2(max(other.batch, 1) / batch))
+            if best is None or distance < best[0]:
+                best = (distance, algorithm)
+    mine = json.loads(key(dev, geo, dtype))
+    for text, algorithm in (store.from_file or {}).items():
+        try:
+            other = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(other, list) and len(other) == len(mine) and other[5] and \
+                other[:5] + other[6:] == mine[:5] + mine[6:]:
+            distance = abs(math.log2(max(int(other[5]), 1) / batch))
+            if best is None or distance < best[0]:
+                best = (distance, algorithm)
+    return None if best is None else best[1]
 
 
 def record(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..blas import clblast as gemm
@@ -37,8 +38,11 @@ from ..runtime.device import Device
 from ..runtime.memory import column_buffer
 from ..runtime.transfer import element_offset, index_type
 from .geometry import ConvGeometry
+from ..blas import packed
+from ..runtime.program import kernel
 from . import packed_conv
-from .launch import BatchEpilogue, DirectConv, Epilogue, Im2col, Winograd
+from .launch import (BatchEpilogue, DirectConv, Epilogue, Im2col, Winograd, epilogue_defines,
+                     kernel_defines)
 
 __all__ = ["ColumnPlan", "Direct", "Im2colGemm", "ImplicitGemm", "PackedIm2colGemm", "WinogradGemm",
            "WinogradPlan", "plan_columns",
@@ -303,14 +307,59 @@ class _PackedGemmConv:
 class ImplicitGemm(_PackedGemmConv):
     """The fused implicit-GEMM convolution (cl/conv_implicit.cl): no column buffer, each work-item
     gathers its column panel from the input into local memory and runs the packed micro-kernel
-    (6x16 float8 tiles on AVX2) on it; bias and activation fused into the store."""
+    (6x16 float8 tiles on AVX2) on it; bias and activation fused into the store.
+
+    Configured once: both kernels (the filter packing and the convolution), the NDRanges, the
+    local panel and a buffer of the plan's own for the packed filters, so that a run is two
+    enqueues (pack, convolve) under one hold of dev.lock."""
 
     name = "implicit"
     workspace_bytes = 0
 
-    def _enqueue(self, x: cla.Array, packed_w: Any, b: cla.Array | None, out: cla.Array) -> None:
-        packed_conv.enqueue_implicit_conv(self.dev, self.geo, x, element_offset(x), packed_w, b,
-                                          out, element_offset(out), self.activation)
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
+                 activation: str | None, limit: int) -> None:
+        super().__init__(dev, geo, dtype, has_bias, activation, limit)
+        tile, itemsize = self.tile, self.dtype.itemsize
+        self.m, self.k = geo.cout_per_group, geo.cin_per_group * geo.ksize
+        kc = packed_conv._implicit_chunk(dev, self.k, tile, itemsize)
+        defines = kernel_defines(geo.defines(), self.dtype, _index_t(geo), **tile.defines(),
+                                 GROUPS=geo.groups, COUT=geo.out_channels, KC=kc)
+        defines.update(epilogue_defines(has_bias, activation))
+        self.conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
+        self.pack = kernel(dev, "gemm_packed.cl", "pack_a", packed.gemm_defines(tile, self.dtype))
+        self.panel = cl.LocalMemory(kc * tile.nr * itemsize)
+        self.launches = []
+        for start, count in packed_conv._chunks(geo, tile, itemsize, None):
+            mgroups, per_group = packed.grid(dev, tile, self.m, count, geo.groups)
+            self.launches.append(((tile.b_panels(count), mgroups, geo.groups), np.int64(start),
+                                  np.int64(count), np.int32(per_group)))
+        self.a_size = tile.packed_a_size(self.m, self.k)
+        self.pack_range = (-(-self.k // packed._PACK_K), tile.a_panels(self.m), geo.groups)
+        self.packed_w = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE,
+                                  max(self.a_size * geo.groups, 1) * itemsize)
+
+    def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            prepared: Any = None) -> None:
+        geo, dev = self.geo, self.dev
+        if geo.batch == 0:
+            return
+        q = dev.queue
+        bias_buf, b_off = (b.base_data, np.int64(element_offset(b))) if b is not None else \
+            (out.base_data, np.int64(0))
+        with dev.lock:
+            if prepared is None:
+                self.pack(q, self.pack_range, (1, 1, 1), np.int32(self.m), np.int32(self.k),
+                          w.base_data, np.int64(element_offset(w)), np.int64(self.m * self.k),
+                          np.int64(self.k), np.int32(0), self.packed_w, np.int64(0),
+                          np.int64(self.a_size))
+                ap, ap_off = self.packed_w, np.int64(0)
+            else:
+                ap, ap_off = prepared.data.base_data, np.int64(prepared.offset)
+            for global_size, start, count, per_group in self.launches:
+                self.conv(q, global_size, (1, 1, 1), x.base_data, np.int64(element_offset(x)),
+                          ap, ap_off, np.int64(self.a_size), out.base_data,
+                          np.int64(element_offset(out)), start, count, per_group, bias_buf, b_off,
+                          self.panel)
 
 
 class PackedIm2colGemm(_PackedGemmConv):

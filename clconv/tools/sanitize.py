@@ -41,7 +41,6 @@ import time
 import traceback
 import zlib
 from collections import Counter
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
