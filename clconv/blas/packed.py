@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device
+from ..runtime.memory import BufferView, ColumnBuffer
 from ..runtime.program import kernel, precision_defines
 
 __all__ = [
@@ -128,25 +128,9 @@ def gemm_defines(tile: Tile, dtype: Any) -> dict[str, object]:
     return defines
 
 
-class _Scratch:
-    """A grow-only device buffer (exactly the largest request so far), kept between calls."""
-
-    def __init__(self) -> None:
-        self.buffer: cl.Buffer | None = None
-        self.nbytes = 0
-
-    def get(self, dev: Device, nbytes: int) -> cl.Buffer:
-        if self.buffer is None or nbytes > self.nbytes:
-            self.buffer = None  # let the driver reclaim the old one before the new one is made
-            self.nbytes = 0
-            self.buffer = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
-            self.nbytes = max(nbytes, 1)
-        return self.buffer
-
-
-# Per-device packing scratch, dropped with its Device (a module-level map rather than a Device slot,
-# so that this engine needs nothing from the runtime beyond the device's lock).
-_SCRATCH: weakref.WeakKeyDictionary[Device, _Scratch] = weakref.WeakKeyDictionary()
+# Per-device packing scratch: a ColumnBuffer of its own (separate from the im2col column buffer,
+# so that a GEMM can read that buffer while packing), dropped with its Device.
+_SCRATCH: weakref.WeakKeyDictionary[Device, ColumnBuffer] = weakref.WeakKeyDictionary()
 
 
 def packed_scratch(dev: Device, elements: int, dtype: Any) -> cla.Array:
@@ -157,10 +141,9 @@ def packed_scratch(dev: Device, elements: int, dtype: Any) -> cla.Array:
     reuses the buffer (the queue is in order, so its writes run after those reads)."""
     holder = _SCRATCH.get(dev)
     if holder is None:
-        holder = _SCRATCH[dev] = _Scratch()
+        holder = _SCRATCH[dev] = ColumnBuffer()
     dtype = np.dtype(dtype)
-    buf = holder.get(dev, elements * dtype.itemsize)
-    return cla.Array(dev.queue, (max(elements, 1),), dtype, data=buf)
+    return BufferView(holder.get(dev, elements * dtype.itemsize), dtype, max(elements, 1))
 
 
 def scratch_bytes(dev: Device) -> int:

@@ -47,6 +47,14 @@ def shape_of(x: Any) -> tuple[int, ...]:
 def freeze(value: Any) -> Hashable:
     """A hashable key for an argument value that keeps its type (1, 1.0 and True stay distinct, so
     a cached plan never accepts a value that validation would reject)."""
+    kind = type(value)
+    # The common cases, as they are: an int, a str, None, a tuple of ints (shapes, strides). Any
+    # other value (a bool, a float, a numpy int, a list) is wrapped with its type, so it can never
+    # equal one of these.
+    if kind is int or kind is str or value is None:
+        return value
+    if kind is tuple and all(type(v) is int for v in value):
+        return value
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, tuple(freeze(v) for v in value))
     if isinstance(value, np.dtype):
