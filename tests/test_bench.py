@@ -4,6 +4,7 @@ and the .txt/.csv/.json files say what ran. Results are checked, never timings."
 from __future__ import annotations
 
 import csv
+import os
 import json
 
 import numpy as np
@@ -98,3 +99,21 @@ def test_cli_bench_prints_the_table(clconv_mod, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "im2col" in text and "numpy" in text and "wrote" in text
     assert (tmp_path / "c.csv").exists()
+
+
+def test_host_peers_run_in_a_fresh_interpreter_that_imports_the_real_torch():
+    """The fresh interpreters put the folder holding clconv on PYTHONPATH, not the package folder
+    (whose torch.py would shadow torch)."""
+    import importlib.util
+
+    from clconv.tools.bench import _child_env, _time_isolated, parse_layer
+
+    root = _child_env()["PYTHONPATH"].split(os.pathsep)[0]
+    assert os.path.isdir(os.path.join(root, "clconv"))
+    layer = parse_layer("1,2,5,5,3,3,1,1")
+    x = np.ones(layer.input_shape, np.float32)
+    w = np.ones(layer.weight_shape, np.float32)
+    peers = ["numpy"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    for peer in peers:
+        y, first, times = _time_isolated(peer, layer, x, w, 2, 0.1)
+        assert y.shape == (1, 3, 5, 5) and y[0, 0, 2, 2] == 18 and times

@@ -421,6 +421,16 @@ class _Isolated:
         self.peer = peer
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of the bench's fresh interpreters: this clconv first on PYTHONPATH (the
+    folder that holds the package, never the package folder itself, whose torch.py would shadow
+    torch)."""
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    return env
+
+
 _HOST_SNIPPET = r"""
 import json, sys
 import numpy as np
@@ -446,9 +456,7 @@ print(json.dumps({"first": first, "times": times}))
 
 def _time_isolated(peer: str, layer: Layer, x: np.ndarray, w: np.ndarray, repeat: int,
                    budget_s: float) -> tuple[np.ndarray, float, list[float]]:
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env = _child_env()
     with tempfile.TemporaryDirectory(prefix="clconv-bench-") as folder:
         np.save(os.path.join(folder, "x.npy"), x)
         np.save(os.path.join(folder, "w.npy"), w)
@@ -651,10 +659,8 @@ def measure_latency(spec: str, layer: Layer, cold: bool) -> dict[str, Any]:
     args = [sys.executable, "-c", _LATENCY_SNIPPET,
             json.dumps([spec, layer.input_shape, layer.weight_shape, CONV_NAMES[layer.nd],
                         layer.conv_args()])]
-    env = dict(os.environ)
+    env = _child_env()
     env["CLCONV_CACHE_DIR"] = str(cache_dir())
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="clconv-cold-") as tmp:
         if cold:
             env.update(XDG_CACHE_HOME=tmp, POCL_CACHE_DIR=os.path.join(tmp, "pocl"),
@@ -714,9 +720,7 @@ def measure_gemm_tuning(spec: str, shapes: Sequence[tuple[int, int, int, int]], 
                         rounds: int = 2) -> dict[str, Any]:
     """Median ms per shape with CLCONV_TUNING=off and on, each in fresh processes, alternating
     `rounds` times (so that a load change on a shared machine hits both); medians over rounds."""
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env = _child_env()
     runs: dict[str, list[list[float]]] = {"off": [], "on": []}
     sources: dict[str, str] = {}
     for _ in range(rounds):

@@ -54,7 +54,7 @@ def _fma(dev: Device, dtype: np.dtype, repeat: int) -> float:
             k(dev.queue, (items,), None, out, seed)
         dev.queue.finish()
     seconds = _best_seconds(run, repeat)
-    return items * iters * 8 * vec * 2 / seconds / 1e9
+    return items * iters * 12 * vec * 2 / seconds / 1e9
 
 
 def _copy(dev: Device, repeat: int) -> float:
@@ -75,7 +75,7 @@ def _copy(dev: Device, repeat: int) -> float:
     return 2 * nbytes / seconds / 1e9
 
 
-def measure_peak(dev: Device, repeat: int = 5) -> Peak:
+def measure_peak(dev: Device, repeat: int = 10) -> Peak:
     """The peaks of `dev` (best of `repeat` runs each; about a second on a CPU)."""
     f64 = _fma(dev, np.dtype(np.float64), repeat) if dev.fp64 else None
     return Peak(_fma(dev, np.dtype(np.float32), repeat), f64, _copy(dev, repeat))

@@ -459,10 +459,10 @@ def peak_kernels(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
     seed = np.float32(0.5)
     with dev.lock:
         kernel(dev, "peak.cl", "fma_peak", defines)(dev.queue, (items,), None, out.data, seed)
-    a = np.arange(items, dtype=np.float64)[:, None] + np.arange(8)
+    a = np.arange(items, dtype=np.float64)[:, None] + np.arange(12)
     for _ in range(iters):
         a = a * 0.5 + 0.5
-    yield "peak fma_peak", out, a.sum(axis=1) * vec, np.float32, 8 * vec, 8.0
+    yield "peak fma_peak", out, a.sum(axis=1) * vec, np.float32, 12 * vec, 12.0
     src = cla.to_device(dev.queue, _arr(rng, (items * vec,)))
     dst = cla.empty(dev.queue, (items * vec,), np.float32)
     with dev.lock:
