@@ -31,6 +31,7 @@ import numpy as np
 import pyopencl.array as cla
 
 from .blas import clblast
+from .blas.engine import gemm_engine
 from .ops.conv import ALGORITHMS, ConvPlan
 from .ops.geometry import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple
 from .ops.grad import InputGradPlan, WeightGradPlan, enqueue_bias_grad
@@ -272,7 +273,8 @@ class _Layer:
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first (it "
                                f"uses that call's input)")
         x, geo, out_shape = self._saved
-        clblast.require(f"{type(self).__name__}.backward")  # before grad_output is uploaded
+        if gemm_engine(self.device) is clblast:  # before grad_output is uploaded
+            clblast.require(f"{type(self).__name__}.backward")
         with self.device:
             g, g_unbatched = self._operand(grad_output, "grad_output")
             if tuple(g.shape) != out_shape:
@@ -402,7 +404,8 @@ class _ConvTransposeNd(_Layer):
     def forward(self, input: ArrayLike, output_size: Any = None) -> ArrayLike:
         """input (N, C_in, *spatial) or unbatched -> (N, C_out, *out); output_size (optional) picks
         the output_padding, as in torch."""
-        clblast.require(f"{type(self).__name__}.forward")  # before the input is uploaded
+        if gemm_engine(self.device) is clblast:  # before the input is uploaded
+            clblast.require(f"{type(self).__name__}.forward")
         with self.device:
             x, unbatched = self._operand(input, "input")
             out_pad = self._output_padding(tuple(x.shape[2:]), output_size)

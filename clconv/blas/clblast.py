@@ -25,8 +25,8 @@ __all__ = ["TuningState", "apply_tuning", "available", "gemm", "missing_reason",
            "override_parameters", "require", "tuning_state"]
 
 _INSTALL = ("CLBlast's Python binding `pyclblast` is needed for algorithm='im2col' and 'winograd', "
-            "transposed convolutions and gradients. On Debian/Ubuntu: `sudo apt-get install "
-            "libclblast-dev` then `pip install pyclblast` (it builds from source). "
+            "and, on GPUs, transposed convolutions and gradients. On Debian/Ubuntu: `sudo apt-get "
+            "install libclblast-dev` then `pip install pyclblast` (it builds from source). "
             "algorithm='direct' and 'implicit' (clconv's own GEMM) work without it.")
 
 

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from ..blas import clblast as gemm
+from ..blas import clblast
+from ..blas.engine import gemm_engine
 from ..runtime.device import Device, current_device
 from ..runtime.group import splits_batch
 from ..runtime.memory import column_buffer, resolve_workspace_limit
@@ -201,7 +202,8 @@ class InputGradPlan(Plan):
                  padding: PaddingArg, dilation: IntOrTuple, groups: int, padding_mode: str,
                  dtype: np.dtype, workspace_limit: int | None = None,
                  geometry: ConvGeometry | None = None) -> None:
-        gemm.require(f"conv{nd}d_input")
+        if gemm_engine(dev) is clblast:
+            clblast.require(f"conv{nd}d_input")
         limit = resolve_workspace_limit(dev, workspace_limit)
         size = tuple(input_size)
         if len(weight_shape) == nd + 2 and isinstance(groups, int) and groups > 0 \
@@ -219,7 +221,7 @@ class InputGradPlan(Plan):
         self.adjoint = Adjoint(dev, geo, self.work, False, limit)
         self.workspace_bytes = self.adjoint.workspace_bytes
         self.label = f"conv{nd}d_input"
-        self.needs_gemm = True
+        self.needs_gemm = self.adjoint.gemm is clblast
 
     def __call__(self, weight: ArrayLike, grad_output: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:
@@ -238,7 +240,8 @@ class WeightGradPlan(Plan):
                  dtype: np.dtype, workspace_limit: int | None = None,
                  geometry: ConvGeometry | None = None) -> None:
         limit = resolve_workspace_limit(dev, workspace_limit)
-        gemm.require(f"conv{nd}d_weight")
+        if gemm_engine(dev) is clblast:
+            clblast.require(f"conv{nd}d_weight")
         if len(input_shape) != nd + 2:
             raise ValueError(f"input must be batched, (N, C_in, *spatial) with {nd + 2} dims, for "
                              f"the weight gradient of a {nd}-d convolution, got shape "
@@ -255,7 +258,7 @@ class WeightGradPlan(Plan):
         self.impl = WeightGrad(dev, geo, self.work, limit)
         self.workspace_bytes = self.impl.workspace_bytes
         self.label = f"conv{nd}d_weight"
-        self.needs_gemm = True
+        self.needs_gemm = self.impl.gemm is clblast
 
     def __call__(self, input: ArrayLike, grad_output: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:
@@ -314,6 +317,7 @@ class WeightGrad:
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: int) -> None:
         self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        self.gemm = gemm_engine(dev)
         self.plan = plan_weight_grad(geo, self.dtype.itemsize, limit) if geo.batch else None
         self.workspace_bytes = self.plan.nbytes if self.plan else 0
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
@@ -328,6 +332,7 @@ class WeightGrad:
             with dev.lock:  # pyopencl's fill kernel is shared per context
                 out.fill(0)
             return
+        gemm = self.gemm
         mg, kg, l = geo.cout_per_group, geo.cin_per_group * geo.ksize, geo.out_spatial
         wsize = geo.out_channels * kg  # elements of the weight (and of one image's partial)
         rows = geo.column_rows
@@ -388,6 +393,7 @@ def enqueue_bias_grad(dev: Device, g: cla.Array, out: cla.Array, batch: int, cha
             out.fill(0)
         return
     g_off, out_off = element_offset(g), element_offset(out)
+    gemm = gemm_engine(dev)
     with dev.lock:
         ones = _ones(dev, max(batch, spatial), out.dtype)
         if batch == 1:

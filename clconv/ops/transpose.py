@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from ..blas import clblast as gemm
+from ..blas import clblast
+from ..blas.engine import gemm_engine
 from ..runtime.device import Device, current_device
 from ..runtime.group import splits_batch
 from ..runtime.memory import column_buffer, empty, resolve_workspace_limit
@@ -199,7 +200,8 @@ class TransposePlan(Plan):
                  stride: IntOrTuple, padding: IntOrTuple, output_padding: IntOrTuple,
                  groups: int, dilation: IntOrTuple, dtype: np.dtype,
                  workspace_limit: int | None = None) -> None:
-        gemm.require(f"conv_transpose{nd}d")
+        if gemm_engine(dev) is clblast:
+            clblast.require(f"conv_transpose{nd}d")
         limit = resolve_workspace_limit(dev, workspace_limit)
         unbatched = len(input_shape) == nd + 1
         batch_shape = (1, *input_shape) if unbatched else tuple(input_shape)
@@ -220,7 +222,7 @@ class TransposePlan(Plan):
         self.adjoint = Adjoint(dev, geo, self.work, self.has_bias, limit)
         self.workspace_bytes = self.adjoint.workspace_bytes
         self.label = f"conv_transpose{nd}d"
-        self.needs_gemm = True
+        self.needs_gemm = self.adjoint.gemm is clblast
 
     def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
                  out: ArrayLike | None = None) -> ArrayLike:
@@ -247,6 +249,7 @@ class Adjoint:
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
                  limit: int) -> None:
         self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        self.gemm = gemm_engine(dev)
         itemsize = self.dtype.itemsize
         self.padded: Adjoint | None = None
         self.pad_adjoint: PadAdjoint | None = None
@@ -320,14 +323,15 @@ class Adjoint:
                     if geo.groups <= nb:
                         # One batched GEMM per group; the filters are shared by the batch.
                         for g in range(geo.groups):
-                            gemm.gemm(dev, m, lc, k, w, w_off + g * k * m, 0,
+                            self.gemm.gemm(dev, m, lc, k, w, w_off + g * k * m, 0,
                                       y, y0 + g * k * l + l0, y_image,
                                       col, col_off + g * m * lc, col_image, nb,
                                       a_transposed=True, ldb=l)
                     else:
                         # More groups than images: one batched GEMM per image, over the groups.
                         for i in range(nb):
-                            gemm.gemm(dev, m, lc, k, w, w_off, k * m, y, y0 + i * y_image + l0,
+                            self.gemm.gemm(dev, m, lc, k, w, w_off, k * m, y,
+                                           y0 + i * y_image + l0,
                                       k * l, col, col_off + i * col_image, m * lc, geo.groups,
                                       a_transposed=True, ldb=l)
                     if not self.pointwise:
