@@ -30,6 +30,7 @@ from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import index_type
 from .geometry import ConvGeometry
+from .launch import ACTIVATIONS, epilogue_defines
 
 __all__ = [
     "IM2COL_PACKED",
@@ -116,12 +117,9 @@ def _conv_defines(geo: ConvGeometry, dtype: np.dtype, tile: Tile, *buffers: cl.B
 
 
 def _epilogue_defines(defines: dict, bias: cla.Array | None, activation: str | None) -> None:
-    if bias is not None:
-        defines["HAS_BIAS"] = None
-    if activation == "relu":
-        defines["RELU"] = None
-    elif activation is not None:
+    if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    defines.update(epilogue_defines(bias is not None, activation))
 
 
 def _check(geo: ConvGeometry, w_packed: PackedA, dtype: np.dtype) -> None:
