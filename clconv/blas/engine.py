@@ -1,8 +1,10 @@
 """Which GEMM engine the GEMM-based ops (transposed convolutions, gradients) run on a device.
 
-clconv's packed GEMM (clconv.blas.packed) on CPU devices, where CLBlast's GPU-shaped kernels reach
-a fifth of it (30-36 against 135-143 GFLOP/s at 1024^3-2048^3 on PoCL, AVX2); CLBlast
-(clconv.blas.clblast) everywhere else. `CLCONV_GEMM=clblast` or `=packed` overrides the choice
+clconv's packed GEMM (clconv.blas.packed) on PoCL's CPU devices, where CLBlast's GPU-shaped kernels
+reach a fifth of it (30-36 against 135-143 GFLOP/s at 1024^3-2048^3, AVX2); CLBlast
+(clconv.blas.clblast) everywhere else, Mesa's llvmpipe included (its compiler maps work-items to
+vector lanes, so the packed kernels' one work-item per work-group runs 20x slower there than
+CLBlast's: measured on a 32->32 3x3 28x28 layer, 1381 against 52 ms). `CLCONV_GEMM=clblast` or `=packed` overrides the choice
 (read when a plan is made). Both engines take the same arguments (`gemm(dev, m, n, k, a, ...)`).
 The forward convolutions choose by algorithm instead ('im2col' is CLBlast's, 'implicit' and
 'im2col_packed' the packed engine's; 'auto' measures them).
@@ -16,10 +18,16 @@ from types import ModuleType
 from ..runtime.device import Device
 from . import clblast, packed
 
-__all__ = ["ENV_VAR", "ENGINES", "gemm_engine"]
+__all__ = ["ENGINES", "ENV_VAR", "cpu_shaped", "gemm_engine"]
 
 ENV_VAR = "CLCONV_GEMM"
 ENGINES = ("packed", "clblast")
+
+
+def cpu_shaped(dev: Device) -> bool:
+    """Whether the packed engine's kernels (one work-item per tile, local size 1, shaped for a CPU's
+    registers) suit `dev`: PoCL's CPU devices, which run a work-group as a loop on one core."""
+    return dev.kind == "cpu" and "pocl" in dev._match_text
 
 
 def gemm_engine(dev: Device) -> ModuleType:
@@ -28,6 +36,6 @@ def gemm_engine(dev: Device) -> ModuleType:
     if chosen and chosen not in ENGINES:
         raise ValueError(f"environment variable {ENV_VAR}={os.environ.get(ENV_VAR)!r} must be one "
                          f"of {ENGINES} (or unset: packed on CPUs, CLBlast elsewhere)")
-    if chosen == "clblast" or (not chosen and dev.kind != "cpu"):
+    if chosen == "clblast" or (not chosen and not cpu_shaped(dev) and clblast.available()):
         return clblast
     return packed

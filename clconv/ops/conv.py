@@ -19,6 +19,7 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..blas import clblast as gemm
+from ..blas.engine import cpu_shaped
 from ..runtime.device import Device, current_device
 from ..runtime.group import splits_batch
 from ..runtime.memory import resolve_workspace_limit
@@ -307,9 +308,10 @@ def rule_choice(dev: Device, geo: ConvGeometry, dtype: Any = np.float32) -> str:
     and narrow grouped convolutions, where a GEMM per group has a handful of rows and
     cl/conv_grouped.cl wins) and for convolutions of fewer than SMALL_FLOPS (one kernel launch, the
     least per-call time: (1,16,32,32) x (16,16,3,3), 4.7 MFLOP, ran in 0.41 ms 'direct', 0.56 ms
-    'implicit', 0.84 ms 'im2col' on PoCL, AVX2); else 'implicit' on CPU devices (clconv's packed GEMM: 0.9-1.4x torch
-    CPU on PoCL, where CLBlast's GPU-shaped GEMM reaches a fraction of that) and 'im2col' (CLBlast)
-    on GPUs and accelerators, or 'implicit' there too when CLBlast is not installed. Never
+    'implicit', 0.84 ms 'im2col' on PoCL, AVX2); else 'implicit' on PoCL's CPU devices (clconv's
+    packed GEMM: 0.7-1.35x torch CPU there, where CLBlast's GPU-shaped GEMM reaches a fifth of it;
+    `clconv.blas.engine.cpu_shaped`) and 'im2col' (CLBlast) elsewhere, GPUs and Mesa's llvmpipe
+    included, or 'implicit' there too when CLBlast is not installed. Never
     'winograd' (see `applicable_algorithms`): ask for it by name where inputs are known to be
     finite.
     """
@@ -317,7 +319,7 @@ def rule_choice(dev: Device, geo: ConvGeometry, dtype: Any = np.float32) -> str:
         return "direct"
     if geo.flops < SMALL_FLOPS:
         return "direct"
-    if dev.kind == "cpu" or not gemm.available():
+    if cpu_shaped(dev) or not gemm.available():
         return "implicit"
     return "im2col"
 
