@@ -1,12 +1,15 @@
 """clconv: neural-network convolutions on any OpenCL device, with PyTorch's semantics.
 
     import numpy as np, clconv
-    with clconv.device("cpu"):
+    with clconv.device():                                      # the default device
         y = clconv.conv2d(x, w, b, stride=1, padding="same")   # x (N, C, H, W) numpy -> numpy
+    plan = clconv.plan_conv2d(x.shape, w.shape, padding=1)     # validated and built once
+    y = plan(x, w, b)                                          # then only enqueued
 
-Algorithms: im2col + CLBlast GEMM, and a direct loop kernel; see `clconv.conv`. Transposed
-convolutions (`clconv.transpose`), gradients as torch.nn.grad's (`clconv.grad`) and layers with a
-backward (`clconv.nn`) make a small CNN trainable with clconv alone.
+Algorithms (clconv.ops.conv): im2col + CLBlast GEMM, clconv's packed GEMM fused with the gather
+('implicit') or fed by im2col ('im2col_packed'), direct loops, opt-in Winograd; 'auto' measures.
+Transposed convolutions, gradients as torch.nn.grad's, layers with a backward (clconv.nn), PyTorch
+modules (clconv.torch), device groups (`clconv.device("all")`) and Dask (clconv.dask).
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ from .ops.unfold import (FoldPlan, UnfoldPlan, col2im, col2im1d, col2im3d, im2co
                          plan_im2col1d, plan_im2col3d)
 from .runtime.device import Device, current_device, device, devices
 from .runtime.errors import DeviceNotFoundError, KernelBuildError, UnsupportedError
+from .runtime.group import DeviceGroup
 from .runtime.memory import release_column_buffer
 
 __version__ = "0.1.0"
 
-__all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceNotFoundError", "KernelBuildError",
+__all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFoundError",
+           "KernelBuildError",
            "UnsupportedError", "__version__", "nn",
            "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
            "conv1d_input", "conv2d_input", "conv3d_input", "conv1d_weight", "conv2d_weight",
