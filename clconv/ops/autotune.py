@@ -89,12 +89,7 @@ def _location() -> tuple[str | None, str | None]:
 
 
 def _store(dev: Device) -> _Store:
-    stores = dev.choices
-    if stores is None:
-        with dev.lock:
-            if dev.choices is None:
-                dev.choices = {}
-            stores = dev.choices
+    stores = dev.slot("choices", dict)
     location = _location()
     store = stores.get(location)
     if store is None:

@@ -136,22 +136,17 @@ class Plan:
         dev = self.device
         if out is None:
             return empty(dev, self.batch_shape, self.work), None
-        if host:
-            if not isinstance(out, np.ndarray):
-                raise TypeError(f"out must be a numpy array for numpy operands, got "
-                                f"{type(out).__name__}")
-            if out.shape != self.output_shape or out.dtype != self.dtype:
-                raise ValueError(f"out must have shape {self.output_shape} and dtype {self.dtype}, "
-                                 f"got {out.shape} {out.dtype}")
-            if not out.flags.writeable:
-                raise ValueError("out is read-only")
-            return empty(dev, self.batch_shape, self.work), out
-        if not isinstance(out, cla.Array):
-            raise TypeError(f"out must be a pyopencl Array for device operands, got "
-                            f"{type(out).__name__}")
+        kind, what = (np.ndarray, "a numpy array for numpy") if host else \
+            (cla.Array, "a pyopencl Array for device")
+        if not isinstance(out, kind):
+            raise TypeError(f"out must be {what} operands, got {type(out).__name__}")
         if out.shape != self.output_shape or out.dtype != self.dtype:
             raise ValueError(f"out must have shape {self.output_shape} and dtype {self.dtype}, got "
                              f"{out.shape} {out.dtype}")
+        if host:
+            if not out.flags.writeable:
+                raise ValueError("out is read-only")
+            return empty(dev, self.batch_shape, self.work), out
         if out.context != dev.context:
             raise ValueError(f"out is a pyopencl array of another OpenCL context than the plan's "
                              f"device {dev.name!r}")
@@ -262,13 +257,7 @@ class PlanCache:
 
 def plans(dev: Device) -> PlanCache:
     """The device's PlanCache (made on first use)."""
-    cache = dev.plans
-    if cache is None:
-        with dev.lock:
-            if dev.plans is None:
-                dev.plans = PlanCache()
-            cache = dev.plans
-    return cache
+    return dev.slot("plans", PlanCache)
 
 
 def cached_plan(dev: Device, key_parts: Sequence[Any], make: Callable[[], Plan]) -> Plan:

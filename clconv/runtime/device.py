@@ -96,6 +96,18 @@ class Device:
         #: True for a Device made around the user's own queue or context (`device(queue)`).
         self.wraps_user_queue = queue is not None or context is not None
 
+    def slot(self, name: str, make: Any) -> Any:
+        """The per-device state `name` (one of the slots above), made by `make()` on first use,
+        once even when threads race for it."""
+        found = getattr(self, name)
+        if found is None:
+            with self.lock:
+                found = getattr(self, name)
+                if found is None:
+                    found = make()
+                    setattr(self, name, found)
+        return found
+
     @property
     def context(self) -> cl.Context:
         if self._context is None:

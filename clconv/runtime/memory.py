@@ -110,13 +110,7 @@ def pool(dev: Device) -> cl_tools.MemoryPool:
     that follows another of the same sizes allocates nothing. A buffer returns to the pool when its
     array is dropped; the queue is in-order, so a later user of that memory runs after the earlier
     commands that read or wrote it."""
-    found = dev.pool
-    if found is None:
-        with dev.lock:
-            if dev.pool is None:
-                dev.pool = cl_tools.MemoryPool(cl_tools.ImmediateAllocator(dev.queue))
-            found = dev.pool
-    return found
+    return dev.slot("pool", lambda: cl_tools.MemoryPool(cl_tools.ImmediateAllocator(dev.queue)))
 
 
 def empty(dev: Device, shape: tuple[int, ...], dtype: np.dtype) -> cla.Array:

@@ -105,13 +105,7 @@ class ProgramCache:
 
 def programs(dev: Device) -> ProgramCache:
     """The device's ProgramCache (made on first use)."""
-    cache = dev.programs
-    if cache is None:
-        with dev.lock:
-            if dev.programs is None:
-                dev.programs = ProgramCache()
-            cache = dev.programs
-    return cache
+    return dev.slot("programs", ProgramCache)
 
 
 def kernel(dev: Device, source: str, name: str, defines: Mapping[str, object]) -> cl.Kernel:
