@@ -150,15 +150,82 @@ inline idx_t input_offset(int c, int d, int h, int w) {
     return ((idx_t)c * ID + sd) * ((idx_t)IH * IW) + (idx_t)sh * IW + sw;
 }
 
+// The activation every kernel's store applies (-D ACT=<code>, parameters ACT_A/ACT_B as exact literals;
+// clconv/ops/activation.py is the host's side of this table). Written with torch's formulas so that
+// NaN and Inf propagate as in torch: comparisons rather than fmin/fmax (which drop NaN), x * sigmoid(x)
+// for silu (so silu(-inf) is NaN as torch's), expm1 for elu.
+//   1 relu  2 relu6  3 silu  4 gelu (erf)  5 gelu (tanh)  6 sigmoid  7 tanh  8 hardswish  9 hardsigmoid
+//   10 leaky_relu(ACT_A)  11 elu(ACT_A)  12 clamp(ACT_A, ACT_B)
+#ifndef ACT
+#define ACT 0
+#endif
+#ifndef ACT_A
+#define ACT_A 0.0
+#endif
+#ifndef ACT_B
+#define ACT_B 0.0
+#endif
+#define ACT_NONE 0
+#define ACT_RELU 1
+#define ACT_RELU6 2
+#define ACT_SILU 3
+#define ACT_GELU 4
+#define ACT_GELU_TANH 5
+#define ACT_SIGMOID 6
+#define ACT_TANH 7
+#define ACT_HARDSWISH 8
+#define ACT_HARDSIGMOID 9
+#define ACT_LEAKY_RELU 10
+#define ACT_ELU 11
+#define ACT_CLAMP 12
+// Legacy switch: -D RELU is ACT=1.
+#if defined(RELU) && ACT == 0
+#undef ACT
+#define ACT 1
+#endif
+
+// relu6(v) without fmin/fmax: NaN stays NaN.
+#define ACT_CLIP(v, lo, hi) ((v) < (lo) ? (lo) : ((v) > (hi) ? (hi) : (v)))
+
+inline ACC activate(ACC v) {
+#if ACT == ACT_NONE
+    return v;
+#elif ACT == ACT_RELU
+    return (v < (ACC)0) ? (ACC)0 : v;
+#elif ACT == ACT_RELU6
+    return ACT_CLIP(v, (ACC)0, (ACC)6);
+#elif ACT == ACT_SILU
+    return v * ((ACC)1 / ((ACC)1 + exp(-v)));
+#elif ACT == ACT_GELU
+    return (ACC)0.5 * v * ((ACC)1 + erf(v * (ACC)0.70710678118654752440));
+#elif ACT == ACT_GELU_TANH
+    const ACC inner = (ACC)0.79788456080286535588 * (v + (ACC)0.044715 * v * v * v);
+    return (ACC)0.5 * v * ((ACC)1 + tanh(inner));
+#elif ACT == ACT_SIGMOID
+    return (ACC)1 / ((ACC)1 + exp(-v));
+#elif ACT == ACT_TANH
+    return tanh(v);
+#elif ACT == ACT_HARDSWISH
+    return v * ACT_CLIP(v + (ACC)3, (ACC)0, (ACC)6) / (ACC)6;
+#elif ACT == ACT_HARDSIGMOID
+    return ACT_CLIP(v + (ACC)3, (ACC)0, (ACC)6) / (ACC)6;
+#elif ACT == ACT_LEAKY_RELU
+    return (v > (ACC)0) ? v : v * (ACC)(ACT_A);
+#elif ACT == ACT_ELU
+    return (v > (ACC)0) ? v : (ACC)(ACT_A) * expm1(v);
+#elif ACT == ACT_CLAMP
+    return ACT_CLIP(v, (ACC)(ACT_A), (ACC)(ACT_B));
+#else
+#error "unknown ACT"
+#endif
+}
+
 // The tail of every kernel that writes a convolution's result: adds bias[b_offset + c] (-D HAS_BIAS)
-// and applies the activation (-D RELU). fmax would turn NaN into 0; PyTorch's relu keeps NaN, and so
-// does this comparison (NaN < 0 is false).
+// and applies the activation (-D ACT, see activate()). fmax would turn NaN into 0; PyTorch's relu keeps
+// NaN, and so does this comparison (NaN < 0 is false).
 inline ACC epilogue_value(ACC v, __global const REAL* bias, const long b_offset, const int c) {
 #ifdef HAS_BIAS
     v += (ACC)bias[b_offset + c];
 #endif
-#ifdef RELU
-    v = (v < (ACC)0) ? (ACC)0 : v;
-#endif
-    return v;
+    return activate(v);
 }
