@@ -3,9 +3,10 @@
     python examples/train_digits.py [--epochs 20] [--batch-size 16] [--out train_digits.png]
 
 Network: conv 3x3 (1 -> 16, padding 1) -> ReLU -> max-pool 2 -> conv 3x3 (16 -> 32, padding 1)
--> ReLU -> max-pool 2 -> linear (128 -> 10) -> softmax cross-entropy. The two convolutions are
-clconv.nn.Conv2d layers (weights, forward, backward and the Adam update on the OpenCL device);
-ReLU, pooling, the linear layer and the loss are numpy. Adam with a cosine learning-rate decay.
+-> ReLU -> max-pool 2 -> flatten -> linear (128 -> 10) -> softmax cross-entropy. The whole network
+is one clconv.nn.Sequential on the OpenCL device (weights, activations, forward, backward and the
+Adam update stay there); only the loss of the (batch, 10) logits is numpy. Adam with a cosine
+learning-rate decay.
 The data set ships with scikit-learn (no download). Runs on the default device (CLCONV_DEVICE to
 choose); prints test accuracy and wall time and saves a PNG of the loss curve and some predictions
 to --out (default: train_digits.png in the working folder; needs matplotlib, skipped with a note if
@@ -34,25 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 import clconv
 
 
-# --- numpy parts of the network ------------------------------------------------------------------
-def maxpool2_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2x2 max pooling, stride 2, of (N, C, H, W) with even H, W -> (pooled, argmax per window)."""
-    n, c, h, w = x.shape
-    windows = x.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(
-        n, c, h // 2, w // 2, 4)
-    arg = windows.argmax(axis=-1)  # the first maximum, as torch routes the gradient
-    return np.take_along_axis(windows, arg[..., None], -1)[..., 0], arg
-
-
-def maxpool2_backward(grad: np.ndarray, arg: np.ndarray) -> np.ndarray:
-    """The gradient of maxpool2_forward: each window's gradient goes to its maximum."""
-    n, c, h2, w2 = grad.shape
-    windows = np.zeros((n, c, h2, w2, 4), grad.dtype)
-    np.put_along_axis(windows, arg[..., None], grad[..., None], -1)
-    return windows.reshape(n, c, h2, w2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(
-        n, c, 2 * h2, 2 * w2)
-
-
+# --- the loss (on the host: a (batch, 10) array) -------------------------------------------------
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     """(mean cross-entropy, its gradient w.r.t. the logits)."""
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -66,58 +49,53 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
 
 # --- the model -----------------------------------------------------------------------------------
 class DigitsCNN:
-    """conv(1->16) relu pool conv(16->32) relu pool linear(128->10); conv layers are clconv's."""
+    """conv(1->16)+relu, max-pool 2, conv(16->32)+relu, max-pool 2, flatten, linear(128->10): one
+    clconv.nn.Sequential on the device (the ReLUs are the convolutions' `activation=`, fused into
+    their store: relu's gradient follows from its output). A batch is uploaded once and its logits
+    downloaded once."""
 
     def __init__(self, seed: int = 0, dtype: Any = np.float32) -> None:
         rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
-        self.conv1 = clconv.nn.Conv2d(1, 16, 3, padding=1, rng=rng, dtype=dtype)
-        self.conv2 = clconv.nn.Conv2d(16, 32, 3, padding=1, rng=rng, dtype=dtype)
-        bound = 1 / math.sqrt(128)  # torch.nn.Linear's default initialisation
-        self.fc_w = rng.uniform(-bound, bound, (10, 128)).astype(dtype)
-        self.fc_b = rng.uniform(-bound, bound, 10).astype(dtype)
-        self.fc_w_grad = np.zeros_like(self.fc_w)
-        self.fc_b_grad = np.zeros_like(self.fc_b)
-        self._cache: dict[str, Any] = {}
+        nn = clconv.nn
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1, rng=rng, dtype=dtype, activation="relu"),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1, rng=rng, dtype=dtype, activation="relu"),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(128, 10, rng=rng, dtype=dtype),
+        )
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """x (N, 1, 8, 8) -> logits (N, 10); keeps what backward needs."""
-        a1 = self.conv1(x)
-        r1 = np.maximum(a1, 0)
-        p1, arg1 = maxpool2_forward(r1)
-        a2 = self.conv2(p1)
-        r2 = np.maximum(a2, 0)
-        p2, arg2 = maxpool2_forward(r2)
-        flat = p2.reshape(len(x), -1)
-        self._cache = {"a1": a1, "arg1": arg1, "a2": a2, "arg2": arg2, "flat": flat,
-                       "p2_shape": p2.shape}
-        return flat @ self.fc_w.T + self.fc_b
+        """x (N, 1, 8, 8) -> logits (N, 10); the layers keep what backward needs."""
+        return self.net(np.asarray(x, self.dtype))
 
-    def backward(self, grad_logits: np.ndarray) -> np.ndarray:
-        """Fills every parameter gradient; returns the gradient w.r.t. the input."""
-        c = self._cache
-        self.fc_w_grad = (grad_logits.T @ c["flat"]).astype(self.dtype)
-        self.fc_b_grad = grad_logits.sum(axis=0).astype(self.dtype)
-        g = (grad_logits @ self.fc_w).reshape(c["p2_shape"]).astype(self.dtype)
-        g = maxpool2_backward(g, c["arg2"]) * (c["a2"] > 0)
-        g = self.conv2.backward(g)
-        g = maxpool2_backward(g, c["arg1"]) * (c["a1"] > 0)
-        return self.conv1.backward(g)
+    def backward(self, grad_logits: Any) -> Any:
+        """Fills every parameter gradient; returns the gradient w.r.t. the input (numpy for a
+        numpy grad_logits, a device array for a device one)."""
+        return self.net.backward(grad_logits)
 
     def loss_and_gradients(self, x: np.ndarray, labels: np.ndarray) -> float:
         loss, grad = softmax_cross_entropy(self.forward(x), labels)
-        self.backward(grad.astype(self.dtype))
+        # uploaded as a device array so that the input gradient is not downloaded
+        self.backward(cla.to_device(self.net.device.queue, grad.astype(self.dtype)))
         return loss
 
     def parameters(self) -> list[Any]:
-        return self.conv1.parameters() + self.conv2.parameters() + [self.fc_w, self.fc_b]
+        return self.net.parameters()
 
     def gradients(self) -> list[Any]:
-        return self.conv1.gradients() + self.conv2.gradients() + [self.fc_w_grad, self.fc_b_grad]
+        return self.net.gradients()
 
     def predict(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
-        return np.concatenate([self.forward(x[i:i + batch]).argmax(axis=1)
-                               for i in range(0, len(x), batch)])
+        """Class predictions in evaluation mode (activations fused into the convolutions)."""
+        self.net.eval()
+        try:
+            return np.concatenate([self.forward(x[i:i + batch]).argmax(axis=1)
+                                   for i in range(0, len(x), batch)])
+        finally:
+            self.net.train()
 
 
 class Adam:

@@ -62,11 +62,25 @@ def test_gradients_match_torch(example, dev):
 
 
 def test_pooling_routes_the_gradient_to_the_first_maximum(example):
-    x = np.array([[[[1.0, 3.0], [3.0, 2.0]]]])
-    pooled, arg = example.maxpool2_forward(x)
-    assert pooled.item() == 3.0
-    np.testing.assert_array_equal(example.maxpool2_backward(np.ones((1, 1, 1, 1)), arg),
+    import clconv
+
+    pool = clconv.nn.MaxPool2d(2)
+    x = np.array([[[[1.0, 3.0], [3.0, 2.0]]]], np.float32)
+    assert pool(x).item() == 3.0
+    np.testing.assert_array_equal(pool.backward(np.ones((1, 1, 1, 1), np.float32)),
                                   [[[[0.0, 1.0], [0.0, 0.0]]]])
+
+
+def test_the_whole_network_is_clconv_nn(example):
+    """conv, pool, flatten and linear are clconv.nn layers of one Sequential, parameters on the
+    device."""
+    import clconv
+
+    model = example.DigitsCNN(seed=1)
+    kinds = [type(layer).__name__ for layer in model.net]
+    assert kinds == ["Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d", "Flatten", "Linear"]
+    assert all(isinstance(p, cla.Array) for p in model.parameters())
+    assert isinstance(model.net, clconv.nn.Sequential)
 
 
 def test_short_training_learns(example):

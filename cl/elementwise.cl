@@ -1,0 +1,272 @@
+// elementwise.cl: the memory-bound ops around the convolutions and their gradients: activations,
+// broadcast add/mul, bias + residual + activation after a GEMM (linear), inference and training batch
+// normalisation, and a row-block copy (cat). Every activation is common.cl's activate() (-D ACT).
+//
+// -D REAL, ACC, USE_FP64, INDEX_T   precision and flat-offset type (common.cl)
+// -D ACT, ACT_A, ACT_B              the activation (common.cl; default none)
+// -D OP                             binary: 0 add (default), 1 mul
+// -D CLAMP_GRAD_INCLUSIVE           unary_backward of ACT_CLAMP: torch.clamp's gradient (passes
+//                                   x == min and x == max) instead of hardtanh's (stops them)
+// Shapes, strides, channel counts, eps and momentum are kernel arguments: one program per dtype and
+// activation serves every layer. NDRanges are 1-D over the elements written unless noted.
+
+#include "common.cl"
+
+#ifndef OP
+#define OP 0
+#endif
+
+// y = act(x)
+__kernel void unary(__global const REAL* restrict x, const long x_offset,
+                    __global REAL* y, const long y_offset) {
+    const idx_t i = get_global_id(0);
+    y[y_offset + i] = (REAL)activate((ACC)x[x_offset + i]);
+}
+
+// d act(x) / dx * g, with torch's backward formulas (in terms of the input x).
+inline ACC activate_grad(ACC x, ACC g) {
+#if ACT == ACT_NONE
+    return g;
+#elif ACT == ACT_RELU
+    return (x <= (ACC)0) ? (ACC)0 : g;
+#elif ACT == ACT_RELU6
+    return (x <= (ACC)0 || x >= (ACC)6) ? (ACC)0 : g;
+#elif ACT == ACT_SILU
+    const ACC s = (ACC)1 / ((ACC)1 + exp(-x));
+    return g * s * ((ACC)1 + x * ((ACC)1 - s));
+#elif ACT == ACT_GELU
+    const ACC cdf = (ACC)0.5 * ((ACC)1 + erf(x * (ACC)0.70710678118654752440));
+    const ACC pdf = (ACC)0.39894228040143267794 * exp((ACC)-0.5 * x * x);
+    return g * (cdf + x * pdf);
+#elif ACT == ACT_GELU_TANH
+    const ACC beta = (ACC)0.79788456080286535588, kappa = (ACC)0.044715;
+    const ACC t = tanh(beta * (x + kappa * x * x * x));
+    const ACC right = (ACC)0.5 * x * ((ACC)1 - t * t) * beta * ((ACC)1 + (ACC)3 * kappa * x * x);
+    return g * ((ACC)0.5 * ((ACC)1 + t) + right);
+#elif ACT == ACT_SIGMOID
+    const ACC y = (ACC)1 / ((ACC)1 + exp(-x));
+    return g * ((ACC)1 - y) * y;
+#elif ACT == ACT_TANH
+    const ACC y = tanh(x);
+    return g * ((ACC)1 - y * y);
+#elif ACT == ACT_HARDSWISH
+    return (x < (ACC)-3) ? (ACC)0 : ((x <= (ACC)3) ? g * (x / (ACC)3 + (ACC)0.5) : g);
+#elif ACT == ACT_HARDSIGMOID
+    // torch multiplies by the float constant 1.0f / 6.0f, in double too
+    return (x > (ACC)-3 && x < (ACC)3) ? g * (ACC)(1.0f / 6.0f) : (ACC)0;
+#elif ACT == ACT_LEAKY_RELU
+    return (x > (ACC)0) ? g : g * (ACC)(ACT_A);
+#elif ACT == ACT_ELU
+    return (x <= (ACC)0) ? g * (ACC)(ACT_A) * exp(x) : g;
+#elif ACT == ACT_CLAMP
+#ifdef CLAMP_GRAD_INCLUSIVE
+    return (x >= (ACC)(ACT_A) && x <= (ACC)(ACT_B)) ? g : (ACC)0;
+#else
+    return (x <= (ACC)(ACT_A) || x >= (ACC)(ACT_B)) ? (ACC)0 : g;
+#endif
+#endif
+}
+
+// The same from the output y = act(x), for the activations whose gradient the output determines
+// (torch computes relu's, sigmoid's and tanh's this way): relu, relu6, leaky_relu (slope >= 0),
+// sigmoid, tanh, clamp (min < max, hardtanh's gradient). The host builds it for those only; for the
+// others it returns NaN.
+inline ACC activate_grad_from_output(ACC y, ACC g) {
+#if ACT == ACT_RELU
+    return (y <= (ACC)0) ? (ACC)0 : g;
+#elif ACT == ACT_RELU6
+    return (y <= (ACC)0 || y >= (ACC)6) ? (ACC)0 : g;
+#elif ACT == ACT_LEAKY_RELU
+    return (y > (ACC)0) ? g : g * (ACC)(ACT_A);
+#elif ACT == ACT_SIGMOID
+    return g * ((ACC)1 - y) * y;
+#elif ACT == ACT_TANH
+    return g * ((ACC)1 - y * y);
+#elif ACT == ACT_CLAMP
+    return (y <= (ACC)(ACT_A) || y >= (ACC)(ACT_B)) ? (ACC)0 : g;
+#else
+    return (ACC)NAN;
+#endif
+}
+
+// dx = act'(x) * g given y = act(x)
+__kernel void unary_backward_output(__global const REAL* restrict y, const long y_offset,
+                                    __global const REAL* restrict g, const long g_offset,
+                                    __global REAL* dx, const long dx_offset) {
+    const idx_t i = get_global_id(0);
+    dx[dx_offset + i] = (REAL)activate_grad_from_output((ACC)y[y_offset + i], (ACC)g[g_offset + i]);
+}
+
+// dx = act'(x) * g
+__kernel void unary_backward(__global const REAL* restrict x, const long x_offset,
+                             __global const REAL* restrict g, const long g_offset,
+                             __global REAL* dx, const long dx_offset) {
+    const idx_t i = get_global_id(0);
+    dx[dx_offset + i] = (REAL)activate_grad((ACC)x[x_offset + i], (ACC)g[g_offset + i]);
+}
+
+// y = act(a OP b) with broadcasting: the output (of up to 5 dims after the host merged what it could)
+// has sizes (s0), s1..s4; a and b are read with strides ta*, tb* in elements (0 along the dims they
+// are broadcast over). NDRange (s4, s0 * s1 * s2 * s3): the innermost dim is the first NDRange dim,
+// so that it needs no division and the compiler can vectorise along it.
+__kernel void binary(__global const REAL* a, const long a_offset,
+                     __global const REAL* b, const long b_offset,
+                     __global REAL* y, const long y_offset,
+                     const long s1, const long s2, const long s3,
+                     const long ta0, const long ta1, const long ta2, const long ta3, const long ta4,
+                     const long tb0, const long tb1, const long tb2, const long tb3, const long tb4) {
+    const idx_t i4 = get_global_id(0);
+    idx_t r = get_global_id(1);
+    const idx_t row = r;
+    idx_t i3 = 0, i2 = 0, i1 = 0;
+    if (s3 != 1) { i3 = r % (idx_t)s3; r /= (idx_t)s3; }
+    if (s2 != 1) { i2 = r % (idx_t)s2; r /= (idx_t)s2; }
+    if (s1 != 1) { i1 = r % (idx_t)s1; r /= (idx_t)s1; }
+    const idx_t i0 = r;
+    const ACC va = (ACC)a[a_offset + i0 * ta0 + i1 * ta1 + i2 * ta2 + i3 * ta3 + i4 * ta4];
+    const ACC vb = (ACC)b[b_offset + i0 * tb0 + i1 * tb1 + i2 * tb2 + i3 * tb3 + i4 * tb4];
+#if OP == 0
+    const ACC v = va + vb;
+#else
+    const ACC v = va * vb;
+#endif
+    y[y_offset + row * (idx_t)get_global_size(0) + i4] = (REAL)activate(v);
+}
+
+// In place after a GEMM: y = act(y + bias[(i / inner) % channels] + residual[i]) (flags has_bias,
+// has_residual; the unused buffers are never read).
+__kernel void bias_act(__global REAL* y, const long y_offset,
+                       __global const REAL* restrict bias, const long b_offset, const int has_bias,
+                       __global const REAL* restrict residual, const long r_offset,
+                       const int has_residual, const long channels, const long inner) {
+    const idx_t i = get_global_id(0);
+    ACC v = (ACC)y[y_offset + i];
+    if (has_bias) v += (ACC)bias[b_offset + (i / (idx_t)inner) % (idx_t)channels];
+    if (has_residual) v += (ACC)residual[r_offset + i];
+    y[y_offset + i] = (REAL)activate(v);
+}
+
+// Batch normalisation with given statistics (inference; training passes the batch's), (N, C, inner):
+//   y = act(x * alpha + beta), alpha = weight / sqrt(var + eps), beta = bias - mean * alpha (torch's
+//   CPU order of operations); weight 1 and bias 0 when absent.
+__kernel void batch_norm(__global const REAL* restrict x, const long x_offset,
+                         __global const REAL* restrict mean, const long m_offset,
+                         __global const REAL* restrict var, const long v_offset,
+                         __global const REAL* restrict weight, const long w_offset,
+                         const int has_weight,
+                         __global const REAL* restrict bias, const long b_offset, const int has_bias,
+                         __global REAL* y, const long y_offset, const long channels,
+                         const long inner, const REAL eps) {
+    const idx_t i = get_global_id(0);
+    const idx_t c = (i / (idx_t)inner) % (idx_t)channels;
+    const ACC invstd = (ACC)1 / sqrt((ACC)var[v_offset + c] + (ACC)eps);
+    const ACC alpha = has_weight ? (ACC)weight[w_offset + c] * invstd : invstd;
+    const ACC beta = (has_bias ? (ACC)bias[b_offset + c] : (ACC)0) - (ACC)mean[m_offset + c] * alpha;
+    y[y_offset + i] = (REAL)activate((ACC)x[x_offset + i] * alpha + beta);
+}
+
+// Per channel (NDRange (channels,)): the batch mean and biased variance of x (batch, channels, inner)
+// into stats[c] and stats[channels + c] (two passes, for accuracy); with `update`, the running
+// statistics move by `momentum` towards them (the variance unbiased: count / (count - 1)), as torch.
+__kernel void channel_stats(__global const REAL* restrict x, const long x_offset, const long batch,
+                            const long channels, const long inner, __global REAL* stats,
+                            __global REAL* running_mean, const long rm_offset,
+                            __global REAL* running_var, const long rv_offset, const int update,
+                            const REAL momentum) {
+    const idx_t c = get_global_id(0);
+    const idx_t count = (idx_t)batch * inner;
+    ACC sum = 0;
+    for (idx_t n = 0; n < batch; ++n) {
+        __global const REAL* row = x + x_offset + (n * channels + c) * inner;
+        for (idx_t s = 0; s < inner; ++s) sum += (ACC)row[s];
+    }
+    const ACC mean = sum / (ACC)count;
+    ACC sq = 0;
+    for (idx_t n = 0; n < batch; ++n) {
+        __global const REAL* row = x + x_offset + (n * channels + c) * inner;
+        for (idx_t s = 0; s < inner; ++s) {
+            const ACC d = (ACC)row[s] - mean;
+            sq += d * d;
+        }
+    }
+    const ACC var = sq / (ACC)count;
+    stats[c] = (REAL)mean;
+    stats[channels + c] = (REAL)var;
+    if (update) {
+        const ACC m = (ACC)momentum;
+        const ACC unbiased = count > 1 ? sq / (ACC)(count - 1) : var;
+        running_mean[rm_offset + c] = (REAL)(((ACC)1 - m) * (ACC)running_mean[rm_offset + c] + m * mean);
+        running_var[rv_offset + c] = (REAL)(((ACC)1 - m) * (ACC)running_var[rv_offset + c] + m * unbiased);
+    }
+}
+
+// Per channel (NDRange (channels,)), for the batch-norm gradient: sums[c] = sum g,
+// sums[channels + c] = sum g * (x - mean); weight_grad[c] = that * invstd, bias_grad[c] = sum g.
+__kernel void channel_grad_sums(__global const REAL* restrict g, const long g_offset,
+                                __global const REAL* restrict x, const long x_offset,
+                                __global const REAL* restrict mean, const long m_offset,
+                                __global const REAL* restrict var, const long v_offset,
+                                const REAL eps, const long batch, const long channels,
+                                const long inner, __global REAL* sums,
+                                __global REAL* weight_grad, __global REAL* bias_grad) {
+    const idx_t c = get_global_id(0);
+    const ACC mu = (ACC)mean[m_offset + c];
+    ACC sg = 0, sgx = 0;
+    for (idx_t n = 0; n < batch; ++n) {
+        const idx_t base = (n * channels + c) * inner;
+        for (idx_t s = 0; s < inner; ++s) {
+            const ACC gv = (ACC)g[g_offset + base + s];
+            sg += gv;
+            sgx += gv * ((ACC)x[x_offset + base + s] - mu);
+        }
+    }
+    const ACC invstd = (ACC)1 / sqrt((ACC)var[v_offset + c] + (ACC)eps);
+    sums[c] = (REAL)sg;
+    sums[channels + c] = (REAL)sgx;
+    weight_grad[c] = (REAL)(sgx * invstd);
+    bias_grad[c] = (REAL)sg;
+}
+
+// The batch-norm input gradient (N, C, inner): with batch statistics (`training`),
+//   dx = w * invstd * (g - sum_g / M - (x - mean) * invstd^2 * sum_gx / M),  M = N * inner;
+// with fixed (running) statistics dx = w * invstd * g.
+__kernel void batch_norm_backward(__global const REAL* restrict g, const long g_offset,
+                                  __global const REAL* restrict x, const long x_offset,
+                                  __global const REAL* restrict mean, const long m_offset,
+                                  __global const REAL* restrict var, const long v_offset,
+                                  __global const REAL* restrict weight, const long w_offset,
+                                  const int has_weight, __global const REAL* restrict sums,
+                                  const int training, __global REAL* dx, const long dx_offset,
+                                  const long channels, const long inner, const long count,
+                                  const REAL eps) {
+    const idx_t i = get_global_id(0);
+    const idx_t c = (i / (idx_t)inner) % (idx_t)channels;
+    const ACC invstd = (ACC)1 / sqrt((ACC)var[v_offset + c] + (ACC)eps);
+    const ACC scale = has_weight ? (ACC)weight[w_offset + c] * invstd : invstd;
+    ACC v = (ACC)g[g_offset + i];
+    if (training) {
+        const ACC xc = (ACC)x[x_offset + i] - (ACC)mean[m_offset + c];
+        v -= ((ACC)sums[c] + xc * invstd * invstd * (ACC)sums[channels + c]) / (ACC)count;
+    }
+    dx[dx_offset + i] = (REAL)(scale * v);
+}
+
+// Column sums of a (rows x cols) matrix (a linear layer's bias gradient), one work-item per column:
+// out[j] = sum_r g[r * cols + j]. NDRange (cols,).
+__kernel void column_sums(__global const REAL* restrict g, const long g_offset, const long rows,
+                          __global REAL* restrict out, const long out_offset) {
+    const idx_t j = get_global_id(0);
+    const idx_t cols = get_global_size(0);
+    ACC sum = 0;
+    for (idx_t r = 0; r < rows; ++r) sum += (ACC)g[g_offset + r * cols + j];
+    out[out_offset + j] = (REAL)sum;
+}
+
+// A block of rows into a wider matrix (cat): dst[dst_offset + r * dst_ld + j] =
+// src[src_offset + r * src_ld + j] for j < cols. NDRange (cols, rows).
+__kernel void copy_rows(__global const REAL* restrict src, const long src_offset, const long src_ld,
+                        __global REAL* restrict dst, const long dst_offset, const long dst_ld) {
+    const idx_t j = get_global_id(0);
+    const idx_t r = get_global_id(1);
+    dst[dst_offset + r * dst_ld + j] = src[src_offset + r * src_ld + j];
+}

@@ -1,0 +1,140 @@
+"""linear: torch.nn.functional.linear on the convolutions' GEMM engines, epilogue in one pass.
+
+    y = clconv.linear(x, w, b)                                   # x (*, in), w (out, in) -> (*, out)
+    y = clconv.linear(x, w, b, activation="relu", residual=r)    # act(x @ w.T + b + r)
+
+The product is one GEMM, (rows x in) @ (in x out)^T with rows = prod(leading dims), on the engine
+`clconv.blas.engine.gemm_engine` picks for the device (clconv's packed GEMM on PoCL's CPU devices,
+CLBlast elsewhere; CLCONV_GEMM overrides), the rule the transposed convolutions and gradients follow.
+Bias, residual and activation are applied together: on the packed engine in the GEMM's store (the
+GEMM is computed as W @ X^T, so that the bias is per row of the tile, and stored transposed into
+(rows, out)), otherwise in one pass of cl/elementwise.cl's bias_act after CLBlast's GEMM.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pyopencl.array as cla
+
+from ..blas import clblast, packed
+from ..blas.engine import gemm_engine
+from ..runtime.device import Device, current_device
+from ..runtime.transfer import ArrayLike, element_offset, result_dtype
+from .activation import ActivationArg, normalize_activation
+from .elementwise import enqueue_bias_act
+from .plan import Plan, cached_plan, shape_of
+
+__all__ = ["LinearPlan", "linear"]
+
+
+def _packed_epilogue_ready() -> bool:
+    """Whether clconv.blas.packed.enqueue_gemm takes any activation and a residual (its store then
+    computes the whole epilogue)."""
+    return "residual" in inspect.signature(packed.enqueue_gemm).parameters
+
+
+class LinearPlan(Plan):
+    """y = act(input @ weight.T + bias + residual) for fixed shapes: input (*, in), weight
+    (out, in), bias (out,) or None, residual (*, out) or None."""
+
+    def __init__(self, dev: Device, input_shape: Sequence[int], weight_shape: Sequence[int],
+                 bias_shape: Sequence[int] | None, dtype: np.dtype,
+                 activation: ActivationArg = None,
+                 residual_shape: Sequence[int] | None = None) -> None:
+        x_shape, w_shape = tuple(input_shape), tuple(weight_shape)
+        if len(w_shape) != 2:
+            raise ValueError(f"linear: weight must be 2-d (out_features, in_features), got shape "
+                             f"{w_shape}")
+        if len(x_shape) < 1:
+            raise ValueError("linear: input must have at least 1 dim (*, in_features), got a 0-d "
+                             "array")
+        n_out, k = w_shape
+        if x_shape[-1] != k:
+            raise ValueError(f"linear: input has {x_shape[-1]} features (last dim of shape "
+                             f"{x_shape}) but weight {w_shape} expects {k}")
+        if bias_shape is not None and tuple(bias_shape) != (n_out,):
+            raise ValueError(f"linear: bias must have shape ({n_out},), got {tuple(bias_shape)}")
+        out_shape = (*x_shape[:-1], n_out)
+        if residual_shape is not None and tuple(residual_shape) != out_shape:
+            raise ValueError(f"linear: residual must have the output's shape {out_shape}, got "
+                             f"{tuple(residual_shape)}")
+        self.act = normalize_activation(activation)
+        self.rows, self.k, self.n = math.prod(x_shape[:-1]), k, n_out
+        operands = {"input": x_shape, "weight": w_shape,
+                    "bias": None if bias_shape is None else (n_out,),
+                    "residual": None if residual_shape is None else out_shape}
+        self._prepare(dev, dtype, operands, out_shape, (self.rows, n_out),
+                      {"input": x_shape, "weight": w_shape, "output": out_shape})
+        self.engine = gemm_engine(dev)
+        self.needs_gemm = self.engine is clblast
+        if self.needs_gemm:
+            clblast.require("linear")
+        self.fused = self.engine is packed and _packed_epilogue_ready()
+        self.has_epilogue = (bias_shape is not None or residual_shape is not None or
+                             self.act is not None)
+        self.label = "linear" + (f" + {self.act}" if self.act is not None else "")
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        x, w, b, r = (arrays[n] for n in ("input", "weight", "bias", "residual"))
+        assert x is not None and w is not None
+        dev = self.device
+        m, n, k = self.rows, self.n, self.k
+        with dev.lock:
+            if k == 0:
+                out.fill(0)
+            elif self.fused and self.has_epilogue:
+                self._packed_fused(x, w, b, r, out)
+                return
+            else:
+                self.engine.gemm(dev, m, n, k, x, element_offset(x), 0, w, element_offset(w), 0,
+                                 out, element_offset(out), 0, b_transposed=True)
+            if self.has_epilogue:
+                enqueue_bias_act(dev, out, b, r, self.act, n, 1)
+
+    def _packed_fused(self, x: cla.Array, w: cla.Array, b: cla.Array | None,
+                      r: cla.Array | None, out: cla.Array) -> None:
+        """C' = W (out x in) @ X^T (in x rows) on the packed engine, stored transposed into out
+        (rows, out): C' row i (a feature) at stride 1, column j (a row of x) at j * out; the bias
+        is per row of C', the residual laid out as out. Call holding dev.lock."""
+        dev = self.device
+        m, n, k = self.n, self.rows, self.k
+        tile = packed.tile_for(dev, self.work, m, n, k)
+        a_size, b_size = tile.packed_a_size(m, k), tile.packed_b_size(n, k)
+        scratch = packed.packed_scratch(dev, a_size + b_size, self.work)
+        packed.enqueue_pack_a(dev, tile, m, k, w, element_offset(w), 0, 1, k, False, scratch, 0,
+                              a_size)
+        packed.enqueue_pack_b(dev, tile, n, k, x, element_offset(x), 0, 1, k, True, scratch,
+                              a_size, b_size)
+        packed.enqueue_gemm(dev, tile, m, n, k, scratch, 0, 0, scratch, a_size, 0, out,
+                            element_offset(out), 0, 1, segment=1, segment_stride=self.n,
+                            bias=b, bias_offset=0 if b is None else element_offset(b),
+                            activation=self.act, residual=r,
+                            residual_offset=0 if r is None else element_offset(r))
+
+    def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+                 residual: ArrayLike | None = None, out: ArrayLike | None = None) -> ArrayLike:
+        return self._execute({"input": input, "weight": weight, "bias": bias,
+                              "residual": residual}, out)
+
+
+def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+           activation: ActivationArg = None, residual: ArrayLike | None = None,
+           out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.linear, with an optional fused epilogue: input (*, in_features),
+    weight (out_features, in_features), bias (out_features,) -> act(input @ weight.T + bias +
+    residual) of shape (*, out_features); residual (optional) has the output's shape;
+    activation as the convolutions' (None, 'relu', ('leaky_relu', 0.2), ...)."""
+    dev = current_device()
+    values = {"input": input, "weight": weight, "bias": bias, "residual": residual}
+    dtype = result_dtype(dev, **{n: v for n, v in values.items() if v is not None})
+    shapes = {n: None if v is None else shape_of(v) for n, v in values.items()}
+    act = normalize_activation(activation)
+    plan = cached_plan(dev, ("linear", shapes["input"], shapes["weight"], shapes["bias"],
+                             shapes["residual"], dtype, act),
+                       lambda: LinearPlan(dev, shapes["input"], shapes["weight"], shapes["bias"],
+                                          dtype, act, shapes["residual"]))
+    return plan._execute(values, out, check=False)

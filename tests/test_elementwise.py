@@ -1,0 +1,233 @@
+"""clconv's elementwise ops against torch and the float64 oracle (reference_layers.py): every
+activation (NaN/Inf propagation included), broadcast add/mul with a fused activation, batch_norm
+(inference form), cat and flatten; device arrays, out=, empty and 0-d inputs, bad arguments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyopencl.array as cla
+import pytest
+import reference_layers as ref
+from helpers import import_torch, random_array
+from tolerance import assert_close, assert_exact
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+def _dtypes(dev):
+    return (np.float32, np.float64) if dev.fp64 else (np.float32,)
+
+
+def _special(rng, shape, dtype):
+    """Random values with NaN, +-Inf, zeros and the activations' corners (+-3, 0, 6)."""
+    x = (random_array(rng, shape, np.float64) * 4).astype(dtype)
+    flat = x.reshape(-1)
+    flat[:9] = [np.nan, np.inf, -np.inf, 0.0, -3.0, 3.0, 6.0, -0.0, 1e-3]
+    return x
+
+
+# (clconv call, torch call, oracle or None)
+ACTS = {
+    "relu": (lambda c, x: c.relu(x), lambda F, t: F.relu(t), ref.ACTIVATIONS["relu"]),
+    "relu6": (lambda c, x: c.relu6(x), lambda F, t: F.relu6(t), ref.ACTIVATIONS["relu6"]),
+    "silu": (lambda c, x: c.silu(x), lambda F, t: F.silu(t), ref.ACTIVATIONS["silu"]),
+    "gelu": (lambda c, x: c.gelu(x), lambda F, t: F.gelu(t), ref.ACTIVATIONS["gelu"]),
+    "gelu_tanh": (lambda c, x: c.gelu(x, approximate="tanh"),
+                  lambda F, t: F.gelu(t, approximate="tanh"), ref.ACTIVATIONS["gelu_tanh"]),
+    "sigmoid": (lambda c, x: c.sigmoid(x), lambda F, t: F.sigmoid(t), ref.ACTIVATIONS["sigmoid"]),
+    "tanh": (lambda c, x: c.tanh(x), lambda F, t: F.tanh(t), ref.ACTIVATIONS["tanh"]),
+    "hardswish": (lambda c, x: c.hardswish(x), lambda F, t: F.hardswish(t),
+                  ref.ACTIVATIONS["hardswish"]),
+    "hardsigmoid": (lambda c, x: c.hardsigmoid(x), lambda F, t: F.hardsigmoid(t),
+                    ref.ACTIVATIONS["hardsigmoid"]),
+    "leaky_relu": (lambda c, x: c.leaky_relu(x, 0.2), lambda F, t: F.leaky_relu(t, 0.2), None),
+    "leaky_relu_default": (lambda c, x: c.leaky_relu(x), lambda F, t: F.leaky_relu(t), None),
+    "elu": (lambda c, x: c.elu(x, 0.7), lambda F, t: F.elu(t, 0.7), None),
+    "hardtanh": (lambda c, x: c.hardtanh(x, -0.5, 2.0), lambda F, t: F.hardtanh(t, -0.5, 2.0),
+                 None),
+    "clamp": (lambda c, x: c.clamp(x, -1.0, 0.5), lambda F, t: t.clamp(-1.0, 0.5), None),
+    "clamp_min": (lambda c, x: c.clamp(x, min=0.25), lambda F, t: t.clamp(min=0.25), None),
+    "clamp_max": (lambda c, x: c.clamp(x, max=0.25), lambda F, t: t.clamp(max=0.25), None),
+    "clamp_crossed": (lambda c, x: c.clamp(x, 1.0, -1.0), lambda F, t: t.clamp(1.0, -1.0), None),
+}
+
+
+@pytest.mark.parametrize("name", list(ACTS))
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (7,), (3, 0, 2)], ids=str)
+def test_activations(clconv, dev, rng, name, shape):
+    torch = import_torch()
+    ours, theirs, oracle = ACTS[name]
+    for dtype in _dtypes(dev):
+        x = _special(rng, shape, dtype) if math.prod(shape) >= 9 else random_array(rng, shape, dtype)
+        if name.startswith("gelu"):
+            # torch's own gelu(+-inf) differs between its scalar and vectorised CPU paths (inf or
+            # NaN by the tensor's length): only finite values and NaN are compared.
+            x[np.isinf(x)] = 5.0
+        got = ours(clconv, x)
+        assert isinstance(got, np.ndarray) and got.dtype == dtype and got.shape == x.shape
+        want = theirs(torch.nn.functional, torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert_close(got, want, dtype, magnitude=4)
+        if oracle is not None:
+            with np.errstate(invalid="ignore", over="ignore"):
+                assert_close(got, oracle(x.astype(np.float64)), dtype, magnitude=4)
+
+
+def test_activation_on_device_arrays_and_out(clconv, dev, rng):
+    x = random_array(rng, (3, 4, 5))
+    xd = cla.to_device(dev.queue, x)
+    y = clconv.silu(xd)
+    assert isinstance(y, cla.Array)
+    assert_close(y.get(), ref.ACTIVATIONS["silu"](x.astype(np.float64)), np.float32)
+    out = cla.empty(dev.queue, x.shape, np.float32)
+    assert clconv.relu(xd, out=out) is out
+    assert_exact(out.get(), np.maximum(x, 0))
+    assert clconv.relu(xd, inplace=True) is xd
+    assert_exact(xd.get(), np.maximum(x, 0))
+    h = x.copy()
+    assert clconv.hardtanh(h, inplace=True) is h
+    assert_exact(h, np.clip(x, -1, 1))
+    y0 = clconv.tanh(np.asarray(0.5, np.float32))  # 0-d
+    assert y0.shape == () and abs(float(y0) - math.tanh(0.5)) < 1e-6
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((2, 3, 4, 5), (2, 3, 4, 5)), ((2, 3, 4, 5), (3, 1, 1)), ((2, 3, 4, 5), (2, 3, 1, 1)),
+    ((2, 3, 4, 5), (1, 3, 1, 1)), ((2, 3, 4, 5), (2, 1, 4, 5)), ((2, 3, 1, 1), (2, 3, 4, 5)),
+    ((2, 3, 4, 5, 6), (1, 3, 1, 1, 1)), ((4, 5), (5,)), ((2, 3, 4), ()), ((0, 3, 2), (3, 1)),
+], ids=str)
+@pytest.mark.parametrize("op", ["add", "mul"])
+def test_binary_broadcast(clconv, dev, rng, op, a_shape, b_shape):
+    for dtype in _dtypes(dev):
+        a, b = random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
+        f = np.add if op == "add" else np.multiply
+        want = f(a.astype(np.float64), b.astype(np.float64))
+        got = getattr(clconv, op)(a, b)
+        assert got.shape == want.shape and got.dtype == dtype
+        assert_close(got, want, dtype, magnitude=16)
+        got = getattr(clconv, op)(a, b, activation=("leaky_relu", 0.1))
+        assert_close(got, np.where(want > 0, want, 0.1 * want), dtype, magnitude=16)
+
+
+def test_binary_kinds_scalars_and_nan(clconv, dev, rng):
+    torch = import_torch()
+    x = _special(rng, (2, 3, 4, 4), np.float32)
+    gate = random_array(rng, (2, 3, 1, 1))
+    xd = cla.to_device(dev.queue, x)
+    y = clconv.mul(xd, gate)  # a device operand gives a device result
+    assert isinstance(y, cla.Array)
+    want = (torch.from_numpy(x) * torch.from_numpy(gate)).numpy()
+    np.testing.assert_array_equal(np.isnan(y.get()), np.isnan(want))
+    assert_close(y.get(), want, np.float32, magnitude=16)
+    y = clconv.add(gate, xd, activation="relu")
+    assert isinstance(y, cla.Array)
+    want = torch.relu(torch.from_numpy(gate) + torch.from_numpy(x)).numpy()
+    assert_close(y.get(), want, np.float32, magnitude=16)
+    assert_close(clconv.add(x, 2.5), x.astype(np.float64) + 2.5, np.float32, magnitude=16)
+    assert_close(clconv.mul(x, 2.0), x.astype(np.float64) * 2, np.float32, magnitude=16)
+
+
+def test_binary_bad_arguments(clconv, rng):
+    a = random_array(rng, (2, 3, 4))
+    with pytest.raises(ValueError, match="broadcast"):
+        clconv.add(a, random_array(rng, (4, 3)))
+    with pytest.raises(TypeError, match="dtype"):
+        clconv.mul(a, a.astype(np.float64))
+    with pytest.raises(ValueError, match="activation"):
+        clconv.add(a, a, activation="swish")
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (4, 3), (2, 3, 7), (2, 3, 2, 3, 2), (0, 3, 4)],
+                         ids=str)
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_inference(clconv, dev, rng, shape, affine):
+    torch = import_torch()
+    c = shape[1]
+    for dtype in _dtypes(dev):
+        x = random_array(rng, shape, dtype)
+        mean = random_array(rng, (c,), dtype)
+        var = (rng.random(c) + 0.1).astype(dtype)
+        w = random_array(rng, (c,), dtype) if affine else None
+        b = random_array(rng, (c,), dtype) if affine else None
+        got = clconv.batch_norm(x, mean, var, w, b, eps=1e-3)
+        want = ref.batch_norm(*(None if v is None else v.astype(np.float64)
+                                for v in (x, mean, var, w, b)), eps=1e-3)
+        assert_close(got, want, dtype, magnitude=30)
+        tw = None if w is None else torch.from_numpy(w)
+        tb = None if b is None else torch.from_numpy(b)
+        want_t = torch.nn.functional.batch_norm(torch.from_numpy(x), torch.from_numpy(mean),
+                                                torch.from_numpy(var), tw, tb, eps=1e-3).numpy()
+        assert_close(got, want_t, dtype, magnitude=30)
+
+
+def test_batch_norm_fused_activation_and_errors(clconv, dev, rng):
+    x = random_array(rng, (2, 3, 4, 4))
+    mean, var = random_array(rng, (3,)), np.ones(3, np.float32)
+    got = clconv.batch_norm(cla.to_device(dev.queue, x), mean, var, activation="relu6")
+    assert isinstance(got, cla.Array)
+    want = ref.ACTIVATIONS["relu6"](ref.batch_norm(x.astype(np.float64), mean, var))
+    assert_close(got.get(), want, np.float32, magnitude=10)
+    with pytest.raises(ValueError, match="training"):
+        clconv.batch_norm(x, mean, var, training=True)
+    with pytest.raises(ValueError, match="running_var"):
+        clconv.batch_norm(x, mean, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="weight"):
+        clconv.batch_norm(x, mean, var, weight=np.ones(2, np.float32))
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1, 3])
+def test_cat(clconv, dev, rng, dim):
+    base = [2, 3, 4, 5]
+    arrays = []
+    for extra in (1, 3, 0, 2):
+        shape = list(base)
+        shape[dim] = extra
+        arrays.append(random_array(rng, tuple(shape)))
+    got = clconv.cat(arrays, dim)
+    assert_exact(got, np.concatenate(arrays, dim))
+    mixed = [cla.to_device(dev.queue, a) if i % 2 else a for i, a in enumerate(arrays)]
+    got = clconv.cat(mixed, dim=dim)
+    assert isinstance(got, cla.Array)
+    assert_exact(got.get(), np.concatenate(arrays, dim))
+
+
+def test_cat_default_dim_and_errors(clconv, rng):
+    torch = import_torch()
+    a, b = random_array(rng, (2, 3)), random_array(rng, (1, 3))
+    assert_exact(clconv.cat((a, b)), torch.cat((torch.from_numpy(a), torch.from_numpy(b))).numpy())
+    with pytest.raises(ValueError, match="tensors\\[1\\]"):
+        clconv.cat([a, b], dim=1)
+    with pytest.raises(IndexError, match="dim"):
+        clconv.cat([a, a], dim=2)
+    with pytest.raises(ValueError, match="non-empty"):
+        clconv.cat([])
+    with pytest.raises(TypeError, match="sequence"):
+        clconv.cat(a)
+    with pytest.raises(IndexError):
+        torch.cat([torch.from_numpy(a)] * 2, dim=2)
+
+
+def test_flatten(clconv, dev, rng):
+    torch = import_torch()
+    x = random_array(rng, (2, 3, 4, 5))
+    for args in ((), (1,), (1, 2), (0, -2), (-1,), (2, 3)):
+        want = torch.flatten(torch.from_numpy(x), *args).numpy()
+        assert_exact(clconv.flatten(x, *args), want)
+    xd = cla.to_device(dev.queue, x)
+    y = clconv.flatten(xd, 1)
+    assert isinstance(y, cla.Array) and y.shape == (2, 60)
+    assert y.base_data is xd.base_data  # a view: nothing copied
+    strided = xd[:, :, :, ::2]
+    assert_exact(clconv.flatten(strided, 1).get(), x[:, :, :, ::2].reshape(2, -1))
+    assert clconv.flatten(np.float32(3.0) * np.ones((), np.float32)).shape == (1,)
+    with pytest.raises(ValueError, match="start_dim"):
+        clconv.flatten(x, 2, 1)
+    with pytest.raises(IndexError, match="end_dim"):
+        clconv.flatten(x, 0, 4)

@@ -1,0 +1,124 @@
+"""clconv.linear against torch.nn.functional.linear and a float64 numpy product: any leading dims
+(none, empty), bias, the fused epilogue (activation and residual) on both GEMM engines, device
+arrays, out= and bad arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cla
+import pytest
+import reference_layers as ref
+from helpers import import_torch, random_array
+from tolerance import assert_close
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+@pytest.fixture(params=["packed", "clblast"])
+def engine(request, monkeypatch, dev):
+    """Each GEMM engine in turn (CLCONV_GEMM), the device's plans dropped so that the choice is
+    made again."""
+    from clconv.blas import clblast
+    from clconv.ops.plan import plans
+
+    if request.param == "clblast" and not clblast.available():
+        pytest.skip("pyclblast is not installed")
+    monkeypatch.setenv("CLCONV_GEMM", request.param)
+    plans(dev).clear()
+    yield request.param
+    plans(dev).clear()
+
+
+def _dtypes(dev):
+    return (np.float32, np.float64) if dev.fp64 else (np.float32,)
+
+
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3), (0,), (1, 1, 4)], ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_torch(clconv, dev, rng, engine, lead, bias):
+    torch = import_torch()
+    for dtype in _dtypes(dev):
+        x = random_array(rng, (*lead, 13), dtype)
+        w = random_array(rng, (7, 13), dtype)
+        b = random_array(rng, (7,), dtype) if bias else None
+        got = clconv.linear(x, w, b)
+        assert got.shape == (*lead, 7) and got.dtype == dtype
+        want = x.astype(np.float64) @ w.astype(np.float64).T + (0 if b is None else b)
+        assert_close(got, want, dtype, reduction=13, magnitude=16)
+        want_t = torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w),
+                                            None if b is None else torch.from_numpy(b)).numpy()
+        assert_close(got, want_t, dtype, reduction=13, magnitude=16)
+
+
+@pytest.mark.parametrize("activation, oracle", [
+    ("relu", ref.ACTIVATIONS["relu"]), ("gelu", ref.ACTIVATIONS["gelu"]),
+    (("leaky_relu", 0.3), lambda v: np.where(v > 0, v, 0.3 * v)),
+    (("clamp", -1.0, 1.5), lambda v: np.clip(v, -1.0, 1.5)), ("sigmoid", ref.ACTIVATIONS["sigmoid"]),
+], ids=str)
+@pytest.mark.parametrize("residual", [True, False])
+def test_fused_epilogue(clconv, dev, rng, engine, activation, oracle, residual):
+    for dtype in _dtypes(dev):
+        x = random_array(rng, (3, 9, 40), dtype)  # 27 rows: edge tiles of every register block
+        w, b = random_array(rng, (21, 40), dtype), random_array(rng, (21,), dtype)
+        r = random_array(rng, (3, 9, 21), dtype) if residual else None
+        got = clconv.linear(x, w, b, activation=activation, residual=r)
+        pre = x.astype(np.float64) @ w.astype(np.float64).T + b + (0 if r is None else r)
+        assert_close(got, oracle(pre), dtype, reduction=40, magnitude=16)
+
+
+def test_nan_propagates(clconv, rng, engine):
+    x = random_array(rng, (4, 6))
+    x[1, 2] = np.nan
+    w = random_array(rng, (5, 6))
+    got = clconv.linear(x, w, np.zeros(5, np.float32), activation="relu")
+    assert np.isnan(got[1]).all() and not np.isnan(np.delete(got, 1, 0)).any()
+
+
+def test_device_arrays_and_out(clconv, dev, rng):
+    x, w, b = random_array(rng, (6, 8)), random_array(rng, (4, 8)), random_array(rng, (4,))
+    xd, wd = cla.to_device(dev.queue, x), cla.to_device(dev.queue, w)
+    y = clconv.linear(xd, wd, b)
+    assert isinstance(y, cla.Array)
+    want = x.astype(np.float64) @ w.T + b
+    assert_close(y.get(), want, np.float32, reduction=8, magnitude=16)
+    out = cla.empty(dev.queue, (6, 4), np.float32)
+    assert clconv.linear(xd, wd, b, out=out) is out
+    assert_close(out.get(), want, np.float32, reduction=8, magnitude=16)
+    host = np.empty((6, 4), np.float32)
+    assert clconv.linear(x, w, b, out=host) is host
+    plan = clconv.LinearPlan(dev, x.shape, w.shape, b.shape, np.float32)
+    assert_close(plan(x, w, b), want, np.float32, reduction=8, magnitude=16)
+
+
+def test_zero_features(clconv, rng):
+    got = clconv.linear(np.ones((3, 0), np.float32), np.ones((2, 0), np.float32),
+                        np.array([1.0, -2.0], np.float32))
+    np.testing.assert_array_equal(got, [[1.0, -2.0]] * 3)
+
+
+@pytest.mark.parametrize("shapes, error, words", [
+    (((3, 5), (4, 6), None, None), ValueError, "features"),
+    (((3, 5), (4, 5, 1), None, None), ValueError, "weight"),
+    (((3, 5), (4, 5), (3,), None), ValueError, "bias"),
+    (((3, 5), (4, 5), (4,), (3, 5)), ValueError, "residual"),
+], ids=["features", "weight-dims", "bias", "residual"])
+def test_bad_arguments(clconv, rng, shapes, error, words):
+    x, w, b, r = (None if s is None else random_array(rng, s) for s in shapes)
+    with pytest.raises(error, match=words):
+        clconv.linear(x, w, b, residual=r)
+
+
+def test_bad_activation_and_dtypes(clconv, rng):
+    x, w = random_array(rng, (3, 5)), random_array(rng, (4, 5))
+    with pytest.raises(ValueError, match="activation"):
+        clconv.linear(x, w, activation="swish")
+    with pytest.raises(TypeError, match="dtype"):
+        clconv.linear(x, w.astype(np.float64))
+    torch = import_torch()
+    with pytest.raises(RuntimeError):  # torch refuses mixed dtypes too
+        torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w.astype(np.float64)))

@@ -1,0 +1,329 @@
+"""clconv.nn's layers around the convolutions (Linear, pooling, BatchNorm, activations, Flatten,
+Sequential, `activation=` on Conv and Linear) against torch.nn and its autograd: forward, backward
+(input and parameter gradients), train()/eval(), running statistics, state_dict round trips with
+torch.nn.Sequential, and that a Sequential keeps its activations on the device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+import pytest
+from helpers import import_torch, random_array
+from tolerance import assert_close
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+def _dtype(dev):
+    return np.float64 if dev.fp64 else np.float32
+
+
+def _copy_params(ours, theirs, torch):
+    """torch layer <- our layer's state (same keys)."""
+    theirs.load_state_dict({k: torch.as_tensor(v) for k, v in ours.state_dict().items()})
+
+
+def _check(ours, theirs, x, rng, dtype, torch, magnitude=10.0, reduction=64):
+    """forward and backward of `ours` against `theirs` (torch, autograd) on x."""
+    xt = torch.tensor(x, requires_grad=True)
+    y = ours(x)
+    yt = theirs(xt)
+    assert isinstance(y, np.ndarray) and y.dtype == dtype
+    assert_close(y, yt.detach().numpy(), dtype, reduction=reduction, magnitude=magnitude)
+    g = random_array(rng, y.shape, dtype)
+    gx = ours.backward(g)
+    yt.backward(torch.from_numpy(g))
+    assert_close(gx, xt.grad.numpy(), dtype, reduction=reduction, magnitude=magnitude)
+    ours_grads = ours.grad_dict()
+    for name, p in theirs.named_parameters():
+        assert_close(ours_grads[name], p.grad.numpy(), dtype, reduction=reduction * 16,
+                     magnitude=magnitude, err_msg=name)
+
+
+LAYERS = {  # name: (clconv layer, torch layer, input shape)
+    "ReLU": (lambda nn, dt: nn.ReLU(), lambda tnn: tnn.ReLU(), (2, 3, 4, 5)),
+    "ReLU6": (lambda nn, dt: nn.ReLU6(), lambda tnn: tnn.ReLU6(), (2, 3, 4, 5)),
+    "SiLU": (lambda nn, dt: nn.SiLU(), lambda tnn: tnn.SiLU(), (2, 3, 4, 5)),
+    "GELU": (lambda nn, dt: nn.GELU(), lambda tnn: tnn.GELU(), (2, 3, 4, 5)),
+    "GELU-tanh": (lambda nn, dt: nn.GELU("tanh"), lambda tnn: tnn.GELU("tanh"), (4, 7)),
+    "Sigmoid": (lambda nn, dt: nn.Sigmoid(), lambda tnn: tnn.Sigmoid(), (2, 3, 4, 5)),
+    "Tanh": (lambda nn, dt: nn.Tanh(), lambda tnn: tnn.Tanh(), (2, 3, 4, 5)),
+    "Hardswish": (lambda nn, dt: nn.Hardswish(), lambda tnn: tnn.Hardswish(), (2, 3, 4, 5)),
+    "Hardsigmoid": (lambda nn, dt: nn.Hardsigmoid(), lambda tnn: tnn.Hardsigmoid(), (2, 3, 4, 5)),
+    "LeakyReLU": (lambda nn, dt: nn.LeakyReLU(0.2), lambda tnn: tnn.LeakyReLU(0.2), (2, 3, 4, 5)),
+    "ELU": (lambda nn, dt: nn.ELU(0.5), lambda tnn: tnn.ELU(0.5), (2, 3, 4, 5)),
+    "Hardtanh": (lambda nn, dt: nn.Hardtanh(-0.5, 1.0), lambda tnn: tnn.Hardtanh(-0.5, 1.0),
+                 (2, 3, 4, 5)),
+    "MaxPool2d": (lambda nn, dt: nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+                  lambda tnn: tnn.MaxPool2d(3, 2, 1, ceil_mode=True), (2, 3, 9, 8)),
+    "MaxPool2d-dilated": (lambda nn, dt: nn.MaxPool2d(2, 1, 1, dilation=2),
+                          lambda tnn: tnn.MaxPool2d(2, 1, 1, dilation=2), (2, 3, 7, 6)),
+    "MaxPool2d-unbatched": (lambda nn, dt: nn.MaxPool2d(2), lambda tnn: tnn.MaxPool2d(2),
+                            (3, 6, 6)),
+    "MaxPool1d": (lambda nn, dt: nn.MaxPool1d(3, 2), lambda tnn: tnn.MaxPool1d(3, 2), (2, 3, 11)),
+    "MaxPool3d": (lambda nn, dt: nn.MaxPool3d(2, 1, 1), lambda tnn: tnn.MaxPool3d(2, 1, 1),
+                  (1, 2, 4, 5, 3)),
+    "AvgPool2d": (lambda nn, dt: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+                  lambda tnn: tnn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+                  (2, 3, 9, 8)),
+    "AvgPool2d-divisor": (lambda nn, dt: nn.AvgPool2d(2, 1, 1, divisor_override=3),
+                          lambda tnn: tnn.AvgPool2d(2, 1, 1, divisor_override=3), (2, 3, 5, 6)),
+    "AvgPool1d": (lambda nn, dt: nn.AvgPool1d(4, 3, 2), lambda tnn: tnn.AvgPool1d(4, 3, 2),
+                  (2, 3, 13)),
+    "AvgPool3d": (lambda nn, dt: nn.AvgPool3d(2), lambda tnn: tnn.AvgPool3d(2), (1, 2, 4, 6, 4)),
+    "AdaptiveAvgPool2d": (lambda nn, dt: nn.AdaptiveAvgPool2d((3, None)),
+                          lambda tnn: tnn.AdaptiveAvgPool2d((3, None)), (2, 3, 7, 5)),
+    "AdaptiveAvgPool2d-global": (lambda nn, dt: nn.AdaptiveAvgPool2d(1),
+                                 lambda tnn: tnn.AdaptiveAvgPool2d(1), (2, 3, 7, 5)),
+    "AdaptiveAvgPool1d": (lambda nn, dt: nn.AdaptiveAvgPool1d(4),
+                          lambda tnn: tnn.AdaptiveAvgPool1d(4), (2, 3, 10)),
+    "AdaptiveAvgPool3d": (lambda nn, dt: nn.AdaptiveAvgPool3d((2, 3, 2)),
+                          lambda tnn: tnn.AdaptiveAvgPool3d((2, 3, 2)), (1, 2, 5, 7, 3)),
+    "AdaptiveMaxPool2d": (lambda nn, dt: nn.AdaptiveMaxPool2d((3, 4)),
+                          lambda tnn: tnn.AdaptiveMaxPool2d((3, 4)), (2, 3, 7, 9)),
+    "Flatten": (lambda nn, dt: nn.Flatten(), lambda tnn: tnn.Flatten(), (2, 3, 4, 5)),
+    "Flatten-range": (lambda nn, dt: nn.Flatten(0, 2), lambda tnn: tnn.Flatten(0, 2),
+                      (2, 3, 4, 5)),
+    "Linear": (lambda nn, dt: nn.Linear(20, 6, dtype=dt), lambda tnn: tnn.Linear(20, 6),
+               (2, 3, 20)),
+    "Linear-nobias": (lambda nn, dt: nn.Linear(20, 6, bias=False, dtype=dt),
+                      lambda tnn: tnn.Linear(20, 6, bias=False), (5, 20)),
+    "Linear-empty": (lambda nn, dt: nn.Linear(20, 6, dtype=dt), lambda tnn: tnn.Linear(20, 6),
+                     (0, 20)),
+    "BatchNorm2d": (lambda nn, dt: nn.BatchNorm2d(3, dtype=dt), lambda tnn: tnn.BatchNorm2d(3),
+                    (4, 3, 5, 6)),
+    "BatchNorm1d": (lambda nn, dt: nn.BatchNorm1d(3, momentum=None, dtype=dt),
+                    lambda tnn: tnn.BatchNorm1d(3, momentum=None), (6, 3)),
+    "BatchNorm3d-noaffine": (lambda nn, dt: nn.BatchNorm3d(2, affine=False, dtype=dt),
+                             lambda tnn: tnn.BatchNorm3d(2, affine=False), (2, 2, 3, 4, 3)),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_layer_matches_torch(clconv, dev, rng, name, mode):
+    torch = import_torch()
+    dtype = _dtype(dev)
+    make, make_torch, shape = LAYERS[name]
+    ours = make(clconv.nn, dtype)
+    theirs = make_torch(torch.nn).to(torch.float64 if dtype == np.float64 else torch.float32)
+    if ours.state_dict():
+        if "BatchNorm" in name:  # non-trivial statistics and affine parameters
+            state = {k: (v if v.ndim == 0 else
+                         (np.abs(random_array(rng, v.shape, dtype)) + 0.5 if "var" in k
+                          else random_array(rng, v.shape, dtype)))
+                     for k, v in ours.state_dict().items()}
+            ours.load_state_dict(state)
+        _copy_params(ours, theirs, torch)
+    ours.train(mode == "train")
+    theirs.train(mode == "train")
+    x = random_array(rng, shape, dtype)
+    for _ in range(2):  # twice: the running statistics move twice in training mode
+        _check(ours, theirs, x, rng, dtype, torch)
+        theirs.zero_grad()
+    for key, value in theirs.state_dict().items():
+        assert_close(ours.state_dict()[key], value.numpy(), dtype, magnitude=10, err_msg=key)
+
+
+@pytest.mark.parametrize("activation, torch_act", [
+    ("relu", "ReLU"), (("leaky_relu", 0.1), "LeakyReLU"), ("silu", "SiLU"), ("tanh", "Tanh"),
+], ids=str)
+@pytest.mark.parametrize("layer", ["Conv2d", "Linear"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_activation_argument(clconv, dev, rng, activation, torch_act, layer, mode):
+    """`activation=` on Conv2d and Linear: act(layer(x)), fused in eval mode, and its gradient."""
+    torch = import_torch()
+    dtype = _dtype(dev)
+    tact = getattr(torch.nn, torch_act)(*((0.1,) if torch_act == "LeakyReLU" else ()))
+    if layer == "Conv2d":
+        ours = clconv.nn.Conv2d(3, 4, 3, padding=1, dtype=dtype, activation=activation, rng=1)
+        conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        x = random_array(rng, (2, 3, 6, 5), dtype)
+    else:
+        ours = clconv.nn.Linear(12, 5, dtype=dtype, activation=activation, rng=1)
+        conv = torch.nn.Linear(12, 5)
+        x = random_array(rng, (4, 12), dtype)
+    theirs = torch.nn.Sequential(conv, tact).to(torch.float64 if dtype == np.float64
+                                                else torch.float32)
+    conv.load_state_dict({k: torch.as_tensor(v) for k, v in ours.state_dict().items()})
+    ours.train(mode == "train")
+    xt = torch.tensor(x, requires_grad=True)
+    y, yt = ours(x), theirs(xt)
+    assert_close(y, yt.detach().numpy(), dtype, reduction=27, magnitude=10)
+    g = random_array(rng, y.shape, dtype)
+    gx = ours.backward(g)
+    yt.backward(torch.from_numpy(g))
+    assert_close(gx, xt.grad.numpy(), dtype, reduction=27, magnitude=10)
+    grads = ours.grad_dict()
+    assert_close(grads["weight"], conv.weight.grad.numpy(), dtype, reduction=200, magnitude=10)
+    assert_close(grads["bias"], conv.bias.grad.numpy(), dtype, reduction=200, magnitude=10)
+
+
+def _cnn(nn, dtype, rng):
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, dtype=dtype, rng=rng), nn.BatchNorm2d(8, dtype=dtype),
+        nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1, dtype=dtype, rng=rng,
+                                              activation="relu"),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10, dtype=dtype, rng=rng),
+        nn.Hardswish(), nn.Linear(10, 4, dtype=dtype, rng=rng))
+
+
+def _torch_cnn(tnn):
+    class ConvReLU(tnn.Conv2d):  # a Conv2d's keys, with the activation= of clconv's layer
+        def forward(self, x):
+            return tnn.functional.relu(super().forward(x))
+
+    return tnn.Sequential(
+        tnn.Conv2d(3, 8, 3, padding=1), tnn.BatchNorm2d(8), tnn.ReLU(), tnn.MaxPool2d(2),
+        ConvReLU(8, 8, 3, padding=1), tnn.AdaptiveAvgPool2d(2), tnn.Flatten(),
+        tnn.Linear(32, 10), tnn.Hardswish(), tnn.Linear(10, 4))
+
+
+def test_sequential_state_dict_round_trip_with_torch(clconv, dev, rng):
+    torch = import_torch()
+    dtype = _dtype(dev)
+    ours = _cnn(clconv.nn, dtype, 3)
+    theirs = _torch_cnn(torch.nn).to(torch.float64 if dtype == np.float64 else torch.float32)
+    ours_state = ours.state_dict()
+    assert list(ours_state) == list(theirs.state_dict())
+    theirs.load_state_dict({k: torch.as_tensor(v) for k, v in ours_state.items()})
+    x = random_array(rng, (3, 3, 8, 8), dtype)
+    for mode in ("train", "eval", "train"):
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        xt = torch.tensor(x, requires_grad=True)
+        y, yt = ours(x), theirs(xt)
+        assert_close(y, yt.detach().numpy(), dtype, reduction=200, magnitude=10, err_msg=mode)
+        g = random_array(rng, y.shape, dtype)
+        gx = ours.backward(g)
+        yt.backward(torch.from_numpy(g))
+        assert_close(gx, xt.grad.numpy(), dtype, reduction=200, magnitude=10, err_msg=mode)
+        grads = ours.grad_dict()
+        for name, p in theirs.named_parameters():
+            assert_close(grads[name], p.grad.numpy(), dtype, reduction=2000, magnitude=10,
+                         err_msg=f"{mode} {name}")
+        theirs.zero_grad()
+    # torch -> clconv: another network's state loads by the same keys
+    other = _torch_cnn(torch.nn).to(torch.float64 if dtype == np.float64 else torch.float32)
+    other(torch.from_numpy(x))  # moves its running statistics
+    ours.load_state_dict(other.state_dict())
+    ours.eval()
+    other.eval()
+    assert_close(ours(x), other(torch.from_numpy(x)).detach().numpy(), dtype, reduction=200,
+                 magnitude=10)
+    assert ours.state_dict()["1.num_batches_tracked"] == 1
+    with pytest.raises(ValueError, match="missing keys"):
+        ours.load_state_dict({k: v for k, v in ours_state.items() if k != "7.bias"})
+    with pytest.raises(ValueError, match="unexpected"):
+        ours.load_state_dict({**ours_state, "3.weight": ours_state["0.bias"]})
+
+
+def test_sequential_keeps_activations_on_the_device(clconv, dev, rng, monkeypatch):
+    """numpy in: one upload, the layers' results stay on the device, one download at the end;
+    a device array in gives a device array out with no host transfer at all."""
+    dtype = _dtype(dev)
+    model = _cnn(clconv.nn, dtype, 1)
+    x = random_array(rng, (2, 3, 8, 8), dtype)
+    model(x)  # plans and kernels built
+    model.backward(np.ones((2, 4), dtype))
+    host_copies = []
+    real = cl.enqueue_copy
+
+    def counting(queue, dest, src, **kwargs):
+        if isinstance(dest, np.ndarray) or isinstance(src, np.ndarray):
+            host_copies.append("download" if isinstance(dest, np.ndarray) else "upload")
+        return real(queue, dest, src, **kwargs)
+
+    monkeypatch.setattr(cl, "enqueue_copy", counting)
+    y = model(x)
+    assert isinstance(y, np.ndarray) and y.shape == (2, 4)
+    assert sorted(host_copies) == ["download", "upload"]
+    host_copies.clear()
+    xd = cla.to_device(dev.queue, x)
+    host_copies.clear()
+    yd = model(xd)
+    gd = model.backward(cla.to_device(dev.queue, np.ones((2, 4), dtype)))
+    host_copies.remove("upload")  # the grad_output made above
+    assert isinstance(yd, cla.Array) and isinstance(gd, cla.Array)
+    assert host_copies == []
+
+
+def test_sequential_container(clconv):
+    nn = clconv.nn
+    model = nn.Sequential(nn.Linear(4, 3, rng=0), nn.ReLU())
+    assert len(model) == 2 and isinstance(model[0], nn.Linear)
+    assert isinstance(model[:1], nn.Sequential) and len(model[:1]) == 1
+    model.append(nn.Linear(3, 2, rng=0))
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear"]
+    assert len(model.parameters()) == 4
+    assert model.eval() is model and not model[0].training
+    assert model.train() is model and model[2].training
+    assert "Sequential(" in repr(model) and "Linear(in_features=4" in repr(model)
+    with pytest.raises(TypeError, match="layer 1"):
+        nn.Sequential(nn.ReLU(), lambda x: x)
+
+
+def test_layer_errors(clconv, dev, rng):
+    nn = clconv.nn
+    with pytest.raises(RuntimeError, match="forward"):
+        nn.MaxPool2d(2).backward(np.ones((1, 1, 1, 1), np.float32))
+    with pytest.raises(RuntimeError, match="forward"):
+        nn.Linear(3, 2).backward(np.ones((1, 2), np.float32))
+    bn = nn.BatchNorm2d(3)
+    with pytest.raises(ValueError, match="more than 1 value"):
+        bn(random_array(rng, (1, 3, 1, 1)))
+    with pytest.raises(ValueError, match="channels"):
+        bn(random_array(rng, (2, 4, 3, 3)))
+    with pytest.raises(ValueError, match="4"):
+        bn(random_array(rng, (2, 3, 3)))
+    with pytest.raises(ValueError, match="in_features|shape"):
+        nn.Linear(3, 2)(random_array(rng, (4, 5)))
+    relu = nn.ReLU()
+    relu(random_array(rng, (2, 3)))
+    with pytest.raises(ValueError, match="grad_output"):
+        relu.backward(random_array(rng, (3, 2)))
+    with pytest.raises(ValueError, match="approximate"):
+        nn.GELU("fast")
+    with pytest.raises(ValueError, match="activation"):
+        nn.Conv2d(1, 1, 3, activation="swish")
+    with pytest.raises(ValueError, match="padding"):
+        nn.MaxPool2d(2, padding=2)(random_array(rng, (1, 1, 6, 6)))
+
+
+def test_linear_weight_grad_of_an_empty_batch_is_zero(clconv, dev):
+    layer = clconv.nn.Linear(5, 3, rng=0)
+    layer(np.zeros((0, 5), np.float32))
+    gx = layer.backward(np.zeros((0, 3), np.float32))
+    assert gx.shape == (0, 5)
+    np.testing.assert_array_equal(layer.grad_dict()["weight"], np.zeros((3, 5)))
+    np.testing.assert_array_equal(layer.grad_dict()["bias"], np.zeros(3))
+
+
+@pytest.mark.parametrize("activation, torch_act", [("relu", "ReLU"), ("gelu", "GELU")], ids=str)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_activation_on_transposed_convolutions(clconv, dev, rng, activation, torch_act, mode):
+    torch = import_torch()
+    dtype = _dtype(dev)
+    ours = clconv.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1, dtype=dtype,
+                                     activation=activation, rng=2)
+    conv = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)
+    theirs = torch.nn.Sequential(conv, getattr(torch.nn, torch_act)()).to(
+        torch.float64 if dtype == np.float64 else torch.float32)
+    conv.load_state_dict({k: torch.as_tensor(v) for k, v in ours.state_dict().items()})
+    ours.train(mode == "train")
+    x = random_array(rng, (2, 3, 4, 5), dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    y, yt = ours(x), theirs(xt)
+    assert_close(y, yt.detach().numpy(), dtype, reduction=27, magnitude=10)
+    g = random_array(rng, y.shape, dtype)
+    gx = ours.backward(g)
+    yt.backward(torch.from_numpy(g))
+    assert_close(gx, xt.grad.numpy(), dtype, reduction=36, magnitude=10)
+    assert_close(ours.grad_dict()["weight"], conv.weight.grad.numpy(), dtype, reduction=200,
+                 magnitude=10)

@@ -1,0 +1,223 @@
+"""clconv's pooling ops (max, avg, adaptive; 1-3 d) against torch.nn.functional and the float64
+oracle (reference_layers.py): strides, padding, dilation, ceil_mode, count_include_pad,
+divisor_override, N = 0, unbatched input, NaN, device arrays, out=, plan reuse and bad arguments.
+
+Max pooling and the adaptive windows move data (exact); averages sum a window (float tolerance).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cla
+import pytest
+import reference_layers as ref
+from helpers import import_torch, random_array
+from tolerance import assert_close, assert_exact
+
+SIZES = {1: (11,), 2: (9, 10), 3: (5, 6, 7)}
+
+# (kernel_size, stride, padding, dilation, ceil_mode)
+MAX_CASES = [
+    (2, None, 0, 1, False), (3, 2, 1, 1, False), (3, 2, 1, 1, True), (2, 3, 1, 2, True),
+    (3, 1, 0, 2, False), (4, 3, 2, 1, True), (1, 1, 0, 1, False),
+]
+# (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+AVG_CASES = [
+    (2, None, 0, False, True, None), (3, 2, 1, False, True, None), (3, 2, 1, True, False, None),
+    (3, 2, 1, True, True, None), (4, 3, 2, True, False, None), (3, 2, 1, False, True, 5),
+    (2, 1, 1, True, False, 3),
+]
+ADAPTIVE_SIZES = {1: [1, 4, 7], 2: [1, (3, 4), (5, None), (9, 10)], 3: [1, (2, 3, 4), (None, 4, 2)]}
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+def _dtypes(dev):
+    return (np.float32, np.float64) if dev.fp64 else (np.float32,)
+
+
+def _torch_call(torch, name, x, *args, **kwargs):
+    return getattr(torch.nn.functional, name)(torch.from_numpy(np.ascontiguousarray(x)), *args,
+                                              **kwargs).numpy()
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("case", MAX_CASES, ids=lambda c: "k{}-s{}-p{}-d{}-ceil{}".format(*c))
+def test_max_pool(clconv, dev, rng, nd, case):
+    k, s, p, d, ceil = case
+    for dtype in _dtypes(dev):
+        x = random_array(rng, (2, 3) + SIZES[nd], dtype)
+        got = getattr(clconv, f"max_pool{nd}d")(x, k, s, p, d, ceil)
+        assert got.dtype == dtype
+        assert_exact(got, ref.max_pool(x.astype(np.float64), k, s, p, d, ceil).astype(dtype))
+        torch = import_torch()
+        assert_exact(got, _torch_call(torch, f"max_pool{nd}d", x, k, s, p, d, ceil))
+
+
+@pytest.mark.parametrize("nd, case", [(nd, c) for nd in (1, 2, 3) for c in AVG_CASES
+                                      if nd > 1 or c[5] is None],  # avg_pool1d: no divisor
+                         ids=lambda v: str(v) if isinstance(v, int) else
+                         "k{}-s{}-p{}-ceil{}-cip{}-div{}".format(*v))
+def test_avg_pool(clconv, dev, rng, nd, case):
+    k, s, p, ceil, cip, div = case
+    extra = () if nd == 1 else (div,)
+    for dtype in _dtypes(dev):
+        x = random_array(rng, (2, 3) + SIZES[nd], dtype)
+        got = getattr(clconv, f"avg_pool{nd}d")(x, k, s, p, ceil, cip, *extra)
+        want = ref.avg_pool(x.astype(np.float64), k, s, p, ceil, cip, div)
+        assert got.shape == want.shape and got.dtype == dtype
+        assert_close(got, want, dtype, reduction=64, magnitude=np.abs(x).max())
+        torch = import_torch()
+        assert_close(got, _torch_call(torch, f"avg_pool{nd}d", x, k, s, p, ceil, cip, *extra),
+                     dtype, reduction=64, magnitude=np.abs(x).max())
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_adaptive_pool(clconv, dev, rng, nd, kind):
+    for output_size in ADAPTIVE_SIZES[nd]:
+        for dtype in _dtypes(dev):
+            x = random_array(rng, (2, 3) + SIZES[nd], dtype)
+            got = getattr(clconv, f"adaptive_{kind}_pool{nd}d")(x, output_size)
+            reduce = np.mean if kind == "avg" else ref.adaptive_max
+            want = ref.adaptive_pool(x.astype(np.float64), output_size, reduce)
+            assert got.shape == want.shape, output_size
+            if kind == "max":
+                assert_exact(got, want.astype(dtype))
+            else:
+                assert_close(got, want, dtype, reduction=100, magnitude=np.abs(x).max())
+            torch = import_torch()
+            want_t = _torch_call(torch, f"adaptive_{kind}_pool{nd}d", x, output_size)
+            assert_close(got, want_t, dtype, reduction=100, magnitude=np.abs(x).max())
+
+
+def test_max_pool_propagates_nan_and_inf(clconv, rng):
+    torch = import_torch()
+    x = random_array(rng, (1, 2, 6, 6))
+    x[0, 0, 1, 1] = np.nan
+    x[0, 1, 4, 4] = np.inf
+    x[0, 1, 0, 0] = -np.inf
+    for f, args in (("max_pool2d", (2,)), ("max_pool2d", (3, 1, 1)),
+                    ("adaptive_max_pool2d", ((2, 3),)), ("avg_pool2d", (2,)),
+                    ("adaptive_avg_pool2d", (2,))):
+        got = getattr(clconv, f)(x, *args)
+        want = _torch_call(torch, f, x, *args)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f)
+        assert np.isnan(got).any()
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f)
+
+
+def test_empty_batch_and_unbatched(clconv, rng):
+    x = random_array(rng, (0, 3, 8, 8))
+    for f, args in (("max_pool2d", (2,)), ("avg_pool2d", (3, 2, 1)), ("adaptive_avg_pool2d", (2,)),
+                    ("adaptive_max_pool2d", (2,))):
+        y = getattr(clconv, f)(x, *args)
+        assert y.shape[:2] == (0, 3)
+    x = random_array(rng, (3, 8, 8))
+    torch = import_torch()
+    for f, args in (("max_pool2d", (3, 2, 1, 1, True)), ("avg_pool2d", (3, 2, 1)),
+                    ("adaptive_avg_pool2d", ((3, 2),))):
+        got = getattr(clconv, f)(x, *args)
+        want = _torch_call(torch, f, x, *args)
+        assert got.shape == want.shape == (3,) + want.shape[1:]
+        assert_close(got, want, np.float32, reduction=100, magnitude=np.abs(x).max())
+    got = clconv.max_pool1d(random_array(rng, (4, 7)), 2)
+    assert got.shape == (4, 3)
+
+
+def test_device_arrays_stay_on_the_device_and_out(clconv, dev, rng):
+    x = random_array(rng, (2, 4, 8, 8))
+    xd = cla.to_device(dev.queue, x)
+    y = clconv.max_pool2d(xd, 2)
+    assert isinstance(y, cla.Array) and y.shape == (2, 4, 4, 4)
+    assert_exact(y.get(), clconv.max_pool2d(x, 2))
+    out = cla.empty(dev.queue, (2, 4, 1, 1), np.float32)
+    assert clconv.adaptive_avg_pool2d(xd, 1, out=out) is out
+    assert_close(out.get(), x.mean(axis=(2, 3), keepdims=True, dtype=np.float64), np.float32,
+                 reduction=100, magnitude=np.abs(x).max())
+    host_out = np.empty((2, 4, 4, 4), np.float32)
+    assert clconv.avg_pool2d(x, 2, out=host_out) is host_out
+    with pytest.raises(ValueError, match="out must have shape"):
+        clconv.avg_pool2d(x, 2, out=np.empty((2, 4, 3, 3), np.float32))
+
+
+def test_pool_layers_share_one_program(clconv, dev, rng):
+    """Sizes are kernel arguments: new shapes, strides and windows build nothing."""
+    from clconv.runtime.program import programs
+
+    clconv.max_pool2d(random_array(rng, (1, 2, 6, 6)), 2)
+    clconv.avg_pool2d(random_array(rng, (1, 2, 6, 6)), 2)
+    clconv.adaptive_avg_pool2d(random_array(rng, (1, 2, 6, 6)), 2)
+    before = programs(dev).builds
+    clconv.max_pool2d(random_array(rng, (3, 5, 13, 11)), 3, 2, 1, ceil_mode=True)
+    clconv.max_pool3d(random_array(rng, (1, 2, 5, 6, 7)), 2)
+    clconv.avg_pool1d(random_array(rng, (2, 3, 17)), 4, 3, 2)
+    clconv.adaptive_max_pool2d(random_array(rng, (2, 3, 9, 9)), (2, 5))
+    assert programs(dev).builds == before
+
+
+BAD = [  # (function, args, kwargs, error, words in the message)
+    ("max_pool2d", (2,), {"padding": 2}, ValueError, "padding"),
+    ("max_pool2d", (0,), {}, ValueError, "kernel_size"),
+    ("max_pool2d", (2,), {"stride": 0}, ValueError, "stride"),
+    ("max_pool2d", (2,), {"dilation": 0}, ValueError, "dilation"),
+    ("max_pool2d", ((2, 2, 2),), {}, ValueError, "kernel_size"),
+    ("max_pool2d", (2.5,), {}, TypeError, "kernel_size"),
+    ("max_pool2d", (20,), {}, ValueError, "output size"),
+    ("avg_pool2d", (3,), {"padding": 2}, ValueError, "padding"),
+    ("avg_pool2d", (2,), {"divisor_override": 0}, ValueError, "divisor_override"),
+    ("avg_pool2d", (2,), {"divisor_override": 1.5}, TypeError, "divisor_override"),
+    ("adaptive_avg_pool2d", ((2, 2, 2),), {}, ValueError, "output_size"),
+    ("adaptive_avg_pool2d", (1.5,), {}, TypeError, "output_size"),
+    ("adaptive_avg_pool2d", (-1,), {}, ValueError, "output_size"),
+]
+
+
+@pytest.mark.parametrize("name, args, kwargs, error, words", BAD,
+                         ids=[f"{b[0]}-{b[4]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_arguments(clconv, rng, name, args, kwargs, error, words):
+    x = random_array(rng, (1, 2, 6, 6))
+    with pytest.raises(error, match=words):
+        getattr(clconv, name)(x, *args, **kwargs)
+    torch = import_torch()
+    with pytest.raises((RuntimeError, ValueError, TypeError)):  # torch refuses it too
+        getattr(torch.nn.functional, name)(torch.from_numpy(x), *args, **kwargs)
+
+
+def test_bad_inputs(clconv, rng):
+    with pytest.raises(ValueError, match="input"):
+        clconv.max_pool2d(random_array(rng, (2, 3, 4, 4, 4)), 2)
+    with pytest.raises(ValueError, match="non-zero"):
+        clconv.max_pool2d(random_array(rng, (2, 3, 0, 4)), 2)
+    with pytest.raises(TypeError, match="input"):
+        clconv.max_pool2d(np.ones((1, 1, 4, 4), np.int32), 2)
+    with pytest.raises(TypeError, match="ceil_mode"):
+        clconv.max_pool2d(random_array(rng, (1, 1, 4, 4)), 2, ceil_mode="yes")
+
+
+@pytest.mark.parametrize("name, args", [
+    ("max_pool2d", (3, 2, 1, 1, True)), ("max_pool1d", (2,)), ("max_pool3d", (2, 1, 1)),
+    ("adaptive_max_pool2d", ((3, 2),)), ("adaptive_max_pool1d", (4,)),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_return_indices(clconv, dev, rng, name, args):
+    """return_indices=True: (output, torch's int64 flat index of each maximum in its plane),
+    of the input's kind."""
+    torch = import_torch()
+    nd = int(name[-2])
+    x = random_array(rng, (2, 3) + SIZES[nd])
+    got, idx = getattr(clconv, name)(x, *args, return_indices=True)
+    want, want_idx = getattr(torch.nn.functional, name)(torch.from_numpy(x), *args,
+                                                        return_indices=True)
+    assert_exact(got, want.numpy())
+    assert idx.dtype == np.int64
+    np.testing.assert_array_equal(idx, want_idx.numpy())
+    got_d, idx_d = getattr(clconv, name)(cla.to_device(dev.queue, x[0]), *args,
+                                         return_indices=True)  # unbatched, on the device
+    assert isinstance(got_d, cla.Array) and isinstance(idx_d, cla.Array)
+    np.testing.assert_array_equal(idx_d.get(), want_idx.numpy()[0])
+    assert_exact(got_d.get(), want.numpy()[0])
