@@ -5,6 +5,7 @@
     y = conv(torch.randn(8, 3, 32, 32))                  # ...whose forward and backward run on the
     y.sum().backward()                                   # current clconv device
     model = clconv.torch.convert(torchvision_model)      # a copy with every Conv*d swapped
+    cm = clconv.torch.compile(model.eval(), example)     # the whole model on the device (inference)
 
 `Conv1d/2d/3d` and `ConvTranspose1d/2d/3d` subclass torch.nn's modules: the same constructor
 arguments, parameters, `state_dict` keys, initialisation (torch's own `reset_parameters`) and repr.
@@ -16,14 +17,26 @@ input gradient is the forward convolution of the output gradient). The work runs
 torch's CPU, in float32 (float64/float16 where the device has them). Data crosses as numpy views of
 the tensors (no copy into numpy); each call uploads its operands and downloads its result.
 `module.algorithm` ('auto' by default) picks clconv's algorithm for forward convolutions.
+A channels_last input to a 2-d convolution gives a channels_last result (as torch's);
+`torch.jit.script` on these modules raises a RuntimeError saying it is not supported;
+CLCONV_TORCH_ZERO_COPY=1 passes forward operands as USE_HOST_PTR buffers on devices whose memory
+is the host's (opt-in: not measured faster).
+
+`compile(model, example_input)` (clconv.torch_graph; docs/compile.md) is the inference path: the
+whole model traced with torch.fx, BatchNorm folded, epilogues fused, and run on the device with one
+upload per input and one download per output. `warmup(model, example_input)` is compile() plus a
+call, for services.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
 import torch
 from torch import nn
 
@@ -38,8 +51,10 @@ from .ops.grad import (
 )
 from .ops.transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
 from .runtime.device import Device, current_device
+from .torch_graph import CompiledModel, Fallback, FallbackWarning, compile, warmup
 
 __all__ = [
+    "CompiledModel",
     "Conv1d",
     "Conv2d",
     "Conv3d",
@@ -48,7 +63,11 @@ __all__ = [
     "ConvTranspose2d",
     "ConvTranspose3d",
     "ConvTransposeFunction",
+    "Fallback",
+    "FallbackWarning",
+    "compile",
     "convert",
+    "warmup",
 ]
 
 
@@ -63,8 +82,63 @@ def _host(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().numpy()
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a))
+#: Device -> whether its memory is the host's (CL_DEVICE_HOST_UNIFIED_MEMORY).
+_UNIFIED: dict[Device, bool] = {}
+
+
+def _zero_copy(dev: Device) -> bool:
+    """Whether forward operands reach `dev` as USE_HOST_PTR buffers over the tensors' own memory
+    instead of being copied: opt-in (CLCONV_TORCH_ZERO_COPY=1), on devices whose memory is the
+    host's (CL_DEVICE_HOST_UNIFIED_MEMORY: PoCL's CPU devices). Off by default: on PoCL 3.1 (2
+    cores, busy machine) it measured 12% faster on a ResNet-18 forward and 25% slower on a
+    MobileNetV2 one, within that machine's noise (docs/compile.md)."""
+    if os.environ.get("CLCONV_TORCH_ZERO_COPY") != "1":
+        return False
+    found = _UNIFIED.get(dev)
+    if found is None:
+        try:
+            found = bool(dev.cl_device.host_unified_memory)
+        except cl.Error:
+            found = False
+        _UNIFIED[dev] = found
+    return found
+
+
+def _operand(t: torch.Tensor | None, dev: Device, zero_copy: bool) -> Any:
+    """A forward operand: a device array over the tensor's memory (zero_copy, for contiguous
+    tensors), else its numpy view (uploaded by the op)."""
+    if t is None:
+        return None
+    a = t.detach().numpy()
+    if not zero_copy or not a.flags.c_contiguous or a.size == 0 or not a.flags.aligned:
+        return a
+    buf = cl.Buffer(dev.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=a)
+    return cla.Array(dev.queue, a.shape, a.dtype, data=buf)
+
+
+def _result(y: Any) -> np.ndarray:
+    """A forward's result as numpy (a device result is downloaded; that waits for the kernels,
+    after which the operands' host memory is free again)."""
+    return y.get() if isinstance(y, cla.Array) else y
+
+
+def _tensor(a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A result as a tensor; in channels-last memory when the input `like` was (as torch's convs
+    return a channels_last result for a channels_last input)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    fmt = _channels_last_format(like) if like is not None else None
+    return t if fmt is None else t.contiguous(memory_format=fmt)
+
+
+def _channels_last_format(x: torch.Tensor) -> torch.memory_format | None:
+    """torch.channels_last when a 4-d `x` is stored so (and not also plainly contiguous, as
+    tensors with a single channel or pixel are), else None. torch's CPU convolutions keep
+    channels_last for 2-d convolutions only (a channels_last_3d input to Conv3d gives a contiguous
+    result), and so does clconv.torch."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        return torch.channels_last
+    return None
 
 
 def _bias_grad(g: torch.Tensor) -> torch.Tensor:
@@ -84,9 +158,12 @@ class ConvFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.conf = (nd, stride, padding, dilation, groups, padding_mode, dev, bias is not None)
         with dev:
-            y = _OPS[nd][0](_host(x), _host(weight), _host(bias), stride, padding, dilation,
-                            groups, padding_mode=padding_mode, algorithm=algorithm)
-        return _tensor(y)
+            zc = _zero_copy(dev)
+            y = _OPS[nd][0](_operand(x, dev, zc), _operand(weight, dev, zc),
+                            _operand(bias, dev, zc), stride, padding, dilation, groups,
+                            padding_mode=padding_mode, algorithm=algorithm)
+            y = _result(y)
+        return _tensor(y, x)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
@@ -118,9 +195,12 @@ class ConvTransposeFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.conf = (nd, stride, padding, groups, dilation, algorithm, dev, bias is not None)
         with dev:
-            y = _OPS[nd][3](_host(x), _host(weight), _host(bias), stride, padding,
-                            output_padding, groups, dilation)
-        return _tensor(y)
+            zc = _zero_copy(dev)
+            y = _OPS[nd][3](_operand(x, dev, zc), _operand(weight, dev, zc),
+                            _operand(bias, dev, zc), stride, padding, output_padding, groups,
+                            dilation)
+            y = _result(y)
+        return _tensor(y, x)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
@@ -147,7 +227,20 @@ def _batched(x: torch.Tensor, nd: int) -> tuple[torch.Tensor, bool]:
     return x, False
 
 
-class _ClconvConv:
+class _NotScriptable:
+    """torch.jit.script refuses clconv.torch modules with a clear error (TorchScript cannot call
+    the Python and OpenCL code their forward runs); torch.jit.script calls this hook on every
+    module it compiles, submodules included."""
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            f"torch.jit.script does not support clconv.torch.{type(self).__name__}: its forward "
+            f"runs clconv's OpenCL kernels from Python, which TorchScript cannot call. Script the "
+            f"model before clconv.torch.convert (it then runs in torch), or for inference use "
+            f"clconv.torch.compile(model, example_input).")
+
+
+class _ClconvConv(_NotScriptable):
     """The forward of clconv.torch.Conv1d/2d/3d (mixed into torch.nn.ConvNd subclasses)."""
 
     algorithm: str = "auto"
@@ -163,7 +256,7 @@ class _ClconvConv:
         return y[0] if unbatched else y
 
 
-class _ClconvConvTranspose:
+class _ClconvConvTranspose(_NotScriptable):
     """The forward of clconv.torch.ConvTranspose1d/2d/3d (mixed into torch.nn.ConvTransposeNd)."""
 
     algorithm: str = "auto"

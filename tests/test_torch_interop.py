@@ -178,3 +178,52 @@ def test_the_int_dtype_error_lists_what_the_device_has(clconv_mod, dev):
     text = str(err.value)
     assert "int32" in text and "float32" in text
     assert ("float16" in text) == dev.fp16 and ("float64" in text) == dev.fp64
+
+
+@pytest.mark.parametrize("name, shape, fmt", [
+    ("Conv2d", (2, 3, 7, 6), "channels_last"),
+    ("ConvTranspose2d", (2, 3, 5, 4), "channels_last"),
+    ("Conv3d", (1, 3, 4, 5, 3), "channels_last_3d")])
+def test_channels_last_in_channels_last_out(ct, dev, name, shape, fmt):
+    """As torch's convolutions: a channels_last input gives a channels_last result for 2-d
+    convolutions (torch's CPU Conv3d returns channels_last_3d inputs' results contiguous, and so
+    does clconv.torch); values and gradients as torch's; a contiguous input a contiguous one."""
+    mine, theirs = _pair(ct, name, dict(in_channels=3, out_channels=4, kernel_size=3, padding=1),
+                         torch.float32)
+    memory_format = getattr(torch, fmt)
+    x = torch.randn(*shape).to(memory_format=memory_format).requires_grad_()
+    got, want = mine(x), theirs(x)
+    assert want.is_contiguous(memory_format=memory_format) == (len(shape) == 4)
+    assert got.is_contiguous(memory_format=memory_format) == (len(shape) == 4)
+    assert got.is_contiguous() == want.is_contiguous()
+    _close(got, want, np.float32, 27)
+    (gx,) = torch.autograd.grad(got.square().sum(), x)
+    (wx,) = torch.autograd.grad(want.square().sum(), x)
+    _close(gx, wx, np.float32, 27 * 4)
+    assert mine(x.detach().contiguous()).is_contiguous()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torch_jit_script_is_refused_clearly(ct):
+    model = ct.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()))
+    with pytest.raises(RuntimeError, match="torch.jit.script does not support "
+                                           "clconv.torch.Conv2d.*clconv.torch.compile"):
+        torch.jit.script(model)
+    with pytest.raises(RuntimeError, match="ConvTranspose1d"):
+        torch.jit.script(ct.ConvTranspose1d(2, 2, 3))
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))  # torch's own still script
+
+
+@pytest.mark.parametrize("zero_copy", ["0", "1"])
+def test_zero_copy_operands_give_the_same_results(ct, dev, zero_copy, monkeypatch):
+    """CLCONV_TORCH_ZERO_COPY=1: operands as USE_HOST_PTR buffers over the tensors (on devices
+    whose memory is the host's), the same values as the copying path and torch."""
+    monkeypatch.setenv("CLCONV_TORCH_ZERO_COPY", zero_copy)
+    mine, theirs = _pair(ct, "Conv2d", {"in_channels": 3, "out_channels": 5, "kernel_size": 3,
+                                        "padding": 1}, torch.float32)
+    tmine, ttheirs = _pair(ct, "ConvTranspose2d", {"in_channels": 5, "out_channels": 2,
+                                                   "kernel_size": 2, "stride": 2}, torch.float32)
+    x = torch.randn(2, 3, 9, 7)
+    with torch.no_grad():
+        _close(tmine(mine(x)), ttheirs(theirs(x)), np.float32, 27 * 20)
+        _close(mine(x[:, :, 1:]), theirs(x[:, :, 1:]), np.float32, 27)  # a strided view

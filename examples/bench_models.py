@@ -1,0 +1,148 @@
+"""Whole networks: torch CPU vs clconv.torch.convert vs clconv.torch.compile (inference).
+
+    .venv/bin/python examples/bench_models.py [--models resnet18,mobilenet_v2] [--batch 1,8]
+        [--size 224] [--blocks 5] [--reps 3] [--pause 0.5] [--threads 2] [--device SPEC]
+
+Each (network, batch, path) runs in its own child process, warmed up first (compile(), kernel
+builds, 'auto''s measuring and a few calls happen before any timing). The parent then asks the
+children in turn for a block of `--reps` back-to-back calls, `--blocks` times, with a `--pause`
+between blocks, so that the three paths are interleaved and a noisy spell on the machine hits all
+alike. Printed: the command, the device, torch's thread count, the median ms per call of each path
+and the ratio to torch (> 1: faster than torch). The networks are tests/models.py's ResNet-18 and
+MobileNetV2 at full width (random weights, randomised BatchNorm statistics), eval mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PATHS = ("torch", "convert", "compile")
+
+
+def build(name: str):
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import models
+
+    makers = {"resnet18": lambda: models.resnet18(1.0, num_classes=1000),
+              "mobilenet_v2": lambda: models.MobileNetV2(1.0, num_classes=1000)}
+    if name not in makers:
+        raise SystemExit(f"--models: unknown network {name!r}; choose from {sorted(makers)}")
+    import torch
+
+    torch.manual_seed(0)
+    return models.randomize(makers[name]()).eval()
+
+
+def child(args: argparse.Namespace) -> None:
+    """Builds one path, warms it up, then answers each 'go' line with a block of call times."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import clconv
+    import clconv.torch as ct
+
+    dev = clconv.device(args.device) if args.device else clconv.current_device()
+    model = build(args.model)
+    x = torch.randn(int(args.batch), 3, args.size, args.size)
+    with dev, torch.no_grad():
+        if args.path == "torch":
+            fn = model
+        elif args.path == "convert":
+            fn = ct.convert(model)
+        else:
+            fn = ct.compile(model, x)
+        for _ in range(2):
+            fn(x)
+        print(json.dumps({"ready": True, "device": dev.name,
+                          "fallbacks": len(getattr(fn, "fallbacks", []))}), flush=True)
+        for line in sys.stdin:
+            if line.strip() != "go":
+                break
+            times = []
+            for _ in range(args.reps):
+                t0 = time.perf_counter()
+                fn(x)
+                times.append(time.perf_counter() - t0)
+            print(json.dumps({"times": times}), flush=True)
+
+
+def parent(args: argparse.Namespace) -> None:
+    print("command:", " ".join([os.path.relpath(sys.executable), *sys.argv]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    results = []
+    for name in args.models.split(","):
+        for batch in (int(b) for b in args.batch.split(",")):
+            procs = {}
+            info = {}
+            for path in PATHS:
+                cmd = [sys.executable, __file__, "--child", "--model", name, "--path", path,
+                       "--batch", str(batch), "--size", str(args.size), "--reps", str(args.reps),
+                       "--threads", str(args.threads)]
+                if args.device:
+                    cmd += ["--device", args.device]
+                procs[path] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               text=True, env=env, cwd=ROOT)
+                # Warm up one at a time: builds and measuring do not overlap the others' timing.
+                line = procs[path].stdout.readline()
+                if not line:
+                    raise SystemExit(f"the {path} child for {name} batch {batch} failed")
+                info[path] = json.loads(line)
+            times: dict[str, list[float]] = {p: [] for p in PATHS}
+            for _ in range(args.blocks):
+                for path in PATHS:
+                    procs[path].stdin.write("go\n")
+                    procs[path].stdin.flush()
+                    times[path] += json.loads(procs[path].stdout.readline())["times"]
+                    time.sleep(args.pause)
+            for p in procs.values():
+                p.stdin.close()
+                p.wait()
+            med = {p: statistics.median(t) * 1e3 for p, t in times.items()}
+            row = {"model": name, "batch": batch, "size": args.size, **{f"{p}_ms": med[p]
+                                                                         for p in PATHS},
+                   "convert_speedup": med["torch"] / med["convert"],
+                   "compile_speedup": med["torch"] / med["compile"],
+                   "compile_fallbacks": info["compile"]["fallbacks"]}
+            results.append(row)
+            print(f"device: {info['compile']['device']}; torch threads: {args.threads}")
+            print(f"{name:>13} batch {batch:>2} {args.size}x{args.size}: torch {med['torch']:8.1f} "
+                  f"ms | convert {med['convert']:8.1f} ms ({row['convert_speedup']:.2f}x) | "
+                  f"compile {med['compile']:8.1f} ms ({row['compile_speedup']:.2f}x) "
+                  f"[{args.blocks} blocks x {args.reps} calls, medians; fallbacks "
+                  f"{row['compile_fallbacks']}]", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="resnet18,mobilenet_v2")
+    ap.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--blocks", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3, help="back-to-back calls per block")
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds between blocks")
+    ap.add_argument("--threads", type=int, default=2, help="torch's intra-op threads")
+    ap.add_argument("--device", help="clconv device spec")
+    ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        ap.error(f"--json: the folder of {args.json!r} does not exist")
+    child(args) if args.child else parent(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""clconv.torch.compile: whole networks (tests/models.py, written from their papers' tables) on the
+device match torch's eval output, with nothing left on the host; one upload per input and one
+download per output (counted at pyopencl's copy function); another batch size works; a node clconv
+cannot run falls back to torch with one warning and the result stays right; intermediates are
+freed (peak device memory below the sum of the activations)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import models
+from torch import nn
+from torch.nn import functional as F
+
+RTOL = 2e-3  # the contract: within 2e-3 relative to the output's scale
+
+
+@pytest.fixture(scope="module")
+def ct(clconv_mod):
+    import clconv.torch as ct
+
+    return ct
+
+
+def _close(got, want):
+    want = want.detach()
+    scale = float(want.abs().max())
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=RTOL, atol=RTOL * scale)
+
+
+class CopyCounter:
+    """Counts host <-> device copies made through pyopencl.enqueue_copy (every upload and
+    download of pyopencl arrays and of clconv goes through it)."""
+
+    def __init__(self, monkeypatch):
+        import pyopencl as cl
+
+        self.uploads = self.downloads = 0
+        real = cl.enqueue_copy
+
+        def counting(queue, dest, src, **kwargs):
+            if isinstance(src, np.ndarray) and not isinstance(dest, np.ndarray):
+                self.uploads += 1
+            elif isinstance(dest, np.ndarray):
+                self.downloads += 1
+            return real(queue, dest, src, **kwargs)
+        monkeypatch.setattr(cl, "enqueue_copy", counting)
+
+
+def _compile(ct, model, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ct.FallbackWarning)  # a fallback fails these tests
+        return ct.compile(model, x)
+
+
+@pytest.mark.parametrize("family", list(models.FAMILIES))
+def test_family_matches_torch_on_the_device_alone(dev, ct, family, monkeypatch):
+    make, shape = models.FAMILIES[family]
+    torch.manual_seed(0)
+    model = models.randomize(make(), seed=1).eval()
+    x = torch.randn(2, *shape[1:])
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    counter = CopyCounter(monkeypatch)
+    y = cm(x)
+    assert (counter.uploads, counter.downloads) == (1, 1)
+    assert (cm.stats.uploads, cm.stats.downloads) == (1, 1)
+    with torch.no_grad():
+        _close(y, model(x))
+    assert cm.peak_bytes > 0
+    # Another batch size: plans made on demand, same program.
+    x1 = torch.randn(1, *shape[1:])
+    with torch.no_grad():
+        _close(cm(x1), model(x1))
+
+
+def test_folding_and_fusion_leave_one_step_per_conv(dev, ct):
+    model = models.randomize(models.resnet18(0.25)).eval()
+    cm = ct.compile(model, torch.randn(1, 3, 32, 32))
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    device_steps = [s for s in cm.steps if not s.host]
+    # each conv with its BatchNorm, residual add and ReLU is one step; + max pool, avg pool, fc
+    # (the flatten is a reshape step, no device work)
+    assert sum(s.op.startswith("clconv.conv2d") for s in device_steps) == convs
+    assert any("+ residual" in s.op and "relu" in s.op for s in device_steps)
+    assert not any(s.op in ("clconv.batch_norm", "clconv.relu", "clconv.add")
+                   for s in device_steps)
+
+
+def test_intermediates_are_freed(dev, ct):
+    model = models.randomize(models.VGG(0.125)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    cm = ct.compile(model, x)
+    cm(x)
+    total = sum(int(np.prod(n.meta["tensor_meta"].shape)) * 4 for n in cm.graph_module.graph.nodes
+                if n.op == "call_module" and "tensor_meta" in n.meta)
+    assert 0 < cm.peak_bytes < total / 2
+
+
+class WithPad(nn.Module):
+    """conv -> F.pad (no clconv lowering) -> conv -> cumsum (none either)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        y = F.pad(torch.relu(self.a(x)), (1, 1, 1, 1), mode="reflect")
+        return self.b(y).cumsum(1)
+
+
+def test_unlowerable_nodes_fall_back_with_one_report(dev, ct, monkeypatch):
+    torch.manual_seed(0)
+    model = WithPad().eval()
+    x = torch.randn(2, 3, 12, 12)
+    with pytest.warns(ct.FallbackWarning, match="pad") as record:
+        cm = ct.compile(model, x)
+    assert len(record) == 1
+    ops = {f.op for f in cm.fallbacks}
+    assert ops == {"pad", "Tensor.cumsum"}
+    assert all(f.why and f.node for f in cm.fallbacks)
+    counter = CopyCounter(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning on later calls
+        y = cm(x)
+    # input and output, plus a download and an upload around each host node
+    assert (counter.uploads, counter.downloads) == (3, 3)
+    with torch.no_grad():
+        _close(y, model(x))
+
+
+def test_an_op_failing_on_the_example_falls_back(dev, ct, monkeypatch):
+    import clconv
+
+    def broken(*args, **kwargs):
+        raise ValueError("not today")
+    monkeypatch.setattr(clconv, "mul", broken)
+    model = models.randomize(models.MobileNetV3Small(0.5)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.warns(ct.FallbackWarning, match="not today"):
+        cm = ct.compile(model, x)
+    assert cm.fallbacks and all(f.op == "mul" for f in cm.fallbacks)
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
+def test_a_failing_epilogue_is_unfused_not_hosted(dev, ct, monkeypatch):
+    import clconv
+
+    real = clconv.conv2d
+
+    def no_residual(*args, residual=None, **kwargs):
+        if residual is not None:
+            raise ValueError("no residual here")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(clconv, "conv2d", no_residual)
+    model = models.randomize(models.resnet18(0.25)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    assert not any("+ residual" in s.op for s in cm.steps)
+    assert any(s.op.startswith("clconv.add") for s in cm.steps)
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
+def test_training_mode_is_refused(dev, ct):
+    with pytest.raises(ValueError, match="eval"):
+        ct.compile(models.resnet18(0.25), torch.randn(1, 3, 32, 32))
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, padding=1)
+        self.bn = nn.BatchNorm1d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x, scale):
+        y = F.silu(self.bn(self.conv(x))) * scale
+        return y, self.fc(y.mean(2))
+
+
+def test_several_inputs_and_outputs(dev, ct, monkeypatch):
+    model = models.randomize(TwoHeads()).eval()
+    x, s = torch.randn(2, 4, 10), torch.rand(2, 6, 1)
+    cm = _compile(ct, model, (x, s))
+    counter = CopyCounter(monkeypatch)
+    got = cm(x, s)
+    assert (counter.uploads, counter.downloads) == (2, 2)
+    with torch.no_grad():
+        want = model(x, s)
+    for g, w in zip(got, want):
+        _close(g, w)
+
+
+def test_warmup_and_channels_last_input(dev, ct):
+    model = models.randomize(models.MobileNetV2(0.25)).eval()
+    x = torch.randn(1, 3, 32, 32).to(memory_format=torch.channels_last)
+    cm = ct.warmup(model, x)
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 7, 2, 3, 2), (3, 6)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_channel_norm_is_layer_norm_over_channels(dev, shape, affine):
+    import pyopencl.array as cla
+
+    from clconv.torch_graph import channel_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g) * 3 + 1
+    c = shape[1]
+    w = torch.rand(c, generator=g) + 0.5 if affine else None
+    b = torch.randn(c, generator=g) if affine else None
+    dims = (0, *range(2, len(shape)), 1)
+    want = F.layer_norm(x.permute(*dims), (c,), w, b, 1e-6)
+    want = want.permute(0, len(shape) - 1, *range(1, len(shape) - 1))
+    up = (lambda t: cla.to_device(dev.queue, t.numpy())) if affine else (lambda t: None)
+    got = channel_norm(cla.to_device(dev.queue, x.numpy()), up(w), up(b), 1e-6).get()
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+class Permute(nn.Module):
+    """torchvision.ops.misc.Permute."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return torch.permute(x, self.dims)
+
+
+class Idioms(nn.Module):
+    """Idioms of other model zoos: a torchvision-style CNBlock (Permute modules, layer scale of
+    shape (C, 1, 1)), an SE block written with view/expand_as, mean with keepdim, squeeze,
+    every activation module and a few functional ones, a dropout with training=self.training."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(c, c, 7, padding=3, groups=c), Permute([0, 2, 3, 1]),
+                                   nn.LayerNorm(c, eps=1e-6), nn.Linear(c, 4 * c),
+                                   nn.GELU(approximate="tanh"), nn.Linear(4 * c, c),
+                                   Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.fc = nn.Sequential(nn.Linear(c, c // 2), nn.LeakyReLU(0.2), nn.Linear(c // 2, c),
+                                nn.Sigmoid())
+        self.acts = nn.Sequential(nn.ELU(0.7), nn.Hardtanh(-0.5, 2.0), nn.ReLU6(), nn.SiLU(),
+                                  nn.Hardswish(), nn.Hardsigmoid(), nn.Tanh())
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.layer_scale * self.block(x)
+        b, c, _, _ = x.size()
+        s = self.fc(x.mean((2, 3), keepdim=True).view(b, c)).view(b, c, 1, 1)
+        x = x * s.expand_as(x)
+        x = F.dropout(x, 0.5, self.training)
+        x = self.acts(self.bn(self.conv(x)))
+        x = F.leaky_relu(x * 2.0 - 1.0, 0.1) + torch.clamp(x, min=0.25)
+        return x.mean([-1, -2]).unsqueeze(-1).squeeze(-1)
+
+
+def test_model_zoo_idioms_lower_without_host_nodes(dev, ct):
+    torch.manual_seed(0)
+    model = models.randomize(Idioms()).eval()
+    x = torch.randn(2, 3, 12, 12)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
+class PoolsAndSlices(nn.Module):
+    """Pooling modules and F. functions (fx records their return_indices=False), basic slices
+    with an Ellipsis and negative bounds, concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(2, 4, 3)
+        self.p = nn.AdaptiveMaxPool1d(3)
+        self.q = nn.AvgPool1d(2, ceil_mode=True)
+
+    def forward(self, x):
+        y = self.c(x)
+        return torch.cat([self.p(y), F.adaptive_max_pool1d(self.q(y), 3),
+                          F.max_pool1d(y, 2)[..., :3], y[:, 1:3, -3:], y[0:2, ..., 2:5]], 1)
+
+
+def test_pools_and_slices(dev, ct):
+    torch.manual_seed(0)
+    model = PoolsAndSlices().eval()
+    x = torch.randn(2, 2, 11)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
+def test_float64_model(dev, ct):
+    if not dev.fp64:
+        pytest.skip("the device has no float64")
+    torch.manual_seed(0)
+    model = models.randomize(models.ConvNeXt(depths=(1, 1), dims=(8, 16))).eval().double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    cm = _compile(ct, model, x)
+    y = cm(x)
+    assert y.dtype == torch.float64
+    with torch.no_grad():
+        want = model(x)
+    np.testing.assert_allclose(y.numpy(), want.numpy(), rtol=1e-9,
+                               atol=1e-9 * float(want.abs().max()))
+
+
+def stochastic_depth(input, p, mode, training=True):
+    """torchvision.ops.stochastic_depth's signature (fx-wrapped there too); identity in eval."""
+    if not training or p == 0.0:
+        return input
+    keep = torch.empty((input.shape[0],) + (1,) * (input.ndim - 1)).bernoulli_(1 - p)
+    return input * keep / (1 - p)
+
+
+torch.fx.wrap("stochastic_depth")
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: F.batch_norm on the module's buffers, then the activation."""
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, 0.1, self.eps)
+        return self.act(x)
+
+
+class Functional(nn.Module):
+    """Layers written with F.conv2d / F.linear on parameters, timm's BN, a wrapped function."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(c, 3, 3, 3) * 0.3)
+        self.b = nn.Parameter(torch.randn(c) * 0.1)
+        self.bn = BatchNormAct2d(c)
+        self.fc = nn.Parameter(torch.randn(4, c) * 0.3)
+
+    def forward(self, x):
+        y = self.bn(F.conv2d(x, self.w, self.b, 2, 1))
+        y = y + stochastic_depth(y, 0.2, "row", self.training)
+        return F.linear(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1), self.fc)
+
+
+def test_functional_layers_and_wrapped_functions(dev, ct):
+    torch.manual_seed(0)
+    model = models.randomize(Functional()).eval()
+    x = torch.randn(2, 3, 10, 10)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
+class UpPad(nn.Module):
+    """A U-Net decoder step as often written: upsample, F.pad to the skip's size, concatenate."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose3d(4, 4, 2, 2)
+        self.conv = nn.Conv3d(8, 4, 3, padding=1)
+
+    def forward(self, x1, x2):
+        x1 = self.up(x1)
+        dz = x2.size()[2] - x1.size()[2]
+        dy = x2.size()[3] - x1.size()[3]
+        dx = x2.size()[4] - x1.size()[4]
+        x1 = F.pad(x1, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2, dz // 2, dz - dz // 2])
+        return self.conv(torch.cat([x2, x1], dim=1))
+
+
+def test_zero_padding_is_lowered_and_other_padding_stays_right(dev, ct):
+    torch.manual_seed(0)
+    model = UpPad().eval()
+    a, b = torch.randn(1, 4, 3, 3, 3), torch.randn(1, 4, 6, 6, 6)
+    cm = _compile(ct, model, (a, b))
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        _close(cm(a, b), model(a, b))
+        odd = torch.randn(1, 4, 7, 7, 7)
+        with pytest.warns(ct.FallbackWarning, match=r"pads \[0, 1, 0, 1, 0, 1\]"):
+            _close(cm(a, odd), model(a, odd))
+        with pytest.warns(ct.FallbackWarning, match="non-zero padding"):
+            cm2 = ct.compile(model, (a, odd))
+        assert [f.op for f in cm2.fallbacks] == ["pad"]
+        _close(cm2(a, odd), model(a, odd))
