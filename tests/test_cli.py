@@ -47,12 +47,72 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     (["tune", "--budget", "-1"], "positive"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
+    (["bench", "--layer", "1,16,32,32,16,3,1,1,0"], "g=0 must be at least 1"),
+    (["bench", "--layer", "conv2d:C=4,H=9,W=9,K=4,k=3,g=0"], "g=0 must be positive"),
+    (["demo", "--out", "/nonexistent-clconv-dir/x.png"], "/nonexistent-clconv-dir"),
+    (["demo", "--out", "/proc/nope/x.png"], "does not exist"),
+    (["demo", "--out", "/"], "is a folder"),
+    (["bench", "--json", "/nonexistent-clconv-dir/sub/x.json"], "does not exist"),
+    (["bench", "--out", "/nonexistent-clconv-dir/sub/bench"], "does not exist"),
+    (["bench", "--layr", "1,4,8,8,4,3,1,1"], "unrecognized arguments: --layr"),
+    (["info", "--device", "no-such-device-xyz"], "no-such-device-xyz"),
+    (["info", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_options_are_usage_errors(clconv_mod, capsys, argv, says):
     rc, out, err = run_main(capsys, *argv)
     assert rc == 2
     assert err.startswith("usage: ") and "error:" in err and says in err, err
     assert "Traceback" not in err and out == ""
+    if argv and argv[0] in ("bench", "demo", "info", "tune"):  # the command's usage, not the top's
+        assert err.startswith(f"usage: {argv[0]}") or f" {argv[0]} [-h]" in err.splitlines()[0]
+    assert not os.path.exists("/nonexistent-clconv-dir")  # nothing made outside what was named
+
+
+def test_a_typo_in_an_option_shows_the_commands_usage():
+    done = subprocess.run([sys.executable, "-m", "clconv", "bench", "--layr", "1,4,8,8,4,3,1,1"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("usage: python -m clconv bench")
+    assert "python -m clconv bench: error: unrecognized arguments: --layr" in done.stderr
+
+
+def test_info_takes_a_device(clconv_mod, capsys):
+    rc, out, _ = run_main(capsys, "info", "--device", "0")
+    assert rc == 0
+    name = clconv_mod.devices()[0].name
+    assert f"selected device (--device 0): 0 {name}" in out
+    if clconv_mod.blas.clblast.available():
+        assert "CLBlast tuning: " in out  # which tuning each usable device would load
+
+
+def test_the_bench_table_is_aligned_with_one_label_per_layer(clconv_mod):
+    from clconv.tools.bench import Result, parse_layer, render
+
+    lay = parse_layer("1,4,8,8,4,3,1,1")
+    peers = ["direct", "im2col_packed", "implicit"]
+    results = [Result(lay.name, lay.spec, p, ms, 1.0, 1e-6, 1e-7, 3, ms) for p, ms in
+               zip(peers, (2.0, 1.0, 0.5))]
+    text = render(results, [lay], peers, [], None)
+    rows = [line for line in text.splitlines() if line.strip().split(" ")[0] in peers]
+    assert len(rows) == 3
+    # every number column ends at the same place whatever the peer's name
+    assert len({line.index(" ms") if " ms" in line else len(line.split("x ")[0])
+                for line in rows}) == 1
+    assert len({len(line.split("e-06")[0]) for line in rows}) == 1
+    assert text.count(lay.spec) == 2  # the time table's label and the memory table's, once each
+    assert "0.000 GFLOP" not in text
+
+
+@pytest.mark.parametrize("start, end, busy", [(0.1, 1.9, False), (1.5, 2.0, True),
+                                              (0.2, 3.5, True), (None, None, False)])
+def test_bench_warns_when_the_machine_was_busy(clconv_mod, monkeypatch, start, end, busy):
+    from clconv.tools import bench
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    line = bench._busy_warning(start, end, "torch 2.0 (2 threads), ")
+    assert bool(line) is busy
+    if busy:
+        assert "busy" in line and "2 threads" in line and "on 2 CPUs" in line
 
 
 def test_a_bad_option_from_the_shell_has_no_traceback_and_names_the_module():
@@ -81,6 +141,10 @@ def test_help_shows_defaults_and_the_layer_forms(clconv_mod, capsys):
     rc, out, _ = run_main(capsys, "bench", "--help")
     assert rc == 0
     assert "(default: 5)" in out and "(default: float32)" in out and "(default: 3.0)" in out
+    flat = " ".join(out.split())
+    assert flat.count("(default: all)") == 1 and "(default: None)" not in flat
+    assert "(default: False)" not in flat and "(default: [])" not in flat
+    assert flat.count("(default: $CLCONV_DEVICE") == 1
     assert "conv2d:N=1,C=64,H=56,W=56,K=64,k=3" in out and "N,C,H,W,K,k,s,p[,g]" in out
     assert "dilation" in out and "conv1d takes L" in out
     rc, out, _ = run_main(capsys, "demo", "--help")
@@ -121,6 +185,8 @@ def test_bench_json_to_stdout_matches_the_reference(clconv_mod, capsys, spec):
     assert set(ran) == {"direct", "im2col", "numpy"}
     for r in ran.values():
         assert r["ms"] is not None and r["rel_err"] < 1e-5, r
+    tuning = next(line for line in data["header"] if line.startswith("CLBlast tuning"))
+    assert len(tuning) < 120, tuning  # where the tuning came from, not every kernel's name
 
 
 def test_bench_dtype(clconv_mod, capsys, dev):
@@ -145,11 +211,12 @@ def test_the_bench_report_has_no_targets_section(clconv_mod):
 
 
 def test_demo_with_a_layer_writes_its_chart(clconv_mod, capsys, tmp_path):
-    png = tmp_path / "sub" / "demo.png"
+    png = tmp_path / "demo.png"
     rc, out, err = run_main(capsys, "demo", "--layer", "1,4,10,10,8,3,1,1", "--repeat", "2",
-                            "--out", str(png))
+                            "--out", str(png), "--no-progress")
     assert rc == 0, out + err
-    assert "im2col stage: GEMM" in out and "direct loops" in out and "memory on the device" in out
+    assert "im2col stage alone: GEMM" in out and "direct loops" in out
+    assert "memory on the device" in out and "implicit GEMM (clconv's)" in out
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -211,3 +278,15 @@ def test_figure_is_made_from_clconvs_im2col(clconv_mod, tmp_path):
     cols = clconv_mod.im2col(x, 3)[0]
     assert cols.shape == (9, 4) and list(cols[:, 0]) == [1, 2, 3, 5, 6, 7, 9, 10, 11]
     assert os.path.getsize(path) > 1000
+
+
+def test_the_package_metadata_installs_clblast_and_says_its_license():
+    """pyclblast is a dependency (CLBlast is the design's GEMM), the license an SPDX string (the
+    TOML-table form is deprecated by setuptools), and the kernels are package data."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    conf = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = conf["project"]
+    assert any(dep.startswith("pyclblast") for dep in project["dependencies"])
+    assert project["license"] == "MIT"
+    assert int(conf["build-system"]["requires"][0].split(">=")[1]) >= 77  # SPDX needs it
+    assert conf["tool"]["setuptools"]["package-data"]["clconv.cl"] == ["*.cl"]

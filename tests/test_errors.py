@@ -6,6 +6,8 @@ name only, never on the wording of the rest of the message.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cla
@@ -199,3 +201,76 @@ def test_col2im_rejects(clconv, case):
     args, kwargs, exc, match = COL2IM_ERRORS[case]
     with pytest.raises(exc, match=match):
         clconv.col2im(*args, **kwargs)
+
+
+@pytest.mark.parametrize("nd, x_shape, w_shape, perm", [
+    (2, (2, 6, 6, 4), (3, 4, 3, 3), "(0, 3, 1, 2)"),
+    (1, (2, 9, 4), (3, 4, 3), "(0, 2, 1)"),
+    (3, (1, 5, 5, 5, 4), (3, 4, 1, 1, 1), "(0, 4, 1, 2, 3)"),
+])
+def test_channels_last_input_is_told_the_layout(clconv, nd, x_shape, w_shape, perm):
+    with pytest.raises(ValueError, match=r"channel mismatch.*looks channels-last.*"
+                                         rf"x\.transpose{re.escape(perm)}"):
+        getattr(clconv, f"conv{nd}d")(np.ones(x_shape, np.float32), np.ones(w_shape, np.float32))
+    # a plain mismatch (the last dim is not C_in either) gets no layout hint
+    with pytest.raises(ValueError, match="channel mismatch") as info:
+        clconv.conv2d(f32(2, 5, 6, 6), W)
+    assert "channels-last" not in str(info.value)
+
+
+def test_a_strided_numpy_out_names_out(clconv):
+    view = np.empty((2, 3, 4, 8), np.float32)[..., ::2]
+    with pytest.raises(ValueError, match=r"out is a non-contiguous numpy array.*"
+                                         r"np\.ascontiguousarray\(out\)"):
+        clconv.conv2d(X, W, out=view)
+
+
+def test_clconv_nn_lists_its_layers_only(clconv):
+    names = dir(clconv.nn)
+    assert set(clconv.nn.__all__) <= set(names) and "Conv2d" in names
+    assert not {"np", "math", "cla", "numbers", "annotations"} & set(names)
+    assert all(isinstance(getattr(clconv.nn, name), type) for name in clconv.nn.__all__)
+
+
+@pytest.mark.parametrize("lanes, want", [(4, {"VWM": 4, "VWN": 4, "COPY_VW": 4, "MWG": 128}),
+                                         (8, {"VWM": 8, "VWN": 4, "COPY_VW": 8, "MWG": 128}),
+                                         (None, {"VWM": 8, "VWN": 4, "COPY_VW": 8, "MWG": 128})])
+def test_clblast_vector_widths_fit_the_cpus_registers(clconv, lanes, want):
+    from clconv.blas.clblast import fit_vector_widths
+
+    assert fit_vector_widths({"VWM": 8, "VWN": 4, "COPY_VW": 8, "MWG": 128}, lanes) == want
+
+
+_FIRST_FLOAT64 = """
+import numpy as np, clconv
+dev = clconv.current_device()
+if not dev.fp64:
+    print("NO-FP64")
+    raise SystemExit(0)
+x = np.random.rand(2, 8, 12, 12); w = np.random.rand(8, 8, 3, 3)
+for algorithm in ("direct", "implicit", "im2col_packed") + (
+        ("im2col",) if clconv.blas.clblast.available() else ()):  # CLBlast's DGEMM builds too
+    clconv.conv2d(x, w, np.ones(8), padding=1, algorithm=algorithm)
+clconv.conv2d(x, np.random.rand(8, 1, 3, 3), padding=1, groups=8, stride=2)
+print("DONE")
+"""
+
+
+def test_the_first_float64_convolution_prints_no_compiler_output(clconv, tmp_path):
+    """Fresh kernel caches (PoCL's, clconv's, CLBlast's tuning state): every build of the first
+    float64 calls happens here, and none may reach the terminal ("N warnings generated.")."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, POCL_CACHE_DIR=str(tmp_path / "pocl"), XDG_CACHE_HOME=str(tmp_path),
+               CLCONV_CACHE_DIR=str(tmp_path / "clconv"))
+    env.pop("CLCONV_VERBOSE", None)
+    env["CLCONV_DEVICE"] = env.get("CLCONV_DEVICE") or str(clconv.current_device().index)
+    done = subprocess.run([sys.executable, "-c", _FIRST_FLOAT64], capture_output=True, text=True,
+                          timeout=600, env=env, check=False)
+    if "NO-FP64" in done.stdout:
+        pytest.skip(f"{clconv.current_device().name} has no float64")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "DONE"
+    assert "warning" not in done.stderr.lower() and "generated" not in done.stderr, done.stderr

@@ -83,6 +83,64 @@ def test_every_op_has_a_plan(clconv, rng):
         assert_close(got, want, np.float32, reduction=100, magnitude=10.0)
 
 
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "implicit", "auto"])
+def test_a_plan_takes_any_batch_size_of_its_layer(clconv, rng, algorithm):
+    x, w, b = _r(rng, (4, 3, 7, 6)), _r(rng, (5, 3, 3, 3)), _r(rng, (5,))
+    plan = clconv.plan_conv2d(x.shape, w.shape, stride=(2, 1), padding=1, algorithm=algorithm)
+    for n in (2, 0, 5, 2):
+        xn = _r(rng, (n, 3, 7, 6))
+        got = plan(xn, w, b)
+        assert got.shape == (n, 5, 4, 6)
+        assert_close(got, ref.conv_nd(xn, w, b, (2, 1), 1), np.float32, conv_reduction(w),
+                     conv_magnitude(xn, w, b))
+    assert sorted(plan._siblings) == [0, 2, 5]  # made once per batch size, then kept
+    assert_close(plan(x, w, b), ref.conv_nd(x, w, b, (2, 1), 1), np.float32, conv_reduction(w),
+                 conv_magnitude(x, w, b))
+    with pytest.raises(ValueError, match=r"input has shape \(2, 4, 7, 6\) but this plan was made "
+                                         r"for \(4, 3, 7, 6\)"):
+        plan(_r(rng, (2, 4, 7, 6)), _r(rng, (5, 4, 3, 3)), b)
+    with pytest.raises(ValueError, match="out must have shape"):
+        plan(x[:2], w, b, out=np.empty((4, 5, 4, 6), np.float32))
+
+
+def test_a_plan_with_a_residual_takes_another_batch_size(clconv, rng):
+    x, w, r = _r(rng, (4, 3, 6, 6)), _r(rng, (5, 3, 3, 3)), _r(rng, (4, 5, 6, 6))
+    plan = clconv.plan_conv2d(x.shape, w.shape, bias=False, padding=1, residual=True)
+    got = plan(x[:2], w, residual=r[:2])
+    assert_close(got, ref.conv_nd(x[:2], w, None, 1, 1) + r[:2], np.float32, conv_reduction(w),
+                 conv_magnitude(x, w) + float(np.abs(r).max()))
+    with pytest.raises(ValueError, match="residual has batch size 3 but input has 2"):
+        plan(x[:2], w, residual=r[:3])
+
+
+def test_every_plan_takes_another_batch_size(clconv, rng):
+    x, w, wt = _r(rng, (3, 2, 6, 5)), _r(rng, (4, 2, 3, 3)), _r(rng, (2, 3, 3, 3))
+    x1 = x[:1]
+    g1 = _r(rng, (1, 4, 6, 5))
+    cases = [
+        (clconv.plan_conv_transpose2d(x.shape, wt.shape, stride=2), (x1, wt),
+         ref.conv_transpose_nd(x1, wt, None, stride=2)),
+        (clconv.plan_conv2d_input(x.shape, w.shape, padding=1), (w, g1),
+         ref.conv_nd_input(x1.shape, w, g1, padding=1)),
+        (clconv.plan_conv2d_weight(x.shape, w.shape, padding=1), (x1, g1),
+         ref.conv_nd_weight(x1, w.shape, g1, padding=1)),
+        (clconv.plan_im2col(x.shape, 3, padding=1), (x1,), ref.unfold(x1, 3, padding=1)),
+        (clconv.plan_conv1d((3, 2, 9), (4, 2, 3)), (x1[..., 0, :].repeat(2, -1)[..., :9],
+                                                    w[..., 0]),
+         ref.conv_nd(x1[..., 0, :].repeat(2, -1)[..., :9], w[..., 0], None)),
+    ]
+    for plan, args, want in cases:
+        assert_close(plan(*args), want, np.float32, reduction=100, magnitude=10.0)
+
+
+def test_a_strided_numpy_out_is_named(clconv, rng):
+    x, w = _r(rng, (2, 3, 6, 6)), _r(rng, (4, 3, 3, 3))
+    view = np.empty((4, 4, 6, 6), np.float32)[::2]
+    with pytest.raises(ValueError, match=r"out is a non-contiguous numpy array.*"
+                                         r"np\.ascontiguousarray\(out\)"):
+        clconv.conv2d(x, w, padding=1, out=view)
+
+
 def test_out_argument(clconv, rng, queue):
     x, w = _r(rng, (2, 3, 6, 6)), _r(rng, (4, 3, 3, 3))
     want = clconv.conv2d(x, w, padding=1)
@@ -118,13 +176,16 @@ def test_out_argument(clconv, rng, queue):
 def test_operands_must_match_the_plan(clconv, rng):
     x, w = _r(rng, (2, 3, 6, 6)), _r(rng, (4, 3, 3, 3))
     plan = clconv.plan_conv2d(x.shape, w.shape, bias=False)
-    with pytest.raises(ValueError, match=r"input has shape \(1, 3, 6, 6\) but this plan was made "
-                                         r"for \(2, 3, 6, 6\)"):
-        plan(x[:1], w)
+    with pytest.raises(ValueError, match=r"input has shape \(2, 3, 6, 5\) but this plan was made "
+                                         r"for \(2, 3, 6, 6\) \(any batch size: its dims after "
+                                         r"the first must be \(3, 6, 6\)\)"):
+        plan(x[..., :5], w)
     with pytest.raises(ValueError, match="made without bias"):
         plan(x, w, np.zeros(4, np.float32))
-    with pytest.raises(TypeError, match="plan was made for float32"):
-        plan(x.astype(np.float64), w.astype(np.float64))
+    other = np.float64 if clconv.current_device().fp64 else np.float16
+    if other == np.float64 or clconv.current_device().fp16:  # a dtype the device has
+        with pytest.raises(TypeError, match="plan was made for float32"):
+            plan(x.astype(other), w.astype(other))
     with pytest.raises(TypeError, match="dtype int64"):
         plan(x.astype(np.int64), w)
     with pytest.raises(ValueError, match="channel mismatch"):
@@ -188,6 +249,7 @@ def test_auto_reuses_the_choice_of_a_nearby_batch_size(clconv, rng, tmp_path, mo
 
     monkeypatch.setenv("CLCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("CLCONV_AUTO", raising=False)
+    monkeypatch.setattr(autotune, "SHORTLIST_FACTOR", float("inf"))  # measure these small layers
     autotune.forget()
     measured = []
     real = autotune.measure

@@ -190,6 +190,26 @@ def conv_rule_violations(size, kernel, stride, dilation, padding, mode) -> set[s
     return broken
 
 
+def on_device(dev, dtype) -> np.dtype:
+    """`dtype`, or float32 where the device lacks it (a GPU without fp64, llvmpipe): the drawn
+    case still runs, in the precision the device has."""
+    dtype = np.dtype(dtype)
+    if (dtype == np.float64 and not dev.fp64) or (dtype == np.float16 and not dev.fp16):
+        return np.dtype(np.float32)
+    return dtype
+
+
+def fit_case(dev, case, *names):
+    """The case's arrays `names` (and "dtype") in a dtype `dev` computes (see on_device)."""
+    dtype = on_device(dev, case.get("dtype", case[names[0]].dtype))
+    for name in names:
+        if case[name] is not None:
+            case[name] = case[name].astype(dtype)
+    if "dtype" in case:
+        case["dtype"] = dtype
+    return case
+
+
 def run_conv(clconv, nd, case, queue):
     x, w, b = case["x"], case["w"], case["b"]
     if case["unbatched"] and x.shape[0] >= 1:
@@ -211,6 +231,7 @@ def _conv_property(nd, examples):
     @_settings(examples)
     @given(case=conv_cases(nd, valid=True))
     def test(clconv, dev, case):
+        case = fit_case(dev, case, "x", "w", "b")
         got, want, x, w, b = run_conv(clconv, nd, case, dev.queue)
         check_result(got, want, case["x_kind"], case["dtype"], conv_reduction(w),
                      conv_magnitude(x, w, b))
@@ -228,7 +249,7 @@ test_conv3d_valid_matches_reference = _conv_property(3, 15)
 def test_conv_geometry_rule_violations_are_value_errors(clconv, dev, nd, case):
     """Kernel larger than the padded input, reflect/circular padding beyond the input, 'same' with a
     stride: ValueError naming the argument, before anything runs."""
-    case = case.draw(conv_cases(nd, valid=False))
+    case = fit_case(dev, case.draw(conv_cases(nd, valid=False)), "x", "w", "b")
     pattern = "|".join(sorted(case["broken"]))
     with pytest.raises(ValueError, match=pattern):
         run_conv(clconv, nd, case, dev.queue)
@@ -286,7 +307,7 @@ MUTATIONS = {
     "groups-float": (_set("groups", 1.0), TypeError, "groups"),
     "groups-mismatch": (_set("groups", 7), ValueError, "groups|channel"),
     "algorithm": (_top("algorithm", "fft"), ValueError, "algorithm"),
-    "activation": (_top("activation", "gelu"), ValueError, "activation"),
+    "activation": (_top("activation", "relu7"), ValueError, "activation"),
     "input-extra-dim": (_x(lambda x, nd, q: x[None, None]), ValueError, "input"),
     "input-too-few-dims": (_x(lambda x, nd, q: x.reshape(-1)), ValueError, "input"),
     "input-zero-spatial": (_x(lambda x, nd, q: x[..., :0]), ValueError, "input"),
@@ -314,7 +335,7 @@ MUTATIONS = {
 @given(nd=st.sampled_from([1, 2, 3]), mutation=st.sampled_from(sorted(MUTATIONS)),
        case=st.data())
 def test_conv_invalid_arguments_name_the_argument(clconv, dev, other_queue, nd, mutation, case):
-    case = case.draw(conv_cases(nd, valid=True))
+    case = fit_case(dev, case.draw(conv_cases(nd, valid=True)), "x", "w", "b")
     assume(case["x"].shape[0] >= 1 or mutation != "input-channels")
     mutate, exc, pattern = MUTATIONS[mutation]
     case["x_kind"], case["w_kind"], case["unbatched"] = "c", "c", False
@@ -439,6 +460,7 @@ def _oracle_kw(kw):
 @_settings(30)
 @given(case=unfold_cases())
 def test_im2col_valid_matches_reference(clconv, dev, case):
+    case["dtype"] = on_device(dev, case["dtype"])
     rng = np.random.default_rng(case["seed"])
     x = rng.standard_normal((case["n"], case["c"], *case["size"])).astype(case["dtype"])
     if case["special"] != "finite" and x.size:
@@ -455,6 +477,7 @@ def test_im2col_valid_matches_reference(clconv, dev, case):
 @_settings(30)
 @given(case=unfold_cases())
 def test_col2im_valid_matches_reference(clconv, dev, case):
+    case["dtype"] = on_device(dev, case["dtype"])
     kw = case["kw"]
     blocks = math.prod(ref.conv_output_size(s, k, st_, p, p, d) for s, k, st_, p, d in zip(
         case["size"], kw["kernel_size"], kw["stride"], kw["padding"], kw["dilation"]))
@@ -578,7 +601,7 @@ def transpose_cases(draw, nd: int):
 @given(nd=st.sampled_from([1, 2, 2, 3]), case=st.data())
 def test_conv_transpose_valid_matches_reference(clconv, dev, nd, case):
     _require(clconv, f"conv_transpose{nd}d")
-    case = case.draw(transpose_cases(nd))
+    case = fit_case(dev, case.draw(transpose_cases(nd)), "x", "w", "b")
     x, w, b = case["x"], case["w"], case["b"]
     got = getattr(clconv, f"conv_transpose{nd}d")(present(x, case["kind"], dev.queue), w, b,
                                                   **case["kw"])
@@ -589,9 +612,9 @@ def test_conv_transpose_valid_matches_reference(clconv, dev, nd, case):
 
 @_settings(30)
 @given(nd=st.sampled_from([1, 2, 3]), case=st.data())
-def test_conv_transpose_invalid_output_padding(clconv, nd, case):
+def test_conv_transpose_invalid_output_padding(clconv, dev, nd, case):
     _require(clconv, f"conv_transpose{nd}d")
-    case = case.draw(transpose_cases(nd))
+    case = fit_case(dev, case.draw(transpose_cases(nd)), "x", "w", "b")
     kw = dict(case["kw"])
     kw["output_padding"] = tuple(max(s, d) for s, d in zip(kw["stride"], kw["dilation"]))
     with pytest.raises(ValueError, match="output_padding"):
@@ -602,7 +625,7 @@ def test_conv_transpose_invalid_output_padding(clconv, nd, case):
 @given(nd=st.sampled_from([1, 2, 3]), case=st.data(), which=st.sampled_from(["input", "weight"]))
 def test_conv_gradients_match_reference(clconv, dev, nd, case, which):
     _require(clconv, f"conv{nd}d_{which}")
-    case = case.draw(conv_cases(nd, valid=True))
+    case = fit_case(dev, case.draw(conv_cases(nd, valid=True)), "x", "w", "b")
     case["kw"]["padding_mode"] = "zeros"
     x, w = case["x"], case["w"]
     kw = {k: case["kw"][k] for k in ("stride", "padding", "dilation", "groups")}

@@ -24,9 +24,11 @@ from .tuning_db import ENV_VAR, enabled, find_entry
 __all__ = ["TuningState", "apply_tuning", "available", "gemm", "missing_reason",
            "override_parameters", "require", "tuning_state"]
 
-_INSTALL = ("CLBlast's Python binding `pyclblast` is needed for algorithm='im2col' and 'winograd', "
-            "and, on GPUs, transposed convolutions and gradients. On Debian/Ubuntu: `sudo apt-get "
-            "install libclblast-dev` then `pip install pyclblast` (it builds from source). "
+_INSTALL = ("CLBlast's Python binding `pyclblast` (a dependency of clconv, built against the "
+            "system's CLBlast) is needed for algorithm='im2col' and 'winograd', and, on GPUs, "
+            "transposed convolutions and gradients. On Debian/Ubuntu: `sudo apt-get install "
+            "libclblast-dev`, then `pip install pyclblast` (it builds from source; add "
+            "`--force-reinstall --no-cache-dir` to rebuild one already installed). "
             "algorithm='direct' and 'implicit' (clconv's own GEMM) work without it.")
 
 
@@ -34,7 +36,7 @@ _INSTALL = ("CLBlast's Python binding `pyclblast` is needed for algorithm='im2co
 def _pyclblast() -> ModuleType | str:
     try:
         import pyclblast
-    except ImportError as err:  # not installed, or libclblast.so missing at load
+    except (ImportError, OSError) as err:  # not installed, or libclblast.so missing/broken
         return f"{_INSTALL} (import failed: {err})"
     return pyclblast
 
@@ -87,7 +89,7 @@ def _drop(event: cl.Event | None) -> None:
 def override_parameters(dev: Device, kernel: str, precision: int,
                         parameters: dict[str, int]) -> None:
     """CLBlast's OverrideParameters: `kernel`'s tuned parameters for `dev`, process-wide (see
-    clconv.tuning). Raises RuntimeError when CLBlast rejects them."""
+    clconv.blas.tuning). Raises RuntimeError when CLBlast rejects them."""
     _require().override_parameters(dev.cl_device, kernel, precision, dict(parameters))
 
 
@@ -141,12 +143,44 @@ def apply_tuning(dev: Device, entry: Mapping[str, Any] | None = None,
         for precision, kernels in (entry or {}).get("parameters", {}).items():
             for kernel, params in kernels.items():
                 try:
+                    params = fit_vector_widths(params, _native_lanes(dev, int(precision)))
                     override_parameters(dev, kernel, int(precision), params)
                     state.applied.append(f"{kernel}/{precision}")
                 except Exception as err:  # CLBlast rejects parameters it does not know
                     state.errors.append(f"{kernel}/{precision}: {err}")
         dev.blas_tuning = state
         return state
+
+
+#: CLBlast's vector-width parameters (elements per vector: GEMM kernels, the copy kernel, the
+#: transpose kernel, whose vectors are TRA_WPT wide).
+_VECTOR_WIDTHS = ("VWM", "VWN", "VWMD", "VWND", "COPY_VW", "TRA_WPT")
+
+
+def _native_lanes(dev: Device, precision: int) -> int | None:
+    """The CPU's vector register width in elements of `precision` bits (None: no cap, as on GPUs,
+    whose tuned vector widths are not bounded by registers)."""
+    if dev.kind != "cpu":
+        return None
+    name = {16: "half", 32: "float", 64: "double"}.get(precision)
+    try:
+        lanes = int(getattr(dev.cl_device, f"native_vector_width_{name}")) if name else 0
+    except (cl.Error, AttributeError, TypeError):
+        return None
+    return lanes if lanes > 0 else None
+
+
+def fit_vector_widths(params: Mapping[str, int], lanes: int | None) -> dict[str, int]:
+    """`params` with each vector width at most `lanes` (halved, so CLBlast's divisibility rules
+    still hold). An entry tuned on wider registers (an AVX-512 entry on an AVX2 CPU: double8)
+    makes CLBlast's kernels pass vectors wider than the registers between functions, which
+    changes the x86 ABI, and PoCL's compiler then prints "N warnings generated." at each CLBlast
+    build, where clconv cannot hold it back. The lanes are independent: results are the same."""
+    fitted = dict(params)
+    for name in _VECTOR_WIDTHS:
+        while lanes and name in fitted and fitted[name] > max(lanes, 1):
+            fitted[name] //= 2
+    return fitted
 
 
 def gemm(dev: Device, m: int, n: int, k: int,

@@ -10,7 +10,7 @@ CPU, most integrated GPUs) gets generic defaults that can be several times slowe
 - saves the best parameters as JSON in `cache_dir()`, one file per device, keyed by platform,
   device, driver version and CLBlast version (`save_user`, `user_path`);
 - on a device's first GEMM, loads that file, else the matching entry of the database shipped in
-  `clconv/tuning_db/`, and hands the parameters to CLBlast (`apply_tuning`, called by
+  `clconv/blas/tuning_db/`, and hands the parameters to CLBlast (`apply_tuning`, called by
   `gemm.gemm`). `CLCONV_TUNING=off` disables loading.
 
 Parameters are data (a `{kernel: {NAME: value}}` dict per precision), exactly CLBlast's database

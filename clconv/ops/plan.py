@@ -19,6 +19,7 @@ plans keyed by the call's shapes, dtype and arguments, so a repeated call is one
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Sequence
@@ -37,6 +38,10 @@ from ..runtime.transfer import ArrayLike, check_fits, deliver, element_offset, i
 from .precision import check_precision, compute_dtype, load, store
 
 __all__ = ["Plan", "PlanCache", "cached_plan", "freeze", "shape_of"]
+
+
+#: Guards every plan's cache of siblings for other batch sizes (Plan._for_batch).
+_SIBLINGS_LOCK = threading.Lock()
 
 
 def shape_of(x: Any) -> tuple[int, ...]:
@@ -73,6 +78,10 @@ class Plan:
       workspace_bytes, label (e.g. 'conv2d (im2col)'), result_follows (the operand whose kind,
       numpy or device array, decides the result's)
     and implement `enqueue(arrays, out)` on contiguous device arrays of `work` dtype.
+
+    A plan called with another batch size of its layer (the batched operands' other dims equal)
+    runs a sibling plan made once for that batch from the same constructor arguments (the same
+    kernels: the batch is a kernel argument) and kept, the last 8 per plan.
     """
 
     device: Device
@@ -85,6 +94,65 @@ class Plan:
     label: str = ""
     result_follows: str = "input"
     needs_gemm: bool = False  # checked on every run too: pyclblast can go missing (tests do that)
+
+    #: The constructor arguments that hold the batch in their first dim, and the operands that do:
+    #: a plan called with another batch size of its layer derives a sibling plan (`_for_batch`).
+    _BATCH_ARGS = ("input_shape", "input_size", "grad_shape", "residual_shape")
+    _BATCH_OPERANDS = ("input", "grad_output", "residual")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Plan:
+        # The constructor's arguments, kept so that a sibling plan for another batch size can be
+        # made from them (the batch is only a kernel argument: kernels are shared, not rebuilt).
+        self = super().__new__(cls)
+        self._init_args = (args, kwargs)
+        self._siblings: OrderedDict[int, Plan] = OrderedDict()
+        return self
+
+    def _batch_of(self, values: dict[str, Any]) -> int | None:
+        """The batch size of `values` when it differs from the plan's and nothing else does (the
+        batched operands' other dims equal the plan's), else None."""
+        if self.output_shape != self.batch_shape:  # an unbatched plan
+            return None
+        batch = planned = first = None
+        for name in self._BATCH_OPERANDS:
+            want = self.operand_shapes.get(name)
+            x = values.get(name)
+            if want is None or x is None:
+                continue
+            got = shape_of(x)
+            if len(got) != len(want) or got[1:] != want[1:]:
+                return None
+            if batch is not None and got[0] != batch:
+                raise ValueError(f"{name} has batch size {got[0]} but {first} has {batch}; the "
+                                 f"batched operands must agree")
+            batch, planned, first = got[0], want[0], name
+        return None if batch == planned else batch
+
+    def _for_batch(self, batch: int) -> Plan | None:
+        """This plan for another batch size (made once, then kept: the last 8), or None when it
+        cannot be derived (a plan made from an internal geometry)."""
+        with _SIBLINGS_LOCK:
+            sibling = self._siblings.get(batch)
+            if sibling is not None:
+                self._siblings.move_to_end(batch)
+                return sibling
+        args, kwargs = getattr(self, "_init_args", ((), {}))
+        try:
+            bound = inspect.signature(type(self)).bind(*args, **kwargs)
+        except TypeError:
+            return None
+        named = bound.arguments
+        if named.get("geometry") is not None or not any(n in named for n in self._BATCH_ARGS):
+            return None
+        for name in self._BATCH_ARGS:
+            if named.get(name) is not None:
+                named[name] = (batch, *tuple(named[name])[1:])
+        sibling = type(self)(*bound.args, **bound.kwargs)  # validates and builds, unlocked
+        with _SIBLINGS_LOCK:
+            self._siblings[batch] = sibling
+            while len(self._siblings) > 8:
+                self._siblings.popitem(last=False)
+        return sibling
 
     def _prepare(self, dev: Device, dtype: np.dtype, operand_shapes: dict[str, Any],
                  output_shape: tuple[int, ...], batch_shape: tuple[int, ...],
@@ -122,7 +190,11 @@ class Plan:
                 raise ValueError(f"this plan was made with {name} of shape {want}; got None")
             got = shape_of(x)
             if got != want:
-                raise ValueError(f"{name} has shape {got} but this plan was made for {want}")
+                batched = f" (any batch size: its dims after the first must be {want[1:]})" \
+                    if name in self._BATCH_OPERANDS and self.output_shape == self.batch_shape \
+                    else ""
+                raise ValueError(f"{name} has shape {got} but this plan was made for {want}"
+                                 f"{batched}; make a plan for this shape")
         dtype = result_dtype(self.device, **{n: v for n, v in values.items()
                                              if self.operand_shapes.get(n) is not None})
         if dtype != self.dtype:
@@ -146,6 +218,10 @@ class Plan:
         if host:
             if not out.flags.writeable:
                 raise ValueError("out is read-only")
+            if not out.flags.c_contiguous:
+                raise ValueError("out is a non-contiguous numpy array (a strided view); pass a "
+                                 "C-contiguous one, e.g. np.ascontiguousarray(out) or np.empty("
+                                 f"{self.output_shape}), and copy it into the view afterwards")
             return empty(dev, self.batch_shape, self.work), out
         if out.context != dev.context:
             raise ValueError(f"out is a pyopencl array of another OpenCL context than the plan's "
@@ -162,6 +238,10 @@ class Plan:
         if self.needs_gemm:
             clblast.require(self.label)
         if check:
+            batch = self._batch_of(values)
+            sibling = None if batch is None else self._for_batch(batch)
+            if sibling is not None:  # another batch size of the same layer
+                return sibling._execute(values, out)
             self._check_operands(values)
         elif self.dtype == np.float16:
             check_precision(self.device, self.dtype)
@@ -276,8 +356,3 @@ def cached_plan(dev: Device, key_parts: Sequence[Any], make: Callable[[], Plan])
         plan = make()
         cache.put(key, plan)
     return plan
-
-
-def operand_offset(a: cla.Array | None) -> int:
-    """Element offset of an optional operand (0 for None)."""
-    return 0 if a is None else element_offset(a)

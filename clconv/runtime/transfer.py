@@ -28,6 +28,7 @@ __all__ = [
     "deliver",
     "element_offset",
     "empty",
+    "gather",
     "index_type",
     "is_device_array",
     "result_dtype",
@@ -144,6 +145,13 @@ def _check_context(x: cla.Array, dev: Device, name: str) -> None:
         raise ValueError(f"{name} is a pyopencl array of another OpenCL context than the current "
                          f"device {dev.name!r}; move it with {name}.get() or compute inside "
                          f"`with clconv.device(...)` for its device")
+
+
+def gather(x: cla.Array, dev: Device) -> cla.Array:
+    """`x` as a C-contiguous device array (x itself when it is one; else a copy made on `dev`:
+    a transposed view becomes the transposed array)."""
+    _check_context(x, dev, "array")
+    return _gather(x, dev) if x.size and not x.flags.c_contiguous else x
 
 
 def _gather(x: cla.Array, dev: Device) -> cla.Array:

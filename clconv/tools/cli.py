@@ -20,6 +20,8 @@ __all__ = ["build_parser", "info", "main", "prog_name"]
 
 DEVICE_HELP = "device spec: an index, P:D, cpu, gpu or part of a name (default: $CLCONV_DEVICE, " \
               "else the first GPU, else the first CPU; see `info`)"
+#: The subcommands' parsers, so that errors found after parsing print the subcommand's usage.
+_COMMANDS: dict[str, argparse.ArgumentParser] = {}
 
 
 def prog_name() -> str:
@@ -27,11 +29,12 @@ def prog_name() -> str:
     return "python -m clconv" if os.path.basename(sys.argv[0] or "") == "__main__.py" else "clconv"
 
 
-def info() -> int:
-    """Prints platforms, devices, capabilities, CLBlast's presence, the default device and the
-    cache folder."""
+def info(spec: str | None = None) -> int:
+    """Prints platforms, devices, capabilities, CLBlast's presence and the tuning each device
+    would load, the default device (or `spec`'s) and the cache folder."""
     import pyopencl as cl
 
+    from ..blas import tuning
     from ..runtime.cache import cache_dir
 
     try:
@@ -53,10 +56,18 @@ def info() -> int:
                   f"global memory {d.global_mem_bytes / 2**30:.2f} GiB, "
                   f"max allocation {d.max_alloc_bytes / 2**30:.2f} GiB")
             print(f"    {state}")
+            if d.usable and gemm.available():
+                print(f"    CLBlast tuning: {_tuning_source(tuning, d)}")
     reason = gemm.missing_reason()
     print("CLBlast (pyclblast): " + ("found" if reason is None else f"NOT FOUND: {reason}"))
     print(f"cache folder (CLBlast tuning, 'auto' choices): {cache_dir()} "
           f"(see `{prog_name()} cache`)")
+    if spec is not None:
+        from ..runtime.device import device
+
+        dev = device(spec)  # checked by the option already
+        print(f"selected device (--device {spec}): {dev.index} {dev.name} [{dev.platform_name}]")
+        return 0
     try:
         dev, why = default_device_reason()
         print(f"default device: {dev.index} {dev.name} [{dev.platform_name}], because: {why}")
@@ -64,6 +75,19 @@ def info() -> int:
         print(f"default device: none: {err}")
         return 1
     return 0
+
+
+def _tuning_source(tuning: Any, listed: Any) -> str:
+    """Which CLBlast tuning `listed` (an entry of devices()) would load, in a few words."""
+    try:
+        from ..runtime.device import device
+
+        entry, source = tuning.find_entry(device(listed.index))
+    except Exception as err:  # noqa: BLE001 - info reports, it does not fail
+        return f"unknown ({type(err).__name__}: {err})"
+    if entry is None:
+        return f"none, CLBlast's defaults (`{prog_name()} tune` tunes it)"
+    return source + ("" if tuning.enabled() else f" (but {tuning.ENV_VAR}=off disables loading)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,6 +111,56 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
+
+
+def device_spec(text: str) -> str:
+    """--device: resolved now, so that a wrong spec is a usage error before anything runs."""
+    from ..runtime.device import device
+
+    try:
+        device(text)
+    except DeviceNotFoundError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    except UnsupportedError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def existing_folder_file(text: str) -> str:
+    """A file to write whose folder exists (nothing is created besides the file)."""
+    path = os.path.abspath(os.path.expanduser(text))
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file in it")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"the folder {folder} of {text!r} does not exist; "
+                                         f"create it first or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"the folder {folder} of {text!r} is not writable")
+    return text
+
+
+def output_prefix(text: str) -> str:
+    """bench --out PREFIX: '-', or a prefix whose folder exists or can be made in an existing
+    folder (the default, bench-out/bench, makes bench-out in the working folder)."""
+    if text == "-":
+        return text
+    path = os.path.abspath(os.path.expanduser(text))
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; the prefix names files "
+                                         f"(e.g. {os.path.join(text, 'bench')})")
+    parent = folder if os.path.isdir(folder) else os.path.dirname(folder)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"the folder {os.path.dirname(folder)} of {text!r} does "
+                                         f"not exist; create it first or choose another prefix")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"the folder {parent} of {text!r} is not writable")
+    return text
+
+
+def json_path(text: str) -> str:
+    return text if text == "-" else existing_folder_file(text)
 
 
 def layer_spec(text: str) -> Any:
@@ -131,8 +205,17 @@ def kernel_list(text: str) -> list[str]:
     return names
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in every help line; descriptions and epilogs keep their line breaks."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """A default in each help line that does not say it already (none for flags or None);
+    descriptions and epilogs keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is argparse.SUPPRESS
+                or default == [] or action.nargs == 0 or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -148,29 +231,40 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=description or help,
+        made = sub.add_parser(name, help=help, description=description or help,
                               formatter_class=_Formatter)
+        _COMMANDS[name] = made
+        return made
 
-    command("info", "OpenCL platforms and devices, CLBlast, the default device, the cache folder")
+    info_cmd = command("info", "OpenCL platforms and devices, CLBlast and its tuning, the default "
+                               "device, the cache folder")
+    info_cmd.add_argument("--device", type=device_spec, default=None,
+                          help=DEVICE_HELP.replace("device spec:", "also show which device this "
+                                                   "spec selects:"))
 
-    demo = command("demo", "why im2col + GEMM beats loops: times each stage on your device",
-                   "Runs one layer with the direct loops and with im2col + GEMM, checks that "
-                   "they agree, times each stage (im2col, GEMM, epilogue) with OpenCL profiling "
-                   "events, shows the memory each needs, and draws it all into a PNG.")
-    demo.add_argument("--device", default=None, help=DEVICE_HELP)
+    demo = command("demo", "why im2col + GEMM beats loops: times each path and stage on your "
+                           "device",
+                   "Runs one layer with the direct loops, im2col + CLBlast GEMM (and each of its "
+                   "stages: im2col, GEMM, epilogue), im2col + clconv's packed GEMM and the "
+                   "implicit GEMM, checks that they agree, times them with OpenCL profiling "
+                   "events, shows each one's speed-up over the loops, FLOP rate and memory, and "
+                   "draws it all into a PNG.")
+    demo.add_argument("--device", type=device_spec, default=None, help=DEVICE_HELP)
     demo.add_argument("--layer", type=layer_spec, default=None, metavar="SPEC",
                       help="the layer (the bench's --layer forms; default: ResNet-50's 3x3 "
                            "conv, 1,64,56,56,64,3,1,1)")
     demo.add_argument("--repeat", type=positive_int, default=5,
                       help="timed runs per algorithm and stage (median)")
-    demo.add_argument("--out", default="clconv-demo.png", metavar="PNG",
-                      help="where to write the chart (relative paths: the working folder)")
+    demo.add_argument("--out", type=existing_folder_file, default="clconv-demo.png", metavar="PNG",
+                      help="where to write the chart (relative paths: the working folder; its "
+                           "folder must exist)")
     demo.add_argument("--no-plot", action="store_true", help="no PNG")
+    demo.add_argument("--no-progress", action="store_true", help="no progress line")
 
     bench = command("bench", "algorithms and peers (numpy, torch, CLBlast convgemm) on network "
                              "layers: GFLOP/s, error, memory, latency")
     bench.epilog = "--layer forms:\n  " + LAYER_HELP.replace("\n", "\n  ")
-    bench.add_argument("--device", default=None, help=DEVICE_HELP)
+    bench.add_argument("--device", type=device_spec, default=None, help=DEVICE_HELP)
     bench.add_argument("--layer", action="append", type=layer_spec, default=[], metavar="SPEC",
                        help="a layer instead of the built-in table (repeatable; forms below)")
     bench.add_argument("--peers", type=peer_list, default=None, metavar="LIST",
@@ -183,13 +277,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--time-per-peer", type=positive_float, default=3.0, metavar="SECONDS",
                        help="seconds of timed runs per peer and layer before the run count is cut "
                             "(at least 2 runs)")
-    bench.add_argument("--out", default="bench-out/bench", metavar="PREFIX",
-                       help="output prefix for .txt/.csv/.json/.png ('-': print only)")
-    bench.add_argument("--json", default=None, metavar="PATH",
+    bench.add_argument("--out", type=output_prefix, default="bench-out/bench", metavar="PREFIX",
+                       help="output prefix for .txt/.csv/.json/.png ('-': print only; its last "
+                            "folder is made if missing)")
+    bench.add_argument("--json", type=json_path, default=None, metavar="PATH",
                        help="also write the results as JSON to PATH; '-' prints the JSON on "
                             "stdout and the report on stderr")
     bench.add_argument("--no-latency", action="store_true",
                        help="skip the first-call latency runs (fresh processes, cold and warm)")
+    bench.add_argument("--first-use", action="store_true",
+                       help="also time a whole network's first forward in a fresh process, cold "
+                            "(empty clconv, PoCL and pyopencl caches) and warm: ResNet-18 and "
+                            "MobileNetV2 at 224x224 through clconv.torch.convert (needs torch; "
+                            "clconv.tools.first_use, about a minute)")
     bench.add_argument("--no-gemm", action="store_true",
                        help="skip timing CLBlast's GEMM alone, tuned vs untuned (fresh processes)")
     bench.add_argument("--no-plot", action="store_true", help="no PNG chart")
@@ -197,7 +297,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     tune = command("tune", "search CLBlast's GEMM kernel parameters for a device and save them "
                            "(loaded on the device's first GEMM)")
-    tune.add_argument("--device", default=None, help=DEVICE_HELP)
+    tune.add_argument("--device", type=device_spec, default=None, help=DEVICE_HELP)
     tune.add_argument("--budget", type=positive_float, default=600.0, metavar="SECONDS",
                       help="seconds to spend in CLBlast's tuners, all kernels and precisions "
                            "together")
@@ -241,24 +341,25 @@ def _tune(args: argparse.Namespace) -> int:
                 print(f"  {kernel}/{precision}: {values}")
         return 0
     if not gemm.available():
-        print(f"clconv: {gemm.missing_reason()}", file=sys.stderr)
-        return 2
+        raise UnsupportedError(str(gemm.missing_reason()))  # main: a usage error of `tune`
     command = f"{prog_name()} " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
     try:
         entry = tuning.tune(dev, args.budget, args.precision, args.kernels,
                             progress=not args.no_progress, command=command)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"clconv: {err}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as err:  # CLBlast's tuners are not installed
+        raise ValueError(str(err)) from None
     return 0 if entry["parameters"] or entry["measured"] else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    command = _COMMANDS[args.command]
+    if extra:  # argparse would report them with the top-level usage: give the command's
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     args.prog = parser.prog
     runners: dict[str, Callable[[], int]] = {
-        "info": info,
+        "info": lambda: info(args.device),
         "demo": lambda: _demo(args),
         "tune": lambda: _tune(args),
         "bench": lambda: _bench(args),
@@ -267,16 +368,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return runners[args.command]()
     except (DeviceNotFoundError, UnsupportedError, ValueError) as err:
-        # What the options could not check beforehand: the device, what it supports.
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        # What the options could not check beforehand (what the device supports): a usage error
+        # of the command, exit status 2, as argparse's own.
+        command.error(str(err))
+        return 2  # not reached: error() exits
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(args.device, args.repeat, layer=args.layer,
-                    out=None if args.no_plot else args.out)
+                    out=None if args.no_plot else args.out, progress=not args.no_progress)
 
 
 def _bench(args: argparse.Namespace) -> int:

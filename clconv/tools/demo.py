@@ -1,20 +1,23 @@
 """`clconv demo`: why im2col + GEMM instead of loops, answered in numbers on the user's own device.
 
-Runs one layer (default: ResNet-50's 3x3 convolution, 64 -> 64 channels at 56x56) with the direct
-loop kernel and with im2col + CLBlast GEMM, checks that they agree, and times on the device:
+Runs one layer (default: ResNet-50's 3x3 convolution, 64 -> 64 channels at 56x56) with every
+convolution path clconv has, checks that they agree, and times on the device:
 
 - the direct loops (`conv2d(..., algorithm='direct')`), one kernel;
-- the im2col path stage by stage, each stage run alone: im2col (`clconv.im2col`, the column
-  matrix), GEMM (CLBlast, the filters times the columns, one call per image batched over the
-  groups) and the epilogue (a bias add over the output, one pass as clconv's epilogue kernel does);
-- `conv2d(..., algorithm='im2col')` as one call, which runs the same stages (its own kernels).
+- the im2col + CLBlast GEMM path stage by stage, each stage run alone: im2col (`clconv.im2col`,
+  the column matrix), GEMM (CLBlast, the filters times the columns, one call per image batched
+  over the groups) and the epilogue (a bias add over the output); then the same three stages
+  enqueued back to back, timed as one;
+- `conv2d(..., algorithm='im2col')` as one call, which runs those stages (its own kernels);
+- clconv's own GEMM engine: `algorithm='im2col_packed'` (im2col into packed panels + the packed
+  GEMM) and `algorithm='implicit'` (the column gather fused into the GEMM: no column matrix).
 
 Times are OpenCL profiling events: the work is enqueued on a profiling-enabled queue of the
 device's context (`clconv.device(queue)`), with a marker before and after each measured call, and
 the time between the markers' ends is the device time of the call (median of --repeat runs). Where
 the driver has no profiling, host time around `queue.finish()` is used instead, and said so.
-It prints times, GFLOP/s, the memory each algorithm needs (im2col's column buffer against the
-input: its redundancy) and draws both into a PNG.
+It prints times, speed-ups over the loops, FLOP rates and the memory each path holds on the
+device (im2col's column buffer against the input: its redundancy), and draws both into a PNG.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,28 +37,58 @@ import pyopencl.array as cla
 
 from .bench import CONV_NAMES, Layer
 
-__all__ = ["LAYER", "StageTimes", "measure", "plot", "run_demo"]
+__all__ = ["LABELS", "LAYER", "StageTimes", "figure", "measure", "plot", "report", "run_demo"]
 
 LAYER = Layer("ResNet-50 conv2_x 3x3", 1, 64, 56, 56, 64, 3, 1, 1)
 _IM2COL_NAMES = {1: "im2col1d", 2: "im2col", 3: "im2col3d"}
 
+#: Each algorithm's name in the report and on the chart (one label each).
+LABELS = {
+    "direct": "direct loops",
+    "im2col": "im2col + CLBlast GEMM",
+    "im2col_packed": "im2col + packed GEMM (clconv's)",
+    "implicit": "implicit GEMM (clconv's)",
+}
+#: The chart's colours: time panel (paths and the im2col stages), memory panel (parts). No colour
+#: means two things.
+TIME_COLOURS = {"direct": "#8c8c8c", "im2col stage": "#4c72b0", "GEMM stage": "#dd8452",
+                "epilogue stage": "#55a868", "im2col": "#8172b3", "im2col_packed": "#c44e52",
+                "implicit": "#da8bc3"}
+PART_COLOURS = {"input": "#a6cee3", "weight": "#fb9a99", "output": "#b2df8a",
+                "columns": "#fdbf6f", "staged GEMM result": "#cab2d6",
+                "packed columns": "#ffff99", "packed filters": "#b15928"}
+
 
 @dataclass
 class StageTimes:
-    """Median device milliseconds per stage and what each algorithm holds on the device."""
+    """Median device milliseconds per path and stage, and what each algorithm holds on the
+    device."""
 
     layer: Layer
     device: str
     clock: str  # 'OpenCL profiling events' or 'host clock around queue.finish()'
     direct_ms: float
-    stages_ms: dict[str, float] = field(default_factory=dict)  # im2col, GEMM, epilogue
+    stages_ms: dict[str, float] = field(default_factory=dict)  # im2col, GEMM, epilogue, each alone
+    chained_ms: float | None = None  # the same three stages enqueued back to back, timed as one
     im2col_call_ms: float | None = None  # conv2d(algorithm='im2col') as one call
     # clconv's own GEMM engine: im2col into packed panels + the packed GEMM, and the implicit GEMM
     packed_ms: dict[str, float] = field(default_factory=dict)
     memory: dict[str, dict[str, int]] = field(default_factory=dict)  # algorithm -> part -> bytes
-    max_error: float = 0.0  # max |stages - direct| and |im2col call - direct|
+    max_error: float = 0.0  # max |each path - direct|
     scale: float = 1.0  # max |direct output|
     note: str = ""
+
+    def paths(self) -> dict[str, float]:
+        """Every whole convolution measured: algorithm -> ms (direct first)."""
+        found = {"direct": self.direct_ms}
+        if self.im2col_call_ms is not None:
+            found["im2col"] = self.im2col_call_ms
+        found.update(self.packed_ms)
+        return found
+
+    def speedup(self, algorithm: str) -> float:
+        """How many times faster than the direct loops (> 1: faster)."""
+        return self.direct_ms / self.paths()[algorithm]
 
 
 class _Clock:
@@ -63,13 +97,22 @@ class _Clock:
     def __init__(self, queue: cl.CommandQueue) -> None:
         self.queue = queue
         self.profiling = bool(queue.properties & cl.command_queue_properties.PROFILING_ENABLE)
+        self.host_fallbacks = 0  # calls whose markers measured nothing (timed on the host)
 
     def ms(self, fn: Callable[[], Any], repeat: int) -> float:
         fn()  # warm-up: kernel builds, CLBlast's first call, workspace allocation
         self.queue.finish()
+        found = self._times(fn, repeat, self.profiling)
+        if self.profiling and found <= 0:
+            # Some drivers (rusticl) complete markers without timing the work between them.
+            self.host_fallbacks += 1
+            found = self._times(fn, repeat, False)
+        return found
+
+    def _times(self, fn: Callable[[], Any], repeat: int, profiling: bool) -> float:
         times = []
         for _ in range(repeat):
-            if self.profiling:
+            if profiling:
                 start = cl.enqueue_marker(self.queue)
                 fn()
                 end = cl.enqueue_marker(self.queue)
@@ -96,11 +139,27 @@ def _profiling_device(dev: Any) -> tuple[Any, str]:
         return dev, "host clock around queue.finish() (no profiling queue here)"
 
 
-def measure(spec: Any = None, layer: Layer = LAYER, repeat: int = 5) -> StageTimes:
-    """Times the direct loops, the im2col stages and the im2col call on `layer` (float32)."""
+def _plan_memory(plan: Any, layer: Layer, itemsize: int) -> dict[str, int]:
+    """The workspace parts a conv plan holds beside its operands, by name."""
+    impl = getattr(plan, "impl", None)
+    split = getattr(impl, "plan", None)  # the im2col path's ColumnPlan
+    if plan.algorithm == "im2col" and split is not None:
+        rows = layer.c // layer.groups * math.prod(layer.kernel) * layer.groups
+        columns = 0 if layer.pointwise else split.batch_chunk * rows * split.col_chunk * itemsize
+        return {"columns": columns, "staged GEMM result": plan.workspace_bytes - columns}
+    if plan.algorithm == "im2col_packed":
+        return {"packed columns": plan.workspace_bytes}
+    return {"workspace": plan.workspace_bytes} if plan.workspace_bytes else {}
+
+
+def measure(spec: Any = None, layer: Layer = LAYER, repeat: int = 5,
+            progress: bool = False) -> StageTimes:
+    """Times every path and the im2col stages on `layer` (float32); `progress` draws a progress
+    line on stderr while it measures."""
     import clconv
 
     from ..blas import clblast as gemm
+    from ..runtime.progress import Progress
 
     base = clconv.device(spec)
     dev, clock_name = _profiling_device(base)
@@ -111,16 +170,23 @@ def measure(spec: Any = None, layer: Layer = LAYER, repeat: int = 5) -> StageTim
     w_host = (rng.standard_normal(layer.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
     b_host = rng.standard_normal(layer.k_out).astype(np.float32)
     conv = getattr(clconv, CONV_NAMES[layer.nd])
+    plan_of = getattr(clconv, f"plan_{CONV_NAMES[layer.nd]}")
     args = layer.conv_args()
     k, g, n = layer.k_out, layer.groups, layer.n
     spatial = math.prod(layer.out_size)
     rows = layer.c // g * math.prod(layer.kernel)  # of one group's column matrix
-    memory = {
-        "direct": {"input": x_host.nbytes, "weight": w_host.nbytes, "output": 4 * n * k * spatial},
-    }
-    # The column matrix the im2col stage writes (clconv's im2col path skips it for 1x1 stride-1
-    # layers, which multiply the input itself).
-    memory["im2col"] = dict(memory["direct"], columns=0 if layer.pointwise else layer.column_bytes)
+    operands = {"input": x_host.nbytes, "weight": w_host.nbytes, "output": 4 * n * k * spatial}
+    memory: dict[str, dict[str, int]] = {"direct": dict(operands)}
+    with_gemm = gemm.available()
+    bar = Progress(8 if with_gemm else 3, "demo", enabled=progress)
+    step = 0
+
+    def timed(what: str, fn: Callable[[], Any]) -> float:
+        nonlocal step
+        bar.update(step, what)
+        step += 1
+        return clock.ms(fn, repeat)
+
     with dev:
         q = dev.queue
         x = cla.to_device(q, x_host)
@@ -128,26 +194,35 @@ def measure(spec: Any = None, layer: Layer = LAYER, repeat: int = 5) -> StageTim
         b = cla.to_device(q, b_host)
         direct = conv(x, w, b, **args, algorithm="direct")
         result = StageTimes(layer, f"{base.name} [{base.platform_name}]", clock_name,
-                            clock.ms(lambda: conv(x, w, b, **args, algorithm="direct"), repeat),
+                            timed(LABELS["direct"],
+                                  lambda: conv(x, w, b, **args, algorithm="direct")),
                             memory=memory)
         ref = direct.get()
         result.scale = float(np.abs(ref).max()) or 1.0
-        from ..ops.packed_conv import IM2COL_PACKED, IMPLICIT, workspace_bytes
-        from ..ops.geometry import conv_geometry
-
-        geo = conv_geometry(layer.nd, layer.input_shape, layer.weight_shape, layer.strides,
-                            layer.pads, layer.dilations, layer.groups)
-        for name in (IM2COL_PACKED, IMPLICIT):
-            result.packed_ms[name] = clock.ms(lambda a=name: conv(x, w, b, **args, algorithm=a),
-                                              repeat)
+        for name in ("im2col_packed", "implicit"):
+            result.packed_ms[name] = timed(LABELS[name], lambda a=name: conv(x, w, b, **args,
+                                                                           algorithm=a))
             got = conv(x, w, b, **args, algorithm=name).get()
             result.max_error = max(result.max_error, float(np.abs(got - ref).max()))
-            memory[name] = dict(memory["direct"], **(
-                {"packed columns": workspace_bytes(geo, np.float32, name, dev)}
-                if name == IM2COL_PACKED else {}))
-        if not gemm.available():
-            result.note = f"no im2col + GEMM here: {gemm.missing_reason()}"
-            return result
+            plan = plan_of(layer.input_shape, layer.weight_shape, **args, algorithm=name)
+            memory[name] = dict(operands, **_plan_memory(plan, layer, 4))
+            try:  # the filters packed into the micro-kernel's layout, on every run
+                from ..ops.geometry import conv_geometry
+                from ..ops.packed_conv import pack_conv_weights
+
+                geo = conv_geometry(layer.nd, layer.input_shape, layer.weight_shape,
+                                    layer.strides, layer.pads, layer.dilations, layer.groups)
+                memory[name]["packed filters"] = pack_conv_weights(dev, geo, w).nbytes
+            except Exception:  # noqa: BLE001 - an internal that moved: the chart shows the rest
+                pass
+        if not with_gemm:
+            bar.close()
+            result.note = f"no im2col + CLBlast GEMM here: {gemm.missing_reason()}"
+            return _finished(result, memory, clock)
+        plan = plan_of(layer.input_shape, layer.weight_shape, **args, algorithm="im2col")
+        memory["im2col"] = dict(operands, **_plan_memory(plan, layer, 4))
+        if not memory["im2col"].get("staged GEMM result"):
+            memory["im2col"].pop("staged GEMM result", None)
         im2col = getattr(clconv, _IM2COL_NAMES[layer.nd])
         unfold = dict(kernel_size=layer.kernel, dilation=layer.dilations, padding=layer.pads,
                       stride=layer.strides)
@@ -168,17 +243,32 @@ def measure(spec: Any = None, layer: Layer = LAYER, repeat: int = 5) -> StageTim
             with dev.lock:
                 bias_add(y, b, np.int64(spatial), np.int64(k), queue=q)
 
-        result.stages_ms["im2col"] = clock.ms(lambda: im2col(x, **unfold), repeat)
-        result.stages_ms["GEMM"] = clock.ms(run_gemm, repeat)
+        def run_chained() -> None:
+            im2col(x, **unfold, out=cols)
+            run_gemm()
+            run_epilogue()
+
+        result.stages_ms["im2col"] = timed("im2col stage", lambda: im2col(x, **unfold, out=cols))
+        result.stages_ms["GEMM"] = timed("GEMM stage", run_gemm)
         run_gemm()
         run_epilogue()  # y = the stages' output, bias once
         staged = y.get()
-        result.stages_ms["epilogue"] = clock.ms(run_epilogue, repeat)
-        result.im2col_call_ms = clock.ms(lambda: conv(x, w, b, **args, algorithm="im2col"),
-                                         repeat)
+        result.stages_ms["epilogue"] = timed("epilogue stage", run_epilogue)
+        result.chained_ms = timed("the stages back to back", run_chained)
+        result.im2col_call_ms = timed(LABELS["im2col"],
+                                      lambda: conv(x, w, b, **args, algorithm="im2col"))
         called = conv(x, w, b, **args, algorithm="im2col").get()
         result.max_error = float(max(result.max_error, np.abs(staged - ref).max(),
                                      np.abs(called - ref).max()))
+    bar.close()
+    return _finished(result, memory, clock)
+
+
+def _finished(result: StageTimes, memory: dict[str, dict[str, int]], clock: _Clock) -> StageTimes:
+    if clock.host_fallbacks:
+        result.clock += (f" (host clock around queue.finish() for {clock.host_fallbacks} "
+                         f"measurement(s) whose markers timed nothing)")
+    result.memory = {a: memory[a] for a in LABELS if a in memory}  # the report's order
     return result
 
 
@@ -189,129 +279,274 @@ def _bias_kernel(context: cl.Context) -> Any:
                              "y[i] += b[(i / spatial) % channels]", "clconv_demo_bias")
 
 
+# --------------------------------------------------------------------------------------------------
+# Words and numbers
+
+def flop_text(flops: float) -> str:
+    """An amount of work in the unit that suits it: '4.72 MFLOP', '1.85 GFLOP'."""
+    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.0f} FLOP"
+
+
+def rate_text(flops: float, ms: float) -> str:
+    """A FLOP rate in the unit that suits it: '12.3 GFLOP/s', '450 MFLOP/s'."""
+    return flop_text(flops / ms * 1e3) + "/s" if ms > 0 else "-"
+
+
+def _times(x: float) -> str:
+    """A speed-up with the digits that matter: '146.6x', '1.93x', '0.021x'."""
+    return f"{x:.1f}x" if x >= 10 else f"{x:.2f}x" if x >= 0.1 else f"{x:.2g}x"
+
+
+def ms_text(ms: float) -> str:
+    """Milliseconds with the digits that matter: '326.8', '23.51', '0.0137'."""
+    return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3g}"
+
+
+def _title(layer: Layer) -> str:
+    return layer.name if layer.spec in layer.name else f"{layer.name} ({layer.spec})"
+
+
+def stages_sentence(r: StageTimes) -> str | None:
+    """Why one conv call beats its stages measured alone, from the measured numbers."""
+    if not r.stages_ms or r.im2col_call_ms is None or r.chained_ms is None:
+        return None
+    alone = sum(r.stages_ms.values())
+    if alone <= r.im2col_call_ms:
+        return (f"In this run the one conv call ({ms_text(r.im2col_call_ms)} ms; its stages "
+                f"back to back {ms_text(r.chained_ms)} ms) did not beat its stages timed one by "
+                f"one ({ms_text(alone)} ms summed): single timings vary, most on a busy machine; "
+                f"--repeat takes the median of more runs.")
+    if alone < 1.1 * r.im2col_call_ms:
+        return (f"The one conv call ({ms_text(r.im2col_call_ms)} ms) costs about what its stages "
+                f"cost timed one by one ({ms_text(alone)} ms) on this device: the stages' own "
+                f"work, not their launches, sets the time here.")
+    return (f"Why one conv call ({ms_text(r.im2col_call_ms)} ms) beats its stages timed one by "
+            f"one ({ms_text(alone)} ms): timed alone, each stage starts on an idle queue, pays its "
+            f"own launch and finds its input out of the caches; enqueued back to back, as the "
+            f"call enqueues them, the same stages take {ms_text(r.chained_ms)} ms: the GEMM reads "
+            f"the column matrix im2col has just written.")
+
+
+def verdict(r: StageTimes) -> list[str]:
+    """The answer in words: which path is fastest, and honest words for those that lose."""
+    paths = r.paths()
+    best = min(paths, key=paths.__getitem__)
+    work = flop_text(r.layer.flops)
+    losers = [a for a in paths if a != "direct" and r.speedup(a) < 1]
+    lines = []
+    if best == "direct":
+        lines.append(f"On this layer the direct loops are the fastest: every GEMM path is slower "
+                     f"({', '.join(f'{LABELS[a]} {_times(r.speedup(a))}' for a in losers)} the "
+                     f"loops' speed).")
+        if r.layer.flops < 1e8:
+            lines.append(f"The layer is small ({work} a call): im2col's copy, the packing and "
+                         f"the extra launches cost more than a GEMM saves on so little work. On "
+                         f"real layers (the default, ResNet-50's 3x3 conv) the GEMM paths "
+                         f"usually win: try it.")
+        return lines
+    lines.append(f"Fastest: {LABELS[best]}, {_times(r.speedup(best))} the speed of the direct "
+                 f"loops ({ms_text(paths[best])} ms against {ms_text(r.direct_ms)} ms).")
+    if best in ("implicit", "im2col_packed"):
+        lines.append("clconv's own GEMM engine packs the operands into the tiles this device's "
+                     "registers and caches hold, the shape GEMM is fast in (docs/why-im2col.md).")
+    for a in losers:
+        lines.append(f"{LABELS[a]} is slower than the loops here ({_times(r.speedup(a))} their "
+                     f"speed).")
+    return lines
+
+
 def report(r: StageTimes, repeat: int) -> str:
     lay = r.layer
-    gflop = lay.flops / 1e9
-    lines = [f"clconv demo: {lay.name} ({lay.spec}): input {lay.input_shape}, weight "
-             f"{lay.weight_shape}, {gflop:.3f} GFLOP per call",
+    flops = lay.flops
+    lines = [(f"clconv demo: {_title(lay)}: input {lay.input_shape}, weight "
+              f"{lay.weight_shape}, {flop_text(flops)} per call"),
              f"device: {r.device}; times: {r.clock}, median of {repeat} runs", ""]
-    rows = [("direct loops", r.direct_ms)]
-    rows += [(f"  im2col stage: {name}", ms) for name, ms in r.stages_ms.items()]
+    rows: list[tuple[str, float, str | None]] = [(LABELS["direct"], r.direct_ms, "direct")]
+    rows += [(f"  im2col stage alone: {name}", ms, None) for name, ms in r.stages_ms.items()]
     if r.stages_ms:
-        rows.append(("im2col + GEMM, sum of the stages", sum(r.stages_ms.values())))
+        rows.append(("  the stages, sum of the above", sum(r.stages_ms.values()), None))
+    if r.chained_ms is not None:
+        rows.append(("  the stages back to back", r.chained_ms, None))
     if r.im2col_call_ms is not None:
-        rows.append(("im2col + GEMM, as one conv call", r.im2col_call_ms))
-    names = {"im2col_packed": "im2col + clconv's packed GEMM", "implicit": "implicit GEMM (clconv's)"}
-    rows += [(names.get(a, a), ms) for a, ms in r.packed_ms.items()]
-    lines.append(f"{'':<36} {'ms':>9} {'GFLOP/s':>9}")
-    for name, ms in rows:
-        rate = "" if name.startswith("  ") else f"{gflop / ms * 1e3:>9.1f}"
-        lines.append(f"{name:<36} {ms:>9.2f} {rate}")
+        rows.append((LABELS["im2col"] + ", one call", r.im2col_call_ms, "im2col"))
+    rows += [(LABELS[a], ms, a) for a, ms in r.packed_ms.items()]
+    lines.append(f"{'':<36} {'ms':>9} {'FLOP/s':>14} {'vs loops':>9}")
+    for name, ms, algo in rows:
+        if algo is None:
+            lines.append(f"{name:<36} {ms_text(ms):>9}")
+        else:
+            lines.append(f"{name:<36} {ms_text(ms):>9} {rate_text(flops, ms):>14} "
+                         f"{_times(r.direct_ms / ms):>9}")
     if r.note:
         lines.append(r.note)
-    if r.im2col_call_ms is not None:
-        speedup = r.direct_ms / r.im2col_call_ms
-        lines.append("")
-        lines.append(f"im2col + GEMM is {speedup:.1f}x the direct loops "
-                     f"({'faster' if speedup >= 1 else 'slower'}) on this device; the GEMM is "
-                     f"{100 * r.stages_ms['GEMM'] / sum(r.stages_ms.values()):.0f}% of its stages.")
-        lines.append(f"results agree: max |each algorithm - direct| = {r.max_error:.2e} (output "
-                     f"max {r.scale:.2f})")
-    if r.packed_ms:
-        best = min(r.packed_ms, key=r.packed_ms.__getitem__)
-        lines.append(f"on clconv's own GEMM engine ({names[best]}) the same layer is "
-                     f"{r.direct_ms / r.packed_ms[best]:.1f}x the direct loops: the GEMM shaped "
-                     f"for this device's registers and caches (docs/why-im2col.md)")
+    lines.append("")
+    lines += verdict(r)
+    why = stages_sentence(r)
+    if why:
+        lines.append(f"{why} The GEMM is "
+                     f"{100 * r.stages_ms['GEMM'] / sum(r.stages_ms.values()):.0f}% of the stages.")
+    lines.append(f"results agree: max |each algorithm - direct| = {r.max_error:.2e} (output max "
+                 f"{r.scale:.2f})")
     mem_in = r.memory["direct"]["input"]
     cols = r.memory.get("im2col", {}).get("columns", 0)
+    unit, scale = _memory_unit(r)
     lines.append("")
-    lines.append("memory on the device (MiB):")
+    lines.append(f"memory on the device ({unit}):")
     for algo, parts in r.memory.items():
-        listed = ", ".join(f"{p} {v / 2**20:.2f}" for p, v in parts.items())
-        lines.append(f"  {algo:<13} {sum(parts.values()) / 2**20:>7.2f}  ({listed})")
+        listed = ", ".join(f"{p} {v / scale:.2f}" for p, v in parts.items())
+        lines.append(f"  {LABELS[algo]:<32} {sum(parts.values()) / scale:>8.2f}  ({listed})")
     if cols:
         lines.append(f"the column buffer is {cols / mem_in:.1f}x the input: each input value is "
                      f"copied up to {math.prod(lay.kernel)} times (once per kernel tap).")
-    else:
+    elif "im2col" in r.memory:
         lines.append("this layer needs no column buffer (1x1, stride 1: the input is the matrix).")
     return "\n".join(lines)
 
 
-def plot(r: StageTimes, path: Path) -> str | None:
-    """Stage times next to the loops, and memory per algorithm, as a PNG; None, or why not."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'clconv[plot]')"
-    colours = {"direct loops": "#999999", "im2col": "#4c72b0", "GEMM": "#dd8452",
-               "epilogue": "#55a868", "one call": "#8172b3"}
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.2),
-                                     gridspec_kw={"width_ratios": [1.6, 1]})
-    labels = ["direct loops"]
-    ax_t.barh(0, r.direct_ms, color=colours["direct loops"])
-    ax_t.text(r.direct_ms, 0, f" {r.direct_ms:.2f} ms", va="center", fontsize=8)
-    if r.stages_ms:
-        left = 0.0
-        for name, ms in r.stages_ms.items():
-            ax_t.barh(1, ms, left=left, color=colours[name], label=name)
-            left += ms
-        ax_t.text(left, 1, f" {left:.2f} ms", va="center", fontsize=8)
-        labels.append("im2col + GEMM\n(stages, each alone)")
-    if r.im2col_call_ms is not None:
-        ax_t.barh(2, r.im2col_call_ms, color=colours["one call"])
-        ax_t.text(r.im2col_call_ms, 2, f" {r.im2col_call_ms:.2f} ms", va="center", fontsize=8)
-        labels.append("im2col + GEMM\n(one conv call)")
-    ax_t.set_yticks(range(len(labels)))
-    ax_t.set_yticklabels(labels, fontsize=8)
-    ax_t.invert_yaxis()
-    ax_t.set_xlabel(f"device time, ms (lower is better; {r.clock})", fontsize=8)
-    ax_t.set_xlim(0, max(r.direct_ms, r.im2col_call_ms or 0,
-                         sum(r.stages_ms.values())) * 1.25)
-    if r.stages_ms:
-        ax_t.legend(fontsize=8, loc="lower right")
-    ax_t.set_title("time", fontsize=9)
+def _memory_unit(r: StageTimes) -> tuple[str, float]:
+    most = max(sum(parts.values()) for parts in r.memory.values())
+    return ("MiB", 2.0**20) if most >= 2**20 else ("KiB", 2.0**10)
 
-    parts = ("input", "weight", "output", "columns")
-    part_colours = {"input": "#4c72b0", "weight": "#c44e52", "output": "#55a868",
-                    "columns": "#dd8452"}
+
+# --------------------------------------------------------------------------------------------------
+# The chart
+
+def figure(r: StageTimes) -> Any:
+    """The chart as a matplotlib Figure: device time per path (stages stacked), with the speed-up
+    over the loops and the FLOP rate on each bar, and the memory each algorithm holds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(15, 5.8),
+                                     gridspec_kw={"width_ratios": [1.9, 1]})
+    flops = r.layer.flops
+    bars: list[tuple[str, list[tuple[str, float]], str]] = []  # label, (colour key, ms), note
+    bars.append((LABELS["direct"], [("direct", r.direct_ms)], _bar_note(r, "direct")))
+    if r.stages_ms:
+        alone = sum(r.stages_ms.values())
+        each = ", ".join(f"{s} {ms_text(ms)}" for s, ms in r.stages_ms.items())
+        note = f"{ms_text(alone)} ms summed\n ({each})"
+        if r.chained_ms is not None:
+            note += f"\n back to back: {ms_text(r.chained_ms)} ms"
+        bars.append(("im2col + CLBlast GEMM:\nits stages, each timed alone",
+                     [(f"{s} stage", ms) for s, ms in r.stages_ms.items()], note))
+    if r.im2col_call_ms is not None:
+        bars.append((LABELS["im2col"] + ":\none conv call", [("im2col", r.im2col_call_ms)],
+                     _bar_note(r, "im2col")))
+    for a in r.packed_ms:
+        bars.append((LABELS[a].replace(" (", "\n("), [(a, r.packed_ms[a])], _bar_note(r, a)))
+    totals = [sum(ms for _, ms in parts) for _, parts, _ in bars]
+    log = max(totals) > 30 * min(totals)  # else the fast bars would be a few pixels wide
+    seen: set[str] = set()
+    for row, (_, parts, note) in enumerate(bars):
+        left = 0.0
+        for j, (key, ms) in enumerate(parts):
+            legend = _legend_name(key)
+            label = None if legend in seen else legend
+            seen.add(legend)
+            if log and len(parts) > 1:
+                # Stacked parts would lie on a log axis: the stages side by side, each from 0.
+                height = 0.8 / len(parts)
+                ax_t.barh(row + (j - (len(parts) - 1) / 2) * height, ms, height=height * 0.9,
+                          color=TIME_COLOURS[key], label=label)
+                left = max(left, ms)
+            else:
+                ax_t.barh(row, ms, left=left, color=TIME_COLOURS[key], label=label)
+                left += ms
+        ax_t.text(left, row, f" {note}", va="center", fontsize=8)
+    ax_t.set_yticks(range(len(bars)))
+    ax_t.set_yticklabels([label for label, _, _ in bars], fontsize=8)
+    ax_t.invert_yaxis()
+    if log:
+        ax_t.set_xscale("log")
+        # from below the shortest part drawn (a stage too), so that every colour shows
+        shortest = min(ms for _, parts, _ in bars for _, ms in parts)
+        ax_t.set_xlim(shortest / 3, max(totals) * 200)
+    else:
+        ax_t.set_xlim(0, max(totals) * 1.9)
+    ax_t.set_xlabel(f"device time, ms{', log scale' if log else ''} (lower is better; "
+                    f"{r.clock})", fontsize=8)
+    ax_t.legend(fontsize=7, title="time", title_fontsize=7, loc="upper left",
+                bbox_to_anchor=(1.01, 1.0))
+    ax_t.set_title(f"time per call ({flop_text(flops)} of work; speed-up over the loops, FLOP "
+                   f"rate)", fontsize=9)
+
+    unit, scale = _memory_unit(r)
+    seen.clear()
     for i, (algo, sizes) in enumerate(r.memory.items()):
         bottom = 0.0
-        for part in parts:
-            mib = sizes.get(part, 0) / 2**20
-            if mib:
-                ax_m.bar(i, mib, bottom=bottom, color=part_colours[part],
-                         label=part if i == len(r.memory) - 1 or part != "columns" else None)
-                bottom += mib
-        ax_m.text(i, bottom, f"{bottom:.2f} MiB", ha="center", va="bottom", fontsize=8)
+        for part, nbytes in sizes.items():
+            if not nbytes:
+                continue
+            ax_m.bar(i, nbytes / scale, bottom=bottom, color=PART_COLOURS.get(part, "#dddddd"),
+                     label=None if part in seen else part, edgecolor="white", linewidth=0.5)
+            seen.add(part)
+            bottom += nbytes / scale
+        ax_m.text(i, bottom, f"{bottom:.2f} {unit}", ha="center", va="bottom", fontsize=8)
     ax_m.set_xticks(range(len(r.memory)))
-    ax_m.set_xticklabels(["direct loops" if a == "direct" else "im2col + GEMM"
-                          for a in r.memory], fontsize=8)
-    handles, names = ax_m.get_legend_handles_labels()
-    unique = dict(zip(names, handles))
-    ax_m.legend(unique.values(), unique.keys(), fontsize=8)
-    ax_m.set_ylabel("MiB on the device", fontsize=8)
-    ax_m.set_title("memory", fontsize=9)
-    fig.suptitle(f"{r.layer.name} ({r.layer.spec}) on {r.device}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ax_m.set_xticklabels([textwrap.fill(LABELS[a], 14) for a in r.memory], fontsize=7)
+    ax_m.set_ylabel(f"{unit} on the device", fontsize=8)
+    ax_m.set_ylim(0, max(sum(p.values()) for p in r.memory.values()) / scale * 1.15)
+    ax_m.legend(fontsize=7, title="memory", title_fontsize=7, loc="upper left",
+                bbox_to_anchor=(1.01, 1.0))
+    ax_m.set_title("memory each algorithm holds", fontsize=9)
+
+    lines = verdict(r)
+    why = stages_sentence(r)
+    words = "\n".join(textwrap.fill(t, 190) for t in (lines[:2] + ([why] if why else [])))
+    fig.suptitle(f"{_title(r.layer)} on {r.device}", fontsize=9)
+    fig.text(0.01, 0.01, words, fontsize=8, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.03 + 0.028 * words.count("\n"), 1, 0.97))
+    return fig
+
+
+def _legend_name(key: str) -> str:
+    return key if key.endswith("stage") else LABELS[key]
+
+
+def _bar_note(r: StageTimes, algorithm: str) -> str:
+    ms = r.paths()[algorithm]
+    speed = "the reference" if algorithm == "direct" else \
+        f"{_times(r.speedup(algorithm))} the loops' speed"
+    return f"{ms_text(ms)} ms, {speed}, {rate_text(r.layer.flops, ms)}"
+
+
+def plot(r: StageTimes, path: Path) -> str | None:
+    """Writes `figure(r)` as a PNG to `path` (its folder must exist); None, or why not."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "matplotlib is not installed (pip install 'clconv[plot]')"
+    import matplotlib.pyplot as plt
+
+    fig = figure(r)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
 
 
 def run_demo(spec: str | None = None, repeat: int = 5, layer: Layer | None = None,
-             out: str | os.PathLike[str] | None = "clconv-demo.png") -> int:
-    """Prints the demo's report and writes its PNG to `out` (None: no PNG); 0 when the two
-    algorithms agree."""
-    r = measure(spec, layer or LAYER, repeat)
+             out: str | os.PathLike[str] | None = "clconv-demo.png",
+             progress: bool = True) -> int:
+    """Prints the demo's report and writes its PNG to `out` (None: no PNG; its folder must
+    exist); 0 when every algorithm agrees with the loops."""
+    from .bench import _busy_warning, _load
+
+    load_start = _load()
+    r = measure(spec, layer or LAYER, repeat, progress=progress)
     print(report(r, repeat))
+    busy = _busy_warning(load_start, _load(), "")
+    if busy:
+        print(busy)
     if out is not None:
         path = Path(out).resolve()
         why = plot(r, path)
         print(f"\nno chart: {why}" if why else f"\nwrote the chart to {path}")
     ok = r.max_error <= 1e-3 * max(r.scale, 1.0)
     if not ok:
-        print("ERROR: the two algorithms disagree")
+        print("ERROR: the algorithms disagree")
     return 0 if ok else 1

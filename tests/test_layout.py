@@ -1,0 +1,75 @@
+"""Channels-last operands through the functional convolutions (`layout='nlc'|'nhwc'|'ndhwc'`):
+results equal the float64 oracle's, transposed; numpy in -> numpy out, device in -> contiguous
+device out; unbatched inputs, the residual and out= in the same layout; bad layout names are
+ValueErrors naming `layout`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cla
+import pytest
+
+import reference as ref
+from tolerance import assert_close, conv_magnitude, conv_reduction
+
+LAST = {1: "nlc", 2: "nhwc", 3: "ndhwc"}
+FIRST = {1: "ncl", 2: "nchw", 3: "ncdhw"}
+SIZES = {1: (11,), 2: (7, 6), 3: (4, 5, 3)}
+
+
+def _last(a: np.ndarray) -> np.ndarray:
+    """(N, C, *spatial) -> (N, *spatial, C)."""
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1))
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["numpy", "device"])
+def test_channels_last_matches_the_oracle(clconv_mod, dev, rng, nd, kind):
+    x = rng.standard_normal((2, 4, *SIZES[nd])).astype(np.float32)
+    w = rng.standard_normal((6, 2, *(3,) * nd)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    want = _last(ref.conv_nd(x, w, b, 2, 1, 1, 2))  # stride 2, padding 1, groups 2
+    xl = _last(x)
+    arg = cla.to_device(dev.queue, xl) if kind == "device" else xl
+    got = getattr(clconv_mod, f"conv{nd}d")(arg, w, b, 2, 1, 1, 2, layout=LAST[nd])
+    if kind == "device":
+        assert isinstance(got, cla.Array) and got.flags.c_contiguous
+        got = got.get()
+    assert isinstance(got, np.ndarray) and got.shape == want.shape
+    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    # the channels-first name is the default
+    same = getattr(clconv_mod, f"conv{nd}d")(x, w, b, 2, 1, 1, 2, layout=FIRST[nd])
+    np.testing.assert_array_equal(same, getattr(clconv_mod, f"conv{nd}d")(x, w, b, 2, 1, 1, 2))
+
+
+def test_unbatched_residual_and_out_in_the_same_layout(clconv_mod, dev, rng):
+    x = rng.standard_normal((1, 3, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    r = rng.standard_normal((1, 4, 6, 5)).astype(np.float32)
+    want = np.maximum(ref.conv_nd(x, w, None, 1, 1) + r, 0)
+    tol = (np.float32, conv_reduction(w), conv_magnitude(x, w) + float(np.abs(r).max()))
+    got = clconv_mod.conv2d(_last(x)[0], w, padding=1, residual=_last(r)[0], activation="relu",
+                            layout="nhwc")
+    assert got.shape == (6, 5, 4)
+    assert_close(got, _last(want)[0], *tol)
+    out = np.full((1, 6, 5, 4), np.nan, np.float32)
+    assert clconv_mod.conv2d(_last(x), w, padding=1, residual=_last(r), activation="relu",
+                             layout="nhwc", out=out) is out
+    assert_close(out, _last(want), *tol)
+    outd = cla.empty(dev.queue, (1, 6, 5, 4), np.float32)
+    xd, rd = cla.to_device(dev.queue, _last(x)), cla.to_device(dev.queue, _last(r))
+    assert clconv_mod.conv2d(xd, w, padding=1, residual=rd, activation="relu", layout="nhwc",
+                             out=outd) is outd
+    assert_close(outd.get(), _last(want), *tol)
+    with pytest.raises(ValueError, match=r"out must have shape \(1, 6, 5, 4\)"):
+        clconv_mod.conv2d(_last(x), w, padding=1, layout="nhwc", out=np.empty((1, 4, 6, 5),
+                                                                              np.float32))
+
+
+@pytest.mark.parametrize("nd, layout", [(2, "NHWC"), (2, "nlc"), (1, "nhwc"), (3, "nhwc"),
+                                        (2, "channels_last"), (2, 1)])
+def test_a_layout_that_does_not_fit_is_named(clconv_mod, nd, layout):
+    x = np.ones((1, 2, *SIZES[nd]), np.float32)
+    w = np.ones((2, 2, *(1,) * nd), np.float32)
+    with pytest.raises(ValueError, match=f"layout must be '{FIRST[nd]}'.*'{LAST[nd]}'"):
+        getattr(clconv_mod, f"conv{nd}d")(x, w, layout=layout)
