@@ -7,10 +7,19 @@
 // -D USE_FP64   enable cl_khr_fp64          -D USE_FP16  enable cl_khr_fp16
 // -D INDEX_T    integer type of flat offsets: int (default) or long, chosen by the host from the sizes
 // -D PAD_MODE   0 zeros, 1 reflect, 2 replicate, 3 circular
+// -D ACT, ACT_A, ACT_B  the fused activation (see activate() below; default 0: none)
+// -D HAS_BIAS   the epilogue adds bias[c]   -D HAS_RESIDUAL  it adds residual[the element's offset]
 //
 // Geometry is canonical 3-D: 1-D and 2-D problems are 3-D ones whose leading spatial dims are 1, so one
-// kernel family serves conv1d/2d/3d. Sizes are compile-time constants so that the index arithmetic
-// below divides by constants (the compiler turns those into multiplies and shifts).
+// kernel family serves conv1d/2d/3d. The kernel size, stride and dilation (KD..DW) are always
+// compile-time constants (the inner loops unroll over them). The sizes (channels C, COUT, GROUPS;
+// ID..IW, OD..OW; leading padding PD..PW) are compile-time defines too, unless the kernel file defines
+// RUNTIME_SIZES before including this one: then they are kernel arguments, so that the layers of a
+// network share one program per kernel size and stride. Such a kernel lists GEOMETRY_ARGS among its
+// parameters (three int4: (C, ID, IH, IW), (COUT, OD, OH, OW), (GROUPS, PD, PH, PW)) and hands them on
+// to helpers with GEO_PASS (helpers declare GEO_DECL); its hot loops divide by none of them (they
+// step indices incrementally or use values worked out once per work-item).
+// -D RUNTIME_SIZES (set by the kernel file, not the host)
 
 #ifdef USE_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
@@ -29,6 +38,53 @@
 #define INDEX_T int
 #endif
 typedef INDEX_T idx_t;
+
+#ifdef RUNTIME_SIZES
+#define GEOMETRY_ARGS const int4 geo_in, const int4 geo_out, const int4 geo_pad
+#define GEO_DECL const int4 geo_in, const int4 geo_out, const int4 geo_pad,
+#define GEO_PASS geo_in, geo_out, geo_pad,
+// (a -D of one of these still fixes it: conv_grouped.cl's host fixes the W dim's sizes, which
+// its vector tiling unrolls over)
+#ifndef C
+#define C (geo_in.s0)
+#endif
+#ifndef ID
+#define ID (geo_in.s1)
+#endif
+#ifndef IH
+#define IH (geo_in.s2)
+#endif
+#ifndef IW
+#define IW (geo_in.s3)
+#endif
+#ifndef COUT
+#define COUT (geo_out.s0)
+#endif
+#ifndef OD
+#define OD (geo_out.s1)
+#endif
+#ifndef OH
+#define OH (geo_out.s2)
+#endif
+#ifndef OW
+#define OW (geo_out.s3)
+#endif
+#ifndef GROUPS
+#define GROUPS (geo_pad.s0)
+#endif
+#ifndef PD
+#define PD (geo_pad.s1)
+#endif
+#ifndef PH
+#define PH (geo_pad.s2)
+#endif
+#ifndef PW
+#define PW (geo_pad.s3)
+#endif
+#else
+#define GEO_DECL
+#define GEO_PASS
+#endif
 
 // Input geometry (per image): C channels of ID x IH x IW.
 #ifndef C
@@ -107,8 +163,12 @@ typedef INDEX_T idx_t;
 #ifndef COUT
 #define COUT 1
 #endif
+#ifndef CIN_G  // (a kernel may fix these two: conv_grouped.cl's do)
 #define CIN_G (C / GROUPS)
+#endif
+#ifndef COUT_G
 #define COUT_G (COUT / GROUPS)
+#endif
 
 #define KSIZE ((idx_t)KD * KH * KW)
 #define IN_SPATIAL ((idx_t)ID * IH * IW)
@@ -142,7 +202,7 @@ inline int source_coord(int i, int n) {
 }
 
 // Flat offset of input element (c, d, h, w) inside one image, or -1 when the padded position is a zero.
-inline idx_t input_offset(int c, int d, int h, int w) {
+inline idx_t input_offset(GEO_DECL int c, int d, int h, int w) {
     const int sd = source_coord(d, ID);
     const int sh = source_coord(h, IH);
     const int sw = source_coord(w, IW);
@@ -184,40 +244,46 @@ inline idx_t input_offset(int c, int d, int h, int w) {
 #define ACT 1
 #endif
 
-// relu6(v) without fmin/fmax: NaN stays NaN.
+// relu6(v) without fmin/fmax: NaN stays NaN. Scalar or vector: on vectors ?: selects per lane.
 #define ACT_CLIP(v, lo, hi) ((v) < (lo) ? (lo) : ((v) > (hi) ? (hi) : (v)))
 
-inline ACC activate(ACC v) {
+// ACT_APPLY(T, v): the activation of v as an expression of type T, a scalar or a vector type (the
+// vector stores of gemm_packed.cl and conv_grouped.cl apply it to whole vectors: the builtins exp,
+// erf, tanh, expm1 are overloaded for vectors and ?: selects lane by lane, so relu stays one select).
+// v must be a plain variable (it is evaluated more than once).
 #if ACT == ACT_NONE
-    return v;
+#define ACT_APPLY(T, v) (v)
 #elif ACT == ACT_RELU
-    return (v < (ACC)0) ? (ACC)0 : v;
+#define ACT_APPLY(T, v) (((v) < (T)0) ? (T)0 : (v))
 #elif ACT == ACT_RELU6
-    return ACT_CLIP(v, (ACC)0, (ACC)6);
+#define ACT_APPLY(T, v) ACT_CLIP(v, (T)0, (T)6)
 #elif ACT == ACT_SILU
-    return v * ((ACC)1 / ((ACC)1 + exp(-v)));
+#define ACT_APPLY(T, v) ((v) * ((T)1 / ((T)1 + exp(-(v)))))
 #elif ACT == ACT_GELU
-    return (ACC)0.5 * v * ((ACC)1 + erf(v * (ACC)0.70710678118654752440));
+#define ACT_APPLY(T, v) ((T)0.5 * (v) * ((T)1 + erf((v) * (T)0.70710678118654752440)))
 #elif ACT == ACT_GELU_TANH
-    const ACC inner = (ACC)0.79788456080286535588 * (v + (ACC)0.044715 * v * v * v);
-    return (ACC)0.5 * v * ((ACC)1 + tanh(inner));
+#define ACT_APPLY(T, v) \
+    ((T)0.5 * (v) * ((T)1 + tanh((T)0.79788456080286535588 * ((v) + (T)0.044715 * (v) * (v) * (v)))))
 #elif ACT == ACT_SIGMOID
-    return (ACC)1 / ((ACC)1 + exp(-v));
+#define ACT_APPLY(T, v) ((T)1 / ((T)1 + exp(-(v))))
 #elif ACT == ACT_TANH
-    return tanh(v);
+#define ACT_APPLY(T, v) tanh(v)
 #elif ACT == ACT_HARDSWISH
-    return v * ACT_CLIP(v + (ACC)3, (ACC)0, (ACC)6) / (ACC)6;
+#define ACT_APPLY(T, v) ((v) * ACT_CLIP((v) + (T)3, (T)0, (T)6) / (T)6)
 #elif ACT == ACT_HARDSIGMOID
-    return ACT_CLIP(v + (ACC)3, (ACC)0, (ACC)6) / (ACC)6;
+#define ACT_APPLY(T, v) (ACT_CLIP((v) + (T)3, (T)0, (T)6) / (T)6)
 #elif ACT == ACT_LEAKY_RELU
-    return (v > (ACC)0) ? v : v * (ACC)(ACT_A);
+#define ACT_APPLY(T, v) (((v) > (T)0) ? (v) : (v) * (T)(ACT_A))
 #elif ACT == ACT_ELU
-    return (v > (ACC)0) ? v : (ACC)(ACT_A) * expm1(v);
+#define ACT_APPLY(T, v) (((v) > (T)0) ? (v) : (T)(ACT_A) * expm1(v))
 #elif ACT == ACT_CLAMP
-    return ACT_CLIP(v, (ACC)(ACT_A), (ACC)(ACT_B));
+#define ACT_APPLY(T, v) ACT_CLIP(v, (T)(ACT_A), (T)(ACT_B))
 #else
 #error "unknown ACT"
 #endif
+
+inline ACC activate(ACC v) {
+    return ACT_APPLY(ACC, v);
 }
 
 // The tail of every kernel that writes a convolution's result: adds bias[b_offset + c] (-D HAS_BIAS)
@@ -226,6 +292,21 @@ inline ACC activate(ACC v) {
 inline ACC epilogue_value(ACC v, __global const REAL* bias, const long b_offset, const int c) {
 #ifdef HAS_BIAS
     v += (ACC)bias[b_offset + c];
+#endif
+    return activate(v);
+}
+
+// The same with a residual (-D HAS_RESIDUAL): act(v + bias[b_offset + c] + residual[r_index]), in
+// torch's order (conv + bias, + residual, then the activation). The residual has the output's shape:
+// a kernel passes the element's own offset within it. Without HAS_RESIDUAL it is epilogue_value
+// (residual is not read). Kernels built with HAS_RESIDUAL must store through this one.
+inline ACC epilogue_residual(ACC v, __global const REAL* bias, const long b_offset, const int c,
+                             __global const REAL* residual, const long r_index) {
+#ifdef HAS_BIAS
+    v += (ACC)bias[b_offset + c];
+#endif
+#ifdef HAS_RESIDUAL
+    v += (ACC)residual[r_index];
 #endif
     return activate(v);
 }

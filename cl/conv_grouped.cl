@@ -1,27 +1,33 @@
 // conv_grouped.cl: direct convolution for groups with few channels each (depthwise: one), where a
 // GEMM per group would have a handful of rows.
 //
-// A work-item computes a segment of SEGW adjacent outputs along W for one (n, co, od, oh). The
+// A work-item computes a segment of segw adjacent outputs along W for one (n, co, od, oh). The
 // outputs whose receptive field lies inside the input along W (the interior, a range known at
-// compile time) are computed VW at a time as one vector: per input line and kernel tap, one vector
+// the work-item) are computed VW at a time as one vector: per input line and kernel tap, one vector
 // of VW inputs (an unaligned vector load for stride 1, the even lanes of a 2 * VW load for
 // stride 2) times the tap, so each loaded line serves VW outputs and the taps unroll from the
 // KD/KH/KW defines; the last vector of a segment may overlap the previous one (it stores the same
 // values again). The few outputs at the left and right edges, where the padding is, are computed
 // one by one through source_coord() (PAD_MODE). Lines that fall entirely in zero padding are
-// skipped. Short lines are done ROWS at a time, so that a work-item has a few dozen outputs.
+// skipped. Short lines are done `rows` at a time, so that a work-item has a few dozen outputs.
 //
-// -D GROUPS, -D COUT  groups and output channels (C, the input channels, comes from common.cl)
+// Sizes (C, COUT, GROUPS, ID..OW, PD..PW) are the GEOMETRY_ARGS arguments (common.cl's
+// RUNTIME_SIZES); kernel size, stride, dilation and PAD_MODE are defines, and so is
+// -D CIN_G, -D COUT_G  input and output channels per group (CIN_G <= 16: the loops over them
+//                     unroll; the channel of an output is worked out without a division)
 // -D VW               outputs per vector: 2, 4 or 8 (default 8; at most 4 for double: wider
 //                     vectors than 256 bits through builtins change the ABI on AVX2 CPUs)
-// -D SEGW             outputs per work-item along W, a multiple of VW (default 8 * VW)
-// -D ROWS             output lines per work-item (default 1)
-// -D HAS_BIAS         add bias[co]       -D RELU  apply max(0, .) last (NaN stays NaN)
+// Arguments segw (outputs per work-item along W, a multiple of VW) and rows (output lines per
+// work-item).
+// -D HAS_BIAS         add bias[co]       -D HAS_RESIDUAL  add the residual's element (an operand
+//                     of y's shape from r_offset)   -D ACT (ACT_A, ACT_B)  the activation (common.cl),
+//                     on whole vectors in the interior (ACT_APPLY)
 // Plus the geometry defines of common.cl (any nd: 1-d and 2-d problems are 3-d ones with
 // leading 1s).
-// NDRange: (ceil(OW / SEGW), ceil(OH / ROWS), batch * COUT * OD).
+// NDRange: (ceil(OW / segw), ceil(OH / rows), batch * COUT * OD).
 // Weight layout (COUT, C / GROUPS, KD, KH, KW).
 
+#define RUNTIME_SIZES
 #include "common.cl"
 
 #ifndef VW
@@ -33,15 +39,9 @@
 #if defined(USE_FP64) && VW > 4
 // 8 doubles are 512 bits: passed to or returned from a builtin, such a vector changes the x86 ABI
 // without AVX-512 (a compiler warning on AVX2 CPUs). Lanes are independent, so the results are
-// the same with 4; SEGW stays a multiple of it.
+// the same with 4; segw stays a multiple of it.
 #undef VW
 #define VW 4
-#endif
-#ifndef SEGW
-#define SEGW (8 * VW)
-#endif
-#ifndef ROWS
-#define ROWS 1
 #endif
 
 // Interior outputs [OW_LO, OW_HI): every input a vector of them loads is inside [0, IW) (the
@@ -82,8 +82,8 @@ inline VACC load_strided(__global const REAL* p) {
 #endif
 
 // One output at column ow (any position; the padding is read through source_coord()).
-inline ACC conv_point(__global const REAL* image, __global const REAL* filter, int od, int oh,
-                      int ow) {
+inline ACC conv_point(GEO_DECL __global const REAL* image, __global const REAL* filter, int od,
+                      int oh, int ow) {
     ACC sum = (ACC)0;
     for (int ci = 0; ci < CIN_G; ++ci) {
         for (int kd = 0; kd < KD; ++kd) {
@@ -104,67 +104,84 @@ inline ACC conv_point(__global const REAL* image, __global const REAL* filter, i
     return sum;
 }
 
-// Outputs [seg0, seg1) of line (od, oh) of output channel co into out (the line's start).
-inline void conv_segment(__global const REAL* image, __global const REAL* filter,
-                         __global const REAL* bias, long b_offset, __global REAL* out, int co,
-                         int od, int oh, int seg0, int seg1) {
+// Outputs [seg0, seg1) of line (od, oh) of output channel co into out (the line's start); res: the
+// same line of the residual (read only with HAS_RESIDUAL).
+inline void conv_segment(GEO_DECL __global const REAL* image, __global const REAL* filter,
+                         __global const REAL* bias, long b_offset, __global const REAL* res,
+                         __global REAL* out, int co, int od, int oh, int seg0, int seg1) {
     // The segment's interior part [a, b), done by vectors when it holds at least one.
     int a = max(seg0, OW_LO), b = min(seg1, OW_HI);
     if (b - a < VW) a = b = seg1;
     for (int ow = seg0; ow < a; ++ow)
-        out[ow] = (REAL)epilogue_value(conv_point(image, filter, od, oh, ow), bias, b_offset, co);
+        out[ow] = (REAL)epilogue_residual(conv_point(GEO_PASS image, filter, od, oh, ow), bias,
+                                          b_offset, co, res, ow);
+    // The input line each kernel row (kd, kh) reads, as an offset in a channel plane (-1: a line
+    // of zero padding, which adds nothing), worked out once for the segment.
+    idx_t line_at[KD * KH];
+#pragma unroll
+    for (int kd = 0; kd < KD; ++kd) {
+        const int sd = source_coord(od * SD - PD + kd * DD, ID);
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) {
+            const int sh = source_coord(oh * SH - PH + kh * DH, IH);
+            line_at[kd * KH + kh] = (sd < 0 || sh < 0) ? -1 : ((idx_t)sd * IH + sh) * IW;
+        }
+    }
     for (int ow0 = a; ow0 < b; ow0 += VW) {
         const int s = min(ow0, b - VW);  // the last vector ends at b (overlapping its predecessor)
         __global const REAL* strip = image + (s * SW - PW);
         VACC acc = (VACC)0;
         for (int ci = 0; ci < CIN_G; ++ci) {
-            for (int kd = 0; kd < KD; ++kd) {
-                const int sd = source_coord(od * SD - PD + kd * DD, ID);
 #pragma unroll
-                for (int kh = 0; kh < KH; ++kh) {
-                    const int sh = source_coord(oh * SH - PH + kh * DH, IH);
-                    if (sd >= 0 && sh >= 0) {  // else a line of zero padding: it adds nothing
-                        __global const REAL* line = strip +
-                                                    ((idx_t)ci * ID + sd) * ((idx_t)IH * IW) +
-                                                    (idx_t)sh * IW;
-                        __global const REAL* taps = filter + (((idx_t)ci * KD + kd) * KH + kh) * KW;
+            for (int r = 0; r < KD * KH; ++r) {  // r = kd * KH + kh
+                if (line_at[r] >= 0) {
+                    __global const REAL* line = strip + (idx_t)ci * IN_SPATIAL + line_at[r];
+                    __global const REAL* taps = filter + ((idx_t)ci * (KD * KH) + r) * KW;
 #pragma unroll
-                        for (int kw = 0; kw < KW; ++kw)
-                            acc += (ACC)taps[kw] * LOAD_STRIDED(line + kw * DW);
-                    }
+                    for (int kw = 0; kw < KW; ++kw)
+                        acc += (ACC)taps[kw] * LOAD_STRIDED(line + kw * DW);
                 }
             }
         }
 #ifdef HAS_BIAS
         acc += (ACC)bias[b_offset + co];
 #endif
-#ifdef RELU
-        acc = select(acc, (VACC)0, acc < (VACC)0);  // NaN < 0 is false: NaN stays NaN
+#ifdef HAS_RESIDUAL
+        acc += CONVERT_VACC(VLOAD(0, res + s));
 #endif
+        acc = ACT_APPLY(VACC, acc);  // relu: one select (NaN < 0 is false: NaN stays NaN)
         VSTORE(CONVERT_VREAL(acc), 0, out + s);
     }
     for (int ow = max(b, seg0); ow < seg1; ++ow)
-        out[ow] = (REAL)epilogue_value(conv_point(image, filter, od, oh, ow), bias, b_offset, co);
+        out[ow] = (REAL)epilogue_residual(conv_point(GEO_PASS image, filter, od, oh, ow), bias,
+                                          b_offset, co, res, ow);
 }
 
 __kernel void conv_grouped(__global const REAL* restrict x, const long x_offset,
                            __global const REAL* restrict weight, const long w_offset,
                            __global const REAL* restrict bias, const long b_offset,
-                           __global REAL* restrict y, const long y_offset) {
-    const int seg0 = get_global_id(0) * SEGW;
-    const int seg1 = (OW - seg0 > SEGW) ? seg0 + SEGW : OW;  // no seg0 + SEGW past 2**31 - 1
-    const int oh0 = get_global_id(1) * ROWS;
-    const int oh1 = (OH - oh0 > ROWS) ? oh0 + ROWS : OH;
+                           __global const REAL* restrict residual, const long r_offset,
+                           __global REAL* restrict y, const long y_offset, const int segw,
+                           const int rows, GEOMETRY_ARGS) {
+    const int seg0 = get_global_id(0) * segw;
+    const int seg1 = (OW - seg0 > segw) ? seg0 + segw : OW;  // no seg0 + segw past 2**31 - 1
+    const int oh0 = get_global_id(1) * rows;
+    const int oh1 = (OH - oh0 > rows) ? oh0 + rows : OH;
     const idx_t ncd = get_global_id(2);  // batch * COUT * OD may pass 2**31 when INDEX_T is long
-    const int od = ncd % OD;
-    const idx_t nco = ncd / OD;  // n * COUT + co
-    const int co = nco % COUT;
-    const idx_t n = nco / COUT;
+    // A division pair per work-item at most: none for OD when it is 1, none for the image in the
+    // first one.
+    const int od = (OD == 1) ? 0 : (int)(ncd % OD);
+    const idx_t nco = (OD == 1) ? ncd : ncd / OD;  // n * COUT + co
+    const idx_t n = (nco < COUT) ? 0 : nco / COUT;  // (no division for the first image)
+    const int co = (int)(nco - n * COUT);
     const int c0 = (co / COUT_G) * CIN_G;
 
     __global const REAL* image = x + x_offset + (n * C + c0) * IN_SPATIAL;
     __global const REAL* filter = weight + w_offset + (idx_t)co * (CIN_G * KSIZE);
-    __global REAL* out = y + y_offset + (nco * OD + od) * ((idx_t)OH * OW);
+    const idx_t plane = (nco * OD + od) * ((idx_t)OH * OW);
+    __global REAL* out = y + y_offset + plane;
+    __global const REAL* res = residual + r_offset + plane;  // parallel to out
     for (int oh = oh0; oh < oh1; ++oh)
-        conv_segment(image, filter, bias, b_offset, out + (idx_t)oh * OW, co, od, oh, seg0, seg1);
+        conv_segment(GEO_PASS image, filter, bias, b_offset, res + (idx_t)oh * OW,
+                     out + (idx_t)oh * OW, co, od, oh, seg0, seg1);
 }

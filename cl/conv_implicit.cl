@@ -11,24 +11,23 @@
 // A: the filters packed by clconv.blas.packed.pack_a, [GROUPS][ceil(COUT_G / MR)][K][MR]
 // (K = CIN_G * KSIZE), group g at ap + ap_off + g * ap_stride. Columns: folded over the images of
 // the launch, column j is jg = col_start + j (image jg / OUT_SPATIAL counted from x_off / out_off).
-// When K * NR values exceed the local-memory budget, K is walked in chunks of KC rows: the first
-// chunk stores its partial sums, later ones load them back and go on (the same order of additions),
-// and only the last applies the epilogue. The panel buffer is the `panel` argument (KC * NR
-// values).
+// When K * NR values exceed the local-memory budget, K is walked in chunks of kc_rows rows (an
+// argument): the first chunk stores its partial sums, later ones load them back and go on (the
+// same order of additions), and only the last applies the epilogue. The panel buffer is the
+// `panel` argument (kc_rows * NR values).
 //
-// -D KC (rows of a panel chunk), plus MR/NR/VW/HAS_BIAS/RELU (gemm_packed.cl) and the geometry of
-// common.cl (with GROUPS, COUT). NDRange (ceil(ncols / NR), mgroups, GROUPS), local size 1:
+// MR/NR/VW/HAS_BIAS/HAS_RESIDUAL/ACT (gemm_packed.cl; the residual: an operand of the output's
+// shape from res_off), and common.cl's kernel size, stride, dilation and PAD_MODE as defines; the
+// sizes (C, COUT, GROUPS, ID..OW, PD..PW) are the GEOMETRY_ARGS arguments.
+// NDRange (ceil(ncols / NR), mgroups, GROUPS), local size 1:
 // work-item (jp, mg, g) does the A panels [mg * panels_per_group, (mg + 1) * panels_per_group) of
 // group g.
 
+#define RUNTIME_SIZES  // sizes as GEOMETRY_ARGS (common.cl): a program per kernel size and stride
 #define GEMM_PACKED_NO_KERNELS
 #define IM2COL_PACKED_NO_KERNELS
 #include "gemm_packed.cl"
 #include "im2col_packed.cl"
-
-#ifndef KC
-#define KC KG
-#endif
 
 __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                             __global const REAL* restrict ap, const long ap_off,
@@ -36,7 +35,8 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                             __global REAL* restrict out, const long out_off,
                             const long col_start, const long ncols, const int panels_per_group,
                             __global const REAL* restrict bias, const long bias_off,
-                            __local REAL* restrict panel) {
+                            __global const REAL* residual, const long res_off,
+                            __local REAL* restrict panel, const int kc_rows, GEOMETRY_ARGS) {
     const int jp = get_global_id(0);
     const int mg = get_global_id(1);
     const int g = get_global_id(2);
@@ -44,23 +44,32 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
     const int ip0 = mg * panels_per_group;
     const int ip1 = min(ip0 + panels_per_group, mpanels);
     panel_columns pc;
-    decode_columns(&pc, x_off, col_start, ncols, jp);
+    decode_columns(GEO_PASS &pc, x_off, col_start, ncols, jp);
 
-    // The output offsets of the NR columns: image jg / OUT_SPATIAL, position jg % OUT_SPATIAL.
+    // The output offsets of the NR columns: image jg / OUT_SPATIAL, position jg % OUT_SPATIAL
+    // (divided once, then stepped; columns past the last repeat it).
     long col[NR];
     const long j0 = (long)jp * NR;
     const int ncol = (int)min((long)NR, ncols - j0);
+    const long spatial = OUT_SPATIAL, image_stride = (long)COUT * OUT_SPATIAL;
+    long image = (col_start + j0) / spatial, pos = (col_start + j0) % spatial;
 #pragma unroll
-    for (int v = 0; v < NR; ++v)
-        col[v] = column_offset(col_start + min(j0 + v, ncols - 1), OUT_SPATIAL, COUT * OUT_SPATIAL);
+    for (int v = 0; v < NR; ++v) {
+        col[v] = image * image_stride + pos;
+        if (v + 1 < ncol && ++pos == spatial) {
+            pos = 0;
+            ++image;
+        }
+    }
     const bool contiguous = (ncol == NR) && (col[NR - 1] - col[0] == NR - 1);
 
     __global const REAL* apanels = ap + ap_off + g * ap_stride;
     __global REAL* cg = out + out_off + (long)g * COUT_G * OUT_SPATIAL;
+    __global const REAL* rg = residual + res_off + (long)g * COUT_G * OUT_SPATIAL;  // laid out as cg
     const long boff = bias_off + g * COUT_G;
-    for (int k0 = 0; k0 < KG; k0 += KC) {
-        const int kc = min(KC, KG - k0);
-        gather_rows_local(x, &pc, g, k0, k0 + kc, panel);
+    for (int k0 = 0; k0 < KG; k0 += kc_rows) {
+        const int kc = min(kc_rows, KG - k0);
+        gather_rows_local(GEO_PASS x, &pc, g, k0, k0 + kc, panel);
         for (int ip = ip0; ip < ip1; ++ip) {
             const int i0 = ip * MR;
             const int mrows = min(MR, COUT_G - i0);
@@ -70,7 +79,7 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
 #pragma unroll
                 for (int i = 0; i < MR; ++i) {
                     REAL lanes[NR];
-#pragma unroll
+#pragma unroll 1  // (as the edge tiles' store in gemm_packed.cl: a loop keeps the compile short)
                     for (int j = 0; j < NR; ++j)
                         lanes[j] = (i < mrows && j < ncol)
                                        ? cg[(long)(i0 + i) * OUT_SPATIAL + col[j]] : (REAL)0;
@@ -86,14 +95,14 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                     REAL lanes[NR];
 #pragma unroll
                     for (int v = 0; v < NV; ++v) VSTORE(acc[i][v], v, lanes);
-#pragma unroll
+#pragma unroll 1
                     for (int j = 0; j < NR; ++j)
                         if (i < mrows && j < ncol)
                             cg[(long)(i0 + i) * OUT_SPATIAL + col[j]] = lanes[j];
                 }
             } else {
                 TILE_STORE(acc, cg, (long)OUT_SPATIAL, i0, mrows, col, ncol, contiguous, (REAL)1,
-                           (REAL)0, bias, boff)
+                           (REAL)0, bias, boff, rg)
             }
         }
     }

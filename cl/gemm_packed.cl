@@ -21,7 +21,10 @@
 // -D MR, -D NR     register tile (rows of A, columns of B); NR a multiple of VW
 // -D VW            vector width of REAL (8 for float on AVX2, 4 for double); 2, 4, 8 or 16
 // -D HAS_BIAS      C[i][j] += bias[bias_off + z * bias_stride + i] in the store (after alpha, beta)
-// -D RELU          C = (C < 0) ? 0 : C in the store (keeps NaN, as torch.relu)
+// -D HAS_RESIDUAL  C[i][j] += R[i][j] in the store (after the bias; R at residual + res_off, laid out
+//                  as C: same ldc, column offsets and c_stride)
+// -D ACT (ACT_A, ACT_B)  the activation, last in the store (common.cl's ACT_APPLY, on whole vectors
+//                  in full tiles: relu is one select; NaN kept, as torch). -D RELU: ACT=1.
 // -D GEMM_PACKED_NO_KERNELS  only the inline functions (for kernels that include this file)
 // Plus REAL (common.cl). Sizes (M, N, K, batch) are kernel arguments: one build serves every shape.
 
@@ -77,24 +80,29 @@ inline long column_offset(long j, long seg, long seg_stride) {
     }
 
 // The element of C in the store: alpha * acc + beta * C (C not read when beta == 0, as BLAS: its
-// old contents may be NaN), then common.cl's epilogue_value (bias of row i, activation).
+// old contents may be NaN), then common.cl's epilogue (bias of row i, the residual's element r,
+// activation).
 inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
-                        __global const REAL* bias, const long bias_off, const int i) {
+                        __global const REAL* bias, const long bias_off, const int i,
+                        __global const REAL* r) {
     REAL v = alpha * acc;
     if (beta != (REAL)0) v = fma(beta, *c, v);
-    return epilogue_value(v, bias, bias_off, i);
+    return epilogue_residual(v, bias, bias_off, i, r, 0);
 }
 
 // Stores the tile at rows i0.. (mrows of them valid) and the NR columns whose offsets are col[]
 // (ncols valid; `contiguous`: col[v] = col[0] + v for all NR, a full panel inside one segment).
-#define TILE_STORE(acc, c, ldc, i0, mrows, col, ncols, contiguous, alpha, beta, bias, bias_off) \
+// res: the residual, a pointer laid out as c (read only with HAS_RESIDUAL).
+#define TILE_STORE(acc, c, ldc, i0, mrows, col, ncols, contiguous, alpha, beta, bias, bias_off, \
+                   res)                                                                         \
     if ((contiguous) && (mrows) == MR) {                                                        \
         _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) {                                     \
             __global REAL* row_ = (c) + (long)((i0) + i_) * (ldc) + (col)[0];                   \
+            __global const REAL* rrow_ = (res) + (long)((i0) + i_) * (ldc) + (col)[0];          \
             _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) {                                 \
                 VEC r_ = (alpha) * acc[i_][v_];                                                 \
                 if ((beta) != (REAL)0) r_ = fma((VEC)(beta), VLOAD(v_, row_), r_);              \
-                TILE_STORE_EPILOGUE_VEC(r_, bias, bias_off, (i0) + i_);                         \
+                TILE_STORE_EPILOGUE_VEC(r_, bias, bias_off, (i0) + i_, rrow_, v_)               \
                 VSTORE(r_, v_, row_);                                                           \
             }                                                                                   \
         }                                                                                       \
@@ -102,15 +110,16 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
         _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) {                                     \
             if (i_ < (mrows)) {                                                                 \
                 __global REAL* row_ = (c) + (long)((i0) + i_) * (ldc);                          \
+                __global const REAL* rrow_ = (res) + (long)((i0) + i_) * (ldc);                 \
                 _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) {                             \
                     REAL lanes_[VW];                                                            \
                     VSTORE(acc[i_][v_], 0, lanes_);                                             \
-                    _Pragma("unroll") for (int l_ = 0; l_ < VW; ++l_) {                         \
+                    _Pragma("unroll 1") for (int l_ = 0; l_ < VW; ++l_) { /* (*) */            \
                         const int j_ = v_ * VW + l_;                                            \
                         if (j_ < (ncols)) {                                                     \
                             __global REAL* e_ = row_ + (col)[j_];                               \
                             *e_ = store_value(lanes_[l_], alpha, beta, e_, bias, bias_off,      \
-                                              (i0) + i_);                                       \
+                                              (i0) + i_, rrow_ + (col)[j_]);                    \
                         }                                                                       \
                     }                                                                           \
                 }                                                                               \
@@ -118,18 +127,24 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
         }                                                                                       \
     }
 
+// (*) The edge tile's lanes are a loop, not unrolled: unrolled (MR * NR scalar stores with their
+// epilogue) they made PoCL's first-launch compile of a kernel 2-3x longer (3-7 s against 1.4-2 s
+// for conv_implicit.cl, measured), for stores that only edge tiles make.
+// The full-tile store's epilogue on a vector r (vector v of its row): + bias of row i, + the
+// residual's vector, then the activation on the whole vector (relu: one select, where NaN < 0 is
+// false so NaN is kept).
 #ifdef HAS_BIAS
-#define TILE_STORE_EPILOGUE_VEC(r, bias, bias_off, i) r += (VEC)((bias)[(bias_off) + (i)]); \
-    TILE_RELU_VEC(r)
+#define TILE_BIAS_VEC(r, bias, bias_off, i) r += (VEC)((bias)[(bias_off) + (i)]);
 #else
-#define TILE_STORE_EPILOGUE_VEC(r, bias, bias_off, i) TILE_RELU_VEC(r)
+#define TILE_BIAS_VEC(r, bias, bias_off, i)
 #endif
-#ifdef RELU
-// select(a, b, c) takes b where c's lane is set: 0 exactly where r < 0 (NaN compares false: kept).
-#define TILE_RELU_VEC(r) r = select(r, (VEC)(0), r < (VEC)(0));
+#ifdef HAS_RESIDUAL
+#define TILE_RESIDUAL_VEC(r, rrow, v) r += VLOAD(v, rrow);
 #else
-#define TILE_RELU_VEC(r)
+#define TILE_RESIDUAL_VEC(r, rrow, v)
 #endif
+#define TILE_STORE_EPILOGUE_VEC(r, bias, bias_off, i, rrow, v) \
+    TILE_BIAS_VEC(r, bias, bias_off, i) TILE_RESIDUAL_VEC(r, rrow, v) r = ACT_APPLY(VEC, r);
 
 // The NR column offsets of B panel jp (and how many of its columns exist), once per work-item.
 #define PANEL_COLUMNS(col, ncols, contiguous, jp, n, seg, seg_stride)           \
@@ -220,7 +235,7 @@ __kernel void pack_b(const int n, const int k, __global const REAL* restrict b, 
     }
 }
 
-// C[z] = alpha * A[z] @ B[z] + beta * C[z] (+ bias, activation) from packed A and B.
+// C[z] = alpha * A[z] @ B[z] + beta * C[z] (+ bias, + residual, activation) from packed A and B.
 // NDRange (ceil(n / NR), mgroups, batch), local size 1: work-item (jp, g) multiplies B panel jp by
 // A panels [g * panels_per_group, (g + 1) * panels_per_group). Column j of C is at
 // column_offset(j, seg, seg_stride); row i at i * ldc; matrix z at c_off + z * c_stride.
@@ -231,7 +246,8 @@ __kernel void gemm_packed(const int m, const int n, const int k, const int panel
                           const long ldc, const long seg, const long seg_stride,
                           const REAL alpha, const REAL beta,
                           __global const REAL* restrict bias, const long bias_off,
-                          const long bias_stride) {
+                          const long bias_stride, __global const REAL* residual,
+                          const long res_off) {
     const int jp = get_global_id(0);
     const int g = get_global_id(1);
     const long z = get_global_id(2);
@@ -241,6 +257,7 @@ __kernel void gemm_packed(const int m, const int n, const int k, const int panel
     __global const REAL* bpanel = bp + bp_off + z * bp_stride + (long)jp * k * NR;
     __global const REAL* apanels = ap + ap_off + z * ap_stride;
     __global REAL* cz = c + c_off + z * c_stride;
+    __global const REAL* rz = residual + res_off + z * c_stride;  // laid out as cz
     const long boff = bias_off + z * bias_stride;
     PANEL_COLUMNS(col, ncols, contiguous, jp, n, seg, seg_stride)
     for (int ip = ip0; ip < ip1; ++ip) {
@@ -250,7 +267,7 @@ __kernel void gemm_packed(const int m, const int n, const int k, const int panel
         TILE_MULTIPLY(acc, apanel, bpanel, k)
         const int i0 = ip * MR;
         TILE_STORE(acc, cz, ldc, i0, min(MR, m - i0), col, ncols, contiguous, alpha, beta, bias,
-                   boff)
+                   boff, rz)
     }
 }
 

@@ -12,7 +12,9 @@
 //
 // -D NR, -D VW       panel width and vector width (the GEMM's)
 // -D ROWS_PER_ITEM   rows a work-item writes
-// Plus the geometry defines of common.cl (C, GROUPS, ID..OW, KD..DW, PAD_MODE), REAL, INDEX_T.
+// Plus common.cl's kernel size, stride, dilation and PAD_MODE defines, REAL, INDEX_T; the sizes
+// (C, COUT, GROUPS, ID..OW, PD..PW) are the GEOMETRY_ARGS arguments (RUNTIME_SIZES), so that layers
+// of one kernel size and stride share the program.
 // NDRange (ceil(ncols / NR), ceil(K / ROWS_PER_ITEM), GROUPS), local size 1. The batch and the
 // column counts are arguments.
 //
@@ -21,6 +23,7 @@
 // kernel offset by kernel offset: the coordinates of an offset serve all its channels (see
 // DEFINE_GATHER).
 
+#define RUNTIME_SIZES
 #include "common.cl"
 
 #ifndef NR
@@ -51,19 +54,21 @@ typedef struct {
     int runs;
 } panel_columns;
 
-inline void decode_columns(panel_columns* pc, const long x_off, const long col_start,
+inline void decode_columns(GEO_DECL panel_columns* pc, const long x_off, const long col_start,
                            const long ncols, const int jp) {
     const long j0 = (long)jp * NR;
     const int count = (int)min((long)NR, ncols - j0);
+    // The first column's image and position are divided out once; every later run starts a line.
+    const idx_t jg = (idx_t)(col_start + j0);
+    idx_t n = jg / OUT_SPATIAL;
+    const idx_t l = jg % OUT_SPATIAL;
+    const idx_t line = l / OW;
+    int ow = (int)(l % OW);
+    int oh = (int)(line % OH);
+    int od = (int)(line / OH);
     int runs = 0;
     int v = 0;
     while (v < count) {
-        const idx_t jg = (idx_t)(col_start + j0 + v);
-        const idx_t n = jg / OUT_SPATIAL;
-        const idx_t l = jg % OUT_SPATIAL;
-        const int ow = (int)(l % OW);
-        const int oh = (int)((l / OW) % OH);
-        const int od = (int)(l / ((idx_t)OH * OW));
         const int len = min(count - v, OW - ow);
         pc->base[runs] = (idx_t)x_off + n * (C * IN_SPATIAL);
         pc->d0[runs] = od * SD - PD;
@@ -73,6 +78,14 @@ inline void decode_columns(panel_columns* pc, const long x_off, const long col_s
         pc->len[runs] = len;
         ++runs;
         v += len;
+        ow = 0;  // the next run starts the next output line
+        if (++oh == OH) {
+            oh = 0;
+            if (++od == OD) {
+                od = 0;
+                ++n;
+            }
+        }
     }
     pc->runs = runs;
     for (int r = runs; r < NR; ++r) pc->start[r] = count;  // where the zero tail begins
@@ -84,7 +97,7 @@ inline void decode_columns(panel_columns* pc, const long x_off, const long col_s
 // a run inside one input row with stride 1 is NR / VW vector copies a channel, otherwise each
 // column's source (source_coord(), -1 for a zero) is kept in idx[] and gathered per channel.
 #define DEFINE_GATHER(name, AS)                                                                    \
-inline void name(__global const REAL* restrict x, const panel_columns* pc, const int g,            \
+inline void name(GEO_DECL __global const REAL* restrict x, const panel_columns* pc, const int g,   \
                  const int p0, const int p1, AS REAL* restrict dst) {                              \
     const int tail = pc->runs > 0 ? pc->start[pc->runs - 1] + pc->len[pc->runs - 1] : 0;           \
     const idx_t group = (idx_t)g * CIN_G * IN_SPATIAL;                                             \
@@ -136,16 +149,16 @@ DEFINE_GATHER(gather_rows_local, __local)
 
 __kernel void im2col_packed(__global const REAL* restrict x, const long x_off,
                             __global REAL* restrict bp, const long bp_off, const long col_start,
-                            const long ncols) {
+                            const long ncols, GEOMETRY_ARGS) {
     const int jp = get_global_id(0);
     const int p0 = get_global_id(1) * ROWS_PER_ITEM;
     const int g = get_global_id(2);
     const int p1 = min(p0 + ROWS_PER_ITEM, KG);
     const long panels = (ncols + NR - 1) / NR;
     panel_columns pc;
-    decode_columns(&pc, x_off, col_start, ncols, jp);
+    decode_columns(GEO_PASS &pc, x_off, col_start, ncols, jp);
     __global REAL* dst = bp + bp_off + ((long)g * panels + jp) * KG * NR + (long)p0 * NR;
-    gather_rows_global(x, &pc, g, p0, p1, dst);
+    gather_rows_global(GEO_PASS x, &pc, g, p0, p1, dst);
 }
 
 #endif  // IM2COL_PACKED_NO_KERNELS

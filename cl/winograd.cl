@@ -15,7 +15,8 @@
 // tile rows th0 <= th < th0 + th_chunk (runtime arguments), TW = ceil(OW / 2).
 //
 // -D GROUPS, -D COUT     groups and output channels (C, the input channels, from common.cl)
-// -D HAS_BIAS, -D RELU   bias and activation, fused into winograd_output
+// -D HAS_BIAS, HAS_RESIDUAL, ACT  bias, residual (y's shape, from r_offset) and activation (common.cl's
+//                        epilogue), fused into winograd_output
 // Plus the geometry defines of common.cl: KH = KW = 3, SH = SW = 1, DH = DW = 1, KD = ID = OD = 1
 // (checked by the host); any PH/PW and PAD_MODE (positions read through source_coord()).
 //
@@ -97,10 +98,12 @@ __kernel void winograd_input(__global const REAL* restrict x, const long x_offse
     }
 }
 
-// y[n][co][2 th + i][2 tw + j] = act((A^T M A)[i][j] + bias[co]) for the GEMM outputs M[e][co][p].
+// y[n][co][2 th + i][2 tw + j] = act((A^T M A)[i][j] + bias[co] + residual[same element]) for the
+// GEMM outputs M[e][co][p].
 // A^T = [1 1 1 0; 0 1 -1 -1].  NDRange: (TW, th_chunk, batch * COUT).
 __kernel void winograd_output(__global const REAL* restrict m, const long m_offset,
                               __global const REAL* restrict bias, const long b_offset,
+                              __global const REAL* restrict residual, const long r_offset,
                               __global REAL* restrict y, const long y_offset,
                               const int th0, const int th_chunk, const long tiles) {
     const int tw = get_global_id(0);
@@ -121,6 +124,7 @@ __kernel void winograd_output(__global const REAL* restrict m, const long m_offs
         t[1][j] = m1 - m2 - m3;
     }
     __global REAL* dst = y + y_offset + nco * ((idx_t)OH * OW);
+    const long res = r_offset + nco * ((idx_t)OH * OW);  // the residual's plane, laid out as dst
     for (int i = 0; i < 2; ++i) {  // (A^T M) A
         const int oh = 2 * th + i;
         if (oh >= OH) break;
@@ -130,7 +134,8 @@ __kernel void winograd_output(__global const REAL* restrict m, const long m_offs
         for (int j = 0; j < 2; ++j) {
             const int ow = 2 * tw + j;
             if (ow >= OW) break;
-            dst[(idx_t)oh * OW + ow] = (REAL)epilogue_value(o[j], bias, b_offset, co);
+            const idx_t e = (idx_t)oh * OW + ow;
+            dst[e] = (REAL)epilogue_residual(o[j], bias, b_offset, co, residual, res + e);
         }
     }
 }

@@ -21,7 +21,15 @@ from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weigh
                        conv2d_weight, conv3d_input, conv3d_weight, plan_conv1d_input,
                        plan_conv1d_weight, plan_conv2d_input, plan_conv2d_weight,
                        plan_conv3d_input, plan_conv3d_weight)
+from .ops.fold import fold_batchnorm
+from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add, batch_norm, cat,
+                              clamp, elu, flatten, gelu, hardsigmoid, hardswish, hardtanh,
+                              leaky_relu, mul, relu, relu6, sigmoid, silu, tanh)
+from .ops.linear import LinearPlan, linear
 from .ops.plan import Plan
+from .ops.pool import (PoolPlan, adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d,
+                       adaptive_max_pool1d, adaptive_max_pool2d, adaptive_max_pool3d, avg_pool1d,
+                       avg_pool2d, avg_pool3d, max_pool1d, max_pool2d, max_pool3d)
 from .ops.transpose import (TransposePlan, conv_transpose1d, conv_transpose2d, conv_transpose3d,
                             plan_conv_transpose1d, plan_conv_transpose2d, plan_conv_transpose3d)
 from .ops.unfold import (FoldPlan, UnfoldPlan, col2im, col2im1d, col2im3d, im2col, im2col1d,
@@ -48,3 +56,15 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFound
            "WeightGradPlan", "UnfoldPlan", "FoldPlan",
            "current_device", "device", "devices", "release_column_buffer", "warmup",
            "workspace_size"]
+
+# The other layers of a CNN (pooling, activations, batch_norm, add/mul, cat, flatten, linear).
+__all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "LinearPlan", "PoolPlan", "UnaryPlan",
+            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+            "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
+            "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "clamp", "elu",
+            "flatten", "gelu", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "linear",
+            "max_pool1d", "max_pool2d", "max_pool3d", "mul", "relu", "relu6", "sigmoid", "silu",
+            "tanh"]
+
+# Fused epilogues: BatchNorm folded into the convolution before it.
+__all__ += ["fold_batchnorm"]

@@ -45,7 +45,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from .ops import conv as _conv
 from .ops import transpose as _transpose
-from .ops.conv import ACTIVATIONS, ALGORITHMS
+from .ops.activation import normalize_activation
+from .ops.conv import ALGORITHMS
 from .ops.geometry import IntOrTuple, PaddingArg, as_tuple, conv_geometry
 from .runtime.device import ENV_VAR, Device, devices
 
@@ -163,8 +164,7 @@ def _convolution(nd: int, x: Any, weight: Any, bias: Any, stride: IntOrTuple, pa
     w, b = _operands(x, weight, bias)
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    normalize_activation(activation)  # ValueError naming it for a bad one, before any work
     # The whole-array call's validation and sizes: the same errors as clconv.conv{nd}d.
     geo = conv_geometry(nd, x.shape, w.shape, stride, padding, dilation, groups, padding_mode)
     if b is not None and b.shape != (geo.out_channels,):

@@ -96,7 +96,9 @@ DEVICES_ENV = "CLCONV_TEST_DEVICES"
 EVERY_DEVICE_MODULES = frozenset({
     "test_conv2d", "test_conv1d3d", "test_conv_nd", "test_conv_transpose", "test_grad",
     "test_grouped_direct", "test_im2col", "test_im2col_nd", "test_im2col_layout", "test_winograd",
-    "test_precision", "test_errors", "test_nn", "test_multi_device",
+    "test_precision", "test_errors", "test_nn", "test_multi_device", "test_epilogue",
+    "test_pool", "test_elementwise", "test_linear", "test_nn_layers", "test_depthwise",
+    "test_pointwise", "test_program_sharing", "test_splitk", "test_compile_devices",
 })
 
 #: Modules that test device selection and the current-device stack themselves: their tests that

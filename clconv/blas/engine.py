@@ -12,16 +12,16 @@ The forward convolutions choose by algorithm instead ('im2col' is CLBlast's, 'im
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
+from ..runtime import config
 from ..runtime.device import Device
 from . import clblast, packed
 
 __all__ = ["ENGINES", "ENV_VAR", "cpu_shaped", "gemm_engine"]
 
-ENV_VAR = "CLCONV_GEMM"
-ENGINES = ("packed", "clblast")
+ENV_VAR = config.GEMM
+ENGINES = config.GEMM_ENGINES
 
 
 def cpu_shaped(dev: Device) -> bool:
@@ -32,10 +32,7 @@ def cpu_shaped(dev: Device) -> bool:
 
 def gemm_engine(dev: Device) -> ModuleType:
     """clconv.blas.packed or clconv.blas.clblast for `dev` (see the module doc)."""
-    chosen = os.environ.get(ENV_VAR, "").strip().lower()
-    if chosen and chosen not in ENGINES:
-        raise ValueError(f"environment variable {ENV_VAR}={os.environ.get(ENV_VAR)!r} must be one "
-                         f"of {ENGINES} (or unset: packed on CPUs, CLBlast elsewhere)")
+    chosen = config.gemm_engine()
     if chosen == "clblast" or (not chosen and not cpu_shaped(dev) and clblast.available()):
         return clblast
     return packed

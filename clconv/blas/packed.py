@@ -211,34 +211,41 @@ def enqueue_gemm(dev: Device, tile: Tile, m: int, n: int, k: int, ap: cla.Array,
                  c_offset: int, c_stride: int, ldc: int, batch: int = 1, *,
                  alpha: float = 1.0, beta: float = 0.0, segment: int | None = None,
                  segment_stride: int = 0, bias: cla.Array | None = None, bias_offset: int = 0,
-                 bias_stride: int = 0, activation: str | None = None) -> None:
+                 bias_stride: int = 0, activation: Any = None,
+                 residual: cla.Array | None = None, residual_offset: int = 0) -> None:
     """The micro-kernel on packed operands (cl/gemm_packed.cl gemm_packed). Call holding dev.lock.
 
     C[z] (m x n at c_offset + z * c_stride, row i at i * ldc) = alpha * A[z] @ B[z] + beta * C[z],
-    then + bias[bias_offset + z * bias_stride + i] (when `bias`) and the activation (None or
-    'relu'). Column j of C lies at (j // segment) * segment_stride + j % segment (default segment =
-    n: a plain matrix); a convolution folds its images into N that way and writes NCHW directly.
+    then + bias[bias_offset + z * bias_stride + i] (when `bias`), + the residual's element (when
+    `residual`: laid out as C, its element residual_offset where C's is c_offset) and the
+    activation (any of clconv.ops.activation's; ValueError naming it otherwise). Column j of C lies
+    at (j // segment) * segment_stride + j % segment (default segment = n: a plain matrix); a
+    convolution folds its images into N that way and writes NCHW directly.
     """
+    # clconv.ops.activation is a leaf module (no clconv imports): the activation's -D switches.
+    from ..ops.activation import activation_defines
+
     if m == 0 or n == 0 or batch == 0:
         return
     _check_sizes(m, n, k)
     defines = gemm_defines(tile, c.dtype)
     if bias is not None:
         defines["HAS_BIAS"] = None
-    if activation == "relu":
-        defines["RELU"] = None
-    elif activation is not None:
-        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    if residual is not None:
+        defines["HAS_RESIDUAL"] = None
+    defines.update(activation_defines(activation))
     mgroups, per_group = grid(dev, tile, m, n, batch)
     real = np.float64 if c.dtype == np.float64 else np.float32
     bias_buf = bias.base_data if bias is not None else c.base_data
+    res_buf, res_off = (residual.base_data, residual_offset) if residual is not None else \
+        (c.base_data, c_offset)
     kernel(dev, "gemm_packed.cl", "gemm_packed", defines)(
         dev.queue, (tile.b_panels(n), mgroups, batch), (1, 1, 1), np.int32(m), np.int32(n),
         np.int32(k), np.int32(per_group), ap.base_data, np.int64(ap_offset), np.int64(ap_stride),
         bp.base_data, np.int64(bp_offset), np.int64(bp_stride), c.base_data, np.int64(c_offset),
         np.int64(c_stride), np.int64(ldc), np.int64(n if segment is None else segment),
         np.int64(segment_stride), real(alpha), real(beta), bias_buf, np.int64(bias_offset),
-        np.int64(bias_stride))
+        np.int64(bias_stride), res_buf, np.int64(res_off))
 
 
 def _check_dtype(dtype: np.dtype) -> None:

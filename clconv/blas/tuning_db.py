@@ -17,13 +17,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 
 __all__ = ["ENV_VAR", "FORMAT", "KERNELS", "enabled", "clblast_version", "device_key", "user_path",
            "load_entry", "save_user", "merge_entries", "shipped_entries", "find_entry"]
 
-ENV_VAR = "CLCONV_TUNING"
+ENV_VAR = config.TUNING
 FORMAT = 1
 #: CLBlast's database kernels the conv path uses, with the parameter names CLBlast 1.5 expects.
 KERNELS: dict[str, tuple[str, ...]] = {
@@ -46,7 +47,7 @@ _DB_DIR = Path(__file__).resolve().parent / "tuning_db"
 
 def enabled() -> bool:
     """False when CLCONV_TUNING is 'off' (or 0/no/false): CLBlast then runs on its own defaults."""
-    return os.environ.get(ENV_VAR, "").strip().lower() not in ("off", "0", "no", "false")
+    return config.tuning_enabled()
 
 
 # --------------------------------------------------------------------------------------------------

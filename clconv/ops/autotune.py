@@ -1,18 +1,26 @@
 """algorithm='auto', measured: the first call of each (device, shape, dtype) times the algorithms
 that can run it and remembers the fastest, in memory and in a JSON file in `cache_dir()`.
 
-How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv.convolution` when it measures):
+How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv._configure` when it measures):
 
 1. A choice already made for the key is used: from this process's memory, else from
    `cache_dir()/algorithms.json` (written by earlier processes; read once per process).
    Failing that, the choice for the same layer at the nearest other batch size (by ratio), so that a
    planned layer met at a new batch size is not measured again.
-2. Otherwise, unless $CLCONV_AUTO=rule, the call measures (on its own arrays): each applicable
-   algorithm runs once to build its kernels (and CLBlast's), then the algorithms are timed in up
-   to three interleaved rounds (two when a run takes 50 ms or more; only those within 1.5x of the
-   best go on to the next round), each keeping its fastest run; the fastest wins and is written to
-   memory and to the file. This happens once per key and process at most, whatever the number of
-   calls: a failed file write only costs a warning, and the choice stays in memory.
+2. Otherwise, unless $CLCONV_AUTO=rule, a cost model (`estimate`: flops at a per-algorithm rate,
+   a fixed cost per call, the column traffic, the register tile's padding; its constants come from
+   the bench's measurements on PoCL, and put the 'direct'/'implicit' crossover where `rule_choice`
+   does) ranks the applicable algorithms, and only those within `SHORTLIST_FACTOR` (1.25x) of the
+   best estimate are built (`shortlist`): on a CPU most layers keep one ('implicit', or 'direct' for
+   depthwise and tiny ones), which is then used without measuring; the second packed path is built
+   only where the model finds it close, CLBlast's GEMM on PoCL only where it ranks first (its first
+   compilation there costs 10-20 s of CPU). Two or more are measured on scratch
+   arrays of the plan's shapes: each runs once untimed (its kernels' first launch), then up to two
+   interleaved timed rounds (only those within 1.3x of the best go on to the second), each keeping
+   its fastest run: at most three runs of the layer per candidate beyond its builds. The fastest
+   wins and is written to memory and to the file. This happens once per key and process at most,
+   whatever the number of calls: a failed file write only costs a warning, and the choice stays in
+   memory.
 3. With CLCONV_AUTO=rule (or when only one algorithm applies) nothing is measured or written: the
    fixed rule of `conv.rule_choice` decides. The test suite uses it to stay fast and deterministic.
 
@@ -45,14 +53,16 @@ from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 from .geometry import ConvGeometry
 
-__all__ = ["ENV_VAR", "CHOICES_FILE", "CHOICES_VERSION", "mode", "key", "lookup", "measure",
-           "record", "forget"]
+__all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "forget",
+           "key", "lookup", "measure", "mode", "record", "shortlist"]
 
 ENV_VAR = "CLCONV_AUTO"
 MODES = ("measure", "rule")
 CHOICES_FILE = "algorithms.json"
 CHOICES_VERSION = 3  # 2: winograd no longer a candidate; 3: batch buckets
-_REPEAT_BELOW_S = 0.05  # best runs faster than this get three timed rounds, slower ones two
+_ROUNDS = 2  # timed rounds at most (after one untimed run each)
+_KEEP_WITHIN = 1.3  # candidates this close to the leader after a round go on to the next
+SHORTLIST_FACTOR = 1.25  # candidates whose estimate is within this of the best one are measured
 _FILE_LOCK = threading.Lock()
 
 
@@ -209,6 +219,91 @@ def forget(dev: Device | None = None) -> None:
             d.plans.clear()
 
 
+# The cost model's constants, from the bench's layers on PoCL (2-core Zen, AVX2; docs/bench.txt and
+# the rule's measurements): the packed GEMM sustains ~120 GFLOP/s on large layers and costs ~1 ms a
+# call on small ones (packing, few work-items; CLBlast's too); the direct loops ~12 GFLOP/s on small
+# layers (depthwise: ~10), a launch ~20 us: the 'direct'/'implicit' crossover lands at ~13 MFLOP,
+# near the rule's SMALL_FLOPS. CLBlast's GEMM on a CPU reaches ~1/4.5 of the packed one, the second
+# packed path ~1/1.25 plus its column traffic (~10 GB/s each way). Only ratios matter for the
+# shortlist; the absolute figures only set where the fixed costs weigh.
+_PACKED_RATE = 1.2e11
+_GEMM_CALL = 1e-3
+_DIRECT_RATE = 1.2e10
+_GROUPED_RATE = 1.0e10
+# 'depthwise': 1.1-1.4x 'direct' on MobileNetV2's 56x56-112x112 depthwise layers, ~2x on the
+# 7x7-28x28 ones (PoCL, AVX-512): beyond the shortlist's 1.5x, so 'direct' is not measured there
+_DEPTHWISE_RATE = 1.6e10
+_LAUNCH = 2e-5
+_BYTES_RATE = 1e10
+_CLBLAST_ON_CPU = 4.5  # slower than the packed GEMM on PoCL
+_PACKED_ON_GPU = 20.0  # the CPU-shaped kernels on llvmpipe and GPUs (local size 1)
+
+
+def _gemm_shape_efficiency(m: int, k: int) -> float:
+    """How much of a tiled GEMM's rate an (m x k) @ (k x n) keeps: tiles of ~32 rows and a K loop
+    of ~32 steps before the fixed costs vanish (depthwise: m = 1, k = 9 keeps ~1 %)."""
+    return min(1.0, m / 32) * min(1.0, k / 32)
+
+
+def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> float:
+    """The cost model's seconds for one run of `algorithm` on `geo` (see the module doc): only its
+    ratios between algorithms are used (`shortlist`)."""
+    from ..blas.engine import cpu_shaped
+    from .launch import GROUPED_MAX_CIN
+
+    cpu = cpu_shaped(dev)
+    itemsize = np.dtype(dtype).itemsize
+    flops = max(geo.flops, 1)
+    m, k = geo.cout_per_group, geo.cin_per_group * geo.ksize
+    columns = geo.groups * k * geo.batch * geo.out_spatial * itemsize  # bytes of the column matrix
+    if algorithm == "splitk":  # im2col + cl/gemm_splitk.cl + the reduction: 3 launches
+        seconds = flops / _PACKED_RATE + 2 * columns / _BYTES_RATE + 3 * _LAUNCH
+        return seconds * (1.0 if cpu else _PACKED_ON_GPU)
+    if algorithm == "pointwise":  # cl/conv_pointwise.cl: the packed rate, no packing or gather
+        return (flops / _PACKED_RATE + _LAUNCH) * (1.0 if cpu else _PACKED_ON_GPU)
+    if algorithm == "depthwise":  # cl/conv_depthwise.cl, CPU-shaped (local size 1)
+        return (flops / _DEPTHWISE_RATE + _LAUNCH) * (1.0 if cpu else _PACKED_ON_GPU)
+    if algorithm == "direct":
+        if geo.groups > 1 and geo.cin_per_group <= GROUPED_MAX_CIN:
+            return flops / _GROUPED_RATE + _LAUNCH
+        return flops / _DIRECT_RATE + _LAUNCH
+    if algorithm in ("implicit", "im2col_packed"):
+        mr = 4 if m <= 4 else 6  # the register tile's rows (clconv.blas.packed.tile_for)
+        padded = m / (-(-m // mr) * mr)
+        seconds = flops / (_PACKED_RATE * padded) + _GEMM_CALL
+        if algorithm == "im2col_packed":
+            seconds = 1.25 * seconds + 2 * columns / _BYTES_RATE + _LAUNCH
+        return seconds * (1.0 if cpu else _PACKED_ON_GPU)
+    if algorithm == "im2col":
+        rate = _PACKED_RATE / (_CLBLAST_ON_CPU if cpu else 1.0)
+        traffic = 0 if geo.is_pointwise else 2 * columns / _BYTES_RATE
+        return flops / (rate * _gemm_shape_efficiency(m, k)) + traffic + _GEMM_CALL
+    if algorithm == "winograd":
+        return math.inf  # never measured by 'auto'
+    raise ValueError(f"unknown algorithm {algorithm!r}")
+
+
+def shortlist(dev: Device, geo: ConvGeometry, dtype: Any,
+              candidates: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(`candidates` ranked by `estimate`, best first; the ones within SHORTLIST_FACTOR of the best,
+    which 'auto' builds and measures). The others are only configured when the shortlisted ones
+    cannot be (their workspace does not fit the limit)."""
+    from ..blas.engine import cpu_shaped
+
+    costs = {name: estimate(dev, geo, dtype, name) for name in candidates}
+    ranked = sorted(candidates, key=costs.__getitem__)
+    if not ranked:
+        return [], []
+    best = costs[ranked[0]]
+    short = [name for name in ranked if costs[name] <= SHORTLIST_FACTOR * best]
+    if cpu_shaped(dev):
+        # CLBlast's GEMM compiles its kernels for ~10-20 s of CPU time on PoCL the first time (a
+        # layer measured with it took 20 s of a ResNet-18's first forward) and never measured
+        # fastest there: only when the model ranks it first.
+        short = [name for name in short if name != "im2col" or name == ranked[0]]
+    return ranked, short
+
+
 def _time_once(dev: Device, run: Callable[[str], None], algorithm: str) -> float:
     start = time.perf_counter()
     run(algorithm)
@@ -220,11 +315,12 @@ def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str
             run: Callable[[str], None]) -> str:
     """Times `run(algorithm)` for each candidate, records the fastest and returns it.
 
-    Each candidate runs once untimed (kernel builds, CLBlast's compilation, caches), then in rounds
-    that interleave the candidates still within 1.5x of the best (so that a slow spell of a shared
-    machine hits them alike): up to three rounds, two when the best takes 50 ms or more; a
-    candidate's time is its fastest run. Holds dev.lock throughout, so other threads' work does not
-    disturb the timings (and a thread that waited finds the choice made). A candidate that raises
+    Each candidate runs once untimed (its kernels' first launch, CLBlast's compilation, caches),
+    then in up to `_ROUNDS` (2) rounds that interleave the candidates still within 1.3x of the best
+    (so that a slow spell of a shared machine hits them alike); a candidate's time is its fastest
+    run. So a layer costs at most three of its own runs per candidate beyond the builds. Holds
+    dev.lock throughout, so other threads' work does not disturb the timings (and a thread that
+    waited finds the choice made). A candidate that raises
     (its workspace does not fit, its kernel does not build here) is skipped with a warning (none
     for MemoryError); if all do, the last error propagates.
     """
@@ -250,13 +346,13 @@ def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str
         if not alive:
             assert error is not None
             raise error
-        for round_ in range(3):
+        for _ in range(_ROUNDS):
             for algorithm in alive:
                 seconds = _time_once(dev, run, algorithm)
                 best[algorithm] = min(best.get(algorithm, seconds), seconds)
             leader = min(best.values())
-            alive = [a for a in alive if best[a] <= 1.5 * leader]
-            if len(alive) < 2 or (round_ >= 1 and leader >= _REPEAT_BELOW_S):
+            alive = [a for a in alive if best[a] <= _KEEP_WITHIN * leader]
+            if len(alive) < 2:
                 break
         winner = min(best, key=best.__getitem__)
         record(dev, geo, dtype, winner, best)

@@ -4,7 +4,10 @@
 Algorithms (same semantics, same results within rounding; see clconv.ops.conv_algorithms):
 'im2col' (the cl/im2col.cl kernel + CLBlast's GEMM), 'direct' (loops), 'implicit' (clconv's packed
 GEMM fused with the gather: no column buffer), 'im2col_packed' (im2col into the packed GEMM's
-panels + that GEMM), 'winograd' (opt-in, 2-d 3x3 stride 1), and 'auto': the fastest of those that keep PyTorch's Inf/NaN semantics, measured on first
+panels + that GEMM), 'winograd' (opt-in, 2-d 3x3 stride 1), the shape-specific CPU kernels
+'depthwise' (groups == C_in: clconv.ops.depthwise), 'pointwise' (unpadded 1x1: clconv.ops.pointwise)
+and 'splitk' (few output positions: clconv.ops.splitk), which raise ValueError for other shapes,
+and 'auto': the fastest of those that keep PyTorch's Inf/NaN semantics, measured on first
 sight of a (device, shape, dtype) and remembered (clconv.ops.autotune), or the fixed `rule_choice`
 with CLCONV_AUTO=rule. Candidates whose workspace cannot fit the call's `workspace_limit` are left
 out ('direct' needs none).
@@ -16,18 +19,25 @@ import numbers
 from typing import Any, Sequence
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..blas import clblast as gemm
+from ..blas import packed
 from ..blas.engine import cpu_shaped
 from ..runtime.device import Device, current_device
 from ..runtime.group import splits_batch
-from ..runtime.memory import resolve_workspace_limit
+from ..runtime.memory import empty, resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, result_dtype
 from . import autotune
+from .activation import Activation, ActivationArg, normalize_activation
+from .layout import channels_last, convolve_channels_last
 from .conv_algorithms import (ColumnPlan, Direct, Im2colGemm, ImplicitGemm, PackedIm2colGemm,
                               WinogradGemm, WinogradPlan, plan_columns, plan_winograd,
                               winograd_unsupported)
+from .depthwise import Depthwise, depthwise_unsupported
+from .pointwise import Pointwise, pointwise_unsupported
+from .splitk import SplitK, splitk_unsupported
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
 from .launch import ACTIVATIONS, GROUPED_MAX_CIN
 from .plan import Plan, cached_plan, shape_of
@@ -37,93 +47,126 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "ConvPlan", "applicable_algorithms", "ch
            "rule_choice", "warmup", "winograd_unsupported", "workspace_size",
            "ColumnPlan", "WinogradPlan", "plan_columns", "plan_winograd"]
 
-ALGORITHMS = ("auto", "im2col", "direct", "winograd", "implicit", "im2col_packed")
+ALGORITHMS = ("auto", "im2col", "direct", "winograd", "implicit", "im2col_packed", "depthwise",
+              "pointwise", "splitk")
 SMALL_FLOPS = 2**24  # below this many flops the rule picks 'direct' (see rule_choice)
 #: The classes behind the algorithm names (clconv.ops.conv_algorithms).
 ALGORITHM_CLASSES: dict[str, Any] = {"im2col": Im2colGemm, "direct": Direct,
                                      "winograd": WinogradGemm, "implicit": ImplicitGemm,
-                                     "im2col_packed": PackedIm2colGemm}
+                                     "im2col_packed": PackedIm2colGemm, "depthwise": Depthwise,
+                                     "pointwise": Pointwise, "splitk": SplitK}
 
 
-@splits_batch("input", ndim=3)
+@splits_batch("input", "residual", ndim=3)
 def conv1d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
            stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
            groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
-           activation: str | None = None, workspace_limit: int | None = None,
-           out: ArrayLike | None = None) -> ArrayLike:
+           activation: ActivationArg = None, residual: ArrayLike | None = None,
+           workspace_limit: int | None = None, out: ArrayLike | None = None,
+           layout: str | None = None) -> ArrayLike:
     """1-d convolution: input (N, C_in, L) or (C_in, L), weight (C_out, C_in/groups, k) -> (N, C_out,
     L_out). Arguments as `conv2d`."""
     return _convolve(1, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                     algorithm, activation, workspace_limit, out)
+                     algorithm, activation, workspace_limit, out, residual, layout)
 
 
-@splits_batch("input", ndim=4)
+@splits_batch("input", "residual", ndim=4)
 def conv2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
            stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
            groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
-           activation: str | None = None, workspace_limit: int | None = None,
-           out: ArrayLike | None = None) -> ArrayLike:
+           activation: ActivationArg = None, residual: ArrayLike | None = None,
+           workspace_limit: int | None = None, out: ArrayLike | None = None,
+           layout: str | None = None) -> ArrayLike:
     """2-d convolution (cross-correlation) with torch.nn.functional.conv2d's semantics.
 
     input (N, C_in, H, W) or unbatched (C_in, H, W); weight (C_out, C_in/groups, kh, kw); bias
     (C_out,) or None. stride, dilation: int or pair (>= 1); padding: int or pair (>= 0), 'valid' or
     'same' (stride 1; an odd total padding puts the extra element at the end, as PyTorch does).
     padding_mode: 'zeros' | 'reflect' | 'replicate' | 'circular' (as torch.nn.Conv2d's).
-    algorithm: 'auto' | 'im2col' | 'direct' | 'winograd' (3x3 stride-1 only; see the module doc).
-    activation: None or 'relu', fused into the last kernel.
+    algorithm: 'auto' | 'implicit' | 'im2col_packed' | 'im2col' | 'direct' | 'winograd' (3x3
+    stride-1 only) | 'depthwise' (groups == C_in) | 'pointwise' (1x1, no padding) | 'splitk'
+    (groups=1, few output positions); 'auto' measures and keeps the fastest (on CPUs usually
+    'implicit' or 'im2col_packed', clconv's own GEMM, and the three shape-specific kernels where
+    they apply); see the module doc.
+    activation: fused into the kernels' store after bias and residual: None, 'relu', 'relu6',
+    'silu', 'gelu', 'sigmoid', 'tanh', 'hardswish', 'hardsigmoid', 'leaky_relu', 'elu' (torch's
+    defaults), or ('leaky_relu', negative_slope), ('elu', alpha), ('gelu', 'tanh') (torch's
+    approximate='tanh'), ('clamp', min, max) (a bound may be None). NaN/Inf propagate as in torch.
+    residual: None or an array of the output's shape (N, C_out, H_out, W_out) (same kind and dtype
+    as input), added in the same store: y = act(conv(x) + bias + residual) (ResNet's skip).
     workspace_limit: bytes the column buffer (or Winograd's transforms) may take (None: the
     device's default, `clconv.runtime.memory.default_workspace_limit`), capped at the device's
     largest single allocation.
     out: an array to write the result into (numpy for numpy inputs, a contiguous pyopencl Array on
     the device for device inputs), of the result's shape and dtype; it is returned.
+    layout: 'nchw' (default) or 'nhwc': channels-last input, residual, out and result ((N, H, W,
+    C); conv1d 'nlc', conv3d 'ndhwc'), computed as NCHW around one transposing copy each way.
     numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device, nothing
     copied to the host (the call returns once the work is queued; the result carries its event).
     Returns (N, C_out, H_out, W_out). Same as `plan_conv2d(...)(input, weight, bias)`, with the plan
     cached per device.
     """
     return _convolve(2, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                     algorithm, activation, workspace_limit, out)
+                     algorithm, activation, workspace_limit, out, residual, layout)
 
 
-@splits_batch("input", ndim=5)
+@splits_batch("input", "residual", ndim=5)
 def conv3d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
            stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
            groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
-           activation: str | None = None, workspace_limit: int | None = None,
-           out: ArrayLike | None = None) -> ArrayLike:
+           activation: ActivationArg = None, residual: ArrayLike | None = None,
+           workspace_limit: int | None = None, out: ArrayLike | None = None,
+           layout: str | None = None) -> ArrayLike:
     """3-d convolution: input (N, C_in, D, H, W) or unbatched, weight (C_out, C_in/groups, kd, kh,
     kw) -> (N, C_out, D_out, H_out, W_out). Arguments as `conv2d`."""
     return _convolve(3, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                     algorithm, activation, workspace_limit, out)
+                     algorithm, activation, workspace_limit, out, residual, layout)
 
 
 def _convolve(nd: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
               dilation: Any, groups: Any, padding_mode: Any, algorithm: Any, activation: Any,
-              workspace_limit: Any, out: Any) -> ArrayLike:
+              workspace_limit: Any, out: Any, residual: Any = None,
+              layout: Any = None) -> ArrayLike:
+    if layout is not None and channels_last(layout, nd):  # around the channels-first call
+        return convolve_channels_last(nd, lambda x, r: _convolve(
+            nd, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm,
+            activation, workspace_limit, None, r), input, residual, out)
     dev = current_device()
-    dtype = result_dtype(dev, input=input, weight=weight, bias=bias)
+    extra = {} if residual is None else {"residual": residual}
+    dtype = result_dtype(dev, input=input, weight=weight, bias=bias, **extra)
     x_shape, w_shape = shape_of(input), shape_of(weight)
     b_shape = None if bias is None else shape_of(bias)
+    r_shape = None if residual is None else shape_of(residual)
     plan = cached_plan(dev, ("conv", nd, x_shape, w_shape, b_shape, dtype, stride, padding,
                              dilation, groups, padding_mode, algorithm, activation,
-                             workspace_limit),
+                             workspace_limit, r_shape),
                        lambda: ConvPlan(dev, nd, x_shape, w_shape, b_shape, stride, padding,
                                         dilation, groups, padding_mode, algorithm, activation,
-                                        workspace_limit, dtype))
-    return plan._execute({"input": input, "weight": weight, "bias": bias}, out, check=False)
+                                        workspace_limit, dtype, residual_shape=r_shape))
+    return plan._execute({"input": input, "weight": weight, "bias": bias, "residual": residual},
+                         out, check=False)
 
 
 def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool = True,
               stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
               groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
-              activation: str | None = None, workspace_limit: int | None = None,
-              dtype: Any = np.float32) -> ConvPlan:
+              activation: ActivationArg = None, residual: bool = False,
+              workspace_limit: int | None = None, dtype: Any = np.float32) -> ConvPlan:
     """A plan for an nd-d convolution (nd in 1, 2, 3) on the current device; see `plan_conv2d`."""
     x_shape = tuple(_ints(input_shape, "input_shape"))
     w_shape = tuple(_ints(weight_shape, "weight_shape"))
     b_shape = (w_shape[0],) if bias and w_shape else None
+    if not isinstance(residual, (bool, np.bool_)):
+        raise TypeError(f"residual must be a bool (whether calls pass one), got {residual!r}")
+    r_shape = None
+    if residual:  # the output's shape (unbatched when the input is)
+        unbatched = len(x_shape) == nd + 1
+        geo = conv_geometry(nd, (1, *x_shape) if unbatched else x_shape, w_shape, stride,
+                            padding, dilation, groups, padding_mode)
+        r_shape = geo.output_shape[1:] if unbatched else geo.output_shape
     return ConvPlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding, dilation,
-                    groups, padding_mode, algorithm, activation, workspace_limit, np.dtype(dtype))
+                    groups, padding_mode, algorithm, activation, workspace_limit, np.dtype(dtype),
+                    residual_shape=r_shape)
 
 
 def plan_conv1d(input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool = True,
@@ -138,12 +181,14 @@ def plan_conv2d(input_shape: Sequence[int], weight_shape: Sequence[int], bias: b
                 stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
                 groups: int = 1, **kwargs: Any) -> ConvPlan:
     """A plan for `conv2d` on the current device: validated, its algorithm chosen (measured, for
-    'auto' on a new shape) and its kernels built now; `plan(x, weight, bias=None, out=None)` then
-    only enqueues.
+    'auto' on a new shape) and its kernels built now; `plan(x, weight, bias=None, residual=None,
+    out=None)` then only enqueues.
 
     input_shape (N, C_in, H, W) or unbatched; weight_shape (C_out, C_in/groups, kh, kw); bias: whether
     calls pass a bias (a plan with one also runs with bias=None, adding zeros); keywords
-    padding_mode, algorithm, activation, workspace_limit as `conv2d`, and dtype (default float32).
+    padding_mode, algorithm, activation, workspace_limit as `conv2d`, residual: whether calls pass
+    one (of the output's shape; then every call must, and a plan without one takes none), and
+    dtype (default float32).
     `plan.algorithm` is the algorithm it runs, `plan.workspace_bytes` its workspace.
     """
     return plan_conv(2, input_shape, weight_shape, bias, stride, padding, dilation, groups,
@@ -170,18 +215,24 @@ def _ints(value: Any, name: str) -> list[int]:
 
 class ConvPlan(Plan):
     """A forward convolution, planned (see clconv.ops.plan). Attributes: geometry (ConvGeometry),
-    algorithm (the one that runs), workspace_bytes, activation."""
+    algorithm (the one that runs), workspace_bytes, activation (as given), act (the validated
+    Activation or None), has_residual."""
+
+    # The residual has the output's shape: its first dim is the batch too (for sibling plans of
+    # another batch size, clconv.ops.plan).
+    _BATCH_ARGS = tuple(getattr(Plan, "_BATCH_ARGS", ())) + ("residual_shape",)
+    _BATCH_OPERANDS = tuple(getattr(Plan, "_BATCH_OPERANDS", ())) + ("residual",)
 
     def __init__(self, dev: Device, nd: int, input_shape: tuple[int, ...],
                  weight_shape: tuple[int, ...], bias_shape: tuple[int, ...] | None,
                  stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
-                 padding_mode: str, algorithm: str, activation: str | None,
+                 padding_mode: str, algorithm: str, activation: ActivationArg,
                  workspace_limit: int | None, dtype: np.dtype,
-                 geometry: ConvGeometry | None = None) -> None:
+                 geometry: ConvGeometry | None = None,
+                 residual_shape: tuple[int, ...] | None = None) -> None:
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        act = normalize_activation(activation)
         limit = resolve_workspace_limit(dev, workspace_limit)
         if np.dtype(dtype).kind != "f":
             raise TypeError(f"dtype must be a floating dtype, got {np.dtype(dtype)}")
@@ -195,36 +246,64 @@ class ConvPlan(Plan):
             raise ValueError(f"bias must have shape ({geo.out_channels},) (one per output "
                              f"channel), got {tuple(bias_shape)}")
         out_shape = geo.output_shape[1:] if unbatched else geo.output_shape
+        if residual_shape is not None and tuple(residual_shape) != tuple(out_shape):
+            raise ValueError(f"residual must have the output's shape {tuple(out_shape)}, got "
+                             f"{tuple(residual_shape)}")
         self._prepare(dev, dtype, {"input": tuple(input_shape), "weight": tuple(weight_shape),
-                                   "bias": None if bias_shape is None else tuple(bias_shape)},
+                                   "bias": None if bias_shape is None else tuple(bias_shape),
+                                   "residual": None if residual_shape is None else
+                                   tuple(residual_shape)},
                       out_shape, geo.output_shape,
                       {"input": geo.input_shape, "weight": geo.weight_shape,
                        "output": geo.output_shape}, ("output", "input", "weight"))
         self.geometry = geo
         self.activation = activation
+        self.act: Activation | None = act
         self.nd = nd
         self.has_bias = bias_shape is not None
+        self.has_residual = residual_shape is not None
         self.impl = _configure(dev, geo, algorithm, self.dtype, self.work, self.has_bias,
-                               activation, limit)
+                               act, limit, self.has_residual)
         self.algorithm = self.impl.name
         self.workspace_bytes = self.impl.workspace_bytes
         self.label = f"conv{nd}d ({self.algorithm})"
         self.needs_gemm = self.algorithm in ("im2col", "winograd")  # CLBlast's
 
     def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
-                 out: ArrayLike | None = None) -> ArrayLike:
-        """The convolution of `input` by `weight` (+ `bias`), as the functional conv*d."""
+                 residual: ArrayLike | None = None, out: ArrayLike | None = None) -> ArrayLike:
+        """act(conv(input, weight) + bias + residual), as the functional conv*d (residual: exactly
+        when the plan was made with one)."""
         if bias is None and self.has_bias:
             bias = _zeros(self.device, self.geometry.out_channels, self.dtype, weight)
-        return self._execute({"input": input, "weight": weight, "bias": bias}, out)
+        return self._execute({"input": input, "weight": weight, "bias": bias,
+                              "residual": residual}, out)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
-        self.impl.run(arrays["input"], arrays["weight"], arrays["bias"], out)
+        if arrays.get("residual") is None:
+            self.impl.run(arrays["input"], arrays["weight"], arrays["bias"], out)
+        else:
+            self.impl.run(arrays["input"], arrays["weight"], arrays["bias"], out,
+                          residual=unaliased(self.device, arrays["residual"], out))
 
     def __repr__(self) -> str:
         return (f"<clconv ConvPlan conv{self.nd}d {self.geometry.input_shape} x "
                 f"{self.geometry.weight_shape} -> {self.geometry.output_shape}, "
                 f"algorithm={self.algorithm!r}, workspace {self.workspace_bytes} bytes>")
+
+
+def unaliased(dev: Device, residual: cla.Array, out: cla.Array) -> cla.Array:
+    """The residual, copied first when it overlaps the result buffer (`out=residual` on device
+    arrays): some paths write the output before their epilogue reads the residual (a GEMM into
+    the output, col2im, chunked partial sums)."""
+    if residual.base_data != out.base_data:
+        return residual
+    lo, hi = residual.offset, residual.offset + residual.nbytes
+    if hi <= out.offset or out.offset + out.nbytes <= lo:
+        return residual
+    copy = empty(dev, residual.shape, residual.dtype)
+    cl.enqueue_copy(dev.queue, copy.base_data, residual.base_data, byte_count=residual.nbytes,
+                    src_offset=residual.offset, dst_offset=copy.offset)
+    return copy
 
 
 def _zeros(dev: Device, n: int, dtype: np.dtype, like: Any) -> Any:
@@ -241,19 +320,29 @@ def _zeros(dev: Device, n: int, dtype: np.dtype, like: Any) -> Any:
 
 
 def _configure(dev: Device, geo: ConvGeometry, algorithm: str, dtype: np.dtype, work: np.dtype,
-               has_bias: bool, activation: str | None, limit: int) -> Any:
+               has_bias: bool, activation: ActivationArg, limit: int,
+               has_residual: bool = False) -> Any:
     """The configured algorithm object for the plan: the named one, or 'auto''s choice."""
     if algorithm != "auto":
-        return ALGORITHM_CLASSES[algorithm](dev, geo, work, has_bias, activation, limit)
+        return ALGORITHM_CLASSES[algorithm](dev, geo, work, has_bias, activation, limit,
+                                            has_residual)
     remembered = autotune.lookup(dev, geo, dtype)
     candidates = applicable_algorithms(dev, geo, dtype)
+    measuring = remembered not in candidates and autotune.mode() == "measure"
+    short = candidates
     if remembered in candidates:
         candidates = [remembered] + [c for c in candidates if c != remembered]
+    elif measuring:  # the cost model's ranking; only its shortlist is built and measured
+        ranked, short = autotune.shortlist(dev, geo, dtype, candidates)
+        candidates = short + [c for c in ranked if c not in short]
     configured: dict[str, Any] = {}
     error: MemoryError | None = None
     for name in candidates:  # candidates whose workspace does not fit the limit drop out
+        if measuring and configured and name not in short:
+            break  # past the shortlist: only reached while nothing in it could be configured
         try:
-            configured[name] = ALGORITHM_CLASSES[name](dev, geo, work, has_bias, activation, limit)
+            configured[name] = ALGORITHM_CLASSES[name](dev, geo, work, has_bias, activation, limit,
+                                                       has_residual)
         except MemoryError as err:
             error = err
             continue
@@ -265,12 +354,13 @@ def _configure(dev: Device, geo: ConvGeometry, algorithm: str, dtype: np.dtype, 
     if len(configured) == 1 or geo.batch == 0 or geo.out_spatial == 0:
         return next(iter(configured.values()))
     winner = autotune.measure(dev, geo, dtype, list(configured), _timer(dev, geo, work,
-                                                                       has_bias, configured))
+                                                                       has_bias, configured,
+                                                                       has_residual))
     return configured[winner]
 
 
 def _timer(dev: Device, geo: ConvGeometry, work: np.dtype, has_bias: bool,
-           configured: dict[str, Any]) -> Any:
+           configured: dict[str, Any], has_residual: bool = False) -> Any:
     """run(name): one run of a configured candidate on scratch data of the plan's shapes."""
     rng = np.random.default_rng(0)
     x = cla.to_device(dev.queue, rng.standard_normal(geo.input_shape).astype(work))
@@ -278,9 +368,14 @@ def _timer(dev: Device, geo: ConvGeometry, work: np.dtype, has_bias: bool,
     b = cla.to_device(dev.queue, rng.standard_normal(geo.out_channels).astype(work)) \
         if has_bias else None
     out = cla.empty(dev.queue, geo.output_shape, work)
+    r = cla.to_device(dev.queue, rng.standard_normal(geo.output_shape).astype(work)) \
+        if has_residual else None
 
     def run(name: str) -> None:
-        configured[name].run(x, w, b, out)
+        if r is None:
+            configured[name].run(x, w, b, out)
+        else:
+            configured[name].run(x, w, b, out, residual=r)
     return run
 
 
@@ -297,14 +392,49 @@ def applicable_algorithms(dev: Device, geo: ConvGeometry, dtype: Any = np.float3
         found.append("im2col")
     if geo.groups > 1 and geo.cin_per_group <= GROUPED_MAX_CIN:
         found = [a for a in found if a not in ("implicit", "im2col_packed")]  # tiles of 1-4 rows
+    if cpu_shaped(dev) and depthwise_unsupported(geo) is None:
+        found.append("depthwise")  # CPU-shaped (local size 1), as 'implicit' in the rule
+    if cpu_shaped(dev) and _pointwise_applies(dev, geo, dtype):
+        found.append("pointwise")
+    if cpu_shaped(dev) and _splitk_suits(dev, geo, dtype, 128):
+        found.append("splitk")  # few output positions: measured against 'implicit'
     first = rule_choice(dev, geo, dtype)
     return [first] + [a for a in found if a != first]
+
+
+def _pointwise_applies(dev: Device, geo: ConvGeometry, dtype: Any) -> bool:
+    """Whether algorithm='pointwise' can compute `geo` on `dev` (its tile's width included)."""
+    if geo.ksize != 1:
+        return False
+    nr = packed.tile_for(dev, np.float32 if np.dtype(dtype) == np.float16 else dtype,
+                         geo.cout_per_group, geo.batch * geo.out_spatial, geo.cin_per_group).nr
+    return pointwise_unsupported(geo, dtype, nr) is None
+
+
+def _splitk_suits(dev: Device, geo: ConvGeometry, dtype: Any, positions: int) -> bool:
+    """Whether algorithm='splitk' can compute `geo` and it has at most `positions` output
+    positions (batch 1 at 7x7: 49)."""
+    if geo.groups != 1 or geo.batch * geo.out_spatial > positions or \
+            (geo.ksize == 1 and _pointwise_applies(dev, geo, dtype)):
+        return False
+    nr = packed.tile_for(dev, dtype if np.dtype(dtype) != np.float16 else np.float32,
+                         geo.out_channels, geo.batch * geo.out_spatial, geo.ksize).nr
+    return splitk_unsupported(geo, dtype, nr) is None
 
 
 def rule_choice(dev: Device, geo: ConvGeometry, dtype: Any = np.float32) -> str:
     """The fixed rule for algorithm='auto' (used with CLCONV_AUTO=rule, and first when measuring):
 
-    'direct' for groups with few input channels each (C_in/groups <= GROUPED_MAX_CIN: depthwise
+    'depthwise' (clconv.ops.depthwise) for depthwise convolutions (groups == C_in) on PoCL's CPU
+    devices (1.1-1.4x 'direct' on MobileNetV2's 56x56-112x112 depthwise layers, ~2x on its
+    7x7-28x28 ones, PoCL, AVX-512); 'pointwise'
+    (clconv.ops.pointwise) there for unpadded 1x1 ones, whatever their size (1.2-3.6x
+    'implicit' on MobileNetV2's, where 'direct' is 20-100x slower; strided ones gather their
+    subsampled input first); 'splitk'
+    (clconv.ops.splitk) there for dense layers of at most 64 output positions (batch 1, 7x7)
+    and K >= 512 (ResNet-18's 512 x 7x7 3x3: 2.1x 'implicit' in CPU time, its 256-512 stride-2
+    one 1.5x; at 14x14 they tie, so 'implicit' stays); 'direct' for
+    groups with few input channels each (C_in/groups <= GROUPED_MAX_CIN: depthwise elsewhere
     and narrow grouped convolutions, where a GEMM per group has a handful of rows and
     cl/conv_grouped.cl wins) and for convolutions of fewer than SMALL_FLOPS (one kernel launch, the
     least per-call time: (1,16,32,32) x (16,16,3,3), 4.7 MFLOP, ran in 0.41 ms 'direct', 0.56 ms
@@ -315,6 +445,13 @@ def rule_choice(dev: Device, geo: ConvGeometry, dtype: Any = np.float32) -> str:
     'winograd' (see `applicable_algorithms`): ask for it by name where inputs are known to be
     finite.
     """
+    if cpu_shaped(dev) and depthwise_unsupported(geo) is None:
+        return "depthwise"
+    if cpu_shaped(dev) and _pointwise_applies(dev, geo, dtype):
+        return "pointwise"
+    if cpu_shaped(dev) and geo.cin_per_group * geo.ksize >= 512 and \
+            _splitk_suits(dev, geo, dtype, 64):
+        return "splitk"
     if geo.groups > 1 and geo.cin_per_group <= GROUPED_MAX_CIN:
         return "direct"
     if geo.flops < SMALL_FLOPS:
@@ -330,7 +467,9 @@ def choose_algorithm(dev: Device, geo: ConvGeometry, algorithm: str,
 
     An explicit name is checked ('winograd' raises ValueError for shapes it cannot compute) and
     returned. 'auto' gives the remembered choice for (device, geometry, dtype) if there is one
-    (see clconv.ops.autotune), else `rule_choice`.
+    (see clconv.ops.autotune), else with CLCONV_AUTO=rule `rule_choice`, else the cost model's
+    best estimate (what a plan runs when the model shortlists one algorithm; measuring may pick
+    another of a longer shortlist).
     """
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -342,9 +481,12 @@ def choose_algorithm(dev: Device, geo: ConvGeometry, algorithm: str,
     if algorithm != "auto":
         return algorithm
     remembered = autotune.lookup(dev, geo, dtype)
-    if remembered is not None and remembered in applicable_algorithms(dev, geo, dtype):
+    candidates = applicable_algorithms(dev, geo, dtype)
+    if remembered is not None and remembered in candidates:
         return remembered
-    return rule_choice(dev, geo, dtype)
+    if autotune.mode() == "rule":
+        return rule_choice(dev, geo, dtype)
+    return autotune.shortlist(dev, geo, dtype, candidates)[1][0]
 
 
 def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: PaddingArg = 0,
@@ -377,6 +519,8 @@ def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: Pad
         from .packed_conv import IM2COL_PACKED, workspace_bytes
 
         return workspace_bytes(geo, dt, IM2COL_PACKED, current_device())
+    if algo in ("pointwise", "splitk"):  # a strided 1x1's subsampled input; columns + K slices
+        return ALGORITHM_CLASSES[algo].workspace_for(current_device(), geo, dt)
     if algo != "im2col" or geo.is_pointwise:
         return 0  # 'direct', 'implicit' and 1x1 im2col need none
     return geo.batch * geo.column_rows * geo.out_spatial * dt.itemsize
@@ -385,12 +529,12 @@ def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: Pad
 def warmup(input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool = True,
            stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
            groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
-           activation: str | None = None, workspace_limit: int | None = None,
-           dtype: Any = np.float32) -> str:
+           activation: ActivationArg = None, workspace_limit: int | None = None,
+           dtype: Any = np.float32, residual: bool = False) -> str:
     """Plans a convolution ahead of time: builds its kernels, makes algorithm='auto''s choice and
     caches the plan for the functional API, so that the first real call neither builds nor
-    measures. Arguments as `plan_conv2d` (the dimensionality follows the weight). Returns the
-    algorithm that calls with these arguments will run."""
+    measures. Arguments as `plan_conv2d` (the dimensionality follows the weight; residual=True for
+    calls that pass one). Returns the algorithm that calls with these arguments will run."""
     dev = current_device()
     x_shape, w_shape = tuple(_ints(input_shape, "input_shape")), tuple(_ints(weight_shape,
                                                                              "weight_shape"))
@@ -399,9 +543,16 @@ def warmup(input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool =
         raise ValueError(f"weight_shape must have 3, 4 or 5 dims, got {w_shape}")
     dt = np.dtype(dtype)
     b_shape = (w_shape[0],) if bias else None
+    r_shape = None
+    if residual:  # the output's shape, as the call's residual (the plan key holds it)
+        unbatched = len(x_shape) == nd + 1
+        geo = conv_geometry(nd, (1, *x_shape) if unbatched else x_shape, w_shape, stride,
+                            padding, dilation, groups, padding_mode)
+        r_shape = geo.output_shape[1:] if unbatched else geo.output_shape
     plan = cached_plan(dev, ("conv", nd, x_shape, w_shape, b_shape, dt, stride, padding, dilation,
-                             groups, padding_mode, algorithm, activation, workspace_limit),
+                             groups, padding_mode, algorithm, activation, workspace_limit,
+                             r_shape),
                        lambda: ConvPlan(dev, nd, x_shape, w_shape, b_shape, stride, padding,
                                         dilation, groups, padding_mode, algorithm, activation,
-                                        workspace_limit, dt))
+                                        workspace_limit, dt, residual_shape=r_shape))
     return plan.algorithm

@@ -19,7 +19,9 @@
   input transforms, 16 * groups GEMMs in one strided-batched CLBlast call, output transform with bias
   and activation fused. Opt-in: an Inf/NaN input spreads over its tile.
 
-Each class takes (dev, geo, dtype, has_bias, activation, limit) and raises MemoryError when its
+Each class takes (dev, geo, dtype, has_bias, activation, limit, has_residual=False) (the residual,
+an operand of the output's shape, is added in the same store as the bias, before the activation;
+`run(x, w, b, out, residual=None)`) and raises MemoryError when its
 workspace cannot fit in `limit` bytes; `run(x, w, b, out)` enqueues on contiguous device arrays
 (offsets honoured) and takes dev.lock itself.
 """
@@ -41,12 +43,18 @@ from .geometry import ConvGeometry
 from ..blas import packed
 from ..runtime.program import kernel
 from . import packed_conv
+from .activation import ActivationArg
 from .launch import (BatchEpilogue, DirectConv, Epilogue, Im2col, Winograd, epilogue_defines,
                      kernel_defines)
 
 __all__ = ["ColumnPlan", "Direct", "Im2colGemm", "ImplicitGemm", "PackedIm2colGemm", "WinogradGemm",
            "WinogradPlan", "plan_columns",
            "plan_winograd", "winograd_tiles", "winograd_unsupported"]
+
+
+def _offset(a: cla.Array | None) -> int:
+    """Element offset of an optional operand (0 for None)."""
+    return 0 if a is None else element_offset(a)
 
 
 def _index_t(geo: ConvGeometry, workspace_elements: int = 0) -> str:
@@ -63,15 +71,16 @@ class Direct:
     workspace_bytes = 0
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: str | None, limit: int) -> None:
+                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
         self.dev, self.geo = dev, geo
         self.index_t = _index_t(geo)
-        self.launch = DirectConv(dev, geo, dtype, self.index_t, has_bias, activation)
+        self.launch = DirectConv(dev, geo, dtype, self.index_t, has_bias, activation, has_residual)
 
-    def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array) -> None:
+    def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            residual: cla.Array | None = None) -> None:
         with self.dev.lock:
             self.launch(self.geo.batch, x, element_offset(x), w, element_offset(w), b, out,
-                        element_offset(out))
+                        element_offset(out), residual)
 
 
 @dataclass(frozen=True)
@@ -119,7 +128,7 @@ class Im2colGemm:
     name = "im2col"
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: str | None, limit: int) -> None:
+                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
         gemm.require("algorithm='im2col'")
         self.dev, self.geo = dev, geo
         self.plan = plan_columns(geo, np.dtype(dtype).itemsize, limit)
@@ -128,15 +137,17 @@ class Im2colGemm:
         self.index_t = _index_t(geo, self.plan.nbytes // np.dtype(dtype).itemsize)
         self.dtype = np.dtype(dtype)
         self.im2col = None if geo.is_pointwise else Im2col(dev, geo.defines(), dtype, self.index_t)
-        self.has_tail = has_bias or activation is not None
+        self.has_tail = has_bias or activation is not None or has_residual
         # Both epilogues are built even if this batch size needs one: whether a chunk is folded
         # depends on the batch, and a plan for another batch size of the layer must build nothing.
         self.batch_epilogue = (None if geo.is_pointwise else
-                               BatchEpilogue(dev, dtype, self.index_t, has_bias, activation))
-        self.epilogue = (Epilogue(dev, dtype, self.index_t, has_bias, activation)
+                               BatchEpilogue(dev, dtype, self.index_t, has_bias, activation,
+                                             has_residual))
+        self.epilogue = (Epilogue(dev, dtype, self.index_t, has_bias, activation, has_residual)
                          if self.has_tail else None)
 
-    def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array) -> None:
+    def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            residual: cla.Array | None = None) -> None:
         geo, plan, dev = self.geo, self.plan, self.dev
         m, k, l = geo.cout_per_group, geo.cin_per_group * geo.ksize, geo.out_spatial
         rows, groups = geo.column_rows, geo.groups
@@ -154,7 +165,8 @@ class Im2colGemm:
                     gemm.gemm(dev, m, n, k, w, w_off, m * k, buf, 0, k * n, buf, rows * n, m * n,
                               groups)
                     self.batch_epilogue(buf, rows * n, out, out_off + n0 * out_image, b, nb,
-                                        geo.out_channels, l)
+                                        geo.out_channels, l, residual,
+                                        _offset(residual) + n0 * out_image)
                     continue
                 for l0 in range(0, l, plan.col_chunk):
                     lc = min(plan.col_chunk, l - l0)
@@ -180,7 +192,7 @@ class Im2colGemm:
                                       col, col_off + i * col_image, k * ldb,
                                       out, c_off + i * out_image, m * l, groups, ldb=ldb, ldc=l)
             if self.epilogue is not None and not self.folded:
-                self.epilogue(out, out_off, b, geo.batch, geo.out_channels, l)
+                self.epilogue(out, out_off, b, geo.batch, geo.out_channels, l, residual)
 
 
 def winograd_unsupported(geo: ConvGeometry, dtype: Any = np.float32) -> str | None:
@@ -240,7 +252,7 @@ class WinogradGemm:
     name = "winograd"
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: str | None, limit: int) -> None:
+                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
         why = winograd_unsupported(geo, dtype)
         if why is not None:
             raise ValueError(f"algorithm='winograd' cannot compute this convolution: {why}; use "
@@ -250,9 +262,10 @@ class WinogradGemm:
         self.plan = plan_winograd(geo, self.dtype.itemsize, limit)
         self.workspace_bytes = self.plan.nbytes
         self.index_t = _index_t(geo, self.plan.nbytes // self.dtype.itemsize)
-        self.launch = Winograd(dev, geo, dtype, self.index_t, has_bias, activation)
+        self.launch = Winograd(dev, geo, dtype, self.index_t, has_bias, activation, has_residual)
 
-    def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array) -> None:
+    def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            residual: cla.Array | None = None) -> None:
         geo, plan, dev = self.geo, self.plan, self.dev
         th, tw = winograd_tiles(geo)
         cin_g, cout_g, cout = geo.cin_per_group, geo.cout_per_group, geo.out_channels
@@ -274,7 +287,7 @@ class WinogradGemm:
                     gemm.gemm(dev, cout_g, tiles, cin_g, ws, u_off, cout_g * cin_g, ws, v_off,
                               cin_g * tiles, ws, m_off, cout_g * tiles, 16 * geo.groups)
                     self.launch.outputs(nb, ws, m_off, b, out, out_off + n0 * out_image, th0, nth,
-                                        tw)
+                                        tw, residual, _offset(residual) + n0 * out_image)
 
 
 class _PackedGemmConv:
@@ -285,9 +298,10 @@ class _PackedGemmConv:
     name = ""
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: str | None, limit: int) -> None:
+                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
         self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
         self.activation = activation
+        self.has_residual = has_residual
         self.limit = limit
         self.tile = packed_conv.conv_tile(dev, geo, self.dtype)
 
@@ -296,11 +310,12 @@ class _PackedGemmConv:
         return packed_conv.pack_conv_weights(self.dev, self.geo, w, element_offset(w), self.tile)
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
-            prepared: Any = None) -> None:
+            prepared: Any = None, residual: cla.Array | None = None) -> None:
         packed_w = self.prepare(w) if prepared is None else prepared
-        self._enqueue(x, packed_w, b, out)
+        self._enqueue(x, packed_w, b, out, residual)
 
-    def _enqueue(self, x: cla.Array, packed_w: Any, b: cla.Array | None, out: cla.Array) -> None:
+    def _enqueue(self, x: cla.Array, packed_w: Any, b: cla.Array | None, out: cla.Array,
+                 residual: cla.Array | None = None) -> None:
         raise NotImplementedError
 
 
@@ -317,17 +332,18 @@ class ImplicitGemm(_PackedGemmConv):
     workspace_bytes = 0
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: str | None, limit: int) -> None:
-        super().__init__(dev, geo, dtype, has_bias, activation, limit)
+                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
+        super().__init__(dev, geo, dtype, has_bias, activation, limit, has_residual)
         tile, itemsize = self.tile, self.dtype.itemsize
         self.m, self.k = geo.cout_per_group, geo.cin_per_group * geo.ksize
         kc = packed_conv._implicit_chunk(dev, self.k, tile, itemsize)
-        defines = kernel_defines(geo.defines(), self.dtype, _index_t(geo), **tile.defines(),
-                                 GROUPS=geo.groups, COUT=geo.out_channels, KC=kc)
-        defines.update(epilogue_defines(has_bias, activation))
+        # Sizes and the chunk are arguments: one program per kernel size, stride and epilogue.
+        defines = kernel_defines(geo.shape_defines(), self.dtype, _index_t(geo), **tile.defines())
+        defines.update(epilogue_defines(has_bias, activation, has_residual))
         self.conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
         self.pack = kernel(dev, "gemm_packed.cl", "pack_a", packed.gemm_defines(tile, self.dtype))
         self.panel = cl.LocalMemory(kc * tile.nr * itemsize)
+        self.tail_args = (np.int32(kc), *geo.size_args())
         self.launches = []
         for start, count in packed_conv._chunks(geo, tile, itemsize, None):
             mgroups, per_group = packed.grid(dev, tile, self.m, count, geo.groups)
@@ -339,13 +355,17 @@ class ImplicitGemm(_PackedGemmConv):
                                   max(self.a_size * geo.groups, 1) * itemsize)
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
-            prepared: Any = None) -> None:
+            prepared: Any = None, residual: cla.Array | None = None) -> None:
         geo, dev = self.geo, self.dev
         if geo.batch == 0:
             return
         q = dev.queue
         bias_buf, b_off = (b.base_data, np.int64(element_offset(b))) if b is not None else \
             (out.base_data, np.int64(0))
+        # The residual is laid out as the output: the kernel reads it at res_off + the element's
+        # offset from out_off.
+        res_buf, res_off = (residual.base_data, np.int64(element_offset(residual))) \
+            if residual is not None else (out.base_data, np.int64(element_offset(out)))
         with dev.lock:
             if prepared is None:
                 self.pack(q, self.pack_range, (1, 1, 1), np.int32(self.m), np.int32(self.k),
@@ -359,7 +379,7 @@ class ImplicitGemm(_PackedGemmConv):
                 self.conv(q, global_size, (1, 1, 1), x.base_data, np.int64(element_offset(x)),
                           ap, ap_off, np.int64(self.a_size), out.base_data,
                           np.int64(element_offset(out)), start, count, per_group, bias_buf, b_off,
-                          self.panel)
+                          res_buf, res_off, self.panel, *self.tail_args)
 
 
 class PackedIm2colGemm(_PackedGemmConv):
@@ -370,13 +390,14 @@ class PackedIm2colGemm(_PackedGemmConv):
     name = "im2col_packed"
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: str | None, limit: int) -> None:
-        super().__init__(dev, geo, dtype, has_bias, activation, limit)
+                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
+        super().__init__(dev, geo, dtype, has_bias, activation, limit, has_residual)
         whole = packed_conv.workspace_bytes(geo, self.dtype, packed_conv.IM2COL_PACKED, dev)
         self.workspace_bytes = min(whole, limit)
         packed_conv._chunks(geo, self.tile, self.dtype.itemsize, limit)  # MemoryError if too small
 
-    def _enqueue(self, x: cla.Array, packed_w: Any, b: cla.Array | None, out: cla.Array) -> None:
+    def _enqueue(self, x: cla.Array, packed_w: Any, b: cla.Array | None, out: cla.Array,
+                 residual: cla.Array | None = None) -> None:
         packed_conv.enqueue_im2col_packed_conv(self.dev, self.geo, x, element_offset(x), packed_w,
                                                b, out, element_offset(out), self.activation,
-                                               workspace_limit=self.limit)
+                                               workspace_limit=self.limit, residual=residual)

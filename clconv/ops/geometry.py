@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
+import numpy as np
+from pyopencl import cltypes
+
 __all__ = [
     "PADDING_MODES",
     "ConvGeometry",
@@ -129,6 +132,31 @@ class ConvGeometry:
         return spatial_defines(self.in_channels, self.in_size, self.out_size, self.kernel,
                                self.stride, self.pad_lo, self.dilation, self.padding_mode)
 
+    def shape_defines(self) -> dict[str, object]:
+        """The -D geometry of a RUNTIME_SIZES kernel (common.cl): kernel size, stride, dilation and
+        padding mode, so that the layers of a network share its programs; `size_args` are the
+        sizes. The leading dims a 1-d or 2-d problem is lifted by stay defines (ID = OD = 1,
+        PD = 0): they only tell 2-d layers from 3-d ones, and as constants they spare the 2-d
+        kernels the depth arithmetic (cl/conv_grouped.cl: ~15 us of the ~40 us a launch that
+        runtime sizes cost on PoCL, measured on MobileNetV2's 7x7 depthwise layer)."""
+        lifted = {"ID", "OD", "PD"} if self.nd < 3 else set()
+        if self.nd < 2:
+            lifted |= {"IH", "OH", "PH"}
+        return {k: v for k, v in self.defines().items() if k not in RUNTIME_SIZES or k in lifted}
+
+    def size_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The GEOMETRY_ARGS of a RUNTIME_SIZES kernel (common.cl), as three cl int4:
+        (C, ID, IH, IW), (COUT, OD, OH, OW), (GROUPS, PD, PH, PW)."""
+        d = self.defines()
+        return (cltypes.make_int4(*(d[k] for k in ("C", "ID", "IH", "IW"))),
+                cltypes.make_int4(self.out_channels, *(d[k] for k in ("OD", "OH", "OW"))),
+                cltypes.make_int4(self.groups, *(d[k] for k in ("PD", "PH", "PW"))))
+
+
+#: The sizes a RUNTIME_SIZES kernel (common.cl) takes as arguments rather than -D defines.
+RUNTIME_SIZES = frozenset(("C", "ID", "IH", "IW", "OD", "OH", "OW", "PD", "PH", "PW", "GROUPS",
+                           "COUT"))
+
 
 def spatial_defines(channels: int, in_size: Sequence[int], out_size: Sequence[int],
                     kernel: Sequence[int], stride: Sequence[int], pad_lo: Sequence[int],
@@ -228,8 +256,16 @@ def conv_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequence[in
         raise ValueError(f"groups={groups} must divide the weight's output channels {c_out} "
                          f"(weight shape {tuple(weight_shape)})")
     if c_in_g * groups != c_in:
+        hint = ""
+        if int(input_shape[-1]) == c_in_g * groups:
+            # The channels where a channels-last (NHWC) array keeps them: say how to move them.
+            perm = (0, nd + 1, *range(1, nd + 1))
+            hint = (f"; the input's last dim is {c_in_g * groups}: it looks channels-last (NHWC), "
+                    f"but clconv takes channels first (N, C, *spatial): pass "
+                    f"np.ascontiguousarray(x.transpose{perm}) (torch: x.permute{perm}; an "
+                    f"unbatched input moves its last axis to the front)")
         raise ValueError(f"input has {c_in} channels but weight {tuple(weight_shape)} with "
-                         f"groups={groups} expects {c_in_g * groups} (channel mismatch)")
+                         f"groups={groups} expects {c_in_g * groups} (channel mismatch){hint}")
     pad_lo, pad_hi = _conv_padding(padding, nd, kernel, stride_t, dilation_t)
     _check_kernel_fits(in_size, kernel, dilation_t, pad_lo, pad_hi)
     if padding_mode == "reflect" and any(p >= i for p, i in zip(pad_lo + pad_hi, in_size * 2)):

@@ -1,7 +1,7 @@
 """Gradients of the convolutions, equal to torch.nn.grad's conv{1,2,3}d_input / conv{1,2,3}d_weight.
 
 - conv*d_input: the gradient w.r.t. the input is the adjoint of the convolution applied to
-  grad_output: GEMM with the transposed filters, then col2im (`transpose.enqueue_adjoint`, the same
+  grad_output: GEMM with the transposed filters, then col2im (`transpose.Adjoint`, the same
   code as the transposed convolutions).
 - conv*d_weight: im2col of the input, then per group grad_W_g += grad_out_g (C_out/g x L) @
   cols_g^T (L x C_in/g * K). CLBlast's batched GEMM writes one matrix per image, so the images'
@@ -280,7 +280,7 @@ def _ones(dev: Device, n: int, dtype: np.dtype) -> cla.Array:
 
 
 def plan_weight_grad(geo: ConvGeometry, itemsize: int, limit: int) -> ColumnPlan:
-    """How `enqueue_weight_grad` splits its workspace to fit in `limit` bytes.
+    """How `WeightGrad` splits its workspace to fit in `limit` bytes.
 
     `batch_chunk` images at a time when at least two fit with their columns and partial weights
     (nbytes = batch_chunk * (columns + weight)); else one image at a time, its product written

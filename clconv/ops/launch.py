@@ -5,7 +5,9 @@ construction, fetches the built kernel from the device's program cache, and work
 depend on the data (NDRanges, per-item work). Calling it sets the arguments and enqueues: call while
 holding `dev.lock` (the kernel object is shared by every plan of the same specialisation). Sizes that
 only change the amount of work (the batch, a range of columns, the spatial size of the memory-bound
-kernels) are arguments, so that plans for another batch size reuse the same programs.
+kernels) are arguments, so that plans for another batch size reuse the same programs; the direct
+loops (cl/conv_direct.cl, cl/conv_grouped.cl) take all the sizes as arguments
+(`ConvGeometry.size_args`), so that a network's layers of one kernel size and stride share them.
 """
 
 from __future__ import annotations
@@ -19,23 +21,27 @@ import pyopencl.array as cla
 from ..runtime.device import Device
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import element_offset
+from .activation import ACTIVATION_NAMES, ActivationArg, activation_defines
 from .geometry import ConvGeometry
 
 __all__ = ["ACTIVATIONS", "BatchEpilogue", "Col2im", "DirectConv", "Epilogue", "GROUPED_MAX_CIN",
            "Im2col", "PadAdjoint", "Winograd", "epilogue_defines", "kernel_defines"]
 
-ACTIVATIONS = (None, "relu")
+ACTIVATIONS = ACTIVATION_NAMES  # the plain names; clconv.ops.activation validates the rest
 GROUPED_MAX_CIN = 16  # 'direct' runs cl/conv_grouped.cl up to this many input channels per group
 _RUN = 64  # elements each im2col work-item writes at least (when the window has that many)
 
 
-def epilogue_defines(has_bias: bool, activation: str | None) -> dict[str, object]:
-    """The -D switches of common.cl's epilogue_value: HAS_BIAS and the activation."""
+def epilogue_defines(has_bias: bool, activation: ActivationArg,
+                     has_residual: bool = False) -> dict[str, object]:
+    """The -D switches of common.cl's epilogue: HAS_BIAS, HAS_RESIDUAL and the activation's (ACT,
+    ACT_A, ACT_B; ValueError naming `activation` for a bad one)."""
     defines: dict[str, object] = {}
     if has_bias:
         defines["HAS_BIAS"] = None
-    if activation == "relu":
-        defines["RELU"] = None
+    if has_residual:
+        defines["HAS_RESIDUAL"] = None
+    defines.update(activation_defines(activation))
     return defines
 
 
@@ -54,6 +60,11 @@ def _bias_args(bias: cla.Array | None, fallback: cla.Array) -> tuple[object, np.
     if bias is None:
         return fallback.base_data, np.int64(0)
     return bias.base_data, np.int64(element_offset(bias))
+
+
+def _residual_args(residual: cla.Array | None, fallback: cla.Array) -> tuple[object, np.int64]:
+    # As _bias_args: without HAS_RESIDUAL the kernel never reads it.
+    return _bias_args(residual, fallback)
 
 
 class Im2col:
@@ -115,22 +126,27 @@ class Col2im:
 
 
 class Epilogue:
-    """cl/epilogue.cl: y[n, c, :] = act(y[n, c, :] + bias[c]) in place, on (batch, channels,
-    spatial)."""
+    """cl/epilogue.cl: y[n, c, :] = act(y[n, c, :] + bias[c] + residual[n, c, :]) in place, on
+    (batch, channels, spatial)."""
 
     def __init__(self, dev: Device, dtype: np.dtype, index_t: str, has_bias: bool,
-                 activation: str | None) -> None:
+                 activation: ActivationArg, has_residual: bool = False) -> None:
         self.dev = dev
         defines = precision_defines(dtype)
-        defines.update(epilogue_defines(has_bias, activation), INDEX_T=index_t)
+        defines.update(epilogue_defines(has_bias, activation, has_residual), INDEX_T=index_t)
         self.kernel = kernel(dev, "epilogue.cl", "epilogue", defines)
 
     def __call__(self, y: cla.Array, y_offset: int, bias: cla.Array | None, batch: int,
-                 channels: int, spatial: int) -> cl.Event | None:
+                 channels: int, spatial: int, residual: cla.Array | None = None,
+                 r_offset: int | None = None) -> cl.Event | None:
+        """residual: y's shape, from element r_offset (default its own offset) where y_offset is
+        in y; only with has_residual."""
         if batch == 0 or channels == 0 or spatial == 0:
             return None
+        r_buf, r_off = _residual_args(residual, y)
         return self.kernel(self.dev.queue, (spatial, channels, batch), None, y.base_data,
-                           np.int64(y_offset), *_bias_args(bias, y), np.int64(spatial))
+                           np.int64(y_offset), *_bias_args(bias, y), r_buf,
+                           r_off if r_offset is None else np.int64(r_offset), np.int64(spatial))
 
 
 class BatchEpilogue:
@@ -138,17 +154,20 @@ class BatchEpilogue:
     (images, channels, spatial), with bias and activation."""
 
     def __init__(self, dev: Device, dtype: np.dtype, index_t: str, has_bias: bool,
-                 activation: str | None) -> None:
+                 activation: ActivationArg, has_residual: bool = False) -> None:
         self.dev = dev
         defines = precision_defines(dtype)
-        defines.update(epilogue_defines(has_bias, activation), INDEX_T=index_t)
+        defines.update(epilogue_defines(has_bias, activation, has_residual), INDEX_T=index_t)
         self.kernel = kernel(dev, "batch_epilogue.cl", "batch_epilogue", defines)
 
     def __call__(self, r: cla.Array, r_offset: int, y: cla.Array, y_offset: int,
-                 bias: cla.Array | None, images: int, channels: int, spatial: int) -> cl.Event:
+                 bias: cla.Array | None, images: int, channels: int, spatial: int,
+                 residual: cla.Array | None = None, res_offset: int = 0) -> cl.Event:
+        """residual: y's shape, its element res_offset where y's is y_offset."""
         return self.kernel(self.dev.queue, (spatial, channels, images), None, r.base_data,
                            np.int64(r_offset), y.base_data, np.int64(y_offset),
-                           *_bias_args(bias, y), np.int64(spatial))
+                           *_bias_args(bias, y), _residual_args(residual, y)[0],
+                           np.int64(res_offset), np.int64(spatial))
 
 
 class DirectConv:
@@ -156,29 +175,36 @@ class DirectConv:
     GROUPED_MAX_CIN input channels each, else cl/conv_direct.cl. The batch is the NDRange's."""
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, index_t: str,
-                 has_bias: bool, activation: str | None) -> None:
+                 has_bias: bool, activation: ActivationArg, has_residual: bool = False) -> None:
         self.dev = dev
-        defines = kernel_defines(geo.defines(), dtype, index_t, GROUPS=geo.groups,
-                                 COUT=geo.out_channels)
-        defines.update(epilogue_defines(has_bias, activation))
+        # The sizes are kernel arguments (RUNTIME_SIZES): layers of one kernel size and stride
+        # share the program.
+        defines = kernel_defines(geo.shape_defines(), dtype, index_t)
+        defines.update(epilogue_defines(has_bias, activation, has_residual))
         od, oh, ow = (1,) * (3 - geo.nd) + geo.out_size
         self.grouped = geo.cin_per_group <= GROUPED_MAX_CIN
+        self.extra: tuple[np.int32, ...] = ()
         if self.grouped:
             extra, self.tiles = _grouped_launch(geo)
-            defines.update(extra)
+            self.extra = (np.int32(extra.pop("SEGW")), np.int32(extra.pop("ROWS")))
+            defines.update(extra, CIN_G=geo.cin_per_group, COUT_G=geo.cout_per_group)
             self.kernel = kernel(dev, "conv_grouped.cl", "conv_grouped", defines)
         else:
             self.tiles = (ow, oh)
             self.kernel = kernel(dev, "conv_direct.cl", "conv_direct", defines)
+        self.sizes = geo.size_args()
         self.planes = geo.out_channels * od  # per image
 
     def __call__(self, batch: int, x: cla.Array, x_offset: int, w: cla.Array, w_offset: int,
-                 bias: cla.Array | None, y: cla.Array, y_offset: int) -> cl.Event | None:
+                 bias: cla.Array | None, y: cla.Array, y_offset: int,
+                 residual: cla.Array | None = None) -> cl.Event | None:
+        """residual: y's shape (contiguous, its own offset), with has_residual."""
         if batch == 0:
             return None
         return self.kernel(self.dev.queue, (*self.tiles, batch * self.planes), None, x.base_data,
                            np.int64(x_offset), w.base_data, np.int64(w_offset),
-                           *_bias_args(bias, y), y.base_data, np.int64(y_offset))
+                           *_bias_args(bias, y), *_residual_args(residual, y), y.base_data,
+                           np.int64(y_offset), *self.extra, *self.sizes)
 
 
 def _grouped_launch(geo: ConvGeometry) -> tuple[dict[str, object], tuple[int, int]]:
@@ -202,12 +228,12 @@ class Winograd:
     and activation fused)."""
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, index_t: str,
-                 has_bias: bool, activation: str | None) -> None:
+                 has_bias: bool, activation: ActivationArg, has_residual: bool = False) -> None:
         self.dev = dev
         self.geo = geo
         defines = kernel_defines(geo.defines(), dtype, index_t, GROUPS=geo.groups,
                                  COUT=geo.out_channels)
-        defines.update(epilogue_defines(has_bias, activation))
+        defines.update(epilogue_defines(has_bias, activation, has_residual))
         self.filter_kernel = kernel(dev, "winograd.cl", "winograd_filter", defines)
         self.input_kernel = kernel(dev, "winograd.cl", "winograd_input", defines)
         self.output_kernel = kernel(dev, "winograd.cl", "winograd_output", defines)
@@ -226,10 +252,13 @@ class Winograd:
                                  np.int64(tiles))
 
     def outputs(self, images: int, m: cla.Array, m_offset: int, bias: cla.Array | None,
-                y: cla.Array, y_offset: int, th0: int, rows: int, tile_cols: int) -> cl.Event:
+                y: cla.Array, y_offset: int, th0: int, rows: int, tile_cols: int,
+                residual: cla.Array | None = None, res_offset: int = 0) -> cl.Event:
+        """residual: y's shape, its element res_offset where y's is y_offset."""
         tiles = images * rows * tile_cols
         return self.output_kernel(self.dev.queue, (tile_cols, rows, images * self.geo.out_channels),
                                   None, m.base_data, np.int64(m_offset), *_bias_args(bias, y),
+                                  _residual_args(residual, y)[0], np.int64(res_offset),
                                   y.base_data, np.int64(y_offset), np.int32(th0), np.int32(rows),
                                   np.int64(tiles))
 

@@ -15,7 +15,9 @@ Both keep every PyTorch semantic of the other paths (padding modes through commo
 stride, dilation, groups, 1-d/2-d/3-d through the canonical 3-D defines, NaN/Inf: no fast-math, the
 zero padding of the packs never reaches a stored element). The filters are packed once by
 `pack_conv_weights` (a plan keeps the `PackedA` while the weights are unchanged).
-Sizes that only change the amount of work (the batch, the column range) are kernel arguments.
+Sizes are kernel arguments (the batch, the column range, and through `ConvGeometry.size_args` the
+channels, input and output sizes and padding): a program per kernel size, stride, tile and epilogue
+serves every layer.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from ..blas.packed import PackedA, Tile
 from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import index_type
+from .activation import ActivationArg
 from .geometry import ConvGeometry
-from .launch import ACTIVATIONS, epilogue_defines
+from .launch import epilogue_defines
 
 __all__ = [
     "IM2COL_PACKED",
@@ -109,17 +112,18 @@ def _chunks(geo: ConvGeometry, tile: Tile, itemsize: int,
 
 
 def _conv_defines(geo: ConvGeometry, dtype: np.dtype, tile: Tile, *buffers: cl.Buffer) -> dict:
-    defines = geo.defines()
+    # The kernels take the sizes as arguments (geo.size_args()): one program per kernel size and
+    # stride serves every layer.
+    defines = geo.shape_defines()
     defines.update(precision_defines(dtype))
-    defines.update(tile.defines(), GROUPS=geo.groups, COUT=geo.out_channels,
+    defines.update(tile.defines(),
                    INDEX_T=index_type(*(b.size // dtype.itemsize for b in buffers)))
     return defines
 
 
-def _epilogue_defines(defines: dict, bias: cla.Array | None, activation: str | None) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    defines.update(epilogue_defines(bias is not None, activation))
+def _epilogue_defines(defines: dict, bias: cla.Array | None, activation: ActivationArg,
+                      residual: cla.Array | None = None) -> None:
+    defines.update(epilogue_defines(bias is not None, activation, residual is not None))
 
 
 def _check(geo: ConvGeometry, w_packed: PackedA, dtype: np.dtype) -> None:
@@ -134,16 +138,20 @@ def _check(geo: ConvGeometry, w_packed: PackedA, dtype: np.dtype) -> None:
 
 def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_off: int,
                                w_packed: PackedA, bias: cla.Array | None, out: cla.Array,
-                               out_off: int, activation: str | None = None, *,
+                               out_off: int, activation: ActivationArg = None, *,
                                bias_off: int | None = None,
-                               workspace_limit: int | None = None) -> None:
+                               workspace_limit: int | None = None,
+                               residual: cla.Array | None = None,
+                               residual_off: int | None = None) -> None:
     """out = act(conv(x, w) + bias) by im2col into packed panels + the packed GEMM. Call holding
     dev.lock (or not: the lock is re-entrant and taken here).
 
     x: the (N, C_in, *in_size) input, contiguous from element x_off; out: (N, C_out, *out_size)
     from element out_off; w_packed: `pack_conv_weights(dev, geo, w)`; bias: (C_out,) from element
-    bias_off (default its own offset) or None; activation None or 'relu' (NaN kept, as torch). Bias
-    and activation are fused into the GEMM's store. Workspace: `workspace_bytes(geo, dtype)` bytes
+    bias_off (default its own offset) or None; activation: any of clconv.ops.activation's (NaN
+    kept, as torch); residual: an operand of out's shape (N, C_out, *out_size) from element
+    residual_off (default its own offset) or None. Bias, residual and activation are fused into
+    the GEMM's store: out = act(conv + bias + residual). Workspace: `workspace_bytes(geo, dtype)` bytes
     of the device's packing scratch; with `workspace_limit` the images (then an image's positions)
     are split into launches whose packed columns fit (results do not depend on the split).
     """
@@ -155,6 +163,8 @@ def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_o
     m, k, l = geo.cout_per_group, geo.cin_per_group * geo.ksize, geo.out_spatial
     b_off = 0 if bias is None else (bias.offset // bias.dtype.itemsize if bias_off is None
                                     else bias_off)
+    r_off = 0 if residual is None else (residual.offset // residual.dtype.itemsize
+                                        if residual_off is None else residual_off)
     chunks = _chunks(geo, tile, dtype.itemsize, workspace_limit)
     most = max(n for _, n in chunks)
     with dev.lock:
@@ -166,7 +176,7 @@ def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_o
         for start, ncols in chunks:
             im2col(dev.queue, (tile.b_panels(ncols), -(-k // _ROWS_PER_ITEM), geo.groups),
                    (1, 1, 1), x.base_data, np.int64(x_off), scratch.base_data, np.int64(0),
-                   np.int64(start), np.int64(ncols))
+                   np.int64(start), np.int64(ncols), *geo.size_args())
             # Whole images: column j at (j // L) images + j % L; one image's range: plain columns.
             image, pos = divmod(start, l)
             segment = l if pos == 0 else ncols
@@ -175,7 +185,8 @@ def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_o
                 tile.packed_b_size(ncols, k), out,
                 out_off + image * geo.out_channels * l + pos, m * l, l, geo.groups,
                 segment=segment, segment_stride=geo.out_channels * l, bias=bias,
-                bias_offset=b_off, bias_stride=m, activation=activation)
+                bias_offset=b_off, bias_stride=m, activation=activation, residual=residual,
+                residual_offset=r_off + image * geo.out_channels * l + pos)
 
 
 def _implicit_chunk(dev: Device, k: int, tile: Tile, itemsize: int) -> int:
@@ -186,7 +197,9 @@ def _implicit_chunk(dev: Device, k: int, tile: Tile, itemsize: int) -> int:
 
 def enqueue_implicit_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_off: int,
                           w_packed: PackedA, bias: cla.Array | None, out: cla.Array, out_off: int,
-                          activation: str | None = None, *, bias_off: int | None = None) -> None:
+                          activation: ActivationArg = None, *, bias_off: int | None = None,
+                          residual: cla.Array | None = None,
+                          residual_off: int | None = None) -> None:
     """out = act(conv(x, w) + bias) by the fused implicit GEMM (cl/conv_implicit.cl). Arguments as
     `enqueue_im2col_packed_conv`; no workspace (`workspace_bytes(geo, dtype, 'implicit')` is 0): the
     column panels live in local memory, KC x NR values a work-item (KC = all of C_in/groups * prod(
@@ -202,9 +215,11 @@ def enqueue_implicit_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_off: i
     b_off = 0 if bias is None else (bias.offset // bias.dtype.itemsize if bias_off is None
                                     else bias_off)
     defines = _conv_defines(geo, dtype, tile, x.base_data, out.base_data)
-    defines["KC"] = kc
-    _epilogue_defines(defines, bias, activation)
+    _epilogue_defines(defines, bias, activation, residual)
     bias_buf = bias.base_data if bias is not None else out.base_data
+    res_buf, r_off = (out.base_data, out_off) if residual is None else (
+        residual.base_data, residual.offset // residual.dtype.itemsize if residual_off is None
+        else residual_off)
     with dev.lock:
         conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
         for start, count in _chunks(geo, tile, dtype.itemsize, None):
@@ -213,4 +228,5 @@ def enqueue_implicit_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_off: i
                  np.int64(x_off), w_packed.data.base_data, np.int64(w_packed.offset),
                  np.int64(w_packed.stride), out.base_data, np.int64(out_off), np.int64(start),
                  np.int64(count), np.int32(per_group), bias_buf, np.int64(b_off),
-                 cl.LocalMemory(kc * tile.nr * dtype.itemsize))
+                 res_buf, np.int64(r_off), cl.LocalMemory(kc * tile.nr * dtype.itemsize),
+                 np.int32(kc), *geo.size_args())

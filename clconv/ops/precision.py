@@ -40,7 +40,7 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 def check_precision(dev: Device, dtype: np.dtype) -> None:
     """Raises UnsupportedError when `dtype` is float16 and the device does not really compute it.
 
-    Call after `arrays.result_dtype` (which checks the reported extensions); the probe runs once per
+    Call after `transfer.result_dtype` (which checks the reported extensions); the probe runs once per
     device.
     """
     if np.dtype(dtype) != _HALF:

@@ -30,6 +30,7 @@ from ..runtime.device import Device, current_device
 from ..runtime.group import splits_batch
 from ..runtime.memory import column_buffer, empty, resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
+from .activation import Activation, ActivationArg, normalize_activation
 from .geometry import ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_groups
 from .launch import Col2im, Epilogue, PadAdjoint
 from .plan import Plan, cached_plan, shape_of
@@ -39,25 +40,25 @@ __all__ = ["Adjoint", "TransposePlan", "conv_transpose1d", "conv_transpose2d", "
            "plan_conv_transpose3d", "transpose_geometry", "transpose_output_size"]
 
 
-@splits_batch("input", ndim=3)
+@splits_batch("input", "residual", ndim=3)
 def conv_transpose1d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                      stride: IntOrTuple = 1, padding: IntOrTuple = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1, *,
-                     workspace_limit: int | None = None,
+                     dilation: IntOrTuple = 1, *, activation: ActivationArg = None,
+                     residual: ArrayLike | None = None, workspace_limit: int | None = None,
                      out: ArrayLike | None = None) -> ArrayLike:
     """1-d transposed convolution: input (N, C_in, L) or (C_in, L), weight (C_in, C_out/groups, k)
     -> (N, C_out, L_out). Arguments as `conv_transpose2d`."""
     return _transpose(1, input, weight, bias, stride, padding, output_padding, groups, dilation,
-                      workspace_limit, out)
+                      workspace_limit, out, activation, residual)
 
 
-@splits_batch("input", ndim=4)
+@splits_batch("input", "residual", ndim=4)
 def conv_transpose2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                      stride: IntOrTuple = 1, padding: IntOrTuple = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1, *,
-                     workspace_limit: int | None = None,
+                     dilation: IntOrTuple = 1, *, activation: ActivationArg = None,
+                     residual: ArrayLike | None = None, workspace_limit: int | None = None,
                      out: ArrayLike | None = None) -> ArrayLike:
     """2-d transposed convolution with torch.nn.functional.conv_transpose2d's semantics.
 
@@ -65,6 +66,8 @@ def conv_transpose2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None
     (C_out,) or None. stride, dilation: int or pair (>= 1); padding: int or pair (>= 0), the zero
     padding of the forward convolution this is the adjoint of (it crops the output); output_padding:
     int or pair, extra size added on the trailing side, smaller than the stride or the dilation.
+    activation, residual: as conv2d's (y = act(conv_transpose(x) + bias + residual), residual of
+    the output's shape), applied in one pass over the output after col2im.
     workspace_limit: bytes of column buffer (as conv2d's; the work is split to fit); out: an array
     to write the result into (as conv2d's).
     Output size per dim: (in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1.
@@ -72,21 +75,21 @@ def conv_transpose2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None
     Returns (N, C_out, H_out, W_out).
     """
     return _transpose(2, input, weight, bias, stride, padding, output_padding, groups, dilation,
-                      workspace_limit, out)
+                      workspace_limit, out, activation, residual)
 
 
-@splits_batch("input", ndim=5)
+@splits_batch("input", "residual", ndim=5)
 def conv_transpose3d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                      stride: IntOrTuple = 1, padding: IntOrTuple = 0,
                      output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1, *,
-                     workspace_limit: int | None = None,
+                     dilation: IntOrTuple = 1, *, activation: ActivationArg = None,
+                     residual: ArrayLike | None = None, workspace_limit: int | None = None,
                      out: ArrayLike | None = None) -> ArrayLike:
     """3-d transposed convolution: input (N, C_in, D, H, W) or unbatched, weight (C_in,
     C_out/groups, kd, kh, kw) -> (N, C_out, D_out, H_out, W_out). Arguments as
     `conv_transpose2d`."""
     return _transpose(3, input, weight, bias, stride, padding, output_padding, groups, dilation,
-                      workspace_limit, out)
+                      workspace_limit, out, activation, residual)
 
 
 def transpose_output_size(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
@@ -143,30 +146,45 @@ def transpose_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequen
 
 def _transpose(nd: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
                output_padding: Any, groups: Any, dilation: Any, workspace_limit: Any,
-               out: Any) -> ArrayLike:
+               out: Any, activation: Any = None, residual: Any = None) -> ArrayLike:
     dev = current_device()
-    dtype = result_dtype(dev, input=input, weight=weight, bias=bias)
+    extra = {} if residual is None else {"residual": residual}
+    dtype = result_dtype(dev, input=input, weight=weight, bias=bias, **extra)
     x_shape, w_shape = shape_of(input), shape_of(weight)
     b_shape = None if bias is None else shape_of(bias)
+    r_shape = None if residual is None else shape_of(residual)
     plan = cached_plan(dev, ("transpose", nd, x_shape, w_shape, b_shape, dtype, stride, padding,
-                             output_padding, groups, dilation, workspace_limit),
+                             output_padding, groups, dilation, workspace_limit, activation,
+                             r_shape),
                        lambda: TransposePlan(dev, nd, x_shape, w_shape, b_shape, stride, padding,
                                              output_padding, groups, dilation, dtype,
-                                             workspace_limit))
-    return plan._execute({"input": input, "weight": weight, "bias": bias}, out, check=False)
+                                             workspace_limit, activation=activation,
+                                             residual_shape=r_shape))
+    return plan._execute({"input": input, "weight": weight, "bias": bias, "residual": residual},
+                         out, check=False)
 
 
 def plan_conv_transpose(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int],
                         bias: bool = True, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
                         output_padding: IntOrTuple = 0, groups: int = 1,
-                        dilation: IntOrTuple = 1, *, workspace_limit: int | None = None,
+                        dilation: IntOrTuple = 1, *, activation: ActivationArg = None,
+                        residual: bool = False, workspace_limit: int | None = None,
                         dtype: Any = np.float32) -> TransposePlan:
     """A plan for an nd-d transposed convolution on the current device; see `plan_conv_transpose2d`."""
     x_shape, w_shape = tuple(int(v) for v in input_shape), tuple(int(v) for v in weight_shape)
     b_shape = (w_shape[1] * groups,) if bias and len(w_shape) > 1 and isinstance(groups, int) \
         else None
+    if not isinstance(residual, (bool, np.bool_)):
+        raise TypeError(f"residual must be a bool (whether calls pass one), got {residual!r}")
+    r_shape = None
+    if residual:  # the output's shape (unbatched when the input is)
+        unbatched = len(x_shape) == nd + 1
+        geo = transpose_geometry(nd, (1, *x_shape) if unbatched else x_shape, w_shape, stride,
+                                 padding, output_padding, groups, dilation)
+        r_shape = geo.input_shape[1:] if unbatched else geo.input_shape
     return TransposePlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding,
-                         output_padding, groups, dilation, np.dtype(dtype), workspace_limit)
+                         output_padding, groups, dilation, np.dtype(dtype), workspace_limit,
+                         activation=activation, residual_shape=r_shape)
 
 
 def plan_conv_transpose1d(input_shape: Sequence[int], weight_shape: Sequence[int],
@@ -181,7 +199,8 @@ def plan_conv_transpose2d(input_shape: Sequence[int], weight_shape: Sequence[int
     out=None)` then only enqueues. input_shape (N, C_in, H, W) or unbatched, weight_shape (C_in,
     C_out/groups, kh, kw); bias: whether calls pass one (a plan with one also runs with None);
     then stride, padding, output_padding, groups, dilation as `conv_transpose2d`, and keywords
-    workspace_limit (bytes of column buffer; the work is split to fit) and dtype."""
+    activation (as conv_transpose2d's), residual (whether calls pass one: `plan(x, weight, bias,
+    residual=r)`), workspace_limit (bytes of column buffer; the work is split to fit) and dtype."""
     return plan_conv_transpose(2, input_shape, weight_shape, bias, *args, **kwargs)
 
 
@@ -195,11 +214,17 @@ class TransposePlan(Plan):
     """A transposed convolution, planned (see clconv.ops.plan). `geometry` is the forward
     convolution it is the adjoint of."""
 
+    # The residual has the output's shape: its first dim is the batch too (sibling plans).
+    _BATCH_ARGS = tuple(getattr(Plan, "_BATCH_ARGS", ())) + ("residual_shape",)
+    _BATCH_OPERANDS = tuple(getattr(Plan, "_BATCH_OPERANDS", ())) + ("residual",)
+
     def __init__(self, dev: Device, nd: int, input_shape: tuple[int, ...],
                  weight_shape: tuple[int, ...], bias_shape: tuple[int, ...] | None,
                  stride: IntOrTuple, padding: IntOrTuple, output_padding: IntOrTuple,
                  groups: int, dilation: IntOrTuple, dtype: np.dtype,
-                 workspace_limit: int | None = None) -> None:
+                 workspace_limit: int | None = None, *, activation: ActivationArg = None,
+                 residual_shape: tuple[int, ...] | None = None) -> None:
+        act = normalize_activation(activation)
         if gemm_engine(dev) is clblast:
             clblast.require(f"conv_transpose{nd}d")
         limit = resolve_workspace_limit(dev, workspace_limit)
@@ -211,28 +236,43 @@ class TransposePlan(Plan):
             raise ValueError(f"bias must have shape ({geo.in_channels},) (one per output channel), "
                              f"got {tuple(bias_shape)}")
         out_shape = geo.input_shape[1:] if unbatched else geo.input_shape
+        if residual_shape is not None and tuple(residual_shape) != tuple(out_shape):
+            raise ValueError(f"residual must have the output's shape {tuple(out_shape)}, got "
+                             f"{tuple(residual_shape)}")
         # geo is the forward convolution: its output is this op's input and the other way round
         self._prepare(dev, dtype, {"input": tuple(input_shape), "weight": tuple(weight_shape),
-                                   "bias": None if bias_shape is None else tuple(bias_shape)},
+                                   "bias": None if bias_shape is None else tuple(bias_shape),
+                                   "residual": None if residual_shape is None else
+                                   tuple(residual_shape)},
                       out_shape, geo.input_shape,
                       {"input": geo.output_shape, "weight": geo.weight_shape,
                        "output": geo.input_shape})
         self.geometry = geo
         self.has_bias = bias_shape is not None
-        self.adjoint = Adjoint(dev, geo, self.work, self.has_bias, limit)
+        self.has_residual = residual_shape is not None
+        self.activation = activation
+        self.act: Activation | None = act
+        self.adjoint = Adjoint(dev, geo, self.work, self.has_bias, limit, act, self.has_residual)
         self.workspace_bytes = self.adjoint.workspace_bytes
         self.label = f"conv_transpose{nd}d"
         self.needs_gemm = self.adjoint.gemm is clblast
 
     def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
-                 out: ArrayLike | None = None) -> ArrayLike:
+                 residual: ArrayLike | None = None, out: ArrayLike | None = None) -> ArrayLike:
+        """act(conv_transpose(input, weight) + bias + residual) (residual: exactly when the plan
+        was made with one)."""
         if bias is None and self.has_bias:
             from .conv import _zeros
             bias = _zeros(self.device, self.geometry.in_channels, self.dtype, weight)
-        return self._execute({"input": input, "weight": weight, "bias": bias}, out)
+        return self._execute({"input": input, "weight": weight, "bias": bias,
+                              "residual": residual}, out)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
-        self.adjoint.run(arrays["input"], arrays["weight"], arrays["bias"], out)
+        r = arrays.get("residual")
+        if r is not None:
+            from .conv import unaliased
+            r = unaliased(self.device, r, out)
+        self.adjoint.run(arrays["input"], arrays["weight"], arrays["bias"], out, r)
 
 
 def _padded_size(geo: ConvGeometry) -> tuple[int, ...]:
@@ -242,12 +282,13 @@ def _padded_size(geo: ConvGeometry) -> tuple[int, ...]:
 
 class Adjoint:
     """out (N, C_in, *in_size) = adjoint of the convolution `geo` applied to y (N, C_out,
-    *out_size), plus b (C_in,) per channel: GEMM with the transposed filters, then col2im; non-zero
+    *out_size), plus b (C_in,) per channel (+ a residual of out's shape, then the activation): GEMM with the transposed filters, then col2im; non-zero
     padding modes fold the padded result back (cl/pad_adjoint.cl). Configured once; `run` enqueues
     on contiguous device arrays of one dtype. MemoryError when not even one column fits `limit`."""
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 limit: int) -> None:
+                 limit: int, activation: ActivationArg = None,
+                 has_residual: bool = False) -> None:
         self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
         self.gemm = gemm_engine(dev)
         itemsize = self.dtype.itemsize
@@ -286,11 +327,15 @@ class Adjoint:
                                  self.workspace_bytes // itemsize,
                                  geo.out_channels * geo.cin_per_group * geo.ksize)
             self.col2im = None if self.pointwise else Col2im(dev, geo.defines(), dtype, index_t)
+        # Bias, residual and activation: one pass over the output once col2im has summed it
+        # (col2im may add a range of columns at a time).
+        tail = has_bias or has_residual or normalize_activation(activation) is not None
         self.epilogue = (Epilogue(dev, dtype, index_type(geo.batch * geo.in_channels *
-                                                         geo.in_spatial), True, None)
-                         if has_bias else None)
+                                                         geo.in_spatial), has_bias, activation,
+                                  has_residual) if tail else None)
 
-    def run(self, y: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array) -> None:
+    def run(self, y: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            residual: cla.Array | None = None) -> None:
         geo, dev = self.geo, self.dev
         if out.size == 0:
             return
@@ -302,7 +347,7 @@ class Adjoint:
                                  element_offset(out))
                 if self.epilogue is not None:
                     self.epilogue(out, element_offset(out), b, geo.batch, geo.in_channels,
-                                  geo.in_spatial)
+                                  geo.in_spatial, residual)
             return
         m = geo.cin_per_group * geo.ksize  # rows of one group's column block
         k = geo.cout_per_group
@@ -338,4 +383,5 @@ class Adjoint:
                         self.col2im(nb, col, col_off, out, out_off + n0 * out_image, l0, lc,
                                     accumulate=l0 > 0)
             if self.epilogue is not None:
-                self.epilogue(out, out_off, b, geo.batch, geo.in_channels, geo.in_spatial)
+                self.epilogue(out, out_off, b, geo.batch, geo.in_channels, geo.in_spatial,
+                              residual)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from . import config
 
 __all__ = ["cache_dir"]
 
 
 def cache_dir() -> Path:
     """$CLCONV_CACHE_DIR, else $XDG_CACHE_HOME/clconv, else ~/.cache/clconv (created on demand)."""
-    env = os.environ.get("CLCONV_CACHE_DIR")
-    if env:
-        path = Path(env).expanduser()
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        path = Path(base) / "clconv"
+    path = config.cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -16,12 +16,13 @@ from typing import Any
 
 import pyopencl as cl
 
+from . import config
 from .errors import DeviceNotFoundError
 
 __all__ = ["Device", "devices", "device", "current_device", "current_target",
            "default_device_reason"]
 
-ENV_VAR = "CLCONV_DEVICE"
+ENV_VAR = config.DEVICE
 _KINDS = ((cl.device_type.GPU, "gpu"), (cl.device_type.ACCELERATOR, "accelerator"),
           (cl.device_type.CPU, "cpu"))
 _PROBE_SOURCE = "__kernel void clconv_probe(__global float* x) { x[get_global_id(0)] *= 2.0f; }"
@@ -268,7 +269,7 @@ def _default() -> tuple[Device, str]:
     """The default device and why; chosen once per value of CLCONV_DEVICE (calls outside a `with`
     block only read the variable and compare)."""
     global _DEFAULT
-    env = os.environ.get(ENV_VAR)
+    env = os.environ.get(ENV_VAR)  # as set (blank included): the memo's key
     memo = _DEFAULT
     if memo is not None and memo[0] == env and memo[1] is _DEVICES:
         return memo[2], memo[3]

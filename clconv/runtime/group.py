@@ -352,8 +352,11 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
         return on(group.devices[int(np.argmax(best))])
 
     n = shape[0]
+    # Batched arguments after the first may be optional (a conv's residual): absent or None ones
+    # are left as they are.
+    present = [name for name in batched if bound.arguments.get(name) is not None]
     consistent = all(len(np.shape(bound.arguments[name])) == ndim
-                     and np.shape(bound.arguments[name])[0] == n for name in batched) and all(
+                     and np.shape(bound.arguments[name])[0] == n for name in present) and all(
         np.ndim(bound.arguments.get(name, ())) == 1 and len(bound.arguments[name]) == ndim
         and bound.arguments[name][0] == n for name in sizes if name in bound.arguments)
     if n == 0 or len(group) == 1 or not consistent:
@@ -362,7 +365,7 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
 
     def sliced(start: int, stop: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         part = bound.arguments.copy()
-        for name in batched:
+        for name in present:
             part[name] = np.asarray(part[name])[start:stop]
         for name in sizes:
             if name in part:

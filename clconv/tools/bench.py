@@ -226,6 +226,8 @@ def parse_layer(text: str) -> Layer:
     """--layer text (see LAYER_HELP) -> Layer; ValueError saying what is wrong."""
     m = _NAMED.match(text.strip())
     layer = _parse_keyed(text, m) if m else _parse_short(text)
+    if layer.groups < 1:
+        raise ValueError(f"--layer {text!r}: groups g={layer.groups} must be at least 1")
     if layer.c % layer.groups or layer.k_out % layer.groups:
         raise ValueError(f"--layer {text!r}: C={layer.c} and K={layer.k_out} must divide by "
                          f"g={layer.groups}")
@@ -761,22 +763,24 @@ def render(results: list[Result], layers: Sequence[Layer], peers: Sequence[str],
     print(f"\n## Time and accuracy ({dtype.name}; median of the runs shown; error = "
           "max |y - y_ref| "
           "against float64)\n", file=out)
-    print(f"{'layer':<20} {'algorithm/peer':<10} {'median ms':>10} {'GFLOP/s':>8} {'runs':>4} "
+    pw = max([14, *(len(p) for p in peers)])  # the peer column fits the longest name
+    print(f"{'layer':<20} {'algorithm/peer':<{pw}} {'median ms':>10} {'GFLOP/s':>8} {'runs':>4} "
           f"{'max err':>9} {'vs direct':>9} {'auto/this':>9}", file=out)
     for layer in layers:
         direct = table.get((layer.name, "direct"))
         auto = table.get((layer.name, "auto"))
-        print(f"{layer.name} ({layer.spec}): {layer.flops / 1e9:.3f} GFLOP", file=out)
+        label = layer.name if layer.spec in layer.name else f"{layer.name} ({layer.spec})"
+        print(f"{label}: {layer.flops / 1e9:.3g} GFLOP", file=out)
         for peer in peers:
             r = table.get((layer.name, peer))
             if r is None:
                 continue
             if r.ms is None:
-                print(f"{'':<20} {peer:<10} {'n/a: ' + r.note}", file=out)
+                print(f"{'':<20} {peer:<{pw}} {'n/a: ' + r.note}", file=out)
                 continue
             vs_direct = direct.ms / r.ms if direct and direct.ms else None
             auto_ratio = r.ms / auto.ms if auto and auto.ms and peer != "auto" else None
-            print(f"{'':<20} {peer:<10} {r.ms:>10.2f} {r.gflops:>8.1f} {r.runs:>4} "
+            print(f"{'':<20} {peer:<{pw}} {r.ms:>10.2f} {r.gflops:>8.1f} {r.runs:>4} "
                   f"{r.max_err:>9.1e} {_fmt(vs_direct, '>8.1f')}x "
                   f"{_fmt(auto_ratio, '>8.2f')}{'x' if auto_ratio else ' '} {r.note}".rstrip(),
                   file=out)
@@ -811,7 +815,20 @@ def render(results: list[Result], layers: Sequence[Layer], peers: Sequence[str],
                 print(f"{label:<20} {dims:<22} {flop / off * 1e3:>7.1f} GFLOP/s "
                       f"{flop / on * 1e3:>7.1f} GFLOP/s {off / on:>7.2f}x", file=out)
             print(f"tuned = {gemm_tuning['tuning']['on']}", file=out)
-    if latency:
+    for r in (latency or {}).get("networks", []):
+        if r is (latency or {})["networks"][0]:
+            print("\n## A network's first forward in a fresh process (batch 1, 224x224, "
+                  "clconv.torch.convert, algorithm 'auto')\n", file=out)
+        if "error" in r:
+            print(f"{r['net']:<13} {r['mode']:<5} failed: {r['error']}", file=out)
+            continue
+        print(f"{r['net']:<13} {r['mode']:<5} first {r['first_s']:7.2f} s, second "
+              f"{r['second_s'] * 1e3:7.1f} ms (torch {r['torch_s'] * 1e3:6.1f} ms), "
+              f"{r['programs']} programs built in {r['build_s']:.2f} s", file=out)
+        if r is latency["networks"][-1]:
+            print("cold: empty clconv, PoCL and pyopencl caches (a new machine, CI, a container); "
+                  "warm: a second process on the caches the cold one filled.", file=out)
+    if latency and "layer" in latency:
         print("\n## First call in a fresh process (numpy in/out, algorithm 'auto', layer "
               f"{latency['layer']})\n", file=out)
         for kind in ("cold", "warm"):
@@ -870,11 +887,12 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
               progress: bool = True, command: str | None = None,
               stream: TextIO | None = None, gemm_tuning: bool = False,
               dtype: Any = np.float32, json_out: str | None = None,
-              prog: str = "python -m clconv") -> int:
+              prog: str = "python -m clconv", first_use: bool = False) -> int:
     """Runs the benchmark and writes <out>.txt/.csv/.json/.png; returns an exit code.
 
     dtype: the operands' dtype (float16/float64 where the device has them; ValueError otherwise).
     json_out: also write the JSON there; '-' writes it to stdout, and the report to stderr.
+    first_use: also time whole networks' first forward, cold and warm (clconv.tools.first_use).
     """
     from ..blas import clblast as gemm
     from ..blas import tuning
@@ -899,7 +917,9 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
         settings = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
                     if k.startswith(("CLCONV_", "POCL_", "CLBLAST_"))]
         command = " ".join([*settings, prog, *map(shlex.quote, sys.argv[1:])])
-    bar = Progress(len(layers) * len(peers) + (2 if latency else 0) + (1 if gemm_tuning else 0),
+    load_start = _load()
+    bar = Progress(len(layers) * len(peers) + (2 if latency else 0) + (1 if gemm_tuning else 0)
+                   + (4 if first_use else 0),
                    "bench", enabled=progress)
     results: list[Result] = []
     done = 0
@@ -917,6 +937,24 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
             bar.update(done, f"first-call latency, {kind} caches")
             lat[kind] = measure_latency(str(dev.index), lat_layer, kind == "cold")
             done += 1
+    if first_use:
+        from . import first_use as fu
+
+        lat = lat or {}
+        lat["networks"] = []
+        env = _child_env()
+        env["CLCONV_DEVICE"] = str(dev.index)
+        for net in fu.NETWORKS:
+            folder = None
+            for kind in fu.MODES:  # cold first: warm reuses the caches it filled
+                bar.update(done, f"first forward of {net}, {kind} caches")
+                try:
+                    r = fu.measure(net, kind, folder, env=env)
+                    folder = r["folder"]
+                except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                    r = {"net": net, "mode": kind, "error": str(err).strip().splitlines()[-1]}
+                lat["networks"].append(r)
+                done += 1
     gemm_result = None
     if gemm_tuning:
         bar.update(done, "CLBlast GEMM, tuned vs untuned")
@@ -932,6 +970,7 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
         torch_version = f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
     except ImportError:
         pass
+    busy = _busy_warning(load_start, _load(), torch_version)  # a header line
     import pyopencl as cl
 
     header = [
@@ -941,13 +980,15 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
         (f"host: {platform.machine()} {_cpu_name()}, {os.cpu_count()} CPUs, Python "
          f"{platform.python_version()}, numpy {np.__version__}, {torch_version}pyopencl "
          f"{cl.VERSION_TEXT}, CLBlast {tuning.clblast_version()}"),
-        (f"CLBlast tuning: {state.source if state else 'not loaded (no GEMM ran)'}"
-         + (f"; applied {', '.join(state.applied)}" if state and state.applied else "")
-         + (f"; errors: {'; '.join(state.errors)}" if state and state.errors else "")),
+        (f"CLBlast tuning: {state.source.split(' (')[0] if state else 'not loaded (no GEMM ran)'}"
+         + (f", {len(state.applied)} kernel settings applied" if state and state.applied else "")
+         + (f", {len(state.errors)} rejected (see `{prog} tune --show`)"
+            if state and state.errors else "")),
         f"CLBlast available: {'yes' if gemm.available() else 'no: ' + str(gemm.missing_reason())}",
         f"clconv cache (tuning file, 'auto' choices): {cache_dir()}",
         ("clconv's algorithms run on device arrays, the queue finished after each call; numpy and "
          "torch run in fresh interpreters on host arrays"),
+        *([busy] if busy else []),
     ]
     text = render(results, layers, peers, header, lat, gemm_result, dtype)
     stream.write(text)
@@ -960,11 +1001,10 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
     if json_out == "-":
         sys.stdout.write(json.dumps(data, indent=1) + "\n")
     elif json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     if out:
         prefix = Path(out)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
+        prefix.parent.mkdir(exist_ok=True)  # its last folder only (cli.output_prefix checks)
         Path(f"{prefix}.txt").write_text(text, encoding="utf-8")
         with open(f"{prefix}.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(asdict(results[0]).keys()) if results else [])
@@ -988,6 +1028,28 @@ def run_bench(spec: str | None = None, layers: Sequence[Layer] = LAYERS,
     return 0
 
 
+def _load() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _busy_warning(start: float | None, end: float | None, torch_version: str) -> str:
+    """A warning line when other work shared the CPUs during the run, else ''. Before the run
+    only others count; at its end the bench's own work (up to every CPU, PoCL's threads) too, so
+    more than the CPUs then means others ran beside it."""
+    cpus = os.cpu_count() or 1
+    if start is None or end is None or (start < 0.5 * cpus and end <= cpus + 0.5):
+        return ""
+    threads = f"; torch ran with {torch_version.split('(')[1].split(')')[0]}" \
+        if torch_version else ""
+    return (f"WARNING: the machine was busy (load average {start:.1f} before the run, {end:.1f} "
+            f"after, on {cpus} CPUs): other work shared the CPUs, the times are noisy{threads}; "
+            f"rerun on an idle machine to compare")
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -1007,4 +1069,5 @@ def main(args: Any) -> int:
     return run_bench(args.device, layers, peers, args.repeat, args.time_per_peer,
                      None if args.out == "-" else args.out, not args.no_latency, not args.no_plot,
                      not args.no_progress, gemm_tuning=not args.no_gemm, dtype=args.dtype,
-                     json_out=args.json, prog=getattr(args, "prog", "python -m clconv"))
+                     json_out=args.json, prog=getattr(args, "prog", "python -m clconv"),
+                     first_use=getattr(args, "first_use", False))

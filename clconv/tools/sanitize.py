@@ -308,6 +308,49 @@ def winograd(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
                4 * math.prod(ws[1:]), _mag(x, w))
 
 
+#: Fused epilogue activations with their numpy float64 formulas (torch's).
+_EPILOGUE_ACTS: list[tuple[Any, Callable[[np.ndarray], np.ndarray]]] = [
+    (("leaky_relu", 0.2), lambda v: np.where(v > 0, v, 0.2 * v)),
+    ("relu6", lambda v: np.clip(v, 0, 6)),
+    ("sigmoid", lambda v: 1 / (1 + np.exp(-v))),
+    (("clamp", -0.5, 0.5), lambda v: np.clip(v, -0.5, 0.5)),
+]
+
+
+@case
+def epilogues(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
+    """The fused epilogue (common.cl's epilogue_residual, gemm_packed.cl's vector store): act(conv
+    + bias + residual) through every algorithm (GEMM edge and full tiles, conv_grouped.cl's vector
+    interior, conv_direct.cl, the im2col epilogue kernels, Winograd) and a transposed
+    convolution."""
+    import clconv
+    from ..blas import clblast
+
+    cases = [((2, 3, 4, 19), (7, 3, 3, 3), {"padding": 1}, ["direct", "implicit", "im2col_packed"]
+              + (["im2col", "winograd"] if clblast.available() else [])),
+             ((1, 4, 3, 21), (4, 1, 3, 3), {"padding": 1, "groups": 4}, ["direct"]),
+             ((1, 17, 3, 4), (2, 17, 3, 3), {"padding": 1}, ["direct"])]
+    k = 0
+    for xs, ws, kw, algorithms in cases:
+        x, w, b = _arr(rng, xs), _arr(rng, ws), _arr(rng, (ws[0],))
+        conv = ref.conv_nd(x, w, b, **kw)
+        r = _arr(rng, conv.shape)
+        for algorithm in algorithms:
+            act, formula = _EPILOGUE_ACTS[k % len(_EPILOGUE_ACTS)]
+            k += 1
+            got = clconv.conv2d(x, w, b, algorithm=algorithm, activation=act, residual=r, **kw)
+            red = math.prod(ws[1:]) * (4 if algorithm == "winograd" else 1)
+            yield (f"epilogue {algorithm} {xs} {ws} {act}", got, formula(conv + r), np.float32,
+                   red, max(_mag(x, w), _mag(r)))
+    x, w, b = _arr(rng, (1, 4, 3, 4)), _arr(rng, (4, 3, 3, 2)), _arr(rng, (6,))
+    kw = {"stride": (2, 1), "groups": 2}
+    conv = ref.conv_transpose_nd(x, w, b, **kw)
+    r = _arr(rng, conv.shape)
+    got = clconv.conv_transpose2d(x, w, b, activation="relu6", residual=r, **kw)
+    yield ("epilogue conv_transpose2d relu6", got, np.clip(conv + r, 0, 6), np.float32, 2 * 6,
+           max(_mag(x, w), _mag(r)))
+
+
 @case
 def transposed(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
     """conv_transpose1d/2d/3d: strides, output_padding, groups, dilation, bias (col2im + GEMM)."""
@@ -471,6 +514,107 @@ def peak_kernels(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
     yield "peak copy_peak", dst, src.get().astype(np.float64), np.float32, 1, 1.0
 
 
+def _adjoint(label: str, x: np.ndarray, y: np.ndarray, g: np.ndarray, dx: Any) -> Check:
+    """A gradient kernel checked as the adjoint of its (locally linear) forward: <x, dx> = <y, g>."""
+    got = np.array([float((x.astype(np.float64) * _host(dx).astype(np.float64)).sum())])
+    want = np.array([float((y.astype(np.float64) * g.astype(np.float64)).sum())])
+    return label, got, want, np.float32, x.size, _mag(x, g) + 1
+
+
+def _host(a: Any) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+@case
+def pooling(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
+    """cl/pool.cl: max (dilation, ceil_mode, NaN), avg (count_include_pad, divisor_override) and
+    adaptive pooling in 1-3 d, and every gradient kernel (through clconv.nn's pooling layers)."""
+    import clconv
+
+    nn = clconv.nn
+    x2 = _arr(rng, (2, 2, 5, 6))
+    x2[0, 1, 2, 2] = np.nan
+    yield ("max_pool2d k3 s2 p1 ceil dilation", clconv.max_pool2d(x2, 3, 2, 1, 2, True),
+           ref_layers.max_pool(x2.astype(np.float64), 3, 2, 1, 2, True), np.float32, 0, 1.0)
+    x1, x3 = _arr(rng, (1, 2, 7)), _arr(rng, (1, 2, 3, 4, 5))
+    yield ("max_pool1d", clconv.max_pool1d(x1, 2, 1, 1),
+           ref_layers.max_pool(x1.astype(np.float64), 2, 1, 1), np.float32, 0, 1.0)
+    yield ("avg_pool3d ceil count_include_pad=False", clconv.avg_pool3d(x3, 2, 2, 1, True, False),
+           ref_layers.avg_pool(x3.astype(np.float64), 2, 2, 1, True, False), np.float32, 8,
+           _mag(x3))
+    x2 = _arr(rng, (2, 2, 5, 6))
+    yield ("avg_pool2d divisor_override", clconv.avg_pool2d(x2, 3, 2, 1, divisor_override=4),
+           ref_layers.avg_pool(x2.astype(np.float64), 3, 2, 1, divisor_override=4), np.float32,
+           9, _mag(x2))
+    yield ("adaptive_avg_pool2d", clconv.adaptive_avg_pool2d(x2, (2, None)),
+           ref_layers.adaptive_pool(x2.astype(np.float64), (2, None)), np.float32, 30, _mag(x2))
+    yield ("adaptive_max_pool2d", clconv.adaptive_max_pool2d(x2, (3, 4)),
+           ref_layers.adaptive_pool(x2.astype(np.float64), (3, 4), ref_layers.adaptive_max),
+           np.float32, 0, 1.0)
+    for layer in (nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.AvgPool2d(3, 2, 1, ceil_mode=True),
+                  nn.AdaptiveAvgPool2d((2, 4)), nn.AdaptiveMaxPool2d((3, 2)),
+                  nn.MaxPool3d(2, 1)):
+        x = x3 if isinstance(layer, nn.MaxPool3d) else x2
+        y = layer(x)
+        g = _arr(rng, y.shape)
+        yield _adjoint(f"{layer!r} backward", x, y, g, layer.backward(g))
+
+
+@case
+def elementwise(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
+    """cl/elementwise.cl: activations and their gradients, broadcast add/mul, bias + residual +
+    activation after a GEMM (linear), batch norm (inference, training statistics and gradients)
+    and the row copies of cat."""
+    import clconv
+
+    nn = clconv.nn
+    x = _arr(rng, (2, 3, 4))
+    x[0, 0, 0] = np.nan
+    xd = x.astype(np.float64)
+    for name in ("relu", "silu", "gelu", "hardswish"):
+        yield name, getattr(clconv, name)(x), ref_layers.ACTIVATIONS[name](xd), np.float32, 1, 4.0
+    relu = nn.ReLU()
+    relu(x)
+    g = _arr(rng, x.shape)
+    yield "relu backward", relu.backward(g), np.where(xd <= 0, 0.0, g), np.float32, 0, 1.0
+    gate = _arr(rng, (2, 3, 1))
+    yield ("mul channel gate", clconv.mul(x, gate), xd * gate, np.float32, 1, 30.0)  # x has NaN
+    yield ("add + relu", clconv.add(x, gate, activation="relu"),
+           ref_layers.ACTIVATIONS["relu"](xd + gate), np.float32, 1, 10.0)
+    a, w, b, r = _arr(rng, (5, 7)), _arr(rng, (3, 7)), _arr(rng, (3,)), _arr(rng, (5, 3))
+    want = a.astype(np.float64) @ w.T + b + r
+    yield ("linear + bias + residual + relu", clconv.linear(a, w, b, activation="relu",
+                                                            residual=r),
+           np.maximum(want, 0), np.float32, 7, _mag(a, w) + _mag(b) + _mag(r))
+    fc = nn.Linear(7, 3, activation="relu", rng=0)  # relu fused; its gradient from the output
+    y = fc(a)
+    gg = _arr(rng, y.shape)
+    fc.backward(gg)
+    yield ("Linear + relu bias gradient", fc.bias_grad, np.where(y <= 0, 0.0, gg).sum(0),
+           np.float32, 5, _mag(gg))
+    xb = _arr(rng, (3, 2, 2, 3))
+    mean, var, wt, bs = _arr(rng, (2,)), np.abs(_arr(rng, (2,))) + 0.5, _arr(rng, (2,)), \
+        _arr(rng, (2,))
+    yield ("batch_norm inference", clconv.batch_norm(xb, mean, var, wt, bs),
+           ref_layers.batch_norm(xb.astype(np.float64), mean, var, wt, bs), np.float32, 4, 10.0)
+    bn = nn.BatchNorm2d(2)
+    y = bn(xb)
+    xx = xb.astype(np.float64)
+    mu, sd = xx.mean(axis=(0, 2, 3)), xx.var(axis=(0, 2, 3))
+    yield "BatchNorm2d training", y, ref_layers.batch_norm(xx, mu, sd), np.float32, 18, 10.0
+    g = _arr(rng, xb.shape)
+    gd = g.astype(np.float64)
+    xhat = (xx - mu[None, :, None, None]) / np.sqrt(sd + 1e-5)[None, :, None, None]
+    m = xx.size // 2
+    want = (gd - gd.mean(axis=(0, 2, 3), keepdims=True)
+            - xhat * (gd * xhat).sum(axis=(0, 2, 3), keepdims=True) / m) \
+        / np.sqrt(sd + 1e-5)[None, :, None, None]
+    yield "BatchNorm2d training backward", bn.backward(g), want, np.float32, 18, 30.0
+    yield ("BatchNorm2d running_mean", bn.running_mean, 0.1 * mu, np.float32, 18, 1.0)
+    parts = [_arr(rng, (2, c, 3)) for c in (1, 3, 2)]
+    yield "cat dim=1", clconv.cat(parts, 1), np.concatenate(parts, 1), np.float32, 0, 1.0
+
+
 def _index_long(case_fn: Case) -> Case:
     def run(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
         from ..runtime import transfer
@@ -490,6 +634,8 @@ def _index_long(case_fn: Case) -> Case:
 # The 64-bit index path of every kernel that has one (INDEX_T), on a subset of the cases.
 for _fn in (conv2d_forward, winograd, gradients, unfold_fold, layouts_and_conversions):
     case(_index_long(_fn))
+case(_index_long(pooling))
+case(_index_long(elementwise))
 
 
 #: Files that cannot run on a device, and why (checked at run time).
@@ -613,9 +759,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
-    global ref, ref_extra
+    global ref, ref_extra, ref_layers
     ref = _load_tests_module("reference")
     ref_extra = _load_tests_module("reference_extra")
+    ref_layers = _load_tests_module("reference_layers")
     _load_tests_module("tolerance")
 
     import clconv
@@ -645,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
 
 ref: ModuleType
 ref_extra: ModuleType
+ref_layers: ModuleType
 
 if __name__ == "__main__":
     sys.exit(main())

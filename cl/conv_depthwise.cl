@@ -1,0 +1,344 @@
+// conv_depthwise.cl: depthwise convolution (one input channel per group, channel multiplier
+// COUT / C >= 1) as a vectorised direct kernel for CPU-like devices (PoCL), one work-item per
+// block of output planes x rows x one segment of a row, local size 1.
+//
+// A work-item keeps a segment of SEG = NV * VW adjacent outputs of one output row in NV vector
+// accumulators. Per kernel row (kd, kh) it reads the input line once into the accumulators: per
+// tap kw, NV vector loads (unaligned, from L1: the line is reused by KW taps and by the next
+// KH - 1 output rows) times the tap broadcast; the taps unroll from the KD/KH/KW defines and are
+// loaded once per plane. Segments tile the row's interior [OW_LO, OW_HI) (the outputs whose vector
+// loads stay inside the stored line), the last one ending at OW_HI (overlapping its predecessor:
+// it stores the same values again), so the hot loop has no bounds checks. The few outputs at the
+// padding ([0, OW_LO) and [OW_HI, OW), one or two a row for 3x3) are computed one by one through
+// source_coord() (PAD_MODE) by the first and last segment's work-item. Rows whose interior is
+// narrower than a segment (the host then picks the shortest vectors; only tiny rows remain) take
+// the span path: segments from 0, each span copied into a private zero-filled buffer (through
+// source_coord()), the same vector code on it, partial stores. Lines that fall entirely in padding
+// along D or H are skipped. A work-item walks its rows, then its planes (several small planes per
+// work-item, so that 7x7 layers do not pay one work-group per plane).
+//
+// A second entry point, conv_depthwise_small (with -D PLANE_ROWS; at the end of the file), takes
+// whole small 2-d zero-padded planes (up to 64 padded rows and 4 vectors a row: MobileNet's 7x7
+// to 56x56) from a private zero-padded copy: no edge code at all (1.3-2.5x the row segments).
+//
+// Epilogue (common.cl): + bias[co] (-D HAS_BIAS), + the residual's element (-D HAS_RESIDUAL, an
+// operand of y's shape from r_offset), the activation (-D ACT, ACT_A, ACT_B) on whole vectors
+// (ACT_APPLY; NaN kept as torch), then a vector store.
+//
+// Defines: REAL/ACC (common.cl), kernel size KD/KH/KW, stride SD/SH/SW, dilation DD/DH/DW,
+// PAD_MODE (common.cl), and the tile:
+// -D VW   lanes per vector: 2, 4, 8 or 16 (default 8; at most the device's preferred width)
+// -D NV   vectors per segment: 1 .. 4 (default 2)
+// -D PLANE_ROWS  rows of conv_depthwise_small's buffer (8, 16, 32 or 64: a bucket, so that layers
+//                share the program); unset: only conv_depthwise is compiled
+// Sizes (C, COUT, GROUPS = C, ID..OW, PD..PW) are the GEOMETRY_ARGS arguments (RUNTIME_SIZES), and
+// the arguments rows (output rows per work-item), planes (output planes per work-item) and
+// nplanes (batch * COUT * OD): layers of one kernel size and stride share the program.
+// NDRange (segments, ceil(OH / rows), ceil(nplanes / planes)), local size (1, 1, 1); segments:
+// ceil((OW_HI - OW_LO) / SEG) when that interior holds a segment, else ceil(OW / SEG)
+// (clconv.ops.depthwise.depthwise_launch mirrors this).
+// Weight layout (COUT, 1, KD, KH, KW).
+
+#define RUNTIME_SIZES
+#include "common.cl"
+
+#ifndef VW
+#define VW 8
+#endif
+#ifndef NV
+#define NV 2
+#endif
+#if NV < 1 || NV > 4
+#error "NV must be 1 .. 4"
+#endif
+#define SEG (NV * VW)
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define VREAL CAT(REAL, VW)
+#define VACC CAT(ACC, VW)
+#define VLOAD CAT(vload, VW)
+#define VSTORE CAT(vstore, VW)
+#define CONVERT_VACC CAT(convert_, VACC)
+#define CONVERT_VREAL CAT(convert_, VREAL)
+
+// Input columns a segment's vector loads touch, from its first (ow0 * SW - PW): the stride-2 loads
+// read 2 * VW values for VW outputs (one past the last used).
+#if SW == 2
+#define SPAN_READ (2 * SEG + (KW - 1) * DW)
+#else
+#define SPAN_READ ((SEG - 1) * SW + 1 + (KW - 1) * DW)
+#endif
+
+// VW inputs at stride SW from p (global or private), as a VACC.
+#if SW == 1
+#define LOAD_STRIDED(p) CONVERT_VACC(VLOAD(0, p))
+#elif SW == 2 && VW == 2
+#define LOAD_STRIDED(p) CONVERT_VACC(vload4(0, p).even)
+#elif SW == 2 && VW == 4
+#define LOAD_STRIDED(p) CONVERT_VACC(vload8(0, p).even)
+#elif SW == 2 && VW == 8
+// Two 8-wide loads, not one vload16: a 16-wide vector returned by a builtin changes the x86 ABI
+// without AVX-512 (as in conv_grouped.cl).
+#define LOAD_STRIDED(p) CONVERT_VACC((VREAL)(vload8(0, p).even, vload8(1, p).even))
+#elif SW == 2 && VW == 16
+#define LOAD_STRIDED(p) CONVERT_VACC((VREAL)(vload16(0, p).even, vload16(1, p).even))
+#else
+#define LOAD_STRIDED(p) gather_strided(p)
+#endif
+
+// One kernel row (taps t[0 .. KW)) of the segment: acc[v] += t[kw] * the VW inputs of vector v.
+#define ROW_TAPS(acc, line, t)                                                 \
+    _Pragma("unroll") for (int kw_ = 0; kw_ < KW; ++kw_) {                     \
+        const VACC tap_ = (VACC)((t)[kw_]);                                    \
+        _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_)                      \
+            acc[v_] += tap_ * LOAD_STRIDED((line) + v_ * VW * SW + kw_ * DW);  \
+    }
+
+#if !(SW == 1 || SW == 2)
+// Other strides: the lanes gathered one by one into a private vector. Two overloads: the line is
+// global on the interior path, private on the edge path.
+inline VACC __attribute__((overloadable)) gather_strided(__global const REAL* p) {
+    ACC tmp[VW];
+#pragma unroll
+    for (int l = 0; l < VW; ++l) tmp[l] = (ACC)p[l * SW];
+    return VLOAD(0, tmp);
+}
+inline VACC __attribute__((overloadable)) gather_strided(__private const REAL* p) {
+    ACC tmp[VW];
+#pragma unroll
+    for (int l = 0; l < VW; ++l) tmp[l] = (ACC)p[l * SW];
+    return VLOAD(0, tmp);
+}
+#endif
+
+// Interior outputs [OW_LO, OW_HI): every input a vector of them loads is inside [0, IW) (the
+// stride-2 load reads one element past the last one it uses).
+#define OW_LO ((PW + SW - 1) / SW)
+#define LAST_READ_OFFSET ((KW - 1) * DW + (SW == 2 ? 1 : 0) - PW)  // last input read = ow*SW + this
+#define OW_HI_RAW ((IW - 1 - LAST_READ_OFFSET) >= 0 ? (IW - 1 - LAST_READ_OFFSET) / SW + 1 : 0)
+#define OW_HI (OW_HI_RAW < OW_LO ? OW_LO : (OW_HI_RAW > OW ? OW : OW_HI_RAW))
+
+// Outputs at each side's padding that a work-item accumulates alongside its vectors (scalars
+// sharing the vectors' kernel-row loop and taps); more (very wide padding) go through point().
+#define EMAX 4
+
+// One output at column ow of line (od, oh), through source_coord() (any padding mode); the taps
+// from global memory, so that the caller's private copy stays in registers.
+inline ACC point(GEO_DECL __global const REAL* image, __global const REAL* taps, int od, int oh,
+                 int ow) {
+    ACC sum = (ACC)0;
+    for (int kd = 0; kd < KD; ++kd) {
+        const int sd = source_coord(od * SD - PD + kd * DD, ID);
+        for (int kh = 0; kh < KH; ++kh) {
+            const int sh = source_coord(oh * SH - PH + kh * DH, IH);
+            if (sd >= 0 && sh >= 0) {
+                __global const REAL* line = image + ((idx_t)sd * IH + sh) * IW;
+                for (int kw = 0; kw < KW; ++kw) {
+                    const int sw = source_coord(ow * SW - PW + kw * DW, IW);
+                    if (sw >= 0) sum += (ACC)line[sw] * (ACC)taps[(kd * KH + kh) * KW + kw];
+                }
+            }
+        }
+    }
+    return sum;
+}
+
+__kernel void conv_depthwise(__global const REAL* restrict x, const long x_offset,
+                             __global const REAL* restrict weight, const long w_offset,
+                             __global const REAL* restrict bias, const long b_offset,
+                             __global const REAL* restrict residual, const long r_offset,
+                             __global REAL* restrict y, const long y_offset, const int rows,
+                             const int planes, const long nplanes, GEOMETRY_ARGS) {
+    const int k = get_global_id(0);
+    const int oh0 = get_global_id(1) * rows;
+    const int oh1 = (OH - oh0 > rows) ? oh0 + rows : OH;
+    const idx_t p0 = (idx_t)get_global_id(2) * planes;
+    const idx_t p1 = (nplanes - p0 > planes) ? p0 + planes : nplanes;
+    const int lo = OW_LO, hi = OW_HI;
+    const bool vectors = hi - lo >= SEG;  // the interior holds a segment: no span path
+    int ow0, nout, edge0 = 0, edge1 = 0, edge2 = 0;  // scalar outputs [0, edge0), [edge1, edge2)
+    if (vectors) {
+        ow0 = min(lo + k * SEG, hi - SEG);
+        nout = SEG;
+        if (k == 0) edge0 = lo;
+        if (ow0 + SEG == hi) {
+            edge1 = hi;
+            edge2 = OW;
+        }
+    } else {
+        ow0 = k * SEG;
+        nout = min(SEG, OW - ow0);
+    }
+    const int iw0 = ow0 * SW - PW;  // the segment's first input column
+    const int nleft = min(edge0, EMAX), nright = min(edge2 - edge1, EMAX);
+    const int mult = COUT / C;  // channel multiplier: output channel co reads input co / mult
+
+    for (idx_t p = p0; p < p1; ++p) {
+        const int od = p % OD;
+        const idx_t nco = p / OD;  // n * COUT + co
+        const int co = nco % COUT;
+        const idx_t n = nco / COUT;
+        __global const REAL* image = x + x_offset + (n * C + co / mult) * IN_SPATIAL;
+        __global const REAL* filter = weight + w_offset + (idx_t)co * KSIZE;
+        ACC taps[KD * KH * KW];
+#pragma unroll
+        for (int t = 0; t < KD * KH * KW; ++t) taps[t] = (ACC)filter[t];
+        const idx_t plane = p * ((idx_t)OH * OW);
+        for (int oh = oh0; oh < oh1; ++oh) {
+            VACC acc[NV];
+#pragma unroll
+            for (int v = 0; v < NV; ++v) acc[v] = (VACC)0;
+            ACC eacc[2 * EMAX];  // the left edge's outputs 0.., then the right edge's edge1..
+#pragma unroll
+            for (int e = 0; e < 2 * EMAX; ++e) eacc[e] = (ACC)0;
+            for (int kd = 0; kd < KD; ++kd) {
+                const int sd = source_coord(od * SD - PD + kd * DD, ID);
+#pragma unroll
+                for (int kh = 0; kh < KH; ++kh) {
+                    const int sh = source_coord(oh * SH - PH + kh * DH, IH);
+                    if (sd >= 0 && sh >= 0) {  // else a line of zero padding: it adds nothing
+                        __global const REAL* line = image + ((idx_t)sd * IH + sh) * IW;
+                        const ACC* t = taps + (kd * KH + kh) * KW;
+                        if (vectors) {
+                            ROW_TAPS(acc, line + iw0, t)
+                            // The outputs at the padding, as scalars on the same line and taps.
+#pragma unroll
+                            for (int e = 0; e < 2 * EMAX; ++e) {
+                                const int ow = e < EMAX ? e : edge1 + e - EMAX;
+                                if (e < EMAX ? e < nleft : e - EMAX < nright) {
+#pragma unroll
+                                    for (int kw = 0; kw < KW; ++kw) {
+                                        const int sw = source_coord(ow * SW - PW + kw * DW, IW);
+                                        if (sw >= 0) eacc[e] += (ACC)line[sw] * t[kw];
+                                    }
+                                }
+                            }
+                        } else {
+                            // The span with its padding (zero past the stored line and for
+                            // lanes past OW, which are not stored).
+                            REAL span[SPAN_READ];
+                            for (int j = 0; j < SPAN_READ; ++j) {
+                                const int sw = source_coord(iw0 + j, IW);
+                                span[j] = sw >= 0 ? line[sw] : (REAL)0;
+                            }
+                            ROW_TAPS(acc, span, t)
+                        }
+                    }
+                }
+            }
+            const idx_t row = plane + (idx_t)oh * OW;
+            __global REAL* out = y + y_offset + row;
+            __global const REAL* res = residual + r_offset + row;
+#pragma unroll
+            for (int v = 0; v < NV; ++v) {
+                VACC r = acc[v];
+#ifdef HAS_BIAS
+                r += (VACC)((ACC)bias[b_offset + co]);
+#endif
+                if (nout == SEG) {
+#ifdef HAS_RESIDUAL
+                    r += CONVERT_VACC(VLOAD(0, res + ow0 + v * VW));
+#endif
+                    r = ACT_APPLY(VACC, r);
+                    VSTORE(CONVERT_VREAL(r), 0, out + ow0 + v * VW);
+                } else {
+                    ACC lanes[VW];
+                    VSTORE(r, 0, lanes);
+                    for (int l = 0; l < VW && v * VW + l < nout; ++l) {
+                        const int ow = ow0 + v * VW + l;
+#ifdef HAS_RESIDUAL
+                        lanes[l] += (ACC)res[ow];
+#endif
+                        out[ow] = (REAL)activate(lanes[l]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int e = 0; e < 2 * EMAX; ++e) {
+                const int ow = e < EMAX ? e : edge1 + e - EMAX;
+                if (e < EMAX ? e < nleft : e - EMAX < nright)
+                    out[ow] = (REAL)epilogue_residual(eacc[e], bias, b_offset, co, res, ow);
+            }
+            for (int ow = nleft; ow < edge0; ++ow)  // wider padding than EMAX outputs (rare)
+                out[ow] = (REAL)epilogue_residual(point(GEO_PASS image, filter, od, oh, ow), bias,
+                                                  b_offset, co, res, ow);
+            for (int ow = edge1 + nright; ow < edge2; ++ow)
+                out[ow] = (REAL)epilogue_residual(point(GEO_PASS image, filter, od, oh, ow), bias,
+                                                  b_offset, co, res, ow);
+        }
+    }
+}
+
+#ifdef PLANE_ROWS
+// conv_depthwise_small: whole small planes (2-d, zero padding; -D PLANE_ROWS set by the host),
+// e.g. MobileNet's 7x7 and 14x14 layers, where a row's padding would be most of its work. Each
+// plane is first copied into a private zero-filled buffer of PLANE_ROWS rows of SPAN_READ columns
+// (the padding is then plain zeros: no edge code at all), then every output row is NV vectors from
+// that buffer, ROW_TAPS as above, and stored (masked past OW). The host requires OW <= SEG,
+// PW + IW <= SPAN_READ and (OH - 1) * SH + (KH - 1) * DH + 1 <= PLANE_ROWS. NDRange
+// (1, 1, ceil(nplanes / planes)), local size (1, 1, 1).
+__kernel void conv_depthwise_small(__global const REAL* restrict x, const long x_offset,
+                                   __global const REAL* restrict weight, const long w_offset,
+                                   __global const REAL* restrict bias, const long b_offset,
+                                   __global const REAL* restrict residual, const long r_offset,
+                                   __global REAL* restrict y, const long y_offset, const int rows,
+                                   const int planes, const long nplanes, GEOMETRY_ARGS) {
+    const idx_t p0 = (idx_t)get_global_id(2) * planes;
+    const idx_t p1 = (nplanes - p0 > planes) ? p0 + planes : nplanes;
+    const int mult = COUT / C;
+    const int ih_hi = min(IH, PLANE_ROWS - PH);  // input rows the buffer holds
+    REAL buf[PLANE_ROWS * SPAN_READ];
+    for (int j = 0; j < PLANE_ROWS * SPAN_READ; ++j) buf[j] = (REAL)0;
+    for (idx_t p = p0; p < p1; ++p) {
+        const int co = p % COUT;
+        const idx_t n = p / COUT;
+        __global const REAL* image = x + x_offset + (n * C + co / mult) * IN_SPATIAL;
+        __global const REAL* filter = weight + w_offset + (idx_t)co * KSIZE;
+        ACC taps[KH * KW];
+#pragma unroll
+        for (int t = 0; t < KH * KW; ++t) taps[t] = (ACC)filter[t];
+        // The plane into the buffer at (PH, PW); the zeros around it stay from the first fill.
+        for (int ih = 0; ih < ih_hi; ++ih)
+            for (int iw = 0; iw < IW; ++iw)
+                buf[(ih + PH) * SPAN_READ + PW + iw] = image[(idx_t)ih * IW + iw];
+        const idx_t plane = p * ((idx_t)OH * OW);
+        for (int oh = 0; oh < OH; ++oh) {
+            VACC acc[NV];
+#pragma unroll
+            for (int v = 0; v < NV; ++v) acc[v] = (VACC)0;
+#pragma unroll
+            for (int kh = 0; kh < KH; ++kh) {
+                const REAL* line = buf + (oh * SH + kh * DH) * SPAN_READ;
+                const ACC* t = taps + kh * KW;
+                ROW_TAPS(acc, line, t)
+            }
+            __global REAL* out = y + y_offset + plane + (idx_t)oh * OW;
+            __global const REAL* res = residual + r_offset + plane + (idx_t)oh * OW;
+#pragma unroll
+            for (int v = 0; v < NV; ++v) {
+                VACC r = acc[v];
+#ifdef HAS_BIAS
+                r += (VACC)((ACC)bias[b_offset + co]);
+#endif
+                if ((v + 1) * VW <= OW) {
+#ifdef HAS_RESIDUAL
+                    r += CONVERT_VACC(VLOAD(v, res));
+#endif
+                    r = ACT_APPLY(VACC, r);
+                    VSTORE(CONVERT_VREAL(r), v, out);
+                } else {
+                    ACC lanes[VW];
+                    VSTORE(r, 0, lanes);
+                    for (int l = 0; v * VW + l < OW; ++l) {
+#ifdef HAS_RESIDUAL
+                        lanes[l] += (ACC)res[v * VW + l];
+#endif
+                        out[v * VW + l] = (REAL)activate(lanes[l]);
+                    }
+                }
+            }
+        }
+    }
+}
+#endif  // PLANE_ROWS

@@ -1,0 +1,101 @@
+// conv_pointwise.cl: 1x1 convolutions (stride 1, no padding; the host subsamples strided ones
+// into a contiguous input first) as a plain GEMM on the input, for CPU-like devices (PoCL): no
+// gather, no packing pass.
+//
+//   out[n][g * COUT_G + i][l] = act(sum_k W[g * COUT_G + i][k] * x[n][g * CIN_G + k][l]
+//                                   + bias[g * COUT_G + i] + residual[n][g * COUT_G + i][l])
+//
+// Per image and group the input (CIN_G, L) (L = OD * OH * OW = ID * IH * IW) IS the GEMM's B
+// matrix, row-major with leading dim L, and the weight (COUT, CIN_G) its A, row-major with leading
+// dim CIN_G. A work-item owns NR adjacent columns of one image and group and walks a range of
+// MR-row tiles of A, each MR x NR tile in MR * NV vector registers over the whole K loop (the
+// micro-kernel of gemm_packed.cl, with B's rows read straight from the input, L apart, and A's MR
+// values of one k broadcast from the weight's MR rows, each a sequential stream), then stored once
+// through gemm_packed.cl's TILE_STORE (bias, residual, activation fused). The last column panel of
+// an image ends at L (overlapping its predecessor when L is not a multiple of NR: it stores the
+// same values again), so every panel is full and every B load a whole vector; rows of A past COUT_G
+// read row COUT_G - 1 again, and the masked store drops them. The host requires L >= NR.
+//
+// Defines: MR, NR, VW (gemm_packed.cl's register tile), REAL/ACC, HAS_BIAS, HAS_RESIDUAL, ACT
+// (ACT_A, ACT_B) (common.cl). Sizes (C, COUT, GROUPS, ID..OW) are the GEOMETRY_ARGS arguments
+// (RUNTIME_SIZES): one program per tile, stride, dtype and epilogue serves every 1x1 layer (the
+// strides SD, SH, SW are defines for the subsample kernel at the end only).
+// NDRange (ceil(L / NR), mgroups, batch * GROUPS), local size (1, 1, 1): work-item (jp, mg, z) does
+// the A tiles [mg * panels_per_group, (mg + 1) * panels_per_group) of image z / GROUPS, group
+// z % GROUPS.
+
+#define RUNTIME_SIZES
+#define GEMM_PACKED_NO_KERNELS
+#include "gemm_packed.cl"
+
+__kernel void conv_pointwise(__global const REAL* restrict x, const long x_offset,
+                             __global const REAL* restrict weight, const long w_offset,
+                             __global const REAL* restrict bias, const long b_offset,
+                             __global const REAL* restrict residual, const long r_offset,
+                             __global REAL* restrict y, const long y_offset,
+                             const int panels_per_group, GEOMETRY_ARGS) {
+    const int jp = get_global_id(0);
+    const int mg = get_global_id(1);
+    const idx_t z = get_global_id(2);
+    const int g = z % GROUPS;
+    const idx_t n = z / GROUPS;
+    const idx_t l = OUT_SPATIAL;
+    const int m = COUT_G, k = CIN_G;
+    const int mpanels = (m + MR - 1) / MR;
+    const int ip0 = mg * panels_per_group;
+    const int ip1 = min(ip0 + panels_per_group, mpanels);
+    const idx_t j0 = min((idx_t)jp * NR, l - NR);  // the last panel ends at l
+
+    __global const REAL* b = x + x_offset + (n * C + (idx_t)g * CIN_G) * IN_SPATIAL + j0;
+    __global const REAL* a = weight + w_offset + (idx_t)g * COUT_G * CIN_G;
+    const idx_t plane = (n * COUT + (idx_t)g * COUT_G) * l;
+    __global REAL* c = y + y_offset + plane;
+    __global const REAL* res = residual + r_offset + plane;  // laid out as c
+    long col[NR];
+#pragma unroll
+    for (int j = 0; j < NR; ++j) col[j] = j0 + j;
+
+    for (int ip = ip0; ip < ip1; ++ip) {
+        const int i0 = ip * MR;
+        __global const REAL* arow[MR];
+#pragma unroll
+        for (int i = 0; i < MR; ++i) arow[i] = a + (idx_t)min(i0 + i, m - 1) * k;
+        TILE_DECLARE(acc);
+        TILE_ZERO(acc)
+        __global const REAL* brow = b;
+        for (int p = 0; p < k; ++p, brow += l) {
+            VEC bv[NV];
+#pragma unroll
+            for (int v = 0; v < NV; ++v) bv[v] = VLOAD(v, brow);
+#pragma unroll
+            for (int i = 0; i < MR; ++i) {
+                const VEC av = (VEC)(arow[i][p]);
+#pragma unroll
+                for (int v = 0; v < NV; ++v) acc[i][v] = fma(av, bv[v], acc[i][v]);
+            }
+        }
+        TILE_STORE(acc, c, l, i0, min(MR, m - i0), col, NR, true, (REAL)1, (REAL)0, bias,
+                   b_offset + (long)g * COUT_G, res)
+    }
+}
+
+// The input a strided 1x1 convolution reads, subsampled into a contiguous (N, C, OD, OH, OW)
+// buffer at dst (stride SD/SH/SW from the defines, no padding): one work-item per `rows` output
+// rows (n * C * OD * OH + ...), a plain loop along each. NDRange (ceil(N * C * OD * OH / rows),).
+__kernel void subsample(__global const REAL* restrict x, const long x_offset,
+                        __global REAL* restrict dst, const long nrows, const int rows,
+                        GEOMETRY_ARGS) {
+    const idx_t r0 = (idx_t)get_global_id(0) * rows;
+    const idx_t r1 = (nrows - r0 > rows) ? r0 + rows : nrows;
+    for (idx_t r = r0; r < r1; ++r) {  // r = ((n * C + c) * OD + od) * OH + oh
+        const int oh = r % OH;
+        const idx_t rd = r / OH;
+        const int od = rd % OD;
+        const idx_t plane = rd / OD;  // n * C + c
+        __global const REAL* src = x + x_offset + plane * IN_SPATIAL +
+                                   ((idx_t)od * SD * IH + (idx_t)oh * SH) * IW;
+        __global REAL* out = dst + r * OW;
+        for (int ow = 0; ow < OW; ++ow) out[ow] = src[(idx_t)ow * SW];
+    }
+}
+

@@ -1,0 +1,95 @@
+// gemm_splitk.cl: a GEMM for few output columns and a long K (small-spatial convolutions at batch
+// 1: 512 channels of 7x7, 3x3 kernel: M = 512, K = 4608, N = 49), split over K as well as over
+// rows, so that each work-item's slice of B stays in L2 and two cores have work-items enough.
+//
+//   gemm_splitk:   P[z][s] (M x L) = A[:, K_s] @ B[z][K_s, :]   (s < nsplit, K_s = [s * kc, ...))
+//   splitk_reduce: C[z] = act(sum_s P[z][s] + bias + residual)
+//
+// A: row-major M x K (lda = K; a convolution's weight (C_out, C_in * prod(kernel))). B[z]:
+// row-major K x L from b + b_off + z * b_stride (ldb = L: the im2col columns of image z). P: the
+// workspace, [batch][nsplit][M][L]. The micro-kernel is gemm_packed.cl's (MR x NR tile in registers
+// over the work-item's K slice), with A's MR values of one k broadcast from its rows (each a
+// sequential stream: no packing pass) and B's rows read where they are; the last column panel ends
+// at L (overlapping its predecessor; the host requires L >= NR), rows of A past M read row M - 1
+// again and the masked store drops them. The partial tiles are stored plainly; splitk_reduce adds
+// them in split order and applies common.cl's epilogue (HAS_BIAS, HAS_RESIDUAL, ACT: defined for
+// that kernel's build only).
+//
+// Defines: MR, NR, VW (gemm_packed.cl), REAL (common.cl); sizes are arguments: one program per
+// tile and dtype (and epilogue, for the reduction).
+// gemm_splitk NDRange (ceil(panels / col_panels), mgroups, batch * nsplit), local size (1, 1, 1):
+// a work-item walks col_panels column panels (all of an image's when its slice of B fits L2) per
+// tile of A, so that A, the big operand at batch 1, is read from memory once.
+// splitk_reduce NDRange (L, M, batch).
+
+#define GEMM_PACKED_NO_KERNELS
+#include "gemm_packed.cl"
+
+__kernel void gemm_splitk(__global const REAL* restrict a, const long a_off,
+                          __global const REAL* restrict b, const long b_off, const long b_stride,
+                          __global REAL* restrict p, const long p_off, const int m, const int k,
+                          const int l, const int kc, const int nsplit,
+                          const int panels_per_group, const int col_panels) {
+    const int jg = get_global_id(0);  // column panels [jg * col_panels, (jg + 1) * col_panels)
+    const int mg = get_global_id(1);
+    const int s = get_global_id(2) % nsplit;
+    const long z = get_global_id(2) / nsplit;
+    const int mpanels = (m + MR - 1) / MR;
+    const int ip0 = mg * panels_per_group;
+    const int ip1 = min(ip0 + panels_per_group, mpanels);
+    const int jpanels = (l + NR - 1) / NR;
+    const int jp0 = jg * col_panels;
+    const int jp1 = min(jp0 + col_panels, jpanels);
+    const int k0 = s * kc;
+    const int k1 = min(k0 + kc, k);
+    __global const REAL* bz = b + b_off + z * b_stride + (long)k0 * l;
+    __global const REAL* az = a + a_off + k0;
+    __global REAL* pz = p + p_off + (z * nsplit + s) * (long)m * l;
+
+    for (int ip = ip0; ip < ip1; ++ip) {
+        const int i0 = ip * MR;
+        __global const REAL* arow[MR];
+#pragma unroll
+        for (int i = 0; i < MR; ++i) arow[i] = az + (long)min(i0 + i, m - 1) * k;
+        // Every column panel of the work-item with this A tile (read from memory once, then from
+        // L1): at batch 1 the filters are the big operand.
+        for (int jp = jp0; jp < jp1; ++jp) {
+            const long j0 = min((long)jp * NR, (long)l - NR);  // the last panel ends at l
+            long col[NR];
+#pragma unroll
+            for (int j = 0; j < NR; ++j) col[j] = j0 + j;
+            TILE_DECLARE(acc);
+            TILE_ZERO(acc)
+            __global const REAL* brow = bz + j0;
+            for (int q = 0; q < k1 - k0; ++q, brow += l) {
+                VEC bv[NV];
+#pragma unroll
+                for (int v = 0; v < NV; ++v) bv[v] = VLOAD(v, brow);
+#pragma unroll
+                for (int i = 0; i < MR; ++i) {
+                    const VEC av = (VEC)(arow[i][q]);
+#pragma unroll
+                    for (int v = 0; v < NV; ++v) acc[i][v] = fma(av, bv[v], acc[i][v]);
+                }
+            }
+            TILE_STORE(acc, pz, (long)l, i0, min(MR, m - i0), col, NR, true, (REAL)1, (REAL)0,
+                       pz, 0, pz)
+        }
+    }
+}
+
+__kernel void splitk_reduce(__global const REAL* restrict p, const long p_off, const int nsplit,
+                            __global REAL* restrict y, const long y_off,
+                            __global const REAL* restrict bias, const long b_off,
+                            __global const REAL* restrict residual, const long r_off) {
+    const int j = get_global_id(0);
+    const int i = get_global_id(1);
+    const long z = get_global_id(2);
+    const int l = get_global_size(0), m = get_global_size(1);
+    const long e = (long)i * l + j;  // the element within one M x L matrix
+    __global const REAL* pz = p + p_off + z * nsplit * (long)m * l + e;
+    ACC v = (ACC)0;
+    for (int s = 0; s < nsplit; ++s) v += (ACC)pz[(long)s * m * l];
+    const long o = z * (long)m * l + e;
+    y[y_off + o] = (REAL)epilogue_residual(v, bias, b_off, i, residual, r_off + o);
+}

@@ -1,0 +1,200 @@
+"""What a new user waits: the first forward pass of a whole network, in a fresh process, with empty
+(cold) or filled (warm) caches.
+
+    python -m clconv.tools.first_use                     # ResNet-18 and MobileNetV2, cold and warm
+    python -m clconv.tools.first_use --nets resnet18 --modes cold --json out.json
+
+Each measurement runs in a new Python process whose caches all live in one temporary folder:
+clconv's (CLCONV_CACHE_DIR: the algorithm choices), PoCL's (POCL_CACHE_DIR: compiled kernels) and
+pyopencl's (XDG_CACHE_HOME; PYOPENCL_NO_CACHE=1 besides). 'cold' starts from an empty folder (a new
+machine, CI, a container); 'warm' runs a second process on the folder the cold one filled. The
+networks are built from their papers' tables in torch (ResNet-18: He et al. 2015, table 1;
+MobileNetV2: Sandler et al. 2018, table 2), randomly initialised, in eval mode, batch 1 at
+224x224, converted by `clconv.torch.convert` (needs torch). Reported per run: the first and second
+forward (s), the first one's CPU time (all the process's threads: a figure that other work on a
+shared machine inflates less than the wall time), torch's own forward (s), the programs clconv
+built and their build time (PoCL also compiles a kernel on its first launch, in its own threads:
+that is in the forward's time, not the build time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+__all__ = ["NETWORKS", "measure", "mobilenet_v2", "resnet18", "run_child"]
+
+NETWORKS = ("resnet18", "mobilenet_v2")
+MODES = ("cold", "warm")
+
+
+def resnet18() -> Any:
+    """ResNet-18 (He et al. 2015, table 1): 7x7/2 stem, 3x3/2 max pool, four stages of two basic
+    blocks (64, 128, 256, 512 channels; 1x1/2 projections), average pool, 1000-way fc. 20 convs."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+        def forward(self, x: Any) -> Any:
+            y = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
+            return (y + (x if self.down is None else self.down(x))).relu()
+
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                               nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
+    return nn.Sequential(*layers)
+
+
+def mobilenet_v2() -> Any:
+    """MobileNetV2 (Sandler et al. 2018, table 2): 3x3/2 stem of 32, inverted residual blocks
+    (t, c, n, s) as the table, 1x1 to 1280, average pool, 1000-way fc; ReLU6. 52 convs."""
+    from torch import nn
+
+    def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1,
+                act: bool = True) -> list[nn.Module]:
+        mods = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                nn.BatchNorm2d(cout)]
+        return mods + [nn.ReLU6()] if act else mods
+
+    class Inverted(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, t: int) -> None:
+            super().__init__()
+            hidden = cin * t
+            mods = conv_bn(cin, hidden, 1, 1) if t != 1 else []
+            mods += conv_bn(hidden, hidden, 3, stride, groups=hidden)
+            mods += conv_bn(hidden, cout, 1, 1, act=False)
+            self.body = nn.Sequential(*mods)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x: Any) -> Any:
+            return x + self.body(x) if self.residual else self.body(x)
+
+    layers: list[nn.Module] = conv_bn(3, 32, 3, 2)
+    cin = 32
+    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+        for i in range(n):
+            layers.append(Inverted(cin, c, s if i == 0 else 1, t))
+            cin = c
+    layers += conv_bn(cin, 1280, 1, 1)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
+
+
+def run_child(net: str) -> dict[str, Any]:
+    """In this process: build `net`, convert it, time torch's forward and clconv's first two."""
+    import numpy as np
+    import torch
+
+    import clconv
+    import clconv.torch as ct
+    from clconv.runtime.program import programs
+
+    torch.manual_seed(0)
+    model = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}[net]().eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        model(x)  # torch's own warm-up (its first call allocates)
+        start = time.perf_counter()
+        ref = model(x)
+        torch_s = time.perf_counter() - start
+        converted = ct.convert(model)
+        dev = clconv.current_device()
+        start, cpu = time.perf_counter(), time.process_time()
+        y = converted(x)
+        first, first_cpu = time.perf_counter() - start, time.process_time() - cpu
+        cache = programs(dev)
+        builds, build_s = cache.builds, cache.build_seconds
+        start = time.perf_counter()
+        converted(x)
+        second = time.perf_counter() - start
+    err = float((y - ref).abs().max() / max(float(ref.abs().max()), 1e-30))
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return {"net": net, "convs": convs, "first_s": first, "first_cpu_s": first_cpu,
+            "second_s": second, "torch_s": torch_s,
+            "programs": builds, "build_s": build_s, "device": dev.name,
+            "max_rel_err": err, "finite": bool(np.isfinite(y.numpy()).all())}
+
+
+def measure(net: str, mode: str = "cold", folder: str | None = None,
+            env: dict[str, str] | None = None, timeout: float = 900) -> dict[str, Any]:
+    """One fresh process measuring `net` with its caches in `folder` (a new temporary one for
+    'cold'; 'warm' needs the folder a cold run filled). Returns run_child's dict plus the mode and
+    the process's wall time."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if folder is None:
+        if mode == "warm":
+            raise ValueError("mode='warm' needs the folder of a cold run")
+        folder = tempfile.mkdtemp(prefix="clconv-first-use-")
+    child_env = dict(os.environ if env is None else env)
+    child_env.update(CLCONV_CACHE_DIR=os.path.join(folder, "clconv"),
+                     POCL_CACHE_DIR=os.path.join(folder, "pocl"),
+                     XDG_CACHE_HOME=os.path.join(folder, "xdg"), PYOPENCL_NO_CACHE="1")
+    child_env.pop("CLCONV_AUTO", None)  # what a user gets: 'auto' as shipped
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "clconv.tools.first_use", "--child", net],
+                          check=False, env=child_env, capture_output=True, text=True,
+                          timeout=timeout)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"first_use child for {net} failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.update(mode=mode, process_s=wall, folder=folder)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clconv.tools.first_use",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nets", nargs="+", choices=NETWORKS, default=list(NETWORKS))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(args.child)))
+        return 0
+    results = []
+    for net in args.nets:
+        folder = None
+        for mode in ("cold", "warm"):
+            if mode not in args.modes and not (mode == "cold" and "warm" in args.modes):
+                continue
+            r = measure(net, mode, folder)
+            folder = r["folder"]
+            if mode in args.modes:
+                results.append(r)
+                print(f"{net:13s} {mode:5s} first {r['first_s']:7.2f} s (CPU "
+                      f"{r['first_cpu_s']:6.2f} s)  second "
+                      f"{r['second_s'] * 1e3:7.1f} ms  torch {r['torch_s'] * 1e3:6.1f} ms  "
+                      f"programs {r['programs']:3d} built in {r['build_s']:6.2f} s  "
+                      f"({r['convs']} convs, max rel err {r['max_rel_err']:.1e})", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Layers share programs: the kernels 'auto' picks on CPUs take the sizes (channels, input and
+output sizes, padding) as arguments (cl/common.cl's RUNTIME_SIZES), so a network's layers of one
+kernel size and stride build their programs once. Counted with the device's ProgramCache on
+ResNet-18-like shapes (reduced sizes) through the functional API, results against the numpy
+float64 oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+from tolerance import assert_close, conv_magnitude, conv_reduction
+
+import clconv
+from clconv.runtime.program import programs
+
+# (input shape, weight shape, stride, padding): ResNet-18's stem and its 3x3 / 1x1 layers at
+# stride 1 and 2, with other channel counts, sizes and paddings than ResNet-18's own (more than 16
+# input channels after the stem: 'direct' runs cl/conv_direct.cl on them, conv_grouped.cl on it)
+LAYERS = [
+    ((1, 3, 32, 32), (16, 3, 7, 7), 2, 3),
+    ((1, 24, 8, 8), (24, 24, 3, 3), 1, 1),
+    ((1, 24, 8, 8), (32, 24, 3, 3), 2, 1),
+    ((1, 32, 4, 4), (32, 32, 3, 3), 1, 1),
+    ((1, 24, 8, 8), (32, 24, 1, 1), 2, 0),
+    ((1, 32, 4, 4), (64, 32, 3, 3), 2, 1),
+    ((1, 64, 2, 2), (64, 64, 3, 3), 1, 1),
+    ((1, 32, 4, 4), (64, 32, 1, 1), 2, 0),
+    ((2, 24, 6, 5), (40, 24, 3, 3), 1, 2),  # another batch, odd sizes, another padding
+]
+
+
+@pytest.mark.parametrize("algorithm", ["implicit", "im2col_packed", "direct"])
+def test_layers_of_one_kernel_size_and_stride_share_programs(dev, rng, algorithm):
+    cache = programs(dev)
+    seen: set[tuple] = set()
+    for xs, ws, stride, padding in LAYERS:
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        before = cache.builds
+        got = clconv.conv2d(x, w, None, stride=stride, padding=padding, algorithm=algorithm)
+        built = cache.builds - before
+        kind = (ws[2:], stride)
+        if kind in seen:
+            assert built == 0, (f"{algorithm}: a {ws[2:]} stride-{stride} layer of another size "
+                                f"({xs} x {ws}) built {built} program(s)")
+        seen.add(kind)
+        assert_close(got, ref.conv_nd(x, w, None, stride, padding), np.float32,
+                     conv_reduction(w), conv_magnitude(x, w, None))
+    assert len(seen) == 4  # stem, 3x3 s1, 3x3 s2, 1x1 s2
+
+
+def test_a_resnet18_set_builds_few_programs(dev):
+    """The whole set planned with algorithm='implicit' from an empty program cache: at most one
+    convolution program per (kernel size, stride) plus the filter packing (every size a -D, it
+    was one per layer)."""
+    cache = programs(dev)
+    saved = (dict(cache.entries), dict(cache.kernels))
+    cache.entries.clear()
+    cache.kernels.clear()
+    try:
+        before = cache.builds
+        for xs, ws, stride, padding in LAYERS:  # plans (not cached): each configures anew
+            clconv.plan_conv2d(xs, ws, bias=False, stride=stride, padding=padding,
+                               algorithm="implicit")
+        kinds = {(ws[2:], stride) for _, ws, stride, _ in LAYERS}
+        assert cache.builds - before <= len(kinds) + 1
+    finally:
+        cache.entries.update(saved[0])
+        cache.kernels.update(saved[1])
+
+
+def test_first_use_networks_follow_the_papers():
+    """clconv.tools.first_use's networks (what the bench's --first-use times): ResNet-18 with 20
+    convolutions and 1000 classes, MobileNetV2 with 52 (17 of them depthwise)."""
+    torch = pytest.importorskip("torch")
+    from clconv.tools import first_use
+
+    x = torch.randn(1, 3, 64, 64)
+    for build, convs, depthwise in ((first_use.resnet18, 20, 0), (first_use.mobilenet_v2, 52, 17)):
+        model = build().eval()
+        found = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert len(found) == convs
+        assert sum(m.groups == m.in_channels > 1 for m in found) == depthwise
+        with torch.no_grad():
+            assert model(x).shape == (1, 1000)
