@@ -4,7 +4,8 @@
     conv = clconv.torch.Conv2d(3, 16, 3, padding=1)     # a torch.nn.Conv2d in every respect...
     y = conv(torch.randn(8, 3, 32, 32))                  # ...whose forward and backward run on the
     y.sum().backward()                                   # current clconv device
-    model = clconv.torch.convert(torchvision_model)      # a copy with every Conv*d swapped
+    model = clconv.torch.convert(torchvision_model)      # a copy with every Conv*d swapped (and
+                                                         # Conv->BN->act folded in eval mode)
     cm = clconv.torch.compile(model.eval(), example)     # the whole model on the device (inference)
 
 `Conv1d/2d/3d` and `ConvTranspose1d/2d/3d` subclass torch.nn's modules: the same constructor
@@ -22,10 +23,18 @@ A channels_last input to a 2-d convolution gives a channels_last result (as torc
 CLCONV_TORCH_ZERO_COPY=1 passes forward operands as USE_HOST_PTR buffers on devices whose memory
 is the host's (opt-in: not measured faster).
 
+convert() also folds each Conv -> BatchNorm (-> activation) chain of an nn.Sequential: in eval mode
+under no_grad the convolution computes the chain as one clconv convolution and the BatchNorm and
+activation pass their input through; in train mode or with grad enabled every module runs on its
+own (torch's semantics); the modules stay in place, so state_dict keys do not change (convert's
+docstring has the details).
+
 `compile(model, example_input)` (clconv.torch_graph; docs/compile.md) is the inference path: the
 whole model traced with torch.fx, BatchNorm folded, epilogues fused, and run on the device with one
 upload per input and one download per output. `warmup(model, example_input)` is compile() plus a
-call, for services.
+call, for services. `backend` is a torch.compile backend on top of compile()
+(`torch.compile(model.eval(), backend=clconv.torch.backend, dynamic=False)`, inference under
+no_grad).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import torch
 from torch import nn
 
 from .ops.conv import conv1d, conv2d, conv3d
+from .ops.fold import fold_batchnorm
 from .ops.grad import (
     conv1d_input,
     conv1d_weight,
@@ -51,7 +61,15 @@ from .ops.grad import (
 )
 from .ops.transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
 from .runtime.device import Device, current_device
-from .torch_graph import CompiledModel, Fallback, FallbackWarning, compile, warmup
+from .torch_graph import (
+    CompiledModel,
+    Fallback,
+    FallbackWarning,
+    _act_module,
+    backend,
+    compile,
+    warmup,
+)
 
 __all__ = [
     "CompiledModel",
@@ -65,6 +83,7 @@ __all__ = [
     "ConvTransposeFunction",
     "Fallback",
     "FallbackWarning",
+    "backend",
     "compile",
     "convert",
     "warmup",
@@ -307,14 +326,195 @@ SWAPS: dict[type, type] = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv
                            nn.ConvTranspose3d: ConvTranspose3d}
 
 
-def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+# ---------------------------------------------------------------------------------------------------
+# convert(): Conv -> BatchNorm -> activation in an nn.Sequential, folded and fused in eval mode.
+
+class _Fold:
+    """One folded chain: the conv, its BatchNorm and (or None) its activation, as they sit in their
+    nn.Sequential. Not an nn.Module (so nothing is registered twice and state_dict keys do not
+    change); the three modules each hold this object as `_clconv_fold`."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module | None,
+                 spec: Any) -> None:
+        self.conv, self.bn, self.act, self.spec = conv, bn, act, spec
+        self._key: tuple[Any, ...] | None = None
+        self._folded: tuple[np.ndarray, np.ndarray] | None = None
+
+    def active(self) -> bool:
+        """Whether the chain computes as one fused convolution now: conv and BatchNorm in eval
+        mode, BatchNorm with running statistics, and no autograd (torch.no_grad() or
+        torch.inference_mode()): with grad enabled the modules run one by one, so gradients reach
+        the input and every parameter as in torch."""
+        bn = self.bn
+        return (not self.conv.training and not bn.training and not torch.is_grad_enabled()
+                and bn.running_mean is not None and bn.running_var is not None)
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, bias) with the BatchNorm folded in (clconv.fold_batchnorm, float64 on the
+        host), remade when a parameter or buffer changed (an optimizer step, load_state_dict)."""
+        conv, bn = self.conv, self.bn
+        tensors = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        key = tuple(None if t is None else (t.data_ptr(), _version(t), t.dtype) for t in tensors)
+        if key != self._key or self._folded is None or None in (k[1] for k in key if k):
+            w, b, mean, var, gamma, beta = (_host(t) for t in tensors)
+            transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+            self._folded = fold_batchnorm(w, b, mean, var, gamma, beta, float(bn.eps),
+                                          transposed=transposed,
+                                          groups=conv.groups if transposed else 1)
+            self._key = key
+        return self._folded
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter; None for inference tensors (made under
+    torch.inference_mode), which have none: their chain is folded on every call."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+class _FoldedConv(_NotScriptable):
+    """A convolution of convert()'s folded chains: while `_clconv_fold.active()`, its forward is
+    act(bn(conv(x))) as one clconv convolution (folded weights, activation in the kernel's store)
+    and the BatchNorm and activation after it pass their input through; otherwise its own
+    clconv.torch forward."""
+
+    _clconv_fold: _Fold
+
+    def forward(self, input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        fold = self._clconv_fold
+        if args or kwargs or not fold.active():
+            return super().forward(input, *args, **kwargs)
+        nd = len(self.kernel_size)
+        x, unbatched = _batched(input, nd)
+        w, b = fold.weights()
+        dev = current_device()
+        transposed = isinstance(self, nn.modules.conv._ConvTransposeNd)
+        with dev:
+            zc = _zero_copy(dev)
+            operands = (_operand(x, dev, zc), _operand(torch.from_numpy(w), dev, zc),
+                        _operand(torch.from_numpy(b), dev, zc))
+            if transposed:
+                output_padding = self._output_padding(input, None, self.stride, self.padding,
+                                                      self.kernel_size, nd, self.dilation)
+                y = _OPS[nd][3](*operands, self.stride, self.padding, tuple(output_padding),
+                                self.groups, self.dilation, activation=fold.spec)
+            else:
+                y = _OPS[nd][0](*operands, self.stride, self.padding, self.dilation, self.groups,
+                                padding_mode=self.padding_mode, algorithm=self.algorithm,
+                                activation=fold.spec)
+            y = _tensor(_result(y), x)
+        return y[0] if unbatched else y
+
+    def _get_name(self) -> str:
+        return self._clconv_base.__name__  # the class name before folding
+
+    def extra_repr(self) -> str:
+        fold = self._clconv_fold
+        parts = [m._clconv_base.__name__ for m in (fold.bn, fold.act) if m is not None]
+        return f"{super().extra_repr()}, folds={'+'.join(parts)} in eval mode"
+
+
+class _PassThrough(_NotScriptable):
+    """The BatchNorm or activation of a folded chain: its input unchanged while the chain is
+    active (the convolution before it computed it), else its torch forward."""
+
+    _clconv_fold: _Fold
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self._clconv_fold.active():
+            return input
+        return super().forward(input)
+
+    def _get_name(self) -> str:
+        return self._clconv_base.__name__  # torch's class name, as before folding
+
+
+def _folded_class(base: type, mixin: type) -> type:
+    """`mixin` over `base`, a module-level class of this module (so pickle finds it)."""
+    name = f"_Folded{base.__name__}"
+    cls = type(name, (mixin, base), {"__module__": __name__, "__qualname__": name,
+                                     "_clconv_base": base,
+                                     "__doc__": f"{base.__name__} in a folded chain of "
+                                                f"clconv.torch.convert."})
+    globals()[name] = cls
+    return cls
+
+
+#: clconv.torch conv type -> its folded type; torch BatchNorm / activation type -> pass-through.
+_FOLDED_CONVS: dict[type, type] = {t: _folded_class(t, _FoldedConv) for t in (
+    Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d)}
+_BATCHNORM_ND = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
+_PASS_THROUGH: dict[type, type] = {t: _folded_class(t, _PassThrough) for t in (
+    *_BATCHNORM_ND, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+    nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU)}
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or
+                getattr(m, "_backward_pre_hooks", None))
+
+
+def _fold_sequentials(model: nn.Module) -> int:
+    """Folds every Conv -> BatchNorm (-> activation) run of consecutive modules of an
+    nn.Sequential in `model` (already converted); returns how many chains it folded."""
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    folded = 0
+    for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
+        items = list(seq)
+        for i in range(len(items) - 1):
+            conv, bn = items[i], items[i + 1]
+            fold_type = _FOLDED_CONVS.get(type(conv))
+            if fold_type is None or type(bn) not in _BATCHNORM_ND:
+                continue
+            # Only modules used once, without hooks (a hook would see other values), whose
+            # BatchNorm has running statistics for exactly the conv's output channels.
+            if _BATCHNORM_ND[type(bn)] != len(conv.kernel_size) or bn.num_features != \
+                    conv.out_channels or not bn.track_running_stats or \
+                    any(uses[id(m)] != 1 or _hooked(m) for m in (conv, bn)):
+                continue
+            act = items[i + 2] if i + 2 < len(items) else None
+            spec = _act_module(act) if act is not None and type(act) in _PASS_THROUGH else None
+            if spec is None or uses[id(act)] != 1 or _hooked(act):
+                act, spec = None, None
+            fold = _Fold(conv, bn, act, spec)
+            for m in (conv, bn) + ((act,) if act is not None else ()):
+                m.__class__ = fold_type if m is conv else _PASS_THROUGH[type(m)]
+                m._clconv_fold = fold
+            folded += 1
+    return folded
+
+
+def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn.Module:
     """`model` (a copy unless inplace) with every torch.nn.Conv*d / ConvTranspose*d module made
     its clconv.torch counterpart, keeping parameters, buffers, hooks and training mode (only the
     module's class changes, so state_dict keys and optimizers built on the parameters of an
-    in-place conversion stay valid). A model that is itself such a module is converted too."""
+    in-place conversion stay valid). A model that is itself such a module is converted too.
+
+    fold (default True): where a convolution is followed, inside an nn.Sequential, by its
+    BatchNorm (BatchNorm1d/2d/3d with running statistics, as many features as the conv's output
+    channels) and optionally an activation (ReLU, ReLU6, Hardtanh, SiLU, GELU, Sigmoid, Tanh,
+    Hardswish, Hardsigmoid, LeakyReLU, ELU), the three compute as one when the model is in eval
+    mode and autograd is off (torch.no_grad() / torch.inference_mode()): the convolution runs in
+    clconv with the BatchNorm folded into its weight and bias (clconv.fold_batchnorm, remade
+    whenever a weight or running statistic changed) and the activation in its kernel's store, and
+    the BatchNorm and activation modules pass their input through. In train mode, or with grad
+    enabled, every module runs on its own exactly as before (BatchNorm's batch statistics and
+    running-stat updates, gradients to every parameter). The modules stay where they are (only
+    their classes change), so state_dict keys, checkpoints and optimizers are unaffected. Not
+    folded: modules used more than once in the model or carrying hooks (an activation that is
+    shared is left out of the chain, its BatchNorm still folds), and anything outside an
+    nn.Sequential (a custom forward may use the modules in any order). Calling a folded conv on
+    its own (`seq[0](x)`) in eval mode under no_grad gives the whole chain's result.
+    """
     model = model if inplace else copy.deepcopy(model)
     for module in model.modules():
         swap = SWAPS.get(type(module))
         if swap is not None:
             module.__class__ = swap
+    if fold:
+        _fold_sequentials(model)
     return model

@@ -9,9 +9,10 @@ How (docs/compile.md has the whole story):
    simple to match; the CNNs meant here have no data-dependent control flow, so torch.export's
    ATen-level graph (every op decomposed, many more ops to cover) is not needed. Shapes and dtypes
    of the example input are propagated through the graph (fx's ShapeProp) for the checks below.
-2. **Fuse**: a convolution (or transposed convolution, or Linear) followed by eval-mode BatchNorm
-   gets the BatchNorm folded into its weight and bias (host arithmetic, once, in float64); a
-   following residual add (a tensor of the same shape) and activation go into its epilogue
+2. **Fuse**: a convolution (or transposed convolution) followed by eval-mode BatchNorm gets the
+   BatchNorm folded into its weight and bias (clconv.fold_batchnorm: host arithmetic, once, in
+   float64); a following residual add (a tensor of the same shape) and activation go into the
+   epilogue of the convolution, or of a Linear
    (`clconv.conv2d(..., residual=r, activation=spec)`).
 3. **Lower** every other node to a clconv op (pooling, linear, batch_norm, activations, add/mul with
    channel broadcast, cat, flatten/view as a free reshape, mean over the spatial dims as adaptive
@@ -49,12 +50,14 @@ from torch.fx.passes.shape_prop import ShapeProp
 import clconv
 
 from .ops.activation import Activation, normalize_activation
+from .ops.fold import fold_batchnorm
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, pool
 from .runtime.program import kernel, precision_defines
+from .runtime.progress import Progress
 from .runtime.transfer import to_device
 
-__all__ = ["CompiledModel", "Fallback", "FallbackWarning", "compile", "warmup"]
+__all__ = ["CompiledModel", "Fallback", "FallbackWarning", "backend", "compile", "warmup"]
 
 
 class FallbackWarning(UserWarning):
@@ -82,7 +85,7 @@ class Unlowerable(Exception):
 # Activations: torch's modules and functions -> clconv's activation specs (clconv.ops.activation).
 
 def _act_module(m: nn.Module) -> Any:
-    kind = type(m)
+    kind = _torch_type(m)
     if kind is nn.ReLU:
         return "relu"
     if kind is nn.ReLU6:
@@ -265,6 +268,21 @@ _MIRRORED = {F.max_pool1d: "max_pool1d", F.max_pool2d: "max_pool2d", F.max_pool3
              F.adaptive_max_pool3d: "adaptive_max_pool3d"}
 
 
+def _torch_type(m: nn.Module) -> type:
+    """The class the lowering matches: a module of clconv.torch.convert's folded chains is matched
+    as the class it had before folding (its weights and arguments are that class's)."""
+    return getattr(type(m), "_clconv_base", type(m))
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with clconv.torch's modules (converted convolutions, folded chains) as
+    leaves like torch.nn's: their forward runs clconv from Python, which fx cannot trace into."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return type(m).__module__ == "clconv.torch" or super().is_leaf_module(
+            m, module_qualified_name)
+
+
 def _classes() -> tuple[dict[type, int], dict[type, int]]:
     """Conv and transposed-conv types, clconv.torch's subclasses (converted models) included."""
     from . import torch as ct
@@ -320,12 +338,12 @@ class CompiledModel:
     workspace), weight_bytes (uploaded weights), stats (RunStats of the last call)."""
 
     def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
-                 dev: Device) -> None:
+                 dev: Device, progress: bool | None = None) -> None:
         if model.training:
             raise ValueError("clconv.torch.compile is for inference: call model.eval() first (for "
                              "training, clconv.torch.convert(model) keeps per-module autograd)")
         self.device = dev
-        self.graph_module = fx.symbolic_trace(model)
+        self.graph_module = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
         with torch.no_grad():
             ShapeProp(self.graph_module).propagate(*example_inputs)
         self.modules = dict(self.graph_module.named_modules())
@@ -341,9 +359,10 @@ class CompiledModel:
         # Lower, then run the example: a node whose clconv op fails on it (an argument clconv
         # refuses, an op that does not exist yet) is lowered less ambitiously (unfused), or kept on
         # the host, and the program made again. Each round fixes one node, so this ends.
+        shown = _CompileProgress(progress)
         for _ in range(4 * len(self.nodes) + 1):
             self.steps, self.layout = _Lowering(self, options).lower()
-            failed = self._trial(example_inputs)
+            failed = self._trial(example_inputs, shown)
             if failed is None:
                 break
             step, err = failed
@@ -353,6 +372,7 @@ class CompiledModel:
                 options.fuse_level[step.nodes[0]] = level + 1
             else:
                 options.host[step.nodes[0]] = why
+        shown.close(f"{len(self.steps)} steps")
         self._compiled = True
         self.fallbacks = [Fallback(s.node, s.op, s.why) for s in self.steps if s.host]
         if self.fallbacks:
@@ -363,10 +383,12 @@ class CompiledModel:
 
     # -- running ------------------------------------------------------------------------------
 
-    def _trial(self, inputs: tuple[torch.Tensor, ...]) -> tuple[Step, Exception] | None:
-        """Runs the program on the example; (step, error) of the first lowered step that fails."""
+    def _trial(self, inputs: tuple[torch.Tensor, ...],
+               shown: _CompileProgress | None = None) -> tuple[Step, Exception] | None:
+        """Runs the program on the example (making every step's plans: validation, algorithm
+        choice, kernel builds); (step, error) of the first lowered step that fails."""
         try:
-            self._run(inputs)
+            self._run(inputs, shown)
         except _StepError as err:
             return err.step, err.error
         return None
@@ -382,7 +404,7 @@ class CompiledModel:
     def peak_bytes(self) -> int:
         return self.stats.peak_bytes
 
-    def _run(self, inputs: tuple[Any, ...]) -> Any:
+    def _run(self, inputs: tuple[Any, ...], shown: _CompileProgress | None = None) -> Any:
         if len(inputs) != len(self.placeholders):
             raise TypeError(f"the compiled model takes {len(self.placeholders)} input(s), got "
                             f"{len(inputs)}")
@@ -396,7 +418,9 @@ class CompiledModel:
             peak = 0
             for name, x in zip(self.placeholders, inputs):
                 env[name] = self._upload(x) if isinstance(x, torch.Tensor) else x
-            for step in self.steps:
+            for i, step in enumerate(self.steps):
+                if shown is not None:
+                    shown.update(i, len(self.steps), step)
                 try:
                     env[step.node] = step.run(env)
                 except Exception as err:
@@ -455,6 +479,30 @@ class CompiledModel:
                          for s in self.steps)
 
 
+class _CompileProgress:
+    """compile()'s progress line (clconv.runtime.progress on stderr): the step whose plans are being
+    made (algorithm choice, measured by algorithm='auto' on first sight of a layer shape, and
+    kernel builds take the time). progress=None shows it only once compile() has run for
+    `AFTER` seconds (small models compile silently), True from the start, False never."""
+
+    AFTER = 2.0
+
+    def __init__(self, progress: bool | None) -> None:
+        self.mode = progress
+        self.bar = Progress(1, "clconv.torch.compile", enabled=progress is True)
+
+    def update(self, done: int, total: int, step: Step) -> None:
+        bar = self.bar
+        if self.mode is None and not bar.enabled:
+            bar.enabled = time.perf_counter() - bar.start >= self.AFTER
+        bar.total = max(float(total), 1.0)
+        note = f"{step.node}: {step.op}"
+        bar.update(done, note if len(note) <= 70 else note[:67] + "...")
+
+    def close(self, note: str) -> None:
+        self.bar.close(note)
+
+
 class _StepError(Exception):
     def __init__(self, step: Step, error: Exception) -> None:
         super().__init__(str(error))
@@ -499,9 +547,9 @@ class _Lowering:
         m = self.module(node)
         if m is None:
             return None
-        if type(m) in self.convs:
+        if _torch_type(m) in self.convs:
             return "conv"
-        if type(m) in self.transposed:
+        if _torch_type(m) in self.transposed:
             return "transposed"
         if type(m) is nn.Linear:
             return "linear"
@@ -531,8 +579,8 @@ class _Lowering:
 
     def _foldable_bn(self, node: fx.Node, prev: fx.Node, channels: int) -> bool:
         m = self.module(node)
-        return (isinstance(m, _BATCHNORMS) and type(m) in (nn.BatchNorm1d, nn.BatchNorm2d,
-                                                           nn.BatchNorm3d)
+        return (isinstance(m, _BATCHNORMS) and
+                _torch_type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
                 and node.args == (prev,) and not node.kwargs and m.running_mean is not None
                 and m.num_features == channels)
 
@@ -744,7 +792,7 @@ class _Lowering:
     # -- modules ------------------------------------------------------------------------------
 
     def _module(self, node: fx.Node, m: nn.Module) -> Step:
-        kind = type(m)
+        kind = _torch_type(m)
         if isinstance(m, _NOOP_MODULES) and kind in _NOOP_MODULES:
             return self._alias(node, node.args[0], kind.__name__)
         if kind in self.convs or kind in self.transposed or kind is nn.Linear:
@@ -1287,7 +1335,7 @@ class _Lowering:
         else:
             if layout is not None:
                 raise Unlowerable("convolution of a permuted view")
-            nd = (self.convs if kind == "conv" else self.transposed)[type(m)]
+            nd = (self.convs if kind == "conv" else self.transposed)[_torch_type(m)]
             w = cm.constant(key + ("w",), weight)
             if kind == "conv":
                 fn = _op(f"conv{nd}d")
@@ -1346,25 +1394,15 @@ def _channel_vector(t: torch.Tensor, out: tuple[int, ...],
 
 def _fold(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, transposed: bool,
           groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BatchNorm folded into the convolution before it (float64 on the host):
-    w' = w * g / sqrt(var + eps) per output channel, b' = (b - mean) * g / sqrt(var + eps) + beta."""
-    dt = weight.dtype
-    mean = bn.running_mean.double()
-    scale = (bn.running_var.double() + bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight.double()
-    shift = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)
-    w = weight.double()
-    if transposed:
-        # (C_in, C_out/groups, *k): output channel g * C_out/groups + j sits at [group g's rows, j].
-        cin, cout_g = w.shape[:2]
-        w = (w.reshape(groups, cin // groups, cout_g, *w.shape[2:]) *
-             scale.reshape(groups, 1, cout_g, *(1,) * (w.dim() - 2))).reshape(w.shape)
-    else:
-        w = w * scale.reshape(-1, *(1,) * (w.dim() - 1))
-    b = bias.double() if bias is not None else torch.zeros_like(mean)
-    b = (b - mean) * scale + shift
-    return w.to(dt), b.to(dt)
+    """Eval-mode BatchNorm `bn` folded into the convolution before it: clconv.fold_batchnorm
+    (float64 on the host, in the weight's dtype) on the modules' tensors."""
+    def host(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.detach().cpu().numpy()
+
+    w, b = fold_batchnorm(host(weight), host(bias), host(bn.running_mean), host(bn.running_var),
+                          host(bn.weight), host(bn.bias), float(bn.eps), transposed=transposed,
+                          groups=groups if transposed else 1)
+    return torch.from_numpy(w), torch.from_numpy(b)
 
 
 def _reshape(a: cla.Array, shape: tuple[int, ...]) -> cla.Array:
@@ -1403,18 +1441,177 @@ def channel_norm(x: cla.Array, weight: cla.Array | None, bias: cla.Array | None,
 # ---------------------------------------------------------------------------------------------------
 # Entry points.
 
-def compile(model: nn.Module, example_input: Any, *, device: Device | None = None) -> CompiledModel:
+def compile(model: nn.Module, example_input: Any, *, device: Device | None = None,
+            progress: bool | None = None) -> CompiledModel:
     """`model` (eval mode) traced, fused and lowered to clconv ops on `device` (default: the current
     clconv device); returns a CompiledModel called like the model. `example_input` is a tensor or a
-    tuple of tensors (its shapes guide the lowering and it is run once, building the plans)."""
+    tuple of tensors (its shapes guide the lowering and it is run once, building the plans).
+    progress: a progress line on stderr naming the step whose plans are being made (None: only
+    once compiling has taken 2 s; True: always; False: never)."""
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    return CompiledModel(model, inputs, device or current_device())
+    return CompiledModel(model, inputs, device or current_device(), progress)
 
 
-def warmup(model: nn.Module, example_input: Any, *, device: Device | None = None) -> CompiledModel:
+def warmup(model: nn.Module, example_input: Any, *, device: Device | None = None,
+           progress: bool | None = None) -> CompiledModel:
     """compile() and one more call on the example (for services: every plan made and every kernel
     built before the first request)."""
-    cm = compile(model, example_input, device=device)
+    cm = compile(model, example_input, device=device, progress=progress)
     cm(*(example_input if isinstance(example_input, tuple) else (example_input,)))
     return cm
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# A torch.compile backend on top of compile().
+
+def _is_state(node: fx.Node, value: Any) -> bool:
+    """Whether a placeholder of a dynamo graph is a parameter or buffer of the model (dynamo lifts
+    them to graph inputs; its source names them), not a real input."""
+    if isinstance(value, nn.Parameter):
+        return True
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    while source is not None:
+        if "ParamBufferSource" in type(source).__name__:
+            return True
+        source = getattr(source, "base", None)
+    return False
+
+
+_FUNCTIONAL_CONVS = {torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d, torch.conv3d: nn.Conv3d}
+_FUNCTIONAL_TRANSPOSED = {torch.conv_transpose1d: nn.ConvTranspose1d,
+                          torch.conv_transpose2d: nn.ConvTranspose2d,
+                          torch.conv_transpose3d: nn.ConvTranspose3d}
+
+
+def _raise_to_modules(root: nn.Module, graph: fx.Graph) -> None:
+    """Dynamo's graphs call torch.conv2d / F.batch_norm on the lifted parameters; the lowering's
+    fusion patterns (BatchNorm folded, epilogues) match modules. Each such call whose tensors are
+    constants becomes a call of an equivalent module holding them (no copy), so a dynamo graph
+    fuses as an fx trace of the model does."""
+    def const(v: Any) -> torch.Tensor | None:
+        if v is None:
+            return None
+        if isinstance(v, fx.Node) and v.op == "get_attr":
+            return getattr(root, v.target)
+        raise Unlowerable("not a constant")
+
+    def param(t: torch.Tensor | None) -> nn.Parameter | None:
+        return None if t is None else nn.Parameter(t, requires_grad=False)
+
+    for k, node in enumerate(list(graph.nodes)):
+        if node.op != "call_function":
+            continue
+        try:
+            if node.target in _FUNCTIONAL_CONVS or node.target in _FUNCTIONAL_TRANSPOSED:
+                transposed = node.target in _FUNCTIONAL_TRANSPOSED
+                if transposed:
+                    a = _bind(node, lambda input, weight, bias=None, stride=1, padding=0,
+                              output_padding=0, groups=1, dilation=1:
+                              (input, weight, bias, stride, padding, output_padding, groups,
+                               dilation))
+                else:
+                    a = _bind(node, lambda input, weight, bias=None, stride=1, padding=0,
+                              dilation=1, groups=1:
+                              (input, weight, bias, stride, padding, dilation, groups))
+                w, b = const(a[1]), const(a[2])
+                kind = (_FUNCTIONAL_TRANSPOSED if transposed else _FUNCTIONAL_CONVS)[node.target]
+                nd = w.dim() - 2
+                if transposed:
+                    stride, padding, output_padding, groups, dilation = a[3:]
+                    m = kind(w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]), stride, padding,
+                             output_padding, groups, b is not None, dilation, device="meta")
+                else:
+                    stride, padding, dilation, groups = a[3:]
+                    m = kind(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride,
+                             padding, dilation, groups, b is not None, device="meta")
+                if len(m.kernel_size) != nd:
+                    continue
+                m.weight, m.bias = param(w), param(b)
+            elif node.target is F.batch_norm:
+                a = _bind(node, lambda input, running_mean, running_var, weight=None, bias=None,
+                          training=False, momentum=0.1, eps=1e-5:
+                          (input, running_mean, running_var, weight, bias, training, eps))
+                value = a[0].meta.get("example_value") if isinstance(a[0], fx.Node) else None
+                dims = getattr(value, "ndim", None)
+                if a[5] is not False or dims not in (2, 3, 4, 5):
+                    continue
+                mean, var, w, b = (const(v) for v in a[1:5])
+                if mean is None or var is None or (w is None) != (b is None):
+                    continue
+                kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d,
+                        5: nn.BatchNorm3d}[dims]
+                m = kind(mean.shape[0], float(a[6]), affine=w is not None, device="meta").eval()
+                m.running_mean, m.running_var = mean, var
+                if w is not None:
+                    m.weight, m.bias = param(w), param(b)
+            elif node.target is F.linear:
+                a = _bind(node, lambda input, weight, bias=None: (input, weight, bias))
+                w, b = const(a[1]), const(a[2])
+                m = nn.Linear(w.shape[1], w.shape[0], b is not None, device="meta")
+                m.weight, m.bias = param(w), param(b)
+            elif node.target is F.layer_norm:
+                a = _bind(node, lambda input, normalized_shape, weight=None, bias=None, eps=1e-5:
+                          (input, normalized_shape, weight, bias, eps))
+                w, b = const(a[2]), const(a[3])
+                if w is None or b is None:
+                    continue
+                m = nn.LayerNorm(a[1], float(a[4]), device="meta")
+                m.weight, m.bias = param(w), param(b)
+            else:
+                continue
+        except (Unlowerable, TypeError, ValueError, RuntimeError):
+            continue  # left as it is (compile() lowers it unfused, or runs it in torch)
+        name = f"raised{k}"
+        root.add_module(name, m)
+        with graph.inserting_before(node):
+            call = graph.call_module(name, (a[0],))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+
+
+def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+    """A torch.compile backend: `torch.compile(model.eval(), backend=clconv.torch.backend,
+    dynamic=False)`, called under torch.no_grad() / torch.inference_mode(), runs each graph dynamo
+    captures through compile() (the model's parameters and buffers, which dynamo passes as graph
+    inputs, become constants read now: compile again after changing them). With grad enabled the
+    graph runs in torch (the contract is inference); a graph compile() cannot take (symbolic sizes
+    of dynamic=True, say) runs in torch too, with a FallbackWarning saying why. Nodes compile()
+    cannot lower fall back one by one as in compile()."""
+    if torch.is_grad_enabled():
+        return gm.forward
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(example_inputs):
+        return gm.forward
+    state = [i for i, (n, v) in enumerate(zip(placeholders, example_inputs))
+             if isinstance(v, torch.Tensor) and _is_state(n, v)]
+    inputs = [i for i in range(len(example_inputs)) if i not in set(state)]
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    root = nn.Module()
+    for k, i in enumerate(state):
+        root.register_buffer(f"state{k}", example_inputs[i].detach(), persistent=False)
+    for i, node in enumerate(placeholders):
+        env[node] = (graph.get_attr(f"state{state.index(i)}") if i in state
+                     else graph.placeholder(node.name))
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    for name, module in gm.named_children():
+        root.add_module(name, module)
+    _raise_to_modules(root, graph)
+    lowered = fx.GraphModule(root, graph, "clconv_backend_graph").eval()
+    try:
+        cm = CompiledModel(lowered, tuple(example_inputs[i] for i in inputs), current_device())
+    except Exception as err:  # noqa: BLE001 - the graph still runs, in torch
+        warnings.warn(f"clconv.torch.backend: this graph runs in torch ({type(err).__name__}: "
+                      f"{err})", FallbackWarning, stacklevel=2)
+        return gm.forward
+
+    def run(*args: Any) -> Any:
+        if torch.is_grad_enabled():
+            return gm.forward(*args)
+        return cm(*(args[i] for i in inputs))
+    run.compiled_model = cm  # type: ignore[attr-defined]
+    return run

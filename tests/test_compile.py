@@ -2,7 +2,8 @@
 device match torch's eval output, with nothing left on the host; one upload per input and one
 download per output (counted at pyopencl's copy function); another batch size works; a node clconv
 cannot run falls back to torch with one warning and the result stays right; intermediates are
-freed (peak device memory below the sum of the activations)."""
+freed (peak device memory below the sum of the activations). On the default device only; the
+channel norm and a small network run on every device in test_compile_devices.py."""
 
 from __future__ import annotations
 
@@ -208,26 +209,6 @@ def test_warmup_and_channels_last_input(dev, ct):
         _close(cm(x), model(x))
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 7, 2, 3, 2), (3, 6)])
-@pytest.mark.parametrize("affine", [True, False])
-def test_channel_norm_is_layer_norm_over_channels(dev, shape, affine):
-    import pyopencl.array as cla
-
-    from clconv.torch_graph import channel_norm
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, generator=g) * 3 + 1
-    c = shape[1]
-    w = torch.rand(c, generator=g) + 0.5 if affine else None
-    b = torch.randn(c, generator=g) if affine else None
-    dims = (0, *range(2, len(shape)), 1)
-    want = F.layer_norm(x.permute(*dims), (c,), w, b, 1e-6)
-    want = want.permute(0, len(shape) - 1, *range(1, len(shape) - 1))
-    up = (lambda t: cla.to_device(dev.queue, t.numpy())) if affine else (lambda t: None)
-    got = channel_norm(cla.to_device(dev.queue, x.numpy()), up(w), up(b), 1e-6).get()
-    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
-
-
 class Permute(nn.Module):
     """torchvision.ops.misc.Permute."""
 
@@ -404,3 +385,37 @@ def test_zero_padding_is_lowered_and_other_padding_stays_right(dev, ct):
             cm2 = ct.compile(model, (a, odd))
         assert [f.op for f in cm2.fallbacks] == ["pad"]
         _close(cm2(a, odd), model(a, odd))
+
+
+@pytest.mark.parametrize("family", ["resnet18", "convnext"])
+def test_torch_compile_backend(dev, ct, family):
+    """torch.compile(model, backend=clconv.torch.backend): dynamo's graph (parameters lifted to
+    inputs, functional convs and batch norms) lowers with BatchNorm folded and nothing on the host;
+    with grad enabled the graph runs in torch and gradients flow."""
+    make, shape = models.FAMILIES[family]
+    torch.manual_seed(0)
+    model = models.randomize(make(), seed=1).eval()
+    x = torch.randn(2, *shape[1:])
+    made = []
+
+    def spy(gm, example_inputs):
+        fn = ct.backend(gm, example_inputs)
+        made.append(fn)
+        return fn
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=spy, dynamic=False)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", ct.FallbackWarning)
+        got = compiled(x)
+        _close(got, model(x))
+        _close(compiled(x[:1]), model(x[:1]))  # another batch size: dynamo recompiles
+    cms = [fn.compiled_model for fn in made]
+    assert cms and all(cm.fallbacks == [] for cm in cms)
+    if family == "resnet18":
+        assert all(any("BN folded" in s.op and "+ residual" in s.op for s in cm.steps)
+                   for cm in cms)
+    xg = x.clone().requires_grad_()
+    y = compiled(xg)
+    y.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    torch._dynamo.reset()

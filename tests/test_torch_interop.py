@@ -227,3 +227,175 @@ def test_zero_copy_operands_give_the_same_results(ct, dev, zero_copy, monkeypatc
     with torch.no_grad():
         _close(tmine(mine(x)), ttheirs(theirs(x)), np.float32, 27 * 20)
         _close(mine(x[:, :, 1:]), theirs(x[:, :, 1:]), np.float32, 27)  # a strided view
+
+
+def _bn_chain_model():
+    """nn.Sequentials of Conv -> BatchNorm -> activation chains (forward and transposed, grouped,
+    1-d, no activation, a shared activation) with random BatchNorm statistics."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    shared = nn.ReLU()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.GELU(approximate="tanh"),
+        nn.Sequential(nn.ConvTranspose2d(8, 4, 2, stride=2, groups=2), nn.BatchNorm2d(4),
+                      nn.LeakyReLU(0.2)),
+        nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), shared,
+        nn.Conv2d(4, 5, 3, stride=2), nn.BatchNorm2d(5), shared,
+        nn.Flatten(2), nn.Conv1d(5, 3, 3, padding=1), nn.BatchNorm1d(3))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
+    return model
+
+
+def _folded(ct, module):
+    return getattr(module, "_clconv_fold", None)
+
+
+def test_convert_folds_conv_bn_activation_in_eval_mode(ct, dev, monkeypatch):
+    """In eval mode under no_grad, each chain is one clconv convolution (torch's BatchNorm and
+    activations do not run) and the result is torch's; state_dict keys and values unchanged."""
+    import copy
+
+    model = _bn_chain_model().eval()
+    converted = ct.convert(model)
+    assert list(converted.state_dict()) == list(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(converted.state_dict()[key], value), key
+    folds = {id(_folded(ct, m)) for m in converted.modules() if _folded(ct, m) is not None}
+    assert len(folds) == 6
+    assert _folded(ct, converted[2]).act is converted[2] and _folded(ct, converted[6][2])
+    assert _folded(ct, converted[9]) is None  # a ReLU used twice stays a module of its own
+    assert _folded(ct, converted[8]).act is None and _folded(ct, converted[8]).bn is converted[8]
+    assert "folds=BatchNorm2d+ReLU" in repr(converted) and "(1): BatchNorm2d(8" in repr(converted)
+    x = torch.randn(2, 3, 7, 6)
+    with torch.no_grad():
+        want = model(x)
+        calls = []
+        real = torch.nn.functional.batch_norm
+        monkeypatch.setattr(torch.nn.functional, "batch_norm",
+                            lambda *a, **k: calls.append(1) or real(*a, **k))
+        with dev:
+            got = converted(x)
+        assert calls == []  # every BatchNorm was folded
+        monkeypatch.undo()
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4,
+                               atol=1e-4 * float(want.abs().max()))
+    # A changed running statistic or weight is folded again on the next call.
+    with torch.no_grad():
+        for m in (model, converted):
+            m[1].running_var.mul_(3.0)
+            m[0].weight.mul_(-1.0)
+        with dev:
+            got = converted(x)
+        want = model(x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4,
+                               atol=1e-4 * float(want.abs().max()))
+    # A deep copy keeps its chains to its own modules.
+    twin = copy.deepcopy(converted)
+    assert _folded(ct, twin[0]).bn is twin[1]
+
+
+def test_convert_folded_model_trains_as_torch(ct, dev):
+    """train(): BatchNorm's batch statistics and running-stat updates, gradients to every
+    parameter as torch's; eval() with grad enabled: gradients as torch's too; torch's state_dict
+    loads into the converted model and back."""
+    # float64 where the device has it: gradients through BatchNorm's batch statistics cancel, so
+    # float32 rounding shows at the small values
+    dtype = torch.float64 if dev.fp64 else torch.float32
+    tol = 1e-9 if dev.fp64 else 2e-3
+    model = _bn_chain_model().to(dtype)
+    converted = ct.convert(model)
+    converted.load_state_dict(model.state_dict())
+    model.load_state_dict(converted.state_dict())
+    x = torch.randn(2, 3, 7, 6, dtype=dtype)
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        converted.train(mode == "train")
+        model.zero_grad()
+        converted.zero_grad()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        with dev:
+            ya = converted(xa)
+            ya.square().sum().backward()
+        yb = model(xb)
+        yb.square().sum().backward()
+        scale = float(yb.detach().abs().max())
+        np.testing.assert_allclose(ya.detach().numpy(), yb.detach().numpy(), rtol=tol,
+                                   atol=tol * scale)
+        np.testing.assert_allclose(xa.grad.numpy(), xb.grad.numpy(), rtol=tol,
+                                   atol=tol * float(xb.grad.abs().max()))
+        # one scale for all (a conv bias before a training BatchNorm has a zero gradient)
+        gscale = max(float(p.grad.abs().max()) for p in model.parameters())
+        for (name, pa), pb in zip(converted.named_parameters(), model.parameters()):
+            np.testing.assert_allclose(pa.grad.numpy(), pb.grad.numpy(), rtol=tol,
+                                       atol=tol * gscale, err_msg=name)
+        for (name, ba), bb in zip(converted.named_buffers(), model.buffers()):
+            np.testing.assert_allclose(ba.numpy(), bb.numpy(), rtol=tol, atol=tol,
+                                       err_msg=name)  # running stats updated alike (train)
+
+
+def test_convert_leaves_hooked_modules_and_custom_forwards_unfolded(ct, dev):
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.bn(self.conv(x)))
+    hooked = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
+    seen = []
+    hooked[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model = nn.Sequential(Block(), hooked).eval()
+    converted = ct.convert(model)
+    assert not any(_folded(ct, m) for m in converted.modules())
+    assert type(converted[0].conv) is ct.Conv2d
+    assert not any(_folded(ct, m) for m in ct.convert(model, fold=False).modules())
+    with torch.no_grad(), dev:
+        converted[1](torch.randn(1, 2, 5, 5))
+    assert seen == [(1, 3, 3, 3)]
+
+
+def test_compile_takes_a_converted_folded_model(ct, dev):
+    model = _bn_chain_model().eval()
+    x = torch.randn(2, 3, 7, 6)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ct.FallbackWarning)
+        cm = ct.compile(ct.convert(model), x)
+    assert cm.fallbacks == []
+    assert sum("BN folded" in s.op for s in cm.steps) == 6
+    with torch.no_grad():
+        want = model(x)
+    np.testing.assert_allclose(cm(x).numpy(), want.numpy(), rtol=2e-3,
+                               atol=2e-3 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["mobilenet_v2", "efficientnet_b0", "dcgan", "unet3d"])
+def test_convert_folds_the_families_chains(ct, dev, family):
+    """The test networks (tests/models.py) converted: their Sequential chains fold, and the eval
+    output under no_grad is torch's."""
+    import models
+
+    make, shape = models.FAMILIES[family]
+    torch.manual_seed(0)
+    model = models.randomize(make(), seed=1).eval()
+    converted = ct.convert(model)
+    assert any(_folded(ct, m) is not None for m in converted.modules())
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        want = model(x)
+        with dev:
+            got = converted(x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-3,
+                               atol=2e-3 * float(want.abs().max()))
