@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyopencl as cl
 
+from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 from .geometry import ConvGeometry
@@ -56,10 +57,11 @@ from .geometry import ConvGeometry
 __all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "forget",
            "key", "lookup", "measure", "mode", "record", "shortlist"]
 
-ENV_VAR = "CLCONV_AUTO"
-MODES = ("measure", "rule")
+ENV_VAR = config.AUTO
+MODES = config.AUTO_MODES
 CHOICES_FILE = "algorithms.json"
-CHOICES_VERSION = 3  # 2: winograd no longer a candidate; 3: batch buckets
+# 2: winograd no longer a candidate; 3: batch buckets; 4: 'depthwise', 'pointwise', 'splitk'
+CHOICES_VERSION = 4
 _ROUNDS = 2  # timed rounds at most (after one untimed run each)
 _KEEP_WITHIN = 1.3  # candidates this close to the leader after a round go on to the next
 SHORTLIST_FACTOR = 1.25  # candidates whose estimate is within this of the best one are measured
@@ -68,11 +70,7 @@ _FILE_LOCK = threading.Lock()
 
 def mode() -> str:
     """'measure' (the default) or 'rule', from $CLCONV_AUTO."""
-    value = os.environ.get(ENV_VAR, "").strip().lower() or "measure"
-    if value not in MODES:
-        raise ValueError(f"environment variable {ENV_VAR}={os.environ.get(ENV_VAR)!r} must be "
-                         f"one of {MODES} (how algorithm='auto' chooses)")
-    return value
+    return config.auto_mode()
 
 
 def key(dev: Device, geo: ConvGeometry, dtype: Any) -> str:
@@ -95,7 +93,7 @@ class _Store:
 
 def _location() -> tuple[str | None, str | None]:
     # What cache_dir() depends on, without creating the folder on every call.
-    return os.environ.get("CLCONV_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME")
+    return str(config.cache_dir()), None
 
 
 def _store(dev: Device) -> _Store:

@@ -18,6 +18,7 @@ import numpy as np
 import pyopencl as cl
 from pyopencl import cltypes
 
+from . import config
 from .device import Device
 from .errors import KernelBuildError
 
@@ -243,7 +244,7 @@ class QuietBuild:
         self._captured.seek(0)
         self.output = self._captured.read().decode("utf-8", "replace")
         self._captured.close()
-        verbose = os.environ.get("CLCONV_VERBOSE") == "1"
+        verbose = config.verbose()
         shown = self.output if verbose else _GENERATED.sub("", self.output)
         if shown.strip():
             sys.stderr.write(shown.rstrip() + "\n")
