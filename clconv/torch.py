@@ -40,7 +40,6 @@ no_grad).
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import numpy as np
@@ -60,6 +59,7 @@ from .ops.grad import (
     conv3d_weight,
 )
 from .ops.transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
+from .runtime import config
 from .runtime.device import Device, current_device
 from .torch_graph import (
     CompiledModel,
@@ -111,7 +111,7 @@ def _zero_copy(dev: Device) -> bool:
     host's (CL_DEVICE_HOST_UNIFIED_MEMORY: PoCL's CPU devices). Off by default: on PoCL 3.1 (2
     cores, busy machine) it measured 12% faster on a ResNet-18 forward and 25% slower on a
     MobileNetV2 one, within that machine's noise (docs/compile.md)."""
-    if os.environ.get("CLCONV_TORCH_ZERO_COPY") != "1":
+    if not config.torch_zero_copy():
         return False
     found = _UNIFIED.get(dev)
     if found is None:

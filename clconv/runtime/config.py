@@ -10,6 +10,7 @@ Each is read when it is used (not at import), so a process may change it between
 | CLCONV_TUNING | on, off (0, no, false) | whether CLBlast gets clconv's tuned parameters (the shipped database or `clconv tune`'s) |
 | CLCONV_CACHE_DIR | unset: $XDG_CACHE_HOME/clconv or ~/.cache/clconv | where tuning results and 'auto''s choices are kept |
 | CLCONV_VERBOSE | unset, 1 | 1: print each kernel build (source, options, seconds) and the compiler's output |
+| CLCONV_TORCH_ZERO_COPY | unset, 1 | 1: clconv.torch passes forward operands as host-pointer buffers on devices whose memory is the host's (opt-in: not faster in the measurements of docs/compile.md) |
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 from pathlib import Path
 
 __all__ = ["AUTO_MODES", "DEVICE", "AUTO", "GEMM", "GEMM_ENGINES", "TUNING", "CACHE_DIR", "VERBOSE",
-           "VARIABLES", "auto_mode", "cache_dir", "device_spec", "gemm_engine", "tuning_enabled",
+           "TORCH_ZERO_COPY", "VARIABLES", "auto_mode", "torch_zero_copy", "cache_dir", "device_spec", "gemm_engine", "tuning_enabled",
            "verbose"]
 
 DEVICE = "CLCONV_DEVICE"
@@ -27,8 +28,9 @@ GEMM = "CLCONV_GEMM"
 TUNING = "CLCONV_TUNING"
 CACHE_DIR = "CLCONV_CACHE_DIR"
 VERBOSE = "CLCONV_VERBOSE"
+TORCH_ZERO_COPY = "CLCONV_TORCH_ZERO_COPY"
 #: Every variable clconv reads (the table above).
-VARIABLES = (DEVICE, AUTO, GEMM, TUNING, CACHE_DIR, VERBOSE)
+VARIABLES = (DEVICE, AUTO, GEMM, TUNING, CACHE_DIR, VERBOSE, TORCH_ZERO_COPY)
 
 AUTO_MODES = ("measure", "rule")
 GEMM_ENGINES = ("packed", "clblast")
@@ -84,3 +86,8 @@ def cache_dir() -> Path:
 def verbose() -> bool:
     """$CLCONV_VERBOSE == '1': kernel builds are reported with their compiler output."""
     return _value(VERBOSE) == "1"
+
+
+def torch_zero_copy() -> bool:
+    """$CLCONV_TORCH_ZERO_COPY == '1' (clconv.torch's opt-in host-pointer operands)."""
+    return _value(TORCH_ZERO_COPY) == "1"
