@@ -1,6 +1,9 @@
 """algorithm='depthwise': depthwise convolutions (groups == C_in, any channel multiplier C_out /
 C_in) by cl/conv_depthwise.cl, a vectorised direct kernel shaped for CPUs (local size 1, a segment
-of outputs per work-item in vector registers; see the kernel's banner).
+of outputs per work-item in vector registers; see the kernel's banner). Small 2-d zero-padded
+planes (up to 64 padded rows: MobileNet's 7x7 to 56x56, ConvNeXt's 7x7 kernels at 56x56) take the
+file's second kernel, conv_depthwise_small: whole planes from a private zero-padded copy, no edge
+code (`small_plane`; 1.3-2.5x the row segments there).
 
 `Depthwise` is one of the forward algorithm classes of clconv.ops.conv (constructor and `run` as
 clconv.ops.conv_algorithms'): everything is decided and built when it is made (tile, NDRange,

@@ -1,0 +1,212 @@
+"""algorithm='depthwise' (cl/conv_depthwise.cl through clconv.ops.depthwise) against the float64
+oracle of tests/reference.py and against torch, through the public API.
+
+Shapes are chosen around the kernel's cases, through both kernels (conv_depthwise_small for small
+2-d zero-padded planes, and the row segments of conv_depthwise, forced for every case too): rows
+whose interior holds several segments (the last one overlapping), interiors of 2-15 outputs (short
+vectors), rows too narrow for any vector (the span path), padding wider than the EMAX scalars a side
+(point()), strides 1, 2 and 3 (the gathered lanes), dilation, every padding_mode, channel
+multipliers, 5x5/7x7 kernels, 1-d and 3-d, batch > 1, bias / residual / activations fused, float64,
+and the work split over rows or planes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+from helpers import import_torch, random_array
+from tolerance import assert_close, conv_magnitude, conv_reduction
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+def _conv(clconv, nd, x, w, b=None, **kw):
+    fn = {1: clconv.conv1d, 2: clconv.conv2d, 3: clconv.conv3d}[nd]
+    return fn(x, w, b, algorithm="depthwise", groups=x.shape[1], **kw)
+
+
+# (x shape, w shape, conv kwargs)
+CASES_2D = {
+    "3x3-s1": ((2, 4, 13, 21), (4, 1, 3, 3), {"padding": 1}),
+    "3x3-s1-wide": ((1, 3, 6, 150), (3, 1, 3, 3), {"padding": 1}),  # several segments, overlap
+    "3x3-s2": ((1, 5, 15, 70), (5, 1, 3, 3), {"padding": 1, "stride": 2}),
+    "3x3-s2-odd": ((1, 4, 14, 33), (4, 1, 3, 3), {"padding": 1, "stride": 2}),
+    "3x3-s3": ((1, 2, 11, 40), (2, 1, 3, 3), {"padding": 1, "stride": 3}),
+    "3x3-dilated": ((1, 3, 12, 25), (3, 1, 3, 3), {"padding": 2, "dilation": 2}),
+    "5x5": ((1, 3, 12, 45), (3, 1, 5, 5), {"padding": 2}),
+    "5x5-s2": ((1, 3, 20, 41), (3, 1, 5, 5), {"padding": 2, "stride": 2}),
+    "7x7": ((2, 3, 16, 39), (3, 1, 7, 7), {"padding": 3}),
+    "7x7-small": ((1, 6, 7, 7), (6, 1, 7, 7), {"padding": 3}),  # no interior at all: span path
+    "valid": ((2, 2, 9, 12), (2, 1, 5, 5), {}),
+    "7x7-plane": ((1, 16, 7, 7), (16, 1, 3, 3), {"padding": 1}),  # many planes a work-item
+    "14x14-s2": ((1, 8, 14, 14), (8, 1, 3, 3), {"padding": 1, "stride": 2}),
+    "narrow": ((1, 3, 5, 3), (3, 1, 3, 3), {"padding": 1}),
+    "one-column": ((1, 2, 4, 1), (2, 1, 3, 1), {"padding": (1, 0)}),
+    "wide-padding": ((1, 2, 6, 30), (2, 1, 3, 3), {"padding": 6}),  # more than EMAX a side
+    "asymmetric": ((1, 3, 9, 26), (3, 1, 3, 5), {"padding": (0, 2), "stride": (2, 1)}),
+    "multiplier": ((2, 3, 10, 37), (6, 1, 3, 3), {"padding": 1}),
+    "multiplier-s2": ((1, 2, 9, 34), (8, 1, 3, 3), {"padding": 1, "stride": 2}),
+    "reflect": ((1, 3, 7, 38), (3, 1, 3, 3), {"padding": 2, "padding_mode": "reflect"}),
+    "reflect-wide": ((1, 2, 9, 30), (2, 1, 3, 3), {"padding": 5, "padding_mode": "reflect"}),
+    "replicate": ((2, 2, 6, 40), (2, 1, 3, 5), {"padding": (1, 2), "padding_mode": "replicate"}),
+    "circular-s2": ((1, 4, 8, 40), (4, 1, 3, 3), {"padding": 1, "stride": 2,
+                                                  "padding_mode": "circular"}),
+    "same": ((1, 3, 10, 27), (3, 1, 3, 3), {"padding": "same"}),
+    "big-plane": ((1, 2, 64, 112), (2, 1, 3, 3), {"padding": 1}),  # rows split over work-items
+}
+
+
+@pytest.mark.parametrize("case", list(CASES_2D))
+def test_matches_reference_2d(clconv, rng, case):
+    x_shape, w_shape, kw = CASES_2D[case]
+    x = random_array(rng, x_shape)
+    w = random_array(rng, w_shape)
+    b = random_array(rng, (w_shape[0],))
+    got = _conv(clconv, 2, x, w, b, **kw)
+    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                       x_shape[1], kw.get("padding_mode", "zeros"))
+    assert got.shape == want.shape
+    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES_2D if c not in ("big-plane",)])
+def test_matches_reference_2d_row_segments(clconv, rng, case, monkeypatch):
+    """The same cases through the row-segment kernel (conv_depthwise) where the small-plane one
+    (conv_depthwise_small) would take them: both must be right wherever either applies."""
+    from clconv.ops import depthwise
+    from clconv.ops.plan import plans
+
+    monkeypatch.setattr(depthwise, "small_plane", lambda *args: None)
+    plans(clconv.current_device()).clear()  # plans made before hold the other kernel
+    x_shape, w_shape, kw = CASES_2D[case]
+    x = random_array(rng, x_shape)
+    w = random_array(rng, w_shape)
+    b = random_array(rng, (w_shape[0],))
+    got = _conv(clconv, 2, x, w, b, **kw)
+    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                       x_shape[1], kw.get("padding_mode", "zeros"))
+    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    plans(clconv.current_device()).clear()
+
+
+def test_small_plane_kernel_takes_mobilenet_layers(clconv, dev):
+    """MobileNetV2's 7x7 to 56x56 depthwise layers run the small-plane kernel; 112x112 and other
+    padding modes the row segments."""
+    from clconv.ops.depthwise import small_plane
+    from clconv.ops.geometry import conv_geometry
+
+    def geo(size, stride=1, mode="zeros"):
+        return conv_geometry(2, (1, 8, size, size), (8, 1, 3, 3), stride, 1, 1, 8, mode)
+
+    for size, stride in ((7, 1), (14, 1), (14, 2), (28, 1), (28, 2), (56, 1), (56, 2)):
+        assert small_plane(geo(size, stride), 16, 2) is not None, (size, stride)
+    assert small_plane(geo(112), 16, 2) is None
+    assert small_plane(geo(14, 1, "reflect"), 16, 2) is None
+
+
+@pytest.mark.parametrize("nd, x_shape, w_shape, kw", [
+    (1, (2, 6, 50), (6, 1, 5), {"padding": 2}),
+    (1, (1, 4, 37), (8, 1, 3), {"stride": 2, "padding": 1, "padding_mode": "reflect"}),
+    (3, (1, 3, 5, 6, 19), (3, 1, 3, 3, 3), {"padding": 1}),
+    (3, (2, 2, 4, 7, 40), (4, 1, 3, 3, 3), {"padding": (0, 1, 1), "stride": (1, 2, 2),
+                                            "padding_mode": "replicate"}),
+], ids=["1d", "1d-s2-reflect-multiplier", "3d", "3d-s2-replicate-multiplier"])
+def test_matches_reference_1d_3d(clconv, rng, nd, x_shape, w_shape, kw):
+    x = random_array(rng, x_shape)
+    w = random_array(rng, w_shape)
+    b = random_array(rng, (w_shape[0],))
+    got = _conv(clconv, nd, x, w, b, **kw)
+    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), 1, x_shape[1],
+                       kw.get("padding_mode", "zeros"))
+    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "silu", ("clamp", -0.5, 0.8)])
+@pytest.mark.parametrize("shape, stride", [((1, 6, 14, 14), 1), ((2, 4, 9, 45), 2)],
+                         ids=["14x14", "s2"])
+def test_epilogue_matches_torch(clconv, rng, activation, shape, stride):
+    """act(conv + bias + residual) in torch's order, in the vector, edge and partial stores."""
+    torch = import_torch()
+    import torch.nn.functional as F
+    from test_epilogue import torch_act
+
+    x = random_array(rng, shape)
+    w = random_array(rng, (shape[1], 1, 3, 3))
+    b = random_array(rng, (shape[1],))
+    t = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+                 torch.from_numpy(b).double(), stride, 1, 1, shape[1])
+    r = random_array(rng, tuple(t.shape))
+    want = torch_act(t + torch.from_numpy(r).double(), activation).numpy()
+    got = _conv(clconv, 2, x, w, b, stride=stride, padding=1, activation=activation, residual=r)
+    assert_close(got, want, np.float32, conv_reduction(w), 1.5 * conv_magnitude(x, w, b) + 1.5 *
+                 float(np.abs(r).max()))
+
+
+def test_without_bias_on_device_arrays(clconv, dev, rng):
+    """Device arrays in and out (offsets honoured), no bias."""
+    import pyopencl.array as cla
+
+    x = random_array(rng, (2, 5, 11, 30))
+    w = random_array(rng, (5, 1, 3, 3))
+    big = cla.to_device(dev.queue, np.concatenate([np.zeros(7, np.float32), x.ravel()]))
+    xd = big[7:].reshape(x.shape)
+    got = clconv.conv2d(xd, cla.to_device(dev.queue, w), padding=1, groups=5,
+                        algorithm="depthwise")
+    assert isinstance(got, cla.Array)
+    assert_close(got.get(), ref.conv_nd(x, w, None, 1, 1, 1, 5), np.float32, conv_reduction(w),
+                 conv_magnitude(x, w))
+
+
+def test_float64(clconv, dev, rng):
+    if not dev.fp64:
+        pytest.skip(f"{dev.name} has no float64 support")
+    x = random_array(rng, (2, 4, 7, 45), np.float64)
+    w = random_array(rng, (8, 1, 3, 3), np.float64)
+    got = clconv.conv2d(x, w, padding=1, stride=2, groups=4, algorithm="depthwise")
+    assert got.dtype == np.float64
+    assert_close(got, ref.conv_nd(x, w, None, 2, 1, 1, 4), np.float64, conv_reduction(w),
+                 conv_magnitude(x, w))
+
+
+def test_nonfinite_input_poisons_only_its_windows(clconv, rng):
+    x = random_array(rng, (1, 2, 9, 40))
+    w = random_array(rng, (2, 1, 3, 3))
+    w[w == 0] = 0.5
+    x[0, 1, 4, 0] = np.inf  # at the left edge (the scalar outputs)
+    x[0, 0, 2, 19] = np.nan  # in the interior (the vectors)
+    x[0, 0, 6, 39] = -np.inf  # at the right edge
+    got = clconv.conv2d(x, w, padding=1, groups=2, algorithm="depthwise")
+    want = ref.conv_nd(x, w, None, 1, 1, 1, 2)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+
+
+@pytest.mark.parametrize("w_shape, groups", [((8, 2, 3, 3), 2), ((4, 4, 3, 3), 1)],
+                         ids=["grouped", "dense"])
+def test_rejects_non_depthwise(clconv, rng, w_shape, groups):
+    x = random_array(rng, (1, 4, 8, 8))
+    with pytest.raises(ValueError, match="algorithm='depthwise'.*groups == in_channels"):
+        clconv.conv2d(x, random_array(rng, w_shape), groups=groups, algorithm="depthwise")
+
+
+def test_auto_rule_picks_it_on_cpu_devices(clconv, dev, monkeypatch):
+    """The rule prefers 'depthwise' for depthwise layers on PoCL's CPU devices only (the kernel
+    is CPU-shaped), and never for grouped or dense ones."""
+    from clconv.blas.engine import cpu_shaped
+    from clconv.ops.conv import applicable_algorithms, rule_choice
+    from clconv.ops.geometry import conv_geometry
+
+    dw = conv_geometry(2, (1, 32, 28, 28), (32, 1, 3, 3), 1, 1, 1, 32, "zeros")
+    grouped = conv_geometry(2, (1, 32, 28, 28), (32, 2, 3, 3), 1, 1, 1, 16, "zeros")
+    if cpu_shaped(dev):
+        assert rule_choice(dev, dw) == "depthwise"
+        assert "depthwise" in applicable_algorithms(dev, dw)
+    else:
+        assert "depthwise" not in applicable_algorithms(dev, dw)
+    assert "depthwise" not in applicable_algorithms(dev, grouped)
