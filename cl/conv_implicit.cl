@@ -14,7 +14,10 @@
 // When K * NR values exceed the local-memory budget, K is walked in chunks of kc_rows rows (an
 // argument): the first chunk stores its partial sums, later ones load them back and go on (the
 // same order of additions), and only the last applies the epilogue. The panel buffer is the
-// `panel` argument (kc_rows * NR values).
+// `panel` argument (kc_rows * NR values). A launch sums only the rows [k_begin, k_end) of K (all
+// of them: 0, KG): a driver that caps the loop iterations of a work-item (Mesa llvmpipe: 65535 in
+// all) gets K in several launches (clconv.blas.packed.k_ranges), partial sums through the output
+// as between chunks.
 //
 // MR/NR/VW/HAS_BIAS/HAS_RESIDUAL/ACT (gemm_packed.cl; the residual: an operand of the output's
 // shape from res_off), and common.cl's kernel size, stride, dilation and PAD_MODE as defines; the
@@ -36,7 +39,8 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                             const long col_start, const long ncols, const int panels_per_group,
                             __global const REAL* restrict bias, const long bias_off,
                             __global const REAL* residual, const long res_off,
-                            __local REAL* restrict panel, const int kc_rows, GEOMETRY_ARGS) {
+                            __local REAL* restrict panel, const int kc_rows, const int k_begin,
+                            const int k_end, GEOMETRY_ARGS) {
     const int jp = get_global_id(0);
     const int mg = get_global_id(1);
     const int g = get_global_id(2);
@@ -67,8 +71,8 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
     __global REAL* cg = out + out_off + (long)g * COUT_G * OUT_SPATIAL;
     __global const REAL* rg = residual + res_off + (long)g * COUT_G * OUT_SPATIAL;  // laid out as cg
     const long boff = bias_off + g * COUT_G;
-    for (int k0 = 0; k0 < KG; k0 += kc_rows) {
-        const int kc = min(kc_rows, KG - k0);
+    for (int k0 = k_begin; k0 < k_end; k0 += kc_rows) {
+        const int kc = min(kc_rows, k_end - k0);
         gather_rows_local(GEO_PASS x, &pc, g, k0, k0 + kc, panel);
         for (int ip = ip0; ip < ip1; ++ip) {
             const int i0 = ip * MR;

@@ -239,7 +239,11 @@ __kernel void pack_b(const int n, const int k, __global const REAL* restrict b, 
 // NDRange (ceil(n / NR), mgroups, batch), local size 1: work-item (jp, g) multiplies B panel jp by
 // A panels [g * panels_per_group, (g + 1) * panels_per_group). Column j of C is at
 // column_offset(j, seg, seg_stride); row i at i * ldc; matrix z at c_off + z * c_stride.
-__kernel void gemm_packed(const int m, const int n, const int k, const int panels_per_group,
+// Only the products of k in [k_begin, k_end) are summed (the packed panels are k deep): a device
+// whose driver caps the loop iterations of a work-item (Mesa llvmpipe, clconv.blas.packed.
+// k_ranges) takes K in several launches, beta = 1 after the first, the epilogue in the last.
+__kernel void gemm_packed(const int m, const int n, const int k, const int k_begin,
+                          const int k_end, const int panels_per_group,
                           __global const REAL* restrict ap, const long ap_off, const long ap_stride,
                           __global const REAL* restrict bp, const long bp_off, const long bp_stride,
                           __global REAL* restrict c, const long c_off, const long c_stride,
@@ -254,7 +258,7 @@ __kernel void gemm_packed(const int m, const int n, const int k, const int panel
     const int mpanels = (m + MR - 1) / MR;
     const int ip0 = g * panels_per_group;
     const int ip1 = min(ip0 + panels_per_group, mpanels);
-    __global const REAL* bpanel = bp + bp_off + z * bp_stride + (long)jp * k * NR;
+    __global const REAL* bpanel = bp + bp_off + z * bp_stride + ((long)jp * k + k_begin) * NR;
     __global const REAL* apanels = ap + ap_off + z * ap_stride;
     __global REAL* cz = c + c_off + z * c_stride;
     __global const REAL* rz = residual + res_off + z * c_stride;  // laid out as cz
@@ -263,8 +267,8 @@ __kernel void gemm_packed(const int m, const int n, const int k, const int panel
     for (int ip = ip0; ip < ip1; ++ip) {
         TILE_DECLARE(acc);
         TILE_ZERO(acc)
-        __global const REAL* apanel = apanels + (long)ip * k * MR;
-        TILE_MULTIPLY(acc, apanel, bpanel, k)
+        __global const REAL* apanel = apanels + ((long)ip * k + k_begin) * MR;
+        TILE_MULTIPLY(acc, apanel, bpanel, k_end - k_begin)
         const int i0 = ip * MR;
         TILE_STORE(acc, cz, ldc, i0, min(MR, m - i0), col, ncols, contiguous, alpha, beta, bias,
                    boff, rz)

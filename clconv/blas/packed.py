@@ -37,6 +37,8 @@ __all__ = [
     "gemm_defines",
     "gflops",
     "grid",
+    "k_ranges",
+    "k_step_loops",
     "pack_a",
     "packed_scratch",
     "release_scratch",
@@ -199,11 +201,43 @@ def grid(dev: Device, tile: Tile, m: int, n: int, batch: int) -> tuple[int, int]
     tail).
     """
     mpanels = tile.a_panels(m)
+    if dev.loop_limit is not None:
+        # A driver that caps a work-item's loop iterations (Device.loop_limit): one A panel each,
+        # so that the K loop alone counts (k_ranges splits it).
+        return mpanels, 1
     items = tile.b_panels(n) * batch
     want = 4 * max(1, dev.cl_device.max_compute_units)
     mgroups = min(mpanels, max(1, -(-want // max(items, 1))))
     per_group = -(-mpanels // mgroups)
     return -(-mpanels // per_group), per_group
+
+
+# Loop iterations of one k step of the micro-kernel (TILE_MULTIPLY) counted as if no loop were
+# unrolled (each loop of t trips t + 1: the exit is a pass too), doubled: llvmpipe measured 27 for
+# the 6x16 float tile (58 here). _LAUNCH_LOOPS: the loops outside the K loop (the columns' decode,
+# the stores, a partial sums' reload), with room to spare.
+_LAUNCH_LOOPS = 8192
+
+
+def k_step_loops(tile: Tile) -> int:
+    nv = tile.nr // tile.vw
+    return 2 * (1 + (nv + 1) + (tile.mr + 1) + tile.mr * (nv + 1))
+
+
+def k_ranges(dev: Device, tile: Tile, k: int, row_loops: int = 0, launch_loops: int = 0,
+             most: int | None = None) -> list[tuple[int, int]]:
+    """[k_begin, k_end) of the launches that together sum a packed GEMM's K on `dev`: [(0, k)],
+    unless the driver caps a work-item's loop iterations (Device.loop_limit: Mesa llvmpipe stops
+    every loop after 65535 in all, silently), then ranges short enough that one A panel's K loop
+    (k_step_loops, plus `row_loops` a k row: a kernel's own gathering, plus `launch_loops` and
+    _LAUNCH_LOOPS once) stays under the cap; `most`: at most that many rows a range. The launches
+    after the first add to the partial sums (beta = 1) and only the last applies the epilogue."""
+    limit = dev.loop_limit
+    if limit is None or k == 0:
+        return [(0, k)]
+    rows = max(1, (limit - _LAUNCH_LOOPS - launch_loops) // (k_step_loops(tile) + row_loops))
+    rows = rows if most is None else max(1, min(rows, most))
+    return [(k0, min(k, k0 + rows)) for k0 in range(0, k, rows)]
 
 
 def enqueue_gemm(dev: Device, tile: Tile, m: int, n: int, k: int, ap: cla.Array, ap_offset: int,
@@ -228,7 +262,8 @@ def enqueue_gemm(dev: Device, tile: Tile, m: int, n: int, k: int, ap: cla.Array,
     if m == 0 or n == 0 or batch == 0:
         return
     _check_sizes(m, n, k)
-    defines = gemm_defines(tile, c.dtype)
+    plain = gemm_defines(tile, c.dtype)
+    defines = dict(plain)
     if bias is not None:
         defines["HAS_BIAS"] = None
     if residual is not None:
@@ -239,13 +274,18 @@ def enqueue_gemm(dev: Device, tile: Tile, m: int, n: int, k: int, ap: cla.Array,
     bias_buf = bias.base_data if bias is not None else c.base_data
     res_buf, res_off = (residual.base_data, residual_offset) if residual is not None else \
         (c.base_data, c_offset)
-    kernel(dev, "gemm_packed.cl", "gemm_packed", defines)(
-        dev.queue, (tile.b_panels(n), mgroups, batch), (1, 1, 1), np.int32(m), np.int32(n),
-        np.int32(k), np.int32(per_group), ap.base_data, np.int64(ap_offset), np.int64(ap_stride),
-        bp.base_data, np.int64(bp_offset), np.int64(bp_stride), c.base_data, np.int64(c_offset),
-        np.int64(c_stride), np.int64(ldc), np.int64(n if segment is None else segment),
-        np.int64(segment_stride), real(alpha), real(beta), bias_buf, np.int64(bias_offset),
-        np.int64(bias_stride), res_buf, np.int64(res_off))
+    ranges = k_ranges(dev, tile, k)
+    for i, (k0, k1) in enumerate(ranges):
+        # K in pieces (a loop-capped driver only): partial sums through C, the epilogue last.
+        last = i == len(ranges) - 1
+        kernel(dev, "gemm_packed.cl", "gemm_packed", defines if last else plain)(
+            dev.queue, (tile.b_panels(n), mgroups, batch), (1, 1, 1), np.int32(m), np.int32(n),
+            np.int32(k), np.int32(k0), np.int32(k1), np.int32(per_group), ap.base_data,
+            np.int64(ap_offset), np.int64(ap_stride), bp.base_data, np.int64(bp_offset),
+            np.int64(bp_stride), c.base_data, np.int64(c_offset), np.int64(c_stride),
+            np.int64(ldc), np.int64(n if segment is None else segment),
+            np.int64(segment_stride), real(alpha), real(beta if i == 0 else 1.0), bias_buf,
+            np.int64(bias_offset), np.int64(bias_stride), res_buf, np.int64(res_off))
 
 
 def _check_dtype(dtype: np.dtype) -> None:

@@ -23,6 +23,7 @@ from pyopencl import cltypes
 from ..blas import packed
 from ..blas.engine import cpu_shaped
 from ..runtime.device import Device
+from ..runtime.errors import UnsupportedError
 from ..runtime.memory import column_buffer
 from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
@@ -94,11 +95,19 @@ class Pointwise:
         # when those are too few to keep every compute unit busy (packed.grid).
         mgroups, per_group = packed.grid(dev, self.tile, m, l, geo.batch * geo.groups)
         if not cpu_shaped(dev):
-            # Mesa's llvmpipe (rusticl) returned wrong sums from the third A tile on when one
-            # work-item walked several tiles over a long K (reproduced: 6 tiles, K = 960; right
-            # with K = 300, or with one tile a work-item; PoCL right in every case). Not
-            # understood: one tile a work-item there (this kernel is shaped for PoCL anyway).
+            # One tile a work-item off PoCL (this kernel is shaped for PoCL anyway).
             mgroups, per_group = self.tile.a_panels(m), 1
+        if len(packed.k_ranges(dev, self.tile, geo.cin_per_group)) > 1:
+            # Mesa's llvmpipe ends every loop of a work-item once 65535 iterations have run in
+            # all (Device.loop_limit), silently: a K loop past it gave wrong sums (what made the
+            # line above: "wrong from the third A tile on" was the cap). The packed paths take K
+            # in several launches there; this one cannot (its overlapping last column panels
+            # would add a partial sum twice), so it refuses.
+            raise UnsupportedError(
+                f"algorithm='pointwise' cannot compute this convolution on {dev.name}: its K "
+                f"(C_in/groups = {geo.cin_per_group}) needs more loop iterations a work-item than "
+                f"this driver runs before it silently stops a loop (Device.loop_limit = "
+                f"{dev.loop_limit}); use algorithm='auto' or 'implicit'")
         self.global_size = (self.tile.b_panels(l), mgroups, geo.batch * geo.groups)
         self.tail = (np.int32(per_group), *self.sizes)
         self.empty = geo.batch == 0 or m == 0

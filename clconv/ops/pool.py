@@ -28,6 +28,7 @@ import pyopencl.array as cla
 from pyopencl import cltypes
 
 from ..runtime.device import Device, current_device
+from ..runtime.errors import UnsupportedError
 from ..runtime.memory import empty
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import (
@@ -102,6 +103,26 @@ def _adaptive_size(output_size: Any, nd: int, in_size: Sequence[int], name: str
                     f"{output_size!r}")
 
 
+def _check_loop_limit(dev: Device, name: str, in_size: tuple[int, int, int],
+                      out_size: tuple[int, int, int], window: tuple | None) -> None:
+    """UnsupportedError when one output's window needs more loop iterations than `dev`'s driver
+    runs in a work-item (Device.loop_limit: Mesa's llvmpipe silently ends every loop after 65535
+    in all, so a global pool over a 300 x 300 plane averaged a part of it)."""
+    limit = getattr(dev, "loop_limit", None)
+    if limit is None:
+        return
+    # Window extent a dimension: the kernel size (dilation only spaces it), or the adaptive
+    # window's: in / out, at most ceil(in / out) + 1 when out does not divide in.
+    win = window[0] if window is not None else tuple(
+        -(-i // o) + (i % o != 0) for i, o in zip(in_size, out_size))
+    loops = win[0] * (win[1] * (win[2] + 1) + 1) + 1  # each loop's exit pass counted too
+    if 2 * loops > limit:  # room for the rest of the kernel and the compiler's own loops
+        raise UnsupportedError(
+            f"{name}: a pooling window of {'x'.join(map(str, win))} needs more loop iterations a "
+            f"work-item than {dev.name} runs before it silently stops a loop (Device.loop_limit "
+            f"= {limit}); pool in steps (e.g. a smaller window first) or use another device")
+
+
 class PoolPlan(Plan):
     """A pooling op planned for one input shape and dtype: (N, C, *spatial) or (C, *spatial) ->
     (N, C, *out). kind: 'max', 'avg', 'adaptive_avg' or 'adaptive_max'; arguments as
@@ -158,6 +179,7 @@ class PoolPlan(Plan):
             self.divisor = 0 if divisor_override is None else int(divisor_override)
         self.planes = n * c
         self.in_size, self.out_size = _lift(size, 1), _lift(out, 1)
+        _check_loop_limit(dev, name, self.in_size, self.out_size, self.window)
         out_shape = (c, *out) if unbatched else (n, c, *out)
         self._prepare(dev, dtype, {"input": shape}, out_shape, (n, c, *out),
                       {"input": shape, "output": out_shape})

@@ -89,6 +89,7 @@ class Device:
         self._unusable_reason: str | None = None
         self._probed = False
         self._warned = False
+        self._loop_limit: Any = _UNSET
         # Guards the one-time creation of the context and queue: two threads must never each make one
         # (functools.cached_property does not lock since Python 3.12).
         self._init_lock = threading.Lock()
@@ -138,6 +139,20 @@ class Device:
     @property
     def usable(self) -> bool:
         return self.unusable_reason is None
+
+    @property
+    def loop_limit(self) -> int | None:
+        """Loop iterations one work-item may run in all (every loop of the kernel counted), or None
+        for no cap. Mesa's llvmpipe (gallivm's LP_MAX_TGSI_LOOP_ITERATIONS, 65535 in Mesa 22)
+        silently ends every loop of an invocation once that many iterations have run: a kernel
+        with a longer K loop computes a wrong sum without any error. Measured once, by a probe
+        kernel, on llvmpipe devices only (other drivers do not cap loops; the probe would cost
+        them a build)."""
+        with self._probe_lock:
+            if self._loop_limit is _UNSET:
+                self._loop_limit = (_probe_loop_limit(self) if "llvmpipe" in self.name.lower()
+                                    else None)
+        return self._loop_limit
 
     def __repr__(self) -> str:
         return (f"<clconv.Device {self.index}: {self.name!r} on {self.platform_name!r} "
@@ -191,6 +206,35 @@ def _probe(dev: Device) -> str | None:
     except Exception as err:  # a broken driver can fail in many ways; none may escape as a crash
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return None
+
+
+# A loop whose trip count only the run knows, each step reading memory (nothing to fold away).
+_LOOP_PROBE_SOURCE = """__kernel void clconv_loop_probe(__global int* x, const int n) {
+    int count = 0;
+    for (int i = 0; i < n; ++i) count += x[1 + (i & 1)];
+    x[0] = count;
+}"""
+_LOOP_PROBE_TRIPS = 1 << 20
+
+
+_GALLIVM_LOOP_LIMIT = 65535  # LP_MAX_TGSI_LOOP_ITERATIONS: assumed when the probe cannot run
+
+
+def _probe_loop_limit(dev: Device) -> int | None:
+    """The iterations a probe loop of _LOOP_PROBE_TRIPS trips completes on `dev` (None: all of
+    them; gallivm's cap when the probe cannot run, so that no result is silently wrong)."""
+    import numpy as np
+    try:
+        prg = cl.Program(dev.context, _LOOP_PROBE_SOURCE).build()
+        host = np.array([0, 1, 1], np.int32)
+        buf = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                        hostbuf=host)
+        prg.clconv_loop_probe(dev.queue, (1,), (1,), buf, np.int32(_LOOP_PROBE_TRIPS))
+        cl.enqueue_copy(dev.queue, host, buf)
+    except Exception:  # noqa: BLE001 (an unusable device says so elsewhere: unusable_reason)
+        return _GALLIVM_LOOP_LIMIT
+    done = int(host[0])
+    return done if 0 < done < _LOOP_PROBE_TRIPS else None
 
 
 _DEVICES: list[Device] | None = None
