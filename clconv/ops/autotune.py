@@ -219,14 +219,18 @@ def forget(dev: Device | None = None) -> None:
 
 # The cost model's constants, from the bench's layers on PoCL (2-core Zen, AVX2; docs/bench.txt and
 # the rule's measurements): the packed GEMM sustains ~120 GFLOP/s on large layers and costs ~1 ms a
-# call on small ones (packing, few work-items; CLBlast's too); the direct loops ~12 GFLOP/s on small
-# layers (depthwise: ~10), a launch ~20 us: the 'direct'/'implicit' crossover lands at ~13 MFLOP,
-# near the rule's SMALL_FLOPS. CLBlast's GEMM on a CPU reaches ~1/4.5 of the packed one, the second
+# call on small ones (packing, few work-items; CLBlast's too); the direct loops a few GFLOP/s on small
+# layers, a launch ~20 us: the packed GEMM wins from a few MFLOP on (the rule, for CLCONV_AUTO=rule,
+# still sends layers under SMALL_FLOPS to 'direct'). CLBlast's GEMM on a CPU reaches ~1/4.5 of the packed one, the second
 # packed path ~1/1.25 plus its column traffic (~10 GB/s each way). Only ratios matter for the
 # shortlist; the absolute figures only set where the fixed costs weigh.
 _PACKED_RATE = 1.2e11
-_GEMM_CALL = 1e-3
-_DIRECT_RATE = 1.2e10
+# Remeasured after the per-call work (typed, bound launches; AVX-512 PoCL 3.1, 2026-12-02): an
+# 'implicit' call on a small layer costs ~0.1 ms beyond its flops, and the direct loops reach only
+# 1-13 GFLOP/s on the small layers of a CNN ((1,16,32,32) 3x3: 'direct' 330-360 us of kernel time,
+# 'implicit' ~90 us; 32->32 3x3 stride 2: 'direct' 2-5 ms, 'implicit' 0.16-0.22 ms).
+_GEMM_CALL = 1e-4
+_DIRECT_RATE = 5e9
 _GROUPED_RATE = 1.0e10
 # 'depthwise': 1.1-1.4x 'direct' on MobileNetV2's 56x56-112x112 depthwise layers, ~2x on the
 # 7x7-28x28 ones (PoCL, AVX-512): beyond the shortlist's 1.5x, so 'direct' is not measured there
