@@ -11,7 +11,8 @@ Per (M, N, K): C = A @ B, row-major, device arrays, the queue finished around ea
 - numpy: numpy.matmul in this process, OpenBLAS with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed
   from the environment (the script re-executes itself without them, so OpenBLAS picks its kernel
   for the real CPU; the kernel it runs is printed).
---conv adds the two packed convolution paths on the standard layers (clconv.ops.packed_conv) next to
+--conv adds the two packed convolution paths on the standard layers (algorithm='im2col_packed' and
+'implicit', planned) next to
 clconv's algorithm='im2col' (when the library imports) and torch (when installed: a subprocess with
 --torch-threads threads, alternating with clconv's runs for --rounds rounds).
 The variants of one shape run interleaved, --repeat rounds, and the medians are printed: on a
@@ -176,17 +177,18 @@ print(json.dumps(out))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def conv_variants(dev, geo, x: cla.Array, wt: cla.Array, b: cla.Array, out: cla.Array, wp,
-                  padding: int, im2col: Callable | None) -> dict[str, Callable[[], None]]:
-    """The calls of one layer: the two packed paths (enqueue only) and clconv.conv2d('im2col')."""
-    from clconv.ops import packed_conv
+def conv_variants(x: cla.Array, wt: cla.Array, b: cla.Array, out: cla.Array, padding: int,
+                  im2col: Callable | None) -> dict[str, Callable[[], None]]:
+    """The calls of one layer, bias + ReLU fused: the two packed paths as plans (built beforehand:
+    a call packs the filters and enqueues, as a user's planned call does) and
+    clconv.conv2d('im2col')."""
+    import clconv
 
-    variants: dict[str, Callable[[], None]] = {
-        "im2col_packed": lambda: packed_conv.enqueue_im2col_packed_conv(
-            dev, geo, x, 0, wp, b, out, 0, "relu"),
-        "implicit": lambda: packed_conv.enqueue_implicit_conv(dev, geo, x, 0, wp, b, out, 0,
-                                                              "relu"),
-    }
+    variants: dict[str, Callable[[], None]] = {}
+    for algorithm in ("im2col_packed", "implicit"):
+        plan = clconv.plan_conv2d(x.shape, wt.shape, True, padding=padding, algorithm=algorithm,
+                                  activation="relu", dtype=x.dtype)
+        variants[algorithm] = lambda plan=plan: plan(x, wt, b, out=out)
     if im2col is not None:
         variants["im2col"] = lambda: im2col(x, wt, b, padding=padding, algorithm="im2col",
                                             activation="relu")
@@ -196,7 +198,6 @@ def conv_variants(dev, geo, x: cla.Array, wt: cla.Array, b: cla.Array, out: cla.
 def bench_conv(dev, dtype: np.dtype, repeat: int, torch_threads: int, rounds: int) -> None:
     """The layers' GFLOP/s: `rounds` rounds of (torch in a subprocess, then clconv's variants
     interleaved), each round's median per variant, and the median over the rounds printed."""
-    from clconv.ops import packed_conv
     from clconv.ops.geometry import conv_geometry
 
     try:
@@ -213,8 +214,7 @@ def bench_conv(dev, dtype: np.dtype, repeat: int, torch_threads: int, rounds: in
         wt = cla.to_device(q, rng.standard_normal(geo.weight_shape).astype(dtype))
         b = cla.to_device(q, rng.standard_normal(co).astype(dtype))
         out = cla.empty(q, geo.output_shape, dtype)
-        wp = packed_conv.pack_conv_weights(dev, geo, wt)
-        setups[name] = geo, conv_variants(dev, geo, x, wt, b, out, wp, p, im2col)
+        setups[name] = geo, conv_variants(x, wt, b, out, p, im2col)
     rates: dict[str, dict[str, list[float]]] = {name: {} for name in LAYERS}
     for _ in range(rounds):
         for name, rate in torch_rates(LAYERS, repeat, torch_threads).items():

@@ -335,12 +335,11 @@ def conv_transpose_nd(
     padding = ntuple(padding, nsp, "padding")
     output_padding = ntuple(output_padding, nsp, "output_padding")
     dilation = ntuple(dilation, nsp, "dilation")
-    N, Cin = x.shape[:2]
+    Cin = x.shape[1]
     in_size = x.shape[2:]
     kernel = w.shape[2:]
     if w.shape[0] != Cin or Cin % groups:
         raise ValueError("weight.shape[0] must equal input channels, divisible by groups")
-    cin_g = Cin // groups
     cout_g = w.shape[1]
     Cout = cout_g * groups
     out_size = tuple(
@@ -348,22 +347,33 @@ def conv_transpose_nd(
         for i, s, p, d, k, op in zip(in_size, stride, padding, dilation, kernel, output_padding)
     )
     full = tuple(o + 2 * p for o, p in zip(out_size, padding))
-    buf = np.zeros((N, Cout) + full)
-    sp = _OUT_LETTERS[:nsp]
-    for koff in itertools.product(*(range(k) for k in kernel)):
-        target_sp = tuple(
-            slice(kk * d, kk * d + s * (i - 1) + 1, s)
-            for kk, d, s, i in zip(koff, dilation, stride, in_size)
-        )
-        for g in range(groups):
-            xg = x[:, g * cin_g:(g + 1) * cin_g]
-            wg = w[(slice(g * cin_g, (g + 1) * cin_g), slice(None)) + koff]  # (cin_g, cout_g)
-            contrib = np.einsum(f"nc{sp},cd->nd{sp}", xg, wg)
-            buf[(slice(None), slice(g * cout_g, (g + 1) * cout_g)) + target_sp] += contrib
+    buf = _scatter(x, w, groups, cout_g, full, stride, dilation)
     out = buf[(slice(None), slice(None)) + tuple(slice(p, p + o) for p, o in zip(padding, out_size))]
     if b is not None:
         out = out + np.asarray(b, dtype=np.float64).reshape((1, Cout) + (1,) * nsp)
     return out[0] if unbatched else out
+
+
+def _scatter(src, w, groups: int, dst_per_group: int, full, stride, dilation) -> np.ndarray:
+    """The adjoint of a convolution's gather: every ``src[n, g*S + s, p]`` (S = src channels per
+    group) times ``w[g*S + s, d, k]`` added at ``p*stride + k*dilation`` of channel ``g*D + d``
+    (D = ``dst_per_group``) in a zero ``(N, groups*D, *full)`` buffer, which is returned."""
+    nsp = w.ndim - 2
+    src_per_group = src.shape[1] // groups
+    buf = np.zeros((src.shape[0], groups * dst_per_group) + tuple(full))
+    sp = _OUT_LETTERS[:nsp]
+    for koff in itertools.product(*(range(k) for k in w.shape[2:])):
+        target_sp = tuple(
+            slice(kk * d, kk * d + s * (i - 1) + 1, s)
+            for kk, d, s, i in zip(koff, dilation, stride, src.shape[2:])
+        )
+        for g in range(groups):
+            sg = src[:, g * src_per_group:(g + 1) * src_per_group]
+            wg = w[(slice(g * src_per_group, (g + 1) * src_per_group), slice(None)) + koff]
+            contrib = np.einsum(f"nc{sp},cd->nd{sp}", sg, wg)  # wg: (S, D)
+            buf[(slice(None), slice(g * dst_per_group, (g + 1) * dst_per_group)) + target_sp] += \
+                contrib
+    return buf
 
 
 def conv_nd_input(input_size, w, grad_out, stride=1, padding=0, dilation=1, groups: int = 1):
@@ -382,23 +392,9 @@ def conv_nd_input(input_size, w, grad_out, stride=1, padding=0, dilation=1, grou
     kernel = w.shape[2:]
     pads = resolve_padding(padding, kernel, dilation)
     in_sp = tuple(input_size[-nsp:])
-    N, Cout = go.shape[:2]
-    out_sp = go.shape[2:]
     cin_g = w.shape[1]
-    Cin = cin_g * groups
-    cout_g = Cout // groups
-    buf = np.zeros((N, Cin) + tuple(s + lo + hi for s, (lo, hi) in zip(in_sp, pads)))
-    sp = _OUT_LETTERS[:nsp]
-    for koff in itertools.product(*(range(k) for k in kernel)):
-        target_sp = tuple(
-            slice(kk * d, kk * d + s * (o - 1) + 1, s)
-            for kk, d, s, o in zip(koff, dilation, stride, out_sp)
-        )
-        for g in range(groups):
-            gog = go[:, g * cout_g:(g + 1) * cout_g]
-            wg = w[(slice(g * cout_g, (g + 1) * cout_g), slice(None)) + koff]  # (cout_g, cin_g)
-            contrib = np.einsum(f"nd{sp},dc->nc{sp}", gog, wg)
-            buf[(slice(None), slice(g * cin_g, (g + 1) * cin_g)) + target_sp] += contrib
+    full = tuple(s + lo + hi for s, (lo, hi) in zip(in_sp, pads))
+    buf = _scatter(go, w, groups, cin_g, full, stride, dilation)
     return buf[(slice(None), slice(None)) + tuple(slice(lo, lo + s) for (lo, _), s in zip(pads, in_sp))]
 
 

@@ -1,7 +1,8 @@
-"""clconv.ops.packed_conv: im2col into packed panels + packed GEMM, and the fused implicit GEMM,
-against the numpy float64 oracle (tests/reference.py) with PyTorch's semantics: every padding mode,
-stride, dilation, groups (depthwise too), 1-d/2-d/3-d, bias and ReLU fused, NaN/Inf where torch puts
-them, offsets into larger buffers, the workspace split and the implicit path's K chunks."""
+"""The packed-GEMM paths: im2col into packed panels + packed GEMM (algorithm='im2col_packed') and
+the fused implicit GEMM (algorithm='implicit'), through the public API, against the numpy float64
+oracle (tests/reference.py) with PyTorch's semantics: every padding mode, stride, dilation, groups
+(depthwise too), 1-d/2-d/3-d, bias and ReLU fused, NaN/Inf where torch puts them, offsets into
+larger buffers, the workspace split and the implicit path's K chunks."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ from clconv.blas import packed
 from clconv.ops import packed_conv
 from clconv.ops.geometry import conv_geometry
 
-PATHS = {"im2col_packed": packed_conv.enqueue_im2col_packed_conv,
-         "implicit": packed_conv.enqueue_implicit_conv}
+PATHS = ("im2col_packed", "implicit")
 
 # (input shape, weight shape, conv arguments)
 CASES = [
@@ -40,14 +40,14 @@ CASES = [
 ]
 
 
-def _conv(dev, path, geo, x, w, b, activation, **kw):
+def _conv(dev, path, x, w, b, activation, kw, **extra):
+    """clconv.conv{1,2,3}d(x, w, b, **kw) with algorithm=path on device arrays, as numpy."""
+    import clconv
+
     q = dev.queue
-    wp = packed_conv.pack_conv_weights(dev, geo, cla.to_device(q, w))
-    out = cla.empty(q, geo.output_shape, x.dtype)
-    with dev.lock:
-        PATHS[path](dev, geo, cla.to_device(q, x), 0, wp,
-                    None if b is None else cla.to_device(q, b), out, 0, activation, **kw)
-    return out.get()
+    conv = getattr(clconv, f"conv{w.ndim - 2}d")
+    return conv(cla.to_device(q, x), cla.to_device(q, w), None if b is None else
+                cla.to_device(q, b), algorithm=path, activation=activation, **kw, **extra).get()
 
 
 def _geometry(x, w, kw):
@@ -69,8 +69,7 @@ def test_matches_reference(dev, rng, dtype, path, activation, bias, case):
     x = rng.standard_normal(xs).astype(dtype)
     w = rng.standard_normal(ws).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(dtype) if bias else None
-    geo = _geometry(x, w, kw)
-    got = _conv(dev, path, geo, x, w, b, activation)
+    got = _conv(dev, path, x, w, b, activation, kw)
     assert got.dtype == dtype
     assert_close(got, _expected(x, w, b, kw, activation), reduction=conv_reduction(w),
                  magnitude=conv_magnitude(x, w, b))
@@ -90,9 +89,8 @@ def test_nan_inf_where_torch_puts_them(dev, rng, dtype, path, padding_mode):
     x[1, 0, 8, 3] = np.nan
     w[2, 1, 1, 1] = 0.0
     kw = {"padding": 1, "padding_mode": padding_mode}
-    geo = _geometry(x, w, kw)
     for activation in (None, "relu"):
-        got = _conv(dev, path, geo, x, w, b, activation)
+        got = _conv(dev, path, x, w, b, activation, kw)
         expected = _expected(x, w, b, kw, activation)
         assert np.isnan(expected).any() and np.isinf(expected).any()
         np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
@@ -117,11 +115,14 @@ def test_offsets_into_larger_buffers(dev, rng, path):
     out_buf = rng.standard_normal(out_off + np.prod(geo.output_shape) + 7).astype(np.float32)
     b_buf = np.concatenate([rng.standard_normal(b_off), b]).astype(np.float32)
     d_out = cla.to_device(q, out_buf)
-    wp = packed_conv.pack_conv_weights(dev, geo, cla.to_device(q, w))
-    PATHS[path](dev, geo, cla.to_device(q, x_buf.astype(np.float32)), x_off, wp,
-                cla.to_device(q, b_buf), d_out, out_off, "relu", bias_off=b_off)
-    got = d_out.get()
     n_out = int(np.prod(geo.output_shape))
+    d_x = cla.to_device(q, x_buf.astype(np.float32))[x_off:x_off + x.size].reshape(x.shape)
+    import clconv
+
+    clconv.conv2d(d_x, cla.to_device(q, w), cla.to_device(q, b_buf)[b_off:], **kw,
+                  algorithm=path, activation="relu",
+                  out=d_out[out_off:out_off + n_out].reshape(geo.output_shape))
+    got = d_out.get()
     assert_close(got[out_off:out_off + n_out].reshape(geo.output_shape),
                  _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
                  magnitude=conv_magnitude(x, w, b))
@@ -129,11 +130,13 @@ def test_offsets_into_larger_buffers(dev, rng, path):
     np.testing.assert_array_equal(got[out_off + n_out:], out_buf[out_off + n_out:])
 
 
-@pytest.mark.parametrize("limit_panels", [1, 3, 10, 15])
-def test_workspace_limit_splits_without_changing_results(dev, rng, limit_panels):
-    """A limit of 1 or 3 packed panels splits each image's positions, 10 or 15 panels (160, 240 of
-    the 330 columns) run one or two whole images a launch; the results equal the unsplit call's bit
-    for bit (the same sums in the same order)."""
+@pytest.mark.parametrize("columns", [1, 3 * 16, 110, 220],
+                         ids=["1-panel", "48-columns", "1-image", "2-images"])
+def test_workspace_limit_splits_without_changing_results(dev, rng, columns):
+    """A limit of panels for at least `columns` of the 330 columns (whatever the device's panel
+    width NR): 1 or 3 panels split each image's positions, one or two images' worth run whole
+    images a launch; the results equal the unsplit call's bit for bit (the same sums in the same
+    order)."""
     x = rng.standard_normal((3, 4, 10, 11)).astype(np.float32)
     w = rng.standard_normal((10, 2, 3, 3)).astype(np.float32)
     b = rng.standard_normal(10).astype(np.float32)
@@ -141,16 +144,17 @@ def test_workspace_limit_splits_without_changing_results(dev, rng, limit_panels)
     geo = _geometry(x, w, kw)
     tile = packed_conv.conv_tile(dev, geo, np.float32)
     panel = geo.groups * tile.packed_b_size(tile.nr, 2 * 9) * 4
+    limit_panels = -(-columns // tile.nr)
     chunks = packed_conv._chunks(geo, tile, 4, limit_panels * panel)
     assert len(chunks) > 1 and sum(n for _, n in chunks) == 3 * 110
-    whole = _conv(dev, "im2col_packed", geo, x, w, b, "relu")
-    split = _conv(dev, "im2col_packed", geo, x, w, b, "relu",
+    whole = _conv(dev, "im2col_packed", x, w, b, "relu", kw)
+    split = _conv(dev, "im2col_packed", x, w, b, "relu", kw,
                   workspace_limit=limit_panels * panel)
     np.testing.assert_array_equal(split, whole)
     assert_close(whole, _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
                  magnitude=conv_magnitude(x, w, b))
     with pytest.raises(MemoryError, match="cannot hold one packed column panel"):
-        _conv(dev, "im2col_packed", geo, x, w, b, None, workspace_limit=panel - 1)
+        _conv(dev, "im2col_packed", x, w, b, None, kw, workspace_limit=panel - 1)
 
 
 def test_workspace_bytes(dev, rng):
@@ -164,9 +168,9 @@ def test_workspace_bytes(dev, rng):
     assert packed_conv.workspace_bytes(geo, np.float32, dev=dev) == expected
     assert packed_conv.workspace_bytes(geo, np.float32, "implicit", dev=dev) == 0
     packed.release_scratch(dev)
-    _conv(dev, "implicit", geo, x, w, None, None)
+    _conv(dev, "implicit", x, w, None, None, {"groups": 2})
     assert packed.scratch_bytes(dev) == 0
-    _conv(dev, "im2col_packed", geo, x, w, None, None)
+    _conv(dev, "im2col_packed", x, w, None, None, {"groups": 2})
     assert packed.scratch_bytes(dev) == expected
     with pytest.raises(ValueError, match="algorithm must be"):
         packed_conv.workspace_bytes(geo, np.float32, "im2col", dev=dev)
@@ -184,13 +188,20 @@ def test_implicit_k_chunks(dev, rng, dtype, monkeypatch):
     tile = packed_conv.conv_tile(dev, geo, dtype)
     monkeypatch.setattr(packed_conv, "_PANEL_BUDGET", 7 * tile.nr * dtype.itemsize)  # KC = 7 of 45
     assert packed_conv._implicit_chunk(dev, 45, tile, dtype.itemsize) == 7
-    got = _conv(dev, "implicit", geo, x, w, b, "relu")
+    import clconv
+
+    # A plan of its own (the functional API's cached one may hold the whole-K chunk).
+    plan = clconv.plan_conv2d(x.shape, w.shape, True, **kw, algorithm="implicit",
+                              activation="relu", dtype=dtype)
+    got = plan(x, w, b)
     assert_close(got, _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
                  magnitude=conv_magnitude(x, w, b))
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_rejects_mismatched_filters_and_activation(dev, rng, path):
+    import clconv
+
     q = dev.queue
     x = cla.to_device(q, rng.standard_normal((1, 4, 6, 6)).astype(np.float32))
     w = cla.to_device(q, rng.standard_normal((6, 4, 3, 3)).astype(np.float32))
@@ -198,10 +209,10 @@ def test_rejects_mismatched_filters_and_activation(dev, rng, path):
     other = conv_geometry(2, (1, 4, 6, 6), (6, 2, 3, 3), 1, 1, 1, 2)
     out = cla.empty(q, geo.output_shape, np.float32)
     wp = packed_conv.pack_conv_weights(dev, geo, w)
-    with pytest.raises(ValueError, match="pack them with pack_conv_weights"):
-        PATHS[path](dev, other, x, 0, wp, None, out, 0)
+    with pytest.raises(ValueError, match="pack them with pack_conv_weights"):  # the launcher's check
+        packed_conv.enqueue_im2col_packed_conv(dev, other, x, 0, wp, None, out, 0)
     with pytest.raises(ValueError, match="activation must be None, one of"):
-        PATHS[path](dev, geo, x, 0, wp, None, out, 0, "swish")
+        clconv.conv2d(x, w, padding=1, algorithm=path, activation="swish")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -214,6 +225,6 @@ def test_64_bit_index_build(dev, rng, monkeypatch, path):
     w = rng.standard_normal((8, 2, 3, 3)).astype(np.float32)  # 4 per group: the 4 x 3VW tile
     b = rng.standard_normal(8).astype(np.float32)
     kw = {"padding": 1, "groups": 2, "padding_mode": "reflect"}
-    got = _conv(dev, path, _geometry(x, w, kw), x, w, b, "relu")
+    got = _conv(dev, path, x, w, b, "relu", kw)
     assert_close(got, _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
                  magnitude=conv_magnitude(x, w, b))

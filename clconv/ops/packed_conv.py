@@ -7,9 +7,10 @@
   of C and the result written directly in NCHW (the images are folded into the GEMM's N: a B panel
   may straddle two images, its columns' output offsets say where each goes). Workspace: the packed
   columns.
-- implicit GEMM (`enqueue_implicit_conv`): cl/conv_implicit.cl, no column buffer at all: each
-  work-item gathers its K x NR panel of the column matrix from the input into local memory and runs
-  the same micro-kernel on it. Workspace: none (the output only).
+- implicit GEMM (configured and run by clconv.ops.conv_algorithms.ImplicitGemm, algorithm=
+  'implicit'; `conv_tile` and `_implicit_chunk` here): cl/conv_implicit.cl, no column buffer at
+  all: each work-item gathers its K x NR panel of the column matrix from the input into local
+  memory and runs the same micro-kernel on it. Workspace: none (the output only).
 
 Both keep every PyTorch semantic of the other paths (padding modes through common.cl's source_coord,
 stride, dilation, groups, 1-d/2-d/3-d through the canonical 3-D defines, NaN/Inf: no fast-math, the
@@ -33,14 +34,12 @@ from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import index_type
 from .activation import ActivationArg
 from .geometry import ConvGeometry
-from .launch import epilogue_defines
 
 __all__ = [
     "IM2COL_PACKED",
     "IMPLICIT",
     "conv_tile",
     "enqueue_im2col_packed_conv",
-    "enqueue_implicit_conv",
     "pack_conv_weights",
     "workspace_bytes",
 ]
@@ -121,11 +120,6 @@ def _conv_defines(geo: ConvGeometry, dtype: np.dtype, tile: Tile, *buffers: cl.B
     return defines
 
 
-def _epilogue_defines(defines: dict, bias: cla.Array | None, activation: ActivationArg,
-                      residual: cla.Array | None = None) -> None:
-    defines.update(epilogue_defines(bias is not None, activation, residual is not None))
-
-
 def _check(geo: ConvGeometry, w_packed: PackedA, dtype: np.dtype) -> None:
     m, k = geo.cout_per_group, geo.cin_per_group * geo.ksize
     if (w_packed.m, w_packed.k, w_packed.batch) != (m, k, geo.groups):
@@ -193,40 +187,3 @@ def _implicit_chunk(dev: Device, k: int, tile: Tile, itemsize: int) -> int:
     """KC: rows of a B panel held in local memory at once (all K when K x NR fits the budget)."""
     budget = min(_PANEL_BUDGET, int(dev.cl_device.local_mem_size))
     return max(1, min(k, budget // (tile.nr * itemsize)))
-
-
-def enqueue_implicit_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_off: int,
-                          w_packed: PackedA, bias: cla.Array | None, out: cla.Array, out_off: int,
-                          activation: ActivationArg = None, *, bias_off: int | None = None,
-                          residual: cla.Array | None = None,
-                          residual_off: int | None = None) -> None:
-    """out = act(conv(x, w) + bias) by the fused implicit GEMM (cl/conv_implicit.cl). Arguments as
-    `enqueue_im2col_packed_conv`; no workspace (`workspace_bytes(geo, dtype, 'implicit')` is 0): the
-    column panels live in local memory, KC x NR values a work-item (KC = all of C_in/groups * prod(
-    kernel) up to 256 KiB, else chunks of K whose partial sums go through the output). Call holding
-    dev.lock (or not: it is taken here)."""
-    dtype = np.dtype(out.dtype)
-    _check(geo, w_packed, dtype)
-    if geo.batch == 0:
-        return
-    tile = w_packed.tile
-    m, k = geo.cout_per_group, geo.cin_per_group * geo.ksize
-    kc = _implicit_chunk(dev, k, tile, dtype.itemsize)
-    b_off = 0 if bias is None else (bias.offset // bias.dtype.itemsize if bias_off is None
-                                    else bias_off)
-    defines = _conv_defines(geo, dtype, tile, x.base_data, out.base_data)
-    _epilogue_defines(defines, bias, activation, residual)
-    bias_buf = bias.base_data if bias is not None else out.base_data
-    res_buf, r_off = (out.base_data, out_off) if residual is None else (
-        residual.base_data, residual.offset // residual.dtype.itemsize if residual_off is None
-        else residual_off)
-    with dev.lock:
-        conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
-        for start, count in _chunks(geo, tile, dtype.itemsize, None):
-            mgroups, per_group = packed.grid(dev, tile, m, count, geo.groups)
-            conv(dev.queue, (tile.b_panels(count), mgroups, geo.groups), (1, 1, 1), x.base_data,
-                 np.int64(x_off), w_packed.data.base_data, np.int64(w_packed.offset),
-                 np.int64(w_packed.stride), out.base_data, np.int64(out_off), np.int64(start),
-                 np.int64(count), np.int32(per_group), bias_buf, np.int64(b_off),
-                 res_buf, np.int64(r_off), cl.LocalMemory(kc * tile.nr * dtype.itemsize),
-                 np.int32(kc), *geo.size_args())

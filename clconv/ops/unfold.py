@@ -17,8 +17,8 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
-from ..runtime.group import splits_batch
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
+from .dims import per_dimensions
 from .geometry import IntOrTuple, fold_geometry, unfold_geometry
 from .launch import Col2im, Im2col
 from .plan import Plan, cached_plan, shape_of
@@ -30,7 +30,22 @@ _DIMS = {1: "L", 2: "H, W", 3: "D, H, W"}
 _KERNEL = {1: "k", 2: "kh*kw", 3: "kd*kh*kw"}
 
 
-class UnfoldPlan(Plan):
+class _OneLaunchPlan(Plan):
+    """A plan whose run is one launch over its input (`self.launch`, `self.batch` images)."""
+
+    launch: Any
+    batch: int
+
+    def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+        return self._execute({"input": input}, out)
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        x = arrays["input"]
+        with self.device.lock:
+            self.launch(self.batch, x, element_offset(x), out, element_offset(out))
+
+
+class UnfoldPlan(_OneLaunchPlan):
     """im2col (torch.nn.functional.unfold), planned: (N, C, *spatial) -> (N, C*prod(kernel), L)."""
 
     def __init__(self, dev: Device, nd: int, input_shape: tuple[int, ...],
@@ -53,16 +68,8 @@ class UnfoldPlan(Plan):
                              index_type(n * c * geo.blocks * geo.ksize, n * c * np.prod(size),
                                         geo.blocks, c * geo.ksize * geo.blocks))
 
-    def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute({"input": input}, out)
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
-        x = arrays["input"]
-        with self.device.lock:
-            self.launch(self.batch, x, element_offset(x), out, element_offset(out))
-
-
-class FoldPlan(Plan):
+class FoldPlan(_OneLaunchPlan):
     """col2im (torch.nn.functional.fold), planned: (N, C*prod(kernel), L) -> (N, C, *output_size),
     overlaps summed."""
 
@@ -85,14 +92,6 @@ class FoldPlan(Plan):
         self.launch = Col2im(dev, geo.defines(), self.work,
                              index_type(n * rows * blocks, int(np.prod(out_shape))))
 
-    def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute({"input": input}, out)
-
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
-        cols = arrays["input"]
-        with self.device.lock:
-            self.launch(self.batch, cols, element_offset(cols), out, element_offset(out))
-
 
 def plan_unfold(nd: int, input_shape: Any, kernel_size: IntOrTuple, dilation: IntOrTuple = 1,
                 padding: IntOrTuple = 0, stride: IntOrTuple = 1, *,
@@ -111,7 +110,8 @@ def plan_fold(nd: int, input_shape: Any, output_size: IntOrTuple, kernel_size: I
 
 
 def unfold(nd: int, input: ArrayLike, kernel_size: IntOrTuple, dilation: IntOrTuple = 1,
-           padding: IntOrTuple = 0, stride: IntOrTuple = 1, out: ArrayLike | None = None) -> ArrayLike:
+           padding: IntOrTuple = 0, stride: IntOrTuple = 1, *,
+           out: ArrayLike | None = None) -> ArrayLike:
     """N-d im2col (nd in 1, 2, 3): (N, C, *spatial) -> (N, C*prod(kernel), L), or unbatched
     (C, *spatial) -> (C*prod(kernel), L); L is the number of kernel positions. Zero padding."""
     dev = current_device()
@@ -124,7 +124,7 @@ def unfold(nd: int, input: ArrayLike, kernel_size: IntOrTuple, dilation: IntOrTu
 
 
 def fold(nd: int, input: ArrayLike, output_size: IntOrTuple, kernel_size: IntOrTuple,
-         dilation: IntOrTuple = 1, padding: IntOrTuple = 0, stride: IntOrTuple = 1,
+         dilation: IntOrTuple = 1, padding: IntOrTuple = 0, stride: IntOrTuple = 1, *,
          out: ArrayLike | None = None) -> ArrayLike:
     """N-d col2im (nd in 1, 2, 3): (N, C*prod(kernel), L) -> (N, C, *output_size), or unbatched
     (C*prod(kernel), L) -> (C, *output_size), summing the overlapping entries."""
@@ -136,96 +136,6 @@ def fold(nd: int, input: ArrayLike, output_size: IntOrTuple, kernel_size: IntOrT
                        lambda: FoldPlan(dev, nd, shape, output_size, kernel_size, dilation,
                                         padding, stride, dtype))
     return plan._execute({"input": input}, out, check=False)
-
-
-@splits_batch("input", ndim=4)
-def im2col(input: ArrayLike, kernel_size: IntOrTuple, dilation: IntOrTuple = 1,
-           padding: IntOrTuple = 0, stride: IntOrTuple = 1, *,
-             out: ArrayLike | None = None) -> ArrayLike:
-    """Unfolds (N, C, H, W) -> (N, C*kh*kw, L), or unbatched (C, H, W) -> (C*kh*kw, L), exactly as
-    torch.nn.functional.unfold; L is the number of kernel positions. Zero padding."""
-    return unfold(2, input, kernel_size, dilation, padding, stride, out)
-
-
-@splits_batch("input", ndim=3)
-def col2im(input: ArrayLike, output_size: IntOrTuple, kernel_size: IntOrTuple,
-           dilation: IntOrTuple = 1, padding: IntOrTuple = 0, stride: IntOrTuple = 1, *,
-             out: ArrayLike | None = None) -> ArrayLike:
-    """Folds (N, C*kh*kw, L) -> (N, C, H, W), or unbatched (C*kh*kw, L) -> (C, H, W), summing the
-    overlapping entries, exactly as torch.nn.functional.fold; (H, W) = output_size."""
-    return fold(2, input, output_size, kernel_size, dilation, padding, stride, out)
-
-
-@splits_batch("input", ndim=3)
-def im2col1d(input: ArrayLike, kernel_size: IntOrTuple, dilation: IntOrTuple = 1,
-             padding: IntOrTuple = 0, stride: IntOrTuple = 1, *,
-             out: ArrayLike | None = None) -> ArrayLike:
-    """1-d im2col: (N, C, L_in) -> (N, C*k, L), or unbatched (C, L_in) -> (C*k, L). Row c*k + i
-    holds x[c, l*stride + i*dilation - padding] (zero outside)."""
-    return unfold(1, input, kernel_size, dilation, padding, stride, out)
-
-
-@splits_batch("input", ndim=3)
-def col2im1d(input: ArrayLike, output_size: IntOrTuple, kernel_size: IntOrTuple,
-             dilation: IntOrTuple = 1, padding: IntOrTuple = 0,
-             stride: IntOrTuple = 1, *, out: ArrayLike | None = None) -> ArrayLike:
-    """1-d col2im, the adjoint of im2col1d: (N, C*k, L) -> (N, C, output_size), or unbatched."""
-    return fold(1, input, output_size, kernel_size, dilation, padding, stride, out)
-
-
-@splits_batch("input", ndim=5)
-def im2col3d(input: ArrayLike, kernel_size: IntOrTuple, dilation: IntOrTuple = 1,
-             padding: IntOrTuple = 0, stride: IntOrTuple = 1, *,
-             out: ArrayLike | None = None) -> ArrayLike:
-    """3-d im2col: (N, C, D, H, W) -> (N, C*kd*kh*kw, L), or unbatched (C, D, H, W); rows ordered
-    channel, then kernel offsets (kd, kh, kw) row-major; columns the positions (od, oh, ow)."""
-    return unfold(3, input, kernel_size, dilation, padding, stride, out)
-
-
-@splits_batch("input", ndim=3)
-def col2im3d(input: ArrayLike, output_size: IntOrTuple, kernel_size: IntOrTuple,
-             dilation: IntOrTuple = 1, padding: IntOrTuple = 0,
-             stride: IntOrTuple = 1, *, out: ArrayLike | None = None) -> ArrayLike:
-    """3-d col2im, the adjoint of im2col3d: (N, C*kd*kh*kw, L) -> (N, C, D, H, W), or unbatched."""
-    return fold(3, input, output_size, kernel_size, dilation, padding, stride, out)
-
-
-def plan_im2col(input_shape: Any, kernel_size: IntOrTuple, *args: Any,
-                **kwargs: Any) -> UnfoldPlan:
-    """A plan for `im2col` on the current device: input_shape, kernel_size, then dilation, padding,
-    stride and keyword dtype; `plan(x, out=None)` enqueues."""
-    return plan_unfold(2, input_shape, kernel_size, *args, **kwargs)
-
-
-def plan_im2col1d(input_shape: Any, kernel_size: IntOrTuple, *args: Any,
-                  **kwargs: Any) -> UnfoldPlan:
-    """A plan for `im2col1d`; see `plan_im2col`."""
-    return plan_unfold(1, input_shape, kernel_size, *args, **kwargs)
-
-
-def plan_im2col3d(input_shape: Any, kernel_size: IntOrTuple, *args: Any,
-                  **kwargs: Any) -> UnfoldPlan:
-    """A plan for `im2col3d`; see `plan_im2col`."""
-    return plan_unfold(3, input_shape, kernel_size, *args, **kwargs)
-
-
-def plan_col2im(input_shape: Any, output_size: IntOrTuple, kernel_size: IntOrTuple,
-                *args: Any, **kwargs: Any) -> FoldPlan:
-    """A plan for `col2im` on the current device: input_shape (N, C*kh*kw, L), output_size,
-    kernel_size, then dilation, padding, stride and keyword dtype; `plan(cols, out=None)`."""
-    return plan_fold(2, input_shape, output_size, kernel_size, *args, **kwargs)
-
-
-def plan_col2im1d(input_shape: Any, output_size: IntOrTuple, kernel_size: IntOrTuple,
-                  *args: Any, **kwargs: Any) -> FoldPlan:
-    """A plan for `col2im1d`; see `plan_col2im`."""
-    return plan_fold(1, input_shape, output_size, kernel_size, *args, **kwargs)
-
-
-def plan_col2im3d(input_shape: Any, output_size: IntOrTuple, kernel_size: IntOrTuple,
-                  *args: Any, **kwargs: Any) -> FoldPlan:
-    """A plan for `col2im3d`; see `plan_col2im`."""
-    return plan_fold(3, input_shape, output_size, kernel_size, *args, **kwargs)
 
 
 def enqueue_im2col(dev: Device, geometry: dict, batch: int, x: cla.Array, x_offset: int,
@@ -245,3 +155,38 @@ def enqueue_im2col(dev: Device, geometry: dict, batch: int, x: cla.Array, x_offs
     if index_t != "int":
         launch = Im2col(dev, geometry, x.dtype, index_t)
     launch(batch, x, x_offset, col, col_offset, l_start, ncols, ld=ld, batch_stride=batch_stride)
+
+
+# The public per-dimension functions (clconv.ops.dims): one template each, nd bound.
+
+im2col1d, im2col, im2col3d = per_dimensions(
+    unfold, ("im2col1d", "im2col", "im2col3d"),
+    ("""1-d im2col: (N, C, L_in) -> (N, C*k, L), or unbatched (C, L_in) -> (C*k, L). Row c*k + i
+    holds x[c, l*stride + i*dilation - padding] (zero outside).""",
+     """Unfolds (N, C, H, W) -> (N, C*kh*kw, L), or unbatched (C, H, W) -> (C*kh*kw, L), exactly as
+    torch.nn.functional.unfold; L is the number of kernel positions. Zero padding.""",
+     """3-d im2col: (N, C, D, H, W) -> (N, C*kd*kh*kw, L), or unbatched (C, D, H, W); rows ordered
+    channel, then kernel offsets (kd, kh, kw) row-major; columns the positions (od, oh, ow)."""),
+    batched=("input",))
+
+col2im1d, col2im, col2im3d = per_dimensions(
+    fold, ("col2im1d", "col2im", "col2im3d"),
+    ("""1-d col2im, the adjoint of im2col1d: (N, C*k, L) -> (N, C, output_size), or unbatched.""",
+     """Folds (N, C*kh*kw, L) -> (N, C, H, W), or unbatched (C*kh*kw, L) -> (C, H, W), summing the
+    overlapping entries, exactly as torch.nn.functional.fold; (H, W) = output_size.""",
+     """3-d col2im, the adjoint of im2col3d: (N, C*kd*kh*kw, L) -> (N, C, D, H, W), or unbatched."""),
+    batched=("input",), ndim=3)
+
+plan_im2col1d, plan_im2col, plan_im2col3d = per_dimensions(
+    plan_unfold, ("plan_im2col1d", "plan_im2col", "plan_im2col3d"),
+    ("""A plan for `im2col1d`; see `plan_im2col`.""",
+     """A plan for `im2col` on the current device: input_shape, kernel_size, then dilation, padding,
+    stride and keyword dtype; `plan(x, out=None)` enqueues.""",
+     """A plan for `im2col3d`; see `plan_im2col`."""))
+
+plan_col2im1d, plan_col2im, plan_col2im3d = per_dimensions(
+    plan_fold, ("plan_col2im1d", "plan_col2im", "plan_col2im3d"),
+    ("""A plan for `col2im1d`; see `plan_col2im`.""",
+     """A plan for `col2im` on the current device: input_shape (N, C*kh*kw, L), output_size,
+    kernel_size, then dilation, padding, stride and keyword dtype; `plan(cols, out=None)`.""",
+     """A plan for `col2im3d`; see `plan_col2im`."""))
