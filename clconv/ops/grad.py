@@ -27,11 +27,12 @@ import pyopencl.array as cla
 from ..blas import clblast
 from ..blas.engine import gemm_engine
 from ..runtime.device import Device, current_device
-from ..runtime.group import splits_batch
 from ..runtime.memory import column_buffer, resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
 from .conv_algorithms import ColumnPlan
+from .dims import per_dimensions
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
+from .grad_paths import weight_grad_route
 from .launch import Im2col
 from .plan import Plan, cached_plan, shape_of
 from .transpose import Adjoint
@@ -39,79 +40,6 @@ from .transpose import Adjoint
 __all__ = ["InputGradPlan", "WeightGradPlan", "conv1d_input", "conv1d_weight", "conv2d_input",
            "conv2d_weight", "conv3d_input", "conv3d_weight", "enqueue_bias_grad", "plan_conv_input",
            "plan_conv_weight", "plan_weight_grad", "WeightGrad"]
-
-
-@splits_batch("grad_output", ndim=3, sizes=("input_size",))
-def conv1d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
-                 stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                 groups: int = 1, *, padding_mode: str = "zeros",
-                 workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
-    """Gradient of conv1d w.r.t. its input (N, C_in, L); arguments as `conv2d_input`."""
-    return _input_grad(1, input_size, weight, grad_output, stride, padding, dilation, groups,
-                       padding_mode, workspace_limit, out)
-
-
-@splits_batch("grad_output", ndim=4, sizes=("input_size",))
-def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
-                 stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                 groups: int = 1, *, padding_mode: str = "zeros",
-                 workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
-    """Gradient of conv2d w.r.t. its input, as torch.nn.grad.conv2d_input.
-
-    input_size: the input's shape (N, C_in, H, W); weight (C_out, C_in/groups, kh, kw); grad_output
-    (N, C_out, H_out, W_out), exactly the output shape of that convolution. Convolution arguments as
-    `clconv.conv2d`. Returns (N, C_in, H, W): numpy for a numpy grad_output, else a pyopencl Array.
-    """
-    return _input_grad(2, input_size, weight, grad_output, stride, padding, dilation, groups,
-                       padding_mode, workspace_limit, out)
-
-
-@splits_batch("grad_output", ndim=5, sizes=("input_size",))
-def conv3d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
-                 stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                 groups: int = 1, *, padding_mode: str = "zeros",
-                 workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
-    """Gradient of conv3d w.r.t. its input (N, C_in, D, H, W); arguments as `conv2d_input`."""
-    return _input_grad(3, input_size, weight, grad_output, stride, padding, dilation, groups,
-                       padding_mode, workspace_limit, out)
-
-
-@splits_batch("input", "grad_output", ndim=3, reduce="sum")
-def conv1d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
-                  stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                  groups: int = 1, *, padding_mode: str = "zeros",
-                  workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
-    """Gradient of conv1d w.r.t. its weight (C_out, C_in/groups, k); as `conv2d_weight`."""
-    return _weight_grad(1, input, weight_size, grad_output, stride, padding, dilation, groups,
-                        padding_mode, workspace_limit, out)
-
-
-@splits_batch("input", "grad_output", ndim=4, reduce="sum")
-def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
-                  stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                  groups: int = 1, *, padding_mode: str = "zeros",
-                  workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
-    """Gradient of conv2d w.r.t. its weight, as torch.nn.grad.conv2d_weight.
-
-    input (N, C_in, H, W); weight_size: the weight's shape (C_out, C_in/groups, kh, kw); grad_output
-    (N, C_out, H_out, W_out), exactly the output shape of that convolution. Summed over the batch
-    (zeros for N = 0). workspace_limit: bytes the column buffer (and the per-image partial sums)
-    may take, as for `clconv.conv2d` (None: the device's default; capped at its largest
-    allocation); the work is split to fit, and a limit that cannot hold one column of the im2col
-    matrix is a MemoryError. Returns weight_size: numpy for a numpy input, else a pyopencl Array.
-    """
-    return _weight_grad(2, input, weight_size, grad_output, stride, padding, dilation, groups,
-                        padding_mode, workspace_limit, out)
-
-
-@splits_batch("input", "grad_output", ndim=5, reduce="sum")
-def conv3d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
-                  stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                  groups: int = 1, *, padding_mode: str = "zeros",
-                  workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
-    """Gradient of conv3d w.r.t. its weight (C_out, C_in/groups, kd, kh, kw); as `conv2d_weight`."""
-    return _weight_grad(3, input, weight_size, grad_output, stride, padding, dilation, groups,
-                        padding_mode, workspace_limit, out)
 
 
 def _size_arg(value: Any, nd: int, name: str, layout: str) -> tuple[int, ...]:
@@ -136,34 +64,42 @@ def _check_grad_output(geo: ConvGeometry, grad_shape: Sequence[int], what: str) 
                          f"(for {what}), got {shape}")
 
 
-def _input_grad(nd: int, input_size: Any, weight: Any, grad_output: Any, stride: Any,
-                padding: Any, dilation: Any, groups: Any, padding_mode: Any, workspace_limit: Any,
-                out: Any) -> ArrayLike:
+def _input_grad(nd: int, input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
+                stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
+                groups: int = 1, *, padding_mode: str = "zeros",
+                workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
+    """conv{nd}d_input (the template of the public functions at the end of the module)."""
     dev = current_device()
     dtype = result_dtype(dev, weight=weight, grad_output=grad_output)
     size = _size_arg(input_size, nd, "input_size", "(N, C_in, *spatial)")
-    w_shape, g_shape = shape_of(weight), shape_of(grad_output)
-    plan = cached_plan(dev, ("input_grad", nd, size, w_shape, g_shape, dtype, stride, padding,
-                             dilation, groups, padding_mode, workspace_limit),
-                       lambda: InputGradPlan(dev, nd, size, w_shape, g_shape, stride, padding,
-                                             dilation, groups, padding_mode, dtype,
-                                             workspace_limit))
-    return plan._execute({"weight": weight, "grad_output": grad_output}, out, check=False)
+    return _cached_grad(dev, "input_grad", InputGradPlan, nd,
+                        (size, shape_of(weight), shape_of(grad_output)), dtype,
+                        (stride, padding, dilation, groups, padding_mode), workspace_limit,
+                        {"weight": weight, "grad_output": grad_output}, out)
 
 
-def _weight_grad(nd: int, input: Any, weight_size: Any, grad_output: Any, stride: Any,
-                 padding: Any, dilation: Any, groups: Any, padding_mode: Any,
-                 workspace_limit: Any, out: Any) -> ArrayLike:
+def _weight_grad(nd: int, input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
+                 stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
+                 groups: int = 1, *, padding_mode: str = "zeros",
+                 workspace_limit: int | None = None, out: ArrayLike | None = None) -> ArrayLike:
+    """conv{nd}d_weight (the template of the public functions at the end of the module)."""
     dev = current_device()
     dtype = result_dtype(dev, input=input, grad_output=grad_output)
     size = _size_arg(weight_size, nd, "weight_size", "(C_out, C_in/groups, *kernel)")
-    x_shape, g_shape = shape_of(input), shape_of(grad_output)
-    plan = cached_plan(dev, ("weight_grad", nd, x_shape, size, g_shape, dtype, stride, padding,
-                             dilation, groups, padding_mode, workspace_limit),
-                       lambda: WeightGradPlan(dev, nd, x_shape, size, g_shape, stride, padding,
-                                              dilation, groups, padding_mode, dtype,
-                                              workspace_limit))
-    return plan._execute({"input": input, "grad_output": grad_output}, out, check=False)
+    return _cached_grad(dev, "weight_grad", WeightGradPlan, nd,
+                        (shape_of(input), size, shape_of(grad_output)), dtype,
+                        (stride, padding, dilation, groups, padding_mode), workspace_limit,
+                        {"input": input, "grad_output": grad_output}, out)
+
+
+def _cached_grad(dev: Device, kind: str, plan_class: Any, nd: int, shapes: tuple, dtype: np.dtype,
+                 conv_args: tuple, workspace_limit: int | None, operands: dict[str, Any],
+                 out: Any) -> ArrayLike:
+    """Runs the functional API's cached gradient plan (made on first use): `shapes` the plan's
+    three shapes, `conv_args` (stride, padding, dilation, groups, padding_mode)."""
+    plan = cached_plan(dev, (kind, nd, *shapes, dtype, *conv_args, workspace_limit),
+                       lambda: plan_class(dev, nd, *shapes, *conv_args, dtype, workspace_limit))
+    return plan._execute(operands, out, check=False)
 
 
 def plan_conv_input(nd: int, input_size: Sequence[int], weight_shape: Sequence[int],
@@ -323,6 +259,12 @@ class WeightGrad:
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
                              geo.batch * geo.out_channels * geo.out_spatial,
                              self.workspace_bytes // self.dtype.itemsize)
+        # A direct kernel instead of im2col + GEMM (depthwise), if any.
+        self.route = weight_grad_route(dev, geo, self.dtype, limit)
+        if self.route is not None:
+            self.workspace_bytes = self.route.workspace_bytes
+            self.im2col = None
+            return
         self.im2col = None if geo.is_pointwise or not geo.batch else \
             Im2col(dev, geo.defines(), dtype, index_t)
 
@@ -331,6 +273,9 @@ class WeightGrad:
         if plan is None:
             with dev.lock:  # pyopencl's fill kernel is shared per context
                 out.fill(0)
+            return
+        if self.route is not None:
+            self.route.run(x, g, out)
             return
         gemm = self.gemm
         mg, kg, l = geo.cout_per_group, geo.cin_per_group * geo.ksize, geo.out_spatial
@@ -406,41 +351,47 @@ def enqueue_bias_grad(dev: Device, g: cla.Array, out: cla.Array, batch: int, cha
         gemm.gemm(dev, 1, channels, batch, ones, 0, 0, partial, 0, 0, out, out_off, 0)
 
 
-def plan_conv1d_input(input_size: Sequence[int], weight_shape: Sequence[int],
-                      *args: Any, **kwargs: Any) -> InputGradPlan:
-    """A plan for `conv1d_input`; see `plan_conv2d_input`."""
-    return plan_conv_input(1, input_size, weight_shape, *args, **kwargs)
+# The public per-dimension functions (clconv.ops.dims): one template each, nd bound.
 
+conv1d_input, conv2d_input, conv3d_input = per_dimensions(
+    _input_grad, ("conv1d_input", "conv2d_input", "conv3d_input"),
+    ("""Gradient of conv1d w.r.t. its input (N, C_in, L); arguments as `conv2d_input`.""",
+     """Gradient of conv2d w.r.t. its input, as torch.nn.grad.conv2d_input.
 
-def plan_conv2d_input(input_size: Sequence[int], weight_shape: Sequence[int],
-                      *args: Any, **kwargs: Any) -> InputGradPlan:
-    """A plan for `conv2d_input` on the current device: input_size (N, C_in, H, W), weight_shape,
+    input_size: the input's shape (N, C_in, H, W); weight (C_out, C_in/groups, kh, kw); grad_output
+    (N, C_out, H_out, W_out), exactly the output shape of that convolution. Convolution arguments as
+    `clconv.conv2d`. Returns (N, C_in, H, W): numpy for a numpy grad_output, else a pyopencl Array.
+    """,
+     """Gradient of conv3d w.r.t. its input (N, C_in, D, H, W); arguments as `conv2d_input`."""),
+    batched=("grad_output",), sizes=("input_size",))
+
+conv1d_weight, conv2d_weight, conv3d_weight = per_dimensions(
+    _weight_grad, ("conv1d_weight", "conv2d_weight", "conv3d_weight"),
+    ("""Gradient of conv1d w.r.t. its weight (C_out, C_in/groups, k); as `conv2d_weight`.""",
+     """Gradient of conv2d w.r.t. its weight, as torch.nn.grad.conv2d_weight.
+
+    input (N, C_in, H, W); weight_size: the weight's shape (C_out, C_in/groups, kh, kw); grad_output
+    (N, C_out, H_out, W_out), exactly the output shape of that convolution. Summed over the batch
+    (zeros for N = 0). workspace_limit: bytes the column buffer (and the per-image partial sums)
+    may take, as for `clconv.conv2d` (None: the device's default; capped at its largest
+    allocation); the work is split to fit, and a limit that cannot hold one column of the im2col
+    matrix is a MemoryError. Returns weight_size: numpy for a numpy input, else a pyopencl Array.
+    """,
+     """Gradient of conv3d w.r.t. its weight (C_out, C_in/groups, kd, kh, kw); as `conv2d_weight`."""),
+    batched=("input", "grad_output"), reduce="sum")
+
+plan_conv1d_input, plan_conv2d_input, plan_conv3d_input = per_dimensions(
+    plan_conv_input, ("plan_conv1d_input", "plan_conv2d_input", "plan_conv3d_input"),
+    ("""A plan for `conv1d_input`; see `plan_conv2d_input`.""",
+     """A plan for `conv2d_input` on the current device: input_size (N, C_in, H, W), weight_shape,
     then stride, padding, dilation, groups and keywords padding_mode, workspace_limit, dtype;
-    `plan(weight, grad_output, out=None)` enqueues."""
-    return plan_conv_input(2, input_size, weight_shape, *args, **kwargs)
+    `plan(weight, grad_output, out=None)` enqueues.""",
+     """A plan for `conv3d_input`; see `plan_conv2d_input`."""))
 
-
-def plan_conv3d_input(input_size: Sequence[int], weight_shape: Sequence[int],
-                      *args: Any, **kwargs: Any) -> InputGradPlan:
-    """A plan for `conv3d_input`; see `plan_conv2d_input`."""
-    return plan_conv_input(3, input_size, weight_shape, *args, **kwargs)
-
-
-def plan_conv1d_weight(input_shape: Sequence[int], weight_size: Sequence[int],
-                       *args: Any, **kwargs: Any) -> WeightGradPlan:
-    """A plan for `conv1d_weight`; see `plan_conv2d_weight`."""
-    return plan_conv_weight(1, input_shape, weight_size, *args, **kwargs)
-
-
-def plan_conv2d_weight(input_shape: Sequence[int], weight_size: Sequence[int],
-                       *args: Any, **kwargs: Any) -> WeightGradPlan:
-    """A plan for `conv2d_weight` on the current device: input_shape (N, C_in, H, W), weight_size,
+plan_conv1d_weight, plan_conv2d_weight, plan_conv3d_weight = per_dimensions(
+    plan_conv_weight, ("plan_conv1d_weight", "plan_conv2d_weight", "plan_conv3d_weight"),
+    ("""A plan for `conv1d_weight`; see `plan_conv2d_weight`.""",
+     """A plan for `conv2d_weight` on the current device: input_shape (N, C_in, H, W), weight_size,
     then stride, padding, dilation, groups and keywords padding_mode, workspace_limit, dtype;
-    `plan(input, grad_output, out=None)` enqueues."""
-    return plan_conv_weight(2, input_shape, weight_size, *args, **kwargs)
-
-
-def plan_conv3d_weight(input_shape: Sequence[int], weight_size: Sequence[int],
-                       *args: Any, **kwargs: Any) -> WeightGradPlan:
-    """A plan for `conv3d_weight`; see `plan_conv2d_weight`."""
-    return plan_conv_weight(3, input_shape, weight_size, *args, **kwargs)
+    `plan(input, grad_output, out=None)` enqueues.""",
+     """A plan for `conv3d_weight`; see `plan_conv2d_weight`."""))

@@ -27,69 +27,18 @@ import pyopencl.array as cla
 from ..blas import clblast
 from ..blas.engine import gemm_engine
 from ..runtime.device import Device, current_device
-from ..runtime.group import splits_batch
 from ..runtime.memory import column_buffer, empty, resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
 from .activation import Activation, ActivationArg, normalize_activation
+from .dims import per_dimensions
 from .geometry import ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_groups
+from .grad_paths import adjoint_route, phase_col2im
 from .launch import Col2im, Epilogue, PadAdjoint
 from .plan import Plan, cached_plan, shape_of
 
 __all__ = ["Adjoint", "TransposePlan", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
            "plan_conv_transpose", "plan_conv_transpose1d", "plan_conv_transpose2d",
            "plan_conv_transpose3d", "transpose_geometry", "transpose_output_size"]
-
-
-@splits_batch("input", "residual", ndim=3)
-def conv_transpose1d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
-                     stride: IntOrTuple = 1, padding: IntOrTuple = 0,
-                     output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1, *, activation: ActivationArg = None,
-                     residual: ArrayLike | None = None, workspace_limit: int | None = None,
-                     out: ArrayLike | None = None) -> ArrayLike:
-    """1-d transposed convolution: input (N, C_in, L) or (C_in, L), weight (C_in, C_out/groups, k)
-    -> (N, C_out, L_out). Arguments as `conv_transpose2d`."""
-    return _transpose(1, input, weight, bias, stride, padding, output_padding, groups, dilation,
-                      workspace_limit, out, activation, residual)
-
-
-@splits_batch("input", "residual", ndim=4)
-def conv_transpose2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
-                     stride: IntOrTuple = 1, padding: IntOrTuple = 0,
-                     output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1, *, activation: ActivationArg = None,
-                     residual: ArrayLike | None = None, workspace_limit: int | None = None,
-                     out: ArrayLike | None = None) -> ArrayLike:
-    """2-d transposed convolution with torch.nn.functional.conv_transpose2d's semantics.
-
-    input (N, C_in, H, W) or unbatched (C_in, H, W); weight (C_in, C_out/groups, kh, kw); bias
-    (C_out,) or None. stride, dilation: int or pair (>= 1); padding: int or pair (>= 0), the zero
-    padding of the forward convolution this is the adjoint of (it crops the output); output_padding:
-    int or pair, extra size added on the trailing side, smaller than the stride or the dilation.
-    activation, residual: as conv2d's (y = act(conv_transpose(x) + bias + residual), residual of
-    the output's shape), applied in one pass over the output after col2im.
-    workspace_limit: bytes of column buffer (as conv2d's; the work is split to fit); out: an array
-    to write the result into (as conv2d's).
-    Output size per dim: (in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1.
-    numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device.
-    Returns (N, C_out, H_out, W_out).
-    """
-    return _transpose(2, input, weight, bias, stride, padding, output_padding, groups, dilation,
-                      workspace_limit, out, activation, residual)
-
-
-@splits_batch("input", "residual", ndim=5)
-def conv_transpose3d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
-                     stride: IntOrTuple = 1, padding: IntOrTuple = 0,
-                     output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1, *, activation: ActivationArg = None,
-                     residual: ArrayLike | None = None, workspace_limit: int | None = None,
-                     out: ArrayLike | None = None) -> ArrayLike:
-    """3-d transposed convolution: input (N, C_in, D, H, W) or unbatched, weight (C_in,
-    C_out/groups, kd, kh, kw) -> (N, C_out, D_out, H_out, W_out). Arguments as
-    `conv_transpose2d`."""
-    return _transpose(3, input, weight, bias, stride, padding, output_padding, groups, dilation,
-                      workspace_limit, out, activation, residual)
 
 
 def transpose_output_size(in_size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
@@ -144,9 +93,12 @@ def transpose_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequen
                         stride_t, dilation_t, padding_t, pad_hi, tuple(in_size))
 
 
-def _transpose(nd: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
-               output_padding: Any, groups: Any, dilation: Any, workspace_limit: Any,
-               out: Any, activation: Any = None, residual: Any = None) -> ArrayLike:
+def _transpose(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
+               stride: IntOrTuple = 1, padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+               groups: int = 1, dilation: IntOrTuple = 1, *, activation: ActivationArg = None,
+               residual: ArrayLike | None = None, workspace_limit: int | None = None,
+               out: ArrayLike | None = None) -> ArrayLike:
+    """conv_transpose{nd}d (the template of the public functions at the end of the module)."""
     dev = current_device()
     extra = {} if residual is None else {"residual": residual}
     dtype = result_dtype(dev, input=input, weight=weight, bias=bias, **extra)
@@ -185,29 +137,6 @@ def plan_conv_transpose(nd: int, input_shape: Sequence[int], weight_shape: Seque
     return TransposePlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding,
                          output_padding, groups, dilation, np.dtype(dtype), workspace_limit,
                          activation=activation, residual_shape=r_shape)
-
-
-def plan_conv_transpose1d(input_shape: Sequence[int], weight_shape: Sequence[int],
-                          bias: bool = True, *args: Any, **kwargs: Any) -> TransposePlan:
-    """A plan for `conv_transpose1d`; see `plan_conv_transpose2d`."""
-    return plan_conv_transpose(1, input_shape, weight_shape, bias, *args, **kwargs)
-
-
-def plan_conv_transpose2d(input_shape: Sequence[int], weight_shape: Sequence[int],
-                          bias: bool = True, *args: Any, **kwargs: Any) -> TransposePlan:
-    """A plan for `conv_transpose2d` on the current device, made once; `plan(x, weight, bias=None,
-    out=None)` then only enqueues. input_shape (N, C_in, H, W) or unbatched, weight_shape (C_in,
-    C_out/groups, kh, kw); bias: whether calls pass one (a plan with one also runs with None);
-    then stride, padding, output_padding, groups, dilation as `conv_transpose2d`, and keywords
-    activation (as conv_transpose2d's), residual (whether calls pass one: `plan(x, weight, bias,
-    residual=r)`), workspace_limit (bytes of column buffer; the work is split to fit) and dtype."""
-    return plan_conv_transpose(2, input_shape, weight_shape, bias, *args, **kwargs)
-
-
-def plan_conv_transpose3d(input_shape: Sequence[int], weight_shape: Sequence[int],
-                          bias: bool = True, *args: Any, **kwargs: Any) -> TransposePlan:
-    """A plan for `conv_transpose3d`; see `plan_conv_transpose2d`."""
-    return plan_conv_transpose(3, input_shape, weight_shape, bias, *args, **kwargs)
 
 
 class TransposePlan(Plan):
@@ -294,6 +223,12 @@ class Adjoint:
         itemsize = self.dtype.itemsize
         self.padded: Adjoint | None = None
         self.pad_adjoint: PadAdjoint | None = None
+        # A path without col2im (the forward machinery for stride 1, a depthwise kernel), if any.
+        self.route = adjoint_route(dev, geo, self.dtype, has_bias, limit, activation,
+                                   has_residual)
+        if self.route is not None:
+            self.workspace_bytes = self.route.workspace_bytes
+            return
         if geo.padding_mode != "zeros":
             # Adjoint of (pad, then convolve unpadded): the unpadded adjoint onto the padded grid,
             # then folded back.
@@ -327,6 +262,9 @@ class Adjoint:
                                  self.workspace_bytes // itemsize,
                                  geo.out_channels * geo.cin_per_group * geo.ksize)
             self.col2im = None if self.pointwise else Col2im(dev, geo.defines(), dtype, index_t)
+            if self.col2im is not None and self.col_chunk == geo.out_spatial:
+                # Whole images' columns: the phase-wise gather (clconv.ops.grad_paths).
+                self.col2im = phase_col2im(dev, geo, self.dtype, index_t) or self.col2im
         # Bias, residual and activation: one pass over the output once col2im has summed it
         # (col2im may add a range of columns at a time).
         tail = has_bias or has_residual or normalize_activation(activation) is not None
@@ -338,6 +276,9 @@ class Adjoint:
             residual: cla.Array | None = None) -> None:
         geo, dev = self.geo, self.dev
         if out.size == 0:
+            return
+        if self.route is not None:
+            self.route.run(y, w, b, out, residual)
             return
         if self.padded is not None:
             padded = empty(dev, self.padded_shape, out.dtype)
@@ -385,3 +326,41 @@ class Adjoint:
             if self.epilogue is not None:
                 self.epilogue(out, out_off, b, geo.batch, geo.in_channels, geo.in_spatial,
                               residual)
+
+
+# The public per-dimension functions (clconv.ops.dims): one template each, nd bound.
+
+conv_transpose1d, conv_transpose2d, conv_transpose3d = per_dimensions(
+    _transpose, ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
+    ("""1-d transposed convolution: input (N, C_in, L) or (C_in, L), weight (C_in, C_out/groups, k)
+    -> (N, C_out, L_out). Arguments as `conv_transpose2d`.""",
+     """2-d transposed convolution with torch.nn.functional.conv_transpose2d's semantics.
+
+    input (N, C_in, H, W) or unbatched (C_in, H, W); weight (C_in, C_out/groups, kh, kw); bias
+    (C_out,) or None. stride, dilation: int or pair (>= 1); padding: int or pair (>= 0), the zero
+    padding of the forward convolution this is the adjoint of (it crops the output); output_padding:
+    int or pair, extra size added on the trailing side, smaller than the stride or the dilation.
+    activation, residual: as conv2d's (y = act(conv_transpose(x) + bias + residual), residual of
+    the output's shape), applied in one pass over the output after col2im.
+    workspace_limit: bytes of column buffer (as conv2d's; the work is split to fit); out: an array
+    to write the result into (as conv2d's).
+    Output size per dim: (in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1.
+    numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device.
+    Returns (N, C_out, H_out, W_out).
+    """,
+     """3-d transposed convolution: input (N, C_in, D, H, W) or unbatched, weight (C_in,
+    C_out/groups, kd, kh, kw) -> (N, C_out, D_out, H_out, W_out). Arguments as
+    `conv_transpose2d`."""),
+    batched=("input", "residual"))
+
+plan_conv_transpose1d, plan_conv_transpose2d, plan_conv_transpose3d = per_dimensions(
+    plan_conv_transpose,
+    ("plan_conv_transpose1d", "plan_conv_transpose2d", "plan_conv_transpose3d"),
+    ("""A plan for `conv_transpose1d`; see `plan_conv_transpose2d`.""",
+     """A plan for `conv_transpose2d` on the current device, made once; `plan(x, weight, bias=None,
+    out=None)` then only enqueues. input_shape (N, C_in, H, W) or unbatched, weight_shape (C_in,
+    C_out/groups, kh, kw); bias: whether calls pass one (a plan with one also runs with None);
+    then stride, padding, output_padding, groups, dilation as `conv_transpose2d`, and keywords
+    activation (as conv_transpose2d's), residual (whether calls pass one: `plan(x, weight, bias,
+    residual=r)`), workspace_limit (bytes of column buffer; the work is split to fit) and dtype.""",
+     """A plan for `conv_transpose3d`; see `plan_conv_transpose2d`."""))

@@ -1,0 +1,408 @@
+// conv_grad_paths.cl: kernels of the gradient / transposed-convolution paths that avoid im2col and
+// col2im (clconv.ops.grad_paths).
+//
+// flip_transpose: the weight of the forward convolution that a stride-1 adjoint is: out (C_in,
+//   C_out/groups, *k) with out[g*cin_g + ci, co, t] = w[g*cout_g + co, ci, K - 1 - t] (t the
+//   flattened tap: reversing it flips every spatial dim). Sizes are arguments; NDRange (C_in):
+//   one work-item per output row block (cout_g filters, written contiguously; a 1x1 layer's
+//   transpose would otherwise be one element a work-item).
+// dw_weight_grad: the weight gradient of a 2-d depthwise convolution (GROUPS = C, COUT = C * m):
+//   dw[co, 0, kh, kw] = sum over n, oh, ow of g[n, co, oh, ow] * x[n, co / m, oh*SH - PH + kh*DH,
+//   ow*SW - PW + kw*DW]. One work-item per (co, kh): it walks the batch and the output rows and
+//   keeps the KW taps' sums in VW-lane vector accumulators over each row's interior (the outputs
+//   whose KW taps all lie inside the stored row: no bounds checks), the few edge outputs one by
+//   one. NDRange (COUT, KH), local size (1, 1).
+// dw_adjoint: the adjoint of a 2-d depthwise convolution (its input gradient, or a depthwise
+//   transposed convolution), gather form for any stride: per input row y of a plane n * C + ci, it finds the kernel rows kh whose (y + PH - kh*DH) lies on the stride grid, then per
+//   column phase px (x = px + SW*i) the taps kw on the grid, each reading g column i + c[kw]
+//   (unit-stride runs); each output is summed in a register and written once (channel
+//   multipliers m > 1 add the later channels to it). The interior [i_in, i_out) of a phase, where
+//   every tap's column exists, runs without bounds checks. The row and column phases unroll (SH,
+//   SW <= 4), so with PH and PW fixed as defines (this kernel's program is per padding) each
+//   phase's taps are known at compile time. Deterministic, no atomics.
+//   One work-item per plane (its rows in turn: per-work-item costs dominate small planes);
+//   NDRange (batch * C), local size 1.
+//
+// Defines: REAL/ACC, INDEX_T (common.cl), KH/KW, SH/SW, DH/DW (the forward convolution's kernel
+// size, stride and dilation; 2-d only, ID = OD = KD = 1); -D VW lanes of dw_weight_grad's vectors
+// (4 or 8, default 8); dw_adjoint's program also fixes PH, PW as defines. Sizes (C, COUT, GROUPS, IH, IW, OH, OW, PH, PW) are the GEOMETRY_ARGS
+// arguments (RUNTIME_SIZES) of the forward convolution.
+
+#define RUNTIME_SIZES
+#include "common.cl"
+
+#ifndef VW
+#define VW 8
+#endif
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define VACC CAT(ACC, VW)
+#define VLOAD CAT(vload, VW)
+#define CONVERT_VACC CAT(convert_, VACC)
+
+#if SW == 1
+#define VEC_OK 1
+#define LOAD_STRIDED(p) CONVERT_VACC(VLOAD(0, p))
+#elif SW == 2 && VW == 4
+#define VEC_OK 1
+#define LOAD_STRIDED(p) CONVERT_VACC(vload8(0, p).even)
+#elif SW == 2 && VW == 8
+#define VEC_OK 1
+#define LOAD_STRIDED(p) CONVERT_VACC(vload16(0, p).even)
+#else
+#define VEC_OK 0
+#endif
+
+__kernel void flip_transpose(__global const REAL* restrict w, const long w_offset,
+                             __global REAL* restrict out, const long out_offset,
+                             const int cout_g, const int cin_g, const int ksize) {
+    const int gci = get_global_id(0);  // g * cin_g + ci: one output filter row block each
+    const int g = gci / cin_g, ci = gci - g * cin_g;
+    const __global REAL* src = w + w_offset + ((long)g * cout_g * cin_g + ci) * ksize;
+    __global REAL* dst = out + out_offset + (long)gci * cout_g * ksize;
+    for (int co = 0; co < cout_g; ++co) {
+        const __global REAL* f = src + (long)co * cin_g * ksize;
+        for (int t = 0; t < ksize; ++t) dst[co * ksize + t] = f[ksize - 1 - t];
+    }
+}
+
+__kernel void dw_weight_grad(__global const REAL* restrict x, const long x_offset,
+                             __global const REAL* restrict g, const long g_offset,
+                             __global REAL* restrict dw, const long dw_offset, const int batch,
+                             GEOMETRY_ARGS) {
+    const int co = get_global_id(0);
+    const int kh = get_global_id(1);
+    const int ci = co / (COUT / C);
+    // Interior: ow * SW - PW >= 0 and ow * SW - PW + (KW - 1) * DW <= IW - 1.
+    const int ow_lo = min((PW + SW - 1) / SW, OW);
+    const int num = IW - 1 - (KW - 1) * DW + PW;
+    const int ow_hi = max(min(num < 0 ? 0 : num / SW + 1, OW), ow_lo);
+#if SW == 1
+    const int ow_vec = ow_hi;  // the vector loop may end at the interior's end
+#else
+    const int ow_vec = ow_hi - 1;  // .even loads read one past the last tap: stop one earlier
+#endif
+    ACC acc[KW];
+#if VEC_OK
+    VACC vacc[KW];
+#endif
+#pragma unroll
+    for (int kw = 0; kw < KW; ++kw) {
+        acc[kw] = (ACC)0;
+#if VEC_OK
+        vacc[kw] = (VACC)0;
+#endif
+    }
+    for (int n = 0; n < batch; ++n) {
+        const __global REAL* gp = g + g_offset + ((idx_t)n * COUT + co) * OH * OW;
+        const __global REAL* xp = x + x_offset + ((idx_t)n * C + ci) * IH * IW;
+        for (int oh = 0; oh < OH; ++oh) {
+            const int ih = oh * SH - PH + kh * DH;
+            if (ih < 0 || ih >= IH) continue;
+            const __global REAL* gr = gp + (idx_t)oh * OW;
+            const __global REAL* xr = xp + (idx_t)ih * IW - PW;  // xr[ow * SW + kw * DW]
+            int ow = ow_lo;
+#if VEC_OK
+            for (; ow + VW <= ow_vec; ow += VW) {
+                const VACC gv = CONVERT_VACC(VLOAD(0, gr + ow));
+#pragma unroll
+                for (int kw = 0; kw < KW; ++kw)
+                    vacc[kw] = fma(gv, LOAD_STRIDED(xr + ow * SW + kw * DW), vacc[kw]);
+            }
+#endif
+            for (; ow < ow_hi; ++ow) {
+                const ACC gv = (ACC)gr[ow];
+#pragma unroll
+                for (int kw = 0; kw < KW; ++kw)
+                    acc[kw] = fma(gv, (ACC)xr[ow * SW + kw * DW], acc[kw]);
+            }
+            // The edges: outputs with a tap in the padding.
+            for (int e = 0; e < OW; ++e) {
+                if (e == ow_lo) e = ow_hi;
+                if (e >= OW) break;
+                const ACC gv = (ACC)gr[e];
+#pragma unroll
+                for (int kw = 0; kw < KW; ++kw) {
+                    const int iw = e * SW - PW + kw * DW;
+                    if (iw >= 0 && iw < IW) acc[kw] = fma(gv, (ACC)xr[iw + PW], acc[kw]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int kw = 0; kw < KW; ++kw) {
+        ACC s = acc[kw];
+#if VEC_OK
+        ACC lanes[VW];
+        CAT(vstore, VW)(vacc[kw], 0, lanes);
+        for (int l = 0; l < VW; ++l) s += lanes[l];
+#endif
+        dw[dw_offset + ((idx_t)co * KH + kh) * KW + kw] = (REAL)s;
+    }
+}
+
+#define MODP(a, s) ((((a) % (s)) + (s)) % (s))
+#define FLOORDIV(a, s) (((a) - MODP(a, s)) / (s))
+// Tap (kh, kw) reaches the rows of phase py / the columns of phase px (compile-time after unrolling:
+// PH, PW are defines for this kernel).
+#define ROW_ON(py, kh) (MODP((py) + PH - (kh) * DH, SH) == 0)
+#define COL_ON(px, kw) (MODP((px) + PW - (kw) * DW, SW) == 0)
+#define COL_SHIFT(px, kw) FLOORDIV((px) + PW - (kw) * DW, SW)
+
+__kernel void dw_adjoint(__global const REAL* restrict g, const long g_offset,
+                         __global const REAL* restrict w, const long w_offset,
+                         __global REAL* restrict out, const long out_offset, GEOMETRY_ARGS) {
+    const idx_t plane = get_global_id(0);  // n * C + ci
+    const int m = COUT / C;
+    const idx_t n = plane / C;
+    const int ci = plane % C;
+    for (int j = 0; j < m; ++j) {
+        const int co = ci * m + j;
+        const __global REAL* wp = w + w_offset + (idx_t)co * KH * KW;
+        const __global REAL* gp = g + g_offset + (n * COUT + co) * OH * OW;
+        REAL taps[KH][KW];
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh)
+#pragma unroll
+            for (int kw = 0; kw < KW; ++kw) taps[kh][kw] = wp[kh * KW + kw];
+        for (int y0 = 0; y0 < IH; y0 += SH) {
+#pragma unroll
+            for (int py = 0; py < SH; ++py) {
+                const int y = y0 + py;
+                if (y >= IH) break;
+                const int yy = y0 / SH;
+                // Kernel rows on this row phase's grid, their g rows and whether those exist.
+                const __global REAL* gr[KH];
+                bool rok[KH];
+                bool all_rows = true;
+#pragma unroll
+                for (int kh = 0; kh < KH; ++kh) {
+                    const int oh = yy + FLOORDIV(py + PH - kh * DH, SH);
+                    rok[kh] = ROW_ON(py, kh) && oh >= 0 && oh < OH;
+                    if (ROW_ON(py, kh) && !rok[kh]) all_rows = false;
+                    gr[kh] = gp + (idx_t)oh * OW;  // read only when rok[kh]
+                }
+                __global REAL* o = out + out_offset + (plane * IH + y) * IW;
+#pragma unroll
+                for (int px = 0; px < SW; ++px) {
+                    if (px >= IW) break;
+                    const int count = (IW - px + SW - 1) / SW;  // columns x = px + SW * i
+                    int i_in = 0, i_out = count;
+#pragma unroll
+                    for (int kw = 0; kw < KW; ++kw) {
+                        if (COL_ON(px, kw)) {
+                            i_in = max(i_in, -COL_SHIFT(px, kw));
+                            i_out = min(i_out, OW - COL_SHIFT(px, kw));
+                        }
+                    }
+                    if (!all_rows) i_in = i_out = count;  // edge rows: every column checked
+                    i_out = max(i_out, min(i_in, count));
+                    i_in = min(i_in, count);
+                    // Interior: every tap's row and column exist, no checks.
+                    for (int i = i_in; i < i_out; ++i) {
+                        ACC acc = j ? (ACC)o[px + SW * i] : (ACC)0;
+#pragma unroll
+                        for (int kh = 0; kh < KH; ++kh) {
+                            if (!ROW_ON(py, kh)) continue;
+#pragma unroll
+                            for (int kw = 0; kw < KW; ++kw)
+                                if (COL_ON(px, kw))
+                                    acc = fma((ACC)taps[kh][kw],
+                                              (ACC)gr[kh][i + COL_SHIFT(px, kw)], acc);
+                        }
+                        o[px + SW * i] = (REAL)acc;
+                    }
+                    // The rest, checked.
+                    for (int i = 0; i < count; ++i) {
+                        if (i == i_in) i = i_out;
+                        if (i >= count) break;
+                        ACC acc = j ? (ACC)o[px + SW * i] : (ACC)0;
+#pragma unroll
+                        for (int kh = 0; kh < KH; ++kh) {
+                            if (!rok[kh]) continue;
+#pragma unroll
+                            for (int kw = 0; kw < KW; ++kw) {
+                                const int ox = i + COL_SHIFT(px, kw);
+                                if (COL_ON(px, kw) && ox >= 0 && ox < OW)
+                                    acc = fma((ACC)taps[kh][kw], (ACC)gr[kh][ox], acc);
+                            }
+                        }
+                        o[px + SW * i] = (REAL)acc;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// The weight gradient of a dense (groups = 1) convolution as one packed GEMM (cl/gemm_packed.cl's
+// micro-kernel), dW (COUT x C*KH*KW) = G (COUT x N*L) @ X^T, with K = N * L the batch's output
+// positions: the images' products are summed inside the GEMM's K loop. Both operands are written
+// straight into the micro-kernel's packed layouts, so there is neither an im2col buffer nor a
+// transposed packing pass (the slow part of packing B = cols^T: one 8-long run per work-item):
+// wg_pack_g: A panels [ceil(COUT / MR)][N*L][MR] from g (N, COUT, L). NDRange (ceil(N*L / RUN),
+//   ceil(COUT / MR)), local size 1.
+// wg_pack_x: B panels [ceil(C*KH*KW / NR)][N*L][NR], column j = (ci*KH + kh)*KW + kw of row
+//   (n, oh, ow) = x[n, ci, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW] (0 in the padding); each
+//   work-item fills RUN rows of one panel, one column at a time, an output row's segment at a
+//   time: zeros, a strided copy of the image row, zeros (the bounds worked out once a segment).
+//   NDRange (ceil(N*L / RUN), ceil(C*KH*KW / NR)), local size 1.
+// -D MR, NR: the GEMM's tile (clconv.blas.packed.Tile); RUN: rows a work-item packs (256: fewer,
+// longer work-items; PoCL pays per work-group).
+#ifndef MR
+#define MR 6
+#endif
+#ifndef NR
+#define NR 16
+#endif
+#ifndef RUN
+#define RUN 256
+#endif
+
+__kernel void wg_pack_g(__global const REAL* restrict g, const long g_offset,
+                        __global REAL* restrict ap, const long ap_offset, const int m,
+                        const int l, const int k_total) {
+    const int kb = get_global_id(0) * RUN;
+    const int ip = get_global_id(1);
+    const int ke = min(kb + RUN, k_total);
+    __global REAL* dst = ap + ap_offset + (long)ip * k_total * MR;
+    int n = kb / l, li = kb - n * l;
+    for (int kk = kb; kk < ke; ++kk) {
+#pragma unroll
+        for (int r = 0; r < MR; ++r) {
+            const int row = ip * MR + r;
+            dst[(long)kk * MR + r] = row < m ? g[g_offset + ((long)n * m + row) * l + li]
+                                             : (REAL)0;
+        }
+        if (++li == l) {
+            li = 0;
+            ++n;
+        }
+    }
+}
+
+__kernel void wg_pack_x(__global const REAL* restrict x, const long x_offset,
+                        __global REAL* restrict bp, const long bp_offset, const int ncols,
+                        const int k_total, GEOMETRY_ARGS) {
+    const int kb = get_global_id(0) * RUN;
+    const int jp = get_global_id(1);
+    const int ke = min(kb + RUN, k_total);
+    __global REAL* dst = bp + bp_offset + (long)jp * k_total * NR;
+    const int l = OH * OW;
+    const int n0 = kb / l, l0 = kb - n0 * l;
+    const int oh0 = l0 / OW, ow0 = l0 - oh0 * OW;
+    for (int jj = 0; jj < NR; ++jj) {
+        const int j = jp * NR + jj;
+        if (j >= ncols) {
+            for (int kk = kb; kk < ke; ++kk) dst[(long)kk * NR + jj] = (REAL)0;
+            continue;
+        }
+        const int kw = j % KW, kh = (j / KW) % KH, ci = j / (KW * KH);
+        const int shift = kw * DW - PW;  // iw = ow * SW + shift
+        // Output columns whose iw lies in [0, IW): [ow_lo, ow_hi).
+        const int ow_lo = max(0, -FLOORDIV(shift, SW));
+        const int ow_hi = max(ow_lo, min(OW, FLOORDIV(IW - 1 - shift, SW) + 1));
+        int n = n0, oh = oh0, ow = ow0;
+        for (int kk = kb; kk < ke;) {
+            // One segment: the rest of output row (n, oh) within this run.
+            const int len = min(OW - ow, ke - kk);
+            __global REAL* d = dst + (long)kk * NR + jj;
+            const int ih = oh * SH - PH + kh * DH;
+            if (ih < 0 || ih >= IH) {
+                for (int o = 0; o < len; ++o) d[o * NR] = (REAL)0;
+            } else {
+                const __global REAL* src = x + x_offset + (((long)n * C + ci) * IH + ih) * IW +
+                                           shift;  // src[ow * SW]
+                const int lo = clamp(ow_lo - ow, 0, len), hi = clamp(ow_hi - ow, lo, len);
+                for (int o = 0; o < lo; ++o) d[o * NR] = (REAL)0;
+                for (int o = lo; o < hi; ++o) d[o * NR] = src[(ow + o) * SW];
+                for (int o = hi; o < len; ++o) d[o * NR] = (REAL)0;
+            }
+            kk += len;
+            ow += len;
+            if (ow == OW) {
+                ow = 0;
+                if (++oh == OH) {
+                    oh = 0;
+                    ++n;
+                }
+            }
+        }
+    }
+}
+
+// col2im_phase: col2im (cl/col2im.cl's result) in dw_adjoint's gather form, for transpose.Adjoint
+// when one image's columns are in the buffer at once: out[n, ci, y, x] = sum over the taps (kh, kw)
+// that reach (y, x) of col[n][(ci*KH + kh)*KW + kw][oh*OW + ow]. Row and column phases unroll
+// (SH, SW <= 4; PH, PW defines), so each phase's taps are compile-time and its interior runs
+// without checks; each output is written once (no zero fill, no atomics). One work-item per plane
+// n * C + ci; NDRange (batch * C), local size 1. Columns of image n at col_offset + n * C*KH*KW*L.
+__kernel void col2im_phase(__global const REAL* restrict col, const long col_offset,
+                           __global REAL* restrict out, const long out_offset, GEOMETRY_ARGS) {
+    const idx_t plane = get_global_id(0);  // n * C + ci
+    const idx_t l = (idx_t)OH * OW;
+    const __global REAL* cp = col + col_offset + plane * KH * KW * l;  // (n*C + ci)*KH*KW rows
+    for (int y0 = 0; y0 < IH; y0 += SH) {
+#pragma unroll
+        for (int py = 0; py < SH; ++py) {
+            const int y = y0 + py;
+            if (y >= IH) break;
+            const int yy = y0 / SH;
+            const __global REAL* gr[KH];  // tap (kh, kw), column ow: gr[kh][kw * l + ow]
+            bool rok[KH];
+            bool all_rows = true;
+#pragma unroll
+            for (int kh = 0; kh < KH; ++kh) {
+                const int oh = yy + FLOORDIV(py + PH - kh * DH, SH);
+                rok[kh] = ROW_ON(py, kh) && oh >= 0 && oh < OH;
+                if (ROW_ON(py, kh) && !rok[kh]) all_rows = false;
+                gr[kh] = cp + kh * KW * l + (idx_t)oh * OW;  // read only when rok[kh]
+            }
+            __global REAL* o = out + out_offset + (plane * IH + y) * IW;
+#pragma unroll
+            for (int px = 0; px < SW; ++px) {
+                if (px >= IW) break;
+                const int count = (IW - px + SW - 1) / SW;
+                int i_in = 0, i_out = count;
+#pragma unroll
+                for (int kw = 0; kw < KW; ++kw) {
+                    if (COL_ON(px, kw)) {
+                        i_in = max(i_in, -COL_SHIFT(px, kw));
+                        i_out = min(i_out, OW - COL_SHIFT(px, kw));
+                    }
+                }
+                if (!all_rows) i_in = i_out = count;
+                i_out = max(i_out, min(i_in, count));
+                i_in = min(i_in, count);
+                for (int i = i_in; i < i_out; ++i) {
+                    ACC acc = (ACC)0;
+#pragma unroll
+                    for (int kh = 0; kh < KH; ++kh) {
+                        if (!ROW_ON(py, kh)) continue;
+#pragma unroll
+                        for (int kw = 0; kw < KW; ++kw)
+                            if (COL_ON(px, kw)) acc += (ACC)gr[kh][kw * l + i + COL_SHIFT(px, kw)];
+                    }
+                    o[px + SW * i] = (REAL)acc;
+                }
+                for (int i = 0; i < count; ++i) {
+                    if (i == i_in) i = i_out;
+                    if (i >= count) break;
+                    ACC acc = (ACC)0;
+#pragma unroll
+                    for (int kh = 0; kh < KH; ++kh) {
+                        if (!rok[kh]) continue;
+#pragma unroll
+                        for (int kw = 0; kw < KW; ++kw) {
+                            const int ox = i + COL_SHIFT(px, kw);
+                            if (COL_ON(px, kw) && ox >= 0 && ox < OW)
+                                acc += (ACC)gr[kh][kw * l + ox];
+                        }
+                    }
+                    o[px + SW * i] = (REAL)acc;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+"""Gradient and transposed-convolution paths without im2col / col2im (cl/conv_grad_paths.cl).
+
+`transpose.Adjoint` (conv*d_input and conv_transpose*d) and `grad.WeightGrad` (conv*d_weight) ask
+`adjoint_route` / `weight_grad_route` at plan time for one of these, and fall back to their GEMM +
+im2col/col2im code when it returns None:
+
+- `ForwardAdjoint`: the adjoint of a stride-1 convolution (zeros padding, padding <= dilation *
+  (k - 1) on both sides) IS a forward convolution of y with the filters transposed per group
+  (C_in, C_out/groups, *k) and flipped, padded by dilation * (k - 1) - padding: it runs on the
+  forward 'auto' machinery (packed implicit GEMM, 1x1 GEMM, depthwise kernel, ...), bias,
+  activation and residual included. One small kernel flips the filters per call.
+- `DepthwiseAdjoint`: the adjoint of a strided 2-d depthwise convolution, a direct gather kernel.
+- `DepthwiseWeightGrad`: the weight gradient of a 2-d depthwise convolution, a reduction over the
+  batch and the output rows per (channel, kernel row) with vector accumulators.
+- `PhaseCol2im`: col2im for `transpose.Adjoint`'s GEMM path (strided adjoints, small grids) when a
+  whole image's columns are in the buffer: a gather per output with the taps of each row / column
+  phase known at compile time (ResNet-18's 7x7 stem: 12 ms -> see the bench; 3x3 s2 @56: 3 ms).
+- `PackedWeightGrad`: the weight gradient of a dense 1-d / 2-d convolution on clconv's packed GEMM
+  (PoCL): one GEMM over K = batch * output positions, both operands written straight into the
+  micro-kernel's packed layouts (no im2col buffer, no transposed packing: measured 3.4 of the 3.9
+  ms of ResNet-18's 64-channel 3x3 weight gradient on the old path).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cla
+
+from ..blas import packed
+from ..blas.engine import gemm_engine
+from ..runtime.device import Device
+from ..runtime.memory import column_buffer, empty
+from ..runtime.program import kernel
+from ..runtime.transfer import element_offset, index_type
+from .activation import ActivationArg, normalize_activation
+from .geometry import ConvGeometry
+from .launch import Epilogue, kernel_defines
+
+__all__ = [
+    "DepthwiseAdjoint",
+    "DepthwiseWeightGrad",
+    "ForwardAdjoint",
+    "PackedWeightGrad",
+    "PhaseCol2im",
+    "adjoint_route",
+    "forward_geometry",
+    "phase_col2im",
+    "weight_grad_route",
+]
+
+_SOURCE = "conv_grad_paths.cl"
+_MIN_FORWARD_SPATIAL = 28 * 28  # ForwardAdjoint for dense grids of at least this many positions
+
+
+def _float_work(dtype: np.dtype) -> bool:
+    # The direct kernels accumulate in REAL: only for float32 / float64 work.
+    return np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def forward_geometry(geo: ConvGeometry) -> ConvGeometry | None:
+    """The forward convolution that the adjoint of the stride-1 convolution `geo` is (its input: y
+    (N, C_out, *out_size), its output (N, C_in, *in_size)), or None when `geo` is not such one."""
+    if geo.padding_mode != "zeros" or any(s != 1 for s in geo.stride) or geo.batch == 0:
+        return None
+    span = tuple(d * (k - 1) for d, k in zip(geo.dilation, geo.kernel))
+    if any(not 0 <= p <= e for p, e in zip(geo.pad_lo + geo.pad_hi, span + span)):
+        return None
+    return ConvGeometry(geo.nd, geo.batch, geo.out_channels, geo.in_channels, geo.groups,
+                        geo.out_size, geo.kernel, geo.stride, geo.dilation,
+                        tuple(e - p for e, p in zip(span, geo.pad_lo)),
+                        tuple(e - p for e, p in zip(span, geo.pad_hi)), geo.in_size)
+
+
+def _is_depthwise_2d(geo: ConvGeometry) -> bool:
+    return (geo.nd == 2 and geo.groups > 1 and geo.groups == geo.in_channels
+            and geo.padding_mode == "zeros" and geo.batch > 0)
+
+
+def adjoint_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool, limit: int,
+                  activation: ActivationArg = None,
+                  has_residual: bool = False) -> ForwardAdjoint | DepthwiseAdjoint | None:
+    """The fast path for `transpose.Adjoint(geo)`, or None (then GEMM + col2im)."""
+    if not _float_work(dtype):
+        return None
+    fgeo = forward_geometry(geo)
+    # Flipping the filters costs a pass over them per call, and the forward kernels do no
+    # better than GEMM + col2im on small grids for k > 1 (measured: 256ch 3x3 @14 0.84x, @7
+    # 1.04x, from @28 up faster); 1x1 (a transpose: MobileNetV2's 1.0-2.5x at every size) and
+    # depthwise filters (tiny) always.
+    if fgeo is not None and (geo.in_spatial >= _MIN_FORWARD_SPATIAL or geo.ksize == 1 or
+                             geo.groups == geo.in_channels):
+        return ForwardAdjoint(dev, geo, fgeo, dtype, has_bias, limit, activation, has_residual)
+    if _is_depthwise_2d(geo) and max(geo.stride) <= 4:
+        return DepthwiseAdjoint(dev, geo, dtype, has_bias, activation, has_residual)
+    return None
+
+
+def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype,
+                      limit: int) -> DepthwiseWeightGrad | PackedWeightGrad | None:
+    """The fast path for `grad.WeightGrad(geo)`, or None (then im2col + GEMM)."""
+    if not _float_work(dtype):
+        return None
+    # One work-item of the depthwise kernel loops over the whole batch's output positions (times
+    # the kernel's width): on a driver that silently ends long loops (Device.loop_limit: Mesa's
+    # llvmpipe) such layers keep the GEMM path, which splits its K under the limit.
+    limit_loops = getattr(dev, "loop_limit", None)
+    if _is_depthwise_2d(geo) and (limit_loops is None or
+                                  2 * geo.batch * geo.out_spatial * geo.kernel[-1] < limit_loops):
+        return DepthwiseWeightGrad(dev, geo, dtype)
+    # 1x1 stride-1 layers too: their old GEMM packs x transposed (MobileNetV2's: 1.0-1.45x).
+    if (geo.groups == 1 and geo.nd <= 2 and geo.padding_mode == "zeros" and geo.batch > 0
+            and gemm_engine(dev) is packed
+            and PackedWeightGrad.workspace(dev, geo, dtype) <= limit
+            and geo.batch * geo.out_spatial < 2**31 // max(geo.column_rows, geo.out_channels)):
+        return PackedWeightGrad(dev, geo, dtype)
+    return None
+
+
+class ForwardAdjoint:
+    """out (N, C_in, *in_size) = the adjoint of the stride-1 convolution `geo` applied to y, as the
+    forward convolution `fgeo` (`forward_geometry`) with the flipped, per-group transposed filters
+    (+ bias, residual, activation: the forward algorithm's epilogue)."""
+
+    def __init__(self, dev: Device, geo: ConvGeometry, fgeo: ConvGeometry, dtype: np.dtype,
+                 has_bias: bool, limit: int, activation: ActivationArg = None,
+                 has_residual: bool = False) -> None:
+        from .conv import _configure  # conv imports transpose, which imports this module
+        self.dev, self.geo = dev, geo
+        self.impl = _configure(dev, fgeo, "auto", dtype, dtype, has_bias,
+                               normalize_activation(activation), limit, has_residual)
+        self.algorithm = self.impl.name
+        self.workspace_bytes = self.impl.workspace_bytes
+        self.flipped = empty(dev, fgeo.weight_shape, dtype)
+        self.flip = kernel(dev, _SOURCE, "flip_transpose",
+                           kernel_defines({}, dtype, index_type(
+                               geo.out_channels * geo.cin_per_group * geo.ksize)))
+        self.flip_range = (geo.in_channels,)
+        self.flip_args = (np.int32(geo.cout_per_group), np.int32(geo.cin_per_group),
+                          np.int32(geo.ksize))
+
+    def run(self, y: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            residual: cla.Array | None = None) -> None:
+        dev = self.dev
+        with dev.lock:  # the flipped filters are the plan's: flip and convolve back to back
+            self.flip(dev.queue, self.flip_range, None, w.base_data,
+                      np.int64(element_offset(w)), self.flipped.base_data,
+                      np.int64(element_offset(self.flipped)), *self.flip_args)
+            if residual is None:
+                self.impl.run(y, self.flipped, b, out)
+            else:
+                self.impl.run(y, self.flipped, b, out, residual=residual)
+
+
+class DepthwiseAdjoint:
+    """out (N, C, H, W) = the adjoint of the 2-d depthwise convolution `geo` (weight (C*m, 1, kh,
+    kw)) applied to y (N, C*m, OH, OW), + bias, residual, activation (cl/epilogue.cl)."""
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
+                 activation: ActivationArg = None, has_residual: bool = False) -> None:
+        self.dev, self.geo = dev, geo
+        self.workspace_bytes = 0
+        index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
+                             geo.batch * geo.out_channels * geo.out_spatial)
+        d = geo.defines()  # the padding fixed: the phases' taps are then compile-time
+        self.kernel = kernel(dev, _SOURCE, "dw_adjoint",
+                             kernel_defines(geo.shape_defines(), dtype, index_t, PH=d["PH"],
+                                            PW=d["PW"]))
+        self.size_args = geo.size_args()
+        act = normalize_activation(activation)
+        self.epilogue = (Epilogue(dev, dtype, index_t, has_bias, act, has_residual)
+                         if has_bias or has_residual or act is not None else None)
+
+    def run(self, y: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            residual: cla.Array | None = None) -> None:
+        geo, dev = self.geo, self.dev
+        with dev.lock:
+            self.kernel(dev.queue, (geo.batch * geo.in_channels,), (1,),
+                        y.base_data, np.int64(element_offset(y)), w.base_data,
+                        np.int64(element_offset(w)), out.base_data,
+                        np.int64(element_offset(out)), *self.size_args)
+            if self.epilogue is not None:
+                self.epilogue(out, element_offset(out), b, geo.batch, geo.in_channels,
+                              geo.in_spatial, residual)
+
+
+class DepthwiseWeightGrad:
+    """out (C*m, 1, kh, kw) = the weight gradient of the 2-d depthwise convolution `geo` of x
+    (N, C, H, W) with output gradient g (N, C*m, OH, OW), summed over the batch."""
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype) -> None:
+        self.dev, self.geo = dev, geo
+        self.workspace_bytes = 0
+        index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
+                             geo.batch * geo.out_channels * geo.out_spatial)
+        vw = 8 if geo.out_size[1] >= 16 else 4
+        self.kernel = kernel(dev, _SOURCE, "dw_weight_grad",
+                             kernel_defines(geo.shape_defines(), dtype, index_t, VW=vw))
+        self.size_args = geo.size_args()
+
+    def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
+        geo, dev = self.geo, self.dev
+        with dev.lock:
+            self.kernel(dev.queue, (geo.out_channels, geo.kernel[0]), (1, 1), x.base_data,
+                        np.int64(element_offset(x)), g.base_data, np.int64(element_offset(g)),
+                        out.base_data, np.int64(element_offset(out)), np.int32(geo.batch),
+                        *self.size_args)
+
+
+_PACK_RUN = 256  # K rows each packing work-item writes (RUN of cl/conv_grad_paths.cl)
+
+
+class PackedWeightGrad:
+    """out (C_out, C_in, *k) = the weight gradient of the dense convolution `geo` of x (N, C_in,
+    *in_size) with output gradient g (N, C_out, *out_size): G (C_out x N*L) @ X^T (N*L x C_in*K)
+    on clconv's packed micro-kernel, operands packed from x and g directly (cl/conv_grad_paths.cl
+    wg_pack_g / wg_pack_x) into the device's column buffer (`workspace` bytes)."""
+
+    @staticmethod
+    def workspace(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> int:
+        m, n, k = geo.out_channels, geo.column_rows, geo.batch * geo.out_spatial
+        tile = packed.tile_for(dev, dtype, m, n, k)
+        return (tile.packed_a_size(m, k) + tile.packed_b_size(n, k)) * np.dtype(dtype).itemsize
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype) -> None:
+        self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        self.m, self.n, self.k = geo.out_channels, geo.column_rows, geo.batch * geo.out_spatial
+        self.tile = packed.tile_for(dev, dtype, self.m, self.n, self.k)
+        self.a_size = self.tile.packed_a_size(self.m, self.k)
+        self.b_size = self.tile.packed_b_size(self.n, self.k)
+        self.workspace_bytes = (self.a_size + self.b_size) * self.dtype.itemsize
+        index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
+                             geo.batch * geo.out_channels * geo.out_spatial)
+        defines = kernel_defines(geo.shape_defines(), dtype, index_t, MR=self.tile.mr,
+                                 NR=self.tile.nr, RUN=_PACK_RUN)
+        self.pack_g = kernel(dev, _SOURCE, "wg_pack_g", defines)
+        self.pack_x = kernel(dev, _SOURCE, "wg_pack_x", defines)
+        self.size_args = geo.size_args()
+        self.runs = -(-self.k // _PACK_RUN)
+
+    def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
+        dev, geo, tile = self.dev, self.geo, self.tile
+        with dev.lock:
+            work = column_buffer(dev, (self.a_size + self.b_size,), self.dtype)
+            w_off = element_offset(work)
+            self.pack_g(dev.queue, (self.runs, tile.a_panels(self.m)), (1, 1), g.base_data,
+                        np.int64(element_offset(g)), work.base_data, np.int64(w_off),
+                        np.int32(self.m), np.int32(geo.out_spatial), np.int32(self.k))
+            self.pack_x(dev.queue, (self.runs, tile.b_panels(self.n)), (1, 1), x.base_data,
+                        np.int64(element_offset(x)), work.base_data,
+                        np.int64(w_off + self.a_size), np.int32(self.n), np.int32(self.k),
+                        *self.size_args)
+            packed.enqueue_gemm(dev, tile, self.m, self.n, self.k, work, w_off, 0, work,
+                                w_off + self.a_size, 0, out, element_offset(out), 0, self.n)
+
+
+def phase_col2im(dev: Device, geo: ConvGeometry, dtype: np.dtype, index_t: str) -> PhaseCol2im | None:
+    """A `PhaseCol2im` for the 1-d / 2-d zero-padded adjoint `geo` (strides <= 4), else None."""
+    if geo.nd > 2 or geo.padding_mode != "zeros" or max(geo.stride) > 4 or not _float_work(dtype):
+        return None
+    return PhaseCol2im(dev, geo, dtype, index_t)
+
+
+class PhaseCol2im:
+    """cl/conv_grad_paths.cl col2im_phase, called as `launch.Col2im` is (whole images' columns
+    only: l_start 0, all columns, no accumulation)."""
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, index_t: str) -> None:
+        self.dev, self.geo = dev, geo
+        d = geo.defines()
+        self.kernel = kernel(dev, _SOURCE, "col2im_phase",
+                             kernel_defines(geo.shape_defines(), dtype, index_t, PH=d["PH"],
+                                            PW=d["PW"]))
+        self.size_args = geo.size_args()
+
+    def __call__(self, batch: int, col: cla.Array, col_offset: int, x: cla.Array, x_offset: int,
+                 l_start: int = 0, ncols: int | None = None, accumulate: bool = False) -> None:
+        if l_start != 0 or accumulate or (ncols is not None and ncols != self.geo.out_spatial):
+            raise ValueError("PhaseCol2im sums whole images' columns only")
+        if batch <= 0:
+            return
+        self.kernel(self.dev.queue, (batch * self.geo.in_channels,), (1,), col.base_data,
+                    np.int64(col_offset), x.base_data, np.int64(x_offset), *self.size_args)

@@ -1,0 +1,193 @@
+"""Gradients and transposed convolutions of every distinct ResNet-18 / MobileNetV2 convolution
+(224x224), clconv against torch CPU's autograd backward of the same convolution, fair method.
+
+    PYTHONPATH=. python examples/bench_grad.py [--net resnet18,mobilenet_v2] [--batch 1]
+        [--ops input,weight,transpose] [--rounds 5] [--block 3] [--torch-threads 2] [--only dw]
+
+Per layer (a forward conv2d x (N, C_in, H, W), W (C_out, C_in/g, k, k) -> y) and op:
+  input     clconv.plan_conv2d_input(...)(W, gy)         vs torch.autograd.grad(y, x, gy) (x alone
+            requires grad, so torch's convolution_backward computes only the input gradient)
+  weight    clconv.plan_conv2d_weight(...)(x, gy)        vs torch.autograd.grad(y, W, gy) (W alone)
+  transpose clconv.plan_conv_transpose2d(gy -> x's shape, the adjoint of the layer) vs
+            torch.nn.functional.conv_transpose2d of the same arguments
+torch's graph is built once (retain_graph=True): only the backward is timed.
+Method (issue 20, as examples/bench_layers.py): torch and clconv each in its own warm worker process
+(torch with --torch-threads threads, OMP_NUM_THREADS set), per layer and op --rounds rounds of
+alternating blocks of --block back-to-back calls, torch's then clconv's, a pause at each
+hand-over; a figure is the median over the rounds of a block's time per call; clconv's calls take
+device arrays and finish the queue after the block; ratio = torch / clconv (> 1: clconv faster).
+Each op's first call (plans, builds, 'auto''s measurements) is untimed. Families are named in the
+layer names (3x3 s1/s2, 1x1 s1/s2 'pw'/'ds', 'dw' depthwise, 'stem').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_layers import NETS
+
+_WORKER = r"""
+import sys, time, json
+kind, threads = sys.argv[1], int(sys.argv[2])
+layers = json.loads(sys.argv[3])
+def out_pad(h, k, s, p, oh):
+    return h - ((oh - 1) * s - 2 * p + (k - 1) + 1)
+if kind == "torch":
+    import torch
+    torch.set_num_threads(threads)
+    cache = {}
+    def make(i, op):
+        n, c, h, w, co, k, s, p, g = layers[i]
+        x = torch.randn(n, c, h, w, requires_grad=(op == "input"))
+        wt = torch.randn(co, c // g, k, k, requires_grad=(op == "weight"))
+        y = torch.nn.functional.conv2d(x, wt, None, s, p, 1, g)
+        gy = torch.randn(y.shape)
+        if op == "input":
+            return lambda: torch.autograd.grad(y, x, gy, retain_graph=True)
+        if op == "weight":
+            return lambda: torch.autograd.grad(y, wt, gy, retain_graph=True)
+        op_ = out_pad(h, k, s, p, y.shape[-1])
+        wd = wt.detach()
+        return lambda: torch.nn.functional.conv_transpose2d(gy, wd, None, s, p, op_, g)
+    def block(i, op, reps):
+        if (i, op) not in cache:
+            cache[(i, op)] = make(i, op)
+        f = cache[(i, op)]
+        t = time.perf_counter()
+        for _ in range(reps): f()
+        return (time.perf_counter() - t) / reps
+    print(json.dumps({}), flush=True)
+else:
+    import numpy as np, pyopencl.array as cla, clconv
+    dev = clconv.current_device(); q = dev.queue
+    rng = np.random.default_rng(0)
+    cache = {}
+    def arr(shape):
+        return cla.to_device(q, rng.standard_normal(shape).astype(np.float32))
+    def make(i, op):
+        n, c, h, w, co, k, s, p, g = layers[i]
+        oh = (h + 2 * p - k) // s + 1
+        x, wt, gy = arr((n, c, h, w)), arr((co, c // g, k, k)), arr((n, co, oh, oh))
+        if op == "input":
+            pl = clconv.plan_conv2d_input((n, c, h, w), (co, c // g, k, k), s, p, 1, g)
+            return lambda: pl(wt, gy)
+        if op == "weight":
+            pl = clconv.plan_conv2d_weight((n, c, h, w), (co, c // g, k, k), s, p, 1, g)
+            return lambda: pl(x, gy)
+        pl = clconv.plan_conv_transpose2d((n, co, oh, oh), (co, c // g, k, k), False, s, p,
+                                          out_pad(h, k, s, p, oh), g)
+        return lambda: pl(gy, wt)
+    def block(i, op, reps):
+        if (i, op) not in cache:
+            cache[(i, op)] = make(i, op)
+        f = cache[(i, op)]
+        t = time.perf_counter()
+        for _ in range(reps): f()
+        q.finish()
+        return (time.perf_counter() - t) / reps
+    print(json.dumps({"device": f"{dev.name} ({dev.platform_name} {dev.driver_version})"}),
+          flush=True)
+for line in sys.stdin:
+    i, op, reps = json.loads(line)
+    block(i, op, 1)  # the first call (plans, builds, measurements) untimed
+    print(json.dumps(block(i, op, reps)), flush=True)
+"""
+
+
+class Worker:
+    """A warm process running blocks of one layer's op on request (torch or clconv)."""
+
+    def __init__(self, kind: str, threads: int, layers: list[tuple[int, ...]],
+                 cache_dir: str | None = None) -> None:
+        env = dict(os.environ)
+        if kind == "torch":
+            env["OMP_NUM_THREADS"] = str(threads)
+        elif cache_dir is not None:
+            env["CLCONV_CACHE_DIR"] = cache_dir
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, kind, str(threads),
+                                      json.dumps(layers)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout is not None
+        self.header = json.loads(self.proc.stdout.readline())
+
+    def ask(self, *cmd: object) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return float(json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--net", default="resnet18,mobilenet_v2")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--ops", default="input,weight,transpose")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--block", type=int, default=3, help="back-to-back calls a block")
+    parser.add_argument("--pause", type=float, default=0.02, help="seconds at each hand-over")
+    parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--only", default="", help="keep layers whose name contains one of these")
+    args = parser.parse_args(argv)
+
+    named: list[tuple[str, tuple[int, ...]]] = []
+    for net in args.net.split(","):
+        for name, dims in NETS[net]():
+            if all(name != other for other, _ in named):
+                named.append((name, dims))
+    if args.only:
+        words = args.only.split(",")
+        named = [(n, d) for n, d in named if any(w in n for w in words)]
+    layers = [(args.batch, *d) for _, d in named]
+    ops = args.ops.split(",")
+    print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
+    fresh = tempfile.mkdtemp(prefix="clconv-bench-grad-")
+    torch_w = Worker("torch", args.torch_threads, layers)
+    clconv_w = Worker("clconv", args.torch_threads, layers, fresh)
+    print(f"device: {clconv_w.header['device']}; batch {args.batch}; fresh 'auto' choices")
+    print(f"method: torch autograd backward ({args.torch_threads} threads) and clconv in separate "
+          f"warm processes; per layer and op {args.rounds} rounds of alternating blocks of "
+          f"{args.block} back-to-back calls (pause {args.pause}s at each hand-over); median "
+          f"per-call time; ratio = torch / clconv")
+    ratios: dict[str, list[float]] = {op: [] for op in ops}
+    try:
+        for i, (name, _) in enumerate(named):
+            cells = []
+            for op in ops:
+                tt, tc = [], []
+                for _ in range(args.rounds):
+                    tt.append(torch_w.ask(i, op, args.block))
+                    time.sleep(args.pause)
+                    tc.append(clconv_w.ask(i, op, args.block))
+                    time.sleep(args.pause)
+                a, b = statistics.median(tt), statistics.median(tc)
+                ratios[op].append(a / b)
+                cells.append(f"{op} {a * 1e3:7.2f}/{b * 1e3:7.2f} ms {a / b:4.2f}x")
+            print(f"{name:<28} " + " | ".join(cells), flush=True)
+    finally:
+        torch_w.close()
+        clconv_w.close()
+        shutil.rmtree(fresh, ignore_errors=True)
+    for op, r in ratios.items():
+        if r:
+            geo = math.exp(sum(math.log(v) for v in r) / len(r))
+            print(f"geometric mean torch/clconv ({op}): {geo:.2f}x over {len(r)} layers "
+                  f"(min {min(r):.2f}x, max {max(r):.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

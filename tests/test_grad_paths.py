@@ -1,0 +1,217 @@
+"""The gradient / transposed-convolution paths without im2col or col2im (clconv.ops.grad_paths):
+the forward-convolution route of stride-1 adjoints (flipped, transposed filters), the direct
+depthwise adjoint (strided depthwise input gradients and transposed convolutions), the direct
+depthwise weight gradient and the dense weight gradient on the packed GEMM with operands packed
+from x and grad_output (PoCL), against the float64 oracle (``reference.py``) and torch.
+
+Each case first asserts which path the plan took, so that a change in the routing cannot leave a
+path untested. Shapes cover the kernels' edges: rows narrower and wider than a vector (the weight
+gradient's interior / edge split, stride-2 vector loads at a row's end), asymmetric padding
+('same' with an even kernel, a transposed convolution's output_padding), dilation, strides 2 and 3,
+channel multipliers, batches > 1, bias / activation / residual of the transposed convolutions.
+Tolerances: ``tolerance.py`` (reductions as in test_grad.py / test_conv_transpose.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+import pytest
+import reference as ref
+from helpers import import_torch, random_array
+from tolerance import assert_close, conv_magnitude
+
+from clconv.blas import packed as packed_engine
+from clconv.blas.engine import gemm_engine
+from clconv.ops import grad_paths
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+# (input shape, weight shape, conv arguments, the input gradient's expected path)
+FORWARD = "ForwardAdjoint"
+DW_ADJ = "DepthwiseAdjoint"
+GEMM = None
+CASES = {
+    "dense3x3": ((2, 3, 28, 30), (5, 3, 3, 3), {"padding": 1}, FORWARD),
+    "dense3x3-valid": ((1, 4, 30, 29), (3, 4, 3, 3), {}, FORWARD),
+    "dense-dilated": ((1, 2, 29, 28), (3, 2, 3, 3), {"padding": 2, "dilation": 2}, FORWARD),
+    "dense-same-even": ((1, 3, 28, 28), (2, 3, 4, 4), {"padding": "same"}, FORWARD),
+    "dense-groups": ((2, 4, 28, 28), (6, 2, 3, 3), {"padding": 1, "groups": 2}, FORWARD),
+    "1x1": ((2, 8, 28, 29), (5, 8, 1, 1), {}, FORWARD),
+    "1x1-small-grid-groups": ((2, 8, 5, 6), (6, 4, 1, 1), {"groups": 2}, FORWARD),
+    "1x1-s2": ((3, 7, 13, 11), (9, 7, 1, 1), {"stride": 2}, GEMM),
+    "stem-7x7-s2": ((2, 3, 23, 21), (8, 3, 7, 7), {"stride": 2, "padding": 3}, GEMM),
+    "dense-s2-many-cols": ((1, 12, 15, 16), (7, 12, 3, 3), {"stride": 2, "padding": 1}, GEMM),
+    "dense-small-grid": ((2, 4, 9, 9), (3, 4, 3, 3), {"padding": 1}, GEMM),
+    "dw-s1": ((2, 6, 9, 11), (6, 1, 3, 3), {"padding": 1, "groups": 6}, FORWARD),
+    "dw-s1-mult2": ((1, 4, 12, 37), (8, 1, 3, 3), {"padding": 1, "groups": 4}, FORWARD),
+    "dw-s2": ((2, 6, 9, 11), (6, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 6}, DW_ADJ),
+    "dw-s2-wide": ((1, 3, 8, 41), (3, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 3}, DW_ADJ),
+    "dw-s2-k5": ((1, 4, 13, 40), (4, 1, 5, 5), {"stride": 2, "padding": 2, "groups": 4}, DW_ADJ),
+    "dw-s3-dil2-mult2": ((2, 3, 14, 17), (6, 1, 3, 3),
+                         {"stride": 3, "padding": 1, "dilation": 2, "groups": 3}, DW_ADJ),
+    "dw-s2-nopad-narrow": ((1, 5, 6, 5), (5, 1, 3, 3), {"stride": 2, "groups": 5}, DW_ADJ),
+    "dw-s2-rect": ((1, 4, 17, 33), (4, 1, 3, 5), {"stride": (2, 1), "padding": (1, 2), "groups": 4},
+                   DW_ADJ),
+}
+DEPTHWISE = {name for name, (x, w, kw, _) in CASES.items()
+             if kw.get("groups", 1) > 1 and kw["groups"] == x[1]}
+
+
+def _route_name(route) -> str | None:
+    return None if route is None else type(route).__name__
+
+
+def _out_shape(x_shape, w_shape, kw):
+    return ref.conv_nd(np.zeros(x_shape), np.zeros(w_shape), None, **kw).shape
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_paths_taken(clconv, dev, case):
+    x_shape, w_shape, kw, path = CASES[case]
+    pi = clconv.plan_conv2d_input(x_shape, w_shape, **kw)
+    assert _route_name(pi.adjoint.route) == path
+    if path is GEMM and not (w_shape[2:] == (1, 1) and kw.get("stride", 1) == 1):
+        # the whole image's columns fit: col2im is the phase-wise gather
+        assert type(pi.adjoint.col2im).__name__ == "PhaseCol2im"
+    pw = clconv.plan_conv2d_weight(x_shape, w_shape, **kw)
+    packed = dev.cl_device.type & cl.device_type.CPU and gemm_engine(dev) is packed_engine
+    if case in DEPTHWISE:
+        want = "DepthwiseWeightGrad"
+    elif packed and kw.get("groups", 1) == 1:
+        want = "PackedWeightGrad"
+    else:
+        want = None
+    assert _route_name(pw.impl.route) == want
+
+
+@pytest.mark.parametrize("kind", ["numpy", "cl"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_grads_match_oracle(clconv, dev, rng, dtype, case, kind):
+    x_shape, w_shape, kw, _ = CASES[case]
+    x, w = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
+    g = random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)
+    wrap = (lambda a: cla.to_device(dev.queue, a)) if kind == "cl" else (lambda a: a)
+    gi = clconv.conv2d_input(x_shape, wrap(w), wrap(g), **kw)
+    gw = clconv.conv2d_weight(wrap(x), w_shape, wrap(g), **kw)
+    assert isinstance(gi, cla.Array if kind == "cl" else np.ndarray) and gi.dtype == dtype
+    groups = kw.get("groups", 1)
+    assert_close(gi, ref.conv_nd_input(x_shape, w, g, **kw), dtype,
+                 reduction=w_shape[0] // groups * math.prod(w_shape[2:]),
+                 magnitude=conv_magnitude(g, w))
+    assert_close(gw, ref.conv_nd_weight(x, w_shape, g, **kw), dtype,
+                 reduction=x_shape[0] * math.prod(g.shape[2:]), magnitude=conv_magnitude(g, x))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_grads_match_torch(clconv, dev, rng, case):
+    torch = import_torch()
+    x_shape, w_shape, kw, _ = CASES[case]
+    x, w = random_array(rng, x_shape), random_array(rng, w_shape)
+    g = random_array(rng, _out_shape(x_shape, w_shape, kw))
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = torch.from_numpy(w).requires_grad_()
+    y = torch.nn.functional.conv2d(xt, wt, None, **kw)
+    tgi, tgw = torch.autograd.grad(y, (xt, wt), torch.from_numpy(g))
+    groups = kw.get("groups", 1)
+    assert_close(clconv.conv2d_input(x_shape, w, g, **kw), tgi.numpy(), np.float32,
+                 reduction=w_shape[0] // groups * math.prod(w_shape[2:]),
+                 magnitude=conv_magnitude(g, w))
+    assert_close(clconv.conv2d_weight(x, w_shape, g, **kw), tgw.numpy(), np.float32,
+                 reduction=x_shape[0] * math.prod(g.shape[2:]), magnitude=conv_magnitude(g, x))
+
+
+# Transposed convolutions: (input shape, weight shape (C_in, C_out/groups, *k), arguments, path).
+TRANSPOSE_CASES = {
+    "dense-s1": ((2, 5, 28, 29), (5, 3, 3, 3), {"padding": 1}, FORWARD),
+    "dense-s1-dil-outpad": ((1, 4, 27, 28), (4, 2, 3, 3),
+                            {"padding": 1, "dilation": 2, "output_padding": 1}, FORWARD),
+    "dw-s1": ((2, 6, 10, 12), (6, 1, 3, 3), {"padding": 1, "groups": 6}, FORWARD),
+    "dw-s2-outpad": ((2, 6, 10, 12), (6, 1, 3, 3), {"stride": 2, "padding": 1, "output_padding": 1,
+                                                        "groups": 6}, DW_ADJ),
+    "dw-s2-mult2": ((1, 8, 7, 9), (8, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 4}, DW_ADJ),
+    "grouped-s2-gemm": ((1, 4, 7, 9), (4, 3, 3, 3), {"stride": 2, "padding": 1, "groups": 4}, GEMM),
+    "dense-s2-outpad": ((2, 5, 7, 8), (5, 3, 3, 3), {"stride": 2, "padding": 1, "output_padding": 1},
+                        GEMM),
+    "dense-s3-k4-dil": ((1, 4, 5, 6), (4, 2, 4, 3), {"stride": (3, 2), "padding": (2, 1),
+                                                         "dilation": (1, 2)}, GEMM),
+    "stem-like-k7-s2": ((1, 6, 9, 10), (6, 3, 7, 7), {"stride": 2, "padding": 3, "output_padding": 1},
+                        GEMM),
+}
+
+
+@pytest.mark.parametrize("bias_act_res", [(False, None, False), (True, "relu", True)],
+                         ids=["plain", "bias-relu-residual"])
+@pytest.mark.parametrize("case", sorted(TRANSPOSE_CASES))
+def test_conv_transpose_paths(clconv, dev, rng, dtype, case, bias_act_res):
+    x_shape, w_shape, kw, path = TRANSPOSE_CASES[case]
+    has_bias, act, has_res = bias_act_res
+    x, w = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
+    groups = kw.get("groups", 1)
+    b = random_array(rng, (w_shape[1] * groups,), dtype) if has_bias else None
+    want = ref.conv_transpose_nd(x, w, b, **kw)
+    r = random_array(rng, want.shape, dtype) if has_res else None
+    plan = clconv.plan_conv_transpose2d(x_shape, w_shape, has_bias, **kw, activation=act,
+                                        residual=has_res, dtype=dtype)
+    assert _route_name(plan.adjoint.route) == path
+    got = clconv.conv_transpose2d(x, w, b, **kw, activation=act, residual=r)
+    if has_res:
+        want = want + r
+    if act == "relu":
+        want = np.maximum(want, 0)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert_close(got, want, dtype, reduction=x_shape[1] // groups * math.prod(w_shape[2:]),
+                 magnitude=conv_magnitude(x, w, b) + (0 if r is None else np.abs(r).max()))
+
+
+def test_forward_geometry_is_the_adjoint(clconv):
+    """The forward geometry of a stride-1 adjoint maps y's grid back onto the input's exactly;
+    strided, non-zero padding modes and padding beyond dilation * (k - 1) get none."""
+    from clconv.ops.geometry import conv_geometry
+
+    geo = conv_geometry(2, (1, 3, 11, 10), (4, 3, 4, 3), 1, "same", (2, 1), 1, "zeros")
+    f = grad_paths.forward_geometry(geo)
+    assert f.in_size == geo.out_size and f.out_size == geo.in_size
+    assert (f.in_channels, f.out_channels) == (4, 3)
+    assert f.pad_lo == (6 - geo.pad_lo[0], 2 - geo.pad_lo[1])
+    assert f.pad_hi == (6 - geo.pad_hi[0], 2 - geo.pad_hi[1])
+    for args in ((2, 1, 1, "zeros"), (1, 1, 1, "reflect"), (1, 3, 1, "zeros")):
+        stride, padding, dilation, mode = args
+        g2 = conv_geometry(2, (1, 3, 11, 10), (4, 3, 3, 3), stride, padding, dilation, 1, mode)
+        assert grad_paths.forward_geometry(g2) is None
+
+
+@pytest.mark.parametrize("limit_columns", [None, 3])
+def test_phase_col2im_and_chunked_fallback(clconv, dev, rng, dtype, limit_columns):
+    """A strided input gradient through PhaseCol2im (whole columns) and, with a workspace limit of
+    a few columns, through cl/col2im.cl's ranges (PhaseCol2im sums whole images only)."""
+    x_shape, w_shape, kw = (2, 5, 13, 11), (4, 5, 3, 3), {"stride": 2, "padding": 1}
+    w = random_array(rng, w_shape, dtype)
+    g = random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)
+    limit = None if limit_columns is None else limit_columns * 5 * 9 * np.dtype(dtype).itemsize
+    plan = clconv.plan_conv2d_input(x_shape, w_shape, **kw, workspace_limit=limit, dtype=dtype)
+    want_type = "PhaseCol2im" if limit is None else "Col2im"
+    assert type(plan.adjoint.col2im).__name__ == want_type
+    assert_close(plan(w, g), ref.conv_nd_input(x_shape, w, g, **kw), dtype, reduction=4 * 9,
+                 magnitude=conv_magnitude(g, w))
+    with pytest.raises(ValueError, match="whole images"):
+        grad_paths.PhaseCol2im(dev, plan.geometry, dtype, "int")(1, None, 0, None, 0, l_start=1)
+
+
+def test_conv_transpose1d_phase_col2im(clconv, dev, rng, dtype):
+    """1-d: the lifted geometry (IH = 1) through col2im_phase, stride 3, output_padding."""
+    x, w = random_array(rng, (2, 4, 9), dtype), random_array(rng, (4, 3, 5), dtype)
+    b = random_array(rng, (3,), dtype)
+    plan = clconv.plan_conv_transpose1d(x.shape, w.shape, True, 3, 1, 2, dtype=dtype)
+    assert type(plan.adjoint.col2im).__name__ == "PhaseCol2im"
+    got = clconv.conv_transpose1d(x, w, b, 3, 1, 2)
+    assert_close(got, ref.conv_transpose_nd(x, w, b, 3, 1, 2), dtype, reduction=4 * 5,
+                 magnitude=conv_magnitude(x, w, b))
