@@ -51,6 +51,7 @@ import clconv
 
 from .ops.activation import Activation, normalize_activation
 from .ops.fold import fold_batchnorm
+from .ops.plan import mark_constant
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, pool
 from .runtime.program import kernel, precision_defines
@@ -459,11 +460,13 @@ class CompiledModel:
         return t.permute(*perm) if perm is not None else t
 
     def constant(self, key: Any, t: torch.Tensor) -> cla.Array:
-        """`t` on the device, uploaded once (weights, folded weights, constants of the graph)."""
+        """`t` on the device, uploaded once (weights, folded weights, constants of the graph).
+        Marked constant (never written again: the model owns it), so that plans keep what they
+        derive from it, such as packed filters (clconv.ops.plan.mark_constant)."""
         found = self._constants.get(key)
         if found is None:
             host = np.ascontiguousarray(t.detach().cpu().numpy())
-            found = cla.to_device(self.device.queue, host)
+            found = mark_constant(cla.to_device(self.device.queue, host))
             self._constants[key] = found
             self.weight_bytes += found.nbytes
         return found

@@ -1,20 +1,31 @@
-"""Per-call overhead of clconv on small layers, against torch CPU: the targets of plans.
+"""Per-call costs of clconv on small layers, against torch CPU, by the fair method (issue 20).
 
-    .venv/bin/python examples/bench_overhead.py [--repeat 200] [--device SPEC]
+    .venv/bin/python examples/bench_overhead.py [--rounds 15] [--block 20] [--pause 0.02]
+        [--torch-threads 2] [--algorithm auto] [--breakdown] [--same-process] [--device SPEC]
 
-Measures, in one interleaved run (medians of `--repeat` calls, each clconv call finished with
-queue.finish() so that it counts the work and not only the enqueueing):
-  1. conv2d (1,16,32,32) x (16,16,3,3) pad 1 on device arrays, and with numpy in/out;
-  2. a 4-layer small CNN (conv+relu, conv stride 2, depthwise, 1x1) on device arrays;
+Method: torch and clconv each run in their own warm worker process (torch's OpenMP workers spin
+for a few ms after each call and slow a PoCL launch on the same cores, so the two never share a
+process); the parent alternates blocks of --block back-to-back calls (as a network calls a layer),
+torch's block then clconv's, with a pause of --pause s at each hand-over, --rounds times; a figure
+is the median over the rounds of a block's time per call. clconv's device-array blocks finish the
+queue after the block (the work counts, not only the enqueueing). Cases:
+  1. conv2d (1,16,32,32) x (16,16,3,3) pad 1, on device arrays and with numpy in/out;
+  2. a 4-layer small CNN (conv+relu 16->32, conv stride 2, depthwise 3x3, 1x1 32->64) on device
+     arrays;
   3. a planned layer met at a new batch size: programs built (must be 0) and its first call
      against a warm call;
   4. import + first call of a known layer in a fresh process (warm driver caches).
-Prints the command, the device and the figures, and the ratios to torch.
+--breakdown: where a small call's time goes (host stages of one call, timed with perf_counter
+around each, medians; a trivial kernel's launch + finish on one and on two work-groups: PoCL's
+wake-up of its worker threads; then the CNN's layers by each algorithm). --same-process: item 5's
+A/B, a clconv call right after a torch call in one process, against right after another clconv
+call, with and without OMP_WAIT_POLICY=PASSIVE. --algorithm: the small layer's (the CNN: 'auto').
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -23,123 +34,167 @@ import time
 
 import numpy as np
 
+# The 4-layer CNN: (weight shape, conv2d keywords).
+CNN = [((32, 16, 3, 3), {"padding": 1, "activation": "relu"}),
+       ((32, 32, 3, 3), {"stride": 2, "padding": 1}),
+       ((32, 1, 3, 3), {"padding": 1, "groups": 32}),
+       ((64, 32, 1, 1), {})]
+SMALL_X, SMALL_W = (1, 16, 32, 32), (16, 16, 3, 3)
 
-def median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
-def interleaved(fns: dict, repeat: int) -> dict:
-    """Median ms of each function, timed in alternation so that a noisy spell hits all alike."""
-    for fn in fns.values():
-        fn()
-    times: dict = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
-
-
-_FRESH = r"""
-import time
-t0 = time.perf_counter()
-import numpy as np, clconv
-x = np.random.default_rng(0).standard_normal((1, 16, 32, 32)).astype(np.float32)
-w = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
-clconv.conv2d(x, w, padding=1)
-print(time.perf_counter() - t0)
+_WORKER = r"""
+import sys, time, json
+import numpy as np
+kind, threads = sys.argv[1], int(sys.argv[2])
+CNN, SMALL_X, SMALL_W = json.loads(sys.argv[3])
+rng = np.random.default_rng(0)
+x = rng.standard_normal(SMALL_X).astype(np.float32)
+w = rng.standard_normal(SMALL_W).astype(np.float32)
+b = rng.standard_normal(SMALL_W[0]).astype(np.float32)
+ws = [rng.standard_normal(s).astype(np.float32) for s, _ in CNN]
+bs = [rng.standard_normal(s[0]).astype(np.float32) for s, _ in CNN]
+if kind == "torch":
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(threads)
+    xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
+    wts, bts = [torch.from_numpy(a) for a in ws], [torch.from_numpy(a) for a in bs]
+    def small():
+        F.conv2d(xt, wt, bt, padding=1)
+    def cnn():
+        h = xt
+        for (shape, kw), wi, bi in zip(CNN, wts, bts):
+            kw = dict(kw)
+            act = kw.pop("activation", None)
+            h = F.conv2d(h, wi, bi, **kw)
+            if act == "relu":
+                h = F.relu(h)
+    cases = {"small": small, "cnn": cnn}
+    finish = lambda: None
+    header = {"torch": f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads"}
+    torch.set_grad_enabled(False)
+else:
+    import pyopencl.array as cla
+    import clconv
+    dev = clconv.device(sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None)
+    dev.__enter__()
+    q = dev.queue
+    xd, wd, bd = (cla.to_device(q, a) for a in (x, w, b))
+    wds, bds = [cla.to_device(q, a) for a in ws], [cla.to_device(q, a) for a in bs]
+    algorithm = sys.argv[5]
+    def small_device():
+        clconv.conv2d(xd, wd, bd, padding=1, algorithm=algorithm)
+    def small_numpy():
+        clconv.conv2d(x, w, b, padding=1, algorithm=algorithm)
+    def cnn_device():
+        h = xd
+        for (shape, kw), wi, bi in zip(CNN, wds, bds):
+            h = clconv.conv2d(h, wi, bi, **kw)
+    cases = {"small": small_device, "small_numpy": small_numpy, "cnn": cnn_device}
+    finish = q.finish
+    algos = []
+    from clconv.ops.plan import plans
+    for f in (small_device, cnn_device):
+        f()
+    finish()
+    header = {"device": f"{dev.name} [{dev.platform_name}], {dev.opencl_version}",
+              "algorithms": sorted({p.algorithm for p in plans(dev).entries.values()})}
+for f in cases.values():  # warm: plans, builds, 'auto''s measurements, torch's first calls
+    for _ in range(3):
+        f()
+    finish()
+print(json.dumps(header), flush=True)
+for line in sys.stdin:
+    case, reps = json.loads(line)
+    f = cases[case]
+    t = time.perf_counter()
+    for _ in range(reps):
+        f()
+    finish()
+    print(json.dumps((time.perf_counter() - t) / reps), flush=True)
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=200)
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args()
+class Worker:
+    """A warm process running blocks of back-to-back calls of one case on request."""
+
+    def __init__(self, kind: str, threads: int, device: str | None = None,
+                 algorithm: str = "auto") -> None:
+        env = dict(os.environ)
+        if kind == "torch":
+            env["OMP_NUM_THREADS"] = str(threads)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, kind, str(threads),
+             json.dumps([CNN, SMALL_X, SMALL_W]), device or "", algorithm],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.header = self._read()
+
+    def _read(self) -> object:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("a benchmark worker exited early (see its error above)")
+        return json.loads(line)
+
+    def block(self, case: str, reps: int) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps([case, reps]) + "\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def fair(args: argparse.Namespace) -> None:
+    torch_w = Worker("torch", args.torch_threads)
+    clconv_w = Worker("clconv", args.torch_threads, args.device, args.algorithm)
+    print(f"device: {clconv_w.header['device']}; algorithms run: {clconv_w.header['algorithms']} "
+          f"(small layer: algorithm={args.algorithm!r})")
+    print(f"{torch_w.header['torch']}")
+    print(f"method: torch and clconv in separate warm processes; {args.rounds} rounds of "
+          f"alternating blocks of {args.block} back-to-back calls (pause {args.pause}s at each "
+          f"hand-over); median per-call time")
+    pairs = [("small, device arrays", "small", "small"), ("small, numpy in/out", "small_numpy",
+                                                         "small"),
+             ("4-layer CNN, device arrays", "cnn", "cnn")]
+    times: dict[str, list[float]] = {}
+    try:
+        for _ in range(args.rounds):
+            for label, mine, theirs in pairs:
+                times.setdefault("torch " + theirs, []).append(torch_w.block(theirs, args.block))
+                time.sleep(args.pause)
+                times.setdefault(label, []).append(clconv_w.block(mine, args.block))
+                time.sleep(args.pause)
+    finally:
+        torch_w.close()
+        clconv_w.close()
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    print("\nper-call time (median ms; clconv / torch, target <= 1.5x):")
+    for label, _, theirs in pairs:
+        print(f"  {label:28s} {med[label]:7.3f}  torch {med['torch ' + theirs]:7.3f}  "
+              f"{med[label] / med['torch ' + theirs]:5.2f}x")
+
+
+def batch_and_fresh(args: argparse.Namespace) -> None:
     import pyopencl.array as cla
 
     import clconv
     from clconv.runtime.program import programs
 
-    dev = clconv.device(args.device)
-    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
-    print(f"device: {dev.name} [{dev.platform_name}], {dev.opencl_version}")
-    try:
-        import torch
-        import torch.nn.functional as F
-        torch.set_num_threads(os.cpu_count() or 1)
-        print(f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads")
-    except ImportError:
-        torch = None
-        print("torch: not importable, ratios skipped")
+    def median_ms(fn, repeat: int) -> float:
+        fn()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
     rng = np.random.default_rng(0)
-    q = dev.queue
-    results = {}
-    with dev:
-        x = rng.standard_normal((1, 16, 32, 32)).astype(np.float32)
-        w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
-        b = rng.standard_normal(16).astype(np.float32)
-        xd, wd, bd = (cla.to_device(q, a) for a in (x, w, b))
-
-        def small_device():
-            clconv.conv2d(xd, wd, bd, padding=1)
-            q.finish()
-
-        def small_numpy():
-            clconv.conv2d(x, w, b, padding=1)
-
-        # the 4-layer CNN: conv3x3+relu 16->32, conv3x3 s2 32->32, depthwise 3x3, 1x1 32->64
-        ws = [rng.standard_normal(s).astype(np.float32) for s in
-              [(32, 16, 3, 3), (32, 32, 3, 3), (32, 1, 3, 3), (64, 32, 1, 1)]]
-        bs = [rng.standard_normal(s[0]).astype(np.float32) for s in
-              [(32,), (32,), (32,), (64,)]]
-        wds = [cla.to_device(q, a) for a in ws]
-        bds = [cla.to_device(q, a) for a in bs]
-
-        def cnn_device():
-            h = clconv.conv2d(xd, wds[0], bds[0], padding=1, activation="relu")
-            h = clconv.conv2d(h, wds[1], bds[1], stride=2, padding=1)
-            h = clconv.conv2d(h, wds[2], bds[2], padding=1, groups=32)
-            clconv.conv2d(h, wds[3], bds[3])
-            q.finish()
-
-        fns = {"small, device arrays": small_device, "small, numpy in/out": small_numpy,
-               "4-layer CNN, device arrays": cnn_device}
-        if torch is not None:
-            xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
-            wts = [torch.from_numpy(a) for a in ws]
-            bts = [torch.from_numpy(a) for a in bs]
-
-            def small_torch():
-                with torch.no_grad():
-                    F.conv2d(xt, wt, bt, padding=1)
-
-            def cnn_torch():
-                with torch.no_grad():
-                    h = F.relu(F.conv2d(xt, wts[0], bts[0], padding=1))
-                    h = F.conv2d(h, wts[1], bts[1], stride=2, padding=1)
-                    h = F.conv2d(h, wts[2], bts[2], padding=1, groups=32)
-                    F.conv2d(h, wts[3], bts[3])
-
-            fns.update({"small, torch": small_torch, "4-layer CNN, torch": cnn_torch})
-        results = interleaved(fns, args.repeat)
-        print("\nper-call time (median ms):")
-        for k, v in results.items():
-            print(f"  {k:32s} {v:8.3f}")
-        if torch is not None:
-            print("ratios to torch CPU (target <= 2x device, <= 3x numpy, CNN <= 2x):")
-            print(f"  small, device arrays  {results['small, device arrays'] / results['small, torch']:.2f}x")
-            print(f"  small, numpy in/out   {results['small, numpy in/out'] / results['small, torch']:.2f}x")
-            print(f"  4-layer CNN, device   {results['4-layer CNN, device arrays'] / results['4-layer CNN, torch']:.2f}x")
-
-        # a planned layer at a new batch size
+    with clconv.device(args.device) as dev:
+        q = dev.queue
         layer_x1 = cla.to_device(q, rng.standard_normal((1, 32, 28, 28)).astype(np.float32))
         layer_x3 = cla.to_device(q, rng.standard_normal((3, 32, 28, 28)).astype(np.float32))
         lw = cla.to_device(q, rng.standard_normal((32, 32, 3, 3)).astype(np.float32))
@@ -154,22 +209,189 @@ def main() -> None:
             first = (time.perf_counter() - t0) * 1e3
             built = programs(dev).builds - builds
 
-            def warm():
+            def warm(algorithm: str = algorithm) -> None:
                 clconv.conv2d(layer_x3, lw, padding=1, algorithm=algorithm)
                 q.finish()
             warm_ms = median_ms(warm, 20)
             print(f"new batch size (1 -> 3), (N,32,28,28) x (32,32,3,3), {algorithm}: "
                   f"{built} programs built, first call {first:.2f} ms = {first / warm_ms:.2f}x "
                   f"a warm call ({warm_ms:.2f} ms) (target: 0 builds, <= 3x)")
-
     fresh = []
+    code = ("import time\nt0 = time.perf_counter()\nimport numpy as np, clconv\n"
+            f"x = np.random.default_rng(0).standard_normal({SMALL_X}).astype(np.float32)\n"
+            f"w = np.random.default_rng(1).standard_normal({SMALL_W}).astype(np.float32)\n"
+            "clconv.conv2d(x, w, padding=1)\nprint(time.perf_counter() - t0)\n")
     for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True)
         fresh.append(float(out.stdout.strip().splitlines()[-1]))
     print(f"import + first call in a fresh process (warm caches): median "
           f"{statistics.median(fresh) * 1e3:.0f} ms of {['%.0f' % (f * 1e3) for f in fresh]} "
           f"(target < 1000 ms)")
+
+
+def breakdown(args: argparse.Namespace) -> None:
+    """Where a small call's time goes: its host stages and the device's part, medians in us."""
+    import pyopencl as cl
+    import pyopencl.array as cla
+
+    import clconv
+    from clconv.ops.plan import plans
+    from clconv.runtime.memory import empty
+
+    def med_us(fn, n: int = 400, finish: bool = True) -> float:
+        for _ in range(20):
+            fn()
+        q.finish()
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            if finish:
+                q.finish()
+            ts.append(time.perf_counter() - t0)
+        q.finish()
+        return statistics.median(ts) * 1e6
+
+    rng = np.random.default_rng(0)
+    with clconv.device(args.device) as dev:
+        q = dev.queue
+        x = cla.to_device(q, rng.standard_normal(SMALL_X).astype(np.float32))
+        w = cla.to_device(q, rng.standard_normal(SMALL_W).astype(np.float32))
+        b = cla.to_device(q, rng.standard_normal(SMALL_W[0]).astype(np.float32))
+        prg = cl.Program(dev.context, "__kernel void nop(__global float *a) { }").build()
+        nop = prg.nop
+        nop.set_arg(0, x.base_data)
+        print(f"device: {dev.name} [{dev.platform_name}]")
+        print("where a small call's time goes (medians, us; 'host' stages without a finish):")
+        rows = [
+            ("trivial kernel, 1 work-group: launch + finish",
+             lambda: cl.enqueue_nd_range_kernel(q, nop, (1,), (1,)), True),
+            ("trivial kernel, 2 work-groups: launch + finish",
+             lambda: cl.enqueue_nd_range_kernel(q, nop, (2,), (1,)), True),
+            ("trivial kernel, 16 work-groups: launch + finish",
+             lambda: cl.enqueue_nd_range_kernel(q, nop, (16,), (1,)), True),
+            ("trivial kernel in a block of 20 back-to-back, per launch",
+             lambda: [cl.enqueue_nd_range_kernel(q, nop, (2,), (1,)) for _ in range(20)], 20),
+            ("  the same with a marker after each, per launch",
+             lambda: [(cl.enqueue_nd_range_kernel(q, nop, (2,), (1,)), cl.enqueue_marker(q))
+                      for _ in range(20)], 20),
+            ("pyopencl enqueue of a kernel (set args done), host",
+             lambda: cl.enqueue_nd_range_kernel(q, nop, (1,), (1,)), False),
+            ("enqueue_marker (an event object), host", lambda: cl.enqueue_marker(q), False),
+            ("result array from the memory pool, host",
+             lambda: empty(dev, (1, 16, 32, 32), np.dtype(np.float32)), False),
+        ]
+        for algorithm in ("auto", "implicit", "direct"):
+            def call(algorithm=algorithm):
+                clconv.conv2d(x, w, b, padding=1, algorithm=algorithm)
+            call()
+            plan = next(reversed(plans(dev).entries.values()))
+            out = empty(dev, plan.batch_shape, plan.work)
+            values = {"input": x, "weight": w, "bias": b, "residual": None}
+            rows += [
+                (f"conv2d [{plan.algorithm}]: whole call + finish", call, True),
+                (f"conv2d [{plan.algorithm}]: whole call, host", call, False),
+                ("  plan._execute (skeleton + enqueue), host",
+                 lambda plan=plan, values=values: plan._execute(values, None, check=False), False),
+                ("  algorithm's run (kernel enqueues), host",
+                 lambda plan=plan, out=out: plan.impl.run(x, w, b, out), False),
+                ("  algorithm's run + finish (device time + launch)",
+                 lambda plan=plan, out=out: plan.impl.run(x, w, b, out), True),
+            ]
+        for label, fn, finish in rows:  # finish: True, False, or a block's launches (finished)
+            per = finish if finish is not True and finish else 1
+            print(f"  {label:58s} {med_us(fn, finish=bool(finish)) / per:8.1f}")
+        print("the 4-layer CNN's layers, one call + finish by each algorithm (medians, us):")
+        h = x
+        for shape, kw in CNN:
+            wl = cla.to_device(q, rng.standard_normal(shape).astype(np.float32))
+            cells = []
+            for algorithm in ("auto", "direct", "implicit", "depthwise", "pointwise", "splitk"):
+                try:
+                    chosen = clconv.plan_conv2d(h.shape, shape, False, algorithm=algorithm,
+                                                **kw).algorithm
+                except ValueError:  # not for this shape
+                    continue
+                t = med_us(lambda a=algorithm, wl=wl, h=h, kw=kw: clconv.conv2d(
+                    h, wl, algorithm=a, **kw), n=100)
+                cells.append(f"{algorithm if algorithm != 'auto' else 'auto=' + chosen} {t:.0f}")
+            print(f"  {str(tuple(h.shape)):17s} x {str(shape):15s} {kw}: " + ", ".join(cells))
+            h = clconv.conv2d(h, wl, **kw)
+
+
+_SAME = r"""
+import os, sys, time, statistics, json
+import torch, torch.nn.functional as F
+import numpy as np, pyopencl.array as cla, clconv
+torch.set_num_threads(int(sys.argv[1]))
+torch.set_grad_enabled(False)
+SMALL_X, SMALL_W = json.loads(sys.argv[2])
+rng = np.random.default_rng(0)
+big = torch.randn(1, 64, 56, 56), torch.randn(64, 64, 3, 3)
+dev = clconv.device(None); q = dev.queue
+layers = {"small": (SMALL_X, SMALL_W), "64ch 56x56": ((1, 64, 56, 56), (64, 64, 3, 3))}
+out = {}
+for name, (xs, ws) in layers.items():
+    xd = cla.to_device(q, rng.standard_normal(xs).astype(np.float32))
+    wd = cla.to_device(q, rng.standard_normal(ws).astype(np.float32))
+    def clc():
+        t = time.perf_counter(); clconv.conv2d(xd, wd, padding=1); q.finish()
+        return time.perf_counter() - t
+    for _ in range(10):
+        clc(); F.conv2d(*big, padding=1)
+    after, warm = [], []
+    for _ in range(int(sys.argv[3])):
+        F.conv2d(*big, padding=1)
+        after.append(clc())  # right after a torch call: its OpenMP workers may still spin
+        time.sleep(0.05)
+        clc()
+        warm.append(clc())  # right after a clconv call: PoCL awake, torch's workers asleep
+    out[name] = [statistics.median(after) * 1e3, statistics.median(warm) * 1e3]
+print(json.dumps(out))
+"""
+
+
+def same_process(args: argparse.Namespace) -> None:
+    """Item 5: a clconv call right after a torch call in one process, against right after another
+    clconv call (torch idle for 50 ms), with and without OMP_WAIT_POLICY=PASSIVE."""
+    print("one process: torch conv (1,64,56,56)x(64,64,3,3), then a clconv call + finish, "
+          "against the same call right after another clconv call (torch idle 50 ms); "
+          f"torch {args.torch_threads} threads, medians:")
+    for policy in (None, "PASSIVE"):
+        env = dict(os.environ)
+        env.pop("OMP_WAIT_POLICY", None)
+        if policy is not None:
+            env["OMP_WAIT_POLICY"] = policy
+        out = subprocess.run([sys.executable, "-c", _SAME, str(args.torch_threads),
+                              json.dumps([SMALL_X, SMALL_W]), str(args.rounds * 4)],
+                             capture_output=True, text=True, check=True, env=env)
+        for name, (after, warm) in json.loads(out.stdout.strip().splitlines()[-1]).items():
+            print(f"  OMP_WAIT_POLICY={policy or '(unset)':8s} {name:11s} right after torch "
+                  f"{after:7.3f} ms, after clconv {warm:7.3f} ms ({after / warm:.2f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--block", type=int, default=20, help="back-to-back calls a block")
+    parser.add_argument("--pause", type=float, default=0.02, help="seconds at each hand-over")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--algorithm", default="auto", help="the small layer's (the CNN's: 'auto')")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only the breakdown of a small call's time")
+    parser.add_argument("--same-process", action="store_true",
+                        help="only the one-process A/B (OMP_WAIT_POLICY)")
+    args = parser.parse_args()
+    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    if args.breakdown:
+        breakdown(args)
+    elif args.same_process:
+        same_process(args)
+    else:
+        fair(args)
+        batch_and_fresh(args)
 
 
 if __name__ == "__main__":

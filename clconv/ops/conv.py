@@ -6,11 +6,11 @@ Algorithms (same semantics, same results within rounding; see clconv.ops.conv_al
 GEMM fused with the gather: no column buffer), 'im2col_packed' (im2col into the packed GEMM's
 panels + that GEMM), 'winograd' (opt-in, 2-d 3x3 stride 1), the shape-specific CPU kernels
 'depthwise' (groups == C_in: clconv.ops.depthwise), 'pointwise' (unpadded 1x1: clconv.ops.pointwise)
-and 'splitk' (few output positions: clconv.ops.splitk), which raise ValueError for other shapes,
-and 'auto': the fastest of those that keep PyTorch's Inf/NaN semantics, measured on first
-sight of a (device, shape, dtype) and remembered (clconv.ops.autotune), or the fixed `rule_choice`
-with CLCONV_AUTO=rule. Candidates whose workspace cannot fit the call's `workspace_limit` are left
-out ('direct' needs none).
+and 'splitk' (few output positions: clconv.ops.splitk), which raise ValueError for other shapes
+(`algorithm_unsupported` says why, for any named algorithm), and 'auto': the fastest of those
+that keep PyTorch's Inf/NaN semantics, measured on first sight of a (device, shape, dtype) and
+remembered (clconv.ops.autotune), or the fixed `rule_choice` with CLCONV_AUTO=rule. Candidates
+whose workspace cannot fit the call's `workspace_limit` are left out ('direct' needs none).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from ..blas import clblast as gemm
 from ..blas import packed
 from ..blas.engine import cpu_shaped
 from ..runtime.device import Device, current_device
-from ..runtime.group import splits_batch
 from ..runtime.memory import empty, resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, result_dtype
 from . import autotune
@@ -36,15 +35,17 @@ from .conv_algorithms import (ColumnPlan, Direct, Im2colGemm, ImplicitGemm, Pack
                               WinogradGemm, WinogradPlan, plan_columns, plan_winograd,
                               winograd_unsupported)
 from .depthwise import Depthwise, depthwise_unsupported
+from .dims import per_dimensions
 from .pointwise import Pointwise, pointwise_unsupported
 from .splitk import SplitK, splitk_unsupported
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
 from .launch import ACTIVATIONS, GROUPED_MAX_CIN
-from .plan import Plan, cached_plan, shape_of
+from .plan import _CONSTANT, Plan, cached_plan, derived, shape_of
 
 __all__ = ["ACTIVATIONS", "ALGORITHMS", "ConvPlan", "applicable_algorithms", "choose_algorithm",
            "conv1d", "conv2d", "conv3d", "plan_conv", "plan_conv1d", "plan_conv2d", "plan_conv3d",
-           "rule_choice", "warmup", "winograd_unsupported", "workspace_size",
+           "algorithm_unsupported", "rule_choice", "warmup", "winograd_unsupported",
+           "workspace_size",
            "ColumnPlan", "WinogradPlan", "plan_columns", "plan_winograd"]
 
 ALGORITHMS = ("auto", "im2col", "direct", "winograd", "implicit", "im2col_packed", "depthwise",
@@ -57,92 +58,26 @@ ALGORITHM_CLASSES: dict[str, Any] = {"im2col": Im2colGemm, "direct": Direct,
                                      "pointwise": Pointwise, "splitk": SplitK}
 
 
-@splits_batch("input", "residual", ndim=3)
-def conv1d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
-           stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-           groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
-           activation: ActivationArg = None, residual: ArrayLike | None = None,
-           workspace_limit: int | None = None, out: ArrayLike | None = None,
-           layout: str | None = None) -> ArrayLike:
-    """1-d convolution: input (N, C_in, L) or (C_in, L), weight (C_out, C_in/groups, k) -> (N, C_out,
-    L_out). Arguments as `conv2d`."""
-    return _convolve(1, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                     algorithm, activation, workspace_limit, out, residual, layout)
-
-
-@splits_batch("input", "residual", ndim=4)
-def conv2d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
-           stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-           groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
-           activation: ActivationArg = None, residual: ArrayLike | None = None,
-           workspace_limit: int | None = None, out: ArrayLike | None = None,
-           layout: str | None = None) -> ArrayLike:
-    """2-d convolution (cross-correlation) with torch.nn.functional.conv2d's semantics.
-
-    input (N, C_in, H, W) or unbatched (C_in, H, W); weight (C_out, C_in/groups, kh, kw); bias
-    (C_out,) or None. stride, dilation: int or pair (>= 1); padding: int or pair (>= 0), 'valid' or
-    'same' (stride 1; an odd total padding puts the extra element at the end, as PyTorch does).
-    padding_mode: 'zeros' | 'reflect' | 'replicate' | 'circular' (as torch.nn.Conv2d's).
-    algorithm: 'auto' | 'implicit' | 'im2col_packed' | 'im2col' | 'direct' | 'winograd' (3x3
-    stride-1 only) | 'depthwise' (groups == C_in) | 'pointwise' (1x1, no padding) | 'splitk'
-    (groups=1, few output positions); 'auto' measures and keeps the fastest (on CPUs usually
-    'implicit' or 'im2col_packed', clconv's own GEMM, and the three shape-specific kernels where
-    they apply); see the module doc.
-    activation: fused into the kernels' store after bias and residual: None, 'relu', 'relu6',
-    'silu', 'gelu', 'sigmoid', 'tanh', 'hardswish', 'hardsigmoid', 'leaky_relu', 'elu' (torch's
-    defaults), or ('leaky_relu', negative_slope), ('elu', alpha), ('gelu', 'tanh') (torch's
-    approximate='tanh'), ('clamp', min, max) (a bound may be None). NaN/Inf propagate as in torch.
-    residual: None or an array of the output's shape (N, C_out, H_out, W_out) (same kind and dtype
-    as input), added in the same store: y = act(conv(x) + bias + residual) (ResNet's skip).
-    workspace_limit: bytes the column buffer (or Winograd's transforms) may take (None: the
-    device's default, `clconv.runtime.memory.default_workspace_limit`), capped at the device's
-    largest single allocation.
-    out: an array to write the result into (numpy for numpy inputs, a contiguous pyopencl Array on
-    the device for device inputs), of the result's shape and dtype; it is returned.
-    layout: 'nchw' (default) or 'nhwc': channels-last input, residual, out and result ((N, H, W,
-    C); conv1d 'nlc', conv3d 'ndhwc'), computed as NCHW around one transposing copy each way.
-    numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device, nothing
-    copied to the host (the call returns once the work is queued; the result carries its event).
-    Returns (N, C_out, H_out, W_out). Same as `plan_conv2d(...)(input, weight, bias)`, with the plan
-    cached per device.
-    """
-    return _convolve(2, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                     algorithm, activation, workspace_limit, out, residual, layout)
-
-
-@splits_batch("input", "residual", ndim=5)
-def conv3d(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
-           stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-           groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
-           activation: ActivationArg = None, residual: ArrayLike | None = None,
-           workspace_limit: int | None = None, out: ArrayLike | None = None,
-           layout: str | None = None) -> ArrayLike:
-    """3-d convolution: input (N, C_in, D, H, W) or unbatched, weight (C_out, C_in/groups, kd, kh,
-    kw) -> (N, C_out, D_out, H_out, W_out). Arguments as `conv2d`."""
-    return _convolve(3, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                     algorithm, activation, workspace_limit, out, residual, layout)
-
-
-def _convolve(nd: int, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
-              dilation: Any, groups: Any, padding_mode: Any, algorithm: Any, activation: Any,
-              workspace_limit: Any, out: Any, residual: Any = None,
-              layout: Any = None) -> ArrayLike:
+def _convolve(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
+              stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
+              groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
+              activation: ActivationArg = None, residual: ArrayLike | None = None,
+              workspace_limit: int | None = None, out: ArrayLike | None = None,
+              layout: str | None = None) -> ArrayLike:
+    """conv{nd}d (the template of the public functions at the end of the module)."""
     if layout is not None and channels_last(layout, nd):  # around the channels-first call
         return convolve_channels_last(nd, lambda x, r: _convolve(
-            nd, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm,
-            activation, workspace_limit, None, r), input, residual, out)
+            nd, x, weight, bias, stride, padding, dilation, groups, padding_mode=padding_mode,
+            algorithm=algorithm, activation=activation, residual=r,
+            workspace_limit=workspace_limit), input, residual, out)
     dev = current_device()
     extra = {} if residual is None else {"residual": residual}
     dtype = result_dtype(dev, input=input, weight=weight, bias=bias, **extra)
     x_shape, w_shape = shape_of(input), shape_of(weight)
     b_shape = None if bias is None else shape_of(bias)
     r_shape = None if residual is None else shape_of(residual)
-    plan = cached_plan(dev, ("conv", nd, x_shape, w_shape, b_shape, dtype, stride, padding,
-                             dilation, groups, padding_mode, algorithm, activation,
-                             workspace_limit, r_shape),
-                       lambda: ConvPlan(dev, nd, x_shape, w_shape, b_shape, stride, padding,
-                                        dilation, groups, padding_mode, algorithm, activation,
-                                        workspace_limit, dtype, residual_shape=r_shape))
+    plan = _cached_plan(dev, nd, x_shape, w_shape, b_shape, dtype, stride, padding, dilation,
+                        groups, padding_mode, algorithm, activation, workspace_limit, r_shape)
     return plan._execute({"input": input, "weight": weight, "bias": bias, "residual": residual},
                          out, check=False)
 
@@ -158,49 +93,11 @@ def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], 
     b_shape = (w_shape[0],) if bias and w_shape else None
     if not isinstance(residual, (bool, np.bool_)):
         raise TypeError(f"residual must be a bool (whether calls pass one), got {residual!r}")
-    r_shape = None
-    if residual:  # the output's shape (unbatched when the input is)
-        unbatched = len(x_shape) == nd + 1
-        geo = conv_geometry(nd, (1, *x_shape) if unbatched else x_shape, w_shape, stride,
-                            padding, dilation, groups, padding_mode)
-        r_shape = geo.output_shape[1:] if unbatched else geo.output_shape
+    r_shape = _residual_shape(nd, x_shape, w_shape, stride, padding, dilation, groups,
+                              padding_mode) if residual else None
     return ConvPlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding, dilation,
                     groups, padding_mode, algorithm, activation, workspace_limit, np.dtype(dtype),
                     residual_shape=r_shape)
-
-
-def plan_conv1d(input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool = True,
-                stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                groups: int = 1, **kwargs: Any) -> ConvPlan:
-    """A plan for `conv1d` with these shapes and arguments; see `plan_conv2d`."""
-    return plan_conv(1, input_shape, weight_shape, bias, stride, padding, dilation, groups,
-                     **kwargs)
-
-
-def plan_conv2d(input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool = True,
-                stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                groups: int = 1, **kwargs: Any) -> ConvPlan:
-    """A plan for `conv2d` on the current device: validated, its algorithm chosen (measured, for
-    'auto' on a new shape) and its kernels built now; `plan(x, weight, bias=None, residual=None,
-    out=None)` then only enqueues.
-
-    input_shape (N, C_in, H, W) or unbatched; weight_shape (C_out, C_in/groups, kh, kw); bias: whether
-    calls pass a bias (a plan with one also runs with bias=None, adding zeros); keywords
-    padding_mode, algorithm, activation, workspace_limit as `conv2d`, residual: whether calls pass
-    one (of the output's shape; then every call must, and a plan without one takes none), and
-    dtype (default float32).
-    `plan.algorithm` is the algorithm it runs, `plan.workspace_bytes` its workspace.
-    """
-    return plan_conv(2, input_shape, weight_shape, bias, stride, padding, dilation, groups,
-                     **kwargs)
-
-
-def plan_conv3d(input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool = True,
-                stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
-                groups: int = 1, **kwargs: Any) -> ConvPlan:
-    """A plan for `conv3d` with these shapes and arguments; see `plan_conv2d`."""
-    return plan_conv(3, input_shape, weight_shape, bias, stride, padding, dilation, groups,
-                     **kwargs)
 
 
 def _ints(value: Any, name: str) -> list[int]:
@@ -278,12 +175,20 @@ class ConvPlan(Plan):
         return self._execute({"input": input, "weight": weight, "bias": bias,
                               "residual": residual}, out)
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
-        if arrays.get("residual") is None:
-            self.impl.run(arrays["input"], arrays["weight"], arrays["bias"], out)
-        else:
-            self.impl.run(arrays["input"], arrays["weight"], arrays["bias"], out,
-                          residual=unaliased(self.device, arrays["residual"], out))
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
+        # The algorithms that return their last kernel's event spare the run a marker.
+        w = arrays["weight"]
+        kw: dict[str, Any] = {}
+        prepare = getattr(self.impl, "prepare", None)
+        if prepare is not None and hasattr(w, _CONSTANT):  # weights that never change (a
+            # compiled model's): packed once per packing layout, not on every run
+            geo = self.geometry
+            kw["prepared"] = derived(w, ("packed", self.impl.tile, geo.cout_per_group,
+                                         geo.cin_per_group * geo.ksize, geo.groups),
+                                     lambda: prepare(w))
+        if arrays.get("residual") is not None:
+            kw["residual"] = unaliased(self.device, arrays["residual"], out)
+        return self.impl.run(arrays["input"], w, arrays["bias"], out, **kw)
 
     def __repr__(self) -> str:
         return (f"<clconv ConvPlan conv{self.nd}d {self.geometry.input_shape} x "
@@ -404,11 +309,32 @@ def applicable_algorithms(dev: Device, geo: ConvGeometry, dtype: Any = np.float3
 
 def _pointwise_applies(dev: Device, geo: ConvGeometry, dtype: Any) -> bool:
     """Whether algorithm='pointwise' can compute `geo` on `dev` (its tile's width included)."""
-    if geo.ksize != 1:
-        return False
-    nr = packed.tile_for(dev, np.float32 if np.dtype(dtype) == np.float16 else dtype,
-                         geo.cout_per_group, geo.batch * geo.out_spatial, geo.cin_per_group).nr
-    return pointwise_unsupported(geo, dtype, nr) is None
+    return geo.ksize == 1 and algorithm_unsupported(dev, geo, "pointwise", dtype) is None
+
+
+def algorithm_unsupported(dev: Device, geo: ConvGeometry, algorithm: str,
+                          dtype: Any = np.float32) -> str | None:
+    """Why the named algorithm (not 'auto') cannot compute `geo` in `dtype` on `dev`, or None when
+    it can: what its class checks when configured (it then raises ValueError with this reason).
+    Not covered: a device without the dtype, and CLBlast missing for 'im2col' and 'winograd'
+    (UnsupportedError at configure time)."""
+    if algorithm not in ALGORITHM_CLASSES:
+        raise ValueError(f"algorithm must be one of {tuple(ALGORITHM_CLASSES)}, got {algorithm!r}")
+    dtype = np.dtype(dtype)
+    if algorithm == "winograd":
+        return winograd_unsupported(geo, dtype)
+    if algorithm == "depthwise":
+        return depthwise_unsupported(geo)
+    if algorithm == "pointwise":  # the register tile's width, as Pointwise and SplitK take it
+        nr = packed.tile_for(dev, np.float32 if dtype == np.float16 else dtype,
+                             geo.cout_per_group, geo.batch * geo.out_spatial,
+                             geo.cin_per_group).nr
+        return pointwise_unsupported(geo, dtype, nr)
+    if algorithm == "splitk":
+        nr = packed.tile_for(dev, dtype, geo.out_channels, geo.batch * geo.out_spatial,
+                             geo.cin_per_group * geo.ksize).nr
+        return splitk_unsupported(geo, dtype, nr)
+    return None  # the GEMM and loop paths compute every geometry
 
 
 def _splitk_suits(dev: Device, geo: ConvGeometry, dtype: Any, positions: int) -> bool:
@@ -465,20 +391,19 @@ def choose_algorithm(dev: Device, geo: ConvGeometry, algorithm: str,
                      dtype: Any = np.float32) -> str:
     """The algorithm that runs for `algorithm`, without measuring anything.
 
-    An explicit name is checked ('winograd' raises ValueError for shapes it cannot compute) and
-    returned. 'auto' gives the remembered choice for (device, geometry, dtype) if there is one
+    An explicit name is checked (ValueError for shapes it cannot compute: `algorithm_unsupported`)
+    and returned. 'auto' gives the remembered choice for (device, geometry, dtype) if there is one
     (see clconv.ops.autotune), else with CLCONV_AUTO=rule `rule_choice`, else the cost model's
     best estimate (what a plan runs when the model shortlists one algorithm; measuring may pick
     another of a longer shortlist).
     """
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if algorithm == "winograd":
-        why = winograd_unsupported(geo, dtype)
-        if why is not None:
-            raise ValueError(f"algorithm='winograd' cannot compute this convolution: {why}; use "
-                             f"algorithm='auto', 'im2col' or 'direct'")
     if algorithm != "auto":
+        why = algorithm_unsupported(dev, geo, algorithm, dtype)
+        if why is not None:
+            raise ValueError(f"algorithm={algorithm!r} cannot compute this convolution: {why}; use "
+                             f"algorithm='auto', 'im2col' or 'direct'")
         return algorithm
     remembered = autotune.lookup(dev, geo, dtype)
     candidates = applicable_algorithms(dev, geo, dtype)
@@ -543,16 +468,86 @@ def warmup(input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool =
         raise ValueError(f"weight_shape must have 3, 4 or 5 dims, got {w_shape}")
     dt = np.dtype(dtype)
     b_shape = (w_shape[0],) if bias else None
-    r_shape = None
-    if residual:  # the output's shape, as the call's residual (the plan key holds it)
-        unbatched = len(x_shape) == nd + 1
-        geo = conv_geometry(nd, (1, *x_shape) if unbatched else x_shape, w_shape, stride,
-                            padding, dilation, groups, padding_mode)
-        r_shape = geo.output_shape[1:] if unbatched else geo.output_shape
-    plan = cached_plan(dev, ("conv", nd, x_shape, w_shape, b_shape, dt, stride, padding, dilation,
-                             groups, padding_mode, algorithm, activation, workspace_limit,
-                             r_shape),
+    r_shape = _residual_shape(nd, x_shape, w_shape, stride, padding, dilation, groups,
+                              padding_mode) if residual else None  # as the call's residual
+    return _cached_plan(dev, nd, x_shape, w_shape, b_shape, dt, stride, padding, dilation, groups,
+                        padding_mode, algorithm, activation, workspace_limit, r_shape).algorithm
+
+
+def _cached_plan(dev: Device, nd: int, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                 b_shape: tuple[int, ...] | None, dtype: np.dtype, stride: Any, padding: Any,
+                 dilation: Any, groups: Any, padding_mode: Any, algorithm: Any, activation: Any,
+                 workspace_limit: Any, r_shape: tuple[int, ...] | None) -> ConvPlan:
+    """The functional API's plan for these arguments, made on first use (`_convolve`, `warmup`)."""
+    return cached_plan(dev, ("conv", nd, x_shape, w_shape, b_shape, dtype, stride, padding,
+                             dilation, groups, padding_mode, algorithm, activation,
+                             workspace_limit, r_shape),
                        lambda: ConvPlan(dev, nd, x_shape, w_shape, b_shape, stride, padding,
                                         dilation, groups, padding_mode, algorithm, activation,
-                                        workspace_limit, dt, residual_shape=r_shape))
-    return plan.algorithm
+                                        workspace_limit, dtype, residual_shape=r_shape))
+
+
+def _residual_shape(nd: int, x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Any,
+                    padding: Any, dilation: Any, groups: Any,
+                    padding_mode: Any) -> tuple[int, ...]:
+    """The output's shape, which a residual must have (unbatched when the input is)."""
+    unbatched = len(x_shape) == nd + 1
+    geo = conv_geometry(nd, (1, *x_shape) if unbatched else x_shape, w_shape, stride, padding,
+                        dilation, groups, padding_mode)
+    return geo.output_shape[1:] if unbatched else geo.output_shape
+
+
+# The public per-dimension functions (clconv.ops.dims): one template each, nd bound.
+
+conv1d, conv2d, conv3d = per_dimensions(
+    _convolve, ("conv1d", "conv2d", "conv3d"),
+    ("""1-d convolution: input (N, C_in, L) or (C_in, L), weight (C_out, C_in/groups, k) -> (N, C_out,
+    L_out). Arguments as `conv2d`.""",
+     """2-d convolution (cross-correlation) with torch.nn.functional.conv2d's semantics.
+
+    input (N, C_in, H, W) or unbatched (C_in, H, W); weight (C_out, C_in/groups, kh, kw); bias
+    (C_out,) or None. stride, dilation: int or pair (>= 1); padding: int or pair (>= 0), 'valid' or
+    'same' (stride 1; an odd total padding puts the extra element at the end, as PyTorch does).
+    padding_mode: 'zeros' | 'reflect' | 'replicate' | 'circular' (as torch.nn.Conv2d's).
+    algorithm: 'auto' | 'implicit' | 'im2col_packed' | 'im2col' | 'direct' | 'winograd' (3x3
+    stride-1 only) | 'depthwise' (groups == C_in) | 'pointwise' (1x1, no padding) | 'splitk'
+    (groups=1, few output positions); 'auto' measures and keeps the fastest (on CPUs usually
+    'implicit' or 'im2col_packed', clconv's own GEMM, and the three shape-specific kernels where
+    they apply); see the module doc.
+    activation: fused into the kernels' store after bias and residual: None, 'relu', 'relu6',
+    'silu', 'gelu', 'sigmoid', 'tanh', 'hardswish', 'hardsigmoid', 'leaky_relu', 'elu' (torch's
+    defaults), or ('leaky_relu', negative_slope), ('elu', alpha), ('gelu', 'tanh') (torch's
+    approximate='tanh'), ('clamp', min, max) (a bound may be None). NaN/Inf propagate as in torch.
+    residual: None or an array of the output's shape (N, C_out, H_out, W_out) (same kind and dtype
+    as input), added in the same store: y = act(conv(x) + bias + residual) (ResNet's skip).
+    workspace_limit: bytes the column buffer (or Winograd's transforms) may take (None: the
+    device's default, `clconv.runtime.memory.default_workspace_limit`), capped at the device's
+    largest single allocation.
+    out: an array to write the result into (numpy for numpy inputs, a contiguous pyopencl Array on
+    the device for device inputs), of the result's shape and dtype; it is returned.
+    layout: 'nchw' (default) or 'nhwc': channels-last input, residual, out and result ((N, H, W,
+    C); conv1d 'nlc', conv3d 'ndhwc'), computed as NCHW around one transposing copy each way.
+    numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device, nothing
+    copied to the host (the call returns once the work is queued; the result carries its event).
+    Returns (N, C_out, H_out, W_out). Same as `plan_conv2d(...)(input, weight, bias)`, with the plan
+    cached per device.
+    """,
+     """3-d convolution: input (N, C_in, D, H, W) or unbatched, weight (C_out, C_in/groups, kd, kh,
+    kw) -> (N, C_out, D_out, H_out, W_out). Arguments as `conv2d`."""),
+    batched=("input", "residual"))
+
+plan_conv1d, plan_conv2d, plan_conv3d = per_dimensions(
+    plan_conv, ("plan_conv1d", "plan_conv2d", "plan_conv3d"),
+    ("""A plan for `conv1d` with these shapes and arguments; see `plan_conv2d`.""",
+     """A plan for `conv2d` on the current device: validated, its algorithm chosen (measured, for
+    'auto' on a new shape) and its kernels built now; `plan(x, weight, bias=None, residual=None,
+    out=None)` then only enqueues.
+
+    input_shape (N, C_in, H, W) or unbatched; weight_shape (C_out, C_in/groups, kh, kw); bias: whether
+    calls pass a bias (a plan with one also runs with bias=None, adding zeros); keywords
+    padding_mode, algorithm, activation, workspace_limit as `conv2d`, residual: whether calls pass
+    one (of the output's shape; then every call must, and a plan without one takes none), and
+    dtype (default float32).
+    `plan.algorithm` is the algorithm it runs, `plan.workspace_bytes` its workspace.
+    """,
+     """A plan for `conv3d` with these shapes and arguments; see `plan_conv2d`."""))

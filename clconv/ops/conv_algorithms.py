@@ -41,7 +41,7 @@ from ..runtime.memory import column_buffer
 from ..runtime.transfer import element_offset, index_type
 from .geometry import ConvGeometry
 from ..blas import packed
-from ..runtime.program import kernel
+from ..runtime.program import BoundKernel, kernel
 from . import packed_conv
 from .activation import ActivationArg
 from .launch import (BatchEpilogue, DirectConv, Epilogue, Im2col, Winograd, epilogue_defines,
@@ -77,10 +77,10 @@ class Direct:
         self.launch = DirectConv(dev, geo, dtype, self.index_t, has_bias, activation, has_residual)
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
-            residual: cla.Array | None = None) -> None:
+            residual: cla.Array | None = None) -> cl.Event | None:
         with self.dev.lock:
-            self.launch(self.geo.batch, x, element_offset(x), w, element_offset(w), b, out,
-                        element_offset(out), residual)
+            return self.launch(self.geo.batch, x, element_offset(x), w, element_offset(w), b, out,
+                               element_offset(out), residual)
 
 
 @dataclass(frozen=True)
@@ -353,12 +353,31 @@ class ImplicitGemm(_PackedGemmConv):
         self.pack_range = (-(-self.k // packed._PACK_K), tile.a_panels(self.m), geo.groups)
         self.packed_w = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE,
                                   max(self.a_size * geo.groups, 1) * itemsize)
+        # The plan's own kernel objects with what never changes set now (clconv.runtime.program.
+        # BoundKernel): a run sets only the operands' buffers and offsets.
+        self.bound_pack = BoundKernel(self.pack, (
+            np.int32(self.m), np.int32(self.k), None, None, np.int64(self.m * self.k),
+            np.int64(self.k), np.int32(0), self.packed_w, np.int64(0), np.int64(self.a_size)),
+            (2, 3))
+        # K's ranges [k_begin, k_end): all of K at once, except where the driver caps a
+        # work-item's loop iterations (packed.k_ranges; counting the gather's loops a row and a
+        # kernel offset), there at most a KC chunk a launch; launched in order after each other.
+        nr = tile.nr
+        self.k_ranges = packed.k_ranges(dev, tile, self.k, row_loops=2 * (4 * nr + 2),
+                                        launch_loops=2 * geo.ksize * (3 * nr + 2), most=kc)
+        self.bound_convs = [(global_size, BoundKernel(self.conv, (
+            None, None, None, None, np.int64(self.a_size), None, None, start, count, per_group,
+            None, None, None, None, self.panel, self.tail_args[0], np.int32(k0), np.int32(k1),
+            *self.tail_args[1:]),
+            (0, 1, 2, 3, 5, 6, 10, 11, 12, 13))) for global_size, start, count, per_group in
+            self.launches for k0, k1 in self.k_ranges]
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
-            prepared: Any = None, residual: cla.Array | None = None) -> None:
+            prepared: Any = None, residual: cla.Array | None = None) -> cl.Event | None:
+        """Enqueues the packing (unless `prepared`) and the convolution; returns the last event."""
         geo, dev = self.geo, self.dev
         if geo.batch == 0:
-            return
+            return None
         q = dev.queue
         bias_buf, b_off = (b.base_data, np.int64(element_offset(b))) if b is not None else \
             (out.base_data, np.int64(0))
@@ -366,20 +385,19 @@ class ImplicitGemm(_PackedGemmConv):
         # offset from out_off.
         res_buf, res_off = (residual.base_data, np.int64(element_offset(residual))) \
             if residual is not None else (out.base_data, np.int64(element_offset(out)))
+        x_buf, x_off = x.base_data, element_offset(x)
+        out_buf, out_off = out.base_data, element_offset(out)
+        event = None
         with dev.lock:
             if prepared is None:
-                self.pack(q, self.pack_range, (1, 1, 1), np.int32(self.m), np.int32(self.k),
-                          w.base_data, np.int64(element_offset(w)), np.int64(self.m * self.k),
-                          np.int64(self.k), np.int32(0), self.packed_w, np.int64(0),
-                          np.int64(self.a_size))
-                ap, ap_off = self.packed_w, np.int64(0)
+                self.bound_pack(q, self.pack_range, (1, 1, 1), w.base_data, element_offset(w))
+                ap, ap_off = self.packed_w, 0
             else:
-                ap, ap_off = prepared.data.base_data, np.int64(prepared.offset)
-            for global_size, start, count, per_group in self.launches:
-                self.conv(q, global_size, (1, 1, 1), x.base_data, np.int64(element_offset(x)),
-                          ap, ap_off, np.int64(self.a_size), out.base_data,
-                          np.int64(element_offset(out)), start, count, per_group, bias_buf, b_off,
-                          res_buf, res_off, self.panel, *self.tail_args)
+                ap, ap_off = prepared.data.base_data, prepared.offset
+            for global_size, conv in self.bound_convs:
+                event = conv(q, global_size, (1, 1, 1), x_buf, x_off, ap, ap_off, out_buf,
+                             out_off, bias_buf, b_off, res_buf, res_off)
+        return event
 
 
 class PackedIm2colGemm(_PackedGemmConv):

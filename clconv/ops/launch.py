@@ -19,7 +19,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device
-from ..runtime.program import kernel, precision_defines
+from ..runtime.program import BoundKernel, kernel, precision_defines
 from ..runtime.transfer import element_offset
 from .activation import ACTIVATION_NAMES, ActivationArg, activation_defines
 from .geometry import ConvGeometry
@@ -194,6 +194,9 @@ class DirectConv:
             self.kernel = kernel(dev, "conv_direct.cl", "conv_direct", defines)
         self.sizes = geo.size_args()
         self.planes = geo.out_channels * od  # per image
+        # This launcher's own kernel object, the sizes set now: a call sets the operands only.
+        self.bound = BoundKernel(self.kernel, (None,) * 10 + (*self.extra, *self.sizes),
+                                 range(10))
 
     def __call__(self, batch: int, x: cla.Array, x_offset: int, w: cla.Array, w_offset: int,
                  bias: cla.Array | None, y: cla.Array, y_offset: int,
@@ -201,10 +204,9 @@ class DirectConv:
         """residual: y's shape (contiguous, its own offset), with has_residual."""
         if batch == 0:
             return None
-        return self.kernel(self.dev.queue, (*self.tiles, batch * self.planes), None, x.base_data,
-                           np.int64(x_offset), w.base_data, np.int64(w_offset),
-                           *_bias_args(bias, y), *_residual_args(residual, y), y.base_data,
-                           np.int64(y_offset), *self.extra, *self.sizes)
+        return self.bound(self.dev.queue, (*self.tiles, batch * self.planes), None, x.base_data,
+                          x_offset, w.base_data, w_offset, *_bias_args(bias, y),
+                          *_residual_args(residual, y), y.base_data, y_offset)
 
 
 def _grouped_launch(geo: ConvGeometry) -> tuple[dict[str, object], tuple[int, int]]:

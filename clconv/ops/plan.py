@@ -29,19 +29,42 @@ import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device
-from ..runtime.errors import device_memory_errors, sizes_text
+from ..runtime.errors import allocation_failure, device_memory_errors, sizes_text
 from ..blas import clblast
 from ..runtime import transfer
 from ..runtime.memory import empty
-from ..runtime.transfer import ArrayLike, check_fits, deliver, element_offset, is_device_array, \
-    result_dtype
+from ..runtime.transfer import ArrayLike, check_fits, deliver, element_offset, result_dtype
 from .precision import check_precision, compute_dtype, load, store
 
-__all__ = ["Plan", "PlanCache", "cached_plan", "freeze", "shape_of"]
+__all__ = ["Plan", "PlanCache", "cached_plan", "derived", "freeze", "mark_constant", "shape_of"]
 
 
 #: Guards every plan's cache of siblings for other batch sizes (Plan._for_batch).
 _SIBLINGS_LOCK = threading.Lock()
+
+
+_CONSTANT = "_clconv_constant"  # the attribute mark_constant sets on an array (with its cache)
+
+
+def mark_constant(a: cla.Array) -> cla.Array:
+    """Declares that the device array `a` will never be written again (e.g. the weights a
+    compiled model uploaded and owns), so that plans may keep what they derive from it (the
+    packed filters of 'implicit' and 'im2col_packed': one launch less per call). Only for arrays
+    the caller owns: an array's identity says nothing of its contents otherwise. Returns `a`."""
+    setattr(a, _CONSTANT, {})
+    return a
+
+
+def derived(a: Any, key: Hashable, make: Callable[[], Any]) -> Any:
+    """`make()`'s value for the constant array `a` (see mark_constant), made once per `key` and
+    kept with the array; for any other array `make()` each time."""
+    cache = getattr(a, _CONSTANT, None)
+    if cache is None:
+        return make()
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = make()
+    return found
 
 
 def shape_of(x: Any) -> tuple[int, ...]:
@@ -171,7 +194,9 @@ class Plan:
         for what in checked or fits:  # each must fit one buffer (MemoryError before any work)
             check_fits(dev, what, fits[what], self.work)
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
+        """Enqueues the op; returns the event of the last command it enqueued when that one
+        wrote `out` last (the result then carries it), else None (a marker is enqueued)."""
         raise NotImplementedError
 
     def sizes_text(self) -> str:
@@ -246,20 +271,32 @@ class Plan:
         elif self.dtype == np.float16:
             check_precision(self.device, self.dtype)
         dev = self.device
-        host = not is_device_array(values[self.result_follows])
-        with device_memory_errors(dev, self.sizes_text):
-            result, fill = self._result_buffer(out, host)
+        host = not isinstance(values[self.result_follows], cla.Array)
+        # Every run costs its Python too (a small layer's kernels take ~100 us): the common case
+        # (no out=, float32) makes no object beyond the result, the operands' dict and its event;
+        # the memory-error translation is a try, not a context manager.
+        try:
+            if out is None:
+                result, fill = empty(dev, self.batch_shape, self.work), None
+            else:
+                result, fill = self._result_buffer(out, host)
+            done = None
             if result.size:
-                arrays = {name: None if self.operand_shapes[name] is None else
-                          _rebased(dev, load(dev, values[name], name, self.dtype))
-                          for name in self.operand_shapes}
-                self.enqueue(arrays, result)
-            final = store(dev, result, self.dtype)
+                dtype = self.dtype
+                arrays = {}
+                for name, shape in self.operand_shapes.items():
+                    arrays[name] = None if shape is None else \
+                        _rebased(dev, load(dev, values[name], name, dtype))
+                done = self.enqueue(arrays, result)
+            final = result if result.dtype == self.dtype else store(dev, result, self.dtype)
             if final.shape != self.output_shape:  # unbatched
                 final = final.reshape(self.output_shape)
             if not host:
-                # The result carries its completion event (for other queues and for .events users).
-                final.add_event(cl.enqueue_marker(dev.queue))
+                # The result carries its completion event (for other queues and for .events users):
+                # the event of the last command that wrote it when `enqueue` returns it (the queue
+                # is in-order; nothing was enqueued after it), else a marker.
+                final.add_event(done if isinstance(done, cl.Event) and result.dtype == self.dtype
+                                else cl.enqueue_marker(dev.queue))
             if fill is not None:
                 if host:
                     if fill.size:
@@ -270,6 +307,11 @@ class Plan:
             if out is not None:  # the kernels wrote into the caller's array itself
                 out.add_event(final.events[-1])
                 return out
+        except Exception as err:
+            if allocation_failure(err) is None:
+                raise
+            with device_memory_errors(dev, self.sizes_text):  # a MemoryError naming the sizes
+                raise
         return deliver(final, host)
 
 

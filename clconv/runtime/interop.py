@@ -34,6 +34,8 @@ def is_torch_tensor(x: object) -> bool:
 def host_operand(x: Any, name: str) -> Any:
     """`x` unchanged, or a torch tensor as a numpy view; TypeError for lists, tuples, scalars and
     tensors that need grad, on another device than the CPU, or of a dtype numpy lacks (bfloat16)."""
+    if isinstance(x, (np.ndarray, cla.Array)):  # the usual operands, first: every call asks
+        return x
     if is_torch_tensor(x):
         return _from_torch(x, name)
     if isinstance(x, (list, tuple)):

@@ -9,6 +9,7 @@ buffer; OpenCL keeps the old one alive until the commands already queued on it h
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 import pyopencl as cl
@@ -113,9 +114,26 @@ def pool(dev: Device) -> cl_tools.MemoryPool:
     return dev.slot("pool", lambda: cl_tools.MemoryPool(cl_tools.ImmediateAllocator(dev.queue)))
 
 
+#: (shape, dtype) -> (size, strides, np.dtype) of the arrays `empty` made: pyopencl's checked
+#: constructor takes ~10 us (numpy calls to validate the shape), its fast one ~1 us, and a plan's
+#: result and temporaries have the same few shapes on every run.
+_LAYOUTS: dict[tuple[Any, Any], tuple[int, tuple[int, ...], np.dtype]] = {}
+
+
 def empty(dev: Device, shape: tuple[int, ...], dtype: np.dtype) -> cla.Array:
     """An uninitialised C-contiguous device array on dev.queue, from the device's memory pool."""
-    return cla.empty(dev.queue, shape, dtype, allocator=pool(dev))
+    try:
+        layout = _LAYOUTS.get((shape, dtype))
+    except TypeError:  # an unhashable shape (a list): the checked path
+        layout = None
+    if layout is not None:  # a shape met before: validated then
+        size, strides, dt = layout
+        return cla.Array(None, shape, dt, allocator=dev.pool or pool(dev), strides=strides,
+                         _fast=True, _size=size, _context=dev.context, _queue=dev.queue)
+    a = cla.empty(dev.queue, shape, dtype, allocator=pool(dev))
+    if type(shape) is tuple and len(_LAYOUTS) < 4096:
+        _LAYOUTS[(shape, dtype)] = (a.size, a.strides, a.dtype)
+    return a
 
 
 def release_pool(dev: Device) -> int:

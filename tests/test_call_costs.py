@@ -1,0 +1,82 @@
+"""What a run spares itself (issue 20's per-call costs) without changing results: launchers' own
+kernel objects with the fixed arguments set once (clconv.runtime.program.BoundKernel: a run sets
+only the operands'), the last kernel's event on the result instead of a marker, and filters packed
+once for weights declared constant (clconv.ops.plan.mark_constant, as the compiled path's)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+import pytest
+
+import reference as ref
+from tolerance import assert_close, conv_magnitude, conv_reduction
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+def _r(rng, shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _view(queue, a, pad):
+    """`a` on the device as a view `pad` elements into a larger buffer (a non-zero offset)."""
+    flat = cla.to_device(queue, np.concatenate([np.full(pad, np.nan, np.float32), a.ravel()]))
+    return flat[pad:].reshape(a.shape)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "implicit", "im2col_packed", "auto"])
+def test_runs_with_other_operands_each_time(clconv, rng, queue, algorithm):
+    """One plan run on different input, weight, bias and residual buffers, at other offsets, in
+    turn: each result is its own operands' (no argument left over from the run before)."""
+    plan = clconv.plan_conv2d((2, 5, 7, 6), (4, 5, 3, 3), padding=1, algorithm=algorithm,
+                              activation="relu", residual=True)
+    for pad in (0, 3, 0, 17):
+        x, w, b, r = _r(rng, (2, 5, 7, 6)), _r(rng, (4, 5, 3, 3)), _r(rng, (4,)), \
+            _r(rng, (2, 4, 7, 6))
+        got = plan(*(_view(queue, a, pad) for a in (x, w, b)), residual=_view(queue, r, pad))
+        want = np.maximum(ref.conv_nd(x, w, b, 1, 1) + r, 0)
+        assert_close(got, want, np.float32, conv_reduction(w) + 1, conv_magnitude(x, w, b) + 10)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "implicit"])
+def test_result_carries_its_last_kernels_event(clconv, rng, queue, algorithm):
+    """The paths that return their last kernel's event put it on the result (no marker)."""
+    x = cla.to_device(queue, _r(rng, (1, 3, 6, 6)))
+    w = cla.to_device(queue, _r(rng, (4, 3, 3, 3)))
+    y = clconv.conv2d(x, w, padding=1, algorithm=algorithm)
+    assert y.events[-1].command_type == cl.command_type.NDRANGE_KERNEL
+    cl.wait_for_events(y.events)
+    assert_close(y, ref.conv_nd(x.get(), w.get(), None, 1, 1), np.float32,
+                 conv_reduction(w.get()), conv_magnitude(x.get(), w.get()))
+
+
+@pytest.mark.parametrize("algorithm", ["implicit", "im2col_packed"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_constant_weights_are_packed_once(clconv, rng, queue, monkeypatch, algorithm, groups):
+    from clconv.ops import packed_conv
+    from clconv.ops.plan import mark_constant
+
+    packs = []
+    real = packed_conv.pack_conv_weights
+    monkeypatch.setattr(packed_conv, "pack_conv_weights",
+                        lambda *a, **k: packs.append(1) or real(*a, **k))
+    x, w, b = _r(rng, (2, 8, 9, 7)), _r(rng, (6, 8 // groups, 3, 3)), _r(rng, (6,))
+    wd = mark_constant(cla.to_device(queue, w))
+    assert mark_constant(wd) is wd
+    xd, bd = cla.to_device(queue, x), cla.to_device(queue, b)
+    want = ref.conv_nd(x, w, b, 2, 1, 1, groups)
+    for _ in range(3):
+        got = clconv.conv2d(xd, wd, bd, stride=2, padding=1, groups=groups, algorithm=algorithm)
+        assert_close(got, want, np.float32, conv_reduction(w, groups), conv_magnitude(x, w, b))
+    assert len(packs) == 1
+    # the same values in an array not declared constant: packed on every run, the same result
+    plain = cla.to_device(queue, w)
+    again = clconv.conv2d(xd, plain, bd, stride=2, padding=1, groups=groups, algorithm=algorithm)
+    np.testing.assert_array_equal(again.get(), got.get())
