@@ -355,7 +355,8 @@ def test_operand_deep_into_its_buffer_is_rebased(clconv, monkeypatch):
 
 # Every module that launches a clconv kernel imports `kernel` from clconv.runtime.program.
 _LAUNCHING_MODULES = ("ops.launch", "ops.precision", "runtime.transfer", "ops.packed_conv",
-                      "ops.conv_algorithms", "blas.packed")
+                      "ops.conv_algorithms", "blas.packed", "ops.pool", "ops.depthwise",
+                      "ops.pointwise", "ops.splitk", "ops.elementwise", "ops.grad_paths")
 
 
 @pytest.fixture
@@ -489,6 +490,64 @@ def _case_packed(c, r, dev):
                      algorithm="implicit")]
 
 
+def _case_depthwise(c, r, dev):
+    # cl/conv_depthwise.cl: a wide plane (conv_depthwise) and tiny planes (conv_depthwise_small)
+    return [c.conv2d(r((2, 3, 9, 40)), r((6, 1, 3, 3)), r(6), padding=1, groups=3,
+                     algorithm="depthwise", activation="relu"),
+            c.conv2d(r((1, 4, 7, 9)), r((4, 1, 3, 3)), stride=2, padding=1, groups=4,
+                     algorithm="depthwise"),
+            c.conv1d(r((2, 3, 17)), r((3, 1, 5)), padding=2, groups=3, algorithm="depthwise")]
+
+
+def _case_pointwise(c, r, dev):
+    # cl/conv_pointwise.cl: the GEMM, and the strided layer's subsample; cl/gemm_splitk.cl
+    x, w, b = r((2, 6, 16, 18)), r((5, 6, 1, 1)), r(5)  # >= 64 positions: a register tile's width
+    return [c.conv2d(x, w, b, algorithm="pointwise", activation="relu"),
+            c.conv2d(x, w, stride=2, algorithm="pointwise"),
+            c.conv2d(x, r((5, 6, 3, 3)), b, padding=1, algorithm="splitk")]
+
+
+def _case_pooling(c, r, dev):
+    x, x3 = r((2, 3, 7, 8)), r((1, 2, 4, 5, 6))
+    layers = [c.nn.MaxPool2d(3, 2, 1, ceil_mode=True), c.nn.AvgPool2d(3, 2, 1),
+              c.nn.AdaptiveAvgPool2d((3, 5)), c.nn.AdaptiveMaxPool2d((2, 3))]
+    out = [c.max_pool3d(x3, 2, 1, dilation=2), c.avg_pool3d(x3, 3, 2, 1, True, False)]
+    for layer in layers:
+        y = layer(x)
+        out += [y, layer.backward(r(_host(y).shape))]
+    return out
+
+
+def _case_elementwise(c, r, dev):
+    x, gate = r((2, 3, 5)), r((2, 3, 1))
+    relu = c.nn.ReLU()
+    out = [c.silu(x), c.gelu(x), relu(x), relu.backward(r(x.shape)), c.mul(x, gate),
+           c.add(x, gate, activation="relu"), c.cat([r((2, 1, 5)), x], 1)]
+    a, w, b, res = r((5, 7)), r((3, 7)), r(3), r((5, 3))
+    out.append(c.linear(a, w, b, activation="relu", residual=res))
+    fc = c.nn.Linear(7, 3, rng=0)
+    fc(a)
+    fc.backward(r((5, 3)))
+    out.append(fc.bias_grad)
+    xb = r((3, 2, 2, 3))
+    out.append(c.batch_norm(xb, r(2), np.abs(r(2)) + 0.5, r(2), r(2)))
+    bn = c.nn.BatchNorm2d(2)
+    out += [bn(xb), bn.backward(r(xb.shape))]
+    return out
+
+
+def _case_grad_paths(c, r, dev):
+    # cl/conv_grad_paths.cl: the strided depthwise adjoint (dw_adjoint), the depthwise weight
+    # gradient (dw_weight_grad), a strided adjoint's whole-image col2im (col2im_phase) and the dense
+    # weight gradient on the packed GEMM (wg_pack_g, wg_pack_x)
+    x, w, g = r((2, 4, 9, 10)), r((4, 1, 3, 3)), r((2, 4, 5, 5))
+    xd, wd, gd = r((2, 3, 8, 7)), r((5, 3, 3, 3)), r((2, 5, 4, 4))
+    return [c.conv2d_input(x.shape, w, g, stride=2, padding=1, groups=4),
+            c.conv2d_weight(x, w.shape, g, stride=2, padding=1, groups=4),
+            c.conv2d_input(xd.shape, wd, gd, stride=2, padding=1),
+            c.conv2d_weight(xd, wd.shape, gd, stride=2, padding=1)]
+
+
 # case: (function, the kernel sources it must launch)
 LONG_INDEX_CASES = {
     "conv_direct": (_case_direct, {"conv_direct.cl"}),
@@ -498,12 +557,18 @@ LONG_INDEX_CASES = {
     "im2col-ranges": (_case_im2col_ranges, {"im2col.cl", "epilogue.cl"}),
     "unfold-fold": (_case_unfold_fold, {"im2col.cl", "col2im.cl"}),
     "transposed": (_case_transpose, {"col2im.cl", "epilogue.cl"}),
-    "grad-input": (_case_grad_input, {"col2im.cl", "pad_adjoint.cl"}),
+    # gradients: GEMM + the whole-image col2im of cl/conv_grad_paths.cl (clconv.ops.grad_paths)
+    "grad-input": (_case_grad_input, {"conv_grad_paths.cl", "pad_adjoint.cl"}),
     "grad-weight": (_case_grad_weight, {"im2col.cl"}),
-    "layers": (_case_layers, {"im2col.cl", "col2im.cl", "epilogue.cl"}),
+    "layers": (_case_layers, {"conv_grad_paths.cl", "epilogue.cl"}),
     "strided_copy": (_case_strided_copy, {"strided_copy.cl"}),
     "convert": (_case_convert, {"convert.cl"}),
     "packed": (_case_packed, {"conv_implicit.cl", "im2col_packed.cl", "gemm_packed.cl"}),
+    "depthwise": (_case_depthwise, {"conv_depthwise.cl"}),
+    "pointwise-splitk": (_case_pointwise, {"conv_pointwise.cl", "gemm_splitk.cl", "im2col.cl"}),
+    "pooling": (_case_pooling, {"pool.cl"}),
+    "elementwise": (_case_elementwise, {"elementwise.cl"}),
+    "grad-paths": (_case_grad_paths, {"conv_grad_paths.cl"}),
 }
 
 

@@ -11,8 +11,9 @@ function that launches them) on tiny shapes and compares the result with the num
 of the source checkout's tests/reference.py within tests/tolerance.py's tolerances (exactly for
 data movement). The cases cover each kernel's -D families: padding modes, groups and depthwise,
 float32/float64, the 64-bit index path (`FORCE_INDEX_T = "long"`), GEMM edge tiles, every
-algorithm, transposed convolutions, both gradients, im2col/col2im in 1-d/2-d/3-d and the
-float16 <-> float32 conversions. Oclgrind's messages go to file descriptor 2; each case's are
+algorithm (depthwise, pointwise and split-K included), transposed convolutions, both gradients
+(and clconv.ops.grad_paths' kernels), pooling, elementwise layers, the channel norm, im2col/col2im in
+1-d/2-d/3-d and the float16 <-> float32 conversions. Oclgrind's messages go to file descriptor 2; each case's are
 captured and any message fails the case.
 
 Launches are counted per .cl file (by wrapping pyopencl's Kernel.__call__) and printed as a table;
@@ -66,8 +67,14 @@ def under_oclgrind() -> bool:
 
 #: --check-api reports info queries that a 1.2 device answers with CL_INVALID_VALUE (pyopencl and
 #: clconv ask for optional OpenCL 2.x/3.0 properties and handle the error): not a problem.
-_BENIGN_API = re.compile(r"Oclgrind - OpenCL runtime error detected\n\s*Function: clGet\w*Info\n"
-                         r"\s*Error:\s+CL_INVALID_VALUE\n\s*For argument 'param_name'\n?")
+#: Nor is clCreateKernel of '_source': pyopencl's Kernel(program, name) reads program._source (the
+#: text it keeps for capture_call); on a Program wrapper without it (kernel.program, as
+#: clconv.runtime.program.BoundKernel passes) Program.__getattr__ tries it as a kernel name, and
+#: pyopencl handles the failure.
+_BENIGN_API = re.compile(r"Oclgrind - OpenCL runtime error detected\n\s*(Function: clGet\w*Info\n"
+                         r"\s*Error:\s+CL_INVALID_VALUE\n\s*For argument 'param_name'|"
+                         r"Function: clCreateKernel\n\s*Error:\s+CL_INVALID_KERNEL_NAME\n"
+                         r"\s*Kernel '_source' not found)\n?")
 
 
 def oclgrind_messages(text: str) -> list[str]:
@@ -116,7 +123,8 @@ def kernel_files() -> dict[str, list[str]]:
 
 
 class LaunchCounter:
-    """Counts kernel launches per .cl file while active (wraps pyopencl's Kernel.__call__)."""
+    """Counts kernel launches per .cl file while active (wraps pyopencl's Kernel.__call__ and
+    clconv's BoundKernel, which enqueues its own kernel object directly)."""
 
     def __init__(self, files: dict[str, list[str]]) -> None:
         self.by_name: dict[str, list[str]] = {}
@@ -131,6 +139,10 @@ class LaunchCounter:
         files = self.by_name.get(name, [])
         if len(files) == 1:
             return files[0]
+        if not files:
+            # pyopencl's own kernels (fill, copy, ...): not clconv's. (Their programs, wrapped
+            # again by get_info, would look up `_source` as a kernel name: an API error.)
+            return f"pyopencl ({name})"
         # A name in several files (or none): the program's source says which file it was built from.
         import pyopencl as cl
 
@@ -164,6 +176,16 @@ class LaunchCounter:
             return self._gemm(*args, **kwargs)
 
         clblast.gemm = counted_gemm
+        from ..runtime.program import BoundKernel
+
+        self._bound = BoundKernel.__call__
+
+        def counted_bound(bk: Any, *args: Any, **kwargs: Any) -> Any:
+            if bk.shared is None:  # else it calls the shared kernel, counted above
+                counter.counts[counter._file(bk.kernel)] += 1
+            return self._bound(bk, *args, **kwargs)
+
+        BoundKernel.__call__ = counted_bound  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -173,6 +195,9 @@ class LaunchCounter:
 
         cl.Kernel.__call__ = self._original
         clblast.gemm = self._gemm
+        from ..runtime.program import BoundKernel
+
+        BoundKernel.__call__ = self._bound  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------
@@ -615,6 +640,142 @@ def elementwise(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
     yield "cat dim=1", clconv.cat(parts, 1), np.concatenate(parts, 1), np.float32, 0, 1.0
 
 
+@case
+def depthwise_pointwise_splitk(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
+    """algorithm='depthwise' (cl/conv_depthwise.cl: conv_depthwise_small's whole zero-padded
+    planes, stride 1 and 2, and conv_depthwise for other padding modes, 1-d and 3-d, channel
+    multipliers), 'pointwise' (cl/conv_pointwise.cl, with the strided layer's subsample) and
+    'splitk' (im2col + cl/gemm_splitk.cl's slices and reduction), epilogues fused, float64."""
+    import clconv
+
+    f64 = [np.float64] if dev.fp64 else []
+    cases = [
+        (clconv.conv2d, (2, 3, 5, 7), (3, 1, 3, 3), {"padding": 1, "groups": 3}, "depthwise",
+         [np.float32] + f64),
+        (clconv.conv2d, (1, 2, 7, 9), (4, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 2},
+         "depthwise", [np.float32]),
+        (clconv.conv2d, (1, 3, 5, 6), (3, 1, 3, 3), {"padding": 1, "groups": 3,
+                                                     "padding_mode": "reflect"}, "depthwise",
+         [np.float32]),
+        (clconv.conv1d, (2, 2, 11), (2, 1, 5), {"padding": 2, "groups": 2, "dilation": 2},
+         "depthwise", [np.float32]),
+        (clconv.conv3d, (1, 2, 3, 4, 5), (2, 1, 2, 3, 3), {"padding": (0, 1, 1), "groups": 2},
+         "depthwise", [np.float32]),
+        # 'pointwise' and 'splitk' need a register tile's width of output positions (<= 64)
+        (clconv.conv2d, (2, 3, 8, 9), (4, 3, 1, 1), {}, "pointwise", [np.float32] + f64),
+        (clconv.conv2d, (1, 3, 16, 17), (4, 3, 1, 1), {"stride": 2}, "pointwise", [np.float32]),
+        (clconv.conv2d, (1, 5, 8, 9), (3, 5, 3, 3), {"padding": 1}, "splitk",
+         [np.float32] + f64),
+    ]
+    for i, (fn, xs, ws, kw, algorithm, dtypes) in enumerate(cases):
+        for dt in dtypes:
+            x, w, b = _arr(rng, xs, dt), _arr(rng, ws, dt), _arr(rng, (ws[0],), dt)
+            conv = ref.conv_nd(x, w, b, **kw)
+            red = math.prod(ws[1:])
+            if i % 2:  # bias + residual + ReLU fused
+                r = _arr(rng, conv.shape, dt)
+                got = fn(x, w, b, algorithm=algorithm, activation="relu", residual=r, **kw)
+                want, mag = np.maximum(conv + r, 0), max(_mag(x, w), _mag(r))
+            else:
+                got, want, mag = fn(x, w, b, algorithm=algorithm, **kw), conv, _mag(x, w)
+            yield (f"{fn.__name__} {algorithm} {xs} {ws} {kw} {np.dtype(dt).name}", got, want,
+                   dt, red, mag)
+
+
+class _GemmEngine:
+    """$CLCONV_GEMM set to `engine` while active (plans made meanwhile keep that engine: the cases
+    using it choose shapes of their own, so that no other case reuses those plans)."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> None:
+        self.saved = os.environ.get("CLCONV_GEMM")
+        os.environ["CLCONV_GEMM"] = self.engine
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is None:
+            os.environ.pop("CLCONV_GEMM", None)
+        else:
+            os.environ["CLCONV_GEMM"] = self.saved
+
+
+@case
+def grad_paths(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
+    """cl/conv_grad_paths.cl (clconv.ops.grad_paths): the stride-1 adjoint as a forward
+    convolution of the flipped filters (flip_transpose), the strided depthwise adjoint
+    (dw_adjoint), the depthwise weight gradient (dw_weight_grad), the whole-image col2im of the
+    GEMM adjoint (col2im_phase) and the dense weight gradient on clconv's packed GEMM (wg_pack_g,
+    wg_pack_x), float64 on one of each."""
+    import clconv
+
+    cases = [
+        # (x shape, w shape, kwargs, float64 too)
+        ((2, 3, 5, 6), (3, 1, 3, 3), {"padding": 1, "groups": 3}, True),         # flip + forward
+        ((1, 4, 6, 5), (2, 4, 1, 1), {}, False),                                  # 1x1: flip
+        ((2, 2, 7, 9), (4, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 2}, True),  # dw
+        ((1, 3, 6, 9), (3, 1, 3, 2), {"stride": (1, 2), "padding": (1, 0), "groups": 3,
+                                      "dilation": (2, 1)}, False),                # dw
+        ((2, 3, 7, 6), (4, 3, 3, 3), {"stride": 2, "padding": 1}, True),          # phase col2im
+        ((1, 2, 8, 7), (3, 2, 3, 2), {"stride": (3, 2), "dilation": (1, 2)}, False),
+        ((2, 3, 5, 9), (2, 3, 3, 3), {"padding": (1, 2)}, False),                 # packed wgrad
+        ((2, 2, 11), (3, 2, 3), {"stride": 2, "padding": 1, "nd": 1}, False),     # 1-d
+    ]
+    with _GemmEngine("packed"):  # PackedWeightGrad runs on clconv's packed GEMM only
+        for xs, ws, kw, wide in cases:
+            kw = dict(kw)
+            nd = kw.pop("nd", 2)
+            for dt in [np.float32] + ([np.float64] if wide and dev.fp64 else []):
+                x, w = _arr(rng, xs, dt), _arr(rng, ws, dt)
+                g = _arr(rng, ref.conv_nd(x, w, **kw).shape, dt)
+                groups = kw.get("groups", 1)
+                name = f"{xs} {ws} {kw} {np.dtype(dt).name}"
+                yield (f"conv{nd}d_input {name}",
+                       getattr(clconv, f"conv{nd}d_input")(xs, w, g, **kw),
+                       ref_extra.conv_nd_input(xs, w, g, **kw), dt,
+                       ws[0] // groups * math.prod(ws[2:]), _mag(w, g))
+                yield (f"conv{nd}d_weight {name}",
+                       getattr(clconv, f"conv{nd}d_weight")(x, ws, g, **kw),
+                       ref_extra.conv_nd_weight(x, ws, g, **kw), dt,
+                       xs[0] * math.prod(g.shape[2:]), _mag(x, g))
+        # the adjoint as a layer: conv_transpose2d's bias + ReLU through the forward machinery
+        x, w, b = _arr(rng, (1, 2, 4, 5)), _arr(rng, (2, 3, 3, 3)), _arr(rng, (3,))
+        want = np.maximum(ref.conv_transpose_nd(x, w, b, padding=1), 0)
+        yield ("conv_transpose2d stride 1 relu", clconv.conv_transpose2d(
+            x, w, b, padding=1, activation="relu"), want, np.float32, 2 * 9, _mag(x, w))
+
+
+@case
+def channel_norm(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
+    """cl/channel_norm.cl (clconv.torch's channels-first LayerNorm): with and without the affine
+    weight and bias, an odd number of positions, float64."""
+    import pyopencl.array as cla
+
+    from ..torch_graph import channel_norm as norm
+
+    for shape, affine, dt in [((2, 5, 3, 4), True, np.float32), ((1, 3, 7), False, np.float32),
+                              ((2, 4, 3, 3), True, np.float64)]:
+        if dt == np.float64 and not dev.fp64:
+            continue
+        x = _arr(rng, shape, dt)
+        x[0, :, 0] += 100  # a large mean: the centred second pass
+        c = shape[1]
+        w, b = (_arr(rng, (c,), dt), _arr(rng, (c,), dt)) if affine else (None, None)
+        xx = x.astype(np.float64)
+        want = (xx - xx.mean(axis=1, keepdims=True)) / np.sqrt(xx.var(axis=1, keepdims=True)
+                                                               + 1e-6)
+        bshape = (1, c) + (1,) * (len(shape) - 2)
+        if affine:
+            want = want * w.reshape(bshape) + b.reshape(bshape)
+        got = norm(cla.to_device(dev.queue, x),
+                   cla.to_device(dev.queue, w) if affine else None,
+                   cla.to_device(dev.queue, b) if affine else None, 1e-6)
+        # (x - mean) rounds at |x|'s scale (100): that over a standard deviation of ~1
+        mag = _mag(x) * (_mag(w) if affine else 1.0) + (_mag(b) if affine else 0.0)
+        yield (f"channel_norm {shape} affine={affine} {np.dtype(dt).name}", got, want, dt, 2 * c,
+               mag)
+
+
 def _index_long(case_fn: Case) -> Case:
     def run(dev: Any, rng: np.random.Generator) -> Iterator[Check]:
         from ..runtime import transfer
@@ -636,6 +797,8 @@ for _fn in (conv2d_forward, winograd, gradients, unfold_fold, layouts_and_conver
     case(_index_long(_fn))
 case(_index_long(pooling))
 case(_index_long(elementwise))
+case(_index_long(depthwise_pointwise_splitk))
+case(_index_long(grad_paths))
 
 
 #: Files that cannot run on a device, and why (checked at run time).
