@@ -1424,6 +1424,8 @@ def channel_norm(x: cla.Array, weight: cla.Array | None, bias: cla.Array | None,
     LayerNorm), on the current device; weight and bias (C,) or both None."""
     dev = current_device()
     x = to_device(x, dev, "input", x.dtype)
+    if x.offset:  # the kernel indexes from the buffer's start: a view into a larger buffer is copied
+        x = x.copy()
     n, c = x.shape[0], x.shape[1]
     spatial = int(np.prod(x.shape[2:], dtype=np.int64))
     out = empty(dev, x.shape, x.dtype)
@@ -1435,7 +1437,7 @@ def channel_norm(x: cla.Array, weight: cla.Array | None, bias: cla.Array | None,
     k = kernel(dev, "channel_norm.cl", "channel_norm", defines)
     dummy = x.base_data
     with dev.lock:
-        k(dev.queue, (positions,), None, x.base_data if x.offset == 0 else x.data, out.data,
+        k(dev.queue, (positions,), None, x.base_data, out.data,
           weight.data if weight is not None else dummy, bias.data if bias is not None else dummy,
           np.int64(c), np.int64(spatial), np.int64(positions), np.float32(eps))
     return out
