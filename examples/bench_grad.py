@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_layers import NETS
+from fairbench import Worker, alternate, command_line, print_geometric_means, select_layers
 
 _WORKER = r"""
 import sys, time, json
@@ -59,14 +56,8 @@ if kind == "torch":
         op_ = out_pad(h, k, s, p, y.shape[-1])
         wd = wt.detach()
         return lambda: torch.nn.functional.conv_transpose2d(gy, wd, None, s, p, op_, g)
-    def block(i, op, reps):
-        if (i, op) not in cache:
-            cache[(i, op)] = make(i, op)
-        f = cache[(i, op)]
-        t = time.perf_counter()
-        for _ in range(reps): f()
-        return (time.perf_counter() - t) / reps
-    print(json.dumps({}), flush=True)
+    finish = lambda: None
+    header = {}
 else:
     import numpy as np, pyopencl.array as cla, clconv
     dev = clconv.current_device(); q = dev.queue
@@ -87,49 +78,22 @@ else:
         pl = clconv.plan_conv_transpose2d((n, co, oh, oh), (co, c // g, k, k), False, s, p,
                                           out_pad(h, k, s, p, oh), g)
         return lambda: pl(gy, wt)
-    def block(i, op, reps):
-        if (i, op) not in cache:
-            cache[(i, op)] = make(i, op)
-        f = cache[(i, op)]
-        t = time.perf_counter()
-        for _ in range(reps): f()
-        q.finish()
-        return (time.perf_counter() - t) / reps
-    print(json.dumps({"device": f"{dev.name} ({dev.platform_name} {dev.driver_version})"}),
-          flush=True)
+    finish = q.finish  # clconv's blocks count the work, not only the enqueueing
+    header = {"device": f"{dev.name} ({dev.platform_name} {dev.driver_version})"}
+def block(i, op, reps):
+    if (i, op) not in cache:
+        cache[(i, op)] = make(i, op)
+    f = cache[(i, op)]
+    t = time.perf_counter()
+    for _ in range(reps): f()
+    finish()
+    return (time.perf_counter() - t) / reps
+print(json.dumps(header), flush=True)
 for line in sys.stdin:
     i, op, reps = json.loads(line)
     block(i, op, 1)  # the first call (plans, builds, measurements) untimed
     print(json.dumps(block(i, op, reps)), flush=True)
 """
-
-
-class Worker:
-    """A warm process running blocks of one layer's op on request (torch or clconv)."""
-
-    def __init__(self, kind: str, threads: int, layers: list[tuple[int, ...]],
-                 cache_dir: str | None = None) -> None:
-        env = dict(os.environ)
-        if kind == "torch":
-            env["OMP_NUM_THREADS"] = str(threads)
-        elif cache_dir is not None:
-            env["CLCONV_CACHE_DIR"] = cache_dir
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, kind, str(threads),
-                                      json.dumps(layers)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
-        assert self.proc.stdout is not None
-        self.header = json.loads(self.proc.stdout.readline())
-
-    def ask(self, *cmd: object) -> float:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return float(json.loads(self.proc.stdout.readline()))
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,20 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help="keep layers whose name contains one of these")
     args = parser.parse_args(argv)
 
-    named: list[tuple[str, tuple[int, ...]]] = []
-    for net in args.net.split(","):
-        for name, dims in NETS[net]():
-            if all(name != other for other, _ in named):
-                named.append((name, dims))
-    if args.only:
-        words = args.only.split(",")
-        named = [(n, d) for n, d in named if any(w in n for w in words)]
+    named = select_layers(args.net, args.only)
     layers = [(args.batch, *d) for _, d in named]
     ops = args.ops.split(",")
-    print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
+    print(command_line())
     fresh = tempfile.mkdtemp(prefix="clconv-bench-grad-")
-    torch_w = Worker("torch", args.torch_threads, layers)
-    clconv_w = Worker("clconv", args.torch_threads, layers, fresh)
+    torch_w = Worker.script(_WORKER, "torch", args.torch_threads, json.dumps(layers))
+    clconv_w = Worker.script(_WORKER, "clconv", args.torch_threads, json.dumps(layers),
+                             cache_dir=fresh)
     print(f"device: {clconv_w.header['device']}; batch {args.batch}; fresh 'auto' choices")
     print(f"method: torch autograd backward ({args.torch_threads} threads) and clconv in separate "
           f"warm processes; per layer and op {args.rounds} rounds of alternating blocks of "
@@ -168,12 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         for i, (name, _) in enumerate(named):
             cells = []
             for op in ops:
-                tt, tc = [], []
-                for _ in range(args.rounds):
-                    tt.append(torch_w.ask(i, op, args.block))
-                    time.sleep(args.pause)
-                    tc.append(clconv_w.ask(i, op, args.block))
-                    time.sleep(args.pause)
+                tt, tc = alternate(args.rounds, args.pause,
+                                   [lambda i=i, op=op: torch_w.ask(i, op, args.block),
+                                    lambda i=i, op=op: clconv_w.ask(i, op, args.block)])
                 a, b = statistics.median(tt), statistics.median(tc)
                 ratios[op].append(a / b)
                 cells.append(f"{op} {a * 1e3:7.2f}/{b * 1e3:7.2f} ms {a / b:4.2f}x")
@@ -182,11 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         torch_w.close()
         clconv_w.close()
         shutil.rmtree(fresh, ignore_errors=True)
-    for op, r in ratios.items():
-        if r:
-            geo = math.exp(sum(math.log(v) for v in r) / len(r))
-            print(f"geometric mean torch/clconv ({op}): {geo:.2f}x over {len(r)} layers "
-                  f"(min {min(r):.2f}x, max {max(r):.2f}x)")
+    print_geometric_means(ratios)
 
 
 if __name__ == "__main__":

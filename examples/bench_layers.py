@@ -23,56 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
-# (name, (N, C_in, H, W, C_out, k, stride, padding, groups)); N is filled in from --batch.
-Layer = tuple[str, tuple[int, ...]]
-
-
-def resnet18() -> list[Layer]:
-    """ResNet-18's distinct convolutions at 224x224 (torchvision's layout)."""
-    layers = [("r18.conv1 3-64 7x7 s2", (3, 224, 224, 64, 7, 2, 3, 1))]
-    size, cin = 56, 64
-    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        if stride == 2:
-            layers.append((f"r18.{cin}-{cout} 3x3 s2 @{size}", (cin, size, size, cout, 3, 2, 1, 1)))
-            layers.append((f"r18.ds {cin}-{cout} 1x1 s2 @{size}",
-                           (cin, size, size, cout, 1, 2, 0, 1)))
-            size //= 2
-        layers.append((f"r18.{cout} 3x3 @{size}", (cout, size, size, cout, 3, 1, 1, 1)))
-        cin = cout
-    return layers
-
-
-def mobilenet_v2() -> list[Layer]:
-    """MobileNetV2's distinct convolutions at 224x224 (torchvision's inverted residuals)."""
-    layers = [("mb2.stem 3-32 3x3 s2", (3, 224, 224, 32, 3, 2, 1, 1))]
-    size, cin = 112, 32
-    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                       (6, 160, 3, 2), (6, 320, 1, 1)):
-        for i in range(n):
-            stride = s if i == 0 else 1
-            hidden = cin * t
-            if t != 1:
-                layers.append((f"mb2.pw {cin}-{hidden} @{size}",
-                               (cin, size, size, hidden, 1, 1, 0, 1)))
-            layers.append((f"mb2.dw {hidden} s{stride} @{size}",
-                           (hidden, size, size, hidden, 3, stride, 1, hidden)))
-            size = size // stride
-            layers.append((f"mb2.pw {hidden}-{c} @{size}", (hidden, size, size, c, 1, 1, 0, 1)))
-            cin = c
-    layers.append((f"mb2.pw {cin}-1280 @{size}", (cin, size, size, 1280, 1, 1, 0, 1)))
-    return layers
-
-
-NETS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fairbench import Layer, Worker, alternate, command_line, print_geometric_means, select_layers
 
 _WORKER = r"""
 import sys, time, json
@@ -90,6 +48,7 @@ if kind == "torch":
         t = time.perf_counter()
         for _ in range(reps): ops[i]()
         return (time.perf_counter() - t) / reps
+    print(json.dumps({}), flush=True)
 else:
     import numpy as np, pyopencl.array as cla, clconv
     dev = clconv.current_device(); q = dev.queue
@@ -133,33 +92,6 @@ for line in sys.stdin:
 """
 
 
-class Worker:
-    """A warm process running blocks of one layer's calls on request (torch or clconv)."""
-
-    def __init__(self, kind: str, threads: int, layers: list[tuple[int, ...]],
-                 cache_dir: str | None = None) -> None:
-        env = dict(os.environ)
-        if kind == "torch":
-            env["OMP_NUM_THREADS"] = str(threads)
-        elif cache_dir is not None:
-            env["CLCONV_CACHE_DIR"] = cache_dir
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, kind, str(threads),
-                                      json.dumps(layers)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
-        self.header = json.loads(self.proc.stdout.readline()) if kind == "clconv" else {}
-
-    def ask(self, *cmd: object) -> object:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--net", default="resnet18,mobilenet_v2")
@@ -178,20 +110,14 @@ def main(argv: list[str] | None = None) -> None:
                              "cache folder, so that 'auto' measures as on a new machine)")
     args = parser.parse_args(argv)
 
-    named: list[Layer] = []
-    for net in args.net.split(","):
-        for name, dims in NETS[net]():
-            if all(name != other for other, _ in named):
-                named.append((name, dims))
-    if args.only:
-        words = args.only.split(",")
-        named = [(n, d) for n, d in named if any(w in n for w in words)]
+    named: list[Layer] = select_layers(args.net, args.only)
     layers = [(args.batch, *d) for _, d in named]
     algorithms = args.algorithms.split(",")
-    print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
-    torch_w = Worker("torch", args.torch_threads, layers)
+    print(command_line())
+    torch_w = Worker.script(_WORKER, "torch", args.torch_threads, json.dumps(layers))
     fresh = None if args.keep_choices else tempfile.mkdtemp(prefix="clconv-bench-")
-    clconv_w = Worker("clconv", args.torch_threads, layers, fresh)
+    clconv_w = Worker.script(_WORKER, "clconv", args.torch_threads, json.dumps(layers),
+                             cache_dir=fresh)
     print(f"device: {clconv_w.header['device']}; CLCONV_AUTO={os.environ.get('CLCONV_AUTO', '')!r}"
           f"; {'remembered' if fresh is None else 'fresh'} 'auto' choices")
     print(f"method: torch ({args.torch_threads} threads) and clconv in separate warm processes; "
@@ -202,16 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     ratios: dict[str, list[float]] = {a: [] for a in algorithms}
     try:
         for i, (name, _) in enumerate(named):
-            times: dict[str, list[float]] = {"torch": [], **{a: [] for a in algorithms}}
             torch_w.ask(i, "", 1)
-            for _ in range(args.rounds):
-                times["torch"].append(torch_w.ask(i, "", args.block))
-                time.sleep(args.pause)
-                for a in algorithms:
-                    t = clconv_w.ask(i, a, args.block)
-                    if t is not None:
-                        times[a].append(t)
-                    time.sleep(args.pause)
+            blocks = [lambda i=i: torch_w.ask(i, "", args.block)]
+            blocks += [lambda i=i, a=a: clconv_w.ask(i, a, args.block) for a in algorithms]
+            per = alternate(args.rounds, args.pause, blocks)
+            times: dict[str, list[float]] = {"torch": per[0]}
+            for a, ts in zip(algorithms, per[1:]):
+                times[a] = [t for t in ts if t is not None]  # None: not for this layer
             stat = statistics.median if args.stat == "median" else min
             t_torch = stat(times["torch"])
             cells = [f"torch {t_torch * 1e3:7.3f} ms"]
@@ -231,11 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         clconv_w.close()
         if fresh is not None:
             shutil.rmtree(fresh, ignore_errors=True)
-    for a, r in ratios.items():
-        if r:
-            geo = math.exp(sum(math.log(v) for v in r) / len(r))
-            print(f"geometric mean torch/clconv ({a}): {geo:.2f}x over {len(r)} layers "
-                  f"(min {min(r):.2f}x, max {max(r):.2f}x)")
+    print_geometric_means(ratios)
 
 
 if __name__ == "__main__":

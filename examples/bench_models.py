@@ -18,12 +18,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from fairbench import Worker, alternate, command_line
+
 PATHS = ("torch", "convert", "compile")
 
 
@@ -64,7 +66,7 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps({"ready": True, "device": dev.name,
                           "fallbacks": len(getattr(fn, "fallbacks", []))}), flush=True)
         for line in sys.stdin:
-            if line.strip() != "go":
+            if json.loads(line) != ["go"]:
                 break
             times = []
             for _ in range(args.reps):
@@ -75,37 +77,30 @@ def child(args: argparse.Namespace) -> None:
 
 
 def parent(args: argparse.Namespace) -> None:
-    print("command:", " ".join([os.path.relpath(sys.executable), *sys.argv]))
+    print(command_line(relative=True))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     results = []
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batch.split(",")):
-            procs = {}
-            info = {}
+            workers: dict[str, Worker] = {}
             for path in PATHS:
                 cmd = [sys.executable, __file__, "--child", "--model", name, "--path", path,
                        "--batch", str(batch), "--size", str(args.size), "--reps", str(args.reps),
                        "--threads", str(args.threads)]
                 if args.device:
                     cmd += ["--device", args.device]
-                procs[path] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                               text=True, env=env, cwd=ROOT)
                 # Warm up one at a time: builds and measuring do not overlap the others' timing.
-                line = procs[path].stdout.readline()
-                if not line:
-                    raise SystemExit(f"the {path} child for {name} batch {batch} failed")
-                info[path] = json.loads(line)
-            times: dict[str, list[float]] = {p: [] for p in PATHS}
-            for _ in range(args.blocks):
-                for path in PATHS:
-                    procs[path].stdin.write("go\n")
-                    procs[path].stdin.flush()
-                    times[path] += json.loads(procs[path].stdout.readline())["times"]
-                    time.sleep(args.pause)
-            for p in procs.values():
-                p.stdin.close()
-                p.wait()
+                try:
+                    workers[path] = Worker(cmd, env, cwd=ROOT)
+                except RuntimeError:
+                    raise SystemExit(f"the {path} child for {name} batch {batch} failed") from None
+            info = {p: w.header for p, w in workers.items()}
+            per = alternate(args.blocks, args.pause,
+                            [lambda w=w: w.ask("go")["times"] for w in workers.values()])
+            times = {p: [t for block in blocks for t in block] for p, blocks in zip(PATHS, per)}
+            for w in workers.values():
+                w.close()
             med = {p: statistics.median(t) * 1e3 for p, t in times.items()}
             row = {"model": name, "batch": batch, "size": args.size, **{f"{p}_ms": med[p]
                                                                          for p in PATHS},

@@ -34,6 +34,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fairbench import Worker, alternate, command_line
+
 # The 4-layer CNN: (weight shape, conv2d keywords).
 CNN = [((32, 16, 3, 3), {"padding": 1, "activation": "relu"}),
        ((32, 32, 3, 3), {"stride": 2, "padding": 1}),
@@ -114,42 +117,11 @@ for line in sys.stdin:
 """
 
 
-class Worker:
-    """A warm process running blocks of back-to-back calls of one case on request."""
-
-    def __init__(self, kind: str, threads: int, device: str | None = None,
-                 algorithm: str = "auto") -> None:
-        env = dict(os.environ)
-        if kind == "torch":
-            env["OMP_NUM_THREADS"] = str(threads)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, kind, str(threads),
-             json.dumps([CNN, SMALL_X, SMALL_W]), device or "", algorithm],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.header = self._read()
-
-    def _read(self) -> object:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("a benchmark worker exited early (see its error above)")
-        return json.loads(line)
-
-    def block(self, case: str, reps: int) -> float:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps([case, reps]) + "\n")
-        self.proc.stdin.flush()
-        return float(self._read())
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
 def fair(args: argparse.Namespace) -> None:
-    torch_w = Worker("torch", args.torch_threads)
-    clconv_w = Worker("clconv", args.torch_threads, args.device, args.algorithm)
+    shapes = json.dumps([CNN, SMALL_X, SMALL_W])
+    torch_w = Worker.script(_WORKER, "torch", args.torch_threads, shapes, "", args.algorithm)
+    clconv_w = Worker.script(_WORKER, "clconv", args.torch_threads, shapes, args.device or "",
+                             args.algorithm)
     print(f"device: {clconv_w.header['device']}; algorithms run: {clconv_w.header['algorithms']} "
           f"(small layer: algorithm={args.algorithm!r})")
     print(f"{torch_w.header['torch']}")
@@ -159,17 +131,19 @@ def fair(args: argparse.Namespace) -> None:
     pairs = [("small, device arrays", "small", "small"), ("small, numpy in/out", "small_numpy",
                                                          "small"),
              ("4-layer CNN, device arrays", "cnn", "cnn")]
-    times: dict[str, list[float]] = {}
+    blocks = []
+    for _, mine, theirs in pairs:
+        blocks += [lambda theirs=theirs: torch_w.ask(theirs, args.block),
+                   lambda mine=mine: clconv_w.ask(mine, args.block)]
     try:
-        for _ in range(args.rounds):
-            for label, mine, theirs in pairs:
-                times.setdefault("torch " + theirs, []).append(torch_w.block(theirs, args.block))
-                time.sleep(args.pause)
-                times.setdefault(label, []).append(clconv_w.block(mine, args.block))
-                time.sleep(args.pause)
+        per = alternate(args.rounds, args.pause, blocks)
     finally:
         torch_w.close()
         clconv_w.close()
+    times: dict[str, list[float]] = {}
+    for (label, _, theirs), torch_t, clconv_t in zip(pairs, per[0::2], per[1::2]):
+        times.setdefault("torch " + theirs, []).extend(torch_t)
+        times[label] = clconv_t
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     print("\nper-call time (median ms; clconv / torch, target <= 1.5x):")
     for label, _, theirs in pairs:
@@ -384,7 +358,7 @@ def main() -> None:
     parser.add_argument("--same-process", action="store_true",
                         help="only the one-process A/B (OMP_WAIT_POLICY)")
     args = parser.parse_args()
-    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    print(command_line())
     if args.breakdown:
         breakdown(args)
     elif args.same_process:

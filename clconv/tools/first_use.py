@@ -8,9 +8,9 @@ Each measurement runs in a new Python process whose caches all live in one tempo
 clconv's (CLCONV_CACHE_DIR: the algorithm choices), PoCL's (POCL_CACHE_DIR: compiled kernels) and
 pyopencl's (XDG_CACHE_HOME; PYOPENCL_NO_CACHE=1 besides). 'cold' starts from an empty folder (a new
 machine, CI, a container); 'warm' runs a second process on the folder the cold one filled. The
-networks are built from their papers' tables in torch (ResNet-18: He et al. 2015, table 1;
-MobileNetV2: Sandler et al. 2018, table 2), randomly initialised, in eval mode, batch 1 at
-224x224, converted by `clconv.torch.convert` (needs torch). Reported per run: the first and second
+networks (clconv.tools.networks) are built from their papers' tables in torch (ResNet-18: He et
+al. 2015, table 1; MobileNetV2: Sandler et al. 2018, table 2), randomly initialised, in eval mode,
+batch 1 at 224x224, converted by `clconv.torch.convert` (needs torch). Reported per run: the first and second
 forward (s), the first one's CPU time (all the process's threads: a figure that other work on a
 shared machine inflates less than the wall time), torch's own forward (s), the programs clconv
 built and their build time (PoCL also compiles a kernel on its first launch, in its own threads:
@@ -37,68 +37,17 @@ MODES = ("cold", "warm")
 def resnet18() -> Any:
     """ResNet-18 (He et al. 2015, table 1): 7x7/2 stem, 3x3/2 max pool, four stages of two basic
     blocks (64, 128, 256, 512 channels; 1x1/2 projections), average pool, 1000-way fc. 20 convs."""
-    from torch import nn
+    from .networks import resnet18 as build
 
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
-
-        def forward(self, x: Any) -> Any:
-            y = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
-            return (y + (x if self.down is None else self.down(x))).relu()
-
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                               nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-    cin = 64
-    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
-        cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
-    return nn.Sequential(*layers)
+    return build(1.0, num_classes=1000)
 
 
 def mobilenet_v2() -> Any:
     """MobileNetV2 (Sandler et al. 2018, table 2): 3x3/2 stem of 32, inverted residual blocks
     (t, c, n, s) as the table, 1x1 to 1280, average pool, 1000-way fc; ReLU6. 52 convs."""
-    from torch import nn
+    from .networks import MobileNetV2
 
-    def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1,
-                act: bool = True) -> list[nn.Module]:
-        mods = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                nn.BatchNorm2d(cout)]
-        return mods + [nn.ReLU6()] if act else mods
-
-    class Inverted(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int, t: int) -> None:
-            super().__init__()
-            hidden = cin * t
-            mods = conv_bn(cin, hidden, 1, 1) if t != 1 else []
-            mods += conv_bn(hidden, hidden, 3, stride, groups=hidden)
-            mods += conv_bn(hidden, cout, 1, 1, act=False)
-            self.body = nn.Sequential(*mods)
-            self.residual = stride == 1 and cin == cout
-
-        def forward(self, x: Any) -> Any:
-            return x + self.body(x) if self.residual else self.body(x)
-
-    layers: list[nn.Module] = conv_bn(3, 32, 3, 2)
-    cin = 32
-    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
-        for i in range(n):
-            layers.append(Inverted(cin, c, s if i == 0 else 1, t))
-            cin = c
-    layers += conv_bn(cin, 1280, 1, 1)
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)]
-    return nn.Sequential(*layers)
+    return MobileNetV2(1.0, num_classes=1000)
 
 
 def run_child(net: str) -> dict[str, Any]:

@@ -1,0 +1,148 @@
+"""The fair method's machinery (issue 20), shared by examples/bench_grad.py, bench_layers.py,
+bench_models.py and bench_overhead.py.
+
+Each side (torch, clconv, or a path of one) runs in its own warm worker process (torch's OpenMP
+workers spin for a few ms after each call and would slow a PoCL launch on the same cores, so the
+two never share a process). A worker prints one JSON header line once warm, then answers each
+request line with one JSON line (a block's time per call, or what the benchmark asks for). The
+parent alternates blocks among the workers with a pause at each hand-over, several rounds, and
+takes the median over the rounds. Also here: the two networks' distinct convolutions
+(bench_layers, bench_grad), the header's command line and the geometric-mean summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# (name, (N, C_in, H, W, C_out, k, stride, padding, groups)); N is filled in from --batch.
+Layer = tuple[str, tuple[int, ...]]
+
+
+def resnet18() -> list[Layer]:
+    """ResNet-18's distinct convolutions at 224x224 (torchvision's layout)."""
+    layers = [("r18.conv1 3-64 7x7 s2", (3, 224, 224, 64, 7, 2, 3, 1))]
+    size, cin = 56, 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        if stride == 2:
+            layers.append((f"r18.{cin}-{cout} 3x3 s2 @{size}", (cin, size, size, cout, 3, 2, 1, 1)))
+            layers.append((f"r18.ds {cin}-{cout} 1x1 s2 @{size}",
+                           (cin, size, size, cout, 1, 2, 0, 1)))
+            size //= 2
+        layers.append((f"r18.{cout} 3x3 @{size}", (cout, size, size, cout, 3, 1, 1, 1)))
+        cin = cout
+    return layers
+
+
+def mobilenet_v2() -> list[Layer]:
+    """MobileNetV2's distinct convolutions at 224x224 (torchvision's inverted residuals)."""
+    layers = [("mb2.stem 3-32 3x3 s2", (3, 224, 224, 32, 3, 2, 1, 1))]
+    size, cin = 112, 32
+    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1)):
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            if t != 1:
+                layers.append((f"mb2.pw {cin}-{hidden} @{size}",
+                               (cin, size, size, hidden, 1, 1, 0, 1)))
+            layers.append((f"mb2.dw {hidden} s{stride} @{size}",
+                           (hidden, size, size, hidden, 3, stride, 1, hidden)))
+            size = size // stride
+            layers.append((f"mb2.pw {hidden}-{c} @{size}", (hidden, size, size, c, 1, 1, 0, 1)))
+            cin = c
+    layers.append((f"mb2.pw {cin}-1280 @{size}", (cin, size, size, 1280, 1, 1, 0, 1)))
+    return layers
+
+
+NETS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}
+
+
+def select_layers(nets: str, only: str = "") -> list[Layer]:
+    """The distinct layers of the comma-separated `nets` (first name wins), keeping those whose
+    name contains one of the comma-separated words of `only` (all when empty)."""
+    named: list[Layer] = []
+    for net in nets.split(","):
+        for name, dims in NETS[net]():
+            if all(name != other for other, _ in named):
+                named.append((name, dims))
+    if only:
+        words = only.split(",")
+        named = [(n, d) for n, d in named if any(w in n for w in words)]
+    return named
+
+
+def command_line(relative: bool = False) -> str:
+    """The header's first line: the interpreter (its name, or its relative path) and argv."""
+    exe = os.path.relpath(sys.executable) if relative else os.path.basename(sys.executable)
+    return "command: " + " ".join([exe, *sys.argv])
+
+
+class Worker:
+    """A warm process answering one JSON line per request line; `header` is its first line."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None,
+                 cwd: str | None = None) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env, cwd=cwd)
+        self.header = self.read()
+
+    @classmethod
+    def script(cls, source: str, kind: str, threads: int, *args: str,
+               cache_dir: str | None = None) -> Worker:
+        """`python -c source kind threads *args`: a torch worker with OMP_NUM_THREADS=threads, a
+        clconv one with its cache in `cache_dir` (when given: 'auto' measures as on a new
+        machine)."""
+        env = dict(os.environ)
+        if kind == "torch":
+            env["OMP_NUM_THREADS"] = str(threads)
+        elif cache_dir is not None:
+            env["CLCONV_CACHE_DIR"] = cache_dir
+        return cls([sys.executable, "-c", source, kind, str(threads), *args], env)
+
+    def read(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("a benchmark worker exited early (see its error above)")
+        return json.loads(line)
+
+    def ask(self, *cmd: object) -> Any:
+        """Sends `cmd` as one JSON list; returns the worker's answer."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def alternate(rounds: int, pause: float, blocks: Sequence[Callable[[], T]]) -> list[list[T]]:
+    """`rounds` rounds of running each of `blocks` in turn, sleeping `pause` s after each (the
+    hand-over): per block, its results in round order."""
+    results: list[list[T]] = [[] for _ in blocks]
+    for _ in range(rounds):
+        for block, out in zip(blocks, results):
+            out.append(block())
+            time.sleep(pause)
+    return results
+
+
+def print_geometric_means(ratios: dict[str, list[float]]) -> None:
+    """One line per key with ratios: their geometric mean, count, min and max (torch / clconv)."""
+    for key, r in ratios.items():
+        if r:
+            geo = math.exp(sum(math.log(v) for v in r) / len(r))
+            print(f"geometric mean torch/clconv ({key}): {geo:.2f}x over {len(r)} layers "
+                  f"(min {min(r):.2f}x, max {max(r):.2f}x)")
