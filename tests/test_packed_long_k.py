@@ -179,3 +179,27 @@ def test_pool_refuses_past_a_forced_cap(clconv, dev, rng, monkeypatch):
     got = clconv.avg_pool2d(x, 2)  # a small window still runs
     ref = x.astype(np.float64).reshape(1, 2, 20, 2, 20, 2).mean(axis=(3, 5))
     assert_close(got, ref, np.float32, 4, 1.0)
+
+
+def test_training_reductions_refuse_past_a_forced_cap(clconv, dev, rng, monkeypatch):
+    """BatchNorm's training statistics and gradient and Linear's bias gradient loop over the batch
+    in one work-item: past a loop-capped driver's cap they refuse instead of summing a part."""
+    from clconv import nn
+
+    x = random_array(rng, (4, 3, 16, 16), np.float32)
+    bn = nn.BatchNorm2d(3)
+    bn.train()
+    monkeypatch.setattr(dev, "_loop_limit", 1000)
+    with pytest.raises(clconv.UnsupportedError, match="Device.loop_limit = 1000"):
+        bn(x)
+    lin = nn.Linear(5, 2)
+    xl = random_array(rng, (900, 5), np.float32)
+    y = lin(xl)
+    with pytest.raises(clconv.UnsupportedError, match="bias gradient"):
+        lin.backward(np.ones_like(y))
+    monkeypatch.setattr(dev, "_loop_limit", None)
+    small = random_array(rng, (2, 3, 4, 4), np.float32)
+    got = bn(small)  # runs, and matches torch's training BatchNorm
+    flat = small.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1)
+    ref = (small - flat.mean(1).reshape(1, 3, 1, 1)) / np.sqrt(flat.var(1).reshape(1, 3, 1, 1) + 1e-5)
+    assert_close(got, ref, np.float32, 32, 1.0)

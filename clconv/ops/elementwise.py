@@ -26,6 +26,7 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
+from ..runtime.errors import UnsupportedError
 from ..runtime.memory import empty
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import (
@@ -411,6 +412,18 @@ def batch_norm(input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike
     return plan._execute(values, out, check=False)
 
 
+def check_loop_limit(dev: Device, what: str, passes: int) -> None:
+    """UnsupportedError when one work-item of a reduction kernel loops `passes` times or more than
+    `dev`'s driver runs before it silently ends its loops (Device.loop_limit: Mesa's llvmpipe
+    stops every loop of a work-item after 65535 passes in all, and the sum would come out short)."""
+    limit = getattr(dev, "loop_limit", None)
+    if limit is not None and 2 * passes > limit:
+        raise UnsupportedError(
+            f"{what}: one work-item would loop {passes} times, more than {dev.name} runs before it "
+            f"silently stops a loop (Device.loop_limit = {limit}); use a smaller batch or another "
+            f"device")
+
+
 def enqueue_channel_stats(dev: Device, x: cla.Array, channels: int, inner: int,
                           running_mean: cla.Array | None, running_var: cla.Array | None,
                           momentum: float) -> cla.Array:
@@ -419,6 +432,7 @@ def enqueue_channel_stats(dev: Device, x: cla.Array, channels: int, inner: int,
     BatchNorm does (momentum; unbiased variance)."""
     work = np.dtype(x.dtype)
     batch = x.size // max(channels * inner, 1)
+    check_loop_limit(dev, "batch-norm statistics", 2 * batch * (inner + 1) + 2)
     stats = empty(dev, (2, channels), work)
     update = running_mean is not None and running_var is not None
     rm = running_mean if update else stats
@@ -439,6 +453,7 @@ def enqueue_batch_norm_backward(dev: Device, g: cla.Array, x: cla.Array, mean: c
     statistics mean/var (C,) (the batch's when `training`, else fixed)."""
     work = np.dtype(x.dtype)
     batch = x.size // max(channels * inner, 1)
+    check_loop_limit(dev, "batch-norm gradient", batch * (inner + 1) + 1)
     defines = _defines(work, x.size)
     sums = empty(dev, (2, channels), work)
     wg, bg = empty(dev, (channels,), work), empty(dev, (channels,), work)
@@ -477,6 +492,7 @@ def enqueue_column_sums(dev: Device, g: cla.Array, rows: int, cols: int, out: cl
     rows)."""
     if cols == 0:
         return
+    check_loop_limit(dev, "bias gradient", rows + 1)
     with dev.lock:
         kernel(dev, "elementwise.cl", "column_sums", _defines(g.dtype, max(g.size, out.size)))(
             dev.queue, (cols,), None, *_args(g), np.int64(rows), *_args(out))
