@@ -22,7 +22,7 @@ from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg
 from .geometry import ConvGeometry
-from .launch import epilogue_defines, kernel_defines
+from .launch import epilogue_defines, kernel_defines, optional_buffer_args
 
 __all__ = ["Depthwise", "depthwise_launch", "depthwise_unsupported", "interior"]
 
@@ -169,10 +169,8 @@ class Depthwise:
             residual: cla.Array | None = None) -> None:
         if self.empty:
             return
-        # A kernel built without HAS_BIAS / HAS_RESIDUAL never reads those: any buffer will do.
-        b_buf, b_off = (out.base_data, 0) if b is None else (b.base_data, element_offset(b))
-        r_buf, r_off = (out.base_data, 0) if residual is None else \
-            (residual.base_data, element_offset(residual))
+        b_buf, b_off = optional_buffer_args(b, out)
+        r_buf, r_off = optional_buffer_args(residual, out)
         with self.dev.lock:
             self.kernel(self.dev.queue, self.global_size, (1, 1, 1), x.base_data,
                         np.int64(element_offset(x)), w.base_data, np.int64(element_offset(w)),

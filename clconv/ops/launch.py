@@ -25,7 +25,7 @@ from .activation import ACTIVATION_NAMES, ActivationArg, activation_defines
 from .geometry import ConvGeometry
 
 __all__ = ["ACTIVATIONS", "BatchEpilogue", "Col2im", "DirectConv", "Epilogue", "GROUPED_MAX_CIN",
-           "Im2col", "PadAdjoint", "Winograd", "epilogue_defines", "kernel_defines"]
+           "Im2col", "PadAdjoint", "Winograd", "epilogue_defines", "kernel_defines", "optional_buffer_args"]
 
 ACTIVATIONS = ACTIVATION_NAMES  # the plain names; clconv.ops.activation validates the rest
 GROUPED_MAX_CIN = 16  # 'direct' runs cl/conv_grouped.cl up to this many input channels per group
@@ -55,16 +55,17 @@ def kernel_defines(geometry: Mapping[str, object], dtype: np.dtype, index_t: str
     return defines
 
 
-def _bias_args(bias: cla.Array | None, fallback: cla.Array) -> tuple[object, np.int64]:
-    # A kernel built without HAS_BIAS never reads its bias argument; any buffer will do.
-    if bias is None:
+def optional_buffer_args(a: cla.Array | None, fallback: cla.Array) -> tuple[object, np.int64]:
+    """(buffer, element offset) kernel arguments of an optional operand (a bias, a residual): a
+    kernel built without HAS_BIAS / HAS_RESIDUAL never reads it, so for None any buffer will do."""
+    if a is None:
         return fallback.base_data, np.int64(0)
-    return bias.base_data, np.int64(element_offset(bias))
+    return a.base_data, np.int64(element_offset(a))
 
 
 def _residual_args(residual: cla.Array | None, fallback: cla.Array) -> tuple[object, np.int64]:
     # As _bias_args: without HAS_RESIDUAL the kernel never reads it.
-    return _bias_args(residual, fallback)
+    return optional_buffer_args(residual, fallback)
 
 
 class Im2col:
@@ -145,7 +146,7 @@ class Epilogue:
             return None
         r_buf, r_off = _residual_args(residual, y)
         return self.kernel(self.dev.queue, (spatial, channels, batch), None, y.base_data,
-                           np.int64(y_offset), *_bias_args(bias, y), r_buf,
+                           np.int64(y_offset), *optional_buffer_args(bias, y), r_buf,
                            r_off if r_offset is None else np.int64(r_offset), np.int64(spatial))
 
 
@@ -166,7 +167,7 @@ class BatchEpilogue:
         """residual: y's shape, its element res_offset where y's is y_offset."""
         return self.kernel(self.dev.queue, (spatial, channels, images), None, r.base_data,
                            np.int64(r_offset), y.base_data, np.int64(y_offset),
-                           *_bias_args(bias, y), _residual_args(residual, y)[0],
+                           *optional_buffer_args(bias, y), _residual_args(residual, y)[0],
                            np.int64(res_offset), np.int64(spatial))
 
 
@@ -205,7 +206,7 @@ class DirectConv:
         if batch == 0:
             return None
         return self.bound(self.dev.queue, (*self.tiles, batch * self.planes), None, x.base_data,
-                          x_offset, w.base_data, w_offset, *_bias_args(bias, y),
+                          x_offset, w.base_data, w_offset, *optional_buffer_args(bias, y),
                           *_residual_args(residual, y), y.base_data, y_offset)
 
 
@@ -259,7 +260,7 @@ class Winograd:
         """residual: y's shape, its element res_offset where y's is y_offset."""
         tiles = images * rows * tile_cols
         return self.output_kernel(self.dev.queue, (tile_cols, rows, images * self.geo.out_channels),
-                                  None, m.base_data, np.int64(m_offset), *_bias_args(bias, y),
+                                  None, m.base_data, np.int64(m_offset), *optional_buffer_args(bias, y),
                                   _residual_args(residual, y)[0], np.int64(res_offset),
                                   y.base_data, np.int64(y_offset), np.int32(th0), np.int32(rows),
                                   np.int64(tiles))
