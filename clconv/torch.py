@@ -23,11 +23,12 @@ A channels_last input to a 2-d convolution gives a channels_last result (as torc
 CLCONV_TORCH_ZERO_COPY=1 passes forward operands as USE_HOST_PTR buffers on devices whose memory
 is the host's (opt-in: not measured faster).
 
-convert() also folds each Conv -> BatchNorm (-> activation) chain of an nn.Sequential: in eval mode
-under no_grad the convolution computes the chain as one clconv convolution and the BatchNorm and
-activation pass their input through; in train mode or with grad enabled every module runs on its
-own (torch's semantics); the modules stay in place, so state_dict keys do not change (convert's
-docstring has the details).
+convert() also folds each Conv -> BatchNorm (-> activation) chain (found by tracing the forward
+with torch.fx; nn.Sequential runs where it cannot be traced): in eval mode under no_grad the
+convolution computes the chain as one clconv convolution and the BatchNorm and activation pass
+their input through; in train mode or with grad enabled every module runs on its own (torch's
+semantics); the modules stay in place, so state_dict keys do not change (convert's docstring has
+the details). In inference, weights stay on the device between calls (_fixed_operand).
 
 `compile(model, example_input)` (clconv.torch_graph; docs/compile.md) is the inference path: the
 whole model traced with torch.fx, BatchNorm folded, epilogues fused, and run on the device with one
@@ -40,16 +41,18 @@ no_grad).
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any
 
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cla
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .ops.conv import conv1d, conv2d, conv3d
 from .ops.fold import fold_batchnorm
+from .ops.plan import mark_constant
 from .ops.grad import (
     conv1d_input,
     conv1d_weight,
@@ -135,6 +138,54 @@ def _operand(t: torch.Tensor | None, dev: Device, zero_copy: bool) -> Any:
     return cla.Array(dev.queue, a.shape, a.dtype, data=buf)
 
 
+#: id(tensor) -> (key, device copy, sample): the device copies of weights (see _fixed_operand);
+#: an entry goes with its tensor.
+_DEVICE_COPIES: dict[int, tuple[tuple[Any, ...], cla.Array, np.ndarray]] = {}
+#: Elements compared on each call to notice writes that bypass the version counter (`.data`).
+_SAMPLE = 64
+
+
+def _sample(t: torch.Tensor) -> np.ndarray:
+    """Up to _SAMPLE evenly spaced elements of `t`, copied (numpy: a tenth of torch's cost)."""
+    flat = t.detach().numpy().reshape(-1)
+    return flat[::max(1, flat.size // _SAMPLE)].copy()
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Whether two samples are equal (NaN never is: such weights are uploaded every call)."""
+    return a is b or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def _fixed_operand(t: torch.Tensor | None, dev: Device) -> Any:
+    """A weight or bias that does not change from call to call (inference: no autograd through
+    it), as a device copy kept with the tensor and reused while the tensor is unchanged: its
+    storage, shape, in-place version counter (bumped by optimizers, load_state_dict and any
+    in-place op) and a sample of its values (writes through `.data` bypass the counter) all the
+    same. The copy is marked constant, so that plans keep what they derive from it (the packed
+    filters): no upload and no packing per call. Inference tensors (no version counter) and
+    empty ones go as numpy, uploaded by the op each call."""
+    if t is None:
+        return None
+    version = _version(t)
+    if version is None or t.numel() == 0:
+        return _host(t)
+    key = (dev, t.data_ptr(), version, t.dtype, tuple(t.shape), tuple(t.stride()))
+    sample = _sample(t)
+    found = _DEVICE_COPIES.get(id(t))
+    if found is not None and found[0] == key and _same(found[2], sample):
+        return found[1]
+    copy_ = _upload_constant(t.detach().numpy(), dev)
+    if found is None:
+        weakref.finalize(t, _DEVICE_COPIES.pop, id(t), None)
+    _DEVICE_COPIES[id(t)] = (key, copy_, sample)
+    return copy_
+
+
+def _upload_constant(a: np.ndarray, dev: Device) -> cla.Array:
+    """`a` uploaded into a buffer of its own, marked constant (clconv.ops.plan.mark_constant)."""
+    return mark_constant(cla.to_device(dev.queue, np.ascontiguousarray(a)))
+
+
 def _result(y: Any) -> np.ndarray:
     """A forward's result as numpy (a device result is downloaded; that waits for the kernels,
     after which the operands' host memory is free again)."""
@@ -173,13 +224,17 @@ class ConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 nd: int, stride: Any, padding: Any, dilation: Any, groups: int,
-                padding_mode: str, algorithm: str, dev: Device) -> torch.Tensor:
+                padding_mode: str, algorithm: str, dev: Device,
+                fixed: bool = False) -> torch.Tensor:
+        """fixed: no gradient will reach weight and bias (the caller's autograd is off or they
+        do not require grad): they go to the device as copies kept between calls
+        (_fixed_operand)."""
         ctx.save_for_backward(x, weight)
         ctx.conf = (nd, stride, padding, dilation, groups, padding_mode, dev, bias is not None)
         with dev:
             zc = _zero_copy(dev)
-            y = _OPS[nd][0](_operand(x, dev, zc), _operand(weight, dev, zc),
-                            _operand(bias, dev, zc), stride, padding, dilation, groups,
+            w, b = _parameters(weight, bias, dev, zc, fixed)
+            y = _OPS[nd][0](_operand(x, dev, zc), w, b, stride, padding, dilation, groups,
                             padding_mode=padding_mode, algorithm=algorithm)
             y = _result(y)
         return _tensor(y, x)
@@ -199,7 +254,7 @@ class ConvFunction(torch.autograd.Function):
                                          dilation, groups, padding_mode=padding_mode))
         if has_bias and ctx.needs_input_grad[2]:
             gb = _bias_grad(g)
-        return gx, gw, gb, None, None, None, None, None, None, None, None
+        return (gx, gw, gb) + (None,) * (len(ctx.needs_input_grad) - 3)
 
 
 class ConvTransposeFunction(torch.autograd.Function):
@@ -210,13 +265,15 @@ class ConvTransposeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 nd: int, stride: Any, padding: Any, output_padding: Any, groups: int,
-                dilation: Any, algorithm: str, dev: Device) -> torch.Tensor:
+                dilation: Any, algorithm: str, dev: Device,
+                fixed: bool = False) -> torch.Tensor:
+        """fixed: as ConvFunction's."""
         ctx.save_for_backward(x, weight)
         ctx.conf = (nd, stride, padding, groups, dilation, algorithm, dev, bias is not None)
         with dev:
             zc = _zero_copy(dev)
-            y = _OPS[nd][3](_operand(x, dev, zc), _operand(weight, dev, zc),
-                            _operand(bias, dev, zc), stride, padding, output_padding, groups,
+            w, b = _parameters(weight, bias, dev, zc, fixed)
+            y = _OPS[nd][3](_operand(x, dev, zc), w, b, stride, padding, output_padding, groups,
                             dilation)
             y = _result(y)
         return _tensor(y, x)
@@ -236,7 +293,23 @@ class ConvTransposeFunction(torch.autograd.Function):
                                          dilation, groups))
         if has_bias and ctx.needs_input_grad[2]:
             gb = _bias_grad(g)
-        return gx, gw, gb, None, None, None, None, None, None, None, None
+        return (gx, gw, gb) + (None,) * (len(ctx.needs_input_grad) - 3)
+
+
+def _parameters(weight: torch.Tensor, bias: torch.Tensor | None, dev: Device, zero_copy: bool,
+                fixed: bool) -> tuple[Any, Any]:
+    """A forward's weight and bias operands: kept device copies when `fixed`, else as
+    _operand makes them (each call)."""
+    if fixed:
+        return _fixed_operand(weight, dev), _fixed_operand(bias, dev)
+    return _operand(weight, dev, zero_copy), _operand(bias, dev, zero_copy)
+
+
+def _fixed(*params: torch.Tensor | None) -> bool:
+    """Whether no gradient can reach `params` from this forward (autograd off, or none of them
+    requires grad)."""
+    return not torch.is_grad_enabled() or not any(
+        p is not None and p.requires_grad for p in params)
 
 
 def _batched(x: torch.Tensor, nd: int) -> tuple[torch.Tensor, bool]:
@@ -271,7 +344,8 @@ class _ClconvConv(_NotScriptable):
         # clconv pads natively for every padding_mode (torch pads with F.pad first, then runs an
         # unpadded convolution; the results are the same).
         y = ConvFunction.apply(x, weight, bias, nd, self.stride, self.padding, self.dilation,
-                               self.groups, self.padding_mode, self.algorithm, current_device())
+                               self.groups, self.padding_mode, self.algorithm, current_device(),
+                               _fixed(weight, bias))
         return y[0] if unbatched else y
 
 
@@ -290,7 +364,8 @@ class _ClconvConvTranspose(_NotScriptable):
                                               self.kernel_size, nd, self.dilation)
         y = ConvTransposeFunction.apply(x, self.weight, self.bias, nd, self.stride, self.padding,
                                         tuple(output_padding), self.groups, self.dilation,
-                                        self.algorithm, current_device())
+                                        self.algorithm, current_device(),
+                                        _fixed(self.weight, self.bias))
         return y[0] if unbatched else y
 
 
@@ -338,7 +413,13 @@ class _Fold:
                  spec: Any) -> None:
         self.conv, self.bn, self.act, self.spec = conv, bn, act, spec
         self._key: tuple[Any, ...] | None = None
+        self._samples: list[np.ndarray | None] = []
         self._folded: tuple[np.ndarray, np.ndarray] | None = None
+        self._on_device: dict[Device, tuple[cla.Array, cla.Array]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Device copies stay behind (a copy or pickle of the model uploads its own).
+        return {**self.__dict__, "_on_device": {}}
 
     def active(self) -> bool:
         """Whether the chain computes as one fused convolution now: conv and BatchNorm in eval
@@ -349,20 +430,29 @@ class _Fold:
         return (not self.conv.training and not bn.training and not torch.is_grad_enabled()
                 and bn.running_mean is not None and bn.running_var is not None)
 
-    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+    def weights(self, dev: Device) -> tuple[cla.Array, cla.Array]:
         """(weight, bias) with the BatchNorm folded in (clconv.fold_batchnorm, float64 on the
-        host), remade when a parameter or buffer changed (an optimizer step, load_state_dict)."""
+        host), on `dev`, marked constant (their packing is kept too); remade when a parameter or
+        buffer changed: its storage or in-place version counter (an optimizer step,
+        load_state_dict) or a sample of its values (writes through `.data`)."""
         conv, bn = self.conv, self.bn
         tensors = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-        key = tuple(None if t is None else (t.data_ptr(), _version(t), t.dtype) for t in tensors)
-        if key != self._key or self._folded is None or None in (k[1] for k in key if k):
+        key = tuple(None if t is None else (t.data_ptr(), _version(t), t.dtype, tuple(t.shape))
+                    for t in tensors)
+        samples = [None if t is None else _sample(t) for t in tensors]
+        if key != self._key or self._folded is None or None in (k[1] for k in key if k) or \
+                not all(map(_same, samples, self._samples)):
             w, b, mean, var, gamma, beta = (_host(t) for t in tensors)
             transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
             self._folded = fold_batchnorm(w, b, mean, var, gamma, beta, float(bn.eps),
                                           transposed=transposed,
                                           groups=conv.groups if transposed else 1)
-            self._key = key
-        return self._folded
+            self._key, self._samples, self._on_device = key, samples, {}
+        found = self._on_device.get(dev)
+        if found is None:
+            found = self._on_device[dev] = tuple(  # type: ignore[assignment]
+                _upload_constant(a, dev) for a in self._folded)
+        return found
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -388,13 +478,10 @@ class _FoldedConv(_NotScriptable):
             return super().forward(input, *args, **kwargs)
         nd = len(self.kernel_size)
         x, unbatched = _batched(input, nd)
-        w, b = fold.weights()
         dev = current_device()
         transposed = isinstance(self, nn.modules.conv._ConvTransposeNd)
         with dev:
-            zc = _zero_copy(dev)
-            operands = (_operand(x, dev, zc), _operand(torch.from_numpy(w), dev, zc),
-                        _operand(torch.from_numpy(b), dev, zc))
+            operands = (_operand(x, dev, _zero_copy(dev)), *fold.weights(dev))
             if transposed:
                 output_padding = self._output_padding(input, None, self.stride, self.padding,
                                                       self.kernel_size, nd, self.dilation)
@@ -456,35 +543,84 @@ def _hooked(m: nn.Module) -> bool:
                 getattr(m, "_backward_pre_hooks", None))
 
 
-def _fold_sequentials(model: nn.Module) -> int:
-    """Folds every Conv -> BatchNorm (-> activation) run of consecutive modules of an
-    nn.Sequential in `model` (already converted); returns how many chains it folded."""
+def _chains_in_sequentials(model: nn.Module) -> list[tuple[nn.Module, ...]]:
+    """(conv, BatchNorm[, activation]) runs of consecutive modules of the nn.Sequentials in
+    `model`: in a Sequential each module's output goes to the next one only."""
+    chains = []
+    for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
+        items = list(seq)
+        for i in range(len(items) - 1):
+            chains.append(tuple(items[i:i + 3]))
+    return chains
+
+
+def _chains_traced(model: nn.Module) -> list[tuple[nn.Module, ...]] | None:
+    """(conv, BatchNorm[, activation]) module calls of `model`'s forward where each one's output
+    goes to the next one only, found by tracing it with torch.fx in train and in eval mode (a
+    forward may take other paths in either) and kept where both traces agree; None when the
+    forward cannot be traced (data-dependent control flow, ...). The modules' training flags are
+    restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    graphs = []
+    try:
+        for training in (True, False):
+            model.train(training)
+            graphs.append(fx.symbolic_trace(model).graph)
+    except Exception:  # noqa: BLE001 - any failure to trace means: no traced chains
+        return None
+    finally:
+        for m, training in modes:
+            m.training = training
+    found: list[set[tuple[str, ...]]] = []
+    for graph in graphs:
+        calls: dict[str, int] = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+        chains = set()
+        for node in graph.nodes:
+            chain = [node]
+            while len(chain) < 3 and len(chain[-1].users) == 1:
+                user = next(iter(chain[-1].users))
+                if user.op != "call_module" or user.args != (chain[-1],) or user.kwargs:
+                    break
+                chain.append(user)
+            if node.op != "call_module":
+                continue
+            while chain and calls[chain[-1].target] != 1:  # a shared activation stays out
+                chain.pop()
+            if len(chain) >= 2 and all(calls[n.target] == 1 for n in chain):
+                chains.add(tuple(n.target for n in chain))
+        found.append(chains)
+    return [tuple(model.get_submodule(t) for t in chain) for chain in found[0] & found[1]]
+
+
+def _fold_chains(model: nn.Module, chains: list[tuple[nn.Module, ...]]) -> int:
+    """Folds each (conv, BatchNorm[, activation]) of `chains` (modules of `model`, already
+    converted) that qualifies; returns how many it folded."""
     uses: dict[int, int] = {}
     for _, m in model.named_modules(remove_duplicate=False):
         uses[id(m)] = uses.get(id(m), 0) + 1
     folded = 0
-    for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
-        items = list(seq)
-        for i in range(len(items) - 1):
-            conv, bn = items[i], items[i + 1]
-            fold_type = _FOLDED_CONVS.get(type(conv))
-            if fold_type is None or type(bn) not in _BATCHNORM_ND:
-                continue
-            # Only modules used once, without hooks (a hook would see other values), whose
-            # BatchNorm has running statistics for exactly the conv's output channels.
-            if _BATCHNORM_ND[type(bn)] != len(conv.kernel_size) or bn.num_features != \
-                    conv.out_channels or not bn.track_running_stats or \
-                    any(uses[id(m)] != 1 or _hooked(m) for m in (conv, bn)):
-                continue
-            act = items[i + 2] if i + 2 < len(items) else None
-            spec = _act_module(act) if act is not None and type(act) in _PASS_THROUGH else None
-            if spec is None or uses[id(act)] != 1 or _hooked(act):
-                act, spec = None, None
-            fold = _Fold(conv, bn, act, spec)
-            for m in (conv, bn) + ((act,) if act is not None else ()):
-                m.__class__ = fold_type if m is conv else _PASS_THROUGH[type(m)]
-                m._clconv_fold = fold
-            folded += 1
+    for conv, bn, *rest in chains:
+        fold_type = _FOLDED_CONVS.get(type(conv))
+        if fold_type is None or type(bn) not in _BATCHNORM_ND:
+            continue
+        # Only modules used once, without hooks (a hook would see other values), whose
+        # BatchNorm has running statistics for exactly the conv's output channels.
+        if _BATCHNORM_ND[type(bn)] != len(conv.kernel_size) or bn.num_features != \
+                conv.out_channels or not bn.track_running_stats or \
+                any(uses[id(m)] != 1 or _hooked(m) for m in (conv, bn)):
+            continue
+        act = rest[0] if rest else None
+        spec = _act_module(act) if act is not None and type(act) in _PASS_THROUGH else None
+        if spec is None or uses[id(act)] != 1 or _hooked(act):
+            act, spec = None, None
+        fold = _Fold(conv, bn, act, spec)
+        for m in (conv, bn) + ((act,) if act is not None else ()):
+            m.__class__ = fold_type if m is conv else _PASS_THROUGH[type(m)]
+            m._clconv_fold = fold
+        folded += 1
     return folded
 
 
@@ -494,10 +630,12 @@ def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn
     module's class changes, so state_dict keys and optimizers built on the parameters of an
     in-place conversion stay valid). A model that is itself such a module is converted too.
 
-    fold (default True): where a convolution is followed, inside an nn.Sequential, by its
-    BatchNorm (BatchNorm1d/2d/3d with running statistics, as many features as the conv's output
-    channels) and optionally an activation (ReLU, ReLU6, Hardtanh, SiLU, GELU, Sigmoid, Tanh,
-    Hardswish, Hardsigmoid, LeakyReLU, ELU), the three compute as one when the model is in eval
+    fold (default True): where a convolution's output goes only to its BatchNorm
+    (BatchNorm1d/2d/3d with running statistics, as many features as the conv's output channels)
+    and optionally that BatchNorm's only to an activation module (ReLU, ReLU6, Hardtanh, SiLU,
+    GELU, Sigmoid, Tanh, Hardswish, Hardsigmoid, LeakyReLU, ELU) -- as torch.fx traces of the
+    forward in train and eval mode both show it, or, where the forward cannot be traced, as
+    consecutive modules of an nn.Sequential -- the three compute as one when the model is in eval
     mode and autograd is off (torch.no_grad() / torch.inference_mode()): the convolution runs in
     clconv with the BatchNorm folded into its weight and bias (clconv.fold_batchnorm, remade
     whenever a weight or running statistic changed) and the activation in its kernel's store, and
@@ -506,15 +644,16 @@ def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn
     running-stat updates, gradients to every parameter). The modules stay where they are (only
     their classes change), so state_dict keys, checkpoints and optimizers are unaffected. Not
     folded: modules used more than once in the model or carrying hooks (an activation that is
-    shared is left out of the chain, its BatchNorm still folds), and anything outside an
-    nn.Sequential (a custom forward may use the modules in any order). Calling a folded conv on
-    its own (`seq[0](x)`) in eval mode under no_grad gives the whole chain's result.
+    shared is left out of the chain, its BatchNorm still folds). Calling a folded conv on its own
+    (`seq[0](x)`) in eval mode under no_grad gives the whole chain's result.
     """
     model = model if inplace else copy.deepcopy(model)
+    # Traced before the swap: torch.fx treats torch.nn's own modules as leaves.
+    chains = _chains_traced(model) if fold else None
     for module in model.modules():
         swap = SWAPS.get(type(module))
         if swap is not None:
             module.__class__ = swap
     if fold:
-        _fold_sequentials(model)
+        _fold_chains(model, _chains_in_sequentials(model) if chains is None else chains)
     return model

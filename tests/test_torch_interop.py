@@ -244,6 +244,11 @@ def _bn_chain_model():
         nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), shared,
         nn.Conv2d(4, 5, 3, stride=2), nn.BatchNorm2d(5), shared,
         nn.Flatten(2), nn.Conv1d(5, 3, 3, padding=1), nn.BatchNorm1d(3))
+    return _randomise_batchnorm(model)
+
+
+def _randomise_batchnorm(model):
+    """`model` with random BatchNorm statistics and affine parameters (so that folding shows)."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():
@@ -343,27 +348,68 @@ def test_convert_folded_model_trains_as_torch(ct, dev):
                                        err_msg=name)  # running stats updated alike (train)
 
 
-def test_convert_leaves_hooked_modules_and_custom_forwards_unfolded(ct, dev):
+def test_convert_folds_chains_by_their_traced_data_flow(ct, dev):
+    """Custom forwards fold where torch.fx's trace (train and eval mode) shows each module's
+    output going to the next one only; a conv whose output is used twice, a shared activation,
+    hooked modules and untraceable forwards stay unfolded; results match torch."""
     from torch import nn
 
-    class Block(nn.Module):
+    class Block(nn.Module):  # conv -> bn -> act: folds whole
         def __init__(self):
             super().__init__()
-            self.conv, self.bn, self.act = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU()
+            self.conv, self.bn, self.act = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), \
+                nn.ReLU()
 
         def forward(self, x):
             return self.act(self.bn(self.conv(x)))
-    hooked = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
+
+    class Reused(nn.Module):  # conv's output read twice; a shared activation
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+            self.conv2, self.bn2 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            y = self.conv1(x)
+            z = self.act(self.bn2(self.conv2(self.act(self.bn1(y)))))
+            return z + y
+
+    class Untraceable(nn.Module):  # data-dependent control flow: fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > -1e9 else x
+
+    hooked = nn.Sequential(nn.Conv2d(3, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
     seen = []
     hooked[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
-    model = nn.Sequential(Block(), hooked).eval()
+    model = nn.Sequential(Block(), Reused(), hooked)
+    _randomise_batchnorm(model)
+    model.eval()
     converted = ct.convert(model)
-    assert not any(_folded(ct, m) for m in converted.modules())
-    assert type(converted[0].conv) is ct.Conv2d
+    block, reused = converted[0], converted[1]
+    assert _folded(ct, block.conv) is _folded(ct, block.bn) is _folded(ct, block.act)
+    assert _folded(ct, block.conv).act is block.act
+    assert _folded(ct, reused.conv1) is None and _folded(ct, reused.bn1) is None
+    assert _folded(ct, reused.conv2) is not None and _folded(ct, reused.conv2).act is None
+    assert not any(_folded(ct, m) for m in converted[2].modules())
     assert not any(_folded(ct, m) for m in ct.convert(model, fold=False).modules())
+    assert converted.training is False and all(not m.training for m in converted.modules())
+    x = torch.randn(2, 2, 6, 5)
     with torch.no_grad(), dev:
-        converted[1](torch.randn(1, 2, 5, 5))
-    assert seen == [(1, 3, 3, 3)]
+        got = converted(x)
+    with torch.no_grad():
+        want = model(x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+    assert seen == [(2, 3, 4, 3)] * 2
+    # An untraceable forward: only nn.Sequential runs fold (none here).
+    untraceable = ct.convert(nn.Sequential(Untraceable()).eval())
+    assert not any(_folded(ct, m) for m in untraceable.modules())
+    with torch.no_grad(), dev:
+        got = untraceable(x[:, :1].expand(2, 3, 6, 5).contiguous())
 
 
 def test_compile_takes_a_converted_folded_model(ct, dev):
@@ -399,3 +445,61 @@ def test_convert_folds_the_families_chains(ct, dev, family):
             got = converted(x)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-3,
                                atol=2e-3 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_inference_keeps_device_weights_until_they_change(ct, dev, folded):
+    """Under no_grad, weights stay on the device between calls (and their packing with them) and
+    are uploaded again after any change: in-place ops (version counter), load_state_dict, an
+    optimizer step, and writes through `.data` (which bypass the counter; a sample notices them)."""
+    import gc
+
+    from torch import nn
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()) \
+        if folded else nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+    model.eval()
+    converted = ct.convert(model)
+    assert (_folded(ct, converted[0]) is not None) == folded
+    x = torch.randn(2, 3, 6, 5)
+    w = converted[0].weight
+
+    def check():
+        with torch.no_grad():
+            want = model(x)
+            with dev:
+                got = converted(x)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+    def mirror():  # the reference gets the same weights
+        model.load_state_dict(converted.state_dict())
+
+    check()
+    check()
+    with torch.no_grad():
+        w.mul_(-1.5)
+    mirror()
+    check()
+    w.data[0, 0, 0, 0] = 7.0  # bypasses the version counter; the sample includes element 0
+    mirror()
+    check()
+    w.data.copy_(torch.randn_like(w))
+    mirror()
+    check()
+    converted.load_state_dict({k: v * 0.5 for k, v in converted.state_dict().items()})
+    mirror()
+    check()
+    opt = torch.optim.SGD(converted.parameters(), lr=0.1)
+    converted.train()
+    with dev:
+        converted(x).square().sum().backward()
+    opt.step()
+    converted.eval()
+    mirror()
+    check()
+    if not folded:
+        before = len(ct._DEVICE_COPIES)
+        del converted, opt, w
+        gc.collect()
+        assert len(ct._DEVICE_COPIES) < before  # the copies go with their tensors
