@@ -52,7 +52,6 @@ from torch import fx, nn
 
 from .ops.conv import conv1d, conv2d, conv3d
 from .ops.fold import fold_batchnorm
-from .ops.plan import mark_constant
 from .ops.grad import (
     conv1d_input,
     conv1d_weight,
@@ -61,6 +60,7 @@ from .ops.grad import (
     conv3d_input,
     conv3d_weight,
 )
+from .ops.plan import mark_constant
 from .ops.transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
 from .runtime import config
 from .runtime.device import Device, current_device
