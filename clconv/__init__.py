@@ -25,6 +25,7 @@ from .ops.fold import fold_batchnorm
 from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add, batch_norm, cat,
                               clamp, elu, flatten, gelu, hardsigmoid, hardswish, hardtanh,
                               leaky_relu, mul, relu, relu6, sigmoid, silu, tanh)
+from .ops.device_group import DeviceGroup, device
 from .ops.linear import LinearPlan, linear
 from .ops.plan import Plan
 from .ops.pool import (PoolPlan, adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d,
@@ -35,9 +36,8 @@ from .ops.transpose import (TransposePlan, conv_transpose1d, conv_transpose2d, c
 from .ops.unfold import (FoldPlan, UnfoldPlan, col2im, col2im1d, col2im3d, im2col, im2col1d,
                          im2col3d, plan_col2im, plan_col2im1d, plan_col2im3d, plan_im2col,
                          plan_im2col1d, plan_im2col3d)
-from .runtime.device import Device, current_device, device, devices
+from .runtime.device import Device, current_device, devices
 from .runtime.errors import DeviceNotFoundError, KernelBuildError, UnsupportedError
-from .runtime.group import DeviceGroup
 from .runtime.memory import release_column_buffer
 
 __version__ = "0.1.0"

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from itertools import product
 from typing import Any
@@ -135,8 +134,9 @@ class DevicePlugin(_WorkerPlugin):  # type: ignore[misc,valid-type]
     of a machine gets candidate i mod len(candidates), and the plugin sets `CLCONV_DEVICE` (to
     'P:D') in the worker's process, which every clconv call there then uses. i is the trailing
     number of the worker's name (LocalCluster's 0, 1, ...; `dask worker --nworkers` names them
-    NAME-0, NAME-1, ...), else a per-machine counter file. env: extra environment variables set in
-    the worker before its first OpenCL call (e.g. {'POCL_MAX_PTHREAD_COUNT': '1'}).
+    NAME-0, NAME-1, ...), else of its address (its port), else its process id: name workers with
+    trailing numbers for an even deal. env: extra environment variables set in the worker before
+    its first OpenCL call (e.g. {'POCL_MAX_PTHREAD_COUNT': '1'}).
     """
 
     name = "clconv-device"
@@ -421,22 +421,15 @@ def _transpose_block(sources: Any, index: tuple[Any, ...], w: np.ndarray, b: np.
 
 
 def _worker_number(worker: Any) -> int:
-    """Which worker of its machine this is (see DevicePlugin)."""
-    found = re.search(r"(\d+)$", str(getattr(worker, "name", "")))
-    if found:
-        return int(found.group(1))
-    path = os.path.join(tempfile.gettempdir(), f"clconv-dask-workers-{os.getuid()}.count")
-    import fcntl
-
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        text = f.read().strip()
-        number = int(text) if text.isdigit() else 0
-        f.seek(0)
-        f.truncate()
-        f.write(str(number + 1))
-    return number
+    """Which worker of its machine this is (see DevicePlugin): the trailing number of the worker's
+    name (LocalCluster's 0, 1, ...; `--nworkers`' NAME-0, NAME-1, ...), else of its address (the
+    port, when the name is the address), else the worker's process id. Nothing is shared between
+    workers, so two processes never wait on each other or on a file."""
+    for text in (getattr(worker, "name", None), getattr(worker, "address", None)):
+        found = re.search(r"(\d+)$", "" if text is None else str(text))  # LocalCluster's name 0
+        if found:
+            return int(found.group(1))
+    return os.getpid()
 
 
 def _candidates(spec: str | Sequence[str | int] | None) -> list[Device]:

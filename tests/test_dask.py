@@ -159,6 +159,27 @@ def test_errors_are_the_whole_array_calls(rng):
         cd.conv_transpose2d(xd, w.transpose(1, 0, 2, 3), stride=1, output_padding=1)
 
 
+def test_device_plugin_numbers_workers_without_shared_state(monkeypatch, tmp_path):
+    """A worker's number comes from its name, else its address, else its pid: no file anywhere."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # a counter file would land here
+    number = cd._worker_number
+    assert number(SimpleNamespace(name="node7-3", address="tcp://10.0.0.1:4001")) == 3
+    assert number(SimpleNamespace(name=0, address="tcp://10.0.0.1:4001")) == 0  # LocalCluster's
+    assert number(SimpleNamespace(name="gpu-worker", address="tcp://10.0.0.1:4001")) == 4001
+    assert number(SimpleNamespace(name="gpu-worker", address=None)) == os.getpid()
+    assert list(tmp_path.iterdir()) == []
+    plugin = cd.DevicePlugin()
+    usable = [d for d in clconv.devices() if d.usable]
+    # setup() sets CLCONV_DEVICE in this process: setenv first, so that the test restores it
+    monkeypatch.setenv("CLCONV_DEVICE", os.environ.get("CLCONV_DEVICE", ""))
+    plugin.setup(SimpleNamespace(name="w-5", address=None))  # round-robin: 5 mod len(usable)
+    dev = usable[5 % len(usable)]
+    assert plugin.chosen == os.environ["CLCONV_DEVICE"]
+    assert plugin.chosen == f"{dev.platform_index}:{dev.device_index}"
+
+
 # -- distributed.LocalCluster: 2 worker processes, 1 thread each ----------------------------------
 @pytest.fixture(scope="module")
 def client():

@@ -1,4 +1,4 @@
-"""Device groups (clconv.runtime.group): one op's batch split across several devices.
+"""Device groups (clconv.ops.device_group): one op's batch split across several devices.
 
 The tests that need two devices run on PoCL + rusticl's llvmpipe (`apt-get install mesa-opencl-icd`,
 `RUSTICL_ENABLE=llvmpipe`, as `make test` sets up); they skip only when the machine has a single
@@ -8,6 +8,7 @@ usable OpenCL device.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyopencl as cl
@@ -17,7 +18,7 @@ import reference as ref
 from tolerance import assert_close, assert_exact, conv_magnitude, conv_reduction
 
 import clconv
-from clconv.runtime.group import DeviceGroup, splits_batch
+from clconv.ops.device_group import DeviceGroup, Split, splits_batch
 
 USABLE = [d for d in clconv.devices() if d.usable]
 two_devices = pytest.mark.skipif(
@@ -121,6 +122,31 @@ def test_parts_run_concurrently_each_on_its_device(pair):
 
 
 @two_devices
+def test_records_are_each_callers_own(pair):
+    """Threads splitting on one group at once each record only their own calls, and only inside
+    their block; nothing stays on the group."""
+    @splits_batch("x", ndim=2)
+    def op(x):
+        return np.asarray(x) + 1
+
+    def caller(n):
+        with pair, pair.record() as splits:
+            for _ in range(3):
+                op(np.zeros((n, 2), np.float32))
+        op(np.zeros((n, 2), np.float32))  # outside the block (and the group): not recorded
+        return splits
+
+    with ThreadPoolExecutor(2) as pool:
+        found = dict(zip((4, 8), pool.map(caller, (4, 8))))
+    for n, splits in found.items():
+        assert splits == [Split("op", tuple(pair.split(n)), s.seconds) for s in splits]
+        assert len(splits) == 3 and all(len(s.seconds) == 2 for s in splits)
+    with pair.record() as other, DeviceGroup(USABLE[:2]):  # another group's calls are not its
+        op(np.zeros((4, 2), np.float32))
+    assert other == []
+
+
+@two_devices
 def test_unbatched_runs_on_the_fastest_device(pair):
     where = []
 
@@ -153,12 +179,12 @@ def test_calibration_measures_once_per_shape(rng):
 def test_split_calls_refine_the_speeds_from_their_parts(rng):
     group = DeviceGroup(USABLE[:2])
     x, w, b = _data(rng, n=16)
-    with group:
+    with group, group.record() as splits:
         clconv.conv2d(x, w, b, padding=1)
         (measured,) = group.measured().values()
-        split, times = group.last_split, group.last_times
-    assert len(times) == len(split)
-    for (d, a, z), t in zip(split, times):  # each part's own rate replaced the probe's
+    (call,) = splits  # the calibration's probe runs are not split calls
+    assert call.op == "conv2d" and len(call.seconds) == len(call.parts)
+    for (d, a, z), t in zip(call.parts, call.seconds):  # each part's own rate replaced the probe's
         assert measured[group.devices.index(d)] == pytest.approx((z - a) / t)
 
 
@@ -166,9 +192,9 @@ def test_split_calls_refine_the_speeds_from_their_parts(rng):
 @two_devices
 def test_conv2d_split_equals_reference_and_each_device(pair, rng):
     x, w, b = _data(rng, n=8)
-    with pair:
+    with pair, pair.record() as splits:
         y = clconv.conv2d(x, w, b, padding=1, algorithm="direct")
-        parts = pair.last_split
+    parts = splits[-1].parts
     assert_close(y, ref.conv2d(x, w, b, padding=1), reduction=conv_reduction(w),
                  magnitude=conv_magnitude(x, w, b))
     assert [(d, a, z) for d, a, z in parts] == pair.split(8)
@@ -224,12 +250,12 @@ def test_im2col_col2im_split_exactly(pair, rng):
 @two_devices
 def test_small_and_empty_batches(pair, rng):
     x, w, b = _data(rng, n=1)
-    with pair:
+    with pair, pair.record() as splits:
         y1 = clconv.conv2d(x, w, b, padding=1)
-        assert pair.last_split == [(pair.devices[1], 0, 1)]
         y0 = clconv.conv2d(x[:0], w, b, padding=1)
         g0 = clconv.conv2d_weight(x[:0], w.shape, np.zeros((0, 4, 7, 6), np.float32), padding=1)
         yu = clconv.conv2d(x[0], w, b, padding=1)  # unbatched: on the fastest device
+    assert [s.parts for s in splits] == [((pair.devices[1], 0, 1),)]  # N = 0, unbatched: no split
     assert_close(y1, ref.conv2d(x, w, b, padding=1), reduction=conv_reduction(w),
                  magnitude=conv_magnitude(x, w, b))
     assert y0.shape == (0, 4, 7, 6) and y0.dtype == np.float32
@@ -246,9 +272,9 @@ def test_float64_leaves_out_a_device_without_fp64(rng):
         pytest.skip("needs one device with and one without fp64 (PoCL + llvmpipe)")
     group = DeviceGroup([no64[0], fp64[0]])
     x, w, b = (a.astype(np.float64) for a in _data(rng, n=4))
-    with group:
+    with group, group.record() as splits:
         y = clconv.conv2d(x, w, b, padding=1)
-        assert group.last_split == [(fp64[0], 0, 4)]
+    assert [s.parts for s in splits] == [((fp64[0], 0, 4),)]
     assert next(iter(group.measured().values()))[0] == 0.0
     assert_close(y, ref.conv2d(x, w, b, padding=1), reduction=conv_reduction(w),
                  magnitude=conv_magnitude(x, w, b))

@@ -114,15 +114,15 @@ def test_shipped_database_is_package_data():
 
 def test_matching_needs_the_platform_and_the_device_or_its_code_generator(tuning, dev):
     key = tuning.device_key(dev)
-    assert tuning._match_score(key, dict(key)) == 6
-    assert tuning._match_score(key, dict(key, platform="Other")) == 0
+    assert tuning.match_score(key, dict(key)) == 6
+    assert tuning.match_score(key, dict(key, platform="Other")) == 0
     other_name = dict(key, device="pthread-other-CPU")
     expected = 4 if "HSTR" in key["device_version"] else 0  # 2 + same driver + same CLBlast
-    assert tuning._match_score(key, other_name) == expected
-    assert tuning._match_score(key, dict(other_name, device_version="elsewhere")) == 0
+    assert tuning.match_score(key, other_name) == expected
+    assert tuning.match_score(key, dict(other_name, device_version="elsewhere")) == 0
     if "HSTR" in key["device_version"]:  # PoCL on another CPU target: the nearest entry, last
         other_target = dict(other_name, device_version="OpenCL 3.0 PoCL HSTR: pthread-x86-other")
-        assert tuning._match_score(key, other_target) == 1
+        assert tuning.match_score(key, other_target) == 1
 
 
 ROW = ("|   66 |   578 |    0   16   64   32    8    8    8    8    2    2    4    0    0    1    1"

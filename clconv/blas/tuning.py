@@ -10,8 +10,8 @@ CPU, most integrated GPUs) gets generic defaults that can be several times slowe
 - saves the best parameters as JSON in `cache_dir()`, one file per device, keyed by platform,
   device, driver version and CLBlast version (`save_user`, `user_path`);
 - on a device's first GEMM, loads that file, else the matching entry of the database shipped in
-  `clconv/blas/tuning_db/`, and hands the parameters to CLBlast (`apply_tuning`, called by
-  `gemm.gemm`). `CLCONV_TUNING=off` disables loading.
+  `clconv/blas/tuning_db/`, and hands the parameters to CLBlast (`clblast.apply_tuning`, called
+  by `clblast.gemm`). `CLCONV_TUNING=off` disables loading.
 
 Parameters are data (a `{kernel: {NAME: value}}` dict per precision), exactly CLBlast's database
 names: Xgemm, XgemmDirect, Copy, Pad, Transpose, Padtranspose, GemmRoutine. Tuning changes speed,
@@ -47,9 +47,9 @@ __all__ = ["ENV_VAR", "FORMAT", "KERNELS", "TuningState", "TunerJob", "JOBS", "e
 from . import clblast as gemm
 # The data and applying halves live below this module; their names stay reachable from here.
 from .clblast import TuningState, apply_tuning, tuning_state  # noqa: F401
-from .tuning_db import (_PRECISION_NAMES, ENV_VAR, FORMAT, KERNELS, _match_score,  # noqa: F401
+from .tuning_db import (ENV_VAR, FORMAT, KERNELS, PRECISION_NAMES,  # noqa: F401
                         clblast_version, device_key, enabled, find_entry, load_entry,
-                        merge_entries, save_user, shipped_entries, user_path)
+                        match_score, merge_entries, save_user, shipped_entries, user_path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,8 +310,8 @@ def tune(dev: Device, budget: float = 600.0, precisions: Iterable[int] | None = 
     precisions = list(precisions) if precisions is not None else (
         [32] + ([64] if dev.fp64 else []) + ([16] if dev.fp16 else []))
     for p in precisions:
-        if p not in _PRECISION_NAMES:
-            raise ValueError(f"precision must be one of {sorted(_PRECISION_NAMES)}, got {p}")
+        if p not in PRECISION_NAMES:
+            raise ValueError(f"precision must be one of {sorted(PRECISION_NAMES)}, got {p}")
     wanted = set(kernels) if kernels is not None else None
     chosen = [j for j in jobs if (j.default if wanted is None else j.kernel in wanted)]
     if not chosen and not routine:
@@ -335,7 +335,7 @@ def tune(dev: Device, budget: float = 600.0, precisions: Iterable[int] | None = 
     log: list[dict[str, Any]] = []
     print(f"tuning CLBlast for {dev.name} [{dev.platform_name}] (platform {dev.platform_index}, "
           f"device {dev.device_index}), budget {budget:.0f} s, precisions "
-          f"{', '.join(_PRECISION_NAMES[p] for p in precisions)}", file=out)
+          f"{', '.join(PRECISION_NAMES[p] for p in precisions)}", file=out)
     with tempfile.TemporaryDirectory(prefix="clconv-tune-") as work:
         for n, ((precision, job, i), weight) in enumerate(zip(passes, weights)):
             left = deadline - time.monotonic()
@@ -351,14 +351,14 @@ def tune(dev: Device, budget: float = 600.0, precisions: Iterable[int] | None = 
             pass_start = time.monotonic()
 
             def on_row(count: int, best: _Best | None, key: tuple[int, str] = key,
-                       label: str = f"{job.kernel} {_PRECISION_NAMES[precision]} phase {phase}",
+                       label: str = f"{job.kernel} {PRECISION_NAMES[precision]} phase {phase}",
                        pass_start: float = pass_start) -> None:
                 so_far = results.get(key)
                 shown = best if so_far is None or (best and best.time_ms < so_far.time_ms) else so_far
                 bar.update(time.monotonic() - start,
                            f"{label}: {count} configs, best {shown.metric if shown else 0:.1f}")
 
-            bar.update(pass_start - start, f"{job.kernel} {_PRECISION_NAMES[precision]} "
+            bar.update(pass_start - start, f"{job.kernel} {PRECISION_NAMES[precision]} "
                                            f"phase {phase}: starting")
             result = _run_pass(cmd, phase, min(pass_start + share, deadline), work, env, on_row)
             counts[key] = counts.get(key, 0) + result.configs
@@ -393,11 +393,11 @@ def tune(dev: Device, budget: float = 600.0, precisions: Iterable[int] | None = 
             key = (precision, job.kernel)
             if key in results:
                 b = results[key]
-                print(f"  {job.kernel:<13} {_PRECISION_NAMES[precision]}: {counts[key]:>4} configs, "
+                print(f"  {job.kernel:<13} {PRECISION_NAMES[precision]}: {counts[key]:>4} configs, "
                       f"best {b.metric:7.1f} {entry['measured'][str(precision)][job.kernel]['unit']}"
                       f" ({b.time_ms:.2f} ms at {sizes[job.kernel]})", file=out)
             else:
-                print(f"  {job.kernel:<13} {_PRECISION_NAMES[precision]}: no configuration "
+                print(f"  {job.kernel:<13} {PRECISION_NAMES[precision]}: no configuration "
                       f"measured (budget too small?)", file=out)
     if routine:
         _tune_routine(dev, entry, precisions, out, bar if progress else None)
@@ -429,11 +429,11 @@ def _tune_routine(dev: Device, entry: dict[str, Any], precisions: Iterable[int],
     apply_tuning(dev, merged, "tuning in progress")
     for precision in precisions:
         if {"Xgemm", "XgemmDirect"} - set(merged["parameters"].get(str(precision), {})):
-            print(f"  GemmRoutine   {_PRECISION_NAMES[precision]}: skipped (Xgemm and XgemmDirect "
+            print(f"  GemmRoutine   {PRECISION_NAMES[precision]}: skipped (Xgemm and XgemmDirect "
                   f"must be tuned first)", file=out)
             continue
         if bar is not None:
-            bar.update(bar.total, f"GemmRoutine {_PRECISION_NAMES[precision]}: direct vs tiled")
+            bar.update(bar.total, f"GemmRoutine {PRECISION_NAMES[precision]}: direct vs tiled")
         t0 = time.monotonic()
         rows = measure_gemm_routine(dev, precision, with_default=True)
         size, slowdown = choose_indirect_threshold(rows)
@@ -453,7 +453,7 @@ def _tune_routine(dev: Device, entry: dict[str, Any], precisions: Iterable[int],
                        for r in rows]}
         wins = sum(r["indirect_ms"] < r["direct_ms"] for r in rows)
         verdict = "kept" if keep else "not kept: CLBlast's own choice is as good"
-        print(f"  GemmRoutine   {_PRECISION_NAMES[precision]}: tiled kernel from m*n*k >= {size}^3 "
+        print(f"  GemmRoutine   {PRECISION_NAMES[precision]}: tiled kernel from m*n*k >= {size}^3 "
               f"(tiled faster on {wins} of {len(rows)} shapes; mean slowdown vs the per-shape "
               f"best {slowdown:.2f}x, CLBlast's default threshold {default:.2f}x): {verdict}",
               file=out)

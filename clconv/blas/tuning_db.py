@@ -21,8 +21,9 @@ from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 
-__all__ = ["ENV_VAR", "FORMAT", "KERNELS", "enabled", "clblast_version", "device_key", "user_path",
-           "load_entry", "save_user", "merge_entries", "shipped_entries", "find_entry"]
+__all__ = ["ENV_VAR", "FORMAT", "KERNELS", "PRECISION_NAMES", "enabled", "clblast_version",
+           "device_key", "user_path", "load_entry", "save_user", "merge_entries", "shipped_entries",
+           "find_entry", "match_score"]
 
 ENV_VAR = config.TUNING
 FORMAT = 1
@@ -41,7 +42,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "Xconvgemm": ("KWID", "MDIMAD", "MDIMCD", "NDIMBD", "NDIMCD", "PADA", "PADB", "VWMD", "VWND",
                   "WGD"),
 }
-_PRECISION_NAMES = {16: "float16", 32: "float32", 64: "float64"}
+PRECISION_NAMES = {16: "float16", 32: "float32", 64: "float64"}
 _DB_DIR = Path(__file__).resolve().parent / "tuning_db"
 
 
@@ -175,7 +176,7 @@ def shipped_entries(folder: Path | None = None) -> list[tuple[str, dict[str, Any
     return found
 
 
-def _match_score(key: Mapping[str, str], entry_key: Mapping[str, str]) -> int:
+def match_score(key: Mapping[str, str], entry_key: Mapping[str, str]) -> int:
     """0 = not for this device; more is closer. The platform must match, and the device name or,
     failing that, the device's OpenCL version string (PoCL: 'OpenCL 3.0 PoCL HSTR:
     pthread-x86_64-pc-linux-gnu-skylake-avx512', i.e. the same code generator for the same CPU
@@ -212,7 +213,7 @@ def find_entry(dev: Device, folder: Path | None = None) -> tuple[dict[str, Any] 
     key = device_key(dev)
     best, best_score, best_name = None, 0, ""
     for name, entry in shipped_entries(folder):
-        score = _match_score(key, entry["key"])
+        score = match_score(key, entry["key"])
         if score > best_score:
             best, best_score, best_name = entry, score, name
     if best is None:

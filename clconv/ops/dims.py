@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..runtime.group import splits_batch
+from .device_group import splits_batch
 
 __all__ = ["per_dimension", "per_dimensions"]
 
@@ -22,7 +22,7 @@ def per_dimension(template: Callable[..., Any], nd: int, name: str, doc: str, *,
                   sizes: Sequence[str] = (), reduce: str = "concat") -> Callable[..., Any]:
     """`template(nd, *args, **kwargs)` as the public function `name` with docstring `doc` and the
     template's signature less `nd` (its first parameter). batched (with sizes, reduce): the
-    argument names `clconv.runtime.group.splits_batch` splits under a DeviceGroup, arrays of
+    argument names `clconv.ops.device_group.splits_batch` splits under a DeviceGroup, arrays of
     `ndim` dims when batched (default nd + 2; col2im's columns: 3); empty for functions that do
     not split (plans)."""
     signature = inspect.signature(template)

@@ -5,7 +5,7 @@ torch.nn.functional.fold (2-d, as torch's). The 1-d and 3-d forms are separate f
 `im2col1d`/`col2im1d` and `im2col3d`/`col2im3d` (the same layout, one or three spatial dims):
 deciding the dimensionality from the arguments would be ambiguous (an int kernel_size fits every
 nd).
-`enqueue_im2col` is one im2col launch for tests and tools; the GEMM paths keep
+`enqueue_im2col` is one im2col launch for the layout tests; the GEMM paths keep
 `launch.Im2col` / `launch.Col2im` in their plans.
 """
 

@@ -2,13 +2,12 @@
 
 A `Device` owns one context and one in-order queue for the whole process (CLBlast caches its compiled
 programs per context, so contexts must live long). `device(spec)` only chooses which `Device` is
-current; the choice is held in a `contextvars.ContextVar`, so blocks nest, restore on exit and are
-independent per thread.
+current; `with dev:` pushes it on `runtime.stack` (a `contextvars.ContextVar`), so blocks nest,
+restore on exit and are independent per thread.
 """
 
 from __future__ import annotations
 
-import contextvars
 import os
 import threading
 import warnings
@@ -16,11 +15,11 @@ from typing import Any
 
 import pyopencl as cl
 
-from . import config
+from . import config, stack
 from .errors import DeviceNotFoundError
 
 __all__ = ["Device", "devices", "device", "current_device", "current_target",
-           "default_device_reason"]
+           "default_device_reason", "describe_devices", "usable_devices"]
 
 ENV_VAR = config.DEVICE
 _KINDS = ((cl.device_type.GPU, "gpu"), (cl.device_type.ACCELERATOR, "accelerator"),
@@ -160,13 +159,11 @@ class Device:
                 f"fp64={'yes' if self.fp64 else 'no'}, fp16={'yes' if self.fp16 else 'no'})>")
 
     def __enter__(self) -> Device:
-        _STACK.set(_STACK.get() + (self,))
+        stack.push(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # The stack lives in the caller's context (thread or asyncio task), not on the Device, so the
-        # same Device can be entered in many threads at once.
-        _STACK.set(_STACK.get()[:-1])
+        stack.pop()
 
 
 _UNSET = object()
@@ -262,7 +259,8 @@ def devices() -> list[Device]:
         return list(_DEVICES)
 
 
-def _describe(devs: list[Device]) -> str:
+def describe_devices(devs: list[Device]) -> str:
+    """The lines that list `devs` in a DeviceNotFoundError (or how to install a platform)."""
     if not devs:
         return _INSTALL_HINT
     lines = []
@@ -281,6 +279,11 @@ def _usable_or_warn(d: Device) -> bool:
         warnings.warn(f"clconv: skipping OpenCL device {d.name!r} on {d.platform_name!r}: "
                       f"{d.unusable_reason}", RuntimeWarning, stacklevel=3)
     return False
+
+
+def usable_devices() -> list[Device]:
+    """The usable devices of `devices()`, in order; each unusable one is warned about once."""
+    return [d for d in devices() if _usable_or_warn(d)]
 
 
 def _select(spec: str) -> Device:
@@ -302,7 +305,7 @@ def _select(spec: str) -> Device:
     if usable:
         return usable[0]
     why = "matches only unusable devices" if candidates else "matches no device"
-    raise DeviceNotFoundError(f"device spec {spec!r} {why}; {_describe(devs)}")
+    raise DeviceNotFoundError(f"device spec {spec!r} {why}; {describe_devices(devs)}")
 
 
 # (CLCONV_DEVICE, the device list it was chosen from, device, reason)
@@ -337,15 +340,10 @@ def _choose_default(env: str | None) -> tuple[Device, str]:
         for d in sorted(devs, key=lambda d: "rusticl" in d._match_text):  # Mesa's rusticl last
             if d.kind == kind and _usable_or_warn(d):
                 return d, f"first usable {kind.upper()} ({ENV_VAR} not set)"
-    raise DeviceNotFoundError(f"no usable OpenCL device; {_describe(devs)}")
+    raise DeviceNotFoundError(f"no usable OpenCL device; {describe_devices(devs)}")
 
 
-# The devices (and device groups, clconv.runtime.group) of the enclosing `with` blocks, innermost last.
-_STACK: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("clconv_devices",
-                                                                        default=())
-
-
-def device(spec: Any = None) -> Any:
+def device(spec: Any = None) -> Device:
     """Selects a device; use as `with clconv.device("cpu") as dev:` to make it current in a block.
 
     spec: None (env CLCONV_DEVICE, else the first usable GPU, else the first usable CPU), 'cpu',
@@ -353,21 +351,20 @@ def device(spec: Any = None) -> Any:
     PYOPENCL_CTX), or a case-insensitive substring of the device name or of the platform's name,
     vendor or version ('pocl', 'nvidia').
     Raises DeviceNotFoundError (listing the devices) when nothing usable matches.
-    'all' or a list of specs returns a `clconv.runtime.group.DeviceGroup` of those devices, which
-    splits each op's batch across them (see that module).
+    One device only: the public `clconv.device` also takes 'all' or a list of specs, for a device
+    group (ops.device_group, the layer above).
     """
     if isinstance(spec, Device):
         return spec
-    if (isinstance(spec, str) and spec.strip().lower() == "all") or isinstance(spec, (list, tuple)):
-        from .group import group_of  # group.py imports this module
-        return group_of(spec)
     if spec is None:
         return _default()[0]
     if isinstance(spec, (cl.CommandQueue, cl.Context)):
         return _wrap(spec)
     if isinstance(spec, bool) or not isinstance(spec, (str, int)):
+        group = " (a list of specs makes a device group: clconv.device)" if isinstance(
+            spec, (list, tuple)) else ""
         raise TypeError(f"device spec must be a str, int, Device, pyopencl CommandQueue or Context, "
-                        f"or None, got {type(spec).__name__}")
+                        f"or None, got {type(spec).__name__}{group}")
     return _select(str(spec))
 
 
@@ -407,17 +404,16 @@ def _wrap(handle: cl.CommandQueue | cl.Context) -> Device:
 def current_device() -> Device:
     """The device of the innermost active `with clconv.device(...)` block, else the default one.
     Under a device group: the group's first device (always a single Device)."""
-    stack = _STACK.get()
-    if not stack:
+    top = stack.top()
+    if top is None:
         return _default()[0]
-    top = stack[-1]
-    return top if isinstance(top, Device) else top.primary
+    return top if isinstance(top, Device) else top.primary  # a group's `primary`
 
 
 def current_target() -> Any:
     """The innermost active Device or DeviceGroup (the ops' split hook asks), else the default."""
-    stack = _STACK.get()
-    return stack[-1] if stack else _default()[0]
+    top = stack.top()
+    return _default()[0] if top is None else top
 
 
 def default_device_reason() -> tuple[Device, str]:

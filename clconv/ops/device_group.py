@@ -31,11 +31,19 @@ transposed convolutions, gradients, im2col/col2im) follows these rules, applied 
   result is bitwise one device's.
 
 `current_device()` under a group is the group's first device (internal callers always get a single
-`Device`); `current_target()` is the innermost Device or DeviceGroup.
+`Device`); `runtime.device.current_target()` is the innermost Device or DeviceGroup.
+
+What each split call chose is the caller's, not the group's: `with group.record() as splits:` lists
+a `Split` (op, parts, seconds) for every call of that group in the block that split its batch.
+
+This module sits in ops/, above runtime/: it knows the ops' calling conventions (batched arguments,
+the weight gradient's sum) and makes `clconv.device`, which adds groups to `runtime.device.device`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import math
@@ -43,18 +51,36 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyopencl.array as cla
 
-from . import device as _device_mod
-from .device import Device, current_target, devices
-from .errors import DeviceNotFoundError, UnsupportedError
+from ..runtime import device as runtime_device
+from ..runtime import stack
+from ..runtime.device import Device, describe_devices, devices, usable_devices
+from ..runtime.errors import DeviceNotFoundError, UnsupportedError
 
-__all__ = ["DeviceGroup", "current_target", "run_on_group", "splits_batch"]
+__all__ = ["DeviceGroup", "Split", "device", "group_of", "run_on_group", "splits_batch"]
 
 REDUCTIONS = ("concat", "sum")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One call that split its batch: the op's name, its parts ((device, start, stop), ...) over
+    the batch and each part's seconds (timed in the part's own thread while the others ran; a
+    one-part call in the caller's thread)."""
+
+    op: str
+    parts: tuple[tuple[Device, int, int], ...]
+    seconds: tuple[float, ...]
+
+
+# The open `DeviceGroup.record()` blocks of the caller's context: ((group, its list), ...).
+_RECORDS: contextvars.ContextVar[tuple[tuple[Any, list[Split]], ...]] = contextvars.ContextVar(
+    "clconv_group_records", default=())
 
 
 class DeviceGroup:
@@ -83,19 +109,30 @@ class DeviceGroup:
         self.devices: tuple[Device, ...] = devs
         self.weights: tuple[float, ...] | None = weights
         self._speeds: dict[Any, tuple[float, ...]] = {}
-        self._lock = threading.Lock()          # guards _speeds, _executors, last_split
+        self._lock = threading.Lock()          # guards _speeds, _executors
         self._calibrating = threading.Lock()   # one calibration at a time: timings undisturbed
         self._executors: dict[int, ThreadPoolExecutor] = {}
-        self.last_split: list[tuple[Device, int, int]] = []  # what the latest split op chose
-        self.last_times: list[float] = []  # and how long each of its parts ran (s)
 
     # -- context manager, like Device -----------------------------------------------------------
     def __enter__(self) -> DeviceGroup:
-        _device_mod._STACK.set(_device_mod._STACK.get() + (self,))
+        stack.push(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _device_mod._STACK.set(_device_mod._STACK.get()[:-1])
+        stack.pop()
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator[list[Split]]:
+        """`with group.record() as splits:` -> a list that gets a `Split` for each call of this
+        group that splits its batch inside the block (unbatched, empty and device-array calls do
+        not split), made by the caller's thread or asyncio task only: each caller sees its own
+        calls, whatever other threads run on the group meanwhile."""
+        found: list[Split] = []
+        token = _RECORDS.set(_RECORDS.get() + ((self, found),))
+        try:
+            yield found
+        finally:
+            _RECORDS.reset(token)
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -232,13 +269,11 @@ _GROUPS_LOCK = threading.Lock()
 def group_of(spec: str | Sequence[Any]) -> DeviceGroup:
     """`clconv.device("all")` / `clconv.device([spec, ...])`: the group of those devices, the same
     object for the same devices so that its speed measurements are kept for the process."""
-    from .device import _usable_or_warn, device
-
     if isinstance(spec, str):  # "all"
-        devs = [d for d in devices() if _usable_or_warn(d)]
+        devs = usable_devices()
         if not devs:
             raise DeviceNotFoundError(f"device('all'): no usable OpenCL device; "
-                                      f"{_device_mod._describe(devices())}")
+                                      f"{describe_devices(devices())}")
     else:
         specs = list(spec)
         if not specs:
@@ -248,13 +283,29 @@ def group_of(spec: str | Sequence[Any]) -> DeviceGroup:
             if isinstance(s, (list, tuple, DeviceGroup)) or (isinstance(s, str)
                                                              and s.strip().lower() == "all"):
                 raise TypeError(f"the specs of device([...]) name single devices, got {s!r}")
-            devs.append(device(s))
+            devs.append(runtime_device.device(s))
     key = tuple(id(d) for d in devs)  # Devices live for the process
     with _GROUPS_LOCK:
         group = _GROUPS.get(key)
         if group is None:
             group = _GROUPS[key] = DeviceGroup(devs)
         return group
+
+
+def device(spec: Any = None) -> Device | DeviceGroup:
+    """Selects a device; use as `with clconv.device("cpu") as dev:` to make it current in a block.
+
+    spec: None (env CLCONV_DEVICE, else the first usable GPU, else the first usable CPU), 'cpu',
+    'gpu', 'accelerator', an index into `devices()` ('N' or N), 'P:D' (platform:device indices, like
+    PYOPENCL_CTX), a case-insensitive substring of the device name or of the platform's name,
+    vendor or version ('pocl', 'nvidia'), a Device, or a pyopencl CommandQueue or Context (a Device
+    around it): see `runtime.device.device`. 'all' or a list of such specs: a `DeviceGroup` of
+    those devices, which splits each op's batch across them (see this module).
+    Raises DeviceNotFoundError (listing the devices) when nothing usable matches.
+    """
+    if (isinstance(spec, str) and spec.strip().lower() == "all") or isinstance(spec, (list, tuple)):
+        return group_of(spec)
+    return runtime_device.device(spec)
 
 
 # -- the split hook of the public ops --------------------------------------------------------------
@@ -285,6 +336,14 @@ def _calibration_key(op: Callable[..., Any], arguments: dict[str, Any], batched:
     return (op.__module__, op.__qualname__, tuple(items))
 
 
+def _record(group: DeviceGroup, op: Callable[..., Any], ranges: Sequence[tuple[Device, int, int]],
+            times: Sequence[float]) -> None:
+    """Adds the call's Split to the caller's open `record()` lists of `group`."""
+    for owner, found in _RECORDS.get():
+        if owner is group:
+            found.append(Split(op.__name__, tuple(ranges), tuple(times)))
+
+
 def _device_arrays(values: Any) -> list[cla.Array]:
     return [v for v in values if isinstance(v, cla.Array)]
 
@@ -306,10 +365,10 @@ def splits_batch(*batched: str, ndim: int, sizes: Sequence[str] = (),
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            stack = _device_mod._STACK.get()
-            if not stack or not isinstance(stack[-1], DeviceGroup):
+            target = stack.top()
+            if not isinstance(target, DeviceGroup):
                 return fn(*args, **kwargs)  # the usual case costs one ContextVar read
-            return run_on_group(stack[-1], fn, args, kwargs, batched=batched, ndim=ndim,
+            return run_on_group(target, fn, args, kwargs, batched=batched, ndim=ndim,
                                 sizes=sizes, reduce=reduce, signature=signature)
 
         return wrapper
@@ -377,17 +436,17 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
     probe_args, probe_kwargs = sliced(0, probe_n)
     speeds = group.speeds(key, lambda d: on(d, probe_args, probe_kwargs), probe_n)
     ranges = group.split(n, speeds)
-    with group._lock:
-        group.last_split = ranges
     if len(ranges) == 1:
-        return on(ranges[0][0])
+        t0 = time.perf_counter()
+        result = on(ranges[0][0])
+        _record(group, op, ranges, [time.perf_counter() - t0])
+        return result
     jobs = []
     for dev, start, stop in ranges:
         a, k = sliced(start, stop)
         jobs.append((dev, functools.partial(op, *a, **k)))
     parts, times = group.run_parts(jobs)
-    with group._lock:
-        group.last_times = times
+    _record(group, op, ranges, times)
     position = {id(d): i for i, d in enumerate(group.devices)}
     group.refine(key, {position[id(d)]: (stop - start) / max(t, 1e-9)
                        for (d, start, stop), t in zip(ranges, times)})
