@@ -9,9 +9,8 @@ How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv._configure` whe
    planned layer met at a new batch size is not measured again.
 2. Otherwise, unless $CLCONV_AUTO=rule, a cost model (`estimate`: flops at a per-algorithm rate,
    a fixed cost per call, the column traffic, the register tile's padding; its constants come from
-   the bench's measurements on PoCL, and put the 'direct'/'implicit' crossover where `rule_choice`
-   does) ranks the applicable algorithms, and only those within `SHORTLIST_FACTOR` (1.25x) of the
-   best estimate are built (`shortlist`): on a CPU most layers keep one ('implicit', or 'direct' for
+   the bench's measurements on PoCL) ranks the applicable algorithms, and only those within
+   `SHORTLIST_FACTOR` (1.25x) of the best estimate are built (`shortlist`): on a CPU most layers keep one ('implicit', or 'direct' for
    depthwise and tiny ones), which is then used without measuring; the second packed path is built
    only where the model finds it close, CLBlast's GEMM on PoCL only where it ranks first (its first
    compilation there costs 10-20 s of CPU). Two or more are measured on scratch
@@ -22,7 +21,8 @@ How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv._configure` whe
    whatever the number of calls: a failed file write only costs a warning, and the choice stays in
    memory.
 3. With CLCONV_AUTO=rule (or when only one algorithm applies) nothing is measured or written: the
-   fixed rule of `conv.rule_choice` decides. The test suite uses it to stay fast and deterministic.
+   cost model's best estimate runs (`conv.rule_choice`; one selector: the rule is the model's
+   first). The test suite uses it to stay fast and deterministic.
 
 The key: (platform, device name, driver version, nd, batch bucket (`batch_bucket`: the next power of
 two, so nearby batch sizes share a choice), channels, groups, sizes, kernel,
@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyopencl as cl
 
+from ..blas import packed
 from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
@@ -220,8 +221,8 @@ def forget(dev: Device | None = None) -> None:
 # The cost model's constants, from the bench's layers on PoCL (2-core Zen, AVX2; docs/bench.txt and
 # the rule's measurements): the packed GEMM sustains ~120 GFLOP/s on large layers and costs ~1 ms a
 # call on small ones (packing, few work-items; CLBlast's too); the direct loops a few GFLOP/s on small
-# layers, a launch ~20 us: the packed GEMM wins from a few MFLOP on (the rule, for CLCONV_AUTO=rule,
-# still sends layers under SMALL_FLOPS to 'direct'). CLBlast's GEMM on a CPU reaches ~1/4.5 of the packed one, the second
+# layers, a launch ~20 us: the packed GEMM wins from a few hundred kFLOP on (CLCONV_AUTO=rule takes
+# the model's best estimate too). CLBlast's GEMM on a CPU reaches ~1/4.5 of the packed one, the second
 # packed path ~1/1.25 plus its column traffic (~10 GB/s each way). Only ratios matter for the
 # shortlist; the absolute figures only set where the fixed costs weigh.
 _PACKED_RATE = 1.2e11
@@ -230,6 +231,11 @@ _PACKED_RATE = 1.2e11
 # 1-13 GFLOP/s on the small layers of a CNN ((1,16,32,32) 3x3: 'direct' 330-360 us of kernel time,
 # 'implicit' ~90 us; 32->32 3x3 stride 2: 'direct' 2-5 ms, 'implicit' 0.16-0.22 ms).
 _GEMM_CALL = 1e-4
+# A packed GEMM over a few output positions (batch 1 at 7x7: 2 B panels) with a long K: each
+# work-item's K x NR panel outgrows the core's L2, and 'splitk' measured 2.1x faster at K = 4608
+# and 1.5x at K = 2304 (ResNet-18's 512 x 7x7 layers; tied at 14x14).
+_FEW_POSITIONS = 64
+_LONG_K = 2048
 _DIRECT_RATE = 5e9
 _GROUPED_RATE = 1.0e10
 # 'depthwise': 1.1-1.4x 'direct' on MobileNetV2's 56x56-112x112 depthwise layers, ~2x on the
@@ -270,9 +276,13 @@ def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> floa
             return flops / _GROUPED_RATE + _LAUNCH
         return flops / _DIRECT_RATE + _LAUNCH
     if algorithm in ("implicit", "im2col_packed"):
-        mr = 4 if m <= 4 else 6  # the register tile's rows (clconv.blas.packed.tile_for)
-        padded = m / (-(-m // mr) * mr)
+        n = max(geo.batch * geo.out_spatial, 1)
+        tile = packed.tile_for(dev, np.float32 if np.dtype(dtype) == np.float16 else dtype, m, n,
+                               k)
+        padded = max(m, 1) / tile.packed_a_size(max(m, 1), 1) * n / tile.packed_b_size(n, 1)
         seconds = flops / (_PACKED_RATE * padded) + _GEMM_CALL
+        if n <= _FEW_POSITIONS:
+            seconds *= max(1.0, k / _LONG_K)
         if algorithm == "im2col_packed":
             seconds = 1.25 * seconds + 2 * columns / _BYTES_RATE + _LAUNCH
         return seconds * (1.0 if cpu else _PACKED_ON_GPU)

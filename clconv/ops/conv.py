@@ -50,7 +50,6 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "ConvPlan", "applicable_algorithms", "ch
 
 ALGORITHMS = ("auto", "im2col", "direct", "winograd", "implicit", "im2col_packed", "depthwise",
               "pointwise", "splitk")
-SMALL_FLOPS = 2**24  # below this many flops the rule picks 'direct' (see rule_choice)
 #: The classes behind the algorithm names (clconv.ops.conv_algorithms).
 ALGORITHM_CLASSES: dict[str, Any] = {"im2col": Im2colGemm, "direct": Direct,
                                      "winograd": WinogradGemm, "implicit": ImplicitGemm,
@@ -232,14 +231,14 @@ def _configure(dev: Device, geo: ConvGeometry, algorithm: str, dtype: np.dtype, 
         return ALGORITHM_CLASSES[algorithm](dev, geo, work, has_bias, activation, limit,
                                             has_residual)
     remembered = autotune.lookup(dev, geo, dtype)
-    candidates = applicable_algorithms(dev, geo, dtype)
+    candidates = applicable_algorithms(dev, geo, dtype)  # ranked by the cost model
     measuring = remembered not in candidates and autotune.mode() == "measure"
     short = candidates
     if remembered in candidates:
         candidates = [remembered] + [c for c in candidates if c != remembered]
-    elif measuring:  # the cost model's ranking; only its shortlist is built and measured
-        ranked, short = autotune.shortlist(dev, geo, dtype, candidates)
-        candidates = short + [c for c in ranked if c not in short]
+    elif measuring:  # only the model's shortlist is built and measured
+        short = autotune.shortlist(dev, geo, dtype, candidates)[1]
+        candidates = short + [c for c in candidates if c not in short]
     configured: dict[str, Any] = {}
     error: MemoryError | None = None
     for name in candidates:  # candidates whose workspace does not fit the limit drop out
@@ -285,7 +284,8 @@ def _timer(dev: Device, geo: ConvGeometry, work: np.dtype, has_bias: bool,
 
 
 def applicable_algorithms(dev: Device, geo: ConvGeometry, dtype: Any = np.float32) -> list[str]:
-    """The algorithms algorithm='auto' may pick for `geo` on `dev` (what it measures), rule's first.
+    """The algorithms algorithm='auto' may pick for `geo` on `dev`, ranked by the cost model
+    (clconv.ops.autotune.estimate), best first.
 
     'winograd' is never among them: its transforms mix the inputs of a whole tile, so one Inf or NaN
     input turns neighbouring outputs into NaN where PyTorch keeps them finite. It is opt-in. The
@@ -303,8 +303,7 @@ def applicable_algorithms(dev: Device, geo: ConvGeometry, dtype: Any = np.float3
         found.append("pointwise")
     if cpu_shaped(dev) and _splitk_suits(dev, geo, dtype, 128):
         found.append("splitk")  # few output positions: measured against 'implicit'
-    first = rule_choice(dev, geo, dtype)
-    return [first] + [a for a in found if a != first]
+    return autotune.shortlist(dev, geo, dtype, found)[0]
 
 
 def _pointwise_applies(dev: Device, geo: ConvGeometry, dtype: Any) -> bool:
@@ -349,42 +348,15 @@ def _splitk_suits(dev: Device, geo: ConvGeometry, dtype: Any, positions: int) ->
 
 
 def rule_choice(dev: Device, geo: ConvGeometry, dtype: Any = np.float32) -> str:
-    """The fixed rule for algorithm='auto' (used with CLCONV_AUTO=rule, and first when measuring):
-
-    'depthwise' (clconv.ops.depthwise) for depthwise convolutions (groups == C_in) on PoCL's CPU
-    devices (1.1-1.4x 'direct' on MobileNetV2's 56x56-112x112 depthwise layers, ~2x on its
-    7x7-28x28 ones, PoCL, AVX-512); 'pointwise'
-    (clconv.ops.pointwise) there for unpadded 1x1 ones, whatever their size (1.2-3.6x
-    'implicit' on MobileNetV2's, where 'direct' is 20-100x slower; strided ones gather their
-    subsampled input first); 'splitk'
-    (clconv.ops.splitk) there for dense layers of at most 64 output positions (batch 1, 7x7)
-    and K >= 512 (ResNet-18's 512 x 7x7 3x3: 2.1x 'implicit' in CPU time, its 256-512 stride-2
-    one 1.5x; at 14x14 they tie, so 'implicit' stays); 'direct' for
-    groups with few input channels each (C_in/groups <= GROUPED_MAX_CIN: depthwise elsewhere
-    and narrow grouped convolutions, where a GEMM per group has a handful of rows and
-    cl/conv_grouped.cl wins) and for convolutions of fewer than SMALL_FLOPS (one kernel launch, the
-    least per-call time: (1,16,32,32) x (16,16,3,3), 4.7 MFLOP, ran in 0.41 ms 'direct', 0.56 ms
-    'implicit', 0.84 ms 'im2col' on PoCL, AVX2); else 'implicit' on PoCL's CPU devices (clconv's
-    packed GEMM: 0.7-1.35x torch CPU there, where CLBlast's GPU-shaped GEMM reaches a fifth of it;
-    `clconv.blas.engine.cpu_shaped`) and 'im2col' (CLBlast) elsewhere, GPUs and Mesa's llvmpipe
-    included, or 'implicit' there too when CLBlast is not installed. Never
-    'winograd' (see `applicable_algorithms`): ask for it by name where inputs are known to be
-    finite.
-    """
-    if cpu_shaped(dev) and depthwise_unsupported(geo) is None:
-        return "depthwise"
-    if cpu_shaped(dev) and _pointwise_applies(dev, geo, dtype):
-        return "pointwise"
-    if cpu_shaped(dev) and geo.cin_per_group * geo.ksize >= 512 and \
-            _splitk_suits(dev, geo, dtype, 64):
-        return "splitk"
-    if geo.groups > 1 and geo.cin_per_group <= GROUPED_MAX_CIN:
-        return "direct"
-    if geo.flops < SMALL_FLOPS:
-        return "direct"
-    if cpu_shaped(dev) or not gemm.available():
-        return "implicit"
-    return "im2col"
+    """What algorithm='auto' runs without measuring (CLCONV_AUTO=rule, and the cost model's
+    favourite where it shortlists one): the first of `applicable_algorithms`, ranked by the cost
+    model (clconv.ops.autotune.estimate). One selector: the rule is the model's best estimate, and
+    measuring times only the model's shortlist. On PoCL's CPU devices that gives 'depthwise' for
+    depthwise convolutions, 'pointwise' for unpadded 1x1 ones, 'splitk' for dense layers of a few
+    output positions and a long K (batch 1 at 7x7), 'direct' for narrow groups and layers of a few
+    hundred kFLOP, else 'implicit'; elsewhere (GPUs, llvmpipe) 'im2col' (CLBlast) or 'direct' for
+    the smallest layers. Never 'winograd' (see `applicable_algorithms`)."""
+    return applicable_algorithms(dev, geo, dtype)[0]
 
 
 def choose_algorithm(dev: Device, geo: ConvGeometry, algorithm: str,
@@ -409,9 +381,7 @@ def choose_algorithm(dev: Device, geo: ConvGeometry, algorithm: str,
     candidates = applicable_algorithms(dev, geo, dtype)
     if remembered is not None and remembered in candidates:
         return remembered
-    if autotune.mode() == "rule":
-        return rule_choice(dev, geo, dtype)
-    return autotune.shortlist(dev, geo, dtype, candidates)[1][0]
+    return candidates[0]  # the cost model's best estimate (rule_choice)
 
 
 def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: PaddingArg = 0,
