@@ -26,10 +26,13 @@ test: export RUSTICL_ENABLE ?= llvmpipe
 test: venv crosscheck
 	$(PY) -m pytest -q
 
-# Every kernel file in cl/ on tiny shapes under Oclgrind (invalid accesses, data races, results
-# against tests/reference.py); prints the launches checked per file. Runs after the tests in CI.
+# The tests marked `sanitize` (tests/sanitize/, left out of `make test`): every kernel file in cl/
+# on tiny shapes under Oclgrind (invalid accesses, data races, results against tests/reference.py);
+# prints the launches checked per file and `sanitize: clean` or `FAILED`. CI runs it after the tests.
+# -cl-opt-disable: Oclgrind 21.10 cannot interpret some intrinsics of optimised code (llvm.abs.i32).
+OCLGRIND := oclgrind --data-races --check-api --build-options -cl-opt-disable
 sanitize: venv sanitize-system
-	$(PY) -m clconv.tools.sanitize
+	$(OCLGRIND) $(PY) -m pytest -q -m sanitize tests/sanitize
 
 # The files tools/device-check.sh needs on a GPU machine without network (pyopencl's cp312 wheel,
 # Debian's CLBlast and ICD loader unpacked, a pyclblast cp312 wheel): fetched into tools/device-bundle/
@@ -51,8 +54,10 @@ crosscheck: venv
 info: venv
 	$(PY) -m clconv info
 
+# The bench lives in benchmarks/ (shipped beside clconv); BENCH_ARGS adds options, e.g.
+# `make bench BENCH_ARGS="--layers resnet18,mobilenet_v2"` (the networks' layers vs torch, fair method).
 bench: venv
-	$(PY) -m clconv bench
+	$(PY) -m clconv bench $(BENCH_ARGS)
 
 # CLBlast's tuners (clblast_tuner_*) come with Debian's clblast-utils.
 tune: venv tune-system

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ResNet-18 and MobileNetV2 are the package's (clconv.tools.first_use times them at full width);
-# re-exported here so that the tests and examples/bench_models.py use one definition.
+# ResNet-18, MobileNetV2 and `randomize` are the package's (benchmarks.first_use and
+# benchmarks.whole_networks time them at full width); re-exported here so that the tests and the
+# benchmarks use one definition.
 from clconv.tools.networks import (  # noqa: F401 (re-exported)
     BasicBlock,
     InvertedResidual,
@@ -24,29 +25,9 @@ from clconv.tools.networks import (  # noqa: F401 (re-exported)
     ResNet,
     conv_bn,
     make_divisible,
+    randomize,
     resnet18,
 )
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine parameters, random layer scales (in place)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                if m.weight is not None:
-                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                    m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-            elif isinstance(m, (nn.LayerNorm,)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
-            if isinstance(getattr(m, "gamma", None), nn.Parameter):
-                m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) + 0.5)
-    return model
-
 
 # --- ResNet / ResNeXt (He et al. 2016, Table 1; Xie et al. 2017, Table 1) ---------------------------
 

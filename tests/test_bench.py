@@ -1,11 +1,13 @@
-"""`python -m clconv bench` on tiny layers: it runs, every peer agrees with the float64 reference,
-and the .txt/.csv/.json files say what ran. Results are checked, never timings."""
+"""`python -m clconv bench` (the benchmarks package) on tiny layers: it runs, every peer agrees
+with the float64 reference, the .txt/.csv/.json files say what ran, and `--layers` runs the
+network layer sets by the fair method. Results are checked, never timings."""
 
 from __future__ import annotations
 
 import csv
-import os
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -16,10 +18,11 @@ GROUPED = "grouped=1,4,8,8,4,3,2,1,4"
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory, clconv_mod):
-    from clconv.tools import bench
+    from benchmarks import bench
+    from clconv.tools.layer_spec import parse_layer
 
     out = tmp_path_factory.mktemp("bench") / "b"
-    layers = [bench.parse_layer(TINY), bench.parse_layer(GROUPED)]
+    layers = [parse_layer(TINY), parse_layer(GROUPED)]
     rc = bench.run_bench(None, layers, None, repeat=2, budget_s=0.05, out=str(out),
                          latency=False, plot=False, progress=False, command="pytest bench")
     return rc, out, layers
@@ -30,12 +33,13 @@ def test_bench_writes_text_csv_and_json(bench_run):
     assert rc == 0
     text = out.with_suffix(".txt").read_text()
     assert text.startswith("$ pytest bench") and "device:" in text and "## Memory" in text
+    assert "\nmethod: " in text and "reference (errors): tests/reference.py" in text
     with open(out.with_suffix(".csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["command"] == "pytest bench"
     assert len(rows) == len(data["results"])
-    from clconv.tools.bench import default_peers
+    from benchmarks.peers import default_peers
 
     for layer in layers:
         assert {r["peer"] for r in rows if r["layer"] == layer.name} == set(default_peers())
@@ -55,7 +59,8 @@ def test_every_peer_that_ran_matches_the_float64_reference(bench_run):
 
 
 def test_memory_redundancy_of_the_layers(clconv_mod):
-    from clconv.tools.bench import LAYERS, parse_layer
+    from benchmarks.bench import LAYERS
+    from clconv.tools.layer_spec import parse_layer
 
     vgg = next(lay for lay in LAYERS if lay.name == "VGG16 conv3_2")
     assert vgg.column_bytes / vgg.input_bytes == 9  # 3x3, stride 1, 'same' padding
@@ -68,14 +73,16 @@ def test_memory_redundancy_of_the_layers(clconv_mod):
 @pytest.mark.parametrize("bad", ["1,2,3", "1,3,10,10,4,3,0,0", "1,3,10,10,4,3,1,1,2", "a,b",
                                  "1,3,2,2,4,5,1,0"])
 def test_bad_layer_specs_are_refused(clconv_mod, bad):
-    from clconv.tools.bench import parse_layer
+    from clconv.tools.layer_spec import parse_layer
 
     with pytest.raises(ValueError):
         parse_layer(bad)
 
 
 def test_host_peers_match_the_reference(clconv_mod):
-    from clconv.tools.bench import numpy_conv2d, parse_layer, reference_conv2d
+    from benchmarks.bench import reference_conv
+    from benchmarks.peers import numpy_conv
+    from clconv.tools.layer_spec import parse_layer
 
     rng = np.random.default_rng(3)
     layer = parse_layer(GROUPED)
@@ -84,8 +91,9 @@ def test_host_peers_match_the_reference(clconv_mod):
     from reference import conv2d as oracle
 
     expected = oracle(x, w, stride=layer.stride, padding=layer.pad, groups=layer.groups)
-    np.testing.assert_allclose(reference_conv2d(x, w, layer), expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(numpy_conv2d(x.astype(np.float32), w.astype(np.float32), layer),
+    np.testing.assert_allclose(reference_conv(x, w, layer), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(numpy_conv(x, w, layer), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(numpy_conv(x.astype(np.float32), w.astype(np.float32), layer),
                                expected, rtol=1e-4, atol=1e-5)
 
 
@@ -102,18 +110,80 @@ def test_cli_bench_prints_the_table(clconv_mod, tmp_path, capsys):
 
 
 def test_host_peers_run_in_a_fresh_interpreter_that_imports_the_real_torch():
-    """The fresh interpreters put the folder holding clconv on PYTHONPATH, not the package folder
-    (whose torch.py would shadow torch)."""
+    """The fresh interpreters put the folders holding clconv and benchmarks on PYTHONPATH, not the
+    package folder (whose torch.py would shadow torch)."""
     import importlib.util
 
-    from clconv.tools.bench import _child_env, _time_isolated, parse_layer
+    from benchmarks import child_env
+    from benchmarks.host_peer import time_isolated
+    from clconv.tools.layer_spec import parse_layer
 
-    root = _child_env()["PYTHONPATH"].split(os.pathsep)[0]
-    assert os.path.isdir(os.path.join(root, "clconv"))
+    roots = child_env()["PYTHONPATH"].split(os.pathsep)
+    assert os.path.isdir(os.path.join(roots[0], "clconv"))
+    assert any(os.path.isfile(os.path.join(r, "benchmarks", "__init__.py")) for r in roots)
     layer = parse_layer("1,2,5,5,3,3,1,1")
     x = np.ones(layer.input_shape, np.float32)
     w = np.ones(layer.weight_shape, np.float32)
     peers = ["numpy"] + (["torch"] if importlib.util.find_spec("torch") else [])
     for peer in peers:
-        y, first, times = _time_isolated(peer, layer, x, w, 2, 0.1)
+        y, _first, times = time_isolated(peer, layer, x, w, 2, 0.1)
         assert y.shape == (1, 3, 5, 5) and y[0, 0, 2, 2] == 18 and times
+
+
+def test_the_network_layer_sets_are_the_distinct_convolutions():
+    from benchmarks.fair import select_layers
+
+    resnet = select_layers("resnet18")
+    assert len(resnet) == 11 and resnet[0][1] == (3, 224, 224, 64, 7, 2, 3, 1)
+    mobile = select_layers("mobilenet_v2")
+    assert len({dims for _, dims in mobile}) == len(mobile)  # distinct
+    assert sum(g == c > 1 for _, (c, *_, g) in mobile) == sum("dw" in n for n, _ in mobile)
+    both = select_layers("resnet18,mobilenet_v2", only="dw")
+    assert both and all("dw" in name for name, _ in both)
+
+
+def test_cli_bench_layers_runs_the_fair_method(clconv_mod, capsys):
+    """`bench --layers` on one layer, one round of one-call blocks: the header states the command,
+    the device and the method; one ratio line and the geometric mean follow."""
+    pytest.importorskip("torch")
+    from clconv.tools.cli import main
+
+    rc = main(["bench", "--layers", "resnet18", "--only", "r18.512 3x3", "--rounds", "1",
+               "--block", "1", "--pause", "0.01"])
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("bench --layers resnet18 --only 'r18.512 3x3' --rounds 1 --block 1 "
+                             "--pause 0.01")
+    assert lines[1].startswith("device: ") and lines[2].startswith("method: the fair method")
+    rows = [line for line in lines if line.startswith("r18.512 3x3 @7")]
+    assert len(rows) == 1 and "torch " in rows[0] and "auto[" in rows[0] and "x)" in rows[0]
+    summary = lines[-1]
+    assert summary.startswith("geometric mean torch/clconv (auto): ") and "over 1 layers" in summary
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "resnet18", "--layer", TINY], "exclude each other"),
+    (["--layers", "vgg"], "unknown layer set"),
+    (["--layers", "resnet18", "--algorithms", "nope"], "unknown algorithm"),
+])
+def test_cli_bench_layers_refuses_bad_options(clconv_mod, capsys, argv, message):
+    from clconv.tools.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_bench_says_when_the_benchmarks_package_is_missing(clconv_mod, capsys, monkeypatch):
+    """An installation without benchmarks/: `bench` is a usage error that says what to do;
+    `info`, `demo`, `cache` and `tune` do not need it."""
+    from clconv.tools.cli import main
+
+    for name in [m for m in sys.modules if m.startswith("benchmarks.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "benchmarks", None)  # import benchmarks: ModuleNotFoundError
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--layer", TINY, "--no-latency"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "needs the benchmarks package" in err
+    assert main(["cache"]) == 0

@@ -86,7 +86,8 @@ def test_info_takes_a_device(clconv_mod, capsys):
 
 
 def test_the_bench_table_is_aligned_with_one_label_per_layer(clconv_mod):
-    from clconv.tools.bench import Result, parse_layer, render
+    from benchmarks.report import Result, render
+    from clconv.tools.layer_spec import parse_layer
 
     lay = parse_layer("1,4,8,8,4,3,1,1")
     peers = ["direct", "im2col_packed", "implicit"]
@@ -106,10 +107,10 @@ def test_the_bench_table_is_aligned_with_one_label_per_layer(clconv_mod):
 @pytest.mark.parametrize("start, end, busy", [(0.1, 1.9, False), (1.5, 2.0, True),
                                               (0.2, 3.5, True), (None, None, False)])
 def test_bench_warns_when_the_machine_was_busy(clconv_mod, monkeypatch, start, end, busy):
-    from clconv.tools import bench
+    from clconv.tools import machine
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    line = bench._busy_warning(start, end, "torch 2.0 (2 threads), ")
+    line = machine.busy_warning(start, end, "torch 2.0 (2 threads), ")
     assert bool(line) is busy
     if busy:
         assert "busy" in line and "2 threads" in line and "on 2 CPUs" in line
@@ -152,7 +153,7 @@ def test_help_shows_defaults_and_the_layer_forms(clconv_mod, capsys):
 
 
 def test_layer_specs_cover_dilation_groups_non_square_and_nd(clconv_mod):
-    from clconv.tools.bench import parse_layer
+    from clconv.tools.layer_spec import parse_layer
 
     lay = parse_layer("mine=conv2d:N=2,C=4,H=9,W=7,K=6,k=3x1,s=1x2,p=1,d=2,g=2")
     assert lay.name == "mine" and lay.nd == 2 and lay.kernel == (3, 1)
@@ -205,7 +206,7 @@ def test_bench_dtype(clconv_mod, capsys, dev):
 
 
 def test_the_bench_report_has_no_targets_section(clconv_mod):
-    from clconv.tools import bench
+    from benchmarks import bench
 
     assert not hasattr(bench, "TARGETS")
 
@@ -227,7 +228,7 @@ def test_demo_with_a_layer_writes_its_chart(clconv_mod, capsys, tmp_path):
 
 def test_demo_stages_add_up_to_the_convolution(clconv_mod):
     from clconv.tools import demo
-    from clconv.tools.bench import parse_layer
+    from clconv.tools.layer_spec import parse_layer
 
     r = demo.measure(None, parse_layer("conv2d:N=2,C=4,H=9,W=8,K=6,k=3x1,p=1,d=2,g=2"), 2)
     assert set(r.stages_ms) == {"im2col", "GEMM", "epilogue"}

@@ -24,7 +24,7 @@ def demo(clconv_mod):
 
 
 def _layer(spec: str):
-    from clconv.tools.bench import parse_layer
+    from clconv.tools.layer_spec import parse_layer
 
     return parse_layer(spec)
 

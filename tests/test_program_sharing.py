@@ -71,10 +71,10 @@ def test_a_resnet18_set_builds_few_programs(dev):
 
 
 def test_first_use_networks_follow_the_papers():
-    """clconv.tools.first_use's networks (what the bench's --first-use times): ResNet-18 with 20
+    """benchmarks.first_use's networks (what the bench's --first-use times): ResNet-18 with 20
     convolutions and 1000 classes, MobileNetV2 with 52 (17 of them depthwise)."""
     torch = pytest.importorskip("torch")
-    from clconv.tools import first_use
+    from benchmarks import first_use
 
     x = torch.randn(1, 3, 64, 64)
     for build, convs, depthwise in ((first_use.resnet18, 20, 0), (first_use.mobilenet_v2, 52, 17)):

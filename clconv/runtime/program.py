@@ -87,7 +87,7 @@ class ProgramCache:
     builds; an evicted program is rebuilt on its next use (fast: the driver's disk cache has it).
     A compile error is remembered too, so that retrying the same request fails at once.
     `builds` counts the programs built (what a test counts to show that a call built nothing),
-    `build_seconds` their total build time (what clconv.tools.first_use reports).
+    `build_seconds` their total build time (what benchmarks.first_use reports).
     """
 
     MAX_PROGRAMS = 256

@@ -164,8 +164,8 @@ def json_path(text: str) -> str:
 
 
 def layer_spec(text: str) -> Any:
-    """--layer text -> bench.Layer."""
-    from .bench import parse_layer
+    """--layer text -> layer_spec.Layer."""
+    from .layer_spec import parse_layer
 
     try:
         return parse_layer(text)
@@ -174,8 +174,10 @@ def layer_spec(text: str) -> Any:
 
 
 def peer_list(text: str) -> list[str]:
-    from .bench import default_peers
-
+    try:
+        default_peers = _benchmarks("peers").default_peers
+    except UnsupportedError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     peers = [p.strip() for p in text.split(",") if p.strip()]
     known = default_peers()
     unknown = [p for p in peers if p not in known]
@@ -183,6 +185,34 @@ def peer_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"unknown peer(s) {', '.join(unknown) or repr(text)}; "
                                          f"choose from {','.join(known)}")
     return peers
+
+
+def network_list(text: str) -> str:
+    """bench --layers: comma-separated names of benchmarks.fair.NETS."""
+    try:
+        known = tuple(_benchmarks("fair").NETS)
+    except UnsupportedError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    nets = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in nets if n not in known]
+    if unknown or not nets:
+        raise argparse.ArgumentTypeError(f"unknown layer set(s) "
+                                         f"{', '.join(unknown) or repr(text)}; choose from "
+                                         f"{','.join(known)}")
+    return ",".join(nets)
+
+
+def algorithm_list(text: str) -> list[str]:
+    """bench --algorithms: comma-separated clconv algorithm names."""
+    from ..ops.conv import ALGORITHMS
+
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ALGORITHMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown algorithm(s) "
+                                         f"{', '.join(unknown) or repr(text)}; choose from "
+                                         f"{','.join(ALGORITHMS)}")
+    return names
 
 
 def precision_list(text: str) -> list[int]:
@@ -220,7 +250,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     from .. import __version__
-    from .bench import LAYER_HELP
+    from .layer_spec import LAYER_HELP
 
     prog = prog or prog_name()
     parser = argparse.ArgumentParser(
@@ -262,7 +292,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress line")
 
     bench = command("bench", "algorithms and peers (numpy, torch, CLBlast convgemm) on network "
-                             "layers: GFLOP/s, error, memory, latency")
+                             "layers: GFLOP/s, error, memory, latency; --layers: every "
+                             "convolution of ResNet-18 / MobileNetV2 against torch (fair method)",
+                    "Without --layers: each algorithm and peer timed alone on the classic\n"
+                    "layers (or --layer), with errors, memory and first-call latency, written to\n"
+                    "--out's files. With --layers NETS: every distinct convolution of the\n"
+                    "networks against torch CPU by the fair method (torch and clconv each in its\n"
+                    "own warm process, --rounds rounds of alternating blocks of --block calls\n"
+                    "with a pause at each hand-over, medians), per-layer ratios and their\n"
+                    "geometric mean. Needs the benchmarks package (benchmarks/ beside clconv/).")
     bench.epilog = "--layer forms:\n  " + LAYER_HELP.replace("\n", "\n  ")
     bench.add_argument("--device", type=device_spec, default=None, help=DEVICE_HELP)
     bench.add_argument("--layer", action="append", type=layer_spec, default=[], metavar="SPEC",
@@ -289,11 +327,30 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                        help="also time a whole network's first forward in a fresh process, cold "
                             "(empty clconv, PoCL and pyopencl caches) and warm: ResNet-18 and "
                             "MobileNetV2 at 224x224 through clconv.torch.convert (needs torch; "
-                            "clconv.tools.first_use, about a minute)")
+                            "benchmarks.first_use, about a minute)")
     bench.add_argument("--no-gemm", action="store_true",
                        help="skip timing CLBlast's GEMM alone, tuned vs untuned (fresh processes)")
     bench.add_argument("--no-plot", action="store_true", help="no PNG chart")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fair = bench.add_argument_group(
+        "network layers (--layers; the fair method against torch CPU, which it needs)")
+    fair.add_argument("--layers", type=network_list, default=None, metavar="NETS",
+                      help="comma-separated built-in layer sets: resnet18, mobilenet_v2 (every "
+                           "distinct convolution at 224x224); replaces the classic table")
+    fair.add_argument("--batch", type=positive_int, default=1, help="the layers' batch size")
+    fair.add_argument("--only", default=None, metavar="WORDS",
+                      help="keep the layers whose name contains one of these comma-separated "
+                           "words (e.g. dw,s2; default: every layer)")
+    fair.add_argument("--algorithms", type=algorithm_list, default=["auto"], metavar="LIST",
+                      help="clconv algorithms to time, comma-separated (default: auto)")
+    fair.add_argument("--rounds", type=positive_int, default=5,
+                      help="rounds of alternating blocks per layer (the median is over them)")
+    fair.add_argument("--block", type=positive_int, default=5,
+                      help="back-to-back calls per block")
+    fair.add_argument("--pause", type=positive_float, default=0.02, metavar="SECONDS",
+                      help="pause at each hand-over between torch and clconv")
+    fair.add_argument("--torch-threads", type=positive_int, default=2,
+                      help="torch's intra-op threads (OMP_NUM_THREADS of its process)")
 
     tune = command("tune", "search CLBlast's GEMM kernel parameters for a device and save them "
                            "(loaded on the device's first GEMM)")
@@ -358,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # argparse would report them with the top-level usage: give the command's
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     args.prog = parser.prog
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the reports' command lines
     runners: dict[str, Callable[[], int]] = {
         "info": lambda: info(args.device),
         "demo": lambda: _demo(args),
@@ -381,10 +439,29 @@ def _demo(args: argparse.Namespace) -> int:
                     out=None if args.no_plot else args.out, progress=not args.no_progress)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+def _benchmarks(name: str) -> Any:
+    """benchmarks.<name>, imported when `bench` runs; UnsupportedError (a usage error of `bench`)
+    where the benchmarks package is not importable."""
+    import importlib
 
-    return bench_main(args)
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError as err:
+        if err.name not in ("benchmarks", f"benchmarks.{name}"):
+            raise  # a dependency of the benchmarks: its own error says what to install
+        raise UnsupportedError(
+            "`bench` needs the benchmarks package (the top-level benchmarks/ folder beside "
+            "clconv/), which this installation lacks: run it from a clconv checkout (`make "
+            "bench`), or install clconv from its source tree with `pip install .`") from None
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.layers and args.layer:
+        raise ValueError("--layers (a network's layer set) and --layer (your own) exclude each "
+                         "other")
+    if args.layers:
+        return _benchmarks("network_layers").run_from_cli(args)
+    return _benchmarks("bench").main(args)
 
 
 def _cache(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cla
 
-from .bench import CONV_NAMES, Layer
+from .layer_spec import CONV_NAMES, Layer
 
 __all__ = ["LABELS", "LAYER", "StageTimes", "figure", "measure", "plot", "report", "run_demo"]
 
@@ -534,12 +534,12 @@ def run_demo(spec: str | None = None, repeat: int = 5, layer: Layer | None = Non
              progress: bool = True) -> int:
     """Prints the demo's report and writes its PNG to `out` (None: no PNG; its folder must
     exist); 0 when every algorithm agrees with the loops."""
-    from .bench import _busy_warning, _load
+    from .machine import busy_warning, load_average
 
-    load_start = _load()
+    load_start = load_average()
     r = measure(spec, layer or LAYER, repeat, progress=progress)
     print(report(r, repeat))
-    busy = _busy_warning(load_start, _load(), "")
+    busy = busy_warning(load_start, load_average(), "")
     if busy:
         print(busy)
     if out is not None:

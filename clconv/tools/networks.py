@@ -1,5 +1,5 @@
 """ResNet-18 and MobileNetV2 written from their papers' tables in torch (torchvision is not needed
-and no weights are downloaded), at any width: clconv.tools.first_use times them at full width, the
+and no weights are downloaded), at any width: benchmarks.first_use times them at full width, the
 tests (tests/models.py, which adds the other families) compile them at small widths.
 
 Constructors return an nn.Module in train mode with torch's default initialisation; the defaults
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["BasicBlock", "InvertedResidual", "MobileNetV2", "ResNet", "conv_bn", "make_divisible",
-           "resnet18"]
+           "randomize", "resnet18"]
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -148,3 +148,23 @@ class MobileNetV2(nn.Module):
         x = self.features(x)
         x = F.adaptive_avg_pool2d(x, (1, 1))
         return self.classifier(torch.flatten(x, 1))
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics and affine parameters, random layer scales (in place)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+            elif isinstance(m, (nn.LayerNorm,)):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+            if isinstance(getattr(m, "gamma", None), nn.Parameter):
+                m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) + 0.5)
+    return model

@@ -1,7 +1,7 @@
 """Every convolution algorithm side by side on a few standard layers, torch's CPU conv as a peer.
 
-    PYTHONPATH=. python examples/bench_algorithms.py [--layers res4_b8,dw112] [--repeat 7]
-                                                      [--algorithms im2col,direct,winograd,auto]
+    python -m benchmarks.algorithms [--layers res4_b8,dw112] [--repeat 7]
+                                    [--algorithms im2col,direct,winograd,auto]
 
 Per layer and algorithm: the median wall time of --repeat calls on device arrays (after one untimed
 call that builds the kernels; 'auto' measures on that call if it has no choice yet), GFLOP/s
@@ -18,11 +18,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
+
+from benchmarks.fair import command_line
+from benchmarks.torch_peer import torch_medians
 
 # (N, C_in, H, W, C_out, k, stride, padding, groups)
 LAYERS = {
@@ -41,28 +42,13 @@ LAYERS = {
 def _torch(layer: tuple[int, ...], repeat: int, threads: int) -> float | None:
     """Median seconds of torch.nn.functional.conv2d on the CPU, in a fresh process (None: no
     torch or it failed)."""
-    code = f"""
-import statistics, time, torch
-torch.set_num_threads({threads})
-n, c, h, w, co, k, s, p, g = {tuple(layer)}
-x = torch.randn(n, c, h, w); wt = torch.randn(co, c // g, k, k); b = torch.randn(co)
-torch.nn.functional.conv2d(x, wt, b, s, p, 1, g)
-ts = []
-for _ in range({repeat}):
-    t = time.perf_counter(); torch.nn.functional.conv2d(x, wt, b, s, p, 1, g)
-    ts.append(time.perf_counter() - t)
-print(statistics.median(ts))
-"""
-    try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=300, check=False)
-        return float(out.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    medians = torch_medians([layer], repeat, threads)
+    return medians[0] if medians else None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.algorithms",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default=",".join(LAYERS))
     parser.add_argument("--algorithms", default="im2col,direct,winograd,auto")
     parser.add_argument("--repeat", type=int, default=7)
@@ -77,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     from clconv.ops.geometry import conv_geometry
 
     dev = clconv.current_device()
-    print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
+    print(command_line())
     print(f"device: {dev.name} ({dev.platform_name} {dev.driver_version}); "
           f"CLCONV_AUTO={os.environ.get('CLCONV_AUTO', '')!r}; median of {args.repeat}")
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 """Benchmark: Dask's overhead next to the work, and a device group's split.
 
-    .venv/bin/python examples/bench_dask.py [--rounds 5] [--batch 32]
+    python -m benchmarks.dask_scaling [--rounds 5] [--batch 32]
 
 1. A distributed.LocalCluster of 2 worker processes x 1 thread runs a batch of (64, 56, 56) images
    through a 3x3 64->64 convolution (padding 1) in batch chunks of 4, against one in-process
@@ -36,7 +36,8 @@ def _median_time(fn, rounds: int) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.dask_scaling",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--chunk", type=int, default=4)
@@ -54,7 +55,7 @@ def main() -> None:
     w = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
     b = rng.standard_normal(64).astype(np.float32)
     dev = clconv.device(args.device)
-    print(f"command: python examples/bench_dask.py --rounds {args.rounds} --batch {args.batch} "
+    print(f"command: python -m benchmarks.dask_scaling --rounds {args.rounds} --batch {args.batch} "
           f"--chunk {args.chunk} --device {args.device!r}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"device: {dev.name} [{dev.platform_name}]")
@@ -120,15 +121,15 @@ def main() -> None:
     if len(group) < 2:
         print("  only one usable device (for two on one machine: apt-get install mesa-opencl-icd, "
               "RUSTICL_ENABLE=llvmpipe)")
-    with group:
+    with group, group.record() as splits:  # what each call split (none on a one-device group)
         y = clconv.conv2d(x, w, b, padding=1)  # the first call measures the speeds
-        first = list(group.last_split)
         t_group = statistics.median(_median_time(lambda: clconv.conv2d(x, w, b, padding=1),
                                                  args.rounds))
     speeds = next(iter(group.measured().values()), ())
     for d, s in zip(group.devices, speeds):
         print(f"  speed {s:8.2f} images/s  {d.name} [{d.platform_name}]")
-    for label, split in (("first call", first), ("then", group.last_split)):
+    for label, split in (("first call", splits[0].parts if splits else ()),
+                         ("then", splits[-1].parts if splits else ())):
         print(f"  split ({label}): " + ", ".join(f"[{a}, {z}) -> {d.name}" for d, a, z in split))
     scale = float(np.abs(expect).max())
     print(f"  group conv2d: {t_group * 1e3:.1f} ms; max |group - one device| = "

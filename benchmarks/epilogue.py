@@ -1,7 +1,7 @@
 """Cost of the fused epilogue: conv + bias + residual + activation in one kernel store, against the
 same convolution alone and against doing bias, residual and activation after it.
 
-    .venv/bin/python examples/bench_epilogue.py [--input 4,64,28,28] [--cout 64] [--kernel 3]
+    python -m benchmarks.epilogue [--input 4,64,28,28] [--cout 64] [--kernel 3]
         [--algorithm auto] [--activation relu] [--dtype float32] [--blocks 5] [--repeat 10]
         [--device SPEC]
 
@@ -25,13 +25,16 @@ import time
 
 import numpy as np
 
+from benchmarks.fair import command_line
+
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.epilogue",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--input", type=_ints, default=(4, 64, 28, 28), help="N,C,H,W")
     p.add_argument("--cout", type=int, default=64)
     p.add_argument("--kernel", type=int, default=3)
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import clconv
     from clconv.ops.activation import normalize_activation
 
-    print("command:", " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]))
+    print(command_line())
     dev = clconv.device(args.device) if args.device else clconv.current_device()
     print(f"device: {dev.name} [{dev.platform_name}], {dev.cl_device.max_compute_units} compute "
           f"units")

@@ -1,8 +1,8 @@
 """What a new user waits: the first forward pass of a whole network, in a fresh process, with empty
 (cold) or filled (warm) caches.
 
-    python -m clconv.tools.first_use                     # ResNet-18 and MobileNetV2, cold and warm
-    python -m clconv.tools.first_use --nets resnet18 --modes cold --json out.json
+    python -m benchmarks.first_use                     # ResNet-18 and MobileNetV2, cold and warm
+    python -m benchmarks.first_use --nets resnet18 --modes cold --json out.json
 
 Each measurement runs in a new Python process whose caches all live in one temporary folder:
 clconv's (CLCONV_CACHE_DIR: the algorithm choices), PoCL's (POCL_CACHE_DIR: compiled kernels) and
@@ -28,6 +28,8 @@ import tempfile
 import time
 from typing import Any
 
+import benchmarks
+
 __all__ = ["NETWORKS", "measure", "mobilenet_v2", "resnet18", "run_child"]
 
 NETWORKS = ("resnet18", "mobilenet_v2")
@@ -37,7 +39,7 @@ MODES = ("cold", "warm")
 def resnet18() -> Any:
     """ResNet-18 (He et al. 2015, table 1): 7x7/2 stem, 3x3/2 max pool, four stages of two basic
     blocks (64, 128, 256, 512 channels; 1x1/2 projections), average pool, 1000-way fc. 20 convs."""
-    from .networks import resnet18 as build
+    from clconv.tools.networks import resnet18 as build
 
     return build(1.0, num_classes=1000)
 
@@ -45,7 +47,7 @@ def resnet18() -> Any:
 def mobilenet_v2() -> Any:
     """MobileNetV2 (Sandler et al. 2018, table 2): 3x3/2 stem of 32, inverted residual blocks
     (t, c, n, s) as the table, 1x1 to 1280, average pool, 1000-way fc; ReLU6. 52 convs."""
-    from .networks import MobileNetV2
+    from clconv.tools.networks import MobileNetV2
 
     return MobileNetV2(1.0, num_classes=1000)
 
@@ -96,13 +98,13 @@ def measure(net: str, mode: str = "cold", folder: str | None = None,
         if mode == "warm":
             raise ValueError("mode='warm' needs the folder of a cold run")
         folder = tempfile.mkdtemp(prefix="clconv-first-use-")
-    child_env = dict(os.environ if env is None else env)
+    child_env = benchmarks.child_env(env)  # this clconv and these benchmarks importable
     child_env.update(CLCONV_CACHE_DIR=os.path.join(folder, "clconv"),
                      POCL_CACHE_DIR=os.path.join(folder, "pocl"),
                      XDG_CACHE_HOME=os.path.join(folder, "xdg"), PYOPENCL_NO_CACHE="1")
     child_env.pop("CLCONV_AUTO", None)  # what a user gets: 'auto' as shipped
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "clconv.tools.first_use", "--child", net],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.first_use", "--child", net],
                           check=False, env=child_env, capture_output=True, text=True,
                           timeout=timeout)
     wall = time.perf_counter() - start
@@ -114,7 +116,7 @@ def measure(net: str, mode: str = "cold", folder: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clconv.tools.first_use",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.first_use",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--nets", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))

@@ -1,6 +1,6 @@
 """Whole networks: torch CPU vs clconv.torch.convert vs clconv.torch.compile (inference).
 
-    .venv/bin/python examples/bench_models.py [--models resnet18,mobilenet_v2] [--batch 1,8]
+    python -m benchmarks.whole_networks [--models resnet18,mobilenet_v2] [--batch 1,8]
         [--size 224] [--blocks 5] [--reps 3] [--pause 0.5] [--threads 2] [--device SPEC]
 
 Each (network, batch, path) runs in its own child process, warmed up first (compile(), kernel
@@ -8,8 +8,8 @@ builds, 'auto''s measuring and a few calls happen before any timing). The parent
 children in turn for a block of `--reps` back-to-back calls, `--blocks` times, with a `--pause`
 between blocks, so that the three paths are interleaved and a noisy spell on the machine hits all
 alike. Printed: the command, the device, torch's thread count, the median ms per call of each path
-and the ratio to torch (> 1: faster than torch). The networks are tests/models.py's ResNet-18 and
-MobileNetV2 at full width (random weights, randomised BatchNorm statistics), eval mode.
+and the ratio to torch (> 1: faster than torch). The networks are clconv.tools.networks' ResNet-18
+and MobileNetV2 at full width (random weights, randomised BatchNorm statistics), eval mode.
 """
 
 from __future__ import annotations
@@ -21,26 +21,23 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from fairbench import Worker, alternate, command_line
+from benchmarks import child_env
+from benchmarks.fair import Worker, alternate, command_line
 
 PATHS = ("torch", "convert", "compile")
 
 
 def build(name: str):
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import models
+    from clconv.tools import networks
 
-    makers = {"resnet18": lambda: models.resnet18(1.0, num_classes=1000),
-              "mobilenet_v2": lambda: models.MobileNetV2(1.0, num_classes=1000)}
+    makers = {"resnet18": lambda: networks.resnet18(1.0, num_classes=1000),
+              "mobilenet_v2": lambda: networks.MobileNetV2(1.0, num_classes=1000)}
     if name not in makers:
         raise SystemExit(f"--models: unknown network {name!r}; choose from {sorted(makers)}")
     import torch
 
     torch.manual_seed(0)
-    return models.randomize(makers[name]()).eval()
+    return networks.randomize(makers[name]()).eval()
 
 
 def child(args: argparse.Namespace) -> None:
@@ -78,21 +75,21 @@ def child(args: argparse.Namespace) -> None:
 
 def parent(args: argparse.Namespace) -> None:
     print(command_line(relative=True))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    env = child_env()
     results = []
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batch.split(",")):
             workers: dict[str, Worker] = {}
             for path in PATHS:
-                cmd = [sys.executable, __file__, "--child", "--model", name, "--path", path,
+                cmd = [sys.executable, "-m", "benchmarks.whole_networks", "--child", "--model",
+                       name, "--path", path,
                        "--batch", str(batch), "--size", str(args.size), "--reps", str(args.reps),
                        "--threads", str(args.threads)]
                 if args.device:
                     cmd += ["--device", args.device]
                 # Warm up one at a time: builds and measuring do not overlap the others' timing.
                 try:
-                    workers[path] = Worker(cmd, env, cwd=ROOT)
+                    workers[path] = Worker(cmd, env)
                 except RuntimeError:
                     raise SystemExit(f"the {path} child for {name} batch {batch} failed") from None
             info = {p: w.header for p, w in workers.items()}
@@ -120,7 +117,8 @@ def parent(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.whole_networks",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="resnet18,mobilenet_v2")
     ap.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--size", type=int, default=224)

@@ -1,7 +1,7 @@
 """The GEMM engines side by side: clconv's packed GEMM vs CLBlast vs numpy (OpenBLAS), in GFLOP/s.
 
-    PYTHONPATH=. python examples/bench_gemm.py [--shapes 1024,2048,256x3136x2304] [--repeat 7]
-                                                [--dtype float32] [--conv] [--rounds 3]
+    python -m benchmarks.gemm_engines [--shapes 1024,2048,256x3136x2304] [--repeat 7]
+                                      [--dtype float32] [--conv] [--rounds 3]
 
 Per (M, N, K): C = A @ B, row-major, device arrays, the queue finished around each call. Columns:
 - packed: clconv.blas.packed.gemm, packing A and B every call (what a generic caller pays);
@@ -24,22 +24,25 @@ from __future__ import annotations
 import os
 import sys
 
-if any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
+if __name__ == "__main__" and any(v in os.environ for v in ("OPENBLAS_CORETYPE",
+                                                           "OPENBLAS_L2_SIZE")):
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.gemm_engines", *sys.argv[1:]],
+              env)
 
 import argparse
 import ctypes
 import glob
-import json
 import statistics
-import subprocess
 import time
 from typing import Callable
 
 import numpy as np
 import pyopencl.array as cla
+
+from benchmarks.fair import command_line
+from benchmarks.torch_peer import torch_medians
 
 DEFAULT_SHAPES = "1024,2048,256x3136x2304,64x3136x576,256x729x2400,64x3136x256"
 # (N, C_in, H, W, C_out, k, padding): the layers of issue #9's table.
@@ -151,30 +154,14 @@ def bench_gemm(dev, shapes: list[tuple[int, int, int]], dtype: np.dtype, repeat:
 
 
 def torch_rates(layers: dict[str, tuple[int, ...]], repeat: int, threads: int) -> dict[str, float]:
-    """GFLOP/s of torch.nn.functional.conv2d per layer (a subprocess), {} without torch."""
-    code = f"""
-import json, statistics, time, torch
-torch.set_num_threads({threads})
-out = {{}}
-for name, (n, c, h, w, co, k, p) in json.loads({json.dumps(json.dumps(layers))}).items():
-    x = torch.randn(n, c, h, w); wt = torch.randn(co, c, k, k); b = torch.randn(co)
-    y = torch.nn.functional.conv2d(x, wt, b, padding=p)
-    ts = []
-    for _ in range({repeat}):
-        t0 = time.perf_counter()
-        torch.nn.functional.conv2d(x, wt, b, padding=p)
-        ts.append(time.perf_counter() - t0)
-    out[name] = 2 * n * co * y.shape[2] * y.shape[3] * c * k * k / statistics.median(ts) / 1e9
-print(json.dumps(out))
-"""
-    try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=600, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+    """GFLOP/s of torch.nn.functional.conv2d per layer ((N, C, H, W, K, k, padding); a fresh
+    process), {} without torch."""
+    shapes = [(n, c, h, w, co, k, 1, p, 1) for n, c, h, w, co, k, p in layers.values()]
+    medians = torch_medians(shapes, repeat, threads)
+    if medians is None:
         return {}
-    if done.returncode != 0:
-        return {}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {name: 2 * n * co * (h + 2 * p - k + 1) * (w + 2 * p - k + 1) * c * k * k / t / 1e9
+            for (name, (n, c, h, w, co, k, p)), t in zip(layers.items(), medians)}
 
 
 def conv_variants(x: cla.Array, wt: cla.Array, b: cla.Array, out: cla.Array, padding: int,
@@ -236,7 +223,8 @@ def bench_conv(dev, dtype: np.dtype, repeat: int, torch_threads: int, rounds: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gemm_engines",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default=DEFAULT_SHAPES,
                         help="comma-separated S (S^3) or MxNxK (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=7)
@@ -251,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dev = current_device()
     dtype = np.dtype(args.dtype)
-    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    print(command_line())
     print(f"device: {dev.name} ({dev.platform_name}, {dev.cl_device.platform.version})")
     print(f"numpy {np.__version__}, OpenBLAS core {openblas_core()}, "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, dtype {dtype}")

@@ -1,5 +1,5 @@
-"""The fair method's machinery (issue 20), shared by examples/bench_grad.py, bench_layers.py,
-bench_models.py and bench_overhead.py.
+"""The fair method's machinery (issue 20), shared by benchmarks.network_layers, gradients,
+whole_networks and call_costs.
 
 Each side (torch, clconv, or a path of one) runs in its own warm worker process (torch's OpenMP
 workers spin for a few ms after each call and would slow a PoCL launch on the same cores, so the
@@ -7,7 +7,7 @@ two never share a process). A worker prints one JSON header line once warm, then
 request line with one JSON line (a block's time per call, or what the benchmark asks for). The
 parent alternates blocks among the workers with a pause at each hand-over, several rounds, and
 takes the median over the rounds. Also here: the two networks' distinct convolutions
-(bench_layers, bench_grad), the header's command line and the geometric-mean summary.
+(network_layers, gradients), the header's command line and the geometric-mean summary.
 """
 
 from __future__ import annotations
@@ -81,32 +81,42 @@ def select_layers(nets: str, only: str = "") -> list[Layer]:
 
 
 def command_line(relative: bool = False) -> str:
-    """The header's first line: the interpreter (its name, or its relative path) and argv."""
+    """The header's first line: the interpreter (its name, or its relative path) and argv, with
+    `-m module` for a module run that way."""
     exe = os.path.relpath(sys.executable) if relative else os.path.basename(sys.executable)
-    return "command: " + " ".join([exe, *sys.argv])
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = ["-m", spec.name] if spec is not None else sys.argv[:1]
+    return "command: " + " ".join([exe, *program, *sys.argv[1:]])
+
+
+def _worker_env(kind: str, threads: int, cache_dir: str | None) -> dict[str, str]:
+    """A worker's environment: torch's thread count, or clconv's cache folder (Worker.module)."""
+    from . import child_env
+
+    env = child_env()
+    if kind == "torch":
+        env["OMP_NUM_THREADS"] = str(threads)
+    elif cache_dir is not None:
+        env["CLCONV_CACHE_DIR"] = cache_dir
+    return env
 
 
 class Worker:
     """A warm process answering one JSON line per request line; `header` is its first line."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None,
-                 cwd: str | None = None) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env, cwd=cwd)
+                                     text=True, env=env)
         self.header = self.read()
 
     @classmethod
-    def script(cls, source: str, kind: str, threads: int, *args: str,
+    def module(cls, name: str, kind: str, threads: int, *args: str,
                cache_dir: str | None = None) -> Worker:
-        """`python -c source kind threads *args`: a torch worker with OMP_NUM_THREADS=threads, a
-        clconv one with its cache in `cache_dir` (when given: 'auto' measures as on a new
-        machine)."""
-        env = dict(os.environ)
-        if kind == "torch":
-            env["OMP_NUM_THREADS"] = str(threads)
-        elif cache_dir is not None:
-            env["CLCONV_CACHE_DIR"] = cache_dir
-        return cls([sys.executable, "-c", source, kind, str(threads), *args], env)
+        """`python -m name --worker kind threads *args`: a torch worker with
+        OMP_NUM_THREADS=threads, a clconv one with its cache in `cache_dir` (when given: 'auto'
+        measures as on a new machine); this clconv and these benchmarks on PYTHONPATH."""
+        return cls([sys.executable, "-m", name, "--worker", kind, str(threads), *args],
+                   _worker_env(kind, threads, cache_dir))
 
     def read(self) -> Any:
         assert self.proc.stdout is not None

@@ -1,6 +1,6 @@
 """Per-call costs of clconv on small layers, against torch CPU, by the fair method (issue 20).
 
-    .venv/bin/python examples/bench_overhead.py [--rounds 15] [--block 20] [--pause 0.02]
+    python -m benchmarks.call_costs [--rounds 15] [--block 20] [--pause 0.02]
         [--torch-threads 2] [--algorithm auto] [--breakdown] [--same-process] [--device SPEC]
 
 Method: torch and clconv each run in their own warm worker process (torch's OpenMP workers spin
@@ -31,11 +31,12 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any, Callable
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fairbench import Worker, alternate, command_line
+from benchmarks import child_env
+from benchmarks.fair import Worker, alternate, command_line
 
 # The 4-layer CNN: (weight shape, conv2d keywords).
 CNN = [((32, 16, 3, 3), {"padding": 1, "activation": "relu"}),
@@ -44,84 +45,91 @@ CNN = [((32, 16, 3, 3), {"padding": 1, "activation": "relu"}),
        ((64, 32, 1, 1), {})]
 SMALL_X, SMALL_W = (1, 16, 32, 32), (16, 16, 3, 3)
 
-_WORKER = r"""
-import sys, time, json
-import numpy as np
-kind, threads = sys.argv[1], int(sys.argv[2])
-CNN, SMALL_X, SMALL_W = json.loads(sys.argv[3])
-rng = np.random.default_rng(0)
-x = rng.standard_normal(SMALL_X).astype(np.float32)
-w = rng.standard_normal(SMALL_W).astype(np.float32)
-b = rng.standard_normal(SMALL_W[0]).astype(np.float32)
-ws = [rng.standard_normal(s).astype(np.float32) for s, _ in CNN]
-bs = [rng.standard_normal(s[0]).astype(np.float32) for s, _ in CNN]
-if kind == "torch":
-    import torch
-    import torch.nn.functional as F
-    torch.set_num_threads(threads)
-    xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
-    wts, bts = [torch.from_numpy(a) for a in ws], [torch.from_numpy(a) for a in bs]
-    def small():
-        F.conv2d(xt, wt, bt, padding=1)
-    def cnn():
-        h = xt
-        for (shape, kw), wi, bi in zip(CNN, wts, bts):
-            kw = dict(kw)
-            act = kw.pop("activation", None)
-            h = F.conv2d(h, wi, bi, **kw)
-            if act == "relu":
-                h = F.relu(h)
-    cases = {"small": small, "cnn": cnn}
-    finish = lambda: None
-    header = {"torch": f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads"}
-    torch.set_grad_enabled(False)
-else:
-    import pyopencl.array as cla
-    import clconv
-    dev = clconv.device(sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None)
-    dev.__enter__()
-    q = dev.queue
-    xd, wd, bd = (cla.to_device(q, a) for a in (x, w, b))
-    wds, bds = [cla.to_device(q, a) for a in ws], [cla.to_device(q, a) for a in bs]
-    algorithm = sys.argv[5]
-    def small_device():
-        clconv.conv2d(xd, wd, bd, padding=1, algorithm=algorithm)
-    def small_numpy():
-        clconv.conv2d(x, w, b, padding=1, algorithm=algorithm)
-    def cnn_device():
-        h = xd
-        for (shape, kw), wi, bi in zip(CNN, wds, bds):
-            h = clconv.conv2d(h, wi, bi, **kw)
-    cases = {"small": small_device, "small_numpy": small_numpy, "cnn": cnn_device}
-    finish = q.finish
-    algos = []
-    from clconv.ops.plan import plans
-    for f in (small_device, cnn_device):
-        f()
-    finish()
-    header = {"device": f"{dev.name} [{dev.platform_name}], {dev.opencl_version}",
-              "algorithms": sorted({p.algorithm for p in plans(dev).entries.values()})}
-for f in cases.values():  # warm: plans, builds, 'auto''s measurements, torch's first calls
-    for _ in range(3):
-        f()
-    finish()
-print(json.dumps(header), flush=True)
-for line in sys.stdin:
-    case, reps = json.loads(line)
-    f = cases[case]
-    t = time.perf_counter()
-    for _ in range(reps):
-        f()
-    finish()
-    print(json.dumps((time.perf_counter() - t) / reps), flush=True)
-"""
+def worker(kind: str, threads: int, device: str, algorithm: str) -> None:
+    """A warm worker (kind 'torch' or 'clconv', on `device` with `algorithm` for clconv) of the
+    small layer and the 4-layer CNN: prints a JSON header line, then answers each request line
+    [case, reps] with the seconds per call of a block of `reps` calls (the queue finished once)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(SMALL_X).astype(np.float32)
+    w = rng.standard_normal(SMALL_W).astype(np.float32)
+    b = rng.standard_normal(SMALL_W[0]).astype(np.float32)
+    ws = [rng.standard_normal(s).astype(np.float32) for s, _ in CNN]
+    bs = [rng.standard_normal(s[0]).astype(np.float32) for s, _ in CNN]
+    cases: dict[str, Callable[[], Any]]
+    if kind == "torch":
+        import torch
+        import torch.nn.functional as F
+
+        torch.set_num_threads(threads)
+        xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
+        wts, bts = [torch.from_numpy(a) for a in ws], [torch.from_numpy(a) for a in bs]
+
+        def small() -> None:
+            F.conv2d(xt, wt, bt, padding=1)
+
+        def cnn() -> None:
+            h = xt
+            for (_, kw), wi, bi in zip(CNN, wts, bts):
+                kw = dict(kw)
+                act = kw.pop("activation", None)
+                h = F.conv2d(h, wi, bi, **kw)
+                if act == "relu":
+                    h = F.relu(h)
+        cases = {"small": small, "cnn": cnn}
+
+        def finish() -> None:
+            pass
+        header = {"torch": f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads"}
+        torch.set_grad_enabled(False)
+    else:
+        import pyopencl.array as cla
+
+        import clconv
+        from clconv.ops.plan import plans
+
+        dev = clconv.device(device or None)
+        dev.__enter__()  # this worker's device for the rest of its life
+        q = dev.queue
+        xd, wd, bd = (cla.to_device(q, a) for a in (x, w, b))
+        wds, bds = [cla.to_device(q, a) for a in ws], [cla.to_device(q, a) for a in bs]
+
+        def small_device() -> None:
+            clconv.conv2d(xd, wd, bd, padding=1, algorithm=algorithm)
+
+        def small_numpy() -> None:
+            clconv.conv2d(x, w, b, padding=1, algorithm=algorithm)
+
+        def cnn_device() -> None:
+            h = xd
+            for (_, kw), wi, bi in zip(CNN, wds, bds):
+                h = clconv.conv2d(h, wi, bi, **kw)
+        cases = {"small": small_device, "small_numpy": small_numpy, "cnn": cnn_device}
+        finish = q.finish
+        for f in (small_device, cnn_device):
+            f()
+        finish()
+        header = {"device": f"{dev.name} [{dev.platform_name}], {dev.opencl_version}",
+                  "algorithms": sorted({p.algorithm for p in plans(dev).entries.values()})}
+    for f in cases.values():  # warm: plans, builds, 'auto''s measurements, torch's first calls
+        for _ in range(3):
+            f()
+        finish()
+    print(json.dumps(header), flush=True)
+    for line in sys.stdin:
+        case, reps = json.loads(line)
+        f = cases[case]
+        t = time.perf_counter()
+        for _ in range(reps):
+            f()
+        finish()
+        print(json.dumps((time.perf_counter() - t) / reps), flush=True)
 
 
 def fair(args: argparse.Namespace) -> None:
-    shapes = json.dumps([CNN, SMALL_X, SMALL_W])
-    torch_w = Worker.script(_WORKER, "torch", args.torch_threads, shapes, "", args.algorithm)
-    clconv_w = Worker.script(_WORKER, "clconv", args.torch_threads, shapes, args.device or "",
-                             args.algorithm)
+    torch_w = Worker.module("benchmarks.call_costs", "torch", args.torch_threads, "",
+                            args.algorithm)
+    clconv_w = Worker.module("benchmarks.call_costs", "clconv", args.torch_threads,
+                             args.device or "", args.algorithm)
     print(f"device: {clconv_w.header['device']}; algorithms run: {clconv_w.header['algorithms']} "
           f"(small layer: algorithm={args.algorithm!r})")
     print(f"{torch_w.header['torch']}")
@@ -191,14 +199,12 @@ def batch_and_fresh(args: argparse.Namespace) -> None:
                   f"{built} programs built, first call {first:.2f} ms = {first / warm_ms:.2f}x "
                   f"a warm call ({warm_ms:.2f} ms) (target: 0 builds, <= 3x)")
     fresh = []
-    code = ("import time\nt0 = time.perf_counter()\nimport numpy as np, clconv\n"
-            f"x = np.random.default_rng(0).standard_normal({SMALL_X}).astype(np.float32)\n"
-            f"w = np.random.default_rng(1).standard_normal({SMALL_W}).astype(np.float32)\n"
-            "clconv.conv2d(x, w, padding=1)\nprint(time.perf_counter() - t0)\n")
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True)
-        fresh.append(float(out.stdout.strip().splitlines()[-1]))
+    call = json.dumps([None, SMALL_X, SMALL_W, "conv2d", {"padding": 1}])
+    for _ in range(3):  # benchmarks.first_call: import numpy and clconv, call twice
+        out = subprocess.run([sys.executable, "-m", "benchmarks.first_call", call],
+                             capture_output=True, text=True, check=True, env=child_env())
+        times = json.loads(out.stdout.strip().splitlines()[-1])
+        fresh.append(times["import_s"] + times["first_s"])
     print(f"import + first call in a fresh process (warm caches): median "
           f"{statistics.median(fresh) * 1e3:.0f} ms of {['%.0f' % (f * 1e3) for f in fresh]} "
           f"(target < 1000 ms)")
@@ -290,40 +296,48 @@ def breakdown(args: argparse.Namespace) -> None:
                 t = med_us(lambda a=algorithm, wl=wl, h=h, kw=kw: clconv.conv2d(
                     h, wl, algorithm=a, **kw), n=100)
                 cells.append(f"{algorithm if algorithm != 'auto' else 'auto=' + chosen} {t:.0f}")
-            print(f"  {str(tuple(h.shape)):17s} x {str(shape):15s} {kw}: " + ", ".join(cells))
+            print(f"  {tuple(h.shape)!s:17s} x {shape!s:15s} {kw}: " + ", ".join(cells))
             h = clconv.conv2d(h, wl, **kw)
 
 
-_SAME = r"""
-import os, sys, time, statistics, json
-import torch, torch.nn.functional as F
-import numpy as np, pyopencl.array as cla, clconv
-torch.set_num_threads(int(sys.argv[1]))
-torch.set_grad_enabled(False)
-SMALL_X, SMALL_W = json.loads(sys.argv[2])
-rng = np.random.default_rng(0)
-big = torch.randn(1, 64, 56, 56), torch.randn(64, 64, 3, 3)
-dev = clconv.device(None); q = dev.queue
-layers = {"small": (SMALL_X, SMALL_W), "64ch 56x56": ((1, 64, 56, 56), (64, 64, 3, 3))}
-out = {}
-for name, (xs, ws) in layers.items():
-    xd = cla.to_device(q, rng.standard_normal(xs).astype(np.float32))
-    wd = cla.to_device(q, rng.standard_normal(ws).astype(np.float32))
-    def clc():
-        t = time.perf_counter(); clconv.conv2d(xd, wd, padding=1); q.finish()
-        return time.perf_counter() - t
-    for _ in range(10):
-        clc(); F.conv2d(*big, padding=1)
-    after, warm = [], []
-    for _ in range(int(sys.argv[3])):
-        F.conv2d(*big, padding=1)
-        after.append(clc())  # right after a torch call: its OpenMP workers may still spin
-        time.sleep(0.05)
-        clc()
-        warm.append(clc())  # right after a clconv call: PoCL awake, torch's workers asleep
-    out[name] = [statistics.median(after) * 1e3, statistics.median(warm) * 1e3]
-print(json.dumps(out))
-"""
+def same_process_child(threads: int, rounds: int) -> None:
+    """In this process: torch and clconv calls alternating (see same_process); prints one JSON
+    line {layer: [ms right after a torch call, ms right after a clconv call]}."""
+    import pyopencl.array as cla
+    import torch
+    import torch.nn.functional as F
+
+    import clconv
+
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    rng = np.random.default_rng(0)
+    big = torch.randn(1, 64, 56, 56), torch.randn(64, 64, 3, 3)
+    dev = clconv.device(None)
+    q = dev.queue
+    layers = {"small": (SMALL_X, SMALL_W), "64ch 56x56": ((1, 64, 56, 56), (64, 64, 3, 3))}
+    out = {}
+    for name, (xs, ws) in layers.items():
+        xd = cla.to_device(q, rng.standard_normal(xs).astype(np.float32))
+        wd = cla.to_device(q, rng.standard_normal(ws).astype(np.float32))
+
+        def clc(xd: Any = xd, wd: Any = wd) -> float:
+            t = time.perf_counter()
+            clconv.conv2d(xd, wd, padding=1)
+            q.finish()
+            return time.perf_counter() - t
+        for _ in range(10):
+            clc()
+            F.conv2d(*big, padding=1)
+        after, warm = [], []
+        for _ in range(rounds):
+            F.conv2d(*big, padding=1)
+            after.append(clc())  # right after a torch call: its OpenMP workers may still spin
+            time.sleep(0.05)
+            clc()
+            warm.append(clc())  # right after a clconv call: PoCL awake, torch's workers asleep
+        out[name] = [statistics.median(after) * 1e3, statistics.median(warm) * 1e3]
+    print(json.dumps(out))
 
 
 def same_process(args: argparse.Namespace) -> None:
@@ -337,16 +351,25 @@ def same_process(args: argparse.Namespace) -> None:
         env.pop("OMP_WAIT_POLICY", None)
         if policy is not None:
             env["OMP_WAIT_POLICY"] = policy
-        out = subprocess.run([sys.executable, "-c", _SAME, str(args.torch_threads),
-                              json.dumps([SMALL_X, SMALL_W]), str(args.rounds * 4)],
-                             capture_output=True, text=True, check=True, env=env)
+        out = subprocess.run([sys.executable, "-m", "benchmarks.call_costs",
+                              "--same-process-child", str(args.torch_threads),
+                              str(args.rounds * 4)],
+                             capture_output=True, text=True, check=True, env=child_env(env))
         for name, (after, warm) in json.loads(out.stdout.strip().splitlines()[-1]).items():
             print(f"  OMP_WAIT_POLICY={policy or '(unset)':8s} {name:11s} right after torch "
                   f"{after:7.3f} ms, after clconv {warm:7.3f} ms ({after / warm:.2f}x)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # Worker.module's command line
+        worker(argv[1], int(argv[2]), argv[3], argv[4])
+        return
+    if argv[:1] == ["--same-process-child"]:
+        same_process_child(int(argv[1]), int(argv[2]))
+        return
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.call_costs",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--block", type=int, default=20, help="back-to-back calls a block")
     parser.add_argument("--pause", type=float, default=0.02, help="seconds at each hand-over")
@@ -357,7 +380,7 @@ def main() -> None:
                         help="only the breakdown of a small call's time")
     parser.add_argument("--same-process", action="store_true",
                         help="only the one-process A/B (OMP_WAIT_POLICY)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(command_line())
     if args.breakdown:
         breakdown(args)

@@ -1,0 +1,116 @@
+"""Transposed convolutions and gradients under Oclgrind: conv_transpose1d/2d/3d (col2im + GEMM),
+conv{1,2,3}d_input and _weight (every padding mode: pad_adjoint.cl; groups, strides, dilation,
+float64, a weight gradient split by a small workspace) and clconv.ops.grad_paths' kernels
+(conv_grad_paths.cl)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import reference as ref
+import reference_extra as ref_extra
+
+import clconv
+
+from .support import arr, case_id, expect, mag, need_dtype, smallest_limit
+
+pytestmark = pytest.mark.sanitize
+
+F32, F64 = np.float32, np.float64
+
+
+@pytest.mark.parametrize("fn, xs, ws, kw", [pytest.param(*c, id=case_id(*c)) for c in [
+    ("conv_transpose1d", (2, 3, 5), (3, 2, 3), {"stride": 2, "padding": 1, "output_padding": 1}),
+    ("conv_transpose2d", (1, 4, 3, 4), (4, 3, 3, 2), {"stride": (2, 1), "groups": 2,
+                                                      "dilation": (1, 2)}),
+    ("conv_transpose2d", (2, 2, 3, 3), (2, 3, 3, 3), {"stride": 2, "padding": 1,
+                                                      "output_padding": 1}),
+    ("conv_transpose3d", (1, 2, 2, 3, 2), (2, 2, 2, 2, 3), {"stride": 2}),
+]])
+def test_conv_transpose(rng, fn, xs, ws, kw):
+    groups = kw.get("groups", 1)
+    x, w, b = arr(rng, xs), arr(rng, ws), arr(rng, (ws[1] * groups,))
+    got = getattr(clconv, fn)(x, w, b, **kw)
+    expect(got, ref.conv_transpose_nd(x, w, b, **kw), F32, ws[0] // groups * math.prod(ws[2:]),
+           mag(x, w))
+
+
+_GRADIENTS = [
+    (2, (2, 4, 5, 6), (6, 2, 3, 3), {"stride": 2, "padding": 1, "groups": 2}, F32),
+    (2, (1, 2, 5, 5), (3, 2, 3, 3), {"padding": 2, "padding_mode": "reflect"}, F32),
+    (2, (1, 2, 4, 5), (2, 2, 2, 3), {"padding": 1, "padding_mode": "replicate",
+                                     "dilation": (2, 1)}, F32),
+    (2, (2, 2, 4, 4), (2, 2, 3, 3), {"padding": 2, "padding_mode": "circular"}, F64),
+    (1, (2, 3, 8), (3, 3, 3), {"stride": 2, "padding": 1, "padding_mode": "reflect"}, F32),
+    (3, (1, 2, 3, 4, 4), (2, 1, 2, 3, 3), {"groups": 2, "padding": 1,
+                                           "padding_mode": "replicate"}, F32),
+]
+
+
+def _gradient_check(rng, nd, xs, ws, kw, dtype, which, split=False):
+    """conv{nd}d_input or _weight (`which`) against the oracle; `split`: the weight gradient with
+    the smallest workspace it accepts."""
+    x, w = arr(rng, xs, dtype), arr(rng, ws, dtype)
+    g = arr(rng, ref.conv_nd(x, w, **kw).shape, dtype)
+    fn = getattr(clconv, f"conv{nd}d_{which}")
+    if which == "input":
+        expect(fn(xs, w, g, **kw), ref_extra.conv_nd_input(xs, w, g, **kw), dtype,
+               ws[0] // kw.get("groups", 1) * math.prod(ws[2:]), mag(w, g))
+        return
+    got = smallest_limit(lambda n: fn(x, ws, g, workspace_limit=n, **kw))[1] if split else \
+        fn(x, ws, g, **kw)
+    expect(got, ref_extra.conv_nd_weight(x, ws, g, **kw), dtype,
+           xs[0] * math.prod(g.shape[2:]), mag(x, g))
+
+
+@pytest.mark.parametrize("which, split", [("input", False), ("weight", False), ("weight", True)],
+                         ids=["input", "weight", "weight-split"])
+@pytest.mark.parametrize("nd, xs, ws, kw, dtype",
+                         [pytest.param(*c, id=case_id(f"{c[0]}d", *c[1:])) for c in _GRADIENTS])
+def test_gradient(device, rng, index_t, nd, xs, ws, kw, dtype, which, split):
+    need_dtype(device, dtype)
+    _gradient_check(rng, nd, xs, ws, kw, dtype, which, split)
+
+
+_GRAD_PATHS = [
+    # (dimensions, x shape, w shape, kwargs, float64 too)
+    (2, (2, 3, 5, 6), (3, 1, 3, 3), {"padding": 1, "groups": 3}, True),         # flip + forward
+    (2, (1, 4, 6, 5), (2, 4, 1, 1), {}, False),                                  # 1x1: flip
+    (2, (2, 2, 7, 9), (4, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 2}, True),  # dw
+    (2, (1, 3, 6, 9), (3, 1, 3, 2), {"stride": (1, 2), "padding": (1, 0), "groups": 3,
+                                     "dilation": (2, 1)}, False),                # dw
+    (2, (2, 3, 7, 6), (4, 3, 3, 3), {"stride": 2, "padding": 1}, True),          # phase col2im
+    (2, (1, 2, 8, 7), (3, 2, 3, 2), {"stride": (3, 2), "dilation": (1, 2)}, False),
+    (2, (2, 3, 5, 9), (2, 3, 3, 3), {"padding": (1, 2)}, False),                 # packed wgrad
+    (1, (2, 2, 11), (3, 2, 3), {"stride": 2, "padding": 1}, False),              # 1-d
+]
+
+
+@pytest.fixture
+def packed_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$CLCONV_GEMM=packed: PackedWeightGrad runs on clconv's packed GEMM only. (Plans made
+    meanwhile keep that engine: these tests use shapes of their own, so that no other test reuses
+    them.)"""
+    monkeypatch.setenv("CLCONV_GEMM", "packed")
+
+
+@pytest.mark.parametrize("which", ["input", "weight"])
+@pytest.mark.parametrize("nd, xs, ws, kw, dtype", [
+    pytest.param(nd, xs, ws, kw, dt, id=case_id(f"{nd}d", xs, ws, kw, dt))
+    for nd, xs, ws, kw, wide in _GRAD_PATHS for dt in [F32] + ([F64] if wide else [])])
+def test_grad_paths(device, rng, index_t, packed_gemm, nd, xs, ws, kw, dtype, which):
+    """conv_grad_paths.cl (clconv.ops.grad_paths): the stride-1 adjoint as a forward convolution of
+    the flipped filters (flip_transpose), the strided depthwise adjoint (dw_adjoint), the depthwise
+    weight gradient (dw_weight_grad), the whole-image col2im of the GEMM adjoint (col2im_phase)
+    and the dense weight gradient on clconv's packed GEMM (wg_pack_g, wg_pack_x)."""
+    need_dtype(device, dtype)
+    _gradient_check(rng, nd, xs, ws, kw, dtype, which)
+
+
+def test_grad_paths_conv_transpose2d(rng, index_t, packed_gemm):
+    """The adjoint as a layer: conv_transpose2d's bias + ReLU through the forward machinery."""
+    x, w, b = arr(rng, (1, 2, 4, 5)), arr(rng, (2, 3, 3, 3)), arr(rng, (3,))
+    got = clconv.conv_transpose2d(x, w, b, padding=1, activation="relu")
+    expect(got, np.maximum(ref.conv_transpose_nd(x, w, b, padding=1), 0), F32, 2 * 9, mag(x, w))

@@ -1,0 +1,177 @@
+"""The other layers under Oclgrind: pooling (pool.cl), activations and their gradients, broadcasts,
+linear's epilogue, batch norm and cat (elementwise.cl) and clconv.torch's channels-first LayerNorm
+(channel_norm.cl); the 64-bit index path of each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference_layers as ref_layers
+
+import clconv
+
+from .support import arr, case_id, expect, expect_adjoint, mag, need_dtype
+
+pytestmark = pytest.mark.sanitize
+
+F32, F64 = np.float32, np.float64
+nn = clconv.nn
+
+#: (id, x shape, clconv call, oracle, reduction: 0 = exact, NaN planted)
+_POOLS = [
+    ("max_pool2d-k3-s2-p1-d2-ceil", (2, 2, 5, 6), lambda x: clconv.max_pool2d(x, 3, 2, 1, 2, True),
+     lambda x: ref_layers.max_pool(x, 3, 2, 1, 2, True), 0, True),
+    ("max_pool1d", (1, 2, 7), lambda x: clconv.max_pool1d(x, 2, 1, 1),
+     lambda x: ref_layers.max_pool(x, 2, 1, 1), 0, False),
+    ("avg_pool3d-ceil-count_include_pad=False", (1, 2, 3, 4, 5),
+     lambda x: clconv.avg_pool3d(x, 2, 2, 1, True, False),
+     lambda x: ref_layers.avg_pool(x, 2, 2, 1, True, False), 8, False),
+    ("avg_pool2d-divisor_override", (2, 2, 5, 6),
+     lambda x: clconv.avg_pool2d(x, 3, 2, 1, divisor_override=4),
+     lambda x: ref_layers.avg_pool(x, 3, 2, 1, divisor_override=4), 9, False),
+    ("adaptive_avg_pool2d", (2, 2, 5, 6), lambda x: clconv.adaptive_avg_pool2d(x, (2, None)),
+     lambda x: ref_layers.adaptive_pool(x, (2, None)), 30, False),
+    ("adaptive_max_pool2d", (2, 2, 5, 6), lambda x: clconv.adaptive_max_pool2d(x, (3, 4)),
+     lambda x: ref_layers.adaptive_pool(x, (3, 4), ref_layers.adaptive_max), 0, False),
+]
+
+
+@pytest.mark.parametrize("shape, run, oracle, reduction, nan",
+                         [pytest.param(*c[1:], id=c[0]) for c in _POOLS])
+def test_pool(rng, index_t, shape, run, oracle, reduction, nan):
+    """Max (dilation, ceil_mode, NaN), average (count_include_pad, divisor_override) and adaptive
+    pooling in 1-3 d."""
+    x = arr(rng, shape)
+    if nan:
+        x[0, 1, 2, 2] = np.nan
+    expect(run(x), oracle(x.astype(np.float64)), F32, reduction, mag(x) if reduction else 1.0)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    pytest.param(lambda: nn.MaxPool2d(3, 2, 1, ceil_mode=True), (2, 2, 5, 6), id="MaxPool2d"),
+    pytest.param(lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True), (2, 2, 5, 6), id="AvgPool2d"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d((2, 4)), (2, 2, 5, 6), id="AdaptiveAvgPool2d"),
+    pytest.param(lambda: nn.AdaptiveMaxPool2d((3, 2)), (2, 2, 5, 6), id="AdaptiveMaxPool2d"),
+    pytest.param(lambda: nn.MaxPool3d(2, 1), (1, 2, 3, 4, 5), id="MaxPool3d"),
+])
+def test_pool_backward(rng, index_t, layer, shape):
+    """Every pooling gradient kernel, as the adjoint of the layer's forward."""
+    layer = layer()
+    x = arr(rng, shape)
+    y = layer(x)
+    g = arr(rng, y.shape)
+    expect_adjoint(x, y, g, layer.backward(g))
+
+
+def _with_nan(rng) -> np.ndarray:
+    x = arr(rng, (2, 3, 4))
+    x[0, 0, 0] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("name", ["relu", "silu", "gelu", "hardswish"])
+def test_activation(rng, index_t, name):
+    x = _with_nan(rng)
+    expect(getattr(clconv, name)(x), ref_layers.ACTIVATIONS[name](x.astype(np.float64)), F32, 1,
+           4.0)
+
+
+def test_relu_backward(rng, index_t):
+    x = _with_nan(rng)
+    relu = nn.ReLU()
+    relu(x)
+    g = arr(rng, x.shape)
+    expect(relu.backward(g), np.where(x.astype(np.float64) <= 0, 0.0, g), F32, 0, 1.0)
+
+
+def test_mul_channel_gate(rng, index_t):
+    x, gate = _with_nan(rng), arr(rng, (2, 3, 1))
+    expect(clconv.mul(x, gate), x.astype(np.float64) * gate, F32, 1, 30.0)  # x has NaN
+
+
+def test_add_relu(rng, index_t):
+    x, gate = _with_nan(rng), arr(rng, (2, 3, 1))
+    expect(clconv.add(x, gate, activation="relu"),
+           ref_layers.ACTIVATIONS["relu"](x.astype(np.float64) + gate), F32, 1, 10.0)
+
+
+def test_linear_epilogue(rng, index_t):
+    """Bias + residual + activation after a GEMM."""
+    a, w, b, r = arr(rng, (5, 7)), arr(rng, (3, 7)), arr(rng, (3,)), arr(rng, (5, 3))
+    want = a.astype(np.float64) @ w.T + b + r
+    expect(clconv.linear(a, w, b, activation="relu", residual=r), np.maximum(want, 0), F32, 7,
+           mag(a, w) + mag(b) + mag(r))
+
+
+def test_linear_bias_gradient(rng, index_t):
+    """nn.Linear with ReLU fused: its bias gradient from the output."""
+    a = arr(rng, (5, 7))
+    fc = nn.Linear(7, 3, activation="relu", rng=0)
+    y = fc(a)
+    g = arr(rng, y.shape)
+    fc.backward(g)
+    expect(fc.bias_grad, np.where(y <= 0, 0.0, g).sum(0), F32, 5, mag(g))
+
+
+def test_batch_norm_inference(rng, index_t):
+    x = arr(rng, (3, 2, 2, 3))
+    mean, var, w, b = arr(rng, (2,)), np.abs(arr(rng, (2,))) + 0.5, arr(rng, (2,)), arr(rng, (2,))
+    expect(clconv.batch_norm(x, mean, var, w, b),
+           ref_layers.batch_norm(x.astype(np.float64), mean, var, w, b), F32, 4, 10.0)
+
+
+@pytest.mark.parametrize("what", ["forward", "backward", "running_mean"])
+def test_batch_norm_training(rng, index_t, what):
+    """BatchNorm2d in training: the batch statistics, their gradient, the running mean."""
+    x = arr(rng, (3, 2, 2, 3))
+    bn = nn.BatchNorm2d(2)
+    y = bn(x)
+    xx = x.astype(np.float64)
+    mu, var = xx.mean(axis=(0, 2, 3)), xx.var(axis=(0, 2, 3))
+    if what == "forward":
+        expect(y, ref_layers.batch_norm(xx, mu, var), F32, 18, 10.0)
+    elif what == "running_mean":
+        expect(bn.running_mean, 0.1 * mu, F32, 18, 1.0)
+    else:
+        g = arr(rng, x.shape).astype(np.float64)
+        std = np.sqrt(var + 1e-5)[None, :, None, None]
+        xhat = (xx - mu[None, :, None, None]) / std
+        m = xx.size // 2
+        want = (g - g.mean(axis=(0, 2, 3), keepdims=True)
+                - xhat * (g * xhat).sum(axis=(0, 2, 3), keepdims=True) / m) / std
+        expect(bn.backward(g.astype(np.float32)), want, F32, 18, 30.0)
+
+
+def test_cat(rng, index_t):
+    parts = [arr(rng, (2, c, 3)) for c in (1, 3, 2)]
+    expect(clconv.cat(parts, 1), np.concatenate(parts, 1), F32, 0, 1.0)
+
+
+@pytest.mark.parametrize("shape, affine, dtype", [
+    pytest.param(*c, id=case_id(*c[:1], "affine" if c[1] else "plain", c[2])) for c in [
+        ((2, 5, 3, 4), True, F32), ((1, 3, 7), False, F32), ((2, 4, 3, 3), True, F64)]])
+def test_channel_norm(device, rng, shape, affine, dtype):
+    """channel_norm.cl (clconv.torch's channels-first LayerNorm), with and without the affine
+    weight and bias, an odd number of positions."""
+    import pyopencl.array as cla
+
+    from clconv.torch_graph import channel_norm
+
+    need_dtype(device, dtype)
+    x = arr(rng, shape, dtype)
+    x[0, :, 0] += 100  # a large mean: the centred second pass
+    c = shape[1]
+    w, b = (arr(rng, (c,), dtype), arr(rng, (c,), dtype)) if affine else (None, None)
+    xx = x.astype(np.float64)
+    want = (xx - xx.mean(axis=1, keepdims=True)) / np.sqrt(xx.var(axis=1, keepdims=True) + 1e-6)
+    if affine:
+        bshape = (1, c) + (1,) * (len(shape) - 2)
+        want = want * w.reshape(bshape) + b.reshape(bshape)
+
+    def on_device(a):
+        return None if a is None else cla.to_device(device.queue, a)
+
+    got = channel_norm(on_device(x), on_device(w), on_device(b), 1e-6)
+    # (x - mean) rounds at |x|'s scale (100): that over a standard deviation of ~1
+    expect(got, want, dtype, 2 * c, mag(x) * (mag(w) if affine else 1.0)
+           + (mag(b) if affine else 0.0))
