@@ -193,25 +193,23 @@ def network_list(text: str) -> str:
         known = tuple(_benchmarks("fair").NETS)
     except UnsupportedError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    nets = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in nets if n not in known]
-    if unknown or not nets:
-        raise argparse.ArgumentTypeError(f"unknown layer set(s) "
-                                         f"{', '.join(unknown) or repr(text)}; choose from "
-                                         f"{','.join(known)}")
-    return ",".join(nets)
+    return ",".join(_known_names(text, known, "layer set(s)"))
 
 
 def algorithm_list(text: str) -> list[str]:
     """bench --algorithms: comma-separated clconv algorithm names."""
     from ..ops.conv import ALGORITHMS
 
-    names = [a.strip() for a in text.split(",") if a.strip()]
-    unknown = [a for a in names if a not in ALGORITHMS]
+    return _known_names(text, ALGORITHMS, "algorithm(s)")
+
+
+def _known_names(text: str, known: tuple[str, ...], what: str) -> list[str]:
+    """The comma-separated names of `text`, each one of `known` (else an argparse error)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown algorithm(s) "
-                                         f"{', '.join(unknown) or repr(text)}; choose from "
-                                         f"{','.join(ALGORITHMS)}")
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown) or repr(text)}; "
+                                         f"choose from {','.join(known)}")
     return names
 
 
