@@ -436,20 +436,26 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
     probe_args, probe_kwargs = sliced(0, probe_n)
     speeds = group.speeds(key, lambda d: on(d, probe_args, probe_kwargs), probe_n)
     ranges = group.split(n, speeds)
+    position = {id(d): i for i, d in enumerate(group.devices)}
+
+    def observed(times: Sequence[float]) -> None:
+        # Every part's own rate replaces the probe's, a whole batch on one device included (the
+        # others were too slow to get an image): the probe ran on a few images, alone.
+        _record(group, op, ranges, times)
+        group.refine(key, {position[id(d)]: (stop - start) / max(t, 1e-9)
+                           for (d, start, stop), t in zip(ranges, times)})
+
     if len(ranges) == 1:
         t0 = time.perf_counter()
         result = on(ranges[0][0])
-        _record(group, op, ranges, [time.perf_counter() - t0])
+        observed([time.perf_counter() - t0])
         return result
     jobs = []
     for dev, start, stop in ranges:
         a, k = sliced(start, stop)
         jobs.append((dev, functools.partial(op, *a, **k)))
     parts, times = group.run_parts(jobs)
-    _record(group, op, ranges, times)
-    position = {id(d): i for i, d in enumerate(group.devices)}
-    group.refine(key, {position[id(d)]: (stop - start) / max(t, 1e-9)
-                       for (d, start, stop), t in zip(ranges, times)})
+    observed(times)
     if reduce == "sum":
         acc = np.promote_types(parts[0].dtype, np.float32)  # float16 parts add in float32
         total = parts[0].astype(acc)
