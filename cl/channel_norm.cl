@@ -1,7 +1,7 @@
 // channel_norm.cl: layer normalisation over the channel dim of an NC* (channels-first) tensor, as
 // ConvNeXt's channels-first LayerNorm computes it (torch: x.permute(0,2,3,1), F.layer_norm over (C,),
 // permute back): y[n,c,s] = (x[n,c,s] - mean_c) / sqrt(var_c + eps) * weight[c] + bias[c], with the
-// biased variance (torch's layer_norm). Used by clconv.torch.compile (clconv/torch_graph.py).
+// biased variance (torch's layer_norm). Used by clconv.torch.compile (clconv/torch_graph/channel_norm.py).
 //
 // -D REAL, ACC, USE_FP64/USE_FP16  precision (common.cl; defaults float)
 // -D HAS_AFFINE  weight and bias are applied (0: plain normalisation; default 1)

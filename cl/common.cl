@@ -210,6 +210,31 @@ inline idx_t input_offset(GEO_DECL int c, int d, int h, int w) {
     return ((idx_t)c * ID + sd) * ((idx_t)IH * IW) + (idx_t)sh * IW + sw;
 }
 
+// The offset inside one input channel plane of the line that kernel row (kd, kh) of output line
+// (od, oh) reads, as line_at[kd * KH + kh] (-1: a line of padding, which adds nothing).
+inline void input_lines(GEO_DECL const int od, const int oh, idx_t* line_at) {
+#pragma unroll
+    for (int kd = 0; kd < KD; ++kd) {
+        const int sd = source_coord(od * SD - PD + kd * DD, ID);
+#pragma unroll
+        for (int kh = 0; kh < KH; ++kh) {
+            const int sh = source_coord(oh * SH - PH + kh * DH, IH);
+            line_at[kd * KH + kh] = (sd < 0 || sh < 0) ? -1 : ((idx_t)sd * IH + sh) * IW;
+        }
+    }
+}
+
+// The output plane ncd = (n * COUT + co) * OD + od of a direct kernel's work-item (its
+// get_global_id(2), which may pass 2**31 when INDEX_T is long), as od, nco = n * COUT + co, n and
+// co. A division pair at most (the z of a work-group is uniform): none for OD when it is 1, none
+// for the image in the first one.
+inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n, int* co) {
+    *od = (OD == 1) ? 0 : (int)(ncd % OD);
+    *nco = (OD == 1) ? ncd : ncd / OD;
+    *n = (*nco < COUT) ? 0 : *nco / COUT;
+    *co = (int)(*nco - *n * COUT);
+}
+
 // The activation every kernel's store applies (-D ACT=<code>, parameters ACT_A/ACT_B as exact literals;
 // clconv/ops/activation.py is the host's side of this table). Written with torch's formulas so that
 // NaN and Inf propagate as in torch: comparisons rather than fmin/fmax (which drop NaN), x * sigmoid(x)

@@ -52,15 +52,7 @@
 #error "NV must be 1 .. 4"
 #endif
 #define SEG (NV * VW)
-
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-#define VREAL CAT(REAL, VW)
-#define VACC CAT(ACC, VW)
-#define VLOAD CAT(vload, VW)
-#define VSTORE CAT(vstore, VW)
-#define CONVERT_VACC CAT(convert_, VACC)
-#define CONVERT_VREAL CAT(convert_, VREAL)
+#include "vector.cl"
 
 // Input columns a segment's vector loads touch, from its first (ow0 * SW - PW): the stride-2 loads
 // read 2 * VW values for VW outputs (one past the last used).
@@ -112,13 +104,6 @@ inline VACC __attribute__((overloadable)) gather_strided(__private const REAL* p
 }
 #endif
 
-// Interior outputs [OW_LO, OW_HI): every input a vector of them loads is inside [0, IW) (the
-// stride-2 load reads one element past the last one it uses).
-#define OW_LO ((PW + SW - 1) / SW)
-#define LAST_READ_OFFSET ((KW - 1) * DW + (SW == 2 ? 1 : 0) - PW)  // last input read = ow*SW + this
-#define OW_HI_RAW ((IW - 1 - LAST_READ_OFFSET) >= 0 ? (IW - 1 - LAST_READ_OFFSET) / SW + 1 : 0)
-#define OW_HI (OW_HI_RAW < OW_LO ? OW_LO : (OW_HI_RAW > OW ? OW : OW_HI_RAW))
-
 // Outputs at each side's padding that a work-item accumulates alongside its vectors (scalars
 // sharing the vectors' kernel-row loop and taps); more (very wide padding) go through point().
 #define EMAX 4
@@ -144,12 +129,43 @@ inline ACC point(GEO_DECL __global const REAL* image, __global const REAL* taps,
     return sum;
 }
 
-__kernel void conv_depthwise(__global const REAL* restrict x, const long x_offset,
-                             __global const REAL* restrict weight, const long w_offset,
-                             __global const REAL* restrict bias, const long b_offset,
-                             __global const REAL* restrict residual, const long r_offset,
-                             __global REAL* restrict y, const long y_offset, const int rows,
-                             const int planes, const long nplanes, GEOMETRY_ARGS) {
+// Stores the VW outputs r at out (res: the residual at the same place) through the epilogue:
+// + bias[co], + the residual, the activation; a whole vector when `full`, else its first n lanes
+// one by one.
+inline void store_vector(VACC r, const bool full, const int n, __global const REAL* bias,
+                         const long b_offset, const int co, __global const REAL* res,
+                         __global REAL* out) {
+#ifdef HAS_BIAS
+    r += (VACC)((ACC)bias[b_offset + co]);
+#endif
+    if (full) {
+#ifdef HAS_RESIDUAL
+        r += CONVERT_VACC(VLOAD(0, res));
+#endif
+        r = ACT_APPLY(VACC, r);
+        VSTORE(CONVERT_VREAL(r), 0, out);
+    } else {
+        ACC lanes[VW];
+        VSTORE(r, 0, lanes);
+        for (int l = 0; l < VW && l < n; ++l) {
+#ifdef HAS_RESIDUAL
+            lanes[l] += (ACC)res[l];
+#endif
+            out[l] = (REAL)activate(lanes[l]);
+        }
+    }
+}
+
+// The arguments of both entry points (conv_depthwise_small takes all rows: it ignores `rows`).
+#define DEPTHWISE_ARGS                                                                \
+    __global const REAL* restrict x, const long x_offset,                             \
+    __global const REAL* restrict weight, const long w_offset,                        \
+    __global const REAL* restrict bias, const long b_offset,                          \
+    __global const REAL* restrict residual, const long r_offset,                      \
+    __global REAL* restrict y, const long y_offset, const int rows, const int planes, \
+    const long nplanes, GEOMETRY_ARGS
+
+__kernel void conv_depthwise(DEPTHWISE_ARGS) {
     const int k = get_global_id(0);
     const int oh0 = get_global_id(1) * rows;
     const int oh1 = (OH - oh0 > rows) ? oh0 + rows : OH;
@@ -231,29 +247,9 @@ __kernel void conv_depthwise(__global const REAL* restrict x, const long x_offse
             __global REAL* out = y + y_offset + row;
             __global const REAL* res = residual + r_offset + row;
 #pragma unroll
-            for (int v = 0; v < NV; ++v) {
-                VACC r = acc[v];
-#ifdef HAS_BIAS
-                r += (VACC)((ACC)bias[b_offset + co]);
-#endif
-                if (nout == SEG) {
-#ifdef HAS_RESIDUAL
-                    r += CONVERT_VACC(VLOAD(0, res + ow0 + v * VW));
-#endif
-                    r = ACT_APPLY(VACC, r);
-                    VSTORE(CONVERT_VREAL(r), 0, out + ow0 + v * VW);
-                } else {
-                    ACC lanes[VW];
-                    VSTORE(r, 0, lanes);
-                    for (int l = 0; l < VW && v * VW + l < nout; ++l) {
-                        const int ow = ow0 + v * VW + l;
-#ifdef HAS_RESIDUAL
-                        lanes[l] += (ACC)res[ow];
-#endif
-                        out[ow] = (REAL)activate(lanes[l]);
-                    }
-                }
-            }
+            for (int v = 0; v < NV; ++v)
+                store_vector(acc[v], nout == SEG, nout - v * VW, bias, b_offset, co,
+                             res + ow0 + v * VW, out + ow0 + v * VW);
 #pragma unroll
             for (int e = 0; e < 2 * EMAX; ++e) {
                 const int ow = e < EMAX ? e : edge1 + e - EMAX;
@@ -278,12 +274,7 @@ __kernel void conv_depthwise(__global const REAL* restrict x, const long x_offse
 // that buffer, ROW_TAPS as above, and stored (masked past OW). The host requires OW <= SEG,
 // PW + IW <= SPAN_READ and (OH - 1) * SH + (KH - 1) * DH + 1 <= PLANE_ROWS. NDRange
 // (1, 1, ceil(nplanes / planes)), local size (1, 1, 1).
-__kernel void conv_depthwise_small(__global const REAL* restrict x, const long x_offset,
-                                   __global const REAL* restrict weight, const long w_offset,
-                                   __global const REAL* restrict bias, const long b_offset,
-                                   __global const REAL* restrict residual, const long r_offset,
-                                   __global REAL* restrict y, const long y_offset, const int rows,
-                                   const int planes, const long nplanes, GEOMETRY_ARGS) {
+__kernel void conv_depthwise_small(DEPTHWISE_ARGS) {
     const idx_t p0 = (idx_t)get_global_id(2) * planes;
     const idx_t p1 = (nplanes - p0 > planes) ? p0 + planes : nplanes;
     const int mult = COUT / C;
@@ -316,28 +307,9 @@ __kernel void conv_depthwise_small(__global const REAL* restrict x, const long x
             __global REAL* out = y + y_offset + plane + (idx_t)oh * OW;
             __global const REAL* res = residual + r_offset + plane + (idx_t)oh * OW;
 #pragma unroll
-            for (int v = 0; v < NV; ++v) {
-                VACC r = acc[v];
-#ifdef HAS_BIAS
-                r += (VACC)((ACC)bias[b_offset + co]);
-#endif
-                if ((v + 1) * VW <= OW) {
-#ifdef HAS_RESIDUAL
-                    r += CONVERT_VACC(VLOAD(v, res));
-#endif
-                    r = ACT_APPLY(VACC, r);
-                    VSTORE(CONVERT_VREAL(r), v, out);
-                } else {
-                    ACC lanes[VW];
-                    VSTORE(r, 0, lanes);
-                    for (int l = 0; v * VW + l < OW; ++l) {
-#ifdef HAS_RESIDUAL
-                        lanes[l] += (ACC)res[v * VW + l];
-#endif
-                        out[v * VW + l] = (REAL)activate(lanes[l]);
-                    }
-                }
-            }
+            for (int v = 0; v < NV; ++v)
+                store_vector(acc[v], (v + 1) * VW <= OW, OW - v * VW, bias, b_offset, co,
+                             res + v * VW, out + v * VW);
         }
     }
 }

@@ -19,30 +19,21 @@ __kernel void conv_direct(__global const REAL* restrict x, const long x_offset,
                           __global REAL* restrict y, const long y_offset, GEOMETRY_ARGS) {
     const int ow = get_global_id(0);
     const int oh = get_global_id(1);
-    const idx_t ncd = get_global_id(2);  // batch * COUT * OD may pass 2**31 when INDEX_T is long
-    // A division pair per work-item at most (the z of a work-group is uniform): none for OD when it
-    // is 1, none for the image in the first one.
-    const int od = (OD == 1) ? 0 : (int)(ncd % OD);
-    const idx_t nco = (OD == 1) ? ncd : ncd / OD;  // n * COUT + co
-    const idx_t n = (nco < COUT) ? 0 : nco / COUT;  // (no division for the first image)
-    const int co = (int)(nco - n * COUT);
+    int od, co;
+    idx_t nco, n;  // nco = n * COUT + co
+    output_plane(GEO_PASS get_global_id(2), &od, &nco, &n, &co);
     const int c0 = (co / COUT_G) * CIN_G;
 
     // The receptive field's offsets inside one input plane, worked out once (-1: padding), so
     // that the loop over the channels only steps pointers (same order of additions as per tap).
-    idx_t tap[KSIZE];
+    idx_t line_at[KD * KH], tap[KSIZE];
+    input_lines(GEO_PASS od, oh, line_at);
 #pragma unroll
-    for (int kd = 0; kd < KD; ++kd) {
-        const int sd = source_coord(od * SD - PD + kd * DD, ID);
+    for (int r = 0; r < KD * KH; ++r) {  // r = kd * KH + kh
 #pragma unroll
-        for (int kh = 0; kh < KH; ++kh) {
-            const int sh = source_coord(oh * SH - PH + kh * DH, IH);
-#pragma unroll
-            for (int kw = 0; kw < KW; ++kw) {
-                const int sw = source_coord(ow * SW - PW + kw * DW, IW);
-                tap[(kd * KH + kh) * KW + kw] =
-                    (sd < 0 || sh < 0 || sw < 0) ? -1 : ((idx_t)sd * IH + sh) * IW + sw;
-            }
+        for (int kw = 0; kw < KW; ++kw) {
+            const int sw = source_coord(ow * SW - PW + kw * DW, IW);
+            tap[r * KW + kw] = (line_at[r] < 0 || sw < 0) ? -1 : line_at[r] + sw;
         }
     }
     __global const REAL* plane = x + x_offset + n * (C * IN_SPATIAL) + (idx_t)c0 * IN_SPATIAL;

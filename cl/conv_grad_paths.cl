@@ -35,11 +35,7 @@
 #define VW 8
 #endif
 
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-#define VACC CAT(ACC, VW)
-#define VLOAD CAT(vload, VW)
-#define CONVERT_VACC CAT(convert_, VACC)
+#include "vector.cl"
 
 #if SW == 1
 #define VEC_OK 1
@@ -135,7 +131,7 @@ __kernel void dw_weight_grad(__global const REAL* restrict x, const long x_offse
         ACC s = acc[kw];
 #if VEC_OK
         ACC lanes[VW];
-        CAT(vstore, VW)(vacc[kw], 0, lanes);
+        VSTORE(vacc[kw], 0, lanes);
         for (int l = 0; l < VW; ++l) s += lanes[l];
 #endif
         dw[dw_offset + ((idx_t)co * KH + kh) * KW + kw] = (REAL)s;
@@ -149,6 +145,90 @@ __kernel void dw_weight_grad(__global const REAL* restrict x, const long x_offse
 #define ROW_ON(py, kh) (MODP((py) + PH - (kh) * DH, SH) == 0)
 #define COL_ON(px, kw) (MODP((px) + PW - (kw) * DW, SW) == 0)
 #define COL_SHIFT(px, kw) FLOORDIV((px) + PW - (kw) * DW, SW)
+
+// The gather form's rows (dw_adjoint, col2im_phase): for input row y0 + py of row phase py (yy =
+// y0 / SH), kernel row kh reads row oh = yy + FLOORDIV(py + PH - kh * DH, SH) of its operand, at
+// gr[kh] = base + kh * kh_stride + oh * OW; rok[kh]: the tap row is on the phase's grid and oh
+// exists. Returns whether every row on the grid exists.
+inline bool phase_rows(GEO_DECL const int py, const int yy, const __global REAL* base,
+                       const idx_t kh_stride, const __global REAL** gr, bool* rok) {
+    bool all_rows = true;
+#pragma unroll
+    for (int kh = 0; kh < KH; ++kh) {
+        const int oh = yy + FLOORDIV(py + PH - kh * DH, SH);
+        rok[kh] = ROW_ON(py, kh) && oh >= 0 && oh < OH;
+        if (ROW_ON(py, kh) && !rok[kh]) all_rows = false;
+        gr[kh] = base + kh * kh_stride + (idx_t)oh * OW;  // read only when rok[kh]
+    }
+    return all_rows;
+}
+
+// The interior [s0, s1) of column phase px's `count` columns x = px + SW * i: the i where every
+// tap's column exists (none unless all_rows: edge rows check every column).
+inline int2 phase_interior(GEO_DECL const int px, const int count, const bool all_rows) {
+    int i_in = 0, i_out = count;
+#pragma unroll
+    for (int kw = 0; kw < KW; ++kw) {
+        if (COL_ON(px, kw)) {
+            i_in = max(i_in, -COL_SHIFT(px, kw));
+            i_out = min(i_out, OW - COL_SHIFT(px, kw));
+        }
+    }
+    if (!all_rows) i_in = i_out = count;
+    i_out = max(i_out, min(i_in, count));
+    i_in = min(i_in, count);
+    return (int2)(i_in, i_out);
+}
+
+// The gather walk of dw_adjoint and col2im_phase over output plane `plane` of dst (IH x IW rows):
+// per input row y of row phase py its kernel rows (phase_rows from base, kh_stride apart), per
+// column phase px the interior [i_in, i_out) without checks, then the rest checked. Output x =
+// px + SW * i starts from o[x] when `accumulate` (else 0) and takes TERM(acc, kh, kw, row, ox)
+// for each tap (kh, kw) on the phase's grid whose operand row (gr[kh]) and column ox exist.
+#define GATHER_PLANE(dst, plane, base, kh_stride, accumulate, TERM)                      \
+    for (int y0 = 0; y0 < IH; y0 += SH) {                                                \
+        _Pragma("unroll") for (int py = 0; py < SH; ++py) {                              \
+            const int y = y0 + py;                                                       \
+            if (y >= IH) break;                                                          \
+            const int yy = y0 / SH;                                                      \
+            const __global REAL* gr[KH];                                                 \
+            bool rok[KH];                                                                \
+            const bool all_rows = phase_rows(GEO_PASS py, yy, base, kh_stride, gr, rok); \
+            __global REAL* o = (dst) + ((plane) * IH + y) * IW;                          \
+            _Pragma("unroll") for (int px = 0; px < SW; ++px) {                          \
+                if (px >= IW) break;                                                     \
+                const int count = (IW - px + SW - 1) / SW; /* columns x = px + SW * i */ \
+                const int2 interior = phase_interior(GEO_PASS px, count, all_rows);      \
+                const int i_in = interior.s0, i_out = interior.s1;                       \
+                /* Interior: every tap's row and column exist, no checks. */             \
+                for (int i = i_in; i < i_out; ++i) {                                     \
+                    ACC acc = (accumulate) ? (ACC)o[px + SW * i] : (ACC)0;               \
+                    _Pragma("unroll") for (int kh = 0; kh < KH; ++kh) {                  \
+                        if (!ROW_ON(py, kh)) continue;                                   \
+                        _Pragma("unroll") for (int kw = 0; kw < KW; ++kw)                \
+                            if (COL_ON(px, kw))                                          \
+                                TERM(acc, kh, kw, gr[kh], i + COL_SHIFT(px, kw));        \
+                    }                                                                    \
+                    o[px + SW * i] = (REAL)acc;                                          \
+                }                                                                        \
+                /* The rest, checked. */                                                 \
+                for (int i = 0; i < count; ++i) {                                        \
+                    if (i == i_in) i = i_out;                                            \
+                    if (i >= count) break;                                               \
+                    ACC acc = (accumulate) ? (ACC)o[px + SW * i] : (ACC)0;               \
+                    _Pragma("unroll") for (int kh = 0; kh < KH; ++kh) {                  \
+                        if (!rok[kh]) continue;                                          \
+                        _Pragma("unroll") for (int kw = 0; kw < KW; ++kw) {              \
+                            const int ox = i + COL_SHIFT(px, kw);                        \
+                            if (COL_ON(px, kw) && ox >= 0 && ox < OW)                    \
+                                TERM(acc, kh, kw, gr[kh], ox);                           \
+                        }                                                                \
+                    }                                                                    \
+                    o[px + SW * i] = (REAL)acc;                                          \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }
 
 __kernel void dw_adjoint(__global const REAL* restrict g, const long g_offset,
                          __global const REAL* restrict w, const long w_offset,
@@ -166,73 +246,10 @@ __kernel void dw_adjoint(__global const REAL* restrict g, const long g_offset,
         for (int kh = 0; kh < KH; ++kh)
 #pragma unroll
             for (int kw = 0; kw < KW; ++kw) taps[kh][kw] = wp[kh * KW + kw];
-        for (int y0 = 0; y0 < IH; y0 += SH) {
-#pragma unroll
-            for (int py = 0; py < SH; ++py) {
-                const int y = y0 + py;
-                if (y >= IH) break;
-                const int yy = y0 / SH;
-                // Kernel rows on this row phase's grid, their g rows and whether those exist.
-                const __global REAL* gr[KH];
-                bool rok[KH];
-                bool all_rows = true;
-#pragma unroll
-                for (int kh = 0; kh < KH; ++kh) {
-                    const int oh = yy + FLOORDIV(py + PH - kh * DH, SH);
-                    rok[kh] = ROW_ON(py, kh) && oh >= 0 && oh < OH;
-                    if (ROW_ON(py, kh) && !rok[kh]) all_rows = false;
-                    gr[kh] = gp + (idx_t)oh * OW;  // read only when rok[kh]
-                }
-                __global REAL* o = out + out_offset + (plane * IH + y) * IW;
-#pragma unroll
-                for (int px = 0; px < SW; ++px) {
-                    if (px >= IW) break;
-                    const int count = (IW - px + SW - 1) / SW;  // columns x = px + SW * i
-                    int i_in = 0, i_out = count;
-#pragma unroll
-                    for (int kw = 0; kw < KW; ++kw) {
-                        if (COL_ON(px, kw)) {
-                            i_in = max(i_in, -COL_SHIFT(px, kw));
-                            i_out = min(i_out, OW - COL_SHIFT(px, kw));
-                        }
-                    }
-                    if (!all_rows) i_in = i_out = count;  // edge rows: every column checked
-                    i_out = max(i_out, min(i_in, count));
-                    i_in = min(i_in, count);
-                    // Interior: every tap's row and column exist, no checks.
-                    for (int i = i_in; i < i_out; ++i) {
-                        ACC acc = j ? (ACC)o[px + SW * i] : (ACC)0;
-#pragma unroll
-                        for (int kh = 0; kh < KH; ++kh) {
-                            if (!ROW_ON(py, kh)) continue;
-#pragma unroll
-                            for (int kw = 0; kw < KW; ++kw)
-                                if (COL_ON(px, kw))
-                                    acc = fma((ACC)taps[kh][kw],
-                                              (ACC)gr[kh][i + COL_SHIFT(px, kw)], acc);
-                        }
-                        o[px + SW * i] = (REAL)acc;
-                    }
-                    // The rest, checked.
-                    for (int i = 0; i < count; ++i) {
-                        if (i == i_in) i = i_out;
-                        if (i >= count) break;
-                        ACC acc = j ? (ACC)o[px + SW * i] : (ACC)0;
-#pragma unroll
-                        for (int kh = 0; kh < KH; ++kh) {
-                            if (!rok[kh]) continue;
-#pragma unroll
-                            for (int kw = 0; kw < KW; ++kw) {
-                                const int ox = i + COL_SHIFT(px, kw);
-                                if (COL_ON(px, kw) && ox >= 0 && ox < OW)
-                                    acc = fma((ACC)taps[kh][kw], (ACC)gr[kh][ox], acc);
-                            }
-                        }
-                        o[px + SW * i] = (REAL)acc;
-                    }
-                }
-            }
-        }
+        // Tap (kh, kw) weighs g's column ox; later channels (j > 0) add to the output.
+#define DW_TERM(acc, kh, kw, row, ox) acc = fma((ACC)taps[kh][kw], (ACC)(row)[ox], acc)
+        GATHER_PLANE(out + out_offset, plane, gp, 0, j, DW_TERM)
+#undef DW_TERM
     }
 }
 
@@ -250,12 +267,7 @@ __kernel void dw_adjoint(__global const REAL* restrict g, const long g_offset,
 //   NDRange (ceil(N*L / RUN), ceil(C*KH*KW / NR)), local size 1.
 // -D MR, NR: the GEMM's tile (clconv.blas.packed.Tile); RUN: rows a work-item packs (256: fewer,
 // longer work-items; PoCL pays per work-group).
-#ifndef MR
-#define MR 6
-#endif
-#ifndef NR
-#define NR 16
-#endif
+#include "tile.cl"
 #ifndef RUN
 #define RUN 256
 #endif
@@ -343,66 +355,8 @@ __kernel void col2im_phase(__global const REAL* restrict col, const long col_off
     const idx_t plane = get_global_id(0);  // n * C + ci
     const idx_t l = (idx_t)OH * OW;
     const __global REAL* cp = col + col_offset + plane * KH * KW * l;  // (n*C + ci)*KH*KW rows
-    for (int y0 = 0; y0 < IH; y0 += SH) {
-#pragma unroll
-        for (int py = 0; py < SH; ++py) {
-            const int y = y0 + py;
-            if (y >= IH) break;
-            const int yy = y0 / SH;
-            const __global REAL* gr[KH];  // tap (kh, kw), column ow: gr[kh][kw * l + ow]
-            bool rok[KH];
-            bool all_rows = true;
-#pragma unroll
-            for (int kh = 0; kh < KH; ++kh) {
-                const int oh = yy + FLOORDIV(py + PH - kh * DH, SH);
-                rok[kh] = ROW_ON(py, kh) && oh >= 0 && oh < OH;
-                if (ROW_ON(py, kh) && !rok[kh]) all_rows = false;
-                gr[kh] = cp + kh * KW * l + (idx_t)oh * OW;  // read only when rok[kh]
-            }
-            __global REAL* o = out + out_offset + (plane * IH + y) * IW;
-#pragma unroll
-            for (int px = 0; px < SW; ++px) {
-                if (px >= IW) break;
-                const int count = (IW - px + SW - 1) / SW;
-                int i_in = 0, i_out = count;
-#pragma unroll
-                for (int kw = 0; kw < KW; ++kw) {
-                    if (COL_ON(px, kw)) {
-                        i_in = max(i_in, -COL_SHIFT(px, kw));
-                        i_out = min(i_out, OW - COL_SHIFT(px, kw));
-                    }
-                }
-                if (!all_rows) i_in = i_out = count;
-                i_out = max(i_out, min(i_in, count));
-                i_in = min(i_in, count);
-                for (int i = i_in; i < i_out; ++i) {
-                    ACC acc = (ACC)0;
-#pragma unroll
-                    for (int kh = 0; kh < KH; ++kh) {
-                        if (!ROW_ON(py, kh)) continue;
-#pragma unroll
-                        for (int kw = 0; kw < KW; ++kw)
-                            if (COL_ON(px, kw)) acc += (ACC)gr[kh][kw * l + i + COL_SHIFT(px, kw)];
-                    }
-                    o[px + SW * i] = (REAL)acc;
-                }
-                for (int i = 0; i < count; ++i) {
-                    if (i == i_in) i = i_out;
-                    if (i >= count) break;
-                    ACC acc = (ACC)0;
-#pragma unroll
-                    for (int kh = 0; kh < KH; ++kh) {
-                        if (!rok[kh]) continue;
-#pragma unroll
-                        for (int kw = 0; kw < KW; ++kw) {
-                            const int ox = i + COL_SHIFT(px, kw);
-                            if (COL_ON(px, kw) && ox >= 0 && ox < OW)
-                                acc += (ACC)gr[kh][kw * l + ox];
-                        }
-                    }
-                    o[px + SW * i] = (REAL)acc;
-                }
-            }
-        }
-    }
+    // Tap (kh, kw)'s column ox: kw * l + ox in its kernel row's block of columns.
+#define COL_TERM(acc, kh, kw, row, ox) acc += (ACC)(row)[(kw) * l + (ox)]
+    GATHER_PLANE(out + out_offset, plane, cp, KW * l, false, COL_TERM)
+#undef COL_TERM
 }

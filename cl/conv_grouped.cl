@@ -43,22 +43,7 @@
 #undef VW
 #define VW 4
 #endif
-
-// Interior outputs [OW_LO, OW_HI): every input a vector of them loads is inside [0, IW) (the
-// stride-2 load reads one element past the last one it uses).
-#define OW_LO ((PW + SW - 1) / SW)
-#define LAST_READ_OFFSET ((KW - 1) * DW + (SW == 2 ? 1 : 0) - PW)  // last input read = ow*SW + this
-#define OW_HI_RAW ((IW - 1 - LAST_READ_OFFSET) >= 0 ? (IW - 1 - LAST_READ_OFFSET) / SW + 1 : 0)
-#define OW_HI (OW_HI_RAW < OW_LO ? OW_LO : (OW_HI_RAW > OW ? OW : OW_HI_RAW))
-
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-#define VREAL CAT(REAL, VW)
-#define VACC CAT(ACC, VW)
-#define VLOAD CAT(vload, VW)
-#define VSTORE CAT(vstore, VW)
-#define CONVERT_VACC CAT(convert_, VACC)
-#define CONVERT_VREAL CAT(convert_, VREAL)
+#include "vector.cl"
 
 // VW inputs at stride SW from p, as a VACC.
 #if SW == 1
@@ -115,18 +100,10 @@ inline void conv_segment(GEO_DECL __global const REAL* image, __global const REA
     for (int ow = seg0; ow < a; ++ow)
         out[ow] = (REAL)epilogue_residual(conv_point(GEO_PASS image, filter, od, oh, ow), bias,
                                           b_offset, co, res, ow);
-    // The input line each kernel row (kd, kh) reads, as an offset in a channel plane (-1: a line
-    // of zero padding, which adds nothing), worked out once for the segment.
+    // The input line each kernel row (kd, kh) reads (common.cl's input_lines), worked out once for
+    // the segment.
     idx_t line_at[KD * KH];
-#pragma unroll
-    for (int kd = 0; kd < KD; ++kd) {
-        const int sd = source_coord(od * SD - PD + kd * DD, ID);
-#pragma unroll
-        for (int kh = 0; kh < KH; ++kh) {
-            const int sh = source_coord(oh * SH - PH + kh * DH, IH);
-            line_at[kd * KH + kh] = (sd < 0 || sh < 0) ? -1 : ((idx_t)sd * IH + sh) * IW;
-        }
-    }
+    input_lines(GEO_PASS od, oh, line_at);
     for (int ow0 = a; ow0 < b; ow0 += VW) {
         const int s = min(ow0, b - VW);  // the last vector ends at b (overlapping its predecessor)
         __global const REAL* strip = image + (s * SW - PW);
@@ -167,13 +144,9 @@ __kernel void conv_grouped(__global const REAL* restrict x, const long x_offset,
     const int seg1 = (OW - seg0 > segw) ? seg0 + segw : OW;  // no seg0 + segw past 2**31 - 1
     const int oh0 = get_global_id(1) * rows;
     const int oh1 = (OH - oh0 > rows) ? oh0 + rows : OH;
-    const idx_t ncd = get_global_id(2);  // batch * COUT * OD may pass 2**31 when INDEX_T is long
-    // A division pair per work-item at most: none for OD when it is 1, none for the image in the
-    // first one.
-    const int od = (OD == 1) ? 0 : (int)(ncd % OD);
-    const idx_t nco = (OD == 1) ? ncd : ncd / OD;  // n * COUT + co
-    const idx_t n = (nco < COUT) ? 0 : nco / COUT;  // (no division for the first image)
-    const int co = (int)(nco - n * COUT);
+    int od, co;
+    idx_t nco, n;  // nco = n * COUT + co
+    output_plane(GEO_PASS get_global_id(2), &od, &nco, &n, &co);
     const int c0 = (co / COUT_G) * CIN_G;
 
     __global const REAL* image = x + x_offset + (n * C + c0) * IN_SPATIAL;

@@ -44,9 +44,7 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
     const int jp = get_global_id(0);
     const int mg = get_global_id(1);
     const int g = get_global_id(2);
-    const int mpanels = (COUT_G + MR - 1) / MR;
-    const int ip0 = mg * panels_per_group;
-    const int ip1 = min(ip0 + panels_per_group, mpanels);
+    PANEL_ROWS(ip0, ip1, mg, COUT_G, panels_per_group)
     panel_columns pc;
     decode_columns(GEO_PASS &pc, x_off, col_start, ncols, jp);
 

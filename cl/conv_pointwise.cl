@@ -41,9 +41,7 @@ __kernel void conv_pointwise(__global const REAL* restrict x, const long x_offse
     const idx_t n = z / GROUPS;
     const idx_t l = OUT_SPATIAL;
     const int m = COUT_G, k = CIN_G;
-    const int mpanels = (m + MR - 1) / MR;
-    const int ip0 = mg * panels_per_group;
-    const int ip1 = min(ip0 + panels_per_group, mpanels);
+    PANEL_ROWS(ip0, ip1, mg, m, panels_per_group)
     const idx_t j0 = min((idx_t)jp * NR, l - NR);  // the last panel ends at l
 
     __global const REAL* b = x + x_offset + (n * C + (idx_t)g * CIN_G) * IN_SPATIAL + j0;
@@ -63,17 +61,7 @@ __kernel void conv_pointwise(__global const REAL* restrict x, const long x_offse
         TILE_DECLARE(acc);
         TILE_ZERO(acc)
         __global const REAL* brow = b;
-        for (int p = 0; p < k; ++p, brow += l) {
-            VEC bv[NV];
-#pragma unroll
-            for (int v = 0; v < NV; ++v) bv[v] = VLOAD(v, brow);
-#pragma unroll
-            for (int i = 0; i < MR; ++i) {
-                const VEC av = (VEC)(arow[i][p]);
-#pragma unroll
-                for (int v = 0; v < NV; ++v) acc[i][v] = fma(av, bv[v], acc[i][v]);
-            }
-        }
+        for (int p = 0; p < k; ++p, brow += l) TILE_STEP(acc, arow[i_][p], brow)
         TILE_STORE(acc, c, l, i0, min(MR, m - i0), col, NR, true, (REAL)1, (REAL)0, bias,
                    b_offset + (long)g * COUT_G, res)
     }

@@ -29,27 +29,16 @@
 // Plus REAL (common.cl). Sizes (M, N, K, batch) are kernel arguments: one build serves every shape.
 
 #include "common.cl"
+#include "tile.cl"
 
-#ifndef MR
-#define MR 6
-#endif
-#ifndef NR
-#define NR 16
-#endif
-#ifndef VW
-#define VW 8
-#endif
 #if NR % VW != 0
 #error "NR must be a multiple of VW"
 #endif
 #define NV (NR / VW)
 
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-#define VEC CAT(REAL, VW)
-#define VLOAD CAT(vload, VW)
-#define VSTORE CAT(vstore, VW)
-#define PACK_K 8  // k a pack work-item copies (the host's _PACK_K)
+#include "vector.cl"
+#define VEC VREAL
+#define PACK_K 8  // k a pack work-item copies (the host's packed.PACK_K)
 #define VLOAD_PACK(i, p) vload8(i, p)
 #define VSTORE_PACK(v, p) vstore8(v, 0, p)
 
@@ -66,18 +55,24 @@ inline long column_offset(long j, long seg, long seg_stride) {
     _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) \
         _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) acc[i_][v_] = (VEC)(0);
 
-// Accumulates k steps of packed panels a (MR a step) and b (NR a step) into acc.
-#define TILE_MULTIPLY(acc, a, b, k)                           \
-    for (int p_ = 0; p_ < (k); ++p_) {                        \
+// One k step of the micro-kernel: acc += the MR values of A (A_I: the value of row i_, an
+// expression of i_) times B's NR values at brow.
+#define TILE_STEP(acc, A_I, brow)                             \
+    {                                                         \
         VEC bv_[NV];                                          \
         _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_)     \
-            bv_[v_] = VLOAD(v_, (b) + (long)p_ * NR);         \
+            bv_[v_] = VLOAD(v_, (brow));                      \
         _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) {   \
-            const VEC av_ = (VEC)((a)[(long)p_ * MR + i_]);   \
+            const VEC av_ = (VEC)(A_I);                       \
             _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) \
                 acc[i_][v_] = fma(av_, bv_[v_], acc[i_][v_]); \
         }                                                     \
     }
+
+// Accumulates k steps of packed panels a (MR a step) and b (NR a step) into acc.
+#define TILE_MULTIPLY(acc, a, b, k)  \
+    for (int p_ = 0; p_ < (k); ++p_) \
+        TILE_STEP(acc, (a)[(long)p_ * MR + i_], (b) + (long)p_ * NR)
 
 // The element of C in the store: alpha * acc + beta * C (C not read when beta == 0, as BLAS: its
 // old contents may be NaN), then common.cl's epilogue (bias of row i, the residual's element r,
@@ -146,6 +141,11 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
 #define TILE_STORE_EPILOGUE_VEC(r, bias, bias_off, i, rrow, v) \
     TILE_BIAS_VEC(r, bias, bias_off, i) TILE_RESIDUAL_VEC(r, rrow, v) r = ACT_APPLY(VEC, r);
 
+// The A panels [ip0, ip1) of work-item group mg (panels_per_group each) of a matrix of m rows.
+#define PANEL_ROWS(ip0, ip1, mg, m, panels_per_group) \
+    const int ip0 = (mg) * (panels_per_group);        \
+    const int ip1 = min(ip0 + (panels_per_group), ((m) + MR - 1) / MR);
+
 // The NR column offsets of B panel jp (and how many of its columns exist), once per work-item.
 #define PANEL_COLUMNS(col, ncols, contiguous, jp, n, seg, seg_stride)           \
     long col[NR];                                                               \
@@ -157,20 +157,31 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
 
 #ifndef GEMM_PACKED_NO_KERNELS
 
+// The arguments of pack_a and pack_b: op(X[z]) (extent x k for A, k x extent for B) at x + x_off +
+// z * x_stride, leading dim ld (X^T stored when transposed); its packed panels at xp + xp_off +
+// z * xp_stride.
+#define PACK_ARGS(extent, x, ld, xp)                                                        \
+    const int extent, const int k, __global const REAL* restrict x, const long x##_off,     \
+    const long x##_stride, const long ld, const int transposed, __global REAL* restrict xp, \
+    const long xp##_off, const long xp##_stride
+
+// Their work-item: PACK_K k from p0 (kn of them exist) of matrix z's R-wide panel `panel`, whose
+// first row of op(A) (column of op(B)) is `first`; src: op(X[z]); dst: where they go in its panels.
+#define PACK_START(R, panel, first, x, xp)                                               \
+    const int panel = get_global_id(1);                                                  \
+    const int first = panel * (R);                                                       \
+    const int p0 = get_global_id(0) * PACK_K;                                            \
+    const long z = get_global_id(2);                                                     \
+    __global const REAL* src = x + x##_off + z * x##_stride;                             \
+    __global REAL* dst = xp + xp##_off + z * xp##_stride + ((long)panel * k + p0) * (R); \
+    const int kn = min(PACK_K, k - p0);
+
 // Packs op(A[z]) (m x k; row-major with leading dim lda; A^T stored k x m when transposed) into
 // [ceil(m / MR)][k][MR] at ap + ap_off + z * ap_stride. NDRange (ceil(k / PACK_K), ceil(m / MR),
 // batch): each work-item reads PACK_K consecutive k of its MR rows (contiguous runs of A's rows)
 // and writes PACK_K * MR consecutive packed values.
-__kernel void pack_a(const int m, const int k, __global const REAL* restrict a, const long a_off,
-                     const long a_stride, const long lda, const int transposed,
-                     __global REAL* restrict ap, const long ap_off, const long ap_stride) {
-    const int p0 = get_global_id(0) * PACK_K;
-    const int ip = get_global_id(1);
-    const long z = get_global_id(2);
-    __global const REAL* src = a + a_off + z * a_stride;
-    __global REAL* dst = ap + ap_off + z * ap_stride + ((long)ip * k + p0) * MR;
-    const int r0 = ip * MR;
-    const int kn = min(PACK_K, k - p0);
+__kernel void pack_a(PACK_ARGS(m, a, lda, ap)) {
+    PACK_START(MR, ip, r0, a, ap)
     if (transposed) {  // A^T is k x m: the MR values of one k are adjacent in memory
         for (int q = 0; q < kn; ++q) {
 #pragma unroll
@@ -200,16 +211,8 @@ __kernel void pack_a(const int m, const int k, __global const REAL* restrict a, 
 // NDRange (ceil(k / PACK_K), ceil(n / NR), batch): each work-item packs PACK_K consecutive k of one
 // panel: rows of B as vector copies, or (transposed) PACK_K-long runs of B^T's rows, transposed
 // here.
-__kernel void pack_b(const int n, const int k, __global const REAL* restrict b, const long b_off,
-                     const long b_stride, const long ldb, const int transposed,
-                     __global REAL* restrict bp, const long bp_off, const long bp_stride) {
-    const int p0 = get_global_id(0) * PACK_K;
-    const int jp = get_global_id(1);
-    const long z = get_global_id(2);
-    __global const REAL* src = b + b_off + z * b_stride;
-    __global REAL* dst = bp + bp_off + z * bp_stride + ((long)jp * k + p0) * NR;
-    const int j0 = jp * NR;
-    const int kn = min(PACK_K, k - p0);
+__kernel void pack_b(PACK_ARGS(n, b, ldb, bp)) {
+    PACK_START(NR, jp, j0, b, bp)
     if (!transposed) {
         for (int q = 0; q < kn; ++q) {
             __global const REAL* row = src + (long)(p0 + q) * ldb + j0;
@@ -255,9 +258,7 @@ __kernel void gemm_packed(const int m, const int n, const int k, const int k_beg
     const int jp = get_global_id(0);
     const int g = get_global_id(1);
     const long z = get_global_id(2);
-    const int mpanels = (m + MR - 1) / MR;
-    const int ip0 = g * panels_per_group;
-    const int ip1 = min(ip0 + panels_per_group, mpanels);
+    PANEL_ROWS(ip0, ip1, g, m, panels_per_group)
     __global const REAL* bpanel = bp + bp_off + z * bp_stride + ((long)jp * k + k_begin) * NR;
     __global const REAL* apanels = ap + ap_off + z * ap_stride;
     __global REAL* cz = c + c_off + z * c_stride;

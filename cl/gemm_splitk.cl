@@ -34,9 +34,7 @@ __kernel void gemm_splitk(__global const REAL* restrict a, const long a_off,
     const int mg = get_global_id(1);
     const int s = get_global_id(2) % nsplit;
     const long z = get_global_id(2) / nsplit;
-    const int mpanels = (m + MR - 1) / MR;
-    const int ip0 = mg * panels_per_group;
-    const int ip1 = min(ip0 + panels_per_group, mpanels);
+    PANEL_ROWS(ip0, ip1, mg, m, panels_per_group)
     const int jpanels = (l + NR - 1) / NR;
     const int jp0 = jg * col_panels;
     const int jp1 = min(jp0 + col_panels, jpanels);
@@ -61,17 +59,7 @@ __kernel void gemm_splitk(__global const REAL* restrict a, const long a_off,
             TILE_DECLARE(acc);
             TILE_ZERO(acc)
             __global const REAL* brow = bz + j0;
-            for (int q = 0; q < k1 - k0; ++q, brow += l) {
-                VEC bv[NV];
-#pragma unroll
-                for (int v = 0; v < NV; ++v) bv[v] = VLOAD(v, brow);
-#pragma unroll
-                for (int i = 0; i < MR; ++i) {
-                    const VEC av = (VEC)(arow[i][q]);
-#pragma unroll
-                    for (int v = 0; v < NV; ++v) acc[i][v] = fma(av, bv[v], acc[i][v]);
-                }
-            }
+            for (int q = 0; q < k1 - k0; ++q, brow += l) TILE_STEP(acc, arow[i_][q], brow)
             TILE_STORE(acc, pz, (long)l, i0, min(MR, m - i0), col, NR, true, (REAL)1, (REAL)0,
                        pz, 0, pz)
         }

@@ -25,19 +25,9 @@
 
 #define RUNTIME_SIZES
 #include "common.cl"
+#include "tile.cl"
+#include "vector.cl"
 
-#ifndef NR
-#define NR 16
-#endif
-#ifndef VW
-#define VW 8
-#endif
-#ifndef VLOAD  // (gemm_packed.cl defines these too when included first)
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-#define VLOAD CAT(vload, VW)
-#define VSTORE CAT(vstore, VW)
-#endif
 #ifndef ROWS_PER_ITEM
 #define ROWS_PER_ITEM 64
 #endif

@@ -12,13 +12,9 @@
 
 #include "common.cl"
 
-#ifndef QD
+#ifndef QD  // (the host defines all three; unpadded by default)
 #define QD ID
-#endif
-#ifndef QH
 #define QH IH
-#endif
-#ifndef QW
 #define QW IW
 #endif
 
