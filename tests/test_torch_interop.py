@@ -499,7 +499,9 @@ def test_inference_keeps_device_weights_until_they_change(ct, dev, folded):
     mirror()
     check()
     if not folded:
-        before = len(ct._DEVICE_COPIES)
+        from clconv.torch_ops import DEVICE_COPIES
+
+        before = len(DEVICE_COPIES)
         del converted, opt, w
         gc.collect()
-        assert len(ct._DEVICE_COPIES) < before  # the copies go with their tensors
+        assert len(DEVICE_COPIES) < before  # the copies go with their tensors

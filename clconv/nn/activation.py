@@ -1,0 +1,162 @@
+"""The activation layers (ReLU, ReLU6, SiLU, GELU, Sigmoid, Tanh, Hardswish, Hardsigmoid,
+LeakyReLU, ELU, Hardtanh): one elementwise pass forward and one backward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..ops.activation import ActivationArg, normalize_activation
+from ..ops.elementwise import UnaryPlan
+from ..ops.plan import cached_plan
+from ..runtime.device import Device
+from ..runtime.transfer import ArrayLike
+from .module import Module, check_grad_shape, enter, leave
+
+
+class _Activation(Module):
+    """A layer applying one activation (common.cl's activate()) elementwise; backward uses the
+    input of the latest forward."""
+
+    spec: ActivationArg = None
+
+    def __init__(self, inplace: bool = False) -> None:
+        if not isinstance(inplace, bool):
+            raise TypeError(f"inplace must be a bool, got {inplace!r}")
+        self.inplace = inplace  # accepted for torch's signature; results are new arrays
+        self.act = normalize_activation(self.spec)
+        self._saved: tuple[Any, ...] | None = None
+
+    def _plan(self, dev: Device, shape: tuple[int, ...], work: np.dtype) -> UnaryPlan:
+        return cached_plan(dev, ("unary", self.act, shape, work, False),
+                           lambda: UnaryPlan(dev, self.act, shape, work))
+
+    def forward(self, input: ArrayLike) -> ArrayLike:
+        """input (any shape) -> act(input), same shape."""
+        dev, x, dtype, host = enter(input, "input")
+        plan = self._plan(dev, tuple(x.shape), x.dtype)
+        self._saved = (x, plan)
+        return leave(dev, plan(x), dtype, host)
+
+    def backward(self, grad_output: ArrayLike) -> ArrayLike:
+        """grad_output -> act'(input) * grad_output."""
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first")
+        x, plan = self._saved
+        with plan.device:
+            dev, g, dtype, host = enter(grad_output, "grad_output")
+            check_grad_shape(g, tuple(x.shape))
+            return leave(dev, plan.backward(x, g), dtype, host)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ReLU(_Activation):
+    """torch.nn.ReLU."""
+
+    spec = "relu"
+
+
+class ReLU6(_Activation):
+    """torch.nn.ReLU6."""
+
+    spec = "relu6"
+
+
+class SiLU(_Activation):
+    """torch.nn.SiLU."""
+
+    spec = "silu"
+
+
+class Sigmoid(_Activation):
+    """torch.nn.Sigmoid."""
+
+    spec = "sigmoid"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+
+class Tanh(_Activation):
+    """torch.nn.Tanh."""
+
+    spec = "tanh"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+
+class Hardswish(_Activation):
+    """torch.nn.Hardswish."""
+
+    spec = "hardswish"
+
+
+class Hardsigmoid(_Activation):
+    """torch.nn.Hardsigmoid."""
+
+    spec = "hardsigmoid"
+
+
+class GELU(_Activation):
+    """torch.nn.GELU(approximate='none' | 'tanh')."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.spec = ("gelu", approximate)
+        super().__init__()
+
+    def __repr__(self) -> str:
+        return f"GELU(approximate={self.approximate!r})"
+
+
+class _ParametrisedActivation(_Activation):
+    """An activation with numeric parameters: attributes named `params` (torch's argument names,
+    shown so by repr), the arguments of clconv's activation `kind`."""
+
+    kind = ""
+    params: tuple[str, ...] = ()
+
+    def _set(self, inplace: bool, *values: float) -> None:
+        for name, value in zip(self.params, values):
+            setattr(self, name, value)
+        self.spec = (self.kind, *values)
+        super().__init__(inplace)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={getattr(self, name)}" for name in self.params)
+        return f"{type(self).__name__}({args})"
+
+
+class LeakyReLU(_ParametrisedActivation):
+    """torch.nn.LeakyReLU(negative_slope=0.01)."""
+
+    kind, params = "leaky_relu", ("negative_slope",)
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        self._set(inplace, negative_slope)
+
+
+class ELU(_ParametrisedActivation):
+    """torch.nn.ELU(alpha=1.0)."""
+
+    kind, params = "elu", ("alpha",)
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        self._set(inplace, alpha)
+
+
+class Hardtanh(_ParametrisedActivation):
+    """torch.nn.Hardtanh(min_val=-1.0, max_val=1.0)."""
+
+    kind, params = "clamp", ("min_val", "max_val")
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> None:
+        if min_val > max_val:
+            raise ValueError(f"min_val ({min_val}) must not be greater than max_val ({max_val})")
+        self._set(inplace, min_val, max_val)

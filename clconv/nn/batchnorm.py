@@ -1,0 +1,203 @@
+"""BatchNorm1d/2d/3d: batch statistics and running-stat updates in train(), running
+statistics in eval(), as torch.nn.BatchNormNd."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import pyopencl.array as cla
+
+from ..ops.elementwise import BatchNormPlan, enqueue_batch_norm_backward, enqueue_channel_stats
+from ..ops.plan import cached_plan
+from ..ops.precision import check_precision, compute_dtype
+from ..runtime.device import current_device
+from ..runtime.device import device as find_device
+from ..runtime.interop import host_convertible, host_operand
+from ..runtime.transfer import ArrayLike, result_dtype, to_device
+from .module import Module, check_grad_shape, enter, leave, positive_int
+
+
+class _BatchNorm(Module):
+    """Batch normalisation over the channel dim 1 of (N, C, *) as torch.nn.BatchNormNd: in
+    training mode with the batch's statistics (mean, biased variance), updating running_mean and
+    running_var (unbiased variance) by `momentum` (None: the cumulative average); in evaluation
+    mode with the running statistics. weight (ones) and bias (zeros) when `affine`."""
+
+    dims: tuple[int, ...] = (4,)
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
+        self.num_features = positive_int(num_features, "num_features")
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or eps < 0:
+            raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+        self.eps, self.momentum = float(eps), momentum
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        self.device = current_device() if device is None else find_device(device)
+        self.dtype = np.dtype(np.float32 if dtype is None else dtype)
+        self._work = compute_dtype(self.dtype)
+        result_dtype(self.device, dtype=np.empty(0, self.dtype))
+        check_precision(self.device, self.dtype)
+        c = self.num_features
+        self._weight = self._put(np.ones(c)) if affine else None
+        self._bias = self._put(np.zeros(c)) if affine else None
+        self.running_mean = self._put(np.zeros(c)) if track_running_stats else None
+        self.running_var = self._put(np.ones(c)) if track_running_stats else None
+        self.num_batches_tracked = 0
+        self.weight_grad: cla.Array | None = None
+        self.bias_grad: cla.Array | None = None
+        self._saved: tuple[Any, ...] | None = None
+
+    def _put(self, value: Any) -> cla.Array:
+        """A (C,) parameter or statistic on the device, in the compute dtype (float32 for float16
+        layers: statistics accumulate there)."""
+        return to_device(np.asarray(value, dtype=self._work), self.device, "value", self._work)
+
+    @property
+    def weight(self) -> cla.Array | None:
+        return host_convertible(self._weight)
+
+    @property
+    def bias(self) -> cla.Array | None:
+        return host_convertible(self._bias)
+
+    def parameters(self) -> list[cla.Array]:
+        return [self.weight, self.bias] if self.affine else []
+
+    def gradients(self) -> list[cla.Array | None]:
+        return [host_convertible(self.weight_grad), host_convertible(self.bias_grad)] \
+            if self.affine else []
+
+    def _entries(self) -> dict[str, Any]:
+        entries: dict[str, Any] = {}
+        if self.affine:
+            entries.update(weight=self._weight, bias=self._bias)
+        if self.track_running_stats:
+            entries.update(running_mean=self.running_mean, running_var=self.running_var,
+                           num_batches_tracked=None)
+        return entries
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """torch.nn.BatchNormNd's keys: weight, bias, running_mean, running_var,
+        num_batches_tracked (int64), as numpy copies in the layer's dtype."""
+        state = {}
+        for key, value in self._entries().items():
+            state[key] = (np.array(self.num_batches_tracked, np.int64) if value is None
+                          else value.get().astype(self.dtype))
+        return state
+
+    def grad_dict(self) -> dict[str, np.ndarray | None]:
+        if not self.affine:
+            return {}
+        return {k: None if g is None else g.get() for k, g in
+                (("weight", self.weight_grad), ("bias", self.bias_grad))}
+
+    def load_state_dict(self, state: Any, strict: bool = True) -> tuple[list[str], list[str]]:
+        """Loads torch.nn.BatchNormNd's entries (numpy arrays, torch tensors or device arrays);
+        shapes must be (num_features,) (ValueError naming the key)."""
+        expected = list(self._entries())
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                             f"unexpected keys {unexpected} (expected exactly {expected})")
+        values: dict[str, Any] = {}
+        for key in (k for k in expected if k in state):
+            value = state[key]
+            value = value.get() if isinstance(value, cla.Array) else \
+                np.asarray(host_operand(value, f"state[{key!r}]"))
+            if key == "num_batches_tracked":
+                values[key] = int(value)
+                continue
+            if value.shape != (self.num_features,):
+                raise ValueError(f"state[{key!r}] has shape {value.shape}; {type(self).__name__}'s "
+                                 f"{key} has shape ({self.num_features},)")
+            if value.dtype.kind != "f":
+                raise TypeError(f"state[{key!r}] has dtype {value.dtype}; it must be floating point")
+            values[key] = value
+        for key, value in values.items():
+            if key == "num_batches_tracked":
+                self.num_batches_tracked = value
+            else:
+                setattr(self, "_" + key if key in ("weight", "bias") else key, self._put(value))
+        return missing, unexpected
+
+    def forward(self, input: ArrayLike) -> ArrayLike:
+        """input (N, C, *) -> normalised, same shape."""
+        with self.device:
+            shape = tuple(input.shape) if hasattr(input, "shape") else np.shape(input)
+            if len(shape) not in self.dims:
+                raise ValueError(f"{type(self).__name__}: expected {' or '.join(map(str, self.dims))}"
+                                 f"-d input, got shape {shape}")
+            if shape[1] != self.num_features:
+                raise ValueError(f"{type(self).__name__}({self.num_features}): input has {shape[1]} "
+                                 f"channels (shape {shape})")
+            dev, x, dtype, host = enter(input, "input")
+            if dtype != self.dtype:
+                raise TypeError(f"input has dtype {dtype}; this layer's dtype is {self.dtype}")
+            c, inner = shape[1], math.prod(shape[2:])
+            batch_stats = self.training or not self.track_running_stats
+            if batch_stats:
+                if self.training and shape[0] * inner <= 1:
+                    raise ValueError(f"expected more than 1 value per channel when training, got "
+                                     f"input of shape {shape}")
+                update = self.training and self.track_running_stats
+                factor = 0.0
+                if update:
+                    self.num_batches_tracked += 1
+                    factor = (1.0 / self.num_batches_tracked if self.momentum is None
+                              else float(self.momentum))
+                stats = enqueue_channel_stats(dev, x, c, inner,
+                                              self.running_mean if update else None,
+                                              self.running_var if update else None, factor)
+                mean, var = stats[0], stats[1]
+            else:
+                mean, var = self.running_mean, self.running_var
+            plan = cached_plan(dev, ("batch_norm", shape, self._work, self.affine, self.affine,
+                                     self.eps, None),
+                               lambda: BatchNormPlan(dev, shape, self.affine, self.affine, self.eps,
+                                                     self._work))
+            y = plan(x, mean, var, self._weight, self._bias)
+            self._saved = (x, mean, var, batch_stats)
+            return leave(dev, y, dtype, host)
+
+    def backward(self, grad_output: ArrayLike) -> ArrayLike:
+        """grad_output -> grad_input; sets weight_grad and bias_grad (when affine)."""
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first")
+        x, mean, var, batch_stats = self._saved
+        with self.device:
+            dev, g, dtype, host = enter(grad_output, "grad_output")
+            check_grad_shape(g, tuple(x.shape))
+            dx, wg, bg = enqueue_batch_norm_backward(dev, g, x, mean, var, self._weight, self.eps,
+                                                     batch_stats, self.num_features,
+                                                     math.prod(x.shape[2:]))
+            if self.affine:
+                self.weight_grad, self.bias_grad = wg, bg
+            return leave(dev, dx, dtype, host)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, "
+                f"momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats})")
+
+
+class BatchNorm1d(_BatchNorm):
+    """torch.nn.BatchNorm1d: (N, C) or (N, C, L)."""
+
+    dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """torch.nn.BatchNorm2d: (N, C, H, W)."""
+
+    dims = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    """torch.nn.BatchNorm3d: (N, C, D, H, W)."""
+
+    dims = (5,)

@@ -1,0 +1,143 @@
+"""Flatten and Sequential (state_dict keys as torch.nn.Sequential's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyopencl.array as cla
+
+from ..ops.elementwise import flatten
+from ..runtime.device import Device, current_device
+from ..runtime.transfer import ArrayLike, deliver, is_device_array, result_dtype, to_device
+from .module import Module
+
+
+class Flatten(Module):
+    """torch.nn.Flatten(start_dim=1, end_dim=-1): a view of a contiguous device array (no copy)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        self.start_dim, self.end_dim = start_dim, end_dim
+        self._shape: tuple[int, ...] | None = None
+
+    def forward(self, input: ArrayLike) -> ArrayLike:
+        self._shape = tuple(input.shape) if hasattr(input, "shape") else np.shape(input)
+        return flatten(input, self.start_dim, self.end_dim)
+
+    def backward(self, grad_output: ArrayLike) -> ArrayLike:
+        """grad_output reshaped back to the latest forward's input shape."""
+        if self._shape is None:
+            raise RuntimeError("Flatten.backward needs a forward call first")
+        if isinstance(grad_output, cla.Array):
+            g = grad_output
+            if not g.flags.c_contiguous:
+                g = to_device(g, current_device(), "grad_output", g.dtype)
+            return g.reshape(self._shape)
+        return np.reshape(np.asarray(grad_output), self._shape)
+
+    def __repr__(self) -> str:
+        return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
+
+
+class Sequential(Module):
+    """torch.nn.Sequential: layers applied in order. Activations stay on the device from one layer
+    to the next (a numpy input is uploaded once and the result downloaded once); backward runs the
+    layers' backward in reverse. state_dict()/load_state_dict() use torch.nn.Sequential's keys
+    ('0.weight', '1.running_mean', ... by position)."""
+
+    def __init__(self, *layers: Module) -> None:
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layer {i} must be a clconv.nn layer, got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+    def __iter__(self) -> Any:
+        return iter(self.layers)
+
+    def append(self, layer: Module) -> Sequential:
+        if not isinstance(layer, Module):
+            raise TypeError(f"layer must be a clconv.nn layer, got {type(layer).__name__}")
+        self.layers.append(layer)
+        return self
+
+    def train(self, mode: bool = True) -> Sequential:
+        super().train(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    @property
+    def device(self) -> Device:
+        """The device of the first layer with parameters (the current device if none has)."""
+        for layer in self.layers:
+            dev = getattr(layer, "device", None)
+            if isinstance(dev, Device):
+                return dev
+        return current_device()
+
+    def parameters(self) -> list[cla.Array]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def gradients(self) -> list[cla.Array | None]:
+        return [g for layer in self.layers for g in layer.gradients()]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in layer.state_dict().items()}
+
+    def grad_dict(self) -> dict[str, np.ndarray | None]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in layer.grad_dict().items()}
+
+    def load_state_dict(self, state: Any, strict: bool = True) -> tuple[list[str], list[str]]:
+        """Loads '<index>.<key>' entries (a torch.nn.Sequential's state_dict() loads as it is);
+        strict: missing or unexpected keys are a ValueError, checked before anything changes."""
+        parts: list[dict[str, Any]] = [{} for _ in self.layers]
+        unexpected = []
+        for key, value in state.items():
+            head, _, rest = str(key).partition(".")
+            if head.isdigit() and int(head) < len(self.layers) and rest:
+                parts[int(head)][rest] = value
+            else:
+                unexpected.append(key)
+        missing = []
+        for i, layer in enumerate(self.layers):
+            keys = list(layer.state_dict())
+            missing += [f"{i}.{k}" for k in keys if k not in parts[i]]
+            unexpected += [f"{i}.{k}" for k in parts[i] if k not in keys]
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict for Sequential: missing keys {missing}, unexpected "
+                             f"keys {unexpected}")
+        for layer, part in zip(self.layers, parts):
+            layer.load_state_dict(part, strict=False)
+        return missing, unexpected
+
+    def forward(self, input: ArrayLike) -> ArrayLike:
+        """input -> the last layer's output (numpy for numpy, device array for device array)."""
+        dev = self.device
+        with dev:
+            x = to_device(input, dev, "input", result_dtype(dev, input=input))
+            for layer in self.layers:
+                x = layer(x)
+            return deliver(x, not is_device_array(input))
+
+    def backward(self, grad_output: ArrayLike) -> ArrayLike:
+        """grad_output -> grad_input through every layer in reverse (each fills its gradients)."""
+        dev = self.device
+        with dev:
+            g = to_device(grad_output, dev, "grad_output", result_dtype(dev, grad_output=grad_output))
+            for layer in reversed(self.layers):
+                g = layer.backward(g)
+            return deliver(g, not is_device_array(grad_output))
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"

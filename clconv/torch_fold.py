@@ -1,0 +1,250 @@
+"""clconv.torch.convert()'s folding of Conv -> BatchNorm (-> activation) chains: the chains found
+by tracing the forward with torch.fx (consecutive modules of nn.Sequentials where it cannot be
+traced), and the classes their modules take: in eval mode under no_grad the convolution computes
+the chain as one clconv convolution (BatchNorm folded into its weight and bias, the activation in
+its kernel's store) and the BatchNorm and activation pass their input through; otherwise every
+module runs its own forward."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyopencl.array as cla
+import torch
+from torch import fx, nn
+
+from .ops.fold import fold_batchnorm
+from .runtime.device import Device, current_device
+from .torch_graph import activation_module
+from .torch_ops import (
+    OPS,
+    NotScriptable,
+    batched,
+    host,
+    host_result,
+    operand,
+    same_sample,
+    sample_of,
+    to_tensor,
+    upload_constant,
+    uses_zero_copy,
+    version_of,
+)
+
+
+class _Fold:
+    """One folded chain: the conv, its BatchNorm and (or None) its activation, as they sit in their
+    nn.Sequential. Not an nn.Module (so nothing is registered twice and state_dict keys do not
+    change); the three modules each hold this object as `_clconv_fold`."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module | None,
+                 spec: Any) -> None:
+        self.conv, self.bn, self.act, self.spec = conv, bn, act, spec
+        self._key: tuple[Any, ...] | None = None
+        self._samples: list[np.ndarray | None] = []
+        self._folded: tuple[np.ndarray, np.ndarray] | None = None
+        self._on_device: dict[Device, tuple[cla.Array, cla.Array]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Device copies stay behind (a copy or pickle of the model uploads its own).
+        return {**self.__dict__, "_on_device": {}}
+
+    def active(self) -> bool:
+        """Whether the chain computes as one fused convolution now: conv and BatchNorm in eval
+        mode, BatchNorm with running statistics, and no autograd (torch.no_grad() or
+        torch.inference_mode()): with grad enabled the modules run one by one, so gradients reach
+        the input and every parameter as in torch."""
+        bn = self.bn
+        return (not self.conv.training and not bn.training and not torch.is_grad_enabled()
+                and bn.running_mean is not None and bn.running_var is not None)
+
+    def weights(self, dev: Device) -> tuple[cla.Array, cla.Array]:
+        """(weight, bias) with the BatchNorm folded in (clconv.fold_batchnorm, float64 on the
+        host), on `dev`, marked constant (their packing is kept too); remade when a parameter or
+        buffer changed: its storage or in-place version counter (an optimizer step,
+        load_state_dict) or a sample of its values (writes through `.data`)."""
+        conv, bn = self.conv, self.bn
+        tensors = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        key = tuple(None if t is None else (t.data_ptr(), version_of(t), t.dtype, tuple(t.shape))
+                    for t in tensors)
+        samples = [None if t is None else sample_of(t) for t in tensors]
+        if key != self._key or self._folded is None or None in (k[1] for k in key if k) or \
+                not all(map(same_sample, samples, self._samples)):
+            w, b, mean, var, gamma, beta = (host(t) for t in tensors)
+            transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+            self._folded = fold_batchnorm(w, b, mean, var, gamma, beta, float(bn.eps),
+                                          transposed=transposed,
+                                          groups=conv.groups if transposed else 1)
+            self._key, self._samples, self._on_device = key, samples, {}
+        found = self._on_device.get(dev)
+        if found is None:
+            found = self._on_device[dev] = tuple(  # type: ignore[assignment]
+                upload_constant(a, dev) for a in self._folded)
+        return found
+
+
+
+class _FoldedConv(NotScriptable):
+    """A convolution of convert()'s folded chains: while `_clconv_fold.active()`, its forward is
+    act(bn(conv(x))) as one clconv convolution (folded weights, activation in the kernel's store)
+    and the BatchNorm and activation after it pass their input through; otherwise its own
+    clconv.torch forward."""
+
+    _clconv_fold: _Fold
+
+    def forward(self, input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        fold = self._clconv_fold
+        if args or kwargs or not fold.active():
+            return super().forward(input, *args, **kwargs)
+        nd = len(self.kernel_size)
+        x, unbatched = batched(input, nd)
+        dev = current_device()
+        transposed = isinstance(self, nn.modules.conv._ConvTransposeNd)
+        with dev:
+            operands = (operand(x, dev, uses_zero_copy(dev)), *fold.weights(dev))
+            if transposed:
+                output_padding = self._output_padding(input, None, self.stride, self.padding,
+                                                      self.kernel_size, nd, self.dilation)
+                y = OPS[nd][3](*operands, self.stride, self.padding, tuple(output_padding),
+                                self.groups, self.dilation, activation=fold.spec)
+            else:
+                y = OPS[nd][0](*operands, self.stride, self.padding, self.dilation, self.groups,
+                                padding_mode=self.padding_mode, algorithm=self.algorithm,
+                                activation=fold.spec)
+            y = to_tensor(host_result(y), x)
+        return y[0] if unbatched else y
+
+    def _get_name(self) -> str:
+        return self._clconv_base.__name__  # the class name before folding
+
+    def extra_repr(self) -> str:
+        fold = self._clconv_fold
+        parts = [m._clconv_base.__name__ for m in (fold.bn, fold.act) if m is not None]
+        return f"{super().extra_repr()}, folds={'+'.join(parts)} in eval mode"
+
+
+class _PassThrough(NotScriptable):
+    """The BatchNorm or activation of a folded chain: its input unchanged while the chain is
+    active (the convolution before it computed it), else its torch forward."""
+
+    _clconv_fold: _Fold
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self._clconv_fold.active():
+            return input
+        return super().forward(input)
+
+    def _get_name(self) -> str:
+        return self._clconv_base.__name__  # torch's class name, as before folding
+
+
+_BATCHNORM_ND = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
+#: The activation modules a chain may end with (their clconv activation fused into the conv).
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+                nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU)
+
+
+def folded_types(convs: Iterable[type], module: str) -> tuple[dict[type, type], dict[type, type]]:
+    """(conv type of `convs` -> its folded type, torch BatchNorm / activation type -> its
+    pass-through type): `mixin` over the type, named as a module-level class of `module` (whose
+    namespace must hold it, so that pickle finds it)."""
+
+    def folded(base: type, mixin: type) -> type:
+        name = f"_Folded{base.__name__}"
+        return type(name, (mixin, base), {"__module__": module, "__qualname__": name,
+                                          "_clconv_base": base,
+                                          "__doc__": f"{base.__name__} in a folded chain of "
+                                                     f"clconv.torch.convert."})
+
+    return ({t: folded(t, _FoldedConv) for t in convs},
+            {t: folded(t, _PassThrough) for t in (*_BATCHNORM_ND, *_ACTIVATIONS)})
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or
+                getattr(m, "_backward_pre_hooks", None))
+
+
+def chains_in_sequentials(model: nn.Module) -> list[tuple[nn.Module, ...]]:
+    """(conv, BatchNorm[, activation]) runs of consecutive modules of the nn.Sequentials in
+    `model`: in a Sequential each module's output goes to the next one only."""
+    chains = []
+    for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
+        items = list(seq)
+        for i in range(len(items) - 1):
+            chains.append(tuple(items[i:i + 3]))
+    return chains
+
+
+def chains_traced(model: nn.Module) -> list[tuple[nn.Module, ...]] | None:
+    """(conv, BatchNorm[, activation]) module calls of `model`'s forward where each one's output
+    goes to the next one only, found by tracing it with torch.fx in train and in eval mode (a
+    forward may take other paths in either) and kept where both traces agree; None when the
+    forward cannot be traced (data-dependent control flow, ...). The modules' training flags are
+    restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    graphs = []
+    try:
+        for training in (True, False):
+            model.train(training)
+            graphs.append(fx.symbolic_trace(model).graph)
+    except Exception:  # noqa: BLE001 - any failure to trace means: no traced chains
+        return None
+    finally:
+        for m, training in modes:
+            m.training = training
+    found: list[set[tuple[str, ...]]] = []
+    for graph in graphs:
+        calls: dict[str, int] = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+        chains = set()
+        for node in graph.nodes:
+            chain = [node]
+            while len(chain) < 3 and len(chain[-1].users) == 1:
+                user = next(iter(chain[-1].users))
+                if user.op != "call_module" or user.args != (chain[-1],) or user.kwargs:
+                    break
+                chain.append(user)
+            if node.op != "call_module":
+                continue
+            while chain and calls[chain[-1].target] != 1:  # a shared activation stays out
+                chain.pop()
+            if len(chain) >= 2 and all(calls[n.target] == 1 for n in chain):
+                chains.add(tuple(n.target for n in chain))
+        found.append(chains)
+    return [tuple(model.get_submodule(t) for t in chain) for chain in found[0] & found[1]]
+
+
+def fold_chains(model: nn.Module, chains: list[tuple[nn.Module, ...]],
+                folded_convs: dict[type, type], pass_through: dict[type, type]) -> int:
+    """Folds each (conv, BatchNorm[, activation]) of `chains` (modules of `model`, already
+    converted) that qualifies, giving them the classes of `folded_types`' two maps; returns how
+    many it folded."""
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    folded = 0
+    for conv, bn, *rest in chains:
+        fold_type = folded_convs.get(type(conv))
+        if fold_type is None or type(bn) not in _BATCHNORM_ND:
+            continue
+        # Only modules used once, without hooks (a hook would see other values), whose
+        # BatchNorm has running statistics for exactly the conv's output channels.
+        if _BATCHNORM_ND[type(bn)] != len(conv.kernel_size) or bn.num_features != \
+                conv.out_channels or not bn.track_running_stats or \
+                any(uses[id(m)] != 1 or _hooked(m) for m in (conv, bn)):
+            continue
+        act = rest[0] if rest else None
+        spec = activation_module(act) if act is not None and type(act) in pass_through else None
+        if spec is None or uses[id(act)] != 1 or _hooked(act):
+            act, spec = None, None
+        fold = _Fold(conv, bn, act, spec)
+        for m in (conv, bn) + ((act,) if act is not None else ()):
+            m.__class__ = fold_type if m is conv else pass_through[type(m)]
+            m._clconv_fold = fold
+        folded += 1
+    return folded

@@ -1,0 +1,159 @@
+"""Activations: torch's modules, functions and Tensor methods -> clconv's activation specs
+(clconv.ops.activation), and a standalone activation run by clconv's elementwise ops."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pyopencl.array as cla
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..ops.activation import Activation, normalize_activation
+from .base import Unlowerable, clconv_op, torch_type
+
+
+def activation_module(m: nn.Module) -> Any:
+    """The clconv activation spec of torch activation module `m` ('relu', ('gelu', 'tanh'),
+    ('leaky_relu', 0.1), ...), or None when `m` is no activation clconv has."""
+    kind = torch_type(m)
+    if kind is nn.ReLU:
+        return "relu"
+    if kind is nn.ReLU6:
+        return "relu6"
+    if kind is nn.Hardtanh:
+        return ("clamp", float(m.min_val), float(m.max_val))
+    if kind is nn.SiLU:
+        return "silu"
+    if kind is nn.GELU:
+        return ("gelu", m.approximate)
+    if kind is nn.Sigmoid:
+        return "sigmoid"
+    if kind is nn.Tanh:
+        return "tanh"
+    if kind is nn.Hardswish:
+        return "hardswish"
+    if kind is nn.Hardsigmoid:
+        return "hardsigmoid"
+    if kind is nn.LeakyReLU:
+        return ("leaky_relu", float(m.negative_slope))
+    if kind is nn.ELU:
+        return ("elu", float(m.alpha))
+    return None
+
+
+def _plain(name: str) -> Callable[..., Any]:
+    def spec(input: Any, inplace: bool = False) -> Any:
+        return name
+    return spec
+
+
+def _gelu(input: Any, approximate: str = "none") -> Any:
+    return ("gelu", approximate)
+
+
+def _leaky(input: Any, negative_slope: float = 0.01, inplace: bool = False) -> Any:
+    return ("leaky_relu", negative_slope)
+
+
+def _elu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Any:
+    return ("elu", alpha)
+
+
+def _hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0,
+              inplace: bool = False) -> Any:
+    return ("clamp", min_val, max_val)
+
+
+def _clamp(input: Any, min: Any = None, max: Any = None) -> Any:
+    return ("clamp", min, max)
+
+
+def _unary(name: str) -> Callable[..., Any]:
+    def spec(input: Any) -> Any:
+        return name
+    return spec
+
+
+#: call_function targets that are activations -> a function of the node's arguments giving the spec.
+_ACT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
+    F.relu: _plain("relu"), torch.relu: _unary("relu"), torch.relu_: _unary("relu"),
+    F.relu6: _plain("relu6"), F.silu: _plain("silu"), F.gelu: _gelu,
+    torch.sigmoid: _unary("sigmoid"), F.sigmoid: _unary("sigmoid"), torch.tanh: _unary("tanh"),
+    F.tanh: _unary("tanh"), F.hardswish: _plain("hardswish"),
+    F.hardsigmoid: _plain("hardsigmoid"), F.leaky_relu: _leaky, F.elu: _elu,
+    F.hardtanh: _hardtanh, torch.clamp: _clamp, torch.clip: _clamp,
+}
+#: call_method names that are activations.
+_ACT_METHODS: dict[Any, Callable[..., Any]] = {
+    "relu": _unary("relu"), "relu_": _unary("relu"), "sigmoid": _unary("sigmoid"),
+    "sigmoid_": _unary("sigmoid"), "tanh": _unary("tanh"), "tanh_": _unary("tanh"),
+    "clamp": _clamp, "clamp_": _clamp, "clip": _clamp,
+}
+_ACT_RULES = {"call_function": _ACT_FUNCTIONS, "call_method": _ACT_METHODS}
+
+
+def activation_of(node: fx.Node,
+                  modules: dict[str, nn.Module]) -> tuple[Activation, fx.Node] | None:
+    """(the canonical activation, its input node) when `node` is an activation of one tensor."""
+    args, kwargs = node.args, node.kwargs
+    if node.op == "call_module":
+        spec = activation_module(modules[node.target])
+        if spec is None or len(args) != 1 or kwargs:
+            return None
+    else:
+        rule = _ACT_RULES.get(node.op, {}).get(node.target)
+        if rule is None:
+            return None
+        try:
+            spec = rule(*args, **kwargs)
+        except TypeError:
+            return None
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, fx.Node) or any(isinstance(v, fx.Node) for v in
+                                         (*args[1:], *kwargs.values())):
+        return None
+    if isinstance(spec, tuple) and any(isinstance(v, fx.Node) for v in spec):
+        return None
+    try:
+        return normalize_activation(spec), x
+    except ValueError:
+        return None
+
+
+def apply_activation(x: cla.Array, act: Activation) -> cla.Array:
+    """A standalone activation by clconv's elementwise ops (H2's clconv.relu, ...)."""
+    kind = act.kind
+    if kind in ("relu", "relu6", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid"):
+        return clconv_op(kind)(x)
+    if kind == "gelu":
+        return clconv_op("gelu")(x, approximate="none")
+    if kind == "gelu_tanh":
+        return clconv_op("gelu")(x, approximate="tanh")
+    if kind == "leaky_relu":
+        return clconv_op("leaky_relu")(x, act.a)
+    if kind == "elu":
+        return clconv_op("elu")(x, act.a)
+    if kind == "clamp":
+        lo = None if act.a == -np.inf else act.a
+        hi = None if act.b == np.inf else act.b
+        return clconv_op("clamp")(x, lo, hi)
+    raise Unlowerable(f"no clconv op for activation {act}")
+
+
+def activation_spec(act: Activation) -> Any:
+    """The user-level spec of an Activation ('relu', ('leaky_relu', 0.1), ...)."""
+    if act.kind == "gelu_tanh":
+        return ("gelu", "tanh")
+    if act.kind in ("leaky_relu", "elu"):
+        return (act.kind, act.a)
+    if act.kind == "clamp":
+        return ("clamp", None if act.a == -np.inf else act.a, None if act.b == np.inf else act.b)
+    return act.kind
+
+
+def activation_op_name(act: Activation) -> str:
+    """The clconv op that runs `act` alone."""
+    return {"gelu_tanh": "gelu"}.get(act.kind, act.kind)

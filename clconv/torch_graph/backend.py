@@ -1,0 +1,168 @@
+"""A torch.compile backend on top of compile(): each graph dynamo captures, its lifted parameters
+made constants again and its functional convolutions, batch norms, Linear and LayerNorm raised to
+modules (so that they fuse as in an fx trace of the model), runs as a CompiledModel."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..runtime.device import current_device
+from .base import FallbackWarning, Unlowerable, bind
+from .compiled import CompiledModel
+
+
+def _is_state(node: fx.Node, value: Any) -> bool:
+    """Whether a placeholder of a dynamo graph is a parameter or buffer of the model (dynamo lifts
+    them to graph inputs; its source names them), not a real input."""
+    if isinstance(value, nn.Parameter):
+        return True
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    while source is not None:
+        if "ParamBufferSource" in type(source).__name__:
+            return True
+        source = getattr(source, "base", None)
+    return False
+
+
+_FUNCTIONAL_CONVS = {torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d, torch.conv3d: nn.Conv3d}
+_FUNCTIONAL_TRANSPOSED = {torch.conv_transpose1d: nn.ConvTranspose1d,
+                          torch.conv_transpose2d: nn.ConvTranspose2d,
+                          torch.conv_transpose3d: nn.ConvTranspose3d}
+
+
+def _raise_to_modules(root: nn.Module, graph: fx.Graph) -> None:
+    """Dynamo's graphs call torch.conv2d / F.batch_norm on the lifted parameters; the lowering's
+    fusion patterns (BatchNorm folded, epilogues) match modules. Each such call whose tensors are
+    constants becomes a call of an equivalent module holding them (no copy), so a dynamo graph
+    fuses as an fx trace of the model does."""
+    def const(v: Any) -> torch.Tensor | None:
+        if v is None:
+            return None
+        if isinstance(v, fx.Node) and v.op == "get_attr":
+            return getattr(root, v.target)
+        raise Unlowerable("not a constant")
+
+    def param(t: torch.Tensor | None) -> nn.Parameter | None:
+        return None if t is None else nn.Parameter(t, requires_grad=False)
+
+    for k, node in enumerate(list(graph.nodes)):
+        if node.op != "call_function":
+            continue
+        try:
+            if node.target in _FUNCTIONAL_CONVS or node.target in _FUNCTIONAL_TRANSPOSED:
+                transposed = node.target in _FUNCTIONAL_TRANSPOSED
+                if transposed:
+                    a = bind(node, lambda input, weight, bias=None, stride=1, padding=0,
+                             output_padding=0, groups=1, dilation=1:
+                             (input, weight, bias, stride, padding, output_padding, groups,
+                              dilation))
+                else:
+                    a = bind(node, lambda input, weight, bias=None, stride=1, padding=0,
+                             dilation=1, groups=1:
+                             (input, weight, bias, stride, padding, dilation, groups))
+                w, b = const(a[1]), const(a[2])
+                kind = (_FUNCTIONAL_TRANSPOSED if transposed else _FUNCTIONAL_CONVS)[node.target]
+                nd = w.dim() - 2
+                if transposed:
+                    stride, padding, output_padding, groups, dilation = a[3:]
+                    m = kind(w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]), stride, padding,
+                             output_padding, groups, b is not None, dilation, device="meta")
+                else:
+                    stride, padding, dilation, groups = a[3:]
+                    m = kind(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride,
+                             padding, dilation, groups, b is not None, device="meta")
+                if len(m.kernel_size) != nd:
+                    continue
+                m.weight, m.bias = param(w), param(b)
+            elif node.target is F.batch_norm:
+                a = bind(node, lambda input, running_mean, running_var, weight=None, bias=None,
+                         training=False, momentum=0.1, eps=1e-5:
+                         (input, running_mean, running_var, weight, bias, training, eps))
+                value = a[0].meta.get("example_value") if isinstance(a[0], fx.Node) else None
+                dims = getattr(value, "ndim", None)
+                if a[5] is not False or dims not in (2, 3, 4, 5):
+                    continue
+                mean, var, w, b = (const(v) for v in a[1:5])
+                if mean is None or var is None or (w is None) != (b is None):
+                    continue
+                kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d,
+                        5: nn.BatchNorm3d}[dims]
+                m = kind(mean.shape[0], float(a[6]), affine=w is not None, device="meta").eval()
+                m.running_mean, m.running_var = mean, var
+                if w is not None:
+                    m.weight, m.bias = param(w), param(b)
+            elif node.target is F.linear:
+                a = bind(node, lambda input, weight, bias=None: (input, weight, bias))
+                w, b = const(a[1]), const(a[2])
+                m = nn.Linear(w.shape[1], w.shape[0], b is not None, device="meta")
+                m.weight, m.bias = param(w), param(b)
+            elif node.target is F.layer_norm:
+                a = bind(node, lambda input, normalized_shape, weight=None, bias=None, eps=1e-5:
+                         (input, normalized_shape, weight, bias, eps))
+                w, b = const(a[2]), const(a[3])
+                if w is None or b is None:
+                    continue
+                m = nn.LayerNorm(a[1], float(a[4]), device="meta")
+                m.weight, m.bias = param(w), param(b)
+            else:
+                continue
+        except (Unlowerable, TypeError, ValueError, RuntimeError):
+            continue  # left as it is (compile() lowers it unfused, or runs it in torch)
+        name = f"raised{k}"
+        root.add_module(name, m)
+        with graph.inserting_before(node):
+            call = graph.call_module(name, (a[0],))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+
+
+def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+    """A torch.compile backend: `torch.compile(model.eval(), backend=clconv.torch.backend,
+    dynamic=False)`, called under torch.no_grad() / torch.inference_mode(), runs each graph dynamo
+    captures through compile() (the model's parameters and buffers, which dynamo passes as graph
+    inputs, become constants read now: compile again after changing them). With grad enabled the
+    graph runs in torch (the contract is inference); a graph compile() cannot take (symbolic sizes
+    of dynamic=True, say) runs in torch too, with a FallbackWarning saying why. Nodes compile()
+    cannot lower fall back one by one as in compile()."""
+    if torch.is_grad_enabled():
+        return gm.forward
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(example_inputs):
+        return gm.forward
+    state = [i for i, (n, v) in enumerate(zip(placeholders, example_inputs))
+             if isinstance(v, torch.Tensor) and _is_state(n, v)]
+    inputs = [i for i in range(len(example_inputs)) if i not in set(state)]
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    root = nn.Module()
+    for k, i in enumerate(state):
+        root.register_buffer(f"state{k}", example_inputs[i].detach(), persistent=False)
+    for i, node in enumerate(placeholders):
+        env[node] = (graph.get_attr(f"state{state.index(i)}") if i in state
+                     else graph.placeholder(node.name))
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    for name, module in gm.named_children():
+        root.add_module(name, module)
+    _raise_to_modules(root, graph)
+    lowered = fx.GraphModule(root, graph, "clconv_backend_graph").eval()
+    try:
+        cm = CompiledModel(lowered, tuple(example_inputs[i] for i in inputs), current_device())
+    except Exception as err:  # noqa: BLE001 - the graph still runs, in torch
+        warnings.warn(f"clconv.torch.backend: this graph runs in torch ({type(err).__name__}: "
+                      f"{err})", FallbackWarning, stacklevel=2)
+        return gm.forward
+
+    def run(*args: Any) -> Any:
+        if torch.is_grad_enabled():
+            return gm.forward(*args)
+        return cm(*(args[i] for i in inputs))
+    run.compiled_model = cm  # type: ignore[attr-defined]
+    return run

@@ -1,0 +1,77 @@
+"""What every stage of compile() shares: its reports (Fallback, FallbackWarning, Unlowerable),
+the class a module is matched as, clconv's ops by name, and the fx node metadata and arguments the
+lowering rules read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import fx, nn
+
+import clconv
+
+
+class FallbackWarning(UserWarning):
+    """compile() could not lower some nodes; they run in torch on the host (see cm.fallbacks)."""
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A node that runs in torch on the host: its fx name, its op (module type or function) and
+    why clconv does not run it."""
+
+    node: str
+    op: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.node} ({self.op}): {self.why}"
+
+
+class Unlowerable(Exception):
+    """Raised by a lowering rule: the node stays on the host; the message says why."""
+
+
+def torch_type(m: nn.Module) -> type:
+    """The class the lowering matches: a module of clconv.torch.convert's folded chains is matched
+    as the class it had before folding (its weights and arguments are that class's)."""
+    return getattr(type(m), "_clconv_base", type(m))
+
+
+def clconv_op(name: str) -> Callable[..., Any]:
+    """clconv's public op `name`, or Unlowerable when this clconv has none (ops land over time)."""
+    fn = getattr(clconv, name, None)
+    if fn is None:
+        raise Unlowerable(f"clconv.{name} does not exist in this clconv")
+    return fn
+
+
+def meta(node: Any) -> Any:
+    """The tensor metadata (shape, dtype) fx's ShapeProp left on `node`, or None."""
+    return node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+
+
+def shape(node: Any) -> tuple[int, ...] | None:
+    m = meta(node)
+    return tuple(m.shape) if m is not None and hasattr(m, "shape") else None
+
+
+def is_tensor(node: Any) -> bool:
+    return isinstance(node, fx.Node) and shape(node) is not None
+
+
+def bind(node: fx.Node, signature: Callable[..., Any]) -> Any:
+    """`signature` (a lambda with the op's parameters) called on the node's arguments."""
+    try:
+        return signature(*node.args, **node.kwargs)
+    except TypeError as err:
+        raise Unlowerable(f"unexpected arguments ({err})") from None
+
+
+def attr(gm: nn.Module, target: str) -> Any:
+    """The attribute a get_attr node names (a dotted path below `gm`)."""
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,88 @@
+"""CompiledModel: a model traced, lowered and tried on the example until every step runs (a node
+whose op fails is unfused, then kept on the host), with compile()'s progress line."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from ..runtime.device import Device
+from ..runtime.progress import Progress
+from .base import Fallback, FallbackWarning
+from .lowering import Lowering
+from .lowering_base import Options
+from .program import Program, Step
+from .tracing import trace
+
+
+class CompiledModel(Program):
+    """A traced, fused and lowered model; call it like the model (torch tensors in and out).
+
+    Attributes: fallbacks (list of Fallback: the nodes that run in torch on the host), steps (the
+    lowered program), device, graph_module (the fx trace), peak_bytes (device memory the
+    activations of the last call took at most, from the device's memory pool, plus the column
+    workspace), weight_bytes (uploaded weights), stats (RunStats of the last call)."""
+
+    def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
+                 dev: Device, progress: bool | None = None) -> None:
+        if model.training:
+            raise ValueError("clconv.torch.compile is for inference: call model.eval() first (for "
+                             "training, clconv.torch.convert(model) keeps per-module autograd)")
+        super().__init__(trace(model, example_inputs), dev)
+        options = Options()
+        # Lower, then run the example: a node whose clconv op fails on it (an argument clconv
+        # refuses, an op that does not exist yet) is lowered less ambitiously (unfused), or kept on
+        # the host, and the program made again. Each round fixes one node, so this ends.
+        shown = CompileProgress(progress)
+        for _ in range(4 * len(self.nodes) + 1):
+            self.steps, self.layout = Lowering(self, options).lower()
+            failed = self.trial(example_inputs, shown.update)
+            if failed is None:
+                break
+            step, err = failed
+            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
+            level = options.fuse_level.get(step.nodes[0], 0)
+            if len(step.nodes) > 1 and level < 2:
+                options.fuse_level[step.nodes[0]] = level + 1
+            else:
+                options.host[step.nodes[0]] = why
+        shown.close(f"{len(self.steps)} steps")
+        self.final = True
+        self.fallbacks = [Fallback(s.node, s.op, s.why) for s in self.steps if s.host]
+        if self.fallbacks:
+            warnings.warn("clconv.torch.compile: these nodes run in torch on the host (each costs "
+                          "a download and an upload):\n  " +
+                          "\n  ".join(str(f) for f in self.fallbacks), FallbackWarning,
+                          stacklevel=3)
+
+    def __repr__(self) -> str:
+        lowered = sum(not s.host for s in self.steps)
+        return (f"<clconv CompiledModel: {lowered} clconv steps, {len(self.fallbacks)} host "
+                f"fallbacks, device {self.device.name!r}>")
+
+
+class CompileProgress:
+    """compile()'s progress line (clconv.runtime.progress on stderr): the step whose plans are being
+    made (algorithm choice, measured by algorithm='auto' on first sight of a layer shape, and
+    kernel builds take the time). progress=None shows it only once compile() has run for
+    `AFTER` seconds (small models compile silently), True from the start, False never."""
+
+    AFTER = 2.0
+
+    def __init__(self, progress: bool | None) -> None:
+        self.mode = progress
+        self.bar = Progress(1, "clconv.torch.compile", enabled=progress is True)
+
+    def update(self, done: int, total: int, step: Step) -> None:
+        bar = self.bar
+        if self.mode is None and not bar.enabled:
+            bar.enabled = time.perf_counter() - bar.start >= self.AFTER
+        bar.total = max(float(total), 1.0)
+        note = f"{step.node}: {step.op}"
+        bar.update(done, note if len(note) <= 70 else note[:67] + "...")
+
+    def close(self, note: str) -> None:
+        self.bar.close(note)

@@ -1,0 +1,284 @@
+"""Lowering of the layers with weights: fusion groups (a convolution or Linear with the BatchNorm,
+residual add and activation after it; an add/mul with its activation), convolutions and Linear
+with their epilogues, BatchNorm, functional convolutions and batch norms, and LayerNorm over
+channels (the channel norm)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..ops.activation import Activation
+from ..ops.fold import fold_batchnorm
+from .activations import activation_of, activation_spec
+from .base import Unlowerable, attr, bind, clconv_op, is_tensor, meta, shape, torch_type
+from .channel_norm import channel_norm
+from .lowering_base import ADDS, BATCHNORMS, LoweringBase, conv_dims, transposed_dims
+from .program import Step
+
+
+class LayerRules(LoweringBase):
+    """The rules for layers with weights (mixed into Lowering)."""
+
+    # -- fusion groups ------------------------------------------------------------------------
+
+    def _sole_user(self, node: fx.Node) -> fx.Node | None:
+        users = list(node.users)
+        return users[0] if len(users) == 1 else None
+
+    def _head_kind(self, node: fx.Node) -> str | None:
+        kind = self.module_kind(node)
+        if kind is None and self.binary_name(node) is not None:
+            return "binary"
+        return kind
+
+    def _foldable_bn(self, node: fx.Node, prev: fx.Node, channels: int) -> bool:
+        m = self.module(node)
+        return (isinstance(m, BATCHNORMS) and torch_type(m) in BATCHNORMS
+                and node.args == (prev,) and not node.kwargs and m.running_mean is not None
+                and m.num_features == channels)
+
+    def _residual_of(self, node: fx.Node, prev: fx.Node) -> fx.Node | None:
+        """The other operand when `node` is `prev + other` (same shape, same layout)."""
+        if not ((node.op == "call_function" and node.target in ADDS) or
+                (node.op == "call_method" and node.target in ("add", "add_"))):
+            return None
+        if len(node.args) != 2 or node.kwargs:
+            return None
+        a, b = node.args
+        other = b if a is prev else a if b is prev else None
+        if other is None or other is prev or not is_tensor(other):
+            return None
+        if shape(other) != shape(prev) or meta(other).dtype != meta(prev).dtype:
+            return None
+        if other.op == "get_attr":
+            return None
+        return other
+
+    def find_groups(self) -> None:
+        """Fills self.groups and self.absorbed: the nodes that run as one fused step."""
+        grouped: set[str] = set()
+        for node in self.cm.nodes:
+            kind = self._head_kind(node)
+            if kind is None or node.name in self.options.host or node.name in grouped:
+                continue
+            level = self.options.fuse_level.get(node.name, 0)
+            group = [node]
+            cur = node
+            nxt = self._sole_user(cur)
+            if kind == "binary":
+                # add/mul + activation: clconv.add(a, b, activation=...)
+                if level < 2 and nxt is not None and nxt.name not in self.options.host:
+                    act = activation_of(nxt, self.modules)
+                    if act is not None and act[1] is cur:
+                        group.append(nxt)
+                        self.groups[nxt.name] = group
+                        self.absorbed.add(node.name)
+                        grouped.update((node.name, nxt.name))
+                continue
+            m = self.module(node)
+            channels = m.out_features if kind == "linear" else m.out_channels
+            if nxt is not None and kind != "linear" and nxt.name not in self.options.host and \
+                    self._foldable_bn(nxt, cur, channels):
+                group.append(nxt)
+                cur = nxt
+                nxt = self._sole_user(cur)
+            if level < 2 and nxt is not None and nxt.name not in self.options.host:
+                residual = self._residual_of(nxt, cur) if level < 1 else None
+                if residual is not None:
+                    group.append(nxt)
+                    cur = nxt
+                    nxt = self._sole_user(cur)
+                if nxt is not None and nxt.name not in self.options.host:
+                    act = activation_of(nxt, self.modules)
+                    if act is not None and act[1] is cur:
+                        group.append(nxt)
+            if len(group) > 1:
+                self.groups[group[-1].name] = group
+                self.absorbed.update(n.name for n in group[:-1])
+                grouped.update(n.name for n in group)
+
+    # -- convolutions and Linear, with their epilogues ---------------------------------------
+
+    def fused(self, group: list[fx.Node]) -> Step:
+        """A convolution, transposed convolution or Linear (group[0]) with the rest of its group:
+        BatchNorm folded into its weights, a residual add and an activation in its epilogue."""
+        head = group[0]
+        m = self.modules[head.target]
+        cm = self.cm
+        if len(head.args) != 1 or head.kwargs:
+            raise Unlowerable("extra arguments (output_size=...)")
+        x = head.args[0]
+        layout = self.layout.get(x.name)
+        weight = m.weight.detach()
+        bias = m.bias.detach() if m.bias is not None else None
+        ops = [type(m).__name__]
+        residual: fx.Node | None = None
+        act: Activation | None = None
+        kind = self.module_kind(head)
+        for i, node in enumerate(group[1:], 1):
+            mod = self.module(node)
+            if mod is not None and isinstance(mod, BATCHNORMS):
+                weight, bias = _fold(weight, bias, mod, transposed=kind == "transposed",
+                                     groups=getattr(m, "groups", 1))
+                ops.append("BN folded")
+            elif residual is None and act is None and \
+                    self._residual_of(node, group[i - 1]) is not None:
+                residual = self._residual_of(node, group[i - 1])
+                ops.append("+ residual")
+            else:
+                act = activation_of(node, self.modules)[0]
+                ops.append(str(act))
+        key = (head.target, tuple(n.name for n in group))
+        b = cm.constant(key + ("b",), bias) if bias is not None else None
+        extra: dict[str, Any] = {}
+        if act is not None:
+            extra["activation"] = activation_spec(act)
+        r = residual.name if residual is not None else None
+        if r is not None and self.layout.get(r) != layout:
+            raise Unlowerable("residual in another layout")
+        xn = x.name
+        inputs = (xn,) if r is None else (xn, r)
+        args: tuple[Any, ...] = ()
+        if kind == "linear" and layout is not None:
+            # Linear over the channels of a channels-last view: a 1x1 convolution of the stored
+            # channels-first data.
+            nd = len(layout) - 2
+            fn = clconv_op(f"conv{nd}d")
+            w = cm.constant(key + ("w1x1",), weight.reshape(*weight.shape, *(1,) * nd))
+            op = f"clconv.conv{nd}d (Linear as 1x1) [{', '.join(ops)}]"
+        elif kind == "linear":
+            fn = clconv_op("linear")
+            w = cm.constant(key + ("w",), weight)
+            op = f"clconv.linear [{', '.join(ops)}]"
+        else:
+            if layout is not None:
+                raise Unlowerable("convolution of a permuted view")
+            nd = conv_dims(m) if kind == "conv" else transposed_dims(m)
+            w = cm.constant(key + ("w",), weight)
+            if kind == "conv":
+                fn = clconv_op(f"conv{nd}d")
+                args = (m.stride, m.padding, m.dilation, m.groups)
+                extra["padding_mode"] = m.padding_mode
+            else:
+                if m.padding_mode != "zeros":
+                    raise Unlowerable("transposed convolution with padding_mode != 'zeros'")
+                fn = clconv_op(f"conv_transpose{nd}d")
+                args = (m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+            op = f"clconv.{fn.__name__} [{', '.join(ops)}]"
+
+        def run(env: dict[str, Any]) -> Any:
+            kw = dict(extra)
+            if r is not None:
+                kw["residual"] = env[r]
+            return fn(env[xn], w, b, *args, **kw)
+        last = group[-1]
+        self.layout[last.name] = layout
+        return Step(last.name, tuple(n.name for n in group), op, inputs, run)
+
+    # -- normalizations and functional layers -------------------------------------------------
+
+    def batch_norm(self, node: fx.Node, m: nn.Module) -> Step:
+        if m.running_mean is None:
+            raise Unlowerable("BatchNorm without running statistics uses batch statistics")
+        if len(node.args) != 1 or node.kwargs:
+            raise Unlowerable("unexpected BatchNorm arguments")
+        fn = clconv_op("batch_norm")
+        cm = self.cm
+        rm = cm.constant((node.target, "running_mean"), m.running_mean)
+        rv = cm.constant((node.target, "running_var"), m.running_var)
+        w = cm.constant((node.target, "weight"), m.weight) if m.weight is not None else None
+        b = cm.constant((node.target, "bias"), m.bias) if m.bias is not None else None
+        eps = float(m.eps)
+        x = node.args[0].name
+        return self.value(node, lambda env: fn(env[x], rm, rv, w, b, eps=eps),
+                          "clconv.batch_norm", (x,))
+
+    def _const_arg(self, v: Any, what: str) -> Any:
+        """A functional op's weight-like argument as a tensor (get_attr) or None; Unlowerable
+        when the graph computes it."""
+        if isinstance(v, fx.Node):
+            if v.op != "get_attr":
+                raise Unlowerable(f"{what} computed in the graph")
+            return attr(self.cm.graph_module, v.target)
+        return v
+
+    def functional_batch_norm(self, node: fx.Node) -> Step:
+        """F.batch_norm(x, running_mean, running_var, weight, bias, training=False, ...) with
+        module buffers (e.g. timm's BatchNormAct2d): clconv.batch_norm with constants."""
+        x, rm, rv, w, b, training, eps = bind(
+            node, lambda input, running_mean, running_var, weight=None, bias=None,
+            training=False, momentum=0.1, eps=1e-5: (input, running_mean, running_var, weight,
+                                                      bias, training, eps))
+        if training is not False:
+            raise Unlowerable("batch_norm with batch statistics (training=True)")
+        rm, rv, w, b = (self._const_arg(v, n) for v, n in ((rm, "running_mean"),
+                                                            (rv, "running_var"),
+                                                            (w, "weight"), (b, "bias")))
+        if rm is None or rv is None:
+            raise Unlowerable("batch_norm without running statistics")
+        fn = clconv_op("batch_norm")
+        cm = self.cm
+        key = ("F.batch_norm", node.name)
+        rm, rv = cm.constant(key + ("mean",), rm), cm.constant(key + ("var",), rv)
+        w = cm.constant(key + ("w",), w) if w is not None else None
+        b = cm.constant(key + ("b",), b) if b is not None else None
+        xn, eps = x.name, float(eps)
+        return self.value(node, lambda env: fn(env[xn], rm, rv, w, b, eps=eps),
+                          "clconv.batch_norm", (xn,))
+
+    def functional_layer(self, node: fx.Node) -> Step:
+        """F.conv1d/2d/3d and F.linear whose weight and bias are parameters (get_attr)."""
+        t, cm = node.target, self.cm
+        if t is F.linear:
+            x, w, b = bind(node, lambda input, weight, bias=None: (input, weight, bias))
+            rest: tuple[Any, ...] = ()
+            fn = clconv_op("linear")
+        else:
+            x, w, b, *rest = bind(node, lambda input, weight, bias=None, stride=1, padding=0,
+                                  dilation=1, groups=1: (input, weight, bias, stride, padding,
+                                                         dilation, groups))
+            fn = clconv_op(t.__name__)
+        if any(isinstance(v, fx.Node) for v in rest):
+            raise Unlowerable("arguments computed in the graph")
+        w, b = self._const_arg(w, "weight"), self._const_arg(b, "bias")
+        key = ("F", node.name)
+        wd = cm.constant(key + ("w",), w)
+        bd = cm.constant(key + ("b",), b) if b is not None else None
+        xn = x.name
+        return self.value(node, lambda env: fn(env[xn], wd, bd, *rest),
+                          f"clconv.{fn.__name__}", (xn,))
+
+    def channel_layer_norm(self, node: fx.Node, x: fx.Node, normalized_shape: Any, weight: Any,
+                           bias: Any, eps: float, layout: tuple[int, ...] | None) -> Step:
+        """LayerNorm over the channels (the last dim of a channels-last view, or the features of
+        an (N, C) tensor): the channel norm of the stored channels-first data."""
+        sh = shape(x)
+        ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        if ns != (sh[-1],):
+            raise Unlowerable(f"layer_norm over {ns} of a channels-last view")
+        if (weight is None) != (bias is None):
+            raise Unlowerable("layer_norm with only one of weight and bias")
+        cm = self.cm
+        w = cm.constant(("ln", id(weight)), weight) if weight is not None else None
+        b = cm.constant(("ln", id(bias)), bias) if bias is not None else None
+        xn = x.name
+        return self.value(node, lambda env: channel_norm(env[xn], w, b, float(eps)),
+                          "channel_norm", (xn,), layout)
+
+
+def _fold(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, transposed: bool,
+          groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm `bn` folded into the convolution before it: clconv.fold_batchnorm
+    (float64 on the host, in the weight's dtype) on the modules' tensors."""
+    def host(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.detach().cpu().numpy()
+
+    w, b = fold_batchnorm(host(weight), host(bias), host(bn.running_mean), host(bn.running_var),
+                          host(bn.weight), host(bn.bias), float(bn.eps), transposed=transposed,
+                          groups=groups if transposed else 1)
+    return torch.from_numpy(w), torch.from_numpy(b)

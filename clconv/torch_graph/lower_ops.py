@@ -1,0 +1,272 @@
+"""Lowering of the ops without weights: add/mul (with channel broadcast and constants), cat,
+pooling (modules and functions), mean over the spatial dims, activations, reshapes (view,
+flatten, squeeze), basic slicing, and F.pad of zeros."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..ops.activation import Activation
+from ..runtime.transfer import to_device
+from .activations import activation_op_name, activation_spec, apply_activation
+from .base import FallbackWarning, Unlowerable, attr, bind, clconv_op, is_tensor, meta, shape
+from .lowering_base import POOL_MODULES, LoweringBase, reshape_view
+from .program import Step
+
+
+class OpRules(LoweringBase):
+    """The rules for ops without weights (mixed into Lowering)."""
+
+    def binary(self, node: fx.Node, name: str, a: Any, b: Any,
+               act: Activation | None = None) -> Step:
+        """clconv.add / clconv.mul (numpy broadcasting, as torch's), optionally with a fused
+        activation. Constants (get_attr tensors, Python numbers) are uploaded once."""
+        # x - c (a constant) is x + (-c): the same IEEE result; tensor - tensor has no clconv op.
+        negate = name == "sub"
+        if negate and isinstance(b, fx.Node) and b.op != "get_attr":
+            raise Unlowerable("subtraction of a tensor computed in the graph")
+        fn = clconv_op("add" if negate else name)
+        cm = self.cm
+        out = shape(node)
+        node_meta = meta(node)
+        layouts = [self.layout.get(v.name) for v in (a, b) if isinstance(v, fx.Node) and
+                   v.op != "get_attr"]
+        layout = next((p for p in layouts if p is not None), None)
+        operands: list[tuple[str, Any]] = []
+        for i, v in enumerate((a, b)):
+            if isinstance(v, fx.Node) and v.op == "get_attr":
+                v = attr(cm.graph_module, v.target)
+            if isinstance(v, fx.Node):
+                if not is_tensor(v):
+                    raise Unlowerable(f"{name} with an operand computed as a Python value")
+                if self.layout.get(v.name) != layout:
+                    raise Unlowerable(f"{name} of tensors in different layouts")
+                if layout is not None and shape(v) != out:
+                    raise Unlowerable(f"{name} broadcasting a channels-last view")
+                operands.append(("node", v.name))
+                continue
+            if isinstance(v, bool) or not isinstance(v, (torch.Tensor, int, float)):
+                raise Unlowerable(f"{name} with an operand of type {type(v).__name__}")
+            t = torch.as_tensor(v, dtype=node_meta.dtype)
+            if negate:
+                t = -t
+            if t.numel() == 1:
+                t = t.reshape(1)
+            elif layout is not None:
+                # On a channels-last view only a per-channel constant (a layer scale) is lowered:
+                # it becomes (1, C, 1, ...) against the stored channels-first data.
+                c = _channel_vector(t, out, layout)
+                if c is None:
+                    raise Unlowerable(f"{name} broadcasting a constant of shape "
+                                      f"{tuple(t.shape)} against a channels-last view")
+                t = c.reshape(1, -1, *(1,) * (len(out) - 2))
+            operands.append(("const", cm.constant(("const", node.name, i), t)))
+        spec = activation_spec(act) if act is not None else None
+        (ka, va), (kb, vb) = operands
+        inputs = tuple(v for k, v in operands if k == "node")
+
+        def run(env: dict[str, Any]) -> Any:
+            x = env[va] if ka == "node" else va
+            y = env[vb] if kb == "node" else vb
+            return fn(x, y, activation=spec) if spec is not None else fn(x, y)
+        op = f"clconv.{name}" + (f" + {act}" if act is not None else "")
+        return self.value(node, run, op, inputs, layout)
+
+    def cat(self, node: fx.Node, tensors: Any, dim: int) -> Step:
+        fn = clconv_op("cat")
+        if not isinstance(tensors, (list, tuple)) or not all(is_tensor(t) for t in tensors):
+            raise Unlowerable("cat of non-tensors")
+        nd = len(shape(tensors[0]))
+        d = dim % nd
+        names = tuple(t.name for t in tensors)
+        return self.value(node, lambda env: fn([env[n] for n in names], dim=d), "clconv.cat",
+                          names)
+
+    def mirrored(self, node: fx.Node, name: str) -> Step:
+        """A torch.nn.functional pooling function run by clconv's of the same name."""
+        fn = clconv_op(name)
+        x = node.args[0] if node.args else node.kwargs.get("input")
+        if not isinstance(x, fx.Node):
+            raise Unlowerable("unexpected arguments")
+        args, kwargs = node.args[1:], {k: v for k, v in node.kwargs.items() if k != "input"}
+        if any(isinstance(v, fx.Node) for v in (*args, *kwargs.values())):
+            raise Unlowerable("arguments computed in the graph")
+        # fx records torch's dispatch flag return_indices=False; clconv's pools return values only
+        if kwargs.pop("return_indices", False) or (name.startswith("max") and len(args) >= 6
+                                                    and args[5]):
+            raise Unlowerable("return_indices=True")
+        xn = x.name
+        return self.value(node, lambda env: fn(env[xn], *args, **kwargs), f"clconv.{name}",
+                          (xn,))
+
+    def pool(self, node: fx.Node, m: nn.Module) -> Step:
+        name = POOL_MODULES[type(m)]
+        fn = clconv_op(name)
+        if getattr(m, "return_indices", False):
+            raise Unlowerable("return_indices=True")
+        if name.startswith("adaptive"):
+            kwargs: dict[str, Any] = {"output_size": m.output_size}
+        elif name.startswith("max"):
+            kwargs = {"kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding,
+                      "dilation": m.dilation, "ceil_mode": m.ceil_mode}
+        else:
+            kwargs = {"kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding,
+                      "ceil_mode": m.ceil_mode, "count_include_pad": m.count_include_pad}
+            if getattr(m, "divisor_override", None) is not None:
+                kwargs["divisor_override"] = m.divisor_override
+        x = node.args[0].name
+        return self.value(node, lambda env: fn(env[x], **kwargs), f"clconv.{name}", (x,))
+
+    def mean(self, node: fx.Node) -> Step:
+        """torch.mean / Tensor.mean over every spatial dim: adaptive average pooling to 1."""
+        x, dim, keepdim = bind(node, _mean_args)
+        sh = shape(x)
+        if sh is None or dim is None:
+            raise Unlowerable("mean over every dim")
+        nd = len(sh)
+        dims = sorted({d % nd for d in ((dim,) if isinstance(dim, int) else dim)})
+        if dims != list(range(2, nd)) or nd - 2 not in (1, 2, 3):
+            raise Unlowerable(f"mean over dims {dim} (clconv lowers the mean over every spatial "
+                              f"dim)")
+        name = f"adaptive_avg_pool{nd - 2}d"
+        fn = clconv_op(name)
+        xn = x.name
+
+        def run(env: dict[str, Any]) -> Any:
+            y = fn(env[xn], 1)
+            return y if keepdim else reshape_view(y, y.shape[:2])
+        return self.value(node, run, f"clconv.{name}", (xn,))
+
+    def activation(self, node: fx.Node, act: Activation, src: fx.Node,
+                   layout: tuple[int, ...] | None = None) -> Step:
+        clconv_op(activation_op_name(act))  # Unlowerable now when clconv lacks it
+        x = src.name
+        return self.value(node, lambda env: apply_activation(env[x], act),
+                          f"clconv.{activation_op_name(act)}", (x,), layout)
+
+    # -- shapes: free reshapes of the device array, and slices ----------------------------------
+
+    def reshape(self, node: fx.Node, x: Any, shape_args: Any) -> Step:
+        if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list, fx.Node)):
+            shape_args = shape_args[0]
+        parts = shape_args if isinstance(shape_args, (tuple, list)) else (shape_args,)
+        xn = x.name
+        inputs = (xn, *(p.name for p in parts if isinstance(p, fx.Node)))
+
+        def run(env: dict[str, Any]) -> Any:
+            sh = [env[p.name] if isinstance(p, fx.Node) else p for p in parts]
+            if len(sh) == 1 and isinstance(sh[0], (tuple, list, torch.Size)):
+                sh = list(sh[0])
+            return reshape_view(env[xn], tuple(int(d) for d in sh))
+        return self.value(node, run, "reshape", inputs)
+
+    def flatten(self, node: fx.Node, src: Any, start: int, end: int) -> Step:
+        sh = shape(src)
+        if sh is None:
+            raise Unlowerable("flatten of a non-tensor")
+        nd = len(sh)
+        s, e = start % nd, end % nd
+        x = src.name
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[x]
+            sh = a.shape
+            return reshape_view(a, (*sh[:s], -1, *sh[e + 1:]))
+        return self.value(node, run, "reshape", (x,))
+
+    def squeeze(self, node: fx.Node, name: str) -> Step:
+        """squeeze/unsqueeze as a reshape of the device array (no device work)."""
+        x = node.args[0]
+        dims = node.args[1:] or tuple(v for k, v in node.kwargs.items() if k == "dim")
+        if len(dims) > 1 or any(isinstance(d, fx.Node) for d in dims):
+            raise Unlowerable(f"{name} with these arguments")
+        dim = dims[0] if dims else None
+        xn = x.name
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            sh = list(a.shape)
+            if name == "unsqueeze":
+                sh.insert(dim % (len(sh) + 1), 1)
+            else:
+                ds = range(len(sh)) if dim is None else [d % len(sh) for d in
+                                                         (dim if isinstance(dim, (tuple, list))
+                                                          else (dim,))]
+                sh = [s for i, s in enumerate(sh) if not (i in ds and s == 1)]
+            return reshape_view(a, tuple(sh))
+        return self.value(node, run, name, (xn,))
+
+    def getitem(self, node: fx.Node) -> Step:
+        x, index = node.args
+        if not is_tensor(x):
+            return self.python(node)  # an item of a tuple (of sizes, or of a host result)
+        items = index if isinstance(index, tuple) else (index,)
+        if sum(i is Ellipsis for i in items) == 1:
+            k = items.index(Ellipsis)
+            fill = len(shape(x)) - (len(items) - 1 - sum(i is None for i in items))
+            items = items[:k] + (slice(None),) * fill + items[k + 1:]
+            index = items
+        for i in items:
+            if isinstance(i, slice):
+                if not all(v is None or type(v) is int for v in (i.start, i.stop, i.step)):
+                    raise Unlowerable("slices computed in the graph")
+                if i.step not in (None, 1):
+                    raise Unlowerable("slices with a step")
+            elif type(i) is not int:
+                raise Unlowerable("indexing other than integers and basic slices")
+        xn, dev = x.name, self.cm.device
+        # A strided view of the device array, gathered to a contiguous one on the device.
+        return self.value(node, lambda env: to_device(env[xn][index], dev, "input",
+                                                      env[xn].dtype), "slice", (xn,))
+
+    def pad(self, node: fx.Node) -> Step:
+        """F.pad whose padding is all zeros (a U-Net's size matching of equal sizes): nothing.
+        Padding found non-zero on the example keeps the node on the host (reported); found
+        non-zero only on a later call, it is computed by torch that time, with a warning."""
+        x, pad, mode, value = bind(node, lambda input, pad, mode="constant", value=None:
+                                   (input, pad, mode, value))
+        if not isinstance(pad, (list, tuple)):
+            raise Unlowerable("padding computed in the graph")
+        xn, cm = x.name, self.cm
+        inputs = (xn, *(p.name for p in pad if isinstance(p, fx.Node)))
+        warned: list[bool] = []
+
+        def run(env: dict[str, Any]) -> Any:
+            amounts = [int(env[p.name]) if isinstance(p, fx.Node) else int(p) for p in pad]
+            if not any(amounts):
+                return env[xn]
+            if not cm.final:
+                raise Unlowerable(f"non-zero padding {amounts} (clconv has no pad op)")
+            if not warned:
+                warned.append(True)
+                warnings.warn(f"clconv.torch.compile: {node.name} (F.pad) pads {amounts} on this "
+                              f"call; it runs in torch on the host", FallbackWarning,
+                              stacklevel=4)
+            y = F.pad(cm.download(env[xn]), amounts, mode=mode, value=value)
+            return cm.upload(y)
+        return self.value(node, run, "pad (all zeros)", inputs)
+
+
+def _mean_args(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:
+    if dtype is not None:
+        raise Unlowerable("mean with dtype=")
+    return input, dim, keepdim
+
+
+def _channel_vector(t: torch.Tensor, out: tuple[int, ...],
+                    layout: tuple[int, ...] | None) -> torch.Tensor | None:
+    """`t` as a (C,) vector when, broadcast against a result of logical shape `out`, it varies only
+    along the channels (dim 1, or the last dim of a channels-last view); else None."""
+    c_dim = len(out) - 1 if layout is not None else 1
+    c = out[c_dim]
+    sh = (1,) * (len(out) - t.dim()) + tuple(t.shape)
+    if len(sh) != len(out):
+        return None
+    if all(s == 1 for i, s in enumerate(sh) if i != c_dim) and sh[c_dim] in (1, c):
+        return t.reshape(-1).expand(c).contiguous() if sh[c_dim] == 1 else t.reshape(c)
+    return None

@@ -1,0 +1,329 @@
+"""Lowering: the fx graph -> the program's steps. Lowering walks the nodes, fuses groups, sends each
+node to its rule (lower_layers.py for layers with weights, lower_ops.py for the rest), keeps a node
+no rule takes on the host, and says when each value can be dropped."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import pyopencl.array as cla
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .activations import activation_of
+from .base import Unlowerable, attr, bind, is_tensor, shape, torch_type
+from .lower_layers import LayerRules
+from .lower_ops import OpRules
+from .lowering_base import (
+    ADDS,
+    MIRRORED,
+    MULS,
+    NOOP_MODULES,
+    POOL_MODULES,
+    SUBS,
+    conv_dims,
+    transposed_dims,
+)
+from .program import Step
+
+
+class Lowering(LayerRules, OpRules):
+    """One lowering of a Program's graph with the given Options: lower() gives the steps and the
+    layout of each value."""
+
+    def lower(self) -> tuple[list[Step], dict[str, tuple[int, ...] | None]]:
+        self.find_groups()
+        steps: list[Step] = []
+        for node in self.cm.nodes:
+            if node.op in ("placeholder", "output") or node.name in self.absorbed:
+                continue
+            group = self.groups.get(node.name)
+            try:
+                if node.name in self.options.host:
+                    raise Unlowerable(self.options.host[node.name])
+                step = self._group(group) if group else self._single(node)
+            except Unlowerable as why:
+                step = self._host(node, str(why))
+            steps.append(step)
+        # Constants no step reads (lowered ops took them as constants of their own) are dropped.
+        read = {name for step in steps for name in step.inputs}
+        fx.node.map_arg(self.cm.output_arg, lambda n: read.add(n.name))
+        steps = [s for s in steps if s.op != "constant" or s.node in read]
+        self._frees(steps)
+        return steps, self.layout
+
+    def _group(self, group: list[fx.Node]) -> Step:
+        head = group[0]
+        if self.module_kind(head) is not None:
+            return self.fused(group)
+        # add/mul + activation
+        act = activation_of(group[1], self.modules)
+        step = self.binary(head, self.binary_name(head), *head.args, act=act[0])
+        self.layout[group[1].name] = self.layout[head.name]
+        return Step(group[1].name, (head.name, group[1].name), step.op, step.inputs, step.run)
+
+    def _frees(self, steps: list[Step]) -> None:
+        last: dict[str, int] = {}
+        for i, step in enumerate(steps):
+            for name in step.inputs:
+                last[name] = i
+        keep: set[str] = set()
+        fx.node.map_arg(self.cm.output_arg, lambda n: keep.add(n.name))
+        frees: dict[int, list[str]] = {}
+        for name, i in last.items():
+            if name not in keep:
+                frees.setdefault(i, []).append(name)
+        produced = {s.node for s in steps}
+        for i, step in enumerate(steps):
+            # A value nobody reads (e.g. a dead node) is dropped right after it is made.
+            dead = [] if step.node in last or step.node in keep else [step.node]
+            step.frees = tuple(n for n in frees.get(i, []) if n in produced or
+                               n in self.cm.placeholders) + tuple(dead)
+
+    def _host(self, node: fx.Node, why: str) -> Step:
+        """The node run by torch on the host: inputs downloaded, result uploaded."""
+        cm = self.cm
+        inputs = tuple(n.name for n in node.all_input_nodes)
+        layouts = {n.name: self.layout.get(n.name) for n in node.all_input_nodes}
+        modules = self.modules
+        if node.op == "call_module":
+            op, fn = type(modules[node.target]).__name__, modules[node.target]
+        elif node.op == "call_function":
+            op = getattr(node.target, "__name__", str(node.target))
+            fn = node.target
+        elif node.op == "call_method":
+            op, fn = f"Tensor.{node.target}", None
+        else:
+            op, fn = node.op, None
+        args, kwargs, target = node.args, node.kwargs, node.target
+
+        def run(env: dict[str, Any]) -> Any:
+            def value(n: fx.Node) -> Any:
+                v = env[n.name]
+                return cm.download(v, layouts[n.name]) if isinstance(v, cla.Array) else v
+            a = fx.node.map_arg(args, value)
+            k = fx.node.map_arg(kwargs, value)
+            with torch.no_grad():
+                if fn is not None:
+                    out = fn(*a, **k)
+                elif node.op == "call_method":
+                    out = getattr(a[0], target)(*a[1:], **k)
+                else:
+                    raise RuntimeError(f"cannot run {node.op} node {node.name}")
+            return fx.node.map_aggregate(
+                out, lambda v: cm.upload(v) if isinstance(v, torch.Tensor) else v)
+
+        self.layout[node.name] = None
+        return Step(node.name, (node.name,), op, inputs, run, host=True, why=why)
+
+    def _single(self, node: fx.Node) -> Step:
+        cm = self.cm
+        tensor_inputs = [n for n in node.all_input_nodes if is_tensor(n)]
+        if node.op == "get_attr":
+            t = attr(self.cm.graph_module, node.target)
+            if isinstance(t, torch.Tensor):
+                # uploaded on first use (a constant that lowered ops take as such is never read)
+                key = ("attr", node.target)
+                return self.value(node, lambda env: cm.constant(key, t), "constant", ())
+            return self.value(node, lambda env: t, "constant", ())
+        if not is_tensor(node) and not tensor_inputs and node.op != "call_module":
+            return self.python(node)
+        if not is_tensor(node):
+            return self._metadata(node)
+        layouts = {self.layout.get(n.name) for n in tensor_inputs}
+        if any(p is not None for p in layouts):
+            return self._permuted(node)
+        act = activation_of(node, self.modules)
+        if act is not None:
+            return self.activation(node, act[0], act[1])
+        m = self.module(node)
+        if m is not None:
+            return self._module(node, m)
+        if node.op == "call_function":
+            return self._function(node)
+        if node.op == "call_method":
+            return self._method(node)
+        raise Unlowerable(f"no lowering for {node.op}")
+
+    def _metadata(self, node: fx.Node) -> Step:
+        """x.size(...), x.shape, x.dim(): read from the device array's shape."""
+        if node.op == "call_method" and node.target in ("size", "dim") and len(node.args) >= 1:
+            x = node.args[0].name
+            rest = node.args[1:]
+            if self.layout.get(x) is not None:
+                raise Unlowerable("size of a permuted view")
+            if node.target == "dim":
+                return self.value(node, lambda env: len(env[x].shape), "dim", (x,))
+            if rest:
+                d = rest[0]
+                return self.value(node, lambda env: int(env[x].shape[d]), "size", (x,))
+            return self.value(node, lambda env: torch.Size(env[x].shape), "size", (x,))
+        if node.op == "call_function" and node.target is getattr and node.args[1] == "shape":
+            x = node.args[0].name
+            if self.layout.get(x) is not None:
+                raise Unlowerable("shape of a permuted view")
+            return self.value(node, lambda env: torch.Size(env[x].shape), "shape", (x,))
+        raise Unlowerable(f"non-tensor {node.op} {node.target}")
+
+    # -- modules, functions and methods -------------------------------------------------------
+
+    def _module(self, node: fx.Node, m: nn.Module) -> Step:
+        kind = torch_type(m)
+        if isinstance(m, NOOP_MODULES) and kind in NOOP_MODULES:
+            return self.alias(node, node.args[0], kind.__name__)
+        if conv_dims(m) is not None or transposed_dims(m) is not None or kind is nn.Linear:
+            return self.fused([node])
+        if kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+            return self.batch_norm(node, m)
+        if kind in POOL_MODULES:
+            return self.pool(node, m)
+        if kind is nn.Flatten:
+            return self.flatten(node, node.args[0], m.start_dim, m.end_dim)
+        if kind is nn.LayerNorm and len(shape(node.args[0]) or ()) == 2:
+            # over the features of (N, C) (ConvNeXt's head): the channel norm with no spatial dims
+            return self.channel_layer_norm(node, node.args[0], m.normalized_shape, m.weight,
+                                           m.bias, m.eps, None)
+        if kind is nn.LayerNorm:
+            raise Unlowerable("LayerNorm over the last dims of a channels-first tensor (clconv "
+                              "lowers LayerNorm over C of a permuted channels-last view)")
+        raise Unlowerable(f"no clconv lowering for {kind.__name__}")
+
+    def _function(self, node: fx.Node) -> Step:
+        t = node.target
+        if t in ADDS or t in MULS or t in SUBS:
+            if t in (torch.add, torch.sub) and ("alpha" in node.kwargs or len(node.args) > 2):
+                raise Unlowerable(f"torch.{t.__name__} with alpha")
+            name = "add" if t in ADDS else "mul" if t in MULS else "sub"
+            return self.binary(node, name, *node.args[:2])
+        if t is torch.flatten:
+            a = bind(node, lambda input, start_dim=0, end_dim=-1: (input, start_dim, end_dim))
+            return self.flatten(node, *a)
+        if t in (torch.cat, torch.concat):
+            a = bind(node, lambda tensors, dim=0: (tensors, dim))
+            return self.cat(node, *a)
+        if t in MIRRORED:
+            return self.mirrored(node, MIRRORED[t])
+        if t in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout):
+            return self._eval_identity(node, "dropout", lambda input, p=0.5, training=True,
+                                       inplace=False: (input, training))
+        if t is torch.mean:
+            return self.mean(node)
+        if t is F.batch_norm:
+            return self.functional_batch_norm(node)
+        if t is F.pad:
+            return self.pad(node)
+        if t in (F.conv1d, F.conv2d, F.conv3d, F.linear):
+            return self.functional_layer(node)
+        if getattr(t, "__name__", "") == "stochastic_depth":
+            # torchvision.ops.stochastic_depth (fx-wrapped): the identity when not training
+            return self._eval_identity(node, "stochastic_depth",
+                                       lambda input, p, mode, training=True: (input, training))
+        if t is operator.getitem:
+            return self.getitem(node)
+        if t is torch.reshape:
+            return self.reshape(node, node.args[0], node.args[1:])
+        if t is torch.permute:
+            return self._permute(node)
+        if t in (torch.squeeze, torch.unsqueeze):
+            return self.squeeze(node, t.__name__)
+        if t is F.layer_norm:
+            raise Unlowerable("layer_norm over the last dims of a channels-first tensor")
+        raise Unlowerable(f"no clconv lowering for {getattr(t, '__module__', '')}."
+                          f"{getattr(t, '__name__', t)}")
+
+    def _eval_identity(self, node: fx.Node, name: str, signature: Callable[..., Any]) -> Step:
+        """A dropout-like op (`signature` gives its input and `training` argument): the identity
+        when not training."""
+        x, training = bind(node, signature)
+        if training is False:
+            return self.alias(node, x, f"{name} (eval)")
+        raise Unlowerable(f"{name} in training mode")
+
+    def _method(self, node: fx.Node) -> Step:
+        t = node.target
+        if t in ("add", "add_", "mul", "mul_", "sub", "sub_"):
+            if len(node.args) != 2 or node.kwargs:
+                raise Unlowerable(f"Tensor.{t} with alpha or keywords")
+            return self.binary(node, t.rstrip("_"), *node.args)
+        if t in ("view", "reshape"):
+            return self.reshape(node, node.args[0], node.args[1:])
+        if t == "flatten":
+            a = bind(node, lambda self, start_dim=0, end_dim=-1: (self, start_dim, end_dim))
+            return self.flatten(node, *a)
+        if t == "mean":
+            return self.mean(node)
+        if t in ("squeeze", "unsqueeze"):
+            return self.squeeze(node, t)
+        if t in ("expand_as", "expand"):
+            # x.expand_as(y) feeding only add/mul: their broadcasting expands it, no copy.
+            if all(self.binary_name(u) is not None for u in node.users):
+                return self.alias(node, node.args[0], f"{t} (broadcast by its users)")
+            raise Unlowerable(f"Tensor.{t} feeding other ops than add/mul")
+        if t in ("contiguous",):
+            return self.alias(node, node.args[0], "contiguous")
+        if t == "permute":
+            return self._permute(node)
+        raise Unlowerable(f"no clconv lowering for Tensor.{t}")
+
+    # -- channels-last views (ConvNeXt's permute -> LayerNorm/Linear -> permute) ----------------
+
+    def _permute(self, node: fx.Node) -> Step:
+        x = node.args[0]
+        perm = node.args[1:]
+        if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
+            perm = perm[0]
+        perm = tuple(perm)
+        nd = len(shape(x) or ())
+        to_last = (0, *range(2, nd), 1)
+        if self.layout.get(x.name) is None and perm == to_last and nd >= 3:
+            # The data stays channels-first; the value is marked as viewed channels-last.
+            return self.alias(node, x, "permute (view)", layout=to_last)
+        raise Unlowerable(f"permute {perm}")
+
+    def _permuted(self, node: fx.Node) -> Step:
+        """A node reading channels-last views (logical (N, *spatial, C), stored (N, C,
+        *spatial))."""
+        layout = next(p for p in (self.layout.get(n.name) for n in node.all_input_nodes)
+                      if p is not None)
+        nd = len(layout)
+        back = (0, nd - 1, *range(1, nd - 1))
+        m = self.module(node)
+        if node.op == "call_method" and node.target == "permute":
+            perm = node.args[1:]
+            if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
+                perm = perm[0]
+            if tuple(perm) == back:
+                return self.alias(node, node.args[0], "permute (view)")
+            raise Unlowerable(f"permute {tuple(perm)} of a channels-last view")
+        if node.op == "call_function" and node.target is torch.permute:
+            if tuple(node.args[1]) == back:
+                return self.alias(node, node.args[0], "permute (view)")
+            raise Unlowerable("permute of a channels-last view")
+        if m is not None and type(m) is nn.LayerNorm:
+            return self.channel_layer_norm(node, node.args[0], m.normalized_shape, m.weight,
+                                           m.bias, m.eps, layout)
+        if node.op == "call_function" and node.target is F.layer_norm:
+            a = bind(node, lambda input, normalized_shape, weight=None, bias=None, eps=1e-5:
+                     (input, normalized_shape, weight, bias, eps))
+            w, b = (attr(self.cm.graph_module, v.target) if isinstance(v, fx.Node) and
+                    v.op == "get_attr" else v for v in a[2:4])
+            if any(isinstance(v, fx.Node) for v in (w, b)):
+                raise Unlowerable("layer_norm weights computed in the graph")
+            return self.channel_layer_norm(node, a[0], a[1], w, b, a[4], layout)
+        if m is not None and type(m) is nn.Linear:
+            return self.fused([node])
+        if m is not None and type(m) in NOOP_MODULES:
+            return self.alias(node, node.args[0], type(m).__name__, layout)
+        act = activation_of(node, self.modules)
+        if act is not None:
+            return self.activation(node, act[0], act[1], layout)
+        if (node.op == "call_function" and node.target in ADDS | MULS) or \
+                (node.op == "call_method" and node.target in ("add", "add_", "mul", "mul_")):
+            name = "add" if node.target in ADDS or node.target in ("add", "add_") else "mul"
+            return self.binary(node, name, *node.args[:2])
+        if node.op == "call_method" and node.target == "contiguous":
+            return self.alias(node, node.args[0], "contiguous", layout)
+        raise Unlowerable(f"{node.op} {getattr(node.target, '__name__', node.target)} on a "
+                          f"permuted (channels-last) view")

@@ -1,0 +1,175 @@
+"""What clconv.torch's modules and convert()'s folded chains (clconv.torch_fold) share: tensors
+to device operands and results back to tensors, the device copies of weights kept between inference
+calls (fixed_operand), clconv's functions by dimension and the refusal of torch.jit.script."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+import torch
+from torch import nn
+
+from .ops.conv import conv1d, conv2d, conv3d
+from .ops.grad import (
+    conv1d_input,
+    conv1d_weight,
+    conv2d_input,
+    conv2d_weight,
+    conv3d_input,
+    conv3d_weight,
+)
+from .ops.plan import mark_constant
+from .ops.transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
+from .runtime import config
+from .runtime.device import Device
+
+#: nd -> clconv's (forward, input gradient, weight gradient, transposed) functions.
+OPS = {1: (conv1d, conv1d_input, conv1d_weight, conv_transpose1d),
+        2: (conv2d, conv2d_input, conv2d_weight, conv_transpose2d),
+        3: (conv3d, conv3d_input, conv3d_weight, conv_transpose3d)}
+
+
+def host(t: torch.Tensor | None) -> np.ndarray | None:
+    """A tensor's values as a numpy view (no copy); None stays None."""
+    return None if t is None else t.detach().numpy()
+
+
+#: Device -> whether its memory is the host's (CL_DEVICE_HOST_UNIFIED_MEMORY).
+_UNIFIED: dict[Device, bool] = {}
+
+
+def uses_zero_copy(dev: Device) -> bool:
+    """Whether forward operands reach `dev` as USE_HOST_PTR buffers over the tensors' own memory
+    instead of being copied: opt-in (CLCONV_TORCH_ZERO_COPY=1), on devices whose memory is the
+    host's (CL_DEVICE_HOST_UNIFIED_MEMORY: PoCL's CPU devices). Off by default: on PoCL 3.1 (2
+    cores, busy machine) it measured 12% faster on a ResNet-18 forward and 25% slower on a
+    MobileNetV2 one, within that machine's noise (docs/compile.md)."""
+    if not config.torch_zero_copy():
+        return False
+    found = _UNIFIED.get(dev)
+    if found is None:
+        try:
+            found = bool(dev.cl_device.host_unified_memory)
+        except cl.Error:
+            found = False
+        _UNIFIED[dev] = found
+    return found
+
+
+def operand(t: torch.Tensor | None, dev: Device, zero_copy: bool) -> Any:
+    """A forward operand: a device array over the tensor's memory (zero_copy, for contiguous
+    tensors), else its numpy view (uploaded by the op)."""
+    if t is None:
+        return None
+    a = t.detach().numpy()
+    if not zero_copy or not a.flags.c_contiguous or a.size == 0 or not a.flags.aligned:
+        return a
+    buf = cl.Buffer(dev.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=a)
+    return cla.Array(dev.queue, a.shape, a.dtype, data=buf)
+
+
+#: id(tensor) -> (key, device copy, sample): the device copies of weights (see fixed_operand);
+#: an entry goes with its tensor.
+DEVICE_COPIES: dict[int, tuple[tuple[Any, ...], cla.Array, np.ndarray]] = {}
+#: Elements compared on each call to notice writes that bypass the version counter (`.data`).
+_SAMPLE = 64
+
+
+def sample_of(t: torch.Tensor) -> np.ndarray:
+    """Up to _SAMPLE evenly spaced elements of `t`, copied (numpy: a tenth of torch's cost)."""
+    flat = t.detach().numpy().reshape(-1)
+    return flat[::max(1, flat.size // _SAMPLE)].copy()
+
+
+def same_sample(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Whether two samples are equal (NaN never is: such weights are uploaded every call)."""
+    return a is b or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def fixed_operand(t: torch.Tensor | None, dev: Device) -> Any:
+    """A weight or bias that does not change from call to call (inference: no autograd through
+    it), as a device copy kept with the tensor and reused while the tensor is unchanged: its
+    storage, shape, in-place version counter (bumped by optimizers, load_state_dict and any
+    in-place op) and a sample of its values (writes through `.data` bypass the counter) all the
+    same. The copy is marked constant, so that plans keep what they derive from it (the packed
+    filters): no upload and no packing per call. Inference tensors (no version counter) and
+    empty ones go as numpy, uploaded by the op each call."""
+    if t is None:
+        return None
+    version = version_of(t)
+    if version is None or t.numel() == 0:
+        return host(t)
+    key = (dev, t.data_ptr(), version, t.dtype, tuple(t.shape), tuple(t.stride()))
+    sample = sample_of(t)
+    found = DEVICE_COPIES.get(id(t))
+    if found is not None and found[0] == key and same_sample(found[2], sample):
+        return found[1]
+    copy_ = upload_constant(t.detach().numpy(), dev)
+    if found is None:
+        weakref.finalize(t, DEVICE_COPIES.pop, id(t), None)
+    DEVICE_COPIES[id(t)] = (key, copy_, sample)
+    return copy_
+
+
+def upload_constant(a: np.ndarray, dev: Device) -> cla.Array:
+    """`a` uploaded into a buffer of its own, marked constant (clconv.ops.plan.mark_constant)."""
+    return mark_constant(cla.to_device(dev.queue, np.ascontiguousarray(a)))
+
+
+def host_result(y: Any) -> np.ndarray:
+    """A forward's result as numpy (a device result is downloaded; that waits for the kernels,
+    after which the operands' host memory is free again)."""
+    return y.get() if isinstance(y, cla.Array) else y
+
+
+def to_tensor(a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A result as a tensor; in channels-last memory when the input `like` was (as torch's convs
+    return a channels_last result for a channels_last input)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    fmt = _channels_last_format(like) if like is not None else None
+    return t if fmt is None else t.contiguous(memory_format=fmt)
+
+
+def _channels_last_format(x: torch.Tensor) -> torch.memory_format | None:
+    """torch.channels_last when a 4-d `x` is stored so (and not also plainly contiguous, as
+    tensors with a single channel or pixel are), else None. torch's CPU convolutions keep
+    channels_last for 2-d convolutions only (a channels_last_3d input to Conv3d gives a contiguous
+    result), and so does clconv.torch."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        return torch.channels_last
+    return None
+
+
+def version_of(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter; None for inference tensors (made under
+    torch.inference_mode), which have none: nothing derived from them can be kept (their device
+    copies are uploaded, their folded chains folded, on every call)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def batched(x: torch.Tensor, nd: int) -> tuple[torch.Tensor, bool]:
+    """(x with a batch dim, whether it had none): unbatched inputs work as in torch."""
+    if x.dim() == nd + 1:
+        return x.unsqueeze(0), True
+    return x, False
+
+
+class NotScriptable:
+    """torch.jit.script refuses clconv.torch modules with a clear error (TorchScript cannot call
+    the Python and OpenCL code their forward runs); torch.jit.script calls this hook on every
+    module it compiles, submodules included."""
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            f"torch.jit.script does not support clconv.torch.{type(self).__name__}: its forward "
+            f"runs clconv's OpenCL kernels from Python, which TorchScript cannot call. Script the "
+            f"model before clconv.torch.convert (it then runs in torch), or for inference use "
+            f"clconv.torch.compile(model, example_input).")
