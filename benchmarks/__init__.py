@@ -26,8 +26,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["child_env"]
+__all__ = ["child_env", "write_json"]
 
 
 def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -41,3 +42,13 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in (*roots, env.get("PYTHONPATH"))
                                                       if p))
     return env
+
+
+def write_json(path: str | None, figures: Any) -> None:
+    """Writes a benchmark's figures to `path` as indented JSON (nothing when `path` is None: no
+    --json given)."""
+    import json  # here, not at the top: see the module's docstring
+
+    if path:
+        with open(path, "w") as f:
+            json.dump(figures, f, indent=1)

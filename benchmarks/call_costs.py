@@ -37,6 +37,7 @@ import numpy as np
 
 from benchmarks import child_env
 from benchmarks.fair import Worker, alternate, command_line
+from benchmarks.timing import runs
 
 # The 4-layer CNN: (weight shape, conv2d keywords).
 CNN = [((32, 16, 3, 3), {"padding": 1, "activation": "relu"}),
@@ -167,12 +168,7 @@ def batch_and_fresh(args: argparse.Namespace) -> None:
 
     def median_ms(fn, repeat: int) -> float:
         fn()
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+        return statistics.median(runs(fn, repeat)) * 1e3
 
     rng = np.random.default_rng(0)
     with clconv.device(args.device) as dev:
@@ -272,8 +268,8 @@ def breakdown(args: argparse.Namespace) -> None:
             rows += [
                 (f"conv2d [{plan.algorithm}]: whole call + finish", call, True),
                 (f"conv2d [{plan.algorithm}]: whole call, host", call, False),
-                ("  plan._execute (skeleton + enqueue), host",
-                 lambda plan=plan, values=values: plan._execute(values, None, check=False), False),
+                ("  plan.execute (skeleton + enqueue), host",
+                 lambda plan=plan, values=values: plan.execute(values, None, check=False), False),
                 ("  algorithm's run (kernel enqueues), host",
                  lambda plan=plan, out=out: plan.impl.run(x, w, b, out), False),
                 ("  algorithm's run + finish (device time + launch)",

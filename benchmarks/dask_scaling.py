@@ -19,20 +19,11 @@ import argparse
 import os
 import platform
 import statistics
-import time
 
 import numpy as np
 
 import clconv
-
-
-def _median_time(fn, rounds: int) -> list[float]:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+from benchmarks.timing import runs
 
 
 def main() -> None:
@@ -97,10 +88,10 @@ def main() -> None:
         in_process_chunks()
         t_one, t_pers, t_client, t_chunks = [], [], [], []
         for _ in range(args.rounds):  # interleaved: the machine's other load hits all three
-            t_one += _median_time(in_process, 1)
-            t_pers += _median_time(dask_persisted, 1)
-            t_client += _median_time(dask_from_client, 1)
-            t_chunks += _median_time(in_process_chunks, 1)
+            t_one += runs(in_process, 1)
+            t_pers += runs(dask_persisted, 1)
+            t_client += runs(dask_from_client, 1)
+            t_chunks += runs(in_process_chunks, 1)
         one, pers, cli, chunked = (statistics.median(t) for t in (t_one, t_pers, t_client,
                                                                   t_chunks))
         print(f"in-process conv2d, batch {args.batch}: {one * 1e3:8.1f} ms "
@@ -123,8 +114,7 @@ def main() -> None:
               "RUSTICL_ENABLE=llvmpipe)")
     with group, group.record() as splits:  # what each call split (none on a one-device group)
         y = clconv.conv2d(x, w, b, padding=1)  # the first call measures the speeds
-        t_group = statistics.median(_median_time(lambda: clconv.conv2d(x, w, b, padding=1),
-                                                 args.rounds))
+        t_group = statistics.median(runs(lambda: clconv.conv2d(x, w, b, padding=1), args.rounds))
     speeds = next(iter(group.measured().values()), ())
     for d, s in zip(group.devices, speeds):
         print(f"  speed {s:8.2f} images/s  {d.name} [{d.platform_name}]")

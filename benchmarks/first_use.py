@@ -141,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['second_s'] * 1e3:7.1f} ms  torch {r['torch_s'] * 1e3:6.1f} ms  "
                       f"programs {r['programs']:3d} built in {r['build_s']:6.2f} s  "
                       f"({r['convs']} convs, max rel err {r['max_rel_err']:.1e})", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    benchmarks.write_json(args.json, results)
     return 0
 
 

@@ -14,13 +14,13 @@ import math
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from clconv.tools.layer_spec import Layer
 
 from . import child_env
+from .timing import runs
 
 __all__ = ["gemm_shapes", "main", "measure_gemm_tuning"]
 
@@ -82,12 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gemm.gemm(dev, m, n, k, a, 0, 0, b, 0, k * n, c, 0, m * n, batch)
                 dev.queue.finish()
             run()
-            times = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - t0)
-            ms.append(statistics.median(times) * 1e3)
+            ms.append(statistics.median(runs(run, repeat)) * 1e3)
     state = tuning.tuning_state(dev)
     print(json.dumps({"ms": ms, "tuning": state.source if state else "none"}))
     return 0

@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 
-from benchmarks import child_env
+from benchmarks import child_env, write_json
 from benchmarks.fair import Worker, alternate, command_line
 
 PATHS = ("torch", "convert", "compile")
@@ -111,9 +111,7 @@ def parent(args: argparse.Namespace) -> None:
                   f"compile {med['compile']:8.1f} ms ({row['compile_speedup']:.2f}x) "
                   f"[{args.blocks} blocks x {args.reps} calls, medians; fallbacks "
                   f"{row['compile_fallbacks']}]", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(args.json, results)
 
 
 def main() -> None:

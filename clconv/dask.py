@@ -46,6 +46,7 @@ from .ops import conv as _conv
 from .ops import transpose as _transpose
 from .ops.activation import normalize_activation
 from .ops.conv import ALGORITHMS
+from .ops.dims import per_dimensions
 from .ops.geometry import IntOrTuple, PaddingArg, as_tuple, conv_geometry
 from .runtime.device import ENV_VAR, Device, devices
 
@@ -70,58 +71,7 @@ _TRANSPOSE = {1: _transpose.conv_transpose1d, 2: _transpose.conv_transpose2d,
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
-# -- public API ---------------------------------------------------------------------------------
-def conv1d(input: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
-           padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-           padding_mode: str = "zeros", algorithm: str = "auto", activation: str | None = None,
-           workspace_limit: int | None = None) -> da.Array:
-    """`clconv.conv1d` of a dask array (N, C_in, L) or (C_in, L) -> lazy (N, C_out, L_out)."""
-    return _convolution(1, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                        algorithm, activation, workspace_limit)
-
-
-def conv2d(input: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
-           padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-           padding_mode: str = "zeros", algorithm: str = "auto", activation: str | None = None,
-           workspace_limit: int | None = None) -> da.Array:
-    """`clconv.conv2d` of a dask array: input (N, C_in, H, W) or (C_in, H, W), any chunks; weight
-    (C_out, C_in/groups, kh, kw) and bias (C_out,) numpy. Returns a lazy (N, C_out, H_out, W_out)
-    dask array, chunked like the input along the batch and (divided by the stride) along space,
-    with C_out in one chunk; see the module doc."""
-    return _convolution(2, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                        algorithm, activation, workspace_limit)
-
-
-def conv3d(input: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
-           padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-           padding_mode: str = "zeros", algorithm: str = "auto", activation: str | None = None,
-           workspace_limit: int | None = None) -> da.Array:
-    """`clconv.conv3d` of a dask array (N, C_in, D, H, W) or unbatched; as `conv2d`."""
-    return _convolution(3, input, weight, bias, stride, padding, dilation, groups, padding_mode,
-                        algorithm, activation, workspace_limit)
-
-
-def conv_transpose1d(input: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
-                     padding: IntOrTuple = 0, output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1) -> da.Array:
-    """`clconv.conv_transpose1d` of a dask array; as `conv_transpose2d`."""
-    return _transposed(1, input, weight, bias, stride, padding, output_padding, groups, dilation)
-
-
-def conv_transpose2d(input: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
-                     padding: IntOrTuple = 0, output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1) -> da.Array:
-    """`clconv.conv_transpose2d` of a dask array (N, C_in, H, W) or unbatched; weight (C_in,
-    C_out/groups, kh, kw) numpy. Returns a lazy (N, C_out, H_out, W_out) dask array whose spatial
-    chunks are the input's times the stride."""
-    return _transposed(2, input, weight, bias, stride, padding, output_padding, groups, dilation)
-
-
-def conv_transpose3d(input: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
-                     padding: IntOrTuple = 0, output_padding: IntOrTuple = 0, groups: int = 1,
-                     dilation: IntOrTuple = 1) -> da.Array:
-    """`clconv.conv_transpose3d` of a dask array; as `conv_transpose2d`."""
-    return _transposed(3, input, weight, bias, stride, padding, output_padding, groups, dilation)
+# -- public API: conv1d/2d/3d and conv_transpose1d/2d/3d are made at the end of the module ------
 
 
 class DevicePlugin(_WorkerPlugin):  # type: ignore[misc,valid-type]
@@ -157,10 +107,12 @@ class DevicePlugin(_WorkerPlugin):  # type: ignore[misc,valid-type]
 
 
 # -- forward convolutions ------------------------------------------------------------------------
-def _convolution(nd: int, x: Any, weight: Any, bias: Any, stride: IntOrTuple, padding: PaddingArg,
-                 dilation: IntOrTuple, groups: int, padding_mode: str, algorithm: str,
-                 activation: str | None, workspace_limit: int | None) -> da.Array:
-    x, unbatched = _check_input(x, nd, f"conv{nd}d")
+def _convolution(nd: int, input: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+                 padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+                 padding_mode: str = "zeros", algorithm: str = "auto",
+                 activation: str | None = None, workspace_limit: int | None = None) -> da.Array:
+    """conv{nd}d of a dask array (the template of the public functions at the end)."""
+    x, unbatched = _check_input(input, nd, f"conv{nd}d")
     w, b = _operands(x, weight, bias)
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -239,9 +191,11 @@ def _source(bounds: np.ndarray, idx: np.ndarray) -> tuple[tuple[int, int], Any]:
 
 
 # -- transposed convolutions -----------------------------------------------------------------------
-def _transposed(nd: int, x: Any, weight: Any, bias: Any, stride: IntOrTuple, padding: IntOrTuple,
-                output_padding: IntOrTuple, groups: int, dilation: IntOrTuple) -> da.Array:
-    x, unbatched = _check_input(x, nd, f"conv_transpose{nd}d")
+def _transposed(nd: int, input: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+                padding: IntOrTuple = 0, output_padding: IntOrTuple = 0, groups: int = 1,
+                dilation: IntOrTuple = 1) -> da.Array:
+    """conv_transpose{nd}d of a dask array (the template of the public functions at the end)."""
+    x, unbatched = _check_input(input, nd, f"conv_transpose{nd}d")
     w, b = _operands(x, weight, bias)
     geo = _transpose.transpose_geometry(nd, x.shape, w.shape, stride, padding, output_padding,
                                         groups, dilation)
@@ -445,3 +399,21 @@ def _candidates(spec: str | Sequence[str | int] | None) -> list[Device]:
         raise LookupError(f"DevicePlugin({spec!r}): no usable OpenCL device on this worker's "
                           f"machine")
     return found
+
+
+conv1d, conv2d, conv3d = per_dimensions(
+    _convolution, ("conv1d", "conv2d", "conv3d"),
+    ("""`clconv.conv1d` of a dask array (N, C_in, L) or (C_in, L) -> lazy (N, C_out, L_out).""",
+     """`clconv.conv2d` of a dask array: input (N, C_in, H, W) or (C_in, H, W), any chunks; weight
+    (C_out, C_in/groups, kh, kw) and bias (C_out,) numpy. Returns a lazy (N, C_out, H_out, W_out)
+    dask array, chunked like the input along the batch and (divided by the stride) along space,
+    with C_out in one chunk; see the module doc.""",
+     """`clconv.conv3d` of a dask array (N, C_in, D, H, W) or unbatched; as `conv2d`."""))
+
+conv_transpose1d, conv_transpose2d, conv_transpose3d = per_dimensions(
+    _transposed, ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
+    ("""`clconv.conv_transpose1d` of a dask array; as `conv_transpose2d`.""",
+     """`clconv.conv_transpose2d` of a dask array (N, C_in, H, W) or unbatched; weight (C_in,
+    C_out/groups, kh, kw) numpy. Returns a lazy (N, C_out, H_out, W_out) dask array whose spatial
+    chunks are the input's times the stride.""",
+     """`clconv.conv_transpose3d` of a dask array; as `conv_transpose2d`."""))

@@ -141,7 +141,7 @@ def _find_devices_under_test() -> tuple[list, bool]:
 
 def device_id(d) -> str:
     """A short test id for a device: its implementation and kind, e.g. 'pocl-cpu', 'rusticl-cpu'."""
-    text = d._match_text
+    text = d.match_text
     impl = next((k for k in ("pocl", "rusticl", "clover", "oclgrind", "nvidia", "amd", "intel")
                  if k in text), d.platform_name.split()[0].lower())
     return f"{impl}{d.index}-{d.kind}"

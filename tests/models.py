@@ -167,24 +167,11 @@ class MobileNetV3Small(nn.Module):
 
 # --- EfficientNet-B0 (Tan & Le 2019, Table 1) ------------------------------------------------------
 
-class MBConv(nn.Module):
-    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int) -> None:
-        super().__init__()
-        hidden = cin * expand
-        self.use_res = stride == 1 and cin == cout
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers.append(conv_bn(cin, hidden, 1, act=nn.SiLU))
-        layers += [conv_bn(hidden, hidden, k, stride, groups=hidden, act=nn.SiLU),
-                   SqueezeExcitation(hidden, max(1, cin // 4), nn.SiLU, nn.Sigmoid),
-                   conv_bn(hidden, cout, 1, act=None)]
-        self.block = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        if self.use_res:
-            y = y + x  # stochastic depth is the identity in eval mode
-        return y
+def mbconv(cin: int, cout: int, k: int, stride: int, expand: int) -> InvertedResidual:
+    """EfficientNet's block: MobileNetV2's with a k x k depthwise, SiLU and a squeeze-excitation
+    (to cin / 4 channels) after the depthwise (stochastic depth is the identity in eval mode)."""
+    return InvertedResidual(cin, cout, stride, expand, k, nn.SiLU,
+                            lambda c: SqueezeExcitation(c, max(1, cin // 4), nn.SiLU, nn.Sigmoid))
 
 
 class EfficientNetB0(nn.Module):
@@ -198,7 +185,7 @@ class EfficientNetB0(nn.Module):
         for e, k, s, c, n in self.TABLE:
             cout = make_divisible(c * width)
             for i in range(n):
-                layers.append(MBConv(cin, cout, k, s if i == 0 else 1, e))
+                layers.append(mbconv(cin, cout, k, s if i == 0 else 1, e))
                 cin = cout
         last = make_divisible(1280 * width)
         layers.append(conv_bn(cin, last, 1, act=nn.SiLU))

@@ -167,19 +167,19 @@ def _add_batch(x: np.ndarray, nsp: int):
     return x, False
 
 
+def _operands(x, w):
+    """(x batched, w, spatial dims, whether x was unbatched), x and w as float64 arrays."""
+    w = np.asarray(w, dtype=np.float64)
+    nsp = w.ndim - 2
+    x, unbatched = _add_batch(np.asarray(x, dtype=np.float64), nsp)
+    return x, w, nsp, unbatched
+
+
 # --------------------------------------------------------------------------
 # convolution
 # --------------------------------------------------------------------------
-def conv_nd(
-    x,
-    w,
-    b=None,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups: int = 1,
-    padding_mode: str = "zeros",
-) -> np.ndarray:
+def conv_nd(x, w, b=None, stride=1, padding=0, dilation=1, groups: int = 1,
+            padding_mode: str = "zeros") -> np.ndarray:
     """N-d cross-correlation with PyTorch ``nn.ConvNd`` semantics, in float64.
 
     The number of spatial dims is taken from ``w.ndim - 2``.  ``x`` may be
@@ -187,10 +187,7 @@ def conv_nd(
     ``padding_mode`` the input is padded with that mode and then convolved
     without padding, like ``torch.nn.Conv2d(padding_mode=...)``.
     """
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    nsp = w.ndim - 2
-    x, unbatched = _add_batch(x, nsp)
+    x, w, nsp, unbatched = _operands(x, w)
     stride = ntuple(stride, nsp, "stride")
     dilation = ntuple(dilation, nsp, "dilation")
     kernel = w.shape[2:]
@@ -310,16 +307,8 @@ def fold(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> np.
 # --------------------------------------------------------------------------
 # transposed convolution and gradients (scatter formulations)
 # --------------------------------------------------------------------------
-def conv_transpose_nd(
-    x,
-    w,
-    b=None,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    groups: int = 1,
-    dilation=1,
-) -> np.ndarray:
+def conv_transpose_nd(x, w, b=None, stride=1, padding=0, output_padding=0, groups: int = 1,
+                      dilation=1) -> np.ndarray:
     """``torch.nn.functional.conv_transposeNd`` (argument order as PyTorch).
 
     ``w``: ``(C_in, C_out // groups, *k)``.  Every input element scatters
@@ -327,10 +316,7 @@ def conv_transpose_nd(
     output size is ``(in-1)*stride - 2*padding + dilation*(k-1) +
     output_padding + 1``.
     """
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    nsp = w.ndim - 2
-    x, unbatched = _add_batch(x, nsp)
+    x, w, nsp, unbatched = _operands(x, w)
     stride = ntuple(stride, nsp, "stride")
     padding = ntuple(padding, nsp, "padding")
     output_padding = ntuple(output_padding, nsp, "output_padding")

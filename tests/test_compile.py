@@ -59,6 +59,14 @@ def _compile(ct, model, x):
         return ct.compile(model, x)
 
 
+def _check_lowered(ct, model, x):
+    """`model` (eval mode) compiles without a host node and matches torch on x."""
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
 @pytest.mark.parametrize("family", list(models.FAMILIES))
 def test_family_matches_torch_on_the_device_alone(dev, ct, family, monkeypatch):
     make, shape = models.FAMILIES[family]
@@ -254,12 +262,7 @@ class Idioms(nn.Module):
 
 def test_model_zoo_idioms_lower_without_host_nodes(dev, ct):
     torch.manual_seed(0)
-    model = models.randomize(Idioms()).eval()
-    x = torch.randn(2, 3, 12, 12)
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
-    with torch.no_grad():
-        _close(cm(x), model(x))
+    _check_lowered(ct, models.randomize(Idioms()).eval(), torch.randn(2, 3, 12, 12))
 
 
 class PoolsAndSlices(nn.Module):
@@ -280,12 +283,7 @@ class PoolsAndSlices(nn.Module):
 
 def test_pools_and_slices(dev, ct):
     torch.manual_seed(0)
-    model = PoolsAndSlices().eval()
-    x = torch.randn(2, 2, 11)
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
-    with torch.no_grad():
-        _close(cm(x), model(x))
+    _check_lowered(ct, PoolsAndSlices().eval(), torch.randn(2, 2, 11))
 
 
 def test_float64_model(dev, ct):
@@ -345,12 +343,7 @@ class Functional(nn.Module):
 
 def test_functional_layers_and_wrapped_functions(dev, ct):
     torch.manual_seed(0)
-    model = models.randomize(Functional()).eval()
-    x = torch.randn(2, 3, 10, 10)
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
-    with torch.no_grad():
-        _close(cm(x), model(x))
+    _check_lowered(ct, models.randomize(Functional()).eval(), torch.randn(2, 3, 10, 10))
 
 
 class UpPad(nn.Module):

@@ -16,7 +16,7 @@ import numpy as np
 import pyopencl.array as cla
 import pytest
 import reference as ref
-from helpers import as_kind, random_array
+from helpers import as_kind, random_array, torch_case
 from tolerance import assert_close, conv_magnitude
 
 
@@ -149,9 +149,13 @@ def test_batch_chunks(clconv, rng, monkeypatch):
 # dtypes, input kinds, unbatched, empty
 # ---------------------------------------------------------------------------
 
+#: nd: (spatial size, kernel size) of the 1-, 2- and 3-d cases below
+SHAPES_ND = {1: ((5,), (3,)), 2: ((3, 4), (3, 2)), 3: ((2, 3, 2), (2, 2, 3))}
+
+
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_dtypes(clconv, rng, dtype, nd):
-    spatial, kernel = {1: ((5,), (3,)), 2: ((3, 4), (3, 2)), 3: ((2, 3, 2), (2, 2, 3))}[nd]
+    spatial, kernel = SHAPES_ND[nd]
     run_and_check(clconv, rng, (2, 4) + spatial, (4, 3) + kernel, bias=True, dtype=dtype, groups=2,
                   stride=2, padding=1, output_padding=1)
 
@@ -176,7 +180,7 @@ def test_pyopencl_offset_view(clconv, dev, rng):
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["numpy", "cl"])
 def test_unbatched(clconv, dev, rng, nd, kind):
-    spatial, kernel = {1: ((5,), (3,)), 2: ((3, 4), (3, 2)), 3: ((2, 3, 2), (2, 2, 3))}[nd]
+    spatial, kernel = SHAPES_ND[nd]
     _, want = run_and_check(clconv, rng, (3,) + spatial, (3, 2) + kernel, bias=True, stride=2,
                             kind=kind, queue=dev.queue)
     assert want.ndim == nd + 1
@@ -185,7 +189,7 @@ def test_unbatched(clconv, dev, rng, nd, kind):
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["numpy", "cl"])
 def test_empty_batch(clconv, dev, rng, nd, kind):
-    spatial, kernel = {1: ((5,), (3,)), 2: ((3, 4), (3, 2)), 3: ((2, 3, 2), (2, 2, 3))}[nd]
+    spatial, kernel = SHAPES_ND[nd]
     x = np.zeros((0, 2) + spatial, np.float32)
     w = random_array(rng, (2, 3) + kernel)
     got = _op(clconv, nd)(as_kind(x, kind, dev.queue), as_kind(w, kind, dev.queue), stride=2)
@@ -304,14 +308,10 @@ TORCH_CASES = [
 
 @pytest.mark.parametrize("case", range(len(TORCH_CASES)))
 def test_matches_torch(clconv, rng, case):
-    torch = pytest.importorskip("torch")
-    x_shape, w_shape, kwargs = TORCH_CASES[case]
-    nd = len(w_shape) - 2
-    x = random_array(rng, x_shape)
-    w = random_array(rng, w_shape)
-    b = random_array(rng, (w_shape[1] * kwargs.get("groups", 1),))
+    torch, nd, x, w, kwargs = torch_case(rng, TORCH_CASES[case])
+    b = random_array(rng, (w.shape[1] * kwargs.get("groups", 1),))
     fn = getattr(torch.nn.functional, f"conv_transpose{nd}d")
     want = fn(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), **kwargs).numpy()
     got = _op(clconv, nd)(x, w, b, **kwargs)
     assert_close(got, want.astype(np.float64), np.float32,
-                 reduction=x_shape[1] * math.prod(w_shape[2:]), magnitude=conv_magnitude(x, w, b))
+                 reduction=x.shape[1] * math.prod(w.shape[2:]), magnitude=conv_magnitude(x, w, b))

@@ -12,10 +12,12 @@ and the work split over rows or planes.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import reference as ref
-from helpers import import_torch, random_array
+from helpers import check_conv, check_epilogue, random_array
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 
@@ -26,9 +28,10 @@ def clconv():
     return clconv
 
 
-def _conv(clconv, nd, x, w, b=None, **kw):
+def _conv(clconv, nd):
+    """clconv's nd convolution with algorithm='depthwise' (the caller passes groups)."""
     fn = {1: clconv.conv1d, 2: clconv.conv2d, 3: clconv.conv3d}[nd]
-    return fn(x, w, b, algorithm="depthwise", groups=x.shape[1], **kw)
+    return functools.partial(fn, algorithm="depthwise")
 
 
 # (x shape, w shape, conv kwargs)
@@ -65,14 +68,7 @@ CASES_2D = {
 @pytest.mark.parametrize("case", list(CASES_2D))
 def test_matches_reference_2d(clconv, rng, case):
     x_shape, w_shape, kw = CASES_2D[case]
-    x = random_array(rng, x_shape)
-    w = random_array(rng, w_shape)
-    b = random_array(rng, (w_shape[0],))
-    got = _conv(clconv, 2, x, w, b, **kw)
-    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
-                       x_shape[1], kw.get("padding_mode", "zeros"))
-    assert got.shape == want.shape
-    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    check_conv(_conv(clconv, 2), rng, x_shape, w_shape, groups=x_shape[1], **kw)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES_2D if c not in ("big-plane",)])
@@ -85,13 +81,7 @@ def test_matches_reference_2d_row_segments(clconv, rng, case, monkeypatch):
     monkeypatch.setattr(depthwise, "small_plane", lambda *args: None)
     plans(clconv.current_device()).clear()  # plans made before hold the other kernel
     x_shape, w_shape, kw = CASES_2D[case]
-    x = random_array(rng, x_shape)
-    w = random_array(rng, w_shape)
-    b = random_array(rng, (w_shape[0],))
-    got = _conv(clconv, 2, x, w, b, **kw)
-    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
-                       x_shape[1], kw.get("padding_mode", "zeros"))
-    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    check_conv(_conv(clconv, 2), rng, x_shape, w_shape, groups=x_shape[1], **kw)
     plans(clconv.current_device()).clear()
 
 
@@ -118,13 +108,7 @@ def test_small_plane_kernel_takes_mobilenet_layers(clconv, dev):
                                             "padding_mode": "replicate"}),
 ], ids=["1d", "1d-s2-reflect-multiplier", "3d", "3d-s2-replicate-multiplier"])
 def test_matches_reference_1d_3d(clconv, rng, nd, x_shape, w_shape, kw):
-    x = random_array(rng, x_shape)
-    w = random_array(rng, w_shape)
-    b = random_array(rng, (w_shape[0],))
-    got = _conv(clconv, nd, x, w, b, **kw)
-    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), 1, x_shape[1],
-                       kw.get("padding_mode", "zeros"))
-    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    check_conv(_conv(clconv, nd), rng, x_shape, w_shape, groups=x_shape[1], **kw)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "relu6", "silu", ("clamp", -0.5, 0.8)])
@@ -132,20 +116,8 @@ def test_matches_reference_1d_3d(clconv, rng, nd, x_shape, w_shape, kw):
                          ids=["14x14", "s2"])
 def test_epilogue_matches_torch(clconv, rng, activation, shape, stride):
     """act(conv + bias + residual) in torch's order, in the vector, edge and partial stores."""
-    torch = import_torch()
-    import torch.nn.functional as F
-    from test_epilogue import torch_act
-
-    x = random_array(rng, shape)
-    w = random_array(rng, (shape[1], 1, 3, 3))
-    b = random_array(rng, (shape[1],))
-    t = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
-                 torch.from_numpy(b).double(), stride, 1, 1, shape[1])
-    r = random_array(rng, tuple(t.shape))
-    want = torch_act(t + torch.from_numpy(r).double(), activation).numpy()
-    got = _conv(clconv, 2, x, w, b, stride=stride, padding=1, activation=activation, residual=r)
-    assert_close(got, want, np.float32, conv_reduction(w), 1.5 * conv_magnitude(x, w, b) + 1.5 *
-                 float(np.abs(r).max()))
+    check_epilogue(_conv(clconv, 2), rng, shape, (shape[1], 1, 3, 3), activation, stride=stride,
+                   padding=1, groups=shape[1])
 
 
 def test_without_bias_on_device_arrays(clconv, dev, rng):
@@ -166,12 +138,8 @@ def test_without_bias_on_device_arrays(clconv, dev, rng):
 def test_float64(clconv, dev, rng):
     if not dev.fp64:
         pytest.skip(f"{dev.name} has no float64 support")
-    x = random_array(rng, (2, 4, 7, 45), np.float64)
-    w = random_array(rng, (8, 1, 3, 3), np.float64)
-    got = clconv.conv2d(x, w, padding=1, stride=2, groups=4, algorithm="depthwise")
-    assert got.dtype == np.float64
-    assert_close(got, ref.conv_nd(x, w, None, 2, 1, 1, 4), np.float64, conv_reduction(w),
-                 conv_magnitude(x, w))
+    check_conv(_conv(clconv, 2), rng, (2, 4, 7, 45), (8, 1, 3, 3), np.float64, bias=False,
+               padding=1, stride=2, groups=4)
 
 
 def test_nonfinite_input_poisons_only_its_windows(clconv, rng):

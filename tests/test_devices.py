@@ -260,6 +260,23 @@ def test_same_device_object_reentrant(clconv, bad_env):
         clconv.current_device()
 
 
+def _current_device_in_a_new_thread(clconv) -> str:
+    """What clconv.current_device() does in a fresh thread: 'found' or 'DeviceNotFoundError'."""
+    seen = []
+
+    def probe():
+        try:
+            clconv.current_device()
+            seen.append("found")
+        except clconv.DeviceNotFoundError:
+            seen.append("DeviceNotFoundError")
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join(10)
+    return seen[0]
+
+
 def test_current_device_is_per_thread(clconv, bad_env):
     """A block entered in one thread does not make the device current in another."""
     entered, release = threading.Event(), threading.Event()
@@ -271,13 +288,6 @@ def test_current_device_is_per_thread(clconv, bad_env):
             entered.set()
             release.wait(10)
 
-    def other():
-        try:
-            clconv.current_device()
-            seen["other"] = "no error"
-        except clconv.DeviceNotFoundError:
-            seen["other"] = "DeviceNotFoundError"
-
     t = threading.Thread(target=holder)
     t.start()
     try:
@@ -285,9 +295,7 @@ def test_current_device_is_per_thread(clconv, bad_env):
         # this (main) thread has no block active
         with pytest.raises(clconv.DeviceNotFoundError):
             clconv.current_device()
-        t2 = threading.Thread(target=other)
-        t2.start()
-        t2.join(10)
+        seen["other"] = _current_device_in_a_new_thread(clconv)
     finally:
         release.set()
         t.join(10)
@@ -295,20 +303,8 @@ def test_current_device_is_per_thread(clconv, bad_env):
 
 
 def test_main_thread_block_not_visible_in_new_thread(clconv, bad_env):
-    result = {}
-
-    def probe():
-        try:
-            clconv.current_device()
-            result["r"] = "found"
-        except clconv.DeviceNotFoundError:
-            result["r"] = "not found"
-
     with clconv.device(0):
-        t = threading.Thread(target=probe)
-        t.start()
-        t.join(10)
-    assert result["r"] == "not found"
+        assert _current_device_in_a_new_thread(clconv) == "DeviceNotFoundError"
 
 
 def test_computation_uses_the_current_device(clconv, rng):

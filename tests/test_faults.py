@@ -35,7 +35,7 @@ def fake_broken_gpu(clconv, device_module, monkeypatch):
     real = clconv.devices()
     fake = device_module.Device(real[0].cl_device, 0, len({d.platform_index for d in real}), 0)
     fake.kind, fake.name, fake.platform_name = "gpu", "Broken Fake GPU", "Broken Fake Platform"
-    fake._match_text = "broken fake gpu broken fake platform"
+    fake.match_text = "broken fake gpu broken fake platform"
     real_probe = device_module._probe
 
     def probe(dev):

@@ -20,7 +20,7 @@ import pyopencl.array as cla
 import pytest
 import reference as ref
 import reference_extra as rx
-from helpers import as_kind, random_array
+from helpers import as_kind, random_array, torch_case
 from tolerance import assert_close, conv_magnitude
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -294,17 +294,6 @@ INPUT_BAD = [
     ({"padding": 5, "padding_mode": "reflect"}, ValueError, "reflect"),
 ]
 
-
-@pytest.mark.parametrize("case", range(len(INPUT_BAD)))
-def test_bad_arguments_input(clconv, case):
-    o = dict(INPUT_BAD[case][0])
-    size = o.pop("input_size", XS)
-    w = np.zeros(o.pop("w", WS), np.float32)
-    g = np.zeros(o.pop("grad", GS), np.float32)
-    with pytest.raises(INPUT_BAD[case][1], match=INPUT_BAD[case][2]):
-        clconv.conv2d_input(size, w, g, **o)
-
-
 WEIGHT_BAD = [
     ({"weight_size": (3, 2, 3)}, ValueError, "weight_size must have 4 entries"),
     ({"weight_size": None}, TypeError, "weight_size"),
@@ -320,14 +309,20 @@ WEIGHT_BAD = [
 ]
 
 
-@pytest.mark.parametrize("case", range(len(WEIGHT_BAD)))
-def test_bad_arguments_weight(clconv, case):
-    o = dict(WEIGHT_BAD[case][0])
-    size = o.pop("weight_size", WS)
-    x = np.zeros(o.pop("x", XS), np.float32)
+@pytest.mark.parametrize("which, case", [("input", i) for i in range(len(INPUT_BAD))] +
+                         [("weight", i) for i in range(len(WEIGHT_BAD))])
+def test_bad_arguments(clconv, which, case):
+    """conv2d_input(input_size, w, g) and conv2d_weight(x, weight_size, g) with one argument bad
+    (the others XS, WS, GS)."""
+    changes, error, match = (INPUT_BAD if which == "input" else WEIGHT_BAD)[case]
+    o = dict(changes)
+    if which == "input":
+        args = (o.pop("input_size", XS), np.zeros(o.pop("w", WS), np.float32))
+    else:
+        args = (np.zeros(o.pop("x", XS), np.float32), o.pop("weight_size", WS))
     g = np.zeros(o.pop("grad", GS), np.float32)
-    with pytest.raises(WEIGHT_BAD[case][1], match=WEIGHT_BAD[case][2]):
-        clconv.conv2d_weight(x, size, g, **o)
+    with pytest.raises(error, match=match):
+        getattr(clconv, f"conv2d_{which}")(*args, g, **o)
 
 
 def test_bad_dtypes(clconv):
@@ -375,11 +370,8 @@ TORCH_CASES = [
 
 @pytest.mark.parametrize("case", range(len(TORCH_CASES)))
 def test_matches_torch(clconv, rng, case):
-    torch = pytest.importorskip("torch")
-    x_shape, w_shape, kw = TORCH_CASES[case]
-    nd = len(w_shape) - 2
-    x = random_array(rng, x_shape)
-    w = random_array(rng, w_shape)
+    torch, nd, x, w, kw = torch_case(rng, TORCH_CASES[case])
+    x_shape, w_shape = x.shape, w.shape
     g = random_array(rng, ref.conv_nd(x, w, **kw).shape)
     tg = getattr(torch.nn.grad, f"conv{nd}d_input")(x_shape, torch.from_numpy(w),
                                                    torch.from_numpy(g), **kw).numpy()

@@ -9,11 +9,12 @@ bias and ReLU, batch > 1.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
-
 import reference as ref
-from helpers import random_array
+from helpers import check_conv, random_array
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 
@@ -91,24 +92,14 @@ def test_matches_reference_2d(clconv, rng, case, kernels_built):
                                            "padding_mode": "replicate"}),
 ], ids=["1d-depthwise", "1d-grouped-reflect", "3d-depthwise", "3d-grouped-replicate"])
 def test_matches_reference_1d_3d(clconv, rng, nd, x_shape, w_shape, kw):
-    x = random_array(rng, x_shape)
-    w = random_array(rng, w_shape)
-    b = random_array(rng, (w_shape[0],))
-    got = conv(clconv, nd, x, w, b, **kw)
-    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), 1, kw["groups"],
-                       kw.get("padding_mode", "zeros"))
-    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    check_conv(functools.partial(conv, clconv, nd), rng, x_shape, w_shape, **kw)
 
 
 def test_float64(clconv, dev, rng):
     if not dev.fp64:
         pytest.skip(f"{dev.name} has no float64 support")
-    x = random_array(rng, (2, 4, 7, 23), np.float64)
-    w = random_array(rng, (4, 1, 3, 3), np.float64)
-    got = clconv.conv2d(x, w, padding=1, groups=4, algorithm="direct")
-    assert got.dtype == np.float64
-    assert_close(got, ref.conv_nd(x, w, None, 1, 1, 1, 4), np.float64, conv_reduction(w),
-                 conv_magnitude(x, w))
+    check_conv(functools.partial(conv, clconv, 2), rng, (2, 4, 7, 23), (4, 1, 3, 3), np.float64,
+               bias=False, padding=1, groups=4)
 
 
 def test_agrees_with_the_per_element_kernel(clconv, rng, monkeypatch, kernels_built):

@@ -13,6 +13,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 import pytest
 import reference as ref
+from helpers import spy_im2col
 from tolerance import assert_close, assert_exact, conv_magnitude, conv_reduction
 
 
@@ -29,15 +30,7 @@ def im2col_launches(clconv, monkeypatch):
     """(batch, ncols) of every im2col launch of the convolution path."""
     from clconv.ops import conv_algorithms
 
-    launches: list[tuple[int, int]] = []
-
-    class Spy(conv_algorithms.Im2col):
-        def __call__(self, batch, x, x_offset, col, col_offset, l_start=0, ncols=None, **kw):
-            launches.append((batch, ncols))
-            return super().__call__(batch, x, x_offset, col, col_offset, l_start, ncols, **kw)
-
-    monkeypatch.setattr(conv_algorithms, "Im2col", Spy)
-    return launches
+    return spy_im2col(monkeypatch, conv_algorithms)
 
 
 # (x shape, w shape, conv kwargs)

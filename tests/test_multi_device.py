@@ -163,7 +163,7 @@ def test_default_device_does_not_depend_on_the_icd_order(tmp_path):
         import clconv
         first = clconv.devices()[0]
         d = clconv.current_device()
-        print(first.platform_name, "|", d.platform_name, "|", d._match_text)
+        print(first.platform_name, "|", d.platform_name, "|", d.match_text)
     """)
     env = dict(os.environ, OCL_ICD_VENDORS=str(tmp_path), RUSTICL_ENABLE="llvmpipe")
     env.pop("CLCONV_DEVICE", None)

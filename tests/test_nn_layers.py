@@ -46,6 +46,25 @@ def _check(ours, theirs, x, rng, dtype, torch, magnitude=10.0, reduction=64):
                      magnitude=magnitude, err_msg=name)
 
 
+def _check_activation(ours, conv, act, x, rng, dtype, torch, input_reduction):
+    """`ours` (a layer built with activation=) against torch's Sequential(conv, act) given ours'
+    parameters: the output and the gradients of x, the weight and the bias."""
+    theirs = torch.nn.Sequential(conv, act).to(torch.float64 if dtype == np.float64
+                                               else torch.float32)
+    _copy_params(ours, conv, torch)
+    xt = torch.tensor(x, requires_grad=True)
+    y, yt = ours(x), theirs(xt)
+    assert_close(y, yt.detach().numpy(), dtype, reduction=27, magnitude=10)
+    g = random_array(rng, y.shape, dtype)
+    gx = ours.backward(g)
+    yt.backward(torch.from_numpy(g))
+    assert_close(gx, xt.grad.numpy(), dtype, reduction=input_reduction, magnitude=10)
+    grads = ours.grad_dict()
+    for name in ("weight", "bias"):
+        assert_close(grads[name], getattr(conv, name).grad.numpy(), dtype, reduction=200,
+                     magnitude=10, err_msg=name)
+
+
 LAYERS = {  # name: (clconv layer, torch layer, input shape)
     "ReLU": (lambda nn, dt: nn.ReLU(), lambda tnn: tnn.ReLU(), (2, 3, 4, 5)),
     "ReLU6": (lambda nn, dt: nn.ReLU6(), lambda tnn: tnn.ReLU6(), (2, 3, 4, 5)),
@@ -149,20 +168,8 @@ def test_activation_argument(clconv, dev, rng, activation, torch_act, layer, mod
         ours = clconv.nn.Linear(12, 5, dtype=dtype, activation=activation, rng=1)
         conv = torch.nn.Linear(12, 5)
         x = random_array(rng, (4, 12), dtype)
-    theirs = torch.nn.Sequential(conv, tact).to(torch.float64 if dtype == np.float64
-                                                else torch.float32)
-    conv.load_state_dict({k: torch.as_tensor(v) for k, v in ours.state_dict().items()})
     ours.train(mode == "train")
-    xt = torch.tensor(x, requires_grad=True)
-    y, yt = ours(x), theirs(xt)
-    assert_close(y, yt.detach().numpy(), dtype, reduction=27, magnitude=10)
-    g = random_array(rng, y.shape, dtype)
-    gx = ours.backward(g)
-    yt.backward(torch.from_numpy(g))
-    assert_close(gx, xt.grad.numpy(), dtype, reduction=27, magnitude=10)
-    grads = ours.grad_dict()
-    assert_close(grads["weight"], conv.weight.grad.numpy(), dtype, reduction=200, magnitude=10)
-    assert_close(grads["bias"], conv.bias.grad.numpy(), dtype, reduction=200, magnitude=10)
+    _check_activation(ours, conv, tact, x, rng, dtype, torch, input_reduction=27)
 
 
 def _cnn(nn, dtype, rng):
@@ -313,17 +320,7 @@ def test_activation_on_transposed_convolutions(clconv, dev, rng, activation, tor
     ours = clconv.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1, dtype=dtype,
                                      activation=activation, rng=2)
     conv = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)
-    theirs = torch.nn.Sequential(conv, getattr(torch.nn, torch_act)()).to(
-        torch.float64 if dtype == np.float64 else torch.float32)
-    conv.load_state_dict({k: torch.as_tensor(v) for k, v in ours.state_dict().items()})
     ours.train(mode == "train")
     x = random_array(rng, (2, 3, 4, 5), dtype)
-    xt = torch.tensor(x, requires_grad=True)
-    y, yt = ours(x), theirs(xt)
-    assert_close(y, yt.detach().numpy(), dtype, reduction=27, magnitude=10)
-    g = random_array(rng, y.shape, dtype)
-    gx = ours.backward(g)
-    yt.backward(torch.from_numpy(g))
-    assert_close(gx, xt.grad.numpy(), dtype, reduction=36, magnitude=10)
-    assert_close(ours.grad_dict()["weight"], conv.weight.grad.numpy(), dtype, reduction=200,
-                 magnitude=10)
+    _check_activation(ours, conv, getattr(torch.nn, torch_act)(), x, rng, dtype, torch,
+                      input_reduction=36)

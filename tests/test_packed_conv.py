@@ -145,7 +145,7 @@ def test_workspace_limit_splits_without_changing_results(dev, rng, columns):
     tile = packed_conv.conv_tile(dev, geo, np.float32)
     panel = geo.groups * tile.packed_b_size(tile.nr, 2 * 9) * 4
     limit_panels = -(-columns // tile.nr)
-    chunks = packed_conv._chunks(geo, tile, 4, limit_panels * panel)
+    chunks = packed_conv.column_chunks(geo, tile, 4, limit_panels * panel)
     assert len(chunks) > 1 and sum(n for _, n in chunks) == 3 * 110
     whole = _conv(dev, "im2col_packed", x, w, b, "relu", kw)
     split = _conv(dev, "im2col_packed", x, w, b, "relu", kw,
@@ -187,7 +187,7 @@ def test_implicit_k_chunks(dev, rng, dtype, monkeypatch):
     geo = _geometry(x, w, kw)
     tile = packed_conv.conv_tile(dev, geo, dtype)
     monkeypatch.setattr(packed_conv, "_PANEL_BUDGET", 7 * tile.nr * dtype.itemsize)  # KC = 7 of 45
-    assert packed_conv._implicit_chunk(dev, 45, tile, dtype.itemsize) == 7
+    assert packed_conv.implicit_chunk(dev, 45, tile, dtype.itemsize) == 7
     import clconv
 
     # A plan of its own (the functional API's cached one may hold the whole-K chunk).

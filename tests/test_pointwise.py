@@ -11,10 +11,12 @@ the clear errors for what it does not compute.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import reference as ref
-from helpers import import_torch, random_array
+from helpers import check_conv, check_epilogue, random_array, register_tile_width
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 
@@ -23,13 +25,6 @@ def clconv():
     import clconv
 
     return clconv
-
-
-def _nr(dev) -> int:
-    """The register tile's width on `dev` (the fewest output positions 'pointwise' takes)."""
-    from clconv.blas.packed import tile_for
-
-    return tile_for(dev, np.float32, 8, 1024, 8).nr
 
 
 # (batch, C_in, C_out, groups, spatial as multiples/offsets of NR: a callable of nr)
@@ -50,18 +45,14 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_reference(clconv, dev, rng, case):
     n, cin, cout, groups, spatial = CASES[case]
-    size = spatial(_nr(dev))
-    x = random_array(rng, (n, cin, *size))
-    w = random_array(rng, (cout, cin // groups, 1, 1))
-    b = random_array(rng, (cout,))
-    got = clconv.conv2d(x, w, b, groups=groups, algorithm="pointwise")
-    want = ref.conv_nd(x, w, b, 1, 0, 1, groups)
-    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    size = spatial(register_tile_width(dev))
+    check_conv(functools.partial(clconv.conv2d, algorithm="pointwise"), rng, (n, cin, *size),
+               (cout, cin // groups, 1, 1), groups=groups)
 
 
 @pytest.mark.parametrize("nd", [1, 3])
 def test_1d_3d(clconv, dev, rng, nd):
-    nr = _nr(dev)
+    nr = register_tile_width(dev)
     x_shape = (2, 6, nr + 9) if nd == 1 else (1, 6, 2, 3, nr // 2 + 1)
     x = random_array(rng, x_shape)
     w = random_array(rng, (13, 6) + (1,) * nd)
@@ -74,20 +65,8 @@ def test_1d_3d(clconv, dev, rng, nd):
 @pytest.mark.parametrize("activation", [None, "relu", "relu6", "hardswish", ("leaky_relu", 0.2)])
 def test_epilogue_matches_torch(clconv, rng, activation):
     """act(conv + bias + residual) in torch's order, in the full and the masked tile stores."""
-    torch = import_torch()
-    import torch.nn.functional as F
-    from test_epilogue import torch_act
-
-    x = random_array(rng, (2, 16, 9, 9))
-    w = random_array(rng, (23, 16, 1, 1))
-    b = random_array(rng, (23,))
-    t = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
-                 torch.from_numpy(b).double())
-    r = random_array(rng, tuple(t.shape))
-    want = torch_act(t + torch.from_numpy(r).double(), activation).numpy()
-    got = clconv.conv2d(x, w, b, algorithm="pointwise", activation=activation, residual=r)
-    assert_close(got, want, np.float32, conv_reduction(w), 1.5 * conv_magnitude(x, w, b) + 1.5 *
-                 float(np.abs(r).max()))
+    check_epilogue(functools.partial(clconv.conv2d, algorithm="pointwise"), rng, (2, 16, 9, 9),
+                   (23, 16, 1, 1), activation)
 
 
 def test_device_arrays_with_offsets_no_bias(clconv, dev, rng):
@@ -107,11 +86,8 @@ def test_device_arrays_with_offsets_no_bias(clconv, dev, rng):
 def test_float64(clconv, dev, rng):
     if not dev.fp64:
         pytest.skip(f"{dev.name} has no float64 support")
-    x = random_array(rng, (2, 7, 6, 9), np.float64)
-    w = random_array(rng, (9, 7, 1, 1), np.float64)
-    got = clconv.conv2d(x, w, algorithm="pointwise")
-    assert got.dtype == np.float64
-    assert_close(got, ref.conv_nd(x, w), np.float64, conv_reduction(w), conv_magnitude(x, w))
+    check_conv(functools.partial(clconv.conv2d, algorithm="pointwise"), rng, (2, 7, 6, 9),
+               (9, 7, 1, 1), np.float64, bias=False)
 
 
 def test_nonfinite_input_poisons_only_its_columns(clconv, rng):
@@ -139,7 +115,7 @@ def test_strided(clconv, dev, rng, nd, x_shape, stride):
     b = random_array(rng, (26,))
     fn = {1: clconv.conv1d, 2: clconv.conv2d, 3: clconv.conv3d}[nd]
     want = ref.conv_nd(x, w, b, stride)
-    if int(np.prod(want.shape[2:])) < _nr(dev):
+    if int(np.prod(want.shape[2:])) < register_tile_width(dev):
         pytest.skip("fewer output positions than the register tile's width")
     got = fn(x, w, b, stride=stride, algorithm="pointwise", activation="relu")
     assert_close(got, np.maximum(want, 0), np.float32, conv_reduction(w), conv_magnitude(x, w, b))
@@ -156,7 +132,7 @@ def test_rejects_what_it_does_not_compute(clconv, rng, w_shape, kwargs, match):
 
 
 def test_rejects_fewer_positions_than_the_tile(clconv, dev, rng):
-    x = random_array(rng, (1, 4, 1, _nr(dev) - 1))
+    x = random_array(rng, (1, 4, 1, register_tile_width(dev) - 1))
     with pytest.raises(ValueError, match="algorithm='pointwise'.*output positions"):
         clconv.conv2d(x, random_array(rng, (3, 4, 1, 1)), algorithm="pointwise")
 

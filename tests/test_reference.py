@@ -186,15 +186,21 @@ GRAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"{c[0]}d")
-def test_conv_input_and_weight_are_adjoint(case):
-    """<conv(x, w), g> == <x, conv_input(g, w)> == <w, conv_weight(x, g)>."""
+def _grad_operands(case, seed: int):
+    """(x, w, y = conv_nd(x, w), g standard normal of y's shape) of a GRAD_CASES-style case."""
     _nsp, N, Cin, Cout, sp, k, stride, padding, dilation, groups = case
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, Cin) + sp)
     w = rng.standard_normal((Cout, Cin // groups) + k)
     y = ref.conv_nd(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    g = rng.standard_normal(y.shape)
+    return x, w, y, rng.standard_normal(y.shape)
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"{c[0]}d")
+def test_conv_input_and_weight_are_adjoint(case):
+    """<conv(x, w), g> == <x, conv_input(g, w)> == <w, conv_weight(x, g)>."""
+    *_, stride, padding, dilation, groups = case
+    x, w, y, g = _grad_operands(case, seed=1)
     gx = ref.conv_nd_input(x.shape, w, g, stride, padding, dilation, groups)
     gw = ref.conv_nd_weight(x, w.shape, g, stride, padding, dilation, groups)
     assert gx.shape == x.shape and gw.shape == w.shape
@@ -416,12 +422,8 @@ GRAD_TORCH_CASES = [
 @pytest.mark.parametrize("case", GRAD_TORCH_CASES, ids=str)
 def test_conv_grads_match_torch_nn_grad(case):
     torch = _torch()
-    nsp, N, Cin, Cout, sp, k, stride, padding, dilation, groups = case
-    rng = np.random.default_rng(10)
-    x = rng.standard_normal((N, Cin) + sp)
-    w = rng.standard_normal((Cout, Cin // groups) + k)
-    y = ref.conv_nd(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    g = rng.standard_normal(y.shape)
+    nsp, *_, stride, padding, dilation, groups = case
+    x, w, _, g = _grad_operands(case, seed=10)
     grad = torch.nn.grad
     fin = {1: grad.conv1d_input, 2: grad.conv2d_input, 3: grad.conv3d_input}[nsp]
     fw = {1: grad.conv1d_weight, 2: grad.conv2d_weight, 3: grad.conv3d_weight}[nsp]

@@ -11,6 +11,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 import pytest
 import reference as ref
+from helpers import spy_im2col
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 
@@ -211,15 +212,7 @@ def weight_grad_im2col(clconv, monkeypatch):
     """(batch, ncols) of every im2col launch of the weight gradient."""
     from clconv.ops import grad
 
-    launches: list[tuple[int, int | None]] = []
-
-    class Spy(grad.Im2col):
-        def __call__(self, batch, x, x_offset, col, col_offset, l_start=0, ncols=None, **kw):
-            launches.append((batch, ncols))
-            return super().__call__(batch, x, x_offset, col, col_offset, l_start, ncols, **kw)
-
-    monkeypatch.setattr(grad, "Im2col", Spy)
-    return launches
+    return spy_im2col(monkeypatch, grad)
 
 
 # (x shape, weight shape, kwargs)

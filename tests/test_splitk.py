@@ -10,10 +10,12 @@ bias / residual / activation, float64, and the errors for what it does not compu
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import reference as ref
-from helpers import import_torch, random_array
+from helpers import check_conv, check_epilogue, random_array, register_tile_width
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 
@@ -22,12 +24,6 @@ def clconv():
     import clconv
 
     return clconv
-
-
-def _nr(dev) -> int:
-    from clconv.blas.packed import tile_for
-
-    return tile_for(dev, np.float32, 8, 1024, 8).nr
 
 
 # (x shape as a callable of nr, w shape, conv kwargs)
@@ -51,18 +47,13 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_reference(clconv, dev, rng, case):
     x_shape, w_shape, kw = CASES[case]
-    x = random_array(rng, x_shape(_nr(dev)))
-    w = random_array(rng, w_shape)
-    b = random_array(rng, (w_shape[0],))
-    got = clconv.conv2d(x, w, b, algorithm="splitk", **kw)
-    want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
-                       1, kw.get("padding_mode", "zeros"))
-    assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
+    check_conv(functools.partial(clconv.conv2d, algorithm="splitk"), rng,
+               x_shape(register_tile_width(dev)), w_shape, **kw)
 
 
 @pytest.mark.parametrize("nd", [1, 3])
 def test_1d_3d(clconv, dev, rng, nd):
-    nr = _nr(dev)
+    nr = register_tile_width(dev)
     x_shape = (2, 10, nr + 5) if nd == 1 else (1, 6, 3, 4, nr // 2 + 2)
     w = random_array(rng, (11, x_shape[1]) + (3,) * nd)
     x = random_array(rng, x_shape)
@@ -73,31 +64,16 @@ def test_1d_3d(clconv, dev, rng, nd):
 
 @pytest.mark.parametrize("activation", [None, "relu", "silu"])
 def test_epilogue_matches_torch(clconv, dev, rng, activation):
-    torch = import_torch()
-    import torch.nn.functional as F
-    from test_epilogue import torch_act
-
-    x = random_array(rng, (1, 40, 7, max(7, _nr(dev) // 7 + 1)))
-    w = random_array(rng, (17, 40, 3, 3))
-    b = random_array(rng, (17,))
-    t = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
-                 torch.from_numpy(b).double(), 1, 1)
-    r = random_array(rng, tuple(t.shape))
-    want = torch_act(t + torch.from_numpy(r).double(), activation).numpy()
-    got = clconv.conv2d(x, w, b, padding=1, algorithm="splitk", activation=activation, residual=r)
-    assert_close(got, want, np.float32, conv_reduction(w), 1.5 * conv_magnitude(x, w, b) + 1.5 *
-                 float(np.abs(r).max()))
+    x_shape = (1, 40, 7, max(7, register_tile_width(dev) // 7 + 1))
+    check_epilogue(functools.partial(clconv.conv2d, algorithm="splitk"), rng, x_shape,
+                   (17, 40, 3, 3), activation, padding=1)
 
 
 def test_float64(clconv, dev, rng):
     if not dev.fp64:
         pytest.skip(f"{dev.name} has no float64 support")
-    x = random_array(rng, (1, 30, 7, 9), np.float64)
-    w = random_array(rng, (8, 30, 3, 3), np.float64)
-    got = clconv.conv2d(x, w, padding=1, algorithm="splitk")
-    assert got.dtype == np.float64
-    assert_close(got, ref.conv_nd(x, w, None, 1, 1), np.float64, conv_reduction(w),
-                 conv_magnitude(x, w))
+    check_conv(functools.partial(clconv.conv2d, algorithm="splitk"), rng, (1, 30, 7, 9),
+               (8, 30, 3, 3), np.float64, bias=False, padding=1)
 
 
 def test_rejects_groups_and_tiny_outputs(clconv, dev, rng):
@@ -105,8 +81,8 @@ def test_rejects_groups_and_tiny_outputs(clconv, dev, rng):
     with pytest.raises(ValueError, match="algorithm='splitk'.*groups=1"):
         clconv.conv2d(x, random_array(rng, (8, 4, 3, 3)), groups=2, algorithm="splitk")
     with pytest.raises(ValueError, match="algorithm='splitk'.*output positions"):
-        clconv.conv2d(random_array(rng, (1, 8, 1, _nr(dev) - 1)), random_array(rng, (4, 8, 1, 1)),
-                      algorithm="splitk")
+        clconv.conv2d(random_array(rng, (1, 8, 1, register_tile_width(dev) - 1)),
+                      random_array(rng, (4, 8, 1, 1)), algorithm="splitk")
 
 
 def test_workspace_limit(clconv, rng):

@@ -27,7 +27,7 @@ ENGINES = config.GEMM_ENGINES
 def cpu_shaped(dev: Device) -> bool:
     """Whether the packed engine's kernels (one work-item per tile, local size 1, shaped for a CPU's
     registers) suit `dev`: PoCL's CPU devices, which run a work-group as a loop on one core."""
-    return dev.kind == "cpu" and "pocl" in dev._match_text
+    return dev.kind == "cpu" and "pocl" in dev.match_text
 
 
 def gemm_engine(dev: Device) -> ModuleType:

@@ -73,7 +73,7 @@ class Tile:
         return self.b_panels(n) * self.nr * k
 
 
-def _vector_width(dev: Device, dtype: np.dtype) -> int:
+def vector_width(dev: Device, dtype: np.dtype) -> int:
     """SIMD lanes of `dtype` on `dev` (PoCL: 8 floats / 4 doubles on AVX2, 16 / 8 on AVX-512)."""
     cl_dev = dev.cl_device
     lanes = (cl_dev.preferred_vector_width_double if dtype == np.float64
@@ -96,7 +96,7 @@ def tile_for(dev: Device, dtype: Any, m: int, n: int, k: int) -> Tile:
     `n` and `k` are taken for future rules (they do not change the choice today).
     """
     del n, k
-    vw = _vector_width(dev, np.dtype(dtype))
+    vw = vector_width(dev, np.dtype(dtype))
     return Tile(4, 3 * vw, vw) if m <= 4 else Tile(6, 2 * vw, vw)
 
 
@@ -161,7 +161,7 @@ def release_scratch(dev: Device) -> int:
         return 0 if holder is None else holder.nbytes
 
 
-_PACK_K = 8  # k each pack work-item copies (PACK_K of cl/gemm_packed.cl)
+PACK_K = 8  # k each pack work-item copies (PACK_K of cl/gemm_packed.cl)
 
 
 def enqueue_pack_a(dev: Device, tile: Tile, m: int, k: int, a: cla.Array, a_offset: int,
@@ -169,13 +169,8 @@ def enqueue_pack_a(dev: Device, tile: Tile, m: int, k: int, a: cla.Array, a_offs
                    out_offset: int, out_stride: int) -> None:
     """Packs `batch` matrices op(A) (m x k) into `out` (cl/gemm_packed.cl pack_a). Call holding
     dev.lock."""
-    if m == 0 or k == 0 or batch == 0:
-        return
-    kernel(dev, "gemm_packed.cl", "pack_a", gemm_defines(tile, a.dtype))(
-        dev.queue, (-(-k // _PACK_K), tile.a_panels(m), batch), (1, 1, 1), np.int32(m),
-        np.int32(k), a.base_data,
-        np.int64(a_offset), np.int64(a_stride), np.int64(lda), np.int32(transposed),
-        out.base_data, np.int64(out_offset), np.int64(out_stride))
+    _enqueue_pack(dev, tile, "pack_a", m, tile.a_panels(m), k, a, a_offset, a_stride, batch, lda,
+                  transposed, out, out_offset, out_stride)
 
 
 def enqueue_pack_b(dev: Device, tile: Tile, n: int, k: int, b: cla.Array, b_offset: int,
@@ -183,13 +178,20 @@ def enqueue_pack_b(dev: Device, tile: Tile, n: int, k: int, b: cla.Array, b_offs
                    out_offset: int, out_stride: int) -> None:
     """Packs `batch` matrices op(B) (k x n) into `out` (cl/gemm_packed.cl pack_b). Call holding
     dev.lock."""
-    if n == 0 or k == 0 or batch == 0:
+    _enqueue_pack(dev, tile, "pack_b", n, tile.b_panels(n), k, b, b_offset, b_stride, batch, ldb,
+                  transposed, out, out_offset, out_stride)
+
+
+def _enqueue_pack(dev: Device, tile: Tile, name: str, size: int, panels: int, k: int,
+                  src: cla.Array, src_offset: int, src_stride: int, batch: int, ld: int,
+                  transposed: bool, out: cla.Array, out_offset: int, out_stride: int) -> None:
+    # pack_a and pack_b take the same arguments: `size` is m (A's rows) or n (B's columns).
+    if size == 0 or k == 0 or batch == 0:
         return
-    kernel(dev, "gemm_packed.cl", "pack_b", gemm_defines(tile, b.dtype))(
-        dev.queue, (-(-k // _PACK_K), tile.b_panels(n), batch), (1, 1, 1), np.int32(n),
-        np.int32(k), b.base_data,
-        np.int64(b_offset), np.int64(b_stride), np.int64(ldb), np.int32(transposed),
-        out.base_data, np.int64(out_offset), np.int64(out_stride))
+    kernel(dev, "gemm_packed.cl", name, gemm_defines(tile, src.dtype))(
+        dev.queue, (-(-k // PACK_K), panels, batch), (1, 1, 1), np.int32(size), np.int32(k),
+        src.base_data, np.int64(src_offset), np.int64(src_stride), np.int64(ld),
+        np.int32(transposed), out.base_data, np.int64(out_offset), np.int64(out_stride))
 
 
 def grid(dev: Device, tile: Tile, m: int, n: int, batch: int) -> tuple[int, int]:

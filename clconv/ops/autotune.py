@@ -1,7 +1,7 @@
 """algorithm='auto', measured: the first call of each (device, shape, dtype) times the algorithms
 that can run it and remembers the fastest, in memory and in a JSON file in `cache_dir()`.
 
-How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv._configure` when it measures):
+How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv.configure` when it measures):
 
 1. A choice already made for the key is used: from this process's memory, else from
    `cache_dir()/algorithms.json` (written by earlier processes; read once per process).

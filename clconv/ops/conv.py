@@ -38,9 +38,9 @@ from .depthwise import Depthwise, depthwise_unsupported
 from .dims import per_dimensions
 from .pointwise import Pointwise, pointwise_unsupported
 from .splitk import SplitK, splitk_unsupported
-from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
+from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry, conv_operand_shapes
 from .launch import ACTIVATIONS, GROUPED_MAX_CIN
-from .plan import _CONSTANT, Plan, cached_plan, derived, shape_of
+from .plan import Plan, cached_plan, derived, is_constant, shape_of
 
 __all__ = ["ACTIVATIONS", "ALGORITHMS", "ConvPlan", "applicable_algorithms", "choose_algorithm",
            "conv1d", "conv2d", "conv3d", "plan_conv", "plan_conv1d", "plan_conv2d", "plan_conv3d",
@@ -77,8 +77,8 @@ def _convolve(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | No
     r_shape = None if residual is None else shape_of(residual)
     plan = _cached_plan(dev, nd, x_shape, w_shape, b_shape, dtype, stride, padding, dilation,
                         groups, padding_mode, algorithm, activation, workspace_limit, r_shape)
-    return plan._execute({"input": input, "weight": weight, "bias": bias, "residual": residual},
-                         out, check=False)
+    return plan.execute({"input": input, "weight": weight, "bias": bias, "residual": residual},
+                        out, check=False)
 
 
 def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool = True,
@@ -138,18 +138,10 @@ class ConvPlan(Plan):
         # a transposed convolution's forward one with its asymmetric padding.
         geo = geometry or conv_geometry(nd, batch_shape, weight_shape, stride, padding, dilation,
                                         groups, padding_mode)
-        if bias_shape is not None and tuple(bias_shape) != (geo.out_channels,):
-            raise ValueError(f"bias must have shape ({geo.out_channels},) (one per output "
-                             f"channel), got {tuple(bias_shape)}")
         out_shape = geo.output_shape[1:] if unbatched else geo.output_shape
-        if residual_shape is not None and tuple(residual_shape) != tuple(out_shape):
-            raise ValueError(f"residual must have the output's shape {tuple(out_shape)}, got "
-                             f"{tuple(residual_shape)}")
-        self._prepare(dev, dtype, {"input": tuple(input_shape), "weight": tuple(weight_shape),
-                                   "bias": None if bias_shape is None else tuple(bias_shape),
-                                   "residual": None if residual_shape is None else
-                                   tuple(residual_shape)},
-                      out_shape, geo.output_shape,
+        operands = conv_operand_shapes(input_shape, weight_shape, bias_shape, residual_shape,
+                                       geo.out_channels, out_shape)
+        self._prepare(dev, dtype, operands, out_shape, geo.output_shape,
                       {"input": geo.input_shape, "weight": geo.weight_shape,
                        "output": geo.output_shape}, ("output", "input", "weight"))
         self.geometry = geo
@@ -158,8 +150,8 @@ class ConvPlan(Plan):
         self.nd = nd
         self.has_bias = bias_shape is not None
         self.has_residual = residual_shape is not None
-        self.impl = _configure(dev, geo, algorithm, self.dtype, self.work, self.has_bias,
-                               act, limit, self.has_residual)
+        self.impl = configure(dev, geo, algorithm, self.dtype, self.work, self.has_bias,
+                              act, limit, self.has_residual)
         self.algorithm = self.impl.name
         self.workspace_bytes = self.impl.workspace_bytes
         self.label = f"conv{nd}d ({self.algorithm})"
@@ -170,16 +162,16 @@ class ConvPlan(Plan):
         """act(conv(input, weight) + bias + residual), as the functional conv*d (residual: exactly
         when the plan was made with one)."""
         if bias is None and self.has_bias:
-            bias = _zeros(self.device, self.geometry.out_channels, self.dtype, weight)
-        return self._execute({"input": input, "weight": weight, "bias": bias,
-                              "residual": residual}, out)
+            bias = zero_bias(self.device, self.geometry.out_channels, self.dtype, weight)
+        return self.execute({"input": input, "weight": weight, "bias": bias,
+                             "residual": residual}, out)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
         # The algorithms that return their last kernel's event spare the run a marker.
         w = arrays["weight"]
         kw: dict[str, Any] = {}
         prepare = getattr(self.impl, "prepare", None)
-        if prepare is not None and hasattr(w, _CONSTANT):  # weights that never change (a
+        if prepare is not None and is_constant(w):  # weights that never change (a
             # compiled model's): packed once per packing layout, not on every run
             geo = self.geometry
             kw["prepared"] = derived(w, ("packed", self.impl.tile, geo.cout_per_group,
@@ -210,7 +202,7 @@ def unaliased(dev: Device, residual: cla.Array, out: cla.Array) -> cla.Array:
     return copy
 
 
-def _zeros(dev: Device, n: int, dtype: np.dtype, like: Any) -> Any:
+def zero_bias(dev: Device, n: int, dtype: np.dtype, like: Any) -> Any:
     """A zero bias for a plan made with one but called without (numpy or device, as `like`)."""
     if not isinstance(like, cla.Array):
         return np.zeros(n, dtype)
@@ -223,9 +215,9 @@ def _zeros(dev: Device, n: int, dtype: np.dtype, like: Any) -> Any:
     return found
 
 
-def _configure(dev: Device, geo: ConvGeometry, algorithm: str, dtype: np.dtype, work: np.dtype,
-               has_bias: bool, activation: ActivationArg, limit: int,
-               has_residual: bool = False) -> Any:
+def configure(dev: Device, geo: ConvGeometry, algorithm: str, dtype: np.dtype, work: np.dtype,
+              has_bias: bool, activation: ActivationArg, limit: int,
+              has_residual: bool = False) -> Any:
     """The configured algorithm object for the plan: the named one, or 'auto''s choice."""
     if algorithm != "auto":
         return ALGORITHM_CLASSES[algorithm](dev, geo, work, has_bias, activation, limit,

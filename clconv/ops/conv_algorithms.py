@@ -336,7 +336,7 @@ class ImplicitGemm(_PackedGemmConv):
         super().__init__(dev, geo, dtype, has_bias, activation, limit, has_residual)
         tile, itemsize = self.tile, self.dtype.itemsize
         self.m, self.k = geo.cout_per_group, geo.cin_per_group * geo.ksize
-        kc = packed_conv._implicit_chunk(dev, self.k, tile, itemsize)
+        kc = packed_conv.implicit_chunk(dev, self.k, tile, itemsize)
         # Sizes and the chunk are arguments: one program per kernel size, stride and epilogue.
         defines = kernel_defines(geo.shape_defines(), self.dtype, _index_t(geo), **tile.defines())
         defines.update(epilogue_defines(has_bias, activation, has_residual))
@@ -345,12 +345,12 @@ class ImplicitGemm(_PackedGemmConv):
         self.panel = cl.LocalMemory(kc * tile.nr * itemsize)
         self.tail_args = (np.int32(kc), *geo.size_args())
         self.launches = []
-        for start, count in packed_conv._chunks(geo, tile, itemsize, None):
+        for start, count in packed_conv.column_chunks(geo, tile, itemsize, None):
             mgroups, per_group = packed.grid(dev, tile, self.m, count, geo.groups)
             self.launches.append(((tile.b_panels(count), mgroups, geo.groups), np.int64(start),
                                   np.int64(count), np.int32(per_group)))
         self.a_size = tile.packed_a_size(self.m, self.k)
-        self.pack_range = (-(-self.k // packed._PACK_K), tile.a_panels(self.m), geo.groups)
+        self.pack_range = (-(-self.k // packed.PACK_K), tile.a_panels(self.m), geo.groups)
         self.packed_w = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE,
                                   max(self.a_size * geo.groups, 1) * itemsize)
         # The plan's own kernel objects with what never changes set now (clconv.runtime.program.
@@ -412,7 +412,8 @@ class PackedIm2colGemm(_PackedGemmConv):
         super().__init__(dev, geo, dtype, has_bias, activation, limit, has_residual)
         whole = packed_conv.workspace_bytes(geo, self.dtype, packed_conv.IM2COL_PACKED, dev)
         self.workspace_bytes = min(whole, limit)
-        packed_conv._chunks(geo, self.tile, self.dtype.itemsize, limit)  # MemoryError if too small
+        # MemoryError if not even one panel fits
+        packed_conv.column_chunks(geo, self.tile, self.dtype.itemsize, limit)
 
     def _enqueue(self, x: cla.Array, packed_w: Any, b: cla.Array | None, out: cla.Array,
                  residual: cla.Array | None = None) -> None:

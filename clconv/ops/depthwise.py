@@ -16,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 import pyopencl.array as cla
 
-from ..blas.packed import _vector_width
+from ..blas.packed import vector_width
 from ..runtime.device import Device
 from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg
 from .geometry import ConvGeometry
-from .launch import epilogue_defines, kernel_defines, optional_buffer_args
+from .launch import epilogue_defines, fused_conv_args, kernel_defines
 
 __all__ = ["Depthwise", "depthwise_launch", "depthwise_unsupported", "interior"]
 
@@ -41,7 +41,7 @@ def depthwise_unsupported(geo: ConvGeometry) -> str | None:
 
 def interior(geo: ConvGeometry) -> tuple[int, int]:
     """[lo, hi): the outputs along W whose vector loads stay inside the stored input line (OW_LO,
-    OW_HI of cl/conv_depthwise.cl; the stride-2 loads read one element past the last they use)."""
+    OW_HI of cl/vector.cl; the stride-2 loads read one element past the last they use)."""
     ow, iw = geo.out_size[-1], geo.in_size[-1]
     kw, sw, dw, pw = geo.kernel[-1], geo.stride[-1], geo.dilation[-1], geo.pad_lo[-1]
     lo = (pw + sw - 1) // sw
@@ -145,7 +145,7 @@ class Depthwise:
         self.dev, self.geo = dev, geo
         dtype = np.dtype(dtype)
         # Half accumulates in float: its vectors are as wide as float's.
-        vw = _vector_width(dev, np.dtype(np.float32) if dtype == np.float16 else dtype)
+        vw = vector_width(dev, np.dtype(np.float32) if dtype == np.float16 else dtype)
         launch = depthwise_launch(geo, vw, dev.cl_device.max_compute_units)
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
                              geo.batch * geo.out_channels * geo.out_spatial,
@@ -169,10 +169,6 @@ class Depthwise:
             residual: cla.Array | None = None) -> None:
         if self.empty:
             return
-        b_buf, b_off = optional_buffer_args(b, out)
-        r_buf, r_off = optional_buffer_args(residual, out)
+        args = fused_conv_args(x.base_data, element_offset(x), w, b, residual, out)
         with self.dev.lock:
-            self.kernel(self.dev.queue, self.global_size, (1, 1, 1), x.base_data,
-                        np.int64(element_offset(x)), w.base_data, np.int64(element_offset(w)),
-                        b_buf, np.int64(b_off), r_buf, np.int64(r_off), out.base_data,
-                        np.int64(element_offset(out)), *self.tail)
+            self.kernel(self.dev.queue, self.global_size, (1, 1, 1), *args, *self.tail)

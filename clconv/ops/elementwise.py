@@ -88,7 +88,7 @@ class UnaryPlan(Plan):
             self.kernel(self.device.queue, (out.size,), None, *_args(x), *_args(out))
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute({"input": input}, out)
+        return self.execute({"input": input}, out)
 
     def backward(self, x: cla.Array, grad_output: cla.Array, *,
                  from_output: bool = False) -> cla.Array:
@@ -134,7 +134,7 @@ def _unary(activation: ActivationArg, input: ArrayLike, out: ArrayLike | None,
     act = normalize_activation(activation)
     plan = cached_plan(dev, ("unary", act, shape, dtype, clamp_inclusive),
                        lambda: UnaryPlan(dev, act, shape, dtype, clamp_inclusive))
-    return plan._execute({"input": input}, out, check=False)
+    return plan.execute({"input": input}, out, check=False)
 
 
 def relu(input: ArrayLike, inplace: bool = False, *, out: ArrayLike | None = None) -> ArrayLike:
@@ -295,7 +295,7 @@ class BinaryPlan(Plan):
 
     def __call__(self, input: ArrayLike, other: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute(_binary_values(input, other), out)
+        return self.execute(_binary_values(input, other), out)
 
 
 def _binary_values(input: Any, other: Any) -> dict[str, Any]:
@@ -321,7 +321,7 @@ def _binary(op: str, input: ArrayLike, other: ArrayLike, activation: ActivationA
     act = normalize_activation(activation)
     plan = cached_plan(dev, ("binary", op, a_shape, b_shape, dtype, act),
                        lambda: BinaryPlan(dev, op, a_shape, b_shape, dtype, act))
-    return plan._execute(_binary_values(input, other), out, check=False)
+    return plan.execute(_binary_values(input, other), out, check=False)
 
 
 def add(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,
@@ -375,8 +375,8 @@ class BatchNormPlan(Plan):
     def __call__(self, input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
                  weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
                  out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute({"input": input, "running_mean": running_mean,
-                              "running_var": running_var, "weight": weight, "bias": bias}, out)
+        return self.execute({"input": input, "running_mean": running_mean,
+                             "running_var": running_var, "weight": weight, "bias": bias}, out)
 
 
 def batch_norm(input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
@@ -409,7 +409,7 @@ def batch_norm(input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike
                              float(eps) if isinstance(eps, numbers.Real) else eps, act),
                        lambda: BatchNormPlan(dev, shape, weight is not None, bias is not None,
                                              eps, dtype, act))
-    return plan._execute(values, out, check=False)
+    return plan.execute(values, out, check=False)
 
 
 def check_loop_limit(dev: Device, what: str, passes: int) -> None:
@@ -553,7 +553,7 @@ class CatPlan(Plan):
                 start += cols
 
     def __call__(self, tensors: Sequence[ArrayLike], *, out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute(self._values(tensors), out)
+        return self.execute(self._values(tensors), out)
 
     def _values(self, tensors: Sequence[ArrayLike]) -> dict[str, Any]:
         values: dict[str, Any] = dict(zip(self.names, tensors))
@@ -575,7 +575,7 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = N
     shapes = tuple(shape_of(t) for t in tensors)
     plan = cached_plan(dev, ("cat", shapes, dim, dtype),
                        lambda: CatPlan(dev, shapes, dim, dtype))
-    return plan._execute(plan._values(tensors), out, check=False)
+    return plan.execute(plan._values(tensors), out, check=False)
 
 
 def flatten(input: ArrayLike, start_dim: int = 0, end_dim: int = -1) -> ArrayLike:

@@ -23,6 +23,7 @@ __all__ = [
     "as_tuple",
     "check_ranks_and_groups",
     "conv_geometry",
+    "conv_operand_shapes",
     "fold_geometry",
     "spatial_defines",
     "unfold_geometry",
@@ -230,6 +231,24 @@ def check_ranks_and_groups(nd: int, input_shape: Sequence[int], weight_shape: Se
         raise TypeError(f"groups must be an int, got {groups!r}")
     if groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups}")
+
+
+def conv_operand_shapes(input_shape: Sequence[int], weight_shape: Sequence[int],
+                        bias_shape: Sequence[int] | None, residual_shape: Sequence[int] | None,
+                        channels: int, output_shape: Sequence[int]
+                        ) -> dict[str, tuple[int, ...] | None]:
+    """The operand shapes of a (transposed) convolution's plan, None for an operand its calls
+    omit, after checking the bias (one per output channel: `channels`) and the residual (the
+    output's shape)."""
+    if bias_shape is not None and tuple(bias_shape) != (channels,):
+        raise ValueError(f"bias must have shape ({channels},) (one per output channel), got "
+                         f"{tuple(bias_shape)}")
+    if residual_shape is not None and tuple(residual_shape) != tuple(output_shape):
+        raise ValueError(f"residual must have the output's shape {tuple(output_shape)}, got "
+                         f"{tuple(residual_shape)}")
+    return {"input": tuple(input_shape), "weight": tuple(weight_shape),
+            "bias": None if bias_shape is None else tuple(bias_shape),
+            "residual": None if residual_shape is None else tuple(residual_shape)}
 
 
 def conv_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int],

@@ -99,7 +99,7 @@ def _cached_grad(dev: Device, kind: str, plan_class: Any, nd: int, shapes: tuple
     three shapes, `conv_args` (stride, padding, dilation, groups, padding_mode)."""
     plan = cached_plan(dev, (kind, nd, *shapes, dtype, *conv_args, workspace_limit),
                        lambda: plan_class(dev, nd, *shapes, *conv_args, dtype, workspace_limit))
-    return plan._execute(operands, out, check=False)
+    return plan.execute(operands, out, check=False)
 
 
 def plan_conv_input(nd: int, input_size: Sequence[int], weight_shape: Sequence[int],
@@ -161,7 +161,7 @@ class InputGradPlan(Plan):
 
     def __call__(self, weight: ArrayLike, grad_output: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute({"weight": weight, "grad_output": grad_output}, out)
+        return self.execute({"weight": weight, "grad_output": grad_output}, out)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
         self.adjoint.run(arrays["grad_output"], arrays["weight"], None, out)
@@ -198,7 +198,7 @@ class WeightGradPlan(Plan):
 
     def __call__(self, input: ArrayLike, grad_output: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute({"input": input, "grad_output": grad_output}, out)
+        return self.execute({"input": input, "grad_output": grad_output}, out)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
         self.impl.run(arrays["input"], arrays["grad_output"], out)

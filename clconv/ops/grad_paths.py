@@ -124,10 +124,10 @@ class ForwardAdjoint:
     def __init__(self, dev: Device, geo: ConvGeometry, fgeo: ConvGeometry, dtype: np.dtype,
                  has_bias: bool, limit: int, activation: ActivationArg = None,
                  has_residual: bool = False) -> None:
-        from .conv import _configure  # conv imports transpose, which imports this module
+        from .conv import configure  # conv imports transpose, which imports this module
         self.dev, self.geo = dev, geo
-        self.impl = _configure(dev, fgeo, "auto", dtype, dtype, has_bias,
-                               normalize_activation(activation), limit, has_residual)
+        self.impl = configure(dev, fgeo, "auto", dtype, dtype, has_bias,
+                              normalize_activation(activation), limit, has_residual)
         self.algorithm = self.impl.name
         self.workspace_bytes = self.impl.workspace_bytes
         self.flipped = empty(dev, fgeo.weight_shape, dtype)

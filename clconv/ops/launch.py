@@ -25,7 +25,8 @@ from .activation import ACTIVATION_NAMES, ActivationArg, activation_defines
 from .geometry import ConvGeometry
 
 __all__ = ["ACTIVATIONS", "BatchEpilogue", "Col2im", "DirectConv", "Epilogue", "GROUPED_MAX_CIN",
-           "Im2col", "PadAdjoint", "Winograd", "epilogue_defines", "kernel_defines", "optional_buffer_args"]
+           "Im2col", "PadAdjoint", "Winograd", "epilogue_defines", "fused_conv_args", "kernel_defines",
+           "optional_buffer_args"]
 
 ACTIVATIONS = ACTIVATION_NAMES  # the plain names; clconv.ops.activation validates the rest
 GROUPED_MAX_CIN = 16  # 'direct' runs cl/conv_grouped.cl up to this many input channels per group
@@ -61,6 +62,17 @@ def optional_buffer_args(a: cla.Array | None, fallback: cla.Array) -> tuple[obje
     if a is None:
         return fallback.base_data, np.int64(0)
     return a.base_data, np.int64(element_offset(a))
+
+
+def fused_conv_args(x_buf: object, x_off: int, w: cla.Array, b: cla.Array | None,
+                    residual: cla.Array | None, out: cla.Array) -> tuple[object, ...]:
+    """The leading arguments of the convolution kernels with a fused epilogue
+    (cl/conv_depthwise.cl, cl/conv_pointwise.cl): the input (buffer, element offset), then the
+    weight, bias, residual and output as (buffer, element offset)."""
+    b_buf, b_off = optional_buffer_args(b, out)
+    r_buf, r_off = optional_buffer_args(residual, out)
+    return (x_buf, np.int64(x_off), w.base_data, np.int64(element_offset(w)), b_buf, b_off, r_buf,
+            r_off, out.base_data, np.int64(element_offset(out)))
 
 
 def _residual_args(residual: cla.Array | None, fallback: cla.Array) -> tuple[object, np.int64]:
@@ -126,16 +138,25 @@ class Col2im:
                            np.int64(l_start), np.int64(ncols), np.int32(1 if accumulate else 0))
 
 
-class Epilogue:
-    """cl/epilogue.cl: y[n, c, :] = act(y[n, c, :] + bias[c] + residual[n, c, :]) in place, on
-    (batch, channels, spatial)."""
+class _EpilogueKernel:
+    """The kernel `SOURCE` of cl/SOURCE.cl, built for a dtype, an index type and an epilogue (bias,
+    activation, residual)."""
+
+    SOURCE = ""
 
     def __init__(self, dev: Device, dtype: np.dtype, index_t: str, has_bias: bool,
                  activation: ActivationArg, has_residual: bool = False) -> None:
         self.dev = dev
         defines = precision_defines(dtype)
         defines.update(epilogue_defines(has_bias, activation, has_residual), INDEX_T=index_t)
-        self.kernel = kernel(dev, "epilogue.cl", "epilogue", defines)
+        self.kernel = kernel(dev, f"{self.SOURCE}.cl", self.SOURCE, defines)
+
+
+class Epilogue(_EpilogueKernel):
+    """cl/epilogue.cl: y[n, c, :] = act(y[n, c, :] + bias[c] + residual[n, c, :]) in place, on
+    (batch, channels, spatial)."""
+
+    SOURCE = "epilogue"
 
     def __call__(self, y: cla.Array, y_offset: int, bias: cla.Array | None, batch: int,
                  channels: int, spatial: int, residual: cla.Array | None = None,
@@ -150,16 +171,11 @@ class Epilogue:
                            r_off if r_offset is None else np.int64(r_offset), np.int64(spatial))
 
 
-class BatchEpilogue:
+class BatchEpilogue(_EpilogueKernel):
     """cl/batch_epilogue.cl: a folded GEMM result (channels, images * spatial) into place in
     (images, channels, spatial), with bias and activation."""
 
-    def __init__(self, dev: Device, dtype: np.dtype, index_t: str, has_bias: bool,
-                 activation: ActivationArg, has_residual: bool = False) -> None:
-        self.dev = dev
-        defines = precision_defines(dtype)
-        defines.update(epilogue_defines(has_bias, activation, has_residual), INDEX_T=index_t)
-        self.kernel = kernel(dev, "batch_epilogue.cl", "batch_epilogue", defines)
+    SOURCE = "batch_epilogue"
 
     def __call__(self, r: cla.Array, r_offset: int, y: cla.Array, y_offset: int,
                  bias: cla.Array | None, images: int, channels: int, spatial: int,

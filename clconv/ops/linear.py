@@ -117,8 +117,8 @@ class LinearPlan(Plan):
 
     def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
                  residual: ArrayLike | None = None, out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute({"input": input, "weight": weight, "bias": bias,
-                              "residual": residual}, out)
+        return self.execute({"input": input, "weight": weight, "bias": bias,
+                             "residual": residual}, out)
 
 
 def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
@@ -137,4 +137,4 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *
                              shapes["residual"], dtype, act),
                        lambda: LinearPlan(dev, shapes["input"], shapes["weight"], shapes["bias"],
                                           dtype, act, shapes["residual"]))
-    return plan._execute(values, out, check=False)
+    return plan.execute(values, out, check=False)

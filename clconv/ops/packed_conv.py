@@ -8,7 +8,7 @@
   may straddle two images, its columns' output offsets say where each goes). Workspace: the packed
   columns.
 - implicit GEMM (configured and run by clconv.ops.conv_algorithms.ImplicitGemm, algorithm=
-  'implicit'; `conv_tile` and `_implicit_chunk` here): cl/conv_implicit.cl, no column buffer at
+  'implicit'; `conv_tile` and `implicit_chunk` here): cl/conv_implicit.cl, no column buffer at
   all: each work-item gathers its K x NR panel of the column matrix from the input into local
   memory and runs the same micro-kernel on it. Workspace: none (the output only).
 
@@ -91,8 +91,8 @@ def workspace_bytes(geo: ConvGeometry, dtype: object, algorithm: str = IM2COL_PA
 _MAX_COLUMNS = 2**30
 
 
-def _chunks(geo: ConvGeometry, tile: Tile, itemsize: int,
-            limit: int | None) -> list[tuple[int, int]]:
+def column_chunks(geo: ConvGeometry, tile: Tile, itemsize: int,
+                  limit: int | None) -> list[tuple[int, int]]:
     """(first folded column, columns) per launch: whole images side by side while `limit` bytes of
     packed columns allow (None: no limit), else ranges of one image's positions. Raises
     MemoryError when not even one panel fits."""
@@ -159,7 +159,7 @@ def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_o
                                     else bias_off)
     r_off = 0 if residual is None else (residual.offset // residual.dtype.itemsize
                                         if residual_off is None else residual_off)
-    chunks = _chunks(geo, tile, dtype.itemsize, workspace_limit)
+    chunks = column_chunks(geo, tile, dtype.itemsize, workspace_limit)
     most = max(n for _, n in chunks)
     with dev.lock:
         scratch = packed.packed_scratch(dev, geo.groups * tile.packed_b_size(most, k), dtype)
@@ -183,7 +183,7 @@ def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_o
                 residual_offset=r_off + image * geo.out_channels * l + pos)
 
 
-def _implicit_chunk(dev: Device, k: int, tile: Tile, itemsize: int) -> int:
+def implicit_chunk(dev: Device, k: int, tile: Tile, itemsize: int) -> int:
     """KC: rows of a B panel held in local memory at once (all K when K x NR fits the budget)."""
     budget = min(_PANEL_BUDGET, int(dev.cl_device.local_mem_size))
     return max(1, min(k, budget // (tile.nr * itemsize)))

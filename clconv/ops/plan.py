@@ -36,7 +36,8 @@ from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, check_fits, deliver, element_offset, result_dtype
 from .precision import check_precision, compute_dtype, load, store
 
-__all__ = ["Plan", "PlanCache", "cached_plan", "derived", "freeze", "mark_constant", "shape_of"]
+__all__ = ["Plan", "PlanCache", "cached_plan", "derived", "freeze", "is_constant", "mark_constant",
+           "shape_of"]
 
 
 #: Guards every plan's cache of siblings for other batch sizes (Plan._for_batch).
@@ -53,6 +54,11 @@ def mark_constant(a: cla.Array) -> cla.Array:
     the caller owns: an array's identity says nothing of its contents otherwise. Returns `a`."""
     setattr(a, _CONSTANT, {})
     return a
+
+
+def is_constant(a: Any) -> bool:
+    """Whether `a` was declared constant with mark_constant."""
+    return hasattr(a, _CONSTANT)
 
 
 def derived(a: Any, key: Hashable, make: Callable[[], Any]) -> Any:
@@ -257,7 +263,7 @@ class Plan:
             return empty(dev, self.batch_shape, self.work), out
         return out.reshape(self.batch_shape), None
 
-    def _execute(self, values: dict[str, Any], out: Any = None, check: bool = True) -> ArrayLike:
+    def execute(self, values: dict[str, Any], out: Any = None, check: bool = True) -> ArrayLike:
         """The run skeleton: check, load, result buffer, enqueue, store, deliver. `check=False`
         for the functional API, whose plan key already holds the operands' shapes and dtype."""
         if self.needs_gemm:
@@ -266,7 +272,7 @@ class Plan:
             batch = self._batch_of(values)
             sibling = None if batch is None else self._for_batch(batch)
             if sibling is not None:  # another batch size of the same layer
-                return sibling._execute(values, out)
+                return sibling.execute(values, out)
             self._check_operands(values)
         elif self.dtype == np.float16:
             check_precision(self.device, self.dtype)

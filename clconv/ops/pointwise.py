@@ -29,9 +29,9 @@ from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg
 from .geometry import ConvGeometry
-from .launch import epilogue_defines, kernel_defines, optional_buffer_args
+from .launch import epilogue_defines, fused_conv_args, kernel_defines
 
-__all__ = ["Pointwise", "pointwise_unsupported"]
+__all__ = ["Pointwise", "pointwise_unsupported", "tile_unsupported"]
 
 
 def pointwise_unsupported(geo: ConvGeometry, dtype: Any, nr: int) -> str | None:
@@ -41,6 +41,12 @@ def pointwise_unsupported(geo: ConvGeometry, dtype: Any, nr: int) -> str | None:
         return f"it needs a 1x1 kernel (the weight's is {'x'.join(map(str, geo.kernel))})"
     if any(geo.pad_lo) or any(geo.pad_hi):
         return "it needs padding 0"
+    return tile_unsupported(geo, dtype, nr)
+
+
+def tile_unsupported(geo: ConvGeometry, dtype: Any, nr: int) -> str | None:
+    """Why the register tile of 'pointwise' and 'splitk' (float32 or float64, `nr` output
+    positions wide) cannot compute `geo` in `dtype`, or None when it can."""
     if np.dtype(dtype) not in (np.float32, np.float64):
         return f"it computes float32 and float64 (got {np.dtype(dtype)})"
     if geo.out_spatial < nr:
@@ -124,8 +130,6 @@ class Pointwise:
             residual: cla.Array | None = None) -> None:
         if self.empty:
             return
-        b_buf, b_off = optional_buffer_args(b, out)
-        r_buf, r_off = optional_buffer_args(residual, out)
         with self.dev.lock:
             x_buf, x_off = x.base_data, element_offset(x)
             if self.strided:
@@ -134,7 +138,5 @@ class Pointwise:
                 self.copy(self.dev.queue, self.copy_range, (1,), x_buf, np.int64(x_off),
                           col.base_data, *self.copy_args)
                 x_buf, x_off = col.base_data, 0
-            self.kernel(self.dev.queue, self.global_size, (1, 1, 1), x_buf,
-                        np.int64(x_off), w.base_data, np.int64(element_offset(w)),
-                        b_buf, np.int64(b_off), r_buf, np.int64(r_off), out.base_data,
-                        np.int64(element_offset(out)), *self.tail)
+            self.kernel(self.dev.queue, self.global_size, (1, 1, 1),
+                        *fused_conv_args(x_buf, x_off, w, b, residual, out), *self.tail)

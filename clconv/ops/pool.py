@@ -39,6 +39,7 @@ from ..runtime.transfer import (
     is_device_array,
     result_dtype,
 )
+from .dims import per_dimensions
 from .geometry import IntOrTuple, as_tuple
 from .plan import Plan, cached_plan, shape_of
 from .precision import check_precision, load, store
@@ -227,7 +228,7 @@ class PoolPlan(Plan):
                             np.int32(self.kind == "adaptive_max"), save, *shapes)
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute({"input": input}, out)
+        return self.execute({"input": input}, out)
 
     # -- for clconv.nn: device arrays of `work` dtype in batch_shape -------------------------------
     def forward(self, x: cla.Array, save: bool = False) -> tuple[cla.Array, cla.Array | None]:
@@ -284,7 +285,7 @@ def _pool(kind: str, nd: int, input: ArrayLike, out: ArrayLike | None,
     plan = cached_plan(dev, ("pool", kind, nd, shape, dtype, *sorted(args.items())),
                        lambda: PoolPlan(dev, kind, nd, shape, dtype, **args))
     if not return_indices:
-        return plan._execute({"input": input}, out, check=False)
+        return plan.execute({"input": input}, out, check=False)
     if out is not None:
         raise ValueError("out= cannot be combined with return_indices=True")
     # (output, indices): torch's flat index of each maximum within its plane, int64, of the
@@ -297,29 +298,21 @@ def _pool(kind: str, nd: int, input: ArrayLike, out: ArrayLike | None,
     return deliver(y, host), deliver(idx.reshape(plan.output_shape), host)
 
 
-def max_pool1d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
-               padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
-               return_indices: bool = False, *, out: ArrayLike | None = None) -> Any:
-    """torch.nn.functional.max_pool1d: (N, C, L) or (C, L) -> (N, C, L_out)."""
-    return _pool("max", 1, input, out, return_indices, kernel_size=kernel_size, stride=stride,
+def _max_pool(nd: int, input: ArrayLike, kernel_size: IntOrTuple,
+              stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+              ceil_mode: bool = False, return_indices: bool = False, *,
+              out: ArrayLike | None = None) -> Any:
+    """max_pool{nd}d (the template of max_pool1d/2d/3d, made with per_dimensions below)."""
+    return _pool("max", nd, input, out, return_indices, kernel_size=kernel_size, stride=stride,
                  padding=padding, dilation=dilation, ceil_mode=ceil_mode)
 
 
-def max_pool2d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
-               padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
-               return_indices: bool = False, *, out: ArrayLike | None = None) -> Any:
-    """torch.nn.functional.max_pool2d: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out);
-    return_indices=True also gives each maximum's flat index in its plane (int64, torch's)."""
-    return _pool("max", 2, input, out, return_indices, kernel_size=kernel_size, stride=stride,
-                 padding=padding, dilation=dilation, ceil_mode=ceil_mode)
-
-
-def max_pool3d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
-               padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
-               return_indices: bool = False, *, out: ArrayLike | None = None) -> Any:
-    """torch.nn.functional.max_pool3d: (N, C, D, H, W) or (C, D, H, W) -> (N, C, D', H', W')."""
-    return _pool("max", 3, input, out, return_indices, kernel_size=kernel_size, stride=stride,
-                 padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+max_pool1d, max_pool2d, max_pool3d = per_dimensions(
+    _max_pool, ("max_pool1d", "max_pool2d", "max_pool3d"),
+    ("""torch.nn.functional.max_pool1d: (N, C, L) or (C, L) -> (N, C, L_out).""",
+     """torch.nn.functional.max_pool2d: (N, C, H, W) or (C, H, W) -> (N, C, H_out, W_out);
+    return_indices=True also gives each maximum's flat index in its plane (int64, torch's).""",
+     """torch.nn.functional.max_pool3d: (N, C, D, H, W) or (C, D, H, W) -> (N, C, D', H', W')."""))
 
 
 def avg_pool1d(input: ArrayLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,

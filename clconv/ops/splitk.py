@@ -24,6 +24,7 @@ from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg
 from .geometry import ConvGeometry
 from .launch import Im2col, epilogue_defines, kernel_defines
+from .pointwise import tile_unsupported
 
 __all__ = ["SplitK", "split_of", "splitk_unsupported"]
 
@@ -36,12 +37,7 @@ def splitk_unsupported(geo: ConvGeometry, dtype: object, nr: int) -> str | None:
     None."""
     if geo.groups != 1:
         return f"it needs groups=1 (got groups={geo.groups})"
-    if np.dtype(dtype) not in (np.float32, np.float64):
-        return f"it computes float32 and float64 (got {np.dtype(dtype)})"
-    if geo.out_spatial < nr:
-        return (f"it needs at least {nr} output positions an image (the register tile's width; "
-                f"got {geo.out_spatial})")
-    return None
+    return tile_unsupported(geo, dtype, nr)
 
 
 def split_of(k: int, columns: int, itemsize: int) -> tuple[int, int]:

@@ -31,7 +31,8 @@ from ..runtime.memory import column_buffer, empty, resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
 from .activation import Activation, ActivationArg, normalize_activation
 from .dims import per_dimensions
-from .geometry import ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_groups
+from .geometry import (ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_groups,
+                       conv_operand_shapes)
 from .grad_paths import adjoint_route, phase_col2im
 from .launch import Col2im, Epilogue, PadAdjoint
 from .plan import Plan, cached_plan, shape_of
@@ -112,8 +113,8 @@ def _transpose(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | N
                                              output_padding, groups, dilation, dtype,
                                              workspace_limit, activation=activation,
                                              residual_shape=r_shape))
-    return plan._execute({"input": input, "weight": weight, "bias": bias, "residual": residual},
-                         out, check=False)
+    return plan.execute({"input": input, "weight": weight, "bias": bias, "residual": residual},
+                        out, check=False)
 
 
 def plan_conv_transpose(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int],
@@ -161,19 +162,11 @@ class TransposePlan(Plan):
         batch_shape = (1, *input_shape) if unbatched else tuple(input_shape)
         geo = transpose_geometry(nd, batch_shape, weight_shape, stride, padding, output_padding,
                                  groups, dilation)
-        if bias_shape is not None and tuple(bias_shape) != (geo.in_channels,):
-            raise ValueError(f"bias must have shape ({geo.in_channels},) (one per output channel), "
-                             f"got {tuple(bias_shape)}")
-        out_shape = geo.input_shape[1:] if unbatched else geo.input_shape
-        if residual_shape is not None and tuple(residual_shape) != tuple(out_shape):
-            raise ValueError(f"residual must have the output's shape {tuple(out_shape)}, got "
-                             f"{tuple(residual_shape)}")
         # geo is the forward convolution: its output is this op's input and the other way round
-        self._prepare(dev, dtype, {"input": tuple(input_shape), "weight": tuple(weight_shape),
-                                   "bias": None if bias_shape is None else tuple(bias_shape),
-                                   "residual": None if residual_shape is None else
-                                   tuple(residual_shape)},
-                      out_shape, geo.input_shape,
+        out_shape = geo.input_shape[1:] if unbatched else geo.input_shape
+        operands = conv_operand_shapes(input_shape, weight_shape, bias_shape, residual_shape,
+                                       geo.in_channels, out_shape)
+        self._prepare(dev, dtype, operands, out_shape, geo.input_shape,
                       {"input": geo.output_shape, "weight": geo.weight_shape,
                        "output": geo.input_shape})
         self.geometry = geo
@@ -191,10 +184,10 @@ class TransposePlan(Plan):
         """act(conv_transpose(input, weight) + bias + residual) (residual: exactly when the plan
         was made with one)."""
         if bias is None and self.has_bias:
-            from .conv import _zeros
-            bias = _zeros(self.device, self.geometry.in_channels, self.dtype, weight)
-        return self._execute({"input": input, "weight": weight, "bias": bias,
-                              "residual": residual}, out)
+            from .conv import zero_bias
+            bias = zero_bias(self.device, self.geometry.in_channels, self.dtype, weight)
+        return self.execute({"input": input, "weight": weight, "bias": bias,
+                             "residual": residual}, out)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
         r = arrays.get("residual")

@@ -37,7 +37,7 @@ class _OneLaunchPlan(Plan):
     batch: int
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
-        return self._execute({"input": input}, out)
+        return self.execute({"input": input}, out)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
         x = arrays["input"]
@@ -120,7 +120,7 @@ def unfold(nd: int, input: ArrayLike, kernel_size: IntOrTuple, dilation: IntOrTu
     plan = cached_plan(dev, ("unfold", nd, shape, dtype, kernel_size, dilation, padding, stride),
                        lambda: UnfoldPlan(dev, nd, shape, kernel_size, dilation, padding, stride,
                                           dtype))
-    return plan._execute({"input": input}, out, check=False)
+    return plan.execute({"input": input}, out, check=False)
 
 
 def fold(nd: int, input: ArrayLike, output_size: IntOrTuple, kernel_size: IntOrTuple,
@@ -135,7 +135,7 @@ def fold(nd: int, input: ArrayLike, output_size: IntOrTuple, kernel_size: IntOrT
                              stride),
                        lambda: FoldPlan(dev, nd, shape, output_size, kernel_size, dilation,
                                         padding, stride, dtype))
-    return plan._execute({"input": input}, out, check=False)
+    return plan.execute({"input": input}, out, check=False)
 
 
 def enqueue_im2col(dev: Device, geometry: dict, batch: int, x: cla.Array, x_offset: int,

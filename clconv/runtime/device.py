@@ -54,10 +54,10 @@ class Device:
                                          "unknown platform")
         # What a name spec is matched against: PoCL's platform is "Portable Computing Language" and
         # only its vendor/version say "pocl".
-        self._match_text = (f"{self.name} {self.platform_name} "
-                            f"{_query(self, 'platform_vendor', lambda: platform.vendor, '')} "
-                            f"{_query(self, 'platform_version', lambda: platform.version, '')}"
-                            ).lower()
+        self.match_text = (f"{self.name} {self.platform_name} "
+                           f"{_query(self, 'platform_vendor', lambda: platform.vendor, '')} "
+                           f"{_query(self, 'platform_version', lambda: platform.version, '')}"
+                           ).lower()
         self.vendor: str = _query(self, "vendor", lambda: cl_device.vendor.strip(), "")
         self.kind: str = _query(self, "kind", lambda: next(
             (k for t, k in _KINDS if cl_device.type & t), "cpu"), "cpu")
@@ -300,7 +300,7 @@ def _select(spec: str) -> Device:
         p, q = (int(part) for part in text.split(":", 1))
         candidates = [d for d in devs if d.platform_index == p and d.device_index == q]
     else:
-        candidates = [d for d in devs if low and low in d._match_text]
+        candidates = [d for d in devs if low and low in d.match_text]
     usable = [d for d in candidates if _usable_or_warn(d)]
     if usable:
         return usable[0]
@@ -337,7 +337,7 @@ def _choose_default(env: str | None) -> tuple[Device, str]:
     if not devs:
         raise DeviceNotFoundError(_INSTALL_HINT)
     for kind in ("gpu", "cpu", "accelerator"):
-        for d in sorted(devs, key=lambda d: "rusticl" in d._match_text):  # Mesa's rusticl last
+        for d in sorted(devs, key=lambda d: "rusticl" in d.match_text):  # Mesa's rusticl last
             if d.kind == kind and _usable_or_warn(d):
                 return d, f"first usable {kind.upper()} ({ENV_VAR} not set)"
     raise DeviceNotFoundError(f"no usable OpenCL device; {describe_devices(devs)}")

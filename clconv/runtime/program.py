@@ -223,6 +223,34 @@ def _program(dev: Device, cache: ProgramCache, source: str, opts: tuple[str, ...
 _GENERATED = re.compile(r"^\d+ (warning|error)s? generated\.\s*$", re.M)
 
 
+class CapturedStderr:
+    """`with CapturedStderr() as err:` sends what reaches file descriptor 2 (where C code such as
+    a driver's compiler writes, beneath Python's sys.stderr) to a temporary file; `err.text` holds
+    it afterwards."""
+
+    text = ""
+
+    def __enter__(self) -> CapturedStderr:
+        import sys
+        import tempfile
+
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import sys
+
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
+
+
 class QuietBuild:
     """`with QuietBuild(prg, dev, source, options): prg.build(...)` keeps compiler output off the
     user's terminal (use holding dev.lock).
@@ -239,8 +267,6 @@ class QuietBuild:
         self.output = ""
 
     def __enter__(self) -> QuietBuild:
-        import sys
-        import tempfile
         import time
         import warnings
 
@@ -248,22 +274,16 @@ class QuietBuild:
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
         warnings.simplefilter("ignore", cl.CompilerWarning)
-        sys.stderr.flush()
-        self._captured = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._captured.fileno(), 2)
+        self._captured = CapturedStderr().__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         import sys
         import time
 
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
+        self._captured.__exit__(*exc)
         self._warnings.__exit__(*exc)
-        self._captured.seek(0)
-        self.output = self._captured.read().decode("utf-8", "replace")
-        self._captured.close()
+        self.output = self._captured.text
         verbose = config.verbose()
         shown = self.output if verbose else _GENERATED.sub("", self.output)
         if shown.strip():

@@ -128,16 +128,11 @@ def device_spec(text: str) -> str:
 
 def existing_folder_file(text: str) -> str:
     """A file to write whose folder exists (nothing is created besides the file)."""
-    path = os.path.abspath(os.path.expanduser(text))
-    folder = os.path.dirname(path)
-    if os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file in it")
+    folder = _folder_of_file(text, "name a file in it")
     if not os.path.isdir(folder):
         raise argparse.ArgumentTypeError(f"the folder {folder} of {text!r} does not exist; "
                                          f"create it first or choose another path")
-    if not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"the folder {folder} of {text!r} is not writable")
-    return text
+    return _writable_in(folder, text)
 
 
 def output_prefix(text: str) -> str:
@@ -145,17 +140,26 @@ def output_prefix(text: str) -> str:
     folder (the default, bench-out/bench, makes bench-out in the working folder)."""
     if text == "-":
         return text
-    path = os.path.abspath(os.path.expanduser(text))
-    folder = os.path.dirname(path)
-    if os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{text!r} is a folder; the prefix names files "
-                                         f"(e.g. {os.path.join(text, 'bench')})")
+    folder = _folder_of_file(text, f"the prefix names files (e.g. {os.path.join(text, 'bench')})")
     parent = folder if os.path.isdir(folder) else os.path.dirname(folder)
     if not os.path.isdir(parent):
         raise argparse.ArgumentTypeError(f"the folder {os.path.dirname(folder)} of {text!r} does "
                                          f"not exist; create it first or choose another prefix")
-    if not os.access(parent, os.W_OK):
-        raise argparse.ArgumentTypeError(f"the folder {parent} of {text!r} is not writable")
+    return _writable_in(parent, text)
+
+
+def _folder_of_file(text: str, hint: str) -> str:
+    """The folder of the file path `text`; an error (saying `hint`) when `text` is a folder."""
+    path = os.path.abspath(os.path.expanduser(text))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; {hint}")
+    return os.path.dirname(path)
+
+
+def _writable_in(folder: str, text: str) -> str:
+    """`text`, once its (existing) `folder` is writable."""
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"the folder {folder} of {text!r} is not writable")
     return text
 
 

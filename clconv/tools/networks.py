@@ -10,6 +10,8 @@ this module only where torch is wanted.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,17 +109,23 @@ def resnet18(width: float = 0.25, num_classes: int = 10) -> ResNet:
 # --- MobileNetV2 (Sandler et al. 2018, Table 2) ---------------------------------------------------
 
 class InvertedResidual(nn.Module):
-    """1x1 expansion by t (ReLU6), 3x3 depthwise (ReLU6), linear 1x1; residual at stride 1."""
+    """1x1 expansion by t (ReLU6), 3x3 depthwise (ReLU6), linear 1x1; residual at stride 1.
 
-    def __init__(self, cin: int, cout: int, stride: int, t: int) -> None:
+    `k`, `act` and `se` (a squeeze-excitation module of the hidden channels, placed after the
+    depthwise) make it EfficientNet's MBConv (tests/models.py)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, t: int, k: int = 3,
+                 act: type = nn.ReLU6, se: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         hidden = cin * t
         self.use_res = stride == 1 and cin == cout
         layers: list[nn.Module] = []
         if t != 1:
-            layers.append(conv_bn(cin, hidden, 1, act=nn.ReLU6))
-        layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+            layers.append(conv_bn(cin, hidden, 1, act=act))
+        layers.append(conv_bn(hidden, hidden, k, stride, groups=hidden, act=act))
+        if se is not None:
+            layers.append(se(hidden))
+        layers += [nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

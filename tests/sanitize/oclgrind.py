@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import tempfile
 from collections import Counter
 from typing import Any
 
@@ -67,25 +65,11 @@ def without_benign(text: str) -> str:
     return _BENIGN_API.sub("", text).strip()
 
 
-class Stderr:
+def Stderr() -> Any:  # used as a class: `with Stderr() as err`
     """Captures file descriptor 2 (where Oclgrind writes) while active; `.text` afterwards."""
+    from clconv.runtime.program import CapturedStderr  # clconv imported lazily, as below
 
-    text = ""
-
-    def __enter__(self) -> Stderr:
-        sys.stderr.flush()
-        self._file = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._file.fileno(), 2)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sys.stderr.flush()
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        self._file.seek(0)
-        self.text = self._file.read().decode("utf-8", "replace")
-        self._file.close()
+    return CapturedStderr()
 
 
 # ---------------------------------------------------------------------------
