@@ -189,6 +189,38 @@ def test_bad_arguments(clconv, rng, name, args, kwargs, error, words):
         getattr(torch.nn.functional, name)(torch.from_numpy(x), *args, **kwargs)
 
 
+BAD_FOR_SHAPE = [  # (function, input shape, args, kwargs, error, words in the message)
+    ("adaptive_avg_pool1d", (1, 2, 5), ((None,),), {}, TypeError, "output_size"),
+    ("adaptive_max_pool1d", (1, 2, 5), ((None,),), {}, TypeError, "output_size"),
+    ("adaptive_max_pool1d", (1, 2, 5), (None,), {}, TypeError, "output_size"),
+    # torch's avg_pool3d alone wants the unpadded input at least as large as the window
+    ("avg_pool3d", (1, 1, 2, 2, 2), (3,), {"padding": 1}, ValueError, "smaller than kernel_size"),
+    ("avg_pool3d", (1, 1, 4, 2, 4), ((2, 3, 2),), {"padding": 1}, ValueError, "kernel_size"),
+]
+
+
+@pytest.mark.parametrize("name, shape, args, kwargs, error, words", BAD_FOR_SHAPE,
+                         ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_FOR_SHAPE)])
+def test_bad_arguments_for_the_input(clconv, rng, name, shape, args, kwargs, error, words):
+    x = random_array(rng, shape)
+    with pytest.raises(error, match=words):
+        getattr(clconv, name)(x, *args, **kwargs)
+    torch = import_torch()
+    with pytest.raises((RuntimeError, ValueError, TypeError)):  # torch refuses it too
+        getattr(torch.nn.functional, name)(torch.from_numpy(x), *args, **kwargs)
+
+
+def test_padded_windows_larger_than_the_input_as_torch(clconv, rng):
+    """The other pools accept an input smaller than the window when padding makes room (torch)."""
+    torch = import_torch()
+    for name, shape in (("max_pool3d", (1, 1, 2, 2, 2)), ("avg_pool2d", (1, 1, 2, 2)),
+                        ("max_pool2d", (1, 1, 2, 2)), ("avg_pool1d", (1, 1, 2))):
+        x = random_array(rng, shape)
+        got = getattr(clconv, name)(x, 3, padding=1)
+        want = getattr(torch.nn.functional, name)(torch.from_numpy(x), 3, padding=1).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
 def test_bad_inputs(clconv, rng):
     with pytest.raises(ValueError, match="input"):
         clconv.max_pool2d(random_array(rng, (2, 3, 4, 4, 4)), 2)

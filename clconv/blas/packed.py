@@ -35,6 +35,7 @@ __all__ = [
     "enqueue_pack_b",
     "gemm",
     "gemm_defines",
+    "gemm_scratch_bytes",
     "gflops",
     "grid",
     "k_ranges",
@@ -152,6 +153,15 @@ def scratch_bytes(dev: Device) -> int:
     """Bytes the device's packing scratch holds now (0 before the first call)."""
     holder = _SCRATCH.get(dev)
     return 0 if holder is None else holder.nbytes
+
+
+def gemm_scratch_bytes(dev: Device, dtype: Any, m: int, n: int, k: int, batch: int = 1) -> int:
+    """Bytes of the packing scratch one `gemm` call of these sizes needs (A and B packed for each
+    of the `batch` products: neither shared nor pre-packed). 0 when there is nothing to multiply."""
+    if 0 in (m, n, k, batch):
+        return 0
+    tile = tile_for(dev, dtype, m, n, k)
+    return batch * (tile.packed_a_size(m, k) + tile.packed_b_size(n, k)) * np.dtype(dtype).itemsize
 
 
 def release_scratch(dev: Device) -> int:

@@ -18,13 +18,13 @@ the gradients of convolutions with non-zero padding, and padding='same' / 'valid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pyopencl.array as cla
 
-from ..blas import clblast
+from ..blas import clblast, packed
 from ..blas.engine import gemm_engine
 from ..runtime.device import Device, current_device
 from ..runtime.memory import column_buffer, resolve_workspace_limit
@@ -215,31 +215,50 @@ def _ones(dev: Device, n: int, dtype: np.dtype) -> cla.Array:
     return ones
 
 
-def plan_weight_grad(geo: ConvGeometry, itemsize: int, limit: int) -> ColumnPlan:
+def plan_weight_grad(geo: ConvGeometry, itemsize: int, limit: int,
+                     gemm_scratch: Callable[[int, int], int] | None = None) -> ColumnPlan:
     """How `WeightGrad` splits its workspace to fit in `limit` bytes.
 
     `batch_chunk` images at a time when at least two fit with their columns and partial weights
     (nbytes = batch_chunk * (columns + weight)); else one image at a time, its product written
     straight into the weight (no partial: nbytes = its columns, 0 for a 1x1 convolution, whose
-    columns are the input); else, within an image, `col_chunk` output positions at a time. Raises
-    MemoryError, naming the sizes, when not even one column (C_in * prod(kernel) values) fits.
+    columns are the input); else, within an image, `col_chunk` output positions at a time.
+    `gemm_scratch(images, columns)`: bytes of the GEMM engine's own buffer for such a chunk (the
+    packed GEMM packs its operands into a scratch of its own; CLBlast's temporaries are its own
+    business): the chunks are also chosen so that it stays within the limit, down to the packing
+    of one column (a register tile's padding, a few hundred bytes), its floor. Raises MemoryError,
+    naming the sizes, when not even one column (C_in * prod(kernel) values) fits.
     """
+    scratch = gemm_scratch or (lambda images, columns: 0)
+    bound = max(limit, scratch(1, 1))  # the packing of one column: the least any split needs
     wsize = geo.out_channels * geo.cin_per_group * geo.ksize  # one partial weight
     columns = 0 if geo.is_pointwise else geo.column_rows * geo.out_spatial  # one image's
     per_image = (columns + wsize) * itemsize
-    nb = min(geo.batch, limit // per_image)
+    l = geo.out_spatial
+    nb = _largest(2, min(geo.batch, limit // per_image), lambda nb: scratch(nb, l) <= bound)
     if nb >= 2:
-        return ColumnPlan(nb, geo.out_spatial, nb * per_image)
-    if columns * itemsize <= limit:
-        return ColumnPlan(1, geo.out_spatial, columns * itemsize)
-    column = geo.column_rows * itemsize
+        return ColumnPlan(nb, l, nb * per_image)
+    if columns * itemsize <= limit and scratch(1, l) <= bound:
+        return ColumnPlan(1, l, columns * itemsize)
+    column = 0 if geo.is_pointwise else geo.column_rows * itemsize
     if column > limit:
         raise MemoryError(f"workspace_limit={limit} bytes cannot hold even one column of the "
                           f"im2col matrix ({geo.column_rows} values = {column} bytes) of the "
                           f"weight gradient of input {geo.input_shape} (one image's columns: "
                           f"{columns * itemsize} bytes); raise workspace_limit")
-    cols = limit // column
+    cols = _largest(1, l if not column else limit // column,
+                    lambda cols: scratch(1, cols) <= bound)
     return ColumnPlan(1, cols, cols * column)
+
+
+def _largest(low: int, high: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in [low, high] with fits(n) (fits monotone: true up to some n), else low - 1."""
+    if high < low or not fits(low):
+        return low - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
 
 
 class WeightGrad:
@@ -254,7 +273,9 @@ class WeightGrad:
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: int) -> None:
         self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
         self.gemm = gemm_engine(dev)
-        self.plan = plan_weight_grad(geo, self.dtype.itemsize, limit) if geo.batch else None
+        self.plan = plan_weight_grad(geo, self.dtype.itemsize, limit,
+                                     self._gemm_scratch if self.gemm is packed else None) \
+            if geo.batch else None
         self.workspace_bytes = self.plan.nbytes if self.plan else 0
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
                              geo.batch * geo.out_channels * geo.out_spatial,
@@ -267,6 +288,18 @@ class WeightGrad:
             return
         self.im2col = None if geo.is_pointwise or not geo.batch else \
             Im2col(dev, geo.defines(), dtype, index_t)
+
+    def _gemm_scratch(self, images: int, columns: int) -> int:
+        """Packing scratch of `run`'s GEMMs for a chunk of `images` images (columns: the image's
+        positions) or of one image's `columns` positions."""
+        geo, dev, dtype = self.geo, self.dev, self.dtype
+        mg, kg = geo.cout_per_group, geo.cin_per_group * geo.ksize
+        if images == 1:
+            return packed.gemm_scratch_bytes(dev, dtype, mg, kg, columns, geo.groups)
+        products = packed.gemm_scratch_bytes(dev, dtype, mg, kg, columns,
+                                             images if geo.groups <= images else geo.groups)
+        wsize = geo.out_channels * kg
+        return max(products, packed.gemm_scratch_bytes(dev, dtype, 1, wsize, images))
 
     def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
         geo, plan, dev = self.geo, self.plan, self.dev

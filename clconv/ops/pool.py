@@ -81,11 +81,11 @@ def _adaptive_size(output_size: Any, nd: int, in_size: Sequence[int], name: str
                    ) -> tuple[int, ...]:
     """output_size (an int, or nd entries that are ints or None = the input's size) as nd ints."""
     def one(v: Any, i: int) -> int:
-        if v is None:
+        if v is None and nd > 1:  # torch's 1-d adaptive pools take ints only
             return int(in_size[i])
         if not isinstance(v, numbers.Integral) or isinstance(v, bool):
-            raise TypeError(f"{name}: output_size must be an int or a sequence of {nd} ints or "
-                            f"None, got {output_size!r}")
+            raise TypeError(f"{name}: output_size must be an int or a sequence of {nd} ints"
+                            f"{' or None' if nd > 1 else ''}, got {output_size!r}")
         if v < 0:
             raise ValueError(f"{name}: output_size must not be negative, got {output_size!r}")
         return int(v)
@@ -162,6 +162,11 @@ class PoolPlan(Plan):
             ceil_mode = _flag(ceil_mode, "ceil_mode")
             if any(pi > ki // 2 for pi, ki in zip(p, k)):
                 raise ValueError(f"{name}: padding {p} must be at most half of kernel_size {k}")
+            if kind == "avg" and nd == 3 and any(i < ki for i, ki in zip(size, k)):
+                # torch's 3-d average pool (alone among the pools) refuses an unpadded input
+                # smaller than its window, whatever the padding
+                raise ValueError(f"{name}: input of spatial size {tuple(size)} is smaller than "
+                                 f"kernel_size {k}")
             out = tuple(pool_output_size(*a, ceil_mode) for a in zip(size, k, p, s, d))
             if any(o < 1 for o in out):
                 raise ValueError(f"{name}: input of spatial size {tuple(size)} gives output size "
