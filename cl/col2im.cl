@@ -3,16 +3,18 @@
 //
 // Gather formulation: one work-item per image element reads the (at most KSIZE) column entries that map
 // onto it, so no atomics are needed and the result is deterministic.
-// NDRange: (IW, IH, batch * C * ID). Column layout as in im2col.cl; uses common.cl's geometry defines.
+// NDRange: (IW, IH, batch * C * ID). Column layout as in im2col.cl; common.cl's RUNTIME_SIZES geometry
+// (kernel size, stride and dilation as -D, the sizes as GEOMETRY_ARGS).
 // A launch may hold only the columns [l_start, l_start + ncols) of each image (a (C * KSIZE) x ncols
 // matrix per image: the host splits one huge image's columns to bound the buffer); `accumulate` then
 // adds the window's sums to x (every window after the first) instead of storing them.
 
+#define RUNTIME_SIZES  // the sizes are arguments: one program per kernel size, stride, dilation
 #include "common.cl"
 
 __kernel void col2im(__global const REAL* restrict col, const long col_offset,
                      __global REAL* restrict x, const long x_offset, const long l_start_arg,
-                     const long ncols_arg, const int accumulate) {
+                     const long ncols_arg, const int accumulate, GEOMETRY_ARGS) {
     const idx_t l_start = l_start_arg;
     const idx_t ncols = ncols_arg;
     const int w = get_global_id(0);

@@ -163,7 +163,7 @@ typedef INDEX_T idx_t;
 #ifndef COUT
 #define COUT 1
 #endif
-#ifndef CIN_G  // (a kernel may fix these two: conv_grouped.cl's do)
+#ifndef CIN_G  // (a kernel may fix these two)
 #define CIN_G (C / GROUPS)
 #endif
 #ifndef COUT_G

@@ -11,10 +11,10 @@
 // one by one through source_coord() (PAD_MODE). Lines that fall entirely in zero padding are
 // skipped. Short lines are done `rows` at a time, so that a work-item has a few dozen outputs.
 //
-// Sizes (C, COUT, GROUPS, ID..OW, PD..PW) are the GEOMETRY_ARGS arguments (common.cl's
-// RUNTIME_SIZES); kernel size, stride, dilation and PAD_MODE are defines, and so is
-// -D CIN_G, -D COUT_G  input and output channels per group (CIN_G <= 16: the loops over them
-//                     unroll; the channel of an output is worked out without a division)
+// Sizes (C, COUT, GROUPS, ID..OW, PD..PW, and so the channels per group CIN_G <= 16 and COUT_G)
+// are the GEOMETRY_ARGS arguments (common.cl's RUNTIME_SIZES): the loop over a group's channels
+// runs around the unrolled taps, its bound worked out once; kernel size, stride, dilation and
+// PAD_MODE are defines:
 // -D VW               outputs per vector: 2, 4 or 8 (default 8; at most 4 for double: wider
 //                     vectors than 256 bits through builtins change the ABI on AVX2 CPUs)
 // Arguments segw (outputs per work-item along W, a multiple of VW) and rows (output lines per

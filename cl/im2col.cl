@@ -10,40 +10,39 @@
 // ld = batch * ncols with batch_stride = ncols puts the images side by side in one wide matrix (the
 // batch folded into the GEMM's N).
 //
-// -D LINES_PER_ITEM  output lines (od, oh) each work-item writes (default 1); the host picks enough
+// lines_per_item (argument): output lines (od, oh) each work-item writes; the host picks enough
 //                    for runs of a few dozen elements, so that short lines (OW = 7, 14) do not cost
 //                    one work-item each.
-// Plus the geometry defines of common.cl.
+// Geometry: common.cl's RUNTIME_SIZES (kernel size, stride, dilation and padding mode as -D; the
+// sizes as GEOMETRY_ARGS: the layers of a network share the program; the divisions by them are
+// per work-item or per line, never per element).
 //
 // A launch may write only the columns [l_start, l_start + ncols) (to bound the buffer for large
 // images). The window touches `lines` output lines, from line l_start / OW on.
-// NDRange: (C * KSIZE * ceil(lines / LINES_PER_ITEM), batch), the line group varying fastest. Each
-// work-item writes, for one row, the parts of LINES_PER_ITEM consecutive output lines that lie in
+// NDRange: (C * KSIZE * ceil(lines / lines_per_item), batch), the line group varying fastest. Each
+// work-item writes, for one row, the parts of lines_per_item consecutive output lines that lie in
 // the window: contiguous runs, adjacent to its neighbours' runs. The row's kernel offset and the
 // interior range of each line are worked out once (the divisions hoisted out of the element loops),
 // and each line is split into left padding, interior and right padding, so the interior is a plain
 // strided copy (a vectorisable memcpy for stride 1) without per-element bounds checks.
 
+#define RUNTIME_SIZES  // the sizes are arguments: one program per kernel size, stride, dilation
 #include "common.cl"
-
-#ifndef LINES_PER_ITEM
-#define LINES_PER_ITEM 1
-#endif
 
 __kernel void im2col(__global const REAL* restrict x, const long x_offset,
                      __global REAL* restrict col, const long col_offset,
                      const long l_start_arg, const long ncols_arg, const long ld,
-                     const long batch_stride) {
+                     const long batch_stride, const int lines_per_item, GEOMETRY_ARGS) {
     // Positions l and line numbers count through OD * OH * OW, which may pass 2**31 when INDEX_T is
     // long (the host then passes l_start/ncols beyond int); a position inside a line is an int.
     const idx_t l_start = l_start_arg;
     const idx_t ncols = ncols_arg;
     const idx_t first_line = l_start / OW;
     const idx_t lines = (l_start + ncols - 1) / OW - first_line + 1;
-    const idx_t groups = (lines + LINES_PER_ITEM - 1) / LINES_PER_ITEM;
+    const idx_t groups = (lines + lines_per_item - 1) / lines_per_item;
     const idx_t gid = get_global_id(0);
     const idx_t row = gid / groups;
-    const idx_t line0 = first_line + (gid % groups) * LINES_PER_ITEM;
+    const idx_t line0 = first_line + (gid % groups) * lines_per_item;
     const idx_t n = get_global_id(1);
 
     const int c = row / KSIZE;
@@ -59,7 +58,7 @@ __kernel void im2col(__global const REAL* restrict x, const long x_offset,
 
     __global const REAL* image = x + x_offset + n * (C * IN_SPATIAL) + (idx_t)c * IN_SPATIAL;
     __global REAL* out = col + col_offset + n * batch_stride + row * ld - l_start;
-    const idx_t line_end = min(line0 + LINES_PER_ITEM, first_line + lines);
+    const idx_t line_end = min(line0 + lines_per_item, first_line + lines);
     for (idx_t line = line0; line < line_end; ++line) {
         const idx_t line_l = line * OW;  // l of the line's first element
         const int begin = (l_start > line_l) ? (int)(l_start - line_l) : 0;

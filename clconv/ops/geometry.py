@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -148,15 +148,24 @@ class ConvGeometry:
     def size_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The GEOMETRY_ARGS of a RUNTIME_SIZES kernel (common.cl), as three cl int4:
         (C, ID, IH, IW), (COUT, OD, OH, OW), (GROUPS, PD, PH, PW)."""
-        d = self.defines()
-        return (cltypes.make_int4(*(d[k] for k in ("C", "ID", "IH", "IW"))),
-                cltypes.make_int4(self.out_channels, *(d[k] for k in ("OD", "OH", "OW"))),
-                cltypes.make_int4(self.groups, *(d[k] for k in ("PD", "PH", "PW"))))
+        return split_sizes(self.defines(), self.out_channels, self.groups)[1]
 
 
 #: The sizes a RUNTIME_SIZES kernel (common.cl) takes as arguments rather than -D defines.
 RUNTIME_SIZES = frozenset(("C", "ID", "IH", "IW", "OD", "OH", "OW", "PD", "PH", "PW", "GROUPS",
                            "COUT"))
+
+
+def split_sizes(defines: Mapping[str, object], out_channels: int = 1, groups: int = 1
+                ) -> tuple[dict[str, object], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """common.cl's geometry `defines` as a RUNTIME_SIZES kernel takes them: (the -D left: kernel
+    size, stride, dilation, padding mode; the GEOMETRY_ARGS, three cl int4 (C, ID, IH, IW),
+    (COUT, OD, OH, OW), (GROUPS, PD, PH, PW))."""
+    d = defines
+    sizes = (cltypes.make_int4(*(int(d[k]) for k in ("C", "ID", "IH", "IW"))),
+             cltypes.make_int4(out_channels, *(int(d[k]) for k in ("OD", "OH", "OW"))),
+             cltypes.make_int4(groups, *(int(d[k]) for k in ("PD", "PH", "PW"))))
+    return {k: v for k, v in d.items() if k not in RUNTIME_SIZES}, sizes
 
 
 def spatial_defines(channels: int, in_size: Sequence[int], out_size: Sequence[int],

@@ -22,7 +22,7 @@ from ..runtime.device import Device
 from ..runtime.program import BoundKernel, kernel, precision_defines
 from ..runtime.transfer import element_offset
 from .activation import ACTIVATION_NAMES, ActivationArg, activation_defines
-from .geometry import ConvGeometry
+from .geometry import ConvGeometry, split_sizes
 
 __all__ = ["ACTIVATIONS", "BatchEpilogue", "Col2im", "DirectConv", "Epilogue", "GROUPED_MAX_CIN",
            "Im2col", "PadAdjoint", "Winograd", "epilogue_defines", "fused_conv_args", "kernel_defines",
@@ -94,8 +94,9 @@ class Im2col:
         # Output lines per work-item, for runs of >= _RUN elements (a function of the geometry only,
         # so that every window of a split call shares one build).
         self.per_item = min(lines, -(-_RUN // self.ow))
-        self.kernel = kernel(dev, "im2col.cl", "im2col",
-                             kernel_defines(geometry, dtype, index_t, LINES_PER_ITEM=self.per_item))
+        # The sizes are arguments (RUNTIME_SIZES): layers of one kernel size and stride share it.
+        defines, self.sizes = split_sizes(geometry)
+        self.kernel = kernel(dev, "im2col.cl", "im2col", kernel_defines(defines, dtype, index_t))
 
     def __call__(self, batch: int, x: cla.Array, x_offset: int, col: cla.Array, col_offset: int,
                  l_start: int = 0, ncols: int | None = None, *, ld: int | None = None,
@@ -112,7 +113,8 @@ class Im2col:
         return self.kernel(
             self.dev.queue, (self.rows * -(-lines // self.per_item), batch), None, x.base_data,
             np.int64(x_offset), col.base_data, np.int64(col_offset), np.int64(l_start),
-            np.int64(ncols), np.int64(ld), np.int64(batch_stride))
+            np.int64(ncols), np.int64(ld), np.int64(batch_stride), np.int32(self.per_item),
+            *self.sizes)
 
 
 class Col2im:
@@ -124,7 +126,8 @@ class Col2im:
         self.width, self.height = int(geometry["IW"]), int(geometry["IH"])
         self.planes = int(geometry["C"]) * int(geometry["ID"])
         self.blocks = int(geometry["OD"]) * int(geometry["OH"]) * int(geometry["OW"])
-        self.kernel = kernel(dev, "col2im.cl", "col2im", kernel_defines(geometry, dtype, index_t))
+        defines, self.sizes = split_sizes(geometry)  # shared by the layers, as Im2col's
+        self.kernel = kernel(dev, "col2im.cl", "col2im", kernel_defines(defines, dtype, index_t))
 
     def __call__(self, batch: int, col: cla.Array, col_offset: int, x: cla.Array,
                  x_offset: int, l_start: int = 0, ncols: int | None = None,
@@ -135,7 +138,8 @@ class Col2im:
         ncols = self.blocks - l_start if ncols is None else ncols
         return self.kernel(self.dev.queue, (self.width, self.height, batch * self.planes), None,
                            col.base_data, np.int64(col_offset), x.base_data, np.int64(x_offset),
-                           np.int64(l_start), np.int64(ncols), np.int32(1 if accumulate else 0))
+                           np.int64(l_start), np.int64(ncols), np.int32(1 if accumulate else 0),
+                           *self.sizes)
 
 
 class _EpilogueKernel:
@@ -204,7 +208,7 @@ class DirectConv:
         if self.grouped:
             extra, self.tiles = _grouped_launch(geo)
             self.extra = (np.int32(extra.pop("SEGW")), np.int32(extra.pop("ROWS")))
-            defines.update(extra, CIN_G=geo.cin_per_group, COUT_G=geo.cout_per_group)
+            defines.update(extra)  # channels per group too are arguments (common.cl's CIN_G)
             self.kernel = kernel(dev, "conv_grouped.cl", "conv_grouped", defines)
         else:
             self.tiles = (ow, oh)
