@@ -15,8 +15,12 @@
 // are the GEOMETRY_ARGS arguments (common.cl's RUNTIME_SIZES): the loop over a group's channels
 // runs around the unrolled taps, its bound worked out once; kernel size, stride, dilation and
 // PAD_MODE are defines:
-// -D VW               outputs per vector: 2, 4 or 8 (default 8; at most 4 for double: wider
-//                     vectors than 256 bits through builtins change the ABI on AVX2 CPUs)
+// -D VW               outputs per vector: 2, 4, 8 or 16 (default 8; 16 only where the device
+//                     prefers 16 floats, AVX-512; at most 4 for double: wider vectors than 256
+//                     bits through builtins change the ABI on AVX2 CPUs)
+// -D COB              output channels per work-item (default 1; COUT_G a multiple of it): their
+//                     COB vector accumulators share every input vector loaded, so a layer of few
+//                     input channels (a network's 3-channel stem) loads its input COB times less
 // Arguments segw (outputs per work-item along W, a multiple of VW) and rows (output lines per
 // work-item).
 // -D HAS_BIAS         add bias[co]       -D HAS_RESIDUAL  add the residual's element (an operand
@@ -24,7 +28,7 @@
 //                     on whole vectors in the interior (ACT_APPLY)
 // Plus the geometry defines of common.cl (any nd: 1-d and 2-d problems are 3-d ones with
 // leading 1s).
-// NDRange: (ceil(OW / segw), ceil(OH / rows), batch * COUT * OD).
+// NDRange: (ceil(OW / segw), ceil(OH / rows), batch * COUT / COB * OD).
 // Weight layout (COUT, C / GROUPS, KD, KH, KW).
 
 #define RUNTIME_SIZES
@@ -33,8 +37,8 @@
 #ifndef VW
 #define VW 8
 #endif
-#if VW > 8
-#error "VW must be 2, 4 or 8"
+#if VW > 16
+#error "VW must be 2, 4, 8 or 16"
 #endif
 #if defined(USE_FP64) && VW > 4
 // 8 doubles are 512 bits: passed to or returned from a builtin, such a vector changes the x86 ABI
@@ -44,6 +48,10 @@
 #define VW 4
 #endif
 #include "vector.cl"
+
+#ifndef COB
+#define COB 1
+#endif
 
 // VW inputs at stride SW from p, as a VACC.
 #if SW == 1
@@ -57,6 +65,8 @@
 // Two 8-wide loads, not one vload16: a 16-wide vector returned by a builtin changes the x86 ABI
 // without AVX-512 (a compiler warning on AVX2 CPUs); the lanes and the sums are the same.
 #define LOAD_STRIDED(p) CONVERT_VACC((VREAL)(vload8(0, p).even, vload8(1, p).even))
+#elif SW == 2 && VW == 16  // (AVX-512 devices only: the host asks for 16 lanes there alone)
+#define LOAD_STRIDED(p) CONVERT_VACC((VREAL)(vload16(0, p).even, vload16(1, p).even))
 #else
 #define LOAD_STRIDED(p) load_strided(p)
 inline VACC load_strided(__global const REAL* p) {
@@ -93,13 +103,19 @@ inline ACC conv_point(GEO_DECL __global const REAL* image, __global const REAL* 
 // same line of the residual (read only with HAS_RESIDUAL).
 inline void conv_segment(GEO_DECL __global const REAL* image, __global const REAL* filter,
                          __global const REAL* bias, long b_offset, __global const REAL* res,
-                         __global REAL* out, int co, int od, int oh, int seg0, int seg1) {
+                         __global REAL* out, const idx_t cstride, int co, int od, int oh,
+                         int seg0, int seg1) {
+    // COB output channels co.. (their filters CIN_G * KSIZE apart, their planes cstride apart).
+    const idx_t fstride = (idx_t)CIN_G * KSIZE;
     // The segment's interior part [a, b), done by vectors when it holds at least one.
     int a = max(seg0, OW_LO), b = min(seg1, OW_HI);
     if (b - a < VW) a = b = seg1;
     for (int ow = seg0; ow < a; ++ow)
-        out[ow] = (REAL)epilogue_residual(conv_point(GEO_PASS image, filter, od, oh, ow), bias,
-                                          b_offset, co, res, ow);
+#pragma unroll
+        for (int j = 0; j < COB; ++j)
+            out[j * cstride + ow] = (REAL)epilogue_residual(
+                conv_point(GEO_PASS image, filter + j * fstride, od, oh, ow), bias, b_offset,
+                co + j, res + j * cstride, ow);
     // The input line each kernel row (kd, kh) reads (common.cl's input_lines), worked out once for
     // the segment.
     idx_t line_at[KD * KH];
@@ -107,7 +123,9 @@ inline void conv_segment(GEO_DECL __global const REAL* image, __global const REA
     for (int ow0 = a; ow0 < b; ow0 += VW) {
         const int s = min(ow0, b - VW);  // the last vector ends at b (overlapping its predecessor)
         __global const REAL* strip = image + (s * SW - PW);
-        VACC acc = (VACC)0;
+        VACC acc[COB];
+#pragma unroll
+        for (int j = 0; j < COB; ++j) acc[j] = (VACC)0;
         for (int ci = 0; ci < CIN_G; ++ci) {
 #pragma unroll
             for (int r = 0; r < KD * KH; ++r) {  // r = kd * KH + kh
@@ -115,23 +133,32 @@ inline void conv_segment(GEO_DECL __global const REAL* image, __global const REA
                     __global const REAL* line = strip + (idx_t)ci * IN_SPATIAL + line_at[r];
                     __global const REAL* taps = filter + ((idx_t)ci * (KD * KH) + r) * KW;
 #pragma unroll
-                    for (int kw = 0; kw < KW; ++kw)
-                        acc += (ACC)taps[kw] * LOAD_STRIDED(line + kw * DW);
+                    for (int kw = 0; kw < KW; ++kw) {
+                        const VACC v = LOAD_STRIDED(line + kw * DW);  // shared by the COB channels
+#pragma unroll
+                        for (int j = 0; j < COB; ++j) acc[j] += (ACC)taps[j * fstride + kw] * v;
+                    }
                 }
             }
         }
+#pragma unroll
+        for (int j = 0; j < COB; ++j) {
 #ifdef HAS_BIAS
-        acc += (ACC)bias[b_offset + co];
+            acc[j] += (ACC)bias[b_offset + co + j];
 #endif
 #ifdef HAS_RESIDUAL
-        acc += CONVERT_VACC(VLOAD(0, res + s));
+            acc[j] += CONVERT_VACC(VLOAD(0, res + j * cstride + s));
 #endif
-        acc = ACT_APPLY(VACC, acc);  // relu: one select (NaN < 0 is false: NaN stays NaN)
-        VSTORE(CONVERT_VREAL(acc), 0, out + s);
+            acc[j] = ACT_APPLY(VACC, acc[j]);  // relu: one select (NaN < 0 is false: NaN stays NaN)
+            VSTORE(CONVERT_VREAL(acc[j]), 0, out + j * cstride + s);
+        }
     }
     for (int ow = max(b, seg0); ow < seg1; ++ow)
-        out[ow] = (REAL)epilogue_residual(conv_point(GEO_PASS image, filter, od, oh, ow), bias,
-                                          b_offset, co, res, ow);
+#pragma unroll
+        for (int j = 0; j < COB; ++j)
+            out[j * cstride + ow] = (REAL)epilogue_residual(
+                conv_point(GEO_PASS image, filter + j * fstride, od, oh, ow), bias, b_offset,
+                co + j, res + j * cstride, ow);
 }
 
 __kernel void conv_grouped(__global const REAL* restrict x, const long x_offset,
@@ -146,7 +173,19 @@ __kernel void conv_grouped(__global const REAL* restrict x, const long x_offset,
     const int oh1 = (OH - oh0 > rows) ? oh0 + rows : OH;
     int od, co;
     idx_t nco, n;  // nco = n * COUT + co
+#if COB == 1
     output_plane(GEO_PASS get_global_id(2), &od, &nco, &n, &co);
+#else
+    {  // z = (n * COUT / COB + block) * OD + od: the work-item's channels are co.. co + COB - 1
+        const idx_t z = get_global_id(2);
+        od = (OD == 1) ? 0 : (int)(z % OD);
+        const idx_t nb = (OD == 1) ? z : z / OD;
+        const int blocks = COUT / COB;
+        n = (nb < blocks) ? 0 : nb / blocks;
+        co = (int)(nb - n * blocks) * COB;
+        nco = n * COUT + co;
+    }
+#endif
     const int c0 = (co / COUT_G) * CIN_G;
 
     __global const REAL* image = x + x_offset + (n * C + c0) * IN_SPATIAL;
@@ -154,7 +193,8 @@ __kernel void conv_grouped(__global const REAL* restrict x, const long x_offset,
     const idx_t plane = (nco * OD + od) * ((idx_t)OH * OW);
     __global REAL* out = y + y_offset + plane;
     __global const REAL* res = residual + r_offset + plane;  // parallel to out
+    const idx_t cstride = (idx_t)OD * OH * OW;  // from one output channel's plane to the next
     for (int oh = oh0; oh < oh1; ++oh)
         conv_segment(GEO_PASS image, filter, bias, b_offset, res + (idx_t)oh * OW,
-                     out + (idx_t)oh * OW, co, od, oh, seg0, seg1);
+                     out + (idx_t)oh * OW, cstride, co, od, oh, seg0, seg1);
 }

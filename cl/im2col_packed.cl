@@ -119,6 +119,19 @@ inline void name(GEO_DECL __global const REAL* restrict x, const panel_columns* 
                 }                                                                                  \
                 continue;                                                                          \
             }                                                                                      \
+            if (PAD_MODE == PAD_ZEROS) {                                                           \
+                /* zeros, then the columns [a, b) that read inside the row (a plain strided copy,  \
+                   vectorised for stride 1), then zeros: no per-element test */                    \
+                const int a = (shift >= 0) ? 0 : min(len, (SW - 1 - shift) / SW);                  \
+                const int b = (shift > IW - 1) ? a : clamp((IW - 1 - shift) / SW + 1, a, len);     \
+                src += shift;                                                                      \
+                for (int ci = ci0; ci < ci1; ++ci, o += KSIZE * NR, src += IN_SPATIAL) {           \
+                    for (int v = 0; v < a; ++v) o[v] = (REAL)0;                                    \
+                    for (int v = a; v < b; ++v) o[v] = src[v * SW];                                \
+                    for (int v = b; v < len; ++v) o[v] = (REAL)0;                                  \
+                }                                                                                  \
+                continue;                                                                          \
+            }                                                                                      \
             int idx[NR];                                                                           \
             for (int v = 0; v < len; ++v) idx[v] = source_coord(v * SW + shift, IW);               \
             for (int ci = ci0; ci < ci1; ++ci, o += KSIZE * NR, src += IN_SPATIAL)                 \

@@ -63,6 +63,13 @@ CASES = {
     "circular-s2": ((1, 4, 8, 20), (4, 1, 3, 3), {"padding": 1, "stride": 2,
                                                   "padding_mode": "circular"}),
     "dense-small": ((2, 3, 9, 16), (5, 3, 3, 3), {"padding": 1, "groups": 1}),
+    # Several output channels a work-item (COB 8, 4, 2: C_out/groups a multiple of it) and rows
+    # wide enough for 16-lane vectors on AVX-512 devices (a 3-channel stem, stride 1 and 2).
+    "stem-s2": ((2, 3, 11, 75), (16, 3, 3, 3), {"padding": 1, "stride": 2, "groups": 1}),
+    "stem-s1-residual": ((1, 3, 5, 41), (24, 3, 3, 3), {"padding": 1, "groups": 1}),
+    "grouped-cob4": ((1, 8, 6, 37), (8, 4, 3, 3), {"padding": 1, "groups": 2}),
+    "grouped-cob2-s2": ((1, 6, 7, 45), (6, 2, 3, 3), {"padding": (1, 0), "stride": 2,
+                                                      "groups": 3, "padding_mode": "reflect"}),
 }
 
 
@@ -74,10 +81,14 @@ def test_matches_reference_2d(clconv, rng, case, kernels_built):
     x = random_array(rng, x_shape)
     w = random_array(rng, w_shape)
     b = random_array(rng, (w_shape[0],))
-    relu = case in ("depthwise", "multiplier", "reflect")
-    got = conv(clconv, 2, x, w, b, activation="relu" if relu else None, **kw)
+    relu = case in ("depthwise", "multiplier", "reflect", "stem-s2", "stem-s1-residual")
     want = ref.conv_nd(x, w, b, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
                        kw["groups"], kw.get("padding_mode", "zeros"))
+    residual = random_array(rng, want.shape) if case.endswith("residual") else None
+    if residual is not None:
+        kw["residual"] = residual
+        want = want + residual
+    got = conv(clconv, 2, x, w, b, activation="relu" if relu else None, **kw)
     if relu:
         want = np.maximum(want, 0)
     assert_close(got, want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))

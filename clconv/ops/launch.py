@@ -18,6 +18,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cla
 
+from ..blas.engine import cpu_shaped
 from ..runtime.device import Device
 from ..runtime.program import BoundKernel, kernel, precision_defines
 from ..runtime.transfer import element_offset
@@ -205,16 +206,22 @@ class DirectConv:
         od, oh, ow = (1,) * (3 - geo.nd) + geo.out_size
         self.grouped = geo.cin_per_group <= GROUPED_MAX_CIN
         self.extra: tuple[np.int32, ...] = ()
+        cob = 1
         if self.grouped:
-            extra, self.tiles = _grouped_launch(geo)
+            extra, self.tiles = _grouped_launch(geo, dev.cl_device.preferred_vector_width_float)
             self.extra = (np.int32(extra.pop("SEGW")), np.int32(extra.pop("ROWS")))
+            cob = extra["COB"]
             defines.update(extra)  # channels per group too are arguments (common.cl's CIN_G)
             self.kernel = kernel(dev, "conv_grouped.cl", "conv_grouped", defines)
         else:
             self.tiles = (ow, oh)
             self.kernel = kernel(dev, "conv_direct.cl", "conv_direct", defines)
         self.sizes = geo.size_args()
-        self.planes = geo.out_channels * od  # per image
+        self.planes = geo.out_channels // cob * od  # work-items per image and output line
+        # On a CPU device a work-item is already a vector loop: work-groups of one (as the packed
+        # kernels') keep PoCL from vectorising across them, and one local size means one build
+        # of the work-group function however the layers' NDRanges differ.
+        self.local = (1, 1, 1) if self.grouped and cpu_shaped(dev) else None
         # This launcher's own kernel object, the sizes set now: a call sets the operands only.
         self.bound = BoundKernel(self.kernel, (None,) * 10 + (*self.extra, *self.sizes),
                                  range(10))
@@ -225,13 +232,13 @@ class DirectConv:
         """residual: y's shape (contiguous, its own offset), with has_residual."""
         if batch == 0:
             return None
-        return self.bound(self.dev.queue, (*self.tiles, batch * self.planes), None, x.base_data,
+        return self.bound(self.dev.queue, (*self.tiles, batch * self.planes), self.local, x.base_data,
                           x_offset, w.base_data, w_offset, *optional_buffer_args(bias, y),
                           *_residual_args(residual, y), y.base_data, y_offset)
 
 
-def _grouped_launch(geo: ConvGeometry) -> tuple[dict[str, object], tuple[int, int]]:
-    """cl/conv_grouped.cl's VW/SEGW/ROWS for `geo` and the first two dims of its NDRange."""
+def _grouped_launch(geo: ConvGeometry, lanes: int = 8) -> tuple[dict[str, object], tuple[int, int]]:
+    """cl/conv_grouped.cl's VW/SEGW/ROWS/COB for `geo` and the first two dims of its NDRange."""
     od, oh, ow = (1,) * (3 - geo.nd) + geo.out_size
     iw = geo.in_size[-1]
     kw, sw, dw, pw = geo.kernel[-1], geo.stride[-1], geo.dilation[-1], geo.pad_lo[-1]
@@ -240,10 +247,14 @@ def _grouped_launch(geo: ConvGeometry) -> tuple[dict[str, object], tuple[int, in
     last = (kw - 1) * dw + (1 if sw == 2 else 0) - pw
     hi = (iw - 1 - last) // sw + 1 if iw - 1 - last >= 0 else 0
     interior = min(max(hi, lo), ow) - lo
-    vw = 8 if interior >= 8 else 4 if interior >= 4 else 2
+    # (16 lanes where the device prefers them, AVX-512: twice the outputs a load and an fma)
+    vw = 16 if interior >= 16 and lanes >= 16 else 8 if interior >= 8 else 4 if interior >= 4 else 2
     segw = vw * -(-min(ow, 256) // vw)  # whole lines up to 256 outputs
     rows = min(oh, -(-64 // ow))  # short lines: several per work-item (>= 64 outputs)
-    return {"VW": vw, "SEGW": segw, "ROWS": rows}, (-(-ow // segw), -(-oh // rows))
+    # Output channels per work-item: they share each input vector loaded (8 accumulators at
+    # most: with the taps' broadcasts they fit AVX2's 16 vector registers).
+    cob = next(c for c in (8, 4, 2, 1) if geo.cout_per_group % c == 0)
+    return {"VW": vw, "SEGW": segw, "ROWS": rows, "COB": cob}, (-(-ow // segw), -(-oh // rows))
 
 
 class Winograd:
