@@ -407,8 +407,9 @@ conv1d_weight, conv2d_weight, conv3d_weight = per_dimensions(
     (N, C_out, H_out, W_out), exactly the output shape of that convolution. Summed over the batch
     (zeros for N = 0). workspace_limit: bytes the column buffer (and the per-image partial sums)
     may take, as for `clconv.conv2d` (None: the device's default; capped at its largest
-    allocation); the work is split to fit, and a limit that cannot hold one column of the im2col
-    matrix is a MemoryError. Returns weight_size: numpy for a numpy input, else a pyopencl Array.
+    allocation), and on the packed GEMM its packing scratch too (down to one column's packing);
+    the work is split to fit, and a limit that cannot hold one column of the im2col matrix is a
+    MemoryError. Returns weight_size: numpy for a numpy input, else a pyopencl Array.
     """,
      """Gradient of conv3d w.r.t. its weight (C_out, C_in/groups, kd, kh, kw); as `conv2d_weight`."""),
     batched=("input", "grad_output"), reduce="sum")
