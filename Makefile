@@ -22,9 +22,13 @@ demo: venv
 # Mesa's rusticl offers its llvmpipe CPU device only when asked: the suite then runs on PoCL (every
 # test) and on llvmpipe (the per-device modules, tests/conftest.py's EVERY_DEVICE_MODULES), and on
 # any GPU there is. CLCONV_TEST_DEVICES=pocl,llvmpipe,... names the devices instead.
+# TEST_WORKERS pytest-xdist processes share the tests: on a fresh machine the suite's time is mostly
+# the drivers compiling kernels on the calling thread, so two workers on two cores take ~16 min
+# where one took ~30 (TEST_WORKERS=0: one process).
+TEST_WORKERS ?= 2
 test: export RUSTICL_ENABLE ?= llvmpipe
 test: venv crosscheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The tests marked `sanitize` (tests/sanitize/, left out of `make test`): every kernel file in cl/
 # on tiny shapes under Oclgrind (invalid accesses, data races, results against tests/reference.py);

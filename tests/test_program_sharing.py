@@ -12,6 +12,7 @@ import reference as ref
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 import clconv
+from clconv.ops.plan import plans
 from clconv.runtime.program import programs
 
 # (input shape, weight shape, stride, padding): ResNet-18's stem and its 3x3 / 1x1 layers at
@@ -30,44 +31,54 @@ LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("algorithm", ["implicit", "im2col_packed", "direct"])
-def test_layers_of_one_kernel_size_and_stride_share_programs(dev, rng, algorithm):
+@pytest.fixture
+def empty_cache(dev):
+    """The device's program cache, emptied for the test and restored after it: what a test counts
+    does not depend on what earlier tests built (or on the cache's evictions once it is full)."""
     cache = programs(dev)
+    saved = (dict(cache.entries), dict(cache.kernels))
+    cache.entries.clear()
+    cache.kernels.clear()
+    plans(dev).clear()  # a cached plan of an earlier test would hold its kernels: none is built
+    yield cache
+    cache.entries.clear()
+    cache.kernels.clear()
+    cache.entries.update(saved[0])
+    cache.kernels.update(saved[1])
+
+
+@pytest.mark.parametrize("algorithm", ["implicit", "im2col_packed", "direct"])
+def test_layers_of_one_kernel_size_and_stride_share_programs(dev, rng, algorithm, empty_cache):
+    cache = empty_cache
     seen: set[tuple] = set()
     for xs, ws, stride, padding in LAYERS:
         x = rng.standard_normal(xs).astype(np.float32)
         w = rng.standard_normal(ws).astype(np.float32)
-        before = cache.builds
+        before, keys = cache.builds, set(cache.entries)
         got = clconv.conv2d(x, w, None, stride=stride, padding=padding, algorithm=algorithm)
         built = cache.builds - before
         kind = (ws[2:], stride)
         if kind in seen:
+            new = [(source, [o for o in opts if o.startswith("-D")])
+                   for source, opts in set(cache.entries) - keys]
             assert built == 0, (f"{algorithm}: a {ws[2:]} stride-{stride} layer of another size "
-                                f"({xs} x {ws}) built {built} program(s)")
+                                f"({xs} x {ws}) built {built} program(s): {new}")
         seen.add(kind)
         assert_close(got, ref.conv_nd(x, w, None, stride, padding), np.float32,
                      conv_reduction(w), conv_magnitude(x, w, None))
     assert len(seen) == 4  # stem, 3x3 s1, 3x3 s2, 1x1 s2
 
 
-def test_a_resnet18_set_builds_few_programs(dev):
+def test_a_resnet18_set_builds_few_programs(dev, empty_cache):
     """The whole set planned with algorithm='implicit' from an empty program cache: at most one
     convolution program per (kernel size, stride) plus the filter packing (every size a -D, it
     was one per layer)."""
-    cache = programs(dev)
-    saved = (dict(cache.entries), dict(cache.kernels))
-    cache.entries.clear()
-    cache.kernels.clear()
-    try:
-        before = cache.builds
-        for xs, ws, stride, padding in LAYERS:  # plans (not cached): each configures anew
-            clconv.plan_conv2d(xs, ws, bias=False, stride=stride, padding=padding,
-                               algorithm="implicit")
-        kinds = {(ws[2:], stride) for _, ws, stride, _ in LAYERS}
-        assert cache.builds - before <= len(kinds) + 1
-    finally:
-        cache.entries.update(saved[0])
-        cache.kernels.update(saved[1])
+    before = empty_cache.builds
+    for xs, ws, stride, padding in LAYERS:  # plans (not cached): each configures anew
+        clconv.plan_conv2d(xs, ws, bias=False, stride=stride, padding=padding,
+                           algorithm="implicit")
+    kinds = {(ws[2:], stride) for _, ws, stride, _ in LAYERS}
+    assert empty_cache.builds - before <= len(kinds) + 1
 
 
 def test_first_use_networks_follow_the_papers():
