@@ -4,7 +4,7 @@
 //
 // -D REAL, ACC, USE_FP64, INDEX_T   precision and flat-offset type (common.cl)
 // -D ACT, ACT_A, ACT_B              the activation (common.cl; default none)
-// -D OP                             binary: 0 add (default), 1 mul
+// -D OP                             binary: 0 add (default), 1 mul, 2 sub
 // -D CLAMP_GRAD_INCLUSIVE           unary_backward of ACT_CLAMP: torch.clamp's gradient (passes
 //                                   x == min and x == max) instead of hardtanh's (stops them)
 // Shapes, strides, channel counts, eps and momentum are kernel arguments: one program per dtype and
@@ -127,8 +127,10 @@ __kernel void binary(__global const REAL* a, const long a_offset,
     const ACC vb = (ACC)b[b_offset + i0 * tb0 + i1 * tb1 + i2 * tb2 + i3 * tb3 + i4 * tb4];
 #if OP == 0
     const ACC v = va + vb;
-#else
+#elif OP == 1
     const ACC v = va * vb;
+#else
+    const ACC v = va - vb;
 #endif
     y[y_offset + row * (idx_t)get_global_size(0) + i4] = (REAL)activate(v);
 }

@@ -24,7 +24,7 @@ from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weigh
 from .ops.fold import fold_batchnorm
 from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add, batch_norm, cat,
                               clamp, elu, flatten, gelu, hardsigmoid, hardswish, hardtanh,
-                              leaky_relu, mul, relu, relu6, sigmoid, silu, tanh)
+                              leaky_relu, mul, relu, relu6, sigmoid, silu, sub, tanh)
 from .ops.device_group import DeviceGroup, device
 from .ops.linear import LinearPlan, linear
 from .ops.plan import Plan
@@ -57,14 +57,14 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFound
            "current_device", "device", "devices", "release_column_buffer", "warmup",
            "workspace_size"]
 
-# The other layers of a CNN (pooling, activations, batch_norm, add/mul, cat, flatten, linear).
+# The other layers of a CNN (pooling, activations, batch_norm, add/sub/mul, cat, flatten, linear).
 __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "LinearPlan", "PoolPlan", "UnaryPlan",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
             "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "clamp", "elu",
             "flatten", "gelu", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "linear",
             "max_pool1d", "max_pool2d", "max_pool3d", "mul", "relu", "relu6", "sigmoid", "silu",
-            "tanh"]
+            "sub", "tanh"]
 
 # Fused epilogues: BatchNorm folded into the convolution before it.
 __all__ += ["fold_batchnorm"]

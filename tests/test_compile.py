@@ -412,3 +412,27 @@ def test_torch_compile_backend(dev, ct, family):
     y.sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     torch._dynamo.reset()
+
+
+class _Differences(torch.nn.Module):
+    """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        d = torch.relu(a - b)
+        return torch.sub(1.5 - d, a.mean(dim=(2, 3), keepdim=True))
+
+
+def test_subtractions_of_graph_tensors_are_lowered(dev, ct):
+    model = _Differences().eval()
+    x = torch.randn(2, 3, 9, 7)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    assert sum(s.op.startswith("clconv.sub") for s in cm.steps) >= 2
+    with torch.no_grad():
+        _close(cm(x), model(x))

@@ -103,11 +103,11 @@ def test_activation_on_device_arrays_and_out(clconv, dev, rng):
     ((2, 3, 4, 5), (1, 3, 1, 1)), ((2, 3, 4, 5), (2, 1, 4, 5)), ((2, 3, 1, 1), (2, 3, 4, 5)),
     ((2, 3, 4, 5, 6), (1, 3, 1, 1, 1)), ((4, 5), (5,)), ((2, 3, 4), ()), ((0, 3, 2), (3, 1)),
 ], ids=str)
-@pytest.mark.parametrize("op", ["add", "mul"])
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
 def test_binary_broadcast(clconv, dev, rng, op, a_shape, b_shape):
     for dtype in _dtypes(dev):
         a, b = random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
-        f = np.add if op == "add" else np.multiply
+        f = {"add": np.add, "sub": np.subtract, "mul": np.multiply}[op]
         want = f(a.astype(np.float64), b.astype(np.float64))
         got = getattr(clconv, op)(a, b)
         assert got.shape == want.shape and got.dtype == dtype
@@ -132,6 +132,15 @@ def test_binary_kinds_scalars_and_nan(clconv, dev, rng):
     assert_close(y.get(), want, np.float32, magnitude=16)
     assert_close(clconv.add(x, 2.5), x.astype(np.float64) + 2.5, np.float32, magnitude=16)
     assert_close(clconv.mul(x, 2.0), x.astype(np.float64) * 2, np.float32, magnitude=16)
+    # sub: either side a number or broadcast, NaN and Inf as torch (Inf - Inf = NaN)
+    for a, b in ((x, 2.5), (2.5, x), (gate, xd), (xd, x[::-1].copy())):
+        got = clconv.sub(a, b)
+        got = got.get() if isinstance(got, cla.Array) else got
+        ta, tb = (torch.from_numpy(v.get() if isinstance(v, cla.Array) else v)
+                  if not isinstance(v, float) else v for v in (a, b))
+        want = torch.sub(ta, tb).numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert_close(got, want, np.float32, magnitude=16)
 
 
 def test_binary_bad_arguments(clconv, rng):

@@ -44,7 +44,7 @@ __all__ = ["BatchNormPlan", "BinaryPlan", "CatPlan", "UnaryPlan", "add", "batch_
            "broadcast_layout", "cat", "clamp", "elu", "enqueue_batch_norm_backward",
            "enqueue_bias_act", "enqueue_channel_stats", "enqueue_column_sums", "flatten", "gelu",
            "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mul", "relu", "relu6", "sigmoid",
-           "silu", "tanh"]
+           "silu", "sub", "tanh"]
 
 
 def _defines(work: np.dtype, elements: int, **extra: object) -> dict[str, object]:
@@ -253,14 +253,14 @@ def broadcast_layout(out_shape: tuple[int, ...], *shapes: tuple[int, ...]
 
 
 class BinaryPlan(Plan):
-    """y = act(input OP other) for op 'add' or 'mul', with numpy broadcasting between the shapes
+    """y = act(input OP other) for op 'add', 'sub' or 'mul', with numpy broadcasting between the shapes
     (same shape, per-channel (C,) / (N, C, 1, 1) / (1, C, 1, 1) against (N, C, *spatial), ...)."""
 
     def __init__(self, dev: Device, op: str, input_shape: Sequence[int],
                  other_shape: Sequence[int], dtype: np.dtype,
                  activation: ActivationArg = None) -> None:
-        if op not in ("add", "mul"):
-            raise ValueError(f"op must be 'add' or 'mul', got {op!r}")
+        if op not in _BINARY_OPS:
+            raise ValueError(f"op must be one of {tuple(_BINARY_OPS)}, got {op!r}")
         a_shape, b_shape = tuple(input_shape), tuple(other_shape)
         try:
             out_shape = tuple(np.broadcast_shapes(a_shape, b_shape))
@@ -281,7 +281,7 @@ class BinaryPlan(Plan):
         self.result_follows = "_kind"
         self.kernel = kernel(dev, "elementwise.cl", "binary", _defines(
             self.work, max(math.prod(out_shape), math.prod(a_shape), math.prod(b_shape)),
-            OP=0 if op == "add" else 1, **activation_defines(act)))
+            OP=_BINARY_OPS[op], **activation_defines(act)))
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
         a, b = arrays["input"], arrays["other"]
@@ -296,6 +296,10 @@ class BinaryPlan(Plan):
     def __call__(self, input: ArrayLike, other: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:
         return self.execute(_binary_values(input, other), out)
+
+
+#: cl/elementwise.cl's binary OP codes.
+_BINARY_OPS = {"add": 0, "mul": 1, "sub": 2}
 
 
 def _binary_values(input: Any, other: Any) -> dict[str, Any]:
@@ -329,6 +333,13 @@ def add(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,
     """torch.add(input, other) with broadcasting (other may be a Python number), then the
     optional fused activation: act(input + other)."""
     return _binary("add", input, other, activation, out)
+
+
+def sub(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,
+        out: ArrayLike | None = None) -> ArrayLike:
+    """torch.sub(input, other) with broadcasting (either may be a Python number), then the
+    optional fused activation: act(input - other)."""
+    return _binary("sub", input, other, activation, out)
 
 
 def mul(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,

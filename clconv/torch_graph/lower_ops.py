@@ -1,4 +1,4 @@
-"""Lowering of the ops without weights: add/mul (with channel broadcast and constants), cat,
+"""Lowering of the ops without weights: add/sub/mul (with channel broadcast and constants), cat,
 pooling (modules and functions), mean over the spatial dims, activations, reshapes (view,
 flatten, squeeze), basic slicing, and F.pad of zeros."""
 
@@ -26,10 +26,9 @@ class OpRules(LoweringBase):
                act: Activation | None = None) -> Step:
         """clconv.add / clconv.mul (numpy broadcasting, as torch's), optionally with a fused
         activation. Constants (get_attr tensors, Python numbers) are uploaded once."""
-        # x - c (a constant) is x + (-c): the same IEEE result; tensor - tensor has no clconv op.
-        negate = name == "sub"
-        if negate and isinstance(b, fx.Node) and b.op != "get_attr":
-            raise Unlowerable("subtraction of a tensor computed in the graph")
+        # x - c (a constant) is x + (-c): the same IEEE result (and the add's fusions); a tensor
+        # computed in the graph is subtracted by clconv.sub.
+        negate = name == "sub" and not (isinstance(b, fx.Node) and b.op != "get_attr")
         fn = clconv_op("add" if negate else name)
         cm = self.cm
         out = shape(node)
