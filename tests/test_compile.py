@@ -112,7 +112,7 @@ def test_intermediates_are_freed(dev, ct):
 
 
 class WithPad(nn.Module):
-    """conv -> F.pad (no clconv lowering) -> conv -> cumsum (none either)."""
+    """conv -> F.softplus (no clconv lowering) -> conv -> cumsum (none either)."""
 
     def __init__(self):
         super().__init__()
@@ -120,7 +120,7 @@ class WithPad(nn.Module):
         self.b = nn.Conv2d(8, 4, 3)
 
     def forward(self, x):
-        y = F.pad(torch.relu(self.a(x)), (1, 1, 1, 1), mode="reflect")
+        y = F.softplus(torch.relu(self.a(x)))
         return self.b(y).cumsum(1)
 
 
@@ -128,11 +128,11 @@ def test_unlowerable_nodes_fall_back_with_one_report(dev, ct, monkeypatch):
     torch.manual_seed(0)
     model = WithPad().eval()
     x = torch.randn(2, 3, 12, 12)
-    with pytest.warns(ct.FallbackWarning, match="pad") as record:
+    with pytest.warns(ct.FallbackWarning, match="softplus") as record:
         cm = ct.compile(model, x)
     assert len(record) == 1
     ops = {f.op for f in cm.fallbacks}
-    assert ops == {"pad", "Tensor.cumsum"}
+    assert ops == {"softplus", "Tensor.cumsum"}
     assert all(f.why and f.node for f in cm.fallbacks)
     counter = CopyCounter(monkeypatch)
     with warnings.catch_warnings():
@@ -363,21 +363,54 @@ class UpPad(nn.Module):
         return self.conv(torch.cat([x2, x1], dim=1))
 
 
-def test_zero_padding_is_lowered_and_other_padding_stays_right(dev, ct):
+def test_padding_computed_from_sizes_is_lowered_for_every_call(dev, ct):
+    """All-zero amounts on the example are nothing; other amounts on a later call (or on the
+    example) run clconv.pad: no fallback, no warning."""
     torch.manual_seed(0)
     model = UpPad().eval()
     a, b = torch.randn(1, 4, 3, 3, 3), torch.randn(1, 4, 6, 6, 6)
     cm = _compile(ct, model, (a, b))
     assert cm.fallbacks == []
-    with torch.no_grad():
+    odd = torch.randn(1, 4, 7, 7, 7)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", ct.FallbackWarning)
         _close(cm(a, b), model(a, b))
-        odd = torch.randn(1, 4, 7, 7, 7)
-        with pytest.warns(ct.FallbackWarning, match=r"pads \[0, 1, 0, 1, 0, 1\]"):
-            _close(cm(a, odd), model(a, odd))
-        with pytest.warns(ct.FallbackWarning, match="non-zero padding"):
-            cm2 = ct.compile(model, (a, odd))
-        assert [f.op for f in cm2.fallbacks] == ["pad"]
+        _close(cm(a, odd), model(a, odd))
+        cm2 = _compile(ct, model, (a, odd))
+        assert cm2.fallbacks == []
         _close(cm2(a, odd), model(a, odd))
+
+
+class Padded(nn.Module):
+    """Every padding module and F.pad mode around convolutions (a CycleGAN-style generator's
+    ReflectionPad2d(3) + 7x7 conv, TF-style asymmetric 'same' padding by ZeroPad2d, cropping)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reflect = nn.ReflectionPad2d(3)
+        self.stem = nn.Conv2d(3, 8, 7)
+        self.same = nn.ZeroPad2d((0, 1, 0, 1))
+        self.down = nn.Conv2d(8, 8, 3, stride=2)
+        self.replicate = nn.ReplicationPad2d((1, 2, 0, 1))
+        self.constant = nn.ConstantPad2d(1, 0.5)
+        self.out = nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(self.reflect(x)))
+        y = self.replicate(self.down(self.same(y)))
+        y = F.pad(self.constant(y), (1, 1, 0, 0), mode="circular")
+        return F.pad(self.out(y), (-1, 0, 1, -1))
+
+
+def test_padding_modules_and_modes_are_lowered(dev, ct):
+    torch.manual_seed(0)
+    model = Padded().eval()
+    x = torch.randn(2, 3, 11, 10)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    assert sum(s.op.startswith("clconv.pad") for s in cm.steps) == 6
+    with torch.no_grad():
+        _close(cm(x), model(x))
 
 
 @pytest.mark.parametrize("family", ["resnet18", "convnext"])

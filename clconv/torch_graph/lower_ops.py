@@ -1,10 +1,9 @@
 """Lowering of the ops without weights: add/sub/mul (with channel broadcast and constants), cat,
 pooling (modules and functions), mean over the spatial dims, activations, reshapes (view,
-flatten, squeeze), basic slicing, and F.pad of zeros."""
+flatten, squeeze), basic slicing, and padding (F.pad and the padding modules)."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -14,7 +13,7 @@ from torch import fx, nn
 from ..ops.activation import Activation
 from ..runtime.transfer import to_device
 from .activations import activation_op_name, activation_spec, apply_activation
-from .base import FallbackWarning, Unlowerable, attr, bind, clconv_op, is_tensor, meta, shape
+from .base import Unlowerable, attr, bind, clconv_op, is_tensor, meta, shape
 from .lowering_base import POOL_MODULES, LoweringBase, reshape_view
 from .program import Step
 
@@ -224,31 +223,39 @@ class OpRules(LoweringBase):
                                                       env[xn].dtype), "slice", (xn,))
 
     def pad(self, node: fx.Node) -> Step:
-        """F.pad whose padding is all zeros (a U-Net's size matching of equal sizes): nothing.
-        Padding found non-zero on the example keeps the node on the host (reported); found
-        non-zero only on a later call, it is computed by torch that time, with a warning."""
+        """F.pad: clconv.pad (every mode; negative amounts crop); all-zero amounts (a U-Net's
+        size matching of equal sizes) are nothing. Amounts computed in the graph are read on
+        each call."""
         x, pad, mode, value = bind(node, lambda input, pad, mode="constant", value=None:
                                    (input, pad, mode, value))
         if not isinstance(pad, (list, tuple)):
             raise Unlowerable("padding computed in the graph")
-        xn, cm = x.name, self.cm
+        return self._pad_step(node, x, pad, mode, value)
+
+    def pad_module(self, node: fx.Node, m: nn.Module, mode: str) -> Step:
+        """nn.ZeroPad*/ConstantPad*/ReflectionPad*/ReplicationPad*/CircularPad*: clconv.pad."""
+        value = getattr(m, "value", None) if mode == "constant" else None
+        return self._pad_step(node, node.args[0], tuple(m.padding), mode, value)
+
+    def _pad_step(self, node: fx.Node, x: Any, pad: Any, mode: str, value: Any) -> Step:
+        if not isinstance(x, fx.Node) or not is_tensor(x):
+            raise Unlowerable("padding of a value that is not a tensor of the graph")
+        if self.layout.get(x.name) is not None:
+            raise Unlowerable("padding of a channels-last view")
+        if isinstance(value, fx.Node):
+            raise Unlowerable("a padding value computed in the graph")
+        xn = x.name
         inputs = (xn, *(p.name for p in pad if isinstance(p, fx.Node)))
-        warned: list[bool] = []
+        pad_op = clconv_op("pad")
 
         def run(env: dict[str, Any]) -> Any:
             amounts = [int(env[p.name]) if isinstance(p, fx.Node) else int(p) for p in pad]
             if not any(amounts):
                 return env[xn]
-            if not cm.final:
-                raise Unlowerable(f"non-zero padding {amounts} (clconv has no pad op)")
-            if not warned:
-                warned.append(True)
-                warnings.warn(f"clconv.torch.compile: {node.name} (F.pad) pads {amounts} on this "
-                              f"call; it runs in torch on the host", FallbackWarning,
-                              stacklevel=4)
-            y = F.pad(cm.download(env[xn]), amounts, mode=mode, value=value)
-            return cm.upload(y)
-        return self.value(node, run, "pad (all zeros)", inputs)
+            return pad_op(env[xn], amounts, mode=mode, value=value)
+        label = "pad (all zeros)" if not any(isinstance(p, fx.Node) or p for p in pad) else \
+            f"clconv.pad ({mode})"
+        return self.value(node, run, label, inputs)
 
 
 def _mean_args(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:

@@ -21,6 +21,7 @@ from .lowering_base import (
     MIRRORED,
     MULS,
     NOOP_MODULES,
+    PAD_MODULES,
     POOL_MODULES,
     SUBS,
     conv_dims,
@@ -181,6 +182,8 @@ class Lowering(LayerRules, OpRules):
             return self.pool(node, m)
         if kind is nn.Flatten:
             return self.flatten(node, node.args[0], m.start_dim, m.end_dim)
+        if kind in PAD_MODULES:
+            return self.pad_module(node, m, PAD_MODULES[kind])
         if kind is nn.LayerNorm and len(shape(node.args[0]) or ()) == 2:
             # over the features of (N, C) (ConvNeXt's head): the channel norm with no spatial dims
             return self.channel_layer_norm(node, node.args[0], m.normalized_shape, m.weight,

@@ -31,6 +31,13 @@ _POOLS = [f"{kind}_pool{d}d" for kind in ("max", "avg", "adaptive_avg", "adaptiv
 POOL_MODULES = {getattr(nn, "".join(p.title() for p in name[:-2].split("_")) + name[-2:]): name
                 for name in _POOLS}
 MIRRORED = {getattr(F, name): name for name in _POOLS}
+#: The padding modules (those this torch has: ZeroPad1d/3d and CircularPad* came in 2.1) and
+#: their F.pad mode.
+PAD_MODULES = {getattr(nn, f"{kind}Pad{d}d"): mode
+               for kind, mode in (("Zero", "constant"), ("Constant", "constant"),
+                                  ("Reflection", "reflect"), ("Replication", "replicate"),
+                                  ("Circular", "circular"))
+               for d in (1, 2, 3) if hasattr(nn, f"{kind}Pad{d}d")}
 
 
 def _dims(kind: type, table: dict[type, int]) -> int | None:

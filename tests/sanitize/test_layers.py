@@ -142,6 +142,29 @@ def test_batch_norm_training(rng, index_t, what):
         expect(bn.backward(g.astype(np.float32)), want, F32, 18, 30.0)
 
 
+def test_sub(rng, index_t):
+    x, gate = _with_nan(rng), arr(rng, (2, 3, 1))
+    expect(clconv.sub(gate, x), gate - x.astype(np.float64), F32, 1, 30.0)
+
+
+@pytest.mark.parametrize("mode, pad", [
+    ("constant", (1, -1, 2, 0)), ("reflect", (2, 1, 1, 2)), ("replicate", (0, 2, -1, 1)),
+    ("circular", (-1, 2, 1, 1))], ids=lambda v: str(v))
+def test_pad(rng, index_t, mode, pad):
+    """pad.cl in every mode, cropping included (circular crops, then wraps: torch's order)."""
+    x = _with_nan(rng)[:, :, None, :].repeat(3, axis=2)  # (2, 3, 3, 4), a NaN in it
+    want = x.astype(np.float64)
+    np_mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge",
+               "circular": "wrap"}[mode]
+    for i in range(2):  # torch's order: the last dim first
+        ax, lo, hi = x.ndim - 1 - i, pad[2 * i], pad[2 * i + 1]
+        want = np.take(want, range(max(-lo, 0), want.shape[ax] - max(-hi, 0)), axis=ax)
+        width = [(0, 0)] * x.ndim
+        width[ax] = (max(lo, 0), max(hi, 0))
+        want = np.pad(want, width, mode=np_mode)
+    expect(clconv.pad(x, pad, mode), want, F32, 0, 1.0)
+
+
 def test_cat(rng, index_t):
     parts = [arr(rng, (2, c, 3)) for c in (1, 3, 2)]
     expect(clconv.cat(parts, 1), np.concatenate(parts, 1), F32, 0, 1.0)
