@@ -469,3 +469,36 @@ def test_subtractions_of_graph_tensors_are_lowered(dev, ct):
     assert sum(s.op.startswith("clconv.sub") for s in cm.steps) >= 2
     with torch.no_grad():
         _close(cm(x), model(x))
+
+
+class Decoder(nn.Module):
+    """A segmentation decoder's upsampling as written in the wild: nn.Upsample (nearest 2x),
+    F.interpolate to a skip's size (bilinear), UpsamplingBilinear2d (align_corners=True)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.mix = nn.Conv2d(16, 8, 3, padding=1)
+        self.up2 = nn.UpsamplingBilinear2d(scale_factor=2)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        skip = torch.relu(self.enc(x))
+        y = self.up(F.max_pool2d(skip, 2))
+        y = F.interpolate(y, size=skip.shape[2:], mode="bilinear", align_corners=False)
+        y = torch.relu(self.mix(torch.cat([y, skip], 1)))
+        return self.head(self.up2(y))
+
+
+def test_upsampling_is_lowered(dev, ct):
+    torch.manual_seed(0)
+    model = Decoder().eval()
+    x = torch.randn(2, 3, 22, 18)  # odd sizes: the pooled path upsamples to 10x8, the skip is 11x9
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    assert sum(s.op.startswith("clconv.interpolate") for s in cm.steps) == 3
+    with torch.no_grad():
+        _close(cm(x), model(x))
+        other = torch.randn(1, 3, 30, 26)  # another size: the interpolation follows the skip's
+        _close(cm(other), model(other))

@@ -1,6 +1,7 @@
 """Lowering of the ops without weights: add/sub/mul (with channel broadcast and constants), cat,
 pooling (modules and functions), mean over the spatial dims, activations, reshapes (view,
-flatten, squeeze), basic slicing, and padding (F.pad and the padding modules)."""
+flatten, squeeze), basic slicing, padding (F.pad and the padding modules) and interpolation
+(F.interpolate, nn.Upsample*)."""
 
 from __future__ import annotations
 
@@ -256,6 +257,54 @@ class OpRules(LoweringBase):
         label = "pad (all zeros)" if not any(isinstance(p, fx.Node) or p for p in pad) else \
             f"clconv.pad ({mode})"
         return self.value(node, run, label, inputs)
+
+
+    def interpolate(self, node: fx.Node) -> Step:
+        """F.interpolate: clconv.interpolate (nearest, nearest-exact, linear modes, area). Sizes
+        computed in the graph (a U-Net's `size=skip.shape[2:]`) are read on each call."""
+        a = bind(node, lambda input, size=None, scale_factor=None, mode="nearest",
+                 align_corners=None, recompute_scale_factor=None, antialias=False:
+                 (input, size, scale_factor, mode, align_corners, recompute_scale_factor,
+                  antialias))
+        return self._interpolate_step(node, *a)
+
+    def upsample_module(self, node: fx.Node, m: nn.Module) -> Step:
+        """nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d (align_corners=True)."""
+        return self._interpolate_step(node, node.args[0], m.size, m.scale_factor, m.mode,
+                                      m.align_corners, getattr(m, "recompute_scale_factor", None),
+                                      False)
+
+    def _interpolate_step(self, node: fx.Node, x: Any, size: Any, scale_factor: Any, mode: Any,
+                          align_corners: Any, recompute: Any, antialias: Any) -> Step:
+        if not isinstance(x, fx.Node) or not is_tensor(x):
+            raise Unlowerable("interpolation of a value that is not a tensor of the graph")
+        if self.layout.get(x.name) is not None:
+            raise Unlowerable("interpolation of a channels-last view")
+        fixed = (scale_factor, mode, align_corners, recompute, antialias)
+        if any(isinstance(v, fx.Node) for v in _leaves(fixed)):
+            raise Unlowerable("interpolation arguments computed in the graph")
+        xn = x.name
+        size_nodes = [v.name for v in _leaves(size) if isinstance(v, fx.Node)]
+        op = clconv_op("interpolate")
+
+        def resolve(v: Any, env: dict[str, Any]) -> Any:
+            if isinstance(v, fx.Node):
+                v = env[v.name]
+            if isinstance(v, (list, tuple)):
+                return tuple(int(resolve(e, env)) for e in v)
+            return v
+
+        def run(env: dict[str, Any]) -> Any:
+            return op(env[xn], resolve(size, env), scale_factor, mode, align_corners, recompute,
+                      antialias)
+        return self.value(node, run, f"clconv.interpolate ({mode})", (xn, *size_nodes))
+
+
+def _leaves(v: Any) -> list[Any]:
+    """The items of nested lists/tuples (v itself when it is neither)."""
+    if isinstance(v, (list, tuple)):
+        return [leaf for e in v for leaf in _leaves(e)]
+    return [v]
 
 
 def _mean_args(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:

@@ -184,6 +184,8 @@ class Lowering(LayerRules, OpRules):
             return self.flatten(node, node.args[0], m.start_dim, m.end_dim)
         if kind in PAD_MODULES:
             return self.pad_module(node, m, PAD_MODULES[kind])
+        if kind in (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d):
+            return self.upsample_module(node, m)
         if kind is nn.LayerNorm and len(shape(node.args[0]) or ()) == 2:
             # over the features of (N, C) (ConvNeXt's head): the channel norm with no spatial dims
             return self.channel_layer_norm(node, node.args[0], m.normalized_shape, m.weight,
@@ -213,6 +215,8 @@ class Lowering(LayerRules, OpRules):
                                        inplace=False: (input, training))
         if t is torch.mean:
             return self.mean(node)
+        if t is F.interpolate:
+            return self.interpolate(node)
         if t is F.batch_norm:
             return self.functional_batch_norm(node)
         if t is F.pad:

@@ -165,6 +165,35 @@ def test_pad(rng, index_t, mode, pad):
     expect(clconv.pad(x, pad, mode), want, F32, 0, 1.0)
 
 
+def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of 1-d linear interpolation with align_corners=True."""
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        real = o * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        i = min(int(np.floor(real)), n_in - 1)
+        j = i + (1 if i < n_in - 1 else 0)
+        m[o, i] += 1 - (real - i)
+        m[o, j] += real - i
+    return m
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_interpolate(rng, index_t, mode):
+    """interpolate.cl: nearest at a fractional scale (the general index path) and bilinear with
+    align_corners (separable weights)."""
+    x = arr(rng, (2, 3, 4, 5))
+    if mode == "nearest":
+        rows = np.minimum(np.floor(np.arange(7) * np.float32(4 / 7)), 3).astype(int)
+        cols = np.minimum(np.floor(np.arange(8) * np.float32(5 / 8)), 4).astype(int)
+        want = x.astype(np.float64)[:, :, rows][:, :, :, cols]
+        expect(clconv.interpolate(x, size=(7, 8)), want, F32, 0, 1.0)
+    else:
+        want = np.einsum("oh,nchw,pw->ncop", _linear_weights(4, 7), x.astype(np.float64),
+                         _linear_weights(5, 8))
+        expect(clconv.interpolate(x, size=(7, 8), mode="bilinear", align_corners=True), want,
+               F32, 4, mag(x))
+
+
 def test_cat(rng, index_t):
     parts = [arr(rng, (2, c, 3)) for c in (1, 3, 2)]
     expect(clconv.cat(parts, 1), np.concatenate(parts, 1), F32, 0, 1.0)

@@ -1,0 +1,110 @@
+// interpolate.cl: torch.nn.functional.interpolate of the NSPATIAL (1-3) spatial dims of a tensor
+// viewed as (planes, D, H, W) (fewer dims: leading sizes of 1), with torch's index arithmetic
+// (aten/src/ATen/native/UpSample.h) so that results and NaN/Inf patterns follow torch's:
+//   MODE 0 'nearest':       src = min(floor(dst * scale), in - 1) (out == in: dst; out == 2 in: dst / 2)
+//   MODE 1 'nearest-exact': src = min(floor((dst + 0.5) * scale), in - 1)
+//   MODE 2 linear ('linear', 'bilinear', 'trilinear'): src = scale * (dst + 0.5) - 0.5 clamped at 0,
+//          or scale * dst with -D ALIGN_CORNERS; the two neighbours i0 = min(floor(src), in - 1),
+//          i1 = i0 + (i0 < in - 1) with weights 1 - l, l = src - i0, every dim torch has (two taps
+//          even where out == in: then l = 0 and i1 = i0, so that an Inf gives NaN there as in
+//          torch), nested as torch's (depth outermost).
+// `scale` per dim: what torch's area_pixel_compute_scale gives (the host works it out in torch's
+// type: double for the linear modes of double tensors, else float).
+// Sizes are arguments: one program per mode, NSPATIAL, ALIGN_CORNERS and dtype.
+// NDRange (OW, OH, planes * OD).
+
+#include "common.cl"
+
+#ifndef MODE
+#define MODE 0
+#endif
+#ifndef NSPATIAL
+#define NSPATIAL 2
+#endif
+
+// The linear modes' index arithmetic runs in torch's opmath type (double for double tensors), the
+// nearest modes' in float (as torch's nearest_idx, whatever the dtype).
+#if defined(USE_FP64) && MODE == 2
+typedef double scale_t;
+typedef double4 scale4_t;
+#else
+typedef float scale_t;
+typedef float4 scale4_t;
+#endif
+
+#if MODE == 2
+// (i0, i1, l0, l1) of output coordinate dst along a dim of `in` inputs and `out` outputs.
+inline void linear_taps(const int dst, const int in, const int out, const scale_t scale, int* i0,
+                        int* i1, ACC* l0, ACC* l1) {
+    if (in == out) {
+        *i0 = *i1 = dst;
+        *l0 = (ACC)1;
+        *l1 = (ACC)0;
+        return;
+    }
+#ifdef ALIGN_CORNERS
+    const scale_t real = scale * (scale_t)dst;
+#else
+    scale_t real = scale * ((scale_t)dst + (scale_t)0.5) - (scale_t)0.5;
+    real = (real < (scale_t)0) ? (scale_t)0 : real;
+#endif
+    const int i = min((int)floor(real), in - 1);
+    const scale_t l = clamp(real - (scale_t)i, (scale_t)0, (scale_t)1);
+    *i0 = i;
+    *i1 = i + ((i < in - 1) ? 1 : 0);
+    *l1 = (ACC)l;
+    *l0 = (ACC)1 - (ACC)l;
+}
+#else
+inline int nearest_source(const int dst, const int in, const int out, const float scale) {
+#if MODE == 0
+    if (out == in) return dst;
+    if (out == 2 * in) return dst >> 1;
+    return min((int)floor((float)dst * scale), in - 1);
+#else
+    return min((int)floor(((float)dst + 0.5f) * scale), in - 1);
+#endif
+}
+#endif
+
+__kernel void interpolate(__global const REAL* restrict x, const long x_offset,
+                          __global REAL* restrict y, const long y_offset,
+                          const int4 in_size, const int4 out_size, const scale4_t scale) {
+    // in_size / out_size / scale: (unused, D, H, W)
+    const int w = get_global_id(0);
+    const int h = get_global_id(1);
+    const idx_t z = get_global_id(2);
+    const int od = out_size.s1;
+    const int d = (od == 1) ? 0 : (int)(z % od);
+    const idx_t plane = (od == 1) ? z : z / od;
+    const int ih = in_size.s2, iw = in_size.s3;
+    __global const REAL* src = x + x_offset + plane * ((idx_t)in_size.s1 * ih * iw);
+    const idx_t at = y_offset + ((plane * od + d) * (idx_t)out_size.s2 + h) * out_size.s3 + w;
+#if MODE == 2
+    int w0, w1, h0 = 0, h1 = 0, d0 = 0, d1 = 0;
+    ACC lw0, lw1, lh0 = 1, lh1 = 0, ld0 = 1, ld1 = 0;
+    linear_taps(w, iw, out_size.s3, scale.s3, &w0, &w1, &lw0, &lw1);
+#if NSPATIAL >= 2
+    linear_taps(h, ih, out_size.s2, scale.s2, &h0, &h1, &lh0, &lh1);
+#endif
+#if NSPATIAL == 3
+    linear_taps(d, in_size.s1, od, scale.s1, &d0, &d1, &ld0, &ld1);
+#endif
+#define AT(dd, hh, ww) ((ACC)src[((idx_t)(dd) * ih + (hh)) * iw + (ww)])
+#define ROW(dd, hh) (lw0 * AT(dd, hh, w0) + lw1 * AT(dd, hh, w1))
+#if NSPATIAL == 1
+    const ACC v = ROW(0, 0);
+#elif NSPATIAL == 2
+    const ACC v = lh0 * ROW(0, h0) + lh1 * ROW(0, h1);
+#else
+    const ACC v = ld0 * (lh0 * ROW(d0, h0) + lh1 * ROW(d0, h1)) +
+                  ld1 * (lh0 * ROW(d1, h0) + lh1 * ROW(d1, h1));
+#endif
+    y[at] = (REAL)v;
+#else
+    const int sw = nearest_source(w, iw, out_size.s3, scale.s3);
+    const int sh = nearest_source(h, ih, out_size.s2, scale.s2);
+    const int sd = nearest_source(d, in_size.s1, od, scale.s1);
+    y[at] = src[((idx_t)sd * ih + sh) * iw + sw];
+#endif
+}

@@ -1,0 +1,171 @@
+"""torch.nn.functional.interpolate on the device: `interpolate(...)` and its `InterpolatePlan`
+(cl/interpolate.cl: 'nearest', 'nearest-exact', 'linear', 'bilinear', 'trilinear', with torch's
+index arithmetic), and 'area', which is adaptive average pooling (as in torch).
+
+The output size and the per-dim scales follow torch: `size`, or `scale_factor` (output size
+floor(in * scale_factor); the kernels then use 1 / scale_factor unless recompute_scale_factor=True,
+which uses in / out); align_corners (linear modes only, default False). 'bicubic' and antialias
+are not implemented (ValueError naming them).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyopencl.array as cla
+from pyopencl import cltypes
+
+from ..runtime.device import Device, current_device
+from ..runtime.program import kernel, precision_defines
+from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
+from .plan import Plan, cached_plan, shape_of
+
+__all__ = ["InterpolatePlan", "interpolate"]
+
+#: mode -> (cl/interpolate.cl MODE, the input's ndim it needs or None for any of 3-5)
+_MODES = {"nearest": (0, None), "nearest-exact": (1, None), "linear": (2, 3),
+          "bilinear": (2, 4), "trilinear": (2, 5)}
+
+
+def _per_dim(value: Any, nd: int, name: str, kind: type) -> tuple[Any, ...]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != nd:
+            raise ValueError(f"interpolate: {name} must have {nd} entries for a {nd}-d spatial "
+                             f"input, got {value!r}")
+        items = tuple(value)
+    else:
+        items = (value,) * nd
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise TypeError(f"interpolate: {name} must be {'ints' if kind is numbers.Integral else 'numbers'}"
+                            f", got {value!r}")
+    return items
+
+
+def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: str,
+                    align_corners: bool | None, recompute_scale_factor: bool | None,
+                    antialias: bool = False, real: Any = np.float32
+                    ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(output shape, the scale per spatial dim the kernel uses, worked out in `real` as torch
+    does: its opmath type for the linear modes, float for the nearest ones), or torch's error."""
+    if mode in ("bicubic", "area") or mode not in _MODES:
+        if mode == "bicubic":
+            raise ValueError("interpolate: mode 'bicubic' is not implemented by clconv")
+        if mode != "area":
+            raise ValueError(f"interpolate: mode must be one of {(*_MODES, 'area')}, got {mode!r}")
+    if antialias:
+        raise ValueError("interpolate: antialias=True is not implemented by clconv")
+    if len(shape) not in (3, 4, 5):
+        raise ValueError(f"interpolate: input must be 3-d, 4-d or 5-d (N, C, *spatial), got "
+                         f"shape {shape}")
+    need = _MODES.get(mode, (None, None))[1]
+    if need is not None and len(shape) != need:
+        raise ValueError(f"interpolate: mode {mode!r} needs a {need}-d input, got {len(shape)}-d")
+    linear = mode in ("linear", "bilinear", "trilinear")
+    if align_corners is not None and not linear:
+        raise ValueError("interpolate: align_corners can only be set with the linear modes "
+                         "(linear, bilinear, trilinear)")
+    nd = len(shape) - 2
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: give exactly one of size and scale_factor")
+    spatial = shape[2:]
+    scales: tuple[float, ...] | None = None
+    if size is not None:
+        out = tuple(int(v) for v in _per_dim(size, nd, "size", numbers.Integral))
+    else:
+        factors = tuple(float(v) for v in _per_dim(scale_factor, nd, "scale_factor", numbers.Real))
+        out = tuple(math.floor(float(i) * f) for i, f in zip(spatial, factors))
+        if not recompute_scale_factor:
+            scales = factors
+    if any(i <= 0 for i in spatial) or any(o <= 0 for o in out):
+        raise ValueError(f"interpolate: input and output sizes must be greater than 0, got input "
+                         f"{tuple(spatial)} and output {out}")
+    kernel_scales = []
+    for d in range(nd):
+        i, o = spatial[d], out[d]
+        if linear and align_corners:
+            s = real(i - 1) / real(o - 1) if o > 1 else real(0)
+        elif scales is not None and scales[d] > 0:
+            s = real(1.0 / scales[d])
+        else:
+            s = real(i) / real(o)
+        kernel_scales.append(float(s))
+    return (*shape[:2], *out), tuple(kernel_scales)
+
+
+class InterpolatePlan(Plan):
+    """F.interpolate for one input shape, dtype and set of arguments (cl/interpolate.cl)."""
+
+    def __init__(self, dev: Device, shape: Sequence[int], size: Any, scale_factor: Any,
+                 mode: str, align_corners: bool | None, recompute_scale_factor: bool | None,
+                 dtype: np.dtype) -> None:
+        shape = tuple(int(s) for s in shape)
+        double = np.dtype(dtype) == np.float64 and mode in ("linear", "bilinear", "trilinear")
+        out_shape, scales = output_geometry(shape, size, scale_factor, mode, align_corners,
+                                            recompute_scale_factor,
+                                            real=np.float64 if double else np.float32)
+        if mode == "area":
+            raise ValueError("interpolate: mode 'area' is adaptive_avg_pool (clconv.interpolate "
+                             "runs it as that); InterpolatePlan does the other modes")
+        self._prepare(dev, dtype, {"input": shape}, out_shape, out_shape,
+                      {"input": shape, "output": out_shape})
+        self.label = f"interpolate ({mode})"
+        nd = len(shape) - 2
+        lift = 3 - nd
+        self.planes = shape[0] * shape[1]
+        self.out_dims = (1,) * lift + out_shape[2:]
+        self.sizes = (cltypes.make_int4(0, *((1,) * lift + shape[2:])),
+                      cltypes.make_int4(0, *self.out_dims),
+                      (cltypes.make_double4 if double else cltypes.make_float4)(
+                          0, *((1.0,) * lift + scales)))
+        defines = precision_defines(self.work)
+        defines.update(MODE=_MODES[mode][0], NSPATIAL=nd, INDEX_T=index_type(
+            math.prod(shape), math.prod(out_shape)))
+        if align_corners and _MODES[mode][0] == 2:
+            defines["ALIGN_CORNERS"] = None
+        self.kernel = kernel(dev, "interpolate.cl", "interpolate", defines)
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        x = arrays["input"]
+        assert x is not None
+        od, oh, ow = self.out_dims
+        if out.size == 0:
+            return
+        with self.device.lock:
+            self.kernel(self.device.queue, (ow, oh, self.planes * od), None, x.base_data,
+                        np.int64(element_offset(x)), out.base_data,
+                        np.int64(element_offset(out)), *self.sizes)
+
+    def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+        return self.execute({"input": input}, out)
+
+
+def interpolate(input: ArrayLike, size: Any = None, scale_factor: Any = None,
+                mode: str = "nearest", align_corners: bool | None = None,
+                recompute_scale_factor: bool | None = None, antialias: bool = False, *,
+                out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.interpolate of an (N, C, *spatial) array (1-3 spatial dims): `size`
+    or `scale_factor` (an int/float or one per dim), mode 'nearest', 'nearest-exact', 'linear'
+    (3-d input), 'bilinear' (4-d), 'trilinear' (5-d) (align_corners as torch's, default False)
+    or 'area' (adaptive average pooling). Returns numpy for a numpy input, else a device array."""
+    shape = shape_of(input)
+    out_shape, _ = output_geometry(shape, size, scale_factor, mode, align_corners,
+                                   recompute_scale_factor, antialias)
+    if mode == "area":
+        from .pool import adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d
+
+        pool = (adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d)[len(shape) - 3]
+        return pool(input, out_shape[2:]) if out is None else pool(input, out_shape[2:], out=out)
+    dev = current_device()
+    dtype = result_dtype(dev, input=input)
+    key = ("interpolate", shape, out_shape, mode, bool(align_corners),
+           None if size is not None or recompute_scale_factor else
+           _per_dim(scale_factor, len(shape) - 2, "scale_factor", numbers.Real), dtype)
+    plan = cached_plan(dev, key, lambda: InterpolatePlan(dev, shape, size, scale_factor, mode,
+                                                         align_corners, recompute_scale_factor,
+                                                         dtype))
+    return plan.execute({"input": input}, out)

@@ -1,0 +1,103 @@
+"""clconv.interpolate (cl/interpolate.cl) against torch.nn.functional.interpolate: every mode
+(nearest, nearest-exact, linear/bilinear/trilinear with and without align_corners, area), sizes
+and scale factors (integer, fractional, shrinking, recompute_scale_factor), NaN and Inf patterns as
+torch's, device operands, float64 where the device has it, and torch's errors.
+Tolerance: nearest modes copy (exact); linear modes are a few products (rtol 1e-5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cla
+import pytest
+from helpers import random_array
+
+import clconv
+
+torch = pytest.importorskip("torch")
+
+CASES = [  # (input shape, size / scale_factor arguments)
+    ((2, 3, 7), {"size": 12}),
+    ((2, 3, 7), {"scale_factor": 1.7}),
+    ((2, 3, 9), {"size": 4}),
+    ((2, 3, 5, 6), {"scale_factor": 2}),
+    ((2, 3, 5, 6), {"size": (7, 13)}),
+    ((2, 3, 5, 6), {"scale_factor": (1.5, 0.6)}),
+    ((1, 2, 6, 5), {"scale_factor": 2.3, "recompute_scale_factor": True}),
+    ((1, 2, 3, 4, 5), {"scale_factor": 2}),
+    ((1, 2, 3, 4, 5), {"size": (5, 3, 7)}),
+    ((1, 1, 1, 1), {"size": (4, 3)}),
+]
+LINEAR = {3: "linear", 4: "bilinear", 5: "trilinear"}
+
+
+def _with_specials(rng, shape):
+    x = random_array(rng, shape)
+    x.flat[2 % x.size] = np.nan
+    x.flat[5 % x.size] = np.inf if x.size > 5 else x.flat[0]
+    return x
+
+
+def _check(got, want):
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact", "linear", "linear-corners", "area"])
+@pytest.mark.parametrize("shape, kw", CASES, ids=[f"{s}-{k}" for s, k in CASES])
+def test_matches_torch(rng, shape, kw, mode):
+    kw = dict(kw)
+    if mode.startswith("linear"):
+        kw["align_corners"] = mode == "linear-corners"
+        mode = LINEAR[len(shape)]
+    if mode == "area" and kw.get("recompute_scale_factor"):
+        pytest.skip("area takes the output size only")
+    x = _with_specials(rng, shape)
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), mode=mode, **kw).numpy()
+    got = clconv.interpolate(x, mode=mode, **kw)
+    if mode.startswith("nearest"):
+        np.testing.assert_array_equal(got, want)
+    else:
+        _check(got, want)
+
+
+def test_device_operands_float64_and_plans(dev, rng):
+    x = random_array(rng, (2, 3, 5, 6))
+    xd = cla.to_device(dev.queue, x)
+    y = clconv.interpolate(xd, scale_factor=2, mode="bilinear")
+    assert isinstance(y, cla.Array)
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=2, mode="bilinear")
+    _check(y.get(), want.numpy())
+    plan = clconv.InterpolatePlan(dev, x.shape, (4, 9), None, "nearest", None, None, np.float32)
+    np.testing.assert_array_equal(plan(x), torch.nn.functional.interpolate(
+        torch.from_numpy(x), size=(4, 9)).numpy())
+    if dev.fp64:
+        x64 = x.astype(np.float64)
+        got = clconv.interpolate(x64, size=(9, 4), mode="bilinear", align_corners=True)
+        assert got.dtype == np.float64
+        want = torch.nn.functional.interpolate(torch.from_numpy(x64), size=(9, 4),
+                                               mode="bilinear", align_corners=True).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, kw, error, words", [
+    ((2, 3, 5, 6), {}, ValueError, "exactly one"),
+    ((2, 3, 5, 6), {"size": 4, "scale_factor": 2}, ValueError, "exactly one"),
+    ((2, 3, 5, 6), {"size": 4, "mode": "linear"}, ValueError, "3-d"),
+    ((2, 3, 5, 6), {"size": 4, "align_corners": True}, ValueError, "align_corners"),
+    ((2, 3, 5, 6), {"size": (4, 5, 6)}, ValueError, "2 entries"),
+    ((2, 3, 5, 6), {"size": 4.5}, TypeError, "ints"),
+    ((2, 3, 5, 6), {"scale_factor": 0.1}, ValueError, "greater than 0"),
+    ((2, 3, 5, 6), {"size": 4, "mode": "cubic"}, ValueError, "mode"),
+    ((2, 3, 5, 6), {"size": 4, "mode": "bicubic"}, ValueError, "bicubic"),
+    ((5, 6), {"size": 4}, ValueError, "3-d, 4-d or 5-d"),
+], ids=lambda v: str(v))
+def test_errors_as_torch(rng, shape, kw, error, words):
+    x = random_array(rng, shape)
+    with pytest.raises(error, match=words):
+        clconv.interpolate(x, **kw)
+    if "bicubic" not in str(kw):  # torch computes bicubic; clconv says it does not
+        with pytest.raises((RuntimeError, ValueError, TypeError, NotImplementedError)):
+            torch.nn.functional.interpolate(torch.from_numpy(x), **kw)
