@@ -224,6 +224,17 @@ inline void input_lines(GEO_DECL const int od, const int oh, idx_t* line_at) {
     }
 }
 
+// A gather kernel's output element (cl/pad.cl, cl/interpolate.cl; NDRange (OW, OH, planes * OD)
+// over a tensor viewed as (planes, OD, OH, OW)): its w, h, d, plane and flat offset from y_offset.
+#define GATHER_POSITION(out_size, y_offset)                                                  \
+    const int w = get_global_id(0);                                                          \
+    const int h = get_global_id(1);                                                          \
+    const idx_t z_ = get_global_id(2);                                                       \
+    const int od = (out_size).s1;                                                            \
+    const int d = (od == 1) ? 0 : (int)(z_ % od);                                            \
+    const idx_t plane = (od == 1) ? z_ : z_ / od;                                            \
+    const idx_t at = (y_offset) + ((plane * od + d) * (idx_t)(out_size).s2 + h) * (out_size).s3 + w;
+
 // The output plane ncd = (n * COUT + co) * OD + od of a direct kernel's work-item (its
 // get_global_id(2), which may pass 2**31 when INDEX_T is long), as od, nco = n * COUT + co, n and
 // co. A division pair at most (the z of a work-group is uniform): none for OD when it is 1, none

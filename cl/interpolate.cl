@@ -71,15 +71,9 @@ __kernel void interpolate(__global const REAL* restrict x, const long x_offset,
                           __global REAL* restrict y, const long y_offset,
                           const int4 in_size, const int4 out_size, const scale4_t scale) {
     // in_size / out_size / scale: (unused, D, H, W)
-    const int w = get_global_id(0);
-    const int h = get_global_id(1);
-    const idx_t z = get_global_id(2);
-    const int od = out_size.s1;
-    const int d = (od == 1) ? 0 : (int)(z % od);
-    const idx_t plane = (od == 1) ? z : z / od;
+    GATHER_POSITION(out_size, y_offset)
     const int ih = in_size.s2, iw = in_size.s3;
     __global const REAL* src = x + x_offset + plane * ((idx_t)in_size.s1 * ih * iw);
-    const idx_t at = y_offset + ((plane * od + d) * (idx_t)out_size.s2 + h) * out_size.s3 + w;
 #if MODE == 2
     int w0, w1, h0 = 0, h1 = 0, d0 = 0, d1 = 0;
     ACC lw0, lw1, lh0 = 1, lh1 = 0, ld0 = 1, ld1 = 0;

@@ -29,16 +29,10 @@ __kernel void pad(__global const REAL* restrict x, const long x_offset,
     // (unused, D, H, W) of: the input's and the output's sizes, the leading padding (circular:
     // its positive part), the first input element left after cropping and how many are left
     // (circular only)
-    const int w = get_global_id(0);
-    const int h = get_global_id(1);
-    const idx_t z = get_global_id(2);
-    const int od = out_size.s1;
-    const int d = (od == 1) ? 0 : (int)(z % od);
-    const idx_t plane = (od == 1) ? z : z / od;
+    GATHER_POSITION(out_size, y_offset)
     const int sd = SOURCE(d, s1);
     const int sh = SOURCE(h, s2);
     const int sw = SOURCE(w, s3);
-    const idx_t at = y_offset + ((plane * od + d) * (idx_t)out_size.s2 + h) * out_size.s3 + w;
     y[at] = (sd < 0 || sh < 0 || sw < 0)
                 ? value
                 : x[x_offset + ((plane * in_size.s1 + sd) * (idx_t)in_size.s2 + sh) * in_size.s3 +

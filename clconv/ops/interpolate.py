@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyopencl.array as cla
 from pyopencl import cltypes
 
 from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
-from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
-from .plan import Plan, cached_plan, shape_of
+from ..runtime.transfer import ArrayLike, index_type, result_dtype
+from .pad import GatherPlan
+from .plan import cached_plan, shape_of
 
 __all__ = ["InterpolatePlan", "interpolate"]
 
@@ -97,7 +97,7 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
     return (*shape[:2], *out), tuple(kernel_scales)
 
 
-class InterpolatePlan(Plan):
+class InterpolatePlan(GatherPlan):
     """F.interpolate for one input shape, dtype and set of arguments (cl/interpolate.cl)."""
 
     def __init__(self, dev: Device, shape: Sequence[int], size: Any, scale_factor: Any,
@@ -128,20 +128,6 @@ class InterpolatePlan(Plan):
         if align_corners and _MODES[mode][0] == 2:
             defines["ALIGN_CORNERS"] = None
         self.kernel = kernel(dev, "interpolate.cl", "interpolate", defines)
-
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
-        x = arrays["input"]
-        assert x is not None
-        od, oh, ow = self.out_dims
-        if out.size == 0:
-            return
-        with self.device.lock:
-            self.kernel(self.device.queue, (ow, oh, self.planes * od), None, x.base_data,
-                        np.int64(element_offset(x)), out.base_data,
-                        np.int64(element_offset(out)), *self.sizes)
-
-    def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
-        return self.execute({"input": input}, out)
 
 
 def interpolate(input: ArrayLike, size: Any = None, scale_factor: Any = None,

@@ -24,7 +24,7 @@ from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
 from .plan import Plan, cached_plan, shape_of
 
-__all__ = ["PadPlan", "pad"]
+__all__ = ["GatherPlan", "PadPlan", "pad"]
 
 #: torch's padding modes -> common.cl's PAD_MODE codes.
 PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}
@@ -77,7 +77,32 @@ def _validate(shape: tuple[int, ...], pad: tuple[int, ...], mode: str,
     return tuple(out)
 
 
-class PadPlan(Plan):
+class GatherPlan(Plan):
+    """A plan whose kernel gathers every output element of a tensor viewed as (planes, OD, OH,
+    OW) (common.cl's GATHER_POSITION: NDRange (OW, OH, planes * OD)) from the input: the
+    operands, then `sizes` (the kernel's own arguments, set at plan time)."""
+
+    kernel: Any
+    planes: int
+    out_dims: tuple[int, int, int]
+    sizes: tuple[Any, ...]
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        x = arrays["input"]
+        assert x is not None
+        od, oh, ow = self.out_dims
+        if out.size == 0:
+            return
+        with self.device.lock:
+            self.kernel(self.device.queue, (ow, oh, self.planes * od), None, x.base_data,
+                        np.int64(element_offset(x)), out.base_data,
+                        np.int64(element_offset(out)), *self.sizes)
+
+    def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+        return self.execute({"input": input}, out)
+
+
+class PadPlan(GatherPlan):
     """F.pad(x, pad, mode, value) for one input shape and dtype (cl/pad.cl)."""
 
     def __init__(self, dev: Device, shape: Sequence[int], pad: Sequence[int], mode: str,
@@ -101,28 +126,14 @@ class PadPlan(Plan):
             lo = tuple(max(a, 0) for a in lo)
         self.planes = math.prod(shape[:lead])
         self.out_dims = padded_out
-        self.sizes = tuple(cltypes.make_int4(0, *v) for v in (padded_in, padded_out, lo, first,
-                                                               span))
         fill = 0.0 if value is None else float(value)
-        self.value = np.float64(fill) if self.work == np.float64 else np.float32(fill)
+        self.sizes = (*(cltypes.make_int4(0, *v) for v in (padded_in, padded_out, lo, first,
+                                                             span)),
+                      np.float64(fill) if self.work == np.float64 else np.float32(fill))
         defines = precision_defines(self.work)
         defines.update(PAD_MODE=PAD_MODES[mode], INDEX_T=index_type(
             math.prod(shape), math.prod(out_shape)))
         self.kernel = kernel(dev, "pad.cl", "pad", defines)
-
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
-        x = arrays["input"]
-        assert x is not None
-        od, oh, ow = self.out_dims
-        if out.size == 0:
-            return
-        with self.device.lock:
-            self.kernel(self.device.queue, (ow, oh, self.planes * od), None, x.base_data,
-                        np.int64(element_offset(x)), out.base_data,
-                        np.int64(element_offset(out)), *self.sizes, self.value)
-
-    def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
-        return self.execute({"input": input}, out)
 
 
 def pad(input: ArrayLike, pad: Sequence[int], mode: str = "constant", value: float | None = None,
