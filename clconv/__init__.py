@@ -26,6 +26,7 @@ from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add
                               clamp, elu, flatten, gelu, hardsigmoid, hardswish, hardtanh,
                               leaky_relu, mul, relu, relu6, sigmoid, silu, sub, tanh)
 from .ops.device_group import DeviceGroup, device
+from .ops.group_norm import GroupNormPlan, group_norm
 from .ops.interpolate import InterpolatePlan, interpolate
 from .ops.pad import PadPlan, pad
 from .ops.linear import LinearPlan, linear
@@ -60,14 +61,14 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFound
            "workspace_size"]
 
 # The other layers of a CNN (pooling, activations, batch_norm, add/sub/mul, cat, flatten, linear,
-# pad, interpolate).
-__all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "InterpolatePlan", "LinearPlan", "PadPlan",
-            "PoolPlan", "UnaryPlan",
+# pad, interpolate, group_norm).
+__all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "InterpolatePlan",
+            "LinearPlan", "PadPlan", "PoolPlan", "UnaryPlan",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
             "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "clamp", "elu",
-            "flatten", "gelu", "hardsigmoid", "hardswish", "hardtanh", "interpolate", "leaky_relu",
-            "linear",
+            "flatten", "gelu", "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate",
+            "leaky_relu", "linear",
             "max_pool1d", "max_pool2d", "max_pool3d", "mul", "pad", "relu", "relu6", "sigmoid",
             "silu", "sub", "tanh"]
 

@@ -47,7 +47,7 @@ def _check(got, want):
 
 @pytest.mark.parametrize("mode", ["nearest", "nearest-exact", "linear", "linear-corners", "area"])
 @pytest.mark.parametrize("shape, kw", CASES, ids=[f"{s}-{k}" for s, k in CASES])
-def test_matches_torch(rng, shape, kw, mode):
+def test_matches_torch(dev, rng, shape, kw, mode):
     kw = dict(kw)
     if mode.startswith("linear"):
         kw["align_corners"] = mode == "linear-corners"
@@ -94,7 +94,7 @@ def test_device_operands_float64_and_plans(dev, rng):
     ((2, 3, 5, 6), {"size": 4, "mode": "bicubic"}, ValueError, "bicubic"),
     ((5, 6), {"size": 4}, ValueError, "3-d, 4-d or 5-d"),
 ], ids=lambda v: str(v))
-def test_errors_as_torch(rng, shape, kw, error, words):
+def test_errors_as_torch(dev, rng, shape, kw, error, words):
     x = random_array(rng, shape)
     with pytest.raises(error, match=words):
         clconv.interpolate(x, **kw)

@@ -61,7 +61,7 @@ def _valid(shape, pad, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape, pad", CASES, ids=[f"{s}-{p}" for s, p in CASES])
-def test_matches_numpy_and_torch(rng, shape, pad, mode):
+def test_matches_numpy_and_torch(dev, rng, shape, pad, mode):
     if not _valid(shape, pad, mode):
         pytest.skip("torch refuses it (test_errors_as_torch covers those)")
     x = random_array(rng, shape)
@@ -104,7 +104,7 @@ def test_device_operands_float64_and_plans(dev, rng):
     ((0, 3, 5), (1, 1), {"mode": "reflect"}, None, None),  # an empty batch is fine
     ((2, 0, 5), (1, 1), {"mode": "replicate"}, ValueError, "non-empty"),
 ], ids=lambda v: str(v))
-def test_errors_as_torch(rng, shape, pad, kwargs, error, words):
+def test_errors_as_torch(dev, rng, shape, pad, kwargs, error, words):
     x = random_array(rng, shape)
     torch = pytest.importorskip("torch")
     if error is None:

@@ -198,6 +198,35 @@ class LayerRules(LoweringBase):
         return self.value(node, lambda env: fn(env[x], rm, rv, w, b, eps=eps),
                           "clconv.batch_norm", (x,))
 
+    def group_norm(self, node: fx.Node, m: nn.Module) -> Step:
+        """nn.GroupNorm: clconv.group_norm with the affine weight and bias as constants."""
+        if len(node.args) != 1 or node.kwargs:
+            raise Unlowerable("unexpected GroupNorm arguments")
+        return self._group_norm_step(node, node.args[0], m.num_groups, m.weight, m.bias,
+                                     m.eps, node.target)
+
+    def functional_group_norm(self, node: fx.Node) -> Step:
+        """F.group_norm(x, num_groups, weight, bias, eps) with module parameters."""
+        x, groups, w, b, eps = bind(node, lambda input, num_groups, weight=None, bias=None,
+                                    eps=1e-5: (input, num_groups, weight, bias, eps))
+        if isinstance(groups, fx.Node) or isinstance(eps, fx.Node):
+            raise Unlowerable("group_norm arguments computed in the graph")
+        return self._group_norm_step(node, x, groups, self._const_arg(w, "weight"),
+                                     self._const_arg(b, "bias"), eps, node.name)
+
+    def _group_norm_step(self, node: fx.Node, x: Any, groups: int, weight: Any, bias: Any,
+                         eps: float, key: Any) -> Step:
+        if not isinstance(x, fx.Node) or self.layout.get(x.name) is not None:
+            raise Unlowerable("group_norm of a value that is not a channels-first tensor")
+        fn = clconv_op("group_norm")
+        cm = self.cm
+        w = cm.constant((key, "weight"), weight) if weight is not None else None
+        b = cm.constant((key, "bias"), bias) if bias is not None else None
+        eps = float(eps)
+        xn = x.name
+        return self.value(node, lambda env: fn(env[xn], groups, w, b, eps=eps),
+                          "clconv.group_norm", (xn,))
+
     def _const_arg(self, v: Any, what: str) -> Any:
         """A functional op's weight-like argument as a tensor (get_attr) or None; Unlowerable
         when the graph computes it."""

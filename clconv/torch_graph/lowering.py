@@ -178,6 +178,8 @@ class Lowering(LayerRules, OpRules):
             return self.fused([node])
         if kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
             return self.batch_norm(node, m)
+        if kind is nn.GroupNorm:
+            return self.group_norm(node, m)
         if kind in POOL_MODULES:
             return self.pool(node, m)
         if kind is nn.Flatten:
@@ -217,6 +219,8 @@ class Lowering(LayerRules, OpRules):
             return self.mean(node)
         if t is F.interpolate:
             return self.interpolate(node)
+        if t is F.group_norm:
+            return self.functional_group_norm(node)
         if t is F.batch_norm:
             return self.functional_batch_norm(node)
         if t is F.pad:

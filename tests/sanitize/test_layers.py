@@ -194,6 +194,16 @@ def test_interpolate(rng, index_t, mode):
                F32, 4, mag(x))
 
 
+def test_group_norm(rng, index_t):
+    """group_norm.cl after channel_stats over the (N * G, C / G * spatial) view, affine + SiLU."""
+    x, w, b = arr(rng, (2, 6, 3, 4)), arr(rng, (6,)), arr(rng, (6,))
+    v = x.astype(np.float64).reshape(2, 3, -1)
+    v = ((v - v.mean(axis=2, keepdims=True)) / np.sqrt(v.var(axis=2, keepdims=True) + 1e-5))
+    v = v.reshape(x.shape) * w.reshape(1, 6, 1, 1) + b.reshape(1, 6, 1, 1)
+    expect(clconv.group_norm(x, 3, w, b, activation="silu"), v / (1 + np.exp(-v)), F32, 24,
+           10.0)
+
+
 def test_cat(rng, index_t):
     parts = [arr(rng, (2, c, 3)) for c in (1, 3, 2)]
     expect(clconv.cat(parts, 1), np.concatenate(parts, 1), F32, 0, 1.0)

@@ -1,0 +1,32 @@
+// group_norm.cl: torch.nn.functional.group_norm's normalisation, after the per-(image, group)
+// mean and biased variance (elementwise.cl's channel_stats over the (N * G, C / G * inner) view):
+//   y[n][c][s] = act(x[n][c][s] * a + b'),  a = rstd * weight[c],  b' = bias[c] - a * mean,
+//   rstd = 1 / sqrt(var + eps)   (torch's form: scale and shift per (n, c), then one fma)
+// stats: (2, N * G) means then variances. has_weight / has_bias: 0 reads none (any buffer).
+// -D ACT (ACT_A, ACT_B): the activation (common.cl), identity by default.
+// NDRange (inner, N * C): a row of one channel of one image per NDRange row, no division per
+// element.
+
+#include "common.cl"
+
+__kernel void group_norm(__global const REAL* restrict x, const long x_offset,
+                         __global const REAL* restrict stats, const long groups_total,
+                         __global const REAL* restrict weight, const long w_offset,
+                         const int has_weight, __global const REAL* restrict bias,
+                         const long b_offset, const int has_bias, __global REAL* restrict y,
+                         const long y_offset, const long channels, const long groups,
+                         const REAL eps) {
+    const idx_t s = get_global_id(0);
+    const idx_t nc = get_global_id(1);
+    const idx_t inner = get_global_size(0);
+    const idx_t n = nc / channels;
+    const idx_t c = nc - n * channels;
+    const idx_t i = n * groups + c / (channels / groups);
+    const ACC mean = (ACC)stats[i];
+    const ACC var = (ACC)stats[groups_total + i];
+    const ACC rstd = (ACC)1 / sqrt((var > (ACC)0 ? var : (ACC)0) + (ACC)eps);
+    const ACC a = has_weight ? rstd * (ACC)weight[w_offset + c] : rstd;
+    const ACC b = (has_bias ? (ACC)bias[b_offset + c] : (ACC)0) - a * mean;
+    const idx_t at = nc * inner + s;
+    y[y_offset + at] = (REAL)activate((ACC)x[x_offset + at] * a + b);
+}

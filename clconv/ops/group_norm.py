@@ -1,0 +1,102 @@
+"""torch.nn.functional.group_norm on the device: `group_norm(...)` and its `GroupNormPlan`: the
+per-(image, group) statistics (elementwise.cl's channel_stats over an (N * G, C / G * spatial)
+view), then cl/group_norm.cl's scale and shift per (image, channel) with an optional fused
+activation (a diffusion U-Net's GroupNorm -> SiLU)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyopencl.array as cla
+
+from ..runtime.device import Device, current_device
+from ..runtime.program import kernel, precision_defines
+from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
+from .activation import ActivationArg, activation_defines, normalize_activation
+from .elementwise import enqueue_channel_stats
+from .plan import Plan, cached_plan, shape_of
+
+__all__ = ["GroupNormPlan", "group_norm"]
+
+
+class GroupNormPlan(Plan):
+    """act(group_norm(x, num_groups, weight, bias, eps)) for one input shape and dtype."""
+
+    def __init__(self, dev: Device, input_shape: Sequence[int], num_groups: int,
+                 has_weight: bool, has_bias: bool, eps: float, dtype: np.dtype,
+                 activation: ActivationArg = None) -> None:
+        shape = tuple(int(v) for v in input_shape)
+        if len(shape) < 2:
+            raise ValueError(f"group_norm: input must have at least 2 dims (N, C, *), got shape "
+                             f"{shape}")
+        if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+            raise TypeError(f"group_norm: num_groups must be an int, got {num_groups!r}")
+        if num_groups < 1 or shape[1] % num_groups:
+            raise ValueError(f"group_norm: the {shape[1]} channels of input {shape} must be "
+                             f"divisible by num_groups={num_groups} (>= 1)")
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+            raise TypeError(f"group_norm: eps must be a real number, got {eps!r}")
+        c = shape[1]
+        self.groups, self.channels, self.inner = int(num_groups), c, math.prod(shape[2:])
+        self.eps = float(eps)
+        act = normalize_activation(activation)
+        operands = {"input": shape, "weight": (c,) if has_weight else None,
+                    "bias": (c,) if has_bias else None}
+        self._prepare(dev, dtype, operands, shape, shape, {"input": shape})
+        self.label = "group_norm" if act is None else f"group_norm + {act}"
+        defines = precision_defines(self.work)
+        defines.update(activation_defines(act), INDEX_T=index_type(math.prod(shape)))
+        self.kernel = kernel(dev, "group_norm.cl", "group_norm", defines)
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        x, w, b = arrays["input"], arrays["weight"], arrays["bias"]
+        assert x is not None
+        if out.size == 0:
+            return
+        dev, work = self.device, self.work
+        rows = out.size // self.inner  # N * C
+        groups_total = rows // self.channels * self.groups
+        stats = enqueue_channel_stats(dev, x, groups_total, rows // groups_total * self.inner,
+                                      None, None, 0.0)
+
+        def args(a: cla.Array | None) -> tuple[Any, np.int64]:
+            a = x if a is None else a  # never read (has_weight / has_bias 0)
+            return a.base_data, np.int64(element_offset(a))
+        with dev.lock:
+            self.kernel(dev.queue, (self.inner, rows), None, *args(x), stats.base_data,
+                        np.int64(groups_total), *args(w), np.int32(w is not None), *args(b),
+                        np.int32(b is not None), *args(out), np.int64(self.channels),
+                        np.int64(self.groups),
+                        np.float64(self.eps) if work == np.float64 else np.float32(self.eps))
+
+    def __call__(self, input: ArrayLike, weight: ArrayLike | None = None,
+                 bias: ArrayLike | None = None, *, out: ArrayLike | None = None) -> ArrayLike:
+        return self.execute({"input": input, "weight": weight, "bias": bias}, out)
+
+
+def group_norm(input: ArrayLike, num_groups: int, weight: ArrayLike | None = None,
+               bias: ArrayLike | None = None, eps: float = 1e-5, *,
+               activation: ActivationArg = None, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.group_norm: input (N, C, *) normalised over each image's groups of
+    C / num_groups channels (biased variance, as torch's), then weight/bias (C,) if given and the
+    optional fused activation. Returns numpy for a numpy input, else a device array."""
+    dev = current_device()
+    values = {"input": input, "weight": weight, "bias": bias}
+    dtype = result_dtype(dev, **{k: v for k, v in values.items() if v is not None})
+    shape = shape_of(input)
+    c = shape[1] if len(shape) >= 2 else None
+    for name in ("weight", "bias"):
+        if values[name] is not None and shape_of(values[name]) != (c,):
+            raise ValueError(f"group_norm: {name} must have shape (C,) = ({c},) for input of "
+                             f"shape {shape}, got {shape_of(values[name])}")
+    act = normalize_activation(activation)
+    plan = cached_plan(dev, ("group_norm", shape, num_groups, dtype, weight is not None,
+                             bias is not None, float(eps) if isinstance(eps, numbers.Real)
+                             else eps, act),
+                       lambda: GroupNormPlan(dev, shape, num_groups, weight is not None,
+                                             bias is not None, eps, dtype, act))
+    return plan.execute(values, out, check=False)

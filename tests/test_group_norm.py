@@ -1,0 +1,81 @@
+"""clconv.group_norm (channel_stats + cl/group_norm.cl) against torch.nn.functional.group_norm
+and a numpy float64 oracle: 1-3 spatial dims and none, one group to one group per channel, with
+and without the affine weight and bias, a fused activation, device operands, float64 where the
+device has it, and torch's errors. Tolerance: float32, a reduction over a group's elements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cla
+import pytest
+from helpers import random_array
+from tolerance import assert_close
+
+import clconv
+
+
+def _oracle(x, groups, w, b, eps):
+    n, c = x.shape[:2]
+    v = x.astype(np.float64).reshape(n, groups, -1)
+    mean = v.mean(axis=2, keepdims=True)
+    var = v.var(axis=2, keepdims=True)
+    y = ((v - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    if w is not None:
+        y = y * w.reshape(shape)
+    if b is not None:
+        y = y + b.reshape(shape)
+    return y
+
+
+@pytest.mark.parametrize("shape, groups", [
+    ((2, 8, 5, 6), 4), ((3, 6, 7), 3), ((1, 32, 9, 9), 32), ((2, 4), 2), ((2, 6, 3, 4, 5), 1),
+], ids=str)
+@pytest.mark.parametrize("affine", [True, False])
+def test_matches_oracle_and_torch(dev, rng, shape, groups, affine):
+    x = random_array(rng, shape) * 3 + 1
+    w = random_array(rng, (shape[1],)) if affine else None
+    b = random_array(rng, (shape[1],)) if affine else None
+    got = clconv.group_norm(x, groups, w, b, eps=1e-5)
+    want = _oracle(x, groups, w, b, 1e-5)
+    reduction = x.size // (shape[0] * groups)
+    assert_close(got, want, np.float32, reduction=reduction, magnitude=8)
+    torch = pytest.importorskip("torch")
+    t = torch.nn.functional.group_norm(
+        torch.from_numpy(x), groups, None if w is None else torch.from_numpy(w),
+        None if b is None else torch.from_numpy(b), 1e-5).numpy()
+    assert_close(got, t, np.float32, reduction=reduction, magnitude=8)
+
+
+def test_activation_device_operands_float64(dev, rng):
+    x = random_array(rng, (2, 6, 4, 5))
+    w, b = random_array(rng, (6,)), random_array(rng, (6,))
+    y = clconv.group_norm(cla.to_device(dev.queue, x), 3, w, b, activation="silu")
+    assert isinstance(y, cla.Array)
+    v = _oracle(x, 3, w, b, 1e-5)
+    assert_close(y.get(), v / (1 + np.exp(-v)), np.float32, reduction=40, magnitude=8)
+    x[0, 1, 2, 2] = np.nan  # poisons its image's group only
+    got = clconv.group_norm(x, 3)
+    assert np.isnan(got[0, :2]).all() and not np.isnan(got[0, 2:]).any()
+    assert not np.isnan(got[1]).any()
+    if dev.fp64:
+        x64 = random_array(rng, (2, 6, 4, 5), np.float64)
+        got = clconv.GroupNormPlan(dev, x64.shape, 2, False, False, 1e-6, np.float64)(x64)
+        np.testing.assert_allclose(got, _oracle(x64, 2, None, None, 1e-6), rtol=1e-10,
+                                   atol=1e-10)
+
+
+@pytest.mark.parametrize("args, error, words", [
+    ((4,), ValueError, "divisible"),
+    ((0,), ValueError, "divisible"),
+    ((2.0,), TypeError, "num_groups"),
+    ((3, np.ones(5, np.float32)), ValueError, "weight"),
+], ids=str)
+def test_errors_as_torch(dev, rng, args, error, words):
+    x = random_array(rng, (2, 6, 3, 3))
+    with pytest.raises(error, match=words):
+        clconv.group_norm(x, *args)
+    torch = pytest.importorskip("torch")
+    targs = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args]
+    with pytest.raises((RuntimeError, ValueError, TypeError, ZeroDivisionError)):
+        torch.nn.functional.group_norm(torch.from_numpy(x), *targs)
