@@ -59,6 +59,16 @@ def _compile(ct, model, x):
         return ct.compile(model, x)
 
 
+def _lowered_with(ct, model, x, op, count):
+    """compile(model, x) with no fallback, `count` steps of clconv op `op`, torch's eval output."""
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    assert sum(s.op.startswith(op) for s in cm.steps) == count, [s.op for s in cm.steps]
+    with torch.no_grad():
+        _close(cm(x), model(x))
+    return cm
+
+
 def _check_lowered(ct, model, x):
     """`model` (eval mode) compiles without a host node and matches torch on x."""
     cm = _compile(ct, model, x)
@@ -406,11 +416,7 @@ def test_padding_modules_and_modes_are_lowered(dev, ct):
     torch.manual_seed(0)
     model = Padded().eval()
     x = torch.randn(2, 3, 11, 10)
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
-    assert sum(s.op.startswith("clconv.pad") for s in cm.steps) == 6
-    with torch.no_grad():
-        _close(cm(x), model(x))
+    _lowered_with(ct, model, x, "clconv.pad", 6)
 
 
 @pytest.mark.parametrize("family", ["resnet18", "convnext"])
@@ -464,11 +470,7 @@ class _Differences(torch.nn.Module):
 def test_subtractions_of_graph_tensors_are_lowered(dev, ct):
     model = _Differences().eval()
     x = torch.randn(2, 3, 9, 7)
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
-    assert sum(s.op.startswith("clconv.sub") for s in cm.steps) >= 2
-    with torch.no_grad():
-        _close(cm(x), model(x))
+    _lowered_with(ct, model, x, "clconv.sub", 3)
 
 
 class Decoder(nn.Module):
@@ -495,11 +497,8 @@ def test_upsampling_is_lowered(dev, ct):
     torch.manual_seed(0)
     model = Decoder().eval()
     x = torch.randn(2, 3, 22, 18)  # odd sizes: the pooled path upsamples to 10x8, the skip is 11x9
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
-    assert sum(s.op.startswith("clconv.interpolate") for s in cm.steps) == 3
+    cm = _lowered_with(ct, model, x, "clconv.interpolate", 3)
     with torch.no_grad():
-        _close(cm(x), model(x))
         other = torch.randn(1, 3, 30, 26)  # another size: the interpolation follows the skip's
         _close(cm(other), model(other))
 
@@ -525,8 +524,4 @@ def test_group_norm_is_lowered(dev, ct):
         model.n1.weight.normal_()
         model.n1.bias.normal_()
     x = torch.randn(2, 16, 9, 7)
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
-    assert sum(s.op.startswith("clconv.group_norm") for s in cm.steps) == 3
-    with torch.no_grad():
-        _close(cm(x), model(x))
+    _lowered_with(ct, model, x, "clconv.group_norm", 3)
