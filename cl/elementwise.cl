@@ -4,7 +4,7 @@
 //
 // -D REAL, ACC, USE_FP64, INDEX_T   precision and flat-offset type (common.cl)
 // -D ACT, ACT_A, ACT_B              the activation (common.cl; default none)
-// -D OP                             binary: 0 add (default), 1 mul, 2 sub
+// -D OP                             binary: 0 add (default), 1 mul, 2 sub, 3 prelu
 // -D CLAMP_GRAD_INCLUSIVE           unary_backward of ACT_CLAMP: torch.clamp's gradient (passes
 //                                   x == min and x == max) instead of hardtanh's (stops them)
 // Shapes, strides, channel counts, eps and momentum are kernel arguments: one program per dtype and
@@ -129,8 +129,10 @@ __kernel void binary(__global const REAL* a, const long a_offset,
     const ACC v = va + vb;
 #elif OP == 1
     const ACC v = va * vb;
-#else
+#elif OP == 2
     const ACC v = va - vb;
+#else  // prelu with slope b, as torch's kernel (a > 0 ? a : b * a: NaN and -0 land as torch's)
+    const ACC v = (va > (ACC)0) ? va : vb * va;
 #endif
     y[y_offset + row * (idx_t)get_global_size(0) + i4] = (REAL)activate(v);
 }

@@ -24,7 +24,7 @@ from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weigh
 from .ops.fold import fold_batchnorm
 from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add, batch_norm, cat,
                               clamp, elu, flatten, gelu, hardsigmoid, hardswish, hardtanh,
-                              leaky_relu, mul, relu, relu6, sigmoid, silu, sub, tanh)
+                              leaky_relu, mul, prelu, relu, relu6, sigmoid, silu, sub, tanh)
 from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm
 from .ops.interpolate import InterpolatePlan, interpolate
@@ -69,8 +69,8 @@ __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "Interpol
             "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "clamp", "elu",
             "flatten", "gelu", "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate",
             "leaky_relu", "linear",
-            "max_pool1d", "max_pool2d", "max_pool3d", "mul", "pad", "relu", "relu6", "sigmoid",
-            "silu", "sub", "tanh"]
+            "max_pool1d", "max_pool2d", "max_pool3d", "mul", "pad", "prelu", "relu", "relu6",
+            "sigmoid", "silu", "sub", "tanh"]
 
 # Fused epilogues: BatchNorm folded into the convolution before it.
 __all__ += ["fold_batchnorm"]

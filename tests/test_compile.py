@@ -525,3 +525,21 @@ def test_group_norm_is_lowered(dev, ct):
         model.n1.bias.normal_()
     x = torch.randn(2, 16, 9, 7)
     _lowered_with(ct, model, x, "clconv.group_norm", 3)
+
+
+class WithPReLU(nn.Module):
+    """PReLU as a module (one slope per channel, and one for all) and as F.prelu."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.act, self.act1 = nn.PReLU(6, init=0.1), nn.PReLU()
+        self.w = nn.Parameter(torch.full((6,), -0.3))
+
+    def forward(self, x):
+        y = self.act(self.conv(x))
+        return F.prelu(self.act1(y - 0.5), self.w)
+
+
+def test_prelu_is_lowered(dev, ct):
+    _lowered_with(ct, WithPReLU().eval(), torch.randn(2, 3, 7, 6), "clconv.prelu", 3)

@@ -240,3 +240,20 @@ def test_flatten(clconv, dev, rng):
         clconv.flatten(x, 2, 1)
     with pytest.raises(IndexError, match="end_dim"):
         clconv.flatten(x, 0, 4)
+
+
+@pytest.mark.parametrize("shape, slopes", [((2, 3, 4, 5), 3), ((2, 3, 4, 5), 1), ((4, 6), 6),
+                                           ((2, 5, 7), 1)], ids=str)
+def test_prelu_matches_torch(clconv, dev, rng, shape, slopes):
+    """One slope or one per channel (dim 1); NaN, -0 and -Inf land as torch's kernel puts them."""
+    torch = import_torch()
+    x = random_array(rng, shape)
+    x.flat[:3] = (np.nan, -0.0, -np.inf)
+    w = random_array(rng, (slopes,))
+    want = torch.nn.functional.prelu(torch.from_numpy(x), torch.from_numpy(w)).numpy()
+    for got in (clconv.prelu(x, w), clconv.prelu(cla.to_device(dev.queue, x), w).get()):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+        assert_close(got, want, np.float32, magnitude=16)
+    with pytest.raises(ValueError, match="prelu"):
+        clconv.prelu(x, random_array(rng, (shape[1] + 1,)))

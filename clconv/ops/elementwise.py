@@ -43,7 +43,8 @@ from .plan import Plan, cached_plan, shape_of
 __all__ = ["BatchNormPlan", "BinaryPlan", "CatPlan", "UnaryPlan", "add", "batch_norm",
            "broadcast_layout", "cat", "clamp", "elu", "enqueue_batch_norm_backward",
            "enqueue_bias_act", "enqueue_channel_stats", "enqueue_column_sums", "flatten", "gelu",
-           "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mul", "relu", "relu6", "sigmoid",
+           "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mul",
+           "prelu", "relu", "relu6", "sigmoid",
            "silu", "sub", "tanh"]
 
 
@@ -253,8 +254,9 @@ def broadcast_layout(out_shape: tuple[int, ...], *shapes: tuple[int, ...]
 
 
 class BinaryPlan(Plan):
-    """y = act(input OP other) for op 'add', 'sub' or 'mul', with numpy broadcasting between the shapes
-    (same shape, per-channel (C,) / (N, C, 1, 1) / (1, C, 1, 1) against (N, C, *spatial), ...)."""
+    """y = act(input OP other) for op 'add', 'sub', 'mul' or 'prelu' (other: the slopes), with
+    numpy broadcasting between the shapes (same shape, per-channel (C,) / (N, C, 1, 1) /
+    (1, C, 1, 1) against (N, C, *spatial), ...)."""
 
     def __init__(self, dev: Device, op: str, input_shape: Sequence[int],
                  other_shape: Sequence[int], dtype: np.dtype,
@@ -299,7 +301,7 @@ class BinaryPlan(Plan):
 
 
 #: cl/elementwise.cl's binary OP codes.
-_BINARY_OPS = {"add": 0, "mul": 1, "sub": 2}
+_BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3}
 
 
 def _binary_values(input: Any, other: Any) -> dict[str, Any]:
@@ -340,6 +342,20 @@ def sub(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,
     """torch.sub(input, other) with broadcasting (either may be a Python number), then the
     optional fused activation: act(input - other)."""
     return _binary("sub", input, other, activation, out)
+
+
+def prelu(input: ArrayLike, weight: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.prelu: input where > 0, else weight * input, with weight (1,) or (C,)
+    (one slope per channel: dim 1 of an (N, C, *) input)."""
+    w_shape, x_shape = shape_of(weight), shape_of(input)
+    if len(w_shape) != 1:
+        raise ValueError(f"prelu: weight must be 1-d, (1,) or (C,), got shape {w_shape}")
+    if w_shape[0] != 1:
+        if len(x_shape) < 2 or x_shape[1] != w_shape[0]:
+            raise ValueError(f"prelu: weight {w_shape} must have 1 or C entries, C = dim 1 of "
+                             f"input {x_shape}")
+        weight = weight.reshape((w_shape[0],) + (1,) * (len(x_shape) - 2))
+    return _binary("prelu", input, weight, None, out)
 
 
 def mul(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,

@@ -180,6 +180,8 @@ class Lowering(LayerRules, OpRules):
             return self.batch_norm(node, m)
         if kind is nn.GroupNorm:
             return self.group_norm(node, m)
+        if kind is nn.PReLU and len(node.args) == 1 and not node.kwargs:
+            return self.binary(node, "prelu", node.args[0], m.weight.detach())
         if kind in POOL_MODULES:
             return self.pool(node, m)
         if kind is nn.Flatten:
@@ -221,6 +223,8 @@ class Lowering(LayerRules, OpRules):
             return self.interpolate(node)
         if t is F.group_norm:
             return self.functional_group_norm(node)
+        if t is F.prelu and len(node.args) == 2 and not node.kwargs:
+            return self.binary(node, "prelu", *node.args)
         if t is F.batch_norm:
             return self.functional_batch_norm(node)
         if t is F.pad:

@@ -142,6 +142,12 @@ def test_batch_norm_training(rng, index_t, what):
         expect(bn.backward(g.astype(np.float32)), want, F32, 18, 30.0)
 
 
+def test_prelu(rng, index_t):
+    x, w = _with_nan(rng), arr(rng, (3,))
+    want = np.where(x > 0, x, w.reshape(1, 3, 1) * x).astype(np.float64)
+    expect(clconv.prelu(x, w), want, F32, 1, 10.0)
+
+
 def test_sub(rng, index_t):
     x, gate = _with_nan(rng), arr(rng, (2, 3, 1))
     expect(clconv.sub(gate, x), gate - x.astype(np.float64), F32, 1, 30.0)
