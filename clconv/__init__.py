@@ -29,6 +29,7 @@ from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm
 from .ops.interpolate import InterpolatePlan, interpolate
 from .ops.pad import PadPlan, pad
+from .ops.softmax import SoftmaxPlan, log_softmax, softmax
 from .ops.linear import LinearPlan, linear
 from .ops.plan import Plan
 from .ops.pool import (PoolPlan, adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d,
@@ -61,16 +62,16 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFound
            "workspace_size"]
 
 # The other layers of a CNN (pooling, activations, batch_norm, add/sub/mul, cat, flatten, linear,
-# pad, interpolate, group_norm).
+# pad, interpolate, group_norm, softmax).
 __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "InterpolatePlan",
-            "LinearPlan", "PadPlan", "PoolPlan", "UnaryPlan",
+            "LinearPlan", "PadPlan", "PoolPlan", "SoftmaxPlan", "UnaryPlan",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
             "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "clamp", "elu",
             "flatten", "gelu", "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate",
-            "leaky_relu", "linear",
+            "leaky_relu", "linear", "log_softmax",
             "max_pool1d", "max_pool2d", "max_pool3d", "mul", "pad", "prelu", "relu", "relu6",
-            "sigmoid", "silu", "sub", "tanh"]
+            "sigmoid", "silu", "softmax", "sub", "tanh"]
 
 # Fused epilogues: BatchNorm folded into the convolution before it.
 __all__ += ["fold_batchnorm"]

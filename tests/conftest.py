@@ -100,7 +100,7 @@ EVERY_DEVICE_MODULES = frozenset({
     "test_pool", "test_elementwise", "test_linear", "test_nn_layers", "test_depthwise",
     "test_pointwise", "test_program_sharing", "test_splitk", "test_compile_devices",
     "test_algorithms", "test_grad_paths", "test_packed_long_k", "test_call_costs", "test_pad",
-    "test_interpolate", "test_group_norm",
+    "test_interpolate", "test_group_norm", "test_softmax",
 })
 
 #: Modules that test device selection and the current-device stack themselves: their tests that

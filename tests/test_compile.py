@@ -543,3 +543,24 @@ class WithPReLU(nn.Module):
 
 def test_prelu_is_lowered(dev, ct):
     _lowered_with(ct, WithPReLU().eval(), torch.randn(2, 3, 7, 6), "clconv.prelu", 3)
+
+
+class Heads(nn.Module):
+    """Classifier heads that end in a softmax, in each spelling."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(8, 5))
+        self.prob = nn.Softmax(dim=1)
+        self.logp = nn.LogSoftmax(dim=-1)
+
+    def forward(self, x):
+        z = self.body(x)
+        return (self.prob(z) + self.logp(z) + F.softmax(z, dim=1) + z.log_softmax(-1)
+                + torch.log_softmax(2 * z, 1))
+
+
+def test_softmax_heads_are_lowered(dev, ct):
+    cm = _lowered_with(ct, Heads().eval(), torch.randn(3, 3, 9, 8), "clconv.softmax", 2)
+    assert sum(s.op == "clconv.log_softmax" for s in cm.steps) == 3

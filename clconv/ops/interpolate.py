@@ -100,10 +100,10 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
 class InterpolatePlan(GatherPlan):
     """F.interpolate for one input shape, dtype and set of arguments (cl/interpolate.cl)."""
 
-    def __init__(self, dev: Device, shape: Sequence[int], size: Any, scale_factor: Any,
+    def __init__(self, dev: Device, input_shape: Sequence[int], size: Any, scale_factor: Any,
                  mode: str, align_corners: bool | None, recompute_scale_factor: bool | None,
                  dtype: np.dtype) -> None:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(int(s) for s in input_shape)
         double = np.dtype(dtype) == np.float64 and mode in ("linear", "bilinear", "trilinear")
         out_shape, scales = output_geometry(shape, size, scale_factor, mode, align_corners,
                                             recompute_scale_factor,

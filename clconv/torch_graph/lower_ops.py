@@ -299,6 +299,22 @@ class OpRules(LoweringBase):
         return self.value(node, run, f"clconv.interpolate ({mode})", (xn, *size_nodes))
 
 
+    def softmax(self, node: fx.Node, x: Any, dim: Any, log: bool, dtype: Any = None) -> Step:
+        """softmax / log_softmax along a fixed dim (functions, methods, nn.Softmax/LogSoftmax)."""
+        name = "log_softmax" if log else "softmax"
+        if dtype is not None:
+            raise Unlowerable(f"{name} with dtype=")
+        if not isinstance(x, fx.Node) or not is_tensor(x):
+            raise Unlowerable(f"{name} of a value that is not a tensor of the graph")
+        if self.layout.get(x.name) is not None:
+            raise Unlowerable(f"{name} of a channels-last view")
+        if dim is None or isinstance(dim, fx.Node):
+            raise Unlowerable(f"{name} without a fixed dim")
+        op = clconv_op(name)
+        xn = x.name
+        return self.value(node, lambda env: op(env[xn], dim), f"clconv.{name}", (xn,))
+
+
 def _leaves(v: Any) -> list[Any]:
     """The items of nested lists/tuples (v itself when it is neither)."""
     if isinstance(v, (list, tuple)):

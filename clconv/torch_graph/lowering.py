@@ -180,6 +180,8 @@ class Lowering(LayerRules, OpRules):
             return self.batch_norm(node, m)
         if kind is nn.GroupNorm:
             return self.group_norm(node, m)
+        if kind in (nn.Softmax, nn.LogSoftmax):
+            return self.softmax(node, node.args[0], m.dim, kind is nn.LogSoftmax)
         if kind is nn.PReLU and len(node.args) == 1 and not node.kwargs:
             return self.binary(node, "prelu", node.args[0], m.weight.detach())
         if kind in POOL_MODULES:
@@ -223,6 +225,9 @@ class Lowering(LayerRules, OpRules):
             return self.interpolate(node)
         if t is F.group_norm:
             return self.functional_group_norm(node)
+        if t in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
+            a = bind(node, lambda input, dim=None, _stacklevel=3, dtype=None: (input, dim, dtype))
+            return self.softmax(node, a[0], a[1], t in (F.log_softmax, torch.log_softmax), a[2])
         if t is F.prelu and len(node.args) == 2 and not node.kwargs:
             return self.binary(node, "prelu", *node.args)
         if t is F.batch_norm:
@@ -264,6 +269,9 @@ class Lowering(LayerRules, OpRules):
             return self.binary(node, t.rstrip("_"), *node.args)
         if t in ("view", "reshape"):
             return self.reshape(node, node.args[0], node.args[1:])
+        if t in ("softmax", "log_softmax"):
+            a = bind(node, lambda self, dim, dtype=None: (self, dim, dtype))
+            return self.softmax(node, a[0], a[1], t == "log_softmax", a[2])
         if t == "flatten":
             a = bind(node, lambda self, start_dim=0, end_dim=-1: (self, start_dim, end_dim))
             return self.flatten(node, *a)

@@ -142,6 +142,17 @@ def test_batch_norm_training(rng, index_t, what):
         expect(bn.backward(g.astype(np.float32)), want, F32, 18, 30.0)
 
 
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax(rng, index_t, log):
+    """softmax.cl along the middle dim (a strided slice), a NaN poisoning its slice."""
+    x = _with_nan(rng)
+    v = x.astype(np.float64)
+    m = v.max(axis=1, keepdims=True)
+    s = np.exp(v - m).sum(axis=1, keepdims=True)
+    want = (v - m) - np.log(s) if log else np.exp(v - m) / s
+    expect((clconv.log_softmax if log else clconv.softmax)(x, 1), want, F32, 3, 10.0)
+
+
 def test_prelu(rng, index_t):
     x, w = _with_nan(rng), arr(rng, (3,))
     want = np.where(x > 0, x, w.reshape(1, 3, 1) * x).astype(np.float64)
