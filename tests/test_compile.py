@@ -564,3 +564,43 @@ class Heads(nn.Module):
 def test_softmax_heads_are_lowered(dev, ct):
     cm = _lowered_with(ct, Heads().eval(), torch.randn(3, 3, 9, 8), "clconv.softmax", 2)
     assert sum(s.op == "clconv.log_softmax" for s in cm.steps) == 3
+
+
+def _channel_shuffle(x, groups):
+    b, c, h, w = x.size()
+    x = x.view(b, groups, c // groups, h, w)
+    return torch.transpose(x, 1, 2).contiguous().view(b, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's units (Ma et al. 2018, Fig. 3 c/d): channel split (chunk), a branch of
+    1x1 -> depthwise 3x3 -> 1x1, concatenation and the channel shuffle (view, transpose, view);
+    the downsampling unit's two strided branches; torch.split and a permute of plain data too."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        h = c // 2
+        self.branch = nn.Sequential(
+            nn.Conv2d(h, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU(),
+            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h),
+            nn.Conv2d(h, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU())
+        self.down1 = nn.Sequential(nn.Conv2d(c, c, 3, 2, 1, groups=c, bias=False),
+                                   nn.Conv2d(c, c, 1, bias=False), nn.ReLU())
+        self.down2 = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.ReLU(),
+                                   nn.Conv2d(c, c, 3, 2, 1, groups=c, bias=False),
+                                   nn.Conv2d(c, c, 1, bias=False), nn.ReLU())
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        x = _channel_shuffle(torch.cat((a, self.branch(b)), dim=1), 2)
+        x = _channel_shuffle(torch.cat((self.down1(x), self.down2(x)), 1), 2)
+        p, q, r = torch.split(x, [5, 11, 16], dim=1)
+        return torch.cat([q, r.permute(0, 1, 3, 2), p], 1)
+
+
+def test_shufflenet_units_are_lowered(dev, ct):
+    torch.manual_seed(0)
+    model = models.randomize(ShuffleUnit()).eval()
+    x = torch.randn(2, 16, 10, 10)
+    cm = _lowered_with(ct, model, x, "permute (copy)", 3)
+    assert sum(s.op.endswith("(copies)") for s in cm.steps) == 2

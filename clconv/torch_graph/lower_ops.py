@@ -315,6 +315,69 @@ class OpRules(LoweringBase):
         return self.value(node, lambda env: op(env[xn], dim), f"clconv.{name}", (xn,))
 
 
+    def permuted_copy(self, node: fx.Node, x: Any, perm: tuple[int, ...]) -> Step:
+        """A permutation of the dims (other than ConvNeXt's channels-last view): the permuted
+        strided view of the device array, gathered to a contiguous one on the device."""
+        if not isinstance(x, fx.Node) or self.layout.get(x.name) is not None:
+            raise Unlowerable(f"permute {perm} of a channels-last view")
+        nd = len(shape(x) or ())
+        if any(isinstance(p, fx.Node) for p in perm) or sorted(p % max(nd, 1) for p in perm) \
+                != list(range(nd)):
+            raise Unlowerable(f"permute {perm}")
+        axes = tuple(p % nd for p in perm)
+        xn, dev = x.name, self.cm.device
+        return self.value(node, lambda env: to_device(env[xn].transpose(axes), dev, "input",
+                                                      env[xn].dtype), "permute (copy)", (xn,))
+
+    def transpose(self, node: fx.Node) -> Step:
+        """torch.transpose / x.transpose(d0, d1) (ShuffleNet's channel shuffle): a permuted copy."""
+        x, d0, d1 = bind(node, lambda input, dim0, dim1: (input, dim0, dim1))
+        nd = len(shape(x) or ())
+        if not all(type(d) is int for d in (d0, d1)) or nd == 0:
+            raise Unlowerable("transpose of dims computed in the graph")
+        perm = list(range(nd))
+        perm[d0 % nd], perm[d1 % nd] = perm[d1 % nd], perm[d0 % nd]
+        return self.permuted_copy(node, x, tuple(perm))
+
+    def pieces(self, node: fx.Node) -> Step:
+        """torch.chunk / torch.split (and the methods) of a tensor: a tuple of contiguous device
+        arrays (each piece's strided view gathered on the device), sized as torch sizes them from
+        the input's shape on each call; the getitems that follow pick them."""
+        chunking = node.target in ("chunk", torch.chunk)
+        x, how, dim = bind(node, (lambda input, chunks, dim=0: (input, chunks, dim)) if chunking
+                           else (lambda tensor, split_size_or_sections, dim=0:
+                                 (tensor, split_size_or_sections, dim)))
+        if not isinstance(x, fx.Node) or not is_tensor(x) or self.layout.get(x.name) is not None:
+            raise Unlowerable(f"{node.target} of a value that is not a channels-first tensor")
+        if type(dim) is not int or any(type(v) is not int for v in _leaves(how)):
+            raise Unlowerable(f"{node.target} with sizes computed in the graph")
+        xn, dev = x.name, self.cm.device
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            d = dim % a.ndim
+            size = a.shape[d]
+            if chunking:
+                step = -(-size // how) if size else 0
+                sizes = [min(step, size - i) for i in range(0, size, step)] if step else [0]
+            elif isinstance(how, int):
+                sizes = [min(how, size - i) for i in range(0, size, how)] if size else [0]
+            else:
+                sizes = list(how)
+                if sum(sizes) != size:
+                    raise ValueError(f"split_with_sizes expects split_sizes to sum exactly to "
+                                     f"{size} (input tensor's size at dimension {d}), but got "
+                                     f"split_sizes={sizes}")
+            out, start = [], 0
+            for n in sizes:
+                index = (slice(None),) * d + (slice(start, start + n),)
+                out.append(to_device(a[index], dev, "input", a.dtype))
+                start += n
+            return tuple(out)
+        return self.value(node, run, f"{getattr(node.target, '__name__', node.target)} (copies)",
+                          (xn,))
+
+
 def _leaves(v: Any) -> list[Any]:
     """The items of nested lists/tuples (v itself when it is neither)."""
     if isinstance(v, (list, tuple)):

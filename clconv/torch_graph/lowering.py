@@ -166,6 +166,9 @@ class Lowering(LayerRules, OpRules):
             if self.layout.get(x) is not None:
                 raise Unlowerable("shape of a permuted view")
             return self.value(node, lambda env: torch.Size(env[x].shape), "shape", (x,))
+        if (node.op == "call_method" and node.target in ("chunk", "split")) or (
+                node.op == "call_function" and node.target in (torch.chunk, torch.split)):
+            return self.pieces(node)
         raise Unlowerable(f"non-tensor {node.op} {node.target}")
 
     # -- modules, functions and methods -------------------------------------------------------
@@ -246,6 +249,8 @@ class Lowering(LayerRules, OpRules):
             return self.reshape(node, node.args[0], node.args[1:])
         if t is torch.permute:
             return self._permute(node)
+        if t is torch.transpose:
+            return self.transpose(node)
         if t in (torch.squeeze, torch.unsqueeze):
             return self.squeeze(node, t.__name__)
         if t is F.layer_norm:
@@ -286,6 +291,8 @@ class Lowering(LayerRules, OpRules):
             raise Unlowerable(f"Tensor.{t} feeding other ops than add/mul")
         if t in ("contiguous",):
             return self.alias(node, node.args[0], "contiguous")
+        if t == "transpose":
+            return self.transpose(node)
         if t == "permute":
             return self._permute(node)
         raise Unlowerable(f"no clconv lowering for Tensor.{t}")
@@ -303,7 +310,7 @@ class Lowering(LayerRules, OpRules):
         if self.layout.get(x.name) is None and perm == to_last and nd >= 3:
             # The data stays channels-first; the value is marked as viewed channels-last.
             return self.alias(node, x, "permute (view)", layout=to_last)
-        raise Unlowerable(f"permute {perm}")
+        return self.permuted_copy(node, x, perm)
 
     def _permuted(self, node: fx.Node) -> Step:
         """A node reading channels-last views (logical (N, *spatial, C), stored (N, C,
