@@ -216,14 +216,12 @@ class LayerRules(LoweringBase):
 
     def _group_norm_step(self, node: fx.Node, x: Any, groups: int, weight: Any, bias: Any,
                          eps: float, key: Any) -> Step:
-        if not isinstance(x, fx.Node) or self.layout.get(x.name) is not None:
-            raise Unlowerable("group_norm of a value that is not a channels-first tensor")
+        xn = self.plain_tensor(x, "group_norm")
         fn = clconv_op("group_norm")
         cm = self.cm
         w = cm.constant((key, "weight"), weight) if weight is not None else None
         b = cm.constant((key, "bias"), bias) if bias is not None else None
         eps = float(eps)
-        xn = x.name
         return self.value(node, lambda env: fn(env[xn], groups, w, b, eps=eps),
                           "clconv.group_norm", (xn,))
 

@@ -238,13 +238,9 @@ class OpRules(LoweringBase):
         return self._pad_step(node, node.args[0], tuple(m.padding), mode, value)
 
     def _pad_step(self, node: fx.Node, x: Any, pad: Any, mode: str, value: Any) -> Step:
-        if not isinstance(x, fx.Node) or not is_tensor(x):
-            raise Unlowerable("padding of a value that is not a tensor of the graph")
-        if self.layout.get(x.name) is not None:
-            raise Unlowerable("padding of a channels-last view")
+        xn = self.plain_tensor(x, "padding")
         if isinstance(value, fx.Node):
             raise Unlowerable("a padding value computed in the graph")
-        xn = x.name
         inputs = (xn, *(p.name for p in pad if isinstance(p, fx.Node)))
         pad_op = clconv_op("pad")
 
@@ -275,14 +271,10 @@ class OpRules(LoweringBase):
 
     def _interpolate_step(self, node: fx.Node, x: Any, size: Any, scale_factor: Any, mode: Any,
                           align_corners: Any, recompute: Any, antialias: Any) -> Step:
-        if not isinstance(x, fx.Node) or not is_tensor(x):
-            raise Unlowerable("interpolation of a value that is not a tensor of the graph")
-        if self.layout.get(x.name) is not None:
-            raise Unlowerable("interpolation of a channels-last view")
+        xn = self.plain_tensor(x, "interpolation")
         fixed = (scale_factor, mode, align_corners, recompute, antialias)
         if any(isinstance(v, fx.Node) for v in _leaves(fixed)):
             raise Unlowerable("interpolation arguments computed in the graph")
-        xn = x.name
         size_nodes = [v.name for v in _leaves(size) if isinstance(v, fx.Node)]
         op = clconv_op("interpolate")
 
@@ -304,14 +296,10 @@ class OpRules(LoweringBase):
         name = "log_softmax" if log else "softmax"
         if dtype is not None:
             raise Unlowerable(f"{name} with dtype=")
-        if not isinstance(x, fx.Node) or not is_tensor(x):
-            raise Unlowerable(f"{name} of a value that is not a tensor of the graph")
-        if self.layout.get(x.name) is not None:
-            raise Unlowerable(f"{name} of a channels-last view")
+        xn = self.plain_tensor(x, name)
         if dim is None or isinstance(dim, fx.Node):
             raise Unlowerable(f"{name} without a fixed dim")
         op = clconv_op(name)
-        xn = x.name
         return self.value(node, lambda env: op(env[xn], dim), f"clconv.{name}", (xn,))
 
 
@@ -347,11 +335,10 @@ class OpRules(LoweringBase):
         x, how, dim = bind(node, (lambda input, chunks, dim=0: (input, chunks, dim)) if chunking
                            else (lambda tensor, split_size_or_sections, dim=0:
                                  (tensor, split_size_or_sections, dim)))
-        if not isinstance(x, fx.Node) or not is_tensor(x) or self.layout.get(x.name) is not None:
-            raise Unlowerable(f"{node.target} of a value that is not a channels-first tensor")
+        xn = self.plain_tensor(x, str(getattr(node.target, "__name__", node.target)))
         if type(dim) is not int or any(type(v) is not int for v in _leaves(how)):
             raise Unlowerable(f"{node.target} with sizes computed in the graph")
-        xn, dev = x.name, self.cm.device
+        dev = self.cm.device
 
         def run(env: dict[str, Any]) -> Any:
             a = env[xn]

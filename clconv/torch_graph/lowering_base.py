@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .base import torch_type
+from .base import Unlowerable, is_tensor, torch_type
 from .program import Program, Step
 
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -103,6 +103,15 @@ class LoweringBase:
         if type(m) is nn.Linear:
             return "linear"
         return None
+
+    def plain_tensor(self, x: Any, what: str) -> str:
+        """The name of `x`, a tensor of the graph stored and viewed channels-first (what the ops
+        without a channels-last form take); Unlowerable naming `what` otherwise."""
+        if not isinstance(x, fx.Node) or not is_tensor(x):
+            raise Unlowerable(f"{what} of a value that is not a tensor of the graph")
+        if self.layout.get(x.name) is not None:
+            raise Unlowerable(f"{what} of a channels-last view")
+        return x.name
 
     def binary_name(self, node: fx.Node) -> str | None:
         """'add' / 'mul' when `node` is a two-operand add or mul (no alpha, no keywords)."""
