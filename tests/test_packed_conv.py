@@ -75,6 +75,28 @@ def test_matches_reference(dev, rng, dtype, path, activation, bias, case):
                  magnitude=conv_magnitude(x, w, b))
 
 
+# The gather's zero-padded runs copied as vectors (im2col_packed.cl's COPY_RUN): output lines of
+# 3 (element by element), 4-7, 8-15, 16-31 and longer columns, stride 1 and 2, input widths whose
+# last stride-2 read ends on the row's last element or one past it (the vector stops short there),
+# padding 0-2: every tier, with its overlapping last vector, beside zeros on either side.
+GATHER_RUNS = [(w, s, p) for w in (5, 8, 9, 14, 17, 23, 30, 33, 47, 64, 70) for s in (1, 2)
+               for p in (0, 1, 2) if (w + 2 * p - 3) // s + 1 >= 3]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_gather_runs_of_every_length(dev, rng, dtype, path):
+    """A network's lines of 7-56 outputs: every run length, stride and padding above, both paths,
+    against the oracle, every element."""
+    for width, stride, pad in GATHER_RUNS:
+        kw = {"padding": pad, "stride": stride}
+        x = rng.standard_normal((1, 3, 4, width)).astype(dtype)
+        w = rng.standard_normal((5, 3, 3, 3)).astype(dtype)
+        b = rng.standard_normal(5).astype(dtype)
+        got = _conv(dev, path, x, w, b, None, kw)
+        assert_close(got, _expected(x, w, b, kw, None), reduction=conv_reduction(w),
+                     magnitude=conv_magnitude(x, w, b), err_msg=f"width {width} {kw}")
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
 def test_nan_inf_where_torch_puts_them(dev, rng, dtype, path, padding_mode):

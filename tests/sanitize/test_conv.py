@@ -33,6 +33,8 @@ _CONV2D = [
     ((1, 2, 4, 5), (3, 2, 3, 2), {"padding": (2, 1), "padding_mode": "replicate"}),
     ((2, 2, 4, 4), (2, 2, 3, 3), {"padding": 3, "padding_mode": "circular"}),
     ((2, 3, 3), (3, 2, 3, 3), {"padding": 1}),                             # unbatched
+    # stride 2 along lines of 10: the packed gather's vector runs, stopped one short of the row end
+    ((1, 2, 4, 20), (3, 2, 3, 3), {"stride": 2, "padding": 1}),
 ]
 _CONV2D_RUNS = [pytest.param(xs, ws, kw, dt, id=case_id(xs, ws, kw, dt))
                 for i, (xs, ws, kw) in enumerate(_CONV2D)
