@@ -18,6 +18,9 @@ import pyopencl as cl
 from . import config, stack
 from .errors import DeviceNotFoundError
 
+# Before PoCL starts (the first platform query of the process): its threads pinned to their cores.
+config.pin_pocl_threads()
+
 __all__ = ["Device", "devices", "device", "current_device", "current_target",
            "default_device_reason", "describe_devices", "usable_devices"]
 
