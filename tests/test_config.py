@@ -1,5 +1,6 @@
 """clconv.runtime.config's driver setting: PoCL's worker threads pinned (POCL_AFFINITY=1) when the
-user has not chosen and pinning cannot fail, set before PoCL starts, and taking effect."""
+user has not chosen, pinning cannot fail and PoCL's threads are not limited; set before PoCL
+starts, and taking effect."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def test_the_users_choice_is_kept(monkeypatch, value):
     assert os.environ[config.POCL_AFFINITY] == value
 
 
+@pytest.mark.parametrize("limit", ["POCL_MAX_PTHREAD_COUNT", "POCL_CPU_MAX_CU_COUNT"])
+def test_limited_threads_are_left_unpinned(unset, limit):
+    """clconv.dask's CPU workers share the cores through PoCL's thread limit: pinned, every
+    worker's threads would land on the first CPUs."""
+    unset.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    unset.setattr(os, "cpu_count", lambda: 2)
+    unset.setenv(limit, "1")
+    assert config.pin_pocl_threads() is False
+    assert config.POCL_AFFINITY not in os.environ
+
+
 _CHILD = r"""
 import json, os, sys
 import numpy as np
@@ -59,7 +71,9 @@ print(json.dumps({"env": os.environ.get("POCL_AFFINITY"), "pocl": "Portable" in 
 
 
 def _child(env_value: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("POCL_AFFINITY", "CLCONV_DEVICE")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("POCL_AFFINITY", "CLCONV_DEVICE", "POCL_MAX_PTHREAD_COUNT",
+                        "POCL_CPU_MAX_CU_COUNT")}
     if env_value is not None:
         env["POCL_AFFINITY"] = env_value
     out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
@@ -70,8 +84,8 @@ def _child(env_value: str | None) -> dict:
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not os.path.isdir("/proc/self/task"),
                     reason="Linux's CPU affinity and /proc are needed")
 def test_a_fresh_process_pins_pocls_threads():
-    """`import clconv` in a fresh process sets the variable before PoCL starts, and PoCL's worker
-    threads then run each on its own CPU; POCL_AFFINITY=0 leaves them unpinned."""
+    """clconv's first device query in a fresh process sets the variable before PoCL starts, and
+    PoCL's worker threads then run each on its own CPU; POCL_AFFINITY=0 leaves them unpinned."""
     count = os.cpu_count() or 0
     if count < 2 or os.sched_getaffinity(0) != set(range(count)):
         pytest.skip("this process may not run on every CPU: clconv leaves PoCL unpinned")

@@ -12,15 +12,16 @@ Each is read when it is used (not at import), so a process may change it between
 | CLCONV_VERBOSE | unset, 1 | 1: print each kernel build (source, options, seconds) and the compiler's output |
 | CLCONV_TORCH_ZERO_COPY | unset, 1 | 1: clconv.torch passes forward operands as host-pointer buffers on devices whose memory is the host's (opt-in: not faster in the measurements of docs/compile.md) |
 
-One driver variable is set too, at import, when the user has not set it: PoCL's POCL_AFFINITY=1
-(`pin_pocl_threads`), which pins PoCL's worker thread i to CPU i. Unpinned, PoCL 3.1 ran a kernel
+One driver variable is set too, when clconv first lists the devices and the user has not set it:
+PoCL's POCL_AFFINITY=1 (`pin_pocl_threads`), which pins PoCL's worker thread i to CPU i. Unpinned, PoCL 3.1 ran a kernel
 queued behind another (every kernel of a network's forward after the first) on one of its
 threads: Linux woke the second worker on the core of the one that had just finished, so both
 shared a core. Measured on a 2-core AMD EPYC (PoCL 3.1): a 98-work-group kernel 1.08 ms launched
 alone, 2.12 ms queued behind another, 1.08 ms queued with the pinning; ResNet-18's 3x3 layers
 in blocks of back-to-back calls 1.5-1.7x faster. Set POCL_AFFINITY=0 to keep PoCL's default.
 It must be in the environment before PoCL starts (the process's first OpenCL platform query), so
-a process that queried platforms before importing clconv keeps PoCL's default.
+a process that queried platforms before clconv did keeps PoCL's default; it is decided that late
+(not at import) so that a Dask worker's DevicePlugin env (POCL_MAX_PTHREAD_COUNT) is seen first.
 """
 
 from __future__ import annotations
@@ -104,14 +105,17 @@ def torch_zero_copy() -> bool:
 
 
 POCL_AFFINITY = "POCL_AFFINITY"
+_POCL_THREAD_LIMITS = ("POCL_MAX_PTHREAD_COUNT", "POCL_CPU_MAX_CU_COUNT")
 
 
 def pin_pocl_threads() -> bool:
     """Sets POCL_AFFINITY=1 (see the module's docstring) unless it is set already or pinning
     could fail: PoCL 3.1 pins thread i to CPU i and aborts the process when that fails (a CPU
     outside a container's cpuset), so only a process whose allowed CPUs are exactly 0..n-1 of the
-    n online ones gets it. Returns whether it set the variable."""
-    if POCL_AFFINITY in os.environ:
+    n online ones gets it; nor where PoCL's threads are limited (POCL_MAX_PTHREAD_COUNT,
+    POCL_CPU_MAX_CU_COUNT: processes sharing the cores, as clconv.dask's CPU workers, would all be
+    pinned to the first ones). Returns whether it set the variable."""
+    if any(name in os.environ for name in (POCL_AFFINITY, *_POCL_THREAD_LIMITS)):
         return False
     try:
         allowed = os.sched_getaffinity(0)

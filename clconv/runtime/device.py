@@ -18,9 +18,6 @@ import pyopencl as cl
 from . import config, stack
 from .errors import DeviceNotFoundError
 
-# Before PoCL starts (the first platform query of the process): its threads pinned to their cores.
-config.pin_pocl_threads()
-
 __all__ = ["Device", "devices", "device", "current_device", "current_target",
            "default_device_reason", "describe_devices", "usable_devices"]
 
@@ -247,6 +244,7 @@ def devices() -> list[Device]:
     with _DEVICES_LOCK:
         if _DEVICES is None:
             found: list[Device] = []
+            config.pin_pocl_threads()  # before PoCL starts: its threads pinned to their cores
             try:
                 platforms = cl.get_platforms()
             except cl.Error:  # the ICD loader reports "no platforms" as an error

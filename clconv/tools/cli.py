@@ -37,6 +37,7 @@ def info(spec: str | None = None) -> int:
     from ..blas import tuning
     from ..runtime.cache import cache_dir
 
+    devs = devices()  # first: clconv's driver settings go in before the platforms start
     try:
         platforms = cl.get_platforms()
     except cl.Error:
@@ -44,7 +45,6 @@ def info(spec: str | None = None) -> int:
     print(f"pyopencl {cl.VERSION_TEXT}")
     if not platforms:
         print("no OpenCL platform found")
-    devs = devices()
     for p_index, platform in enumerate(platforms):
         print(f"platform {p_index}: {platform.name.strip()} ({platform.version.strip()}), "
               f"vendor {platform.vendor.strip()}")
