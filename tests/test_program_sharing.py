@@ -1,6 +1,7 @@
 """Layers share programs: the kernels 'auto' picks on CPUs take the sizes (channels, input and
 output sizes, padding) as arguments (cl/common.cl's RUNTIME_SIZES), so a network's layers of one
-kernel size and stride build their programs once. Counted with the device's ProgramCache on
+kernel size and stride (and, for the packed GEMM's paths, one register tile: packed_conv.conv_tile
+gives AVX-512 devices a 16 x 16 tile where K >= 256) build their programs once. Counted with the device's ProgramCache on
 ResNet-18-like shapes (reduced sizes) through the functional API, results against the numpy
 float64 oracle."""
 
@@ -12,6 +13,8 @@ import reference as ref
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 import clconv
+from clconv.ops.geometry import conv_geometry
+from clconv.ops.packed_conv import conv_tile
 from clconv.ops.plan import plans
 from clconv.runtime.program import programs
 
@@ -28,6 +31,8 @@ LAYERS = [
     ((1, 64, 2, 2), (64, 64, 3, 3), 1, 1),
     ((1, 32, 4, 4), (64, 32, 1, 1), 2, 0),
     ((2, 24, 6, 5), (40, 24, 3, 3), 1, 2),  # another batch, odd sizes, another padding
+    ((1, 40, 6, 6), (48, 40, 3, 3), 2, 1),  # stride 2, K >= 256 (as (64, 32) above)
+    ((1, 20, 8, 8), (24, 20, 3, 3), 2, 1),  # stride 2, K < 256 (as (32, 24) above)
 ]
 
 
@@ -57,28 +62,39 @@ def test_layers_of_one_kernel_size_and_stride_share_programs(dev, rng, algorithm
         before, keys = cache.builds, set(cache.entries)
         got = clconv.conv2d(x, w, None, stride=stride, padding=padding, algorithm=algorithm)
         built = cache.builds - before
-        kind = (ws[2:], stride)
+        # the packed paths' programs are per register tile too (one per kernel size and stride
+        # on devices whose tile does not depend on K and C_out)
+        tile = None if algorithm == "direct" else conv_tile(
+            dev, conv_geometry(2, xs, ws, stride, padding, 1, 1, "zeros"), np.float32)
+        kind = (ws[2:], stride, tile)
         if kind in seen:
             new = [(source, [o for o in opts if o.startswith("-D")])
                    for source, opts in set(cache.entries) - keys]
-            assert built == 0, (f"{algorithm}: a {ws[2:]} stride-{stride} layer of another size "
+            assert built == 0, (f"{algorithm}: a {ws[2:]} stride-{stride} layer ({tile}) of another size "
                                 f"({xs} x {ws}) built {built} program(s): {new}")
         seen.add(kind)
         assert_close(got, ref.conv_nd(x, w, None, stride, padding), np.float32,
                      conv_reduction(w), conv_magnitude(x, w, None))
-    assert len(seen) == 4  # stem, 3x3 s1, 3x3 s2, 1x1 s2
+    assert len({k[:2] for k in seen}) == 4  # stem, 3x3 s1, 3x3 s2, 1x1 s2
+    # every kind met more than once: each one's sharing was checked
+    kinds = [(ws[2:], stride, None if algorithm == "direct" else conv_tile(
+        dev, conv_geometry(2, xs, ws, stride, padding, 1, 1, "zeros"), np.float32))
+        for xs, ws, stride, padding in LAYERS]
+    assert all(kinds.count(k) >= 2 for k in set(kinds) if k[0] == (3, 3))
 
 
 def test_a_resnet18_set_builds_few_programs(dev, empty_cache):
     """The whole set planned with algorithm='implicit' from an empty program cache: at most one
-    convolution program per (kernel size, stride) plus the filter packing (every size a -D, it
-    was one per layer)."""
+    convolution program per (kernel size, stride, register tile) plus the filter packing per
+    tile (every size a -D, it was one per layer)."""
     before = empty_cache.builds
     for xs, ws, stride, padding in LAYERS:  # plans (not cached): each configures anew
         clconv.plan_conv2d(xs, ws, bias=False, stride=stride, padding=padding,
                            algorithm="implicit")
-    kinds = {(ws[2:], stride) for _, ws, stride, _ in LAYERS}
-    assert empty_cache.builds - before <= len(kinds) + 1
+    tiles = [conv_tile(dev, conv_geometry(2, xs, ws, stride, padding, 1, 1, "zeros"), np.float32)
+             for xs, ws, stride, padding in LAYERS]
+    kinds = {(ws[2:], stride, tile) for (_, ws, stride, _), tile in zip(LAYERS, tiles)}
+    assert empty_cache.builds - before <= len(kinds) + len(set(tiles))
 
 
 def test_first_use_networks_follow_the_papers():

@@ -54,6 +54,7 @@ from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 from .geometry import ConvGeometry
+from .packed_conv import conv_tile
 
 __all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "forget",
            "key", "lookup", "measure", "mode", "record", "shortlist"]
@@ -277,8 +278,7 @@ def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> floa
         return flops / _DIRECT_RATE + _LAUNCH
     if algorithm in ("implicit", "im2col_packed"):
         n = max(geo.batch * geo.out_spatial, 1)
-        tile = packed.tile_for(dev, np.float32 if np.dtype(dtype) == np.float16 else dtype, m, n,
-                               k)
+        tile = conv_tile(dev, geo, np.float32 if np.dtype(dtype) == np.float16 else dtype)
         padded = max(m, 1) / tile.packed_a_size(max(m, 1), 1) * n / tile.packed_b_size(n, 1)
         seconds = flops / (_PACKED_RATE * padded) + _GEMM_CALL
         if n <= _FEW_POSITIONS:
