@@ -49,7 +49,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyopencl as cl
 
-from ..blas import packed
 from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
