@@ -32,7 +32,8 @@ CASES = [
     ((2, 3, 5, 40), (4, 3, 3, 3), {"padding": 1}),
     ((1, 20, 4, 35), (9, 20, 1, 3), {"padding": (0, 2), "padding_mode": "reflect"}),
     ((2, 70, 6, 6), (70, 70, 1, 1), {}),  # 1x1: N * L = 72 crosses images inside a panel
-    # K = 288 >= 256 and C_out = 48: the 16 x 16 tile on AVX-512 devices (float), edge panels
+    # K = 288 >= 256 and C_out = 48, 80: the 16 x 16 tile on AVX-512 devices (float), edge panels
+    # (of the K < 256 cases above, C_out = 7 and 70 get the 8 x 32 tile there)
     ((2, 32, 5, 7), (48, 32, 3, 3), {"padding": 1}),
     ((1, 32, 9, 10), (80, 32, 3, 3), {"padding": 1, "stride": 2}),
     ((2, 3, 10), (5, 3, 3), {"padding": 2, "dilation": 2, "padding_mode": "circular"}),  # 1-d

@@ -53,19 +53,26 @@ _PANEL_BUDGET = 256 * 1024  # bytes of local memory an implicit-GEMM panel may t
 def conv_tile(dev: Device, geo: ConvGeometry, dtype: object) -> Tile:
     """The register tile of `geo`'s per-group GEMM: (C_out/g) x (C_in/g * k) @ (... x N * L).
 
-    packed.tile_for's, except for float on 16-lane devices (AVX-512: 32 vector registers) with
-    K >= 256 where 16 rows pad C_out/g at most 5% more than 6 do: 16 x 16, 16 accumulators, one
-    vector of B and 16 broadcasts a k step. Measured against 6 x 32 ('implicit', both built in one
-    process, alternating blocks of 5 calls, medians; 2-core AMD EPYC AVX-512, PoCL 3.1, threads
-    pinned), ResNet-18's 3x3 layers at batch 1: 1.07-1.08x at 56x56, 1.08-1.12x at 28x28,
-    1.13-1.16x at 14x14, 1.12-1.15x at 7x7; the stems (K = 27, 147) 0.88-0.90x, 24 x 16 0.93-1.01x
-    (spills), 12 x 32 0.85-0.99x.
+    packed.tile_for's, except for float on 16-lane devices (AVX-512: 32 vector registers):
+    - K >= 256, where 16 rows pad C_out/g at most 5% more than 6 do: 16 x 16, 16 accumulators, one
+      vector of B and 16 broadcasts a k step;
+    - K < 256 (the stems), where 8 rows pad no more than 6: 8 x 32, 16 accumulators.
+    Measured against 6 x 32 ('implicit', both built in one process, alternating blocks of 5
+    calls, medians; 2-core AMD EPYC AVX-512, PoCL 3.1, threads pinned), ResNet-18's 3x3 layers at
+    batch 1 with 16 x 16: 1.07-1.08x at 56x56, 1.08-1.12x at 28x28, 1.13-1.16x at 14x14,
+    1.12-1.15x at 7x7 (24 x 16 0.93-1.01x: spills; 12 x 32 0.85-0.99x); the stems with 16 x 16
+    0.88-0.90x, with 8 x 32 1.03-1.07x (ResNet's 7x7, K = 147) and 1.10-1.14x (MobileNetV2's,
+    K = 27; 4 x 32 the same, 8 x 16 0.93-0.96x).
     """
     m, n, k = geo.cout_per_group, geo.batch * geo.out_spatial, geo.cin_per_group * geo.ksize
     tile = packed.tile_for(dev, dtype, m, n, k)
-    if np.dtype(dtype) == np.float32 and tile.vw == 16 and k >= 256 and \
-            -(-m // 16) * 16 <= 1.05 * tile.a_panels(m) * tile.mr:
+    if np.dtype(dtype) != np.float32 or tile.vw != 16:
+        return tile
+    rows = tile.a_panels(m) * tile.mr  # C_out/g padded to the default tile's rows
+    if k >= 256 and -(-m // 16) * 16 <= 1.05 * rows:
         return Tile(16, 16, 16)
+    if k < 256 and -(-m // 8) * 8 <= rows:
+        return Tile(8, 32, 16)
     return tile
 
 
