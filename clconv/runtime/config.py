@@ -13,10 +13,10 @@ Each is read when it is used (not at import), so a process may change it between
 | CLCONV_TORCH_ZERO_COPY | unset, 1 | 1: clconv.torch passes forward operands as host-pointer buffers on devices whose memory is the host's (opt-in: not faster in the measurements of docs/compile.md) |
 
 One driver variable is set too, when clconv first lists the devices and the user has not set it:
-PoCL's POCL_AFFINITY=1 (`pin_pocl_threads`), which pins PoCL's worker thread i to CPU i. Unpinned, PoCL 3.1 ran a kernel
-queued behind another (every kernel of a network's forward after the first) on one of its
-threads: Linux woke the second worker on the core of the one that had just finished, so both
-shared a core. Measured on a 2-core AMD EPYC (PoCL 3.1): a 98-work-group kernel 1.08 ms launched
+PoCL's POCL_AFFINITY=1 (`pin_pocl_threads`), which pins PoCL's worker thread i to CPU i.
+Unpinned, PoCL 3.1 ran a kernel queued behind another (every kernel of a network's forward after
+the first) on one of its threads: Linux woke the second worker on the core of the one that had
+just finished, so both shared a core. Measured on a 2-core AMD EPYC (PoCL 3.1): a 98-work-group kernel 1.08 ms launched
 alone, 2.12 ms queued behind another, 1.08 ms queued with the pinning; ResNet-18's 3x3 layers
 in blocks of back-to-back calls 1.5-1.7x faster. Set POCL_AFFINITY=0 to keep PoCL's default.
 It must be in the environment before PoCL starts (the process's first OpenCL platform query), so
