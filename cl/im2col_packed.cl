@@ -86,21 +86,21 @@ inline void decode_columns(GEO_DECL panel_columns* pc, const long x_off, const l
 // run of any length >= W is all vectors (runs are short: an output line, often 7-56 columns);
 // W = VW, else 8 or 4 for shorter runs; stride 2 loads 2W and keeps the even lanes (the caller keeps
 // b's last read, src[2b - 1], inside the row). Other strides, and runs under 4, element by element.
-#define COPY_RUN_W(AS, o, src, a, b, W)                                                            \
+#define COPY_RUN_W(o, src, a, b, W)                                                                \
     {                                                                                              \
         int v_ = (a);                                                                              \
-        for (; v_ + (W) <= (b); v_ += (W)) COPY_VEC_##W(AS, o, src, v_)                            \
-        if (v_ < (b)) COPY_VEC_##W(AS, o, src, (b) - (W))                                          \
+        for (; v_ + (W) <= (b); v_ += (W)) COPY_VEC_##W(o, src, v_)                                \
+        if (v_ < (b)) COPY_VEC_##W(o, src, (b) - (W))                                              \
     }
 #if SW == 1
-#define COPY_VEC_4(AS, o, src, v) vstore4(vload4(0, (src) + (v)), 0, (o) + (v));
-#define COPY_VEC_8(AS, o, src, v) vstore8(vload8(0, (src) + (v)), 0, (o) + (v));
-#define COPY_VEC_VW(AS, o, src, v) VSTORE(VLOAD(0, (src) + (v)), 0, (o) + (v));
+#define COPY_VEC_4(o, src, v) vstore4(vload4(0, (src) + (v)), 0, (o) + (v));
+#define COPY_VEC_8(o, src, v) vstore8(vload8(0, (src) + (v)), 0, (o) + (v));
+#define COPY_VEC_VW(o, src, v) VSTORE(VLOAD(0, (src) + (v)), 0, (o) + (v));
 #elif SW == 2
-#define COPY_VEC_4(AS, o, src, v) vstore4(vload8(0, (src) + 2 * (v)).even, 0, (o) + (v));
-#define COPY_VEC_8(AS, o, src, v) vstore8(vload16(0, (src) + 2 * (v)).even, 0, (o) + (v));
+#define COPY_VEC_4(o, src, v) vstore4(vload8(0, (src) + 2 * (v)).even, 0, (o) + (v));
+#define COPY_VEC_8(o, src, v) vstore8(vload16(0, (src) + 2 * (v)).even, 0, (o) + (v));
 #if VW == 16
-#define COPY_VEC_VW(AS, o, src, v)                                                                 \
+#define COPY_VEC_VW(o, src, v)                                                                     \
     vstore16((CAT(REAL, 16))(vload16(0, (src) + 2 * (v)).even,                                     \
                              vload16(0, (src) + 2 * (v) + 16).even), 0, (o) + (v));
 #else
@@ -111,17 +111,17 @@ inline void decode_columns(GEO_DECL panel_columns* pc, const long x_off, const l
 #else
 #define VLOAD_2VW vload4
 #endif
-#define COPY_VEC_VW(AS, o, src, v) VSTORE(VLOAD_2VW(0, (src) + 2 * (v)).even, 0, (o) + (v));
+#define COPY_VEC_VW(o, src, v) VSTORE(VLOAD_2VW(0, (src) + 2 * (v)).even, 0, (o) + (v));
 #endif
 #endif
 #if SW == 1 || SW == 2
-#define COPY_RUN(AS, o, src, a, b)                                                                 \
-    if ((b) - (a) >= VW) COPY_RUN_W(AS, o, src, a, b, VW)                                          \
-    else if (VW > 8 && (b) - (a) >= 8) COPY_RUN_W(AS, o, src, a, b, 8)                             \
-    else if ((b) - (a) >= 4) COPY_RUN_W(AS, o, src, a, b, 4)                                       \
+#define COPY_RUN(o, src, a, b)                                                                     \
+    if ((b) - (a) >= VW) COPY_RUN_W(o, src, a, b, VW)                                              \
+    else if (VW > 8 && (b) - (a) >= 8) COPY_RUN_W(o, src, a, b, 8)                                 \
+    else if ((b) - (a) >= 4) COPY_RUN_W(o, src, a, b, 4)                                           \
     else for (int v_ = (a); v_ < (b); ++v_) (o)[v_] = (src)[v_ * SW];
 #else
-#define COPY_RUN(AS, o, src, a, b) for (int v_ = (a); v_ < (b); ++v_) (o)[v_] = (src)[v_ * SW];
+#define COPY_RUN(o, src, a, b) for (int v_ = (a); v_ < (b); ++v_) (o)[v_] = (src)[v_ * SW];
 #endif
 
 // Writes rows [p0, p1) of group g's panel (K x NR, row p at dst[(p - p0) * NR]) from the input.
@@ -172,7 +172,7 @@ inline void name(GEO_DECL __global const REAL* restrict x, const panel_columns* 
                 const int bv = (SW == 2 && b > a && shift + 2 * b - 1 >= IW) ? b - 1 : b;          \
                 for (int ci = ci0; ci < ci1; ++ci, o += KSIZE * NR, src += IN_SPATIAL) {           \
                     for (int v = 0; v < a; ++v) o[v] = (REAL)0;                                    \
-                    COPY_RUN(AS, o, src, a, bv)                                                    \
+                    COPY_RUN(o, src, a, bv)                                                        \
                     for (int v = bv; v < b; ++v) o[v] = src[v * SW];                               \
                     for (int v = b; v < len; ++v) o[v] = (REAL)0;                                  \
                 }                                                                                  \

@@ -52,6 +52,15 @@ def empty_cache(dev):
     cache.kernels.update(saved[1])
 
 
+def _kind(dev, algorithm: str, xs, ws, stride: int, padding: int) -> tuple:
+    """What a layer's programs are per: kernel size, stride and, for the packed GEMM's paths, the
+    register tile (one per kernel size and stride on devices whose tile does not depend on K and
+    C_out)."""
+    tile = None if algorithm == "direct" else conv_tile(
+        dev, conv_geometry(2, xs, ws, stride, padding, 1, 1, "zeros"), np.float32)
+    return ws[2:], stride, tile
+
+
 @pytest.mark.parametrize("algorithm", ["implicit", "im2col_packed", "direct"])
 def test_layers_of_one_kernel_size_and_stride_share_programs(dev, rng, algorithm, empty_cache):
     cache = empty_cache
@@ -62,24 +71,19 @@ def test_layers_of_one_kernel_size_and_stride_share_programs(dev, rng, algorithm
         before, keys = cache.builds, set(cache.entries)
         got = clconv.conv2d(x, w, None, stride=stride, padding=padding, algorithm=algorithm)
         built = cache.builds - before
-        # the packed paths' programs are per register tile too (one per kernel size and stride
-        # on devices whose tile does not depend on K and C_out)
-        tile = None if algorithm == "direct" else conv_tile(
-            dev, conv_geometry(2, xs, ws, stride, padding, 1, 1, "zeros"), np.float32)
-        kind = (ws[2:], stride, tile)
+        kind = _kind(dev, algorithm, xs, ws, stride, padding)
+        tile = kind[2]
         if kind in seen:
             new = [(source, [o for o in opts if o.startswith("-D")])
                    for source, opts in set(cache.entries) - keys]
-            assert built == 0, (f"{algorithm}: a {ws[2:]} stride-{stride} layer ({tile}) of another size "
-                                f"({xs} x {ws}) built {built} program(s): {new}")
+            assert built == 0, (f"{algorithm}: a {ws[2:]} stride-{stride} layer ({tile}) of "
+                                f"another size ({xs} x {ws}) built {built} program(s): {new}")
         seen.add(kind)
         assert_close(got, ref.conv_nd(x, w, None, stride, padding), np.float32,
                      conv_reduction(w), conv_magnitude(x, w, None))
     assert len({k[:2] for k in seen}) == 4  # stem, 3x3 s1, 3x3 s2, 1x1 s2
     # every kind met more than once: each one's sharing was checked
-    kinds = [(ws[2:], stride, None if algorithm == "direct" else conv_tile(
-        dev, conv_geometry(2, xs, ws, stride, padding, 1, 1, "zeros"), np.float32))
-        for xs, ws, stride, padding in LAYERS]
+    kinds = [_kind(dev, algorithm, *layer) for layer in LAYERS]
     assert all(kinds.count(k) >= 2 for k in set(kinds) if k[0] == (3, 3))
 
 
@@ -91,10 +95,8 @@ def test_a_resnet18_set_builds_few_programs(dev, empty_cache):
     for xs, ws, stride, padding in LAYERS:  # plans (not cached): each configures anew
         clconv.plan_conv2d(xs, ws, bias=False, stride=stride, padding=padding,
                            algorithm="implicit")
-    tiles = [conv_tile(dev, conv_geometry(2, xs, ws, stride, padding, 1, 1, "zeros"), np.float32)
-             for xs, ws, stride, padding in LAYERS]
-    kinds = {(ws[2:], stride, tile) for (_, ws, stride, _), tile in zip(LAYERS, tiles)}
-    assert empty_cache.builds - before <= len(kinds) + len(set(tiles))
+    kinds = {_kind(dev, "implicit", *layer) for layer in LAYERS}
+    assert empty_cache.builds - before <= len(kinds) + len({k[2] for k in kinds})
 
 
 def test_first_use_networks_follow_the_papers():
