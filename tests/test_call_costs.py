@@ -45,16 +45,59 @@ def test_runs_with_other_operands_each_time(clconv, rng, queue, algorithm):
         assert_close(got, want, np.float32, conv_reduction(w) + 1, conv_magnitude(x, w, b) + 10)
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "implicit"])
-def test_result_carries_its_last_kernels_event(clconv, rng, queue, algorithm):
+@pytest.mark.parametrize("algorithm, weight_shape, padding, groups", [
+    ("direct", (4, 3, 3, 3), 1, 1), ("implicit", (4, 3, 3, 3), 1, 1),
+    ("pointwise", (4, 3, 1, 1), 0, 1), ("depthwise", (3, 1, 3, 3), 1, 3),
+    ("splitk", (4, 3, 3, 3), 1, 1)])
+def test_result_carries_its_last_kernels_event(clconv, rng, queue, algorithm, weight_shape,
+                                               padding, groups):
     """The paths that return their last kernel's event put it on the result (no marker)."""
-    x = cla.to_device(queue, _r(rng, (1, 3, 6, 6)))
-    w = cla.to_device(queue, _r(rng, (4, 3, 3, 3)))
-    y = clconv.conv2d(x, w, padding=1, algorithm=algorithm)
+    x = cla.to_device(queue, _r(rng, (1, 3, 8, 8)))
+    w = cla.to_device(queue, _r(rng, weight_shape))
+    y = clconv.conv2d(x, w, padding=padding, groups=groups, algorithm=algorithm)
     assert y.events[-1].command_type == cl.command_type.NDRANGE_KERNEL
     cl.wait_for_events(y.events)
-    assert_close(y, ref.conv_nd(x.get(), w.get(), None, 1, 1), np.float32,
+    assert_close(y, ref.conv_nd(x.get(), w.get(), None, 1, padding, groups=groups), np.float32,
                  conv_reduction(w.get()), conv_magnitude(x.get(), w.get()))
+
+
+def test_device_operands_of_the_plan_skip_the_loading(clconv, rng, queue, monkeypatch):
+    """A plan run on device arrays of its shapes and dtype on the device's queue (a network's
+    layer) goes straight to its kernels (no operand loading: Plan._ready); anything else (numpy,
+    a strided view, another queue, out=) takes the checked path, with the same results (and
+    does not hang: a queue that waits on another's marker needs that one flushed, which rusticl
+    does not do by itself)."""
+    from clconv.ops import plan as plan_mod
+
+    loads = []
+    real_load = plan_mod.load
+    monkeypatch.setattr(plan_mod, "load", lambda *a: loads.append(a[2]) or real_load(*a))
+    x, w, b, r = _r(rng, (2, 5, 7, 6)), _r(rng, (4, 5, 3, 3)), _r(rng, (4,)), _r(rng, (2, 4, 7, 6))
+    want = np.maximum(ref.conv_nd(x, w, b, 1, 1) + r, 0)
+    tol = (np.float32, conv_reduction(w) + 1, conv_magnitude(x, w, b) + 10)
+    plan = clconv.plan_conv2d((2, 5, 7, 6), (4, 5, 3, 3), padding=1, activation="relu",
+                              residual=True)
+    dx, dw, db, dr = (cla.to_device(queue, a) for a in (x, w, b, r))
+    got = plan(dx, dw, db, residual=dr)
+    assert loads == [] and got.queue is queue
+    assert_close(got, want, *tol)
+    other = cl.CommandQueue(queue.context)
+    wide = cla.to_device(queue, np.concatenate([x, x], axis=3))  # x as a strided view
+    for args, kw in [((x, w, b), {"residual": r}),  # numpy: uploaded, result downloaded
+                     ((dx, dw, db), {"residual": cla.to_device(other, r)}),
+                     ((wide[:, :, :, :6], dw, db), {"residual": dr}),
+                     ((dx, dw, db), {"residual": dr, "out": cla.empty(queue, r.shape,
+                                                                      np.float32)}),
+                     ((dx, dw, db), {"residual": dr, "out": cla.empty(other, r.shape,
+                                                                      np.float32)})]:
+        loads.clear()
+        assert_close(plan(*args, **kw), want, *tol)
+        assert loads == ["input", "weight", "bias", "residual"]
+    loads.clear()
+    with pytest.raises(ValueError, match="shape"):  # still checked
+        plan(dx[:1], dw, db, residual=dr[:1].reshape(2, 4, 7, 3))
+    with pytest.raises(TypeError, match="dtype"):
+        plan(dx, dw, cla.to_device(queue, b.astype(np.float64)), residual=dr)
 
 
 @pytest.mark.parametrize("algorithm", ["implicit", "im2col_packed"])

@@ -27,7 +27,7 @@ from ..blas import packed
 from ..blas.engine import cpu_shaped
 from ..runtime.device import Device, current_device
 from ..runtime.memory import empty, resolve_workspace_limit
-from ..runtime.transfer import ArrayLike, result_dtype
+from ..runtime.transfer import ArrayLike, device_dtype, result_dtype
 from . import autotune
 from .activation import Activation, ActivationArg, normalize_activation
 from .layout import channels_last, convolve_channels_last
@@ -70,8 +70,10 @@ def _convolve(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | No
             algorithm=algorithm, activation=activation, residual=r,
             workspace_limit=workspace_limit), input, residual, out)
     dev = current_device()
-    extra = {} if residual is None else {"residual": residual}
-    dtype = result_dtype(dev, input=input, weight=weight, bias=bias, **extra)
+    dtype = device_dtype(dev, (input, weight), (bias, residual))
+    if dtype is None:
+        extra = {} if residual is None else {"residual": residual}
+        dtype = result_dtype(dev, input=input, weight=weight, bias=bias, **extra)
     x_shape, w_shape = shape_of(input), shape_of(weight)
     b_shape = None if bias is None else shape_of(bias)
     r_shape = None if residual is None else shape_of(residual)

@@ -14,6 +14,7 @@ stride, dilation and padding mode, bias, residual and activation fused. No works
 from __future__ import annotations
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..blas.packed import vector_width
@@ -166,9 +167,10 @@ class Depthwise:
         self.empty = launch["nplanes"] == 0 or geo.out_spatial == 0
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
-            residual: cla.Array | None = None) -> None:
+            residual: cla.Array | None = None) -> cl.Event | None:
+        """Enqueues the convolution; returns its kernel's event (None when empty)."""
         if self.empty:
-            return
+            return None
         args = fused_conv_args(x.base_data, element_offset(x), w, b, residual, out)
         with self.dev.lock:
-            self.kernel(self.dev.queue, self.global_size, (1, 1, 1), *args, *self.tail)
+            return self.kernel(self.dev.queue, self.global_size, (1, 1, 1), *args, *self.tail)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 from pyopencl import cltypes
 
@@ -127,9 +128,10 @@ class Pointwise:
         return geo.batch * geo.in_channels * geo.out_spatial * np.dtype(dtype).itemsize
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
-            residual: cla.Array | None = None) -> None:
+            residual: cla.Array | None = None) -> cl.Event | None:
+        """Enqueues the convolution; returns its last kernel's event (None when empty)."""
         if self.empty:
-            return
+            return None
         with self.dev.lock:
             x_buf, x_off = x.base_data, element_offset(x)
             if self.strided:
@@ -138,5 +140,5 @@ class Pointwise:
                 self.copy(self.dev.queue, self.copy_range, (1,), x_buf, np.int64(x_off),
                           col.base_data, *self.copy_args)
                 x_buf, x_off = col.base_data, 0
-            self.kernel(self.dev.queue, self.global_size, (1, 1, 1),
-                        *fused_conv_args(x_buf, x_off, w, b, residual, out), *self.tail)
+            return self.kernel(self.dev.queue, self.global_size, (1, 1, 1),
+                               *fused_conv_args(x_buf, x_off, w, b, residual, out), *self.tail)

@@ -13,6 +13,7 @@ work-items. Workspace: the column matrix (C_in * prod(kernel) x L an image) and 
 from __future__ import annotations
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..blas import packed
@@ -110,10 +111,11 @@ class SplitK:
         return geo.batch * (k * l + nsplit * m * l) * dtype.itemsize
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
-            residual: cla.Array | None = None) -> None:
+            residual: cla.Array | None = None) -> cl.Event | None:
+        """Enqueues the convolution; returns its last kernel's event (None when empty)."""
         geo, dev = self.geo, self.dev
         if geo.batch == 0:
-            return
+            return None
         b_buf, b_off = (out.base_data, 0) if b is None else (b.base_data, element_offset(b))
         r_buf, r_off = (out.base_data, 0) if residual is None else \
             (residual.base_data, element_offset(residual))
@@ -126,7 +128,7 @@ class SplitK:
                       ws.base_data, np.int64(self.col_elems), np.int32(m), np.int32(k),
                       np.int32(l), np.int32(self.kc), np.int32(self.nsplit),
                       np.int32(self.per_group), np.int32(self.col_panels))
-            self.reduce(dev.queue, (l, m, geo.batch), None, ws.base_data,
-                        np.int64(self.col_elems), np.int32(self.nsplit), out.base_data,
-                        np.int64(element_offset(out)), b_buf, np.int64(b_off), r_buf,
-                        np.int64(r_off))
+            return self.reduce(dev.queue, (l, m, geo.batch), None, ws.base_data,
+                               np.int64(self.col_elems), np.int32(self.nsplit), out.base_data,
+                               np.int64(element_offset(out)), b_buf, np.int64(b_off), r_buf,
+                               np.int64(r_off))

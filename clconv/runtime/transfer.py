@@ -26,6 +26,7 @@ __all__ = [
     "ArrayLike",
     "check_fits",
     "deliver",
+    "device_dtype",
     "element_offset",
     "empty",
     "gather",
@@ -89,6 +90,25 @@ def result_dtype(dev: Device, **operands: Any) -> np.dtype:
     return dtype
 
 
+_FLOAT32 = np.dtype(np.float32)
+
+
+def device_dtype(dev: Device, operands: tuple[Any, ...],
+                 optional: tuple[Any, ...] = ()) -> np.dtype | None:
+    """float32 when every operand (and every optional one that is not None) is a float32 device
+    array on `dev`'s own queue: what `result_dtype` returns for them, with nothing to check (a
+    layer's common call); else None (the caller then asks `result_dtype`)."""
+    queue = dev.queue
+    for x in operands:
+        if type(x) is not cla.Array or x.queue is not queue or x.dtype != _FLOAT32:
+            return None
+    for x in optional:
+        if x is not None and (type(x) is not cla.Array or x.queue is not queue
+                              or x.dtype != _FLOAT32):
+            return None
+    return _FLOAT32
+
+
 def element_offset(a: cla.Array) -> int:
     """The array's start inside its buffer, in elements (pyopencl keeps it in bytes)."""
     return a.offset // a.dtype.itemsize
@@ -129,6 +149,9 @@ def to_device(x: Any, dev: Device, name: str, dtype: np.dtype) -> cla.Array:
             # Everything already queued on the producer's queue (its own kernels too, which the
             # array's events do not list) before the device's queue reads it.
             cl.enqueue_marker(dev.queue, wait_for=[cl.enqueue_marker(x.queue)])
+            # A queue waiting on another's event needs that queue flushed (OpenCL leaves it to
+            # the caller): rusticl otherwise never submits the marker and the wait never ends.
+            x.queue.flush()
         if x.size and not x.flags.c_contiguous:
             return _gather(x, dev)
         return x
