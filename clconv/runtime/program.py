@@ -331,6 +331,25 @@ _STRUCT = {np.dtype(t): "=" + c for t, c in ((np.int8, "b"), (np.uint8, "B"), (n
                                               (np.float64, "d"))}
 
 
+def _struct_args_miscounted(knl: cl.Kernel, dtypes: Sequence[object]) -> bool:
+    """Whether `knl` has a struct argument (an int4) on a driver that counts such arguments
+    wrongly (PoCL <= 0.14, Apple's CPU: pyopencl.characterize.has_struct_arg_count_bug), whose
+    launch needs pyopencl's own invoker and its workaround."""
+    if not any(getattr(np.dtype(d), "fields", None) for d in dtypes if d is not None):
+        return False
+    context = knl.context
+    found = _MISCOUNTING.get(context)
+    if found is None:  # (the check parses the driver's version: ~0.15 ms)
+        from pyopencl.characterize import has_struct_arg_count_bug
+
+        found = _MISCOUNTING[context] = any(has_struct_arg_count_bug(d, context)
+                                            for d in context.devices)
+    return found
+
+
+_MISCOUNTING: dict[cl.Context, bool] = {}
+
+
 class BoundKernel:
     """A plan's own object of a built kernel whose arguments that never change are set once, when
     the plan is made; a run sets only the others (the operands' buffers and offsets) and enqueues.
@@ -358,12 +377,18 @@ class BoundKernel:
         formats = None if dtypes is None else [
             None if dtypes[i] is None else _STRUCT.get(np.dtype(dtypes[i])) for i in self.changing]
         if dtypes is None or setter is None or any(
-                f is None and dtypes[i] is not None for f, i in zip(formats or [], self.changing)):
+                f is None and dtypes[i] is not None for f, i in zip(formats or [], self.changing)) \
+                or _struct_args_miscounted(self.kernel, dtypes):
             return  # no argument info, or an unusual type: the shared kernel's full launch
         self.shared = None
-        self.kernel.set_scalar_arg_dtypes(dtypes)
-        self.kernel.set_args(*[0 if a is None and dtypes[i] is not None else a
-                               for i, a in enumerate(args)])  # typed: packed as declared
+        # Every argument set once, scalars packed as the kernel declares them (what pyopencl's
+        # set_scalar_arg_dtypes would generate an invoker for: ~0.2 ms a kernel object, the
+        # largest part of a new batch size's plan).
+        for i, (a, dt) in enumerate(zip(args, dtypes)):
+            if dt is None:
+                self.kernel.set_arg(i, a)  # a buffer (None: a NULL one)
+            else:
+                setter(i, np.asarray(0 if a is None else a, dtype=dt).tobytes())
         self._set_buf, self._set_arg = setter, self.kernel.set_arg
         self._setters = tuple(zip(self.changing, formats))
 
