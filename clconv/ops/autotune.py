@@ -90,6 +90,7 @@ class _Store:
         self.lock = threading.Lock()
         self.by_geometry: dict[tuple[ConvGeometry, str], str] = {}
         self.from_file: dict[str, str] | None = None  # key text -> algorithm, read once
+        self.parsed: dict[str, Any] = {}  # key text -> its JSON value (_nearest_batch's)
 
 
 def _location() -> tuple[str | None, str | None]:
@@ -171,10 +172,12 @@ def _nearest_batch(store: _Store, dev: Device, geo: ConvGeometry, dtype: Any) ->
                 best = (distance, algorithm)
     mine = json.loads(key(dev, geo, dtype))
     for text, algorithm in (store.from_file or {}).items():
-        try:
-            other = json.loads(text)
-        except ValueError:
-            continue
+        other = store.parsed.get(text)
+        if other is None:  # each key parsed once (a new batch size's plan reads them all)
+            try:
+                other = store.parsed[text] = json.loads(text)
+            except ValueError:
+                continue
         if isinstance(other, list) and len(other) == len(mine) and other[5] and \
                 other[:5] + other[6:] == mine[:5] + mine[6:]:
             distance = abs(math.log2(max(int(other[5]), 1) / batch))
