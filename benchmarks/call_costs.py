@@ -16,7 +16,7 @@ queue after the block (the work counts, not only the enqueueing). Cases:
      against a warm call;
   4. import + first call of a known layer in a fresh process (warm driver caches).
 --breakdown: where a small call's time goes (host stages of one call, timed with perf_counter
-around each, medians; a trivial kernel's launch + finish on one and on two work-groups: PoCL's
+and the calling thread's CPU time around each, medians; a trivial kernel's launch + finish on one and on two work-groups: PoCL's
 wake-up of its worker threads; then the CNN's layers by each algorithm). --same-process: item 5's
 A/B, a clconv call right after a torch call in one process, against right after another clconv
 call, with and without OMP_WAIT_POLICY=PASSIVE. --algorithm: the small layer's (the CNN: 'auto').
@@ -215,19 +215,22 @@ def breakdown(args: argparse.Namespace) -> None:
     from clconv.ops.plan import plans
     from clconv.runtime.memory import empty
 
-    def med_us(fn, n: int = 400, finish: bool = True) -> float:
+    def med_us(fn, n: int = 400, finish: bool = True) -> tuple[float, float]:
+        """Medians (us) of the wall time and of the calling thread's own CPU time (what the
+        host's Python takes from the cores PoCL's workers compute on)."""
         for _ in range(20):
             fn()
         q.finish()
-        ts = []
+        ts, cpu = [], []
         for _ in range(n):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             fn()
             if finish:
                 q.finish()
             ts.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
         q.finish()
-        return statistics.median(ts) * 1e6
+        return statistics.median(ts) * 1e6, statistics.median(cpu) * 1e6
 
     rng = np.random.default_rng(0)
     with clconv.device(args.device) as dev:
@@ -239,7 +242,8 @@ def breakdown(args: argparse.Namespace) -> None:
         nop = prg.nop
         nop.set_arg(0, x.base_data)
         print(f"device: {dev.name} [{dev.platform_name}]")
-        print("where a small call's time goes (medians, us; 'host' stages without a finish):")
+        print("where a small call's time goes (medians, us: wall | the calling thread's CPU; "
+              "'host' stages without a finish):")
         rows = [
             ("trivial kernel, 1 work-group: launch + finish",
              lambda: cl.enqueue_nd_range_kernel(q, nop, (1,), (1,)), True),
@@ -268,6 +272,8 @@ def breakdown(args: argparse.Namespace) -> None:
             rows += [
                 (f"conv2d [{plan.algorithm}]: whole call + finish", call, True),
                 (f"conv2d [{plan.algorithm}]: whole call, host", call, False),
+                ("  the plan called on the same device arrays, host",
+                 lambda plan=plan: plan(x, w, b), False),
                 ("  plan.execute (skeleton + enqueue), host",
                  lambda plan=plan, values=values: plan.execute(values, None, check=False), False),
                 ("  algorithm's run (kernel enqueues), host",
@@ -277,7 +283,8 @@ def breakdown(args: argparse.Namespace) -> None:
             ]
         for label, fn, finish in rows:  # finish: True, False, or a block's launches (finished)
             per = finish if finish is not True and finish else 1
-            print(f"  {label:58s} {med_us(fn, finish=bool(finish)) / per:8.1f}")
+            wall, cpu = med_us(fn, finish=bool(finish))
+            print(f"  {label:58s} {wall / per:8.1f} | {cpu / per:6.1f}")
         print("the 4-layer CNN's layers, one call + finish by each algorithm (medians, us):")
         h = x
         for shape, kw in CNN:

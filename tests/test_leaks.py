@@ -81,7 +81,11 @@ class Meter:
                           len(self.dev.constants)),
                 "column_bytes": holder.nbytes if holder else 0}
 
-    def check(self, before, after, calls, label):
+    def check(self, before, after, calls, label, again=None):
+        """Asserts flat caches, RSS, C heap and object count between the snapshots. `again`: the
+        loop, run once more when only RSS grew past its bound: a leak grows with every loop, a
+        one-off step of the allocator or the driver does not, so the second loop's growth must be
+        within the bound (the heap check, per call, stays strict)."""
         report = (f"{label}: {calls} calls, RSS {before['rss'] / 2**20:.1f} -> "
                   f"{after['rss'] / 2**20:.1f} MiB, "
                   + (f"heap in use {(after['heap'] - before['heap']) / calls:+.1f} B/call, "
@@ -91,9 +95,18 @@ class Meter:
         assert after["cache"] == before["cache"], f"device cache grew: {report}"
         assert after["column_bytes"] == before["column_bytes"], f"column buffer grew: {report}"
         # RSS moves with the allocator and the driver's page use beyond what the loop does; in a
-        # process that has run the whole suite (over 1 GiB) a one-off 2 MiB step was seen (heap
-        # flat): the bound grows with the process, the heap check below stays per call.
-        assert after["rss"] - before["rss"] < RSS_BOUND + before["rss"] // 500, report
+        # process that has run the whole suite (over 1 GiB) one-off steps of 2 and 5.5 MiB were
+        # seen (heap in use flat or falling): the bound grows with the process, and a step past
+        # it is measured again over a second loop.
+        bound = RSS_BOUND + before["rss"] // 500
+        if after["rss"] - before["rss"] >= bound and again is not None:
+            again()
+            later = self.snapshot()
+            report += f"; RSS {later['rss'] / 2**20:.1f} MiB after the loop again"
+            print(report)
+            assert later["rss"] - after["rss"] < bound, report
+        else:
+            assert after["rss"] - before["rss"] < bound, report
         if before["heap"] is not None:
             assert after["heap"] - before["heap"] < HEAP_BOUND_PER_CALL * calls, report
         assert after["objects"] - before["objects"] < 100, report
@@ -121,7 +134,7 @@ def test_conv2d_loop_keeps_memory_flat(clconv, rng, algorithm):
     _loop(call, CALLS)
     after = meter.snapshot()
     assert_close(call(), want, np.float32, conv_reduction(w), conv_magnitude(x, w, b))
-    meter.check(before, after, CALLS, f"conv2d {algorithm}")
+    meter.check(before, after, CALLS, f"conv2d {algorithm}", again=lambda: _loop(call, CALLS))
 
 
 def test_gemm_event_reference_is_given_back(clconv):
