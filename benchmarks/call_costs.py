@@ -296,7 +296,7 @@ def breakdown(args: argparse.Namespace) -> None:
                                                 **kw).algorithm
                 except ValueError:  # not for this shape
                     continue
-                t = med_us(lambda a=algorithm, wl=wl, h=h, kw=kw: clconv.conv2d(
+                t, _ = med_us(lambda a=algorithm, wl=wl, h=h, kw=kw: clconv.conv2d(
                     h, wl, algorithm=a, **kw), n=100)
                 cells.append(f"{algorithm if algorithm != 'auto' else 'auto=' + chosen} {t:.0f}")
             print(f"  {tuple(h.shape)!s:17s} x {shape!s:15s} {kw}: " + ", ".join(cells))
