@@ -127,6 +127,7 @@ class Plan:
     label: str = ""
     result_follows: str = "input"
     needs_gemm: bool = False  # checked on every run too: pyclblast can go missing (tests do that)
+    _c_strides: dict[str, tuple[int, ...] | None] | None = None  # _ready's, made on first use
 
     #: The constructor arguments that hold the batch in their first dim, and the operands that do:
     #: a plan called with another batch size of its layer derives a sibling plan (`_for_batch`).
@@ -275,7 +276,7 @@ class Plan:
         if self.work != self.dtype:
             return False
         queue, dtype = self.device.queue, self.dtype
-        strides = self.__dict__.get("_c_strides")
+        strides = self._c_strides
         if strides is None:  # each operand's C-contiguous strides (pyopencl's flags cost ~10 us)
             strides = self._c_strides = {
                 name: None if want is None else c_contiguous_strides(dtype.itemsize, want)
@@ -387,10 +388,11 @@ def _copy_into(dev: Device, src: cla.Array, dst: cla.Array) -> None:
                             src_offset=src.offset, dst_offset=dst.offset)
     else:
         convert_into(dev, src, dst)
-    if dst.queue is not None and dst.queue != dev.queue:
+    other_queue = dst.queue is not None and dst.queue != dev.queue
+    if other_queue:
         cl.enqueue_marker(dst.queue, wait_for=[cl.enqueue_marker(dev.queue)])
     dst.add_event(cl.enqueue_marker(dev.queue))
-    if dst.queue is not None and dst.queue != dev.queue:
+    if other_queue:
         # dst's queue waits on these markers: the queue they are on must be flushed (OpenCL
         # leaves it to the caller; rusticl otherwise never submits them and the wait never ends).
         dev.queue.flush()

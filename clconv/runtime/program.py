@@ -338,16 +338,17 @@ def _struct_args_miscounted(knl: cl.Kernel, dtypes: Sequence[object]) -> bool:
     if not any(getattr(np.dtype(d), "fields", None) for d in dtypes if d is not None):
         return False
     context = knl.context
-    found = _MISCOUNTING.get(context)
+    devices = tuple(d.int_ptr for d in context.devices)  # (device ids live as long as the process)
+    found = _MISCOUNTING.get(devices)
     if found is None:  # (the check parses the driver's version: ~0.15 ms)
         from pyopencl.characterize import has_struct_arg_count_bug
 
-        found = _MISCOUNTING[context] = any(has_struct_arg_count_bug(d, context)
+        found = _MISCOUNTING[devices] = any(has_struct_arg_count_bug(d, context)
                                             for d in context.devices)
     return found
 
 
-_MISCOUNTING: dict[cl.Context, bool] = {}
+_MISCOUNTING: dict[tuple[int, ...], bool] = {}
 
 
 class BoundKernel:
