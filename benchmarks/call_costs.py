@@ -16,8 +16,9 @@ queue after the block (the work counts, not only the enqueueing). Cases:
      against a warm call;
   4. import + first call of a known layer in a fresh process (warm driver caches).
 --breakdown: where a small call's time goes (host stages of one call, timed with perf_counter
-and the calling thread's CPU time around each, medians; a trivial kernel's launch + finish on one and on two work-groups: PoCL's
-wake-up of its worker threads; then the CNN's layers by each algorithm). --same-process: item 5's
+and the calling thread's CPU time around each, medians; a trivial kernel's launch + finish on one
+and on two work-groups: PoCL's wake-up of its worker threads; then the CNN's layers by each
+algorithm). --same-process: item 5's
 A/B, a clconv call right after a torch call in one process, against right after another clconv
 call, with and without OMP_WAIT_POLICY=PASSIVE. --algorithm: the small layer's (the CNN: 'auto').
 """

@@ -16,9 +16,9 @@ One driver variable is set too, when clconv first lists the devices and the user
 PoCL's POCL_AFFINITY=1 (`pin_pocl_threads`), which pins PoCL's worker thread i to CPU i.
 Unpinned, PoCL 3.1 ran a kernel queued behind another (every kernel of a network's forward after
 the first) on one of its threads: Linux woke the second worker on the core of the one that had
-just finished, so both shared a core. Measured on a 2-core AMD EPYC (PoCL 3.1): a 98-work-group kernel 1.08 ms launched
-alone, 2.12 ms queued behind another, 1.08 ms queued with the pinning; ResNet-18's 3x3 layers
-in blocks of back-to-back calls 1.5-1.7x faster. Set POCL_AFFINITY=0 to keep PoCL's default.
+just finished, so both shared a core. Measured on a 2-core AMD EPYC (PoCL 3.1): a
+98-work-group kernel 1.08 ms launched alone, 2.12 ms queued behind another, 1.08 ms queued with
+the pinning; ResNet-18's 3x3 layers in blocks of back-to-back calls 1.5-1.7x faster. Set POCL_AFFINITY=0 to keep PoCL's default.
 It must be in the environment before PoCL starts (the process's first OpenCL platform query), so
 a process that queried platforms before clconv did keeps PoCL's default; it is decided that late
 (not at import) so that a Dask worker's DevicePlugin env (POCL_MAX_PTHREAD_COUNT) is seen first.
@@ -29,9 +29,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["POCL_AFFINITY", "pin_pocl_threads", "AUTO_MODES", "DEVICE", "AUTO", "GEMM", "GEMM_ENGINES", "TUNING", "CACHE_DIR", "VERBOSE",
-           "TORCH_ZERO_COPY", "VARIABLES", "auto_mode", "torch_zero_copy", "cache_dir", "device_spec", "gemm_engine", "tuning_enabled",
-           "verbose"]
+__all__ = ["POCL_AFFINITY", "pin_pocl_threads", "AUTO_MODES", "DEVICE", "AUTO", "GEMM",
+           "GEMM_ENGINES", "TUNING", "CACHE_DIR", "VERBOSE", "TORCH_ZERO_COPY", "VARIABLES",
+           "auto_mode", "torch_zero_copy", "cache_dir", "device_spec", "gemm_engine",
+           "tuning_enabled", "verbose"]
 
 DEVICE = "CLCONV_DEVICE"
 AUTO = "CLCONV_AUTO"
