@@ -296,6 +296,28 @@ def test_pools_and_slices(dev, ct):
     _check_lowered(ct, PoolsAndSlices().eval(), torch.randn(2, 2, 11))
 
 
+class NewAxes(nn.Module):
+    """None in an index (a new unit dim): an SE block's gate `s[:, :, None, None]`, with an
+    Ellipsis, in front, after an integer and with a slice, beside unsqueeze."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.c(x)
+        s = torch.sigmoid(self.fc(y.mean((2, 3))))
+        gated = y * s[:, :, None, None] + y * s[..., None, None] + y * s.unsqueeze(-1)[..., None]
+        front = y[None][0] + y[:, None, 1][:, 0, None] + y[0, None, 1:2]
+        return torch.cat([gated, front], 1)
+
+
+def test_new_axes_in_indexing(dev, ct):
+    torch.manual_seed(0)
+    _check_lowered(ct, NewAxes().eval(), torch.randn(2, 3, 6, 6))
+
+
 def test_float64_model(dev, ct):
     if not dev.fp64:
         pytest.skip("the device has no float64")

@@ -215,12 +215,31 @@ class OpRules(LoweringBase):
                     raise Unlowerable("slices computed in the graph")
                 if i.step not in (None, 1):
                     raise Unlowerable("slices with a step")
-            elif type(i) is not int:
-                raise Unlowerable("indexing other than integers and basic slices")
+            elif type(i) is not int and i is not None:
+                raise Unlowerable("indexing other than integers, None and basic slices")
         xn, dev = x.name, self.cm.device
-        # A strided view of the device array, gathered to a contiguous one on the device.
-        return self.value(node, lambda env: to_device(env[xn][index], dev, "input",
-                                                      env[xn].dtype), "slice", (xn,))
+        # None (a new unit dim, as in an SE block's `s[:, :, None, None]`) is a reshape after
+        # the integers and slices; those select a strided view of the device array, gathered to
+        # a contiguous one on the device (nothing to gather when every slice is whole).
+        core = tuple(i for i in items if i is not None)
+        whole = all(i == slice(None) for i in core)
+
+        def out_shape(selected: tuple[int, ...]) -> tuple[int, ...]:
+            dims, k = [], 0
+            for i in items:
+                if i is None:
+                    dims.append(1)
+                elif type(i) is not int:
+                    dims.append(selected[k])
+                    k += 1
+            return (*dims, *selected[k:])
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            if not whole:
+                a = to_device(a[core], dev, "input", a.dtype)
+            return reshape_view(a, out_shape(a.shape))
+        return self.value(node, run, "slice" if not whole else "reshape (new dims)", (xn,))
 
     def pad(self, node: fx.Node) -> Step:
         """F.pad: clconv.pad (every mode; negative amounts crop); all-zero amounts (a U-Net's
