@@ -318,6 +318,67 @@ def test_new_axes_in_indexing(dev, ct):
     _check_lowered(ct, NewAxes().eval(), torch.randn(2, 3, 6, 6))
 
 
+class SmallOps(nn.Module):
+    """Ops of user code around convolutions: sums over the spatial dims, division by a number,
+    negation, casts to the dtype the value has, instance norm (instance statistics, and running
+    ones), sub-pixel upsampling (ESPCN) and its inverse."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.inorm = nn.InstanceNorm2d(8, affine=True)
+        self.irun = nn.InstanceNorm1d(8, track_running_stats=True)
+        self.shuffle = nn.PixelShuffle(2)
+        self.unshuffle = nn.PixelUnshuffle(2)
+
+    def forward(self, x):
+        y = self.c(x).float()
+        s = y.sum((2, 3), keepdim=True) / 36 + torch.sum(y, dim=[-1, -2])[:, :, None, None] / 3.0
+        y = -(y.to(torch.float32) / 7) + s
+        y = self.inorm(y) + self.irun(y.flatten(2)).view_as(y)
+        up = self.shuffle(y)  # (N, 2, 12, 12)
+        down = F.pixel_unshuffle(up, 2) + self.unshuffle(F.pixel_shuffle(y, 2))
+        return torch.cat([down, y.div(2)], 1)
+
+
+def test_small_ops_of_user_code(dev, ct):
+    torch.manual_seed(0)
+    model = SmallOps().eval()
+    model.irun.running_mean.uniform_(-1, 1)
+    model.irun.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 6, 6)
+    _check_lowered(ct, model, x)
+    cm = _compile(ct, model, x)
+    with torch.no_grad():  # another batch size: the reshapes follow the input
+        x3 = torch.randn(3, 3, 6, 6)
+        _close(cm(x3), model(x3))
+
+
+class DivideByTensor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        y = self.c(x)
+        return torch.cat([y / (y * y + 1), y / 0.0, y / -0.0], 1)  # +-inf by the zero's sign
+
+
+def test_division_by_a_tensor_falls_back_and_by_zero_is_torchs(dev, ct):
+    torch.manual_seed(0)
+    model = DivideByTensor().eval()
+    x = torch.randn(1, 2, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ct.FallbackWarning)
+        cm = ct.compile(model, x)
+    assert [f.why for f in cm.fallbacks] == [
+        "division by a tensor (clconv lowers division by a Python number)"]
+    with torch.no_grad():
+        got, want = cm(x).numpy(), model(x).numpy()
+    assert np.isinf(want[:, 2:]).all()
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
 def test_float64_model(dev, ct):
     if not dev.fp64:
         pytest.skip("the device has no float64")

@@ -198,6 +198,20 @@ class LayerRules(LoweringBase):
         return self.value(node, lambda env: fn(env[x], rm, rv, w, b, eps=eps),
                           "clconv.batch_norm", (x,))
 
+    def instance_norm(self, node: fx.Node, m: nn.Module) -> Step:
+        """nn.InstanceNorm1d/2d/3d in eval mode: with running statistics (track_running_stats)
+        the batch_norm on them, as torch uses them in eval; else clconv.group_norm with one
+        channel a group (each instance's own statistics)."""
+        if len(node.args) != 1 or node.kwargs:
+            raise Unlowerable("unexpected InstanceNorm arguments")
+        nd = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}[type(m)]
+        if len(shape(node.args[0]) or ()) != nd + 2:
+            raise Unlowerable("InstanceNorm of an unbatched input")
+        if m.track_running_stats and m.running_mean is not None:
+            return self.batch_norm(node, m)
+        return self._group_norm_step(node, node.args[0], m.num_features, m.weight, m.bias,
+                                     m.eps, node.target)
+
     def group_norm(self, node: fx.Node, m: nn.Module) -> Step:
         """nn.GroupNorm: clconv.group_norm with the affine weight and bias as constants."""
         if len(node.args) != 1 or node.kwargs:

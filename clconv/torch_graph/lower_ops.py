@@ -5,8 +5,10 @@ flatten, squeeze), basic slicing, padding (F.pad and the padding modules) and in
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -120,25 +122,56 @@ class OpRules(LoweringBase):
         x = node.args[0].name
         return self.value(node, lambda env: fn(env[x], **kwargs), f"clconv.{name}", (x,))
 
-    def mean(self, node: fx.Node) -> Step:
-        """torch.mean / Tensor.mean over every spatial dim: adaptive average pooling to 1."""
+    def mean(self, node: fx.Node, reduction: str = "mean") -> Step:
+        """torch.mean / Tensor.mean over every spatial dim: adaptive average pooling to 1; the
+        sum (torch.sum / Tensor.sum) is that mean times the count (one rounding more than torch's
+        sum: within a few ulp)."""
         x, dim, keepdim = bind(node, _mean_args)
         sh = shape(x)
         if sh is None or dim is None:
-            raise Unlowerable("mean over every dim")
+            raise Unlowerable(f"{reduction} over every dim")
         nd = len(sh)
         dims = sorted({d % nd for d in ((dim,) if isinstance(dim, int) else dim)})
         if dims != list(range(2, nd)) or nd - 2 not in (1, 2, 3):
-            raise Unlowerable(f"mean over dims {dim} (clconv lowers the mean over every spatial "
-                              f"dim)")
+            raise Unlowerable(f"{reduction} over dims {dim} (clconv lowers the {reduction} over "
+                              f"every spatial dim)")
         name = f"adaptive_avg_pool{nd - 2}d"
         fn = clconv_op(name)
         xn = x.name
+        count = None
+        if reduction == "sum":
+            mul = clconv_op("mul")
+            count = self.cm.constant(("count", node.name), torch.tensor(
+                [float(np.prod(sh[2:]))], dtype=meta(node).dtype))
 
         def run(env: dict[str, Any]) -> Any:
             y = fn(env[xn], 1)
+            if count is not None:
+                y = mul(y, count)
             return y if keepdim else reshape_view(y, y.shape[:2])
-        return self.value(node, run, f"clconv.{name}", (xn,))
+        return self.value(node, run, f"clconv.{name}" + (" * count" if count is not None else ""),
+                          (xn,))
+
+    def divide(self, node: fx.Node, x: Any, divisor: Any) -> Step:
+        """x / c (torch.div, Tensor.div, `/`) by a Python number: clconv.mul by 1 / c (rounded
+        once more than torch's division: within an ulp). A tensor divisor is not lowered."""
+        if bind(node, lambda input, other, *, rounding_mode=None: rounding_mode) is not None:
+            raise Unlowerable("division with a rounding_mode")
+        if isinstance(divisor, bool) or not isinstance(divisor, (int, float)):
+            raise Unlowerable("division by a tensor (clconv lowers division by a Python number)")
+        # x / 0 is +-inf (nan for x = 0) as x * +-inf; the sign of a zero divisor counts.
+        reciprocal = 1.0 / divisor if divisor != 0 else math.copysign(math.inf, float(divisor))
+        return self.binary(node, "mul", x, reciprocal)
+
+    def same_dtype(self, node: fx.Node, name: str) -> Step:
+        """A cast (Tensor.float/double/half/to/type_as) to the dtype the value has: nothing."""
+        x = node.args[0]
+        if not is_tensor(x) or meta(x).dtype != meta(node).dtype or \
+                (name == "to" and any(isinstance(a, torch.device) or
+                                      (isinstance(a, str) and a not in ("float32", "float64"))
+                                      for a in (*node.args[1:], *node.kwargs.values()))):
+            raise Unlowerable(f"Tensor.{name} changing the dtype or device")
+        return self.alias(node, x, f"{name} (same dtype)")
 
     def activation(self, node: fx.Node, act: Activation, src: fx.Node,
                    layout: tuple[int, ...] | None = None) -> Step:
@@ -335,6 +368,28 @@ class OpRules(LoweringBase):
         xn, dev = x.name, self.cm.device
         return self.value(node, lambda env: to_device(env[xn].transpose(axes), dev, "input",
                                                       env[xn].dtype), "permute (copy)", (xn,))
+
+    def pixel_shuffle(self, node: fx.Node, x: Any, factor: Any, inverse: bool) -> Step:
+        """F.pixel_shuffle / nn.PixelShuffle (sub-pixel upsampling: (N, C r^2, H, W) -> (N, C,
+        H r, W r)) and the unshuffle: a reshape, a permuted copy gathered on the device, a
+        reshape. Sizes are read from the input on each call."""
+        name = "pixel_unshuffle" if inverse else "pixel_shuffle"
+        if len(shape(x) or ()) != 4 or type(factor) is not int or factor < 1:
+            raise Unlowerable(f"{name} of other than a 4-d (N, C, H, W) tensor")
+        xn, dev, r = self.plain_tensor(x, name), self.cm.device, factor
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            n, c, h, w = a.shape
+            # N and C stay together: one dim of the 5-d strided view the gather takes.
+            if inverse:
+                v = reshape_view(a, (n * c, h // r, r, w // r, r)).transpose((0, 2, 4, 1, 3))
+                out = (n, c * r * r, h // r, w // r)
+            else:
+                v = reshape_view(a, (n * c // (r * r), r, r, h, w)).transpose((0, 3, 1, 4, 2))
+                out = (n, c // (r * r), h * r, w * r)
+            return reshape_view(to_device(v, dev, "input", a.dtype), out)
+        return self.value(node, run, f"{name} (permuted copy)", (xn,))
 
     def transpose(self, node: fx.Node) -> Step:
         """torch.transpose / x.transpose(d0, d1) (ShuffleNet's channel shuffle): a permuted copy."""

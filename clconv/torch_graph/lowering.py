@@ -25,6 +25,7 @@ from .lowering_base import (
     POOL_MODULES,
     SUBS,
     conv_dims,
+    reshape_view,
     transposed_dims,
 )
 from .program import Step
@@ -183,6 +184,12 @@ class Lowering(LayerRules, OpRules):
             return self.batch_norm(node, m)
         if kind is nn.GroupNorm:
             return self.group_norm(node, m)
+        if kind in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
+            return self.instance_norm(node, m)
+        if kind in (nn.PixelShuffle, nn.PixelUnshuffle) and len(node.args) == 1:
+            inverse = kind is nn.PixelUnshuffle
+            return self.pixel_shuffle(node, node.args[0], m.downscale_factor if inverse else
+                                      m.upscale_factor, inverse)
         if kind in (nn.Softmax, nn.LogSoftmax):
             return self.softmax(node, node.args[0], m.dim, kind is nn.LogSoftmax)
         if kind is nn.PReLU and len(node.args) == 1 and not node.kwargs:
@@ -224,6 +231,17 @@ class Lowering(LayerRules, OpRules):
                                        inplace=False: (input, training))
         if t is torch.mean:
             return self.mean(node)
+        if t is torch.sum:
+            return self.mean(node, "sum")
+        if t in (F.pixel_shuffle, F.pixel_unshuffle):
+            inverse = t is F.pixel_unshuffle
+            x, r = bind(node, (lambda input, downscale_factor: (input, downscale_factor))
+                        if inverse else (lambda input, upscale_factor: (input, upscale_factor)))
+            return self.pixel_shuffle(node, x, r, inverse)
+        if t in (operator.truediv, operator.itruediv, torch.div, torch.true_divide):
+            return self.divide(node, *node.args[:2])
+        if t in (operator.neg, torch.neg):
+            return self.binary(node, "mul", node.args[0], -1.0)
         if t is F.interpolate:
             return self.interpolate(node)
         if t is F.group_norm:
@@ -274,6 +292,10 @@ class Lowering(LayerRules, OpRules):
             return self.binary(node, t.rstrip("_"), *node.args)
         if t in ("view", "reshape"):
             return self.reshape(node, node.args[0], node.args[1:])
+        if t in ("view_as", "reshape_as") and len(node.args) == 2 and is_tensor(node.args[1]):
+            xn, other = node.args[0].name, node.args[1].name
+            return self.value(node, lambda env: reshape_view(env[xn], tuple(env[other].shape)),
+                              f"{t} (reshape)", (xn, other))
         if t in ("softmax", "log_softmax"):
             a = bind(node, lambda self, dim, dtype=None: (self, dim, dtype))
             return self.softmax(node, a[0], a[1], t == "log_softmax", a[2])
@@ -282,6 +304,14 @@ class Lowering(LayerRules, OpRules):
             return self.flatten(node, *a)
         if t == "mean":
             return self.mean(node)
+        if t == "sum":
+            return self.mean(node, "sum")
+        if t in ("div", "div_", "true_divide"):
+            return self.divide(node, *node.args[:2])
+        if t == "neg":
+            return self.binary(node, "mul", node.args[0], -1.0)
+        if t in ("float", "double", "half", "to", "type_as"):
+            return self.same_dtype(node, t)
         if t in ("squeeze", "unsqueeze"):
             return self.squeeze(node, t)
         if t in ("expand_as", "expand"):
