@@ -29,6 +29,7 @@ from .lowering_base import (
     transposed_dims,
 )
 from .program import Step
+from .tracing import untraced
 
 
 class Lowering(LayerRules, OpRules):
@@ -175,6 +176,9 @@ class Lowering(LayerRules, OpRules):
     # -- modules, functions and methods -------------------------------------------------------
 
     def _module(self, node: fx.Node, m: nn.Module) -> Step:
+        why = untraced(self.cm.graph_module).get(node.target)
+        if why is not None:
+            raise Unlowerable(f"torch.fx cannot trace its forward ({why})")
         kind = torch_type(m)
         if isinstance(m, NOOP_MODULES) and kind in NOOP_MODULES:
             return self.alias(node, node.args[0], kind.__name__)

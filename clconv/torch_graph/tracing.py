@@ -4,6 +4,8 @@ ShapeProp)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -11,16 +13,71 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 class Tracer(fx.Tracer):
     """torch.fx's tracer, with clconv.torch's modules (converted convolutions, folded chains) as
-    leaves like torch.nn's: their forward runs clconv from Python, which fx cannot trace into."""
+    leaves like torch.nn's: their forward runs clconv from Python, which fx cannot trace into.
+    `leaves`: qualified names of submodules kept whole too (those whose forward fx cannot trace);
+    `failed`: after a trace that raised, the innermost submodule being traced then ('' for the
+    model's own forward)."""
+
+    def __init__(self, leaves: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.leaves = leaves
+        self.failed: str | None = None
+        self._path: list[str] = [""]
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return type(m).__module__ == "clconv.torch" or super().is_leaf_module(
-            m, module_qualified_name)
+        return module_qualified_name in self.leaves or type(m).__module__ == "clconv.torch" or \
+            super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        self._path.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed is None:  # the innermost module sees the error first
+                self.failed = self._path[-1]
+            raise
+        finally:
+            self._path.pop()
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        try:
+            return super().trace(root, concrete_args)
+        except Exception:
+            if self.failed is None:
+                self.failed = ""
+            raise
 
 
 def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.GraphModule:
-    """`model`'s fx trace, its nodes annotated with the shapes and dtypes of `example_inputs`."""
-    gm = fx.GraphModule(model, Tracer().trace(model), type(model).__name__)
+    """`model`'s fx trace, its nodes annotated with the shapes and dtypes of `example_inputs`.
+
+    A submodule whose forward fx cannot trace (control flow on tensor values, Python calls on
+    proxies, ...) is kept whole as one call_module node (the lowering leaves it to torch on the
+    host: `untraced(gm)` says why), and the trace is made again, until it succeeds; if the
+    model's own forward cannot be traced, a TypeError says so."""
+    leaves: dict[str, str] = {}
+    while True:
+        tracer = Tracer(frozenset(leaves))
+        try:
+            graph = tracer.trace(model)
+            break
+        except Exception as err:  # noqa: BLE001 - fx raises many kinds; all mean "not traceable"
+            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            if not tracer.failed or tracer.failed in leaves:
+                raise TypeError(
+                    f"clconv.torch.compile cannot trace {type(model).__name__}'s forward with "
+                    f"torch.fx ({why}); use clconv.torch.convert(model) for it (every "
+                    f"convolution on the device, the rest in torch), or move the part fx cannot "
+                    f"trace into a submodule (compile then runs that submodule in torch)") from err
+            leaves[tracer.failed] = why
+    gm = fx.GraphModule(model, graph, type(model).__name__)
+    gm.meta["clconv_untraced"] = leaves
     with torch.no_grad():
         ShapeProp(gm).propagate(*example_inputs)
     return gm
+
+
+def untraced(gm: fx.GraphModule) -> dict[str, str]:
+    """Qualified name -> why, for the submodules `trace` kept whole because fx cannot trace their
+    forward."""
+    return gm.meta.get("clconv_untraced", {})
