@@ -251,7 +251,8 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 // NaN and Inf propagate as in torch: comparisons rather than fmin/fmax (which drop NaN), x * sigmoid(x)
 // for silu (so silu(-inf) is NaN as torch's), expm1 for elu.
 //   1 relu  2 relu6  3 silu  4 gelu (erf)  5 gelu (tanh)  6 sigmoid  7 tanh  8 hardswish  9 hardsigmoid
-//   10 leaky_relu(ACT_A)  11 elu(ACT_A)  12 clamp(ACT_A, ACT_B)
+//   10 leaky_relu(ACT_A)  11 elu(ACT_A)  12 clamp(ACT_A, ACT_B)  13 sqrt (clconv.sqrt: a math
+//   function, not offered as an activation=)
 #ifndef ACT
 #define ACT 0
 #endif
@@ -274,6 +275,7 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #define ACT_LEAKY_RELU 10
 #define ACT_ELU 11
 #define ACT_CLAMP 12
+#define ACT_SQRT 13
 // Legacy switch: -D RELU is ACT=1.
 #if defined(RELU) && ACT == 0
 #undef ACT
@@ -314,6 +316,8 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #define ACT_APPLY(T, v) (((v) > (T)0) ? (v) : (T)(ACT_A) * expm1(v))
 #elif ACT == ACT_CLAMP
 #define ACT_APPLY(T, v) ACT_CLIP(v, (T)(ACT_A), (T)(ACT_B))
+#elif ACT == ACT_SQRT
+#define ACT_APPLY(T, v) sqrt(v)
 #else
 #error "unknown ACT"
 #endif

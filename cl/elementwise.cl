@@ -4,7 +4,7 @@
 //
 // -D REAL, ACC, USE_FP64, INDEX_T   precision and flat-offset type (common.cl)
 // -D ACT, ACT_A, ACT_B              the activation (common.cl; default none)
-// -D OP                             binary: 0 add (default), 1 mul, 2 sub, 3 prelu
+// -D OP                             binary: 0 add (default), 1 mul, 2 sub, 3 prelu, 4 div
 // -D CLAMP_GRAD_INCLUSIVE           unary_backward of ACT_CLAMP: torch.clamp's gradient (passes
 //                                   x == min and x == max) instead of hardtanh's (stops them)
 // Shapes, strides, channel counts, eps and momentum are kernel arguments: one program per dtype and
@@ -64,6 +64,8 @@ inline ACC activate_grad(ACC x, ACC g) {
 #else
     return (x <= (ACC)(ACT_A) || x >= (ACC)(ACT_B)) ? (ACC)0 : g;
 #endif
+#elif ACT == ACT_SQRT
+    return g / ((ACC)2 * sqrt(x));  // torch's sqrt backward: grad / (2 * result)
 #endif
 }
 
@@ -131,6 +133,8 @@ __kernel void binary(__global const REAL* a, const long a_offset,
     const ACC v = va * vb;
 #elif OP == 2
     const ACC v = va - vb;
+#elif OP == 4
+    const ACC v = va / vb;
 #else  // prelu with slope b, as torch's kernel (a > 0 ? a : b * a: NaN and -0 land as torch's)
     const ACC v = (va > (ACC)0) ? va : vb * va;
 #endif

@@ -23,8 +23,8 @@ from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weigh
                        plan_conv3d_input, plan_conv3d_weight)
 from .ops.fold import fold_batchnorm
 from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add, batch_norm, cat,
-                              clamp, elu, flatten, gelu, hardsigmoid, hardswish, hardtanh,
-                              leaky_relu, mul, prelu, relu, relu6, sigmoid, silu, sub, tanh)
+                              clamp, div, elu, flatten, gelu, hardsigmoid, hardswish, hardtanh,
+                              leaky_relu, mul, prelu, relu, relu6, sigmoid, silu, sqrt, sub, tanh)
 from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm
 from .ops.interpolate import InterpolatePlan, interpolate
@@ -61,17 +61,17 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFound
            "current_device", "device", "devices", "release_column_buffer", "warmup",
            "workspace_size"]
 
-# The other layers of a CNN (pooling, activations, batch_norm, add/sub/mul, cat, flatten, linear,
-# pad, interpolate, group_norm, softmax).
+# The other layers of a CNN (pooling, activations, batch_norm, add/sub/mul/div, sqrt, cat,
+# flatten, linear, pad, interpolate, group_norm, softmax).
 __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "InterpolatePlan",
             "LinearPlan", "PadPlan", "PoolPlan", "SoftmaxPlan", "UnaryPlan",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
-            "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "clamp", "elu",
+            "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "clamp", "div", "elu",
             "flatten", "gelu", "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate",
             "leaky_relu", "linear", "log_softmax",
             "max_pool1d", "max_pool2d", "max_pool3d", "mul", "pad", "prelu", "relu", "relu6",
-            "sigmoid", "silu", "softmax", "sub", "tanh"]
+            "sigmoid", "silu", "softmax", "sqrt", "sub", "tanh"]
 
 # Fused epilogues: BatchNorm folded into the convolution before it.
 __all__ += ["fold_batchnorm"]

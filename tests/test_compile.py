@@ -354,71 +354,26 @@ def test_small_ops_of_user_code(dev, ct):
         _close(cm(x3), model(x3))
 
 
-class DivideByTensor(nn.Module):
+class Divisions(nn.Module):
     def __init__(self):
         super().__init__()
         self.c = nn.Conv2d(2, 2, 1)
 
     def forward(self, x):
         y = self.c(x)
-        return torch.cat([y / (y * y + 1), y / 0.0, y / -0.0], 1)  # +-inf by the zero's sign
+        return torch.cat([y / (y * y + 1), y / 0.0, y / -0.0, 0 / y[:, :1]], 1)
 
 
-class DataDependent(nn.Module):
-    """A block whose forward branches on a tensor's value: torch.fx cannot trace it."""
-
-    def __init__(self):
-        super().__init__()
-        self.c = nn.Conv2d(4, 4, 3, padding=1)
-
-    def forward(self, x):
-        y = self.c(x)
-        return F.relu(y) if y.mean() > 0 else y * 0.5
-
-
-class WithDataDependentBlocks(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.blocks = nn.Sequential(DataDependent(), nn.Conv2d(4, 4, 1), DataDependent())
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
-
-
-def test_a_block_fx_cannot_trace_runs_in_torch_and_the_rest_on_the_device(dev, ct):
+def test_divisions_on_the_device_as_torchs(dev, ct):
+    """Division by a tensor and by a number (0: +-inf by the zero's sign), 0 / y."""
     torch.manual_seed(0)
-    model = models.randomize(WithDataDependentBlocks()).eval()
-    x = torch.randn(2, 3, 8, 8)
-    with pytest.warns(ct.FallbackWarning, match="blocks_0"):
-        cm = ct.compile(model, x)
-    assert [(f.node, f.op) for f in cm.fallbacks] == [("blocks_0", "DataDependent"),
-                                                     ("blocks_2", "DataDependent")]
-    assert all("torch.fx cannot trace its forward" in f.why and "control flow" in f.why
-               for f in cm.fallbacks)
-    assert sum(not s.host for s in cm.steps) >= 3  # stem, the 1x1 conv, mean and head lowered
-    with torch.no_grad():
-        _close(cm(x), model(x))
-
-
-def test_a_forward_fx_cannot_trace_at_all_says_what_to_do(dev, ct):
-    with pytest.raises(TypeError, match=r"cannot trace DataDependent's forward.*convert"):
-        ct.compile(DataDependent().eval(), torch.randn(1, 4, 5, 5))
-
-
-def test_division_by_a_tensor_falls_back_and_by_zero_is_torchs(dev, ct):
-    torch.manual_seed(0)
-    model = DivideByTensor().eval()
+    model = Divisions().eval()
     x = torch.randn(1, 2, 4, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ct.FallbackWarning)
-        cm = ct.compile(model, x)
-    assert [f.why for f in cm.fallbacks] == [
-        "division by a tensor (clconv lowers division by a Python number)"]
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
     with torch.no_grad():
         got, want = cm(x).numpy(), model(x).numpy()
-    assert np.isinf(want[:, 2:]).all()
+    assert np.isinf(want[:, 2:6]).all()
     np.testing.assert_allclose(got, want, rtol=RTOL)
 
 

@@ -103,11 +103,13 @@ def test_activation_on_device_arrays_and_out(clconv, dev, rng):
     ((2, 3, 4, 5), (1, 3, 1, 1)), ((2, 3, 4, 5), (2, 1, 4, 5)), ((2, 3, 1, 1), (2, 3, 4, 5)),
     ((2, 3, 4, 5, 6), (1, 3, 1, 1, 1)), ((4, 5), (5,)), ((2, 3, 4), ()), ((0, 3, 2), (3, 1)),
 ], ids=str)
-@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
 def test_binary_broadcast(clconv, dev, rng, op, a_shape, b_shape):
     for dtype in _dtypes(dev):
         a, b = random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
-        f = {"add": np.add, "sub": np.subtract, "mul": np.multiply}[op]
+        if op == "div":  # divisors away from 0, so that the quotients stay O(1)
+            b = (np.sign(b) * (np.abs(b) + 0.5)).astype(dtype) if b.ndim else dtype(2.5)
+        f = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[op]
         want = f(a.astype(np.float64), b.astype(np.float64))
         got = getattr(clconv, op)(a, b)
         assert got.shape == want.shape and got.dtype == dtype
@@ -141,6 +143,39 @@ def test_binary_kinds_scalars_and_nan(clconv, dev, rng):
         want = torch.sub(ta, tb).numpy()
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         assert_close(got, want, np.float32, magnitude=16)
+
+
+def test_div_and_sqrt_as_torch(clconv, dev, rng):
+    """clconv.div: IEEE quotients as torch's (x / 0 is +-inf by the zero's sign, 0 / 0 and
+    inf / inf NaN), numbers on either side, broadcasting, device operands; clconv.sqrt: NaN for
+    negative inputs, sqrt(-0) = -0, inf and NaN kept."""
+    torch = import_torch()
+    for dtype in _dtypes(dev):
+        x = _special(rng, (2, 3, 4, 4), dtype)
+        d = _special(rng, (3, 1, 4), dtype)
+        d.reshape(-1)[9:12] = [0.0, -0.0, np.inf]
+        tx, td = torch.from_numpy(x), torch.from_numpy(d)
+        for a, b, want in ((x, d, tx / td), (x, 2.5, tx / 2.5), (1.5, d, 1.5 / td),
+                           (cla.to_device(dev.queue, x), d, tx / td)):
+            got = clconv.div(a, b)
+            got = got.get() if isinstance(got, cla.Array) else got
+            want = want.numpy()
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_array_equal(np.isinf(got) * np.sign(got),
+                                          np.isinf(want) * np.sign(want))
+            assert_close(np.nan_to_num(got, posinf=0, neginf=0),
+                         np.nan_to_num(want, posinf=0, neginf=0), dtype, magnitude=16)
+        got = clconv.div(x, d, activation="relu")
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(torch.relu(tx / td).numpy()))
+        r = clconv.sqrt(x)
+        want = torch.sqrt(tx).numpy()
+        np.testing.assert_array_equal(np.isnan(r), np.isnan(want))
+        kept = ~np.isnan(want)  # (a NaN's sign bit is not specified)
+        np.testing.assert_array_equal(np.signbit(r[kept]), np.signbit(want[kept]))
+        assert_close(np.nan_to_num(r, posinf=0), np.nan_to_num(want, posinf=0), dtype)
+    with pytest.raises(ValueError, match="rounding_mode"):
+        clconv.div(x, d, rounding_mode="floor")
 
 
 def test_binary_bad_arguments(clconv, rng):

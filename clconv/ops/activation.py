@@ -24,7 +24,8 @@ __all__ = ["ACTIVATION_NAMES", "Activation", "ActivationArg", "activation_define
 
 #: Activation name -> common.cl's ACT code (0: none).
 _CODES = {"relu": 1, "relu6": 2, "silu": 3, "gelu": 4, "gelu_tanh": 5, "sigmoid": 6, "tanh": 7,
-          "hardswish": 8, "hardsigmoid": 9, "leaky_relu": 10, "elu": 11, "clamp": 12}
+          "hardswish": 8, "hardsigmoid": 9, "leaky_relu": 10, "elu": 11, "clamp": 12,
+          "sqrt": 13}  # sqrt: clconv.sqrt's kernel (Activation("sqrt")), not an activation= name
 #: The names accepted as a plain string (parameters at torch's defaults).
 ACTIVATION_NAMES = ("relu", "relu6", "silu", "gelu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
                     "leaky_relu", "elu")

@@ -41,11 +41,10 @@ from .activation import Activation, ActivationArg, activation_defines, normalize
 from .plan import Plan, cached_plan, shape_of
 
 __all__ = ["BatchNormPlan", "BinaryPlan", "CatPlan", "UnaryPlan", "add", "batch_norm",
-           "broadcast_layout", "cat", "clamp", "elu", "enqueue_batch_norm_backward",
+           "broadcast_layout", "cat", "clamp", "div", "elu", "enqueue_batch_norm_backward",
            "enqueue_bias_act", "enqueue_channel_stats", "enqueue_column_sums", "flatten", "gelu",
            "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mul",
-           "prelu", "relu", "relu6", "sigmoid",
-           "silu", "sub", "tanh"]
+           "prelu", "relu", "relu6", "sigmoid", "silu", "sqrt", "sub", "tanh"]
 
 
 def _defines(work: np.dtype, elements: int, **extra: object) -> dict[str, object]:
@@ -254,8 +253,8 @@ def broadcast_layout(out_shape: tuple[int, ...], *shapes: tuple[int, ...]
 
 
 class BinaryPlan(Plan):
-    """y = act(input OP other) for op 'add', 'sub', 'mul' or 'prelu' (other: the slopes), with
-    numpy broadcasting between the shapes (same shape, per-channel (C,) / (N, C, 1, 1) /
+    """y = act(input OP other) for op 'add', 'sub', 'mul', 'div' or 'prelu' (other: the slopes),
+    with numpy broadcasting between the shapes (same shape, per-channel (C,) / (N, C, 1, 1) /
     (1, C, 1, 1) against (N, C, *spatial), ...)."""
 
     def __init__(self, dev: Device, op: str, input_shape: Sequence[int],
@@ -301,7 +300,7 @@ class BinaryPlan(Plan):
 
 
 #: cl/elementwise.cl's binary OP codes.
-_BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3}
+_BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3, "div": 4}
 
 
 def _binary_values(input: Any, other: Any) -> dict[str, Any]:
@@ -356,6 +355,22 @@ def prelu(input: ArrayLike, weight: ArrayLike, *, out: ArrayLike | None = None) 
                              f"input {x_shape}")
         weight = weight.reshape((w_shape[0],) + (1,) * (len(x_shape) - 2))
     return _binary("prelu", input, weight, None, out)
+
+
+def div(input: ArrayLike, other: ArrayLike, *, rounding_mode: None = None,
+        activation: ActivationArg = None, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.div(input, other) (true division, IEEE: x / 0 is +-inf, 0 / 0 NaN) with broadcasting
+    (either may be a Python number), then the optional fused activation. rounding_mode 'trunc'
+    and 'floor' are not offered (ValueError)."""
+    if rounding_mode is not None:
+        raise ValueError(f"div: rounding_mode {rounding_mode!r} is not supported (only true "
+                         f"division, rounding_mode=None)")
+    return _binary("div", input, other, activation, out)
+
+
+def sqrt(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.sqrt (NaN for negative inputs, as torch)."""
+    return _unary(Activation("sqrt"), input, out)
 
 
 def mul(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,

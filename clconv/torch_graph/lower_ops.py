@@ -6,6 +6,7 @@ flatten, squeeze), basic slicing, padding (F.pad and the padding modules) and in
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -123,45 +124,94 @@ class OpRules(LoweringBase):
         return self.value(node, lambda env: fn(env[x], **kwargs), f"clconv.{name}", (x,))
 
     def mean(self, node: fx.Node, reduction: str = "mean") -> Step:
-        """torch.mean / Tensor.mean over every spatial dim: adaptive average pooling to 1; the
-        sum (torch.sum / Tensor.sum) is that mean times the count (one rounding more than torch's
-        sum: within a few ulp)."""
+        """torch.mean / sum / amax (functions and methods) over every spatial dim, or over the
+        channels (dim 1: CBAM's attention, ConvNeXt's channels-first LayerNorm). Spatial: adaptive
+        average (max) pooling to 1. Channels: the (N, C, S) value gathered as (N, S, C) on the
+        device, pooled the same way over C. A sum is that mean times the count (one rounding
+        more than torch's sum: within a few ulp)."""
         x, dim, keepdim = bind(node, _mean_args)
         sh = shape(x)
         if sh is None or dim is None:
             raise Unlowerable(f"{reduction} over every dim")
         nd = len(sh)
         dims = sorted({d % nd for d in ((dim,) if isinstance(dim, int) else dim)})
-        if dims != list(range(2, nd)) or nd - 2 not in (1, 2, 3):
+        spatial = dims == list(range(2, nd)) and nd - 2 in (1, 2, 3)
+        if not spatial and not (dims == [1] and nd >= 2):
             raise Unlowerable(f"{reduction} over dims {dim} (clconv lowers the {reduction} over "
-                              f"every spatial dim)")
-        name = f"adaptive_avg_pool{nd - 2}d"
-        fn = clconv_op(name)
-        xn = x.name
+                              f"every spatial dim or over the channels)")
+        kind = "max" if reduction == "amax" else "avg"
+        pool = clconv_op(f"adaptive_{kind}_pool{nd - 2}d" if spatial else f"adaptive_{kind}_pool1d")
+        xn, dev = x.name, self.cm.device
         count = None
         if reduction == "sum":
             mul = clconv_op("mul")
-            count = self.cm.constant(("count", node.name), torch.tensor(
-                [float(np.prod(sh[2:]))], dtype=meta(node).dtype))
+            n = np.prod(sh[2:]) if spatial else sh[1]
+            count = self.cm.constant(("count", node.name), torch.tensor([float(n)],
+                                                                        dtype=meta(node).dtype))
 
         def run(env: dict[str, Any]) -> Any:
-            y = fn(env[xn], 1)
+            a = env[xn]
+            n, c, rest = a.shape[0], a.shape[1], tuple(a.shape[2:])
+            if spatial:
+                y = pool(a, 1)
+                kept = (n, c, *(1,) * len(rest))
+            else:  # each position's C values contiguous, as rows of a 1-d pooling
+                s = int(np.prod(rest))
+                rows = to_device(reshape_view(a, (n, c, s)).transpose((0, 2, 1)), dev, "input",
+                                 a.dtype)
+                y = pool(reshape_view(rows, (n * s, 1, c)), 1)
+                kept = (n, 1, *rest)
             if count is not None:
                 y = mul(y, count)
-            return y if keepdim else reshape_view(y, y.shape[:2])
-        return self.value(node, run, f"clconv.{name}" + (" * count" if count is not None else ""),
-                          (xn,))
+            return reshape_view(y, kept if keepdim else tuple(d for i, d in enumerate(kept)
+                                                              if i not in dims))
+        where = "spatial" if spatial else "channels"
+        return self.value(node, run, f"{reduction} over the {where} (clconv pooling)", (xn,))
+
+    def max_values(self, node: fx.Node) -> Step:
+        """torch.max(x, dim, keepdim) / x.max(dim) whose users take only the values (`[0]`): the
+        amax, as a (values, None) pair. The indices are not computed."""
+        if len(node.args) < 2 and "dim" not in node.kwargs:
+            raise Unlowerable("max over every element")
+        if not node.users or any(u.op != "call_function" or u.target is not operator.getitem or
+                                 u.args[1] != 0 for u in node.users):
+            raise Unlowerable("max with its indices used (clconv computes only the values)")
+        step = self.mean(node, "amax")
+        inner = step.run
+
+        def run(env: dict[str, Any]) -> Any:
+            return (inner(env), None)
+        return Step(step.node, step.nodes, "max values: " + step.op, step.inputs, run)
 
     def divide(self, node: fx.Node, x: Any, divisor: Any) -> Step:
-        """x / c (torch.div, Tensor.div, `/`) by a Python number: clconv.mul by 1 / c (rounded
-        once more than torch's division: within an ulp). A tensor divisor is not lowered."""
+        """x / y (torch.div, Tensor.div, `/`): clconv.div (broadcasting); by a Python number,
+        clconv.mul by 1 / c (rounded once more than torch's division: within an ulp)."""
         if bind(node, lambda input, other, *, rounding_mode=None: rounding_mode) is not None:
             raise Unlowerable("division with a rounding_mode")
+        if is_tensor(divisor) or is_tensor(x):
+            return self.binary(node, "div", x, divisor)
         if isinstance(divisor, bool) or not isinstance(divisor, (int, float)):
-            raise Unlowerable("division by a tensor (clconv lowers division by a Python number)")
+            raise Unlowerable(f"division by a {type(divisor).__name__}")
         # x / 0 is +-inf (nan for x = 0) as x * +-inf; the sign of a zero divisor counts.
         reciprocal = 1.0 / divisor if divisor != 0 else math.copysign(math.inf, float(divisor))
         return self.binary(node, "mul", x, reciprocal)
+
+    def power(self, node: fx.Node, name: str) -> Step:
+        """torch.sqrt, torch.square and x ** 2 / pow(x, 2): clconv.sqrt, clconv.mul(x, x)
+        (exactly torch's square); pow(x, 0.5) is sqrt, pow(x, 1) the value. Other exponents are
+        not lowered."""
+        if name == "pow":
+            x, exponent = bind(node, lambda input, exponent: (input, exponent))
+        else:
+            x, exponent = node.args[0], {"sqrt": 0.5, "square": 2}[name]
+        if not is_tensor(x) or isinstance(exponent, bool) or exponent not in (0.5, 1, 2):
+            raise Unlowerable(f"{name} with exponent {exponent!r} (clconv lowers 0.5, 1 and 2)")
+        if exponent == 2:
+            return self.binary(node, "mul", x, x)
+        if exponent == 1:
+            return self.alias(node, x, "pow 1")
+        xn, fn = self.plain_tensor(x, name), clconv_op("sqrt")
+        return self.value(node, lambda env: fn(env[xn]), "clconv.sqrt", (xn,))
 
     def same_dtype(self, node: fx.Node, name: str) -> Step:
         """A cast (Tensor.float/double/half/to/type_as) to the dtype the value has: nothing."""

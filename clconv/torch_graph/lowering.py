@@ -171,6 +171,9 @@ class Lowering(LayerRules, OpRules):
         if (node.op == "call_method" and node.target in ("chunk", "split")) or (
                 node.op == "call_function" and node.target in (torch.chunk, torch.split)):
             return self.pieces(node)
+        if (node.op == "call_method" and node.target == "max") or (
+                node.op == "call_function" and node.target is torch.max):
+            return self.max_values(node)  # torch.max(x, dim): (values, indices)
         raise Unlowerable(f"non-tensor {node.op} {node.target}")
 
     # -- modules, functions and methods -------------------------------------------------------
@@ -237,6 +240,10 @@ class Lowering(LayerRules, OpRules):
             return self.mean(node)
         if t is torch.sum:
             return self.mean(node, "sum")
+        if t is torch.amax:
+            return self.mean(node, "amax")
+        if t in (torch.sqrt, torch.square, torch.pow, operator.pow):
+            return self.power(node, {torch.sqrt: "sqrt", torch.square: "square"}.get(t, "pow"))
         if t in (F.pixel_shuffle, F.pixel_unshuffle):
             inverse = t is F.pixel_unshuffle
             x, r = bind(node, (lambda input, downscale_factor: (input, downscale_factor))
@@ -310,6 +317,10 @@ class Lowering(LayerRules, OpRules):
             return self.mean(node)
         if t == "sum":
             return self.mean(node, "sum")
+        if t == "amax":
+            return self.mean(node, "amax")
+        if t in ("sqrt", "square", "pow"):
+            return self.power(node, t)
         if t in ("div", "div_", "true_divide"):
             return self.divide(node, *node.args[:2])
         if t == "neg":
