@@ -58,8 +58,15 @@ inline void linear_taps(const int dst, const int in, const int out, const scale_
 #else
 inline int nearest_source(const int dst, const int in, const int out, const float scale) {
 #if MODE == 0
+    // floor(dst * scale) with torch's float scale (1 / scale_factor when given, else in / out).
+    // torch 2.x's CPU kernels differ by rank: the 2-d one copies (out == in) or halves (out ==
+    // 2 in) before scaling (ATen's nearest_idx), the 1-d and 3-d ones always scale. That matters
+    // only for a scale_factor whose size rounds there (4 * 1.2 -> 4, 5 * 2.19 -> 10); from sizes
+    // the scale gives the same.
+#if NSPATIAL == 2
     if (out == in) return dst;
     if (out == 2 * in) return dst >> 1;
+#endif
     return min((int)floor((float)dst * scale), in - 1);
 #else
     return min((int)floor(((float)dst + 0.5f) * scale), in - 1);

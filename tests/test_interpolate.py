@@ -26,6 +26,12 @@ CASES = [  # (input shape, size / scale_factor arguments)
     ((1, 2, 3, 4, 5), {"scale_factor": 2}),
     ((1, 2, 3, 4, 5), {"size": (5, 3, 7)}),
     ((1, 1, 1, 1), {"size": (4, 3)}),
+    # scale factors whose sizes round to the input's or twice it (4 * 1.2 -> 4, 5 * 2.19 -> 10):
+    # torch's 2-d nearest copies or halves there, its 1-d and 3-d ones scale
+    ((1, 2, 4), {"scale_factor": 1.2}),
+    ((1, 2, 5), {"scale_factor": 2.19}),
+    ((1, 2, 4, 5), {"scale_factor": (1.2, 2.19)}),
+    ((1, 2, 4, 5, 4), {"scale_factor": (2.19, 1.2, 1.2)}),
 ]
 LINEAR = {3: "linear", 4: "bilinear", 5: "trilinear"}
 
