@@ -31,6 +31,7 @@ from ..runtime.memory import empty
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import (
     ArrayLike,
+    dtype_of,
     element_offset,
     index_type,
     is_device_array,
@@ -311,7 +312,11 @@ def _binary_values(input: Any, other: Any) -> dict[str, Any]:
 def _scalar_operand(value: Any, like: Any, name: str) -> Any:
     """A Python number as a 0-d numpy array of `like`'s dtype (as torch wraps scalars)."""
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.ndarray)):
-        dtype = getattr(like, "dtype", np.float32)
+        try:  # numpy's, pyopencl's or a torch tensor's dtype (as its numpy view has it)
+            dtype = dtype_of(like, name) if like is not None and \
+                not isinstance(like, numbers.Real) else np.dtype(np.float32)
+        except TypeError:
+            dtype = np.dtype(np.float32)  # `like` is refused with its own message later
         return np.asarray(value, dtype=dtype)
     return value
 

@@ -31,6 +31,7 @@ from pyopencl.compyte.array import c_contiguous_strides
 
 from ..runtime.device import Device
 from ..runtime.errors import allocation_failure, device_memory_errors, sizes_text
+from ..runtime.interop import host_operand, is_torch_tensor
 from ..blas import clblast
 from ..runtime import transfer
 from ..runtime.memory import empty
@@ -244,8 +245,10 @@ class Plan:
         dev = self.device
         if out is None:
             return empty(dev, self.batch_shape, self.work), None
-        kind, what = (np.ndarray, "a numpy array for numpy") if host else \
-            (cla.Array, "a pyopencl Array for device")
+        kind, what = (np.ndarray, "a numpy array (or a CPU torch tensor) for host") if host \
+            else (cla.Array, "a pyopencl Array for device")
+        if host and is_torch_tensor(out):  # written through its numpy view (the same memory)
+            out = host_operand(out, "out")
         if not isinstance(out, kind):
             raise TypeError(f"out must be {what} operands, got {type(out).__name__}")
         if out.shape != self.output_shape or out.dtype != self.dtype:
@@ -349,7 +352,7 @@ class Plan:
                 if host:
                     if fill.size:
                         final.get(ary=fill)
-                    return fill
+                    return out if fill is not out else fill  # the caller's tensor itself
                 _copy_into(dev, final, fill)
                 return fill
             if out is not None:  # the kernels wrote into the caller's array itself

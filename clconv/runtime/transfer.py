@@ -27,6 +27,7 @@ __all__ = [
     "check_fits",
     "deliver",
     "device_dtype",
+    "dtype_of",
     "element_offset",
     "empty",
     "gather",
@@ -44,7 +45,9 @@ def is_device_array(x: object) -> bool:
     return isinstance(x, cla.Array)
 
 
-def _dtype_of(x: object, name: str) -> np.dtype:
+def dtype_of(x: object, name: str) -> np.dtype:
+    """The dtype of an operand (numpy, pyopencl, a torch tensor's numpy view); TypeError naming
+    `name` for anything else."""
     x = host_operand(x, name)  # torch tensors as numpy views; lists and scalars refused
     if isinstance(x, cla.Array):
         return np.dtype(x.dtype)
@@ -70,7 +73,7 @@ def result_dtype(dev: Device, **operands: Any) -> np.dtype:
     for name, x in operands.items():
         if isinstance(x, cla.Array):
             _check_context(x, dev, name)
-    dtypes = {name: _dtype_of(x, name) for name, x in operands.items()
+    dtypes = {name: dtype_of(x, name) for name, x in operands.items()
               if x is not None or name != "bias"}
     for name, dt in dtypes.items():
         if dt not in _FLOATS:
