@@ -24,7 +24,9 @@ __kernel void group_norm(__global const REAL* restrict x, const long x_offset,
     const idx_t i = n * groups + c / (channels / groups);
     const ACC mean = (ACC)stats[i];
     const ACC var = (ACC)stats[groups_total + i];
-    const ACC rstd = (ACC)1 / sqrt((var > (ACC)0 ? var : (ACC)0) + (ACC)eps);
+    // A rounding-negative variance is 0; a NaN one (an inf in the group: inf - inf) stays NaN, so
+    // that the whole group is NaN as in torch (var > 0 ? var : 0 made it 0 and the outputs +-inf).
+    const ACC rstd = (ACC)1 / sqrt((var < (ACC)0 ? (ACC)0 : var) + (ACC)eps);
     const ACC a = has_weight ? rstd * (ACC)weight[w_offset + c] : rstd;
     const ACC b = (has_bias ? (ACC)bias[b_offset + c] : (ACC)0) - a * mean;
     const idx_t at = nc * inner + s;

@@ -47,6 +47,21 @@ def test_matches_oracle_and_torch(dev, rng, shape, groups, affine):
     assert_close(got, t, np.float32, reduction=reduction, magnitude=8)
 
 
+def test_nan_and_inf_make_their_group_nan_as_torch(dev):
+    """An inf in a group makes its variance NaN (inf - inf): the whole group is NaN in torch, and
+    here (a clamp of the variance at 0 once made it 0 and the outputs +-inf); a NaN likewise;
+    the other groups are untouched."""
+    torch = pytest.importorskip("torch")
+    x = np.arange(16, dtype=np.float32).reshape(2, 4, 2)
+    x[0, 1, 0] = np.inf
+    x[1, 3, 1] = np.nan
+    got = clconv.group_norm(x, 2)
+    want = torch.nn.functional.group_norm(torch.from_numpy(x), 2).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[0, :2]).all() and np.isnan(got[1, 2:]).all()
+    np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-4, atol=1e-4)
+
+
 def test_activation_device_operands_float64(dev, rng):
     x = random_array(rng, (2, 6, 4, 5))
     w, b = random_array(rng, (6,)), random_array(rng, (6,))
