@@ -101,6 +101,11 @@ def test_device_operands_float64_and_plans(dev, rng):
     ((2, 3, 5), (1, 1), {"mode": "reflect", "value": 1.0}, ValueError, "value"),
     ((2, 3, 5, 6), (1, 1), {"mode": "reflect"}, ValueError, "last 1, 2 or 3"),
     ((2, 3, 5), (-4, -2), {}, ValueError, "negative"),
+    ((2, 3, 5), (-6, 2), {}, ValueError, "crops more than"),  # torch crops first
+    ((2, 3, 5), (2, -6), {}, ValueError, "crops more than"),
+    ((2, 3, 5), (0, -5), {"mode": "reflect"}, ValueError, "empty"),
+    ((2, 3, 5), (-2, -3), {"mode": "replicate"}, ValueError, "empty"),
+    ((2, 3, 5), (-5, 0), {}, None, None),  # constant padding may leave a dim empty
     ((0, 3, 5), (1, 1), {"mode": "reflect"}, None, None),  # an empty batch is fine
     ((2, 0, 5), (1, 1), {"mode": "replicate"}, ValueError, "non-empty"),
 ], ids=lambda v: str(v))

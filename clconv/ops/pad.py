@@ -71,6 +71,12 @@ def _validate(shape: tuple[int, ...], pad: tuple[int, ...], mode: str,
             raise ValueError(f"pad: padding ({lo}, {hi}) leaves dim {d} of size {shape[d]} with "
                              f"a negative size")
         left = shape[d] - max(-lo, 0) - max(-hi, 0)  # what cropping leaves
+        if mode == "constant" and left < 0:  # torch crops first (narrow) and refuses this
+            raise ValueError(f"pad: padding ({lo}, {hi}) crops more than the size {shape[d]} of "
+                             f"dim {d}")
+        if mode in ("reflect", "replicate") and out[d] < 1:
+            raise ValueError(f"pad: {mode} padding ({lo}, {hi}) leaves dim {d} (size {shape[d]}) "
+                             f"empty (torch: the input is too small)")
         if mode == "circular" and max(lo, hi) > left:
             raise ValueError(f"pad: circular padding ({lo}, {hi}) of dim {d} (size {shape[d]}) "
                              f"wraps around more than once")
