@@ -285,6 +285,16 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 // relu6(v) without fmin/fmax: NaN stays NaN. Scalar or vector: on vectors ?: selects per lane.
 #define ACT_CLIP(v, lo, hi) ((v) < (lo) ? (lo) : ((v) > (hi) ? (hi) : (v)))
 
+// tanh, exactly +-1 from the first float whose correctly rounded tanh is (|v| >= 9.0108404, where
+// torch's is): PoCL's float tanh stops one ulp short of 1 there, which made gelu's tanh form
+// -3e-8 * v instead of -0 for large negative v, and -inf instead of NaN at -inf. NaN stays NaN.
+// Its double tanh reaches 1 as torch's does.
+#ifdef USE_FP64
+#define SAT_TANH(T, v) tanh(v)
+#else
+#define SAT_TANH(T, v) (fabs(v) >= (T)0x1.2058cep+3f ? copysign((T)1, (v)) : tanh(v))
+#endif
+
 // ACT_APPLY(T, v): the activation of v as an expression of type T, a scalar or a vector type (the
 // vector stores of gemm_packed.cl and conv_grouped.cl apply it to whole vectors: the builtins exp,
 // erf, tanh, expm1 are overloaded for vectors and ?: selects lane by lane, so relu stays one select).
@@ -300,12 +310,13 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #elif ACT == ACT_GELU
 #define ACT_APPLY(T, v) ((T)0.5 * (v) * ((T)1 + erf((v) * (T)0.70710678118654752440)))
 #elif ACT == ACT_GELU_TANH
-#define ACT_APPLY(T, v) \
-    ((T)0.5 * (v) * ((T)1 + tanh((T)0.79788456080286535588 * ((v) + (T)0.044715 * (v) * (v) * (v)))))
+#define ACT_APPLY(T, v)                                                                       \
+    ((T)0.5 * (v) *                                                                           \
+     ((T)1 + SAT_TANH(T, (T)0.79788456080286535588 * ((v) + (T)0.044715 * (v) * (v) * (v)))))
 #elif ACT == ACT_SIGMOID
 #define ACT_APPLY(T, v) ((T)1 / ((T)1 + exp(-(v))))
 #elif ACT == ACT_TANH
-#define ACT_APPLY(T, v) tanh(v)
+#define ACT_APPLY(T, v) SAT_TANH(T, v)
 #elif ACT == ACT_HARDSWISH
 #define ACT_APPLY(T, v) ((v) * ACT_CLIP((v) + (T)3, (T)0, (T)6) / (T)6)
 #elif ACT == ACT_HARDSIGMOID

@@ -40,14 +40,15 @@ inline ACC activate_grad(ACC x, ACC g) {
     return g * (cdf + x * pdf);
 #elif ACT == ACT_GELU_TANH
     const ACC beta = (ACC)0.79788456080286535588, kappa = (ACC)0.044715;
-    const ACC t = tanh(beta * (x + kappa * x * x * x));
+    const ACC u = beta * (x + kappa * x * x * x);
+    const ACC t = SAT_TANH(ACC, u);
     const ACC right = (ACC)0.5 * x * ((ACC)1 - t * t) * beta * ((ACC)1 + (ACC)3 * kappa * x * x);
     return g * ((ACC)0.5 * ((ACC)1 + t) + right);
 #elif ACT == ACT_SIGMOID
     const ACC y = (ACC)1 / ((ACC)1 + exp(-x));
     return g * ((ACC)1 - y) * y;
 #elif ACT == ACT_TANH
-    const ACC y = tanh(x);
+    const ACC y = SAT_TANH(ACC, x);
     return g * ((ACC)1 - y * y);
 #elif ACT == ACT_HARDSWISH
     return (x < (ACC)-3) ? (ACC)0 : ((x <= (ACC)3) ? g * (x / (ACC)3 + (ACC)0.5) : g);

@@ -198,6 +198,29 @@ def test_torch_tensors_with_numbers_in_place_and_as_out(clconv):
         clconv.add(t, t, out=torch.empty(4))
 
 
+def test_tanh_saturates_as_torch(clconv, dev):
+    """tanh is exactly +-1 from |x| = 9.0108404 on, where torch's is (PoCL's float tanh stopped
+    one ulp short), so that gelu's tanh form is -0 for large negative x and NaN at -inf, as
+    torch's; through the fused epilogue of a convolution too. Below that, within an ulp."""
+    torch = import_torch()
+    far = np.array([-20, -1e4, -1e30, -np.inf, 20, np.inf, np.nan, 0.0], np.float32)
+    t = torch.from_numpy(far)
+    np.testing.assert_array_equal(clconv.tanh(far), torch.tanh(t).numpy())
+    got, want = clconv.gelu(far, approximate="tanh"), torch.nn.functional.gelu(t, approximate="tanh")
+    np.testing.assert_array_equal(got, want.numpy())
+    assert (got[:3] == 0).all() and np.signbit(got[:3]).all() and np.isnan(got[3])  # -0 .., NaN
+    w = np.ones((1, 1, 1, 1), np.float32)
+    y = clconv.conv2d(far.reshape(1, 1, 2, 4), w, activation=("gelu", "tanh"))
+    np.testing.assert_array_equal(y.reshape(-1), want.numpy())
+    sweep = np.arange(8.99, 9.03, 2e-6, dtype=np.float32)
+    sweep = np.concatenate([sweep, -sweep])
+    got = clconv.tanh(sweep)
+    np.testing.assert_allclose(got, torch.tanh(torch.from_numpy(sweep)).numpy(), rtol=1.2e-7,
+                               atol=0)
+    saturated = np.abs(sweep) >= np.float32(9.0108404)
+    np.testing.assert_array_equal(got[saturated], np.sign(sweep[saturated]))
+
+
 def test_binary_bad_arguments(clconv, rng):
     a = random_array(rng, (2, 3, 4))
     with pytest.raises(ValueError, match="broadcast"):
