@@ -94,3 +94,20 @@ def test_errors_as_torch(dev, rng, args, error, words):
     targs = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args]
     with pytest.raises((RuntimeError, ValueError, TypeError, ZeroDivisionError)):
         torch.nn.functional.group_norm(torch.from_numpy(x), *targs)
+
+
+@pytest.mark.parametrize("shape, groups, refused", [
+    ((1, 3), 3, True), ((1, 3, 1), 3, True), ((2, 3), 3, False), ((1, 6), 3, False),
+], ids=str)
+def test_one_value_per_channel_as_torch(dev, shape, groups, refused):
+    """torch refuses an input whose (N * C / G) * spatial is 1 (its batch-size check)."""
+    torch = pytest.importorskip("torch")
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    if refused:
+        with pytest.raises(ValueError, match="more than 1 value"):
+            clconv.group_norm(x, groups)
+        with pytest.raises(ValueError):
+            torch.nn.functional.group_norm(torch.from_numpy(x), groups)
+    else:
+        want = torch.nn.functional.group_norm(torch.from_numpy(x), groups).numpy()
+        np.testing.assert_allclose(clconv.group_norm(x, groups), want, atol=1e-5)

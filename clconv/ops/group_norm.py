@@ -40,6 +40,10 @@ class GroupNormPlan(Plan):
                              f"divisible by num_groups={num_groups} (>= 1)")
         if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
             raise TypeError(f"group_norm: eps must be a real number, got {eps!r}")
+        if shape[0] * (shape[1] // num_groups) * math.prod(shape[2:]) == 1:
+            # torch's _verify_batch_size over (N * C / G, G, *spatial): one value per group
+            raise ValueError(f"group_norm: expected more than 1 value per channel, got input size "
+                             f"{list(shape)} with num_groups={num_groups}")
         c = shape[1]
         self.groups, self.channels, self.inner = int(num_groups), c, math.prod(shape[2:])
         self.eps = float(eps)
