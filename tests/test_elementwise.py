@@ -336,3 +336,14 @@ def test_prelu_matches_torch(clconv, dev, rng, shape, slopes):
         assert_close(got, want, np.float32, magnitude=16)
     with pytest.raises(ValueError, match="prelu"):
         clconv.prelu(x, random_array(rng, (shape[1] + 1,)))
+
+
+def test_prelu_0d_as_torch(clconv):
+    """A 0-d slope is one slope; a 0-d input stays 0-d."""
+    torch = import_torch()
+    x = np.array([[-2.0, 3.0], [-1.0, 0.5]], np.float32)
+    slope = np.array(0.25, np.float32)
+    want = torch.nn.functional.prelu(torch.from_numpy(x), torch.from_numpy(slope)).numpy()
+    np.testing.assert_array_equal(clconv.prelu(x, slope), want)
+    got = clconv.prelu(np.array(-2.0, np.float32), np.array([0.25], np.float32))
+    assert got.shape == () and float(got) == -0.5

@@ -352,9 +352,13 @@ def prelu(input: ArrayLike, weight: ArrayLike, *, out: ArrayLike | None = None) 
     """torch.nn.functional.prelu: input where > 0, else weight * input, with weight (1,) or (C,)
     (one slope per channel: dim 1 of an (N, C, *) input)."""
     w_shape, x_shape = shape_of(weight), shape_of(input)
+    if len(w_shape) == 0:  # torch takes a 0-d slope as one for all channels
+        weight, w_shape = weight.reshape((1,)), (1,)
     if len(w_shape) != 1:
-        raise ValueError(f"prelu: weight must be 1-d, (1,) or (C,), got shape {w_shape}")
-    if w_shape[0] != 1:
+        raise ValueError(f"prelu: weight must be 0-d, (1,) or (C,), got shape {w_shape}")
+    if w_shape[0] == 1 and len(x_shape) == 0:  # a 0-d input stays 0-d (not broadcast to (1,))
+        weight = weight.reshape(())
+    elif w_shape[0] != 1:
         if len(x_shape) < 2 or x_shape[1] != w_shape[0]:
             raise ValueError(f"prelu: weight {w_shape} must have 1 or C entries, C = dim 1 of "
                              f"input {x_shape}")
