@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .runtime.device import Device, current_device
 from .torch_fold import chains_in_sequentials, chains_traced, fold_chains, folded_types
@@ -257,6 +258,41 @@ SWAPS: dict[type, type] = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv
                            nn.ConvTranspose2d: ConvTranspose2d,
                            nn.ConvTranspose3d: ConvTranspose3d}
 
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy(model), also for a model with torch.nn.utils.weight_norm (the old one), whose
+    computed `weight` is a non-leaf tensor that deepcopy refuses (torch's PR 103001): such tensors
+    are copied detached (the weight-norm hook computes them again at each forward anyway)."""
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+_PARAMETRIZED_SWAPS: dict[tuple[type, type], type] = {}
+
+
+def _swap_for(module: nn.Module) -> type | None:
+    """The class convert() gives `module`: its SWAPS entry; for a parametrized convolution
+    (torch.nn.utils.parametrize: weight_norm, spectral_norm) a class over both its parametrized
+    class (whose `weight` computes the parametrized value, gradients reaching the originals) and
+    the clconv.torch convolution (whose forward runs it); None: left as it is."""
+    kind = type(module)
+    swap = SWAPS.get(kind)
+    if swap is not None or not parametrize.is_parametrized(module):
+        return swap
+    base = next((b for b in kind.__mro__ if not b.__name__.startswith("Parametrized")), kind)
+    swap = SWAPS.get(base)
+    if swap is None:
+        return None
+    combined = _PARAMETRIZED_SWAPS.get((kind, swap))
+    if combined is None:
+        combined = _PARAMETRIZED_SWAPS[(kind, swap)] = type(
+            f"Parametrized{swap.__name__}", (kind, swap), {"__module__": __name__})
+    return combined
+
+
 #: convert()'s folded types (clconv.torch_fold): clconv.torch conv type -> its folded type, torch
 #: BatchNorm / activation type -> its pass-through type. Named as this module's classes and kept in
 #: its namespace: compile() traces clconv.torch's modules as leaves, and pickle finds them here.
@@ -287,11 +323,11 @@ def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn
     shared is left out of the chain, its BatchNorm still folds). Calling a folded conv on its own
     (`seq[0](x)`) in eval mode under no_grad gives the whole chain's result.
     """
-    model = model if inplace else copy.deepcopy(model)
+    model = model if inplace else _deepcopy(model)
     # Traced before the swap: torch.fx treats torch.nn's own modules as leaves.
     chains = chains_traced(model) if fold else None
     for module in model.modules():
-        swap = SWAPS.get(type(module))
+        swap = _swap_for(module)
         if swap is not None:
             module.__class__ = swap
     if fold:

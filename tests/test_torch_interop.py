@@ -5,6 +5,8 @@ weights; and the functional API's handling of torch tensors and Python lists."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -139,6 +141,49 @@ def test_convert_swaps_convolutions_and_keeps_weights(ct, dev):
                                atol=1e-5 * 12)
     same = ct.convert(model, inplace=True)
     assert same is model and type(model[0]) is ct.Conv2d
+
+
+def _weight_normed_model(kind):
+    from torch.nn.utils import parametrizations, weight_norm
+
+    wrap = {"weight_norm": weight_norm, "parametrized weight_norm": parametrizations.weight_norm,
+            "spectral_norm": parametrizations.spectral_norm}[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old weight_norm is deprecated
+        return torch.nn.Sequential(wrap(torch.nn.Conv1d(3, 6, 3, padding=2, dilation=2)),
+                                   torch.nn.ReLU(),
+                                   wrap(torch.nn.ConvTranspose1d(6, 4, 2, stride=2)))
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "parametrized weight_norm", "spectral_norm"])
+def test_weight_normed_convolutions_run_on_the_device(ct, dev, kind):
+    """torch.nn.utils.weight_norm (whose computed weight deepcopy refuses before a no-grad
+    forward) and the parametrizations (weight_norm, spectral_norm: a class of their own):
+    convert runs them through clconv with gradients reaching the parametrization's tensors,
+    compile lowers them."""
+    torch.manual_seed(0)
+    model = _weight_normed_model(kind)
+    x = torch.randn(2, 3, 9)
+    converted = ct.convert(model)
+    assert all(type(m).__module__ == "clconv.torch" for m in (converted[0], converted[2]))
+    if kind == "spectral_norm":  # its power iteration updates state in train mode
+        model.eval(), converted.eval()
+    with dev:
+        got = converted(x)
+        got.square().sum().backward()
+    want = model(x)
+    want.square().sum().backward()
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-4,
+                               atol=1e-4)
+    grads = [(n, p.grad) for n, p in model.named_parameters()]
+    for (name, g), (name2, p) in zip(grads, converted.named_parameters()):
+        assert name == name2
+        np.testing.assert_allclose(p.grad.numpy(), g.numpy(), rtol=1e-3, atol=1e-3)
+    model.eval()
+    with dev, torch.no_grad():
+        cm = ct.compile(model, x)
+        assert cm.fallbacks == []
+        np.testing.assert_allclose(cm(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_torch_tensors_in_the_functional_api(clconv_mod, dev):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 import clconv
 
@@ -35,8 +36,13 @@ class Unlowerable(Exception):
 
 def torch_type(m: nn.Module) -> type:
     """The class the lowering matches: a module of clconv.torch.convert's folded chains is matched
-    as the class it had before folding (its weights and arguments are that class's)."""
-    return getattr(type(m), "_clconv_base", type(m))
+    as the class it had before folding (its weights and arguments are that class's), and a
+    parametrized module (torch.nn.utils.parametrize: weight_norm, spectral_norm, ...) as the class
+    it was before (its `weight` computes the parametrized value)."""
+    t = getattr(type(m), "_clconv_base", type(m))
+    if parametrize.is_parametrized(m):
+        return next((b for b in t.__mro__ if not b.__name__.startswith("Parametrized")), t)
+    return t
 
 
 def clconv_op(name: str) -> Callable[..., Any]:
