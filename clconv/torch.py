@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from .runtime.device import Device, current_device
@@ -106,6 +107,7 @@ class ConvFunction(torch.autograd.Function):
             algorithm=algorithm))
 
     @staticmethod
+    @once_differentiable  # a double backward raises (its gradients are not differentiable)
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         nd, stride, padding, dilation, groups, padding_mode = ctx.conf
         return _gradients(
@@ -132,14 +134,33 @@ class ConvTransposeFunction(torch.autograd.Function):
             x_, w, b, stride, padding, output_padding, groups, dilation))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         nd, stride, padding, groups, dilation, algorithm = ctx.conf
-        return _gradients(
-            ctx, g,
-            lambda x, w, gh: OPS[nd][0](gh, host(w), None, stride, padding, dilation, groups,
-                                        algorithm=algorithm),
-            lambda x, w, gh: OPS[nd][2](gh, tuple(w.shape), host(x), stride, padding, dilation,
-                                        groups))
+        x_size = tuple(ctx.saved_tensors[0].shape[2:])
+        # The convolution of grad_y has floor(output_padding / stride) more positions than x
+        # along a dim where output_padding >= stride (legal while < dilation): no input reached
+        # them, so the input gradient drops them and x, as the weight gradient's grad_output,
+        # gets zeros there.
+        size = tuple((gs + 2 * p - d * (k - 1) - 1) // s + 1 for gs, p, d, k, s in zip(
+            g.shape[2:], _nd_tuple(padding, nd), _nd_tuple(dilation, nd),
+            ctx.saved_tensors[1].shape[2:], _nd_tuple(stride, nd)))
+        extra = [n - m for n, m in zip(size, x_size)]
+
+        def input_grad(x: torch.Tensor, w: torch.Tensor, gh: Any) -> Any:
+            gx = OPS[nd][0](gh, host(w), None, stride, padding, dilation, groups,
+                            algorithm=algorithm)
+            return gx[(..., *(slice(0, m) for m in x_size))] if any(extra) else gx
+
+        def weight_grad(x: torch.Tensor, w: torch.Tensor, gh: Any) -> Any:
+            if any(extra):
+                x = torch.nn.functional.pad(x, [v for e in reversed(extra) for v in (0, e)])
+            return OPS[nd][2](gh, tuple(w.shape), host(x), stride, padding, dilation, groups)
+        return _gradients(ctx, g, input_grad, weight_grad)
+
+
+def _nd_tuple(v: Any, nd: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * nd
 
 
 def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -31,6 +31,14 @@ CASES = [  # (name, nd, constructor kwargs, input shape)
                                 padding=(1, 0), dilation=(1, 2)), (2, 4, 5, 6)),
     ("ConvTranspose3d", 3, dict(in_channels=2, out_channels=4, kernel_size=2, stride=2),
      (1, 2, 3, 4, 3)),
+    # output_padding >= stride (legal below the dilation): the gradients' convolution of grad_y
+    # has more positions than x
+    ("ConvTranspose1d", 1, dict(in_channels=2, out_channels=3, kernel_size=2, stride=1,
+                                dilation=3, output_padding=2), (2, 2, 6)),
+    ("ConvTranspose2d", 2, dict(in_channels=4, out_channels=2, kernel_size=3, stride=(2, 1),
+                                dilation=(3, 2), output_padding=(2, 1), groups=2), (1, 4, 4, 5)),
+    ("ConvTranspose3d", 3, dict(in_channels=2, out_channels=2, kernel_size=2, stride=1,
+                                dilation=2, output_padding=(1, 0, 1)), (1, 2, 3, 2, 3)),
 ]
 IDS = [f"{name}-{i}" for i, (name, *_) in enumerate(CASES)]
 
@@ -141,6 +149,18 @@ def test_convert_swaps_convolutions_and_keeps_weights(ct, dev):
                                atol=1e-5 * 12)
     same = ct.convert(model, inplace=True)
     assert same is model and type(model[0]) is ct.Conv2d
+
+
+def test_double_backward_raises_instead_of_dropping_terms(ct, dev):
+    """clconv's gradients are not themselves differentiable: create_graph=True through a
+    clconv.torch module raises (a gradient penalty would otherwise silently lose its term)."""
+    conv = ct.Conv2d(2, 3, 3)
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    with dev:
+        y = conv(x)
+        gx, = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            gx.square().sum().backward()
 
 
 def _weight_normed_model(kind):
