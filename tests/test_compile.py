@@ -377,6 +377,115 @@ def test_divisions_on_the_device_as_torchs(dev, ct):
     np.testing.assert_allclose(got, want, rtol=RTOL)
 
 
+class ChannelsFirstLayerNorm(nn.Module):
+    """The official ConvNeXt repository's LayerNorm(data_format="channels_first") (its stem and
+    downsampling layers), written with elementwise ops and channel means."""
+
+    def __init__(self, c, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c) + 0.1 * torch.randn(c))
+        self.bias = nn.Parameter(0.1 * torch.randn(c))
+        self.eps = eps
+
+    def forward(self, x):
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class ReductionsAndCBAM(nn.Module):
+    """Channel reductions as CBAM's spatial attention takes them (mean and max over C, cat, a 7x7
+    conv, sigmoid), the channels-first LayerNorm, sums, amax, square, division by tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = ChannelsFirstLayerNorm(8)
+        self.att = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x):
+        y = self.norm(self.c(x))
+        pooled = torch.cat([torch.mean(y, dim=1, keepdim=True),
+                            torch.max(y, dim=1, keepdim=True)[0]], dim=1)
+        y = y * torch.sigmoid(self.att(pooled))
+        z = y.sum(1) + y.amax(1) - torch.square(y).mean(1) / 3.0
+        return torch.cat([y, (z / (y.max(1)[0] ** 2 + 1)).unsqueeze(1),
+                          y * y.amax((2, 3), keepdim=True)], 1)
+
+
+def test_channel_reductions_and_elementwise_math(dev, ct):
+    torch.manual_seed(0)
+    _check_lowered(ct, ReductionsAndCBAM().eval(), torch.randn(2, 3, 10, 10))
+
+
+class SelectiveKernel(nn.Module):
+    """SKNet's selective kernel unit: two branches stacked (torch.stack), summed over the branch
+    dim, a channel attention (softmax over the branches) weighting them."""
+
+    def __init__(self, c=8, r=2):
+        super().__init__()
+        self.b3 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.b5 = nn.Sequential(nn.Conv2d(c, c, 3, padding=2, dilation=2), nn.BatchNorm2d(c),
+                                nn.ReLU())
+        self.fc = nn.Linear(c, c // r)
+        self.fcs = nn.ModuleList([nn.Linear(c // r, c) for _ in range(2)])
+
+    def forward(self, x):
+        feats = torch.stack([self.b3(x), self.b5(x)], dim=1)  # (N, 2, C, H, W)
+        z = F.relu(self.fc(feats.sum(dim=1).mean((2, 3))))
+        att = F.softmax(torch.stack([fc(z) for fc in self.fcs], dim=1), dim=1)
+        return (feats * att[..., None, None]).sum(dim=1)
+
+
+def test_stacked_branches(dev, ct):
+    torch.manual_seed(0)
+    _check_lowered(ct, models.randomize(SelectiveKernel()).eval(), torch.randn(2, 8, 6, 6))
+
+
+class DataDependent(nn.Module):
+    """A block whose forward branches on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        return F.relu(y) if y.mean() > 0 else y * 0.5
+
+
+class WithDataDependentBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.blocks = nn.Sequential(DataDependent(), nn.Conv2d(4, 4, 1), DataDependent())
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_a_block_fx_cannot_trace_runs_in_torch_and_the_rest_on_the_device(dev, ct):
+    torch.manual_seed(0)
+    model = models.randomize(WithDataDependentBlocks()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(ct.FallbackWarning, match="blocks_0"):
+        cm = ct.compile(model, x)
+    assert [(f.node, f.op) for f in cm.fallbacks] == [("blocks_0", "DataDependent"),
+                                                     ("blocks_2", "DataDependent")]
+    assert all("torch.fx cannot trace its forward" in f.why and "control flow" in f.why
+               for f in cm.fallbacks)
+    assert sum(not s.host for s in cm.steps) >= 3  # stem, the 1x1 conv, mean and head lowered
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
+def test_a_forward_fx_cannot_trace_at_all_says_what_to_do(dev, ct):
+    with pytest.raises(TypeError, match=r"cannot trace DataDependent's forward.*convert"):
+        ct.compile(DataDependent().eval(), torch.randn(1, 4, 5, 5))
+
+
 def test_float64_model(dev, ct):
     if not dev.fp64:
         pytest.skip("the device has no float64")

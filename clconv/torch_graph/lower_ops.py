@@ -88,6 +88,20 @@ class OpRules(LoweringBase):
         return self.value(node, lambda env: fn([env[n] for n in names], dim=d), "clconv.cat",
                           names)
 
+    def stack(self, node: fx.Node, tensors: Any, dim: int) -> Step:
+        """torch.stack: clconv.cat of the tensors each given a unit dim at `dim` (a reshape)."""
+        fn = clconv_op("cat")
+        if not isinstance(tensors, (list, tuple)) or not tensors or \
+                not all(is_tensor(t) for t in tensors) or type(dim) is not int:
+            raise Unlowerable("stack of non-tensors or along a computed dim")
+        d = dim % (len(shape(tensors[0])) + 1)
+        names = tuple(t.name for t in tensors)
+
+        def run(env: dict[str, Any]) -> Any:
+            parts = [env[n] for n in names]
+            return fn([reshape_view(a, (*a.shape[:d], 1, *a.shape[d:])) for a in parts], dim=d)
+        return self.value(node, run, "clconv.cat (stack)", names)
+
     def mirrored(self, node: fx.Node, name: str) -> Step:
         """A torch.nn.functional pooling function run by clconv's of the same name."""
         fn = clconv_op(name)

@@ -231,6 +231,8 @@ class Lowering(LayerRules, OpRules):
         if t in (torch.cat, torch.concat):
             a = bind(node, lambda tensors, dim=0: (tensors, dim))
             return self.cat(node, *a)
+        if t is torch.stack:
+            return self.stack(node, *bind(node, lambda tensors, dim=0: (tensors, dim)))
         if t in MIRRORED:
             return self.mirrored(node, MIRRORED[t])
         if t in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout):
