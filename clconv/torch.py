@@ -52,6 +52,7 @@ from torch.nn.utils import parametrize
 from .runtime.device import Device, current_device
 from .torch_fold import chains_in_sequentials, chains_traced, fold_chains, folded_types
 from .torch_graph import CompiledModel, Fallback, FallbackWarning, backend, compile, warmup
+from .torch_graph.base import unparametrized_type
 from .torch_ops import (
     OPS,
     NotScriptable,
@@ -303,8 +304,7 @@ def _swap_for(module: nn.Module) -> type | None:
     swap = SWAPS.get(kind)
     if swap is not None or not parametrize.is_parametrized(module):
         return swap
-    base = next((b for b in kind.__mro__ if not b.__name__.startswith("Parametrized")), kind)
-    swap = SWAPS.get(base)
+    swap = SWAPS.get(unparametrized_type(kind))
     if swap is None:
         return None
     combined = _PARAMETRIZED_SWAPS.get((kind, swap))

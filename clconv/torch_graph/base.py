@@ -40,9 +40,13 @@ def torch_type(m: nn.Module) -> type:
     parametrized module (torch.nn.utils.parametrize: weight_norm, spectral_norm, ...) as the class
     it was before (its `weight` computes the parametrized value)."""
     t = getattr(type(m), "_clconv_base", type(m))
-    if parametrize.is_parametrized(m):
-        return next((b for b in t.__mro__ if not b.__name__.startswith("Parametrized")), t)
-    return t
+    return unparametrized_type(t) if parametrize.is_parametrized(m) else t
+
+
+def unparametrized_type(kind: type) -> type:
+    """The class a parametrized module's class (torch.nn.utils.parametrize makes a subclass named
+    Parametrized<Class> of it) was made from: the first in its MRO not so named."""
+    return next((b for b in kind.__mro__ if not b.__name__.startswith("Parametrized")), kind)
 
 
 def clconv_op(name: str) -> Callable[..., Any]:
