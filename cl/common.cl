@@ -252,7 +252,8 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 // for silu (so silu(-inf) is NaN as torch's), expm1 for elu.
 //   1 relu  2 relu6  3 silu  4 gelu (erf)  5 gelu (tanh)  6 sigmoid  7 tanh  8 hardswish  9 hardsigmoid
 //   10 leaky_relu(ACT_A)  11 elu(ACT_A)  12 clamp(ACT_A, ACT_B)  13 sqrt (clconv.sqrt: a math
-//   function, not offered as an activation=)
+//   function, not offered as an activation=)  14 softplus(beta ACT_A, threshold ACT_B)  15 mish
+//   16 selu (alpha ACT_A, scale ACT_B)  17 celu (alpha ACT_A, 1 / alpha ACT_B)
 #ifndef ACT
 #define ACT 0
 #endif
@@ -276,6 +277,10 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #define ACT_ELU 11
 #define ACT_CLAMP 12
 #define ACT_SQRT 13
+#define ACT_SOFTPLUS 14
+#define ACT_MISH 15
+#define ACT_SELU 16
+#define ACT_CELU 17
 // Legacy switch: -D RELU is ACT=1.
 #if defined(RELU) && ACT == 0
 #undef ACT
@@ -329,6 +334,20 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #define ACT_APPLY(T, v) ACT_CLIP(v, (T)(ACT_A), (T)(ACT_B))
 #elif ACT == ACT_SQRT
 #define ACT_APPLY(T, v) sqrt(v)
+#elif ACT == ACT_SOFTPLUS
+// torch: x * beta > threshold ? x : log1p(exp(x * beta)) / beta
+#define ACT_APPLY(T, v) \
+    (((v) * (T)(ACT_A) > (T)(ACT_B)) ? (v) : log1p(exp((v) * (T)(ACT_A))) / (T)(ACT_A))
+#elif ACT == ACT_MISH
+// torch: x * tanh(log1p(exp(x))); mish(+inf) = +inf needs tanh(inf) exactly 1 (SAT_TANH)
+#define ACT_APPLY(T, v) ((v) * SAT_TANH(T, log1p(exp(v))))
+#elif ACT == ACT_SELU
+// torch's elu kernel with negcoef = alpha * scale (rounded to T each, as torch's opmath), poscoef = scale
+#define ACT_APPLY(T, v) \
+    (((v) <= (T)0) ? expm1(v) * ((T)(ACT_A) * (T)(ACT_B)) : (v) * (T)(ACT_B))
+#elif ACT == ACT_CELU
+// torch: elu with negcoef = alpha, input scale = 1 / alpha (computed in double, rounded to T)
+#define ACT_APPLY(T, v) (((v) <= (T)0) ? expm1((v) * (T)(ACT_B)) * (T)(ACT_A) : (v))
 #else
 #error "unknown ACT"
 #endif

@@ -67,6 +67,17 @@ inline ACC activate_grad(ACC x, ACC g) {
 #endif
 #elif ACT == ACT_SQRT
     return g / ((ACC)2 * sqrt(x));  // torch's sqrt backward: grad / (2 * result)
+#elif ACT == ACT_SOFTPLUS
+    const ACC z = exp(x * (ACC)(ACT_A));
+    return (x * (ACC)(ACT_A) > (ACC)(ACT_B)) ? g : g * z / (z + (ACC)1);
+#elif ACT == ACT_MISH
+    const ACC s = (ACC)1 / ((ACC)1 + exp(-x));
+    const ACC t = SAT_TANH(ACC, log1p(exp(x)));
+    return g * (t + x * s * ((ACC)1 - t * t));
+#elif ACT == ACT_SELU
+    return (x <= (ACC)0) ? g * ((ACC)(ACT_A) * (ACC)(ACT_B)) * exp(x) : g * (ACC)(ACT_B);
+#elif ACT == ACT_CELU
+    return (x <= (ACC)0) ? g * (ACC)(ACT_B) * (ACC)(ACT_A) * exp(x * (ACC)(ACT_B)) : g;
 #endif
 }
 

@@ -23,8 +23,9 @@ from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weigh
                        plan_conv3d_input, plan_conv3d_weight)
 from .ops.fold import fold_batchnorm
 from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add, batch_norm, cat,
-                              clamp, div, elu, flatten, gelu, hardsigmoid, hardswish, hardtanh,
-                              leaky_relu, mul, prelu, relu, relu6, sigmoid, silu, sqrt, sub, tanh)
+                              celu, clamp, div, elu, flatten, gelu, hardsigmoid, hardswish,
+                              hardtanh, leaky_relu, mish, mul, prelu, relu, relu6, selu, sigmoid,
+                              silu, softplus, sqrt, sub, tanh)
 from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm
 from .ops.interpolate import InterpolatePlan, interpolate
@@ -67,11 +68,11 @@ __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "Interpol
             "LinearPlan", "PadPlan", "PoolPlan", "SoftmaxPlan", "UnaryPlan",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
-            "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "clamp", "div", "elu",
+            "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "celu", "clamp", "div", "elu",
             "flatten", "gelu", "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate",
             "leaky_relu", "linear", "log_softmax",
-            "max_pool1d", "max_pool2d", "max_pool3d", "mul", "pad", "prelu", "relu", "relu6",
-            "sigmoid", "silu", "softmax", "sqrt", "sub", "tanh"]
+            "max_pool1d", "max_pool2d", "max_pool3d", "mish", "mul", "pad", "prelu", "relu", "relu6",
+            "selu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sub", "tanh"]
 
 # Fused epilogues: BatchNorm folded into the convolution before it.
 __all__ += ["fold_batchnorm"]

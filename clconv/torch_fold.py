@@ -157,7 +157,8 @@ class _PassThrough(NotScriptable):
 _BATCHNORM_ND = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
 #: The activation modules a chain may end with (their clconv activation fused into the conv).
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
-                nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU)
+                nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
+                nn.Softplus)
 
 
 def folded_types(convs: Iterable[type], module: str) -> tuple[dict[type, type], dict[type, type]]:

@@ -103,6 +103,10 @@ ACTIVATIONS = {
     "tanh": np.tanh,
     "hardswish": lambda v: v * np.clip(v + 3, 0, 6) / 6,
     "hardsigmoid": lambda v: np.clip(v + 3, 0, 6) / 6,
+    "mish": lambda v: v * np.tanh(np.log1p(np.exp(v))),
+    "softplus": lambda v: np.where(v > 20, v, np.log1p(np.exp(v))),
+    "selu": lambda v: 1.0507009873554804934193349852946 * np.where(
+        v > 0, v, 1.6732632423543772848170429916717 * np.expm1(v)),
 }
 
 

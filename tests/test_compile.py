@@ -735,6 +735,43 @@ def test_prelu_is_lowered(dev, ct):
     _lowered_with(ct, WithPReLU().eval(), torch.randn(2, 3, 7, 6), "clconv.prelu", 3)
 
 
+class SmoothActivations(nn.Module):
+    """Mish (YOLOv4's CSP blocks), SELU, CELU and Softplus: after a convolution (fused into its
+    store), after a BatchNorm (folded), and standalone after an add (an elementwise pass)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                               nn.Mish())
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 8, 1)
+        self.d = nn.Conv2d(8, 8, 3, padding=1)
+        self.soft = nn.Softplus(beta=2.0, threshold=1.5)
+        self.celu = nn.CELU(0.5)
+
+    def forward(self, x):
+        y = self.a(x)
+        z = F.selu(self.b(y))
+        w = self.celu(self.c(z)) + F.mish(y + z)
+        return self.soft(self.d(w)) + F.softplus(w) + torch.selu(w) + F.celu(w, 2.0)
+
+
+def test_smooth_activations_are_lowered(dev, ct):
+    """Each fused into the convolution before it or run as clconv's elementwise op."""
+    model = models.randomize(SmoothActivations()).eval()
+    x = torch.randn(2, 3, 9, 8) * 3
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    ops = [s.op for s in cm.steps]
+    for fused in ("mish", "selu", "celu", "softplus"):
+        assert any(op.startswith("clconv.conv2d") and fused in op for op in ops), (fused, ops)
+    assert "clconv.add + mish" in ops  # mish(y + z): the add's store
+    for alone in ("clconv.softplus", "clconv.selu", "clconv.celu"):
+        assert alone in ops, (alone, ops)
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
 class Heads(nn.Module):
     """Classifier heads that end in a softmax, in each spelling."""
 

@@ -30,7 +30,8 @@ def clconv():
 #: Every activation spec: the plain names and the parametrised tuples.
 ACTIVATIONS = [None, "relu", "relu6", "silu", "gelu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
                "leaky_relu", "elu", ("leaky_relu", 0.2), ("elu", 0.7), ("gelu", "tanh"),
-               ("gelu", "none"), ("clamp", -0.5, 0.8), ("clamp", None, 0.3), ("clamp", -0.2, None)]
+               ("gelu", "none"), ("clamp", -0.5, 0.8), ("clamp", None, 0.3), ("clamp", -0.2, None),
+               "mish", "selu", "softplus", ("softplus", 2.0, 1.0), "celu", ("celu", 0.5)]
 
 
 def act_id(act) -> str:
@@ -51,10 +52,15 @@ def torch_act(t, act):
         return F.leaky_relu(t, *params)
     if name == "elu":
         return F.elu(t, *params)
+    if name == "celu":
+        return F.celu(t, *params)
+    if name == "softplus":
+        return F.softplus(t, *params)
     if name == "clamp":
         return torch.clamp(t, *params)
     return {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "sigmoid": torch.sigmoid,
-            "tanh": torch.tanh, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid}[name](t)
+            "tanh": torch.tanh, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+            "mish": F.mish, "selu": F.selu}[name](t)
 
 
 def reference(x, w, b, r, act, transposed=False, **kw):
@@ -296,7 +302,8 @@ def test_nan_inf_propagate(clconv, dev, rng, algorithm):
     r[0, 1, 4, 9] = np.nan
     r[0, 2, 0, 11] = np.inf
     r[0, 3, 1, 13] = -np.inf
-    acts = ["relu", "silu", "gelu", "tanh", "sigmoid", ("clamp", -1, 1), "elu", "hardswish"]
+    acts = ["relu", "silu", "gelu", "tanh", "sigmoid", ("clamp", -1, 1), "elu", "hardswish",
+            "mish", "softplus", "selu"]
     if algorithm in PACKED:  # the packed store is shared: two each (vector and masked lanes)
         acts = acts[0:2] if algorithm == "implicit" else acts[4:6]
     for act in acts:
@@ -313,7 +320,9 @@ def test_nan_inf_propagate(clconv, dev, rng, algorithm):
     ("gelu_tanh", "activation"), ("swish", "activation"), (("leaky_relu",), "leaky_relu"),
     (("leaky_relu", "x"), "leaky_relu"), (("elu", float("nan")), "elu"),
     (("gelu", "fast"), "gelu"), (("clamp", None, None), "clamp"), (("clamp", 0.0), "clamp"),
-    (("clamp", float("nan"), 1.0), "clamp"), (3, "activation"), (("relu", 1.0), "activation")])
+    (("clamp", float("nan"), 1.0), "clamp"), (3, "activation"), (("relu", 1.0), "activation"),
+    (("celu", 0.0), "celu"), (("softplus", 1.0), "softplus"),
+    (("softplus", float("nan"), 20.0), "softplus"), (("mish", 1.0), "activation")])
 def test_bad_activation(clconv, rng, act, match):
     x, w = random_array(rng, (1, 2, 5, 5)), random_array(rng, (3, 2, 3, 3))
     with pytest.raises(ValueError, match=match):

@@ -12,7 +12,7 @@
 Besides the convolutions: Linear, MaxPool/AvgPool/AdaptiveAvgPool (1-3 d), AdaptiveMaxPool2d,
 BatchNorm1d/2d/3d (batch statistics and running-stat updates in train(), running statistics in
 eval()), the activation layers (ReLU, ReLU6, SiLU, GELU, Sigmoid, Tanh, Hardswish, Hardsigmoid,
-LeakyReLU, ELU, Hardtanh), Flatten and Sequential (state_dict keys as torch.nn.Sequential's).
+Mish, SELU, LeakyReLU, ELU, CELU, Softplus, Hardtanh), Flatten and Sequential (state_dict keys as torch.nn.Sequential's).
 `activation=` on the convolution layers and Linear is fused into their store, in training too when
 the output gives the activation's gradient (relu, relu6, leaky_relu, sigmoid, tanh, clamp); the
 others run as a separate pass in training, where backward needs the activation's input.
@@ -37,16 +37,20 @@ layers store half and compute in float32 (see clconv.ops.precision).
 from __future__ import annotations
 
 from .activation import (
+    CELU,
     ELU,
     GELU,
     Hardsigmoid,
     Hardswish,
     Hardtanh,
     LeakyReLU,
+    Mish,
     ReLU,
     ReLU6,
+    SELU,
     Sigmoid,
     SiLU,
+    Softplus,
     Tanh,
 )
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -68,6 +72,7 @@ from .pooling import (
 )
 
 __all__ = [
+    "CELU",
     "ELU",
     "GELU",
     "AdaptiveAvgPool1d",
@@ -92,15 +97,18 @@ __all__ = [
     "Hardtanh",
     "LeakyReLU",
     "Linear",
+    "Mish",
     "MaxPool1d",
     "MaxPool2d",
     "MaxPool3d",
     "Module",
     "ReLU",
     "ReLU6",
+    "SELU",
     "Sequential",
     "SiLU",
     "Sigmoid",
+    "Softplus",
     "Tanh",
 ]
 

@@ -1,5 +1,5 @@
-"""The activation layers (ReLU, ReLU6, SiLU, GELU, Sigmoid, Tanh, Hardswish, Hardsigmoid,
-LeakyReLU, ELU, Hardtanh): one elementwise pass forward and one backward."""
+"""The activation layers (ReLU, ReLU6, SiLU, GELU, Sigmoid, Tanh, Hardswish, Hardsigmoid, Mish,
+SELU, LeakyReLU, ELU, CELU, Softplus, Hardtanh): one elementwise pass forward and one backward."""
 
 from __future__ import annotations
 
@@ -101,6 +101,18 @@ class Hardsigmoid(_Activation):
     spec = "hardsigmoid"
 
 
+class Mish(_Activation):
+    """torch.nn.Mish."""
+
+    spec = "mish"
+
+
+class SELU(_Activation):
+    """torch.nn.SELU."""
+
+    spec = "selu"
+
+
 class GELU(_Activation):
     """torch.nn.GELU(approximate='none' | 'tanh')."""
 
@@ -149,6 +161,24 @@ class ELU(_ParametrisedActivation):
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
         self._set(inplace, alpha)
+
+
+class CELU(_ParametrisedActivation):
+    """torch.nn.CELU(alpha=1.0) (alpha != 0)."""
+
+    kind, params = "celu", ("alpha",)
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        self._set(inplace, alpha)
+
+
+class Softplus(_ParametrisedActivation):
+    """torch.nn.Softplus(beta=1.0, threshold=20.0)."""
+
+    kind, params = "softplus", ("beta", "threshold")
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        self._set(False, beta, threshold)
 
 
 class Hardtanh(_ParametrisedActivation):

@@ -1,8 +1,9 @@
 """Fused activations: the one description of every activation clconv computes in a kernel.
 
 An activation is given as torch.nn.functional names it: None, a name ('relu', 'relu6', 'silu',
-'gelu', 'sigmoid', 'tanh', 'hardswish', 'hardsigmoid', 'leaky_relu', 'elu') or a tuple for those
-with parameters: ('leaky_relu', negative_slope), ('elu', alpha), ('gelu', 'tanh') (torch's
+'gelu', 'sigmoid', 'tanh', 'hardswish', 'hardsigmoid', 'leaky_relu', 'elu', 'softplus', 'mish',
+'selu', 'celu') or a tuple for those with parameters: ('leaky_relu', negative_slope),
+('elu', alpha), ('celu', alpha), ('softplus', beta, threshold), ('gelu', 'tanh') (torch's
 approximate='tanh'; ('gelu', 'none') is the erf form), ('clamp', min, max) (either may be None).
 `normalize_activation` validates and returns the canonical `Activation` (hashable, used in plan
 keys); `activation_defines` gives the `-D ACT=<code>` (+ ACT_A, ACT_B parameters) of common.cl's
@@ -25,11 +26,22 @@ __all__ = ["ACTIVATION_NAMES", "Activation", "ActivationArg", "activation_define
 #: Activation name -> common.cl's ACT code (0: none).
 _CODES = {"relu": 1, "relu6": 2, "silu": 3, "gelu": 4, "gelu_tanh": 5, "sigmoid": 6, "tanh": 7,
           "hardswish": 8, "hardsigmoid": 9, "leaky_relu": 10, "elu": 11, "clamp": 12,
-          "sqrt": 13}  # sqrt: clconv.sqrt's kernel (Activation("sqrt")), not an activation= name
+          "sqrt": 13,  # sqrt: clconv.sqrt's kernel (Activation("sqrt")), not an activation= name
+          "softplus": 14, "mish": 15, "selu": 16, "celu": 17}
 #: The names accepted as a plain string (parameters at torch's defaults).
 ACTIVATION_NAMES = ("relu", "relu6", "silu", "gelu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-                    "leaky_relu", "elu")
-_DEFAULTS = {"leaky_relu": (0.01,), "elu": (1.0,)}
+                    "leaky_relu", "elu", "softplus", "mish", "selu", "celu")
+# torch's SELU constants (aten/src/ATen/native/Activation.cpp): selu is elu with alpha * scale
+# below zero and scale above it.
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+# Activation parameters (a, b) at torch's defaults; celu's b is its input scale 1 / alpha, rounded
+# once in double as torch does.
+_DEFAULTS = {"leaky_relu": (0.01,), "elu": (1.0,), "softplus": (1.0, 20.0),
+             "selu": (_SELU_ALPHA, _SELU_SCALE), "celu": (1.0, 1.0)}
+#: The kinds whose kernel reads ACT_A (and ACT_B).
+_WITH_A = ("leaky_relu", "elu", "clamp", "softplus", "selu", "celu")
+_WITH_B = ("clamp", "softplus", "selu", "celu")
 
 ActivationArg = Union[None, str, tuple]
 
@@ -48,16 +60,18 @@ class Activation:
         return _CODES[self.kind]
 
     def __str__(self) -> str:
-        if self.kind in ("leaky_relu", "elu"):
+        if self.kind in ("leaky_relu", "elu", "celu"):
             return f"{self.kind}({self.a:g})"
+        if self.kind == "softplus":
+            return f"softplus({self.a:g}, {self.b:g})"
         if self.kind == "clamp":
             return f"clamp({self.a:g}, {self.b:g})"
         return self.kind
 
 
 _HELP = ("activation must be None, one of " + ", ".join(repr(n) for n in ACTIVATION_NAMES) +
-         ", or a tuple ('leaky_relu', negative_slope), ('elu', alpha), ('gelu', 'tanh'|'none'), "
-         "('clamp', min, max)")
+         ", or a tuple ('leaky_relu', negative_slope), ('elu', alpha), ('celu', alpha), "
+         "('softplus', beta, threshold), ('gelu', 'tanh'|'none'), ('clamp', min, max)")
 
 
 def _number(value: Any, what: str) -> float:
@@ -79,7 +93,7 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
             not isinstance(activation[0], str):
         raise ValueError(f"{_HELP}; got {activation!r}")
     name, *params = activation
-    if name in ("leaky_relu", "elu"):
+    if name in ("leaky_relu", "elu", "celu"):
         if len(params) != 1:
             raise ValueError(f"activation ({name!r}, ...) takes one parameter "
                              f"({'negative_slope' if name == 'leaky_relu' else 'alpha'}), got "
@@ -87,7 +101,21 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
         value = _number(params[0], f"the {name} parameter")
         if math.isnan(value):
             raise ValueError(f"the {name} parameter must not be NaN, got {activation!r}")
+        if name == "celu":
+            if value == 0:
+                raise ValueError(f"celu's alpha must not be 0 (torch: ZeroDivisionError), got "
+                                 f"{activation!r}")
+            return Activation(name, value, 1.0 / value)
         return Activation(name, value)
+    if name == "softplus":
+        if len(params) != 2:
+            raise ValueError(f"activation ('softplus', beta, threshold) takes two parameters, got "
+                             f"{activation!r}")
+        beta = _number(params[0], "softplus's beta")
+        threshold = _number(params[1], "softplus's threshold")
+        if math.isnan(beta) or math.isnan(threshold):
+            raise ValueError(f"softplus's parameters must not be NaN, got {activation!r}")
+        return Activation(name, beta, threshold)
     if name == "gelu":
         if len(params) != 1 or params[0] not in ("tanh", "none"):
             raise ValueError(f"activation ('gelu', approximate) takes 'tanh' or 'none', got "
@@ -120,8 +148,8 @@ def activation_defines(activation: ActivationArg) -> dict[str, object]:
     if act is None:
         return {}
     defines: dict[str, object] = {"ACT": act.code}
-    if act.kind in ("leaky_relu", "elu", "clamp"):
+    if act.kind in _WITH_A:
         defines["ACT_A"] = _literal(act.a)
-    if act.kind == "clamp":
+    if act.kind in _WITH_B:
         defines["ACT_B"] = _literal(act.b)
     return defines

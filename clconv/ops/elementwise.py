@@ -42,10 +42,11 @@ from .activation import Activation, ActivationArg, activation_defines, normalize
 from .plan import Plan, cached_plan, shape_of
 
 __all__ = ["BatchNormPlan", "BinaryPlan", "CatPlan", "UnaryPlan", "add", "batch_norm",
-           "broadcast_layout", "cat", "clamp", "div", "elu", "enqueue_batch_norm_backward",
+           "broadcast_layout", "cat", "celu", "clamp", "div", "elu", "enqueue_batch_norm_backward",
            "enqueue_bias_act", "enqueue_channel_stats", "enqueue_column_sums", "flatten", "gelu",
-           "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mul",
-           "prelu", "relu", "relu6", "sigmoid", "silu", "sqrt", "sub", "tanh"]
+           "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mish",
+           "mul", "prelu", "relu", "relu6", "selu", "sigmoid", "silu", "softplus", "sqrt", "sub",
+           "tanh"]
 
 
 def _defines(work: np.dtype, elements: int, **extra: object) -> dict[str, object]:
@@ -193,6 +194,30 @@ def elu(input: ArrayLike, alpha: float = 1.0, inplace: bool = False, *,
         out: ArrayLike | None = None) -> ArrayLike:
     """torch.nn.functional.elu: x if x > 0 else alpha * (exp(x) - 1)."""
     return _unary(("elu", alpha), input, out, inplace)
+
+
+def celu(input: ArrayLike, alpha: float = 1.0, inplace: bool = False, *,
+         out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.celu: x if x > 0 else alpha * (exp(x / alpha) - 1) (alpha != 0)."""
+    return _unary(("celu", alpha), input, out, inplace)
+
+
+def selu(input: ArrayLike, inplace: bool = False, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.selu: scale * (x if x > 0 else alpha * (exp(x) - 1)), torch's
+    alpha = 1.6732632... and scale = 1.0507009...."""
+    return _unary("selu", input, out, inplace)
+
+
+def softplus(input: ArrayLike, beta: float = 1.0, threshold: float = 20.0, *,
+             out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.softplus: log(1 + exp(beta * x)) / beta, and x itself where
+    beta * x > threshold."""
+    return _unary(("softplus", beta, threshold), input, out)
+
+
+def mish(input: ArrayLike, inplace: bool = False, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.mish: x * tanh(softplus(x))."""
+    return _unary("mish", input, out, inplace)
 
 
 def hardtanh(input: ArrayLike, min_val: float = -1.0, max_val: float = 1.0,

@@ -41,6 +41,14 @@ def activation_module(m: nn.Module) -> Any:
         return ("leaky_relu", float(m.negative_slope))
     if kind is nn.ELU:
         return ("elu", float(m.alpha))
+    if kind is nn.CELU:
+        return ("celu", float(m.alpha))
+    if kind is nn.SELU:
+        return "selu"
+    if kind is nn.Mish:
+        return "mish"
+    if kind is nn.Softplus:
+        return ("softplus", float(m.beta), float(m.threshold))
     return None
 
 
@@ -60,6 +68,14 @@ def _leaky(input: Any, negative_slope: float = 0.01, inplace: bool = False) -> A
 
 def _elu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Any:
     return ("elu", alpha)
+
+
+def _celu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Any:
+    return ("celu", alpha)
+
+
+def _softplus(input: Any, beta: float = 1.0, threshold: float = 20.0) -> Any:
+    return ("softplus", beta, threshold)
 
 
 def _hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0,
@@ -85,6 +101,8 @@ _ACT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     F.tanh: _unary("tanh"), F.hardswish: _plain("hardswish"),
     F.hardsigmoid: _plain("hardsigmoid"), F.leaky_relu: _leaky, F.elu: _elu,
     F.hardtanh: _hardtanh, torch.clamp: _clamp, torch.clip: _clamp,
+    F.celu: _celu, torch.celu: _celu, F.selu: _plain("selu"), torch.selu: _unary("selu"),
+    F.mish: _plain("mish"), F.softplus: _softplus,
 }
 #: call_method names that are activations.
 _ACT_METHODS: dict[Any, Callable[..., Any]] = {
@@ -126,7 +144,8 @@ def activation_of(node: fx.Node,
 def apply_activation(x: cla.Array, act: Activation) -> cla.Array:
     """A standalone activation by clconv's elementwise ops (H2's clconv.relu, ...)."""
     kind = act.kind
-    if kind in ("relu", "relu6", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid"):
+    if kind in ("relu", "relu6", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "selu",
+                "mish"):
         return clconv_op(kind)(x)
     if kind == "gelu":
         return clconv_op("gelu")(x, approximate="none")
@@ -134,8 +153,10 @@ def apply_activation(x: cla.Array, act: Activation) -> cla.Array:
         return clconv_op("gelu")(x, approximate="tanh")
     if kind == "leaky_relu":
         return clconv_op("leaky_relu")(x, act.a)
-    if kind == "elu":
-        return clconv_op("elu")(x, act.a)
+    if kind in ("elu", "celu"):
+        return clconv_op(kind)(x, act.a)
+    if kind == "softplus":
+        return clconv_op("softplus")(x, act.a, act.b)
     if kind == "clamp":
         lo = None if act.a == -np.inf else act.a
         hi = None if act.b == np.inf else act.b
@@ -147,8 +168,10 @@ def activation_spec(act: Activation) -> Any:
     """The user-level spec of an Activation ('relu', ('leaky_relu', 0.1), ...)."""
     if act.kind == "gelu_tanh":
         return ("gelu", "tanh")
-    if act.kind in ("leaky_relu", "elu"):
+    if act.kind in ("leaky_relu", "elu", "celu"):
         return (act.kind, act.a)
+    if act.kind == "softplus":
+        return ("softplus", act.a, act.b)
     if act.kind == "clamp":
         return ("clamp", None if act.a == -np.inf else act.a, None if act.b == np.inf else act.b)
     return act.kind
