@@ -772,6 +772,32 @@ def test_smooth_activations_are_lowered(dev, ct):
         _close(cm(x), model(x))
 
 
+class TrailingLayerNorms(nn.Module):
+    """LayerNorm over the last dims of channels-first tensors: (C, H, W) with the elementwise
+    affine parameters, (H, W) without, F.layer_norm over W, and weight without bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.chw = nn.LayerNorm([6, 9, 8])
+        self.hw = nn.LayerNorm([9, 8], elementwise_affine=False, eps=1e-3)
+        self.w_only = nn.LayerNorm(8, bias=False)
+        self.gamma = nn.Parameter(torch.randn(8))
+
+    def forward(self, x):
+        y = self.conv(x)
+        return (self.chw(y) + self.hw(y * 3 + 1) + F.layer_norm(y, (8,), self.gamma, None, 1e-4)
+                + self.w_only(y))
+
+
+def test_layer_norm_over_trailing_dims_is_lowered(dev, ct):
+    model = models.randomize(TrailingLayerNorms()).eval()
+    cm = _lowered_with(ct, model, torch.randn(2, 3, 9, 8), "clconv.group_norm (layer_norm)", 4)
+    x1 = torch.randn(1, 3, 9, 8) * 5
+    with torch.no_grad():
+        _close(cm(x1), model(x1))
+
+
 class Heads(nn.Module):
     """Classifier heads that end in a softmax, in each spelling."""
 

@@ -171,8 +171,10 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
                     m.weight.copy_(torch.rand(c, generator=g) + 0.5)
                     m.bias.copy_(torch.randn(c, generator=g) * 0.2)
             elif isinstance(m, (nn.LayerNorm,)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
             if isinstance(getattr(m, "gamma", None), nn.Parameter):
                 m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) + 0.5)
     return model

@@ -5,6 +5,7 @@ channels (the channel norm)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -310,6 +311,39 @@ class LayerRules(LoweringBase):
         xn = x.name
         return self.value(node, lambda env: channel_norm(env[xn], w, b, float(eps)),
                           "channel_norm", (xn,), layout)
+
+    def trailing_layer_norm(self, node: fx.Node, x: Any, normalized_shape: Any, weight: Any,
+                            bias: Any, eps: Any) -> Step:
+        """LayerNorm over the last dims of a channels-first tensor (nn.LayerNorm([C, H, W]), or
+        over (H, W)): clconv.group_norm with one group over a (rows, 1, size) view, then the
+        elementwise weight and bias (broadcast over the leading dims) by clconv.mul / add."""
+        sh = shape(x)
+        ns = (normalized_shape,) if isinstance(normalized_shape, int) else \
+            tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list, torch.Size)) \
+            else None
+        if ns is None or any(isinstance(v, fx.Node) for v in (*ns, eps)):
+            raise Unlowerable("layer_norm arguments computed in the graph")
+        if sh is None or not ns or len(ns) > len(sh) or tuple(sh[len(sh) - len(ns):]) != ns:
+            raise Unlowerable(f"layer_norm over {ns} of a tensor of shape {sh}")
+        size = math.prod(ns)
+        if size < 2:
+            raise Unlowerable("layer_norm over one value")
+        xn = self.plain_tensor(x, "layer_norm")
+        cm = self.cm
+        w = cm.constant(("ln", node.name, "weight"), weight) if weight is not None else None
+        b = cm.constant(("ln", node.name, "bias"), bias) if bias is not None else None
+        eps = float(eps)
+        norm, mul, add = clconv_op("group_norm"), clconv_op("mul"), clconv_op("add")
+
+        def run(env: dict[str, Any]) -> Any:
+            v = env[xn]
+            y = norm(v.reshape(-1, 1, size), 1, None, None, eps=eps).reshape(v.shape)
+            if w is not None:
+                y = mul(y, w, out=y)
+            if b is not None:
+                y = add(y, b, out=y)
+            return y
+        return self.value(node, run, "clconv.group_norm (layer_norm)", (xn,))
 
 
 def _fold(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, transposed: bool,

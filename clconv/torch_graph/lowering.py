@@ -213,9 +213,9 @@ class Lowering(LayerRules, OpRules):
             # over the features of (N, C) (ConvNeXt's head): the channel norm with no spatial dims
             return self.channel_layer_norm(node, node.args[0], m.normalized_shape, m.weight,
                                            m.bias, m.eps, None)
-        if kind is nn.LayerNorm:
-            raise Unlowerable("LayerNorm over the last dims of a channels-first tensor (clconv "
-                              "lowers LayerNorm over C of a permuted channels-last view)")
+        if kind is nn.LayerNorm and len(node.args) == 1 and not node.kwargs:
+            return self.trailing_layer_norm(node, node.args[0], m.normalized_shape, m.weight,
+                                            m.bias, m.eps)
         raise Unlowerable(f"no clconv lowering for {kind.__name__}")
 
     def _function(self, node: fx.Node) -> Step:
@@ -285,7 +285,10 @@ class Lowering(LayerRules, OpRules):
         if t in (torch.squeeze, torch.unsqueeze):
             return self.squeeze(node, t.__name__)
         if t is F.layer_norm:
-            raise Unlowerable("layer_norm over the last dims of a channels-first tensor")
+            x, ns, w, b, eps = bind(node, lambda input, normalized_shape, weight=None, bias=None,
+                                    eps=1e-5: (input, normalized_shape, weight, bias, eps))
+            return self.trailing_layer_norm(node, x, ns, self._const_arg(w, "weight"),
+                                            self._const_arg(b, "bias"), eps)
         raise Unlowerable(f"no clconv lowering for {getattr(t, '__module__', '')}."
                           f"{getattr(t, '__name__', t)}")
 
