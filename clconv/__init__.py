@@ -28,6 +28,7 @@ from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add
                               silu, softplus, sqrt, sub, tanh)
 from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm
+from .ops.local_response_norm import LocalResponseNormPlan, local_response_norm
 from .ops.interpolate import InterpolatePlan, interpolate
 from .ops.pad import PadPlan, pad
 from .ops.softmax import SoftmaxPlan, log_softmax, softmax
@@ -63,14 +64,14 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFound
            "workspace_size"]
 
 # The other layers of a CNN (pooling, activations, batch_norm, add/sub/mul/div, sqrt, cat,
-# flatten, linear, pad, interpolate, group_norm, softmax).
+# flatten, linear, pad, interpolate, group_norm, local_response_norm, softmax).
 __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "InterpolatePlan",
-            "LinearPlan", "PadPlan", "PoolPlan", "SoftmaxPlan", "UnaryPlan",
+            "LinearPlan", "LocalResponseNormPlan", "PadPlan", "PoolPlan", "SoftmaxPlan", "UnaryPlan",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
             "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "celu", "clamp", "div", "elu",
             "flatten", "gelu", "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate",
-            "leaky_relu", "linear", "log_softmax",
+            "leaky_relu", "linear", "local_response_norm", "log_softmax",
             "max_pool1d", "max_pool2d", "max_pool3d", "mish", "mul", "pad", "prelu", "relu", "relu6",
             "selu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sub", "tanh"]
 

@@ -798,6 +798,28 @@ def test_layer_norm_over_trailing_dims_is_lowered(dev, ct):
         _close(cm(x1), model(x1))
 
 
+class AlexNetPaperStem(nn.Module):
+    """The AlexNet paper's first two layers: 11x11 stride 4, ReLU, local response normalisation
+    (size 5, alpha 1e-4, beta 0.75, k 2), overlapping max pooling, then a two-group 5x5 layer;
+    the second LRN as F.local_response_norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 11, stride=4, padding=2)
+        self.lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+        self.conv2 = nn.Conv2d(16, 24, 5, padding=2, groups=2)
+
+    def forward(self, x):
+        y = F.max_pool2d(self.lrn(F.relu(self.conv1(x))), 3, 2)
+        y = F.relu(self.conv2(y))
+        return F.max_pool2d(F.local_response_norm(y, 5, 1e-4, 0.75, 2.0), 3, 2)
+
+
+def test_local_response_norm_is_lowered(dev, ct):
+    model = AlexNetPaperStem().eval()
+    _lowered_with(ct, model, torch.randn(2, 3, 67, 67) * 4, "clconv.local_response_norm", 2)
+
+
 class Heads(nn.Module):
     """Classifier heads that end in a softmax, in each spelling."""
 

@@ -350,7 +350,8 @@ def test_operand_deep_into_its_buffer_is_rebased(clconv, monkeypatch):
 _LAUNCHING_MODULES = ("ops.launch", "ops.precision", "runtime.transfer", "ops.packed_conv",
                       "ops.conv_algorithms", "blas.packed", "ops.pool", "ops.depthwise",
                       "ops.pointwise", "ops.splitk", "ops.elementwise", "ops.grad_paths",
-                      "ops.pad", "ops.interpolate", "ops.group_norm", "ops.softmax")
+                      "ops.pad", "ops.interpolate", "ops.group_norm", "ops.softmax",
+                      "ops.local_response_norm")
 
 
 @pytest.fixture
@@ -543,13 +544,15 @@ def _case_grad_paths(c, r, dev):
 
 
 def _case_network_ops(c, r, dev):
-    # the other ops of a network's graph: pad.cl, interpolate.cl, group_norm.cl, softmax.cl
+    # the other ops of a network's graph: pad.cl, interpolate.cl, group_norm.cl, softmax.cl,
+    # local_response_norm.cl
     x = r((2, 4, 5, 6))
     return [c.pad(x, (1, 2, 0, 1), "reflect"), c.pad(x, (-1, 2, 1, 1), "circular"),
             c.interpolate(x, scale_factor=2, mode="bilinear"),
             c.interpolate(r((1, 2, 3, 4, 5)), size=(4, 6, 7)),
             c.group_norm(x, 2, r(4), r(4), activation="silu"),
-            c.softmax(x, 1), c.log_softmax(x, -1), c.sub(x, r((4, 1, 1))), c.prelu(x, r(4))]
+            c.softmax(x, 1), c.log_softmax(x, -1), c.sub(x, r((4, 1, 1))), c.prelu(x, r(4)),
+            c.local_response_norm(x, 3, 0.5, 0.75, 2.0)]
 
 
 # case: (function, the kernel sources it must launch)
@@ -574,7 +577,7 @@ LONG_INDEX_CASES = {
     "elementwise": (_case_elementwise, {"elementwise.cl"}),
     "grad-paths": (_case_grad_paths, {"conv_grad_paths.cl"}),
     "network-ops": (_case_network_ops, {"pad.cl", "interpolate.cl", "group_norm.cl",
-                                        "softmax.cl", "elementwise.cl"}),
+                                        "softmax.cl", "elementwise.cl", "local_response_norm.cl"}),
 }
 
 

@@ -345,6 +345,17 @@ class LayerRules(LoweringBase):
             return y
         return self.value(node, run, "clconv.group_norm (layer_norm)", (xn,))
 
+    def local_response_norm(self, node: fx.Node, x: Any, size: Any, alpha: Any, beta: Any,
+                            k: Any) -> Step:
+        """nn.LocalResponseNorm / F.local_response_norm (AlexNet, GoogLeNet v1): one pass of
+        clconv.local_response_norm."""
+        if any(isinstance(v, fx.Node) for v in (size, alpha, beta, k)):
+            raise Unlowerable("local_response_norm arguments computed in the graph")
+        xn = self.plain_tensor(x, "local_response_norm")
+        fn = clconv_op("local_response_norm")
+        return self.value(node, lambda env: fn(env[xn], size, alpha, beta, k),
+                          "clconv.local_response_norm", (xn,))
+
 
 def _fold(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, transposed: bool,
           groups: int) -> tuple[torch.Tensor, torch.Tensor]:

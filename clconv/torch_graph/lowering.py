@@ -213,6 +213,8 @@ class Lowering(LayerRules, OpRules):
             # over the features of (N, C) (ConvNeXt's head): the channel norm with no spatial dims
             return self.channel_layer_norm(node, node.args[0], m.normalized_shape, m.weight,
                                            m.bias, m.eps, None)
+        if kind is nn.LocalResponseNorm and len(node.args) == 1 and not node.kwargs:
+            return self.local_response_norm(node, node.args[0], m.size, m.alpha, m.beta, m.k)
         if kind is nn.LayerNorm and len(node.args) == 1 and not node.kwargs:
             return self.trailing_layer_norm(node, node.args[0], m.normalized_shape, m.weight,
                                             m.bias, m.eps)
@@ -284,6 +286,10 @@ class Lowering(LayerRules, OpRules):
             return self.transpose(node)
         if t in (torch.squeeze, torch.unsqueeze):
             return self.squeeze(node, t.__name__)
+        if t is F.local_response_norm:
+            return self.local_response_norm(node, *bind(
+                node, lambda input, size, alpha=1e-4, beta=0.75, k=1.0: (input, size, alpha,
+                                                                          beta, k)))
         if t is F.layer_norm:
             x, ns, w, b, eps = bind(node, lambda input, normalized_shape, weight=None, bias=None,
                                     eps=1e-5: (input, normalized_shape, weight, bias, eps))

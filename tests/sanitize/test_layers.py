@@ -1,6 +1,6 @@
 """The other layers under Oclgrind: pooling (pool.cl), activations and their gradients, broadcasts,
-linear's epilogue, batch norm and cat (elementwise.cl) and clconv.torch's channels-first LayerNorm
-(channel_norm.cl); the 64-bit index path of each."""
+linear's epilogue, batch norm and cat (elementwise.cl), clconv.torch's channels-first LayerNorm
+(channel_norm.cl) and local_response_norm.cl; the 64-bit index path of each."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _with_nan(rng) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("name", ["relu", "silu", "gelu", "hardswish"])
+@pytest.mark.parametrize("name", ["relu", "silu", "gelu", "hardswish", "mish", "softplus"])
 def test_activation(rng, index_t, name):
     x = _with_nan(rng)
     expect(getattr(clconv, name)(x), ref_layers.ACTIVATIONS[name](x.astype(np.float64)), F32, 1,
@@ -219,6 +219,16 @@ def test_group_norm(rng, index_t):
     v = v.reshape(x.shape) * w.reshape(1, 6, 1, 1) + b.reshape(1, 6, 1, 1)
     expect(clconv.group_norm(x, 3, w, b, activation="silu"), v / (1 + np.exp(-v)), F32, 24,
            10.0)
+
+
+def test_local_response_norm(rng, index_t):
+    """local_response_norm.cl: a window clipped at both channel ends, the paper's k = 2."""
+    x = arr(rng, (2, 5, 3, 2))
+    v = x.astype(np.float64)
+    sq = np.pad(v * v, ((0, 0), (1, 1), (0, 0), (0, 0)))
+    mean = (sq[:, :-2] + sq[:, 1:-1] + sq[:, 2:]) / 3
+    expect(clconv.local_response_norm(x, 3, 0.5, 0.75, 2.0), v / (mean * 0.5 + 2.0) ** 0.75, F32,
+           3, 1.0)
 
 
 def test_cat(rng, index_t):
