@@ -7,13 +7,16 @@ In one process (torch with 2 threads, as a user of convert runs it), a converted
 replayed back-to-back with the same arguments:
   forward            the converted model, torch's ops (pooling, residual adds, the classifier)
                      between clconv's convolutions;
+  forward (copies)   the same with CLCONV_TORCH_ZERO_COPY=0: operands uploaded and results
+                     downloaded (by default, on a device whose memory is the host's, they are
+                     read and written in the tensors' memory);
   replay (device)    the convolutions on device arrays, the queue finished once at the end;
   replay (numpy)     each convolution's input uploaded and its result downloaded, as convert does;
   replay + torch.add as 'numpy', after a small torch op before each convolution (a (1,64,56,56)
                      add: what a residual add is), so that torch's OpenMP workers are spinning
                      when each convolution starts;
   torch.add alone    those adds without the convolutions.
-The rounds alternate the five; printed: medians in ms. --passive runs the measurement again in a
+The rounds alternate the six; printed: medians in ms. --passive runs the measurement again in a
 child process with OMP_WAIT_POLICY=PASSIVE (libgomp reads it when torch loads). See
 docs/performance.md, "Running clconv and torch in one process".
 """
@@ -28,8 +31,11 @@ import sys
 import time
 
 
+COPIES = "CLCONV_TORCH_ZERO_COPY"
+
+
 def measure(model_name: str, rounds: int) -> dict[str, float]:
-    """The medians (ms) of the five cases of the module doc, in this process."""
+    """The medians (ms) of the six cases of the module doc, in this process."""
     import numpy as np
     import pyopencl.array as cla
     import torch
@@ -60,7 +66,9 @@ def measure(model_name: str, rounds: int) -> dict[str, float]:
         for _ in range(3):
             model(x)
         recording[0] = True
+        os.environ[COPIES] = "0"  # recorded with numpy operands and results
         model(x)
+        del os.environ[COPIES]
         recording[0] = False
         torch_fold.OPS[2] = (conv2d, *torch_fold.OPS[2][1:])
         calls = [((np.array(args[0]), *args[1:]), kwargs) for args, kwargs in calls]
@@ -69,6 +77,11 @@ def measure(model_name: str, rounds: int) -> dict[str, float]:
 
         def forward() -> None:
             model(x)
+
+        def forward_copies() -> None:
+            os.environ[COPIES] = "0"
+            model(x)
+            del os.environ[COPIES]
 
         def replay_device() -> None:
             for args, kwargs in on_device:
@@ -88,7 +101,8 @@ def measure(model_name: str, rounds: int) -> dict[str, float]:
             for _ in calls:
                 torch.add(a, b)
 
-        cases = {"forward": forward, "replay (device)": replay_device,
+        cases = {"forward": forward, "forward (copies)": forward_copies,
+                 "replay (device)": replay_device,
                  "replay (numpy)": replay_numpy, "replay + torch.add": replay_after_add,
                  "torch.add alone": adds}
         times: dict[str, list[float]] = {name: [] for name in cases}

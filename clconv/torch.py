@@ -16,12 +16,15 @@ clconv's gradients (`clconv.conv2d_input`, `clconv.conv2d_weight`; for a transpo
 input gradient is the forward convolution of the output gradient). The work runs on
 `clconv.current_device()` at forward time (the backward uses the same device); tensors must be on
 torch's CPU, in float32 (float64/float16 where the device has them). Data crosses as numpy views of
-the tensors (no copy into numpy); each call uploads its operands and downloads its result.
+the tensors (no copy into numpy); each call uploads its operands and downloads its result, except
+on host-memory devices (below).
 `module.algorithm` ('auto' by default) picks clconv's algorithm for forward convolutions.
 A channels_last input to a 2-d convolution gives a channels_last result (as torch's);
 `torch.jit.script` on these modules raises a RuntimeError saying it is not supported;
-CLCONV_TORCH_ZERO_COPY=1 passes forward operands as USE_HOST_PTR buffers on devices whose memory
-is the host's (opt-in: not measured faster).
+On devices whose memory is the host's (CL_DEVICE_HOST_UNIFIED_MEMORY: PoCL's CPU devices) a
+forward's contiguous operands reach the device as USE_HOST_PTR buffers over the tensors' memory and
+its result is written into the returned tensor's memory (no copies; CLCONV_TORCH_ZERO_COPY=0
+copies instead).
 
 convert() also folds each Conv -> BatchNorm (-> activation) chain (found by tracing the forward
 with torch.fx; nn.Sequential runs where it cannot be traced): in eval mode under no_grad the
@@ -44,6 +47,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable
 
+import pyopencl.array as cla
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -57,10 +61,13 @@ from .torch_ops import (
     OPS,
     NotScriptable,
     batched,
+    conv_result_shape,
     fixed_operand,
     host,
     host_result,
     operand,
+    result_operand,
+    synced,
     to_tensor,
     uses_zero_copy,
 )
@@ -103,9 +110,10 @@ class ConvFunction(torch.autograd.Function):
         do not require grad): they go to the device as copies kept between calls
         (clconv.torch_ops.fixed_operand)."""
         ctx.conf = (nd, stride, padding, dilation, groups, padding_mode)
-        return _forward(ctx, x, weight, bias, dev, fixed, lambda x_, w, b: OPS[nd][0](
+        shape = conv_result_shape(tuple(x.shape), tuple(weight.shape), stride, padding, dilation)
+        return _forward(ctx, x, weight, bias, dev, fixed, shape, lambda x_, w, b, out: OPS[nd][0](
             x_, w, b, stride, padding, dilation, groups, padding_mode=padding_mode,
-            algorithm=algorithm))
+            algorithm=algorithm, out=out))
 
     @staticmethod
     @once_differentiable  # a double backward raises (its gradients are not differentiable)
@@ -131,8 +139,10 @@ class ConvTransposeFunction(torch.autograd.Function):
                 fixed: bool = False) -> torch.Tensor:
         """fixed: as ConvFunction's."""
         ctx.conf = (nd, stride, padding, groups, dilation, algorithm)
-        return _forward(ctx, x, weight, bias, dev, fixed, lambda x_, w, b: OPS[nd][3](
-            x_, w, b, stride, padding, output_padding, groups, dilation))
+        shape = conv_result_shape(tuple(x.shape), tuple(weight.shape), stride, padding, dilation,
+                                  groups, output_padding)
+        return _forward(ctx, x, weight, bias, dev, fixed, shape, lambda x_, w, b, out: OPS[nd][3](
+            x_, w, b, stride, padding, output_padding, groups, dilation, out=out))
 
     @staticmethod
     @once_differentiable
@@ -165,15 +175,21 @@ def _nd_tuple(v: Any, nd: int) -> tuple[int, ...]:
 
 
 def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-             dev: Device, fixed: bool, conv: Callable[[Any, Any, Any], Any]) -> torch.Tensor:
-    """The Functions' forward: saves what backward needs and returns `conv(x, weight, bias)` (on
-    their device operands, on `dev`) as a tensor (channels_last as x)."""
+             dev: Device, fixed: bool, shape: tuple[int, ...],
+             conv: Callable[[Any, Any, Any, Any], Any]) -> torch.Tensor:
+    """The Functions' forward: saves what backward needs and returns `conv(x, weight, bias,
+    out)` (on their device operands, on `dev`; `out` None or a device array of the result's
+    `shape` over a new tensor's memory) as a tensor (channels_last as x)."""
     ctx.save_for_backward(x, weight)
     ctx.dev, ctx.has_bias = dev, bias is not None
     with dev:
         zc = uses_zero_copy(dev)
         w, b = _parameters(weight, bias, dev, zc, fixed)
-        y = host_result(conv(operand(x, dev, zc), w, b))
+        xd = operand(x, dev, zc)
+        # the result written into a new tensor's memory where the input crossed so too
+        result = result_operand(shape, x, dev, zc and isinstance(xd, cla.Array))
+        y = conv(xd, w, b, None if result is None else result[1])
+        y = host_result(y) if result is None else synced(result)
     return to_tensor(y, x)
 
 

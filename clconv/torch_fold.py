@@ -22,11 +22,14 @@ from .torch_ops import (
     OPS,
     NotScriptable,
     batched,
+    conv_result_shape,
     host,
     host_result,
     operand,
+    result_operand,
     sample_of,
     sample_view,
+    synced,
     to_tensor,
     upload_constant,
     uses_zero_copy,
@@ -117,17 +120,25 @@ class _FoldedConv(NotScriptable):
         dev = current_device()
         transposed = isinstance(self, nn.modules.conv._ConvTransposeNd)
         with dev:
-            operands = (operand(x, dev, uses_zero_copy(dev)), *fold.weights(dev))
+            zero_copy = uses_zero_copy(dev)
+            operands = (operand(x, dev, zero_copy), *fold.weights(dev))
+            # the result written into a new tensor's memory where the input crossed so too
+            on_host = zero_copy and isinstance(operands[0], cla.Array)
+            output_padding = self._output_padding(
+                input, None, self.stride, self.padding, self.kernel_size, nd,
+                self.dilation) if transposed else None
+            result = result_operand(conv_result_shape(
+                tuple(x.shape), tuple(self.weight.shape), self.stride, self.padding,
+                self.dilation, self.groups, output_padding), x, dev, on_host)
+            out = None if result is None else result[1]
             if transposed:
-                output_padding = self._output_padding(input, None, self.stride, self.padding,
-                                                      self.kernel_size, nd, self.dilation)
                 y = OPS[nd][3](*operands, self.stride, self.padding, tuple(output_padding),
-                                self.groups, self.dilation, activation=fold.spec)
+                                self.groups, self.dilation, activation=fold.spec, out=out)
             else:
                 y = OPS[nd][0](*operands, self.stride, self.padding, self.dilation, self.groups,
                                 padding_mode=self.padding_mode, algorithm=self.algorithm,
-                                activation=fold.spec)
-            y = to_tensor(host_result(y), x)
+                                activation=fold.spec, out=out)
+            y = to_tensor(host_result(y) if result is None else synced(result), x)
         return y[0] if unbatched else y
 
     def _get_name(self) -> str:

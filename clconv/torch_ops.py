@@ -43,11 +43,11 @@ _UNIFIED: dict[Device, bool] = {}
 
 
 def uses_zero_copy(dev: Device) -> bool:
-    """Whether forward operands reach `dev` as USE_HOST_PTR buffers over the tensors' own memory
-    instead of being copied: opt-in (CLCONV_TORCH_ZERO_COPY=1), on devices whose memory is the
-    host's (CL_DEVICE_HOST_UNIFIED_MEMORY: PoCL's CPU devices). Off by default: on PoCL 3.1 (2
-    cores, busy machine) it measured 12% faster on a ResNet-18 forward and 25% slower on a
-    MobileNetV2 one, within that machine's noise (docs/compile.md)."""
+    """Whether forward operands reach `dev` as USE_HOST_PTR buffers over the tensors' own memory,
+    and results are written into new tensors' memory, instead of being copied: on devices whose
+    memory is the host's (CL_DEVICE_HOST_UNIFIED_MEMORY: PoCL's CPU devices) unless
+    CLCONV_TORCH_ZERO_COPY=0. Converted ResNet-18 and MobileNetV2 forwards measured 5-11% faster
+    so (docs/compile.md)."""
     if not config.torch_zero_copy():
         return False
     found = _UNIFIED.get(dev)
@@ -70,6 +70,55 @@ def operand(t: torch.Tensor | None, dev: Device, zero_copy: bool) -> Any:
         return a
     buf = cl.Buffer(dev.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=a)
     return cla.Array(dev.queue, a.shape, a.dtype, data=buf)
+
+
+def result_operand(shape: tuple[int, ...], like: torch.Tensor, dev: Device,
+                   zero_copy: bool) -> tuple[torch.Tensor, cla.Array] | None:
+    """(a new tensor of `shape` and `like`'s dtype, a device array over its memory) for a
+    forward's result to be written in place (zero_copy: the device's memory is the host's), or
+    None (then the result is downloaded). `synced` makes its contents the tensor's."""
+    if not zero_copy or like.dtype not in (torch.float32, torch.float64) or \
+            min(shape, default=0) <= 0:
+        return None
+    t = torch.empty(shape, dtype=like.dtype)
+    a = t.numpy()
+    buf = cl.Buffer(dev.context, cl.mem_flags.WRITE_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=a)
+    return t, cla.Array(dev.queue, a.shape, a.dtype, data=buf)
+
+
+def synced(result: tuple[torch.Tensor, cla.Array]) -> torch.Tensor:
+    """The tensor of `result_operand` once the kernels that write its device array are done:
+    a blocking map for reading puts the contents in the tensor's memory (OpenCL's rule for
+    USE_HOST_PTR buffers; no copy where the device uses that memory itself), unmapped at once."""
+    t, arr = result
+    mapped, _ = cl.enqueue_map_buffer(arr.queue, arr.base_data, cl.map_flags.READ, 0, arr.shape,
+                                      arr.dtype, wait_for=arr.events, is_blocking=True)
+    mapped.base.release()
+    return t
+
+
+def _nd(v: Any, nd: int) -> tuple[int, ...]:
+    return tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v),) * nd
+
+
+def conv_result_shape(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Any,
+                      padding: Any, dilation: Any, groups: int = 1,
+                      output_padding: Any = None) -> tuple[int, ...]:
+    """The result shape of a batched convolution with torch's arguments (transposed when
+    `output_padding` is given), for `result_operand`; the op checks it against its own."""
+    nd = len(w_shape) - 2
+    k, s, d = w_shape[2:], _nd(stride, nd), _nd(dilation, nd)
+    if output_padding is not None:
+        p, o = _nd(padding, nd), _nd(output_padding, nd)
+        size = tuple((i - 1) * s_ - 2 * p_ + d_ * (k_ - 1) + o_ + 1
+                     for i, s_, p_, d_, k_, o_ in zip(x_shape[2:], s, p, d, k, o))
+        return (x_shape[0], w_shape[1] * groups, *size)
+    if padding == "same":
+        return (x_shape[0], w_shape[0], *x_shape[2:])
+    p = (0,) * nd if padding == "valid" else _nd(padding, nd)
+    size = tuple((i + 2 * p_ - d_ * (k_ - 1) - 1) // s_ + 1
+                 for i, s_, p_, d_, k_ in zip(x_shape[2:], s, p, d, k))
+    return (x_shape[0], w_shape[0], *size)
 
 
 #: id(tensor) -> (key, device copy, sample): the device copies of weights (see fixed_operand);
@@ -128,10 +177,10 @@ def host_result(y: Any) -> np.ndarray:
     return y.get() if isinstance(y, cla.Array) else y
 
 
-def to_tensor(a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
+def to_tensor(a: np.ndarray | torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
     """A result as a tensor; in channels-last memory when the input `like` was (as torch's convs
     return a channels_last result for a channels_last input)."""
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
     fmt = _channels_last_format(like) if like is not None else None
     return t if fmt is None else t.contiguous(memory_format=fmt)
 

@@ -63,10 +63,12 @@ def test_result_carries_its_last_kernels_event(clconv, rng, queue, algorithm, we
 
 def test_device_operands_of_the_plan_skip_the_loading(clconv, rng, queue, monkeypatch):
     """A plan run on device arrays of its shapes and dtype on the device's queue (a network's
-    layer) goes straight to its kernels (no operand loading: Plan._ready); anything else (numpy,
-    a strided view, another queue, out=) takes the checked path, with the same results (and
-    does not hang: a queue that waits on another's marker needs that one flushed, which rusticl
-    does not do by itself)."""
+    layer), with or without an `out=` array of its own of the result's shape there (convert's
+    results written into tensors' memory), goes straight to its kernels (no operand loading:
+    Plan._ready, Plan._ready_out); anything else (numpy, a strided view, another queue, out= on
+    another queue or over an operand's buffer) takes the checked path, with the same results
+    (and does not hang: a queue that waits on another's marker needs that one flushed, which
+    rusticl does not do by itself)."""
     from clconv.ops import plan as plan_mod
 
     loads = []
@@ -81,15 +83,19 @@ def test_device_operands_of_the_plan_skip_the_loading(clconv, rng, queue, monkey
     got = plan(dx, dw, db, residual=dr)
     assert loads == [] and got.queue is queue
     assert_close(got, want, *tol)
+    out = cla.empty(queue, r.shape, np.float32)
+    assert plan(dx, dw, db, residual=dr, out=out) is out and loads == []
+    assert_close(out, want, *tol)
     other = cl.CommandQueue(queue.context)
     wide = cla.to_device(queue, np.concatenate([x, x], axis=3))  # x as a strided view
     for args, kw in [((x, w, b), {"residual": r}),  # numpy: uploaded, result downloaded
                      ((dx, dw, db), {"residual": cla.to_device(other, r)}),
                      ((wide[:, :, :, :6], dw, db), {"residual": dr}),
-                     ((dx, dw, db), {"residual": dr, "out": cla.empty(queue, r.shape,
-                                                                      np.float32)}),
                      ((dx, dw, db), {"residual": dr, "out": cla.empty(other, r.shape,
-                                                                      np.float32)})]:
+                                                                      np.float32)}),
+                     ((dx, dw, db), {"residual": cla.to_device(queue, r), "out": "residual"})]:
+        if isinstance(kw.get("out"), str):  # the result over the residual it reads: one buffer
+            kw["out"] = kw["residual"]
         loads.clear()
         assert_close(plan(*args, **kw), want, *tol)
         assert loads == ["input", "weight", "bias", "residual"]

@@ -294,6 +294,39 @@ def test_zero_copy_operands_give_the_same_results(ct, dev, zero_copy, monkeypatc
         _close(mine(x[:, :, 1:]), theirs(x[:, :, 1:]), np.float32, 27)  # a strided view
 
 
+@pytest.mark.parametrize("setting", ["0", None])
+def test_results_are_written_into_the_tensors_memory(ct, dev, setting, monkeypatch):
+    """On a device whose memory is the host's, a converted model's inference forward reads its
+    operands from the tensors' memory and writes each result into the returned tensor's: no
+    upload or download on a warm call (its weights stay on the device); CLCONV_TORCH_ZERO_COPY=0
+    copies both ways. The same results either way."""
+    import pyopencl as cl
+    from torch import nn
+
+    if not dev.cl_device.host_unified_memory:
+        pytest.skip(f"{dev.name}'s memory is not the host's")
+    if setting is None:
+        monkeypatch.delenv("CLCONV_TORCH_ZERO_COPY", raising=False)
+    else:
+        monkeypatch.setenv("CLCONV_TORCH_ZERO_COPY", setting)
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=3),
+        nn.ConvTranspose2d(6, 4, 2, stride=2), nn.Conv2d(4, 4, 1))).eval()
+    x = torch.randn(2, 3, 10, 8)
+    with torch.no_grad():
+        want = model(x)
+        converted = ct.convert(model)
+        converted(x)  # the weights go to the device once
+        copies = []
+        real = cl.enqueue_copy
+        monkeypatch.setattr(cl, "enqueue_copy", lambda *a, **k: copies.append(1) or real(*a, **k))
+        got = converted(x)
+    _close(got, want, np.float32, 54 * 6)
+    assert (len(copies) >= 8) if setting == "0" else copies == []
+
+
 def _bn_chain_model():
     """nn.Sequentials of Conv -> BatchNorm -> activation chains (forward and transposed, grouped,
     1-d, no activation, a shared activation) with random BatchNorm statistics."""

@@ -10,7 +10,7 @@ Each is read when it is used (not at import), so a process may change it between
 | CLCONV_TUNING | on, off (0, no, false) | whether CLBlast gets clconv's tuned parameters (the shipped database or `clconv tune`'s) |
 | CLCONV_CACHE_DIR | unset: $XDG_CACHE_HOME/clconv or ~/.cache/clconv | where tuning results and 'auto''s choices are kept |
 | CLCONV_VERBOSE | unset, 1 | 1: print each kernel build (source, options, seconds) and the compiler's output |
-| CLCONV_TORCH_ZERO_COPY | unset, 1 | 1: clconv.torch passes forward operands as host-pointer buffers on devices whose memory is the host's (opt-in: not faster in the measurements of docs/compile.md) |
+| CLCONV_TORCH_ZERO_COPY | unset, 0, 1 | on devices whose memory is the host's, clconv.torch's forward reads its operands from the tensors' memory and writes its result into the returned tensor's (host-pointer buffers, no copies); 0: copies instead |
 
 One driver variable is set too, when clconv first lists the devices and the user has not set it:
 PoCL's POCL_AFFINITY=1 (`pin_pocl_threads`), which pins PoCL's worker thread i to CPU i.
@@ -101,8 +101,8 @@ def verbose() -> bool:
 
 
 def torch_zero_copy() -> bool:
-    """$CLCONV_TORCH_ZERO_COPY == '1' (clconv.torch's opt-in host-pointer operands)."""
-    return _value(TORCH_ZERO_COPY) == "1"
+    """$CLCONV_TORCH_ZERO_COPY != '0' (clconv.torch's host-pointer operands and results)."""
+    return _value(TORCH_ZERO_COPY) != "0"
 
 
 POCL_AFFINITY = "POCL_AFFINITY"
