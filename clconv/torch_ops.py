@@ -26,6 +26,7 @@ from .ops.plan import mark_constant
 from .ops.transpose import conv_transpose1d, conv_transpose2d, conv_transpose3d
 from .runtime import config
 from .runtime.device import Device
+from .runtime.memory import array_over
 
 #: nd -> clconv's (forward, input gradient, weight gradient, transposed) functions.
 OPS = {1: (conv1d, conv1d_input, conv1d_weight, conv_transpose1d),
@@ -69,7 +70,7 @@ def operand(t: torch.Tensor | None, dev: Device, zero_copy: bool) -> Any:
     if not zero_copy or not a.flags.c_contiguous or a.size == 0 or not a.flags.aligned:
         return a
     buf = cl.Buffer(dev.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=a)
-    return cla.Array(dev.queue, a.shape, a.dtype, data=buf)
+    return array_over(dev, buf, a.shape, a.dtype)
 
 
 def result_operand(shape: tuple[int, ...], like: torch.Tensor, dev: Device,
@@ -83,7 +84,7 @@ def result_operand(shape: tuple[int, ...], like: torch.Tensor, dev: Device,
     t = torch.empty(shape, dtype=like.dtype)
     a = t.numpy()
     buf = cl.Buffer(dev.context, cl.mem_flags.WRITE_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=a)
-    return t, cla.Array(dev.queue, a.shape, a.dtype, data=buf)
+    return t, array_over(dev, buf, a.shape, a.dtype)
 
 
 def synced(result: tuple[torch.Tensor, cla.Array]) -> torch.Tensor:

@@ -18,7 +18,7 @@ import pyopencl.tools as cl_tools
 
 from .device import Device
 
-__all__ = ["ColumnBuffer", "column_buffer", "default_workspace_limit", "empty", "pool",
+__all__ = ["ColumnBuffer", "array_over", "column_buffer", "default_workspace_limit", "empty", "pool",
            "release_column_buffer", "release_pool", "resolve_workspace_limit"]
 
 
@@ -134,6 +134,24 @@ def empty(dev: Device, shape: tuple[int, ...], dtype: np.dtype) -> cla.Array:
     if type(shape) is tuple and len(_LAYOUTS) < 4096:
         _LAYOUTS[(shape, dtype)] = (a.size, a.strides, a.dtype)
     return a
+
+
+def array_over(dev: Device, buffer: cl.Buffer, shape: tuple[int, ...],
+               dtype: np.dtype) -> cla.Array:
+    """A C-contiguous device array on dev.queue over all of `buffer` (of shape's size), made by
+    pyopencl's fast constructor for a shape met before (as `empty`)."""
+    try:
+        layout = _LAYOUTS.get((shape, dtype))
+    except TypeError:
+        layout = None
+    if layout is None:
+        a = cla.Array(dev.queue, shape, dtype, data=buffer)
+        if type(shape) is tuple and len(_LAYOUTS) < 4096:
+            _LAYOUTS[(shape, dtype)] = (a.size, a.strides, a.dtype)
+        return a
+    size, strides, dt = layout
+    return cla.Array(None, shape, dt, data=buffer, strides=strides, _fast=True, _size=size,
+                     _context=dev.context, _queue=dev.queue)
 
 
 def release_pool(dev: Device) -> int:
