@@ -1,7 +1,9 @@
-"""Whole networks: torch CPU vs clconv.torch.convert vs clconv.torch.compile (inference).
+"""Whole networks: torch CPU vs clconv.torch.convert vs clconv.torch.compile (inference), or
+torch vs convert on a training step (--train).
 
     python -m benchmarks.whole_networks [--models resnet18,mobilenet_v2] [--batch 1,8]
         [--size 224] [--blocks 5] [--reps 3] [--pause 0.5] [--threads 2] [--device SPEC]
+        [--train]
 
 Each (network, batch, path) runs in its own child process, warmed up first (compile(), kernel
 builds, 'auto''s measuring and a few calls happen before any timing). The parent then asks the
@@ -10,6 +12,9 @@ between blocks, so that the three paths are interleaved and a noisy spell on the
 alike. Printed: the command, the device, torch's thread count, the median ms per call of each path
 and the ratio to torch (> 1: faster than torch). The networks are clconv.tools.networks' ResNet-18
 and MobileNetV2 at full width (random weights, randomised BatchNorm statistics), eval mode.
+--train times a training step instead (train mode: BatchNorm on batch statistics; zero_grad,
+forward, cross-entropy against random labels, backward, SGD with momentum), torch against
+convert (whose convolutions run forward and backward on the device; compile is inference only).
 """
 
 from __future__ import annotations
@@ -51,13 +56,15 @@ def child(args: argparse.Namespace) -> None:
     dev = clconv.device(args.device) if args.device else clconv.current_device()
     model = build(args.model)
     x = torch.randn(int(args.batch), 3, args.size, args.size)
-    with dev, torch.no_grad():
+    with dev, torch.set_grad_enabled(args.train):
         if args.path == "torch":
             fn = model
         elif args.path == "convert":
             fn = ct.convert(model)
         else:
             fn = ct.compile(model, x)
+        if args.train:
+            fn = training_step(fn.train(), x.shape[0])
         for _ in range(2):
             fn(x)
         print(json.dumps({"ready": True, "device": dev.name,
@@ -73,6 +80,21 @@ def child(args: argparse.Namespace) -> None:
             print(json.dumps({"times": times}), flush=True)
 
 
+def training_step(model, batch: int):
+    """A function of x running one SGD step of `model` (train mode) on x and random labels."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step(x):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), labels).backward()
+        opt.step()
+    return step
+
+
 def parent(args: argparse.Namespace) -> None:
     print(command_line(relative=True))
     env = child_env()
@@ -80,13 +102,16 @@ def parent(args: argparse.Namespace) -> None:
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batch.split(",")):
             workers: dict[str, Worker] = {}
-            for path in PATHS:
+            paths = PATHS[:2] if args.train else PATHS
+            for path in paths:
                 cmd = [sys.executable, "-m", "benchmarks.whole_networks", "--child", "--model",
                        name, "--path", path,
                        "--batch", str(batch), "--size", str(args.size), "--reps", str(args.reps),
                        "--threads", str(args.threads)]
                 if args.device:
                     cmd += ["--device", args.device]
+                if args.train:
+                    cmd += ["--train"]
                 # Warm up one at a time: builds and measuring do not overlap the others' timing.
                 try:
                     workers[path] = Worker(cmd, env)
@@ -95,10 +120,21 @@ def parent(args: argparse.Namespace) -> None:
             info = {p: w.header for p, w in workers.items()}
             per = alternate(args.blocks, args.pause,
                             [lambda w=w: w.ask("go")["times"] for w in workers.values()])
-            times = {p: [t for block in blocks for t in block] for p, blocks in zip(PATHS, per)}
+            times = {p: [t for block in blocks for t in block] for p, blocks in zip(paths, per)}
             for w in workers.values():
                 w.close()
             med = {p: statistics.median(t) * 1e3 for p, t in times.items()}
+            if args.train:
+                row = {"model": name, "batch": batch, "size": args.size, "training_step": True,
+                       **{f"{p}_ms": med[p] for p in paths},
+                       "convert_speedup": med["torch"] / med["convert"]}
+                results.append(row)
+                print(f"device: {info['convert']['device']}; torch threads: {args.threads}")
+                print(f"{name:>13} batch {batch:>2} {args.size}x{args.size} training step: torch "
+                      f"{med['torch']:8.1f} ms | convert {med['convert']:8.1f} ms "
+                      f"({row['convert_speedup']:.2f}x) [{args.blocks} blocks x {args.reps} "
+                      f"calls, medians]", flush=True)
+                continue
             row = {"model": name, "batch": batch, "size": args.size, **{f"{p}_ms": med[p]
                                                                          for p in PATHS},
                    "convert_speedup": med["torch"] / med["convert"],
@@ -126,6 +162,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch's intra-op threads")
     ap.add_argument("--device", help="clconv device spec")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--train", action="store_true",
+                    help="time a training step (torch vs convert) instead of inference")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)

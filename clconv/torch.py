@@ -47,6 +47,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable
 
+import numpy as np
 import pyopencl.array as cla
 import torch
 from torch import nn
@@ -63,7 +64,6 @@ from .torch_ops import (
     batched,
     conv_result_shape,
     fixed_operand,
-    host,
     host_result,
     operand,
     result_operand,
@@ -121,10 +121,12 @@ class ConvFunction(torch.autograd.Function):
         nd, stride, padding, dilation, groups, padding_mode = ctx.conf
         return _gradients(
             ctx, g,
-            lambda x, w, gh: OPS[nd][1](tuple(x.shape), host(w), gh, stride, padding, dilation,
-                                        groups, padding_mode=padding_mode),
-            lambda x, w, gh: OPS[nd][2](host(x), tuple(w.shape), gh, stride, padding, dilation,
-                                        groups, padding_mode=padding_mode))
+            lambda x, w, gh, out, put: OPS[nd][1](
+                tuple(x.shape), put(w), gh, stride, padding, dilation, groups,
+                padding_mode=padding_mode, out=out),
+            lambda x, w, gh, out, put: OPS[nd][2](
+                put(x), tuple(w.shape), gh, stride, padding, dilation, groups,
+                padding_mode=padding_mode, out=out))
 
 
 class ConvTransposeFunction(torch.autograd.Function):
@@ -158,15 +160,21 @@ class ConvTransposeFunction(torch.autograd.Function):
             ctx.saved_tensors[1].shape[2:], _nd_tuple(stride, nd)))
         extra = [n - m for n, m in zip(size, x_size)]
 
-        def input_grad(x: torch.Tensor, w: torch.Tensor, gh: Any) -> Any:
-            gx = OPS[nd][0](gh, host(w), None, stride, padding, dilation, groups,
-                            algorithm=algorithm)
-            return gx[(..., *(slice(0, m) for m in x_size))] if any(extra) else gx
+        def input_grad(x: torch.Tensor, w: torch.Tensor, gh: Any, out: Any,
+                       put: Callable[[torch.Tensor], Any]) -> Any:
+            if any(extra):  # computed whole, cropped on the host
+                gx = host_result(OPS[nd][0](gh, put(w), None, stride, padding, dilation,
+                                            groups, algorithm=algorithm))
+                return gx[(..., *(slice(0, m) for m in x_size))]
+            return OPS[nd][0](gh, put(w), None, stride, padding, dilation, groups,
+                              algorithm=algorithm, out=out)
 
-        def weight_grad(x: torch.Tensor, w: torch.Tensor, gh: Any) -> Any:
+        def weight_grad(x: torch.Tensor, w: torch.Tensor, gh: Any, out: Any,
+                        put: Callable[[torch.Tensor], Any]) -> Any:
             if any(extra):
                 x = torch.nn.functional.pad(x, [v for e in reversed(extra) for v in (0, e)])
-            return OPS[nd][2](gh, tuple(w.shape), host(x), stride, padding, dilation, groups)
+            return OPS[nd][2](gh, tuple(w.shape), put(x), stride, padding, dilation, groups,
+                              out=out)
         return _gradients(ctx, g, input_grad, weight_grad)
 
 
@@ -196,16 +204,39 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 def _gradients(ctx: Any, g: torch.Tensor, input_grad: Callable[..., Any],
                weight_grad: Callable[..., Any]) -> tuple[Any, ...]:
     """The Functions' backward: (grad_x, grad_weight, grad_bias, None for the other arguments),
-    grad_x = input_grad(x, weight, grad_output as numpy) and grad_weight = weight_grad(...) on
-    the forward's device, each only when autograd needs it."""
+    grad_x = input_grad(x, weight, grad_output, out, put) and grad_weight = weight_grad(...) on
+    the forward's device, each only when autograd needs it. grad_output, and what `put` makes
+    of a tensor, are operands as `operand` makes them (no copies on host-memory devices); `out`
+    is None or a device array over the gradient's new tensor (`result_operand`)."""
     x, weight = ctx.saved_tensors
     gx = gw = gb = None
-    gh = host(g)
-    with ctx.dev:
+    dev = ctx.dev
+    with dev:
+        zc = uses_zero_copy(dev)
+        gh = operand(g.contiguous() if zc else g, dev, zc)
+        # every operand a device array (as the results' out= needs), or the copying path
+        in_place = zc and isinstance(gh, cla.Array)
+
+        kept: list[Any] = []  # the operands put() made, alive until their kernels are done
+
+        def put(t: torch.Tensor) -> Any:
+            a = operand(t.contiguous() if in_place else t, dev, zc)
+            if in_place and not isinstance(a, cla.Array):
+                a = cla.to_device(dev.queue, np.ascontiguousarray(a))
+            kept.append(a)  # over the memory of a tensor that may be a temporary (a padded x)
+            return a
+
+        def run(grad: Callable[..., Any], like: torch.Tensor) -> torch.Tensor:
+            result = result_operand(tuple(like.shape), like, dev, in_place)
+            y = grad(x, weight, gh, None if result is None else result[1], put)
+            # (a transposed layer's cropped input gradient comes back as numpy, not in `out`)
+            y = synced(result) if result is not None and y is result[1] else host_result(y)
+            kept.clear()
+            return to_tensor(y)
         if ctx.needs_input_grad[0]:
-            gx = to_tensor(input_grad(x, weight, gh))
+            gx = run(input_grad, x)
         if ctx.needs_input_grad[1]:
-            gw = to_tensor(weight_grad(x, weight, gh))
+            gw = run(weight_grad, weight)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = _bias_grad(g)
     return (gx, gw, gb) + (None,) * (len(ctx.needs_input_grad) - 3)

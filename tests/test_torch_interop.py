@@ -5,6 +5,8 @@ weights; and the functional API's handling of torch tensors and Python lists."""
 
 from __future__ import annotations
 
+import copy
+
 import warnings
 
 import numpy as np
@@ -315,6 +317,7 @@ def test_results_are_written_into_the_tensors_memory(ct, dev, setting, monkeypat
         nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=3),
         nn.ConvTranspose2d(6, 4, 2, stride=2), nn.Conv2d(4, 4, 1))).eval()
     x = torch.randn(2, 3, 10, 8)
+    twin = copy.deepcopy(model).train()  # torch's own, for the training step below
     with torch.no_grad():
         want = model(x)
         converted = ct.convert(model)
@@ -324,6 +327,23 @@ def test_results_are_written_into_the_tensors_memory(ct, dev, setting, monkeypat
         monkeypatch.setattr(cl, "enqueue_copy", lambda *a, **k: copies.append(1) or real(*a, **k))
         got = converted(x)
     _close(got, want, np.float32, 54 * 6)
+    assert (len(copies) >= 8) if setting == "0" else copies == []
+    # a training step: forward and backward (gradients as operands and results) alike
+    assert not any(type(m).__module__.startswith("clconv") for m in twin.modules())
+    converted.train()
+    x.requires_grad_(True)
+    converted(x).square().sum().backward()  # the backward's plans
+    for p in converted.parameters():
+        p.grad = None
+    x.grad = None
+    copies.clear()
+    converted(x).square().sum().backward()
+    gx = x.grad
+    x.grad = None
+    twin(x).square().sum().backward()
+    _close(gx, x.grad, np.float32, 54 * 36)
+    for (name, p), q in zip(converted.named_parameters(), twin.parameters()):
+        _close(p.grad, q.grad, np.float32, 2 * 80 * 36)
     assert (len(copies) >= 8) if setting == "0" else copies == []
 
 
