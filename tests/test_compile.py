@@ -751,7 +751,7 @@ class SmoothActivations(nn.Module):
 
     def forward(self, x):
         y = self.a(x)
-        z = F.selu(self.b(y))
+        z = F.selu(self.b(y)).clamp_min(-1.5) + torch.clamp_max(y, 0.5)
         w = self.celu(self.c(z)) + F.mish(y + z)
         return self.soft(self.d(w)) + F.softplus(w) + torch.selu(w) + F.celu(w, 2.0)
 

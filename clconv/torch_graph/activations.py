@@ -87,6 +87,14 @@ def _clamp(input: Any, min: Any = None, max: Any = None) -> Any:
     return ("clamp", min, max)
 
 
+def _clamp_min(input: Any, min: Any) -> Any:
+    return ("clamp", min, None)
+
+
+def _clamp_max(input: Any, max: Any) -> Any:
+    return ("clamp", None, max)
+
+
 def _unary(name: str) -> Callable[..., Any]:
     def spec(input: Any) -> Any:
         return name
@@ -103,12 +111,14 @@ _ACT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     F.hardtanh: _hardtanh, torch.clamp: _clamp, torch.clip: _clamp,
     F.celu: _celu, torch.celu: _celu, F.selu: _plain("selu"), torch.selu: _unary("selu"),
     F.mish: _plain("mish"), F.softplus: _softplus,
+    torch.clamp_min: _clamp_min, torch.clamp_max: _clamp_max,
 }
 #: call_method names that are activations.
 _ACT_METHODS: dict[Any, Callable[..., Any]] = {
     "relu": _unary("relu"), "relu_": _unary("relu"), "sigmoid": _unary("sigmoid"),
     "sigmoid_": _unary("sigmoid"), "tanh": _unary("tanh"), "tanh_": _unary("tanh"),
-    "clamp": _clamp, "clamp_": _clamp, "clip": _clamp,
+    "clamp": _clamp, "clamp_": _clamp, "clip": _clamp, "clamp_min": _clamp_min,
+    "clamp_min_": _clamp_min, "clamp_max": _clamp_max, "clamp_max_": _clamp_max,
 }
 _ACT_RULES = {"call_function": _ACT_FUNCTIONS, "call_method": _ACT_METHODS}
 
