@@ -18,6 +18,7 @@ from torch import fx, nn
 from .ops.fold import fold_batchnorm
 from .runtime.device import Device, current_device
 from .torch_graph import activation_module
+from .torch_graph.activations import ACTIVATION_MODULES
 from .torch_ops import (
     OPS,
     NotScriptable,
@@ -167,9 +168,7 @@ class _PassThrough(NotScriptable):
 
 _BATCHNORM_ND = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
 #: The activation modules a chain may end with (their clconv activation fused into the conv).
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
-                nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
-                nn.Softplus)
+_ACTIVATIONS = tuple(ACTIVATION_MODULES)
 
 
 def folded_types(convs: Iterable[type], module: str) -> tuple[dict[type, type], dict[type, type]]:

@@ -15,41 +15,25 @@ from ..ops.activation import Activation, normalize_activation
 from .base import Unlowerable, clconv_op, torch_type
 
 
+#: torch activation module type -> its clconv activation spec (from the module's parameters).
+ACTIVATION_MODULES: dict[type, Callable[[Any], Any]] = {
+    nn.ReLU: lambda m: "relu", nn.ReLU6: lambda m: "relu6", nn.SiLU: lambda m: "silu",
+    nn.Sigmoid: lambda m: "sigmoid", nn.Tanh: lambda m: "tanh",
+    nn.Hardswish: lambda m: "hardswish", nn.Hardsigmoid: lambda m: "hardsigmoid",
+    nn.SELU: lambda m: "selu", nn.Mish: lambda m: "mish",
+    nn.Hardtanh: lambda m: ("clamp", float(m.min_val), float(m.max_val)),
+    nn.GELU: lambda m: ("gelu", m.approximate),
+    nn.LeakyReLU: lambda m: ("leaky_relu", float(m.negative_slope)),
+    nn.ELU: lambda m: ("elu", float(m.alpha)), nn.CELU: lambda m: ("celu", float(m.alpha)),
+    nn.Softplus: lambda m: ("softplus", float(m.beta), float(m.threshold)),
+}
+
+
 def activation_module(m: nn.Module) -> Any:
     """The clconv activation spec of torch activation module `m` ('relu', ('gelu', 'tanh'),
     ('leaky_relu', 0.1), ...), or None when `m` is no activation clconv has."""
-    kind = torch_type(m)
-    if kind is nn.ReLU:
-        return "relu"
-    if kind is nn.ReLU6:
-        return "relu6"
-    if kind is nn.Hardtanh:
-        return ("clamp", float(m.min_val), float(m.max_val))
-    if kind is nn.SiLU:
-        return "silu"
-    if kind is nn.GELU:
-        return ("gelu", m.approximate)
-    if kind is nn.Sigmoid:
-        return "sigmoid"
-    if kind is nn.Tanh:
-        return "tanh"
-    if kind is nn.Hardswish:
-        return "hardswish"
-    if kind is nn.Hardsigmoid:
-        return "hardsigmoid"
-    if kind is nn.LeakyReLU:
-        return ("leaky_relu", float(m.negative_slope))
-    if kind is nn.ELU:
-        return ("elu", float(m.alpha))
-    if kind is nn.CELU:
-        return ("celu", float(m.alpha))
-    if kind is nn.SELU:
-        return "selu"
-    if kind is nn.Mish:
-        return "mish"
-    if kind is nn.Softplus:
-        return ("softplus", float(m.beta), float(m.threshold))
-    return None
+    spec = ACTIVATION_MODULES.get(torch_type(m))
+    return None if spec is None else spec(m)
 
 
 def _plain(name: str) -> Callable[..., Any]:
