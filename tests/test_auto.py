@@ -264,6 +264,25 @@ def test_cost_model_ranks_the_obvious(clconv):
     assert best_gemm * 3 < autotune.estimate(dev, big, np.float32, "direct")
 
 
+@pytest.mark.parametrize("cin, cout, size", [(16, 96, 112), (32, 16, 112), (24, 144, 56),
+                                             (64, 384, 14), (960, 160, 7)])
+def test_pointwise_alone_on_a_cpus_1x1_layers(clconv, cin, cout, size):
+    """On a CPU-shaped device the cost model shortlists 'pointwise' alone for MobileNetV2's 1x1
+    layers (measured ahead of the packed paths there: autotune._GATHER_ON_POINTWISE), so that a
+    new network's first call builds no second 1x1 kernel to measure."""
+    from clconv.blas.engine import cpu_shaped
+    from clconv.ops import autotune, conv
+    from clconv.ops.geometry import conv_geometry
+
+    dev = clconv.current_device()
+    if not cpu_shaped(dev):
+        pytest.skip("the calibration is the CPU-shaped kernels' (PoCL)")
+    geo = conv_geometry(2, (1, cin, size, size), (cout, cin, 1, 1), 1, 0, 1, 1)
+    _, short = autotune.shortlist(dev, geo, np.float32,
+                                  conv.applicable_algorithms(dev, geo, np.float32))
+    assert short == ["pointwise"]
+
+
 #: Algorithms that compute some shapes only (depthwise, 1x1, groups=1) and raise ValueError for
 #: the others.
 SHAPE_RESTRICTED = ("depthwise", "pointwise", "splitk")

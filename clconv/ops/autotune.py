@@ -238,6 +238,12 @@ _GEMM_CALL = 1e-4
 # work-item's K x NR panel outgrows the core's L2, and 'splitk' measured 2.1x faster at K = 4608
 # and 1.5x at K = 2304 (ResNet-18's 512 x 7x7 layers; tied at 14x14).
 _FEW_POSITIONS = 64
+# On a 1x1 layer the packed paths' gather (and im2col_packed's columns) is pure overhead that
+# 'pointwise' (a plain GEMM on the input) does not have: over the 22 distinct 1x1 layers of
+# ResNet-18 and MobileNetV2 (batch 1, PoCL AVX-512, benchmarks.network_layers, 2026-12-03)
+# 'implicit' took 0.93-1.80x 'pointwise''s time, median 1.29x; it was faster on two (16->96 and
+# 32->16 at 112x112, by 3% and 8%), where measuring it cost ~1.5 s of builds on the first call.
+_GATHER_ON_POINTWISE = 1.29
 _LONG_K = 2048
 _DIRECT_RATE = 5e9
 _GROUPED_RATE = 1.0e10
@@ -287,6 +293,8 @@ def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> floa
             seconds *= max(1.0, k / _LONG_K)
         if algorithm == "im2col_packed":
             seconds = 1.25 * seconds + 2 * columns / _BYTES_RATE + _LAUNCH
+        if geo.is_pointwise:
+            seconds *= _GATHER_ON_POINTWISE
         return seconds * (1.0 if cpu else _PACKED_ON_GPU)
     if algorithm == "im2col":
         rate = _PACKED_RATE / (_CLBLAST_ON_CPU if cpu else 1.0)
