@@ -157,15 +157,15 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
 
 #ifndef GEMM_PACKED_NO_KERNELS
 
-// The arguments of pack_a and pack_b: op(X[z]) (extent x k for A, k x extent for B) at x + x_off +
-// z * x_stride, leading dim ld (X^T stored when transposed); its packed panels at xp + xp_off +
-// z * xp_stride.
+// The arguments of pack_b (cl/pack_a.cl's pack_a takes the same, then MR): op(X[z]) (extent x k
+// for A, k x extent for B) at x + x_off + z * x_stride, leading dim ld (X^T stored when
+// transposed); its packed panels at xp + xp_off + z * xp_stride.
 #define PACK_ARGS(extent, x, ld, xp)                                                        \
     const int extent, const int k, __global const REAL* restrict x, const long x##_off,     \
     const long x##_stride, const long ld, const int transposed, __global REAL* restrict xp, \
     const long xp##_off, const long xp##_stride
 
-// Their work-item: PACK_K k from p0 (kn of them exist) of matrix z's R-wide panel `panel`, whose
+// Its work-item: PACK_K k from p0 (kn of them exist) of matrix z's R-wide panel `panel`, whose
 // first row of op(A) (column of op(B)) is `first`; src: op(X[z]); dst: where they go in its panels.
 #define PACK_START(R, panel, first, x, xp)                                               \
     const int panel = get_global_id(1);                                                  \
@@ -175,37 +175,6 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
     __global const REAL* src = x + x##_off + z * x##_stride;                             \
     __global REAL* dst = xp + xp##_off + z * xp##_stride + ((long)panel * k + p0) * (R); \
     const int kn = min(PACK_K, k - p0);
-
-// Packs op(A[z]) (m x k; row-major with leading dim lda; A^T stored k x m when transposed) into
-// [ceil(m / MR)][k][MR] at ap + ap_off + z * ap_stride. NDRange (ceil(k / PACK_K), ceil(m / MR),
-// batch): each work-item reads PACK_K consecutive k of its MR rows (contiguous runs of A's rows)
-// and writes PACK_K * MR consecutive packed values.
-__kernel void pack_a(PACK_ARGS(m, a, lda, ap)) {
-    PACK_START(MR, ip, r0, a, ap)
-    if (transposed) {  // A^T is k x m: the MR values of one k are adjacent in memory
-        for (int q = 0; q < kn; ++q) {
-#pragma unroll
-            for (int i = 0; i < MR; ++i)
-                dst[q * MR + i] = (r0 + i < m) ? src[(long)(p0 + q) * lda + r0 + i] : (REAL)0;
-        }
-        return;
-    }
-    REAL t[MR][PACK_K];
-#pragma unroll
-    for (int i = 0; i < MR; ++i) {
-        __global const REAL* row = src + (long)(r0 + i) * lda + p0;
-        if (r0 + i < m && kn == PACK_K) {
-            VSTORE_PACK(VLOAD_PACK(0, row), t[i]);
-        } else {
-#pragma unroll
-            for (int q = 0; q < PACK_K; ++q) t[i][q] = (r0 + i < m && q < kn) ? row[q] : (REAL)0;
-        }
-    }
-    for (int q = 0; q < kn; ++q) {
-#pragma unroll
-        for (int i = 0; i < MR; ++i) dst[q * MR + i] = t[i][q];
-    }
-}
 
 // Packs op(B[z]) (k x n; B^T stored n x k when transposed) into [ceil(n / NR)][k][NR].
 // NDRange (ceil(k / PACK_K), ceil(n / NR), batch): each work-item packs PACK_K consecutive k of one

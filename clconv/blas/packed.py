@@ -171,16 +171,25 @@ def release_scratch(dev: Device) -> int:
         return 0 if holder is None else holder.nbytes
 
 
-PACK_K = 8  # k each pack work-item copies (PACK_K of cl/gemm_packed.cl)
+PACK_K = 8  # k each pack work-item copies (PACK_K of cl/pack_a.cl and cl/gemm_packed.cl)
+
+
+def pack_a_kernel(dev: Device, dtype: Any) -> cl.Kernel:
+    """cl/pack_a.cl's pack_a for `dtype`: one program for every tile (MR is its last argument)."""
+    return kernel(dev, "pack_a.cl", "pack_a", precision_defines(np.dtype(dtype)))
 
 
 def enqueue_pack_a(dev: Device, tile: Tile, m: int, k: int, a: cla.Array, a_offset: int,
                    a_stride: int, batch: int, lda: int, transposed: bool, out: cla.Array,
                    out_offset: int, out_stride: int) -> None:
-    """Packs `batch` matrices op(A) (m x k) into `out` (cl/gemm_packed.cl pack_a). Call holding
-    dev.lock."""
-    _enqueue_pack(dev, tile, "pack_a", m, tile.a_panels(m), k, a, a_offset, a_stride, batch, lda,
-                  transposed, out, out_offset, out_stride)
+    """Packs `batch` matrices op(A) (m x k) into `out` (cl/pack_a.cl). Call holding dev.lock."""
+    if m == 0 or k == 0 or batch == 0:
+        return
+    pack_a_kernel(dev, a.dtype)(
+        dev.queue, (-(-k // PACK_K), tile.a_panels(m), batch), (1, 1, 1), np.int32(m),
+        np.int32(k), a.base_data, np.int64(a_offset), np.int64(a_stride), np.int64(lda),
+        np.int32(transposed), out.base_data, np.int64(out_offset), np.int64(out_stride),
+        np.int32(tile.mr))
 
 
 def enqueue_pack_b(dev: Device, tile: Tile, n: int, k: int, b: cla.Array, b_offset: int,
@@ -188,19 +197,11 @@ def enqueue_pack_b(dev: Device, tile: Tile, n: int, k: int, b: cla.Array, b_offs
                    out_offset: int, out_stride: int) -> None:
     """Packs `batch` matrices op(B) (k x n) into `out` (cl/gemm_packed.cl pack_b). Call holding
     dev.lock."""
-    _enqueue_pack(dev, tile, "pack_b", n, tile.b_panels(n), k, b, b_offset, b_stride, batch, ldb,
-                  transposed, out, out_offset, out_stride)
-
-
-def _enqueue_pack(dev: Device, tile: Tile, name: str, size: int, panels: int, k: int,
-                  src: cla.Array, src_offset: int, src_stride: int, batch: int, ld: int,
-                  transposed: bool, out: cla.Array, out_offset: int, out_stride: int) -> None:
-    # pack_a and pack_b take the same arguments: `size` is m (A's rows) or n (B's columns).
-    if size == 0 or k == 0 or batch == 0:
+    if n == 0 or k == 0 or batch == 0:
         return
-    kernel(dev, "gemm_packed.cl", name, gemm_defines(tile, src.dtype))(
-        dev.queue, (-(-k // PACK_K), panels, batch), (1, 1, 1), np.int32(size), np.int32(k),
-        src.base_data, np.int64(src_offset), np.int64(src_stride), np.int64(ld),
+    kernel(dev, "gemm_packed.cl", "pack_b", gemm_defines(tile, b.dtype))(
+        dev.queue, (-(-k // PACK_K), tile.b_panels(n), batch), (1, 1, 1), np.int32(n),
+        np.int32(k), b.base_data, np.int64(b_offset), np.int64(b_stride), np.int64(ldb),
         np.int32(transposed), out.base_data, np.int64(out_offset), np.int64(out_stride))
 
 

@@ -341,7 +341,7 @@ class ImplicitGemm(_PackedGemmConv):
         defines = kernel_defines(geo.shape_defines(), self.dtype, _index_t(geo), **tile.defines())
         defines.update(epilogue_defines(has_bias, activation, has_residual))
         self.conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
-        self.pack = kernel(dev, "gemm_packed.cl", "pack_a", packed.gemm_defines(tile, self.dtype))
+        self.pack = packed.pack_a_kernel(dev, self.dtype)
         self.panel = cl.LocalMemory(kc * tile.nr * itemsize)
         self.tail_args = (np.int32(kc), *geo.size_args())
         self.launches = []
@@ -357,8 +357,8 @@ class ImplicitGemm(_PackedGemmConv):
         # BoundKernel): a run sets only the operands' buffers and offsets.
         self.bound_pack = BoundKernel(self.pack, (
             np.int32(self.m), np.int32(self.k), None, None, np.int64(self.m * self.k),
-            np.int64(self.k), np.int32(0), self.packed_w, np.int64(0), np.int64(self.a_size)),
-            (2, 3))
+            np.int64(self.k), np.int32(0), self.packed_w, np.int64(0), np.int64(self.a_size),
+            np.int32(tile.mr)), (2, 3))
         # K's ranges [k_begin, k_end): all of K at once, except where the driver caps a
         # work-item's loop iterations (packed.k_ranges; counting the gather's loops a row and a
         # kernel offset), there at most a KC chunk a launch; launched in order after each other.

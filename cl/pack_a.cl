@@ -1,0 +1,48 @@
+// pack_a.cl: packs the left operand of gemm_packed.cl (a convolution's filters, a linear layer's
+// weight) into its MR-row micro-panels, MR given at run time.
+//
+//   op(A[z]) (m x k; row-major with leading dim lda; A^T stored k x m when transposed)
+//     -> [ceil(m / mr)][k][mr] at ap + ap_off + z * ap_stride (rows past m zero)
+//
+// The tile's MR is an argument, not a define, so that one program packs for every tile of a
+// network (a 7x7 stem's MR = 8 and the 3x3 layers' MR = 16 alike): PoCL compiles each kernel again
+// at its first launch (0.4-1.0 s for gemm_packed.cl's MR-unrolled pack_a, measured on AVX-512),
+// and A is packed once per weight version, so the plain loops cost little.
+// NDRange (ceil(k / PACK_K), ceil(m / mr), batch), local size 1: a work-item copies PACK_K
+// consecutive k of one panel's mr rows (contiguous runs of A's rows, or of A^T's when transposed)
+// into the panel's PACK_K * mr consecutive values.
+// Defines: REAL (common.cl).
+
+#include "common.cl"
+
+#define PACK_K 8  // k a work-item copies (the host's clconv.blas.packed.PACK_K)
+
+__kernel void pack_a(const int m, const int k, __global const REAL* restrict a, const long a_off,
+                     const long a_stride, const long lda, const int transposed,
+                     __global REAL* restrict ap, const long ap_off, const long ap_stride,
+                     const int mr) {
+    const int panel = get_global_id(1);
+    const int r0 = panel * mr;
+    const int p0 = get_global_id(0) * PACK_K;
+    const long z = get_global_id(2);
+    __global const REAL* src = a + a_off + z * a_stride;
+    __global REAL* dst = ap + ap_off + z * ap_stride + ((long)panel * k + p0) * mr;
+    const int kn = min(PACK_K, k - p0);
+    const int rows = min(mr, m - r0);  // real rows of the panel; the others are zero
+    if (transposed) {  // A^T is k x m: a panel's values of one k are adjacent in memory
+        for (int q = 0; q < kn; ++q) {
+            __global const REAL* col = src + (long)(p0 + q) * lda + r0;
+            for (int i = 0; i < rows; ++i) dst[q * mr + i] = col[i];
+            for (int i = rows; i < mr; ++i) dst[q * mr + i] = (REAL)0;
+        }
+        return;
+    }
+    for (int i = 0; i < mr; ++i) {
+        __global const REAL* row = src + (long)(r0 + i) * lda + p0;
+        if (i < rows) {
+            for (int q = 0; q < kn; ++q) dst[q * mr + i] = row[q];
+        } else {
+            for (int q = 0; q < kn; ++q) dst[q * mr + i] = (REAL)0;
+        }
+    }
+}
