@@ -129,3 +129,33 @@ def test_constant_weights_are_packed_once(clconv, rng, queue, monkeypatch, algor
     plain = cla.to_device(queue, w)
     again = clconv.conv2d(xd, plain, bd, stride=2, padding=1, groups=groups, algorithm=algorithm)
     np.testing.assert_array_equal(again.get(), got.get())
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_constant_linear_weights_are_packed_once(clconv, rng, queue, monkeypatch, activation):
+    """linear on the packed engine packs a weight declared constant once (a compiled model's
+    classifier), and any other weight on every call, with the same results."""
+    from clconv.blas import packed
+    from clconv.blas.engine import gemm_engine
+    from clconv.ops.plan import mark_constant
+
+    if gemm_engine(clconv.current_device()) is not packed:
+        pytest.skip("the packed GEMM engine is not this device's")
+    packs = []
+    real = packed.enqueue_pack_a
+    monkeypatch.setattr(packed, "enqueue_pack_a", lambda *a, **k: packs.append(1) or real(*a, **k))
+    x, w, b = _r(rng, (3, 37)), _r(rng, (21, 37)), _r(rng, (21,))
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    if activation == "relu":
+        want = np.maximum(want, 0)
+    wd = mark_constant(cla.to_device(queue, w))
+    xd, bd = cla.to_device(queue, x), cla.to_device(queue, b)
+    for _ in range(3):
+        got = clconv.linear(xd, wd, bd, activation=activation)
+        assert_close(got, want, np.float32, 37, float(np.abs(x).max() * np.abs(w).max()))
+    assert len(packs) == 1
+    plain = cla.to_device(queue, w)
+    for _ in range(2):
+        again = clconv.linear(xd, plain, bd, activation=activation)
+        np.testing.assert_array_equal(again.get(), got.get())
+    assert len(packs) == 3

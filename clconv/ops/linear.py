@@ -26,7 +26,7 @@ from ..runtime.device import Device, current_device
 from ..runtime.transfer import ArrayLike, element_offset, result_dtype
 from .activation import ActivationArg, normalize_activation
 from .elementwise import enqueue_bias_act
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, derived, is_constant, shape_of
 
 __all__ = ["LinearPlan", "linear"]
 
@@ -104,12 +104,20 @@ class LinearPlan(Plan):
         m, n, k = self.n, self.rows, self.k
         tile = packed.tile_for(dev, self.work, m, n, k)
         a_size, b_size = tile.packed_a_size(m, k), tile.packed_b_size(n, k)
-        scratch = packed.packed_scratch(dev, a_size + b_size, self.work)
-        packed.enqueue_pack_a(dev, tile, m, k, w, element_offset(w), 0, 1, k, False, scratch, 0,
-                              a_size)
+        if is_constant(w):  # weights that never change (a compiled model's): packed once
+            ready = derived(w, ("packed linear", tile, m, k), lambda: packed.pack_a(
+                dev, m, k, w, element_offset(w), tile=tile))
+            a_buf, a_off = ready.data, ready.offset
+            scratch = packed.packed_scratch(dev, b_size, self.work)
+            b_off = 0
+        else:
+            scratch = packed.packed_scratch(dev, a_size + b_size, self.work)
+            packed.enqueue_pack_a(dev, tile, m, k, w, element_offset(w), 0, 1, k, False, scratch,
+                                  0, a_size)
+            a_buf, a_off, b_off = scratch, 0, a_size
         packed.enqueue_pack_b(dev, tile, n, k, x, element_offset(x), 0, 1, k, True, scratch,
-                              a_size, b_size)
-        packed.enqueue_gemm(dev, tile, m, n, k, scratch, 0, 0, scratch, a_size, 0, out,
+                              b_off, b_size)
+        packed.enqueue_gemm(dev, tile, m, n, k, a_buf, a_off, 0, scratch, b_off, 0, out,
                             element_offset(out), 0, 1, segment=1, segment_stride=self.n,
                             bias=b, bias_offset=0 if b is None else element_offset(b),
                             activation=self.act, residual=r,
