@@ -9,6 +9,7 @@
 // -D PAD_MODE   0 zeros, 1 reflect, 2 replicate, 3 circular
 // -D ACT, ACT_A, ACT_B  the fused activation (see activate() below; default 0: none)
 // -D HAS_BIAS   the epilogue adds bias[c]   -D HAS_RESIDUAL  it adds residual[the element's offset]
+// -D BIAS_AT_RUN_TIME, RESIDUAL_AT_RUN_TIME  instead: each added when its buffer is not NULL
 //
 // Geometry is canonical 3-D: 1-D and 2-D problems are 3-D ones whose leading spatial dims are 1, so one
 // kernel family serves conv1d/2d/3d. The kernel size, stride and dilation (KD..DW) are always
@@ -360,8 +361,10 @@ inline ACC activate(ACC v) {
 // and applies the activation (-D ACT, see activate()). fmax would turn NaN into 0; PyTorch's relu keeps
 // NaN, and so does this comparison (NaN < 0 is false).
 inline ACC epilogue_value(ACC v, __global const REAL* bias, const long b_offset, const int c) {
-#ifdef HAS_BIAS
+#if defined(HAS_BIAS)
     v += (ACC)bias[b_offset + c];
+#elif defined(BIAS_AT_RUN_TIME)
+    if (bias) v += (ACC)bias[b_offset + c];
 #endif
     return activate(v);
 }
@@ -370,13 +373,30 @@ inline ACC epilogue_value(ACC v, __global const REAL* bias, const long b_offset,
 // torch's order (conv + bias, + residual, then the activation). The residual has the output's shape:
 // a kernel passes the element's own offset within it. Without HAS_RESIDUAL it is epilogue_value
 // (residual is not read). Kernels built with HAS_RESIDUAL must store through this one.
+// -D RESIDUAL_AT_RUN_TIME instead: the residual is added when the pointer is not NULL (the host
+// passes a NULL buffer for none), so that one program serves a layer with and without it (the
+// GEMM kernels, where the test costs nothing next to the K loop; a network with residual adds
+// then builds and compiles each of them once, not twice). BIAS_AT_RUN_TIME: the same for the
+// bias (gemm_packed.cl's GEMM).
 inline ACC epilogue_residual(ACC v, __global const REAL* bias, const long b_offset, const int c,
                              __global const REAL* residual, const long r_index) {
-#ifdef HAS_BIAS
+#if defined(HAS_BIAS)
     v += (ACC)bias[b_offset + c];
+#elif defined(BIAS_AT_RUN_TIME)
+    if (bias) v += (ACC)bias[b_offset + c];
 #endif
-#ifdef HAS_RESIDUAL
+#if defined(HAS_RESIDUAL)
     v += (ACC)residual[r_index];
+#elif defined(RESIDUAL_AT_RUN_TIME)
+    if (residual) v += (ACC)residual[r_index];
 #endif
     return activate(v);
 }
+
+// The residual's element e from `residual` (NULL stays NULL under RESIDUAL_AT_RUN_TIME: no
+// residual; pointer arithmetic on NULL would make it look present).
+#ifdef RESIDUAL_AT_RUN_TIME
+#define RESIDUAL_AT(residual, e) ((residual) ? (residual) + (e) : (__global const REAL*)0)
+#else
+#define RESIDUAL_AT(residual, e) ((residual) + (e))
+#endif

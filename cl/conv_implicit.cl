@@ -67,7 +67,8 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
 
     __global const REAL* apanels = ap + ap_off + g * ap_stride;
     __global REAL* cg = out + out_off + (long)g * COUT_G * OUT_SPATIAL;
-    __global const REAL* rg = residual + res_off + (long)g * COUT_G * OUT_SPATIAL;  // laid out as cg
+    // laid out as cg (NULL: none, with RESIDUAL_AT_RUN_TIME)
+    __global const REAL* rg = RESIDUAL_AT(residual, res_off + (long)g * COUT_G * OUT_SPATIAL);
     const long boff = bias_off + g * COUT_G;
     for (int k0 = k_begin; k0 < k_end; k0 += kc_rows) {
         const int kc = min(kc_rows, k_end - k0);

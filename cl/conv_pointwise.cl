@@ -48,7 +48,8 @@ __kernel void conv_pointwise(__global const REAL* restrict x, const long x_offse
     __global const REAL* a = weight + w_offset + (idx_t)g * COUT_G * CIN_G;
     const idx_t plane = (n * COUT + (idx_t)g * COUT_G) * l;
     __global REAL* c = y + y_offset + plane;
-    __global const REAL* res = residual + r_offset + plane;  // laid out as c
+    // laid out as c (NULL: none, with RESIDUAL_AT_RUN_TIME)
+    __global const REAL* res = RESIDUAL_AT(residual, r_offset + plane);
     long col[NR];
 #pragma unroll
     for (int j = 0; j < NR; ++j) col[j] = j0 + j;

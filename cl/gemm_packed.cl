@@ -20,9 +20,11 @@
 //
 // -D MR, -D NR     register tile (rows of A, columns of B); NR a multiple of VW
 // -D VW            vector width of REAL (8 for float on AVX2, 4 for double); 2, 4, 8 or 16
-// -D HAS_BIAS      C[i][j] += bias[bias_off + z * bias_stride + i] in the store (after alpha, beta)
+// -D HAS_BIAS      C[i][j] += bias[bias_off + z * bias_stride + i] in the store (after alpha, beta);
+//                  -D BIAS_AT_RUN_TIME: the same where the bias buffer is not NULL (common.cl)
 // -D HAS_RESIDUAL  C[i][j] += R[i][j] in the store (after the bias; R at residual + res_off, laid out
-//                  as C: same ldc, column offsets and c_stride)
+//                  as C: same ldc, column offsets and c_stride); -D RESIDUAL_AT_RUN_TIME: the same
+//                  where the residual buffer is not NULL (common.cl)
 // -D ACT (ACT_A, ACT_B)  the activation, last in the store (common.cl's ACT_APPLY, on whole vectors
 //                  in full tiles: relu is one select; NaN kept, as torch). -D RELU: ACT=1.
 // -D GEMM_PACKED_NO_KERNELS  only the inline functions (for kernels that include this file)
@@ -87,13 +89,14 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
 
 // Stores the tile at rows i0.. (mrows of them valid) and the NR columns whose offsets are col[]
 // (ncols valid; `contiguous`: col[v] = col[0] + v for all NR, a full panel inside one segment).
-// res: the residual, a pointer laid out as c (read only with HAS_RESIDUAL).
+// res: the residual, a pointer laid out as c (read only with HAS_RESIDUAL, or when not NULL with
+// RESIDUAL_AT_RUN_TIME).
 #define TILE_STORE(acc, c, ldc, i0, mrows, col, ncols, contiguous, alpha, beta, bias, bias_off, \
                    res)                                                                         \
     if ((contiguous) && (mrows) == MR) {                                                        \
         _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) {                                     \
             __global REAL* row_ = (c) + (long)((i0) + i_) * (ldc) + (col)[0];                   \
-            __global const REAL* rrow_ = (res) + (long)((i0) + i_) * (ldc) + (col)[0];          \
+            __global const REAL* rrow_ = RESIDUAL_AT(res, (long)((i0) + i_) * (ldc) + (col)[0]);\
             _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) {                                 \
                 VEC r_ = (alpha) * acc[i_][v_];                                                 \
                 if ((beta) != (REAL)0) r_ = fma((VEC)(beta), VLOAD(v_, row_), r_);              \
@@ -105,7 +108,7 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
         _Pragma("unroll") for (int i_ = 0; i_ < MR; ++i_) {                                     \
             if (i_ < (mrows)) {                                                                 \
                 __global REAL* row_ = (c) + (long)((i0) + i_) * (ldc);                          \
-                __global const REAL* rrow_ = (res) + (long)((i0) + i_) * (ldc);                 \
+                __global const REAL* rrow_ = RESIDUAL_AT(res, (long)((i0) + i_) * (ldc));       \
                 _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_) {                             \
                     REAL lanes_[VW];                                                            \
                     VSTORE(acc[i_][v_], 0, lanes_);                                             \
@@ -114,7 +117,7 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
                         if (j_ < (ncols)) {                                                     \
                             __global REAL* e_ = row_ + (col)[j_];                               \
                             *e_ = store_value(lanes_[l_], alpha, beta, e_, bias, bias_off,      \
-                                              (i0) + i_, rrow_ + (col)[j_]);                    \
+                                              (i0) + i_, RESIDUAL_AT(rrow_, (col)[j_]));        \
                         }                                                                       \
                     }                                                                           \
                 }                                                                               \
@@ -128,13 +131,17 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
 // The full-tile store's epilogue on a vector r (vector v of its row): + bias of row i, + the
 // residual's vector, then the activation on the whole vector (relu: one select, where NaN < 0 is
 // false so NaN is kept).
-#ifdef HAS_BIAS
+#if defined(HAS_BIAS)
 #define TILE_BIAS_VEC(r, bias, bias_off, i) r += (VEC)((bias)[(bias_off) + (i)]);
+#elif defined(BIAS_AT_RUN_TIME)
+#define TILE_BIAS_VEC(r, bias, bias_off, i) if (bias) r += (VEC)((bias)[(bias_off) + (i)]);
 #else
 #define TILE_BIAS_VEC(r, bias, bias_off, i)
 #endif
-#ifdef HAS_RESIDUAL
+#if defined(HAS_RESIDUAL)
 #define TILE_RESIDUAL_VEC(r, rrow, v) r += VLOAD(v, rrow);
+#elif defined(RESIDUAL_AT_RUN_TIME)
+#define TILE_RESIDUAL_VEC(r, rrow, v) if (rrow) r += VLOAD(v, rrow);
 #else
 #define TILE_RESIDUAL_VEC(r, rrow, v)
 #endif
@@ -231,7 +238,7 @@ __kernel void gemm_packed(const int m, const int n, const int k, const int k_beg
     __global const REAL* bpanel = bp + bp_off + z * bp_stride + ((long)jp * k + k_begin) * NR;
     __global const REAL* apanels = ap + ap_off + z * ap_stride;
     __global REAL* cz = c + c_off + z * c_stride;
-    __global const REAL* rz = residual + res_off + z * c_stride;  // laid out as cz
+    __global const REAL* rz = RESIDUAL_AT(residual, res_off + z * c_stride);  // laid out as cz
     const long boff = bias_off + z * bias_stride;
     PANEL_COLUMNS(col, ncols, contiguous, jp, n, seg, seg_stride)
     for (int ip = ip0; ip < ip1; ++ip) {

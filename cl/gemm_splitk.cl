@@ -3,7 +3,7 @@
 // rows, so that each work-item's slice of B stays in L2 and two cores have work-items enough.
 //
 //   gemm_splitk:   P[z][s] (M x L) = A[:, K_s] @ B[z][K_s, :]   (s < nsplit, K_s = [s * kc, ...))
-//   splitk_reduce: C[z] = act(sum_s P[z][s] + bias + residual)
+//   splitk_reduce: C[z] = act(sum_s P[z][s] + bias + residual)   (cl/splitk_reduce.cl)
 //
 // A: row-major M x K (lda = K; a convolution's weight (C_out, C_in * prod(kernel))). B[z]:
 // row-major K x L from b + b_off + z * b_stride (ldb = L: the im2col columns of image z). P: the
@@ -12,15 +12,14 @@
 // sequential stream: no packing pass) and B's rows read where they are; the last column panel ends
 // at L (overlapping its predecessor; the host requires L >= NR), rows of A past M read row M - 1
 // again and the masked store drops them. The partial tiles are stored plainly; splitk_reduce adds
-// them in split order and applies common.cl's epilogue (HAS_BIAS, HAS_RESIDUAL, ACT: defined for
-// that kernel's build only).
+// them in split order and applies common.cl's epilogue (cl/splitk_reduce.cl: a program of its own,
+// so that its epilogue's defines do not build this file again).
 //
 // Defines: MR, NR, VW (gemm_packed.cl), REAL (common.cl); sizes are arguments: one program per
-// tile and dtype (and epilogue, for the reduction).
+// tile and dtype.
 // gemm_splitk NDRange (ceil(panels / col_panels), mgroups, batch * nsplit), local size (1, 1, 1):
 // a work-item walks col_panels column panels (all of an image's when its slice of B fits L2) per
 // tile of A, so that A, the big operand at batch 1, is read from memory once.
-// splitk_reduce NDRange (L, M, batch).
 
 #define GEMM_PACKED_NO_KERNELS
 #include "gemm_packed.cl"
@@ -64,20 +63,4 @@ __kernel void gemm_splitk(__global const REAL* restrict a, const long a_off,
                        pz, 0, pz)
         }
     }
-}
-
-__kernel void splitk_reduce(__global const REAL* restrict p, const long p_off, const int nsplit,
-                            __global REAL* restrict y, const long y_off,
-                            __global const REAL* restrict bias, const long b_off,
-                            __global const REAL* restrict residual, const long r_off) {
-    const int j = get_global_id(0);
-    const int i = get_global_id(1);
-    const long z = get_global_id(2);
-    const int l = get_global_size(0), m = get_global_size(1);
-    const long e = (long)i * l + j;  // the element within one M x L matrix
-    __global const REAL* pz = p + p_off + z * nsplit * (long)m * l + e;
-    ACC v = (ACC)0;
-    for (int s = 0; s < nsplit; ++s) v += (ACC)pz[(long)s * m * l];
-    const long o = z * (long)m * l + e;
-    y[y_off + o] = (REAL)epilogue_residual(v, bias, b_off, i, residual, r_off + o);
 }

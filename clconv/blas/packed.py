@@ -126,8 +126,13 @@ class PackedA:
 
 
 def gemm_defines(tile: Tile, dtype: Any) -> dict[str, object]:
+    """The defines of cl/gemm_packed.cl's programs for `tile` and `dtype`: the bias and the
+    residual are read when their buffers are not NULL (BIAS_AT_RUN_TIME, RESIDUAL_AT_RUN_TIME),
+    so that pack_b and the GEMM with or without them share one program (the activation, where
+    there is one, makes another)."""
     defines = precision_defines(np.dtype(dtype))
     defines.update(tile.defines())
+    defines.update(BIAS_AT_RUN_TIME=None, RESIDUAL_AT_RUN_TIME=None)
     return defines
 
 
@@ -277,16 +282,13 @@ def enqueue_gemm(dev: Device, tile: Tile, m: int, n: int, k: int, ap: cla.Array,
     _check_sizes(m, n, k)
     plain = gemm_defines(tile, c.dtype)
     defines = dict(plain)
-    if bias is not None:
-        defines["HAS_BIAS"] = None
-    if residual is not None:
-        defines["HAS_RESIDUAL"] = None
     defines.update(activation_defines(activation))
     mgroups, per_group = grid(dev, tile, m, n, batch)
     real = np.float64 if c.dtype == np.float64 else np.float32
-    bias_buf = bias.base_data if bias is not None else c.base_data
+    # No bias or residual: NULL buffers (the program tests them at run time).
+    bias_buf = bias.base_data if bias is not None else None
     res_buf, res_off = (residual.base_data, residual_offset) if residual is not None else \
-        (c.base_data, c_offset)
+        (None, 0)
     ranges = k_ranges(dev, tile, k)
     for i, (k0, k1) in enumerate(ranges):
         # K in pieces (a loop-capped driver only): partial sums through C, the epilogue last.
@@ -297,8 +299,9 @@ def enqueue_gemm(dev: Device, tile: Tile, m: int, n: int, k: int, ap: cla.Array,
             np.int64(ap_offset), np.int64(ap_stride), bp.base_data, np.int64(bp_offset),
             np.int64(bp_stride), c.base_data, np.int64(c_offset), np.int64(c_stride),
             np.int64(ldc), np.int64(n if segment is None else segment),
-            np.int64(segment_stride), real(alpha), real(beta if i == 0 else 1.0), bias_buf,
-            np.int64(bias_offset), np.int64(bias_stride), res_buf, np.int64(res_off))
+            np.int64(segment_stride), real(alpha), real(beta if i == 0 else 1.0),
+            bias_buf if last else None, np.int64(bias_offset), np.int64(bias_stride),
+            res_buf if last else None, np.int64(res_off))
 
 
 def _check_dtype(dtype: np.dtype) -> None:

@@ -337,9 +337,12 @@ class ImplicitGemm(_PackedGemmConv):
         tile, itemsize = self.tile, self.dtype.itemsize
         self.m, self.k = geo.cout_per_group, geo.cin_per_group * geo.ksize
         kc = packed_conv.implicit_chunk(dev, self.k, tile, itemsize)
-        # Sizes and the chunk are arguments: one program per kernel size, stride and epilogue.
-        defines = kernel_defines(geo.shape_defines(), self.dtype, _index_t(geo), **tile.defines())
-        defines.update(epilogue_defines(has_bias, activation, has_residual))
+        # Sizes and the chunk are arguments: one program per kernel size, stride and epilogue;
+        # the residual is read when its buffer is not NULL (RESIDUAL_AT_RUN_TIME), so that a
+        # layer with a residual add shares the program of one without.
+        defines = kernel_defines(geo.shape_defines(), self.dtype, _index_t(geo), **tile.defines(),
+                                 RESIDUAL_AT_RUN_TIME=None)
+        defines.update(epilogue_defines(has_bias, activation))
         self.conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
         self.pack = packed.pack_a_kernel(dev, self.dtype)
         self.panel = cl.LocalMemory(kc * tile.nr * itemsize)
@@ -382,9 +385,9 @@ class ImplicitGemm(_PackedGemmConv):
         bias_buf, b_off = (b.base_data, np.int64(element_offset(b))) if b is not None else \
             (out.base_data, np.int64(0))
         # The residual is laid out as the output: the kernel reads it at res_off + the element's
-        # offset from out_off.
+        # offset from out_off; a NULL buffer for none.
         res_buf, res_off = (residual.base_data, np.int64(element_offset(residual))) \
-            if residual is not None else (out.base_data, np.int64(element_offset(out)))
+            if residual is not None else (None, np.int64(0))
         x_buf, x_off = x.base_data, element_offset(x)
         out_buf, out_off = out.base_data, element_offset(out)
         event = None

@@ -69,9 +69,10 @@ def fused_conv_args(x_buf: object, x_off: int, w: cla.Array, b: cla.Array | None
                     residual: cla.Array | None, out: cla.Array) -> tuple[object, ...]:
     """The leading arguments of the convolution kernels with a fused epilogue
     (cl/conv_depthwise.cl, cl/conv_pointwise.cl): the input (buffer, element offset), then the
-    weight, bias, residual and output as (buffer, element offset)."""
+    weight, bias, residual and output as (buffer, element offset). No residual is a NULL buffer
+    (kernels built with RESIDUAL_AT_RUN_TIME test for it; the others never read it)."""
     b_buf, b_off = optional_buffer_args(b, out)
-    r_buf, r_off = optional_buffer_args(residual, out)
+    r_buf, r_off = (None, np.int64(0)) if residual is None else optional_buffer_args(residual, out)
     return (x_buf, np.int64(x_off), w.base_data, np.int64(element_offset(w)), b_buf, b_off, r_buf,
             r_off, out.base_data, np.int64(element_offset(out)))
 

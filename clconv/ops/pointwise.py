@@ -74,8 +74,11 @@ class Pointwise:
         self.dev, self.geo = dev, geo
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
                              geo.batch * geo.out_channels * l, geo.out_channels * geo.cin_per_group)
-        defines = kernel_defines(geo.shape_defines(), dtype, index_t, **self.tile.defines())
-        defines.update(epilogue_defines(has_bias, activation, has_residual))
+        # The residual read when its buffer is not NULL: layers with and without one share the
+        # program (as 'implicit').
+        defines = kernel_defines(geo.shape_defines(), dtype, index_t, **self.tile.defines(),
+                                 RESIDUAL_AT_RUN_TIME=None)
+        defines.update(epilogue_defines(has_bias, activation))
         self.kernel = kernel(dev, "conv_pointwise.cl", "conv_pointwise", defines)
         # A strided 1x1 convolution reads a subsampled input: conv_pointwise.cl's subsample
         # gathers it into the column buffer first ((N, C_in, L): L = the output positions), and

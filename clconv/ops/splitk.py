@@ -1,7 +1,7 @@
 """algorithm='splitk': dense convolutions with few output positions and a long reduction (ResNet's
 512 x 7x7 and 256 x 14x14 3x3 layers at batch 1) as im2col (cl/im2col.cl) + a GEMM split over K as
 well as over output channels (cl/gemm_splitk.cl) + a reduction of the K slices that applies the
-bias, residual and activation. Shaped for CPUs (local size 1).
+bias, residual and activation (cl/splitk_reduce.cl). Shaped for CPUs (local size 1).
 
 Why: with N = 49 output positions the implicit GEMM has two column panels, each K x NR values
 (4608 x 32 floats = 590 KB for 512 channels, more than a core's L2), re-read for every tile of
@@ -20,7 +20,7 @@ from ..blas import packed
 from ..blas.engine import cpu_shaped
 from ..runtime.device import Device
 from ..runtime.memory import column_buffer
-from ..runtime.program import kernel
+from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg
 from .geometry import ConvGeometry
@@ -79,9 +79,11 @@ class SplitK:
         self.im2col = Im2col(dev, geo.defines(), dtype, index_t)
         gemm_defines = kernel_defines({}, dtype, index_t, **self.tile.defines())
         self.gemm = kernel(dev, "gemm_splitk.cl", "gemm_splitk", gemm_defines)
-        reduce_defines = dict(gemm_defines)
-        reduce_defines.update(epilogue_defines(has_bias, activation, has_residual))
-        self.reduce = kernel(dev, "gemm_splitk.cl", "splitk_reduce", reduce_defines)
+        # The reduction's program: the epilogue's defines, the residual read where its buffer is
+        # not NULL (layers with and without one share it).
+        reduce_defines = precision_defines(dtype)
+        reduce_defines.update(epilogue_defines(has_bias, activation), RESIDUAL_AT_RUN_TIME=None)
+        self.reduce = kernel(dev, "splitk_reduce.cl", "splitk_reduce", reduce_defines)
         # A work-item walks all of an image's column panels while their K slice fits the slice
         # budget (A is then read once); the rest of the parallelism comes from the K slices and
         # from splitting the tiles of A (packed.grid, counting one "panel" a slice).
@@ -117,7 +119,7 @@ class SplitK:
         if geo.batch == 0:
             return None
         b_buf, b_off = (out.base_data, 0) if b is None else (b.base_data, element_offset(b))
-        r_buf, r_off = (out.base_data, 0) if residual is None else \
+        r_buf, r_off = (None, 0) if residual is None else \
             (residual.base_data, element_offset(residual))
         m, k, l = self.m, self.k, self.l
         with dev.lock:
