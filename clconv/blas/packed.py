@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device
@@ -33,6 +34,7 @@ __all__ = [
     "enqueue_gemm",
     "enqueue_pack_a",
     "enqueue_pack_b",
+    "pack_a_kernel",
     "gemm",
     "gemm_defines",
     "gemm_scratch_bytes",
