@@ -79,9 +79,14 @@ def resolve_padding(padding, kernel: Sequence[int], dilation: Sequence[int]):
     ``padding`` may be an int, a per-dim tuple (symmetric), ``'valid'``
     (no padding) or ``'same'``: total = dilation * (k - 1), lo = total // 2,
     hi = total - lo -- exactly how PyTorch pads an even kernel (extra element
-    on the high side).
+    on the high side) -- or already ``(lo, hi)`` pairs, one per dim (ONNX's
+    asymmetric pads).
     """
     n = len(kernel)
+    if not isinstance(padding, (str, int)) and any(isinstance(p, (tuple, list)) for p in padding):
+        pairs = [(int(lo), int(hi)) for lo, hi in padding]
+        assert len(pairs) == n and min(min(p) for p in pairs) >= 0, padding
+        return pairs
     if isinstance(padding, str):
         if padding == "valid":
             return [(0, 0)] * n

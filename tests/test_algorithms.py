@@ -1,8 +1,9 @@
 """Every registered convolution algorithm against the float64 oracle, through the public API.
 
-One matrix: each case (1-3 d, every padding mode, groups with depthwise and a channel multiplier,
-dilation, strides, 1x1, unbatched, bias or not, a fused activation and residual) runs with every
-name in clconv.ALGORITHMS but 'auto', in float32 and float64 (skipped where the device lacks it).
+One matrix: each case (1-3 d, every padding mode, (lo, hi) padding pairs, groups with depthwise and
+a channel multiplier, dilation, strides, 1x1, unbatched, bias or not, a fused activation and
+residual) runs with every name in clconv.ALGORITHMS but 'auto', in float32 and float64 (skipped
+where the device lacks it).
 An algorithm that validates the case (`clconv.ops.conv.algorithm_unsupported` says None) must
 match `reference.conv_nd` within the tolerance policy of tests/conftest.py; one that rejects it
 must raise ValueError naming itself (the call and `clconv.workspace_size`), so that no path ships
@@ -47,6 +48,15 @@ CASES = [
     ("3d-groups2-s121", 3, (1, 4, 5, 6, 7), (4, 2, 3, 3, 3),
      {"padding": 1, "stride": (1, 2, 1), "groups": 2}, True, True),
     ("3d-1x1", 3, (2, 3, 4, 5, 6), (5, 3, 1, 1, 1), {}, False, True),
+    # (lo, hi) pairs: ONNX's asymmetric pads
+    ("2d-pairs-s2-reflect", 2, (2, 4, 9, 10), (6, 4, 3, 3),
+     {"padding": ((0, 2), (1, 0)), "stride": 2, "padding_mode": "reflect"}, True, True),
+    ("2d-pairs-depthwise", 2, (1, 4, 7, 7), (4, 1, 3, 3),
+     {"padding": ((0, 2), (2, 0)), "groups": 4}, True, True),
+    ("1d-pairs-groups2", 1, (2, 4, 20), (4, 2, 3), {"padding": ((3, 0),), "groups": 2}, True,
+     False),
+    ("3d-pairs-circular", 3, (1, 2, 5, 6, 7), (3, 2, 3, 3, 3),
+     {"padding": ((1, 0), (0, 2), (1, 1)), "padding_mode": "circular"}, False, True),
 ]
 NAMES = [a for a in ALGORITHMS if a != "auto"]
 
@@ -63,7 +73,8 @@ def _geometry(nd, x_shape, w_shape, kw):
 
     batched = x_shape if len(x_shape) == nd + 2 else (1, *x_shape)
     return conv_geometry(nd, batched, w_shape, kw.get("stride", 1), kw.get("padding", 0),
-                         kw.get("dilation", 1), kw.get("groups", 1), kw.get("padding_mode", "zeros"))
+                         kw.get("dilation", 1), kw.get("groups", 1), kw.get("padding_mode", "zeros"),
+                         asymmetric=True)
 
 
 def _oracle(x, w, b, r, kw):

@@ -139,7 +139,7 @@ class ConvPlan(Plan):
         # `geometry` (internal: the layers' backward) gives an already validated geometry, such as
         # a transposed convolution's forward one with its asymmetric padding.
         geo = geometry or conv_geometry(nd, batch_shape, weight_shape, stride, padding, dilation,
-                                        groups, padding_mode)
+                                        groups, padding_mode, asymmetric=True)
         out_shape = geo.output_shape[1:] if unbatched else geo.output_shape
         operands = conv_operand_shapes(input_shape, weight_shape, bias_shape, residual_shape,
                                        geo.out_channels, out_shape)
@@ -399,7 +399,8 @@ def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: Pad
         raise ValueError(f"weight must have 3, 4 or 5 dims, got shape {w_shape}")
     if len(x_shape) == nd + 1:
         x_shape = (1, *x_shape)
-    geo = conv_geometry(nd, x_shape, w_shape, stride, padding, dilation, groups, padding_mode)
+    geo = conv_geometry(nd, x_shape, w_shape, stride, padding, dilation, groups, padding_mode,
+                        asymmetric=True)
     dt = np.dtype(getattr(input, "dtype", dtype))
     algo = choose_algorithm(current_device(), geo, algorithm, dt)
     if algo == "winograd":
@@ -457,7 +458,7 @@ def _residual_shape(nd: int, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
     """The output's shape, which a residual must have (unbatched when the input is)."""
     unbatched = len(x_shape) == nd + 1
     geo = conv_geometry(nd, (1, *x_shape) if unbatched else x_shape, w_shape, stride, padding,
-                        dilation, groups, padding_mode)
+                        dilation, groups, padding_mode, asymmetric=True)
     return geo.output_shape[1:] if unbatched else geo.output_shape
 
 
@@ -471,7 +472,9 @@ conv1d, conv2d, conv3d = per_dimensions(
 
     input (N, C_in, H, W) or unbatched (C_in, H, W); weight (C_out, C_in/groups, kh, kw); bias
     (C_out,) or None. stride, dilation: int or pair (>= 1); padding: int or pair (>= 0), 'valid' or
-    'same' (stride 1; an odd total padding puts the extra element at the end, as PyTorch does).
+    'same' (stride 1; an odd total padding puts the extra element at the end, as PyTorch does), or
+    one (lo, hi) pair a spatial dim, ((top, bottom), (left, right)): asymmetric, as ONNX's pads
+    (begin, end); the forward convolutions only.
     padding_mode: 'zeros' | 'reflect' | 'replicate' | 'circular' (as torch.nn.Conv2d's).
     algorithm: 'auto' | 'implicit' | 'im2col_packed' | 'im2col' | 'direct' | 'winograd' (3x3
     stride-1 only) | 'depthwise' (groups == C_in) | 'pointwise' (1x1, no padding) | 'splitk'
@@ -479,9 +482,11 @@ conv1d, conv2d, conv3d = per_dimensions(
     'implicit' or 'im2col_packed', clconv's own GEMM, and the three shape-specific kernels where
     they apply); see the module doc.
     activation: fused into the kernels' store after bias and residual: None, 'relu', 'relu6',
-    'silu', 'gelu', 'sigmoid', 'tanh', 'hardswish', 'hardsigmoid', 'leaky_relu', 'elu' (torch's
-    defaults), or ('leaky_relu', negative_slope), ('elu', alpha), ('gelu', 'tanh') (torch's
-    approximate='tanh'), ('clamp', min, max) (a bound may be None). NaN/Inf propagate as in torch.
+    'silu', 'gelu', 'sigmoid', 'tanh', 'hardswish', 'hardsigmoid', 'leaky_relu', 'elu',
+    'softplus', 'mish', 'selu', 'celu' (torch's defaults), or ('leaky_relu', negative_slope),
+    ('elu', alpha), ('celu', alpha), ('softplus', beta, threshold), ('gelu', 'tanh') (torch's
+    approximate='tanh'), ('clamp', min, max) (a bound may be None; hardtanh). NaN/Inf propagate
+    as in torch.
     residual: None or an array of the output's shape (N, C_out, H_out, W_out) (same kind and dtype
     as input), added in the same store: y = act(conv(x) + bias + residual) (ResNet's skip).
     workspace_limit: bytes the column buffer (or Winograd's transforms) may take (None: the

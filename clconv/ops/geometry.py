@@ -30,7 +30,9 @@ __all__ = [
 ]
 
 IntOrTuple = Union[int, Sequence[int]]
-PaddingArg = Union[int, Sequence[int], str]
+# An int, one int a spatial dim, 'same' / 'valid', or (forward convolutions only) one (lo, hi)
+# pair a spatial dim: ONNX's asymmetric pads (begin, end).
+PaddingArg = Union[int, Sequence[int], Sequence[Sequence[int]], str]
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _PAD_MODE_CODE = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
 
@@ -262,11 +264,12 @@ def conv_operand_shapes(input_shape: Sequence[int], weight_shape: Sequence[int],
 
 def conv_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int],
                   stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
-                  padding_mode: str = "zeros") -> ConvGeometry:
+                  padding_mode: str = "zeros", asymmetric: bool = False) -> ConvGeometry:
     """Validates a convolution's arguments (PyTorch's rules) and returns its geometry.
 
     input_shape: (N, C_in, *spatial) (batched; the caller strips unbatched inputs first);
-    weight_shape: (C_out, C_in / groups, *kernel).
+    weight_shape: (C_out, C_in / groups, *kernel). asymmetric: padding may also be one (lo, hi)
+    pair a spatial dim (the forward convolutions; ONNX's pads).
     """
     check_ranks_and_groups(nd, input_shape, weight_shape, groups, "convolution",
                            "(C_out, C_in/groups, *kernel)")
@@ -294,7 +297,7 @@ def conv_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequence[in
                     f"unbatched input moves its last axis to the front)")
         raise ValueError(f"input has {c_in} channels but weight {tuple(weight_shape)} with "
                          f"groups={groups} expects {c_in_g * groups} (channel mismatch){hint}")
-    pad_lo, pad_hi = _conv_padding(padding, nd, kernel, stride_t, dilation_t)
+    pad_lo, pad_hi = _conv_padding(padding, nd, kernel, stride_t, dilation_t, asymmetric)
     _check_kernel_fits(in_size, kernel, dilation_t, pad_lo, pad_hi)
     if padding_mode == "reflect" and any(p >= i for p, i in zip(pad_lo + pad_hi, in_size * 2)):
         raise ValueError(f"padding {tuple(zip(pad_lo, pad_hi))} with padding_mode='reflect' must be "
@@ -308,9 +311,17 @@ def conv_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequence[in
 
 
 def _conv_padding(padding: PaddingArg, nd: int, kernel: Sequence[int], stride: tuple[int, ...],
-                  dilation: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                  dilation: tuple[int, ...],
+                  asymmetric: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(leading, trailing) padding per dim; 'same' pads an odd total with the extra on the end,
-    as PyTorch does for even kernels."""
+    as PyTorch does for even kernels; with `asymmetric`, one (lo, hi) pair a dim is taken as
+    given."""
+    pairs = _padding_pairs(padding, nd)
+    if pairs is not None:
+        if not asymmetric:
+            raise ValueError(f"padding as (lo, hi) pairs is taken by the forward convolutions "
+                             f"(conv1d/2d/3d) only, got {padding!r}")
+        return tuple(lo for lo, _ in pairs), tuple(hi for _, hi in pairs)
     if isinstance(padding, str):
         if padding == "valid":
             return (0,) * nd, (0,) * nd
@@ -324,6 +335,28 @@ def _conv_padding(padding: PaddingArg, nd: int, kernel: Sequence[int], stride: t
         raise ValueError(f"padding must be an int, a tuple of ints, 'same' or 'valid', got {padding!r}")
     pad = as_tuple(padding, nd, "padding", 0)
     return pad, pad
+
+
+def _padding_pairs(padding: PaddingArg, nd: int) -> list[tuple[int, int]] | None:
+    """`padding` as nd (lo, hi) pairs when it is written so (a sequence whose items are
+    sequences), else None; ValueError/TypeError for a malformed or negative one."""
+    if isinstance(padding, str) or not isinstance(padding, Sequence) or \
+            not any(isinstance(p, Sequence) and not isinstance(p, str) for p in padding):
+        return None
+    if len(padding) != nd:
+        raise ValueError(f"padding as (lo, hi) pairs needs one pair for each of the {nd} spatial "
+                         f"dims, got {padding!r}")
+    pairs = []
+    for p in padding:
+        if isinstance(p, str) or not isinstance(p, Sequence) or len(p) != 2 or \
+                not all(map(_is_int, p)):
+            raise TypeError(f"padding as (lo, hi) pairs needs a pair of ints for every spatial dim, "
+                            f"got {padding!r}")
+        lo, hi = int(p[0]), int(p[1])
+        if lo < 0 or hi < 0:
+            raise ValueError(f"padding must not be negative, got {padding!r}")
+        pairs.append((lo, hi))
+    return pairs
 
 
 @dataclass(frozen=True)
