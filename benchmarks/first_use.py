@@ -3,6 +3,7 @@
 
     python -m benchmarks.first_use                     # ResNet-18 and MobileNetV2, cold and warm
     python -m benchmarks.first_use --nets resnet18 --modes cold --json out.json
+    python -m benchmarks.first_use --paths convert compile   # also the compiled path
 
 Each measurement runs in a new Python process whose caches all live in one temporary folder:
 clconv's (CLCONV_CACHE_DIR: the algorithm choices), PoCL's (POCL_CACHE_DIR: compiled kernels) and
@@ -10,8 +11,9 @@ pyopencl's (XDG_CACHE_HOME; PYOPENCL_NO_CACHE=1 besides). 'cold' starts from an 
 machine, CI, a container); 'warm' runs a second process on the folder the cold one filled. The
 networks (clconv.tools.networks) are built from their papers' tables in torch (ResNet-18: He et
 al. 2015, table 1; MobileNetV2: Sandler et al. 2018, table 2), randomly initialised, in eval mode,
-batch 1 at 224x224, converted by `clconv.torch.convert` (needs torch). Reported per run: the first and second
-forward (s), the first one's CPU time (all the process's threads: a figure that other work on a
+batch 1 at 224x224, converted by `clconv.torch.convert` (--paths convert, the default; needs torch)
+or compiled by `clconv.torch.compile` (--paths compile: the first forward's time then includes
+compile(), which runs the example once). Reported per run: the first and second forward (s), the first one's CPU time (all the process's threads: a figure that other work on a
 shared machine inflates less than the wall time), torch's own forward (s), the programs clconv
 built and their build time (PoCL also compiles a kernel on its first launch, in its own threads:
 that is in the forward's time, not the build time).
@@ -30,10 +32,11 @@ from typing import Any
 
 import benchmarks
 
-__all__ = ["NETWORKS", "measure", "mobilenet_v2", "resnet18", "run_child"]
+__all__ = ["NETWORKS", "PATHS", "measure", "mobilenet_v2", "resnet18", "run_child"]
 
 NETWORKS = ("resnet18", "mobilenet_v2")
 MODES = ("cold", "warm")
+PATHS = ("convert", "compile")
 
 
 def resnet18() -> Any:
@@ -52,8 +55,9 @@ def mobilenet_v2() -> Any:
     return MobileNetV2(1.0, num_classes=1000)
 
 
-def run_child(net: str) -> dict[str, Any]:
-    """In this process: build `net`, convert it, time torch's forward and clconv's first two."""
+def run_child(net: str, path: str = "convert") -> dict[str, Any]:
+    """In this process: build `net`, convert (or compile) it, time torch's forward and clconv's
+    first two."""
     import numpy as np
     import torch
 
@@ -69,9 +73,12 @@ def run_child(net: str) -> dict[str, Any]:
         start = time.perf_counter()
         ref = model(x)
         torch_s = time.perf_counter() - start
-        converted = ct.convert(model)
         dev = clconv.current_device()
         start, cpu = time.perf_counter(), time.process_time()
+        if path == "compile":
+            converted = ct.compile(model, x, progress=False)
+        else:
+            converted = ct.convert(model)
         y = converted(x)
         first, first_cpu = time.perf_counter() - start, time.process_time() - cpu
         cache = programs(dev)
@@ -81,19 +88,22 @@ def run_child(net: str) -> dict[str, Any]:
         second = time.perf_counter() - start
     err = float((y - ref).abs().max() / max(float(ref.abs().max()), 1e-30))
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    return {"net": net, "convs": convs, "first_s": first, "first_cpu_s": first_cpu,
+    return {"net": net, "path": path, "convs": convs, "first_s": first, "first_cpu_s": first_cpu,
             "second_s": second, "torch_s": torch_s,
             "programs": builds, "build_s": build_s, "device": dev.name,
             "max_rel_err": err, "finite": bool(np.isfinite(y.numpy()).all())}
 
 
 def measure(net: str, mode: str = "cold", folder: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 900) -> dict[str, Any]:
+            env: dict[str, str] | None = None, timeout: float = 900,
+            path: str = "convert") -> dict[str, Any]:
     """One fresh process measuring `net` with its caches in `folder` (a new temporary one for
     'cold'; 'warm' needs the folder a cold run filled). Returns run_child's dict plus the mode and
     the process's wall time."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if folder is None:
         if mode == "warm":
             raise ValueError("mode='warm' needs the folder of a cold run")
@@ -104,7 +114,8 @@ def measure(net: str, mode: str = "cold", folder: str | None = None,
                      XDG_CACHE_HOME=os.path.join(folder, "xdg"), PYOPENCL_NO_CACHE="1")
     child_env.pop("CLCONV_AUTO", None)  # what a user gets: 'auto' as shipped
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.first_use", "--child", net],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.first_use", "--child", net,
+                           "--path", path],
                           check=False, env=child_env, capture_output=True, text=True,
                           timeout=timeout)
     wall = time.perf_counter() - start
@@ -120,27 +131,30 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--nets", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=["convert"])
+    parser.add_argument("--path", choices=PATHS, default="convert", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_child(args.child)))
+        print(json.dumps(run_child(args.child, args.path)))
         return 0
     results = []
-    for net in args.nets:
-        folder = None
-        for mode in ("cold", "warm"):
-            if mode not in args.modes and not (mode == "cold" and "warm" in args.modes):
-                continue
-            r = measure(net, mode, folder)
-            folder = r["folder"]
-            if mode in args.modes:
-                results.append(r)
-                print(f"{net:13s} {mode:5s} first {r['first_s']:7.2f} s (CPU "
-                      f"{r['first_cpu_s']:6.2f} s)  second "
-                      f"{r['second_s'] * 1e3:7.1f} ms  torch {r['torch_s'] * 1e3:6.1f} ms  "
-                      f"programs {r['programs']:3d} built in {r['build_s']:6.2f} s  "
-                      f"({r['convs']} convs, max rel err {r['max_rel_err']:.1e})", flush=True)
+    for path in args.paths:
+        for net in args.nets:
+            folder = None
+            for mode in ("cold", "warm"):
+                if mode not in args.modes and not (mode == "cold" and "warm" in args.modes):
+                    continue
+                r = measure(net, mode, folder, path=path)
+                folder = r["folder"]
+                if mode in args.modes:
+                    results.append(r)
+                    print(f"{net:13s} {path:8s} {mode:5s} first {r['first_s']:7.2f} s (CPU "
+                          f"{r['first_cpu_s']:6.2f} s)  second "
+                          f"{r['second_s'] * 1e3:7.1f} ms  torch {r['torch_s'] * 1e3:6.1f} ms  "
+                          f"programs {r['programs']:3d} built in {r['build_s']:6.2f} s  "
+                          f"({r['convs']} convs, max rel err {r['max_rel_err']:.1e})", flush=True)
     benchmarks.write_json(args.json, results)
     return 0
 
