@@ -603,10 +603,48 @@ class Padded(nn.Module):
 
 
 def test_padding_modules_and_modes_are_lowered(dev, ct):
+    """The paddings a convolution reads alone are folded into it (its (lo, hi) pairs: no padded
+    copy): ReflectionPad2d(3) before the 7x7, ZeroPad2d before the stride-2 conv, the circular
+    F.pad before the last; the others run clconv.pad."""
     torch.manual_seed(0)
     model = Padded().eval()
     x = torch.randn(2, 3, 11, 10)
-    _lowered_with(ct, model, x, "clconv.pad", 6)
+    cm = _lowered_with(ct, model, x, "clconv.pad", 3)
+    folded = [s.op for s in cm.steps if "folded" in s.op]
+    assert len(folded) == 3 and all(s.startswith("clconv.conv2d") for s in folded), folded
+    assert [m in " ".join(folded) for m in ("reflect", "zeros", "circular")] == [True] * 3
+
+
+class PaddedNotFoldable(nn.Module):
+    """Paddings a convolution cannot take over: a non-zero constant, a reflection before a
+    convolution padding itself, a padding read twice, the channel dim padded, and a 1-d zero
+    padding added to the convolution's own (that one folds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(4, 4, 3)
+        self.d = nn.Conv2d(6, 4, 1)
+        self.e = nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(F.pad(x, (1, 1, 1, 1), value=0.25))
+        y = self.b(F.pad(y, (1, 1, 1, 1), mode="reflect"))
+        p = F.pad(y, (2, 0, 0, 2))
+        y = self.c(p) + p[:, :, 1:-1, 1:-1]
+        y = self.d(F.pad(y, (0, 0, 0, 0, 1, 1)))
+        return self.e(F.pad(y.flatten(2), (0, 3)))
+
+
+def test_paddings_that_cannot_fold_run_as_pads(dev, ct):
+    torch.manual_seed(0)
+    model = PaddedNotFoldable().eval()
+    x = torch.randn(2, 3, 9, 8)
+    cm = _lowered_with(ct, model, x, "clconv.pad", 4)
+    folded = [s.op for s in cm.steps if "folded" in s.op]
+    assert len(folded) == 1 and folded[0].startswith("clconv.conv1d"), folded
+    assert "((1, 4),)" in folded[0]
 
 
 @pytest.mark.parametrize("family", ["resnet18", "convnext"])

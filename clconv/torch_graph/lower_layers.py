@@ -18,7 +18,8 @@ from ..ops.fold import fold_batchnorm
 from .activations import activation_of, activation_spec
 from .base import Unlowerable, attr, bind, clconv_op, is_tensor, meta, shape, torch_type
 from .channel_norm import channel_norm
-from .lowering_base import ADDS, BATCHNORMS, LoweringBase, conv_dims, transposed_dims
+from .lowering_base import (ADDS, BATCHNORMS, PAD_MODULES, LoweringBase, conv_dims,
+                            transposed_dims)
 from .program import Step
 
 
@@ -60,14 +61,67 @@ class LayerRules(LoweringBase):
             return None
         return other
 
+    def _foldable_pad(self, node: fx.Node, level: int) -> tuple[fx.Node, tuple, str] | None:
+        """(the padded tensor, (lo, hi) pairs, padding_mode) when convolution `node`'s input is a
+        padding the convolution can do itself (asymmetric pairs: clconv.conv's ONNX-style
+        padding), so that no padded copy is made: F.pad or a padding module of constant amounts
+        >= 0 over spatial dims only, read by this convolution alone; zeros (constant 0) added to
+        the convolution's own zero padding, or reflect / replicate / circular where the
+        convolution pads nothing itself (TF ports' ZeroPad2d((0, 1, 0, 1)) before a stride-2
+        convolution, CycleGAN's ReflectionPad2d(3) before a 7x7)."""
+        m = self.module(node)
+        x = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if level > 0 or not isinstance(x, fx.Node) or x.name in self.options.host or \
+                len(x.users) != 1 or self.module_kind(node) != "conv":
+            return None
+        pm = self.module(x)
+        if pm is not None and torch_type(pm) in PAD_MODULES and len(x.args) == 1 and \
+                not x.kwargs:
+            src, pad, mode = x.args[0], tuple(pm.padding), PAD_MODULES[torch_type(pm)]
+            value = getattr(pm, "value", 0) if mode == "constant" else None
+        elif x.op == "call_function" and x.target is F.pad:
+            try:
+                src, pad, mode, value = bind(x, lambda input, pad, mode="constant", value=None:
+                                             (input, pad, mode, value))
+            except Unlowerable:
+                return None
+        else:
+            return None
+        nd = len(m.kernel_size)
+        if not isinstance(src, fx.Node) or self.layout.get(src.name) is not None or \
+                not isinstance(pad, (tuple, list)) or len(pad) % 2 or len(pad) > 2 * nd or \
+                not all(type(p) is int and p >= 0 for p in pad):
+            return None
+        pairs = [(0, 0)] * nd  # F.pad's amounts run from the last dim
+        for i in range(len(pad) // 2):
+            pairs[nd - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+        own = m.padding
+        if own == "valid":
+            own = (0,) * nd
+        if isinstance(own, str):  # 'same'
+            return None
+        if mode == "constant":
+            if value not in (None, 0) or m.padding_mode != "zeros":
+                return None
+            pairs = [(lo + p, hi + p) for (lo, hi), p in zip(pairs, own)]
+            return src, tuple(pairs), "zeros"
+        if mode not in ("reflect", "replicate", "circular") or any(own):
+            return None
+        return src, tuple(pairs), mode
+
     def find_groups(self) -> None:
-        """Fills self.groups and self.absorbed: the nodes that run as one fused step."""
+        """Fills self.groups and self.absorbed: the nodes that run as one fused step (a padding
+        folded into the convolution after it is absorbed too: self.pad_folds)."""
         grouped: set[str] = set()
         for node in self.cm.nodes:
             kind = self._head_kind(node)
             if kind is None or node.name in self.options.host or node.name in grouped:
                 continue
             level = self.options.fuse_level.get(node.name, 0)
+            fold = self._foldable_pad(node, level) if kind == "conv" else None
+            if fold is not None:
+                self.pad_folds[node.name] = fold
+                self.absorbed.add(node.args[0].name)
             group = [node]
             cur = node
             nxt = self._sole_user(cur)
@@ -98,7 +152,7 @@ class LayerRules(LoweringBase):
                     act = activation_of(nxt, self.modules)
                     if act is not None and act[1] is cur:
                         group.append(nxt)
-            if len(group) > 1:
+            if len(group) > 1 or fold is not None:
                 self.groups[group[-1].name] = group
                 self.absorbed.update(n.name for n in group[:-1])
                 grouped.update(n.name for n in group)
@@ -114,6 +168,9 @@ class LayerRules(LoweringBase):
         if len(head.args) != 1 or head.kwargs:
             raise Unlowerable("extra arguments (output_size=...)")
         x = head.args[0]
+        pad_fold = self.pad_folds.get(head.name)
+        if pad_fold is not None:  # the padding before it, done by the convolution
+            x = pad_fold[0]
         layout = self.layout.get(x.name)
         weight = m.weight.detach()
         bias = m.bias.detach() if m.bias is not None else None
@@ -165,6 +222,10 @@ class LayerRules(LoweringBase):
                 fn = clconv_op(f"conv{nd}d")
                 args = (m.stride, m.padding, m.dilation, m.groups)
                 extra["padding_mode"] = m.padding_mode
+                if pad_fold is not None:
+                    args = (m.stride, pad_fold[1], m.dilation, m.groups)
+                    extra["padding_mode"] = pad_fold[2]
+                    ops.insert(0, f"{pad_fold[2]} padding {pad_fold[1]} folded")
             else:
                 if m.padding_mode != "zeros":
                     raise Unlowerable("transposed convolution with padding_mode != 'zeros'")
@@ -179,7 +240,10 @@ class LayerRules(LoweringBase):
             return fn(env[xn], w, b, *args, **kw)
         last = group[-1]
         self.layout[last.name] = layout
-        return Step(last.name, tuple(n.name for n in group), op, inputs, run)
+        nodes = tuple(n.name for n in group)
+        if pad_fold is not None:
+            nodes += (head.args[0].name,)
+        return Step(last.name, nodes, op, inputs, run)
 
     # -- normalizations and functional layers -------------------------------------------------
 

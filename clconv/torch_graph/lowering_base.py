@@ -87,6 +87,8 @@ class LoweringBase:
         self.layout: dict[str, tuple[int, ...] | None] = {}
         self.absorbed: set[str] = set()
         self.groups: dict[str, list[fx.Node]] = {}
+        # convolution -> (padded input, (lo, hi) pairs, padding_mode): its padding node folded
+        self.pad_folds: dict[str, tuple[fx.Node, tuple, str]] = {}
 
     def module(self, node: fx.Node) -> nn.Module | None:
         return self.modules.get(node.target) if node.op == "call_module" else None
