@@ -43,6 +43,9 @@ from .ops.unfold import (FoldPlan, UnfoldPlan, col2im, col2im1d, col2im3d, im2co
                          im2col3d, plan_col2im, plan_col2im1d, plan_col2im3d, plan_im2col,
                          plan_im2col1d, plan_im2col3d)
 from .runtime.device import Device, current_device, devices
+
+# torch.nn.functional's names for the 2-d ones (same arguments and results)
+unfold, fold = im2col, col2im
 from .runtime.errors import DeviceNotFoundError, KernelBuildError, UnsupportedError
 from .runtime.memory import release_column_buffer
 
@@ -54,6 +57,7 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFound
            "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
            "conv1d_input", "conv2d_input", "conv3d_input", "conv1d_weight", "conv2d_weight",
            "conv3d_weight", "im2col", "col2im", "im2col1d", "col2im1d", "im2col3d", "col2im3d",
+           "unfold", "fold",
            "plan_conv1d", "plan_conv2d", "plan_conv3d", "plan_conv_transpose1d",
            "plan_conv_transpose2d", "plan_conv_transpose3d", "plan_conv1d_input",
            "plan_conv2d_input", "plan_conv3d_input", "plan_conv1d_weight", "plan_conv2d_weight",

@@ -209,3 +209,20 @@ def test_matches_torch(clconv, rng, case):
     want_f = F.fold(torch.from_numpy(cols), (7, 6), k, dilation=d, padding=p, stride=s).numpy()
     got_f = clconv.col2im(cols, (7, 6), k, dilation=d, padding=p, stride=s)
     assert_close(got_f, want_f.astype(np.float64), np.float32, reduction=_prod(k), magnitude=np.abs(cols).max())
+
+
+@pytest.mark.parametrize("kw", [{"kernel_size": 3, "padding": 1},
+                                {"kernel_size": (2, 3), "dilation": (1, 2), "stride": (2, 1)}])
+def test_torch_names_unfold_and_fold_match_torch(clconv, rng, kw):
+    """clconv.unfold / clconv.fold are im2col / col2im under torch.nn.functional's names, with
+    its arguments (keywords included) and results."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    assert clconv.unfold is clconv.im2col and clconv.fold is clconv.col2im
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    cols = clconv.unfold(x, **kw)
+    want = F.unfold(torch.from_numpy(x), **kw).numpy()
+    np.testing.assert_array_equal(cols, want)  # a pure gather: exact
+    back = clconv.fold(cols, output_size=(9, 8), **kw)
+    np.testing.assert_allclose(back, F.fold(torch.from_numpy(want), (9, 8), **kw).numpy(),
+                               rtol=1e-6, atol=1e-6)
