@@ -24,8 +24,8 @@ from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weigh
 from .ops.fold import fold_batchnorm
 from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add, batch_norm, cat,
                               celu, clamp, div, elu, flatten, gelu, hardsigmoid, hardswish,
-                              hardtanh, leaky_relu, mish, mul, prelu, relu, relu6, selu, sigmoid,
-                              silu, softplus, sqrt, sub, tanh)
+                              hardtanh, leaky_relu, mish, mul, pixel_shuffle, pixel_unshuffle,
+                              prelu, relu, relu6, selu, sigmoid, silu, softplus, sqrt, sub, tanh)
 from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm
 from .ops.local_response_norm import LocalResponseNormPlan, local_response_norm
@@ -74,7 +74,7 @@ __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "Interpol
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
             "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "celu", "clamp", "div", "elu",
-            "flatten", "gelu", "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate",
+            "flatten", "pixel_shuffle", "pixel_unshuffle", "gelu", "group_norm", "hardsigmoid", "hardswish", "hardtanh", "interpolate",
             "leaky_relu", "linear", "local_response_norm", "log_softmax",
             "max_pool1d", "max_pool2d", "max_pool3d", "mish", "mul", "pad", "prelu", "relu", "relu6",
             "selu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sub", "tanh"]

@@ -45,7 +45,8 @@ __all__ = ["BatchNormPlan", "BinaryPlan", "CatPlan", "UnaryPlan", "add", "batch_
            "broadcast_layout", "cat", "celu", "clamp", "div", "elu", "enqueue_batch_norm_backward",
            "enqueue_bias_act", "enqueue_channel_stats", "enqueue_column_sums", "flatten", "gelu",
            "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mish",
-           "mul", "prelu", "relu", "relu6", "selu", "sigmoid", "silu", "softplus", "sqrt", "sub",
+           "mul", "pixel_shuffle", "pixel_unshuffle", "prelu", "relu", "relu6", "selu", "sigmoid",
+           "silu", "softplus", "sqrt", "sub",
            "tanh"]
 
 
@@ -673,3 +674,54 @@ def flatten(input: ArrayLike, start_dim: int = 0, end_dim: int = -1) -> ArrayLik
             input = to_device(input, dev, "input", input.dtype)
         return input.reshape(new_shape)
     return np.reshape(np.asarray(input), new_shape)
+
+
+def pixel_shuffle(input: ArrayLike, upscale_factor: int) -> ArrayLike:
+    """torch.nn.functional.pixel_shuffle (sub-pixel upsampling): (*, C r^2, H, W) -> (*, C, H r,
+    W r), r = upscale_factor. A device array gives a device array (one gathering copy on the
+    device); numpy (or a CPU tensor) gives numpy. Exact (a permutation)."""
+    return _pixel_shuffle(input, upscale_factor, False)
+
+
+def pixel_unshuffle(input: ArrayLike, downscale_factor: int) -> ArrayLike:
+    """torch.nn.functional.pixel_unshuffle, pixel_shuffle's inverse: (*, C, H r, W r) -> (*,
+    C r^2, H, W), r = downscale_factor; as `pixel_shuffle` otherwise. An empty input gets that
+    shape too (torch 2.13 returns an empty input's own shape here, unlike pixel_shuffle)."""
+    return _pixel_shuffle(input, downscale_factor, True)
+
+
+def _pixel_shuffle(input: ArrayLike, r: Any, inverse: bool) -> ArrayLike:
+    name, arg = ("pixel_unshuffle", "downscale_factor") if inverse else \
+        ("pixel_shuffle", "upscale_factor")
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+        raise TypeError(f"{name}: {arg} must be an int, got {r!r}")
+    r = int(r)
+    if r < 1:
+        raise ValueError(f"{name} expects a positive {arg}, but got {r}")
+    if is_device_array(input):
+        dev = current_device()
+        result_dtype(dev, input=input)  # context and dtype checks
+    shape = shape_of(input)
+    if len(shape) < 3:
+        raise ValueError(f"{name} expects input to have at least 3 dimensions, but got input "
+                         f"with {len(shape)} dimension(s)")
+    *lead, c, h, w = (int(d) for d in shape)
+    if inverse:
+        if h % r or w % r:
+            raise ValueError(f"pixel_unshuffle expects height ({h}) and width ({w}) to be "
+                             f"divisible by downscale_factor ({r})")
+        # N * C stay together: one dim of the 5-d permuted view
+        view, perm = (math.prod(lead) * c, h // r, r, w // r, r), (0, 2, 4, 1, 3)
+        out = (*lead, c * r * r, h // r, w // r)
+    else:
+        if c % (r * r):
+            raise ValueError(f"pixel_shuffle expects its input's 'channel' dimension ({c}) to be "
+                             f"divisible by the square of upscale_factor ({r * r})")
+        view, perm = (math.prod(lead) * (c // (r * r)), r, r, h, w), (0, 3, 1, 4, 2)
+        out = (*lead, c // (r * r), h * r, w * r)
+    if isinstance(input, cla.Array):
+        a = input if input.flags.c_contiguous else to_device(input, dev, "input", input.dtype)
+        permuted = a.reshape(*view).transpose(perm)
+        return to_device(permuted, dev, "input", a.dtype).reshape(*out)
+    a = np.asarray(input)
+    return np.ascontiguousarray(a.reshape(view).transpose(perm)).reshape(out)

@@ -435,25 +435,16 @@ class OpRules(LoweringBase):
 
     def pixel_shuffle(self, node: fx.Node, x: Any, factor: Any, inverse: bool) -> Step:
         """F.pixel_shuffle / nn.PixelShuffle (sub-pixel upsampling: (N, C r^2, H, W) -> (N, C,
-        H r, W r)) and the unshuffle: a reshape, a permuted copy gathered on the device, a
-        reshape. Sizes are read from the input on each call."""
+        H r, W r)) and the unshuffle: clconv.pixel_shuffle / pixel_unshuffle (a permuted copy
+        gathered on the device). Sizes are read from the input on each call."""
         name = "pixel_unshuffle" if inverse else "pixel_shuffle"
-        if len(shape(x) or ()) != 4 or type(factor) is not int or factor < 1:
-            raise Unlowerable(f"{name} of other than a 4-d (N, C, H, W) tensor")
-        xn, dev, r = self.plain_tensor(x, name), self.cm.device, factor
+        if len(shape(x) or ()) < 3 or type(factor) is not int or factor < 1:
+            raise Unlowerable(f"{name} of a tensor of fewer than 3 dims")
+        xn, op = self.plain_tensor(x, name), clconv_op(name)
 
         def run(env: dict[str, Any]) -> Any:
-            a = env[xn]
-            n, c, h, w = a.shape
-            # N and C stay together: one dim of the 5-d strided view the gather takes.
-            if inverse:
-                v = reshape_view(a, (n * c, h // r, r, w // r, r)).transpose((0, 2, 4, 1, 3))
-                out = (n, c * r * r, h // r, w // r)
-            else:
-                v = reshape_view(a, (n * c // (r * r), r, r, h, w)).transpose((0, 3, 1, 4, 2))
-                out = (n, c // (r * r), h * r, w * r)
-            return reshape_view(to_device(v, dev, "input", a.dtype), out)
-        return self.value(node, run, f"{name} (permuted copy)", (xn,))
+            return op(env[xn], factor)
+        return self.value(node, run, f"clconv.{name} (permuted copy)", (xn,))
 
     def transpose(self, node: fx.Node) -> Step:
         """torch.transpose / x.transpose(d0, d1) (ShuffleNet's channel shuffle): a permuted copy."""
