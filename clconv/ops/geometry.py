@@ -320,7 +320,8 @@ def _conv_padding(padding: PaddingArg, nd: int, kernel: Sequence[int], stride: t
     if pairs is not None:
         if not asymmetric:
             raise ValueError(f"padding as (lo, hi) pairs is taken by the forward convolutions "
-                             f"(conv1d/2d/3d) only, got {padding!r}")
+                             f"clconv.conv1d/2d/3d and their plans only (not by gradients, "
+                             f"transposed convolutions, unfold or clconv.dask), got {padding!r}")
         return tuple(lo for lo, _ in pairs), tuple(hi for _, hi in pairs)
     if isinstance(padding, str):
         if padding == "valid":
