@@ -20,7 +20,7 @@ from .activation import ActivationArg, activation_defines, normalize_activation
 from .elementwise import enqueue_channel_stats
 from .plan import Plan, cached_plan, shape_of
 
-__all__ = ["GroupNormPlan", "group_norm"]
+__all__ = ["GroupNormPlan", "group_norm", "layer_norm"]
 
 
 class GroupNormPlan(Plan):
@@ -104,3 +104,55 @@ def group_norm(input: ArrayLike, num_groups: int, weight: ArrayLike | None = Non
                        lambda: GroupNormPlan(dev, shape, num_groups, weight is not None,
                                              bias is not None, eps, dtype, act))
     return plan.execute(values, out, check=False)
+
+
+def layer_norm(input: ArrayLike, normalized_shape: int | Sequence[int],
+               weight: ArrayLike | None = None, bias: ArrayLike | None = None,
+               eps: float = 1e-5) -> ArrayLike:
+    """torch.nn.functional.layer_norm: input (*, *normalized_shape) normalised over its last
+    len(normalized_shape) dims (biased variance, as torch's), then * weight + bias (each of
+    normalized_shape, optional). On the device as group_norm with one group over a (rows, 1,
+    size) view of the same data, then clconv.mul / add. Returns numpy for a numpy input, else a
+    device array."""
+    from .elementwise import add, mul, sub
+
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        ns: tuple[int, ...] = (int(normalized_shape),)
+    elif isinstance(normalized_shape, Sequence) and not isinstance(normalized_shape, str) and \
+            all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                for v in normalized_shape):
+        ns = tuple(int(v) for v in normalized_shape)
+    else:
+        raise TypeError(f"layer_norm: normalized_shape must be an int or a sequence of ints, got "
+                        f"{normalized_shape!r}")
+    shape = tuple(int(v) for v in shape_of(input))
+    if not ns or len(ns) > len(shape) or shape[len(shape) - len(ns):] != ns:
+        raise ValueError(f"layer_norm: input of shape {shape} does not end in normalized_shape "
+                         f"{ns}")
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None and tuple(shape_of(a)) != ns:
+            raise ValueError(f"layer_norm: {name} must have shape normalized_shape {ns}, got "
+                             f"{tuple(shape_of(a))}")
+    size = math.prod(ns)
+    flat = _reshaped(input, (-1, 1, size) if size else (0, 1, 0))
+    if size == 1:
+        # one value a row: its deviation from its own mean, x - x (torch's 0; NaN for NaN, Inf)
+        y = _reshaped(sub(flat, flat), shape)
+    else:
+        y = _reshaped(group_norm(flat, 1, None, None, eps), shape)
+    if weight is not None:
+        y = mul(y, weight, out=y if isinstance(y, cla.Array) else None)
+    if bias is not None:
+        y = add(y, bias, out=y if isinstance(y, cla.Array) else None)
+    return y
+
+
+def _reshaped(a: Any, shape: tuple[int, ...]) -> Any:
+    """A reshape of a numpy array, CPU tensor or contiguous device array (a strided device array
+    is gathered on the device first)."""
+    if isinstance(a, cla.Array):
+        if not a.flags.c_contiguous:
+            from ..runtime.transfer import to_device
+            a = to_device(a, current_device(), "input", a.dtype)
+        return a.reshape(*shape)
+    return np.reshape(np.asarray(a), shape)

@@ -5,7 +5,6 @@ channels (the channel norm)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -379,8 +378,8 @@ class LayerRules(LoweringBase):
     def trailing_layer_norm(self, node: fx.Node, x: Any, normalized_shape: Any, weight: Any,
                             bias: Any, eps: Any) -> Step:
         """LayerNorm over the last dims of a channels-first tensor (nn.LayerNorm([C, H, W]), or
-        over (H, W)): clconv.group_norm with one group over a (rows, 1, size) view, then the
-        elementwise weight and bias (broadcast over the leading dims) by clconv.mul / add."""
+        over (H, W)): clconv.layer_norm (group_norm with one group over a (rows, 1, size) view,
+        then the elementwise weight and bias by clconv.mul / add)."""
         sh = shape(x)
         ns = (normalized_shape,) if isinstance(normalized_shape, int) else \
             tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list, torch.Size)) \
@@ -389,25 +388,16 @@ class LayerRules(LoweringBase):
             raise Unlowerable("layer_norm arguments computed in the graph")
         if sh is None or not ns or len(ns) > len(sh) or tuple(sh[len(sh) - len(ns):]) != ns:
             raise Unlowerable(f"layer_norm over {ns} of a tensor of shape {sh}")
-        size = math.prod(ns)
-        if size < 2:
-            raise Unlowerable("layer_norm over one value")
         xn = self.plain_tensor(x, "layer_norm")
         cm = self.cm
         w = cm.constant(("ln", node.name, "weight"), weight) if weight is not None else None
         b = cm.constant(("ln", node.name, "bias"), bias) if bias is not None else None
         eps = float(eps)
-        norm, mul, add = clconv_op("group_norm"), clconv_op("mul"), clconv_op("add")
+        layer_norm = clconv_op("layer_norm")
 
         def run(env: dict[str, Any]) -> Any:
-            v = env[xn]
-            y = norm(v.reshape(-1, 1, size), 1, None, None, eps=eps).reshape(v.shape)
-            if w is not None:
-                y = mul(y, w, out=y)
-            if b is not None:
-                y = add(y, b, out=y)
-            return y
-        return self.value(node, run, "clconv.group_norm (layer_norm)", (xn,))
+            return layer_norm(env[xn], ns, w, b, eps)
+        return self.value(node, run, "clconv.layer_norm", (xn,))
 
     def local_response_norm(self, node: fx.Node, x: Any, size: Any, alpha: Any, beta: Any,
                             k: Any) -> Step:

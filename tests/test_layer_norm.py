@@ -1,0 +1,72 @@
+"""clconv.layer_norm against torch.nn.functional.layer_norm (float64 reference: torch in float64)
+through the public API: numpy and device arrays, normalized over 1-3 trailing dims, with and
+without weight and bias, one value a row, NaN/Inf rows, and the argument errors.
+
+Tolerance: float32 results within 1e-5 relative of the float64 result's scale plus 1e-5 (the
+statistics are float32 sums over up to a few thousand values)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+@pytest.fixture(scope="module")
+def clconv():
+    import clconv
+
+    return clconv
+
+
+def _want(x, ns, w, b, eps=1e-5):
+    t = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
+    return F.layer_norm(t(x), ns, t(w), t(b), eps).numpy()
+
+
+@pytest.mark.parametrize("shape, ns", [((4, 10), (10,)), ((2, 3, 5, 6), (5, 6)),
+                                       ((2, 3, 5, 6), (3, 5, 6)), ((7,), 7), ((0, 4), (4,))],
+                         ids=["features", "spatial", "chw", "1-d", "empty"])
+@pytest.mark.parametrize("affine", [False, True])
+def test_matches_torch(clconv, rng, queue, shape, ns, affine):
+    import pyopencl.array as cla
+
+    x = rng.standard_normal(shape).astype(np.float32) * 3 + 1
+    nst = (ns,) if isinstance(ns, int) else ns
+    w = rng.standard_normal(nst).astype(np.float32) if affine else None
+    b = rng.standard_normal(nst).astype(np.float32) if affine else None
+    want = _want(x, nst, w, b)
+    got = clconv.layer_norm(x, ns, w, b)
+    assert isinstance(got, np.ndarray) and got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    d = lambda a: None if a is None else cla.to_device(queue, a)  # noqa: E731
+    got = clconv.layer_norm(d(x), ns, d(w), d(b), eps=1e-5)
+    assert isinstance(got, cla.Array)
+    np.testing.assert_allclose(got.get(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_one_value_a_row_and_non_finite_rows(clconv):
+    x = np.array([[1.5], [-2.0], [np.inf], [np.nan]], np.float32)
+    got = clconv.layer_norm(x, 1)
+    np.testing.assert_array_equal(got, F.layer_norm(torch.from_numpy(x), (1,)).numpy())
+    y = np.array([[1.0, 2.0, np.inf], [1.0, np.nan, 0.0], [3.0, 4.0, 5.0]], np.float32)
+    want = F.layer_norm(torch.from_numpy(y), (3,)).numpy()
+    got = clconv.layer_norm(y, (3,))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ns, w_shape, error, match", [
+    ((4,), None, ValueError, "does not end in"),
+    ((2, 5), None, ValueError, "does not end in"),
+    ((5,), (4,), ValueError, "weight must have shape"),
+    (5.0, None, TypeError, "int or a sequence"),
+    ((), None, ValueError, "does not end in"),
+])
+def test_bad_arguments(clconv, ns, w_shape, error, match):
+    x = np.zeros((3, 5), np.float32)
+    w = None if w_shape is None else np.ones(w_shape, np.float32)
+    with pytest.raises(error, match=match):
+        clconv.layer_norm(x, ns, w)
