@@ -27,7 +27,7 @@ from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add
                               hardtanh, leaky_relu, mish, mul, pixel_shuffle, pixel_unshuffle,
                               prelu, relu, relu6, selu, sigmoid, silu, softplus, sqrt, sub, tanh)
 from .ops.device_group import DeviceGroup, device
-from .ops.group_norm import GroupNormPlan, group_norm, layer_norm
+from .ops.group_norm import GroupNormPlan, group_norm, instance_norm, layer_norm
 from .ops.local_response_norm import LocalResponseNormPlan, local_response_norm
 from .ops.interpolate import InterpolatePlan, interpolate
 from .ops.pad import PadPlan, pad
@@ -74,7 +74,8 @@ __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "Interpol
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
             "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "celu", "clamp", "div", "elu",
-            "flatten", "pixel_shuffle", "pixel_unshuffle", "gelu", "group_norm", "layer_norm",
+            "flatten", "pixel_shuffle", "pixel_unshuffle", "gelu", "group_norm", "instance_norm",
+            "layer_norm",
             "hardsigmoid", "hardswish", "hardtanh", "interpolate",
             "leaky_relu", "linear", "local_response_norm", "log_softmax",
             "max_pool1d", "max_pool2d", "max_pool3d", "mish", "mul", "pad", "prelu", "relu", "relu6",

@@ -1,6 +1,7 @@
-"""clconv.layer_norm against torch.nn.functional.layer_norm (float64 reference: torch in float64)
-through the public API: numpy and device arrays, normalized over 1-3 trailing dims, with and
-without weight and bias, one value a row, NaN/Inf rows, and the argument errors.
+"""clconv.layer_norm and clconv.instance_norm against torch.nn.functional (the reference: torch
+in float64) through the public API: numpy and device arrays, normalized over 1-3 trailing dims,
+with and without weight and bias, one value a row, NaN/Inf rows, instance statistics or running
+ones, and the argument errors.
 
 Tolerance: float32 results within 1e-5 relative of the float64 result's scale plus 1e-5 (the
 statistics are float32 sums over up to a few thousand values)."""
@@ -70,3 +71,36 @@ def test_bad_arguments(clconv, ns, w_shape, error, match):
     w = None if w_shape is None else np.ones(w_shape, np.float32)
     with pytest.raises(error, match=match):
         clconv.layer_norm(x, ns, w)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (3, 4, 7), (1, 2, 3, 4, 2)], ids=["2d", "1d", "3d"])
+@pytest.mark.parametrize("affine", [False, True])
+def test_instance_norm_matches_torch(clconv, rng, shape, affine):
+    """clconv.instance_norm: each instance's statistics, or (use_input_stats=False) the running
+    ones, as F.instance_norm."""
+    x = rng.standard_normal(shape).astype(np.float32) * 2 - 1
+    c = shape[1]
+    w = rng.standard_normal(c).astype(np.float32) if affine else None
+    b = rng.standard_normal(c).astype(np.float32) if affine else None
+    t = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
+    want = F.instance_norm(t(x), weight=t(w), bias=t(b)).numpy()
+    np.testing.assert_allclose(clconv.instance_norm(x, weight=w, bias=b), want, rtol=1e-5,
+                               atol=1e-5)
+    mean = rng.standard_normal(c).astype(np.float32)
+    var = rng.random(c).astype(np.float32) + 0.5
+    want = F.instance_norm(t(x), t(mean), t(var), t(w), t(b), use_input_stats=False).numpy()
+    np.testing.assert_allclose(clconv.instance_norm(x, mean, var, w, b, use_input_stats=False),
+                               want, rtol=1e-5, atol=1e-5)
+
+
+def test_instance_norm_refusals(clconv):
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    stats = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="update them"):
+        clconv.instance_norm(x, *stats)
+    with pytest.raises(ValueError, match="needs running_mean"):
+        clconv.instance_norm(x, use_input_stats=False)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        clconv.instance_norm(np.zeros((2, 3, 1), np.float32))
+    with pytest.raises(ValueError, match="spatial dim"):
+        clconv.instance_norm(np.zeros((2, 3), np.float32))

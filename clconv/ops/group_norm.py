@@ -20,7 +20,7 @@ from .activation import ActivationArg, activation_defines, normalize_activation
 from .elementwise import enqueue_channel_stats
 from .plan import Plan, cached_plan, shape_of
 
-__all__ = ["GroupNormPlan", "group_norm", "layer_norm"]
+__all__ = ["GroupNormPlan", "group_norm", "instance_norm", "layer_norm"]
 
 
 class GroupNormPlan(Plan):
@@ -156,3 +156,35 @@ def _reshaped(a: Any, shape: tuple[int, ...]) -> Any:
             a = to_device(a, current_device(), "input", a.dtype)
         return a.reshape(*shape)
     return np.reshape(np.asarray(a), shape)
+
+
+def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
+                  running_var: ArrayLike | None = None, weight: ArrayLike | None = None,
+                  bias: ArrayLike | None = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> ArrayLike:
+    """torch.nn.functional.instance_norm: input (N, C, *) normalised per image and channel by its
+    own statistics (use_input_stats=True: group_norm with one channel a group), or by
+    running_mean / running_var (C,) when use_input_stats=False (an eval-mode InstanceNorm with
+    track_running_stats: batch_norm on them); then weight / bias (C,) if given. Updating running
+    statistics (use_input_stats=True with them given, torch's training mode) is refused: pass
+    use_input_stats=False to normalise with them. Returns numpy for a numpy input, else a device
+    array."""
+    from .elementwise import batch_norm
+
+    shape = tuple(int(v) for v in shape_of(input))
+    if len(shape) < 3:
+        raise ValueError(f"instance_norm: input must be (N, C, *spatial) with a spatial dim, got "
+                         f"shape {shape}")
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("instance_norm: use_input_stats=False needs running_mean and "
+                             "running_var")
+        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    if running_mean is not None or running_var is not None:
+        raise ValueError("instance_norm: use_input_stats=True with running statistics would "
+                         "update them (torch's training mode), which clconv does not do: pass "
+                         "use_input_stats=False to normalise with them, or leave them out")
+    if math.prod(shape[2:]) == 1 and math.prod(shape) > 0:
+        raise ValueError(f"instance_norm: expected more than 1 spatial element, got input size "
+                         f"{list(shape)}")
+    return group_norm(input, shape[1], weight, bias, eps)
