@@ -669,11 +669,17 @@ def flatten(input: ArrayLike, start_dim: int = 0, end_dim: int = -1) -> ArrayLik
     if s > e:
         raise ValueError(f"flatten: start_dim ({start_dim}) cannot come after end_dim ({end_dim})")
     new_shape = (1,) if ndim == 0 else (*shape[:s], math.prod(shape[s:e + 1]), *shape[e + 1:])
-    if isinstance(input, cla.Array):
-        if not input.flags.c_contiguous:
-            input = to_device(input, dev, "input", input.dtype)
-        return input.reshape(new_shape)
-    return np.reshape(np.asarray(input), new_shape)
+    return reshaped(input, new_shape)
+
+
+def reshaped(a: ArrayLike, shape: Sequence[int]) -> ArrayLike:
+    """`a` reshaped: a contiguous device array as a view (no device work), a strided one gathered
+    on the current device first; numpy (or a CPU tensor) as numpy, a view when numpy can."""
+    if isinstance(a, cla.Array):
+        if not a.flags.c_contiguous:
+            a = to_device(a, current_device(), "input", a.dtype)
+        return a.reshape(*shape)
+    return np.reshape(np.asarray(a), tuple(shape))
 
 
 def pixel_shuffle(input: ArrayLike, upscale_factor: int) -> ArrayLike:
@@ -719,9 +725,7 @@ def _pixel_shuffle(input: ArrayLike, r: Any, inverse: bool) -> ArrayLike:
                              f"divisible by the square of upscale_factor ({r * r})")
         view, perm = (math.prod(lead) * (c // (r * r)), r, r, h, w), (0, 3, 1, 4, 2)
         out = (*lead, c // (r * r), h * r, w * r)
-    if isinstance(input, cla.Array):
-        a = input if input.flags.c_contiguous else to_device(input, dev, "input", input.dtype)
-        permuted = a.reshape(*view).transpose(perm)
-        return to_device(permuted, dev, "input", a.dtype).reshape(*out)
-    a = np.asarray(input)
-    return np.ascontiguousarray(a.reshape(view).transpose(perm)).reshape(out)
+    permuted = reshaped(input, view).transpose(perm)
+    if isinstance(permuted, cla.Array):
+        return to_device(permuted, dev, "input", permuted.dtype).reshape(*out)
+    return np.ascontiguousarray(permuted).reshape(out)

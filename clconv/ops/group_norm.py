@@ -114,7 +114,7 @@ def layer_norm(input: ArrayLike, normalized_shape: int | Sequence[int],
     normalized_shape, optional). On the device as group_norm with one group over a (rows, 1,
     size) view of the same data, then clconv.mul / add. Returns numpy for a numpy input, else a
     device array."""
-    from .elementwise import add, mul, sub
+    from .elementwise import add, mul, reshaped, sub
 
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         ns: tuple[int, ...] = (int(normalized_shape),)
@@ -134,28 +134,17 @@ def layer_norm(input: ArrayLike, normalized_shape: int | Sequence[int],
             raise ValueError(f"layer_norm: {name} must have shape normalized_shape {ns}, got "
                              f"{tuple(shape_of(a))}")
     size = math.prod(ns)
-    flat = _reshaped(input, (-1, 1, size) if size else (0, 1, 0))
+    flat = reshaped(input, (-1, 1, size) if size else (0, 1, 0))
     if size == 1:
         # one value a row: its deviation from its own mean, x - x (torch's 0; NaN for NaN, Inf)
-        y = _reshaped(sub(flat, flat), shape)
+        y = reshaped(sub(flat, flat), shape)
     else:
-        y = _reshaped(group_norm(flat, 1, None, None, eps), shape)
+        y = reshaped(group_norm(flat, 1, None, None, eps), shape)
     if weight is not None:
         y = mul(y, weight, out=y if isinstance(y, cla.Array) else None)
     if bias is not None:
         y = add(y, bias, out=y if isinstance(y, cla.Array) else None)
     return y
-
-
-def _reshaped(a: Any, shape: tuple[int, ...]) -> Any:
-    """A reshape of a numpy array, CPU tensor or contiguous device array (a strided device array
-    is gathered on the device first)."""
-    if isinstance(a, cla.Array):
-        if not a.flags.c_contiguous:
-            from ..runtime.transfer import to_device
-            a = to_device(a, current_device(), "input", a.dtype)
-        return a.reshape(*shape)
-    return np.reshape(np.asarray(a), shape)
 
 
 def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
