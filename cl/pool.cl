@@ -17,9 +17,21 @@
 // Gradients are gathers (each input element sums the outputs whose window holds it), so no atomics
 // are needed and the result is deterministic.
 //
-// -D REAL, -D INDEX_T (common.cl). No other define. NDRange: (elements written,) 1-D.
+// -D REAL, -D INDEX_T (common.cl). No other define. NDRange: max_pool and avg_pool (OW, OH, planes *
+// OD), max_pool_rows (OH, planes * OD); the others (elements written,) 1-D.
 
 #include "common.cl"
+
+// The output element of a 3-D NDRange (OW, OH, planes * OD) -> (plane, d, h, w) and its flat index
+// i: no division but the one by OD (the forward kernels' work-items, a row of outputs along
+// dimension 0, are what PoCL vectorises).
+#define OUTPUT_OF_NDRANGE(size, plane, d, h, w, i)               \
+    const int w = (int)get_global_id(0);                         \
+    const int h = (int)get_global_id(1);                         \
+    const idx_t pd_ = (idx_t)get_global_id(2);                   \
+    const int d = (int)(pd_ % (size).x);                         \
+    const idx_t plane = pd_ / (size).x;                          \
+    const idx_t i = (pd_ * (size).y + h) * (size).z + w;
 
 // Flat output (or input) index -> (plane, d, h, w) for a plane of extent `size`.
 #define DECODE(i, size, plane, d, h, w)                          \
@@ -41,8 +53,7 @@ __kernel void max_pool(__global const REAL* restrict x, const long x_offset,
                        __global long* restrict indices, const long i_offset, const int save,
                        const int4 in, const int4 out, const int4 k, const int4 s, const int4 p,
                        const int4 dil) {
-    const idx_t i = get_global_id(0);
-    DECODE(i, out, plane, od, oh, ow)
+    OUTPUT_OF_NDRANGE(out, plane, od, oh, ow, i)
     int d0 = od * s.x - p.x, h0 = oh * s.y - p.y, w0 = ow * s.z - p.z;
     const int d1 = min(d0 + (k.x - 1) * dil.x + 1, in.x);
     const int h1 = min(h0 + (k.y - 1) * dil.y + 1, in.y);
@@ -67,12 +78,47 @@ __kernel void max_pool(__global const REAL* restrict x, const long x_offset,
     if (save) indices[i_offset + i] = best_i;
 }
 
+// max_pool without indices (inference): a work-item per output row (NDRange (OH, planes * OD)),
+// its windows clipped to the input, the maximum kept by a select (no branch to mispredict). Same
+// semantics as max_pool's values; ~2-3x faster than it on PoCL (a 3x3 / 2 pool of 64x112x112:
+// 1.3-2.1 ms against 3.5).
+__kernel void max_pool_rows(__global const REAL* restrict x, const long x_offset,
+                            __global REAL* restrict y, const long y_offset,
+                            const int4 in, const int4 out, const int4 k, const int4 s,
+                            const int4 p, const int4 dil) {
+    const int oh = (int)get_global_id(0);
+    const idx_t pd = (idx_t)get_global_id(1);  // plane * OD + od
+    const int od = (int)(pd % out.x);
+    const idx_t plane = pd / out.x;
+    int d0 = od * s.x - p.x, h0 = oh * s.y - p.y;
+    const int d1 = min(d0 + (k.x - 1) * dil.x + 1, in.x);
+    const int h1 = min(h0 + (k.y - 1) * dil.y + 1, in.y);
+    while (d0 < 0) d0 += dil.x;
+    while (h0 < 0) h0 += dil.y;
+    __global const REAL* src = x + x_offset + plane * VOLUME(in);
+    __global REAL* dst = y + y_offset + (pd * out.y + oh) * out.z;
+    for (int ow = 0; ow < out.z; ++ow) {
+        int w0 = ow * s.z - p.z;
+        const int w1 = min(w0 + (k.z - 1) * dil.z + 1, in.z);
+        while (w0 < 0) w0 += dil.z;
+        REAL best = -INFINITY;
+        for (int d = d0; d < d1; d += dil.x)
+            for (int h = h0; h < h1; h += dil.y) {
+                __global const REAL* row = src + ((idx_t)d * in.y + h) * in.z;
+                for (int w = w0; w < w1; w += dil.z) {
+                    const REAL v = row[w];
+                    best = (v > best || isnan(v)) ? v : best;  // NaN propagates, as torch's
+                }
+            }
+        dst[ow] = best;
+    }
+}
+
 __kernel void avg_pool(__global const REAL* restrict x, const long x_offset,
                        __global REAL* restrict y, const long y_offset,
                        const int count_include_pad, const int divisor,
                        const int4 in, const int4 out, const int4 k, const int4 s, const int4 p) {
-    const idx_t i = get_global_id(0);
-    DECODE(i, out, plane, od, oh, ow)
+    OUTPUT_OF_NDRANGE(out, plane, od, oh, ow, i)
     int d0 = od * s.x - p.x, h0 = oh * s.y - p.y, w0 = ow * s.z - p.z;
     int d1 = min(d0 + k.x, in.x + p.x), h1 = min(h0 + k.y, in.y + p.y), w1 = min(w0 + k.z, in.z + p.z);
     const int padded = (d1 - d0) * (h1 - h0) * (w1 - w0);

@@ -196,8 +196,13 @@ class PoolPlan(Plan):
         defines = precision_defines(self.work)
         defines["INDEX_T"] = self.index_t
         self._defines = defines
+        od, oh, ow = self.out_size
+        self._grid = (ow, oh, self.planes * od)  # max_pool's and avg_pool's 3-D NDRange
         self.kernel = kernel(dev, "pool.cl", "max_pool" if kind == "max" else "avg_pool"
                              if kind == "avg" else "adaptive_pool", defines)
+        # without indices (inference) the max pool runs a row of outputs a work-item
+        self.rows_kernel = kernel(dev, "pool.cl", "max_pool_rows", defines) \
+            if kind == "max" else None
 
     @property
     def saves_indices(self) -> bool:
@@ -220,13 +225,17 @@ class PoolPlan(Plan):
         shapes = (_int4(self.in_size), _int4(self.out_size))
         dev = self.device
         with dev.lock:
-            if self.kind == "max":
+            if self.kind == "max" and indices is None:
                 k, s, p, d = self.window  # type: ignore[misc]
-                self.kernel(dev.queue, (size,), None, *io, *idx_args, save, *shapes, _int4(k),
-                            _int4(s), _int4(p), _int4(d))
+                self.rows_kernel(dev.queue, self._grid[1:], None, *io, *shapes, _int4(k),
+                                 _int4(s), _int4(p), _int4(d))
+            elif self.kind == "max":
+                k, s, p, d = self.window  # type: ignore[misc]
+                self.kernel(dev.queue, self._grid, None, *io, *idx_args, save, *shapes,
+                            _int4(k), _int4(s), _int4(p), _int4(d))
             elif self.kind == "avg":
                 k, s, p, _ = self.window  # type: ignore[misc]
-                self.kernel(dev.queue, (size,), None, *io, np.int32(self.count_include_pad),
+                self.kernel(dev.queue, self._grid, None, *io, np.int32(self.count_include_pad),
                             np.int32(self.divisor), *shapes, _int4(k), _int4(s), _int4(p))
             else:
                 self.kernel(dev.queue, (size,), None, *io, *idx_args,

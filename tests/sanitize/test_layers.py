@@ -21,6 +21,9 @@ nn = clconv.nn
 _POOLS = [
     ("max_pool2d-k3-s2-p1-d2-ceil", (2, 2, 5, 6), lambda x: clconv.max_pool2d(x, 3, 2, 1, 2, True),
      lambda x: ref_layers.max_pool(x, 3, 2, 1, 2, True), 0, True),
+    ("max_pool2d-k3-s2-p1-indices", (2, 2, 5, 6),  # the indexed kernel (training's)
+     lambda x: clconv.max_pool2d(x, 3, 2, 1, return_indices=True)[0],
+     lambda x: ref_layers.max_pool(x, 3, 2, 1), 0, True),
     ("max_pool1d", (1, 2, 7), lambda x: clconv.max_pool1d(x, 2, 1, 1),
      lambda x: ref_layers.max_pool(x, 2, 1, 1), 0, False),
     ("avg_pool3d-ceil-count_include_pad=False", (1, 2, 3, 4, 5),
