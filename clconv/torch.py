@@ -56,6 +56,7 @@ from torch.nn.utils import parametrize
 
 from .runtime.device import Device, current_device
 from .torch_fold import chains_in_sequentials, chains_traced, fold_chains, folded_types
+from .torch_fuse import install as install_fused_forward
 from .torch_graph import CompiledModel, Fallback, FallbackWarning, backend, compile, warmup
 from .torch_graph.base import unparametrized_type
 from .torch_ops import (
@@ -401,4 +402,5 @@ def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn
     if fold:
         fold_chains(model, chains_in_sequentials(model) if chains is None else chains,
                     _FOLDED_CONVS, _PASS_THROUGH)
+        install_fused_forward(model, (_ClconvConv, _ClconvConvTranspose))
     return model

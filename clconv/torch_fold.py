@@ -24,6 +24,7 @@ from .torch_ops import (
     NotScriptable,
     batched,
     conv_result_shape,
+    fixed_operand,
     host,
     host_result,
     operand,
@@ -38,12 +39,13 @@ from .torch_ops import (
 )
 
 
-class _Fold:
+class Fold:
     """One folded chain: the conv, its BatchNorm and (or None) its activation, as they sit in their
     nn.Sequential. Not an nn.Module (so nothing is registered twice and state_dict keys do not
-    change); the three modules each hold this object as `_clconv_fold`."""
+    change); the three modules each hold this object as `_clconv_fold`. The fused forward
+    (torch_fuse) keeps one for each (conv, BatchNorm or None) it runs."""
 
-    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module | None,
+    def __init__(self, conv: nn.Module, bn: nn.Module | None, act: nn.Module | None,
                  spec: Any) -> None:
         self.conv, self.bn, self.act, self.spec = conv, bn, act, spec
         self._key: tuple[Any, ...] | None = None
@@ -68,15 +70,18 @@ class _Fold:
         torch.inference_mode()): with grad enabled the modules run one by one, so gradients reach
         the input and every parameter as in torch."""
         bn = self.bn
-        return (not self.conv.training and not bn.training and not torch.is_grad_enabled()
-                and bn.running_mean is not None and bn.running_var is not None)
+        return (not self.conv.training and not torch.is_grad_enabled() and (bn is None or (
+            not bn.training and bn.running_mean is not None and bn.running_var is not None)))
 
     def weights(self, dev: Device) -> tuple[cla.Array, cla.Array]:
         """(weight, bias) with the BatchNorm folded in (clconv.fold_batchnorm, float64 on the
         host), on `dev`, marked constant (their packing is kept too); remade when a parameter or
         buffer changed: its storage or in-place version counter (an optimizer step,
-        load_state_dict) or a sample of its values (writes through `.data`)."""
+        load_state_dict) or a sample of its values (writes through `.data`). Without a BatchNorm:
+        the conv's own weight and bias (fixed_operand's kept copies)."""
         conv, bn = self.conv, self.bn
+        if bn is None:
+            return fixed_operand(conv.weight, dev), fixed_operand(conv.bias, dev)
         tensors = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
         key = tuple(None if t is None else (t.data_ptr(), version_of(t), t.dtype, tuple(t.shape))
                     for t in tensors)
@@ -104,43 +109,52 @@ class _Fold:
 
 
 
+def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+    """act(bn(conv(input)) + residual) as one clconv convolution on the current device: `fold`'s
+    weights, activation `spec` in the kernel's store, `residual` (the result's shape and dtype,
+    or None; not with a transposed conv) added before it."""
+    nd = len(conv.kernel_size)
+    x, unbatched = batched(input, nd)
+    dev = current_device()
+    transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+    with dev:
+        zero_copy = uses_zero_copy(dev)
+        operands = (operand(x, dev, zero_copy), *fold.weights(dev))
+        # the result written into a new tensor's memory where the input crossed so too
+        on_host = zero_copy and isinstance(operands[0], cla.Array)
+        output_padding = conv._output_padding(
+            input, None, conv.stride, conv.padding, conv.kernel_size, nd,
+            conv.dilation) if transposed else None
+        result = result_operand(conv_result_shape(
+            tuple(x.shape), tuple(conv.weight.shape), conv.stride, conv.padding,
+            conv.dilation, conv.groups, output_padding), x, dev, on_host)
+        out = None if result is None else result[1]
+        if transposed:
+            y = OPS[nd][3](*operands, conv.stride, conv.padding, tuple(output_padding),
+                           conv.groups, conv.dilation, activation=spec, out=out)
+        else:
+            r = None if residual is None else operand(residual, dev, zero_copy)
+            y = OPS[nd][0](*operands, conv.stride, conv.padding, conv.dilation, conv.groups,
+                           padding_mode=conv.padding_mode, algorithm=conv.algorithm,
+                           activation=spec, residual=r, out=out)
+        y = to_tensor(host_result(y) if result is None else synced(result), x)
+    return y[0] if unbatched else y
+
+
 class _FoldedConv(NotScriptable):
     """A convolution of convert()'s folded chains: while `_clconv_fold.active()`, its forward is
     act(bn(conv(x))) as one clconv convolution (folded weights, activation in the kernel's store)
     and the BatchNorm and activation after it pass their input through; otherwise its own
     clconv.torch forward."""
 
-    _clconv_fold: _Fold
+    _clconv_fold: Fold
 
     def forward(self, input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         fold = self._clconv_fold
         if args or kwargs or not fold.active():
             return super().forward(input, *args, **kwargs)
-        nd = len(self.kernel_size)
-        x, unbatched = batched(input, nd)
-        dev = current_device()
-        transposed = isinstance(self, nn.modules.conv._ConvTransposeNd)
-        with dev:
-            zero_copy = uses_zero_copy(dev)
-            operands = (operand(x, dev, zero_copy), *fold.weights(dev))
-            # the result written into a new tensor's memory where the input crossed so too
-            on_host = zero_copy and isinstance(operands[0], cla.Array)
-            output_padding = self._output_padding(
-                input, None, self.stride, self.padding, self.kernel_size, nd,
-                self.dilation) if transposed else None
-            result = result_operand(conv_result_shape(
-                tuple(x.shape), tuple(self.weight.shape), self.stride, self.padding,
-                self.dilation, self.groups, output_padding), x, dev, on_host)
-            out = None if result is None else result[1]
-            if transposed:
-                y = OPS[nd][3](*operands, self.stride, self.padding, tuple(output_padding),
-                                self.groups, self.dilation, activation=fold.spec, out=out)
-            else:
-                y = OPS[nd][0](*operands, self.stride, self.padding, self.dilation, self.groups,
-                                padding_mode=self.padding_mode, algorithm=self.algorithm,
-                                activation=fold.spec, out=out)
-            y = to_tensor(host_result(y) if result is None else synced(result), x)
-        return y[0] if unbatched else y
+        return run_folded(self, fold, fold.spec, input)
 
     def _get_name(self) -> str:
         return self._clconv_base.__name__  # the class name before folding
@@ -155,7 +169,7 @@ class _PassThrough(NotScriptable):
     """The BatchNorm or activation of a folded chain: its input unchanged while the chain is
     active (the convolution before it computed it), else its torch forward."""
 
-    _clconv_fold: _Fold
+    _clconv_fold: Fold
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self._clconv_fold.active():
@@ -166,7 +180,7 @@ class _PassThrough(NotScriptable):
         return self._clconv_base.__name__  # torch's class name, as before folding
 
 
-_BATCHNORM_ND = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
+BATCHNORM_ND = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
 #: The activation modules a chain may end with (their clconv activation fused into the conv).
 _ACTIVATIONS = tuple(ACTIVATION_MODULES)
 
@@ -184,7 +198,7 @@ def folded_types(convs: Iterable[type], module: str) -> tuple[dict[type, type], 
                                                      f"clconv.torch.convert."})
 
     return ({t: folded(t, _FoldedConv) for t in convs},
-            {t: folded(t, _PassThrough) for t in (*_BATCHNORM_ND, *_ACTIVATIONS)})
+            {t: folded(t, _PassThrough) for t in (*BATCHNORM_ND, *_ACTIVATIONS)})
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -255,11 +269,11 @@ def fold_chains(model: nn.Module, chains: list[tuple[nn.Module, ...]],
     folded = 0
     for conv, bn, *rest in chains:
         fold_type = folded_convs.get(type(conv))
-        if fold_type is None or type(bn) not in _BATCHNORM_ND:
+        if fold_type is None or type(bn) not in BATCHNORM_ND:
             continue
         # Only modules used once, without hooks (a hook would see other values), whose
         # BatchNorm has running statistics for exactly the conv's output channels.
-        if _BATCHNORM_ND[type(bn)] != len(conv.kernel_size) or bn.num_features != \
+        if BATCHNORM_ND[type(bn)] != len(conv.kernel_size) or bn.num_features != \
                 conv.out_channels or not bn.track_running_stats or \
                 any(uses[id(m)] != 1 or _hooked(m) for m in (conv, bn)):
             continue
@@ -267,7 +281,7 @@ def fold_chains(model: nn.Module, chains: list[tuple[nn.Module, ...]],
         spec = activation_module(act) if act is not None and type(act) in pass_through else None
         if spec is None or uses[id(act)] != 1 or _hooked(act):
             act, spec = None, None
-        fold = _Fold(conv, bn, act, spec)
+        fold = Fold(conv, bn, act, spec)
         for m in (conv, bn) + ((act,) if act is not None else ()):
             m.__class__ = fold_type if m is conv else pass_through[type(m)]
             m._clconv_fold = fold

@@ -1,0 +1,267 @@
+"""clconv.torch.convert()'s fused inference forward: a converted model called in eval mode under
+no_grad runs its torch.fx trace with every convolution -> [BatchNorm] -> [+ residual] ->
+[activation] run of the data flow computed as one clconv convolution (BatchNorm folded into the
+weights, the residual and the activation in the kernel's store), so that the torch ops between
+the convolutions (ResNet's residual add and ReLU, MobileNetV2's skip add, a shared ReLU module)
+do not run; every other node runs as the model's own code does. In train mode, with grad enabled,
+with hooks, or while fx traces, the model's own forward runs."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .ops.activation import Activation, normalize_activation
+from .torch_fold import BATCHNORM_ND, Fold, run_folded
+from .torch_graph.activations import activation_of, activation_spec
+from .torch_ops import conv_result_shape
+
+# A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
+# it writes its first argument).
+_ADD_FUNCTIONS = (operator.add, torch.add)
+_ADD_METHODS = ("add", "add_")
+
+
+def _torch_activation(y: torch.Tensor, spec: Any) -> torch.Tensor:
+    """torch's own activation `spec` of y (the unfused path's)."""
+    act: Activation | None = normalize_activation(spec)
+    if act is None:
+        return y
+    kind, a, b = act.kind, act.a, act.b
+    simple: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "relu": torch.relu, "relu6": F.relu6, "silu": F.silu, "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+        "mish": F.mish, "selu": F.selu, "gelu": F.gelu}
+    if kind in simple:
+        return simple[kind](y)
+    if kind == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    if kind == "leaky_relu":
+        return F.leaky_relu(y, a)
+    if kind == "elu":
+        return F.elu(y, a)
+    if kind == "celu":
+        return F.celu(y, a)
+    if kind == "softplus":
+        return F.softplus(y, a, b)
+    if kind == "clamp":
+        return torch.clamp(y, None if a == -float("inf") else a, None if b == float("inf") else b)
+    raise ValueError(f"no torch function for activation {act}")  # not reached: specs come from torch
+
+
+def _site_fold(conv: nn.Module, bn: nn.Module | None) -> Fold:
+    """The folded-weights cache of (conv, bn): the module-level chain's when it is the same one,
+    else one kept on the conv per BatchNorm."""
+    fold = getattr(conv, "_clconv_fold", None)
+    if fold is not None and fold.bn is bn:
+        return fold
+    sites = conv.__dict__.setdefault("_clconv_sites", {})
+    fold = sites.get(id(bn))
+    if fold is None or fold.bn is not bn:
+        fold = sites[id(bn)] = Fold(conv, bn, None, None)
+    return fold
+
+
+def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Tensor,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+    """act(bn(conv(input)) + residual) as one clconv convolution (the node a fused run becomes);
+    torch's modules and ops one by one where the fused kernel would differ from them (BatchNorm
+    without running statistics, an unbatched input, a residual that broadcasts or has another
+    dtype)."""
+    nd = len(conv.kernel_size)
+    fold = _site_fold(conv, bn)
+    if fold.active() and input.dim() == nd + 2 and (residual is None or (
+            residual.dtype == input.dtype and tuple(residual.shape) == conv_result_shape(
+                tuple(input.shape), tuple(conv.weight.shape), conv.stride, conv.padding,
+                conv.dilation, conv.groups))):
+        return run_folded(conv, fold, spec, input, residual)
+    # One by one: each module's own forward (a folded chain's modules as their torch classes).
+    y = getattr(type(conv), "_clconv_base", type(conv)).forward(conv, input)
+    if bn is not None:
+        y = getattr(type(bn), "_clconv_base", type(bn)).forward(bn, y)
+    if residual is not None:
+        y = y + residual
+    return _torch_activation(y, spec)
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _residual_of(add: fx.Node, x: fx.Node) -> fx.Node | None:
+    """The other operand when `add` is x + other (other a tensor node), else None."""
+    if add.kwargs or len(add.args) != 2:
+        return None
+    a, b = add.args
+    if add.op == "call_function" and add.target in _ADD_FUNCTIONS:
+        other = b if a is x else a if b is x else None
+    elif (add.op == "call_function" and add.target is operator.iadd) or (
+            add.op == "call_method" and add.target in _ADD_METHODS):
+        other = b if a is x else None
+    else:
+        return None
+    return other if isinstance(other, fx.Node) and other is not x else None
+
+
+def _writes_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether `node` may write a tensor it reads (in-place methods and operators, inplace=
+    arguments and modules): a convolution is not moved past such a node."""
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return name.startswith("i") and node.target in vars(operator).values() or \
+            name.endswith("_") or bool(node.kwargs.get("inplace"))
+    if node.op == "call_module":
+        return bool(getattr(modules.get(str(node.target)), "inplace", False))
+    return False
+
+
+def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
+               is_conv: Callable[[nn.Module], bool]) -> int:
+    """Replaces each conv -> [BatchNorm] -> [+ residual] -> [activation] run of `graph` (each
+    node the only user of the one before; at least one step beyond the conv) by one `fused_conv`
+    node; returns how many."""
+    fused, erased = 0, set()
+    for conv in list(graph.nodes):
+        if conv in erased or conv.op != "call_module" or not is_conv(modules[conv.target]) or \
+                len(conv.args) != 1 or conv.kwargs or not isinstance(conv.args[0], fx.Node):
+            continue
+        x = conv.args[0]
+        chain, bn, residual, spec = [conv], None, None, None
+        nxt = _only_user(conv)
+        m = modules.get(str(nxt.target)) if nxt is not None and nxt.op == "call_module" else None
+        cm = modules[conv.target]
+        if m is not None and BATCHNORM_ND.get(getattr(type(m), "_clconv_base", type(m))) == \
+                len(cm.kernel_size) and nxt.args == (conv,) and not nxt.kwargs and \
+                m.num_features == cm.out_channels:
+            bn = nxt
+            chain.append(nxt)
+        nxt = _only_user(chain[-1])
+        other = _residual_of(nxt, chain[-1]) if nxt is not None else None
+        if other is not None:
+            # the convolution moves to the add: no node between may write what it reads
+            between, node = [], conv.next
+            while node is not nxt:
+                between.append(node)
+                node = node.next
+            if not any(_writes_in_place(n, modules) for n in between if n not in chain):
+                residual = other
+                chain.append(nxt)
+        nxt = _only_user(chain[-1])
+        found = activation_of(nxt, modules) if nxt is not None else None
+        if found is not None and found[1] is chain[-1]:
+            spec = activation_spec(found[0])
+            chain.append(nxt)
+        if len(chain) == 1:
+            continue
+        end = chain[-1]
+        with graph.inserting_before(end):
+            conv_ref = graph.get_attr(conv.target)
+            bn_ref = graph.get_attr(bn.target) if bn is not None else None
+            node = graph.call_function(fused_conv, (conv_ref, bn_ref, spec, x, residual))
+        end.replace_all_uses_with(node)
+        for n in reversed(chain):
+            graph.erase_node(n)
+            erased.add(n)
+        fused += 1
+    return fused
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer with clconv.torch's module classes (converted convolutions, folded
+    chains' BatchNorms and activations) as leaves, as torch.nn's own are."""
+
+    def __init__(self, leaves: tuple[type, ...]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or hasattr(type(m), "_clconv_base") or \
+            super().is_leaf_module(m, qualname)
+
+
+#: Whether torch.fx traces now (the fused forward is no traceable code): the newer name, which
+#: leaves torch.export out and does not warn, where torch has it.
+_fx_tracing = getattr(fx._symbolic_trace, "is_fx_symbolic_tracing",
+                      fx._symbolic_trace.is_fx_tracing)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as mod
+    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks)
+
+
+class FusedForward:
+    """A converted model's `forward` (an instance attribute): the fused trace in eval mode under
+    no_grad, the model's class forward otherwise. The trace is made at the first such call and
+    again whenever the model's modules changed (their classes, in module order)."""
+
+    def __init__(self, model: nn.Module, leaves: tuple[type, ...]) -> None:
+        self.model, self.leaves = model, leaves
+        self._key: tuple[type, ...] | None = None
+        self._fn: Callable[..., Any] | None = None
+        self.fused = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The generated function stays behind (traced again on the first fused call).
+        return {"model": self.model, "leaves": self.leaves, "_key": None, "_fn": None,
+                "fused": 0}
+
+    def _structure(self) -> tuple[type, ...] | None:
+        """The module classes in order, or None when any module trains or has forward hooks."""
+        key = []
+        for m in self.model.modules():
+            if m.training or m._forward_hooks or m._forward_pre_hooks:
+                return None
+            key.append(type(m))
+        return tuple(key)
+
+    def _build(self) -> None:
+        self._fn, self.fused = None, 0
+        model = self.model
+        try:
+            graph = _Tracer(self.leaves).trace(model)
+        except Exception:  # noqa: BLE001 - an untraceable forward runs as written
+            return
+        modules = dict(model.named_modules())
+        self.fused = fuse_graph(graph, modules, lambda m: isinstance(m, self.leaves) and not
+                                isinstance(m, nn.modules.conv._ConvTransposeNd))
+        if not self.fused:
+            return
+        graph.lint()
+        code = graph.python_code(root_module="self")
+        scope = dict(code.globals)
+        exec(compile(code.src, f"<clconv fused forward of {type(model).__name__}>", "exec"),
+             scope)
+        self._fn = scope["forward"]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        model = self.model
+        plain = type(model).forward
+        if torch.is_grad_enabled() or kwargs or _fx_tracing() or \
+                torch.compiler.is_compiling() or \
+                _global_hooks():
+            return plain(model, *args, **kwargs)
+        key = self._structure()
+        if key is None:
+            return plain(model, *args, **kwargs)
+        if key != self._key:
+            self._build()
+            self._key = key
+        if self._fn is None:
+            return plain(model, *args, **kwargs)
+        return self._fn(model, *args)
+
+
+def install(model: nn.Module, leaves: tuple[type, ...]) -> None:
+    """Gives `model` (converted) the fused inference forward, unless it has a forward of its own
+    as an attribute already or is itself one of the leaves."""
+    if "forward" in model.__dict__ or isinstance(model, leaves) or \
+            hasattr(type(model), "_clconv_base"):
+        return
+    model.forward = FusedForward(model, leaves)  # type: ignore[method-assign]

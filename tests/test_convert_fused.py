@@ -1,0 +1,286 @@
+"""clconv.torch.convert()'s fused inference forward (clconv/torch_fuse.py): in eval mode under
+no_grad a converted model runs its traced forward with each conv -> [BatchNorm] -> [+ residual]
+-> [activation] run as one clconv convolution. Checked against the torch model it came from
+(float32: rtol 1e-4 and atol 1e-4 of the output's scale, the folding's rounding), with torch's
+own ops recorded to show what no longer runs, and every case where the model's own forward must
+run instead (training, grad, hooks, changed modules, tracing, residuals the kernel cannot add)."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ct(clconv_mod):
+    import clconv.torch as ct
+
+    return ct
+
+
+class _Recorder(TorchFunctionMode):
+    """The names of the torch functions called inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+class Basic(nn.Module):
+    """ResNet's BasicBlock as torchvision writes it: one ReLU(inplace=True) called twice, `out +=
+    identity`, the downsample computed after the second BatchNorm."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class Inverted(nn.Module):
+    """MobileNetV2's skip: x + Sequential(conv, bn, relu6, conv, bn)(x)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.BatchNorm2d(2 * c),
+                                  nn.ReLU6(), nn.Conv2d(2 * c, c, 1, bias=False),
+                                  nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+class Plain(nn.Module):
+    """No BatchNorm: conv -> F.relu, conv + residual via torch.add with the conv second, then a
+    Tensor-method activation."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        return torch.add(x, self.b(y)).clamp(min=-0.5, max=0.5)
+
+
+def _net():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          Basic(8, 8), Basic(8, 16, 2), Inverted(16), Plain(16),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
+    return model.eval()
+
+
+def _close(got, want):
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-4,
+                               atol=1e-4 * float(want.abs().max()))
+
+
+def _run(model, x, dev=None):
+    with torch.no_grad():
+        if dev is None:
+            return model(x)
+        with dev:
+            return model(x)
+
+
+def test_residual_blocks_run_as_fused_convolutions(ct, dev):
+    """Every conv of the network becomes one fused convolution (BatchNorm, the residual add and
+    the ReLU / ReLU6 / clamp after it included): torch runs no batch_norm, add, relu or clamp."""
+    model = _net()
+    x = torch.randn(2, 3, 12, 10)
+    want = _run(model, x)
+    converted = ct.convert(model)
+    _close(_run(converted, x, dev), want)  # the first call traces
+    with _Recorder() as rec:
+        got = _run(converted, x, dev)
+    _close(got, want)
+    assert converted.forward.fused == 10  # every conv: stem 1, blocks 2 + 3 + 2 + 2
+    ran = set(rec.names)
+    for name in ("batch_norm", "relu", "relu_", "relu6", "hardtanh", "add", "__add__",
+                 "__iadd__", "clamp"):
+        assert name not in ran, (name, sorted(ran))
+    assert "adaptive_avg_pool2d" in ran and "linear" in ran  # the rest runs as written
+
+
+def test_training_grad_and_hooks_run_the_models_own_forward(ct, dev):
+    model = _net()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 12, 10)
+    # grad enabled in eval mode: gradients as torch's
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with dev:
+        converted(xa).square().sum().backward()
+    model(xb).square().sum().backward()
+    np.testing.assert_allclose(xa.grad.numpy(), xb.grad.numpy(), rtol=1e-3,
+                               atol=1e-3 * float(xb.grad.abs().max()))
+    # a forward hook on a module the fusion would skip: it runs, and sees torch's values
+    seen = []
+    handle = converted[3].bn2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    _close(_run(converted, x, dev), _run(model, x))
+    assert seen == [(2, 8, 12, 10)]
+    handle.remove()
+    # train mode: BatchNorm's batch statistics, running statistics updated as torch's
+    model.train()
+    converted.train()
+    with torch.no_grad():
+        want = model(x)
+        with dev:
+            got = converted(x)
+    _close(got, want)
+    for a, b in zip(converted.buffers(), model.buffers()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_changed_modules_are_traced_again(ct, dev):
+    """A submodule replaced after convert (another class) makes a new trace; a replaced module
+    of the same class is called where it now is."""
+    model = _net()
+    converted = ct.convert(model)
+    x = torch.randn(1, 3, 12, 10)
+    _run(converted, x, dev)
+    for m in (model, converted):
+        m[5] = nn.Identity()  # the Inverted block gone; a new module trains: the own forward
+    _close(_run(converted, x, dev), _run(model, x))
+    assert converted.forward.fused == 10  # (no new trace while a module trains)
+    converted[5].eval()
+    _close(_run(converted, x, dev), _run(model, x))
+    assert converted.forward.fused == 8
+    torch.manual_seed(5)
+    head = nn.Linear(16, 5).eval()
+    model[9] = head
+    converted[9] = copy.deepcopy(head)
+    _close(_run(converted, x, dev), _run(model, x))
+
+
+def test_residuals_the_kernel_cannot_add_run_in_torch(ct, dev):
+    """A residual that broadcasts, one of another dtype, an unbatched input, a BatchNorm without
+    running statistics: the chain runs module by module, with torch's results."""
+
+    class Broadcast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.shift = nn.Parameter(torch.randn(1, 4, 1, 1))
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)) + self.shift)
+
+    model = nn.Sequential(Broadcast()).eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 6, 5)
+    _close(_run(converted, x, dev), _run(model, x))
+    assert converted.forward.fused == 1
+    torch.manual_seed(2)
+    plain = nn.Sequential(Plain(3)).eval()  # unbatched: a conv takes it, BatchNorm2d would not
+    _close(_run(ct.convert(plain), x[0], dev), _run(plain, x[0]))
+
+    class OtherDtype(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x, r):
+            return torch.relu(self.conv(x) + r)
+
+    m2 = OtherDtype().eval()
+    c2 = ct.convert(m2)
+    r64 = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        want = m2(x, r64)
+        with dev:
+            got = c2(x, r64)
+    assert got.dtype == torch.float64
+    _close(got, want)
+
+    nostats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False),
+                            nn.ReLU()).eval()
+    _close(_run(ct.convert(nostats), x, dev), _run(nostats, x))
+
+
+def test_a_conv_is_not_moved_past_an_in_place_write_of_its_input(ct, dev):
+    class Writes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.other = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            y = x * 1.0
+            out = self.conv(y)
+            r = self.other(x)
+            y.mul_(-1.0)  # after the conv read y: moving the conv past this would change it
+            return F.relu(out + r)
+
+    model = Writes().eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 6, 5)
+    _close(_run(converted, x, dev), _run(model, x))
+
+
+def test_deepcopy_and_pickle_keep_the_fused_forward(ct, dev):
+    model = _net()
+    converted = ct.convert(model)
+    x = torch.randn(1, 3, 12, 10)
+    want = _run(model, x)
+    _run(converted, x, dev)
+    twin = copy.deepcopy(converted)
+    assert twin.forward.model is twin
+    _close(_run(twin, x, dev), want)
+    buf = io.BytesIO()
+    torch.save(converted, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert loaded.forward.model is loaded
+    _close(_run(loaded, x, dev), want)
+    assert loaded.forward.fused == converted.forward.fused
+
+
+def test_compile_traces_the_models_own_forward(ct, dev):
+    """clconv.torch.compile traces a converted model, alone or inside another model, as written
+    (the fused forward steps aside while torch.fx traces)."""
+    model = _net()
+    converted = ct.convert(model)
+    x = torch.randn(1, 3, 12, 10)
+    _run(converted, x, dev)
+    outer = nn.Sequential(converted, nn.ReLU()).eval()
+    want = torch.relu(_run(model, x))
+    for m in (converted, outer):
+        cm = ct.compile(m, x)
+        assert cm.fallbacks == []
+        got = cm(x) if m is outer else torch.relu(cm(x))
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-3,
+                                   atol=2e-3 * float(want.abs().max()))
