@@ -18,7 +18,9 @@ from torch import fx, nn
 from .ops.activation import Activation, normalize_activation
 from .torch_fold import BATCHNORM_ND, Fold, run_folded
 from .torch_graph.activations import activation_of, activation_spec
-from .torch_ops import conv_result_shape
+from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
+from .runtime.device import current_device
+from .torch_ops import conv_result_shape, operand, result_operand, synced, uses_zero_copy
 
 # A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
 # it writes its first argument).
@@ -86,6 +88,80 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
     if residual is not None:
         y = y + residual
     return _torch_activation(y, spec)
+
+
+_MAX_POOL_MODULES = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
+_MAX_POOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
+_CLCONV_MAX_POOL = {1: max_pool1d, 2: max_pool2d, 3: max_pool3d}
+_TORCH_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any = None,
+                   padding: Any = 0, dilation: Any = 1, ceil_mode: bool = False,
+                   return_indices: bool = False) -> Any:
+    """F.max_pool{nd}d run by clconv on a device whose memory is the host's (the tensors' memory
+    read and written in place; 1.9x faster than torch's on PoCL for ResNet's 3x3 / 2 pool); torch's
+    own everywhere else (indices, other devices, dtypes or layouts)."""
+    dev = current_device()
+    if return_indices or input.dim() != nd + 2 or input.dtype not in (torch.float32,
+                                                                         torch.float64) or \
+            (input.dtype == torch.float64 and not dev.fp64) or not input.is_contiguous() or \
+            not uses_zero_copy(dev):
+        return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
+                                   ceil_mode=ceil_mode, return_indices=return_indices)
+    try:
+        k = _tuple(kernel_size, nd)
+        st = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else \
+            _tuple(stride, nd)
+        size = tuple(pool_output_size(*a, bool(ceil_mode)) for a in zip(
+            input.shape[2:], k, _tuple(padding, nd), st, _tuple(dilation, nd)))
+    except (TypeError, ValueError):  # torch's own error for bad arguments
+        size = None
+    if size is None or min(size) < 1 or input.numel() == 0:
+        return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
+                                   ceil_mode=ceil_mode)
+    with dev:
+        x = operand(input, dev, True)
+        result = result_operand((*input.shape[:2], *size), input, dev, True)
+        _CLCONV_MAX_POOL[nd](x, kernel_size, stride, padding, dilation, ceil_mode,
+                             out=result[1])
+        return synced(result)
+
+
+def _tuple(v: Any, nd: int) -> tuple[int, ...]:
+    return tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v),) * nd
+
+
+def _module_max_pool(pool: nn.Module, input: torch.Tensor) -> Any:
+    """A MaxPool module's forward by fused_max_pool (the module read at call time)."""
+    nd = _MAX_POOL_MODULES.get(type(pool))
+    if nd is None or pool.return_indices:
+        return pool(input)
+    return fused_max_pool(nd, input, pool.kernel_size, pool.stride, pool.padding,
+                          pool.dilation, pool.ceil_mode)
+
+
+def _pools_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
+    """Max pooling nodes (modules without indices, F.max_pool*d) -> fused_max_pool nodes."""
+    count = 0
+    for node in list(graph.nodes):
+        if node.op == "call_module" and type(modules.get(str(node.target))) in \
+                _MAX_POOL_MODULES and not modules[node.target].return_indices and \
+                len(node.args) == 1 and not node.kwargs:
+            with graph.inserting_before(node):
+                ref = graph.get_attr(node.target)
+                new = graph.call_function(_module_max_pool, (ref, node.args[0]))
+        elif node.op == "call_function" and node.target in _MAX_POOL_FUNCTIONS and \
+                not node.kwargs.get("return_indices", False) and len(node.args) < 7:
+            with graph.inserting_before(node):
+                new = graph.call_function(fused_max_pool, (
+                    _MAX_POOL_FUNCTIONS[node.target], *node.args), dict(node.kwargs))
+        else:
+            continue
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        count += 1
+    return count
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -205,12 +281,12 @@ class FusedForward:
         self.model, self.leaves = model, leaves
         self._key: tuple[type, ...] | None = None
         self._fn: Callable[..., Any] | None = None
-        self.fused = 0
+        self.fused = self.pools = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # The generated function stays behind (traced again on the first fused call).
         return {"model": self.model, "leaves": self.leaves, "_key": None, "_fn": None,
-                "fused": 0}
+                "fused": 0, "pools": 0}
 
     def _structure(self) -> tuple[type, ...] | None:
         """The module classes in order, or None when any module trains or has forward hooks."""
@@ -222,7 +298,7 @@ class FusedForward:
         return tuple(key)
 
     def _build(self) -> None:
-        self._fn, self.fused = None, 0
+        self._fn, self.fused, self.pools = None, 0, 0
         model = self.model
         try:
             graph = _Tracer(self.leaves).trace(model)
@@ -233,6 +309,7 @@ class FusedForward:
                                 isinstance(m, nn.modules.conv._ConvTransposeNd))
         if not self.fused:
             return
+        self.pools = _pools_to_clconv(graph, modules)
         graph.lint()
         code = graph.python_code(root_module="self")
         scope = dict(code.globals)

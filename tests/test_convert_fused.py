@@ -91,7 +91,7 @@ class Plain(nn.Module):
 def _net():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          Basic(8, 8), Basic(8, 16, 2), Inverted(16), Plain(16),
+                          nn.MaxPool2d(3, 1, 1), Basic(8, 8), Basic(8, 16, 2), Inverted(16), Plain(16),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -131,8 +131,9 @@ def test_residual_blocks_run_as_fused_convolutions(ct, dev):
     _close(got, want)
     assert converted.forward.fused == 10  # every conv: stem 1, blocks 2 + 3 + 2 + 2
     ran = set(rec.names)
+    assert converted.forward.pools == 1
     for name in ("batch_norm", "relu", "relu_", "relu6", "hardtanh", "add", "__add__",
-                 "__iadd__", "clamp"):
+                 "__iadd__", "clamp", "max_pool2d"):
         assert name not in ran, (name, sorted(ran))
     assert "adaptive_avg_pool2d" in ran and "linear" in ran  # the rest runs as written
 
@@ -150,7 +151,7 @@ def test_training_grad_and_hooks_run_the_models_own_forward(ct, dev):
                                atol=1e-3 * float(xb.grad.abs().max()))
     # a forward hook on a module the fusion would skip: it runs, and sees torch's values
     seen = []
-    handle = converted[3].bn2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    handle = converted[4].bn2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     _close(_run(converted, x, dev), _run(model, x))
     assert seen == [(2, 8, 12, 10)]
     handle.remove()
@@ -174,16 +175,16 @@ def test_changed_modules_are_traced_again(ct, dev):
     x = torch.randn(1, 3, 12, 10)
     _run(converted, x, dev)
     for m in (model, converted):
-        m[5] = nn.Identity()  # the Inverted block gone; a new module trains: the own forward
+        m[6] = nn.Identity()  # the Inverted block gone; a new module trains: the own forward
     _close(_run(converted, x, dev), _run(model, x))
     assert converted.forward.fused == 10  # (no new trace while a module trains)
-    converted[5].eval()
+    converted[6].eval()
     _close(_run(converted, x, dev), _run(model, x))
     assert converted.forward.fused == 8
     torch.manual_seed(5)
     head = nn.Linear(16, 5).eval()
-    model[9] = head
-    converted[9] = copy.deepcopy(head)
+    model[10] = head
+    converted[10] = copy.deepcopy(head)
     _close(_run(converted, x, dev), _run(model, x))
 
 
@@ -284,3 +285,41 @@ def test_compile_traces_the_models_own_forward(ct, dev):
         got = cm(x) if m is outer else torch.relu(cm(x))
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-3,
                                    atol=2e-3 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("nd, args", [
+    (2, dict(kernel_size=3, stride=2, padding=1)),
+    (2, dict(kernel_size=(2, 3), stride=(2, 1), dilation=(1, 2), ceil_mode=True)),
+    (1, dict(kernel_size=2, ceil_mode=True)),
+    (3, dict(kernel_size=2, stride=1, padding=1)),
+])
+def test_max_pooling_runs_in_clconv_as_torch(ct, dev, nd, args):
+    """Max pooling (a module, and F.max_pool*d) after a fused conv runs in clconv with torch's
+    values (NaN and -inf included); with return_indices it stays torch's."""
+    conv = getattr(nn, f"Conv{nd}d")
+
+    class Pools(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = conv(2, 3, 1), getattr(nn, f"MaxPool{nd}d")(**args)
+            self.keep = getattr(nn, f"MaxPool{nd}d")(2, return_indices=True)
+
+        def forward(self, x):
+            y = self.pool(torch.relu(self.conv(x)))
+            z = getattr(F, f"max_pool{nd}d")(x, **args)
+            values, indices = self.keep(y)
+            return y, z, values, indices
+
+    model = Pools().eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 2, *(7, 8, 6)[:nd])
+    x[0, 0].view(-1)[3] = float("nan")
+    x[1, 1].view(-1)[:5] = float("-inf")
+    with torch.no_grad():
+        want = model(x)
+        with dev:
+            got = converted(x)
+    assert converted.forward.pools == 2
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
