@@ -391,6 +391,13 @@ def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn
     folded: modules used more than once in the model or carrying hooks (an activation that is
     shared is left out of the chain, its BatchNorm still folds). Calling a folded conv on its own
     (`seq[0](x)`) in eval mode under no_grad gives the whole chain's result.
+
+    With fold, the converted model also gets a fused inference forward (clconv.torch_fuse): in
+    eval mode under no_grad its torch.fx trace runs with each conv -> [BatchNorm] -> [+ residual]
+    -> [activation] of the data flow as one clconv convolution (ResNet's residual add and ReLU,
+    MobileNetV2's skip, conv + activation without BatchNorm) and max pooling in clconv on
+    host-memory devices; the model's own forward in training, with grad enabled or hooks, and for
+    a forward fx cannot trace (docs/compile.md).
     """
     model = model if inplace else _deepcopy(model)
     # Traced before the swap: torch.fx treats torch.nn's own modules as leaves.
