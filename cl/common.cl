@@ -254,7 +254,10 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 //   1 relu  2 relu6  3 silu  4 gelu (erf)  5 gelu (tanh)  6 sigmoid  7 tanh  8 hardswish  9 hardsigmoid
 //   10 leaky_relu(ACT_A)  11 elu(ACT_A)  12 clamp(ACT_A, ACT_B)  13 sqrt (clconv.sqrt: a math
 //   function, not offered as an activation=)  14 softplus(beta ACT_A, threshold ACT_B)  15 mish
-//   16 selu (alpha ACT_A, scale ACT_B)  17 celu (alpha ACT_A, 1 / alpha ACT_B)
+//   16 selu (alpha ACT_A, scale ACT_B)  17 celu (alpha ACT_A, 1 / alpha ACT_B)  18 logsigmoid
+//   19 softsign  20 tanhshrink  21 hardshrink(lambda ACT_A)  22 softshrink(lambda ACT_A)
+//   math functions (clconv.abs, exp, log, rsqrt; compile fuses them as it does activations):
+//   23 abs  24 exp  25 log  26 rsqrt
 #ifndef ACT
 #define ACT 0
 #endif
@@ -282,6 +285,15 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #define ACT_MISH 15
 #define ACT_SELU 16
 #define ACT_CELU 17
+#define ACT_LOGSIGMOID 18
+#define ACT_SOFTSIGN 19
+#define ACT_TANHSHRINK 20
+#define ACT_HARDSHRINK 21
+#define ACT_SOFTSHRINK 22
+#define ACT_ABS 23
+#define ACT_EXP 24
+#define ACT_LOG 25
+#define ACT_RSQRT 26
 // Legacy switch: -D RELU is ACT=1.
 #if defined(RELU) && ACT == 0
 #undef ACT
@@ -349,6 +361,32 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #elif ACT == ACT_CELU
 // torch: elu with negcoef = alpha, input scale = 1 / alpha (computed in double, rounded to T)
 #define ACT_APPLY(T, v) (((v) <= (T)0) ? expm1((v) * (T)(ACT_B)) * (T)(ACT_A) : (v))
+#elif ACT == ACT_LOGSIGMOID
+// torch: min(x, 0) - log1p(exp(-|x|)) (NaN stays NaN through the second term)
+#define ACT_APPLY(T, v) ((((v) < (T)0) ? (v) : (T)0) - log1p(exp(-fabs(v))))
+#elif ACT == ACT_SOFTSIGN
+#define ACT_APPLY(T, v) ((v) / ((T)1 + fabs(v)))
+#elif ACT == ACT_TANHSHRINK
+#define ACT_APPLY(T, v) ((v) - SAT_TANH(T, v))
+#elif ACT == ACT_HARDSHRINK
+// torch: 0 inside [-lambda, lambda], x outside (NaN: outside)
+#define ACT_APPLY(T, v) (((v) >= -(T)(ACT_A) && (v) <= (T)(ACT_A)) ? (T)0 : (v))
+#elif ACT == ACT_SOFTSHRINK
+// torch: x - lambda above, x + lambda below, x * 0 between (NaN stays NaN, -0 stays -0); x * 0
+// written as a select, which Mesa's llvmpipe compiler does not fold to 0 (it did x * 0)
+#define ACT_APPLY(T, v)                                                                       \
+    (((v) > (T)(ACT_A)) ? (v) - (T)(ACT_A)                                                    \
+                        : (((v) < -(T)(ACT_A)) ? (v) + (T)(ACT_A)                             \
+                                               : (isnan(v) ? (v) : copysign((T)0, (v)))))
+#elif ACT == ACT_ABS
+#define ACT_APPLY(T, v) fabs(v)
+#elif ACT == ACT_EXP
+#define ACT_APPLY(T, v) exp(v)
+#elif ACT == ACT_LOG
+#define ACT_APPLY(T, v) log(v)
+#elif ACT == ACT_RSQRT
+// 1 / sqrt (correctly rounded sqrt, then the division): OpenCL's rsqrt may be less accurate
+#define ACT_APPLY(T, v) ((T)1 / sqrt(v))
 #else
 #error "unknown ACT"
 #endif

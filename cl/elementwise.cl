@@ -78,6 +78,25 @@ inline ACC activate_grad(ACC x, ACC g) {
     return (x <= (ACC)0) ? g * ((ACC)(ACT_A) * (ACC)(ACT_B)) * exp(x) : g * (ACC)(ACT_B);
 #elif ACT == ACT_CELU
     return (x <= (ACC)0) ? g * (ACC)(ACT_B) * (ACC)(ACT_A) * exp(x * (ACC)(ACT_B)) : g;
+#elif ACT == ACT_LOGSIGMOID
+    return g / ((ACC)1 + exp(x));  // g * sigmoid(-x)
+#elif ACT == ACT_SOFTSIGN
+    const ACC d = (ACC)1 + fabs(x);
+    return g / (d * d);
+#elif ACT == ACT_TANHSHRINK
+    const ACC t = SAT_TANH(ACC, x);
+    return g * t * t;
+#elif ACT == ACT_HARDSHRINK || ACT == ACT_SOFTSHRINK
+    return (x >= -(ACC)(ACT_A) && x <= (ACC)(ACT_A)) ? (ACC)0 : g;
+#elif ACT == ACT_ABS
+    return g * sign(x);
+#elif ACT == ACT_EXP
+    return g * exp(x);
+#elif ACT == ACT_LOG
+    return g / x;
+#elif ACT == ACT_RSQRT
+    const ACC r = (ACC)1 / sqrt(x);
+    return (ACC)-0.5 * g * r * r * r;
 #endif
 }
 
@@ -147,6 +166,10 @@ __kernel void binary(__global const REAL* a, const long a_offset,
     const ACC v = va - vb;
 #elif OP == 4
     const ACC v = va / vb;
+#elif OP == 5  // torch.maximum: NaN from either side, the first of equal values (-0 vs 0)
+    const ACC v = isnan(vb) ? vb : ((va < vb) ? vb : va);
+#elif OP == 6  // torch.minimum
+    const ACC v = isnan(vb) ? vb : ((va > vb) ? vb : va);
 #else  // prelu with slope b, as torch's kernel (a > 0 ? a : b * a: NaN and -0 land as torch's)
     const ACC v = (va > (ACC)0) ? va : vb * va;
 #endif

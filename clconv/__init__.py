@@ -25,7 +25,9 @@ from .ops.fold import fold_batchnorm
 from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add, batch_norm, cat,
                               celu, clamp, div, elu, flatten, gelu, hardsigmoid, hardswish,
                               hardtanh, leaky_relu, mish, mul, pixel_shuffle, pixel_unshuffle,
-                              prelu, relu, relu6, selu, sigmoid, silu, softplus, sqrt, sub, tanh)
+                              prelu, relu, relu6, selu, sigmoid, silu, softplus, sqrt, sub, tanh,
+                              abs, exp, log, rsqrt, logsigmoid, softsign, tanhshrink, hardshrink,
+                              softshrink, maximum, minimum)
 from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm, instance_norm, layer_norm
 from .ops.local_response_norm import LocalResponseNormPlan, local_response_norm
@@ -67,7 +69,8 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFound
            "current_device", "device", "devices", "release_column_buffer", "warmup",
            "workspace_size"]
 
-# The other layers of a CNN (pooling, activations, batch_norm, add/sub/mul/div, sqrt, cat,
+# The other layers of a CNN (pooling, activations, batch_norm, add/sub/mul/div, maximum/minimum,
+# sqrt/abs/exp/log/rsqrt, cat,
 # flatten, linear, pad, interpolate, group_norm, local_response_norm, softmax).
 __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "InterpolatePlan",
             "LinearPlan", "LocalResponseNormPlan", "PadPlan", "PoolPlan", "SoftmaxPlan", "UnaryPlan",
@@ -79,7 +82,9 @@ __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "Interpol
             "hardsigmoid", "hardswish", "hardtanh", "interpolate",
             "leaky_relu", "linear", "local_response_norm", "log_softmax",
             "max_pool1d", "max_pool2d", "max_pool3d", "mish", "mul", "pad", "prelu", "relu", "relu6",
-            "selu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sub", "tanh"]
+            "selu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sub", "tanh",
+            "abs", "exp", "log", "rsqrt", "logsigmoid", "softsign", "tanhshrink", "hardshrink",
+            "softshrink", "maximum", "minimum"]
 
 # Fused epilogues: BatchNorm folded into the convolution before it.
 __all__ += ["fold_batchnorm"]

@@ -378,7 +378,8 @@ def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn
     fold (default True): where a convolution's output goes only to its BatchNorm
     (BatchNorm1d/2d/3d with running statistics, as many features as the conv's output channels)
     and optionally that BatchNorm's only to an activation module (ReLU, ReLU6, Hardtanh, SiLU,
-    GELU, Sigmoid, Tanh, Hardswish, Hardsigmoid, LeakyReLU, ELU) -- as torch.fx traces of the
+    GELU, Sigmoid, Tanh, Hardswish, Hardsigmoid, LeakyReLU, ELU, ...: compile's activation
+    modules) -- as torch.fx traces of the
     forward in train and eval mode both show it, or, where the forward cannot be traced, as
     consecutive modules of an nn.Sequential -- the three compute as one when the model is in eval
     mode and autograd is off (torch.no_grad() / torch.inference_mode()): the convolution runs in

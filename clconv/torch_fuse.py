@@ -37,7 +37,9 @@ def _torch_activation(y: torch.Tensor, spec: Any) -> torch.Tensor:
     simple: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "relu": torch.relu, "relu6": F.relu6, "silu": F.silu, "sigmoid": torch.sigmoid,
         "tanh": torch.tanh, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
-        "mish": F.mish, "selu": F.selu, "gelu": F.gelu}
+        "mish": F.mish, "selu": F.selu, "gelu": F.gelu, "logsigmoid": F.logsigmoid,
+        "softsign": F.softsign, "tanhshrink": F.tanhshrink, "abs": torch.abs, "exp": torch.exp,
+        "log": torch.log, "rsqrt": torch.rsqrt, "sqrt": torch.sqrt}
     if kind in simple:
         return simple[kind](y)
     if kind == "gelu_tanh":
@@ -50,6 +52,8 @@ def _torch_activation(y: torch.Tensor, spec: Any) -> torch.Tensor:
         return F.celu(y, a)
     if kind == "softplus":
         return F.softplus(y, a, b)
+    if kind in ("hardshrink", "softshrink"):
+        return getattr(F, kind)(y, a)
     if kind == "clamp":
         return torch.clamp(y, None if a == -float("inf") else a, None if b == float("inf") else b)
     raise ValueError(f"no torch function for activation {act}")  # not reached: specs come from torch

@@ -107,6 +107,12 @@ ACTIVATIONS = {
     "softplus": lambda v: np.where(v > 20, v, np.log1p(np.exp(v))),
     "selu": lambda v: 1.0507009873554804934193349852946 * np.where(
         v > 0, v, 1.6732632423543772848170429916717 * np.expm1(v)),
+    "logsigmoid": lambda v: np.minimum(v, 0) - np.log1p(np.exp(-np.abs(v))),
+    "softsign": lambda v: v / (1 + np.abs(v)),
+    "tanhshrink": lambda v: v - np.tanh(v),
+    "hardshrink": lambda v: np.where((v >= -0.5) & (v <= 0.5), 0.0, v),
+    "softshrink": lambda v: np.where(v > 0.5, v - 0.5, np.where(v < -0.5, v + 0.5, v * 0)),
+    "abs": np.abs, "exp": np.exp, "log": np.log, "rsqrt": lambda v: 1 / np.sqrt(v),
 }
 
 

@@ -810,6 +810,45 @@ def test_smooth_activations_are_lowered(dev, ct):
         _close(cm(x), model(x))
 
 
+class MathAndShrinks(nn.Module):
+    """The shrink activations (modules and functions), logsigmoid, softsign, the math functions
+    abs / exp / log / rsqrt (functions and methods) and maximum / minimum."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardshrink(0.3))
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 1), nn.Softshrink(0.2))
+        self.c = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.LogSigmoid())
+        self.d = nn.Conv2d(8, 8, 1)
+        self.e = nn.Conv2d(8, 8, 1)
+        self.tanhshrink, self.softsign = nn.Tanhshrink(), nn.Softsign()
+
+    def forward(self, x):
+        y = self.b(self.a(x))
+        z = self.c(y)
+        w = torch.exp(self.d(z)) + self.e(y).abs().log() + torch.rsqrt(z.abs() + 1)
+        v = torch.maximum(w, y) - torch.minimum(z, 0.5 * y).abs_()
+        return (self.tanhshrink(v) + self.softsign(w) + F.logsigmoid(v) + F.softsign(z)
+                + F.hardshrink(v, 0.4) + torch.hardshrink(w) + F.softshrink(z, 0.1) + v.exp())
+
+
+def test_math_functions_and_shrinks_are_lowered(dev, ct):
+    """Each fused into the convolution before it or run as clconv's elementwise op; nothing
+    falls back to the host."""
+    model = models.randomize(MathAndShrinks()).eval()
+    x = torch.randn(2, 3, 9, 8)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    ops = [s.op for s in cm.steps]
+    for fused in ("hardshrink", "softshrink", "logsigmoid", "exp"):
+        assert any(op.startswith("clconv.conv2d") and fused in op for op in ops), (fused, ops)
+    for alone in ("clconv.maximum", "clconv.minimum", "clconv.tanhshrink", "clconv.softsign",
+                  "clconv.log", "clconv.add + rsqrt"):  # (rsqrt(z.abs() + 1): the add's store)
+        assert any(op.startswith(alone) for op in ops), (alone, ops)
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
 class TrailingLayerNorms(nn.Module):
     """LayerNorm over the last dims of channels-first tensors: (C, H, W) with the elementwise
     affine parameters, (H, W) without, F.layer_norm over W, and weight without bias."""

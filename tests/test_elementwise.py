@@ -66,6 +66,24 @@ ACTS = {
     "clamp_min": (lambda c, x: c.clamp(x, min=0.25), lambda F, t: t.clamp(min=0.25), None),
     "clamp_max": (lambda c, x: c.clamp(x, max=0.25), lambda F, t: t.clamp(max=0.25), None),
     "clamp_crossed": (lambda c, x: c.clamp(x, 1.0, -1.0), lambda F, t: t.clamp(1.0, -1.0), None),
+    "logsigmoid": (lambda c, x: c.logsigmoid(x), lambda F, t: F.logsigmoid(t),
+                   ref.ACTIVATIONS["logsigmoid"]),
+    "softsign": (lambda c, x: c.softsign(x), lambda F, t: F.softsign(t),
+                 ref.ACTIVATIONS["softsign"]),
+    "tanhshrink": (lambda c, x: c.tanhshrink(x), lambda F, t: F.tanhshrink(t),
+                   ref.ACTIVATIONS["tanhshrink"]),
+    "hardshrink": (lambda c, x: c.hardshrink(x), lambda F, t: F.hardshrink(t),
+                   ref.ACTIVATIONS["hardshrink"]),
+    "hardshrink_lambd": (lambda c, x: c.hardshrink(x, 3.0), lambda F, t: F.hardshrink(t, 3.0),
+                         None),
+    "softshrink": (lambda c, x: c.softshrink(x), lambda F, t: F.softshrink(t),
+                   ref.ACTIVATIONS["softshrink"]),
+    "softshrink_lambd": (lambda c, x: c.softshrink(x, 2.0), lambda F, t: F.softshrink(t, 2.0),
+                         None),
+    "abs": (lambda c, x: c.abs(x), lambda F, t: t.abs(), ref.ACTIVATIONS["abs"]),
+    "exp": (lambda c, x: c.exp(x), lambda F, t: t.exp(), ref.ACTIVATIONS["exp"]),
+    "log": (lambda c, x: c.log(x), lambda F, t: t.log(), ref.ACTIVATIONS["log"]),
+    "rsqrt": (lambda c, x: c.rsqrt(x), lambda F, t: t.rsqrt(), ref.ACTIVATIONS["rsqrt"]),
 }
 
 
@@ -113,13 +131,14 @@ def test_activation_on_device_arrays_and_out(clconv, dev, rng):
     ((2, 3, 4, 5), (1, 3, 1, 1)), ((2, 3, 4, 5), (2, 1, 4, 5)), ((2, 3, 1, 1), (2, 3, 4, 5)),
     ((2, 3, 4, 5, 6), (1, 3, 1, 1, 1)), ((4, 5), (5,)), ((2, 3, 4), ()), ((0, 3, 2), (3, 1)),
 ], ids=str)
-@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "maximum", "minimum"])
 def test_binary_broadcast(clconv, dev, rng, op, a_shape, b_shape):
     for dtype in _dtypes(dev):
         a, b = random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
         if op == "div":  # divisors away from 0, so that the quotients stay O(1)
             b = (np.sign(b) * (np.abs(b) + 0.5)).astype(dtype) if b.ndim else dtype(2.5)
-        f = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[op]
+        f = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+             "maximum": np.maximum, "minimum": np.minimum}[op]
         want = f(a.astype(np.float64), b.astype(np.float64))
         got = getattr(clconv, op)(a, b)
         assert got.shape == want.shape and got.dtype == dtype
@@ -357,3 +376,26 @@ def test_prelu_0d_as_torch(clconv):
     np.testing.assert_array_equal(clconv.prelu(x, slope), want)
     got = clconv.prelu(np.array(-2.0, np.float32), np.array([0.25], np.float32))
     assert got.shape == () and float(got) == -0.5
+
+
+@pytest.mark.parametrize("op", ["maximum", "minimum"])
+def test_maximum_minimum_as_torch(clconv, dev, rng, op):
+    """NaN from either side, -0 against 0 (the first of equal values), infinities, a number as
+    either operand: torch's values bitwise (NaN's payload aside: torch's vector path makes its
+    own)."""
+    torch = import_torch()
+    x = _special(rng, (3, 4, 5), np.float32)
+    y = _special(rng, (3, 4, 5), np.float32)[::-1].copy()
+    y.reshape(-1)[-4:] = [0.0, -0.0, np.nan, -np.inf]
+    x.reshape(-1)[-4:] = [-0.0, 0.0, 1.0, np.nan]
+    fn = getattr(torch, op)
+    for a, b in ((x, y), (y, x), (x, y[:1, :, :1].copy())):
+        got = getattr(clconv, op)(a, b)
+        want = fn(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        nan = np.isnan(want)
+        np.testing.assert_array_equal(got[~nan].view(np.int32), want[~nan].view(np.int32))
+    got = getattr(clconv, op)(x, 0.5)
+    want = fn(torch.from_numpy(x), torch.tensor(0.5)).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[~np.isnan(got)], want[~np.isnan(want)])

@@ -31,7 +31,9 @@ def clconv():
 ACTIVATIONS = [None, "relu", "relu6", "silu", "gelu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
                "leaky_relu", "elu", ("leaky_relu", 0.2), ("elu", 0.7), ("gelu", "tanh"),
                ("gelu", "none"), ("clamp", -0.5, 0.8), ("clamp", None, 0.3), ("clamp", -0.2, None),
-               "mish", "selu", "softplus", ("softplus", 2.0, 1.0), "celu", ("celu", 0.5)]
+               "mish", "selu", "softplus", ("softplus", 2.0, 1.0), "celu", ("celu", 0.5),
+               "logsigmoid", "softsign", "tanhshrink", "hardshrink", ("hardshrink", 0.2),
+               "softshrink", ("softshrink", 0.3)]
 
 
 def act_id(act) -> str:
@@ -56,11 +58,14 @@ def torch_act(t, act):
         return F.celu(t, *params)
     if name == "softplus":
         return F.softplus(t, *params)
+    if name in ("hardshrink", "softshrink"):
+        return getattr(F, name)(t, *params)
     if name == "clamp":
         return torch.clamp(t, *params)
     return {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "sigmoid": torch.sigmoid,
             "tanh": torch.tanh, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
-            "mish": F.mish, "selu": F.selu}[name](t)
+            "mish": F.mish, "selu": F.selu, "logsigmoid": F.logsigmoid, "softsign": F.softsign,
+            "tanhshrink": F.tanhshrink}[name](t)
 
 
 def reference(x, w, b, r, act, transposed=False, **kw):

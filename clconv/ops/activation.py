@@ -20,17 +20,24 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Union
 
-__all__ = ["ACTIVATION_NAMES", "Activation", "ActivationArg", "activation_defines",
-           "normalize_activation"]
+__all__ = ["ACTIVATION_NAMES", "MATH_FUNCTIONS", "Activation", "ActivationArg",
+           "activation_defines", "normalize_activation"]
 
 #: Activation name -> common.cl's ACT code (0: none).
 _CODES = {"relu": 1, "relu6": 2, "silu": 3, "gelu": 4, "gelu_tanh": 5, "sigmoid": 6, "tanh": 7,
           "hardswish": 8, "hardsigmoid": 9, "leaky_relu": 10, "elu": 11, "clamp": 12,
           "sqrt": 13,  # sqrt: clconv.sqrt's kernel (Activation("sqrt")), not an activation= name
-          "softplus": 14, "mish": 15, "selu": 16, "celu": 17}
+          "softplus": 14, "mish": 15, "selu": 16, "celu": 17, "logsigmoid": 18,
+          "softsign": 19, "tanhshrink": 20, "hardshrink": 21, "softshrink": 22,
+          # math functions: clconv.abs, exp, log, rsqrt (Activation(kind)), not activation= names
+          "abs": 23, "exp": 24, "log": 25, "rsqrt": 26}
+#: The math functions among the codes (with sqrt): run alone by clconv's elementwise ops, and
+#: fused into a convolution's store by compile, but no activation= name.
+MATH_FUNCTIONS = ("sqrt", "abs", "exp", "log", "rsqrt")
 #: The names accepted as a plain string (parameters at torch's defaults).
 ACTIVATION_NAMES = ("relu", "relu6", "silu", "gelu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-                    "leaky_relu", "elu", "softplus", "mish", "selu", "celu")
+                    "leaky_relu", "elu", "softplus", "mish", "selu", "celu", "logsigmoid",
+                    "softsign", "tanhshrink", "hardshrink", "softshrink")
 # torch's SELU constants (aten/src/ATen/native/Activation.cpp): selu is elu with alpha * scale
 # below zero and scale above it.
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -38,9 +45,10 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 # Activation parameters (a, b) at torch's defaults; celu's b is its input scale 1 / alpha, rounded
 # once in double as torch does.
 _DEFAULTS = {"leaky_relu": (0.01,), "elu": (1.0,), "softplus": (1.0, 20.0),
+             "hardshrink": (0.5,), "softshrink": (0.5,),
              "selu": (_SELU_ALPHA, _SELU_SCALE), "celu": (1.0, 1.0)}
 #: The kinds whose kernel reads ACT_A (and ACT_B).
-_WITH_A = ("leaky_relu", "elu", "clamp", "softplus", "selu", "celu")
+_WITH_A = ("leaky_relu", "elu", "clamp", "softplus", "selu", "celu", "hardshrink", "softshrink")
 _WITH_B = ("clamp", "softplus", "selu", "celu")
 
 ActivationArg = Union[None, str, tuple]
@@ -60,7 +68,7 @@ class Activation:
         return _CODES[self.kind]
 
     def __str__(self) -> str:
-        if self.kind in ("leaky_relu", "elu", "celu"):
+        if self.kind in ("leaky_relu", "elu", "celu", "hardshrink", "softshrink"):
             return f"{self.kind}({self.a:g})"
         if self.kind == "softplus":
             return f"softplus({self.a:g}, {self.b:g})"
@@ -71,6 +79,7 @@ class Activation:
 
 _HELP = ("activation must be None, one of " + ", ".join(repr(n) for n in ACTIVATION_NAMES) +
          ", or a tuple ('leaky_relu', negative_slope), ('elu', alpha), ('celu', alpha), "
+         "('hardshrink', lambd), ('softshrink', lambd >= 0), "
          "('softplus', beta, threshold), ('gelu', 'tanh'|'none'), ('clamp', min, max)")
 
 
@@ -106,6 +115,16 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
                 raise ValueError(f"celu's alpha must not be 0 (torch: ZeroDivisionError), got "
                                  f"{activation!r}")
             return Activation(name, value, 1.0 / value)
+        return Activation(name, value)
+    if name in ("hardshrink", "softshrink"):
+        if len(params) != 1:
+            raise ValueError(f"activation ({name!r}, lambd) takes one parameter, got "
+                             f"{activation!r}")
+        value = _number(params[0], f"{name}'s lambd")
+        if math.isnan(value) or (name == "softshrink" and value < 0):
+            rule = " >= 0" if name == "softshrink" else ""
+            raise ValueError(f"{name}'s lambd must be a number{rule} (torch's rule), got "
+                             f"{activation!r}")
         return Activation(name, value)
     if name == "softplus":
         if len(params) != 2:

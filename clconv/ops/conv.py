@@ -483,8 +483,10 @@ conv1d, conv2d, conv3d = per_dimensions(
     they apply); see the module doc.
     activation: fused into the kernels' store after bias and residual: None, 'relu', 'relu6',
     'silu', 'gelu', 'sigmoid', 'tanh', 'hardswish', 'hardsigmoid', 'leaky_relu', 'elu',
-    'softplus', 'mish', 'selu', 'celu' (torch's defaults), or ('leaky_relu', negative_slope),
-    ('elu', alpha), ('celu', alpha), ('softplus', beta, threshold), ('gelu', 'tanh') (torch's
+    'softplus', 'mish', 'selu', 'celu', 'logsigmoid', 'softsign', 'tanhshrink', 'hardshrink',
+    'softshrink' (torch's defaults), or ('leaky_relu', negative_slope), ('hardshrink', lambd),
+    ('softshrink', lambd), ('elu', alpha), ('celu', alpha), ('softplus', beta, threshold),
+    ('gelu', 'tanh') (torch's
     approximate='tanh'), ('clamp', min, max) (a bound may be None; hardtanh). NaN/Inf propagate
     as in torch.
     residual: None or an array of the output's shape (N, C_out, H_out, W_out) (same kind and dtype

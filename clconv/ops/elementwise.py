@@ -47,7 +47,8 @@ __all__ = ["BatchNormPlan", "BinaryPlan", "CatPlan", "UnaryPlan", "add", "batch_
            "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mish",
            "mul", "pixel_shuffle", "pixel_unshuffle", "prelu", "relu", "relu6", "selu", "sigmoid",
            "silu", "softplus", "sqrt", "sub",
-           "tanh"]
+           "tanh", "abs", "exp", "log", "rsqrt", "logsigmoid", "softsign", "tanhshrink",
+           "hardshrink", "softshrink", "maximum", "minimum"]
 
 
 def _defines(work: np.dtype, elements: int, **extra: object) -> dict[str, object]:
@@ -327,7 +328,7 @@ class BinaryPlan(Plan):
 
 
 #: cl/elementwise.cl's binary OP codes.
-_BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3, "div": 4}
+_BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3, "div": 4, "maximum": 5, "minimum": 6}
 
 
 def _binary_values(input: Any, other: Any) -> dict[str, Any]:
@@ -406,6 +407,69 @@ def div(input: ArrayLike, other: ArrayLike, *, rounding_mode: None = None,
 def sqrt(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
     """torch.sqrt (NaN for negative inputs, as torch)."""
     return _unary(Activation("sqrt"), input, out)
+
+
+def abs(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.abs (floating point: |x|, -0 -> 0, NaN kept)."""
+    return _unary(Activation("abs"), input, out)
+
+
+def exp(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.exp."""
+    return _unary(Activation("exp"), input, out)
+
+
+def log(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.log (natural; -inf at 0, NaN for negative inputs)."""
+    return _unary(Activation("log"), input, out)
+
+
+def rsqrt(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.rsqrt: 1 / sqrt(x) (inf at 0, NaN for negative inputs)."""
+    return _unary(Activation("rsqrt"), input, out)
+
+
+def logsigmoid(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.logsigmoid: log(1 / (1 + exp(-x))), computed as torch does
+    (min(x, 0) - log1p(exp(-|x|)))."""
+    return _unary("logsigmoid", input, out)
+
+
+def softsign(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.softsign: x / (1 + |x|)."""
+    return _unary("softsign", input, out)
+
+
+def tanhshrink(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.tanhshrink: x - tanh(x)."""
+    return _unary("tanhshrink", input, out)
+
+
+def hardshrink(input: ArrayLike, lambd: float = 0.5, *,
+               out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.hardshrink: 0 where -lambd <= x <= lambd, else x."""
+    return _unary(("hardshrink", lambd), input, out)
+
+
+def softshrink(input: ArrayLike, lambd: float = 0.5, *,
+               out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.softshrink: x - lambd above lambd, x + lambd below -lambd, else 0
+    (lambd >= 0)."""
+    return _unary(("softshrink", lambd), input, out)
+
+
+def maximum(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,
+            out: ArrayLike | None = None) -> ArrayLike:
+    """torch.maximum(input, other): the larger of each pair with broadcasting (other may be a
+    Python number); NaN if either is NaN; of equal values (-0 and 0) the first, as torch; then
+    the activation."""
+    return _binary("maximum", input, other, activation, out)
+
+
+def minimum(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,
+            out: ArrayLike | None = None) -> ArrayLike:
+    """torch.minimum(input, other): the smaller of each pair, as maximum."""
+    return _binary("minimum", input, other, activation, out)
 
 
 def mul(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..ops.activation import Activation, normalize_activation
+from ..ops.activation import MATH_FUNCTIONS, Activation, normalize_activation
 from .base import Unlowerable, clconv_op, torch_type
 
 
@@ -26,6 +26,10 @@ ACTIVATION_MODULES: dict[type, Callable[[Any], Any]] = {
     nn.LeakyReLU: lambda m: ("leaky_relu", float(m.negative_slope)),
     nn.ELU: lambda m: ("elu", float(m.alpha)), nn.CELU: lambda m: ("celu", float(m.alpha)),
     nn.Softplus: lambda m: ("softplus", float(m.beta), float(m.threshold)),
+    nn.LogSigmoid: lambda m: "logsigmoid", nn.Softsign: lambda m: "softsign",
+    nn.Tanhshrink: lambda m: "tanhshrink",
+    nn.Hardshrink: lambda m: ("hardshrink", float(m.lambd)),
+    nn.Softshrink: lambda m: ("softshrink", float(m.lambd)),
 }
 
 
@@ -85,6 +89,19 @@ def _unary(name: str) -> Callable[..., Any]:
     return spec
 
 
+def _math(name: str) -> Callable[..., Any]:
+    """A math function clconv runs as an activation (no activation= name: the Activation)."""
+    def spec(input: Any) -> Any:
+        return Activation(name)
+    return spec
+
+
+def _shrink(name: str) -> Callable[..., Any]:
+    def spec(input: Any, lambd: float = 0.5) -> Any:
+        return (name, lambd)
+    return spec
+
+
 #: call_function targets that are activations -> a function of the node's arguments giving the spec.
 _ACT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     F.relu: _plain("relu"), torch.relu: _unary("relu"), torch.relu_: _unary("relu"),
@@ -96,6 +113,11 @@ _ACT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     F.celu: _celu, torch.celu: _celu, F.selu: _plain("selu"), torch.selu: _unary("selu"),
     F.mish: _plain("mish"), F.softplus: _softplus,
     torch.clamp_min: _clamp_min, torch.clamp_max: _clamp_max,
+    F.logsigmoid: _unary("logsigmoid"), F.softsign: _unary("softsign"),
+    F.tanhshrink: _unary("tanhshrink"), F.hardshrink: _shrink("hardshrink"),
+    torch.hardshrink: _shrink("hardshrink"), F.softshrink: _shrink("softshrink"),
+    torch.abs: _math("abs"), torch.exp: _math("exp"), torch.log: _math("log"),
+    torch.rsqrt: _math("rsqrt"),
 }
 #: call_method names that are activations.
 _ACT_METHODS: dict[Any, Callable[..., Any]] = {
@@ -103,6 +125,9 @@ _ACT_METHODS: dict[Any, Callable[..., Any]] = {
     "sigmoid_": _unary("sigmoid"), "tanh": _unary("tanh"), "tanh_": _unary("tanh"),
     "clamp": _clamp, "clamp_": _clamp, "clip": _clamp, "clamp_min": _clamp_min,
     "clamp_min_": _clamp_min, "clamp_max": _clamp_max, "clamp_max_": _clamp_max,
+    "abs": _math("abs"), "abs_": _math("abs"), "exp": _math("exp"), "exp_": _math("exp"),
+    "log": _math("log"), "log_": _math("log"), "rsqrt": _math("rsqrt"),
+    "rsqrt_": _math("rsqrt"), "hardshrink": _shrink("hardshrink"),
 }
 _ACT_RULES = {"call_function": _ACT_FUNCTIONS, "call_method": _ACT_METHODS}
 
@@ -139,8 +164,10 @@ def apply_activation(x: cla.Array, act: Activation) -> cla.Array:
     """A standalone activation by clconv's elementwise ops (H2's clconv.relu, ...)."""
     kind = act.kind
     if kind in ("relu", "relu6", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "selu",
-                "mish"):
+                "mish", "logsigmoid", "softsign", "tanhshrink", *MATH_FUNCTIONS):
         return clconv_op(kind)(x)
+    if kind in ("hardshrink", "softshrink"):
+        return clconv_op(kind)(x, act.a)
     if kind == "gelu":
         return clconv_op("gelu")(x, approximate="none")
     if kind == "gelu_tanh":
@@ -162,7 +189,9 @@ def activation_spec(act: Activation) -> Any:
     """The user-level spec of an Activation ('relu', ('leaky_relu', 0.1), ...)."""
     if act.kind == "gelu_tanh":
         return ("gelu", "tanh")
-    if act.kind in ("leaky_relu", "elu", "celu"):
+    if act.kind in MATH_FUNCTIONS:
+        return act  # no activation= name: the Activation itself (normalize_activation keeps it)
+    if act.kind in ("leaky_relu", "elu", "celu", "hardshrink", "softshrink"):
         return (act.kind, act.a)
     if act.kind == "softplus":
         return ("softplus", act.a, act.b)

@@ -227,6 +227,10 @@ class Lowering(LayerRules, OpRules):
                 raise Unlowerable(f"torch.{t.__name__} with alpha")
             name = "add" if t in ADDS else "mul" if t in MULS else "sub"
             return self.binary(node, name, *node.args[:2])
+        if t in (torch.maximum, torch.minimum):
+            if len(node.args) != 2 or node.kwargs:
+                raise Unlowerable(f"torch.{t.__name__} with keywords")
+            return self.binary(node, t.__name__, *node.args)
         if t is torch.flatten:
             a = bind(node, lambda input, start_dim=0, end_dim=-1: (input, start_dim, end_dim))
             return self.flatten(node, *a)
@@ -312,6 +316,10 @@ class Lowering(LayerRules, OpRules):
             if len(node.args) != 2 or node.kwargs:
                 raise Unlowerable(f"Tensor.{t} with alpha or keywords")
             return self.binary(node, t.rstrip("_"), *node.args)
+        if t in ("maximum", "minimum"):
+            if len(node.args) != 2 or node.kwargs:
+                raise Unlowerable(f"Tensor.{t} with keywords")
+            return self.binary(node, t, *node.args)
         if t in ("view", "reshape"):
             return self.reshape(node, node.args[0], node.args[1:])
         if t in ("view_as", "reshape_as") and len(node.args) == 2 and is_tensor(node.args[1]):

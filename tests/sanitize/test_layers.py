@@ -72,7 +72,8 @@ def _with_nan(rng) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("name", ["relu", "silu", "gelu", "hardswish", "mish", "softplus"])
+@pytest.mark.parametrize("name", ["relu", "silu", "gelu", "hardswish", "mish", "softplus",
+                                  "logsigmoid", "softshrink", "exp"])
 def test_activation(rng, index_t, name):
     x = _with_nan(rng)
     expect(getattr(clconv, name)(x), ref_layers.ACTIVATIONS[name](x.astype(np.float64)), F32, 1,
@@ -90,6 +91,11 @@ def test_relu_backward(rng, index_t):
 def test_mul_channel_gate(rng, index_t):
     x, gate = _with_nan(rng), arr(rng, (2, 3, 1))
     expect(clconv.mul(x, gate), x.astype(np.float64) * gate, F32, 1, 30.0)  # x has NaN
+
+
+def test_maximum_broadcast(rng, index_t):
+    x, other = _with_nan(rng), arr(rng, (2, 3, 1))
+    expect(clconv.maximum(x, other), np.maximum(x.astype(np.float64), other), F32, 0, 1.0)
 
 
 def test_add_relu(rng, index_t):
