@@ -257,7 +257,7 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 //   16 selu (alpha ACT_A, scale ACT_B)  17 celu (alpha ACT_A, 1 / alpha ACT_B)  18 logsigmoid
 //   19 softsign  20 tanhshrink  21 hardshrink(lambda ACT_A)  22 softshrink(lambda ACT_A)
 //   math functions (clconv.abs, exp, log, rsqrt; compile fuses them as it does activations):
-//   23 abs  24 exp  25 log  26 rsqrt
+//   23 abs  24 exp  25 log  26 rsqrt  27 erf  28 threshold (x <= ACT_A ? ACT_B : x, torch's)
 #ifndef ACT
 #define ACT 0
 #endif
@@ -294,6 +294,8 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #define ACT_EXP 24
 #define ACT_LOG 25
 #define ACT_RSQRT 26
+#define ACT_ERF 27
+#define ACT_THRESHOLD 28
 // Legacy switch: -D RELU is ACT=1.
 #if defined(RELU) && ACT == 0
 #undef ACT
@@ -387,6 +389,10 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #elif ACT == ACT_RSQRT
 // 1 / sqrt (correctly rounded sqrt, then the division): OpenCL's rsqrt may be less accurate
 #define ACT_APPLY(T, v) ((T)1 / sqrt(v))
+#elif ACT == ACT_ERF
+#define ACT_APPLY(T, v) erf(v)
+#elif ACT == ACT_THRESHOLD
+#define ACT_APPLY(T, v) (((v) <= (T)(ACT_A)) ? (T)(ACT_B) : (v))
 #else
 #error "unknown ACT"
 #endif

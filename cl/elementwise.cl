@@ -97,6 +97,10 @@ inline ACC activate_grad(ACC x, ACC g) {
 #elif ACT == ACT_RSQRT
     const ACC r = (ACC)1 / sqrt(x);
     return (ACC)-0.5 * g * r * r * r;
+#elif ACT == ACT_ERF
+    return g * (ACC)1.12837916709551257390 * exp(-x * x);  // 2 / sqrt(pi)
+#elif ACT == ACT_THRESHOLD
+    return (x <= (ACC)(ACT_A)) ? (ACC)0 : g;
 #endif
 }
 

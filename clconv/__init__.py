@@ -26,7 +26,7 @@ from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add
                               celu, clamp, div, elu, flatten, gelu, hardsigmoid, hardswish,
                               hardtanh, leaky_relu, mish, mul, pixel_shuffle, pixel_unshuffle,
                               prelu, relu, relu6, selu, sigmoid, silu, softplus, sqrt, sub, tanh,
-                              abs, exp, log, rsqrt, logsigmoid, softsign, tanhshrink, hardshrink,
+                              abs, exp, log, rsqrt, erf, threshold, logsigmoid, softsign, tanhshrink, hardshrink,
                               softshrink, maximum, minimum)
 from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm, instance_norm, layer_norm
@@ -83,7 +83,7 @@ __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "Interpol
             "leaky_relu", "linear", "local_response_norm", "log_softmax",
             "max_pool1d", "max_pool2d", "max_pool3d", "mish", "mul", "pad", "prelu", "relu", "relu6",
             "selu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sub", "tanh",
-            "abs", "exp", "log", "rsqrt", "logsigmoid", "softsign", "tanhshrink", "hardshrink",
+            "abs", "exp", "log", "rsqrt", "erf", "threshold", "logsigmoid", "softsign", "tanhshrink", "hardshrink",
             "softshrink", "maximum", "minimum"]
 
 # Fused epilogues: BatchNorm folded into the convolution before it.

@@ -39,7 +39,7 @@ def _torch_activation(y: torch.Tensor, spec: Any) -> torch.Tensor:
         "tanh": torch.tanh, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
         "mish": F.mish, "selu": F.selu, "gelu": F.gelu, "logsigmoid": F.logsigmoid,
         "softsign": F.softsign, "tanhshrink": F.tanhshrink, "abs": torch.abs, "exp": torch.exp,
-        "log": torch.log, "rsqrt": torch.rsqrt, "sqrt": torch.sqrt}
+        "log": torch.log, "rsqrt": torch.rsqrt, "sqrt": torch.sqrt, "erf": torch.erf}
     if kind in simple:
         return simple[kind](y)
     if kind == "gelu_tanh":
@@ -54,6 +54,8 @@ def _torch_activation(y: torch.Tensor, spec: Any) -> torch.Tensor:
         return F.softplus(y, a, b)
     if kind in ("hardshrink", "softshrink"):
         return getattr(F, kind)(y, a)
+    if kind == "threshold":
+        return F.threshold(y, a, b)
     if kind == "clamp":
         return torch.clamp(y, None if a == -float("inf") else a, None if b == float("inf") else b)
     raise ValueError(f"no torch function for activation {act}")  # not reached: specs come from torch

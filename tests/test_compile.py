@@ -811,8 +811,9 @@ def test_smooth_activations_are_lowered(dev, ct):
 
 
 class MathAndShrinks(nn.Module):
-    """The shrink activations (modules and functions), logsigmoid, softsign, the math functions
-    abs / exp / log / rsqrt (functions and methods) and maximum / minimum."""
+    """The shrink activations (modules and functions), logsigmoid, softsign, threshold, the math
+    functions abs / exp / log / rsqrt / erf (functions and methods), maximum / minimum, Softmax2d
+    and the channel shuffle (module and function)."""
 
     def __init__(self):
         super().__init__()
@@ -822,14 +823,18 @@ class MathAndShrinks(nn.Module):
         self.d = nn.Conv2d(8, 8, 1)
         self.e = nn.Conv2d(8, 8, 1)
         self.tanhshrink, self.softsign = nn.Tanhshrink(), nn.Softsign()
+        self.threshold, self.shuffle, self.sm2d = nn.Threshold(0.1, 2.0), nn.ChannelShuffle(4), \
+            nn.Softmax2d()
 
     def forward(self, x):
         y = self.b(self.a(x))
         z = self.c(y)
         w = torch.exp(self.d(z)) + self.e(y).abs().log() + torch.rsqrt(z.abs() + 1)
         v = torch.maximum(w, y) - torch.minimum(z, 0.5 * y).abs_()
+        u = self.sm2d(self.shuffle(self.threshold(v))) + F.channel_shuffle(torch.erf(w), 2)
         return (self.tanhshrink(v) + self.softsign(w) + F.logsigmoid(v) + F.softsign(z)
-                + F.hardshrink(v, 0.4) + torch.hardshrink(w) + F.softshrink(z, 0.1) + v.exp())
+                + F.hardshrink(v, 0.4) + torch.hardshrink(w) + F.softshrink(z, 0.1) + v.exp()
+                + u + F.threshold(z, -0.2, 0.5))
 
 
 def test_math_functions_and_shrinks_are_lowered(dev, ct):
@@ -843,7 +848,8 @@ def test_math_functions_and_shrinks_are_lowered(dev, ct):
     for fused in ("hardshrink", "softshrink", "logsigmoid", "exp"):
         assert any(op.startswith("clconv.conv2d") and fused in op for op in ops), (fused, ops)
     for alone in ("clconv.maximum", "clconv.minimum", "clconv.tanhshrink", "clconv.softsign",
-                  "clconv.log", "clconv.add + rsqrt"):  # (rsqrt(z.abs() + 1): the add's store)
+                  "clconv.log", "clconv.add + rsqrt",  # (rsqrt(z.abs() + 1): the add's store)
+                  "clconv.threshold", "clconv.erf", "channel shuffle", "clconv.softmax"):
         assert any(op.startswith(alone) for op in ops), (alone, ops)
     with torch.no_grad():
         _close(cm(x), model(x))

@@ -84,6 +84,11 @@ ACTS = {
     "exp": (lambda c, x: c.exp(x), lambda F, t: t.exp(), ref.ACTIVATIONS["exp"]),
     "log": (lambda c, x: c.log(x), lambda F, t: t.log(), ref.ACTIVATIONS["log"]),
     "rsqrt": (lambda c, x: c.rsqrt(x), lambda F, t: t.rsqrt(), ref.ACTIVATIONS["rsqrt"]),
+    "erf": (lambda c, x: c.erf(x), lambda F, t: t.erf(), None),
+    "threshold": (lambda c, x: c.threshold(x, 0.1, 20.0), lambda F, t: F.threshold(t, 0.1, 20.0),
+                  None),
+    "threshold_negative": (lambda c, x: c.threshold(x, -1.0, -7.5),
+                           lambda F, t: F.threshold(t, -1.0, -7.5), None),
 }
 
 

@@ -30,10 +30,11 @@ _CODES = {"relu": 1, "relu6": 2, "silu": 3, "gelu": 4, "gelu_tanh": 5, "sigmoid"
           "softplus": 14, "mish": 15, "selu": 16, "celu": 17, "logsigmoid": 18,
           "softsign": 19, "tanhshrink": 20, "hardshrink": 21, "softshrink": 22,
           # math functions: clconv.abs, exp, log, rsqrt (Activation(kind)), not activation= names
-          "abs": 23, "exp": 24, "log": 25, "rsqrt": 26}
+          "abs": 23, "exp": 24, "log": 25, "rsqrt": 26, "erf": 27,
+          "threshold": 28}  # threshold: (threshold ACT_A, value ACT_B), clconv.threshold's
 #: The math functions among the codes (with sqrt): run alone by clconv's elementwise ops, and
 #: fused into a convolution's store by compile, but no activation= name.
-MATH_FUNCTIONS = ("sqrt", "abs", "exp", "log", "rsqrt")
+MATH_FUNCTIONS = ("sqrt", "abs", "exp", "log", "rsqrt", "erf", "threshold")
 #: The names accepted as a plain string (parameters at torch's defaults).
 ACTIVATION_NAMES = ("relu", "relu6", "silu", "gelu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
                     "leaky_relu", "elu", "softplus", "mish", "selu", "celu", "logsigmoid",
@@ -48,8 +49,9 @@ _DEFAULTS = {"leaky_relu": (0.01,), "elu": (1.0,), "softplus": (1.0, 20.0),
              "hardshrink": (0.5,), "softshrink": (0.5,),
              "selu": (_SELU_ALPHA, _SELU_SCALE), "celu": (1.0, 1.0)}
 #: The kinds whose kernel reads ACT_A (and ACT_B).
-_WITH_A = ("leaky_relu", "elu", "clamp", "softplus", "selu", "celu", "hardshrink", "softshrink")
-_WITH_B = ("clamp", "softplus", "selu", "celu")
+_WITH_A = ("leaky_relu", "elu", "clamp", "softplus", "selu", "celu", "hardshrink", "softshrink",
+           "threshold")
+_WITH_B = ("clamp", "softplus", "selu", "celu", "threshold")
 
 ActivationArg = Union[None, str, tuple]
 
@@ -72,8 +74,8 @@ class Activation:
             return f"{self.kind}({self.a:g})"
         if self.kind == "softplus":
             return f"softplus({self.a:g}, {self.b:g})"
-        if self.kind == "clamp":
-            return f"clamp({self.a:g}, {self.b:g})"
+        if self.kind in ("clamp", "threshold"):
+            return f"{self.kind}({self.a:g}, {self.b:g})"
         return self.kind
 
 

@@ -47,7 +47,7 @@ __all__ = ["BatchNormPlan", "BinaryPlan", "CatPlan", "UnaryPlan", "add", "batch_
            "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mish",
            "mul", "pixel_shuffle", "pixel_unshuffle", "prelu", "relu", "relu6", "selu", "sigmoid",
            "silu", "softplus", "sqrt", "sub",
-           "tanh", "abs", "exp", "log", "rsqrt", "logsigmoid", "softsign", "tanhshrink",
+           "tanh", "abs", "exp", "log", "rsqrt", "erf", "threshold", "logsigmoid", "softsign", "tanhshrink",
            "hardshrink", "softshrink", "maximum", "minimum"]
 
 
@@ -427,6 +427,20 @@ def log(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
 def rsqrt(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
     """torch.rsqrt: 1 / sqrt(x) (inf at 0, NaN for negative inputs)."""
     return _unary(Activation("rsqrt"), input, out)
+
+
+def erf(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.erf."""
+    return _unary(Activation("erf"), input, out)
+
+
+def threshold(input: ArrayLike, threshold: float, value: float, inplace: bool = False, *,
+              out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.threshold: value where x <= threshold, else x (NaN kept)."""
+    for name, v in (("threshold", threshold), ("value", value)):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or math.isnan(float(v)):
+            raise TypeError(f"threshold: {name} must be a real number, got {v!r}")
+    return _unary(Activation("threshold", float(threshold), float(value)), input, out, inplace)
 
 
 def logsigmoid(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:

@@ -30,6 +30,7 @@ ACTIVATION_MODULES: dict[type, Callable[[Any], Any]] = {
     nn.Tanhshrink: lambda m: "tanhshrink",
     nn.Hardshrink: lambda m: ("hardshrink", float(m.lambd)),
     nn.Softshrink: lambda m: ("softshrink", float(m.lambd)),
+    nn.Threshold: lambda m: Activation("threshold", float(m.threshold), float(m.value)),
 }
 
 
@@ -96,6 +97,10 @@ def _math(name: str) -> Callable[..., Any]:
     return spec
 
 
+def _threshold(input: Any, threshold: float, value: float, inplace: bool = False) -> Any:
+    return Activation("threshold", float(threshold), float(value))
+
+
 def _shrink(name: str) -> Callable[..., Any]:
     def spec(input: Any, lambd: float = 0.5) -> Any:
         return (name, lambd)
@@ -117,7 +122,8 @@ _ACT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     F.tanhshrink: _unary("tanhshrink"), F.hardshrink: _shrink("hardshrink"),
     torch.hardshrink: _shrink("hardshrink"), F.softshrink: _shrink("softshrink"),
     torch.abs: _math("abs"), torch.exp: _math("exp"), torch.log: _math("log"),
-    torch.rsqrt: _math("rsqrt"),
+    torch.rsqrt: _math("rsqrt"), torch.erf: _math("erf"), torch.special.erf: _math("erf"),
+    F.threshold: _threshold, torch.threshold: _threshold,
 }
 #: call_method names that are activations.
 _ACT_METHODS: dict[Any, Callable[..., Any]] = {
@@ -127,7 +133,8 @@ _ACT_METHODS: dict[Any, Callable[..., Any]] = {
     "clamp_min_": _clamp_min, "clamp_max": _clamp_max, "clamp_max_": _clamp_max,
     "abs": _math("abs"), "abs_": _math("abs"), "exp": _math("exp"), "exp_": _math("exp"),
     "log": _math("log"), "log_": _math("log"), "rsqrt": _math("rsqrt"),
-    "rsqrt_": _math("rsqrt"), "hardshrink": _shrink("hardshrink"),
+    "rsqrt_": _math("rsqrt"), "hardshrink": _shrink("hardshrink"), "erf": _math("erf"),
+    "erf_": _math("erf"),
 }
 _ACT_RULES = {"call_function": _ACT_FUNCTIONS, "call_method": _ACT_METHODS}
 
@@ -164,10 +171,13 @@ def apply_activation(x: cla.Array, act: Activation) -> cla.Array:
     """A standalone activation by clconv's elementwise ops (H2's clconv.relu, ...)."""
     kind = act.kind
     if kind in ("relu", "relu6", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "selu",
-                "mish", "logsigmoid", "softsign", "tanhshrink", *MATH_FUNCTIONS):
+                "mish", "logsigmoid", "softsign", "tanhshrink",
+                *(k for k in MATH_FUNCTIONS if k != "threshold")):
         return clconv_op(kind)(x)
     if kind in ("hardshrink", "softshrink"):
         return clconv_op(kind)(x, act.a)
+    if kind == "threshold":
+        return clconv_op("threshold")(x, act.a, act.b)
     if kind == "gelu":
         return clconv_op("gelu")(x, approximate="none")
     if kind == "gelu_tanh":

@@ -446,6 +446,23 @@ class OpRules(LoweringBase):
             return op(env[xn], factor)
         return self.value(node, run, f"clconv.{name} (permuted copy)", (xn,))
 
+    def channel_shuffle(self, node: fx.Node, x: Any, groups: Any) -> Step:
+        """nn.ChannelShuffle / F.channel_shuffle (ShuffleNet): the channels as (groups, C / groups)
+        read as (C / groups, groups), a permuted copy gathered on the device."""
+        sh = shape(x) or ()
+        if type(groups) is not int or groups < 1 or len(sh) < 3 or sh[1] % groups:
+            raise Unlowerable(f"channel_shuffle of {len(sh)} dims, {sh[1:2]} channels into "
+                              f"{groups!r} groups")
+        xn, dev = self.plain_tensor(x, "channel_shuffle"), self.cm.device
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            n, c, rest = a.shape[0], a.shape[1], tuple(a.shape[2:])
+            v = reshape_view(a, (n, groups, c // groups, *rest))
+            v = v.transpose((0, 2, 1, *range(3, 3 + len(rest))))
+            return reshape_view(to_device(v, dev, "input", a.dtype), (n, c, *rest))
+        return self.value(node, run, "channel shuffle (permuted copy)", (xn,))
+
     def transpose(self, node: fx.Node) -> Step:
         """torch.transpose / x.transpose(d0, d1) (ShuffleNet's channel shuffle): a permuted copy."""
         x, d0, d1 = bind(node, lambda input, dim0, dim1: (input, dim0, dim1))

@@ -199,6 +199,10 @@ class Lowering(LayerRules, OpRules):
                                       m.upscale_factor, inverse)
         if kind in (nn.Softmax, nn.LogSoftmax):
             return self.softmax(node, node.args[0], m.dim, kind is nn.LogSoftmax)
+        if kind is nn.Softmax2d and len(node.args) == 1 and not node.kwargs:
+            return self.softmax(node, node.args[0], -3, False)  # over the channels
+        if kind is nn.ChannelShuffle and len(node.args) == 1 and not node.kwargs:
+            return self.channel_shuffle(node, node.args[0], m.groups)
         if kind is nn.PReLU and len(node.args) == 1 and not node.kwargs:
             return self.binary(node, "prelu", node.args[0], m.weight.detach())
         if kind in POOL_MODULES:
@@ -231,6 +235,8 @@ class Lowering(LayerRules, OpRules):
             if len(node.args) != 2 or node.kwargs:
                 raise Unlowerable(f"torch.{t.__name__} with keywords")
             return self.binary(node, t.__name__, *node.args)
+        if t in (F.channel_shuffle, torch.channel_shuffle, torch.native_channel_shuffle):
+            return self.channel_shuffle(node, *bind(node, lambda input, groups: (input, groups)))
         if t is torch.flatten:
             a = bind(node, lambda input, start_dim=0, end_dim=-1: (input, start_dim, end_dim))
             return self.flatten(node, *a)
