@@ -855,6 +855,40 @@ def test_math_functions_and_shrinks_are_lowered(dev, ct):
         _close(cm(x), model(x))
 
 
+class Statistics(nn.Module):
+    """Variance and standard deviation (old and new signatures), F.normalize, reductions over
+    every dim, zeros_like / ones_like / full_like."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = (y - y.mean((2, 3), keepdim=True)) / torch.sqrt(y.var((2, 3), keepdim=True) + 1e-5)
+        b = y.std(dim=1, keepdim=True, unbiased=False) + torch.var(y, 1, keepdim=True,
+                                                                    correction=0)
+        c = F.normalize(y) + F.normalize(y, p=2.0, dim=1, eps=1e-3)
+        d = y.mean() + y.sum() * 1e-3 + torch.amax(y) + y.var() + torch.std(y, True)
+        e = torch.zeros_like(y) + torch.ones_like(y) * 2 + torch.full_like(y, -0.5)
+        return a + b + c + d + e, y.var(dim=(2, 3)), y.std((2, 3), correction=2)
+
+
+def test_statistics_are_lowered(dev, ct):
+    model = models.randomize(Statistics()).eval()
+    x = torch.randn(2, 3, 9, 8)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    ops = " | ".join(s.op for s in cm.steps)
+    for part in ("var over the spatial dims", "std over the channels", "normalize over the "
+                 "channels", "mean over every dim", "std over every dim", "fill"):
+        assert part in ops, (part, ops)
+    with torch.no_grad():
+        for got, want in zip(cm(x), model(x)):
+            assert got.shape == want.shape
+            _close(got, want)
+
+
 class TrailingLayerNorms(nn.Module):
     """LayerNorm over the last dims of channels-first tensors: (C, H, W) with the elementwise
     affine parameters, (H, W) without, F.layer_norm over W, and weight without bias."""

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import fx, nn
 
 from ..ops.activation import Activation
+from ..runtime.memory import empty
 from ..runtime.transfer import to_device
 from .activations import activation_op_name, activation_spec, apply_activation
 from .base import Unlowerable, attr, bind, clconv_op, is_tensor, meta, shape
@@ -137,50 +138,134 @@ class OpRules(LoweringBase):
         x = node.args[0].name
         return self.value(node, lambda env: fn(env[x], **kwargs), f"clconv.{name}", (x,))
 
+    def _reducer(self, sh: tuple[int, ...] | None, dim: Any,
+                 reduction: str) -> tuple[Callable[[Any], Any], str, list[int]]:
+        """(f, where, dims): f(a) is the mean / amax of device array `a` (logical shape `sh`) over
+        `dim` with the reduced dims kept as 1: every spatial dim (adaptive pooling to 1), the
+        channels (dim 1: the (N, C, S) value gathered as (N, S, C), pooled over C), or every dim
+        (dim None; spatial first, then the N * C results as one row: equal groups, so the mean of
+        their means is the mean)."""
+        if sh is None:
+            raise Unlowerable(f"{reduction} of a value of unknown shape")
+        nd = len(sh)
+        if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
+            dims = list(range(nd))
+        else:
+            dims = sorted({d % nd for d in ((dim,) if isinstance(dim, int) else dim)})
+        kind = "max" if reduction == "amax" else "avg"
+        every = dims == list(range(nd)) and nd >= 1
+        spatial = dims == list(range(2, nd)) and nd - 2 in (1, 2, 3)
+        if not (every or spatial or (dims == [1] and nd >= 2)):
+            raise Unlowerable(f"{reduction} over dims {dim} (clconv lowers the {reduction} over "
+                              f"every spatial dim, over the channels or over every dim)")
+        pool_nd = {n: clconv_op(f"adaptive_{kind}_pool{n}d") for n in (1, 2, 3)}
+        dev = self.cm.device
+
+        def reduce(a: Any) -> Any:
+            n, c, rest = (a.shape[0], a.shape[1], tuple(a.shape[2:])) if a.ndim >= 2 else \
+                (1, 1, tuple(a.shape))
+            if every:
+                if a.ndim >= 3 and a.ndim - 2 <= 3:
+                    a = pool_nd[a.ndim - 2](a, 1)  # (N, C, 1, ...)
+                y = pool_nd[1](reshape_view(a, (1, 1, int(np.prod(a.shape)))), 1)
+                return reshape_view(y, (1,) * nd)
+            if spatial:
+                return pool_nd[nd - 2](a, 1)
+            s = int(np.prod(rest))  # each position's C values contiguous, as rows of a 1-d pool
+            rows = to_device(reshape_view(a, (n, c, s)).transpose((0, 2, 1)), dev, "input",
+                             a.dtype)
+            return reshape_view(pool_nd[1](reshape_view(rows, (n * s, 1, c)), 1), (n, 1, *rest))
+        where = "every dim" if every else "the spatial dims" if spatial else "the channels"
+        return reduce, where, dims
+
     def mean(self, node: fx.Node, reduction: str = "mean") -> Step:
-        """torch.mean / sum / amax (functions and methods) over every spatial dim, or over the
-        channels (dim 1: CBAM's attention, ConvNeXt's channels-first LayerNorm). Spatial: adaptive
-        average (max) pooling to 1. Channels: the (N, C, S) value gathered as (N, S, C) on the
-        device, pooled the same way over C. A sum is that mean times the count (one rounding
-        more than torch's sum: within a few ulp)."""
+        """torch.mean / sum / amax (functions and methods) over every spatial dim, over the
+        channels (dim 1: CBAM's attention, ConvNeXt's channels-first LayerNorm) or over every
+        dim (`_reducer`). A sum is that mean times the count (one rounding more than torch's sum:
+        within a few ulp)."""
         x, dim, keepdim = bind(node, _mean_args)
         sh = shape(x)
-        if sh is None or dim is None:
-            raise Unlowerable(f"{reduction} over every dim")
-        nd = len(sh)
-        dims = sorted({d % nd for d in ((dim,) if isinstance(dim, int) else dim)})
-        spatial = dims == list(range(2, nd)) and nd - 2 in (1, 2, 3)
-        if not spatial and not (dims == [1] and nd >= 2):
-            raise Unlowerable(f"{reduction} over dims {dim} (clconv lowers the {reduction} over "
-                              f"every spatial dim or over the channels)")
-        kind = "max" if reduction == "amax" else "avg"
-        pool = clconv_op(f"adaptive_{kind}_pool{nd - 2}d" if spatial else f"adaptive_{kind}_pool1d")
-        xn, dev = x.name, self.cm.device
+        reduce, where, dims = self._reducer(sh, dim, reduction)
+        xn = x.name
         count = None
         if reduction == "sum":
             mul = clconv_op("mul")
-            n = np.prod(sh[2:]) if spatial else sh[1]
-            count = self.cm.constant(("count", node.name), torch.tensor([float(n)],
-                                                                        dtype=meta(node).dtype))
+            count = self.cm.constant(("count", node.name), torch.tensor(
+                [float(np.prod([sh[d] for d in dims]))], dtype=meta(node).dtype))
+
+        def run(env: dict[str, Any]) -> Any:
+            y = reduce(env[xn])
+            if count is not None:
+                y = mul(y, count)
+            return y if keepdim else reshape_view(y, tuple(d for i, d in enumerate(y.shape)
+                                                           if i not in dims))
+        return self.value(node, run, f"{reduction} over {where} (clconv pooling)", (xn,))
+
+    def variance(self, node: fx.Node, name: str) -> Step:
+        """torch.var / std (functions and methods; `correction` or `unbiased`) over what `mean`
+        reduces: mean((x - mean(x))^2) * n / (n - correction), two passes as torch's, then sqrt
+        for std."""
+        x, dim, correction, keepdim = bind(node, _var_args)
+        sh = shape(x)
+        reduce, where, dims = self._reducer(sh, dim, "mean")
+        count = float(np.prod([sh[d] for d in dims]))
+        scale = count / (count - correction) if count > correction else math.inf
+        xn = x.name
+        sub, mul, sqrt = clconv_op("sub"), clconv_op("mul"), clconv_op("sqrt")
+        factor = self.cm.constant(("correction", node.name),
+                                  torch.tensor([scale], dtype=meta(node).dtype))
 
         def run(env: dict[str, Any]) -> Any:
             a = env[xn]
-            n, c, rest = a.shape[0], a.shape[1], tuple(a.shape[2:])
-            if spatial:
-                y = pool(a, 1)
-                kept = (n, c, *(1,) * len(rest))
-            else:  # each position's C values contiguous, as rows of a 1-d pooling
-                s = int(np.prod(rest))
-                rows = to_device(reshape_view(a, (n, c, s)).transpose((0, 2, 1)), dev, "input",
-                                 a.dtype)
-                y = pool(reshape_view(rows, (n * s, 1, c)), 1)
-                kept = (n, 1, *rest)
-            if count is not None:
-                y = mul(y, count)
-            return reshape_view(y, kept if keepdim else tuple(d for i, d in enumerate(kept)
-                                                              if i not in dims))
-        where = "spatial" if spatial else "channels"
-        return self.value(node, run, f"{reduction} over the {where} (clconv pooling)", (xn,))
+            d = sub(a, reduce(a))
+            y = mul(reduce(mul(d, d)), factor)
+            if name == "std":
+                y = sqrt(y)
+            return y if keepdim else reshape_view(y, tuple(v for i, v in enumerate(y.shape)
+                                                           if i not in dims))
+        return self.value(node, run, f"{name} over {where} (clconv pooling, two passes)", (xn,))
+
+    def normalize(self, node: fx.Node) -> Step:
+        """F.normalize with p=2: x / max(sqrt(sum(x^2)), eps) over `dim` (one `_reducer` dim
+        set: the channels by default)."""
+        x, p, dim, eps = bind(node, lambda input, p=2.0, dim=1, eps=1e-12, out=None: (
+            input, p, dim, eps))
+        if p != 2 or isinstance(eps, fx.Node):
+            raise Unlowerable(f"normalize with p={p!r} (clconv lowers p=2)")
+        sh = shape(x)
+        reduce, where, dims = self._reducer(sh, dim, "mean")
+        count = float(np.prod([sh[d] for d in dims]))
+        xn = x.name
+        mul, sqrt, div = clconv_op("mul"), clconv_op("sqrt"), clconv_op("div")
+        clamp = clconv_op("clamp")
+        n = self.cm.constant(("count", node.name), torch.tensor([count], dtype=meta(node).dtype))
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            norm = sqrt(mul(reduce(mul(a, a)), n))
+            return div(a, clamp(norm, float(eps)))
+        return self.value(node, run, f"normalize over {where} (clconv)", (xn,))
+
+    def filled_like(self, node: fx.Node, value: float | None) -> Step:
+        """torch.zeros_like / ones_like / full_like(x, v) (no dtype or layout arguments): a
+        device array of x's shape and dtype filled on the device."""
+        if value is None:
+            x, v = bind(node, lambda input, fill_value, **kw: (input, fill_value) if not kw
+                        else (None, None))
+        else:
+            x, v = bind(node, lambda input, **kw: (input, value) if not kw else (None, None))
+        if x is None or not is_tensor(x) or isinstance(v, fx.Node) or isinstance(v, bool) or \
+                not isinstance(v, (int, float)):
+            raise Unlowerable("a *_like with keyword arguments or a computed value")
+        xn = self.plain_tensor(x, "a *_like")
+        dev = self.cm.device
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            y = empty(dev, tuple(a.shape), a.dtype)
+            y.fill(float(v), queue=dev.queue)
+            return y
+        return self.value(node, run, f"fill {v!r} (device)", (xn,))
 
     def max_values(self, node: fx.Node) -> Step:
         """torch.max(x, dim, keepdim) / x.max(dim) whose users take only the values (`[0]`): the
@@ -522,6 +607,20 @@ def _mean_args(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any
     if dtype is not None:
         raise Unlowerable("mean with dtype=")
     return input, dim, keepdim
+
+
+def _var_args(input: Any, dim: Any = None, unbiased: Any = None, keepdim: bool = False, *,
+              correction: Any = None) -> Any:
+    """(input, dim, correction, keepdim) of torch.var / std: `unbiased` (bool, also the second
+    positional in the old signature) or `correction`; default 1."""
+    if isinstance(dim, bool):  # var(x, unbiased)
+        dim, unbiased = None, dim
+    if correction is not None and unbiased is not None:
+        raise Unlowerable("var with both unbiased and correction")
+    c = correction if correction is not None else (1 if unbiased in (None, True) else 0)
+    if isinstance(c, bool) or not isinstance(c, (int, float)):
+        raise Unlowerable(f"var with correction {c!r}")
+    return input, dim, float(c), keepdim
 
 
 def _channel_vector(t: torch.Tensor, out: tuple[int, ...],

@@ -256,6 +256,12 @@ class Lowering(LayerRules, OpRules):
             return self.mean(node, "sum")
         if t is torch.amax:
             return self.mean(node, "amax")
+        if t in (torch.var, torch.std):
+            return self.variance(node, t.__name__)
+        if t is F.normalize:
+            return self.normalize(node)
+        if t in (torch.zeros_like, torch.ones_like, torch.full_like):
+            return self.filled_like(node, {torch.zeros_like: 0.0, torch.ones_like: 1.0}.get(t))
         if t in (torch.sqrt, torch.square, torch.pow, operator.pow):
             return self.power(node, {torch.sqrt: "sqrt", torch.square: "square"}.get(t, "pow"))
         if t in (F.pixel_shuffle, F.pixel_unshuffle):
@@ -344,6 +350,8 @@ class Lowering(LayerRules, OpRules):
             return self.mean(node, "sum")
         if t == "amax":
             return self.mean(node, "amax")
+        if t in ("var", "std"):
+            return self.variance(node, t)
         if t in ("sqrt", "square", "pow"):
             return self.power(node, t)
         if t in ("div", "div_", "true_divide"):

@@ -72,7 +72,7 @@ def reshape_view(a: cla.Array, shape: tuple[int, ...]) -> cla.Array:
     """A reshaped view of a contiguous device array (no device work)."""
     if not a.flags.c_contiguous:
         raise ValueError("reshape of a non-contiguous device array")
-    return a.reshape(*shape)
+    return a.reshape(tuple(shape))  # (a tuple: pyopencl's reshape() of no sizes fails for 0-d)
 
 
 class LoweringBase:
