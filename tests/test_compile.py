@@ -857,11 +857,12 @@ def test_math_functions_and_shrinks_are_lowered(dev, ct):
 
 class Statistics(nn.Module):
     """Variance and standard deviation (old and new signatures), F.normalize, reductions over
-    every dim, zeros_like / ones_like / full_like."""
+    every dim, zeros_like / ones_like / full_like, F.glu / nn.GLU."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.glu = nn.GLU(dim=-1)
 
     def forward(self, x):
         y = self.conv(x)
@@ -871,7 +872,8 @@ class Statistics(nn.Module):
         c = F.normalize(y) + F.normalize(y, p=2.0, dim=1, eps=1e-3)
         d = y.mean() + y.sum() * 1e-3 + torch.amax(y) + y.var() + torch.std(y, True)
         e = torch.zeros_like(y) + torch.ones_like(y) * 2 + torch.full_like(y, -0.5)
-        return a + b + c + d + e, y.var(dim=(2, 3)), y.std((2, 3), correction=2)
+        return (a + b + c + d + e, y.var(dim=(2, 3)), y.std((2, 3), correction=2),
+                F.glu(y, dim=1), self.glu(y))
 
 
 def test_statistics_are_lowered(dev, ct):
@@ -881,7 +883,7 @@ def test_statistics_are_lowered(dev, ct):
     assert cm.fallbacks == []
     ops = " | ".join(s.op for s in cm.steps)
     for part in ("var over the spatial dims", "std over the channels", "normalize over the "
-                 "channels", "mean over every dim", "std over every dim", "fill"):
+                 "channels", "mean over every dim", "std over every dim", "fill", "glu"):
         assert part in ops, (part, ops)
     with torch.no_grad():
         for got, want in zip(cm(x), model(x)):

@@ -558,6 +558,23 @@ class OpRules(LoweringBase):
         perm[d0 % nd], perm[d1 % nd] = perm[d1 % nd], perm[d0 % nd]
         return self.permuted_copy(node, x, tuple(perm))
 
+    def glu(self, node: fx.Node, x: Any, dim: Any) -> Step:
+        """F.glu / nn.GLU: the first half of `dim` times the sigmoid of the second (each half's
+        strided view gathered on the device, then clconv.sigmoid and clconv.mul)."""
+        xn, sh = self.plain_tensor(x, "glu"), shape(x) or ()
+        if type(dim) is not int or not sh or sh[dim % len(sh)] % 2:
+            raise Unlowerable("glu along a dim of odd or unknown size")
+        dev, mul, sigmoid = self.cm.device, clconv_op("mul"), clconv_op("sigmoid")
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            d = dim % a.ndim
+            h = a.shape[d] // 2
+            first, second = (to_device(a[(slice(None),) * d + (slice(lo, lo + h),)], dev,
+                                       "input", a.dtype) for lo in (0, h))
+            return mul(first, sigmoid(second))
+        return self.value(node, run, "glu (halves gathered, clconv.sigmoid, clconv.mul)", (xn,))
+
     def pieces(self, node: fx.Node) -> Step:
         """torch.chunk / torch.split (and the methods) of a tensor: a tuple of contiguous device
         arrays (each piece's strided view gathered on the device), sized as torch sizes them from

@@ -199,6 +199,8 @@ class Lowering(LayerRules, OpRules):
                                       m.upscale_factor, inverse)
         if kind in (nn.Softmax, nn.LogSoftmax):
             return self.softmax(node, node.args[0], m.dim, kind is nn.LogSoftmax)
+        if kind is nn.GLU and len(node.args) == 1 and not node.kwargs:
+            return self.glu(node, node.args[0], m.dim)
         if kind is nn.Softmax2d and len(node.args) == 1 and not node.kwargs:
             return self.softmax(node, node.args[0], -3, False)  # over the channels
         if kind is nn.ChannelShuffle and len(node.args) == 1 and not node.kwargs:
@@ -260,6 +262,8 @@ class Lowering(LayerRules, OpRules):
             return self.variance(node, t.__name__)
         if t is F.normalize:
             return self.normalize(node)
+        if t is F.glu:
+            return self.glu(node, *bind(node, lambda input, dim=-1: (input, dim)))
         if t in (torch.zeros_like, torch.ones_like, torch.full_like):
             return self.filled_like(node, {torch.zeros_like: 0.0, torch.ones_like: 1.0}.get(t))
         if t in (torch.sqrt, torch.square, torch.pow, operator.pow):
