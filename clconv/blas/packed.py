@@ -43,6 +43,9 @@ __all__ = [
     "k_step_loops",
     "pack_a",
     "pack_a_kernel",
+    "PACK_A_K",
+    "PACK_A_K_T",
+    "pack_a_runs",
     "packed_scratch",
     "release_scratch",
     "scratch_bytes",
@@ -178,7 +181,14 @@ def release_scratch(dev: Device) -> int:
         return 0 if holder is None else holder.nbytes
 
 
-PACK_K = 8  # k each pack work-item copies (PACK_K of cl/pack_a.cl and cl/gemm_packed.cl)
+PACK_K = 8  # k each pack_b work-item copies (PACK_K of cl/gemm_packed.cl)
+PACK_A_K = 32  # k each pack_a work-item copies (PACK_A_K of cl/pack_a.cl) ...
+PACK_A_K_T = 8  # ... and of a transposed A (PACK_A_K_T)
+
+
+def pack_a_runs(k: int, transposed: bool) -> int:
+    """cl/pack_a.cl's NDRange along k: its work-items for a k-long A (or A^T)."""
+    return -(-k // (PACK_A_K_T if transposed else PACK_A_K))
 
 
 def pack_a_kernel(dev: Device, dtype: Any) -> cl.Kernel:
@@ -193,7 +203,7 @@ def enqueue_pack_a(dev: Device, tile: Tile, m: int, k: int, a: cla.Array, a_offs
     if m == 0 or k == 0 or batch == 0:
         return
     pack_a_kernel(dev, a.dtype)(
-        dev.queue, (-(-k // PACK_K), tile.a_panels(m), batch), (1, 1, 1), np.int32(m),
+        dev.queue, (pack_a_runs(k, transposed), tile.a_panels(m), batch), (1, 1, 1), np.int32(m),
         np.int32(k), a.base_data, np.int64(a_offset), np.int64(a_stride), np.int64(lda),
         np.int32(transposed), out.base_data, np.int64(out_offset), np.int64(out_stride),
         np.int32(tile.mr))

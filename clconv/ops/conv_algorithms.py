@@ -353,7 +353,7 @@ class ImplicitGemm(_PackedGemmConv):
             self.launches.append(((tile.b_panels(count), mgroups, geo.groups), np.int64(start),
                                   np.int64(count), np.int32(per_group)))
         self.a_size = tile.packed_a_size(self.m, self.k)
-        self.pack_range = (-(-self.k // packed.PACK_K), tile.a_panels(self.m), geo.groups)
+        self.pack_range = (packed.pack_a_runs(self.k, False), tile.a_panels(self.m), geo.groups)
         self.packed_w = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE,
                                   max(self.a_size * geo.groups, 1) * itemsize)
         # The plan's own kernel objects with what never changes set now (clconv.runtime.program.
