@@ -38,28 +38,9 @@ class _Recorder(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-class Basic(nn.Module):
-    """ResNet's BasicBlock as torchvision writes it: one ReLU(inplace=True) called twice, `out +=
-    identity`, the downsample computed after the second BatchNorm."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+# ResNet's BasicBlock as torchvision writes it: one ReLU(inplace=True) called twice, `out +=
+# identity`, the downsample computed after the second BatchNorm.
+from clconv.tools.networks import BasicBlock as Basic  # noqa: E402
 
 
 class Inverted(nn.Module):
