@@ -20,7 +20,8 @@ from .torch_fold import BATCHNORM_ND, Fold, run_folded
 from .torch_graph.activations import activation_of, activation_spec
 from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
 from .runtime.device import current_device
-from .torch_ops import conv_result_shape, operand, result_operand, synced, uses_zero_copy
+from .torch_ops import (conv_result_shape, nd_tuple, operand, result_operand, synced,
+                        uses_zero_copy)
 
 # A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
 # it writes its first argument).
@@ -116,11 +117,11 @@ def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
         return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
                                    ceil_mode=ceil_mode, return_indices=return_indices)
     try:
-        k = _tuple(kernel_size, nd)
+        k = nd_tuple(kernel_size, nd)
         st = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else \
-            _tuple(stride, nd)
+            nd_tuple(stride, nd)
         size = tuple(pool_output_size(*a, bool(ceil_mode)) for a in zip(
-            input.shape[2:], k, _tuple(padding, nd), st, _tuple(dilation, nd)))
+            input.shape[2:], k, nd_tuple(padding, nd), st, nd_tuple(dilation, nd)))
     except (TypeError, ValueError):  # torch's own error for bad arguments
         size = None
     if size is None or min(size) < 1 or input.numel() == 0:
@@ -132,10 +133,6 @@ def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
         _CLCONV_MAX_POOL[nd](x, kernel_size, stride, padding, dilation, ceil_mode,
                              out=result[1])
         return synced(result)
-
-
-def _tuple(v: Any, nd: int) -> tuple[int, ...]:
-    return tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v),) * nd
 
 
 def _module_max_pool(pool: nn.Module, input: torch.Tensor) -> Any:

@@ -98,7 +98,8 @@ def synced(result: tuple[torch.Tensor, cla.Array]) -> torch.Tensor:
     return t
 
 
-def _nd(v: Any, nd: int) -> tuple[int, ...]:
+def nd_tuple(v: Any, nd: int) -> tuple[int, ...]:
+    """A torch size argument (an int, or one per dim) as nd ints."""
     return tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v),) * nd
 
 
@@ -108,15 +109,15 @@ def conv_result_shape(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride
     """The result shape of a batched convolution with torch's arguments (transposed when
     `output_padding` is given), for `result_operand`; the op checks it against its own."""
     nd = len(w_shape) - 2
-    k, s, d = w_shape[2:], _nd(stride, nd), _nd(dilation, nd)
+    k, s, d = w_shape[2:], nd_tuple(stride, nd), nd_tuple(dilation, nd)
     if output_padding is not None:
-        p, o = _nd(padding, nd), _nd(output_padding, nd)
+        p, o = nd_tuple(padding, nd), nd_tuple(output_padding, nd)
         size = tuple((i - 1) * s_ - 2 * p_ + d_ * (k_ - 1) + o_ + 1
                      for i, s_, p_, d_, k_, o_ in zip(x_shape[2:], s, p, d, k, o))
         return (x_shape[0], w_shape[1] * groups, *size)
     if padding == "same":
         return (x_shape[0], w_shape[0], *x_shape[2:])
-    p = (0,) * nd if padding == "valid" else _nd(padding, nd)
+    p = (0,) * nd if padding == "valid" else nd_tuple(padding, nd)
     size = tuple((i + 2 * p_ - d_ * (k_ - 1) - 1) // s_ + 1
                  for i, s_, p_, d_, k_ in zip(x_shape[2:], s, p, d, k))
     return (x_shape[0], w_shape[0], *size)
