@@ -195,7 +195,8 @@ __kernel void bias_act(__global REAL* y, const long y_offset,
 
 // Batch normalisation with given statistics (inference; training passes the batch's), (N, C, inner):
 //   y = act(x * alpha + beta), alpha = weight / sqrt(var + eps), beta = bias - mean * alpha (torch's
-//   CPU order of operations); weight 1 and bias 0 when absent.
+//   CPU order of operations); weight 1 and bias 0 when absent. NDRange (inner, N * C): a row of one
+//   channel per global row (no per-element division; consecutive work-items read consecutive values).
 __kernel void batch_norm(__global const REAL* restrict x, const long x_offset,
                          __global const REAL* restrict mean, const long m_offset,
                          __global const REAL* restrict var, const long v_offset,
@@ -204,38 +205,73 @@ __kernel void batch_norm(__global const REAL* restrict x, const long x_offset,
                          __global const REAL* restrict bias, const long b_offset, const int has_bias,
                          __global REAL* y, const long y_offset, const long channels,
                          const long inner, const REAL eps) {
-    const idx_t i = get_global_id(0);
-    const idx_t c = (i / (idx_t)inner) % (idx_t)channels;
+    const idx_t row = get_global_id(1);
+    const idx_t i = row * (idx_t)inner + get_global_id(0);
+    const idx_t c = row % (idx_t)channels;
     const ACC invstd = (ACC)1 / sqrt((ACC)var[v_offset + c] + (ACC)eps);
     const ACC alpha = has_weight ? (ACC)weight[w_offset + c] * invstd : invstd;
     const ACC beta = (has_bias ? (ACC)bias[b_offset + c] : (ACC)0) - (ACC)mean[m_offset + c] * alpha;
     y[y_offset + i] = (REAL)activate((ACC)x[x_offset + i] * alpha + beta);
 }
 
-// Per channel (NDRange (channels,)): the batch mean and biased variance of x (batch, channels, inner)
-// into stats[c] and stats[channels + c] (two passes, for accuracy); with `update`, the running
-// statistics move by `momentum` towards them (the variance unbiased: count / (count - 1)), as torch.
-__kernel void channel_stats(__global const REAL* restrict x, const long x_offset, const long batch,
-                            const long channels, const long inner, __global REAL* stats,
-                            __global REAL* running_mean, const long rm_offset,
-                            __global REAL* running_var, const long rv_offset, const int update,
-                            const REAL momentum) {
-    const idx_t c = get_global_id(0);
+// The per-channel reductions below run one work-group of GROUP work-items per channel (NDRange
+// (GROUP, channels), local (GROUP, 1)): work-item l sums positions l, l + GROUP, ... of each image's
+// row of the channel (consecutive work-items, consecutive values: vector loads on CPUs, coalesced on
+// GPUs), then the group adds its partial sums in local memory. GROUP: a power of two.
+#ifndef GROUP
+#define GROUP 64
+#endif
+
+// The sum of v over the work-group, in every work-item (scratch: GROUP values of local memory).
+inline ACC group_sum(ACC v, __local ACC* scratch) {
+    const int l = (int)get_local_id(0);
+    scratch[l] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int step = GROUP / 2; step > 0; step >>= 1) {
+        if (l < step) scratch[l] += scratch[l + step];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const ACC sum = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);  // scratch is reused by the next call
+    return sum;
+}
+
+// The gradient through the activation from its output y (its defined ACT), or g without one.
+#if ACT == ACT_NONE
+#define GRAD_THROUGH_OUTPUT(y, g) (g)
+#else
+#define GRAD_THROUGH_OUTPUT(y, g) activate_grad_from_output(y, g)
+#endif
+
+// Per channel: the batch mean and biased variance of x (batch, channels, inner) into stats[c] and
+// stats[channels + c] (two passes, for accuracy); with `update`, the running statistics move by
+// `momentum` towards them (the variance unbiased: count / (count - 1)), as torch.
+__kernel __attribute__((reqd_work_group_size(GROUP, 1, 1)))
+void channel_stats(__global const REAL* restrict x, const long x_offset, const long batch,
+                   const long channels, const long inner, __global REAL* stats,
+                   __global REAL* running_mean, const long rm_offset,
+                   __global REAL* running_var, const long rv_offset, const int update,
+                   const REAL momentum) {
+    __local ACC scratch[GROUP];
+    const idx_t c = get_global_id(1);
+    const idx_t l = get_local_id(0);
     const idx_t count = (idx_t)batch * inner;
     ACC sum = 0;
     for (idx_t n = 0; n < batch; ++n) {
         __global const REAL* row = x + x_offset + (n * channels + c) * inner;
-        for (idx_t s = 0; s < inner; ++s) sum += (ACC)row[s];
+        for (idx_t s = l; s < inner; s += GROUP) sum += (ACC)row[s];
     }
-    const ACC mean = sum / (ACC)count;
+    const ACC mean = group_sum(sum, scratch) / (ACC)count;
     ACC sq = 0;
     for (idx_t n = 0; n < batch; ++n) {
         __global const REAL* row = x + x_offset + (n * channels + c) * inner;
-        for (idx_t s = 0; s < inner; ++s) {
+        for (idx_t s = l; s < inner; s += GROUP) {
             const ACC d = (ACC)row[s] - mean;
             sq += d * d;
         }
     }
+    sq = group_sum(sq, scratch);
+    if (l != 0) return;
     const ACC var = sq / (ACC)count;
     stats[c] = (REAL)mean;
     stats[channels + c] = (REAL)var;
@@ -247,50 +283,65 @@ __kernel void channel_stats(__global const REAL* restrict x, const long x_offset
     }
 }
 
-// Per channel (NDRange (channels,)), for the batch-norm gradient: sums[c] = sum g,
-// sums[channels + c] = sum g * (x - mean); weight_grad[c] = that * invstd, bias_grad[c] = sum g.
-__kernel void channel_grad_sums(__global const REAL* restrict g, const long g_offset,
-                                __global const REAL* restrict x, const long x_offset,
-                                __global const REAL* restrict mean, const long m_offset,
-                                __global const REAL* restrict var, const long v_offset,
-                                const REAL eps, const long batch, const long channels,
-                                const long inner, __global REAL* sums,
-                                __global REAL* weight_grad, __global REAL* bias_grad) {
-    const idx_t c = get_global_id(0);
+// Per channel, for the batch-norm gradient, with gz = the gradient through the activation whose
+// output is y (GRAD_THROUGH_OUTPUT; g itself without ACT): sums[c] = sum gz,
+// sums[channels + c] = sum gz * (x - mean); weight_grad[c] = that * invstd, bias_grad[c] = sum gz.
+__kernel __attribute__((reqd_work_group_size(GROUP, 1, 1)))
+void channel_grad_sums(__global const REAL* restrict g, const long g_offset,
+                       __global const REAL* restrict y, const long y_offset,
+                       __global const REAL* restrict x, const long x_offset,
+                       __global const REAL* restrict mean, const long m_offset,
+                       __global const REAL* restrict var, const long v_offset,
+                       const REAL eps, const long batch, const long channels,
+                       const long inner, __global REAL* sums,
+                       __global REAL* weight_grad, const long wg_offset,
+                       __global REAL* bias_grad, const long bg_offset) {
+    __local ACC scratch[GROUP];
+    const idx_t c = get_global_id(1);
+    const idx_t l = get_local_id(0);
     const ACC mu = (ACC)mean[m_offset + c];
     ACC sg = 0, sgx = 0;
     for (idx_t n = 0; n < batch; ++n) {
         const idx_t base = (n * channels + c) * inner;
-        for (idx_t s = 0; s < inner; ++s) {
-            const ACC gv = (ACC)g[g_offset + base + s];
+        for (idx_t s = l; s < inner; s += GROUP) {
+            const ACC gv = GRAD_THROUGH_OUTPUT((ACC)y[y_offset + base + s], (ACC)g[g_offset + base + s]);
             sg += gv;
             sgx += gv * ((ACC)x[x_offset + base + s] - mu);
         }
     }
+    sg = group_sum(sg, scratch);
+    sgx = group_sum(sgx, scratch);
+    if (l != 0) return;
     const ACC invstd = (ACC)1 / sqrt((ACC)var[v_offset + c] + (ACC)eps);
     sums[c] = (REAL)sg;
     sums[channels + c] = (REAL)sgx;
-    weight_grad[c] = (REAL)(sgx * invstd);
-    bias_grad[c] = (REAL)sg;
+    weight_grad[wg_offset + c] = (REAL)(sgx * invstd);
+    bias_grad[bg_offset + c] = (REAL)sg;
 }
 
-// The batch-norm input gradient (N, C, inner): with batch statistics (`training`),
-//   dx = w * invstd * (g - sum_g / M - (x - mean) * invstd^2 * sum_gx / M),  M = N * inner;
-// with fixed (running) statistics dx = w * invstd * g.
+// The batch-norm input gradient (N, C, inner), gz as in channel_grad_sums: with batch statistics
+// (`training`),
+//   dx = w * invstd * (gz - sum_gz / M - (x - mean) * invstd^2 * sum_gzx / M),  M = N * inner;
+// with fixed (running) statistics dx = w * invstd * gz. `write_gz`: gz itself goes to gz_out too
+// (the gradient of a residual added before the activation). NDRange (inner, N * C).
 __kernel void batch_norm_backward(__global const REAL* restrict g, const long g_offset,
+                                  __global const REAL* restrict y, const long y_offset,
                                   __global const REAL* restrict x, const long x_offset,
                                   __global const REAL* restrict mean, const long m_offset,
                                   __global const REAL* restrict var, const long v_offset,
                                   __global const REAL* restrict weight, const long w_offset,
                                   const int has_weight, __global const REAL* restrict sums,
                                   const int training, __global REAL* dx, const long dx_offset,
+                                  __global REAL* gz_out, const long gz_offset, const int write_gz,
                                   const long channels, const long inner, const long count,
                                   const REAL eps) {
-    const idx_t i = get_global_id(0);
-    const idx_t c = (i / (idx_t)inner) % (idx_t)channels;
+    const idx_t row = get_global_id(1);
+    const idx_t i = row * (idx_t)inner + get_global_id(0);
+    const idx_t c = row % (idx_t)channels;
     const ACC invstd = (ACC)1 / sqrt((ACC)var[v_offset + c] + (ACC)eps);
     const ACC scale = has_weight ? (ACC)weight[w_offset + c] * invstd : invstd;
-    ACC v = (ACC)g[g_offset + i];
+    ACC v = GRAD_THROUGH_OUTPUT((ACC)y[y_offset + i], (ACC)g[g_offset + i]);
+    if (write_gz) gz_out[gz_offset + i] = (REAL)v;
     if (training) {
         const ACC xc = (ACC)x[x_offset + i] - (ACC)mean[m_offset + c];
         v -= ((ACC)sums[c] + xc * invstd * invstd * (ACC)sums[channels + c]) / (ACC)count;

@@ -1,10 +1,12 @@
-"""clconv.torch.convert()'s fused inference forward: a converted model called in eval mode under
-no_grad runs its torch.fx trace with every convolution -> [BatchNorm] -> [+ residual] ->
-[activation] run of the data flow computed as one clconv convolution (BatchNorm folded into the
-weights, the residual and the activation in the kernel's store), so that the torch ops between
-the convolutions (ResNet's residual add and ReLU, MobileNetV2's skip add, a shared ReLU module)
-do not run; every other node runs as the model's own code does. In train mode, with grad enabled,
-with hooks, or while fx traces, the model's own forward runs."""
+"""clconv.torch.convert()'s fused forward: a converted model runs its torch.fx trace with every
+convolution -> [BatchNorm] -> [+ residual] -> [activation] run of the data flow computed as one
+clconv node, so that the torch ops between the convolutions (ResNet's residual add and ReLU,
+MobileNetV2's skip add, a shared ReLU module) do not run; every other node runs as the model's
+own code does. In eval mode under no_grad the node is one clconv convolution (BatchNorm folded
+into the weights, the residual and the activation in the kernel's store); with autograd on, it is
+clconv.torch_train's chain Function (forward and backward on the device, BatchNorm on batch
+statistics in train mode). With hooks, keyword arguments, or while fx or torch.compile traces,
+the model's own forward runs."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from torch import fx, nn
 
 from .ops.activation import Activation, normalize_activation
 from .torch_fold import BATCHNORM_ND, Fold, run_folded
+from .torch_train import run_chain, trainable, trains_fused
 from .torch_graph.activations import activation_of, activation_spec
 from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
 from .runtime.device import current_device
@@ -88,7 +91,23 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
                 tuple(input.shape), tuple(conv.weight.shape), conv.stride, conv.padding,
                 conv.dilation, conv.groups))):
         return run_folded(conv, fold, spec, input, residual)
-    # One by one: each module's own forward (a folded chain's modules as their torch classes).
+    return _one_by_one(conv, bn, spec, input, residual)
+
+
+def fused_conv_train(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Tensor,
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
+    """act(bn(conv(input)) + residual) with autograd: clconv.torch_train's chain Function
+    (forward and backward on the device) where it computes what torch would, else torch's
+    modules and ops one by one."""
+    if torch.is_grad_enabled() and trainable(conv, bn, input, residual):
+        return run_chain(conv, bn, spec, input, residual)
+    return _one_by_one(conv, bn, spec, input, residual)
+
+
+def _one_by_one(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Tensor,
+                residual: torch.Tensor | None) -> torch.Tensor:
+    """The chain as each module's own forward (a folded chain's modules as their torch classes)
+    and torch's add and activation."""
     y = getattr(type(conv), "_clconv_base", type(conv)).forward(conv, input)
     if bn is not None:
         y = getattr(type(bn), "_clconv_base", type(bn)).forward(bn, y)
@@ -201,10 +220,12 @@ def _writes_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
-               is_conv: Callable[[nn.Module], bool]) -> int:
+               is_conv: Callable[[nn.Module], bool], replacement: Callable[..., Any] = fused_conv,
+               takes_activation: Callable[[Any], bool] = lambda spec: True) -> int:
     """Replaces each conv -> [BatchNorm] -> [+ residual] -> [activation] run of `graph` (each
-    node the only user of the one before; at least one step beyond the conv) by one `fused_conv`
-    node; returns how many."""
+    node the only user of the one before; at least one step beyond the conv; an activation
+    only where `takes_activation(spec)`) by one `replacement(conv, bn, spec, x, residual)` node
+    (fused_conv or fused_conv_train); returns how many."""
     fused, erased = 0, set()
     for conv in list(graph.nodes):
         if conv in erased or conv.op != "call_module" or not is_conv(modules[conv.target]) or \
@@ -233,7 +254,8 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
                 chain.append(nxt)
         nxt = _only_user(chain[-1])
         found = activation_of(nxt, modules) if nxt is not None else None
-        if found is not None and found[1] is chain[-1]:
+        if found is not None and found[1] is chain[-1] and \
+                takes_activation(activation_spec(found[0])):
             spec = activation_spec(found[0])
             chain.append(nxt)
         if len(chain) == 1:
@@ -242,8 +264,8 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
         with graph.inserting_before(end):
             conv_ref = graph.get_attr(conv.target)
             bn_ref = graph.get_attr(bn.target) if bn is not None else None
-            node = graph.call_function(fused_conv, (conv_ref, bn_ref, spec, x, residual))
-        end.replace_all_uses_with(node)
+            new = graph.call_function(replacement, (conv_ref, bn_ref, spec, x, residual))
+        end.replace_all_uses_with(new)
         for n in reversed(chain):
             graph.erase_node(n)
             erased.add(n)
@@ -276,66 +298,87 @@ def _global_hooks() -> bool:
 
 
 class FusedForward:
-    """A converted model's `forward` (an instance attribute): the fused trace in eval mode under
-    no_grad, the model's class forward otherwise. The trace is made at the first such call and
-    again whenever the model's modules changed (their classes, in module order)."""
+    """A converted model's `forward` (an instance attribute): a fused trace of the model's
+    forward, the one for inference (eval mode, no_grad: `fused_conv`, `fused_max_pool`) or the
+    one for autograd (`fused_conv_train`), else the model's class forward. Each trace is made at
+    its first call and again whenever the model's modules changed (their classes, in module
+    order). `fused` / `pools`: the inference trace's fused chains and pools; `fused_train`: the
+    autograd trace's chains."""
 
     def __init__(self, model: nn.Module, leaves: tuple[type, ...]) -> None:
         self.model, self.leaves = model, leaves
         self._key: tuple[type, ...] | None = None
         self._fn: Callable[..., Any] | None = None
-        self.fused = self.pools = 0
+        self._train_key: tuple[type, ...] | None = None
+        self._train_fn: Callable[..., Any] | None = None
+        self.fused = self.pools = self.fused_train = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        # The generated function stays behind (traced again on the first fused call).
+        # The generated functions stay behind (traced again on the first fused call).
         return {"model": self.model, "leaves": self.leaves, "_key": None, "_fn": None,
-                "fused": 0, "pools": 0}
+                "_train_key": None, "_train_fn": None, "fused": 0, "pools": 0,
+                "fused_train": 0}
 
-    def _structure(self) -> tuple[type, ...] | None:
-        """The module classes in order, or None when any module trains or has forward hooks."""
+    def _structure(self, training: bool) -> tuple[type, ...] | None:
+        """The module classes in order, or None when any module has forward hooks or (for the
+        inference trace, `training` False) is in train mode."""
         key = []
         for m in self.model.modules():
-            if m.training or m._forward_hooks or m._forward_pre_hooks:
+            if (m.training and not training) or m._forward_hooks or m._forward_pre_hooks:
                 return None
             key.append(type(m))
         return tuple(key)
 
-    def _build(self) -> None:
-        self._fn, self.fused, self.pools = None, 0, 0
+    def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int]:
+        """(the fused forward or None where nothing fused, chains fused, pools replaced)."""
         model = self.model
         try:
             graph = _Tracer(self.leaves).trace(model)
         except Exception:  # noqa: BLE001 - an untraceable forward runs as written
-            return
+            return None, 0, 0
         modules = dict(model.named_modules())
-        self.fused = fuse_graph(graph, modules, lambda m: isinstance(m, self.leaves) and not
-                                isinstance(m, nn.modules.conv._ConvTransposeNd))
-        if not self.fused:
-            return
-        self.pools = _pools_to_clconv(graph, modules)
+
+        def is_conv(m: nn.Module) -> bool:
+            return isinstance(m, self.leaves) and not isinstance(
+                m, nn.modules.conv._ConvTransposeNd)
+        if training:
+            fused = fuse_graph(graph, modules, is_conv, fused_conv_train, trains_fused)
+            pools = 0  # (max pooling's gradient needs its indices: torch's)
+        else:
+            fused = fuse_graph(graph, modules, is_conv)
+            pools = _pools_to_clconv(graph, modules) if fused else 0
+        if not fused:
+            return None, 0, 0
         graph.lint()
         code = graph.python_code(root_module="self")
         scope = dict(code.globals)
-        exec(compile(code.src, f"<clconv fused forward of {type(model).__name__}>", "exec"),
-             scope)
-        self._fn = scope["forward"]
+        name = "training" if training else "inference"
+        exec(compile(code.src, f"<clconv fused {name} forward of {type(model).__name__}>",
+                     "exec"), scope)
+        return scope["forward"], fused, pools
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
         plain = type(model).forward
-        if torch.is_grad_enabled() or kwargs or _fx_tracing() or \
-                torch.compiler.is_compiling() or \
-                _global_hooks():
+        if kwargs or _fx_tracing() or torch.compiler.is_compiling() or _global_hooks():
             return plain(model, *args, **kwargs)
-        key = self._structure()
+        grad = torch.is_grad_enabled()
+        key = self._structure(grad)
         if key is None:
             return plain(model, *args, **kwargs)
-        if key != self._key:
-            self._build()
-            self._key = key
-        if self._fn is None:
+        if grad:
+            if key != self._train_key:
+                self._train_fn, self.fused_train, _ = self._build(True)
+                self._train_key = key
+            fn = self._train_fn
+        else:
+            if key != self._key:
+                self._fn, self.fused, self.pools = self._build(False)
+                self._key = key
+            fn = self._fn
+        if fn is None:
             return plain(model, *args, **kwargs)
-        return self._fn(model, *args)
+        return fn(model, *args)
 
 
 def install(model: nn.Module, leaves: tuple[type, ...]) -> None:

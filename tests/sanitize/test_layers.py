@@ -129,10 +129,12 @@ def test_batch_norm_inference(rng, index_t):
            ref_layers.batch_norm(x.astype(np.float64), mean, var, w, b), F32, 4, 10.0)
 
 
+@pytest.mark.parametrize("shape", [(3, 2, 2, 3), (2, 2, 16, 17)], ids=["item", "group"])
 @pytest.mark.parametrize("what", ["forward", "backward", "running_mean"])
-def test_batch_norm_training(rng, index_t, what):
-    """BatchNorm2d in training: the batch statistics, their gradient, the running mean."""
-    x = arr(rng, (3, 2, 2, 3))
+def test_batch_norm_training(rng, index_t, what, shape):
+    """BatchNorm2d in training: the batch statistics, their gradient, the running mean; rows of
+    6 values (a work-item per channel) and of 272 (a work-group per channel, local memory)."""
+    x = arr(rng, shape)
     bn = nn.BatchNorm2d(2)
     y = bn(x)
     xx = x.astype(np.float64)

@@ -1,0 +1,278 @@
+"""clconv.torch.convert()'s fused training chains: with autograd on, a converted model's forward
+runs its torch.fx trace (clconv.torch_fuse) with each conv -> [BatchNorm] -> [+ residual] ->
+[activation] run of the data flow as one autograd Function whose forward and backward run on the
+device: the convolution, BatchNorm (batch statistics in train mode, running statistics in eval
+mode), the residual add and the activation; in backward the activation's, BatchNorm's and the
+convolution's gradients. No torch op then runs between a network's convolutions: on few cores a
+clconv launch that follows a torch op competes with torch's spinning OpenMP workers
+(docs/performance.md), and the torch ops' own passes over the activations go too.
+
+torch's semantics: BatchNorm's running statistics and num_batches_tracked updated as its forward
+does (momentum, or the cumulative average for momentum=None; the unbiased variance), gradients
+to the input, the residual and every parameter, a double backward refused as clconv.torch's
+convolutions do. Activations are those whose gradient follows from their output (ReLU, ReLU6,
+Hardtanh, LeakyReLU with a slope >= 0, Sigmoid, Tanh: `gradient_from_output`); a chain stops
+before any other. What the kernels would compute differently runs module by module in torch:
+see `trainable`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyopencl.array as cla
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .ops.activation import Activation, normalize_activation
+from .ops.elementwise import (
+    BatchNormPlan,
+    UnaryPlan,
+    enqueue_batch_norm_backward,
+    enqueue_bias_act,
+    enqueue_channel_stats,
+    gradient_from_output,
+)
+from .ops.grad import enqueue_bias_grad
+from .ops.plan import cached_plan
+from .runtime.device import Device, current_device
+from .runtime.memory import empty
+from .torch_ops import OPS, conv_result_shape, operand, result_operand, synced, to_tensor, \
+    uses_zero_copy
+
+_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def trains_fused(spec: Any) -> bool:
+    """Whether a chain may end with activation `spec` in training (None: no activation)."""
+    return spec is None or gradient_from_output(spec)
+
+
+def _device_operand(t: torch.Tensor, dev: Device, zero_copy: bool, kept: list[Any]) -> cla.Array:
+    """t as a contiguous device array: over its memory where the device's memory is the host's,
+    else uploaded. `kept` holds what must live until the kernels reading it are done."""
+    c = t.contiguous()
+    a = operand(c, dev, zero_copy)
+    if not isinstance(a, cla.Array):
+        a = cla.to_device(dev.queue, np.ascontiguousarray(a))
+    kept.append((c, a))
+    return a
+
+
+class _Results:
+    """New tensors written by the kernels: over the tensor's memory where the device's memory is
+    the host's (made the tensor's by one wait at the end), else a pool array downloaded then."""
+
+    def __init__(self, dev: Device, zero_copy: bool) -> None:
+        self.dev, self.zero_copy = dev, zero_copy
+        self._made: list[tuple[Any, cla.Array]] = []
+
+    def new(self, shape: tuple[int, ...], like: torch.Tensor) -> cla.Array:
+        result = result_operand(shape, like, self.dev, self.zero_copy)
+        if result is None:
+            arr = empty(self.dev, shape, _DTYPES[like.dtype])
+            self._made.append((None, arr))
+            return arr
+        self._made.append(result)
+        return result[1]
+
+    def tensor(self, arr: cla.Array, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor of a `new` array once its kernels are done (channels_last as `like`)."""
+        for t, a in self._made:
+            if a is arr:
+                return to_tensor(synced((t, a)) if t is not None else arr.get(), like)
+        raise KeyError("not a result of this set")
+
+
+def _conv_args(conv: nn.Module) -> tuple[Any, ...]:
+    return conv.stride, conv.padding, conv.dilation, conv.groups
+
+
+class ConvChainFunction(torch.autograd.Function):
+    """out = act(bn(conv(x, weight, bias); gamma, beta) + residual) with its gradients, on the
+    current device. bn None: no normalisation; batch_stats: BatchNorm on the batch's mean and
+    biased variance (else its running statistics); momentum: the running statistics' update
+    factor (None: no update)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                gamma: torch.Tensor | None, beta: torch.Tensor | None,
+                residual: torch.Tensor | None, conv: nn.Module, bn: nn.Module | None,
+                act: Activation | None, batch_stats: bool,
+                momentum: float | None) -> torch.Tensor:
+        nd = len(conv.kernel_size)
+        dev = current_device()
+        shape = conv_result_shape(tuple(x.shape), tuple(weight.shape), conv.stride,
+                                  conv.padding, conv.dilation, conv.groups)
+        channels, inner = shape[1], math.prod(shape[2:])
+        kept: list[Any] = []
+        with dev:
+            zc = uses_zero_copy(dev)
+            results = _Results(dev, zc)
+
+            def put(t: torch.Tensor | None) -> cla.Array | None:
+                return None if t is None else _device_operand(t, dev, zc, kept)
+            xd, wd, bd, rd = put(x), put(weight), put(bias), put(residual)
+            out = results.new(shape, x)
+            fn = OPS[nd][0]
+            y = mean = var = None
+            if bn is None:
+                fn(xd, wd, bd, *_conv_args(conv), padding_mode=conv.padding_mode,
+                   algorithm=conv.algorithm, activation=act, residual=rd, out=out)
+            else:
+                y = fn(xd, wd, bd, *_conv_args(conv), padding_mode=conv.padding_mode,
+                       algorithm=conv.algorithm)
+                if batch_stats:
+                    # (into a tensor's memory where that is the device's: the running
+                    # statistics' update reads it without a download)
+                    stats = enqueue_channel_stats(dev, y, channels, inner, None, None, 0.0,
+                                                  out=results.new((2, channels), x))
+                    mean, var = stats[0], stats[1]
+                else:
+                    mean, var = put(bn.running_mean), put(bn.running_var)
+                norm_act = act if rd is None else None
+                dtype = _DTYPES[x.dtype]
+                plan = cached_plan(dev, ("batch_norm", shape, dtype, gamma is not None,
+                                         beta is not None, float(bn.eps), norm_act),
+                                   lambda: BatchNormPlan(dev, shape, gamma is not None,
+                                                         beta is not None, bn.eps, dtype,
+                                                         norm_act))
+                plan.enqueue({"input": y, "running_mean": mean, "running_var": var,
+                              "weight": put(gamma), "bias": put(beta)}, out)
+                if rd is not None:
+                    enqueue_bias_act(dev, out, None, rd, act, channels, inner)
+            result = results.tensor(out, x)
+            if bn is not None and batch_stats and momentum is not None:
+                _update_running_stats(bn, results.tensor(stats), shape[0] * inner, momentum)
+        ctx.save_for_backward(x, weight, gamma, result)
+        ctx.conf = (conv, bn, act, batch_stats, dev, shape, bias is not None)
+        ctx.y, ctx.mean, ctx.var = y, mean, var  # device arrays (the pool's) kept for backward
+        return result
+
+    @staticmethod
+    @once_differentiable  # a double backward raises (its gradients are not differentiable)
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        x, weight, gamma, result = ctx.saved_tensors
+        conv, bn, act, batch_stats, dev, shape, has_bias = ctx.conf
+        needs = ctx.needs_input_grad
+        nd = len(conv.kernel_size)
+        channels, inner = shape[1], math.prod(shape[2:])
+        kept: list[Any] = []
+        grads: list[Any] = [None] * 6
+        with dev:
+            zc = uses_zero_copy(dev)
+            results = _Results(dev, zc)
+
+            def put(t: torch.Tensor | None) -> cla.Array | None:
+                return None if t is None else _device_operand(t, dev, zc, kept)
+            gz = put(g)
+            gamma_grad = beta_grad = None
+            if bn is not None:
+                # the activation's gradient taken in BatchNorm's gradient passes
+                through = results.new(shape, g) if needs[5] and act is not None else None
+                gy, gamma_grad, beta_grad = enqueue_batch_norm_backward(
+                    dev, gz, ctx.y, ctx.mean, ctx.var, put(gamma), bn.eps, batch_stats,
+                    channels, inner, activation=act,
+                    output=None if act is None else put(result), grad_through=through,
+                    weight_grad=results.new((channels,), g), bias_grad=results.new((channels,), g))
+                gz = gz if through is None else through
+            elif act is not None:
+                dtype = _DTYPES[g.dtype]
+                plan = cached_plan(dev, ("unary", act, shape, dtype, False),
+                                   lambda: UnaryPlan(dev, act, shape, dtype))
+                gz = gy = plan.backward(put(result), gz, from_output=True, out=results.new(
+                    shape, g) if needs[5] else empty(dev, shape, gz.dtype))
+            else:
+                gy = gz
+            wd = put(weight)
+            if needs[0]:
+                gx = OPS[nd][1](tuple(x.shape), wd, gy, *_conv_args(conv),
+                                padding_mode=conv.padding_mode, out=results.new(tuple(x.shape), x))
+            if needs[1]:
+                gw = OPS[nd][2](put(x), tuple(weight.shape), gy, *_conv_args(conv),
+                                padding_mode=conv.padding_mode,
+                                out=results.new(tuple(weight.shape), weight))
+            if needs[0]:
+                grads[0] = results.tensor(gx, x)
+            if needs[1]:
+                grads[1] = results.tensor(gw)
+            if has_bias and needs[2]:
+                gb = results.new((channels,), g)
+                enqueue_bias_grad(dev, gy, gb, shape[0], channels, inner)
+                grads[2] = results.tensor(gb)
+            if needs[3] and gamma_grad is not None:
+                grads[3] = results.tensor(gamma_grad)
+            if needs[4] and beta_grad is not None:
+                grads[4] = results.tensor(beta_grad)
+            if needs[5]:
+                grads[5] = results.tensor(gz, g) if act is not None else g
+        ctx.y = ctx.mean = ctx.var = None
+        return (*grads, None, None, None, None, None)
+
+
+def _update_running_stats(bn: nn.Module, stats: torch.Tensor, count: int,
+                          momentum: float) -> None:
+    """BatchNorm's running-statistics update from the batch's (mean, biased var) `stats` (2, C)
+    of `count` values a channel, as torch's batch_norm does (the variance unbiased)."""
+    mean = stats[0].to(bn.running_mean.dtype)
+    var = stats[1].to(bn.running_var.dtype) * (count / (count - 1))
+    with torch.no_grad():
+        bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        bn.running_var.mul_(1 - momentum).add_(var, alpha=momentum)
+
+
+def trainable(conv: nn.Module, bn: nn.Module | None, input: torch.Tensor,
+              residual: torch.Tensor | None) -> bool:
+    """Whether ConvChainFunction computes the chain as torch would: a batched input of the
+    weights' floating dtype (float64 where the device has it), a residual of the result's shape
+    and dtype, more than one value a channel for batch statistics (torch raises otherwise), and
+    no transposed convolution."""
+    nd = len(conv.kernel_size)
+    dev = current_device()
+    if isinstance(conv, nn.modules.conv._ConvTransposeNd) or input.dim() != nd + 2 or \
+            input.dtype not in _DTYPES or conv.weight.dtype != input.dtype or \
+            (input.dtype == torch.float64 and not dev.fp64) or input.device.type != "cpu":
+        return False
+    params = [conv.bias] + ([] if bn is None else [bn.weight, bn.bias, bn.running_mean,
+                                                   bn.running_var])
+    if any(p is not None and p.dtype != input.dtype for p in params):
+        return False
+    try:
+        shape = conv_result_shape(tuple(input.shape), tuple(conv.weight.shape), conv.stride,
+                                  conv.padding, conv.dilation, conv.groups)
+    except (TypeError, ValueError):
+        return False
+    if min(shape) < 1 or input.numel() == 0:
+        return False
+    if residual is not None and (residual.dtype != input.dtype or
+                                 tuple(residual.shape) != shape):
+        return False
+    if bn is not None and _batch_stats(bn) and shape[0] * math.prod(shape[2:]) < 2:
+        return False
+    return True
+
+
+def _batch_stats(bn: nn.Module) -> bool:
+    """Whether BatchNorm normalises by the batch's statistics now (as its forward decides)."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
+def run_chain(conv: nn.Module, bn: nn.Module | None, act: Activation | None,
+              input: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """act(bn(conv(input)) + residual) by ConvChainFunction, with BatchNorm's bookkeeping
+    (num_batches_tracked, the momentum) done as its forward does; `trainable` must hold."""
+    batch_stats = bn is not None and _batch_stats(bn)
+    momentum = None
+    if bn is not None and bn.training and bn.track_running_stats:
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        momentum = (1.0 / float(bn.num_batches_tracked) if bn.momentum is None
+                    else float(bn.momentum))
+    if bn is not None and (not bn.training or bn.running_mean is None):
+        momentum = None  # no running statistics to update
+    return ConvChainFunction.apply(
+        input, conv.weight, conv.bias, None if bn is None else bn.weight,
+        None if bn is None else bn.bias, residual, conv, bn, normalize_activation(act),
+        batch_stats, momentum)

@@ -1,0 +1,265 @@
+"""clconv.torch.convert()'s fused training chains (clconv/torch_train.py): with autograd on, a
+converted model runs its traced forward with each conv -> [BatchNorm] -> [+ residual] ->
+[activation] run as one autograd Function computed on the device, forward and backward. Checked
+against the torch model it came from: outputs, the input's and every parameter's gradient, the
+running statistics and num_batches_tracked, and parameters after SGD steps (float32: rtol 1e-3 and
+atol 1e-3 of the largest value of each compared tensor -- of the model's largest gradient for
+gradients --: batch statistics over few values and three rounded reductions per layer; float64:
+1e-9), with torch's own ops recorded to show what no
+longer runs, and the cases that stay with torch's modules."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from tests.test_convert_fused import Inverted, Plain, _Recorder  # noqa: E402
+from clconv.tools.networks import BasicBlock  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ct(clconv_mod):
+    import clconv.torch as ct
+
+    return ct
+
+
+def _net(bn=nn.BatchNorm2d, act=nn.ReLU):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), bn(8), act(),
+                          nn.MaxPool2d(3, 1, 1), BasicBlock(8, 8), BasicBlock(8, 16, 2),
+                          Inverted(16), Plain(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 5))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.affine:
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+    return model.train()
+
+
+def _close(got, want, rtol=1e-3, scale=None):
+    """rtol, and an absolute tolerance of rtol times `scale` (default: want's largest value)."""
+    got, want = got.detach().double(), want.detach().double()
+    scale = float(want.abs().max()) if scale is None else scale
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=rtol, atol=rtol * max(scale, 1e-30))
+
+
+def _step(model, x, dev=None):
+    """Forward and backward of sum(out^2); returns (out, x.grad)."""
+    x = x.clone().requires_grad_()
+    if dev is None:
+        out = model(x)
+    else:
+        with dev:
+            out = model(x)
+    out.square().sum().backward()
+    return out, x.grad
+
+
+def _compare(converted, model, rtol=1e-3):
+    """Gradients against the model's largest (a conv bias before a BatchNorm in train mode gets
+    a gradient that is zero but for rounding), buffers each against its own."""
+    scale = max((float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None),
+                default=0.0)
+    for (name, a), b in zip(converted.named_parameters(), model.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if b.grad is not None:
+            _close(a.grad, b.grad, rtol, scale)
+    for (name, a), b in zip(converted.named_buffers(), model.buffers()):
+        if a.dtype == torch.int64:
+            assert int(a) == int(b), name
+        else:
+            _close(a, b, rtol)
+
+
+def test_a_training_step_runs_the_chains_on_the_device(ct, dev):
+    """Every conv of the network is one fused chain (its BatchNorm on batch statistics, the
+    residual add and ReLU / ReLU6 / F.relu / clamp): torch runs no batch_norm, add, relu or clamp
+    in the forward, and the output, every gradient and the running statistics are torch's."""
+    model = _net()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 12, 10)
+    # a first step of both (the converted model traces: the recorder would see fx's calls)
+    _step(model, x)
+    _step(converted, x, dev)
+    for m in (model, converted):
+        m.zero_grad()
+    want, want_grad = _step(model, x)
+    with _Recorder() as rec:
+        got, got_grad = _step(converted, x, dev)
+    assert converted.forward.fused_train == 10
+    ran = set(rec.names)
+    for name in ("batch_norm", "relu", "relu_", "relu6", "hardtanh", "add", "__add__",
+                 "__iadd__", "clamp"):
+        assert name not in ran, (name, sorted(ran))
+    _close(got, want)
+    _close(got_grad, want_grad)
+    _compare(converted, model)
+
+
+def test_sgd_steps_follow_torchs(ct, dev):
+    """Three SGD steps with momentum: parameters and running statistics stay torch's."""
+    model = _net()
+    converted = ct.convert(copy.deepcopy(model))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (model, converted)]
+    torch.manual_seed(2)
+    for _ in range(3):
+        x = torch.randn(3, 3, 9, 9)
+        for m, opt, d in ((model, opts[0], None), (converted, opts[1], dev)):
+            opt.zero_grad()
+            _step(m, x, d)
+            opt.step()
+    for a, b in zip(converted.parameters(), model.parameters()):
+        _close(a, b)
+    _compare(converted, model)
+
+
+@pytest.mark.parametrize("variant", ["momentum_none", "no_running_stats", "no_affine",
+                                     "frozen_affine", "eval_mode"])
+def test_batchnorm_variants(ct, dev, variant):
+    """BatchNorm as torch's forward decides: the cumulative average (momentum None), batch
+    statistics without running ones, no affine parameters, affine parameters that need no
+    gradient, and eval mode with grad on (running statistics; the input's gradient)."""
+    bn = {"momentum_none": lambda c: nn.BatchNorm2d(c, momentum=None),
+          "no_running_stats": lambda c: nn.BatchNorm2d(c, track_running_stats=False),
+          "no_affine": lambda c: nn.BatchNorm2d(c, affine=False)}.get(variant, nn.BatchNorm2d)
+    model = _net(bn=bn)
+    if variant == "frozen_affine":
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad_(False)
+                m.bias.requires_grad_(False)
+    if variant == "eval_mode":
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.3, 0.3)
+                    m.running_var.uniform_(0.5, 1.5)
+        model.eval()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 12, 10)
+    for _ in range(2):  # twice: momentum None averages over the calls
+        want, want_grad = _step(model, x)
+        got, got_grad = _step(converted, x, dev)
+        _close(got, want)
+        _close(got_grad, want_grad)
+    assert converted.forward.fused_train == 10
+    _compare(converted, model)
+
+
+def test_activations_whose_gradient_needs_the_input_stay_with_torch(ct, dev):
+    """SiLU's gradient needs its input: the chain ends before it (conv + BatchNorm fused, the
+    SiLU module runs in torch); results are torch's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.SiLU(),
+                          nn.Conv2d(6, 4, 1), nn.LeakyReLU(0.2), nn.Conv2d(4, 4, 3),
+                          nn.Hardswish()).train()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 8, 8)
+    want, want_grad = _step(model, x)
+    got, got_grad = _step(converted, x, dev)  # (traces: the recorder would see fx's calls)
+    _close(got, want)
+    _close(got_grad, want_grad)
+    for m in (model, converted):
+        m.zero_grad()
+    want, want_grad = _step(model, x)
+    with _Recorder() as rec:
+        got, got_grad = _step(converted, x, dev)
+    assert converted.forward.fused_train == 2  # conv+bn, conv+leaky_relu; the last conv alone
+    assert "silu" in set(rec.names) and "hardswish" in set(rec.names)
+    _close(got, want)
+    _close(got_grad, want_grad)
+    _compare(converted, model)
+
+
+def test_float64_channels_last_and_strided_grouped_convolutions(ct, dev):
+    if not dev.fp64:
+        pytest.skip(f"{dev.name} has no float64")  # float32 cases run everywhere above
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8),
+                          nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+                          nn.BatchNorm2d(8), nn.Hardtanh(-1.0, 2.0)).double().train()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(3, 4, 11, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    want, want_grad = _step(model, x)
+    got, got_grad = _step(converted, x, dev)
+    assert converted.forward.fused_train == 2
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    _close(got, want, 1e-9)
+    _close(got_grad, want_grad, 1e-9)
+    _compare(converted, model, 1e-9)
+
+
+def test_conv1d_and_conv3d_chains(ct, dev):
+    torch.manual_seed(0)
+    for conv, bn, shape in ((nn.Conv1d, nn.BatchNorm1d, (2, 3, 17)),
+                            (nn.Conv3d, nn.BatchNorm3d, (2, 3, 5, 6, 4))):
+        model = nn.Sequential(conv(3, 5, 3, padding=1), bn(5), nn.ReLU(),
+                              conv(5, 5, 3, padding=1, bias=False), bn(5), nn.Tanh()).train()
+        converted = ct.convert(copy.deepcopy(model))
+        x = torch.randn(*shape)
+        want, want_grad = _step(model, x)
+        got, got_grad = _step(converted, x, dev)
+        assert converted.forward.fused_train == 2
+        _close(got, want)
+        _close(got_grad, want_grad)
+        _compare(converted, model)
+
+
+def test_what_torch_refuses_it_refuses(ct, dev):
+    """Batch statistics of one value a channel, an unbatched input to BatchNorm2d: torch's own
+    errors (the chain runs torch's modules); an unbatched conv + activation works as in torch."""
+    model = _net()
+    converted = ct.convert(copy.deepcopy(model))
+    for x, match in ((torch.randn(1, 3, 1, 1), "more than 1 value per channel"),
+                     (torch.randn(3, 6, 6), "expected 4D input")):
+        with pytest.raises(ValueError, match=match):
+            model(x)
+        with pytest.raises(ValueError, match=match):
+            with dev:
+                converted(x)
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.Sigmoid())
+    conv = ct.convert(copy.deepcopy(small))
+    x = torch.randn(3, 6, 6)
+    want, want_grad = _step(small, x)
+    got, got_grad = _step(conv, x, dev)
+    _close(got, want)
+    _close(got_grad, want_grad)
+    _compare(conv, small)
+
+
+def test_saved_output_modified_in_place_is_an_error_as_in_torch(ct, dev):
+    """The chain keeps its output for the activation's gradient (as torch's ReLU does): writing
+    it in place before backward is torch's error, not a silently wrong gradient."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    with dev:
+        y = converted(x)
+    y.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_no_grad_in_train_mode_runs_the_models_own_forward(ct, dev):
+    """Under no_grad in train mode nothing is fused (the inference trace wants eval mode, the
+    training one autograd): torch's modules, the running statistics updated as torch's."""
+    model = _net()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 12, 10)
+    with torch.no_grad():
+        want = model(x)
+        with dev:
+            got = converted(x)
+    _close(got, want)
+    assert converted.forward.fused_train == 0 and converted.forward.fused == 0
+    _compare(converted, model)
+    F.relu(got)  # (the result is an ordinary tensor)
