@@ -215,15 +215,22 @@ __kernel void batch_norm(__global const REAL* restrict x, const long x_offset,
 }
 
 // The per-channel reductions below run one work-group of GROUP work-items per channel (NDRange
-// (GROUP, channels), local (GROUP, 1)): work-item l sums positions l, l + GROUP, ... of each image's
-// row of the channel (consecutive work-items, consecutive values: vector loads on CPUs, coalesced on
-// GPUs), then the group adds its partial sums in local memory. GROUP: a power of two.
+// (GROUP, channels), local (GROUP, 1)); GROUP is a power of two: 1 on CPUs, 64 on GPUs for long
+// rows. Work-item l takes the runs of LANES consecutive values starting at LANES * (l + GROUP * i)
+// of each image's row of the channel, adding value j of a run into its partial sum j: LANES
+// independent sums that the compiler turns into vector adds without reassociating anything (a
+// single running sum does not vectorise without fast math), in a fixed order on every device. The
+// lanes, then the group's work-items (in local memory), are added at the end.
 #ifndef GROUP
 #define GROUP 64
 #endif
+#define LANES 8
 
 // The sum of v over the work-group, in every work-item (scratch: GROUP values of local memory).
 inline ACC group_sum(ACC v, __local ACC* scratch) {
+#if GROUP == 1
+    return v;
+#else
     const int l = (int)get_local_id(0);
     scratch[l] = v;
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -234,7 +241,24 @@ inline ACC group_sum(ACC v, __local ACC* scratch) {
     const ACC sum = scratch[0];
     barrier(CLK_LOCAL_MEM_FENCE);  // scratch is reused by the next call
     return sum;
+#endif
 }
+
+inline ACC lanes_sum(const ACC* v) {
+    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+// for each value s of work-item l's runs in a row of `inner`: STEP(j, s), j its lane
+#define FOR_ROW_RUNS(inner, l, STEP)                                                      \
+    {                                                                                      \
+        idx_t s0 = LANES * (l);                                                            \
+        for (; s0 + LANES <= (inner); s0 += LANES * GROUP) {                               \
+            _Pragma("unroll") for (int j = 0; j < LANES; ++j) { STEP(j, s0 + j) }          \
+        }                                                                                  \
+        if (s0 < (inner)) {                                                                \
+            for (int j = 0; s0 + j < (inner); ++j) { STEP(j, s0 + j) }                     \
+        }                                                                                  \
+    }
 
 // The gradient through the activation from its output y (its defined ACT), or g without one.
 #if ACT == ACT_NONE
@@ -256,21 +280,22 @@ void channel_stats(__global const REAL* restrict x, const long x_offset, const l
     const idx_t c = get_global_id(1);
     const idx_t l = get_local_id(0);
     const idx_t count = (idx_t)batch * inner;
-    ACC sum = 0;
+    ACC acc[LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (idx_t n = 0; n < batch; ++n) {
         __global const REAL* row = x + x_offset + (n * channels + c) * inner;
-        for (idx_t s = l; s < inner; s += GROUP) sum += (ACC)row[s];
+#define SUM_STEP(j, s) acc[j] += (ACC)row[s];
+        FOR_ROW_RUNS(inner, l, SUM_STEP)
+#undef SUM_STEP
     }
-    const ACC mean = group_sum(sum, scratch) / (ACC)count;
-    ACC sq = 0;
+    const ACC mean = group_sum(lanes_sum(acc), scratch) / (ACC)count;
+    for (int j = 0; j < LANES; ++j) acc[j] = 0;
     for (idx_t n = 0; n < batch; ++n) {
         __global const REAL* row = x + x_offset + (n * channels + c) * inner;
-        for (idx_t s = l; s < inner; s += GROUP) {
-            const ACC d = (ACC)row[s] - mean;
-            sq += d * d;
-        }
+#define SQ_STEP(j, s) { const ACC d = (ACC)row[s] - mean; acc[j] += d * d; }
+        FOR_ROW_RUNS(inner, l, SQ_STEP)
+#undef SQ_STEP
     }
-    sq = group_sum(sq, scratch);
+    const ACC sq = group_sum(lanes_sum(acc), scratch);
     if (l != 0) return;
     const ACC var = sq / (ACC)count;
     stats[c] = (REAL)mean;
@@ -300,23 +325,28 @@ void channel_grad_sums(__global const REAL* restrict g, const long g_offset,
     const idx_t c = get_global_id(1);
     const idx_t l = get_local_id(0);
     const ACC mu = (ACC)mean[m_offset + c];
-    ACC sg = 0, sgx = 0;
+    ACC sg[LANES] = {0, 0, 0, 0, 0, 0, 0, 0}, sgx[LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (idx_t n = 0; n < batch; ++n) {
         const idx_t base = (n * channels + c) * inner;
-        for (idx_t s = l; s < inner; s += GROUP) {
-            const ACC gv = GRAD_THROUGH_OUTPUT((ACC)y[y_offset + base + s], (ACC)g[g_offset + base + s]);
-            sg += gv;
-            sgx += gv * ((ACC)x[x_offset + base + s] - mu);
+        __global const REAL* gr = g + g_offset + base;
+        __global const REAL* yr = y + y_offset + base;
+        __global const REAL* xr = x + x_offset + base;
+#define GRAD_STEP(j, s) {                                            \
+            const ACC gv = GRAD_THROUGH_OUTPUT((ACC)yr[s], (ACC)gr[s]); \
+            sg[j] += gv;                                             \
+            sgx[j] += gv * ((ACC)xr[s] - mu);                        \
         }
+        FOR_ROW_RUNS(inner, l, GRAD_STEP)
+#undef GRAD_STEP
     }
-    sg = group_sum(sg, scratch);
-    sgx = group_sum(sgx, scratch);
+    const ACC sum_g = group_sum(lanes_sum(sg), scratch);
+    const ACC sum_gx = group_sum(lanes_sum(sgx), scratch);
     if (l != 0) return;
     const ACC invstd = (ACC)1 / sqrt((ACC)var[v_offset + c] + (ACC)eps);
-    sums[c] = (REAL)sg;
-    sums[channels + c] = (REAL)sgx;
-    weight_grad[wg_offset + c] = (REAL)(sgx * invstd);
-    bias_grad[bg_offset + c] = (REAL)sg;
+    sums[c] = (REAL)sum_g;
+    sums[channels + c] = (REAL)sum_gx;
+    weight_grad[wg_offset + c] = (REAL)(sum_gx * invstd);
+    bias_grad[bg_offset + c] = (REAL)sum_g;
 }
 
 // The batch-norm input gradient (N, C, inner), gz as in channel_grad_sums: with batch statistics

@@ -53,14 +53,16 @@ def _close(got, want, rtol=1e-3, scale=None):
 
 
 def _step(model, x, dev=None):
-    """Forward and backward of sum(out^2); returns (out, x.grad)."""
+    """Forward and backward of sum(out * r), r fixed random weights (not sum(out^2): through a
+    BatchNorm in train mode its gradient cancels to rounding noise); returns (out, x.grad)."""
     x = x.clone().requires_grad_()
     if dev is None:
         out = model(x)
     else:
         with dev:
             out = model(x)
-    out.square().sum().backward()
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
+    (out * r).sum().backward()
     return out, x.grad
 
 
@@ -263,3 +265,22 @@ def test_no_grad_in_train_mode_runs_the_models_own_forward(ct, dev):
     assert converted.forward.fused_train == 0 and converted.forward.fused == 0
     _compare(converted, model)
     F.relu(got)  # (the result is an ordinary tensor)
+
+
+def test_work_group_reductions_as_on_gpus(ct, dev, monkeypatch):
+    """BatchNorm's per-channel sums by a work-group per channel (local memory; what GPUs run for
+    rows of 256 values and more), forced on this device: the same results as torch's."""
+    from clconv.ops import elementwise
+
+    monkeypatch.setattr(elementwise, "_is_cpu", lambda d: False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
+                          nn.Conv2d(5, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)).train()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 19, 23)  # rows of 437 values
+    want, want_grad = _step(model, x)
+    got, got_grad = _step(converted, x, dev)
+    assert elementwise.reduction_group(dev, 19 * 23) > 1
+    _close(got, want)
+    _close(got_grad, want_grad)
+    _compare(converted, model)

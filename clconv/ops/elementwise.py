@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
@@ -612,8 +613,9 @@ def enqueue_channel_stats(dev: Device, x: cla.Array, channels: int, inner: int,
 def reduction_group(dev: Device, inner: int) -> int:
     """Work-items per work-group of the per-channel reductions (channel_stats,
     channel_grad_sums) over rows of `inner` values: 64, or the largest power of two the device
-    allows below it; 1 (a work-item per channel) for rows shorter than _GROUP_ROW."""
-    if inner < _GROUP_ROW:
+    allows below it, on devices other than CPUs; 1 (a work-item per channel, its lanes
+    vectorised by the compiler) on CPUs and for rows shorter than _GROUP_ROW."""
+    if inner < _GROUP_ROW or _is_cpu(dev):
         return 1
     found = _GROUPS.get(dev)
     if found is None:
@@ -626,9 +628,16 @@ def reduction_group(dev: Device, inner: int) -> int:
     return found
 
 
+def _is_cpu(dev: Device) -> bool:
+    try:
+        return bool(dev.cl_device.type & cl.device_type.CPU)
+    except cl.Error:
+        return False
+
+
 _GROUPS: dict[Device, int] = {}
-#: Rows (values of a channel in an image) this long or longer are reduced by a work-group: on PoCL
-#: (2-core EPYC) 64x56x56 statistics 0.33 -> 0.26 ms, 256x14x14 0.16 -> 0.33 ms (groups' overhead).
+#: Rows (values of a channel in an image) this long or longer are reduced by a work-group on a
+#: GPU (a work-item per channel would leave most of it idle).
 _GROUP_ROW = 256
 
 
