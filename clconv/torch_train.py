@@ -18,6 +18,7 @@ see `trainable`."""
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -35,11 +36,12 @@ from .ops.elementwise import (
     enqueue_channel_stats,
     gradient_from_output,
 )
-from .ops.grad import enqueue_bias_grad
+from .ops.conv import cached_conv_plan
+from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .ops.plan import cached_plan
 from .runtime.device import Device, current_device
 from .runtime.memory import empty
-from .torch_ops import OPS, conv_result_shape, operand, result_operand, synced, to_tensor, \
+from .torch_ops import conv_result_shape, operand, result_operand, synced, to_tensor, \
     uses_zero_copy
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
@@ -86,8 +88,60 @@ class _Results:
         raise KeyError("not a result of this set")
 
 
-def _conv_args(conv: nn.Module) -> tuple[Any, ...]:
-    return conv.stride, conv.padding, conv.dilation, conv.groups
+class _ChainPlans:
+    """The plans one chain runs for one input shape and dtype on one device (made once: a call
+    runs them, skipping the functional API's argument handling): the convolution (with the
+    activation and residual in its store when there is no BatchNorm), BatchNorm's normalisation,
+    the activation's gradient without BatchNorm, and the input and weight gradients."""
+
+    def __init__(self, dev: Device, conv: nn.Module, bn: nn.Module | None,
+                 act: Activation | None, x_shape: tuple[int, ...], dtype: np.dtype,
+                 has_bias: bool, has_residual: bool, has_gamma: bool, has_beta: bool) -> None:
+        nd = len(conv.kernel_size)
+        w_shape = tuple(conv.weight.shape)
+        self.shape = shape = conv_result_shape(x_shape, w_shape, conv.stride, conv.padding,
+                                               conv.dilation, conv.groups)
+        self.channels, self.inner = shape[1], math.prod(shape[2:])
+        conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
+        fused = bn is None  # activation and residual in the convolution's store
+        self.conv = cached_conv_plan(
+            dev, nd, x_shape, w_shape, (w_shape[0],) if has_bias else None, dtype,
+            *conv_args, conv.algorithm, act if fused else None, None,
+            shape if fused and has_residual else None)
+        self.norm = None
+        if bn is not None:
+            norm_act = None if has_residual else act
+            eps = float(bn.eps)
+            self.norm = cached_plan(dev, ("batch_norm", shape, dtype, has_gamma, has_beta, eps,
+                                          norm_act),
+                                    lambda: BatchNormPlan(dev, shape, has_gamma, has_beta, eps,
+                                                          dtype, norm_act))
+        self.act_grad = None
+        if bn is None and act is not None:
+            self.act_grad = cached_plan(dev, ("unary", act, shape, dtype, False),
+                                        lambda: UnaryPlan(dev, act, shape, dtype))
+        self.input_grad = cached_grad_plan(dev, "input_grad", nd, (x_shape, w_shape, shape),
+                                           dtype, conv_args)
+        self.weight_grad = cached_grad_plan(dev, "weight_grad", nd, (x_shape, w_shape, shape),
+                                            dtype, conv_args)
+
+
+#: conv module -> {key: _ChainPlans} (kept beside the module, not in it: plans do not pickle)
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], _ChainPlans]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _plans(dev: Device, conv: nn.Module, bn: nn.Module | None, act: Activation | None,
+           x: torch.Tensor, has_bias: bool, has_residual: bool, has_gamma: bool,
+           has_beta: bool) -> _ChainPlans:
+    key = (dev, tuple(x.shape), x.dtype, tuple(conv.weight.shape), id(bn), act, has_bias,
+           has_residual, has_gamma, has_beta, None if bn is None else float(bn.eps))
+    found = _PLANS.setdefault(conv, {})
+    plans = found.get(key)
+    if plans is None:
+        plans = found[key] = _ChainPlans(dev, conv, bn, act, tuple(x.shape), _DTYPES[x.dtype],
+                                         has_bias, has_residual, has_gamma, has_beta)
+    return plans
 
 
 class ConvChainFunction(torch.autograd.Function):
@@ -102,13 +156,12 @@ class ConvChainFunction(torch.autograd.Function):
                 residual: torch.Tensor | None, conv: nn.Module, bn: nn.Module | None,
                 act: Activation | None, batch_stats: bool,
                 momentum: float | None) -> torch.Tensor:
-        nd = len(conv.kernel_size)
         dev = current_device()
-        shape = conv_result_shape(tuple(x.shape), tuple(weight.shape), conv.stride,
-                                  conv.padding, conv.dilation, conv.groups)
-        channels, inner = shape[1], math.prod(shape[2:])
         kept: list[Any] = []
         with dev:
+            plans = _plans(dev, conv, bn, act, x, bias is not None, residual is not None,
+                           gamma is not None, beta is not None)
+            shape, channels, inner = plans.shape, plans.channels, plans.inner
             zc = uses_zero_copy(dev)
             results = _Results(dev, zc)
 
@@ -116,14 +169,13 @@ class ConvChainFunction(torch.autograd.Function):
                 return None if t is None else _device_operand(t, dev, zc, kept)
             xd, wd, bd, rd = put(x), put(weight), put(bias), put(residual)
             out = results.new(shape, x)
-            fn = OPS[nd][0]
             y = mean = var = None
             if bn is None:
-                fn(xd, wd, bd, *_conv_args(conv), padding_mode=conv.padding_mode,
-                   algorithm=conv.algorithm, activation=act, residual=rd, out=out)
+                plans.conv.execute({"input": xd, "weight": wd, "bias": bd, "residual": rd}, out,
+                                   check=False)
             else:
-                y = fn(xd, wd, bd, *_conv_args(conv), padding_mode=conv.padding_mode,
-                       algorithm=conv.algorithm)
+                y = plans.conv.execute({"input": xd, "weight": wd, "bias": bd,
+                                        "residual": None}, None, check=False)
                 if batch_stats:
                     # (into a tensor's memory where that is the device's: the running
                     # statistics' update reads it without a download)
@@ -132,22 +184,15 @@ class ConvChainFunction(torch.autograd.Function):
                     mean, var = stats[0], stats[1]
                 else:
                     mean, var = put(bn.running_mean), put(bn.running_var)
-                norm_act = act if rd is None else None
-                dtype = _DTYPES[x.dtype]
-                plan = cached_plan(dev, ("batch_norm", shape, dtype, gamma is not None,
-                                         beta is not None, float(bn.eps), norm_act),
-                                   lambda: BatchNormPlan(dev, shape, gamma is not None,
-                                                         beta is not None, bn.eps, dtype,
-                                                         norm_act))
-                plan.enqueue({"input": y, "running_mean": mean, "running_var": var,
-                              "weight": put(gamma), "bias": put(beta)}, out)
+                plans.norm.enqueue({"input": y, "running_mean": mean, "running_var": var,
+                                    "weight": put(gamma), "bias": put(beta)}, out)
                 if rd is not None:
                     enqueue_bias_act(dev, out, None, rd, act, channels, inner)
             result = results.tensor(out, x)
             if bn is not None and batch_stats and momentum is not None:
                 _update_running_stats(bn, results.tensor(stats), shape[0] * inner, momentum)
         ctx.save_for_backward(x, weight, gamma, result)
-        ctx.conf = (conv, bn, act, batch_stats, dev, shape, bias is not None)
+        ctx.conf = (conv, bn, act, batch_stats, dev, plans)
         ctx.y, ctx.mean, ctx.var = y, mean, var  # device arrays (the pool's) kept for backward
         return result
 
@@ -155,10 +200,9 @@ class ConvChainFunction(torch.autograd.Function):
     @once_differentiable  # a double backward raises (its gradients are not differentiable)
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, weight, gamma, result = ctx.saved_tensors
-        conv, bn, act, batch_stats, dev, shape, has_bias = ctx.conf
+        conv, bn, act, batch_stats, dev, plans = ctx.conf
         needs = ctx.needs_input_grad
-        nd = len(conv.kernel_size)
-        channels, inner = shape[1], math.prod(shape[2:])
+        shape, channels, inner = plans.shape, plans.channels, plans.inner
         kept: list[Any] = []
         grads: list[Any] = [None] * 6
         with dev:
@@ -179,26 +223,23 @@ class ConvChainFunction(torch.autograd.Function):
                     weight_grad=results.new((channels,), g), bias_grad=results.new((channels,), g))
                 gz = gz if through is None else through
             elif act is not None:
-                dtype = _DTYPES[g.dtype]
-                plan = cached_plan(dev, ("unary", act, shape, dtype, False),
-                                   lambda: UnaryPlan(dev, act, shape, dtype))
-                gz = gy = plan.backward(put(result), gz, from_output=True, out=results.new(
-                    shape, g) if needs[5] else empty(dev, shape, gz.dtype))
+                through = results.new(shape, g) if needs[5] else empty(dev, shape, gz.dtype)
+                gz = gy = plans.act_grad.backward(put(result), gz, from_output=True, out=through)
             else:
                 gy = gz
             wd = put(weight)
+            # (the gradients written into `out`: the arrays results.tensor knows)
             if needs[0]:
-                gx = OPS[nd][1](tuple(x.shape), wd, gy, *_conv_args(conv),
-                                padding_mode=conv.padding_mode, out=results.new(tuple(x.shape), x))
+                gx = results.new(tuple(x.shape), x)
+                plans.input_grad.execute({"weight": wd, "grad_output": gy}, gx, check=False)
             if needs[1]:
-                gw = OPS[nd][2](put(x), tuple(weight.shape), gy, *_conv_args(conv),
-                                padding_mode=conv.padding_mode,
-                                out=results.new(tuple(weight.shape), weight))
+                gw = results.new(tuple(weight.shape), weight)
+                plans.weight_grad.execute({"input": put(x), "grad_output": gy}, gw, check=False)
             if needs[0]:
                 grads[0] = results.tensor(gx, x)
             if needs[1]:
                 grads[1] = results.tensor(gw)
-            if has_bias and needs[2]:
+            if needs[2]:
                 gb = results.new((channels,), g)
                 enqueue_bias_grad(dev, gy, gb, shape[0], channels, inner)
                 grads[2] = results.tensor(gb)

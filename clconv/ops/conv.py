@@ -44,7 +44,8 @@ from .plan import Plan, cached_plan, derived, is_constant, shape_of
 
 __all__ = ["ACTIVATIONS", "ALGORITHMS", "ConvPlan", "applicable_algorithms", "choose_algorithm",
            "conv1d", "conv2d", "conv3d", "plan_conv", "plan_conv1d", "plan_conv2d", "plan_conv3d",
-           "algorithm_unsupported", "rule_choice", "warmup", "winograd_unsupported",
+           "algorithm_unsupported", "cached_conv_plan", "rule_choice", "warmup",
+           "winograd_unsupported",
            "workspace_size",
            "ColumnPlan", "WinogradPlan", "plan_columns", "plan_winograd"]
 
@@ -77,7 +78,7 @@ def _convolve(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | No
     x_shape, w_shape = shape_of(input), shape_of(weight)
     b_shape = None if bias is None else shape_of(bias)
     r_shape = None if residual is None else shape_of(residual)
-    plan = _cached_plan(dev, nd, x_shape, w_shape, b_shape, dtype, stride, padding, dilation,
+    plan = cached_conv_plan(dev, nd, x_shape, w_shape, b_shape, dtype, stride, padding, dilation,
                         groups, padding_mode, algorithm, activation, workspace_limit, r_shape)
     return plan.execute({"input": input, "weight": weight, "bias": bias, "residual": residual},
                         out, check=False)
@@ -435,11 +436,11 @@ def warmup(input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool =
     b_shape = (w_shape[0],) if bias else None
     r_shape = _residual_shape(nd, x_shape, w_shape, stride, padding, dilation, groups,
                               padding_mode) if residual else None  # as the call's residual
-    return _cached_plan(dev, nd, x_shape, w_shape, b_shape, dt, stride, padding, dilation, groups,
+    return cached_conv_plan(dev, nd, x_shape, w_shape, b_shape, dt, stride, padding, dilation, groups,
                         padding_mode, algorithm, activation, workspace_limit, r_shape).algorithm
 
 
-def _cached_plan(dev: Device, nd: int, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+def cached_conv_plan(dev: Device, nd: int, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
                  b_shape: tuple[int, ...] | None, dtype: np.dtype, stride: Any, padding: Any,
                  dilation: Any, groups: Any, padding_mode: Any, algorithm: Any, activation: Any,
                  workspace_limit: Any, r_shape: tuple[int, ...] | None) -> ConvPlan:

@@ -37,7 +37,7 @@ from .launch import Im2col
 from .plan import Plan, cached_plan, shape_of
 from .transpose import Adjoint
 
-__all__ = ["InputGradPlan", "WeightGradPlan", "conv1d_input", "conv1d_weight", "conv2d_input",
+__all__ = ["InputGradPlan", "WeightGradPlan", "cached_grad_plan", "conv1d_input", "conv1d_weight", "conv2d_input",
            "conv2d_weight", "conv3d_input", "conv3d_weight", "enqueue_bias_grad", "plan_conv_input",
            "plan_conv_weight", "plan_weight_grad", "WeightGrad"]
 
@@ -72,10 +72,10 @@ def _input_grad(nd: int, input_size: Sequence[int], weight: ArrayLike, grad_outp
     dev = current_device()
     dtype = result_dtype(dev, weight=weight, grad_output=grad_output)
     size = _size_arg(input_size, nd, "input_size", "(N, C_in, *spatial)")
-    return _cached_grad(dev, "input_grad", InputGradPlan, nd,
-                        (size, shape_of(weight), shape_of(grad_output)), dtype,
-                        (stride, padding, dilation, groups, padding_mode), workspace_limit,
-                        {"weight": weight, "grad_output": grad_output}, out)
+    plan = cached_grad_plan(dev, "input_grad", nd,
+                            (size, shape_of(weight), shape_of(grad_output)), dtype,
+                            (stride, padding, dilation, groups, padding_mode), workspace_limit)
+    return plan.execute({"weight": weight, "grad_output": grad_output}, out, check=False)
 
 
 def _weight_grad(nd: int, input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
@@ -86,20 +86,20 @@ def _weight_grad(nd: int, input: ArrayLike, weight_size: Sequence[int], grad_out
     dev = current_device()
     dtype = result_dtype(dev, input=input, grad_output=grad_output)
     size = _size_arg(weight_size, nd, "weight_size", "(C_out, C_in/groups, *kernel)")
-    return _cached_grad(dev, "weight_grad", WeightGradPlan, nd,
-                        (shape_of(input), size, shape_of(grad_output)), dtype,
-                        (stride, padding, dilation, groups, padding_mode), workspace_limit,
-                        {"input": input, "grad_output": grad_output}, out)
+    plan = cached_grad_plan(dev, "weight_grad", nd,
+                            (shape_of(input), size, shape_of(grad_output)), dtype,
+                            (stride, padding, dilation, groups, padding_mode), workspace_limit)
+    return plan.execute({"input": input, "grad_output": grad_output}, out, check=False)
 
 
-def _cached_grad(dev: Device, kind: str, plan_class: Any, nd: int, shapes: tuple, dtype: np.dtype,
-                 conv_args: tuple, workspace_limit: int | None, operands: dict[str, Any],
-                 out: Any) -> ArrayLike:
-    """Runs the functional API's cached gradient plan (made on first use): `shapes` the plan's
-    three shapes, `conv_args` (stride, padding, dilation, groups, padding_mode)."""
-    plan = cached_plan(dev, (kind, nd, *shapes, dtype, *conv_args, workspace_limit),
+def cached_grad_plan(dev: Device, kind: str, nd: int, shapes: tuple, dtype: np.dtype,
+                     conv_args: tuple, workspace_limit: int | None = None) -> Any:
+    """The functional API's gradient plan (made on first use): `kind` 'input_grad' (shapes:
+    input_size, weight, grad_output) or 'weight_grad' (input, weight_size, grad_output),
+    `conv_args` (stride, padding, dilation, groups, padding_mode)."""
+    plan_class = InputGradPlan if kind == "input_grad" else WeightGradPlan
+    return cached_plan(dev, (kind, nd, *shapes, dtype, *conv_args, workspace_limit),
                        lambda: plan_class(dev, nd, *shapes, *conv_args, dtype, workspace_limit))
-    return plan.execute(operands, out, check=False)
 
 
 def plan_conv_input(nd: int, input_size: Sequence[int], weight_shape: Sequence[int],
