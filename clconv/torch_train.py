@@ -22,6 +22,7 @@ import weakref
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 import torch
 from torch import nn
@@ -41,8 +42,7 @@ from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .ops.plan import cached_plan
 from .runtime.device import Device, current_device
 from .runtime.memory import empty
-from .torch_ops import conv_result_shape, operand, result_operand, synced, to_tensor, \
-    uses_zero_copy
+from .torch_ops import conv_result_shape, operand, result_operand, to_tensor, uses_zero_copy
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -65,11 +65,13 @@ def _device_operand(t: torch.Tensor, dev: Device, zero_copy: bool, kept: list[An
 
 class _Results:
     """New tensors written by the kernels: over the tensor's memory where the device's memory is
-    the host's (made the tensor's by one wait at the end), else a pool array downloaded then."""
+    the host's (made the tensors' by one wait for all of them: `sync`), else a pool array
+    downloaded then."""
 
     def __init__(self, dev: Device, zero_copy: bool) -> None:
         self.dev, self.zero_copy = dev, zero_copy
         self._made: list[tuple[Any, cla.Array]] = []
+        self._synced = 0  # how many of _made are synced
 
     def new(self, shape: tuple[int, ...], like: torch.Tensor) -> cla.Array:
         result = result_operand(shape, like, self.dev, self.zero_copy)
@@ -80,11 +82,31 @@ class _Results:
         self._made.append(result)
         return result[1]
 
+    def sync(self) -> None:
+        """Makes the contents of every tensor made since the last sync the tensor's: a map for
+        reading of each (OpenCL's rule for USE_HOST_PTR buffers; no copy where the device uses
+        that memory), enqueued together and waited for once (one wake-up of the driver's
+        threads, not one a result), then unmapped."""
+        pending = [(t, a) for t, a in self._made[self._synced:] if t is not None]
+        self._synced = len(self._made)
+        if not pending:
+            return
+        queue = self.dev.queue
+        maps = [cl.enqueue_map_buffer(queue, a.base_data, cl.map_flags.READ, 0, a.shape,
+                                      a.dtype, is_blocking=False) for _, a in pending]
+        maps[-1][1].wait()  # an in-order queue: every map before it is done too
+        for mapped, _ in maps:
+            mapped.base.release()
+
     def tensor(self, arr: cla.Array, like: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor of a `new` array once its kernels are done (channels_last as `like`)."""
-        for t, a in self._made:
+        for i, (t, a) in enumerate(self._made):
             if a is arr:
-                return to_tensor(synced((t, a)) if t is not None else arr.get(), like)
+                if t is None:
+                    return to_tensor(arr.get(), like)
+                if i >= self._synced:
+                    self.sync()
+                return to_tensor(t, like)
         raise KeyError("not a result of this set")
 
 
@@ -235,14 +257,14 @@ class ConvChainFunction(torch.autograd.Function):
             if needs[1]:
                 gw = results.new(tuple(weight.shape), weight)
                 plans.weight_grad.execute({"input": put(x), "grad_output": gy}, gw, check=False)
-            if needs[0]:
-                grads[0] = results.tensor(gx, x)
-            if needs[1]:
-                grads[1] = results.tensor(gw)
             if needs[2]:
                 gb = results.new((channels,), g)
                 enqueue_bias_grad(dev, gy, gb, shape[0], channels, inner)
                 grads[2] = results.tensor(gb)
+            if needs[0]:
+                grads[0] = results.tensor(gx, x)
+            if needs[1]:
+                grads[1] = results.tensor(gw)
             if needs[3] and gamma_grad is not None:
                 grads[3] = results.tensor(gamma_grad)
             if needs[4] and beta_grad is not None:
