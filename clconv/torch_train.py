@@ -42,7 +42,8 @@ from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .ops.plan import cached_plan
 from .runtime.device import Device, current_device
 from .runtime.memory import empty
-from .torch_ops import conv_result_shape, operand, result_operand, to_tensor, uses_zero_copy
+from .torch_ops import (conv_result_shape, operand, result_operand, to_tensor, uses_zero_copy,
+                        version_of)
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -146,6 +147,29 @@ class _ChainPlans:
                                            dtype, conv_args)
         self.weight_grad = cached_grad_plan(dev, "weight_grad", nd, (x_shape, w_shape, shape),
                                             dtype, conv_args)
+        self._params: dict[tuple[Any, ...], tuple[torch.Tensor, cla.Array]] = {}
+
+    def parameter(self, t: torch.Tensor | None, dev: Device, zero_copy: bool,
+                  kept: list[Any]) -> cla.Array | None:
+        """A parameter's (or buffer's) device array: over its memory on a host-memory device,
+        kept while the tensor's storage and in-place version stay (the forward's serves the
+        backward: a driver may copy a USE_HOST_PTR buffer's memory when it is made, so one made
+        before an optimizer's step is not used after it), else as _device_operand makes it."""
+        if t is None:
+            return None
+        version = version_of(t)
+        if not zero_copy or not t.is_contiguous() or version is None:
+            return _device_operand(t, dev, zero_copy, kept)
+        key = (t.data_ptr(), tuple(t.shape), t.dtype, version)
+        found = self._params.get(key)
+        if found is None or found[0] is not t:
+            a = operand(t, dev, True)
+            if not isinstance(a, cla.Array):
+                return _device_operand(t, dev, zero_copy, kept)
+            if len(self._params) > 16:  # older versions: start again
+                self._params.clear()
+            found = self._params[key] = (t, a)
+        return found[1]
 
 
 #: conv module -> {key: _ChainPlans} (kept beside the module, not in it: plans do not pickle)
@@ -189,7 +213,9 @@ class ConvChainFunction(torch.autograd.Function):
 
             def put(t: torch.Tensor | None) -> cla.Array | None:
                 return None if t is None else _device_operand(t, dev, zc, kept)
-            xd, wd, bd, rd = put(x), put(weight), put(bias), put(residual)
+            def param(t: torch.Tensor | None) -> cla.Array | None:
+                return plans.parameter(t, dev, zc, kept)
+            xd, wd, bd, rd = put(x), param(weight), param(bias), put(residual)
             out = results.new(shape, x)
             y = mean = var = None
             if bn is None:
@@ -205,9 +231,9 @@ class ConvChainFunction(torch.autograd.Function):
                                                   out=results.new((2, channels), x))
                     mean, var = stats[0], stats[1]
                 else:
-                    mean, var = put(bn.running_mean), put(bn.running_var)
+                    mean, var = param(bn.running_mean), param(bn.running_var)
                 plans.norm.enqueue({"input": y, "running_mean": mean, "running_var": var,
-                                    "weight": put(gamma), "bias": put(beta)}, out)
+                                    "weight": param(gamma), "bias": param(beta)}, out)
                 if rd is not None:
                     enqueue_bias_act(dev, out, None, rd, act, channels, inner)
             result = results.tensor(out, x)
@@ -239,7 +265,8 @@ class ConvChainFunction(torch.autograd.Function):
                 # the activation's gradient taken in BatchNorm's gradient passes
                 through = results.new(shape, g) if needs[5] and act is not None else None
                 gy, gamma_grad, beta_grad = enqueue_batch_norm_backward(
-                    dev, gz, ctx.y, ctx.mean, ctx.var, put(gamma), bn.eps, batch_stats,
+                    dev, gz, ctx.y, ctx.mean, ctx.var, plans.parameter(gamma, dev, zc, kept),
+                    bn.eps, batch_stats,
                     channels, inner, activation=act,
                     output=None if act is None else put(result), grad_through=through,
                     weight_grad=results.new((channels,), g), bias_grad=results.new((channels,), g))
@@ -249,7 +276,7 @@ class ConvChainFunction(torch.autograd.Function):
                 gz = gy = plans.act_grad.backward(put(result), gz, from_output=True, out=through)
             else:
                 gy = gz
-            wd = put(weight)
+            wd = plans.parameter(weight, dev, zc, kept)
             # (the gradients written into `out`: the arrays results.tensor knows)
             if needs[0]:
                 gx = results.new(tuple(x.shape), x)
