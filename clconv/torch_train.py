@@ -213,17 +213,22 @@ class ConvChainFunction(torch.autograd.Function):
 
             def put(t: torch.Tensor | None) -> cla.Array | None:
                 return None if t is None else _device_operand(t, dev, zc, kept)
+
             def param(t: torch.Tensor | None) -> cla.Array | None:
                 return plans.parameter(t, dev, zc, kept)
             xd, wd, bd, rd = put(x), param(weight), param(bias), put(residual)
             out = results.new(shape, x)
-            y = mean = var = None
+            y = mean = var = stats = None
             if bn is None:
                 plans.conv.execute({"input": xd, "weight": wd, "bias": bd, "residual": rd}, out,
                                    check=False)
             else:
-                y = plans.conv.execute({"input": xd, "weight": wd, "bias": bd,
-                                        "residual": None}, None, check=False)
+                # BatchNorm's input, kept for its gradient: a tensor where the device's memory
+                # is the host's (saved for backward as torch saves its own: freed after it unless
+                # retain_graph), else a device array of the pool held by ctx
+                y = results.new(shape, x) if zc else empty(dev, shape, _DTYPES[x.dtype])
+                plans.conv.execute({"input": xd, "weight": wd, "bias": bd, "residual": None}, y,
+                                   check=False)
                 if batch_stats:
                     # (into a tensor's memory where that is the device's: the running
                     # statistics' update reads it without a download)
@@ -237,17 +242,20 @@ class ConvChainFunction(torch.autograd.Function):
                 if rd is not None:
                     enqueue_bias_act(dev, out, None, rd, act, channels, inner)
             result = results.tensor(out, x)
+            stats_t = results.tensor(stats) if stats is not None else None
+            y_t = results.tensor(y) if y is not None and zc else None
             if bn is not None and batch_stats and momentum is not None:
-                _update_running_stats(bn, results.tensor(stats), shape[0] * inner, momentum)
-        ctx.save_for_backward(x, weight, gamma, result)
+                _update_running_stats(bn, stats_t, shape[0] * inner, momentum)
+        ctx.save_for_backward(x, weight, gamma, result, y_t, stats_t if zc else None)
         ctx.conf = (conv, bn, act, batch_stats, dev, plans)
-        ctx.y, ctx.mean, ctx.var = y, mean, var  # device arrays (the pool's) kept for backward
+        # without tensors over the device's memory: the device arrays (held until the graph goes)
+        ctx.kept = None if zc else (y, mean, var)
         return result
 
     @staticmethod
     @once_differentiable  # a double backward raises (its gradients are not differentiable)
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        x, weight, gamma, result = ctx.saved_tensors
+        x, weight, gamma, result, y_t, stats_t = ctx.saved_tensors
         conv, bn, act, batch_stats, dev, plans = ctx.conf
         needs = ctx.needs_input_grad
         shape, channels, inner = plans.shape, plans.channels, plans.inner
@@ -262,10 +270,20 @@ class ConvChainFunction(torch.autograd.Function):
             gz = put(g)
             gamma_grad = beta_grad = None
             if bn is not None:
+                if ctx.kept is not None:
+                    y, mean, var = ctx.kept
+                else:
+                    y = put(y_t)
+                    if stats_t is not None:
+                        stats = put(stats_t)
+                        mean, var = stats[0], stats[1]
+                    else:
+                        mean, var = (plans.parameter(t, dev, zc, kept)
+                                     for t in (bn.running_mean, bn.running_var))
                 # the activation's gradient taken in BatchNorm's gradient passes
                 through = results.new(shape, g) if needs[5] and act is not None else None
                 gy, gamma_grad, beta_grad = enqueue_batch_norm_backward(
-                    dev, gz, ctx.y, ctx.mean, ctx.var, plans.parameter(gamma, dev, zc, kept),
+                    dev, gz, y, mean, var, plans.parameter(gamma, dev, zc, kept),
                     bn.eps, batch_stats,
                     channels, inner, activation=act,
                     output=None if act is None else put(result), grad_through=through,
@@ -298,7 +316,6 @@ class ConvChainFunction(torch.autograd.Function):
                 grads[4] = results.tensor(beta_grad)
             if needs[5]:
                 grads[5] = results.tensor(gz, g) if act is not None else g
-        ctx.y = ctx.mean = ctx.var = None
         return (*grads, None, None, None, None, None)
 
 

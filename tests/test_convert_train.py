@@ -284,3 +284,27 @@ def test_work_group_reductions_as_on_gpus(ct, dev, monkeypatch):
     _close(got, want)
     _close(got_grad, want_grad)
     _compare(converted, model)
+
+
+def test_retain_graph_and_a_second_backward_as_torch(ct, dev):
+    """backward twice through a retained graph accumulates the same gradients as torch; without
+    retain_graph the second backward is torch's error (the saved tensors are freed)."""
+    model = _net()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 12, 10)
+    outs = []
+    for m, d in ((model, None), (converted, dev)):
+        xx = x.clone().requires_grad_()
+        if d is None:
+            y = m(xx)
+        else:
+            with d:
+                y = m(xx)
+        loss = (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(3))).sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        outs.append(xx.grad)
+        with pytest.raises(RuntimeError, match="second time|freed"):
+            loss.backward()
+    _close(outs[1], outs[0])
+    _compare(converted, model)
