@@ -386,19 +386,23 @@ def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn
     clconv with the BatchNorm folded into its weight and bias (clconv.fold_batchnorm, remade
     whenever a weight or running statistic changed) and the activation in its kernel's store, and
     the BatchNorm and activation modules pass their input through. In train mode, or with grad
-    enabled, every module runs on its own exactly as before (BatchNorm's batch statistics and
-    running-stat updates, gradients to every parameter). The modules stay where they are (only
+    enabled, these modules each compute their own step when called (BatchNorm's batch statistics
+    and running-stat updates, gradients to every parameter; the fused training forward below
+    computes the same). The modules stay where they are (only
     their classes change), so state_dict keys, checkpoints and optimizers are unaffected. Not
     folded: modules used more than once in the model or carrying hooks (an activation that is
     shared is left out of the chain, its BatchNorm still folds). Calling a folded conv on its own
     (`seq[0](x)`) in eval mode under no_grad gives the whole chain's result.
 
-    With fold, the converted model also gets a fused inference forward (clconv.torch_fuse): in
-    eval mode under no_grad its torch.fx trace runs with each conv -> [BatchNorm] -> [+ residual]
-    -> [activation] of the data flow as one clconv convolution (ResNet's residual add and ReLU,
+    With fold, the converted model also gets fused forwards (clconv.torch_fuse): in eval mode
+    under no_grad its torch.fx trace runs with each conv -> [BatchNorm] -> [+ residual] ->
+    [activation] of the data flow as one clconv convolution (ResNet's residual add and ReLU,
     MobileNetV2's skip, conv + activation without BatchNorm) and max pooling in clconv on
-    host-memory devices; the model's own forward in training, with grad enabled or hooks, and for
-    a forward fx cannot trace (docs/compile.md).
+    host-memory devices; with grad enabled (training) each such run is one autograd Function
+    computed forward and backward on the device (clconv.torch_train: BatchNorm on batch
+    statistics with torch's running-stat updates in train mode, activations whose gradient follows
+    from their output). The model's own forward runs under no_grad in train mode, with hooks, and
+    for a forward fx cannot trace (docs/compile.md).
     """
     model = model if inplace else _deepcopy(model)
     # Traced before the swap: torch.fx treats torch.nn's own modules as leaves.
