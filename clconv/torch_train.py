@@ -30,16 +30,15 @@ from torch.autograd.function import once_differentiable
 
 from .ops.activation import Activation, normalize_activation
 from .ops.elementwise import (
-    BatchNormPlan,
-    UnaryPlan,
+    batch_norm_plan,
     enqueue_batch_norm_backward,
     enqueue_bias_act,
     enqueue_channel_stats,
     gradient_from_output,
+    unary_plan,
 )
 from .ops.conv import cached_conv_plan
 from .ops.grad import cached_grad_plan, enqueue_bias_grad
-from .ops.plan import cached_plan
 from .runtime.device import Device, current_device
 from .runtime.memory import empty
 from .torch_ops import (conv_result_shape, operand, result_operand, to_tensor, uses_zero_copy,
@@ -134,15 +133,11 @@ class _ChainPlans:
         self.norm = None
         if bn is not None:
             norm_act = None if has_residual else act
-            eps = float(bn.eps)
-            self.norm = cached_plan(dev, ("batch_norm", shape, dtype, has_gamma, has_beta, eps,
-                                          norm_act),
-                                    lambda: BatchNormPlan(dev, shape, has_gamma, has_beta, eps,
-                                                          dtype, norm_act))
+            self.norm = batch_norm_plan(dev, shape, dtype, has_gamma, has_beta, bn.eps,
+                                        norm_act)
         self.act_grad = None
         if bn is None and act is not None:
-            self.act_grad = cached_plan(dev, ("unary", act, shape, dtype, False),
-                                        lambda: UnaryPlan(dev, act, shape, dtype))
+            self.act_grad = unary_plan(dev, act, shape, dtype)
         self.input_grad = cached_grad_plan(dev, "input_grad", nd, (x_shape, w_shape, shape),
                                            dtype, conv_args)
         self.weight_grad = cached_grad_plan(dev, "weight_grad", nd, (x_shape, w_shape, shape),

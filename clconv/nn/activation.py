@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..ops.activation import ActivationArg, normalize_activation
-from ..ops.elementwise import UnaryPlan
-from ..ops.plan import cached_plan
+from ..ops.elementwise import UnaryPlan, unary_plan
 from ..runtime.device import Device
 from ..runtime.transfer import ArrayLike
 from .module import Module, check_grad_shape, enter, leave
@@ -29,8 +28,7 @@ class _Activation(Module):
         self._saved: tuple[Any, ...] | None = None
 
     def _plan(self, dev: Device, shape: tuple[int, ...], work: np.dtype) -> UnaryPlan:
-        return cached_plan(dev, ("unary", self.act, shape, work, False),
-                           lambda: UnaryPlan(dev, self.act, shape, work))
+        return unary_plan(dev, self.act, shape, work)
 
     def forward(self, input: ArrayLike) -> ArrayLike:
         """input (any shape) -> act(input), same shape."""

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from ..ops.elementwise import BatchNormPlan, enqueue_batch_norm_backward, enqueue_channel_stats
-from ..ops.plan import cached_plan
+from ..ops.elementwise import batch_norm_plan, enqueue_batch_norm_backward, enqueue_channel_stats
 from ..ops.precision import check_precision, compute_dtype
 from ..runtime.device import current_device
 from ..runtime.device import device as find_device
@@ -156,10 +155,7 @@ class _BatchNorm(Module):
                 mean, var = stats[0], stats[1]
             else:
                 mean, var = self.running_mean, self.running_var
-            plan = cached_plan(dev, ("batch_norm", shape, self._work, self.affine, self.affine,
-                                     self.eps, None),
-                               lambda: BatchNormPlan(dev, shape, self.affine, self.affine, self.eps,
-                                                     self._work))
+            plan = batch_norm_plan(dev, shape, self._work, self.affine, self.affine, self.eps)
             y = plan(x, mean, var, self._weight, self._bias)
             self._saved = (x, mean, var, batch_stats)
             return leave(dev, y, dtype, host)

@@ -14,7 +14,8 @@ import pyopencl.array as cla
 from ..blas import clblast
 from ..blas.engine import gemm_engine
 from ..ops.conv import ALGORITHMS
-from ..ops.elementwise import UnaryPlan, gradient_from_output
+from ..ops.activation import normalize_activation
+from ..ops.elementwise import UnaryPlan, gradient_from_output, unary_plan
 from ..ops.geometry import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple
 from ..ops.grad import WeightGradPlan, enqueue_bias_grad
 from ..ops.plan import Plan, cached_plan
@@ -361,8 +362,7 @@ class Layer(Module):
 def _activation_plan(layer: Layer, shape: tuple[int, ...]) -> UnaryPlan:
     """The plan applying `layer.activation` to its (compute-dtype) output of `shape`."""
     act, dev = layer.activation, layer.device
-    return cached_plan(dev, ("unary", act, shape, layer._work, False),
-                       lambda: UnaryPlan(dev, act, shape, layer._work))
+    return unary_plan(dev, normalize_activation(act), shape, layer._work)
 
 
 def with_activation(layer: Layer, run: Callable[[bool], cla.Array]) -> cla.Array:

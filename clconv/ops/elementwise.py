@@ -45,7 +45,7 @@ from .plan import Plan, cached_plan, shape_of
 __all__ = ["BatchNormPlan", "BinaryPlan", "CatPlan", "UnaryPlan", "add", "batch_norm",
            "broadcast_layout", "cat", "celu", "clamp", "div", "elu", "enqueue_batch_norm_backward",
            "enqueue_bias_act", "enqueue_channel_stats", "enqueue_column_sums", "flatten", "gelu",
-           "gradient_from_output", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mish",
+           "gradient_from_output", "batch_norm_plan", "unary_plan", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mish",
            "mul", "pixel_shuffle", "pixel_unshuffle", "prelu", "relu", "relu6", "selu", "sigmoid",
            "silu", "softplus", "sqrt", "sub",
            "tanh", "abs", "exp", "log", "rsqrt", "erf", "threshold", "logsigmoid", "softsign", "tanhshrink",
@@ -137,10 +137,15 @@ def _unary(activation: ActivationArg, input: ArrayLike, out: ArrayLike | None,
     dev = current_device()
     dtype = result_dtype(dev, input=input)
     shape = shape_of(input)
-    act = normalize_activation(activation)
-    plan = cached_plan(dev, ("unary", act, shape, dtype, clamp_inclusive),
-                       lambda: UnaryPlan(dev, act, shape, dtype, clamp_inclusive))
+    plan = unary_plan(dev, normalize_activation(activation), shape, dtype, clamp_inclusive)
     return plan.execute({"input": input}, out, check=False)
+
+
+def unary_plan(dev: Device, act: Activation, shape: tuple[int, ...], dtype: np.dtype,
+               clamp_inclusive: bool = False) -> UnaryPlan:
+    """The UnaryPlan of these arguments on `dev`, made on first use (shared by every caller)."""
+    return cached_plan(dev, ("unary", act, shape, dtype, clamp_inclusive),
+                       lambda: UnaryPlan(dev, act, shape, dtype, clamp_inclusive))
 
 
 def relu(input: ArrayLike, inplace: bool = False, *, out: ArrayLike | None = None) -> ArrayLike:
@@ -565,11 +570,17 @@ def batch_norm(input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike
             raise ValueError(f"batch_norm: {name} must have shape (C,) = ({c},) for input of shape "
                              f"{shape}, got {shape_of(values[name])}")
     act = normalize_activation(activation)
-    plan = cached_plan(dev, ("batch_norm", shape, dtype, weight is not None, bias is not None,
-                             float(eps) if isinstance(eps, numbers.Real) else eps, act),
-                       lambda: BatchNormPlan(dev, shape, weight is not None, bias is not None,
-                                             eps, dtype, act))
+    plan = batch_norm_plan(dev, shape, dtype, weight is not None, bias is not None, eps, act)
     return plan.execute(values, out, check=False)
+
+
+def batch_norm_plan(dev: Device, shape: tuple[int, ...], dtype: np.dtype, has_weight: bool,
+                    has_bias: bool, eps: Any, act: Activation | None = None) -> BatchNormPlan:
+    """The BatchNormPlan of these arguments on `dev`, made on first use (shared by every
+    caller)."""
+    return cached_plan(dev, ("batch_norm", shape, dtype, has_weight, has_bias,
+                             float(eps) if isinstance(eps, numbers.Real) else eps, act),
+                       lambda: BatchNormPlan(dev, shape, has_weight, has_bias, eps, dtype, act))
 
 
 def check_loop_limit(dev: Device, what: str, passes: int) -> None:
