@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from .ops.activation import Activation, normalize_activation
 from .torch_fold import BATCHNORM_ND, Fold, run_folded
-from .torch_train import run_chain, trainable, trains_fused
+from .torch_train import flush_deferred, run_chain, trainable, trains_fused
 from .torch_graph.activations import activation_of, activation_spec
 from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
 from .runtime.device import current_device
@@ -95,12 +95,14 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
 
 
 def fused_conv_train(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Tensor,
-                     residual: torch.Tensor | None = None) -> torch.Tensor:
+                     residual: torch.Tensor | None = None, defer: bool = False) -> torch.Tensor:
     """act(bn(conv(input)) + residual) with autograd: clconv.torch_train's chain Function
     (forward and backward on the device) where it computes what torch would, else torch's
-    modules and ops one by one."""
+    modules and ops one by one. defer: every user of the result is such a node (the trace's
+    `_mark_deferred`): its kernels are waited for with a later chain's or at the forward's end."""
     if torch.is_grad_enabled() and trainable(conv, bn, input, residual):
-        return run_chain(conv, bn, spec, input, residual)
+        return run_chain(conv, bn, spec, input, residual, defer)
+    flush_deferred()  # torch reads the operands
     return _one_by_one(conv, bn, spec, input, residual)
 
 
@@ -273,6 +275,25 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
     return fused
 
 
+def _mark_deferred(graph: fx.Graph) -> int:
+    """Gives each fused_conv_train node whose every user is one too `defer=True` (returns how
+    many): no torch op reads its result before the chains' next wait. None where the graph reads
+    a parameter or buffer itself (get_attr of a tensor): such a read of BatchNorm's running
+    statistics would come before their deferred update."""
+    nodes = list(graph.nodes)
+    if any(n.op == "get_attr" and not any(u.target is fused_conv_train for u in n.users)
+           for n in nodes):
+        return 0
+    marked = 0
+    for node in nodes:
+        if node.op == "call_function" and node.target is fused_conv_train and node.users and \
+                all(u.op == "call_function" and u.target is fused_conv_train
+                    for u in node.users):
+            node.kwargs = {**node.kwargs, "defer": True}
+            marked += 1
+    return marked
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer with clconv.torch's module classes (converted convolutions, folded
     chains' BatchNorms and activations) as leaves, as torch.nn's own are."""
@@ -303,7 +324,8 @@ class FusedForward:
     one for autograd (`fused_conv_train`), else the model's class forward. Each trace is made at
     its first call and again whenever the model's modules changed (their classes, in module
     order). `fused` / `pools`: the inference trace's fused chains and pools; `fused_train`: the
-    autograd trace's chains."""
+    autograd trace's chains, `deferred_train` of them waited for with a later one
+    (clconv.torch_train._Deferred)."""
 
     def __init__(self, model: nn.Module, leaves: tuple[type, ...]) -> None:
         self.model, self.leaves = model, leaves
@@ -311,13 +333,13 @@ class FusedForward:
         self._fn: Callable[..., Any] | None = None
         self._train_key: tuple[type, ...] | None = None
         self._train_fn: Callable[..., Any] | None = None
-        self.fused = self.pools = self.fused_train = 0
+        self.fused = self.pools = self.fused_train = self.deferred_train = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # The generated functions stay behind (traced again on the first fused call).
         return {"model": self.model, "leaves": self.leaves, "_key": None, "_fn": None,
                 "_train_key": None, "_train_fn": None, "fused": 0, "pools": 0,
-                "fused_train": 0}
+                "fused_train": 0, "deferred_train": 0}
 
     def _structure(self, training: bool) -> tuple[type, ...] | None:
         """The module classes in order, or None when any module has forward hooks or (for the
@@ -330,7 +352,8 @@ class FusedForward:
         return tuple(key)
 
     def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int]:
-        """(the fused forward or None where nothing fused, chains fused, pools replaced)."""
+        """(the fused forward or None where nothing fused, chains fused, pools replaced (for
+        inference) or chains deferred (for autograd))."""
         model = self.model
         try:
             graph = _Tracer(self.leaves).trace(model)
@@ -343,10 +366,10 @@ class FusedForward:
                 m, nn.modules.conv._ConvTransposeNd)
         if training:
             fused = fuse_graph(graph, modules, is_conv, fused_conv_train, trains_fused)
-            pools = 0  # (max pooling's gradient needs its indices: torch's)
+            extra = _mark_deferred(graph)  # (max pooling's gradient needs indices: torch's)
         else:
             fused = fuse_graph(graph, modules, is_conv)
-            pools = _pools_to_clconv(graph, modules) if fused else 0
+            extra = _pools_to_clconv(graph, modules) if fused else 0
         if not fused:
             return None, 0, 0
         graph.lint()
@@ -355,7 +378,7 @@ class FusedForward:
         name = "training" if training else "inference"
         exec(compile(code.src, f"<clconv fused {name} forward of {type(model).__name__}>",
                      "exec"), scope)
-        return scope["forward"], fused, pools
+        return scope["forward"], fused, extra
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
@@ -368,7 +391,7 @@ class FusedForward:
             return plain(model, *args, **kwargs)
         if grad:
             if key != self._train_key:
-                self._train_fn, self.fused_train, _ = self._build(True)
+                self._train_fn, self.fused_train, self.deferred_train = self._build(True)
                 self._train_key = key
             fn = self._train_fn
         else:
@@ -378,7 +401,12 @@ class FusedForward:
             fn = self._fn
         if fn is None:
             return plain(model, *args, **kwargs)
-        return fn(model, *args)
+        if not grad:
+            return fn(model, *args)
+        try:
+            return fn(model, *args)
+        finally:
+            flush_deferred()  # the deferred chains' results and running statistics
 
 
 def install(model: nn.Module, leaves: tuple[type, ...]) -> None:

@@ -17,9 +17,11 @@ see `trainable`."""
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyopencl as cl
@@ -98,6 +100,14 @@ class _Results:
         for mapped, _ in maps:
             mapped.base.release()
 
+    def unsynced(self, arr: cla.Array) -> torch.Tensor:
+        """The tensor over a `new` array's memory, its contents the kernels' only after the next
+        `sync` (for a result that only the device reads until then)."""
+        for t, a in self._made:
+            if a is arr and t is not None:
+                return t
+        raise KeyError("not a result of this set over a tensor's memory")
+
     def tensor(self, arr: cla.Array, like: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor of a `new` array once its kernels are done (channels_last as `like`)."""
         for i, (t, a) in enumerate(self._made):
@@ -108,6 +118,37 @@ class _Results:
                     self.sync()
                 return to_tensor(t, like)
         raise KeyError("not a result of this set")
+
+
+class _Deferred(threading.local):
+    """The results of a fused training forward's chains whose every user is another chain (the
+    trace marks them `defer`; devices whose memory is the host's): not waited for at the chain's
+    end but with the next chain's that is not deferred, or at the forward's end (`flush`), so
+    that the host enqueues the next chains while the device computes, and one wait serves them
+    all. `arrays`: the pending results' device arrays by (data pointer, shape, dtype), passed on
+    to the chains that read them; `after`: what reads them on the host (the running statistics'
+    update), run after the wait."""
+
+    def __init__(self) -> None:
+        self.results: _Results | None = None
+        self.arrays: dict[tuple[int, tuple[int, ...], torch.dtype], cla.Array] = {}
+        self.after: list[Callable[[], None]] = []
+
+
+_DEFERRED = _Deferred()
+
+
+def flush_deferred() -> None:
+    """Waits for the deferred chains' kernels, making their results the tensors', then runs what
+    was deferred after them (a no-op when nothing is pending)."""
+    d = _DEFERRED
+    results, after = d.results, d.after
+    if results is None:
+        return
+    d.results, d.arrays, d.after = None, {}, []
+    results.sync()
+    for f in after:
+        f()
 
 
 class _ChainPlans:
@@ -196,18 +237,32 @@ class ConvChainFunction(torch.autograd.Function):
                 gamma: torch.Tensor | None, beta: torch.Tensor | None,
                 residual: torch.Tensor | None, conv: nn.Module, bn: nn.Module | None,
                 act: Activation | None, batch_stats: bool,
-                momentum: float | None) -> torch.Tensor:
+                momentum: float | None, defer: bool) -> torch.Tensor:
         dev = current_device()
         kept: list[Any] = []
+        deferred = _DEFERRED
+        if deferred.results is not None and deferred.results.dev is not dev:
+            flush_deferred()
         with dev:
             plans = _plans(dev, conv, bn, act, x, bias is not None, residual is not None,
                            gamma is not None, beta is not None)
             shape, channels, inner = plans.shape, plans.channels, plans.inner
             zc = uses_zero_copy(dev)
-            results = _Results(dev, zc)
+            # (a contiguous x: the result is not made channels_last, which would read it)
+            defer = defer and zc and x.is_contiguous()
+            pending = deferred.results is not None
+            results = deferred.results if pending else _Results(dev, zc)
+            if defer:
+                deferred.results = results
 
             def put(t: torch.Tensor | None) -> cla.Array | None:
-                return None if t is None else _device_operand(t, dev, zc, kept)
+                if t is None:
+                    return None
+                if pending and t.is_contiguous():  # a deferred chain's result: its array
+                    found = deferred.arrays.get((t.data_ptr(), tuple(t.shape), t.dtype))
+                    if found is not None:
+                        return found
+                return _device_operand(t, dev, zc, kept)
 
             def param(t: torch.Tensor | None) -> cla.Array | None:
                 return plans.parameter(t, dev, zc, kept)
@@ -236,11 +291,22 @@ class ConvChainFunction(torch.autograd.Function):
                                     "weight": param(gamma), "bias": param(beta)}, out)
                 if rd is not None:
                     enqueue_bias_act(dev, out, None, rd, act, channels, inner)
-            result = results.tensor(out, x)
-            stats_t = results.tensor(stats) if stats is not None else None
-            y_t = results.tensor(y) if y is not None and zc else None
-            if bn is not None and batch_stats and momentum is not None:
-                _update_running_stats(bn, stats_t, shape[0] * inner, momentum)
+            update = bn is not None and batch_stats and momentum is not None
+            if defer:
+                result = results.unsynced(out)
+                stats_t = results.unsynced(stats) if stats is not None else None
+                y_t = results.unsynced(y) if y is not None else None
+                deferred.arrays[(result.data_ptr(), shape, result.dtype)] = out
+                if update:
+                    deferred.after.append(functools.partial(
+                        _update_running_stats, bn, stats_t, shape[0] * inner, momentum))
+            else:
+                result = results.tensor(out, x)  # (and every deferred result before it)
+                stats_t = results.tensor(stats) if stats is not None else None
+                y_t = results.tensor(y) if y is not None and zc else None
+                if update:
+                    _update_running_stats(bn, stats_t, shape[0] * inner, momentum)
+                flush_deferred()
         ctx.save_for_backward(x, weight, gamma, result, y_t, stats_t if zc else None)
         ctx.conf = (conv, bn, act, batch_stats, dev, plans)
         # without tensors over the device's memory: the device arrays (held until the graph goes)
@@ -311,7 +377,7 @@ class ConvChainFunction(torch.autograd.Function):
                 grads[4] = results.tensor(beta_grad)
             if needs[5]:
                 grads[5] = results.tensor(gz, g) if act is not None else g
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def _update_running_stats(bn: nn.Module, stats: torch.Tensor, count: int,
@@ -362,9 +428,11 @@ def _batch_stats(bn: nn.Module) -> bool:
 
 
 def run_chain(conv: nn.Module, bn: nn.Module | None, act: Activation | None,
-              input: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+              input: torch.Tensor, residual: torch.Tensor | None,
+              defer: bool = False) -> torch.Tensor:
     """act(bn(conv(input)) + residual) by ConvChainFunction, with BatchNorm's bookkeeping
-    (num_batches_tracked, the momentum) done as its forward does; `trainable` must hold."""
+    (num_batches_tracked, the momentum) done as its forward does; `trainable` must hold.
+    defer: only other chains read the result before `flush_deferred` (see _Deferred)."""
     batch_stats = bn is not None and _batch_stats(bn)
     momentum = None
     if bn is not None and bn.training and bn.track_running_stats:
@@ -377,4 +445,4 @@ def run_chain(conv: nn.Module, bn: nn.Module | None, act: Activation | None,
     return ConvChainFunction.apply(
         input, conv.weight, conv.bias, None if bn is None else bn.weight,
         None if bn is None else bn.bias, residual, conv, bn, normalize_activation(act),
-        batch_stats, momentum)
+        batch_stats, momentum, defer)

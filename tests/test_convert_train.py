@@ -308,3 +308,38 @@ def test_retain_graph_and_a_second_backward_as_torch(ct, dev):
             loss.backward()
     _close(outs[1], outs[0])
     _compare(converted, model)
+
+
+class _DeferredThenTorch(nn.Module):
+    """A chain whose result only the next chain reads (deferred: not waited for at its end),
+    then a chain that runs module by module (its residual broadcasts, which the kernels do not):
+    the deferred work is waited for before it, then its modules read the finished result."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv, self.bn = nn.Conv2d(16, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(self.a(x))) + x.mean((2, 3), keepdim=True))
+
+
+def test_deferred_chains_are_finished_before_torch_reads_them(ct, dev):
+    """Chains read only by chains are waited for with a later chain or at the forward's end:
+    outputs, the running statistics after the forward and every gradient are torch's, and
+    nothing is left pending after a forward."""
+    from clconv import torch_train
+
+    for model, x, deferred in ((_DeferredThenTorch(), torch.randn(4, 3, 48, 40), 1),
+                               (_net(), torch.randn(2, 3, 12, 10), 8)):
+        torch.manual_seed(0)
+        model.train()
+        converted = ct.convert(copy.deepcopy(model))
+        for _ in range(2):
+            want, want_grad = _step(model, x)
+            got, got_grad = _step(converted, x, dev)
+            assert torch_train._DEFERRED.results is None
+            _close(got, want)
+            _close(got_grad, want_grad)
+        assert converted.forward.deferred_train == deferred
+        _compare(converted, model)
