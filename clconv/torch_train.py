@@ -42,7 +42,7 @@ from .ops.elementwise import (
 from .ops.conv import cached_conv_plan
 from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .runtime.device import Device, current_device
-from .runtime.memory import empty
+from .runtime.memory import empty, rows_of
 from .torch_ops import (conv_result_shape, operand, result_operand, to_tensor, uses_zero_copy,
                         version_of)
 
@@ -271,20 +271,20 @@ class ConvChainFunction(torch.autograd.Function):
             y = mean = var = stats = None
             if bn is None:
                 plans.conv.execute({"input": xd, "weight": wd, "bias": bd, "residual": rd}, out,
-                                   check=False)
+                                   check=False, events=False)
             else:
                 # BatchNorm's input, kept for its gradient: a tensor where the device's memory
                 # is the host's (saved for backward as torch saves its own: freed after it unless
                 # retain_graph), else a device array of the pool held by ctx
                 y = results.new(shape, x) if zc else empty(dev, shape, _DTYPES[x.dtype])
                 plans.conv.execute({"input": xd, "weight": wd, "bias": bd, "residual": None}, y,
-                                   check=False)
+                                   check=False, events=False)
                 if batch_stats:
                     # (into a tensor's memory where that is the device's: the running
                     # statistics' update reads it without a download)
                     stats = enqueue_channel_stats(dev, y, channels, inner, None, None, 0.0,
                                                   out=results.new((2, channels), x))
-                    mean, var = stats[0], stats[1]
+                    mean, var = rows_of(stats)
                 else:
                     mean, var = param(bn.running_mean), param(bn.running_var)
                 plans.norm.enqueue({"input": y, "running_mean": mean, "running_var": var,
@@ -336,8 +336,7 @@ class ConvChainFunction(torch.autograd.Function):
                 else:
                     y = put(y_t)
                     if stats_t is not None:
-                        stats = put(stats_t)
-                        mean, var = stats[0], stats[1]
+                        mean, var = rows_of(put(stats_t))
                     else:
                         mean, var = (plans.parameter(t, dev, zc, kept)
                                      for t in (bn.running_mean, bn.running_var))
@@ -359,10 +358,12 @@ class ConvChainFunction(torch.autograd.Function):
             # (the gradients written into `out`: the arrays results.tensor knows)
             if needs[0]:
                 gx = results.new(tuple(x.shape), x)
-                plans.input_grad.execute({"weight": wd, "grad_output": gy}, gx, check=False)
+                plans.input_grad.execute({"weight": wd, "grad_output": gy}, gx, check=False,
+                                           events=False)
             if needs[1]:
                 gw = results.new(tuple(weight.shape), weight)
-                plans.weight_grad.execute({"input": put(x), "grad_output": gy}, gw, check=False)
+                plans.weight_grad.execute({"input": put(x), "grad_output": gy}, gw,
+                                            check=False, events=False)
             if needs[2]:
                 gb = results.new((channels,), g)
                 enqueue_bias_grad(dev, gy, gb, shape[0], channels, inner)
