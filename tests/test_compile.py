@@ -998,3 +998,20 @@ def test_shufflenet_units_are_lowered(dev, ct):
     x = torch.randn(2, 16, 10, 10)
     cm = _lowered_with(ct, model, x, "permute (copy)", 3)
     assert sum(s.op.endswith("(copies)") for s in cm.steps) == 2
+
+
+def test_peak_counts_the_workspace_the_call_asked_for(dev, ct):
+    """The peak counts the column workspace the call needed, not what earlier calls grew the
+    device's shared one to."""
+    model = models.randomize(models.VGG(0.125)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    cm = ct.compile(model, x)
+    cm(x)
+    alone = cm.peak_bytes
+    from clconv.runtime.memory import column_buffer
+
+    with dev.lock:  # another call grows the device's column buffer to 64 MiB
+        column_buffer(dev, (16 << 20,), np.float32)
+    assert dev.workspace.nbytes > 2 * alone
+    cm(x)
+    assert cm.peak_bytes == alone

@@ -45,14 +45,18 @@ class ColumnBuffer:
     """A device buffer of at least the requested size, kept for the next call.
 
     It grows to exactly the largest request so far (never rounded up), so that an allocation never
-    exceeds the `workspace_limit` the caller planned its request for.
+    exceeds the `workspace_limit` the caller planned its request for. `largest_request`: the
+    largest request since it was last set to 0 (what a run needed of it, whatever earlier calls
+    made it grow to).
     """
 
     def __init__(self) -> None:
         self.buffer: cl.Buffer | None = None
         self.nbytes = 0
+        self.largest_request = 0
 
     def get(self, dev: Device, nbytes: int) -> cl.Buffer:
+        self.largest_request = max(self.largest_request, nbytes)
         if self.buffer is None or nbytes > self.nbytes:
             self.buffer = None  # let the driver reclaim the old one before the new one is made
             self.nbytes = 0

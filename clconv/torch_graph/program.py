@@ -108,6 +108,8 @@ class Program:
         with dev:
             base = mem.active_bytes
             peak = 0
+            if getattr(dev, "workspace", None) is not None:
+                dev.workspace.largest_request = 0
             for name, x in zip(self.placeholders, inputs):
                 env[name] = self.upload(x) if isinstance(x, torch.Tensor) else x
             for i, step in enumerate(self.steps):
@@ -123,7 +125,9 @@ class Program:
                 for name in step.frees:
                     del env[name]
             result = self._outputs(self.output_arg, env)
-        workspace = dev.workspace.nbytes if getattr(dev, "workspace", None) is not None else 0
+        # (the column buffer this run asked for: the device's may be larger from earlier calls)
+        workspace = dev.workspace.largest_request \
+            if getattr(dev, "workspace", None) is not None else 0
         stats.peak_bytes = peak + workspace
         stats.seconds = time.perf_counter() - start
         return result
