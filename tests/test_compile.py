@@ -118,7 +118,10 @@ def test_intermediates_are_freed(dev, ct):
     cm(x)
     total = sum(int(np.prod(n.meta["tensor_meta"].shape)) * 4 for n in cm.graph_module.graph.nodes
                 if n.op == "call_module" and "tensor_meta" in n.meta)
-    assert 0 < cm.peak_bytes < total / 2
+    # the activations' part of the peak (less the column workspace, which an im2col layer of a
+    # small model may make as large as half its activations: 0.9 of 2 MB on llvmpipe)
+    workspace = dev.workspace.largest_request if dev.workspace is not None else 0
+    assert 0 < cm.peak_bytes - workspace < total / 2
 
 
 class WithPad(nn.Module):
