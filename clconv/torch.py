@@ -198,7 +198,7 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         # the result written into a new tensor's memory where the input crossed so too
         result = result_operand(shape, x, dev, zc and isinstance(xd, cla.Array))
         y = conv(xd, w, b, None if result is None else result[1])
-        y = host_result(y) if result is None else synced(result)
+        y = host_result(y) if result is None else synced(result, dev)
     return to_tensor(y, x)
 
 
@@ -231,7 +231,7 @@ def _gradients(ctx: Any, g: torch.Tensor, input_grad: Callable[..., Any],
             result = result_operand(tuple(like.shape), like, dev, in_place)
             y = grad(x, weight, gh, None if result is None else result[1], put)
             # (a transposed layer's cropped input gradient comes back as numpy, not in `out`)
-            y = synced(result) if result is not None and y is result[1] else host_result(y)
+            y = synced(result, dev) if result is not None and y is result[1] else host_result(y)
             kept.clear()
             return to_tensor(y)
         if ctx.needs_input_grad[0]:

@@ -138,7 +138,7 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
             y = OPS[nd][0](*operands, conv.stride, conv.padding, conv.dilation, conv.groups,
                            padding_mode=conv.padding_mode, algorithm=conv.algorithm,
                            activation=spec, residual=r, out=out)
-        y = to_tensor(host_result(y) if result is None else synced(result), x)
+        y = to_tensor(host_result(y) if result is None else synced(result, dev), x)
     return y[0] if unbatched else y
 
 

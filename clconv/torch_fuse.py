@@ -153,7 +153,7 @@ def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
         result = result_operand((*input.shape[:2], *size), input, dev, True)
         _CLCONV_MAX_POOL[nd](x, kernel_size, stride, padding, dilation, ceil_mode,
                              out=result[1])
-        return synced(result)
+        return synced(result, dev)
 
 
 def _module_max_pool(pool: nn.Module, input: torch.Tensor) -> Any:

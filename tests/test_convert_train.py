@@ -343,3 +343,21 @@ def test_deferred_chains_are_finished_before_torch_reads_them(ct, dev):
             _close(got_grad, want_grad)
         assert converted.forward.deferred_train == deferred
         _compare(converted, model)
+
+
+def test_results_synced_by_maps_on_devices_that_may_not_write_host_memory(ct, dev, monkeypatch):
+    """The chains' results made the tensors' by a map each (OpenCL's rule), as on a device that
+    does not write a USE_HOST_PTR buffer's host memory itself: torch's outputs, gradients and
+    running statistics over two steps."""
+    from clconv import torch_ops
+
+    monkeypatch.setitem(torch_ops._IN_PLACE, dev, False)
+    model = _net()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 12, 10)
+    for _ in range(2):
+        want, want_grad = _step(model, x)
+        got, got_grad = _step(converted, x, dev)
+        _close(got, want)
+        _close(got_grad, want_grad)
+    _compare(converted, model)

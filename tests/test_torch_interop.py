@@ -347,6 +347,31 @@ def test_results_are_written_into_the_tensors_memory(ct, dev, setting, monkeypat
     assert (len(copies) >= 8) if setting == "0" else copies == []
 
 
+def test_results_over_tensors_memory_are_the_tensors_after_one_wait(ct, dev):
+    """Where clconv found that the device writes a USE_HOST_PTR buffer's host memory itself
+    (`writes_host_memory`: results then become the tensors' with one wait of the queue, no map
+    and unmap each), a convolution's result over a new tensor's memory is in that memory once the
+    queue finished, before any map; elsewhere the map makes it so. Either way torch's values."""
+    import pyopencl.array as cla
+
+    import clconv
+    from clconv.torch_ops import operand, result_operand, synced, writes_host_memory
+
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 3, 17, 13), torch.randn(5, 3, 3, 3)
+    want = torch.nn.functional.conv2d(x, w, padding=1)
+    with dev:
+        made = result_operand(tuple(want.shape), x, dev, True)
+        clconv.conv2d(operand(x, dev, True), cla.to_device(dev.queue, w.numpy()), padding=1,
+                      out=made[1])
+        if writes_host_memory(dev):
+            dev.queue.finish()
+            got = made[0]  # read with no map
+        else:
+            got = synced(made, dev)
+    _close(got, want, np.float32, 27)
+
+
 def _bn_chain_model():
     """nn.Sequentials of Conv -> BatchNorm -> activation chains (forward and transposed, grouped,
     1-d, no activation, a shared activation) with random BatchNorm statistics."""
