@@ -278,11 +278,15 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
 def _mark_deferred(graph: fx.Graph) -> int:
     """Gives each fused_conv_train node whose every user is one too `defer=True` (returns how
     many): no torch op reads its result before the chains' next wait. None where the graph reads
-    a parameter or buffer itself (get_attr of a tensor): such a read of BatchNorm's running
-    statistics would come before their deferred update."""
+    a parameter or buffer itself (get_attr of a tensor) or calls a chain's module elsewhere: such
+    a read or update of BatchNorm's running statistics would come before their deferred update."""
     nodes = list(graph.nodes)
     if any(n.op == "get_attr" and not any(u.target is fused_conv_train for u in n.users)
            for n in nodes):
+        return 0
+    # a chain's BatchNorm also called as a module elsewhere: its updates would change order
+    chained = {str(n.target) for n in nodes if n.op == "get_attr"}
+    if any(n.op == "call_module" and str(n.target) in chained for n in nodes):
         return 0
     marked = 0
     for node in nodes:

@@ -361,3 +361,34 @@ def test_results_synced_by_maps_on_devices_that_may_not_write_host_memory(ct, de
         _close(got, want)
         _close(got_grad, want_grad)
     _compare(converted, model)
+
+
+class _SharedBatchNorm(nn.Module):
+    """One BatchNorm in a chain (a deferred one: only the next chain reads it) and also called
+    on its own, on a tensor that no chain made, between the two chains."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        a = F.relu(self.bn(self.conv1(x)))
+        side = self.bn(x * 2.0)
+        return F.relu(self.bn2(self.conv2(a))) + side
+
+
+def test_a_chains_batchnorm_called_elsewhere_keeps_torchs_update_order(ct, dev):
+    """The running statistics of a BatchNorm that a chain and a torch call both update follow
+    torch's order of the two updates (the chain's result is then waited for at its end)."""
+    torch.manual_seed(0)
+    model = _SharedBatchNorm().train()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 4, 9, 8)
+    for _ in range(2):
+        want, want_grad = _step(model, x)
+        got, got_grad = _step(converted, x, dev)
+        _close(got, want)
+        _close(got_grad, want_grad)
+    assert converted.forward.fused_train == 2 and converted.forward.deferred_train == 0
+    _compare(converted, model)
