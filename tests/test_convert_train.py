@@ -82,6 +82,19 @@ def _compare(converted, model, rtol=1e-3):
             _close(a, b, rtol)
 
 
+def _steps_match(converted, model, x, dev, steps=2, between=None):
+    """`steps` forward and backward steps of both (`between()` after each converted one) with
+    torch's outputs and input gradients, then every gradient and buffer compared."""
+    for _ in range(steps):
+        want, want_grad = _step(model, x)
+        got, got_grad = _step(converted, x, dev)
+        if between is not None:
+            between()
+        _close(got, want)
+        _close(got_grad, want_grad)
+    _compare(converted, model)
+
+
 def test_a_training_step_runs_the_chains_on_the_device(ct, dev):
     """Every conv of the network is one fused chain (its BatchNorm on batch statistics, the
     residual add and ReLU / ReLU6 / F.relu / clamp): torch runs no batch_norm, add, relu or clamp
@@ -335,14 +348,11 @@ def test_deferred_chains_are_finished_before_torch_reads_them(ct, dev):
         torch.manual_seed(0)
         model.train()
         converted = ct.convert(copy.deepcopy(model))
-        for _ in range(2):
-            want, want_grad = _step(model, x)
-            got, got_grad = _step(converted, x, dev)
+
+        def nothing_pending():
             assert torch_train._DEFERRED.results is None
-            _close(got, want)
-            _close(got_grad, want_grad)
+        _steps_match(converted, model, x, dev, between=nothing_pending)
         assert converted.forward.deferred_train == deferred
-        _compare(converted, model)
 
 
 def test_results_synced_by_maps_on_devices_that_may_not_write_host_memory(ct, dev, monkeypatch):
@@ -353,14 +363,7 @@ def test_results_synced_by_maps_on_devices_that_may_not_write_host_memory(ct, de
 
     monkeypatch.setitem(torch_ops._IN_PLACE, dev, False)
     model = _net()
-    converted = ct.convert(copy.deepcopy(model))
-    x = torch.randn(2, 3, 12, 10)
-    for _ in range(2):
-        want, want_grad = _step(model, x)
-        got, got_grad = _step(converted, x, dev)
-        _close(got, want)
-        _close(got_grad, want_grad)
-    _compare(converted, model)
+    _steps_match(ct.convert(copy.deepcopy(model)), model, torch.randn(2, 3, 12, 10), dev)
 
 
 class _SharedBatchNorm(nn.Module):
@@ -384,11 +387,5 @@ def test_a_chains_batchnorm_called_elsewhere_keeps_torchs_update_order(ct, dev):
     torch.manual_seed(0)
     model = _SharedBatchNorm().train()
     converted = ct.convert(copy.deepcopy(model))
-    x = torch.randn(2, 4, 9, 8)
-    for _ in range(2):
-        want, want_grad = _step(model, x)
-        got, got_grad = _step(converted, x, dev)
-        _close(got, want)
-        _close(got_grad, want_grad)
+    _steps_match(converted, model, torch.randn(2, 4, 9, 8), dev)
     assert converted.forward.fused_train == 2 and converted.forward.deferred_train == 0
-    _compare(converted, model)
