@@ -131,12 +131,14 @@ class _Deferred(threading.local):
     that the host enqueues the next chains while the device computes, and one wait serves them
     all. `arrays`: the pending results' device arrays by (data pointer, shape, dtype), passed on
     to the chains that read them; `after`: what reads them on the host (the running statistics'
-    update), run after the wait."""
+    update), run after the wait; `kept`: the deferred chains' operands (tensors such as a
+    residual that nothing else holds, contiguous copies), alive until their kernels are done."""
 
     def __init__(self) -> None:
         self.results: _Results | None = None
         self.arrays: dict[tuple[int, tuple[int, ...], torch.dtype], cla.Array] = {}
         self.after: list[Callable[[], None]] = []
+        self.kept: list[Any] = []
 
 
 _DEFERRED = _Deferred()
@@ -146,11 +148,12 @@ def flush_deferred() -> None:
     """Waits for the deferred chains' kernels, making their results the tensors', then runs what
     was deferred after them (a no-op when nothing is pending)."""
     d = _DEFERRED
-    results, after = d.results, d.after
+    results, after, kept = d.results, d.after, d.kept
     if results is None:
         return
-    d.results, d.arrays, d.after = None, {}, []
+    d.results, d.arrays, d.after, d.kept = None, {}, [], []
     results.sync()
+    del kept  # (the operands, read now)
     for f in after:
         f()
 
@@ -301,6 +304,7 @@ class ConvChainFunction(torch.autograd.Function):
                 stats_t = results.unsynced(stats) if stats is not None else None
                 y_t = results.unsynced(y) if y is not None else None
                 deferred.arrays[(result.data_ptr(), shape, result.dtype)] = out
+                deferred.kept.append(kept)
                 if update:
                     deferred.after.append(functools.partial(
                         _update_running_stats, bn, stats_t, shape[0] * inner, momentum))

@@ -366,6 +366,29 @@ def test_results_synced_by_maps_on_devices_that_may_not_write_host_memory(ct, de
     _steps_match(ct.convert(copy.deepcopy(model)), model, torch.randn(2, 3, 12, 10), dev)
 
 
+class _TorchResidual(nn.Module):
+    """A deferred chain whose residual is a torch op's result that nothing else holds (the
+    trace drops it after the chain: the chain keeps it until its kernels are done), large
+    enough to live in its own pages, then a chain reading the deferred result."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        a = F.relu(self.bn1(self.conv1(x)) + torch.tanh(x))
+        return F.relu(self.bn2(self.conv2(a)))
+
+
+def test_a_deferred_chains_operands_live_until_its_kernels_are_done(ct, dev):
+    torch.manual_seed(0)
+    model = _TorchResidual().train()
+    converted = ct.convert(copy.deepcopy(model))
+    _steps_match(converted, model, torch.randn(4, 8, 64, 64), dev, steps=3)
+    assert converted.forward.fused_train == 2 and converted.forward.deferred_train == 1
+
+
 class _SharedBatchNorm(nn.Module):
     """One BatchNorm in a chain (a deferred one: only the next chain reads it) and also called
     on its own, on a tensor that no chain made, between the two chains."""
