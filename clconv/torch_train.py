@@ -107,14 +107,16 @@ class _Results:
     def unsynced(self, arr: cla.Array) -> torch.Tensor:
         """The tensor over a `new` array's memory, its contents the kernels' only after the next
         `sync` (for a result that only the device reads until then)."""
-        for t, a in self._made:
+        for t, a in reversed(self._made):  # (the latest last: a forward's set grows)
             if a is arr and t is not None:
                 return t
         raise KeyError("not a result of this set over a tensor's memory")
 
     def tensor(self, arr: cla.Array, like: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor of a `new` array once its kernels are done (channels_last as `like`)."""
-        for i, (t, a) in enumerate(self._made):
+        made = self._made
+        for i in range(len(made) - 1, -1, -1):  # (the latest last: a forward's set grows)
+            t, a = made[i]
             if a is arr:
                 if t is None:
                     return to_tensor(arr.get(), like)
@@ -312,9 +314,9 @@ class ConvChainFunction(torch.autograd.Function):
                 result = results.tensor(out, x)  # (and every deferred result before it)
                 stats_t = results.tensor(stats) if stats is not None else None
                 y_t = results.tensor(y) if y is not None and zc else None
+                flush_deferred()  # the earlier chains' statistics updates first (torch's order)
                 if update:
                     _update_running_stats(bn, stats_t, shape[0] * inner, momentum)
-                flush_deferred()
         ctx.save_for_backward(x, weight, gamma, result, y_t, stats_t if zc else None)
         ctx.conf = (conv, bn, act, batch_stats, dev, plans)
         # without tensors over the device's memory: the device arrays (held until the graph goes)

@@ -404,11 +404,29 @@ class _SharedBatchNorm(nn.Module):
         return F.relu(self.bn2(self.conv2(a))) + side
 
 
+class _BatchNormInTwoChains(nn.Module):
+    """One BatchNorm in two chains: the first deferred (only the second reads its result), the
+    second not (a torch op reads its result)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return torch.tanh(F.relu(self.bn(self.conv2(F.relu(self.bn(self.conv1(x)))))))
+
+
 def test_a_chains_batchnorm_called_elsewhere_keeps_torchs_update_order(ct, dev):
-    """The running statistics of a BatchNorm that a chain and a torch call both update follow
-    torch's order of the two updates (the chain's result is then waited for at its end)."""
+    """The running statistics of a BatchNorm that a chain and a torch call both update, or two
+    chains (one deferred), follow torch's order of the updates (a chain whose BatchNorm torch
+    also calls is waited for at its end)."""
     torch.manual_seed(0)
     model = _SharedBatchNorm().train()
     converted = ct.convert(copy.deepcopy(model))
     _steps_match(converted, model, torch.randn(2, 4, 9, 8), dev)
     assert converted.forward.fused_train == 2 and converted.forward.deferred_train == 0
+    model = _BatchNormInTwoChains().train()
+    converted = ct.convert(copy.deepcopy(model))
+    _steps_match(converted, model, torch.randn(2, 4, 9, 8), dev)
+    assert converted.forward.fused_train == 2 and converted.forward.deferred_train == 1

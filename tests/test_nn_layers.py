@@ -329,3 +329,25 @@ def test_activation_on_transposed_convolutions(clconv, dev, rng, activation, tor
     x = random_array(rng, (2, 3, 4, 5), dtype)
     _check_activation(ours, conv, getattr(torch.nn, torch_act)(), x, rng, dtype, torch,
                       input_reduction=36)
+
+
+def test_batchnorm_statistics_split_rows_past_a_loop_cap(clconv, dev, rng, monkeypatch):
+    """Where one work-item a channel would loop past the driver's loop cap (llvmpipe's; forced
+    small here on every device), BatchNorm's training statistics and gradient sums take a
+    work-group a channel, which splits the rows, and still match torch's (they were refused)."""
+    from clconv.ops.elementwise import reduction_group
+
+    torch = import_torch()
+    monkeypatch.setattr(dev, "_loop_limit", 20000)
+    monkeypatch.setattr(dev, "plans", None)
+    assert reduction_group(dev, 60 * 60, 2) > 1
+    dtype = _dtype(dev)
+    ours = clconv.nn.BatchNorm2d(3, dtype=dtype)
+    theirs = torch.nn.BatchNorm2d(3).to(torch.float64 if dtype == np.float64 else torch.float32)
+    _copy_params(ours, theirs, torch)
+    x = random_array(rng, (2, 3, 60, 60), dtype)
+    for _ in range(2):
+        _check(ours, theirs, x, rng, dtype, torch)
+        theirs.zero_grad()
+    for key, value in theirs.state_dict().items():
+        assert_close(ours.state_dict()[key], value.numpy(), dtype, magnitude=10, err_msg=key)

@@ -604,7 +604,7 @@ def enqueue_channel_stats(dev: Device, x: cla.Array, channels: int, inner: int,
     `out`: a contiguous (2, C) array to write them into (else a new one)."""
     work = np.dtype(x.dtype)
     batch = x.size // max(channels * inner, 1)
-    group = reduction_group(dev, inner)
+    group = reduction_group(dev, inner, batch)
     check_loop_limit(dev, "batch-norm statistics", 2 * batch * (inner // group + 2) + 2)
     stats = empty(dev, (2, channels), work) if out is None else out
     if channels == 0:
@@ -621,12 +621,16 @@ def enqueue_channel_stats(dev: Device, x: cla.Array, channels: int, inner: int,
     return stats
 
 
-def reduction_group(dev: Device, inner: int) -> int:
+def reduction_group(dev: Device, inner: int, batch: int = 1) -> int:
     """Work-items per work-group of the per-channel reductions (channel_stats,
-    channel_grad_sums) over rows of `inner` values: 64, or the largest power of two the device
-    allows below it, on devices other than CPUs; 1 (a work-item per channel, its lanes
-    vectorised by the compiler) on CPUs and for rows shorter than _GROUP_ROW."""
-    if inner < _GROUP_ROW or _is_cpu(dev):
+    channel_grad_sums) over `batch` rows of `inner` values: 64, or the largest power of two the
+    device allows below it, on devices other than CPUs; 1 (a work-item per channel, its lanes
+    vectorised by the compiler) on CPUs and for rows shorter than _GROUP_ROW, unless one
+    work-item would loop past the device's loop limit (llvmpipe, a CPU device: a work-group then
+    splits the rows)."""
+    limit = getattr(dev, "loop_limit", None)
+    long_loop = limit is not None and 2 * (2 * batch * (inner + 2) + 2) > limit
+    if not long_loop and (inner < _GROUP_ROW or _is_cpu(dev)):
         return 1
     found = _GROUPS.get(dev)
     if found is None:
@@ -669,7 +673,7 @@ def enqueue_batch_norm_backward(dev: Device, g: cla.Array, x: cla.Array, mean: c
     weight_grad / bias_grad: contiguous (C,) arrays to write those into (else new ones)."""
     work = np.dtype(x.dtype)
     batch = x.size // max(channels * inner, 1)
-    group = reduction_group(dev, inner)
+    group = reduction_group(dev, inner, batch)
     check_loop_limit(dev, "batch-norm gradient", batch * (inner // group + 2) + 1)
     if activation is not None and (output is None or not gradient_from_output(activation)):
         raise ValueError(f"the batch-norm gradient through {activation} needs an activation "
