@@ -277,9 +277,10 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
 
 def _mark_deferred(graph: fx.Graph) -> int:
     """Gives each fused_conv_train node whose every user is one too `defer=True` (returns how
-    many): no torch op reads its result before the chains' next wait. None where the graph reads
-    a parameter or buffer itself (get_attr of a tensor) or calls a chain's module elsewhere: such
-    a read or update of BatchNorm's running statistics would come before their deferred update."""
+    many): no torch op reads its result before the chains' next wait. None (0) where the graph
+    reads a parameter or buffer itself (get_attr of a tensor) or calls a chain's module elsewhere:
+    such a read or update of BatchNorm's running statistics would come before their deferred
+    update."""
     nodes = list(graph.nodes)
     if any(n.op == "get_attr" and not any(u.target is fused_conv_train for u in n.users)
            for n in nodes):
@@ -370,7 +371,8 @@ class FusedForward:
                 m, nn.modules.conv._ConvTransposeNd)
         if training:
             fused = fuse_graph(graph, modules, is_conv, fused_conv_train, trains_fused)
-            extra = _mark_deferred(graph)  # (max pooling's gradient needs indices: torch's)
+            extra = _mark_deferred(graph)  # (max pooling stays torch's: its gradient needs
+            # the indices)
         else:
             fused = fuse_graph(graph, modules, is_conv)
             extra = _pools_to_clconv(graph, modules) if fused else 0

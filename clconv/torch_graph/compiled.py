@@ -24,7 +24,8 @@ class CompiledModel(Program):
     Attributes: fallbacks (list of Fallback: the nodes that run in torch on the host), steps (the
     lowered program), device, graph_module (the fx trace), peak_bytes (device memory the
     activations of the last call took at most, from the device's memory pool, plus the largest
-    column workspace it asked for), weight_bytes (uploaded weights), stats (RunStats of the last call)."""
+    column workspace it asked for), weight_bytes (uploaded weights), stats (RunStats of the last
+    call)."""
 
     def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
                  dev: Device, progress: bool | None = None) -> None:
