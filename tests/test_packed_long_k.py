@@ -181,17 +181,26 @@ def test_pool_refuses_past_a_forced_cap(clconv, dev, rng, monkeypatch):
     assert_close(got, ref, np.float32, 4, 1.0)
 
 
-def test_training_reductions_refuse_past_a_forced_cap(clconv, dev, rng, monkeypatch):
-    """BatchNorm's training statistics and gradient and Linear's bias gradient loop over the batch
-    in one work-item: past a loop-capped driver's cap they refuse instead of summing a part."""
+def test_training_reductions_split_or_refuse_past_a_forced_cap(clconv, dev, rng, monkeypatch):
+    """BatchNorm's training statistics and gradient sums loop over the batch's rows: past a
+    loop-capped driver's cap a work-group a channel splits the rows (the results right), and
+    where even its work-items' loops would pass the cap they refuse instead of summing a part;
+    Linear's bias gradient (a work-item a column) refuses."""
     from clconv import nn
 
-    x = random_array(rng, (4, 3, 16, 16), np.float32)
+    def batch_normalised(a):
+        flat = a.astype(np.float64).transpose(1, 0, 2, 3).reshape(a.shape[1], -1)
+        return ((a - flat.mean(1).reshape(1, -1, 1, 1))
+                / np.sqrt(flat.var(1).reshape(1, -1, 1, 1) + 1e-5))
+
     bn = nn.BatchNorm2d(3)
     bn.train()
     monkeypatch.setattr(dev, "_loop_limit", 1000)
+    x = random_array(rng, (4, 3, 16, 16), np.float32)  # 2 x 4 x 258 passes in one work-item
+    assert_close(bn(x), batch_normalised(x), np.float32, 4 * 256, 1.0)
+    big = random_array(rng, (4, 3, 64, 64), np.float32)  # 2 x 4 x 66 in each of a group's
     with pytest.raises(clconv.UnsupportedError, match="Device.loop_limit = 1000"):
-        bn(x)
+        bn(big)
     lin = nn.Linear(5, 2)
     xl = random_array(rng, (900, 5), np.float32)
     y = lin(xl)
@@ -199,7 +208,4 @@ def test_training_reductions_refuse_past_a_forced_cap(clconv, dev, rng, monkeypa
         lin.backward(np.ones_like(y))
     monkeypatch.setattr(dev, "_loop_limit", None)
     small = random_array(rng, (2, 3, 4, 4), np.float32)
-    got = bn(small)  # runs, and matches torch's training BatchNorm
-    flat = small.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1)
-    ref = (small - flat.mean(1).reshape(1, 3, 1, 1)) / np.sqrt(flat.var(1).reshape(1, 3, 1, 1) + 1e-5)
-    assert_close(got, ref, np.float32, 32, 1.0)
+    assert_close(bn(small), batch_normalised(small), np.float32, 32, 1.0)  # torch's training BN
