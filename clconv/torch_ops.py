@@ -68,15 +68,26 @@ _IN_PLACE: dict[Device, bool] = {}
 def writes_host_memory(dev: Device) -> bool:
     """Whether `dev` keeps a USE_HOST_PTR buffer in the host memory it was made over, so that what
     its commands write there is the tensor's once they are done, without the map for reading
-    that OpenCL's rule asks for (PoCL's CPU devices use that memory as the buffer's own). Probed
-    once per device: fills of such buffers over an aligned and an unaligned pointer are seen in
-    host memory after the queue finished, and maps of them return the host pointers. Results
-    then cost one wait, not a map and an unmap each (~20 us a result: a training chain has 3-6)."""
+    that OpenCL's rule asks for. PoCL's CPU devices only, whose drivers use that memory as the
+    buffer's own, and checked once per device: fills of such buffers over an aligned and an
+    unaligned pointer are seen in host memory after the queue finished, and maps of them return
+    the host pointers. (rusticl's llvmpipe passes that check too, yet a convolution's result
+    was missing from the host memory without the map in a longer test run: it keeps the maps.)
+    Results then cost one wait, not a map and an unmap each (~20 us a result: a training chain
+    has 3-6)."""
     found = _IN_PLACE.get(dev)
     if found is None:
         with dev.lock:
-            found = _IN_PLACE[dev] = _probe_in_place(dev)
+            found = _IN_PLACE[dev] = _is_pocl_cpu(dev) and _probe_in_place(dev)
     return found
+
+
+def _is_pocl_cpu(dev: Device) -> bool:
+    try:
+        return dev.cl_device.platform.name == "Portable Computing Language" and \
+            bool(dev.cl_device.type & cl.device_type.CPU)
+    except cl.Error:
+        return False
 
 
 def _probe_in_place(dev: Device) -> bool:
@@ -129,19 +140,30 @@ def result_operand(shape: tuple[int, ...], like: torch.Tensor, dev: Device,
     return t, array_over(dev, buf, a.shape, a.dtype)
 
 
-def synced(result: tuple[torch.Tensor, cla.Array], dev: Device) -> torch.Tensor:
-    """The tensor of `result_operand` once the kernels that write its device array are done:
-    a blocking map for reading puts the contents in the tensor's memory (OpenCL's rule for
-    USE_HOST_PTR buffers; no copy where the device uses that memory itself), unmapped at once;
-    where `dev` writes that memory itself (`writes_host_memory`) the queue is finished instead."""
-    t, arr = result
+def make_host_visible(dev: Device, arrays: list[cla.Array]) -> None:
+    """Makes the contents of `arrays` (USE_HOST_PTR buffers over tensors' memory, written by
+    kernels enqueued on dev.queue) the tensors': a map for reading of each (OpenCL's rule; no copy
+    where the device uses that memory), enqueued together and waited for once (one wake-up of the
+    driver's threads, not one an array), then unmapped; where the device writes that memory
+    itself (`writes_host_memory`), one wait of the queue alone."""
+    if not arrays:
+        return
+    queue = dev.queue
     if writes_host_memory(dev):
-        arr.queue.finish()
-        return t
-    mapped, _ = cl.enqueue_map_buffer(arr.queue, arr.base_data, cl.map_flags.READ, 0, arr.shape,
-                                      arr.dtype, wait_for=arr.events, is_blocking=True)
-    mapped.base.release()
-    return t
+        queue.finish()
+        return
+    maps = [cl.enqueue_map_buffer(queue, a.base_data, cl.map_flags.READ, 0, a.shape, a.dtype,
+                                  is_blocking=False) for a in arrays]
+    maps[-1][1].wait()  # an in-order queue: every map before it is done too
+    for mapped, _ in maps:
+        mapped.base.release()
+
+
+def synced(result: tuple[torch.Tensor, cla.Array], dev: Device) -> torch.Tensor:
+    """The tensor of `result_operand` once the kernels that write its device array are done
+    (`make_host_visible`)."""
+    make_host_visible(dev, [result[1]])
+    return result[0]
 
 
 def nd_tuple(v: Any, nd: int) -> tuple[int, ...]:

@@ -24,7 +24,6 @@ import weakref
 from typing import Any, Callable
 
 import numpy as np
-import pyopencl as cl
 import pyopencl.array as cla
 import torch
 from torch import nn
@@ -43,8 +42,8 @@ from .ops.conv import cached_conv_plan
 from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, rows_of
-from .torch_ops import (conv_result_shape, operand, result_operand, to_tensor, uses_zero_copy,
-                        version_of, writes_host_memory)
+from .torch_ops import (conv_result_shape, make_host_visible, operand, result_operand, to_tensor,
+                        uses_zero_copy, version_of)
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -85,24 +84,11 @@ class _Results:
         return result[1]
 
     def sync(self) -> None:
-        """Makes the contents of every tensor made since the last sync the tensor's: a map for
-        reading of each (OpenCL's rule for USE_HOST_PTR buffers; no copy where the device uses
-        that memory), enqueued together and waited for once (one wake-up of the driver's
-        threads, not one a result), then unmapped; where the device writes that memory itself
-        (`writes_host_memory`), the one wait alone."""
-        pending = [(t, a) for t, a in self._made[self._synced:] if t is not None]
+        """Makes the contents of every tensor made since the last sync the tensor's, with one
+        wait for all of them (`make_host_visible`)."""
+        pending = [a for t, a in self._made[self._synced:] if t is not None]
         self._synced = len(self._made)
-        if not pending:
-            return
-        queue = self.dev.queue
-        if writes_host_memory(self.dev):
-            queue.finish()
-            return
-        maps = [cl.enqueue_map_buffer(queue, a.base_data, cl.map_flags.READ, 0, a.shape,
-                                      a.dtype, is_blocking=False) for _, a in pending]
-        maps[-1][1].wait()  # an in-order queue: every map before it is done too
-        for mapped, _ in maps:
-            mapped.base.release()
+        make_host_visible(self.dev, pending)
 
     def unsynced(self, arr: cla.Array) -> torch.Tensor:
         """The tensor over a `new` array's memory, its contents the kernels' only after the next
