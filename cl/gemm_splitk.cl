@@ -16,7 +16,12 @@
 // so that its epilogue's defines do not build this file again).
 //
 // Defines: MR, NR, VW (gemm_packed.cl), REAL (common.cl); sizes are arguments: one program per
-// tile and dtype.
+// tile and dtype. -D FLIP_KS=<taps>: A is not stored as such but read from the weight w (K / taps,
+// M, taps) of the stride-1 convolution whose adjoint (input gradient) this GEMM computes as a
+// forward one: A[i][co * taps + t] = w[co][i][taps - 1 - t] (the filters flipped and transposed;
+// clconv.ops.grad_paths.ForwardAdjoint), so that no pass over the filters precedes the GEMM. Each
+// K step then reads MR rows' taps of one co: MR * taps consecutive values. The host makes kc a
+// multiple of the taps.
 // gemm_splitk NDRange (ceil(panels / col_panels), mgroups, batch * nsplit), local size (1, 1, 1):
 // a work-item walks col_panels column panels (all of an image's when its slice of B fits L2) per
 // tile of A, so that A, the big operand at batch 1, is read from memory once.
@@ -40,14 +45,25 @@ __kernel void gemm_splitk(__global const REAL* restrict a, const long a_off,
     const int k0 = s * kc;
     const int k1 = min(k0 + kc, k);
     __global const REAL* bz = b + b_off + z * b_stride + (long)k0 * l;
+#ifdef FLIP_KS
+    // (the weight's filter k0 / FLIP_KS, at its last tap: taps are read backwards)
+    __global const REAL* az = a + a_off + (long)(k0 / FLIP_KS) * m * FLIP_KS + (FLIP_KS - 1);
+    const long co_step = (long)m * FLIP_KS;
+#else
     __global const REAL* az = a + a_off + k0;
+#endif
     __global REAL* pz = p + p_off + (z * nsplit + s) * (long)m * l;
 
     for (int ip = ip0; ip < ip1; ++ip) {
         const int i0 = ip * MR;
         __global const REAL* arow[MR];
+#ifdef FLIP_KS
+#pragma unroll
+        for (int i = 0; i < MR; ++i) arow[i] = az + (long)min(i0 + i, m - 1) * FLIP_KS;
+#else
 #pragma unroll
         for (int i = 0; i < MR; ++i) arow[i] = az + (long)min(i0 + i, m - 1) * k;
+#endif
         // Every column panel of the work-item with this A tile (read from memory once, then from
         // L1): at batch 1 the filters are the big operand.
         for (int jp = jp0; jp < jp1; ++jp) {
@@ -58,7 +74,16 @@ __kernel void gemm_splitk(__global const REAL* restrict a, const long a_off,
             TILE_DECLARE(acc);
             TILE_ZERO(acc)
             __global const REAL* brow = bz + j0;
+#ifdef FLIP_KS
+            long co_off = 0;
+            for (int c = 0; c < (k1 - k0) / FLIP_KS; ++c, co_off += co_step) {
+#pragma unroll
+                for (int t = 0; t < FLIP_KS; ++t, brow += l)
+                    TILE_STEP(acc, arow[i_][co_off - t], brow)
+            }
+#else
             for (int q = 0; q < k1 - k0; ++q, brow += l) TILE_STEP(acc, arow[i_][q], brow)
+#endif
             TILE_STORE(acc, pz, (long)l, i0, min(MR, m - i0), col, NR, true, (REAL)1, (REAL)0,
                        pz, 0, pz)
         }

@@ -215,3 +215,55 @@ def test_conv_transpose1d_phase_col2im(clconv, dev, rng, dtype):
     got = clconv.conv_transpose1d(x, w, b, 3, 1, 2)
     assert_close(got, ref.conv_transpose_nd(x, w, b, 3, 1, 2), dtype, reduction=4 * 5,
                  magnitude=conv_magnitude(x, w, b))
+
+
+# Stride-1 adjoints whose forward convolution 'auto''s rule runs as 'splitk' (few output positions,
+# a long K): on PoCL's CPU devices the split-K GEMM reads the filters flipped and transposed itself
+# (cl/gemm_splitk.cl's FLIP_KS: K slices of whole filters, taps read backwards), with no flip pass;
+# on other devices GEMM + col2im. (input shape, weight shape, arguments, dtypes of the flipped route)
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+SPLITK_ADJOINTS = {
+    "7x7-3x3": ((1, 64, 7, 7), (64, 64, 3, 3), {"padding": 1}, {F32, F64}),
+    "rect-dilated": ((1, 96, 7, 6), (64, 96, 3, 2), {"padding": (2, 1), "dilation": 2},
+                     {F32, F64}),
+    "same-even": ((1, 64, 8, 8), (48, 64, 4, 4), {"padding": "same"}, {F32}),
+    "1d-k5": ((1, 160, 40), (96, 160, 5), {"padding": 2}, {F32, F64}),
+    "3d": ((1, 48, 3, 3, 4), (40, 48, 3, 3, 3), {"padding": 1}, {F32}),
+}
+
+
+def _flipped_splitk(route) -> bool:
+    return (_route_name(route) == FORWARD and route.flipped is None
+            and route.impl.name == "splitk" and route.impl.flipped)
+
+
+@pytest.mark.parametrize("case", sorted(SPLITK_ADJOINTS))
+def test_splitk_adjoint_reads_the_filters_flipped(clconv, dev, rng, dtype, case):
+    from clconv.blas.engine import cpu_shaped
+
+    x_shape, w_shape, kw, flipped_in = SPLITK_ADJOINTS[case]
+    nd = len(x_shape) - 2
+    w = random_array(rng, w_shape, dtype)
+    g = random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)
+    plan = getattr(clconv, f"plan_conv{nd}d_input")(x_shape, w_shape, **kw, dtype=dtype)
+    assert _flipped_splitk(plan.adjoint.route) == (cpu_shaped(dev) and dtype in flipped_in)
+    assert_close(plan(w, g), ref.conv_nd_input(x_shape, w, g, **kw), dtype,
+                 reduction=w_shape[0] * math.prod(w_shape[2:]), magnitude=conv_magnitude(g, w))
+
+
+def test_splitk_adjoint_transposed_with_epilogue(clconv, dev, rng, dtype):
+    """conv_transpose2d through the flipped split-K route: bias, activation and residual applied
+    by the reduction, as the forward's."""
+    from clconv.blas.engine import cpu_shaped
+
+    x_shape, w_shape, kw = (1, 64, 7, 7), (64, 48, 3, 3), {"padding": 1}
+    x, w = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
+    b = random_array(rng, (48,), dtype)
+    want = ref.conv_transpose_nd(x, w, b, **kw)
+    r = random_array(rng, want.shape, dtype)
+    plan = clconv.plan_conv_transpose2d(x_shape, w_shape, True, **kw, activation="relu",
+                                        residual=True, dtype=dtype)
+    assert _flipped_splitk(plan.adjoint.route) == cpu_shaped(dev)
+    got = clconv.conv_transpose2d(x, w, b, **kw, activation="relu", residual=r)
+    assert_close(got, np.maximum(want + r, 0), dtype, reduction=64 * 9,
+                 magnitude=conv_magnitude(x, w, b) + np.abs(r).max())

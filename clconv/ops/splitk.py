@@ -57,8 +57,13 @@ class SplitK:
     name = "splitk"
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
+                 activation: ActivationArg, limit: int, has_residual: bool = False, *,
+                 flipped: bool = False) -> None:
+        """flipped: `run`'s weight is the (C_in, C_out, *kernel) weight of the stride-1
+        convolution whose adjoint `geo` is (clconv.ops.grad_paths.forward_geometry), read flipped
+        and transposed by the GEMM itself (cl/gemm_splitk.cl's FLIP_KS) instead of `geo`'s own."""
         dtype = np.dtype(dtype)
+        self.flipped = flipped
         m, k, l = geo.out_channels, geo.cin_per_group * geo.ksize, geo.out_spatial
         self.tile = packed.tile_for(dev, dtype, m, geo.batch * l, k)
         why = splitk_unsupported(geo, dtype, self.tile.nr)
@@ -68,6 +73,9 @@ class SplitK:
         self.dev, self.geo, self.dtype = dev, geo, dtype
         self.m, self.k, self.l = m, k, l
         self.nsplit, self.kc = split_of(k, self.tile.b_panels(l) * self.tile.nr, dtype.itemsize)
+        if flipped:  # K slices of whole filters (the kernel reads each one's taps backwards)
+            self.kc = -(-self.kc // geo.ksize) * geo.ksize
+            self.nsplit = -(-k // self.kc)
         self.col_elems = geo.batch * k * l
         self.p_elems = geo.batch * self.nsplit * m * l
         self.workspace_bytes = (self.col_elems + self.p_elems) * dtype.itemsize
@@ -78,6 +86,8 @@ class SplitK:
                              m * k, self.col_elems + self.p_elems)
         self.im2col = Im2col(dev, geo.defines(), dtype, index_t)
         gemm_defines = kernel_defines({}, dtype, index_t, **self.tile.defines())
+        if flipped:
+            gemm_defines["FLIP_KS"] = geo.ksize
         self.gemm = kernel(dev, "gemm_splitk.cl", "gemm_splitk", gemm_defines)
         # The reduction's program: the epilogue's defines, the residual read where its buffer is
         # not NULL (layers with and without one share it).
@@ -107,6 +117,7 @@ class SplitK:
     def workspace_for(dev: Device, geo: ConvGeometry, dtype: object) -> int:
         """Bytes of column buffer a plan of `geo` takes: the columns and the partial sums."""
         dtype = np.dtype(dtype)
+        self.flipped = flipped
         m, k, l = geo.out_channels, geo.cin_per_group * geo.ksize, geo.out_spatial
         tile = packed.tile_for(dev, dtype, m, geo.batch * l, k)
         nsplit, _ = split_of(k, tile.b_panels(l) * tile.nr, dtype.itemsize)

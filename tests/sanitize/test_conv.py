@@ -204,3 +204,25 @@ def test_strided_input(device, rng, index_t, algorithm):
     xd = cla.to_device(device.queue, x)[:, :, 1:, ::2]
     got = clconv.conv2d(xd, w, padding=1, algorithm=algorithm)
     expect(got, ref.conv_nd(x[:, :, 1:, ::2], w, padding=1), F32, 27, mag(x, w))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_splitk_flipped_filters(device, rng, index_t, dtype):
+    """gemm_splitk.cl's FLIP_KS (the input gradient of a stride-1 convolution as the forward one,
+    the filters read flipped and transposed by the GEMM, K slices of whole filters), configured
+    directly: 'auto''s rule takes that route on PoCL's CPU devices only."""
+    import pyopencl.array as cla
+
+    from clconv.ops.geometry import conv_geometry
+    from clconv.ops.grad_paths import forward_geometry
+    from clconv.ops.splitk import SplitK
+
+    need_dtype(device, dtype)
+    xs, ws, kw = (1, 5, 8, 9), (3, 5, 3, 2), {"padding": (1, 0)}
+    w = arr(rng, ws, dtype)
+    g = arr(rng, ref.conv_nd(np.zeros(xs), np.zeros(ws), **kw).shape, dtype)
+    fgeo = forward_geometry(conv_geometry(2, xs, ws, 1, kw["padding"], 1, 1))
+    impl = SplitK(device, fgeo, dtype, False, None, 1 << 30, flipped=True)
+    out = cla.empty(device.queue, xs, dtype)
+    impl.run(cla.to_device(device.queue, g), cla.to_device(device.queue, w), None, out)
+    expect(out, ref.conv_nd_input(xs, w, g, **kw), dtype, ws[0] * 6, mag(w, g))
