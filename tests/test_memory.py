@@ -95,6 +95,18 @@ def test_bad_workspace_limit(clconv, limit, exc):
                       workspace_limit=limit)
 
 
+@pytest.mark.parametrize("algorithm, x_shape, w_shape, kw", [
+    ("splitk", (1, 64, 7, 7), (64, 64, 3, 3), {"padding": 1}),
+    ("pointwise", (1, 16, 14, 14), (24, 16, 1, 1), {"stride": 2}),
+    ("im2col_packed", (1, 8, 9, 9), (6, 8, 3, 3), {"padding": 1}),
+])
+def test_workspace_size_is_the_plans(clconv, algorithm, x_shape, w_shape, kw):
+    """workspace_size for the algorithms with their own workspace: what their plan takes."""
+    plan = clconv.plan_conv2d(x_shape, w_shape, **kw, algorithm=algorithm)
+    assert clconv.workspace_size(x_shape, w_shape, **kw, algorithm=algorithm) == \
+        plan.workspace_bytes > 0
+
+
 def test_pointwise_and_direct_need_no_workspace(clconv, column_allocations):
     x = np.ones((2, 8, 5, 5), np.float32)
     assert clconv.workspace_size(x, np.ones((4, 8, 1, 1), np.float32), algorithm="im2col") == 0

@@ -117,7 +117,6 @@ class SplitK:
     def workspace_for(dev: Device, geo: ConvGeometry, dtype: object) -> int:
         """Bytes of column buffer a plan of `geo` takes: the columns and the partial sums."""
         dtype = np.dtype(dtype)
-        self.flipped = flipped
         m, k, l = geo.out_channels, geo.cin_per_group * geo.ksize, geo.out_spatial
         tile = packed.tile_for(dev, dtype, m, geo.batch * l, k)
         nsplit, _ = split_of(k, tile.b_panels(l) * tile.nr, dtype.itemsize)
