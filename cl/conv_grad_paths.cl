@@ -50,6 +50,26 @@
 #define VEC_OK 0
 #endif
 
+// transpose_rows: dst[z] (cols x rows) = src[z] (rows x cols) transposed, z < get_global_size(2)
+//   (SplitKWeightGrad's x^T, for gemm_splitk's row-major B). A 16 x 16 tile a work-item: rows of
+//   16 read and written contiguously. NDRange (ceil(cols / 16), ceil(rows / 16), batch).
+__kernel void transpose_rows(__global const REAL* restrict src, const long src_offset,
+                             __global REAL* restrict dst, const long dst_offset, const int rows,
+                             const long cols) {
+    const long p0 = (long)get_global_id(0) * 16;
+    const int c0 = get_global_id(1) * 16;
+    const long z = get_global_id(2);
+    const int nc = min(16, rows - c0);
+    const int np = (int)min((long)16, cols - p0);
+    const __global REAL* s = src + src_offset + z * rows * cols + (long)c0 * cols + p0;
+    __global REAL* d = dst + dst_offset + z * rows * cols + p0 * rows + c0;
+    REAL t[16][16];
+    for (int c = 0; c < nc; ++c)
+        for (int p = 0; p < np; ++p) t[c][p] = s[(long)c * cols + p];
+    for (int p = 0; p < np; ++p)
+        for (int c = 0; c < nc; ++c) d[(long)p * rows + c] = t[c][p];
+}
+
 __kernel void flip_transpose(__global const REAL* restrict w, const long w_offset,
                              __global REAL* restrict out, const long out_offset,
                              const int cout_g, const int cin_g, const int ksize) {

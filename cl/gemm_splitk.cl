@@ -5,7 +5,9 @@
 //   gemm_splitk:   P[z][s] (M x L) = A[:, K_s] @ B[z][K_s, :]   (s < nsplit, K_s = [s * kc, ...))
 //   splitk_reduce: C[z] = act(sum_s P[z][s] + bias + residual)   (cl/splitk_reduce.cl)
 //
-// A: row-major M x K (lda = K; a convolution's weight (C_out, C_in * prod(kernel))). B[z]:
+// A[z]: row-major M x K from a + a_off + z * a_stride (lda = K; a convolution's weight (C_out,
+// C_in * prod(kernel)), a_stride 0; or a 1x1 layer's output gradient of image z for its weight
+// gradient, clconv.ops.grad_paths.SplitKWeightGrad). B[z]:
 // row-major K x L from b + b_off + z * b_stride (ldb = L: the im2col columns of image z). P: the
 // workspace, [batch][nsplit][M][L]. The micro-kernel is gemm_packed.cl's (MR x NR tile in registers
 // over the work-item's K slice), with A's MR values of one k broadcast from its rows (each a
@@ -29,7 +31,7 @@
 #define GEMM_PACKED_NO_KERNELS
 #include "gemm_packed.cl"
 
-__kernel void gemm_splitk(__global const REAL* restrict a, const long a_off,
+__kernel void gemm_splitk(__global const REAL* restrict a, const long a_off, const long a_stride,
                           __global const REAL* restrict b, const long b_off, const long b_stride,
                           __global REAL* restrict p, const long p_off, const int m, const int k,
                           const int l, const int kc, const int nsplit,
@@ -47,10 +49,11 @@ __kernel void gemm_splitk(__global const REAL* restrict a, const long a_off,
     __global const REAL* bz = b + b_off + z * b_stride + (long)k0 * l;
 #ifdef FLIP_KS
     // (the weight's filter k0 / FLIP_KS, at its last tap: taps are read backwards)
-    __global const REAL* az = a + a_off + (long)(k0 / FLIP_KS) * m * FLIP_KS + (FLIP_KS - 1);
+    __global const REAL* az = a + a_off + z * a_stride + (long)(k0 / FLIP_KS) * m * FLIP_KS +
+                              (FLIP_KS - 1);
     const long co_step = (long)m * FLIP_KS;
 #else
-    __global const REAL* az = a + a_off + k0;
+    __global const REAL* az = a + a_off + z * a_stride + k0;
 #endif
     __global REAL* pz = p + p_off + (z * nsplit + s) * (long)m * l;
 

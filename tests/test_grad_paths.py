@@ -47,6 +47,9 @@ CASES = {
     "dense-groups": ((2, 4, 28, 28), (6, 2, 3, 3), {"padding": 1, "groups": 2}, FORWARD),
     "1x1": ((2, 8, 28, 29), (5, 8, 1, 1), {}, FORWARD),
     "1x1-small-grid-groups": ((2, 8, 5, 6), (6, 4, 1, 1), {"groups": 2}, FORWARD),
+    # (C_in past one vector and >= 256 positions: the weight gradient on the split-K GEMM; C_in
+    # and C_out not multiples of the tile, 306 positions, 3 images)
+    "1x1-splitk-weight": ((3, 20, 17, 18), (25, 20, 1, 1), {}, FORWARD),
     "1x1-s2": ((3, 7, 13, 11), (9, 7, 1, 1), {"stride": 2}, GEMM),
     "stem-7x7-s2": ((2, 3, 23, 21), (8, 3, 7, 7), {"stride": 2, "padding": 3}, GEMM),
     "dense-s2-many-cols": ((1, 12, 15, 16), (7, 12, 3, 3), {"stride": 2, "padding": 1}, GEMM),
@@ -87,7 +90,11 @@ def test_paths_taken(clconv, dev, case):
     if case in DEPTHWISE:
         want = "DepthwiseWeightGrad"
     elif packed and kw.get("groups", 1) == 1:
-        want = "PackedWeightGrad"
+        # unpadded stride-1 1x1 layers with C_in of a vector or more and >= 256 positions an
+        # image: the split-K GEMM (one vector of columns: 8 or 16 floats)
+        splitk = (w_shape[2:] == (1, 1) and not kw and math.prod(x_shape[2:]) >= 256
+                  and x_shape[1] >= grad_paths.SplitKWeightGrad.tile(dev, np.float32).nr)
+        want = "SplitKWeightGrad" if splitk else "PackedWeightGrad"
     else:
         want = None
     assert _route_name(pw.impl.route) == want
@@ -267,3 +274,22 @@ def test_splitk_adjoint_transposed_with_epilogue(clconv, dev, rng, dtype):
     got = clconv.conv_transpose2d(x, w, b, **kw, activation="relu", residual=r)
     assert_close(got, np.maximum(want + r, 0), dtype, reduction=64 * 9,
                  magnitude=conv_magnitude(x, w, b) + np.abs(r).max())
+
+
+@pytest.mark.parametrize("nd, x_shape, w_shape", [
+    (1, (2, 17, 300), (9, 17, 1)),
+    (3, (1, 16, 4, 8, 9), (5, 16, 1, 1, 1)),
+])
+def test_splitk_weight_grad_1d_3d(clconv, dev, rng, dtype, nd, x_shape, w_shape):
+    """The 1x1 weight gradient's split-K GEMM over 1-d and 3-d positions (on CPU-shaped devices;
+    elsewhere the GEMM path), against the oracle."""
+    from clconv.blas.engine import cpu_shaped
+
+    x = random_array(rng, x_shape, dtype)
+    g = random_array(rng, _out_shape(x_shape, w_shape, {}), dtype)
+    plan = getattr(clconv, f"plan_conv{nd}d_weight")(x_shape, w_shape, dtype=dtype)
+    taken = _route_name(plan.impl.route) == "SplitKWeightGrad"
+    assert taken == (cpu_shaped(dev) and x_shape[1] >= grad_paths.SplitKWeightGrad.tile(
+        dev, dtype).nr)
+    assert_close(plan(x, g), ref.conv_nd_weight(x, w_shape, g), dtype,
+                 reduction=x_shape[0] * math.prod(x_shape[2:]), magnitude=conv_magnitude(g, x))

@@ -32,12 +32,12 @@ from ..blas import packed
 from ..blas.engine import cpu_shaped, gemm_engine
 from ..runtime.device import Device
 from ..runtime.memory import column_buffer, empty
-from ..runtime.program import kernel
+from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
 from .geometry import ConvGeometry
-from .launch import Epilogue, kernel_defines
-from .splitk import SplitK
+from .launch import Epilogue, epilogue_defines, kernel_defines
+from .splitk import SplitK, split_of, splitk_grid
 
 __all__ = [
     "DepthwiseAdjoint",
@@ -45,6 +45,7 @@ __all__ = [
     "ForwardAdjoint",
     "PackedWeightGrad",
     "PhaseCol2im",
+    "SplitKWeightGrad",
     "adjoint_route",
     "forward_geometry",
     "phase_col2im",
@@ -53,6 +54,7 @@ __all__ = [
 
 _SOURCE = "conv_grad_paths.cl"
 _MIN_FORWARD_SPATIAL = 28 * 28  # ForwardAdjoint for dense grids of at least this many positions
+_SPLITK_MIN_POSITIONS = 256  # SplitKWeightGrad: positions an image (K) of at least one slice
 
 
 def _float_work(dtype: np.dtype) -> bool:
@@ -120,6 +122,9 @@ def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype,
     if _is_depthwise_2d(geo) and (limit_loops is None or
                                   2 * geo.batch * geo.out_spatial * geo.kernel[-1] < limit_loops):
         return DepthwiseWeightGrad(dev, geo, dtype)
+    if SplitKWeightGrad.applies(dev, geo, dtype) and \
+            SplitKWeightGrad.workspace(dev, geo, dtype) <= limit:
+        return SplitKWeightGrad(dev, geo, dtype)
     # 1x1 stride-1 layers too: their old GEMM packs x transposed (MobileNetV2's: 1.0-1.45x).
     if (geo.groups == 1 and geo.nd <= 2 and geo.padding_mode == "zeros" and geo.batch > 0
             and gemm_engine(dev) is packed
@@ -232,6 +237,82 @@ class DepthwiseWeightGrad:
 
 
 _PACK_RUN = 256  # K rows each packing work-item writes (RUN of cl/conv_grad_paths.cl)
+
+
+class SplitKWeightGrad:
+    """out (C_out, C_in, 1, ...) = the weight gradient of an unpadded stride-1 1x1 convolution
+    `geo` (dense): the sum over images of G_n (C_out x L) @ X_n^T (L x C_in), L positions, on
+    cl/gemm_splitk.cl: G's rows read where they are (no packing pass over the output gradient,
+    the large operand of MobileNetV2's expansions), X transposed first (`transpose_rows`), the
+    long K (positions) cut into slices whose partial sums splitk_reduce adds, images included.
+    Workspace: X^T and the partial sums."""
+
+    @staticmethod
+    def tile(dev: Device, dtype: np.dtype) -> packed.Tile:
+        # 12 rows x one vector: C_in (the columns) may be as narrow as one vector.
+        vw = packed.vector_width(dev, np.dtype(dtype))
+        return packed.Tile(12, vw, vw)
+
+    @staticmethod
+    def applies(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> bool:
+        """1x1, stride 1, unpadded, groups 1, on a CPU-shaped device, C_in at least one vector
+        (the GEMM's columns), positions of one image past one K slice's minimum."""
+        return (geo.is_pointwise and geo.groups == 1 and geo.batch > 0 and cpu_shaped(dev)
+                and _float_work(dtype) and geo.out_spatial >= _SPLITK_MIN_POSITIONS
+                and geo.in_channels >= SplitKWeightGrad.tile(dev, dtype).nr
+                and geo.batch * geo.out_spatial * max(geo.in_channels, geo.out_channels) < 2**31)
+
+    @staticmethod
+    def _split(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> tuple[int, int]:
+        tile = SplitKWeightGrad.tile(dev, dtype)
+        return split_of(geo.out_spatial, tile.b_panels(geo.in_channels) * tile.nr,
+                        np.dtype(dtype).itemsize)
+
+    @staticmethod
+    def workspace(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> int:
+        nsplit, _ = SplitKWeightGrad._split(dev, geo, dtype)
+        return geo.batch * (geo.out_spatial * geo.in_channels + nsplit * geo.out_channels *
+                            geo.in_channels) * np.dtype(dtype).itemsize
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype) -> None:
+        self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        self.m, self.k, self.l = geo.out_channels, geo.out_spatial, geo.in_channels
+        tile = self.tile(dev, dtype)
+        self.nsplit, self.kc = self._split(dev, geo, dtype)
+        self.b_elems = geo.batch * self.k * self.l
+        self.workspace_bytes = self.workspace(dev, geo, dtype)
+        self.col_panels, self.per_group, self.gemm_range = splitk_grid(
+            dev, tile, self.m, self.l, self.kc, self.nsplit, geo.batch, self.dtype.itemsize)
+        index_t = index_type(geo.batch * self.k * max(self.l, self.m),
+                             self.workspace_bytes // self.dtype.itemsize)
+        self.transpose = kernel(dev, _SOURCE, "transpose_rows", kernel_defines({}, dtype, index_t))
+        self.t_range = (-(-self.k // 16), -(-self.l // 16), geo.batch)
+        self.gemm = kernel(dev, "gemm_splitk.cl", "gemm_splitk",
+                           kernel_defines({}, dtype, index_t, **tile.defines()))
+        reduce_defines = precision_defines(self.dtype)
+        reduce_defines.update(epilogue_defines(False, None), RESIDUAL_AT_RUN_TIME=None)
+        self.reduce = kernel(dev, "splitk_reduce.cl", "splitk_reduce", reduce_defines)
+
+    def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
+        dev, geo = self.dev, self.geo
+        m, k, l = self.m, self.k, self.l
+        with dev.lock:
+            work = column_buffer(dev, (self.workspace_bytes // self.dtype.itemsize,), self.dtype)
+            w_off = element_offset(work)
+            self.transpose(dev.queue, self.t_range, (1, 1, 1), x.base_data,
+                           np.int64(element_offset(x)), work.base_data, np.int64(w_off),
+                           np.int32(l), np.int64(k))
+            self.gemm(dev.queue, self.gemm_range, (1, 1, 1), g.base_data,
+                      np.int64(element_offset(g)), np.int64(m * k), work.base_data,
+                      np.int64(w_off), np.int64(k * l), work.base_data,
+                      np.int64(w_off + self.b_elems), np.int32(m), np.int32(k), np.int32(l),
+                      np.int32(self.kc), np.int32(self.nsplit), np.int32(self.per_group),
+                      np.int32(self.col_panels))
+            # every image's K slices summed into the one weight gradient
+            self.reduce(dev.queue, (l, m, 1), None, work.base_data,
+                        np.int64(w_off + self.b_elems), np.int32(geo.batch * self.nsplit),
+                        out.base_data, np.int64(element_offset(out)), out.base_data, np.int64(0),
+                        None, np.int64(0))
 
 
 class PackedWeightGrad:

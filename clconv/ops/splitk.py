@@ -27,7 +27,7 @@ from .geometry import ConvGeometry
 from .launch import Im2col, epilogue_defines, kernel_defines
 from .pointwise import tile_unsupported
 
-__all__ = ["SplitK", "split_of", "splitk_unsupported"]
+__all__ = ["SplitK", "split_of", "splitk_grid", "splitk_unsupported"]
 
 _SLICE_BYTES = 192 * 1024  # a work-item's slice of B (K_s x its columns): inside a core's L2
 _ITEMS_PER_CU = 4
@@ -48,6 +48,29 @@ def split_of(k: int, columns: int, itemsize: int) -> tuple[int, int]:
     nsplit = max(1, -(-k // most))
     kc = -(-k // nsplit)
     return -(-k // kc), kc
+
+
+def splitk_grid(dev: Device, tile: packed.Tile, m: int, l: int, kc: int, nsplit: int, batch: int,
+                itemsize: int) -> tuple[int, int, tuple[int, int, int]]:
+    """(col_panels, panels_per_group, NDRange) of cl/gemm_splitk.cl for `batch` products of an
+    M x K by a K x L matrix cut into `nsplit` K slices of `kc` rows."""
+    # A work-item walks all of an image's column panels while their K slice fits the slice
+    # budget (A is then read once); the rest of the parallelism comes from the K slices and
+    # from splitting the tiles of A (packed.grid, counting one "panel" a slice).
+    panels = tile.b_panels(l)
+    col_panels = max(1, min(panels, _SLICE_BYTES // max(1, kc * tile.nr * itemsize)))
+    if not cpu_shaped(dev):
+        # Mesa's llvmpipe (rusticl) returned wrong sums when one work-item walked several
+        # tiles over a long K slice (reproduced: 7 column panels of 8, K slice of 400; right
+        # with 300; as in clconv.ops.pointwise); one tile a work-item there.
+        col_panels = 1
+    groups = -(-panels // col_panels)
+    want = _ITEMS_PER_CU * max(1, dev.cl_device.max_compute_units)
+    items = groups * batch * nsplit
+    mpanels = tile.a_panels(m)
+    mgroups = min(mpanels, max(1, -(-want // items)))
+    per_group = -(-mpanels // mgroups) if cpu_shaped(dev) else 1
+    return col_panels, per_group, (groups, -(-mpanels // per_group), batch * nsplit)
 
 
 class SplitK:
@@ -94,24 +117,8 @@ class SplitK:
         reduce_defines = precision_defines(dtype)
         reduce_defines.update(epilogue_defines(has_bias, activation), RESIDUAL_AT_RUN_TIME=None)
         self.reduce = kernel(dev, "splitk_reduce.cl", "splitk_reduce", reduce_defines)
-        # A work-item walks all of an image's column panels while their K slice fits the slice
-        # budget (A is then read once); the rest of the parallelism comes from the K slices and
-        # from splitting the tiles of A (packed.grid, counting one "panel" a slice).
-        panels = self.tile.b_panels(l)
-        self.col_panels = max(1, min(panels, _SLICE_BYTES // max(1, self.kc * self.tile.nr *
-                                                                   dtype.itemsize)))
-        if not cpu_shaped(dev):
-            # Mesa's llvmpipe (rusticl) returned wrong sums when one work-item walked several
-            # tiles over a long K slice (reproduced: 7 column panels of 8, K slice of 400; right
-            # with 300; as in clconv.ops.pointwise); one tile a work-item there.
-            self.col_panels = 1
-        groups = -(-panels // self.col_panels)
-        want = _ITEMS_PER_CU * max(1, dev.cl_device.max_compute_units)
-        items = groups * geo.batch * self.nsplit
-        mpanels = self.tile.a_panels(m)
-        mgroups = min(mpanels, max(1, -(-want // items)))
-        self.per_group = -(-mpanels // mgroups) if cpu_shaped(dev) else 1
-        self.gemm_range = (groups, -(-mpanels // self.per_group), geo.batch * self.nsplit)
+        self.col_panels, self.per_group, self.gemm_range = splitk_grid(
+            dev, self.tile, m, l, self.kc, self.nsplit, geo.batch, dtype.itemsize)
 
     @staticmethod
     def workspace_for(dev: Device, geo: ConvGeometry, dtype: object) -> int:
@@ -136,7 +143,7 @@ class SplitK:
             ws = column_buffer(dev, (self.col_elems + self.p_elems,), self.dtype)
             self.im2col(geo.batch, x, element_offset(x), ws, 0)
             self.gemm(dev.queue, self.gemm_range, (1, 1, 1), w.base_data,
-                      np.int64(element_offset(w)), ws.base_data, np.int64(0), np.int64(k * l),
+                      np.int64(element_offset(w)), np.int64(0), ws.base_data, np.int64(0), np.int64(k * l),
                       ws.base_data, np.int64(self.col_elems), np.int32(m), np.int32(k),
                       np.int32(l), np.int32(self.kc), np.int32(self.nsplit),
                       np.int32(self.per_group), np.int32(self.col_panels))

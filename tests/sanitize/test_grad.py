@@ -114,3 +114,22 @@ def test_grad_paths_conv_transpose2d(rng, index_t, packed_gemm):
     x, w, b = arr(rng, (1, 2, 4, 5)), arr(rng, (2, 3, 3, 3)), arr(rng, (3,))
     got = clconv.conv_transpose2d(x, w, b, padding=1, activation="relu")
     expect(got, np.maximum(ref.conv_transpose_nd(x, w, b, padding=1), 0), F32, 2 * 9, mag(x, w))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_splitk_weight_grad(device, rng, index_t, dtype):
+    """clconv.ops.grad_paths.SplitKWeightGrad configured directly (the rule takes it on PoCL's CPU
+    devices only): conv_grad_paths.cl's transpose_rows (partial 16 x 16 tiles) and gemm_splitk.cl
+    with an output gradient a image (a_stride), every image's K slices in one reduction."""
+    import pyopencl.array as cla
+
+    from clconv.ops.geometry import conv_geometry
+    from clconv.ops.grad_paths import SplitKWeightGrad
+
+    need_dtype(device, dtype)
+    xs, ws = (2, 17, 5, 7), (13, 17, 1, 1)
+    x, g = arr(rng, xs, dtype), arr(rng, (2, 13, 5, 7), dtype)
+    route = SplitKWeightGrad(device, conv_geometry(2, xs, ws, 1, 0, 1, 1), dtype)
+    out = cla.empty(device.queue, ws, dtype)
+    route.run(cla.to_device(device.queue, x), cla.to_device(device.queue, g), out)
+    expect(out, ref.conv_nd_weight(x, ws, g), dtype, 2 * 35, mag(x, g))
