@@ -40,8 +40,10 @@ __kernel void conv_direct(__global const REAL* restrict x, const long x_offset,
     __global const REAL* filter = weight + w_offset + (idx_t)co * (CIN_G * KSIZE);
     ACC sum = 0;
     for (int ci = 0; ci < CIN_G; ++ci, plane += IN_SPATIAL, filter += KSIZE) {
+        // (an int bound: with INDEX_T=long, KSIZE is a long and Mesa's llvmpipe (LLVM 15) summed
+        // nothing in this unrolled loop against it)
 #pragma unroll
-        for (int t = 0; t < KSIZE; ++t)
+        for (int t = 0; t < KD * KH * KW; ++t)
             if (tap[t] >= 0) sum += (ACC)plane[tap[t]] * (ACC)filter[t];
     }
     const idx_t o = ((nco * OD + od) * OH + oh) * OW + ow;

@@ -139,6 +139,18 @@ def test_groups_and_padding_modes(clconv, rng, grouping, padding_mode, algorithm
     )
 
 
+@pytest.mark.parametrize("c_in, groups", [(20, 1), (8, 4)], ids=["conv_direct", "conv_grouped"])
+def test_direct_64_bit_index_build(clconv, rng, monkeypatch, c_in, groups):
+    """'direct''s two kernels built with INDEX_T=long (what tensors of 2**31 elements or more
+    select; forced here on a small shape through clconv's testing hook) against the oracle, on
+    every device: Mesa's llvmpipe once summed nothing in cl/conv_direct.cl's 64-bit build."""
+    from clconv.runtime import transfer
+
+    monkeypatch.setattr(transfer, "FORCE_INDEX_T", "long")
+    run_and_check(clconv, rng, (2, c_in, 7, 6), (8, c_in // groups, 3, 3), bias=True,
+                  stride=(2, 1), padding=1, groups=groups, algorithm="direct")
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
 def test_padding_mode_with_same_even_kernel(clconv, rng, padding_mode, algorithm):
