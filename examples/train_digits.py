@@ -113,12 +113,15 @@ class Adam:
         self.t += 1
         step = self.lr * math.sqrt(1 - self.b2 ** self.t) / (1 - self.b1 ** self.t)
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
-            m *= self.b1
-            m += (1 - self.b1) * g
-            v *= self.b2
-            v += (1 - self.b2) * (g * g)
+            # Scalars in the arrays' dtype: pyopencl takes a Python float as a double, which a
+            # device without fp64 (Mesa's llvmpipe) cannot build.
+            s = m.dtype.type
+            m *= s(self.b1)
+            m += s(1 - self.b1) * g
+            v *= s(self.b2)
+            v += s(1 - self.b2) * (g * g)
             sqrt = clmath.sqrt(v) if isinstance(v, cla.Array) else np.sqrt(v)
-            p -= step * m / (sqrt + self.eps)
+            p -= s(step) * m / (sqrt + s(self.eps))
 
 
 # --- checks --------------------------------------------------------------------------------------
