@@ -32,12 +32,12 @@ from ..blas import packed
 from ..blas.engine import cpu_shaped, gemm_engine
 from ..runtime.device import Device
 from ..runtime.memory import column_buffer, empty
-from ..runtime.program import kernel, precision_defines
+from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
 from .geometry import ConvGeometry
-from .launch import Epilogue, epilogue_defines, kernel_defines
-from .splitk import SplitK, split_of, splitk_grid
+from .launch import Epilogue, kernel_defines
+from .splitk import SplitK, reduce_kernel, split_of, splitk_grid
 
 __all__ = [
     "DepthwiseAdjoint",
@@ -146,16 +146,18 @@ class ForwardAdjoint:
         self.dev, self.geo = dev, geo
         act = normalize_activation(activation)
         self.impl: Any
-        if _splitk_first(dev, fgeo, dtype):
-            # The GEMM reads the filters flipped (cl/gemm_splitk.cl's FLIP_KS): no flip pass.
+        # flipped: the plan's flipped filters, or None where the GEMM reads w flipped itself
+        # (cl/gemm_splitk.cl's FLIP_KS: no flip pass)
+        self.flipped: cla.Array | None = None
+        flip_free = _splitk_first(dev, fgeo, dtype)
+        if flip_free:
             self.impl = SplitK(dev, fgeo, dtype, has_bias, act, limit, has_residual, flipped=True)
         else:
             self.impl = configure(dev, fgeo, "auto", dtype, dtype, has_bias, act, limit,
                                   has_residual)
         self.algorithm = self.impl.name
         self.workspace_bytes = self.impl.workspace_bytes
-        self.flipped = None
-        if isinstance(self.impl, SplitK) and self.impl.flipped:
+        if flip_free:
             return
         self.flipped = empty(dev, fgeo.weight_shape, dtype)
         self.flip = kernel(dev, _SOURCE, "flip_transpose",
@@ -289,9 +291,7 @@ class SplitKWeightGrad:
         self.t_range = (-(-self.k // 16), -(-self.l // 16), geo.batch)
         self.gemm = kernel(dev, "gemm_splitk.cl", "gemm_splitk",
                            kernel_defines({}, dtype, index_t, **tile.defines()))
-        reduce_defines = precision_defines(self.dtype)
-        reduce_defines.update(epilogue_defines(False, None), RESIDUAL_AT_RUN_TIME=None)
-        self.reduce = kernel(dev, "splitk_reduce.cl", "splitk_reduce", reduce_defines)
+        self.reduce = reduce_kernel(dev, self.dtype, False, None)
 
     def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
         dev, geo = self.dev, self.geo

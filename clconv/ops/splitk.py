@@ -27,7 +27,7 @@ from .geometry import ConvGeometry
 from .launch import Im2col, epilogue_defines, kernel_defines
 from .pointwise import tile_unsupported
 
-__all__ = ["SplitK", "split_of", "splitk_grid", "splitk_unsupported"]
+__all__ = ["SplitK", "reduce_kernel", "split_of", "splitk_grid", "splitk_unsupported"]
 
 _SLICE_BYTES = 192 * 1024  # a work-item's slice of B (K_s x its columns): inside a core's L2
 _ITEMS_PER_CU = 4
@@ -48,6 +48,15 @@ def split_of(k: int, columns: int, itemsize: int) -> tuple[int, int]:
     nsplit = max(1, -(-k // most))
     kc = -(-k // nsplit)
     return -(-k // kc), kc
+
+
+def reduce_kernel(dev: Device, dtype: np.dtype, has_bias: bool,
+                  activation: ActivationArg) -> cl.Kernel:
+    """cl/splitk_reduce.cl built with the epilogue's defines; it reads the residual where its
+    buffer is not NULL (layers with and without one share the program)."""
+    defines = precision_defines(dtype)
+    defines.update(epilogue_defines(has_bias, activation), RESIDUAL_AT_RUN_TIME=None)
+    return kernel(dev, "splitk_reduce.cl", "splitk_reduce", defines)
 
 
 def splitk_grid(dev: Device, tile: packed.Tile, m: int, l: int, kc: int, nsplit: int, batch: int,
@@ -112,11 +121,7 @@ class SplitK:
         if flipped:
             gemm_defines["FLIP_KS"] = geo.ksize
         self.gemm = kernel(dev, "gemm_splitk.cl", "gemm_splitk", gemm_defines)
-        # The reduction's program: the epilogue's defines, the residual read where its buffer is
-        # not NULL (layers with and without one share it).
-        reduce_defines = precision_defines(dtype)
-        reduce_defines.update(epilogue_defines(has_bias, activation), RESIDUAL_AT_RUN_TIME=None)
-        self.reduce = kernel(dev, "splitk_reduce.cl", "splitk_reduce", reduce_defines)
+        self.reduce = reduce_kernel(dev, dtype, has_bias, activation)
         self.col_panels, self.per_group, self.gemm_range = splitk_grid(
             dev, self.tile, m, l, self.kc, self.nsplit, geo.batch, dtype.itemsize)
 
