@@ -250,6 +250,129 @@ inline int2 phase_interior(GEO_DECL const int px, const int count, const bool al
         }                                                                                \
     }
 
+#if SW <= 2
+// dw_adjoint's plane for strides 1 and 2 along W: GATHER_PLANE's walk, with the outputs whose every
+// tap (of both column phases) exists computed AVW columns i at a time: per phase, one vector of
+// AVW consecutive g values (unit stride) per tap, and for stride 2 the two phases' vectors
+// interleaved into 2 * AVW adjacent outputs (x = 2i and 2i + 1), so the stores are contiguous.
+// The rest (the edges, the last columns short of a vector) goes through the checked scalar walk.
+// AVW: 8 floats, 4 doubles (8 doubles through a builtin change the x86 ABI without AVX-512).
+// (AVW_OUT = AVW * SW, written out: it is pasted into type names)
+#ifdef USE_FP64
+#define AVW 4
+#if SW == 1
+#define AVW_OUT 4
+#else
+#define AVW_OUT 8
+#endif
+#else
+#define AVW 8
+#if SW == 1
+#define AVW_OUT 8
+#else
+#define AVW_OUT 16
+#endif
+#endif
+#define AVACC CAT(ACC, AVW)
+#define AVACC_OUT CAT(ACC, AVW_OUT)
+#define AVLOAD CAT(vload, AVW)
+#define AVLOAD_OUT CAT(vload, AVW_OUT)
+#define AVSTORE_OUT CAT(vstore, AVW_OUT)
+#define CONVERT_AVACC CAT(convert_, AVACC)
+#define CONVERT_AVACC_OUT CAT(convert_, AVACC_OUT)
+#define CONVERT_AVREAL_OUT CAT(convert_, CAT(REAL, AVW_OUT))
+
+// Column phase px's sums for the AVW columns from i (rows of phase py): every tap on the grid.
+inline AVACC dw_phase_vector(GEO_DECL const int py, const int px, const int i, const __global REAL** gr,
+                             const REAL taps[KH][KW]) {
+    AVACC v = (AVACC)0;
+#pragma unroll
+    for (int kh = 0; kh < KH; ++kh) {
+        if (!ROW_ON(py, kh)) continue;
+#pragma unroll
+        for (int kw = 0; kw < KW; ++kw)
+            if (COL_ON(px, kw))
+                v = fma((AVACC)(ACC)taps[kh][kw],
+                        CONVERT_AVACC(AVLOAD(0, gr[kh] + i + COL_SHIFT(px, kw))), v);
+    }
+    return v;
+}
+
+inline void dw_adjoint_plane(GEO_DECL __global REAL* dst, const idx_t plane,
+                             const __global REAL* base, const bool accumulate,
+                             const REAL taps[KH][KW]) {
+    for (int y0 = 0; y0 < IH; y0 += SH) {
+#pragma unroll
+        for (int py = 0; py < SH; ++py) {
+            const int y = y0 + py;
+            if (y >= IH) break;
+            const __global REAL* gr[KH];
+            bool rok[KH];
+            const bool all_rows = phase_rows(GEO_PASS py, y0 / SH, base, 0, gr, rok);
+            __global REAL* o = dst + (plane * IH + y) * IW;
+            // [v0, v1): the columns i inside every phase's interior, whole vectors of them
+            int v0 = 0, v1 = IW;
+#pragma unroll
+            for (int px = 0; px < SW; ++px) {
+                const int2 r = phase_interior(GEO_PASS px, (IW - px + SW - 1) / SW, all_rows);
+                v0 = max(v0, r.s0);
+                v1 = min(v1, r.s1);
+            }
+            v1 = v0 + max(v1 - v0, 0) / AVW * AVW;
+            for (int i = v0; i < v1; i += AVW) {
+                AVACC_OUT v;
+#if SW == 1
+                v = dw_phase_vector(GEO_PASS py, 0, i, gr, taps);
+#else
+                v.even = dw_phase_vector(GEO_PASS py, 0, i, gr, taps);
+                v.odd = dw_phase_vector(GEO_PASS py, 1, i, gr, taps);
+#endif
+                if (accumulate) v += CONVERT_AVACC_OUT(AVLOAD_OUT(0, o + SW * i));
+                AVSTORE_OUT(CONVERT_AVREAL_OUT(v), 0, o + SW * i);
+            }
+            // The rest one output at a time: the phase's interior without checks, then its edges.
+#pragma unroll
+            for (int px = 0; px < SW; ++px) {
+                if (px >= IW) break;
+                const int count = (IW - px + SW - 1) / SW;
+                const int2 interior = phase_interior(GEO_PASS px, count, all_rows);
+                for (int i = interior.s0; i < interior.s1; ++i) {
+                    if (i == v0 && v1 > v0) i = v1;  // [v0, v1) lies inside every interior
+                    if (i >= interior.s1) break;
+                    ACC acc = accumulate ? (ACC)o[px + SW * i] : (ACC)0;
+#pragma unroll
+                    for (int kh = 0; kh < KH; ++kh) {
+                        if (!ROW_ON(py, kh)) continue;
+#pragma unroll
+                        for (int kw = 0; kw < KW; ++kw)
+                            if (COL_ON(px, kw))
+                                acc = fma((ACC)taps[kh][kw], (ACC)gr[kh][i + COL_SHIFT(px, kw)],
+                                          acc);
+                    }
+                    o[px + SW * i] = (REAL)acc;
+                }
+                for (int i = 0; i < count; ++i) {
+                    if (i == interior.s0) i = interior.s1;
+                    if (i >= count) break;
+                    ACC acc = accumulate ? (ACC)o[px + SW * i] : (ACC)0;
+#pragma unroll
+                    for (int kh = 0; kh < KH; ++kh) {
+                        if (!rok[kh]) continue;
+#pragma unroll
+                        for (int kw = 0; kw < KW; ++kw) {
+                            const int ox = i + COL_SHIFT(px, kw);
+                            if (COL_ON(px, kw) && ox >= 0 && ox < OW)
+                                acc = fma((ACC)taps[kh][kw], (ACC)gr[kh][ox], acc);
+                        }
+                    }
+                    o[px + SW * i] = (REAL)acc;
+                }
+            }
+        }
+    }
+}
+#endif
+
 __kernel void dw_adjoint(__global const REAL* restrict g, const long g_offset,
                          __global const REAL* restrict w, const long w_offset,
                          __global REAL* restrict out, const long out_offset, GEOMETRY_ARGS) {
@@ -267,9 +390,13 @@ __kernel void dw_adjoint(__global const REAL* restrict g, const long g_offset,
 #pragma unroll
             for (int kw = 0; kw < KW; ++kw) taps[kh][kw] = wp[kh * KW + kw];
         // Tap (kh, kw) weighs g's column ox; later channels (j > 0) add to the output.
+#if SW <= 2
+        dw_adjoint_plane(GEO_PASS out + out_offset, plane, gp, j > 0, taps);
+#else
 #define DW_TERM(acc, kh, kw, row, ox) acc = fma((ACC)taps[kh][kw], (ACC)(row)[ox], acc)
         GATHER_PLANE(out + out_offset, plane, gp, 0, j, DW_TERM)
 #undef DW_TERM
+#endif
     }
 }
 

@@ -37,7 +37,9 @@ assert_close`` work however pytest is invoked.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import zlib
@@ -52,6 +54,7 @@ if _HERE not in sys.path:
 # The suite never writes into the user's cache, and algorithm='auto' follows the fixed rule so runs
 # are deterministic; tests/test_auto.py switches measuring on where it is the subject.
 os.environ["CLCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="clconv-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CLCONV_CACHE_DIR"], ignore_errors=True)
 os.environ["CLCONV_AUTO"] = "rule"
 
 FLOAT_DTYPES = (np.float32, np.float64)

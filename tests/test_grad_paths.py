@@ -59,6 +59,10 @@ CASES = {
     "dw-s2": ((2, 6, 9, 11), (6, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 6}, DW_ADJ),
     "dw-s2-wide": ((1, 3, 8, 41), (3, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 3}, DW_ADJ),
     "dw-s2-k5": ((1, 4, 13, 40), (4, 1, 5, 5), {"stride": 2, "padding": 2, "groups": 4}, DW_ADJ),
+    # (two output channels per input channel: the later one adds to the vector interior's
+    # stores; odd width, so the last column phase is one short)
+    "dw-s2-mult2-wide": ((2, 3, 9, 45), (6, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 3},
+                         DW_ADJ),
     "dw-s3-dil2-mult2": ((2, 3, 14, 17), (6, 1, 3, 3),
                          {"stride": 3, "padding": 1, "dilation": 2, "groups": 3}, DW_ADJ),
     "dw-s2-nopad-narrow": ((1, 5, 6, 5), (5, 1, 3, 3), {"stride": 2, "groups": 5}, DW_ADJ),
