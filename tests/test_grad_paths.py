@@ -51,6 +51,15 @@ CASES = {
     # and C_out not multiples of the tile, 306 positions, 3 images)
     "1x1-splitk-weight": ((3, 20, 17, 18), (25, 20, 1, 1), {}, FORWARD),
     "1x1-s2": ((3, 7, 13, 11), (9, 7, 1, 1), {"stride": 2}, GEMM),
+    # (weight gradients with B read from a channel-blocked copy of x: >= 512 output positions,
+    # C_in a multiple of the B panel; then 136 channels, the last block part-filled, stride 2
+    # over 2 images; dilation and stride along one axis each)
+    "implicit-wgrad": ((1, 32, 30, 29), (6, 32, 3, 3), {"padding": 1}, FORWARD),
+    "implicit-wgrad-s2-partial": ((2, 136, 34, 33), (7, 136, 3, 3), {"stride": 2, "padding": 1},
+                                  GEMM),
+    "implicit-wgrad-dilated-rect": ((1, 32, 26, 40), (5, 32, 3, 2),
+                                    {"stride": (1, 2), "padding": (2, 1), "dilation": (2, 1)},
+                                    GEMM),
     "stem-7x7-s2": ((2, 3, 23, 21), (8, 3, 7, 7), {"stride": 2, "padding": 3}, GEMM),
     "dense-s2-many-cols": ((1, 12, 15, 16), (7, 12, 3, 3), {"stride": 2, "padding": 1}, GEMM),
     "dense-small-grid": ((2, 4, 9, 9), (3, 4, 3, 3), {"padding": 1}, GEMM),
@@ -98,7 +107,15 @@ def test_paths_taken(clconv, dev, case):
         # image: the split-K GEMM (one vector of columns: 8 or 16 floats)
         splitk = (w_shape[2:] == (1, 1) and not kw and math.prod(x_shape[2:]) >= 256
                   and x_shape[1] >= grad_paths.SplitKWeightGrad.tile(dev, np.float32).nr)
-        want = "SplitKWeightGrad" if splitk else "PackedWeightGrad"
+        # B read in place from a channel-blocked copy of x: C_in of one B panel or more,
+        # padded by at most a quarter, >= 512 output positions in all, no loop cap
+        cin, positions = x_shape[1], x_shape[0] * math.prod(pw.geometry.out_size)
+        nr = packed_engine.tile_for(dev, np.float32, w_shape[0], cin * math.prod(w_shape[2:]),
+                                    positions).nr
+        implicit = (cin >= nr and 4 * -(-cin // nr) * nr <= 5 * cin and positions >= 512
+                    and getattr(dev, "loop_limit", None) is None)
+        want = ("SplitKWeightGrad" if splitk else "ImplicitWeightGrad" if implicit
+                else "PackedWeightGrad")
     else:
         want = None
     assert _route_name(pw.impl.route) == want
@@ -297,3 +314,20 @@ def test_splitk_weight_grad_1d_3d(clconv, dev, rng, dtype, nd, x_shape, w_shape)
         dev, dtype).nr)
     assert_close(plan(x, g), ref.conv_nd_weight(x, w_shape, g), dtype,
                  reduction=x_shape[0] * math.prod(x_shape[2:]), magnitude=conv_magnitude(g, x))
+
+
+@pytest.mark.parametrize("kw", [{"padding": 1}, {"stride": 2, "dilation": 3, "padding": 2}],
+                         ids=["same", "strided-dilated"])
+def test_implicit_weight_grad_1d(clconv, dev, rng, dtype, kw):
+    """The weight gradient with B read from a channel-blocked copy of x over 1-d positions (taken
+    on the packed GEMM's devices without a loop cap; elsewhere the packed path), against the
+    oracle."""
+    x_shape, w_shape = (2, 32, 700), (5, 32, 3)
+    x = random_array(rng, x_shape, dtype)
+    g = random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)
+    plan = clconv.plan_conv1d_weight(x_shape, w_shape, dtype=dtype, **kw)
+    packed = dev.cl_device.type & cl.device_type.CPU and gemm_engine(dev) is packed_engine
+    taken = _route_name(plan.impl.route) == "ImplicitWeightGrad"
+    assert taken == bool(packed and getattr(dev, "loop_limit", None) is None)
+    assert_close(plan(x, g), ref.conv_nd_weight(x, w_shape, g, **kw), dtype,
+                 reduction=x_shape[0] * g.shape[2], magnitude=conv_magnitude(g, x))

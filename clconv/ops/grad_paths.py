@@ -19,6 +19,10 @@ im2col/col2im code when it returns None:
   (PoCL): one GEMM over K = batch * output positions, both operands written straight into the
   micro-kernel's packed layouts (no im2col buffer, no transposed packing: measured 3.4 of the 3.9
   ms of ResNet-18's 64-channel 3x3 weight gradient on the old path).
+- `ImplicitWeightGrad`: the same GEMM for layers of many output positions and C_in of a B panel or
+  more, with B read in place from a channel-blocked copy of x (cl/wgrad_implicit.cl) instead of
+  X^T packed (KH*KW times x's size: 9x for 3x3 layers).
+- `SplitKWeightGrad`: the weight gradient of unpadded stride-1 1x1 layers on the split-K GEMM.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ __all__ = [
     "DepthwiseAdjoint",
     "DepthwiseWeightGrad",
     "ForwardAdjoint",
+    "ImplicitWeightGrad",
     "PackedWeightGrad",
     "PhaseCol2im",
     "SplitKWeightGrad",
@@ -55,6 +60,11 @@ __all__ = [
 _SOURCE = "conv_grad_paths.cl"
 _MIN_FORWARD_SPATIAL = 28 * 28  # ForwardAdjoint for dense grids of at least this many positions
 _SPLITK_MIN_POSITIONS = 256  # SplitKWeightGrad: positions an image (K) of at least one slice
+# ImplicitWeightGrad from this many output positions (K) on: below it the scattered stores of its
+# tiles cost more than packing X^T saves (measured, ResNet-18's 3x3 layers at batch 1, ms, packed
+# -> implicit: K = 3136 1.08 -> 0.72, 784 0.54 -> 0.44 and 0.87 -> 0.68; 196 0.42 -> 0.49 and
+# 0.73 -> 0.72; 49 0.41 -> 0.65 and 0.74 -> 1.67)
+_IMPLICIT_WG_MIN_POSITIONS = 512
 
 
 def _float_work(dtype: np.dtype) -> bool:
@@ -110,8 +120,11 @@ def _splitk_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     return fgeo.groups == 1 and cpu_shaped(dev) and rule_choice(dev, fgeo, dtype) == "splitk"
 
 
+WeightGradRoute = Any  # one of the weight-gradient classes below (they are defined after this)
+
+
 def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype,
-                      limit: int) -> DepthwiseWeightGrad | PackedWeightGrad | None:
+                      limit: int) -> WeightGradRoute | None:
     """The fast path for `grad.WeightGrad(geo)`, or None (then im2col + GEMM)."""
     if not _float_work(dtype):
         return None
@@ -125,6 +138,9 @@ def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype,
     if SplitKWeightGrad.applies(dev, geo, dtype) and \
             SplitKWeightGrad.workspace(dev, geo, dtype) <= limit:
         return SplitKWeightGrad(dev, geo, dtype)
+    if ImplicitWeightGrad.applies(dev, geo, dtype) and \
+            ImplicitWeightGrad.workspace(dev, geo, dtype) <= limit:
+        return ImplicitWeightGrad(dev, geo, dtype)
     # 1x1 stride-1 layers too: their old GEMM packs x transposed (MobileNetV2's: 1.0-1.45x).
     if (geo.groups == 1 and geo.nd <= 2 and geo.padding_mode == "zeros" and geo.batch > 0
             and gemm_engine(dev) is packed
@@ -357,6 +373,88 @@ class PackedWeightGrad:
                         *self.size_args)
             packed.enqueue_gemm(dev, tile, self.m, self.n, self.k, work, w_off, 0, work,
                                 w_off + self.a_size, 0, out, element_offset(out), 0, self.n)
+
+
+class ImplicitWeightGrad:
+    """out (C_out, C_in, *k) = the weight gradient of the dense 1-d / 2-d convolution `geo` as
+    `PackedWeightGrad` computes it (the same GEMM, the same order of sums), with X^T's B panels read
+    in place from a channel-blocked, zero-padded copy of x (cl/wgrad_implicit.cl) instead of packed:
+    that copy is about x's size, X^T KH*KW times it. For C_in of at least one B panel (NR) that
+    pads at most a quarter, K (batch * output positions) of _IMPLICIT_WG_MIN_POSITIONS or more;
+    drivers without a loop cap (the K loop is one launch). Workspace: G's packed panels and the
+    copy of x."""
+
+    @staticmethod
+    def _layout(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> tuple[packed.Tile, int, int, int]:
+        """(tile, cp_count, hp, wp): the GEMM's tile, channel blocks and padded rows / columns."""
+        m, n, k = geo.out_channels, geo.column_rows, geo.batch * geo.out_spatial
+        tile = packed.tile_for(dev, dtype, m, n, k)
+        lift = (1,) * (2 - geo.nd)
+        (oh, ow), (kh, kw) = lift + geo.out_size, lift + geo.kernel
+        (sh, sw), (dh, dw) = lift + geo.stride, lift + geo.dilation
+        return (tile, tile.b_panels(geo.in_channels), (oh - 1) * sh + (kh - 1) * dh + 1,
+                (ow - 1) * sw + (kw - 1) * dw + 1)
+
+    @staticmethod
+    def applies(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> bool:
+        if not (geo.groups == 1 and geo.nd <= 2 and geo.padding_mode == "zeros" and geo.batch > 0
+                and _float_work(dtype) and gemm_engine(dev) is packed
+                and getattr(dev, "loop_limit", None) is None):
+            return False
+        tile, cp_count, hp, wp = ImplicitWeightGrad._layout(dev, geo, dtype)
+        padded = cp_count * tile.nr
+        return (geo.in_channels >= tile.nr and 4 * padded <= 5 * geo.in_channels
+                and geo.batch * geo.out_spatial >= _IMPLICIT_WG_MIN_POSITIONS
+                and geo.batch * geo.out_spatial < 2**31 // max(geo.out_channels, tile.mr)
+                and geo.batch * padded * hp * wp < 2**31)
+
+    @staticmethod
+    def workspace(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> int:
+        tile, cp_count, hp, wp = ImplicitWeightGrad._layout(dev, geo, dtype)
+        k = geo.batch * geo.out_spatial
+        return (tile.packed_a_size(geo.out_channels, k) +
+                geo.batch * cp_count * hp * wp * tile.nr) * np.dtype(dtype).itemsize
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype) -> None:
+        self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        self.tile, self.cp_count, self.hp, self.wp = self._layout(dev, geo, dtype)
+        self.m, self.k = geo.out_channels, geo.batch * geo.out_spatial
+        self.a_size = self.tile.packed_a_size(self.m, self.k)
+        self.workspace_bytes = self.workspace(dev, geo, dtype)
+        index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
+                             geo.batch * geo.out_channels * geo.out_spatial)
+        defines = kernel_defines(geo.shape_defines(), dtype, index_t, MR=self.tile.mr,
+                                 NR=self.tile.nr, RUN=_PACK_RUN)
+        self.pack_g = kernel(dev, _SOURCE, "wg_pack_g", defines)
+        defines = kernel_defines(geo.shape_defines(), dtype, index_t,
+                                 **packed.gemm_defines(self.tile, dtype))
+        self.pack_xp = kernel(dev, "wgrad_implicit.cl", "wg_pack_xp", defines)
+        self.gemm = kernel(dev, "wgrad_implicit.cl", "wg_gemm_xp", defines)
+        self.size_args = geo.size_args()
+        self.runs = -(-self.k // _PACK_RUN)
+        taps = geo.ksize
+        self.mgroups, self.per_group = packed.grid(dev, self.tile, self.m,
+                                                   taps * self.cp_count * self.tile.nr, 1)
+        self.gemm_range = (taps * self.cp_count, self.mgroups)
+
+    def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
+        dev, geo, tile = self.dev, self.geo, self.tile
+        with dev.lock:
+            work = column_buffer(dev, (self.workspace_bytes // self.dtype.itemsize,), self.dtype)
+            w_off = element_offset(work)
+            xp_off = np.int64(w_off + self.a_size)
+            self.pack_g(dev.queue, (self.runs, tile.a_panels(self.m)), (1, 1), g.base_data,
+                        np.int64(element_offset(g)), work.base_data, np.int64(w_off),
+                        np.int32(self.m), np.int32(geo.out_spatial), np.int32(self.k))
+            self.pack_xp(dev.queue, (self.hp, geo.batch * self.cp_count), (1, 1), x.base_data,
+                         np.int64(element_offset(x)), work.base_data, xp_off,
+                         np.int32(self.hp), np.int32(self.wp), np.int32(self.cp_count),
+                         *self.size_args)
+            self.gemm(dev.queue, self.gemm_range, (1, 1), work.base_data, np.int64(w_off),
+                      work.base_data, xp_off, out.base_data, np.int64(element_offset(out)),
+                      np.int32(self.k), np.int32(geo.batch), np.int32(self.hp),
+                      np.int32(self.wp), np.int32(self.cp_count), np.int32(self.per_group),
+                      *self.size_args)
 
 
 def phase_col2im(dev: Device, geo: ConvGeometry, dtype: np.dtype, index_t: str) -> PhaseCol2im | None:

@@ -119,6 +119,33 @@ def test_grad_paths_conv_transpose2d(rng, index_t, packed_gemm):
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+@pytest.mark.parametrize("xs, ws, kw", [
+    ((2, 19, 5, 7), (3, 19, 3, 3), {"padding": 1}),
+    ((1, 9, 7, 8), (4, 9, 3, 2), {"stride": (2, 1), "padding": (0, 1), "dilation": (1, 2)})],
+    ids=["3x3-2images", "strided-dilated"])
+def test_implicit_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
+    """clconv.ops.grad_paths.ImplicitWeightGrad configured directly (the rule takes it for large
+    layers on PoCL only): cl/wgrad_implicit.cl's channel-blocked copy of x (wg_pack_xp: padding
+    rows and columns, a part-filled last block) and the GEMM reading its B panels from it
+    (wg_gemm_xp: every tap, strided and dilated rows, scattered stores)."""
+    import pyopencl.array as cla
+
+    from clconv.ops.geometry import conv_geometry
+    from clconv.ops.grad_paths import ImplicitWeightGrad
+
+    need_dtype(device, dtype)
+    x = arr(rng, xs, dtype)
+    g = arr(rng, ref.conv_nd(x, np.zeros(ws), None, **kw).shape, dtype)
+    geo = conv_geometry(2, xs, ws, kw.get("stride", 1), kw.get("padding", 0),
+                        kw.get("dilation", 1), 1)
+    route = ImplicitWeightGrad(device, geo, dtype)
+    out = cla.empty(device.queue, ws, dtype)
+    route.run(cla.to_device(device.queue, x), cla.to_device(device.queue, g), out)
+    expect(out, ref.conv_nd_weight(x, ws, g, **kw), dtype, 2 * math.prod(g.shape[2:]),
+           mag(x, g))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_splitk_weight_grad(device, rng, index_t, dtype):
     """clconv.ops.grad_paths.SplitKWeightGrad configured directly (the rule takes it on PoCL's CPU
     devices only): conv_grad_paths.cl's transpose_rows (partial 16 x 16 tiles) and gemm_splitk.cl

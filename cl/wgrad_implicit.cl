@@ -1,0 +1,102 @@
+// wgrad_implicit.cl: the weight gradient of a dense (groups 1) 1-d / 2-d zero-padded convolution on
+// the packed micro-kernel of cl/gemm_packed.cl, without an im2col of x:
+//
+//   dW (COUT x C*KH*KW) = G (COUT x N*OH*OW) @ X^T,  X^T[(n, oh, ow)][(ci, kh, kw)]
+//                                                     = x[n][ci][oh*SH - PH + kh*DH][ow*SW - PW + kw*DW]
+//
+// X^T is KH*KW times larger than x (ResNet's 3x3 layers: 9x); packing it (wg_pack_x) took as long
+// as the GEMM. Here x is copied once into a channel-blocked, zero-padded layout in which every B row
+// a tap needs is NR adjacent values, and the GEMM reads its B panels from it in place:
+//
+// wg_pack_xp: xp[n][cp][r][c][l] = x[n][cp*NR + l][r - PH][c - PW] (0 in the padding and past C),
+//   r < hp = (OH-1)*SH + (KH-1)*DH + 1, c < wp = (OW-1)*SW + (KW-1)*DW + 1 (every row and column
+//   a tap reads). NDRange (hp, N * cp_count), local size (1, 1): a work-item per padded row.
+// wg_gemm_xp: B panel b = tap * cp_count + cp (tap = kh*KW + kw) holds the NR columns
+//   (cp*NR + l, kh, kw); its row for output position (n, oh, ow) is xp[n][cp][oh*SH + kh*DH]
+//   [ow*SW + kw*DW][0..NR), so the K loop steps SW*NR values along a row and starts each output row
+//   anew. A: wg_pack_g's panels of G, [ceil(COUT/MR)][N*OH*OW][MR]. The K order (n, oh, ow) is the
+//   packed path's, so the sums are the same. The tile goes to dW[co][ci][kh][kw] (row-major COUT x
+//   C*KH*KW, column ci*KH*KW + tap: scalar stores, KH*KW apart). NDRange (KH*KW * cp_count, mgroups), local size (1, 1):
+//   work-item (b, mg) does the A panels of group mg (gemm_packed.cl's PANEL_ROWS).
+//
+// Defines: MR, NR, VW (the tile, clconv.blas.packed.Tile), REAL/ACC, INDEX_T, the kernel size,
+// stride and dilation (KH, KW, SH, SW, DH, DW; 1-d: KH = SH = DH = 1, IH = OH = 1); sizes and
+// padding are the GEOMETRY_ARGS arguments (RUNTIME_SIZES). One launch sums all of K: the host
+// takes this path only on drivers without a loop cap (Device.loop_limit).
+
+#define RUNTIME_SIZES
+#define GEMM_PACKED_NO_KERNELS
+#include "gemm_packed.cl"
+
+__kernel void wg_pack_xp(__global const REAL* restrict x, const long x_offset,
+                         __global REAL* restrict xp, const long xp_offset, const int hp,
+                         const int wp, const int cp_count, GEOMETRY_ARGS) {
+    const int r = get_global_id(0);
+    const int ncp = get_global_id(1);  // n * cp_count + cp
+    const int n = ncp / cp_count, cp = ncp - n * cp_count;
+    __global REAL* dst = xp + xp_offset + ((long)ncp * hp + r) * wp * NR;
+    const int ih = r - PH;
+    // The columns c of x's row: [c_lo, c_hi) (iw = c - PW in [0, IW)).
+    const int c_lo = min(PW, wp), c_hi = clamp(IW + PW, c_lo, wp);
+    for (int l = 0; l < NR; ++l) {
+        const int ci = cp * NR + l;
+        if (ih < 0 || ih >= IH || ci >= C) {
+            for (int c = 0; c < wp; ++c) dst[(long)c * NR + l] = (REAL)0;
+            continue;
+        }
+        const __global REAL* src = x + x_offset + (((long)n * C + ci) * IH + ih) * IW;
+        for (int c = 0; c < c_lo; ++c) dst[(long)c * NR + l] = (REAL)0;
+        for (int c = c_lo; c < c_hi; ++c) dst[(long)c * NR + l] = src[c - PW];
+        for (int c = c_hi; c < wp; ++c) dst[(long)c * NR + l] = (REAL)0;
+    }
+}
+
+__kernel void wg_gemm_xp(__global const REAL* restrict ap, const long ap_offset,
+                         __global const REAL* restrict xp, const long xp_offset,
+                         __global REAL* restrict dw, const long dw_offset, const int k,
+                         const int batch, const int hp, const int wp, const int cp_count,
+                         const int panels_per_group, GEOMETRY_ARGS) {
+    const int b = get_global_id(0);
+    const int mg = get_global_id(1);
+    const int tap = b / cp_count, cp = b - tap * cp_count;
+    const int kh = tap / KW, kw = tap - kh * KW;
+    PANEL_ROWS(ip0, ip1, mg, COUT, panels_per_group)
+    // The panel's columns in dW: ci * KH*KW + tap for its ncols channels.
+    const int ncols = min(NR, C - cp * NR);
+    long col[NR];
+#pragma unroll
+    for (int j = 0; j < NR; ++j) col[j] = (long)(cp * NR + min(j, ncols - 1)) * (KH * KW) + tap;
+    const long block = (long)hp * wp * NR;  // xp's values per (n, cp)
+    const __global REAL* b0 = xp + xp_offset + cp * block + ((long)kh * DH * wp + kw * DW) * NR;
+    for (int ip = ip0; ip < ip1; ++ip) {
+        TILE_DECLARE(acc);
+        TILE_ZERO(acc)
+        const __global REAL* a = ap + ap_offset + (long)ip * k * MR;
+        for (int n = 0; n < batch; ++n) {
+            const __global REAL* bn = b0 + (long)n * cp_count * block;
+            for (int oh = 0; oh < OH; ++oh) {
+                const __global REAL* brow = bn + (long)oh * SH * wp * NR;
+                for (int ow = 0; ow < OW; ++ow) {
+                    TILE_STEP(acc, a[i_], brow)
+                    a += MR;
+                    brow += SW * NR;
+                }
+            }
+        }
+        // The tile's columns are KH*KW apart in dW: plain scalar stores (no epilogue).
+        const int i0 = ip * MR, mrows = min(MR, COUT - i0);
+#pragma unroll
+        for (int i = 0; i < MR; ++i) {
+            if (i >= mrows) break;
+            __global REAL* row = dw + dw_offset + (long)(i0 + i) * C * KH * KW;
+#pragma unroll
+            for (int v = 0; v < NV; ++v) {
+                REAL lanes[VW];
+                VSTORE(acc[i][v], 0, lanes);
+#pragma unroll
+                for (int l = 0; l < VW; ++l)
+                    if (v * VW + l < ncols) row[col[v * VW + l]] = lanes[l];
+            }
+        }
+    }
+}
