@@ -72,9 +72,11 @@ inline long column_offset(long j, long seg, long seg_stride) {
     }
 
 // Accumulates k steps of packed panels a (MR a step) and b (NR a step) into acc.
-#define TILE_MULTIPLY(acc, a, b, k)  \
-    for (int p_ = 0; p_ < (k); ++p_) \
-        TILE_STEP(acc, (a)[(long)p_ * MR + i_], (b) + (long)p_ * NR)
+#define TILE_MULTIPLY(acc, a, b, k) TILE_MULTIPLY_STRIDED(acc, a, MR, b, k)
+// The same with a's k steps `astep` values apart (A^T read in place: astep = its leading dim).
+#define TILE_MULTIPLY_STRIDED(acc, a, astep, b, k) \
+    for (int p_ = 0; p_ < (k); ++p_)               \
+        TILE_STEP(acc, (a)[(long)p_ * (astep) + i_], (b) + (long)p_ * NR)
 
 // The element of C in the store: alpha * acc + beta * C (C not read when beta == 0, as BLAS: its
 // old contents may be NaN), then common.cl's epilogue (bias of row i, the residual's element r,
@@ -214,7 +216,10 @@ __kernel void pack_b(PACK_ARGS(n, b, ldb, bp)) {
     }
 }
 
-// C[z] = alpha * A[z] @ B[z] + beta * C[z] (+ bias, + residual, activation) from packed A and B.
+// C[z] = alpha * A[z] @ B[z] + beta * C[z] (+ bias, + residual, activation) from packed A and B,
+// or (lda > 0) from A stored transposed, k x m with leading dim lda, read where it is: its MR
+// rows of a k step are MR adjacent values, as in a packed panel, so A^T needs no packing pass
+// (the host takes this only where every panel is full: m a multiple of MR).
 // NDRange (ceil(n / NR), mgroups, batch), local size 1: work-item (jp, g) multiplies B panel jp by
 // A panels [g * panels_per_group, (g + 1) * panels_per_group). Column j of C is at
 // column_offset(j, seg, seg_stride); row i at i * ldc; matrix z at c_off + z * c_stride.
@@ -230,7 +235,7 @@ __kernel void gemm_packed(const int m, const int n, const int k, const int k_beg
                           const REAL alpha, const REAL beta,
                           __global const REAL* restrict bias, const long bias_off,
                           const long bias_stride, __global const REAL* residual,
-                          const long res_off) {
+                          const long res_off, const long lda) {
     const int jp = get_global_id(0);
     const int g = get_global_id(1);
     const long z = get_global_id(2);
@@ -244,8 +249,10 @@ __kernel void gemm_packed(const int m, const int n, const int k, const int k_beg
     for (int ip = ip0; ip < ip1; ++ip) {
         TILE_DECLARE(acc);
         TILE_ZERO(acc)
-        __global const REAL* apanel = apanels + ((long)ip * k + k_begin) * MR;
-        TILE_MULTIPLY(acc, apanel, bpanel, k_end - k_begin)
+        // lda 0: packed panels; else A^T (k x m, leading dim lda) read where it is
+        __global const REAL* apanel = lda ? apanels + (long)k_begin * lda + (long)ip * MR
+                                          : apanels + ((long)ip * k + k_begin) * MR;
+        TILE_MULTIPLY_STRIDED(acc, apanel, lda ? lda : MR, bpanel, k_end - k_begin)
         const int i0 = ip * MR;
         TILE_STORE(acc, cz, ldc, i0, min(MR, m - i0), col, ncols, contiguous, alpha, beta, bias,
                    boff, rz)

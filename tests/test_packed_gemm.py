@@ -89,6 +89,36 @@ def test_strided_batched_with_offsets_and_leading_dims(dev, rng, dtype, shared_a
     np.testing.assert_array_equal(got[outside], c_buf[outside])
 
 
+@pytest.mark.parametrize("shared_a", [True, False])
+def test_transposed_a_read_in_place(dev, rng, dtype, shared_a, monkeypatch):
+    """A stored transposed (k x m, leading dim lda > m) with m a multiple of the tile's MR: the
+    micro-kernel reads it where it is (no pack_a launch), batch 3 at element offsets, A shared or
+    strided, alpha and beta."""
+    m, n, k, batch = 2 * packed.tile_for(dev, dtype, 12, 26, 21).mr, 26, 21, 3
+    lda, a_off, b_off = m + 3, 5, 2
+    a_stride = 0 if shared_a else k * lda + 4
+    a_buf = rng.standard_normal(a_off + (batch - 1) * a_stride + k * lda).astype(dtype)
+    b = rng.standard_normal((batch, k, n)).astype(dtype)
+    c = rng.standard_normal((batch, m, n)).astype(dtype)
+    q = dev.queue
+
+    def no_packing(*args, **kwargs):
+        raise AssertionError("A was packed")
+
+    monkeypatch.setattr(packed, "enqueue_pack_a", no_packing)
+    dc = cla.to_device(q, c)
+    padded_b = cla.to_device(q, np.concatenate([np.zeros(b_off, dtype), b.ravel()]))
+    with dev.lock:
+        packed.gemm(dev, m, n, k, cla.to_device(q, a_buf), a_off, a_stride, padded_b, b_off,
+                    k * n, dc, 0, m * n, batch, a_transposed=True, lda=lda, alpha=1.5, beta=0.5)
+    expected = np.empty((batch, m, n))
+    for z in range(batch):
+        at = a_buf[a_off + z * a_stride:][:k * lda].reshape(k, lda)[:, :m].astype(np.float64)
+        expected[z] = 1.5 * at.T @ b[z].astype(np.float64) + 0.5 * c[z]
+    assert_close(dc.get(), expected, reduction=k,
+                 magnitude=np.abs(a_buf).max() * np.abs(b).max())
+
+
 @pytest.mark.parametrize("alpha,beta", [(2.5, 0.0), (1.0, 1.0), (-0.5, 0.25), (0.0, 2.0)])
 def test_alpha_beta(dev, rng, dtype, alpha, beta):
     m, n, k = 11, 37, 19
