@@ -202,6 +202,14 @@ inline int2 phase_interior(GEO_DECL const int px, const int count, const bool al
     return (int2)(i_in, i_out);
 }
 
+// TERM(kh, kw) for every tap of row phase py and column phase px (compile-time after unrolling).
+#define PHASE_TAPS(py, px, TERM)                        \
+    _Pragma("unroll") for (int kh_ = 0; kh_ < KH; ++kh_) { \
+        if (!ROW_ON(py, kh_)) continue;                   \
+        _Pragma("unroll") for (int kw_ = 0; kw_ < KW; ++kw_) \
+            if (COL_ON(px, kw_)) TERM(kh_, kw_);          \
+    }
+
 // The gather walk of dw_adjoint and col2im_phase over output plane `plane` of dst (IH x IW rows):
 // per input row y of row phase py its kernel rows (phase_rows from base, kh_stride apart), per
 // column phase px the interior [i_in, i_out) without checks, then the rest checked. Output x =
@@ -280,15 +288,10 @@ inline int2 phase_interior(GEO_DECL const int px, const int count, const bool al
 inline AVACC dw_phase_vector(GEO_DECL const int py, const int px, const int i, const __global REAL** gr,
                              const REAL taps[KH][KW]) {
     AVACC v = (AVACC)0;
-#pragma unroll
-    for (int kh = 0; kh < KH; ++kh) {
-        if (!ROW_ON(py, kh)) continue;
-#pragma unroll
-        for (int kw = 0; kw < KW; ++kw)
-            if (COL_ON(px, kw))
-                v = fma((AVACC)(ACC)taps[kh][kw],
-                        CONVERT_AVACC(AVLOAD(0, gr[kh] + i + COL_SHIFT(px, kw))), v);
-    }
+#define VECTOR_TERM(kh, kw) \
+    v = fma((AVACC)(ACC)taps[kh][kw], CONVERT_AVACC(AVLOAD(0, gr[kh] + i + COL_SHIFT(px, kw))), v)
+    PHASE_TAPS(py, px, VECTOR_TERM)
+#undef VECTOR_TERM
     return v;
 }
 
@@ -334,15 +337,9 @@ inline void dw_adjoint_plane(GEO_DECL __global REAL* dst, const idx_t plane,
                     if (i == v0 && v1 > v0) i = v1;  // [v0, v1) lies inside every interior
                     if (i >= interior.s1) break;
                     ACC acc = accumulate ? (ACC)o[px + SW * i] : (ACC)0;
-#pragma unroll
-                    for (int kh = 0; kh < KH; ++kh) {
-                        if (!ROW_ON(py, kh)) continue;
-#pragma unroll
-                        for (int kw = 0; kw < KW; ++kw)
-                            if (COL_ON(px, kw))
-                                acc = fma((ACC)taps[kh][kw], (ACC)gr[kh][i + COL_SHIFT(px, kw)],
-                                          acc);
-                    }
+#define SCALAR_TERM(kh, kw) acc = fma((ACC)taps[kh][kw], (ACC)gr[kh][i + COL_SHIFT(px, kw)], acc)
+                    PHASE_TAPS(py, px, SCALAR_TERM)
+#undef SCALAR_TERM
                     o[px + SW * i] = (REAL)acc;
                 }
                 for (int i = 0; i < count; ++i) {
