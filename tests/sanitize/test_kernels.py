@@ -56,11 +56,13 @@ def test_convert(device, rng, index_t, src, dst):
 
 @pytest.mark.parametrize("m, n, k, batch, a_transposed, b_transposed", [
     (7, 19, 5, 1, False, False), (13, 33, 9, 2, True, False), (4, 25, 3, 3, False, True),
-    (1, 1, 1, 1, False, False)])
+    (1, 1, 1, 1, False, False),
+    # A^T of whole panels (24 rows: 6- and 4-row tiles alike): read in place, not packed
+    (24, 10, 7, 2, True, True)])
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_packed_gemm(device, rng, dtype, m, n, k, batch, a_transposed, b_transposed):
-    """clconv's packed GEMM: edge tiles (M, N, K not multiples of the tile), batches, transposes,
-    alpha and beta."""
+    """clconv's packed GEMM: edge tiles (M, N, K not multiples of the tile), batches, transposes
+    (A^T of whole panels read in place), alpha and beta."""
     import pyopencl.array as cla
 
     from clconv.blas import packed
