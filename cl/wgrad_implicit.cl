@@ -19,10 +19,12 @@
 //   C*KH*KW, column ci*KH*KW + tap: scalar stores, KH*KW apart). NDRange (KH*KW * cp_count, mgroups), local size (1, 1):
 //   work-item (b, mg) does the A panels of group mg (gemm_packed.cl's PANEL_ROWS).
 //
-// Defines: MR, NR, VW (the tile, clconv.blas.packed.Tile), REAL/ACC, INDEX_T, the kernel size,
-// stride and dilation (KH, KW, SH, SW, DH, DW; 1-d: KH = SH = DH = 1, IH = OH = 1); sizes and
-// padding are the GEOMETRY_ARGS arguments (RUNTIME_SIZES). One launch sums all of K: the host
-// takes this path only on drivers without a loop cap (Device.loop_limit).
+// Defines: MR, NR, VW (the tile, clconv.blas.packed.Tile), REAL/ACC, INDEX_T only: the sizes and
+// padding are the GEOMETRY_ARGS arguments (RUNTIME_SIZES), the kernel size, stride and dilation
+// wg_gemm_xp's `taps` argument (kh, kw, sh, sw) and `dil` (dh, dw) (1-d: kh = sh = dh = 1,
+// IH = OH = 1). They only move the B rows' addresses, so every layer shares the two programs.
+// One launch sums all of K: the host takes this path only on drivers without a loop cap
+// (Device.loop_limit).
 
 #define RUNTIME_SIZES
 #define GEMM_PACKED_NO_KERNELS
@@ -55,19 +57,23 @@ __kernel void wg_gemm_xp(__global const REAL* restrict ap, const long ap_offset,
                          __global const REAL* restrict xp, const long xp_offset,
                          __global REAL* restrict dw, const long dw_offset, const int k,
                          const int batch, const int hp, const int wp, const int cp_count,
-                         const int panels_per_group, GEOMETRY_ARGS) {
+                         const int panels_per_group, const int4 taps, const int2 dil,
+                         GEOMETRY_ARGS) {
     const int b = get_global_id(0);
     const int mg = get_global_id(1);
+    const int ntaps = taps.s0 * taps.s1, sh = taps.s2, sw = taps.s3;
     const int tap = b / cp_count, cp = b - tap * cp_count;
-    const int kh = tap / KW, kw = tap - kh * KW;
+    const int kh = tap / taps.s1, kw = tap - kh * taps.s1;
     PANEL_ROWS(ip0, ip1, mg, COUT, panels_per_group)
     // The panel's columns in dW: ci * KH*KW + tap for its ncols channels.
     const int ncols = min(NR, C - cp * NR);
     long col[NR];
 #pragma unroll
-    for (int j = 0; j < NR; ++j) col[j] = (long)(cp * NR + min(j, ncols - 1)) * (KH * KW) + tap;
+    for (int j = 0; j < NR; ++j) col[j] = (long)(cp * NR + min(j, ncols - 1)) * ntaps + tap;
     const long block = (long)hp * wp * NR;  // xp's values per (n, cp)
-    const __global REAL* b0 = xp + xp_offset + cp * block + ((long)kh * DH * wp + kw * DW) * NR;
+    const __global REAL* b0 = xp + xp_offset + cp * block +
+                              ((long)kh * dil.s0 * wp + kw * dil.s1) * NR;
+    const int bstep = sw * NR;
     for (int ip = ip0; ip < ip1; ++ip) {
         TILE_DECLARE(acc);
         TILE_ZERO(acc)
@@ -75,11 +81,11 @@ __kernel void wg_gemm_xp(__global const REAL* restrict ap, const long ap_offset,
         for (int n = 0; n < batch; ++n) {
             const __global REAL* bn = b0 + (long)n * cp_count * block;
             for (int oh = 0; oh < OH; ++oh) {
-                const __global REAL* brow = bn + (long)oh * SH * wp * NR;
+                const __global REAL* brow = bn + (long)oh * sh * wp * NR;
                 for (int ow = 0; ow < OW; ++ow) {
                     TILE_STEP(acc, a[i_], brow)
                     a += MR;
-                    brow += SW * NR;
+                    brow += bstep;
                 }
             }
         }
@@ -88,7 +94,7 @@ __kernel void wg_gemm_xp(__global const REAL* restrict ap, const long ap_offset,
 #pragma unroll
         for (int i = 0; i < MR; ++i) {
             if (i >= mrows) break;
-            __global REAL* row = dw + dw_offset + (long)(i0 + i) * C * KH * KW;
+            __global REAL* row = dw + dw_offset + (long)(i0 + i) * C * ntaps;
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
                 REAL lanes[VW];

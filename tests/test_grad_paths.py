@@ -331,3 +331,26 @@ def test_implicit_weight_grad_1d(clconv, dev, rng, dtype, kw):
     assert taken == bool(packed and getattr(dev, "loop_limit", None) is None)
     assert_close(plan(x, g), ref.conv_nd_weight(x, w_shape, g, **kw), dtype,
                  reduction=x_shape[0] * g.shape[2], magnitude=conv_magnitude(g, x))
+
+
+def test_implicit_weight_grad_layers_share_programs(clconv, dev):
+    """ImplicitWeightGrad's kernels take the kernel size, stride and dilation as arguments: layers
+    of different ones (and sizes, paddings, batches) use the same cl/wgrad_implicit.cl program."""
+    from clconv.runtime.program import programs
+
+    layers = [((1, 32, 30, 29), (6, 32, 3, 3), {"padding": 1}),
+              ((2, 32, 34, 33), (7, 32, 3, 3), {"stride": 2, "padding": 1}),
+              ((1, 64, 50, 50), (8, 64, 1, 1), {"stride": 2}),
+              ((1, 32, 26, 40), (5, 32, 3, 2), {"stride": (1, 2), "padding": (2, 1),
+                                                "dilation": (2, 1)})]
+    routes = [clconv.plan_conv2d_weight(x, w, **kw).impl.route for x, w, kw in layers]
+    if any(_route_name(r) != "ImplicitWeightGrad" for r in routes):
+        # (a loop-capped driver or another GEMM engine: the packed path's own programs)
+        assert not (dev.cl_device.type & cl.device_type.CPU and gemm_engine(dev) is packed_engine
+                    and getattr(dev, "loop_limit", None) is None)
+        return
+    built = {key for key, k in programs(dev).kernels.items()
+             if any(k is r.gemm or k is r.pack_xp for r in routes)}
+    tiles = {(r.tile.mr, r.tile.nr) for r in routes}
+    assert {(source, opts) for source, opts, _ in built} and \
+        len({(source, opts) for source, opts, _ in built}) == len(tiles)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyopencl.array as cla
+from pyopencl import cltypes
 
 from ..blas import packed
 from ..blas.engine import cpu_shaped, gemm_engine
@@ -423,14 +424,19 @@ class ImplicitWeightGrad:
         self.workspace_bytes = self.workspace(dev, geo, dtype)
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
                              geo.batch * geo.out_channels * geo.out_spatial)
-        defines = kernel_defines(geo.shape_defines(), dtype, index_t, MR=self.tile.mr,
-                                 NR=self.tile.nr, RUN=_PACK_RUN)
-        self.pack_g = kernel(dev, _SOURCE, "wg_pack_g", defines)
-        defines = kernel_defines(geo.shape_defines(), dtype, index_t,
-                                 **packed.gemm_defines(self.tile, dtype))
+        # wg_pack_g from PackedWeightGrad's program for this geometry (a network has both routes
+        # for its layers of one kernel size and stride); cl/wgrad_implicit.cl without geometry
+        # defines: one program for every layer of a tile and dtype.
+        self.pack_g = kernel(dev, _SOURCE, "wg_pack_g", kernel_defines(
+            geo.shape_defines(), dtype, index_t, MR=self.tile.mr, NR=self.tile.nr, RUN=_PACK_RUN))
+        defines = kernel_defines({}, dtype, index_t, **packed.gemm_defines(self.tile, dtype))
         self.pack_xp = kernel(dev, "wgrad_implicit.cl", "wg_pack_xp", defines)
         self.gemm = kernel(dev, "wgrad_implicit.cl", "wg_gemm_xp", defines)
         self.size_args = geo.size_args()
+        lift = (1,) * (2 - geo.nd)
+        (kh, kw), (sh, sw), (dh, dw) = (lift + t for t in (geo.kernel, geo.stride, geo.dilation))
+        self.taps = cltypes.make_int4(kh, kw, sh, sw)
+        self.dil = cltypes.make_int2(dh, dw)
         self.runs = -(-self.k // _PACK_RUN)
         taps = geo.ksize
         self.mgroups, self.per_group = packed.grid(dev, self.tile, self.m,
@@ -454,7 +460,7 @@ class ImplicitWeightGrad:
                       work.base_data, xp_off, out.base_data, np.int64(element_offset(out)),
                       np.int32(self.k), np.int32(geo.batch), np.int32(self.hp),
                       np.int32(self.wp), np.int32(self.cp_count), np.int32(self.per_group),
-                      *self.size_args)
+                      self.taps, self.dil, *self.size_args)
 
 
 def phase_col2im(dev: Device, geo: ConvGeometry, dtype: np.dtype, index_t: str) -> PhaseCol2im | None:
