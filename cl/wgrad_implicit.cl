@@ -5,8 +5,9 @@
 //                                                     = x[n][ci][oh*SH - PH + kh*DH][ow*SW - PW + kw*DW]
 //
 // X^T is KH*KW times larger than x (ResNet's 3x3 layers: 9x); packing it (wg_pack_x) took as long
-// as the GEMM. Here x is copied once into a channel-blocked, zero-padded layout in which every B row
-// a tap needs is NR adjacent values, and the GEMM reads its B panels from it in place:
+// as the GEMM. Here neither operand is packed: G's rows are read where they are, and x is copied
+// once into a channel-blocked, zero-padded layout in which every B row a tap needs is NR adjacent
+// values, from which the GEMM reads its B panels in place:
 //
 // wg_pack_xp: xp[n][cp][r][c][l] = x[n][cp*NR + l][r - PH][c - PW] (0 in the padding and past C),
 //   r < hp = (OH-1)*SH + (KH-1)*DH + 1, c < wp = (OW-1)*SW + (KW-1)*DW + 1 (every row and column
@@ -14,10 +15,12 @@
 // wg_gemm_xp: B panel b = tap * cp_count + cp (tap = kh*KW + kw) holds the NR columns
 //   (cp*NR + l, kh, kw); its row for output position (n, oh, ow) is xp[n][cp][oh*SH + kh*DH]
 //   [ow*SW + kw*DW][0..NR), so the K loop steps SW*NR values along a row and starts each output row
-//   anew. A: wg_pack_g's panels of G, [ceil(COUT/MR)][N*OH*OW][MR]. The K order (n, oh, ow) is the
-//   packed path's, so the sums are the same. The tile goes to dW[co][ci][kh][kw] (row-major COUT x
-//   C*KH*KW, column ci*KH*KW + tap: scalar stores, KH*KW apart). NDRange (KH*KW * cp_count, mgroups), local size (1, 1):
-//   work-item (b, mg) does the A panels of group mg (gemm_packed.cl's PANEL_ROWS).
+//   anew. A: G (N, COUT, OH*OW) itself, a k step's MR values one from each of MR rows (a packed
+//   panel has them adjacent; reading MR rows measured no slower than packing them first). The K
+//   order (n, oh, ow) is the packed path's, so the sums are the same. The tile goes to
+//   dW[co][ci][kh][kw] (row-major COUT x C*KH*KW, column ci*KH*KW + tap: scalar stores, KH*KW
+//   apart). NDRange (KH*KW * cp_count, mgroups), local size (1, 1): work-item (b, mg) does the A
+//   panels of group mg (gemm_packed.cl's PANEL_ROWS).
 //
 // Defines: MR, NR, VW (the tile, clconv.blas.packed.Tile), REAL/ACC, INDEX_T only: the sizes and
 // padding are the GEOMETRY_ARGS arguments (RUNTIME_SIZES), the kernel size, stride and dilation
@@ -53,10 +56,9 @@ __kernel void wg_pack_xp(__global const REAL* restrict x, const long x_offset,
     }
 }
 
-__kernel void wg_gemm_xp(__global const REAL* restrict ap, const long ap_offset,
+__kernel void wg_gemm_xp(__global const REAL* restrict g, const long g_offset,
                          __global const REAL* restrict xp, const long xp_offset,
-                         __global REAL* restrict dw, const long dw_offset, const int k,
-                         const int batch, const int hp, const int wp, const int cp_count,
+                         __global REAL* restrict dw, const long dw_offset, const int batch, const int hp, const int wp, const int cp_count,
                          const int panels_per_group, const int4 taps, const int2 dil,
                          GEOMETRY_ARGS) {
     const int b = get_global_id(0);
@@ -77,20 +79,26 @@ __kernel void wg_gemm_xp(__global const REAL* restrict ap, const long ap_offset,
     for (int ip = ip0; ip < ip1; ++ip) {
         TILE_DECLARE(acc);
         TILE_ZERO(acc)
-        const __global REAL* a = ap + ap_offset + (long)ip * k * MR;
+        const int i0 = ip * MR, mrows = min(MR, COUT - i0);
         for (int n = 0; n < batch; ++n) {
+            // The panel's MR rows of G for image n, read where they are (rows past COUT repeat
+            // the last one: their sums are never stored)
+            const __global REAL* grow[MR];
+#pragma unroll
+            for (int i = 0; i < MR; ++i)
+                grow[i] = g + g_offset + ((long)n * COUT + min(i0 + i, COUT - 1)) * (OH * OW);
             const __global REAL* bn = b0 + (long)n * cp_count * block;
+            int l = 0;
             for (int oh = 0; oh < OH; ++oh) {
                 const __global REAL* brow = bn + (long)oh * sh * wp * NR;
                 for (int ow = 0; ow < OW; ++ow) {
-                    TILE_STEP(acc, a[i_], brow)
-                    a += MR;
+                    TILE_STEP(acc, grow[i_][l], brow)
+                    ++l;
                     brow += bstep;
                 }
             }
         }
         // The tile's columns are KH*KW apart in dW: plain scalar stores (no epilogue).
-        const int i0 = ip * MR, mrows = min(MR, COUT - i0);
 #pragma unroll
         for (int i = 0; i < MR; ++i) {
             if (i >= mrows) break;

@@ -19,9 +19,9 @@ im2col/col2im code when it returns None:
   (PoCL): one GEMM over K = batch * output positions, both operands written straight into the
   micro-kernel's packed layouts (no im2col buffer, no transposed packing: measured 3.4 of the 3.9
   ms of ResNet-18's 64-channel 3x3 weight gradient on the old path).
-- `ImplicitWeightGrad`: the same GEMM for layers of many output positions and C_in of a B panel or
-  more, with B read in place from a channel-blocked copy of x (cl/wgrad_implicit.cl) instead of
-  X^T packed (KH*KW times x's size: 9x for 3x3 layers).
+- `ImplicitWeightGrad`: the same micro-kernel for layers of many output positions and C_in of a B
+  panel or more, with neither operand packed (cl/wgrad_implicit.cl): G read in place, B from a
+  channel-blocked copy of x instead of X^T packed (KH*KW times x's size: 9x for 3x3 layers).
 - `SplitKWeightGrad`: the weight gradient of unpadded stride-1 1x1 layers on the split-K GEMM.
 """
 
@@ -378,12 +378,12 @@ class PackedWeightGrad:
 
 class ImplicitWeightGrad:
     """out (C_out, C_in, *k) = the weight gradient of the dense 1-d / 2-d convolution `geo` as
-    `PackedWeightGrad` computes it (the same GEMM, the same order of sums), with X^T's B panels read
-    in place from a channel-blocked, zero-padded copy of x (cl/wgrad_implicit.cl) instead of packed:
-    that copy is about x's size, X^T KH*KW times it. For C_in of at least one B panel (NR) that
-    pads at most a quarter, K (batch * output positions) of _IMPLICIT_WG_MIN_POSITIONS or more;
-    drivers without a loop cap (the K loop is one launch). Workspace: G's packed panels and the
-    copy of x."""
+    `PackedWeightGrad` computes it (the same micro-kernel, the same order of sums), with neither
+    operand packed (cl/wgrad_implicit.cl): G's rows read where they are, X^T's B panels read from
+    a channel-blocked, zero-padded copy of x, about x's size (X^T is KH*KW times it). For C_in of
+    at least one B panel (NR) that pads at most a quarter, K (batch * output positions) of
+    _IMPLICIT_WG_MIN_POSITIONS or more; drivers without a loop cap (the K loop is one launch).
+    Workspace: the copy of x."""
 
     @staticmethod
     def _layout(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> tuple[packed.Tile, int, int, int]:
@@ -406,29 +406,21 @@ class ImplicitWeightGrad:
         padded = cp_count * tile.nr
         return (geo.in_channels >= tile.nr and 4 * padded <= 5 * geo.in_channels
                 and geo.batch * geo.out_spatial >= _IMPLICIT_WG_MIN_POSITIONS
-                and geo.batch * geo.out_spatial < 2**31 // max(geo.out_channels, tile.mr)
+                and geo.batch * geo.out_channels * geo.out_spatial < 2**31
                 and geo.batch * padded * hp * wp < 2**31)
 
     @staticmethod
     def workspace(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> int:
         tile, cp_count, hp, wp = ImplicitWeightGrad._layout(dev, geo, dtype)
-        k = geo.batch * geo.out_spatial
-        return (tile.packed_a_size(geo.out_channels, k) +
-                geo.batch * cp_count * hp * wp * tile.nr) * np.dtype(dtype).itemsize
+        return geo.batch * cp_count * hp * wp * tile.nr * np.dtype(dtype).itemsize
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype) -> None:
         self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
         self.tile, self.cp_count, self.hp, self.wp = self._layout(dev, geo, dtype)
-        self.m, self.k = geo.out_channels, geo.batch * geo.out_spatial
-        self.a_size = self.tile.packed_a_size(self.m, self.k)
         self.workspace_bytes = self.workspace(dev, geo, dtype)
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
                              geo.batch * geo.out_channels * geo.out_spatial)
-        # wg_pack_g from PackedWeightGrad's program for this geometry (a network has both routes
-        # for its layers of one kernel size and stride); cl/wgrad_implicit.cl without geometry
-        # defines: one program for every layer of a tile and dtype.
-        self.pack_g = kernel(dev, _SOURCE, "wg_pack_g", kernel_defines(
-            geo.shape_defines(), dtype, index_t, MR=self.tile.mr, NR=self.tile.nr, RUN=_PACK_RUN))
+        # No geometry defines: one program for every layer of a tile and dtype.
         defines = kernel_defines({}, dtype, index_t, **packed.gemm_defines(self.tile, dtype))
         self.pack_xp = kernel(dev, "wgrad_implicit.cl", "wg_pack_xp", defines)
         self.gemm = kernel(dev, "wgrad_implicit.cl", "wg_gemm_xp", defines)
@@ -437,28 +429,23 @@ class ImplicitWeightGrad:
         (kh, kw), (sh, sw), (dh, dw) = (lift + t for t in (geo.kernel, geo.stride, geo.dilation))
         self.taps = cltypes.make_int4(kh, kw, sh, sw)
         self.dil = cltypes.make_int2(dh, dw)
-        self.runs = -(-self.k // _PACK_RUN)
-        taps = geo.ksize
-        self.mgroups, self.per_group = packed.grid(dev, self.tile, self.m,
-                                                   taps * self.cp_count * self.tile.nr, 1)
-        self.gemm_range = (taps * self.cp_count, self.mgroups)
+        b_panels = geo.ksize * self.cp_count
+        mgroups, self.per_group = packed.grid(dev, self.tile, geo.out_channels,
+                                              b_panels * self.tile.nr, 1)
+        self.gemm_range = (b_panels, mgroups)
 
     def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
-        dev, geo, tile = self.dev, self.geo, self.tile
+        dev, geo = self.dev, self.geo
         with dev.lock:
             work = column_buffer(dev, (self.workspace_bytes // self.dtype.itemsize,), self.dtype)
-            w_off = element_offset(work)
-            xp_off = np.int64(w_off + self.a_size)
-            self.pack_g(dev.queue, (self.runs, tile.a_panels(self.m)), (1, 1), g.base_data,
-                        np.int64(element_offset(g)), work.base_data, np.int64(w_off),
-                        np.int32(self.m), np.int32(geo.out_spatial), np.int32(self.k))
+            xp_off = np.int64(element_offset(work))
             self.pack_xp(dev.queue, (self.hp, geo.batch * self.cp_count), (1, 1), x.base_data,
                          np.int64(element_offset(x)), work.base_data, xp_off,
                          np.int32(self.hp), np.int32(self.wp), np.int32(self.cp_count),
                          *self.size_args)
-            self.gemm(dev.queue, self.gemm_range, (1, 1), work.base_data, np.int64(w_off),
-                      work.base_data, xp_off, out.base_data, np.int64(element_offset(out)),
-                      np.int32(self.k), np.int32(geo.batch), np.int32(self.hp),
+            self.gemm(dev.queue, self.gemm_range, (1, 1), g.base_data,
+                      np.int64(element_offset(g)), work.base_data, xp_off, out.base_data,
+                      np.int64(element_offset(out)), np.int32(geo.batch), np.int32(self.hp),
                       np.int32(self.wp), np.int32(self.cp_count), np.int32(self.per_group),
                       self.taps, self.dil, *self.size_args)
 
