@@ -121,11 +121,9 @@ def _splitk_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     return fgeo.groups == 1 and cpu_shaped(dev) and rule_choice(dev, fgeo, dtype) == "splitk"
 
 
-WeightGradRoute = Any  # one of the weight-gradient classes below (they are defined after this)
-
-
-def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype,
-                      limit: int) -> WeightGradRoute | None:
+def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: int
+                      ) -> DepthwiseWeightGrad | SplitKWeightGrad | ImplicitWeightGrad | \
+        PackedWeightGrad | None:
     """The fast path for `grad.WeightGrad(geo)`, or None (then im2col + GEMM)."""
     if not _float_work(dtype):
         return None
@@ -386,13 +384,18 @@ class ImplicitWeightGrad:
     Workspace: the copy of x."""
 
     @staticmethod
+    def _taps(geo: ConvGeometry) -> tuple[tuple[int, ...], ...]:
+        """((kh, kw), (sh, sw), (dh, dw)): a 1-d layer's lifted to 2-d."""
+        lift = (1,) * (2 - geo.nd)
+        return tuple(lift + t for t in (geo.kernel, geo.stride, geo.dilation))
+
+    @staticmethod
     def _layout(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> tuple[packed.Tile, int, int, int]:
         """(tile, cp_count, hp, wp): the GEMM's tile, channel blocks and padded rows / columns."""
         m, n, k = geo.out_channels, geo.column_rows, geo.batch * geo.out_spatial
         tile = packed.tile_for(dev, dtype, m, n, k)
-        lift = (1,) * (2 - geo.nd)
-        (oh, ow), (kh, kw) = lift + geo.out_size, lift + geo.kernel
-        (sh, sw), (dh, dw) = lift + geo.stride, lift + geo.dilation
+        oh, ow = (1,) * (2 - geo.nd) + geo.out_size
+        (kh, kw), (sh, sw), (dh, dw) = ImplicitWeightGrad._taps(geo)
         return (tile, tile.b_panels(geo.in_channels), (oh - 1) * sh + (kh - 1) * dh + 1,
                 (ow - 1) * sw + (kw - 1) * dw + 1)
 
@@ -425,8 +428,7 @@ class ImplicitWeightGrad:
         self.pack_xp = kernel(dev, "wgrad_implicit.cl", "wg_pack_xp", defines)
         self.gemm = kernel(dev, "wgrad_implicit.cl", "wg_gemm_xp", defines)
         self.size_args = geo.size_args()
-        lift = (1,) * (2 - geo.nd)
-        (kh, kw), (sh, sw), (dh, dw) = (lift + t for t in (geo.kernel, geo.stride, geo.dilation))
+        (kh, kw), (sh, sw), (dh, dw) = self._taps(geo)
         self.taps = cltypes.make_int4(kh, kw, sh, sw)
         self.dil = cltypes.make_int2(dh, dw)
         b_panels = geo.ksize * self.cp_count
