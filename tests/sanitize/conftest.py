@@ -25,6 +25,7 @@ with os._exit once pytest has reported and returned its exit status.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -194,5 +195,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     sys.stderr.flush()
     if under_oclgrind():
         # CLBlast's static program cache is torn down after the OpenCL runtime under Oclgrind and
-        # aborts the process at exit: leave with pytest's status, without the exit handlers.
+        # aborts the process at exit: leave with pytest's status, without the exit handlers (the
+        # suite's temporary cache folder, which one of them removes, goes first).
+        cache = os.environ.get("CLCONV_CACHE_DIR", "")
+        if os.path.basename(cache).startswith("clconv-test-cache-"):
+            shutil.rmtree(cache, ignore_errors=True)
         os._exit(status)
