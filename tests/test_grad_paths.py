@@ -61,6 +61,13 @@ CASES = {
                                     {"stride": (1, 2), "padding": (2, 1), "dilation": (2, 1)},
                                     GEMM),
     "stem-7x7-s2": ((2, 3, 23, 21), (8, 3, 7, 7), {"stride": 2, "padding": 3}, GEMM),
+    # (weight gradients summed along output rows, few input channels: a row of two vectors and a
+    # masked last one, C_out not a multiple of the tile's channels; stride, dilation and padding
+    # per axis; then C_in past one B panel and few positions: the packed path)
+    "stem-wgrad-wide": ((2, 3, 40, 70), (10, 3, 7, 7), {"stride": 2, "padding": 3}, GEMM),
+    "stem-wgrad-dilated-rect": ((1, 5, 20, 60), (7, 5, 3, 5),
+                                {"stride": (1, 3), "padding": (2, 1), "dilation": (2, 2)}, GEMM),
+    "packed-wgrad": ((1, 40, 17, 17), (6, 40, 3, 3), {"stride": 2, "padding": 1}, GEMM),
     "dense-s2-many-cols": ((1, 12, 15, 16), (7, 12, 3, 3), {"stride": 2, "padding": 1}, GEMM),
     "dense-small-grid": ((2, 4, 9, 9), (3, 4, 3, 3), {"padding": 1}, GEMM),
     "dw-s1": ((2, 6, 9, 11), (6, 1, 3, 3), {"padding": 1, "groups": 6}, FORWARD),
@@ -112,10 +119,15 @@ def test_paths_taken(clconv, dev, case):
         cin, positions = x_shape[1], x_shape[0] * math.prod(pw.geometry.out_size)
         nr = packed_engine.tile_for(dev, np.float32, w_shape[0], cin * math.prod(w_shape[2:]),
                                     positions).nr
+        uncapped = getattr(dev, "loop_limit", None) is None
         implicit = (cin >= nr and 4 * -(-cin // nr) * nr <= 5 * cin and positions >= 512
-                    and getattr(dev, "loop_limit", None) is None)
-        want = ("SplitKWeightGrad" if splitk else "ImplicitWeightGrad" if implicit
-                else "PackedWeightGrad")
+                    and uncapped)
+        # fewer input channels than a B panel, output rows of a vector or more, KW <= 11:
+        # summed along the rows
+        stem = (cin < nr and pw.geometry.out_size[-1] >= packed_engine.vector_width(
+            dev, np.dtype(np.float32)) and w_shape[-1] <= 11 and uncapped)
+        want = ("SplitKWeightGrad" if splitk else "StemWeightGrad" if stem
+                else "ImplicitWeightGrad" if implicit else "PackedWeightGrad")
     else:
         want = None
     assert _route_name(pw.impl.route) == want
@@ -331,6 +343,69 @@ def test_implicit_weight_grad_1d(clconv, dev, rng, dtype, kw):
     assert taken == bool(packed and getattr(dev, "loop_limit", None) is None)
     assert_close(plan(x, g), ref.conv_nd_weight(x, w_shape, g, **kw), dtype,
                  reduction=x_shape[0] * g.shape[2], magnitude=conv_magnitude(g, x))
+
+
+def _stem_taken(dev, dtype, out_w: int) -> bool:
+    """Whether the stem weight gradient's rule holds on `dev` for the cases below (they have fewer
+    input channels than a B panel and kernels of at most 7 taps a row) with rows of `out_w`."""
+    return bool(dev.cl_device.type & cl.device_type.CPU and gemm_engine(dev) is packed_engine
+                and getattr(dev, "loop_limit", None) is None
+                and packed_engine.vector_width(dev, np.dtype(dtype)) <= out_w)
+
+
+@pytest.mark.parametrize("kw", [{"stride": 2, "padding": 3}, {"dilation": 3, "padding": 2}],
+                         ids=["stem-s2", "dilated"])
+def test_stem_weight_grad_1d(clconv, dev, rng, dtype, kw):
+    """The weight gradient summed along output rows over 1-d positions (taken on the packed GEMM's
+    devices without a loop cap; elsewhere the packed path), against the oracle."""
+    x_shape, w_shape = (3, 2, 301), (5, 2, 7)
+    x = random_array(rng, x_shape, dtype)
+    g = random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)
+    plan = clconv.plan_conv1d_weight(x_shape, w_shape, dtype=dtype, **kw)
+    assert (_route_name(plan.impl.route) == "StemWeightGrad") == _stem_taken(dev, dtype,
+                                                                             g.shape[2])
+    assert_close(plan(x, g), ref.conv_nd_weight(x, w_shape, g, **kw), dtype,
+                 reduction=x_shape[0] * g.shape[2], magnitude=conv_magnitude(g, x))
+
+
+def test_stem_weight_grad_nonfinite(clconv, dev, rng, dtype):
+    """Inf and NaN as torch counts them: an Inf in x read only by an output column that the
+    row's last (masked, overlapping) vector covers again gives +Inf once, not NaN (0 * Inf), and
+    a NaN in an input column no output reads (stride 2, no padding) does not reach dW."""
+    x_shape, w_shape, kw = (1, 3, 6, 42), (4, 3, 3, 3), {"stride": 2}
+    x = random_array(rng, x_shape, dtype)
+    g = np.abs(random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)) + 0.1  # 20 columns
+    x[0, 1, 2, 27] = np.inf  # read by output column 13, tap kw = 1 only
+    x[0, 2, :, 41] = np.nan  # past the last column read (output column 19 reads 38..40)
+    plan = clconv.plan_conv2d_weight(x_shape, w_shape, dtype=dtype, **kw)
+    assert (_route_name(plan.impl.route) == "StemWeightGrad") == _stem_taken(dev, dtype, 20)
+    got, want = plan(x, g), ref.conv_nd_weight(x, w_shape, g, **kw)
+    assert np.isposinf(want).sum() > 0 and not np.isnan(want).any()
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    assert not np.isnan(got).any()
+    finite = np.isfinite(want)
+    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), dtype,
+                 reduction=g.shape[2] * g.shape[3], magnitude=conv_magnitude(g, np.nan_to_num(
+                     x, nan=0.0, posinf=0.0)))
+
+
+def test_stem_weight_grad_layers_share_programs(clconv, dev):
+    """StemWeightGrad's kernels take the sizes, strides, dilation and KH as arguments: layers of
+    one kernel width share one cl/wgrad_stem.cl program (7 and 3 taps: two)."""
+    from clconv.runtime.program import programs
+
+    layers = [((1, 3, 40, 70), (10, 3, 7, 7), {"stride": 2, "padding": 3}),
+              ((2, 2, 30, 50), (5, 2, 5, 7), {"padding": (2, 3), "dilation": (1, 2)}),
+              ((1, 3, 31, 45), (8, 3, 3, 3), {"stride": 2, "padding": 1}),
+              ((1, 1, 20, 33), (8, 1, 2, 3), {})]
+    routes = [clconv.plan_conv2d_weight(x, w, **kw).impl.route for x, w, kw in layers]
+    if not _stem_taken(dev, np.float32, 16):
+        assert all(_route_name(r) != "StemWeightGrad" for r in routes)
+        return
+    assert all(_route_name(r) == "StemWeightGrad" for r in routes)
+    built = {(source, opts) for (source, opts, _), k in programs(dev).kernels.items()
+             if any(k is r.sum_rows or k is r.phase_x for r in routes)}
+    assert len(built) == 2
 
 
 def test_implicit_weight_grad_layers_share_programs(clconv, dev):

@@ -146,6 +146,34 @@ def test_implicit_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+@pytest.mark.parametrize("xs, ws, kw", [
+    ((1, 2, 5, 40), (5, 2, 3, 3), {"stride": (1, 2), "padding": 1}),
+    ((2, 3, 6, 21), (4, 3, 2, 3), {"padding": (1, 0), "dilation": (1, 2)})],
+    ids=["strided-masked-tail", "dilated-2images"])
+def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
+    """clconv.ops.grad_paths.StemWeightGrad configured directly (the rule takes it on PoCL only):
+    cl/wgrad_stem.cl's phase-split copy of x (wg_phase_x: padding rows and columns, two phases)
+    and the sums along output rows (wg_stem: full vectors, a row's masked last vector, a part-
+    filled tile of output channels)."""
+    import pyopencl.array as cla
+
+    from clconv.ops.geometry import conv_geometry
+    from clconv.ops.grad_paths import StemWeightGrad
+
+    need_dtype(device, dtype)
+    x = arr(rng, xs, dtype)
+    g = arr(rng, ref.conv_nd(x, np.zeros(ws), None, **kw).shape, dtype)
+    geo = conv_geometry(2, xs, ws, kw.get("stride", 1), kw.get("padding", 0),
+                        kw.get("dilation", 1), 1)
+    assert g.shape[-1] >= 16  # at least one vector of any width a row (the kernel's premise)
+    route = StemWeightGrad(device, geo, dtype)
+    out = cla.empty(device.queue, ws, dtype)
+    route.run(cla.to_device(device.queue, x), cla.to_device(device.queue, g), out)
+    expect(out, ref.conv_nd_weight(x, ws, g, **kw), dtype, 2 * math.prod(g.shape[2:]),
+           mag(x, g))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_splitk_weight_grad(device, rng, index_t, dtype):
     """clconv.ops.grad_paths.SplitKWeightGrad configured directly (the rule takes it on PoCL's CPU
     devices only): conv_grad_paths.cl's transpose_rows (partial 16 x 16 tiles) and gemm_splitk.cl
