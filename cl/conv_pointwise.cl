@@ -17,7 +17,9 @@
 // read row COUT_G - 1 again, and the masked store drops them. The host requires L >= NR.
 //
 // Defines: MR, NR, VW (gemm_packed.cl's register tile), REAL/ACC, HAS_BIAS, HAS_RESIDUAL, ACT
-// (ACT_A, ACT_B) (common.cl). Sizes (C, COUT, GROUPS, ID..OW) are the GEOMETRY_ARGS arguments
+// (ACT_A, ACT_B) (common.cl); A_TRANSPOSED: the weight is read as its transpose per group, a group
+// (COUT_G, CIN_G) stored as (CIN_G, COUT_G) row-major (row i's k-th value at k * COUT_G + i): the
+// adjoint of a 1x1 layer with the layer's own weight, so that no pass transposes it first. Sizes (C, COUT, GROUPS, ID..OW) are the GEOMETRY_ARGS arguments
 // (RUNTIME_SIZES): one program per tile, stride, dtype and epilogue serves every 1x1 layer (the
 // strides SD, SH, SW are defines for the subsample kernel at the end only).
 // NDRange (ceil(L / NR), mgroups, batch * GROUPS), local size (1, 1, 1): work-item (jp, mg, z) does
@@ -27,6 +29,15 @@
 #define RUNTIME_SIZES
 #define GEMM_PACKED_NO_KERNELS
 #include "gemm_packed.cl"
+
+// Where A's (row, k) values lie: row * A_ROW_STRIDE + k * A_K_STRIDE (m = COUT_G, k = CIN_G)
+#ifdef A_TRANSPOSED
+#define A_ROW_STRIDE 1
+#define A_K_STRIDE m
+#else
+#define A_ROW_STRIDE k
+#define A_K_STRIDE 1
+#endif
 
 __kernel void conv_pointwise(__global const REAL* restrict x, const long x_offset,
                              __global const REAL* restrict weight, const long w_offset,
@@ -58,11 +69,11 @@ __kernel void conv_pointwise(__global const REAL* restrict x, const long x_offse
         const int i0 = ip * MR;
         __global const REAL* arow[MR];
 #pragma unroll
-        for (int i = 0; i < MR; ++i) arow[i] = a + (idx_t)min(i0 + i, m - 1) * k;
+        for (int i = 0; i < MR; ++i) arow[i] = a + (idx_t)min(i0 + i, m - 1) * A_ROW_STRIDE;
         TILE_DECLARE(acc);
         TILE_ZERO(acc)
         __global const REAL* brow = b;
-        for (int p = 0; p < k; ++p, brow += l) TILE_STEP(acc, arow[i_][p], brow)
+        for (int p = 0; p < k; ++p, brow += l) TILE_STEP(acc, arow[i_][(idx_t)p * A_K_STRIDE], brow)
         TILE_STORE(acc, c, l, i0, min(MR, m - i0), col, NR, true, (REAL)1, (REAL)0, bias,
                    b_offset + (long)g * COUT_G, res)
     }

@@ -47,6 +47,7 @@ CASES = {
     "dense-groups": ((2, 4, 28, 28), (6, 2, 3, 3), {"padding": 1, "groups": 2}, FORWARD),
     "1x1": ((2, 8, 28, 29), (5, 8, 1, 1), {}, FORWARD),
     "1x1-small-grid-groups": ((2, 8, 5, 6), (6, 4, 1, 1), {"groups": 2}, FORWARD),
+    "1x1-groups": ((2, 8, 8, 9), (6, 4, 1, 1), {"groups": 2}, FORWARD),
     # (C_in past one vector and >= 256 positions: the weight gradient on the split-K GEMM; C_in
     # and C_out not multiples of the tile, 306 positions, 3 images)
     "1x1-splitk-weight": ((3, 20, 17, 18), (25, 20, 1, 1), {}, FORWARD),
@@ -102,6 +103,10 @@ def test_paths_taken(clconv, dev, case):
     x_shape, w_shape, kw, path = CASES[case]
     pi = clconv.plan_conv2d_input(x_shape, w_shape, **kw)
     assert _route_name(pi.adjoint.route) == path
+    if path == FORWARD and w_shape[2:] == (1, 1) and pi.adjoint.route.algorithm == "pointwise":
+        # the 1x1 GEMM reads the layer's weight as its transpose: no flip pass
+        assert pi.adjoint.route.flipped is None and pi.adjoint.route.impl.kernel is not \
+            clconv.plan_conv2d(x_shape, w_shape, **kw).impl.kernel
     if path is GEMM and not (w_shape[2:] == (1, 1) and kw.get("stride", 1) == 1):
         # the whole image's columns fit: col2im is the phase-wise gather
         assert type(pi.adjoint.col2im).__name__ == "PhaseCol2im"

@@ -62,7 +62,10 @@ class Pointwise:
 
     name = "pointwise"
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
+                 activation: ActivationArg, limit: int, has_residual: bool = False,
+                 weight_transposed: bool = False) -> None:
+        """weight_transposed: `run`'s weight is the transpose of `geo`'s per group, (C_in,
+        C_out / groups) (a 1x1 layer's own weight, whose adjoint `geo` is), read in place."""
         dtype = np.dtype(dtype)
         m, l = geo.cout_per_group, geo.out_spatial
         self.tile = packed.tile_for(dev, np.float32 if dtype == np.float16 else dtype, m,
@@ -79,7 +82,8 @@ class Pointwise:
         defines = kernel_defines(geo.shape_defines(), dtype, index_t, **self.tile.defines(),
                                  RESIDUAL_AT_RUN_TIME=None)
         defines.update(epilogue_defines(has_bias, activation))
-        self.kernel = kernel(dev, "conv_pointwise.cl", "conv_pointwise", defines)
+        gemm_defines = dict(defines, A_TRANSPOSED=None) if weight_transposed else defines
+        self.kernel = kernel(dev, "conv_pointwise.cl", "conv_pointwise", gemm_defines)
         # A strided 1x1 convolution reads a subsampled input: conv_pointwise.cl's subsample
         # gathers it into the column buffer first ((N, C_in, L): L = the output positions), and
         # the GEMM runs on that as on a stride-1 input of the output's size.

@@ -174,6 +174,30 @@ def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_adjoint_weight_in_place(device, rng, index_t, dtype, groups):
+    """conv_pointwise.cl with A_TRANSPOSED (the 1x1 adjoint's GEMM reading the layer's weight as
+    its transpose, per group: grad_paths.ForwardAdjoint on PoCL), configured directly, with a
+    bias and ReLU: conv_transpose2d's semantics."""
+    import pyopencl.array as cla
+
+    from clconv.ops.geometry import conv_geometry
+    from clconv.ops.pointwise import Pointwise
+
+    need_dtype(device, dtype)
+    y, w, b = arr(rng, (2, 6, 5, 8), dtype), arr(rng, (6, 4 // groups, 1, 1), dtype), \
+        arr(rng, (4,), dtype)
+    # the forward 1x1 convolution 6 -> 4 channels whose weight is w transposed per group
+    fgeo = conv_geometry(2, y.shape, (4, 6 // groups, 1, 1), 1, 0, 1, groups)
+    impl = Pointwise(device, fgeo, dtype, True, "relu", 0, weight_transposed=True)
+    out = cla.empty(device.queue, (2, 4, 5, 8), dtype)
+    q = device.queue
+    impl.run(cla.to_device(q, y), cla.to_device(q, w), cla.to_device(q, b), out)
+    expect(out, np.maximum(ref.conv_transpose_nd(y, w, b, groups=groups), 0), dtype, 2 * 6,
+           mag(y, w))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_splitk_weight_grad(device, rng, index_t, dtype):
     """clconv.ops.grad_paths.SplitKWeightGrad configured directly (the rule takes it on PoCL's CPU
     devices only): conv_grad_paths.cl's transpose_rows (partial 16 x 16 tiles) and gemm_splitk.cl
