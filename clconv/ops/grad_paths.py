@@ -529,7 +529,7 @@ class StemWeightGrad:
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype) -> None:
         self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
-        self.vw, self.hp, self.wq, sw = self._layout(dev, geo, dtype)
+        self.vw, self.hp, self.wq, _ = self._layout(dev, geo, dtype)
         self.workspace_bytes = self.workspace(dev, geo, dtype)
         (kh, kw), (sh, sw), (dh, dw) = ImplicitWeightGrad._taps(geo)
         co_t = min(self.channels_per_item(dev, dtype, kw), geo.out_channels)

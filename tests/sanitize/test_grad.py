@@ -118,6 +118,25 @@ def test_grad_paths_conv_transpose2d(rng, index_t, packed_gemm):
     expect(got, np.maximum(ref.conv_transpose_nd(x, w, b, padding=1), 0), F32, 2 * 9, mag(x, w))
 
 
+def _weight_grad_route_check(device, rng, route_class, dtype, xs, ws, kw) -> None:
+    """A 2-d weight-gradient route of clconv.ops.grad_paths configured directly for (xs, ws, kw)
+    and run once, against the oracle."""
+    import pyopencl.array as cla
+
+    from clconv.ops.geometry import conv_geometry
+
+    need_dtype(device, dtype)
+    x = arr(rng, xs, dtype)
+    g = arr(rng, ref.conv_nd(x, np.zeros(ws), None, **kw).shape, dtype)
+    geo = conv_geometry(2, xs, ws, kw.get("stride", 1), kw.get("padding", 0),
+                        kw.get("dilation", 1), 1)
+    route = route_class(device, geo, dtype)
+    out = cla.empty(device.queue, ws, dtype)
+    route.run(cla.to_device(device.queue, x), cla.to_device(device.queue, g), out)
+    expect(out, ref.conv_nd_weight(x, ws, g, **kw), dtype, 2 * math.prod(g.shape[2:]),
+           mag(x, g))
+
+
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 @pytest.mark.parametrize("xs, ws, kw", [
     ((2, 19, 5, 7), (3, 19, 3, 3), {"padding": 1}),
@@ -128,21 +147,9 @@ def test_implicit_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
     layers on PoCL only): cl/wgrad_implicit.cl's channel-blocked copy of x (wg_pack_xp: padding
     rows and columns, a part-filled last block) and the GEMM reading its B panels from it
     (wg_gemm_xp: every tap, strided and dilated rows, scattered stores)."""
-    import pyopencl.array as cla
-
-    from clconv.ops.geometry import conv_geometry
     from clconv.ops.grad_paths import ImplicitWeightGrad
 
-    need_dtype(device, dtype)
-    x = arr(rng, xs, dtype)
-    g = arr(rng, ref.conv_nd(x, np.zeros(ws), None, **kw).shape, dtype)
-    geo = conv_geometry(2, xs, ws, kw.get("stride", 1), kw.get("padding", 0),
-                        kw.get("dilation", 1), 1)
-    route = ImplicitWeightGrad(device, geo, dtype)
-    out = cla.empty(device.queue, ws, dtype)
-    route.run(cla.to_device(device.queue, x), cla.to_device(device.queue, g), out)
-    expect(out, ref.conv_nd_weight(x, ws, g, **kw), dtype, 2 * math.prod(g.shape[2:]),
-           mag(x, g))
+    _weight_grad_route_check(device, rng, ImplicitWeightGrad, dtype, xs, ws, kw)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
@@ -155,22 +162,10 @@ def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
     cl/wgrad_stem.cl's phase-split copy of x (wg_phase_x: padding rows and columns, two phases)
     and the sums along output rows (wg_stem: full vectors, a row's masked last vector, a part-
     filled tile of output channels)."""
-    import pyopencl.array as cla
-
-    from clconv.ops.geometry import conv_geometry
     from clconv.ops.grad_paths import StemWeightGrad
 
-    need_dtype(device, dtype)
-    x = arr(rng, xs, dtype)
-    g = arr(rng, ref.conv_nd(x, np.zeros(ws), None, **kw).shape, dtype)
-    geo = conv_geometry(2, xs, ws, kw.get("stride", 1), kw.get("padding", 0),
-                        kw.get("dilation", 1), 1)
-    assert g.shape[-1] >= 16  # at least one vector of any width a row (the kernel's premise)
-    route = StemWeightGrad(device, geo, dtype)
-    out = cla.empty(device.queue, ws, dtype)
-    route.run(cla.to_device(device.queue, x), cla.to_device(device.queue, g), out)
-    expect(out, ref.conv_nd_weight(x, ws, g, **kw), dtype, 2 * math.prod(g.shape[2:]),
-           mag(x, g))
+    # (output rows of 16+ columns: at least one vector of any width, the kernel's premise)
+    _weight_grad_route_check(device, rng, StemWeightGrad, dtype, xs, ws, kw)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
