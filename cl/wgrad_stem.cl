@@ -19,7 +19,11 @@
 //   cb*CO_T .. cb*CO_T + CO_T - 1 over every image and output row, VW columns a step; a row's last
 //   OW % VW columns are one vector ending at the row's end whose lanes already summed are masked
 //   (0 in both G and x, so that an Inf or NaN is counted once), so OW >= VW (the host's rule).
-//   NDRange (C*KH, ceil(COUT / CO_T)), local size (1, 1).
+//   The batch is cut into chunks of `chunk` images, chunk z's sums written to the z-th dW (at
+//   dw + dw_offset + z * dw_stride): with one chunk that is dW itself, with more the host adds
+//   them up (splitk_reduce.cl) -- so that the G rows of one image, which the C*KH work-items of
+//   an output channel block all read, stay in L2 between them (a whole batch's do not).
+//   NDRange (C*KH, ceil(COUT / CO_T), chunks), local size (1, 1, 1).
 //
 // Defines: KW (the taps a tile holds: the inner loop's bound), CO_T (its output channels), VW (the
 // vector width), REAL, INDEX_T. The sizes and padding are GEOMETRY_ARGS (RUNTIME_SIZES); KH, the
@@ -60,8 +64,8 @@ __kernel void wg_phase_x(__global const REAL* restrict x, const long x_offset,
 __kernel void wg_stem(__global const REAL* restrict g, const long g_offset,
                       __global const REAL* restrict xq, const long xq_offset,
                       __global REAL* restrict dw, const long dw_offset, const int batch,
-                      const int hp, const int wq, const int4 taps, const int dil_w,
-                      GEOMETRY_ARGS) {
+                      const int chunk, const long dw_stride, const int hp, const int wq,
+                      const int4 taps, const int dil_w, GEOMETRY_ARGS) {
     const int kh_count = taps.s0, sh = taps.s1, sw = taps.s2, dh = taps.s3;
     const int cikh = get_global_id(0);
     const int ci = cikh / kh_count, kh = cikh - ci * kh_count;
@@ -88,7 +92,10 @@ __kernel void wg_stem(__global const REAL* restrict g, const long g_offset,
 #pragma unroll
         for (int kw = 0; kw < KW; ++kw) acc[c][kw] = (VREAL)0;
 
-    for (int n = 0; n < batch; ++n) {
+    // This work-item's images: chunk z of `chunk` images; its sums go to dW number z.
+    const int z = get_global_id(2);
+    const int n_end = min(batch, (z + 1) * chunk);
+    for (int n = z * chunk; n < n_end; ++n) {
         const __global REAL* gimg[CO_T];
 #pragma unroll
         for (int c = 0; c < CO_T; ++c)  // channels past COUT repeat the last: never stored
@@ -127,7 +134,8 @@ __kernel void wg_stem(__global const REAL* restrict g, const long g_offset,
 #pragma unroll
     for (int c = 0; c < CO_T; ++c) {
         if (co0 + c >= COUT) break;
-        __global REAL* out = dw + dw_offset + (((long)(co0 + c) * C + ci) * kh_count + kh) * KW;
+        __global REAL* out = dw + dw_offset + z * dw_stride +
+                             (((long)(co0 + c) * C + ci) * kh_count + kh) * KW;
 #pragma unroll
         for (int kw = 0; kw < KW; ++kw) {
             REAL lanes[VW];

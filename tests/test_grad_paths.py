@@ -373,6 +373,24 @@ def test_stem_weight_grad_1d(clconv, dev, rng, dtype, kw):
                  reduction=x_shape[0] * g.shape[2], magnitude=conv_magnitude(g, x))
 
 
+def test_stem_weight_grad_image_chunks(clconv, dev, rng, dtype, monkeypatch):
+    """A batch summed in chunks of images (a dW per chunk, then added up): 5 images in chunks of
+    2, the last one short, against the oracle."""
+    x_shape, w_shape, kw = (5, 3, 11, 44), (6, 3, 3, 5), {"stride": (1, 2), "padding": 2}
+    x = random_array(rng, x_shape, dtype)
+    g = random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)
+    co_t = min(grad_paths.StemWeightGrad.channels_per_item(dev, dtype, 5), 6)
+    # two images' G rows of a work-item's channels fit, three do not
+    monkeypatch.setattr(grad_paths, "_STEM_WG_CHUNK_BYTES",
+                        2 * co_t * g.shape[2] * g.shape[3] * np.dtype(dtype).itemsize)
+    plan = clconv.plan_conv2d_weight(x_shape, w_shape, dtype=dtype, **kw)
+    route = plan.impl.route
+    if _stem_taken(dev, dtype, g.shape[3]):
+        assert _route_name(route) == "StemWeightGrad" and (route.chunk, route.chunks) == (2, 3)
+    assert_close(plan(x, g), ref.conv_nd_weight(x, w_shape, g, **kw), dtype,
+                 reduction=x_shape[0] * g.shape[2] * g.shape[3], magnitude=conv_magnitude(g, x))
+
+
 def test_stem_weight_grad_nonfinite(clconv, dev, rng, dtype):
     """Inf and NaN as torch counts them: an Inf in x read only by an output column that the
     row's last (masked, overlapping) vector covers again gives +Inf once, not NaN (0 * Inf), and

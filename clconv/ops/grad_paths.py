@@ -74,6 +74,9 @@ _IMPLICIT_WG_MIN_POSITIONS = 512
 
 # StemWeightGrad up to this kernel width (KW + 1 vector registers an output channel of its tile)
 _STEM_WG_MAX_KW = 11
+# StemWeightGrad's work-items sum whole images while their G rows stay within this (L2: 1 MiB a
+# core on the AVX-512 EPYC, 512 KiB on Zen 3), else one image each
+_STEM_WG_CHUNK_BYTES = 256 * 1024
 
 
 def _float_work(dtype: np.dtype) -> bool:
@@ -514,9 +517,21 @@ class StemWeightGrad:
                 and geo.batch * geo.in_channels * sw * hp * wq < 2**31)
 
     @staticmethod
+    def chunk(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> int:
+        """Images a work-item sums: as many as keep its G rows (CO_T channels an image) within
+        _STEM_WG_CHUNK_BYTES, at least one."""
+        co_t = min(StemWeightGrad.channels_per_item(dev, dtype, geo.kernel[-1]),
+                   geo.out_channels)
+        per_image = co_t * geo.out_spatial * np.dtype(dtype).itemsize
+        return max(1, min(geo.batch, _STEM_WG_CHUNK_BYTES // per_image))
+
+    @staticmethod
     def workspace(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> int:
+        """The copy of x, and with more than one chunk of images a dW per chunk."""
         vw, hp, wq, sw = StemWeightGrad._layout(dev, geo, dtype)
-        return geo.batch * geo.in_channels * sw * hp * wq * np.dtype(dtype).itemsize
+        chunks = -(-geo.batch // StemWeightGrad.chunk(dev, geo, dtype))
+        partials = geo.out_channels * geo.column_rows * chunks if chunks > 1 else 0
+        return (geo.batch * geo.in_channels * sw * hp * wq + partials) * np.dtype(dtype).itemsize
 
     @staticmethod
     def channels_per_item(dev: Device, dtype: np.dtype, kw: int) -> int:
@@ -543,7 +558,13 @@ class StemWeightGrad:
         self.sw = np.int32(sw)
         self.taps = cltypes.make_int4(kh, sh, sw, dh)
         self.dil_w = np.int32(dw)
-        self.range = (geo.in_channels * kh, -(-geo.out_channels // co_t))
+        self.chunk = self.chunk(dev, geo, dtype)
+        self.chunks = -(-geo.batch // self.chunk)
+        self.range = (geo.in_channels * kh, -(-geo.out_channels // co_t), self.chunks)
+        self.xq_size = geo.batch * geo.in_channels * sw * self.hp * self.wq
+        self.dw_size = geo.out_channels * geo.column_rows
+        if self.chunks > 1:
+            self.reduce = reduce_kernel(dev, self.dtype, False, None)
 
     def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
         dev, geo = self.dev, self.geo
@@ -553,10 +574,20 @@ class StemWeightGrad:
             self.phase_x(dev.queue, (self.hp, geo.batch * geo.in_channels), (1, 1), x.base_data,
                          np.int64(element_offset(x)), work.base_data, xq_off, np.int32(self.hp),
                          np.int32(self.wq), self.sw, *self.size_args)
-            self.sum_rows(dev.queue, self.range, (1, 1), g.base_data,
-                          np.int64(element_offset(g)), work.base_data, xq_off, out.base_data,
-                          np.int64(element_offset(out)), np.int32(geo.batch), np.int32(self.hp),
-                          np.int32(self.wq), self.taps, self.dil_w, *self.size_args)
+            if self.chunks == 1:
+                dw_buf, dw_off = out.base_data, np.int64(element_offset(out))
+            else:  # a dW per chunk after the copy of x, added up below
+                dw_buf, dw_off = work.base_data, xq_off + self.xq_size
+            self.sum_rows(dev.queue, self.range, (1, 1, 1), g.base_data,
+                          np.int64(element_offset(g)), work.base_data, xq_off, dw_buf, dw_off,
+                          np.int32(geo.batch), np.int32(self.chunk), np.int64(self.dw_size),
+                          np.int32(self.hp), np.int32(self.wq), self.taps, self.dil_w,
+                          *self.size_args)
+            if self.chunks > 1:
+                self.reduce(dev.queue, (geo.column_rows, geo.out_channels, 1), None, dw_buf,
+                            dw_off, np.int32(self.chunks), out.base_data,
+                            np.int64(element_offset(out)), out.base_data, np.int64(0), None,
+                            np.int64(0))
 
 
 def phase_col2im(dev: Device, geo: ConvGeometry, dtype: np.dtype, index_t: str) -> PhaseCol2im | None:

@@ -153,16 +153,21 @@ def test_implicit_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
-@pytest.mark.parametrize("xs, ws, kw", [
-    ((1, 2, 5, 40), (5, 2, 3, 3), {"stride": (1, 2), "padding": 1}),
-    ((2, 3, 6, 21), (4, 3, 2, 3), {"padding": (1, 0), "dilation": (1, 2)})],
-    ids=["strided-masked-tail", "dilated-2images"])
-def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
+@pytest.mark.parametrize("xs, ws, kw, chunk_bytes", [
+    ((1, 2, 5, 40), (5, 2, 3, 3), {"stride": (1, 2), "padding": 1}, None),
+    ((2, 3, 6, 21), (4, 3, 2, 3), {"padding": (1, 0), "dilation": (1, 2)}, None),
+    ((3, 1, 4, 18), (3, 1, 3, 3), {"padding": 1}, 1)],
+    ids=["strided-masked-tail", "dilated-2images", "image-chunks"])
+def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw, chunk_bytes, monkeypatch):
     """clconv.ops.grad_paths.StemWeightGrad configured directly (the rule takes it on PoCL only):
     cl/wgrad_stem.cl's phase-split copy of x (wg_phase_x: padding rows and columns, two phases)
     and the sums along output rows (wg_stem: full vectors, a row's masked last vector, a part-
-    filled tile of output channels)."""
+    filled tile of output channels; a dW per image, added by splitk_reduce.cl)."""
+    from clconv.ops import grad_paths
     from clconv.ops.grad_paths import StemWeightGrad
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(grad_paths, "_STEM_WG_CHUNK_BYTES", chunk_bytes)
 
     # (output rows of 16+ columns: at least one vector of any width, the kernel's premise)
     _weight_grad_route_check(device, rng, StemWeightGrad, dtype, xs, ws, kw)
