@@ -485,14 +485,15 @@ class StemWeightGrad:
     """out (C_out, C_in, *k) = the weight gradient of a dense 1-d / 2-d zero-padded convolution
     `geo` with few input channels (network stems), summed along output rows (cl/wgrad_stem.cl):
     VW output columns of G a vector, read in place, times the taps' inputs from a phase-split copy
-    of x (x's size: the workspace); a work-item holds CO_T output channels x the KW taps of one
-    (ci, kh) in vector accumulators over the whole batch. No GEMM operand is packed (ResNet-18's
-    3 -> 64 7x7 stem: packing X^T and G took 0.87 of the packed path's 1.75 ms). For C_in below
-    one B panel of the packed GEMM (NR: there ImplicitWeightGrad's channel blocks would be mostly
-    padding), output rows of at least one vector, KW <= _STEM_WG_MAX_KW, drivers without a loop
-    cap (one work-item sums the whole batch). Unpadded stride-1 1x1 layers keep SplitKWeightGrad
-    where it applies (measured faster: MobileNetV2's 16 -> 96 at 112x112, batch 8, 1.8 against
-    4.9 ms)."""
+    of x (x's size, in the workspace). A work-item holds CO_T output channels x the KW taps of one
+    (ci, kh) in vector accumulators over a chunk of images (`chunk`: their G rows stay in L2; with
+    several chunks, a dW each in the workspace, added by splitk_reduce). No GEMM operand is packed
+    (ResNet-18's 3 -> 64 7x7 stem: packing X^T and G took 0.87 of the packed path's 1.75 ms).
+    For C_in below one B panel of the packed GEMM (NR: there ImplicitWeightGrad's channel blocks
+    would be mostly padding), output rows of at least one vector, KW <= _STEM_WG_MAX_KW, drivers
+    without a loop cap (one work-item sums whole output planes). Unpadded stride-1 1x1 layers keep
+    SplitKWeightGrad where it applies (measured faster: MobileNetV2's 16 -> 96 at 112x112, batch
+    8, 1.8 against 4.9 ms)."""
 
     @staticmethod
     def _layout(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> tuple[int, int, int, int]:
