@@ -48,6 +48,10 @@ CASES = {
     "1x1": ((2, 8, 28, 29), (5, 8, 1, 1), {}, FORWARD),
     "1x1-small-grid-groups": ((2, 8, 5, 6), (6, 4, 1, 1), {"groups": 2}, FORWARD),
     "1x1-groups": ((2, 8, 8, 9), (6, 4, 1, 1), {"groups": 2}, FORWARD),
+    # (1x1 weight gradients summed along the positions: 8 vectors to 255 positions in all; the
+    # last vector masked, tiles of channels part-filled; one image, then two)
+    "1x1-pointwise-wgrad": ((1, 20, 11, 13), (9, 20, 1, 1), {}, FORWARD),
+    "1x1-pointwise-wgrad-2images": ((2, 13, 8, 9), (7, 13, 1, 1), {}, FORWARD),
     # (C_in past one vector and >= 256 positions: the weight gradient on the split-K GEMM; C_in
     # and C_out not multiples of the tile, 306 positions, 3 images)
     "1x1-splitk-weight": ((3, 20, 17, 18), (25, 20, 1, 1), {}, FORWARD),
@@ -131,8 +135,13 @@ def test_paths_taken(clconv, dev, case):
         # summed along the rows
         stem = (cin < nr and pw.geometry.out_size[-1] >= packed_engine.vector_width(
             dev, np.dtype(np.float32)) and w_shape[-1] <= 11 and uncapped)
-        want = ("SplitKWeightGrad" if splitk else "StemWeightGrad" if stem
-                else "ImplicitWeightGrad" if implicit else "PackedWeightGrad")
+        # unpadded stride-1 1x1 layers of 8 vectors to 255 positions in all: summed along them
+        vw = packed_engine.vector_width(dev, np.dtype(np.float32))
+        pointwise = (w_shape[2:] == (1, 1) and not kw and uncapped
+                     and math.prod(x_shape[2:]) >= vw and 8 * vw <= positions < 256)
+        want = ("SplitKWeightGrad" if splitk else "PointwiseWeightGrad" if pointwise
+                else "StemWeightGrad" if stem else "ImplicitWeightGrad" if implicit
+                else "PackedWeightGrad")
     else:
         want = None
     assert _route_name(pw.impl.route) == want
@@ -410,6 +419,26 @@ def test_stem_weight_grad_nonfinite(clconv, dev, rng, dtype):
     assert_close(np.where(finite, got, 0), np.where(finite, want, 0), dtype,
                  reduction=g.shape[2] * g.shape[3], magnitude=conv_magnitude(g, np.nan_to_num(
                      x, nan=0.0, posinf=0.0)))
+
+
+def test_pointwise_weight_grad_nonfinite(clconv, dev, rng, dtype):
+    """The 1x1 weight gradient summed along the positions counts an Inf in x once where the
+    last, overlapping vector covers its position again: +Inf, not NaN."""
+    x_shape, w_shape = (1, 7, 10, 15), (5, 7, 1, 1)  # 150 positions: the last vector overlaps
+    x = random_array(rng, x_shape, dtype)
+    g = np.abs(random_array(rng, (1, 5, 10, 15), dtype)) + 0.1
+    x[0, 3, 9, 8] = np.inf  # position 143: inside the overlap for vectors of 8 or 16 lanes
+    plan = clconv.plan_conv2d_weight(x_shape, w_shape, dtype=dtype)
+    vw = packed_engine.vector_width(dev, np.dtype(dtype))
+    taken = bool(dev.cl_device.type & cl.device_type.CPU and gemm_engine(dev) is packed_engine
+                 and getattr(dev, "loop_limit", None) is None and 8 * vw <= 150)
+    assert (_route_name(plan.impl.route) == "PointwiseWeightGrad") == taken
+    got, want = plan(x, g), ref.conv_nd_weight(x, w_shape, g)
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    assert np.isposinf(want).sum() == 5 and not np.isnan(got).any()
+    finite = np.isfinite(want)
+    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), dtype, reduction=150,
+                 magnitude=conv_magnitude(g, np.nan_to_num(x, posinf=0.0)))
 
 
 def test_stem_weight_grad_layers_share_programs(clconv, dev):

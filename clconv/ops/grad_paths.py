@@ -23,6 +23,8 @@ im2col/col2im code when it returns None:
   panel or more, with neither operand packed (cl/wgrad_implicit.cl): G read in place, B from a
   channel-blocked copy of x instead of X^T packed (KH*KW times x's size: 9x for 3x3 layers).
 - `SplitKWeightGrad`: the weight gradient of unpadded stride-1 1x1 layers on the split-K GEMM.
+- `PointwiseWeightGrad`: the weight gradient of 1x1 stride-1 layers with few positions an image,
+  summed along the positions in one launch (cl/wgrad_pointwise.cl).
 - `StemWeightGrad`: the weight gradient of layers with fewer input channels than a B panel
   (network stems), summed along output rows with vectors of G read in place (cl/wgrad_stem.cl):
   no GEMM operand packed.
@@ -55,6 +57,7 @@ __all__ = [
     "ImplicitWeightGrad",
     "PackedWeightGrad",
     "PhaseCol2im",
+    "PointwiseWeightGrad",
     "SplitKWeightGrad",
     "StemWeightGrad",
     "adjoint_route",
@@ -143,8 +146,8 @@ def _pointwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
 
 
 def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: int
-                      ) -> DepthwiseWeightGrad | StemWeightGrad | SplitKWeightGrad | \
-        ImplicitWeightGrad | PackedWeightGrad | None:
+                      ) -> DepthwiseWeightGrad | SplitKWeightGrad | PointwiseWeightGrad | \
+        StemWeightGrad | ImplicitWeightGrad | PackedWeightGrad | None:
     """The fast path for `grad.WeightGrad(geo)`, or None (then im2col + GEMM)."""
     if not _float_work(dtype):
         return None
@@ -158,6 +161,8 @@ def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: in
     if SplitKWeightGrad.applies(dev, geo, dtype) and \
             SplitKWeightGrad.workspace(dev, geo, dtype) <= limit:
         return SplitKWeightGrad(dev, geo, dtype)
+    if PointwiseWeightGrad.applies(dev, geo, dtype):
+        return PointwiseWeightGrad(dev, geo, dtype)
     if StemWeightGrad.applies(dev, geo, dtype) and \
             StemWeightGrad.workspace(dev, geo, dtype) <= limit:
         return StemWeightGrad(dev, geo, dtype)
@@ -479,6 +484,62 @@ class ImplicitWeightGrad:
                       np.int64(element_offset(out)), np.int32(geo.batch), np.int32(self.hp),
                       np.int32(self.wp), np.int32(self.cp_count), np.int32(self.per_group),
                       self.taps, self.dil, *self.size_args)
+
+
+class PointwiseWeightGrad:
+    """out (C_out, C_in, 1, ...) = the weight gradient of a 1x1, stride-1, unpadded convolution
+    `geo` (dense) with few positions an image (cl/wgrad_pointwise.cl), in one launch: summed along
+    the positions, where G's and x's rows are both contiguous, VW positions a vector, neither
+    operand packed nor transposed; a tile of CO_T x CI_T channel pairs a step. For rows of at
+    least one vector and 8 vectors to 255 positions in all (batch included): MobileNetV2's 1x1
+    layers at 14x14, batch 1, where the packed path's three launches cost more than their
+    arithmetic (ms, packed -> this, ad hoc: 64 -> 384 0.17-0.21 -> 0.09-0.12, 384 -> 64 0.21-0.24
+    -> 0.10, 96 -> 576 0.23-0.25 -> 0.14-0.15). With fewer vectors the lane sums cost as much as
+    the sums along the rows (7x7, batch 1: 0.14-0.30 against 0.16-0.24); with more the packed
+    GEMM is faster (batch 8 at 14x14: 0.48 against 0.32, at 7x7 0.69 against 0.46); from 256
+    positions an image SplitKWeightGrad takes them. Drivers without a loop cap. No workspace."""
+
+    workspace_bytes = 0
+
+    @staticmethod
+    def applies(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> bool:
+        vw = packed.vector_width(dev, np.dtype(dtype))
+        return (geo.groups == 1 and geo.ksize == 1 and set(geo.stride) == {1}
+                and not any(geo.pad_lo) and not any(geo.pad_hi) and geo.batch > 0
+                and geo.padding_mode == "zeros" and _float_work(dtype)
+                and gemm_engine(dev) is packed and getattr(dev, "loop_limit", None) is None
+                and geo.out_spatial >= vw and 8 * vw <= geo.batch * geo.out_spatial < 256)
+
+    @staticmethod
+    def tile(dev: Device, dtype: np.dtype) -> tuple[int, int]:
+        """(CO_T, CI_T): CO_T * CI_T accumulators, CO_T vectors of G and one of x within the
+        vector registers (32 with AVX-512's 64-byte vectors, else 16)."""
+        vw = packed.vector_width(dev, np.dtype(dtype))
+        return (4, 6) if vw * np.dtype(dtype).itemsize >= 64 else (2, 5)
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype) -> None:
+        self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        co_t, ci_t = self.tile(dev, dtype)
+        vw = packed.vector_width(dev, self.dtype)
+        index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
+                             geo.batch * geo.out_channels * geo.out_spatial)
+        self.kernel = kernel(dev, "wgrad_pointwise.cl", "wg_pointwise",
+                             kernel_defines({}, dtype, index_t, VW=vw, CO_T=co_t, CI_T=ci_t))
+        # Output channel tiles a work-item: as few as leave ~8 work-items a compute unit (a
+        # work-group costs PoCL about a microsecond; one tile is a few hundred vector fmas).
+        ci_blocks, tiles = -(-geo.in_channels // ci_t), -(-geo.out_channels // co_t)
+        want = 8 * max(1, dev.cl_device.max_compute_units)
+        per_item = max(1, min(tiles, ci_blocks * tiles // want))
+        self.range = (ci_blocks, -(-tiles // per_item))
+        self.args = (np.int32(geo.batch), np.int32(geo.in_channels),
+                     np.int32(geo.out_channels), np.int32(geo.out_spatial), np.int32(per_item))
+
+    def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
+        dev = self.dev
+        with dev.lock:
+            self.kernel(dev.queue, self.range, (1, 1), x.base_data, np.int64(element_offset(x)),
+                        g.base_data, np.int64(element_offset(g)), out.base_data,
+                        np.int64(element_offset(out)), *self.args)
 
 
 class StemWeightGrad:

@@ -174,6 +174,27 @@ def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw, chunk_bytes, 
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_pointwise_weight_grad(device, rng, index_t, dtype):
+    """clconv.ops.grad_paths.PointwiseWeightGrad configured directly (the rule takes it on PoCL
+    only): cl/wgrad_pointwise.cl over 2 images of 19 positions (full vectors and a masked last
+    one for any width up to 16), tiles of channels part-filled, several tiles a work-item."""
+    import pyopencl.array as cla
+
+    from clconv.ops.geometry import conv_geometry
+    from clconv.ops.grad_paths import PointwiseWeightGrad
+
+    need_dtype(device, dtype)
+    xs, ws = (2, 7, 1, 19), (38, 7, 1, 1)
+    x, g = arr(rng, xs, dtype), arr(rng, (2, 38, 1, 19), dtype)
+    route = PointwiseWeightGrad(device, conv_geometry(2, xs, ws, 1, 0, 1, 1), dtype)
+    if device.cl_device.max_compute_units <= 2:  # (Oclgrind: 1)
+        assert route.args[-1] > 1  # several tiles of output channels a work-item
+    out = cla.empty(device.queue, ws, dtype)
+    route.run(cla.to_device(device.queue, x), cla.to_device(device.queue, g), out)
+    expect(out, ref.conv_nd_weight(x, ws, g), dtype, 2 * 19, mag(x, g))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_pointwise_adjoint_weight_in_place(device, rng, index_t, dtype, groups):
     """conv_pointwise.cl with A_TRANSPOSED (the 1x1 adjoint's GEMM reading the layer's weight as
