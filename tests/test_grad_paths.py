@@ -25,7 +25,7 @@ from helpers import import_torch, random_array
 from tolerance import assert_close, conv_magnitude
 
 from clconv.blas import packed as packed_engine
-from clconv.blas.engine import gemm_engine
+from clconv.blas.engine import cpu_shaped, gemm_engine
 from clconv.ops import grad_paths
 
 
@@ -38,6 +38,7 @@ def clconv():
 # (input shape, weight shape, conv arguments, the input gradient's expected path)
 FORWARD = "ForwardAdjoint"
 DW_ADJ = "DepthwiseAdjoint"
+PW_ADJ = "StridedPointwiseAdjoint"  # (on CPU-shaped devices without a loop cap; else GEMM)
 GEMM = None
 CASES = {
     "dense3x3": ((2, 3, 28, 30), (5, 3, 3, 3), {"padding": 1}, FORWARD),
@@ -55,7 +56,8 @@ CASES = {
     # (C_in past one vector and >= 256 positions: the weight gradient on the split-K GEMM; C_in
     # and C_out not multiples of the tile, 306 positions, 3 images)
     "1x1-splitk-weight": ((3, 20, 17, 18), (25, 20, 1, 1), {}, FORWARD),
-    "1x1-s2": ((3, 7, 13, 11), (9, 7, 1, 1), {"stride": 2}, GEMM),
+    "1x1-s2": ((3, 7, 13, 11), (9, 7, 1, 1), {"stride": 2}, PW_ADJ),
+    "1x1-s3-groups": ((2, 6, 20, 20), (9, 2, 1, 1), {"stride": 3, "groups": 3}, PW_ADJ),
     # (weight gradients with B read from a channel-blocked copy of x: >= 512 output positions,
     # C_in a multiple of the B panel; then 136 channels, the last block part-filled, stride 2
     # over 2 images; dilation and stride along one axis each)
@@ -98,6 +100,14 @@ def _route_name(route) -> str | None:
     return None if route is None else type(route).__name__
 
 
+def _adjoint_path(dev, path: str | None) -> str | None:
+    """The adjoint route a case expects on `dev` (the strided 1x1 one needs a CPU-shaped device
+    without a loop cap)."""
+    if path == PW_ADJ and not (cpu_shaped(dev) and getattr(dev, "loop_limit", None) is None):
+        return GEMM
+    return path
+
+
 def _out_shape(x_shape, w_shape, kw):
     return ref.conv_nd(np.zeros(x_shape), np.zeros(w_shape), None, **kw).shape
 
@@ -106,6 +116,7 @@ def _out_shape(x_shape, w_shape, kw):
 def test_paths_taken(clconv, dev, case):
     x_shape, w_shape, kw, path = CASES[case]
     pi = clconv.plan_conv2d_input(x_shape, w_shape, **kw)
+    path = _adjoint_path(dev, path)
     assert _route_name(pi.adjoint.route) == path
     if path == FORWARD and w_shape[2:] == (1, 1) and pi.adjoint.route.algorithm == "pointwise":
         # the 1x1 GEMM reads the layer's weight as its transpose: no flip pass
@@ -199,6 +210,8 @@ TRANSPOSE_CASES = {
                                                          "dilation": (1, 2)}, GEMM),
     "stem-like-k7-s2": ((1, 6, 9, 10), (6, 3, 7, 7), {"stride": 2, "padding": 3, "output_padding": 1},
                         GEMM),
+    "1x1-s2-outpad": ((2, 10, 7, 8), (10, 6, 1, 1), {"stride": 2, "output_padding": 1}, PW_ADJ),
+    "1x1-s3-groups": ((1, 6, 8, 9), (6, 3, 1, 1), {"stride": 3, "groups": 2}, PW_ADJ),
 }
 
 
@@ -215,7 +228,7 @@ def test_conv_transpose_paths(clconv, dev, rng, dtype, case, bias_act_res):
     r = random_array(rng, want.shape, dtype) if has_res else None
     plan = clconv.plan_conv_transpose2d(x_shape, w_shape, has_bias, **kw, activation=act,
                                         residual=has_res, dtype=dtype)
-    assert _route_name(plan.adjoint.route) == path
+    assert _route_name(plan.adjoint.route) == _adjoint_path(dev, path)
     got = clconv.conv_transpose2d(x, w, b, **kw, activation=act, residual=r)
     if has_res:
         want = want + r
@@ -293,8 +306,6 @@ def _flipped_splitk(route) -> bool:
 
 @pytest.mark.parametrize("case", sorted(SPLITK_ADJOINTS))
 def test_splitk_adjoint_reads_the_filters_flipped(clconv, dev, rng, dtype, case):
-    from clconv.blas.engine import cpu_shaped
-
     x_shape, w_shape, kw, flipped_in = SPLITK_ADJOINTS[case]
     nd = len(x_shape) - 2
     w = random_array(rng, w_shape, dtype)
@@ -308,8 +319,6 @@ def test_splitk_adjoint_reads_the_filters_flipped(clconv, dev, rng, dtype, case)
 def test_splitk_adjoint_transposed_with_epilogue(clconv, dev, rng, dtype):
     """conv_transpose2d through the flipped split-K route: bias, activation and residual applied
     by the reduction, as the forward's."""
-    from clconv.blas.engine import cpu_shaped
-
     x_shape, w_shape, kw = (1, 64, 7, 7), (64, 48, 3, 3), {"padding": 1}
     x, w = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
     b = random_array(rng, (48,), dtype)
@@ -330,8 +339,6 @@ def test_splitk_adjoint_transposed_with_epilogue(clconv, dev, rng, dtype):
 def test_splitk_weight_grad_1d_3d(clconv, dev, rng, dtype, nd, x_shape, w_shape):
     """The 1x1 weight gradient's split-K GEMM over 1-d and 3-d positions (on CPU-shaped devices;
     elsewhere the GEMM path), against the oracle."""
-    from clconv.blas.engine import cpu_shaped
-
     x = random_array(rng, x_shape, dtype)
     g = random_array(rng, _out_shape(x_shape, w_shape, {}), dtype)
     plan = getattr(clconv, f"plan_conv{nd}d_weight")(x_shape, w_shape, dtype=dtype)

@@ -12,6 +12,8 @@ im2col/col2im code when it returns None:
 - `DepthwiseAdjoint`: the adjoint of a strided 2-d depthwise convolution, a direct gather kernel.
 - `DepthwiseWeightGrad`: the weight gradient of a 2-d depthwise convolution, a reduction over the
   batch and the output rows per (channel, kernel row) with vector accumulators.
+- `StridedPointwiseAdjoint`: the adjoint of a strided 1x1 convolution (ResNet's downsampling):
+  the 1x1 GEMM reading the weight transposed on y's grid, then the phase-wise col2im.
 - `PhaseCol2im`: col2im for `transpose.Adjoint`'s GEMM path (strided adjoints, small grids) when a
   whole image's columns are in the buffer: a gather per output with the taps of each row / column
   phase known at compile time (ResNet-18's 7x7 stem: 12 ms -> see the bench; 3x3 s2 @56: 3 ms).
@@ -45,9 +47,9 @@ from ..runtime.memory import column_buffer, empty
 from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
-from .geometry import ConvGeometry
+from .geometry import ConvGeometry, conv_geometry
 from .launch import Epilogue, kernel_defines
-from .pointwise import Pointwise
+from .pointwise import Pointwise, pointwise_unsupported
 from .splitk import SplitK, reduce_kernel, split_of, splitk_grid
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "PointwiseWeightGrad",
     "SplitKWeightGrad",
     "StemWeightGrad",
+    "StridedPointwiseAdjoint",
     "adjoint_route",
     "forward_geometry",
     "phase_col2im",
@@ -108,7 +111,8 @@ def _is_depthwise_2d(geo: ConvGeometry) -> bool:
 
 def adjoint_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool, limit: int,
                   activation: ActivationArg = None,
-                  has_residual: bool = False) -> ForwardAdjoint | DepthwiseAdjoint | None:
+                  has_residual: bool = False
+                  ) -> ForwardAdjoint | DepthwiseAdjoint | StridedPointwiseAdjoint | None:
     """The fast path for `transpose.Adjoint(geo)`, or None (then GEMM + col2im)."""
     if not _float_work(dtype):
         return None
@@ -122,6 +126,8 @@ def adjoint_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: boo
         return ForwardAdjoint(dev, geo, fgeo, dtype, has_bias, limit, activation, has_residual)
     if _is_depthwise_2d(geo) and max(geo.stride) <= 4:
         return DepthwiseAdjoint(dev, geo, dtype, has_bias, activation, has_residual)
+    if StridedPointwiseAdjoint.applies(dev, geo, dtype, limit):
+        return StridedPointwiseAdjoint(dev, geo, dtype, has_bias, activation, has_residual)
     return None
 
 
@@ -650,6 +656,66 @@ class StemWeightGrad:
                             dw_off, np.int32(self.chunks), out.base_data,
                             np.int64(element_offset(out)), out.base_data, np.int64(0), None,
                             np.int64(0))
+
+
+class StridedPointwiseAdjoint:
+    """out (N, C_in, *in_size) = the adjoint of the strided 1x1 convolution `geo` (ResNet's
+    downsampling) applied to y: the 1x1 GEMM on y's grid reading the layer's weight transposed
+    (conv_pointwise.cl's A_TRANSPOSED) into (N, C_in, L) columns, then `PhaseCol2im` spreads them
+    onto the stride grid (zeros between); bias, residual and activation in one pass after
+    (cl/epilogue.cl). Two launches where the GEMM path takes four (A and B packed, the GEMM,
+    col2im). On CPU-shaped devices without a loop cap, for L of at least the 1x1 GEMM's tile
+    width. Workspace: the columns."""
+
+    @staticmethod
+    def geometry(geo: ConvGeometry) -> ConvGeometry:
+        """The stride-1 1x1 convolution C_out -> C_in on y's grid whose weight is `geo`'s
+        transposed per group."""
+        return conv_geometry(geo.nd, geo.output_shape, (geo.in_channels, geo.cout_per_group) +
+                             (1,) * geo.nd, 1, 0, 1, geo.groups)
+
+    @staticmethod
+    def applies(dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: int) -> bool:
+        if not (geo.ksize == 1 and set(geo.stride) != {1} and geo.padding_mode == "zeros"
+                and geo.nd <= 2 and max(geo.stride) <= 4 and geo.batch > 0
+                and _float_work(dtype) and cpu_shaped(dev)
+                and getattr(dev, "loop_limit", None) is None):
+            return False
+        pgeo = StridedPointwiseAdjoint.geometry(geo)
+        nr = packed.tile_for(dev, dtype, pgeo.cout_per_group, pgeo.batch * pgeo.out_spatial,
+                             pgeo.cin_per_group).nr
+        return (pointwise_unsupported(pgeo, dtype, nr) is None
+                and StridedPointwiseAdjoint.workspace(geo, dtype) <= limit)
+
+    @staticmethod
+    def workspace(geo: ConvGeometry, dtype: np.dtype) -> int:
+        return geo.batch * geo.in_channels * geo.out_spatial * np.dtype(dtype).itemsize
+
+    def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
+                 activation: ActivationArg = None, has_residual: bool = False) -> None:
+        self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
+        self.workspace_bytes = self.workspace(geo, dtype)
+        self.columns = (geo.batch, geo.in_channels) + tuple(geo.out_size)
+        self.gemm = Pointwise(dev, self.geometry(geo), dtype, False, None, self.workspace_bytes,
+                              weight_transposed=True)
+        index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
+                             self.workspace_bytes // self.dtype.itemsize)
+        self.col2im = PhaseCol2im(dev, geo, self.dtype, index_t)
+        tail = has_bias or has_residual or normalize_activation(activation) is not None
+        self.epilogue = Epilogue(dev, dtype, index_type(geo.batch * geo.in_channels *
+                                                        geo.in_spatial), has_bias, activation,
+                                 has_residual) if tail else None
+
+    def run(self, y: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            residual: cla.Array | None = None) -> None:
+        dev, geo = self.dev, self.geo
+        with dev.lock:  # the columns are the device's column buffer: GEMM and col2im together
+            cols = column_buffer(dev, self.columns, self.dtype)
+            self.gemm.run(y, w, None, cols)
+            self.col2im(geo.batch, cols, element_offset(cols), out, element_offset(out))
+            if self.epilogue is not None:
+                self.epilogue(out, element_offset(out), b, geo.batch, geo.in_channels,
+                              geo.in_spatial, residual)
 
 
 def phase_col2im(dev: Device, geo: ConvGeometry, dtype: np.dtype, index_t: str) -> PhaseCol2im | None:
