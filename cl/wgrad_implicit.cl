@@ -41,19 +41,30 @@ __kernel void wg_pack_xp(__global const REAL* restrict x, const long x_offset,
     const int n = ncp / cp_count, cp = ncp - n * cp_count;
     __global REAL* dst = xp + xp_offset + ((long)ncp * hp + r) * wp * NR;
     const int ih = r - PH;
-    // The columns c of x's row: [c_lo, c_hi) (iw = c - PW in [0, IW)).
+    // The columns c of x's row: [c_lo, c_hi) (iw = c - PW in [0, IW)); its channels: the first
+    // `lanes` of the block (none in a padding row).
     const int c_lo = min(PW, wp), c_hi = clamp(IW + PW, c_lo, wp);
-    for (int l = 0; l < NR; ++l) {
-        const int ci = cp * NR + l;
-        if (ih < 0 || ih >= IH || ci >= C) {
-            for (int c = 0; c < wp; ++c) dst[(long)c * NR + l] = (REAL)0;
-            continue;
-        }
-        const __global REAL* src = x + x_offset + (((long)n * C + ci) * IH + ih) * IW;
-        for (int c = 0; c < c_lo; ++c) dst[(long)c * NR + l] = (REAL)0;
-        for (int c = c_lo; c < c_hi; ++c) dst[(long)c * NR + l] = src[c - PW];
-        for (int c = c_hi; c < wp; ++c) dst[(long)c * NR + l] = (REAL)0;
+    const int lanes = (ih < 0 || ih >= IH) ? 0 : clamp(C - cp * NR, 0, NR);
+    // A column's NR values at a time, stored contiguously (NR values of NR channel rows, each
+    // row read in order): stores NR apart, a column of the block at a time, measured slower.
+    for (int c = 0; c < c_lo; ++c)
+#pragma unroll
+        for (int l = 0; l < NR; ++l) dst[(long)c * NR + l] = (REAL)0;
+    const __global REAL* src = x + x_offset + (((long)n * C + cp * NR) * IH + ih) * IW - PW;
+    const long plane = (long)IH * IW;
+    if (lanes == NR) {
+        for (int c = c_lo; c < c_hi; ++c)
+#pragma unroll
+            for (int l = 0; l < NR; ++l) dst[(long)c * NR + l] = src[l * plane + c];
+    } else {
+        for (int c = c_lo; c < c_hi; ++c)
+#pragma unroll
+            for (int l = 0; l < NR; ++l)
+                dst[(long)c * NR + l] = l < lanes ? src[l * plane + c] : (REAL)0;
     }
+    for (int c = c_hi; c < wp; ++c)
+#pragma unroll
+        for (int l = 0; l < NR; ++l) dst[(long)c * NR + l] = (REAL)0;
 }
 
 __kernel void wg_gemm_xp(__global const REAL* restrict g, const long g_offset,
