@@ -18,31 +18,7 @@
 
 #include "common.cl"
 #include "vector.cl"
-
-#if defined(USE_FP64)
-#define VMASK CAT(long, VW)
-#define MASK_T long
-#else
-#define VMASK CAT(int, VW)
-#define MASK_T int
-#endif
-
-// The lanes of v summed pairwise (halves first).
-inline REAL lane_sum(VREAL v) {
-#if VW == 16
-    const CAT(REAL, 8) h8 = v.lo + v.hi;
-    const CAT(REAL, 4) h4 = h8.lo + h8.hi;
-    const CAT(REAL, 2) h2 = h4.lo + h4.hi;
-#elif VW == 8
-    const CAT(REAL, 4) h4 = v.lo + v.hi;
-    const CAT(REAL, 2) h2 = h4.lo + h4.hi;
-#elif VW == 4
-    const CAT(REAL, 2) h2 = v.lo + v.hi;
-#else
-    const VREAL h2 = v;
-#endif
-    return h2.x + h2.y;
-}
+#include "row_sums.cl"
 
 __kernel void wg_pointwise(__global const REAL* restrict x, const long x_offset,
                            __global const REAL* restrict g, const long g_offset,
@@ -52,12 +28,9 @@ __kernel void wg_pointwise(__global const REAL* restrict x, const long x_offset,
     const int ci0 = get_global_id(0) * CI_T;
     const int tile0 = get_global_id(1) * tiles_per_item;
     const int tile1 = min(tile0 + tiles_per_item, (cout + CO_T - 1) / CO_T);
-    // An image's last vector starts at l - VW; its lanes below `first` were summed before.
+    // An image's last vector starts at l - VW (row_sums.cl).
     const int tail = l % VW, full_end = l - tail;
-    MASK_T lane_ids[VW];
-#pragma unroll
-    for (int v = 0; v < VW; ++v) lane_ids[v] = v;
-    const VMASK keep = CAT(vload, VW)(0, lane_ids) >= (VMASK)(VW - tail);
+    const VMASK keep = last_lanes(tail);
 
     for (int t = tile0; t < tile1; ++t) {
         const int co0 = t * CO_T;

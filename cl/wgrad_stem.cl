@@ -33,14 +33,7 @@
 #define RUNTIME_SIZES
 #include "common.cl"
 #include "vector.cl"
-
-#if defined(USE_FP64)
-#define VMASK CAT(long, VW)
-#define MASK_T long
-#else
-#define VMASK CAT(int, VW)
-#define MASK_T int
-#endif
+#include "row_sums.cl"
 
 __kernel void wg_phase_x(__global const REAL* restrict x, const long x_offset,
                          __global REAL* restrict xq, const long xq_offset, const int hp,
@@ -80,10 +73,7 @@ __kernel void wg_stem(__global const REAL* restrict g, const long g_offset,
     // The last vector of a row (OW % VW columns left): it starts at OW - VW, and the lanes below
     // `first` were summed by the step before.
     const int tail = OW % VW;
-    MASK_T lane_ids[VW];
-#pragma unroll
-    for (int l = 0; l < VW; ++l) lane_ids[l] = l;
-    const VMASK keep = CAT(vload, VW)(0, lane_ids) >= (VMASK)(VW - tail);
+    const VMASK keep = last_lanes(tail);
     const int full_end = OW - tail;
 
     VREAL acc[CO_T][KW];
@@ -137,13 +127,6 @@ __kernel void wg_stem(__global const REAL* restrict g, const long g_offset,
         __global REAL* out = dw + dw_offset + z * dw_stride +
                              (((long)(co0 + c) * C + ci) * kh_count + kh) * KW;
 #pragma unroll
-        for (int kw = 0; kw < KW; ++kw) {
-            REAL lanes[VW];
-            VSTORE(acc[c][kw], 0, lanes);
-            REAL s = (REAL)0;
-#pragma unroll
-            for (int l = 0; l < VW; ++l) s += lanes[l];
-            out[kw] = s;
-        }
+        for (int kw = 0; kw < KW; ++kw) out[kw] = lane_sum(acc[c][kw]);
     }
 }
