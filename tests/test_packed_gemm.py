@@ -200,6 +200,29 @@ def test_packed_a_is_reused(dev, rng, dtype):
                     cla.empty(q, ((m + 1) * n,), dtype), 0, 0, packed_a=pa)
 
 
+@pytest.mark.parametrize("mr", [16, 8, 6])
+@pytest.mark.parametrize("transposed", [False, True], ids=["A", "A^T"])
+def test_pack_a_layout(dev, rng, dtype, mr, transposed):
+    """pack_a's panels [ceil(m / mr)][k][mr] element by element, rows past m zero: m = 37 (two
+    whole panels of 16, a part-filled one), k = 70 (two whole runs of 32 k and a short one), A at
+    an offset with a leading dimension past k (or m)."""
+    m, k, off = 37, 70, 5
+    a = rng.standard_normal((m, k)).astype(dtype)
+    stored = a.T if transposed else a  # A^T is stored k x m
+    lda = stored.shape[1] + 3
+    flat = np.zeros(off + stored.shape[0] * lda, dtype)
+    flat[off:].reshape(stored.shape[0], lda)[:, :stored.shape[1]] = stored
+    vw = packed.vector_width(dev, np.dtype(dtype))
+    pa = packed.pack_a(dev, m, k, cla.to_device(dev.queue, flat), off, lda=lda,
+                       transposed=transposed, tile=packed.Tile(mr, vw, vw))
+    panels = -(-m // mr)
+    want = np.zeros((panels * mr, k), dtype)
+    want[:m] = a
+    want = want.reshape(panels, mr, k).transpose(0, 2, 1)  # [panel][k][row]
+    np.testing.assert_array_equal(pa.data.get()[:want.size].reshape(want.shape), want)
+
+
+
 def test_batched_packed_a(dev, rng, dtype):
     """pack_a of a strided batch (one packed matrix per entry, as a convolution's groups)."""
     m, n, k, batch = 7, 18, 9, 3

@@ -81,6 +81,24 @@ def test_packed_gemm(device, rng, dtype, m, n, k, batch, a_transposed, b_transpo
     expect(cd, want, dtype, k, mag(a, b, c0) * 2)
 
 
+@pytest.mark.parametrize("mr", [16, 8])
+def test_pack_a_whole_runs(device, rng, mr):
+    """pack_a.cl's whole-run copy for the AVX-512 tiles' panels (MR 16 and 8: one vector store a
+    k), beside the general loop (a part-filled panel, a short run), against the layout."""
+    import pyopencl.array as cla
+
+    from clconv.blas import packed
+
+    m, k = mr + 3, 40  # a whole panel and a part-filled one; a whole run of 32 k and a short one
+    a = arr(rng, (m, k), F32)
+    pa = packed.pack_a(device, m, k, cla.to_device(device.queue, a.ravel()), 0,
+                       tile=packed.Tile(mr, 4, 4))
+    want = np.zeros((2 * mr, k), F32)
+    want[:m] = a
+    got = pa.data.get()[:want.size].reshape(2, k, mr)
+    np.testing.assert_array_equal(got, want.reshape(2, mr, k).transpose(0, 2, 1))
+
+
 _VEC, _ITEMS = 4, 5
 
 
