@@ -151,6 +151,13 @@ def _pointwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
             and rule_choice(dev, fgeo, dtype) == "pointwise")
 
 
+def _lifted_taps(geo: ConvGeometry) -> tuple[tuple[int, ...], ...]:
+    """((kh, kw), (sh, sw), (dh, dw)) of a 1-d / 2-d layer, a 1-d one's lifted to 2-d (the row
+    kernels of ImplicitWeightGrad and StemWeightGrad)."""
+    lift = (1,) * (2 - geo.nd)
+    return tuple(lift + t for t in (geo.kernel, geo.stride, geo.dilation))
+
+
 def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: int
                       ) -> DepthwiseWeightGrad | SplitKWeightGrad | PointwiseWeightGrad | \
         StemWeightGrad | ImplicitWeightGrad | PackedWeightGrad | None:
@@ -424,18 +431,12 @@ class ImplicitWeightGrad:
     Workspace: the copy of x."""
 
     @staticmethod
-    def _taps(geo: ConvGeometry) -> tuple[tuple[int, ...], ...]:
-        """((kh, kw), (sh, sw), (dh, dw)): a 1-d layer's lifted to 2-d."""
-        lift = (1,) * (2 - geo.nd)
-        return tuple(lift + t for t in (geo.kernel, geo.stride, geo.dilation))
-
-    @staticmethod
     def _layout(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> tuple[packed.Tile, int, int, int]:
         """(tile, cp_count, hp, wp): the GEMM's tile, channel blocks and padded rows / columns."""
         m, n, k = geo.out_channels, geo.column_rows, geo.batch * geo.out_spatial
         tile = packed.tile_for(dev, dtype, m, n, k)
         oh, ow = (1,) * (2 - geo.nd) + geo.out_size
-        (kh, kw), (sh, sw), (dh, dw) = ImplicitWeightGrad._taps(geo)
+        (kh, kw), (sh, sw), (dh, dw) = _lifted_taps(geo)
         return (tile, tile.b_panels(geo.in_channels), (oh - 1) * sh + (kh - 1) * dh + 1,
                 (ow - 1) * sw + (kw - 1) * dw + 1)
 
@@ -468,7 +469,7 @@ class ImplicitWeightGrad:
         self.pack_xp = kernel(dev, "wgrad_implicit.cl", "wg_pack_xp", defines)
         self.gemm = kernel(dev, "wgrad_implicit.cl", "wg_gemm_xp", defines)
         self.size_args = geo.size_args()
-        (kh, kw), (sh, sw), (dh, dw) = self._taps(geo)
+        (kh, kw), (sh, sw), (dh, dw) = _lifted_taps(geo)
         self.taps = cltypes.make_int4(kh, kw, sh, sw)
         self.dil = cltypes.make_int2(dh, dw)
         b_panels = geo.ksize * self.cp_count
@@ -565,7 +566,7 @@ class StemWeightGrad:
     @staticmethod
     def _layout(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> tuple[int, int, int, int]:
         """(vw, hp, wq, sw): the vector width, the copy's rows and columns a phase, the phases."""
-        (kh, kw), (sh, sw), (dh, dw) = ImplicitWeightGrad._taps(geo)
+        (kh, kw), (sh, sw), (dh, dw) = _lifted_taps(geo)
         oh, ow = (1,) * (2 - geo.nd) + geo.out_size
         return (packed.vector_width(dev, np.dtype(dtype)), (oh - 1) * sh + (kh - 1) * dh + 1,
                 ow + (kw - 1) * dw // sw, sw)
@@ -614,7 +615,7 @@ class StemWeightGrad:
         self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
         self.vw, self.hp, self.wq, _ = self._layout(dev, geo, dtype)
         self.workspace_bytes = self.workspace(dev, geo, dtype)
-        (kh, kw), (sh, sw), (dh, dw) = ImplicitWeightGrad._taps(geo)
+        (kh, kw), (sh, sw), (dh, dw) = _lifted_taps(geo)
         co_t = min(self.channels_per_item(dev, dtype, kw), geo.out_channels)
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
                              geo.batch * geo.out_channels * geo.out_spatial)
