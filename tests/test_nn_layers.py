@@ -281,6 +281,30 @@ def test_sequential_container(clconv):
         nn.Sequential(nn.ReLU(), lambda x: x)
 
 
+@pytest.mark.parametrize("name", ["ReLU", "ReLU6", "SiLU", "Sigmoid", "Tanh", "Hardswish",
+                                  "Hardsigmoid", "Mish", "SELU"])
+def test_parameterless_activation_signatures_match_torch(clconv, name):
+    """The classes take what torch's take: `inplace` where torch's constructor has it (a bool),
+    nothing for Sigmoid and Tanh; they are classes of clconv.nn that pickle and print as torch's."""
+    import inspect
+    import pickle
+
+    torch = import_torch()
+    ours, theirs = getattr(clconv.nn, name), getattr(torch.nn, name)
+    torch_takes = "inplace" in inspect.signature(theirs.__init__).parameters
+    assert ("inplace" in inspect.signature(ours.__init__).parameters) == torch_takes
+    if torch_takes:
+        assert ours(inplace=True).inplace is True
+        with pytest.raises(TypeError, match="inplace must be a bool"):
+            ours(inplace=1)
+    else:
+        with pytest.raises(TypeError, match=f"{name}.__init__"):
+            ours(inplace=True)
+    layer = ours()
+    assert isinstance(layer, clconv.nn.Module) and type(layer).__module__ == "clconv.nn.activation"
+    assert repr(layer) == f"{name}()" and repr(pickle.loads(pickle.dumps(layer))) == f"{name}()"
+
+
 def test_layer_errors(clconv, dev, rng):
     nn = clconv.nn
     with pytest.raises(RuntimeError, match="forward"):

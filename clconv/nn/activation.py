@@ -51,64 +51,30 @@ class _Activation(Module):
         return f"{type(self).__name__}()"
 
 
-class ReLU(_Activation):
-    """torch.nn.ReLU."""
+def _activation_layer(name: str, spec: str, takes_inplace: bool = True) -> type[_Activation]:
+    """The layer class torch.nn.<name> of the parameterless activation `spec`; without
+    `takes_inplace` its constructor takes no arguments, as torch's (Sigmoid(inplace=True) is a
+    TypeError there too)."""
+    namespace: dict[str, Any] = {"spec": spec, "__doc__": f"torch.nn.{name}.",
+                                 "__module__": __name__, "__qualname__": name}
+    if not takes_inplace:
+        def __init__(self: _Activation) -> None:
+            _Activation.__init__(self)
 
-    spec = "relu"
-
-
-class ReLU6(_Activation):
-    """torch.nn.ReLU6."""
-
-    spec = "relu6"
-
-
-class SiLU(_Activation):
-    """torch.nn.SiLU."""
-
-    spec = "silu"
+        __init__.__qualname__ = f"{name}.__init__"  # (what a TypeError names)
+        namespace["__init__"] = __init__
+    return type(name, (_Activation,), namespace)
 
 
-class Sigmoid(_Activation):
-    """torch.nn.Sigmoid."""
-
-    spec = "sigmoid"
-
-    def __init__(self) -> None:
-        super().__init__()
-
-
-class Tanh(_Activation):
-    """torch.nn.Tanh."""
-
-    spec = "tanh"
-
-    def __init__(self) -> None:
-        super().__init__()
-
-
-class Hardswish(_Activation):
-    """torch.nn.Hardswish."""
-
-    spec = "hardswish"
-
-
-class Hardsigmoid(_Activation):
-    """torch.nn.Hardsigmoid."""
-
-    spec = "hardsigmoid"
-
-
-class Mish(_Activation):
-    """torch.nn.Mish."""
-
-    spec = "mish"
-
-
-class SELU(_Activation):
-    """torch.nn.SELU."""
-
-    spec = "selu"
+ReLU = _activation_layer("ReLU", "relu")
+ReLU6 = _activation_layer("ReLU6", "relu6")
+SiLU = _activation_layer("SiLU", "silu")
+Sigmoid = _activation_layer("Sigmoid", "sigmoid", takes_inplace=False)
+Tanh = _activation_layer("Tanh", "tanh", takes_inplace=False)
+Hardswish = _activation_layer("Hardswish", "hardswish")
+Hardsigmoid = _activation_layer("Hardsigmoid", "hardsigmoid")
+Mish = _activation_layer("Mish", "mish")
+SELU = _activation_layer("SELU", "selu")
 
 
 class GELU(_Activation):
