@@ -6,7 +6,7 @@ gradient, the ReLU's gradient taken inside), clconv alone (no torch in the proce
 
 Per shape (N, C, H, W): each op's median time per call over --calls calls, the queue finished
 after each call (so a figure includes one launch and wait: the floor of a small layer), on device
-arrays (clconv.ops.elementwise's enqueue functions and BatchNormPlan, as clconv.torch's training
+arrays (clconv.ops.channels' enqueue functions and BatchNormPlan, as clconv.torch's training
 chains call them). Printed: the command, the device, the per-channel work-group size the device
 gets, and the times in ms.
 """
@@ -34,8 +34,8 @@ def main() -> None:
 
     import clconv
     from clconv.ops.activation import normalize_activation
-    from clconv.ops.elementwise import (BatchNormPlan, enqueue_batch_norm_backward,
-                                        enqueue_channel_stats, reduction_group)
+    from clconv.ops.channels import (BatchNormPlan, enqueue_batch_norm_backward,
+                                     enqueue_channel_stats, reduction_group)
 
     relu = normalize_activation("relu")
 

@@ -22,9 +22,11 @@ from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weigh
                        plan_conv1d_weight, plan_conv2d_input, plan_conv2d_weight,
                        plan_conv3d_input, plan_conv3d_weight)
 from .ops.fold import fold_batchnorm
-from .ops.elementwise import (BatchNormPlan, BinaryPlan, CatPlan, UnaryPlan, add, batch_norm, cat,
-                              celu, clamp, div, elu, flatten, gelu, hardsigmoid, hardswish,
-                              hardtanh, leaky_relu, mish, mul, pixel_shuffle, pixel_unshuffle,
+from .ops.channels import BatchNormPlan, batch_norm
+from .ops.shape import CatPlan, cat, flatten, pixel_shuffle, pixel_unshuffle
+from .ops.elementwise import (BinaryPlan, UnaryPlan, add,
+                              celu, clamp, div, elu, gelu, hardsigmoid, hardswish,
+                              hardtanh, leaky_relu, mish, mul,
                               prelu, relu, relu6, selu, sigmoid, silu, softplus, sqrt, sub, tanh,
                               abs, exp, log, rsqrt, erf, threshold, logsigmoid, softsign, tanhshrink, hardshrink,
                               softshrink, maximum, minimum)

@@ -30,14 +30,13 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .ops.activation import Activation, normalize_activation
-from .ops.elementwise import (
+from .ops.channels import (
     batch_norm_plan,
     enqueue_batch_norm_backward,
     enqueue_bias_act,
     enqueue_channel_stats,
-    gradient_from_output,
-    unary_plan,
 )
+from .ops.elementwise import gradient_from_output, unary_plan
 from .ops.conv import cached_conv_plan
 from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .runtime.device import Device, current_device

@@ -283,9 +283,9 @@ def test_no_grad_in_train_mode_runs_the_models_own_forward(ct, dev):
 def test_work_group_reductions_as_on_gpus(ct, dev, monkeypatch):
     """BatchNorm's per-channel sums by a work-group per channel (local memory; what GPUs run for
     rows of 256 values and more), forced on this device: the same results as torch's."""
-    from clconv.ops import elementwise
+    from clconv.ops import channels
 
-    monkeypatch.setattr(elementwise, "_is_cpu", lambda d: False)
+    monkeypatch.setattr(channels, "_is_cpu", lambda d: False)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
                           nn.Conv2d(5, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)).train()
@@ -293,7 +293,7 @@ def test_work_group_reductions_as_on_gpus(ct, dev, monkeypatch):
     x = torch.randn(2, 3, 19, 23)  # rows of 437 values
     want, want_grad = _step(model, x)
     got, got_grad = _step(converted, x, dev)
-    assert elementwise.reduction_group(dev, 19 * 23) > 1
+    assert channels.reduction_group(dev, 19 * 23) > 1
     _close(got, want)
     _close(got_grad, want_grad)
     _compare(converted, model)

@@ -361,7 +361,8 @@ def test_operand_deep_into_its_buffer_is_rebased(clconv, monkeypatch):
 # Every module that launches a clconv kernel imports `kernel` from clconv.runtime.program.
 _LAUNCHING_MODULES = ("ops.launch", "ops.precision", "runtime.transfer", "ops.packed_conv",
                       "ops.conv_algorithms", "blas.packed", "ops.pool", "ops.depthwise",
-                      "ops.pointwise", "ops.splitk", "ops.elementwise", "ops.grad_paths",
+                      "ops.pointwise", "ops.splitk", "ops.elementwise", "ops.channels",
+                      "ops.shape", "ops.grad_paths",
                       "ops.pad", "ops.interpolate", "ops.group_norm", "ops.softmax",
                       "ops.local_response_norm")
 

@@ -359,7 +359,7 @@ def test_batchnorm_statistics_split_rows_past_a_loop_cap(clconv, dev, rng, monke
     """Where one work-item a channel would loop past the driver's loop cap (llvmpipe's; forced
     small here on every device), BatchNorm's training statistics and gradient sums take a
     work-group a channel, which splits the rows, and still match torch's (they were refused)."""
-    from clconv.ops.elementwise import reduction_group
+    from clconv.ops.channels import reduction_group
 
     torch = import_torch()
     monkeypatch.setattr(dev, "_loop_limit", 20000)

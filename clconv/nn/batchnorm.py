@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from ..ops.elementwise import batch_norm_plan, enqueue_batch_norm_backward, enqueue_channel_stats
+from ..ops.channels import batch_norm_plan, enqueue_batch_norm_backward, enqueue_channel_stats
 from ..ops.precision import check_precision, compute_dtype
 from ..runtime.device import current_device
 from ..runtime.device import device as find_device

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 
-from ..ops.elementwise import flatten
+from ..ops.shape import flatten
 from ..runtime.device import Device, current_device
 from ..runtime.transfer import ArrayLike, deliver, is_device_array, result_dtype, to_device
 from .module import Module

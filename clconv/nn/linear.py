@@ -11,7 +11,7 @@ import pyopencl.array as cla
 from ..blas import clblast
 from ..blas.engine import gemm_engine
 from ..ops.activation import ActivationArg, normalize_activation
-from ..ops.elementwise import enqueue_column_sums
+from ..ops.channels import enqueue_column_sums
 from ..ops.linear import LinearPlan
 from ..ops.precision import check_precision, compute_dtype, store
 from ..runtime.device import current_device

@@ -1,18 +1,16 @@
-"""Elementwise ops as torch names them: activations, broadcast add/mul, batch_norm, cat, flatten.
+"""Elementwise ops as torch names them: activations, broadcast add/mul/..., maximum/minimum.
 
     y = clconv.relu(x)                           # any shape; numpy -> numpy, device -> device
     y = clconv.gelu(x, approximate="tanh")
     y = clconv.mul(x, gate)                      # gate (N, C, 1, 1): squeeze-excitation
     y = clconv.add(x, shortcut, activation="relu")
-    y = clconv.batch_norm(x, mean, var, gamma, beta, eps=1e-5)   # inference form
-    y = clconv.cat([a, b], dim=1)
-    y = clconv.flatten(x, 1)                     # a view of a contiguous device array
 
 Every activation is computed by cl/common.cl's one `activate()` (clconv.ops.activation gives its
 -D switches), so the ops, the fused epilogues and the layers agree to the bit. The kernels are
 cl/elementwise.cl's; every op is a Plan (validated and built once per shape, dtype and arguments),
-sizes are kernel arguments. The gradients (`UnaryPlan.backward`, `batch_norm_*` helpers) serve
-clconv.nn's layers.
+sizes are kernel arguments. `UnaryPlan.backward` serves clconv.nn's layers. Batch normalisation
+and the other per-channel passes are clconv.ops.channels', cat/flatten/pixel_shuffle
+clconv.ops.shape's (the same kernel file).
 """
 
 from __future__ import annotations
@@ -23,11 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
-from ..runtime.errors import UnsupportedError
 from ..runtime.memory import empty
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import (
@@ -37,33 +33,33 @@ from ..runtime.transfer import (
     index_type,
     is_device_array,
     result_dtype,
-    to_device,
 )
 from .activation import Activation, ActivationArg, activation_defines, normalize_activation
 from .plan import Plan, cached_plan, shape_of
 
-__all__ = ["BatchNormPlan", "BinaryPlan", "CatPlan", "UnaryPlan", "add", "batch_norm",
-           "broadcast_layout", "cat", "celu", "clamp", "div", "elu", "enqueue_batch_norm_backward",
-           "enqueue_bias_act", "enqueue_channel_stats", "enqueue_column_sums", "flatten", "gelu",
-           "gradient_from_output", "batch_norm_plan", "unary_plan", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "mish",
-           "mul", "pixel_shuffle", "pixel_unshuffle", "prelu", "relu", "relu6", "selu", "sigmoid",
-           "silu", "softplus", "sqrt", "sub",
-           "tanh", "abs", "exp", "log", "rsqrt", "erf", "threshold", "logsigmoid", "softsign", "tanhshrink",
-           "hardshrink", "softshrink", "maximum", "minimum"]
+__all__ = ["BinaryPlan", "UnaryPlan", "abs", "add", "array_args", "broadcast_layout", "celu",
+           "clamp", "div", "elementwise_defines", "elu", "erf", "exp", "gelu",
+           "gradient_from_output", "hardshrink", "hardsigmoid", "hardswish", "hardtanh",
+           "leaky_relu", "log", "logsigmoid", "maximum", "minimum", "mish", "mul", "prelu",
+           "real_scalar", "relu", "relu6", "rsqrt", "selu", "sigmoid", "silu", "softplus",
+           "softshrink", "softsign", "sqrt", "sub", "tanh", "tanhshrink", "threshold", "unary_plan"]
 
 
-def _defines(work: np.dtype, elements: int, **extra: object) -> dict[str, object]:
+def elementwise_defines(work: np.dtype, elements: int, **extra: object) -> dict[str, object]:
+    """The defines of an elementwise.cl kernel: precision, INDEX_T for `elements`, and `extra`."""
     defines = precision_defines(work)
     defines["INDEX_T"] = index_type(elements)
     defines.update(extra)
     return defines
 
 
-def _args(a: cla.Array) -> tuple[Any, np.int64]:
+def array_args(a: cla.Array) -> tuple[Any, np.int64]:
+    """An array as kernel arguments: (its buffer, its offset in elements)."""
     return a.base_data, np.int64(element_offset(a))
 
 
-def _real(work: np.dtype, value: float) -> np.generic:
+def real_scalar(work: np.dtype, value: float) -> np.generic:
+    """A REAL kernel argument of the work dtype (float64 or float32: half computes in float)."""
     return np.float64(value) if work == np.float64 else np.float32(value)
 
 
@@ -83,14 +79,14 @@ class UnaryPlan(Plan):
         extra: dict[str, object] = dict(activation_defines(act))
         if clamp_inclusive:
             extra["CLAMP_GRAD_INCLUSIVE"] = None
-        self._defines = _defines(self.work, math.prod(shape), **extra)
+        self._defines = elementwise_defines(self.work, math.prod(shape), **extra)
         self.kernel = kernel(dev, "elementwise.cl", "unary", self._defines)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
         x = arrays["input"]
         assert x is not None
         with self.device.lock:
-            self.kernel(self.device.queue, (out.size,), None, *_args(x), *_args(out))
+            self.kernel(self.device.queue, (out.size,), None, *array_args(x), *array_args(out))
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
         return self.execute({"input": input}, out)
@@ -107,8 +103,8 @@ class UnaryPlan(Plan):
         if dx.size:
             with self.device.lock:
                 kernel(self.device, "elementwise.cl", name, self._defines)(
-                    self.device.queue, (dx.size,), None, *_args(x), *_args(grad_output),
-                    *_args(dx))
+                    self.device.queue, (dx.size,), None, *array_args(x), *array_args(grad_output),
+                    *array_args(dx))
         return dx
 
 
@@ -315,7 +311,7 @@ class BinaryPlan(Plan):
                       {"output": out_shape})
         self.label = op if act is None else f"{op} + {act}"
         self.result_follows = "_kind"
-        self.kernel = kernel(dev, "elementwise.cl", "binary", _defines(
+        self.kernel = kernel(dev, "elementwise.cl", "binary", elementwise_defines(
             self.work, max(math.prod(out_shape), math.prod(a_shape), math.prod(b_shape)),
             OP=_BINARY_OPS[op], **activation_defines(act)))
 
@@ -324,8 +320,8 @@ class BinaryPlan(Plan):
         assert a is not None and b is not None
         with self.device.lock:
             inner = self.dims[-1]
-            self.kernel(self.device.queue, (inner, out.size // inner), None, *_args(a), *_args(b),
-                        *_args(out), *(np.int64(s) for s in self.dims[1:-1]),
+            self.kernel(self.device.queue, (inner, out.size // inner), None, *array_args(a), *array_args(b),
+                        *array_args(out), *(np.int64(s) for s in self.dims[1:-1]),
                         *(np.int64(t) for t in self.strides[0]),
                         *(np.int64(t) for t in self.strides[1]))
 
@@ -498,388 +494,3 @@ def mul(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,
     """torch.mul(input, other) with broadcasting (a squeeze-excitation gate (N, C, 1, 1) times the
     features (N, C, H, W)), then the optional fused activation."""
     return _binary("mul", input, other, activation, out)
-
-
-# --- batch normalisation -----------------------------------------------------------------------
-class BatchNormPlan(Plan):
-    """Inference batch normalisation of (N, C, *) with given statistics, optional affine
-    weight/bias and fused activation: act((x - mean) / sqrt(var + eps) * weight + bias)."""
-
-    def __init__(self, dev: Device, input_shape: Sequence[int], has_weight: bool,
-                 has_bias: bool, eps: float, dtype: np.dtype,
-                 activation: ActivationArg = None) -> None:
-        shape = tuple(int(v) for v in input_shape)
-        if len(shape) < 2:
-            raise ValueError(f"batch_norm: input must have at least 2 dims (N, C, *), got shape "
-                             f"{shape}")
-        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-            raise TypeError(f"batch_norm: eps must be a real number, got {eps!r}")
-        c = shape[1]
-        self.channels, self.inner, self.eps = c, math.prod(shape[2:]), float(eps)
-        act = normalize_activation(activation)
-        operands = {"input": shape, "running_mean": (c,), "running_var": (c,),
-                    "weight": (c,) if has_weight else None, "bias": (c,) if has_bias else None}
-        self._prepare(dev, dtype, operands, shape, shape, {"input": shape})
-        self.label = "batch_norm"
-        self._defines = _defines(self.work, math.prod(shape), **activation_defines(act))
-        self.kernel = kernel(dev, "elementwise.cl", "batch_norm", self._defines)
-
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
-        x, mean, var = arrays["input"], arrays["running_mean"], arrays["running_var"]
-        w, b = arrays["weight"], arrays["bias"]
-        assert x is not None and mean is not None and var is not None
-        if out.size == 0:
-            return
-        with self.device.lock:
-            self.kernel(self.device.queue, (self.inner, out.size // self.inner), None, *_args(x),
-                        *_args(mean),
-                        *_args(var), *_args(w if w is not None else x), np.int32(w is not None),
-                        *_args(b if b is not None else x), np.int32(b is not None), *_args(out),
-                        np.int64(self.channels), np.int64(self.inner), _real(self.work, self.eps))
-
-    def __call__(self, input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
-                 weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
-                 out: ArrayLike | None = None) -> ArrayLike:
-        return self.execute({"input": input, "running_mean": running_mean,
-                             "running_var": running_var, "weight": weight, "bias": bias}, out)
-
-
-def batch_norm(input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
-               weight: ArrayLike | None = None, bias: ArrayLike | None = None,
-               training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
-               activation: ActivationArg = None, out: ArrayLike | None = None) -> ArrayLike:
-    """torch.nn.functional.batch_norm in its inference form (training=False): input (N, C, *)
-    normalised per channel by running_mean/running_var (C,), then weight/bias (C,) if given, and
-    the optional fused activation. training=True is refused (use clconv.nn.BatchNorm2d, which
-    computes batch statistics and updates the running ones)."""
-    del momentum  # only used by torch when training
-    if training:
-        raise ValueError("batch_norm: training=True is not supported by the functional op (it "
-                         "would update running_mean/running_var); use clconv.nn.BatchNorm2d in "
-                         "train() mode, or training=False for inference")
-    if running_mean is None or running_var is None:
-        raise ValueError("batch_norm: running_mean and running_var are required (inference form)")
-    dev = current_device()
-    values = {"input": input, "running_mean": running_mean, "running_var": running_var,
-              "weight": weight, "bias": bias}
-    dtype = result_dtype(dev, **{k: v for k, v in values.items() if v is not None})
-    shape = shape_of(input)
-    c = shape[1] if len(shape) >= 2 else None
-    for name in ("running_mean", "running_var", "weight", "bias"):
-        if values[name] is not None and shape_of(values[name]) != (c,):
-            raise ValueError(f"batch_norm: {name} must have shape (C,) = ({c},) for input of shape "
-                             f"{shape}, got {shape_of(values[name])}")
-    act = normalize_activation(activation)
-    plan = batch_norm_plan(dev, shape, dtype, weight is not None, bias is not None, eps, act)
-    return plan.execute(values, out, check=False)
-
-
-def batch_norm_plan(dev: Device, shape: tuple[int, ...], dtype: np.dtype, has_weight: bool,
-                    has_bias: bool, eps: Any, act: Activation | None = None) -> BatchNormPlan:
-    """The BatchNormPlan of these arguments on `dev`, made on first use (shared by every
-    caller)."""
-    return cached_plan(dev, ("batch_norm", shape, dtype, has_weight, has_bias,
-                             float(eps) if isinstance(eps, numbers.Real) else eps, act),
-                       lambda: BatchNormPlan(dev, shape, has_weight, has_bias, eps, dtype, act))
-
-
-def check_loop_limit(dev: Device, what: str, passes: int) -> None:
-    """UnsupportedError when one work-item of a reduction kernel loops `passes` times or more than
-    `dev`'s driver runs before it silently ends its loops (Device.loop_limit: Mesa's llvmpipe
-    stops every loop of a work-item after 65535 passes in all, and the sum would come out short)."""
-    limit = getattr(dev, "loop_limit", None)
-    if limit is not None and 2 * passes > limit:
-        raise UnsupportedError(
-            f"{what}: one work-item would loop {passes} times, more than {dev.name} runs before it "
-            f"silently stops a loop (Device.loop_limit = {limit}); use a smaller batch or another "
-            f"device")
-
-
-def enqueue_channel_stats(dev: Device, x: cla.Array, channels: int, inner: int,
-                          running_mean: cla.Array | None, running_var: cla.Array | None,
-                          momentum: float, out: cla.Array | None = None) -> cla.Array:
-    """(2, C): the batch mean and biased variance per channel of x (N, C, inner) (contiguous, work
-    dtype); when running_mean/var are given they are updated in place as torch's training
-    BatchNorm does (momentum; unbiased variance). A work-group per channel (`reduction_group`).
-    `out`: a contiguous (2, C) array to write them into (else a new one)."""
-    work = np.dtype(x.dtype)
-    batch = x.size // max(channels * inner, 1)
-    group = reduction_group(dev, inner, batch)
-    check_loop_limit(dev, "batch-norm statistics", 2 * batch * (inner // group + 2) + 2)
-    stats = empty(dev, (2, channels), work) if out is None else out
-    if channels == 0:
-        return stats
-    update = running_mean is not None and running_var is not None
-    rm = running_mean if update else stats
-    rv = running_var if update else stats
-    with dev.lock:
-        kernel(dev, "elementwise.cl", "channel_stats", _defines(work, x.size, GROUP=group))(
-            dev.queue, (group, channels), (group, 1), *_args(x), np.int64(batch),
-            np.int64(channels),
-            np.int64(inner), stats.base_data, *_args(rm), *_args(rv), np.int32(update),
-            _real(work, momentum))
-    return stats
-
-
-def reduction_group(dev: Device, inner: int, batch: int = 1) -> int:
-    """Work-items per work-group of the per-channel reductions (channel_stats,
-    channel_grad_sums) over `batch` rows of `inner` values: 64, or the largest power of two the
-    device allows below it, on devices other than CPUs; 1 (a work-item per channel, its lanes
-    vectorised by the compiler) on CPUs and for rows shorter than _GROUP_ROW, unless one
-    work-item would loop past the device's loop limit (llvmpipe, a CPU device: a work-group then
-    splits the rows)."""
-    limit = getattr(dev, "loop_limit", None)
-    long_loop = limit is not None and 2 * (2 * batch * (inner + 2) + 2) > limit
-    if not long_loop and (inner < _GROUP_ROW or _is_cpu(dev)):
-        return 1
-    found = _GROUPS.get(dev)
-    if found is None:
-        limit = 64
-        try:
-            limit = min(limit, int(dev.cl_device.max_work_group_size))
-        except Exception:  # noqa: BLE001 - a device that does not say: the default
-            pass
-        found = _GROUPS[dev] = 1 << (max(limit, 1).bit_length() - 1)
-    return found
-
-
-def _is_cpu(dev: Device) -> bool:
-    try:
-        return bool(dev.cl_device.type & cl.device_type.CPU)
-    except cl.Error:
-        return False
-
-
-_GROUPS: dict[Device, int] = {}
-#: Rows (values of a channel in an image) this long or longer are reduced by a work-group on a
-#: GPU (a work-item per channel would leave most of it idle).
-_GROUP_ROW = 256
-
-
-def enqueue_batch_norm_backward(dev: Device, g: cla.Array, x: cla.Array, mean: cla.Array,
-                                var: cla.Array, weight: cla.Array | None, eps: float,
-                                training: bool, channels: int, inner: int, *,
-                                activation: Activation | None = None,
-                                output: cla.Array | None = None,
-                                grad_through: cla.Array | None = None,
-                                weight_grad: cla.Array | None = None,
-                                bias_grad: cla.Array | None = None
-                                ) -> tuple[cla.Array, cla.Array, cla.Array]:
-    """(grad_input, weight_grad, bias_grad) of batch normalisation of x (N, C, inner) with the
-    statistics mean/var (C,) (the batch's when `training`, else fixed). With `activation`
-    (one whose gradient follows from its `output`: gradient_from_output), `g` is the gradient of
-    that output and the activation's gradient is taken first, in the same passes; `grad_through`
-    (x's shape) then receives that gradient too (a residual's, added before the activation).
-    weight_grad / bias_grad: contiguous (C,) arrays to write those into (else new ones)."""
-    work = np.dtype(x.dtype)
-    batch = x.size // max(channels * inner, 1)
-    group = reduction_group(dev, inner, batch)
-    check_loop_limit(dev, "batch-norm gradient", batch * (inner // group + 2) + 1)
-    if activation is not None and (output is None or not gradient_from_output(activation)):
-        raise ValueError(f"the batch-norm gradient through {activation} needs an activation "
-                         f"whose gradient follows from its output, and that output")
-    act = activation_defines(activation) if activation is not None else {}
-    defines = _defines(work, x.size, **act)
-    sums = empty(dev, (2, channels), work)
-    wg = empty(dev, (channels,), work) if weight_grad is None else weight_grad
-    bg = empty(dev, (channels,), work) if bias_grad is None else bias_grad
-    dx = empty(dev, tuple(x.shape), work)
-    if channels == 0:
-        return dx, wg, bg
-    y = output if output is not None else g
-    gz = grad_through if grad_through is not None else dx
-    with dev.lock:
-        kernel(dev, "elementwise.cl", "channel_grad_sums", {**defines, "GROUP": group})(
-            dev.queue, (group, channels), (group, 1), *_args(g), *_args(y), *_args(x),
-            *_args(mean), *_args(var), _real(work, eps), np.int64(batch), np.int64(channels),
-            np.int64(inner), sums.base_data, *_args(wg), *_args(bg))
-        if dx.size:
-            kernel(dev, "elementwise.cl", "batch_norm_backward", defines)(
-                dev.queue, (inner, dx.size // inner), None, *_args(g), *_args(y), *_args(x),
-                *_args(mean), *_args(var), *_args(weight if weight is not None else x),
-                np.int32(weight is not None), sums.base_data, np.int32(training), *_args(dx),
-                *_args(gz), np.int32(grad_through is not None), np.int64(channels),
-                np.int64(inner), np.int64(batch * inner), _real(work, eps))
-    return dx, wg, bg
-
-
-def enqueue_bias_act(dev: Device, y: cla.Array, bias: cla.Array | None,
-                     residual: cla.Array | None, activation: Activation | None, channels: int,
-                     inner: int) -> None:
-    """In place: y = act(y + bias[(i // inner) % channels] + residual) (contiguous device arrays of
-    one dtype; bias/residual optional)."""
-    if y.size == 0:
-        return
-    k = kernel(dev, "elementwise.cl", "bias_act",
-               _defines(y.dtype, y.size, **activation_defines(activation)))
-    with dev.lock:
-        k(dev.queue, (y.size,), None, *_args(y), *_args(bias if bias is not None else y),
-          np.int32(bias is not None), *_args(residual if residual is not None else y),
-          np.int32(residual is not None), np.int64(channels), np.int64(inner))
-
-
-def enqueue_column_sums(dev: Device, g: cla.Array, rows: int, cols: int, out: cla.Array) -> None:
-    """out (cols,) = the column sums of g (rows x cols), contiguous, of one dtype (zeros for no
-    rows)."""
-    if cols == 0:
-        return
-    check_loop_limit(dev, "bias gradient", rows + 1)
-    with dev.lock:
-        kernel(dev, "elementwise.cl", "column_sums", _defines(g.dtype, max(g.size, out.size)))(
-            dev.queue, (cols,), None, *_args(g), np.int64(rows), *_args(out))
-
-
-# --- cat and flatten ---------------------------------------------------------------------------
-def _dim(dim: Any, ndim: int, what: str) -> int:
-    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
-        raise TypeError(f"{what} must be an int, got {dim!r}")
-    lo, hi = (-ndim, ndim - 1) if ndim else (-1, 0)
-    if not lo <= dim <= hi:
-        raise IndexError(f"{what} out of range (expected to be in range of [{lo}, {hi}], but got "
-                         f"{dim})")
-    return int(dim) % max(ndim, 1)
-
-
-class CatPlan(Plan):
-    """torch.cat of arrays of these shapes along `dim` (equal shapes but along dim)."""
-
-    def __init__(self, dev: Device, shapes: Sequence[tuple[int, ...]], dim: int,
-                 dtype: np.dtype) -> None:
-        shapes = [tuple(int(v) for v in s) for s in shapes]
-        if not shapes:
-            raise ValueError("cat: tensors must be a non-empty sequence of arrays")
-        ndim = len(shapes[0])
-        if ndim == 0:
-            raise ValueError("cat: zero-dimensional arrays cannot be concatenated")
-        d = _dim(dim, ndim, "dim")
-        for i, s in enumerate(shapes):
-            if len(s) != ndim or s[:d] != shapes[0][:d] or s[d + 1:] != shapes[0][d + 1:]:
-                raise ValueError(f"cat: tensors[{i}] has shape {s}; every array must have the shape "
-                                 f"{shapes[0]} except along dim {d}")
-        out_shape = (*shapes[0][:d], sum(s[d] for s in shapes), *shapes[0][d + 1:])
-        self.names = [f"tensors[{i}]" for i in range(len(shapes))]
-        self.dim, self.shapes = d, shapes
-        self._prepare(dev, dtype, dict(zip(self.names, shapes)), out_shape, out_shape,
-                      {"output": out_shape})
-        self.label = "cat"
-        self.result_follows = "_kind"
-        self.kernel = kernel(dev, "elementwise.cl", "copy_rows",
-                             _defines(self.work, math.prod(out_shape)))
-
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
-        d = self.dim
-        outer = math.prod(self.shapes[0][:d])
-        inner = math.prod(self.shapes[0][d + 1:])
-        ld = out.shape[d] * inner
-        start = 0
-        with self.device.lock:
-            for name, shape in zip(self.names, self.shapes):
-                src = arrays[name]
-                assert src is not None
-                cols = shape[d] * inner
-                if cols and outer:
-                    self.kernel(self.device.queue, (cols, outer), None, *_args(src),
-                                np.int64(cols), out.base_data,
-                                np.int64(element_offset(out) + start), np.int64(ld))
-                start += cols
-
-    def __call__(self, tensors: Sequence[ArrayLike], *, out: ArrayLike | None = None) -> ArrayLike:
-        return self.execute(self._values(tensors), out)
-
-    def _values(self, tensors: Sequence[ArrayLike]) -> dict[str, Any]:
-        values: dict[str, Any] = dict(zip(self.names, tensors))
-        values["_kind"] = next((t for t in tensors if is_device_array(t)), tensors[0])
-        return values
-
-
-def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = None) -> ArrayLike:
-    """torch.cat: the arrays joined along `dim` (default 0, as torch's; dim=1 for channels). A
-    device result when any array is a device array (numpy ones are uploaded)."""
-    if isinstance(tensors, (np.ndarray, cla.Array)) or not isinstance(tensors, Sequence):
-        raise TypeError(f"cat: tensors must be a sequence (list or tuple) of arrays, got "
-                        f"{type(tensors).__name__}")
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("cat: tensors must be a non-empty sequence of arrays")
-    dev = current_device()
-    dtype = result_dtype(dev, **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
-    shapes = tuple(shape_of(t) for t in tensors)
-    plan = cached_plan(dev, ("cat", shapes, dim, dtype),
-                       lambda: CatPlan(dev, shapes, dim, dtype))
-    return plan.execute(plan._values(tensors), out, check=False)
-
-
-def flatten(input: ArrayLike, start_dim: int = 0, end_dim: int = -1) -> ArrayLike:
-    """torch.flatten: dims start_dim..end_dim merged into one. A contiguous device array gives a
-    view (no copy, no kernel); a strided one is gathered on the device first; numpy gives numpy
-    (a view when numpy can)."""
-    if is_device_array(input):
-        dev = current_device()
-        result_dtype(dev, input=input)  # context and dtype checks
-    shape = shape_of(input)
-    ndim = len(shape)
-    s = _dim(start_dim, ndim, "start_dim")
-    e = _dim(end_dim, ndim, "end_dim")
-    if s > e:
-        raise ValueError(f"flatten: start_dim ({start_dim}) cannot come after end_dim ({end_dim})")
-    new_shape = (1,) if ndim == 0 else (*shape[:s], math.prod(shape[s:e + 1]), *shape[e + 1:])
-    return reshaped(input, new_shape)
-
-
-def reshaped(a: ArrayLike, shape: Sequence[int]) -> ArrayLike:
-    """`a` reshaped: a contiguous device array as a view (no device work), a strided one gathered
-    on the current device first; numpy (or a CPU tensor) as numpy, a view when numpy can."""
-    if isinstance(a, cla.Array):
-        if not a.flags.c_contiguous:
-            a = to_device(a, current_device(), "input", a.dtype)
-        return a.reshape(*shape)
-    return np.reshape(np.asarray(a), tuple(shape))
-
-
-def pixel_shuffle(input: ArrayLike, upscale_factor: int) -> ArrayLike:
-    """torch.nn.functional.pixel_shuffle (sub-pixel upsampling): (*, C r^2, H, W) -> (*, C, H r,
-    W r), r = upscale_factor. A device array gives a device array (one gathering copy on the
-    device); numpy (or a CPU tensor) gives numpy. Exact (a permutation)."""
-    return _pixel_shuffle(input, upscale_factor, False)
-
-
-def pixel_unshuffle(input: ArrayLike, downscale_factor: int) -> ArrayLike:
-    """torch.nn.functional.pixel_unshuffle, pixel_shuffle's inverse: (*, C, H r, W r) -> (*,
-    C r^2, H, W), r = downscale_factor; as `pixel_shuffle` otherwise. An empty input gets that
-    shape too (torch 2.13 returns an empty input's own shape here, unlike pixel_shuffle)."""
-    return _pixel_shuffle(input, downscale_factor, True)
-
-
-def _pixel_shuffle(input: ArrayLike, r: Any, inverse: bool) -> ArrayLike:
-    name, arg = ("pixel_unshuffle", "downscale_factor") if inverse else \
-        ("pixel_shuffle", "upscale_factor")
-    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
-        raise TypeError(f"{name}: {arg} must be an int, got {r!r}")
-    r = int(r)
-    if r < 1:
-        raise ValueError(f"{name} expects a positive {arg}, but got {r}")
-    if is_device_array(input):
-        dev = current_device()
-        result_dtype(dev, input=input)  # context and dtype checks
-    shape = shape_of(input)
-    if len(shape) < 3:
-        raise ValueError(f"{name} expects input to have at least 3 dimensions, but got input "
-                         f"with {len(shape)} dimension(s)")
-    *lead, c, h, w = (int(d) for d in shape)
-    if inverse:
-        if h % r or w % r:
-            raise ValueError(f"pixel_unshuffle expects height ({h}) and width ({w}) to be "
-                             f"divisible by downscale_factor ({r})")
-        # N * C stay together: one dim of the 5-d permuted view
-        view, perm = (math.prod(lead) * c, h // r, r, w // r, r), (0, 2, 4, 1, 3)
-        out = (*lead, c * r * r, h // r, w // r)
-    else:
-        if c % (r * r):
-            raise ValueError(f"pixel_shuffle expects its input's 'channel' dimension ({c}) to be "
-                             f"divisible by the square of upscale_factor ({r * r})")
-        view, perm = (math.prod(lead) * (c // (r * r)), r, r, h, w), (0, 3, 1, 4, 2)
-        out = (*lead, c // (r * r), h * r, w * r)
-    permuted = reshaped(input, view).transpose(perm)
-    if isinstance(permuted, cla.Array):
-        return to_device(permuted, dev, "input", permuted.dtype).reshape(*out)
-    return np.ascontiguousarray(permuted).reshape(out)

@@ -17,7 +17,7 @@ from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
 from .activation import ActivationArg, activation_defines, normalize_activation
-from .elementwise import enqueue_channel_stats
+from .channels import enqueue_channel_stats
 from .plan import Plan, cached_plan, shape_of
 
 __all__ = ["GroupNormPlan", "group_norm", "instance_norm", "layer_norm"]
@@ -114,7 +114,8 @@ def layer_norm(input: ArrayLike, normalized_shape: int | Sequence[int],
     normalized_shape, optional). On the device as group_norm with one group over a (rows, 1,
     size) view of the same data, then clconv.mul / add. Returns numpy for a numpy input, else a
     device array."""
-    from .elementwise import add, mul, reshaped, sub
+    from .elementwise import add, mul, sub
+    from .shape import reshaped
 
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         ns: tuple[int, ...] = (int(normalized_shape),)
@@ -158,7 +159,7 @@ def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
     statistics (use_input_stats=True with them given, torch's training mode) is refused: pass
     use_input_stats=False to normalise with them. Returns numpy for a numpy input, else a device
     array."""
-    from .elementwise import batch_norm
+    from .channels import batch_norm
 
     shape = tuple(int(v) for v in shape_of(input))
     if len(shape) < 3:

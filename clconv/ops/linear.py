@@ -25,7 +25,7 @@ from ..blas.engine import gemm_engine
 from ..runtime.device import Device, current_device
 from ..runtime.transfer import ArrayLike, element_offset, result_dtype
 from .activation import ActivationArg, normalize_activation
-from .elementwise import enqueue_bias_act
+from .channels import enqueue_bias_act
 from .plan import Plan, cached_plan, derived, is_constant, shape_of
 
 __all__ = ["LinearPlan", "linear"]

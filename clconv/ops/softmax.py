@@ -15,7 +15,7 @@ import pyopencl.array as cla
 from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
-from .elementwise import check_loop_limit
+from .channels import check_loop_limit
 from .plan import Plan, cached_plan, shape_of
 
 __all__ = ["SoftmaxPlan", "log_softmax", "softmax"]

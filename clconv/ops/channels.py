@@ -1,0 +1,261 @@
+"""Per-channel passes over (N, C, inner) arrays (cl/elementwise.cl's kernels): batch normalisation
+(the inference op, the batch statistics and running-statistics update of training, the backward),
+a bias + activation epilogue and column sums (Linear's bias and its gradient).
+
+    y = clconv.batch_norm(x, mean, var, gamma, beta, eps=1e-5)   # inference form
+
+The statistics and gradient sums are reductions: a work-item per channel on CPUs (its lanes
+vectorised by the compiler), a work-group per channel on GPUs (`reduction_group`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+
+from ..runtime.device import Device, current_device
+from ..runtime.errors import UnsupportedError
+from ..runtime.memory import empty
+from ..runtime.program import kernel
+from ..runtime.transfer import ArrayLike, result_dtype
+from .activation import Activation, ActivationArg, activation_defines, normalize_activation
+from .elementwise import array_args, elementwise_defines, gradient_from_output, real_scalar
+from .plan import Plan, cached_plan, shape_of
+
+__all__ = ["BatchNormPlan", "batch_norm", "batch_norm_plan", "check_loop_limit",
+           "enqueue_batch_norm_backward", "enqueue_bias_act", "enqueue_channel_stats",
+           "enqueue_column_sums", "reduction_group"]
+
+
+class BatchNormPlan(Plan):
+    """Inference batch normalisation of (N, C, *) with given statistics, optional affine
+    weight/bias and fused activation: act((x - mean) / sqrt(var + eps) * weight + bias)."""
+
+    def __init__(self, dev: Device, input_shape: Sequence[int], has_weight: bool,
+                 has_bias: bool, eps: float, dtype: np.dtype,
+                 activation: ActivationArg = None) -> None:
+        shape = tuple(int(v) for v in input_shape)
+        if len(shape) < 2:
+            raise ValueError(f"batch_norm: input must have at least 2 dims (N, C, *), got shape "
+                             f"{shape}")
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+            raise TypeError(f"batch_norm: eps must be a real number, got {eps!r}")
+        c = shape[1]
+        self.channels, self.inner, self.eps = c, math.prod(shape[2:]), float(eps)
+        act = normalize_activation(activation)
+        operands = {"input": shape, "running_mean": (c,), "running_var": (c,),
+                    "weight": (c,) if has_weight else None, "bias": (c,) if has_bias else None}
+        self._prepare(dev, dtype, operands, shape, shape, {"input": shape})
+        self.label = "batch_norm"
+        self._defines = elementwise_defines(self.work, math.prod(shape), **activation_defines(act))
+        self.kernel = kernel(dev, "elementwise.cl", "batch_norm", self._defines)
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+        x, mean, var = arrays["input"], arrays["running_mean"], arrays["running_var"]
+        w, b = arrays["weight"], arrays["bias"]
+        assert x is not None and mean is not None and var is not None
+        if out.size == 0:
+            return
+        with self.device.lock:
+            self.kernel(self.device.queue, (self.inner, out.size // self.inner), None, *array_args(x),
+                        *array_args(mean),
+                        *array_args(var), *array_args(w if w is not None else x), np.int32(w is not None),
+                        *array_args(b if b is not None else x), np.int32(b is not None), *array_args(out),
+                        np.int64(self.channels), np.int64(self.inner), real_scalar(self.work, self.eps))
+
+    def __call__(self, input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+                 weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
+                 out: ArrayLike | None = None) -> ArrayLike:
+        return self.execute({"input": input, "running_mean": running_mean,
+                             "running_var": running_var, "weight": weight, "bias": bias}, out)
+
+
+def batch_norm(input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+               weight: ArrayLike | None = None, bias: ArrayLike | None = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
+               activation: ActivationArg = None, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.batch_norm in its inference form (training=False): input (N, C, *)
+    normalised per channel by running_mean/running_var (C,), then weight/bias (C,) if given, and
+    the optional fused activation. training=True is refused (use clconv.nn.BatchNorm2d, which
+    computes batch statistics and updates the running ones)."""
+    del momentum  # only used by torch when training
+    if training:
+        raise ValueError("batch_norm: training=True is not supported by the functional op (it "
+                         "would update running_mean/running_var); use clconv.nn.BatchNorm2d in "
+                         "train() mode, or training=False for inference")
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm: running_mean and running_var are required (inference form)")
+    dev = current_device()
+    values = {"input": input, "running_mean": running_mean, "running_var": running_var,
+              "weight": weight, "bias": bias}
+    dtype = result_dtype(dev, **{k: v for k, v in values.items() if v is not None})
+    shape = shape_of(input)
+    c = shape[1] if len(shape) >= 2 else None
+    for name in ("running_mean", "running_var", "weight", "bias"):
+        if values[name] is not None and shape_of(values[name]) != (c,):
+            raise ValueError(f"batch_norm: {name} must have shape (C,) = ({c},) for input of shape "
+                             f"{shape}, got {shape_of(values[name])}")
+    act = normalize_activation(activation)
+    plan = batch_norm_plan(dev, shape, dtype, weight is not None, bias is not None, eps, act)
+    return plan.execute(values, out, check=False)
+
+
+def batch_norm_plan(dev: Device, shape: tuple[int, ...], dtype: np.dtype, has_weight: bool,
+                    has_bias: bool, eps: Any, act: Activation | None = None) -> BatchNormPlan:
+    """The BatchNormPlan of these arguments on `dev`, made on first use (shared by every
+    caller)."""
+    return cached_plan(dev, ("batch_norm", shape, dtype, has_weight, has_bias,
+                             float(eps) if isinstance(eps, numbers.Real) else eps, act),
+                       lambda: BatchNormPlan(dev, shape, has_weight, has_bias, eps, dtype, act))
+
+
+def check_loop_limit(dev: Device, what: str, passes: int) -> None:
+    """UnsupportedError when one work-item of a reduction kernel loops `passes` times or more than
+    `dev`'s driver runs before it silently ends its loops (Device.loop_limit: Mesa's llvmpipe
+    stops every loop of a work-item after 65535 passes in all, and the sum would come out short)."""
+    limit = getattr(dev, "loop_limit", None)
+    if limit is not None and 2 * passes > limit:
+        raise UnsupportedError(
+            f"{what}: one work-item would loop {passes} times, more than {dev.name} runs before it "
+            f"silently stops a loop (Device.loop_limit = {limit}); use a smaller batch or another "
+            f"device")
+
+
+def enqueue_channel_stats(dev: Device, x: cla.Array, channels: int, inner: int,
+                          running_mean: cla.Array | None, running_var: cla.Array | None,
+                          momentum: float, out: cla.Array | None = None) -> cla.Array:
+    """(2, C): the batch mean and biased variance per channel of x (N, C, inner) (contiguous, work
+    dtype); when running_mean/var are given they are updated in place as torch's training
+    BatchNorm does (momentum; unbiased variance). A work-group per channel (`reduction_group`).
+    `out`: a contiguous (2, C) array to write them into (else a new one)."""
+    work = np.dtype(x.dtype)
+    batch = x.size // max(channels * inner, 1)
+    group = reduction_group(dev, inner, batch)
+    check_loop_limit(dev, "batch-norm statistics", 2 * batch * (inner // group + 2) + 2)
+    stats = empty(dev, (2, channels), work) if out is None else out
+    if channels == 0:
+        return stats
+    update = running_mean is not None and running_var is not None
+    rm = running_mean if update else stats
+    rv = running_var if update else stats
+    with dev.lock:
+        kernel(dev, "elementwise.cl", "channel_stats", elementwise_defines(work, x.size, GROUP=group))(
+            dev.queue, (group, channels), (group, 1), *array_args(x), np.int64(batch),
+            np.int64(channels),
+            np.int64(inner), stats.base_data, *array_args(rm), *array_args(rv), np.int32(update),
+            real_scalar(work, momentum))
+    return stats
+
+
+def reduction_group(dev: Device, inner: int, batch: int = 1) -> int:
+    """Work-items per work-group of the per-channel reductions (channel_stats,
+    channel_grad_sums) over `batch` rows of `inner` values: 64, or the largest power of two the
+    device allows below it, on devices other than CPUs; 1 (a work-item per channel, its lanes
+    vectorised by the compiler) on CPUs and for rows shorter than _GROUP_ROW, unless one
+    work-item would loop past the device's loop limit (llvmpipe, a CPU device: a work-group then
+    splits the rows)."""
+    limit = getattr(dev, "loop_limit", None)
+    long_loop = limit is not None and 2 * (2 * batch * (inner + 2) + 2) > limit
+    if not long_loop and (inner < _GROUP_ROW or _is_cpu(dev)):
+        return 1
+    found = _GROUPS.get(dev)
+    if found is None:
+        limit = 64
+        try:
+            limit = min(limit, int(dev.cl_device.max_work_group_size))
+        except Exception:  # noqa: BLE001 - a device that does not say: the default
+            pass
+        found = _GROUPS[dev] = 1 << (max(limit, 1).bit_length() - 1)
+    return found
+
+
+def _is_cpu(dev: Device) -> bool:
+    try:
+        return bool(dev.cl_device.type & cl.device_type.CPU)
+    except cl.Error:
+        return False
+
+
+_GROUPS: dict[Device, int] = {}
+#: Rows (values of a channel in an image) this long or longer are reduced by a work-group on a
+#: GPU (a work-item per channel would leave most of it idle).
+_GROUP_ROW = 256
+
+
+def enqueue_batch_norm_backward(dev: Device, g: cla.Array, x: cla.Array, mean: cla.Array,
+                                var: cla.Array, weight: cla.Array | None, eps: float,
+                                training: bool, channels: int, inner: int, *,
+                                activation: Activation | None = None,
+                                output: cla.Array | None = None,
+                                grad_through: cla.Array | None = None,
+                                weight_grad: cla.Array | None = None,
+                                bias_grad: cla.Array | None = None
+                                ) -> tuple[cla.Array, cla.Array, cla.Array]:
+    """(grad_input, weight_grad, bias_grad) of batch normalisation of x (N, C, inner) with the
+    statistics mean/var (C,) (the batch's when `training`, else fixed). With `activation`
+    (one whose gradient follows from its `output`: gradient_from_output), `g` is the gradient of
+    that output and the activation's gradient is taken first, in the same passes; `grad_through`
+    (x's shape) then receives that gradient too (a residual's, added before the activation).
+    weight_grad / bias_grad: contiguous (C,) arrays to write those into (else new ones)."""
+    work = np.dtype(x.dtype)
+    batch = x.size // max(channels * inner, 1)
+    group = reduction_group(dev, inner, batch)
+    check_loop_limit(dev, "batch-norm gradient", batch * (inner // group + 2) + 1)
+    if activation is not None and (output is None or not gradient_from_output(activation)):
+        raise ValueError(f"the batch-norm gradient through {activation} needs an activation "
+                         f"whose gradient follows from its output, and that output")
+    act = activation_defines(activation) if activation is not None else {}
+    defines = elementwise_defines(work, x.size, **act)
+    sums = empty(dev, (2, channels), work)
+    wg = empty(dev, (channels,), work) if weight_grad is None else weight_grad
+    bg = empty(dev, (channels,), work) if bias_grad is None else bias_grad
+    dx = empty(dev, tuple(x.shape), work)
+    if channels == 0:
+        return dx, wg, bg
+    y = output if output is not None else g
+    gz = grad_through if grad_through is not None else dx
+    with dev.lock:
+        kernel(dev, "elementwise.cl", "channel_grad_sums", {**defines, "GROUP": group})(
+            dev.queue, (group, channels), (group, 1), *array_args(g), *array_args(y), *array_args(x),
+            *array_args(mean), *array_args(var), real_scalar(work, eps), np.int64(batch), np.int64(channels),
+            np.int64(inner), sums.base_data, *array_args(wg), *array_args(bg))
+        if dx.size:
+            kernel(dev, "elementwise.cl", "batch_norm_backward", defines)(
+                dev.queue, (inner, dx.size // inner), None, *array_args(g), *array_args(y), *array_args(x),
+                *array_args(mean), *array_args(var), *array_args(weight if weight is not None else x),
+                np.int32(weight is not None), sums.base_data, np.int32(training), *array_args(dx),
+                *array_args(gz), np.int32(grad_through is not None), np.int64(channels),
+                np.int64(inner), np.int64(batch * inner), real_scalar(work, eps))
+    return dx, wg, bg
+
+
+def enqueue_bias_act(dev: Device, y: cla.Array, bias: cla.Array | None,
+                     residual: cla.Array | None, activation: Activation | None, channels: int,
+                     inner: int) -> None:
+    """In place: y = act(y + bias[(i // inner) % channels] + residual) (contiguous device arrays of
+    one dtype; bias/residual optional)."""
+    if y.size == 0:
+        return
+    k = kernel(dev, "elementwise.cl", "bias_act",
+               elementwise_defines(y.dtype, y.size, **activation_defines(activation)))
+    with dev.lock:
+        k(dev.queue, (y.size,), None, *array_args(y), *array_args(bias if bias is not None else y),
+          np.int32(bias is not None), *array_args(residual if residual is not None else y),
+          np.int32(residual is not None), np.int64(channels), np.int64(inner))
+
+
+def enqueue_column_sums(dev: Device, g: cla.Array, rows: int, cols: int, out: cla.Array) -> None:
+    """out (cols,) = the column sums of g (rows x cols), contiguous, of one dtype (zeros for no
+    rows)."""
+    if cols == 0:
+        return
+    check_loop_limit(dev, "bias gradient", rows + 1)
+    with dev.lock:
+        kernel(dev, "elementwise.cl", "column_sums", elementwise_defines(g.dtype, max(g.size, out.size)))(
+            dev.queue, (cols,), None, *array_args(g), np.int64(rows), *array_args(out))
