@@ -42,9 +42,10 @@ __kernel void conv_direct(__global const REAL* restrict x, const long x_offset,
     for (int ci = 0; ci < CIN_G; ++ci, plane += IN_SPATIAL, filter += KSIZE) {
         // (an int bound: with INDEX_T=long, KSIZE is a long and Mesa's llvmpipe (LLVM 15) summed
         // nothing in this unrolled loop against it)
+        // a tap in zero padding adds 0 * w, as torch: an Inf or NaN weight there gives NaN
 #pragma unroll
         for (int t = 0; t < KD * KH * KW; ++t)
-            if (tap[t] >= 0) sum += (ACC)plane[tap[t]] * (ACC)filter[t];
+            sum += (tap[t] >= 0 ? (ACC)plane[tap[t]] : (ACC)0) * (ACC)filter[t];
     }
     const idx_t o = ((nco * OD + od) * OH + oh) * OW + ow;
     y[y_offset + o] = (REAL)epilogue_residual(sum, bias, b_offset, co, residual, r_offset + o);

@@ -117,8 +117,14 @@ __kernel void dw_weight_grad(__global const REAL* restrict x, const long x_offse
         const __global REAL* xp = x + x_offset + ((idx_t)n * C + ci) * IH * IW;
         for (int oh = 0; oh < OH; ++oh) {
             const int ih = oh * SH - PH + kh * DH;
-            if (ih < 0 || ih >= IH) continue;
             const __global REAL* gr = gp + (idx_t)oh * OW;
+            if (ih < 0 || ih >= IH) {  // the row's taps read zero padding: g * 0 (NaN for a
+                ACC zero = (ACC)0;     // non-finite g, as torch), the same for every kw
+                for (int ow = 0; ow < OW; ++ow) zero += ZERO_TIMES((ACC)gr[ow]);
+#pragma unroll
+                for (int kw = 0; kw < KW; ++kw) acc[kw] += zero;
+                continue;
+            }
             const __global REAL* xr = xp + (idx_t)ih * IW - PW;  // xr[ow * SW + kw * DW]
             int ow = ow_lo;
 #if VEC_OK
@@ -143,7 +149,7 @@ __kernel void dw_weight_grad(__global const REAL* restrict x, const long x_offse
 #pragma unroll
                 for (int kw = 0; kw < KW; ++kw) {
                     const int iw = e * SW - PW + kw * DW;
-                    if (iw >= 0 && iw < IW) acc[kw] = fma(gv, (ACC)xr[iw + PW], acc[kw]);
+                    acc[kw] = fma(gv, (iw >= 0 && iw < IW) ? (ACC)xr[iw + PW] : (ACC)0, acc[kw]);
                 }
             }
         }

@@ -76,7 +76,8 @@ inline VACC load_strided(__global const REAL* p) {
 }
 #endif
 
-// One output at column ow (any position; the padding is read through source_coord()).
+// One output at column ow (any position; the padding is read through source_coord()). A tap in
+// zero padding adds 0 * w, as torch's convolutions do: an Inf or NaN weight there gives NaN.
 inline ACC conv_point(GEO_DECL __global const REAL* image, __global const REAL* filter, int od,
                       int oh, int ow) {
     ACC sum = (ACC)0;
@@ -85,13 +86,16 @@ inline ACC conv_point(GEO_DECL __global const REAL* image, __global const REAL* 
             const int sd = source_coord(od * SD - PD + kd * DD, ID);
             for (int kh = 0; kh < KH; ++kh) {
                 const int sh = source_coord(oh * SH - PH + kh * DH, IH);
-                if (sd < 0 || sh < 0) continue;
+                __global const REAL* taps = filter + (((idx_t)ci * KD + kd) * KH + kh) * KW;
+                if (sd < 0 || sh < 0) {  // a line of zero padding
+                    for (int kw = 0; kw < KW; ++kw) sum += ZERO_TIMES((ACC)taps[kw]);
+                    continue;
+                }
                 __global const REAL* line = image + ((idx_t)ci * ID + sd) * ((idx_t)IH * IW) +
                                             (idx_t)sh * IW;
-                __global const REAL* taps = filter + (((idx_t)ci * KD + kd) * KH + kh) * KW;
                 for (int kw = 0; kw < KW; ++kw) {
                     const int sw = source_coord(ow * SW - PW + kw * DW, IW);
-                    if (sw >= 0) sum += (ACC)line[sw] * (ACC)taps[kw];
+                    sum += (sw >= 0 ? (ACC)line[sw] : (ACC)0) * (ACC)taps[kw];
                 }
             }
         }
@@ -129,15 +133,20 @@ inline void conv_segment(GEO_DECL __global const REAL* image, __global const REA
         for (int ci = 0; ci < CIN_G; ++ci) {
 #pragma unroll
             for (int r = 0; r < KD * KH; ++r) {  // r = kd * KH + kh
+                __global const REAL* taps = filter + ((idx_t)ci * (KD * KH) + r) * KW;
                 if (line_at[r] >= 0) {
                     __global const REAL* line = strip + (idx_t)ci * IN_SPATIAL + line_at[r];
-                    __global const REAL* taps = filter + ((idx_t)ci * (KD * KH) + r) * KW;
 #pragma unroll
                     for (int kw = 0; kw < KW; ++kw) {
                         const VACC v = LOAD_STRIDED(line + kw * DW);  // shared by the COB channels
 #pragma unroll
                         for (int j = 0; j < COB; ++j) acc[j] += (ACC)taps[j * fstride + kw] * v;
                     }
+                } else {  // a line of zero padding: 0 * w (NaN for an Inf or NaN weight, as torch)
+#pragma unroll
+                    for (int kw = 0; kw < KW; ++kw)
+#pragma unroll
+                        for (int j = 0; j < COB; ++j) acc[j] += ZERO_TIMES((ACC)taps[j * fstride + kw]);
                 }
             }
         }

@@ -450,6 +450,31 @@ def test_nan_in_weight_poisons_its_output_channel(clconv, rng):
         assert np.isfinite(got[:, [0, 2]]).all(), algorithm
 
 
+@pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
+@pytest.mark.parametrize("case", [
+    ((1, 2, 6, 7), (3, 2, 3, 3), {"padding": 1}),
+    ((1, 18, 5, 6), (2, 18, 3, 3), {"padding": (2, 1), "dilation": (2, 1)}),
+    ((1, 4, 7, 9), (4, 2, 3, 3), {"padding": 1, "groups": 2}),
+    ((1, 3, 5, 5), (2, 3, 1, 1), {"stride": 2, "padding": 1}),
+], ids=["few-channels", "wide", "groups", "1x1-padded"])
+def test_nonfinite_weight_meets_zero_padding(clconv, rng, case, algorithm):
+    """A tap that reads zero padding adds 0 * w, as torch and the oracle: an Inf weight there gives
+    NaN (0 * Inf) in the border outputs that reach the padding through it, +-Inf elsewhere. 'direct'
+    covers its two kernels (conv_grouped.cl up to 16 channels a group, conv_direct.cl past that)."""
+    x_shape, w_shape, kw = case
+    x = random_array(rng, x_shape)
+    w = random_array(rng, w_shape)
+    w[w == 0] = 0.5
+    w[0, 0, 0, 0] = np.inf  # the first tap: reads the padding above and to the left
+    w[-1, -1, -1, -1] = -np.inf  # the last: below and to the right
+    got = clconv.conv2d(x, w, algorithm=algorithm, **kw)
+    want = ref.conv_nd(x, w, None, **kw)
+    assert np.isnan(want).any() and np.isinf(want).any()  # the test is meaningful
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaN positions differ")
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg="+Inf differ")
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg="-Inf differ")
+
+
 # ---------------------------------------------------------------------------
 # seeded fuzz over valid argument combinations
 # ---------------------------------------------------------------------------

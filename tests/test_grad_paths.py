@@ -428,6 +428,26 @@ def test_stem_weight_grad_nonfinite(clconv, dev, rng, dtype):
                      x, nan=0.0, posinf=0.0)))
 
 
+def test_depthwise_weight_grad_zero_padding_nonfinite(clconv, dev, rng, dtype):
+    """An Inf in the output gradient at a position whose taps read zero padding adds Inf * 0 = NaN
+    to those taps' weight gradients, as torch (the padding rows above and the columns left of the
+    top-left output), and +Inf to the others of its channel."""
+    x_shape, w_shape = (1, 4, 5, 9), (4, 1, 3, 3)
+    kw = {"stride": (1, 2), "padding": 1, "groups": 4}
+    x = np.abs(random_array(rng, x_shape, dtype)) + 0.1
+    g = np.abs(random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)) + 0.1
+    g[0, 1, 0, 0] = np.inf  # the top-left output of channel 1: taps kh = 0 and kw = 0 in padding
+    g[0, 3, 2, 2] = np.inf  # an interior output of channel 3: no padding, +Inf in every tap
+    plan = clconv.plan_conv2d_weight(x_shape, w_shape, dtype=dtype, **kw)
+    got, want = plan(x, g), ref.conv_nd_weight(x, w_shape, g, **kw)
+    assert np.isnan(want[1]).sum() == 5 and np.isposinf(want[1]).sum() == 4
+    assert np.isposinf(want[3]).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    assert_close(got[[0, 2]], want[[0, 2]], dtype, reduction=g.shape[2] * g.shape[3],
+                 magnitude=conv_magnitude(g[:, [0, 2]], x))
+
+
 def test_pointwise_weight_grad_nonfinite(clconv, dev, rng, dtype):
     """The 1x1 weight gradient summed along the positions counts an Inf in x once where the
     last, overlapping vector covers its position again: +Inf, not NaN."""
