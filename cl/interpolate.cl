@@ -36,6 +36,14 @@ typedef float4 scale4_t;
 // (i0, i1, l0, l1) of output coordinate dst along a dim of `in` inputs and `out` outputs.
 inline void linear_taps(const int dst, const int in, const int out, const scale_t scale, int* i0,
                         int* i1, ACC* l0, ACC* l1) {
+    // In double, no fused multiply-add in the source index: torch's double kernels round
+    // scale * (dst + 0.5) before the - 0.5, and a fused one can move it across an integer
+    // (1/3 * 4.5 - 0.5: 1.0 in torch, 0.9999999999999999 fused), which changes the taps and where
+    // a NaN or Inf reaches. torch's float kernels do fuse it (measured: every NaN pattern of
+    // 2535 1-d cases matches with it, 22 differ without).
+#if defined(USE_FP64)
+#pragma OPENCL FP_CONTRACT OFF
+#endif
     if (in == out) {
         *i0 = *i1 = dst;
         *l0 = (ACC)1;

@@ -88,6 +88,21 @@ def test_device_operands_float64_and_plans(dev, rng):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_in, n_out", [(2, 6), (3, 7), (3, 27), (5, 19), (6, 22), (8, 24)])
+def test_linear_nan_reaches_the_outputs_torch_gives(dev, n_in, n_out, dtype):
+    """The source index scale * (dst + 0.5) - 0.5 rounded as torch rounds it in each dtype, so
+    that a NaN reaches exactly torch's outputs: in double a fused multiply-add put some indices
+    one ulp below an integer (sizes whose scale is 1/3, 3/7, ...: one more output took the NaN)."""
+    if dtype == np.float64 and not dev.fp64:
+        pytest.skip(f"{dev.name} has no float64")
+    x = np.zeros((n_in, 1, n_in), dtype)
+    x[np.arange(n_in), 0, np.arange(n_in)] = np.nan  # row j: the NaN at position j
+    got = clconv.interpolate(x, size=n_out, mode="linear")
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), size=n_out, mode="linear")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want.numpy()))
+
+
 @pytest.mark.parametrize("shape, kw, error, words", [
     ((2, 3, 5, 6), {}, ValueError, "exactly one"),
     ((2, 3, 5, 6), {"size": 4, "scale_factor": 2}, ValueError, "exactly one"),
