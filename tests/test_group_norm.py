@@ -111,3 +111,10 @@ def test_one_value_per_channel_as_torch(dev, shape, groups, refused):
     else:
         want = torch.nn.functional.group_norm(torch.from_numpy(x), groups).numpy()
         np.testing.assert_allclose(clconv.group_norm(x, groups), want, atol=1e-5)
+
+
+def test_instance_norm_of_no_channels_is_empty_as_torch(dev):
+    torch = pytest.importorskip("torch")
+    x = np.zeros((4, 0, 5), np.float32)
+    got = clconv.instance_norm(x)
+    assert got.shape == tuple(torch.nn.functional.instance_norm(torch.from_numpy(x)).shape)

@@ -69,6 +69,18 @@ def test_matches_torch(dev, rng, shape, kw, mode):
         _check(got, want)
 
 
+@pytest.mark.parametrize("shape, kw", [((2, 3, 1, 6), {"scale_factor": 0.5}),
+                                       ((1, 2, 3), {"size": 0}),
+                                       ((1, 2, 4, 1, 5), {"scale_factor": (1, 0.5, 1)})])
+def test_area_rounds_to_an_empty_output_as_torch(dev, rng, shape, kw):
+    """'area' (adaptive average pooling) gives an empty output where a size rounds to 0, as
+    torch's; the other modes refuse it (test_errors_as_torch)."""
+    x = random_array(rng, shape)
+    got = clconv.interpolate(x, mode="area", **kw)
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), mode="area", **kw)
+    assert got.shape == tuple(want.shape) and got.size == 0 and got.dtype == x.dtype
+
+
 def test_device_operands_float64_and_plans(dev, rng):
     x = random_array(rng, (2, 3, 5, 6))
     xd = cla.to_device(dev.queue, x)
@@ -114,6 +126,8 @@ def test_linear_nan_reaches_the_outputs_torch_gives(dev, n_in, n_out, dtype):
     ((2, 3, 5, 6), {"size": 4, "mode": "cubic"}, ValueError, "mode"),
     ((2, 3, 5, 6), {"size": 4, "mode": "bicubic"}, ValueError, "bicubic"),
     ((5, 6), {"size": 4}, ValueError, "3-d, 4-d or 5-d"),
+    ((2, 3, 5, 6), {"size": 4, "recompute_scale_factor": True}, ValueError, "explicit size"),
+    ((2, 3, 1, 6), {"scale_factor": 0.5}, ValueError, "greater than 0"),
 ], ids=lambda v: str(v))
 def test_errors_as_torch(dev, rng, shape, kw, error, words):
     x = random_array(rng, shape)

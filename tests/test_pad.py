@@ -107,6 +107,8 @@ def test_device_operands_float64_and_plans(dev, rng):
     ((2, 3, 5), (-2, -3), {"mode": "replicate"}, ValueError, "empty"),
     ((2, 3, 5), (-5, 0), {}, None, None),  # constant padding may leave a dim empty
     ((0, 3, 5), (1, 1), {"mode": "reflect"}, None, None),  # an empty batch is fine
+    ((2, 3, 5), (1, 2), {"mode": "replicate", "value": 0.0}, None, None),  # 0: as no value
+    ((2, 3, 5), (2, 1), {"mode": "circular", "value": 0}, None, None),
     ((2, 0, 5), (1, 1), {"mode": "replicate"}, ValueError, "non-empty"),
 ], ids=lambda v: str(v))
 def test_errors_as_torch(dev, rng, shape, pad, kwargs, error, words):

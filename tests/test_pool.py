@@ -130,6 +130,17 @@ def test_empty_batch_and_unbatched(clconv, rng):
     assert got.shape == (4, 3)
 
 
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_adaptive_pool_to_an_empty_output_as_torch(clconv, dev, rng, nd, kind):
+    """An output size of 0 gives an empty result, as torch's (on a driver with a loop cap too,
+    whose window check once divided by it)."""
+    x = random_array(rng, (2, 3) + (5,) * nd)
+    size = (0,) + (2,) * (nd - 1)
+    got = getattr(clconv, f"adaptive_{kind}_pool{nd}d")(x, size)
+    assert got.shape == (2, 3) + size and got.dtype == x.dtype
+
+
 def test_device_arrays_stay_on_the_device_and_out(clconv, dev, rng):
     x = random_array(rng, (2, 4, 8, 8))
     xd = cla.to_device(dev.queue, x)

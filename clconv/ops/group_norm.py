@@ -174,6 +174,8 @@ def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
         raise ValueError("instance_norm: use_input_stats=True with running statistics would "
                          "update them (torch's training mode), which clconv does not do: pass "
                          "use_input_stats=False to normalise with them, or leave them out")
+    if shape[1] == 0:  # no channels: nothing to normalise (group_norm needs a group)
+        return group_norm(input, 1, weight, bias, eps)
     if math.prod(shape[2:]) == 1 and math.prod(shape) > 0:
         raise ValueError(f"instance_norm: expected more than 1 spatial element, got input size "
                          f"{list(shape)}")

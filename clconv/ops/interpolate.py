@@ -75,13 +75,17 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
     spatial = shape[2:]
     scales: tuple[float, ...] | None = None
     if size is not None:
+        if recompute_scale_factor:
+            raise ValueError("interpolate: recompute_scale_factor is not meaningful with an "
+                             "explicit size")
         out = tuple(int(v) for v in _per_dim(size, nd, "size", numbers.Integral))
     else:
         factors = tuple(float(v) for v in _per_dim(scale_factor, nd, "scale_factor", numbers.Real))
         out = tuple(math.floor(float(i) * f) for i, f in zip(spatial, factors))
         if not recompute_scale_factor:
             scales = factors
-    if any(i <= 0 for i in spatial) or any(o <= 0 for o in out):
+    # ('area' is adaptive average pooling, which gives an empty output where a size rounds to 0)
+    if any(i <= 0 for i in spatial) or any(o < 0 or (o == 0 and mode != "area") for o in out):
         raise ValueError(f"interpolate: input and output sizes must be greater than 0, got input "
                          f"{tuple(spatial)} and output {out}")
     kernel_scales = []

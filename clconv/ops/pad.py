@@ -49,7 +49,7 @@ def _validate(shape: tuple[int, ...], pad: tuple[int, ...], mode: str,
         raise ValueError(f"pad: {len(pad)} padding values for a {len(shape)}-d input (two per "
                          f"padded dim, from the last)")
     if mode != "constant":
-        if value is not None:
+        if value is not None and value != 0:  # (torch takes 0 there, as for no value)
             raise ValueError(f"pad: mode {mode!r} takes no value (only 'constant' does)")
         if dims not in (1, 2, 3) or len(shape) not in (dims + 1, dims + 2):
             raise ValueError(f"pad: mode {mode!r} pads the last 1, 2 or 3 dims of a tensor with 1 "

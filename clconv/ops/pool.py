@@ -113,9 +113,10 @@ def _check_loop_limit(dev: Device, name: str, in_size: tuple[int, int, int],
     if limit is None:
         return
     # Window extent a dimension: the kernel size (dilation only spaces it), or the adaptive
-    # window's: in / out, at most ceil(in / out) + 1 when out does not divide in.
+    # window's: in / out, at most ceil(in / out) + 1 when out does not divide in (no outputs:
+    # no window).
     win = window[0] if window is not None else tuple(
-        -(-i // o) + (i % o != 0) for i, o in zip(in_size, out_size))
+        -(-i // o) + (i % o != 0) if o else 0 for i, o in zip(in_size, out_size))
     loops = win[0] * (win[1] * (win[2] + 1) + 1) + 1  # each loop's exit pass counted too
     if 2 * loops > limit:  # room for the rest of the kernel and the compiler's own loops
         raise UnsupportedError(
