@@ -296,12 +296,72 @@ def test_batch_norm_fused_activation_and_errors(clconv, dev, rng):
     assert isinstance(got, cla.Array)
     want = ref.ACTIVATIONS["relu6"](ref.batch_norm(x.astype(np.float64), mean, var))
     assert_close(got.get(), want, np.float32, magnitude=10)
-    with pytest.raises(ValueError, match="training"):
-        clconv.batch_norm(x, mean, var, training=True)
+    with pytest.raises(ValueError, match="running_mean and running_var are required"):
+        clconv.batch_norm(x, None, None)
     with pytest.raises(ValueError, match="running_var"):
         clconv.batch_norm(x, mean, np.ones(4, np.float32))
     with pytest.raises(ValueError, match="weight"):
         clconv.batch_norm(x, mean, var, weight=np.ones(2, np.float32))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 5), (3, 2, 7), (2, 3, 2, 3, 2)], ids=str)
+@pytest.mark.parametrize("stats", ["numpy", "device", "tensor", None])
+def test_batch_norm_training_as_torch(clconv, dev, rng, shape, stats):
+    """training=True: normalised by the batch's mean and biased variance; the running statistics
+    (numpy arrays, device arrays or CPU tensors, updated in place) move by momentum towards the
+    batch mean and unbiased variance, as torch's F.batch_norm. Oracle: numpy in float64."""
+    torch = import_torch()
+    c, axes = shape[1], tuple(i for i in range(len(shape)) if i != 1)
+    for dtype in _dtypes(dev):
+        x = random_array(rng, shape, dtype) * 3 + 1
+        w, b = random_array(rng, (c,), dtype), random_array(rng, (c,), dtype)
+        rm0, rv0 = random_array(rng, (c,), dtype), (rng.random(c) + 0.5).astype(dtype)
+        x64 = x.astype(np.float64)
+        mean, var = x64.mean(axis=axes), x64.var(axis=axes)
+        count = x.size // c
+        bshape = (1, c) + (1,) * (len(shape) - 2)
+        want = (x64 - mean.reshape(bshape)) / np.sqrt(var.reshape(bshape) + 1e-4) \
+            * w.reshape(bshape) + b.reshape(bshape)
+        if stats is None:
+            rm = rv = None
+        elif stats == "numpy":
+            rm, rv = rm0.copy(), rv0.copy()
+        elif stats == "device":
+            rm, rv = cla.to_device(dev.queue, rm0), cla.to_device(dev.queue, rv0)
+        else:
+            rm, rv = torch.from_numpy(rm0.copy()), torch.from_numpy(rv0.copy())
+        got = clconv.batch_norm(x, rm, rv, w, b, training=True, momentum=0.3, eps=1e-4,
+                                activation="relu")
+        assert_close(got, np.maximum(want, 0), dtype, magnitude=30)
+        t_rm, t_rv = torch.from_numpy(rm0.copy()), torch.from_numpy(rv0.copy())
+        want_t = torch.nn.functional.batch_norm(
+            torch.from_numpy(x), t_rm, t_rv, torch.from_numpy(w), torch.from_numpy(b),
+            training=True, momentum=0.3, eps=1e-4).relu().numpy()
+        assert_close(got, want_t, dtype, magnitude=30)
+        if stats is not None:
+            host = lambda a: a.get() if isinstance(a, cla.Array) else np.asarray(a)
+            want_rm = 0.7 * rm0 + 0.3 * mean
+            want_rv = 0.7 * rv0 + 0.3 * var * count / (count - 1)
+            assert_close(host(rm), want_rm, dtype, magnitude=30)
+            assert_close(host(rv), want_rv, dtype, magnitude=30)
+            assert_close(host(rm), t_rm.numpy(), dtype, magnitude=30)
+            assert_close(host(rv), t_rv.numpy(), dtype, magnitude=30)
+
+
+def test_batch_norm_training_errors_as_torch(clconv, dev, rng):
+    x = random_array(rng, (2, 3, 4))
+    with pytest.raises(ValueError, match="both be None or neither"):
+        clconv.batch_norm(x, np.zeros(3, np.float32), None, training=True)
+    with pytest.raises(TypeError, match="momentum"):
+        clconv.batch_norm(x, None, None, training=True, momentum=None)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        clconv.batch_norm(random_array(rng, (1, 3, 1)), None, None, training=True)
+    with pytest.raises(TypeError, match="training must be a bool"):
+        clconv.batch_norm(x, None, None, training="yes")
+    strided = cla.to_device(dev.queue, np.zeros(6, np.float32))[::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        clconv.batch_norm(x, strided, cla.to_device(dev.queue, np.ones(3, np.float32)),
+                          training=True)
 
 
 @pytest.mark.parametrize("dim", [0, 1, 2, -1, 3])

@@ -23,7 +23,7 @@ from ..runtime.device import Device, current_device
 from ..runtime.errors import UnsupportedError
 from ..runtime.memory import empty
 from ..runtime.program import kernel
-from ..runtime.transfer import ArrayLike, result_dtype
+from ..runtime.transfer import ArrayLike, is_device_array, result_dtype, to_device
 from .activation import Activation, ActivationArg, activation_defines, normalize_activation
 from .elementwise import array_args, elementwise_defines, gradient_from_output, real_scalar
 from .plan import Plan, cached_plan, shape_of
@@ -76,33 +76,93 @@ class BatchNormPlan(Plan):
                              "running_var": running_var, "weight": weight, "bias": bias}, out)
 
 
-def batch_norm(input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+def batch_norm(input: ArrayLike, running_mean: ArrayLike | None, running_var: ArrayLike | None,
                weight: ArrayLike | None = None, bias: ArrayLike | None = None,
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
                activation: ActivationArg = None, out: ArrayLike | None = None) -> ArrayLike:
-    """torch.nn.functional.batch_norm in its inference form (training=False): input (N, C, *)
-    normalised per channel by running_mean/running_var (C,), then weight/bias (C,) if given, and
-    the optional fused activation. training=True is refused (use clconv.nn.BatchNorm2d, which
-    computes batch statistics and updates the running ones)."""
-    del momentum  # only used by torch when training
+    """torch.nn.functional.batch_norm: input (N, C, *) normalised per channel, then weight/bias
+    (C,) if given, and the optional fused activation.
+
+    training=False: by running_mean/running_var (C,). training=True: by the batch's own mean and
+    biased variance, and running_mean/running_var (both or neither) are updated in place as
+    torch's are: r = (1 - momentum) * r + momentum * batch statistic, the variance unbiased.
+    Host running statistics (numpy arrays, CPU tensors) are written back into the arrays; device
+    ones must be contiguous arrays of the input's dtype."""
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"batch_norm: training must be a bool, got {training!r}")
     if training:
-        raise ValueError("batch_norm: training=True is not supported by the functional op (it "
-                         "would update running_mean/running_var); use clconv.nn.BatchNorm2d in "
-                         "train() mode, or training=False for inference")
+        return _batch_norm_training(input, running_mean, running_var, weight, bias, momentum, eps,
+                                    activation, out)
     if running_mean is None or running_var is None:
-        raise ValueError("batch_norm: running_mean and running_var are required (inference form)")
+        raise ValueError("batch_norm: running_mean and running_var are required with "
+                         "training=False (torch: they must be defined in evaluation mode)")
     dev = current_device()
     values = {"input": input, "running_mean": running_mean, "running_var": running_var,
               "weight": weight, "bias": bias}
     dtype = result_dtype(dev, **{k: v for k, v in values.items() if v is not None})
+    shape = _check_channel_operands(input, values)
+    act = normalize_activation(activation)
+    plan = batch_norm_plan(dev, shape, dtype, weight is not None, bias is not None, eps, act)
+    return plan.execute(values, out, check=False)
+
+
+def _check_channel_operands(input: ArrayLike, values: dict[str, Any]) -> tuple[int, ...]:
+    """input's shape, after checking that every (C,) operand in `values` has that shape."""
     shape = shape_of(input)
     c = shape[1] if len(shape) >= 2 else None
     for name in ("running_mean", "running_var", "weight", "bias"):
-        if values[name] is not None and shape_of(values[name]) != (c,):
+        if values.get(name) is not None and shape_of(values[name]) != (c,):
             raise ValueError(f"batch_norm: {name} must have shape (C,) = ({c},) for input of shape "
                              f"{shape}, got {shape_of(values[name])}")
+    return shape
+
+
+def _batch_norm_training(input: ArrayLike, running_mean: ArrayLike | None,
+                         running_var: ArrayLike | None, weight: ArrayLike | None,
+                         bias: ArrayLike | None, momentum: Any, eps: float,
+                         activation: ActivationArg, out: ArrayLike | None) -> ArrayLike:
+    """batch_norm(training=True): the batch statistics (channel_stats, which updates the running
+    ones on the device), then the inference pass with them."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: running_mean and running_var must either both be None or "
+                         "neither be None")
+    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
+        raise TypeError(f"batch_norm: momentum must be a real number with training=True, got "
+                        f"{momentum!r}")
+    dev = current_device()
+    values = {"input": input, "running_mean": running_mean, "running_var": running_var,
+              "weight": weight, "bias": bias}
+    dtype = result_dtype(dev, **{k: v for k, v in values.items() if v is not None})
+    shape = _check_channel_operands(input, values)
+    if len(shape) < 2:
+        raise ValueError(f"batch_norm: input must have at least 2 dims (N, C, *), got shape "
+                         f"{shape}")
+    c, inner = shape[1], math.prod(shape[2:])
+    if shape[0] * inner <= 1:
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got "
+                         f"input of shape {shape}")
+    if np.dtype(dtype) == np.float16:
+        raise UnsupportedError("batch_norm: training=True computes the statistics in the input's "
+                               "dtype; float16 is not supported there, use float32")
+    x = to_device(input, dev, "input", dtype)
+    update = running_mean is not None
+    stored = {}
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if not update:
+            break
+        stored[name] = to_device(r, dev, name, dtype)
+        if is_device_array(r) and stored[name] is not r:
+            raise ValueError(f"batch_norm: {name} is updated in place with training=True, so a "
+                             f"device array there must be contiguous (got strides {r.strides})")
+    stats = enqueue_channel_stats(dev, x, c, inner, stored.get("running_mean"),
+                                  stored.get("running_var"), float(momentum))
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if update and not is_device_array(r):  # a host array: the update written back into it
+            np.copyto(np.asarray(r), stored[name].get(), casting="unsafe")
     act = normalize_activation(activation)
     plan = batch_norm_plan(dev, shape, dtype, weight is not None, bias is not None, eps, act)
+    values.update(input=x if is_device_array(input) else input, running_mean=stats[0],
+                  running_var=stats[1])
     return plan.execute(values, out, check=False)
 
 
