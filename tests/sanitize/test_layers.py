@@ -137,8 +137,8 @@ def test_batch_norm_training(rng, index_t, what, shape, request, monkeypatch):
     6 and 272 values a work-item per channel (CPUs), and of 272 a work-group per channel with
     local memory (as on GPUs: forced here)."""
     if request.node.callspec.id.endswith("group"):
-        from clconv.ops import elementwise
-        monkeypatch.setattr(elementwise, "_is_cpu", lambda dev: False)
+        from clconv.ops import channels
+        monkeypatch.setattr(channels, "_is_cpu", lambda dev: False)
     x = arr(rng, shape)
     bn = nn.BatchNorm2d(2)
     y = bn(x)
