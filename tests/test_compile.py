@@ -157,6 +157,73 @@ def test_unlowerable_nodes_fall_back_with_one_report(dev, ct, monkeypatch):
         _close(y, model(x))
 
 
+class InPlace(nn.Module):
+    """A forward that writes tensors in place and reads them afterwards through other names."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.c0, self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), \
+            nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.bn(self.c0(x))
+        if self.kind == "method":  # the result of the write is not used: y is
+            y.mul_(2.0)
+            y.add_(self.c2(y))
+            return self.c2(y)
+        if self.kind == "function":
+            F.relu(y, inplace=True)
+            return self.c2(y)
+        if self.kind == "module-residual":  # ResNet's block with the residual read after the ReLU
+            idt = y
+            out = self.relu(y)
+            out = self.c1(out)
+            out += idt
+            return self.relu(out)
+        if self.kind == "after-read":  # a conv reads y before the write, the add after it
+            out = self.c1(y)
+            y.clamp_(-0.5, 0.5)
+            return out + y
+        if self.kind == "chain":
+            y.relu_()
+            y.sub_(0.25).mul_(3.0)
+            return self.c2(y) + y
+        if self.kind == "view":
+            v = y.view(y.shape[0], -1)
+            y.mul_(2.0)
+            return v.sum(1)
+        if self.kind == "parameter":
+            self.c2.bias.mul_(1.0)
+            return self.c2(y)
+        raise AssertionError(self.kind)
+
+
+@pytest.mark.parametrize("kind", ["method", "function", "module-residual", "after-read", "chain"])
+def test_in_place_writes_are_read_where_torch_reads_them(dev, ct, kind):
+    """The lowering follows values: a tensor written in place and read afterwards through the
+    node that made it (or another name) reads the write, as torch's memory does."""
+    torch.manual_seed(0)
+    model = models.randomize(InPlace(kind)).eval()
+    x = torch.randn(2, 3, 9, 10)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    for inputs in (x, torch.randn(3, 3, 9, 10)):  # the example's batch and another
+        with torch.no_grad():
+            want = model(inputs)
+        _close(cm(inputs), want)
+
+
+@pytest.mark.parametrize("kind, words", [("view", "shares its memory"),
+                                         ("parameter", "parameter or buffer")])
+def test_in_place_writes_values_cannot_follow_are_refused(dev, ct, kind, words):
+    model = models.randomize(InPlace(kind)).eval()
+    with pytest.raises(TypeError, match=words):
+        ct.compile(model, torch.randn(2, 3, 9, 10))
+
+
 def test_an_op_failing_on_the_example_falls_back(dev, ct, monkeypatch):
     import clconv
 

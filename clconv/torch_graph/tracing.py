@@ -1,6 +1,6 @@
 """Tracing: the model as an fx graph (torch.fx.symbolic_trace's call_module nodes, clconv.torch's
-modules kept as leaves), with the example input's shapes and dtypes on its nodes (fx's
-ShapeProp)."""
+modules kept as leaves), its in-place writes made explicit (inplace.py), with the example input's
+shapes and dtypes on its nodes (fx's ShapeProp)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+
+from .inplace import redirect_inplace_writes
 
 
 class Tracer(fx.Tracer):
@@ -72,6 +74,7 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.Grap
             leaves[tracer.failed] = why
     gm = fx.GraphModule(model, graph, type(model).__name__)
     gm.meta["clconv_untraced"] = leaves
+    redirect_inplace_writes(gm)
     with torch.no_grad():
         ShapeProp(gm).propagate(*example_inputs)
     return gm
