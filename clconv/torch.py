@@ -51,7 +51,6 @@ import numpy as np
 import pyopencl.array as cla
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from .runtime.device import Device, current_device
@@ -64,6 +63,7 @@ from .torch_ops import (
     NotScriptable,
     batched,
     conv_result_shape,
+    first_order,
     fixed_operand,
     host_result,
     operand,
@@ -117,7 +117,7 @@ class ConvFunction(torch.autograd.Function):
             algorithm=algorithm, out=out))
 
     @staticmethod
-    @once_differentiable  # a double backward raises (its gradients are not differentiable)
+    @first_order  # a double backward raises (its gradients are not differentiable)
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         nd, stride, padding, dilation, groups, padding_mode = ctx.conf
         return _gradients(
@@ -148,7 +148,7 @@ class ConvTransposeFunction(torch.autograd.Function):
             x_, w, b, stride, padding, output_padding, groups, dilation, out=out))
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         nd, stride, padding, groups, dilation, algorithm = ctx.conf
         x_size = tuple(ctx.saved_tensors[0].shape[2:])

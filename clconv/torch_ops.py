@@ -4,6 +4,7 @@ calls (fixed_operand), clconv's functions by dimension and the refusal of torch.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
@@ -32,6 +33,42 @@ from .runtime.memory import array_over
 OPS = {1: (conv1d, conv1d_input, conv1d_weight, conv_transpose1d),
         2: (conv2d, conv2d_input, conv2d_weight, conv_transpose2d),
         3: (conv3d, conv3d_input, conv3d_weight, conv_transpose3d)}
+
+
+_FIRST_ORDER = (b"clconv.torch: differentiating the gradient of clconv's convolutions "
+                b"(create_graph=True, then a backward through that gradient) is not supported: "
+                b"their gradients are computed on the device and are not differentiable. Use "
+                b"torch's modules for second-order gradients (gradient penalties, Hessians)")
+
+
+def first_order(backward: Any) -> Any:
+    """An autograd Function's backward whose result is not differentiable, as torch's
+    once_differentiable, but refusing a second differentiation whenever the gradient's graph is
+    recorded (create_graph=True). torch's decorator does so only when the incoming gradient
+    requires grad; a gradient penalty's incoming gradient is a constant (that of a sum), so the
+    convolution's second-order terms, which come from its saved input and weight, were dropped
+    without a word."""
+    from torch._C import _functions
+
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Any) -> Any:
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():  # a plain backward: nothing records the gradient's graph
+            return outputs
+        outs = outputs if isinstance(outputs, tuple) else (outputs,)
+
+        def delayed(t: Any) -> Any:  # an alias that requires grad, so the error node is reached
+            if t is None:
+                return None
+            t = t.detach()
+            t.requires_grad = True
+            return t
+
+        wrapped = _functions.DelayedError(_FIRST_ORDER, len(outs))(*[delayed(t) for t in outs])
+        wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+        return wrapped if isinstance(outputs, tuple) else wrapped[0]
+    return wrapper
 
 
 def host(t: torch.Tensor | None) -> np.ndarray | None:

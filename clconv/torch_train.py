@@ -27,7 +27,6 @@ import numpy as np
 import pyopencl.array as cla
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .ops.activation import Activation, normalize_activation
 from .ops.channels import (
@@ -41,8 +40,8 @@ from .ops.conv import cached_conv_plan
 from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, rows_of
-from .torch_ops import (conv_result_shape, make_host_visible, operand, result_operand, to_tensor,
-                        uses_zero_copy, version_of)
+from .torch_ops import (conv_result_shape, first_order, make_host_visible, operand,
+                        result_operand, to_tensor, uses_zero_copy, version_of)
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -309,7 +308,7 @@ class ConvChainFunction(torch.autograd.Function):
         return result
 
     @staticmethod
-    @once_differentiable  # a double backward raises (its gradients are not differentiable)
+    @first_order  # a double backward raises (its gradients are not differentiable)
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, weight, gamma, result, y_t, stats_t = ctx.saved_tensors
         conv, bn, act, batch_stats, dev, plans = ctx.conf

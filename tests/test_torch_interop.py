@@ -153,16 +153,32 @@ def test_convert_swaps_convolutions_and_keeps_weights(ct, dev):
     assert same is model and type(model[0]) is ct.Conv2d
 
 
-def test_double_backward_raises_instead_of_dropping_terms(ct, dev):
-    """clconv's gradients are not themselves differentiable: create_graph=True through a
-    clconv.torch module raises (a gradient penalty would otherwise silently lose its term)."""
-    conv = ct.Conv2d(2, 3, 3)
-    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+@pytest.mark.parametrize("model", ["conv", "transposed", "train-chain"])
+@pytest.mark.parametrize("loss", ["square", "sum"])
+def test_double_backward_raises_instead_of_dropping_terms(ct, dev, model, loss):
+    """clconv's gradients are not themselves differentiable: differentiating a gradient taken
+    with create_graph=True through a clconv.torch module raises, also where the gradient flowing
+    into it is a constant (a sum: torch's once_differentiable then returned plain tensors, and a
+    gradient penalty silently lost the convolution's second-order terms)."""
+    torch.manual_seed(0)
+    net = {"conv": lambda: torch.nn.Conv2d(2, 3, 3),
+           "transposed": lambda: torch.nn.ConvTranspose2d(2, 3, 3, stride=2),
+           "train-chain": lambda: torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3),
+                                                      torch.nn.BatchNorm2d(3),
+                                                      torch.nn.ReLU()).train()}[model]()
+    converted = ct.convert(net)
+    x = torch.randn(2, 2, 6, 6, requires_grad=True)
     with dev:
-        y = conv(x)
-        gx, = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-        with pytest.raises(RuntimeError, match="differentiate twice"):
+        y = converted(x)
+        out = (y.square().sum() if loss == "square" else y.sum()) + x.pow(3).sum()
+        gx, = torch.autograd.grad(out, x, create_graph=True)
+        assert gx.requires_grad
+        with pytest.raises(RuntimeError, match="not differentiable"):
             gx.square().sum().backward()
+        x.grad = None  # a plain backward (no graph of the gradient) is unaffected
+        converted(x).sum().backward()
+    want = torch.autograd.grad(net(x).sum(), x)[0]
+    torch.testing.assert_close(x.grad, want, rtol=1e-4, atol=1e-4)
 
 
 def _weight_normed_model(kind):
