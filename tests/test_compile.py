@@ -224,6 +224,30 @@ def test_in_place_writes_values_cannot_follow_are_refused(dev, ct, kind, words):
         ct.compile(model, torch.randn(2, 3, 9, 10))
 
 
+class NamedResults(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        return (y.sort(dim=1).values + torch.max(y, 1, keepdim=True).indices.float()
+                + y.topk(2, dim=1)[0].sum(1, keepdim=True))
+
+
+def test_named_results_of_host_nodes_keep_their_fields(dev, ct):
+    """A node run in torch that returns a named result (sort's, max's with indices) hands later
+    nodes the same type, so that `.values` / `.indices` reach its fields."""
+    torch.manual_seed(0)
+    model = NamedResults().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(ct.FallbackWarning):
+        cm = ct.compile(model, x)
+    assert {"Tensor.sort", "max"} <= {f.op for f in cm.fallbacks}
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
 def test_an_op_failing_on_the_example_falls_back(dev, ct, monkeypatch):
     import clconv
 

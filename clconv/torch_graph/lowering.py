@@ -115,8 +115,15 @@ class Lowering(LayerRules, OpRules):
                     out = getattr(a[0], target)(*a[1:], **k)
                 else:
                     raise RuntimeError(f"cannot run {node.op} node {node.name}")
-            return fx.node.map_aggregate(
-                out, lambda v: cm.upload(v) if isinstance(v, torch.Tensor) else v)
+            def upload(v: Any) -> Any:
+                return cm.upload(v) if isinstance(v, torch.Tensor) else v
+            if isinstance(out, tuple) and type(out) is not tuple:
+                # torch's named results (sort's values/indices: torch.return_types, and
+                # namedtuples) keep their type, so that later nodes' .values reach their fields
+                items = [fx.node.map_aggregate(v, upload) for v in out]
+                kind = type(out)
+                return kind._make(items) if hasattr(kind, "_make") else kind(items)
+            return fx.node.map_aggregate(out, upload)
 
         self.layout[node.name] = None
         return Step(node.name, (node.name,), op, inputs, run, host=True, why=why)
