@@ -156,7 +156,12 @@ def operand(t: torch.Tensor | None, dev: Device, zero_copy: bool) -> Any:
     tensors), else its numpy view (uploaded by the op)."""
     if t is None:
         return None
-    a = t.detach().numpy()
+    try:
+        a = t.detach().numpy()
+    except TypeError:  # a dtype numpy lacks (bfloat16, float8): its error names no remedy
+        raise TypeError(f"clconv.torch: a tensor of dtype {t.dtype}; clconv computes in float32, "
+                        f"float64 or float16 (where the device has them): convert the model and "
+                        f"its input, e.g. with .float()") from None
     if not zero_copy or not a.flags.c_contiguous or a.size == 0 or not a.flags.aligned:
         return a
     buf = cl.Buffer(dev.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=a)

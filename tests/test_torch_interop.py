@@ -242,6 +242,11 @@ def test_torch_tensors_in_the_functional_api(clconv_mod, dev):
         clconv_mod.conv2d(x, torch.nn.Parameter(w))  # a weight tensor too
     with dev, pytest.raises(TypeError, match="numpy cannot read"):
         clconv_mod.conv2d(x.to(torch.bfloat16), w.to(torch.bfloat16))
+    import clconv.torch as ct
+
+    converted = ct.convert(torch.nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:]).bfloat16())
+    with dev, pytest.raises(TypeError, match=r"dtype torch\.bfloat16.*float32, float64"):
+        converted(x.to(torch.bfloat16))
 
 
 def test_lists_and_scalars_are_clear_type_errors(clconv_mod, dev):
