@@ -112,19 +112,24 @@ __kernel void dw_weight_grad(__global const REAL* restrict x, const long x_offse
         vacc[kw] = (VACC)0;
 #endif
     }
+    // The rows whose taps read zero padding add g * 0 to every tap of this kernel row: 0, or NaN
+    // for a non-finite g, as torch (a few rows: a loop of its own, outside the vector loop).
+    ACC padded = (ACC)0;
+    for (int n = 0; n < batch; ++n) {
+        const __global REAL* gp = g + g_offset + ((idx_t)n * COUT + co) * OH * OW;
+        for (int oh = 0; oh < OH; ++oh) {
+            const int ih = oh * SH - PH + kh * DH;
+            if (ih >= 0 && ih < IH) continue;
+            for (int ow = 0; ow < OW; ++ow) padded += ZERO_TIMES((ACC)gp[(idx_t)oh * OW + ow]);
+        }
+    }
     for (int n = 0; n < batch; ++n) {
         const __global REAL* gp = g + g_offset + ((idx_t)n * COUT + co) * OH * OW;
         const __global REAL* xp = x + x_offset + ((idx_t)n * C + ci) * IH * IW;
         for (int oh = 0; oh < OH; ++oh) {
             const int ih = oh * SH - PH + kh * DH;
+            if (ih < 0 || ih >= IH) continue;
             const __global REAL* gr = gp + (idx_t)oh * OW;
-            if (ih < 0 || ih >= IH) {  // the row's taps read zero padding: g * 0 (NaN for a
-                ACC zero = (ACC)0;     // non-finite g, as torch), the same for every kw
-                for (int ow = 0; ow < OW; ++ow) zero += ZERO_TIMES((ACC)gr[ow]);
-#pragma unroll
-                for (int kw = 0; kw < KW; ++kw) acc[kw] += zero;
-                continue;
-            }
             const __global REAL* xr = xp + (idx_t)ih * IW - PW;  // xr[ow * SW + kw * DW]
             int ow = ow_lo;
 #if VEC_OK
@@ -156,7 +161,7 @@ __kernel void dw_weight_grad(__global const REAL* restrict x, const long x_offse
     }
 #pragma unroll
     for (int kw = 0; kw < KW; ++kw) {
-        ACC s = acc[kw];
+        ACC s = acc[kw] + padded;
 #if VEC_OK
         ACC lanes[VW];
         VSTORE(vacc[kw], 0, lanes);
