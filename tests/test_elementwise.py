@@ -348,6 +348,25 @@ def test_batch_norm_training_as_torch(clconv, dev, rng, shape, stats):
             assert_close(host(rv), t_rv.numpy(), dtype, magnitude=30)
 
 
+def test_batch_norm_training_result_kinds(clconv, dev, rng):
+    """training=True returns what the op returns for the input's kind (numpy for numpy and CPU
+    tensors, a device array for one), and writes into `out` when given."""
+    torch = import_torch()
+    x = random_array(rng, (3, 2, 4, 5))
+    want = torch.nn.functional.batch_norm(torch.from_numpy(x), None, None, training=True).numpy()
+    got = clconv.batch_norm(x, None, None, training=True)
+    assert isinstance(got, np.ndarray)
+    assert_close(got, want, np.float32, magnitude=10)
+    assert isinstance(clconv.batch_norm(torch.from_numpy(x), None, None, training=True),
+                      np.ndarray)
+    out = np.empty_like(x)
+    assert clconv.batch_norm(x, None, None, training=True, out=out) is out
+    assert_close(out, want, np.float32, magnitude=10)
+    got_d = clconv.batch_norm(cla.to_device(dev.queue, x), None, None, training=True)
+    assert isinstance(got_d, cla.Array)
+    assert_close(got_d.get(), want, np.float32, magnitude=10)
+
+
 def test_batch_norm_training_errors_as_torch(clconv, dev, rng):
     x = random_array(rng, (2, 3, 4))
     with pytest.raises(ValueError, match="both be None or neither"):

@@ -161,8 +161,13 @@ def _batch_norm_training(input: ArrayLike, running_mean: ArrayLike | None,
             np.copyto(np.asarray(r), stored[name].get(), casting="unsafe")
     act = normalize_activation(activation)
     plan = batch_norm_plan(dev, shape, dtype, weight is not None, bias is not None, eps, act)
-    values.update(input=x if is_device_array(input) else input, running_mean=stats[0],
-                  running_var=stats[1])
+    values.update(input=x, running_mean=stats[0], running_var=stats[1])
+    if is_device_array(input) or out is None:
+        # x is on the device already (a host input is not uploaded again): a host input's
+        # result is downloaded, as the op's for a host input
+        result = plan.execute(values, out, check=False)
+        return result if is_device_array(input) else result.get()
+    values["input"] = input  # a host input with a host `out`: the plan writes into it
     return plan.execute(values, out, check=False)
 
 
