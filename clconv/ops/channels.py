@@ -147,9 +147,7 @@ def _batch_norm_training(input: ArrayLike, running_mean: ArrayLike | None,
     x = to_device(input, dev, "input", dtype)
     update = running_mean is not None
     stored = {}
-    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-        if not update:
-            break
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)) if update else ():
         stored[name] = to_device(r, dev, name, dtype)
         if is_device_array(r) and stored[name] is not r:
             raise ValueError(f"batch_norm: {name} is updated in place with training=True, so a "
