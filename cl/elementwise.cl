@@ -151,7 +151,8 @@ __kernel void binary(__global const REAL* a, const long a_offset,
                      __global REAL* y, const long y_offset,
                      const long s1, const long s2, const long s3,
                      const long ta0, const long ta1, const long ta2, const long ta3, const long ta4,
-                     const long tb0, const long tb1, const long tb2, const long tb3, const long tb4) {
+                     const long tb0, const long tb1, const long tb2, const long tb3, const long tb4,
+                     const REAL alpha) {
     const idx_t i4 = get_global_id(0);
     idx_t r = get_global_id(1);
     const idx_t row = r;
@@ -162,7 +163,13 @@ __kernel void binary(__global const REAL* a, const long a_offset,
     const idx_t i0 = r;
     const ACC va = (ACC)a[a_offset + i0 * ta0 + i1 * ta1 + i2 * ta2 + i3 * ta3 + i4 * ta4];
     const ACC vb = (ACC)b[b_offset + i0 * tb0 + i1 * tb1 + i2 * tb2 + i3 * tb3 + i4 * tb4];
-#if OP == 0
+// torch.add/sub's alpha (-D HAS_ALPHA): a +- alpha * b in one rounding, as torch's; alpha is an
+// argument, not a literal, because Mesa folds fma(0, b, a) to a (torch: NaN for an infinite b)
+#if defined(HAS_ALPHA) && OP == 0
+    const ACC v = fma((ACC)alpha, vb, va);
+#elif defined(HAS_ALPHA) && OP == 2
+    const ACC v = fma(-(ACC)alpha, vb, va);
+#elif OP == 0
     const ACC v = va + vb;
 #elif OP == 1
     const ACC v = va * vb;

@@ -256,6 +256,60 @@ def test_tanh_saturates_as_torch(clconv, dev):
     np.testing.assert_array_equal(got[saturated], np.sign(sweep[saturated]))
 
 
+def test_add_sub_alpha_as_torch(clconv, dev, rng):
+    """torch.add/sub's alpha: input +- alpha * other in one rounding, as torch's CPU kernel for
+    operands of one shape (bitwise its results there; its broadcasting loops round the product
+    on some elements, hence a tolerance with a broadcast operand); a NaN or Inf alpha, alpha 0
+    against an Inf (NaN, as torch's 0 * inf), a number as other, device operands; a Boolean alpha
+    is refused."""
+    torch = import_torch()
+    for dtype in _dtypes(dev):
+        a = _special(rng, (3, 4, 5), dtype)
+        for b in (random_array(rng, (3, 4, 5), dtype), random_array(rng, (4, 1), dtype)):
+            b.reshape(-1)[3] = np.inf  # where a is 0: 0 + 0 * inf is NaN with alpha 0
+            for alpha in (2, 0.3, -1.5, 0, math.nan, math.inf):
+                for op in ("add", "sub"):
+                    want = getattr(torch, op)(torch.from_numpy(a), torch.from_numpy(b),
+                                              alpha=alpha).numpy()
+                    got = getattr(clconv, op)(a, b, alpha=alpha)
+                    if b.shape == a.shape:
+                        np.testing.assert_array_equal(got, want)
+                    else:
+                        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+                        assert_close(got, want, dtype, magnitude=16)
+        want = torch.add(torch.from_numpy(a), 2.5, alpha=0.7).numpy()  # a broadcast 0-d other
+        got = clconv.add(cla.to_device(dev.queue, a), 2.5, alpha=0.7, activation=None)
+        np.testing.assert_array_equal(np.isnan(got.get()), np.isnan(want))
+        assert_close(got.get(), want, dtype, magnitude=16)
+    got = clconv.sub(a, b, alpha=0.5, activation="relu")
+    want = torch.relu(torch.sub(torch.from_numpy(a), torch.from_numpy(b), alpha=0.5)).numpy()
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="alpha"):
+        clconv.add(a, b, alpha=True)
+    with pytest.raises(TypeError, match="alpha"):
+        clconv.sub(a, b, alpha="2")
+
+
+def test_clamp_nan_bound_as_torch(clconv, dev, rng):
+    """A NaN bound of clamp / hardtanh makes every value NaN (torch's), the input's shape, dtype
+    and kind kept; finite bounds leave NaN inputs NaN."""
+    torch = import_torch()
+    x = _special(rng, (2, 3, 4), np.float32)
+    t = torch.from_numpy(x)
+    for kw in ({"min": math.nan}, {"max": math.nan}, {"min": -1.0, "max": math.nan},
+               {"min": math.nan, "max": 1.0}, {"min": -1.0, "max": 1.0}):
+        want = torch.clamp(t, **kw).numpy()
+        got = clconv.clamp(x, **kw)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    got = clconv.hardtanh(cla.to_device(dev.queue, x), math.nan, 1.0)
+    assert isinstance(got, cla.Array)
+    np.testing.assert_array_equal(got.get(), torch.nn.functional.hardtanh(t, math.nan, 1.0))
+    y = x.copy()
+    assert clconv.hardtanh(y, -1.0, math.nan, inplace=True) is y
+    assert np.isnan(y).all()
+
+
 def test_binary_bad_arguments(clconv, rng):
     a = random_array(rng, (2, 3, 4))
     with pytest.raises(ValueError, match="broadcast"):
@@ -413,6 +467,23 @@ def test_cat_default_dim_and_errors(clconv, rng):
         clconv.cat(a)
     with pytest.raises(IndexError):
         torch.cat([torch.from_numpy(a)] * 2, dim=2)
+
+
+def test_cat_skips_1d_empty_arrays_as_torch(clconv, dev, rng):
+    """torch.cat's legacy rule: a 1-d empty array (shape (0,)) is left out whatever the others'
+    shapes; only such arrays give one of shape (0,); an empty array of another shape must fit."""
+    torch = import_torch()
+    a = random_array(rng, (2, 3))
+    e = np.empty(0, np.float32)
+    t = torch.from_numpy
+    for arrays, dim in (([a, e, a], 0), ([e, a], 1), ([e, cla.to_device(dev.queue, a)], -1),
+                        ([e, e], 0)):
+        got = clconv.cat(arrays, dim)
+        got = got.get() if isinstance(got, cla.Array) else got
+        want = torch.cat([t(v.get() if isinstance(v, cla.Array) else v) for v in arrays], dim)
+        assert_exact(got, want.numpy())
+    with pytest.raises(ValueError, match="shape"):
+        clconv.cat([a, np.empty((0, 5), np.float32)])
 
 
 def test_flatten(clconv, dev, rng):

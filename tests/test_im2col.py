@@ -226,3 +226,24 @@ def test_torch_names_unfold_and_fold_match_torch(clconv, rng, kw):
     back = clconv.fold(cols, output_size=(9, 8), **kw)
     np.testing.assert_allclose(back, F.fold(torch.from_numpy(want), (9, 8), **kw).numpy(),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kernel_size", "dilation", "padding", "stride", "output_size"])
+def test_one_tuples_refused_as_torch(clconv, rng, name):
+    """torch's unfold/fold take an int or exactly 2 values: a 1-tuple (which the convolutions
+    expand) is an error there, and here."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    cols = rng.standard_normal((1, 18, 9)).astype(np.float32)
+    kw = {"kernel_size": 3, name: (3,) if name in ("kernel_size", "output_size") else (1,)}
+    if name != "output_size":
+        with pytest.raises(RuntimeError):
+            F.unfold(torch.from_numpy(x), **kw)
+        with pytest.raises(ValueError, match=name):
+            clconv.unfold(x, **kw)
+    kw.setdefault("output_size", 5)
+    with pytest.raises(RuntimeError):
+        F.fold(torch.from_numpy(cols), **kw)
+    with pytest.raises(ValueError, match=name):
+        clconv.fold(cols, **kw)

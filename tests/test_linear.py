@@ -1,5 +1,5 @@
 """clconv.linear against torch.nn.functional.linear and a float64 numpy product: any leading dims
-(none, empty), bias, the fused epilogue (activation and residual) on both GEMM engines, device
+(none, empty), bias, a 1-d weight, the fused epilogue (activation and residual) on both GEMM engines, device
 arrays, out= and bad arguments."""
 
 from __future__ import annotations
@@ -93,6 +93,43 @@ def test_device_arrays_and_out(clconv, dev, rng):
     assert clconv.linear(x, w, b, out=host) is host
     plan = clconv.LinearPlan(dev, x.shape, w.shape, b.shape, np.float32)
     assert_close(plan(x, w, b), want, np.float32, reduction=8, magnitude=16)
+
+
+@pytest.mark.parametrize("lead", [(), (2, 3), (0, 3)], ids=str)
+def test_vector_weight_as_torch(clconv, dev, rng, lead):
+    """A 1-d weight (in,) is torch's matrix-vector form: output (*lead), a 0-d bias; the fused
+    activation and residual, device arrays and out= as with a 2-d weight; a 1-d bias refused, and
+    a bias with a 2-d input (torch's addmm refuses that)."""
+    torch = import_torch()
+    t = torch.from_numpy
+    for dtype in _dtypes(dev):
+        x, w = random_array(rng, (*lead, 11), dtype), random_array(rng, (11,), dtype)
+        b = np.asarray(0.25, dtype)
+        want = torch.nn.functional.linear(t(x), t(w), t(b)).numpy()
+        got = clconv.linear(x, w, b)
+        assert got.shape == lead and got.dtype == dtype
+        assert_close(got, want, dtype, reduction=11, magnitude=16)
+        assert_close(clconv.linear(x, w), torch.nn.functional.linear(t(x), t(w)).numpy(), dtype,
+                     reduction=11, magnitude=16)
+        r = random_array(rng, lead, dtype)
+        got = clconv.linear(cla.to_device(dev.queue, x), cla.to_device(dev.queue, w), b,
+                            activation="relu", residual=r)
+        assert isinstance(got, cla.Array) and got.shape == lead
+        assert_close(got.get(), np.maximum(want + r, 0), dtype, reduction=11, magnitude=16)
+        out = np.empty(lead, dtype)
+        assert clconv.linear(x, w, b, out=out) is out
+        assert_close(out, want, dtype, reduction=11, magnitude=16)
+    with pytest.raises(ValueError, match="0-d"):
+        clconv.linear(x, w, np.ones(1, w.dtype))
+    x2, w, b = random_array(rng, (5, 11)), random_array(rng, (11,)), np.asarray(0.5, np.float32)
+    assert_close(clconv.linear(x2, w), torch.nn.functional.linear(t(x2), t(w)).numpy(),
+                 np.float32, reduction=11, magnitude=16)
+    with pytest.raises(RuntimeError, match="matrix"):
+        torch.nn.functional.linear(t(x2), t(w), t(b))
+    with pytest.raises(ValueError, match="matrix"):
+        clconv.linear(x2, w, b)
+    with pytest.raises(ValueError, match="features"):
+        clconv.linear(x, random_array(rng, (7,), x.dtype))
 
 
 def test_zero_features(clconv, rng):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 __all__ = ["ACTIVATION_NAMES", "MATH_FUNCTIONS", "Activation", "ActivationArg",
-           "activation_defines", "normalize_activation"]
+           "activation_defines", "float_literal", "normalize_activation"]
 
 #: Activation name -> common.cl's ACT code (0: none).
 _CODES = {"relu": 1, "relu6": 2, "silu": 3, "gelu": 4, "gelu_tanh": 5, "sigmoid": 6, "tanh": 7,
@@ -156,8 +156,10 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
     raise ValueError(f"{_HELP}; got {activation!r}")
 
 
-def _literal(value: float) -> str:
-    """An exact OpenCL C literal of a double (hex float; INFINITY for the infinities)."""
+def float_literal(value: float) -> str:
+    """An exact OpenCL C literal of a double (hex float; INFINITY and NAN for the non-finite)."""
+    if math.isnan(value):
+        return "NAN"
     if math.isinf(value):
         return "INFINITY" if value > 0 else "(-INFINITY)"
     return f"({value.hex()})"
@@ -170,7 +172,7 @@ def activation_defines(activation: ActivationArg) -> dict[str, object]:
         return {}
     defines: dict[str, object] = {"ACT": act.code}
     if act.kind in _WITH_A:
-        defines["ACT_A"] = _literal(act.a)
+        defines["ACT_A"] = float_literal(act.a)
     if act.kind in _WITH_B:
-        defines["ACT_B"] = _literal(act.b)
+        defines["ACT_B"] = float_literal(act.b)
     return defines

@@ -233,18 +233,33 @@ def hardtanh(input: ArrayLike, min_val: float = -1.0, max_val: float = 1.0,
             raise TypeError(f"{name} must be a real number, got {v!r}")
     if min_val > max_val:
         raise ValueError(f"min_val ({min_val}) must not be greater than max_val ({max_val})")
+    if math.isnan(min_val) or math.isnan(max_val):
+        return _nan_like(input, out, inplace)
     return _unary(("clamp", min_val, max_val), input, out, inplace)
+
+
+def _nan_like(input: ArrayLike, out: ArrayLike | None, inplace: bool = False) -> ArrayLike:
+    """torch's clamp / hardtanh with a NaN bound: NaN everywhere (input * NaN, so the result has
+    the input's kind, shape and dtype)."""
+    if inplace:
+        if out is not None:
+            raise ValueError("pass either inplace=True or out=, not both")
+        out = input
+    return _binary("mul", input, math.nan, None, out)
 
 
 def clamp(input: ArrayLike, min: float | None = None, max: float | None = None, *,
           out: ArrayLike | None = None) -> ArrayLike:
     """torch.clamp with scalar bounds (at least one given): min(max(x, min), max); when
-    min > max every value becomes max, as torch's. NaN stays NaN."""
+    min > max every value becomes max, as torch's. NaN stays NaN; a NaN bound makes every value
+    NaN (torch's)."""
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must not be None")
     for name, v in (("min", min), ("max", max)):
         if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
             raise TypeError(f"clamp: {name} must be a real number or None, got {v!r}")
+    if any(v is not None and math.isnan(v) for v in (min, max)):
+        return _nan_like(input, out)
     if min is not None and max is not None and min > max:
         min = max  # torch: min(max(x, lo), hi) is hi everywhere then
     return _unary(("clamp", min, max), input, out, clamp_inclusive=True)
@@ -290,9 +305,10 @@ class BinaryPlan(Plan):
 
     def __init__(self, dev: Device, op: str, input_shape: Sequence[int],
                  other_shape: Sequence[int], dtype: np.dtype,
-                 activation: ActivationArg = None) -> None:
+                 activation: ActivationArg = None, *, alpha: float = 1) -> None:
         if op not in _BINARY_OPS:
             raise ValueError(f"op must be one of {tuple(_BINARY_OPS)}, got {op!r}")
+        alpha = _check_alpha(op, alpha)
         a_shape, b_shape = tuple(input_shape), tuple(other_shape)
         try:
             out_shape = tuple(np.broadcast_shapes(a_shape, b_shape))
@@ -313,7 +329,9 @@ class BinaryPlan(Plan):
         self.result_follows = "_kind"
         self.kernel = kernel(dev, "elementwise.cl", "binary", elementwise_defines(
             self.work, max(math.prod(out_shape), math.prod(a_shape), math.prod(b_shape)),
-            OP=_BINARY_OPS[op], **activation_defines(act)))
+            OP=_BINARY_OPS[op], **activation_defines(act),
+            **({} if alpha == 1 else {"HAS_ALPHA": None})))
+        self.alpha = real_scalar(self.work, alpha)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
         a, b = arrays["input"], arrays["other"]
@@ -323,7 +341,7 @@ class BinaryPlan(Plan):
             self.kernel(self.device.queue, (inner, out.size // inner), None, *array_args(a), *array_args(b),
                         *array_args(out), *(np.int64(s) for s in self.dims[1:-1]),
                         *(np.int64(t) for t in self.strides[0]),
-                        *(np.int64(t) for t in self.strides[1]))
+                        *(np.int64(t) for t in self.strides[1]), self.alpha)
 
     def __call__(self, input: ArrayLike, other: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:
@@ -332,6 +350,16 @@ class BinaryPlan(Plan):
 
 #: cl/elementwise.cl's binary OP codes.
 _BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3, "div": 4, "maximum": 5, "minimum": 6}
+
+
+def _check_alpha(op: str, alpha: Any) -> float:
+    """torch.add/sub's `alpha` (a real number; other ops take none) as a float."""
+    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
+        raise TypeError(f"{op}: alpha must be a real number, got {alpha!r} (torch takes a "
+                        f"Boolean alpha only for Boolean results)")
+    if alpha != 1 and op not in ("add", "sub"):
+        raise ValueError(f"{op}: only add and sub take alpha")
+    return float(alpha)
 
 
 def _binary_values(input: Any, other: Any) -> dict[str, Any]:
@@ -352,30 +380,32 @@ def _scalar_operand(value: Any, like: Any, name: str) -> Any:
 
 
 def _binary(op: str, input: ArrayLike, other: ArrayLike, activation: ActivationArg,
-            out: ArrayLike | None) -> ArrayLike:
+            out: ArrayLike | None, alpha: float = 1) -> ArrayLike:
+    alpha = _check_alpha(op, alpha)
     other = _scalar_operand(other, input, "other")
     input = _scalar_operand(input, other, "input")
     dev = current_device()
     dtype = result_dtype(dev, input=input, other=other)
     a_shape, b_shape = shape_of(input), shape_of(other)
     act = normalize_activation(activation)
-    plan = cached_plan(dev, ("binary", op, a_shape, b_shape, dtype, act),
-                       lambda: BinaryPlan(dev, op, a_shape, b_shape, dtype, act))
+    plan = cached_plan(dev, ("binary", op, a_shape, b_shape, dtype, act, alpha),
+                       lambda: BinaryPlan(dev, op, a_shape, b_shape, dtype, act, alpha=alpha))
     return plan.execute(_binary_values(input, other), out, check=False)
 
 
-def add(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,
-        out: ArrayLike | None = None) -> ArrayLike:
-    """torch.add(input, other) with broadcasting (other may be a Python number), then the
-    optional fused activation: act(input + other)."""
-    return _binary("add", input, other, activation, out)
+def add(input: ArrayLike, other: ArrayLike, *, alpha: float = 1,
+        activation: ActivationArg = None, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.add(input, other, alpha=alpha) with broadcasting (other may be a Python number), then
+    the optional fused activation: act(input + alpha * other), the product and sum fused (one
+    rounding) as torch's CPU kernel does."""
+    return _binary("add", input, other, activation, out, alpha)
 
 
-def sub(input: ArrayLike, other: ArrayLike, *, activation: ActivationArg = None,
-        out: ArrayLike | None = None) -> ArrayLike:
-    """torch.sub(input, other) with broadcasting (either may be a Python number), then the
-    optional fused activation: act(input - other)."""
-    return _binary("sub", input, other, activation, out)
+def sub(input: ArrayLike, other: ArrayLike, *, alpha: float = 1,
+        activation: ActivationArg = None, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.sub(input, other, alpha=alpha) with broadcasting (either may be a Python number),
+    then the optional fused activation: act(input - alpha * other) (fused, as add's)."""
+    return _binary("sub", input, other, activation, out, alpha)
 
 
 def prelu(input: ArrayLike, weight: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:

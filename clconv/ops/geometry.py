@@ -41,13 +41,15 @@ def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def as_tuple(value: IntOrTuple, nd: int, name: str, minimum: int) -> tuple[int, ...]:
-    """An int or a sequence of 1 or `nd` ints, as an nd-tuple of ints >= minimum."""
+def as_tuple(value: IntOrTuple, nd: int, name: str, minimum: int,
+             one_for_all: bool = True) -> tuple[int, ...]:
+    """An int or a sequence of `nd` ints (or of 1, with one_for_all, as torch's convolutions take),
+    as an nd-tuple of ints >= minimum."""
     if _is_int(value):
         items = [int(value)] * nd
     elif isinstance(value, Sequence) and not isinstance(value, str) and all(map(_is_int, value)):
         items = [int(v) for v in value]
-        if len(items) == 1:
+        if len(items) == 1 and one_for_all:
             items = items * nd
         if len(items) != nd:
             raise ValueError(f"{name} must be an int or a sequence of {nd} ints for a {nd}-d "
@@ -387,8 +389,10 @@ class UnfoldGeometry:
 
 def _block_args(nd: int, kernel_size: IntOrTuple, dilation: IntOrTuple, padding: IntOrTuple,
                 stride: IntOrTuple) -> tuple[tuple[int, ...], ...]:
-    return (as_tuple(kernel_size, nd, "kernel_size", 1), as_tuple(dilation, nd, "dilation", 1),
-            as_tuple(padding, nd, "padding", 0), as_tuple(stride, nd, "stride", 1))
+    # torch's unfold/fold take an int or exactly nd values (a 1-tuple is an error there)
+    return (as_tuple(kernel_size, nd, "kernel_size", 1, False),
+            as_tuple(dilation, nd, "dilation", 1, False),
+            as_tuple(padding, nd, "padding", 0, False), as_tuple(stride, nd, "stride", 1, False))
 
 
 def unfold_geometry(nd: int, channels: int, in_size: Sequence[int], kernel_size: IntOrTuple,
@@ -410,7 +414,7 @@ def unfold_geometry(nd: int, channels: int, in_size: Sequence[int], kernel_size:
 def fold_geometry(nd: int, rows: int, blocks: int, output_size: IntOrTuple, kernel_size: IntOrTuple,
                   dilation: IntOrTuple, padding: IntOrTuple, stride: IntOrTuple) -> UnfoldGeometry:
     """Validates torch.nn.functional.fold's arguments for columns of `rows` x `blocks`."""
-    size = as_tuple(output_size, nd, "output_size", 1)
+    size = as_tuple(output_size, nd, "output_size", 1, False)
     kernel, dil, pad, st = _block_args(nd, kernel_size, dilation, padding, stride)
     ksize = math.prod(kernel)
     if rows < 1 or blocks < 1:

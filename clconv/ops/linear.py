@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyopencl.array as cla
@@ -135,7 +136,11 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *
     """torch.nn.functional.linear, with an optional fused epilogue: input (*, in_features),
     weight (out_features, in_features), bias (out_features,) -> act(input @ weight.T + bias +
     residual) of shape (*, out_features); residual (optional) has the output's shape;
-    activation as the convolutions' (None, 'relu', ('leaky_relu', 0.2), ...)."""
+    activation as the convolutions' (None, 'relu', ('leaky_relu', 0.2), ...).
+    A 1-d weight (in_features,) gives an output of shape (*) (torch's matrix-vector form; a bias
+    then is 0-d, and, as torch's, not allowed with a 2-d input)."""
+    if len(shape_of(weight)) == 1:
+        return _linear_vector(input, weight, bias, activation, residual, out)
     dev = current_device()
     values = {"input": input, "weight": weight, "bias": bias, "residual": residual}
     dtype = result_dtype(dev, **{n: v for n, v in values.items() if v is not None})
@@ -146,3 +151,38 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *
                        lambda: LinearPlan(dev, shapes["input"], shapes["weight"], shapes["bias"],
                                           dtype, act, shapes["residual"]))
     return plan.execute(values, out, check=False)
+
+
+def _linear_vector(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None,
+                   activation: ActivationArg, residual: ArrayLike | None,
+                   out: ArrayLike | None) -> ArrayLike:
+    """linear with a 1-d weight (k,): the (1, k) weight's product with its last dim dropped."""
+    k = shape_of(weight)[0]
+    x_shape = shape_of(input)
+    if bias is not None and len(shape_of(bias)) != 0:
+        raise ValueError(f"linear: with a 1-d weight the bias must be 0-d, got shape "
+                         f"{shape_of(bias)}")
+    if bias is not None and len(x_shape) == 2:
+        # torch sends a 2-d input with a bias to addmm, which refuses a 1-d weight
+        raise ValueError("linear: a 1-d weight with a bias takes an input of 1 or >= 3 dims "
+                         "(torch's addmm refuses a 2-d one: 'mat2 must be a matrix')")
+    out_shape = tuple(x_shape[:-1])
+    for name, v in (("residual", residual), ("out", out)):
+        if v is not None and tuple(shape_of(v)) != out_shape:
+            raise ValueError(f"linear: {name} must have the output's shape {out_shape}, got "
+                             f"{tuple(shape_of(v))}")
+    if out is not None and not _contiguous(out):
+        raise ValueError("linear: with a 1-d weight, out must be contiguous")
+    col = lambda a: None if a is None else a.reshape(*out_shape, 1)
+    y = linear(input, weight.reshape(1, k), None if bias is None else bias.reshape(1),
+               activation=activation, residual=col(residual), out=col(out))
+    return out if out is not None else y.reshape(out_shape)
+
+
+def _contiguous(a: Any) -> bool:
+    """Whether `a` (numpy, pyopencl or torch) is C-contiguous (reshape gives a view of it)."""
+    if isinstance(a, np.ndarray):
+        return a.flags.c_contiguous
+    if isinstance(a, cla.Array):
+        return a.flags.c_contiguous
+    return bool(getattr(a, "is_contiguous", lambda: False)())

@@ -88,7 +88,9 @@ class CatPlan(Plan):
 
 def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = None) -> ArrayLike:
     """torch.cat: the arrays joined along `dim` (default 0, as torch's; dim=1 for channels). A
-    device result when any array is a device array (numpy ones are uploaded)."""
+    device result when any array is a device array (numpy ones are uploaded). As torch's legacy
+    rule, 1-d empty arrays (shape (0,)) are left out when any other array is not one (they still
+    count for the dtype)."""
     if isinstance(tensors, (np.ndarray, cla.Array)) or not isinstance(tensors, Sequence):
         raise TypeError(f"cat: tensors must be a sequence (list or tuple) of arrays, got "
                         f"{type(tensors).__name__}")
@@ -97,6 +99,8 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = N
         raise ValueError("cat: tensors must be a non-empty sequence of arrays")
     dev = current_device()
     dtype = result_dtype(dev, **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
+    if any(shape_of(t) != (0,) for t in tensors):
+        tensors = [t for t in tensors if shape_of(t) != (0,)]
     shapes = tuple(shape_of(t) for t in tensors)
     plan = cached_plan(dev, ("cat", shapes, dim, dtype),
                        lambda: CatPlan(dev, shapes, dim, dtype))

@@ -83,7 +83,8 @@ class OpRules(LoweringBase):
         fn = clconv_op("cat")
         if not isinstance(tensors, (list, tuple)) or not all(is_tensor(t) for t in tensors):
             raise Unlowerable("cat of non-tensors")
-        nd = len(shape(tensors[0]))
+        # torch's legacy rule leaves out 1-d empty tensors (clconv.cat too): dim is the others'
+        nd = next((len(shape(t)) for t in tensors if shape(t) != (0,)), 1)
         d = dim % nd
         names = tuple(t.name for t in tensors)
         return self.value(node, lambda env: fn([env[n] for n in names], dim=d), "clconv.cat",

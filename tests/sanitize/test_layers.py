@@ -178,6 +178,8 @@ def test_prelu(rng, index_t):
 def test_sub(rng, index_t):
     x, gate = _with_nan(rng), arr(rng, (2, 3, 1))
     expect(clconv.sub(gate, x), gate - x.astype(np.float64), F32, 1, 30.0)
+    expect(clconv.sub(gate, x, alpha=0.5), gate - 0.5 * x.astype(np.float64), F32, 1, 30.0)
+    expect(clconv.add(x, gate, alpha=-2), x.astype(np.float64) - 2 * gate, F32, 1, 30.0)
 
 
 @pytest.mark.parametrize("mode, pad", [
