@@ -1,4 +1,5 @@
-"""The gradient / transposed-convolution paths without im2col or col2im (clconv.ops.grad_paths):
+"""The gradient / transposed-convolution paths without im2col or col2im (clconv.ops.adjoint_paths,
+clconv.ops.weight_grad_paths):
 the forward-convolution route of stride-1 adjoints (flipped, transposed filters), the direct
 depthwise adjoint (strided depthwise input gradients and transposed convolutions), the direct
 depthwise weight gradient and the dense weight gradient on the packed GEMM with operands packed
@@ -26,7 +27,7 @@ from tolerance import assert_close, conv_magnitude
 
 from clconv.blas import packed as packed_engine
 from clconv.blas.engine import cpu_shaped, gemm_engine
-from clconv.ops import grad_paths
+from clconv.ops import adjoint_paths, weight_grad_paths
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_paths_taken(clconv, dev, case):
         # unpadded stride-1 1x1 layers with C_in of a vector or more and >= 256 positions an
         # image: the split-K GEMM (one vector of columns: 8 or 16 floats)
         splitk = (w_shape[2:] == (1, 1) and not kw and math.prod(x_shape[2:]) >= 256
-                  and x_shape[1] >= grad_paths.SplitKWeightGrad.tile(dev, np.float32).nr)
+                  and x_shape[1] >= weight_grad_paths.SplitKWeightGrad.tile(dev, np.float32).nr)
         # B read in place from a channel-blocked copy of x: C_in of one B panel or more,
         # padded by at most a quarter, >= 512 output positions in all, no loop cap
         cin, positions = x_shape[1], x_shape[0] * math.prod(pw.geometry.out_size)
@@ -245,7 +246,7 @@ def test_forward_geometry_is_the_adjoint(clconv):
     from clconv.ops.geometry import conv_geometry
 
     geo = conv_geometry(2, (1, 3, 11, 10), (4, 3, 4, 3), 1, "same", (2, 1), 1, "zeros")
-    f = grad_paths.forward_geometry(geo)
+    f = adjoint_paths.forward_geometry(geo)
     assert f.in_size == geo.out_size and f.out_size == geo.in_size
     assert (f.in_channels, f.out_channels) == (4, 3)
     assert f.pad_lo == (6 - geo.pad_lo[0], 2 - geo.pad_lo[1])
@@ -253,7 +254,7 @@ def test_forward_geometry_is_the_adjoint(clconv):
     for args in ((2, 1, 1, "zeros"), (1, 1, 1, "reflect"), (1, 3, 1, "zeros")):
         stride, padding, dilation, mode = args
         g2 = conv_geometry(2, (1, 3, 11, 10), (4, 3, 3, 3), stride, padding, dilation, 1, mode)
-        assert grad_paths.forward_geometry(g2) is None
+        assert adjoint_paths.forward_geometry(g2) is None
 
 
 @pytest.mark.parametrize("limit_columns", [None, 3])
@@ -270,7 +271,7 @@ def test_phase_col2im_and_chunked_fallback(clconv, dev, rng, dtype, limit_column
     assert_close(plan(w, g), ref.conv_nd_input(x_shape, w, g, **kw), dtype, reduction=4 * 9,
                  magnitude=conv_magnitude(g, w))
     with pytest.raises(ValueError, match="whole images"):
-        grad_paths.PhaseCol2im(dev, plan.geometry, dtype, "int")(1, None, 0, None, 0, l_start=1)
+        adjoint_paths.PhaseCol2im(dev, plan.geometry, dtype, "int")(1, None, 0, None, 0, l_start=1)
 
 
 def test_conv_transpose1d_phase_col2im(clconv, dev, rng, dtype):
@@ -343,7 +344,7 @@ def test_splitk_weight_grad_1d_3d(clconv, dev, rng, dtype, nd, x_shape, w_shape)
     g = random_array(rng, _out_shape(x_shape, w_shape, {}), dtype)
     plan = getattr(clconv, f"plan_conv{nd}d_weight")(x_shape, w_shape, dtype=dtype)
     taken = _route_name(plan.impl.route) == "SplitKWeightGrad"
-    assert taken == (cpu_shaped(dev) and x_shape[1] >= grad_paths.SplitKWeightGrad.tile(
+    assert taken == (cpu_shaped(dev) and x_shape[1] >= weight_grad_paths.SplitKWeightGrad.tile(
         dev, dtype).nr)
     assert_close(plan(x, g), ref.conv_nd_weight(x, w_shape, g), dtype,
                  reduction=x_shape[0] * math.prod(x_shape[2:]), magnitude=conv_magnitude(g, x))
@@ -395,9 +396,9 @@ def test_stem_weight_grad_image_chunks(clconv, dev, rng, dtype, monkeypatch):
     x_shape, w_shape, kw = (5, 3, 11, 44), (6, 3, 3, 5), {"stride": (1, 2), "padding": 2}
     x = random_array(rng, x_shape, dtype)
     g = random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)
-    co_t = min(grad_paths.StemWeightGrad.channels_per_item(dev, dtype, 5), 6)
+    co_t = min(weight_grad_paths.StemWeightGrad.channels_per_item(dev, dtype, 5), 6)
     # two images' G rows of a work-item's channels fit, three do not
-    monkeypatch.setattr(grad_paths, "_STEM_WG_CHUNK_BYTES",
+    monkeypatch.setattr(weight_grad_paths, "_STEM_WG_CHUNK_BYTES",
                         2 * co_t * g.shape[2] * g.shape[3] * np.dtype(dtype).itemsize)
     plan = clconv.plan_conv2d_weight(x_shape, w_shape, dtype=dtype, **kw)
     route = plan.impl.route

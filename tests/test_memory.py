@@ -362,7 +362,7 @@ def test_operand_deep_into_its_buffer_is_rebased(clconv, monkeypatch):
 _LAUNCHING_MODULES = ("ops.launch", "ops.precision", "runtime.transfer", "ops.packed_conv",
                       "ops.conv_algorithms", "blas.packed", "ops.pool", "ops.depthwise",
                       "ops.pointwise", "ops.splitk", "ops.elementwise", "ops.channels",
-                      "ops.shape", "ops.grad_paths",
+                      "ops.shape", "ops.adjoint_paths", "ops.weight_grad_paths",
                       "ops.pad", "ops.interpolate", "ops.group_norm", "ops.softmax",
                       "ops.local_response_norm")
 

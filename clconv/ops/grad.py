@@ -32,7 +32,7 @@ from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dty
 from .conv_algorithms import ColumnPlan
 from .dims import per_dimensions
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
-from .grad_paths import weight_grad_route
+from .weight_grad_paths import weight_grad_route
 from .launch import Im2col
 from .plan import Plan, cached_plan, shape_of
 from .transpose import Adjoint

@@ -92,7 +92,7 @@ class SplitK:
                  activation: ActivationArg, limit: int, has_residual: bool = False, *,
                  flipped: bool = False) -> None:
         """flipped: `run`'s weight is the (C_in, C_out, *kernel) weight of the stride-1
-        convolution whose adjoint `geo` is (clconv.ops.grad_paths.forward_geometry), read flipped
+        convolution whose adjoint `geo` is (clconv.ops.adjoint_paths.forward_geometry), read flipped
         and transposed by the GEMM itself (cl/gemm_splitk.cl's FLIP_KS) instead of `geo`'s own."""
         dtype = np.dtype(dtype)
         self.flipped = flipped

@@ -33,7 +33,7 @@ from .activation import Activation, ActivationArg, normalize_activation
 from .dims import per_dimensions
 from .geometry import (ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_groups,
                        conv_operand_shapes)
-from .grad_paths import adjoint_route, phase_col2im
+from .adjoint_paths import adjoint_route, phase_col2im
 from .launch import Col2im, Epilogue, PadAdjoint
 from .plan import Plan, cached_plan, shape_of
 
@@ -256,7 +256,7 @@ class Adjoint:
                                  geo.out_channels * geo.cin_per_group * geo.ksize)
             self.col2im = None if self.pointwise else Col2im(dev, geo.defines(), dtype, index_t)
             if self.col2im is not None and self.col_chunk == geo.out_spatial:
-                # Whole images' columns: the phase-wise gather (clconv.ops.grad_paths).
+                # Whole images' columns: the phase-wise gather (clconv.ops.adjoint_paths).
                 self.col2im = phase_col2im(dev, geo, self.dtype, index_t) or self.col2im
         # Bias, residual and activation: one pass over the output once col2im has summed it
         # (col2im may add a range of columns at a time).

@@ -214,7 +214,7 @@ def test_splitk_flipped_filters(device, rng, index_t, dtype):
     import pyopencl.array as cla
 
     from clconv.ops.geometry import conv_geometry
-    from clconv.ops.grad_paths import forward_geometry
+    from clconv.ops.adjoint_paths import forward_geometry
     from clconv.ops.splitk import SplitK
 
     need_dtype(device, dtype)

@@ -1,6 +1,6 @@
 """Transposed convolutions and gradients under Oclgrind: conv_transpose1d/2d/3d (col2im + GEMM),
 conv{1,2,3}d_input and _weight (every padding mode: pad_adjoint.cl; groups, strides, dilation,
-float64, a weight gradient split by a small workspace) and clconv.ops.grad_paths' kernels
+float64, a weight gradient split by a small workspace) and the kernels of clconv.ops.adjoint_paths / weight_grad_paths
 (conv_grad_paths.cl)."""
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def test_grad_paths_conv_transpose2d(rng, index_t, packed_gemm):
 
 
 def _weight_grad_route_check(device, rng, route_class, dtype, xs, ws, kw) -> None:
-    """A 2-d weight-gradient route of clconv.ops.grad_paths configured directly for (xs, ws, kw)
+    """A 2-d weight-gradient route of clconv.ops.weight_grad_paths configured directly for (xs, ws, kw)
     and run once, against the oracle."""
     import pyopencl.array as cla
 
@@ -143,11 +143,11 @@ def _weight_grad_route_check(device, rng, route_class, dtype, xs, ws, kw) -> Non
     ((1, 9, 7, 8), (4, 9, 3, 2), {"stride": (2, 1), "padding": (0, 1), "dilation": (1, 2)})],
     ids=["3x3-2images", "strided-dilated"])
 def test_implicit_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
-    """clconv.ops.grad_paths.ImplicitWeightGrad configured directly (the rule takes it for large
+    """clconv.ops.weight_grad_paths.ImplicitWeightGrad configured directly (the rule takes it for large
     layers on PoCL only): cl/wgrad_implicit.cl's channel-blocked copy of x (wg_pack_xp: padding
     rows and columns, a part-filled last block) and the GEMM reading its B panels from it
     (wg_gemm_xp: every tap, strided and dilated rows, scattered stores)."""
-    from clconv.ops.grad_paths import ImplicitWeightGrad
+    from clconv.ops.weight_grad_paths import ImplicitWeightGrad
 
     _weight_grad_route_check(device, rng, ImplicitWeightGrad, dtype, xs, ws, kw)
 
@@ -159,15 +159,15 @@ def test_implicit_weight_grad(device, rng, index_t, dtype, xs, ws, kw):
     ((3, 1, 4, 18), (3, 1, 3, 3), {"padding": 1}, 1)],
     ids=["strided-masked-tail", "dilated-2images", "image-chunks"])
 def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw, chunk_bytes, monkeypatch):
-    """clconv.ops.grad_paths.StemWeightGrad configured directly (the rule takes it on PoCL only):
+    """clconv.ops.weight_grad_paths.StemWeightGrad configured directly (the rule takes it on PoCL only):
     cl/wgrad_stem.cl's phase-split copy of x (wg_phase_x: padding rows and columns, two phases)
     and the sums along output rows (wg_stem: full vectors, a row's masked last vector, a part-
     filled tile of output channels; a dW per image, added by splitk_reduce.cl)."""
-    from clconv.ops import grad_paths
-    from clconv.ops.grad_paths import StemWeightGrad
+    from clconv.ops import weight_grad_paths
+    from clconv.ops.weight_grad_paths import StemWeightGrad
 
     if chunk_bytes is not None:
-        monkeypatch.setattr(grad_paths, "_STEM_WG_CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(weight_grad_paths, "_STEM_WG_CHUNK_BYTES", chunk_bytes)
 
     # (output rows of 16+ columns: at least one vector of any width, the kernel's premise)
     _weight_grad_route_check(device, rng, StemWeightGrad, dtype, xs, ws, kw)
@@ -175,13 +175,13 @@ def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw, chunk_bytes, 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_pointwise_weight_grad(device, rng, index_t, dtype):
-    """clconv.ops.grad_paths.PointwiseWeightGrad configured directly (the rule takes it on PoCL
+    """clconv.ops.weight_grad_paths.PointwiseWeightGrad configured directly (the rule takes it on PoCL
     only): cl/wgrad_pointwise.cl over 2 images of 19 positions (full vectors and a masked last
     one for any width up to 16), tiles of channels part-filled, several tiles a work-item."""
     import pyopencl.array as cla
 
     from clconv.ops.geometry import conv_geometry
-    from clconv.ops.grad_paths import PointwiseWeightGrad
+    from clconv.ops.weight_grad_paths import PointwiseWeightGrad
 
     need_dtype(device, dtype)
     xs, ws = (2, 7, 1, 19), (38, 7, 1, 1)
@@ -198,7 +198,7 @@ def test_pointwise_weight_grad(device, rng, index_t, dtype):
 @pytest.mark.parametrize("groups", [1, 2])
 def test_pointwise_adjoint_weight_in_place(device, rng, index_t, dtype, groups):
     """conv_pointwise.cl with A_TRANSPOSED (the 1x1 adjoint's GEMM reading the layer's weight as
-    its transpose, per group: grad_paths.ForwardAdjoint on PoCL), configured directly, with a
+    its transpose, per group: adjoint_paths.ForwardAdjoint on PoCL), configured directly, with a
     bias and ReLU: conv_transpose2d's semantics."""
     import pyopencl.array as cla
 
@@ -220,13 +220,13 @@ def test_pointwise_adjoint_weight_in_place(device, rng, index_t, dtype, groups):
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_splitk_weight_grad(device, rng, index_t, dtype):
-    """clconv.ops.grad_paths.SplitKWeightGrad configured directly (the rule takes it on PoCL's CPU
+    """clconv.ops.weight_grad_paths.SplitKWeightGrad configured directly (the rule takes it on PoCL's CPU
     devices only): conv_grad_paths.cl's transpose_rows (partial 16 x 16 tiles) and gemm_splitk.cl
     with an output gradient a image (a_stride), every image's K slices in one reduction."""
     import pyopencl.array as cla
 
     from clconv.ops.geometry import conv_geometry
-    from clconv.ops.grad_paths import SplitKWeightGrad
+    from clconv.ops.weight_grad_paths import SplitKWeightGrad
 
     need_dtype(device, dtype)
     xs, ws = (2, 17, 5, 7), (13, 17, 1, 1)
