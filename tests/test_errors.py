@@ -274,3 +274,40 @@ def test_the_first_float64_convolution_prints_no_compiler_output(clconv, tmp_pat
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "DONE"
     assert "warning" not in done.stderr.lower() and "generated" not in done.stderr, done.stderr
+
+
+def test_bad_inputs_found_by_fuzzing_against_torch(clconv):
+    """Each case was accepted silently (or crashed) where torch raises, or raised where torch
+    computes: torch's verdict, clconv's clear error or result."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    with pytest.raises(ValueError, match="input shape .* negative"):
+        clconv.plan_conv2d((-5, 3, 8, 8), (5, 3, 3, 3))
+    with pytest.raises(TypeError, match="bias must be a bool"):
+        clconv.plan_conv2d((1, 3, 8, 8), (5, 3, 3, 3), bias="yes")
+    scalar = np.array(-3.0, np.float32)  # a 0-d plan: no batch to derive
+    assert clconv.UnaryPlan(clconv.current_device(), "relu", (), np.float32)(scalar) == 0
+    assert clconv.pad(np.array(1.5, np.float32), ()) == F.pad(torch.tensor(1.5), ()).item()
+    x, c = f32(2, 3, 4), np.zeros(3, np.float32)
+    with pytest.raises(ValueError):
+        F.batch_norm(torch.from_numpy(x), torch.from_numpy(c), torch.ones(3), eps=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        clconv.batch_norm(x, c, c + 1, eps=-1.0)
+    with pytest.raises(ValueError):
+        F.batch_norm(torch.from_numpy(x), None, None, training=True, eps=0.0)
+    with pytest.raises(ValueError, match="eps"):
+        clconv.batch_norm(x, None, None, training=True, eps=0.0)
+    with pytest.raises(TypeError, match="weight"):
+        clconv.prelu(x, 0.25)
+    with pytest.raises(RuntimeError):
+        F.adaptive_avg_pool2d(torch.from_numpy(X), (3,))
+    with pytest.raises(ValueError, match="output_size"):
+        clconv.adaptive_avg_pool2d(X, (3,))
+    with pytest.raises(TypeError):
+        F.interpolate(torch.from_numpy(X), scale_factor=2, mode="bilinear", align_corners=1)
+    with pytest.raises(TypeError, match="align_corners"):
+        clconv.interpolate(X, scale_factor=2, mode="bilinear", align_corners=1)
+    v = np.array([-2.0, 0.0, 0.5, np.nan, np.inf], np.float32)
+    for threshold, value in ((np.nan, 5.0), (0.0, np.nan)):
+        want = F.threshold(torch.from_numpy(v), threshold, value).numpy()
+        np.testing.assert_array_equal(clconv.threshold(v, threshold, value), want)

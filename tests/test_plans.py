@@ -173,6 +173,39 @@ def test_out_argument(clconv, rng, queue):
                  magnitude=float(np.abs(want).max() * np.abs(w).max()))
 
 
+@pytest.mark.parametrize("algorithm", ["direct", "implicit", "im2col_packed", "auto"])
+def test_an_out_overlapping_an_operand_gets_the_right_result(clconv, rng, queue, algorithm):
+    """out= in the memory of an operand (the operand itself, or a view shifted into its buffer):
+    the kernels read operands while they write out, so such a call computes into a temporary and
+    copies; the elementwise ops (inplace=True) write an operand that is out itself directly."""
+    x, w, b = _r(rng, (2, 4, 8, 8)), _r(rng, (4, 4, 3, 3)), _r(rng, (4,))
+    want = clconv.conv2d(x, w, b, padding=1, algorithm=algorithm)
+    xd = cla.to_device(queue, x)
+    got = clconv.conv2d(xd, w, b, padding=1, algorithm=algorithm, out=xd)
+    assert got is xd
+    np.testing.assert_array_equal(xd.get(), want)
+    big = cla.to_device(queue, np.concatenate([x.reshape(-1), np.zeros(5, np.float32)]))
+    src, dst = big[:x.size].reshape(x.shape), big[5:].reshape(x.shape)
+    clconv.conv2d(src, w, b, padding=1, algorithm=algorithm, out=dst)
+    np.testing.assert_array_equal(dst.get(), want)
+    for op in (lambda a, out: clconv.max_pool2d(a, 3, 1, 1, out=out),
+               lambda a, out: clconv.avg_pool2d(a, 3, 1, 1, out=out)):
+        want = op(x, None)
+        a = cla.to_device(queue, x)
+        op(a, a)
+        np.testing.assert_array_equal(a.get(), want)
+    a = cla.to_device(queue, x)
+    want = np.concatenate([x[1:], x[:1]])
+    clconv.cat([a[1:], a[:1]], out=a)
+    np.testing.assert_array_equal(a.get(), want)
+    a = cla.to_device(queue, x)  # the operand itself: written in place
+    assert clconv.relu(a, inplace=True) is a
+    np.testing.assert_array_equal(a.get(), np.maximum(x, 0))
+    big = cla.to_device(queue, np.concatenate([x.reshape(-1), np.zeros(1, np.float32)]))
+    clconv.add(big[:x.size], 1.0, out=big[1:])  # shifted by one element: not elementwise-safe
+    np.testing.assert_array_equal(big.get()[1:], x.reshape(-1) + 1)
+
+
 def test_operands_must_match_the_plan(clconv, rng):
     x, w = _r(rng, (2, 3, 6, 6)), _r(rng, (4, 3, 3, 3))
     plan = clconv.plan_conv2d(x.shape, w.shape, bias=False)

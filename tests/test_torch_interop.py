@@ -242,6 +242,16 @@ def test_torch_tensors_in_the_functional_api(clconv_mod, dev):
         clconv_mod.conv2d(x, torch.nn.Parameter(w))  # a weight tensor too
     with dev, pytest.raises(TypeError, match="numpy cannot read"):
         clconv_mod.conv2d(x.to(torch.bfloat16), w.to(torch.bfloat16))
+    # a lazily negated view (its memory holds the values un-negated) is read with its sign
+    neg = torch.complex(torch.zeros_like(x), x).conj().imag
+    assert neg.is_neg()
+    with dev:
+        got = clconv_mod.conv2d(neg, w, padding=1)
+        np.testing.assert_array_equal(clconv_mod.relu(neg), torch.relu(-x).numpy())
+        with pytest.raises(TypeError, match="negative"):
+            clconv_mod.relu(x, out=neg)
+    np.testing.assert_allclose(got, torch.nn.functional.conv2d(-x, w, padding=1).numpy(),
+                               rtol=1e-5, atol=1e-5)
     import clconv.torch as ct
 
     converted = ct.convert(torch.nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:]).bfloat16())

@@ -46,6 +46,8 @@ class BatchNormPlan(Plan):
                              f"{shape}")
         if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
             raise TypeError(f"batch_norm: eps must be a real number, got {eps!r}")
+        if eps < 0:
+            raise ValueError(f"batch_norm: eps must be non-negative (torch's rule), got {eps}")
         c = shape[1]
         self.channels, self.inner, self.eps = c, math.prod(shape[2:]), float(eps)
         act = normalize_activation(activation)
@@ -126,6 +128,10 @@ def _batch_norm_training(input: ArrayLike, running_mean: ArrayLike | None,
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: running_mean and running_var must either both be None or "
                          "neither be None")
+    if isinstance(eps, numbers.Real) and not isinstance(eps, bool) and not eps > 0 \
+            and not math.isnan(eps):
+        raise ValueError(f"batch_norm: eps must be positive during training (torch's rule), got "
+                         f"{eps}")
     if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
         raise TypeError(f"batch_norm: momentum must be a real number with training=True, got "
                         f"{momentum!r}")

@@ -92,9 +92,10 @@ def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], 
     """A plan for an nd-d convolution (nd in 1, 2, 3) on the current device; see `plan_conv2d`."""
     x_shape = tuple(_ints(input_shape, "input_shape"))
     w_shape = tuple(_ints(weight_shape, "weight_shape"))
+    for flag, v in (("bias", bias), ("residual", residual)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be a bool (whether calls pass one), got {v!r}")
     b_shape = (w_shape[0],) if bias and w_shape else None
-    if not isinstance(residual, (bool, np.bool_)):
-        raise TypeError(f"residual must be a bool (whether calls pass one), got {residual!r}")
     r_shape = _residual_shape(nd, x_shape, w_shape, stride, padding, dilation, groups,
                               padding_mode) if residual else None
     return ConvPlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding, dilation,

@@ -67,6 +67,8 @@ class UnaryPlan(Plan):
     """y = act(x) for one shape and dtype (any shape, 0-d included); `backward(x, g)` gives the
     input gradient. clamp_inclusive: torch.clamp's gradient at the bounds rather than hardtanh's."""
 
+    out_may_be_operand = True  # inplace=True: each element reads its own
+
     def __init__(self, dev: Device, activation: ActivationArg, shape: Sequence[int],
                  dtype: np.dtype, clamp_inclusive: bool = False) -> None:
         act = normalize_activation(activation)
@@ -303,6 +305,8 @@ class BinaryPlan(Plan):
     with numpy broadcasting between the shapes (same shape, per-channel (C,) / (N, C, 1, 1) /
     (1, C, 1, 1) against (N, C, *spatial), ...)."""
 
+    out_may_be_operand = True  # inplace=True: each element reads its own
+
     def __init__(self, dev: Device, op: str, input_shape: Sequence[int],
                  other_shape: Sequence[int], dtype: np.dtype,
                  activation: ActivationArg = None, *, alpha: float = 1) -> None:
@@ -411,6 +415,9 @@ def sub(input: ArrayLike, other: ArrayLike, *, alpha: float = 1,
 def prelu(input: ArrayLike, weight: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
     """torch.nn.functional.prelu: input where > 0, else weight * input, with weight (1,) or (C,)
     (one slope per channel: dim 1 of an (N, C, *) input)."""
+    if isinstance(weight, (numbers.Number, bool)) or weight is None:
+        raise TypeError(f"prelu: weight must be an array of slopes (torch: a tensor), got "
+                        f"{weight!r}")
     w_shape, x_shape = shape_of(weight), shape_of(input)
     if len(w_shape) == 0:  # torch takes a 0-d slope as one for all channels
         weight, w_shape = weight.reshape((1,)), (1,)
@@ -469,9 +476,10 @@ def erf(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
 
 def threshold(input: ArrayLike, threshold: float, value: float, inplace: bool = False, *,
               out: ArrayLike | None = None) -> ArrayLike:
-    """torch.nn.functional.threshold: value where x <= threshold, else x (NaN kept)."""
+    """torch.nn.functional.threshold: value where x <= threshold, else x (NaN kept; a NaN
+    threshold keeps every x, a NaN value puts NaN where x <= threshold, as torch's)."""
     for name, v in (("threshold", threshold), ("value", value)):
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or math.isnan(float(v)):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"threshold: {name} must be a real number, got {v!r}")
     return _unary(Activation("threshold", float(threshold), float(value)), input, out, inplace)
 

@@ -66,6 +66,9 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
     if need is not None and len(shape) != need:
         raise ValueError(f"interpolate: mode {mode!r} needs a {need}-d input, got {len(shape)}-d")
     linear = mode in ("linear", "bilinear", "trilinear")
+    if align_corners is not None and not isinstance(align_corners, (bool, np.bool_)):
+        raise TypeError(f"interpolate: align_corners must be a bool or None, got "
+                        f"{align_corners!r}")
     if align_corners is not None and not linear:
         raise ValueError("interpolate: align_corners can only be set with the linear modes "
                          "(linear, bilinear, trilinear)")

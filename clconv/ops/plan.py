@@ -129,6 +129,10 @@ class Plan:
     result_follows: str = "input"
     needs_gemm: bool = False  # checked on every run too: pyclblast can go missing (tests do that)
     _c_strides: dict[str, tuple[int, ...] | None] | None = None  # _ready's, made on first use
+    #: Whether `out=` may be an operand itself (the same elements): each output element is
+    #: computed from that operand's element alone (the elementwise ops: inplace=True). Any other
+    #: overlap of out with an operand is computed into a temporary and copied (`_overlaps`).
+    out_may_be_operand: bool = False
 
     #: The constructor arguments that hold the batch in their first dim, and the operands that do:
     #: a plan called with another batch size of its layer derives a sibling plan (`_for_batch`).
@@ -155,8 +159,8 @@ class Plan:
             if want is None or x is None:
                 continue
             got = shape_of(x)
-            if len(got) != len(want) or got[1:] != want[1:]:
-                return None
+            if len(got) != len(want) or not got or got[1:] != want[1:]:
+                return None  # (0-d operands have no batch)
             if batch is not None and got[0] != batch:
                 raise ValueError(f"{name} has batch size {got[0]} but {first} has {batch}; the "
                                  f"batched operands must agree")
@@ -194,6 +198,9 @@ class Plan:
                  fits: dict[str, tuple[int, ...]], checked: tuple[str, ...] = ()) -> None:
         """Common plan-time set-up: precision checks and the single-buffer size checks (of
         `checked`, default every entry of `fits`, in order)."""
+        for name, shape in operand_shapes.items():  # a plan's shapes come from its caller
+            if shape is not None and any(d < 0 for d in shape):
+                raise ValueError(f"{name} shape {tuple(shape)} has a negative size")
         self.device = dev
         self.dtype = np.dtype(dtype)
         check_precision(dev, self.dtype)
@@ -308,6 +315,22 @@ class Plan:
         buffer = out.base_data
         return not any(v is not None and v.base_data == buffer for v in values.values())
 
+    def _overlaps(self, out: cla.Array, values: dict[str, Any]) -> bool:
+        """Whether the device `out` shares memory with an operand in a way the kernels cannot
+        write it directly (they read operands while they write out): any overlap, except the
+        operand itself where `out_may_be_operand`."""
+        lo, hi = _byte_range(out)
+        for v in values.values():
+            if not isinstance(v, cla.Array) or v.base_data != out.base_data:
+                continue
+            same = (v.offset == out.offset and v.shape == out.shape and v.strides == out.strides)
+            if same and self.out_may_be_operand:
+                continue
+            v_lo, v_hi = _byte_range(v)
+            if v_lo < hi and lo < v_hi:
+                return True
+        return False
+
     def execute(self, values: dict[str, Any], out: Any = None, check: bool = True,
                 events: bool = True) -> ArrayLike:
         """The run skeleton: check, load, result buffer, enqueue, store, deliver. `check=False`
@@ -348,6 +371,8 @@ class Plan:
                 result, fill = empty(dev, self.batch_shape, self.work), None
             else:
                 result, fill = self._result_buffer(out, host)
+                if fill is None and self._overlaps(out, values):
+                    result, fill = empty(dev, self.batch_shape, self.work), out
             done = None
             if result.size:
                 dtype = self.dtype
@@ -387,6 +412,19 @@ class Plan:
 #: from the start of their buffer: a device operand that ends this far into its buffer (a view deep
 #: into a huge buffer) is copied to a buffer of its own first.
 INDEX_LIMIT = 2**31
+
+
+def _byte_range(a: cla.Array) -> tuple[int, int]:
+    """[first, last + 1) bytes of `a`'s elements in its buffer (any strides)."""
+    if a.size == 0:
+        return a.offset, a.offset
+    lo = hi = a.offset
+    for n, st in zip(a.shape, a.strides):
+        if st < 0:
+            lo += (n - 1) * st
+        else:
+            hi += (n - 1) * st
+    return lo, hi + a.dtype.itemsize
 
 
 def _rebased(dev: Device, a: cla.Array) -> cla.Array:

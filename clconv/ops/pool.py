@@ -96,10 +96,9 @@ def _adaptive_size(output_size: Any, nd: int, in_size: Sequence[int], name: str
                             f"None entries, got None")
         return tuple(one(output_size, i) for i in range(nd))
     if isinstance(output_size, (tuple, list)):
-        if len(output_size) not in (1, nd):
+        if len(output_size) != nd:  # torch expands no 1-tuple here (its pools' sizes: yes)
             raise ValueError(f"{name}: output_size must have {nd} entries, got {output_size!r}")
-        items = list(output_size) * (nd if len(output_size) == 1 else 1)
-        return tuple(one(v, i) for i, v in enumerate(items))
+        return tuple(one(v, i) for i, v in enumerate(output_size))
     raise TypeError(f"{name}: output_size must be an int or a sequence of {nd} ints or None, got "
                     f"{output_size!r}")
 

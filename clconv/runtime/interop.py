@@ -57,6 +57,12 @@ def _from_torch(t: Any, name: str) -> np.ndarray:
     if t.device.type != "cpu":
         raise TypeError(f"{name} is a torch tensor on {t.device}; clconv reads host memory: pass "
                         f"{name}.cpu() (or compute with torch there)")
+    if t.is_neg() or t.is_conj():
+        # a lazily negated view (e.g. x.conj().imag): its memory holds the values un-negated
+        if name == "out":
+            raise TypeError("out is a torch tensor with its negative (or conjugate) bit set: "
+                            "its memory does not hold its values; pass a plain tensor")
+        t = t.resolve_neg().resolve_conj()
     try:
         return t.numpy()  # shares the tensor's memory; any strides
     except (TypeError, RuntimeError):
