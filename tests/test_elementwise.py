@@ -486,6 +486,20 @@ def test_cat_skips_1d_empty_arrays_as_torch(clconv, dev, rng):
         clconv.cat([a, np.empty((0, 5), np.float32)])
 
 
+def test_reshaping_ops_take_operands_as_the_others(clconv, rng):
+    """flatten / pixel_shuffle / layer_norm read their operand as every op does: a bfloat16
+    tensor is clconv's TypeError (not torch's raw one), big-endian numpy gives native results."""
+    torch = import_torch()
+    x = random_array(rng, (2, 8, 4, 4))
+    for op in (lambda a: clconv.flatten(a), lambda a: clconv.pixel_shuffle(a, 2),
+               lambda a: clconv.layer_norm(a, (4, 4))):
+        with pytest.raises(TypeError, match="numpy cannot read"):
+            op(torch.from_numpy(x).bfloat16())
+        got = op(x.astype(">f4"))
+        assert got.dtype == np.float32 and got.dtype.isnative
+        np.testing.assert_array_equal(got, op(x))
+
+
 def test_flatten(clconv, dev, rng):
     torch = import_torch()
     x = random_array(rng, (2, 3, 4, 5))

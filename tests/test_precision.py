@@ -147,6 +147,17 @@ def test_device_that_reports_fp16_wrongly(clconv, dev, monkeypatch):
         run()
 
 
+def test_a_float16_plan_on_a_device_without_fp16_is_refused_before_any_build(clconv, dev,
+                                                                              capfd):
+    """plan_*(dtype=float16) meets the extension check of the functional ops (it skipped it and
+    built the probe, whose compiler errors reached stderr)."""
+    if dev.fp16:
+        pytest.skip("the device reports cl_khr_fp16")
+    with dev, pytest.raises(clconv.UnsupportedError, match="needs cl_khr_fp16.*lacks"):
+        clconv.plan_conv2d((1, 2, 6, 6), (3, 2, 3, 3), dtype=np.float16)
+    assert "error" not in capfd.readouterr().err
+
+
 def test_real_fp16_device_passes_the_probe(clconv, dev):
     if not dev.fp16:
         pytest.skip("the device has no cl_khr_fp16")

@@ -40,11 +40,14 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 def check_precision(dev: Device, dtype: np.dtype) -> None:
     """Raises UnsupportedError when `dtype` is float16 and the device does not really compute it.
 
-    Call after `transfer.result_dtype` (which checks the reported extensions); the probe runs once per
+    A device that does not report cl_khr_fp16 is refused before any build; the probe runs once per
     device.
     """
     if np.dtype(dtype) != _HALF:
         return
+    if not dev.fp16:  # a plan made with dtype=float16 comes here without result_dtype's check
+        raise UnsupportedError(f"dtype float16 needs cl_khr_fp16, which device {dev.name!r} "
+                               f"({dev.platform_name}) lacks; use float32")
     if not isinstance(dev.fp16_reason, (str, type(None))):  # not probed yet
         with dev.lock:
             if not isinstance(dev.fp16_reason, (str, type(None))):

@@ -16,6 +16,7 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
+from ..runtime.interop import host_operand, is_torch_tensor
 from ..runtime.program import kernel
 from ..runtime.transfer import ArrayLike, element_offset, is_device_array, result_dtype, to_device
 from .elementwise import array_args, elementwise_defines
@@ -131,7 +132,10 @@ def reshaped(a: ArrayLike, shape: Sequence[int]) -> ArrayLike:
         if not a.flags.c_contiguous:
             a = to_device(a, current_device(), "input", a.dtype)
         return a.reshape(*shape)
-    return np.reshape(np.asarray(a), tuple(shape))
+    a = np.asarray(host_operand(a, "input") if is_torch_tensor(a) else a)  # clconv's TypeErrors
+    if not a.dtype.isnative:  # big-endian data: native results, as every other op gives
+        a = a.astype(a.dtype.newbyteorder("="))
+    return np.reshape(a, tuple(shape))
 
 
 def pixel_shuffle(input: ArrayLike, upscale_factor: int) -> ArrayLike:
