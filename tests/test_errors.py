@@ -297,6 +297,10 @@ def test_bad_inputs_found_by_fuzzing_against_torch(clconv):
         F.batch_norm(torch.from_numpy(x), None, None, training=True, eps=0.0)
     with pytest.raises(ValueError, match="eps"):
         clconv.batch_norm(x, None, None, training=True, eps=0.0)
+    frozen = np.zeros(3, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="running_mean.*read-only"):
+        clconv.batch_norm(x, frozen, c + 1, training=True)
     with pytest.raises(TypeError, match="weight"):
         clconv.prelu(x, 0.25)
     with pytest.raises(RuntimeError):

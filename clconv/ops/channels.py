@@ -154,6 +154,9 @@ def _batch_norm_training(input: ArrayLike, running_mean: ArrayLike | None,
     update = running_mean is not None
     stored = {}
     for name, r in (("running_mean", running_mean), ("running_var", running_var)) if update else ():
+        if isinstance(r, np.ndarray) and not r.flags.writeable:
+            raise ValueError(f"batch_norm: {name} is updated in place with training=True, but "
+                             f"it is a read-only numpy array")
         stored[name] = to_device(r, dev, name, dtype)
         if is_device_array(r) and stored[name] is not r:
             raise ValueError(f"batch_norm: {name} is updated in place with training=True, so a "
