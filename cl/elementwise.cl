@@ -51,7 +51,8 @@ inline ACC activate_grad(ACC x, ACC g) {
     const ACC y = SAT_TANH(ACC, x);
     return g * ((ACC)1 - y * y);
 #elif ACT == ACT_HARDSWISH
-    return (x < (ACC)-3) ? (ACC)0 : ((x <= (ACC)3) ? g * (x / (ACC)3 + (ACC)0.5) : g);
+    // torch 2.13's vectorised kernel: 0 from x <= -3, g from x >= 3 (NaN: the formula's NaN)
+    return (x <= (ACC)-3) ? (ACC)0 : ((x >= (ACC)3) ? g : g * (x / (ACC)3 + (ACC)0.5));
 #elif ACT == ACT_HARDSIGMOID
     // torch multiplies by the float constant 1.0f / 6.0f, in double too
     return (x > (ACC)-3 && x < (ACC)3) ? g * (ACC)(1.0f / 6.0f) : (ACC)0;

@@ -111,6 +111,10 @@ LAYERS = {  # name: (clconv layer, torch layer, input shape)
                           lambda tnn: tnn.AdaptiveAvgPool3d((2, 3, 2)), (1, 2, 5, 7, 3)),
     "AdaptiveMaxPool2d": (lambda nn, dt: nn.AdaptiveMaxPool2d((3, 4)),
                           lambda tnn: tnn.AdaptiveMaxPool2d((3, 4)), (2, 3, 7, 9)),
+    "AdaptiveMaxPool1d": (lambda nn, dt: nn.AdaptiveMaxPool1d(4),
+                          lambda tnn: tnn.AdaptiveMaxPool1d(4), (2, 3, 10)),
+    "AdaptiveMaxPool3d": (lambda nn, dt: nn.AdaptiveMaxPool3d((2, None, 2)),
+                          lambda tnn: tnn.AdaptiveMaxPool3d((2, None, 2)), (1, 2, 5, 7, 3)),
     "Flatten": (lambda nn, dt: nn.Flatten(), lambda tnn: tnn.Flatten(), (2, 3, 4, 5)),
     "Flatten-range": (lambda nn, dt: nn.Flatten(0, 2), lambda tnn: tnn.Flatten(0, 2),
                       (2, 3, 4, 5)),
@@ -126,6 +130,8 @@ LAYERS = {  # name: (clconv layer, torch layer, input shape)
                     lambda tnn: tnn.BatchNorm1d(3, momentum=None), (6, 3)),
     "BatchNorm3d-noaffine": (lambda nn, dt: nn.BatchNorm3d(2, affine=False, dtype=dt),
                              lambda tnn: tnn.BatchNorm3d(2, affine=False), (2, 2, 3, 4, 3)),
+    "BatchNorm2d-nobias": (lambda nn, dt: nn.BatchNorm2d(3, dtype=dt, bias=False),
+                           lambda tnn: tnn.BatchNorm2d(3, bias=False), (4, 3, 5, 6)),
 }
 
 
@@ -303,6 +309,40 @@ def test_parameterless_activation_signatures_match_torch(clconv, name):
     layer = ours()
     assert isinstance(layer, clconv.nn.Module) and type(layer).__module__ == "clconv.nn.activation"
     assert repr(layer) == f"{name}()" and repr(pickle.loads(pickle.dumps(layer))) == f"{name}()"
+
+
+def test_layer_details_found_by_fuzzing_against_torch(clconv, dev, rng):
+    """BatchNorm's gradients convert as the other layers' do; Hardswish's gradient at exactly
+    -3 and 3 is torch's (0 and g); a 0-d input keeps its shape through an activation layer;
+    BatchNorm with batch statistics in eval (track_running_stats=False) needs more than one value
+    per channel, as torch's; torch dtypes are layer dtypes."""
+    torch = import_torch()
+    nn = clconv.nn
+    bn = nn.BatchNorm2d(3)
+    x = random_array(rng, (2, 3, 4, 4))
+    bn(x)
+    bn.backward(x)
+    for g in (bn.weight_grad, bn.bias_grad):
+        assert np.asarray(g).dtype == np.float32 and torch.as_tensor(g).shape == (3,)
+    hs = nn.Hardswish()
+    edges = np.array([-3.0, 3.0, -2.5, 2.5], np.float32)
+    hs(edges)
+    xt = torch.tensor(edges, requires_grad=True)
+    torch.nn.functional.hardswish(xt).backward(torch.ones(4))
+    np.testing.assert_array_equal(hs.backward(np.ones(4, np.float32)), xt.grad.numpy())
+    relu = nn.ReLU()
+    assert relu(np.array(-0.5, np.float32)).shape == ()
+    assert relu.backward(np.array(1.0, np.float32)).shape == ()
+    free = nn.BatchNorm1d(2, track_running_stats=False).eval()
+    with pytest.raises(ValueError):
+        torch.nn.BatchNorm1d(2, track_running_stats=False).eval()(torch.ones(1, 2))
+    with pytest.raises(ValueError, match="more than 1 value"):
+        free(random_array(rng, (1, 2)))
+    for layer in (nn.Conv2d(2, 3, 3, dtype=torch.float64), nn.BatchNorm2d(3, dtype=torch.float64),
+                  nn.Linear(2, 3, dtype=torch.float32)):
+        assert layer.dtype in (np.float64, np.float32)
+    with pytest.raises(TypeError, match="torch.int64"):
+        nn.Linear(2, 3, dtype=torch.int64)
 
 
 def test_layer_errors(clconv, dev, rng):

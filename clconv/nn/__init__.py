@@ -9,7 +9,7 @@
         nn.BatchNorm2d(16), nn.Flatten(), nn.Linear(16 * 14 * 14, 10))
     logits = model(x); grad_x = model.backward(grad_logits)
 
-Besides the convolutions: Linear, MaxPool/AvgPool/AdaptiveAvgPool (1-3 d), AdaptiveMaxPool2d,
+Besides the convolutions: Linear, MaxPool/AvgPool/AdaptiveAvgPool/AdaptiveMaxPool (1-3 d),
 BatchNorm1d/2d/3d (batch statistics and running-stat updates in train(), running statistics in
 eval()), the activation layers (ReLU, ReLU6, SiLU, GELU, Sigmoid, Tanh, Hardswish, Hardsigmoid,
 Mish, SELU, LeakyReLU, ELU, CELU, Softplus, Hardtanh), Flatten and Sequential (state_dict keys as torch.nn.Sequential's).
@@ -20,7 +20,7 @@ others run as a separate pass in training, where backward needs the activation's
 Constructor arguments and default initialisation are torch.nn.ConvNd's / ConvTransposeNd's:
 weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)), fan_in =
 weight.shape[1] * prod(kernel). `device` is a clconv device spec (default: the current device),
-`dtype` a numpy float dtype (default float32), `rng` a numpy Generator or seed for the
+`dtype` a numpy or torch float dtype (default float32), `rng` a numpy Generator or seed for the
 initialisation, `algorithm` one of clconv.ALGORITHMS for the forward convolution (for transposed
 layers: for the convolution that computes their input gradient).
 
@@ -62,7 +62,9 @@ from .pooling import (
     AdaptiveAvgPool1d,
     AdaptiveAvgPool2d,
     AdaptiveAvgPool3d,
+    AdaptiveMaxPool1d,
     AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d,
     AvgPool1d,
     AvgPool2d,
     AvgPool3d,
@@ -78,7 +80,9 @@ __all__ = [
     "AdaptiveAvgPool1d",
     "AdaptiveAvgPool2d",
     "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d",
     "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d",
     "AvgPool1d",
     "AvgPool2d",
     "AvgPool3d",

@@ -16,33 +16,35 @@ from ..runtime.device import current_device
 from ..runtime.device import device as find_device
 from ..runtime.interop import host_convertible, host_operand
 from ..runtime.transfer import ArrayLike, result_dtype, to_device
-from .module import Module, check_grad_shape, enter, leave, positive_int
+from .module import Module, check_grad_shape, enter, layer_dtype, leave, positive_int
 
 
 class _BatchNorm(Module):
     """Batch normalisation over the channel dim 1 of (N, C, *) as torch.nn.BatchNormNd: in
     training mode with the batch's statistics (mean, biased variance), updating running_mean and
     running_var (unbiased variance) by `momentum` (None: the cumulative average); in evaluation
-    mode with the running statistics. weight (ones) and bias (zeros) when `affine`."""
+    mode with the running statistics. weight (ones) and bias (zeros) when `affine` (no bias with
+    bias=False, torch 2.13's keyword)."""
 
     dims: tuple[int, ...] = (4,)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device: Any = None,
-                 dtype: Any = None) -> None:
+                 dtype: Any = None, *, bias: bool = True) -> None:
         self.num_features = positive_int(num_features, "num_features")
         if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or eps < 0:
             raise ValueError(f"eps must be a non-negative number, got {eps!r}")
         self.eps, self.momentum = float(eps), momentum
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        self.has_bias = self.affine and bool(bias)
         self.device = current_device() if device is None else find_device(device)
-        self.dtype = np.dtype(np.float32 if dtype is None else dtype)
+        self.dtype = layer_dtype(dtype)
         self._work = compute_dtype(self.dtype)
         result_dtype(self.device, dtype=np.empty(0, self.dtype))
         check_precision(self.device, self.dtype)
         c = self.num_features
         self._weight = self._put(np.ones(c)) if affine else None
-        self._bias = self._put(np.zeros(c)) if affine else None
+        self._bias = self._put(np.zeros(c)) if self.has_bias else None
         self.running_mean = self._put(np.zeros(c)) if track_running_stats else None
         self.running_var = self._put(np.ones(c)) if track_running_stats else None
         self.num_batches_tracked = 0
@@ -64,16 +66,18 @@ class _BatchNorm(Module):
         return host_convertible(self._bias)
 
     def parameters(self) -> list[cla.Array]:
-        return [self.weight, self.bias] if self.affine else []
+        return [self.weight, self.bias][:2 if self.has_bias else 1] if self.affine else []
 
     def gradients(self) -> list[cla.Array | None]:
-        return [host_convertible(self.weight_grad), host_convertible(self.bias_grad)] \
+        return [self.weight_grad, self.bias_grad][:2 if self.has_bias else 1] \
             if self.affine else []
 
     def _entries(self) -> dict[str, Any]:
         entries: dict[str, Any] = {}
         if self.affine:
-            entries.update(weight=self._weight, bias=self._bias)
+            entries.update(weight=self._weight)
+        if self.has_bias:
+            entries.update(bias=self._bias)
         if self.track_running_stats:
             entries.update(running_mean=self.running_mean, running_var=self.running_var,
                            num_batches_tracked=None)
@@ -91,8 +95,8 @@ class _BatchNorm(Module):
     def grad_dict(self) -> dict[str, np.ndarray | None]:
         if not self.affine:
             return {}
-        return {k: None if g is None else g.get() for k, g in
-                (("weight", self.weight_grad), ("bias", self.bias_grad))}
+        grads = (("weight", self.weight_grad), ("bias", self.bias_grad))[:2 if self.has_bias else 1]
+        return {k: None if g is None else g.get() for k, g in grads}
 
     def load_state_dict(self, state: Any, strict: bool = True) -> tuple[list[str], list[str]]:
         """Loads torch.nn.BatchNormNd's entries (numpy arrays, torch tensors or device arrays);
@@ -140,7 +144,7 @@ class _BatchNorm(Module):
             c, inner = shape[1], math.prod(shape[2:])
             batch_stats = self.training or not self.track_running_stats
             if batch_stats:
-                if self.training and shape[0] * inner <= 1:
+                if shape[0] * inner <= 1:  # torch's rule whenever batch statistics are used
                     raise ValueError(f"expected more than 1 value per channel when training, got "
                                      f"input of shape {shape}")
                 update = self.training and self.track_running_stats
@@ -155,7 +159,7 @@ class _BatchNorm(Module):
                 mean, var = stats[0], stats[1]
             else:
                 mean, var = self.running_mean, self.running_var
-            plan = batch_norm_plan(dev, shape, self._work, self.affine, self.affine, self.eps)
+            plan = batch_norm_plan(dev, shape, self._work, self.affine, self.has_bias, self.eps)
             y = plan(x, mean, var, self._weight, self._bias)
             self._saved = (x, mean, var, batch_stats)
             return leave(dev, y, dtype, host)
@@ -171,14 +175,16 @@ class _BatchNorm(Module):
             dx, wg, bg = enqueue_batch_norm_backward(dev, g, x, mean, var, self._weight, self.eps,
                                                      batch_stats, self.num_features,
                                                      math.prod(x.shape[2:]))
-            if self.affine:
-                self.weight_grad, self.bias_grad = wg, bg
+            if self.affine:  # host-convertible, as the other layers' gradients
+                self.weight_grad = host_convertible(wg)
+                self.bias_grad = host_convertible(bg) if self.has_bias else None
             return leave(dev, dx, dtype, host)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, "
                 f"momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats})")
+                f"track_running_stats={self.track_running_stats}"
+                f"{'' if self.has_bias or not self.affine else ', bias=False'})")
 
 
 class BatchNorm1d(_BatchNorm):

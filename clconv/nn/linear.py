@@ -26,7 +26,8 @@ from ..runtime.transfer import (
     result_dtype,
     to_device,
 )
-from .module import Layer, activation_grad, check_grad_shape, positive_int, with_activation
+from .module import (Layer, activation_grad, check_grad_shape, layer_dtype, positive_int,
+                     with_activation)
 
 
 class Linear(Layer):
@@ -42,7 +43,7 @@ class Linear(Layer):
         self.groups = 1
         self.activation = normalize_activation(activation)
         self.device = current_device() if device is None else find_device(device)
-        self.dtype = np.dtype(np.float32 if dtype is None else dtype)
+        self.dtype = layer_dtype(dtype)
         self._work = compute_dtype(self.dtype)
         result_dtype(self.device, dtype=np.empty(0, self.dtype))
         check_precision(self.device, self.dtype)

@@ -37,6 +37,20 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def layer_dtype(dtype: Any) -> np.dtype:
+    """A layer's `dtype=` argument as a numpy dtype: None is float32; numpy dtypes, their names
+    and torch's floating dtypes (torch.float64, ...) are taken."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":
+        name = str(dtype).removeprefix("torch.")
+        if name not in ("float16", "float32", "float64"):
+            raise TypeError(f"dtype {dtype} has no clconv counterpart (float16, float32 or "
+                            f"float64)")
+        return np.dtype(name)
+    return np.dtype(dtype)
+
+
 class Module:
     """What every clconv.nn layer shares: train()/eval() (as torch.nn.Module's `training` flag),
     calling the layer runs `forward`, and empty parameter lists for the layers without any."""
@@ -130,7 +144,7 @@ class Layer(Module):
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         self.algorithm = algorithm
         self.device: Device = current_device() if device_spec is None else device(device_spec)
-        self.dtype = np.dtype(np.float32 if dtype is None else dtype)
+        self.dtype = layer_dtype(dtype)
         self._work = compute_dtype(self.dtype)
         result_dtype(self.device, dtype=np.empty(0, self.dtype))  # UnsupportedError before any work
         check_precision(self.device, self.dtype)

@@ -145,7 +145,30 @@ class AdaptiveAvgPool3d(_AdaptivePoolNd):
     kind, nd = "adaptive_avg", 3
 
 
-class AdaptiveMaxPool2d(_AdaptivePoolNd):
-    """torch.nn.AdaptiveMaxPool2d(output_size) (return_indices=False)."""
+class _AdaptiveMaxPoolNd(_AdaptivePoolNd):
+    kind = "adaptive_max"
 
-    kind, nd = "adaptive_max", 2
+    def __init__(self, output_size: Any, return_indices: bool = False) -> None:
+        if return_indices:
+            raise ValueError("return_indices=True is not supported (the layer keeps its indices "
+                             "for backward)")
+        super().__init__(output_size)
+
+
+class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
+    """torch.nn.AdaptiveMaxPool1d(output_size) (return_indices=False)."""
+
+    nd = 1
+
+
+class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
+    """torch.nn.AdaptiveMaxPool2d(output_size) (return_indices=False; None entries keep the
+    input's size)."""
+
+    nd = 2
+
+
+class AdaptiveMaxPool3d(_AdaptiveMaxPoolNd):
+    """torch.nn.AdaptiveMaxPool3d(output_size) (return_indices=False)."""
+
+    nd = 3

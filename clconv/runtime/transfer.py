@@ -158,7 +158,9 @@ def to_device(x: Any, dev: Device, name: str, dtype: np.dtype) -> cla.Array:
         if x.size and not x.flags.c_contiguous:
             return _gather(x, dev)
         return x
-    host = np.ascontiguousarray(np.asarray(host_operand(x, name)), dtype=dtype)
+    given = np.asarray(host_operand(x, name))
+    # (ascontiguousarray makes a 0-d array 1-d: the shape is kept as given)
+    host = np.ascontiguousarray(given, dtype=dtype).reshape(given.shape)
     out = empty(dev, host.shape, dtype)
     if host.size:
         # `out.set` would block; a non-blocking copy holds `host` until the driver has read it.
