@@ -338,11 +338,11 @@ def test_layer_details_found_by_fuzzing_against_torch(clconv, dev, rng):
         torch.nn.BatchNorm1d(2, track_running_stats=False).eval()(torch.ones(1, 2))
     with pytest.raises(ValueError, match="more than 1 value"):
         free(random_array(rng, (1, 2)))
-    wide = torch.float64 if dev.fp64 else torch.float32
-    for layer in (nn.Conv2d(2, 3, 3, dtype=wide), nn.BatchNorm2d(3, dtype=wide),
-                  nn.Linear(2, 3, dtype=torch.float32)):
-        assert layer.dtype == (np.float32 if layer.dtype == np.float32 else np.float64)
-    assert nn.Conv2d(2, 3, 3, dtype=wide).dtype == np.dtype(str(wide).removeprefix("torch."))
+    wide, want = (torch.float64, np.float64) if dev.fp64 else (torch.float32, np.float32)
+    for make in (nn.Conv2d, nn.BatchNorm2d, nn.Linear):
+        layer = make(2, 3, 3, dtype=wide) if make is nn.Conv2d else make(3, dtype=wide) \
+            if make is nn.BatchNorm2d else make(2, 3, dtype=wide)
+        assert layer.dtype == want
     with pytest.raises(TypeError, match="torch.int64"):
         nn.Linear(2, 3, dtype=torch.int64)
 
