@@ -281,6 +281,19 @@ def test_sequential_container(clconv):
     assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear"]
     assert len(model.parameters()) == 4
     assert model.eval() is model and not model[0].training
+    # torch.nn.Sequential's list methods, and named_parameters under torch's keys
+    torch = import_torch()
+    model.insert(1, nn.Tanh()).extend([nn.ReLU(), nn.Flatten()])
+    model[2] = nn.Sequential(nn.ReLU(), nn.Linear(3, 3, rng=0, bias=False))
+    assert isinstance(model.pop(), nn.Flatten)
+    del model[-1]
+    assert [type(m).__name__ for m in model] == ["Linear", "Tanh", "Sequential", "Linear"]
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Sequential(
+        torch.nn.ReLU(), torch.nn.Linear(3, 3, bias=False)), torch.nn.Linear(3, 2))
+    assert [k for k, _ in model.named_parameters()] == [k for k, _ in theirs.named_parameters()]
+    assert all(p is q for (_, p), q in zip(model.named_parameters(), model.parameters()))
+    with pytest.raises(TypeError, match="clconv.nn layer"):
+        model.insert(0, torch.nn.ReLU())
     assert model.train() is model and model[2].training
     assert "Sequential(" in repr(model) and "Linear(in_features=4" in repr(model)
     with pytest.raises(TypeError, match="layer 1"):

@@ -39,6 +39,12 @@ class Flatten(Module):
         return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
 
 
+def _layer(layer: Any) -> Module:
+    if not isinstance(layer, Module):
+        raise TypeError(f"layer must be a clconv.nn layer, got {type(layer).__name__}")
+    return layer
+
+
 class Sequential(Module):
     """torch.nn.Sequential: layers applied in order. Activations stay on the device from one layer
     to the next (a numpy input is uploaded once and the result downloaded once); backward runs the
@@ -62,11 +68,37 @@ class Sequential(Module):
     def __iter__(self) -> Any:
         return iter(self.layers)
 
+    def __setitem__(self, index: int, layer: Module) -> None:
+        self.layers[index] = _layer(layer)
+
+    def __delitem__(self, index: int | slice) -> None:
+        del self.layers[index]
+
     def append(self, layer: Module) -> Sequential:
-        if not isinstance(layer, Module):
-            raise TypeError(f"layer must be a clconv.nn layer, got {type(layer).__name__}")
-        self.layers.append(layer)
+        self.layers.append(_layer(layer))
         return self
+
+    def insert(self, index: int, layer: Module) -> Sequential:
+        self.layers.insert(index, _layer(layer))
+        return self
+
+    def extend(self, layers: Any) -> Sequential:
+        self.layers.extend([_layer(layer) for layer in layers])
+        return self
+
+    def pop(self, index: int = -1) -> Module:
+        return self.layers.pop(index)
+
+    def named_parameters(self) -> list[tuple[str, cla.Array]]:
+        """(key, parameter) pairs under the state_dict's keys ('0.weight', '0.bias', ...)."""
+        pairs = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Sequential):
+                pairs += [(f"{i}.{k}", p) for k, p in layer.named_parameters()]
+                continue
+            names = [k for k in layer.state_dict() if k in ("weight", "bias")]
+            pairs += [(f"{i}.{k}", p) for k, p in zip(names, layer.parameters())]
+        return pairs
 
     def train(self, mode: bool = True) -> Sequential:
         super().train(mode)
