@@ -285,6 +285,9 @@ def test_bad_inputs_found_by_fuzzing_against_torch(clconv):
         clconv.plan_conv2d((-5, 3, 8, 8), (5, 3, 3, 3))
     with pytest.raises(TypeError, match="bias must be a bool"):
         clconv.plan_conv2d((1, 3, 8, 8), (5, 3, 3, 3), bias="yes")
+    with pytest.raises(ValueError, match="bias shape"):
+        clconv.plan_conv2d((1, 3, 8, 8), (5, 3, 3, 3), bias=(4,))
+    assert not clconv.plan_conv2d((1, 3, 8, 8), (5, 3, 3, 3), bias=None).has_bias
     scalar = np.array(-3.0, np.float32)  # a 0-d plan: no batch to derive
     assert clconv.UnaryPlan(clconv.current_device(), "relu", (), np.float32)(scalar) == 0
     assert clconv.pad(np.array(1.5, np.float32), ()) == F.pad(torch.tensor(1.5), ()).item()

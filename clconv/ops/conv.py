@@ -84,7 +84,7 @@ def _convolve(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | No
                         out, check=False)
 
 
-def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool = True,
+def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], bias: Any = True,
               stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
               groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
               activation: ActivationArg = None, residual: bool = False,
@@ -92,15 +92,27 @@ def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], 
     """A plan for an nd-d convolution (nd in 1, 2, 3) on the current device; see `plan_conv2d`."""
     x_shape = tuple(_ints(input_shape, "input_shape"))
     w_shape = tuple(_ints(weight_shape, "weight_shape"))
-    for flag, v in (("bias", bias), ("residual", residual)):
-        if not isinstance(v, (bool, np.bool_)):
-            raise TypeError(f"{flag} must be a bool (whether calls pass one), got {v!r}")
-    b_shape = (w_shape[0],) if bias and w_shape else None
+    if not isinstance(residual, (bool, np.bool_)):
+        raise TypeError(f"residual must be a bool (whether calls pass one), got {residual!r}")
+    b_shape = (w_shape[0],) if _bias_flag(bias, w_shape) else None
     r_shape = _residual_shape(nd, x_shape, w_shape, stride, padding, dilation, groups,
                               padding_mode) if residual else None
     return ConvPlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding, dilation,
                     groups, padding_mode, algorithm, activation, workspace_limit, np.dtype(dtype),
                     residual_shape=r_shape)
+
+
+def _bias_flag(bias: Any, w_shape: tuple[int, ...]) -> bool:
+    """plan_conv's `bias`: whether calls pass one; a bool, None (no bias) or the bias's shape
+    (C_out,), as the other plans take it."""
+    if bias is None or isinstance(bias, (bool, np.bool_)):
+        return bool(bias)
+    if isinstance(bias, (tuple, list)) and all(isinstance(v, numbers.Integral) for v in bias):
+        if w_shape and tuple(bias) != (w_shape[0],):
+            raise ValueError(f"bias shape {tuple(bias)} must be (C_out,) = ({w_shape[0]},)")
+        return True
+    raise TypeError(f"bias must be a bool (whether calls pass one) or its shape (C_out,), got "
+                    f"{bias!r}")
 
 
 def _ints(value: Any, name: str) -> list[int]:
@@ -517,7 +529,8 @@ plan_conv1d, plan_conv2d, plan_conv3d = per_dimensions(
     out=None)` then only enqueues.
 
     input_shape (N, C_in, H, W) or unbatched; weight_shape (C_out, C_in/groups, kh, kw); bias: whether
-    calls pass a bias (a plan with one also runs with bias=None, adding zeros); keywords
+    calls pass a bias (a bool, or the bias's shape (C_out,); None: no bias; a plan with one also
+    runs with bias=None, adding zeros); keywords
     padding_mode, algorithm, activation, workspace_limit as `conv2d`, residual: whether calls pass
     one (of the output's shape; then every call must, and a plan without one takes none), and
     dtype (default float32).
