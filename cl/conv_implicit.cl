@@ -1,15 +1,17 @@
 // conv_implicit.cl: a convolution as an implicit GEMM on the packed micro-kernel of
 // cl/gemm_packed.cl: no column buffer. Each work-item gathers its K x NR B panel (NR output
 // positions, the receptive fields of im2col_packed.cl's layout) from the NCHW input into local
-// memory, then multiplies it by the packed filters of its group, MR output channels at a time, and
+// memory, then multiplies it by the filters of its group, MR output channels at a time, and
 // writes the tiles straight into the NCHW output with the bias and activation (common.cl's
 // epilogue_value) fused into the store.
 //
 //   out[n][g * COUT_G + i][l] = act(sum_p A_g[i][p] * col_g[p][n * OUT_SPATIAL + l]
 //                                   + bias[g * COUT_G + i])
 //
-// A: the filters packed by clconv.blas.packed.pack_a, [GROUPS][ceil(COUT_G / MR)][K][MR]
-// (K = CIN_G * KSIZE), group g at ap + ap_off + g * ap_stride. Columns: folded over the images of
+// A: the filters as given, (COUT, K) row-major (K = CIN_G * KSIZE), group g's COUT_G rows at
+// ap + ap_off + g * ap_stride, read in place: each k step broadcasts one value of each of the
+// tile's MR rows (MR lines in L1, each serving 64 bytes' worth of k steps), which runs as fast as
+// a packed panel and spares the packing pass of every call. Columns: folded over the images of
 // the launch, column j is jg = col_start + j (image jg / OUT_SPATIAL counted from x_off / out_off).
 // When K * NR values exceed the local-memory budget, K is walked in chunks of kc_rows rows (an
 // argument): the first chunk stores its partial sums, later ones load them back and go on (the
@@ -65,7 +67,7 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
     }
     const bool contiguous = (ncol == NR) && (col[NR - 1] - col[0] == NR - 1);
 
-    __global const REAL* apanels = ap + ap_off + g * ap_stride;
+    __global const REAL* afilters = ap + ap_off + g * ap_stride;
     __global REAL* cg = out + out_off + (long)g * COUT_G * OUT_SPATIAL;
     // laid out as cg (NULL: none, with RESIDUAL_AT_RUN_TIME)
     __global const REAL* rg = RESIDUAL_AT(residual, res_off + (long)g * COUT_G * OUT_SPATIAL);
@@ -90,8 +92,17 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                     for (int v = 0; v < NV; ++v) acc[i][v] = VLOAD(v, lanes);
                 }
             }
-            __global const REAL* apanel = apanels + ((long)ip * KG + k0) * MR;
-            TILE_MULTIPLY(acc, apanel, panel, kc)
+            // The filters' rows read where they are (no packing pass): row i of the tile at
+            // i * KG; an edge tile reads its last row again for the rows past it (not stored).
+            __global const REAL* arows = afilters + (long)i0 * KG + k0;
+            if (mrows == MR) {
+                for (int p_ = 0; p_ < kc; ++p_)
+                    TILE_STEP(acc, arows[(long)i_ * KG + p_], panel + (long)p_ * NR)
+            } else {
+                for (int p_ = 0; p_ < kc; ++p_)
+                    TILE_STEP(acc, arows[(long)min(i_, mrows - 1) * KG + p_],
+                              panel + (long)p_ * NR)
+            }
             if (k0 + kc < KG) {  // partial sums: stored as they are
 #pragma unroll
                 for (int i = 0; i < MR; ++i) {

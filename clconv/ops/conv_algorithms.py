@@ -11,7 +11,8 @@
   writes the output directly (batched over the images or the groups) and cl/epilogue.cl adds bias
   and activation in place. 1x1 stride-1 unpadded convolutions use the input as the column matrix.
 - `ImplicitGemm` ('implicit'): clconv's own packed GEMM micro-kernel (clconv.blas.packed) with
-  the column panels gathered from the input into local memory: no column buffer. The fastest on
+  the column panels gathered from the input into local memory and the filters read where they
+  are: no column buffer, no packing pass. The fastest on
   CPUs (PoCL) by far; the kernel is shaped for CPUs (one work-item per tile, local size 1).
 - `PackedIm2colGemm` ('im2col_packed'): im2col writing the packed panel layout, then the packed
   GEMM: the im2col design on clconv's engine instead of CLBlast's.
@@ -291,9 +292,10 @@ class WinogradGemm:
 
 
 class _PackedGemmConv:
-    """Shared by the two paths on clconv's packed GEMM engine (clconv.ops.packed_conv): the
-    filters are packed per group into the micro-kernel's A layout on each run, or once by
-    `prepare` (a plan's caller that keeps its weights, such as an nn layer, passes that)."""
+    """Shared by the two paths on clconv's packed GEMM engine (clconv.ops.packed_conv): for
+    'im2col_packed' the filters are packed per group into the micro-kernel's A layout on each
+    run, or once by `prepare` (a plan whose weights are constant passes that); 'implicit' reads
+    them as given."""
 
     name = ""
 
@@ -322,14 +324,15 @@ class _PackedGemmConv:
 class ImplicitGemm(_PackedGemmConv):
     """The fused implicit-GEMM convolution (cl/conv_implicit.cl): no column buffer, each work-item
     gathers its column panel from the input into local memory and runs the packed micro-kernel
-    (6x16 float8 tiles on AVX2) on it; bias and activation fused into the store.
+    (6x16 float8 tiles on AVX2) on it, reading the filters where they are (no packing pass);
+    bias and activation fused into the store.
 
-    Configured once: both kernels (the filter packing and the convolution), the NDRanges, the
-    local panel and a buffer of the plan's own for the packed filters, so that a run is two
-    enqueues (pack, convolve) under one hold of dev.lock."""
+    Configured once: the kernel, the NDRanges and the local panel, so that a run is one enqueue
+    (a few where the driver caps a work-item's loops) under one hold of dev.lock."""
 
     name = "implicit"
     workspace_bytes = 0
+    prepare = None  # the filters are read as given: nothing to pack, even for constant weights
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
                  activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
@@ -344,7 +347,6 @@ class ImplicitGemm(_PackedGemmConv):
                                  RESIDUAL_AT_RUN_TIME=None)
         defines.update(epilogue_defines(has_bias, activation))
         self.conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
-        self.pack = packed.pack_a_kernel(dev, self.dtype)
         self.panel = cl.LocalMemory(kc * tile.nr * itemsize)
         self.tail_args = (np.int32(kc), *geo.size_args())
         self.launches = []
@@ -352,32 +354,26 @@ class ImplicitGemm(_PackedGemmConv):
             mgroups, per_group = packed.grid(dev, tile, self.m, count, geo.groups)
             self.launches.append(((tile.b_panels(count), mgroups, geo.groups), np.int64(start),
                                   np.int64(count), np.int32(per_group)))
-        self.a_size = tile.packed_a_size(self.m, self.k)
-        self.pack_range = (packed.pack_a_runs(self.k, False), tile.a_panels(self.m), geo.groups)
-        self.packed_w = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE,
-                                  max(self.a_size * geo.groups, 1) * itemsize)
-        # The plan's own kernel objects with what never changes set now (clconv.runtime.program.
-        # BoundKernel): a run sets only the operands' buffers and offsets.
-        self.bound_pack = BoundKernel(self.pack, (
-            np.int32(self.m), np.int32(self.k), None, None, np.int64(self.m * self.k),
-            np.int64(self.k), np.int32(0), self.packed_w, np.int64(0), np.int64(self.a_size),
-            np.int32(tile.mr)), (2, 3))
         # K's ranges [k_begin, k_end): all of K at once, except where the driver caps a
         # work-item's loop iterations (packed.k_ranges; counting the gather's loops a row and a
         # kernel offset), there at most a KC chunk a launch; launched in order after each other.
         nr = tile.nr
         self.k_ranges = packed.k_ranges(dev, tile, self.k, row_loops=2 * (4 * nr + 2),
                                         launch_loops=2 * geo.ksize * (3 * nr + 2), most=kc)
+        # The plan's own kernel objects with what never changes set now (clconv.runtime.program.
+        # BoundKernel): a run sets only the operands' buffers and offsets. A group's filters are
+        # m * k values after the previous group's.
         self.bound_convs = [(global_size, BoundKernel(self.conv, (
-            None, None, None, None, np.int64(self.a_size), None, None, start, count, per_group,
-            None, None, None, None, self.panel, self.tail_args[0], np.int32(k0), np.int32(k1),
-            *self.tail_args[1:]),
+            None, None, None, None, np.int64(self.m * self.k), None, None, start, count,
+            per_group, None, None, None, None, self.panel, self.tail_args[0], np.int32(k0),
+            np.int32(k1), *self.tail_args[1:]),
             (0, 1, 2, 3, 5, 6, 10, 11, 12, 13))) for global_size, start, count, per_group in
             self.launches for k0, k1 in self.k_ranges]
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
             prepared: Any = None, residual: cla.Array | None = None) -> cl.Event | None:
-        """Enqueues the packing (unless `prepared`) and the convolution; returns the last event."""
+        """Enqueues the convolution (`prepared` is not used: nothing is packed); returns the last
+        event."""
         geo, dev = self.geo, self.dev
         if geo.batch == 0:
             return None
@@ -389,16 +385,12 @@ class ImplicitGemm(_PackedGemmConv):
         res_buf, res_off = (residual.base_data, np.int64(element_offset(residual))) \
             if residual is not None else (None, np.int64(0))
         x_buf, x_off = x.base_data, element_offset(x)
+        w_buf, w_off = w.base_data, element_offset(w)
         out_buf, out_off = out.base_data, element_offset(out)
         event = None
         with dev.lock:
-            if prepared is None:
-                self.bound_pack(q, self.pack_range, (1, 1, 1), w.base_data, element_offset(w))
-                ap, ap_off = self.packed_w, 0
-            else:
-                ap, ap_off = prepared.data.base_data, prepared.offset
             for global_size, conv in self.bound_convs:
-                event = conv(q, global_size, (1, 1, 1), x_buf, x_off, ap, ap_off, out_buf,
+                event = conv(q, global_size, (1, 1, 1), x_buf, x_off, w_buf, w_off, out_buf,
                              out_off, bias_buf, b_off, res_buf, res_off)
         return event
 

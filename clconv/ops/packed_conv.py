@@ -10,12 +10,13 @@
 - implicit GEMM (configured and run by clconv.ops.conv_algorithms.ImplicitGemm, algorithm=
   'implicit'; `conv_tile` and `implicit_chunk` here): cl/conv_implicit.cl, no column buffer at
   all: each work-item gathers its K x NR panel of the column matrix from the input into local
-  memory and runs the same micro-kernel on it. Workspace: none (the output only).
+  memory and runs the same micro-kernel on it, reading the filters where they are (no packing).
+  Workspace: none (the output only).
 
 Both keep every PyTorch semantic of the other paths (padding modes through common.cl's source_coord,
 stride, dilation, groups, 1-d/2-d/3-d through the canonical 3-D defines, NaN/Inf: no fast-math, the
-zero padding of the packs never reaches a stored element). The filters are packed once by
-`pack_conv_weights` (a plan keeps the `PackedA` while the weights are unchanged).
+zero padding of the packs never reaches a stored element). The im2col path's filters are packed
+by `pack_conv_weights` (a plan keeps the `PackedA` while the weights are unchanged).
 Sizes are kernel arguments (the batch, the column range, and through `ConvGeometry.size_args` the
 channels, input and output sizes and padding): a program per kernel size, stride, tile and epilogue
 serves every layer.
