@@ -7,6 +7,7 @@ module runs its own forward."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,11 +54,24 @@ class Fold:
         self._views: list[np.ndarray | torch.Tensor | None] = []
         self._folded: tuple[np.ndarray, np.ndarray] | None = None
         self._on_device: dict[Device, tuple[cla.Array, cla.Array]] = {}
+        self._produced: Any = None  # a weak reference to the last folded result
+
+    def produced(self, tensor: torch.Tensor) -> bool:
+        """Whether `tensor` is the folded chain's latest result (the BatchNorm and activation
+        after the conv then pass it through; any other input they compute themselves: a conv
+        call that did not fold, with extra arguments, leaves its BatchNorm to run)."""
+        ref = self._produced
+        return ref is not None and ref() is tensor
+
+    def mark(self, result: torch.Tensor | None) -> None:
+        """Records `result` as the chain's latest folded result (None: the conv ran unfolded)."""
+        self._produced = None if result is None else weakref.ref(result)
 
     def __getstate__(self) -> dict[str, Any]:
         # Device copies stay behind (a copy or pickle of the model uploads its own), and so do the
         # sample views (numpy views of the tensors: remade on the first call).
-        return {**self.__dict__, "_on_device": {}, "_views": [], "_key": None}
+        return {**self.__dict__, "_on_device": {}, "_views": [], "_key": None,
+                "_produced": None}
 
     def _sample_bytes(self) -> bytes:
         """The current values at the sample views, as bytes (bitwise: a NaN equals itself)."""
@@ -153,8 +167,11 @@ class _FoldedConv(NotScriptable):
     def forward(self, input: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         fold = self._clconv_fold
         if args or kwargs or not fold.active():
+            fold.mark(None)
             return super().forward(input, *args, **kwargs)
-        return run_folded(self, fold, fold.spec, input)
+        result = run_folded(self, fold, fold.spec, input)
+        fold.mark(result)
+        return result
 
     def _get_name(self) -> str:
         return self._clconv_base.__name__  # the class name before folding
@@ -166,13 +183,14 @@ class _FoldedConv(NotScriptable):
 
 
 class _PassThrough(NotScriptable):
-    """The BatchNorm or activation of a folded chain: its input unchanged while the chain is
-    active (the convolution before it computed it), else its torch forward."""
+    """The BatchNorm or activation of a folded chain: its input unchanged when it is the chain's
+    folded result (the convolution before it computed this layer too), else its torch forward."""
 
     _clconv_fold: Fold
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self._clconv_fold.active():
+        fold = self._clconv_fold
+        if fold.active() and fold.produced(input):
             return input
         return super().forward(input)
 

@@ -10,6 +10,7 @@ the model's own forward runs."""
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Callable
 
@@ -380,7 +381,9 @@ class FusedForward:
             return None, 0, 0
         graph.lint()
         code = graph.python_code(root_module="self")
-        scope = dict(code.globals)
+        # An activation with no activation= name (threshold) is its Activation in the graph,
+        # written out as its repr: the class (and non-finite parameters) must be in scope.
+        scope = {"Activation": Activation, "inf": math.inf, "nan": math.nan, **code.globals}
         name = "training" if training else "inference"
         exec(compile(code.src, f"<clconv fused {name} forward of {type(model).__name__}>",
                      "exec"), scope)

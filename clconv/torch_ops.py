@@ -294,18 +294,38 @@ def to_tensor(a: np.ndarray | torch.Tensor, like: torch.Tensor | None = None) ->
     return a channels_last result for a channels_last input)."""
     t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
     fmt = _channels_last_format(like) if like is not None else None
-    return t if fmt is None else t.contiguous(memory_format=fmt)
+    if fmt is None or _channels_last_strides(tuple(t.shape), t.stride()):
+        return t
+    # (not t.contiguous(memory_format=fmt): with one channel that keeps t's own strides, which
+    # count as channels-last contiguous too, where torch's convolution gives channels-last ones)
+    return torch.empty(t.shape, dtype=t.dtype, memory_format=fmt).copy_(t)
 
 
 def _channels_last_format(x: torch.Tensor) -> torch.memory_format | None:
-    """torch.channels_last when a 4-d `x` is stored so (and not also plainly contiguous, as
-    tensors with a single channel or pixel are), else None. torch's CPU convolutions keep
-    channels_last for 2-d convolutions only (a channels_last_3d input to Conv3d gives a contiguous
-    result), and so does clconv.torch."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last):
+    """torch.channels_last when torch's convolution of a 4-d `x` returns channels_last memory:
+    x's suggested memory format (its strides decide, also for a single channel or pixel, where
+    both layouts are contiguous), else None. torch's CPU convolutions keep channels_last for 2-d
+    convolutions only (a channels_last_3d input to Conv3d gives a contiguous result), and so
+    does clconv.torch."""
+    if x.dim() == 4 and _channels_last_strides(tuple(x.shape), x.stride()):
         return torch.channels_last
     return None
+
+
+def _channels_last_strides(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """c10's is_channels_last_strides_2d (what Tensor.suggest_memory_format asks): the dims'
+    strides ascend in the order C, W, H, N, ambiguous N11W / N1H1 cases counting as
+    contiguous."""
+    if strides[1] == 0:
+        return False
+    low = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < low:
+            return False
+        if d == 0 and low == strides[1]:
+            return False
+        low = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
 
 
 def version_of(t: torch.Tensor) -> int | None:

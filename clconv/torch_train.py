@@ -301,7 +301,11 @@ class ConvChainFunction(torch.autograd.Function):
                 flush_deferred()  # the earlier chains' statistics updates first (torch's order)
                 if update:
                     _update_running_stats(bn, stats_t, shape[0] * inner, momentum)
-        ctx.save_for_backward(x, weight, gamma, result, y_t, stats_t if zc else None)
+        # The result only where backward reads it (the chain's own activation's gradient): a
+        # chain that ends before an activation in place (BatchNorm -> SiLU(inplace=True)) may
+        # have its result overwritten, as torch's BatchNorm output may.
+        ctx.save_for_backward(x, weight, gamma, result if act is not None else None, y_t,
+                              stats_t if zc else None)
         ctx.conf = (conv, bn, act, batch_stats, dev, plans)
         # without tensors over the device's memory: the device arrays (held until the graph goes)
         ctx.kept = None if zc else (y, mean, var)

@@ -1109,3 +1109,31 @@ def test_peak_counts_the_workspace_the_call_asked_for(dev, ct):
     assert dev.workspace.nbytes > 2 * alone
     cm(x)
     assert cm.peak_bytes == alone
+
+
+def test_groups_found_by_fuzzing_against_torch(ct, dev):
+    """A fused group whose head cannot lower (a transposed convolution's output_size) runs each
+    of its nodes (its BatchNorm was never computed: KeyError); a BatchNorm1d after an unbatched
+    Conv1d normalises (C, L) as torch's (N, C), so it is not folded into the conv (2.0 off)."""
+    from tests.test_convert_fused import _TransposedWithSize
+
+    torch.manual_seed(0)
+    m = _TransposedWithSize().eval()
+    with torch.no_grad():
+        m.n.running_mean.copy_(torch.tensor([0.5, -1.0]))
+        m.n.running_var.copy_(torch.tensor([4.0, 0.25]))
+    x = torch.randn(1, 1, 3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ct.FallbackWarning)
+        cm = ct.compile(m, x)
+    assert [f.node for f in cm.fallbacks] == ["c"]
+    with torch.no_grad():
+        _close(cm(x), m(x))
+    u = nn.Sequential(nn.Conv1d(5, 5, 1), nn.BatchNorm1d(5)).eval()
+    with torch.no_grad():
+        u[1].running_mean.copy_(torch.randn(5))
+        u[1].running_var.copy_(torch.rand(5) + 0.5)
+    x = torch.randn(5, 5)  # unbatched (C, L)
+    cm = _compile(ct, u, x)
+    with torch.no_grad():
+        _close(cm(x), u(x))

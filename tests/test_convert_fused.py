@@ -304,3 +304,40 @@ def test_max_pooling_runs_in_clconv_as_torch(ct, dev, nd, args):
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _TransposedWithSize(nn.Module):
+    """A transposed convolution called with output_size, then a BatchNorm: the chain convert()
+    folds runs unfolded (the call has an argument the fold does not take)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.ConvTranspose2d(1, 2, 1, stride=3)
+        self.n = nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.n(self.c(x, output_size=[7, 8]))
+
+
+def test_fold_chains_found_by_fuzzing_against_torch(ct, dev):
+    """A folded chain whose conv did not fold (an extra argument) runs its BatchNorm itself (it
+    was skipped: 1.8 off); a Threshold after a conv in the fused inference forward (NameError);
+    a one-channel channels_last input gives torch's channels_last result strides."""
+    torch.manual_seed(0)
+    m = _TransposedWithSize().eval()
+    with torch.no_grad():
+        m.n.running_mean.copy_(torch.tensor([0.5, -1.0]))
+        m.n.running_var.copy_(torch.tensor([4.0, 0.25]))
+    x = torch.randn(1, 1, 3, 3)
+    with torch.no_grad():
+        want = m(x)
+        got = ct.convert(copy.deepcopy(m))(x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    t = nn.Sequential(nn.Conv2d(2, 2, 3), nn.Threshold(0.1, -2.0)).eval()
+    x = torch.randn(1, 2, 5, 5)
+    with torch.no_grad():
+        np.testing.assert_allclose(ct.convert(copy.deepcopy(t))(x).numpy(), t(x).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    one = nn.Conv2d(1, 1, (2, 1), padding=(1, 2))
+    x = torch.randn(1, 1, 6, 5).to(memory_format=torch.channels_last)
+    assert ct.convert(copy.deepcopy(one))(x).stride() == one(x).stride() == (63, 1, 9, 1)

@@ -430,3 +430,13 @@ def test_a_chains_batchnorm_called_elsewhere_keeps_torchs_update_order(ct, dev):
     converted = ct.convert(copy.deepcopy(model))
     _steps_match(converted, model, torch.randn(2, 4, 9, 8), dev)
     assert converted.forward.fused_train == 2 and converted.forward.deferred_train == 1
+
+
+@pytest.mark.parametrize("act", [nn.SiLU, nn.Hardswish, nn.ELU])
+def test_a_chain_before_an_in_place_activation_trains(ct, dev, act):
+    """Conv -> BatchNorm -> an in-place activation torch runs (YOLOv5's SiLU(inplace=True),
+    MobileNetV3's Hardswish): the chain keeps its result only where its backward reads it, so
+    the activation may overwrite it, as torch's BatchNorm output; gradients as torch's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), act(inplace=True)).train()
+    _steps_match(ct.convert(copy.deepcopy(model)), model, torch.randn(2, 2, 6, 6), dev)

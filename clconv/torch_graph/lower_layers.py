@@ -38,10 +38,15 @@ class LayerRules(LoweringBase):
         return kind
 
     def _foldable_bn(self, node: fx.Node, prev: fx.Node, channels: int) -> bool:
+        """Whether BatchNorm `node` after convolution `prev` folds into it: over the conv's
+        channels, which a batched output has at dim 1 (torch's BatchNorm1d reads an unbatched
+        Conv1d's (C, L) as (N, C))."""
         m = self.module(node)
+        out = shape(prev)
+        batched = out is not None and len(out) == len(self.module(prev).kernel_size) + 2
         return (isinstance(m, BATCHNORMS) and torch_type(m) in BATCHNORMS
                 and node.args == (prev,) and not node.kwargs and m.running_mean is not None
-                and m.num_features == channels)
+                and m.num_features == channels and batched)
 
     def _residual_of(self, node: fx.Node, prev: fx.Node) -> fx.Node | None:
         """The other operand when `node` is `prev + other` (same shape, same layout)."""

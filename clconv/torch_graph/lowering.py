@@ -48,6 +48,9 @@ class Lowering(LayerRules, OpRules):
                     raise Unlowerable(self.options.host[node.name])
                 step = self._group(group) if group else self._single(node)
             except Unlowerable as why:
+                if group:  # each node of the group on its own (the absorbed ones too)
+                    steps.extend(self._ungrouped(group, str(why)))
+                    continue
                 step = self._host(node, str(why))
             steps.append(step)
         # Constants no step reads (lowered ops took them as constants of their own) are dropped.
@@ -56,6 +59,23 @@ class Lowering(LayerRules, OpRules):
         steps = [s for s in steps if s.op != "constant" or s.node in read]
         self._frees(steps)
         return steps, self.layout
+
+    def _ungrouped(self, group: list[fx.Node], why: str) -> list[Step]:
+        """The steps of a group that cannot run fused (its head takes arguments the fused step
+        does not, e.g. a transposed convolution's output_size): a folded padding, the head on the
+        host, and each later node lowered alone."""
+        head = group[0]
+        fold = self.pad_folds.pop(head.name, None)
+        members = ([head.args[0]] if fold is not None else []) + group
+        steps = []
+        for n in members:
+            try:
+                if n is head:
+                    raise Unlowerable(why)
+                steps.append(self._single(n))
+            except Unlowerable as reason:
+                steps.append(self._host(n, str(reason)))
+        return steps
 
     def _group(self, group: list[fx.Node]) -> Step:
         head = group[0]
