@@ -64,12 +64,23 @@ def conv_tile(dev: Device, geo: ConvGeometry, dtype: object) -> Tile:
     1.12-1.15x at 7x7 (24 x 16 0.93-1.01x: spills; 12 x 32 0.85-0.99x); the stems with 16 x 16
     0.88-0.90x, with 8 x 32 1.03-1.07x (ResNet's 7x7, K = 147) and 1.10-1.14x (MobileNetV2's,
     K = 27; 4 x 32 the same, 8 x 16 0.93-0.96x).
+
+    On 8-lane devices (AVX2: 16 vector registers), 4 x 24 (12 accumulators, as 6 x 16, with 3
+    vectors of B a k step) where 4 rows pad C_out/g no more than 6 do. Measured with PoCL
+    compiling for haswell on the AVX-512 host (benchmarks/emulate_avx2.sh; 'implicit' alone,
+    medians of 9 blocks of 10 calls, alternating runs, ms, 6 x 16 -> 4 x 24): MobileNetV2's
+    stem 0.44-0.47 -> 0.31-0.34, ResNet's 7x7 stem 1.99-2.13 -> 1.74-1.82, ResNet's 3x3 layers
+    at batch 1 1.37-1.45 -> 1.26-1.31 (@56), 1.38-1.41 -> 1.26-1.27 (@28), 1.45-1.48 -> 1.43-1.46
+    (@14); the wider panel halves the gathers' share (on a real Zen 3 the packed GEMM alone
+    measured the two tiles even: packed.tile_for).
     """
     m, n, k = geo.cout_per_group, geo.batch * geo.out_spatial, geo.cin_per_group * geo.ksize
     tile = packed.tile_for(dev, dtype, m, n, k)
-    if np.dtype(dtype) != np.float32 or tile.vw != 16:
+    if np.dtype(dtype) != np.float32 or tile.vw not in (8, 16):
         return tile
     rows = tile.a_panels(m) * tile.mr  # C_out/g padded to the default tile's rows
+    if tile.vw == 8:
+        return Tile(4, 24, 8) if -(-m // 4) * 4 <= rows else tile
     if k >= 256 and -(-m // 16) * 16 <= 1.05 * rows:
         return Tile(16, 16, 16)
     if k < 256 and -(-m // 8) * 8 <= rows:
