@@ -132,6 +132,19 @@ def test_vector_weight_as_torch(clconv, dev, rng, lead):
         clconv.linear(x, random_array(rng, (7,), x.dtype))
 
 
+def test_scalar_bias_broadcasts_as_torch(clconv, dev, rng):
+    """A 0-d or (1,) bias is spread over the features, as torch's F.linear does (numpy, torch
+    and device arrays)."""
+    torch = import_torch()
+    x, w = random_array(rng, (3, 6)), random_array(rng, (5, 6))
+    t = torch.from_numpy
+    for b in (np.asarray(0.5, np.float32), np.asarray([-1.5], np.float32)):
+        want = torch.nn.functional.linear(t(x), t(w), t(b)).numpy()
+        for kind in (b, t(b), cla.to_device(dev.queue, b)):
+            got = clconv.linear(x, w, kind)
+            assert_close(got, want, np.float32, reduction=6, magnitude=16)
+
+
 def test_zero_features(clconv, rng):
     got = clconv.linear(np.ones((3, 0), np.float32), np.ones((2, 0), np.float32),
                         np.array([1.0, -2.0], np.float32))

@@ -24,7 +24,8 @@ import pyopencl.array as cla
 from ..blas import clblast, packed
 from ..blas.engine import gemm_engine
 from ..runtime.device import Device, current_device
-from ..runtime.transfer import ArrayLike, element_offset, result_dtype
+from ..runtime.interop import host_operand
+from ..runtime.transfer import ArrayLike, element_offset, is_device_array, result_dtype
 from .activation import ActivationArg, normalize_activation
 from .channels import enqueue_bias_act
 from .plan import Plan, cached_plan, derived, is_constant, shape_of
@@ -138,9 +139,14 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *
     residual) of shape (*, out_features); residual (optional) has the output's shape;
     activation as the convolutions' (None, 'relu', ('leaky_relu', 0.2), ...).
     A 1-d weight (in_features,) gives an output of shape (*) (torch's matrix-vector form; a bias
-    then is 0-d, and, as torch's, not allowed with a 2-d input)."""
+    then is 0-d, and, as torch's, not allowed with a 2-d input). A 0-d or (1,) bias is broadcast
+    over the features, as torch's."""
     if len(shape_of(weight)) == 1:
         return _linear_vector(input, weight, bias, activation, residual, out)
+    w_shape = shape_of(weight)
+    if bias is not None and len(w_shape) == 2 and w_shape[0] != 1 and \
+            tuple(shape_of(bias)) in ((), (1,)):
+        bias = _spread_bias(bias, w_shape[0])  # torch broadcasts a 0-d or (1,) bias
     dev = current_device()
     values = {"input": input, "weight": weight, "bias": bias, "residual": residual}
     dtype = result_dtype(dev, **{n: v for n, v in values.items() if v is not None})
@@ -186,3 +192,13 @@ def _contiguous(a: Any) -> bool:
     if isinstance(a, cla.Array):
         return a.flags.c_contiguous
     return bool(getattr(a, "is_contiguous", lambda: False)())
+
+
+def _spread_bias(bias: ArrayLike, n: int) -> ArrayLike:
+    """A 0-d or (1,) bias as (n,): on the device for a device array (clconv.add of zeros)."""
+    if is_device_array(bias):
+        from .elementwise import add
+
+        return add(np.zeros(n, bias.dtype), bias.reshape(()) if bias.shape else bias)
+    value = np.asarray(host_operand(bias, "bias"))
+    return np.broadcast_to(value.reshape(()), (n,)).copy()
