@@ -233,6 +233,7 @@ def test_weight_grad_honours_workspace_limit(clconv, rng, case, column_allocatio
     from clconv.blas.engine import gemm_engine
     from clconv.ops.geometry import conv_geometry
     from clconv.ops.grad import plan_weight_grad
+    from clconv.ops.weight_grad_paths import weight_grad_route
     from clconv.runtime.memory import release_column_buffer
 
     x_shape, w_shape, kw = WEIGHT_GRAD_CASES[case]
@@ -271,6 +272,11 @@ def test_weight_grad_honours_workspace_limit(clconv, rng, case, column_allocatio
         bound = max(limit, floor)
         assert column_allocations and max(column_allocations) <= bound, (limit,
                                                                          column_allocations)
+        if weight_grad_route(dev, geo, np.dtype(np.float32), limit) is not None:
+            # a path of its own fits the limit (which one depends on the device's tiles: on
+            # AVX2's the packed weight gradient's scratch is smaller): no columns at all
+            assert weight_grad_im2col == []
+            continue
         if limit < 2 * (image + partial):  # one image at a time
             assert all(batch == 1 for batch, _ in weight_grad_im2col)
         if limit < image:  # in ranges of output positions
