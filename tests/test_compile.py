@@ -1117,12 +1117,7 @@ def test_groups_found_by_fuzzing_against_torch(ct, dev):
     Conv1d normalises (C, L) as torch's (N, C), so it is not folded into the conv (2.0 off)."""
     from tests.test_convert_fused import _TransposedWithSize
 
-    torch.manual_seed(0)
-    m = _TransposedWithSize().eval()
-    with torch.no_grad():
-        m.n.running_mean.copy_(torch.tensor([0.5, -1.0]))
-        m.n.running_var.copy_(torch.tensor([4.0, 0.25]))
-    x = torch.randn(1, 1, 3, 3)
+    m, x = _TransposedWithSize.made()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ct.FallbackWarning)
         cm = ct.compile(m, x)

@@ -318,17 +318,23 @@ class _TransposedWithSize(nn.Module):
     def forward(self, x):
         return self.n(self.c(x, output_size=[7, 8]))
 
+    @classmethod
+    def made(cls):
+        """An eval instance with running statistics far from the defaults (which would hide a
+        skipped BatchNorm within 5e-6), and its input."""
+        torch.manual_seed(0)
+        m = cls().eval()
+        with torch.no_grad():
+            m.n.running_mean.copy_(torch.tensor([0.5, -1.0]))
+            m.n.running_var.copy_(torch.tensor([4.0, 0.25]))
+        return m, torch.randn(1, 1, 3, 3)
+
 
 def test_fold_chains_found_by_fuzzing_against_torch(ct, dev):
     """A folded chain whose conv did not fold (an extra argument) runs its BatchNorm itself (it
     was skipped: 1.8 off); a Threshold after a conv in the fused inference forward (NameError);
     a one-channel channels_last input gives torch's channels_last result strides."""
-    torch.manual_seed(0)
-    m = _TransposedWithSize().eval()
-    with torch.no_grad():
-        m.n.running_mean.copy_(torch.tensor([0.5, -1.0]))
-        m.n.running_var.copy_(torch.tensor([4.0, 0.25]))
-    x = torch.randn(1, 1, 3, 3)
+    m, x = _TransposedWithSize.made()
     with torch.no_grad():
         want = m(x)
         got = ct.convert(copy.deepcopy(m))(x)
