@@ -28,6 +28,7 @@ from ..runtime.interop import host_operand
 from ..runtime.transfer import ArrayLike, element_offset, is_device_array, result_dtype
 from .activation import ActivationArg, normalize_activation
 from .channels import enqueue_bias_act
+from .elementwise import add
 from .plan import Plan, cached_plan, derived, is_constant, shape_of
 
 __all__ = ["LinearPlan", "linear"]
@@ -197,8 +198,6 @@ def _contiguous(a: Any) -> bool:
 def _spread_bias(bias: ArrayLike, n: int) -> ArrayLike:
     """A 0-d or (1,) bias as (n,): on the device for a device array (clconv.add of zeros)."""
     if is_device_array(bias):
-        from .elementwise import add
-
         return add(np.zeros(n, bias.dtype), bias.reshape(()) if bias.shape else bias)
     value = np.asarray(host_operand(bias, "bias"))
     return np.broadcast_to(value.reshape(()), (n,)).copy()
