@@ -182,6 +182,23 @@ __kernel void binary(__global const REAL* a, const long a_offset,
     const ACC v = isnan(vb) ? vb : ((va < vb) ? vb : va);
 #elif OP == 6  // torch.minimum
     const ACC v = isnan(vb) ? vb : ((va > vb) ? vb : va);
+#elif OP == 7  // torch.div(rounding_mode='trunc')
+    const ACC v = trunc(va / vb);
+#elif OP == 8  // torch.div(rounding_mode='floor'): c10's div_floor_floating, step by step
+    ACC v;
+    if (vb == (ACC)0) {
+        v = va / vb;  // IEEE: +-inf or NaN
+    } else {
+        const ACC mod = fmod(va, vb);
+        ACC d = (va - mod) / vb;
+        if (mod != (ACC)0 && ((vb < (ACC)0) != (mod < (ACC)0))) d -= (ACC)1;
+        if (d != (ACC)0) {
+            v = floor(d);
+            if (d - v > (ACC)0.5) v += (ACC)1;
+        } else {
+            v = copysign((ACC)0, va / vb);
+        }
+    }
 #else  // prelu with slope b, as torch's kernel (a > 0 ? a : b * a: NaN and -0 land as torch's)
     const ACC v = (va > (ACC)0) ? va : vb * va;
 #endif

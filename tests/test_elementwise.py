@@ -209,7 +209,7 @@ def test_div_and_sqrt_as_torch(clconv, dev, rng):
         np.testing.assert_array_equal(np.signbit(r[kept]), np.signbit(want[kept]))
         assert_close(np.nan_to_num(r, posinf=0), np.nan_to_num(want, posinf=0), dtype)
     with pytest.raises(ValueError, match="rounding_mode"):
-        clconv.div(x, d, rounding_mode="floor")
+        clconv.div(x, d, rounding_mode="nearest")
 
 
 def test_torch_tensors_with_numbers_in_place_and_as_out(clconv, dev):
@@ -231,6 +231,30 @@ def test_torch_tensors_with_numbers_in_place_and_as_out(clconv, dev):
     np.testing.assert_array_equal(out.numpy(), [-0.5, 1.0, 0.25])
     with pytest.raises(ValueError, match="out must have shape"):
         clconv.add(t, t, out=torch.empty(4))
+
+
+@pytest.mark.parametrize("mode", ["trunc", "floor"])
+def test_div_rounding_modes_bitwise_as_torch(clconv, dev, rng, mode):
+    """torch.div's rounding modes: 'trunc' and 'floor' (torch's fmod-based steps, so results and
+    the sign of zero match bitwise), x / 0 as true division, infinities and NaN, integers, numbers
+    on either side and broadcasting; any other mode is refused as torch's."""
+    torch = import_torch()
+    for dtype in _dtypes(dev):
+        a = (random_array(rng, (3, 40), np.float64) * 10).astype(dtype)
+        b = (random_array(rng, (40,), np.float64) * 3).astype(dtype)
+        a[0, :12] = [0, -0.0, 5, -5, np.inf, -np.inf, np.nan, 7, -7, 1e30, 3, -3]
+        b[:12] = [3, 3, 0, 0, 2, -2, 1, -0.0, 0.0, 1e-30, 0.5, -0.5]
+        a[1] = np.round(a[1])
+        b[20:] = np.round(b[20:]) + 0.5
+        for x, y in ((a, b), (a, 2.5), (-7.5, b)):
+            want = torch.div(*(torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                               for v in (x, y)), rounding_mode=mode).numpy()
+            got = clconv.div(x, y, rounding_mode=mode)
+            np.testing.assert_array_equal(got, want)
+            finite = ~np.isnan(want)  # (a NaN's sign is not torch's contract)
+            np.testing.assert_array_equal(np.signbit(got[finite]), np.signbit(want[finite]))
+    with pytest.raises(ValueError, match="rounding_mode"):
+        clconv.div(a, b, rounding_mode="round")
 
 
 def test_tanh_saturates_as_torch(clconv, dev):

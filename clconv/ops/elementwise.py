@@ -301,7 +301,8 @@ def broadcast_layout(out_shape: tuple[int, ...], *shapes: tuple[int, ...]
 
 
 class BinaryPlan(Plan):
-    """y = act(input OP other) for op 'add', 'sub', 'mul', 'div' or 'prelu' (other: the slopes),
+    """y = act(input OP other) for op 'add', 'sub', 'mul', 'div' ('div_trunc', 'div_floor': its
+    rounding modes), 'maximum', 'minimum' or 'prelu' (other: the slopes),
     with numpy broadcasting between the shapes (same shape, per-channel (C,) / (N, C, 1, 1) /
     (1, C, 1, 1) against (N, C, *spatial), ...)."""
 
@@ -353,7 +354,8 @@ class BinaryPlan(Plan):
 
 
 #: cl/elementwise.cl's binary OP codes.
-_BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3, "div": 4, "maximum": 5, "minimum": 6}
+_BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3, "div": 4, "maximum": 5, "minimum": 6,
+               "div_trunc": 7, "div_floor": 8}
 
 
 def _check_alpha(op: str, alpha: Any) -> float:
@@ -433,15 +435,17 @@ def prelu(input: ArrayLike, weight: ArrayLike, *, out: ArrayLike | None = None) 
     return _binary("prelu", input, weight, None, out)
 
 
-def div(input: ArrayLike, other: ArrayLike, *, rounding_mode: None = None,
+def div(input: ArrayLike, other: ArrayLike, *, rounding_mode: str | None = None,
         activation: ActivationArg = None, out: ArrayLike | None = None) -> ArrayLike:
-    """torch.div(input, other) (true division, IEEE: x / 0 is +-inf, 0 / 0 NaN) with broadcasting
-    (either may be a Python number), then the optional fused activation. rounding_mode 'trunc'
-    and 'floor' are not offered (ValueError)."""
-    if rounding_mode is not None:
-        raise ValueError(f"div: rounding_mode {rounding_mode!r} is not supported (only true "
-                         f"division, rounding_mode=None)")
-    return _binary("div", input, other, activation, out)
+    """torch.div(input, other, rounding_mode=...) with broadcasting (either may be a Python
+    number), then the optional fused activation: true division (IEEE: x / 0 is +-inf, 0 / 0
+    NaN), 'trunc' (rounded toward zero) or 'floor' (toward -inf, Python's //, by torch's
+    steps: fmod, then the quotient corrected; x / 0 as true division)."""
+    ops = {None: "div", "trunc": "div_trunc", "floor": "div_floor"}
+    if not isinstance(rounding_mode, (str, type(None))) or rounding_mode not in ops:
+        raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but "
+                         f"found {rounding_mode!r}")
+    return _binary(ops[rounding_mode], input, other, activation, out)
 
 
 def sqrt(input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:

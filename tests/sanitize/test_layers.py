@@ -180,6 +180,10 @@ def test_sub(rng, index_t):
     expect(clconv.sub(gate, x), gate - x.astype(np.float64), F32, 1, 30.0)
     expect(clconv.sub(gate, x, alpha=0.5), gate - 0.5 * x.astype(np.float64), F32, 1, 30.0)
     expect(clconv.add(x, gate, alpha=-2), x.astype(np.float64) - 2 * gate, F32, 1, 30.0)
+    divisor = gate + np.float32(3)  # away from 0
+    for mode, f in (("trunc", np.trunc), ("floor", np.floor)):
+        expect(clconv.div(x, divisor, rounding_mode=mode),
+               f(x.astype(np.float64) / divisor), F32, 1, 30.0)
 
 
 @pytest.mark.parametrize("mode, pad", [
