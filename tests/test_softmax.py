@@ -62,3 +62,22 @@ def test_errors_as_torch(dev, rng):
         clconv.softmax(x, 1.0)
     with pytest.warns(UserWarning, match="Implicit dimension"):
         assert_close(clconv.softmax(x), _oracle(x, 1, False), np.float32, reduction=3)
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_dtype_argument_as_torch(dev, rng, log):
+    """torch's dtype=: the input cast first, the result in that dtype (torch's and numpy's dtypes;
+    host and device operands; the positional form F.softmax(x, dim, _stacklevel, dtype))."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    ours, theirs = (clconv.log_softmax, F.log_softmax) if log else (clconv.softmax, F.softmax)
+    wide = np.float64 if dev.fp64 else np.float32
+    torch_wide = torch.float64 if dev.fp64 else torch.float32
+    x = random_array(rng, (3, 7))
+    want = theirs(torch.from_numpy(x), 1, dtype=torch_wide).numpy()
+    for got in (ours(x, 1, dtype=torch_wide), ours(x, 1, 3, wide),
+                ours(cla.to_device(dev.queue, x), 1, dtype=wide).get()):
+        assert got.dtype == wide
+        assert_close(got, want, wide, reduction=7, magnitude=4)
+    with pytest.raises(TypeError, match="no clconv counterpart"):
+        ours(x, 1, dtype=torch.int32)

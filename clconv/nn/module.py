@@ -22,7 +22,7 @@ from ..ops.plan import Plan, cached_plan
 from ..ops.precision import check_precision, compute_dtype, convert, load, store
 from ..runtime.device import Device, current_device, device
 from ..runtime.errors import device_memory_errors, sizes_text
-from ..runtime.interop import host_convertible, host_operand
+from ..runtime.interop import host_convertible, host_operand, numpy_dtype
 from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, deliver, is_device_array, result_dtype, to_device
 
@@ -40,15 +40,7 @@ def positive_int(value: Any, name: str) -> int:
 def layer_dtype(dtype: Any) -> np.dtype:
     """A layer's `dtype=` argument as a numpy dtype: None is float32; numpy dtypes, their names
     and torch's floating dtypes (torch.float64, ...) are taken."""
-    if dtype is None:
-        return np.dtype(np.float32)
-    if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":
-        name = str(dtype).removeprefix("torch.")
-        if name not in ("float16", "float32", "float64"):
-            raise TypeError(f"dtype {dtype} has no clconv counterpart (float16, float32 or "
-                            f"float64)")
-        return np.dtype(name)
-    return np.dtype(dtype)
+    return np.dtype(np.float32) if dtype is None else numpy_dtype(dtype)
 
 
 class Module:

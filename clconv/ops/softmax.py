@@ -13,10 +13,13 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
+from ..runtime.interop import host_operand, numpy_dtype
+from ..runtime.memory import empty
 from ..runtime.program import kernel, precision_defines
-from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
+from ..runtime.transfer import ArrayLike, element_offset, gather, index_type, result_dtype
 from .channels import check_loop_limit
 from .plan import Plan, cached_plan, shape_of
+from .precision import convert_into
 
 __all__ = ["SoftmaxPlan", "log_softmax", "softmax"]
 
@@ -72,8 +75,11 @@ class SoftmaxPlan(Plan):
         return self.execute({"input": input}, out)
 
 
-def _run(input: ArrayLike, dim: Any, log: bool, out: ArrayLike | None) -> ArrayLike:
+def _run(input: ArrayLike, dim: Any, log: bool, out: ArrayLike | None,
+         dtype: Any = None) -> ArrayLike:
     dev = current_device()
+    if dtype is not None:  # torch's dtype=: the input cast to it first
+        input = _cast(dev, input, numpy_dtype(dtype))
     dtype = result_dtype(dev, input=input)
     shape = shape_of(input)
     d = _softmax_dim(dim, len(shape), "log_softmax" if log else "softmax") \
@@ -83,14 +89,30 @@ def _run(input: ArrayLike, dim: Any, log: bool, out: ArrayLike | None) -> ArrayL
     return plan.execute({"input": input}, out)
 
 
-def softmax(input: ArrayLike, dim: int | None = None, *,
-            out: ArrayLike | None = None) -> ArrayLike:
-    """torch.softmax(input, dim): exp(x - max) / sum(exp(x - max)) along `dim` (NaN in a slice
-    makes it all NaN, as torch's). Returns numpy for a numpy input, else a device array."""
-    return _run(input, dim, False, out)
+def softmax(input: ArrayLike, dim: int | None = None, _stacklevel: int = 3,
+            dtype: Any = None, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.softmax(input, dim, dtype=...): exp(x - max) / sum(exp(x - max))
+    along `dim` (NaN in a slice makes it all NaN, as torch's); with `dtype` (numpy's or torch's
+    float dtypes) the input is cast to it first. Returns numpy for a numpy input, else a device
+    array."""
+    return _run(input, dim, False, out, dtype)
 
 
-def log_softmax(input: ArrayLike, dim: int | None = None, *,
-                out: ArrayLike | None = None) -> ArrayLike:
-    """torch.log_softmax(input, dim): (x - max) - log(sum(exp(x - max))) along `dim`."""
-    return _run(input, dim, True, out)
+def log_softmax(input: ArrayLike, dim: int | None = None, _stacklevel: int = 3,
+                dtype: Any = None, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.nn.functional.log_softmax(input, dim, dtype=...): (x - max) - log(sum(exp(x -
+    max))) along `dim`, the input cast to `dtype` first when given."""
+    return _run(input, dim, True, out, dtype)
+
+
+def _cast(dev: Device, x: ArrayLike, dtype: np.dtype) -> ArrayLike:
+    """`x` in `dtype`: a device array converted on the device, a host one on the host."""
+    if isinstance(x, cla.Array):
+        if x.dtype == dtype:
+            return x
+        a = gather(x, dev)
+        out = empty(dev, a.shape, dtype)
+        convert_into(dev, a, out)
+        return out
+    host = np.asarray(host_operand(x, "input"))
+    return host if host.dtype == dtype else host.astype(dtype)

@@ -48,6 +48,18 @@ def host_operand(x: Any, name: str) -> Any:
     return x
 
 
+def numpy_dtype(dtype: Any) -> np.dtype:
+    """A dtype argument as numpy's: numpy dtypes and their names, and torch's floating dtypes
+    (torch.float64, ...); TypeError for a torch dtype without a clconv counterpart."""
+    if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":
+        name = str(dtype).removeprefix("torch.")
+        if name not in ("float16", "float32", "float64"):
+            raise TypeError(f"dtype {dtype} has no clconv counterpart (float16, float32 or "
+                            f"float64)")
+        return np.dtype(name)
+    return np.dtype(dtype)
+
+
 def _from_torch(t: Any, name: str) -> np.ndarray:
     if getattr(t, "requires_grad", False):
         raise TypeError(f"{name} is a torch tensor that requires grad; clconv's functions do not "
