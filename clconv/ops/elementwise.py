@@ -124,14 +124,20 @@ def gradient_from_output(activation: ActivationArg) -> bool:
     return act.kind in ("relu", "relu6", "sigmoid", "tanh")
 
 
-def _unary(activation: ActivationArg, input: ArrayLike, out: ArrayLike | None,
-           inplace: bool = False, clamp_inclusive: bool = False) -> ArrayLike:
+def _target(input: ArrayLike, out: ArrayLike | None, inplace: Any) -> ArrayLike | None:
+    """Where an op with `inplace` and `out=` writes: `out`, or the input itself with inplace."""
     if not isinstance(inplace, (bool, np.bool_)):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
     if inplace:
         if out is not None:
             raise ValueError("pass either inplace=True or out=, not both")
-        out = input
+        return input
+    return out
+
+
+def _unary(activation: ActivationArg, input: ArrayLike, out: ArrayLike | None,
+           inplace: bool = False, clamp_inclusive: bool = False) -> ArrayLike:
+    out = _target(input, out, inplace)
     dev = current_device()
     dtype = result_dtype(dev, input=input)
     shape = shape_of(input)
@@ -243,11 +249,7 @@ def hardtanh(input: ArrayLike, min_val: float = -1.0, max_val: float = 1.0,
 def _nan_like(input: ArrayLike, out: ArrayLike | None, inplace: bool = False) -> ArrayLike:
     """torch's clamp / hardtanh with a NaN bound: NaN everywhere (input * NaN, so the result has
     the input's kind, shape and dtype)."""
-    if inplace:
-        if out is not None:
-            raise ValueError("pass either inplace=True or out=, not both")
-        out = input
-    return _binary("mul", input, math.nan, None, out)
+    return _binary("mul", input, math.nan, None, _target(input, out, inplace))
 
 
 def clamp(input: ArrayLike, min: float | None = None, max: float | None = None, *,
