@@ -218,11 +218,6 @@ def test_channels_last_input_is_told_the_layout(clconv, nd, x_shape, w_shape, pe
     assert "channels-last" not in str(info.value)
 
 
-def test_a_strided_numpy_out_names_out(clconv):
-    view = np.empty((2, 3, 4, 8), np.float32)[..., ::2]
-    with pytest.raises(ValueError, match=r"out is a non-contiguous numpy array.*"
-                                         r"np\.ascontiguousarray\(out\)"):
-        clconv.conv2d(X, W, out=view)
 
 
 def test_clconv_nn_lists_its_layers_only(clconv):

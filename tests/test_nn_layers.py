@@ -324,6 +324,67 @@ def test_parameterless_activation_signatures_match_torch(clconv, name):
     assert repr(layer) == f"{name}()" and repr(pickle.loads(pickle.dumps(layer))) == f"{name}()"
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch", "device", "device view"])
+@pytest.mark.parametrize("name, args", [("ReLU", ()), ("SiLU", ()), ("LeakyReLU", (0.2,)),
+                                        ("ELU", (0.5,)), ("Hardtanh", (-0.5, 0.5))])
+def test_inplace_activation_layers_write_their_input(clconv, dev, rng, kind, name, args):
+    """`inplace=True` writes the result into the input itself and returns it (numpy arrays, CPU
+    torch tensors, device arrays and strided views of them), as torch.nn's; backward is the
+    gradient at the input as it was before the write."""
+    torch = import_torch()
+    ours = getattr(clconv.nn, name)(*args, inplace=True)
+    theirs = getattr(torch.nn, name)(*args)
+    assert repr(ours) == repr(getattr(torch.nn, name)(*args, inplace=True))
+    x = random_array(rng, (2, 3, 4, 5), np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    want = theirs(xt)
+    if kind == "numpy":
+        given = x.copy()
+    elif kind == "torch":
+        given = torch.from_numpy(x.copy())
+    else:
+        whole = cla.to_device(dev.queue, np.concatenate([x, x], axis=-1) if kind == "device view"
+                              else x)
+        given = whole[..., :5] if kind == "device view" else whole
+    got = ours(given)
+    assert got is given
+    written = whole.get()[..., :5] if kind.startswith("device") else np.asarray(given)
+    assert_close(written, want.detach().numpy(), np.float32)
+    if kind == "device view":  # the rest of the buffer is untouched
+        np.testing.assert_array_equal(whole.get()[..., 5:], x)
+    g = random_array(rng, x.shape, np.float32)
+    want.backward(torch.from_numpy(g))
+    assert_close(ours.backward(g), xt.grad.numpy(), np.float32)
+
+
+def test_batchnorm_parameters_are_assignable(clconv, dev, rng):
+    """BatchNorm's weight and bias take a new (C,) array (numpy, torch, device; a device array of
+    the layer's dtype is used itself, so that in-place updates reach the layer), as torch's
+    Parameters do; wrong shapes, dtypes and absent parameters are refused."""
+    torch = import_torch()
+    bn = clconv.nn.BatchNorm2d(3).eval()
+    ref = torch.nn.BatchNorm2d(3).eval()
+    w, b = random_array(rng, (3,), np.float32), random_array(rng, (3,), np.float32)
+    bn.weight = torch.from_numpy(w)
+    shared = cla.to_device(dev.queue, b)
+    bn.bias = shared
+    shared += 1  # an optimizer's step on the array given
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(w))
+        ref.bias.copy_(torch.from_numpy(b + 1))
+    x = random_array(rng, (2, 3, 4, 4), np.float32)
+    assert_close(bn(x), ref(torch.from_numpy(x)).detach().numpy(), np.float32)
+    np.testing.assert_array_equal(bn.state_dict()["bias"], b + 1)
+    with pytest.raises(ValueError, match="shape"):
+        bn.weight = np.ones(4, np.float32)
+    with pytest.raises(TypeError, match="floating point"):
+        bn.bias = np.ones(3, np.int64)
+    with pytest.raises(ValueError, match="affine=True"):
+        clconv.nn.BatchNorm2d(3, affine=False).weight = w
+    with pytest.raises(ValueError, match="bias=True"):
+        clconv.nn.BatchNorm2d(3, bias=False).bias = b
+
+
 def test_layer_details_found_by_fuzzing_against_torch(clconv, dev, rng):
     """BatchNorm's gradients convert as the other layers' do; Hardswish's gradient at exactly
     -3 and 3 is torch's (0 and g); a 0-d input keeps its shape through an activation layer;

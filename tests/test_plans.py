@@ -133,12 +133,30 @@ def test_every_plan_takes_another_batch_size(clconv, rng):
         assert_close(plan(*args), want, np.float32, reduction=100, magnitude=10.0)
 
 
-def test_a_strided_numpy_out_is_named(clconv, rng):
+def test_a_strided_out_is_written_through_its_strides(clconv, rng, queue):
+    """out= a strided view (numpy, or a device array: computed contiguous, then scattered), as
+    torch writes a non-contiguous out; the elements outside the view stay as they were; in-place
+    ops on a strided device view write the view. A view whose elements share memory is refused."""
     x, w = _r(rng, (2, 3, 6, 6)), _r(rng, (4, 3, 3, 3))
-    view = np.empty((4, 4, 6, 6), np.float32)[::2]
-    with pytest.raises(ValueError, match=r"out is a non-contiguous numpy array.*"
-                                         r"np\.ascontiguousarray\(out\)"):
-        clconv.conv2d(x, w, padding=1, out=view)
+    want = clconv.conv2d(x, w, padding=1)
+    base = np.full((4, 4, 6, 6), 7.0, np.float32)
+    assert clconv.conv2d(x, w, padding=1, out=base[::2]) is not None
+    np.testing.assert_array_equal(base[::2], want)
+    np.testing.assert_array_equal(base[1::2], 7.0)
+    based = cla.to_device(queue, np.full((2, 4, 6, 12), 7.0, np.float32))
+    view = based[..., 3:9]
+    assert clconv.conv2d(cla.to_device(queue, x), w, padding=1, out=view) is view
+    got = based.get()
+    np.testing.assert_array_equal(got[..., 3:9], want)
+    np.testing.assert_array_equal(got[..., :3], 7.0)
+    np.testing.assert_array_equal(got[..., 9:], 7.0)
+    a = cla.to_device(queue, x)
+    assert clconv.relu(a[:, 1:], inplace=True) is not None
+    np.testing.assert_array_equal(a.get(), np.concatenate([x[:, :1], np.maximum(x[:, 1:], 0)], 1))
+    with pytest.raises(ValueError, match="share one memory location"):
+        from clconv.runtime.transfer import scatter
+        spread = cla.Array(queue, (2, 3), np.float32, strides=(0, 4), data=a.base_data)
+        scatter(cla.to_device(queue, np.ones((2, 3), np.float32)), spread, clconv.current_device())
 
 
 def test_out_argument(clconv, rng, queue):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyopencl.array as cla
 
 from ..ops.activation import ActivationArg, normalize_activation
 from ..ops.elementwise import UnaryPlan, unary_plan
@@ -23,7 +24,7 @@ class _Activation(Module):
     def __init__(self, inplace: bool = False) -> None:
         if not isinstance(inplace, bool):
             raise TypeError(f"inplace must be a bool, got {inplace!r}")
-        self.inplace = inplace  # accepted for torch's signature; results are new arrays
+        self.inplace = inplace
         self.act = normalize_activation(self.spec)
         self._saved: tuple[Any, ...] | None = None
 
@@ -31,11 +32,19 @@ class _Activation(Module):
         return unary_plan(dev, self.act, shape, work)
 
     def forward(self, input: ArrayLike) -> ArrayLike:
-        """input (any shape) -> act(input), same shape."""
+        """input (any shape) -> act(input), same shape; with `inplace`, written into input
+        (a numpy array, CPU torch tensor or device array) and input returned, as torch's."""
         dev, x, dtype, host = enter(input, "input")
         plan = self._plan(dev, tuple(x.shape), x.dtype)
+        if not self.inplace:
+            self._saved = (x, plan)
+            return leave(dev, plan(x), dtype, host)
+        if isinstance(input, cla.Array) and x.base_data == input.base_data:
+            x = x.copy()  # backward reads the input as it was before the write
         self._saved = (x, plan)
-        return leave(dev, plan(x), dtype, host)
+        # The functional in-place path: it writes any kind of input (strided device views, other
+        # dtypes) and returns the caller's object itself.
+        return self._plan(dev, tuple(x.shape), dtype).execute({"input": input}, input, check=False)
 
     def backward(self, grad_output: ArrayLike) -> ArrayLike:
         """grad_output -> act'(input) * grad_output."""
@@ -48,7 +57,7 @@ class _Activation(Module):
             return leave(dev, plan.backward(x, g), dtype, host)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return f"{type(self).__name__}({'inplace=True' if self.inplace else ''})"
 
 
 def _activation_layer(name: str, spec: str, takes_inplace: bool = True) -> type[_Activation]:
@@ -105,8 +114,8 @@ class _ParametrisedActivation(_Activation):
         super().__init__(inplace)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{name}={getattr(self, name)}" for name in self.params)
-        return f"{type(self).__name__}({args})"
+        args = [f"{name}={getattr(self, name)}" for name in self.params]
+        return f"{type(self).__name__}({', '.join(args + ['inplace=True'] * self.inplace)})"
 
 
 class LeakyReLU(_ParametrisedActivation):

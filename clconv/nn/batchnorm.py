@@ -59,11 +59,36 @@ class _BatchNorm(Module):
 
     @property
     def weight(self) -> cla.Array | None:
+        """The scale (C,) on the device (None without `affine`)."""
         return host_convertible(self._weight)
+
+    @weight.setter
+    def weight(self, value: ArrayLike) -> None:
+        if self._weight is None:
+            raise ValueError("weight can be replaced by an array of the same shape, not added "
+                             "(construct the layer with affine=True)")
+        self._weight = self._parameter("weight", value)
 
     @property
     def bias(self) -> cla.Array | None:
+        """The shift (C,) on the device (None without `affine` or with bias=False)."""
         return host_convertible(self._bias)
+
+    @bias.setter
+    def bias(self, value: ArrayLike) -> None:
+        if self._bias is None:
+            raise ValueError("bias can be replaced by an array of the same shape, not added "
+                             "(construct the layer with affine=True and bias=True)")
+        self._bias = self._parameter("bias", value)
+
+    def _parameter(self, name: str, value: Any) -> cla.Array:
+        """A replacement weight or bias on the layer's device: a device array of the compute
+        dtype is used itself (an optimizer's in-place updates reach the layer, as a torch
+        Parameter assigned to a module), anything else is checked and uploaded."""
+        if isinstance(value, cla.Array) and value.dtype == self._work \
+                and tuple(value.shape) == (self.num_features,):
+            return to_device(value, self.device, name, self._work)
+        return self._put(self._host_entry(name, value, name))
 
     def parameters(self) -> list[cla.Array]:
         return [self.weight, self.bias][:2 if self.has_bias else 1] if self.affine else []
@@ -109,24 +134,32 @@ class _BatchNorm(Module):
                              f"unexpected keys {unexpected} (expected exactly {expected})")
         values: dict[str, Any] = {}
         for key in (k for k in expected if k in state):
-            value = state[key]
-            value = value.get() if isinstance(value, cla.Array) else \
-                np.asarray(host_operand(value, f"state[{key!r}]"))
             if key == "num_batches_tracked":
-                values[key] = int(value)
-                continue
-            if value.shape != (self.num_features,):
-                raise ValueError(f"state[{key!r}] has shape {value.shape}; {type(self).__name__}'s "
-                                 f"{key} has shape ({self.num_features},)")
-            if value.dtype.kind != "f":
-                raise TypeError(f"state[{key!r}] has dtype {value.dtype}; it must be floating point")
-            values[key] = value
+                values[key] = int(self._host(state[key], f"state[{key!r}]"))
+            else:
+                values[key] = self._host_entry(key, state[key], f"state[{key!r}]")
         for key, value in values.items():
             if key == "num_batches_tracked":
                 self.num_batches_tracked = value
             else:
                 setattr(self, "_" + key if key in ("weight", "bias") else key, self._put(value))
         return missing, unexpected
+
+    @staticmethod
+    def _host(value: Any, what: str) -> np.ndarray:
+        if isinstance(value, cla.Array):
+            return value.get()
+        return np.asarray(host_operand(value, what))
+
+    def _host_entry(self, key: str, value: Any, what: str) -> np.ndarray:
+        """`value` for the (C,) entry `key` as numpy (ValueError/TypeError naming `what`)."""
+        value = self._host(value, what)
+        if value.shape != (self.num_features,):
+            raise ValueError(f"{what} has shape {value.shape}; {type(self).__name__}'s {key} has "
+                             f"shape ({self.num_features},)")
+        if value.dtype.kind != "f":
+            raise TypeError(f"{what} has dtype {value.dtype}; it must be floating point")
+        return value
 
     def forward(self, input: ArrayLike) -> ArrayLike:
         """input (N, C, *) -> normalised, same shape."""

@@ -264,17 +264,12 @@ class Plan:
         if host:
             if not out.flags.writeable:
                 raise ValueError("out is read-only")
-            if not out.flags.c_contiguous:
-                raise ValueError("out is a non-contiguous numpy array (a strided view); pass a "
-                                 "C-contiguous one, e.g. np.ascontiguousarray(out) or np.empty("
-                                 f"{self.output_shape}), and copy it into the view afterwards")
-            return empty(dev, self.batch_shape, self.work), out
+            return empty(dev, self.batch_shape, self.work), out  # (a strided view: copied in)
         if out.context != dev.context:
             raise ValueError(f"out is a pyopencl array of another OpenCL context than the plan's "
                              f"device {dev.name!r}")
-        if not out.flags.c_contiguous:
-            raise ValueError("out must be C-contiguous")
-        if self.work != self.dtype or out.queue != dev.queue:
+        if self.work != self.dtype or out.queue != dev.queue or not out.flags.c_contiguous:
+            # (a strided view: computed contiguous, then scattered into it)
             return empty(dev, self.batch_shape, self.work), out
         return out.reshape(self.batch_shape), None
 
@@ -392,8 +387,10 @@ class Plan:
                                 else cl.enqueue_marker(dev.queue))
             if fill is not None:
                 if host:
-                    if fill.size:
+                    if fill.size and fill.flags.c_contiguous:
                         final.get(ary=fill)
+                    elif fill.size:
+                        fill[...] = final.get()
                     return out if fill is not out else fill  # the caller's tensor itself
                 _copy_into(dev, final, fill)
                 return fill
@@ -438,9 +435,13 @@ def _rebased(dev: Device, a: cla.Array) -> cla.Array:
 
 def _copy_into(dev: Device, src: cla.Array, dst: cla.Array) -> None:
     """dst[...] = src on the device, converting the dtype if needed (for `out=`)."""
-    from .precision import convert_into
+    from .precision import convert, convert_into
 
-    if src.dtype == dst.dtype:
+    if not dst.flags.c_contiguous and dst.size:
+        if src.dtype != dst.dtype:
+            src = convert(dev, src, dst.dtype)
+        transfer.scatter(src, dst, dev)
+    elif src.dtype == dst.dtype:
         if src.size:
             cl.enqueue_copy(dev.queue, dst.base_data, src.base_data, byte_count=src.nbytes,
                             src_offset=src.offset, dst_offset=dst.offset)

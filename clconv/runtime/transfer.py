@@ -184,6 +184,30 @@ def gather(x: cla.Array, dev: Device) -> cla.Array:
 
 def _gather(x: cla.Array, dev: Device) -> cla.Array:
     """Contiguous copy of a strided device array (up to 5 dims) made on the device."""
+    out = empty(dev, x.shape, x.dtype)
+    defines, sizes = _strided_args(x)
+    with dev.lock:
+        kernel(dev, "strided_copy.cl", "strided_copy", defines)(
+            dev.queue, (x.size,), None, x.base_data, np.int64(element_offset(x)), out.data, *sizes)
+    return out
+
+
+def scatter(src: cla.Array, dst: cla.Array, dev: Device) -> None:
+    """dst[...] = src on the device, for a strided view `dst` (up to 5 dims) of src's shape and
+    dtype; src contiguous. A view whose elements share memory (a stride of 0 over more than one
+    element, as a broadcast's) is refused, as torch refuses writing one."""
+    if any(t == 0 and s > 1 for s, t in zip(dst.shape, dst.strides)):
+        raise ValueError("the array written to is a view in which several elements share one "
+                         "memory location (a stride of 0); write to a copy of it instead")
+    defines, sizes = _strided_args(dst)
+    with dev.lock:
+        kernel(dev, "strided_copy.cl", "strided_store", defines)(
+            dev.queue, (dst.size,), None, src.base_data if src.offset == 0 else src.data,
+            dst.base_data, np.int64(element_offset(dst)), *sizes)
+
+
+def _strided_args(x: cla.Array) -> tuple[dict[str, object], tuple[np.int64, ...]]:
+    """strided_copy.cl's defines for `x` and its size and stride arguments."""
     if x.ndim > 5:
         raise ValueError(f"strided device arrays of more than 5 dims are not supported (ndim={x.ndim})")
     lift = 5 - x.ndim
@@ -192,12 +216,7 @@ def _gather(x: cla.Array, dev: Device) -> cla.Array:
     span = sum((s - 1) * abs(t) for s, t in zip(shape, strides)) + element_offset(x) + 1
     defines = precision_defines(x.dtype)
     defines["INDEX_T"] = index_type(span, x.size)
-    out = empty(dev, x.shape, x.dtype)
-    with dev.lock:
-        kernel(dev, "strided_copy.cl", "strided_copy", defines)(
-            dev.queue, (x.size,), None, x.base_data, np.int64(element_offset(x)), out.data,
-            *(np.int64(s) for s in shape[1:]), *(np.int64(t) for t in strides))
-    return out
+    return defines, tuple(np.int64(v) for v in (*shape[1:], *strides))
 
 
 def deliver(out: cla.Array, as_host: bool) -> ArrayLike:

@@ -2,7 +2,8 @@
 positions, 'direct', 'implicit', 'im2col_packed', 'winograd', 'depthwise', 'pointwise', 'splitk'),
 every padding mode, groups, strides, dilations, fused epilogues, strided device operands, float32
 and float64, the 64-bit index path (conv_direct, conv_grouped, conv_implicit, im2col, im2col_packed,
-gemm_packed, winograd, conv_depthwise, conv_pointwise, gemm_splitk, epilogue, strided_copy)."""
+gemm_packed, winograd, conv_depthwise, conv_pointwise, gemm_splitk, epilogue, strided_copy's two
+kernels)."""
 
 from __future__ import annotations
 
@@ -204,6 +205,20 @@ def test_strided_input(device, rng, index_t, algorithm):
     xd = cla.to_device(device.queue, x)[:, :, 1:, ::2]
     got = clconv.conv2d(xd, w, padding=1, algorithm=algorithm)
     expect(got, ref.conv_nd(x[:, :, 1:, ::2], w, padding=1), F32, 27, mag(x, w))
+
+
+def test_strided_out(device, rng, index_t):
+    """out= a strided device view with an offset: computed contiguous, then scattered into the
+    view (strided_copy.cl's strided_store); the elements between stay."""
+    import pyopencl.array as cla
+
+    x, w = arr(rng, (2, 3, 5, 5)), arr(rng, (2, 3, 3, 3))
+    base = cla.to_device(device.queue, np.full((2, 3, 5, 12), 7.0, F32))
+    clconv.conv2d(cla.to_device(device.queue, x), w, padding=1, out=base[:, 1:, :, 1:11:2])
+    got = base.get()
+    expect(got[:, 1:, :, 1:11:2], ref.conv_nd(x, w, padding=1), F32, 27, mag(x, w))
+    got[:, 1:, :, 1:11:2] = 7.0
+    np.testing.assert_array_equal(got, 7.0)
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
