@@ -61,6 +61,58 @@ def test_result_carries_its_last_kernels_event(clconv, rng, queue, algorithm, we
                  conv_reduction(w.get()), conv_magnitude(x.get(), w.get()))
 
 
+def test_one_kernel_ops_put_their_kernels_event_on_the_result(clconv, rng, queue, monkeypatch):
+    """The elementwise ops, pools, softmax, pad, batch_norm, group_norm and local_response_norm
+    on device arrays: the result carries the event of the kernel that wrote it (no marker, one
+    command less a call); an in-place op on a device array of the plan's shape goes straight to
+    its kernel (Plan._ready_out takes the operand itself where the op allows it); a Python number
+    beside a device array is uploaded once and kept (no upload a call)."""
+    from clconv.ops import plan as plan_mod
+
+    x = _r(rng, (2, 4, 6, 6))
+    d = cla.to_device(queue, x)
+    ones, zeros = cla.to_device(queue, np.ones(4, np.float32)), \
+        cla.to_device(queue, np.zeros(4, np.float32))
+    cases = [
+        (lambda: clconv.relu(d), np.maximum(x, 0)),
+        (lambda: clconv.add(d, d), x + x),
+        (lambda: clconv.mul(d, 2.0), x * 2),
+        (lambda: clconv.max_pool2d(d, 2), x.reshape(2, 4, 3, 2, 3, 2).max(axis=(3, 5))),
+        (lambda: clconv.avg_pool2d(d, 2), x.reshape(2, 4, 3, 2, 3, 2).mean(axis=(3, 5))),
+        (lambda: clconv.adaptive_avg_pool2d(d, 1), x.mean(axis=(2, 3), keepdims=True)),
+        (lambda: clconv.softmax(d, 1), np.exp(x) / np.exp(x).sum(1, keepdims=True)),
+        (lambda: clconv.pad(d, (1, 1)), np.pad(x, ((0, 0), (0, 0), (0, 0), (1, 1)))),
+        (lambda: clconv.batch_norm(d, zeros, ones, eps=0.0), x),
+        (lambda: clconv.group_norm(d, 1, eps=0.0), (x - x.mean((1, 2, 3), keepdims=True))
+         / x.std((1, 2, 3), keepdims=True)),
+        (lambda: clconv.local_response_norm(d, 1, alpha=0.0, k=1.0), x),
+    ]
+    for run, want in cases:
+        y = run()
+        assert y.events[-1].command_type == cl.command_type.NDRANGE_KERNEL
+        assert_close(y.get(), want, np.float32, 64, 4.0)
+    loads = []
+    real_load = plan_mod.load
+    monkeypatch.setattr(plan_mod, "load", lambda *a: loads.append(a[2]) or real_load(*a))
+    a = cla.to_device(queue, x)
+    assert clconv.relu(a, inplace=True) is a and loads == []
+    assert clconv.add(a, d, out=a) is a and loads == []
+    np.testing.assert_array_equal(a.get(), np.maximum(x, 0) + x)
+    monkeypatch.undo()
+    from clconv.ops import elementwise
+
+    kept = [clconv.add(d, 3.5) for _ in range(3)]
+    assert all(np.array_equal(k.get(), x + np.float32(3.5)) for k in kept)
+    key = ("scalar", np.dtype(np.float32).str, np.float32(3.5).tobytes())
+    scalar = clconv.current_device().constants[key]
+    clconv.add(d, 3.5)
+    assert clconv.current_device().constants[key] is scalar  # the same device number, reused
+    for v in range(elementwise.SCALARS_KEPT + 5):  # bounded: the oldest numbers go
+        clconv.add(d, float(v))
+    kept = [k for k in clconv.current_device().constants if k[0] == "scalar"]
+    assert len(kept) == elementwise.SCALARS_KEPT and key not in kept
+
+
 def test_device_operands_of_the_plan_skip_the_loading(clconv, rng, queue, monkeypatch):
     """A plan run on device arrays of its shapes and dtype on the device's queue (a network's
     layer), with or without an `out=` array of its own of the result's shape there (convert's

@@ -58,18 +58,19 @@ class BatchNormPlan(Plan):
         self._defines = elementwise_defines(self.work, math.prod(shape), **activation_defines(act))
         self.kernel = kernel(dev, "elementwise.cl", "batch_norm", self._defines)
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
         x, mean, var = arrays["input"], arrays["running_mean"], arrays["running_var"]
         w, b = arrays["weight"], arrays["bias"]
         assert x is not None and mean is not None and var is not None
         if out.size == 0:
-            return
+            return None
         with self.device.lock:
-            self.kernel(self.device.queue, (self.inner, out.size // self.inner), None, *array_args(x),
-                        *array_args(mean),
-                        *array_args(var), *array_args(w if w is not None else x), np.int32(w is not None),
-                        *array_args(b if b is not None else x), np.int32(b is not None), *array_args(out),
-                        np.int64(self.channels), np.int64(self.inner), real_scalar(self.work, self.eps))
+            return self.kernel(self.device.queue, (self.inner, out.size // self.inner), None,
+                               *array_args(x), *array_args(mean), *array_args(var),
+                               *array_args(w if w is not None else x), np.int32(w is not None),
+                               *array_args(b if b is not None else x), np.int32(b is not None),
+                               *array_args(out), np.int64(self.channels), np.int64(self.inner),
+                               real_scalar(self.work, self.eps))
 
     def __call__(self, input: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
                  weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
@@ -33,6 +34,7 @@ from ..runtime.transfer import (
     index_type,
     is_device_array,
     result_dtype,
+    to_device,
 )
 from .activation import Activation, ActivationArg, activation_defines, normalize_activation
 from .plan import Plan, cached_plan, shape_of
@@ -84,11 +86,12 @@ class UnaryPlan(Plan):
         self._defines = elementwise_defines(self.work, math.prod(shape), **extra)
         self.kernel = kernel(dev, "elementwise.cl", "unary", self._defines)
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
         x = arrays["input"]
         assert x is not None
         with self.device.lock:
-            self.kernel(self.device.queue, (out.size,), None, *array_args(x), *array_args(out))
+            return self.kernel(self.device.queue, (out.size,), None, *array_args(x),
+                               *array_args(out))
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
         return self.execute({"input": input}, out)
@@ -340,15 +343,16 @@ class BinaryPlan(Plan):
             **({} if alpha == 1 else {"HAS_ALPHA": None})))
         self.alpha = real_scalar(self.work, alpha)
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
         a, b = arrays["input"], arrays["other"]
         assert a is not None and b is not None
         with self.device.lock:
             inner = self.dims[-1]
-            self.kernel(self.device.queue, (inner, out.size // inner), None, *array_args(a), *array_args(b),
-                        *array_args(out), *(np.int64(s) for s in self.dims[1:-1]),
-                        *(np.int64(t) for t in self.strides[0]),
-                        *(np.int64(t) for t in self.strides[1]), self.alpha)
+            return self.kernel(self.device.queue, (inner, out.size // inner), None, *array_args(a),
+                               *array_args(b), *array_args(out),
+                               *(np.int64(s) for s in self.dims[1:-1]),
+                               *(np.int64(t) for t in self.strides[0]),
+                               *(np.int64(t) for t in self.strides[1]), self.alpha)
 
     def __call__(self, input: ArrayLike, other: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:
@@ -387,6 +391,26 @@ def _scalar_operand(value: Any, like: Any, name: str) -> Any:
     return value
 
 
+#: How many Python numbers `_device_scalar` keeps on each device.
+SCALARS_KEPT = 64
+
+
+def _device_scalar(dev: Device, value: np.ndarray) -> cla.Array:
+    """A Python number's 0-d operand (`value`, as `_scalar_operand` made it) on `dev`, uploaded
+    once and kept (the last SCALARS_KEPT numbers): `x + 1` on device arrays then costs one kernel
+    launch, not an upload as well (~20 us a call on PoCL). The kept arrays are only ever read."""
+    key = ("scalar", value.dtype.str, value.tobytes())
+    with dev.lock:
+        found = dev.constants.pop(key, None)  # re-inserted last: the dict keeps insertion order
+        if found is None:
+            found = to_device(value, dev, "scalar", value.dtype)
+            scalars = [k for k in dev.constants if k[0] == "scalar"]
+            for old in scalars[:max(0, len(scalars) + 1 - SCALARS_KEPT)]:
+                del dev.constants[old]
+        dev.constants[key] = found
+    return found
+
+
 def _binary(op: str, input: ArrayLike, other: ArrayLike, activation: ActivationArg,
             out: ArrayLike | None, alpha: float = 1) -> ArrayLike:
     alpha = _check_alpha(op, alpha)
@@ -394,6 +418,14 @@ def _binary(op: str, input: ArrayLike, other: ArrayLike, activation: ActivationA
     input = _scalar_operand(input, other, "input")
     dev = current_device()
     dtype = result_dtype(dev, input=input, other=other)
+    # A number beside a device array of its dtype: the kept device copy (same values, same kind)
+    for name, value, beside in (("input", input, other), ("other", other, input)):
+        if type(value) is np.ndarray and value.ndim == 0 and value.dtype == dtype \
+                and is_device_array(beside) and beside.context == dev.context:
+            if name == "input":
+                input = _device_scalar(dev, value)
+            else:
+                other = _device_scalar(dev, value)
     a_shape, b_shape = shape_of(input), shape_of(other)
     act = normalize_activation(activation)
     plan = cached_plan(dev, ("binary", op, a_shape, b_shape, dtype, act, alpha),

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
@@ -56,11 +57,11 @@ class GroupNormPlan(Plan):
         defines.update(activation_defines(act), INDEX_T=index_type(math.prod(shape)))
         self.kernel = kernel(dev, "group_norm.cl", "group_norm", defines)
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
         x, w, b = arrays["input"], arrays["weight"], arrays["bias"]
         assert x is not None
         if out.size == 0:
-            return
+            return None
         dev, work = self.device, self.work
         rows = out.size // self.inner  # N * C
         groups_total = rows // self.channels * self.groups
@@ -71,11 +72,11 @@ class GroupNormPlan(Plan):
             a = x if a is None else a  # never read (has_weight / has_bias 0)
             return a.base_data, np.int64(element_offset(a))
         with dev.lock:
-            self.kernel(dev.queue, (self.inner, rows), None, *args(x), stats.base_data,
-                        np.int64(groups_total), *args(w), np.int32(w is not None), *args(b),
-                        np.int32(b is not None), *args(out), np.int64(self.channels),
-                        np.int64(self.groups),
-                        np.float64(self.eps) if work == np.float64 else np.float32(self.eps))
+            return self.kernel(dev.queue, (self.inner, rows), None, *args(x), stats.base_data,
+                               np.int64(groups_total), *args(w), np.int32(w is not None), *args(b),
+                               np.int32(b is not None), *args(out), np.int64(self.channels),
+                               np.int64(self.groups),
+                               np.float64(self.eps) if work == np.float64 else np.float32(self.eps))
 
     def __call__(self, input: ArrayLike, weight: ArrayLike | None = None,
                  bias: ArrayLike | None = None, *, out: ArrayLike | None = None) -> ArrayLike:

@@ -9,6 +9,7 @@ import numbers
 from collections.abc import Sequence
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
@@ -56,15 +57,16 @@ class LocalResponseNormPlan(Plan):
         self._scalars = (np.int32(self.channels), np.int64(self.inner), np.int32(self.size),
                          scalar(self.alpha), scalar(self.beta), scalar(self.k))
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
         x = arrays["input"]
         assert x is not None
         if out.size == 0:
-            return
+            return None
         dev = self.device
         with dev.lock:
-            self.kernel(dev.queue, (out.size,), None, x.base_data, np.int64(element_offset(x)),
-                        out.base_data, np.int64(element_offset(out)), *self._scalars)
+            return self.kernel(dev.queue, (out.size,), None, x.base_data,
+                               np.int64(element_offset(x)), out.base_data,
+                               np.int64(element_offset(out)), *self._scalars)
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
         return self.execute({"input": input}, out)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 from pyopencl import cltypes
 
@@ -93,16 +94,16 @@ class GatherPlan(Plan):
     out_dims: tuple[int, int, int]
     sizes: tuple[Any, ...]
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
         x = arrays["input"]
         assert x is not None
         od, oh, ow = self.out_dims
         if out.size == 0:
-            return
+            return None
         with self.device.lock:
-            self.kernel(self.device.queue, (ow, oh, self.planes * od), None, x.base_data,
-                        np.int64(element_offset(x)), out.base_data,
-                        np.int64(element_offset(out)), *self.sizes)
+            return self.kernel(self.device.queue, (ow, oh, self.planes * od), None, x.base_data,
+                               np.int64(element_offset(x)), out.base_data,
+                               np.int64(element_offset(out)), *self.sizes)
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
         return self.execute({"input": input}, out)

@@ -300,7 +300,8 @@ class Plan:
     def _ready_out(self, out: Any, values: dict[str, Any]) -> bool:
         """Whether `out=` (with ready operands) is what `enqueue` writes: a C-contiguous device
         array on the device's queue, of the batched result's shape and the plan's dtype, in a
-        buffer of its own (no operand's: the kernels read them while they write it)."""
+        buffer of its own (no operand's: the kernels read them while they write it), or the
+        operand itself where `out_may_be_operand` (an in-place elementwise op)."""
         want = self.batch_shape
         if (type(out) is not cla.Array or out.queue is not self.device.queue
                 or out.shape != want or want != self.output_shape or out.dtype != self.dtype
@@ -308,7 +309,9 @@ class Plan:
                 or out.size >= INDEX_LIMIT):
             return False
         buffer = out.base_data
-        return not any(v is not None and v.base_data == buffer for v in values.values())
+        return not any(v is not None and v.base_data == buffer and not (
+            self.out_may_be_operand and v.offset == 0 and v.shape == out.shape
+            and v.strides == out.strides) for v in values.values())
 
     def _overlaps(self, out: cla.Array, values: dict[str, Any]) -> bool:
         """Whether the device `out` shares memory with an operand in a way the kernels cannot

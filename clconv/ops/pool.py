@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 from pyopencl import cltypes
 
@@ -209,14 +210,14 @@ class PoolPlan(Plan):
         return self.kind in ("max", "adaptive_max")
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array,
-                indices: cla.Array | None = None) -> None:
+                indices: cla.Array | None = None) -> cl.Event | None:
         """out = pooling of arrays['input'] (both contiguous device arrays of `work` dtype);
         `indices` (int64, out's size) receives each maximum's flat index in its plane."""
         x = arrays["input"]
         assert x is not None
         size = out.size
         if size == 0:
-            return
+            return None
         save = np.int32(indices is not None)
         idx = indices if indices is not None else out
         idx_args = (idx.base_data, np.int64(element_offset(idx)), )
@@ -227,19 +228,20 @@ class PoolPlan(Plan):
         with dev.lock:
             if self.kind == "max" and indices is None:
                 k, s, p, d = self.window  # type: ignore[misc]
-                self.rows_kernel(dev.queue, self._grid[1:], None, *io, *shapes, _int4(k),
-                                 _int4(s), _int4(p), _int4(d))
+                return self.rows_kernel(dev.queue, self._grid[1:], None, *io, *shapes, _int4(k),
+                                        _int4(s), _int4(p), _int4(d))
             elif self.kind == "max":
                 k, s, p, d = self.window  # type: ignore[misc]
-                self.kernel(dev.queue, self._grid, None, *io, *idx_args, save, *shapes,
-                            _int4(k), _int4(s), _int4(p), _int4(d))
+                return self.kernel(dev.queue, self._grid, None, *io, *idx_args, save, *shapes,
+                                   _int4(k), _int4(s), _int4(p), _int4(d))
             elif self.kind == "avg":
                 k, s, p, _ = self.window  # type: ignore[misc]
-                self.kernel(dev.queue, self._grid, None, *io, np.int32(self.count_include_pad),
-                            np.int32(self.divisor), *shapes, _int4(k), _int4(s), _int4(p))
+                return self.kernel(dev.queue, self._grid, None, *io,
+                                   np.int32(self.count_include_pad), np.int32(self.divisor),
+                                   *shapes, _int4(k), _int4(s), _int4(p))
             else:
-                self.kernel(dev.queue, (size,), None, *io, *idx_args,
-                            np.int32(self.kind == "adaptive_max"), save, *shapes)
+                return self.kernel(dev.queue, (size,), None, *io, *idx_args,
+                                   np.int32(self.kind == "adaptive_max"), save, *shapes)
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
         return self.execute({"input": input}, out)

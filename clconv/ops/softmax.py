@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
@@ -61,15 +62,15 @@ class SoftmaxPlan(Plan):
             defines["LOG"] = None
         self.kernel = kernel(dev, "softmax.cl", "softmax", defines)
 
-    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> None:
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
         x = arrays["input"]
         assert x is not None
         if out.size == 0:
-            return
+            return None
         with self.device.lock:
-            self.kernel(self.device.queue, (self.inner, self.outer), None, x.base_data,
-                        np.int64(element_offset(x)), out.base_data,
-                        np.int64(element_offset(out)), np.int64(self.n))
+            return self.kernel(self.device.queue, (self.inner, self.outer), None, x.base_data,
+                               np.int64(element_offset(x)), out.base_data,
+                               np.int64(element_offset(out)), np.int64(self.n))
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
         return self.execute({"input": input}, out)

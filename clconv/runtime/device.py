@@ -83,7 +83,7 @@ class Device:
         self.choices: Any = None     # ops.autotune: algorithm='auto''s choices
         self.fp16_reason: Any = _UNSET  # ops.precision: None when the float16 probe passed
         self.blas_tuning: Any = None  # blas.clblast: what applying CLBlast's tuning did
-        self.constants: dict[Any, Any] = {}  # ops: small constant device vectors (ones)
+        self.constants: dict[Any, Any] = {}  # ops: small constant device arrays (ones, numbers)
         self._probe_lock = threading.Lock()
         self._unusable_reason: str | None = None
         self._probed = False
