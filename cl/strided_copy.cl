@@ -8,18 +8,23 @@
 
 #include "common.cl"
 
+// The element offset in the view of its i-th element in C order.
+inline idx_t strided_offset(idx_t i, const long s1, const long s2, const long s3, const long s4,
+                            const long t0, const long t1, const long t2, const long t3,
+                            const long t4) {
+    const idx_t i4 = i % (idx_t)s4; i /= (idx_t)s4;
+    const idx_t i3 = i % (idx_t)s3; i /= (idx_t)s3;
+    const idx_t i2 = i % (idx_t)s2; i /= (idx_t)s2;
+    const idx_t i1 = i % (idx_t)s1; i /= (idx_t)s1;
+    return i * t0 + i1 * t1 + i2 * t2 + i3 * t3 + i4 * t4;
+}
+
 __kernel void strided_copy(__global const REAL* restrict src, const long src_offset,
                            __global REAL* restrict dst, const long s1, const long s2, const long s3,
                            const long s4, const long t0, const long t1, const long t2, const long t3,
                            const long t4) {
     const idx_t i = get_global_id(0);
-    idx_t r = i;
-    const idx_t i4 = r % (idx_t)s4; r /= (idx_t)s4;
-    const idx_t i3 = r % (idx_t)s3; r /= (idx_t)s3;
-    const idx_t i2 = r % (idx_t)s2; r /= (idx_t)s2;
-    const idx_t i1 = r % (idx_t)s1; r /= (idx_t)s1;
-    const idx_t i0 = r;
-    dst[i] = src[src_offset + i0 * t0 + i1 * t1 + i2 * t2 + i3 * t3 + i4 * t4];
+    dst[i] = src[src_offset + strided_offset(i, s1, s2, s3, s4, t0, t1, t2, t3, t4)];
 }
 
 __kernel void strided_store(__global const REAL* restrict src, __global REAL* restrict dst,
@@ -27,11 +32,5 @@ __kernel void strided_store(__global const REAL* restrict src, __global REAL* re
                             const long s4, const long t0, const long t1, const long t2, const long t3,
                             const long t4) {
     const idx_t i = get_global_id(0);
-    idx_t r = i;
-    const idx_t i4 = r % (idx_t)s4; r /= (idx_t)s4;
-    const idx_t i3 = r % (idx_t)s3; r /= (idx_t)s3;
-    const idx_t i2 = r % (idx_t)s2; r /= (idx_t)s2;
-    const idx_t i1 = r % (idx_t)s1; r /= (idx_t)s1;
-    const idx_t i0 = r;
-    dst[dst_offset + i0 * t0 + i1 * t1 + i2 * t2 + i3 * t3 + i4 * t4] = src[i];
+    dst[dst_offset + strided_offset(i, s1, s2, s3, s4, t0, t1, t2, t3, t4)] = src[i];
 }
