@@ -448,6 +448,40 @@ def test_small_ops_of_user_code(dev, ct):
         _close(cm(x3), model(x3))
 
 
+class AddsWithAlpha(nn.Module):
+    """torch.add/sub and Tensor.add/sub_ with alpha, against nodes, constants and numbers, and
+    on a channels-last (permuted) view."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 1)
+        self.register_buffer("shift", torch.randn(1, 4, 1, 1))
+
+    def forward(self, x):
+        y = self.c(x)
+        a = torch.add(y, y * y, alpha=0.3)
+        b = torch.sub(a, self.shift, alpha=2.5)
+        c = b.add(1.5, alpha=-3)
+        d = c * 1.0
+        d.sub_(y, alpha=0.25)
+        p = d.permute(0, 2, 3, 1)
+        q = p.add(p * 0.5, alpha=2).permute(0, 3, 1, 2)
+        return torch.cat([a, b, c, d, q], 1)
+
+
+def test_add_and_sub_with_alpha_are_lowered(dev, ct):
+    """alpha runs on the device (clconv.add/sub's alpha, one rounding as torch's) instead of a
+    host fallback; on a permuted view it is no longer dropped."""
+    torch.manual_seed(0)
+    model = AddsWithAlpha().eval()
+    x = torch.randn(2, 3, 5, 5)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    assert sum("alpha=" in s.op for s in cm.steps) >= 4, [s.op for s in cm.steps]
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
 class Divisions(nn.Module):
     def __init__(self):
         super().__init__()

@@ -26,9 +26,10 @@ class OpRules(LoweringBase):
     """The rules for ops without weights (mixed into Lowering)."""
 
     def binary(self, node: fx.Node, name: str, a: Any, b: Any,
-               act: Activation | None = None) -> Step:
+               act: Activation | None = None, alpha: Any = 1) -> Step:
         """clconv.add / clconv.mul (numpy broadcasting, as torch's), optionally with a fused
-        activation. Constants (get_attr tensors, Python numbers) are uploaded once."""
+        activation; add/sub take torch's `alpha` (a + alpha * b, one rounding as torch's).
+        Constants (get_attr tensors, Python numbers) are uploaded once."""
         # x - c (a constant) is x + (-c): the same IEEE result (and the add's fusions); a tensor
         # computed in the graph is subtracted by clconv.sub.
         negate = name == "sub" and not (isinstance(b, fx.Node) and b.op != "get_attr")
@@ -72,11 +73,16 @@ class OpRules(LoweringBase):
         (ka, va), (kb, vb) = operands
         inputs = tuple(v for k, v in operands if k == "node")
 
+        kw: dict[str, Any] = {} if alpha == 1 else {"alpha": alpha}
+        if spec is not None:
+            kw["activation"] = spec
+
         def run(env: dict[str, Any]) -> Any:
             x = env[va] if ka == "node" else va
             y = env[vb] if kb == "node" else vb
-            return fn(x, y, activation=spec) if spec is not None else fn(x, y)
-        op = f"clconv.{name}" + (f" + {act}" if act is not None else "")
+            return fn(x, y, **kw)
+        op = f"clconv.{name}" + (f" + {act}" if act is not None else "") + \
+            (f" (alpha={alpha})" if alpha != 1 else "")
         return self.value(node, run, op, inputs, layout)
 
     def cat(self, node: fx.Node, tensors: Any, dim: int) -> Step:

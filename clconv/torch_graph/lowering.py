@@ -256,9 +256,12 @@ class Lowering(LayerRules, OpRules):
     def _function(self, node: fx.Node) -> Step:
         t = node.target
         if t in ADDS or t in MULS or t in SUBS:
-            if t in (torch.add, torch.sub) and ("alpha" in node.kwargs or len(node.args) > 2):
-                raise Unlowerable(f"torch.{t.__name__} with alpha")
             name = "add" if t in ADDS else "mul" if t in MULS else "sub"
+            if t in (torch.add, torch.sub):
+                return self.binary(node, name, *node.args[:2],
+                                   alpha=self.add_alpha(node, f"torch.{name}"))
+            if node.kwargs or len(node.args) != 2:
+                raise Unlowerable(f"torch.{name} with keywords")
             return self.binary(node, name, *node.args[:2])
         if t in (torch.maximum, torch.minimum):
             if len(node.args) != 2 or node.kwargs:
@@ -355,9 +358,12 @@ class Lowering(LayerRules, OpRules):
 
     def _method(self, node: fx.Node) -> Step:
         t = node.target
-        if t in ("add", "add_", "mul", "mul_", "sub", "sub_"):
+        if t in ("add", "add_", "sub", "sub_"):
+            return self.binary(node, t.rstrip("_"), *node.args[:2],
+                               alpha=self.add_alpha(node, f"Tensor.{t}"))
+        if t in ("mul", "mul_"):
             if len(node.args) != 2 or node.kwargs:
-                raise Unlowerable(f"Tensor.{t} with alpha or keywords")
+                raise Unlowerable(f"Tensor.{t} with keywords")
             return self.binary(node, t.rstrip("_"), *node.args)
         if t in ("maximum", "minimum"):
             if len(node.args) != 2 or node.kwargs:
@@ -461,7 +467,10 @@ class Lowering(LayerRules, OpRules):
         if (node.op == "call_function" and node.target in ADDS | MULS) or \
                 (node.op == "call_method" and node.target in ("add", "add_", "mul", "mul_")):
             name = "add" if node.target in ADDS or node.target in ("add", "add_") else "mul"
-            return self.binary(node, name, *node.args[:2])
+            if name == "mul" and (node.kwargs or len(node.args) != 2):
+                raise Unlowerable("mul with keywords on a permuted (channels-last) view")
+            alpha = self.add_alpha(node, "add") if name == "add" else 1
+            return self.binary(node, name, *node.args[:2], alpha=alpha)
         if node.op == "call_method" and node.target == "contiguous":
             return self.alias(node, node.args[0], "contiguous", layout)
         raise Unlowerable(f"{node.op} {getattr(node.target, '__name__', node.target)} on a "

@@ -115,6 +115,17 @@ class LoweringBase:
             raise Unlowerable(f"{what} of a channels-last view")
         return x.name
 
+    @staticmethod
+    def add_alpha(node: fx.Node, what: str) -> Any:
+        """torch.add/sub's (or Tensor.add/sub's) `alpha` of `node` (1 without one), a number;
+        Unlowerable for any other keyword or a computed alpha."""
+        kwargs = dict(node.kwargs)
+        alpha = kwargs.pop("alpha", node.args[2] if len(node.args) > 2 else 1)
+        if kwargs or len(node.args) > 3 or isinstance(alpha, fx.Node) \
+                or isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise Unlowerable(f"{what} with keywords {sorted(node.kwargs)} or a computed alpha")
+        return alpha
+
     def binary_name(self, node: fx.Node) -> str | None:
         """'add' / 'mul' when `node` is a two-operand add or mul (no alpha, no keywords)."""
         if node.kwargs or len(node.args) != 2:
