@@ -482,6 +482,32 @@ def test_add_and_sub_with_alpha_are_lowered(dev, ct):
         _close(cm(x), model(x))
 
 
+class SoftmaxWithDtype(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.c(x)
+        return F.softmax(y, 1, dtype=torch.float64) + y.log_softmax(-1, dtype=torch.float64)
+
+
+def test_softmax_with_dtype_is_lowered(dev, ct):
+    """softmax / log_softmax with dtype=: the input cast on the device (on a device with that
+    dtype), the result in it, as torch's."""
+    if not dev.fp64:
+        pytest.skip(f"{dev.name} has no float64")
+    torch.manual_seed(0)
+    model = SoftmaxWithDtype().eval()
+    x = torch.randn(2, 3, 5, 5)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == [] and sum("dtype=" in s.op for s in cm.steps) == 2
+    with torch.no_grad():
+        got, want = cm(x), model(x)
+    assert got.dtype == torch.float64
+    _close(got, want)
+
+
 class Divisions(nn.Module):
     def __init__(self):
         super().__init__()

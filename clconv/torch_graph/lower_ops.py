@@ -502,13 +502,20 @@ class OpRules(LoweringBase):
     def softmax(self, node: fx.Node, x: Any, dim: Any, log: bool, dtype: Any = None) -> Step:
         """softmax / log_softmax along a fixed dim (functions, methods, nn.Softmax/LogSoftmax)."""
         name = "log_softmax" if log else "softmax"
-        if dtype is not None:
-            raise Unlowerable(f"{name} with dtype=")
+        if dtype is not None:  # the input cast first, on the device, when it has the dtype
+            dev = self.cm.device
+            if dtype not in (torch.float16, torch.float32, torch.float64) \
+                    or (dtype == torch.float64 and not dev.fp64) \
+                    or (dtype == torch.float16 and not dev.fp16):
+                raise Unlowerable(f"{name} with dtype={dtype} on {dev.name}")
         xn = self.plain_tensor(x, name)
         if dim is None or isinstance(dim, fx.Node):
             raise Unlowerable(f"{name} without a fixed dim")
         op = clconv_op(name)
-        return self.value(node, lambda env: op(env[xn], dim), f"clconv.{name}", (xn,))
+        if dtype is None:
+            return self.value(node, lambda env: op(env[xn], dim), f"clconv.{name}", (xn,))
+        return self.value(node, lambda env: op(env[xn], dim, dtype=dtype),
+                          f"clconv.{name} (dtype={dtype})", (xn,))
 
 
     def permuted_copy(self, node: fx.Node, x: Any, perm: tuple[int, ...]) -> Step:
