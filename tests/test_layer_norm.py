@@ -28,14 +28,14 @@ def _want(x, ns, w, b, eps=1e-5):
 
 
 @pytest.mark.parametrize("shape, ns", [((4, 10), (10,)), ((2, 3, 5, 6), (5, 6)),
-                                       ((2, 3, 5, 6), (3, 5, 6)), ((7,), 7), ((0, 4), (4,))],
+                                       ((2, 3, 5, 6), (3, 5, 6)), ((7,), [7]), ((0, 4), (4,))],
                          ids=["features", "spatial", "chw", "1-d", "empty"])
 @pytest.mark.parametrize("affine", [False, True])
 def test_matches_torch(clconv, rng, queue, shape, ns, affine):
     import pyopencl.array as cla
 
     x = rng.standard_normal(shape).astype(np.float32) * 3 + 1
-    nst = (ns,) if isinstance(ns, int) else ns
+    nst = tuple(ns)
     w = rng.standard_normal(nst).astype(np.float32) if affine else None
     b = rng.standard_normal(nst).astype(np.float32) if affine else None
     want = _want(x, nst, w, b)
@@ -50,7 +50,7 @@ def test_matches_torch(clconv, rng, queue, shape, ns, affine):
 
 def test_one_value_a_row_and_non_finite_rows(clconv):
     x = np.array([[1.5], [-2.0], [np.inf], [np.nan]], np.float32)
-    got = clconv.layer_norm(x, 1)
+    got = clconv.layer_norm(x, (1,))
     np.testing.assert_array_equal(got, F.layer_norm(torch.from_numpy(x), (1,)).numpy())
     y = np.array([[1.0, 2.0, np.inf], [1.0, np.nan, 0.0], [3.0, 4.0, 5.0]], np.float32)
     want = F.layer_norm(torch.from_numpy(y), (3,)).numpy()
@@ -63,7 +63,8 @@ def test_one_value_a_row_and_non_finite_rows(clconv):
     ((4,), None, ValueError, "does not end in"),
     ((2, 5), None, ValueError, "does not end in"),
     ((5,), (4,), ValueError, "weight must have shape"),
-    (5.0, None, TypeError, "int or a sequence"),
+    (5.0, None, TypeError, "sequence of ints"),
+    (5, None, TypeError, r"sequence of ints, e\.g\. \(5,\)"),  # as F.layer_norm
     ((), None, ValueError, "does not end in"),
 ])
 def test_bad_arguments(clconv, ns, w_shape, error, match):

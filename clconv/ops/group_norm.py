@@ -107,7 +107,7 @@ def group_norm(input: ArrayLike, num_groups: int, weight: ArrayLike | None = Non
     return plan.execute(values, out, check=False)
 
 
-def layer_norm(input: ArrayLike, normalized_shape: int | Sequence[int],
+def layer_norm(input: ArrayLike, normalized_shape: Sequence[int],
                weight: ArrayLike | None = None, bias: ArrayLike | None = None,
                eps: float = 1e-5) -> ArrayLike:
     """torch.nn.functional.layer_norm: input (*, *normalized_shape) normalised over its last
@@ -118,15 +118,13 @@ def layer_norm(input: ArrayLike, normalized_shape: int | Sequence[int],
     from .elementwise import add, mul, sub
     from .shape import reshaped
 
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-        ns: tuple[int, ...] = (int(normalized_shape),)
-    elif isinstance(normalized_shape, Sequence) and not isinstance(normalized_shape, str) and \
+    if isinstance(normalized_shape, Sequence) and not isinstance(normalized_shape, str) and \
             all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
                 for v in normalized_shape):
-        ns = tuple(int(v) for v in normalized_shape)
-    else:
-        raise TypeError(f"layer_norm: normalized_shape must be an int or a sequence of ints, got "
-                        f"{normalized_shape!r}")
+        ns: tuple[int, ...] = tuple(int(v) for v in normalized_shape)
+    else:  # an int too, as F.layer_norm (nn.LayerNorm's constructor takes one)
+        raise TypeError(f"layer_norm: normalized_shape must be a sequence of ints, e.g. "
+                        f"({normalized_shape!r},) for the last dim, got {normalized_shape!r}")
     shape = tuple(int(v) for v in shape_of(input))
     if not ns or len(ns) > len(shape) or shape[len(shape) - len(ns):] != ns:
         raise ValueError(f"layer_norm: input of shape {shape} does not end in normalized_shape "
