@@ -133,6 +133,25 @@ def test_every_plan_takes_another_batch_size(clconv, rng):
         assert_close(plan(*args), want, np.float32, reduction=100, magnitude=10.0)
 
 
+def test_strided_device_views_of_many_dims(clconv, rng, queue):
+    """Views of more than 5 dims are gathered and written as long as their strides collapse to
+    5 (size-1 dims left out, dims that step over each other exactly merged); others are refused
+    with a clear ValueError."""
+    a = _r(rng, (2, 3, 2, 3, 2, 4, 5))
+    d = cla.to_device(queue, a)
+    for view, want in [(d[:, :, :, :, :, 1:3], a[:, :, :, :, :, 1:3]),
+                       (d[:, 1:, :, 1:, :, ::2, 1:], a[:, 1:, :, 1:, :, ::2, 1:]),
+                       (d[:1, :, :1], a[:1, :, :1])]:
+        np.testing.assert_array_equal(clconv.relu(view).get(), np.maximum(want, 0))
+    b = cla.to_device(queue, np.zeros(a.shape, np.float32))
+    clconv.relu(d[:, :, :, :, :, 1:3], out=b[:, :, :, :, :, 2:4])
+    np.testing.assert_array_equal(b.get()[:, :, :, :, :, 2:4], np.maximum(a[..., 1:3, :], 0))
+    np.testing.assert_array_equal(b.get()[:, :, :, :, :, :2], 0)
+    cube = cla.to_device(queue, _r(rng, (3,) * 7))
+    with pytest.raises(ValueError, match="do not collapse to 5 dims"):
+        clconv.relu(cube[(slice(1, None),) * 7])  # every dim 2 of 3: nothing merges
+
+
 def test_a_strided_out_is_written_through_its_strides(clconv, rng, queue):
     """out= a strided view (numpy, or a device array: computed contiguous, then scattered), as
     torch writes a non-contiguous out; the elements outside the view stay as they were; in-place

@@ -183,7 +183,7 @@ def gather(x: cla.Array, dev: Device) -> cla.Array:
 
 
 def _gather(x: cla.Array, dev: Device) -> cla.Array:
-    """Contiguous copy of a strided device array (up to 5 dims) made on the device."""
+    """Contiguous copy of a strided device array (its dims collapsing to 5) made on the device."""
     out = empty(dev, x.shape, x.dtype)
     defines, sizes = _strided_args(x)
     with dev.lock:
@@ -193,7 +193,7 @@ def _gather(x: cla.Array, dev: Device) -> cla.Array:
 
 
 def scatter(src: cla.Array, dst: cla.Array, dev: Device) -> None:
-    """dst[...] = src on the device, for a strided view `dst` (up to 5 dims) of src's shape and
+    """dst[...] = src on the device, for a strided view `dst` (dims collapsing to 5) of src's shape and
     dtype; src contiguous. A view whose elements share memory (a stride of 0 over more than one
     element, as a broadcast's) is refused, as torch refuses writing one."""
     if any(t == 0 and s > 1 for s, t in zip(dst.shape, dst.strides)):
@@ -206,13 +206,30 @@ def scatter(src: cla.Array, dst: cla.Array, dev: Device) -> None:
             dst.base_data, np.int64(element_offset(dst)), *sizes)
 
 
+def _collapsed(shape: tuple[int, ...], strides: tuple[int, ...]
+               ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The same view with fewer dims: size-1 dims left out, and each dim merged into the one
+    before it where that one steps over it exactly (stride = its stride * its size)."""
+    dims = [(n, t) for n, t in zip(shape, strides) if n != 1]
+    merged: list[tuple[int, int]] = []
+    for n, t in dims:
+        if merged and merged[-1][1] == t * n:
+            merged[-1] = (merged[-1][0] * n, t)
+        else:
+            merged.append((n, t))
+    return tuple(n for n, _ in merged), tuple(t for _, t in merged)
+
+
 def _strided_args(x: cla.Array) -> tuple[dict[str, object], tuple[np.int64, ...]]:
-    """strided_copy.cl's defines for `x` and its size and stride arguments."""
-    if x.ndim > 5:
-        raise ValueError(f"strided device arrays of more than 5 dims are not supported (ndim={x.ndim})")
-    lift = 5 - x.ndim
-    shape = (1,) * lift + tuple(x.shape)
-    strides = (0,) * lift + tuple(s // x.dtype.itemsize for s in x.strides)
+    """strided_copy.cl's defines for `x` and its size and stride arguments (any number of dims
+    that collapses to at most 5)."""
+    shape, strides = _collapsed(tuple(x.shape), tuple(s // x.dtype.itemsize for s in x.strides))
+    if len(shape) > 5:
+        raise ValueError(f"strided device arrays whose strides do not collapse to 5 dims are not "
+                         f"supported (shape {x.shape}, strides {x.strides})")
+    lift = 5 - len(shape)
+    shape = (1,) * lift + shape
+    strides = (0,) * lift + strides
     span = sum((s - 1) * abs(t) for s, t in zip(shape, strides)) + element_offset(x) + 1
     defines = precision_defines(x.dtype)
     defines["INDEX_T"] = index_type(span, x.size)
