@@ -282,6 +282,18 @@ def breakdown(args: argparse.Namespace) -> None:
                 ("  algorithm's run + finish (device time + launch)",
                  lambda plan=plan, out=out: plan.impl.run(x, w, b, out), True),
             ]
+        # The one-kernel ops a network calls between its convolutions, on a small device array:
+        # in blocks of 10 back-to-back calls, finished, per call.
+        a = cla.to_device(q, rng.standard_normal((1, 16, 32, 32)).astype(np.float32))
+        a2 = cla.to_device(q, rng.standard_normal((1, 16, 32, 32)).astype(np.float32))
+        rows += [
+            (f"{label}, block of 10, per call", lambda fn=fn: [fn() for _ in range(10)], 10)
+            for label, fn in [("relu(a)", lambda: clconv.relu(a)),
+                              ("relu(a, inplace=True)", lambda: clconv.relu(a, inplace=True)),
+                              ("add(a, b)", lambda: clconv.add(a, a2)),
+                              ("add(a, b, out=a)", lambda: clconv.add(a, a2, out=a)),
+                              ("add(a, 1.0)", lambda: clconv.add(a, 1.0)),
+                              ("max_pool2d(a, 2)", lambda: clconv.max_pool2d(a, 2))]]
         for label, fn, finish in rows:  # finish: True, False, or a block's launches (finished)
             per = finish if finish is not True and finish else 1
             wall, cpu = med_us(fn, finish=bool(finish))
