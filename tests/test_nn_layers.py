@@ -357,6 +357,46 @@ def test_inplace_activation_layers_write_their_input(clconv, dev, rng, kind, nam
     assert_close(ours.backward(g), xt.grad.numpy(), np.float32)
 
 
+def test_writing_what_a_forward_saved_is_torchs_inplace_error(clconv, dev, rng):
+    """An in-place write (inplace=True, out=) into an array a layer's forward saved for backward
+    (its output kept for the activation's gradient, its input) makes that backward raise torch's
+    in-place RuntimeError instead of computing gradients from the new values; writes elsewhere,
+    or before the forward, leave backward as it was."""
+    torch = import_torch()
+    nn = clconv.nn
+    x = random_array(rng, (2, 3, 6, 6), np.float32)
+    g = random_array(rng, (2, 4, 6, 6), np.float32)
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, activation="tanh"),
+                        nn.LeakyReLU(0.5, inplace=True))
+    seq(x)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        seq.backward(g)
+    tconv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):  # torch's too
+        y = torch.nn.LeakyReLU(0.5, inplace=True)(torch.tanh(tconv(torch.from_numpy(x))))
+        y.backward(torch.from_numpy(g))
+    for layer, shape in [(nn.Conv2d(3, 4, 3), (2, 4, 4, 4)), (nn.ReLU(), x.shape),
+                         (nn.BatchNorm2d(3), x.shape)]:
+        xd = cla.to_device(dev.queue, x)
+        layer(xd)
+        clconv.relu(xd[:, :1], inplace=True)  # a view of the saved input's memory
+        with pytest.raises(RuntimeError, match=f"{type(layer).__name__}.backward"):
+            layer.backward(np.ones(shape, np.float32))
+        layer(xd)  # a new forward saves the written array as it is now
+        layer.backward(np.ones(shape, np.float32))
+    linear = nn.Linear(6, 2)
+    xd = cla.to_device(dev.queue, x)
+    linear(xd)
+    clconv.add(xd, 1.0, out=xd)
+    with pytest.raises(RuntimeError, match="Linear.backward"):
+        linear.backward(np.ones((2, 3, 6, 2), np.float32))
+    # the usual stack: conv -> BatchNorm -> ReLU(inplace) trains as torch's
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                        nn.Conv2d(4, 4, 3, padding=1))
+    y = seq(x)
+    assert seq.backward(np.ones(y.shape, np.float32)).shape == x.shape
+
+
 def test_batchnorm_parameters_are_assignable(clconv, dev, rng):
     """BatchNorm's weight and bias take a new (C,) array (numpy, torch, device; a device array of
     the layer's dtype is used itself, so that in-place updates reach the layer), as torch's

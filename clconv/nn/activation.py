@@ -12,7 +12,8 @@ from ..ops.activation import ActivationArg, normalize_activation
 from ..ops.elementwise import UnaryPlan, unary_plan
 from ..runtime.device import Device
 from ..runtime.transfer import ArrayLike
-from .module import Module, check_grad_shape, enter, leave
+from ..runtime.versions import stamp
+from .module import Module, check_grad_shape, check_saved, enter, leave
 
 
 class _Activation(Module):
@@ -37,11 +38,11 @@ class _Activation(Module):
         dev, x, dtype, host = enter(input, "input")
         plan = self._plan(dev, tuple(x.shape), x.dtype)
         if not self.inplace:
-            self._saved = (x, plan)
+            self._saved, self._stamps = (x, plan), stamp(x)
             return leave(dev, plan(x), dtype, host)
         if isinstance(input, cla.Array) and x.base_data == input.base_data:
             x = x.copy()  # backward reads the input as it was before the write
-        self._saved = (x, plan)
+        self._saved, self._stamps = (x, plan), stamp(x)
         # The functional in-place path: it writes any kind of input (strided device views, other
         # dtypes) and returns the caller's object itself.
         return self._plan(dev, tuple(x.shape), dtype).execute({"input": input}, input, check=False)
@@ -51,6 +52,7 @@ class _Activation(Module):
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first")
         x, plan = self._saved
+        check_saved(self, (x,))
         with plan.device:
             dev, g, dtype, host = enter(grad_output, "grad_output")
             check_grad_shape(g, tuple(x.shape))

@@ -16,7 +16,8 @@ from ..runtime.device import current_device
 from ..runtime.device import device as find_device
 from ..runtime.interop import host_convertible, host_operand
 from ..runtime.transfer import ArrayLike, result_dtype, to_device
-from .module import Module, check_grad_shape, enter, layer_dtype, leave, positive_int
+from ..runtime.versions import stamp
+from .module import Module, check_grad_shape, check_saved, enter, layer_dtype, leave, positive_int
 
 
 class _BatchNorm(Module):
@@ -195,6 +196,7 @@ class _BatchNorm(Module):
             plan = batch_norm_plan(dev, shape, self._work, self.affine, self.has_bias, self.eps)
             y = plan(x, mean, var, self._weight, self._bias)
             self._saved = (x, mean, var, batch_stats)
+            self._stamps = stamp(x, mean, var)
             return leave(dev, y, dtype, host)
 
     def backward(self, grad_output: ArrayLike) -> ArrayLike:
@@ -202,6 +204,7 @@ class _BatchNorm(Module):
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first")
         x, mean, var, batch_stats = self._saved
+        check_saved(self, (x, mean, var))
         with self.device:
             dev, g, dtype, host = enter(grad_output, "grad_output")
             check_grad_shape(g, tuple(x.shape))

@@ -26,8 +26,8 @@ from ..runtime.transfer import (
     result_dtype,
     to_device,
 )
-from .module import (Layer, activation_grad, check_grad_shape, layer_dtype, positive_int,
-                     with_activation)
+from .module import (Layer, activation_grad, check_grad_shape, check_saved, layer_dtype,
+                     positive_int, saved_arrays, with_activation)
 
 
 class Linear(Layer):
@@ -95,6 +95,7 @@ class Linear(Layer):
             clblast.require("Linear.backward")
         with dev:
             x = self._saved[0]
+            check_saved(self, saved_arrays(self))
             result_dtype(dev, grad_output=grad_output, weight=self._weight)
             g = self._in_work(to_device(grad_output, dev, "grad_output", self.dtype))
             check_grad_shape(g, (*x.shape[:-1], self.out_features))

@@ -25,6 +25,7 @@ from ..runtime.errors import device_memory_errors, sizes_text
 from ..runtime.interop import host_convertible, host_operand, numpy_dtype
 from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, deliver, is_device_array, result_dtype, to_device
+from ..runtime.versions import check_unchanged, stamp
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -48,6 +49,7 @@ class Module:
     calling the layer runs `forward`, and empty parameter lists for the layers without any."""
 
     training: bool = True
+    _stamps: tuple[int, ...] = ()  # the versions of what the latest forward saved (check_saved)
 
     def train(self, mode: bool = True) -> Module:
         """Training mode (BatchNorm uses batch statistics; activations stay separate so that
@@ -309,6 +311,7 @@ class Layer(Module):
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first (it "
                                f"uses that call's input)")
         x, geo, out_shape = self._saved
+        check_saved(self, saved_arrays(self))
         if gemm_engine(self.device) is clblast:  # before grad_output is uploaded
             clblast.require(f"{type(self).__name__}.backward")
         with self.device:
@@ -382,10 +385,24 @@ def with_activation(layer: Layer, run: Callable[[bool], cla.Array]) -> cla.Array
     if act is None or from_output or not layer.training:
         out = run(True)
         layer._pre, layer._out = None, out if from_output else None
-        return out
-    pre = run(False)
-    layer._pre, layer._out = pre, None
-    return _activation_plan(layer, tuple(pre.shape))(pre)
+    else:
+        pre = run(False)
+        layer._pre, layer._out = pre, None
+        out = _activation_plan(layer, tuple(pre.shape))(pre)
+    layer._stamps = stamp(*saved_arrays(layer))
+    return out
+
+
+def saved_arrays(layer: Layer) -> tuple[Any, ...]:
+    """What `layer`'s backward reads of its latest forward: the input, and the output or the
+    pre-activation output kept for the activation's gradient."""
+    return (None if layer._saved is None else layer._saved[0], layer._out, layer._pre)
+
+
+def check_saved(layer: Module, arrays: tuple[Any, ...]) -> None:
+    """RuntimeError (torch's in-place error) when one of `arrays`, what `layer`'s latest forward
+    saved, was written since (out=, inplace=True: clconv.runtime.versions)."""
+    check_unchanged(f"{type(layer).__name__}.backward", arrays, layer._stamps)
 
 
 def activation_grad(layer: Layer, g: cla.Array) -> cla.Array:

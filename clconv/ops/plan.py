@@ -33,7 +33,7 @@ from ..runtime.device import Device
 from ..runtime.errors import allocation_failure, device_memory_errors, sizes_text
 from ..runtime.interop import host_operand, is_torch_tensor
 from ..blas import clblast
-from ..runtime import transfer
+from ..runtime import transfer, versions
 from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, check_fits, deliver, element_offset, result_dtype
 from .precision import check_precision, compute_dtype, load, store
@@ -337,6 +337,8 @@ class Plan:
         operands then gets no completion event (no marker enqueued: ~15 us a run)."""
         if self.needs_gemm:
             clblast.require(self.label)
+        if out is not None:
+            versions.bump(out)  # a write into the caller's array (clconv.nn's backward checks)
         ready = self._ready(values) and (out is None or self._ready_out(out, values))
         if check and not ready:
             batch = self._batch_of(values)
