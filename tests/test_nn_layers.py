@@ -419,6 +419,21 @@ def test_batchnorm_parameters_are_assignable(clconv, dev, rng):
         bn.weight = np.ones(4, np.float32)
     with pytest.raises(TypeError, match="floating point"):
         bn.bias = np.ones(3, np.int64)
+    bn.weight = torch.nn.Parameter(torch.from_numpy(w))  # torch's way: its values
+    np.testing.assert_array_equal(np.asarray(bn.weight), w)
+    np.testing.assert_array_equal(np.asarray(bn.running_mean), np.zeros(3))  # numpy converts
+    assert torch.as_tensor(bn.running_var).shape == (3,)
+    for layer, name, shape in [(clconv.nn.Conv2d(3, 4, 3), "weight", (4, 3, 3, 3)),
+                               (clconv.nn.Linear(3, 2), "bias", (2,))]:
+        value = random_array(rng, shape, np.float32)
+        setattr(layer, name, torch.nn.Parameter(torch.from_numpy(value)))
+        np.testing.assert_array_equal(np.asarray(getattr(layer, name)), value)
+        for bad, error in [(np.ones(shape, np.int64), TypeError),
+                           (np.ones(shape, np.complex64), TypeError),
+                           (value.tolist(), TypeError), (None, (TypeError, ValueError)),
+                           (np.ones((5,), np.float32), ValueError)]:
+            with pytest.raises(error):
+                setattr(layer, name, bad)
     with pytest.raises(ValueError, match="affine=True"):
         clconv.nn.BatchNorm2d(3, affine=False).weight = w
     with pytest.raises(ValueError, match="bias=True"):

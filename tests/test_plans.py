@@ -10,6 +10,7 @@ import pyopencl.array as cla
 import pytest
 
 import reference as ref
+from helpers import import_torch
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 
@@ -172,7 +173,16 @@ def test_a_strided_out_is_written_through_its_strides(clconv, rng, queue):
     a = cla.to_device(queue, x)
     assert clconv.relu(a[:, 1:], inplace=True) is not None
     np.testing.assert_array_equal(a.get(), np.concatenate([x[:, :1], np.maximum(x[:, 1:], 0)], 1))
-    with pytest.raises(ValueError, match="share one memory location"):
+    from numpy.lib.stride_tricks import as_strided
+
+    torch = import_torch()
+    for spread in (as_strided(np.zeros(5, np.float32), (4, 5), (0, 4)),
+                   torch.zeros(1, 5).expand(4, 5)):  # as torch refuses writing them
+        with pytest.raises(ValueError, match="refers to a single memory location"):
+            clconv.add(np.ones((4, 5), np.float32), 1.0, out=spread)
+        with pytest.raises(ValueError, match="refers to a single memory location"):
+            clconv.relu(spread, inplace=True)
+    with pytest.raises(ValueError, match="refers to a single memory location"):
         from clconv.runtime.transfer import scatter
         spread = cla.Array(queue, (2, 3), np.float32, strides=(0, 4), data=a.base_data)
         scatter(cla.to_device(queue, np.ones((2, 3), np.float32)), spread, clconv.current_device())

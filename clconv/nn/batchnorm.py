@@ -14,7 +14,7 @@ from ..ops.channels import batch_norm_plan, enqueue_batch_norm_backward, enqueue
 from ..ops.precision import check_precision, compute_dtype
 from ..runtime.device import current_device
 from ..runtime.device import device as find_device
-from ..runtime.interop import host_convertible, host_operand
+from ..runtime.interop import host_convertible, host_operand, is_torch_tensor
 from ..runtime.transfer import ArrayLike, result_dtype, to_device
 from ..runtime.versions import stamp
 from .module import Module, check_grad_shape, check_saved, enter, layer_dtype, leave, positive_int
@@ -55,8 +55,9 @@ class _BatchNorm(Module):
 
     def _put(self, value: Any) -> cla.Array:
         """A (C,) parameter or statistic on the device, in the compute dtype (float32 for float16
-        layers: statistics accumulate there)."""
-        return to_device(np.asarray(value, dtype=self._work), self.device, "value", self._work)
+        layers: statistics accumulate there); `np.asarray` of it downloads it."""
+        return host_convertible(to_device(np.asarray(value, dtype=self._work), self.device,
+                                          "value", self._work))
 
     @property
     def weight(self) -> cla.Array | None:
@@ -150,6 +151,8 @@ class _BatchNorm(Module):
     def _host(value: Any, what: str) -> np.ndarray:
         if isinstance(value, cla.Array):
             return value.get()
+        if is_torch_tensor(value):  # a Parameter too: its values (as torch's copy_ takes them)
+            value = value.detach()
         return np.asarray(host_operand(value, what))
 
     def _host_entry(self, key: str, value: Any, what: str) -> np.ndarray:

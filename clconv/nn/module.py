@@ -22,7 +22,7 @@ from ..ops.plan import Plan, cached_plan
 from ..ops.precision import check_precision, compute_dtype, convert, load, store
 from ..runtime.device import Device, current_device, device
 from ..runtime.errors import device_memory_errors, sizes_text
-from ..runtime.interop import host_convertible, host_operand, numpy_dtype
+from ..runtime.interop import host_convertible, host_operand, is_torch_tensor, numpy_dtype
 from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, deliver, is_device_array, result_dtype, to_device
 from ..runtime.versions import check_unchanged, stamp
@@ -160,9 +160,17 @@ class Layer(Module):
 
     # -- parameters ---------------------------------------------------------------------------
     def _upload(self, value: Any, name: str, shape: tuple[int, ...]) -> cla.Array:
-        got = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
-        if got != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {got}")
+        """A new weight or bias: a floating-point array of `shape` (numpy, a torch tensor or
+        Parameter: its values, a device array of the layer's dtype: used itself)."""
+        if value is None:
+            raise TypeError(f"{name} must be an array of shape {shape}, got None")
+        if is_torch_tensor(value):
+            value = value.detach()
+        value = host_operand(value, name)  # lists and numbers: a TypeError naming numpy
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+        if np.dtype(value.dtype).kind != "f":
+            raise TypeError(f"{name} has dtype {value.dtype}; parameters are floating point")
         if isinstance(value, cla.Array):
             if value.dtype != self.dtype:
                 raise TypeError(f"{name} has dtype {value.dtype}; this layer's dtype is "

@@ -264,6 +264,7 @@ class Plan:
         if host:
             if not out.flags.writeable:
                 raise ValueError("out is read-only")
+            transfer.check_distinct_elements(out)
             return empty(dev, self.batch_shape, self.work), out  # (a strided view: copied in)
         if out.context != dev.context:
             raise ValueError(f"out is a pyopencl array of another OpenCL context than the plan's "

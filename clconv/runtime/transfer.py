@@ -196,9 +196,7 @@ def scatter(src: cla.Array, dst: cla.Array, dev: Device) -> None:
     """dst[...] = src on the device, for a strided view `dst` (dims collapsing to 5) of src's shape and
     dtype; src contiguous. A view whose elements share memory (a stride of 0 over more than one
     element, as a broadcast's) is refused, as torch refuses writing one."""
-    if any(t == 0 and s > 1 for s, t in zip(dst.shape, dst.strides)):
-        raise ValueError("the array written to is a view in which several elements share one "
-                         "memory location (a stride of 0); write to a copy of it instead")
+    check_distinct_elements(dst)
     defines, sizes = _strided_args(dst)
     with dev.lock:
         kernel(dev, "strided_copy.cl", "strided_store", defines)(
@@ -218,6 +216,16 @@ def _collapsed(shape: tuple[int, ...], strides: tuple[int, ...]
         else:
             merged.append((n, t))
     return tuple(n for n, _ in merged), tuple(t for _, t in merged)
+
+
+def check_distinct_elements(a: Any) -> None:
+    """ValueError for an array to be written (numpy or device) in which several elements share
+    one memory location (a stride of 0 over more than one element: a broadcast view), as torch
+    refuses writing one."""
+    if any(t == 0 and n > 1 for n, t in zip(a.shape, a.strides)):
+        raise ValueError("unsupported operation: more than one element of the written-to array "
+                         "refers to a single memory location (a stride of 0, as a broadcast "
+                         "view's); write to a copy of it instead")
 
 
 def _strided_args(x: cla.Array) -> tuple[dict[str, object], tuple[np.int64, ...]]:
