@@ -23,7 +23,8 @@ from ..runtime.device import Device, current_device
 from ..runtime.errors import UnsupportedError
 from ..runtime.memory import empty
 from ..runtime.program import kernel
-from ..runtime.transfer import ArrayLike, is_device_array, result_dtype, to_device
+from ..runtime.transfer import ArrayLike, is_device_array, result_dtype, scatter, to_device
+from ..runtime.versions import bump
 from .activation import Activation, ActivationArg, activation_defines, normalize_activation
 from .elementwise import array_args, elementwise_defines, gradient_from_output, real_scalar
 from .plan import Plan, cached_plan, shape_of
@@ -90,7 +91,7 @@ def batch_norm(input: ArrayLike, running_mean: ArrayLike | None, running_var: Ar
     biased variance, and running_mean/running_var (both or neither) are updated in place as
     torch's are: r = (1 - momentum) * r + momentum * batch statistic, the variance unbiased.
     Host running statistics (numpy arrays, CPU tensors) are written back into the arrays; device
-    ones must be contiguous arrays of the input's dtype."""
+    ones (views too) are updated on the device."""
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"batch_norm: training must be a bool, got {training!r}")
     if training:
@@ -158,15 +159,16 @@ def _batch_norm_training(input: ArrayLike, running_mean: ArrayLike | None,
         if isinstance(r, np.ndarray) and not r.flags.writeable:
             raise ValueError(f"batch_norm: {name} is updated in place with training=True, but "
                              f"it is a read-only numpy array")
-        stored[name] = to_device(r, dev, name, dtype)
-        if is_device_array(r) and stored[name] is not r:
-            raise ValueError(f"batch_norm: {name} is updated in place with training=True, so a "
-                             f"device array there must be contiguous (got strides {r.strides})")
+        stored[name] = to_device(r, dev, name, dtype)  # a strided device view: gathered
     stats = enqueue_channel_stats(dev, x, c, inner, stored.get("running_mean"),
                                   stored.get("running_var"), float(momentum))
     for name, r in (("running_mean", running_mean), ("running_var", running_var)):
         if update and not is_device_array(r):  # a host array: the update written back into it
             np.copyto(np.asarray(r), stored[name].get(), casting="unsafe")
+        elif update:  # updated on the device: in place, or a strided view scattered back
+            if stored[name] is not r:
+                scatter(stored[name], r, dev)
+            bump(r)
     act = normalize_activation(activation)
     plan = batch_norm_plan(dev, shape, dtype, weight is not None, bias is not None, eps, act)
     values.update(input=x, running_mean=stats[0], running_var=stats[1])
