@@ -23,14 +23,16 @@ __kernel void unary(__global const REAL* restrict x, const long x_offset,
     y[y_offset + i] = (REAL)activate((ACC)x[x_offset + i]);
 }
 
-// d act(x) / dx * g, with torch's backward formulas (in terms of the input x).
+// d act(x) / dx * g, with torch's backward formulas (in terms of the input x). At x = NaN as
+// torch's vectorised CPU kernels (every tensor of 64 elements or more): hardtanh's family 0, the
+// exponential ones NaN (their comparisons are written so that NaN takes that branch).
 inline ACC activate_grad(ACC x, ACC g) {
 #if ACT == ACT_NONE
     return g;
 #elif ACT == ACT_RELU
     return (x <= (ACC)0) ? (ACC)0 : g;
 #elif ACT == ACT_RELU6
-    return (x <= (ACC)0 || x >= (ACC)6) ? (ACC)0 : g;
+    return (x > (ACC)0 && x < (ACC)6) ? g : (ACC)0;
 #elif ACT == ACT_SILU
     const ACC s = (ACC)1 / ((ACC)1 + exp(-x));
     return g * s * ((ACC)1 + x * ((ACC)1 - s));
@@ -59,12 +61,12 @@ inline ACC activate_grad(ACC x, ACC g) {
 #elif ACT == ACT_LEAKY_RELU
     return (x > (ACC)0) ? g : g * (ACC)(ACT_A);
 #elif ACT == ACT_ELU
-    return (x <= (ACC)0) ? g * (ACC)(ACT_A) * exp(x) : g;
+    return (x > (ACC)0) ? g : g * (ACC)(ACT_A) * exp(x);
 #elif ACT == ACT_CLAMP
 #ifdef CLAMP_GRAD_INCLUSIVE
     return (x >= (ACC)(ACT_A) && x <= (ACC)(ACT_B)) ? g : (ACC)0;
 #else
-    return (x <= (ACC)(ACT_A) || x >= (ACC)(ACT_B)) ? (ACC)0 : g;
+    return (x > (ACC)(ACT_A) && x < (ACC)(ACT_B)) ? g : (ACC)0;
 #endif
 #elif ACT == ACT_SQRT
     return g / ((ACC)2 * sqrt(x));  // torch's sqrt backward: grad / (2 * result)
@@ -76,9 +78,9 @@ inline ACC activate_grad(ACC x, ACC g) {
     const ACC t = SAT_TANH(ACC, log1p(exp(x)));
     return g * (t + x * s * ((ACC)1 - t * t));
 #elif ACT == ACT_SELU
-    return (x <= (ACC)0) ? g * ((ACC)(ACT_A) * (ACC)(ACT_B)) * exp(x) : g * (ACC)(ACT_B);
+    return (x > (ACC)0) ? g * (ACC)(ACT_B) : g * ((ACC)(ACT_A) * (ACC)(ACT_B)) * exp(x);
 #elif ACT == ACT_CELU
-    return (x <= (ACC)0) ? g * (ACC)(ACT_B) * (ACC)(ACT_A) * exp(x * (ACC)(ACT_B)) : g;
+    return (x > (ACC)0) ? g : g * (ACC)(ACT_B) * (ACC)(ACT_A) * exp(x * (ACC)(ACT_B));
 #elif ACT == ACT_LOGSIGMOID
     return g / ((ACC)1 + exp(x));  // g * sigmoid(-x)
 #elif ACT == ACT_SOFTSIGN
@@ -113,7 +115,7 @@ inline ACC activate_grad_from_output(ACC y, ACC g) {
 #if ACT == ACT_RELU
     return (y <= (ACC)0) ? (ACC)0 : g;
 #elif ACT == ACT_RELU6
-    return (y <= (ACC)0 || y >= (ACC)6) ? (ACC)0 : g;
+    return (y > (ACC)0 && y < (ACC)6) ? g : (ACC)0;
 #elif ACT == ACT_LEAKY_RELU
     return (y > (ACC)0) ? g : g * (ACC)(ACT_A);
 #elif ACT == ACT_SIGMOID
@@ -121,7 +123,7 @@ inline ACC activate_grad_from_output(ACC y, ACC g) {
 #elif ACT == ACT_TANH
     return g * ((ACC)1 - y * y);
 #elif ACT == ACT_CLAMP
-    return (y <= (ACC)(ACT_A) || y >= (ACC)(ACT_B)) ? (ACC)0 : g;
+    return (y > (ACC)(ACT_A) && y < (ACC)(ACT_B)) ? g : (ACC)0;
 #else
     return (ACC)NAN;
 #endif

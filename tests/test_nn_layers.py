@@ -357,6 +357,35 @@ def test_inplace_activation_layers_write_their_input(clconv, dev, rng, kind, nam
     assert_close(ours.backward(g), xt.grad.numpy(), np.float32)
 
 
+@pytest.mark.parametrize("name, args", [
+    ("ReLU", ()), ("ReLU6", ()), ("SiLU", ()), ("GELU", ()), ("GELU", ("tanh",)), ("Sigmoid", ()),
+    ("Tanh", ()), ("Hardswish", ()), ("Hardsigmoid", ()), ("Mish", ()), ("SELU", ()),
+    ("LeakyReLU", (0.2,)), ("ELU", (0.5,)), ("CELU", (0.5,)), ("Softplus", (2.0, 1.0)),
+    ("Hardtanh", (-0.5, 0.5))])
+def test_activation_gradients_at_special_values_as_torch(clconv, dev, name, args):
+    """Each activation layer's forward and backward at NaN, +-inf, 0, -0 and every kink or
+    boundary its formula has, against torch's autograd on a tensor of 128 elements (torch's
+    vectorised CPU kernels: hardtanh's family gives 0 at NaN, the exponential ones NaN; its
+    one-element tensors take scalar paths that differ)."""
+    torch = import_torch()
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, -3.0, 3.0, 6.0, -0.5, 0.5, 1.0, -1.0, 20.0,
+               -20.0, 1e-30, 100.0]
+    for dtype in (np.float32, np.float64) if dev.fp64 else (np.float32,):
+        x = np.resize(np.array(special, dtype), 128)
+        ours = getattr(clconv.nn, name)(*args)
+        t = torch.from_numpy(x.copy()).requires_grad_()
+        y = getattr(torch.nn, name)(*args)(t)
+        g = np.resize(np.array([1.0, -2.0, 0.5], dtype), 128)
+        y.backward(torch.from_numpy(g))
+        got_y, got_g = ours(x), ours.backward(g)
+        for got, want in ((got_y, y.detach().numpy()), (got_g, t.grad.numpy())):
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=name)
+            np.testing.assert_array_equal(np.isinf(got) * np.sign(got),
+                                          np.isinf(want) * np.sign(want), err_msg=name)
+            finite = np.isfinite(want)
+            assert_close(got[finite], want[finite], dtype, magnitude=4)
+
+
 def test_writing_what_a_forward_saved_is_torchs_inplace_error(clconv, dev, rng):
     """An in-place write (inplace=True, out=) into an array a layer's forward saved for backward
     (its output kept for the activation's gradient, its input) makes that backward raise torch's
