@@ -134,6 +134,20 @@ def test_every_plan_takes_another_batch_size(clconv, rng):
         assert_close(plan(*args), want, np.float32, reduction=100, magnitude=10.0)
 
 
+def test_empty_device_out(clconv, queue):
+    """out= an empty device array (a batch of 0, no buffer behind it): the ops return it."""
+    w = cla.to_device(queue, np.ones((2, 2, 3, 3), np.float32))
+    x = cla.to_device(queue, np.ones((0, 2, 5, 5), np.float32))
+    g = cla.to_device(queue, np.ones((0, 2, 3, 3), np.float32))
+    for run, shape in [(lambda o: clconv.conv2d(x, w, out=o), (0, 2, 3, 3)),
+                       (lambda o: clconv.conv2d_input((0, 2, 5, 5), w, g, out=o), (0, 2, 5, 5)),
+                       (lambda o: clconv.conv_transpose2d(g, w, out=o), (0, 2, 5, 5)),
+                       (lambda o: clconv.relu(x, out=o), (0, 2, 5, 5))]:
+        out = cla.empty(queue, shape, np.float32)
+        assert run(out) is out
+    assert clconv.relu(x, inplace=True) is x
+
+
 def test_strided_device_views_of_many_dims(clconv, rng, queue):
     """Views of more than 5 dims are gathered and written as long as their strides collapse to
     5 (size-1 dims left out, dims that step over each other exactly merged); others are refused

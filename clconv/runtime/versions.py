@@ -16,7 +16,7 @@ _ATTR = "_clconv_version"
 
 def bump(a: Any) -> None:
     """Counts a write into the device array `a` (anything else: nothing to count)."""
-    if isinstance(a, cla.Array):
+    if isinstance(a, cla.Array) and a.base_data is not None:  # (an empty array has none)
         buf = a.base_data
         setattr(buf, _ATTR, getattr(buf, _ATTR, 0) + 1)
 
