@@ -316,9 +316,9 @@ def test_nan_inf_propagate(clconv, dev, rng, algorithm):
     for act in acts:
         got = clconv.conv2d(x, w, b, algorithm=algorithm, activation=act, residual=r)
         want = reference(x, w, b, r, act)
-        # where torch's float32 activation makes NaN of a special value (gelu(+inf): its float
-        # kernel's; the float64 reference gives +inf), so does clconv's
-        want[np.isnan(torch_act(linear, act).numpy())] = np.nan
+        if act != "gelu":  # torch's float32 gelu(+inf): NaN on AVX-512, +inf on AVX2 (clconv)
+            # where torch's float32 activation makes NaN of a special value, so does clconv's
+            want[np.isnan(torch_act(linear, act).numpy())] = np.nan
         assert np.array_equal(np.isnan(got), np.isnan(want)), (algorithm, act)
         assert np.array_equal(np.isposinf(got), np.isposinf(want)), (algorithm, act)
         assert np.array_equal(np.isneginf(got), np.isneginf(want)), (algorithm, act)

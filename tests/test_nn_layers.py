@@ -378,7 +378,14 @@ def test_activation_gradients_at_special_values_as_torch(clconv, dev, name, args
         g = np.resize(np.array([1.0, -2.0, 0.5], dtype), 128)
         y.backward(torch.from_numpy(g))
         got_y, got_g = ours(x), ours.backward(g)
-        for got, want in ((got_y, y.detach().numpy()), (got_g, t.grad.numpy())):
+        keep = np.ones(x.shape, bool)
+        if name == "GELU" and not args and dtype == np.float32:
+            # torch's float32 gelu(+inf): NaN with its AVX-512 kernels, +inf with its AVX2 ones;
+            # clconv's is +inf (as torch's float64), its gradient there NaN (inf * 0)
+            keep = ~np.isposinf(x)
+            assert np.isposinf(got_y[~keep]).all() and np.isnan(got_g[~keep]).all()
+            got_y, got_g = got_y[keep], got_g[keep]
+        for got, want in ((got_y, y.detach().numpy()[keep]), (got_g, t.grad.numpy()[keep])):
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=name)
             np.testing.assert_array_equal(np.isinf(got) * np.sign(got),
                                           np.isinf(want) * np.sign(want), err_msg=name)
