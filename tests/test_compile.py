@@ -508,6 +508,40 @@ def test_softmax_with_dtype_is_lowered(dev, ct):
     _close(got, want)
 
 
+class FoundByFuzzing(nn.Module):
+    """torch.softmax's positional dtype, sums and variances over every dim (the count of each
+    call's input), slices of chunk's pieces (a host cat: the pieces downloaded), dict and list
+    outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.c(x)
+        s = torch.softmax(y, 1, torch.float64) + torch.log_softmax(y, 1, torch.float64)
+        total = y.sum() + y.var() + torch.std(y) + y.sum(dim=(0, 1, 2, 3))
+        return {"s": s, "t": total, "l": [torch.cat(y.chunk(2, 1)[::-1], 1), y.split(1, 1)[2:]]}
+
+
+def test_details_found_by_fuzzing_compile(dev, ct):
+    torch.manual_seed(0)
+    model = FoundByFuzzing().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ct.FallbackWarning)
+        cm = ct.compile(model, torch.randn(2, 4, 8, 8))
+    assert [f.op for f in cm.fallbacks] == ["cat"]
+    for x in (torch.randn(2, 4, 8, 8), torch.randn(3, 4, 6, 6)):  # other batch and spatial sizes
+        with torch.no_grad():
+            got, want = cm(x), model(x)
+        assert type(got) is dict and type(got["l"]) is list and type(got["l"][1]) is tuple
+        assert got["s"].dtype == torch.float64
+        for a, b in [(got["s"], want["s"]), (got["t"], want["t"]), (got["l"][0], want["l"][0]),
+                     *zip(got["l"][1], want["l"][1])]:
+            assert isinstance(a, torch.Tensor)
+            _close(a, b)
+
+
 class Divisions(nn.Module):
     def __init__(self):
         super().__init__()

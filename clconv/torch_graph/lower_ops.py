@@ -194,16 +194,13 @@ class OpRules(LoweringBase):
         sh = shape(x)
         reduce, where, dims = self._reducer(sh, dim, reduction)
         xn = x.name
-        count = None
-        if reduction == "sum":
-            mul = clconv_op("mul")
-            count = self.cm.constant(("count", node.name), torch.tensor(
-                [float(np.prod([sh[d] for d in dims]))], dtype=meta(node).dtype))
+        mul = clconv_op("mul")
 
         def run(env: dict[str, Any]) -> Any:
-            y = reduce(env[xn])
-            if count is not None:
-                y = mul(y, count)
+            a = env[xn]
+            y = reduce(a)
+            if reduction == "sum":  # the count of this call's input (the batch may differ)
+                y = mul(y, float(_count(a.shape, dims)))
             return y if keepdim else reshape_view(y, tuple(d for i, d in enumerate(y.shape)
                                                            if i not in dims))
         return self.value(node, run, f"{reduction} over {where} (clconv pooling)", (xn,))
@@ -215,17 +212,17 @@ class OpRules(LoweringBase):
         x, dim, correction, keepdim = bind(node, _var_args)
         sh = shape(x)
         reduce, where, dims = self._reducer(sh, dim, "mean")
-        count = float(np.prod([sh[d] for d in dims]))
-        scale = count / (count - correction) if count > correction else math.inf
         xn = x.name
         sub, mul, sqrt = clconv_op("sub"), clconv_op("mul"), clconv_op("sqrt")
-        factor = self.cm.constant(("correction", node.name),
-                                  torch.tensor([scale], dtype=meta(node).dtype))
+        dtype = meta(node).dtype
 
         def run(env: dict[str, Any]) -> Any:
             a = env[xn]
+            count = float(_count(a.shape, dims))  # this call's (the batch may differ)
+            scale = count / (count - correction) if count > correction else math.inf
             d = sub(a, reduce(a))
-            y = mul(reduce(mul(d, d)), factor)
+            # (the factor rounded to the dtype first, as torch's constant would be)
+            y = mul(reduce(mul(d, d)), float(torch.tensor(scale, dtype=dtype)))
             if name == "std":
                 y = sqrt(y)
             return y if keepdim else reshape_view(y, tuple(v for i, v in enumerate(y.shape)
@@ -241,15 +238,13 @@ class OpRules(LoweringBase):
             raise Unlowerable(f"normalize with p={p!r} (clconv lowers p=2)")
         sh = shape(x)
         reduce, where, dims = self._reducer(sh, dim, "mean")
-        count = float(np.prod([sh[d] for d in dims]))
         xn = x.name
         mul, sqrt, div = clconv_op("mul"), clconv_op("sqrt"), clconv_op("div")
         clamp = clconv_op("clamp")
-        n = self.cm.constant(("count", node.name), torch.tensor([count], dtype=meta(node).dtype))
 
         def run(env: dict[str, Any]) -> Any:
             a = env[xn]
-            norm = sqrt(mul(reduce(mul(a, a)), n))
+            norm = sqrt(mul(reduce(mul(a, a)), float(_count(a.shape, dims))))
             return div(a, clamp(norm, float(eps)))
         return self.value(node, run, f"normalize over {where} (clconv)", (xn,))
 
@@ -666,3 +661,8 @@ def _channel_vector(t: torch.Tensor, out: tuple[int, ...],
     if all(s == 1 for i, s in enumerate(sh) if i != c_dim) and sh[c_dim] in (1, c):
         return t.reshape(-1).expand(c).contiguous() if sh[c_dim] == 1 else t.reshape(c)
     return None
+
+
+def _count(shape: tuple[int, ...], dims: Any) -> int:
+    """How many elements a reduction over `dims` of `shape` sums."""
+    return math.prod(int(shape[d]) for d in dims)

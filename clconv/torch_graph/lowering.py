@@ -7,7 +7,6 @@ from __future__ import annotations
 import operator
 from typing import Any, Callable
 
-import pyopencl.array as cla
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -28,7 +27,7 @@ from .lowering_base import (
     reshape_view,
     transposed_dims,
 )
-from .program import Step
+from .program import Step, mapped
 from .tracing import untraced
 
 
@@ -124,8 +123,8 @@ class Lowering(LayerRules, OpRules):
 
         def run(env: dict[str, Any]) -> Any:
             def value(n: fx.Node) -> Any:
-                v = env[n.name]
-                return cm.download(v, layouts[n.name]) if isinstance(v, cla.Array) else v
+                lay = layouts[n.name]  # (a tuple's pieces too: a slice of chunk's pieces)
+                return mapped(env[n.name], lambda v: cm.download(v, lay))
             a = fx.node.map_arg(args, value)
             k = fx.node.map_arg(kwargs, value)
             with torch.no_grad():
@@ -312,7 +311,11 @@ class Lowering(LayerRules, OpRules):
         if t is F.group_norm:
             return self.functional_group_norm(node)
         if t in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
-            a = bind(node, lambda input, dim=None, _stacklevel=3, dtype=None: (input, dim, dtype))
+            if t in (F.softmax, F.log_softmax):
+                a = bind(node, lambda input, dim=None, _stacklevel=3, dtype=None: (
+                    input, dim, dtype))
+            else:  # torch.softmax(input, dim, dtype=None): dtype is the third positional
+                a = bind(node, lambda input, dim, dtype=None: (input, dim, dtype))
             return self.softmax(node, a[0], a[1], t in (F.log_softmax, torch.log_softmax), a[2])
         if t is F.prelu and len(node.args) == 2 and not node.kwargs:
             return self.binary(node, "prelu", *node.args)

@@ -133,12 +133,12 @@ class Program:
         return result
 
     def _outputs(self, arg: Any, env: dict[str, Any]) -> Any:
+        """The model's outputs: device arrays downloaded (in tuples too), in plain lists and
+        dicts as the model returns them (fx keeps its own immutable ones)."""
         def value(n: fx.Node) -> Any:
-            v = env[n.name]
-            if isinstance(v, cla.Array):
-                return self.download(v, self.layout.get(n.name))
-            return v
-        return fx.node.map_arg(arg, value)
+            lay = self.layout.get(n.name)
+            return mapped(env[n.name], lambda v: self.download(v, lay))
+        return mapped(fx.node.map_arg(arg, value), lambda v: v)
 
     def upload(self, x: torch.Tensor) -> cla.Array:
         """Host tensor `x` on the device (counted in stats.uploads)."""
@@ -177,3 +177,21 @@ class Program:
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
+def mapped(v: Any, download: Callable[[cla.Array], Any]) -> Any:
+    """`v` with every device array in it replaced by download(array), through tuples (named
+    ones and torch's named results keep their type), lists and dicts (plain ones: fx's immutable
+    containers become what a model returns)."""
+    if isinstance(v, cla.Array):
+        return download(v)
+    if isinstance(v, dict):
+        return {k: mapped(x, download) for k, x in v.items()}
+    if isinstance(v, list):
+        return [mapped(x, download) for x in v]
+    if isinstance(v, tuple):
+        items = [mapped(x, download) for x in v]
+        if type(v) is tuple:
+            return tuple(items)
+        return type(v)(*items) if hasattr(v, "_fields") else type(v)(items)
+    return v
