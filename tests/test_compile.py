@@ -542,6 +542,35 @@ def test_details_found_by_fuzzing_compile(dev, ct):
             _close(a, b)
 
 
+class InPlaceFunctions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        kept = y + 0  # read after the writes below: torch's value from before them
+        F.leaky_relu_(y, 0.2)
+        z = y * 3
+        F.hardtanh_(z, -0.5, 0.5)
+        w = kept * 1
+        torch.sigmoid_(w)
+        F.elu_(kept, 0.7)
+        return torch.cat([y, z, w, kept], 1)
+
+
+def test_in_place_activation_functions_are_lowered(dev, ct):
+    """F.leaky_relu_ / hardtanh_ / elu_, torch.sigmoid_ (and the other in-place functions) run
+    on the device, their writes seen by every later reader."""
+    torch.manual_seed(0)
+    model = InPlaceFunctions().eval()
+    x = torch.randn(2, 3, 6, 6)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
 class Divisions(nn.Module):
     def __init__(self):
         super().__init__()

@@ -124,6 +124,12 @@ _ACT_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     torch.abs: _math("abs"), torch.exp: _math("exp"), torch.log: _math("log"),
     torch.rsqrt: _math("rsqrt"), torch.erf: _math("erf"), torch.special.erf: _math("erf"),
     F.threshold: _threshold, torch.threshold: _threshold,
+    # the in-place functions (inplace.py makes their writes explicit)
+    F.relu_: _unary("relu"), F.leaky_relu_: _leaky, F.elu_: _elu, F.hardtanh_: _hardtanh,
+    F.celu_: _celu, F.selu_: _unary("selu"), F.threshold_: _threshold,
+    torch.sigmoid_: _unary("sigmoid"), torch.tanh_: _unary("tanh"), torch.selu_: _unary("selu"),
+    torch.celu_: _celu, torch.clamp_: _clamp, torch.clamp_min_: _clamp_min,
+    torch.clamp_max_: _clamp_max, torch.abs_: _math("abs"), torch.exp_: _math("exp"),
 }
 #: call_method names that are activations.
 _ACT_METHODS: dict[Any, Callable[..., Any]] = {
