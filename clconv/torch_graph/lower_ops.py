@@ -397,8 +397,8 @@ class OpRules(LoweringBase):
             if isinstance(i, slice):
                 if not all(v is None or type(v) is int for v in (i.start, i.stop, i.step)):
                     raise Unlowerable("slices computed in the graph")
-                if i.step not in (None, 1):
-                    raise Unlowerable("slices with a step")
+                if i.step is not None and i.step < 1:  # (torch refuses them too)
+                    raise Unlowerable("slices with a step below 1")
             elif type(i) is not int and i is not None:
                 raise Unlowerable("indexing other than integers, None and basic slices")
         xn, dev = x.name, self.cm.device
