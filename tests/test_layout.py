@@ -61,6 +61,13 @@ def test_unbatched_residual_and_out_in_the_same_layout(clconv_mod, dev, rng):
     assert clconv_mod.conv2d(xd, w, padding=1, residual=rd, activation="relu", layout="nhwc",
                              out=outd) is outd
     assert_close(outd.get(), _last(want), *tol)
+    wide = cla.to_device(dev.queue, np.full((1, 6, 5, 9), 7.0, np.float32))  # a strided view
+    view = wide[..., 2:6]
+    assert clconv_mod.conv2d(xd, w, padding=1, residual=rd, activation="relu", layout="nhwc",
+                             out=view) is view
+    assert_close(wide.get()[..., 2:6], _last(want), *tol)
+    np.testing.assert_array_equal(wide.get()[..., :2], 7.0)
+    np.testing.assert_array_equal(wide.get()[..., 6:], 7.0)
     with pytest.raises(ValueError, match=r"out must have shape \(1, 6, 5, 4\)"):
         clconv_mod.conv2d(_last(x), w, padding=1, layout="nhwc", out=np.empty((1, 4, 6, 5),
                                                                               np.float32))

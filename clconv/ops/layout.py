@@ -19,7 +19,9 @@ import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import current_device
-from ..runtime.transfer import ArrayLike, element_offset, gather, is_device_array
+from ..runtime.transfer import (ArrayLike, check_distinct_elements, element_offset, gather,
+                                 is_device_array, scatter)
+from ..runtime.versions import bump
 
 __all__ = ["CHANNELS_FIRST", "CHANNELS_LAST", "channels_last", "convolve_channels_last"]
 
@@ -80,10 +82,15 @@ def convolve_channels_last(nd: int, run: Callable[[Any, Any], ArrayLike], input:
     if is_device_array(out) != is_device_array(result):
         kind = "a pyopencl Array" if is_device_array(result) else "a numpy array"
         raise TypeError(f"out must be {kind}, as the input, got {type(out).__name__}")
+    check_distinct_elements(out)
     if isinstance(out, cla.Array):
-        if not out.flags.c_contiguous:
-            raise ValueError("out must be C-contiguous")
         dev = current_device()
+        bump(out)
+        if not out.flags.c_contiguous:  # a strided view: scattered into it
+            scatter(result, out, dev)
+            with dev.lock:
+                out.add_event(cl.enqueue_marker(dev.queue))
+            return out
         with dev.lock:
             cl.enqueue_copy(dev.queue, out.base_data, result.base_data, byte_count=result.nbytes,
                             dst_offset=element_offset(out) * out.dtype.itemsize,
