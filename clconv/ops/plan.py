@@ -338,17 +338,17 @@ class Plan:
         operands then gets no completion event (no marker enqueued: ~15 us a run)."""
         if self.needs_gemm:
             clblast.require(self.label)
-        if out is not None:
-            versions.bump(out)  # a write into the caller's array (clconv.nn's backward checks)
         ready = self._ready(values) and (out is None or self._ready_out(out, values))
         if check and not ready:
             batch = self._batch_of(values)
             sibling = None if batch is None else self._for_batch(batch)
-            if sibling is not None:  # another batch size of the same layer
+            if sibling is not None:  # another batch size of the same layer (it counts the write)
                 return sibling.execute(values, out)
             self._check_operands(values)
         elif self.dtype == np.float16 and not ready:
             check_precision(self.device, self.dtype)
+        if out is not None:
+            versions.bump(out)  # a write into the caller's array (clconv.nn's backward checks)
         dev = self.device
         host = not ready and not isinstance(values[self.result_follows], cla.Array)
         # Every run costs its Python too (a small layer's kernels take ~100 us): the common case
