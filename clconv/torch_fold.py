@@ -20,6 +20,7 @@ from .ops.fold import fold_batchnorm
 from .runtime.device import Device, current_device
 from .torch_graph import activation_module
 from .torch_graph.activations import ACTIVATION_MODULES
+from .torch_train import defer_result, deferred_array, flush_deferred, joined_results
 from .torch_ops import (
     OPS,
     NotScriptable,
@@ -29,10 +30,8 @@ from .torch_ops import (
     host,
     host_result,
     operand,
-    result_operand,
     sample_of,
     sample_view,
-    synced,
     to_tensor,
     upload_constant,
     uses_zero_copy,
@@ -124,35 +123,49 @@ class Fold:
 
 
 def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
+               residual: torch.Tensor | None = None, defer: bool = False) -> torch.Tensor:
     """act(bn(conv(input)) + residual) as one clconv convolution on the current device: `fold`'s
     weights, activation `spec` in the kernel's store, `residual` (the result's shape and dtype,
-    or None; not with a transposed conv) added before it."""
+    or None; not with a transposed conv) added before it. Operands that deferred chains write
+    are read through their device arrays; defer: only such chains (and pools) read the result,
+    so it is not waited for here (clconv.torch_train's deferral) where it is written in place."""
     nd = len(conv.kernel_size)
     x, unbatched = batched(input, nd)
     dev = current_device()
     transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
     with dev:
         zero_copy = uses_zero_copy(dev)
-        operands = (operand(x, dev, zero_copy), *fold.weights(dev))
+        pending = deferred_array(x)
+        operands = (operand(x, dev, zero_copy) if pending is None else pending,
+                    *fold.weights(dev))
         # the result written into a new tensor's memory where the input crossed so too
         on_host = zero_copy and isinstance(operands[0], cla.Array)
         output_padding = conv._output_padding(
             input, None, conv.stride, conv.padding, conv.kernel_size, nd,
             conv.dilation) if transposed else None
-        result = result_operand(conv_result_shape(
-            tuple(x.shape), tuple(conv.weight.shape), conv.stride, conv.padding,
-            conv.dilation, conv.groups, output_padding), x, dev, on_host)
-        out = None if result is None else result[1]
+        shape = conv_result_shape(tuple(x.shape), tuple(conv.weight.shape), conv.stride,
+                                  conv.padding, conv.dilation, conv.groups, output_padding)
+        results = joined_results(dev, True) if on_host else None
+        out = None if results is None else results.new(shape, x)
+        r = None
         if transposed:
             y = OPS[nd][3](*operands, conv.stride, conv.padding, tuple(output_padding),
                            conv.groups, conv.dilation, activation=spec, out=out)
         else:
-            r = None if residual is None else operand(residual, dev, zero_copy)
+            if residual is not None:
+                r = deferred_array(residual)
+                r = operand(residual, dev, zero_copy) if r is None else r
             y = OPS[nd][0](*operands, conv.stride, conv.padding, conv.dilation, conv.groups,
                            padding_mode=conv.padding_mode, algorithm=conv.algorithm,
                            activation=spec, residual=r, out=out)
-        y = to_tensor(host_result(y) if result is None else synced(result, dev), x)
+        if results is None:
+            y = to_tensor(host_result(y), x)
+        elif defer and not unbatched and x.is_contiguous() and results.over_tensor(out):
+            # (a contiguous x: the result is not made channels_last, which would read it)
+            return defer_result(results, out, (input, residual, operands, r))
+        else:
+            y = results.tensor(out, x)  # (and the deferred results before it)
+            flush_deferred()
     return y[0] if unbatched else y
 
 

@@ -20,12 +20,12 @@ from torch import fx, nn
 
 from .ops.activation import Activation, normalize_activation
 from .torch_fold import BATCHNORM_ND, Fold, run_folded
-from .torch_train import flush_deferred, run_chain, trainable, trains_fused
+from .torch_train import (defer_result, deferred_array, flush_deferred, joined_results,
+                          run_chain, trainable, trains_fused)
 from .torch_graph.activations import activation_of, activation_spec
 from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
 from .runtime.device import current_device
-from .torch_ops import (conv_result_shape, nd_tuple, operand, result_operand, synced,
-                        uses_zero_copy)
+from .torch_ops import conv_result_shape, nd_tuple, operand, uses_zero_copy
 
 # A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
 # it writes its first argument).
@@ -80,18 +80,21 @@ def _site_fold(conv: nn.Module, bn: nn.Module | None) -> Fold:
 
 
 def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Tensor,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
+               residual: torch.Tensor | None = None, defer: bool = False) -> torch.Tensor:
     """act(bn(conv(input)) + residual) as one clconv convolution (the node a fused run becomes);
     torch's modules and ops one by one where the fused kernel would differ from them (BatchNorm
     without running statistics, an unbatched input, a residual that broadcasts or has another
-    dtype)."""
+    dtype). defer: every user of the result is such a node or a fused pool (the trace's
+    `_mark_deferred_inference`): its kernels are waited for with a later node's or at the
+    forward's end."""
     nd = len(conv.kernel_size)
     fold = _site_fold(conv, bn)
     if fold.active() and input.dim() == nd + 2 and (residual is None or (
             residual.dtype == input.dtype and tuple(residual.shape) == conv_result_shape(
                 tuple(input.shape), tuple(conv.weight.shape), conv.stride, conv.padding,
                 conv.dilation, conv.groups))):
-        return run_folded(conv, fold, spec, input, residual)
+        return run_folded(conv, fold, spec, input, residual, defer)
+    flush_deferred()  # torch reads the operands
     return _one_by_one(conv, bn, spec, input, residual)
 
 
@@ -127,15 +130,16 @@ _TORCH_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any = None,
                    padding: Any = 0, dilation: Any = 1, ceil_mode: bool = False,
-                   return_indices: bool = False) -> Any:
+                   return_indices: bool = False, *, defer: bool = False) -> Any:
     """F.max_pool{nd}d run by clconv on a device whose memory is the host's (the tensors' memory
     read and written in place; 1.9x faster than torch's on PoCL for ResNet's 3x3 / 2 pool); torch's
-    own everywhere else (indices, other devices, dtypes or layouts)."""
+    own everywhere else (indices, other devices, dtypes or layouts). defer: as fused_conv's."""
     dev = current_device()
     if return_indices or input.dim() != nd + 2 or input.dtype not in (torch.float32,
                                                                          torch.float64) or \
             (input.dtype == torch.float64 and not dev.fp64) or not input.is_contiguous() or \
             not uses_zero_copy(dev):
+        flush_deferred()  # torch reads the input
         return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
                                    ceil_mode=ceil_mode, return_indices=return_indices)
     try:
@@ -147,23 +151,30 @@ def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
     except (TypeError, ValueError):  # torch's own error for bad arguments
         size = None
     if size is None or min(size) < 1 or input.numel() == 0:
+        flush_deferred()
         return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
                                    ceil_mode=ceil_mode)
     with dev:
-        x = operand(input, dev, True)
-        result = result_operand((*input.shape[:2], *size), input, dev, True)
-        _CLCONV_MAX_POOL[nd](x, kernel_size, stride, padding, dilation, ceil_mode,
-                             out=result[1])
-        return synced(result, dev)
+        x = deferred_array(input)
+        x = operand(input, dev, True) if x is None else x
+        results = joined_results(dev, True)
+        out = results.new((*input.shape[:2], *size), input)
+        _CLCONV_MAX_POOL[nd](x, kernel_size, stride, padding, dilation, ceil_mode, out=out)
+        if defer:
+            return defer_result(results, out, (input, x))
+        y = results.tensor(out)  # (and the deferred results before it)
+        flush_deferred()
+        return y
 
 
-def _module_max_pool(pool: nn.Module, input: torch.Tensor) -> Any:
+def _module_max_pool(pool: nn.Module, input: torch.Tensor, defer: bool = False) -> Any:
     """A MaxPool module's forward by fused_max_pool (the module read at call time)."""
     nd = _MAX_POOL_MODULES.get(type(pool))
     if nd is None or pool.return_indices:
+        flush_deferred()
         return pool(input)
     return fused_max_pool(nd, input, pool.kernel_size, pool.stride, pool.padding,
-                          pool.dilation, pool.ceil_mode)
+                          pool.dilation, pool.ceil_mode, defer=defer)
 
 
 def _pools_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
@@ -276,6 +287,28 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
     return fused
 
 
+#: The inference trace's nodes that read deferred results through their device arrays.
+_INFERENCE_NODES = (fused_conv, fused_max_pool, _module_max_pool)
+
+
+def _mark_deferred_inference(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
+    """Gives each node of the inference trace's fused convolutions and pools whose every user is
+    one too `defer=True` (returns how many): no torch op reads its result before the next wait.
+    None (0) where any node may write a tensor in place (it could write what a deferred kernel
+    still reads)."""
+    nodes = list(graph.nodes)
+    if any(_writes_in_place(n, modules) for n in nodes):
+        return 0
+    marked = 0
+    for node in nodes:
+        if node.op == "call_function" and node.target in _INFERENCE_NODES and node.users and \
+                all(u.op == "call_function" and u.target in _INFERENCE_NODES
+                    for u in node.users):
+            node.kwargs = {**node.kwargs, "defer": True}
+            marked += 1
+    return marked
+
+
 def _mark_deferred(graph: fx.Graph) -> int:
     """Gives each fused_conv_train node whose every user is one too `defer=True` (returns how
     many): no torch op reads its result before the chains' next wait. None (0) where the graph
@@ -329,9 +362,9 @@ class FusedForward:
     forward, the one for inference (eval mode, no_grad: `fused_conv`, `fused_max_pool`) or the
     one for autograd (`fused_conv_train`), else the model's class forward. Each trace is made at
     its first call and again whenever the model's modules changed (their classes, in module
-    order). `fused` / `pools`: the inference trace's fused chains and pools; `fused_train`: the
-    autograd trace's chains, `deferred_train` of them waited for with a later one
-    (clconv.torch_train._Deferred)."""
+    order). `fused` / `pools`: the inference trace's fused chains and pools, `deferred` of them
+    waited for with a later one; `fused_train`: the autograd trace's chains, `deferred_train` of
+    them waited for with a later one (clconv.torch_train._Deferred)."""
 
     def __init__(self, model: nn.Module, leaves: tuple[type, ...]) -> None:
         self.model, self.leaves = model, leaves
@@ -339,12 +372,12 @@ class FusedForward:
         self._fn: Callable[..., Any] | None = None
         self._train_key: tuple[type, ...] | None = None
         self._train_fn: Callable[..., Any] | None = None
-        self.fused = self.pools = self.fused_train = self.deferred_train = 0
+        self.fused = self.pools = self.deferred = self.fused_train = self.deferred_train = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # The generated functions stay behind (traced again on the first fused call).
         return {"model": self.model, "leaves": self.leaves, "_key": None, "_fn": None,
-                "_train_key": None, "_train_fn": None, "fused": 0, "pools": 0,
+                "_train_key": None, "_train_fn": None, "fused": 0, "pools": 0, "deferred": 0,
                 "fused_train": 0, "deferred_train": 0}
 
     def _structure(self, training: bool) -> tuple[type, ...] | None:
@@ -357,14 +390,14 @@ class FusedForward:
             key.append(type(m))
         return tuple(key)
 
-    def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int]:
+    def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int]:
         """(the fused forward or None where nothing fused, chains fused, pools replaced (for
-        inference) or chains deferred (for autograd))."""
+        inference), nodes deferred)."""
         model = self.model
         try:
             graph = _Tracer(self.leaves).trace(model)
         except Exception:  # noqa: BLE001 - an untraceable forward runs as written
-            return None, 0, 0
+            return None, 0, 0, 0
         modules = dict(model.named_modules())
 
         def is_conv(m: nn.Module) -> bool:
@@ -372,13 +405,14 @@ class FusedForward:
                 m, nn.modules.conv._ConvTransposeNd)
         if training:
             fused = fuse_graph(graph, modules, is_conv, fused_conv_train, trains_fused)
-            extra = _mark_deferred(graph)  # (max pooling stays torch's: its gradient needs
-            # the indices)
+            pools, deferred = 0, _mark_deferred(graph)  # (max pooling stays torch's: its
+            # gradient needs the indices)
         else:
             fused = fuse_graph(graph, modules, is_conv)
-            extra = _pools_to_clconv(graph, modules) if fused else 0
+            pools = _pools_to_clconv(graph, modules) if fused else 0
+            deferred = _mark_deferred_inference(graph, modules) if fused else 0
         if not fused:
-            return None, 0, 0
+            return None, 0, 0, 0
         graph.lint()
         code = graph.python_code(root_module="self")
         # An activation with no activation= name (threshold) is its Activation in the graph,
@@ -387,7 +421,7 @@ class FusedForward:
         name = "training" if training else "inference"
         exec(compile(code.src, f"<clconv fused {name} forward of {type(model).__name__}>",
                      "exec"), scope)
-        return scope["forward"], fused, extra
+        return scope["forward"], fused, pools, deferred
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
@@ -400,22 +434,20 @@ class FusedForward:
             return plain(model, *args, **kwargs)
         if grad:
             if key != self._train_key:
-                self._train_fn, self.fused_train, self.deferred_train = self._build(True)
+                self._train_fn, self.fused_train, _, self.deferred_train = self._build(True)
                 self._train_key = key
             fn = self._train_fn
         else:
             if key != self._key:
-                self._fn, self.fused, self.pools = self._build(False)
+                self._fn, self.fused, self.pools, self.deferred = self._build(False)
                 self._key = key
             fn = self._fn
         if fn is None:
             return plain(model, *args, **kwargs)
-        if not grad:
-            return fn(model, *args)
         try:
             return fn(model, *args)
         finally:
-            flush_deferred()  # the deferred chains' results and running statistics
+            flush_deferred()  # the deferred chains' results (and running statistics)
 
 
 def install(model: nn.Module, leaves: tuple[type, ...]) -> None:

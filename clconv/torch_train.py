@@ -88,6 +88,10 @@ class _Results:
         self._synced = len(self._made)
         make_host_visible(self.dev, pending)
 
+    def over_tensor(self, arr: cla.Array) -> bool:
+        """Whether a `new` array is over a tensor's memory (not a pool array to download)."""
+        return any(a is arr and t is not None for t, a in self._made)
+
     def unsynced(self, arr: cla.Array) -> torch.Tensor:
         """The tensor over a `new` array's memory, its contents the kernels' only after the next
         `sync` (for a result that only the device reads until then)."""
@@ -128,6 +132,36 @@ class _Deferred(threading.local):
 
 
 _DEFERRED = _Deferred()
+
+
+def joined_results(dev: Device, zero_copy: bool) -> _Results:
+    """The set a chain's new results join: the deferred chains' when they are on `dev` (another
+    device's are waited for first), else a new one."""
+    d = _DEFERRED
+    if d.results is not None and d.results.dev is not dev:
+        flush_deferred()
+    return d.results if d.results is not None else _Results(dev, zero_copy)
+
+
+def deferred_array(t: torch.Tensor | None) -> cla.Array | None:
+    """The device array a deferred chain writes `t` through (a chain reading t passes it on, as
+    t's contents are not the kernels' yet), or None where t is no pending result."""
+    d = _DEFERRED
+    if t is None or d.results is None or not t.is_contiguous():
+        return None
+    return d.arrays.get((t.data_ptr(), tuple(t.shape), t.dtype))
+
+
+def defer_result(results: _Results, out: cla.Array, kept: Any) -> torch.Tensor:
+    """The tensor over `out` (a `results.new` array over a tensor's memory), not waited for: its
+    contents are the kernels' after the next wait (`flush_deferred`, or a chain's that is not
+    deferred); `kept` (the operands) lives until then."""
+    d = _DEFERRED
+    d.results = results
+    t = results.unsynced(out)
+    d.arrays[(t.data_ptr(), tuple(t.shape), t.dtype)] = out
+    d.kept.append(kept)
+    return t
 
 
 def flush_deferred() -> None:
@@ -233,9 +267,6 @@ class ConvChainFunction(torch.autograd.Function):
                 momentum: float | None, defer: bool) -> torch.Tensor:
         dev = current_device()
         kept: list[Any] = []
-        deferred = _DEFERRED
-        if deferred.results is not None and deferred.results.dev is not dev:
-            flush_deferred()
         with dev:
             plans = _plans(dev, conv, bn, act, x, bias is not None, residual is not None,
                            gamma is not None, beta is not None)
@@ -243,19 +274,13 @@ class ConvChainFunction(torch.autograd.Function):
             zc = uses_zero_copy(dev)
             # (a contiguous x: the result is not made channels_last, which would read it)
             defer = defer and zc and x.is_contiguous()
-            pending = deferred.results is not None
-            results = deferred.results if pending else _Results(dev, zc)
-            if defer:
-                deferred.results = results
+            results = joined_results(dev, zc)
 
             def put(t: torch.Tensor | None) -> cla.Array | None:
                 if t is None:
                     return None
-                if pending and t.is_contiguous():  # a deferred chain's result: its array
-                    found = deferred.arrays.get((t.data_ptr(), tuple(t.shape), t.dtype))
-                    if found is not None:
-                        return found
-                return _device_operand(t, dev, zc, kept)
+                found = deferred_array(t)  # a deferred chain's result: its array
+                return found if found is not None else _device_operand(t, dev, zc, kept)
 
             def param(t: torch.Tensor | None) -> cla.Array | None:
                 return plans.parameter(t, dev, zc, kept)
@@ -286,13 +311,11 @@ class ConvChainFunction(torch.autograd.Function):
                     enqueue_bias_act(dev, out, None, rd, act, channels, inner)
             update = bn is not None and batch_stats and momentum is not None
             if defer:
-                result = results.unsynced(out)
+                result = defer_result(results, out, kept)
                 stats_t = results.unsynced(stats) if stats is not None else None
                 y_t = results.unsynced(y) if y is not None else None
-                deferred.arrays[(result.data_ptr(), shape, result.dtype)] = out
-                deferred.kept.append(kept)
                 if update:
-                    deferred.after.append(functools.partial(
+                    _DEFERRED.after.append(functools.partial(
                         _update_running_stats, bn, stats_t, shape[0] * inner, momentum))
             else:
                 result = results.tensor(out, x)  # (and every deferred result before it)

@@ -169,6 +169,62 @@ def test_changed_modules_are_traced_again(ct, dev):
     _close(_run(converted, x, dev), _run(model, x))
 
 
+def test_inference_waits_once_for_what_only_clconv_reads(ct, dev, monkeypatch):
+    """A fused convolution or pool whose every user is one too is not waited for: one wait a
+    forward serves the network (the host enqueues the next convolutions while the device
+    computes), and the results stay torch's."""
+    import clconv.torch_train as tt
+    from clconv.torch_ops import uses_zero_copy
+
+    model = _net()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 12, 10)
+    want = _run(model, x)
+    _close(_run(converted, x, dev), want)  # the first call traces
+    # every fused node but the last convolution, which torch's adaptive_avg_pool2d reads
+    assert converted.forward.deferred == 10
+    waits = []
+    real = tt.make_host_visible
+
+    def counted(d, arrays):
+        if arrays:
+            waits.append(len(arrays))
+        return real(d, arrays)
+
+    monkeypatch.setattr(tt, "make_host_visible", counted)
+    for _ in range(2):
+        _close(_run(converted, x, dev), want)
+    # (a device whose memory is not the host's downloads each result instead)
+    assert waits == ([11, 11] if uses_zero_copy(dev) else [])
+
+
+def test_a_deferred_result_is_waited_for_before_torch_reads_it(ct, dev):
+    """A chain whose only user is a fused node that then runs in torch (its residual
+    broadcasts): the deferred result is complete before torch reads it."""
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.b, self.bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.shift = nn.Parameter(torch.randn(1, 8, 1, 1))
+            self.c = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU())
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.b(self.a(x))) + self.shift)  # runs in torch
+            return F.max_pool2d(self.c(y), 2)
+
+    torch.manual_seed(3)
+    model = Mixed().eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 24, 20)
+    want = _run(model, x)
+    for _ in range(3):
+        _close(_run(converted, x, dev), want)
+    # a, b and c (read by fused nodes; b runs in torch, so is never deferred)
+    assert converted.forward.fused == 3 and converted.forward.deferred == 3
+
+
 def test_residuals_the_kernel_cannot_add_run_in_torch(ct, dev):
     """A residual that broadcasts, one of another dtype, an unbatched input, a BatchNorm without
     running statistics: the chain runs module by module, with torch's results."""
@@ -231,6 +287,30 @@ def test_a_conv_is_not_moved_past_an_in_place_write_of_its_input(ct, dev):
     converted = ct.convert(model)
     x = torch.randn(2, 3, 6, 5)
     _close(_run(converted, x, dev), _run(model, x))
+
+
+def test_nothing_is_deferred_where_torch_writes_in_place(ct, dev):
+    """An in-place write left in the trace might write what a deferred kernel still reads: every
+    fused node then waits for its kernels."""
+
+    class WritesAfter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            y = x * 1.0
+            h = F.relu(self.a(y))  # its only user is the next chain
+            y.mul_(-1.0)  # after the conv read y
+            return F.relu(self.b(h)) + y
+
+    torch.manual_seed(4)
+    model = WritesAfter().eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 16, 12)
+    for _ in range(2):
+        _close(_run(converted, x, dev), _run(model, x))
+    assert converted.forward.fused == 2 and converted.forward.deferred == 0
 
 
 def test_deepcopy_and_pickle_keep_the_fused_forward(ct, dev):
