@@ -1,4 +1,5 @@
-"""PyTorch integration (`pip install 'clconv[torch]'`): torch.nn convolutions computed by clconv.
+"""PyTorch integration (torch installed beside clconv: README's "Install without make or root"):
+torch.nn convolutions computed by clconv.
 
     import torch, clconv.torch
     conv = clconv.torch.Conv2d(3, 16, 3, padding=1)     # a torch.nn.Conv2d in every respect...

@@ -395,7 +395,8 @@ def choose_algorithm(dev: Device, geo: ConvGeometry, algorithm: str,
 def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: PaddingArg = 0,
                    dilation: IntOrTuple = 1, groups: int = 1, *, algorithm: str = "auto",
                    padding_mode: str = "zeros", dtype: Any = np.float32) -> int:
-    """Bytes of workspace a convolution needs unsplit (0 for the direct and 1x1 paths): the im2col
+    """Bytes of workspace a convolution needs unsplit (0 for 'direct', 'implicit' and unpadded
+    stride-1 1x1 convolutions): the im2col
     column buffer, or Winograd's transforms. (Given more, the im2col path folds the batch into the
     GEMM, which also stages the (C_out, N * L) GEMM result there: (C_in * k + C_out) * L values an
     image; the default limit usually allows it.)
@@ -508,9 +509,9 @@ conv1d, conv2d, conv3d = per_dimensions(
     workspace_limit: bytes the column buffer (or Winograd's transforms) may take (None: the
     device's default, `clconv.runtime.memory.default_workspace_limit`), capped at the device's
     largest single allocation.
-    out: an array to write the result into (numpy for numpy inputs, a contiguous pyopencl Array on
-    the device for device inputs), of the result's shape and dtype; it is returned.
-    layout: 'nchw' (default) or 'nhwc': channels-last input, residual, out and result ((N, H, W,
+    out: an array to write the result into (numpy for numpy inputs, a pyopencl Array on the device
+    for device inputs; strided views too), of the result's shape and dtype; it is returned.
+    layout: None or 'nchw' (the default) or 'nhwc': channels-last input, residual, out and result ((N, H, W,
     C); conv1d 'nlc', conv3d 'ndhwc'), computed as NCHW around one transposing copy each way.
     numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device, nothing
     copied to the host (the call returns once the work is queued; the result carries its event).

@@ -127,8 +127,8 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
     dynamic=False)`, called under torch.no_grad() / torch.inference_mode(), runs each graph dynamo
     captures through compile() (the model's parameters and buffers, which dynamo passes as graph
     inputs, become constants read now: compile again after changing them). With grad enabled the
-    graph runs in torch (the contract is inference); a graph compile() cannot take (symbolic sizes
-    of dynamic=True, say) runs in torch too, with a FallbackWarning saying why. Nodes compile()
+    graph runs in torch (the contract is inference); a graph compile() cannot take runs in torch
+    too, with a FallbackWarning saying why. Nodes compile()
     cannot lower fall back one by one as in compile()."""
     if torch.is_grad_enabled():
         return gm.forward
