@@ -2,7 +2,8 @@
 // computed in float32 (the GEMM and col2im paths of transpose.py / grad.py accumulate in float32
 // for half).
 //
-// -D SRC, -D DST      storage types: half, float or double (default float -> float)
+// -D SRC, -D DST      storage types: SRC half, float, double or an integer type (char ...
+//                     ulong; bool as uchar), DST half, float or double (default float -> float)
 // -D SRC_HALF         set when SRC is half: read with vload_half
 // -D DST_HALF         set when DST is half: written with vstore_half (round to nearest even)
 // vload_half / vstore_half are core OpenCL: the conversion itself needs no cl_khr_fp16.

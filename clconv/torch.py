@@ -213,6 +213,11 @@ def _gradients(ctx: Any, g: torch.Tensor, input_grad: Callable[..., Any],
     x, weight = ctx.saved_tensors
     gx = gw = gb = None
     dev = ctx.dev
+    needs = ctx.needs_input_grad
+    if g.numel() == 0:  # an empty output (a batch of 0, an output extent of 0): zeros, as torch
+        gx, gw = (torch.zeros_like(t) if need else None for t, need in zip((x, weight), needs))
+        gb = weight.new_zeros(g.shape[1]) if ctx.has_bias and needs[2] else None
+        return (gx, gw, gb) + (None,) * (len(needs) - 3)
     with dev:
         zc = uses_zero_copy(dev)
         gh = operand(g.contiguous() if zc else g, dev, zc)

@@ -199,6 +199,29 @@ def test_empty_batch(clconv, dev, rng, nd, kind):
     assert isinstance(got, cla.Array if kind == "cl" else np.ndarray)
 
 
+@pytest.mark.parametrize("kind", ["numpy", "cl"])
+def test_output_of_extent_zero_is_empty_as_torch(clconv, dev, rng, kind):
+    """Padding that leaves an output dim of extent exactly 0 gives an empty result (torch's;
+    a negative extent is refused: BAD_CASES), with a bias, an activation and through a plan."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    for nd, x_shape, w_shape, kw in (
+            (2, (2, 2, 1, 5), (2, 2, 2, 1),
+             {"stride": 2, "padding": (1, 2), "output_padding": (0, 1), "dilation": (1, 2)}),
+            (1, (2, 3, 4), (3, 2, 3), {"padding": 3}),
+            (3, (1, 2, 2, 2, 2), (2, 1, 1, 2, 3), {"padding": (0, 0, 2), "groups": 2})):
+        x, w = random_array(rng, x_shape), random_array(rng, w_shape)
+        b = random_array(rng, (w_shape[1] * kw.get("groups", 1),))
+        want = getattr(F, f"conv_transpose{nd}d")(torch.from_numpy(x), torch.from_numpy(w),
+                                                  torch.from_numpy(b), **kw)
+        assert 0 in want.shape
+        got = _op(clconv, nd)(as_kind(x, kind, dev.queue), w, b, activation="relu", **kw)
+        assert isinstance(got, cla.Array if kind == "cl" else np.ndarray)
+        assert got.shape == tuple(want.shape) and got.dtype == np.float32
+        plan = getattr(clconv, f"plan_conv_transpose{nd}d")(x_shape, w_shape, **kw)
+        assert plan(x, w, b).shape == tuple(want.shape)
+
+
 def test_nan_propagates_to_the_window(clconv, rng):
     x = random_array(rng, (1, 1, 4, 4))
     w = random_array(rng, (1, 1, 3, 3))

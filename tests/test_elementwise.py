@@ -178,6 +178,24 @@ def test_binary_kinds_scalars_and_nan(clconv, dev, rng):
         want = torch.sub(ta, tb).numpy()
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         assert_close(got, want, np.float32, magnitude=16)
+    # a bool is the number 0 or 1 (x + True), as torch's (which refuses it in sub); two
+    # numbers are torch's TypeError
+    for a, b in ((x, True), (False, gate), (xd, np.bool_(True))):
+        with pytest.raises(TypeError, match="bool"):
+            clconv.sub(a, b)
+    for op in ("add", "mul", "div"):
+        for a, b in ((x, True), (False, gate), (xd, True)):
+            got = getattr(clconv, op)(a, b)
+            got = got.get() if isinstance(got, cla.Array) else got
+            ta, tb = (v if isinstance(v, bool) else torch.from_numpy(
+                v.get() if isinstance(v, cla.Array) else v) for v in (a, b))
+            want = getattr(torch, op)(ta, tb).numpy()
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, want)
+    for op in ("add", "sub", "mul", "div", "maximum"):
+        for a, b in ((2.0, 3.0), (np.int32(-1), np.int32(0)), (True, 1.5)):
+            with pytest.raises(TypeError, match="both numbers"):
+                getattr(clconv, op)(a, b)
 
 
 def test_div_and_sqrt_as_torch(clconv, dev, rng):

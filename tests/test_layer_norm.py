@@ -103,5 +103,19 @@ def test_instance_norm_refusals(clconv):
         clconv.instance_norm(x, use_input_stats=False)
     with pytest.raises(ValueError, match="more than 1 spatial element"):
         clconv.instance_norm(np.zeros((2, 3, 1), np.float32))
-    with pytest.raises(ValueError, match="spatial dim"):
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
         clconv.instance_norm(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(N, C, \*spatial\)"):
+        clconv.instance_norm(np.zeros(3, np.float32), *stats, use_input_stats=False)
+
+
+def test_instance_norm_of_a_2d_input_with_running_stats_as_torch(clconv, rng):
+    """(N, C) with use_input_stats=False: BatchNorm on the running statistics, as torch's (which
+    refuses the input's own statistics there: one value an instance)."""
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    mean, var = rng.standard_normal(4).astype(np.float32), rng.random(4).astype(np.float32) + 0.5
+    w, b = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    t = lambda a: torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
+    want = F.instance_norm(t(x), t(mean), t(var), t(w), t(b), use_input_stats=False).numpy()
+    np.testing.assert_allclose(clconv.instance_norm(x, mean, var, w, b, use_input_stats=False),
+                               want, rtol=1e-5, atol=1e-5)

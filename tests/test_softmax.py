@@ -81,3 +81,13 @@ def test_dtype_argument_as_torch(dev, rng, log):
         assert_close(got, want, wide, reduction=7, magnitude=4)
     with pytest.raises(TypeError, match="no clconv counterpart"):
         ours(x, 1, dtype=torch.int32)
+    # an integer or bool input is cast as torch casts it: numpy, and a device array on the device
+    for int_dtype in (np.int64, np.int32, np.uint8, np.bool_):
+        xi = (np.arange(21).reshape(3, 7) % 4).astype(int_dtype)
+        want = theirs(torch.from_numpy(xi), 1, dtype=torch.float32).numpy()
+        for got in (ours(xi, 1, dtype=np.float32),
+                    ours(cla.to_device(dev.queue, xi), 1, dtype=np.float32).get()):
+            assert got.dtype == np.float32
+            assert_close(got, want, np.float32, reduction=7, magnitude=4)
+    with pytest.raises(TypeError, match="complex64"):
+        ours(cla.to_device(dev.queue, np.ones((2, 3), np.complex64)), 1, dtype=np.float32)

@@ -132,6 +132,28 @@ def test_unbatched_input_and_output_size(ct, dev):
         ct.ConvTranspose2d(4, 2, 3, padding_mode="reflect")(y.unsqueeze(0))
 
 
+def test_empty_outputs_give_zero_gradients_as_torch(ct, dev):
+    """A batch of 0, and a transposed convolution whose padding leaves an output extent of 0:
+    empty results, and the input, weight and bias gradients torch's (zeros)."""
+    torch.manual_seed(1)
+    for ours, theirs, shape, kw in ((ct.ConvTranspose1d, torch.nn.ConvTranspose1d, (2, 3, 4),
+                                     {"padding": 3}),
+                                    (ct.Conv2d, torch.nn.Conv2d, (0, 3, 5, 5), {"padding": 1})):
+        m, ref = ours(3, 2, 3, **kw), theirs(3, 2, 3, **kw)
+        ref.load_state_dict(m.state_dict())
+        x = torch.randn(*shape, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_(True)
+        with dev:
+            y = m(x)
+            y.sum().backward()
+        want = ref(x2)
+        want.sum().backward()
+        assert y.shape == want.shape and 0 in y.shape
+        for got, exp in ((x.grad, x2.grad), (m.weight.grad, ref.weight.grad),
+                         (m.bias.grad, ref.bias.grad)):
+            assert torch.equal(got, exp)
+
+
 def test_convert_swaps_convolutions_and_keeps_weights(ct, dev):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),

@@ -83,7 +83,7 @@ def adjoint_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: boo
                   has_residual: bool = False
                   ) -> ForwardAdjoint | DepthwiseAdjoint | StridedPointwiseAdjoint | None:
     """The fast path for `transpose.Adjoint(geo)`, or None (then GEMM + col2im)."""
-    if not float_work(dtype):
+    if not float_work(dtype) or 0 in geo.in_size:  # (an empty output: nothing runs)
         return None
     fgeo = forward_geometry(geo)
     # Flipping the filters costs a pass over them per call, and the forward kernels do no

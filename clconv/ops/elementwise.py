@@ -380,8 +380,9 @@ def _binary_values(input: Any, other: Any) -> dict[str, Any]:
 
 
 def _scalar_operand(value: Any, like: Any, name: str) -> Any:
-    """A Python number as a 0-d numpy array of `like`'s dtype (as torch wraps scalars)."""
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.ndarray)):
+    """A Python number (a bool as 0 / 1) as a 0-d numpy array of `like`'s dtype (as torch wraps
+    scalars)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, np.ndarray):
         try:  # numpy's, pyopencl's or a torch tensor's dtype (as its numpy view has it)
             dtype = dtype_of(like, name) if like is not None and \
                 not isinstance(like, numbers.Real) else np.dtype(np.float32)
@@ -414,6 +415,12 @@ def _device_scalar(dev: Device, value: np.ndarray) -> cla.Array:
 def _binary(op: str, input: ArrayLike, other: ArrayLike, activation: ActivationArg,
             out: ArrayLike | None, alpha: float = 1) -> ArrayLike:
     alpha = _check_alpha(op, alpha)
+    if isinstance(input, numbers.Number) and isinstance(other, numbers.Number):
+        raise TypeError(f"{op}: input and other are both numbers ({type(input).__name__}, "
+                        f"{type(other).__name__}); at least one must be an array, as in torch")
+    if op == "sub" and any(isinstance(v, (bool, np.bool_)) for v in (input, other)):
+        raise TypeError("sub: a bool operand; torch refuses subtraction with a bool (use ~ or "
+                        "logical_not to invert a mask)")
     other = _scalar_operand(other, input, "other")
     input = _scalar_operand(input, other, "input")
     dev = current_device()

@@ -151,7 +151,8 @@ def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
                   running_var: ArrayLike | None = None, weight: ArrayLike | None = None,
                   bias: ArrayLike | None = None, use_input_stats: bool = True,
                   momentum: float = 0.1, eps: float = 1e-5) -> ArrayLike:
-    """torch.nn.functional.instance_norm: input (N, C, *) normalised per image and channel by its
+    """torch.nn.functional.instance_norm: input (N, C, *spatial) (a spatial dim needed only for
+    the input's own statistics) normalised per image and channel by its
     own statistics (use_input_stats=True: group_norm with one channel a group), or by
     running_mean / running_var (C,) when use_input_stats=False (an eval-mode InstanceNorm with
     track_running_stats: batch_norm on them); then weight / bias (C,) if given. Updating running
@@ -161,9 +162,11 @@ def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
     from .channels import batch_norm
 
     shape = tuple(int(v) for v in shape_of(input))
-    if len(shape) < 3:
-        raise ValueError(f"instance_norm: input must be (N, C, *spatial) with a spatial dim, got "
-                         f"shape {shape}")
+    if len(shape) < 2:
+        raise ValueError(f"instance_norm: input must be (N, C, *spatial), got shape {shape}")
+    if len(shape) == 2 and use_input_stats:  # (torch's words: one value an instance)
+        raise ValueError(f"instance_norm: expected more than 1 spatial element, got input size "
+                         f"{list(shape)}")
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: use_input_stats=False needs running_mean and "

@@ -29,6 +29,12 @@ __all__ = ["check_precision", "compute_dtype", "convert", "convert_into", "load"
 _HALF = np.dtype(np.float16)
 _CL_NAMES = {np.dtype(np.float16): "half", np.dtype(np.float32): "float",
              np.dtype(np.float64): "double"}
+# what convert_into also reads (softmax's dtype= casts an integer device array, as torch's)
+_SOURCE_NAMES = {**_CL_NAMES, np.dtype(np.bool_): "uchar", np.dtype(np.int8): "char",
+                 np.dtype(np.uint8): "uchar", np.dtype(np.int16): "short",
+                 np.dtype(np.uint16): "ushort", np.dtype(np.int32): "int",
+                 np.dtype(np.uint32): "uint", np.dtype(np.int64): "long",
+                 np.dtype(np.uint64): "ulong"}
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -89,11 +95,16 @@ def convert(dev: Device, a: cla.Array, dtype: np.dtype) -> cla.Array:
 
 
 def convert_into(dev: Device, a: cla.Array, out: cla.Array) -> None:
-    """out[...] = a converted to out's dtype, on the device (both contiguous, of one size)."""
+    """out[...] = a converted to out's dtype, on the device (both contiguous, of one size; a a
+    float or an integer or bool dtype, out a float one); TypeError for other dtypes."""
+    dtype = out.dtype
+    if a.dtype not in _SOURCE_NAMES or dtype not in _CL_NAMES:
+        raise TypeError(f"cannot convert a device array of dtype {a.dtype} to {dtype} on the "
+                        f"device (from a float, integer or bool dtype to float16, float32 or "
+                        f"float64)")
     if a.size == 0:
         return
-    dtype = out.dtype
-    defines: dict[str, Any] = {"SRC": _CL_NAMES[a.dtype], "DST": _CL_NAMES[dtype],
+    defines: dict[str, Any] = {"SRC": _SOURCE_NAMES[a.dtype], "DST": _CL_NAMES[dtype],
                                "INDEX_T": index_type(element_offset(a) + a.size,
                                                      element_offset(out) + out.size)}
     if a.dtype == _HALF:

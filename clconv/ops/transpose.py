@@ -82,7 +82,7 @@ def transpose_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequen
         raise ValueError(f"output_padding {out_pad} must be smaller than either stride {stride_t} "
                          f"or dilation {dilation_t} in every dim")
     out_size = transpose_output_size(in_size, kernel, stride_t, padding_t, out_pad, dilation_t)
-    if any(o < 1 for o in out_size):
+    if any(o < 0 for o in out_size):  # (an output of extent 0 is empty, as torch's)
         raise ValueError(f"input of spatial size {tuple(in_size)} with kernel {tuple(kernel)}, "
                          f"stride {stride_t}, padding {padding_t}, dilation {dilation_t} and "
                          f"output_padding {out_pad} gives output size {out_size}: too small "
