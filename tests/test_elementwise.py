@@ -484,6 +484,34 @@ def test_batch_norm_training_errors_as_torch(clconv, dev, rng):
         clconv.batch_norm(x, None, None, training="yes")
 
 
+def test_batch_norm_training_of_an_empty_batch_as_torch(clconv, dev):
+    """N = 0 with batch statistics: an empty result, the running statistics unchanged (torch's:
+    only one value a channel is its error); the clconv.nn layer also counts the batch."""
+    torch = import_torch()
+    for shape in ((0, 3, 4, 4), (0, 3)):
+        mean, var = np.full(3, 0.5, np.float32), np.full(3, 2.0, np.float32)
+        got = clconv.batch_norm(np.zeros(shape, np.float32), mean, var, training=True)
+        assert got.shape == shape and got.dtype == np.float32
+        np.testing.assert_array_equal(mean, 0.5)
+        np.testing.assert_array_equal(var, 2.0)
+        assert clconv.batch_norm(cla.to_device(dev.queue, np.zeros(shape, np.float32)), None,
+                                 None, training=True).shape == shape
+    for kwargs in ({}, {"momentum": None}, {"track_running_stats": False}):
+        ours, theirs = clconv.nn.BatchNorm2d(3, **kwargs), torch.nn.BatchNorm2d(3, **kwargs)
+        for mode in ("train", "eval"):
+            getattr(ours, mode)()
+            getattr(theirs, mode)()
+            y = ours(np.zeros((0, 3, 4, 4), np.float32))
+            want = theirs(torch.zeros(0, 3, 4, 4))
+            assert y.shape == tuple(want.shape)
+            assert ours.backward(np.zeros_like(y)).shape == y.shape
+            np.testing.assert_array_equal(ours.weight_grad, np.zeros(3, np.float32))
+            if theirs.running_mean is not None:
+                np.testing.assert_array_equal(ours.running_mean, theirs.running_mean.numpy())
+                np.testing.assert_array_equal(ours.running_var, theirs.running_var.numpy())
+                assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked)
+
+
 @pytest.mark.parametrize("dim", [0, 1, 2, -1, 3])
 def test_cat(clconv, dev, rng, dim):
     base = [2, 3, 4, 5]

@@ -15,6 +15,7 @@ from ..ops.precision import check_precision, compute_dtype
 from ..runtime.device import current_device
 from ..runtime.device import device as find_device
 from ..runtime.interop import host_convertible, host_operand, is_torch_tensor
+from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, result_dtype, to_device
 from ..runtime.versions import stamp
 from .module import Module, check_grad_shape, check_saved, enter, layer_dtype, leave, positive_int
@@ -181,7 +182,7 @@ class _BatchNorm(Module):
             c, inner = shape[1], math.prod(shape[2:])
             batch_stats = self.training or not self.track_running_stats
             if batch_stats:
-                if shape[0] * inner <= 1:  # torch's rule whenever batch statistics are used
+                if shape[0] * inner == 1:  # torch's rule whenever batch statistics are used
                     raise ValueError(f"expected more than 1 value per channel when training, got "
                                      f"input of shape {shape}")
                 update = self.training and self.track_running_stats
@@ -190,10 +191,13 @@ class _BatchNorm(Module):
                     self.num_batches_tracked += 1
                     factor = (1.0 / self.num_batches_tracked if self.momentum is None
                               else float(self.momentum))
-                stats = enqueue_channel_stats(dev, x, c, inner,
-                                              self.running_mean if update else None,
-                                              self.running_var if update else None, factor)
-                mean, var = stats[0], stats[1]
+                if x.size == 0:  # an empty batch: counted, the running statistics kept (torch's)
+                    mean = var = empty(dev, (c,), self._work)
+                else:
+                    stats = enqueue_channel_stats(dev, x, c, inner,
+                                                  self.running_mean if update else None,
+                                                  self.running_var if update else None, factor)
+                    mean, var = stats[0], stats[1]
             else:
                 mean, var = self.running_mean, self.running_var
             plan = batch_norm_plan(dev, shape, self._work, self.affine, self.has_bias, self.eps)

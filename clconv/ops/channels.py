@@ -146,9 +146,13 @@ def _batch_norm_training(input: ArrayLike, running_mean: ArrayLike | None,
         raise ValueError(f"batch_norm: input must have at least 2 dims (N, C, *), got shape "
                          f"{shape}")
     c, inner = shape[1], math.prod(shape[2:])
-    if shape[0] * inner <= 1:
+    if shape[0] * inner == 1:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got "
                          f"input of shape {shape}")
+    if shape[0] * inner == 0:  # an empty input: an empty result, the running statistics kept
+        unit = np.ones(c, dtype)  # (as torch's)
+        return batch_norm(input, unit - 1, unit, weight, bias, False, momentum, eps,
+                          activation=activation, out=out)
     if np.dtype(dtype) == np.float16:
         raise UnsupportedError("batch_norm: training=True computes the statistics in the input's "
                                "dtype; float16 is not supported there, use float32")
