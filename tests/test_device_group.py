@@ -237,6 +237,36 @@ def test_gradients_split_and_weight_gradient_sums(pair, rng):
 
 
 @two_devices
+def test_out_and_torch_operands_of_split_calls(pair, rng):
+    """out= (numpy or a torch tensor) gets the combined result of the parts (a weight gradient's
+    sum too: each part had written its partial sum into the one out, which was then added to
+    itself); torch tensors split as numpy arrays do."""
+    torch = pytest.importorskip("torch")
+    x, w, b = _data(rng, n=6)
+    gy = rng.standard_normal((6, 4, 7, 6)).astype(np.float32)
+    want_y = ref.conv2d(x, w, b, padding=1)
+    want_gw = ref.conv_nd_weight(x, w.shape, gy, padding=1)
+    with pair, pair.record() as splits:
+        out = np.full(want_y.shape, np.nan, np.float32)
+        assert clconv.conv2d(x, w, b, padding=1, out=out) is out
+        gw = np.full(w.shape, np.nan, np.float32)
+        assert clconv.conv2d_weight(x, w.shape, gy, padding=1, out=gw) is gw
+        tensor = torch.full(want_y.shape, float("nan"))
+        assert clconv.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                             padding=1, out=tensor) is tensor
+        from_torch = clconv.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1)
+        with pytest.raises(ValueError, match=r"out must have shape \(6, 4, 7, 6\)"):
+            clconv.conv2d(x, w, b, padding=1, out=np.empty((6, 4, 7, 5), np.float32))
+    assert all(len(s.parts) == 2 for s in splits)  # every call was split
+    magnitude = conv_magnitude(x, w, b)
+    for got in (out, tensor.numpy()):
+        assert_close(got, want_y, reduction=conv_reduction(w), magnitude=magnitude)
+    assert_close(from_torch, ref.conv2d(x, w, padding=1), reduction=conv_reduction(w),
+                 magnitude=magnitude)
+    assert_close(gw, want_gw, reduction=6 * 42, magnitude=conv_magnitude(x, gy))
+
+
+@two_devices
 def test_im2col_col2im_split_exactly(pair, rng):
     x = rng.standard_normal((5, 2, 6, 5)).astype(np.float32)
     with pair:

@@ -319,6 +319,30 @@ def _describe_arg(value: Any) -> Any:
     return repr(value)
 
 
+def _dtype_key(value: Any) -> str:
+    """A batched operand's dtype as a key: numpy's string, or the dtype's own (torch's)."""
+    dt = getattr(value, "dtype", None)
+    try:
+        return (np.asarray(value).dtype if dt is None else np.dtype(dt)).str
+    except TypeError:
+        return str(dt)
+
+
+def _into(out: Any, result: np.ndarray, name: str) -> Any:
+    """The split call's combined `result` written into the caller's `out` (numpy or a torch
+    tensor of the result's shape and dtype), which is returned; `result` when out is None."""
+    if out is None:
+        return result
+    # (a torch tensor's numpy view shares its memory; the ops take no other host kind of out)
+    host = out if isinstance(out, np.ndarray) else out.detach().numpy()
+    if host.shape != result.shape:
+        raise ValueError(f"{name}: out must have shape {result.shape}, got {host.shape}")
+    if host.dtype != result.dtype:
+        raise TypeError(f"{name}: out must have dtype {result.dtype}, got {host.dtype}")
+    np.copyto(host, result)
+    return out
+
+
 def _calibration_key(op: Callable[..., Any], arguments: dict[str, Any], batched: Sequence[str],
                      ndim: int, sizes: Sequence[str]) -> Any:
     """What a speed measurement holds for: the op, its arguments without the batch (an unbatched
@@ -327,10 +351,11 @@ def _calibration_key(op: Callable[..., Any], arguments: dict[str, Any], batched:
     for name, v in sorted(arguments.items()):
         if name in batched:
             s = np.shape(v)
-            items.append((name, "batched", s[1:] if len(s) == ndim else s,
-                          getattr(v, "dtype", np.asarray(v).dtype).str))
+            items.append((name, "batched", s[1:] if len(s) == ndim else s, _dtype_key(v)))
         elif name in sizes:
             items.append((name, "size", tuple(v)[1:]))
+        elif name == "out":
+            items.append((name, v is None))
         else:
             items.append((name, _describe_arg(v)))
     return (op.__module__, op.__qualname__, tuple(items))
@@ -422,10 +447,16 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
         # N = 0: the empty result; inconsistent batches: the op's own error message.
         return on(group.primary)
 
+    # out= (numpy or a tensor): the parts compute their own results, the combined one is
+    # written into it
+    out = bound.arguments.get("out")
+
     def sliced(start: int, stop: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         part = bound.arguments.copy()
-        for name in present:
-            part[name] = np.asarray(part[name])[start:stop]
+        for name in present:  # (numpy arrays and torch tensors slice alike)
+            part[name] = part[name][start:stop]
+        if out is not None:
+            part["out"] = None
         for name in sizes:
             if name in part:
                 part[name] = (stop - start, *tuple(part[name])[1:])
@@ -461,5 +492,5 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
         total = parts[0].astype(acc)
         for p in parts[1:]:
             total += p
-        return total.astype(parts[0].dtype, copy=False)
-    return np.concatenate(parts, axis=0)
+        return _into(out, total.astype(parts[0].dtype, copy=False), op.__name__)
+    return _into(out, np.concatenate(parts, axis=0), op.__name__)
