@@ -524,6 +524,29 @@ class FoundByFuzzing(nn.Module):
         return {"s": s, "t": total, "l": [torch.cat(y.chunk(2, 1)[::-1], 1), y.split(1, 1)[2:]]}
 
 
+def test_an_input_of_another_rank_is_refused(dev, ct):
+    """The trace fixes dims by number (cat along -3, flatten from 1): an input whose rank differs
+    from the example's would be computed along other dims, so it is refused; other batch and
+    spatial sizes run."""
+
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return torch.flatten(torch.cat([self.a(x), self.b(x)], -3), 1)
+
+    torch.manual_seed(5)
+    model = Cat().eval()
+    cm = ct.compile(model, torch.randn(2, 3, 6, 6))
+    x = torch.randn(5, 3, 7, 7)
+    with torch.no_grad():
+        _close(cm(x), model(x))
+    with pytest.raises(ValueError, match="was 4-d in the example, got a 3-d"):
+        cm(torch.randn(3, 6, 6))
+
+
 def test_details_found_by_fuzzing_compile(dev, ct):
     torch.manual_seed(0)
     model = FoundByFuzzing().eval()

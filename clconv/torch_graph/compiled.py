@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +34,10 @@ class CompiledModel(Program):
             raise ValueError("clconv.torch.compile is for inference: call model.eval() first (for "
                              "training, clconv.torch.convert(model) keeps per-module autograd)")
         super().__init__(trace(model, example_inputs), dev)
+        # The trace fixes dims by number (cat's -3, flatten's 1): another rank would be
+        # computed along other dims; other sizes of the same rank are fine.
+        self._ranks = tuple(x.dim() if isinstance(x, torch.Tensor) else None
+                            for x in example_inputs)
         options = Options()
         # Lower, then run the example: a node whose clconv op fails on it (an argument clconv
         # refuses, an op that does not exist yet) is lowered less ambitiously (unfused), or kept on
@@ -58,6 +63,17 @@ class CompiledModel(Program):
                           "a download and an upload):\n  " +
                           "\n  ".join(str(f) for f in self.fallbacks), FallbackWarning,
                           stacklevel=3)
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        """The model's outputs for `inputs` (torch tensors of the example's ranks, any sizes)."""
+        for i, (x, rank) in enumerate(zip(inputs, self._ranks)):
+            if rank is not None and isinstance(x, torch.Tensor) and x.dim() != rank:
+                raise ValueError(f"the compiled model's input {i} was {rank}-d in the example, "
+                                 f"got a {x.dim()}-d tensor of shape {tuple(x.shape)}: the "
+                                 f"trace fixes dims by number, so compile the model again with "
+                                 f"an example of that rank (another batch or spatial size "
+                                 f"needs no new compile)")
+        return super().__call__(*inputs)
 
     def __repr__(self) -> str:
         lowered = sum(not s.host for s in self.steps)
