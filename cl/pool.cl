@@ -17,8 +17,9 @@
 // Gradients are gathers (each input element sums the outputs whose window holds it), so no atomics
 // are needed and the result is deterministic.
 //
-// -D REAL, -D INDEX_T (common.cl). No other define. NDRange: max_pool and avg_pool (OW, OH, planes *
-// OD), max_pool_rows (OH, planes * OD); the others (elements written,) 1-D.
+// -D REAL, -D INDEX_T (common.cl). No other define. NDRange: avg_pool (OW, OH, planes * OD),
+// max_pool_rows(_indices) (OH, planes * OD), max_pool_backward_rows (IH, planes * ID); the others (elements
+// written,) 1-D.
 
 #include "common.cl"
 
@@ -48,40 +49,12 @@ inline int adaptive_end(int o, int in, int out) {
     return (int)(((long)(o + 1) * in + out - 1) / out);
 }
 
-__kernel void max_pool(__global const REAL* restrict x, const long x_offset,
-                       __global REAL* restrict y, const long y_offset,
-                       __global long* restrict indices, const long i_offset, const int save,
-                       const int4 in, const int4 out, const int4 k, const int4 s, const int4 p,
-                       const int4 dil) {
-    OUTPUT_OF_NDRANGE(out, plane, od, oh, ow, i)
-    int d0 = od * s.x - p.x, h0 = oh * s.y - p.y, w0 = ow * s.z - p.z;
-    const int d1 = min(d0 + (k.x - 1) * dil.x + 1, in.x);
-    const int h1 = min(h0 + (k.y - 1) * dil.y + 1, in.y);
-    const int w1 = min(w0 + (k.z - 1) * dil.z + 1, in.z);
-    while (d0 < 0) d0 += dil.x;
-    while (h0 < 0) h0 += dil.y;
-    while (w0 < 0) w0 += dil.z;
-    __global const REAL* src = x + x_offset + plane * VOLUME(in);
-    long best_i = ((long)d0 * in.y + h0) * in.z + w0;
-    REAL best = -INFINITY;
-    for (int d = d0; d < d1; d += dil.x)
-        for (int h = h0; h < h1; h += dil.y)
-            for (int w = w0; w < w1; w += dil.z) {
-                const long j = ((long)d * in.y + h) * in.z + w;
-                const REAL v = src[j];
-                if (v > best || isnan(v)) {  // NaN propagates, as torch's max pooling
-                    best = v;
-                    best_i = j;
-                }
-            }
-    y[y_offset + i] = best;
-    if (save) indices[i_offset + i] = best_i;
-}
-
-// max_pool without indices (inference): a work-item per output row (NDRange (OH, planes * OD)),
-// its windows clipped to the input, the maximum kept by a select (no branch to mispredict). Same
-// semantics as max_pool's values; ~2-3x faster than it on PoCL (a 3x3 / 2 pool of 64x112x112:
-// 1.3-2.1 ms against 3.5).
+// Max pooling: a work-item per output row (NDRange (OH, planes * OD)), its windows clipped to the
+// input, the maximum kept by a select (no branch to mispredict). ~2-3x faster on PoCL than a
+// work-item per output (a 3x3 / 2 pool of 64x112x112: 0.8 ms against 2.5 with indices).
+// max_pool_rows_indices also writes each maximum's flat index in its plane (int64, for backward;
+// the first of equal maxima, the last NaN, as torch's). Two kernels written out: one body with
+// the index as a constant flag made the inference kernel 2.5x slower on PoCL (the vectoriser).
 __kernel void max_pool_rows(__global const REAL* restrict x, const long x_offset,
                             __global REAL* restrict y, const long y_offset,
                             const int4 in, const int4 out, const int4 k, const int4 s,
@@ -111,6 +84,46 @@ __kernel void max_pool_rows(__global const REAL* restrict x, const long x_offset
                 }
             }
         dst[ow] = best;
+    }
+}
+
+__kernel void max_pool_rows_indices(__global const REAL* restrict x, const long x_offset,
+                                    __global REAL* restrict y, const long y_offset,
+                                    __global long* restrict indices, const long i_offset,
+                                    const int4 in, const int4 out, const int4 k, const int4 s,
+                                    const int4 p, const int4 dil) {
+    const int oh = (int)get_global_id(0);
+    const idx_t pd = (idx_t)get_global_id(1);  // plane * OD + od
+    const int od = (int)(pd % out.x);
+    const idx_t plane = pd / out.x;
+    int d0 = od * s.x - p.x, h0 = oh * s.y - p.y;
+    const int d1 = min(d0 + (k.x - 1) * dil.x + 1, in.x);
+    const int h1 = min(h0 + (k.y - 1) * dil.y + 1, in.y);
+    while (d0 < 0) d0 += dil.x;
+    while (h0 < 0) h0 += dil.y;
+    __global const REAL* src = x + x_offset + plane * VOLUME(in);
+    const idx_t first = (pd * out.y + oh) * out.z;
+    __global REAL* dst = y + y_offset + first;
+    __global long* at = indices + i_offset + first;
+    for (int ow = 0; ow < out.z; ++ow) {
+        int w0 = ow * s.z - p.z;
+        const int w1 = min(w0 + (k.z - 1) * dil.z + 1, in.z);
+        while (w0 < 0) w0 += dil.z;
+        REAL best = -INFINITY;
+        idx_t best_i = ((idx_t)d0 * in.y + h0) * in.z + w0;  // (idx_t holds the tensor's indices)
+        for (int d = d0; d < d1; d += dil.x)
+            for (int h = h0; h < h1; h += dil.y) {
+                const idx_t start = ((idx_t)d * in.y + h) * in.z;
+                __global const REAL* row = src + start;
+                for (int w = w0; w < w1; w += dil.z) {
+                    const REAL v = row[w];
+                    const bool take = v > best || isnan(v);  // NaN propagates, as torch's
+                    best = take ? v : best;
+                    best_i = take ? start + w : best_i;
+                }
+            }
+        dst[ow] = best;
+        at[ow] = (long)best_i;
     }
 }
 
@@ -180,26 +193,18 @@ inline int2 pool_range(int i, int k, int s, int p, int dl, int o_count) {
     return (int2)(lo, min(top / s, o_count - 1));
 }
 
-// grad_x of max pooling (fixed windows when `adaptive` == 0, else adaptive ones): every output whose
-// window holds this input element and whose saved index is this element adds its gradient.
-__kernel void max_pool_backward(__global const REAL* restrict g, const long g_offset,
-                                __global const long* restrict indices, const long i_offset,
-                                __global REAL* restrict dx, const long dx_offset,
-                                const int adaptive, const int4 in, const int4 out, const int4 k,
-                                const int4 s, const int4 p, const int4 dil) {
+// grad_x of adaptive max pooling: every output whose window holds this input element and whose
+// saved index is this element adds its gradient (NDRange (elements,)).
+__kernel void adaptive_max_pool_backward(__global const REAL* restrict g, const long g_offset,
+                                         __global const long* restrict indices,
+                                         const long i_offset, __global REAL* restrict dx,
+                                         const long dx_offset, const int4 in, const int4 out) {
     const idx_t i = get_global_id(0);
     DECODE(i, in, plane, id, ih, iw)
     const long self = ((long)id * in.y + ih) * in.z + iw;
-    int2 rd, rh, rw;
-    if (adaptive) {
-        rd = (int2)((int)(((long)id * out.x) / in.x), adaptive_end(id, out.x, in.x) - 1);
-        rh = (int2)((int)(((long)ih * out.y) / in.y), adaptive_end(ih, out.y, in.y) - 1);
-        rw = (int2)((int)(((long)iw * out.z) / in.z), adaptive_end(iw, out.z, in.z) - 1);
-    } else {
-        rd = pool_range(id, k.x, s.x, p.x, dil.x, out.x);
-        rh = pool_range(ih, k.y, s.y, p.y, dil.y, out.y);
-        rw = pool_range(iw, k.z, s.z, p.z, dil.z, out.z);
-    }
+    const int2 rd = (int2)((int)(((long)id * out.x) / in.x), adaptive_end(id, out.x, in.x) - 1);
+    const int2 rh = (int2)((int)(((long)ih * out.y) / in.y), adaptive_end(ih, out.y, in.y) - 1);
+    const int2 rw = (int2)((int)(((long)iw * out.z) / in.z), adaptive_end(iw, out.z, in.z) - 1);
     const idx_t base = plane * VOLUME(out);
     ACC sum = 0;
     for (int od = rd.x; od <= rd.y; ++od)
@@ -209,6 +214,41 @@ __kernel void max_pool_backward(__global const REAL* restrict g, const long g_of
                 if (indices[i_offset + o] == self) sum += (ACC)g[g_offset + o];
             }
     dx[dx_offset + i] = (REAL)sum;
+}
+
+// grad_x of max pooling with fixed windows: a work-item per input row (NDRange (IH, planes * ID)),
+// each element summing the gradients of the outputs whose window holds it and whose saved index
+// is it, in output order (torch's scatter adds them in that order too: the same sums). The
+// candidate outputs of an element come from pool_range; ~8x faster on PoCL than a work-item per
+// element with 64-bit index arithmetic (a 3x3 / 2 pool of 64x112x112).
+__kernel void max_pool_backward_rows(__global const REAL* restrict g, const long g_offset,
+                                     __global const long* restrict indices, const long i_offset,
+                                     __global REAL* restrict dx, const long dx_offset,
+                                     const int4 in, const int4 out, const int4 k, const int4 s,
+                                     const int4 p, const int4 dil) {
+    const int ih = (int)get_global_id(0);
+    const idx_t pd = (idx_t)get_global_id(1);  // plane * ID + id
+    const int id = (int)(pd % in.x);
+    const idx_t plane = pd / in.x;
+    const int2 rd = pool_range(id, k.x, s.x, p.x, dil.x, out.x);
+    const int2 rh = pool_range(ih, k.y, s.y, p.y, dil.y, out.y);
+    const idx_t base = plane * VOLUME(out);
+    __global const REAL* gp = g + g_offset + base;
+    __global const long* ip = indices + i_offset + base;
+    __global REAL* dst = dx + dx_offset + (pd * in.y + ih) * in.z;
+    const long row = ((long)id * in.y + ih) * in.z;
+    for (int iw = 0; iw < in.z; ++iw) {
+        const int2 rw = pool_range(iw, k.z, s.z, p.z, dil.z, out.z);
+        const long self = row + iw;
+        ACC sum = 0;
+        for (int od = rd.x; od <= rd.y; ++od)
+            for (int oh = rh.x; oh <= rh.y; ++oh) {
+                const idx_t orow = ((idx_t)od * out.y + oh) * out.z;
+                for (int ow = rw.x; ow <= rw.y; ++ow)
+                    sum += ip[orow + ow] == self ? (ACC)gp[orow + ow] : (ACC)0;
+            }
+        dst[iw] = (REAL)sum;
+    }
 }
 
 // grad_x of average pooling (arguments as avg_pool's): each output's gradient over its divisor, summed

@@ -264,3 +264,37 @@ def test_return_indices(clconv, dev, rng, name, args):
     assert isinstance(got_d, cla.Array) and isinstance(idx_d, cla.Array)
     np.testing.assert_array_equal(idx_d.get(), want_idx.numpy()[0])
     assert_exact(got_d.get(), want.numpy()[0])
+
+
+def test_max_pool_gradient_is_torchs_bitwise(clconv, dev, rng):
+    """clconv.nn's max pools' backward (indices from max_pool_rows_indices, the row-wise gather
+    max_pool_backward_rows) against torch's autograd on random windows in 1-3 d (overlapping,
+    strided, dilated, padded, ceil_mode) with many ties and some NaN: bitwise equal (each input
+    sums its outputs' gradients in torch's order)."""
+    torch = import_torch()
+    cases = 0
+    while cases < 24:
+        nd = int(rng.integers(1, 4))
+        k = tuple(int(v) for v in rng.integers(1, 4, nd))
+        s = tuple(int(v) for v in rng.integers(1, 4, nd))
+        d = tuple(int(v) for v in rng.integers(1, 3, nd))
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        size = tuple(int(v) for v in rng.integers(3, 9, nd))
+        ceil = bool(rng.integers(0, 2))
+        x = (rng.integers(0, 4, (2, 3, *size)) * 0.5).astype(np.float32)  # ties
+        if cases % 3 == 0:
+            x.reshape(-1)[rng.integers(0, x.size, 3)] = np.nan
+        theirs = getattr(torch.nn, f"MaxPool{nd}d")(k, s, p, d, ceil_mode=ceil)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        try:
+            want = theirs(xt)
+        except RuntimeError:  # an output size torch refuses
+            continue
+        ours = getattr(clconv.nn, f"MaxPool{nd}d")(k, s, p, d, ceil_mode=ceil)
+        got = ours(cla.to_device(dev.queue, x) if cases % 2 else x)
+        got = got.get() if isinstance(got, cla.Array) else got
+        gy = rng.standard_normal(got.shape).astype(np.float32)
+        want.backward(torch.from_numpy(gy))
+        np.testing.assert_array_equal(got, want.detach().numpy())
+        np.testing.assert_array_equal(np.asarray(ours.backward(gy)), xt.grad.numpy())
+        cases += 1

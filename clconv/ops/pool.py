@@ -202,12 +202,10 @@ class PoolPlan(Plan):
         defines["INDEX_T"] = self.index_t
         self._defines = defines
         od, oh, ow = self.out_size
-        self._grid = (ow, oh, self.planes * od)  # max_pool's and avg_pool's 3-D NDRange
-        self.kernel = kernel(dev, "pool.cl", "max_pool" if kind == "max" else "avg_pool"
+        self._grid = (ow, oh, self.planes * od)  # avg_pool's 3-D NDRange
+        # (the max pool runs a row of outputs a work-item: its NDRange is _grid[1:])
+        self.kernel = kernel(dev, "pool.cl", "max_pool_rows" if kind == "max" else "avg_pool"
                              if kind == "avg" else "adaptive_pool", defines)
-        # without indices (inference) the max pool runs a row of outputs a work-item
-        self.rows_kernel = kernel(dev, "pool.cl", "max_pool_rows", defines) \
-            if kind == "max" else None
 
     @property
     def saves_indices(self) -> bool:
@@ -230,14 +228,13 @@ class PoolPlan(Plan):
         shapes = (_int4(self.in_size), _int4(self.out_size))
         dev = self.device
         with dev.lock:
-            if self.kind == "max" and indices is None:
+            if self.kind == "max":
                 k, s, p, d = self.window  # type: ignore[misc]
-                return self.rows_kernel(dev.queue, self._grid[1:], None, *io, *shapes, _int4(k),
-                                        _int4(s), _int4(p), _int4(d))
-            elif self.kind == "max":
-                k, s, p, d = self.window  # type: ignore[misc]
-                return self.kernel(dev.queue, self._grid, None, *io, *idx_args, save, *shapes,
-                                   _int4(k), _int4(s), _int4(p), _int4(d))
+                window = (*shapes, _int4(k), _int4(s), _int4(p), _int4(d))
+                if indices is None:
+                    return self.kernel(dev.queue, self._grid[1:], None, *io, *window)
+                return kernel(dev, "pool.cl", "max_pool_rows_indices", self._defines)(
+                    dev.queue, self._grid[1:], None, *io, *idx_args, *window)
             elif self.kind == "avg":
                 k, s, p, _ = self.window  # type: ignore[misc]
                 return self.kernel(dev.queue, self._grid, None, *io,
@@ -276,14 +273,19 @@ class PoolPlan(Plan):
         d = (dx.base_data, np.int64(element_offset(dx)))
         shapes = (_int4(self.in_size), _int4(self.out_size))
         with dev.lock:
-            if self.saves_indices:
-                if indices is None:
-                    raise ValueError(f"{self.label} backward needs the indices of its forward")
-                k, s, p, dl = self.window or ((1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1))
-                kernel(dev, "pool.cl", "max_pool_backward", self._defines)(
+            if self.saves_indices and indices is None:
+                raise ValueError(f"{self.label} backward needs the indices of its forward")
+            if self.kind == "max":  # a row of inputs a work-item
+                k, s, p, dl = self.window  # type: ignore[misc]
+                idi, ihi, _ = self.in_size
+                kernel(dev, "pool.cl", "max_pool_backward_rows", self._defines)(
+                    dev.queue, (ihi, self.planes * idi), None, *g, indices.base_data,
+                    np.int64(element_offset(indices)), *d, *shapes, _int4(k), _int4(s), _int4(p),
+                    _int4(dl))
+            elif self.kind == "adaptive_max":
+                kernel(dev, "pool.cl", "adaptive_max_pool_backward", self._defines)(
                     dev.queue, (dx.size,), None, *g, indices.base_data,
-                    np.int64(element_offset(indices)), *d, np.int32(self.window is None),
-                    *shapes, _int4(k), _int4(s), _int4(p), _int4(dl))
+                    np.int64(element_offset(indices)), *d, *shapes)
             elif self.kind == "avg":
                 k, s, p, _ = self.window  # type: ignore[misc]
                 kernel(dev, "pool.cl", "avg_pool_backward", self._defines)(
