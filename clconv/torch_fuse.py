@@ -299,14 +299,7 @@ def _mark_deferred_inference(graph: fx.Graph, modules: dict[str, nn.Module]) -> 
     nodes = list(graph.nodes)
     if any(_writes_in_place(n, modules) for n in nodes):
         return 0
-    marked = 0
-    for node in nodes:
-        if node.op == "call_function" and node.target in _INFERENCE_NODES and node.users and \
-                all(u.op == "call_function" and u.target in _INFERENCE_NODES
-                    for u in node.users):
-            node.kwargs = {**node.kwargs, "defer": True}
-            marked += 1
-    return marked
+    return _defer_where_users_are(nodes, _INFERENCE_NODES)
 
 
 def _mark_deferred(graph: fx.Graph) -> int:
@@ -323,11 +316,16 @@ def _mark_deferred(graph: fx.Graph) -> int:
     chained = {str(n.target) for n in nodes if n.op == "get_attr"}
     if any(n.op == "call_module" and str(n.target) in chained for n in nodes):
         return 0
+    return _defer_where_users_are(nodes, (fused_conv_train,))
+
+
+def _defer_where_users_are(nodes: list[fx.Node], targets: tuple[Callable[..., Any], ...]) -> int:
+    """Gives each call of one of `targets` whose every user is one too `defer=True`; returns how
+    many."""
     marked = 0
     for node in nodes:
-        if node.op == "call_function" and node.target is fused_conv_train and node.users and \
-                all(u.op == "call_function" and u.target is fused_conv_train
-                    for u in node.users):
+        if node.op == "call_function" and node.target in targets and node.users and \
+                all(u.op == "call_function" and u.target in targets for u in node.users):
             node.kwargs = {**node.kwargs, "defer": True}
             marked += 1
     return marked
