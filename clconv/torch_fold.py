@@ -135,6 +135,7 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
     transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
     with dev:
         zero_copy = uses_zero_copy(dev)
+        results = joined_results(dev, True)  # (another device's deferred ones waited for first)
         pending = deferred_array(x)
         operands = (operand(x, dev, zero_copy) if pending is None else pending,
                     *fold.weights(dev))
@@ -145,8 +146,7 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
             conv.dilation) if transposed else None
         shape = conv_result_shape(tuple(x.shape), tuple(conv.weight.shape), conv.stride,
                                   conv.padding, conv.dilation, conv.groups, output_padding)
-        results = joined_results(dev, True) if on_host else None
-        out = None if results is None else results.new(shape, x)
+        out = results.new(shape, x) if on_host else None
         r = None
         if transposed:
             y = OPS[nd][3](*operands, conv.stride, conv.padding, tuple(output_padding),
@@ -158,7 +158,7 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
             y = OPS[nd][0](*operands, conv.stride, conv.padding, conv.dilation, conv.groups,
                            padding_mode=conv.padding_mode, algorithm=conv.algorithm,
                            activation=spec, residual=r, out=out)
-        if results is None:
+        if out is None:
             y = to_tensor(host_result(y), x)
         elif defer and not unbatched and x.is_contiguous() and results.over_tensor(out):
             # (a contiguous x: the result is not made channels_last, which would read it)

@@ -155,9 +155,9 @@ def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
         return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
                                    ceil_mode=ceil_mode)
     with dev:
+        results = joined_results(dev, True)  # (another device's deferred ones waited for first)
         x = deferred_array(input)
         x = operand(input, dev, True) if x is None else x
-        results = joined_results(dev, True)
         out = results.new((*input.shape[:2], *size), input)
         _CLCONV_MAX_POOL[nd](x, kernel_size, stride, padding, dilation, ceil_mode, out=out)
         if defer:
