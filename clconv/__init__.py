@@ -23,7 +23,8 @@ from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weigh
                        plan_conv3d_input, plan_conv3d_weight)
 from .ops.fold import fold_batchnorm
 from .ops.channels import BatchNormPlan, batch_norm
-from .ops.shape import CatPlan, cat, flatten, pixel_shuffle, pixel_unshuffle
+from .ops.shape import (CatPlan, cat, channel_shuffle, flatten, pixel_shuffle, pixel_unshuffle,
+                        stack)
 from .ops.elementwise import (BinaryPlan, UnaryPlan, add,
                               celu, clamp, div, elu, gelu, hardsigmoid, hardswish,
                               hardtanh, leaky_relu, mish, mul,
@@ -79,7 +80,7 @@ __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "Interpol
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
             "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "celu", "clamp", "div", "elu",
-            "flatten", "pixel_shuffle", "pixel_unshuffle", "gelu", "group_norm", "instance_norm",
+            "flatten", "pixel_shuffle", "pixel_unshuffle", "stack", "channel_shuffle", "gelu", "group_norm", "instance_norm",
             "layer_norm",
             "hardsigmoid", "hardswish", "hardtanh", "interpolate",
             "leaky_relu", "linear", "local_response_norm", "log_softmax",

@@ -65,3 +65,53 @@ def test_bad_arguments_as_torch(clconv, fn, x_shape, r, error, match):
         getattr(clconv, fn)(x, r)
     with pytest.raises((RuntimeError, TypeError, ValueError)):  # torch refuses them too
         getattr(F, fn)(torch.from_numpy(x), r)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 4, 5), (1, 12, 7), (2, 6, 2, 3, 2), (0, 6, 3, 3)],
+                         ids=["2-d", "1-d", "3-d", "empty"])
+def test_channel_shuffle_matches_torch(clconv, rng, queue, shape):
+    """clconv.channel_shuffle (ShuffleNet's permutation) = F.channel_shuffle on numpy, CPU
+    tensors and device arrays (contiguous and a strided view), for every group count that
+    divides the channels; torch's argument errors."""
+    import pyopencl.array as cla
+
+    x = rng.standard_normal(shape).astype(np.float32)
+    for groups in (1, 2, 3, 6):
+        want = F.channel_shuffle(torch.from_numpy(x), groups).numpy()
+        np.testing.assert_array_equal(clconv.channel_shuffle(x, groups), want)
+        np.testing.assert_array_equal(clconv.channel_shuffle(torch.from_numpy(x), groups), want)
+        got = clconv.channel_shuffle(cla.to_device(queue, x), groups)
+        assert isinstance(got, cla.Array)
+        np.testing.assert_array_equal(got.get(), want)
+    wide = np.concatenate([x, x], axis=1)
+    view = cla.to_device(queue, wide)[:, ::2]  # a strided view
+    np.testing.assert_array_equal(clconv.channel_shuffle(view, 3).get(), F.channel_shuffle(
+        torch.from_numpy(wide[:, ::2].copy()), 3).numpy())
+    with pytest.raises(ValueError, match="divisible by groups"):
+        clconv.channel_shuffle(x, 5)
+    with pytest.raises(ValueError, match="> 2 dims"):
+        clconv.channel_shuffle(np.zeros(shape[:2], np.float32), 2)
+    with pytest.raises(ValueError, match="positive"):
+        clconv.channel_shuffle(x, 0)
+    with pytest.raises(TypeError, match="groups"):
+        clconv.channel_shuffle(x, 2.0)
+
+
+@pytest.mark.parametrize("dim", [-4, -1, 0, 1, 3])
+def test_stack_matches_torch(clconv, rng, queue, dim):
+    """clconv.stack = torch.stack along every new dim, numpy and device arrays mixed (a device
+    result); unequal shapes, an empty list and a dim out of range are torch's errors."""
+    import pyopencl.array as cla
+
+    a, b, c = (rng.standard_normal((2, 5, 3)).astype(np.float32) for _ in range(3))
+    want = torch.stack([torch.from_numpy(v) for v in (a, b, c)], dim).numpy()
+    np.testing.assert_array_equal(clconv.stack([a, b, c], dim), want)
+    got = clconv.stack((a, cla.to_device(queue, b), c), dim)
+    assert isinstance(got, cla.Array)
+    np.testing.assert_array_equal(got.get(), want)
+    with pytest.raises(ValueError, match="equal size"):
+        clconv.stack([a, b[:, :4]], dim)
+    with pytest.raises(ValueError, match="non-empty"):
+        clconv.stack([], dim)
+    with pytest.raises(IndexError, match="out of range"):
+        clconv.stack([a, b], 4)

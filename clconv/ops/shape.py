@@ -22,7 +22,8 @@ from ..runtime.transfer import ArrayLike, element_offset, is_device_array, resul
 from .elementwise import array_args, elementwise_defines
 from .plan import Plan, cached_plan, shape_of
 
-__all__ = ["CatPlan", "cat", "flatten", "pixel_shuffle", "pixel_unshuffle", "reshaped"]
+__all__ = ["CatPlan", "cat", "channel_shuffle", "flatten", "pixel_shuffle", "pixel_unshuffle",
+           "reshaped", "stack"]
 
 
 def _dim(dim: Any, ndim: int, what: str) -> int:
@@ -106,6 +107,53 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = N
     plan = cached_plan(dev, ("cat", shapes, dim, dtype),
                        lambda: CatPlan(dev, shapes, dim, dtype))
     return plan.execute(plan._values(tensors), out, check=False)
+
+
+def stack(tensors: Sequence[ArrayLike], dim: int = 0, *,
+          out: ArrayLike | None = None) -> ArrayLike:
+    """torch.stack: arrays of one shape joined along a new dim `dim` (in [-ndim - 1, ndim]): `cat`
+    of the arrays each given a unit dim there (a view). A device result when any array is a
+    device array."""
+    if isinstance(tensors, (np.ndarray, cla.Array)) or not isinstance(tensors, Sequence):
+        raise TypeError(f"stack: tensors must be a sequence (list or tuple) of arrays, got "
+                        f"{type(tensors).__name__}")
+    if not tensors:
+        raise ValueError("stack expects a non-empty sequence of arrays")
+    shapes = [shape_of(t) for t in tensors]
+    for i, sh in enumerate(shapes[1:], 1):
+        if sh != shapes[0]:
+            raise ValueError(f"stack expects each array to be equal size, but got "
+                             f"{list(shapes[0])} at entry 0 and {list(sh)} at entry {i}")
+    d = _dim(dim, len(shapes[0]) + 1, "dim")
+    unit = (*shapes[0][:d], 1, *shapes[0][d:])
+    return cat([reshaped(t, unit) for t in tensors], d, out=out)
+
+
+def channel_shuffle(input: ArrayLike, groups: int) -> ArrayLike:
+    """torch.nn.functional.channel_shuffle (ShuffleNet): (N, C, *) with the channels read as
+    (groups, C / groups) and written as (C / groups, groups). A device array gives a device array
+    (one gathering copy on the device); numpy (or a CPU tensor) gives numpy. Exact."""
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"channel_shuffle: groups must be an int, got {groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"Number of groups to divide channels in must be positive. Value of "
+                         f"groups:{groups}")
+    if is_device_array(input):
+        dev = current_device()
+        result_dtype(dev, input=input)  # context and dtype checks
+    shape = tuple(int(v) for v in shape_of(input))
+    if len(shape) < 3:
+        raise ValueError(f"channel_shuffle expects input with > 2 dims, but got input with sizes "
+                         f"{list(shape)}")
+    n, c, *rest = shape
+    if c % groups:
+        raise ValueError(f"Number of channels must be divisible by groups. Got {c} channels and "
+                         f"{groups} groups.")
+    permuted = reshaped(input, (n, groups, c // groups, math.prod(rest))).transpose((0, 2, 1, 3))
+    if isinstance(permuted, cla.Array):
+        return to_device(permuted, dev, "input", permuted.dtype).reshape(*shape)
+    return np.ascontiguousarray(permuted).reshape(shape)
 
 
 def flatten(input: ArrayLike, start_dim: int = 0, end_dim: int = -1) -> ArrayLike:
