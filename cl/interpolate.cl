@@ -8,6 +8,11 @@
 //          i1 = i0 + (i0 < in - 1) with weights 1 - l, l = src - i0, every dim torch has (two taps
 //          even where out == in: then l = 0 and i1 = i0, so that an Inf gives NaN there as in
 //          torch), nested as torch's (depth outermost).
+//   MODE 3 'bicubic' (NSPATIAL 2): src = scale * (dst + 0.5) - 0.5 (not clamped), or scale * dst
+//          with -D ALIGN_CORNERS; i = floor(src), t = src - i; the taps i - 1 .. i + 2 clamped to
+//          the input, weighted by Keys' cubic convolution with A = -0.75 (torch's
+//          get_cubic_upsample_coefficients); every one of the 16 taps counts (a weight of 0 times
+//          NaN is NaN, as in torch); the rows' sums weighted as torch nests them (width inner).
 // `scale` per dim: what torch's area_pixel_compute_scale gives (the host works it out in torch's
 // type: double for the linear modes of double tensors, else float).
 // Sizes are arguments: one program per mode, NSPATIAL, ALIGN_CORNERS and dtype.
@@ -24,7 +29,7 @@
 
 // The linear modes' index arithmetic runs in torch's opmath type (double for double tensors), the
 // nearest modes' in float (as torch's nearest_idx, whatever the dtype).
-#if defined(USE_FP64) && MODE == 2
+#if defined(USE_FP64) && MODE >= 2
 typedef double scale_t;
 typedef double4 scale4_t;
 #else
@@ -62,6 +67,26 @@ inline void linear_taps(const int dst, const int in, const int out, const scale_
     *i1 = i + ((i < in - 1) ? 1 : 0);
     *l1 = (ACC)l;
     *l0 = (ACC)1 - (ACC)l;
+}
+#elif MODE == 3
+// The four taps (clamped) and weights of output coordinate dst along a dim of `in` inputs.
+inline void cubic_taps(const int dst, const int in, const scale_t scale, int* idx, ACC* wt) {
+#ifdef ALIGN_CORNERS
+    const scale_t real = scale * (scale_t)dst;
+#else
+    const scale_t real = scale * ((scale_t)dst + (scale_t)0.5) - (scale_t)0.5;
+#endif
+    const scale_t f = floor(real);
+    const int i = (int)f;
+    const scale_t t = real - f;
+    const scale_t A = (scale_t)-0.75;
+    // cubic_convolution1(x) for |x| <= 1, cubic_convolution2(x) for 1 < |x| < 2 (torch's)
+    const scale_t x0 = t + (scale_t)1, x1 = t, x2 = (scale_t)1 - t, x3 = x2 + (scale_t)1;
+    wt[0] = (ACC)(((A * x0 - (scale_t)5 * A) * x0 + (scale_t)8 * A) * x0 - (scale_t)4 * A);
+    wt[1] = (ACC)((((A + (scale_t)2) * x1 - (A + (scale_t)3)) * x1 * x1) + (scale_t)1);
+    wt[2] = (ACC)((((A + (scale_t)2) * x2 - (A + (scale_t)3)) * x2 * x2) + (scale_t)1);
+    wt[3] = (ACC)(((A * x3 - (scale_t)5 * A) * x3 + (scale_t)8 * A) * x3 - (scale_t)4 * A);
+    for (int j = 0; j < 4; ++j) idx[j] = clamp(i - 1 + j, 0, in - 1);
 }
 #else
 inline int nearest_source(const int dst, const int in, const int out, const float scale) {
@@ -109,6 +134,19 @@ __kernel void interpolate(__global const REAL* restrict x, const long x_offset,
     const ACC v = ld0 * (lh0 * ROW(d0, h0) + lh1 * ROW(d0, h1)) +
                   ld1 * (lh0 * ROW(d1, h0) + lh1 * ROW(d1, h1));
 #endif
+    y[at] = (REAL)v;
+#elif MODE == 3
+    int wi[4], hi[4];
+    ACC ww[4], wh[4];
+    cubic_taps(w, iw, scale.s3, wi, ww);
+    cubic_taps(h, ih, scale.s2, hi, wh);
+    ACC v = (ACC)0;
+    for (int a = 0; a < 4; ++a) {
+        __global const REAL* row = src + (idx_t)hi[a] * iw;
+        ACC r = (ACC)row[wi[0]] * ww[0];
+        for (int b = 1; b < 4; ++b) r += (ACC)row[wi[b]] * ww[b];
+        v = a == 0 ? r * wh[0] : v + r * wh[a];
+    }
     y[at] = (REAL)v;
 #else
     const int sw = nearest_source(w, iw, out_size.s3, scale.s3);

@@ -33,8 +33,9 @@ from .module import (Layer, activation_grad, check_grad_shape, check_saved, laye
 class Linear(Layer):
     """torch.nn.Linear on an OpenCL device: (*, in_features) -> (*, out_features), y = x @ W.T + b
     (then `activation`: fused into the GEMM's store, except in training for an activation whose
-    gradient needs its input (SiLU, GELU, ...): then a separate pass). weight (out_features, in_features) and bias
-    (out_features,) ~ U(-1/sqrt(in_features), 1/sqrt(in_features)) as torch's initialisation."""
+    gradient needs its input (SiLU, GELU, ...): then a separate pass). weight (out_features,
+    in_features) and bias (out_features,) ~ U(-1/sqrt(in_features), 1/sqrt(in_features)) as
+    torch's initialisation."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  device: Any = None, dtype: Any = None, *, rng: Any = None,

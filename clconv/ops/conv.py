@@ -511,8 +511,9 @@ conv1d, conv2d, conv3d = per_dimensions(
     largest single allocation.
     out: an array to write the result into (numpy for numpy inputs, a pyopencl Array on the device
     for device inputs; strided views too), of the result's shape and dtype; it is returned.
-    layout: None or 'nchw' (the default) or 'nhwc': channels-last input, residual, out and result ((N, H, W,
-    C); conv1d 'nlc', conv3d 'ndhwc'), computed as NCHW around one transposing copy each way.
+    layout: None or 'nchw' (the default) or 'nhwc': channels-last input, residual, out and result
+    ((N, H, W, C); conv1d 'nlc', conv3d 'ndhwc'), computed as NCHW around one transposing copy
+    each way.
     numpy in -> numpy out; pyopencl Array in -> pyopencl Array out on the current device, nothing
     copied to the host (the call returns once the work is queued; the result carries its event).
     Returns (N, C_out, H_out, W_out). Same as `plan_conv2d(...)(input, weight, bias)`, with the plan

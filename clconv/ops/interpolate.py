@@ -1,11 +1,11 @@
 """torch.nn.functional.interpolate on the device: `interpolate(...)` and its `InterpolatePlan`
-(cl/interpolate.cl: 'nearest', 'nearest-exact', 'linear', 'bilinear', 'trilinear', with torch's
-index arithmetic), and 'area', which is adaptive average pooling (as in torch).
+(cl/interpolate.cl: 'nearest', 'nearest-exact', 'linear', 'bilinear', 'trilinear', 'bicubic', with
+torch's index arithmetic), and 'area', which is adaptive average pooling (as in torch).
 
 The output size and the per-dim scales follow torch: `size`, or `scale_factor` (output size
 floor(in * scale_factor); the kernels then use 1 / scale_factor unless recompute_scale_factor=True,
-which uses in / out); align_corners (linear modes only, default False). 'bicubic' and antialias
-are not implemented (ValueError naming them).
+which uses in / out); align_corners (linear modes and bicubic, default False). antialias=True is
+not implemented (a ValueError naming it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ __all__ = ["InterpolatePlan", "interpolate"]
 
 #: mode -> (cl/interpolate.cl MODE, the input's ndim it needs or None for any of 3-5)
 _MODES = {"nearest": (0, None), "nearest-exact": (1, None), "linear": (2, 3),
-          "bilinear": (2, 4), "trilinear": (2, 5)}
+          "bilinear": (2, 4), "trilinear": (2, 5), "bicubic": (3, 4)}
+#: The modes that interpolate between neighbours (align_corners applies; torch's opmath scale).
+_SMOOTH = ("linear", "bilinear", "trilinear", "bicubic")
 
 
 def _per_dim(value: Any, nd: int, name: str, kind: type) -> tuple[Any, ...]:
@@ -52,11 +54,8 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
                     ) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """(output shape, the scale per spatial dim the kernel uses, worked out in `real` as torch
     does: its opmath type for the linear modes, float for the nearest ones), or torch's error."""
-    if mode in ("bicubic", "area") or mode not in _MODES:
-        if mode == "bicubic":
-            raise ValueError("interpolate: mode 'bicubic' is not implemented by clconv")
-        if mode != "area":
-            raise ValueError(f"interpolate: mode must be one of {(*_MODES, 'area')}, got {mode!r}")
+    if mode not in _MODES and mode != "area":
+        raise ValueError(f"interpolate: mode must be one of {(*_MODES, 'area')}, got {mode!r}")
     if antialias:
         raise ValueError("interpolate: antialias=True is not implemented by clconv")
     if len(shape) not in (3, 4, 5):
@@ -65,13 +64,13 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
     need = _MODES.get(mode, (None, None))[1]
     if need is not None and len(shape) != need:
         raise ValueError(f"interpolate: mode {mode!r} needs a {need}-d input, got {len(shape)}-d")
-    linear = mode in ("linear", "bilinear", "trilinear")
+    linear = mode in _SMOOTH
     if align_corners is not None and not isinstance(align_corners, (bool, np.bool_)):
         raise TypeError(f"interpolate: align_corners must be a bool or None, got "
                         f"{align_corners!r}")
     if align_corners is not None and not linear:
         raise ValueError("interpolate: align_corners can only be set with the linear modes "
-                         "(linear, bilinear, trilinear)")
+                         "(linear, bilinear, trilinear) and bicubic")
     nd = len(shape) - 2
     if (size is None) == (scale_factor is None):
         raise ValueError("interpolate: give exactly one of size and scale_factor")
@@ -111,7 +110,7 @@ class InterpolatePlan(GatherPlan):
                  mode: str, align_corners: bool | None, recompute_scale_factor: bool | None,
                  dtype: np.dtype) -> None:
         shape = tuple(int(s) for s in input_shape)
-        double = np.dtype(dtype) == np.float64 and mode in ("linear", "bilinear", "trilinear")
+        double = np.dtype(dtype) == np.float64 and mode in _SMOOTH
         out_shape, scales = output_geometry(shape, size, scale_factor, mode, align_corners,
                                             recompute_scale_factor,
                                             real=np.float64 if double else np.float32)
@@ -132,7 +131,7 @@ class InterpolatePlan(GatherPlan):
         defines = precision_defines(self.work)
         defines.update(MODE=_MODES[mode][0], NSPATIAL=nd, INDEX_T=index_type(
             math.prod(shape), math.prod(out_shape)))
-        if align_corners and _MODES[mode][0] == 2:
+        if align_corners and mode in _SMOOTH:
             defines["ALIGN_CORNERS"] = None
         self.kernel = kernel(dev, "interpolate.cl", "interpolate", defines)
 
@@ -143,8 +142,9 @@ def interpolate(input: ArrayLike, size: Any = None, scale_factor: Any = None,
                 out: ArrayLike | None = None) -> ArrayLike:
     """torch.nn.functional.interpolate of an (N, C, *spatial) array (1-3 spatial dims): `size`
     or `scale_factor` (an int/float or one per dim), mode 'nearest', 'nearest-exact', 'linear'
-    (3-d input), 'bilinear' (4-d), 'trilinear' (5-d) (align_corners as torch's, default False)
-    or 'area' (adaptive average pooling). Returns numpy for a numpy input, else a device array."""
+    (3-d input), 'bilinear' (4-d), 'trilinear' (5-d), 'bicubic' (4-d; torch's Keys kernel, A =
+    -0.75, edges clamped) (align_corners as torch's, default False) or 'area' (adaptive average
+    pooling). Returns numpy for a numpy input, else a device array."""
     shape = shape_of(input)
     out_shape, _ = output_geometry(shape, size, scale_factor, mode, align_corners,
                                    recompute_scale_factor, antialias)

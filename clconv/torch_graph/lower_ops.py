@@ -458,7 +458,8 @@ class OpRules(LoweringBase):
 
 
     def interpolate(self, node: fx.Node) -> Step:
-        """F.interpolate: clconv.interpolate (nearest, nearest-exact, linear modes, area). Sizes
+        """F.interpolate: clconv.interpolate (nearest, nearest-exact, linear modes, bicubic,
+        area). Sizes
         computed in the graph (a U-Net's `size=skip.shape[2:]`) are read on each call."""
         a = bind(node, lambda input, size=None, scale_factor=None, mode="nearest",
                  align_corners=None, recompute_scale_factor=None, antialias=False:

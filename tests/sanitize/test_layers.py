@@ -216,21 +216,42 @@ def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of torch's bicubic interpolation along one dim (half-pixel source
+    index, Keys' kernel with A = -0.75, taps clamped at the edges), in float64."""
+    a = -0.75
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        real = (n_in / n_out) * (o + 0.5) - 0.5
+        i = int(np.floor(real))
+        t = real - i
+        for j, d in enumerate((t + 1, t, 1 - t, 2 - t)):
+            d = abs(d)
+            w = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else \
+                ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+            m[o, min(max(i - 1 + j, 0), n_in - 1)] += w
+    return m
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
 def test_interpolate(rng, index_t, mode):
-    """interpolate.cl: nearest at a fractional scale (the general index path) and bilinear with
-    align_corners (separable weights)."""
+    """interpolate.cl: nearest at a fractional scale (the general index path), bilinear with
+    align_corners and bicubic (separable weights)."""
     x = arr(rng, (2, 3, 4, 5))
     if mode == "nearest":
         rows = np.minimum(np.floor(np.arange(7) * np.float32(4 / 7)), 3).astype(int)
         cols = np.minimum(np.floor(np.arange(8) * np.float32(5 / 8)), 4).astype(int)
         want = x.astype(np.float64)[:, :, rows][:, :, :, cols]
         expect(clconv.interpolate(x, size=(7, 8)), want, F32, 0, 1.0)
-    else:
+    elif mode == "bilinear":
         want = np.einsum("oh,nchw,pw->ncop", _linear_weights(4, 7), x.astype(np.float64),
                          _linear_weights(5, 8))
         expect(clconv.interpolate(x, size=(7, 8), mode="bilinear", align_corners=True), want,
                F32, 4, mag(x))
+    else:
+        want = np.einsum("oh,nchw,pw->ncop", _cubic_weights(4, 7), x.astype(np.float64),
+                         _cubic_weights(5, 8))
+        expect(clconv.interpolate(x, size=(7, 8), mode="bicubic"), want, F32, 16, 2 * mag(x))
 
 
 def test_group_norm(rng, index_t):
