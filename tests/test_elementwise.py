@@ -353,6 +353,25 @@ def test_clamp_nan_bound_as_torch(clconv, dev, rng):
     assert np.isnan(y).all()
 
 
+def test_clamp_with_array_bounds_as_torch(clconv, dev, rng):
+    """Array bounds that broadcast with the input (torch.clamp's tensor min / max): NaN from the
+    input or a bound, min > max giving max, numpy and device operands; a number beside an array
+    bound is torch's TypeError."""
+    torch = import_torch()
+    x = _special(rng, (2, 3, 4), np.float32)
+    lo = random_array(rng, (3, 1))
+    hi = lo + random_array(rng, (3, 1)) - 0.3  # some min > max
+    hi[1, 0] = np.nan
+    t, tlo, thi = (torch.from_numpy(v) for v in (x, lo, hi))
+    for a, b, ta, tb in ((lo, None, tlo, None), (None, hi, None, thi), (lo, hi, tlo, thi)):
+        want = torch.clamp(t, ta, tb).numpy()
+        for got in (clconv.clamp(x, a, b), clconv.clamp(cla.to_device(dev.queue, x), a, b).get()):
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="both be numbers or both be arrays"):
+        clconv.clamp(x, lo, 0.5)
+
+
 def test_binary_bad_arguments(clconv, rng):
     a = random_array(rng, (2, 3, 4))
     with pytest.raises(ValueError, match="broadcast"):

@@ -255,13 +255,22 @@ def _nan_like(input: ArrayLike, out: ArrayLike | None, inplace: bool = False) ->
     return _binary("mul", input, math.nan, None, _target(input, out, inplace))
 
 
-def clamp(input: ArrayLike, min: float | None = None, max: float | None = None, *,
-          out: ArrayLike | None = None) -> ArrayLike:
-    """torch.clamp with scalar bounds (at least one given): min(max(x, min), max); when
-    min > max every value becomes max, as torch's. NaN stays NaN; a NaN bound makes every value
-    NaN (torch's)."""
+def clamp(input: ArrayLike, min: float | ArrayLike | None = None,
+          max: float | ArrayLike | None = None, *, out: ArrayLike | None = None) -> ArrayLike:
+    """torch.clamp (at least one bound given): min(max(x, min), max); when min > max every value
+    becomes max, as torch's. NaN stays NaN; a NaN bound makes every value NaN (torch's). Bounds are
+    numbers, or arrays that broadcast with the input (then `maximum` and `minimum`, which
+    propagate a NaN of either side, as torch's clamp with tensor bounds); not one of each."""
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must not be None")
+    if any(v is not None and not isinstance(v, numbers.Number) for v in (min, max)):
+        if any(isinstance(v, numbers.Number) for v in (min, max)):
+            raise TypeError("clamp: min and max must both be numbers or both be arrays (or "
+                            "None), as torch's")
+        if min is not None and max is not None:
+            return _binary("minimum", _binary("maximum", input, min, None, None), max, None, out)
+        return _binary("maximum" if max is None else "minimum", input,
+                       min if max is None else max, None, out)
     for name, v in (("min", min), ("max", max)):
         if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
             raise TypeError(f"clamp: {name} must be a real number or None, got {v!r}")
