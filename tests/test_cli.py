@@ -263,6 +263,23 @@ def test_info_shows_the_cache_folder(clconv_mod, capsys, tmp_path, monkeypatch):
     assert rc == 0 and f"cache folder (CLBlast tuning, 'auto' choices): {tmp_path}" in out
 
 
+def test_a_cache_folder_that_is_a_file_or_missing(clconv_mod, capsys, tmp_path, monkeypatch):
+    """CLCONV_CACHE_DIR naming a file: `info` says so and `cache` is an error line (both were a
+    FileExistsError traceback); a missing folder is listed as not made yet, and listing does not
+    make it."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("CLCONV_CACHE_DIR", str(afile))
+    rc, out, err = run_main(capsys, "info")
+    assert rc == 0 and "not a folder" in out and "Traceback" not in err
+    rc, out, err = run_main(capsys, "cache")
+    assert rc == 1 and "is not a folder" in err and "Traceback" not in err
+    missing = tmp_path / "missing"
+    monkeypatch.setenv("CLCONV_CACHE_DIR", str(missing))
+    rc, out, _ = run_main(capsys, "cache")
+    assert rc == 0 and "not made yet" in out and not missing.exists()
+
+
 def test_a_device_the_options_could_not_check_is_an_error_line(clconv_mod, capsys):
     rc, out, err = run_main(capsys, "demo", "--device", "no-such-device-xyz")
     assert rc == 2 and "no-such-device-xyz" in err and "Traceback" not in err

@@ -216,6 +216,13 @@ def test_env_nonsense_raises(clconv, bad_env):
         clconv.device()
 
 
+@pytest.mark.parametrize("value", ["all", "0,1"])
+def test_env_naming_a_group_says_groups_are_made_in_code(clconv, monkeypatch, value):
+    monkeypatch.setenv("CLCONV_DEVICE", value)
+    with pytest.raises(clconv.DeviceNotFoundError, match=r"it names one device: a device group"):
+        clconv.current_device()
+
+
 def test_env_nonsense_does_not_break_explicit_specs(clconv, bad_env):
     assert clconv.device("0").name == clconv.devices()[0].name
 

@@ -299,3 +299,26 @@ def test_float16_forward_convolutions(clconv, fp16_device, rng, algorithm, nd):
                    groups=2, algorithm=algorithm)
     assert isinstance(got_dev, cla.Array) and got_dev.dtype == HALF
     np.testing.assert_array_equal(got_dev.get(), got)
+
+
+def test_a_float64_plan_on_a_device_without_fp64_is_refused_before_any_build(clconv, dev,
+                                                                              monkeypatch):
+    """plan_*(dtype=float64) and the op plans made with a dtype on a device without cl_khr_fp64
+    (llvmpipe, many GPUs; the extension switched off here): UnsupportedError, as the functional
+    ops give, not a KernelBuildError from a double kernel."""
+    from clconv.ops.elementwise import BinaryPlan
+    from clconv.ops.pool import PoolPlan
+
+    monkeypatch.setattr(dev, "fp64", False)
+    with dev:
+        for make in (lambda: clconv.plan_conv2d((1, 3, 6, 6), (4, 3, 3, 3), dtype=np.float64),
+                     lambda: clconv.plan_conv_transpose2d((1, 3, 6, 6), (3, 4, 3, 3),
+                                                          dtype=np.float64),
+                     lambda: clconv.plan_conv2d_input((1, 3, 6, 6), (4, 3, 3, 3),
+                                                      dtype=np.float64),
+                     lambda: clconv.plan_conv2d_weight((1, 3, 6, 6), (4, 3, 3, 3),
+                                                       dtype=np.float64),
+                     lambda: PoolPlan(dev, "max", 2, (1, 3, 6, 6), np.float64, 2),
+                     lambda: BinaryPlan(dev, "add", (2, 3), (2, 3), np.float64)):
+            with pytest.raises(clconv.UnsupportedError, match="float64 needs cl_khr_fp64"):
+                make()

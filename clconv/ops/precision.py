@@ -44,11 +44,12 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def check_precision(dev: Device, dtype: np.dtype) -> None:
-    """Raises UnsupportedError when `dtype` is float16 and the device does not really compute it.
-
-    A device that does not report cl_khr_fp16 is refused before any build; the probe runs once per
-    device.
-    """
+    """Raises UnsupportedError when the device does not compute `dtype`: float64 without
+    cl_khr_fp64, float16 without cl_khr_fp16 or failing the probe (run once per device). Plans call
+    it before any build (a plan made with `dtype=` has no operand for result_dtype to check)."""
+    if np.dtype(dtype) == np.float64 and not dev.fp64:
+        raise UnsupportedError(f"dtype float64 needs cl_khr_fp64, which device {dev.name!r} "
+                               f"({dev.platform_name}) lacks; use float32")
     if np.dtype(dtype) != _HALF:
         return
     if not dev.fp16:  # a plan made with dtype=float16 comes here without result_dtype's check

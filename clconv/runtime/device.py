@@ -331,9 +331,13 @@ def _choose_default(env: str | None) -> tuple[Device, str]:
         try:
             return _select(env), f"{ENV_VAR}={env!r}"
         except DeviceNotFoundError as err:
-            raise DeviceNotFoundError(f"environment variable {ENV_VAR}={env!r} selects no usable "
-                                      f"device (set it to an index, 'P:D', 'cpu'/'gpu' or a name "
-                                      f"below, or unset it): {err}") from None
+            group = env.strip().lower() == "all" or "," in env
+            raise DeviceNotFoundError(
+                f"environment variable {ENV_VAR}={env!r} selects no usable device (set it to an "
+                f"index, 'P:D', 'cpu'/'gpu' or a name below, or unset it"
+                + ("; it names one device: a device group ('all', several devices) is made by "
+                   "`with clconv.device('all')` or a list" if group else "")
+                + f"): {err}") from None
     devs = devices()
     if not devs:
         raise DeviceNotFoundError(_INSTALL_HINT)

@@ -170,9 +170,11 @@ def to_device(x: Any, dev: Device, name: str, dtype: np.dtype) -> cla.Array:
 
 def _check_context(x: cla.Array, dev: Device, name: str) -> None:
     if x.context != dev.context:
-        raise ValueError(f"{name} is a pyopencl array of another OpenCL context than the current "
-                         f"device {dev.name!r}; move it with {name}.get() or compute inside "
-                         f"`with clconv.device(...)` for its device")
+        raise ValueError(f"{name} is a pyopencl array of another OpenCL context than the one of "
+                         f"device {dev.name!r}, where this runs (the current device, or the one a "
+                         f"plan or layer was made on); move it with {name}.get(), or compute "
+                         f"inside `with clconv.device(...)` for its device (a plan or layer: "
+                         f"made there)")
 
 
 def gather(x: cla.Array, dev: Device) -> cla.Array:

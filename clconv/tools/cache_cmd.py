@@ -11,6 +11,7 @@ Compiled kernels are not there: the OpenCL driver caches those itself (PoCL: $PO
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +64,15 @@ def _size(n: int) -> str:
 def run_cache(clear: bool = False) -> int:
     """Prints the cache folder and its entries; with `clear`, removes the tuning and 'auto'
     entries (other files are listed and left alone). Returns an exit code."""
-    from ..runtime.cache import cache_dir
+    from ..runtime import config
 
-    folder = cache_dir()
+    folder = config.cache_dir()  # (listing it does not create it)
+    if folder.exists() and not folder.is_dir():
+        print(f"clconv cache folder: {folder} is not a folder (set CLCONV_CACHE_DIR to a folder; "
+              f"clconv then keeps no tuning or 'auto' choices between runs)", file=sys.stderr)
+        return 1
     found = entries(folder)
-    print(f"clconv cache folder: {folder}")
+    print(f"clconv cache folder: {folder}" + ("" if folder.exists() else " (not made yet)"))
     print("  (set CLCONV_CACHE_DIR to move it; compiled kernels are cached by the OpenCL driver, "
           "not here)")
     labels = {"tuning": "CLBlast tuning", "auto": "'auto' choices", "other": "other file"}

@@ -35,7 +35,7 @@ def info(spec: str | None = None) -> int:
     import pyopencl as cl
 
     from ..blas import tuning
-    from ..runtime.cache import cache_dir
+    from ..runtime import config
 
     devs = devices()  # first: clconv's driver settings go in before the platforms start
     try:
@@ -60,7 +60,10 @@ def info(spec: str | None = None) -> int:
                 print(f"    CLBlast tuning: {_tuning_source(tuning, d)}")
     reason = gemm.missing_reason()
     print("CLBlast (pyclblast): " + ("found" if reason is None else f"NOT FOUND: {reason}"))
-    print(f"cache folder (CLBlast tuning, 'auto' choices): {cache_dir()} "
+    folder = config.cache_dir()
+    state = "" if folder.is_dir() else " (not a folder: nothing is kept)" if folder.exists() \
+        else " (not made yet)"
+    print(f"cache folder (CLBlast tuning, 'auto' choices): {folder}{state} "
           f"(see `{prog_name()} cache`)")
     if spec is not None:
         from ..runtime.device import device
