@@ -524,6 +524,66 @@ class FoundByFuzzing(nn.Module):
         return {"s": s, "t": total, "l": [torch.cat(y.chunk(2, 1)[::-1], 1), y.split(1, 1)[2:]]}
 
 
+def test_channels_last_values_reach_the_host_and_outputs_contiguous(dev, ct):
+    """A permuted (channels-last) value leaves the device contiguous in its logical order: a
+    host `.view` after `.contiguous()` works (it raised torch's view error at compile), and an
+    output is contiguous as the docs say (ConvNeXt's channels-last LayerNorm -> Linear returned a
+    strided view)."""
+
+    class ViewAfterContiguous(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+        def forward(self, x):
+            y = self.dw(x).permute(0, 2, 3, 1)
+            return y.contiguous().view(y.shape[0], -1)
+
+    class ChannelsLastHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dw, self.ln, self.fc = nn.Conv2d(8, 8, 7, padding=3, groups=8), nn.LayerNorm(8), \
+                nn.Linear(8, 16)
+
+        def forward(self, x):
+            return self.fc(self.ln(self.dw(x).permute(0, 2, 3, 1)))
+
+    torch.manual_seed(6)
+    for model, x in ((ViewAfterContiguous().eval(), torch.randn(2, 8, 4, 4)),
+                     (ChannelsLastHead().eval(), torch.randn(2, 8, 5, 6))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ct.FallbackWarning)  # (the view runs on the host)
+            cm = ct.compile(model, x)
+        with torch.no_grad():
+            got, want = cm(x), model(x)
+        assert got.is_contiguous()
+        _close(got, want)
+
+
+def test_max_values_with_unused_indices_are_lowered(dev, ct):
+    """`values, _ = torch.max(x, dim=1, keepdim=True)` (CBAM's spatial gate): fx's getitem of the
+    unused indices no longer sends the max to the host."""
+
+    class SpatialGate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gate = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(2, 1, 7, padding=3)
+
+        def forward(self, x):
+            x = self.conv(x)
+            mx, _ = torch.max(x, dim=1, keepdim=True)
+            pooled = torch.cat([mx, torch.mean(x, 1, keepdim=True)], 1)
+            return x * torch.sigmoid(self.gate(pooled))
+
+    torch.manual_seed(7)
+    model = SpatialGate().eval()
+    x = torch.randn(2, 3, 8, 8)
+    cm = ct.compile(model, x)
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
+
 def test_an_input_of_another_rank_is_refused(dev, ct):
     """The trace fixes dims by number (cat along -3, flatten from 1): an input whose rank differs
     from the example's would be computed along other dims, so it is refused; other batch and

@@ -274,8 +274,9 @@ class OpRules(LoweringBase):
         amax, as a (values, None) pair. The indices are not computed."""
         if len(node.args) < 2 and "dim" not in node.kwargs:
             raise Unlowerable("max over every element")
+        # (`values, _ = torch.max(...)`: fx makes a getitem of the indices that nothing reads)
         if not node.users or any(u.op != "call_function" or u.target is not operator.getitem or
-                                 u.args[1] != 0 for u in node.users):
+                                 (u.args[1] != 0 and u.users) for u in node.users):
             raise Unlowerable("max with its indices used (clconv computes only the values)")
         step = self.mean(node, "amax")
         inner = step.run

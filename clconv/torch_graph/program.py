@@ -150,12 +150,13 @@ class Program:
         return out
 
     def download(self, a: cla.Array, perm: tuple[int, ...] | None = None) -> torch.Tensor:
-        """Device array `a` as a host tensor, permuted by `perm` (a channels-last view's logical
-        order); counted in stats.downloads."""
+        """Device array `a` as a contiguous host tensor, permuted by `perm` (a channels-last view's
+        logical order: copied so, as outputs are contiguous and a host node may `view` the
+        value of a `.contiguous()`); counted in stats.downloads."""
         self.stats.downloads += 1
         t = torch.from_numpy(a.get()) if a.size else torch.empty(a.shape,
                                                                   dtype=_torch_dtype(a.dtype))
-        return t.permute(*perm) if perm is not None else t
+        return t.permute(*perm).contiguous() if perm is not None else t
 
     def constant(self, key: Any, t: torch.Tensor) -> cla.Array:
         """`t` on the device, uploaded once (weights, folded weights, constants of the graph).
