@@ -584,6 +584,30 @@ def test_max_values_with_unused_indices_are_lowered(dev, ct):
         _close(cm(x), model(x))
 
 
+def test_pools_of_sizes_computed_in_the_graph(dev, ct):
+    """F.avg_pool2d(x, x.size()[2:]) (BiSeNet's global pool) and F.max_pool2d with the kernel
+    and stride from x.size(2), x.size(3) (CBAM's channel gate): lowered, the sizes read on each
+    call (another spatial size gives torch's result)."""
+
+    class GlobalPools(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            f = self.conv(x)
+            hw = (f.size(2), f.size(3))
+            return F.avg_pool2d(f, f.size()[2:]) + F.max_pool2d(f, hw, stride=hw)
+
+    torch.manual_seed(8)
+    model = GlobalPools().eval()
+    cm = ct.compile(model, torch.randn(2, 3, 8, 8))
+    assert cm.fallbacks == []
+    for x in (torch.randn(2, 3, 8, 8), torch.randn(1, 3, 6, 10)):
+        with torch.no_grad():
+            _close(cm(x), model(x))
+
+
 def test_an_input_of_another_rank_is_refused(dev, ct):
     """The trace fixes dims by number (cat along -3, flatten from 1): an input whose rank differs
     from the example's would be computed along other dims, so it is refused; other batch and

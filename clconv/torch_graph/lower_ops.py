@@ -111,21 +111,26 @@ class OpRules(LoweringBase):
         return self.value(node, run, "clconv.cat (stack)", names)
 
     def mirrored(self, node: fx.Node, name: str) -> Step:
-        """A torch.nn.functional pooling function run by clconv's of the same name."""
+        """A torch.nn.functional pooling function run by clconv's of the same name. Sizes computed
+        in the graph (`F.avg_pool2d(x, x.size()[2:])`: a global pool) are read on each call."""
         fn = clconv_op(name)
         x = node.args[0] if node.args else node.kwargs.get("input")
         if not isinstance(x, fx.Node):
             raise Unlowerable("unexpected arguments")
         args, kwargs = node.args[1:], {k: v for k, v in node.kwargs.items() if k != "input"}
-        if any(isinstance(v, fx.Node) for v in (*args, *kwargs.values())):
-            raise Unlowerable("arguments computed in the graph")
+        computed = [v for v in _leaves((args, tuple(kwargs.values()))) if isinstance(v, fx.Node)]
+        if any(is_tensor(v) for v in computed):
+            raise Unlowerable("pooling arguments that are tensors")
         # fx records torch's dispatch flag return_indices=False; clconv's pools return values only
         if kwargs.pop("return_indices", False) or (name.startswith("max") and len(args) >= 6
                                                     and args[5]):
             raise Unlowerable("return_indices=True")
         xn = x.name
-        return self.value(node, lambda env: fn(env[xn], *args, **kwargs), f"clconv.{name}",
-                          (xn,))
+
+        def run(env: dict[str, Any]) -> Any:
+            a, k = fx.node.map_arg((args, kwargs), lambda n: env[n.name])
+            return fn(env[xn], *a, **k)
+        return self.value(node, run, f"clconv.{name}", (xn, *(v.name for v in computed)))
 
     def pool(self, node: fx.Node, m: nn.Module) -> Step:
         name = POOL_MODULES[type(m)]
