@@ -608,6 +608,36 @@ def test_pools_of_sizes_computed_in_the_graph(dev, ct):
             _close(cm(x), model(x))
 
 
+def test_transposed_convolution_with_output_size(dev, ct):
+    """A U-Net's `up(x, output_size=skip.size())` (and a fixed output_size list): lowered, with
+    BatchNorm folded, the output_padding worked out on each call as torch's module does (odd
+    and even sizes need different ones)."""
+
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(8, 3, 3, stride=2, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+            self.fixed = nn.ConvTranspose2d(3, 2, 2, stride=2)
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.up(self.down(x), output_size=x.size()))) + x
+            return self.fixed(y, [2 * x.shape[2] + 1, 2 * x.shape[3] + 1])
+
+    torch.manual_seed(9)
+    model = Up().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    cm = ct.compile(model, torch.randn(2, 3, 9, 10))
+    assert cm.fallbacks == []
+    for shape in ((2, 3, 9, 10), (1, 3, 8, 8), (2, 3, 11, 7)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            _close(cm(x), model(x))
+
+
 def test_an_input_of_another_rank_is_refused(dev, ct):
     """The trace fixes dims by number (cat along -3, flatten from 1): an input whose rank differs
     from the example's would be computed along other dims, so it is refused; other batch and
@@ -1365,19 +1395,35 @@ def test_peak_counts_the_workspace_the_call_asked_for(dev, ct):
     assert cm.peak_bytes == alone
 
 
-def test_groups_found_by_fuzzing_against_torch(ct, dev):
-    """A fused group whose head cannot lower (a transposed convolution's output_size) runs each
-    of its nodes (its BatchNorm was never computed: KeyError); a BatchNorm1d after an unbatched
-    Conv1d normalises (C, L) as torch's (N, C), so it is not folded into the conv (2.0 off)."""
+def test_groups_found_by_fuzzing_against_torch(ct, dev, monkeypatch):
+    """A fused group whose head cannot lower (a transposed convolution with output_size did
+    not, before output_size was lowered: made so here) runs each of its nodes (its BatchNorm was
+    never computed: KeyError); a BatchNorm1d after an unbatched Conv1d normalises (C, L) as
+    torch's (N, C), so it is not folded into the conv (2.0 off)."""
+    from clconv.torch_graph.base import Unlowerable
+    from clconv.torch_graph.lower_layers import LayerRules
     from tests.test_convert_fused import _TransposedWithSize
 
     m, x = _TransposedWithSize.made()
+    cm = ct.compile(m, x)  # output_size lowered: the chain on the device, BatchNorm folded
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        _close(cm(x), m(x))
+    fused = LayerRules.fused
+
+    def refusing(self, group):
+        if isinstance(self.modules.get(str(group[0].target)), nn.ConvTranspose2d):
+            raise Unlowerable("made unlowerable by the test")
+        return fused(self, group)
+
+    monkeypatch.setattr(LayerRules, "fused", refusing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ct.FallbackWarning)
         cm = ct.compile(m, x)
     assert [f.node for f in cm.fallbacks] == ["c"]
     with torch.no_grad():
         _close(cm(x), m(x))
+    monkeypatch.undo()
     u = nn.Sequential(nn.Conv1d(5, 5, 1), nn.BatchNorm1d(5)).eval()
     with torch.no_grad():
         u[1].running_mean.copy_(torch.randn(5))

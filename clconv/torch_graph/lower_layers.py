@@ -169,8 +169,17 @@ class LayerRules(LoweringBase):
         head = group[0]
         m = self.modules[head.target]
         cm = self.cm
-        if len(head.args) != 1 or head.kwargs:
-            raise Unlowerable("extra arguments (output_size=...)")
+        kind = self.module_kind(head)
+        # A transposed convolution's output_size (a U-Net's `up(x, output_size=skip.size())`):
+        # its output_padding worked out on each call, as torch's module does.
+        output_size = head.args[1] if len(head.args) == 2 else head.kwargs.get("output_size")
+        if len(head.args) + len(head.kwargs) != 1 and not (
+                kind == "transposed" and output_size is not None and
+                len(head.args) + len(head.kwargs) == 2):
+            raise Unlowerable("extra arguments")
+        size_nodes = [v for v in _nested(output_size) if isinstance(v, fx.Node)]
+        if any(is_tensor(v) for v in size_nodes):
+            raise Unlowerable("an output_size that is a tensor")
         x = head.args[0]
         pad_fold = self.pad_folds.get(head.name)
         if pad_fold is not None:  # the padding before it, done by the convolution
@@ -181,7 +190,6 @@ class LayerRules(LoweringBase):
         ops = [type(m).__name__]
         residual: fx.Node | None = None
         act: Activation | None = None
-        kind = self.module_kind(head)
         for i, node in enumerate(group[1:], 1):
             mod = self.module(node)
             if mod is not None and isinstance(mod, BATCHNORMS):
@@ -204,7 +212,7 @@ class LayerRules(LoweringBase):
         if r is not None and self.layout.get(r) != layout:
             raise Unlowerable("residual in another layout")
         xn = x.name
-        inputs = (xn,) if r is None else (xn, r)
+        inputs = ((xn,) if r is None else (xn, r)) + tuple(v.name for v in size_nodes)
         args: tuple[Any, ...] = ()
         if kind == "linear" and layout is not None:
             # Linear over the channels of a channels-last view: a 1x1 convolution of the stored
@@ -241,7 +249,14 @@ class LayerRules(LoweringBase):
             kw = dict(extra)
             if r is not None:
                 kw["residual"] = env[r]
-            return fn(env[xn], w, b, *args, **kw)
+            a = args
+            if output_size is not None:
+                sizes = fx.node.map_arg(output_size, lambda n: env[n.name])
+                padding = m._output_padding(torch.empty(env[xn].shape, device="meta"),
+                                            [int(v) for v in sizes], m.stride, m.padding,
+                                            m.kernel_size, len(m.kernel_size), m.dilation)
+                a = (m.stride, m.padding, tuple(int(v) for v in padding), m.groups, m.dilation)
+            return fn(env[xn], w, b, *a, **kw)
         last = group[-1]
         self.layout[last.name] = layout
         nodes = tuple(n.name for n in group)
@@ -427,3 +442,10 @@ def _fold(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, transp
                           host(bn.weight), host(bn.bias), float(bn.eps), transposed=transposed,
                           groups=groups if transposed else 1)
     return torch.from_numpy(w), torch.from_numpy(b)
+
+
+def _nested(v: Any) -> list[Any]:
+    """The items of nested lists/tuples (v itself when it is neither)."""
+    if isinstance(v, (list, tuple)):
+        return [leaf for e in v for leaf in _nested(e)]
+    return [v]
