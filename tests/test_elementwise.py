@@ -525,6 +525,7 @@ def test_batch_norm_training_of_an_empty_batch_as_torch(clconv, dev):
             assert y.shape == tuple(want.shape)
             assert ours.backward(np.zeros_like(y)).shape == y.shape
             np.testing.assert_array_equal(ours.weight_grad, np.zeros(3, np.float32))
+            np.testing.assert_array_equal(ours.bias_grad, np.zeros(3, np.float32))
             if theirs.running_mean is not None:
                 np.testing.assert_array_equal(ours.running_mean, theirs.running_mean.numpy())
                 np.testing.assert_array_equal(ours.running_var, theirs.running_var.numpy())

@@ -215,9 +215,16 @@ class _BatchNorm(Module):
         with self.device:
             dev, g, dtype, host = enter(grad_output, "grad_output")
             check_grad_shape(g, tuple(x.shape))
-            dx, wg, bg = enqueue_batch_norm_backward(dev, g, x, mean, var, self._weight, self.eps,
-                                                     batch_stats, self.num_features,
-                                                     math.prod(x.shape[2:]))
+            if x.size == 0:  # an empty batch: no gradient reaches the parameters (torch's zeros)
+                dx = empty(dev, tuple(x.shape), self._work)
+                wg, bg = (empty(dev, (self.num_features,), self._work) for _ in range(2))
+                with dev.lock:
+                    wg.fill(0, queue=dev.queue)
+                    bg.fill(0, queue=dev.queue)
+            else:
+                dx, wg, bg = enqueue_batch_norm_backward(dev, g, x, mean, var, self._weight,
+                                                         self.eps, batch_stats, self.num_features,
+                                                         math.prod(x.shape[2:]))
             if self.affine:  # host-convertible, as the other layers' gradients
                 self.weight_grad = host_convertible(wg)
                 self.bias_grad = host_convertible(bg) if self.has_bias else None
