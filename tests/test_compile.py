@@ -638,6 +638,32 @@ def test_transposed_convolution_with_output_size(dev, ct):
             _close(cm(x), model(x))
 
 
+def test_numbers_computed_from_sizes_in_arithmetic(dev, ct):
+    """A Python number computed from sizes beside a tensor (attention's `x * x.shape[-1] **
+    -0.5`, a mean as `x.sum((2, 3)) / (H * W)`, `2 - C * x`): lowered, the number read on each
+    call (another spatial size gives torch's result)."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            y = y * (y.shape[-1] ** -0.5)
+            mean = y.sum((2, 3), keepdim=True) / (y.shape[2] * y.shape[3])
+            return y - mean, 2.0 - y.shape[1] * y
+
+    torch.manual_seed(10)
+    model = Scaled().eval()
+    cm = ct.compile(model, torch.randn(2, 3, 8, 8))
+    assert cm.fallbacks == []
+    for x in (torch.randn(2, 3, 8, 8), torch.randn(1, 3, 5, 9)):
+        with torch.no_grad():
+            for got, want in zip(cm(x), model(x)):
+                _close(got, want)
+
+
 def test_an_input_of_another_rank_is_refused(dev, ct):
     """The trace fixes dims by number (cat along -3, flatten from 1): an input whose rank differs
     from the example's would be computed along other dims, so it is refused; other batch and

@@ -45,8 +45,9 @@ class OpRules(LoweringBase):
             if isinstance(v, fx.Node) and v.op == "get_attr":
                 v = attr(cm.graph_module, v.target)
             if isinstance(v, fx.Node):
-                if not is_tensor(v):
-                    raise Unlowerable(f"{name} with an operand computed as a Python value")
+                if not is_tensor(v):  # a number computed from sizes (`x.shape[-1] ** -0.5`)
+                    operands.append(("number", v.name))
+                    continue
                 if self.layout.get(v.name) != layout:
                     raise Unlowerable(f"{name} of tensors in different layouts")
                 if layout is not None and shape(v) != out:
@@ -71,15 +72,17 @@ class OpRules(LoweringBase):
             operands.append(("const", cm.constant(("const", node.name, i), t)))
         spec = activation_spec(act) if act is not None else None
         (ka, va), (kb, vb) = operands
-        inputs = tuple(v for k, v in operands if k == "node")
+        if "node" not in (ka, kb):
+            raise Unlowerable(f"{name} of two numbers")
+        inputs = tuple(v for k, v in operands if k != "const")
 
         kw: dict[str, Any] = {} if alpha == 1 else {"alpha": alpha}
         if spec is not None:
             kw["activation"] = spec
 
         def run(env: dict[str, Any]) -> Any:
-            x = env[va] if ka == "node" else va
-            y = env[vb] if kb == "node" else vb
+            x = va if ka == "const" else env[va]
+            y = vb if kb == "const" else env[vb]
             return fn(x, y, **kw)
         op = f"clconv.{name}" + (f" + {act}" if act is not None else "") + \
             (f" (alpha={alpha})" if alpha != 1 else "")
