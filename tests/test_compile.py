@@ -561,8 +561,9 @@ def test_channels_last_values_reach_the_host_and_outputs_contiguous(dev, ct):
 
 
 def test_max_values_with_unused_indices_are_lowered(dev, ct):
-    """`values, _ = torch.max(x, dim=1, keepdim=True)` (CBAM's spatial gate): fx's getitem of the
-    unused indices no longer sends the max to the host."""
+    """`values, _ = torch.max(x, dim=1, keepdim=True)` (CBAM's spatial gate) and
+    `x.max(dim=1).values`: fx's getitem of the unused indices, or the attribute, no longer sends
+    the max to the host."""
 
     class SpatialGate(nn.Module):
         def __init__(self):
@@ -572,7 +573,8 @@ def test_max_values_with_unused_indices_are_lowered(dev, ct):
         def forward(self, x):
             x = self.conv(x)
             mx, _ = torch.max(x, dim=1, keepdim=True)
-            pooled = torch.cat([mx, torch.mean(x, 1, keepdim=True)], 1)
+            pooled = torch.cat([mx - x.max(dim=1, keepdim=True).values,
+                                torch.mean(x, 1, keepdim=True)], 1)
             return x * torch.sigmoid(self.gate(pooled))
 
     torch.manual_seed(7)

@@ -283,8 +283,11 @@ class OpRules(LoweringBase):
         if len(node.args) < 2 and "dim" not in node.kwargs:
             raise Unlowerable("max over every element")
         # (`values, _ = torch.max(...)`: fx makes a getitem of the indices that nothing reads)
-        if not node.users or any(u.op != "call_function" or u.target is not operator.getitem or
-                                 (u.args[1] != 0 and u.users) for u in node.users):
+        def values_only(u: fx.Node) -> bool:
+            if u.op != "call_function" or u.target not in (operator.getitem, getattr):
+                return False
+            return u.args[1] in (0, "values") or not u.users
+        if not node.users or not all(values_only(u) for u in node.users):
             raise Unlowerable("max with its indices used (clconv computes only the values)")
         step = self.mean(node, "amax")
         inner = step.run

@@ -331,6 +331,9 @@ class Lowering(LayerRules, OpRules):
                                        lambda input, p, mode, training=True: (input, training))
         if t is operator.getitem:
             return self.getitem(node)
+        if t is getattr and node.args[1] == "values" and isinstance(node.args[0], fx.Node):
+            src = node.args[0].name  # torch.max(x, dim).values: the (values, None) pair's first
+            return self.value(node, lambda env: env[src][0], "max values", (src,))
         if t is torch.reshape:
             return self.reshape(node, node.args[0], node.args[1:])
         if t is torch.permute:
