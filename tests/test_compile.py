@@ -666,6 +666,32 @@ def test_numbers_computed_from_sizes_in_arithmetic(dev, ct):
                 _close(got, want)
 
 
+def test_reductions_over_some_spatial_dims(dev, ct):
+    """mean / amax / sum / std over some of the spatial dims (H alone, W alone, (H, W) of a
+    5-d tensor, D alone): adaptive pooling to 1 along them, the other dims kept; lowered, and
+    right at another size."""
+
+    class Partial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c2, self.c3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv3d(3, 4, 1)
+
+        def forward(self, x, v):
+            y, z = self.c2(x), self.c3(v)
+            return (y.mean(2, keepdim=True) + y.amax(-1, keepdim=True),
+                    torch.std(y, dim=3, keepdim=True), z.mean((3, 4)), z.sum(2))
+
+    torch.manual_seed(11)
+    model = Partial().eval()
+    cm = ct.compile(model, (torch.randn(2, 3, 6, 7), torch.randn(2, 3, 3, 4, 5)))
+    assert cm.fallbacks == []
+    for x, v in ((torch.randn(2, 3, 6, 7), torch.randn(2, 3, 3, 4, 5)),
+                 (torch.randn(1, 3, 5, 9), torch.randn(1, 3, 2, 6, 3))):
+        with torch.no_grad():
+            for got, want in zip(cm(x, v), model(x, v)):
+                _close(got, want)
+
+
 def test_an_input_of_another_rank_is_refused(dev, ct):
     """The trace fixes dims by number (cat along -3, flatten from 1): an input whose rank differs
     from the example's would be computed along other dims, so it is refused; other batch and

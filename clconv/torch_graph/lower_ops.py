@@ -156,10 +156,11 @@ class OpRules(LoweringBase):
     def _reducer(self, sh: tuple[int, ...] | None, dim: Any,
                  reduction: str) -> tuple[Callable[[Any], Any], str, list[int]]:
         """(f, where, dims): f(a) is the mean / amax of device array `a` (logical shape `sh`) over
-        `dim` with the reduced dims kept as 1: every spatial dim (adaptive pooling to 1), the
-        channels (dim 1: the (N, C, S) value gathered as (N, S, C), pooled over C), or every dim
-        (dim None; spatial first, then the N * C results as one row: equal groups, so the mean of
-        their means is the mean)."""
+        `dim` with the reduced dims kept as 1: spatial dims (adaptive pooling to 1 along them, the
+        others kept: every one, or some, as a mean over H alone), the channels (dim 1: the (N, C,
+        S) value gathered as (N, S, C), pooled over C), or every dim (dim None; spatial first,
+        then the N * C results as one row: equal groups, so the mean of their means is the
+        mean)."""
         if sh is None:
             raise Unlowerable(f"{reduction} of a value of unknown shape")
         nd = len(sh)
@@ -169,10 +170,12 @@ class OpRules(LoweringBase):
             dims = sorted({d % nd for d in ((dim,) if isinstance(dim, int) else dim)})
         kind = "max" if reduction == "amax" else "avg"
         every = dims == list(range(nd)) and nd >= 1
-        spatial = dims == list(range(2, nd)) and nd - 2 in (1, 2, 3)
+        spatial = bool(dims) and all(d >= 2 for d in dims) and nd - 2 in (1, 2, 3)
         if not (every or spatial or (dims == [1] and nd >= 2)):
             raise Unlowerable(f"{reduction} over dims {dim} (clconv lowers the {reduction} over "
-                              f"every spatial dim, over the channels or over every dim)")
+                              f"spatial dims, over the channels or over every dim)")
+        # (adaptive pooling's output size: 1 along the reduced dims, None keeps the others)
+        kept = tuple(1 if d in dims else None for d in range(2, nd))
         pool_nd = {n: clconv_op(f"adaptive_{kind}_pool{n}d") for n in (1, 2, 3)}
         dev = self.cm.device
 
@@ -185,12 +188,13 @@ class OpRules(LoweringBase):
                 y = pool_nd[1](reshape_view(a, (1, 1, int(np.prod(a.shape)))), 1)
                 return reshape_view(y, (1,) * nd)
             if spatial:
-                return pool_nd[nd - 2](a, 1)
+                return pool_nd[nd - 2](a, kept)
             s = int(np.prod(rest))  # each position's C values contiguous, as rows of a 1-d pool
             rows = to_device(reshape_view(a, (n, c, s)).transpose((0, 2, 1)), dev, "input",
                              a.dtype)
             return reshape_view(pool_nd[1](reshape_view(rows, (n * s, 1, c)), 1), (n, 1, *rest))
-        where = "every dim" if every else "the spatial dims" if spatial else "the channels"
+        where = "every dim" if every else "the channels" if not spatial else \
+            "the spatial dims" if len(dims) == nd - 2 else f"spatial dims {dims}"
         return reduce, where, dims
 
     def mean(self, node: fx.Node, reduction: str = "mean") -> Step:
