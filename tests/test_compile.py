@@ -692,6 +692,34 @@ def test_reductions_over_some_spatial_dims(dev, ct):
                 _close(got, want)
 
 
+def test_clamp_with_tensor_bounds(dev, ct):
+    """torch.clamp / clip / Tensor.clamp with tensor bounds (a parameter, a buffer, a value
+    computed in the graph) beside the number-bound activation: lowered to clconv.clamp with
+    arrays."""
+
+    class Bounded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.lo = nn.Parameter(torch.randn(8, 1, 1) - 1)
+            self.register_buffer("hi", torch.rand(1, 8, 1, 1) + 0.2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            mean = y.mean((2, 3), keepdim=True)
+            return (torch.clamp(y, self.lo, self.hi), y.clamp(min=mean),
+                    torch.clip(y, max=self.hi), torch.clamp(y, -0.5, 0.5))
+
+    torch.manual_seed(12)
+    model = Bounded().eval()
+    x = torch.randn(2, 3, 6, 7)
+    cm = ct.compile(model, x)
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        for got, want in zip(cm(x), model(x)):
+            _close(got, want)
+
+
 def test_an_input_of_another_rank_is_refused(dev, ct):
     """The trace fixes dims by number (cat along -3, flatten from 1): an input whose rank differs
     from the example's would be computed along other dims, so it is refused; other batch and

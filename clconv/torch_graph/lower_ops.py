@@ -300,6 +300,34 @@ class OpRules(LoweringBase):
             return (inner(env), None)
         return Step(step.node, step.nodes, "max values: " + step.op, step.inputs, run)
 
+    def clamp_tensors(self, node: fx.Node) -> Step:
+        """torch.clamp / clip with tensor bounds (computed, or parameters and buffers):
+        clconv.clamp with arrays (its maximum, then minimum, broadcasting)."""
+        x, lo, hi = bind(node, lambda input, min=None, max=None: (input, min, max))
+        if not is_tensor(x) or any(v is not None and not (
+                isinstance(v, fx.Node) and (v.op == "get_attr" or is_tensor(v))) for v in (lo, hi)):
+            raise Unlowerable("clamp with bounds that are neither tensors nor numbers")
+        if self.layout.get(x.name) is not None or any(
+                isinstance(v, fx.Node) and self.layout.get(v.name) is not None for v in (lo, hi)):
+            raise Unlowerable("clamp of a permuted (channels-last) view")
+        cm, fn = self.cm, clconv_op("clamp")
+        bounds: list[tuple[str, Any]] = []
+        for i, v in enumerate((lo, hi)):
+            if v is None:
+                bounds.append(("none", None))
+            elif v.op == "get_attr":
+                bounds.append(("const", cm.constant(("clamp", node.name, i),
+                                                    attr(cm.graph_module, v.target))))
+            else:
+                bounds.append(("node", v.name))
+        xn = x.name
+
+        def run(env: dict[str, Any]) -> Any:
+            a, b = ((env[v] if k == "node" else v) for k, v in bounds)
+            return fn(env[xn], a, b)
+        return self.value(node, run, "clconv.clamp (array bounds)",
+                          (xn, *(v for k, v in bounds if k == "node")))
+
     def divide(self, node: fx.Node, x: Any, divisor: Any) -> Step:
         """x / y (torch.div, Tensor.div, `/`): clconv.div (broadcasting); by a Python number,
         clconv.mul by 1 / c (rounded once more than torch's division: within an ulp)."""

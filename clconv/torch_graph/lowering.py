@@ -266,6 +266,8 @@ class Lowering(LayerRules, OpRules):
             if len(node.args) != 2 or node.kwargs:
                 raise Unlowerable(f"torch.{t.__name__} with keywords")
             return self.binary(node, t.__name__, *node.args)
+        if t in (torch.clamp, torch.clip):  # (number bounds are an activation)
+            return self.clamp_tensors(node)
         if t in (F.channel_shuffle, torch.channel_shuffle, torch.native_channel_shuffle):
             return self.channel_shuffle(node, *bind(node, lambda input, groups: (input, groups)))
         if t is torch.flatten:
@@ -375,6 +377,8 @@ class Lowering(LayerRules, OpRules):
             if len(node.args) != 2 or node.kwargs:
                 raise Unlowerable(f"Tensor.{t} with keywords")
             return self.binary(node, t, *node.args)
+        if t in ("clamp", "clip"):
+            return self.clamp_tensors(node)
         if t in ("view", "reshape"):
             return self.reshape(node, node.args[0], node.args[1:])
         if t in ("view_as", "reshape_as") and len(node.args) == 2 and is_tensor(node.args[1]):
