@@ -220,8 +220,12 @@ def _residual_of(add: fx.Node, x: fx.Node) -> fx.Node | None:
 
 
 def _writes_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether `node` may write a tensor it reads (in-place methods and operators, inplace=
-    arguments and modules): a convolution is not moved past such a node."""
+    """Whether `node` may write a tensor (in-place methods and operators, inplace= arguments and
+    modules, out= arguments): a convolution is not moved past such a node, and nothing is
+    deferred in a trace that has one."""
+    if node.op in ("call_method", "call_function") and node.kwargs.get("out") is not None or \
+            node.target is operator.setitem:
+        return True  # torch.add(y, 1, out=y) and y[...] = v write y
     if node.op == "call_method":
         return str(node.target).endswith("_")
     if node.op == "call_function":

@@ -304,13 +304,21 @@ def test_nothing_is_deferred_where_torch_writes_in_place(ct, dev):
             y.mul_(-1.0)  # after the conv read y
             return F.relu(self.b(h)) + y
 
+    class WritesWithOut(WritesAfter):
+        def forward(self, x):  # out= writes a tensor too
+            y = x * 1.0
+            h = F.relu(self.a(y))
+            torch.add(y, 1.0, out=y)
+            return F.relu(self.b(h)) + y
+
     torch.manual_seed(4)
-    model = WritesAfter().eval()
-    converted = ct.convert(model)
-    x = torch.randn(2, 3, 16, 12)
-    for _ in range(2):
-        _close(_run(converted, x, dev), _run(model, x))
-    assert converted.forward.fused == 2 and converted.forward.deferred == 0
+    for make in (WritesAfter, WritesWithOut):
+        model = make().eval()
+        converted = ct.convert(model)
+        x = torch.randn(2, 3, 16, 12)
+        for _ in range(2):
+            _close(_run(converted, x, dev), _run(model, x))
+        assert converted.forward.fused == 2 and converted.forward.deferred == 0
 
 
 def test_deepcopy_and_pickle_keep_the_fused_forward(ct, dev):
