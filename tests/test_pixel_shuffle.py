@@ -11,6 +11,18 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 
+def _same_on_every_kind(op, x, want, queue):
+    """op of numpy x, of its CPU tensor and of a device copy (a device result) all equal `want`
+    (a permutation: exact)."""
+    import pyopencl.array as cla
+
+    np.testing.assert_array_equal(op(x), want)
+    np.testing.assert_array_equal(op(torch.from_numpy(x)), want)
+    got = op(cla.to_device(queue, x))
+    assert isinstance(got, cla.Array)
+    np.testing.assert_array_equal(got.get(), want)
+
+
 @pytest.fixture(scope="module")
 def clconv():
     import clconv
@@ -26,12 +38,8 @@ def test_shuffle_and_unshuffle_match_torch(clconv, rng, queue, shape, r):
 
     x = rng.standard_normal(shape).astype(np.float32)
     if x.shape[-3] % (r * r) == 0:
-        want = F.pixel_shuffle(torch.from_numpy(x), r).numpy()
-        np.testing.assert_array_equal(clconv.pixel_shuffle(x, r), want)
-        np.testing.assert_array_equal(clconv.pixel_shuffle(torch.from_numpy(x), r), want)
-        got = clconv.pixel_shuffle(cla.to_device(queue, x), r)
-        assert isinstance(got, cla.Array)
-        np.testing.assert_array_equal(got.get(), want)
+        _same_on_every_kind(lambda a: clconv.pixel_shuffle(a, r), x,
+                            F.pixel_shuffle(torch.from_numpy(x), r).numpy(), queue)
     up = rng.standard_normal((*shape[:-2], shape[-2] * r, shape[-1] * r)).astype(np.float32)
     want = F.pixel_unshuffle(torch.from_numpy(up), r).numpy()
     if up.size == 0:  # torch returns an empty input's own shape; clconv the unshuffled one
@@ -77,12 +85,8 @@ def test_channel_shuffle_matches_torch(clconv, rng, queue, shape):
 
     x = rng.standard_normal(shape).astype(np.float32)
     for groups in (1, 2, 3, 6):
-        want = F.channel_shuffle(torch.from_numpy(x), groups).numpy()
-        np.testing.assert_array_equal(clconv.channel_shuffle(x, groups), want)
-        np.testing.assert_array_equal(clconv.channel_shuffle(torch.from_numpy(x), groups), want)
-        got = clconv.channel_shuffle(cla.to_device(queue, x), groups)
-        assert isinstance(got, cla.Array)
-        np.testing.assert_array_equal(got.get(), want)
+        _same_on_every_kind(lambda a: clconv.channel_shuffle(a, groups), x,
+                            F.channel_shuffle(torch.from_numpy(x), groups).numpy(), queue)
     wide = np.concatenate([x, x], axis=1)
     view = cla.to_device(queue, wide)[:, ::2]  # a strided view
     np.testing.assert_array_equal(clconv.channel_shuffle(view, 3).get(), F.channel_shuffle(

@@ -67,10 +67,7 @@ class _BatchNorm(Module):
 
     @weight.setter
     def weight(self, value: ArrayLike) -> None:
-        if self._weight is None:
-            raise ValueError("weight can be replaced by an array of the same shape, not added "
-                             "(construct the layer with affine=True)")
-        self._weight = self._parameter("weight", value)
+        self._weight = self._replacing("weight", self._weight, value, "affine=True")
 
     @property
     def bias(self) -> cla.Array | None:
@@ -79,10 +76,16 @@ class _BatchNorm(Module):
 
     @bias.setter
     def bias(self, value: ArrayLike) -> None:
-        if self._bias is None:
-            raise ValueError("bias can be replaced by an array of the same shape, not added "
-                             "(construct the layer with affine=True and bias=True)")
-        self._bias = self._parameter("bias", value)
+        self._bias = self._replacing("bias", self._bias, value, "affine=True and bias=True")
+
+    def _replacing(self, name: str, current: cla.Array | None, value: Any,
+                   needs: str) -> cla.Array:
+        """The replacement of parameter `name` (see `_parameter`); a layer without it refuses
+        one (`needs`: the constructor arguments that give it)."""
+        if current is None:
+            raise ValueError(f"{name} can be replaced by an array of the same shape, not added "
+                             f"(construct the layer with {needs})")
+        return self._parameter(name, value)
 
     def _parameter(self, name: str, value: Any) -> cla.Array:
         """A replacement weight or bias on the layer's device: a device array of the compute
