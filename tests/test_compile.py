@@ -524,10 +524,11 @@ class FoundByFuzzing(nn.Module):
         return {"s": s, "t": total, "l": [torch.cat(y.chunk(2, 1)[::-1], 1), y.split(1, 1)[2:]]}
 
 
-def test_channels_last_values_reach_the_host_and_outputs_contiguous(dev, ct):
-    """A permuted (channels-last) value leaves the device contiguous in its logical order: a
-    host `.view` after `.contiguous()` works (it raised torch's view error at compile), and an
-    output is contiguous as the docs say (ConvNeXt's channels-last LayerNorm -> Linear returned a
+def test_channels_last_values_reshaped_and_outputs_contiguous(dev, ct):
+    """A permuted (channels-last) value: `.contiguous().view(...)`, reshape and flatten of it,
+    and its shape / size(), are lowered (the value gathered into its logical order on the device;
+    the view raised torch's view error at compile, the others ran on the host), and an output
+    is contiguous as the docs say (ConvNeXt's channels-last LayerNorm -> Linear returned a
     strided view)."""
 
     class ViewAfterContiguous(nn.Module):
@@ -537,7 +538,8 @@ def test_channels_last_values_reach_the_host_and_outputs_contiguous(dev, ct):
 
         def forward(self, x):
             y = self.dw(x).permute(0, 2, 3, 1)
-            return y.contiguous().view(y.shape[0], -1)
+            return (y.contiguous().view(y.shape[0], -1), y.reshape(y.size(0), -1, y.size(3)),
+                    torch.flatten(y, 2))
 
     class ChannelsLastHead(nn.Module):
         def __init__(self):
@@ -551,13 +553,14 @@ def test_channels_last_values_reach_the_host_and_outputs_contiguous(dev, ct):
     torch.manual_seed(6)
     for model, x in ((ViewAfterContiguous().eval(), torch.randn(2, 8, 4, 4)),
                      (ChannelsLastHead().eval(), torch.randn(2, 8, 5, 6))):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ct.FallbackWarning)  # (the view runs on the host)
-            cm = ct.compile(model, x)
-        with torch.no_grad():
-            got, want = cm(x), model(x)
-        assert got.is_contiguous()
-        _close(got, want)
+        cm = ct.compile(model, x)
+        assert cm.fallbacks == []
+        for x in (x, torch.randn(1, 8, 3, 7)):
+            with torch.no_grad():
+                got, want = cm(x), model(x)
+            for g, w in zip(*((v,) if isinstance(v, torch.Tensor) else v for v in (got, want))):
+                assert g.is_contiguous()
+                _close(g, w)
 
 
 def test_max_values_with_unused_indices_are_lowered(dev, ct):

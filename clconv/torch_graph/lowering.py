@@ -15,6 +15,7 @@ from .activations import activation_of
 from .base import Unlowerable, attr, bind, is_tensor, shape, torch_type
 from .lower_layers import LayerRules
 from .lower_ops import OpRules
+from ..runtime.transfer import to_device
 from .lowering_base import (
     ADDS,
     MIRRORED,
@@ -177,23 +178,27 @@ class Lowering(LayerRules, OpRules):
         raise Unlowerable(f"no lowering for {node.op}")
 
     def _metadata(self, node: fx.Node) -> Step:
-        """x.size(...), x.shape, x.dim(): read from the device array's shape."""
+        """x.size(...), x.shape, x.dim(): read from the device array's shape (a channels-last
+        view's in its logical order)."""
+        def logical(x: str) -> Callable[[dict[str, Any]], torch.Size]:
+            perm = self.layout.get(x)
+            if perm is None:
+                return lambda env: torch.Size(env[x].shape)
+            return lambda env: torch.Size(tuple(env[x].shape[p] for p in perm))
+
         if node.op == "call_method" and node.target in ("size", "dim") and len(node.args) >= 1:
             x = node.args[0].name
             rest = node.args[1:]
-            if self.layout.get(x) is not None:
-                raise Unlowerable("size of a permuted view")
+            size = logical(x)
             if node.target == "dim":
                 return self.value(node, lambda env: len(env[x].shape), "dim", (x,))
             if rest:
                 d = rest[0]
-                return self.value(node, lambda env: int(env[x].shape[d]), "size", (x,))
-            return self.value(node, lambda env: torch.Size(env[x].shape), "size", (x,))
+                return self.value(node, lambda env: int(size(env)[d]), "size", (x,))
+            return self.value(node, size, "size", (x,))
         if node.op == "call_function" and node.target is getattr and node.args[1] == "shape":
             x = node.args[0].name
-            if self.layout.get(x) is not None:
-                raise Unlowerable("shape of a permuted view")
-            return self.value(node, lambda env: torch.Size(env[x].shape), "shape", (x,))
+            return self.value(node, logical(x), "shape", (x,))
         if (node.op == "call_method" and node.target in ("chunk", "split")) or (
                 node.op == "call_function" and node.target in (torch.chunk, torch.split)):
             return self.pieces(node)
@@ -437,6 +442,25 @@ class Lowering(LayerRules, OpRules):
             return self.alias(node, x, "permute (view)", layout=to_last)
         return self.permuted_copy(node, x, perm)
 
+    def _reshape_permuted(self, node: fx.Node, layout: tuple[int, ...]) -> Step:
+        """view / reshape / flatten of a channels-last view (ConvNeXt-style heads that flatten
+        the (N, H, W, C) value): the value gathered into its logical order on the device, then
+        reshaped as a contiguous one would be."""
+        x = node.args[0]
+        if node.target in (torch.flatten, "flatten"):
+            step = self.flatten(node, *bind(node, lambda input, start_dim=0, end_dim=-1: (
+                input, start_dim, end_dim)))
+        else:
+            step = self.reshape(node, x, node.args[1:])
+        reshape, xn, dev = step.run, x.name, self.cm.device
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            logical = to_device(a.transpose(layout), dev, "input", a.dtype)  # (a gather)
+            return reshape({**env, xn: logical})
+        return Step(step.node, step.nodes, f"{step.op} (of a channels-last view, gathered)",
+                    step.inputs, run)
+
     def _permuted(self, node: fx.Node) -> Step:
         """A node reading channels-last views (logical (N, *spatial, C), stored (N, C,
         *spatial))."""
@@ -483,5 +507,8 @@ class Lowering(LayerRules, OpRules):
             return self.binary(node, name, *node.args[:2], alpha=alpha)
         if node.op == "call_method" and node.target == "contiguous":
             return self.alias(node, node.args[0], "contiguous", layout)
+        if (node.op == "call_method" and node.target in ("view", "reshape", "flatten")) or (
+                node.op == "call_function" and node.target in (torch.flatten, torch.reshape)):
+            return self._reshape_permuted(node, layout)
         raise Unlowerable(f"{node.op} {getattr(node.target, '__name__', node.target)} on a "
                           f"permuted (channels-last) view")
