@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..runtime.transfer import to_device
 from .activations import activation_of
 from .base import Unlowerable, attr, bind, is_tensor, shape, torch_type
 from .lower_layers import LayerRules
 from .lower_ops import OpRules
-from ..runtime.transfer import to_device
 from .lowering_base import (
     ADDS,
     MIRRORED,
