@@ -20,7 +20,6 @@ from .ops.fold import fold_batchnorm
 from .runtime.device import Device, current_device
 from .torch_graph import activation_module
 from .torch_graph.activations import ACTIVATION_MODULES
-from .torch_train import defer_result, deferred_array, flush_deferred, joined_results
 from .torch_ops import (
     OPS,
     NotScriptable,
@@ -37,6 +36,7 @@ from .torch_ops import (
     uses_zero_copy,
     version_of,
 )
+from .torch_train import defer_result, deferred_array, flush_deferred, joined_results
 
 
 class Fold:
