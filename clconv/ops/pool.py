@@ -206,6 +206,9 @@ class PoolPlan(Plan):
         # (the max pool runs a row of outputs a work-item: its NDRange is _grid[1:])
         self.kernel = kernel(dev, "pool.cl", "max_pool_rows" if kind == "max" else "avg_pool"
                              if kind == "avg" else "adaptive_pool", defines)
+        # (training's: the same program's kernel that also writes the maxima's indices)
+        self.indices_kernel = kernel(dev, "pool.cl", "max_pool_rows_indices", defines) \
+            if kind == "max" else None
 
     @property
     def saves_indices(self) -> bool:
@@ -233,8 +236,8 @@ class PoolPlan(Plan):
                 window = (*shapes, _int4(k), _int4(s), _int4(p), _int4(d))
                 if indices is None:
                     return self.kernel(dev.queue, self._grid[1:], None, *io, *window)
-                return kernel(dev, "pool.cl", "max_pool_rows_indices", self._defines)(
-                    dev.queue, self._grid[1:], None, *io, *idx_args, *window)
+                return self.indices_kernel(dev.queue, self._grid[1:], None, *io, *idx_args,
+                                           *window)
             elif self.kind == "avg":
                 k, s, p, _ = self.window  # type: ignore[misc]
                 return self.kernel(dev.queue, self._grid, None, *io,
