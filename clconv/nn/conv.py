@@ -17,6 +17,16 @@ from ..runtime.transfer import ArrayLike, is_device_array
 from .module import Layer, with_activation
 
 
+def _operands(layer: Layer, x: cla.Array, fused: bool) -> tuple[Any, tuple[int, ...],
+                                                               tuple[int, ...],
+                                                               tuple[int, ...] | None]:
+    """(activation to fuse, input shape, weight shape, bias shape or None) of a convolution
+    layer's call on x."""
+    act = layer.activation if fused else None
+    b_shape = None if layer._bias is None else (layer.out_channels,)
+    return act, tuple(x.shape), tuple(layer._weight.shape), b_shape
+
+
 class _ConvNd(Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
                  stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
@@ -44,9 +54,7 @@ class _ConvNd(Layer):
     def _conv(self, x: cla.Array, fused: bool) -> cla.Array:
         """The convolution of x (batched, on the device, compute dtype), with the layer's
         activation fused into its store when `fused`; saves what backward needs."""
-        act = self.activation if fused else None
-        w_shape, x_shape = tuple(self._weight.shape), tuple(x.shape)
-        b_shape = None if self._bias is None else (self.out_channels,)
+        act, x_shape, w_shape, b_shape = _operands(self, x, fused)
         plan = self._plan("conv", lambda: ConvPlan(
             self.device, self.nd, x_shape, w_shape, b_shape, self.stride, self.padding,
             self.dilation, self.groups, self.padding_mode, self.algorithm, act, None,
@@ -120,9 +128,7 @@ class _ConvTransposeNd(Layer):
     def _transpose(self, x: cla.Array, out_pad: tuple[int, ...], fused: bool) -> cla.Array:
         """The transposed convolution of x (batched, on the device, compute dtype), the layer's
         activation fused into its store when `fused`; saves what backward needs."""
-        act = self.activation if fused else None
-        w_shape, x_shape = tuple(self._weight.shape), tuple(x.shape)
-        b_shape = None if self._bias is None else (self.out_channels,)
+        act, x_shape, w_shape, b_shape = _operands(self, x, fused)
         plan = self._plan("transpose", lambda: TransposePlan(
             self.device, self.nd, x_shape, w_shape, b_shape, self.stride, self.padding,
             out_pad, self.groups, self.dilation, self._work, activation=act), x_shape, w_shape,
