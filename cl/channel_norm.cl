@@ -19,7 +19,7 @@
 __kernel void channel_norm(__global const REAL* restrict x, __global REAL* restrict y,
                            __global const REAL* restrict weight, __global const REAL* restrict bias,
                            const long channels, const long spatial, const long positions,
-                           const float eps) {
+                           const ACC eps) {
     const long p = get_global_id(0);
     if (p >= positions) return;
     const long n = p / spatial;

@@ -23,6 +23,7 @@ from .torch_fold import BATCHNORM_ND, Fold, run_folded
 from .torch_train import (defer_result, deferred_array, flush_deferred, joined_results,
                           run_chain, trainable, trains_fused)
 from .torch_graph.activations import activation_of, activation_spec
+from .torch_graph.tracing import AUGMENTED, InplaceTracer
 from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
 from .runtime.device import current_device
 from .torch_ops import conv_result_shape, nd_tuple, operand, uses_zero_copy
@@ -335,9 +336,10 @@ def _defer_where_users_are(nodes: list[fx.Node], targets: tuple[Callable[..., An
     return marked
 
 
-class _Tracer(fx.Tracer):
+class _Tracer(InplaceTracer):
     """torch.fx's tracer with clconv.torch's module classes (converted convolutions, folded
-    chains' BatchNorms and activations) as leaves, as torch.nn's own are."""
+    chains' BatchNorms and activations) as leaves, as torch.nn's own are, and `a += b` traced as
+    the write it is (InplaceProxy)."""
 
     def __init__(self, leaves: tuple[type, ...]) -> None:
         super().__init__()
@@ -346,6 +348,25 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self.leaves) or hasattr(type(m), "_clconv_base") or \
             super().is_leaf_module(m, qualname)
+
+
+def _as_call(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def call(a: Any, b: Any) -> Any:
+        return op(a, b)
+    call.__name__ = call.__qualname__ = f"augmented_{op.__name__}"
+    return call
+
+
+#: operator.iadd, ... as plain functions: fx generates `a += b; iadd = a` for operator.iadd,
+#: which rebinds `a`: right for a tensor (written in place, every name sees it) but not for a
+#: number (`n = x.size(0); m = n; n += 1`: m keeps the old value).
+_AUGMENTED_CALLS = {op: _as_call(op) for op in AUGMENTED}
+
+
+def _augmented_as_calls(graph: fx.Graph) -> None:
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in _AUGMENTED_CALLS:
+            node.target = _AUGMENTED_CALLS[node.target]
 
 
 #: Whether torch.fx traces now (the fused forward is no traceable code): the newer name, which
@@ -416,6 +437,7 @@ class FusedForward:
         if not fused:
             return None, 0, 0, 0
         graph.lint()
+        _augmented_as_calls(graph)
         code = graph.python_code(root_module="self")
         # An activation with no activation= name (threshold) is its Activation in the graph,
         # written out as its repr: the class (and non-finite parameters) must be in scope.

@@ -198,10 +198,21 @@ class InPlace(nn.Module):
         if self.kind == "parameter":
             self.c2.bias.mul_(1.0)
             return self.c2(y)
+        if self.kind == "alias":  # `a` names y's tensor, which `+=` and `*=` write
+            a = y
+            y += self.c1(y)
+            y *= 0.5
+            return self.c2(a)
+        if self.kind == "number":  # `n += 1` of a number makes a new one: m keeps the old
+            n = x.size(0)
+            m = n
+            n += 1
+            return self.c2(y) * m / n
         raise AssertionError(self.kind)
 
 
-@pytest.mark.parametrize("kind", ["method", "function", "module-residual", "after-read", "chain"])
+@pytest.mark.parametrize("kind", ["method", "function", "module-residual", "after-read", "chain",
+                                  "alias", "number"])
 def test_in_place_writes_are_read_where_torch_reads_them(dev, ct, kind):
     """The lowering follows values: a tensor written in place and read afterwards through the
     node that made it (or another name) reads the write, as torch's memory does."""
@@ -214,6 +225,141 @@ def test_in_place_writes_are_read_where_torch_reads_them(dev, ct, kind):
         with torch.no_grad():
             want = model(inputs)
         _close(cm(inputs), want)
+
+
+def _compile_with_fallbacks(ct, model, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ct.FallbackWarning)
+        return ct.compile(model, x)
+
+
+def _matches(cm, model, *inputs):
+    """cm gives the model's outputs (shape and values) for each input."""
+    for x in inputs:
+        with torch.no_grad():
+            want = model(x)
+        got = cm(x)
+        assert got.shape == want.shape
+        _close(got, want)
+
+
+class ZeroFirstChannels(nn.Module):
+    """Item assignment, which fx cannot trace: compile runs this module in torch."""
+
+    def forward(self, x):
+        x[:, :2] = 0
+        return x
+
+
+class HostWrites(nn.Module):
+    """Writes that torch makes on the host, into a tensor the device also holds: a submodule
+    compile runs in torch that writes its input, and torch.add(..., out=)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.sub = ZeroFirstChannels()
+
+    def forward(self, x):
+        y = self.c1(x)
+        if self.kind == "submodule":
+            z = self.sub(y)  # z is y, written
+            return self.c2(z) + y
+        torch.add(y, self.c2(y), out=y)
+        return self.c2(y) + y
+
+
+@pytest.mark.parametrize("kind", ["submodule", "out"])
+def test_writes_made_on_the_host_reach_the_device_value(dev, ct, kind):
+    """A node run in torch that writes one of its inputs in place (code fx cannot trace, or an
+    out= argument): every later reader sees the write, as in torch, and the example input
+    given to compile is left as it was."""
+    torch.manual_seed(0)
+    model = models.randomize(HostWrites(kind)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    x0 = x.clone()
+    cm = _compile_with_fallbacks(ct, model, x)
+    assert torch.equal(x, x0)
+    assert len(cm.fallbacks) == 1
+    _matches(cm, model, x, torch.randn(3, 3, 8, 8))
+
+
+class WritesInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        x += 1
+        return self.c(x)
+
+
+def test_compile_leaves_its_example_input_as_it_was(dev, ct):
+    """compile runs the forward once on the example (shapes): a forward that writes its input in
+    place writes a copy of it then."""
+    model = models.randomize(WritesInput()).eval()
+    x = torch.randn(1, 3, 6, 6)
+    x0 = x.clone()
+    cm = _compile(ct, model, x)
+    assert torch.equal(x, x0)
+    with torch.no_grad():
+        want = model(x0.clone())
+    _close(cm(x0.clone()), want)
+
+
+class ExpandUses(nn.Module):
+    """expand_as feeding what does not broadcast it to the full shape."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.gamma = nn.Parameter(torch.full((1, 8, 1, 1), 0.5))
+
+    def forward(self, x):
+        y = self.c1(x)
+        g = y.mean((2, 3), keepdim=True).expand_as(y)
+        if self.kind == "number":
+            return g + 1
+        if self.kind == "parameter":
+            return g * self.gamma
+        if self.kind == "cat":
+            return self.c2(torch.cat([y, g * self.gamma], 1))
+        return g + y  # "full": broadcast by the add (no copy)
+
+
+@pytest.mark.parametrize("kind", ["number", "parameter", "cat", "full"])
+def test_expand_keeps_its_shape(dev, ct, kind):
+    torch.manual_seed(0)
+    model = models.randomize(ExpandUses(kind)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    cm = _compile_with_fallbacks(ct, model, x)
+    assert (cm.fallbacks == []) == (kind == "full")
+    _matches(cm, model, x, torch.randn(1, 3, 8, 10))
+
+
+class MaxOfPermuted(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        p = self.c(x).permute(0, 2, 3, 1)  # channels last
+        return torch.max(p, self.dim)[0] + p.max(self.dim).values
+
+
+@pytest.mark.parametrize("dim", [-1, 1, 3])
+def test_max_values_of_a_channels_last_view(dev, ct, dim):
+    """torch.max over a dim of a channels-last view reduces the view's dim (torch runs it: the
+    lowering reduces stored dims)."""
+    torch.manual_seed(0)
+    model = models.randomize(MaxOfPermuted(dim)).eval()
+    x = torch.randn(2, 3, 6, 7)
+    cm = _compile_with_fallbacks(ct, model, x)
+    _matches(cm, model, x, torch.randn(1, 3, 6, 9))
 
 
 @pytest.mark.parametrize("kind, words", [("view", "shares its memory"),

@@ -435,3 +435,49 @@ def test_fold_chains_found_by_fuzzing_against_torch(ct, dev):
     one = nn.Conv2d(1, 1, (2, 1), padding=(1, 2))
     x = torch.randn(1, 1, 6, 5).to(memory_format=torch.channels_last)
     assert ct.convert(copy.deepcopy(one))(x).stride() == one(x).stride() == (63, 1, 9, 1)
+
+
+class AliasedWrites(nn.Module):
+    """`a += b` on a tensor another name holds, and on a number (fx's own tracer records both as
+    out-of-place adds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        n = x.size(0)
+        m = n
+        n += 1  # a new number: m keeps the old one
+        y = F.relu(self.c1(x))
+        z = self.bn(self.c2(y))
+        a = z
+        z += y  # writes a's tensor too
+        z *= 0.5
+        return F.relu(a) * m / n
+
+
+def test_augmented_assignments_write_as_in_torch(ct, dev):
+    """The fused traces record `z += y` as torch runs it, a write of z's tensor that every name
+    bound to it sees, and `n += 1` of a number as a new number: eval under no_grad, eval with
+    grad, and a training step (input and parameter gradients)."""
+    torch.manual_seed(0)
+    model = AliasedWrites()
+    x = torch.randn(2, 3, 8, 8)
+    converted = ct.convert(copy.deepcopy(model))
+    model.eval(), converted.eval()
+    with dev:
+        for _ in range(2):
+            _close(_run(converted, x, dev), _run(model, x))
+            _close(converted(x), model(x))
+        model.train(), converted.train()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        model(xa).square().sum().backward()
+        converted(xb).square().sum().backward()
+    _close(xb.grad, xa.grad)
+    # (c2's bias, before a training-mode BatchNorm, has a gradient of zero up to rounding: the
+    # tolerance is of the largest gradient's scale)
+    scale = max(float(p.grad.abs().max()) for p in model.parameters())
+    for p, q in zip(model.parameters(), converted.parameters()):
+        np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-4 * scale)

@@ -34,5 +34,7 @@ def channel_norm(x: cla.Array, weight: cla.Array | None, bias: cla.Array | None,
     with dev.lock:
         k(dev.queue, (positions,), None, x.base_data, out.data,
           weight.data if weight is not None else dummy, bias.data if bias is not None else dummy,
-          np.int64(c), np.int64(spatial), np.int64(positions), np.float32(eps))
+          np.int64(c), np.int64(spatial), np.int64(positions),
+          # eps in the kernel's accumulation type (ACC: double for double)
+          (np.float64 if x.dtype == np.float64 else np.float32)(eps))
     return out

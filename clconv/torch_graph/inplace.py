@@ -1,9 +1,10 @@
 """In-place writes in a traced graph, made explicit before the lowering.
 
-fx records `y.mul_(2)`, `F.relu(y, inplace=True)`, `nn.ReLU(inplace=True)(y)` or `out += idt` as
-a node whose value is the written tensor; but the code after it may read that tensor through the
-node that made it (`y`, or another name bound to it), and fx then points there. torch reads the
-written memory; the lowering, which follows values, would read the value before the write. So
+fx records `y.mul_(2)`, `F.relu(y, inplace=True)`, `nn.ReLU(inplace=True)(y)`, `out += idt`
+(tracing.InplaceTracer) or `torch.add(a, b, out=y)` as a node whose value is the written tensor;
+but the code after it may read that tensor through the node that made it (`y`, or another name
+bound to it), and fx then points there. torch reads the written memory; the lowering, which
+follows values, would read the value before the write. So
 every later reader of a written tensor is pointed at the write (`redirect_inplace_writes`). What
 values cannot express is refused with a TypeError naming the node: a write into a tensor that
 shares memory with another one (a view, or the input of a view taken before the write), and a
@@ -20,9 +21,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-__all__ = ["redirect_inplace_writes"]
+from .base import is_tensor
 
-#: Python's augmented assignments (fx traces `a += b` as operator.iadd(a, b)).
+__all__ = ["redirect_inplace_writes", "writes_input"]
+
+#: Python's augmented assignments (tracing.InplaceTracer traces `a += b` as operator.iadd(a, b)).
 _AUGMENTED = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
               operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
               operator.ixor, operator.ilshift, operator.irshift, operator.imatmul}
@@ -41,8 +44,12 @@ _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d
                  nn.Dropout3d, nn.AlphaDropout)
 
 
-def _written(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
-    """The node whose tensor `node` writes in place, or None."""
+def _written(gm: fx.GraphModule, node: fx.Node, known: bool = True) -> fx.Node | None:
+    """The node whose tensor `node` writes in place, or None. known=False: before ShapeProp
+    (an augmented assignment of any value counts)."""
+    out = node.kwargs.get("out")
+    if node.op in ("call_function", "call_method") and isinstance(out, fx.Node):
+        return out  # torch.add(a, b, out=y) writes y
     if not node.args or not isinstance(node.args[0], fx.Node):
         return None
     target = node.target
@@ -50,8 +57,9 @@ def _written(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
         inplace = target.endswith("_") and not target.startswith("_")
     elif node.op == "call_function":
         name = getattr(target, "__name__", "")
-        inplace = target in _AUGMENTED or (name.endswith("_") and not name.startswith("_")) \
-            or _inplace_argument(target, node)
+        # (`n += 1` of a number makes a new number: only a tensor's is a write)
+        inplace = (target in _AUGMENTED and (is_tensor(node.args[0]) or not known)) or (
+            name.endswith("_") and not name.startswith("_")) or _inplace_argument(target, node)
     elif node.op == "call_module":
         inplace = getattr(gm.get_submodule(target), "inplace", False) is True
     else:
@@ -68,6 +76,12 @@ def _inplace_argument(fn: Any, node: fx.Node) -> bool:
     except (TypeError, ValueError):  # builtins without a signature, or another calling form
         return False
     return bound.arguments.get("inplace") is True
+
+
+def writes_input(gm: fx.GraphModule) -> bool:
+    """Whether some node of gm (not yet shape-propagated) may write a placeholder in place."""
+    return any(getattr(_written(gm, n, known=False), "op", None) == "placeholder"
+               for n in gm.graph.nodes)
 
 
 def _is_view(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -676,7 +676,7 @@ def _leaves(v: Any) -> list[Any]:
 
 def _mean_args(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:
     if dtype is not None:
-        raise Unlowerable("mean with dtype=")
+        raise Unlowerable("a reduction with dtype= (mean, sum)")
     return input, dim, keepdim
 
 

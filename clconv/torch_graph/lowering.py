@@ -123,9 +123,16 @@ class Lowering(LayerRules, OpRules):
         args, kwargs, target = node.args, node.kwargs, node.target
 
         def run(env: dict[str, Any]) -> Any:
+            copies: list[tuple[torch.Tensor, int, Any, Any]] = []
+
             def value(n: fx.Node) -> Any:
                 lay = layouts[n.name]  # (a tuple's pieces too: a slice of chunk's pieces)
-                return mapped(env[n.name], lambda v: cm.download(v, lay))
+
+                def download(v: Any) -> torch.Tensor:
+                    t = cm.download(v, lay)
+                    copies.append((t, t._version, v, lay))
+                    return t
+                return mapped(env[n.name], download)
             a = fx.node.map_arg(args, value)
             k = fx.node.map_arg(kwargs, value)
             with torch.no_grad():
@@ -135,6 +142,11 @@ class Lowering(LayerRules, OpRules):
                     out = getattr(a[0], target)(*a[1:], **k)
                 else:
                     raise RuntimeError(f"cannot run {node.op} node {node.name}")
+            for t, version, array, lay in copies:
+                if t._version != version:
+                    # torch wrote an input in place (code fx could not trace, or out=): the
+                    # device value is written back, so that every later reader sees the write
+                    cm.write_back(array, t, lay)
             def upload(v: Any) -> Any:
                 return cm.upload(v) if isinstance(v, torch.Tensor) else v
             if isinstance(out, tuple) and type(out) is not tuple:
@@ -204,6 +216,9 @@ class Lowering(LayerRules, OpRules):
             return self.pieces(node)
         if (node.op == "call_method" and node.target == "max") or (
                 node.op == "call_function" and node.target is torch.max):
+            if any(self.layout.get(n.name) is not None for n in node.all_input_nodes):
+                # its dim is in the view's logical order, amax's in the stored one
+                raise Unlowerable("max of a permuted (channels-last) view")
             return self.max_values(node)  # torch.max(x, dim): (values, indices)
         raise Unlowerable(f"non-tensor {node.op} {node.target}")
 
@@ -415,10 +430,19 @@ class Lowering(LayerRules, OpRules):
         if t in ("squeeze", "unsqueeze"):
             return self.squeeze(node, t)
         if t in ("expand_as", "expand"):
-            # x.expand_as(y) feeding only add/mul: their broadcasting expands it, no copy.
-            if all(self.binary_name(u) is not None for u in node.users):
+            # x.expand_as(y) feeding only add/mul whose other operand has the expanded shape:
+            # their broadcasting expands it, no copy. (Beside a number or a smaller tensor the
+            # result would keep x's shape.)
+            full = shape(node)
+
+            def broadcast_by(u: fx.Node) -> bool:
+                return self.binary_name(u) is not None and full is not None and any(
+                    a is not node and isinstance(a, fx.Node) and shape(a) == full
+                    for a in (*u.args, *u.kwargs.values()))
+            if node.users and all(broadcast_by(u) for u in node.users):
                 return self.alias(node, node.args[0], f"{t} (broadcast by its users)")
-            raise Unlowerable(f"Tensor.{t} feeding other ops than add/mul")
+            raise Unlowerable(f"Tensor.{t} feeding other ops than add/mul with an operand of "
+                              f"the expanded shape")
         if t in ("contiguous",):
             return self.alias(node, node.args[0], "contiguous")
         if t == "transpose":

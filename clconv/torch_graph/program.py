@@ -158,6 +158,14 @@ class Program:
                                                                   dtype=_torch_dtype(a.dtype))
         return t.permute(*perm).contiguous() if perm is not None else t
 
+    def write_back(self, a: cla.Array, t: torch.Tensor, perm: tuple[int, ...] | None) -> None:
+        """Host tensor `t` (a `download(a, perm)` that torch then wrote) into `a` itself."""
+        if perm is not None:
+            t = t.permute(*np.argsort(perm).tolist())
+        if a.size:
+            a.set(np.ascontiguousarray(t.detach().numpy()))
+            self.stats.uploads += 1
+
     def constant(self, key: Any, t: torch.Tensor) -> cla.Array:
         """`t` on the device, uploaded once (weights, folded weights, constants of the graph).
         Marked constant (never written again: the model owns it), so that plans keep what they

@@ -4,16 +4,46 @@ shapes and dtypes on its nodes (fx's ShapeProp)."""
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from typing import Any, Callable
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .inplace import redirect_inplace_writes
+from .inplace import redirect_inplace_writes, writes_input
+
+#: Python's augmented assignments: `a += b` on a tensor writes a.
+AUGMENTED = (operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+             operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
+             operator.ilshift, operator.irshift, operator.imatmul)
 
 
-class Tracer(fx.Tracer):
+class InplaceProxy(fx.Proxy):
+    """fx's Proxy with `a += b` (and the other augmented assignments) recorded as the in-place
+    write torch makes of it, a call of operator.iadd: fx's own Proxy has no __iadd__, so Python
+    would trace `a = a + b`, a new tensor, and another name bound to a (`r = a; a += b;
+    return r`) would not see the write."""
+
+
+def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[fx.Proxy, Any], fx.Proxy]:
+    def method(self: fx.Proxy, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+    return method
+
+
+for _op in AUGMENTED:
+    setattr(InplaceProxy, f"__{_op.__name__}__", _augmented(_op))
+
+
+class InplaceTracer(fx.Tracer):
+    """torch.fx's tracer making InplaceProxy's."""
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return InplaceProxy(node, self)
+
+
+class Tracer(InplaceTracer):
     """torch.fx's tracer, with clconv.torch's modules (converted convolutions, folded chains) as
     leaves like torch.nn's: their forward runs clconv from Python, which fx cannot trace into.
     `leaves`: qualified names of submodules kept whole too (those whose forward fx cannot trace);
@@ -74,9 +104,12 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.Grap
             leaves[tracer.failed] = why
     gm = fx.GraphModule(model, graph, type(model).__name__)
     gm.meta["clconv_untraced"] = leaves
-    redirect_inplace_writes(gm)
     with torch.no_grad():
+        if writes_input(gm):  # (copies: the caller's example stays as it was)
+            example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t
+                                   for t in example_inputs)
         ShapeProp(gm).propagate(*example_inputs)
+    redirect_inplace_writes(gm)  # (after: it tells `t += 1` of a tensor from that of a number)
     return gm
 
 
