@@ -1,8 +1,11 @@
 // interpolate.cl: torch.nn.functional.interpolate of the NSPATIAL (1-3) spatial dims of a tensor
 // viewed as (planes, D, H, W) (fewer dims: leading sizes of 1), with torch's index arithmetic
 // (aten/src/ATen/native/UpSample.h) so that results and NaN/Inf patterns follow torch's:
-//   MODE 0 'nearest':       src = min(floor(dst * scale), in - 1) (out == in: dst; out == 2 in: dst / 2)
-//   MODE 1 'nearest-exact': src = min(floor((dst + 0.5) * scale), in - 1)
+//   MODE 0 'nearest':       src = min(floor(dst * scale), in - 1) (2-d: out == in: dst;
+//          out == 2 in: dst / 2)
+//   MODE 1 'nearest-exact': src = min(floor((dst + 0.5) * scale), in - 1) (2-d); 1-d and 3-d:
+//          min(floor(max(scale * (dst + 0.5) - 0.5, 0) + 0.5), in - 1), as torch's separable
+//          kernel (HelperInterpNearestExact) rounds it
 //   MODE 2 linear ('linear', 'bilinear', 'trilinear'): src = scale * (dst + 0.5) - 0.5 clamped at 0,
 //          or scale * dst with -D ALIGN_CORNERS; the two neighbours i0 = min(floor(src), in - 1),
 //          i1 = i0 + (i0 < in - 1) with weights 1 - l, l = src - i0, every dim torch has (two taps
@@ -14,7 +17,7 @@
 //          get_cubic_upsample_coefficients); every one of the 16 taps counts (a weight of 0 times
 //          NaN is NaN, as in torch); the rows' sums weighted as torch nests them (width inner).
 // `scale` per dim: what torch's area_pixel_compute_scale gives (the host works it out in torch's
-// type: double for the linear modes of double tensors, else float).
+// type: double for double tensors, but float for the 2-d nearest modes, else float).
 // Sizes are arguments: one program per mode, NSPATIAL, ALIGN_CORNERS and dtype.
 // NDRange (OW, OH, planes * OD).
 
@@ -27,9 +30,9 @@
 #define NSPATIAL 2
 #endif
 
-// The linear modes' index arithmetic runs in torch's opmath type (double for double tensors), the
+// The index arithmetic runs in torch's opmath type (double for double tensors), but the 2-d
 // nearest modes' in float (as torch's nearest_idx, whatever the dtype).
-#if defined(USE_FP64) && MODE >= 2
+#if defined(USE_FP64) && (MODE >= 2 || NSPATIAL != 2)
 typedef double scale_t;
 typedef double4 scale4_t;
 #else
@@ -89,8 +92,20 @@ inline void cubic_taps(const int dst, const int in, const scale_t scale, int* id
     for (int j = 0; j < 4; ++j) idx[j] = clamp(i - 1 + j, 0, in - 1);
 }
 #else
-inline int nearest_source(const int dst, const int in, const int out, const float scale) {
+inline int nearest_source(const int dst, const int in, const int out, const scale_t scale) {
+#if NSPATIAL != 2
+    // torch's separable kernel (1-d, 3-d): the index in opmath, floorf of it as a float. Its
+    // scale * (dst + 0.5) - 0.5 is one fused multiply-add (the compilers of torch's CPU kernels
+    // contract it; measured against every size pair of 1..25 -> 1..69 in both dtypes), written
+    // out so that drivers that would not contract it (llvmpipe) round as torch does.
 #if MODE == 0
+    return min((int)floor((float)(scale * (scale_t)dst)), in - 1);
+#else
+    scale_t src = fma(scale, (scale_t)dst + (scale_t)0.5, (scale_t)-0.5);
+    src = src < (scale_t)0 ? (scale_t)0 : src;
+    return min((int)floor((float)(src + (scale_t)0.5)), in - 1);
+#endif
+#elif MODE == 0
     // floor(dst * scale) with torch's float scale (1 / scale_factor when given, else in / out).
     // torch 2.x's CPU kernels differ by rank: the 2-d one copies (out == in) or halves (out ==
     // 2 in) before scaling (ATen's nearest_idx), the 1-d and 3-d ones always scale. That matters

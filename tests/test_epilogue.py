@@ -439,3 +439,19 @@ def test_fold_batchnorm_errors(clconv, rng):
                               None, transposed=True, groups=2)
     with pytest.raises(ValueError, match="weight"):
         clconv.fold_batchnorm(np.ones(6), None, c, c, None, None)
+
+
+@pytest.mark.parametrize("bounds", [(1.0, -1.0), (0.5, 0.5)])
+def test_clamp_with_min_above_max_is_max_as_torch(clconv, dev, rng, bounds):
+    """torch.clamp(v, lo, hi) is min(max(v, lo), hi): hi everywhere when lo > hi; the fused
+    clamp (which tests v < lo first) and the standalone one agree."""
+    torch = import_torch()
+    x, w = random_array(rng, (2, 4, 5, 5)), random_array(rng, (3, 4, 3, 3))
+    want = torch.clamp(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w)),
+                       *bounds).numpy()
+    np.testing.assert_array_equal(clconv.conv2d(x, w, activation=("clamp", *bounds)), want)
+    np.testing.assert_array_equal(clconv.linear(x.reshape(2, -1)[:, :36], w.reshape(3, 36),
+                                                activation=("clamp", *bounds)),
+                                  np.full((2, 3), bounds[1], np.float32))
+    np.testing.assert_array_equal(clconv.clamp(x, *bounds), torch.clamp(
+        torch.from_numpy(x), *bounds).numpy())

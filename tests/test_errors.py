@@ -313,3 +313,82 @@ def test_bad_inputs_found_by_fuzzing_against_torch(clconv):
     for threshold, value in ((np.nan, 5.0), (0.0, np.nan)):
         want = F.threshold(torch.from_numpy(v), threshold, value).numpy()
         np.testing.assert_array_equal(clconv.threshold(v, threshold, value), want)
+
+
+def test_bad_inputs_found_by_the_eighteenth_fuzz(clconv, dev):
+    """Plans refuse a dtype that is not floating, None and a device that is not a Device (each
+    was a KeyError, a float64 plan or an AttributeError); a CatPlan refuses another number of
+    arrays (the extra ones were dropped); lists and None are no arrays for stack and
+    channel_shuffle; error messages name what the caller passed."""
+    torch = pytest.importorskip("torch")
+    for make in (lambda d: clconv.plan_conv_transpose2d((1, 2, 4, 4), (2, 2, 3, 3), dtype=d),
+                 lambda d: clconv.plan_conv2d_input((1, 2, 4, 4), (2, 2, 3, 3), dtype=d),
+                 lambda d: clconv.SoftmaxPlan(dev, (3, 5), 1, d),
+                 lambda d: clconv.LinearPlan(dev, (3, 4), (5, 4), None, d),
+                 lambda d: clconv.UnaryPlan(dev, "relu", (3, 4), d)):
+        for dtype in (np.int32, np.bool_, np.complex64, None):
+            with pytest.raises(TypeError, match="floating dtype"):
+                make(dtype)
+    for bad in (None, "cpu"):
+        with pytest.raises(TypeError, match="clconv.Device"):
+            clconv.SoftmaxPlan(bad, (3, 5), 1, np.float32)
+    a, b = f32(2, 3), f32(2, 4)
+    plan = clconv.CatPlan(dev, [(2, 3), (2, 4)], 1, np.float32)
+    assert plan([a, b]).shape == (2, 7)
+    for tensors in ([a, b, b], [a]):
+        with pytest.raises(ValueError, match="joins 2 arrays"):
+            plan(tensors)
+    for call in (lambda: clconv.stack([1.0, 2.0]), lambda: clconv.stack([None, a]),
+                 lambda: clconv.channel_shuffle([[[1.0, 2.0]]], 1),
+                 lambda: clconv.channel_shuffle(None, 1), lambda: clconv.flatten(None),
+                 lambda: clconv.nn.Flatten()(None)):
+        with pytest.raises(TypeError):
+            call()
+    # torch joins 1-d empty tensors whatever the dim
+    for dim in (1, 5, -3):
+        assert clconv.cat([np.zeros(0, np.float32)] * 2, dim).shape == tuple(
+            torch.cat([torch.zeros(0)] * 2, dim).shape)
+    # a plan with a bias called without one, with float64 operands: the operands' dtype named
+    if dev.fp64:
+        conv = clconv.plan_conv2d((1, 2, 5, 5), (3, 2, 3, 3))
+        with pytest.raises(TypeError, match="operands have dtype float64") as err:
+            conv(np.zeros((1, 2, 5, 5)), np.zeros((3, 2, 3, 3)))
+        assert "bias" not in str(err.value)
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        clconv.batch_norm(f32(5), np.zeros(5, np.float32), f32(5))
+    with pytest.raises(ValueError, match="instance_norm: weight"):
+        clconv.instance_norm(f32(2, 3, 4), weight=f32(4))
+    with clconv.device(np.int64(dev.index)):  # an index from numpy, as an int
+        assert clconv.current_device() is dev
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+def test_plans_take_channels_last_layouts(clconv, dev, nd):
+    """plan_conv*d(..., layout='nhwc'/'nlc'): the input shape and every call's input, residual,
+    out and result channels last, as the functional op's layout=."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(nd)
+    spatial = (7, 6)[:nd]
+    x = rng.standard_normal((2, *spatial, 3)).astype(np.float32)  # channels last
+    w = rng.standard_normal((5, 3) + (3,) * nd).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    name = {1: "nlc", 2: "nhwc"}[nd]
+    perm_first = (0, nd + 1, *range(1, nd + 1))
+    perm_last = (0, *range(2, nd + 2), 1)
+    conv = getattr(F, f"conv{nd}d")
+    want = conv(torch.from_numpy(x).permute(*perm_first), torch.from_numpy(w),
+                torch.from_numpy(b), padding=1).permute(*perm_last).numpy()
+    plan = getattr(clconv, f"plan_conv{nd}d")(x.shape, w.shape, padding=1, layout=name,
+                                             residual=True)
+    r = rng.standard_normal(want.shape).astype(np.float32)
+    out = np.empty_like(want)
+    got = plan(x, w, b, residual=r, out=out)
+    assert got is out
+    np.testing.assert_allclose(got, want + r, rtol=1e-4, atol=1e-4)
+    xd = cla.to_device(dev.queue, x)
+    got = plan(xd, w, b, residual=cla.to_device(dev.queue, r))
+    assert isinstance(got, cla.Array)
+    np.testing.assert_allclose(got.get(), want + r, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="layout"):
+        getattr(clconv, f"plan_conv{nd}d")(x.shape, w.shape, layout="nchw_")

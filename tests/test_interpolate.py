@@ -7,6 +7,8 @@ Tolerance: nearest modes copy (exact); linear and cubic modes are a few products
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pyopencl.array as cla
 import pytest
@@ -112,6 +114,39 @@ def test_area_rounds_to_an_empty_output_as_torch(dev, rng, shape, kw):
     assert got.shape == tuple(want.shape) and got.size == 0 and got.dtype == x.dtype
 
 
+def test_area_of_no_channels_is_empty_as_torch(dev):
+    """'area' is adaptive average pooling, which torch runs on 0 channels (the other modes
+    refuse them: test_errors_as_torch), without a warning where a size rounds to 0."""
+    x = np.zeros((2, 0, 4, 4), np.float32)
+    got = clconv.interpolate(x, size=3, mode="area")
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), size=3, mode="area")
+    assert got.shape == tuple(want.shape) == (2, 0, 3, 3)
+    assert clconv.adaptive_avg_pool2d(x, 2).shape == (2, 0, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = clconv.interpolate(np.ones((1, 1, 1, 1), np.float32), scale_factor=0.3,
+                                 mode="area", recompute_scale_factor=True)
+    assert got.shape == (1, 1, 0, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+def test_nearest_source_indices_as_torch(dev, mode, nd, dtype):
+    """Every output takes torch's source pixel, for sizes whose positions fall on pixel
+    boundaries: torch's 1-d and 3-d kernels round the index in the tensor's type (double for
+    double) and nearest-exact as floor(max(scale * (dst + 0.5) - 0.5, 0) + 0.5), its 2-d kernel
+    in float."""
+    if dtype == np.float64 and not dev.fp64:
+        pytest.skip(f"{dev.name} has no float64")
+    for n_in, n_out in ((2, 41), (12, 37), (14, 46), (5, 19), (7, 3), (9, 26), (3, 1)):
+        x = np.arange(n_in, dtype=dtype).reshape((1, 1) + (1,) * (nd - 1) + (n_in,))
+        size = (1,) * (nd - 1) + (n_out,)
+        got = clconv.interpolate(x, size=size, mode=mode)
+        want = torch.nn.functional.interpolate(torch.from_numpy(x), size=size, mode=mode)
+        np.testing.assert_array_equal(got, want.numpy(), err_msg=f"{n_in} -> {n_out}")
+
+
 def test_device_operands_float64_and_plans(dev, rng):
     x = random_array(rng, (2, 3, 5, 6))
     xd = cla.to_device(dev.queue, x)
@@ -159,6 +194,10 @@ def test_linear_nan_reaches_the_outputs_torch_gives(dev, n_in, n_out, dtype):
     ((5, 6), {"size": 4}, ValueError, "3-d, 4-d or 5-d"),
     ((2, 3, 5, 6), {"size": 4, "recompute_scale_factor": True}, ValueError, "explicit size"),
     ((2, 3, 1, 6), {"scale_factor": 0.5}, ValueError, "greater than 0"),
+    ((1, 1, 4, 4), {"scale_factor": float("inf")}, ValueError, "scale_factor"),
+    ((1, 1, 4, 4), {"scale_factor": float("nan")}, ValueError, "scale_factor"),
+    ((2, 0, 4, 4), {"scale_factor": 2, "mode": "bilinear"}, ValueError, "channels"),
+    ((2, 0, 4, 4), {"size": 3}, ValueError, "channels"),
 ], ids=lambda v: str(v))
 def test_errors_as_torch(dev, rng, shape, kw, error, words):
     x = random_array(rng, shape)

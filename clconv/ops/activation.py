@@ -150,7 +150,9 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
         hi = math.inf if params[1] is None else _number(params[1], "clamp's max")
         if math.isnan(lo) or math.isnan(hi):
             raise ValueError(f"clamp's bounds must not be NaN, got {activation!r}")
-        return Activation("clamp", lo, hi)
+        # torch: min(max(v, lo), hi), which is hi everywhere when lo > hi (the kernels' clip
+        # tests v < lo first)
+        return Activation("clamp", min(lo, hi), hi)
     if name in ACTIVATION_NAMES and not params:
         return Activation(name, *_DEFAULTS.get(name, ()))
     raise ValueError(f"{_HELP}; got {activation!r}")

@@ -348,7 +348,9 @@ def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str
     """
     with dev.lock:
         done = lookup(dev, geo, dtype)
-        if done is not None:
+        # (a choice another thread made meanwhile; not one remembered for another batch size
+        # that does not compute this one, as 'splitk' past its output size)
+        if done is not None and done in candidates:
             return done
         dev.queue.finish()
         best: dict[str, float] = {}

@@ -113,7 +113,10 @@ def batch_norm(input: ArrayLike, running_mean: ArrayLike | None, running_var: Ar
 def _check_channel_operands(input: ArrayLike, values: dict[str, Any]) -> tuple[int, ...]:
     """input's shape, after checking that every (C,) operand in `values` has that shape."""
     shape = shape_of(input)
-    c = shape[1] if len(shape) >= 2 else None
+    if len(shape) < 2:
+        raise ValueError(f"batch_norm: input must be (N, C, *) with at least 2 dims, got shape "
+                         f"{tuple(shape)}")
+    c = shape[1]
     for name in ("running_mean", "running_var", "weight", "bias"):
         if values.get(name) is not None and shape_of(values[name]) != (c,):
             raise ValueError(f"batch_norm: {name} must have shape (C,) = ({c},) for input of shape "

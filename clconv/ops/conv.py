@@ -30,7 +30,8 @@ from ..runtime.memory import empty, resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, device_dtype, result_dtype
 from . import autotune
 from .activation import Activation, ActivationArg, normalize_activation
-from .layout import channels_last, convolve_channels_last
+from .layout import (CHANNELS_LAST, ChannelsLastPlan, channels_first_axes, channels_last,
+                     convolve_channels_last)
 from .conv_algorithms import (ColumnPlan, Direct, Im2colGemm, ImplicitGemm, PackedIm2colGemm,
                               WinogradGemm, WinogradPlan, plan_columns, plan_winograd,
                               winograd_unsupported)
@@ -40,6 +41,7 @@ from .pointwise import Pointwise, pointwise_unsupported
 from .splitk import SplitK, splitk_unsupported
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry, conv_operand_shapes
 from .launch import ACTIVATIONS, GROUPED_MAX_CIN
+from .precision import plan_dtype
 from .plan import Plan, cached_plan, derived, is_constant, shape_of
 
 __all__ = ["ACTIVATIONS", "ALGORITHMS", "ConvPlan", "applicable_algorithms", "choose_algorithm",
@@ -88,8 +90,19 @@ def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], 
               stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
               groups: int = 1, *, padding_mode: str = "zeros", algorithm: str = "auto",
               activation: ActivationArg = None, residual: bool = False,
-              workspace_limit: int | None = None, dtype: Any = np.float32) -> ConvPlan:
+              workspace_limit: int | None = None, dtype: Any = np.float32,
+              layout: str | None = None) -> ConvPlan | ChannelsLastPlan:
     """A plan for an nd-d convolution (nd in 1, 2, 3) on the current device; see `plan_conv2d`."""
+    if layout is not None and channels_last(layout, nd):  # a plan of the channels-first shapes
+        x_shape = tuple(_ints(input_shape, "input_shape"))
+        if len(x_shape) not in (nd + 1, nd + 2):
+            raise ValueError(f"input_shape must have {nd + 1} or {nd + 2} dims "
+                             f"({CHANNELS_LAST[nd]}: channels last), got {x_shape}")
+        first = tuple(x_shape[i] for i in channels_first_axes(len(x_shape), nd))
+        return ChannelsLastPlan(nd, plan_conv(
+            nd, first, weight_shape, bias, stride, padding, dilation, groups,
+            padding_mode=padding_mode, algorithm=algorithm, activation=activation,
+            residual=residual, workspace_limit=workspace_limit, dtype=dtype))
     x_shape = tuple(_ints(input_shape, "input_shape"))
     w_shape = tuple(_ints(weight_shape, "weight_shape"))
     if not isinstance(residual, (bool, np.bool_)):
@@ -98,7 +111,7 @@ def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], 
     r_shape = _residual_shape(nd, x_shape, w_shape, stride, padding, dilation, groups,
                               padding_mode) if residual else None
     return ConvPlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding, dilation,
-                    groups, padding_mode, algorithm, activation, workspace_limit, np.dtype(dtype),
+                    groups, padding_mode, algorithm, activation, workspace_limit, plan_dtype(dtype),
                     residual_shape=r_shape)
 
 
@@ -146,8 +159,7 @@ class ConvPlan(Plan):
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         act = normalize_activation(activation)
         limit = resolve_workspace_limit(dev, workspace_limit)
-        if np.dtype(dtype).kind != "f":
-            raise TypeError(f"dtype must be a floating dtype, got {np.dtype(dtype)}")
+        dtype = plan_dtype(dtype)
         unbatched = len(input_shape) == nd + 1
         batch_shape = (1, *input_shape) if unbatched else tuple(input_shape)
         # `geometry` (internal: the layers' backward) gives an already validated geometry, such as
@@ -219,7 +231,12 @@ def unaliased(dev: Device, residual: cla.Array, out: cla.Array) -> cla.Array:
 
 
 def zero_bias(dev: Device, n: int, dtype: np.dtype, like: Any) -> Any:
-    """A zero bias for a plan made with one but called without (numpy or device, as `like`)."""
+    """A zero bias for a plan made with one but called without (numpy or device, as `like`;
+    of like's floating dtype, so that a call of another dtype is refused for its operands, not
+    for this bias)."""
+    like_dtype = getattr(like, "dtype", None)
+    if isinstance(like_dtype, np.dtype) and like_dtype.kind == "f":
+        dtype = like_dtype
     if not isinstance(like, cla.Array):
         return np.zeros(n, dtype)
     key = ("zeros", n, np.dtype(dtype).str)
@@ -534,8 +551,9 @@ plan_conv1d, plan_conv2d, plan_conv3d = per_dimensions(
     calls pass a bias (a bool, or the bias's shape (C_out,); None: no bias; a plan with one also
     runs with bias=None, adding zeros); keywords
     padding_mode, algorithm, activation, workspace_limit as `conv2d`, residual: whether calls pass
-    one (of the output's shape; then every call must, and a plan without one takes none), and
-    dtype (default float32).
+    one (of the output's shape; then every call must, and a plan without one takes none),
+    dtype (default float32) and layout ('nhwc': input_shape (N, H, W, C_in), and calls take and
+    give channels-last arrays, as `conv2d`'s layout=).
     `plan.algorithm` is the algorithm it runs, `plan.workspace_bytes` its workspace.
     """,
      """A plan for `conv3d` with these shapes and arguments; see `plan_conv2d`."""))

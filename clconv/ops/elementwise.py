@@ -276,8 +276,6 @@ def clamp(input: ArrayLike, min: float | ArrayLike | None = None,
             raise TypeError(f"clamp: {name} must be a real number or None, got {v!r}")
     if any(v is not None and math.isnan(v) for v in (min, max)):
         return _nan_like(input, out)
-    if min is not None and max is not None and min > max:
-        min = max  # torch: min(max(x, lo), hi) is hi everywhere then
     return _unary(("clamp", min, max), input, out, clamp_inclusive=True)
 
 

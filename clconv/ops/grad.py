@@ -34,6 +34,7 @@ from .dims import per_dimensions
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
 from .weight_grad_paths import weight_grad_route
 from .launch import Im2col
+from .precision import plan_dtype
 from .plan import Plan, cached_plan, shape_of
 from .transpose import Adjoint
 
@@ -111,7 +112,7 @@ def plan_conv_input(nd: int, input_size: Sequence[int], weight_shape: Sequence[i
     w_shape = tuple(int(v) for v in weight_shape)
     geo = conv_geometry(nd, size, w_shape, stride, padding, dilation, groups, padding_mode)
     return InputGradPlan(current_device(), nd, size, w_shape, geo.output_shape, stride, padding,
-                         dilation, groups, padding_mode, np.dtype(dtype), workspace_limit)
+                         dilation, groups, padding_mode, plan_dtype(dtype), workspace_limit)
 
 
 def plan_conv_weight(nd: int, input_shape: Sequence[int], weight_size: Sequence[int],
@@ -125,7 +126,7 @@ def plan_conv_weight(nd: int, input_shape: Sequence[int], weight_size: Sequence[
         if len(x_shape) == nd + 2 else None
     g_shape = geo.output_shape if geo is not None else ()
     return WeightGradPlan(current_device(), nd, x_shape, size, g_shape, stride, padding, dilation,
-                          groups, padding_mode, np.dtype(dtype), workspace_limit)
+                          groups, padding_mode, plan_dtype(dtype), workspace_limit)
 
 
 class InputGradPlan(Plan):

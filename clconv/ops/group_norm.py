@@ -176,6 +176,10 @@ def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
         raise ValueError("instance_norm: use_input_stats=True with running statistics would "
                          "update them (torch's training mode), which clconv does not do: pass "
                          "use_input_stats=False to normalise with them, or leave them out")
+    for name, v in (("weight", weight), ("bias", bias)):  # (in its own name, not group_norm's)
+        if v is not None and tuple(shape_of(v)) != (shape[1],):
+            raise ValueError(f"instance_norm: {name} must have shape (C,) = ({shape[1]},) for "
+                             f"input of shape {shape}, got {tuple(shape_of(v))}")
     if shape[1] == 0:  # no channels: nothing to normalise (group_norm needs a group)
         return group_norm(input, 1, weight, bias, eps)
     if math.prod(shape[2:]) == 1 and math.prod(shape) > 0:

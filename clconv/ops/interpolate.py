@@ -83,10 +83,15 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
         out = tuple(int(v) for v in _per_dim(size, nd, "size", numbers.Integral))
     else:
         factors = tuple(float(v) for v in _per_dim(scale_factor, nd, "scale_factor", numbers.Real))
+        if not all(math.isfinite(f) for f in factors):
+            raise ValueError(f"interpolate: scale_factor must be finite, got {scale_factor!r}")
         out = tuple(math.floor(float(i) * f) for i, f in zip(spatial, factors))
         if not recompute_scale_factor:
             scales = factors
     # ('area' is adaptive average pooling, which gives an empty output where a size rounds to 0)
+    if mode != "area" and shape[1] == 0:  # (torch: "Non-empty 4D data tensor expected")
+        raise ValueError(f"interpolate: mode {mode!r} needs an input with channels, got shape "
+                         f"{tuple(shape)}")
     if any(i <= 0 for i in spatial) or any(o < 0 or (o == 0 and mode != "area") for o in out):
         raise ValueError(f"interpolate: input and output sizes must be greater than 0, got input "
                          f"{tuple(spatial)} and output {out}")
@@ -98,7 +103,7 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
         elif scales is not None and scales[d] > 0:
             s = real(1.0 / scales[d])
         else:
-            s = real(i) / real(o)
+            s = real(i) / real(o) if o else real(0)  # (o == 0: an empty 'area' output)
         kernel_scales.append(float(s))
     return (*shape[:2], *out), tuple(kernel_scales)
 
@@ -110,7 +115,8 @@ class InterpolatePlan(GatherPlan):
                  mode: str, align_corners: bool | None, recompute_scale_factor: bool | None,
                  dtype: np.dtype) -> None:
         shape = tuple(int(s) for s in input_shape)
-        double = np.dtype(dtype) == np.float64 and mode in _SMOOTH
+        # (torch's index arithmetic: double for double tensors but in the 2-d nearest modes)
+        double = np.dtype(dtype) == np.float64 and (mode in _SMOOTH or len(shape) != 4)
         out_shape, scales = output_geometry(shape, size, scale_factor, mode, align_corners,
                                             recompute_scale_factor,
                                             real=np.float64 if double else np.float32)

@@ -50,6 +50,29 @@ def _perm(ndim: int, nd: int, to_last: bool) -> tuple[int, ...]:
     return (*range(lead), *order)
 
 
+def channels_first_axes(ndim: int, nd: int) -> tuple[int, ...]:
+    """The axes of a channels-last array (of `ndim` dims) in channels-first order."""
+    return _perm(ndim, nd, False)
+
+
+class ChannelsLastPlan:
+    """A convolution plan (clconv.ops.conv.ConvPlan, made for the channels-first shapes) called
+    with channels-last operands: `plan(x, weight, bias=None, *, residual=None, out=None)` as the
+    functional op's layout= (x, residual, out and the result channels last). Its other
+    attributes are the inner plan's."""
+
+    def __init__(self, nd: int, plan: Any) -> None:
+        self.nd, self.plan = nd, plan
+
+    def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+                 residual: ArrayLike | None = None, out: ArrayLike | None = None) -> ArrayLike:
+        return convolve_channels_last(
+            self.nd, lambda x, r: self.plan(x, weight, bias, residual=r), input, residual, out)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.plan, name)
+
+
 def _to_first(x: Any, nd: int) -> Any:
     if x is None:
         return None

@@ -201,7 +201,13 @@ class Plan:
         for name, shape in operand_shapes.items():  # a plan's shapes come from its caller
             if shape is not None and any(d < 0 for d in shape):
                 raise ValueError(f"{name} shape {tuple(shape)} has a negative size")
+        if not isinstance(dev, Device):
+            raise TypeError(f"a plan's device must be a clconv.Device (e.g. "
+                            f"clconv.current_device()), got {type(dev).__name__}")
         self.device = dev
+        if dtype is None:  # (np.dtype(None) is float64)
+            raise TypeError("dtype must be a floating dtype (float32, float64 or float16), got "
+                            "None")
         self.dtype = np.dtype(dtype)
         check_precision(dev, self.dtype)
         # float16 is stored as such but computed in float32 (rounded once at the end).

@@ -150,7 +150,8 @@ class PoolPlan(Plan):
                              f"(N, C, {_DIMS[nd]}), got shape {shape}")
         unbatched = len(shape) == nd + 1
         n, c, *size = (1, *shape) if unbatched else shape
-        if c == 0 or any(s == 0 for s in size):
+        # (torch's adaptive average pool alone takes 0 channels)
+        if (c == 0 and kind != "adaptive_avg") or any(s == 0 for s in size):
             raise ValueError(f"{name}: input must have non-zero sizes except the batch, got shape "
                              f"{shape}")
         if kind.startswith("adaptive"):

@@ -83,6 +83,11 @@ class CatPlan(Plan):
         return self.execute(self._values(tensors), out)
 
     def _values(self, tensors: Sequence[ArrayLike]) -> dict[str, Any]:
+        if isinstance(tensors, (np.ndarray, cla.Array)) or not isinstance(tensors, Sequence):
+            raise TypeError(f"tensors must be a sequence (list or tuple) of arrays, got "
+                            f"{type(tensors).__name__}")
+        if len(tensors) != len(self.names):
+            raise ValueError(f"this plan joins {len(self.names)} arrays; got {len(tensors)}")
         values: dict[str, Any] = dict(zip(self.names, tensors))
         values["_kind"] = next((t for t in tensors if is_device_array(t)), tensors[0])
         return values
@@ -103,6 +108,8 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = N
     dtype = result_dtype(dev, **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
     if any(shape_of(t) != (0,) for t in tensors):
         tensors = [t for t in tensors if shape_of(t) != (0,)]
+    elif isinstance(dim, numbers.Integral) and not isinstance(dim, bool):
+        dim = 0  # (torch: only 1-d empty arrays joins them whatever the dim)
     shapes = tuple(shape_of(t) for t in tensors)
     plan = cached_plan(dev, ("cat", shapes, dim, dtype),
                        lambda: CatPlan(dev, shapes, dim, dtype))
@@ -119,6 +126,8 @@ def stack(tensors: Sequence[ArrayLike], dim: int = 0, *,
                         f"{type(tensors).__name__}")
     if not tensors:
         raise ValueError("stack expects a non-empty sequence of arrays")
+    # (TypeError for what is not an array of a floating dtype, as cat's)
+    result_dtype(current_device(), **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
     shapes = [shape_of(t) for t in tensors]
     for i, sh in enumerate(shapes[1:], 1):
         if sh != shapes[0]:
@@ -139,9 +148,8 @@ def channel_shuffle(input: ArrayLike, groups: int) -> ArrayLike:
     if groups < 1:
         raise ValueError(f"Number of groups to divide channels in must be positive. Value of "
                          f"groups:{groups}")
-    if is_device_array(input):
-        dev = current_device()
-        result_dtype(dev, input=input)  # context and dtype checks
+    dev = current_device()
+    result_dtype(dev, input=input)  # an array of a floating dtype (and a device array's context)
     shape = tuple(int(v) for v in shape_of(input))
     if len(shape) < 3:
         raise ValueError(f"channel_shuffle expects input with > 2 dims, but got input with sizes "
@@ -163,6 +171,9 @@ def flatten(input: ArrayLike, start_dim: int = 0, end_dim: int = -1) -> ArrayLik
     if is_device_array(input):
         dev = current_device()
         result_dtype(dev, input=input)  # context and dtype checks
+    elif not isinstance(host_operand(input, "input"), np.ndarray):  # (lists: a TypeError)
+        raise TypeError(f"flatten: input must be a numpy or pyopencl array, got "
+                        f"{type(input).__name__}")
     shape = shape_of(input)
     ndim = len(shape)
     s = _dim(start_dim, ndim, "start_dim")

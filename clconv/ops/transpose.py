@@ -35,6 +35,7 @@ from .geometry import (ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_group
                        conv_operand_shapes)
 from .adjoint_paths import adjoint_route, phase_col2im
 from .launch import Col2im, Epilogue, PadAdjoint
+from .precision import plan_dtype
 from .plan import Plan, cached_plan, shape_of
 
 __all__ = ["Adjoint", "TransposePlan", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
@@ -136,7 +137,7 @@ def plan_conv_transpose(nd: int, input_shape: Sequence[int], weight_shape: Seque
                                  padding, output_padding, groups, dilation)
         r_shape = geo.input_shape[1:] if unbatched else geo.input_shape
     return TransposePlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding,
-                         output_padding, groups, dilation, np.dtype(dtype), workspace_limit,
+                         output_padding, groups, dilation, plan_dtype(dtype), workspace_limit,
                          activation=activation, residual_shape=r_shape)
 
 

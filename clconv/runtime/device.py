@@ -13,6 +13,7 @@ import threading
 import warnings
 from typing import Any
 
+import numpy as np
 import pyopencl as cl
 
 from . import config, stack
@@ -365,6 +366,8 @@ def device(spec: Any = None) -> Device:
         return _default()[0]
     if isinstance(spec, (cl.CommandQueue, cl.Context)):
         return _wrap(spec)
+    if isinstance(spec, np.integer):
+        spec = int(spec)  # (an index from numpy, as a plain int)
     if isinstance(spec, bool) or not isinstance(spec, (str, int)):
         group = " (a list of specs makes a device group: clconv.device)" if isinstance(
             spec, (list, tuple)) else ""

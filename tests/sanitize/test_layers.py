@@ -233,12 +233,21 @@ def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact-1d", "bilinear", "bicubic"])
 def test_interpolate(rng, index_t, mode):
-    """interpolate.cl: nearest at a fractional scale (the general index path), bilinear with
-    align_corners and bicubic (separable weights)."""
+    """interpolate.cl: nearest at a fractional scale (the general index path), 1-d nearest-exact
+    (the separable kernel's rounding), bilinear with align_corners and bicubic (separable
+    weights)."""
     x = arr(rng, (2, 3, 4, 5))
-    if mode == "nearest":
+    if mode == "nearest-exact-1d":
+        x = arr(rng, (2, 3, 5))
+        s = np.float32(5 / 11)
+        src = np.maximum(s * (np.arange(11, dtype=np.float32) + np.float32(0.5)) -
+                         np.float32(0.5), np.float32(0))
+        cols = np.minimum(np.floor(src + np.float32(0.5)), 4).astype(int)
+        expect(clconv.interpolate(x, size=11, mode="nearest-exact"),
+               x.astype(np.float64)[:, :, cols], F32, 0, 1.0)
+    elif mode == "nearest":
         rows = np.minimum(np.floor(np.arange(7) * np.float32(4 / 7)), 3).astype(int)
         cols = np.minimum(np.floor(np.arange(8) * np.float32(5 / 8)), 4).astype(int)
         want = x.astype(np.float64)[:, :, rows][:, :, :, cols]
