@@ -131,6 +131,34 @@ def test_file_round_trip_and_merge(clconv, rng, cache, runs):
     assert not list(cache.parent.glob("*.tmp"))
 
 
+def test_a_choice_for_another_batch_that_cannot_run_this_one_is_measured_again(clconv, cache):
+    """'splitk' remembered for a layer at batch 2 does not apply at batch 3 (too many output
+    columns): the new batch is measured among what applies (it was a KeyError)."""
+    from clconv.ops import autotune
+
+    x2, x3 = np.zeros((2, 8, 16, 16), np.float32), np.ones((3, 8, 16, 16), np.float32)
+    w = np.ones((12, 8, 3, 3), np.float32)
+    small = clconv.plan_conv2d(x2.shape, w.shape, stride=2, padding=1, algorithm="splitk")
+    autotune.record(clconv.current_device(), small.geometry, np.float32, "splitk")
+    assert clconv.plan_conv2d(x2.shape, w.shape, stride=2, padding=1).algorithm == "splitk"
+    plan = clconv.plan_conv2d(x3.shape, w.shape, stride=2, padding=1)
+    assert plan.algorithm != "splitk"
+    np.testing.assert_array_equal(plan(x3, w, np.zeros(12, np.float32)), np.full((3, 12, 8, 8),
+                                                                                 72, np.float32)
+                                  - _border(x3.shape))
+
+
+def _border(shape):
+    """What padding 1 takes from the 3x3 sums of ones over 8 channels at stride 2 (the first row
+    and column of the output read the padding)."""
+    n, _, h, w = shape
+    missing = np.zeros((n, 12, h // 2, w // 2), np.float32)
+    missing[:, :, 0, :] += 24
+    missing[:, :, :, 0] += 24
+    missing[:, :, 0, 0] -= 8
+    return missing
+
+
 def test_rule_mode_measures_nothing(clconv, rng, cache, runs, monkeypatch):
     from clconv.ops import conv
     from clconv.ops.geometry import conv_geometry

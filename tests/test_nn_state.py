@@ -115,3 +115,40 @@ def test_torch_state_dicts_load_both_ways(clconv_mod, dev, rng):
     back.load_state_dict({k: torch.from_numpy(v) for k, v in mine.state_dict().items()})
     assert torch.equal(back.weight, theirs.weight)
     assert torch.equal(torch.as_tensor(mine.weight), theirs.weight.detach())
+
+
+def test_torch_parameters_load_and_bad_states_are_type_errors(clconv_mod, dev):
+    """A torch module's named_parameters() (Parameters that require grad) loads as torch's
+    load_state_dict takes it; what is not a mapping is a TypeError for every layer kind."""
+    torch = pytest.importorskip("torch")
+    cnn = clconv_mod.nn
+    for ours, theirs in ((cnn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)),
+                         (cnn.Linear(3, 2), torch.nn.Linear(3, 2)),
+                         (cnn.BatchNorm2d(3), torch.nn.BatchNorm2d(3))):
+        ours.load_state_dict(dict(theirs.named_parameters()), strict=False)
+        np.testing.assert_array_equal(np.asarray(ours.state_dict()["weight"]),
+                                      theirs.weight.detach().numpy())
+    for layer in (cnn.Sequential(), cnn.Conv2d(3, 4, 3), cnn.BatchNorm2d(3), cnn.ReLU()):
+        for bad in (None, [], "weight"):
+            with pytest.raises(TypeError, match="mapping"):
+                layer.load_state_dict(bad)
+
+
+def test_backward_refuses_a_gradient_of_another_dtype(clconv_mod, dev):
+    """grad_output in another dtype than the forward's is a TypeError for every layer kind (it
+    was read as the forward's dtype: garbage)."""
+    cnn = clconv_mod.nn
+    for layer, x, shape in ((cnn.ReLU(), np.ones(4, np.float32), (4,)),
+                            (cnn.BatchNorm1d(2, dtype=np.float64), np.arange(8.0).reshape(4, 2),
+                             (4, 2)),
+                            (cnn.MaxPool2d(2), np.arange(16.0).reshape(1, 1, 4, 4), (1, 1, 2, 2)),
+                            (cnn.Linear(3, 2), np.ones((2, 3), np.float32), (2, 2))):
+        if x.dtype == np.float64 and not dev.fp64:
+            continue
+        layer(x)
+        other = np.float64 if x.dtype == np.float32 else np.float32
+        if other == np.float64 and not dev.fp64:
+            continue
+        with pytest.raises(TypeError, match="dtype"):
+            layer.backward(np.ones(shape, other))
+        assert layer.backward(np.ones(shape, x.dtype)).dtype == x.dtype

@@ -13,7 +13,7 @@ from ..ops.elementwise import UnaryPlan, unary_plan
 from ..runtime.device import Device
 from ..runtime.transfer import ArrayLike
 from ..runtime.versions import stamp
-from .module import Module, check_grad_shape, check_saved, enter, leave
+from .module import Module, check_grad, check_saved, enter, leave
 
 
 class _Activation(Module):
@@ -55,7 +55,7 @@ class _Activation(Module):
         check_saved(self, (x,))
         with plan.device:
             dev, g, dtype, host = enter(grad_output, "grad_output")
-            check_grad_shape(g, tuple(x.shape))
+            check_grad(g, tuple(x.shape), x.dtype)
             return leave(dev, plan.backward(x, g), dtype, host)
 
     def __repr__(self) -> str:

@@ -18,7 +18,8 @@ from ..runtime.interop import host_convertible, host_operand, is_torch_tensor
 from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, result_dtype, to_device
 from ..runtime.versions import stamp
-from .module import Module, check_grad_shape, check_saved, enter, layer_dtype, leave, positive_int
+from .module import (Module, check_grad, check_saved, check_state, enter, layer_dtype, leave,
+                     positive_int)
 
 
 class _BatchNorm(Module):
@@ -132,6 +133,7 @@ class _BatchNorm(Module):
     def load_state_dict(self, state: Any, strict: bool = True) -> tuple[list[str], list[str]]:
         """Loads torch.nn.BatchNormNd's entries (numpy arrays, torch tensors or device arrays);
         shapes must be (num_features,) (ValueError naming the key)."""
+        check_state(state)
         expected = list(self._entries())
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
@@ -217,7 +219,7 @@ class _BatchNorm(Module):
         check_saved(self, (x, mean, var))
         with self.device:
             dev, g, dtype, host = enter(grad_output, "grad_output")
-            check_grad_shape(g, tuple(x.shape))
+            check_grad(g, tuple(x.shape), x.dtype)
             if x.size == 0:  # an empty batch: no gradient reaches the parameters (torch's zeros)
                 dx = empty(dev, tuple(x.shape), self._work)
                 wg, bg = (empty(dev, (self.num_features,), self._work) for _ in range(2))

@@ -10,7 +10,7 @@ import pyopencl.array as cla
 from ..ops.shape import flatten
 from ..runtime.device import Device, current_device
 from ..runtime.transfer import ArrayLike, deliver, is_device_array, result_dtype, to_device
-from .module import Module
+from .module import Module, check_state
 
 
 class Flatten(Module):
@@ -132,6 +132,7 @@ class Sequential(Module):
     def load_state_dict(self, state: Any, strict: bool = True) -> tuple[list[str], list[str]]:
         """Loads '<index>.<key>' entries (a torch.nn.Sequential's state_dict() loads as it is);
         strict: missing or unexpected keys are a ValueError, checked before anything changes."""
+        check_state(state)
         parts: list[dict[str, Any]] = [{} for _ in self.layers]
         unexpected = []
         for key, value in state.items():

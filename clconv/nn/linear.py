@@ -26,7 +26,7 @@ from ..runtime.transfer import (
     result_dtype,
     to_device,
 )
-from .module import (Layer, activation_grad, check_grad_shape, check_saved, layer_dtype,
+from .module import (Layer, activation_grad, check_grad, check_saved, layer_dtype,
                      positive_int, saved_arrays, with_activation)
 
 
@@ -100,7 +100,7 @@ class Linear(Layer):
             check_saved(self, saved_arrays(self))
             result_dtype(dev, grad_output=grad_output, weight=self._weight)
             g = self._in_work(to_device(grad_output, dev, "grad_output", self.dtype))
-            check_grad_shape(g, (*x.shape[:-1], self.out_features))
+            check_grad(g, (*x.shape[:-1], self.out_features), x.dtype)
             if self.activation is not None:
                 g = activation_grad(self, g)
             m, n, k = math.prod(x.shape[:-1]), self.out_features, self.in_features

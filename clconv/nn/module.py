@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -85,6 +86,7 @@ class Module:
         return {}
 
     def load_state_dict(self, state: Any, strict: bool = True) -> tuple[list[str], list[str]]:
+        check_state(state)
         unexpected = list(state)
         if strict and unexpected:
             raise ValueError(f"load_state_dict for {type(self).__name__}: unexpected keys "
@@ -253,6 +255,7 @@ class Layer(Module):
         strict: missing or unexpected keys are a ValueError; otherwise they are skipped and returned
         as (missing, unexpected). Nothing is replaced unless every entry is valid.
         """
+        check_state(state)
         expected = ["weight"] + (["bias"] if self._bias is not None else [])
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
@@ -262,6 +265,8 @@ class Layer(Module):
         values = {}
         for key in (k for k in expected if k in state):
             value = state[key]
+            if is_torch_tensor(value):
+                value = value.detach()  # a Parameter too: its values, as torch's copy_ takes them
             if not isinstance(value, cla.Array):
                 value = np.asarray(host_operand(value, f"state[{key!r}]"))
             shape = tuple(self._weight.shape) if key == "weight" else (self.out_channels,)
@@ -435,8 +440,20 @@ def leave(dev: Device, a: cla.Array, dtype: np.dtype, host: bool) -> ArrayLike:
     return deliver(store(dev, a, dtype), host)
 
 
-def check_grad_shape(g: cla.Array, want: tuple[int, ...]) -> None:
-    """ValueError unless grad_output `g` has the shape of the latest forward's output `want`."""
+def check_state(state: Any) -> None:
+    """TypeError unless `state` is a mapping (what load_state_dict takes: a state_dict)."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"load_state_dict takes a mapping of names to arrays (a state_dict), got "
+                        f"{type(state).__name__}")
+
+
+def check_grad(g: cla.Array, want: tuple[int, ...], work: np.dtype) -> None:
+    """ValueError unless grad_output `g` has the shape of the latest forward's output `want`;
+    TypeError unless it is in the forward's compute dtype `work` (as the convolutions and
+    Linear refuse another dtype)."""
+    if g.dtype != work:
+        raise TypeError(f"grad_output has dtype {g.dtype} but the latest forward computed "
+                        f"{np.dtype(work)}: pass it in that dtype")
     if tuple(g.shape) != tuple(want):
         raise ValueError(f"grad_output must have the shape of the latest forward's output "
                          f"{tuple(want)}, got {tuple(g.shape)}")

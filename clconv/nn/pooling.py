@@ -9,7 +9,7 @@ from ..ops.geometry import IntOrTuple
 from ..ops.plan import cached_plan
 from ..ops.pool import PoolPlan
 from ..runtime.transfer import ArrayLike
-from .module import Module, check_grad_shape, enter, leave
+from .module import Module, check_grad, enter, leave
 
 
 class _Pool(Module):
@@ -43,7 +43,8 @@ class _Pool(Module):
         plan, idx, unbatched = self._saved
         with plan.device:
             dev, g, dtype, host = enter(grad_output, "grad_output")
-            check_grad_shape(g, plan.output_shape[1:] if unbatched else plan.output_shape)
+            check_grad(g, plan.output_shape[1:] if unbatched else plan.output_shape,
+                       plan.work)
             dx = plan.backward(g.reshape(plan.batch_shape) if unbatched else g, idx)
             return leave(dev, dx.reshape(plan.input_shape[1:]) if unbatched else dx, dtype, host)
 
