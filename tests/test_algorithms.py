@@ -128,3 +128,26 @@ def test_every_algorithm_is_exercised(clconv, dev):
         assert any(v is None for v in verdicts), f"no case of the matrix runs {name!r}"
         if name in ("winograd", "depthwise", "pointwise", "splitk"):
             assert any(v is not None for v in verdicts), f"no case of the matrix rejects {name!r}"
+
+
+@pytest.mark.parametrize("algorithm", NAMES)
+def test_an_empty_batch_through_every_algorithm(clconv, dev, algorithm):
+    """An empty batch gives an empty result through every algorithm that takes the layer, called
+    directly and through a plan made for another batch (splitk's grid divided by it)."""
+    from clconv.blas import clblast
+    from clconv.ops.conv import algorithm_unsupported
+
+    if algorithm in ("im2col", "winograd") and not clblast.available():
+        pytest.skip(f"algorithm={algorithm!r} needs CLBlast: {clblast.missing_reason()}")
+    for w_shape, kw in (((8, 4, 3, 3), {"padding": 1}), ((8, 4, 1, 1), {}),
+                        ((4, 1, 3, 3), {"padding": 1, "groups": 4})):
+        x = np.ones((1, 4, 8, 8), np.float32)
+        w = np.ones(w_shape, np.float32)
+        if algorithm_unsupported(dev, _geometry(2, x.shape, w_shape, kw), algorithm,
+                                 np.float32) is not None:
+            continue
+        want = (0, w_shape[0], 8, 8)
+        assert clconv.conv2d(x[:0], w, algorithm=algorithm, **kw).shape == want
+        plan = clconv.plan_conv2d(x.shape, w_shape, algorithm=algorithm, **kw)
+        assert plan(x[:0], w).shape == want
+        assert plan(x, w).shape == (1, *want[1:])

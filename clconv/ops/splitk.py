@@ -77,7 +77,7 @@ def splitk_grid(dev: Device, tile: packed.Tile, m: int, l: int, kc: int, nsplit:
     want = _ITEMS_PER_CU * max(1, dev.cl_device.max_compute_units)
     items = groups * batch * nsplit
     mpanels = tile.a_panels(m)
-    mgroups = min(mpanels, max(1, -(-want // items)))
+    mgroups = min(mpanels, max(1, -(-want // max(items, 1))))  # (an empty batch: no items)
     per_group = -(-mpanels // mgroups) if cpu_shaped(dev) else 1
     return col_panels, per_group, (groups, -(-mpanels // per_group), batch * nsplit)
 
