@@ -14,8 +14,10 @@
 // narrower than a segment (the host then picks the shortest vectors; only tiny rows remain) take
 // the span path: segments from 0, each span copied into a private zero-filled buffer (through
 // source_coord()), the same vector code on it, partial stores. Lines that fall entirely in padding
-// along D or H are skipped. A work-item walks its rows, then its planes (several small planes per
-// work-item, so that 7x7 layers do not pay one work-group per plane).
+// along D or H are not read: they add 0 * w (NaN for an Inf or NaN weight, as every path of
+// torch's that reads zero padding, and clconv's other kernels). A work-item walks its rows, then
+// its planes (several small planes per work-item, so that 7x7 layers do not pay one work-group
+// per plane).
 //
 // A second entry point, conv_depthwise_small (with -D PLANE_ROWS; at the end of the file), takes
 // whole small 2-d zero-padded planes (up to 64 padded rows and 4 vectors a row: MobileNet's 7x7
@@ -111,7 +113,8 @@ inline VACC __attribute__((overloadable)) gather_strided(__private const REAL* p
 #define EMAX 2
 
 // One output at column ow of line (od, oh), through source_coord() (any padding mode); the taps
-// from global memory, so that the caller's private copy stays in registers.
+// from global memory, so that the caller's private copy stays in registers. Zero padding adds
+// 0 * w, as torch's convolutions do: an Inf or NaN weight there gives NaN (ZERO_TIMES).
 inline ACC point(GEO_DECL __global const REAL* image, __global const REAL* taps, int od, int oh,
                  int ow) {
     ACC sum = (ACC)0;
@@ -119,12 +122,15 @@ inline ACC point(GEO_DECL __global const REAL* image, __global const REAL* taps,
         const int sd = source_coord(od * SD - PD + kd * DD, ID);
         for (int kh = 0; kh < KH; ++kh) {
             const int sh = source_coord(oh * SH - PH + kh * DH, IH);
+            __global const REAL* t = taps + (kd * KH + kh) * KW;
             if (sd >= 0 && sh >= 0) {
                 __global const REAL* line = image + ((idx_t)sd * IH + sh) * IW;
                 for (int kw = 0; kw < KW; ++kw) {
                     const int sw = source_coord(ow * SW - PW + kw * DW, IW);
-                    if (sw >= 0) sum += (ACC)line[sw] * (ACC)taps[(kd * KH + kh) * KW + kw];
+                    sum += sw >= 0 ? (ACC)line[sw] * (ACC)t[kw] : ZERO_TIMES((ACC)t[kw]);
                 }
+            } else {  // a line of zero padding
+                for (int kw = 0; kw < KW; ++kw) sum += ZERO_TIMES((ACC)t[kw]);
             }
         }
     }
@@ -215,9 +221,19 @@ __kernel void conv_depthwise(DEPTHWISE_ARGS) {
 #pragma unroll
                 for (int kh = 0; kh < KH; ++kh) {
                     const int sh = source_coord(oh * SH - PH + kh * DH, IH);
-                    if (sd >= 0 && sh >= 0) {  // else a line of zero padding: it adds nothing
+                    const ACC* t = taps + (kd * KH + kh) * KW;
+                    if (sd < 0 || sh < 0) {
+                        // A line of zero padding: 0 * w for every output (NaN for an Inf or NaN
+                        // weight, as torch's convolutions give).
+                        ACC z = (ACC)0;
+#pragma unroll
+                        for (int kw = 0; kw < KW; ++kw) z += ZERO_TIMES(t[kw]);
+#pragma unroll
+                        for (int v = 0; v < NV; ++v) acc[v] += (VACC)z;
+#pragma unroll
+                        for (int e = 0; e < 2 * EMAX; ++e) eacc[e] += z;
+                    } else {
                         __global const REAL* line = image + ((idx_t)sd * IH + sh) * IW;
-                        const ACC* t = taps + (kd * KH + kh) * KW;
                         if (vectors) {
                             ROW_TAPS(acc, line + iw0, t)
                             // The outputs at the padding, as scalars on the same line and taps.
@@ -228,7 +244,8 @@ __kernel void conv_depthwise(DEPTHWISE_ARGS) {
 #pragma unroll
                                     for (int kw = 0; kw < KW; ++kw) {
                                         const int sw = source_coord(ow * SW - PW + kw * DW, IW);
-                                        if (sw >= 0) eacc[e] += (ACC)line[sw] * t[kw];
+                                        eacc[e] += sw >= 0 ? (ACC)line[sw] * t[kw]
+                                                           : ZERO_TIMES(t[kw]);
                                     }
                                 }
                             }

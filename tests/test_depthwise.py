@@ -155,6 +155,30 @@ def test_nonfinite_input_poisons_only_its_windows(clconv, rng):
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
 
 
+@pytest.mark.parametrize("nd, x_shape, k, padding, stride, mult", [
+    (1, (1, 4, 5), 3, 1, 1, 1), (1, (1, 4, 20), 5, 2, 2, 2), (2, (1, 4, 12, 40), 3, 1, 1, 1),
+    (2, (1, 4, 9, 9), 5, 2, 2, 2), (3, (1, 4, 4, 5, 6), 3, 1, 1, 1), (3, (1, 4, 7, 7, 7), 3, 1, 2, 2)])
+def test_nonfinite_weights_poison_the_windows_that_read_zero_padding(clconv, dev, rng, nd, x_shape,
+                                                                    k, padding, stride, mult):
+    """Zero padding adds 0 * w, as in torch's convolutions of explicitly padded input and in
+    clconv's other kernels: an Inf or NaN weight gives NaN exactly where its tap reads padding
+    (the kernel skipped the padded lines and columns, leaving those outputs finite)."""
+    for dtype in (np.float32, np.float64):
+        if dtype == np.float64 and not dev.fp64:
+            continue
+        x = random_array(rng, x_shape, dtype)
+        w = random_array(rng, (4 * mult, 1) + (k,) * nd, dtype)
+        w[0].reshape(-1)[0] = np.inf
+        w[-1].reshape(-1)[-1] = np.nan
+        got = _conv(clconv, nd)(x, w, stride=stride, padding=padding, groups=4,
+                                algorithm="depthwise")
+        padded = np.pad(x, ((0, 0), (0, 0)) + ((padding, padding),) * nd)
+        with np.errstate(invalid="ignore"):
+            want = ref.conv_nd(padded, w, None, stride, 0, 1, 4)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+
+
 @pytest.mark.parametrize("w_shape, groups", [((8, 2, 3, 3), 2), ((4, 4, 3, 3), 1)],
                          ids=["grouped", "dense"])
 def test_rejects_non_depthwise(clconv, rng, w_shape, groups):
