@@ -168,6 +168,8 @@ def flatten(input: ArrayLike, start_dim: int = 0, end_dim: int = -1) -> ArrayLik
     """torch.flatten: dims start_dim..end_dim merged into one. A contiguous device array gives a
     view (no copy, no kernel); a strided one is gathered on the device first; numpy gives numpy
     (a view when numpy can)."""
+    if isinstance(input, np.generic):
+        input = np.asarray(input)  # a numpy scalar: a 0-d array (flattened to (1,), as torch's)
     if is_device_array(input):
         dev = current_device()
         result_dtype(dev, input=input)  # context and dtype checks
