@@ -70,6 +70,8 @@ class ChannelsLastPlan:
             self.nd, lambda x, r: self.plan(x, weight, bias, residual=r), input, residual, out)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "plan":  # (not set yet: copy and pickle look before __init__ ran)
+            raise AttributeError(name)
         return getattr(self.plan, name)
 
 
