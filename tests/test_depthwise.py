@@ -157,7 +157,8 @@ def test_nonfinite_input_poisons_only_its_windows(clconv, rng):
 
 @pytest.mark.parametrize("nd, x_shape, k, padding, stride, mult", [
     (1, (1, 4, 5), 3, 1, 1, 1), (1, (1, 4, 20), 5, 2, 2, 2), (2, (1, 4, 12, 40), 3, 1, 1, 1),
-    (2, (1, 4, 9, 9), 5, 2, 2, 2), (3, (1, 4, 4, 5, 6), 3, 1, 1, 1), (3, (1, 4, 7, 7, 7), 3, 1, 2, 2)])
+    (2, (1, 4, 9, 9), 5, 2, 2, 2), (3, (1, 4, 4, 5, 6), 3, 1, 1, 1),
+    (3, (1, 4, 7, 7, 7), 3, 1, 2, 2)])
 def test_nonfinite_weights_poison_the_windows_that_read_zero_padding(clconv, dev, rng, nd, x_shape,
                                                                     k, padding, stride, mult):
     """Zero padding adds 0 * w, as in torch's convolutions of explicitly padded input and in
