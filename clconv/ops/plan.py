@@ -36,7 +36,7 @@ from ..blas import clblast
 from ..runtime import transfer, versions
 from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, check_fits, deliver, element_offset, result_dtype
-from .precision import check_precision, compute_dtype, load, store
+from .precision import check_precision, compute_dtype, load, plan_dtype, store
 
 __all__ = ["Plan", "PlanCache", "cached_plan", "derived", "freeze", "is_constant", "mark_constant",
            "shape_of"]
@@ -205,10 +205,7 @@ class Plan:
             raise TypeError(f"a plan's device must be a clconv.Device (e.g. "
                             f"clconv.current_device()), got {type(dev).__name__}")
         self.device = dev
-        if dtype is None:  # (np.dtype(None) is float64)
-            raise TypeError("dtype must be a floating dtype (float32, float64 or float16), got "
-                            "None")
-        self.dtype = np.dtype(dtype)
+        self.dtype = plan_dtype(dtype)
         check_precision(dev, self.dtype)
         # float16 is stored as such but computed in float32 (rounded once at the end).
         self.work = compute_dtype(self.dtype)

@@ -46,7 +46,7 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 def plan_dtype(dtype: Any) -> np.dtype:
     """A plan function's `dtype=` as a numpy dtype; TypeError for None (np.dtype(None) would be
     float64) and for a dtype that is not floating."""
-    if dtype is None or np.dtype(dtype).kind != "f":
+    if dtype is None or np.dtype(dtype) not in (np.float32, np.float64, _HALF):
         raise TypeError(f"dtype must be a floating dtype (float32, float64 or float16), got "
                         f"{None if dtype is None else np.dtype(dtype)}")
     return np.dtype(dtype)
@@ -55,11 +55,7 @@ def plan_dtype(dtype: Any) -> np.dtype:
 def check_precision(dev: Device, dtype: np.dtype) -> None:
     """Raises UnsupportedError when the device does not compute `dtype`: float64 without
     cl_khr_fp64, float16 without cl_khr_fp16 or failing the probe (run once per device). Plans call
-    it before any build (a plan made with `dtype=` has no operand for result_dtype to check).
-    TypeError for a dtype that is not floating."""
-    if np.dtype(dtype) not in (np.float32, np.float64, _HALF):
-        raise TypeError(f"dtype must be a floating dtype (float32, float64 or float16), got "
-                        f"{np.dtype(dtype)}")
+    it before any build (a plan made with `dtype=` has no operand for result_dtype to check)."""
     if np.dtype(dtype) == np.float64 and not dev.fp64:
         raise UnsupportedError(f"dtype float64 needs cl_khr_fp64, which device {dev.name!r} "
                                f"({dev.platform_name}) lacks; use float32")
