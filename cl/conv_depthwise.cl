@@ -31,6 +31,7 @@
 // PAD_MODE (common.cl), and the tile:
 // -D VW   lanes per vector: 2, 4, 8 or 16 (default 8; at most the device's preferred width)
 // -D NV   vectors per segment: 1 .. 4 (default 2)
+// -D FLIP_TAPS  every filter read backwards (the flipped filters of a stride-1 adjoint)
 // -D PLANE_ROWS  rows of conv_depthwise_small's buffer (8, 16, 32 or 64: a bucket, so that layers
 //                share the program); unset: only conv_depthwise is compiled
 // Sizes (C, COUT, GROUPS = C, ID..OW, PD..PW) are the GEOMETRY_ARGS arguments (RUNTIME_SIZES), and
@@ -55,6 +56,15 @@
 #endif
 #define SEG (NV * VW)
 #include "vector.cl"
+
+// Tap t of a filter: -D FLIP_TAPS reads every filter backwards (all spatial dims flipped), so that
+// the adjoint of a stride-1 depthwise convolution (the forward one with flipped filters) needs no
+// flip pass over the weight before it.
+#ifdef FLIP_TAPS
+#define TAP(t) (KD * KH * KW - 1 - (t))
+#else
+#define TAP(t) (t)
+#endif
 
 // Input columns a segment's vector loads touch, from its first (ow0 * SW - PW): the stride-2 loads
 // read 2 * VW values for VW outputs (one past the last used).
@@ -207,7 +217,7 @@ __kernel void conv_depthwise(DEPTHWISE_ARGS) {
         __global const REAL* filter = weight + w_offset + (idx_t)co * KSIZE;
         ACC taps[KD * KH * KW];
 #pragma unroll
-        for (int t = 0; t < KD * KH * KW; ++t) taps[t] = (ACC)filter[t];
+        for (int t = 0; t < KD * KH * KW; ++t) taps[t] = (ACC)filter[TAP(t)];
         const idx_t plane = p * ((idx_t)OH * OW);
         for (int oh = oh0; oh < oh1; ++oh) {
             VACC acc[NV];
@@ -307,7 +317,7 @@ __kernel void conv_depthwise_small(DEPTHWISE_ARGS) {
         __global const REAL* filter = weight + w_offset + (idx_t)co * KSIZE;
         ACC taps[KH * KW];
 #pragma unroll
-        for (int t = 0; t < KH * KW; ++t) taps[t] = (ACC)filter[t];
+        for (int t = 0; t < KH * KW; ++t) taps[t] = (ACC)filter[TAP(t)];
         // The plane into the buffer at (PH, PW); the zeros around it stay from the first fill.
         for (int ih = 0; ih < ih_hi; ++ih)
             for (int iw = 0; iw < IW; ++iw)

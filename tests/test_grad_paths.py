@@ -123,6 +123,11 @@ def test_paths_taken(clconv, dev, case):
         # the 1x1 GEMM reads the layer's weight as its transpose: no flip pass
         assert pi.adjoint.route.flipped is None and pi.adjoint.route.impl.kernel is not \
             clconv.plan_conv2d(x_shape, w_shape, **kw).impl.kernel
+    if path == FORWARD and pi.adjoint.route.algorithm == "depthwise":
+        # the depthwise kernel reads the filters' taps backwards (FLIP_TAPS): no flip pass; only
+        # a channel multiplier of 1 makes the adjoint depthwise
+        assert w_shape[0] == x_shape[1] and kw.get("groups") == x_shape[1]
+        assert pi.adjoint.route.flipped is None and pi.adjoint.route.impl.flipped
     if path is GEMM and not (w_shape[2:] == (1, 1) and kw.get("stride", 1) == 1):
         # the whole image's columns fit: col2im is the phase-wise gather
         assert type(pi.adjoint.col2im).__name__ == "PhaseCol2im"

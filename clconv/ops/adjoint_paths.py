@@ -9,7 +9,9 @@ clconv.ops.weight_grad_paths, which shares this module's `float_work`, `is_depth
   (k - 1) on both sides) IS a forward convolution of y with the filters transposed per group
   (C_in, C_out/groups, *k) and flipped, padded by dilation * (k - 1) - padding: it runs on the
   forward 'auto' machinery (packed implicit GEMM, 1x1 GEMM, depthwise kernel, ...), bias,
-  activation and residual included. One small kernel flips the filters per call.
+  activation and residual included. One small kernel flips the filters per call, except where
+  the forward kernel reads them flipped itself (split-K's FLIP_KS, the 1x1 GEMM's transposed
+  weight, the depthwise kernel's FLIP_TAPS).
 - `DepthwiseAdjoint`: the adjoint of a strided 2-d depthwise convolution, a direct gather kernel.
 - `StridedPointwiseAdjoint`: the adjoint of a strided 1x1 convolution (ResNet's downsampling):
   the 1x1 GEMM reading the weight transposed on y's grid, then the phase-wise col2im.
@@ -33,6 +35,7 @@ from ..runtime.memory import column_buffer, empty
 from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
+from .depthwise import Depthwise
 from .geometry import ConvGeometry, conv_geometry
 from .launch import Epilogue, kernel_defines
 from .pointwise import Pointwise, pointwise_unsupported
@@ -108,6 +111,16 @@ def _splitk_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
 
     return fgeo.groups == 1 and cpu_shaped(dev) and rule_choice(dev, fgeo, dtype) == "splitk"
 
+def _depthwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
+    """Whether 'auto''s rule ranks 'depthwise' first for the depthwise forward convolution `fgeo`
+    (channel multiplier 1: the adjoint's flipped filters are the layer's own, taps reversed), whose
+    kernel then reads the taps backwards itself (-D FLIP_TAPS): MobileNetV2's transposed depthwise
+    layers paid a launch over the filters per call, a third of the convolution's time at 14x14."""
+    from .conv import rule_choice
+
+    return (fgeo.groups == fgeo.in_channels == fgeo.out_channels
+            and rule_choice(dev, fgeo, dtype) == "depthwise")
+
 def _pointwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     """Whether 'auto''s rule ranks 'pointwise' first for the stride-1 1x1 forward convolution
     `fgeo`, where it can read the layer's weight transposed (float32 / float64, no loop cap)."""
@@ -132,8 +145,13 @@ class ForwardAdjoint:
         # flipped: the plan's flipped filters, or None where the GEMM reads w flipped itself
         # (cl/gemm_splitk.cl's FLIP_KS: no flip pass)
         self.flipped: cla.Array | None = None
-        flip_free = _splitk_first(dev, fgeo, dtype) or _pointwise_first(dev, fgeo, dtype)
-        if flip_free and fgeo.ksize == 1:
+        depthwise = _depthwise_first(dev, fgeo, dtype)
+        flip_free = (depthwise or _splitk_first(dev, fgeo, dtype)
+                     or _pointwise_first(dev, fgeo, dtype))
+        if depthwise:  # the kernel reads each filter's taps backwards
+            self.impl = Depthwise(dev, fgeo, dtype, has_bias, act, limit, has_residual,
+                                  flipped=True)
+        elif flip_free and fgeo.ksize == 1:
             # the 1x1 GEMM reads the layer's weight as its transpose (no flip pass: MobileNetV2's
             # 320 -> 1280 at 7x7 spent 0.24 ms transposing against the GEMM's 0.16)
             self.impl = Pointwise(dev, fgeo, dtype, has_bias, act, limit, has_residual,

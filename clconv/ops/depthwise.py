@@ -138,12 +138,16 @@ class Depthwise:
     workspace_bytes = 0
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
+                 activation: ActivationArg, limit: int, has_residual: bool = False,
+                 flipped: bool = False) -> None:
+        """flipped: `run`'s weight is read with every filter's taps reversed (all spatial dims
+        flipped): the adjoint of a stride-1 depthwise convolution with that convolution's own
+        weight (clconv.ops.adjoint_paths.ForwardAdjoint), without a flip pass."""
         why = depthwise_unsupported(geo)
         if why is not None:
             raise ValueError(f"algorithm='depthwise' cannot compute this convolution: {why}; use "
                              f"algorithm='auto' or 'direct'")
-        self.dev, self.geo = dev, geo
+        self.dev, self.geo, self.flipped = dev, geo, flipped
         dtype = np.dtype(dtype)
         # Half accumulates in float: its vectors are as wide as float's.
         vw = vector_width(dev, np.dtype(np.float32) if dtype == np.float16 else dtype)
@@ -154,6 +158,8 @@ class Depthwise:
         defines = kernel_defines(geo.shape_defines(), dtype, index_t, VW=launch["VW"],
                                  NV=launch["NV"])
         defines.update(epilogue_defines(has_bias, activation, has_residual))
+        if flipped:
+            defines["FLIP_TAPS"] = None
         small = small_plane(geo, vw, dev.cl_device.max_compute_units)
         if small is not None:  # whole planes from a private zero-padded copy
             launch = small
