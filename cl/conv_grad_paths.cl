@@ -22,8 +22,9 @@
 //   phase's taps are known at compile time. Deterministic, no atomics. For strides 1 and 2 along
 //   W (dw_adjoint_plane) the columns inside every phase's interior go 4 at a time:
 //   a vector per tap and phase, the two phases interleaved into one contiguous store.
-//   One work-item per plane (its rows in turn: per-work-item costs dominate small planes);
-//   NDRange (batch * C), local size 1.
+//   A work-item walks `planes` whole planes (of nplanes = batch * C) in turn: per-work-item
+//   costs dominate small planes (576 planes of 14x14: 0.27 -> see clconv.ops.adjoint_paths).
+//   NDRange (ceil(nplanes / planes)), local size 1.
 //
 // Defines: REAL/ACC, INDEX_T (common.cl), KH/KW, SH/SW, DH/DW (the forward convolution's kernel
 // size, stride and dilation; 2-d only, ID = OD = KD = 1); -D VW lanes of dw_weight_grad's vectors
@@ -377,28 +378,32 @@ inline void dw_adjoint_plane(GEO_DECL __global REAL* dst, const idx_t plane,
 
 __kernel void dw_adjoint(__global const REAL* restrict g, const long g_offset,
                          __global const REAL* restrict w, const long w_offset,
-                         __global REAL* restrict out, const long out_offset, GEOMETRY_ARGS) {
-    const idx_t plane = get_global_id(0);  // n * C + ci
-    const int m = COUT / C;
-    const idx_t n = plane / C;
-    const int ci = plane % C;
-    for (int j = 0; j < m; ++j) {
-        const int co = ci * m + j;
-        const __global REAL* wp = w + w_offset + (idx_t)co * KH * KW;
-        const __global REAL* gp = g + g_offset + (n * COUT + co) * OH * OW;
-        REAL taps[KH][KW];
+                         __global REAL* restrict out, const long out_offset, GEOMETRY_ARGS,
+                         const int planes, const long nplanes) {
+    const idx_t p0 = (idx_t)get_global_id(0) * planes;
+    const idx_t p1 = min(p0 + planes, (idx_t)nplanes);
+    for (idx_t plane = p0; plane < p1; ++plane) {  // n * C + ci
+        const int m = COUT / C;
+        const idx_t n = plane / C;
+        const int ci = plane % C;
+        for (int j = 0; j < m; ++j) {
+            const int co = ci * m + j;
+            const __global REAL* wp = w + w_offset + (idx_t)co * KH * KW;
+            const __global REAL* gp = g + g_offset + (n * COUT + co) * OH * OW;
+            REAL taps[KH][KW];
 #pragma unroll
-        for (int kh = 0; kh < KH; ++kh)
+            for (int kh = 0; kh < KH; ++kh)
 #pragma unroll
-            for (int kw = 0; kw < KW; ++kw) taps[kh][kw] = wp[kh * KW + kw];
-        // Tap (kh, kw) weighs g's column ox; later channels (j > 0) add to the output.
+                for (int kw = 0; kw < KW; ++kw) taps[kh][kw] = wp[kh * KW + kw];
+            // Tap (kh, kw) weighs g's column ox; later channels (j > 0) add to the output.
 #if SW <= 2
-        dw_adjoint_plane(GEO_PASS out + out_offset, plane, gp, j > 0, taps);
+            dw_adjoint_plane(GEO_PASS out + out_offset, plane, gp, j > 0, taps);
 #else
 #define DW_TERM(acc, kh, kw, row, ox) acc = fma((ACC)taps[kh][kw], (ACC)(row)[ox], acc)
-        GATHER_PLANE(out + out_offset, plane, gp, 0, j, DW_TERM)
+            GATHER_PLANE(out + out_offset, plane, gp, 0, j, DW_TERM)
 #undef DW_TERM
 #endif
+        }
     }
 }
 

@@ -89,6 +89,10 @@ CASES = {
                          DW_ADJ),
     "dw-s3-dil2-mult2": ((2, 3, 14, 17), (6, 1, 3, 3),
                          {"stride": 3, "padding": 1, "dilation": 2, "groups": 3}, DW_ADJ),
+    # (several planes a work-item, the last block cut short: 35 planes over >= 8 work-items a
+    # compute unit)
+    "dw-s2-many-planes": ((1, 35, 7, 9), (35, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 35},
+                          DW_ADJ),
     "dw-s2-nopad-narrow": ((1, 5, 6, 5), (5, 1, 3, 3), {"stride": 2, "groups": 5}, DW_ADJ),
     "dw-s2-rect": ((1, 4, 17, 33), (4, 1, 3, 5), {"stride": (2, 1), "padding": (1, 2), "groups": 4},
                    DW_ADJ),

@@ -35,7 +35,7 @@ from ..runtime.memory import column_buffer, empty
 from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
-from .depthwise import Depthwise
+from .depthwise import Depthwise, planes_per_item
 from .geometry import ConvGeometry, conv_geometry
 from .launch import Epilogue, kernel_defines
 from .pointwise import Pointwise, pointwise_unsupported
@@ -202,7 +202,10 @@ class DepthwiseAdjoint:
         self.kernel = kernel(dev, SOURCE, "dw_adjoint",
                              kernel_defines(geo.shape_defines(), dtype, index_t, PH=d["PH"],
                                             PW=d["PW"]))
-        self.size_args = geo.size_args()
+        nplanes = geo.batch * geo.in_channels
+        planes = planes_per_item(nplanes, geo.in_spatial, dev.cl_device.max_compute_units)
+        self.global_size = (-(-nplanes // planes),)
+        self.size_args = (*geo.size_args(), np.int32(planes), np.int64(nplanes))
         act = normalize_activation(activation)
         self.epilogue = (Epilogue(dev, dtype, index_t, has_bias, act, has_residual)
                          if has_bias or has_residual or act is not None else None)
@@ -211,7 +214,7 @@ class DepthwiseAdjoint:
             residual: cla.Array | None = None) -> None:
         geo, dev = self.geo, self.dev
         with dev.lock:
-            self.kernel(dev.queue, (geo.batch * geo.in_channels,), (1,),
+            self.kernel(dev.queue, self.global_size, (1,),
                         y.base_data, np.int64(element_offset(y)), w.base_data,
                         np.int64(element_offset(w)), out.base_data,
                         np.int64(element_offset(out)), *self.size_args)

@@ -25,7 +25,7 @@ from .activation import ActivationArg
 from .geometry import ConvGeometry
 from .launch import epilogue_defines, fused_conv_args, kernel_defines
 
-__all__ = ["Depthwise", "depthwise_launch", "depthwise_unsupported", "interior"]
+__all__ = ["Depthwise", "depthwise_launch", "depthwise_unsupported", "interior", "planes_per_item"]
 
 _MAX_NV = 4  # vectors of a segment (accumulators) at most: 4 x 16 floats, a quarter of AVX-512's
 _ITEMS_PER_CU = 8  # work-items a compute unit at least (PoCL hands them out dynamically)
@@ -97,6 +97,14 @@ def depthwise_launch(geo: ConvGeometry, vw: int, compute_units: int) -> dict[str
             "plane_blocks": -(-nplanes // planes), "nplanes": nplanes}
 
 
+def planes_per_item(nplanes: int, plane_outputs: int, compute_units: int) -> int:
+    """Whole planes (of `nplanes`, `plane_outputs` outputs each) a work-item walks: as many as keep
+    it under _OUTPUTS_PER_ITEM outputs while leaving _ITEMS_PER_CU work-items a compute unit
+    (PoCL's cost per work-item dominates small planes)."""
+    want = _ITEMS_PER_CU * max(1, compute_units)
+    return max(1, min(_OUTPUTS_PER_ITEM // max(plane_outputs, 1), nplanes // want))
+
+
 _PLANE_ROWS = (8, 16, 32, 64)  # the small-plane kernel's buffer heights (programs shared by bucket)
 
 
@@ -124,8 +132,7 @@ def small_plane(geo: ConvGeometry, vw: int, compute_units: int) -> dict[str, int
     if pw + iw > span or rows is None or ph >= rows:
         return None
     nplanes = geo.batch * geo.out_channels
-    want = _ITEMS_PER_CU * max(1, compute_units)
-    planes = max(1, min(_OUTPUTS_PER_ITEM // max(seg * oh, 1), nplanes // want))
+    planes = planes_per_item(nplanes, seg * oh, compute_units)
     return {"VW": vw, "NV": nv, "PLANE_ROWS": rows, "segments": 1, "rows": oh, "row_blocks": 1,
             "planes": planes, "plane_blocks": -(-nplanes // planes), "nplanes": nplanes}
 
