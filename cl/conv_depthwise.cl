@@ -60,10 +60,17 @@
 // Tap t of a filter: -D FLIP_TAPS reads every filter backwards (all spatial dims flipped), so that
 // the adjoint of a stride-1 depthwise convolution (the forward one with flipped filters) needs no
 // flip pass over the weight before it.
+// PAD_TERM(w): what a tap on zero padding adds. A forward convolution adds 0 * w (NaN for an Inf
+// or NaN weight, as torch's convolutions give: ZERO_TIMES). The adjoint (FLIP_TAPS) adds nothing:
+// torch's transposed convolutions and input gradients sum only the taps that exist, so that an
+// Inf weight gives no NaN at the borders. The vector code multiplies stored zeros, exact (0 * w =
+// 0) for finite taps; a plane with an Inf or NaN tap has its outputs computed by point().
 #ifdef FLIP_TAPS
 #define TAP(t) (KD * KH * KW - 1 - (t))
+#define PAD_TERM(w) ((ACC)0)
 #else
 #define TAP(t) (t)
+#define PAD_TERM(w) ZERO_TIMES(w)
 #endif
 
 // Input columns a segment's vector loads touch, from its first (ow0 * SW - PW): the stride-2 loads
@@ -123,28 +130,48 @@ inline VACC __attribute__((overloadable)) gather_strided(__private const REAL* p
 #define EMAX 2
 
 // One output at column ow of line (od, oh), through source_coord() (any padding mode); the taps
-// from global memory, so that the caller's private copy stays in registers. Zero padding adds
-// 0 * w, as torch's convolutions do: an Inf or NaN weight there gives NaN (ZERO_TIMES).
-inline ACC point(GEO_DECL __global const REAL* image, __global const REAL* taps, int od, int oh,
+// (filter's, through TAP) from global memory, so that the caller's private copy stays in
+// registers. Zero padding adds PAD_TERM(w).
+inline ACC point(GEO_DECL __global const REAL* image, __global const REAL* filter, int od, int oh,
                  int ow) {
     ACC sum = (ACC)0;
     for (int kd = 0; kd < KD; ++kd) {
         const int sd = source_coord(od * SD - PD + kd * DD, ID);
         for (int kh = 0; kh < KH; ++kh) {
             const int sh = source_coord(oh * SH - PH + kh * DH, IH);
-            __global const REAL* t = taps + (kd * KH + kh) * KW;
+            const int t = (kd * KH + kh) * KW;
             if (sd >= 0 && sh >= 0) {
                 __global const REAL* line = image + ((idx_t)sd * IH + sh) * IW;
                 for (int kw = 0; kw < KW; ++kw) {
                     const int sw = source_coord(ow * SW - PW + kw * DW, IW);
-                    sum += sw >= 0 ? (ACC)line[sw] * (ACC)t[kw] : ZERO_TIMES((ACC)t[kw]);
+                    const ACC w = (ACC)filter[TAP(t + kw)];
+                    sum += sw >= 0 ? (ACC)line[sw] * w : PAD_TERM(w);
                 }
             } else {  // a line of zero padding
-                for (int kw = 0; kw < KW; ++kw) sum += ZERO_TIMES((ACC)t[kw]);
+                for (int kw = 0; kw < KW; ++kw) sum += PAD_TERM((ACC)filter[TAP(t + kw)]);
             }
         }
     }
     return sum;
+}
+
+// Outputs [ow_lo, ow_hi) of line (od, oh) one by one through point() and the epilogue (out and
+// res at the line's start).
+inline void point_outputs(GEO_DECL __global const REAL* image, __global const REAL* filter,
+                          const int od, const int oh, const int ow_lo, const int ow_hi,
+                          __global const REAL* bias, const long b_offset, const int co,
+                          __global const REAL* res, __global REAL* out) {
+    for (int ow = ow_lo; ow < ow_hi; ++ow)
+        out[ow] = (REAL)epilogue_residual(point(GEO_PASS image, filter, od, oh, ow), bias,
+                                          b_offset, co, res, ow);
+}
+
+// Whether every tap of a private filter copy is finite (FLIP_TAPS: else point() computes the
+// plane, see PAD_TERM).
+inline bool taps_finite(const ACC* taps, const int n) {
+    bool finite = true;
+    for (int t = 0; t < n; ++t) finite &= isfinite(taps[t]);
+    return finite;
 }
 
 // Stores the VW outputs r at out (res: the residual at the same place) through the epilogue:
@@ -219,6 +246,22 @@ __kernel void conv_depthwise(DEPTHWISE_ARGS) {
 #pragma unroll
         for (int t = 0; t < KD * KH * KW; ++t) taps[t] = (ACC)filter[TAP(t)];
         const idx_t plane = p * ((idx_t)OH * OW);
+#ifdef FLIP_TAPS
+        if (!taps_finite(taps, KD * KH * KW)) {  // this work-item's outputs one by one
+            for (int oh = oh0; oh < oh1; ++oh) {
+                const idx_t row = plane + (idx_t)oh * OW;
+                __global REAL* out = y + y_offset + row;
+                __global const REAL* res = residual + r_offset + row;
+                point_outputs(GEO_PASS image, filter, od, oh, ow0, ow0 + nout, bias, b_offset,
+                              co, res, out);
+                point_outputs(GEO_PASS image, filter, od, oh, 0, edge0, bias, b_offset, co, res,
+                              out);
+                point_outputs(GEO_PASS image, filter, od, oh, edge1, edge2, bias, b_offset, co,
+                              res, out);
+            }
+            continue;
+        }
+#endif
         for (int oh = oh0; oh < oh1; ++oh) {
             VACC acc[NV];
 #pragma unroll
@@ -237,7 +280,7 @@ __kernel void conv_depthwise(DEPTHWISE_ARGS) {
                         // weight, as torch's convolutions give).
                         ACC z = (ACC)0;
 #pragma unroll
-                        for (int kw = 0; kw < KW; ++kw) z += ZERO_TIMES(t[kw]);
+                        for (int kw = 0; kw < KW; ++kw) z += PAD_TERM(t[kw]);
 #pragma unroll
                         for (int v = 0; v < NV; ++v) acc[v] += (VACC)z;
 #pragma unroll
@@ -255,7 +298,7 @@ __kernel void conv_depthwise(DEPTHWISE_ARGS) {
                                     for (int kw = 0; kw < KW; ++kw) {
                                         const int sw = source_coord(ow * SW - PW + kw * DW, IW);
                                         eacc[e] += sw >= 0 ? (ACC)line[sw] * t[kw]
-                                                           : ZERO_TIMES(t[kw]);
+                                                           : PAD_TERM(t[kw]);
                                     }
                                 }
                             }
@@ -318,11 +361,21 @@ __kernel void conv_depthwise_small(DEPTHWISE_ARGS) {
         ACC taps[KH * KW];
 #pragma unroll
         for (int t = 0; t < KH * KW; ++t) taps[t] = (ACC)filter[TAP(t)];
+        const idx_t plane = p * ((idx_t)OH * OW);
+#ifdef FLIP_TAPS
+        if (!taps_finite(taps, KH * KW)) {  // the plane one output at a time
+            for (int oh = 0; oh < OH; ++oh) {
+                const idx_t row = plane + (idx_t)oh * OW;
+                point_outputs(GEO_PASS image, filter, 0, oh, 0, OW, bias, b_offset, co,
+                              residual + r_offset + row, y + y_offset + row);
+            }
+            continue;
+        }
+#endif
         // The plane into the buffer at (PH, PW); the zeros around it stay from the first fill.
         for (int ih = 0; ih < ih_hi; ++ih)
             for (int iw = 0; iw < IW; ++iw)
                 buf[(ih + PH) * SPAN_READ + PW + iw] = image[(idx_t)ih * IW + iw];
-        const idx_t plane = p * ((idx_t)OH * OW);
         for (int oh = 0; oh < OH; ++oh) {
             VACC acc[NV];
 #pragma unroll

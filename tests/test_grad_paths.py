@@ -204,6 +204,62 @@ def test_grads_match_torch(clconv, dev, rng, case):
                  reduction=x_shape[0] * math.prod(g.shape[2:]), magnitude=conv_magnitude(g, x))
 
 
+# Non-finite weights in the adjoints: torch's transposed convolutions and input gradients sum only
+# the taps that exist, so an Inf or NaN weight gives no NaN where its tap would fall on padding
+# (the forward route must not add 0 * w there: the depthwise kernel skips those taps, the other
+# forward kernels' NaN border outputs are recomputed, cl/adjoint_borders.cl). (y shape, weight
+# shape, arguments): the depthwise kernel's small planes, row segments, wide padding (point()),
+# tiny rows (the span path), the strided gather; the dense forward route (implicit on PoCL),
+# grouped, dilated with output_padding, split-K (512 channels at 7x7: its GEMM reads the filters
+# flipped), 1-d and 3-d; a fused epilogue (bias, residual, activation).
+NONFINITE_ADJOINTS = {
+    "dw-small": ((2, 8, 10, 10), (8, 1, 3, 3), {"padding": 1, "groups": 8}),
+    "dw-rows": ((1, 4, 9, 90), (4, 1, 3, 3), {"padding": 1, "groups": 4}),
+    "dw-rows-k7": ((1, 4, 9, 90), (4, 1, 7, 7), {"padding": 3, "groups": 4}),
+    "dw-small-k7-p2": ((1, 4, 12, 12), (4, 1, 7, 7), {"padding": 2, "groups": 4}),
+    "dw-tiny": ((2, 4, 2, 3), (4, 1, 3, 3), {"padding": 1, "groups": 4}),
+    "dw-s2": ((2, 6, 9, 11), (6, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 6}),
+    "dense": ((2, 5, 28, 29), (5, 3, 3, 3), {"padding": 1}),
+    "dense-grouped": ((1, 6, 28, 28), (6, 2, 3, 3), {"padding": 1, "groups": 3}),
+    "dense-dil-outpad": ((1, 4, 27, 28), (4, 3, 3, 3),
+                         {"padding": 1, "dilation": 2, "output_padding": 1}),
+    "splitk": ((1, 512, 7, 7), (512, 4, 3, 3), {"padding": 1}),
+    "dense-1d": ((2, 4, 40), (4, 3, 5), {"padding": 2}),
+    "dense-3d": ((1, 3, 6, 7, 8), (3, 2, 3, 3, 3), {"padding": 1}),
+    "dense-epilogue": ((2, 5, 28, 29), (5, 3, 3, 3), {"padding": 1, "activation": "relu6",
+                                                      "residual": True}),
+}
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.parametrize("case", sorted(NONFINITE_ADJOINTS))
+def test_adjoint_of_nonfinite_weights_is_torchs(clconv, dev, rng, case, bad):
+    torch = import_torch()
+    y_shape, w_shape, kw = NONFINITE_ADJOINTS[case]
+    kw = dict(kw)
+    activation, fused = kw.pop("activation", None), kw.pop("residual", False)
+    nd = len(w_shape) - 2
+    y, w = random_array(rng, y_shape), random_array(rng, w_shape)
+    b = random_array(rng, (w_shape[1] * kw.get("groups", 1),))
+    corner = (0,) * nd  # a corner tap falls on the padding of every border output
+    w[(1, 0) + corner] = bad
+    w[(2, 0) + tuple(k - 1 for k in w_shape[2:])] = -np.inf
+    transpose = getattr(torch.nn.functional, f"conv_transpose{nd}d")
+    want = transpose(torch.from_numpy(y), torch.from_numpy(w), torch.from_numpy(b), **kw)
+    extra = {}
+    if fused:
+        extra["residual"] = random_array(rng, tuple(want.shape))
+        want = torch.clamp(want + torch.from_numpy(extra["residual"]), 0, 6)
+    want = want.numpy()
+    assert 0 < np.isnan(want).sum() < want.size // 2 or bad == np.inf
+    tol = {"reduction": math.prod(w_shape[1:]), "magnitude": conv_magnitude(y, w)}
+    got = getattr(clconv, f"conv_transpose{nd}d")(y, w, b, activation=activation, **kw, **extra)
+    assert_close(got, want, np.float32, **tol)
+    if not fused and "output_padding" not in kw:  # (as an input gradient too)
+        gi = getattr(clconv, f"conv{nd}d_input")(want.shape, w, y, **kw)
+        assert_close(gi, want - b.reshape((-1,) + (1,) * nd), np.float32, **tol)
+
+
 # Transposed convolutions: (input shape, weight shape (C_in, C_out/groups, *k), arguments, path).
 TRANSPOSE_CASES = {
     "dense-s1": ((2, 5, 28, 29), (5, 3, 3, 3), {"padding": 1}, FORWARD),

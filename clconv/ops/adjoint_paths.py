@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyopencl.array as cla
+from pyopencl import cltypes
 
 from ..blas import packed
 from ..blas.engine import cpu_shaped
@@ -37,7 +38,7 @@ from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
 from .depthwise import Depthwise, planes_per_item
 from .geometry import ConvGeometry, conv_geometry
-from .launch import Epilogue, kernel_defines
+from .launch import Epilogue, epilogue_defines, kernel_defines, optional_buffer_args
 from .pointwise import Pointwise, pointwise_unsupported
 from .splitk import SplitK
 
@@ -145,6 +146,7 @@ class ForwardAdjoint:
         # flipped: the plan's flipped filters, or None where the GEMM reads w flipped itself
         # (cl/gemm_splitk.cl's FLIP_KS: no flip pass)
         self.flipped: cla.Array | None = None
+        self.borders: ExactBorders | None = None
         depthwise = _depthwise_first(dev, fgeo, dtype)
         flip_free = (depthwise or _splitk_first(dev, fgeo, dtype)
                      or _pointwise_first(dev, fgeo, dtype))
@@ -163,6 +165,8 @@ class ForwardAdjoint:
                                   has_residual)
         self.algorithm = self.impl.name
         self.workspace_bytes = self.impl.workspace_bytes
+        if any(fgeo.pad_lo + fgeo.pad_hi) and not depthwise:  # (that kernel adds no 0 * w)
+            self.borders = ExactBorders(dev, fgeo, dtype, has_bias, act, has_residual)
         if flip_free:
             return
         self.flipped = empty(dev, fgeo.weight_shape, dtype)
@@ -178,6 +182,9 @@ class ForwardAdjoint:
         dev = self.dev
         if self.flipped is None:  # the GEMM reads w flipped
             self.impl.run(y, w, b, out, residual)
+            if self.borders is not None:
+                with dev.lock:
+                    self.borders.run(y, w, b, out, residual)
             return
         with dev.lock:  # the flipped filters are the plan's: flip and convolve back to back
             self.flip(dev.queue, self.flip_range, None, w.base_data,
@@ -187,6 +194,46 @@ class ForwardAdjoint:
                 self.impl.run(y, self.flipped, b, out)
             else:
                 self.impl.run(y, self.flipped, b, out, residual=residual)
+            if self.borders is not None:
+                self.borders.run(y, w, b, out, residual)
+
+
+class ExactBorders:
+    """The NaN outputs of a flipped-filter forward convolution `fgeo` (ForwardAdjoint) whose
+    window reaches the zero padding, recomputed with only the taps that exist
+    (cl/adjoint_borders.cl): there the forward kernel added 0 * w, NaN for an Inf or NaN weight,
+    where torch's adjoint adds nothing (0 for a finite one: only NaN values can be wrong). With
+    finite weights one launch that reads the border outputs."""
+
+    _ITEMS = 16  # work-items (channel blocks): the borders read in parallel, little per launch
+
+    def __init__(self, dev: Device, fgeo: ConvGeometry, dtype: np.dtype, has_bias: bool,
+                 activation: Any, has_residual: bool) -> None:
+        self.dev, self.geo = dev, fgeo
+        d = fgeo.defines()
+        self.kernel = kernel(dev, "adjoint_borders.cl", "adjoint_exact_borders",
+                             kernel_defines({}, dtype, "int",
+                                            **epilogue_defines(has_bias, activation,
+                                                               has_residual)))
+        channels = -(-fgeo.out_channels // self._ITEMS)
+        self.global_size = (-(-fgeo.out_channels // channels),)
+        int4 = cltypes.make_int4
+        self.sizes = (int4(fgeo.in_channels, d["ID"], d["IH"], d["IW"]),
+                      int4(fgeo.out_channels, d["OD"], d["OH"], d["OW"]),
+                      int4(fgeo.groups, d["KD"], d["KH"], d["KW"]),
+                      int4(0, d["DD"], d["DH"], d["DW"]), int4(0, d["PD"], d["PH"], d["PW"]),
+                      np.int32(fgeo.batch), np.int32(channels))
+
+    def run(self, y: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
+            residual: cla.Array | None) -> None:
+        """Enqueues the recomputation (call holding dev.lock, after the forward convolution);
+        w: the layer's weight (C_out, C_in / groups, *k), as the adjoint plan takes it."""
+        b_buf, b_off = optional_buffer_args(b, out)
+        r_buf, r_off = optional_buffer_args(residual, out)
+        self.kernel(self.dev.queue, self.global_size, (1,), y.base_data,
+                    np.int64(element_offset(y)), w.base_data, np.int64(element_offset(w)), b_buf,
+                    b_off, r_buf, r_off, out.base_data, np.int64(element_offset(out)),
+                    *self.sizes)
 
 class DepthwiseAdjoint:
     """out (N, C, H, W) = the adjoint of the 2-d depthwise convolution `geo` (weight (C*m, 1, kh,

@@ -120,6 +120,22 @@ def test_grad_paths_conv_transpose2d(rng, index_t, packed_gemm):
     expect(got, np.maximum(ref.conv_transpose_nd(x, w, b, padding=1), 0), F32, 2 * 9, mag(x, w))
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_adjoint_exact_borders(rng, index_t, groups):
+    """adjoint_borders.cl: an Inf and a NaN weight in a stride-1 adjoint on the forward route
+    (a 28x28 grid), with bias and ReLU; the NaN border outputs the forward made are recomputed
+    from the taps that exist (the float64 oracle scatters only those)."""
+    x, w, b = arr(rng, (1, 2, 28, 28)), arr(rng, (2, 4 // groups, 3, 3)), arr(rng, (4,))
+    w[0, 0, 0, 0], w[1, 1, 2, 2] = np.inf, np.nan
+    plan = clconv.plan_conv_transpose2d(x.shape, w.shape, True, padding=1, groups=groups,
+                                        activation="relu")
+    assert plan.adjoint.route.borders is not None
+    got = plan(x, w, b)
+    conv = ref.conv_transpose_nd(x, w, b, padding=1, groups=groups)
+    want = np.where(np.isnan(conv), np.nan, np.maximum(conv, 0))
+    expect(got, want, F32, 2 // groups * 9, mag(x, np.nan_to_num(w, posinf=0, neginf=0)))
+
+
 def _weight_grad_route_check(device, rng, route_class, dtype, xs, ws, kw) -> None:
     """A 2-d weight-gradient route of clconv.ops.weight_grad_paths configured directly for (xs, ws, kw)
     and run once, against the oracle."""
