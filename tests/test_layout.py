@@ -80,3 +80,75 @@ def test_a_layout_that_does_not_fit_is_named(clconv_mod, nd, layout):
     w = np.ones((2, 2, *(1,) * nd), np.float32)
     with pytest.raises(ValueError, match=f"layout must be '{FIRST[nd]}'.*'{LAST[nd]}'"):
         getattr(clconv_mod, f"conv{nd}d")(x, w, layout=layout)
+
+
+def test_channels_last_operands_are_checked_as_channels_first_ones(clconv_mod, dev, rng):
+    """layout='nhwc' takes and refuses what the channels-first call does: lists and tensors
+    that need grad are TypeErrors, a torch tensor may be out=, out's kind, context, memory and
+    shape are checked before any work, messages in channels-last shapes."""
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((1, 5, 5, 3)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    want = clconv_mod.conv2d(x, w, padding=1, layout="nhwc")
+    with pytest.raises(TypeError, match="input is a Python list"):
+        clconv_mod.conv2d(x.tolist(), w, padding=1, layout="nhwc")
+    with pytest.raises(TypeError, match="requires grad"):
+        clconv_mod.conv2d(torch.from_numpy(x).requires_grad_(), w, padding=1, layout="nhwc")
+    with pytest.raises(TypeError, match="residual is a Python list"):
+        clconv_mod.conv2d(x, w, padding=1, layout="nhwc", residual=want.tolist())
+    out = torch.full((1, 5, 5, 4), float("nan"))
+    assert clconv_mod.conv2d(x, w, padding=1, layout="nhwc", out=out) is out
+    np.testing.assert_array_equal(out.numpy(), want)
+    with pytest.raises(TypeError, match="out is a Python list"):
+        clconv_mod.conv2d(x, w, padding=1, layout="nhwc", out=want.tolist())
+    ro = np.zeros((1, 5, 5, 4), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        clconv_mod.conv2d(x, w, padding=1, layout="nhwc", out=ro)
+    with pytest.raises(ValueError, match=r"out must have shape \(1, 5, 5, 4\)"):
+        clconv_mod.conv2d(x, w, padding=1, layout="nhwc", out=np.zeros((1, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"input must have 3 or 4 dims \(nhwc"):
+        clconv_mod.conv2d(x[None], w, padding=1, layout="nhwc")
+
+
+def test_channels_last_out_of_another_context_is_refused(clconv_mod, dev, rng):
+    """A device out= made on another context (a strided view of it used to crash the process)."""
+    import pyopencl as cl
+
+    x = cla.to_device(dev.queue, rng.standard_normal((1, 5, 5, 3)).astype(np.float32))
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    other = cl.CommandQueue(cl.Context([dev.cl_device]))
+    for out in (cla.empty(other, (1, 5, 5, 4), np.float32),
+                cla.empty(other, (1, 5, 5, 8), np.float32)[..., ::2]):
+        with pytest.raises(ValueError, match="another OpenCL context"):
+            clconv_mod.conv2d(x, w, padding=1, layout="nhwc", out=out)
+    dev.queue.finish()
+
+
+def test_channels_last_plans_speak_channels_last(clconv_mod, dev, rng):
+    """A channels-last plan's shapes and messages are channels last, other batch sizes run, and
+    it runs on its own device when called inside another device's block."""
+    x = rng.standard_normal((2, 5, 7, 3)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    plan = clconv_mod.plan_conv2d(x.shape, w.shape, False, padding=1, layout="nhwc")
+    assert plan.input_shape == (2, 5, 7, 3) and plan.output_shape == (2, 5, 7, 4)
+    want = clconv_mod.conv2d(x, w, padding=1, layout="nhwc")
+    with pytest.raises(ValueError, match=r"input has shape \(2, 5, 6, 3\) but this plan was made "
+                                         r"for \(2, 5, 7, 3\)"):
+        plan(x[:, :, :6], w)
+    assert_close(plan(x[:1], w), want[:1], np.float32, 27)  # another batch size
+    xd = cla.to_device(dev.queue, x)
+    others = [d for d in clconv_mod.devices() if d.context != dev.context]
+    with clconv_mod.device(others[0] if others else dev):  # (both devices in make test)
+        got = plan(xd, w)
+    assert isinstance(got, cla.Array) and got.context == dev.context
+    assert_close(got.get(), want, np.float32, 27)
+
+
+def test_an_empty_out_with_zero_strides_is_written(clconv_mod, dev):
+    """numpy gives some empty arrays strides of 0: no element shares memory there."""
+    x = np.zeros((0, 3, 4, 4), np.float32)
+    out = np.empty((0, 2, 4, 4), np.float32)
+    assert clconv_mod.conv2d(x, np.ones((2, 3, 1, 1), np.float32), out=out) is out
+    e = np.empty((0, 3, 4, 4), np.float32)
+    assert clconv_mod.relu(x, out=e) is e

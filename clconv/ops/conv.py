@@ -30,8 +30,8 @@ from ..runtime.memory import empty, resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, device_dtype, result_dtype
 from . import autotune
 from .activation import Activation, ActivationArg, normalize_activation
-from .layout import (CHANNELS_LAST, ChannelsLastPlan, channels_first_axes, channels_last,
-                     convolve_channels_last)
+from .layout import (CHANNELS_LAST, ChannelsLastPlan, channels_first_axes, channels_first_shape,
+                     channels_last)
 from .conv_algorithms import (ColumnPlan, Direct, Im2colGemm, ImplicitGemm, PackedIm2colGemm,
                               WinogradGemm, WinogradPlan, plan_columns, plan_winograd,
                               winograd_unsupported)
@@ -67,11 +67,7 @@ def _convolve(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | No
               workspace_limit: int | None = None, out: ArrayLike | None = None,
               layout: str | None = None) -> ArrayLike:
     """conv{nd}d (the template of the public functions at the end of the module)."""
-    if layout is not None and channels_last(layout, nd):  # around the channels-first call
-        return convolve_channels_last(nd, lambda x, r: _convolve(
-            nd, x, weight, bias, stride, padding, dilation, groups, padding_mode=padding_mode,
-            algorithm=algorithm, activation=activation, residual=r,
-            workspace_limit=workspace_limit), input, residual, out)
+    last = layout is not None and channels_last(layout, nd)
     dev = current_device()
     dtype = device_dtype(dev, (input, weight), (bias, residual))
     if dtype is None:
@@ -80,8 +76,13 @@ def _convolve(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | No
     x_shape, w_shape = shape_of(input), shape_of(weight)
     b_shape = None if bias is None else shape_of(bias)
     r_shape = None if residual is None else shape_of(residual)
+    if last:  # the plan of the channels-first shapes, called with channels-last operands
+        x_shape = channels_first_shape(x_shape, nd, "input")
+        r_shape = None if r_shape is None else channels_first_shape(r_shape, nd, "residual")
     plan = cached_conv_plan(dev, nd, x_shape, w_shape, b_shape, dtype, stride, padding, dilation,
                         groups, padding_mode, algorithm, activation, workspace_limit, r_shape)
+    if last:
+        return ChannelsLastPlan(nd, plan)(input, weight, bias, residual=residual, out=out)
     return plan.execute({"input": input, "weight": weight, "bias": bias, "residual": residual},
                         out, check=False)
 

@@ -12,18 +12,17 @@ the README's Channels-last section for the measured share).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import pyopencl as cl
-import pyopencl.array as cla
 
-from ..runtime.device import current_device
-from ..runtime.transfer import (ArrayLike, check_distinct_elements, element_offset, gather,
-                                 is_device_array, scatter)
-from ..runtime.versions import bump
+from ..runtime.device import Device
+from ..runtime.interop import host_operand
+from ..runtime.transfer import ArrayLike, gather, is_device_array
+from .plan import shape_of
 
-__all__ = ["CHANNELS_FIRST", "CHANNELS_LAST", "channels_last", "convolve_channels_last"]
+__all__ = ["CHANNELS_FIRST", "CHANNELS_LAST", "ChannelsLastPlan", "channels_first_axes",
+           "channels_first_shape", "channels_last"]
 
 #: Per number of spatial dims: the layout names `layout=` takes (channels first is the default).
 CHANNELS_FIRST = {1: "ncl", 2: "nchw", 3: "ncdhw"}
@@ -58,16 +57,46 @@ def channels_first_axes(ndim: int, nd: int) -> tuple[int, ...]:
 class ChannelsLastPlan:
     """A convolution plan (clconv.ops.conv.ConvPlan, made for the channels-first shapes) called
     with channels-last operands: `plan(x, weight, bias=None, *, residual=None, out=None)` as the
-    functional op's layout= (x, residual, out and the result channels last). Its other
-    attributes are the inner plan's."""
+    functional op's layout= (x, residual, out and the result channels last; the checks and their
+    messages in channels-last shapes). `input_shape` and `output_shape` are channels last; its
+    other attributes are the inner plan's."""
 
     def __init__(self, nd: int, plan: Any) -> None:
         self.nd, self.plan = nd, plan
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return _last_shape(self.plan.operand_shapes["input"], self.nd)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return _last_shape(self.plan.output_shape, self.nd)
+
     def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
                  residual: ArrayLike | None = None, out: ArrayLike | None = None) -> ArrayLike:
-        return convolve_channels_last(
-            self.nd, lambda x, r: self.plan(x, weight, bias, residual=r), input, residual, out)
+        nd, plan = self.nd, self.plan
+        x = host_operand(input, "input")
+        want = self.input_shape
+        got = shape_of(x)
+        batched = plan.output_shape == plan.batch_shape  # (then any batch size)
+        if len(got) != len(want) or (got[1:] if batched else got) != (want[1:] if batched
+                                                                          else want):
+            any_batch = f" (any batch size: its dims after the first must be {want[1:]})" \
+                if batched else ""
+            raise ValueError(f"input has shape {got} but this plan was made for {want} "
+                             f"({CHANNELS_LAST[nd]}: channels last){any_batch}")
+        r = None if residual is None else _to_first(host_operand(residual, "residual"), nd)
+        if out is None:
+            return _to_last(plan(_to_first(x, nd), weight, bias, residual=r), nd, plan.device)
+        o = host_operand(out, "out")  # (a torch tensor: its numpy view, the same memory)
+        expect = (got[:1] if batched else ()) + self.output_shape[1 if batched else 0:]
+        if not hasattr(o, "shape") or tuple(o.shape) != expect or o.dtype != plan.dtype:
+            raise ValueError(f"out must have shape {expect} and dtype {plan.dtype} (channels "
+                             f"last), got {_describe(o)}")
+        # the channels-first view of out: the plan checks its kind, context and memory, and
+        # writes it (a strided view: scattered into it)
+        plan(_to_first(x, nd), weight, bias, residual=r, out=_to_first(o, nd))
+        return out
 
     def __getattr__(self, name: str) -> Any:
         if name == "plan":  # (not set yet: copy and pickle look before __init__ ran)
@@ -75,52 +104,32 @@ class ChannelsLastPlan:
         return getattr(self.plan, name)
 
 
+def _describe(a: Any) -> str:
+    shape = getattr(a, "shape", None)
+    return f"{tuple(shape)} {a.dtype}" if shape is not None else type(a).__name__
+
+
+def _last_shape(shape: tuple[int, ...], nd: int) -> tuple[int, ...]:
+    return tuple(shape[i] for i in _perm(len(shape), nd, True))
+
+
+def channels_first_shape(shape: tuple[int, ...], nd: int, name: str) -> tuple[int, ...]:
+    """The channels-first shape of a channels-last operand's `shape`; ValueError naming `name`
+    for a number of dims other than nd + 1 or nd + 2."""
+    if len(shape) not in (nd + 1, nd + 2):
+        raise ValueError(f"{name} must have {nd + 1} or {nd + 2} dims ({CHANNELS_LAST[nd]}: "
+                         f"channels last), got shape {tuple(shape)}")
+    return tuple(shape[i] for i in _perm(len(shape), nd, False))
+
+
 def _to_first(x: Any, nd: int) -> Any:
-    if x is None:
-        return None
-    if is_device_array(x):
-        return x.transpose(_perm(x.ndim, nd, False))  # a strided view: gathered on the device
-    a = np.asarray(x)
-    return a.transpose(_perm(a.ndim, nd, False))  # a view: the upload makes it contiguous
+    """The channels-first view of a channels-last operand (numpy or device; the plan uploads or
+    gathers it)."""
+    return x.transpose(_perm(x.ndim, nd, False))
 
 
-def _to_last(y: ArrayLike, nd: int) -> ArrayLike:
+def _to_last(y: ArrayLike, nd: int, dev: Device) -> ArrayLike:
     perm = _perm(y.ndim, nd, True)
     if is_device_array(y):
-        return gather(y.transpose(perm), current_device())
+        return gather(y.transpose(perm), dev)
     return np.ascontiguousarray(y.transpose(perm))
-
-
-def convolve_channels_last(nd: int, run: Callable[[Any, Any], ArrayLike], input: Any,
-                           residual: Any, out: Any) -> ArrayLike:
-    """`run(input, residual)` (the channels-first convolution) on channels-last operands; the
-    result channels last, written into `out` when given (its shape checked)."""
-    if getattr(input, "ndim", np.ndim(input)) not in (nd + 1, nd + 2):
-        raise ValueError(f"input must have {nd + 1} or {nd + 2} dims ({CHANNELS_LAST[nd]}: "
-                         f"channels last), got shape {tuple(np.shape(input))}")
-    result = _to_last(run(_to_first(input, nd), _to_first(residual, nd)), nd)
-    if out is None:
-        return result
-    if tuple(out.shape) != tuple(result.shape) or out.dtype != result.dtype:
-        raise ValueError(f"out must have shape {tuple(result.shape)} and dtype {result.dtype} "
-                         f"(channels last), got {tuple(out.shape)} {out.dtype}")
-    if is_device_array(out) != is_device_array(result):
-        kind = "a pyopencl Array" if is_device_array(result) else "a numpy array"
-        raise TypeError(f"out must be {kind}, as the input, got {type(out).__name__}")
-    check_distinct_elements(out)
-    if isinstance(out, cla.Array):
-        dev = current_device()
-        bump(out)
-        if not out.flags.c_contiguous:  # a strided view: scattered into it
-            scatter(result, out, dev)
-            with dev.lock:
-                out.add_event(cl.enqueue_marker(dev.queue))
-            return out
-        with dev.lock:
-            cl.enqueue_copy(dev.queue, out.base_data, result.base_data, byte_count=result.nbytes,
-                            dst_offset=element_offset(out) * out.dtype.itemsize,
-                            src_offset=element_offset(result) * result.dtype.itemsize)
-            out.add_event(cl.enqueue_marker(dev.queue))
-        return out
-    np.copyto(out, result)
-    return out

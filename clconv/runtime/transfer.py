@@ -224,7 +224,8 @@ def check_distinct_elements(a: Any) -> None:
     """ValueError for an array to be written (numpy or device) in which several elements share
     one memory location (a stride of 0 over more than one element: a broadcast view), as torch
     refuses writing one."""
-    if any(t == 0 and n > 1 for n, t in zip(a.shape, a.strides)):
+    if a.size and any(t == 0 and n > 1 for n, t in zip(a.shape, a.strides)):
+        # (an empty array has no element to share one: numpy gives some of them strides of 0)
         raise ValueError("unsupported operation: more than one element of the written-to array "
                          "refers to a single memory location (a stride of 0, as a broadcast "
                          "view's); write to a copy of it instead")
