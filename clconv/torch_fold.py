@@ -39,6 +39,13 @@ from .torch_ops import (
 from .torch_train import defer_result, deferred_array, flush_deferred, joined_results
 
 
+class NotFoldable(Exception):
+    """Fold.weights: the BatchNorm's scale gamma / sqrt(running_var + eps) is not finite (an Inf
+    gamma, a zero variance with eps 0): folded, it would multiply the weights by Inf, and sums of
+    Inf of both signs and the padding's 0 * Inf give NaN where torch's BatchNorm of the
+    convolution's output gives an Inf. The chain then runs one module at a time."""
+
+
 class Fold:
     """One folded chain: the conv, its BatchNorm and (or None) its activation, as they sit in their
     nn.Sequential. Not an nn.Module (so nothing is registered twice and state_dict keys do not
@@ -52,6 +59,7 @@ class Fold:
         self._samples: bytes = b""
         self._views: list[np.ndarray | torch.Tensor | None] = []
         self._folded: tuple[np.ndarray, np.ndarray] | None = None
+        self._finite = True  # whether the BatchNorm's scale is finite (else it is not folded)
         self._on_device: dict[Device, tuple[cla.Array, cla.Array]] = {}
         self._produced: Any = None  # a weak reference to the last folded result
 
@@ -113,7 +121,13 @@ class Fold:
             self._folded = fold_batchnorm(w, b, mean, var, gamma, beta, float(bn.eps),
                                           transposed=transposed,
                                           groups=conv.groups if transposed else 1)
+            with np.errstate(all="ignore"):
+                scale = (np.float64(1) if gamma is None else gamma.astype(np.float64)) / \
+                    np.sqrt(var.astype(np.float64) + float(bn.eps))
+            self._finite = bool(np.isfinite(scale).all())
             self._key, self._samples, self._on_device = key, self._sample_bytes(), {}
+        if not self._finite:
+            raise NotFoldable
         found = self._on_device.get(dev)
         if found is None:
             found = self._on_device[dev] = tuple(  # type: ignore[assignment]
@@ -182,7 +196,11 @@ class _FoldedConv(NotScriptable):
         if args or kwargs or not fold.active():
             fold.mark(None)
             return super().forward(input, *args, **kwargs)
-        result = run_folded(self, fold, fold.spec, input)
+        try:
+            result = run_folded(self, fold, fold.spec, input)
+        except NotFoldable:
+            fold.mark(None)  # (the BatchNorm and activation then run themselves)
+            return super().forward(input)
         fold.mark(result)
         return result
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .ops.activation import Activation, normalize_activation
-from .torch_fold import BATCHNORM_ND, Fold, run_folded
+from .torch_fold import BATCHNORM_ND, Fold, NotFoldable, run_folded
 from .torch_train import (defer_result, deferred_array, flush_deferred, joined_results,
                           run_chain, trainable, trains_fused)
 from .torch_graph.activations import activation_of, activation_spec
@@ -94,7 +94,10 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
             residual.dtype == input.dtype and tuple(residual.shape) == conv_result_shape(
                 tuple(input.shape), tuple(conv.weight.shape), conv.stride, conv.padding,
                 conv.dilation, conv.groups))):
-        return run_folded(conv, fold, spec, input, residual, defer)
+        try:
+            return run_folded(conv, fold, spec, input, residual, defer)
+        except NotFoldable:  # (before any work: the modules one by one below)
+            pass
     flush_deferred()  # torch reads the operands
     return _one_by_one(conv, bn, spec, input, residual)
 

@@ -481,3 +481,25 @@ def test_augmented_assignments_write_as_in_torch(ct, dev):
     scale = max(float(p.grad.abs().max()) for p in model.parameters())
     for p, q in zip(model.parameters(), converted.parameters()):
         np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("path", ["convert", "compile"])
+def test_a_batchnorm_of_infinite_scale_is_not_folded(path):
+    """gamma = Inf (or running_var + eps = 0) folded would multiply the weights by Inf: sums of
+    Inf of both signs and the padding's 0 * Inf gave NaN where torch gives an Inf."""
+    torch = pytest.importorskip("torch")
+    import clconv.torch as ct
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.BatchNorm2d(3),
+                            torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        m[1].weight[0] = float("inf")
+        m[1].running_var[1] = 0.0
+        m[1].eps = 0.0
+        m[1].running_mean.fill_(-0.25)
+    x = torch.randn(2, 2, 6, 7)
+    with torch.no_grad():
+        want = m(x)
+        got = (ct.convert(m) if path == "convert" else ct.compile(m, x))(x)
+    assert torch.isinf(want).any()
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-4, atol=1e-5)

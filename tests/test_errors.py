@@ -392,3 +392,51 @@ def test_plans_take_channels_last_layouts(clconv, dev, nd):
     np.testing.assert_allclose(got.get(), want + r, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="layout"):
         getattr(clconv, f"plan_conv{nd}d")(x.shape, w.shape, layout="nchw_")
+
+
+def test_bad_inputs_found_by_the_nineteenth_fuzz(clconv):
+    """Calls that did not fit a per-dimension function named its template (_transpose()); plan
+    dtype= of torch's; torch tensors numpy cannot view; in-place writes of read-only or
+    byte-swapped inputs; mixed dtypes named as the argument; fold_batchnorm's operands."""
+    torch = pytest.importorskip("torch")
+    x = np.ones((1, 2, 4, 4), np.float32)
+    w = np.ones((2, 2, 3, 3), np.float32)
+    for call, name in ((lambda: clconv.conv_transpose2d(x, w, layout="nhwc"), "conv_transpose2d"),
+                       (lambda: clconv.max_pool2d(x, 2, layout="nhwc"), "max_pool2d"),
+                       (lambda: clconv.conv2d_input(x.shape, w, x, foo=1), "conv2d_input"),
+                       (lambda: clconv.plan_conv3d(x.shape, w.shape, zz=1), "plan_conv3d")):
+        with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword"):
+            call()
+    assert clconv.plan_conv2d(x.shape, w.shape, dtype=torch.float32).dtype == np.float32
+    with pytest.raises(TypeError, match="dtype must be a floating dtype.*torch.int32"):
+        clconv.plan_conv2d(x.shape, w.shape, dtype=torch.int32)
+    with pytest.raises(TypeError, match=r"layout torch.sparse_coo.*input.to_dense\(\)"):
+        clconv.relu(torch.ones(2, 3).to_sparse())
+    with pytest.raises(TypeError, match=r"quantized.*input.dequantize\(\)"):
+        clconv.relu(torch.quantize_per_tensor(torch.ones(2, 3), 0.1, 0, torch.quint8))
+    ro = x.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="input is read-only, and inplace=True writes it"):
+        clconv.relu(ro, inplace=True)
+    with pytest.raises(ValueError, match="byte order"):
+        clconv.relu(x.astype(">f4"), inplace=True)
+    f64 = np.ones((1, 2, 1, 1))
+    for call, name in ((lambda: clconv.prelu(x, np.ones(2)), "weight"),
+                       (lambda: clconv.layer_norm(x, (4,), np.ones(4)), "weight"),
+                       (lambda: clconv.layer_norm(x, (4,), None, np.ones(4)), "bias"),
+                       (lambda: clconv.clamp(x, f64), "min"),
+                       (lambda: clconv.clamp(x, None, f64), "max"),
+                       (lambda: clconv.clamp(x, f64.astype(np.float32), f64), "max")):
+        with pytest.raises(TypeError, match=rf"mixed dtypes \(input: float32, {name}: float64\)"):
+            call()
+    m, v = np.zeros(2, np.float32), np.ones(2, np.float32)
+    with pytest.raises(TypeError, match="weight is a Python list"):
+        clconv.fold_batchnorm(w.tolist(), None, m, v)
+    with pytest.raises(TypeError, match="weight must be a floating array, got dtype int"):
+        clconv.fold_batchnorm(w.astype(np.int32), None, m, v)
+    with pytest.raises(TypeError, match="running_var is a Python list"):
+        clconv.fold_batchnorm(w, None, m, [1.0, 1.0])
+    with pytest.raises(TypeError, match="weight is a torch tensor that requires grad"):
+        clconv.fold_batchnorm(torch.ones(2, 2, 3, 3, requires_grad=True), None, m, v)
+    folded, _ = clconv.fold_batchnorm(torch.ones(2, 2, 3, 3), None, torch.zeros(2), torch.ones(2))
+    assert isinstance(folded, np.ndarray) and folded.dtype == np.float32

@@ -30,13 +30,22 @@ def per_dimension(template: Callable[..., Any], nd: int, name: str, doc: str, *,
     if first.name != "nd":
         raise TypeError(f"{template.__qualname__}'s first parameter must be nd, got {first.name}")
 
+    public = signature.replace(parameters=params)
+
     @functools.wraps(template)
     def op(*args: Any, **kwargs: Any) -> Any:
-        return template(nd, *args, **kwargs)
+        try:
+            return template(nd, *args, **kwargs)
+        except TypeError:
+            try:  # a call that does not fit the signature: named as the public function
+                public.bind(*args, **kwargs)
+            except TypeError as bad:
+                raise TypeError(f"{name}() {bad}") from None
+            raise
 
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
-    op.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    op.__signature__ = public  # type: ignore[attr-defined]
     op.__annotations__ = {k: v for k, v in template.__annotations__.items() if k != "nd"}
     del op.__wrapped__  # help() and inspect show the signature above, not the template's
     if batched:

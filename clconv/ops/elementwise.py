@@ -134,6 +134,12 @@ def _target(input: ArrayLike, out: ArrayLike | None, inplace: Any) -> ArrayLike 
     if inplace:
         if out is not None:
             raise ValueError("pass either inplace=True or out=, not both")
+        flags = getattr(input, "flags", None)
+        if isinstance(input, np.ndarray) and not flags.writeable:
+            raise ValueError("input is read-only, and inplace=True writes it")
+        if isinstance(input, np.ndarray) and not input.dtype.isnative:
+            raise ValueError(f"input has dtype {input.dtype} (not the machine's byte order), "
+                             f"which inplace=True cannot write; pass a native-order array")
         return input
     return out
 
@@ -268,9 +274,12 @@ def clamp(input: ArrayLike, min: float | ArrayLike | None = None,
             raise TypeError("clamp: min and max must both be numbers or both be arrays (or "
                             "None), as torch's")
         if min is not None and max is not None:
-            return _binary("minimum", _binary("maximum", input, min, None, None), max, None, out)
+            return _binary("minimum", _binary("maximum", input, min, None, None,
+                                              other_name="min"), max, None, out,
+                           other_name="max")
         return _binary("maximum" if max is None else "minimum", input,
-                       min if max is None else max, None, out)
+                       min if max is None else max, None, out,
+                       other_name="min" if max is None else "max")
     for name, v in (("min", min), ("max", max)):
         if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
             raise TypeError(f"clamp: {name} must be a real number or None, got {v!r}")
@@ -420,7 +429,9 @@ def _device_scalar(dev: Device, value: np.ndarray) -> cla.Array:
 
 
 def _binary(op: str, input: ArrayLike, other: ArrayLike, activation: ActivationArg,
-            out: ArrayLike | None, alpha: float = 1) -> ArrayLike:
+            out: ArrayLike | None, alpha: float = 1, other_name: str = "other") -> ArrayLike:
+    """The binary op `op` (other_name: what messages call `other`: prelu's weight, clamp's
+    bound)."""
     alpha = _check_alpha(op, alpha)
     if isinstance(input, numbers.Number) and isinstance(other, numbers.Number):
         raise TypeError(f"{op}: input and other are both numbers ({type(input).__name__}, "
@@ -428,10 +439,10 @@ def _binary(op: str, input: ArrayLike, other: ArrayLike, activation: ActivationA
     if op == "sub" and any(isinstance(v, (bool, np.bool_)) for v in (input, other)):
         raise TypeError("sub: a bool operand; torch refuses subtraction with a bool (use ~ or "
                         "logical_not to invert a mask)")
-    other = _scalar_operand(other, input, "other")
+    other = _scalar_operand(other, input, other_name)
     input = _scalar_operand(input, other, "input")
     dev = current_device()
-    dtype = result_dtype(dev, input=input, other=other)
+    dtype = result_dtype(dev, **{"input": input, other_name: other})
     # A number beside a device array of its dtype: the kept device copy (same values, same kind)
     for name, value, beside in (("input", input, other), ("other", other, input)):
         if type(value) is np.ndarray and value.ndim == 0 and value.dtype == dtype \
@@ -480,7 +491,7 @@ def prelu(input: ArrayLike, weight: ArrayLike, *, out: ArrayLike | None = None) 
             raise ValueError(f"prelu: weight {w_shape} must have 1 or C entries, C = dim 1 of "
                              f"input {x_shape}")
         weight = weight.reshape((w_shape[0],) + (1,) * (len(x_shape) - 2))
-    return _binary("prelu", input, weight, None, out)
+    return _binary("prelu", input, weight, None, out, other_name="weight")
 
 
 def div(input: ArrayLike, other: ArrayLike, *, rounding_mode: str | None = None,

@@ -24,6 +24,8 @@ import pyopencl.array as cla
 from pyopencl import clmath
 from pyopencl.elementwise import ElementwiseKernel
 
+from ..runtime.interop import host_operand
+
 __all__ = ["fold_batchnorm"]
 
 
@@ -44,6 +46,9 @@ def fold_batchnorm(weight: Any, bias: Any, running_mean: Any, running_var: Any,
     uploaded). Returns a new (weight, bias); the arguments are not modified.
     """
     on_device = isinstance(weight, cla.Array)
+    weight = host_operand(weight, "weight")  # (lists, scalars, tensors that need grad: TypeError)
+    if weight.dtype.kind != "f":
+        raise TypeError(f"weight must be a floating array, got dtype {weight.dtype}")
     shape = tuple(weight.shape) if on_device else np.shape(weight)
     if len(shape) < 2:
         raise ValueError(f"weight must have at least 2 dims ((C_out, C_in/groups, *k), or (C_in, "
@@ -68,6 +73,9 @@ def fold_batchnorm(weight: Any, bias: Any, running_mean: Any, running_var: Any,
         if v is None and name in ("running_mean", "running_var"):
             raise ValueError(f"{name} is required (BatchNorm's running statistics), got None")
         if v is not None:
+            v = operands[name] = host_operand(v, name)
+            if v.dtype.kind != "f":
+                raise TypeError(f"{name} must be a floating array, got dtype {v.dtype}")
             got = tuple(v.shape) if isinstance(v, cla.Array) else np.shape(v)
             if got != (channels,):
                 raise ValueError(f"{name} must have shape ({channels},) (one per output "

@@ -133,6 +133,9 @@ def layer_norm(input: ArrayLike, normalized_shape: Sequence[int],
         if a is not None and tuple(shape_of(a)) != ns:
             raise ValueError(f"layer_norm: {name} must have shape normalized_shape {ns}, got "
                              f"{tuple(shape_of(a))}")
+    result_dtype(current_device(), **{k: v for k, v in  # (mixed dtypes named)
+                                      (("input", input), ("weight", weight), ("bias", bias))
+                                      if v is not None})
     size = math.prod(ns)
     flat = reshaped(input, (-1, 1, size) if size else (0, 1, 0))
     if size == 1:

@@ -22,6 +22,7 @@ from ..runtime.memory import empty
 from ..runtime.transfer import element_offset, index_type, to_device
 from ..runtime.device import Device
 from ..runtime.errors import UnsupportedError
+from ..runtime.interop import numpy_dtype
 from ..runtime.program import kernel
 
 __all__ = ["check_precision", "compute_dtype", "convert", "convert_into", "load", "store"]
@@ -44,12 +45,18 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def plan_dtype(dtype: Any) -> np.dtype:
-    """A plan function's `dtype=` as a numpy dtype; TypeError for None (np.dtype(None) would be
-    float64) and for a dtype that is not floating."""
-    if dtype is None or np.dtype(dtype) not in (np.float32, np.float64, _HALF):
+    """A plan function's `dtype=` (numpy's, or torch's floating dtypes) as a numpy dtype;
+    TypeError for None (np.dtype(None) would be float64) and for a dtype that is not floating."""
+    if dtype is not None:
+        try:
+            dtype = numpy_dtype(dtype)  # (torch.float32 -> float32)
+        except TypeError as err:
+            raise TypeError(f"dtype must be a floating dtype (float32, float64 or float16), got "
+                            f"{dtype}") from err
+    if dtype is None or dtype not in (np.float32, np.float64, _HALF):
         raise TypeError(f"dtype must be a floating dtype (float32, float64 or float16), got "
-                        f"{None if dtype is None else np.dtype(dtype)}")
-    return np.dtype(dtype)
+                        f"{dtype}")
+    return dtype
 
 
 def check_precision(dev: Device, dtype: np.dtype) -> None:

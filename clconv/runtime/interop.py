@@ -69,6 +69,12 @@ def _from_torch(t: Any, name: str) -> np.ndarray:
     if t.device.type != "cpu":
         raise TypeError(f"{name} is a torch tensor on {t.device}; clconv reads host memory: pass "
                         f"{name}.cpu() (or compute with torch there)")
+    if t.is_quantized:
+        raise TypeError(f"{name} is a quantized torch tensor ({t.dtype}); clconv computes in "
+                        f"floating point: pass {name}.dequantize()")
+    if str(t.layout) != "torch.strided":  # sparse, mkldnn: no memory numpy can view
+        raise TypeError(f"{name} is a torch tensor with layout {t.layout}; clconv reads dense "
+                        f"memory: pass {name}.to_dense()")
     if t.is_neg() or t.is_conj():
         # a lazily negated view (e.g. x.conj().imag): its memory holds the values un-negated
         if name == "out":
