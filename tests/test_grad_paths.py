@@ -582,3 +582,26 @@ def test_implicit_weight_grad_layers_share_programs(clconv, dev):
     tiles = {(r.tile.mr, r.tile.nr) for r in routes}
     assert {(source, opts) for source, opts, _ in built} and \
         len({(source, opts) for source, opts, _ in built}) == len(tiles)
+
+
+@pytest.mark.parametrize("bad", [None, np.inf])
+def test_exact_borders_of_a_constant_weight_checked_once(clconv, dev, rng, bad):
+    """A weight declared constant (a compiled model's) is read once for non-finite values: finite,
+    the border pass is skipped on every call; not, it runs (and the result is torch's)."""
+    from clconv.ops.plan import mark_constant
+
+    torch = import_torch()
+    y, w = random_array(rng, (1, 5, 28, 29)), random_array(rng, (5, 3, 3, 3))
+    if bad is not None:
+        w[1, 0, 0, 0] = bad
+    plan = clconv.plan_conv_transpose2d(y.shape, w.shape, False, padding=1)
+    route = plan.adjoint.route
+    assert route is not None and route.borders is not None  # (a padded forward convolution)
+    wd = mark_constant(cla.to_device(dev.queue, w))
+    assert route._borders_needed(wd) == (bad is not None)
+    want = torch.nn.functional.conv_transpose2d(torch.from_numpy(y), torch.from_numpy(w),
+                                                padding=1).numpy()
+    for _ in range(2):
+        got = plan(cla.to_device(dev.queue, y), wd).get()
+        assert_close(got, want, np.float32, reduction=45, magnitude=conv_magnitude(
+            y, np.nan_to_num(w, posinf=0)))

@@ -39,6 +39,7 @@ from .activation import ActivationArg, normalize_activation
 from .depthwise import Depthwise, planes_per_item
 from .geometry import ConvGeometry, conv_geometry
 from .launch import Epilogue, epilogue_defines, kernel_defines, optional_buffer_args
+from .plan import derived, is_constant
 from .pointwise import Pointwise, pointwise_unsupported
 from .splitk import SplitK
 
@@ -182,7 +183,7 @@ class ForwardAdjoint:
         dev = self.dev
         if self.flipped is None:  # the GEMM reads w flipped
             self.impl.run(y, w, b, out, residual)
-            if self.borders is not None:
+            if self._borders_needed(w):
                 with dev.lock:
                     self.borders.run(y, w, b, out, residual)
             return
@@ -194,8 +195,14 @@ class ForwardAdjoint:
                 self.impl.run(y, self.flipped, b, out)
             else:
                 self.impl.run(y, self.flipped, b, out, residual=residual)
-            if self.borders is not None:
+            if self._borders_needed(w):
                 self.borders.run(y, w, b, out, residual)
+
+    def _borders_needed(self, w: cla.Array) -> bool:
+        """Whether ExactBorders runs after the convolution: not for a weight declared constant
+        (a compiled model's) whose values were found finite once (a host read, kept with it)."""
+        return self.borders is not None and not (is_constant(w) and derived(
+            w, "all finite", lambda: bool(np.isfinite(w.get()).all())))
 
 
 class ExactBorders:
