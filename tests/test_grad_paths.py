@@ -93,6 +93,9 @@ CASES = {
     # compute unit)
     "dw-s2-many-planes": ((1, 35, 7, 9), (35, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 35},
                           DW_ADJ),
+    # (rows too wide for dw_adjoint_small's buffer: the gather kernel)
+    "dw-s2-gather": ((1, 3, 6, 150), (3, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 3},
+                     DW_ADJ),
     "dw-s2-nopad-narrow": ((1, 5, 6, 5), (5, 1, 3, 3), {"stride": 2, "groups": 5}, DW_ADJ),
     "dw-s2-rect": ((1, 4, 17, 33), (4, 1, 3, 5), {"stride": (2, 1), "padding": (1, 2), "groups": 4},
                    DW_ADJ),
@@ -127,6 +130,10 @@ def test_paths_taken(clconv, dev, case):
         # the 1x1 GEMM reads the layer's weight as its transpose: no flip pass
         assert pi.adjoint.route.flipped is None and pi.adjoint.route.impl.kernel is not \
             clconv.plan_conv2d(x_shape, w_shape, **kw).impl.kernel
+    if path == DW_ADJ:  # small planes from a private copy, wide rows (and stride 3) gathered
+        small = x_shape[3] <= 64 and kw.get("stride", 1) in (1, 2, (2, 1))
+        assert pi.adjoint.route.kernel.function_name == \
+            ("dw_adjoint_small" if small else "dw_adjoint")
     if path == FORWARD and pi.adjoint.route.algorithm == "depthwise":
         # the depthwise kernel reads the filters' taps backwards (FLIP_TAPS): no flip pass; only
         # a channel multiplier of 1 makes the adjoint depthwise

@@ -253,9 +253,12 @@ class DepthwiseAdjoint:
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
                              geo.batch * geo.out_channels * geo.out_spatial)
         d = geo.defines()  # the padding fixed: the phases' taps are then compile-time
-        self.kernel = kernel(dev, SOURCE, "dw_adjoint",
-                             kernel_defines(geo.shape_defines(), dtype, index_t, PH=d["PH"],
-                                            PW=d["PW"]))
+        defines = kernel_defines(geo.shape_defines(), dtype, index_t, PH=d["PH"], PW=d["PW"])
+        small = small_adjoint_buffer(geo)
+        if small is not None:  # whole planes from a zero-bordered private copy
+            defines.update(ADJ_ROWS=small[0], ADJ_COLS=small[1])
+        self.kernel = kernel(dev, SOURCE, "dw_adjoint" if small is None else "dw_adjoint_small",
+                             defines)
         nplanes = geo.batch * geo.in_channels
         planes = planes_per_item(nplanes, geo.in_spatial, dev.cl_device.max_compute_units)
         self.global_size = (-(-nplanes // planes),)
@@ -275,6 +278,30 @@ class DepthwiseAdjoint:
             if self.epilogue is not None:
                 self.epilogue(out, element_offset(out), b, geo.batch, geo.in_channels,
                               geo.in_spatial, residual)
+
+_ADJ_ROWS = (8, 16, 32, 64)  # dw_adjoint_small's buffer heights and widths (buckets: layers
+_ADJ_COLS = (16, 32, 64)     # share programs)
+_ADJ_AVW = 4  # (cl/conv_grad_paths.cl's AVW)
+
+
+def small_adjoint_buffer(geo: ConvGeometry) -> tuple[int, int] | None:
+    """(ADJ_ROWS, ADJ_COLS) of cl/conv_grad_paths.cl's dw_adjoint_small for the depthwise
+    adjoint `geo` (a 2-d zero-padded depthwise convolution, stride along W 1 or 2), or None where
+    its output gradient's plane and every phase's reads do not fit the largest buffer (64 x 64).
+    The margins are the kernel's ADJ_TOP / ADJ_LEFT; the reads reach the last vector's end."""
+    (ih, iw), (oh, ow) = geo.in_size, geo.out_size
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
+    ph, pw = geo.pad_lo
+    if geo.nd != 2 or sw > 2 or 0 in (ih, iw, oh, ow):
+        return None
+    top, left = max(0, -((ph - (kh - 1) * dh) // sh)), max(0, -((pw - (kw - 1) * dw) // sw))
+    last = (-(-iw // sw) - 1) // _ADJ_AVW * _ADJ_AVW  # the row's last vector start (column i)
+    rows = max(top + oh, top + (ih - 1) // sh + (sh - 1 + ph) // sh + 1)
+    cols = max(left + ow, left + last + _ADJ_AVW + (sw - 1 + pw) // sw)
+    r = next((b for b in _ADJ_ROWS if b >= rows), None)
+    c = next((b for b in _ADJ_COLS if b >= cols), None)
+    return None if r is None or c is None else (r, c)
+
 
 class StridedPointwiseAdjoint:
     """out (N, C_in, *in_size) = the adjoint of the strided 1x1 convolution `geo` (ResNet's
