@@ -214,6 +214,19 @@ inline int2 phase_interior(GEO_DECL const int px, const int count, const bool al
     return (int2)(i_in, i_out);
 }
 
+// An output channel's filter into taps; whether every tap is finite.
+inline bool dw_taps(const __global REAL* wp, REAL taps[KH][KW]) {
+    bool finite = true;
+#pragma unroll
+    for (int kh = 0; kh < KH; ++kh)
+#pragma unroll
+        for (int kw = 0; kw < KW; ++kw) {
+            taps[kh][kw] = wp[kh * KW + kw];
+            finite &= isfinite(taps[kh][kw]);
+        }
+    return finite;
+}
+
 // TERM(kh, kw) for every tap of row phase py and column phase px (compile-time after unrolling).
 #define PHASE_TAPS(py, px, TERM)                        \
     _Pragma("unroll") for (int kh_ = 0; kh_ < KH; ++kh_) { \
@@ -376,13 +389,13 @@ inline void dw_adjoint_plane(GEO_DECL __global REAL* dst, const idx_t plane,
 }
 
 #ifdef ADJ_ROWS
-// dw_adjoint_small (-D ADJ_ROWS, ADJ_COLS: the buffer's size, buckets set by the host): the same
+// dw_adjoint with -D ADJ_ROWS, ADJ_COLS (the buffer's size, buckets set by the host): the same
 // adjoint for small planes (MobileNetV2's strided layers at 14x14 to 56x56) from a private
 // zero-bordered copy of each g plane, so every row's phases go AVW columns at a time with no
 // edge code (the scalar edges were most of dw_adjoint's time there: 576 planes of 14x14, 0.22
 // ms). The buffer holds g's plane at (ADJ_TOP, ADJ_LEFT); the zeros around it stay from the
 // first fill. A zero read adds 0 * w, exact for a finite w; a plane with an Inf or NaN tap takes
-// dw_adjoint_plane (torch sums only the taps that exist). Same arguments and NDRange.
+// the gather (torch sums only the taps that exist).
 #define RS_MIN FLOORDIV(PH - (KH - 1) * DH, SH)  // the smallest row shift of any phase's tap
 #define CS_MIN FLOORDIV(PW - (KW - 1) * DW, SW)  // the smallest column shift
 #define ADJ_TOP (RS_MIN < 0 ? -RS_MIN : 0)
@@ -401,63 +414,36 @@ inline AVACC dw_small_vector(const int py, const int px, const int yy, const int
     return v;
 }
 
-__kernel void dw_adjoint_small(__global const REAL* restrict g, const long g_offset,
-                               __global const REAL* restrict w, const long w_offset,
-                               __global REAL* restrict out, const long out_offset, GEOMETRY_ARGS,
-                               const int planes, const long nplanes) {
-    const idx_t p0 = (idx_t)get_global_id(0) * planes;
-    const idx_t p1 = min(p0 + planes, (idx_t)nplanes);
-    const int m = COUT / C;
-    REAL buf[ADJ_ROWS * ADJ_COLS];
-    for (int j = 0; j < ADJ_ROWS * ADJ_COLS; ++j) buf[j] = (REAL)0;
-    for (idx_t plane = p0; plane < p1; ++plane) {  // n * C + ci
-        const idx_t n = plane / C;
-        const int ci = plane % C;
-        for (int j = 0; j < m; ++j) {
-            const int co = ci * m + j;
-            const __global REAL* wp = w + w_offset + (idx_t)co * KH * KW;
-            const __global REAL* gp = g + g_offset + (n * COUT + co) * OH * OW;
-            REAL taps[KH][KW];
-            bool finite = true;
+// The plane of output channel co (its taps finite) from g's plane gp, through buf; added to the
+// output when `accumulate` (the later channels of a channel multiplier).
+inline void dw_small_plane(GEO_DECL REAL* buf, const __global REAL* gp, const REAL taps[KH][KW],
+                           __global REAL* dst, const idx_t plane, const bool accumulate) {
+    for (int oh = 0; oh < OH; ++oh)
+        for (int ow = 0; ow < OW; ++ow)
+            buf[(oh + ADJ_TOP) * ADJ_COLS + ADJ_LEFT + ow] = gp[(idx_t)oh * OW + ow];
+    for (int y0 = 0; y0 < IH; y0 += SH) {
 #pragma unroll
-            for (int kh = 0; kh < KH; ++kh)
-#pragma unroll
-                for (int kw = 0; kw < KW; ++kw) {
-                    taps[kh][kw] = wp[kh * KW + kw];
-                    finite &= isfinite(taps[kh][kw]);
-                }
-            if (!finite) {  // the gather of the taps that exist
-                dw_adjoint_plane(GEO_PASS out + out_offset, plane, gp, j > 0, taps);
-                continue;
-            }
-            for (int oh = 0; oh < OH; ++oh)
-                for (int ow = 0; ow < OW; ++ow)
-                    buf[(oh + ADJ_TOP) * ADJ_COLS + ADJ_LEFT + ow] = gp[(idx_t)oh * OW + ow];
-            for (int y0 = 0; y0 < IH; y0 += SH) {
-#pragma unroll
-                for (int py = 0; py < SH; ++py) {
-                    const int y = y0 + py;
-                    if (y >= IH) break;
-                    __global REAL* o = out + out_offset + (plane * IH + y) * IW;
-                    for (int i = 0; SW * i < IW; i += AVW) {  // outputs x = SW * i .. + AVW_OUT
-                        AVACC_OUT v;
+        for (int py = 0; py < SH; ++py) {
+            const int y = y0 + py;
+            if (y >= IH) break;
+            __global REAL* o = dst + (plane * IH + y) * IW;
+            for (int i = 0; SW * i < IW; i += AVW) {  // outputs x = SW * i .. + AVW_OUT
+                AVACC_OUT v;
 #if SW == 1
-                        v = dw_small_vector(py, 0, y0 / SH, i, buf, taps);
+                v = dw_small_vector(py, 0, y0 / SH, i, buf, taps);
 #else
-                        v.even = dw_small_vector(py, 0, y0 / SH, i, buf, taps);
-                        v.odd = dw_small_vector(py, 1, y0 / SH, i, buf, taps);
+                v.even = dw_small_vector(py, 0, y0 / SH, i, buf, taps);
+                v.odd = dw_small_vector(py, 1, y0 / SH, i, buf, taps);
 #endif
-                        if (SW * i + AVW_OUT <= IW) {
-                            if (j > 0) v += CONVERT_AVACC_OUT(AVLOAD_OUT(0, o + SW * i));
-                            AVSTORE_OUT(CONVERT_AVREAL_OUT(v), 0, o + SW * i);
-                        } else {  // the row's last, partial vector
-                            ACC lanes[AVW_OUT];
-                            AVSTORE_OUT(v, 0, lanes);
-                            for (int l = 0; SW * i + l < IW; ++l)
-                                o[SW * i + l] = (REAL)(lanes[l] + (j > 0 ? (ACC)o[SW * i + l]
-                                                                         : (ACC)0));
-                        }
-                    }
+                if (SW * i + AVW_OUT <= IW) {
+                    if (accumulate) v += CONVERT_AVACC_OUT(AVLOAD_OUT(0, o + SW * i));
+                    AVSTORE_OUT(CONVERT_AVREAL_OUT(v), 0, o + SW * i);
+                } else {  // the row's last, partial vector
+                    ACC lanes[AVW_OUT];
+                    AVSTORE_OUT(v, 0, lanes);
+                    for (int l = 0; SW * i + l < IW; ++l)
+                        o[SW * i + l] = (REAL)(lanes[l] + (accumulate ? (ACC)o[SW * i + l]
+                                                                      : (ACC)0));
                 }
             }
         }
@@ -472,19 +458,25 @@ __kernel void dw_adjoint(__global const REAL* restrict g, const long g_offset,
                          const int planes, const long nplanes) {
     const idx_t p0 = (idx_t)get_global_id(0) * planes;
     const idx_t p1 = min(p0 + planes, (idx_t)nplanes);
+#ifdef ADJ_ROWS
+    REAL buf[ADJ_ROWS * ADJ_COLS];
+    for (int j = 0; j < ADJ_ROWS * ADJ_COLS; ++j) buf[j] = (REAL)0;
+#endif
     for (idx_t plane = p0; plane < p1; ++plane) {  // n * C + ci
         const int m = COUT / C;
         const idx_t n = plane / C;
         const int ci = plane % C;
         for (int j = 0; j < m; ++j) {
             const int co = ci * m + j;
-            const __global REAL* wp = w + w_offset + (idx_t)co * KH * KW;
             const __global REAL* gp = g + g_offset + (n * COUT + co) * OH * OW;
             REAL taps[KH][KW];
-#pragma unroll
-            for (int kh = 0; kh < KH; ++kh)
-#pragma unroll
-                for (int kw = 0; kw < KW; ++kw) taps[kh][kw] = wp[kh * KW + kw];
+            const bool finite = dw_taps(w + w_offset + (idx_t)co * KH * KW, taps);
+#ifdef ADJ_ROWS
+            if (finite) {  // (else the gather below: the taps that exist)
+                dw_small_plane(GEO_PASS buf, gp, taps, out + out_offset, plane, j > 0);
+                continue;
+            }
+#endif
             // Tap (kh, kw) weighs g's column ox; later channels (j > 0) add to the output.
 #if SW <= 2
             dw_adjoint_plane(GEO_PASS out + out_offset, plane, gp, j > 0, taps);

@@ -93,7 +93,7 @@ CASES = {
     # compute unit)
     "dw-s2-many-planes": ((1, 35, 7, 9), (35, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 35},
                           DW_ADJ),
-    # (rows too wide for dw_adjoint_small's buffer: the gather kernel)
+    # (rows too wide for dw_adjoint's small-plane buffer: the gather)
     "dw-s2-gather": ((1, 3, 6, 150), (3, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 3},
                      DW_ADJ),
     "dw-s2-nopad-narrow": ((1, 5, 6, 5), (5, 1, 3, 3), {"stride": 2, "groups": 5}, DW_ADJ),
@@ -132,8 +132,7 @@ def test_paths_taken(clconv, dev, case):
             clconv.plan_conv2d(x_shape, w_shape, **kw).impl.kernel
     if path == DW_ADJ:  # small planes from a private copy, wide rows (and stride 3) gathered
         small = x_shape[3] <= 64 and kw.get("stride", 1) in (1, 2, (2, 1))
-        assert pi.adjoint.route.kernel.function_name == \
-            ("dw_adjoint_small" if small else "dw_adjoint")
+        assert pi.adjoint.route.small == small
     if path == FORWARD and pi.adjoint.route.algorithm == "depthwise":
         # the depthwise kernel reads the filters' taps backwards (FLIP_TAPS): no flip pass; only
         # a channel multiplier of 1 makes the adjoint depthwise

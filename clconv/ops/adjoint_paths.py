@@ -257,8 +257,8 @@ class DepthwiseAdjoint:
         small = small_adjoint_buffer(geo)
         if small is not None:  # whole planes from a zero-bordered private copy
             defines.update(ADJ_ROWS=small[0], ADJ_COLS=small[1])
-        self.kernel = kernel(dev, SOURCE, "dw_adjoint" if small is None else "dw_adjoint_small",
-                             defines)
+        self.small = small is not None
+        self.kernel = kernel(dev, SOURCE, "dw_adjoint", defines)
         nplanes = geo.batch * geo.in_channels
         planes = planes_per_item(nplanes, geo.in_spatial, dev.cl_device.max_compute_units)
         self.global_size = (-(-nplanes // planes),)
@@ -279,13 +279,13 @@ class DepthwiseAdjoint:
                 self.epilogue(out, element_offset(out), b, geo.batch, geo.in_channels,
                               geo.in_spatial, residual)
 
-_ADJ_ROWS = (8, 16, 32, 64)  # dw_adjoint_small's buffer heights and widths (buckets: layers
-_ADJ_COLS = (16, 32, 64)     # share programs)
+_ADJ_ROWS = (8, 16, 32, 64)  # dw_adjoint's buffer heights and widths (-D ADJ_ROWS: buckets
+_ADJ_COLS = (16, 32, 64)     # that layers share)
 _ADJ_AVW = 4  # (cl/conv_grad_paths.cl's AVW)
 
 
 def small_adjoint_buffer(geo: ConvGeometry) -> tuple[int, int] | None:
-    """(ADJ_ROWS, ADJ_COLS) of cl/conv_grad_paths.cl's dw_adjoint_small for the depthwise
+    """(ADJ_ROWS, ADJ_COLS) of cl/conv_grad_paths.cl's dw_adjoint on small planes for the depthwise
     adjoint `geo` (a 2-d zero-padded depthwise convolution, stride along W 1 or 2), or None where
     its output gradient's plane and every phase's reads do not fit the largest buffer (64 x 64).
     The margins are the kernel's ADJ_TOP / ADJ_LEFT; the reads reach the last vector's end."""

@@ -81,7 +81,7 @@ _GRAD_PATHS = [
     (2, (2, 2, 7, 9), (4, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 2}, True),  # dw
     # dw, rows wide enough for dw_adjoint's vector interior (both phases, 2 channels each)
     (2, (1, 2, 4, 37), (4, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 2}, True),
-    # dw, rows too wide for dw_adjoint_small's buffer (the gather kernel)
+    # dw, rows too wide for dw_adjoint's small-plane buffer (the gather)
     (2, (1, 2, 3, 140), (2, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 2}, False),
     # dw, several planes a work-item (the last one's block cut short)
     (2, (1, 19, 3, 4), (19, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 19}, False),
