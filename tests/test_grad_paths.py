@@ -611,3 +611,22 @@ def test_exact_borders_of_a_constant_weight_checked_once(clconv, dev, rng, bad):
         got = plan(cla.to_device(dev.queue, y), wd).get()
         assert_close(got, want, np.float32, reduction=45, magnitude=conv_magnitude(
             y, np.nan_to_num(w, posinf=0)))
+
+
+@pytest.mark.parametrize("limit", [4096, 16384, None])
+def test_a_splitk_adjoint_over_the_workspace_limit_takes_another_route(clconv, dev, rng, limit):
+    """Where 'auto''s rule ranks 'splitk' first for the flipped forward (32 channels at 7x7 on
+    PoCL), a workspace_limit below its columns and partial sums is met by another forward
+    algorithm or GEMM + col2im's ranges, at every batch size of the plan, not a MemoryError."""
+    torch = import_torch()
+    w = random_array(rng, (32, 32, 3, 3))
+    plan = clconv.plan_conv2d_input((1, 32, 7, 7), w.shape, padding=1, workspace_limit=limit)
+    assert plan.workspace_bytes <= (limit or plan.workspace_bytes)
+    for batch in (1, 2):
+        g = random_array(rng, (batch, 32, 7, 7))
+        want = torch.nn.grad.conv2d_input((batch, 32, 7, 7), torch.from_numpy(w),
+                                          torch.from_numpy(g), padding=1).numpy()
+        tol = {"reduction": 288, "magnitude": conv_magnitude(g, w)}
+        assert_close(plan(w, g), want, np.float32, **tol)
+        assert_close(clconv.conv_transpose2d(g, w, padding=1, workspace_limit=limit), want,
+                     np.float32, **tol)

@@ -97,7 +97,11 @@ def adjoint_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: boo
     # depthwise filters (tiny) always.
     if fgeo is not None and (geo.in_spatial >= _MIN_FORWARD_SPATIAL or geo.ksize == 1 or
                              geo.groups == geo.in_channels or _splitk_first(dev, fgeo, dtype)):
-        return ForwardAdjoint(dev, geo, fgeo, dtype, has_bias, limit, activation, has_residual)
+        try:
+            return ForwardAdjoint(dev, geo, fgeo, dtype, has_bias, limit, activation,
+                                  has_residual)
+        except MemoryError:  # no forward algorithm fits workspace_limit: GEMM + col2im's ranges
+            pass
     if is_depthwise_2d(geo) and max(geo.stride) <= 4:
         return DepthwiseAdjoint(dev, geo, dtype, has_bias, activation, has_residual)
     if StridedPointwiseAdjoint.applies(dev, geo, dtype, limit):
@@ -160,7 +164,13 @@ class ForwardAdjoint:
             self.impl = Pointwise(dev, fgeo, dtype, has_bias, act, limit, has_residual,
                                   weight_transposed=True)
         elif flip_free:
-            self.impl = SplitK(dev, fgeo, dtype, has_bias, act, limit, has_residual, flipped=True)
+            try:
+                self.impl = SplitK(dev, fgeo, dtype, has_bias, act, limit, has_residual,
+                                   flipped=True)
+            except MemoryError:  # its columns and partial sums do not fit: 'auto''s others
+                flip_free = False
+                self.impl = configure(dev, fgeo, "auto", dtype, dtype, has_bias, act, limit,
+                                      has_residual)
         else:
             self.impl = configure(dev, fgeo, "auto", dtype, dtype, has_bias, act, limit,
                                   has_residual)
