@@ -235,9 +235,11 @@ class _ChainPlans:
         return found[1]
 
 
-#: conv module -> {key: _ChainPlans} (kept beside the module, not in it: plans do not pickle)
+#: conv module -> {key: _ChainPlans} (kept beside the module, not in it: plans do not pickle),
+#: the _PLANS_KEPT keys (input shapes, devices) used last
 _PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], _ChainPlans]] = \
     weakref.WeakKeyDictionary()
+_PLANS_KEPT = 16
 
 
 def _plans(dev: Device, conv: nn.Module, bn: nn.Module | None, act: Activation | None,
@@ -246,10 +248,13 @@ def _plans(dev: Device, conv: nn.Module, bn: nn.Module | None, act: Activation |
     key = (dev, tuple(x.shape), x.dtype, tuple(conv.weight.shape), id(bn), act, has_bias,
            has_residual, has_gamma, has_beta, None if bn is None else float(bn.eps))
     found = _PLANS.setdefault(conv, {})
-    plans = found.get(key)
+    plans = found.pop(key, None)  # (re-inserted last: the dict keeps the order of use)
     if plans is None:
-        plans = found[key] = _ChainPlans(dev, conv, bn, act, tuple(x.shape), _DTYPES[x.dtype],
-                                         has_bias, has_residual, has_gamma, has_beta)
+        plans = _ChainPlans(dev, conv, bn, act, tuple(x.shape), _DTYPES[x.dtype], has_bias,
+                            has_residual, has_gamma, has_beta)
+        while len(found) >= _PLANS_KEPT:  # (multi-scale training meets many shapes)
+            del found[next(iter(found))]
+    found[key] = plans
     return plans
 
 

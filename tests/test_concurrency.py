@@ -200,3 +200,4 @@ def test_column_buffer_growth_and_release_under_contention(clconv, rng):
         return 0
 
     _run_threads(worker)
+

@@ -273,3 +273,45 @@ def test_soak_threads(clconv, rng):
     run(rounds)
     after = meter.snapshot()
     meter.check(before, after, threads * rounds * len(calls), "soak, 8 threads")
+
+
+def test_wrapped_queues_and_contexts_go_with_their_last_holder(clconv, rng):
+    """clconv.device(queue) or (context) per request: the wrapper (its Device and caches) lives
+    while something holds it (the `with` block), then goes, and so does the user's queue."""
+    import pyopencl as cl
+
+    from clconv.runtime import device as device_module
+
+    def live(kind: type) -> int:
+        gc.collect()
+        return sum(type(o) is kind for o in gc.get_objects())
+
+    x = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    ctx = clconv.current_device().context
+    for kind, make in ((cl.CommandQueue, lambda: cl.CommandQueue(ctx)),
+                       (cl.Context, lambda: cl.Context([ctx.devices[0]]))):
+        before = live(kind)
+        for _ in range(3):
+            handle = make()
+            with clconv.device(handle) as dev:
+                assert clconv.device(handle) is dev  # the same wrapper while it lives
+                clconv.conv2d(x, w, padding=1)
+            del handle, dev
+        assert live(kind) == before  # (each wrapper held its handle: they went together)
+    assert len(device_module._WRAPPED) == 0
+
+
+def test_training_plans_of_many_input_shapes_stay_bounded():
+    """convert's training chains keep the plans of the last _PLANS_KEPT input shapes per conv
+    (multi-scale training meets a new shape every step)."""
+    torch = pytest.importorskip("torch")
+    import clconv.torch as ct
+    from clconv import torch_train
+
+    model = ct.convert(torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1),
+                                           torch.nn.BatchNorm2d(3), torch.nn.ReLU())).train()
+    for size in range(4, 4 + torch_train._PLANS_KEPT + 6):
+        x = torch.randn(2, 2, size, size + 1, requires_grad=True)
+        model(x).square().mean().backward()
+    assert len(torch_train._PLANS[model[0]]) == torch_train._PLANS_KEPT

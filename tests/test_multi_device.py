@@ -175,3 +175,26 @@ def test_default_device_does_not_depend_on_the_icd_order(tmp_path):
     if first != "rusticl":
         pytest.skip(f"this file system listed {first!r} first; the order could not be reproduced")
     assert "pocl" in text, f"default device is on {chosen!r}, not PoCL"
+
+
+def test_a_result_waited_for_from_another_queue(clconv, dev, rng):
+    """A device result's event waited for from a queue of the user's own: clconv flushes its
+    queue after each result (rusticl keeps commands unsubmitted until a flush, and such a wait
+    never ended; in a child process so that a hang fails the test instead of stalling it)."""
+    code = ("import numpy as np, pyopencl as cl, pyopencl.array as cla, clconv\n"
+            f"dev = clconv.device({dev.index})\n"
+            "x = np.random.rand(2, 4, 16, 16).astype(np.float32)\n"
+            "w = np.random.rand(8, 4, 3, 3).astype(np.float32)\n"
+            "with dev:\n"
+            "    xd = cla.to_device(dev.queue, x)\n"
+            "    y = clconv.conv2d(xd, w, padding=1)\n"
+            "mine = cl.CommandQueue(dev.context)\n"
+            "z = (y.with_queue(mine) * 2).get()\n"
+            "print(float(np.abs(z - 2 * y.get()).max()))\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the wait from another queue did not end")
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.split()[-1]) == 0.0

@@ -420,12 +420,13 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
         owners = [d for d in group.devices if all(a.context == d.context for a in arrays)]
         if not owners:
             one = len({a.context for a in arrays}) == 1
-            where = "another context" if one else "several contexts"
+            where = ("a context of none of the group's devices" if one else
+                     "several contexts (one call runs on one device: all its device arrays must "
+                     "be on it)")
             raise ValueError(
-                f"{op.__name__} under {group!r}: its pyopencl arrays live in {where} than the "
-                f"group's devices; a device array cannot be split across devices. Pass numpy arrays"
-                f" to split the batch, or compute inside `with clconv.device(...)` "
-                f"for the arrays' device")
+                f"{op.__name__} under {group!r}: its pyopencl arrays live in {where}; a device "
+                f"array cannot be split across devices. Pass numpy arrays to split the batch, or "
+                f"compute inside `with clconv.device(...)` for the arrays' device")
         return on(owners[0])  # device arrays: unsplit, on their own device
 
     lead = bound.arguments[batched[0]]

@@ -369,6 +369,7 @@ class Plan:
                 if events:
                     result.add_event(done if isinstance(done, cl.Event)
                                      else cl.enqueue_marker(dev.queue))
+                dev.queue.flush()  # (see below)
                 return result if result.shape == self.output_shape else \
                     result.reshape(self.output_shape)
             if out is None:
@@ -391,9 +392,12 @@ class Plan:
             if not host:
                 # The result carries its completion event (for other queues and for .events users):
                 # the event of the last command that wrote it when `enqueue` returns it (the queue
-                # is in-order; nothing was enqueued after it), else a marker.
+                # is in-order; nothing was enqueued after it), else a marker. The queue is flushed:
+                # a wait for that event from another queue never ends on rusticl otherwise (its
+                # commands stay unsubmitted until a flush; ~0 us on PoCL).
                 final.add_event(done if isinstance(done, cl.Event) and result.dtype == self.dtype
                                 else cl.enqueue_marker(dev.queue))
+                dev.queue.flush()
             if fill is not None:
                 if host:
                     if fill.size and fill.flags.c_contiguous:

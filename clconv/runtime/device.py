@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -376,7 +377,10 @@ def device(spec: Any = None) -> Device:
     return _select(str(spec))
 
 
-_WRAPPED: dict[int, Device] = {}  # int_ptr of a user's queue or context -> its Device
+# int_ptr of a user's queue or context -> its Device, while that Device is alive (it holds the
+# handle, so the address is not reused meanwhile); a wrapper nothing holds any more goes, with its
+# caches (a queue made and wrapped per request must not accumulate)
+_WRAPPED: weakref.WeakValueDictionary[int, Device] = weakref.WeakValueDictionary()
 
 
 def _wrap(handle: cl.CommandQueue | cl.Context) -> Device:
