@@ -16,7 +16,7 @@ import pyopencl.array as cla
 import torch
 from torch import fx, nn
 
-from .ops.fold import fold_batchnorm
+from .ops.fold import fold_batchnorm, foldable
 from .runtime.device import Device, current_device
 from .torch_graph import activation_module
 from .torch_graph.activations import ACTIVATION_MODULES
@@ -40,10 +40,8 @@ from .torch_train import defer_result, deferred_array, flush_deferred, joined_re
 
 
 class NotFoldable(Exception):
-    """Fold.weights: the BatchNorm's scale gamma / sqrt(running_var + eps) is not finite (an Inf
-    gamma, a zero variance with eps 0): folded, it would multiply the weights by Inf, and sums of
-    Inf of both signs and the padding's 0 * Inf give NaN where torch's BatchNorm of the
-    convolution's output gives an Inf. The chain then runs one module at a time."""
+    """Fold.weights: the BatchNorm's scale is not finite (clconv.ops.fold.foldable); the chain
+    then runs one module at a time."""
 
 
 class Fold:
@@ -121,10 +119,7 @@ class Fold:
             self._folded = fold_batchnorm(w, b, mean, var, gamma, beta, float(bn.eps),
                                           transposed=transposed,
                                           groups=conv.groups if transposed else 1)
-            with np.errstate(all="ignore"):
-                scale = (np.float64(1) if gamma is None else gamma.astype(np.float64)) / \
-                    np.sqrt(var.astype(np.float64) + float(bn.eps))
-            self._finite = bool(np.isfinite(scale).all())
+            self._finite = foldable(var, gamma, float(bn.eps))
             self._key, self._samples, self._on_device = key, self._sample_bytes(), {}
         if not self._finite:
             raise NotFoldable

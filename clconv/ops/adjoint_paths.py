@@ -226,7 +226,7 @@ class ExactBorders:
 
     def __init__(self, dev: Device, fgeo: ConvGeometry, dtype: np.dtype, has_bias: bool,
                  activation: Any, has_residual: bool) -> None:
-        self.dev, self.geo = dev, fgeo
+        self.dev = dev
         d = fgeo.defines()
         self.kernel = kernel(dev, "adjoint_borders.cl", "adjoint_exact_borders",
                              kernel_defines({}, dtype, "int",

@@ -26,7 +26,7 @@ from pyopencl.elementwise import ElementwiseKernel
 
 from ..runtime.interop import host_operand
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["fold_batchnorm", "foldable"]
 
 
 def fold_batchnorm(weight: Any, bias: Any, running_mean: Any, running_var: Any,
@@ -83,6 +83,17 @@ def fold_batchnorm(weight: Any, bias: Any, running_mean: Any, running_var: Any,
     if on_device:
         return _fold_device(weight, operands, float(eps), transposed, groups, channels)
     return _fold_host(np.asarray(weight), operands, float(eps), transposed, groups, channels)
+
+
+def foldable(running_var: Any, gamma: Any = None, eps: float = 1e-5) -> bool:
+    """Whether BatchNorm's scale gamma / sqrt(running_var + eps) is finite (host arrays). Not
+    (an Inf gamma, a zero variance with eps 0): the folded weights would be multiplied by Inf, and
+    sums of Inf of both signs and the padding's 0 * Inf give NaN where torch's BatchNorm of the
+    convolution's output gives an Inf; such a BatchNorm must run on its own."""
+    with np.errstate(all="ignore"):
+        scale = (1.0 if gamma is None else np.asarray(gamma, np.float64)) / \
+            np.sqrt(np.asarray(running_var, np.float64) + float(eps))
+    return bool(np.isfinite(scale).all())
 
 
 def _scale_shape(shape: tuple[int, ...], transposed: bool, groups: int) -> tuple[int, ...]:

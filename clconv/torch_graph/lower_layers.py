@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..ops.activation import Activation
-from ..ops.fold import fold_batchnorm
+from ..ops.fold import fold_batchnorm, foldable
 from .activations import activation_of, activation_spec
 from .base import Unlowerable, attr, bind, clconv_op, is_tensor, meta, shape, torch_type
 from .channel_norm import channel_norm
@@ -438,12 +438,7 @@ def _fold(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, transp
     def host(t: torch.Tensor | None) -> np.ndarray | None:
         return None if t is None else t.detach().cpu().numpy()
 
-    gamma = 1.0 if bn.weight is None else host(bn.weight).astype(np.float64)
-    with np.errstate(all="ignore"):
-        scale = gamma / np.sqrt(host(bn.running_var).astype(np.float64) + float(bn.eps))
-    if not np.isfinite(scale).all():
-        # folded, the weights would be multiplied by Inf: sums of Inf of both signs and the
-        # padding's 0 * Inf give NaN where torch's BatchNorm of the output gives an Inf
+    if not foldable(host(bn.running_var), host(bn.weight), float(bn.eps)):
         raise Unlowerable("a BatchNorm whose scale gamma / sqrt(running_var + eps) is not "
                           "finite cannot be folded into the convolution")
     w, b = fold_batchnorm(host(weight), host(bias), host(bn.running_mean), host(bn.running_var),
