@@ -406,6 +406,13 @@ def report(r: StageTimes, repeat: int) -> str:
     return "\n".join(lines)
 
 
+def _plain_ticks() -> Any:
+    """Tick labels with the digits each value needs ('0', '0.025'): matplotlib's own pad every
+    label to the finest step's digits, '0.000' at the origin of a short axis."""
+    from matplotlib.ticker import FuncFormatter
+    return FuncFormatter(lambda value, _: f"{value:.6g}")
+
+
 def _memory_unit(r: StageTimes) -> tuple[str, float]:
     most = max(sum(parts.values()) for parts in r.memory.values())
     return ("MiB", 2.0**20) if most >= 2**20 else ("KiB", 2.0**10)
@@ -468,6 +475,7 @@ def figure(r: StageTimes) -> Any:
         ax_t.set_xlim(shortest / 3, max(totals) * 200)
     else:
         ax_t.set_xlim(0, max(totals) * 1.9)
+        ax_t.xaxis.set_major_formatter(_plain_ticks())
     ax_t.set_xlabel(f"device time, ms{', log scale' if log else ''} (lower is better; "
                     f"{r.clock})", fontsize=8)
     ax_t.legend(fontsize=7, title="time", title_fontsize=7, loc="upper left",
@@ -491,6 +499,7 @@ def figure(r: StageTimes) -> Any:
     ax_m.set_xticklabels([textwrap.fill(LABELS[a], 14) for a in r.memory], fontsize=7)
     ax_m.set_ylabel(f"{unit} on the device", fontsize=8)
     ax_m.set_ylim(0, max(sum(p.values()) for p in r.memory.values()) / scale * 1.15)
+    ax_m.yaxis.set_major_formatter(_plain_ticks())
     ax_m.legend(fontsize=7, title="memory", title_fontsize=7, loc="upper left",
                 bbox_to_anchor=(1.01, 1.0))
     ax_m.set_title("memory each algorithm holds", fontsize=9)
