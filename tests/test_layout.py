@@ -152,3 +152,28 @@ def test_an_empty_out_with_zero_strides_is_written(clconv_mod, dev):
     assert clconv_mod.conv2d(x, np.ones((2, 3, 1, 1), np.float32), out=out) is out
     e = np.empty((0, 3, 4, 4), np.float32)
     assert clconv_mod.relu(x, out=e) is e
+
+
+def test_a_channels_last_residual_is_checked_in_channels_last_shapes(clconv_mod, dev, rng):
+    """The residual's shape errors name the channels-last shapes it must have (not the
+    channels-first ones the kernels see), in plans and the functional ops, at any batch size."""
+    x = rng.standard_normal((2, 9, 3)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3)).astype(np.float32)
+    r = rng.standard_normal((2, 9, 4)).astype(np.float32)
+    plan = clconv_mod.plan_conv1d(x.shape, w.shape, False, padding=1, layout="nlc", residual=True)
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 4, 9\) but must have the "
+                                         r"output's shape \(2, 9, 4\) \(nlc"):
+        plan(x, w, residual=np.ascontiguousarray(r.transpose(0, 2, 1)))
+    with pytest.raises(ValueError, match=r"made with residual of shape \(2, 9, 4\) \(nlc"):
+        plan(x, w)
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 9, 4\) but must have the "
+                                         r"output's shape \(1, 9, 4\)"):
+        plan(x[:1], w, residual=r)
+    want = clconv_mod.conv1d(x, w, padding=1, residual=r, layout="nlc")
+    assert_close(plan(x[:1], w, residual=r[:1]), want[:1], np.float32, 9)
+    x2 = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    w2 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"residual must have the output's shape \(2, 5, 6, 4\) "
+                                         r"\(nhwc: channels last\), got \(2, 4, 5, 6\)"):
+        clconv_mod.conv2d(x2, w2, padding=1, layout="nhwc",
+                          residual=np.zeros((2, 4, 5, 6), np.float32))

@@ -31,7 +31,7 @@ from ..runtime.transfer import ArrayLike, device_dtype, result_dtype
 from . import autotune
 from .activation import Activation, ActivationArg, normalize_activation
 from .layout import (CHANNELS_LAST, ChannelsLastPlan, channels_first_axes, channels_first_shape,
-                     channels_last)
+                     channels_last, channels_last_shape)
 from .conv_algorithms import (ColumnPlan, Direct, Im2colGemm, ImplicitGemm, PackedIm2colGemm,
                               WinogradGemm, WinogradPlan, plan_columns, plan_winograd,
                               winograd_unsupported)
@@ -78,7 +78,14 @@ def _convolve(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | No
     r_shape = None if residual is None else shape_of(residual)
     if last:  # the plan of the channels-first shapes, called with channels-last operands
         x_shape = channels_first_shape(x_shape, nd, "input")
-        r_shape = None if r_shape is None else channels_first_shape(r_shape, nd, "residual")
+        if r_shape is not None:  # checked against the output's channels-last shape
+            first = _residual_shape(nd, x_shape, w_shape, stride, padding, dilation, groups,
+                                    padding_mode)
+            if tuple(r_shape) != channels_last_shape(first, nd):
+                raise ValueError(f"residual must have the output's shape "
+                                 f"{channels_last_shape(first, nd)} ({CHANNELS_LAST[nd]}: "
+                                 f"channels last), got {tuple(r_shape)}")
+            r_shape = first
     plan = cached_conv_plan(dev, nd, x_shape, w_shape, b_shape, dtype, stride, padding, dilation,
                         groups, padding_mode, algorithm, activation, workspace_limit, r_shape)
     if last:

@@ -22,7 +22,7 @@ from ..runtime.transfer import ArrayLike, gather, is_device_array
 from .plan import shape_of
 
 __all__ = ["CHANNELS_FIRST", "CHANNELS_LAST", "ChannelsLastPlan", "channels_first_axes",
-           "channels_first_shape", "channels_last"]
+           "channels_first_shape", "channels_last", "channels_last_shape"]
 
 #: Per number of spatial dims: the layout names `layout=` takes (channels first is the default).
 CHANNELS_FIRST = {1: "ncl", 2: "nchw", 3: "ncdhw"}
@@ -66,11 +66,11 @@ class ChannelsLastPlan:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return _last_shape(self.plan.operand_shapes["input"], self.nd)
+        return channels_last_shape(self.plan.operand_shapes["input"], self.nd)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        return _last_shape(self.plan.output_shape, self.nd)
+        return channels_last_shape(self.plan.output_shape, self.nd)
 
     def __call__(self, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
                  residual: ArrayLike | None = None, out: ArrayLike | None = None) -> ArrayLike:
@@ -85,11 +85,20 @@ class ChannelsLastPlan:
                 if batched else ""
             raise ValueError(f"input has shape {got} but this plan was made for {want} "
                              f"({CHANNELS_LAST[nd]}: channels last){any_batch}")
-        r = None if residual is None else _to_first(host_operand(residual, "residual"), nd)
+        # the output's channels-last shape at this call's batch size (a residual's, out's)
+        expect = (got[:1] if batched else ()) + self.output_shape[1 if batched else 0:]
+        r = None if residual is None else host_operand(residual, "residual")
+        if plan.operand_shapes.get("residual") is not None:  # (else the plan refuses one)
+            if r is None:
+                raise ValueError(f"this plan was made with residual of shape {self.output_shape} "
+                                 f"({CHANNELS_LAST[nd]}: channels last); got None")
+            if shape_of(r) != expect:
+                raise ValueError(f"residual has shape {shape_of(r)} but must have the output's "
+                                 f"shape {expect} ({CHANNELS_LAST[nd]}: channels last)")
+        r = None if r is None else _to_first(r, nd)
         if out is None:
             return _to_last(plan(_to_first(x, nd), weight, bias, residual=r), nd, plan.device)
         o = host_operand(out, "out")  # (a torch tensor: its numpy view, the same memory)
-        expect = (got[:1] if batched else ()) + self.output_shape[1 if batched else 0:]
         if not hasattr(o, "shape") or tuple(o.shape) != expect or o.dtype != plan.dtype:
             raise ValueError(f"out must have shape {expect} and dtype {plan.dtype} (channels "
                              f"last), got {_describe(o)}")
@@ -109,7 +118,8 @@ def _describe(a: Any) -> str:
     return f"{tuple(shape)} {a.dtype}" if shape is not None else type(a).__name__
 
 
-def _last_shape(shape: tuple[int, ...], nd: int) -> tuple[int, ...]:
+def channels_last_shape(shape: tuple[int, ...], nd: int) -> tuple[int, ...]:
+    """The channels-last shape of a channels-first `shape` (of nd + 1 or nd + 2 dims)."""
     return tuple(shape[i] for i in _perm(len(shape), nd, True))
 
 
