@@ -453,3 +453,54 @@ def test_device_wraps_a_users_queue(clconv, rng):
     assert clconv.device(ctx).context == ctx
     with pytest.raises(TypeError, match="device spec"):
         clconv.device(3.5)
+
+
+def test_elementwise_pad_and_linear_plans_take_other_batch_sizes(clconv, dev, rng):
+    """Every plan whose operands have a batch re-plans for another batch size (as the
+    convolutions do): unary, pad, binary (both operands batched, or the other broadcast) and
+    linear of more than 2 dims."""
+    f32 = np.float32
+    x = _r(rng, (3, 3, 5))
+    relu = clconv.UnaryPlan(dev, "relu", (2, 3, 5), f32)
+    np.testing.assert_array_equal(relu(x), np.maximum(x, 0))
+    pad = clconv.PadPlan(dev, (2, 3, 5), (1, 2), "replicate", None, f32)
+    np.testing.assert_array_equal(pad(x[:1]), np.pad(x[:1], ((0, 0), (0, 0), (1, 2)), "edge"))
+    y = _r(rng, (3, 3, 5))
+    add = clconv.BinaryPlan(dev, "add", (2, 3, 5), (2, 3, 5), f32)
+    np.testing.assert_array_equal(add(x, y), x + y)
+    with pytest.raises(ValueError, match="batch size 1 but input has 3"):
+        add(x, y[:1])
+    scale = clconv.BinaryPlan(dev, "mul", (2, 3, 5), (1, 3, 5), f32)  # other broadcast
+    np.testing.assert_array_equal(scale(x, y[:1]), x * y[:1])
+    w = _r(rng, (4, 5))
+    linear = clconv.LinearPlan(dev, (2, 3, 5), (4, 5), None, f32)
+    assert_close(linear(x, w), x @ w.T, f32, 5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda c, d: c.UnaryPlan(d, "relu", (2, 3.7), np.float32),
+    lambda c, d: c.PadPlan(d, (2.0, 3), (1, 1), "constant", 0, np.float32),
+    lambda c, d: c.SoftmaxPlan(d, (2, 3.0), 1, np.float32),
+    lambda c, d: c.PoolPlan(d, "max", 2, (1, 2, 5.5, 5), np.float32, 2),
+    lambda c, d: c.plan_conv_transpose2d((1, 3, 5.7, 5), (3, 2, 3, 3)),
+    lambda c, d: c.plan_im2col((1, 2, 5, 5.5), 3),
+    lambda c, d: c.plan_conv2d((1, 2, 5, 5), (3, 2, 3, 3.0)),
+], ids=["unary", "pad", "softmax", "pool", "transpose", "im2col", "conv"])
+def test_plan_shapes_are_ints(clconv, dev, make):
+    """A float in a shape is refused, never truncated."""
+    with pytest.raises(TypeError, match="must be a sequence of ints"):
+        make(clconv, dev)
+
+
+def test_plan_arguments_are_checked(clconv, dev):
+    with pytest.raises(ValueError, match=r"input_shape \(2, -4, 9, 7\) has a negative size"):
+        clconv.plan_conv2d((2, -4, 9, 7), (3, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"bias shape \(7,\) must be \(C_out,\) = \(4,\)"):
+        clconv.plan_conv_transpose2d((1, 2, 5, 5), (2, 2, 3, 3), bias=(7,), groups=2)
+    with pytest.raises(TypeError, match="bias must be a bool"):
+        clconv.plan_conv_transpose2d((1, 3, 5, 5), (3, 2, 3, 3), bias="yes")
+    assert clconv.plan_conv_transpose2d((1, 3, 5, 5), (3, 2, 3, 3), bias=(2,)).operand_shapes[
+        "bias"] == (2,)
+    for nd in (4, 0, 1.5, "2", True):
+        with pytest.raises(ValueError, match="nd must be 1, 2 or 3"):
+            clconv.PoolPlan(dev, "max", nd, (1, 2, 5, 5), np.float32, 2)

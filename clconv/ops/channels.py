@@ -27,7 +27,7 @@ from ..runtime.transfer import ArrayLike, is_device_array, result_dtype, scatter
 from ..runtime.versions import bump
 from .activation import Activation, ActivationArg, activation_defines, normalize_activation
 from .elementwise import array_args, elementwise_defines, gradient_from_output, real_scalar
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 
 __all__ = ["BatchNormPlan", "batch_norm", "batch_norm_plan", "check_loop_limit",
            "enqueue_batch_norm_backward", "enqueue_bias_act", "enqueue_channel_stats",
@@ -41,7 +41,7 @@ class BatchNormPlan(Plan):
     def __init__(self, dev: Device, input_shape: Sequence[int], has_weight: bool,
                  has_bias: bool, eps: float, dtype: np.dtype,
                  activation: ActivationArg = None) -> None:
-        shape = tuple(int(v) for v in input_shape)
+        shape = shape_ints(input_shape, "input_shape")
         if len(shape) < 2:
             raise ValueError(f"batch_norm: input must have at least 2 dims (N, C, *), got shape "
                              f"{shape}")

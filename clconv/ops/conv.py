@@ -42,7 +42,7 @@ from .splitk import SplitK, splitk_unsupported
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry, conv_operand_shapes
 from .launch import ACTIVATIONS, GROUPED_MAX_CIN
 from .precision import plan_dtype
-from .plan import Plan, cached_plan, derived, is_constant, shape_of
+from .plan import Plan, bias_flag, cached_plan, derived, is_constant, shape_ints, shape_of
 
 __all__ = ["ACTIVATIONS", "ALGORITHMS", "ConvPlan", "applicable_algorithms", "choose_algorithm",
            "conv1d", "conv2d", "conv3d", "plan_conv", "plan_conv1d", "plan_conv2d", "plan_conv3d",
@@ -102,7 +102,7 @@ def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], 
               layout: str | None = None) -> ConvPlan | ChannelsLastPlan:
     """A plan for an nd-d convolution (nd in 1, 2, 3) on the current device; see `plan_conv2d`."""
     if layout is not None and channels_last(layout, nd):  # a plan of the channels-first shapes
-        x_shape = tuple(_ints(input_shape, "input_shape"))
+        x_shape = shape_ints(input_shape, "input_shape")
         if len(x_shape) not in (nd + 1, nd + 2):
             raise ValueError(f"input_shape must have {nd + 1} or {nd + 2} dims "
                              f"({CHANNELS_LAST[nd]}: channels last), got {x_shape}")
@@ -111,39 +111,16 @@ def plan_conv(nd: int, input_shape: Sequence[int], weight_shape: Sequence[int], 
             nd, first, weight_shape, bias, stride, padding, dilation, groups,
             padding_mode=padding_mode, algorithm=algorithm, activation=activation,
             residual=residual, workspace_limit=workspace_limit, dtype=dtype))
-    x_shape = tuple(_ints(input_shape, "input_shape"))
-    w_shape = tuple(_ints(weight_shape, "weight_shape"))
+    x_shape = shape_ints(input_shape, "input_shape")
+    w_shape = shape_ints(weight_shape, "weight_shape")
     if not isinstance(residual, (bool, np.bool_)):
         raise TypeError(f"residual must be a bool (whether calls pass one), got {residual!r}")
-    b_shape = (w_shape[0],) if _bias_flag(bias, w_shape) else None
+    b_shape = (w_shape[0],) if bias_flag(bias, w_shape[0] if w_shape else None) else None
     r_shape = _residual_shape(nd, x_shape, w_shape, stride, padding, dilation, groups,
                               padding_mode) if residual else None
     return ConvPlan(current_device(), nd, x_shape, w_shape, b_shape, stride, padding, dilation,
                     groups, padding_mode, algorithm, activation, workspace_limit, plan_dtype(dtype),
                     residual_shape=r_shape)
-
-
-def _bias_flag(bias: Any, w_shape: tuple[int, ...]) -> bool:
-    """plan_conv's `bias`: whether calls pass one; a bool, None (no bias) or the bias's shape
-    (C_out,), as the other plans take it."""
-    if bias is None or isinstance(bias, (bool, np.bool_)):
-        return bool(bias)
-    if isinstance(bias, (tuple, list)) and all(isinstance(v, numbers.Integral) for v in bias):
-        if w_shape and tuple(bias) != (w_shape[0],):
-            raise ValueError(f"bias shape {tuple(bias)} must be (C_out,) = ({w_shape[0]},)")
-        return True
-    raise TypeError(f"bias must be a bool (whether calls pass one) or its shape (C_out,), got "
-                    f"{bias!r}")
-
-
-def _ints(value: Any, name: str) -> list[int]:
-    try:
-        items = list(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of ints, got {value!r}") from None
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
-        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
-    return [int(v) for v in items]
 
 
 class ConvPlan(Plan):
@@ -466,8 +443,8 @@ def warmup(input_shape: Sequence[int], weight_shape: Sequence[int], bias: bool =
     measures. Arguments as `plan_conv2d` (the dimensionality follows the weight; residual=True for
     calls that pass one). Returns the algorithm that calls with these arguments will run."""
     dev = current_device()
-    x_shape, w_shape = tuple(_ints(input_shape, "input_shape")), tuple(_ints(weight_shape,
-                                                                             "weight_shape"))
+    x_shape = shape_ints(input_shape, "input_shape")
+    w_shape = shape_ints(weight_shape, "weight_shape")
     nd = len(w_shape) - 2
     if nd not in (1, 2, 3):
         raise ValueError(f"weight_shape must have 3, 4 or 5 dims, got {w_shape}")

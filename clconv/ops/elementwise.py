@@ -37,7 +37,7 @@ from ..runtime.transfer import (
     to_device,
 )
 from .activation import Activation, ActivationArg, activation_defines, normalize_activation
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 
 __all__ = ["BinaryPlan", "UnaryPlan", "abs", "add", "array_args", "broadcast_layout", "celu",
            "clamp", "div", "elementwise_defines", "elu", "erf", "exp", "gelu",
@@ -70,6 +70,7 @@ class UnaryPlan(Plan):
     input gradient. clamp_inclusive: torch.clamp's gradient at the bounds rather than hardtanh's."""
 
     out_may_be_operand = True  # inplace=True: each element reads its own
+    _BATCH_ARGS = (*Plan._BATCH_ARGS, "shape")  # (dim 0 of any shape: another size re-plans)
 
     def __init__(self, dev: Device, activation: ActivationArg, shape: Sequence[int],
                  dtype: np.dtype, clamp_inclusive: bool = False) -> None:
@@ -77,7 +78,7 @@ class UnaryPlan(Plan):
         if act is None:
             raise ValueError("activation must not be None for an elementwise activation op")
         self.activation: Activation = act
-        shape = tuple(int(v) for v in shape)
+        shape = shape_ints(shape, "shape")
         self._prepare(dev, dtype, {"input": shape}, shape, shape, {"input": shape})
         self.label = str(act)
         extra: dict[str, object] = dict(activation_defines(act))
@@ -349,6 +350,11 @@ class BinaryPlan(Plan):
         pad = _MAX_DIMS - len(dims)
         self.dims = [1] * pad + dims
         self.strides = ([0] * pad + ta, [0] * pad + tb)
+        if len(b_shape) == len(a_shape) and a_shape and b_shape[0] == a_shape[0] != 1:
+            # other has the input's batch (not broadcast along it): a call with another batch
+            # size of both re-plans both
+            self._BATCH_ARGS = (*Plan._BATCH_ARGS, "other_shape")
+            self._BATCH_OPERANDS = (*Plan._BATCH_OPERANDS, "other")
         self._prepare(dev, dtype, {"input": a_shape, "other": b_shape}, out_shape, out_shape,
                       {"output": out_shape})
         self.label = op if act is None else f"{op} + {act}"

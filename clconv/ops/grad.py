@@ -35,7 +35,7 @@ from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry
 from .weight_grad_paths import weight_grad_route
 from .launch import Im2col
 from .precision import plan_dtype
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 from .transpose import Adjoint
 
 __all__ = ["InputGradPlan", "WeightGradPlan", "cached_grad_plan", "conv1d_input", "conv1d_weight", "conv2d_input",
@@ -109,7 +109,7 @@ def plan_conv_input(nd: int, input_size: Sequence[int], weight_shape: Sequence[i
                     workspace_limit: int | None = None, dtype: Any = np.float32) -> InputGradPlan:
     """A plan for conv{nd}d_input on the current device: `plan(weight, grad_output, out=None)`."""
     size = _size_arg(input_size, nd, "input_size", "(N, C_in, *spatial)")
-    w_shape = tuple(int(v) for v in weight_shape)
+    w_shape = shape_ints(weight_shape, "weight_shape")
     geo = conv_geometry(nd, size, w_shape, stride, padding, dilation, groups, padding_mode)
     return InputGradPlan(current_device(), nd, size, w_shape, geo.output_shape, stride, padding,
                          dilation, groups, padding_mode, plan_dtype(dtype), workspace_limit)
@@ -121,7 +121,7 @@ def plan_conv_weight(nd: int, input_shape: Sequence[int], weight_size: Sequence[
                      workspace_limit: int | None = None, dtype: Any = np.float32) -> WeightGradPlan:
     """A plan for conv{nd}d_weight on the current device: `plan(input, grad_output, out=None)`."""
     size = _size_arg(weight_size, nd, "weight_size", "(C_out, C_in/groups, *kernel)")
-    x_shape = tuple(int(v) for v in input_shape)
+    x_shape = shape_ints(input_shape, "input_shape")
     geo = conv_geometry(nd, x_shape, size, stride, padding, dilation, groups, padding_mode) \
         if len(x_shape) == nd + 2 else None
     g_shape = geo.output_shape if geo is not None else ()

@@ -19,7 +19,7 @@ from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
 from .activation import ActivationArg, activation_defines, normalize_activation
 from .channels import enqueue_channel_stats
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 
 __all__ = ["GroupNormPlan", "group_norm", "instance_norm", "layer_norm"]
 
@@ -30,7 +30,7 @@ class GroupNormPlan(Plan):
     def __init__(self, dev: Device, input_shape: Sequence[int], num_groups: int,
                  has_weight: bool, has_bias: bool, eps: float, dtype: np.dtype,
                  activation: ActivationArg = None) -> None:
-        shape = tuple(int(v) for v in input_shape)
+        shape = shape_ints(input_shape, "input_shape")
         if len(shape) < 2:
             raise ValueError(f"group_norm: input must have at least 2 dims (N, C, *), got shape "
                              f"{shape}")

@@ -22,7 +22,7 @@ from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, index_type, result_dtype
 from .pad import GatherPlan
-from .plan import cached_plan, shape_of
+from .plan import cached_plan, shape_ints, shape_of
 
 __all__ = ["InterpolatePlan", "interpolate"]
 
@@ -114,7 +114,7 @@ class InterpolatePlan(GatherPlan):
     def __init__(self, dev: Device, input_shape: Sequence[int], size: Any, scale_factor: Any,
                  mode: str, align_corners: bool | None, recompute_scale_factor: bool | None,
                  dtype: np.dtype) -> None:
-        shape = tuple(int(s) for s in input_shape)
+        shape = shape_ints(input_shape, "input_shape")
         # (torch's index arithmetic: double for double tensors but in the 2-d nearest modes)
         double = np.dtype(dtype) == np.float64 and (mode in _SMOOTH or len(shape) != 4)
         out_shape, scales = output_geometry(shape, size, scale_factor, mode, align_corners,

@@ -44,6 +44,9 @@ class LinearPlan(Plan):
     """y = act(input @ weight.T + bias + residual) for fixed shapes: input (*, in), weight
     (out, in), bias (out,) or None, residual (*, out) or None."""
 
+    def _batched(self) -> bool:
+        return len(self.output_shape) >= 2  # (*, out): dim 0 of any batched input
+
     def __init__(self, dev: Device, input_shape: Sequence[int], weight_shape: Sequence[int],
                  bias_shape: Sequence[int] | None, dtype: np.dtype,
                  activation: ActivationArg = None,

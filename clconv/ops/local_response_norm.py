@@ -15,7 +15,7 @@ import pyopencl.array as cla
 from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 
 __all__ = ["LocalResponseNormPlan", "local_response_norm"]
 
@@ -40,7 +40,7 @@ class LocalResponseNormPlan(Plan):
 
     def __init__(self, dev: Device, input_shape: Sequence[int], size: int, alpha: float,
                  beta: float, k: float, dtype: np.dtype) -> None:
-        shape = tuple(int(v) for v in input_shape)
+        shape = shape_ints(input_shape, "input_shape")
         if len(shape) < 3:
             raise ValueError(f"local_response_norm: expected 3D or higher dimensionality input "
                              f"(got {len(shape)} dimensions)")

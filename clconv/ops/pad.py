@@ -23,7 +23,7 @@ from pyopencl import cltypes
 from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 
 __all__ = ["GatherPlan", "PadPlan", "pad"]
 
@@ -75,7 +75,8 @@ def _validate(shape: tuple[int, ...], pad: tuple[int, ...], mode: str,
         if mode == "constant" and left < 0:  # torch crops first (narrow) and refuses this
             raise ValueError(f"pad: padding ({lo}, {hi}) crops more than the size {shape[d]} of "
                              f"dim {d}")
-        if mode in ("reflect", "replicate") and out[d] < 1:
+        if mode in ("reflect", "replicate") and out[d] < 1 and dims == 1:
+            # (torch refuses an empty result of 1-d padding; of 2-d and 3-d it returns one)
             raise ValueError(f"pad: {mode} padding ({lo}, {hi}) leaves dim {d} (size {shape[d]}) "
                              f"empty (torch: the input is too small)")
         if mode == "circular" and max(lo, hi) > left:
@@ -112,9 +113,11 @@ class GatherPlan(Plan):
 class PadPlan(GatherPlan):
     """F.pad(x, pad, mode, value) for one input shape and dtype (cl/pad.cl)."""
 
+    _BATCH_ARGS = (*Plan._BATCH_ARGS, "shape")  # (dim 0: another size re-plans)
+
     def __init__(self, dev: Device, shape: Sequence[int], pad: Sequence[int], mode: str,
                  value: Any, dtype: np.dtype) -> None:
-        shape = tuple(int(s) for s in shape)
+        shape = shape_ints(shape, "shape")
         pad = _amounts(pad)
         out_shape = _validate(shape, pad, mode, value)
         self._prepare(dev, dtype, {"input": shape}, out_shape, out_shape,

@@ -20,6 +20,7 @@ plans keyed by the call's shapes, dtype and arguments, so a repeated call is one
 from __future__ import annotations
 
 import inspect
+import numbers
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Sequence
@@ -81,6 +82,34 @@ def shape_of(x: Any) -> tuple[int, ...]:
 
 
 _INT_ONLY = {int}
+
+
+def shape_ints(value: Any, name: str) -> tuple[int, ...]:
+    """A shape argument as a tuple of ints >= 0; TypeError naming `name` for anything else
+    (floats included: a plan never truncates 5.7 to 5), ValueError for a negative size."""
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}") from None
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
+    shape = tuple(int(v) for v in items)
+    if any(v < 0 for v in shape):
+        raise ValueError(f"{name} {shape} has a negative size")
+    return shape
+
+
+def bias_flag(bias: Any, channels: int | None) -> bool:
+    """A plan's `bias` argument: whether calls pass one; a bool, None (no bias) or the bias's
+    shape (channels,) (the output channels, None where the shapes are too bad to say)."""
+    if bias is None or isinstance(bias, (bool, np.bool_)):
+        return bool(bias)
+    if isinstance(bias, (tuple, list)) and all(isinstance(v, numbers.Integral) for v in bias):
+        if channels is not None and tuple(bias) != (channels,):
+            raise ValueError(f"bias shape {tuple(bias)} must be (C_out,) = ({channels},)")
+        return True
+    raise TypeError(f"bias must be a bool (whether calls pass one) or its shape (C_out,), got "
+                    f"{bias!r}")
 
 
 def freeze(value: Any) -> Hashable:
@@ -147,10 +176,15 @@ class Plan:
         self._siblings: OrderedDict[int, Plan] = OrderedDict()
         return self
 
+    def _batched(self) -> bool:
+        """Whether the operands' dim 0 is a batch (a plan made for an unbatched input has none:
+        its kernels' batch_shape then adds one)."""
+        return self.output_shape == self.batch_shape
+
     def _batch_of(self, values: dict[str, Any]) -> int | None:
         """The batch size of `values` when it differs from the plan's and nothing else does (the
         batched operands' other dims equal the plan's), else None."""
-        if self.output_shape != self.batch_shape:  # an unbatched plan
+        if not self._batched():
             return None
         batch = planned = first = None
         for name in self._BATCH_OPERANDS:
@@ -238,8 +272,7 @@ class Plan:
             got = shape_of(x)
             if got != want:
                 batched = f" (any batch size: its dims after the first must be {want[1:]})" \
-                    if name in self._BATCH_OPERANDS and self.output_shape == self.batch_shape \
-                    else ""
+                    if name in self._BATCH_OPERANDS and self._batched() else ""
                 raise ValueError(f"{name} has shape {got} but this plan was made for {want}"
                                  f"{batched}; make a plan for this shape")
         dtype = result_dtype(self.device, **{n: v for n, v in values.items()

@@ -43,7 +43,7 @@ from ..runtime.transfer import (
 )
 from .dims import per_dimensions
 from .geometry import IntOrTuple, as_tuple
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 from .precision import check_precision, load, store
 
 __all__ = ["POOL_KINDS", "PoolPlan", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
@@ -142,9 +142,11 @@ class PoolPlan(Plan):
                  output_size: Any = None) -> None:
         if kind not in POOL_KINDS:
             raise ValueError(f"kind must be one of {POOL_KINDS}, got {kind!r}")
+        if isinstance(nd, bool) or nd not in (1, 2, 3):
+            raise ValueError(f"nd must be 1, 2 or 3 (the pooled dims), got {nd!r}")
         name = f"{kind}_pool{nd}d"
         self.kind, self.nd = kind, nd
-        shape = tuple(int(v) for v in input_shape)
+        shape = shape_ints(input_shape, "input_shape")
         if len(shape) not in (nd + 1, nd + 2):
             raise ValueError(f"{name}: input must be {nd + 1}-d (C, {_DIMS[nd]}) or {nd + 2}-d "
                              f"(N, C, {_DIMS[nd]}), got shape {shape}")

@@ -20,7 +20,7 @@ from ..runtime.interop import host_operand, is_torch_tensor
 from ..runtime.program import kernel
 from ..runtime.transfer import ArrayLike, element_offset, is_device_array, result_dtype, to_device
 from .elementwise import array_args, elementwise_defines
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 
 __all__ = ["CatPlan", "cat", "channel_shuffle", "flatten", "pixel_shuffle", "pixel_unshuffle",
            "reshaped", "stack"]
@@ -41,7 +41,7 @@ class CatPlan(Plan):
 
     def __init__(self, dev: Device, shapes: Sequence[tuple[int, ...]], dim: int,
                  dtype: np.dtype) -> None:
-        shapes = [tuple(int(v) for v in s) for s in shapes]
+        shapes = [shape_ints(s, "shapes") for s in shapes]
         if not shapes:
             raise ValueError("cat: tensors must be a non-empty sequence of arrays")
         ndim = len(shapes[0])

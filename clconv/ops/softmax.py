@@ -19,7 +19,7 @@ from ..runtime.memory import empty
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, element_offset, gather, index_type, result_dtype
 from .channels import check_loop_limit
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 from .precision import convert_into
 
 __all__ = ["SoftmaxPlan", "log_softmax", "softmax"]
@@ -44,7 +44,7 @@ class SoftmaxPlan(Plan):
 
     def __init__(self, dev: Device, input_shape: Sequence[int], dim: int, dtype: np.dtype,
                  log: bool = False) -> None:
-        shape = tuple(int(s) for s in input_shape)
+        shape = shape_ints(input_shape, "input_shape")
         name = "log_softmax" if log else "softmax"
         d = _softmax_dim(dim, len(shape), name)
         # Along dim 0 (or of a 0-d input) the batch is the softmax's own dim: such a plan is not

@@ -36,7 +36,7 @@ from .geometry import (ConvGeometry, IntOrTuple, as_tuple, check_ranks_and_group
 from .adjoint_paths import adjoint_route, phase_col2im
 from .launch import Col2im, Epilogue, PadAdjoint
 from .precision import plan_dtype
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, bias_flag, cached_plan, shape_ints, shape_of
 
 __all__ = ["Adjoint", "TransposePlan", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
            "plan_conv_transpose", "plan_conv_transpose1d", "plan_conv_transpose2d",
@@ -125,9 +125,10 @@ def plan_conv_transpose(nd: int, input_shape: Sequence[int], weight_shape: Seque
                         residual: bool = False, workspace_limit: int | None = None,
                         dtype: Any = np.float32) -> TransposePlan:
     """A plan for an nd-d transposed convolution on the current device; see `plan_conv_transpose2d`."""
-    x_shape, w_shape = tuple(int(v) for v in input_shape), tuple(int(v) for v in weight_shape)
-    b_shape = (w_shape[1] * groups,) if bias and len(w_shape) > 1 and isinstance(groups, int) \
-        else None
+    x_shape = shape_ints(input_shape, "input_shape")
+    w_shape = shape_ints(weight_shape, "weight_shape")
+    c_out = w_shape[1] * groups if len(w_shape) > 1 and isinstance(groups, int) else None
+    b_shape = (c_out,) if bias_flag(bias, c_out) else None
     if not isinstance(residual, (bool, np.bool_)):
         raise TypeError(f"residual must be a bool (whether calls pass one), got {residual!r}")
     r_shape = None

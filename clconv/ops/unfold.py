@@ -22,7 +22,7 @@ from .dims import per_dimensions
 from .geometry import IntOrTuple, fold_geometry, unfold_geometry
 from .launch import Col2im, Im2col
 from .precision import plan_dtype
-from .plan import Plan, cached_plan, shape_of
+from .plan import Plan, cached_plan, shape_ints, shape_of
 
 __all__ = ["FoldPlan", "UnfoldPlan", "col2im", "col2im1d", "col2im3d", "fold", "im2col",
            "enqueue_im2col", "im2col1d", "im2col3d", "plan_fold", "plan_unfold", "unfold"]
@@ -98,7 +98,7 @@ def plan_unfold(nd: int, input_shape: Any, kernel_size: IntOrTuple, dilation: In
                 padding: IntOrTuple = 0, stride: IntOrTuple = 1, *,
                 dtype: Any = np.float32) -> UnfoldPlan:
     """A plan for im2col (nd = 2), im2col1d or im2col3d on the current device: `plan(x, out=None)`."""
-    return UnfoldPlan(current_device(), nd, tuple(int(v) for v in input_shape), kernel_size,
+    return UnfoldPlan(current_device(), nd, shape_ints(input_shape, "input_shape"), kernel_size,
                       dilation, padding, stride, plan_dtype(dtype))
 
 
@@ -106,7 +106,7 @@ def plan_fold(nd: int, input_shape: Any, output_size: IntOrTuple, kernel_size: I
               dilation: IntOrTuple = 1, padding: IntOrTuple = 0, stride: IntOrTuple = 1, *,
               dtype: Any = np.float32) -> FoldPlan:
     """A plan for col2im (nd = 2), col2im1d or col2im3d on the current device: `plan(cols, out=None)`."""
-    return FoldPlan(current_device(), nd, tuple(int(v) for v in input_shape), output_size,
+    return FoldPlan(current_device(), nd, shape_ints(input_shape, "input_shape"), output_size,
                     kernel_size, dilation, padding, stride, plan_dtype(dtype))
 
 
