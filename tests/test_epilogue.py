@@ -7,9 +7,13 @@ with the tolerance policy of tests/conftest.py (the activations' slopes are at m
 magnitude gets that factor). Shapes are small and chosen so that the packed GEMM's stores take both
 their full-tile vector path and their masked edge path (C_out not a multiple of MR, columns not a
 multiple of NR), and 'direct' both its vector interior (conv_grouped.cl) and conv_direct.cl.
-Kernel builds dominate the time: the activation x algorithm product is complete for the cheap
-kernels, while the two packed-GEMM paths (one shared store, TILE_STORE) take the activations in
-turn.
+Kernel builds dominate the time (each activation is a define: a program per activation and
+kernel), so the activation x algorithm product is not complete: every activation runs 'direct'
+(conv_grouped.cl's vector interior and scalar edges, conv_direct.cl) and one of the two packed-GEMM
+paths (their shared vector tile store, TILE_STORE), which between them apply it in every form the
+kernels have (common.cl's ACT_APPLY on a scalar, a VACC vector and a tile row); the other
+algorithms, whose kernels apply the same macros, take the activations in turn (each gets about a
+sixth of them, parametrised ones included).
 """
 
 from __future__ import annotations
@@ -135,6 +139,14 @@ def other_packed(algorithm: str, turn: int) -> bool:
     return algorithm in PACKED and PACKED[turn % 2] != algorithm
 
 
+def algorithms_in_turn(clconv, turn: int) -> list[str]:
+    """The algorithms that run activation number `turn`: 'direct', a packed path, and one of the
+    others in turn (see the module doc)."""
+    names = algorithm_names(clconv)
+    rest = [a for a in names if a != "direct" and a not in PACKED]
+    return ["direct", PACKED[turn % 2], rest[turn % len(rest)]]
+
+
 def run_checked(clconv, rng, nd, algorithm, act, dtype=np.float32, with_bias=True,
                 with_residual=True) -> bool:
     """act(conv + bias + residual) by `algorithm` on its case(s) of CASES, against torch. False
@@ -163,11 +175,21 @@ def run_checked(clconv, rng, nd, algorithm, act, dtype=np.float32, with_bias=Tru
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=act_id)
-def test_every_activation_every_algorithm(clconv, dev, rng, act):
-    i = ACTIVATIONS.index(act)
-    for algorithm in algorithm_names(clconv):
-        if not other_packed(algorithm, i):
-            assert run_checked(clconv, rng, 2, algorithm, act), f"{algorithm}: no 2-d case"
+def test_every_activation_in_every_kernel_form(clconv, dev, rng, act):
+    for algorithm in algorithms_in_turn(clconv, ACTIVATIONS.index(act)):
+        assert run_checked(clconv, rng, 2, algorithm, act), f"{algorithm}: no 2-d case"
+
+
+def test_every_algorithm_takes_activations_in_turn(clconv):
+    """The turns leave no algorithm out and give each several activations, parametrised ones
+    among them."""
+    runs: dict[str, list] = {}
+    for i, act in enumerate(ACTIVATIONS):
+        for algorithm in algorithms_in_turn(clconv, i):
+            runs.setdefault(algorithm, []).append(act)
+    assert set(runs) == set(algorithm_names(clconv))
+    assert all(len(acts) >= 5 and any(isinstance(a, tuple) for a in acts)
+               for acts in runs.values()), runs
 
 
 @pytest.mark.parametrize("with_bias, with_residual", [(False, True), (True, False), (False, False)])
