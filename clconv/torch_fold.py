@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from .ops.fold import fold_batchnorm, foldable
+from .ops.precision import check_precision, plan_dtype
 from .runtime.device import Device, current_device
 from .torch_graph import activation_module
 from .torch_graph.activations import ACTIVATION_MODULES
@@ -90,7 +91,14 @@ class Fold:
         the input and every parameter as in torch."""
         bn = self.bn
         return (not self.conv.training and not torch.is_grad_enabled() and (bn is None or (
-            not bn.training and bn.running_mean is not None and bn.running_var is not None)))
+            not bn.training and bn.running_mean is not None and bn.running_var is not None))
+            and not self.hooked())
+
+    def hooked(self) -> bool:
+        """Whether a module of the chain, or every module (torch's global hooks), has hooks now:
+        registered after convert(), they must see each module's own input and output."""
+        return any(m is not None and _hooked(m) for m in (self.conv, self.bn, self.act)) \
+            or global_hooks()
 
     def weights(self, dev: Device) -> tuple[cla.Array, cla.Array]:
         """(weight, bias) with the BatchNorm folded in (clconv.fold_batchnorm, float64 on the
@@ -141,6 +149,7 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
     nd = len(conv.kernel_size)
     x, unbatched = batched(input, nd)
     dev = current_device()
+    check_precision(dev, plan_dtype(x.dtype))  # (float16 where the device lacks it: named)
     transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
     with dev:
         zero_copy = uses_zero_copy(dev)
@@ -243,6 +252,12 @@ def folded_types(convs: Iterable[type], module: str) -> tuple[dict[type, type], 
 
     return ({t: folded(t, _FoldedConv) for t in convs},
             {t: folded(t, _PassThrough) for t in (*BATCHNORM_ND, *_ACTIVATIONS)})
+
+
+def global_hooks() -> bool:
+    """Whether torch's global module hooks (register_module_forward_hook ...) are set."""
+    from torch.nn.modules import module as mod
+    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks)
 
 
 def _hooked(m: nn.Module) -> bool:

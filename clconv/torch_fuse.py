@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .ops.activation import Activation, normalize_activation
-from .torch_fold import BATCHNORM_ND, Fold, NotFoldable, run_folded
+from .torch_fold import BATCHNORM_ND, Fold, NotFoldable, global_hooks, run_folded
 from .torch_train import (defer_result, deferred_array, flush_deferred, joined_results,
                           run_chain, trainable, trains_fused)
 from .torch_graph.activations import activation_of, activation_spec
@@ -378,11 +378,6 @@ _fx_tracing = getattr(fx._symbolic_trace, "is_fx_symbolic_tracing",
                       fx._symbolic_trace.is_fx_tracing)
 
 
-def _global_hooks() -> bool:
-    from torch.nn.modules import module as mod
-    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks)
-
-
 class FusedForward:
     """A converted model's `forward` (an instance attribute): a fused trace of the model's
     forward, the one for inference (eval mode, no_grad: `fused_conv`, `fused_max_pool`) or the
@@ -453,7 +448,8 @@ class FusedForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
         plain = type(model).forward
-        if kwargs or _fx_tracing() or torch.compiler.is_compiling() or _global_hooks():
+        if kwargs or _fx_tracing() or torch.compiler.is_compiling() or torch.jit.is_tracing() \
+                or global_hooks():
             return plain(model, *args, **kwargs)
         grad = torch.is_grad_enabled()
         key = self._structure(grad)

@@ -346,9 +346,18 @@ def batched(x: torch.Tensor, nd: int) -> tuple[torch.Tensor, bool]:
 
 
 class NotScriptable:
-    """torch.jit.script refuses clconv.torch modules with a clear error (TorchScript cannot call
-    the Python and OpenCL code their forward runs); torch.jit.script calls this hook on every
-    module it compiles, submodules included."""
+    """torch.jit.script and torch.jit.trace refuse clconv.torch modules with a clear error
+    (TorchScript cannot call the Python and OpenCL code their forward runs); torch.jit.script
+    calls `__prepare_scriptable__` on every module it compiles, submodules included."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.jit.is_tracing():  # (its trace would hold numpy calls: wrong or failing)
+            raise RuntimeError(
+                f"torch.jit.trace does not support clconv.torch.{self._get_name()}: its "
+                f"forward runs clconv's OpenCL kernels from Python, which a trace cannot record. "
+                f"Trace the model before clconv.torch.convert (it then runs in torch), or for "
+                f"inference use clconv.torch.compile(model, example_input).")
+        return super().__call__(*args, **kwargs)
 
     def __prepare_scriptable__(self) -> nn.Module:
         raise RuntimeError(

@@ -38,6 +38,7 @@ from .ops.channels import (
 from .ops.elementwise import gradient_from_output, unary_plan
 from .ops.conv import cached_conv_plan
 from .ops.grad import cached_grad_plan, enqueue_bias_grad
+from .ops.precision import plan_dtype
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, rows_of
 from .torch_ops import (conv_result_shape, first_order, make_host_visible, operand,
@@ -75,7 +76,7 @@ class _Results:
     def new(self, shape: tuple[int, ...], like: torch.Tensor) -> cla.Array:
         result = result_operand(shape, like, self.dev, self.zero_copy)
         if result is None:
-            arr = empty(self.dev, shape, _DTYPES[like.dtype])
+            arr = empty(self.dev, shape, plan_dtype(like.dtype))
             self._made.append((None, arr))
             return arr
         self._made.append(result)

@@ -503,3 +503,67 @@ def test_a_batchnorm_of_infinite_scale_is_not_folded(path):
         got = (ct.convert(m) if path == "convert" else ct.compile(m, x))(x)
     assert torch.isinf(want).any()
     torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+class _Wrapped(nn.Module):
+    """A chain inside a module of the user's own (its forward is not fused: the chain folds)."""
+
+    def __init__(self, seq):
+        super().__init__()
+        self.seq = seq
+
+    def forward(self, x):
+        return self.seq(x) * 2
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["sequential", "wrapped"])
+@pytest.mark.parametrize("where", [0, 1, 2, "global"])
+def test_hooks_added_after_convert_see_each_modules_values(ct, dev, where, wrapped):
+    """A forward hook registered on a folded conv, its BatchNorm or its activation after
+    convert() (or a global one) sees that module's own output, as in torch, not the folded
+    chain's; the model's result is torch's either way."""
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 2, 3))
+    with torch.no_grad():
+        seq[1].running_mean.normal_()
+        seq[1].running_var.uniform_(0.5, 2)
+    model = (_Wrapped(seq) if wrapped else seq).eval()
+    converted = ct.convert(model)
+    x = torch.randn(1, 3, 8, 8)
+    seen = {"torch": [], "clconv": []}
+    if where == "global":
+        from torch.nn.modules.module import register_module_forward_hook
+        record = {"torch": [], "clconv": []}
+        side = ["torch"]
+        handle = register_module_forward_hook(
+            lambda m, i, o: record[side[0]].append(o.detach().clone()))
+        try:
+            want = _run(model, x)
+            side[0] = "clconv"
+            got = _run(converted, x, dev)
+        finally:
+            handle.remove()
+        assert len(record["clconv"]) == len(record["torch"])
+        for a, b in zip(record["clconv"], record["torch"]):
+            _close(a, b)
+    else:
+        inner = converted.seq if wrapped else converted
+        inner[where].register_forward_hook(lambda m, i, o: seen["clconv"].append(o.clone()))
+        seq[where].register_forward_hook(lambda m, i, o: seen["torch"].append(o.clone()))
+        want, got = _run(model, x), _run(converted, x, dev)
+        _close(seen["clconv"][0], seen["torch"][0])
+    _close(got, want)
+
+
+def test_a_float16_chain_names_the_missing_extension(ct, dev):
+    """A folded chain of a dtype the device lacks raises its UnsupportedError (it raised
+    KeyError: torch.float16)."""
+    import clconv
+
+    if dev.fp16:
+        pytest.skip(f"{dev.name} has float16")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).half().eval()
+    converted = ct.convert(model)
+    with pytest.raises(clconv.UnsupportedError, match="float16"):
+        _run(converted, torch.randn(1, 3, 8, 8).half(), dev)

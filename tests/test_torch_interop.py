@@ -334,6 +334,19 @@ def test_torch_jit_script_is_refused_clearly(ct):
     torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))  # torch's own still script
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*` is deprecated:DeprecationWarning")
+def test_torch_jit_trace_is_refused_clearly(ct):
+    """A trace would record numpy calls ("Graphs differed", or a shape of tensors)."""
+    x = torch.randn(1, 3, 8, 8)
+    for model in (ct.convert(torch.nn.Conv2d(3, 4, 3)),
+                  ct.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
+                                                 torch.nn.BatchNorm2d(4)).eval())):
+        with pytest.raises(RuntimeError, match="torch.jit.trace does not support "
+                                               "clconv.torch.Conv2d.*clconv.torch.compile"):
+            torch.jit.trace(model, x)
+    assert model(x).shape == (1, 4, 6, 6)  # (and runs as before afterwards)
+
+
 @pytest.mark.parametrize("zero_copy", ["0", "1"])
 def test_zero_copy_operands_give_the_same_results(ct, dev, zero_copy, monkeypatch):
     """CLCONV_TORCH_ZERO_COPY=1: operands as USE_HOST_PTR buffers over the tensors (on devices
