@@ -1256,6 +1256,47 @@ def test_paddings_that_cannot_fold_run_as_pads(dev, ct):
     assert "((1, 4),)" in folded[0]
 
 
+class _PadsAndInstanceNorms(nn.Module):
+    """What torch.compile's graphs hold for padding convs, F.pad and InstanceNorm:
+    torch._C._nn.pad and F.instance_norm (compile()'s fx graphs hold modules and F.pad)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+        self.own = nn.InstanceNorm2d(4, affine=True)
+        self.running = nn.InstanceNorm2d(4, track_running_stats=True)
+        self.conv1d = nn.Conv1d(4, 3, 3, padding=2, padding_mode="circular")
+
+    def forward(self, x):
+        y = F.pad(self.running(self.own(self.conv(x))), (1, 2, 0, 1), mode="reflect")
+        return self.conv1d(y.flatten(2))
+
+
+def test_torch_compile_backend_lowers_pads_and_instance_norms(dev, ct):
+    torch.manual_seed(0)
+    model = _PadsAndInstanceNorms().eval()
+    with torch.no_grad():
+        model.running.running_mean.normal_()
+        model.running.running_var.uniform_(0.5, 2)
+        model.own.weight.normal_()
+    x = torch.randn(2, 3, 8, 8)
+    made = []
+
+    def spy(gm, example_inputs):
+        fn = ct.backend(gm, example_inputs)
+        made.append(fn)
+        return fn
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=spy, dynamic=False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error", ct.FallbackWarning)
+            _close(compiled(x), model(x))
+        assert made and all(fn.compiled_model.fallbacks == [] for fn in made)
+    finally:
+        torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("family", ["resnet18", "convnext"])
 def test_torch_compile_backend(dev, ct, family):
     """torch.compile(model, backend=clconv.torch.backend): dynamo's graph (parameters lifted to

@@ -332,6 +332,35 @@ class LayerRules(LoweringBase):
             return attr(self.cm.graph_module, v.target)
         return v
 
+    def functional_instance_norm(self, node: fx.Node) -> Step:
+        """F.instance_norm (what torch.compile's graphs hold for nn.InstanceNorm*d): each
+        instance's own statistics as clconv.group_norm with one channel a group, or (eval with
+        track_running_stats) the running statistics as clconv.batch_norm."""
+        x, rm, rv, w, b, own, eps = bind(
+            node, lambda input, running_mean=None, running_var=None, weight=None, bias=None,
+            use_input_stats=True, momentum=0.1, eps=1e-5: (input, running_mean, running_var,
+                                                           weight, bias, use_input_stats, eps))
+        dims = shape(x) if isinstance(x, fx.Node) else None
+        if dims is None or len(dims) < 3 or isinstance(own, fx.Node) or isinstance(eps, fx.Node):
+            raise Unlowerable("instance_norm of an unbatched input or computed arguments")
+        w, b = self._const_arg(w, "weight"), self._const_arg(b, "bias")
+        if own:
+            if rm is not None or rv is not None:  # (torch updates them in this call)
+                raise Unlowerable("instance_norm updating running statistics")
+            return self._group_norm_step(node, x, int(dims[1]), w, b, eps, node.name)
+        rm, rv = self._const_arg(rm, "running_mean"), self._const_arg(rv, "running_var")
+        if rm is None or rv is None:
+            raise Unlowerable("instance_norm without statistics")
+        fn = clconv_op("batch_norm")
+        cm = self.cm
+        key = ("F.instance_norm", node.name)
+        rm, rv = cm.constant(key + ("mean",), rm), cm.constant(key + ("var",), rv)
+        w = cm.constant(key + ("w",), w) if w is not None else None
+        b = cm.constant(key + ("b",), b) if b is not None else None
+        xn, eps = self.plain_tensor(x, "instance_norm"), float(eps)
+        return self.value(node, lambda env: fn(env[xn], rm, rv, w, b, eps=eps),
+                          "clconv.batch_norm", (xn,))
+
     def functional_batch_norm(self, node: fx.Node) -> Step:
         """F.batch_norm(x, running_mean, running_var, weight, bias, training=False, ...) with
         module buffers (e.g. timm's BatchNormAct2d): clconv.batch_norm with constants."""

@@ -343,8 +343,10 @@ class Lowering(LayerRules, OpRules):
             return self.binary(node, "prelu", *node.args)
         if t is F.batch_norm:
             return self.functional_batch_norm(node)
-        if t is F.pad:
+        if t is F.pad or t is torch._C._nn.pad:  # (the second: torch.compile's graphs)
             return self.pad(node)
+        if t is F.instance_norm:
+            return self.functional_instance_norm(node)
         if t in (F.conv1d, F.conv2d, F.conv3d, F.linear):
             return self.functional_layer(node)
         if getattr(t, "__name__", "") == "stochastic_depth":
