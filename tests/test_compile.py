@@ -1272,6 +1272,18 @@ class _PadsAndInstanceNorms(nn.Module):
         return self.conv1d(y.flatten(2))
 
 
+def _backend_compiled(ct, model):
+    """(the backend's compiled functions as dynamo makes them, torch.compile(model))."""
+    made = []
+
+    def spy(gm, example_inputs):
+        fn = ct.backend(gm, example_inputs)
+        made.append(fn)
+        return fn
+    torch._dynamo.reset()
+    return made, torch.compile(model, backend=spy, dynamic=False)
+
+
 def test_torch_compile_backend_lowers_pads_and_instance_norms(dev, ct):
     torch.manual_seed(0)
     model = _PadsAndInstanceNorms().eval()
@@ -1280,14 +1292,7 @@ def test_torch_compile_backend_lowers_pads_and_instance_norms(dev, ct):
         model.running.running_var.uniform_(0.5, 2)
         model.own.weight.normal_()
     x = torch.randn(2, 3, 8, 8)
-    made = []
-
-    def spy(gm, example_inputs):
-        fn = ct.backend(gm, example_inputs)
-        made.append(fn)
-        return fn
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend=spy, dynamic=False)
+    made, compiled = _backend_compiled(ct, model)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("error", ct.FallbackWarning)
@@ -1306,14 +1311,7 @@ def test_torch_compile_backend(dev, ct, family):
     torch.manual_seed(0)
     model = models.randomize(make(), seed=1).eval()
     x = torch.randn(2, *shape[1:])
-    made = []
-
-    def spy(gm, example_inputs):
-        fn = ct.backend(gm, example_inputs)
-        made.append(fn)
-        return fn
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend=spy, dynamic=False)
+    made, compiled = _backend_compiled(ct, model)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error", ct.FallbackWarning)
         got = compiled(x)

@@ -351,15 +351,8 @@ class LayerRules(LoweringBase):
         rm, rv = self._const_arg(rm, "running_mean"), self._const_arg(rv, "running_var")
         if rm is None or rv is None:
             raise Unlowerable("instance_norm without statistics")
-        fn = clconv_op("batch_norm")
-        cm = self.cm
-        key = ("F.instance_norm", node.name)
-        rm, rv = cm.constant(key + ("mean",), rm), cm.constant(key + ("var",), rv)
-        w = cm.constant(key + ("w",), w) if w is not None else None
-        b = cm.constant(key + ("b",), b) if b is not None else None
-        xn, eps = self.plain_tensor(x, "instance_norm"), float(eps)
-        return self.value(node, lambda env: fn(env[xn], rm, rv, w, b, eps=eps),
-                          "clconv.batch_norm", (xn,))
+        return self._batch_norm_step(node, self.plain_tensor(x, "instance_norm"), rm, rv, w, b,
+                                     eps, "F.instance_norm")
 
     def functional_batch_norm(self, node: fx.Node) -> Step:
         """F.batch_norm(x, running_mean, running_var, weight, bias, training=False, ...) with
@@ -375,13 +368,18 @@ class LayerRules(LoweringBase):
                                                             (w, "weight"), (b, "bias")))
         if rm is None or rv is None:
             raise Unlowerable("batch_norm without running statistics")
+        return self._batch_norm_step(node, x.name, rm, rv, w, b, eps, "F.batch_norm")
+
+    def _batch_norm_step(self, node: fx.Node, xn: str, mean: Any, var: Any, weight: Any,
+                         bias: Any, eps: float, what: str) -> Step:
+        """clconv.batch_norm of the value `xn` with these tensors as the graph's constants."""
         fn = clconv_op("batch_norm")
         cm = self.cm
-        key = ("F.batch_norm", node.name)
-        rm, rv = cm.constant(key + ("mean",), rm), cm.constant(key + ("var",), rv)
-        w = cm.constant(key + ("w",), w) if w is not None else None
-        b = cm.constant(key + ("b",), b) if b is not None else None
-        xn, eps = x.name, float(eps)
+        key = (what, node.name)
+        rm, rv = cm.constant(key + ("mean",), mean), cm.constant(key + ("var",), var)
+        w = cm.constant(key + ("w",), weight) if weight is not None else None
+        b = cm.constant(key + ("b",), bias) if bias is not None else None
+        eps = float(eps)
         return self.value(node, lambda env: fn(env[xn], rm, rv, w, b, eps=eps),
                           "clconv.batch_norm", (xn,))
 
