@@ -359,15 +359,16 @@ def test_conv_transpose1d_phase_col2im(clconv, dev, rng, dtype):
 # Stride-1 adjoints whose forward convolution 'auto''s rule runs as 'splitk' (few output positions,
 # a long K): on PoCL's CPU devices the split-K GEMM reads the filters flipped and transposed itself
 # (cl/gemm_splitk.cl's FLIP_KS: K slices of whole filters, taps read backwards), with no flip pass;
-# on other devices GEMM + col2im. (input shape, weight shape, arguments, dtypes of the flipped route)
-F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+# on other devices GEMM + col2im. The geometries below check the flipped reads with the route
+# forced (the rule ranks 'splitk' and 'implicit' within a few percent of each other at these
+# sizes); `test_the_rule_sends_resnets_7x7_adjoint_through_splitk` checks the hand-off itself.
+# (input shape, weight shape, arguments)
 SPLITK_ADJOINTS = {
-    "7x7-3x3": ((1, 64, 7, 7), (64, 64, 3, 3), {"padding": 1}, {F32, F64}),
-    "rect-dilated": ((1, 96, 7, 6), (64, 96, 3, 2), {"padding": (2, 1), "dilation": 2},
-                     {F32, F64}),
-    "same-even": ((1, 64, 8, 8), (48, 64, 4, 4), {"padding": "same"}, {F32}),
-    "1d-k5": ((1, 160, 40), (96, 160, 5), {"padding": 2}, {F32, F64}),
-    "3d": ((1, 48, 3, 3, 4), (40, 48, 3, 3, 3), {"padding": 1}, {F32}),
+    "7x7-3x3": ((1, 64, 7, 7), (64, 64, 3, 3), {"padding": 1}),
+    "rect-dilated": ((1, 96, 7, 6), (64, 96, 3, 2), {"padding": (2, 1), "dilation": 2}),
+    "same-even": ((1, 64, 8, 8), (48, 64, 4, 4), {"padding": "same"}),
+    "1d-k5": ((1, 160, 40), (96, 160, 5), {"padding": 2}),
+    "3d": ((1, 48, 3, 3, 4), (40, 48, 3, 3, 3), {"padding": 1}),
 }
 
 
@@ -377,15 +378,26 @@ def _flipped_splitk(route) -> bool:
 
 
 @pytest.mark.parametrize("case", sorted(SPLITK_ADJOINTS))
-def test_splitk_adjoint_reads_the_filters_flipped(clconv, dev, rng, dtype, case):
-    x_shape, w_shape, kw, flipped_in = SPLITK_ADJOINTS[case]
+def test_splitk_adjoint_reads_the_filters_flipped(clconv, dev, rng, dtype, case, monkeypatch):
+    from clconv.ops import adjoint_paths
+
+    monkeypatch.setattr(adjoint_paths, "_splitk_first",
+                        lambda dev, fgeo, dtype: fgeo.groups == 1 and cpu_shaped(dev))
+    x_shape, w_shape, kw = SPLITK_ADJOINTS[case]
     nd = len(x_shape) - 2
     w = random_array(rng, w_shape, dtype)
     g = random_array(rng, _out_shape(x_shape, w_shape, kw), dtype)
     plan = getattr(clconv, f"plan_conv{nd}d_input")(x_shape, w_shape, **kw, dtype=dtype)
-    assert _flipped_splitk(plan.adjoint.route) == (cpu_shaped(dev) and dtype in flipped_in)
+    assert _flipped_splitk(plan.adjoint.route) == cpu_shaped(dev)
     assert_close(plan(w, g), ref.conv_nd_input(x_shape, w, g, **kw), dtype,
                  reduction=w_shape[0] * math.prod(w_shape[2:]), magnitude=conv_magnitude(g, w))
+
+
+def test_the_rule_sends_resnets_7x7_adjoint_through_splitk(clconv, dev):
+    """ResNet's 512 @7 3x3 layer at batch 1 (K = 4608: a K x NR panel past a core's L2 share):
+    its input gradient is the flipped split-K GEMM on CPU devices (the plan only: no run)."""
+    plan = clconv.plan_conv2d_input((1, 512, 7, 7), (512, 512, 3, 3), padding=1)
+    assert _flipped_splitk(plan.adjoint.route) == cpu_shaped(dev)
 
 
 def test_splitk_adjoint_transposed_with_epilogue(clconv, dev, rng, dtype):

@@ -212,7 +212,7 @@ def test_implicit_k_chunks(dev, rng, dtype, monkeypatch):
     kw = {"padding": 1}
     geo = _geometry(x, w, kw)
     tile = packed_conv.conv_tile(dev, geo, dtype)
-    monkeypatch.setattr(packed_conv, "_PANEL_BUDGET", 7 * tile.nr * dtype.itemsize)  # KC = 7 of 45
+    monkeypatch.setattr(packed_conv, "PANEL_BUDGET", 7 * tile.nr * dtype.itemsize)  # KC = 7 of 45
     assert packed_conv.implicit_chunk(dev, 45, tile, dtype.itemsize) == 7
     import clconv
 

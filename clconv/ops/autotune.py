@@ -53,7 +53,8 @@ from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 from .geometry import ConvGeometry
-from .packed_conv import conv_tile
+from ..blas import packed
+from .packed_conv import PANEL_BUDGET, conv_tile
 
 __all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "forget",
            "key", "lookup", "measure", "mode", "record", "shortlist"]
@@ -234,9 +235,13 @@ _PACKED_RATE = 1.2e11
 # 1-13 GFLOP/s on the small layers of a CNN ((1,16,32,32) 3x3: 'direct' 330-360 us of kernel time,
 # 'implicit' ~90 us; 32->32 3x3 stride 2: 'direct' 2-5 ms, 'implicit' 0.16-0.22 ms).
 _GEMM_CALL = 1e-4
-# A packed GEMM over a few output positions (batch 1 at 7x7: 2 B panels) with a long K: each
-# work-item's K x NR panel outgrows the core's L2, and 'splitk' measured 2.1x faster at K = 4608
-# and 1.5x at K = 2304 (ResNet-18's 512 x 7x7 layers; tied at 14x14).
+# A packed GEMM over a few output positions (batch 1 at 7x7: 2-4 B panels, each walking all of
+# A): where a work-item's K x NR panel outgrows its share of a core's L2 (PANEL_BUDGET), 'splitk'
+# (K sliced) wins: it measured 2.1x faster at K = 4608 with 6 x 32 tiles (590 KB panels). With
+# panels that fit, the two are close and measured: AVX-512's 16 x 16 implicit tile (295 KB at
+# K = 4608, 147 KB at 2304) ran ResNet-18's 512 @7 in 1.82 ms against 'splitk''s 2.00, and its
+# 256 -> 512 s2 @14 in 0.99 against 1.16 (ad hoc, alternating blocks, 2026-12-06, AMD EPYC
+# AVX-512). Both count the columns their tiles compute (49 -> 64 for NR = 16 or 32).
 _FEW_POSITIONS = 64
 # On a 1x1 layer the packed paths' gather (and im2col_packed's columns) is pure overhead that
 # 'pointwise' (a plain GEMM on the input) does not have: over the 22 distinct 1x1 layers of
@@ -244,7 +249,6 @@ _FEW_POSITIONS = 64
 # 'implicit' took 0.93-1.80x 'pointwise''s time, median 1.29x; it was faster on two (16->96 and
 # 32->16 at 112x112, by 3% and 8%), where measuring it cost ~1.5 s of builds on the first call.
 _GATHER_ON_POINTWISE = 1.29
-_LONG_K = 2048
 _DIRECT_RATE = 5e9
 _GROUPED_RATE = 1.0e10
 # 'depthwise': 1.1-1.4x 'direct' on MobileNetV2's 56x56-112x112 depthwise layers, ~2x on the
@@ -274,7 +278,10 @@ def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> floa
     m, k = geo.cout_per_group, geo.cin_per_group * geo.ksize
     columns = geo.groups * k * geo.batch * geo.out_spatial * itemsize  # bytes of the column matrix
     if algorithm == "splitk":  # im2col + cl/gemm_splitk.cl + the reduction: 3 launches
-        seconds = flops / _PACKED_RATE + 2 * columns / _BYTES_RATE + 3 * _LAUNCH
+        n = max(geo.out_spatial, 1)  # a tile's columns never span two images
+        work = np.float32 if np.dtype(dtype) == np.float16 else dtype
+        padded = n / packed.tile_for(dev, work, m, geo.batch * n, k).packed_b_size(n, 1)
+        seconds = flops / (_PACKED_RATE * padded) + 2 * columns / _BYTES_RATE + 3 * _LAUNCH
         return seconds * (1.0 if cpu else _PACKED_ON_GPU)
     if algorithm == "pointwise":  # cl/conv_pointwise.cl: the packed rate, no packing or gather
         return (flops / _PACKED_RATE + _LAUNCH) * (1.0 if cpu else _PACKED_ON_GPU)
@@ -290,7 +297,7 @@ def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> floa
         padded = max(m, 1) / tile.packed_a_size(max(m, 1), 1) * n / tile.packed_b_size(n, 1)
         seconds = flops / (_PACKED_RATE * padded) + _GEMM_CALL
         if n <= _FEW_POSITIONS:
-            seconds *= max(1.0, k / _LONG_K)
+            seconds *= max(1.0, k * tile.nr * itemsize / PANEL_BUDGET)
         if algorithm == "im2col_packed":
             seconds = 1.25 * seconds + 2 * columns / _BYTES_RATE + _LAUNCH
         if geo.is_pointwise:

@@ -39,6 +39,7 @@ from .geometry import ConvGeometry
 __all__ = [
     "IM2COL_PACKED",
     "IMPLICIT",
+    "PANEL_BUDGET",
     "conv_tile",
     "enqueue_im2col_packed_conv",
     "pack_conv_weights",
@@ -48,7 +49,7 @@ __all__ = [
 IM2COL_PACKED = "im2col_packed"
 IMPLICIT = "implicit"
 _ROWS_PER_ITEM = 64  # rows of the packed column matrix one im2col_packed work-item writes
-_PANEL_BUDGET = 256 * 1024  # bytes of local memory an implicit-GEMM panel may take (half Zen's L2)
+PANEL_BUDGET = 256 * 1024  # bytes of local memory an implicit-GEMM panel may take (half Zen's L2)
 
 
 def conv_tile(dev: Device, geo: ConvGeometry, dtype: object) -> Tile:
@@ -217,5 +218,5 @@ def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_o
 
 def implicit_chunk(dev: Device, k: int, tile: Tile, itemsize: int) -> int:
     """KC: rows of a B panel held in local memory at once (all K when K x NR fits the budget)."""
-    budget = min(_PANEL_BUDGET, int(dev.cl_device.local_mem_size))
+    budget = min(PANEL_BUDGET, int(dev.cl_device.local_mem_size))
     return max(1, min(k, budget // (tile.nr * itemsize)))
