@@ -24,9 +24,10 @@
 // MR/NR/VW/HAS_BIAS/HAS_RESIDUAL/ACT (gemm_packed.cl; the residual: an operand of the output's
 // shape from res_off), and common.cl's kernel size, stride, dilation and PAD_MODE as defines; the
 // sizes (C, COUT, GROUPS, ID..OW, PD..PW) are the GEOMETRY_ARGS arguments.
-// NDRange (ceil(ncols / NR), mgroups, GROUPS), local size 1:
-// work-item (jp, mg, g) does the A panels [mg * panels_per_group, (mg + 1) * panels_per_group) of
-// group g.
+// NDRange (ceil(ncols / NR) + tail_groups - 1, mgroups, GROUPS), local size 1: work-item (t, mg, g)
+// does the A panels [mg * panels_per_group, (mg + 1) * panels_per_group) of group g for one column
+// panel, except that column panel split_at is split over tail_groups work-items (gemm_packed.cl's
+// TASK_PANELS).
 
 #define RUNTIME_SIZES  // sizes as GEOMETRY_ARGS (common.cl): a program per kernel size and stride
 #define GEMM_PACKED_NO_KERNELS
@@ -39,14 +40,14 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                             const long ap_stride,
                             __global REAL* restrict out, const long out_off,
                             const long col_start, const long ncols, const int panels_per_group,
+                            const int split_at, const int tail_groups, const int tail_per,
                             __global const REAL* restrict bias, const long bias_off,
                             __global const REAL* residual, const long res_off,
                             __local REAL* restrict panel, const int kc_rows, const int k_begin,
                             const int k_end, GEOMETRY_ARGS) {
-    const int jp = get_global_id(0);
-    const int mg = get_global_id(1);
     const int g = get_global_id(2);
-    PANEL_ROWS(ip0, ip1, mg, COUT_G, panels_per_group)
+    TASK_PANELS(jp, mg, per_group, split_at, tail_groups, tail_per, panels_per_group)
+    PANEL_ROWS(ip0, ip1, mg, COUT_G, per_group)
     panel_columns pc;
     decode_columns(GEO_PASS &pc, x_off, col_start, ncols, jp);
 

@@ -150,6 +150,23 @@ inline REAL store_value(REAL acc, REAL alpha, REAL beta, __global const REAL* c,
 #define TILE_STORE_EPILOGUE_VEC(r, bias, bias_off, i, rrow, v) \
     TILE_BIAS_VEC(r, bias, bias_off, i) TILE_RESIDUAL_VEC(r, rrow, v) r = ACT_APPLY(VEC, r);
 
+// Column panel jp, A-panel group mg and its panels per group for the work-item of dims 0 and 1:
+// column panel split_at runs as tail_groups work-items (tail_per A panels each; dim 1 is then of
+// size 1), every other one as one work-item (dim 1: mg over panels_per_group); dim 0 counts
+// panels + tail_groups - 1 work-items (clconv.blas.packed.tail_split: why and where).
+#define TASK_PANELS(jp, mg, per_group, split_at, tail_groups, tail_per, panels_per_group) \
+    int jp = get_global_id(0), mg = get_global_id(1), per_group = (panels_per_group);    \
+    if (jp >= (split_at)) {                                                                \
+        const int t_ = jp - (split_at);                                                    \
+        if (t_ < (tail_groups)) {                                                          \
+            jp = (split_at);                                                               \
+            mg = t_;                                                                       \
+            per_group = (tail_per);                                                        \
+        } else {                                                                           \
+            jp -= (tail_groups) - 1;                                                       \
+        }                                                                                  \
+    }
+
 // The A panels [ip0, ip1) of work-item group mg (panels_per_group each) of a matrix of m rows.
 #define PANEL_ROWS(ip0, ip1, mg, m, panels_per_group) \
     const int ip0 = (mg) * (panels_per_group);        \

@@ -254,3 +254,50 @@ def test_64_bit_index_build(dev, rng, monkeypatch, path):
     got = _conv(dev, path, x, w, b, "relu", kw)
     assert_close(got, _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
                  magnitude=conv_magnitude(x, w, b))
+
+
+def test_tail_split_evens_out_a_first_chunk(dev):
+    """13 column panels on 2 compute units: panel 6 is split in two (PoCL's first thread takes the
+    first 7 work-items: 6 panels and a half); a count the units divide, a batch of A panels split
+    by `grid`, or one compute unit: nothing split."""
+    from types import SimpleNamespace
+
+    tile = packed.Tile(16, 16, 16)
+    two = SimpleNamespace(cl_device=SimpleNamespace(max_compute_units=2), loop_limit=None)
+    assert packed.tail_split(two, tile, 256, 196, 1, 1) == (6, 2, 8)
+    assert packed.tail_split(two, tile, 250, 196, 1, 1) == (6, 2, 8)  # 16 A panels, the last short
+    assert packed.tail_split(two, tile, 256, 192, 1, 1) == (12, 1, 16)
+    assert packed.tail_split(two, tile, 256, 196, 1, 2) == (13, 1, 16)
+    assert packed.tail_split(two, tile, 256, 196, 2, 1) == (13, 1, 16)
+    one = SimpleNamespace(cl_device=SimpleNamespace(max_compute_units=1), loop_limit=None)
+    assert packed.tail_split(one, tile, 256, 196, 1, 1) == (13, 1, 16)
+
+
+@pytest.mark.parametrize("split_at,groups", [(0, 2), (2, 3), (4, 2)])
+def test_implicit_split_panels_match_reference(dev, rng, dtype, monkeypatch, split_at, groups):
+    """Every place and width of the split column panel (TASK_PANELS in cl/gemm_packed.cl), forced
+    where `grid` leaves the A panels whole: the same result, edge rows and the partial last panel
+    included."""
+    import clconv
+
+    x = rng.standard_normal((1, 6, 5, 31)).astype(dtype)  # 155 columns: 5-10 panels
+    w = rng.standard_normal((45, 6, 3, 3)).astype(dtype)  # 45 rows: an edge A panel
+    b = rng.standard_normal(45).astype(dtype)
+    kw = {"padding": 1}
+    geo = _geometry(x, w, kw)
+    tile = packed_conv.conv_tile(dev, geo, dtype)
+    m, n, panels = 45, 155, tile.b_panels(155)
+    grid = packed.grid
+    monkeypatch.setattr(packed, "grid", lambda dev, tile, m, n, batch: (
+        (1, tile.a_panels(m)) if dev.loop_limit is None else grid(dev, tile, m, n, batch)))
+    per = -(-tile.a_panels(m) // groups)
+    forced = (min(split_at, panels - 1), -(-tile.a_panels(m) // per), per)
+    monkeypatch.setattr(packed, "tail_split", lambda dev, tile, m, n, batch, mgroups: (
+        forced if mgroups == 1 else (tile.b_panels(n), 1, tile.a_panels(m))))
+    plan = clconv.plan_conv2d(x.shape, w.shape, True, **kw, algorithm="implicit",
+                              activation="relu", dtype=dtype)
+    if dev.loop_limit is None:
+        assert plan.impl.launches[0][0][0] == panels + forced[1] - 1
+    got = plan(x, w, b)
+    assert_close(got, _expected(x, w, b, kw, "relu"), reduction=conv_reduction(w),
+                 magnitude=conv_magnitude(x, w, b))

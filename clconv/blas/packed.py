@@ -49,6 +49,7 @@ __all__ = [
     "packed_scratch",
     "release_scratch",
     "scratch_bytes",
+    "tail_split",
     "tile_for",
 ]
 
@@ -240,6 +241,29 @@ def grid(dev: Device, tile: Tile, m: int, n: int, batch: int) -> tuple[int, int]
     mgroups = min(mpanels, max(1, -(-want // max(items, 1))))
     per_group = -(-mpanels // mgroups)
     return -(-mpanels // per_group), per_group
+
+
+def tail_split(dev: Device, tile: Tile, m: int, n: int, batch: int,
+               mgroups: int) -> tuple[int, int, int]:
+    """(split_at, tail_groups, tail_per): column panel split_at runs as tail_groups work-items
+    (tail_per A panels apiece), the others as one each (TASK_PANELS in cl/gemm_packed.cl); the
+    launch has b_panels(n) + tail_groups - 1 work-items in dim 0.
+
+    Why: PoCL's pthread driver deals a launch's work-groups out in guided chunks: the first
+    thread takes ceil(count / threads) of them, the next ceil(rest / threads), and so on. With P
+    equal panels on cu cores the first thread so runs ceil(P / cu), a whole panel more than the
+    others where cu does not divide P (ResNet's 256 @14 layer at batch 1: 13 panels of 16
+    columns, 7 against 6; its time went with ceil(P / 2): 1.04 / 1.23 / 1.37 / 1.58 ms for 10 /
+    12 / 13 / 16 panels of the same layer at other widths). Splitting panel P // cu in two puts
+    P // cu panels and a half in that first chunk. Only where `grid` left the A panels whole
+    (mgroups 1) and batch is 1; otherwise (P, 1, mpanels): nothing split."""
+    panels, mpanels = tile.b_panels(n), tile.a_panels(m)
+    cu = max(1, dev.cl_device.max_compute_units)
+    if (mgroups != 1 or batch != 1 or panels % cu == 0 or panels < cu or mpanels < 2
+            or dev.loop_limit is not None):
+        return panels, 1, mpanels
+    per = -(-mpanels // 2)
+    return panels // cu, -(-mpanels // per), per
 
 
 # Loop iterations of one k step of the micro-kernel (TILE_MULTIPLY) counted as if no loop were

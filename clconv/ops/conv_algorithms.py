@@ -352,8 +352,11 @@ class ImplicitGemm(_PackedGemmConv):
         self.launches = []
         for start, count in packed_conv.column_chunks(geo, tile, itemsize, None):
             mgroups, per_group = packed.grid(dev, tile, self.m, count, geo.groups)
-            self.launches.append(((tile.b_panels(count), mgroups, geo.groups), np.int64(start),
-                                  np.int64(count), np.int32(per_group)))
+            split = packed.tail_split(dev, tile, self.m, count, geo.groups, mgroups)
+            tasks = tile.b_panels(count) + split[1] - 1
+            self.launches.append(((tasks, mgroups, geo.groups), np.int64(start),
+                                  np.int64(count), np.int32(per_group),
+                                  *(np.int32(v) for v in split)))
         # K's ranges [k_begin, k_end): all of K at once, except where the driver caps a
         # work-item's loop iterations (packed.k_ranges; counting the gather's loops a row and a
         # kernel offset), there at most a KC chunk a launch; launched in order after each other.
@@ -365,10 +368,10 @@ class ImplicitGemm(_PackedGemmConv):
         # m * k values after the previous group's.
         self.bound_convs = [(global_size, BoundKernel(self.conv, (
             None, None, None, None, np.int64(self.m * self.k), None, None, start, count,
-            per_group, None, None, None, None, self.panel, self.tail_args[0], np.int32(k0),
-            np.int32(k1), *self.tail_args[1:]),
-            (0, 1, 2, 3, 5, 6, 10, 11, 12, 13))) for global_size, start, count, per_group in
-            self.launches for k0, k1 in self.k_ranges]
+            per_group, *split, None, None, None, None, self.panel, self.tail_args[0],
+            np.int32(k0), np.int32(k1), *self.tail_args[1:]),
+            (0, 1, 2, 3, 5, 6, 13, 14, 15, 16))) for global_size, start, count, per_group, *split
+            in self.launches for k0, k1 in self.k_ranges]
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
             prepared: Any = None, residual: cla.Array | None = None) -> cl.Event | None:
