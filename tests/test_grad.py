@@ -278,7 +278,7 @@ INPUT_BAD = [
     ({"input_size": (2, 5, 5)}, ValueError, "input_size must have 4 entries"),
     ({"input_size": 5}, TypeError, "input_size"),
     ({"input_size": (1, 2, 5.0, 5)}, TypeError, "input_size"),
-    ({"input_size": (1, 2, -5, 5)}, TypeError, "input_size"),
+    ({"input_size": (1, 2, -5, 5)}, ValueError, "input_size .* has a negative size"),
     ({"input_size": (1, 4, 5, 5)}, ValueError, "input_size has 4 channels"),
     ({"input_size": (1, 2, 6, 6)}, ValueError, "grad_output must have"),
     ({"grad": (1, 3, 3, 4)}, ValueError, "grad_output must have"),

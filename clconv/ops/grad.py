@@ -44,18 +44,13 @@ __all__ = ["InputGradPlan", "WeightGradPlan", "cached_grad_plan", "conv1d_input"
 
 
 def _size_arg(value: Any, nd: int, name: str, layout: str) -> tuple[int, ...]:
-    """A shape argument (tuple, list or torch.Size of ints >= 0) with nd + 2 entries."""
-    try:
-        size = tuple(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of ints {layout}, got {value!r}") from None
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
-               for v in size):
-        raise TypeError(f"{name} must be a sequence of non-negative ints {layout}, got {value!r}")
+    """A shape argument (tuple, list or torch.Size of ints >= 0, `shape_ints`) with nd + 2
+    entries."""
+    size = shape_ints(value, name)
     if len(size) != nd + 2:
         raise ValueError(f"{name} must have {nd + 2} entries {layout} for a {nd}-d convolution, "
                          f"got {size}")
-    return tuple(int(v) for v in size)
+    return size
 
 
 def _check_grad_output(geo: ConvGeometry, grad_shape: Sequence[int], what: str) -> None:
