@@ -7,7 +7,11 @@
 
 Optional: `pip install clconv[dask]`; `import clconv` never imports this module.
 
-How the graph is made (`conv1d/2d/3d`, `conv_transpose1d/2d/3d`: the functional ops' arguments):
+How the graph is made (`conv1d/2d/3d(input, weight, bias, stride, padding, dilation, groups, *,
+padding_mode, algorithm, activation, workspace_limit)`, `conv_transpose1d/2d/3d(input, weight,
+bias, stride, padding, output_padding, groups, dilation)`: those of the functional ops, less
+`residual`, `out` and `layout` (and the transposed ones' `activation`); weight and bias on the
+host: numpy arrays or CPU torch tensors):
 - the channel axis is made one chunk; chunks along the batch map block by block;
 - a spatial axis of one chunk (and symmetric padding) is convolved by clconv itself, padding and
   `padding_mode` included; an axis cut into chunks gives output blocks aligned with the input's
@@ -39,6 +43,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import pyopencl.array as cla
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
@@ -49,6 +54,7 @@ from .ops.conv import ALGORITHMS
 from .ops.dims import per_dimensions
 from .ops.geometry import IntOrTuple, PaddingArg, as_tuple, conv_geometry
 from .runtime.device import ENV_VAR, Device, devices
+from .runtime.interop import host_operand
 
 try:  # distributed is part of the extra, but the threaded scheduler needs none of it
     from distributed import WorkerPlugin as _WorkerPlugin
@@ -237,6 +243,8 @@ def _transpose_axis(chunks: Sequence[int], n: int, k: int, s: int, dl: int, p: i
     """Output blocks of one axis of a transposed convolution: their source input range and where
     the unpadded local result lands (local start, local stop, block offset), or None when no
     input reaches the block."""
+    if o == 0:  # an empty output axis (torch's empty result): one block of size 0
+        return [((0, 1), (0, 1))], (0,), [None]
     bounds = np.cumsum((0, *chunks))
     cuts = sorted({0, o, *(min(o, max(0, int(c) * s - p)) for c in bounds[1:-1])})
     plans, sizes, crops = [], [], []
@@ -274,8 +282,14 @@ def _check_input(x: Any, nd: int, name: str) -> tuple[da.Array, bool]:
 
 
 def _operands(x: da.Array, weight: Any, bias: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    w = np.asarray(weight)
-    b = None if bias is None else np.asarray(bias)
+    """The weight and bias as numpy arrays (torch CPU tensors as views, pyopencl arrays copied;
+    the functional ops' TypeError for lists, scalars and tensors that require grad)."""
+    def host(a: Any, name: str) -> np.ndarray:
+        a = host_operand(a, name)
+        return a.get() if isinstance(a, cla.Array) else np.asarray(a)
+
+    w = host(weight, "weight")
+    b = None if bias is None else host(bias, "bias")
     named = {"input": np.dtype(x.dtype), "weight": w.dtype}
     if b is not None:
         named["bias"] = b.dtype

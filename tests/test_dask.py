@@ -140,6 +140,42 @@ def test_conv_transpose_chunked(rng, nd, stride, padding, output_padding, dilati
                  magnitude=conv_magnitude(x, w, b))
 
 
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_conv_transpose_empty_output_on_a_chunked_axis(rng, nd):
+    """An output extent of 0 (torch's empty result) on an axis cut into chunks: the empty
+    array, as the whole-array call and a single chunk give."""
+    x, w = _rand(rng, 2, 1, *(2,) * nd), _rand(rng, 1, 1, *(3,) * nd)
+    want = {1: clconv.conv_transpose1d, 2: clconv.conv_transpose2d,
+            3: clconv.conv_transpose3d}[nd](x, w, padding=2)
+    assert want.shape == (2, 1, *(0,) * nd)
+    fn = {1: cd.conv_transpose1d, 2: cd.conv_transpose2d, 3: cd.conv_transpose3d}[nd]
+    for chunks in ((2, 1, *(2,) * nd), (1, 1, *(1,) * nd)):
+        y = fn(da.from_array(x, chunks=chunks), w, padding=2)
+        assert y.shape == want.shape
+        assert y.compute(scheduler="threads").shape == want.shape
+
+
+def test_weights_are_the_functional_ops_operands(rng):
+    """Weights and biases as the functional ops take them: numpy, CPU torch tensors and pyopencl
+    arrays; lists and tensors that require grad refused with their TypeErrors."""
+    import pyopencl.array as cla
+
+    x, w = _rand(rng, 2, 3, 6, 6), _rand(rng, 4, 3, 3, 3)
+    xd = da.from_array(x, chunks=(1, 3, 3, 3))
+    dev = clconv.current_device()
+    _check(cd.conv2d(xd, cla.to_device(dev.queue, w), padding=1).compute(scheduler="threads"),
+           x, w, padding=1)
+    with pytest.raises(TypeError, match="weight is a Python list"):
+        cd.conv2d(xd, w.tolist())
+    with pytest.raises(TypeError, match="bias is a Python list"):
+        cd.conv_transpose2d(xd, w.transpose(1, 0, 2, 3), [0.0] * 4)
+    torch = pytest.importorskip("torch")
+    _check(cd.conv2d(xd, torch.from_numpy(w), padding=1).compute(scheduler="threads"), x, w,
+           padding=1)
+    with pytest.raises(TypeError, match="requires grad.*clconv.torch"):
+        cd.conv2d(xd, torch.from_numpy(w).requires_grad_())
+
+
 def test_errors_are_the_whole_array_calls(rng):
     x, w = _rand(rng, 2, 3, 6, 6), _rand(rng, 4, 3, 3, 3)
     xd = da.from_array(x, chunks=(1, 3, 3, 3))

@@ -223,6 +223,12 @@ def test_transposed_output_size(clconv, rng):
         layer(x, output_size=(9, 9))
     with pytest.raises(ValueError, match="output_size"):
         layer(x, output_size=(8,))
+    # torch's lengths: nd, or the input's dims (batched 4, unbatched 3), nothing in between
+    with pytest.raises(ValueError, match="2 .spatial. or 4 entries for a 4-d input"):
+        layer(x, output_size=(3, 8, 8))
+    assert layer(x[0], output_size=(3, 8, 8)).shape == (3, 8, 8)
+    with pytest.raises(ValueError, match="2 .spatial. or 3 entries for a 3-d input"):
+        layer(x[0], output_size=(1, 3, 8, 8))
 
 
 CONSTRUCTOR_BAD = [

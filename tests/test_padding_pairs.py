@@ -121,3 +121,19 @@ def test_pairs_are_forward_only(clconv, rng):
                  lambda: clconv.nn.Conv2d(2, 3, 3, padding=pairs)):
         with pytest.raises(TypeError, match=r"sequence of 2 ints.*pairs is taken by the forward"):
             call()
+    # 'same' / 'valid' there: torch's TypeError too, with no word of pairs
+    with pytest.raises(TypeError, match=r"got 'same' \('same' and 'valid' are taken by the "
+                                        r"forward convolutions") as err:
+        clconv.conv_transpose2d(g, w.transpose(1, 0, 2, 3).copy(), padding="same")
+    assert "pairs" not in str(err.value)
+
+
+def test_clconv_torch_modules_refuse_pairs_clearly(clconv, rng):
+    """torch's modules take no pairs (torch raises a TypeError in F.conv2d); clconv.torch's say
+    where pairs are taken, instead of failing inside a shape helper."""
+    torch = pytest.importorskip("torch")
+    import clconv.torch as ct
+
+    layer = ct.Conv2d(2, 3, 3, padding=((1, 0), (1, 0)))
+    with pytest.raises(TypeError, match=r"pairs are taken by clconv.conv1d/2d/3d.*ZeroPad2d"):
+        layer(torch.randn(2, 2, 6, 5))

@@ -95,17 +95,18 @@ class _ConvTransposeNd(Layer):
             raise ValueError(f"output_padding {self.output_padding} must be smaller than either "
                              f"stride {self.stride} or dilation {self.dilation} in every dim")
 
-    def _output_padding(self, in_size: tuple[int, ...], output_size: Any) -> tuple[int, ...]:
-        """output_padding that gives `output_size` (spatial, or with batch/channel dims), as
-        torch.nn.ConvTransposeNd.forward's output_size argument."""
+    def _output_padding(self, in_size: tuple[int, ...], output_size: Any,
+                        input_dims: int) -> tuple[int, ...]:
+        """output_padding that gives `output_size` (spatial, or with the input's leading dims:
+        `input_dims` entries in all), as torch.nn.ConvTransposeNd.forward's output_size."""
         if output_size is None:
             return self.output_padding
         size = tuple(int(v) for v in output_size)
-        if len(size) in (self.nd + 1, self.nd + 2):
+        if len(size) == input_dims:
             size = size[-self.nd:]
         if len(size) != self.nd:
-            raise ValueError(f"output_size must have {self.nd} (spatial) or {self.nd + 2} entries, "
-                             f"got {tuple(output_size)}")
+            raise ValueError(f"output_size must have {self.nd} (spatial) or {input_dims} entries "
+                             f"for a {input_dims}-d input, got {tuple(output_size)}")
         smallest = transpose_output_size(in_size, self.kernel_size, self.stride, self.padding,
                                          (0,) * self.nd, self.dilation)
         largest = tuple(s + st - 1 for s, st in zip(smallest, self.stride))
@@ -121,7 +122,7 @@ class _ConvTransposeNd(Layer):
             clblast.require(f"{type(self).__name__}.forward")
         with self.device:
             x, unbatched = self._operand(input, "input")
-            out_pad = self._output_padding(tuple(x.shape[2:]), output_size)
+            out_pad = self._output_padding(tuple(x.shape[2:]), output_size, x.ndim - unbatched)
             out = with_activation(self, lambda fused: self._transpose(x, out_pad, fused))
             return self._result(out, unbatched, not is_device_array(input))
 

@@ -55,11 +55,14 @@ def as_tuple(value: IntOrTuple, nd: int, name: str, minimum: int,
             raise ValueError(f"{name} must be an int or a sequence of {nd} ints for a {nd}-d "
                              f"operation, got {tuple(value)}")
     else:
-        pairs = name == "padding" and isinstance(value, Sequence) and any(
+        padding = name == "padding"
+        pairs = padding and isinstance(value, Sequence) and not isinstance(value, str) and any(
             isinstance(v, Sequence) for v in value)
         raise TypeError(f"{name} must be an int or a sequence of {nd} ints, got {value!r}" + (
             " (padding as (lo, hi) pairs is taken by the forward convolutions "
-            "clconv.conv1d/2d/3d and their plans only)" if pairs else ""))
+            "clconv.conv1d/2d/3d and their plans only)" if pairs else
+            " ('same' and 'valid' are taken by the forward convolutions clconv.conv1d/2d/3d, "
+            "their gradients and their plans only)" if padding and isinstance(value, str) else ""))
     if any(v < minimum for v in items):
         what = "negative" if minimum == 0 else f"less than {minimum}"
         raise ValueError(f"{name} must not be {what}, got {tuple(items)}")
