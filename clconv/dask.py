@@ -10,8 +10,8 @@ Optional: `pip install clconv[dask]`; `import clconv` never imports this module.
 How the graph is made (`conv1d/2d/3d(input, weight, bias, stride, padding, dilation, groups, *,
 padding_mode, algorithm, activation, workspace_limit)`, `conv_transpose1d/2d/3d(input, weight,
 bias, stride, padding, output_padding, groups, dilation)`: those of the functional ops, less
-`residual`, `out` and `layout` (and the transposed ones' `activation`); weight and bias on the
-host: numpy arrays or CPU torch tensors):
+`residual`, `out` and `layout` (and the transposed ones' `activation`); weight and bias are
+numpy arrays, CPU torch tensors or pyopencl arrays (copied to the host once)):
 - the channel axis is made one chunk; chunks along the batch map block by block;
 - a spatial axis of one chunk (and symmetric padding) is convolved by clconv itself, padding and
   `padding_mode` included; an axis cut into chunks gives output blocks aligned with the input's

@@ -49,11 +49,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyopencl as cl
 
+from ..blas import packed
 from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 from .geometry import ConvGeometry
-from ..blas import packed
 from .packed_conv import PANEL_BUDGET, conv_tile
 
 __all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "forget",
