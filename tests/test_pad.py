@@ -114,6 +114,13 @@ def test_device_operands_float64_and_plans(dev, rng):
     ((2, 3, 5), (1, 2), {"mode": "replicate", "value": 0.0}, None, None),  # 0: as no value
     ((2, 3, 5), (2, 1), {"mode": "circular", "value": 0}, None, None),
     ((2, 0, 5), (1, 1), {"mode": "replicate"}, ValueError, "non-empty"),
+    # circular takes empty dims (it wraps within each dim), as torch
+    ((2, 0, 4, 5), (1, 1, 1, 1), {"mode": "circular"}, None, None),
+    ((2, 3, 0, 5), (1, 1, 0, 0), {"mode": "circular"}, None, None),
+    ((2, 3, 0, 5), (1, 1, 1, 1), {"mode": "circular"}, ValueError, "more than once"),
+    # a value the dtype cannot hold (an infinite one it can), as torch
+    ((2, 3, 5), (1, 1), {"value": 1e40}, ValueError, "without overflow"),
+    ((2, 3, 5), (1, 1), {"value": -np.inf}, None, None),
 ], ids=lambda v: str(v))
 def test_errors_as_torch(dev, rng, shape, pad, kwargs, error, words):
     x = random_array(rng, shape)

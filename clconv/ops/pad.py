@@ -55,7 +55,8 @@ def _validate(shape: tuple[int, ...], pad: tuple[int, ...], mode: str,
         if dims not in (1, 2, 3) or len(shape) not in (dims + 1, dims + 2):
             raise ValueError(f"pad: mode {mode!r} pads the last 1, 2 or 3 dims of a tensor with 1 "
                              f"or 2 more dims; got {len(pad)} values for a {len(shape)}-d input")
-        if any(s == 0 for s in shape[-dims - 1:]):  # only a batch dim may be empty
+        if mode != "circular" and any(s == 0 for s in shape[-dims - 1:]):
+            # (torch: only a batch dim may be empty; circular takes any, wrapping within them)
             raise ValueError(f"pad: mode {mode!r} needs non-empty dims besides the batch, got "
                              f"input {shape}")
     elif dims > 3:
@@ -137,6 +138,11 @@ class PadPlan(GatherPlan):
         self.planes = math.prod(shape[:lead])
         self.out_dims = padded_out
         fill = 0.0 if value is None else float(value)
+        with np.errstate(over="ignore"):
+            overflows = math.isfinite(fill) and not np.isfinite(np.asarray(fill, self.dtype))
+        if overflows:
+            raise ValueError(f"pad: value {value!r} cannot be converted to {self.dtype} without "
+                             f"overflow (torch refuses it too)")
         self.sizes = (*(cltypes.make_int4(0, *v) for v in (padded_in, padded_out, lo, first,
                                                              span)),
                       np.float64(fill) if self.work == np.float64 else np.float32(fill))
