@@ -49,12 +49,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyopencl as cl
 
-from ..blas import packed
 from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 from .geometry import ConvGeometry
 from .packed_conv import PANEL_BUDGET, conv_tile
+from .splitk import splitk_tile
 
 __all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "forget",
            "key", "lookup", "measure", "mode", "record", "shortlist"]
@@ -279,8 +279,7 @@ def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> floa
     columns = geo.groups * k * geo.batch * geo.out_spatial * itemsize  # bytes of the column matrix
     if algorithm == "splitk":  # im2col + cl/gemm_splitk.cl + the reduction: 3 launches
         n = max(geo.out_spatial, 1)  # a tile's columns never span two images
-        work = np.float32 if np.dtype(dtype) == np.float16 else dtype
-        padded = n / packed.tile_for(dev, work, m, geo.batch * n, k).packed_b_size(n, 1)
+        padded = n / splitk_tile(dev, geo, dtype).packed_b_size(n, 1)
         seconds = flops / (_PACKED_RATE * padded) + 2 * columns / _BYTES_RATE + 3 * _LAUNCH
         return seconds * (1.0 if cpu else _PACKED_ON_GPU)
     if algorithm == "pointwise":  # cl/conv_pointwise.cl: the packed rate, no packing or gather

@@ -38,7 +38,7 @@ from .conv_algorithms import (ColumnPlan, Direct, Im2colGemm, ImplicitGemm, Pack
 from .depthwise import Depthwise, depthwise_unsupported
 from .dims import per_dimensions
 from .pointwise import Pointwise, pointwise_unsupported
-from .splitk import SplitK, splitk_unsupported
+from .splitk import SplitK, splitk_tile, splitk_unsupported
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry, conv_operand_shapes
 from .launch import ACTIVATIONS, GROUPED_MAX_CIN
 from .precision import plan_dtype
@@ -340,9 +340,7 @@ def algorithm_unsupported(dev: Device, geo: ConvGeometry, algorithm: str,
                              geo.cin_per_group).nr
         return pointwise_unsupported(geo, dtype, nr)
     if algorithm == "splitk":
-        nr = packed.tile_for(dev, dtype, geo.out_channels, geo.batch * geo.out_spatial,
-                             geo.cin_per_group * geo.ksize).nr
-        return splitk_unsupported(geo, dtype, nr)
+        return splitk_unsupported(geo, dtype, splitk_tile(dev, geo, dtype).nr)
     return None  # the GEMM and loop paths compute every geometry
 
 
@@ -352,9 +350,7 @@ def _splitk_suits(dev: Device, geo: ConvGeometry, dtype: Any, positions: int) ->
     if geo.groups != 1 or geo.batch * geo.out_spatial > positions or \
             (geo.ksize == 1 and _pointwise_applies(dev, geo, dtype)):
         return False
-    nr = packed.tile_for(dev, dtype if np.dtype(dtype) != np.float16 else np.float32,
-                         geo.out_channels, geo.batch * geo.out_spatial, geo.ksize).nr
-    return splitk_unsupported(geo, dtype, nr) is None
+    return splitk_unsupported(geo, dtype, splitk_tile(dev, geo, dtype).nr) is None
 
 
 def rule_choice(dev: Device, geo: ConvGeometry, dtype: Any = np.float32) -> str:

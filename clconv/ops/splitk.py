@@ -27,7 +27,8 @@ from .geometry import ConvGeometry
 from .launch import Im2col, epilogue_defines, kernel_defines
 from .pointwise import tile_unsupported
 
-__all__ = ["SplitK", "reduce_kernel", "split_of", "splitk_grid", "splitk_unsupported"]
+__all__ = ["SplitK", "reduce_kernel", "split_of", "splitk_grid", "splitk_tile",
+           "splitk_unsupported"]
 
 _SLICE_BYTES = 192 * 1024  # a work-item's slice of B (K_s x its columns): inside a core's L2
 _ITEMS_PER_CU = 4
@@ -39,6 +40,13 @@ def splitk_unsupported(geo: ConvGeometry, dtype: object, nr: int) -> str | None:
     if geo.groups != 1:
         return f"it needs groups=1 (got groups={geo.groups})"
     return tile_unsupported(geo, dtype, nr)
+
+
+def splitk_tile(dev: Device, geo: ConvGeometry, dtype: object) -> packed.Tile:
+    """The register tile SplitK runs `geo` with (a float16 plan computes in float32)."""
+    work = np.float32 if np.dtype(dtype) == np.float16 else dtype
+    return packed.tile_for(dev, work, geo.out_channels, geo.batch * geo.out_spatial,
+                           geo.cin_per_group * geo.ksize)
 
 
 def split_of(k: int, columns: int, itemsize: int) -> tuple[int, int]:
@@ -97,7 +105,7 @@ class SplitK:
         dtype = np.dtype(dtype)
         self.flipped = flipped
         m, k, l = geo.out_channels, geo.cin_per_group * geo.ksize, geo.out_spatial
-        self.tile = packed.tile_for(dev, dtype, m, geo.batch * l, k)
+        self.tile = splitk_tile(dev, geo, dtype)
         why = splitk_unsupported(geo, dtype, self.tile.nr)
         if why is not None:
             raise ValueError(f"algorithm='splitk' cannot compute this convolution: {why}; use "
@@ -130,7 +138,7 @@ class SplitK:
         """Bytes of column buffer a plan of `geo` takes: the columns and the partial sums."""
         dtype = np.dtype(dtype)
         m, k, l = geo.out_channels, geo.cin_per_group * geo.ksize, geo.out_spatial
-        tile = packed.tile_for(dev, dtype, m, geo.batch * l, k)
+        tile = splitk_tile(dev, geo, dtype)
         nsplit, _ = split_of(k, tile.b_panels(l) * tile.nr, dtype.itemsize)
         return geo.batch * (k * l + nsplit * m * l) * dtype.itemsize
 
