@@ -241,7 +241,7 @@ def test_only_the_shortlist_is_built_and_measured(clconv, rng, tmp_path, monkeyp
                                                   x_shape, w_shape, kw):
     """With the cost model's default factor, 'auto' configures (builds) and runs only the
     shortlisted algorithms, measures them only when there are several, and each at most three
-    times beyond the call itself (one untimed run, two timed rounds)."""
+    times beyond the call itself (one untimed run, three timed rounds at most)."""
     from clconv.ops import autotune, conv
     from clconv.ops.geometry import conv_geometry
 
@@ -274,7 +274,7 @@ def test_only_the_shortlist_is_built_and_measured(clconv, rng, tmp_path, monkeyp
             assert runs["measure"] == [] and runs["run"] == short
         else:
             assert [set(m) for m in runs["measure"]] == [set(short)]
-            assert all(runs["run"].count(a) <= 3 + (a == runs["run"][-1]) for a in short)
+            assert all(runs["run"].count(a) <= 4 + (a == runs["run"][-1]) for a in short)
     finally:
         autotune.forget()
 

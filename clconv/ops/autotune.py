@@ -14,9 +14,10 @@ How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv.configure` when
    depthwise and tiny ones), which is then used without measuring; the second packed path is built
    only where the model finds it close, CLBlast's GEMM on PoCL only where it ranks first (its first
    compilation there costs 10-20 s of CPU). Two or more are measured on scratch
-   arrays of the plan's shapes: each runs once untimed (its kernels' first launch), then up to two
-   interleaved timed rounds (only those within 1.3x of the best go on to the second), each keeping
-   its fastest run: at most three runs of the layer per candidate beyond its builds. The fastest
+   arrays of the plan's shapes: each runs once untimed (its kernels' first launch), then, after
+   10 ms of idle, two interleaved timed rounds and, for layers under 20 ms a run, a third one of
+   those within 1.3x of the best, each keeping its fastest run: at most four runs of the layer per
+   candidate beyond its builds. The fastest
    wins and is written to memory and to the file. This happens once per key and process at most,
    whatever the number of calls: a failed file write only costs a warning, and the choice stays in
    memory.
@@ -64,8 +65,13 @@ MODES = config.AUTO_MODES
 CHOICES_FILE = "algorithms.json"
 # 2: winograd no longer a candidate; 3: batch buckets; 4: 'depthwise', 'pointwise', 'splitk'
 CHOICES_VERSION = 4
-_ROUNDS = 2  # timed rounds at most (after one untimed run each)
-_KEEP_WITHIN = 1.3  # candidates this close to the leader after a round go on to the next
+_ROUNDS = 3  # timed rounds at most (after one untimed run each); the third for cheap layers only
+_KEEP_WITHIN = 1.3  # candidates this close to the leader after the second round go on
+_CHEAP = 0.02  # seconds a run of the leader at most for the third round
+# Seconds of idle before the timed rounds: another runtime's threads (torch's OpenMP workers spin
+# a few ms after each call, in this process or another on the same cores) slow whatever runs
+# next, and a first sight of a layer comes right after such a call in a network.
+_SETTLE = 0.01
 SHORTLIST_FACTOR = 1.25  # candidates whose estimate is within this of the best one are measured
 _FILE_LOCK = threading.Lock()
 
@@ -344,9 +350,12 @@ def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str
     """Times `run(algorithm)` for each candidate, records the fastest and returns it.
 
     Each candidate runs once untimed (its kernels' first launch, CLBlast's compilation, caches),
-    then in up to `_ROUNDS` (2) rounds that interleave the candidates still within 1.3x of the best
-    (so that a slow spell of a shared machine hits them alike); a candidate's time is its fastest
-    run. So a layer costs at most three of its own runs per candidate beyond the builds. Holds
+    then, after a pause of `_SETTLE` (10 ms: torch's spinning threads go idle), in two rounds that
+    interleave the candidates (so that a slow spell of a shared machine hits them alike; a slow
+    first round drops none: measured, ResNet-18's 256 -> 512 s2 @14 chosen right after a torch call
+    took 'splitk', 1.4x slower than 'implicit' there), and in a third one for those still within
+    1.3x of the best where the best runs under `_CHEAP` (20 ms); a candidate's time is its fastest
+    run. So a layer costs at most four of its own runs per candidate beyond the builds. Holds
     dev.lock throughout, so other threads' work does not disturb the timings (and a thread that
     waited finds the choice made). A candidate that raises
     (its workspace does not fit, its kernel does not build here) is skipped with a warning (none
@@ -376,12 +385,16 @@ def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str
         if not alive:
             assert error is not None
             raise error
-        for _ in range(_ROUNDS):
+        time.sleep(_SETTLE)
+        for round_ in range(_ROUNDS):
+            if round_ == 2 and min(best.values()) > _CHEAP:
+                break
             for algorithm in alive:
                 seconds = _time_once(dev, run, algorithm)
                 best[algorithm] = min(best.get(algorithm, seconds), seconds)
-            leader = min(best.values())
-            alive = [a for a in alive if best[a] <= _KEEP_WITHIN * leader]
+            if round_ >= 1:
+                leader = min(best.values())
+                alive = [a for a in alive if best[a] <= _KEEP_WITHIN * leader]
             if len(alive) < 2:
                 break
         winner = min(best, key=best.__getitem__)
