@@ -52,8 +52,11 @@ class Fold:
     (torch_fuse) keeps one for each (conv, BatchNorm or None) it runs."""
 
     def __init__(self, conv: nn.Module, bn: nn.Module | None, act: nn.Module | None,
-                 spec: Any) -> None:
+                 spec: Any, places: tuple[tuple[nn.Module, str, nn.Module], ...] = ()) -> None:
+        """places: (parent, name, module) of the BatchNorm and activation where the model holds
+        them (`parent._modules[name]`): the chain folds only while they are still there."""
         self.conv, self.bn, self.act, self.spec = conv, bn, act, spec
+        self.places = places
         self._key: tuple[Any, ...] | None = None
         self._samples: bytes = b""
         self._views: list[np.ndarray | torch.Tensor | None] = []
@@ -92,7 +95,13 @@ class Fold:
         bn = self.bn
         return (not self.conv.training and not torch.is_grad_enabled() and (bn is None or (
             not bn.training and bn.running_mean is not None and bn.running_var is not None))
-            and not self.hooked())
+            and not self.hooked() and self.in_place())
+
+    def in_place(self) -> bool:
+        """Whether the model still holds the chain's BatchNorm and activation where they were
+        when it was folded: one replaced after convert() (`model[1] = nn.Identity()`) ends the
+        chain, and its modules then run one by one."""
+        return all(parent._modules.get(name) is m for parent, name, m in self.places)
 
     def hooked(self) -> bool:
         """Whether a module of the chain, or every module (torch's global hooks), has hooks now:
@@ -104,18 +113,19 @@ class Fold:
         """(weight, bias) with the BatchNorm folded in (clconv.fold_batchnorm, float64 on the
         host), on `dev`, marked constant (their packing is kept too); remade when a parameter or
         buffer changed: its storage or in-place version counter (an optimizer step,
-        load_state_dict) or a sample of its values (writes through `.data`). Without a BatchNorm:
-        the conv's own weight and bias (fixed_operand's kept copies)."""
+        load_state_dict), a sample of its values (writes through `.data`), or the BatchNorm's
+        eps. Without a BatchNorm: the conv's own weight and bias (fixed_operand's kept copies)."""
         conv, bn = self.conv, self.bn
         if bn is None:
             return fixed_operand(conv.weight, dev), fixed_operand(conv.bias, dev)
         tensors = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
         key = tuple(None if t is None else (t.data_ptr(), version_of(t), t.dtype, tuple(t.shape))
-                    for t in tensors)
+                    for t in tensors) + (float(bn.eps),)
         # The samples' views are kept while the key holds (same storage, so the views stay
         # valid; they keep the tensors alive, so no other tensor takes that address): a call
         # then reads ~64 values of each as bytes (~1 us), not a new sample (~7 us a tensor).
-        fresh = key != self._key or self._folded is None or None in (k[1] for k in key if k)
+        fresh = key != self._key or self._folded is None or \
+            None in (k[1] for k in key[:-1] if k)
         if not fresh:
             fresh = self._sample_bytes() != self._samples
         if fresh:
@@ -323,6 +333,11 @@ def fold_chains(model: nn.Module, chains: list[tuple[nn.Module, ...]],
     converted) that qualifies, giving them the classes of `folded_types`' two maps; returns how
     many it folded."""
     uses: dict[int, int] = {}
+    places: dict[int, tuple[nn.Module, str, nn.Module]] = {}  # where each module is held
+    for parent in model.modules():
+        for name, m in parent._modules.items():
+            if m is not None:
+                places[id(m)] = (parent, name, m)
     for _, m in model.named_modules(remove_duplicate=False):
         uses[id(m)] = uses.get(id(m), 0) + 1
     folded = 0
@@ -340,7 +355,8 @@ def fold_chains(model: nn.Module, chains: list[tuple[nn.Module, ...]],
         spec = activation_module(act) if act is not None and type(act) in pass_through else None
         if spec is None or uses[id(act)] != 1 or _hooked(act):
             act, spec = None, None
-        fold = Fold(conv, bn, act, spec)
+        fold = Fold(conv, bn, act, spec,
+                    tuple(places[id(m)] for m in (bn, act) if m is not None))
         for m in (conv, bn) + ((act,) if act is not None else ()):
             m.__class__ = fold_type if m is conv else pass_through[type(m)]
             m._clconv_fold = fold
