@@ -1190,6 +1190,42 @@ def test_padding_computed_from_sizes_is_lowered_for_every_call(dev, ct):
         _close(cm2(a, odd), model(a, odd))
 
 
+class ComputedPieces(nn.Module):
+    """Split sizes, chunk counts and slice bounds computed from sizes: ShuffleNetV2's
+    `torch.split(x, x.size(1) // 2, 1)` and the U-Net paper's centre crop of the skip
+    (`x[:, :, dh:dh + h, dw:dw + w]`, dh from the two sizes), and a chunk count and a slice step
+    from a size."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(8, 8, 3)
+        self.d = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        a, b = torch.split(x, x.size(1) // 2, 1)
+        x = torch.cat([a, self.d(b)], 1)
+        y = self.c(x)
+        dh, dw = (x.size(2) - y.size(2)) // 2, (x.size(3) - y.size(3)) // 2
+        crop = x[:, :, dh:dh + y.size(2), dw:dw + y.size(3)]
+        pieces = torch.chunk(y, y.size(1) // 4, 1)  # 2 pieces of 4 channels
+        return torch.cat([crop, pieces[1], pieces[0]], 1)[:, :, :, ::x.size(0)]
+
+
+def test_pieces_and_slices_of_sizes_computed_in_the_graph(dev, ct):
+    """Lowered (they went back to torch: a FallbackWarning and two host round trips a call) and
+    read on each call: inputs of other sizes than the example's give torch's results."""
+    torch.manual_seed(0)
+    model = ComputedPieces().eval()
+    x = torch.randn(1, 8, 12, 12)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", ct.FallbackWarning)
+        for shape in ((1, 8, 12, 12), (2, 8, 15, 11), (1, 8, 9, 20)):
+            x = torch.randn(shape)
+            _close(cm(x), model(x))
+
+
 class Padded(nn.Module):
     """Every padding module and F.pad mode around convolutions (a CycleGAN-style generator's
     ReflectionPad2d(3) + 7x7 conv, TF-style asymmetric 'same' padding by ZeroPad2d, cropping)."""

@@ -437,11 +437,15 @@ class OpRules(LoweringBase):
             fill = len(shape(x)) - (len(items) - 1 - sum(i is None for i in items))
             items = items[:k] + (slice(None),) * fill + items[k + 1:]
             index = items
+        computed: list[fx.Node] = []  # slice bounds computed in the graph (read on each call)
         for i in items:
             if isinstance(i, slice):
-                if not all(v is None or type(v) is int for v in (i.start, i.stop, i.step)):
-                    raise Unlowerable("slices computed in the graph")
-                if i.step is not None and i.step < 1:  # (torch refuses them too)
+                bounds = (i.start, i.stop, i.step)
+                computed += [v for v in bounds if isinstance(v, fx.Node)]
+                if not all(v is None or type(v) is int or isinstance(v, fx.Node) and
+                           not is_tensor(v) for v in bounds):
+                    raise Unlowerable("slices whose bounds are not ints")
+                if type(i.step) is int and i.step < 1:  # (torch refuses them too)
                     raise Unlowerable("slices with a step below 1")
             elif type(i) is not int and i is not None:
                 raise Unlowerable("indexing other than integers, None and basic slices")
@@ -451,6 +455,16 @@ class OpRules(LoweringBase):
         # a contiguous one on the device (nothing to gather when every slice is whole).
         core = tuple(i for i in items if i is not None)
         whole = all(i == slice(None) for i in core)
+
+        def resolved(env: dict[str, Any]) -> tuple[Any, ...]:
+            """`core` with the computed bounds' values of this call (a UNet's centre crop
+            `skip[:, :, dh:dh + h, dw:dw + w]`, dh and h from the sizes)."""
+            if not computed:
+                return core
+            out = fx.node.map_arg(core, lambda n: int(env[n.name]))
+            if any(isinstance(i, slice) and i.step is not None and i.step < 1 for i in out):
+                raise ValueError("slice step must be positive")
+            return out
 
         def out_shape(selected: tuple[int, ...]) -> tuple[int, ...]:
             dims, k = [], 0
@@ -465,9 +479,10 @@ class OpRules(LoweringBase):
         def run(env: dict[str, Any]) -> Any:
             a = env[xn]
             if not whole:
-                a = to_device(a[core], dev, "input", a.dtype)
+                a = to_device(a[resolved(env)], dev, "input", a.dtype)
             return reshape_view(a, out_shape(a.shape))
-        return self.value(node, run, "slice" if not whole else "reshape (new dims)", (xn,))
+        return self.value(node, run, "slice" if not whole else "reshape (new dims)",
+                          (xn, *(n.name for n in computed)))
 
     def pad(self, node: fx.Node) -> Step:
         """F.pad: clconv.pad (every mode; negative amounts crop); all-zero amounts (a U-Net's
@@ -632,39 +647,50 @@ class OpRules(LoweringBase):
     def pieces(self, node: fx.Node) -> Step:
         """torch.chunk / torch.split (and the methods) of a tensor: a tuple of contiguous device
         arrays (each piece's strided view gathered on the device), sized as torch sizes them from
-        the input's shape on each call; the getitems that follow pick them."""
+        the input's shape on each call; the getitems that follow pick them. Sizes computed in the
+        graph (ShuffleNet's `torch.split(x, x.size(1) // 2, 1)`) are read on each call."""
         chunking = node.target in ("chunk", torch.chunk)
+        name = str(getattr(node.target, "__name__", node.target))
         x, how, dim = bind(node, (lambda input, chunks, dim=0: (input, chunks, dim)) if chunking
                            else (lambda tensor, split_size_or_sections, dim=0:
                                  (tensor, split_size_or_sections, dim)))
-        xn = self.plain_tensor(x, str(getattr(node.target, "__name__", node.target)))
-        if type(dim) is not int or any(type(v) is not int for v in _leaves(how)):
-            raise Unlowerable(f"{node.target} with sizes computed in the graph")
+        xn = self.plain_tensor(x, name)
+        computed = [v for v in _leaves(how) if isinstance(v, fx.Node)]
+        if type(dim) is not int or any(is_tensor(v) for v in computed) or any(
+                type(v) is not int for v in _leaves(how) if not isinstance(v, fx.Node)):
+            raise Unlowerable(f"torch.{name} along a dim computed in the graph or of sizes that "
+                              f"are not ints")
         dev = self.cm.device
 
         def run(env: dict[str, Any]) -> Any:
             a = env[xn]
             d = dim % a.ndim
             size = a.shape[d]
+            how_now = fx.node.map_arg(how, lambda n: int(env[n.name]))
+            if chunking and how_now <= 0:  # (computed sizes: torch's checks of the call)
+                raise ValueError(f"chunk expects `chunks` to be greater than 0, got: {how_now}")
+            if not chunking and isinstance(how_now, int) and (how_now < 0 or
+                                                              how_now == 0 and size):
+                raise ValueError(f"split_size can only be 0 if dimension size is 0, and never "
+                                 f"negative; got split_size={how_now} for size {size}")
             if chunking:
-                step = -(-size // how) if size else 0
+                step = -(-size // how_now) if size else 0
                 sizes = [min(step, size - i) for i in range(0, size, step)] if step else [0]
-            elif isinstance(how, int):
-                sizes = [min(how, size - i) for i in range(0, size, how)] if size else [0]
+            elif isinstance(how_now, int):
+                sizes = [min(how_now, size - i) for i in range(0, size, how_now)] if size else [0]
             else:
-                sizes = list(how)
-                if sum(sizes) != size:
-                    raise ValueError(f"split_with_sizes expects split_sizes to sum exactly to "
-                                     f"{size} (input tensor's size at dimension {d}), but got "
-                                     f"split_sizes={sizes}")
+                sizes = list(how_now)
+                if sum(sizes) != size or min(sizes, default=0) < 0:
+                    raise ValueError(f"split_with_sizes expects non-negative split_sizes that sum "
+                                     f"exactly to {size} (input tensor's size at dimension {d}), "
+                                     f"but got split_sizes={sizes}")
             out, start = [], 0
             for n in sizes:
                 index = (slice(None),) * d + (slice(start, start + n),)
                 out.append(to_device(a[index], dev, "input", a.dtype))
                 start += n
             return tuple(out)
-        return self.value(node, run, f"{getattr(node.target, '__name__', node.target)} (copies)",
-                          (xn,))
+        return self.value(node, run, f"{name} (copies)", (xn, *(v.name for v in computed)))
 
 
 def _leaves(v: Any) -> list[Any]:
