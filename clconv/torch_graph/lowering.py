@@ -220,7 +220,8 @@ class Lowering(LayerRules, OpRules):
                 # its dim is in the view's logical order, amax's in the stored one
                 raise Unlowerable("max of a permuted (channels-last) view")
             return self.max_values(node)  # torch.max(x, dim): (values, indices)
-        raise Unlowerable(f"non-tensor {node.op} {node.target}")
+        raise Unlowerable(f"non-tensor {node.op} "
+                          f"{getattr(node.target, '__qualname__', None) or node.target}")
 
     # -- modules, functions and methods -------------------------------------------------------
 
