@@ -119,13 +119,13 @@ class Fold:
         if bn is None:
             return fixed_operand(conv.weight, dev), fixed_operand(conv.bias, dev)
         tensors = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-        key = tuple(None if t is None else (t.data_ptr(), version_of(t), t.dtype, tuple(t.shape))
-                    for t in tensors) + (float(bn.eps),)
+        held = tuple(None if t is None else (t.data_ptr(), version_of(t), t.dtype, tuple(t.shape))
+                     for t in tensors)
+        key = (*held, float(bn.eps))
         # The samples' views are kept while the key holds (same storage, so the views stay
         # valid; they keep the tensors alive, so no other tensor takes that address): a call
         # then reads ~64 values of each as bytes (~1 us), not a new sample (~7 us a tensor).
-        fresh = key != self._key or self._folded is None or \
-            None in (k[1] for k in key[:-1] if k)
+        fresh = key != self._key or self._folded is None or None in (k[1] for k in held if k)
         if not fresh:
             fresh = self._sample_bytes() != self._samples
         if fresh:
