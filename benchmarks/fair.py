@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# (name, (N, C_in, H, W, C_out, k, stride, padding, groups)); N is filled in from --batch.
+# (name, (C_in, H, W, C_out, k, stride, padding, groups)): N is filled in from --batch; or
+# (name, (N, C_in, ..., groups)), 9 numbers, for a layer whose set fixes its batch (`batched`).
 Layer = tuple[str, tuple[int, ...]]
 
 
@@ -63,7 +64,23 @@ def mobilenet_v2() -> list[Layer]:
     return layers
 
 
-NETS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}
+def classic() -> list[Layer]:
+    """The classic bench's six layers (benchmarks.bench.LAYERS: AlexNet, VGG16, ResNet-50, a
+    MobileNet depthwise layer), each at its own batch size, whatever --batch says."""
+    from .bench import LAYERS
+
+    return [(f"classic.{layer.name}", (layer.n, layer.c, layer.h, layer.w, layer.k_out,
+                                       layer.ksize, layer.stride, layer.pad, layer.groups))
+            for layer in LAYERS]
+
+
+NETS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2, "classic": classic}
+
+
+def batched(named: Sequence[Layer], batch: int) -> list[tuple[int, ...]]:
+    """(N, C_in, H, W, C_out, k, stride, padding, groups) of each layer: N = `batch` unless the
+    layer's set fixes it."""
+    return [tuple(dims) if len(dims) == 9 else (batch, *dims) for _, dims in named]
 
 
 def select_layers(nets: str, only: str = "") -> list[Layer]:

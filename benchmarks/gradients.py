@@ -31,7 +31,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from benchmarks.fair import Worker, alternate, command_line, print_geometric_means, select_layers
+from benchmarks.fair import (Worker, alternate, batched, command_line, print_geometric_means,
+                             select_layers)
 
 
 def _out_pad(h: int, k: int, s: int, p: int, oh: int) -> int:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     named = select_layers(args.net, args.only)
-    layers = [(args.batch, *d) for _, d in named]
+    layers = batched(named, args.batch)
     ops = args.ops.split(",")
     print(command_line())
     fresh = tempfile.mkdtemp(prefix="clconv-bench-grad-")

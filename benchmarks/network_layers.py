@@ -1,7 +1,8 @@
-"""Every distinct convolution of ResNet-18 and MobileNetV2 (224x224, batch 1 by default), clconv
-against torch CPU by the fair method, with per-layer ratios and their geometric mean.
+"""Every distinct convolution of ResNet-18 and MobileNetV2 (224x224, batch 1 by default), or the
+classic bench's six layers (`classic`, each at its own batch size), clconv against torch CPU by the
+fair method, with per-layer ratios and their geometric mean.
 
-    python -m clconv bench --layers resnet18,mobilenet_v2 [--batch 1] [--algorithms auto]
+    python -m clconv bench --layers resnet18,mobilenet_v2,classic [--batch 1] [--algorithms auto]
         [--rounds 5] [--block 5] [--pause 0.02] [--torch-threads 2] [--only dw]
     python -m benchmarks.network_layers [--net resnet18,mobilenet_v2] [the same options]
         [--stat median|min] [--keep-choices]
@@ -35,7 +36,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from .fair import NETS, Worker, alternate, command_line, print_geometric_means, select_layers
+from .fair import (NETS, Worker, alternate, batched, command_line, print_geometric_means,
+                   select_layers)
 
 __all__ = ["main", "run", "run_from_cli", "worker"]
 
@@ -55,7 +57,7 @@ def run(nets: str = "resnet18,mobilenet_v2", batch: int = 1, algorithms: Sequenc
     named = select_layers(nets, only)
     if not named:
         raise ValueError(f"no layer of {nets} has a name containing one of {only!r}")
-    layers = [(batch, *d) for _, d in named]
+    layers = batched(named, batch)
     print(command or command_line())
     torch_w = Worker.module("benchmarks.network_layers", "torch", torch_threads,
                             json.dumps(layers), "")

@@ -142,6 +142,23 @@ def test_the_network_layer_sets_are_the_distinct_convolutions():
     assert both and all("dw" in name for name, _ in both)
 
 
+def test_the_classic_layer_set_keeps_each_layers_batch():
+    """`--layers classic`: the classic table's six layers by the fair method, each at the batch
+    size the table gives it (ResNet-50 res4 at 8), whatever --batch says."""
+    from benchmarks.bench import LAYERS
+    from benchmarks.fair import batched, select_layers
+
+    named = select_layers("classic")
+    assert [name for name, _ in named] == [f"classic.{layer.name}" for layer in LAYERS]
+    for batch in (1, 4):
+        dims = batched(named, batch)
+        assert [d[0] for d in dims] == [layer.n for layer in LAYERS]
+        assert all(d[1:] == (layer.c, layer.h, layer.w, layer.k_out, layer.ksize, layer.stride,
+                             layer.pad, layer.groups) for d, layer in zip(dims, LAYERS))
+    resnet = select_layers("resnet18")
+    assert {d[0] for d in batched(resnet, 4)} == {4}
+
+
 def test_cli_bench_layers_runs_the_fair_method(clconv_mod, capsys):
     """`bench --layers` on one layer, one round of one-call blocks: the header states the command,
     the device and the method; one ratio line and the geometric mean follow."""

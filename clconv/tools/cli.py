@@ -302,7 +302,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                     "Without --layers: each algorithm and peer timed alone on the classic\n"
                     "layers (or --layer), with errors, memory and first-call latency, written to\n"
                     "--out's files. With --layers NETS: every distinct convolution of the\n"
-                    "networks against torch CPU by the fair method (torch and clconv each in its\n"
+                    "networks (or the classic layers) against torch CPU by the fair method (torch and clconv each in its\n"
                     "own warm process, --rounds rounds of alternating blocks of --block calls\n"
                     "with a pause at each hand-over, medians), per-layer ratios and their\n"
                     "geometric mean. Needs the benchmarks package (benchmarks/ beside clconv/).")
@@ -341,8 +341,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "network layers (--layers; the fair method against torch CPU, which it needs)")
     fair.add_argument("--layers", type=network_list, default=None, metavar="NETS",
                       help="comma-separated built-in layer sets: resnet18, mobilenet_v2 (every "
-                           "distinct convolution at 224x224); replaces the classic table")
-    fair.add_argument("--batch", type=positive_int, default=1, help="the layers' batch size")
+                           "distinct convolution at 224x224), classic (the classic table's six "
+                           "layers, each at its own batch size)")
+    fair.add_argument("--batch", type=positive_int, default=1,
+                      help="the layers' batch size (classic's layers keep their own)")
     fair.add_argument("--only", default=None, metavar="WORDS",
                       help="keep the layers whose name contains one of these comma-separated "
                            "words (e.g. dw,s2; default: every layer)")
