@@ -16,8 +16,9 @@ How (docs/compile.md has the whole story):
    (`clconv.conv2d(..., residual=r, activation=spec)`).
 3. **Lower** every other node to a clconv op (pooling, linear, batch_norm, activations, add/mul with
    channel broadcast, cat, flatten/view as a free reshape, mean over the spatial dims as adaptive
-   average pooling, ConvNeXt's permute -> LayerNorm -> permute as a channel norm (cl/channel_norm.cl),
-   Linear on a channels-last view as a 1x1 convolution, Dropout/Identity as nothing).
+   average pooling, ConvNeXt's permute -> LayerNorm -> permute as a channel norm
+   (cl/channel_norm.cl), Linear on a channels-last view as a 1x1 convolution, Dropout/Identity as
+   nothing).
 4. **Run** with activations as pyopencl arrays on the device: one upload per input, one download per
    output, each intermediate dropped after its last reader (its buffer goes back to the device's
    memory pool, which the next result reuses). Plans come from clconv's per-device plan cache, keyed
@@ -33,7 +34,8 @@ Training keeps `clconv.torch.convert`'s per-module autograd.
 
 The package, by job: base.py (what compile() reports, shared helpers), activations.py (torch's
 activations as clconv's), tracing.py (fx trace with shapes), program.py (Step, RunStats and the
-runtime), lowering.py with lowering_base.py, lower_layers.py and lower_ops.py (fx nodes -> steps),
+runtime), lowering.py with lowering_base.py, lower_layers.py, lower_math.py and lower_shapes.py (fx
+nodes -> steps),
 channel_norm.py (the channel norm kernel), compiled.py (CompiledModel: lower, try, fall back),
 api.py (compile, warmup) and backend.py (the torch.compile backend).
 """

@@ -85,3 +85,10 @@ def attr(gm: nn.Module, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def leaves(v: Any) -> list[Any]:
+    """The items of nested lists/tuples (v itself when it is neither)."""
+    if isinstance(v, (list, tuple)):
+        return [leaf for e in v for leaf in leaves(e)]
+    return [v]

@@ -1,6 +1,7 @@
 """Lowering: the fx graph -> the program's steps. Lowering walks the nodes, fuses groups, sends each
-node to its rule (lower_layers.py for layers with weights, lower_ops.py for the rest), keeps a node
-no rule takes on the host, and says when each value can be dropped."""
+node to its rule (lower_layers.py for layers with weights, lower_math.py for arithmetic, reductions
+and pooling, lower_shapes.py for the ops that move data), keeps a node no rule takes on the host,
+and says when each value can be dropped."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from ..runtime.transfer import to_device
 from .activations import activation_of
 from .base import Unlowerable, attr, bind, is_tensor, shape, torch_type
 from .lower_layers import LayerRules
-from .lower_ops import OpRules
+from .lower_math import MathRules
+from .lower_shapes import ShapeRules
 from .lowering_base import (
     ADDS,
     MIRRORED,
@@ -32,7 +34,7 @@ from .program import Step, mapped
 from .tracing import untraced
 
 
-class Lowering(LayerRules, OpRules):
+class Lowering(LayerRules, MathRules, ShapeRules):
     """One lowering of a Program's graph with the given Options: lower() gives the steps and the
     layout of each value."""
 
