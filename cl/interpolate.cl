@@ -44,14 +44,12 @@ typedef float4 scale4_t;
 // (i0, i1, l0, l1) of output coordinate dst along a dim of `in` inputs and `out` outputs.
 inline void linear_taps(const int dst, const int in, const int out, const scale_t scale, int* i0,
                         int* i1, ACC* l0, ACC* l1) {
-    // In double, no fused multiply-add in the source index: torch's double kernels round
-    // scale * (dst + 0.5) before the - 0.5, and a fused one can move it across an integer
-    // (1/3 * 4.5 - 0.5: 1.0 in torch, 0.9999999999999999 fused), which changes the taps and where
-    // a NaN or Inf reaches. torch's float kernels do fuse it (measured: every NaN pattern of
-    // 2535 1-d cases matches with it, 22 differ without).
-#if defined(USE_FP64)
-#pragma OPENCL FP_CONTRACT OFF
-#endif
+    // As torch's HelperInterpLinear: the source coordinate scale * (dst + 0.5) - 0.5 is one
+    // fused multiply-add (the compilers of torch's kernels contract it, in float and double;
+    // written out for drivers that would not, llvmpipe: 0.2f * 2.5f - 0.5f gave a weight of 0,
+    // not 7.45e-9, and an Inf input NaN), and guard_index_and_lambda takes floorf of it, a float
+    // even for double tensors (1/3 * 4.5 - 0.5 fused is 0.9999999999999999: index 1, weight 0).
+    // Where a NaN or Inf reaches depends on both.
     if (in == out) {
         *i0 = *i1 = dst;
         *l0 = (ACC)1;
@@ -61,10 +59,10 @@ inline void linear_taps(const int dst, const int in, const int out, const scale_
 #ifdef ALIGN_CORNERS
     const scale_t real = scale * (scale_t)dst;
 #else
-    scale_t real = scale * ((scale_t)dst + (scale_t)0.5) - (scale_t)0.5;
+    scale_t real = fma(scale, (scale_t)dst + (scale_t)0.5, (scale_t)-0.5);
     real = (real < (scale_t)0) ? (scale_t)0 : real;
 #endif
-    const int i = min((int)floor(real), in - 1);
+    const int i = min((int)floor((float)real), in - 1);
     const scale_t l = clamp(real - (scale_t)i, (scale_t)0, (scale_t)1);
     *i0 = i;
     *i1 = i + ((i < in - 1) ? 1 : 0);
@@ -74,14 +72,17 @@ inline void linear_taps(const int dst, const int in, const int out, const scale_
 #elif MODE == 3
 // The four taps (clamped) and weights of output coordinate dst along a dim of `in` inputs.
 inline void cubic_taps(const int dst, const int in, const scale_t scale, int* idx, ACC* wt) {
+    // torch's guard_index_and_lambda: the index is floorf of the source coordinate (a float
+    // even for double tensors), the weight's t clamped to [0, 1]; the coordinate is one fused
+    // multiply-add (the compilers of torch's kernels contract it; written out for drivers that
+    // would not, llvmpipe). A tap weight exactly 0 or tiny decides whether an Inf gives NaN.
 #ifdef ALIGN_CORNERS
     const scale_t real = scale * (scale_t)dst;
 #else
-    const scale_t real = scale * ((scale_t)dst + (scale_t)0.5) - (scale_t)0.5;
+    const scale_t real = fma(scale, (scale_t)dst + (scale_t)0.5, (scale_t)-0.5);
 #endif
-    const scale_t f = floor(real);
-    const int i = (int)f;
-    const scale_t t = real - f;
+    const int i = min((int)floor((float)real), in - 1);
+    const scale_t t = clamp(real - (scale_t)i, (scale_t)0, (scale_t)1);
     const scale_t A = (scale_t)-0.75;
     // cubic_convolution1(x) for |x| <= 1, cubic_convolution2(x) for 1 < |x| < 2 (torch's)
     const scale_t x0 = t + (scale_t)1, x1 = t, x2 = (scale_t)1 - t, x3 = x2 + (scale_t)1;

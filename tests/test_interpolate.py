@@ -181,6 +181,34 @@ def test_linear_nan_reaches_the_outputs_torch_gives(dev, n_in, n_out, dtype):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want.numpy()))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode, size_in, size_out", [
+    ("linear", (1,), (5,)), ("linear", (2,), (10,)), ("linear", (3,), (7,)),
+    ("linear", (3,), (15,)), ("linear", (5,), (19,)), ("linear", (3,), (9,)),
+    ("bilinear", (1, 8), (5, 9)), ("bilinear", (2, 3), (22, 24)), ("bilinear", (4, 1), (11, 13)),
+    ("bicubic", (1, 3), (1, 9)), ("bicubic", (1, 4), (1, 12)), ("bicubic", (2, 5), (10, 23)),
+    ("bicubic", (1, 5), (1, 27)), ("trilinear", (1, 2, 3), (5, 7, 9)),
+])
+def test_an_inf_gives_inf_or_nan_where_torch_does(dev, mode, size_in, size_out, dtype):
+    """An Inf times a tap weight that is exactly 0 is NaN, times a tiny one Inf. torch computes
+    the source coordinate scale * (dst + 0.5) - 0.5 as one fused multiply-add (0.2f * 2.5f -
+    0.5f: 7.45e-9, not 0), in float and double, and takes the tap index as floorf of it, a float
+    even for double tensors (1/3 * 4.5 - 0.5 fused: 0.9999999999999999, index 1, weight 0); every
+    driver must do the same, those that do not contract a * b + c by themselves (llvmpipe)
+    included. One Inf at each input position in turn, one per batch item."""
+    if dtype == np.float64 and not dev.fp64:
+        pytest.skip(f"{dev.name} has no float64")
+    count = int(np.prod(size_in))
+    x = np.zeros((count, 1, *size_in), dtype)
+    x.reshape(count, count)[np.arange(count), np.arange(count)] = np.inf
+    got = clconv.interpolate(x, size=size_out, mode=mode)
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), size=size_out, mode=mode).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape, kw, error, words", [
     ((2, 3, 5, 6), {}, ValueError, "exactly one"),
     ((2, 3, 5, 6), {"size": 4, "scale_factor": 2}, ValueError, "exactly one"),
