@@ -2,9 +2,9 @@
 memory parts, a legend entry for every colour, the speed-up and FLOP rate on every bar, honest
 words on a layer where the GEMM paths lose, and a measured reason when one call beats its stages.
 
-The chart is checked through the matplotlib objects `demo.figure` returns, on measured results
-of a small layer (measured once per module) and on results made up to cover the cases a single
-run cannot choose (GEMM paths winning, and losing)."""
+The chart is checked through the matplotlib objects `demo_report.figure` returns, on measured
+results of a small layer (measured once per module) and on results made up to cover the cases a
+single run cannot choose (GEMM paths winning, and losing)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ def demo(clconv_mod):
     from clconv.tools import demo
 
     return demo
+
+
+@pytest.fixture(scope="module")
+def demo_report(clconv_mod):
+    from clconv.tools import demo_report
+
+    return demo_report
 
 
 def _layer(spec: str):
@@ -65,22 +72,23 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _check_chart(demo, r):
+def _check_chart(demo_report, r):
     """What every chart must hold, whatever the numbers."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_hex
 
-    fig = demo.figure(r)
+    fig = demo_report.figure(r)
     try:
         ax_t, ax_m = fig.axes
         # time: one bar per path, each under its own label; the stages' bar on its own
         rows = [_one_line(t.get_text()) for t in ax_t.get_yticklabels()]
         assert len(rows) == len(set(rows)) == (len(r.paths()) + bool(r.stages_ms))
         for algo in r.paths():
-            assert any(row.startswith(_one_line(demo.LABELS[algo])) for row in rows), (algo, rows)
+            label = _one_line(demo_report.LABELS[algo])
+            assert any(row.startswith(label) for row in rows), (algo, rows)
         # memory: one bar per algorithm, each under its own label, with all its parts
         columns = [_one_line(t.get_text()) for t in ax_m.get_xticklabels()]
-        assert columns == [demo.LABELS[a] for a in r.memory]
+        assert columns == [demo_report.LABELS[a] for a in r.memory]
         for i, (algo, parts) in enumerate(r.memory.items()):
             tops = [p.get_y() + p.get_height() for p in ax_m.patches
                     if abs(p.get_x() + p.get_width() / 2 - i) < 1e-9]
@@ -105,10 +113,10 @@ def _check_chart(demo, r):
         # every path's bar says its speed-up over the loops and its FLOP rate
         notes = [t.get_text() for t in ax_t.texts]
         for algo, ms in r.paths().items():
-            note = next(n for n in notes if n.strip().startswith(demo.ms_text(ms) + " ms,"))
+            note = next(n for n in notes if n.strip().startswith(demo_report.ms_text(ms) + " ms,"))
             assert "FLOP/s" in note
             if algo != "direct":
-                assert f"{demo._times(r.speedup(algo))} the loops' speed" in note
+                assert f"{demo_report._times(r.speedup(algo))} the loops' speed" in note
         texts = _texts(fig)
         assert not any("0.000" in t or " 0.0 GFLOP" in t for t in texts), texts
         return fig, " ".join(_one_line(t) for t in texts)
@@ -116,62 +124,65 @@ def _check_chart(demo, r):
         plt.close(fig)
 
 
-def test_the_chart_of_a_layer_where_the_gemm_paths_win(demo):
+def test_the_chart_of_a_layer_where_the_gemm_paths_win(demo, demo_report):
     r = _made_up(demo, "1,64,56,56,64,3,1,1", direct=300.0, im2col=12.0, packed=2.0,
                  implicit=5.0, stages=(0.6, 24.0, 1.5), chained=13.0)
-    _, words = _check_chart(demo, r)
+    _, words = _check_chart(demo_report, r)
     assert "Fastest: im2col + packed GEMM (clconv's), 150.0x" in words
     assert "Why one conv call (12.00 ms) beats its stages timed one by one (26.10 ms)" in words
     assert "back to back, as the call enqueues them, the same stages take 13.00 ms" in words
     assert "log scale" in words  # 150x apart: the fast bars stay visible
 
 
-def test_the_chart_of_a_tiny_layer_says_the_loops_win(demo):
+def test_the_chart_of_a_tiny_layer_says_the_loops_win(demo, demo_report):
     r = _made_up(demo, "1,4,8,8,4,3,1,1", direct=0.01, im2col=0.5, packed=0.9, implicit=0.3,
                  stages=(0.2, 0.15, 0.04), chained=0.3)
-    _, words = _check_chart(demo, r)
+    _, words = _check_chart(demo_report, r)
     assert "18.4 kFLOP" in words and "MFLOP/s" in words
     assert "the direct loops are the fastest: every GEMM path is slower" in words
     assert "registers and caches" not in words  # no praise for a path that loses
     assert "KiB on the device" in words
-    text = demo.report(r, 3)
+    text = demo_report.report(r, 3)
     assert "0.000" not in text and "18.4 kFLOP per call" in text
     assert "the direct loops are the fastest" in text and "registers and caches" not in text
     assert text.count("layer 1,4,8,8,4,3,1,1") == 1  # one label, not the spec twice
 
 
 @pytest.mark.parametrize("top", [0.1, 0.06, 0.011])
-def test_a_linear_time_axis_of_small_times_has_no_zero_padded_ticks(demo, top):
+def test_a_linear_time_axis_of_small_times_has_no_zero_padded_ticks(demo, top, demo_report):
     # Times within 30x of each other draw a linear axis; matplotlib's own tick labels would say
     # '0.000' at its origin for a 0.19 ms range (a flaky CI failure when a run timed so).
     r = _made_up(demo, "1,4,8,8,4,3,1,1", direct=top, im2col=top * 0.8, packed=top * 0.6,
                  implicit=top * 0.5, stages=(top * 0.3, top * 0.3, top * 0.1))
-    _, words = _check_chart(demo, r)
+    _, words = _check_chart(demo_report, r)
     assert "log scale" not in words
 
-def test_a_loser_among_winners_is_named(demo):
+
+def test_a_loser_among_winners_is_named(demo, demo_report):
     r = _made_up(demo, "1,16,32,32,16,3,1,1", direct=4.0, im2col=8.0, packed=2.0, implicit=1.0)
-    text = demo.report(r, 3)
+    text = demo_report.report(r, 3)
     assert "Fastest: implicit GEMM (clconv's), 4.00x" in text
     assert "im2col + CLBlast GEMM is slower than the loops here (0.50x their speed)" in text
 
 
 @pytest.mark.parametrize("flops, text", [(18432, "18.4 kFLOP"), (2.31e8, "231 MFLOP"),
                                          (3.7e9, "3.7 GFLOP"), (12, "12 FLOP")])
-def test_work_and_rates_in_the_unit_that_suits_them(demo, flops, text):
-    assert demo.flop_text(flops) == text
-    assert demo.rate_text(flops, 1000.0) == text + "/s"
 
 
-def test_without_clblast_the_chart_shows_clconvs_own_paths(demo, no_pyclblast):
+def test_work_and_rates_in_the_unit_that_suits_them(demo, flops, text, demo_report):
+    assert demo_report.flop_text(flops) == text
+    assert demo_report.rate_text(flops, 1000.0) == text + "/s"
+
+
+def test_without_clblast_the_chart_shows_clconvs_own_paths(demo, no_pyclblast, demo_report):
     r = demo.measure(None, _layer("1,4,8,8,4,3,1,1"), 1)
     assert r.im2col_call_ms is None and not r.stages_ms and "im2col" not in r.memory
     assert "no im2col + CLBlast GEMM here" in r.note
-    _check_chart(demo, r)
-    assert "no im2col + CLBlast GEMM here" in demo.report(r, 1)
+    _check_chart(demo_report, r)
+    assert "no im2col + CLBlast GEMM here" in demo_report.report(r, 1)
 
 
-def test_a_measured_small_layer(demo, tmp_path):
+def test_a_measured_small_layer(demo, tmp_path, demo_report):
     """measure() on a real device: every algorithm, its memory parts, agreeing results, a chart."""
     import clconv
 
@@ -184,8 +195,8 @@ def test_a_measured_small_layer(demo, tmp_path):
         assert r.chained_ms > 0 and r.im2col_call_ms > 0
         assert r.memory["im2col"]["columns"] == _layer("1,8,12,12,8,3,1,1").column_bytes
     assert r.max_error <= 1e-5 * max(r.scale, 1.0)
-    _check_chart(demo, r)
-    assert demo.plot(r, tmp_path / "d.png") is None
+    _check_chart(demo_report, r)
+    assert demo_report.plot(r, tmp_path / "d.png") is None
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -195,10 +206,10 @@ def test_progress_while_measuring(demo, capsys):
     assert "demo [" in err and "direct loops" in err and "100%" in err
 
 
-def test_the_stages_sentence_follows_the_numbers(demo):
+def test_the_stages_sentence_follows_the_numbers(demo, demo_report):
     r = _made_up(demo, "1,16,32,32,16,3,1,1", direct=4.0, im2col=3.0, packed=2.0, implicit=1.0,
                  stages=(0.5, 1.0, 0.2), chained=1.5)
-    assert "did not beat its stages" in demo.stages_sentence(r)
+    assert "did not beat its stages" in demo_report.stages_sentence(r)
     r = dataclasses.replace(r, im2col_call_ms=1.65)  # within 10%: no claim either way
-    assert "costs about what its stages cost" in demo.stages_sentence(r)
-    assert demo.stages_sentence(dataclasses.replace(r, stages_ms={})) is None
+    assert "costs about what its stages cost" in demo_report.stages_sentence(r)
+    assert demo_report.stages_sentence(dataclasses.replace(r, stages_ms={})) is None
