@@ -1226,6 +1226,39 @@ def test_pieces_and_slices_of_sizes_computed_in_the_graph(dev, ct):
             _close(cm(x), model(x))
 
 
+class ComputedLayerNorm(nn.Module):
+    """F.layer_norm over sizes taken from the input: `x.shape[1:]` (a torch.Size node), a tuple
+    of size nodes, and one size node with a module's weight and bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 6, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(6))
+        self.b = nn.Parameter(torch.randn(6))
+
+    def forward(self, x):
+        y = self.c(x)
+        y = F.layer_norm(y, y.shape[1:])
+        y = F.layer_norm(y, (y.size(2), y.size(3)), eps=1e-3)
+        z = y.transpose(1, 3).contiguous()  # (N, W, H, C): C last
+        z = F.layer_norm(z, (z.size(-1),), self.w, self.b)
+        return z.transpose(1, 3)
+
+
+def test_layer_norm_over_sizes_computed_in_the_graph(dev, ct):
+    """Lowered (it went back to torch: "layer_norm arguments computed in the graph") and read on
+    each call: inputs of other sizes than the example's give torch's results."""
+    torch.manual_seed(0)
+    model = ComputedLayerNorm().eval()
+    cm = _compile(ct, model, torch.randn(1, 3, 10, 12))
+    assert cm.fallbacks == []
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", ct.FallbackWarning)
+        for shape in ((1, 3, 10, 12), (2, 3, 7, 9)):
+            x = torch.randn(shape)
+            _close(cm(x), model(x))
+
+
 class Padded(nn.Module):
     """Every padding module and F.pad mode around convolutions (a CycleGAN-style generator's
     ReflectionPad2d(3) + 7x7 conv, TF-style asymmetric 'same' padding by ZeroPad2d, cropping)."""

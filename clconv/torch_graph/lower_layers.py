@@ -15,7 +15,7 @@ from torch import fx, nn
 from ..ops.activation import Activation
 from ..ops.fold import fold_batchnorm, foldable
 from .activations import activation_of, activation_spec
-from .base import Unlowerable, attr, bind, clconv_op, is_tensor, meta, shape, torch_type
+from .base import Unlowerable, attr, bind, clconv_op, is_tensor, leaves, meta, shape, torch_type
 from .channel_norm import channel_norm
 from .lowering_base import (ADDS, BATCHNORMS, PAD_MODULES, LoweringBase, conv_dims,
                             transposed_dims)
@@ -428,13 +428,17 @@ class LayerRules(LoweringBase):
         over (H, W)): clconv.layer_norm (group_norm with one group over a (rows, 1, size) view,
         then the elementwise weight and bias by clconv.mul / add)."""
         sh = shape(x)
-        ns = (normalized_shape,) if isinstance(normalized_shape, int) else \
-            tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list, torch.Size)) \
-            else None
-        if ns is None or any(isinstance(v, fx.Node) for v in (*ns, eps)):
+        computed = [v for v in leaves(normalized_shape) if isinstance(v, fx.Node)]
+        if isinstance(eps, fx.Node) or any(is_tensor(v) for v in computed):
             raise Unlowerable("layer_norm arguments computed in the graph")
-        if sh is None or not ns or len(ns) > len(sh) or tuple(sh[len(sh) - len(ns):]) != ns:
-            raise Unlowerable(f"layer_norm over {ns} of a tensor of shape {sh}")
+        if computed:  # F.layer_norm(x, x.shape[1:]): the sizes read on each call
+            ns = None
+        else:
+            ns = (normalized_shape,) if isinstance(normalized_shape, int) else \
+                tuple(normalized_shape) if isinstance(normalized_shape,
+                                                      (tuple, list, torch.Size)) else None
+            if sh is None or not ns or len(ns) > len(sh) or tuple(sh[len(sh) - len(ns):]) != ns:
+                raise Unlowerable(f"layer_norm over {ns} of a tensor of shape {sh}")
         xn = self.plain_tensor(x, "layer_norm")
         cm = self.cm
         w = cm.constant(("ln", node.name, "weight"), weight) if weight is not None else None
@@ -443,8 +447,12 @@ class LayerRules(LoweringBase):
         layer_norm = clconv_op("layer_norm")
 
         def run(env: dict[str, Any]) -> Any:
-            return layer_norm(env[xn], ns, w, b, eps)
-        return self.value(node, run, "clconv.layer_norm", (xn,))
+            if ns is not None:
+                return layer_norm(env[xn], ns, w, b, eps)
+            now = fx.node.map_arg(normalized_shape, lambda n: env[n.name])
+            return layer_norm(env[xn], (int(now),) if isinstance(now, int) else
+                              tuple(int(v) for v in leaves(now)), w, b, eps)
+        return self.value(node, run, "clconv.layer_norm", (xn, *(v.name for v in computed)))
 
     def local_response_norm(self, node: fx.Node, x: Any, size: Any, alpha: Any, beta: Any,
                             k: Any) -> Step:
