@@ -25,12 +25,11 @@ from .ops.fold import fold_batchnorm
 from .ops.channels import BatchNormPlan, batch_norm
 from .ops.shape import (CatPlan, cat, channel_shuffle, flatten, pixel_shuffle, pixel_unshuffle,
                         stack)
-from .ops.elementwise import (BinaryPlan, UnaryPlan, add,
-                              celu, clamp, div, elu, gelu, hardsigmoid, hardswish,
-                              hardtanh, leaky_relu, mish, mul,
-                              prelu, relu, relu6, selu, sigmoid, silu, softplus, sqrt, sub, tanh,
-                              abs, exp, log, rsqrt, erf, threshold, logsigmoid, softsign, tanhshrink, hardshrink,
-                              softshrink, maximum, minimum)
+from .ops.unary import (UnaryPlan, abs, celu, clamp, elu, erf, exp, gelu, hardshrink, hardsigmoid,
+                        hardswish, hardtanh, leaky_relu, log, logsigmoid, mish, relu, relu6, rsqrt,
+                        selu, sigmoid, silu, softplus, softshrink, softsign, sqrt, tanh, tanhshrink,
+                        threshold)
+from .ops.binary import BinaryPlan, add, div, maximum, minimum, mul, prelu, sub
 from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm, instance_norm, layer_norm
 from .ops.local_response_norm import LocalResponseNormPlan, local_response_norm

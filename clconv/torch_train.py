@@ -35,7 +35,7 @@ from .ops.channels import (
     enqueue_bias_act,
     enqueue_channel_stats,
 )
-from .ops.elementwise import gradient_from_output, unary_plan
+from .ops.unary import gradient_from_output, unary_plan
 from .ops.conv import cached_conv_plan
 from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .ops.precision import plan_dtype

@@ -99,7 +99,7 @@ def test_one_kernel_ops_put_their_kernels_event_on_the_result(clconv, rng, queue
     assert clconv.add(a, d, out=a) is a and loads == []
     np.testing.assert_array_equal(a.get(), np.maximum(x, 0) + x)
     monkeypatch.undo()
-    from clconv.ops import elementwise
+    from clconv.ops import binary
 
     kept = [clconv.add(d, 3.5) for _ in range(3)]
     assert all(np.array_equal(k.get(), x + np.float32(3.5)) for k in kept)
@@ -107,10 +107,10 @@ def test_one_kernel_ops_put_their_kernels_event_on_the_result(clconv, rng, queue
     scalar = clconv.current_device().constants[key]
     clconv.add(d, 3.5)
     assert clconv.current_device().constants[key] is scalar  # the same device number, reused
-    for v in range(elementwise.SCALARS_KEPT + 5):  # bounded: the oldest numbers go
+    for v in range(binary.SCALARS_KEPT + 5):  # bounded: the oldest numbers go
         clconv.add(d, float(v))
     kept = [k for k in clconv.current_device().constants if k[0] == "scalar"]
-    assert len(kept) == elementwise.SCALARS_KEPT and key not in kept
+    assert len(kept) == binary.SCALARS_KEPT and key not in kept
 
 
 def test_device_operands_of_the_plan_skip_the_loading(clconv, rng, queue, monkeypatch):

@@ -361,7 +361,7 @@ def test_operand_deep_into_its_buffer_is_rebased(clconv, monkeypatch):
 # Every module that launches a clconv kernel imports `kernel` from clconv.runtime.program.
 _LAUNCHING_MODULES = ("ops.launch", "ops.precision", "runtime.transfer", "ops.packed_conv",
                       "ops.conv_algorithms", "blas.packed", "ops.pool", "ops.depthwise",
-                      "ops.pointwise", "ops.splitk", "ops.elementwise", "ops.channels",
+                      "ops.pointwise", "ops.splitk", "ops.unary", "ops.binary", "ops.channels",
                       "ops.shape", "ops.adjoint_paths", "ops.weight_grad_paths",
                       "ops.pad", "ops.interpolate", "ops.group_norm", "ops.softmax",
                       "ops.local_response_norm")

@@ -306,7 +306,7 @@ def test_a_float64_plan_on_a_device_without_fp64_is_refused_before_any_build(clc
     """plan_*(dtype=float64) and the op plans made with a dtype on a device without cl_khr_fp64
     (llvmpipe, many GPUs; the extension switched off here): UnsupportedError, as the functional
     ops give, not a KernelBuildError from a double kernel."""
-    from clconv.ops.elementwise import BinaryPlan
+    from clconv.ops.binary import BinaryPlan
     from clconv.ops.pool import PoolPlan
 
     monkeypatch.setattr(dev, "fp64", False)

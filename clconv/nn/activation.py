@@ -9,7 +9,7 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..ops.activation import ActivationArg, normalize_activation
-from ..ops.elementwise import UnaryPlan, unary_plan
+from ..ops.unary import UnaryPlan, unary_plan
 from ..runtime.device import Device
 from ..runtime.transfer import ArrayLike
 from ..runtime.versions import stamp

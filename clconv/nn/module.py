@@ -16,7 +16,7 @@ from ..blas import clblast
 from ..blas.engine import gemm_engine
 from ..ops.conv import ALGORITHMS
 from ..ops.activation import normalize_activation
-from ..ops.elementwise import UnaryPlan, gradient_from_output, unary_plan
+from ..ops.unary import UnaryPlan, gradient_from_output, unary_plan
 from ..ops.geometry import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple
 from ..ops.grad import WeightGradPlan, enqueue_bias_grad
 from ..ops.plan import Plan, cached_plan

@@ -26,7 +26,8 @@ from ..runtime.program import kernel
 from ..runtime.transfer import ArrayLike, is_device_array, result_dtype, scatter, to_device
 from ..runtime.versions import bump
 from .activation import Activation, ActivationArg, activation_defines, normalize_activation
-from .elementwise import array_args, elementwise_defines, gradient_from_output, real_scalar
+from .elementwise import array_args, elementwise_defines, real_scalar
+from .unary import gradient_from_output
 from .plan import Plan, cached_plan, shape_ints, shape_of
 
 __all__ = ["BatchNormPlan", "batch_norm", "batch_norm_plan", "check_loop_limit",

@@ -115,7 +115,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Sequence[int],
     normalized_shape, optional). On the device as group_norm with one group over a (rows, 1,
     size) view of the same data, then clconv.mul / add. Returns numpy for a numpy input, else a
     device array."""
-    from .elementwise import add, mul, sub
+    from .binary import add, mul, sub
     from .shape import reshaped
 
     if isinstance(normalized_shape, Sequence) and not isinstance(normalized_shape, str) and \

@@ -28,7 +28,7 @@ from ..runtime.interop import host_operand
 from ..runtime.transfer import ArrayLike, element_offset, is_device_array, result_dtype
 from .activation import ActivationArg, normalize_activation
 from .channels import enqueue_bias_act
-from .elementwise import add
+from .binary import add
 from .plan import Plan, cached_plan, derived, is_constant, shape_of
 
 __all__ = ["LinearPlan", "linear"]
