@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             cells.append(f"{algorithm}: {geo.flops / wall / 1e9:6.2f} GF/s ({wall * 1e3:7.2f} ms, "
                          f"cpu {cpu * 1e3:7.2f} ms)")
         if "auto" in args.algorithms.split(","):
-            chosen = clconv.ops.conv.choose_algorithm(dev, geo, "auto", np.float32)
+            chosen = clconv.ops.conv_select.choose_algorithm(dev, geo, "auto", np.float32)
             row["auto_chose"] = chosen
             cells.append(f"auto chose {chosen}")
         if not args.no_torch:

@@ -97,7 +97,7 @@ def reference_conv(x: np.ndarray, w: np.ndarray, layer: Layer) -> np.ndarray:
 def _auto_choice(dev: Any, layer: Layer, dtype: Any = np.float32) -> str:
     """'chose im2col': what algorithm='auto' settled on for the layer ('' if it cannot be told)."""
     try:
-        from clconv.ops.conv import choose_algorithm
+        from clconv.ops.conv_select import choose_algorithm
         from clconv.ops.geometry import conv_geometry
 
         geo = conv_geometry(layer.nd, layer.input_shape, layer.weight_shape, layer.strides,

@@ -29,7 +29,7 @@ HOST_PEERS = ("numpy", "torch", "torch-cuda", "convgemm")
 
 def default_peers() -> tuple[str, ...]:
     """'direct', clconv's other algorithms, 'auto', then the peers outside clconv."""
-    from clconv.ops.conv import ALGORITHMS
+    from clconv.ops.conv_select import ALGORITHMS
 
     algorithms = [a for a in ALGORITHMS if a not in ("auto", "direct")]
     return ("direct", *algorithms, "auto", *HOST_PEERS)
@@ -139,7 +139,7 @@ def peer_runners(dev: Any, layer: Layer, x: np.ndarray, w: np.ndarray, peers: Se
     runners: dict[str, Callable[[], np.ndarray] | str] = {}
     xd = cla.to_device(dev.queue, x)
     wd = cla.to_device(dev.queue, w)
-    from clconv.ops.conv import ALGORITHMS
+    from clconv.ops.conv_select import ALGORITHMS
 
     for peer in peers:
         if peer in ALGORITHMS:

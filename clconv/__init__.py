@@ -15,8 +15,9 @@ modules (clconv.torch), device groups (`clconv.device("all")`) and Dask (clconv.
 from __future__ import annotations
 
 from . import nn
-from .ops.conv import (ACTIVATIONS, ALGORITHMS, ConvPlan, conv1d, conv2d, conv3d, plan_conv1d,
-                       plan_conv2d, plan_conv3d, warmup, workspace_size)
+from .ops.conv import (ACTIVATIONS, ConvPlan, conv1d, conv2d, conv3d, plan_conv1d, plan_conv2d,
+                       plan_conv3d, warmup, workspace_size)
+from .ops.conv_select import ALGORITHMS
 from .ops.grad import (InputGradPlan, WeightGradPlan, conv1d_input, conv1d_weight, conv2d_input,
                        conv2d_weight, conv3d_input, conv3d_weight, plan_conv1d_input,
                        plan_conv1d_weight, plan_conv2d_input, plan_conv2d_weight,

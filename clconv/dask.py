@@ -50,7 +50,7 @@ from dask.highlevelgraph import HighLevelGraph
 from .ops import conv as _conv
 from .ops import transpose as _transpose
 from .ops.activation import normalize_activation
-from .ops.conv import ALGORITHMS
+from .ops.conv_select import ALGORITHMS
 from .ops.dims import per_dimensions
 from .ops.geometry import IntOrTuple, PaddingArg, as_tuple, conv_geometry
 from .runtime.device import ENV_VAR, Device, devices

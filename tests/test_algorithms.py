@@ -4,7 +4,7 @@ One matrix: each case (1-3 d, every padding mode, (lo, hi) padding pairs, groups
 a channel multiplier, dilation, strides, 1x1, unbatched, bias or not, a fused activation and
 residual) runs with every name in clconv.ALGORITHMS but 'auto', in float32 and float64 (skipped
 where the device lacks it).
-An algorithm that validates the case (`clconv.ops.conv.algorithm_unsupported` says None) must
+An algorithm that validates the case (`clconv.ops.conv_select.algorithm_unsupported` says None) must
 match `reference.conv_nd` within the tolerance policy of tests/conftest.py; one that rejects it
 must raise ValueError naming itself (the call and `clconv.workspace_size`), so that no path ships
 untested and no rejection is silent.
@@ -21,7 +21,7 @@ import reference
 from helpers import random_array
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
-from clconv.ops.conv import ALGORITHMS
+from clconv.ops.conv_select import ALGORITHMS
 
 #: The fused epilogue of the cases that take one: act(conv + bias + residual).
 ACTIVATION = ("leaky_relu", 0.1)
@@ -89,7 +89,7 @@ def _oracle(x, w, b, r, kw):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_algorithm_matches_oracle(clconv, dev, dtype, rng, to_cl, case, algorithm):
     from clconv.blas import clblast
-    from clconv.ops.conv import algorithm_unsupported
+    from clconv.ops.conv_select import algorithm_unsupported
 
     _, nd, x_shape, w_shape, kw, has_bias, epilogue = case
     if algorithm in ("im2col", "winograd") and not clblast.available():
@@ -119,7 +119,7 @@ def test_algorithm_matches_oracle(clconv, dev, dtype, rng, to_cl, case, algorith
 def test_every_algorithm_is_exercised(clconv, dev):
     """Each registered algorithm computes at least one case of the matrix in float32 on this device,
     and each shape-specific one also rejects one (so both branches above run)."""
-    from clconv.ops.conv import ALGORITHM_CLASSES, algorithm_unsupported
+    from clconv.ops.conv_select import ALGORITHM_CLASSES, algorithm_unsupported
 
     assert set(NAMES) == set(ALGORITHM_CLASSES)
     for name in NAMES:
@@ -135,7 +135,7 @@ def test_an_empty_batch_through_every_algorithm(clconv, dev, algorithm):
     """An empty batch gives an empty result through every algorithm that takes the layer, called
     directly and through a plan made for another batch (splitk's grid divided by it)."""
     from clconv.blas import clblast
-    from clconv.ops.conv import algorithm_unsupported
+    from clconv.ops.conv_select import algorithm_unsupported
 
     if algorithm in ("im2col", "winograd") and not clblast.available():
         pytest.skip(f"algorithm={algorithm!r} needs CLBlast: {clblast.missing_reason()}")

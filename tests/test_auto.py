@@ -43,7 +43,7 @@ def cache(clconv, tmp_path, monkeypatch):
 def runs(clconv, monkeypatch):
     """The algorithms that run (every configured algorithm's run(), in order) and the measure()
     calls."""
-    from clconv.ops import autotune, conv
+    from clconv.ops import autotune, conv_select
 
     log: dict[str, list] = {"run": [], "measure": []}
     real_measure = autotune.measure
@@ -56,7 +56,7 @@ def runs(clconv, monkeypatch):
             return real_run(self, *args, **kwargs)
         return run
 
-    for cls in set(conv.ALGORITHM_CLASSES.values()):
+    for cls in set(conv_select.ALGORITHM_CLASSES.values()):
         monkeypatch.setattr(cls, "run", logged(cls))
 
     def measure(dev, geo, dtype, candidates, fn):
@@ -73,7 +73,7 @@ def data(rng, x_shape=(2, 5, 9, 8), w_shape=(4, 5, 3, 3)):
 
 def test_measures_once_and_remembers(clconv, rng, cache, runs):
     from clconv.ops import autotune
-    from clconv.ops import conv
+    from clconv.ops import conv_select
     from clconv.ops.geometry import conv_geometry
 
     x, w, b = data(rng)
@@ -85,7 +85,7 @@ def test_measures_once_and_remembers(clconv, rng, cache, runs):
     geo = conv_geometry(2, x.shape, w.shape, 1, 1, 1, 1)
     # every applicable one with the fixture's factor, but CLBlast's on PoCL (see shortlist)
     candidates = autotune.shortlist(dev, geo, np.float32,
-                                    conv.applicable_algorithms(dev, geo, np.float32))[1]
+                                    conv_select.applicable_algorithms(dev, geo, np.float32))[1]
     assert len(runs["measure"]) == 1 and set(runs["measure"][0]) == set(candidates)
     chosen = autotune.lookup(dev, geo, np.float32)
     assert chosen in candidates
@@ -163,7 +163,7 @@ def _border(shape):
 
 
 def test_rule_mode_measures_nothing(clconv, rng, cache, runs, monkeypatch):
-    from clconv.ops import conv
+    from clconv.ops import conv_select
     from clconv.ops.geometry import conv_geometry
 
     monkeypatch.setenv("CLCONV_AUTO", "rule")
@@ -171,7 +171,7 @@ def test_rule_mode_measures_nothing(clconv, rng, cache, runs, monkeypatch):
     clconv.conv2d(x, w, b, padding=1)
     dev = clconv.current_device()
     geo = conv_geometry(2, x.shape, w.shape, 1, 1, 1, 1)
-    assert runs["measure"] == [] and runs["run"] == [conv.rule_choice(dev, geo)]
+    assert runs["measure"] == [] and runs["run"] == [conv_select.rule_choice(dev, geo)]
     assert not cache.exists()
 
 
@@ -242,14 +242,14 @@ def test_only_the_shortlist_is_built_and_measured(clconv, rng, tmp_path, monkeyp
     """With the cost model's default factor, 'auto' configures (builds) and runs only the
     shortlisted algorithms, measures them only when there are several, and each at most three
     times beyond the call itself (one untimed run, three timed rounds at most)."""
-    from clconv.ops import autotune, conv
+    from clconv.ops import autotune, conv_select
     from clconv.ops.geometry import conv_geometry
 
     monkeypatch.setenv("CLCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("CLCONV_AUTO", raising=False)
     autotune.forget()
     configured = []
-    for cls in set(conv.ALGORITHM_CLASSES.values()):
+    for cls in set(conv_select.ALGORITHM_CLASSES.values()):
         real_init = cls.__init__
 
         def init(self, *args, _real=real_init, **kwargs):
@@ -261,8 +261,8 @@ def test_only_the_shortlist_is_built_and_measured(clconv, rng, tmp_path, monkeyp
         geo = conv_geometry(2, x_shape, w_shape, kw.get("stride", 1), kw.get("padding", 0), 1,
                             kw.get("groups", 1))
         ranked, short = autotune.shortlist(dev, geo, np.float32,
-                                           conv.applicable_algorithms(dev, geo, np.float32))
-        assert set(ranked) == set(conv.applicable_algorithms(dev, geo, np.float32))
+                                           conv_select.applicable_algorithms(dev, geo, np.float32))
+        assert set(ranked) == set(conv_select.applicable_algorithms(dev, geo, np.float32))
         assert short and short[0] == ranked[0] and short == [a for a in ranked if a in short]
         x, w = random_array(rng, x_shape), random_array(rng, w_shape)
         got = clconv.conv2d(x, w, None, **kw)
@@ -302,7 +302,7 @@ def test_pointwise_alone_on_a_cpus_1x1_layers(clconv, cin, cout, size):
     layers (measured ahead of the packed paths there: autotune._GATHER_ON_POINTWISE), so that a
     new network's first call builds no second 1x1 kernel to measure."""
     from clconv.blas.engine import cpu_shaped
-    from clconv.ops import autotune, conv
+    from clconv.ops import autotune, conv_select
     from clconv.ops.geometry import conv_geometry
 
     dev = clconv.current_device()
@@ -310,7 +310,7 @@ def test_pointwise_alone_on_a_cpus_1x1_layers(clconv, cin, cout, size):
         pytest.skip("the calibration is the CPU-shaped kernels' (PoCL)")
     geo = conv_geometry(2, (1, cin, size, size), (cout, cin, 1, 1), 1, 0, 1, 1)
     _, short = autotune.shortlist(dev, geo, np.float32,
-                                  conv.applicable_algorithms(dev, geo, np.float32))
+                                  conv_select.applicable_algorithms(dev, geo, np.float32))
     assert short == ["pointwise"]
 
 

@@ -192,7 +192,7 @@ def test_auto_rule_picks_it_on_cpu_devices(clconv, dev, monkeypatch):
     """The rule prefers 'depthwise' for depthwise layers on PoCL's CPU devices only (the kernel
     is CPU-shaped), and never for grouped or dense ones."""
     from clconv.blas.engine import cpu_shaped
-    from clconv.ops.conv import applicable_algorithms, rule_choice
+    from clconv.ops.conv_select import applicable_algorithms, rule_choice
     from clconv.ops.geometry import conv_geometry
 
     dw = conv_geometry(2, (1, 32, 28, 28), (32, 1, 3, 3), 1, 1, 1, 32, "zeros")

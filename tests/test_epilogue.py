@@ -125,11 +125,11 @@ PACKED = ("implicit", "im2col_packed")
 
 
 def algorithm_names(clconv):
-    """Every algorithm of clconv.ops.conv.ALGORITHMS but 'auto'; 'im2col' and 'winograd' only
+    """Every algorithm of clconv.ops.conv_select.ALGORITHMS but 'auto'; 'im2col' and 'winograd' only
     with CLBlast."""
     from clconv.blas import clblast
 
-    return [a for a in clconv.ops.conv.ALGORITHMS
+    return [a for a in clconv.ops.conv_select.ALGORITHMS
             if a != "auto" and (clblast.available() or a not in ("im2col", "winograd"))]
 
 

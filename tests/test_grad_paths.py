@@ -413,7 +413,7 @@ def test_splitk_adjoint_transposed_with_epilogue(clconv, dev, rng, dtype):
     # the route is the flipped split-K GEMM where 'auto''s rule ranks 'splitk' first for the
     # forward convolution it is (on PoCL: float32, and float64 with AVX-512's wider tiles)
     from clconv.ops.adjoint_paths import forward_geometry
-    from clconv.ops.conv import rule_choice
+    from clconv.ops.conv_select import rule_choice
 
     fgeo = forward_geometry(plan.adjoint.geo)
     first = cpu_shaped(dev) and rule_choice(dev, fgeo, dtype) == "splitk"

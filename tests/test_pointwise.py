@@ -142,7 +142,7 @@ def test_auto_rule_picks_it_on_cpu_devices(clconv, dev):
     too, where 'direct' would be the small-layer choice, and strided ones), and never for padded
     ones."""
     from clconv.blas.engine import cpu_shaped
-    from clconv.ops.conv import applicable_algorithms, rule_choice
+    from clconv.ops.conv_select import applicable_algorithms, rule_choice
     from clconv.ops.geometry import conv_geometry
 
     small = conv_geometry(2, (1, 384, 14, 14), (64, 384, 1, 1), 1, 0, 1, 1, "zeros")

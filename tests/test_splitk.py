@@ -94,7 +94,7 @@ def test_workspace_limit(clconv, rng):
 
 def test_auto_rule_picks_it_for_few_positions_on_cpu_devices(clconv, dev):
     from clconv.blas.engine import cpu_shaped
-    from clconv.ops.conv import applicable_algorithms, rule_choice
+    from clconv.ops.conv_select import applicable_algorithms, rule_choice
     from clconv.ops.geometry import conv_geometry
 
     c7 = conv_geometry(2, (1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1, "zeros")

@@ -14,7 +14,7 @@ import pyopencl.array as cla
 
 from ..blas import clblast
 from ..blas.engine import gemm_engine
-from ..ops.conv import ALGORITHMS
+from ..ops.conv_select import ALGORITHMS
 from ..ops.activation import normalize_activation
 from ..ops.unary import UnaryPlan, gradient_from_output, unary_plan
 from ..ops.geometry import PADDING_MODES, ConvGeometry, IntOrTuple, PaddingArg, as_tuple

@@ -36,6 +36,7 @@ from ..runtime.memory import column_buffer, empty
 from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
+from .conv_select import configure, rule_choice
 from .depthwise import Depthwise, planes_per_item
 from .geometry import ConvGeometry, conv_geometry
 from .launch import Epilogue, epilogue_defines, kernel_defines, optional_buffer_args
@@ -113,8 +114,6 @@ def _splitk_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     512 x 7x7 3x3 layers at batch 1): its GEMM then reads the filters flipped itself, so the
     adjoint costs no pass over them (2.4 M values at 512 channels: ~1 ms on PoCL, as much as
     GEMM + col2im's lead over the forward path with that pass)."""
-    from .conv import rule_choice  # conv imports transpose, which imports this module
-
     return fgeo.groups == 1 and cpu_shaped(dev) and rule_choice(dev, fgeo, dtype) == "splitk"
 
 def _depthwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
@@ -122,16 +121,12 @@ def _depthwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     (channel multiplier 1: the adjoint's flipped filters are the layer's own, taps reversed), whose
     kernel then reads the taps backwards itself (-D FLIP_TAPS): MobileNetV2's transposed depthwise
     layers paid a launch over the filters per call, a third of the convolution's time at 14x14."""
-    from .conv import rule_choice
-
     return (fgeo.groups == fgeo.in_channels == fgeo.out_channels
             and rule_choice(dev, fgeo, dtype) == "depthwise")
 
 def _pointwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     """Whether 'auto''s rule ranks 'pointwise' first for the stride-1 1x1 forward convolution
     `fgeo`, where it can read the layer's weight transposed (float32 / float64, no loop cap)."""
-    from .conv import rule_choice
-
     return (fgeo.ksize == 1 and cpu_shaped(dev) and float_work(dtype)
             and getattr(dev, "loop_limit", None) is None
             and rule_choice(dev, fgeo, dtype) == "pointwise")
@@ -144,7 +139,6 @@ class ForwardAdjoint:
     def __init__(self, dev: Device, geo: ConvGeometry, fgeo: ConvGeometry, dtype: np.dtype,
                  has_bias: bool, limit: int, activation: ActivationArg = None,
                  has_residual: bool = False) -> None:
-        from .conv import configure  # conv imports transpose, which imports this module
         self.dev, self.geo = dev, geo
         act = normalize_activation(activation)
         self.impl: Any

@@ -1,7 +1,8 @@
 """algorithm='auto', measured: the first call of each (device, shape, dtype) times the algorithms
 that can run it and remembers the fastest, in memory and in a JSON file in `cache_dir()`.
 
-How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv.configure` when it measures):
+How algorithm='auto' chooses (`conv_select.choose_algorithm`, and `conv_select.configure` when
+it measures):
 
 1. A choice already made for the key is used: from this process's memory, else from
    `cache_dir()/algorithms.json` (written by earlier processes; read once per process).
@@ -22,7 +23,7 @@ How algorithm='auto' chooses (`conv.choose_algorithm`, and `conv.configure` when
    whatever the number of calls: a failed file write only costs a warning, and the choice stays in
    memory.
 3. With CLCONV_AUTO=rule (or when only one algorithm applies) nothing is measured or written: the
-   cost model's best estimate runs (`conv.rule_choice`; one selector: the rule is the model's
+   cost model's best estimate runs (`conv_select.rule_choice`; one selector: the rule is the model's
    first). The test suite uses it to stay fast and deterministic.
 
 The key: (platform, device name, driver version, nd, batch bucket (`batch_bucket`: the next power of

@@ -5,7 +5,7 @@ planes (up to 64 padded rows: MobileNet's 7x7 to 56x56, ConvNeXt's 7x7 kernels a
 file's second kernel, conv_depthwise_small: whole planes from a private zero-padded copy, no edge
 code (`small_plane`; 1.3-2.5x the row segments there).
 
-`Depthwise` is one of the forward algorithm classes of clconv.ops.conv (constructor and `run` as
+`Depthwise` is one of the forward algorithm classes (registered in clconv.ops.conv_select; constructor and `run` as
 clconv.ops.conv_algorithms'): everything is decided and built when it is made (tile, NDRange,
 work per work-item, the program), and `run` only enqueues one kernel. 1-d, 2-d and 3-d, every
 stride, dilation and padding mode, bias, residual and activation fused. No workspace.

@@ -6,7 +6,7 @@ Strided ones (ResNet's downsampling) first gather the subsampled input into the 
 (conv_pointwise.cl's subsample, one launch; workspace N x C_in x L values), then run the same
 GEMM on it.
 
-`Pointwise` is one of the forward algorithm classes of clconv.ops.conv (constructor and `run` as
+`Pointwise` is one of the forward algorithm classes (registered in clconv.ops.conv_select; constructor and `run` as
 clconv.ops.conv_algorithms'): the tile, the work split and the program are fixed when it is made,
 and `run` is one enqueue. Work is spread over output channels as well as column panels when the
 panels alone are too few for the device's cores (batch 1 at 7x7 or 14x14).

@@ -205,7 +205,7 @@ def network_list(text: str) -> str:
 
 def algorithm_list(text: str) -> list[str]:
     """bench --algorithms: comma-separated clconv algorithm names."""
-    from ..ops.conv import ALGORITHMS
+    from ..ops.conv_select import ALGORITHMS
 
     return _known_names(text, ALGORITHMS, "algorithm(s)")
 
