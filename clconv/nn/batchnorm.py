@@ -186,6 +186,10 @@ class _BatchNorm(Module):
                 raise TypeError(f"input has dtype {dtype}; this layer's dtype is {self.dtype}")
             c, inner = shape[1], math.prod(shape[2:])
             batch_stats = self.training or not self.track_running_stats
+            if batch_stats and not self.eps > 0:  # (an eps of 0 divides by a variance of 0)
+                raise ValueError(f"{type(self).__name__}: eps must be positive when normalising "
+                                 f"with the batch's statistics (training, or no running ones; "
+                                 f"torch's rule), got {self.eps}")
             if batch_stats:
                 if shape[0] * inner == 1:  # torch's rule whenever batch statistics are used
                     raise ValueError(f"expected more than 1 value per channel when training, got "

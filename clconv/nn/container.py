@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,14 @@ class Sequential(Module):
         return self
 
     def insert(self, index: int, layer: Module) -> Sequential:
-        self.layers.insert(index, _layer(layer))
+        """`layer` put before position `index` (-len <= index <= len; IndexError otherwise, as
+        torch's, where a list would clamp it)."""
+        n = len(self.layers)
+        if not isinstance(index, numbers.Integral) or isinstance(index, bool):
+            raise TypeError(f"index must be an int, got {index!r}")
+        if not -n <= index <= n:
+            raise IndexError(f"Index out of range: {index} (Sequential of {n} layers)")
+        self.layers.insert(int(index), _layer(layer))
         return self
 
     def extend(self, layers: Any) -> Sequential:

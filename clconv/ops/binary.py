@@ -224,9 +224,11 @@ def sub(input: ArrayLike, other: ArrayLike, *, alpha: float = 1,
 def prelu(input: ArrayLike, weight: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
     """torch.nn.functional.prelu: input where > 0, else weight * input, with weight (1,) or (C,)
     (one slope per channel: dim 1 of an (N, C, *) input)."""
-    if isinstance(weight, (numbers.Number, bool)) or weight is None:
-        raise TypeError(f"prelu: weight must be an array of slopes (torch: a tensor), got "
-                        f"{weight!r}")
+    for name, value in (("input", input), ("weight", weight)):
+        if not (hasattr(value, "shape") and hasattr(value, "reshape")):  # (a list, a number)
+            what = "an array of slopes" if name == "weight" else "an array"
+            raise TypeError(f"prelu: {name} must be {what} (torch: a tensor), got "
+                            f"{type(value).__name__}")
     w_shape, x_shape = shape_of(weight), shape_of(input)
     if len(w_shape) == 0:  # torch takes a 0-d slope as one for all channels
         weight, w_shape = weight.reshape((1,)), (1,)

@@ -43,11 +43,12 @@ def _is_int(v: object) -> bool:
 
 def as_tuple(value: IntOrTuple, nd: int, name: str, minimum: int,
              one_for_all: bool = True) -> tuple[int, ...]:
-    """An int or a sequence of `nd` ints (or of 1, with one_for_all, as torch's convolutions take),
-    as an nd-tuple of ints >= minimum."""
+    """An int or a tuple or list of `nd` ints (or of 1, with one_for_all, as torch's convolutions
+    take), as an nd-tuple of ints >= minimum. Other sequences (bytes, a range) are a TypeError,
+    as in torch: b"ab" would be the sizes (97, 98)."""
     if _is_int(value):
         items = [int(value)] * nd
-    elif isinstance(value, Sequence) and not isinstance(value, str) and all(map(_is_int, value)):
+    elif isinstance(value, (tuple, list)) and all(map(_is_int, value)):
         items = [int(v) for v in value]
         if len(items) == 1 and one_for_all:
             items = items * nd

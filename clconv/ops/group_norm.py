@@ -118,13 +118,14 @@ def layer_norm(input: ArrayLike, normalized_shape: Sequence[int],
     from .binary import add, mul, sub
     from .shape import reshaped
 
-    if isinstance(normalized_shape, Sequence) and not isinstance(normalized_shape, str) and \
-            all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                for v in normalized_shape):
+    if isinstance(normalized_shape, (tuple, list)) and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in normalized_shape):
         ns: tuple[int, ...] = tuple(int(v) for v in normalized_shape)
     else:  # an int too, as F.layer_norm (nn.LayerNorm's constructor takes one)
-        raise TypeError(f"layer_norm: normalized_shape must be a sequence of ints, e.g. "
-                        f"({normalized_shape!r},) for the last dim, got {normalized_shape!r}")
+        hint = f", e.g. ({normalized_shape},) for the last dim" \
+            if isinstance(normalized_shape, numbers.Integral) else " (a tuple or list)"
+        raise TypeError(f"layer_norm: normalized_shape must be a sequence of ints{hint}, got "
+                        f"{normalized_shape!r}")
     shape = tuple(int(v) for v in shape_of(input))
     if not ns or len(ns) > len(shape) or shape[len(shape) - len(ns):] != ns:
         raise ValueError(f"layer_norm: input of shape {shape} does not end in normalized_shape "

@@ -19,6 +19,7 @@ plans keyed by the call's shapes, dtype and arguments, so a repeated call is one
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import numbers
 import threading
@@ -86,7 +87,10 @@ _INT_ONLY = {int}
 
 def shape_ints(value: Any, name: str) -> tuple[int, ...]:
     """A shape argument as a tuple of ints >= 0; TypeError naming `name` for anything else
-    (floats included: a plan never truncates 5.7 to 5), ValueError for a negative size."""
+    (floats included: a plan never truncates 5.7 to 5; bytes, whose items are ints, too),
+    ValueError for a negative size."""
+    if isinstance(value, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
     try:
         items = list(value)
     except TypeError:
@@ -114,7 +118,9 @@ def bias_flag(bias: Any, channels: int | None) -> bool:
 
 def freeze(value: Any) -> Hashable:
     """A hashable key for an argument value that keeps its type (1, 1.0 and True stay distinct, so
-    a cached plan never accepts a value that validation would reject)."""
+    a cached plan never accepts a value that validation would reject) and a float's bits: -0.0
+    and 0.0 compare equal but are different values (a pad value, a clamp bound: torch keeps the
+    sign), and every NaN is one key."""
     kind = type(value)
     # The common cases, as they are: an int, a str, None, a tuple of ints (shapes, strides). Any
     # other value (a bool, a float, a numpy int, a list) is wrapped with its type, so it can never
@@ -127,6 +133,11 @@ def freeze(value: Any) -> Hashable:
         return (type(value).__name__, tuple(freeze(v) for v in value))
     if isinstance(value, np.dtype):
         return ("dtype", value.str)
+    if isinstance(value, (float, np.floating)):
+        return (kind.__name__, float(value).hex())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # an Activation
+        return (kind.__name__, tuple(freeze(getattr(value, f.name))
+                                     for f in dataclasses.fields(value)))
     hash(value)  # TypeError for unhashable values: the caller then plans without the cache
     return (type(value).__name__, value)
 

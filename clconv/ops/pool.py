@@ -180,6 +180,11 @@ class PoolPlan(Plan):
                 raise ValueError(f"{name}: input of spatial size {tuple(size)} gives output size "
                                  f"{out}: too small for kernel_size {k}, stride {s}, padding {p}, "
                                  f"dilation {d}")
+            # The kernels take the window as 32-bit ints. A stride only scales the output index
+            # and a dilation the kernel index: along a dim of one output (or a kernel of 1) any
+            # value gives the same windows, so a huge one (torch takes stride=2**40) runs as 1.
+            s = tuple(1 if o == 1 else si for o, si in zip(out, s))
+            d = tuple(1 if ki == 1 else di for ki, di in zip(k, d))
             self.window = (_lift(k, 1), _lift(s, 1), _lift(p, 0), _lift(d, 1))
         if kind == "avg":
             self.count_include_pad = _flag(count_include_pad, "count_include_pad")
@@ -190,6 +195,9 @@ class PoolPlan(Plan):
                                 f"{divisor_override!r}")
             if divisor_override == 0:
                 raise ValueError(f"{name}: divisor_override must not be zero")
+            if divisor_override is not None and abs(divisor_override) >= 2**31:
+                raise ValueError(f"{name}: divisor_override must be below 2**31 in magnitude (the "
+                                 f"kernel divides by a 32-bit int), got {divisor_override}")
             self.divisor = 0 if divisor_override is None else int(divisor_override)
         self.planes = n * c
         self.in_size, self.out_size = _lift(size, 1), _lift(out, 1)

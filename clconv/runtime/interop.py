@@ -32,8 +32,9 @@ def is_torch_tensor(x: object) -> bool:
 
 
 def host_operand(x: Any, name: str) -> Any:
-    """`x` unchanged, or a torch tensor as a numpy view; TypeError for lists, tuples, scalars and
-    tensors that need grad, on another device than the CPU, or of a dtype numpy lacks (bfloat16)."""
+    """`x` unchanged (None too), or a torch tensor as a numpy view; TypeError for lists, tuples,
+    scalars, anything else that is not an array (a str, a dict, an object), and tensors that need
+    grad, on another device than the CPU, or of a dtype numpy lacks (bfloat16)."""
     if isinstance(x, (np.ndarray, cla.Array)):  # the usual operands, first: every call asks
         return x
     if is_torch_tensor(x):
@@ -45,6 +46,10 @@ def host_operand(x: Any, name: str) -> Any:
         raise TypeError(f"{name} is a scalar ({type(x).__name__}); clconv takes numpy or pyopencl "
                         f"arrays: pass a numpy array, e.g. np.asarray({name}, dtype=np.float32) "
                         f"with the dims the operation needs")
+    if x is not None and not hasattr(x, "__array__") and not hasattr(x, "__array_interface__"):
+        # (a str, bytes, a dict, a range, an object: nothing numpy reads as an array of numbers)
+        raise TypeError(f"{name} must be a numpy or pyopencl array (or a torch tensor), got "
+                        f"{type(x).__name__}")
     return x
 
 

@@ -1,0 +1,159 @@
+"""Argument handling found wanting by a differential fuzz against torch.nn.functional / torch.nn
+(session 24): plan-cache keys that must tell -0.0 from 0.0, operands and parameters that are not
+arrays, size arguments given as bytes or a range, pools with strides past 32 bits, BatchNorm's eps
+in training, Sequential.insert's range. Each case is what torch does (or refuses), checked through
+the public API; values against torch where it computes one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import import_torch
+
+
+@pytest.fixture
+def clconv(clconv_mod, dev):
+    return clconv_mod
+
+
+def _signs(a) -> list[int]:
+    return np.signbit(np.asarray(a)).ravel().astype(int).tolist()
+
+
+def test_a_signed_zero_argument_gets_its_own_plan(clconv):
+    """-0.0 == 0.0 (same hash): the functional API's plan cache reused the plan made for 0.0 for
+    a later -0.0 (pad's value, clamp's bounds, a fused clamp), so the sign of zero followed the
+    call before."""
+    torch = import_torch()
+    import torch.nn.functional as F
+
+    x = np.array([[[-1.0, 2.0, -3.0, 0.2]]], np.float32)
+    t = torch.from_numpy(x)
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):
+        clconv.pad(x, (1, 1), value=first)
+        assert _signs(clconv.pad(x, (1, 1), value=second)) == \
+            _signs(F.pad(t, (1, 1), value=second))
+        clconv.clamp(x, first, 1.0)
+        assert _signs(clconv.clamp(x, second, 1.0)) == _signs(torch.clamp(t, second, 1.0))
+        clconv.hardtanh(x, first, 1.0)
+        assert _signs(clconv.hardtanh(x, second, 1.0)) == _signs(F.hardtanh(t, second, 1.0))
+    w = np.ones((1, 1, 1), np.float32)
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):  # a fused ('clamp', lo, hi): an Activation
+        clconv.conv1d(x, w, activation=("clamp", first, 1.0))
+        got = clconv.conv1d(x, w, activation=("clamp", second, 1.0))
+        assert _signs(got) == _signs(torch.clamp(F.conv1d(t, torch.from_numpy(w)), second, 1.0))
+
+
+def test_every_nan_argument_is_one_plan(clconv):
+    from clconv.ops.plan import plans
+
+    x = np.arange(4, dtype=np.float32).reshape(1, 1, 4)
+    cache = plans(clconv.current_device())
+    clconv.pad(x, (1, 1), value=float("nan"))
+    before = cache.misses
+    got = clconv.pad(x, (1, 1), value=float("nan"))  # another NaN object: the same plan
+    assert cache.misses == before and np.isnan(got[..., [0, -1]]).all()
+
+
+@pytest.mark.parametrize("weight", [[0.25, 0.1, 0.2, 0.3], (0.1, 0.2), range(4), "ab", 0.25,
+                                    None, object()])
+def test_prelu_refuses_a_weight_that_is_not_an_array(clconv, weight):
+    x = np.ones((2, 4, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="prelu: weight must be an array of slopes"):
+        clconv.prelu(x, weight)
+    with pytest.raises(TypeError, match="prelu: input must be an array"):
+        clconv.prelu(None, np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize("value", ["a", b"ab", {"w": 1}, object()])
+def test_operands_and_parameters_that_are_not_arrays_are_type_errors(clconv, value):
+    """A str, bytes, a dict or an object as an operand or a layer's parameter: a TypeError naming
+    the argument (an AttributeError or a shape error before; torch: "cannot assign ... as
+    parameter" / "must be Tensor")."""
+    nn = clconv.nn
+    w = np.ones((2, 2, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="input must be a numpy or pyopencl array"):
+        clconv.conv2d(value, w)
+    with pytest.raises(TypeError, match="input must be a numpy or pyopencl array"):
+        clconv.relu(value)
+    with pytest.raises(TypeError, match="weight must be a numpy or pyopencl array"):
+        nn.Conv2d(2, 3, 3).weight = value
+    with pytest.raises(TypeError, match="bias must be a numpy or pyopencl array"):
+        nn.Linear(4, 5).bias = value
+    with pytest.raises(TypeError, match="weight must be a numpy or pyopencl array"):
+        nn.BatchNorm2d(3).weight = value
+
+
+def test_sizes_given_as_bytes_or_a_range_are_type_errors(clconv):
+    """bytes are a sequence of ints: b"ab" was the padding (97, 98) (a silently huge result);
+    torch refuses bytes and ranges wherever it takes an int or a tuple of ints."""
+    x = np.ones((1, 2, 6, 6), np.float32)
+    w = np.ones((2, 2, 3, 3), np.float32)
+    calls = {
+        "padding": lambda v: clconv.conv2d(x, w, padding=v),
+        "stride": lambda v: clconv.conv_transpose2d(x, w, stride=v),
+        "kernel_size": lambda v: clconv.max_pool2d(x, kernel_size=v),
+        "dilation": lambda v: clconv.conv2d(x, w, dilation=v),
+        "output_size": lambda v: clconv.fold(np.ones((1, 8, 4), np.float32), v, 2),
+        "input_size": lambda v: clconv.conv2d_input(v, w, np.ones((1, 2, 4, 4), np.float32)),
+        "input_shape": lambda v: clconv.plan_conv2d(v, w.shape),
+        "normalized_shape": lambda v: clconv.layer_norm(x, v),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=name):
+            call(b"\x01\x02\x06\x06" if name in ("input_size", "input_shape") else b"\x02\x02")
+        if name not in ("input_size", "input_shape"):  # (shapes: any sequence of ints)
+            with pytest.raises(TypeError, match=name):
+                call(range(1, 3))
+    with pytest.raises(TypeError, match="kernel_size"):
+        clconv.nn.Conv2d(2, 2, b"\x03")
+    # what torch takes stays taken: lists, 1-element lists, torch.Size
+    torch = import_torch()
+    assert clconv.conv2d(x, w, stride=[2]).shape == (1, 2, 2, 2)
+    assert clconv.conv2d(x, w, stride=torch.Size([2, 2])).shape == (1, 2, 2, 2)
+    assert clconv.layer_norm(x, [6, 6]).shape == x.shape
+
+
+def test_a_pool_stride_past_32_bits_is_torchs_one_window(clconv, rng):
+    """A stride only scales the output index: along a dim of one output torch takes any stride
+    (2**40 included); the kernels take 32-bit ints and raised numpy's OverflowError."""
+    torch = import_torch()
+    import torch.nn.functional as F
+
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    t = torch.from_numpy(x)
+    got = clconv.max_pool1d(x[0], 2, stride=2**40)
+    np.testing.assert_array_equal(got, F.max_pool1d(t[0], 2, stride=2**40).numpy())
+    got = clconv.avg_pool1d(x[0], 3, stride=2**40, padding=1)  # (torch overflows here itself)
+    np.testing.assert_allclose(got, F.avg_pool1d(t[0], 3, stride=100, padding=1).numpy(),
+                               rtol=1e-6)
+    got = clconv.max_pool2d(x, (2, 1), stride=(2**35, 1), dilation=(1, 2**33))
+    np.testing.assert_array_equal(got, F.max_pool2d(t, (2, 1), stride=(100, 1)).numpy())
+    with pytest.raises(ValueError, match="divisor_override must be below 2\\*\\*31"):
+        clconv.avg_pool2d(x, 2, divisor_override=2**31)
+
+
+def test_batchnorm_with_eps_zero_refuses_batch_statistics(clconv, rng):
+    """torch's rule (and clconv.batch_norm's): eps must be positive during training; the layer
+    returned NaN for a constant channel. With running statistics (eval) eps=0 is taken."""
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    x[:, 0] = 1.0
+    layer = clconv.nn.BatchNorm2d(4, eps=0)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        layer(x)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        clconv.nn.BatchNorm2d(4, eps=0, track_running_stats=False).eval()(x)
+    layer.eval()
+    assert np.isfinite(layer(x)).all()
+
+
+def test_sequential_insert_refuses_an_index_out_of_range(clconv):
+    nn = clconv.nn
+    seq = nn.Sequential(nn.ReLU(), nn.Tanh())
+    for index in (3, -3, 5):
+        with pytest.raises(IndexError, match="out of range"):
+            seq.insert(index, nn.SiLU())
+    with pytest.raises(TypeError, match="index must be an int"):
+        seq.insert(1.0, nn.SiLU())
+    seq.insert(-2, nn.SiLU()).insert(3, nn.Sigmoid())
+    assert [type(m).__name__ for m in seq] == ["SiLU", "ReLU", "Tanh", "Sigmoid"]
