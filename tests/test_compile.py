@@ -1259,6 +1259,40 @@ def test_layer_norm_over_sizes_computed_in_the_graph(dev, ct):
             _close(cm(x), model(x))
 
 
+
+def test_calls_after_the_weights_changed_use_the_new_weights(dev, ct):
+    """The program folds and uploads the weights when it is lowered; a call after a parameter or
+    buffer changed (an optimizer's in-place step, load_state_dict, a new Parameter, BatchNorm's
+    running statistics from a train-mode call) lowers it again, as torch would use the new values
+    (the outputs were the compile-time weights'); no change, no new lowering."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 4, 1), nn.Flatten(), nn.Linear(4 * 36, 5)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    cm = _compile(ct, model, x)
+    steps = cm.steps
+    with torch.no_grad():
+        _close(cm(x), model(x))
+        assert cm.steps is steps and not cm.weights_changed  # nothing changed: nothing redone
+        changes = [
+            lambda: model[0].weight.mul_(2.0),                     # an optimizer's in-place step
+            lambda: model[1].running_var.mul_(3.0),                # BatchNorm's statistics
+            lambda: model.load_state_dict({k: v + 0.5 for k, v in model.state_dict().items()
+                                           if "num_batches" not in k}, strict=False),
+            lambda: setattr(model[3], "weight", nn.Parameter(model[3].weight * -1.0)),
+            lambda: model[5].bias.add_(1.0),                       # the Linear's
+        ]
+        for change in changes:
+            change()
+            assert cm.weights_changed
+            _close(cm(x), model(x))
+            assert not cm.weights_changed
+    model.train()
+    model(torch.randn(2, 3, 6, 6) * 3)  # running statistics updated
+    model.eval()
+    with torch.no_grad():
+        _close(cm(x), model(x))
+
 class Padded(nn.Module):
     """Every padding module and F.pad mode around convolutions (a CycleGAN-style generator's
     ReflectionPad2d(3) + 7x7 conv, TF-style asymmetric 'same' padding by ZeroPad2d, cropping)."""

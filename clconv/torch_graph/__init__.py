@@ -29,7 +29,8 @@ example input at compile time) runs in torch on the host (download its inputs, u
 compile() warns once with the list (node, op, why), also in `cm.fallbacks`. The result stays right.
 
 Inference only: the model must be in eval mode (BatchNorm's running statistics, no dropout), and no
-autograd graph is recorded. Weights are read at compile time; compile again after changing them.
+autograd graph is recorded. Weights are folded and uploaded when the program is lowered; a call
+after a parameter or buffer changed (torch's version counter, a new tensor) lowers it again.
 Training keeps `clconv.torch.convert`'s per-module autograd.
 
 The package, by job: base.py (what compile() reports, shared helpers), activations.py (torch's

@@ -38,14 +38,32 @@ class CompiledModel(Program):
         # computed along other dims; other sizes of the same rank are fine.
         self._ranks = tuple(x.dim() if isinstance(x, torch.Tensor) else None
                             for x in example_inputs)
-        options = Options()
-        # Lower, then run the example: a node whose clconv op fails on it (an argument clconv
-        # refuses, an op that does not exist yet) is lowered less ambitiously (unfused), or kept on
-        # the host, and the program made again. Each round fixes one node, so this ends.
-        shown = CompileProgress(progress)
+        # The weights are folded and uploaded when the program is lowered; every parameter and
+        # buffer of the model is watched (its tensor and in-place version), and a call after one
+        # changed (an optimizer step, load_state_dict, a new Parameter, BatchNorm's statistics)
+        # lowers the program again first, as torch would use the new values.
+        self._watched = [(m, table, name) for m in model.modules()
+                         for table in (m._parameters, m._buffers) for name in table]
+        self._options = Options()
+        self._lower(example_inputs, CompileProgress(progress))
+        if self.fallbacks:
+            warnings.warn("clconv.torch.compile: these nodes run in torch on the host (each costs "
+                          "a download and an upload):\n  " +
+                          "\n  ".join(str(f) for f in self.fallbacks), FallbackWarning,
+                          stacklevel=3)
+
+    def _lower(self, example_inputs: tuple[Any, ...], shown: CompileProgress | None) -> None:
+        """Lower, then run the example: a node whose clconv op fails on it (an argument clconv
+        refuses, an op that does not exist yet) is lowered less ambitiously (unfused), or kept on
+        the host, and the program made again. Each round fixes one node, so this ends."""
+        options = self._options
+        self.final = False
+        self._weights = self._weight_state()
+        self._constants.clear()  # the weights as they are now (kept across the rounds below)
+        self.weight_bytes = 0
         for _ in range(4 * len(self.nodes) + 1):
             self.steps, self.layout = Lowering(self, options).lower()
-            failed = self.trial(example_inputs, shown.update)
+            failed = self.trial(example_inputs, None if shown is None else shown.update)
             if failed is None:
                 break
             step, err = failed
@@ -55,14 +73,29 @@ class CompiledModel(Program):
                 options.fuse_level[step.nodes[0]] = level + 1
             else:
                 options.host[step.nodes[0]] = why
-        shown.close(f"{len(self.steps)} steps")
+        if shown is not None:
+            shown.close(f"{len(self.steps)} steps")
         self.final = True
         self.fallbacks = [Fallback(s.node, s.op, s.why) for s in self.steps if s.host]
-        if self.fallbacks:
-            warnings.warn("clconv.torch.compile: these nodes run in torch on the host (each costs "
-                          "a download and an upload):\n  " +
-                          "\n  ".join(str(f) for f in self.fallbacks), FallbackWarning,
-                          stacklevel=3)
+
+    def _weight_state(self) -> list[tuple[Any, int]]:
+        """(tensor, in-place version) of every watched parameter and buffer (None: none there)."""
+        state = []
+        for _, table, name in self._watched:
+            t = table.get(name)
+            state.append((t, -1 if t is None else t._version))
+        return state
+
+    @property
+    def weights_changed(self) -> bool:
+        """Whether a parameter or buffer of the model was replaced or written in place since the
+        program was lowered (a write through `.data` bypasses torch's version counter and is not
+        seen: change weights in place under torch.no_grad(), as optimizers do)."""
+        for (_, table, name), (t, version) in zip(self._watched, self._weights):
+            now = table.get(name)
+            if now is not t or (t is not None and t._version != version):
+                return True
+        return False
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         """The model's outputs for `inputs` (torch tensors of the example's ranks, any sizes)."""
@@ -73,6 +106,9 @@ class CompiledModel(Program):
                                  f"trace fixes dims by number, so compile the model again with "
                                  f"an example of that rank (another batch or spatial size "
                                  f"needs no new compile)")
+        if self.weights_changed:
+            with torch.no_grad():
+                self._lower(inputs, None)
         return super().__call__(*inputs)
 
     def __repr__(self) -> str:
