@@ -1408,8 +1408,9 @@ def test_torch_compile_backend_lowers_pads_and_instance_norms(dev, ct):
 @pytest.mark.parametrize("family", ["resnet18", "convnext"])
 def test_torch_compile_backend(dev, ct, family):
     """torch.compile(model, backend=clconv.torch.backend): dynamo's graph (parameters lifted to
-    inputs, functional convs and batch norms) lowers with BatchNorm folded and nothing on the host;
-    with grad enabled the graph runs in torch and gradients flow."""
+    inputs, functional convs and batch norms) lowers with BatchNorm folded and nothing on the host,
+    and follows in-place changes of the weights; with grad enabled the graph runs in torch and
+    gradients flow."""
     make, shape = models.FAMILIES[family]
     torch.manual_seed(0)
     model = models.randomize(make(), seed=1).eval()
@@ -1420,6 +1421,9 @@ def test_torch_compile_backend(dev, ct, family):
         got = compiled(x)
         _close(got, model(x))
         _close(compiled(x[:1]), model(x[:1]))  # another batch size: dynamo recompiles
+        for p in model.parameters():  # an optimizer's in-place step: the program lowered again
+            p.mul_(0.75)
+        _close(compiled(x), model(x))
     cms = [fn.compiled_model for fn in made]
     assert cms and all(cm.fallbacks == [] for cm in cms)
     if family == "resnet18":

@@ -126,7 +126,9 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
     """A torch.compile backend: `torch.compile(model.eval(), backend=clconv.torch.backend,
     dynamic=False)`, called under torch.no_grad() / torch.inference_mode(), runs each graph dynamo
     captures through compile() (the model's parameters and buffers, which dynamo passes as graph
-    inputs, become constants read now: compile again after changing them). With grad enabled the
+    inputs, become the program's constants: detached views that share the tensors' version
+    counters, so a call after an in-place change lowers the program again, as compile()'s do).
+    With grad enabled the
     graph runs in torch (the contract is inference); a graph compile() cannot take runs in torch
     too, with a FallbackWarning saying why. Nodes compile()
     cannot lower fall back one by one as in compile()."""
