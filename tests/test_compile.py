@@ -1292,6 +1292,38 @@ def test_calls_after_the_weights_changed_use_the_new_weights(dev, ct):
     model.eval()
     with torch.no_grad():
         _close(cm(x), model(x))
+        model[3] = nn.Conv2d(6, 4, 1)  # a new submodule (the trace held the old one)
+        _close(cm(x), model(x))
+        model[3].weight.mul_(-2.0)  # and the new one is watched
+        _close(cm(x), model(x))
+
+
+class _RootWeights(nn.Module):
+    """A functional convolution on a parameter and a buffer of the root module (fx copies what
+    get_attr names into its GraphModule)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+        self.register_buffer("scale", torch.ones(1, 4, 1, 1))
+
+    def forward(self, x):
+        return F.conv2d(x, self.w, padding=1) * self.scale
+
+
+def test_new_tensors_on_the_root_module_reach_the_compiled_model(dev, ct):
+    torch.manual_seed(0)
+    model = _RootWeights().eval()
+    x = torch.randn(2, 3, 6, 6)
+    cm = _compile(ct, model, x[:1])
+    with torch.no_grad():
+        _close(cm(x), model(x))
+        model.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+        _close(cm(x), model(x))
+        model.scale = torch.full((1, 4, 1, 1), 3.0)
+        _close(cm(x), model(x))
+        model.w.mul_(0.5)
+        _close(cm(x), model(x))
 
 class Padded(nn.Module):
     """Every padding module and F.pad mode around convolutions (a CycleGAN-style generator's
@@ -1435,6 +1467,32 @@ def test_torch_compile_backend(dev, ct, family):
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     torch._dynamo.reset()
 
+
+
+def test_torch_compile_backend_follows_the_tensors_it_is_called_with(dev, ct):
+    """Dynamo reuses a graph for another instance of the same model and after a new Parameter,
+    passing the new tensors: the backend gave the first instance's outputs (the tensors it was
+    made with). Each set of tensors now gets a compiled model of its own."""
+    torch._dynamo.reset()
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()).eval()
+
+    torch.manual_seed(0)
+    a, b = net(), net()
+    with torch.no_grad():
+        b[1].running_var.mul_(2.0)
+    x = torch.randn(2, 3, 6, 6)
+    fa = torch.compile(a, backend=ct.backend, dynamic=False)
+    fb = torch.compile(b, backend=ct.backend, dynamic=False)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", ct.FallbackWarning)
+        for _ in range(2):  # alternating: each instance its own weights
+            _close(fa(x), a(x))
+            _close(fb(x), b(x))
+        a[0].weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+        _close(fa(x), a(x))
+    torch._dynamo.reset()
 
 class _Differences(torch.nn.Module):
     """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""

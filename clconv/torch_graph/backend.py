@@ -5,6 +5,8 @@ modules (so that they fuse as in an fx trace of the model), runs as a CompiledMo
 from __future__ import annotations
 
 import warnings
+import weakref
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -28,6 +30,9 @@ def _is_state(node: fx.Node, value: Any) -> bool:
         source = getattr(source, "base", None)
     return False
 
+
+#: Compiled models a backend graph keeps for the parameter sets it was called with.
+MODELS_KEPT = 4
 
 _FUNCTIONAL_CONVS = {torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d, torch.conv3d: nn.Conv3d}
 _FUNCTIONAL_TRANSPOSED = {torch.conv_transpose1d: nn.ConvTranspose1d,
@@ -127,8 +132,9 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
     dynamic=False)`, called under torch.no_grad() / torch.inference_mode(), runs each graph dynamo
     captures through compile() (the model's parameters and buffers, which dynamo passes as graph
     inputs, become the program's constants: detached views that share the tensors' version
-    counters, so a call after an in-place change lowers the program again, as compile()'s do).
-    With grad enabled the
+    counters, so a call after an in-place change lowers the program again, as compile()'s do;
+    other tensors -- a new Parameter, another instance of the model -- get a compiled model of
+    their own). With grad enabled the
     graph runs in torch (the contract is inference); a graph compile() cannot take runs in torch
     too, with a FallbackWarning saying why. Nodes compile()
     cannot lower fall back one by one as in compile()."""
@@ -140,31 +146,55 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
     state = [i for i, (n, v) in enumerate(zip(placeholders, example_inputs))
              if isinstance(v, torch.Tensor) and _is_state(n, v)]
     inputs = [i for i in range(len(example_inputs)) if i not in set(state)]
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    root = nn.Module()
-    for k, i in enumerate(state):
-        root.register_buffer(f"state{k}", example_inputs[i].detach(), persistent=False)
-    for i, node in enumerate(placeholders):
-        env[node] = (graph.get_attr(f"state{state.index(i)}") if i in state
-                     else graph.placeholder(node.name))
-    for node in gm.graph.nodes:
-        if node.op != "placeholder":
-            env[node] = graph.node_copy(node, lambda n: env[n])
-    for name, module in gm.named_children():
-        root.add_module(name, module)
-    _raise_to_modules(root, graph)
-    lowered = fx.GraphModule(root, graph, "clconv_backend_graph").eval()
-    try:
-        cm = CompiledModel(lowered, tuple(example_inputs[i] for i in inputs), current_device())
-    except Exception as err:  # noqa: BLE001 - the graph still runs, in torch
-        warnings.warn(f"clconv.torch.backend: this graph runs in torch ({type(err).__name__}: "
-                      f"{err})", FallbackWarning, stacklevel=2)
+
+    def make(values: Sequence[Any]) -> CompiledModel | None:
+        """The graph with `values`' parameters and buffers as its constants, compiled (None, with
+        a FallbackWarning, when compile() cannot take it)."""
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        root = nn.Module()
+        for k, i in enumerate(state):
+            root.register_buffer(f"state{k}", values[i].detach(), persistent=False)
+        for i, node in enumerate(placeholders):
+            env[node] = (graph.get_attr(f"state{state.index(i)}") if i in state
+                         else graph.placeholder(node.name))
+        for node in gm.graph.nodes:
+            if node.op != "placeholder":
+                env[node] = graph.node_copy(node, lambda n: env[n])
+        for name, module in gm.named_children():
+            root.add_module(name, module)
+        _raise_to_modules(root, graph)
+        lowered = fx.GraphModule(root, graph, "clconv_backend_graph").eval()
+        try:
+            return CompiledModel(lowered, tuple(values[i] for i in inputs), current_device())
+        except Exception as err:  # noqa: BLE001 - the graph still runs, in torch
+            warnings.warn(f"clconv.torch.backend: this graph runs in torch ({type(err).__name__}: "
+                          f"{err})", FallbackWarning, stacklevel=3)
+            return None
+
+    first = make(example_inputs)
+    if first is None:
         return gm.forward
+    # Dynamo passes the parameters and buffers on every call and reuses the graph for another
+    # model of the same code (a second instance) or after a new Parameter. A compiled model holds
+    # the tensors it was made with (in-place changes it sees by their version counters); other
+    # tensors get a compiled model of their own, the last MODELS_KEPT kept (weak references: a
+    # model that is gone frees its entry).
+    kept = [([weakref.ref(example_inputs[i]) for i in state], first)]
 
     def run(*args: Any) -> Any:
         if torch.is_grad_enabled():
             return gm.forward(*args)
+        for refs, cm in kept:
+            if all(r() is args[i] for r, i in zip(refs, state)):
+                break
+        else:
+            made = make(args)
+            if made is None:
+                return gm.forward(*args)
+            cm = run.compiled_model = made  # type: ignore[attr-defined]
+            kept.insert(0, ([weakref.ref(args[i]) for i in state], cm))
+            del kept[MODELS_KEPT:]
         return cm(*(args[i] for i in inputs))
-    run.compiled_model = cm  # type: ignore[attr-defined]
+    run.compiled_model = first  # type: ignore[attr-defined]
     return run

@@ -38,12 +38,13 @@ class CompiledModel(Program):
         # computed along other dims; other sizes of the same rank are fine.
         self._ranks = tuple(x.dim() if isinstance(x, torch.Tensor) else None
                             for x in example_inputs)
-        # The weights are folded and uploaded when the program is lowered; every parameter and
-        # buffer of the model is watched (its tensor and in-place version), and a call after one
-        # changed (an optimizer step, load_state_dict, a new Parameter, BatchNorm's statistics)
-        # lowers the program again first, as torch would use the new values.
-        self._watched = [(m, table, name) for m in model.modules()
-                         for table in (m._parameters, m._buffers) for name in table]
+        # The weights are folded and uploaded when the program is lowered; every parameter,
+        # buffer and submodule of the model is watched (the object, a tensor's in-place version),
+        # and a call after one changed (an optimizer step, load_state_dict, a new Parameter or
+        # submodule, BatchNorm's statistics) lowers the program again first, as torch would use
+        # the new values.
+        self._model = model
+        self._watched = self._watch_list()
         self._options = Options()
         self._lower(example_inputs, CompileProgress(progress))
         if self.fallbacks:
@@ -78,24 +79,48 @@ class CompiledModel(Program):
         self.final = True
         self.fallbacks = [Fallback(s.node, s.op, s.why) for s in self.steps if s.host]
 
-    def _weight_state(self) -> list[tuple[Any, int]]:
-        """(tensor, in-place version) of every watched parameter and buffer (None: none there)."""
+    def _watch_list(self) -> list[tuple[nn.Module, dict[str, Any], str]]:
+        return [(m, table, name) for m in self._model.modules()
+                for table in (m._parameters, m._buffers, m._modules) for name in table]
+
+    def _weight_state(self) -> list[tuple[Any, int | None]]:
+        """(object, in-place version: tensors only) of every watched entry."""
         state = []
         for _, table, name in self._watched:
             t = table.get(name)
-            state.append((t, -1 if t is None else t._version))
+            state.append((t, t._version if isinstance(t, torch.Tensor) else None))
         return state
 
     @property
     def weights_changed(self) -> bool:
-        """Whether a parameter or buffer of the model was replaced or written in place since the
-        program was lowered (a write through `.data` bypasses torch's version counter and is not
-        seen: change weights in place under torch.no_grad(), as optimizers do)."""
+        """Whether a parameter, buffer or submodule of the model was replaced, or a tensor written
+        in place, since the program was lowered (a write through `.data` bypasses torch's version
+        counter and is not seen: change weights in place under torch.no_grad(), as optimizers
+        do; nor are plain attributes such as BatchNorm's eps, read when the program is lowered)."""
         for (_, table, name), (t, version) in zip(self._watched, self._weights):
             now = table.get(name)
-            if now is not t or (t is not None and t._version != version):
+            if now is not t or (version is not None and t._version != version):
                 return True
         return False
+
+    def _refresh(self) -> None:
+        """The trace's references made the model's current ones again: fx's GraphModule holds its
+        own references to what get_attr and call_module nodes name (the root's parameters, the
+        submodules), which a new Parameter or submodule in the model does not reach."""
+        gm = self.graph_module
+        for node in gm.graph.nodes:
+            if node.op not in ("get_attr", "call_module"):
+                continue
+            path, _, name = str(node.target).rpartition(".")
+            try:
+                value = getattr(self._model.get_submodule(path), name)
+                owner = gm.get_submodule(path)
+            except AttributeError:
+                continue  # (a constant of the trace's own)
+            if getattr(owner, name, None) is not value:
+                setattr(owner, name, value)
+        self.modules = dict(gm.named_modules())
+        self._watched = self._watch_list()
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         """The model's outputs for `inputs` (torch tensors of the example's ranks, any sizes)."""
@@ -107,6 +132,7 @@ class CompiledModel(Program):
                                  f"an example of that rank (another batch or spatial size "
                                  f"needs no new compile)")
         if self.weights_changed:
+            self._refresh()
             with torch.no_grad():
                 self._lower(inputs, None)
         return super().__call__(*inputs)
