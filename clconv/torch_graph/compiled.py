@@ -44,7 +44,6 @@ class CompiledModel(Program):
         # submodule, BatchNorm's statistics) lowers the program again first, as torch would use
         # the new values.
         self._model = model
-        self._watched = self._watch_list()
         self._options = Options()
         self._lower(example_inputs, CompileProgress(progress))
         if self.fallbacks:
@@ -59,7 +58,7 @@ class CompiledModel(Program):
         the host, and the program made again. Each round fixes one node, so this ends."""
         options = self._options
         self.final = False
-        self._weights = self._weight_state()
+        self._watched = self._snapshot()
         self._constants.clear()  # the weights as they are now (kept across the rounds below)
         self.weight_bytes = 0
         for _ in range(4 * len(self.nodes) + 1):
@@ -79,17 +78,12 @@ class CompiledModel(Program):
         self.final = True
         self.fallbacks = [Fallback(s.node, s.op, s.why) for s in self.steps if s.host]
 
-    def _watch_list(self) -> list[tuple[nn.Module, dict[str, Any], str]]:
-        return [(m, table, name) for m in self._model.modules()
-                for table in (m._parameters, m._buffers, m._modules) for name in table]
-
-    def _weight_state(self) -> list[tuple[Any, int | None]]:
-        """(object, in-place version: tensors only) of every watched entry."""
-        state = []
-        for _, table, name in self._watched:
-            t = table.get(name)
-            state.append((t, t._version if isinstance(t, torch.Tensor) else None))
-        return state
+    def _snapshot(self) -> list[tuple[dict[str, Any], str, Any, int | None]]:
+        """(table, name, object, in-place version: tensors only) of every parameter, buffer and
+        submodule entry of the model now."""
+        return [(table, name, t, t._version if isinstance(t, torch.Tensor) else None)
+                for m in self._model.modules()
+                for table in (m._parameters, m._buffers, m._modules) for name, t in table.items()]
 
     @property
     def weights_changed(self) -> bool:
@@ -97,7 +91,7 @@ class CompiledModel(Program):
         in place, since the program was lowered (a write through `.data` bypasses torch's version
         counter and is not seen: change weights in place under torch.no_grad(), as optimizers
         do; nor are plain attributes such as BatchNorm's eps, read when the program is lowered)."""
-        for (_, table, name), (t, version) in zip(self._watched, self._weights):
+        for table, name, t, version in self._watched:
             now = table.get(name)
             if now is not t or (version is not None and t._version != version):
                 return True
@@ -120,7 +114,6 @@ class CompiledModel(Program):
             if getattr(owner, name, None) is not value:
                 setattr(owner, name, value)
         self.modules = dict(gm.named_modules())
-        self._watched = self._watch_list()
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         """The model's outputs for `inputs` (torch tensors of the example's ranks, any sizes)."""
