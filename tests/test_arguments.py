@@ -114,6 +114,41 @@ def test_sizes_given_as_bytes_or_a_range_are_type_errors(clconv):
     assert clconv.layer_norm(x, [6, 6]).shape == x.shape
 
 
+def test_integer_tensors_and_arrays_of_one_element_are_int_arguments(clconv, rng):
+    """torch takes a one-element integer tensor wherever it takes an int (its __index__): a
+    stride or padding computed as a tensor; float tensors and bools stay refused."""
+    torch = import_torch()
+    import torch.nn.functional as F
+
+    x = rng.standard_normal((1, 2, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    want = F.conv2d(tx, tw, stride=2, padding=(1, 0)).numpy()
+    for stride, padding in ((torch.tensor(2), (torch.tensor(1), 0)), (np.array(2), (1, np.int8(0))),
+                            ([torch.tensor([2])], [np.array(1), torch.tensor(0)])):
+        np.testing.assert_allclose(clconv.conv2d(x, w, stride=stride, padding=padding), want,
+                                   rtol=1e-5, atol=1e-5)
+    got = clconv.max_pool2d(x, torch.tensor(3), stride=np.array(2))
+    np.testing.assert_array_equal(got, F.max_pool2d(tx, 3, 2).numpy())
+    for bad in (torch.tensor(2.0), np.array(2.0), np.bool_(True), torch.tensor([2, 2])):
+        with pytest.raises(TypeError, match="stride"):
+            clconv.conv2d(x, w, stride=bad)
+    with pytest.raises(TypeError, match="groups"):  # (an int only, as the kernels need)
+        clconv.conv2d(x, w[:, :1], groups=np.array(2))
+
+
+def test_return_indices_takes_an_int_truth_value_as_torch(clconv, rng):
+    """torch's functional pools test return_indices in Python: 1 and 0 work as True and False."""
+    x = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    out, idx = clconv.max_pool2d(x, 2, return_indices=1)
+    want, want_idx = clconv.max_pool2d(x, 2, return_indices=True)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(idx, want_idx)
+    assert isinstance(clconv.max_pool2d(x, 2, return_indices=0), np.ndarray)
+    with pytest.raises(TypeError, match="return_indices"):
+        clconv.max_pool2d(x, 2, return_indices="yes")
+
+
 def test_a_pool_stride_past_32_bits_is_torchs_one_window(clconv, rng):
     """A stride only scales the output index: along a dim of one output torch takes any stride
     (2**40 included); the kernels take 32-bit ints and raised numpy's OverflowError."""

@@ -286,7 +286,7 @@ def test_implicit_split_panels_match_reference(dev, rng, dtype, monkeypatch, spl
     kw = {"padding": 1}
     geo = _geometry(x, w, kw)
     tile = packed_conv.conv_tile(dev, geo, dtype)
-    m, n, panels = 45, 155, tile.b_panels(155)
+    m, panels = 45, tile.b_panels(155)
     grid = packed.grid
     monkeypatch.setattr(packed, "grid", lambda dev, tile, m, n, batch: (
         (1, tile.a_panels(m)) if dev.loop_limit is None else grid(dev, tile, m, n, batch)))

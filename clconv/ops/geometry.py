@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
@@ -37,8 +38,22 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _PAD_MODE_CODE = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
 
 
-def _is_int(v: object) -> bool:
+def _is_plain_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_int(v: object) -> bool:
+    """An int, or what torch takes as one for a size argument: an integer array or tensor of one
+    element (operator.index converts it; bools are refused)."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    if isinstance(v, numbers.Integral):
+        return True
+    try:
+        operator.index(v)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
 
 
 def as_tuple(value: IntOrTuple, nd: int, name: str, minimum: int,
@@ -47,9 +62,9 @@ def as_tuple(value: IntOrTuple, nd: int, name: str, minimum: int,
     take), as an nd-tuple of ints >= minimum. Other sequences (bytes, a range) are a TypeError,
     as in torch: b"ab" would be the sizes (97, 98)."""
     if _is_int(value):
-        items = [int(value)] * nd
+        items = [operator.index(value)] * nd  # type: ignore[arg-type]
     elif isinstance(value, (tuple, list)) and all(map(_is_int, value)):
-        items = [int(v) for v in value]
+        items = [operator.index(v) for v in value]
         if len(items) == 1 and one_for_all:
             items = items * nd
         if len(items) != nd:
@@ -248,7 +263,7 @@ def check_ranks_and_groups(nd: int, input_shape: Sequence[int], weight_shape: Se
     if len(weight_shape) != nd + 2:
         raise ValueError(f"weight must have {nd + 2} dims {weight_layout} for a {nd}-d {op}, got "
                          f"shape {tuple(weight_shape)}")
-    if not _is_int(groups):
+    if not _is_plain_int(groups):
         raise TypeError(f"groups must be an int, got {groups!r}")
     if groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups}")
@@ -363,7 +378,7 @@ def _padding_pairs(padding: PaddingArg, nd: int) -> list[tuple[int, int]] | None
                 not all(map(_is_int, p)):
             raise TypeError(f"padding as (lo, hi) pairs needs a pair of ints for every spatial dim, "
                             f"got {padding!r}")
-        lo, hi = int(p[0]), int(p[1])
+        lo, hi = operator.index(p[0]), operator.index(p[1])
         if lo < 0 or hi < 0:
             raise ValueError(f"padding must not be negative, got {padding!r}")
         pairs.append((lo, hi))

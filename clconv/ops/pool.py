@@ -313,8 +313,10 @@ class PoolPlan(Plan):
 
 def _pool(kind: str, nd: int, input: ArrayLike, out: ArrayLike | None,
           return_indices: bool = False, **args: Any) -> Any:
-    if not isinstance(return_indices, (bool, np.bool_)):
+    if not isinstance(return_indices, (bool, np.bool_, numbers.Integral)):
+        # (torch's functional pools take any truth value here: their Python code tests it)
         raise TypeError(f"return_indices must be a bool, got {return_indices!r}")
+    return_indices = bool(return_indices)
     dev = current_device()
     dtype = result_dtype(dev, input=input)
     shape = shape_of(input)
