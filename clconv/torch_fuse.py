@@ -22,7 +22,7 @@ from .ops.activation import Activation, normalize_activation
 from .torch_fold import BATCHNORM_ND, Fold, NotFoldable, global_hooks, run_folded
 from .torch_train import (defer_result, deferred_array, flush_deferred, joined_results,
                           run_chain, trainable, trains_fused)
-from .torch_graph.activations import activation_of, activation_spec
+from .torch_graph.activations import activation_module, activation_of, activation_spec
 from .torch_graph.tracing import AUGMENTED, InplaceTracer
 from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
 from .runtime.device import current_device
@@ -383,15 +383,16 @@ class FusedForward:
     forward, the one for inference (eval mode, no_grad: `fused_conv`, `fused_max_pool`) or the
     one for autograd (`fused_conv_train`), else the model's class forward. Each trace is made at
     its first call and again whenever the model's modules changed (their classes, in module
-    order). `fused` / `pools`: the inference trace's fused chains and pools, `deferred` of them
-    waited for with a later one; `fused_train`: the autograd trace's chains, `deferred_train` of
-    them waited for with a later one (clconv.torch_train._Deferred)."""
+    order, and the activation modules' parameters). `fused` / `pools`: the inference trace's
+    fused chains and pools, `deferred` of them waited for with a later one; `fused_train`: the
+    autograd trace's chains, `deferred_train` of them waited for with a later one
+    (clconv.torch_train._Deferred)."""
 
     def __init__(self, model: nn.Module, leaves: tuple[type, ...]) -> None:
         self.model, self.leaves = model, leaves
-        self._key: tuple[type, ...] | None = None
+        self._key: tuple[Any, ...] | None = None
         self._fn: Callable[..., Any] | None = None
-        self._train_key: tuple[type, ...] | None = None
+        self._train_key: tuple[Any, ...] | None = None
         self._train_fn: Callable[..., Any] | None = None
         self.fused = self.pools = self.deferred = self.fused_train = self.deferred_train = 0
 
@@ -401,14 +402,17 @@ class FusedForward:
                 "_train_key": None, "_train_fn": None, "fused": 0, "pools": 0, "deferred": 0,
                 "fused_train": 0, "deferred_train": 0}
 
-    def _structure(self, training: bool) -> tuple[type, ...] | None:
-        """The module classes in order, or None when any module has forward hooks or (for the
-        inference trace, `training` False) is in train mode."""
-        key = []
+    def _structure(self, training: bool) -> tuple[Any, ...] | None:
+        """The module classes in order, an activation module's with its spec (the trace writes
+        a fused activation's slope or bounds into the chain's node: another value is a new
+        trace), or None when any module has forward hooks or (for the inference trace,
+        `training` False) is in train mode."""
+        key: list[Any] = []
         for m in self.model.modules():
             if (m.training and not training) or m._forward_hooks or m._forward_pre_hooks:
                 return None
-            key.append(type(m))
+            spec = activation_module(m)
+            key.append(type(m) if spec is None else (type(m), spec))
         return tuple(key)
 
     def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int]:

@@ -1298,6 +1298,65 @@ def test_calls_after_the_weights_changed_use_the_new_weights(dev, ct):
         _close(cm(x), model(x))
 
 
+@pytest.mark.parametrize("change", [
+    lambda model: setattr(model[1], "eps", 0.5),                   # folded into the conv
+    lambda model: setattr(model[2], "negative_slope", 0.5),        # the epilogue's
+    lambda model: setattr(model[4], "padding", 0),                 # a pool's size argument
+    lambda model: setattr(model[5], "negative_slope", -0.5),       # a standalone activation
+])
+def test_calls_after_a_modules_setting_changed_use_it(dev, ct, change):
+    """The lowering writes module settings into the steps (eps into the folded weights, a slope
+    into the epilogue, pool sizes): a call after one changed lowers again, as torch reads them on
+    each call."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.LeakyReLU(0.1),
+                          nn.Conv2d(6, 6, 1), nn.MaxPool2d(3, 2, 1), nn.LeakyReLU(0.2)).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.05, 0.2)  # eps matters against these
+    x = torch.randn(2, 3, 8, 8) * 2.0
+    cm = _compile(ct, model, x)
+    with torch.no_grad():
+        _close(cm(x), model(x))
+        assert not cm.weights_changed
+        change(model)
+        assert cm.weights_changed
+        _close(cm(x), model(x))
+        assert not cm.weights_changed
+
+
+def test_modules_in_train_mode(dev, ct):
+    """A model put back in train mode refuses the call, as compile() refuses it; a dropout or
+    BatchNorm left in train mode in an eval model (Monte Carlo dropout) runs in torch, as the
+    model computes it (their train-mode forward was an identity / a running-statistics fold)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Dropout(0.5), nn.Conv2d(6, 4, 1)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    cm = _compile(ct, model, x)
+    with torch.no_grad():
+        _close(cm(x), model(x))
+        model.train()
+        with pytest.raises(ValueError, match="model.eval"):
+            cm(x)
+        model.eval()
+        _close(cm(x), model(x))
+        model[1].train()  # batch statistics, as torch computes them
+        _close(cm(x), model(x))
+        model[1].eval()
+        base = model(x)
+        model[3].train()  # dropout: a mask torch draws; compare with the same seed
+        torch.manual_seed(3)
+        want = model(x)
+        torch.manual_seed(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ct.FallbackWarning)
+            got = cm(x)
+        _close(got, want)
+        assert float((got - base).abs().max()) > 0.1  # the mask applied
+    with pytest.raises(ValueError, match="model.eval"):
+        ct.compile(model.train(), x)
+
+
 class _RootWeights(nn.Module):
     """A functional convolution on a parameter and a buffer of the root module (fx copies what
     get_attr names into its GraphModule)."""

@@ -169,6 +169,37 @@ def test_changed_modules_are_traced_again(ct, dev):
     _close(_run(converted, x, dev), _run(model, x))
 
 
+@pytest.mark.parametrize("act, change", [
+    (nn.LeakyReLU(0.1), lambda m: setattr(m, "negative_slope", 0.3)),
+    (nn.Hardtanh(-1.0, 1.0), lambda m: setattr(m, "max_val", 0.25)),
+    (nn.ELU(1.0), lambda m: setattr(m, "alpha", 2.0)),
+    (nn.Softplus(1.0, 20.0), lambda m: setattr(m, "beta", 3.0)),
+])
+def test_an_activations_changed_parameter_makes_a_new_trace(ct, dev, act, change):
+    """The fused chain's node holds the activation's spec, read when it was traced: a slope,
+    bound or beta changed after the first call gives torch's new result."""
+    torch.manual_seed(0)
+    model = _ResidualAct(act).eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 6, 8, 8) * 2.0
+    _close(_run(converted, x, dev), _run(model, x))
+    assert converted.forward.fused == 1
+    for m in (model.act, converted.act):
+        change(m)
+    _close(_run(converted, x, dev), _run(model, x))
+
+
+class _ResidualAct(nn.Module):
+    """act(bn(conv(x)) + x): the fused forward's chain (a residual: no module-level fold)."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), act
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)) + x)
+
+
 def test_inference_waits_once_for_what_only_clconv_reads(ct, dev, monkeypatch):
     """A fused convolution or pool whose every user is one too is not waited for: one wait a
     forward serves the network (the host enqueues the next convolutions while the device

@@ -46,6 +46,7 @@ class LayerRules(LoweringBase):
         batched = out is not None and len(out) == len(self.module(prev).kernel_size) + 2
         return (isinstance(m, BATCHNORMS) and torch_type(m) in BATCHNORMS
                 and node.args == (prev,) and not node.kwargs and m.running_mean is not None
+                and not m.training
                 and m.num_features == channels and batched)
 
     def _residual_of(self, node: fx.Node, prev: fx.Node) -> fx.Node | None:

@@ -26,6 +26,7 @@ from .lowering_base import (
     PAD_MODULES,
     POOL_MODULES,
     SUBS,
+    TRAIN_MODE_MODULES,
     conv_dims,
     reshape_view,
     transposed_dims,
@@ -232,6 +233,8 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         if why is not None:
             raise Unlowerable(f"torch.fx cannot trace its forward ({why})")
         kind = torch_type(m)
+        if m.training and isinstance(m, TRAIN_MODE_MODULES):
+            raise Unlowerable(f"{type(m).__name__} in train mode")
         if isinstance(m, NOOP_MODULES) and kind in NOOP_MODULES:
             return self.alias(node, node.args[0], kind.__name__)
         if conv_dims(m) is not None or transposed_dims(m) is not None or kind is nn.Linear:
@@ -523,6 +526,8 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         if m is not None and type(m) is nn.Linear:
             return self.fused([node])
         if m is not None and type(m) in NOOP_MODULES:
+            if m.training and isinstance(m, TRAIN_MODE_MODULES):
+                raise Unlowerable(f"{type(m).__name__} in train mode")
             return self.alias(node, node.args[0], type(m).__name__, layout)
         act = activation_of(node, self.modules)
         if act is not None:

@@ -24,6 +24,10 @@ MULS = {operator.mul, operator.imul, torch.mul}
 SUBS = {operator.sub, operator.isub, torch.sub}
 NOOP_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                 nn.AlphaDropout)
+#: Modules whose forward depends on train mode (batch statistics, dropout): one in train mode in an
+#: eval model (Monte Carlo dropout, a BatchNorm left training) runs in torch on the host.
+TRAIN_MODE_MODULES = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd,
+                      nn.modules.instancenorm._InstanceNorm)
 #: clconv's pooling ops: torch has each under the same name (and arguments) in
 #: torch.nn.functional, and as a module (MaxPool2d, AdaptiveAvgPool2d, ...).
 _POOLS = [f"{kind}_pool{d}d" for kind in ("max", "avg", "adaptive_avg", "adaptive_max")

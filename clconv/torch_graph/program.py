@@ -71,6 +71,7 @@ class Program:
         self.final = False
         self._constants: dict[Any, cla.Array] = {}
         self.weight_bytes = 0
+        self.trial_outputs: Any = None
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         """The model's outputs for `inputs` (torch tensors, as the model takes them)."""
@@ -83,10 +84,11 @@ class Program:
               on_step: Callable[[int, int, Step], None] | None = None
               ) -> tuple[Step, Exception] | None:
         """Runs the program on the example (making every step's plans: validation, algorithm
-        choice, kernel builds); (step, error) of the first lowered step that fails. on_step(i,
-        total, step) is called before each step."""
+        choice, kernel builds); (step, error) of the first lowered step that fails, else None
+        with the outputs in `trial_outputs`. on_step(i, total, step) is called before each
+        step."""
         try:
-            self._run(inputs, on_step)
+            self.trial_outputs = self._run(inputs, on_step)
         except StepError as err:
             return err.step, err.error
         return None
