@@ -16,10 +16,10 @@ it measures):
    only where the model finds it close, CLBlast's GEMM on PoCL only where it ranks first (its first
    compilation there costs 10-20 s of CPU). Two or more are measured on scratch
    arrays of the plan's shapes: each runs once untimed (its kernels' first launch), then, after
-   10 ms of idle, two interleaved timed rounds and, for layers under 20 ms a run, a third one of
-   those within 1.3x of the best, each keeping its fastest run: at most four runs of the layer per
-   candidate beyond its builds. The fastest
-   wins and is written to memory and to the file. This happens once per key and process at most,
+   10 ms of idle, two interleaved timed rounds and, for layers under 20 ms a run, three more of
+   those within 1.3x of the best, each keeping its fastest run: at most six runs of the layer per
+   candidate beyond its builds. The fastest wins (the model's favourite unless another was 3%
+   faster) and is written to memory and to the file. This happens once per key and process at most,
    whatever the number of calls: a failed file write only costs a warning, and the choice stays in
    memory.
 3. With CLCONV_AUTO=rule (or when only one algorithm applies) nothing is measured or written: the
@@ -66,9 +66,13 @@ MODES = config.AUTO_MODES
 CHOICES_FILE = "algorithms.json"
 # 2: winograd no longer a candidate; 3: batch buckets; 4: 'depthwise', 'pointwise', 'splitk'
 CHOICES_VERSION = 4
-_ROUNDS = 3  # timed rounds at most (after one untimed run each); the third for cheap layers only
+_ROUNDS = 5  # timed rounds at most (after one untimed run each); past two for cheap layers only
 _KEEP_WITHIN = 1.3  # candidates this close to the leader after the second round go on
-_CHEAP = 0.02  # seconds a run of the leader at most for the third round
+_CHEAP = 0.02  # seconds a run of the leader at most for the rounds past the second
+# Another candidate replaces the cost model's favourite only when it measured this much faster:
+# a near tie is noise (ResNet-18's 256 -> 512 s2 @14 took 'splitk' in 2 of 6 bench runs, where
+# 'implicit' runs 1.18x faster back to back).
+_FAVOURITE_MARGIN = 1.03
 # Seconds of idle before the timed rounds: another runtime's threads (torch's OpenMP workers spin
 # a few ms after each call, in this process or another on the same cores) slow whatever runs
 # next, and a first sight of a layer comes right after such a call in a network.
@@ -354,9 +358,11 @@ def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str
     then, after a pause of `_SETTLE` (10 ms: torch's spinning threads go idle), in two rounds that
     interleave the candidates (so that a slow spell of a shared machine hits them alike; a slow
     first round drops none: measured, ResNet-18's 256 -> 512 s2 @14 chosen right after a torch call
-    took 'splitk', 1.4x slower than 'implicit' there), and in a third one for those still within
-    1.3x of the best where the best runs under `_CHEAP` (20 ms); a candidate's time is its fastest
-    run. So a layer costs at most four of its own runs per candidate beyond the builds. Holds
+    took 'splitk', 1.4x slower than 'implicit' there), and in three more for those still within
+    1.3x of the best where the best runs under `_CHEAP` (20 ms), each round in the reverse order
+    of the one before; a candidate's time is its fastest run, and the cost model's favourite (the
+    first candidate) keeps its place unless another measured `_FAVOURITE_MARGIN` (3%) faster. So
+    a layer costs at most six of its own runs per candidate beyond the builds. Holds
     dev.lock throughout, so other threads' work does not disturb the timings (and a thread that
     waited finds the choice made). A candidate that raises
     (its workspace does not fit, its kernel does not build here) is skipped with a warning (none
@@ -390,7 +396,7 @@ def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str
         for round_ in range(_ROUNDS):
             if round_ == 2 and min(best.values()) > _CHEAP:
                 break
-            for algorithm in alive:
+            for algorithm in alive if round_ % 2 == 0 else alive[::-1]:
                 seconds = _time_once(dev, run, algorithm)
                 best[algorithm] = min(best.get(algorithm, seconds), seconds)
             if round_ >= 1:
@@ -399,5 +405,8 @@ def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str
             if len(alive) < 2:
                 break
         winner = min(best, key=best.__getitem__)
+        favourite = candidates[0]
+        if favourite in best and best[winner] * _FAVOURITE_MARGIN > best[favourite]:
+            winner = favourite
         record(dev, geo, dtype, winner, best)
         return winner
