@@ -113,18 +113,21 @@ def _fold_host(w: np.ndarray, operands: dict[str, Any], eps: float, transposed: 
             raise TypeError(f"{name} is a pyopencl Array but weight is numpy: pass one kind")
         return np.full(channels, default) if v is None else np.asarray(v, np.float64)
 
-    rsqrt = 1.0 / np.sqrt(get("running_var", 1.0) + eps)
-    scale = get("gamma", 1.0) * rsqrt
-    b = (get("bias", 0.0) - get("running_mean", 0.0)) * rsqrt * get("gamma", 1.0) + \
-        get("beta", 0.0)
-    w64 = w.astype(np.float64)
-    if transposed:
-        view = w64.reshape(_scale_shape(w.shape, True, groups))
-        s = scale.reshape((groups, 1, channels // groups) + (1,) * (w.ndim - 2))
-        folded = (view * s).reshape(w.shape)
-    else:
-        folded = w64 * scale.reshape((channels,) + (1,) * (w.ndim - 1))
-    return folded.astype(dtype), b.astype(dtype)
+    # Inf and NaN as the formula gives them (a zero variance with eps 0), without numpy's
+    # warnings: the values are the result, and callers that refuse them check them.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rsqrt = 1.0 / np.sqrt(get("running_var", 1.0) + eps)
+        scale = get("gamma", 1.0) * rsqrt
+        b = (get("bias", 0.0) - get("running_mean", 0.0)) * rsqrt * get("gamma", 1.0) + \
+            get("beta", 0.0)
+        w64 = w.astype(np.float64)
+        if transposed:
+            view = w64.reshape(_scale_shape(w.shape, True, groups))
+            s = scale.reshape((groups, 1, channels // groups) + (1,) * (w.ndim - 2))
+            folded = (view * s).reshape(w.shape)
+        else:
+            folded = w64 * scale.reshape((channels,) + (1,) * (w.ndim - 1))
+        return folded.astype(dtype), b.astype(dtype)
 
 
 _KERNELS: dict[tuple[Any, str], ElementwiseKernel] = {}

@@ -10,6 +10,7 @@ import os
 import re
 import struct
 import time
+import warnings
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
@@ -201,7 +202,9 @@ def _program(dev: Device, cache: ProgramCache, source: str, opts: tuple[str, ...
         _build(prg, dev, source, opts)
     except cl.Error as err:
         try:
-            log = prg.get_build_info(dev.cl_device, cl.program_build_info.LOG) or ""
+            with warnings.catch_warnings():  # (pyopencl's note on caching: the build failed)
+                warnings.simplefilter("ignore", UserWarning)
+                log = prg.get_build_info(dev.cl_device, cl.program_build_info.LOG) or ""
         except cl.Error:
             log = ""
         # pyopencl's cached-build path can raise with an empty driver log: the error text then
