@@ -246,8 +246,13 @@ _PLANS_KEPT = 16
 def _plans(dev: Device, conv: nn.Module, bn: nn.Module | None, act: Activation | None,
            x: torch.Tensor, has_bias: bool, has_residual: bool, has_gamma: bool,
            has_beta: bool) -> _ChainPlans:
+    # (the conv's settings too: a stride, padding or padding mode changed after a call is a
+    # new chain, as torch reads them on each call)
+    settings = tuple(tuple(v) if isinstance(v, list) else v for v in (
+        conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode,
+        getattr(conv, "algorithm", None)))
     key = (dev, tuple(x.shape), x.dtype, tuple(conv.weight.shape), id(bn), act, has_bias,
-           has_residual, has_gamma, has_beta, None if bn is None else float(bn.eps))
+           has_residual, has_gamma, has_beta, None if bn is None else float(bn.eps), settings)
     found = _PLANS.setdefault(conv, {})
     plans = found.pop(key, None)  # (re-inserted last: the dict keeps the order of use)
     if plans is None:

@@ -440,3 +440,28 @@ def test_a_chain_before_an_in_place_activation_trains(ct, dev, act):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), act(inplace=True)).train()
     _steps_match(ct.convert(copy.deepcopy(model)), model, torch.randn(2, 2, 6, 6), dev)
+
+
+@pytest.mark.parametrize("attr, value", [("stride", (2, 2)), ("padding", (0, 2)),
+                                         ("dilation", (2, 2)), ("padding_mode", "circular")])
+@pytest.mark.parametrize("chain", ["bn", "relu"])
+def test_a_convs_changed_setting_makes_a_new_chain(ct, dev, chain, attr, value):
+    """A training chain's plans were kept per input shape: a conv's stride, padding, dilation or
+    padding mode changed after a step gave the old geometry's outputs (another shape, or wrong
+    values); torch reads them on each call."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1),
+                          nn.BatchNorm2d(4) if chain == "bn" else nn.ReLU()).train()
+    converted = ct.convert(copy.deepcopy(model)).train()
+    x = torch.randn(2, 3, 8, 8)
+    _step(converted, x, dev)
+    _step(model, x)
+    for m in (model, converted):
+        setattr(m[0], attr, value)
+        m.zero_grad()
+    want, want_grad = _step(model, x)
+    got, got_grad = _step(converted, x, dev)
+    assert got.shape == want.shape
+    _close(got, want)
+    _close(got_grad, want_grad)
+    _compare(converted, model)
