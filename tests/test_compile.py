@@ -1926,3 +1926,31 @@ def test_groups_found_by_fuzzing_against_torch(ct, dev, monkeypatch):
     cm = _compile(ct, u, x)
     with torch.no_grad():
         _close(cm(x), u(x))
+
+
+class _Flattens(nn.Module):
+    """A classifier head and every flatten form (the flattened size from the sizes, not -1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x):
+        y = torch.relu(self.c(x))
+        return self.head(y), y.flatten(1), torch.flatten(y, 2), y.flatten(0, 1), y.flatten()
+
+
+def test_an_empty_batch_through_flatten_keeps_torchs_shapes(dev, ct):
+    """N = 0: flatten reshaped to -1, which an empty array resolves to 0 (the Linear after it
+    then refused 0 features); torch keeps the flattened size."""
+    torch.manual_seed(0)
+    model = _Flattens().eval()
+    cm = _compile(ct, model, torch.randn(2, 3, 8, 8))
+    with torch.no_grad():
+        for n in (0, 3):
+            x = torch.randn(n, 3, 8, 8)
+            for got, want in zip(cm(x), model(x)):
+                assert got.shape == want.shape
+                if n:
+                    _close(got, want)

@@ -5,6 +5,8 @@ lower_math.py's."""
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import torch
@@ -68,8 +70,8 @@ class ShapeRules(LoweringBase):
 
         def run(env: dict[str, Any]) -> Any:
             a = env[x]
-            sh = a.shape
-            return reshape_view(a, (*sh[:s], -1, *sh[e + 1:]))
+            sh = a.shape  # (the product, not -1: an empty batch keeps the flattened size)
+            return reshape_view(a, (*sh[:s], math.prod(sh[s:e + 1]), *sh[e + 1:]))
         return self.value(node, run, "reshape", (x,))
 
     def squeeze(self, node: fx.Node, name: str) -> Step:
