@@ -7,6 +7,7 @@ module runs its own forward."""
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -63,24 +64,34 @@ class Fold:
         self._folded: tuple[np.ndarray, np.ndarray] | None = None
         self._finite = True  # whether the BatchNorm's scale is finite (else it is not folded)
         self._on_device: dict[Device, tuple[cla.Array, cla.Array]] = {}
-        self._produced: Any = None  # a weak reference to the last folded result
+        # thread id -> a weak reference to that thread's last folded result (per thread: threads
+        # running the model at once each pass their own result through the BatchNorm)
+        self._produced: dict[int, Any] = {}
 
     def produced(self, tensor: torch.Tensor) -> bool:
         """Whether `tensor` is the folded chain's latest result (the BatchNorm and activation
         after the conv then pass it through; any other input they compute themselves: a conv
         call that did not fold, with extra arguments, leaves its BatchNorm to run)."""
-        ref = self._produced
+        ref = self._produced.get(threading.get_ident())
         return ref is not None and ref() is tensor
 
     def mark(self, result: torch.Tensor | None) -> None:
-        """Records `result` as the chain's latest folded result (None: the conv ran unfolded)."""
-        self._produced = None if result is None else weakref.ref(result)
+        """Records `result` as the chain's latest folded result in this thread (None: the conv
+        ran unfolded)."""
+        produced, me = self._produced, threading.get_ident()
+        if result is None:
+            produced.pop(me, None)
+            return
+        if len(produced) > 8:  # (results of threads gone: their references are dead)
+            for thread in [t for t, ref in produced.items() if ref() is None]:
+                produced.pop(thread, None)
+        produced[me] = weakref.ref(result)
 
     def __getstate__(self) -> dict[str, Any]:
         # Device copies stay behind (a copy or pickle of the model uploads its own), and so do the
         # sample views (numpy views of the tensors: remade on the first call).
         return {**self.__dict__, "_on_device": {}, "_views": [], "_key": None,
-                "_produced": None}
+                "_produced": {}}
 
     def _sample_bytes(self) -> bytes:
         """The current values at the sample views, as bytes (bitwise: a NaN equals itself)."""

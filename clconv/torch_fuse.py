@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from typing import Any, Callable
 
 import torch
@@ -376,17 +377,20 @@ def _augmented_as_calls(graph: fx.Graph) -> None:
 #: leaves torch.export out and does not warn, where torch has it.
 _fx_tracing = getattr(fx._symbolic_trace, "is_fx_symbolic_tracing",
                       fx._symbolic_trace.is_fx_tracing)
+#: Held while a fused forward is traced: torch.fx patches nn.Module calls and sets its tracing flag
+#: process-wide for the trace, so a converted model called from another thread meanwhile waits.
+_TRACE_LOCK = threading.RLock()
 
 
 class FusedForward:
     """A converted model's `forward` (an instance attribute): a fused trace of the model's
     forward, the one for inference (eval mode, no_grad: `fused_conv`, `fused_max_pool`) or the
-    one for autograd (`fused_conv_train`), else the model's class forward. Each trace is made at
-    its first call and again whenever the model's modules changed (their classes, in module
-    order, and the activation modules' parameters). `fused` / `pools`: the inference trace's
-    fused chains and pools, `deferred` of them waited for with a later one; `fused_train`: the
-    autograd trace's chains, `deferred_train` of them waited for with a later one
-    (clconv.torch_train._Deferred)."""
+    one for autograd (`fused_conv_train`), else the model's class forward. Each trace is made by
+    convert() (`prepare`) and again at a call after the model's modules changed (their classes,
+    in module order, and the activation modules' parameters). `fused` / `pools`: the inference
+    trace's fused chains and pools, `deferred` of them waited for with a later one;
+    `fused_train`: the autograd trace's chains, `deferred_train` of them waited for with a later
+    one (clconv.torch_train._Deferred)."""
 
     def __init__(self, model: nn.Module, leaves: tuple[type, ...]) -> None:
         self.model, self.leaves = model, leaves
@@ -402,18 +406,29 @@ class FusedForward:
                 "_train_key": None, "_train_fn": None, "fused": 0, "pools": 0, "deferred": 0,
                 "fused_train": 0, "deferred_train": 0}
 
-    def _structure(self, training: bool) -> tuple[Any, ...] | None:
+    def _structure(self, training: bool | None) -> tuple[Any, ...] | None:
         """The module classes in order, an activation module's with its spec (the trace writes
         a fused activation's slope or bounds into the chain's node: another value is a new
         trace), or None when any module has forward hooks or (for the inference trace,
-        `training` False) is in train mode."""
+        `training` False) is in train mode (training None: whatever the modes)."""
         key: list[Any] = []
         for m in self.model.modules():
-            if (m.training and not training) or m._forward_hooks or m._forward_pre_hooks:
+            if (m.training and training is False) or m._forward_hooks or m._forward_pre_hooks:
                 return None
             spec = activation_module(m)
             key.append(type(m) if spec is None else (type(m), spec))
         return tuple(key)
+
+    def prepare(self) -> None:
+        """Both traces made now (by convert(): a first call, maybe from several threads at once,
+        then traces nothing; see _TRACE_LOCK)."""
+        key = self._structure(None)
+        if key is None:
+            return
+        with _TRACE_LOCK:
+            self._fn, self.fused, self.pools, self.deferred = self._build(False)
+            self._train_fn, self.fused_train, _, self.deferred_train = self._build(True)
+            self._key = self._train_key = key
 
     def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int]:
         """(the fused forward or None where nothing fused, chains fused, pools replaced (for
@@ -452,8 +467,14 @@ class FusedForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
         plain = type(model).forward
-        if kwargs or _fx_tracing() or torch.compiler.is_compiling() or torch.jit.is_tracing() \
-                or global_hooks():
+        if _fx_tracing():
+            # this thread's own trace (the user's, or one of a model holding this one), or
+            # clconv's in another thread: wait for that one to end
+            with _TRACE_LOCK:
+                tracing = _fx_tracing()
+            if tracing:
+                return plain(model, *args, **kwargs)
+        if kwargs or torch.compiler.is_compiling() or torch.jit.is_tracing() or global_hooks():
             return plain(model, *args, **kwargs)
         grad = torch.is_grad_enabled()
         key = self._structure(grad)
@@ -461,13 +482,18 @@ class FusedForward:
             return plain(model, *args, **kwargs)
         if grad:
             if key != self._train_key:
-                self._train_fn, self.fused_train, _, self.deferred_train = self._build(True)
-                self._train_key = key
+                with _TRACE_LOCK:
+                    if key != self._train_key:
+                        self._train_fn, self.fused_train, _, self.deferred_train = \
+                            self._build(True)
+                        self._train_key = key
             fn = self._train_fn
         else:
             if key != self._key:
-                self._fn, self.fused, self.pools, self.deferred = self._build(False)
-                self._key = key
+                with _TRACE_LOCK:
+                    if key != self._key:
+                        self._fn, self.fused, self.pools, self.deferred = self._build(False)
+                        self._key = key
             fn = self._fn
         if fn is None:
             return plain(model, *args, **kwargs)
@@ -483,4 +509,6 @@ def install(model: nn.Module, leaves: tuple[type, ...]) -> None:
     if "forward" in model.__dict__ or isinstance(model, leaves) or \
             hasattr(type(model), "_clconv_base"):
         return
-    model.forward = FusedForward(model, leaves)  # type: ignore[method-assign]
+    fused = FusedForward(model, leaves)
+    fused.prepare()
+    model.forward = fused  # type: ignore[method-assign]

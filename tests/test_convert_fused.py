@@ -644,3 +644,44 @@ def test_a_float16_chain_names_the_missing_extension(ct, dev):
     converted = ct.convert(model)
     with pytest.raises(clconv.UnsupportedError, match="float16"):
         _run(converted, torch.randn(1, 3, 8, 8).half(), dev)
+
+
+@pytest.mark.parametrize("case", ["fresh", "traced again", "module by module"])
+def test_calls_from_several_threads(ct, dev, case):
+    """Three threads call one converted model at once (and a torch model meanwhile). The fused
+    forward was traced at the first call, and torch.fx patches nn.Module calls process-wide while
+    it traces: other threads' calls ran into the trace (proxies returned, TraceError, a trace
+    holding their calls). convert() traces now; a trace made again after a module changed is
+    made by the next call (here in this thread: torch.fx cannot trace while other threads call
+    modules). Module by module (a module in train mode), a folded chain's BatchNorm passed
+    through the latest folded result of any thread: another thread's conv result was
+    normalised twice."""
+    import threading
+
+    model = _net()
+    x = torch.randn(2, 3, 12, 10)
+    converted = ct.convert(model)
+    if case == "traced again":  # a new module class: the next call traces again
+        model[2], converted[2] = nn.ReLU6().eval(), nn.ReLU6().eval()
+        _run(converted, x, dev)
+    elif case == "module by module":  # a module in train mode: the model's own forward
+        model[2], converted[2] = nn.ReLU6(), nn.ReLU6()
+    want = _run(model, x)
+    results, errors = [], []
+
+    def call():
+        try:
+            for _ in range(4):
+                results.append(_run(converted, x, dev))
+                results.append(_run(model, x))  # a plain torch model meanwhile
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 24
+    for got in results:
+        _close(got, want)
+    assert converted.forward.fused == 10
