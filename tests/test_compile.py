@@ -1954,3 +1954,34 @@ def test_an_empty_batch_through_flatten_keeps_torchs_shapes(dev, ct):
                 assert got.shape == want.shape
                 if n:
                     _close(got, want)
+
+
+def test_threads_calling_after_the_weights_changed(dev, ct):
+    """Three threads call the compiled model after an in-place weight change: one lowers the
+    program again, the others wait for it (they ran the program being replaced, with the old
+    weights, while the first one lowered)."""
+    import threading
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    cm = _compile(ct, model, x)
+    for _ in range(3):
+        with torch.no_grad():
+            model[0].weight.mul_(1.1)
+            want = model(x)
+        results = []
+
+        def call():
+            for _ in range(3):
+                with torch.no_grad():
+                    results.append(cm(x))
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 9
+        for got in results:
+            _close(got, want)

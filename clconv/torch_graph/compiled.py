@@ -4,6 +4,7 @@ whose op fails is unfused, then kept on the host), with compile()'s progress lin
 from __future__ import annotations
 
 import operator
+import threading
 import time
 import warnings
 from typing import Any, Callable
@@ -44,6 +45,9 @@ class CompiledModel(Program):
         # the new values.
         self._model = model
         self._options = Options()
+        self._lowering = threading.Lock()
+        self._watched: list[tuple[dict[str, Any], str, Any, int | None]] = []
+        self._settings: list[tuple[nn.Module, Callable[[nn.Module], Any], Any]] = []
         self._lower(example_inputs, CompileProgress(progress))
         if self.fallbacks:
             warnings.warn("clconv.torch.compile: these nodes run in torch on the host (each costs "
@@ -58,13 +62,15 @@ class CompiledModel(Program):
         the outputs of the run that succeeded."""
         options = self._options
         self.final = False
-        self._watched = self._snapshot()
-        # The settings of the modules the program runs (a BatchNorm's eps, an activation's slope,
-        # a pool's sizes, train mode), which the lowering writes into the steps.
+        # What the program is lowered from, taken now, kept from the end (other threads' calls
+        # meanwhile see a change and wait for this lowering): every parameter, buffer and
+        # submodule, and the settings of the modules the program runs (a BatchNorm's eps, an
+        # activation's slope, a pool's sizes, train mode), which the lowering writes into steps.
+        watched = self._snapshot()
         layers = {id(m): m for n in self.graph_module.graph.nodes if n.op == "call_module"
                   for m in (self.modules.get(str(n.target)),) if m is not None}
-        self._settings = [(m, get, get(m)) for m in layers.values()
-                          for get in (_settings_getter(m),) if get is not None]
+        settings = [(m, get, get(m)) for m in layers.values()
+                    for get in (_settings_getter(m),) if get is not None]
         self._constants.clear()  # the weights as they are now (kept across the rounds below)
         self.weight_bytes = 0
         for _ in range(4 * len(self.nodes) + 1):
@@ -83,6 +89,7 @@ class CompiledModel(Program):
             shown.close(f"{len(self.steps)} steps")
         self.final = True
         self.fallbacks = [Fallback(s.node, s.op, s.why) for s in self.steps if s.host]
+        self._watched, self._settings = watched, settings
         outputs, self.trial_outputs = self.trial_outputs, None
         return outputs
 
@@ -133,11 +140,13 @@ class CompiledModel(Program):
                                  f"trace fixes dims by number, so compile the model again with "
                                  f"an example of that rank (another batch or spatial size "
                                  f"needs no new compile)")
-        if self.weights_changed:
-            _check_eval(self._model)
-            self._refresh()
-            with torch.no_grad():
-                return self._lower(inputs, None)  # (the run that tried the new program)
+        if self.weights_changed or self._lowering.locked():
+            with self._lowering:  # (threads calling at once: one lowers, the others wait)
+                if self.weights_changed:
+                    _check_eval(self._model)
+                    self._refresh()
+                    with torch.no_grad():
+                        return self._lower(inputs, None)  # (the run that tried the program)
         return super().__call__(*inputs)
 
     def __repr__(self) -> str:
