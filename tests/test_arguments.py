@@ -192,3 +192,33 @@ def test_sequential_insert_refuses_an_index_out_of_range(clconv):
         seq.insert(1.0, nn.SiLU())
     seq.insert(-2, nn.SiLU()).insert(3, nn.Sigmoid())
     assert [type(m).__name__ for m in seq] == ["SiLU", "ReLU", "Tanh", "Sigmoid"]
+
+
+def test_device_arrays_not_aligned_to_their_elements_are_refused(clconv):
+    """A pyopencl array whose byte offset or strides are not whole elements (a float32 view of a
+    byte buffer at an odd position, which pyopencl allows) was read and written at the element
+    below (offset and strides divided down): garbage, silently. Refused, naming the operand."""
+    import pyopencl.array as cla
+
+    q = clconv.current_device().queue
+    x = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+    raw = np.zeros(x.nbytes + 4, np.uint8)
+    raw[2:2 + x.nbytes] = x.view(np.uint8).ravel()
+    shifted = cla.to_device(q, raw)[2:2 + x.nbytes].view(np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(shifted.get(), x)  # (pyopencl itself reads it right)
+    buffer = cla.to_device(q, np.arange(64, dtype=np.float32)).base_data
+    odd_rows = cla.Array(q, (3, 4), np.float32, data=buffer, strides=(18, 4))
+    w = np.ones((1, 1, 2, 2), np.float32)
+    for bad in (shifted, odd_rows):
+        for call in (lambda a: clconv.relu(a), lambda a: clconv.add(a, a),
+                     lambda a: clconv.linear(a, np.ones((2, 4), np.float32)),
+                     lambda a: clconv.softmax(a, 1),
+                     lambda a: clconv.conv2d(a.reshape(1, 1, 3, 4), w),
+                     lambda a: clconv.plan_conv2d((1, 1, 3, 4), w.shape)(
+                         a.reshape(1, 1, 3, 4), cla.to_device(q, w))):
+            with pytest.raises(ValueError, match="not multiples of its item size"):
+                call(bad)
+    with pytest.raises(ValueError, match="out= is a pyopencl array whose byte offset"):
+        clconv.relu(cla.to_device(q, x), out=shifted)
+    aligned = cla.to_device(q, np.arange(16, dtype=np.float32))[4:].reshape(3, 4)
+    np.testing.assert_array_equal(clconv.relu(aligned).get(), np.arange(4, 16).reshape(3, 4))

@@ -32,7 +32,7 @@ from ..blas import packed
 from ..blas.packed import PackedA, Tile
 from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
-from ..runtime.transfer import index_type
+from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg
 from .geometry import ConvGeometry
 
@@ -95,7 +95,7 @@ def pack_conv_weights(dev: Device, geo: ConvGeometry, w: cla.Array, w_offset: in
     array's own offset), packed per group as the GEMM's A: `groups` matrices of (C_out/groups) x
     (C_in/groups * prod(kernel)). Enqueued; returns a PackedA with its own buffer (reuse it while
     the weights are unchanged)."""
-    off = w.offset // w.dtype.itemsize if w_offset is None else w_offset
+    off = element_offset(w) if w_offset is None else w_offset
     m, k = geo.cout_per_group, geo.cin_per_group * geo.ksize
     tile = conv_tile(dev, geo, w.dtype) if tile is None else tile
     return packed.pack_a(dev, m, k, w, off, m * k, geo.groups, tile=tile)
@@ -188,10 +188,9 @@ def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_o
         return
     tile = w_packed.tile
     m, k, l = geo.cout_per_group, geo.cin_per_group * geo.ksize, geo.out_spatial
-    b_off = 0 if bias is None else (bias.offset // bias.dtype.itemsize if bias_off is None
-                                    else bias_off)
-    r_off = 0 if residual is None else (residual.offset // residual.dtype.itemsize
-                                        if residual_off is None else residual_off)
+    b_off = 0 if bias is None else (element_offset(bias) if bias_off is None else bias_off)
+    r_off = 0 if residual is None else (element_offset(residual) if residual_off is None
+                                        else residual_off)
     chunks = column_chunks(geo, tile, dtype.itemsize, workspace_limit)
     most = max(n for _, n in chunks)
     with dev.lock:

@@ -341,6 +341,7 @@ class Plan:
                     return False
             elif (type(x) is not cla.Array or x.queue is not queue or x.shape != want
                   or x.dtype != dtype or x.strides != strides[name]
+                  or x.offset % dtype.itemsize
                   or x.offset // dtype.itemsize + x.size >= INDEX_LIMIT):
                 return False
         return True

@@ -113,8 +113,23 @@ def device_dtype(dev: Device, operands: tuple[Any, ...],
 
 
 def element_offset(a: cla.Array) -> int:
-    """The array's start inside its buffer, in elements (pyopencl keeps it in bytes)."""
-    return a.offset // a.dtype.itemsize
+    """The array's start inside its buffer, in elements (pyopencl keeps it in bytes); ValueError
+    for a start between two elements (the kernels address whole elements)."""
+    size = a.dtype.itemsize
+    if a.offset % size:
+        _check_aligned(a, "an operand or out=")
+    return a.offset // size
+
+
+def _check_aligned(x: cla.Array, name: str) -> None:
+    """ValueError for a device array whose byte offset or strides are not whole elements (a
+    float32 view of a byte buffer at an odd position: pyopencl allows it, kernels address whole
+    elements, so it would be read from the wrong place)."""
+    size = x.dtype.itemsize
+    if x.offset % size or any(t % size for t in x.strides):
+        raise ValueError(f"{name} is a pyopencl array whose byte offset ({x.offset}) or strides "
+                         f"({x.strides}) are not multiples of its item size ({size}); clconv's "
+                         f"kernels address whole elements: pass an aligned copy of it")
 
 
 #: Testing hook: "long" makes every kernel use 64-bit flat offsets, whatever the sizes (the long path
@@ -169,6 +184,8 @@ def to_device(x: Any, dev: Device, name: str, dtype: np.dtype) -> cla.Array:
 
 
 def _check_context(x: cla.Array, dev: Device, name: str) -> None:
+    """ValueError for a device array of another context than `dev`'s, or not element-aligned."""
+    _check_aligned(x, name)
     if x.context != dev.context:
         raise ValueError(f"{name} is a pyopencl array of another OpenCL context than the one of "
                          f"device {dev.name!r}, where this runs (the current device, or the one a "
@@ -234,6 +251,7 @@ def check_distinct_elements(a: Any) -> None:
 def _strided_args(x: cla.Array) -> tuple[dict[str, object], tuple[np.int64, ...]]:
     """strided_copy.cl's defines for `x` and its size and stride arguments (any number of dims
     that collapses to at most 5)."""
+    _check_aligned(x, "an operand or out=")
     shape, strides = _collapsed(tuple(x.shape), tuple(s // x.dtype.itemsize for s in x.strides))
     if len(shape) > 5:
         raise ValueError(f"strided device arrays whose strides do not collapse to 5 dims are not "
