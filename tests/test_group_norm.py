@@ -118,3 +118,18 @@ def test_instance_norm_of_no_channels_is_empty_as_torch(dev):
     x = np.zeros((4, 0, 5), np.float32)
     got = clconv.instance_norm(x)
     assert got.shape == tuple(torch.nn.functional.instance_norm(torch.from_numpy(x)).shape)
+
+
+@pytest.mark.parametrize("value, size", [(3e4, 7), (1e6, 7), (1234.5, 7), (7.7, 1000),
+                                         (0.1, 4097)])
+def test_constant_groups_normalise_to_zero_as_torch(dev, value, size):
+    """A constant group is 0 after normalising (torch gives exactly 0): x * a + (bias - a * mean)
+    cancelled two values of ~x / sqrt(eps) (0.496 for 3e4), and a rounded mean of many values
+    left (x - mean) * rstd = 0.0027 for 1000 values of 7.7; now x - mean first, and the mean
+    corrected by the second pass. layer_norm and instance_norm share it. (batch_norm with batch
+    statistics keeps torch's scale-and-shift form: torch's float32 gives -0.42 for 3e4 there.)"""
+    x = np.full((2, 2, size), value, np.float32)
+    want = np.zeros_like(x)
+    np.testing.assert_array_equal(clconv.group_norm(x, 1), want)
+    np.testing.assert_array_equal(clconv.layer_norm(x, (size,)), want)
+    np.testing.assert_array_equal(clconv.instance_norm(x), want)
