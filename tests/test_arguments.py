@@ -222,3 +222,25 @@ def test_device_arrays_not_aligned_to_their_elements_are_refused(clconv):
         clconv.relu(cla.to_device(q, x), out=shifted)
     aligned = cla.to_device(q, np.arange(16, dtype=np.float32))[4:].reshape(3, 4)
     np.testing.assert_array_equal(clconv.relu(aligned).get(), np.arange(4, 16).reshape(3, 4))
+
+
+def test_a_zero_dim_operand_beside_an_array_is_a_scalar_as_torch(clconv, rng):
+    """torch's type promotion takes a 0-d tensor beside a tensor of one or more dims as a scalar
+    (float32 + a float64 0-d is float32; an int 0-d too): clconv refused them as mixed dtypes."""
+    torch = import_torch()
+
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    t = torch.from_numpy(x)
+    for s in (np.array(2.5), torch.tensor(2.5, dtype=torch.float64), torch.tensor(3),
+              np.array(True)):
+        for op in ("add", "mul", "sub", "maximum"):
+            if op == "sub" and s.dtype in (np.bool_, torch.bool):
+                continue  # (torch refuses subtracting a bool)
+            want = getattr(torch, op)(t, torch.as_tensor(s))
+            got = getattr(clconv, op)(x, s)
+            assert got.dtype == np.float32 and want.dtype == torch.float32
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+            np.testing.assert_allclose(getattr(clconv, op)(s, x),
+                                       getattr(torch, op)(torch.as_tensor(s), t).numpy(), rtol=1e-6)
+    with pytest.raises(TypeError, match="mixed dtypes"):  # (two 0-d: torch promotes them to
+        clconv.add(np.array(1.0, np.float32), np.array(2.0))  # float64; clconv refuses, documented)

@@ -145,7 +145,12 @@ def _binary_values(input: Any, other: Any) -> dict[str, Any]:
 
 def _scalar_operand(value: Any, like: Any, name: str) -> Any:
     """A Python number (a bool as 0 / 1) as a 0-d numpy array of `like`'s dtype (as torch wraps
-    scalars)."""
+    scalars); so is a 0-d host array or tensor beside an array of one or more dims, as torch's
+    type promotion takes a 0-d tensor (float32 + a float64 0-d is float32)."""
+    if getattr(like, "ndim", 0) and getattr(value, "ndim", None) == 0 and \
+            not isinstance(value, numbers.Number) and not is_device_array(value) and not getattr(value, "requires_grad", False) and \
+            np.dtype(dtype_of(value, name)).kind in "fiub":
+        value = value.item()
     if isinstance(value, numbers.Real) and not isinstance(value, np.ndarray):
         try:  # numpy's, pyopencl's or a torch tensor's dtype (as its numpy view has it)
             dtype = dtype_of(like, name) if like is not None and \
