@@ -1985,3 +1985,27 @@ def test_threads_calling_after_the_weights_changed(dev, ct):
         assert len(results) == 9
         for got in results:
             _close(got, want)
+
+
+class _RoundedDivisions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.c(x) * 3
+        return (torch.div(y, 0.7, rounding_mode="floor"),
+                y.div(torch.full((4, 1, 1), -0.9), rounding_mode="trunc"),
+                torch.div(y, y.abs() + 0.5, rounding_mode="floor"))
+
+
+def test_divisions_with_a_rounding_mode_are_lowered(dev, ct):
+    """torch.div(..., rounding_mode='trunc' / 'floor') ran in torch on the host (a download and
+    an upload each); clconv.div takes the mode."""
+    torch.manual_seed(0)
+    model = _RoundedDivisions().eval()
+    x = torch.randn(2, 3, 6, 6)
+    cm = _compile(ct, model, x)  # (a fallback fails the test)
+    with torch.no_grad():
+        for got, want in zip(cm(x), model(x)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

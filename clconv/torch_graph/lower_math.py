@@ -26,10 +26,11 @@ class MathRules(LoweringBase):
     """The rules for arithmetic, reductions and pooling (mixed into Lowering)."""
 
     def binary(self, node: fx.Node, name: str, a: Any, b: Any,
-               act: Activation | None = None, alpha: Any = 1) -> Step:
+               act: Activation | None = None, alpha: Any = 1,
+               rounding_mode: str | None = None) -> Step:
         """clconv.add / clconv.mul (numpy broadcasting, as torch's), optionally with a fused
-        activation; add/sub take torch's `alpha` (a + alpha * b, one rounding as torch's).
-        Constants (get_attr tensors, Python numbers) are uploaded once."""
+        activation; add/sub take torch's `alpha` (a + alpha * b, one rounding as torch's), div
+        its `rounding_mode`. Constants (get_attr tensors, Python numbers) are uploaded once."""
         # x - c (a constant) is x + (-c): the same IEEE result (and the add's fusions); a tensor
         # computed in the graph is subtracted by clconv.sub.
         negate = name == "sub" and not (isinstance(b, fx.Node) and b.op != "get_attr")
@@ -79,13 +80,16 @@ class MathRules(LoweringBase):
         kw: dict[str, Any] = {} if alpha == 1 else {"alpha": alpha}
         if spec is not None:
             kw["activation"] = spec
+        if rounding_mode is not None:
+            kw["rounding_mode"] = rounding_mode
 
         def run(env: dict[str, Any]) -> Any:
             x = va if ka == "const" else env[va]
             y = vb if kb == "const" else env[vb]
             return fn(x, y, **kw)
         op = f"clconv.{name}" + (f" + {act}" if act is not None else "") + \
-            (f" (alpha={alpha})" if alpha != 1 else "")
+            (f" (alpha={alpha})" if alpha != 1 else "") + \
+            (f" (rounding_mode={rounding_mode!r})" if rounding_mode is not None else "")
         return self.value(node, run, op, inputs, layout)
 
     def mirrored(self, node: fx.Node, name: str) -> Step:
@@ -304,10 +308,14 @@ class MathRules(LoweringBase):
                           (xn, *(v for k, v in bounds if k == "node")))
 
     def divide(self, node: fx.Node, x: Any, divisor: Any) -> Step:
-        """x / y (torch.div, Tensor.div, `/`): clconv.div (broadcasting); by a Python number,
-        clconv.mul by 1 / c (rounded once more than torch's division: within an ulp)."""
-        if bind(node, lambda input, other, *, rounding_mode=None: rounding_mode) is not None:
-            raise Unlowerable("division with a rounding_mode")
+        """x / y (torch.div, Tensor.div, `/`): clconv.div (broadcasting; rounding_mode 'trunc'
+        and 'floor' too); by a Python number, clconv.mul by 1 / c (rounded once more than torch's
+        division: within an ulp)."""
+        mode = bind(node, lambda input, other, *, rounding_mode=None: rounding_mode)
+        if mode is not None:
+            if mode not in ("trunc", "floor"):
+                raise Unlowerable(f"division with rounding_mode {mode!r}")
+            return self.binary(node, "div", x, divisor, rounding_mode=mode)
         if is_tensor(divisor) or is_tensor(x):
             return self.binary(node, "div", x, divisor)
         if isinstance(divisor, bool) or not isinstance(divisor, (int, float)):
