@@ -148,7 +148,8 @@ def _scalar_operand(value: Any, like: Any, name: str) -> Any:
     scalars); so is a 0-d host array or tensor beside an array of one or more dims, as torch's
     type promotion takes a 0-d tensor (float32 + a float64 0-d is float32)."""
     if getattr(like, "ndim", 0) and getattr(value, "ndim", None) == 0 and \
-            not isinstance(value, numbers.Number) and not is_device_array(value) and not getattr(value, "requires_grad", False) and \
+            not isinstance(value, numbers.Number) and not is_device_array(value) and \
+            not getattr(value, "requires_grad", False) and \
             np.dtype(dtype_of(value, name)).kind in "fiub":
         value = value.item()
     if isinstance(value, numbers.Real) and not isinstance(value, np.ndarray):
