@@ -307,33 +307,29 @@ void channel_stats(__global const REAL* restrict x, const long x_offset, const l
     const idx_t c = get_global_id(1);
     const idx_t l = get_local_id(0);
     const idx_t count = (idx_t)batch * inner;
+    // The first pass sums the values less the channel's first one (shifted data): a constant
+    // channel's mean is then that value exactly, and its normalised values exactly 0 as torch's
+    // (a plain sum of 1000 values of 7.7 rounded the mean, and (x - mean) * rstd gave 0.0027).
+    // A non-finite first value shifts nothing (an Inf channel's mean stays Inf, as torch).
+    const ACC first = count > 0 ? (ACC)x[x_offset + c * inner] : (ACC)0;
+    const ACC shift = fabs(first) < (ACC)INFINITY ? first : (ACC)0;
     ACC acc[LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (idx_t n = 0; n < batch; ++n) {
         __global const REAL* row = x + x_offset + (n * channels + c) * inner;
-#define SUM_STEP(j, s) acc[j] += (ACC)row[s];
+#define SUM_STEP(j, s) acc[j] += (ACC)row[s] - shift;
         FOR_ROW_RUNS(inner, l, SUM_STEP)
 #undef SUM_STEP
     }
-    const ACC mean0 = group_sum(lanes_sum(acc), scratch) / (ACC)count;
-    // The second pass sums the deviations too, which corrects the first pass's rounded mean
-    // (Chan, Golub and LeVeque's corrected two-pass algorithm): a constant row's mean is then its
-    // value, and its normalised values exactly 0 as in torch (1000 values of 7.7 gave 0.0027).
-    ACC dev[LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const ACC mean = shift + group_sum(lanes_sum(acc), scratch) / (ACC)count;
     for (int j = 0; j < LANES; ++j) acc[j] = 0;
     for (idx_t n = 0; n < batch; ++n) {
         __global const REAL* row = x + x_offset + (n * channels + c) * inner;
-#define SQ_STEP(j, s) { const ACC d = (ACC)row[s] - mean0; acc[j] += d * d; dev[j] += d; }
+#define SQ_STEP(j, s) { const ACC d = (ACC)row[s] - mean; acc[j] += d * d; }
         FOR_ROW_RUNS(inner, l, SQ_STEP)
 #undef SQ_STEP
     }
-    const ACC sq_raw = group_sum(lanes_sum(acc), scratch);
-    const ACC shift = group_sum(lanes_sum(dev), scratch);
+    const ACC sq = group_sum(lanes_sum(acc), scratch);
     if (l != 0) return;
-    // (an Inf in the row makes the deviations NaN: its mean stays the first pass's Inf, as torch)
-    const bool finite = fabs(shift) < (ACC)INFINITY;
-    const ACC mean = finite ? mean0 + shift / (ACC)count : mean0;
-    const ACC sq0 = finite ? sq_raw - shift * shift / (ACC)count : sq_raw;
-    const ACC sq = sq0 < (ACC)0 ? (ACC)0 : sq0;  // (rounding; a NaN stays NaN)
     const ACC var = sq / (ACC)count;
     stats[c] = (REAL)mean;
     stats[channels + c] = (REAL)var;

@@ -126,7 +126,7 @@ def test_constant_groups_normalise_to_zero_as_torch(dev, value, size):
     """A constant group is 0 after normalising (torch gives exactly 0): x * a + (bias - a * mean)
     cancelled two values of ~x / sqrt(eps) (0.496 for 3e4), and a rounded mean of many values
     left (x - mean) * rstd = 0.0027 for 1000 values of 7.7; now x - mean first, and the mean
-    corrected by the second pass. layer_norm and instance_norm share it. (batch_norm with batch
+    summed as deviations from the group's first value. layer_norm and instance_norm share it. (batch_norm with batch
     statistics keeps torch's scale-and-shift form: torch's float32 gives -0.42 for 3e4 there.)"""
     x = np.full((2, 2, size), value, np.float32)
     want = np.zeros_like(x)
