@@ -23,7 +23,7 @@ demo: venv
 # test) and on llvmpipe (the per-device modules, tests/conftest.py's EVERY_DEVICE_MODULES), and on
 # any GPU there is. CLCONV_TEST_DEVICES=pocl,llvmpipe,... names the devices instead.
 # TEST_WORKERS pytest-xdist processes share the tests: on a fresh machine the suite's time is mostly
-# the drivers compiling kernels on the calling thread, so two workers on two cores take 13-20 min
+# the drivers compiling kernels on the calling thread, so two workers on two cores take 13-21 min
 # where one took ~30 (TEST_WORKERS=0: one process).
 TEST_WORKERS ?= 2
 test: export RUSTICL_ENABLE ?= llvmpipe
