@@ -423,12 +423,23 @@ class FusedForward:
         """Both traces made now (by convert(): a first call, maybe from several threads at once,
         then traces nothing; see _TRACE_LOCK)."""
         key = self._structure(None)
-        if key is None:
-            return
-        with _TRACE_LOCK:
-            self._fn, self.fused, self.pools, self.deferred = self._build(False)
-            self._train_fn, self.fused_train, _, self.deferred_train = self._build(True)
-            self._key = self._train_key = key
+        if key is not None:
+            self._traced(False, key)
+            self._traced(True, key)
+
+    def _traced(self, training: bool, key: tuple[Any, ...]) -> Callable[..., Any] | None:
+        """The fused forward for autograd (`training`) or inference, traced again unless it was
+        traced for `key` (checked again under _TRACE_LOCK: one thread traces, others wait)."""
+        if key != (self._train_key if training else self._key):
+            with _TRACE_LOCK:
+                if training and key != self._train_key:
+                    self._train_fn, self.fused_train, _, self.deferred_train = \
+                        self._build(True)
+                    self._train_key = key
+                elif not training and key != self._key:
+                    self._fn, self.fused, self.pools, self.deferred = self._build(False)
+                    self._key = key
+        return self._train_fn if training else self._fn
 
     def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int]:
         """(the fused forward or None where nothing fused, chains fused, pools replaced (for
@@ -480,21 +491,7 @@ class FusedForward:
         key = self._structure(grad)
         if key is None:
             return plain(model, *args, **kwargs)
-        if grad:
-            if key != self._train_key:
-                with _TRACE_LOCK:
-                    if key != self._train_key:
-                        self._train_fn, self.fused_train, _, self.deferred_train = \
-                            self._build(True)
-                        self._train_key = key
-            fn = self._train_fn
-        else:
-            if key != self._key:
-                with _TRACE_LOCK:
-                    if key != self._key:
-                        self._fn, self.fused, self.pools, self.deferred = self._build(False)
-                        self._key = key
-            fn = self._fn
+        fn = self._traced(grad, key)
         if fn is None:
             return plain(model, *args, **kwargs)
         try:
