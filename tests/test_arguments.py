@@ -244,3 +244,49 @@ def test_a_zero_dim_operand_beside_an_array_is_a_scalar_as_torch(clconv, rng):
                                        getattr(torch, op)(torch.as_tensor(s), t).numpy(), rtol=1e-6)
     with pytest.raises(TypeError, match="mixed dtypes"):  # (two 0-d: torch promotes them to
         clconv.add(np.array(1.0, np.float32), np.array(2.0))  # float64; clconv refuses, documented)
+
+
+def test_zero_dim_tensors_are_number_and_dim_arguments_as_torch(clconv, rng):
+    """torch's Number and int parameters take a 0-d tensor as its value (alpha=, eps=, a slope,
+    dim=); clconv raised TypeError / ValueError for them. 0-d numpy arrays likewise. A 1-d
+    tensor, a tensor that needs a gradient, a float dim and a bool dim stay refused, as torch's."""
+    torch = import_torch()
+    import torch.nn.functional as F
+
+    x = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    y = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    cases = [  # (clconv with the value v, torch with v)
+        (lambda v: clconv.add(x, y, alpha=v), lambda v: torch.add(tx, ty, alpha=v), 2.5),
+        (lambda v: clconv.sub(x, y, alpha=v), lambda v: torch.sub(tx, ty, alpha=v), 3),
+        (lambda v: clconv.leaky_relu(x, v), lambda v: F.leaky_relu(tx, v), 0.2),
+        (lambda v: clconv.elu(x, alpha=v), lambda v: F.elu(tx, alpha=v), 0.5),
+        (lambda v: clconv.hardtanh(x, -v, v), lambda v: F.hardtanh(tx, -v, v), 0.5),
+        (lambda v: clconv.threshold(x, v, 0.0), lambda v: F.threshold(tx, v, 0.0), 0.1),
+        (lambda v: clconv.softmax(x, dim=v), lambda v: F.softmax(tx, dim=v), 1),
+        (lambda v: clconv.log_softmax(x, dim=v), lambda v: F.log_softmax(tx, dim=v), -1),
+        (lambda v: clconv.cat([x, y], dim=v), lambda v: torch.cat([tx, ty], dim=v), 2),
+        (lambda v: clconv.stack([x, y], dim=v), lambda v: torch.stack([tx, ty], dim=v), 1),
+        (lambda v: clconv.flatten(x, v), lambda v: torch.flatten(tx, v), 1),
+        (lambda v: clconv.group_norm(x, v, eps=1e-3), lambda v: F.group_norm(tx, v, eps=1e-3), 2),
+        (lambda v: clconv.batch_norm(x, rm, rv, eps=v),
+         lambda v: F.batch_norm(tx, torch.from_numpy(rm), torch.from_numpy(rv), eps=v), 1e-3),
+        (lambda v: clconv.local_response_norm(x, v), lambda v: F.local_response_norm(tx, v), 2),
+    ]
+    for ours, theirs, value in cases:
+        want = theirs(value).numpy()
+        for v in (torch.tensor(value), np.array(value)):
+            np.testing.assert_allclose(ours(v), want, rtol=1e-5, atol=1e-6)
+            if isinstance(v, torch.Tensor):
+                np.testing.assert_allclose(theirs(v).numpy(), want, rtol=1e-5, atol=1e-6)
+    for bad in (torch.tensor([2.0]), torch.tensor(2.0, requires_grad=True)):
+        with pytest.raises(TypeError):
+            torch.add(tx, ty, alpha=bad)
+        with pytest.raises(TypeError, match="alpha"):
+            clconv.add(x, y, alpha=bad)
+    for bad in (torch.tensor(1.0), torch.tensor(True), torch.tensor([1])):
+        with pytest.raises(TypeError):
+            F.softmax(tx, dim=bad)
+        with pytest.raises(TypeError, match="dim"):
+            clconv.softmax(x, dim=bad)

@@ -20,6 +20,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Union
 
+from .scalars import plain_number
+
 __all__ = ["ACTIVATION_NAMES", "MATH_FUNCTIONS", "Activation", "ActivationArg",
            "activation_defines", "float_literal", "normalize_activation"]
 
@@ -86,6 +88,7 @@ _HELP = ("activation must be None, one of " + ", ".join(repr(n) for n in ACTIVAT
 
 
 def _number(value: Any, what: str) -> float:
+    value = plain_number(value)
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ValueError(f"{what} must be a real number, got {value!r}")
     return float(value)

@@ -28,6 +28,7 @@ from ..runtime.transfer import ArrayLike, dtype_of, is_device_array, result_dtyp
 from .activation import ActivationArg, activation_defines, normalize_activation
 from .elementwise import array_args, elementwise_defines, real_scalar
 from .plan import Plan, cached_plan, shape_of
+from .scalars import plain_number
 
 __all__ = ["add", "binary_op", "BinaryPlan", "broadcast_layout", "div", "maximum", "minimum",
            "mul", "prelu", "sub"]
@@ -129,7 +130,9 @@ _BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3, "div": 4, "maximum": 5,
 
 
 def _check_alpha(op: str, alpha: Any) -> float:
-    """torch.add/sub's `alpha` (a real number; other ops take none) as a float."""
+    """torch.add/sub's `alpha` (a real number or a 0-d array / tensor; other ops take none) as a
+    float."""
+    alpha = plain_number(alpha)
     if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
         raise TypeError(f"{op}: alpha must be a real number, got {alpha!r} (torch takes a "
                         f"Boolean alpha only for Boolean results)")

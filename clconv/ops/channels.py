@@ -29,6 +29,7 @@ from .activation import Activation, ActivationArg, activation_defines, normalize
 from .elementwise import array_args, elementwise_defines, real_scalar
 from .unary import gradient_from_output
 from .plan import Plan, cached_plan, shape_ints, shape_of
+from .scalars import plain_number
 
 __all__ = ["BatchNormPlan", "batch_norm", "batch_norm_plan", "check_loop_limit",
            "enqueue_batch_norm_backward", "enqueue_bias_act", "enqueue_channel_stats",
@@ -93,6 +94,7 @@ def batch_norm(input: ArrayLike, running_mean: ArrayLike | None, running_var: Ar
     torch's are: r = (1 - momentum) * r + momentum * batch statistic, the variance unbiased.
     Host running statistics (numpy arrays, CPU tensors) are written back into the arrays; device
     ones (views too) are updated on the device."""
+    momentum, eps = plain_number(momentum), plain_number(eps)
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"batch_norm: training must be a bool, got {training!r}")
     if training:

@@ -25,6 +25,7 @@ from pyopencl import clmath
 from pyopencl.elementwise import ElementwiseKernel
 
 from ..runtime.interop import host_operand
+from .scalars import plain_number
 
 __all__ = ["fold_batchnorm", "foldable"]
 
@@ -45,6 +46,7 @@ def fold_batchnorm(weight: Any, bias: Any, running_mean: Any, running_var: Any,
     weight -> pyopencl Arrays on its queue, computed there in its dtype (numpy operands are
     uploaded). Returns a new (weight, bias); the arguments are not modified.
     """
+    eps = plain_number(eps)
     on_device = isinstance(weight, cla.Array)
     weight = host_operand(weight, "weight")  # (lists, scalars, tensors that need grad: TypeError)
     if weight.dtype.kind != "f":

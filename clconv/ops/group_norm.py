@@ -20,6 +20,7 @@ from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dty
 from .activation import ActivationArg, activation_defines, normalize_activation
 from .channels import enqueue_channel_stats
 from .plan import Plan, cached_plan, shape_ints, shape_of
+from .scalars import plain_number
 
 __all__ = ["GroupNormPlan", "group_norm", "instance_norm", "layer_norm"]
 
@@ -89,6 +90,7 @@ def group_norm(input: ArrayLike, num_groups: int, weight: ArrayLike | None = Non
     """torch.nn.functional.group_norm: input (N, C, *) normalised over each image's groups of
     C / num_groups channels (biased variance, as torch's), then weight/bias (C,) if given and the
     optional fused activation. Returns numpy for a numpy input, else a device array."""
+    num_groups, eps = plain_number(num_groups), plain_number(eps)
     dev = current_device()
     values = {"input": input, "weight": weight, "bias": bias}
     dtype = result_dtype(dev, **{k: v for k, v in values.items() if v is not None})
@@ -115,6 +117,7 @@ def layer_norm(input: ArrayLike, normalized_shape: Sequence[int],
     normalized_shape, optional). On the device as group_norm with one group over a (rows, 1,
     size) view of the same data, then clconv.mul / add. Returns numpy for a numpy input, else a
     device array."""
+    eps = plain_number(eps)
     from .binary import add, mul, sub
     from .shape import reshaped
 
@@ -163,6 +166,7 @@ def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
     statistics (use_input_stats=True with them given, torch's training mode) is refused: pass
     use_input_stats=False to normalise with them. Returns numpy for a numpy input, else a device
     array."""
+    momentum, eps = plain_number(momentum), plain_number(eps)
     from .channels import batch_norm
 
     shape = tuple(int(v) for v in shape_of(input))

@@ -16,6 +16,7 @@ from ..runtime.device import Device, current_device
 from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype
 from .plan import Plan, cached_plan, shape_ints, shape_of
+from .scalars import plain_number
 
 __all__ = ["LocalResponseNormPlan", "local_response_norm"]
 
@@ -78,6 +79,7 @@ def local_response_norm(input: ArrayLike, size: int, alpha: float = 1e-4, beta: 
     (k + alpha * mean of x^2 over the `size` neighbouring channels) ** beta, the window
     [c - size // 2, c + (size - 1) // 2] clipped to the channels and averaged over `size`.
     Returns numpy for a numpy input, else a device array."""
+    size, alpha, beta, k = (plain_number(v) for v in (size, alpha, beta, k))
     dev = current_device()
     dtype = result_dtype(dev, input=input)
     shape = shape_of(input)

@@ -21,12 +21,14 @@ from ..runtime.program import kernel
 from ..runtime.transfer import ArrayLike, element_offset, is_device_array, result_dtype, to_device
 from .elementwise import array_args, elementwise_defines
 from .plan import Plan, cached_plan, shape_ints, shape_of
+from .scalars import plain_number
 
 __all__ = ["CatPlan", "cat", "channel_shuffle", "flatten", "pixel_shuffle", "pixel_unshuffle",
            "reshaped", "stack"]
 
 
 def _dim(dim: Any, ndim: int, what: str) -> int:
+    dim = plain_number(dim)
     if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
         raise TypeError(f"{what} must be an int, got {dim!r}")
     lo, hi = (-ndim, ndim - 1) if ndim else (-1, 0)
@@ -98,6 +100,7 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = N
     device result when any array is a device array (numpy ones are uploaded). As torch's legacy
     rule, 1-d empty arrays (shape (0,)) are left out when any other array is not one (they still
     count for the dtype)."""
+    dim = plain_number(dim)
     if isinstance(tensors, (np.ndarray, cla.Array)) or not isinstance(tensors, Sequence):
         raise TypeError(f"cat: tensors must be a sequence (list or tuple) of arrays, got "
                         f"{type(tensors).__name__}")
@@ -121,6 +124,7 @@ def stack(tensors: Sequence[ArrayLike], dim: int = 0, *,
     """torch.stack: arrays of one shape joined along a new dim `dim` (in [-ndim - 1, ndim]): `cat`
     of the arrays each given a unit dim there (a view). A device result when any array is a
     device array."""
+    dim = plain_number(dim)
     if isinstance(tensors, (np.ndarray, cla.Array)) or not isinstance(tensors, Sequence):
         raise TypeError(f"stack: tensors must be a sequence (list or tuple) of arrays, got "
                         f"{type(tensors).__name__}")

@@ -21,11 +21,13 @@ from ..runtime.transfer import ArrayLike, element_offset, gather, index_type, re
 from .channels import check_loop_limit
 from .plan import Plan, cached_plan, shape_ints, shape_of
 from .precision import convert_into
+from .scalars import plain_number
 
 __all__ = ["SoftmaxPlan", "log_softmax", "softmax"]
 
 
 def _softmax_dim(dim: Any, ndim: int, name: str) -> int:
+    dim = plain_number(dim)
     if dim is None:  # torch's legacy implicit choice, with its warning
         warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the "
                       f"call to include dim=X as an argument.", UserWarning, stacklevel=3)

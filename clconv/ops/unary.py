@@ -31,6 +31,7 @@ from .activation import Activation, ActivationArg, activation_defines, normalize
 from .binary import binary_op
 from .elementwise import array_args, elementwise_defines
 from .plan import Plan, cached_plan, shape_ints, shape_of
+from .scalars import plain_number
 
 __all__ = ["abs", "celu", "clamp", "elu", "erf", "exp", "gelu", "gradient_from_output",
            "hardshrink", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "log",
@@ -220,6 +221,7 @@ def mish(input: ArrayLike, inplace: bool = False, *, out: ArrayLike | None = Non
 def hardtanh(input: ArrayLike, min_val: float = -1.0, max_val: float = 1.0,
              inplace: bool = False, *, out: ArrayLike | None = None) -> ArrayLike:
     """torch.nn.functional.hardtanh: x clamped to [min_val, max_val] (min_val <= max_val)."""
+    min_val, max_val = plain_number(min_val), plain_number(max_val)
     for name, v in (("min_val", min_val), ("max_val", max_val)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"{name} must be a real number, got {v!r}")
@@ -297,6 +299,7 @@ def threshold(input: ArrayLike, threshold: float, value: float, inplace: bool = 
               out: ArrayLike | None = None) -> ArrayLike:
     """torch.nn.functional.threshold: value where x <= threshold, else x (NaN kept; a NaN
     threshold keeps every x, a NaN value puts NaN where x <= threshold, as torch's)."""
+    threshold, value = plain_number(threshold), plain_number(value)
     for name, v in (("threshold", threshold), ("value", value)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"threshold: {name} must be a real number, got {v!r}")
