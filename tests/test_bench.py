@@ -204,3 +204,32 @@ def test_cli_bench_says_when_the_benchmarks_package_is_missing(clconv_mod, capsy
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "needs the benchmarks package" in err
     assert main(["cache"]) == 0
+
+
+def test_build_census_logs_first_builds_and_summarizes_them(tmp_path, monkeypatch, clconv_mod):
+    """benchmarks/build_census.py: the plugin logs a program the first time a process builds it
+    (not a cache hit), with the test that asked; the summary counts programs per device, source
+    and module, programs built in several processes, and one source's defines."""
+    import clconv.runtime.program as program
+    from benchmarks import build_census
+
+    monkeypatch.setenv(build_census.DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(program, "_program", program._program)  # restored after the test
+    build_census.pytest_configure(None)
+    dev = clconv_mod.current_device()
+    cache = program.ProgramCache()
+    opts = program.options({"REAL": "float"})
+    for _ in range(2):  # the second call is a cache hit: not logged
+        program._program(dev, cache, "elementwise.cl", opts)
+    rows = [json.loads(line) for path in tmp_path.glob("*.jsonl") for line in open(path)]
+    assert len(rows) == 1 and rows[0]["source"] == "elementwise.cl"
+    assert rows[0]["device"] == dev.cl_device.name and rows[0]["options"] == list(opts)
+    assert rows[0]["test"].endswith("test_build_census_logs_first_builds_and_summarizes_them")
+    other = dict(rows[0], test="tests/test_x.py::t", options=["-DREAL=double", "-DVW=4"])
+    with open(tmp_path / "programs.0.jsonl", "w") as f:  # another process: the same + one more
+        f.write(json.dumps(rows[0]) + "\n" + json.dumps(other) + "\n")
+    text = build_census.summarize(str(tmp_path), source="elementwise.cl")
+    assert text.startswith("3 builds in 2 processes, 2 distinct programs, 1 built in more than one")
+    assert "      2  elementwise.cl" in text and "test_x.py" in text and "test_bench.py" in text
+    assert "REAL: float 1, double 1" in text and "VW: 4 1" in text
+    assert "no census" in build_census.summarize(str(tmp_path / "none"))
