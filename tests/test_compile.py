@@ -2009,3 +2009,33 @@ def test_divisions_with_a_rounding_mode_are_lowered(dev, ct):
     with torch.no_grad():
         for got, want in zip(cm(x), model(x)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class _MinMaxReciprocalUnfold(nn.Module):
+    """torch.max / min of two tensors, min values over a dim, reciprocal, F.unfold / F.fold:
+    each ran in torch on the host (a download and an upload)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        s = torch.sigmoid(y)
+        cols = F.unfold(y, (3, 2), dilation=(1, 2), padding=1, stride=(2, 1))
+        return (torch.max(y, s), torch.min(y, s), y.max(s * 0.5), y.min(-y),
+                torch.min(y, 1)[0], y.min(dim=3, keepdim=True).values,
+                torch.reciprocal(y.abs() + 1), (s + 1).reciprocal(), cols,
+                F.fold(F.unfold(y, 3, padding=1), (6, 7), 3, padding=1))
+
+
+def test_min_max_of_two_tensors_reciprocal_and_unfold_are_lowered(dev, ct):
+    torch.manual_seed(0)
+    model = _MinMaxReciprocalUnfold().eval()
+    x = torch.randn(2, 3, 6, 7)
+    x[0, 0, 2, 3] = float("nan")  # (propagates as torch's: max / min / unfold keep it)
+    cm = _compile(ct, model, x)  # (a fallback fails the test)
+    for inp in (x, torch.randn(3, 3, 6, 7)):  # another batch too
+        with torch.no_grad():
+            for got, want in zip(cm(inp), model(inp)):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)

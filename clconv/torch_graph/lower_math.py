@@ -260,24 +260,27 @@ class MathRules(LoweringBase):
             return y
         return self.value(node, run, f"fill {v!r} (device)", (xn,))
 
-    def max_values(self, node: fx.Node) -> Step:
+    def max_values(self, node: fx.Node, name: str = "max") -> Step:
         """torch.max(x, dim, keepdim) / x.max(dim) whose users take only the values (`[0]`): the
-        amax, as a (values, None) pair. The indices are not computed."""
+        amax, as a (values, None) pair. The indices are not computed. torch.min / x.min(dim):
+        -amax(-x) (exact: negation only flips the sign bit)."""
         if len(node.args) < 2 and "dim" not in node.kwargs:
-            raise Unlowerable("max over every element")
+            raise Unlowerable(f"{name} over every element")
         # (`values, _ = torch.max(...)`: fx makes a getitem of the indices that nothing reads)
         def values_only(u: fx.Node) -> bool:
             if u.op != "call_function" or u.target not in (operator.getitem, getattr):
                 return False
             return u.args[1] in (0, "values") or not u.users
         if not node.users or not all(values_only(u) for u in node.users):
-            raise Unlowerable("max with its indices used (clconv computes only the values)")
+            raise Unlowerable(f"{name} with its indices used (clconv computes only the values)")
         step = self.mean(node, "amax")
-        inner = step.run
+        inner, xn, mul = step.run, node.args[0].name, clconv_op("mul")
 
         def run(env: dict[str, Any]) -> Any:
+            if name == "min":
+                return (mul(inner({**env, xn: mul(env[xn], -1.0)}), -1.0), None)
             return (inner(env), None)
-        return Step(step.node, step.nodes, "max values: " + step.op, step.inputs, run)
+        return Step(step.node, step.nodes, f"{name} values: " + step.op, step.inputs, run)
 
     def clamp_tensors(self, node: fx.Node) -> Step:
         """torch.clamp / clip with tensor bounds (computed, or parameters and buffers):

@@ -248,6 +248,24 @@ class ShapeRules(LoweringBase):
             return op(env[xn], factor)
         return self.value(node, run, f"clconv.{name} (permuted copy)", (xn,))
 
+    def unfold(self, node: fx.Node, name: str) -> Step:
+        """F.unfold (im2col: (N, C, H, W) -> (N, C kh kw, L)) and F.fold (col2im, its adjoint):
+        clconv.unfold / clconv.fold with the same sizes (numbers, not computed in the graph)."""
+        if name == "unfold":
+            x, *sizes = bind(node, lambda input, kernel_size, dilation=1, padding=0, stride=1: (
+                input, kernel_size, dilation, padding, stride))
+        else:
+            x, *sizes = bind(node, lambda input, output_size, kernel_size, dilation=1, padding=0,
+                             stride=1: (input, output_size, kernel_size, dilation, padding, stride))
+        if any(isinstance(v, fx.Node) for s in sizes for v in (s if isinstance(s, (tuple, list))
+                                                                 else (s,))):
+            raise Unlowerable(f"{name} with sizes computed in the graph")
+        xn, op = self.plain_tensor(x, name), clconv_op(name)
+
+        def run(env: dict[str, Any]) -> Any:
+            return op(env[xn], *sizes)
+        return self.value(node, run, f"clconv.{name}", (xn,))
+
     def channel_shuffle(self, node: fx.Node, x: Any, groups: Any) -> Step:
         """nn.ChannelShuffle / F.channel_shuffle (ShuffleNet): the channels as (groups, C / groups)
         read as (C / groups, groups), a permuted copy gathered on the device."""

@@ -217,12 +217,13 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         if (node.op == "call_method" and node.target in ("chunk", "split")) or (
                 node.op == "call_function" and node.target in (torch.chunk, torch.split)):
             return self.pieces(node)
-        if (node.op == "call_method" and node.target == "max") or (
-                node.op == "call_function" and node.target is torch.max):
+        if (node.op == "call_method" and node.target in ("max", "min")) or (
+                node.op == "call_function" and node.target in (torch.max, torch.min)):
+            name = node.target if isinstance(node.target, str) else node.target.__name__
             if any(self.layout.get(n.name) is not None for n in node.all_input_nodes):
                 # its dim is in the view's logical order, amax's in the stored one
-                raise Unlowerable("max of a permuted (channels-last) view")
-            return self.max_values(node)  # torch.max(x, dim): (values, indices)
+                raise Unlowerable(f"{name} of a permuted (channels-last) view")
+            return self.max_values(node, name)  # torch.max(x, dim): (values, indices)
         raise Unlowerable(f"non-tensor {node.op} "
                           f"{getattr(node.target, '__qualname__', None) or node.target}")
 
@@ -292,6 +293,13 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             if len(node.args) != 2 or node.kwargs:
                 raise Unlowerable(f"torch.{t.__name__} with keywords")
             return self.binary(node, t.__name__, *node.args)
+        if t in (torch.max, torch.min) and len(node.args) == 2 and not node.kwargs and \
+                is_tensor(node.args[1]):  # torch.max(a, b): the elementwise maximum
+            return self.binary(node, "maximum" if t is torch.max else "minimum", *node.args)
+        if t is torch.reciprocal and len(node.args) == 1 and not node.kwargs:
+            return self.binary(node, "div", 1.0, node.args[0])
+        if t in (F.unfold, F.fold):
+            return self.unfold(node, t.__name__)
         if t in (torch.clamp, torch.clip):  # (number bounds are an activation)
             return self.clamp_tensors(node)
         if t in (F.channel_shuffle, torch.channel_shuffle, torch.native_channel_shuffle):
@@ -405,6 +413,11 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             if len(node.args) != 2 or node.kwargs:
                 raise Unlowerable(f"Tensor.{t} with keywords")
             return self.binary(node, t, *node.args)
+        if t in ("max", "min") and len(node.args) == 2 and not node.kwargs and \
+                is_tensor(node.args[1]):  # x.max(other): the elementwise maximum
+            return self.binary(node, "maximum" if t == "max" else "minimum", *node.args)
+        if t == "reciprocal" and len(node.args) == 1 and not node.kwargs:
+            return self.binary(node, "div", 1.0, node.args[0])
         if t in ("clamp", "clip"):
             return self.clamp_tensors(node)
         if t in ("view", "reshape"):
