@@ -38,6 +38,7 @@ from .ops.interpolate import InterpolatePlan, interpolate
 from .ops.pad import PadPlan, pad
 from .ops.softmax import SoftmaxPlan, log_softmax, softmax
 from .ops.linear import LinearPlan, linear
+from .ops.matmul import MatmulPlan, matmul
 from .ops.plan import Plan
 from .ops.pool import (PoolPlan, adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d,
                        adaptive_max_pool1d, adaptive_max_pool2d, adaptive_max_pool3d, avg_pool1d,
@@ -74,9 +75,9 @@ __all__ = ["ACTIVATIONS", "ALGORITHMS", "Device", "DeviceGroup", "DeviceNotFound
 
 # The other layers of a CNN (pooling, activations, batch_norm, add/sub/mul/div, maximum/minimum,
 # sqrt/abs/exp/log/rsqrt, cat,
-# flatten, linear, pad, interpolate, group_norm, local_response_norm, softmax).
+# flatten, linear, matmul, pad, interpolate, group_norm, local_response_norm, softmax).
 __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "InterpolatePlan",
-            "LinearPlan", "LocalResponseNormPlan", "PadPlan", "PoolPlan", "SoftmaxPlan", "UnaryPlan",
+            "LinearPlan", "LocalResponseNormPlan", "MatmulPlan", "matmul", "PadPlan", "PoolPlan", "SoftmaxPlan", "UnaryPlan",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
             "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "add",
             "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "cat", "celu", "clamp", "div", "elu",

@@ -75,6 +75,21 @@ def rng(request):
     return np.random.default_rng(seed)
 
 
+@pytest.fixture(params=["packed", "clblast"])
+def engine(request, monkeypatch, dev):
+    """Each GEMM engine in turn (CLCONV_GEMM), for the GEMM-based ops' tests; the device's plans
+    dropped so that the choice is made again."""
+    from clconv.blas import clblast
+    from clconv.ops.plan import plans
+
+    if request.param == "clblast" and not clblast.available():
+        pytest.skip("pyclblast is not installed")
+    monkeypatch.setenv("CLCONV_GEMM", request.param)
+    plans(dev).clear()
+    yield request.param
+    plans(dev).clear()
+
+
 @pytest.fixture(scope="session")
 def clconv_mod():
     """The clconv package (imported lazily)."""
@@ -103,7 +118,7 @@ EVERY_DEVICE_MODULES = frozenset({
     "test_pool", "test_elementwise", "test_linear", "test_nn_layers", "test_depthwise",
     "test_pointwise", "test_program_sharing", "test_splitk", "test_compile_devices",
     "test_algorithms", "test_grad_paths", "test_packed_long_k", "test_call_costs", "test_pad",
-    "test_interpolate", "test_group_norm", "test_softmax",
+    "test_interpolate", "test_group_norm", "test_softmax", "test_matmul",
 })
 
 #: Modules that test device selection and the current-device stack themselves: their tests that

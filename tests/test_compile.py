@@ -2039,3 +2039,38 @@ def test_min_max_of_two_tensors_reciprocal_and_unfold_are_lowered(dev, ct):
         with torch.no_grad():
             for got, want in zip(cm(inp), model(inp)):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+class _Products(nn.Module):
+    """Matrix products a CNN meets: a head `x @ w` with a parameter, torch.mm, a non-local
+    block's attention (bmm of two computed tensors, softmax, a second product), a product with a
+    buffer as a method, and a vector. Each ran in torch on the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(16, 5))
+        self.register_buffer("v", torch.randn(20, 6))
+
+    def forward(self, x):
+        y = self.c(x)
+        f = y.flatten(2)  # (N, 4, 20)
+        att = torch.softmax(torch.bmm(f.transpose(1, 2), f), -1)  # (N, 20, 20)
+        head = F.adaptive_avg_pool2d(y, 2).flatten(1)
+        return (head @ self.w, torch.mm(head, self.w), torch.matmul(f, att), f.matmul(self.v),
+                f @ self.v[:, 0])
+
+
+def test_matrix_products_are_lowered(dev, ct):
+    torch.manual_seed(0)
+    model = _Products().eval()
+    x = torch.randn(2, 3, 4, 5)
+    cm = _compile(ct, model, x)  # (a fallback fails the test)
+    assert sum(s.op == "clconv.matmul" for s in cm.steps) == 6
+    for inp in (x, torch.randn(3, 3, 4, 5)):
+        with torch.no_grad():
+            for got, want in zip(cm(inp), model(inp)):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        model.w.mul_(-2)  # a changed parameter is followed
+        torch.testing.assert_close(cm(x)[0], model(x)[0], rtol=1e-4, atol=1e-4)

@@ -19,21 +19,6 @@ def clconv():
     return clconv
 
 
-@pytest.fixture(params=["packed", "clblast"])
-def engine(request, monkeypatch, dev):
-    """Each GEMM engine in turn (CLCONV_GEMM), the device's plans dropped so that the choice is
-    made again."""
-    from clconv.blas import clblast
-    from clconv.ops.plan import plans
-
-    if request.param == "clblast" and not clblast.available():
-        pytest.skip("pyclblast is not installed")
-    monkeypatch.setenv("CLCONV_GEMM", request.param)
-    plans(dev).clear()
-    yield request.param
-    plans(dev).clear()
-
-
 def _dtypes(dev):
     return (np.float32, np.float64) if dev.fp64 else (np.float32,)
 

@@ -92,6 +92,31 @@ class MathRules(LoweringBase):
             (f" (rounding_mode={rounding_mode!r})" if rounding_mode is not None else "")
         return self.value(node, run, op, inputs, layout)
 
+    def matmul(self, node: fx.Node, a: Any, b: Any) -> Step:
+        """torch.matmul / mm / bmm / `@` of tensors computed in the graph or parameters and
+        buffers (a head's `x @ self.w`, attention's `q @ k`): clconv.matmul (one batched GEMM;
+        constants uploaded once)."""
+        cm, fn = self.cm, clconv_op("matmul")
+        operands: list[tuple[str, Any]] = []
+        for i, v in enumerate((a, b)):
+            if isinstance(v, fx.Node) and v.op == "get_attr":
+                t = attr(cm.graph_module, v.target)
+                if not isinstance(t, torch.Tensor):
+                    raise Unlowerable(f"matmul with an operand of type {type(t).__name__}")
+                operands.append(("const", cm.constant(("matmul", node.name, i), t)))
+            elif isinstance(v, fx.Node) and is_tensor(v):
+                if self.layout.get(v.name) is not None:
+                    raise Unlowerable("matmul of a permuted (channels-last) view")
+                operands.append(("node", v.name))
+            else:
+                raise Unlowerable(f"matmul with an operand of type {type(v).__name__}")
+        (ka, va), (kb, vb) = operands
+
+        def run(env: dict[str, Any]) -> Any:
+            return fn(va if ka == "const" else env[va], vb if kb == "const" else env[vb])
+        return self.value(node, run, "clconv.matmul",
+                          tuple(v for k, v in operands if k == "node"))
+
     def mirrored(self, node: fx.Node, name: str) -> Step:
         """A torch.nn.functional pooling function run by clconv's of the same name. Sizes computed
         in the graph (`F.avg_pool2d(x, x.size()[2:])`: a global pool) are read on each call."""

@@ -298,6 +298,10 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             return self.binary(node, "maximum" if t is torch.max else "minimum", *node.args)
         if t is torch.reciprocal and len(node.args) == 1 and not node.kwargs:
             return self.binary(node, "div", 1.0, node.args[0])
+        if t in (torch.matmul, operator.matmul, torch.mm, torch.bmm):
+            if len(node.args) != 2 or node.kwargs:
+                raise Unlowerable(f"{getattr(t, '__name__', t)} with keywords")
+            return self.matmul(node, *node.args)
         if t in (F.unfold, F.fold):
             return self.unfold(node, t.__name__)
         if t in (torch.clamp, torch.clip):  # (number bounds are an activation)
@@ -418,6 +422,10 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             return self.binary(node, "maximum" if t == "max" else "minimum", *node.args)
         if t == "reciprocal" and len(node.args) == 1 and not node.kwargs:
             return self.binary(node, "div", 1.0, node.args[0])
+        if t in ("matmul", "mm", "bmm", "__matmul__"):
+            if len(node.args) != 2 or node.kwargs:
+                raise Unlowerable(f"Tensor.{t} with keywords")
+            return self.matmul(node, *node.args)
         if t in ("clamp", "clip"):
             return self.clamp_tensors(node)
         if t in ("view", "reshape"):
