@@ -95,8 +95,8 @@ def summarize(directory: str, source: str = "", top: int = 25) -> str:
                 values[name][value] += 1
         lines += ["", f"{source}: {len(opts)} distinct option sets; programs per define value:"]
         for name, counts in values.items():
-            lines.append(f"  {name}: " + ", ".join(f"{v or '(set)'} {n}"
-                                                    for v, n in counts.most_common(8)))
+            common = sorted(counts.items(), key=lambda vn: (-vn[1], vn[0]))[:8]  # ties by value
+            lines.append(f"  {name}: " + ", ".join(f"{v or '(set)'} {n}" for v, n in common))
     return "\n".join(lines)
 
 

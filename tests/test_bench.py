@@ -231,5 +231,5 @@ def test_build_census_logs_first_builds_and_summarizes_them(tmp_path, monkeypatc
     text = build_census.summarize(str(tmp_path), source="elementwise.cl")
     assert text.startswith("3 builds in 2 processes, 2 distinct programs, 1 built in more than one")
     assert "      2  elementwise.cl" in text and "test_x.py" in text and "test_bench.py" in text
-    assert "REAL: float 1, double 1" in text and "VW: 4 1" in text
+    assert "REAL: double 1, float 1" in text and "VW: 4 1" in text
     assert "no census" in build_census.summarize(str(tmp_path / "none"))
