@@ -17,7 +17,7 @@ import pyopencl.array as cla
 import torch
 from torch import fx, nn
 
-from .ops.fold import fold_batchnorm, foldable
+from .ops.fold import fold_batchnorm, fold_overflowed, foldable
 from .ops.precision import check_precision, plan_dtype
 from .runtime.device import Device, current_device
 from .torch_graph import activation_module
@@ -148,7 +148,8 @@ class Fold:
             self._folded = fold_batchnorm(w, b, mean, var, gamma, beta, float(bn.eps),
                                           transposed=transposed,
                                           groups=conv.groups if transposed else 1)
-            self._finite = foldable(var, gamma, float(bn.eps))
+            self._finite = foldable(var, gamma, float(bn.eps)) and not fold_overflowed(
+                (w, b, mean, var, gamma, beta), self._folded)
             self._key, self._samples, self._on_device = key, self._sample_bytes(), {}
         if not self._finite:
             raise NotFoldable

@@ -19,7 +19,7 @@ import pyopencl.array as cla
 import pytest
 import reference as ref
 import reference_extra as rx
-from helpers import random_array
+from helpers import import_torch, random_array
 from tolerance import ATOL, RTOL, assert_close, conv_magnitude
 
 HALF = np.float16
@@ -322,3 +322,36 @@ def test_a_float64_plan_on_a_device_without_fp64_is_refused_before_any_build(clc
                      lambda: BinaryPlan(dev, "add", (2, 3), (2, 3), np.float64)):
             with pytest.raises(clconv.UnsupportedError, match="float64 needs cl_khr_fp64"):
                 make()
+
+
+def test_float16_batchnorm_whose_folded_weights_overflow_runs_on_its_own(clconv, fp16_device):
+    """A half model's conv -> BatchNorm over a dead channel (running_var 0): the folded weight
+    w * gamma / sqrt(eps) = 300 / 0.00316 is past float16's 65504, so convert and compile gave
+    Inf where torch's half model gives ~949. The BatchNorm now runs after the convolution; a
+    float32 model of the same weights still folds."""
+    torch = import_torch()
+    import warnings
+
+    import clconv.torch as ct
+    from torch import nn
+
+    m = nn.Sequential(nn.Conv2d(2, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU()).eval()
+    with torch.no_grad():
+        m[0].weight.fill_(300.0)
+        m[1].running_var.copy_(torch.tensor([0.0, 1.0]))
+    assert clconv.ops.fold.fold_overflowed(
+        [np.float16(300), np.float16(0)], [np.array([np.inf], np.float16)])
+    x = torch.full((1, 2, 4, 4), 0.01)
+    for dtype in (torch.float16, torch.float32):
+        model, inp = m.to(dtype), x.to(dtype)  # (in place: one module)
+        with torch.no_grad():
+            want = model(inp)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", ct.FallbackWarning)
+                cm = ct.compile(model, inp, progress=False)
+            ops = [s.op for s in cm.steps]
+            assert any(op.startswith("clconv.batch_norm") for op in ops) == \
+                (inp.dtype == torch.float16), ops
+            for got in (cm(inp), ct.convert(model)(inp)):
+                assert got.dtype == want.dtype and torch.isfinite(got).all()
+                torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from pyopencl.elementwise import ElementwiseKernel
 from ..runtime.interop import host_operand
 from .scalars import plain_number
 
-__all__ = ["fold_batchnorm", "foldable"]
+__all__ = ["fold_batchnorm", "fold_overflowed", "foldable"]
 
 
 def fold_batchnorm(weight: Any, bias: Any, running_mean: Any, running_var: Any,
@@ -96,6 +97,17 @@ def foldable(running_var: Any, gamma: Any = None, eps: float = 1e-5) -> bool:
         scale = (1.0 if gamma is None else np.asarray(gamma, np.float64)) / \
             np.sqrt(np.asarray(running_var, np.float64) + float(eps))
     return bool(np.isfinite(scale).all())
+
+
+def fold_overflowed(originals: Sequence[Any], folded: Sequence[Any]) -> bool:
+    """Whether folding made a finite model infinite: every operand in `originals` (host arrays
+    or None) is finite but a value of `folded` is not. A folded weight can leave its dtype's
+    range where neither the convolution's output nor BatchNorm's did (float16, whose largest value
+    is 65504: a weight of 300 over a dead channel's sqrt(eps) = 0.003); such a BatchNorm must run
+    on its own, as torch's does."""
+    with np.errstate(invalid="ignore"):
+        finite = all(v is None or np.isfinite(np.asarray(v, np.float64)).all() for v in originals)
+        return finite and not all(np.isfinite(np.asarray(v)).all() for v in folded)
 
 
 def _scale_shape(shape: tuple[int, ...], transposed: bool, groups: int) -> tuple[int, ...]:

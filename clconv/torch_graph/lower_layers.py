@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..ops.activation import Activation
-from ..ops.fold import fold_batchnorm, foldable
+from ..ops.fold import fold_batchnorm, fold_overflowed, foldable
 from .activations import activation_of, activation_spec
 from .base import Unlowerable, attr, bind, clconv_op, is_tensor, leaves, meta, shape, torch_type
 from .channel_norm import channel_norm
@@ -41,13 +41,24 @@ class LayerRules(LoweringBase):
         """Whether BatchNorm `node` after convolution `prev` folds into it: over the conv's
         channels, which a batched output has at dim 1 (torch's BatchNorm1d reads an unbatched
         Conv1d's (C, L) as (N, C))."""
-        m = self.module(node)
+        m, conv = self.module(node), self.module(prev)
         out = shape(prev)
-        batched = out is not None and len(out) == len(self.module(prev).kernel_size) + 2
-        return (isinstance(m, BATCHNORMS) and torch_type(m) in BATCHNORMS
+        batched = out is not None and len(out) == len(conv.kernel_size) + 2
+        if not (isinstance(m, BATCHNORMS) and torch_type(m) in BATCHNORMS
                 and node.args == (prev,) and not node.kwargs and m.running_mean is not None
                 and not m.training
-                and m.num_features == channels and batched)
+                and m.num_features == channels and batched):
+            return False
+        # A scale that is not finite, or folded weights past the dtype's range (float16): the
+        # BatchNorm runs on its own after the convolution (clconv.batch_norm), as torch's.
+        transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+        try:
+            folded = _fold(conv.weight, conv.bias, m, transposed, getattr(conv, "groups", 1))
+        except Unlowerable:
+            return False
+        originals = (conv.weight, conv.bias, m.running_mean, m.running_var, m.weight, m.bias)
+        return not fold_overflowed([None if t is None else t.detach().cpu().numpy()
+                                    for t in originals], [t.numpy() for t in folded])
 
     def _residual_of(self, node: fx.Node, prev: fx.Node) -> fx.Node | None:
         """The other operand when `node` is `prev + other` (same shape, same layout)."""
