@@ -1,5 +1,6 @@
-"""Whole networks: torch CPU vs clconv.torch.convert vs clconv.torch.compile (inference), or
-torch vs convert on a training step (--train).
+"""Whole networks: torch CPU vs clconv.torch.convert vs clconv.torch.compile vs the network
+written with clconv's functional API (benchmarks.functional_networks) for inference, or torch vs
+convert on a training step (--train).
 
     python -m benchmarks.whole_networks [--models resnet18,mobilenet_v2] [--batch 1,8]
         [--size 224] [--blocks 5] [--reps 3] [--pause 0.5] [--threads 2] [--device SPEC]
@@ -10,7 +11,7 @@ builds, 'auto''s measuring and a few calls happen before any timing). The parent
 children in turn for a block of `--reps` back-to-back calls, `--blocks` times, with a `--pause`
 between blocks, so that the three paths are interleaved and a noisy spell on the machine hits all
 alike. Printed: the command, the device, torch's thread count, the median ms per call of each path
-and the ratio to torch (> 1: faster than torch). The networks are clconv.tools.networks' ResNet-18
+and the ratio to torch (> 1: faster than torch). Every path takes a CPU tensor and returns one. The networks are clconv.tools.networks' ResNet-18
 and MobileNetV2 at full width (random weights, randomised BatchNorm statistics), eval mode.
 --train times a training step instead (train mode: BatchNorm on batch statistics; zero_grad,
 forward, cross-entropy against random labels, backward, SGD with momentum), torch against
@@ -29,7 +30,7 @@ import time
 from benchmarks import child_env, write_json
 from benchmarks.fair import Worker, alternate, command_line
 
-PATHS = ("torch", "convert", "compile")
+PATHS = ("torch", "convert", "compile", "functional")
 
 
 def build(name: str):
@@ -61,6 +62,10 @@ def child(args: argparse.Namespace) -> None:
             fn = model
         elif args.path == "convert":
             fn = ct.convert(model)
+        elif args.path == "functional":
+            from benchmarks.functional_networks import functional_forward
+
+            fn = functional_forward(args.model, model)
         else:
             fn = ct.compile(model, x)
         if args.train:
@@ -139,12 +144,14 @@ def parent(args: argparse.Namespace) -> None:
                                                                          for p in PATHS},
                    "convert_speedup": med["torch"] / med["convert"],
                    "compile_speedup": med["torch"] / med["compile"],
+                   "functional_speedup": med["torch"] / med["functional"],
                    "compile_fallbacks": info["compile"]["fallbacks"]}
             results.append(row)
             print(f"device: {info['compile']['device']}; torch threads: {args.threads}")
             print(f"{name:>13} batch {batch:>2} {args.size}x{args.size}: torch {med['torch']:8.1f} "
                   f"ms | convert {med['convert']:8.1f} ms ({row['convert_speedup']:.2f}x) | "
-                  f"compile {med['compile']:8.1f} ms ({row['compile_speedup']:.2f}x) "
+                  f"compile {med['compile']:8.1f} ms ({row['compile_speedup']:.2f}x) | "
+                  f"functional {med['functional']:8.1f} ms ({row['functional_speedup']:.2f}x) "
                   f"[{args.blocks} blocks x {args.reps} calls, medians; fallbacks "
                   f"{row['compile_fallbacks']}]", flush=True)
     write_json(args.json, results)

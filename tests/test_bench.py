@@ -233,3 +233,24 @@ def test_build_census_logs_first_builds_and_summarizes_them(tmp_path, monkeypatc
     assert "      2  elementwise.cl" in text and "test_x.py" in text and "test_bench.py" in text
     assert "REAL: double 1, float 1" in text and "VW: 4 1" in text
     assert "no census" in build_census.summarize(str(tmp_path / "none"))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_functional_networks_match_torch(clconv_mod, name):
+    """benchmarks.functional_networks (whole_networks' 'functional' path): the networks written
+    with clconv's functional API (folded BatchNorm, fused activations and residuals, device
+    arrays throughout) give torch's eval outputs."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.functional_networks import functional_forward
+    from clconv.tools import networks
+
+    torch.manual_seed(0)
+    model = networks.randomize({"resnet18": networks.resnet18,
+                                "mobilenet_v2": networks.MobileNetV2}[name](0.25, 10)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+    got = functional_forward(name, model)(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    with pytest.raises(ValueError, match="no functional forward"):
+        functional_forward("vgg", networks.resnet18(0.25, 10))
