@@ -355,3 +355,27 @@ def test_float16_batchnorm_whose_folded_weights_overflow_runs_on_its_own(clconv,
             for got in (cm(inp), ct.convert(model)(inp)):
                 assert got.dtype == want.dtype and torch.isfinite(got).all()
                 torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
+
+
+def test_float16_ops_with_a_number_keep_the_numbers_value(clconv, fp16_device):
+    """torch.mul(x, 1e-8) of a float16 x computes in float32 with 1e-8 itself, then rounds: clconv
+    rounded the number to float16 first (1e-8 -> 0, 7e4 -> inf), so x * 1e-8 was 0 and x * 7e4
+    NaN at 0. Python numbers and 0-d arrays or tensors alike, numpy and device operands; add and
+    sub, and a number as the first operand, torch rounds to float16 first, as clconv."""
+    torch = import_torch()
+
+    x = np.array([2556.0, 0.0, 0.0004182, -5.676, 1.0, 3.0], np.float16)
+    t = torch.from_numpy(x)
+    q = fp16_device.queue
+    for op, value in (("mul", 1e-8), ("mul", 7e4), ("div", 7e4), ("div", 1e-8), ("mul", 0.1),
+                      ("div", 1 / 3), ("div", 3e-6), ("add", 1e-4), ("sub", 65519.0)):
+        want = getattr(torch, op)(t, value)
+        for v in (value, np.array(value, np.float32), torch.tensor(value)):
+            for operand in (x, cla.to_device(q, x)):
+                got = getattr(clconv, op)(operand, v)
+                got = got.get() if isinstance(got, cla.Array) else got
+                assert got.dtype == np.float16
+                np.testing.assert_array_equal(got, want.numpy(), err_msg=f"{op} {value!r}")
+        # (the number first: torch rounds it to float16 first, torch.mul(1e-8, x) is 0)
+        np.testing.assert_array_equal(getattr(clconv, op)(value, x),
+                                      getattr(torch, op)(value, t).numpy())
