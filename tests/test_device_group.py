@@ -310,6 +310,12 @@ def test_float64_leaves_out_a_device_without_fp64(rng):
                  magnitude=conv_magnitude(x, w, b))
     with pytest.raises(clconv.UnsupportedError), DeviceGroup(no64):
         clconv.conv2d(x, w, b, padding=1)
+    # an empty batch too (it ran on the group's first device whatever the dtype)
+    with group:
+        empty = clconv.conv2d(x[:0], w, b, padding=1)
+        grad_w = clconv.conv2d_weight(x[:0], w.shape, np.zeros((0, *y.shape[1:])), padding=1)
+    assert empty.shape == (0, *y.shape[1:]) and empty.dtype == np.float64
+    assert grad_w.shape == w.shape and not grad_w.any()
 
 
 # -- device arrays under a group -------------------------------------------------------------------

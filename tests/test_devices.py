@@ -154,6 +154,44 @@ def test_spec_index(clconv, as_int):
         assert _key(clconv.device(i if as_int else str(i))) == _key(expected)
 
 
+def test_unicode_digits_are_names_not_indices(clconv):
+    """'²' passes str.isdigit but int() refuses it: a ValueError from int() instead of the
+    documented DeviceNotFoundError listing the devices."""
+    for spec in ("\u00b2", "0:\u00b9", "\u0661"):  # superscript 2, superscript 1, Arabic-Indic 1
+        with pytest.raises(clconv.DeviceNotFoundError):
+            clconv.device(spec)
+
+
+def test_an_exit_leaves_its_own_entry(clconv, bad_env):
+    """A generator that yields inside `with a:` shares its caller's context; closed later inside
+    the caller's `with b:`, its exit popped b (the top), so a stayed current inside `with b:`.
+    Each exit now removes its own entry; an exit without an entry changes nothing."""
+    import gc
+
+    a = clconv.device(0)
+    b = clconv.device(cl.CommandQueue(a.context))  # another Device object
+    assert b is not a
+
+    def batches():
+        with a:
+            yield 1
+            yield 2
+    g = batches()
+    next(g)
+    assert clconv.current_device() is a  # (documented: the generator's block is open)
+    with b:
+        assert clconv.current_device() is b
+        del g
+        gc.collect()  # the generator closes: its `with a` exits
+        assert clconv.current_device() is b
+    with pytest.raises(clconv.DeviceNotFoundError):
+        clconv.current_device()
+    a.__exit__(None, None, None)  # an exit without its entry: nothing changes
+    with b:
+        a.__exit__(None, None, None)
+        assert clconv.current_device() is b
+
+
 def test_spec_platform_colon_device(clconv):
     for p_index, platform in enumerate(cl.get_platforms()):
         for d_index, cd in enumerate(platform.get_devices()):

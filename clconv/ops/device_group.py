@@ -21,8 +21,8 @@ transposed convolutions, gradients, im2col/col2im) follows these rules, applied 
   one CPU slow each other: the next split accounts for both). A device that raises
   `UnsupportedError` (e.g. float64 on a device without fp64) gets speed 0 and no part; when every
   device does, that error is raised. Fixed `weights` given to `DeviceGroup` are used as they are.
-- N = 0: the op runs on the group's first device and returns its empty result (zeros for a weight
-  gradient).
+- N = 0: the op runs on the group's first device that has the operands' dtype and returns its
+  empty result (zeros for a weight gradient).
 - unbatched inputs ((C, H, W) for conv2d): the whole call runs on the fastest device.
 - pyopencl arrays: they live in one context, so the call runs, unsplit, on the group's device of
   that context; arrays of a context outside the group, or of two contexts, are a ValueError.
@@ -119,7 +119,7 @@ class DeviceGroup:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        stack.pop()
+        stack.pop(self)
 
     @contextlib.contextmanager
     def record(self) -> Iterator[list[Split]]:
@@ -444,8 +444,17 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
                      and np.shape(bound.arguments[name])[0] == n for name in present) and all(
         np.ndim(bound.arguments.get(name, ())) == 1 and len(bound.arguments[name]) == ndim
         and bound.arguments[name][0] == n for name in sizes if name in bound.arguments)
+    if n == 0 and consistent and len(group) > 1:
+        # The empty result from the first device that has the operands' dtype (float64 beside
+        # a device without it: that device is left out, as from a split).
+        for dev in group.devices[:-1]:
+            try:
+                return on(dev)
+            except UnsupportedError:
+                continue
+        return on(group.devices[-1])
     if n == 0 or len(group) == 1 or not consistent:
-        # N = 0: the empty result; inconsistent batches: the op's own error message.
+        # inconsistent batches: the op's own error message.
         return on(group.primary)
 
     # out= (numpy or a tensor): the parts compute their own results, the combined one is

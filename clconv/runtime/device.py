@@ -165,7 +165,7 @@ class Device:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        stack.pop()
+        stack.pop(self)
 
 
 _UNSET = object()
@@ -289,6 +289,11 @@ def usable_devices() -> list[Device]:
     return [d for d in devices() if _usable_or_warn(d)]
 
 
+def _number(text: str) -> bool:
+    """An index as the specs write it: ASCII digits ('²' and other Unicode digits are names)."""
+    return text.isascii() and text.isdigit()
+
+
 def _select(spec: str) -> Device:
     devs = devices()
     if not devs:
@@ -297,9 +302,9 @@ def _select(spec: str) -> Device:
     low = text.lower()
     if low in ("cpu", "gpu", "accelerator"):
         candidates = [d for d in devs if d.kind == low]
-    elif text.isdigit():
+    elif _number(text):
         candidates = [d for d in devs if d.index == int(text)]
-    elif ":" in text and all(part.strip().isdigit() for part in text.split(":", 1)):
+    elif ":" in text and all(_number(part.strip()) for part in text.split(":", 1)):
         p, q = (int(part) for part in text.split(":", 1))
         candidates = [d for d in devs if d.platform_index == p and d.device_index == q]
     else:

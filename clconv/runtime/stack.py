@@ -23,9 +23,18 @@ def push(target: Any) -> None:
     _STACK.set(_STACK.get() + (target,))
 
 
-def pop() -> None:
-    """Leaves the innermost target of the caller's context (the `with` block's exit)."""
-    _STACK.set(_STACK.get()[:-1])
+def pop(target: Any) -> None:
+    """Leaves `target`'s innermost entry in the caller's context (its `with` block's exit).
+
+    Not blindly the top: a generator that yields inside `with dev:` shares its caller's context,
+    so its block can end (when the generator is closed) inside a block its caller entered later,
+    whose entry must stay. A target not on the stack (an exit without its entry) changes nothing.
+    """
+    stack = _STACK.get()
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is target:
+            _STACK.set(stack[:i] + stack[i + 1:])
+            return
 
 
 def top() -> Any | None:
