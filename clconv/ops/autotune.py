@@ -327,19 +327,12 @@ def shortlist(dev: Device, geo: ConvGeometry, dtype: Any,
     """(`candidates` ranked by `estimate`, best first; the ones within SHORTLIST_FACTOR of the best,
     which 'auto' builds and measures). The others are only configured when the shortlisted ones
     cannot be (their workspace does not fit the limit)."""
-    from ..blas.engine import cpu_shaped
-
     costs = {name: estimate(dev, geo, dtype, name) for name in candidates}
     ranked = sorted(candidates, key=costs.__getitem__)
     if not ranked:
         return [], []
     best = costs[ranked[0]]
     short = [name for name in ranked if costs[name] <= SHORTLIST_FACTOR * best]
-    if cpu_shaped(dev):
-        # CLBlast's GEMM compiles its kernels for ~10-20 s of CPU time on PoCL the first time (a
-        # layer measured with it took 20 s of a ResNet-18's first forward) and never measured
-        # fastest there: only when the model ranks it first.
-        short = [name for name in short if name != "im2col" or name == ranked[0]]
     return ranked, short
 
 

@@ -113,7 +113,10 @@ def applicable_algorithms(dev: Device, geo: ConvGeometry, dtype: Any = np.float3
     on a GPU they are chosen only where they measure faster.
     """
     found = ["direct", "implicit", "im2col_packed"]
-    if gemm.available():
+    if gemm.available() and not cpu_shaped(dev):
+        # On PoCL's CPU devices CLBlast's GEMM never measured fastest, and its kernels compile
+        # for 10-20 s of CPU time the first time: a tiny layer the model gave it within 4% of
+        # 'direct' cost a ResNeXt's first forward 12.5 of its 22 s. 'im2col' stays a choice there.
         found.append("im2col")
     if geo.groups > 1 and geo.cin_per_group <= GROUPED_MAX_CIN:
         found = [a for a in found if a not in ("implicit", "im2col_packed")]  # tiles of 1-4 rows
