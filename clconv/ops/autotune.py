@@ -13,8 +13,8 @@ it measures):
    the bench's measurements on PoCL) ranks the applicable algorithms, and only those within
    `SHORTLIST_FACTOR` (1.25x) of the best estimate are built (`shortlist`): on a CPU most layers keep one ('implicit', or 'direct' for
    depthwise and tiny ones), which is then used without measuring; the second packed path is built
-   only where the model finds it close, CLBlast's GEMM on PoCL only where it ranks first (its first
-   compilation there costs 10-20 s of CPU). Two or more are measured on scratch
+   only where the model finds it close; CLBlast's GEMM is not a candidate on PoCL's CPU devices
+   (clconv.ops.conv_select: its first compilation there costs 10-20 s of CPU). Two or more are measured on scratch
    arrays of the plan's shapes: each runs once untimed (its kernels' first launch), then, after
    10 ms of idle, two interleaved timed rounds and, for layers under 20 ms a run, three more of
    those within 1.3x of the best, each keeping its fastest run: at most six runs of the layer per
