@@ -57,8 +57,11 @@ class LayerRules(LoweringBase):
         except Unlowerable:
             return False
         originals = (conv.weight, conv.bias, m.running_mean, m.running_var, m.weight, m.bias)
-        return not fold_overflowed([None if t is None else t.detach().cpu().numpy()
-                                    for t in originals], [t.numpy() for t in folded])
+        if fold_overflowed([None if t is None else t.detach().cpu().numpy() for t in originals],
+                           [t.numpy() for t in folded]):
+            return False
+        self.bn_folds[node.name] = folded  # (what `fused` folds in)
+        return True
 
     def _residual_of(self, node: fx.Node, prev: fx.Node) -> fx.Node | None:
         """The other operand when `node` is `prev + other` (same shape, same layout)."""
@@ -205,8 +208,10 @@ class LayerRules(LoweringBase):
         for i, node in enumerate(group[1:], 1):
             mod = self.module(node)
             if mod is not None and isinstance(mod, BATCHNORMS):
-                weight, bias = _fold(weight, bias, mod, transposed=kind == "transposed",
-                                     groups=getattr(m, "groups", 1))
+                # (the conv's own weight and bias folded: made when the fold was checked)
+                weight, bias = self.bn_folds.pop(node.name, None) or _fold(
+                    weight, bias, mod, transposed=kind == "transposed",
+                    groups=getattr(m, "groups", 1))
                 ops.append("BN folded")
             elif residual is None and act is None and \
                     self._residual_of(node, group[i - 1]) is not None:
