@@ -197,18 +197,18 @@ def binary_op(op: str, input: ArrayLike, other: ArrayLike, activation: Activatio
     if op == "sub" and any(isinstance(v, (bool, np.bool_)) for v in (input, other)):
         raise TypeError("sub: a bool operand; torch refuses subtraction with a bool (use ~ or "
                         "logical_not to invert a mask)")
-    given = (input, other)  # (before numbers become 0-d arrays)
+    given = other  # (before a number becomes a 0-d array)
     other = _scalar_operand(other, input, other_name)
     input = _scalar_operand(input, other, "input")
     dev = current_device()
     dtype = result_dtype(dev, **{"input": input, other_name: other})
     if dtype == np.float16 and op in ("mul", "div") and type(other) is np.ndarray and \
-            other.ndim == 0 and other is not given[1]:
+            other.ndim == 0 and other is not given:
         # torch.mul(x, 1e-8) / torch.div(x, 7e4) of a float16 x compute in float32 with the
         # number's own value (not 0, not inf): the number goes to the float32 kernels as float32,
         # not rounded to float16. torch rounds it to float16 first as the first operand
         # (torch.mul(1e-8, x)) and in add / sub (x - 65519 is x - 65504): so does clconv.
-        other = np.asarray(float(np.asarray(given[1]).item()), np.float32)
+        other = np.asarray(float(np.asarray(given).item()), np.float32)
     # A number beside a device array of its dtype: the kept device copy (same values, same kind)
     for name, value, beside in (("input", input, other), ("other", other, input)):
         if type(value) is np.ndarray and value.ndim == 0 and value.dtype == dtype \
