@@ -156,6 +156,35 @@ def test_offsets_into_larger_buffers(dev, rng, path):
     np.testing.assert_array_equal(got[out_off + n_out:], out_buf[out_off + n_out:])
 
 
+# The gather's whole-row vector loads (im2col_packed.cl's DEFINE_GATHER_ROWS): a load at a run's
+# edge reads past it (the neighbouring line, image, or what lies before and after the array) into
+# lanes that no run selects. Output lines of 1-20 columns (up to 4 runs a panel and more: the
+# run-by-run copies), stride 1 and 2, dilation, padding 0-2, panels across three images, K below and
+# above 256 (the 8 x 32 and 16 x 16 tiles on AVX-512), in a buffer that is NaN around the array.
+VECTOR_ROWS = [(w, s, d, p, c) for w in (3, 5, 7, 14, 20) for s in (1, 2) for d in (1, 2)
+               for p in (0, 1, 2) for c in (5, 32) if (w + 2 * p - 2 * d - 1) // s + 1 >= 1
+               and (s, d, c) != (2, 2, 32)]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_vector_rows_read_nothing_outside_their_runs(dev, rng, dtype, path):
+    import clconv
+
+    q = dev.queue
+    for width, stride, dil, pad, cin in VECTOR_ROWS:
+        kw = {"padding": pad, "stride": stride, "dilation": dil}
+        x = rng.standard_normal((3, cin, 6, width)).astype(dtype)
+        w = rng.standard_normal((9, cin, 3, 3)).astype(dtype)
+        around = np.full(37, np.nan, dtype)
+        buf = cla.to_device(q, np.concatenate([around, x.ravel(), around]))
+        d_x = buf[around.size:around.size + x.size].reshape(x.shape)
+        got = clconv.conv2d(d_x, cla.to_device(q, w), None, **kw, algorithm=path).get()
+        expected = _expected(x, w, None, kw, None)
+        assert np.isfinite(got).all(), f"width {width} {kw} C_in {cin}"
+        assert_close(got, expected, reduction=conv_reduction(w),
+                     magnitude=conv_magnitude(x, w), err_msg=f"width {width} {kw} C_in {cin}")
+
+
 @pytest.mark.parametrize("columns", [1, 3 * 16, 110, 220],
                          ids=["1-panel", "48-columns", "1-image", "2-images"])
 def test_workspace_limit_splits_without_changing_results(dev, rng, columns):
