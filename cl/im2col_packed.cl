@@ -43,7 +43,7 @@ typedef struct {
     int d0[NR], h0[NR], w0[NR];
     int start[NR], len[NR];
     int runs;
-    idx_t end;  // where the panel's last image ends in x (x_off included): x is read below it
+    idx_t end;  // where the launch's last image ends in x (x_off included): x is read below it
 } panel_columns;
 
 inline void decode_columns(GEO_DECL panel_columns* pc, const long x_off, const long col_start,
@@ -80,8 +80,7 @@ inline void decode_columns(GEO_DECL panel_columns* pc, const long x_off, const l
         }
     }
     pc->runs = runs;
-    pc->end = (idx_t)x_off + ((idx_t)((col_start + j0 + max(count, 1) - 1) / OUT_SPATIAL) + 1)
-                                 * (C * IN_SPATIAL);
+    pc->end = (idx_t)x_off + ((idx_t)((col_start + ncols - 1) / OUT_SPATIAL) + 1) * (C * IN_SPATIAL);
     for (int r = runs; r < NR; ++r) pc->start[r] = count;  // where the zero tail begins
 }
 
@@ -138,7 +137,7 @@ inline void decode_columns(GEO_DECL panel_columns* pc, const long x_off, const l
 // (offset by offset over all channels, the per-run copies below, each load missed L1: ~10% of
 // 'implicit''s time on ResNet-18's 3x3 layers at batch 8, profiled; now ~6%, and 3-14% off the
 // strided and stem layers' times). Taken when every load stays inside x's elements up to the end of
-// the panel's last image (a load at an image's edge reads its neighbour's values into lanes no run
+// the launch's last image (a load at an image's edge reads its neighbour's values into lanes no run
 // selects) and no kernel offset has more than GATHER_RUNS runs with values; returns false before
 // writing anything otherwise (the caller copies run by run).
 #define GATHER_RUNS 4
