@@ -21,6 +21,13 @@
 // all) gets K in several launches (clconv.blas.packed.k_ranges), partial sums through the output
 // as between chunks.
 //
+// A column panel of at most TAIL_DOT columns (the last one of a layer whose columns are not a
+// multiple of NR: ResNet's 7x7 outputs at batch 1 are 3 panels of 16 and one column) is computed
+// as dot products along K instead: its columns are copied out of the panel contiguous in k (the
+// `tail` argument, TAIL_DOT * kc_rows values), and DOT_ROWS filter rows (read in place, contiguous
+// in k as well) at a time meet them a vector of k at a time, ncol / NR of the panel's vector FMAs
+// (as a full panel, the lone column cost a whole panel's K loop: a quarter of that layer's time).
+//
 // MR/NR/VW/HAS_BIAS/HAS_RESIDUAL/ACT (gemm_packed.cl; the residual: an operand of the output's
 // shape from res_off), and common.cl's kernel size, stride, dilation and PAD_MODE as defines; the
 // sizes (C, COUT, GROUPS, ID..OW, PD..PW) are the GEOMETRY_ARGS arguments.
@@ -35,6 +42,78 @@
 #include "gemm_packed.cl"
 #include "im2col_packed.cl"
 
+#define TAIL_DOT 4  // the host's packed_conv.TAIL_DOT
+#define DOT_ROWS (VW >= 16 ? 4 : 2)  // filter rows a dot-product step: DOT_ROWS * TAIL_DOT sums
+
+// The sum of v's lanes.
+inline REAL lane_sum(VEC v) {
+#if VW == 16
+    const CAT(REAL, 8) h8 = v.lo + v.hi;
+    const CAT(REAL, 4) h4 = h8.lo + h8.hi;
+#elif VW == 8
+    const CAT(REAL, 4) h4 = v.lo + v.hi;
+#elif VW == 4
+    const CAT(REAL, 4) h4 = v;
+#endif
+#if VW >= 4
+    const CAT(REAL, 2) h2 = h4.lo + h4.hi;
+#else
+    const CAT(REAL, 2) h2 = v;
+#endif
+    return h2.lo + h2.hi;
+}
+
+// Rows [r0, r1) of the output for the ncol (<= TAIL_DOT) columns col[] from rows [k0, k0 + kc) of
+// K: filter row i (ai + i * KG, contiguous in k) times column j (tail + j * kc, contiguous), a
+// vector of k at a time, then the lanes summed; partial sums through the output as the tiles'.
+inline void tail_dot(GEO_DECL __global const REAL* restrict ai, __local const REAL* restrict tail,
+                     const int kc, const int ncol, const int r0, const int r1, const int k0,
+                     const long* col, __global REAL* cg, __global const REAL* bias,
+                     const long boff, __global const REAL* rg) {
+    for (int i0 = r0; i0 < r1; i0 += DOT_ROWS) {
+        const int rows = min(DOT_ROWS, r1 - i0);
+        VEC acc[DOT_ROWS][TAIL_DOT];
+#pragma unroll
+        for (int i = 0; i < DOT_ROWS; ++i)
+#pragma unroll
+            for (int j = 0; j < TAIL_DOT; ++j) acc[i][j] = (VEC)(0);
+        // rows and columns past the last read the last one again (not stored)
+        __global const REAL* a[DOT_ROWS];
+#pragma unroll
+        for (int i = 0; i < DOT_ROWS; ++i) a[i] = ai + (long)(i0 + min(i, rows - 1)) * KG;
+        __local const REAL* b[TAIL_DOT];
+#pragma unroll
+        for (int j = 0; j < TAIL_DOT; ++j) b[j] = tail + (long)min(j, ncol - 1) * kc;
+        int p = 0;
+        for (; p + VW <= kc; p += VW) {
+            VEC bv[TAIL_DOT];
+#pragma unroll
+            for (int j = 0; j < TAIL_DOT; ++j) bv[j] = VLOAD(0, b[j] + p);
+#pragma unroll
+            for (int i = 0; i < DOT_ROWS; ++i) {
+                const VEC av = VLOAD(0, a[i] + p);
+#pragma unroll
+                for (int j = 0; j < TAIL_DOT; ++j) acc[i][j] = fma(av, bv[j], acc[i][j]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < DOT_ROWS; ++i) {
+            if (i >= rows) break;
+            __global REAL* crow = cg + (long)(i0 + i) * OUT_SPATIAL;
+            __global const REAL* rrow = RESIDUAL_AT(rg, (long)(i0 + i) * OUT_SPATIAL);
+#pragma unroll 1
+            for (int j = 0; j < ncol; ++j) {
+                REAL sum = lane_sum(acc[i][j]);
+                for (int q = p; q < kc; ++q) sum = fma(a[i][q], b[j][q], sum);
+                __global REAL* e = crow + col[j];
+                if (k0 > 0) sum += *e;  // the partial sums of the chunks before
+                *e = (k0 + kc < KG) ? sum : store_value(sum, (REAL)1, (REAL)0, e, bias, boff,
+                                                        i0 + i, RESIDUAL_AT(rrow, col[j]));
+            }
+        }
+    }
+}
+
 __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                             __global const REAL* restrict ap, const long ap_off,
                             const long ap_stride,
@@ -43,10 +122,16 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                             const int split_at, const int tail_groups, const int tail_per,
                             __global const REAL* restrict bias, const long bias_off,
                             __global const REAL* residual, const long res_off,
-                            __local REAL* restrict panel, const int kc_rows, const int k_begin,
+                            __local REAL* restrict panel, __local REAL* restrict tail,
+                            const int kc_rows, const int k_begin,
                             const int k_end, GEOMETRY_ARGS) {
     const int g = get_global_id(2);
     TASK_PANELS(jp, mg, per_group, split_at, tail_groups, tail_per, panels_per_group)
+    {  // a narrow last panel (tail_dot) runs first: PoCL's guided chunks then share the full ones
+        const int panels = (int)((ncols + NR - 1) / NR);  // (packed.tail_split, narrow_first)
+        if (NR > TAIL_DOT && ncols - (long)(panels - 1) * NR <= TAIL_DOT)
+            jp = (jp == 0) ? panels - 1 : jp - 1;
+    }
     PANEL_ROWS(ip0, ip1, mg, COUT_G, per_group)
     panel_columns pc;
     decode_columns(GEO_PASS &pc, x_off, col_start, ncols, jp);
@@ -76,6 +161,13 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
     for (int k0 = k_begin; k0 < k_end; k0 += kc_rows) {
         const int kc = min(kc_rows, k_end - k0);
         gather_rows_local(GEO_PASS x, &pc, g, k0, k0 + kc, panel);
+        if (NR > TAIL_DOT && ncol <= TAIL_DOT) {  // a few columns: dot products along K
+            for (int p = 0; p < kc; ++p)
+                for (int j = 0; j < ncol; ++j) tail[j * kc + p] = panel[p * NR + j];
+            tail_dot(GEO_PASS afilters + k0, tail, kc, ncol, ip0 * MR, min(ip1 * MR, (int)COUT_G), k0,
+                     col, cg, bias, boff, rg);
+            continue;
+        }
         for (int ip = ip0; ip < ip1; ++ip) {
             const int i0 = ip * MR;
             const int mrows = min(MR, COUT_G - i0);

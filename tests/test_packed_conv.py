@@ -241,7 +241,8 @@ def test_implicit_k_chunks(dev, rng, dtype, monkeypatch):
     kw = {"padding": 1}
     geo = _geometry(x, w, kw)
     tile = packed_conv.conv_tile(dev, geo, dtype)
-    monkeypatch.setattr(packed_conv, "PANEL_BUDGET", 7 * tile.nr * dtype.itemsize)  # KC = 7 of 45
+    monkeypatch.setattr(packed_conv, "PANEL_BUDGET",  # KC = 7 of 45
+                        7 * (tile.nr + packed_conv.TAIL_DOT) * dtype.itemsize)
     assert packed_conv.implicit_chunk(dev, 45, tile, dtype.itemsize) == 7
     import clconv
 
@@ -300,6 +301,49 @@ def test_tail_split_evens_out_a_first_chunk(dev):
     assert packed.tail_split(two, tile, 256, 196, 2, 1) == (13, 1, 16)
     one = SimpleNamespace(cl_device=SimpleNamespace(max_compute_units=1), loop_limit=None)
     assert packed.tail_split(one, tile, 256, 196, 1, 1) == (13, 1, 16)
+    # a narrow last panel that runs first (conv_implicit.cl): the 12 full panels share evenly as
+    # they are; 11 and a narrow one: panel 6 split (the first chunk: the narrow one, 5 and a half)
+    assert packed.tail_split(two, tile, 256, 196, 1, 1, narrow_first=True) == (13, 1, 16)
+    assert packed.tail_split(two, tile, 256, 180, 1, 1, narrow_first=True) == (6, 2, 8)
+
+
+# The narrow last column panel (cl/conv_implicit.cl's tail_dot): 1-4 columns past the full panels
+# (5: a full-width edge panel, for contrast), K below and above 256 (the 8 x 32 and 16 x 16 tiles
+# on AVX-512), filter rows that do not fill the dot products' row blocks, bias, residual and
+# ReLU, an Inf facing a zero filter tap in the narrow columns (0 * Inf = NaN, as torch), and K in
+# chunks (partial sums through the output).
+@pytest.mark.parametrize("extra", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("cin", [5, 100])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_narrow_last_panel(dev, rng, dtype, monkeypatch, extra, cin, chunked):
+    import clconv
+
+    kw = {"padding": (0, 1)}
+    probe = _geometry(np.empty((1, cin, 1, 64)), np.empty((37, cin, 1, 3)), kw)
+    nr = packed_conv.conv_tile(dev, probe, dtype).nr
+    width = 2 * nr + extra  # one image of one row: `width` columns
+    x = rng.standard_normal((1, cin, 1, width)).astype(dtype)
+    w = rng.standard_normal((37, cin, 1, 3)).astype(dtype)
+    b = rng.standard_normal(37).astype(dtype)
+    r = rng.standard_normal((1, 37, 1, width)).astype(dtype)
+    x[0, 1, 0, width - 1] = np.inf
+    w[3, 1, 0, 1] = 0.0
+    assert packed_conv.narrow_last(packed_conv.conv_tile(dev, probe, dtype), width) == \
+        (nr > packed_conv.TAIL_DOT and extra <= packed_conv.TAIL_DOT)
+    if chunked:  # K = 3 * cin in chunks of 7 rows
+        tile = packed_conv.conv_tile(dev, _geometry(x, w, kw), dtype)
+        monkeypatch.setattr(packed_conv, "PANEL_BUDGET",
+                            7 * (tile.nr + packed_conv.TAIL_DOT) * dtype.itemsize)
+    plan = clconv.plan_conv2d(x.shape, w.shape, True, **kw, algorithm="implicit",
+                              activation="relu", residual=True, dtype=dtype)
+    got = plan(x, w, b, residual=r)
+    expected = np.maximum(ref.conv_nd(x, w, b, **kw) + r, 0)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
+    finite = np.isfinite(expected)
+    assert np.isnan(expected[0, 3, 0, width - 1]) and finite.sum() > expected.size // 2
+    assert_close(got[finite], expected[finite], reduction=conv_reduction(w),
+                 magnitude=conv_magnitude(x, w, b) + np.abs(r).max())
 
 
 @pytest.mark.parametrize("split_at,groups", [(0, 2), (2, 3), (4, 2)])
@@ -321,7 +365,7 @@ def test_implicit_split_panels_match_reference(dev, rng, dtype, monkeypatch, spl
         (1, tile.a_panels(m)) if dev.loop_limit is None else grid(dev, tile, m, n, batch)))
     per = -(-tile.a_panels(m) // groups)
     forced = (min(split_at, panels - 1), -(-tile.a_panels(m) // per), per)
-    monkeypatch.setattr(packed, "tail_split", lambda dev, tile, m, n, batch, mgroups: (
+    monkeypatch.setattr(packed, "tail_split", lambda dev, tile, m, n, batch, mgroups, narrow: (
         forced if mgroups == 1 else (tile.b_panels(n), 1, tile.a_panels(m))))
     plan = clconv.plan_conv2d(x.shape, w.shape, True, **kw, algorithm="implicit",
                               activation="relu", dtype=dtype)

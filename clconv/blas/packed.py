@@ -244,7 +244,7 @@ def grid(dev: Device, tile: Tile, m: int, n: int, batch: int) -> tuple[int, int]
 
 
 def tail_split(dev: Device, tile: Tile, m: int, n: int, batch: int,
-               mgroups: int) -> tuple[int, int, int]:
+               mgroups: int, narrow_first: bool = False) -> tuple[int, int, int]:
     """(split_at, tail_groups, tail_per): column panel split_at runs as tail_groups work-items
     (tail_per A panels apiece), the others as one each (TASK_PANELS in cl/gemm_packed.cl); the
     launch has b_panels(n) + tail_groups - 1 work-items in dim 0.
@@ -256,10 +256,15 @@ def tail_split(dev: Device, tile: Tile, m: int, n: int, batch: int,
     columns, 7 against 6; its time went with ceil(P / 2): 1.04 / 1.23 / 1.37 / 1.58 ms for 10 /
     12 / 13 / 16 panels of the same layer at other widths). Splitting panel P // cu in two puts
     P // cu panels and a half in that first chunk. Only where `grid` left the A panels whole
-    (mgroups 1) and batch is 1; otherwise (P, 1, mpanels): nothing split."""
+    (mgroups 1) and batch is 1; otherwise (P, 1, mpanels): nothing split.
+
+    `narrow_first`: the launch runs its last column panel first, and it costs next to nothing
+    (cl/conv_implicit.cl's narrow panels, dot products along K): the P - 1 full panels are the
+    count to share (256 @14: 12 full and 4 columns; the first chunk takes the narrow one and 6)."""
     panels, mpanels = tile.b_panels(n), tile.a_panels(m)
     cu = max(1, dev.cl_device.max_compute_units)
-    if (mgroups != 1 or batch != 1 or panels % cu == 0 or panels < cu or mpanels < 2
+    full = panels - 1 if narrow_first else panels
+    if (mgroups != 1 or batch != 1 or full % cu == 0 or panels < cu or mpanels < 2
             or dev.loop_limit is not None):
         return panels, 1, mpanels
     per = -(-mpanels // 2)

@@ -348,11 +348,13 @@ class ImplicitGemm(_PackedGemmConv):
         defines.update(epilogue_defines(has_bias, activation))
         self.conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
         self.panel = cl.LocalMemory(kc * tile.nr * itemsize)
+        self.tail = cl.LocalMemory(kc * packed_conv.TAIL_DOT * itemsize)  # a narrow panel's columns
         self.tail_args = (np.int32(kc), *geo.size_args())
         self.launches = []
         for start, count in packed_conv.column_chunks(geo, tile, itemsize, None):
             mgroups, per_group = packed.grid(dev, tile, self.m, count, geo.groups)
-            split = packed.tail_split(dev, tile, self.m, count, geo.groups, mgroups)
+            split = packed.tail_split(dev, tile, self.m, count, geo.groups, mgroups,
+                                      packed_conv.narrow_last(tile, count))
             tasks = tile.b_panels(count) + split[1] - 1
             self.launches.append(((tasks, mgroups, geo.groups), np.int64(start),
                                   np.int64(count), np.int32(per_group),
@@ -368,7 +370,7 @@ class ImplicitGemm(_PackedGemmConv):
         # m * k values after the previous group's.
         self.bound_convs = [(global_size, BoundKernel(self.conv, (
             None, None, None, None, np.int64(self.m * self.k), None, None, start, count,
-            per_group, *split, None, None, None, None, self.panel, self.tail_args[0],
+            per_group, *split, None, None, None, None, self.panel, self.tail, self.tail_args[0],
             np.int32(k0), np.int32(k1), *self.tail_args[1:]),
             (0, 1, 2, 3, 5, 6, 13, 14, 15, 16))) for global_size, start, count, per_group, *split
             in self.launches for k0, k1 in self.k_ranges]

@@ -40,8 +40,11 @@ __all__ = [
     "IM2COL_PACKED",
     "IMPLICIT",
     "PANEL_BUDGET",
+    "TAIL_DOT",
     "conv_tile",
     "enqueue_im2col_packed_conv",
+    "implicit_chunk",
+    "narrow_last",
     "pack_conv_weights",
     "workspace_bytes",
 ]
@@ -50,6 +53,7 @@ IM2COL_PACKED = "im2col_packed"
 IMPLICIT = "implicit"
 _ROWS_PER_ITEM = 64  # rows of the packed column matrix one im2col_packed work-item writes
 PANEL_BUDGET = 256 * 1024  # bytes of local memory an implicit-GEMM panel may take (half Zen's L2)
+TAIL_DOT = 4  # cl/conv_implicit.cl's: a panel of at most this many columns runs as dot products
 
 
 def conv_tile(dev: Device, geo: ConvGeometry, dtype: object) -> Tile:
@@ -215,7 +219,14 @@ def enqueue_im2col_packed_conv(dev: Device, geo: ConvGeometry, x: cla.Array, x_o
                 residual_offset=r_off + image * geo.out_channels * l + pos)
 
 
+def narrow_last(tile: Tile, n: int) -> bool:
+    """Whether the last of n columns' panels has at most TAIL_DOT columns: conv_implicit.cl
+    computes it as dot products along K, first in its launch."""
+    return tile.nr > TAIL_DOT and 0 < n % tile.nr <= TAIL_DOT
+
+
 def implicit_chunk(dev: Device, k: int, tile: Tile, itemsize: int) -> int:
-    """KC: rows of a B panel held in local memory at once (all K when K x NR fits the budget)."""
+    """KC: rows of a B panel held in local memory at once (all K when K x NR fits the budget),
+    with the TAIL_DOT columns of a narrow last panel copied out beside it (conv_implicit.cl)."""
     budget = min(PANEL_BUDGET, int(dev.cl_device.local_mem_size))
-    return max(1, min(k, budget // (tile.nr * itemsize)))
+    return max(1, min(k, budget // ((tile.nr + TAIL_DOT) * itemsize)))

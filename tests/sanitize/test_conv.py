@@ -36,6 +36,8 @@ _CONV2D = [
     ((2, 3, 3), (3, 2, 3, 3), {"padding": 1}),                             # unbatched
     # stride 2 along lines of 10: the packed gather's vector runs, stopped one short of the row end
     ((1, 2, 4, 20), (3, 2, 3, 3), {"stride": 2, "padding": 1}),
+    # 33 columns: a narrow last panel of 1 (panels of 8, 16 or 32: conv_implicit.cl's tail_dot)
+    ((1, 2, 3, 11), (5, 2, 3, 3), {"padding": 1}),
 ]
 _CONV2D_RUNS = [pytest.param(xs, ws, kw, dt, id=case_id(xs, ws, kw, dt))
                 for i, (xs, ws, kw) in enumerate(_CONV2D)
