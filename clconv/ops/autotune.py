@@ -55,7 +55,7 @@ from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 from .geometry import ConvGeometry
-from .packed_conv import PANEL_BUDGET, conv_tile
+from .packed_conv import PANEL_BUDGET, conv_tile, narrow_last
 from .splitk import splitk_tile
 
 __all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "forget",
@@ -304,7 +304,9 @@ def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> floa
     if algorithm in ("implicit", "im2col_packed"):
         n = max(geo.batch * geo.out_spatial, 1)
         tile = conv_tile(dev, geo, np.float32 if np.dtype(dtype) == np.float16 else dtype)
-        padded = max(m, 1) / tile.packed_a_size(max(m, 1), 1) * n / tile.packed_b_size(n, 1)
+        # 'implicit' runs a last panel of <= TAIL_DOT columns as dot products: ~their own cost
+        cols = n if algorithm == "implicit" and narrow_last(tile, n) else tile.packed_b_size(n, 1)
+        padded = max(m, 1) / tile.packed_a_size(max(m, 1), 1) * n / cols
         seconds = flops / (_PACKED_RATE * padded) + _GEMM_CALL
         if n <= _FEW_POSITIONS:
             seconds *= max(1.0, k * tile.nr * itemsize / PANEL_BUDGET)
