@@ -10,7 +10,8 @@
 - implicit GEMM (configured and run by clconv.ops.conv_algorithms.ImplicitGemm, algorithm=
   'implicit'; `conv_tile` and `implicit_chunk` here): cl/conv_implicit.cl, no column buffer at
   all: each work-item gathers its K x NR panel of the column matrix from the input into local
-  memory and runs the same micro-kernel on it, reading the filters where they are (no packing).
+  memory and runs the same micro-kernel on it, reading the filters where they are (no packing);
+  a last panel of at most TAIL_DOT columns runs as dot products along K instead (`narrow_last`).
   Workspace: none (the output only).
 
 Both keep every PyTorch semantic of the other paths (padding modes through common.cl's source_coord,
