@@ -41,27 +41,10 @@
 #define IM2COL_PACKED_NO_KERNELS
 #include "gemm_packed.cl"
 #include "im2col_packed.cl"
+#include "row_sums.cl"
 
 #define TAIL_DOT 4  // the host's packed_conv.TAIL_DOT
 #define DOT_ROWS (VW >= 16 ? 4 : 2)  // filter rows a dot-product step: DOT_ROWS * TAIL_DOT sums
-
-// The sum of v's lanes.
-inline REAL lane_sum(VEC v) {
-#if VW == 16
-    const CAT(REAL, 8) h8 = v.lo + v.hi;
-    const CAT(REAL, 4) h4 = h8.lo + h8.hi;
-#elif VW == 8
-    const CAT(REAL, 4) h4 = v.lo + v.hi;
-#elif VW == 4
-    const CAT(REAL, 4) h4 = v;
-#endif
-#if VW >= 4
-    const CAT(REAL, 2) h2 = h4.lo + h4.hi;
-#else
-    const CAT(REAL, 2) h2 = v;
-#endif
-    return h2.lo + h2.hi;
-}
 
 // Rows [r0, r1) of the output for the ncol (<= TAIL_DOT) columns col[] from rows [k0, k0 + kc) of
 // K: filter row i (ai + i * KG, contiguous in k) times column j (tail + j * kc, contiguous), a
@@ -72,11 +55,11 @@ inline void tail_dot(GEO_DECL __global const REAL* restrict ai, __local const RE
                      const long boff, __global const REAL* rg) {
     for (int i0 = r0; i0 < r1; i0 += DOT_ROWS) {
         const int rows = min(DOT_ROWS, r1 - i0);
-        VEC acc[DOT_ROWS][TAIL_DOT];
+        VEC acc[TAIL_DOT][DOT_ROWS];  // column j, row i
 #pragma unroll
-        for (int i = 0; i < DOT_ROWS; ++i)
+        for (int j = 0; j < TAIL_DOT; ++j)
 #pragma unroll
-            for (int j = 0; j < TAIL_DOT; ++j) acc[i][j] = (VEC)(0);
+            for (int i = 0; i < DOT_ROWS; ++i) acc[j][i] = (VEC)(0);
         // rows and columns past the last read the last one again (not stored)
         __global const REAL* a[DOT_ROWS];
 #pragma unroll
@@ -85,17 +68,7 @@ inline void tail_dot(GEO_DECL __global const REAL* restrict ai, __local const RE
 #pragma unroll
         for (int j = 0; j < TAIL_DOT; ++j) b[j] = tail + (long)min(j, ncol - 1) * kc;
         int p = 0;
-        for (; p + VW <= kc; p += VW) {
-            VEC bv[TAIL_DOT];
-#pragma unroll
-            for (int j = 0; j < TAIL_DOT; ++j) bv[j] = VLOAD(0, b[j] + p);
-#pragma unroll
-            for (int i = 0; i < DOT_ROWS; ++i) {
-                const VEC av = VLOAD(0, a[i] + p);
-#pragma unroll
-                for (int j = 0; j < TAIL_DOT; ++j) acc[i][j] = fma(av, bv[j], acc[i][j]);
-            }
-        }
+        for (; p + VW <= kc; p += VW) ROW_PRODUCTS_STEP(acc, b, TAIL_DOT, a, DOT_ROWS, p)
 #pragma unroll
         for (int i = 0; i < DOT_ROWS; ++i) {
             if (i >= rows) break;
@@ -103,7 +76,7 @@ inline void tail_dot(GEO_DECL __global const REAL* restrict ai, __local const RE
             __global const REAL* rrow = RESIDUAL_AT(rg, (long)(i0 + i) * OUT_SPATIAL);
 #pragma unroll 1
             for (int j = 0; j < ncol; ++j) {
-                REAL sum = lane_sum(acc[i][j]);
+                REAL sum = lane_sum(acc[j][i]);
                 for (int q = p; q < kc; ++q) sum = fma(a[i][q], b[j][q], sum);
                 __global REAL* e = crow + col[j];
                 if (k0 > 0) sum += *e;  // the partial sums of the chunks before

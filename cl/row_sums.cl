@@ -1,6 +1,6 @@
 // row_sums.cl: helpers of the kernels that sum products along rows in vectors of VW lanes and add
-// the lanes up once at the end (wgrad_stem.cl, wgrad_pointwise.cl). The including file defines VW
-// and includes common.cl and vector.cl first.
+// the lanes up once at the end (wgrad_stem.cl, wgrad_pointwise.cl, conv_implicit.cl's narrow
+// panels). The including file defines VW and includes common.cl and vector.cl first.
 //
 // A row of n >= VW values is covered by whole vectors up to n - n % VW and one last vector that
 // ends at n, overlapping its predecessor: `last_lanes(n % VW)` keeps only that vector's new lanes
@@ -39,3 +39,17 @@ inline REAL lane_sum(VREAL v) {
 #endif
     return h2.x + h2.y;
 }
+
+// acc[h][s] += held[h] * streamed[s] for the vectors at element p of the rows held[0..NH) and
+// streamed[0..NS) (pointers): the NH held vectors loaded once, then each streamed one.
+#define ROW_PRODUCTS_STEP(acc, held, NH, streamed, NS, p)           \
+    {                                                               \
+        VREAL h_[NH];                                               \
+        _Pragma("unroll") for (int c_ = 0; c_ < (NH); ++c_)         \
+            h_[c_] = VLOAD(0, (held)[c_] + (p));                    \
+        _Pragma("unroll") for (int s_ = 0; s_ < (NS); ++s_) {       \
+            const VREAL v_ = VLOAD(0, (streamed)[s_] + (p));        \
+            _Pragma("unroll") for (int c_ = 0; c_ < (NH); ++c_)     \
+                acc[c_][s_] = fma(h_[c_], v_, acc[c_][s_]);         \
+        }                                                           \
+    }

@@ -49,17 +49,7 @@ __kernel void wg_pointwise(__global const REAL* restrict x, const long x_offset,
 #pragma unroll
             for (int i = 0; i < CI_T; ++i)
                 xrow[i] = x + x_offset + ((long)n * cin + min(ci0 + i, cin - 1)) * l;
-            for (int p = 0; p < full_end; p += VW) {
-                VREAL gv[CO_T];
-#pragma unroll
-                for (int c = 0; c < CO_T; ++c) gv[c] = VLOAD(0, grow[c] + p);
-#pragma unroll
-                for (int i = 0; i < CI_T; ++i) {
-                    const VREAL xv = VLOAD(0, xrow[i] + p);
-#pragma unroll
-                    for (int c = 0; c < CO_T; ++c) acc[c][i] = fma(gv[c], xv, acc[c][i]);
-                }
-            }
+            for (int p = 0; p < full_end; p += VW) ROW_PRODUCTS_STEP(acc, grow, CO_T, xrow, CI_T, p)
             if (tail) {
                 const int p = l - VW;
                 VREAL gv[CO_T];

@@ -410,13 +410,13 @@ def test_splitk_adjoint_transposed_with_epilogue(clconv, dev, rng, dtype):
     r = random_array(rng, want.shape, dtype)
     plan = clconv.plan_conv_transpose2d(x_shape, w_shape, True, **kw, activation="relu",
                                         residual=True, dtype=dtype)
-    # the route is the flipped split-K GEMM where 'auto''s rule ranks 'splitk' first for the
-    # forward convolution it is (on PoCL: float32, and float64 with AVX-512's wider tiles)
-    from clconv.ops.adjoint_paths import forward_geometry
-    from clconv.ops.conv_select import rule_choice
+    # the route is the flipped split-K GEMM where 'splitk' goes first for the forward convolution
+    # it is (the rule's choice, or within a flip pass of it over 49 positions; on PoCL: float32,
+    # and float64 with AVX-512's wider tiles)
+    from clconv.ops.adjoint_paths import _splitk_first, forward_geometry
 
     fgeo = forward_geometry(plan.adjoint.geo)
-    first = cpu_shaped(dev) and rule_choice(dev, fgeo, dtype) == "splitk"
+    first = cpu_shaped(dev) and _splitk_first(dev, fgeo, dtype)
     assert _flipped_splitk(plan.adjoint.route) == first
     assert first or not cpu_shaped(dev) or dtype == np.float64  # float32 takes it everywhere
     got = clconv.conv_transpose2d(x, w, b, **kw, activation="relu", residual=r)

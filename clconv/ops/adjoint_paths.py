@@ -36,6 +36,7 @@ from ..runtime.memory import column_buffer, empty
 from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
+from .autotune import estimate, few_positions, pass_seconds
 from .conv_select import configure, rule_choice
 from .depthwise import Depthwise, planes_per_item
 from .geometry import ConvGeometry, conv_geometry
@@ -110,11 +111,20 @@ def adjoint_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: boo
     return None
 
 def _splitk_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
-    """Whether 'auto''s rule ranks 'splitk' first for the forward convolution `fgeo` (ResNet's
-    512 x 7x7 3x3 layers at batch 1): its GEMM then reads the filters flipped itself, so the
-    adjoint costs no pass over them (2.4 M values at 512 channels: ~1 ms on PoCL, as much as
-    GEMM + col2im's lead over the forward path with that pass)."""
-    return fgeo.groups == 1 and cpu_shaped(dev) and rule_choice(dev, fgeo, dtype) == "splitk"
+    """Whether 'splitk' goes first for the forward convolution `fgeo`: its GEMM reads the filters
+    flipped itself, so the adjoint costs no pass over them (2.4 M values at 512 channels: ~1 ms on
+    PoCL, as much as GEMM + col2im's lead over the forward path with that pass). Where 'auto''s
+    rule ranks it first, and over a few output positions (ResNet's 512 x 7x7 3x3 layers at batch
+    1) where the rule's 'implicit' leads it by less than that pass."""
+    if fgeo.groups != 1 or not cpu_shaped(dev):
+        return False
+    choice = rule_choice(dev, fgeo, dtype)
+    if choice == "splitk":
+        return True
+    if choice != "implicit" or not few_positions(fgeo):
+        return False
+    flip = pass_seconds(int(np.prod(fgeo.weight_shape)), dtype)
+    return estimate(dev, fgeo, dtype, "splitk") <= estimate(dev, fgeo, dtype, "implicit") + flip
 
 def _depthwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     """Whether 'auto''s rule ranks 'depthwise' first for the depthwise forward convolution `fgeo`

@@ -58,7 +58,8 @@ from .geometry import ConvGeometry
 from .packed_conv import PANEL_BUDGET, conv_tile, narrow_last
 from .splitk import splitk_tile
 
-__all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "forget",
+__all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "few_positions",
+           "forget", "pass_seconds",
            "key", "lookup", "measure", "mode", "record", "shortlist"]
 
 ENV_VAR = config.AUTO
@@ -252,7 +253,9 @@ _GEMM_CALL = 1e-4
 # panels that fit, the two are close and measured: AVX-512's 16 x 16 implicit tile (295 KB at
 # K = 4608, 147 KB at 2304) ran ResNet-18's 512 @7 in 1.82 ms against 'splitk''s 2.00, and its
 # 256 -> 512 s2 @14 in 0.99 against 1.16 (ad hoc, alternating blocks, 2026-12-06, AMD EPYC
-# AVX-512). Both count the columns their tiles compute (49 -> 64 for NR = 16 or 32).
+# AVX-512). Both count the columns their tiles compute (49 -> 64 for NR = 16 or 32), except
+# 'implicit''s narrow last panel (dot products: its own columns), which made it 1.3-1.4x faster
+# than 'splitk' there (1.58 against 2.20 ms, alternating blocks, 2026-12-06).
 _FEW_POSITIONS = 64
 # On a 1x1 layer the packed paths' gather (and im2col_packed's columns) is pure overhead that
 # 'pointwise' (a plain GEMM on the input) does not have: over the 22 distinct 1x1 layers of
@@ -275,6 +278,16 @@ def _gemm_shape_efficiency(m: int, k: int) -> float:
     """How much of a tiled GEMM's rate an (m x k) @ (k x n) keeps: tiles of ~32 rows and a K loop
     of ~32 steps before the fixed costs vanish (depthwise: m = 1, k = 9 keeps ~1 %)."""
     return min(1.0, m / 32) * min(1.0, k / 32)
+
+
+def few_positions(geo: ConvGeometry) -> bool:
+    """Whether the GEMM of `geo` has at most _FEW_POSITIONS columns (batch 1 at 7x7)."""
+    return geo.batch * geo.out_spatial <= _FEW_POSITIONS
+
+
+def pass_seconds(elements: int, dtype: Any) -> float:
+    """The cost model's seconds for a pass that reads and writes `elements` values."""
+    return 2 * elements * np.dtype(dtype).itemsize / _BYTES_RATE
 
 
 def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> float:
@@ -308,7 +321,7 @@ def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> floa
         cols = n if algorithm == "implicit" and narrow_last(tile, n) else tile.packed_b_size(n, 1)
         padded = max(m, 1) / tile.packed_a_size(max(m, 1), 1) * n / cols
         seconds = flops / (_PACKED_RATE * padded) + _GEMM_CALL
-        if n <= _FEW_POSITIONS:
+        if few_positions(geo):
             seconds *= max(1.0, k * tile.nr * itemsize / PANEL_BUDGET)
         if algorithm == "im2col_packed":
             seconds = 1.25 * seconds + 2 * columns / _BYTES_RATE + _LAUNCH

@@ -171,9 +171,10 @@ def rule_choice(dev: Device, geo: ConvGeometry, dtype: Any = np.float32) -> str:
     favourite where it shortlists one): the first of `applicable_algorithms`, ranked by the cost
     model (clconv.ops.autotune.estimate). One selector: the rule is the model's best estimate, and
     measuring times only the model's shortlist. On PoCL's CPU devices that gives 'depthwise' for
-    depthwise convolutions, 'pointwise' for unpadded 1x1 ones, 'splitk' for dense layers of a few
-    output positions and a long K (batch 1 at 7x7), 'direct' for narrow groups and layers of a few
-    hundred kFLOP, else 'implicit'; elsewhere (GPUs, llvmpipe) 'im2col' (CLBlast) or 'direct' for
+    depthwise convolutions, 'pointwise' for unpadded 1x1 ones, 'direct' for narrow groups and
+    layers of a few hundred kFLOP, 'splitk' for dense layers of a few output positions whose long
+    K outgrows 'implicit''s panel budget by more than its padded columns cost, else 'implicit';
+    elsewhere (GPUs, llvmpipe) 'im2col' (CLBlast) or 'direct' for
     the smallest layers. Never 'winograd' (see `applicable_algorithms`)."""
     return applicable_algorithms(dev, geo, dtype)[0]
 
