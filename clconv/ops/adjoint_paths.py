@@ -37,7 +37,7 @@ from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
 from .autotune import estimate, few_positions, pass_seconds
-from .conv_select import configure, rule_choice
+from .conv_select import applicable_algorithms, configure, rule_choice
 from .depthwise import Depthwise, planes_per_item
 from .geometry import ConvGeometry, conv_geometry
 from .launch import Epilogue, epilogue_defines, kernel_defines, optional_buffer_args
@@ -118,10 +118,10 @@ def _splitk_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     1) where the rule's 'implicit' leads it by less than that pass."""
     if fgeo.groups != 1 or not cpu_shaped(dev):
         return False
-    choice = rule_choice(dev, fgeo, dtype)
-    if choice == "splitk":
+    ranked = applicable_algorithms(dev, fgeo, dtype)  # the rule's ranking (rule_choice: first)
+    if ranked[0] == "splitk":
         return True
-    if choice != "implicit" or not few_positions(fgeo):
+    if ranked[0] != "implicit" or "splitk" not in ranked or not few_positions(fgeo):
         return False
     flip = pass_seconds(int(np.prod(fgeo.weight_shape)), dtype)
     return estimate(dev, fgeo, dtype, "splitk") <= estimate(dev, fgeo, dtype, "implicit") + flip
