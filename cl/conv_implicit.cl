@@ -137,8 +137,8 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
         if (NR > TAIL_DOT && ncol <= TAIL_DOT) {  // a few columns: dot products along K
             for (int p = 0; p < kc; ++p)
                 for (int j = 0; j < ncol; ++j) tail[j * kc + p] = panel[p * NR + j];
-            tail_dot(GEO_PASS afilters + k0, tail, kc, ncol, ip0 * MR, min(ip1 * MR, (int)COUT_G), k0,
-                     col, cg, bias, boff, rg);
+            tail_dot(GEO_PASS afilters + k0, tail, kc, ncol, ip0 * MR,
+                     min(ip1 * MR, (int)COUT_G), k0, col, cg, bias, boff, rg);
             continue;
         }
         for (int ip = ip0; ip < ip1; ++ip) {

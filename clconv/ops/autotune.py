@@ -58,9 +58,9 @@ from .geometry import ConvGeometry
 from .packed_conv import PANEL_BUDGET, conv_tile, narrow_last
 from .splitk import splitk_tile
 
-__all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate", "few_positions",
-           "forget", "pass_seconds",
-           "key", "lookup", "measure", "mode", "record", "shortlist"]
+__all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate",
+           "few_positions", "forget", "key", "lookup", "measure", "mode", "pass_seconds", "record",
+           "shortlist"]
 
 ENV_VAR = config.AUTO
 MODES = config.AUTO_MODES
