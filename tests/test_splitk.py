@@ -97,10 +97,10 @@ def test_auto_rule_picks_it_for_few_positions_on_cpu_devices(clconv, dev):
     from clconv.ops.conv_select import applicable_algorithms, rule_choice
     from clconv.ops.geometry import conv_geometry
 
-    # 1024 @7: K = 9216, a K x 16 panel of 590 KB, past 'implicit''s budget; at 512 @7 the two
-    # are close (AVX-512: 'implicit' runs its 49th column as dot products and measured 1.3-1.4x
-    # faster; AVX2's 24-column panels outgrow the budget: the rule ranks 'splitk' first there)
-    c7 = conv_geometry(2, (1, 1024, 7, 7), (1024, 1024, 3, 3), 1, 1, 1, 1, "zeros")
+    # 2048 @7: 151 MB of filters, which each of 'implicit''s column panels streams ('splitk' reads
+    # them once: the cost model's _A_STREAM_BYTES); at ResNet-18's 512 @7 (9.4 MB) 'implicit'
+    # runs its 49th column as dot products and measured 1.3-1.4x faster: both rank first two
+    c7 = conv_geometry(2, (1, 2048, 7, 7), (2048, 2048, 3, 3), 1, 1, 1, 1, "zeros")
     r18 = conv_geometry(2, (1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1, "zeros")
     c56 = conv_geometry(2, (1, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1, "zeros")
     if cpu_shaped(dev):

@@ -55,7 +55,7 @@ from ..runtime import config
 from ..runtime.cache import cache_dir
 from ..runtime.device import Device
 from .geometry import ConvGeometry
-from .packed_conv import PANEL_BUDGET, conv_tile, narrow_last
+from .packed_conv import conv_tile, narrow_last
 from .splitk import splitk_tile
 
 __all__ = ["CHOICES_FILE", "CHOICES_VERSION", "ENV_VAR", "SHORTLIST_FACTOR", "estimate",
@@ -247,16 +247,19 @@ _PACKED_RATE = 1.2e11
 # 1-13 GFLOP/s on the small layers of a CNN ((1,16,32,32) 3x3: 'direct' 330-360 us of kernel time,
 # 'implicit' ~90 us; 32->32 3x3 stride 2: 'direct' 2-5 ms, 'implicit' 0.16-0.22 ms).
 _GEMM_CALL = 1e-4
-# A packed GEMM over a few output positions (batch 1 at 7x7: 2-4 B panels, each walking all of
-# A): where a work-item's K x NR panel outgrows its share of a core's L2 (PANEL_BUDGET), 'splitk'
-# (K sliced) wins: it measured 2.1x faster at K = 4608 with 6 x 32 tiles (590 KB panels). With
-# panels that fit, the two are close and measured: AVX-512's 16 x 16 implicit tile (295 KB at
-# K = 4608, 147 KB at 2304) ran ResNet-18's 512 @7 in 1.82 ms against 'splitk''s 2.00, and its
-# 256 -> 512 s2 @14 in 0.99 against 1.16 (ad hoc, alternating blocks, 2026-12-06, AMD EPYC
-# AVX-512). Both count the columns their tiles compute (49 -> 64 for NR = 16 or 32), except
-# 'implicit''s narrow last panel (dot products: its own columns), which made it 1.3-1.4x faster
-# than 'splitk' there (1.58 against 2.20 ms, alternating blocks, 2026-12-06).
+# A packed GEMM over a few output positions (batch 1 at 7x7: 2-4 column panels): each panel's
+# work-items walk the whole filter matrix, so past ~64 MB of it streamed in all (the filters'
+# bytes times the full panels) DRAM's bandwidth bounds them, and 'splitk' (K sliced: the filters
+# read once) wins. Measured (alternating blocks, 2026-12-06, 'implicit' with its narrow last
+# panel as dot products): ResNet-18's 512 @7 at batch 1 (9.4 MB of filters, 28 MB streamed)
+# 'implicit' 1.58 ms against 'splitk''s 2.20 on AVX-512, 1.62-1.79 against 2.16-2.32 on AVX2
+# (emulated); 1024 @7 (37.7 MB) 10.5-11.5 against 6.9-7.1 on AVX-512 (3 full panels of 16: 113
+# MB), 7.5-7.7 against 8.9-9.2 on AVX2 (2 of 24: 75 MB). (The rule before: a penalty for a K x NR
+# panel past PANEL_BUDGET, calibrated on 6 x 32 tiles, which kept 'implicit' off AVX2's shortlist
+# at 512 @7.) Both paths count the columns their tiles compute (49 -> 64 for NR = 16 or 32),
+# except 'implicit''s narrow last panel (its own columns).
 _FEW_POSITIONS = 64
+_A_STREAM_BYTES = 64 * 2**20
 # On a 1x1 layer the packed paths' gather (and im2col_packed's columns) is pure overhead that
 # 'pointwise' (a plain GEMM on the input) does not have: over the 22 distinct 1x1 layers of
 # ResNet-18 and MobileNetV2 (batch 1, PoCL AVX-512, benchmarks.network_layers, 2026-12-03)
@@ -321,8 +324,9 @@ def estimate(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str) -> floa
         cols = n if algorithm == "implicit" and narrow_last(tile, n) else tile.packed_b_size(n, 1)
         padded = max(m, 1) / tile.packed_a_size(max(m, 1), 1) * n / cols
         seconds = flops / (_PACKED_RATE * padded) + _GEMM_CALL
-        if few_positions(geo):
-            seconds *= max(1.0, k * tile.nr * itemsize / PANEL_BUDGET)
+        if few_positions(geo):  # the filters streamed once per full column panel
+            streamed = geo.groups * m * k * itemsize * max(1, n // tile.nr)
+            seconds *= max(1.0, streamed / _A_STREAM_BYTES)
         if algorithm == "im2col_packed":
             seconds = 1.25 * seconds + 2 * columns / _BYTES_RATE + _LAUNCH
         if geo.is_pointwise:
