@@ -80,7 +80,8 @@ inline void decode_columns(GEO_DECL panel_columns* pc, const long x_off, const l
         }
     }
     pc->runs = runs;
-    pc->end = (idx_t)x_off + ((idx_t)((col_start + ncols - 1) / OUT_SPATIAL) + 1) * (C * IN_SPATIAL);
+    pc->end = (idx_t)x_off
+              + ((idx_t)((col_start + ncols - 1) / OUT_SPATIAL) + 1) * (C * IN_SPATIAL);
     for (int r = runs; r < NR; ++r) pc->start[r] = count;  // where the zero tail begins
 }
 
@@ -233,12 +234,12 @@ DEFINE_GATHER_ROWS(gather_offset_rows_local, __local)
 #else
 #define GATHER_ROWS_CALL(rows_name, ...) false
 #endif
-#define DEFINE_GATHER(name, AS, rows_name)                                                 \
+#define DEFINE_GATHER(name, AS, rows_name)                                                         \
 inline void name(GEO_DECL __global const REAL* restrict x, const panel_columns* pc, const int g,   \
                  const int p0, const int p1, AS REAL* restrict dst) {                              \
     const int tail = pc->runs > 0 ? pc->start[pc->runs - 1] + pc->len[pc->runs - 1] : 0;           \
     const idx_t group = (idx_t)g * CIN_G * IN_SPATIAL;                                             \
-    if (GATHER_ROWS_CALL(rows_name, x, pc, group, p0, p1, dst)) return;                           \
+    if (GATHER_ROWS_CALL(rows_name, x, pc, group, p0, p1, dst)) return;                            \
     for (int kk = 0; kk < (int)KSIZE; ++kk) {                                                      \
         /* the channels ci with p0 <= ci * KSIZE + kk < p1 */                                      \
         const int ci0 = (p0 <= kk) ? 0 : (p0 - kk + (int)KSIZE - 1) / (int)KSIZE;                  \
