@@ -5,6 +5,8 @@
 //   of ~x / sqrt(eps) in the working precision, 0.5 for a constant row of 3e4 where torch gives 0)
 // stats: (2, N * G) means then variances. has_weight / has_bias: 0 reads none (any buffer).
 // -D ACT (ACT_A, ACT_B): the activation (common.cl), identity by default.
+// -D ZERO_RSTD: rstd = 0 where the variance and eps are both 0 (torch's batch-norm statistics,
+// InvStd, which instance_norm uses: a constant instance with eps = 0 gives 0, not NaN).
 // NDRange (inner, N * C): a row of one channel of one image per NDRange row, no division per
 // element.
 
@@ -27,7 +29,12 @@ __kernel void group_norm(__global const REAL* restrict x, const long x_offset,
     const ACC var = (ACC)stats[groups_total + i];
     // A rounding-negative variance is 0; a NaN one (an inf in the group: inf - inf) stays NaN, so
     // that the whole group is NaN as in torch (var > 0 ? var : 0 made it 0 and the outputs +-inf).
-    const ACC rstd = (ACC)1 / sqrt((var < (ACC)0 ? (ACC)0 : var) + (ACC)eps);
+    const ACC var0 = var < (ACC)0 ? (ACC)0 : var;
+#ifdef ZERO_RSTD
+    const ACC rstd = (var0 == (ACC)0 && eps == (REAL)0) ? (ACC)0 : (ACC)1 / sqrt(var0 + (ACC)eps);
+#else
+    const ACC rstd = (ACC)1 / sqrt(var0 + (ACC)eps);
+#endif
     const ACC a = has_weight ? rstd * (ACC)weight[w_offset + c] : rstd;
     const ACC b = has_bias ? (ACC)bias[b_offset + c] : (ACC)0;
     const idx_t at = nc * inner + s;

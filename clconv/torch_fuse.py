@@ -242,12 +242,39 @@ def _writes_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
+#: Methods and functions whose result may share its input's memory (and version counter).
+_ALIASING_METHODS = frozenset(("view", "view_as", "reshape", "reshape_as", "flatten",
+                               "unflatten", "transpose", "permute", "squeeze", "unsqueeze",
+                               "narrow", "expand", "expand_as", "t", "chunk", "split", "unbind",
+                               "contiguous", "detach", "__getitem__"))
+_ALIASING_FUNCTIONS = frozenset((torch.flatten, torch.reshape, torch.transpose, torch.permute,
+                                 torch.squeeze, torch.unsqueeze, torch.narrow, torch.chunk,
+                                 torch.split, torch.unbind, torch.detach, operator.getitem))
+
+
+def _written_in_place(node: fx.Node, modules: dict[str, nn.Module], depth: int = 0) -> bool:
+    """Whether a later node may write `node`'s result in place, itself or through a view of it
+    (its first argument of an in-place op, an out=, an item assignment)."""
+    for user in node.users:
+        if user.kwargs.get("out") is node or \
+                (user.args and user.args[0] is node and _writes_in_place(user, modules)):
+            return True
+        aliases = (user.op == "call_method" and str(user.target) in _ALIASING_METHODS) or \
+            (user.op == "call_function" and user.target in _ALIASING_FUNCTIONS) or \
+            (user.op == "call_module" and isinstance(modules.get(str(user.target)),
+                                                     (nn.Flatten, nn.Unflatten, nn.Identity)))
+        if aliases and depth < 16 and _written_in_place(user, modules, depth + 1):
+            return True
+    return False
+
+
 def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
                is_conv: Callable[[nn.Module], bool], replacement: Callable[..., Any] = fused_conv,
-               takes_activation: Callable[[Any], bool] = lambda spec: True) -> int:
+               takes_activation: Callable[[Any, bool], bool] = lambda spec, written: True) -> int:
     """Replaces each conv -> [BatchNorm] -> [+ residual] -> [activation] run of `graph` (each
     node the only user of the one before; at least one step beyond the conv; an activation
-    only where `takes_activation(spec)`) by one `replacement(conv, bn, spec, x, residual)` node
+    only where `takes_activation(spec, written)`, `written`: whether a later node writes the
+    activation's result in place) by one `replacement(conv, bn, spec, x, residual)` node
     (fused_conv or fused_conv_train); returns how many."""
     fused, erased = 0, set()
     for conv in list(graph.nodes):
@@ -278,7 +305,7 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
         nxt = _only_user(chain[-1])
         found = activation_of(nxt, modules) if nxt is not None else None
         if found is not None and found[1] is chain[-1] and \
-                takes_activation(activation_spec(found[0])):
+                takes_activation(activation_spec(found[0]), _written_in_place(nxt, modules)):
             spec = activation_spec(found[0])
             chain.append(nxt)
         if len(chain) == 1:
@@ -387,59 +414,76 @@ class FusedForward:
     forward, the one for inference (eval mode, no_grad: `fused_conv`, `fused_max_pool`) or the
     one for autograd (`fused_conv_train`), else the model's class forward. Each trace is made by
     convert() (`prepare`) and again at a call after the model's modules changed (their classes,
-    in module order, and the activation modules' parameters). `fused` / `pools`: the inference
+    in module order, the activation modules' parameters, and their train / eval flags: a forward
+    that reads `self.training`, as F.dropout(x, p, self.training), is traced with the flags it
+    runs with; the traces of every such state met are kept). `fused` / `pools`: the inference
     trace's fused chains and pools, `deferred` of them waited for with a later one;
     `fused_train`: the autograd trace's chains, `deferred_train` of them waited for with a later
     one (clconv.torch_train._Deferred)."""
 
     def __init__(self, model: nn.Module, leaves: tuple[type, ...]) -> None:
         self.model, self.leaves = model, leaves
-        self._key: tuple[Any, ...] | None = None
-        self._fn: Callable[..., Any] | None = None
-        self._train_key: tuple[Any, ...] | None = None
-        self._train_fn: Callable[..., Any] | None = None
+        # key (`_structure`) -> (forward or None, fused, pools, deferred), one dict a trace kind
+        self._traces: dict[tuple[Any, ...], tuple[Any, int, int, int]] = {}
+        self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int]] = {}
         self.fused = self.pools = self.deferred = self.fused_train = self.deferred_train = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # The generated functions stay behind (traced again on the first fused call).
-        return {"model": self.model, "leaves": self.leaves, "_key": None, "_fn": None,
-                "_train_key": None, "_train_fn": None, "fused": 0, "pools": 0, "deferred": 0,
-                "fused_train": 0, "deferred_train": 0}
+        return {"model": self.model, "leaves": self.leaves, "_traces": {}, "_train_traces": {},
+                "fused": 0, "pools": 0, "deferred": 0, "fused_train": 0, "deferred_train": 0}
 
     def _structure(self, training: bool | None) -> tuple[Any, ...] | None:
-        """The module classes in order, an activation module's with its spec (the trace writes
-        a fused activation's slope or bounds into the chain's node: another value is a new
-        trace), or None when any module has forward hooks or (for the inference trace,
-        `training` False) is in train mode (training None: whatever the modes)."""
+        """The module classes in order with their train / eval flags (a forward may read
+        `self.training`: the trace holds the value it read), an activation module's with its spec
+        (the trace writes a fused activation's slope or bounds into the chain's node: another
+        value is a new trace), or None when any module has forward hooks or (for the inference
+        trace, `training` False) is in train mode (training None: whatever the modes)."""
         key: list[Any] = []
         for m in self.model.modules():
             if (m.training and training is False) or m._forward_hooks or m._forward_pre_hooks:
                 return None
             spec = activation_module(m)
-            key.append(type(m) if spec is None else (type(m), spec))
+            key.append((type(m), m.training) if spec is None else (type(m), m.training, spec))
         return tuple(key)
 
     def prepare(self) -> None:
         """Both traces made now (by convert(): a first call, maybe from several threads at once,
-        then traces nothing; see _TRACE_LOCK)."""
+        then traces nothing; see _TRACE_LOCK): the autograd one with the modules' modes as they
+        are, the inference one with every module in eval mode (its flags set for the trace and
+        put back, without calling `eval()`, which a model may override)."""
         key = self._structure(None)
-        if key is not None:
-            self._traced(False, key)
-            self._traced(True, key)
+        if key is None:
+            return
+        self._traced(True, key)
+        modules = list(self.model.modules())
+        flags = [m.training for m in modules]
+        try:
+            for m in modules:
+                m.training = False
+            key = self._structure(False)
+            if key is not None:
+                self._traced(False, key)
+        finally:
+            for m, flag in zip(modules, flags):
+                m.training = flag
 
     def _traced(self, training: bool, key: tuple[Any, ...]) -> Callable[..., Any] | None:
-        """The fused forward for autograd (`training`) or inference, traced again unless it was
-        traced for `key` (checked again under _TRACE_LOCK: one thread traces, others wait)."""
-        if key != (self._train_key if training else self._key):
+        """The fused forward for autograd (`training`) or inference, traced unless it was for
+        `key` (checked again under _TRACE_LOCK: one thread traces, others wait)."""
+        traces = self._train_traces if training else self._traces
+        found = traces.get(key)
+        if found is None:
             with _TRACE_LOCK:
-                if training and key != self._train_key:
-                    self._train_fn, self.fused_train, _, self.deferred_train = \
-                        self._build(True)
-                    self._train_key = key
-                elif not training and key != self._key:
-                    self._fn, self.fused, self.pools, self.deferred = self._build(False)
-                    self._key = key
-        return self._train_fn if training else self._fn
+                found = traces.get(key)
+                if found is None:
+                    found = traces[key] = self._build(training)
+        fn, fused, pools, deferred = found
+        if training:
+            self.fused_train, self.deferred_train = fused, deferred
+        else:
+            self.fused, self.pools, self.deferred = fused, pools, deferred
+        return fn
 
     def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int]:
         """(the fused forward or None where nothing fused, chains fused, pools replaced (for

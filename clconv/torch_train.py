@@ -47,9 +47,17 @@ from .torch_ops import (conv_result_shape, first_order, make_host_visible, opera
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
-def trains_fused(spec: Any) -> bool:
-    """Whether a chain may end with activation `spec` in training (None: no activation)."""
-    return spec is None or gradient_from_output(spec)
+def trains_fused(spec: Any, written: bool = False) -> bool:
+    """Whether a chain may end with activation `spec` in training (None: no activation). The
+    chain keeps its result for the activation's gradient, so where a later op writes that result
+    in place (`written`) only the activations whose torch function keeps its output too (ReLU,
+    Sigmoid, Tanh: torch's own in-place error then) fuse; ReLU6, Hardtanh, LeakyReLU and clamp
+    keep their input in torch, which such a write leaves intact, so they run as torch's there."""
+    if spec is None:
+        return True
+    if not gradient_from_output(spec):
+        return False
+    return not written or normalize_activation(spec).kind in ("relu", "sigmoid", "tanh")
 
 
 def _device_operand(t: torch.Tensor, dev: Device, zero_copy: bool, kept: list[Any]) -> cla.Array:

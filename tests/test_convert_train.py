@@ -253,7 +253,8 @@ def test_what_torch_refuses_it_refuses(ct, dev):
 
 def test_saved_output_modified_in_place_is_an_error_as_in_torch(ct, dev):
     """The chain keeps its output for the activation's gradient (as torch's ReLU does): writing
-    it in place before backward is torch's error, not a silently wrong gradient."""
+    it in place before backward, outside the model's forward, is torch's error, not a silently
+    wrong gradient (in the forward, see the test after this one)."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
     converted = ct.convert(copy.deepcopy(model))
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
@@ -262,6 +263,91 @@ def test_saved_output_modified_in_place_is_an_error_as_in_torch(ct, dev):
     y.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+class _InPlaceAfter(nn.Module):
+    """conv -> BatchNorm -> `first`, then `second` writing that result in place, directly or
+    through a view."""
+
+    def __init__(self, first, second, view=False):
+        super().__init__()
+        self.conv, self.bn, self.first, self.second = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), \
+            first, second
+        self.view = view
+
+    def forward(self, x):
+        y = self.first(self.bn(self.conv(x)))
+        if self.view:
+            self.second(y.flatten(2))
+            return y
+        return self.second(y)
+
+
+@pytest.mark.parametrize("first, second, view", [
+    (nn.ReLU6(), nn.LeakyReLU(inplace=True), False),
+    (nn.Hardtanh(-0.5, 0.5), nn.SiLU(inplace=True), False),
+    (nn.LeakyReLU(0.1), nn.ReLU(inplace=True), False),
+    (nn.ReLU6(), nn.ReLU(inplace=True), True),
+    (nn.ReLU(), nn.ReLU(inplace=True), False),  # torch's own error: its ReLU keeps its output
+    (nn.Sigmoid(), nn.Hardswish(inplace=True), True),
+], ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else str(v))
+def test_a_chains_result_written_in_place_later_in_the_forward_as_torch(ct, dev, first, second,
+                                                                        view):
+    """ReLU6, Hardtanh and LeakyReLU keep their input in torch, so a later in-place write of
+    their result trains there: such an activation then stays out of the chain (which would keep
+    the result); after ReLU and Sigmoid, which keep their output in torch too, the write is
+    torch's error in both."""
+    torch.manual_seed(0)
+    model = _InPlaceAfter(first, second, view).train()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 8, 8)
+    try:
+        want, want_grad = _step(model, x)
+    except RuntimeError as err:
+        assert "inplace operation" in str(err)
+        with pytest.raises(RuntimeError, match="inplace operation"):
+            _step(converted, x, dev)
+        return
+    got, got_grad = _step(converted, x, dev)
+    _close(got, want)
+    _close(got_grad, want_grad)
+    _compare(converted, model)
+
+
+class _ModeBranches(nn.Module):
+    """A forward that reads self.training (dropout's flag, a branch) after a chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.conv(x)))
+        y = F.dropout(y, 0.5, self.training)
+        return y * 2 if self.training else y - 1
+
+
+@pytest.mark.parametrize("converted_in", ["train", "eval"])
+def test_a_forward_reading_the_training_flag_follows_the_mode(ct, dev, converted_in):
+    """The traces hold the flag's value at the trace: each is made (and kept) for the modes it
+    runs with, so switching train / eval after convert changes the forward as torch's."""
+    torch.manual_seed(0)
+    model = _ModeBranches()
+    getattr(model, converted_in)()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 8, 8)
+    for mode in ("eval", "train", "eval", "train"):
+        getattr(model, mode)()
+        getattr(converted, mode)()
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                torch.manual_seed(1)
+                want = model(x)
+                with dev:
+                    torch.manual_seed(1)
+                    got = converted(x)
+            _close(got.detach(), want.detach())
+    assert converted.forward.fused_train == 1 and converted.forward.fused == 1
 
 
 def test_no_grad_in_train_mode_runs_the_models_own_forward(ct, dev):

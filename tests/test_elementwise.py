@@ -368,8 +368,65 @@ def test_clamp_with_array_bounds_as_torch(clconv, dev, rng):
         for got in (clconv.clamp(x, a, b), clconv.clamp(cla.to_device(dev.queue, x), a, b).get()):
             assert got.shape == want.shape and got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
-    with pytest.raises(TypeError, match="both be numbers or both be arrays"):
+    with pytest.raises(TypeError, match="or both be arrays"):
         clconv.clamp(x, lo, 0.5)
+    # a 0-d bound is its number (torch parses a 0-d tensor as a number), beside a number too
+    want = torch.clamp(t, -0.2, torch.tensor(0.5)).numpy()
+    for bound in (np.array(0.5, np.float32), torch.tensor(0.5)):
+        np.testing.assert_array_equal(clconv.clamp(x, -0.2, bound), want)
+
+
+@pytest.mark.parametrize("call, torch_call", [
+    (lambda c, x: c.add(x, x, alpha=1e40), lambda F, t: t.add(t, alpha=1e40)),
+    (lambda c, x: c.sub(x, x, alpha=-1e39), lambda F, t: t.sub(t, alpha=-1e39)),
+    (lambda c, x: c.clamp(x, 1e39), lambda F, t: t.clamp(1e39)),
+    (lambda c, x: c.clamp(x, None, -1e39), lambda F, t: t.clamp(None, -1e39)),
+    (lambda c, x: c.hardtanh(x, -1e39, 1.0), lambda F, t: F.hardtanh(t, -1e39, 1.0)),
+    (lambda c, x: c.leaky_relu(x, 1e39), lambda F, t: F.leaky_relu(t, 1e39)),
+    (lambda c, x: c.elu(x, 1e39), lambda F, t: F.elu(t, 1e39)),
+    (lambda c, x: c.softplus(x, 1.0, 1e39), lambda F, t: F.softplus(t, 1.0, 1e39)),
+    (lambda c, x: c.hardshrink(x, 1e39), lambda F, t: F.hardshrink(t, 1e39)),
+    (lambda c, x: c.threshold(x, 0.0, 1e39), lambda F, t: F.threshold(t, 0.0, 1e39)),
+    # what torch takes: numbers in range, infinities, a number operand that overflows
+    (lambda c, x: c.add(x, x, alpha=3e38), lambda F, t: t.add(t, alpha=3e38)),
+    (lambda c, x: c.clamp(x, -np.inf, np.inf), lambda F, t: t.clamp(-np.inf, np.inf)),
+    (lambda c, x: c.add(x, 1e40), lambda F, t: t.add(1e40)),
+], ids=lambda v: "")
+def test_number_arguments_past_the_dtype_as_torch(clconv, dev, rng, call, torch_call):
+    """A parameter torch converts to the tensor's dtype is refused where that overflows (torch's
+    "cannot be converted ... without overflow"); a float64 input takes it (where the device has
+    float64)."""
+    torch = import_torch()
+    F = torch.nn.functional
+    x = random_array(rng, (2, 3))
+    try:
+        want = torch_call(F, torch.from_numpy(x)).numpy()
+    except RuntimeError:
+        with pytest.raises(ValueError, match="without overflow"):
+            call(clconv, x)
+        if not dev.fp64:
+            return
+        x64 = x.astype(np.float64)
+        np.testing.assert_array_equal(call(clconv, x64), torch_call(F, torch.from_numpy(x64)))
+        return
+    np.testing.assert_array_equal(call(clconv, x), want)
+
+
+def test_number_range_of_float16_as_torch():
+    """float16: torch converts clamp's and hardtanh's bounds, add's alpha, the shrinks' lambd and
+    threshold's value to half (past 65504: refused), leaky_relu's, elu's, celu's and softplus's
+    parameters and threshold's threshold to float."""
+    from clconv.ops.scalars import fits_dtype
+
+    with pytest.raises(ValueError, match="without overflow"):
+        fits_dtype("clamp", "min", 1e5, np.float16)
+    fits_dtype("leaky_relu", "negative_slope", 1e5, np.float16, in_float=True)
+    with pytest.raises(ValueError, match="without overflow"):
+        fits_dtype("leaky_relu", "negative_slope", 1e39, np.float16, in_float=True)
+    for value in (65504, -np.inf, np.nan, 2**200):
+        fits_dtype("add", "alpha", value, np.float64)
+        if value != 2**200:
+            fits_dtype("add", "alpha", value, np.float16)
 
 
 def test_binary_bad_arguments(clconv, rng):

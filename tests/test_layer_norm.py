@@ -119,3 +119,22 @@ def test_instance_norm_of_a_2d_input_with_running_stats_as_torch(clconv, rng):
     want = F.instance_norm(t(x), t(mean), t(var), t(w), t(b), use_input_stats=False).numpy()
     np.testing.assert_allclose(clconv.instance_norm(x, mean, var, w, b, use_input_stats=False),
                                want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 0.0, -1e-5])
+def test_eps_at_and_below_zero_as_torch(clconv, dtype, eps):
+    """eps <= 0 (torch does not refuse it here): layer_norm over one value a row is x - x times
+    1 / sqrt(0 + eps), NaN for eps <= 0; instance_norm's statistics are batch_norm's, whose
+    1 / sqrt(var + eps) is 0 where both are 0, so a constant instance gives 0 at eps = 0 (and NaN
+    below); group_norm gives NaN there as torch's."""
+    rows = np.array([[0.3], [-1.2], [np.inf], [np.nan]], dtype)
+    want = F.layer_norm(torch.from_numpy(rows), (1,), eps=eps).numpy()
+    np.testing.assert_array_equal(clconv.layer_norm(rows, (1,), eps=eps), want)
+    x = np.concatenate([np.full((1, 2, 3), 2.0), np.arange(6.0).reshape(1, 2, 3)]).astype(dtype)
+    for got, ref in ((clconv.instance_norm(x, eps=eps), F.instance_norm(torch.from_numpy(x),
+                                                                        eps=eps)),
+                     (clconv.group_norm(x, 2, eps=eps), F.group_norm(torch.from_numpy(x), 2,
+                                                                     eps=eps))):
+        ref = ref.numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

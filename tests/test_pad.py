@@ -106,10 +106,15 @@ def test_device_operands_float64_and_plans(dev, rng):
     ((2, 3, 5), (0, -5), {"mode": "reflect"}, ValueError, "empty"),
     ((2, 3, 5), (-2, -3), {"mode": "replicate"}, ValueError, "empty"),
     ((2, 3, 5), (-5, 0), {}, None, None),  # constant padding may leave a dim empty
-    # 2-d and 3-d reflect/replicate crops to an empty dim: empty, as torch (1-d: refused)
+    # reflect/replicate crops to an empty dim: empty, as torch, unless every padded dim is empty
     ((2, 5, 4, 3), (-3, 0, 0, 0), {"mode": "replicate"}, None, None),
     ((2, 5, 4, 3), (0, 0, -1, -3), {"mode": "reflect"}, None, None),
     ((1, 2, 3, 4, 3), (-1, -2, 0, 0, 0, 0), {"mode": "replicate"}, None, None),
+    ((1, 1, 2, 3, 2), (-2, 0, -3, 0, 0, 0), {"mode": "reflect"}, None, None),
+    ((1, 1, 3, 2), (-2, 0, -3, 0), {"mode": "replicate"}, ValueError, "every padded dim"),
+    ((1, 1, 3, 2), (-2, 0, -3, 0), {"mode": "reflect"}, ValueError, "every padded dim"),
+    ((1, 1, 2, 3, 2), (-2, 0, -3, 0, -2, 0), {"mode": "replicate"}, ValueError,
+     "every padded dim"),
     ((0, 3, 5), (1, 1), {"mode": "reflect"}, None, None),  # an empty batch is fine
     ((2, 3, 5), (1, 2), {"mode": "replicate", "value": 0.0}, None, None),  # 0: as no value
     ((2, 3, 5), (2, 1), {"mode": "circular", "value": 0}, None, None),

@@ -28,7 +28,7 @@ from ..runtime.transfer import ArrayLike, dtype_of, is_device_array, result_dtyp
 from .activation import ActivationArg, activation_defines, normalize_activation
 from .elementwise import array_args, elementwise_defines, real_scalar
 from .plan import Plan, cached_plan, shape_of
-from .scalars import plain_number
+from .scalars import fits_dtype, plain_number
 
 __all__ = ["add", "binary_op", "BinaryPlan", "broadcast_layout", "div", "maximum", "minimum",
            "mul", "prelu", "sub"]
@@ -193,7 +193,7 @@ def binary_op(op: str, input: ArrayLike, other: ArrayLike, activation: Activatio
     alpha = _check_alpha(op, alpha)
     if isinstance(input, numbers.Number) and isinstance(other, numbers.Number):
         raise TypeError(f"{op}: input and other are both numbers ({type(input).__name__}, "
-                        f"{type(other).__name__}); at least one must be an array, as in torch")
+                        f"{type(other).__name__}); at least one must be an array")
     if op == "sub" and any(isinstance(v, (bool, np.bool_)) for v in (input, other)):
         raise TypeError("sub: a bool operand; torch refuses subtraction with a bool (use ~ or "
                         "logical_not to invert a mask)")
@@ -202,6 +202,7 @@ def binary_op(op: str, input: ArrayLike, other: ArrayLike, activation: Activatio
     input = _scalar_operand(input, other, "input")
     dev = current_device()
     dtype = result_dtype(dev, **{"input": input, other_name: other})
+    fits_dtype(op, "alpha", alpha, dtype)
     if dtype == np.float16 and op in ("mul", "div") and type(other) is np.ndarray and \
             other.ndim == 0 and other is not given:
         # torch.mul(x, 1e-8) / torch.div(x, 7e4) of a float16 x compute in float32 with the

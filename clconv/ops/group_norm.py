@@ -30,7 +30,9 @@ class GroupNormPlan(Plan):
 
     def __init__(self, dev: Device, input_shape: Sequence[int], num_groups: int,
                  has_weight: bool, has_bias: bool, eps: float, dtype: np.dtype,
-                 activation: ActivationArg = None) -> None:
+                 activation: ActivationArg = None, zero_rstd: bool = False) -> None:
+        """zero_rstd: 1 / sqrt(var + eps) is 0 where both are 0 (instance_norm: torch computes
+        its statistics as batch_norm's, whose InvStd does that)."""
         shape = shape_ints(input_shape, "input_shape")
         if len(shape) < 2:
             raise ValueError(f"group_norm: input must have at least 2 dims (N, C, *), got shape "
@@ -56,6 +58,8 @@ class GroupNormPlan(Plan):
         self.label = "group_norm" if act is None else f"group_norm + {act}"
         defines = precision_defines(self.work)
         defines.update(activation_defines(act), INDEX_T=index_type(math.prod(shape)))
+        if zero_rstd and self.eps == 0:
+            defines["ZERO_RSTD"] = None
         self.kernel = kernel(dev, "group_norm.cl", "group_norm", defines)
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
@@ -90,6 +94,13 @@ def group_norm(input: ArrayLike, num_groups: int, weight: ArrayLike | None = Non
     """torch.nn.functional.group_norm: input (N, C, *) normalised over each image's groups of
     C / num_groups channels (biased variance, as torch's), then weight/bias (C,) if given and the
     optional fused activation. Returns numpy for a numpy input, else a device array."""
+    return _group_norm(input, num_groups, weight, bias, eps, activation, out)
+
+
+def _group_norm(input: ArrayLike, num_groups: int, weight: ArrayLike | None,
+                bias: ArrayLike | None, eps: float, activation: ActivationArg,
+                out: ArrayLike | None, zero_rstd: bool = False) -> ArrayLike:
+    """group_norm, with GroupNormPlan's zero_rstd rule where asked (instance_norm)."""
     num_groups, eps = plain_number(num_groups), plain_number(eps)
     dev = current_device()
     values = {"input": input, "weight": weight, "bias": bias}
@@ -103,9 +114,9 @@ def group_norm(input: ArrayLike, num_groups: int, weight: ArrayLike | None = Non
     act = normalize_activation(activation)
     plan = cached_plan(dev, ("group_norm", shape, num_groups, dtype, weight is not None,
                              bias is not None, float(eps) if isinstance(eps, numbers.Real)
-                             else eps, act),
+                             else eps, act, zero_rstd),
                        lambda: GroupNormPlan(dev, shape, num_groups, weight is not None,
-                                             bias is not None, eps, dtype, act))
+                                             bias is not None, eps, dtype, act, zero_rstd))
     return plan.execute(values, out, check=False)
 
 
@@ -137,14 +148,18 @@ def layer_norm(input: ArrayLike, normalized_shape: Sequence[int],
         if a is not None and tuple(shape_of(a)) != ns:
             raise ValueError(f"layer_norm: {name} must have shape normalized_shape {ns}, got "
                              f"{tuple(shape_of(a))}")
-    result_dtype(current_device(), **{k: v for k, v in  # (mixed dtypes named)
-                                      (("input", input), ("weight", weight), ("bias", bias))
-                                      if v is not None})
+    dtype = result_dtype(current_device(), **{k: v for k, v in  # (mixed dtypes named)
+                                              (("input", input), ("weight", weight),
+                                               ("bias", bias)) if v is not None})
     size = math.prod(ns)
     flat = reshaped(input, (-1, 1, size) if size else (0, 1, 0))
     if size == 1:
-        # one value a row: its deviation from its own mean, x - x (torch's 0; NaN for NaN, Inf)
+        # one value a row: its deviation from its own mean, x - x (torch's 0; NaN for NaN, Inf),
+        # times 1 / sqrt(0 + eps): NaN for an eps that is not positive in the working precision
         y = reshaped(sub(flat, flat), shape)
+        work = np.float64 if dtype == np.float64 else np.float32  # (float16 computes in float)
+        if not work(eps) > 0:
+            y = mul(y, math.nan, out=y if isinstance(y, cla.Array) else None)
     else:
         y = reshaped(group_norm(flat, 1, None, None, eps), shape)
     if weight is not None:
@@ -193,4 +208,5 @@ def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
     if math.prod(shape[2:]) == 1 and math.prod(shape) > 0:
         raise ValueError(f"instance_norm: expected more than 1 spatial element, got input size "
                          f"{list(shape)}")
-    return group_norm(input, shape[1], weight, bias, eps)
+    # torch's statistics are batch_norm's: a constant instance with eps = 0 gives 0 (InvStd)
+    return _group_norm(input, shape[1], weight, bias, eps, None, None, zero_rstd=True)

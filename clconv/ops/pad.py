@@ -76,13 +76,14 @@ def _validate(shape: tuple[int, ...], pad: tuple[int, ...], mode: str,
         if mode == "constant" and left < 0:  # torch crops first (narrow) and refuses this
             raise ValueError(f"pad: padding ({lo}, {hi}) crops more than the size {shape[d]} of "
                              f"dim {d}")
-        if mode in ("reflect", "replicate") and out[d] < 1 and dims == 1:
-            # (torch refuses an empty result of 1-d padding; of 2-d and 3-d it returns one)
-            raise ValueError(f"pad: {mode} padding ({lo}, {hi}) leaves dim {d} (size {shape[d]}) "
-                             f"empty (torch: the input is too small)")
         if mode == "circular" and max(lo, hi) > left:
             raise ValueError(f"pad: circular padding ({lo}, {hi}) of dim {d} (size {shape[d]}) "
                              f"wraps around more than once")
+    padded = out[len(shape) - dims:]
+    if mode in ("reflect", "replicate") and all(size < 1 for size in padded):
+        # (torch refuses a result whose padded dims are all empty; one of them may be)
+        raise ValueError(f"pad: {mode} padding {tuple(pad)} leaves every padded dim of input "
+                         f"{tuple(shape)} empty (torch: the input is too small)")
     return tuple(out)
 
 

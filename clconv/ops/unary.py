@@ -31,7 +31,7 @@ from .activation import Activation, ActivationArg, activation_defines, normalize
 from .binary import binary_op
 from .elementwise import array_args, elementwise_defines
 from .plan import Plan, cached_plan, shape_ints, shape_of
-from .scalars import plain_number
+from .scalars import fits_dtype, plain_number
 
 __all__ = ["abs", "celu", "clamp", "elu", "erf", "exp", "gelu", "gradient_from_output",
            "hardshrink", "hardsigmoid", "hardswish", "hardtanh", "leaky_relu", "log",
@@ -120,11 +120,24 @@ def _target(input: ArrayLike, out: ArrayLike | None, inplace: Any) -> ArrayLike 
     return out
 
 
+# What the ops call their activation's parameters (for messages).
+_PARAMETERS = {"leaky_relu": ("negative_slope",), "elu": ("alpha",), "celu": ("alpha",),
+               "softplus": ("beta", "threshold"), "clamp": ("min", "max"),
+               "hardshrink": ("lambd",), "softshrink": ("lambd",)}
+# The activations whose parameters torch converts to float, not float16, for a float16 tensor.
+_IN_FLOAT = frozenset(("leaky_relu", "elu", "celu", "softplus"))
+
+
 def _unary(activation: ActivationArg, input: ArrayLike, out: ArrayLike | None,
            inplace: bool = False, clamp_inclusive: bool = False) -> ArrayLike:
     out = _target(input, out, inplace)
     dev = current_device()
     dtype = result_dtype(dev, input=input)
+    if isinstance(activation, tuple):  # the parameters given, each converted to the dtype
+        names = _PARAMETERS.get(activation[0], ())
+        for i, value in enumerate(activation[1:]):
+            fits_dtype(activation[0], names[i] if i < len(names) else f"parameter {i + 1}",
+                       plain_number(value), dtype, activation[0] in _IN_FLOAT)
     shape = shape_of(input)
     plan = unary_plan(dev, normalize_activation(activation), shape, dtype, clamp_inclusive)
     return plan.execute({"input": input}, out, check=False)
@@ -225,6 +238,7 @@ def hardtanh(input: ArrayLike, min_val: float = -1.0, max_val: float = 1.0,
     for name, v in (("min_val", min_val), ("max_val", max_val)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"{name} must be a real number, got {v!r}")
+        fits_dtype("hardtanh", name, v, result_dtype(current_device(), input=input))
     if min_val > max_val:
         raise ValueError(f"min_val ({min_val}) must not be greater than max_val ({max_val})")
     if math.isnan(min_val) or math.isnan(max_val):
@@ -246,10 +260,11 @@ def clamp(input: ArrayLike, min: float | ArrayLike | None = None,
     propagate a NaN of either side, as torch's clamp with tensor bounds); not one of each."""
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must not be None")
+    min, max = plain_number(min), plain_number(max)  # a 0-d array or tensor is its number
     if any(v is not None and not isinstance(v, numbers.Number) for v in (min, max)):
         if any(isinstance(v, numbers.Number) for v in (min, max)):
-            raise TypeError("clamp: min and max must both be numbers or both be arrays (or "
-                            "None), as torch's")
+            raise TypeError("clamp: min and max must both be numbers (or 0-d arrays) or both "
+                            "be arrays (or None), as torch's")
         if min is not None and max is not None:
             return binary_op("minimum", binary_op("maximum", input, min, None, None,
                                               other_name="min"), max, None, out,
@@ -303,6 +318,8 @@ def threshold(input: ArrayLike, threshold: float, value: float, inplace: bool = 
     for name, v in (("threshold", threshold), ("value", value)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"threshold: {name} must be a real number, got {v!r}")
+        fits_dtype("threshold", name, v, result_dtype(current_device(), input=input),
+                   in_float=name == "threshold")
     return _unary(Activation("threshold", float(threshold), float(value)), input, out, inplace)
 
 
