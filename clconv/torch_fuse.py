@@ -407,6 +407,8 @@ _fx_tracing = getattr(fx._symbolic_trace, "is_fx_symbolic_tracing",
 #: Held while a fused forward is traced: torch.fx patches nn.Module calls and sets its tracing flag
 #: process-wide for the trace, so a converted model called from another thread meanwhile waits.
 _TRACE_LOCK = threading.RLock()
+#: Traces a FusedForward keeps of each kind (one a module structure and train / eval state met).
+_TRACES_KEPT = 8
 
 
 class FusedForward:
@@ -477,6 +479,8 @@ class FusedForward:
             with _TRACE_LOCK:
                 found = traces.get(key)
                 if found is None:
+                    if len(traces) >= _TRACES_KEPT:  # the oldest goes (a model swapping modules)
+                        del traces[next(iter(traces))]
                     found = traces[key] = self._build(training)
         fn, fused, pools, deferred = found
         if training:
