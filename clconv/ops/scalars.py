@@ -8,6 +8,7 @@ where that conversion overflows, as torch refuses it (`fits_dtype`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,9 @@ def plain_number(value: Any) -> Any:
     return value
 
 
+_LARGEST = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
+
+
 def fits_dtype(op: str, name: str, value: Any, dtype: Any, in_float: bool = False) -> None:
     """ValueError when the finite real `value` (a parameter of `op` called `name`) becomes an
     infinity in `dtype` (float16 past 65504, float32 past 3.4e38), as torch's "value cannot be
@@ -34,8 +38,11 @@ def fits_dtype(op: str, name: str, value: Any, dtype: Any, in_float: bool = Fals
     softplus's, threshold's threshold), so only float's range counts there."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         return
-    if in_float and np.dtype(dtype) == np.float16:
-        dtype = np.float32
+    dtype = np.dtype(dtype)
+    if in_float and dtype == np.float16:
+        dtype = np.dtype(np.float32)
+    if -_LARGEST.get(dtype, math.inf) <= value <= _LARGEST.get(dtype, math.inf) or value != value:
+        return  # (the usual case, without numpy's conversion: a few us a call on the hot path)
     with np.errstate(over="ignore"):
         converted = np.asarray(value, np.float64).astype(np.dtype(dtype))
     if np.isfinite(float(value)) and not np.isfinite(converted):

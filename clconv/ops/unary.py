@@ -238,7 +238,9 @@ def hardtanh(input: ArrayLike, min_val: float = -1.0, max_val: float = 1.0,
     for name, v in (("min_val", min_val), ("max_val", max_val)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"{name} must be a real number, got {v!r}")
-        fits_dtype("hardtanh", name, v, result_dtype(current_device(), input=input))
+    dtype = result_dtype(current_device(), input=input)
+    for name, v in (("min_val", min_val), ("max_val", max_val)):
+        fits_dtype("hardtanh", name, v, dtype)
     if min_val > max_val:
         raise ValueError(f"min_val ({min_val}) must not be greater than max_val ({max_val})")
     if math.isnan(min_val) or math.isnan(max_val):
@@ -318,8 +320,9 @@ def threshold(input: ArrayLike, threshold: float, value: float, inplace: bool = 
     for name, v in (("threshold", threshold), ("value", value)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool):
             raise TypeError(f"threshold: {name} must be a real number, got {v!r}")
-        fits_dtype("threshold", name, v, result_dtype(current_device(), input=input),
-                   in_float=name == "threshold")
+    dtype = result_dtype(current_device(), input=input)
+    for name, v in (("threshold", threshold), ("value", value)):
+        fits_dtype("threshold", name, v, dtype, in_float=name == "threshold")
     return _unary(Activation("threshold", float(threshold), float(value)), input, out, inplace)
 
 
