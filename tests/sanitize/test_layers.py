@@ -273,6 +273,18 @@ def test_group_norm(rng, index_t):
            10.0)
 
 
+def test_instance_norm_at_zero_eps(rng, index_t):
+    """group_norm.cl with ZERO_RSTD (instance_norm at eps = 0, torch's InvStd): a constant
+    instance gives 0, the others their normalised values."""
+    x = arr(rng, (2, 3, 4, 5))
+    x[1, 2] = 1.5
+    v = x.astype(np.float64).reshape(2, 3, -1)
+    dev = v - v.mean(axis=2, keepdims=True)
+    var = (dev * dev).mean(axis=2, keepdims=True)
+    want = np.where(var == 0, 0.0, dev / np.sqrt(np.where(var == 0, 1.0, var)))
+    expect(clconv.instance_norm(x, eps=0.0), want.reshape(x.shape), F32, 24, 10.0)
+
+
 def test_local_response_norm(rng, index_t):
     """local_response_norm.cl: a window clipped at both channel ends, the paper's k = 2."""
     x = arr(rng, (2, 5, 3, 2))
