@@ -476,6 +476,87 @@ def test_batchnorm_parameters_are_assignable(clconv, dev, rng):
         clconv.nn.BatchNorm2d(3, bias=False).bias = b
 
 
+def test_batchnorm_running_statistics_are_assignable(clconv, dev, rng):
+    """running_mean / running_var take a (C,) array as torch's buffers do (checked and uploaded;
+    a device array of the compute dtype used itself); a bad num_batches_tracked entry is a
+    ValueError naming it, and a float one is truncated as torch's int64 copy does."""
+    torch = import_torch()
+    bn = clconv.nn.BatchNorm2d(3).eval()
+    ref = torch.nn.BatchNorm2d(3).eval()
+    mean = random_array(rng, (3,), np.float64)
+    var = np.abs(random_array(rng, (3,), np.float32)) + 0.5
+    bn.running_mean = mean  # float64 numpy: converted to the layer's dtype
+    shared = cla.to_device(dev.queue, var)
+    bn.running_var = shared
+    assert bn.running_var.data == shared.data  # used itself
+    ref.running_mean = torch.from_numpy(mean.astype(np.float32))
+    ref.running_var = torch.from_numpy(var)
+    x = random_array(rng, (2, 3, 4, 4), np.float32)
+    assert_close(bn(x), ref(torch.from_numpy(x)).detach().numpy(), np.float32)
+    assert bn.state_dict()["running_mean"].dtype == np.float32
+    with pytest.raises(ValueError, match="shape"):
+        bn.running_mean = np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match="floating point"):
+        bn.running_var = np.ones(3, np.int64)
+    with pytest.raises(ValueError, match="track_running_stats=True"):
+        clconv.nn.BatchNorm2d(3, track_running_stats=False).running_mean = mean
+    state = bn.state_dict()
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        bn.load_state_dict({**state, "num_batches_tracked": np.array([1, 2])})
+    bn.load_state_dict({**state, "num_batches_tracked": np.array(5.7)})
+    assert bn.state_dict()["num_batches_tracked"] == 5
+
+
+def test_sequential_load_state_dict_is_all_or_nothing(clconv, dev):
+    """A bad entry of a later layer leaves the earlier layers as they were (as one layer's load)."""
+    model = clconv.nn.Sequential(clconv.nn.Linear(3, 2, rng=0), clconv.nn.BatchNorm1d(2))
+    before = model.state_dict()
+    state = {**before, "0.weight": np.ones((2, 3), np.float32),
+             "1.running_mean": np.zeros(5, np.float32)}
+    with pytest.raises(ValueError, match="running_mean"):
+        model.load_state_dict(state)
+    after = model.state_dict()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def test_sequential_with_a_layer_at_several_positions(clconv, dev, rng):
+    """One activation (or pooling, Flatten) object used at several positions, as torch code
+    shares a ReLU: each position's backward reads its own forward's arrays, as torch's autograd;
+    a shared layer with parameters is refused at backward (torch sums its gradients)."""
+    torch = import_torch()
+    dtype = _dtype(dev)
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    act, block = torch.nn.Tanh(), torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Sigmoid())
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 4), act, block, torch.nn.Linear(4, 4), act,
+                                 block).to(tdtype)
+    cact = clconv.nn.Tanh()
+    cblock = clconv.nn.Sequential(clconv.nn.Linear(4, 4, dtype=dtype), clconv.nn.Sigmoid())
+    ours = clconv.nn.Sequential(clconv.nn.Linear(4, 4, dtype=dtype), cact, cblock,
+                                clconv.nn.Linear(4, 4, dtype=dtype), cact, cblock)
+    ours.load_state_dict(theirs.state_dict())
+    x = random_array(rng, (3, 4), dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    y, yt = ours(x), theirs(xt)
+    assert_close(y, yt.detach().numpy(), dtype, reduction=20)
+    with pytest.raises(ValueError, match="several positions"):  # cblock's Linear is shared
+        ours.backward(np.ones_like(y))
+    ours[2] = clconv.nn.Sequential(clconv.nn.Linear(4, 4, dtype=dtype), cblock[1])
+    ours[5] = clconv.nn.Sequential(clconv.nn.Linear(4, 4, dtype=dtype), cblock[1])
+    theirs[2] = torch.nn.Sequential(torch.nn.Linear(4, 4), block[1]).to(tdtype)
+    theirs[5] = torch.nn.Sequential(torch.nn.Linear(4, 4), block[1]).to(tdtype)
+    ours.load_state_dict(theirs.state_dict())
+    y, yt = ours(x), theirs(xt)
+    g = random_array(rng, y.shape, dtype)
+    gx = ours.backward(g)
+    yt.backward(torch.from_numpy(g))
+    assert_close(y, yt.detach().numpy(), dtype, reduction=20)
+    assert_close(gx, xt.grad.numpy(), dtype, reduction=20)
+    grads = ours.grad_dict()
+    for name, p in theirs.named_parameters():
+        assert_close(grads[name], p.grad.numpy(), dtype, reduction=20, err_msg=name)
+
+
 def test_layer_details_found_by_fuzzing_against_torch(clconv, dev, rng):
     """BatchNorm's gradients convert as the other layers' do; Hardswish's gradient at exactly
     -3 and 3 is torch's (0 and g); a 0-d input keeps its shape through an activation layer;

@@ -48,8 +48,8 @@ class _BatchNorm(Module):
         c = self.num_features
         self._weight = self._put(np.ones(c)) if affine else None
         self._bias = self._put(np.zeros(c)) if self.has_bias else None
-        self.running_mean = self._put(np.zeros(c)) if track_running_stats else None
-        self.running_var = self._put(np.ones(c)) if track_running_stats else None
+        self._running_mean = self._put(np.zeros(c)) if track_running_stats else None
+        self._running_var = self._put(np.ones(c)) if track_running_stats else None
         self.num_batches_tracked = 0
         self.weight_grad: cla.Array | None = None
         self.bias_grad: cla.Array | None = None
@@ -79,6 +79,26 @@ class _BatchNorm(Module):
     def bias(self, value: ArrayLike) -> None:
         self._bias = self._replacing("bias", self._bias, value, "affine=True and bias=True")
 
+    @property
+    def running_mean(self) -> cla.Array | None:
+        """The running mean (C,) on the device (None without `track_running_stats`)."""
+        return host_convertible(self._running_mean)
+
+    @running_mean.setter
+    def running_mean(self, value: ArrayLike) -> None:
+        self._running_mean = self._replacing("running_mean", self._running_mean, value,
+                                             "track_running_stats=True")
+
+    @property
+    def running_var(self) -> cla.Array | None:
+        """The running variance (C,) on the device (None without `track_running_stats`)."""
+        return host_convertible(self._running_var)
+
+    @running_var.setter
+    def running_var(self, value: ArrayLike) -> None:
+        self._running_var = self._replacing("running_var", self._running_var, value,
+                                            "track_running_stats=True")
+
     def _replacing(self, name: str, current: cla.Array | None, value: Any,
                    needs: str) -> cla.Array:
         """The replacement of parameter `name` (see `_parameter`); a layer without it refuses
@@ -89,9 +109,9 @@ class _BatchNorm(Module):
         return self._parameter(name, value)
 
     def _parameter(self, name: str, value: Any) -> cla.Array:
-        """A replacement weight or bias on the layer's device: a device array of the compute
-        dtype is used itself (an optimizer's in-place updates reach the layer, as a torch
-        Parameter assigned to a module), anything else is checked and uploaded."""
+        """A replacement weight, bias or running statistic on the layer's device: a device array
+        of the compute dtype is used itself (an optimizer's in-place updates reach the layer, as a
+        torch Parameter assigned to a module), anything else is checked and uploaded."""
         if isinstance(value, cla.Array) and value.dtype == self._work \
                 and tuple(value.shape) == (self.num_features,):
             return to_device(value, self.device, name, self._work)
@@ -111,7 +131,7 @@ class _BatchNorm(Module):
         if self.has_bias:
             entries.update(bias=self._bias)
         if self.track_running_stats:
-            entries.update(running_mean=self.running_mean, running_var=self.running_var,
+            entries.update(running_mean=self._running_mean, running_var=self._running_var,
                            num_batches_tracked=None)
         return entries
 
@@ -143,14 +163,14 @@ class _BatchNorm(Module):
         values: dict[str, Any] = {}
         for key in (k for k in expected if k in state):
             if key == "num_batches_tracked":
-                values[key] = int(self._host(state[key], f"state[{key!r}]"))
+                values[key] = self._count(state[key], f"state[{key!r}]")
             else:
                 values[key] = self._host_entry(key, state[key], f"state[{key!r}]")
         for key, value in values.items():
             if key == "num_batches_tracked":
                 self.num_batches_tracked = value
             else:
-                setattr(self, "_" + key if key in ("weight", "bias") else key, self._put(value))
+                setattr(self, "_" + key, self._put(value))
         return missing, unexpected
 
     @staticmethod
@@ -160,6 +180,15 @@ class _BatchNorm(Module):
         if is_torch_tensor(value):  # a Parameter too: its values (as torch's copy_ takes them)
             value = value.detach()
         return np.asarray(host_operand(value, what))
+
+    def _count(self, value: Any, what: str) -> int:
+        """num_batches_tracked's entry as an int: one number (torch copies it into its int64
+        buffer, so a float is truncated); ValueError naming `what` otherwise."""
+        value = self._host(value, what)
+        if value.size != 1 or value.dtype.kind not in "biuf":
+            raise ValueError(f"{what} must be one number (torch's int64 count of batches), got "
+                             f"shape {value.shape} and dtype {value.dtype}")
+        return int(value.reshape(()))
 
     def _host_entry(self, key: str, value: Any, what: str) -> np.ndarray:
         """`value` for the (C,) entry `key` as numpy (ValueError/TypeError naming `what`)."""

@@ -157,8 +157,18 @@ class Sequential(Module):
         if strict and (missing or unexpected):
             raise ValueError(f"load_state_dict for Sequential: missing keys {missing}, unexpected "
                              f"keys {unexpected}")
-        for layer, part in zip(self.layers, parts):
-            layer.load_state_dict(part, strict=False)
+        # all or nothing, as a single layer's load: a later layer's bad entry puts back what the
+        # earlier layers had
+        loaded: list[tuple[Module, dict[str, np.ndarray]]] = []
+        try:
+            for layer, part in zip(self.layers, parts):
+                before = layer.state_dict()
+                layer.load_state_dict(part, strict=False)
+                loaded.append((layer, before))
+        except Exception:
+            for layer, before in reversed(loaded):
+                layer.load_state_dict(before, strict=False)
+            raise
         return missing, unexpected
 
     def forward(self, input: ArrayLike) -> ArrayLike:
@@ -166,8 +176,15 @@ class Sequential(Module):
         dev = self.device
         with dev:
             x = to_device(input, dev, "input", result_dtype(dev, input=input))
+            # a layer object at several positions (one ReLU module reused, as torch code does)
+            # keeps only its latest forward's saved arrays: each position's are kept here
+            shared = _shared_layers(self)
+            states = []
             for layer in self.layers:
                 x = layer(x)
+                if shared:
+                    states.append(_forward_state(layer))
+            self._states, self._shared = states, shared
             return deliver(x, not is_device_array(input))
 
     def backward(self, grad_output: ArrayLike) -> ArrayLike:
@@ -175,10 +192,56 @@ class Sequential(Module):
         dev = self.device
         with dev:
             g = to_device(grad_output, dev, "grad_output", result_dtype(dev, grad_output=grad_output))
-            for layer in reversed(self.layers):
-                g = layer.backward(g)
+            shared, states = getattr(self, "_shared", None), getattr(self, "_states", [])
+            if shared:
+                _check_shared_parameters(shared)
+            for i in reversed(range(len(self.layers))):
+                if shared and i < len(states):
+                    _restore_forward_state(self.layers[i], states[i])
+                g = self.layers[i].backward(g)
             return deliver(g, not is_device_array(grad_output))
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential({inner}\n)"
+
+
+def _leaves(layer: Module) -> list[Module]:
+    return [leaf for inner in layer.layers for leaf in _leaves(inner)] \
+        if isinstance(layer, Sequential) else [layer]
+
+
+def _shared_layers(model: Sequential) -> list[Module]:
+    """The layer objects found at more than one position of `model` (nested Sequentials
+    included)."""
+    count: dict[int, int] = {}
+    leaves = _leaves(model)
+    for leaf in leaves:
+        count[id(leaf)] = count.get(id(leaf), 0) + 1
+    return list({id(leaf): leaf for leaf in leaves if count[id(leaf)] > 1}.values())
+
+
+def _forward_state(layer: Module) -> Any:
+    """What `layer`'s backward reads of its latest forward (its attributes, and a Sequential's
+    layers'), put back before that position's backward."""
+    inner = [_forward_state(x) for x in layer.layers] if isinstance(layer, Sequential) else None
+    return dict(vars(layer)), inner
+
+
+def _restore_forward_state(layer: Module, state: Any) -> None:
+    attrs, inner = state
+    vars(layer).update(attrs)
+    if inner is not None:
+        for x, s in zip(layer.layers, inner):
+            _restore_forward_state(x, s)
+
+
+def _check_shared_parameters(shared: list[Module]) -> None:
+    """ValueError for a layer with parameters at several positions: torch sums its gradients
+    over the uses, and a clconv.nn layer holds one backward's."""
+    for layer in shared:
+        if layer.parameters():
+            raise ValueError(f"Sequential.backward: one {type(layer).__name__} object is used at "
+                             f"several positions; its gradients would be the sum over the uses, "
+                             f"and a clconv.nn layer keeps one backward's: give each position "
+                             f"its own layer (layers without parameters can be shared)")

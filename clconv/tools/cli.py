@@ -232,7 +232,7 @@ def kernel_list(text: str) -> list[str]:
     from ..blas.tuning import KERNELS
 
     names = [k.strip() for k in text.split(",") if k.strip()]
-    known = [*KERNELS, "GemmRoutine"]
+    known = list(KERNELS)  # GemmRoutine among them
     unknown = [k for k in names if k not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown kernel(s) {', '.join(unknown) or repr(text)}; "
