@@ -1553,6 +1553,38 @@ def test_torch_compile_backend_follows_the_tensors_it_is_called_with(dev, ct):
         _close(fa(x), a(x))
     torch._dynamo.reset()
 
+def test_torch_compile_backend_with_dynamic_shapes(dev, ct):
+    """dynamic=True: dynamo passes the sizes as SymInts and BatchNorm's eps and momentum as 0-d
+    tensors read by .item(); the graph ran in torch with a FallbackWarning. The numbers are
+    specialised by value: a new eps gives a compiled model of its own."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.LayerNorm([4, 5, 7])).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2.0)
+    made = []
+
+    def spy(gm, example_inputs):
+        fn = ct.backend(gm, example_inputs)
+        made.append(fn)
+        return fn
+    compiled = torch.compile(model, backend=spy, dynamic=True)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error", ct.FallbackWarning)
+            for n in (2, 3):
+                x = torch.randn(n, 3, 7, 9)
+                _close(compiled(x), model(x))
+            model[1].eps = 0.5  # a number the compiled program holds as a constant
+            _close(compiled(x), model(x))
+        cms = [fn.compiled_model for fn in made]
+        assert cms and all(cm.fallbacks == [] for cm in cms)
+        assert any(any("BN folded" in s.op for s in cm.steps) for cm in cms)
+    finally:
+        torch._dynamo.reset()
+
+
 class _Differences(torch.nn.Module):
     """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""
 

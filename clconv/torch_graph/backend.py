@@ -31,6 +31,20 @@ def _is_state(node: fx.Node, value: Any) -> bool:
     return False
 
 
+def _is_number(node: fx.Node, value: Any) -> bool:
+    """Whether a placeholder is a number passed as a 0-d CPU tensor that the graph only reads
+    with .item() (dynamo's form of a module's float attribute under dynamic=True)."""
+    return (isinstance(value, torch.Tensor) and value.dim() == 0 and value.device.type == "cpu"
+            and bool(node.users)
+            and all(u.op == "call_method" and u.target == "item" and len(u.args) == 1
+                    for u in node.users))
+
+
+def _same_numbers(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Equal values, NaN equal to NaN (the specialised numbers of a compiled model)."""
+    return all(x == y or (x != x and y != y) for x, y in zip(a, b))
+
+
 #: Compiled models a backend graph keeps for the parameter sets it was called with.
 MODELS_KEPT = 4
 
@@ -145,7 +159,12 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
         return gm.forward
     state = [i for i, (n, v) in enumerate(zip(placeholders, example_inputs))
              if isinstance(v, torch.Tensor) and _is_state(n, v)]
-    inputs = [i for i in range(len(example_inputs)) if i not in set(state)]
+    # With dynamic=True dynamo passes a module's number attributes (BatchNorm's eps and
+    # momentum) as 0-d tensors read by .item(): they are specialised by value, a compiled model
+    # for each set of values met
+    numbers = [i for i, (n, v) in enumerate(zip(placeholders, example_inputs))
+               if i not in state and _is_number(n, v)]
+    inputs = [i for i in range(len(example_inputs)) if i not in set(state) | set(numbers)]
 
     def make(values: Sequence[Any]) -> CompiledModel | None:
         """The graph with `values`' parameters and buffers as its constants, compiled (None, with
@@ -156,10 +175,14 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
         for k, i in enumerate(state):
             root.register_buffer(f"state{k}", values[i].detach(), persistent=False)
         for i, node in enumerate(placeholders):
-            env[node] = (graph.get_attr(f"state{state.index(i)}") if i in state
-                         else graph.placeholder(node.name))
+            if i in numbers:
+                for user in node.users:  # every one an .item() (_is_number)
+                    env[user] = values[i].item()
+            else:
+                env[node] = (graph.get_attr(f"state{state.index(i)}") if i in state
+                             else graph.placeholder(node.name))
         for node in gm.graph.nodes:
-            if node.op != "placeholder":
+            if node.op != "placeholder" and node not in env:
                 env[node] = graph.node_copy(node, lambda n: env[n])
         for name, module in gm.named_children():
             root.add_module(name, module)
@@ -180,20 +203,24 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
     # the tensors it was made with (in-place changes it sees by their version counters); other
     # tensors get a compiled model of their own, the last MODELS_KEPT kept (weak references: a
     # model that is gone frees its entry).
-    kept = [([weakref.ref(example_inputs[i]) for i in state], first)]
+    def values_of(args: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(args[i].item() for i in numbers)
+
+    kept = [([weakref.ref(example_inputs[i]) for i in state], values_of(example_inputs), first)]
 
     def run(*args: Any) -> Any:
         if torch.is_grad_enabled():
             return gm.forward(*args)
-        for refs, cm in kept:
-            if all(r() is args[i] for r, i in zip(refs, state)):
+        values = values_of(args) if numbers else ()
+        for refs, known, cm in kept:
+            if all(r() is args[i] for r, i in zip(refs, state)) and _same_numbers(known, values):
                 break
         else:
             made = make(args)
             if made is None:
                 return gm.forward(*args)
             cm = run.compiled_model = made  # type: ignore[attr-defined]
-            kept.insert(0, ([weakref.ref(args[i]) for i in state], cm))
+            kept.insert(0, ([weakref.ref(args[i]) for i in state], values, cm))
             del kept[MODELS_KEPT:]
         return cm(*(args[i] for i in inputs))
     run.compiled_model = first  # type: ignore[attr-defined]
