@@ -67,6 +67,7 @@ from .torch_ops import (
     first_order,
     fixed_operand,
     host_result,
+    module_padding,
     operand,
     result_operand,
     synced,
@@ -276,10 +277,10 @@ class _ClconvConv(NotScriptable):
         nd = len(self.kernel_size)
         x, unbatched = batched(input, nd)
         # clconv pads natively for every padding_mode (torch pads with F.pad first, then runs an
-        # unpadded convolution; the results are the same).
-        y = ConvFunction.apply(x, weight, bias, nd, self.stride, self.padding, self.dilation,
-                               self.groups, self.padding_mode, self.algorithm, current_device(),
-                               _fixed(weight, bias))
+        # unpadded convolution; the results are the same), by the amounts torch pads by.
+        y = ConvFunction.apply(x, weight, bias, nd, self.stride, module_padding(self),
+                               self.dilation, self.groups, self.padding_mode, self.algorithm,
+                               current_device(), _fixed(weight, bias))
         return y[0] if unbatched else y
 
 

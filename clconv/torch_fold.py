@@ -30,6 +30,7 @@ from .torch_ops import (
     fixed_operand,
     host,
     host_result,
+    module_padding,
     operand,
     sample_of,
     sample_view,
@@ -184,8 +185,9 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
         output_padding = conv._output_padding(
             input, None, conv.stride, conv.padding, conv.kernel_size, nd,
             conv.dilation) if transposed else None
+        padding = module_padding(conv)  # conv.padding for the transposed ones (zeros only)
         shape = conv_result_shape(tuple(x.shape), tuple(conv.weight.shape), conv.stride,
-                                  conv.padding, conv.dilation, conv.groups, output_padding)
+                                  padding, conv.dilation, conv.groups, output_padding)
         out = results.new(shape, x) if on_host else None
         r = None
         if transposed:
@@ -195,7 +197,7 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
             if residual is not None:
                 r = deferred_array(residual)
                 r = operand(residual, dev, zero_copy) if r is None else r
-            y = OPS[nd][0](*operands, conv.stride, conv.padding, conv.dilation, conv.groups,
+            y = OPS[nd][0](*operands, conv.stride, padding, conv.dilation, conv.groups,
                            padding_mode=conv.padding_mode, algorithm=conv.algorithm,
                            activation=spec, residual=r, out=out)
         if out is None:

@@ -27,7 +27,7 @@ from .torch_graph.activations import activation_module, activation_of, activatio
 from .torch_graph.tracing import AUGMENTED, InplaceTracer
 from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
 from .runtime.device import current_device
-from .torch_ops import conv_result_shape, nd_tuple, operand, uses_zero_copy
+from .torch_ops import conv_result_shape, module_padding, nd_tuple, operand, uses_zero_copy
 
 # A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
 # it writes its first argument).
@@ -93,7 +93,7 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
     fold = _site_fold(conv, bn)
     if fold.active() and input.dim() == nd + 2 and (residual is None or (
             residual.dtype == input.dtype and tuple(residual.shape) == conv_result_shape(
-                tuple(input.shape), tuple(conv.weight.shape), conv.stride, conv.padding,
+                tuple(input.shape), tuple(conv.weight.shape), conv.stride, module_padding(conv),
                 conv.dilation, conv.groups))):
         try:
             return run_folded(conv, fold, spec, input, residual, defer)

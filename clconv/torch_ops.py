@@ -213,6 +213,22 @@ def nd_tuple(v: Any, nd: int) -> tuple[int, ...]:
     return tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v),) * nd
 
 
+def module_padding(conv: nn.Module) -> Any:
+    """The padding torch's ConvNd.forward applies: `conv.padding`, except with a padding_mode other
+    than 'zeros', where torch pads by the amounts cached at construction
+    (`_reversed_padding_repeated_twice`, then F.pad), so that a `.padding` assigned later is not
+    seen: those amounts as one int per dim, or 'same' where they are uneven (only 'same' with an
+    even kernel span makes them so)."""
+    cached = getattr(conv, "_reversed_padding_repeated_twice", None)
+    if getattr(conv, "padding_mode", "zeros") == "zeros" or cached is None:
+        return conv.padding
+    pairs = [(int(cached[2 * i]), int(cached[2 * i + 1]))
+             for i in reversed(range(len(cached) // 2))]
+    if any(lo != hi for lo, hi in pairs):
+        return "same"
+    return tuple(lo for lo, _ in pairs)
+
+
 def conv_result_shape(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Any,
                       padding: Any, dilation: Any, groups: int = 1,
                       output_padding: Any = None) -> tuple[int, ...]:

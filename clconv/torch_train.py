@@ -41,8 +41,8 @@ from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .ops.precision import plan_dtype
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, rows_of
-from .torch_ops import (conv_result_shape, first_order, make_host_visible, operand,
-                        result_operand, to_tensor, uses_zero_copy, version_of)
+from .torch_ops import (conv_result_shape, first_order, make_host_visible, module_padding,
+                        operand, result_operand, to_tensor, uses_zero_copy, version_of)
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -198,10 +198,11 @@ class _ChainPlans:
                  has_bias: bool, has_residual: bool, has_gamma: bool, has_beta: bool) -> None:
         nd = len(conv.kernel_size)
         w_shape = tuple(conv.weight.shape)
-        self.shape = shape = conv_result_shape(x_shape, w_shape, conv.stride, conv.padding,
+        padding = module_padding(conv)
+        self.shape = shape = conv_result_shape(x_shape, w_shape, conv.stride, padding,
                                                conv.dilation, conv.groups)
         self.channels, self.inner = shape[1], math.prod(shape[2:])
-        conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
+        conv_args = (conv.stride, padding, conv.dilation, conv.groups, conv.padding_mode)
         fused = bn is None  # activation and residual in the convolution's store
         self.conv = cached_conv_plan(
             dev, nd, x_shape, w_shape, (w_shape[0],) if has_bias else None, dtype,
@@ -450,7 +451,7 @@ def trainable(conv: nn.Module, bn: nn.Module | None, input: torch.Tensor,
         return False
     try:
         shape = conv_result_shape(tuple(input.shape), tuple(conv.weight.shape), conv.stride,
-                                  conv.padding, conv.dilation, conv.groups)
+                                  module_padding(conv), conv.dilation, conv.groups)
     except (TypeError, ValueError):
         return False
     if min(shape) < 1 or input.numel() == 0:

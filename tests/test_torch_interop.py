@@ -714,3 +714,45 @@ def test_inference_keeps_device_weights_until_they_change(ct, dev, folded):
         del converted, opt, w
         gc.collect()
         assert len(DEVICE_COPIES) < before  # the copies go with their tensors
+
+
+@pytest.mark.parametrize("padding, changed", [(1, (2, 0)), ("same", 0)])
+def test_padding_modes_pad_by_the_amounts_cached_at_construction(ct, dev, padding, changed):
+    """torch's ConvNd with a padding_mode other than 'zeros' pads by the amounts cached at
+    construction (F.pad by `_reversed_padding_repeated_twice`), so a `.padding` assigned later is
+    not seen, where 'zeros' reads it: the clconv.torch module, convert()'s inference chains and
+    training steps, and compile() pad as torch does (they read `.padding`)."""
+    torch.manual_seed(0)
+
+    def model():
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, (2, 3) if padding == "same" else 3, padding=padding,
+                            padding_mode="reflect"),
+            torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3, padding=1))
+    ref = model()
+    ref[0].padding = changed if isinstance(changed, tuple) else (changed, changed)
+    ref[3].padding = (0, 2)  # 'zeros': read on each call, by torch too
+    x = torch.randn(2, 3, 8, 9)
+    want = ref.eval()(x)
+    fast = ct.convert(ref)
+    with torch.no_grad():
+        got = [fast.eval()(x), ct.compile(ref.eval(), x)(x)]
+    for out in got:
+        assert out.shape == want.shape
+        _close(out, want, np.float32, reduction=100)
+    fast.train()
+    ref.train()
+    xr = x.clone().requires_grad_()
+    xf = x.clone().requires_grad_()
+    ref(xr).square().sum().backward()
+    out = fast(xf)
+    out.square().sum().backward()
+    assert out.shape == want.shape
+    _close(xf.grad, xr.grad, np.float32, reduction=1000)
+    conv = ct.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+    conv.padding = (0, 0)
+    theirs = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+    theirs.load_state_dict(conv.state_dict())
+    theirs.padding = (0, 0)
+    with torch.no_grad():
+        assert conv(x).shape == theirs(x).shape == (2, 4, 8, 9)

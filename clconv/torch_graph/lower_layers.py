@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from ..ops.activation import Activation
 from ..ops.fold import fold_batchnorm, fold_overflowed, foldable
+from ..torch_ops import module_padding
 from .activations import activation_of, activation_spec
 from .base import Unlowerable, attr, bind, clconv_op, is_tensor, leaves, meta, shape, torch_type
 from .channel_norm import channel_norm
@@ -114,7 +115,7 @@ class LayerRules(LoweringBase):
         pairs = [(0, 0)] * nd  # F.pad's amounts run from the last dim
         for i in range(len(pad) // 2):
             pairs[nd - 1 - i] = (pad[2 * i], pad[2 * i + 1])
-        own = m.padding
+        own = module_padding(m)
         if own == "valid":
             own = (0,) * nd
         if isinstance(own, str):  # 'same'
@@ -249,7 +250,7 @@ class LayerRules(LoweringBase):
             w = cm.constant(key + ("w",), weight)
             if kind == "conv":
                 fn = clconv_op(f"conv{nd}d")
-                args = (m.stride, m.padding, m.dilation, m.groups)
+                args = (m.stride, module_padding(m), m.dilation, m.groups)
                 extra["padding_mode"] = m.padding_mode
                 if pad_fold is not None:
                     args = (m.stride, pad_fold[1], m.dilation, m.groups)
