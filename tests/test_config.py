@@ -95,3 +95,28 @@ def test_a_fresh_process_pins_pocls_threads():
         pytest.skip("the default device is not PoCL's")
     assert set(range(count)) <= set(pinned["pinned"]), pinned
     assert _child("0") == {"env": "0", "pocl": True, "pinned": []}
+
+
+@pytest.mark.parametrize("name, read, default", [
+    (config.TUNING, config.tuning_enabled, True),
+    (config.VERBOSE, config.verbose, False),
+    (config.TORCH_ZERO_COPY, config.torch_zero_copy, True),
+])
+def test_switches_take_one_set_of_words_and_refuse_others(monkeypatch, name, read, default):
+    """The on/off variables read 1/on/yes/true and 0/off/no/false alike (CLCONV_TORCH_ZERO_COPY
+    took only 0 as off, CLCONV_VERBOSE only 1 as on); another value is a ValueError naming the
+    variable (they were taken as on, or off, silently)."""
+    monkeypatch.delenv(name, raising=False)
+    assert read() is default
+    monkeypatch.setenv(name, " ")
+    assert read() is default
+    for word in ("1", "on", "Yes", "TRUE"):
+        monkeypatch.setenv(name, word)
+        assert read() is True, word
+    for word in ("0", "off", "No", "false "):
+        monkeypatch.setenv(name, word)
+        assert read() is False, word
+    for bad in ("bogus", "of", "2"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=name):
+            read()

@@ -7,10 +7,13 @@ Each is read when it is used (not at import), so a process may change it between
 | CLCONV_DEVICE | unset, or a device spec ('gpu', 'cpu', '1', '0:0', a name part) | the default device (clconv.device()) |
 | CLCONV_AUTO | measure, rule | how algorithm='auto' chooses: the cost model's shortlist measured once per layer and remembered, or the fixed rule alone |
 | CLCONV_GEMM | unset, packed, clblast | the GEMM engine of transposed convolutions, gradients and linear: unset = clconv's packed GEMM on PoCL's CPU devices, CLBlast elsewhere |
-| CLCONV_TUNING | on, off (0, no, false) | whether CLBlast gets clconv's tuned parameters (the shipped database or `clconv tune`'s) |
+| CLCONV_TUNING | on, off (a switch, see below) | whether CLBlast gets clconv's tuned parameters (the shipped database or `clconv tune`'s) |
 | CLCONV_CACHE_DIR | unset: $XDG_CACHE_HOME/clconv or ~/.cache/clconv | where tuning results and 'auto''s choices are kept |
-| CLCONV_VERBOSE | unset, 1 | 1: print each kernel build (source, options, seconds) and the compiler's output |
-| CLCONV_TORCH_ZERO_COPY | unset, 0, 1 | on devices whose memory is the host's, clconv.torch's forward reads its operands from the tensors' memory and writes its result into the returned tensor's (host-pointer buffers, no copies); 0: copies instead |
+| CLCONV_VERBOSE | off, on (a switch) | 1: print each kernel build (source, options, seconds) and the compiler's output |
+| CLCONV_TORCH_ZERO_COPY | on, off (a switch) | on devices whose memory is the host's, clconv.torch's forward reads its operands from the tensors' memory and writes its result into the returned tensor's (host-pointer buffers, no copies); 0: copies instead |
+
+A switch is on as 1, on, yes or true and off as 0, off, no or false (any case), its default when
+unset or blank; any other value is a ValueError naming the variable.
 
 One driver variable is set too, when clconv first lists the devices and the user has not set it:
 PoCL's POCL_AFFINITY=1 (`pin_pocl_threads`), which pins PoCL's worker thread i to CPU i.
@@ -76,9 +79,24 @@ def gemm_engine() -> str | None:
     return value or None
 
 
+_ON = ("1", "on", "yes", "true")
+_OFF = ("0", "off", "no", "false")
+
+
+def _switch(name: str, default: bool) -> bool:
+    """A switch variable's setting (the module's docstring), `default` when unset or blank."""
+    value = _value(name).lower()
+    if not value:
+        return default
+    if value not in _ON + _OFF:
+        raise ValueError(f"environment variable {name}={os.environ.get(name)!r} must be one of "
+                         f"{_ON} (on) or {_OFF} (off), or unset")
+    return value in _ON
+
+
 def tuning_enabled() -> bool:
-    """False when $CLCONV_TUNING is off, 0, no or false."""
-    return _value(TUNING).lower() not in ("off", "0", "no", "false")
+    """$CLCONV_TUNING as a switch, on by default."""
+    return _switch(TUNING, True)
 
 
 def tuning_setting() -> str:
@@ -96,13 +114,15 @@ def cache_dir() -> Path:
 
 
 def verbose() -> bool:
-    """$CLCONV_VERBOSE == '1': kernel builds are reported with their compiler output."""
-    return _value(VERBOSE) == "1"
+    """$CLCONV_VERBOSE as a switch, off by default: kernel builds are reported with their
+    compiler output."""
+    return _switch(VERBOSE, False)
 
 
 def torch_zero_copy() -> bool:
-    """$CLCONV_TORCH_ZERO_COPY != '0' (clconv.torch's host-pointer operands and results)."""
-    return _value(TORCH_ZERO_COPY) != "0"
+    """$CLCONV_TORCH_ZERO_COPY as a switch, on by default (clconv.torch's host-pointer operands
+    and results)."""
+    return _switch(TORCH_ZERO_COPY, True)
 
 
 POCL_AFFINITY = "POCL_AFFINITY"
