@@ -255,6 +255,10 @@ def test_cache_lists_and_clears(clconv_mod, capsys, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     rc, out, _ = run_main(capsys, "cache")
     assert "'auto' choices" not in out and "notes.txt" in out
+    assert "unreadable" not in out  # another program's file: listed, not read
+    (tmp_path / "algorithms.json").write_text("{not json")
+    rc, out, _ = run_main(capsys, "cache")
+    assert "unreadable" in out
 
 
 def test_info_shows_the_cache_folder(clconv_mod, capsys, tmp_path, monkeypatch):

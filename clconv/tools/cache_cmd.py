@@ -30,6 +30,8 @@ class Entry:
 
 
 def _detail(kind: str, path: Path) -> str:
+    if kind == "other":  # not clconv's: its contents are not read
+        return ""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
