@@ -23,6 +23,12 @@ class ShapeRules(LoweringBase):
 
     def cat(self, node: fx.Node, tensors: Any, dim: int) -> Step:
         fn = clconv_op("cat")
+        shapes = _tensors_of(tensors)
+        if shapes is not None and type(dim) is int:  # one node's tuple (torch.split(...)[::-1])
+            nd = next((len(sh) for sh in shapes if sh != (0,)), 1)
+            d, name = dim % nd, tensors.name
+            return self.value(node, lambda env: fn(list(env[name]), dim=d), "clconv.cat",
+                              (name,))
         if not isinstance(tensors, (list, tuple)) or not all(is_tensor(t) for t in tensors):
             raise Unlowerable("cat of non-tensors")
         # torch's legacy rule leaves out 1-d empty tensors (clconv.cat too): dim is the others'
@@ -35,6 +41,14 @@ class ShapeRules(LoweringBase):
     def stack(self, node: fx.Node, tensors: Any, dim: int) -> Step:
         """torch.stack: clconv.cat of the tensors each given a unit dim at `dim` (a reshape)."""
         fn = clconv_op("cat")
+        shapes = _tensors_of(tensors)
+        if shapes is not None and type(dim) is int:  # one node's tuple of tensors
+            d, name = dim % (len(shapes[0]) + 1), tensors.name
+
+            def run_tuple(env: dict[str, Any]) -> Any:
+                return fn([reshape_view(a, (*a.shape[:d], 1, *a.shape[d:])) for a in env[name]],
+                          dim=d)
+            return self.value(node, run_tuple, "clconv.cat (stack)", (name,))
         if not isinstance(tensors, (list, tuple)) or not tensors or \
                 not all(is_tensor(t) for t in tensors) or type(dim) is not int:
             raise Unlowerable("stack of non-tensors or along a computed dim")
@@ -340,3 +354,15 @@ class ShapeRules(LoweringBase):
                 start += n
             return tuple(out)
         return self.value(node, run, f"{name} (copies)", (xn, *(v.name for v in computed)))
+
+
+def _tensors_of(node: Any) -> list[tuple[int, ...]] | None:
+    """The shapes of the tensors of a node whose value is a tuple or list of tensors (a split's
+    result, or a slice of it), from fx's ShapeProp; None for anything else."""
+    if not isinstance(node, fx.Node):
+        return None
+    metas = node.meta.get("tensor_meta")
+    if not isinstance(metas, (list, tuple)) or not metas or \
+            not all(hasattr(m, "shape") for m in metas):
+        return None
+    return [tuple(m.shape) for m in metas]
