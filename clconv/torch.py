@@ -411,6 +411,8 @@ def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn
     from their output). The model's own forward runs under no_grad in train mode, with hooks, and
     for a forward fx cannot trace (docs/compile.md).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert takes a torch.nn.Module, got {type(model).__name__}")
     model = model if inplace else _deepcopy(model)
     # Traced before the swap: torch.fx treats torch.nn's own modules as leaves.
     chains = chains_traced(model) if fold else None

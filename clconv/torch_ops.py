@@ -65,8 +65,14 @@ def first_order(backward: Any) -> Any:
             t.requires_grad = True
             return t
 
-        wrapped = _functions.DelayedError(_FIRST_ORDER, len(outs))(*[delayed(t) for t in outs])
-        wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+        # The saved operands that require grad (input, weight) enter the error node too, so that
+        # a gradient taken with respect to them (torch.autograd.grad(g, x)) reaches it: the
+        # detached aliases alone left x out of g's graph (torch's "not used in the graph", or
+        # None with allow_unused=True)
+        saved = [t for t in ctx.saved_tensors if t is not None and t.requires_grad]
+        wrapped = _functions.DelayedError(_FIRST_ORDER, len(outs) + len(saved))(
+            *[delayed(t) for t in outs], *saved)
+        wrapped = (wrapped if isinstance(wrapped, tuple) else (wrapped,))[:len(outs)]
         return wrapped if isinstance(outputs, tuple) else wrapped[0]
     return wrapper
 

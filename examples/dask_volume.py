@@ -48,7 +48,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.scheduler == "distributed":
         import distributed
-        from distributed.diagnostics import progress
+        from distributed import progress
 
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1,
                                       dashboard_address=None) as cluster, \

@@ -2109,3 +2109,41 @@ def test_matrix_products_are_lowered(dev, ct):
     with torch.no_grad():
         model.w.mul_(-2)  # a changed parameter is followed
         torch.testing.assert_close(cm(x)[0], model(x)[0], rtol=1e-4, atol=1e-4)
+
+
+class _SlicesNumbersResiduals(nn.Module):
+    """Slices whose stop lies before their start (empty, as torch's), 0-d values with numbers and
+    0-d buffers (0-d results), and a fused residual add that broadcasts on a later call."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(5, 5)
+        self.register_buffer("s", torch.tensor(3.0))
+
+    def forward(self, x, r):
+        m = x.mean()
+        return (x[:, :, 4:2], x[:, :, -1:-3], x[..., 5:1:2], x[:, :, 3:-3], x[:, 1:, 1::2, -4:-1:2],
+                m * 2, 1 - m, -x.amax(), m * self.s, x[0, 0, 0, 0] * 2,
+                F.relu(self.c(x) + r), self.fc(x) + r)
+
+
+def test_empty_slices_zero_d_values_and_broadcast_residuals_as_torch(dev, ct):
+    """Found by fuzzing compile(): `x[:, :, 4:2]` gave 2 rows (pyopencl's slicing), `x.mean() * 2`
+    a (1,) result (a number's constant uploaded 1-d), and a residual fused on the example's same
+    shape raised on a later call where it broadcasts (it is added by clconv.add after the layer
+    then)."""
+    torch.manual_seed(0)
+    model = _SlicesNumbersResiduals().eval()
+    example = (torch.randn(2, 3, 5, 5), torch.randn(2, 3, 5, 5))
+    cm = _compile(ct, model, example)
+    assert cm.fallbacks == []
+    assert any("+ residual" in s.op for s in cm.steps)
+    for x, r in (example, (torch.randn(2, 3, 5, 5), torch.randn(2, 3, 1, 1)),
+                 (torch.randn(1, 3, 7, 5), torch.randn(1, 3, 1, 5))):
+        with torch.no_grad():
+            got, want = cm(x, r), model(x, r)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape
+            if b.numel():
+                _close(a, b)

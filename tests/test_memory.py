@@ -682,3 +682,17 @@ def test_transpose_and_gradients_oversized_operand_is_memory_error(clconv, op):
     }[op]
     with pytest.raises(MemoryError, match=rf"{side}|{side + 1}"):
         call()
+
+
+def test_release_column_buffer_takes_a_device_a_group_or_none(clconv_mod, dev):
+    """release_column_buffer(dev): a Device, a device group (each member's) or None (the current
+    device's); anything else is a TypeError (a spec string leaked an AttributeError)."""
+    clconv_mod.im2col(np.ones((1, 2, 6, 6), np.float32), 3)  # (a call that may hold a buffer)
+    assert clconv_mod.release_column_buffer(dev) >= 0
+    with dev:
+        assert clconv_mod.release_column_buffer() == 0  # released above
+    from clconv.ops.device_group import DeviceGroup
+    assert clconv_mod.release_column_buffer(DeviceGroup([dev])) == 0
+    for bad in ("cpu", 0, [dev]):
+        with pytest.raises(TypeError, match="Device"):
+            clconv_mod.release_column_buffer(bad)

@@ -197,6 +197,12 @@ def test_double_backward_raises_instead_of_dropping_terms(ct, dev, model, loss):
         assert gx.requires_grad
         with pytest.raises(RuntimeError, match="not differentiable"):
             gx.square().sum().backward()
+        # torch.autograd.grad with respect to x, where the gradient reaches x only through
+        # clconv: it said x was not used in the graph (None with allow_unused=True)
+        only, = torch.autograd.grad(converted(x).square().sum(), x, create_graph=True)
+        for kwargs in ({}, {"allow_unused": True}):
+            with pytest.raises(RuntimeError, match="not differentiable"):
+                torch.autograd.grad(only.square().sum(), x, **kwargs)
         x.grad = None  # a plain backward (no graph of the gradient) is unaffected
         converted(x).sum().backward()
     want = torch.autograd.grad(net(x).sum(), x)[0]
@@ -756,3 +762,15 @@ def test_padding_modes_pad_by_the_amounts_cached_at_construction(ct, dev, paddin
     theirs.padding = (0, 0)
     with torch.no_grad():
         assert conv(x).shape == theirs(x).shape == (2, 4, 8, 9)
+
+
+def test_convert_and_compile_refuse_what_is_not_a_module_or_a_tensor(ct):
+    """convert(a function) leaked an AttributeError and compile(model, a numpy example) torch.fx's
+    shape-propagation RuntimeError: both are TypeErrors saying what to pass."""
+    model = torch.nn.Conv2d(3, 4, 3)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        ct.convert(lambda x: x)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        ct.compile(lambda x: x, torch.randn(1, 3, 5, 5))
+    with pytest.raises(TypeError, match="numpy array"):
+        ct.compile(model.eval(), np.ones((1, 3, 5, 5), np.float32))

@@ -160,15 +160,16 @@ class Sequential(Module):
         # all or nothing, as a single layer's load: a later layer's bad entry puts back what the
         # earlier layers had
         loaded: list[tuple[Module, dict[str, np.ndarray]]] = []
-        try:
-            for layer, part in zip(self.layers, parts):
-                before = layer.state_dict()
+        for i, (layer, part) in enumerate(zip(self.layers, parts)):
+            before = layer.state_dict()
+            try:
                 layer.load_state_dict(part, strict=False)
-                loaded.append((layer, before))
-        except Exception:
-            for layer, before in reversed(loaded):
-                layer.load_state_dict(before, strict=False)
-            raise
+            except (TypeError, ValueError) as err:
+                for done, state_before in reversed(loaded):
+                    done.load_state_dict(state_before, strict=False)
+                # the layer names its own key ('weight'): the Sequential's is '<i>.weight'
+                raise type(err)(str(err).replace("state['", f"state['{i}.")) from None
+            loaded.append((layer, before))
         return missing, unexpected
 
     def forward(self, input: ArrayLike) -> ArrayLike:

@@ -23,6 +23,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
+from ..runtime.errors import ResidualShapeError
 from ..runtime.memory import empty, resolve_workspace_limit
 from ..runtime.transfer import ArrayLike, device_dtype, result_dtype
 from .activation import Activation, ActivationArg, normalize_activation
@@ -64,9 +65,9 @@ def _convolve(nd: int, input: ArrayLike, weight: ArrayLike, bias: ArrayLike | No
             first = _residual_shape(nd, x_shape, w_shape, stride, padding, dilation, groups,
                                     padding_mode)
             if tuple(r_shape) != channels_last_shape(first, nd):
-                raise ValueError(f"residual must have the output's shape "
-                                 f"{channels_last_shape(first, nd)} ({CHANNELS_LAST[nd]}: "
-                                 f"channels last), got {tuple(r_shape)}")
+                raise ResidualShapeError(f"residual must have the output's shape "
+                                         f"{channels_last_shape(first, nd)} ({CHANNELS_LAST[nd]}: "
+                                         f"channels last), got {tuple(r_shape)}")
             r_shape = first
     plan = cached_conv_plan(dev, nd, x_shape, w_shape, b_shape, dtype, stride, padding, dilation,
                             groups, padding_mode, algorithm, activation, workspace_limit, r_shape)

@@ -16,6 +16,8 @@ from typing import Union
 import numpy as np
 from pyopencl import cltypes
 
+from ..runtime.errors import ResidualShapeError
+
 __all__ = [
     "PADDING_MODES",
     "ConvGeometry",
@@ -280,8 +282,8 @@ def conv_operand_shapes(input_shape: Sequence[int], weight_shape: Sequence[int],
         raise ValueError(f"bias must have shape ({channels},) (one per output channel), got "
                          f"{tuple(bias_shape)}")
     if residual_shape is not None and tuple(residual_shape) != tuple(output_shape):
-        raise ValueError(f"residual must have the output's shape {tuple(output_shape)}, got "
-                         f"{tuple(residual_shape)}")
+        raise ResidualShapeError(f"residual must have the output's shape "
+                                 f"{tuple(output_shape)}, got {tuple(residual_shape)}")
     return {"input": tuple(input_shape), "weight": tuple(weight_shape),
             "bias": None if bias_shape is None else tuple(bias_shape),
             "residual": None if residual_shape is None else tuple(residual_shape)}

@@ -24,6 +24,7 @@ import pyopencl.array as cla
 from ..blas import clblast, packed
 from ..blas.engine import gemm_engine
 from ..runtime.device import Device, current_device
+from ..runtime.errors import ResidualShapeError
 from ..runtime.interop import host_operand
 from ..runtime.transfer import ArrayLike, element_offset, is_device_array, result_dtype
 from .activation import ActivationArg, normalize_activation
@@ -66,8 +67,8 @@ class LinearPlan(Plan):
             raise ValueError(f"linear: bias must have shape ({n_out},), got {tuple(bias_shape)}")
         out_shape = (*x_shape[:-1], n_out)
         if residual_shape is not None and tuple(residual_shape) != out_shape:
-            raise ValueError(f"linear: residual must have the output's shape {out_shape}, got "
-                             f"{tuple(residual_shape)}")
+            raise ResidualShapeError(f"linear: residual must have the output's shape {out_shape}, "
+                                     f"got {tuple(residual_shape)}")
         self.act = normalize_activation(activation)
         self.rows, self.k, self.n = math.prod(x_shape[:-1]), k, n_out
         operands = {"input": x_shape, "weight": w_shape,

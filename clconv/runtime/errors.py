@@ -14,8 +14,8 @@ import pyopencl as cl
 if TYPE_CHECKING:
     from .device import Device
 
-__all__ = ["DeviceNotFoundError", "KernelBuildError", "UnsupportedError", "allocation_failure",
-           "device_memory_errors", "sizes_text"]
+__all__ = ["DeviceNotFoundError", "KernelBuildError", "ResidualShapeError", "UnsupportedError",
+           "allocation_failure", "device_memory_errors", "sizes_text"]
 
 
 class DeviceNotFoundError(LookupError):
@@ -24,6 +24,11 @@ class DeviceNotFoundError(LookupError):
 
 class UnsupportedError(RuntimeError):
     """The device cannot run this request (a dtype it lacks, a missing library)."""
+
+
+class ResidualShapeError(ValueError):
+    """A fused `residual=` whose shape is not the output's (it is added in the store, so it does
+    not broadcast; clconv.add does)."""
 
 
 class KernelBuildError(RuntimeError):

@@ -16,7 +16,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 import pyopencl.tools as cl_tools
 
-from .device import Device
+from .device import Device, current_device
 
 __all__ = ["ColumnBuffer", "array_over", "column_buffer", "default_workspace_limit", "empty", "pool",
            "release_column_buffer", "release_pool", "resolve_workspace_limit", "rows_of"]
@@ -98,9 +98,19 @@ def column_buffer(dev: Device, shape: tuple[int, ...], dtype: np.dtype) -> cla.A
     return BufferView(holder.get(dev, size * dtype.itemsize), dtype, size)
 
 
-def release_column_buffer(dev: Device) -> int:
+def release_column_buffer(dev: Any = None) -> int:
     """Frees the device's cached column buffer (the next call that needs one allocates it again);
-    returns the bytes it held. For long-running processes after a one-off large call."""
+    returns the bytes it held. For long-running processes after a one-off large call. `dev`: a
+    Device, a device group (each of its devices), or None for the current device."""
+    if dev is None:
+        dev = current_device()
+    if not isinstance(dev, Device):
+        members = getattr(dev, "devices", None)  # a DeviceGroup (clconv.device("all"))
+        if isinstance(members, tuple) and all(isinstance(d, Device) for d in members):
+            return sum(release_column_buffer(d) for d in members)
+        raise TypeError(f"release_column_buffer takes a clconv Device (clconv.current_device(), "
+                        f"or what `with clconv.device(...) as dev` gives), a device group or "
+                        f"None, got {type(dev).__name__}")
     with dev.lock:
         holder = dev.workspace
         if holder is None:

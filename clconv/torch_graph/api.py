@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from ..runtime.device import Device, current_device
@@ -18,6 +19,13 @@ def compile(model: nn.Module, example_input: Any, *, device: Device | None = Non
     progress: a progress line on stderr naming the step whose plans are being made (None: only
     once compiling has taken 2 s; True: always; False: never)."""
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compile takes a torch.nn.Module, got {type(model).__name__}")
+    for i, x in enumerate(inputs):
+        if isinstance(x, np.ndarray):  # (the trace's shape propagation runs torch on it)
+            raise TypeError(f"compile's example input {i} is a numpy array: pass a torch tensor "
+                            f"(torch.from_numpy(x)); the compiled model is then called with "
+                            f"tensors or numpy arrays")
     return CompiledModel(model, inputs, device or current_device(), progress)
 
 

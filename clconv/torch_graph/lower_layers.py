@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from ..ops.activation import Activation
 from ..ops.fold import fold_batchnorm, fold_overflowed, foldable
+from ..runtime.errors import ResidualShapeError
 from ..torch_ops import module_padding
 from .activations import activation_of, activation_spec
 from .base import Unlowerable, attr, bind, clconv_op, is_tensor, leaves, meta, shape, torch_type
@@ -274,7 +275,16 @@ class LayerRules(LoweringBase):
                                             [int(v) for v in sizes], m.stride, m.padding,
                                             m.kernel_size, len(m.kernel_size), m.dilation)
                 a = (m.stride, m.padding, tuple(int(v) for v in padding), m.groups, m.dilation)
-            return fn(env[xn], w, b, *a, **kw)
+            try:
+                return fn(env[xn], w, b, *a, **kw)
+            except ResidualShapeError:
+                if layout is not None:
+                    raise
+            # The example's residual had the output's shape and this call's broadcasts against
+            # it (torch's add): the sum and the activation as clconv.add after the layer
+            spec = kw.pop("activation", None)
+            res = kw.pop("residual")
+            return clconv_op("add")(fn(env[xn], w, b, *a, **kw), res, activation=spec)
         last = group[-1]
         self.layout[last.name] = layout
         nodes = tuple(n.name for n in group)

@@ -61,7 +61,9 @@ class MathRules(LoweringBase):
             if negate:
                 t = -t
             if t.numel() == 1:
-                t = t.reshape(1)
+                # one value: of the operand's own rank (a number is 0-d), so that the result's
+                # shape is torch's (a 0-d tensor times 2 is 0-d)
+                t = t.reshape((1,) * t.dim())
             elif layout is not None:
                 # On a channels-last view only a per-channel constant (a layer scale) is lowered:
                 # it becomes (1, C, 1, ...) against the stored channels-first data.

@@ -162,7 +162,7 @@ class ShapeRules(LoweringBase):
         def run(env: dict[str, Any]) -> Any:
             a = env[xn]
             if not whole:
-                a = to_device(a[resolved(env)], dev, "input", a.dtype)
+                a = to_device(a[_empty_ranges(resolved(env), a.shape)], dev, "input", a.dtype)
             return reshape_view(a, out_shape(a.shape))
         return self.value(node, run, "slice" if not whole else "reshape (new dims)",
                           (xn, *(n.name for n in computed)))
@@ -366,3 +366,16 @@ def _tensors_of(node: Any) -> list[tuple[int, ...]] | None:
             not all(hasattr(m, "shape") for m in metas):
         return None
     return [tuple(m.shape) for m in metas]
+
+
+def _empty_ranges(index: tuple[Any, ...], sizes: tuple[int, ...]) -> tuple[Any, ...]:
+    """`index` (ints and slices, one a dim) with each slice's bounds resolved against its dim and
+    a range whose stop lies before its start made empty (`x[:, :, 4:2]`: torch's and Python's
+    empty range, where pyopencl's slicing gave elements)."""
+    out = []
+    for item, size in zip(index, sizes):
+        if isinstance(item, slice):
+            start, stop, step = item.indices(size)
+            item = slice(start, max(start, stop), step)
+        out.append(item)
+    return (*out, *index[len(out):])

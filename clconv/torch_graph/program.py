@@ -174,7 +174,8 @@ class Program:
         derive from it, such as packed filters (clconv.ops.plan.mark_constant)."""
         found = self._constants.get(key)
         if found is None:
-            host = np.ascontiguousarray(t.detach().cpu().numpy())
+            # (ascontiguousarray makes a 0-d array 1-d: the tensor's shape is kept)
+            host = np.ascontiguousarray(t.detach().cpu().numpy()).reshape(tuple(t.shape))
             found = mark_constant(cla.to_device(self.device.queue, host))
             self._constants[key] = found
             self.weight_bytes += found.nbytes
