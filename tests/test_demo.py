@@ -214,4 +214,9 @@ def test_the_stages_sentence_follows_the_numbers(demo, demo_report):
     assert "did not beat its stages" in demo_report.stages_sentence(r)
     r = dataclasses.replace(r, im2col_call_ms=1.65)  # within 10%: no claim either way
     assert "costs about what its stages cost" in demo_report.stages_sentence(r)
+    r = dataclasses.replace(r, im2col_call_ms=1.0)  # beaten, and back to back was faster
+    assert "the GEMM reads the column matrix" in demo_report.stages_sentence(r)
+    r = dataclasses.replace(r, chained_ms=1.8)  # beaten, but back to back was no faster
+    sentence = demo_report.stages_sentence(r)
+    assert "single timings vary" in sentence and "the GEMM reads" not in sentence
     assert demo_report.stages_sentence(dataclasses.replace(r, stages_ms={})) is None

@@ -350,13 +350,17 @@ def test_nan_inf_propagate(clconv, dev, rng, algorithm):
 
 @pytest.mark.parametrize("act, match", [
     ("gelu_tanh", "activation"), ("swish", "activation"), (("leaky_relu",), "leaky_relu"),
-    (("leaky_relu", "x"), "leaky_relu"), (("elu", float("nan")), "elu"),
+    (("elu", float("nan")), "elu"),
     (("gelu", "fast"), "gelu"), (("clamp", None, None), "clamp"), (("clamp", 0.0), "clamp"),
     (("clamp", float("nan"), 1.0), "clamp"), (3, "activation"), (("relu", 1.0), "activation"),
     (("celu", 0.0), "celu"), (("softplus", 1.0), "softplus"),
     (("softplus", float("nan"), 20.0), "softplus"), (("mish", 1.0), "activation")])
 def test_bad_activation(clconv, rng, act, match):
     x, w = random_array(rng, (1, 2, 5, 5)), random_array(rng, (3, 2, 3, 3))
+    with pytest.raises(TypeError, match="leaky_relu's negative_slope"):  # a parameter's type
+        clconv.conv2d(x, w, activation=("leaky_relu", "x"))
+    with pytest.raises(TypeError, match="leaky_relu's negative_slope"):
+        clconv.leaky_relu(x, "x")
     with pytest.raises(ValueError, match=match):
         clconv.conv2d(x, w, activation=act)
     with pytest.raises(ValueError, match=match):

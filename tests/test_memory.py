@@ -124,6 +124,9 @@ def test_workspace_size_of_large_networks(clconv):
     assert size == 64 * 576 * 224 * 224 * 4 > 2**32
     assert clconv.workspace_size((64, 64, 224, 224), (64, 64, 3, 3), padding=1, algorithm="im2col",
                                  dtype=np.float64) == 2 * size
+    for bad in (np.int32, np.bool_):  # (it returned 0 for an integer dtype)
+        with pytest.raises(TypeError, match="dtype"):
+            clconv.workspace_size((1, 3, 8, 8), (4, 3, 3, 3), algorithm="im2col", dtype=bad)
     from clconv.ops.conv import plan_columns
     from clconv.ops.geometry import conv_geometry
 

@@ -189,6 +189,9 @@ def test_parameters_assignment_and_repr(clconv, dev, rng):
     t = clconv.nn.ConvTranspose2d(2, 3, 2, stride=2, output_padding=1, bias=False)
     assert repr(t) == ("ConvTranspose2d(2, 3, kernel_size=(2, 2), stride=(2, 2), bias=False, "
                        "output_padding=(1, 1))")
+    fused = clconv.nn.Conv2d(2, 3, 1, activation=("leaky_relu", 0.2))
+    assert repr(fused) == ("Conv2d(2, 3, kernel_size=(1, 1), stride=(1, 1), "
+                           "activation='leaky_relu(0.2)')")
 
 
 def test_backward_errors(clconv, rng):

@@ -41,8 +41,11 @@ def positive_int(value: Any, name: str) -> int:
 
 def layer_dtype(dtype: Any) -> np.dtype:
     """A layer's `dtype=` argument as a numpy dtype: None is float32; numpy dtypes, their names
-    and torch's floating dtypes (torch.float64, ...) are taken."""
-    return np.dtype(np.float32) if dtype is None else numpy_dtype(dtype)
+    and torch's floating dtypes (torch.float64, ...) are taken; another is a TypeError."""
+    dt = np.dtype(np.float32) if dtype is None else numpy_dtype(dtype)
+    if dt not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"a layer's dtype= must be float32, float64 or float16, got {dt}")
+    return dt
 
 
 class Module:
@@ -375,6 +378,8 @@ class Layer(Module):
             parts.append(f"padding_mode={self.padding_mode!r}")
         if self.dtype != np.float32:
             parts.append(f"dtype={self.dtype.name}")
+        if self.activation is not None:  # (as Linear's repr shows it)
+            parts.append(f"activation={str(self.activation)!r}")
         return ", ".join(parts)
 
     def __repr__(self) -> str:

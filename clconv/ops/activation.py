@@ -88,9 +88,10 @@ _HELP = ("activation must be None, one of " + ", ".join(repr(n) for n in ACTIVAT
 
 
 def _number(value: Any, what: str) -> float:
+    """`value` as a float; TypeError (torch's, for a parameter of another type) otherwise."""
     value = plain_number(value)
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ValueError(f"{what} must be a real number, got {value!r}")
+        raise TypeError(f"{what} must be a real number, got {value!r}")
     return float(value)
 
 
@@ -112,7 +113,8 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
             raise ValueError(f"activation ({name!r}, ...) takes one parameter "
                              f"({'negative_slope' if name == 'leaky_relu' else 'alpha'}), got "
                              f"{activation!r}")
-        value = _number(params[0], f"the {name} parameter")
+        value = _number(params[0], f"{name}'s "
+                        f"{'negative_slope' if name == 'leaky_relu' else 'alpha'}")
         if math.isnan(value):
             raise ValueError(f"the {name} parameter must not be NaN, got {activation!r}")
         if name == "celu":

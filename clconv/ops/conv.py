@@ -241,6 +241,9 @@ def workspace_size(input: Any, weight: Any, stride: IntOrTuple = 1, padding: Pad
     geo = conv_geometry(nd, x_shape, w_shape, stride, padding, dilation, groups, padding_mode,
                         asymmetric=True)
     dt = np.dtype(getattr(input, "dtype", dtype))
+    if dt not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"workspace_size: dtype must be float32, float64 or float16 (what clconv "
+                        f"computes), got {dt}")
     algo = choose_algorithm(current_device(), geo, algorithm, dt)
     if algo == "winograd":
         return plan_winograd(geo, dt.itemsize, 2**62).nbytes

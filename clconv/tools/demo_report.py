@@ -74,6 +74,11 @@ def stages_sentence(r: StageTimes) -> str | None:
         return (f"The one conv call ({ms_text(r.im2col_call_ms)} ms) costs about what its stages "
                 f"cost timed one by one ({ms_text(alone)} ms) on this device: the stages' own "
                 f"work, not their launches, sets the time here.")
+    if r.chained_ms >= alone:  # the explanation below would contradict the numbers
+        return (f"The one conv call ({ms_text(r.im2col_call_ms)} ms) beat its stages timed one by "
+                f"one ({ms_text(alone)} ms summed), though the same stages enqueued back to back "
+                f"took {ms_text(r.chained_ms)} ms in their own measurement: single timings vary, "
+                f"most on a busy machine; --repeat takes the median of more runs.")
     return (f"Why one conv call ({ms_text(r.im2col_call_ms)} ms) beats its stages timed one by "
             f"one ({ms_text(alone)} ms): timed alone, each stage starts on an idle queue, pays its "
             f"own launch and finds its input out of the caches; enqueued back to back, as the "
