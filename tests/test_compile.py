@@ -2147,3 +2147,26 @@ def test_empty_slices_zero_d_values_and_broadcast_residuals_as_torch(dev, ct):
             assert a.shape == b.shape
             if b.numel():
                 _close(a, b)
+
+
+class _Extremes(nn.Module):
+    def forward(self, x):
+        return (x.max(), x.min(), torch.max(x), torch.min(x), torch.amin(x, (2, 3)), x.amin(),
+                torch.amin(x, 1, keepdim=True), x.amax((2, 3), True))
+
+
+def test_max_and_min_over_every_element_and_amin_are_lowered(dev, ct):
+    """x.max() / x.min() without a dim and torch.amin (they ran on the host): amax's reduction,
+    the minimum as -amax(-x); exact, NaN where torch's is."""
+    torch.manual_seed(0)
+    model = _Extremes().eval()
+    x = torch.randn(2, 3, 5, 4)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    nan = x.clone()
+    nan[0, 1, 2, 3] = float("nan")
+    for inp in (x, torch.randn(1, 3, 2, 7), nan):
+        with torch.no_grad():
+            for got, want in zip(cm(inp), model(inp)):
+                assert got.shape == want.shape
+                torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)

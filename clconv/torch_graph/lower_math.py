@@ -309,6 +309,19 @@ class MathRules(LoweringBase):
             return (inner(env), None)
         return Step(step.node, step.nodes, f"{name} values: " + step.op, step.inputs, run)
 
+    def extreme(self, node: fx.Node, minimum: bool) -> Step:
+        """torch.amax / amin (functions and methods) over what `mean` reduces, and x.max() /
+        x.min() over every element: amax's reduction; the minimum as -amax(-x) (exact: negation
+        only flips the sign bit)."""
+        step = self.mean(node, "amax")
+        if not minimum:
+            return step
+        inner, xn, mul = step.run, node.args[0].name, clconv_op("mul")
+
+        def run(env: dict[str, Any]) -> Any:
+            return mul(inner({**env, xn: mul(env[xn], -1.0)}), -1.0)
+        return Step(step.node, step.nodes, "amin: -amax(-x), " + step.op, step.inputs, run)
+
     def clamp_tensors(self, node: fx.Node) -> Step:
         """torch.clamp / clip with tensor bounds (computed, or parameters and buffers):
         clconv.clamp with arrays (its maximum, then minimum, broadcasting)."""

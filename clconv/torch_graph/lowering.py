@@ -325,8 +325,10 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             return self.mean(node)
         if t is torch.sum:
             return self.mean(node, "sum")
-        if t is torch.amax:
-            return self.mean(node, "amax")
+        if t in (torch.amax, torch.amin):
+            return self.extreme(node, t is torch.amin)
+        if t in (torch.max, torch.min) and len(node.args) == 1 and not node.kwargs:
+            return self.extreme(node, t is torch.min)  # torch.max(x): over every element
         if t in (torch.var, torch.std):
             return self.variance(node, t.__name__)
         if t is F.normalize:
@@ -444,8 +446,10 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             return self.mean(node)
         if t == "sum":
             return self.mean(node, "sum")
-        if t == "amax":
-            return self.mean(node, "amax")
+        if t in ("amax", "amin"):
+            return self.extreme(node, t == "amin")
+        if t in ("max", "min") and len(node.args) == 1 and not node.kwargs:
+            return self.extreme(node, t == "min")  # x.max(): over every element
         if t in ("var", "std"):
             return self.variance(node, t)
         if t in ("sqrt", "square", "pow"):
