@@ -2170,3 +2170,22 @@ def test_max_and_min_over_every_element_and_amin_are_lowered(dev, ct):
             for got, want in zip(cm(inp), model(inp)):
                 assert got.shape == want.shape
                 torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+class _FloorDivisions(nn.Module):
+    def forward(self, x):
+        return x // 0.3, 7 // x, torch.floor_divide(x, x * 0.5 + 2), \
+            x.view(x.size(0), x.size(1) // 1, -1) // 2
+
+
+def test_floor_division_is_lowered(dev, ct):
+    """`//` and torch.floor_divide of tensors (they ran on the host): clconv.div's 'floor'
+    rounding, bitwise torch's; `//` of sizes stays Python."""
+    torch.manual_seed(0)
+    model = _FloorDivisions().eval()
+    x = torch.randn(2, 3, 5, 4) * 10
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    with torch.no_grad():
+        for got, want in zip(cm(x), model(x)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -346,6 +346,9 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             return self.pixel_shuffle(node, x, r, inverse)
         if t in (operator.truediv, operator.itruediv, torch.div, torch.true_divide):
             return self.divide(node, *node.args[:2])
+        if t in (operator.floordiv, torch.floor_divide) and len(node.args) == 2 and \
+                not node.kwargs and any(is_tensor(v) for v in node.args):
+            return self.binary(node, "div", *node.args, rounding_mode="floor")  # torch's `//`
         if t in (operator.neg, torch.neg):
             return self.binary(node, "mul", node.args[0], -1.0)
         if t is F.interpolate:
