@@ -2173,14 +2173,19 @@ def test_max_and_min_over_every_element_and_amin_are_lowered(dev, ct):
 
 
 class _FloorDivisions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.u = nn.Unflatten(1, (3, 1))
+
     def forward(self, x):
         return x // 0.3, 7 // x, torch.floor_divide(x, x * 0.5 + 2), \
-            x.view(x.size(0), x.size(1) // 1, -1) // 2
+            x.view(x.size(0), x.size(1) // 1, -1) // 2, self.u(x), x.unflatten(-1, (2, -1))
 
 
-def test_floor_division_is_lowered(dev, ct):
+def test_floor_division_and_unflatten_are_lowered(dev, ct):
     """`//` and torch.floor_divide of tensors (they ran on the host): clconv.div's 'floor'
-    rounding, bitwise torch's; `//` of sizes stays Python."""
+    rounding, bitwise torch's; `//` of sizes stays Python. Unflatten (module and method) is a
+    reshape."""
     torch.manual_seed(0)
     model = _FloorDivisions().eval()
     x = torch.randn(2, 3, 5, 4) * 10

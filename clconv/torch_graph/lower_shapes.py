@@ -88,6 +88,24 @@ class ShapeRules(LoweringBase):
             return reshape_view(a, (*sh[:s], math.prod(sh[s:e + 1]), *sh[e + 1:]))
         return self.value(node, run, "reshape", (x,))
 
+    def unflatten(self, node: fx.Node, src: Any, dim: Any, sizes: Any) -> Step:
+        """torch.unflatten / x.unflatten / nn.Unflatten: a reshape (one size may be -1, the rest
+        of that dim on each call)."""
+        sh = shape(src)
+        if sh is None or self.layout.get(src.name) is not None:
+            raise Unlowerable("unflatten of a non-tensor or a permuted view")
+        sizes = tuple(sizes) if isinstance(sizes, (tuple, list, torch.Size)) else None
+        if type(dim) is not int or sizes is None or not all(type(v) is int for v in sizes):
+            raise Unlowerable("unflatten with sizes computed in the graph")
+        d, x = dim % len(sh), src.name
+        known = math.prod(v for v in sizes if v != -1)
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[x]
+            new = tuple(a.shape[d] // known if v == -1 else v for v in sizes) if known else sizes
+            return reshape_view(a, (*a.shape[:d], *new, *a.shape[d + 1:]))
+        return self.value(node, run, "reshape (unflatten)", (x,))
+
     def squeeze(self, node: fx.Node, name: str) -> Step:
         """squeeze/unsqueeze as a reshape of the device array (no device work)."""
         x = node.args[0]

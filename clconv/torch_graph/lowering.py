@@ -264,6 +264,8 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             return self.pool(node, m)
         if kind is nn.Flatten:
             return self.flatten(node, node.args[0], m.start_dim, m.end_dim)
+        if kind is nn.Unflatten:
+            return self.unflatten(node, node.args[0], m.dim, m.unflattened_size)
         if kind in PAD_MODULES:
             return self.pad_module(node, m, PAD_MODULES[kind])
         if kind in (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d):
@@ -311,6 +313,8 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         if t is torch.flatten:
             a = bind(node, lambda input, start_dim=0, end_dim=-1: (input, start_dim, end_dim))
             return self.flatten(node, *a)
+        if t is torch.unflatten:
+            return self.unflatten(node, *bind(node, lambda input, dim, sizes: (input, dim, sizes)))
         if t in (torch.cat, torch.concat):
             a = bind(node, lambda tensors, dim=0: (tensors, dim))
             return self.cat(node, *a)
@@ -445,6 +449,8 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         if t == "flatten":
             a = bind(node, lambda self, start_dim=0, end_dim=-1: (self, start_dim, end_dim))
             return self.flatten(node, *a)
+        if t == "unflatten":
+            return self.unflatten(node, *bind(node, lambda self, dim, sizes: (self, dim, sizes)))
         if t == "mean":
             return self.mean(node)
         if t == "sum":
