@@ -1588,6 +1588,35 @@ def test_torch_compile_backend_with_dynamic_shapes(dev, ct):
         torch._dynamo.reset()
 
 
+class _UpToSkip(nn.Module):
+    """A U-Net's decoder step: upsampling to the skip's size (`size=skip.shape[2:]`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x, skip):
+        return self.c(F.interpolate(x, size=skip.shape[2:], mode="bilinear")) + skip
+
+
+def test_torch_compile_backend_with_dynamic_sizes_of_inputs(dev, ct):
+    """dynamic=True passes an input's sizes as SymInt inputs and `skip.shape[2:]` as
+    torch.Size([s, s]), which compile()'s trace refused (the whole graph ran in torch): each
+    size is read from its tensor as `skip.size(2)`, and the torch.Size is their tuple."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _UpToSkip().eval()
+    compiled = torch.compile(model, backend=ct.backend, dynamic=True)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error", ct.FallbackWarning)
+            for n, size in ((2, 8), (1, 10), (3, 7)):
+                x, skip = torch.randn(n, 4, 4, 4), torch.randn(n, 4, size, size)
+                _close(compiled(x, skip), model(x, skip))
+    finally:
+        torch._dynamo.reset()
+
+
 class _Differences(torch.nn.Module):
     """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""
 

@@ -40,6 +40,21 @@ def _is_number(node: fx.Node, value: Any) -> bool:
                     for u in node.users))
 
 
+def _size_of(node: fx.Node, placeholders: list[fx.Node]) -> tuple[int, int] | None:
+    """(placeholder index, dim) when placeholder `node` is a size of another input (dynamo's
+    SymInt input under dynamic=True: `s69`, the size of dim 2 of `skip`), else None."""
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    if type(source).__name__ != "TensorPropertySource" or \
+            getattr(getattr(source, "prop", None), "name", None) != "SIZE" or \
+            not isinstance(getattr(source, "idx", None), int):
+        return None
+    for j, other in enumerate(placeholders):
+        if other is not node and getattr(other.meta.get("grapharg"), "source", None) == \
+                source.base:
+            return j, source.idx
+    return None
+
+
 def _same_numbers(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     """Equal values, NaN equal to NaN (the specialised numbers of a compiled model)."""
     return all(x == y or (x != x and y != y) for x, y in zip(a, b))
@@ -164,7 +179,14 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
     # for each set of values met
     numbers = [i for i, (n, v) in enumerate(zip(placeholders, example_inputs))
                if i not in state and _is_number(n, v)]
-    inputs = [i for i in range(len(example_inputs)) if i not in set(state) | set(numbers)]
+    # and the sizes of the inputs as SymInt inputs (a U-Net's `F.interpolate(x,
+    # size=skip.shape[2:])` becomes `torch.Size([s69, s69])`): each is read from its tensor as
+    # `skip.size(2)`, as compile() reads sizes, and torch.Size(...) of them is their tuple
+    sizes = {i: found for i, n in enumerate(placeholders)
+             if i not in state and i not in numbers and isinstance(example_inputs[i], torch.SymInt)
+             and (found := _size_of(n, placeholders)) is not None and found[0] not in state}
+    inputs = [i for i in range(len(example_inputs))
+              if i not in set(state) | set(numbers) | set(sizes)]
 
     def make(values: Sequence[Any]) -> CompiledModel | None:
         """The graph with `values`' parameters and buffers as its constants, compiled (None, with
@@ -178,11 +200,15 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
             if i in numbers:
                 for user in node.users:  # every one an .item() (_is_number)
                     env[user] = values[i].item()
-            else:
+            elif i not in sizes:
                 env[node] = (graph.get_attr(f"state{state.index(i)}") if i in state
                              else graph.placeholder(node.name))
+        for i, (j, dim) in sizes.items():
+            env[placeholders[i]] = graph.call_method("size", (env[placeholders[j]], dim))
         for node in gm.graph.nodes:
-            if node.op != "placeholder" and node not in env:
+            if node.op == "call_function" and node.target is torch.Size and len(node.args) == 1:
+                env[node] = tuple(fx.node.map_arg(node.args[0], lambda n: env[n]))
+            elif node.op != "placeholder" and node not in env:
                 env[node] = graph.node_copy(node, lambda n: env[n])
         for name, module in gm.named_children():
             root.add_module(name, module)
