@@ -13,6 +13,7 @@ import reference as ref
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 import clconv
+from clconv.ops import launch
 from clconv.ops.geometry import conv_geometry
 from clconv.ops.packed_conv import conv_tile
 from clconv.ops.plan import plans
@@ -97,6 +98,56 @@ def test_a_resnet18_set_builds_few_programs(dev, empty_cache):
                            algorithm="implicit")
     kinds = {_kind(dev, "implicit", *layer) for layer in LAYERS}
     assert empty_cache.builds - before <= len(kinds) + len({k[2] for k in kinds})
+
+
+# EfficientNet-B0's squeeze-excitation convolutions (1x1 at 1x1 output: 'auto' runs 'direct' on
+# them), (C_in, C_out): the squeezes to 4-48 channels and the excitations back to 96-1152.
+SQUEEZE_EXCITATION = [(96, 4), (144, 6), (240, 10), (480, 20), (672, 28), (1152, 48),
+                      (20, 480), (28, 672), (48, 1152), (32, 96), (40, 144)]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_single_position_convolutions_share_work_group_sizes(dev, rng, batch, monkeypatch):
+    """'direct' on one output position an image takes its local size from
+    launch.single_position_local on CPU devices (PoCL builds a work-group function per local size
+    at the first launch: left to PoCL, the layers above met eleven), results exact to the
+    float64 oracle's tolerance whatever the groups."""
+    from clconv.blas.engine import cpu_shaped
+    from clconv.runtime import program
+
+    seen: list[tuple] = []
+    enqueue = program.cl.enqueue_nd_range_kernel
+
+    def recording(queue, kernel, global_size, local_size, *args, **kwargs):
+        if kernel.function_name == "conv_direct":
+            seen.append((tuple(global_size), local_size))
+        return enqueue(queue, kernel, global_size, local_size, *args, **kwargs)
+
+    monkeypatch.setattr(program.cl, "enqueue_nd_range_kernel", recording)
+    for cin, cout in SQUEEZE_EXCITATION:
+        x = rng.standard_normal((batch, cin, 1, 1)).astype(np.float32)
+        w = rng.standard_normal((cout, cin, 1, 1)).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32)
+        got = clconv.conv2d(x, w, b, algorithm="direct", activation="silu")
+        want = ref.conv_nd(x, w, b, 1, 0)
+        assert_close(got, want * (1 / (1 + np.exp(-want))), np.float32, conv_reduction(w),
+                     conv_magnitude(x, w, b))
+    direct = [s for s in seen if s[0][:2] == (1, 1)]
+    assert len(direct) == sum(cin > 16 for cin, _ in SQUEEZE_EXCITATION)  # conv_grouped below
+    if cpu_shaped(dev):
+        units = dev.cl_device.max_compute_units
+        for (_, _, items), local in direct:
+            assert local == launch.single_position_local(items, units)
+        assert len({local for _, local in direct}) <= 2
+
+
+def test_single_position_local_rule():
+    """Groups of 16 only where they divide the work-items and leave >= 4 a compute unit."""
+    assert launch.single_position_local(1152, 2) == (1, 1, 16)
+    assert launch.single_position_local(128, 2) == (1, 1, 16)
+    assert launch.single_position_local(112, 2) == (1, 1, 1)  # 7 groups: unbalanced on 2
+    assert launch.single_position_local(240, 16) == (1, 1, 1)
+    assert launch.single_position_local(10, 1) == (1, 1, 1)
 
 
 def test_first_use_networks_follow_the_papers():

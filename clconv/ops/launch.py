@@ -27,7 +27,7 @@ from .geometry import ConvGeometry, split_sizes
 
 __all__ = ["ACTIVATIONS", "BatchEpilogue", "Col2im", "DirectConv", "Epilogue", "GROUPED_MAX_CIN",
            "Im2col", "PadAdjoint", "Winograd", "epilogue_defines", "fused_conv_args", "kernel_defines",
-           "optional_buffer_args"]
+           "optional_buffer_args", "single_position_local"]
 
 ACTIVATIONS = ACTIVATION_NAMES  # the plain names; clconv.ops.activation validates the rest
 GROUPED_MAX_CIN = 16  # 'direct' runs cl/conv_grouped.cl up to this many input channels per group
@@ -223,6 +223,11 @@ class DirectConv:
         # kernels') keep PoCL from vectorising across them, and one local size means one build
         # of the work-group function however the layers' NDRanges differ.
         self.local = (1, 1, 1) if self.grouped and cpu_shaped(dev) else None
+        # A single output position (a squeeze-excitation's 1x1 convolutions at 1x1): PoCL would
+        # pick a local size from the channel count, each new one a work-group function built at
+        # the first launch (~0.25 s each: an EfficientNet-B0 met ten); two sizes instead.
+        self.per_plane = self.local is None and self.tiles == (1, 1) and cpu_shaped(dev)
+        self.units = dev.cl_device.max_compute_units
         # This launcher's own kernel object, the sizes set now: a call sets the operands only.
         self.bound = BoundKernel(self.kernel, (None,) * 10 + (*self.extra, *self.sizes),
                                  range(10))
@@ -233,9 +238,18 @@ class DirectConv:
         """residual: y's shape (contiguous, its own offset), with has_residual."""
         if batch == 0:
             return None
-        return self.bound(self.dev.queue, (*self.tiles, batch * self.planes), self.local, x.base_data,
+        items = batch * self.planes
+        local = single_position_local(items, self.units) if self.per_plane else self.local
+        return self.bound(self.dev.queue, (*self.tiles, items), local, x.base_data,
                           x_offset, w.base_data, w_offset, *optional_buffer_args(bias, y),
                           *_residual_args(residual, y), y.base_data, y_offset)
+
+
+def single_position_local(items: int, units: int) -> tuple[int, int, int]:
+    """The local size of a (1, 1, items) NDRange on a CPU device: groups of 16 work-items where
+    that leaves >= 4 groups a compute unit (fewer groups, less of PoCL's cost per group), else
+    groups of one (the work balanced over the units)."""
+    return (1, 1, 16) if items % 16 == 0 and items >= 64 * units else (1, 1, 1)
 
 
 def _grouped_launch(geo: ConvGeometry, lanes: int = 8) -> tuple[dict[str, object], tuple[int, int]]:
