@@ -157,6 +157,46 @@ def test_device_arrays_stay_on_the_device_and_out(clconv, dev, rng):
         clconv.avg_pool2d(x, 2, out=np.empty((2, 4, 3, 3), np.float32))
 
 
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_global_pools_of_a_networks_widths(clconv, dev, rng, kind, monkeypatch):
+    """The global pools of EfficientNet's squeeze-excitations (one output a channel, 16 to 1152
+    channels, batch 1 and 3): results as the float64 oracle's, and on CPU devices the local sizes
+    launch.cpu_work_group's (PoCL builds a work-group function per local size at the first
+    launch; left to it, each width was one)."""
+    from clconv.blas.engine import cpu_shaped
+    from clconv.ops import launch, pool
+    from clconv.ops.plan import plans
+
+    seen: list[tuple] = []
+    build = pool.kernel
+
+    def recording(*args, **kwargs):  # the plans' kernels, their launches recorded
+        k = build(*args, **kwargs)
+        if k.function_name != "adaptive_pool":
+            return k
+
+        def launch_(queue, global_size, local_size, *values):
+            seen.append((tuple(global_size), local_size))
+            return k(queue, global_size, local_size, *values)
+        return launch_
+
+    monkeypatch.setattr(pool, "kernel", recording)
+    plans(dev).clear()  # every plan made anew, with the recording kernels
+    for batch in (1, 3):
+        for channels in (16, 96, 144, 240, 480, 672, 1152):
+            x = random_array(rng, (batch, channels, 7, 5))
+            got = getattr(clconv, f"adaptive_{kind}_pool2d")(x, 1)
+            reduce = np.mean if kind == "avg" else ref.adaptive_max
+            want = ref.adaptive_pool(x.astype(np.float64), 1, reduce)
+            assert_close(got, want, np.float32, reduction=35, magnitude=np.abs(x).max())
+    assert len(seen) == 14
+    if cpu_shaped(dev):
+        units = dev.cl_device.max_compute_units
+        assert all(local == (launch.cpu_work_group(items, units),) for (items,), local in seen)
+        assert len({local for _, local in seen}) <= 2
+    plans(dev).clear()  # no plan with a recording kernel left for later tests
+
+
 def test_pool_layers_share_one_program(clconv, dev, rng):
     """Sizes are kernel arguments: new shapes, strides and windows build nothing."""
     from clconv.runtime.program import programs

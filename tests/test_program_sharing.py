@@ -109,7 +109,7 @@ SQUEEZE_EXCITATION = [(96, 4), (144, 6), (240, 10), (480, 20), (672, 28), (1152,
 @pytest.mark.parametrize("batch", [1, 3])
 def test_single_position_convolutions_share_work_group_sizes(dev, rng, batch, monkeypatch):
     """'direct' on one output position an image takes its local size from
-    launch.single_position_local on CPU devices (PoCL builds a work-group function per local size
+    launch.cpu_work_group on CPU devices (PoCL builds a work-group function per local size
     at the first launch: left to PoCL, the layers above met eleven), results exact to the
     float64 oracle's tolerance whatever the groups."""
     from clconv.blas.engine import cpu_shaped
@@ -137,17 +137,17 @@ def test_single_position_convolutions_share_work_group_sizes(dev, rng, batch, mo
     if cpu_shaped(dev):
         units = dev.cl_device.max_compute_units
         for (_, _, items), local in direct:
-            assert local == launch.single_position_local(items, units)
+            assert local == (1, 1, launch.cpu_work_group(items, units))
         assert len({local for _, local in direct}) <= 2
 
 
-def test_single_position_local_rule():
+def test_cpu_work_group_rule():
     """Groups of 16 only where they divide the work-items and leave >= 4 a compute unit."""
-    assert launch.single_position_local(1152, 2) == (1, 1, 16)
-    assert launch.single_position_local(128, 2) == (1, 1, 16)
-    assert launch.single_position_local(112, 2) == (1, 1, 1)  # 7 groups: unbalanced on 2
-    assert launch.single_position_local(240, 16) == (1, 1, 1)
-    assert launch.single_position_local(10, 1) == (1, 1, 1)
+    assert launch.cpu_work_group(1152, 2) == 16
+    assert launch.cpu_work_group(128, 2) == 16
+    assert launch.cpu_work_group(112, 2) == 1  # 7 groups: unbalanced on 2
+    assert launch.cpu_work_group(240, 16) == 1
+    assert launch.cpu_work_group(10, 1) == 1
 
 
 def test_first_use_networks_follow_the_papers():

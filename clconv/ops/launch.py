@@ -27,7 +27,7 @@ from .geometry import ConvGeometry, split_sizes
 
 __all__ = ["ACTIVATIONS", "BatchEpilogue", "Col2im", "DirectConv", "Epilogue", "GROUPED_MAX_CIN",
            "Im2col", "PadAdjoint", "Winograd", "epilogue_defines", "fused_conv_args", "kernel_defines",
-           "optional_buffer_args", "single_position_local"]
+           "optional_buffer_args", "cpu_work_group"]
 
 ACTIVATIONS = ACTIVATION_NAMES  # the plain names; clconv.ops.activation validates the rest
 GROUPED_MAX_CIN = 16  # 'direct' runs cl/conv_grouped.cl up to this many input channels per group
@@ -239,17 +239,18 @@ class DirectConv:
         if batch == 0:
             return None
         items = batch * self.planes
-        local = single_position_local(items, self.units) if self.per_plane else self.local
+        local = (1, 1, cpu_work_group(items, self.units)) if self.per_plane else self.local
         return self.bound(self.dev.queue, (*self.tiles, items), local, x.base_data,
                           x_offset, w.base_data, w_offset, *optional_buffer_args(bias, y),
                           *_residual_args(residual, y), y.base_data, y_offset)
 
 
-def single_position_local(items: int, units: int) -> tuple[int, int, int]:
-    """The local size of a (1, 1, items) NDRange on a CPU device: groups of 16 work-items where
-    that leaves >= 4 groups a compute unit (fewer groups, less of PoCL's cost per group), else
-    groups of one (the work balanced over the units)."""
-    return (1, 1, 16) if items % 16 == 0 and items >= 64 * units else (1, 1, 1)
+def cpu_work_group(items: int, units: int) -> int:
+    """The local size of a 1-d run of `items` work-items on a CPU device, where PoCL's own choice
+    would follow the item count (each new local size a work-group function built at the first
+    launch, ~0.25 s): 16 where that divides the items and leaves >= 4 groups a compute unit
+    (fewer groups, less of PoCL's cost per group), else 1 (the work balanced over the units)."""
+    return 16 if items % 16 == 0 and items >= 64 * units else 1
 
 
 def _grouped_launch(geo: ConvGeometry, lanes: int = 8) -> tuple[dict[str, object], tuple[int, int]]:

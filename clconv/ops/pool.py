@@ -29,6 +29,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 from pyopencl import cltypes
 
+from ..blas.engine import cpu_shaped
 from ..runtime.device import Device, current_device
 from ..runtime.errors import UnsupportedError
 from ..runtime.memory import empty
@@ -43,6 +44,7 @@ from ..runtime.transfer import (
 )
 from .dims import per_dimensions
 from .geometry import IntOrTuple, as_tuple
+from .launch import cpu_work_group
 from .plan import Plan, cached_plan, shape_ints, shape_of
 from .precision import check_precision, load, store
 
@@ -215,11 +217,20 @@ class PoolPlan(Plan):
         od, oh, ow = self.out_size
         self._grid = (ow, oh, self.planes * od)  # avg_pool's 3-D NDRange
         # (the max pool runs a row of outputs a work-item: its NDRange is _grid[1:])
+        self._cpu = cpu_shaped(dev)
         self.kernel = kernel(dev, "pool.cl", "max_pool_rows" if kind == "max" else "avg_pool"
                              if kind == "avg" else "adaptive_pool", defines)
         # (training's: the same program's kernel that also writes the maxima's indices)
         self.indices_kernel = kernel(dev, "pool.cl", "max_pool_rows_indices", defines) \
             if kind == "max" else None
+
+    def _local(self, items: int) -> tuple[int] | None:
+        """The adaptive pools' local size: launch.cpu_work_group's on CPU devices (left to PoCL,
+        each channel count of a network's global pools, as EfficientNet's squeeze-excitations,
+        was a work-group function built at its first launch), the driver's choice elsewhere."""
+        if not self._cpu:
+            return None
+        return (cpu_work_group(items, self.device.cl_device.max_compute_units),)
 
     @property
     def saves_indices(self) -> bool:
@@ -255,7 +266,7 @@ class PoolPlan(Plan):
                                    np.int32(self.count_include_pad), np.int32(self.divisor),
                                    *shapes, _int4(k), _int4(s), _int4(p))
             else:
-                return self.kernel(dev.queue, (size,), None, *io, *idx_args,
+                return self.kernel(dev.queue, (size,), self._local(size), *io, *idx_args,
                                    np.int32(self.kind == "adaptive_max"), save, *shapes)
 
     def __call__(self, input: ArrayLike, *, out: ArrayLike | None = None) -> ArrayLike:
