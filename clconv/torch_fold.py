@@ -22,6 +22,7 @@ from .ops.precision import check_precision, plan_dtype
 from .runtime.device import Device, current_device
 from .torch_graph import activation_module
 from .torch_graph.activations import ACTIVATION_MODULES
+from .torch_graph.tracing import backward_hooks_set_aside
 from .torch_ops import (
     OPS,
     NotScriptable,
@@ -278,15 +279,21 @@ def folded_types(convs: Iterable[type], module: str) -> tuple[dict[type, type], 
             {t: folded(t, _PassThrough) for t in (*BATCHNORM_ND, *_ACTIVATIONS)})
 
 
-def global_hooks() -> bool:
-    """Whether torch's global module hooks (register_module_forward_hook ...) are set."""
+def global_hooks(backward: bool = True) -> bool:
+    """Whether torch's global module hooks (register_module_forward_hook ...) are set; backward:
+    the backward ones too (register_module_full_backward_hook ...)."""
     from torch.nn.modules import module as mod
-    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks)
+    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks) or (backward and bool(
+        mod._global_backward_hooks or getattr(mod, "_global_backward_pre_hooks", None)))
+
+
+def backward_hooked(m: nn.Module) -> bool:
+    """Whether `m` has backward hooks (full, pre or the old register_backward_hook)."""
+    return bool(m._backward_hooks or getattr(m, "_backward_pre_hooks", None))
 
 
 def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or
-                getattr(m, "_backward_pre_hooks", None))
+    return bool(m._forward_hooks or m._forward_pre_hooks) or backward_hooked(m)
 
 
 def chains_in_sequentials(model: nn.Module) -> list[tuple[nn.Module, ...]]:
@@ -311,7 +318,8 @@ def chains_traced(model: nn.Module) -> list[tuple[nn.Module, ...]] | None:
     try:
         for training in (True, False):
             model.train(training)
-            graphs.append(fx.symbolic_trace(model).graph)
+            with backward_hooks_set_aside(model):
+                graphs.append(fx.symbolic_trace(model).graph)
     except Exception:  # noqa: BLE001 - any failure to trace means: no traced chains
         return None
     finally:

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .ops.activation import Activation, normalize_activation
-from .torch_fold import BATCHNORM_ND, Fold, NotFoldable, global_hooks, run_folded
+from .torch_fold import (BATCHNORM_ND, Fold, NotFoldable, backward_hooked, global_hooks,
+                         run_folded)
 from .torch_train import (defer_result, deferred_array, flush_deferred, joined_results,
                           run_chain, trainable, trains_fused)
 from .torch_graph.activations import activation_module, activation_of, activation_spec
-from .torch_graph.tracing import AUGMENTED, InplaceTracer
+from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_aside
 from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
 from .runtime.device import current_device
 from .torch_ops import conv_result_shape, module_padding, nd_tuple, operand, uses_zero_copy
@@ -439,11 +440,14 @@ class FusedForward:
         """The module classes in order with their train / eval flags (a forward may read
         `self.training`: the trace holds the value it read), an activation module's with its spec
         (the trace writes a fused activation's slope or bounds into the chain's node: another
-        value is a new trace), or None when any module has forward hooks or (for the inference
-        trace, `training` False) is in train mode (training None: whatever the modes)."""
+        value is a new trace), or None when any module has forward hooks, backward hooks (for
+        the autograd trace, `training` not False: a fused chain's backward calls none of its
+        modules'), or (for the inference trace, `training` False) is in train mode (training
+        None: whatever the modes)."""
         key: list[Any] = []
         for m in self.model.modules():
-            if (m.training and training is False) or m._forward_hooks or m._forward_pre_hooks:
+            if (m.training and training is False) or m._forward_hooks or m._forward_pre_hooks or \
+                    (training is not False and backward_hooked(m)):
                 return None
             spec = activation_module(m)
             key.append((type(m), m.training) if spec is None else (type(m), m.training, spec))
@@ -494,7 +498,8 @@ class FusedForward:
         inference), nodes deferred)."""
         model = self.model
         try:
-            graph = _Tracer(self.leaves).trace(model)
+            with backward_hooks_set_aside(model):
+                graph = _Tracer(self.leaves).trace(model)
         except Exception:  # noqa: BLE001 - an untraceable forward runs as written
             return None, 0, 0, 0
         modules = dict(model.named_modules())
@@ -533,9 +538,10 @@ class FusedForward:
                 tracing = _fx_tracing()
             if tracing:
                 return plain(model, *args, **kwargs)
-        if kwargs or torch.compiler.is_compiling() or torch.jit.is_tracing() or global_hooks():
-            return plain(model, *args, **kwargs)
         grad = torch.is_grad_enabled()
+        if kwargs or torch.compiler.is_compiling() or torch.jit.is_tracing() or \
+                global_hooks(backward=grad):
+            return plain(model, *args, **kwargs)
         key = self._structure(grad)
         if key is None:
             return plain(model, *args, **kwargs)

@@ -633,6 +633,102 @@ def test_hooks_added_after_convert_see_each_modules_values(ct, dev, where, wrapp
     _close(got, want)
 
 
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x))) + x
+
+
+# (where, kind, when): the module hooks on each module of the chain and on its block, registered
+# before and after convert(); a global one (no module, registered after)
+BACKWARD_HOOKS = [(where, kind, when) for where in ("conv", "bn", "relu", "block")
+                  for kind in ("pre", "full", "old") for when in ("before", "after")] + \
+    [("conv", "global", "after")]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("where, kind, when", BACKWARD_HOOKS)
+def test_backward_hooks_are_called_as_torchs(ct, dev, mode, when, kind, where):
+    """A backward hook on a module of a fused chain (or on the block holding one, or a global
+    one), registered before or after convert(): called as often as torch calls it, and one that
+    scales the gradient changes every gradient as in torch (the fused training forward called
+    none of them: gradients 3x off, found by a fuzz; with register_backward_hook's on the block,
+    convert() never returned: torch.fx's trace of it loops)."""
+    from torch.nn.modules import module as mod
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _Block(), nn.Conv2d(4, 2, 1))
+    with torch.no_grad():
+        base[1].bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 6, 5)
+    results = {}
+    for side in ("torch", "clconv"):
+        model = copy.deepcopy(base)
+        calls = []
+
+        def pre(m, grad_output):
+            calls.append(1)
+            return (grad_output[0] * 3,)
+
+        def full(m, grad_input, grad_output):
+            calls.append(1)
+            return None if grad_input[0] is None else (grad_input[0] * 3,) + grad_input[1:]
+
+        def register(net):
+            module = getattr(net[1], where) if where != "block" else net[1]
+            if kind == "pre":
+                return module.register_full_backward_pre_hook(pre)
+            if kind == "full":
+                return module.register_full_backward_hook(full)
+            if kind == "old":
+                return module.register_backward_hook(full)
+            return mod.register_module_full_backward_pre_hook(pre)
+
+        if when == "before":
+            register(model)
+        if side == "clconv":
+            model = ct.convert(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # register_backward_hook's own deprecation warning
+            handle = register(model) if when == "after" else None
+            getattr(model, mode)()
+            xg = x.clone().requires_grad_()
+            try:
+                with dev:
+                    model(xg).square().sum().backward()
+            finally:
+                if kind == "global":
+                    handle.remove()
+        results[side] = (len(calls), xg.grad, [p.grad for p in model.parameters()])
+    assert results["clconv"][0] == results["torch"][0] > 0
+    wants = [results["torch"][1], *results["torch"][2]]
+    # (the block's conv bias before its BatchNorm has a gradient of rounding noise in train
+    # mode: the tolerance is the gradients' overall scale)
+    scale = max(float(w.abs().max()) for w in wants)
+    for got, want in zip([results["clconv"][1], *results["clconv"][2]], wants):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-3, atol=1e-5 * scale)
+
+
+def test_compile_traces_a_model_with_backward_hooks(ct, dev):
+    """compile() of a model whose block has register_backward_hook's hook (fx's trace of it
+    looped for ever) and a full one on its conv: traced, its result torch's, the hooks kept."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _Block(), nn.Conv2d(4, 2, 1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # register_backward_hook's deprecation warning
+        model[1].register_backward_hook(lambda m, gi, go: None)
+    model[1].conv.register_full_backward_hook(lambda m, gi, go: None)
+    x = torch.randn(1, 3, 6, 5)
+    with dev:
+        compiled = ct.compile(model, x, progress=False)
+        got = compiled(x)
+    _close(got, _run(model, x))
+    assert len(model[1]._backward_hooks) == len(model[1].conv._backward_hooks) == 1
+
+
 def test_a_float16_chain_names_the_missing_extension(ct, dev):
     """A folded chain of a dtype the device lacks raises its UnsupportedError (it raised
     KeyError: torch.float16)."""

@@ -4,8 +4,10 @@ shapes and dtypes on its nodes (fx's ShapeProp)."""
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from typing import Any, Callable
+from collections import OrderedDict
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import fx, nn
@@ -34,6 +36,31 @@ def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[fx.Proxy, Any], fx.Pr
 
 for _op in AUGMENTED:
     setattr(InplaceProxy, f"__{_op.__name__}__", _augmented(_op))
+
+
+@contextlib.contextmanager
+def backward_hooks_set_aside(model: nn.Module) -> Iterator[None]:
+    """While fx traces `model`: its modules' backward hooks, and torch's global ones, set aside
+    (put back after). fx calls a traced submodule through nn.Module.__call__, whose set-up of a
+    `register_backward_hook` hook looks for a tensor in the output by indexing it, and a proxy's
+    [0] is another proxy: the trace never ended (torch.fx.symbolic_trace's own too). A trace
+    records no hook anyway; the model's calls meanwhile (other threads) run without them."""
+    from torch.nn.modules import module as mod
+
+    saved = [(m, m._backward_hooks, m._backward_pre_hooks) for m in model.modules()
+             if m._backward_hooks or m._backward_pre_hooks]
+    hooks, pre_hooks = mod._global_backward_hooks, mod._global_backward_pre_hooks
+    try:
+        for m, _, _ in saved:
+            m._backward_hooks, m._backward_pre_hooks = OrderedDict(), OrderedDict()
+        if hooks or pre_hooks:
+            mod._global_backward_hooks, mod._global_backward_pre_hooks = OrderedDict(), \
+                OrderedDict()
+        yield
+    finally:
+        for m, h, pre in saved:
+            m._backward_hooks, m._backward_pre_hooks = h, pre
+        mod._global_backward_hooks, mod._global_backward_pre_hooks = hooks, pre_hooks
 
 
 class InplaceTracer(fx.Tracer):
@@ -91,7 +118,8 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.Grap
     while True:
         tracer = Tracer(frozenset(leaves))
         try:
-            graph = tracer.trace(model)
+            with backward_hooks_set_aside(model):
+                graph = tracer.trace(model)
             break
         except Exception as err:  # noqa: BLE001 - fx raises many kinds; all mean "not traceable"
             why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
