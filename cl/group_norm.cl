@@ -2,7 +2,8 @@
 // mean and biased variance (elementwise.cl's channel_stats over the (N * G, C / G * inner) view):
 //   y[n][c][s] = act((x[n][c][s] - mean) * a + bias[c]),  a = rstd * weight[c],
 //   rstd = 1 / sqrt(var + eps)   (x - mean first: x * a + (bias - a * mean) cancels two values
-//   of ~x / sqrt(eps) in the working precision, 0.5 for a constant row of 3e4 where torch gives 0)
+//   of ~x / sqrt(eps) in the working precision, 0.5 for a constant row of 3e4 where torch gives 0;
+//   torch's form only where a is infinite, for its NaN and infinities)
 // stats: (2, N * G) means then variances. has_weight / has_bias: 0 reads none (any buffer).
 // -D ACT (ACT_A, ACT_B): the activation (common.cl), identity by default.
 // -D ZERO_RSTD: rstd = 0 where the variance and eps are both 0 (torch's batch-norm statistics,
@@ -38,5 +39,8 @@ __kernel void group_norm(__global const REAL* restrict x, const long x_offset,
     const ACC a = has_weight ? rstd * (ACC)weight[w_offset + c] : rstd;
     const ACC b = has_bias ? (ACC)bias[b_offset + c] : (ACC)0;
     const idx_t at = nc * inner + s;
-    y[y_offset + at] = (REAL)activate(((ACC)x[x_offset + at] - mean) * a + b);
+    const ACC v = (ACC)x[x_offset + at];
+    // An infinite scale (an inf weight) in torch's own form, x * a + (b - mean * a): NaN or
+    // +-inf as torch's, where (x - mean) * a gave +-inf for the whole channel.
+    y[y_offset + at] = (REAL)activate(isinf(a) ? v * a + (b - mean * a) : (v - mean) * a + b);
 }

@@ -62,6 +62,38 @@ def test_nan_and_inf_make_their_group_nan_as_torch(dev):
     np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4, "instance"])
+def test_infinite_weights_as_torch(dev, rng, groups):
+    """An inf / -inf / NaN weight (and inf biases): NaN, +-inf and finite values where torch has
+    them (torch's x * (rstd * w) + (b - mean * rstd * w) makes an infinite scale NaN where
+    x * a and mean * a cancel; (x - mean) * a gave +-inf for the channel), in every dtype."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    for dtype in (np.float32, np.float64) if dev.fp64 else (np.float32,):
+        for trial in range(12):
+            x = rng.standard_normal((2, 4, 5)).astype(dtype)
+            x[0, trial % 4, trial % 5] = 0  # 0 * inf
+            if trial % 3 == 0:
+                x[1, 1] = -np.abs(x[1, 1])  # a channel of one sign, its mean too
+            w = rng.standard_normal(4).astype(dtype)
+            b = rng.standard_normal(4).astype(dtype)
+            w[trial % 4] = (np.inf, -np.inf, np.nan)[trial % 3]
+            if trial % 4 == 1:
+                b[(trial + 1) % 4] = np.inf
+            t = torch.from_numpy
+            if groups == "instance":
+                got = clconv.instance_norm(x, weight=w, bias=b)
+                want = F.instance_norm(t(x), weight=t(w), bias=t(b)).numpy()
+            else:
+                got = clconv.group_norm(x, groups, w, b)
+                want = F.group_norm(t(x), groups, t(w), t(b)).numpy()
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+            np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+            finite = np.isfinite(want)
+            np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)
+
+
 def test_activation_device_operands_float64(dev, rng):
     x = random_array(rng, (2, 6, 4, 5))
     w, b = random_array(rng, (6,)), random_array(rng, (6,))
