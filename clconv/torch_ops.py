@@ -78,8 +78,9 @@ def first_order(backward: Any) -> Any:
 
 
 def host(t: torch.Tensor | None) -> np.ndarray | None:
-    """A tensor's values as a numpy view (no copy); None stays None."""
-    return None if t is None else t.detach().numpy()
+    """A tensor's values as a numpy view (no copy; a copy of a lazily negated view's values);
+    None stays None."""
+    return None if t is None else t.detach().resolve_neg().numpy()
 
 
 #: Device -> whether its memory is the host's (CL_DEVICE_HOST_UNIFIED_MEMORY).
@@ -162,8 +163,11 @@ def operand(t: torch.Tensor | None, dev: Device, zero_copy: bool) -> Any:
     tensors), else its numpy view (uploaded by the op)."""
     if t is None:
         return None
+    t = t.detach()
+    if t.is_neg():  # a lazily negated view (x.conj().imag): its memory holds -values
+        t = t.resolve_neg()
     try:
-        a = t.detach().numpy()
+        a = t.numpy()
     except TypeError:  # a dtype numpy lacks (bfloat16, float8): its error names no remedy
         raise TypeError(f"clconv.torch: a tensor of dtype {t.dtype}; clconv computes in float32, "
                         f"float64 or float16 (where the device has them): convert the model and "
@@ -298,7 +302,7 @@ def fixed_operand(t: torch.Tensor | None, dev: Device) -> Any:
     found = DEVICE_COPIES.get(id(t))
     if found is not None and found[0] == key and found[2] == sample:
         return found[1]
-    copy_ = upload_constant(t.detach().numpy(), dev)
+    copy_ = upload_constant(host(t), dev)
     if found is None:
         weakref.finalize(t, DEVICE_COPIES.pop, id(t), None)
     DEVICE_COPIES[id(t)] = (key, copy_, sample)

@@ -287,6 +287,85 @@ def test_torch_tensors_in_the_functional_api(clconv_mod, dev):
         converted(x.to(torch.bfloat16))
 
 
+def test_writes_into_tensors_count_on_their_version_counters(clconv_mod, dev):
+    """out=, inplace=True and batch_norm's running statistics written into torch tensors
+    increment their version counters as torch's in-place ops do: autograd raises for a tensor
+    it saved (backward used the written values silently), a converted model remakes the device
+    copy of a weight written so (it kept the old one), and an inference tensor is refused
+    outside inference mode, as torch refuses it. A negated view is refused as a written
+    operand, naming it."""
+    import clconv.torch as ct
+
+    gen = torch.Generator().manual_seed(0)
+    for write in ("inplace", "out", "running"):
+        a = torch.randn(3, requires_grad=True)
+        t = torch.randn(3, generator=gen)
+        before = t._version
+        y = (a * t).sum()  # autograd saves t
+        with dev:
+            if write == "inplace":
+                clconv_mod.relu(t, inplace=True)
+            elif write == "out":
+                clconv_mod.add(torch.ones(3), torch.ones(3), out=t)
+            else:
+                clconv_mod.batch_norm(torch.randn(4, 3, 2, generator=gen), t, torch.ones(3),
+                                      training=True)
+        assert t._version > before, write
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.backward()
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    model = ct.convert(torch.nn.Sequential(conv)).eval()
+    x = torch.randn(1, 4, 6, 6, generator=gen)
+    with torch.no_grad(), dev:
+        model(x)  # the device copy of the weight made
+        one = model[0].weight.detach()[1:2, 2:3, 0:1, 0:1]  # a view: the weight's counter
+        clconv_mod.mul(one, torch.full((1, 1, 1, 1), 100.0), out=one)
+        got = model(x)
+    want = torch.nn.functional.conv2d(x, model[0].weight.detach(), model[0].bias.detach(),
+                                      padding=1)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
+        frozen = torch.zeros(2, 3)
+    with dev, pytest.raises(RuntimeError, match="inference tensor outside InferenceMode"):
+        clconv_mod.add(torch.ones(2, 3), torch.ones(2, 3), out=frozen)
+    with dev, torch.inference_mode():
+        clconv_mod.add(torch.ones(2, 3), torch.ones(2, 3), out=frozen)  # allowed there
+    assert (frozen == 2).all()
+    neg = torch.complex(torch.zeros(3), torch.randn(3, generator=gen)).conj().imag
+    with dev, pytest.raises(TypeError, match="input is a torch tensor with its negative"):
+        clconv_mod.relu(neg, inplace=True)
+    with dev, pytest.raises(TypeError, match="running_mean is a torch tensor with its negative"):
+        clconv_mod.batch_norm(torch.randn(4, 3, 2), neg, torch.ones(3), training=True)
+
+
+def test_modules_read_negated_views(ct, dev):
+    """A lazily negated input (x.conj().imag: its memory holds -values) through clconv.torch's
+    modules and a converted model, with and without grad (numpy() refused it: torch's raw
+    error)."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.BatchNorm2d(6),
+                            torch.nn.ReLU()).eval()
+    x = torch.randn(2, 4, 8, 9)
+    neg = torch.complex(torch.zeros_like(x), -x).conj().imag  # the values of x, negated lazily
+    assert neg.is_neg()
+    conv = ct.Conv2d(4, 6, 3, padding=1)
+    conv.load_state_dict(m[0].state_dict())
+    converted = ct.convert(m)
+    with dev:
+        with torch.no_grad():
+            _close_t(conv(neg), m[0](x))
+            _close_t(converted(neg), m(x))
+        leaf = neg.detach().requires_grad_()  # (a negated leaf keeps its bit)
+        y = conv(leaf)
+    _close_t(y, m[0](x))
+
+
+def _close_t(got, want):
+    want = want.detach()
+    np.testing.assert_allclose(got.detach().numpy(), want.numpy(), rtol=1e-4,
+                               atol=1e-4 * float(want.abs().max()))
+
+
 def test_lists_and_scalars_are_clear_type_errors(clconv_mod, dev):
     w = np.ones((1, 1, 1, 1), np.float32)
     with dev, pytest.raises(TypeError,

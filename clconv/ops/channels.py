@@ -21,6 +21,7 @@ import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
 from ..runtime.errors import UnsupportedError
+from ..runtime.interop import host_operand
 from ..runtime.memory import empty
 from ..runtime.program import kernel
 from ..runtime.transfer import ArrayLike, is_device_array, result_dtype, scatter, to_device
@@ -169,12 +170,15 @@ def _batch_norm_training(input: ArrayLike, running_mean: ArrayLike | None,
         if isinstance(r, np.ndarray) and not r.flags.writeable:
             raise ValueError(f"batch_norm: {name} is updated in place with training=True, but "
                              f"it is a read-only numpy array")
+        if not is_device_array(r):  # a torch tensor: one that can be written, counted as written
+            host_operand(r, name, written=True)
+            bump(r)
         stored[name] = to_device(r, dev, name, dtype)  # a strided device view: gathered
     stats = enqueue_channel_stats(dev, x, c, inner, stored.get("running_mean"),
                                   stored.get("running_var"), float(momentum))
     for name, r in (("running_mean", running_mean), ("running_var", running_var)):
         if update and not is_device_array(r):  # a host array: the update written back into it
-            np.copyto(np.asarray(r), stored[name].get(), casting="unsafe")
+            np.copyto(host_operand(r, name, written=True), stored[name].get(), casting="unsafe")
         elif update:  # updated on the device: in place, or a strided view scattered back
             if stored[name] is not r:
                 scatter(stored[name], r, dev)

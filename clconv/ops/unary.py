@@ -24,6 +24,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
+from ..runtime.interop import host_operand
 from ..runtime.memory import empty
 from ..runtime.program import kernel
 from ..runtime.transfer import ArrayLike, result_dtype
@@ -116,6 +117,7 @@ def _target(input: ArrayLike, out: ArrayLike | None, inplace: Any) -> ArrayLike 
         if isinstance(input, np.ndarray) and not input.dtype.isnative:
             raise ValueError(f"input has dtype {input.dtype} (not the machine's byte order), "
                              f"which inplace=True cannot write; pass a native-order array")
+        host_operand(input, "input", written=True)  # (a torch tensor's refusals name it)
         return input
     return out
 

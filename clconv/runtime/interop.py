@@ -31,14 +31,15 @@ def is_torch_tensor(x: object) -> bool:
                for c in type(x).__mro__)
 
 
-def host_operand(x: Any, name: str) -> Any:
+def host_operand(x: Any, name: str, written: bool = False) -> Any:
     """`x` unchanged (None too), or a torch tensor as a numpy view; TypeError for lists, tuples,
     scalars, anything else that is not an array (a str, a dict, an object), and tensors that need
-    grad, on another device than the CPU, or of a dtype numpy lacks (bfloat16)."""
+    grad, on another device than the CPU, or of a dtype numpy lacks (bfloat16). `written`: `x` is
+    to be written (a negated view, whose memory does not hold its values, is refused)."""
     if isinstance(x, (np.ndarray, cla.Array)):  # the usual operands, first: every call asks
         return x
     if is_torch_tensor(x):
-        return _from_torch(x, name)
+        return _from_torch(x, name, written or name == "out")
     if isinstance(x, (list, tuple)):
         raise TypeError(f"{name} is a Python {type(x).__name__}; clconv takes numpy or pyopencl "
                         f"arrays: pass a numpy array, e.g. np.asarray({name}, dtype=np.float32)")
@@ -65,7 +66,7 @@ def numpy_dtype(dtype: Any) -> np.dtype:
     return np.dtype(dtype)
 
 
-def _from_torch(t: Any, name: str) -> np.ndarray:
+def _from_torch(t: Any, name: str, written: bool = False) -> np.ndarray:
     if getattr(t, "requires_grad", False):
         raise TypeError(f"{name} is a torch tensor that requires grad; clconv's functions do not "
                         f"record autograd: use the modules of clconv.torch (clconv.torch.Conv2d, "
@@ -82,9 +83,10 @@ def _from_torch(t: Any, name: str) -> np.ndarray:
                         f"memory: pass {name}.to_dense()")
     if t.is_neg() or t.is_conj():
         # a lazily negated view (e.g. x.conj().imag): its memory holds the values un-negated
-        if name == "out":
-            raise TypeError("out is a torch tensor with its negative (or conjugate) bit set: "
-                            "its memory does not hold its values; pass a plain tensor")
+        if written:
+            raise TypeError(f"{name} is a torch tensor with its negative (or conjugate) bit set, "
+                            f"to be written in place: its memory does not hold its values; pass "
+                            f"a plain tensor ({name}.resolve_neg())")
         t = t.resolve_neg().resolve_conj()
     try:
         return t.numpy()  # shares the tensor's memory; any strides
