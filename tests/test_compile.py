@@ -111,6 +111,27 @@ def test_folding_and_fusion_leave_one_step_per_conv(dev, ct):
                    for s in device_steps)
 
 
+def test_compiled_models_copy_and_pickle(dev, ct):
+    """copy.deepcopy and pickle of a compiled model: the model (a copy) compiled again on the same
+    device for the example's shapes, giving the same results; the copy follows its own model
+    (they raised "cannot pickle 'CommandQueue' object")."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    compiled = ct.compile(model, x, device=dev, progress=False)
+    for copied in (copy.deepcopy(compiled), pickle.loads(pickle.dumps(compiled))):
+        assert copied.device is dev and copied._model is not model
+        np.testing.assert_array_equal(copied(x).numpy(), compiled(x).numpy())
+        with torch.no_grad():
+            copied._model[5].bias.add_(1)  # the copy's own model
+        np.testing.assert_allclose(copied(x).numpy(), compiled(x).numpy() + 1, rtol=1e-5,
+                                   atol=1e-5)
+
+
 def test_intermediates_are_freed(dev, ct):
     model = models.randomize(models.VGG(0.125)).eval()
     x = torch.randn(2, 3, 64, 64)

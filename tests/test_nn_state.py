@@ -134,6 +134,57 @@ def test_torch_parameters_load_and_bad_states_are_type_errors(clconv_mod, dev):
                 layer.load_state_dict(bad)
 
 
+def test_layers_copy_and_pickle(clconv_mod, dev, rng):
+    """copy.deepcopy and pickle of a trained model (parameter layers, BatchNorm's statistics,
+    activations, pooling, a Sequential): the copy computes the same forward and backward, on the
+    same device, and shares no buffer with the original (a step on one leaves the other); they
+    raised "cannot pickle 'Device' object"."""
+    import copy
+    import pickle
+
+    cnn = clconv_mod.nn
+    with dev:
+        model = cnn.Sequential(cnn.Conv2d(3, 4, 3, padding=1, rng=0), cnn.BatchNorm2d(4),
+                               cnn.ReLU(), cnn.MaxPool2d(2), cnn.Conv2d(4, 2, 1, rng=1,
+                                                                        activation="relu"))
+        x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+        g = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
+        model(x)
+        model.backward(g)  # running statistics and gradients set
+        for copier in (copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))):
+            copied = copier(model)  # (of the model as the last round left it)
+            assert copied[0].device is model[0].device is dev
+            for a, b in zip(copied[1].state_dict().values(), model[1].state_dict().values()):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(copied[0].grad_dict()["weight"],
+                                          model[0].grad_dict()["weight"])
+            np.testing.assert_array_equal(copied(x), model(x))
+            np.testing.assert_array_equal(copied.backward(g), model.backward(g))
+            copied[0].weight.fill(0)  # its own buffers
+            assert np.abs(np.asarray(model[0].weight)).max() > 0
+        model.eval()
+        evaluated = copy.deepcopy(model)
+        assert not evaluated.training and not evaluated[1].training
+        np.testing.assert_array_equal(evaluated(x), model(x))
+
+
+def test_bfloat16_states_load_as_torchs(clconv_mod, dev):
+    """A bfloat16 state dict (a torch module in bfloat16) loads, converted to the layer's dtype,
+    as torch's float32 module loads it (numpy cannot read bfloat16: it was a TypeError)."""
+    torch = pytest.importorskip("torch")
+    cnn = clconv_mod.nn
+    for ours, theirs in ((cnn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)),
+                         (cnn.BatchNorm2d(3), torch.nn.BatchNorm2d(3))):
+        with torch.no_grad():
+            for t in theirs.parameters():
+                t.uniform_(-1, 1)
+        state = theirs.to(torch.bfloat16).state_dict()
+        ours.load_state_dict(state)
+        theirs.float().load_state_dict(state)
+        for key, value in theirs.state_dict().items():
+            np.testing.assert_array_equal(np.asarray(ours.state_dict()[key]), value.numpy())
+
+
 def test_backward_refuses_a_gradient_of_another_dtype(clconv_mod, dev):
     """grad_output in another dtype than the forward's is a TypeError for every layer kind (it
     was read as the forward's dtype: garbage)."""

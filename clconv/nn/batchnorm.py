@@ -19,7 +19,7 @@ from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, result_dtype, to_device
 from ..runtime.versions import stamp
 from .module import (Module, check_grad, check_saved, check_state, enter, layer_dtype, leave,
-                     positive_int)
+                     positive_int, state_values)
 
 
 class _BatchNorm(Module):
@@ -177,8 +177,8 @@ class _BatchNorm(Module):
     def _host(value: Any, what: str) -> np.ndarray:
         if isinstance(value, cla.Array):
             return value.get()
-        if is_torch_tensor(value):  # a Parameter too: its values (as torch's copy_ takes them)
-            value = value.detach()
+        if is_torch_tensor(value):
+            value = state_values(value)
         return np.asarray(host_operand(value, what))
 
     def _count(self, value: Any, what: str) -> int:

@@ -23,7 +23,8 @@ from ..ops.plan import Plan, cached_plan
 from ..ops.precision import check_precision, compute_dtype, convert, load, store
 from ..runtime.device import Device, current_device, device
 from ..runtime.errors import device_memory_errors, sizes_text
-from ..runtime.interop import host_convertible, host_operand, is_torch_tensor, numpy_dtype
+from ..runtime.interop import (HostConvertibleArray, host_convertible, host_operand,
+                               is_torch_tensor, numpy_dtype)
 from ..runtime.memory import empty
 from ..runtime.transfer import ArrayLike, deliver, is_device_array, result_dtype, to_device
 from ..runtime.versions import check_unchanged, stamp
@@ -39,6 +40,17 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def state_values(t: Any) -> Any:
+    """A torch tensor of a state dict as load_state_dict reads it: detached (a Parameter too:
+    its values, as torch's copy_ takes them), a floating dtype numpy lacks (bfloat16, float8) as
+    float64 (exact; converted to the layer's dtype then, as torch's copy_ converts)."""
+    t = t.detach()
+    if t.is_floating_point() and str(t.dtype) not in ("torch.float16", "torch.float32",
+                                                      "torch.float64"):
+        t = t.double()
+    return t
+
+
 def layer_dtype(dtype: Any) -> np.dtype:
     """A layer's `dtype=` argument as a numpy dtype: None is float32; numpy dtypes, their names
     and torch's floating dtypes (torch.float64, ...) are taken; another is a TypeError."""
@@ -46,6 +58,43 @@ def layer_dtype(dtype: Any) -> np.dtype:
     if dt not in (np.float16, np.float32, np.float64):
         raise TypeError(f"a layer's dtype= must be float32, float64 or float16, got {dt}")
     return dt
+
+
+#: What a layer's forward leaves for its backward (None before any forward), and what it counts
+#: of it (attributes with class or getattr defaults): a copied or pickled layer has neither.
+_FORWARD_STATE = frozenset(("_saved", "_pre", "_out"))
+_FORWARD_COUNTS = frozenset(("_stamps", "_states", "_shared"))
+
+
+class _HostCopy:
+    """A device array in a pickled or copied layer's state: its values (numpy) and whether it
+    was a HostConvertibleArray."""
+
+    def __init__(self, a: cla.Array) -> None:
+        self.values = a.get() if a.size else np.empty(a.shape, a.dtype)
+        self.convertible = isinstance(a, HostConvertibleArray)
+
+
+def _portable(v: Any) -> Any:
+    if isinstance(v, cla.Array):
+        return _HostCopy(v)
+    if type(v) in (tuple, list):
+        return type(v)(_portable(x) for x in v)
+    if type(v) is dict:
+        return {k: _portable(x) for k, x in v.items()}
+    return v
+
+
+def _restored(v: Any, dev: Device) -> Any:
+    if isinstance(v, _HostCopy):
+        a = cla.to_device(dev.queue, v.values) if v.values.size else empty(dev, v.values.shape,
+                                                                           v.values.dtype)
+        return host_convertible(a) if v.convertible else a
+    if type(v) in (tuple, list):
+        return type(v)(_restored(x, dev) for x in v)
+    if type(v) is dict:
+        return {k: _restored(x, dev) for k, x in v.items()}
+    return v
 
 
 class Module:
@@ -69,6 +118,21 @@ class Module:
 
     def __call__(self, *args: Any, **kwargs: Any) -> ArrayLike:
         return self.forward(*args, **kwargs)
+
+    # copy.deepcopy and pickle (a model's best-so-far or averaged copy, a checkpoint of the
+    # object): device arrays travel as numpy copies and are uploaded again to the layer's device
+    # (found by its platform and name when unpickled), so a copy shares no buffer with the
+    # original; the latest forward's state does not travel (as torch's autograd graph does not:
+    # a copy's backward needs a forward of its own); everything else as it is.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: None if k in _FORWARD_STATE else _portable(v) for k, v in vars(self).items()
+                if k not in _FORWARD_COUNTS}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        dev = state.get("device")
+        if not isinstance(dev, Device):
+            dev = current_device()
+        self.__dict__.update({k: _restored(v, dev) for k, v in state.items()})
 
     def forward(self, input: ArrayLike) -> ArrayLike:
         raise NotImplementedError
@@ -269,7 +333,7 @@ class Layer(Module):
         for key in (k for k in expected if k in state):
             value = state[key]
             if is_torch_tensor(value):
-                value = value.detach()  # a Parameter too: its values, as torch's copy_ takes them
+                value = state_values(value)
             if not isinstance(value, cla.Array):
                 value = np.asarray(host_operand(value, f"state[{key!r}]"))
             shape = tuple(self._weight.shape) if key == "weight" else (self.out_channels,)

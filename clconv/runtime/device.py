@@ -164,6 +164,20 @@ class Device:
         stack.push(self)
         return self
 
+    # One Device object per OpenCL device: a copy is the device itself, and a pickled Device is
+    # found again by its platform and name where it is unpickled (a layer's or model's device).
+    def __copy__(self) -> Device:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Device:
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        if self.wraps_user_queue:
+            raise TypeError(f"{self!r} wraps a pyopencl queue or context of the caller's, which "
+                            f"cannot be pickled")
+        return _unpickled_device, (self.platform_name, self.name, self.index)
+
     def __exit__(self, *exc: object) -> None:
         stack.pop(self)
 
@@ -292,6 +306,20 @@ def usable_devices() -> list[Device]:
 def _number(text: str) -> bool:
     """An index as the specs write it: ASCII digits ('²' and other Unicode digits are names)."""
     return text.isascii() and text.isdigit()
+
+
+def _unpickled_device(platform_name: str, name: str, index: int) -> Device:
+    """The device a pickled Device was: the usable one of that platform and name (the one at
+    `index` first); DeviceNotFoundError, listing the devices, when there is none."""
+    devs = devices()
+    same = sorted((d for d in devs if d.platform_name == platform_name and d.name == name),
+                  key=lambda d: d.index != index)
+    for d in same:
+        if _usable_or_warn(d):
+            return d
+    raise DeviceNotFoundError(f"an unpickled object was made on {name!r} ({platform_name}), "
+                              f"which this machine lacks: load its state into one made here "
+                              f"(load_state_dict); {describe_devices(devs)}")
 
 
 def _select(spec: str) -> Device:

@@ -21,6 +21,21 @@ from .program import Program, Step
 from .tracing import trace
 
 
+class _Zeros:
+    """An example input's shape and dtype, kept for a copy of the compiled model."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.shape, self.dtype = shape, dtype
+
+
+def _compiled_again(model: nn.Module, examples: tuple[Any, ...], dev: Device) -> CompiledModel:
+    """A copied or unpickled CompiledModel: `model` compiled on `dev` for inputs of the
+    example's shapes and dtypes (zeros)."""
+    inputs = tuple(torch.zeros(x.shape, dtype=x.dtype) if isinstance(x, _Zeros) else x
+                   for x in examples)
+    return CompiledModel(model, inputs, dev, progress=False)
+
+
 class CompiledModel(Program):
     """A traced, fused and lowered model; call it like the model (torch tensors in and out).
 
@@ -38,6 +53,8 @@ class CompiledModel(Program):
         # computed along other dims; other sizes of the same rank are fine.
         self._ranks = tuple(x.dim() if isinstance(x, torch.Tensor) else None
                             for x in example_inputs)
+        self._examples = tuple(_Zeros(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor)
+                               else x for x in example_inputs)  # (what a copy is compiled with)
         # The weights are folded and uploaded when the program is lowered; every parameter,
         # buffer and submodule of the model is watched (the object, a tensor's in-place version),
         # and a call after one changed (an optimizer step, load_state_dict, a new Parameter or
@@ -54,6 +71,12 @@ class CompiledModel(Program):
                           "a download and an upload):\n  " +
                           "\n  ".join(str(f) for f in self.fallbacks), FallbackWarning,
                           stacklevel=3)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """copy.deepcopy and pickle: the model (a copy of it) compiled again on the same device,
+        with zeros of the example's shapes and dtypes (a program holds device buffers, kernels
+        and plans, none of which can be copied)."""
+        return _compiled_again, (self._model, self._examples, self.device)
 
     def _lower(self, example_inputs: tuple[Any, ...], shown: CompileProgress | None) -> Any:
         """Lower, then run the example: a node whose clconv op fails on it (an argument clconv
