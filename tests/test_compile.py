@@ -1638,6 +1638,39 @@ def test_torch_compile_backend_with_dynamic_sizes_of_inputs(dev, ct):
         torch._dynamo.reset()
 
 
+class _DownUp(nn.Module):
+    """A transposed convolution back to the input's size (`output_size=x.size()`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.d = nn.Conv2d(3, 6, 3, 2, 1)
+        self.u = nn.ConvTranspose2d(6, 3, 3, 2, 1)
+
+    def forward(self, x):
+        return self.u(self.d(x), output_size=x.size())
+
+
+def test_torch_compile_backend_with_dynamic_output_sizes(dev, ct):
+    """dynamic=True: a ConvTranspose2d's `output_size=x.size()` reaches the graph as the output
+    padding it implies, computed from the input's sizes; the raised module had those nodes as
+    its output_padding and the whole graph ran in torch (a FallbackWarning and a traceback on
+    stderr). It is called with the output size again, which compile() lowers."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _DownUp().eval()
+    compiled = torch.compile(model, backend=ct.backend, dynamic=True)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error", ct.FallbackWarning)
+            for shape in ((1, 3, 15, 16), (2, 3, 17, 14), (1, 3, 16, 16)):
+                x = torch.randn(*shape)
+                got = compiled(x)
+                assert got.shape == x.shape
+                _close(got, model(x))
+    finally:
+        torch._dynamo.reset()
+
+
 class _Differences(torch.nn.Module):
     """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""
 

@@ -4,6 +4,8 @@ modules (so that they fuse as in an fx trace of the model), runs as a CompiledMo
 
 from __future__ import annotations
 
+import operator
+
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -69,6 +71,29 @@ _FUNCTIONAL_TRANSPOSED = {torch.conv_transpose1d: nn.ConvTranspose1d,
                           torch.conv_transpose3d: nn.ConvTranspose3d}
 
 
+def _flat(values: Any) -> list[Any]:
+    """The entries of nested tuples / lists of arguments."""
+    if isinstance(values, (tuple, list)):
+        return [v for x in values for v in _flat(x)]
+    return [values]
+
+
+def _output_size(graph: fx.Graph, x: fx.Node, m: nn.Module, output_padding: Any) -> list[Any]:
+    """Nodes of the output size of transposed convolution `m` on `x` with `output_padding`
+    (numbers or nodes, one a spatial dim): (in - 1) * stride - 2 * padding + dilation *
+    (kernel - 1) + 1 + output_padding."""
+    nd = len(m.kernel_size)
+    pads = output_padding if isinstance(output_padding, (tuple, list)) else (output_padding,) * nd
+    sizes = []
+    for d in range(nd):
+        size = graph.call_method("size", (x, 2 + d))
+        fixed = -m.stride[d] - 2 * m.padding[d] + m.dilation[d] * (m.kernel_size[d] - 1) + 1
+        out = graph.call_function(operator.add, (graph.call_function(
+            operator.mul, (size, m.stride[d])), fixed))
+        sizes.append(graph.call_function(operator.add, (out, pads[d])))
+    return sizes
+
+
 def _raise_to_modules(root: nn.Module, graph: fx.Graph) -> None:
     """Dynamo's graphs call torch.conv2d / F.batch_norm on the lifted parameters; the lowering's
     fusion patterns (BatchNorm folded, epilogues) match modules. Each such call whose tensors are
@@ -102,10 +127,20 @@ def _raise_to_modules(root: nn.Module, graph: fx.Graph) -> None:
                 w, b = const(a[1]), const(a[2])
                 kind = (_FUNCTIONAL_TRANSPOSED if transposed else _FUNCTIONAL_CONVS)[node.target]
                 nd = w.dim() - 2
+                if any(isinstance(v, fx.Node) for v in _flat(a[3:])) and not (
+                        transposed and not any(isinstance(v, fx.Node) for v in _flat(a[3:5] +
+                                                                                    a[6:]))):
+                    continue  # sizes of this call only (dynamic=True), but output_padding's
                 if transposed:
                     stride, padding, output_padding, groups, dilation = a[3:]
+                    # dynamic=True: a module's `output_size=` reaches the graph as the output
+                    # padding it implies, worked out from the input's sizes (nodes); the raised
+                    # module is called with that output size again (compile() lowers it)
+                    sizes = output_padding if any(isinstance(v, fx.Node) for v in
+                                                  _flat(output_padding)) else None
                     m = kind(w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]), stride, padding,
-                             output_padding, groups, b is not None, dilation, device="meta")
+                             0 if sizes is not None else output_padding, groups, b is not None,
+                             dilation, device="meta")
                 else:
                     stride, padding, dilation, groups = a[3:]
                     m = kind(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride,
@@ -150,7 +185,10 @@ def _raise_to_modules(root: nn.Module, graph: fx.Graph) -> None:
         name = f"raised{k}"
         root.add_module(name, m)
         with graph.inserting_before(node):
-            call = graph.call_module(name, (a[0],))
+            kwargs = {}
+            if isinstance(m, nn.modules.conv._ConvTransposeNd) and sizes is not None:
+                kwargs["output_size"] = _output_size(graph, a[0], m, sizes)
+            call = graph.call_module(name, (a[0],), kwargs)
         call.meta = dict(node.meta)
         node.replace_all_uses_with(call)
         graph.erase_node(node)
