@@ -1671,6 +1671,50 @@ def test_torch_compile_backend_with_dynamic_output_sizes(dev, ct):
         torch._dynamo.reset()
 
 
+class _PoolsWithIndices(nn.Module):
+    """SegNet's encoder pooling: max pools returning their indices (a module's, F's, the adaptive
+    one's), one pair unpooled (MaxUnpool2d: in torch), one returned."""
+
+    def __init__(self, nd):
+        super().__init__()
+        conv, pool, unpool = ((nn.Conv1d, nn.MaxPool1d, nn.MaxUnpool1d),
+                              (nn.Conv2d, nn.MaxPool2d, nn.MaxUnpool2d))[nd - 1]
+        self.nd = nd
+        self.e = conv(3, 8, 3, padding=1)
+        self.p = pool(2, return_indices=True)
+        self.u = unpool(2)
+        self.d = conv(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        y, i = self.p(torch.relu(self.e(x)))
+        pool = F.max_pool1d_with_indices if self.nd == 1 else F.max_pool2d
+        z, j = pool(y, 3, 2, 1, return_indices=True)
+        adaptive = F.adaptive_max_pool1d if self.nd == 1 else F.adaptive_max_pool2d
+        a, _ = adaptive(z, 2, return_indices=True)
+        return self.d(self.u(y, i)), j, a
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+def test_max_pools_with_indices_lower(dev, ct, nd):
+    """Max pooling with return_indices (modules, F.max_pool*d_with_indices and the adaptive
+    one) runs on the device (it ran in torch on the host: "non-tensor call_function"): values and
+    int64 indices as torch's, the unpooling of its pair (in torch) too."""
+    torch.manual_seed(0)
+    model = _PoolsWithIndices(nd).eval()
+    x = torch.randn(2, 3, *(12, 10)[:nd])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ct.FallbackWarning)  # MaxUnpool runs in torch
+        cm = ct.compile(model, x, device=dev, progress=False)
+    assert [f.op for f in cm.fallbacks] == [f"MaxUnpool{nd}d"]
+    assert sum("(values, indices)" in s.op and not s.host for s in cm.steps) == 3
+    for n in (2, 1):
+        xn = torch.randn(n, 3, *(12, 10)[:nd])
+        got, want = cm(xn), model(xn)
+        _close(got[0], want[0])
+        assert got[1].dtype == torch.int64 and torch.equal(got[1], want[1])
+        _close(got[2], want[2])
+
+
 class _Differences(torch.nn.Module):
     """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""
 

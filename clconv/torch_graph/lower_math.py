@@ -145,7 +145,12 @@ class MathRules(LoweringBase):
         name = POOL_MODULES[type(m)]
         fn = clconv_op(name)
         if getattr(m, "return_indices", False):
-            raise Unlowerable("return_indices=True")
+            if is_tensor(node):
+                raise Unlowerable("return_indices=True of a single value")
+            kwargs = {"output_size": m.output_size} if name.startswith("adaptive") else {
+                "kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding,
+                "dilation": m.dilation, "ceil_mode": m.ceil_mode}
+            return self.pool_with_indices(node, name, node.args[0], kwargs)
         if name.startswith("adaptive"):
             kwargs: dict[str, Any] = {"output_size": m.output_size}
         elif name.startswith("max"):
@@ -158,6 +163,18 @@ class MathRules(LoweringBase):
                 kwargs["divisor_override"] = m.divisor_override
         x = node.args[0].name
         return self.value(node, lambda env: fn(env[x], **kwargs), f"clconv.{name}", (x,))
+
+    def pool_with_indices(self, node: fx.Node, name: str, x: Any,
+                          kwargs: dict[str, Any]) -> Step:
+        """Max pooling with return_indices (a module's, or F.max_pool2d_with_indices'): the
+        (values, indices) pair of device arrays clconv's op returns (indices int64, flat in each
+        plane, as torch's), for the getitems that follow (SegNet's max_unpool2d, run in torch,
+        reads them)."""
+        if not is_tensor(x) or self.layout.get(x.name) is not None:
+            raise Unlowerable(f"{name} with indices of a non-tensor or a permuted view")
+        fn, xn = clconv_op(name), x.name
+        return self.value(node, lambda env: tuple(fn(env[xn], **kwargs, return_indices=True)),
+                          f"clconv.{name} (values, indices)", (xn,))
 
     def _reducer(self, sh: tuple[int, ...] | None, dim: Any,
                  reduction: str) -> tuple[Callable[[Any], Any], str, list[int]]:

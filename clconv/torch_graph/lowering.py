@@ -35,6 +35,12 @@ from .program import Step, mapped
 from .tracing import untraced
 
 
+
+#: torch's max pooling functions that return (values, indices): clconv's op of each.
+_POOLS_WITH_INDICES = {getattr(F, f"{kind}_pool{d}d_with_indices"): f"{kind}_pool{d}d"
+                       for kind in ("max", "adaptive_max") for d in (1, 2, 3)
+                       if hasattr(F, f"{kind}_pool{d}d_with_indices")}
+
 class Lowering(LayerRules, MathRules, ShapeRules):
     """One lowering of a Program's graph with the given Options: lower() gives the steps and the
     layout of each value."""
@@ -214,6 +220,21 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         if node.op == "call_function" and node.target is getattr and node.args[1] == "shape":
             x = node.args[0].name
             return self.value(node, logical(x), "shape", (x,))
+        if node.op == "call_function" and node.target in _POOLS_WITH_INDICES:
+            name = _POOLS_WITH_INDICES[node.target]
+            if name.startswith("adaptive"):
+                x, kwargs = bind(node, lambda input, output_size, return_indices=False:
+                                 (input, {"output_size": output_size}))
+            else:
+                x, kwargs = bind(node, lambda input, kernel_size, stride=None, padding=0,
+                                 dilation=1, ceil_mode=False, return_indices=False:
+                                 (input, {"kernel_size": kernel_size, "stride": stride,
+                                          "padding": padding, "dilation": dilation,
+                                          "ceil_mode": ceil_mode}))
+            return self.pool_with_indices(node, name, x, kwargs)
+        m = self.module(node) if node.op == "call_module" else None
+        if m is not None and type(m) in POOL_MODULES:
+            return self.pool(node, m)
         if (node.op == "call_method" and node.target in ("chunk", "split")) or (
                 node.op == "call_function" and node.target in (torch.chunk, torch.split)):
             return self.pieces(node)
