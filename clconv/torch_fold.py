@@ -7,6 +7,7 @@ module runs its own forward."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import weakref
 from collections.abc import Iterable
@@ -95,6 +96,19 @@ class Fold:
         return {**self.__dict__, "_on_device": {}, "_views": [], "_key": None,
                 "_produced": {}}
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Fold:
+        """A copy made with the model (its modules' parents copied too: the chain's places in
+        the copy), or, where a module of the chain is copied alone (torch's fuse_conv_bn_eval
+        deep-copies the conv), a fold that never applies: the lone copy has no chain (it folded
+        its own copy of the BatchNorm, which then ran again after it)."""
+        new = Fold.__new__(Fold)
+        memo[id(self)] = new
+        state = self.__getstate__()
+        if any(id(parent) not in memo for parent, _, _ in self.places or ()):
+            state["places"] = None
+        new.__dict__.update(copy.deepcopy(state, memo))
+        return new
+
     def _sample_bytes(self) -> bytes:
         """The current values at the sample views, as bytes (bitwise: a NaN equals itself)."""
         return b"".join(b"" if v is None else v.tobytes() if isinstance(v, np.ndarray)
@@ -114,7 +128,8 @@ class Fold:
         """Whether the model still holds the chain's BatchNorm and activation where they were
         when it was folded: one replaced after convert() (`model[1] = nn.Identity()`) ends the
         chain, and its modules then run one by one."""
-        return all(parent._modules.get(name) is m for parent, name, m in self.places)
+        return self.places is not None and \
+            all(parent._modules.get(name) is m for parent, name, m in self.places)
 
     def hooked(self) -> bool:
         """Whether a module of the chain, or every module (torch's global hooks), has hooks now:
@@ -238,6 +253,8 @@ class _FoldedConv(NotScriptable):
 
     def extra_repr(self) -> str:
         fold = self._clconv_fold
+        if fold.places is None:  # a copy of the conv alone: no chain
+            return super().extra_repr()
         parts = [m._clconv_base.__name__ for m in (fold.bn, fold.act) if m is not None]
         return f"{super().extra_repr()}, folds={'+'.join(parts)} in eval mode"
 

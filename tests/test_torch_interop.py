@@ -559,6 +559,40 @@ def _folded(ct, module):
     return getattr(module, "_clconv_fold", None)
 
 
+def test_a_folded_conv_copied_alone_folds_nothing(ct, dev):
+    """torch's fuse_conv_bn_eval on a converted chain deep-copies the folded conv alone and
+    replaces the BatchNorm by an Identity: the copy folded its own copy of the BatchNorm, which
+    then ran again (1.6 off under no_grad). A lone copy folds nothing now; a copy of the whole
+    model still folds its chains."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6),
+                                torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2)
+        model[1].weight.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+    converted = ct.convert(model)
+    whole = copy.deepcopy(converted)
+    assert "folds=" in repr(whole[0])
+    converted[0] = fuse_conv_bn_eval(converted[0], converted[1])
+    converted[1] = torch.nn.Identity()
+    assert "folds=" not in repr(converted[0])
+    with torch.no_grad(), dev:
+        for net in (converted, whole):
+            np.testing.assert_allclose(net(x).numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+    xg = x.clone().requires_grad_()
+    with dev:
+        got = converted(xg)
+    np.testing.assert_allclose(got.detach().numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_convert_folds_conv_bn_activation_in_eval_mode(ct, dev, monkeypatch):
     """In eval mode under no_grad, each chain is one clconv convolution (torch's BatchNorm and
     activations do not run) and the result is torch's; state_dict keys and values unchanged."""
