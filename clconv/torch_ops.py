@@ -70,6 +70,9 @@ def first_order(backward: Any) -> Any:
         # detached aliases alone left x out of g's graph (torch's "not used in the graph", or
         # None with allow_unused=True)
         saved = [t for t in ctx.saved_tensors if t is not None and t.requires_grad]
+        # and so does an incoming gradient that requires grad: torch.autograd.functional.jvp
+        # differentiates the gradient with respect to it (it got zeros, the error node unseen)
+        saved += [g for g in grads if isinstance(g, torch.Tensor) and g.requires_grad]
         wrapped = _functions.DelayedError(_FIRST_ORDER, len(outs) + len(saved))(
             *[delayed(t) for t in outs], *saved)
         wrapped = (wrapped if isinstance(wrapped, tuple) else (wrapped,))[:len(outs)]

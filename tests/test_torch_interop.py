@@ -181,7 +181,7 @@ def test_double_backward_raises_instead_of_dropping_terms(ct, dev, model, loss):
     """clconv's gradients are not themselves differentiable: differentiating a gradient taken
     with create_graph=True through a clconv.torch module raises, also where the gradient flowing
     into it is a constant (a sum: torch's once_differentiable then returned plain tensors, and a
-    gradient penalty silently lost the convolution's second-order terms)."""
+    gradient penalty silently lost the convolution's second-order terms; jvp got zeros)."""
     torch.manual_seed(0)
     net = {"conv": lambda: torch.nn.Conv2d(2, 3, 3),
            "transposed": lambda: torch.nn.ConvTranspose2d(2, 3, 3, stride=2),
@@ -203,6 +203,10 @@ def test_double_backward_raises_instead_of_dropping_terms(ct, dev, model, loss):
         for kwargs in ({}, {"allow_unused": True}):
             with pytest.raises(RuntimeError, match="not differentiable"):
                 torch.autograd.grad(only.square().sum(), x, **kwargs)
+        # torch.autograd.functional.jvp: the gradient differentiated with respect to the
+        # incoming gradient (it returned zeros)
+        with pytest.raises(RuntimeError, match="not differentiable"):
+            torch.autograd.functional.jvp(converted, x.detach(), torch.ones_like(x))
         x.grad = None  # a plain backward (no graph of the gradient) is unaffected
         converted(x).sum().backward()
     want = torch.autograd.grad(net(x).sum(), x)[0]
