@@ -1715,6 +1715,36 @@ def test_max_pools_with_indices_lower(dev, ct, nd):
         _close(got[2], want[2])
 
 
+def test_forward_hooks_run_on_each_call(dev, ct):
+    """Forward hooks and pre-hooks of the user's (on a conv, a BatchNorm, a block of several
+    modules) are called on every call with the module's own values, as the model calls them:
+    compile() dropped them (the result 1.8 off, no warning). Such a module runs in torch (a
+    FallbackWarning names it); prune's weight-computing pre-hook does not count."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU())
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), block,
+                          nn.Conv2d(6, 4, 3)).eval()
+    prune.l1_unstructured(model[0], "weight", 0.3)
+    calls = []
+    model[1].register_forward_hook(lambda m, args, out: out * 2)
+    model[4].register_forward_pre_hook(lambda m, args: (args[0] + 1,))
+    block.register_forward_hook(lambda m, args, out: calls.append(out.shape))
+    x = torch.randn(2, 3, 10, 10)
+    with pytest.warns(ct.FallbackWarning, match="forward hooks"):
+        cm = ct.compile(model, x, device=dev, progress=False)
+    assert sorted(f.op for f in cm.fallbacks) == ["BatchNorm2d", "Conv2d", "Sequential"]
+    calls.clear()
+    for n in (2, 1):
+        xn = torch.randn(n, 3, 10, 10)
+        got = cm(xn)
+        with torch.no_grad():
+            want = model(xn)
+        _close(got, want)
+    assert calls == [(2, 6, 10, 10), (2, 6, 10, 10), (1, 6, 10, 10), (1, 6, 10, 10)]
+
+
 class _Differences(torch.nn.Module):
     """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""
 

@@ -32,7 +32,7 @@ from .lowering_base import (
     transposed_dims,
 )
 from .program import Step, mapped
-from .tracing import untraced
+from .tracing import forward_hooked, untraced
 
 
 
@@ -46,6 +46,11 @@ class Lowering(LayerRules, MathRules, ShapeRules):
     layout of each value."""
 
     def lower(self) -> tuple[list[Step], dict[str, tuple[int, ...] | None]]:
+        for node in self.cm.nodes:  # (before the groups: no fused step absorbs such a module)
+            m = self.modules.get(str(node.target)) if node.op == "call_module" else None
+            if m is not None and forward_hooked(m):
+                self.options.host[node.name] = ("forward hooks: torch calls the module, and its "
+                                                "hooks with it")
         self.find_groups()
         steps: list[Step] = []
         for node in self.cm.nodes:

@@ -5,12 +5,14 @@ shapes and dtypes on its nodes (fx's ShapeProp)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import operator
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import prune
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .inplace import redirect_inplace_writes, writes_input
@@ -36,6 +38,24 @@ def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[fx.Proxy, Any], fx.Pr
 
 for _op in AUGMENTED:
     setattr(InplaceProxy, f"__{_op.__name__}__", _augmented(_op))
+
+
+#: Forward pre-hooks that compute a module's weight before each call (prune's weight_orig * mask,
+#: the old weight_norm and spectral_norm): the lowering reads the weight they computed.
+_WEIGHT_HOOKS = tuple(t for t in (
+    getattr(prune, "BasePruningMethod", None),
+    getattr(importlib.import_module("torch.nn.utils.weight_norm"), "WeightNorm", None),
+    getattr(importlib.import_module("torch.nn.utils.spectral_norm"), "SpectralNorm", None))
+    if t is not None)
+
+
+def forward_hooked(m: nn.Module) -> bool:
+    """Whether calling `m` runs forward hooks of a user's (its own, or torch's global ones),
+    other than those computing its weight."""
+    from torch.nn.modules import module as mod
+
+    return bool(m._forward_hooks or mod._global_forward_hooks or mod._global_forward_pre_hooks) \
+        or any(not isinstance(h, _WEIGHT_HOOKS) for h in m._forward_pre_hooks.values())
 
 
 @contextlib.contextmanager
@@ -84,8 +104,10 @@ class Tracer(InplaceTracer):
         self._path: list[str] = [""]
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # (a module with forward hooks stays whole: the lowering leaves it to torch, which calls
+        # the hooks on each call; traced into, they would have run once, on the trace's proxies)
         return module_qualified_name in self.leaves or type(m).__module__ == "clconv.torch" or \
-            super().is_leaf_module(m, module_qualified_name)
+            forward_hooked(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         self._path.append(self.path_of_module(m))
