@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from .ops.activation import Activation, normalize_activation
 from .torch_fold import (BATCHNORM_ND, Fold, NotFoldable, backward_hooked, global_hooks,
@@ -82,6 +83,11 @@ def _site_fold(conv: nn.Module, bn: nn.Module | None) -> Fold:
     return fold
 
 
+def _caching() -> bool:
+    """Whether torch.nn.utils.parametrize's cache is on (within `parametrize.cached()`)."""
+    return bool(getattr(parametrize, "_cache_enabled", 0))
+
+
 def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Tensor,
                residual: torch.Tensor | None = None, defer: bool = False) -> torch.Tensor:
     """act(bn(conv(input)) + residual) as one clconv convolution (the node a fused run becomes);
@@ -90,6 +96,9 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
     dtype). defer: every user of the result is such a node or a fused pool (the trace's
     `_mark_deferred_inference`): its kernels are waited for with a later node's or at the
     forward's end."""
+    if parametrize.is_parametrized(conv) and not _caching():
+        with parametrize.cached():  # its weight computed once for the chain, as torch's call
+            return fused_conv(conv, bn, spec, input, residual, defer)
     nd = len(conv.kernel_size)
     fold = _site_fold(conv, bn)
     if fold.active() and input.dim() == nd + 2 and (residual is None or (
@@ -110,6 +119,11 @@ def fused_conv_train(conv: nn.Module, bn: nn.Module | None, spec: Any, input: to
     (forward and backward on the device) where it computes what torch would, else torch's
     modules and ops one by one. defer: every user of the result is such a node (the trace's
     `_mark_deferred`): its kernels are waited for with a later chain's or at the forward's end."""
+    if parametrize.is_parametrized(conv) and not _caching():
+        # its weight (a parametrization's: spectral_norm's power iteration, which advances on
+        # each evaluation) computed once for the chain, as torch's call of the module does
+        with parametrize.cached():
+            return fused_conv_train(conv, bn, spec, input, residual, defer)
     if torch.is_grad_enabled() and trainable(conv, bn, input, residual):
         return run_chain(conv, bn, spec, input, residual, defer)
     flush_deferred()  # torch reads the operands

@@ -213,6 +213,51 @@ def test_double_backward_raises_instead_of_dropping_terms(ct, dev, model, loss):
     torch.testing.assert_close(x.grad, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_parametrized_weight_is_computed_once_a_call(ct, dev, mode, monkeypatch):
+    """spectral_norm (torch.nn.utils.parametrizations) on a conv of a fused conv -> BatchNorm ->
+    ReLU chain: its parametrization runs once a forward, as in torch (the fused forward read the
+    weight five times in training: five power iterations, `_u` and so the weights drifting from
+    torch's), and the training steps follow torch's."""
+    from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
+
+    calls = []
+    forward = _SpectralNorm.forward
+
+    def counting(self, w):
+        calls.append(1)
+        return forward(self, w)
+
+    monkeypatch.setattr(_SpectralNorm, "forward", counting)
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6),
+                              torch.nn.ReLU(), torch.nn.Conv2d(6, 2, 1))
+    spectral_norm(ref[0])
+    converted = ct.convert(ref)
+    x = torch.randn(2, 3, 8, 8)
+    for model in (ref, converted):
+        getattr(model, mode)()
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01) for m in (ref, converted)]
+    for step in range(2):
+        counts = []
+        for model, opt in zip((ref, converted), opts):
+            calls.clear()
+            with dev:
+                if mode == "train":
+                    opt.zero_grad()
+                    model(x).tanh().sum().backward()
+                    opt.step()
+                else:
+                    with torch.no_grad():
+                        model(x)
+            counts.append(len(calls))
+        assert counts[0] == counts[1] == 1
+    u = [m[0].parametrizations.weight[0]._u for m in (ref, converted)]
+    torch.testing.assert_close(u[1], u[0], rtol=1e-5, atol=1e-6)
+    with torch.no_grad(), dev:
+        torch.testing.assert_close(converted.eval()(x), ref.eval()(x), rtol=1e-4, atol=1e-5)
+
+
 def _weight_normed_model(kind):
     from torch.nn.utils import parametrizations, weight_norm
 
