@@ -88,7 +88,8 @@ def _net():
 
 
 def _close(got, want):
-    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-4,
+    want = want.detach()
+    np.testing.assert_allclose(got.detach().numpy(), want.numpy(), rtol=1e-4,
                                atol=1e-4 * float(want.abs().max()))
 
 
