@@ -10,10 +10,11 @@ the model's own forward runs."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,32 @@ def _site_fold(conv: nn.Module, bn: nn.Module | None) -> Fold:
     if fold is None or fold.bn is not bn:
         fold = sites[id(bn)] = Fold(conv, bn, None, None)
     return fold
+
+
+@contextlib.contextmanager
+def _checkpoints_refused(training: bool) -> Iterator[None]:
+    """While the autograd trace is made (`training`): torch.utils.checkpoint raising, so that a
+    forward that checkpoints a block is not traced (the model's own forward runs then). fx
+    traced through it: the block's activations were kept, nothing was recomputed in backward,
+    and its BatchNorms' running statistics were updated once where torch's recomputation
+    updates them again. (Process-wide while the trace lasts, as fx's own patching.)"""
+    import torch.utils.checkpoint as cp
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("torch.utils.checkpoint in the traced forward")
+
+    class Refused:
+        apply = staticmethod(refuse)
+
+    swaps = {"CheckpointFunction": Refused, "_checkpoint_without_reentrant_generator": refuse}
+    saved = {name: getattr(cp, name) for name in swaps if training and hasattr(cp, name)}
+    try:
+        for name in saved:
+            setattr(cp, name, swaps[name])
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(cp, name, value)
 
 
 def _caching() -> bool:
@@ -512,7 +539,7 @@ class FusedForward:
         inference), nodes deferred)."""
         model = self.model
         try:
-            with backward_hooks_set_aside(model):
+            with backward_hooks_set_aside(model), _checkpoints_refused(training):
                 graph = _Tracer(self.leaves).trace(model)
         except Exception:  # noqa: BLE001 - an untraceable forward runs as written
             return None, 0, 0, 0

@@ -730,6 +730,45 @@ def test_compile_traces_a_model_with_backward_hooks(ct, dev):
     assert len(model[1]._backward_hooks) == len(model[1].conv._backward_hooks) == 1
 
 
+class _Checkpointed(nn.Module):
+    def __init__(self, reentrant):
+        super().__init__()
+        self.reentrant = reentrant
+        self.block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        return self.head(checkpoint(self.block, x, use_reentrant=self.reentrant))
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpointed_blocks_are_recomputed_as_torchs(ct, dev, reentrant):
+    """torch.utils.checkpoint in a converted model's forward: the block is recomputed in
+    backward (its BatchNorm counts two batches, as torch's recomputation makes it), the
+    gradients are torch's. The fused training trace went through it (no recomputation, the
+    activations kept, one batch counted)."""
+    torch.manual_seed(0)
+    model = _Checkpointed(reentrant).train()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    grads = []
+    for net in (model, converted):
+        xg = x.detach().clone().requires_grad_()
+        with dev, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # checkpoint's own notes
+            net(xg).square().sum().backward()
+        grads.append([xg.grad] + [p.grad for p in net.parameters()])
+    assert int(converted.block[1].num_batches_tracked) == int(model.block[1].num_batches_tracked) \
+        == 2
+    for a, b in zip(converted.buffers(), model.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    scale = max(float(g.abs().max()) for g in grads[0])
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-3, atol=1e-5 * scale)
+
+
 def test_a_float16_chain_names_the_missing_extension(ct, dev):
     """A folded chain of a dtype the device lacks raises its UnsupportedError (it raised
     KeyError: torch.float16)."""
