@@ -1745,6 +1745,54 @@ def test_forward_hooks_run_on_each_call(dev, ct):
     assert calls == [(2, 6, 10, 10), (2, 6, 10, 10), (1, 6, 10, 10), (1, 6, 10, 10)]
 
 
+class _ScaledWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+        self.register_buffer("scale", torch.ones(4, 1, 1, 1))
+
+    def forward(self, x):
+        return F.conv2d(x, self.w * self.scale)
+
+
+@pytest.mark.parametrize("kind", ["scaled", "pruned"])
+def test_weights_computed_from_constants_follow_their_changes(dev, ct, kind):
+    """The backend (and compile()) with a conv weight computed from parameters and buffers (a
+    scale, prune's weight_orig * weight_mask): folded when the program is lowered, on the
+    device, and lowered again after an in-place change of what it reads. The backend's graphs
+    held such a weight as a constant of their trace: a change of the scale or the mask left the
+    old weight (9 off)."""
+    from torch.nn.utils import prune
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    if kind == "scaled":
+        model = _ScaledWeight().eval()
+    else:
+        model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+        prune.l1_unstructured(model[0], "weight", 0.5)
+    x = torch.randn(2, 3, 9, 9)
+    made = []
+
+    def spy(gm, example):
+        fn = ct.backend(gm, example)
+        made.append(fn)
+        return fn
+    compiled = torch.compile(model, backend=spy, dynamic=False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), dev:
+            warnings.simplefilter("error", ct.FallbackWarning)
+            _close(compiled(x), model(x))
+            if kind == "scaled":
+                model.scale.mul_(0.5)
+            else:
+                model[0].weight_mask.zero_()
+            _close(compiled(x), model(x))
+        assert made and all(not s.host for fn in made for s in fn.compiled_model.steps)
+    finally:
+        torch._dynamo.reset()
+
+
 class _Differences(torch.nn.Module):
     """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""
 

@@ -233,7 +233,11 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
         env: dict[fx.Node, fx.Node] = {}
         root = nn.Module()
         for k, i in enumerate(state):
-            root.register_buffer(f"state{k}", values[i].detach(), persistent=False)
+            # (as parameters: compile()'s trace keeps what the graph computes from them, a
+            # pruned weight's weight_orig * weight_mask, as nodes; two buffers were multiplied
+            # once, at the trace, into a constant that their in-place changes did not reach)
+            root.register_parameter(f"state{k}", nn.Parameter(values[i].detach(),
+                                                              requires_grad=False))
         for i, node in enumerate(placeholders):
             if i in numbers:
                 for user in node.users:  # every one an .item() (_is_number)

@@ -355,9 +355,12 @@ class LayerRules(LoweringBase):
         """A functional op's weight-like argument as a tensor (get_attr) or None; Unlowerable
         when the graph computes it."""
         if isinstance(v, fx.Node):
-            if v.op != "get_attr":
+            if v.op == "get_attr":
+                return attr(self.cm.graph_module, v.target)
+            folded = self.folded(v)  # computed from constants alone (a pruned weight)
+            if not isinstance(folded, torch.Tensor):
                 raise Unlowerable(f"{what} computed in the graph")
-            return attr(self.cm.graph_module, v.target)
+            return folded
         return v
 
     def functional_instance_norm(self, node: fx.Node) -> Step:

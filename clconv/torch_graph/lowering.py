@@ -41,11 +41,30 @@ _POOLS_WITH_INDICES = {getattr(F, f"{kind}_pool{d}d_with_indices"): f"{kind}_poo
                        for kind in ("max", "adaptive_max") for d in (1, 2, 3)
                        if hasattr(F, f"{kind}_pool{d}d_with_indices")}
 
+_UNSET = object()
+#: Ops whose value depends on more than their operands (random numbers) or that write.
+_IMPURE = frozenset(("rand", "randn", "rand_like", "randn_like", "randint", "randint_like",
+                     "randperm", "bernoulli", "multinomial", "normal", "poisson", "dropout",
+                     "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+                     "rrelu", "empty", "empty_like", "uniform", "exponential", "geometric",
+                     "cauchy", "log_normal", "copy_", "item", "tolist", "numpy"))
+
+
+def _pure(node: fx.Node) -> bool:
+    """Whether an fx call's value depends on its operands alone and it writes nothing."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return bool(name) and name not in _IMPURE and not name.endswith("_") and \
+        node.kwargs.get("out") is None and "inplace" not in node.kwargs and \
+        not (node.op == "call_function" and name.startswith("i") and
+             getattr(node.target, "__module__", "") in ("_operator", "operator"))
+
+
 class Lowering(LayerRules, MathRules, ShapeRules):
     """One lowering of a Program's graph with the given Options: lower() gives the steps and the
     layout of each value."""
 
     def lower(self) -> tuple[list[Step], dict[str, tuple[int, ...] | None]]:
+        self._folded: dict[str, Any] = {}
         for node in self.cm.nodes:  # (before the groups: no fused step absorbs such a module)
             m = self.modules.get(str(node.target)) if node.op == "call_module" else None
             if m is not None and forward_hooked(m):
@@ -174,9 +193,45 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         self.layout[node.name] = None
         return Step(node.name, (node.name,), op, inputs, run, host=True, why=why)
 
+    def folded(self, node: fx.Node) -> Any:
+        """The value of `node` computed now by torch where it depends on constants alone (the
+        model's parameters and buffers: a pruned weight's weight_orig * weight_mask, a scaled
+        weight, the old weight_norm's g * v / |v|) through ops that give the same value each
+        time (no random op, no in-place write), else None. The program is lowered again when
+        one of those tensors changes (CompiledModel.weights_changed), so that the value is
+        never stale."""
+        found = self._folded.get(node.name, _UNSET)
+        if found is not _UNSET:
+            return found
+        value = None
+        if node.op == "get_attr":
+            value = attr(self.cm.graph_module, node.target)
+        elif node.op in ("call_function", "call_method") and node.all_input_nodes and \
+                _pure(node):
+            inputs = {n.name: self.folded(n) for n in node.all_input_nodes}
+            if all(v is not None for v in inputs.values()):
+                args = fx.node.map_arg(node.args, lambda n: inputs[n.name])
+                kwargs = fx.node.map_arg(node.kwargs, lambda n: inputs[n.name])
+                try:
+                    with torch.no_grad():
+                        value = node.target(*args, **kwargs) if node.op == "call_function" \
+                            else getattr(args[0], node.target)(*args[1:], **kwargs)
+                except Exception:  # noqa: BLE001 - not foldable: lowered as it is
+                    value = None
+        self._folded[node.name] = value
+        return value
+
     def _single(self, node: fx.Node) -> Step:
         cm = self.cm
         tensor_inputs = [n for n in node.all_input_nodes if is_tensor(n)]
+        if node.op in ("call_function", "call_method") and tensor_inputs and \
+                all(n.op == "get_attr" or n.op in ("call_function", "call_method")
+                    for n in node.all_input_nodes):
+            t = self.folded(node)
+            if isinstance(t, torch.Tensor):  # a constant (kept while what it reads is)
+                key = ("folded", node.name)
+                return self.value(node, lambda env: cm.constant(key, t), "constant (folded)",
+                                  ())
         if node.op == "get_attr":
             t = attr(self.cm.graph_module, node.target)
             if isinstance(t, torch.Tensor):
