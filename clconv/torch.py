@@ -72,6 +72,7 @@ from .torch_ops import (
     result_operand,
     synced,
     to_tensor,
+    torch_runs,
     uses_zero_copy,
 )
 
@@ -274,6 +275,8 @@ class _ClconvConv(NotScriptable):
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:
+        if torch_runs(input, type(self).__name__):  # a meta tensor: torch's shapes
+            return super()._conv_forward(input, weight, bias)  # type: ignore[misc]
         nd = len(self.kernel_size)
         x, unbatched = batched(input, nd)
         # clconv pads natively for every padding_mode (torch pads with F.pad first, then runs an
@@ -293,6 +296,8 @@ class _ClconvConvTranspose(NotScriptable):
         if self.padding_mode != "zeros":
             raise ValueError("Only `zeros` padding mode is supported for "
                              f"{type(self).__name__}")  # torch's own message and type
+        if torch_runs(input, type(self).__name__):  # a meta tensor: torch's shapes
+            return super().forward(input, output_size)  # type: ignore[misc]
         nd = len(self.kernel_size)
         x, unbatched = batched(input, nd)
         output_padding = self._output_padding(input, output_size, self.stride, self.padding,

@@ -128,7 +128,8 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
             return fused_conv(conv, bn, spec, input, residual, defer)
     nd = len(conv.kernel_size)
     fold = _site_fold(conv, bn)
-    if fold.active() and input.dim() == nd + 2 and (residual is None or (
+    if fold.active() and isinstance(input, torch.Tensor) and input.device.type == "cpu" and \
+            input.dim() == nd + 2 and (residual is None or (
             residual.dtype == input.dtype and tuple(residual.shape) == conv_result_shape(
                 tuple(input.shape), tuple(conv.weight.shape), conv.stride, module_padding(conv),
                 conv.dilation, conv.groups))):

@@ -372,6 +372,14 @@ def version_of(t: torch.Tensor) -> int | None:
         return None
 
 
+def torch_runs(input: Any, what: str) -> bool:
+    """Whether a clconv.torch module leaves `input` to torch's own forward: a meta tensor (shape
+    inference: torch computes no values). TypeError, as torch's, for what is not a tensor."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{what}: the input must be a torch.Tensor, got {type(input).__name__}")
+    return input.device.type == "meta"
+
+
 def batched(x: torch.Tensor, nd: int) -> tuple[torch.Tensor, bool]:
     """(x with a batch dim, whether it had none): unbatched inputs work as in torch."""
     if x.dim() == nd + 1:

@@ -441,6 +441,9 @@ def trainable(conv: nn.Module, bn: nn.Module | None, input: torch.Tensor,
     no transposed convolution."""
     nd = len(conv.kernel_size)
     dev = current_device()
+    if not isinstance(input, torch.Tensor) or residual is not None and \
+            not isinstance(residual, torch.Tensor):
+        return False  # (the modules one by one: the conv's own error)
     if isinstance(conv, nn.modules.conv._ConvTransposeNd) or input.dim() != nd + 2 or \
             input.dtype not in _DTYPES or conv.weight.dtype != input.dtype or \
             (input.dtype == torch.float64 and not dev.fp64) or input.device.type != "cpu":

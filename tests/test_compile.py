@@ -1793,6 +1793,58 @@ def test_weights_computed_from_constants_follow_their_changes(dev, ct, kind):
         torch._dynamo.reset()
 
 
+class _ConvBnConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), \
+            nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.bn(self.conv(x))))
+
+
+def test_changes_to_what_the_forward_calls_raise_as_the_models(dev, ct):
+    """A submodule the forward calls deleted (or set to None) after compile(): the model's own
+    call raises, and so does the compiled model's (it ran the trace's old module: the old
+    result, weights_changed then False). A bad example names the model's own error (it was
+    ShapeProp's "ShapeProp error for: node=...", with a traceback on stderr)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    for change, error in (("del", AttributeError), ("none", TypeError)):
+        model = _ConvBnConv().eval()
+        cm = ct.compile(model, x, device=dev, progress=False)
+        if change == "del":
+            del model.bn
+        else:
+            model.bn = None
+        with pytest.raises(error):
+            model(x)
+        with pytest.raises(error, match="'bn'"):
+            cm(x)
+    with pytest.raises(RuntimeError, match="fails on the example input.*3 channels"):
+        ct.compile(_ConvBnConv().eval(), torch.randn(2, 4, 8, 8), device=dev, progress=False)
+
+
+def test_modules_refuse_non_tensors_and_leave_meta_tensors_to_torch(dev, ct):
+    """clconv.torch's modules and converted models: a non-tensor input is torch's TypeError (it
+    was an AttributeError from inside), a meta tensor gets torch's shapes (shape inference; it
+    was a TypeError blaming the dtype)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 4, 2, stride=2)).eval()
+    converted = ct.convert(model)
+    meta = torch.empty(2, 3, 8, 8, device="meta")
+    assert tuple(model(meta).shape) == (2, 4, 12, 12)  # torch's own
+    with dev:
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                for bad in (np.zeros((2, 3, 8, 8), np.float32), [1.0], None):
+                    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+                        converted(bad)
+                y = converted(meta)
+                assert y.device.type == "meta" and tuple(y.shape) == (2, 4, 12, 12)
+
+
 class _Differences(torch.nn.Module):
     """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""
 

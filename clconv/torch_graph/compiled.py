@@ -149,7 +149,18 @@ class CompiledModel(Program):
                 value = getattr(self._model.get_submodule(path), name)
                 owner = gm.get_submodule(path)
             except AttributeError:
-                continue  # (a constant of the trace's own)
+                if node.op == "get_attr" and name.startswith("_tensor_constant"):
+                    continue  # (a constant of the trace's own)
+                # a submodule or attribute the model's forward calls, deleted since: the
+                # model's own call raises this (the trace's reference ran the old one)
+                raise AttributeError(f"the compiled model calls {node.target!r}, which the "
+                                     f"model no longer has (the model's forward raises this "
+                                     f"too); compile the model again after changing what its "
+                                     f"forward calls") from None
+            if node.op == "call_module" and not isinstance(value, nn.Module):
+                raise TypeError(f"the compiled model calls {node.target!r}, which is now "
+                                f"{type(value).__name__!r}, not a module (the model's forward "
+                                f"raises this too)")
             if getattr(owner, name, None) is not value:
                 setattr(owner, name, value)
         self.modules = dict(gm.named_modules())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import operator
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
@@ -158,9 +159,28 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.Grap
         if writes_input(gm):  # (copies: the caller's example stays as it was)
             example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t
                                    for t in example_inputs)
-        ShapeProp(gm).propagate(*example_inputs)
+        _propagate(gm, example_inputs)
     redirect_inplace_writes(gm)  # (after: it tells `t += 1` of a tensor from that of a number)
     return gm
+
+
+def _propagate(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
+    """fx's ShapeProp on the example; where the model itself fails on it (a wrong channel
+    count, dtype, a size below the kernel's), that error (its type and torch's message), not
+    ShapeProp's "ShapeProp error for: node=..." (which also printed a traceback on stderr)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(gm).propagate(*example_inputs)
+    except RuntimeError as err:
+        cause = err.__cause__
+        if cause is None or not str(err).startswith("ShapeProp error"):
+            raise
+        try:
+            plain = type(cause)(f"clconv.torch.compile: the model fails on the example input: "
+                                f"{cause}")
+        except Exception:  # noqa: BLE001 - an exception type that takes other arguments
+            raise cause from None
+        raise plain from cause
 
 
 def untraced(gm: fx.GraphModule) -> dict[str, str]:
