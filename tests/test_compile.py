@@ -1772,13 +1772,7 @@ def test_weights_computed_from_constants_follow_their_changes(dev, ct, kind):
         model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
         prune.l1_unstructured(model[0], "weight", 0.5)
     x = torch.randn(2, 3, 9, 9)
-    made = []
-
-    def spy(gm, example):
-        fn = ct.backend(gm, example)
-        made.append(fn)
-        return fn
-    compiled = torch.compile(model, backend=spy, dynamic=False)
+    made, compiled = _backend_compiled(ct, model)
     try:
         with torch.no_grad(), warnings.catch_warnings(), dev:
             warnings.simplefilter("error", ct.FallbackWarning)
