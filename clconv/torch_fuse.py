@@ -110,6 +110,12 @@ def _checkpoints_refused(training: bool) -> Iterator[None]:
             setattr(cp, name, value)
 
 
+def _parametrized(m: nn.Module) -> bool:
+    """parametrize.is_parametrized(m) as a dict lookup (it is asked on every chain's call; the
+    attribute lookup that torch's makes raises inside nn.Module for a plain module)."""
+    return isinstance(m._modules.get("parametrizations"), nn.ModuleDict)
+
+
 def _caching() -> bool:
     """Whether torch.nn.utils.parametrize's cache is on (within `parametrize.cached()`)."""
     return bool(getattr(parametrize, "_cache_enabled", 0))
@@ -123,7 +129,7 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
     dtype). defer: every user of the result is such a node or a fused pool (the trace's
     `_mark_deferred_inference`): its kernels are waited for with a later node's or at the
     forward's end."""
-    if parametrize.is_parametrized(conv) and not _caching():
+    if _parametrized(conv) and not _caching():
         with parametrize.cached():  # its weight computed once for the chain, as torch's call
             return fused_conv(conv, bn, spec, input, residual, defer)
     nd = len(conv.kernel_size)
@@ -147,7 +153,7 @@ def fused_conv_train(conv: nn.Module, bn: nn.Module | None, spec: Any, input: to
     (forward and backward on the device) where it computes what torch would, else torch's
     modules and ops one by one. defer: every user of the result is such a node (the trace's
     `_mark_deferred`): its kernels are waited for with a later chain's or at the forward's end."""
-    if parametrize.is_parametrized(conv) and not _caching():
+    if _parametrized(conv) and not _caching():
         # its weight (a parametrization's: spectral_norm's power iteration, which advances on
         # each evaluation) computed once for the chain, as torch's call of the module does
         with parametrize.cached():
