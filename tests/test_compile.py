@@ -1839,6 +1839,37 @@ def test_modules_refuse_non_tensors_and_leave_meta_tensors_to_torch(dev, ct):
                 assert y.device.type == "meta" and tuple(y.shape) == (2, 4, 12, 12)
 
 
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x, scale=1.0, shift=0.0):
+        return self.conv(x) * scale + shift
+
+
+def test_forward_defaults_and_keyword_arguments(dev, ct):
+    """A forward with optional arguments compiles from an example without them (it needed the
+    example to give every one: "takes 3 input(s), got 1"), and the compiled model takes keyword
+    arguments and applies the defaults as the model does; a wrong call is Python's TypeError."""
+    torch.manual_seed(0)
+    model = _Scaled().eval()
+    x = torch.randn(2, 3, 8, 8)
+    cm = ct.compile(model, x, device=dev, progress=False)
+    with torch.no_grad():
+        _close(cm(x), model(x))
+        _close(cm(x=x), model(x))
+        _close(cm(x, scale=2.0), model(x, scale=2.0))
+        _close(cm(x, 0.5), model(x, 0.5))
+        _close(cm(x, shift=-1.0), model(x, shift=-1.0))
+    for args, kwargs, words in (((x,), {"bad": 1}, "unexpected keyword"),
+                                ((x,), {"x": x}, "multiple values"),
+                                ((), {}, "missing its input 'x'"),
+                                ((x, 1.0, 0.0, 2), {}, "takes 3 input")):
+        with pytest.raises(TypeError, match=words):
+            cm(*args, **kwargs)
+
+
 class _Differences(torch.nn.Module):
     """Subtractions of tensors computed in the graph (a - b, number - b, relu(a - b) fused)."""
 

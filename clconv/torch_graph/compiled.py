@@ -49,6 +49,7 @@ class CompiledModel(Program):
                  dev: Device, progress: bool | None = None) -> None:
         _check_eval(model)
         super().__init__(trace(model, example_inputs), dev)
+        example_inputs = self.bind(example_inputs, {})  # (the forward's defaults given)
         # The trace fixes dims by number (cat's -3, flatten's 1): another rank would be
         # computed along other dims; other sizes of the same rank are fine.
         self._ranks = tuple(x.dim() if isinstance(x, torch.Tensor) else None
@@ -165,8 +166,10 @@ class CompiledModel(Program):
                 setattr(owner, name, value)
         self.modules = dict(gm.named_modules())
 
-    def __call__(self, *inputs: torch.Tensor) -> Any:
-        """The model's outputs for `inputs` (torch tensors of the example's ranks, any sizes)."""
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        """The model's outputs for `inputs` (torch tensors of the example's ranks, any sizes;
+        keyword arguments and the forward's defaults as the model binds them)."""
+        inputs = self.bind(inputs, kwargs)
         for i, (x, rank) in enumerate(zip(inputs, self._ranks)):
             if rank is not None and isinstance(x, torch.Tensor) and x.dim() != rank:
                 raise ValueError(f"the compiled model's input {i} was {rank}-d in the example, "

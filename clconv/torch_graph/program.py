@@ -64,6 +64,8 @@ class Program:
         self.modules = dict(graph_module.named_modules())
         self.nodes = list(graph_module.graph.nodes)
         self.placeholders = [n.name for n in self.nodes if n.op == "placeholder"]
+        # (the forward's argument names, and the defaults fx keeps on their placeholders)
+        self._arguments = [(str(n.target), n.args) for n in self.nodes if n.op == "placeholder"]
         self.output_arg = next(n for n in self.nodes if n.op == "output").args[0]
         self.steps: list[Step] = []
         self.layout: dict[str, tuple[int, ...] | None] = {}  # node -> logical permutation
@@ -73,8 +75,38 @@ class Program:
         self.weight_bytes = 0
         self.trial_outputs: Any = None
 
-    def __call__(self, *inputs: torch.Tensor) -> Any:
-        """The model's outputs for `inputs` (torch tensors, as the model takes them)."""
+    def bind(self, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """The inputs of a call as the forward binds them: positional ones, then keyword ones by
+        the forward's argument names, then the defaults of its signature; TypeError as Python
+        gives for a missing, repeated or unknown argument."""
+        names = [name for name, _ in self._arguments]
+        if len(inputs) > len(names):
+            raise TypeError(f"the compiled model takes {len(names)} input(s) "
+                            f"({', '.join(names)}), got {len(inputs)}")
+        if len(inputs) == len(names) and not kwargs:
+            return inputs
+        kwargs = dict(kwargs)
+        repeated = [n for n in names[:len(inputs)] if n in kwargs]
+        if repeated:
+            raise TypeError(f"the compiled model got multiple values for argument {repeated[0]!r}")
+        values = list(inputs)
+        for name, default in self._arguments[len(inputs):]:
+            if name in kwargs:
+                values.append(kwargs.pop(name))
+            elif default:
+                values.append(default[0])
+            else:
+                raise TypeError(f"the compiled model is missing its input {name!r} (an argument "
+                                f"of the forward without a default)")
+        if kwargs:
+            raise TypeError(f"the compiled model got unexpected keyword argument(s) "
+                            f"{', '.join(map(repr, kwargs))} (its inputs: {', '.join(names)})")
+        return tuple(values)
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        """The model's outputs for `inputs` (torch tensors, as the model takes them; keyword
+        arguments and the forward's defaults as it binds them)."""
+        inputs = self.bind(inputs, kwargs)
         try:
             return self._run(inputs)
         except StepError as err:  # the op's own error (e.g. a shape it refuses), as raised
