@@ -1624,16 +1624,25 @@ def test_torch_compile_backend_with_dynamic_sizes_of_inputs(dev, ct):
     """dynamic=True passes an input's sizes as SymInt inputs and `skip.shape[2:]` as
     torch.Size([s, s]), which compile()'s trace refused (the whole graph ran in torch): each
     size is read from its tensor as `skip.size(2)`, and the torch.Size is their tuple."""
-    torch._dynamo.reset()
     torch.manual_seed(0)
-    model = _UpToSkip().eval()
+    calls = [(torch.randn(n, 4, 4, 4), torch.randn(n, 4, size, size))
+             for n, size in ((2, 8), (1, 10), (3, 7))]
+    _dynamic_backend_matches(ct, _UpToSkip().eval(), calls)
+
+
+def _dynamic_backend_matches(ct, model, calls, same_shape=False):
+    """torch.compile(model, backend=clconv's, dynamic=True) on each call's inputs: torch's
+    results (the output of the first input's shape where `same_shape`), no FallbackWarning."""
+    torch._dynamo.reset()
     compiled = torch.compile(model, backend=ct.backend, dynamic=True)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("error", ct.FallbackWarning)
-            for n, size in ((2, 8), (1, 10), (3, 7)):
-                x, skip = torch.randn(n, 4, 4, 4), torch.randn(n, 4, size, size)
-                _close(compiled(x, skip), model(x, skip))
+            for inputs in calls:
+                got = compiled(*inputs)
+                if same_shape:
+                    assert got.shape == inputs[0].shape
+                _close(got, model(*inputs))
     finally:
         torch._dynamo.reset()
 
@@ -1655,20 +1664,9 @@ def test_torch_compile_backend_with_dynamic_output_sizes(dev, ct):
     padding it implies, computed from the input's sizes; the raised module had those nodes as
     its output_padding and the whole graph ran in torch (a FallbackWarning and a traceback on
     stderr). It is called with the output size again, which compile() lowers."""
-    torch._dynamo.reset()
     torch.manual_seed(0)
-    model = _DownUp().eval()
-    compiled = torch.compile(model, backend=ct.backend, dynamic=True)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("error", ct.FallbackWarning)
-            for shape in ((1, 3, 15, 16), (2, 3, 17, 14), (1, 3, 16, 16)):
-                x = torch.randn(*shape)
-                got = compiled(x)
-                assert got.shape == x.shape
-                _close(got, model(x))
-    finally:
-        torch._dynamo.reset()
+    calls = [(torch.randn(*shape),) for shape in ((1, 3, 15, 16), (2, 3, 17, 14), (1, 3, 16, 16))]
+    _dynamic_backend_matches(ct, _DownUp().eval(), calls, same_shape=True)
 
 
 class _PoolsWithIndices(nn.Module):
