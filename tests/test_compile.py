@@ -306,6 +306,47 @@ def test_writes_made_on_the_host_reach_the_device_value(dev, ct, kind):
     _matches(cm, model, x, torch.randn(3, 3, 8, 8))
 
 
+@pytest.mark.parametrize("kind", ["submodule", "out"])
+def test_host_nodes_run_under_inference_mode(dev, ct, kind):
+    """Under torch.inference_mode, the nodes torch runs on the host (here writing their input in
+    place) give torch's values, through compile() and the torch.compile backend: their inputs
+    were inference tensors, whose missing version counter the write-back check read."""
+    torch.manual_seed(0)
+    model = models.randomize(HostWrites(kind)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    cm = _compile_with_fallbacks(ct, model, x)
+    assert len(cm.fallbacks) == 1
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ct.FallbackWarning)
+        compiled = torch.compile(model, backend=ct.backend, dynamic=False)
+        for inputs in (x, torch.randn(3, 3, 8, 8)):
+            with torch.inference_mode():
+                want = model(inputs)
+                got, got_backend = cm(inputs), compiled(inputs)
+            assert got.is_inference()
+            _close(got, want)
+            _close(got_backend, want)
+
+
+def test_models_made_under_inference_mode_compile_and_follow_writes(dev, ct):
+    """A model built (or loaded) under torch.inference_mode has inference tensors as parameters
+    and buffers, which keep no version counter: compile() takes it, and an in-place write to
+    them afterwards (inside inference mode, the only place torch allows one) is followed."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model = models.randomize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4),
+                                               nn.ReLU(), nn.Conv2d(4, 2, 1))).eval()
+    x = torch.randn(2, 3, 8, 8)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    with torch.inference_mode():
+        _close(cm(x), model(x))
+        model[0].weight.mul_(-2.0)
+        model[1].running_mean.add_(1.0)
+        _close(cm(x), model(x))
+
+
 class WritesInput(nn.Module):
     def __init__(self):
         super().__init__()

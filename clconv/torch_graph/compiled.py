@@ -14,6 +14,7 @@ from torch import nn
 
 from ..runtime.device import Device
 from ..runtime.progress import Progress
+from ..torch_ops import sample_of, version_of
 from .base import Fallback, FallbackWarning
 from .lowering import Lowering
 from .lowering_base import Options
@@ -117,10 +118,10 @@ class CompiledModel(Program):
         outputs, self.trial_outputs = self.trial_outputs, None
         return outputs
 
-    def _snapshot(self) -> list[tuple[dict[str, Any], str, Any, int | None]]:
-        """(table, name, object, in-place version: tensors only) of every parameter, buffer and
-        submodule entry of the model now."""
-        return [(table, name, t, t._version if isinstance(t, torch.Tensor) else None)
+    def _snapshot(self) -> list[tuple[dict[str, Any], str, Any, int | bytes | None]]:
+        """(table, name, object, _state(object)) of every parameter, buffer and submodule entry of
+        the model now."""
+        return [(table, name, t, _state(t))
                 for m in self._model.modules()
                 for table in (m._parameters, m._buffers, m._modules) for name, t in table.items()]
 
@@ -130,10 +131,11 @@ class CompiledModel(Program):
         in place, or a setting of a module the program runs (a number, string, bool or tuple
         attribute: BatchNorm's eps, LeakyReLU's slope, train mode) changed since the program was
         lowered. A write through `.data` bypasses torch's version counter and is not seen:
-        change weights in place under torch.no_grad(), as optimizers do."""
+        change weights in place under torch.no_grad(), as optimizers do. Inference tensors
+        (made under torch.inference_mode) have no counter: a sample of their values stands in."""
         for table, name, t, version in self._watched:
             now = table.get(name)
-            if now is not t or (version is not None and t._version != version):
+            if now is not t or (version is not None and _state(t) != version):
                 return True
         return any(get(m) != settings for m, get, settings in self._settings)
 
@@ -231,3 +233,13 @@ class CompileProgress:
 
     def close(self, note: str) -> None:
         self.bar.close(note)
+
+
+def _state(t: Any) -> int | bytes | None:
+    """What says whether `t` was written in place since: a tensor's version counter, or for an
+    inference tensor (which has none) a sample of its values (clconv.torch_ops.sample_of);
+    None for a submodule."""
+    if not isinstance(t, torch.Tensor):
+        return None
+    version = version_of(t)
+    return sample_of(t) if version is None else version

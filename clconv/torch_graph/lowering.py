@@ -166,9 +166,11 @@ class Lowering(LayerRules, MathRules, ShapeRules):
                     copies.append((t, t._version, v, lay))
                     return t
                 return mapped(env[n.name], download)
-            a = fx.node.map_arg(args, value)
-            k = fx.node.map_arg(kwargs, value)
-            with torch.no_grad():
+            # Outside inference mode (the caller's, if any): inference tensors keep no version
+            # counter, and the write-back below needs one.
+            with torch.inference_mode(False), torch.no_grad():
+                a = fx.node.map_arg(args, value)
+                k = fx.node.map_arg(kwargs, value)
                 if fn is not None:
                     out = fn(*a, **k)
                 elif node.op == "call_method":
