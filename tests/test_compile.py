@@ -394,12 +394,55 @@ class ExpandUses(nn.Module):
 
 @pytest.mark.parametrize("kind", ["number", "parameter", "cat", "full"])
 def test_expand_keeps_its_shape(dev, ct, kind):
+    """expand_as read by an add/mul with an operand of the full shape is a view their
+    broadcasting expands; read by anything else (a number, a smaller operand, cat), a broadcast
+    copy on the device."""
     torch.manual_seed(0)
     model = models.randomize(ExpandUses(kind)).eval()
     x = torch.randn(2, 3, 8, 8)
-    cm = _compile_with_fallbacks(ct, model, x)
-    assert (cm.fallbacks == []) == (kind == "full")
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    copies = [s for s in cm.steps if "(copy)" in s.op and "expand" in s.op]
+    assert len(copies) == (kind != "full")
     _matches(cm, model, x, torch.randn(1, 3, 8, 10))
+
+
+class Expands(nn.Module):
+    """Tensor.expand's forms: new leading dims, -1, sizes read from the input, into a conv."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.c = nn.Conv2d(5, 4, 3, padding=1)
+        self.coords = nn.Parameter(torch.randn(2, 1, 7))
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        if self.kind == "leading":
+            c = self.coords.expand(n, 2, h, w)
+        elif self.kind == "minus-one":
+            c = self.coords.unsqueeze(0).expand(n, -1, h, -1)
+        else:  # "tuple"
+            c = self.coords.expand((n, 2, h, 7))
+        return self.c(torch.cat([x, c], 1))
+
+
+@pytest.mark.parametrize("kind", ["leading", "minus-one", "tuple"])
+def test_expand_copies_as_torch(dev, ct, kind):
+    """Tensor.expand feeding a cat: a broadcast copy on the device, its sizes read on each call
+    (and refused as torch refuses them: 7 columns expanded to 9)."""
+    torch.manual_seed(0)
+    model = Expands(kind).eval()
+    x = torch.randn(2, 3, 5, 7)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    _matches(cm, model, x, torch.randn(3, 3, 4, 7))
+    if kind == "leading":
+        bad = torch.randn(1, 3, 4, 9)
+        with pytest.raises(RuntimeError, match="must match the existing size"):
+            model(bad)
+        with pytest.raises(RuntimeError, match="must match the existing size"):
+            cm(bad)
 
 
 class MaxOfPermuted(nn.Module):
@@ -1686,6 +1729,28 @@ def _dynamic_backend_matches(ct, model, calls, same_shape=False):
                 _close(got, model(*inputs))
     finally:
         torch._dynamo.reset()
+
+
+class _FixedCoords(nn.Module):
+    """CoordConv (Liu et al. 2018): coordinate channels of a fixed size, expanded to the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(5, 4, 3, padding=1)
+
+    def forward(self, x):
+        gy, gx = torch.meshgrid(torch.linspace(-1, 1, 6), torch.linspace(-1, 1, 7), indexing="ij")
+        coords = torch.stack([gx, gy]).unsqueeze(0).expand(x.shape[0], -1, -1, -1)
+        return self.c(torch.cat([x, coords], 1))
+
+
+def test_torch_compile_backend_with_constants_expanded_to_dynamic_sizes(dev, ct):
+    """dynamic=True: values computed from no input (the coordinates) expanded to a SymInt batch
+    size; compile()'s trace of the graph ran them concretely and failed at `expand(s, ...)`, so
+    the whole graph ran in torch. They are computed once, constants of the compiled graph."""
+    torch.manual_seed(0)
+    calls = [(torch.randn(n, 3, 6, 7),) for n in (2, 3, 1)]
+    _dynamic_backend_matches(ct, _FixedCoords().eval(), calls)
 
 
 class _DownUp(nn.Module):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..runtime.device import current_device
-from .base import FallbackWarning, Unlowerable, bind
+from .base import FallbackWarning, Unlowerable, bind, pure_call
 from .compiled import CompiledModel
 
 
@@ -194,6 +194,28 @@ def _raise_to_modules(root: nn.Module, graph: fx.Graph) -> None:
         graph.erase_node(node)
 
 
+def _constants(graph: fx.Graph) -> dict[fx.Node, Any]:
+    """The values of the graph's calls that depend on no input (`torch.linspace(-1, 1, 16)` and
+    what is computed from it alone: CoordConv's coordinates at sizes dynamo made constants),
+    computed now. compile() traces the graph again with torch.fx, which runs such calls
+    concretely; a concrete tensor's method given a traced size (`coords.expand(s77, -1, -1, -1)`)
+    then fails, where a constant read from the root is traced."""
+    consts: dict[fx.Node, Any] = {}
+    for node in graph.nodes:
+        if node.op not in ("call_function", "call_method") or not pure_call(node) or \
+                not all(n in consts for n in node.all_input_nodes):
+            continue
+        args = fx.node.map_arg(node.args, consts.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, consts.__getitem__)
+        try:
+            with torch.no_grad():
+                consts[node] = node.target(*args, **kwargs) if node.op == "call_function" \
+                    else getattr(args[0], node.target)(*args[1:], **kwargs)
+        except Exception:  # noqa: BLE001 - left to the trace (and to torch's own error)
+            continue
+    return consts
+
+
 def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
     """A torch.compile backend: `torch.compile(model.eval(), backend=clconv.torch.backend,
     dynamic=False)`, called under torch.no_grad() / torch.inference_mode(), runs each graph dynamo
@@ -247,11 +269,27 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
                              else graph.placeholder(node.name))
         for i, (j, dim) in sizes.items():
             env[placeholders[i]] = graph.call_method("size", (env[placeholders[j]], dim))
+        consts = _constants(gm.graph)
+
+        def emit(n: fx.Node) -> Any:
+            """n's value in the new graph (a constant tensor as an attribute of the root: a
+            parameter, which fx's trace reads as a node, where it would read a buffer's value)."""
+            if n not in env:
+                value = consts.get(n)
+                if isinstance(value, torch.Tensor):
+                    name = f"const_{n.name}"
+                    root.register_parameter(name, nn.Parameter(value, requires_grad=False))
+                    env[n] = graph.get_attr(name)
+                else:
+                    env[n] = graph.node_copy(n, emit)
+            return env[n]
         for node in gm.graph.nodes:
+            if node in consts and all(u in consts for u in node.users):
+                continue  # (computed into the constants its users are)
             if node.op == "call_function" and node.target is torch.Size and len(node.args) == 1:
-                env[node] = tuple(fx.node.map_arg(node.args[0], lambda n: env[n]))
-            elif node.op != "placeholder" and node not in env:
-                env[node] = graph.node_copy(node, lambda n: env[n])
+                env[node] = tuple(fx.node.map_arg(node.args[0], emit))
+            elif node.op != "placeholder":
+                emit(node)
         for name, module in gm.named_children():
             root.add_module(name, module)
         _raise_to_modules(root, graph)

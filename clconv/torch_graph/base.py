@@ -92,3 +92,20 @@ def leaves(v: Any) -> list[Any]:
     if isinstance(v, (list, tuple)):
         return [leaf for e in v for leaf in leaves(e)]
     return [v]
+
+
+# Calls whose value is not a function of their operands (random, uninitialised), or that write.
+IMPURE = frozenset(("rand", "randn", "rand_like", "randn_like", "randint", "randint_like",
+                    "randperm", "bernoulli", "multinomial", "normal", "poisson", "dropout",
+                    "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+                    "rrelu", "empty", "empty_like", "uniform", "exponential", "geometric",
+                    "cauchy", "log_normal", "copy_", "item", "tolist", "numpy"))
+
+
+def pure_call(node: fx.Node) -> bool:
+    """Whether an fx call's value depends on its operands alone and it writes nothing."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return bool(name) and name not in IMPURE and not name.endswith("_") and \
+        node.kwargs.get("out") is None and "inplace" not in node.kwargs and \
+        not (node.op == "call_function" and name.startswith("i") and
+             getattr(node.target, "__module__", "") in ("_operator", "operator"))

@@ -6,9 +6,9 @@ lower_math.py's."""
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
+import pyopencl.array as cla
 import torch
 from torch import fx, nn
 
@@ -267,6 +267,39 @@ class ShapeRules(LoweringBase):
         return self.value(node, lambda env: to_device(env[xn].transpose(axes), dev, "input",
                                                       env[xn].dtype), "permute (copy)", (xn,))
 
+    def expanded_copy(self, node: fx.Node, x: Any, size_args: Any, like: Any = None) -> Step:
+        """x.expand(*sizes) / x.expand_as(like) read by ops that do not broadcast it themselves
+        (cat, a convolution): the broadcast view of the device array (stride 0 along the
+        expanded dims) gathered to a contiguous one on the device. Sizes (fx nodes among them:
+        `x.size(0)`) are read on each call, checked as torch checks them."""
+        what = f"Tensor.{node.target}"
+        xn, dev = self.plain_tensor(x, what), self.cm.device
+        if like is not None:
+            ln = self.plain_tensor(like, what)
+            inputs: tuple[str, ...] = (xn, ln)
+
+            def sizes_of(env: dict[str, Any]) -> list[Any]:
+                return list(env[ln].shape)
+        else:
+            if len(size_args) == 1 and isinstance(size_args[0], (tuple, list, torch.Size,
+                                                                 fx.Node)):
+                size_args = size_args[0]
+            parts = size_args if isinstance(size_args, (tuple, list, torch.Size)) else \
+                (size_args,)
+            inputs = (xn, *(p.name for p in parts if isinstance(p, fx.Node)))
+
+            def sizes_of(env: dict[str, Any]) -> list[Any]:
+                sizes = [env[p.name] if isinstance(p, fx.Node) else p for p in parts]
+                if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
+                    sizes = list(sizes[0])
+                return sizes
+
+        def run(env: dict[str, Any]) -> Any:
+            a = env[xn]
+            view = broadcast_view(a, tuple(int(d) for d in sizes_of(env)))
+            return to_device(view, dev, "input", a.dtype)
+        return self.value(node, run, f"{what} (copy)", inputs)
+
     def pixel_shuffle(self, node: fx.Node, x: Any, factor: Any, inverse: bool) -> Step:
         """F.pixel_shuffle / nn.PixelShuffle (sub-pixel upsampling: (N, C r^2, H, W) -> (N, C,
         H r, W r)) and the unshuffle: clconv.pixel_shuffle / pixel_unshuffle (a permuted copy
@@ -397,3 +430,34 @@ def _empty_ranges(index: tuple[Any, ...], sizes: tuple[int, ...]) -> tuple[Any, 
             item = slice(start, max(start, stop), step)
         out.append(item)
     return (*out, *index[len(out):])
+
+
+def broadcast_view(a: cla.Array, sizes: tuple[int, ...]) -> cla.Array:
+    """`a` (C-contiguous) viewed as torch's a.expand(*sizes): new leading dims and its size-1
+    dims along stride 0, -1 keeping a size; RuntimeError with torch's words where torch refuses."""
+    extra = len(sizes) - a.ndim
+    if extra < 0:
+        raise RuntimeError(f"expand: the number of sizes provided ({len(sizes)}) must be greater "
+                           f"or equal to the number of dimensions in the tensor ({a.ndim})")
+    shape, strides = [], []
+    for i, want in enumerate(sizes):
+        if i < extra:
+            if want < 0:
+                raise RuntimeError(f"expand: -1 is not allowed in a leading, non-existing "
+                                   f"dimension {i}")
+            shape.append(want)
+            strides.append(0)
+            continue
+        have, stride = a.shape[i - extra], a.strides[i - extra]
+        if want == -1 or want == have:
+            shape.append(have)
+            strides.append(stride)
+        elif have == 1 and want >= 0:
+            shape.append(want)
+            strides.append(0)
+        else:
+            raise RuntimeError(f"The expanded size of the tensor ({want}) must match the existing "
+                               f"size ({have}) at non-singleton dimension {i}.  Target sizes: "
+                               f"{list(sizes)}.  Tensor sizes: {list(a.shape)}")
+    return cla.Array(a.queue, tuple(shape), a.dtype, strides=tuple(strides), data=a.base_data,
+                     offset=a.offset)

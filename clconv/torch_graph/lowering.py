@@ -14,7 +14,7 @@ from torch import fx, nn
 
 from ..runtime.transfer import to_device
 from .activations import activation_of
-from .base import Unlowerable, attr, bind, is_tensor, shape, torch_type
+from .base import Unlowerable, attr, bind, is_tensor, pure_call, shape, torch_type
 from .lower_layers import LayerRules
 from .lower_math import MathRules
 from .lower_shapes import ShapeRules
@@ -43,22 +43,6 @@ _POOLS_WITH_INDICES = {getattr(F, f"{kind}_pool{d}d_with_indices"): f"{kind}_poo
 
 _UNSET = object()
 #: Ops whose value depends on more than their operands (random numbers) or that write.
-_IMPURE = frozenset(("rand", "randn", "rand_like", "randn_like", "randint", "randint_like",
-                     "randperm", "bernoulli", "multinomial", "normal", "poisson", "dropout",
-                     "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-                     "rrelu", "empty", "empty_like", "uniform", "exponential", "geometric",
-                     "cauchy", "log_normal", "copy_", "item", "tolist", "numpy"))
-
-
-def _pure(node: fx.Node) -> bool:
-    """Whether an fx call's value depends on its operands alone and it writes nothing."""
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return bool(name) and name not in _IMPURE and not name.endswith("_") and \
-        node.kwargs.get("out") is None and "inplace" not in node.kwargs and \
-        not (node.op == "call_function" and name.startswith("i") and
-             getattr(node.target, "__module__", "") in ("_operator", "operator"))
-
-
 class Lowering(LayerRules, MathRules, ShapeRules):
     """One lowering of a Program's graph with the given Options: lower() gives the steps and the
     layout of each value."""
@@ -209,7 +193,7 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         if node.op == "get_attr":
             value = attr(self.cm.graph_module, node.target)
         elif node.op in ("call_function", "call_method") and node.all_input_nodes and \
-                _pure(node):
+                pure_call(node):
             inputs = {n.name: self.folded(n) for n in node.all_input_nodes}
             if all(v is not None for v in inputs.values()):
                 args = fx.node.map_arg(node.args, lambda n: inputs[n.name])
@@ -566,8 +550,9 @@ class Lowering(LayerRules, MathRules, ShapeRules):
                     for a in (*u.args, *u.kwargs.values()))
             if node.users and all(broadcast_by(u) for u in node.users):
                 return self.alias(node, node.args[0], f"{t} (broadcast by its users)")
-            raise Unlowerable(f"Tensor.{t} feeding other ops than add/mul with an operand of "
-                              f"the expanded shape")
+            if t == "expand_as":
+                return self.expanded_copy(node, node.args[0], (), like=node.args[1])
+            return self.expanded_copy(node, node.args[0], node.args[1:])
         if t in ("contiguous",):
             return self.alias(node, node.args[0], "contiguous")
         if t == "transpose":
