@@ -1891,6 +1891,34 @@ def test_weights_computed_from_constants_follow_their_changes(dev, ct, kind):
         torch._dynamo.reset()
 
 
+class _StandardisedConv(nn.Conv2d):
+    """NFNet's scaled weight standardisation (Brock et al. 2021): the weight normalised over its
+    fan-in, `w[0].numel()`, each forward."""
+
+    def forward(self, x):
+        w = self.weight
+        fan_in = w[0].numel()
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (w - mean) / torch.sqrt(var * fan_in + 1e-4)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_numbers_computed_from_weights_are_folded(dev, ct):
+    """A standardised weight's fan-in (`w[0].numel()`, a number of a constant) is folded with the
+    weight: it ran on the host, a fallback per layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_StandardisedConv(3, 8, 3, padding=1), nn.ReLU(),
+                          _StandardisedConv(8, 4, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    _matches(cm, model, x, torch.randn(1, 3, 6, 6))
+    with torch.no_grad():
+        model[0].weight.mul_(-1.5)  # lowered again: the fold follows the weight
+    _matches(cm, model, x)
+
+
 class _ConvBnConv(nn.Module):
     def __init__(self):
         super().__init__()

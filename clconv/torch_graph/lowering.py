@@ -14,7 +14,7 @@ from torch import fx, nn
 
 from ..runtime.transfer import to_device
 from .activations import activation_of
-from .base import Unlowerable, attr, bind, is_tensor, pure_call, shape, torch_type
+from .base import Unlowerable, attr, bind, is_tensor, leaves, pure_call, shape, torch_type
 from .lower_layers import LayerRules
 from .lower_math import MathRules
 from .lower_shapes import ShapeRules
@@ -218,6 +218,9 @@ class Lowering(LayerRules, MathRules, ShapeRules):
                 key = ("folded", node.name)
                 return self.value(node, lambda env: cm.constant(key, t), "constant (folded)",
                                   ())
+            if t is not None and all(type(v) in (int, float, bool) for v in leaves(t)):
+                # a number of constants (a standardised weight's fan-in, `w[0].numel()`)
+                return self.value(node, lambda env: t, "constant (folded)", ())
         if node.op == "get_attr":
             t = attr(self.cm.graph_module, node.target)
             if isinstance(t, torch.Tensor):
