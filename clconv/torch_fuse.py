@@ -28,7 +28,9 @@ from .torch_train import (defer_result, deferred_array, flush_deferred, joined_r
                           run_chain, trainable, trains_fused)
 from .torch_graph.activations import activation_module, activation_of, activation_spec
 from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_aside
-from .ops.pool import max_pool1d, max_pool2d, max_pool3d, pool_output_size
+from .ops.binary import mul
+from .ops.pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d, max_pool1d,
+                       max_pool2d, max_pool3d, pool_output_size)
 from .runtime.device import current_device
 from .torch_ops import conv_result_shape, module_padding, nd_tuple, operand, uses_zero_copy
 
@@ -176,6 +178,14 @@ def _one_by_one(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.T
     return _torch_activation(y, spec)
 
 
+_ADAPTIVE_AVG_POOL_MODULES = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2,
+                              nn.AdaptiveAvgPool3d: 3}
+_ADAPTIVE_AVG_POOL_FUNCTIONS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2,
+                                F.adaptive_avg_pool3d: 3}
+_CLCONV_ADAPTIVE_AVG_POOL = {1: adaptive_avg_pool1d, 2: adaptive_avg_pool2d,
+                             3: adaptive_avg_pool3d}
+_TORCH_ADAPTIVE_AVG_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d,
+                            3: F.adaptive_avg_pool3d}
 _MAX_POOL_MODULES = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
 _MAX_POOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
 _CLCONV_MAX_POOL = {1: max_pool1d, 2: max_pool2d, 3: max_pool3d}
@@ -248,6 +258,105 @@ def _pools_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
                     _MAX_POOL_FUNCTIONS[node.target], *node.args), dict(node.kwargs))
         else:
             continue
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        count += 1
+    return count
+
+
+def _device_reads(dev: Any, *tensors: Any) -> bool:
+    """Whether clconv runs an op of `tensors` in place of torch's (the inference forward's SE
+    gates): contiguous CPU float tensors of one dtype the device has, of at least one element
+    and one dim, on a device whose memory is the host's."""
+    first = tensors[0]
+    return uses_zero_copy(dev) and all(
+        isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == first.dtype and
+        t.dim() >= 1 and t.numel() > 0 and t.is_contiguous() and not t.requires_grad
+        for t in tensors) and first.dtype in (torch.float32, torch.float64) and \
+        (first.dtype == torch.float32 or dev.fp64)
+
+
+def _run_on_device(dev: Any, inputs: tuple[torch.Tensor, ...], shape: tuple[int, ...],
+                   op: Callable[..., Any], defer: bool) -> torch.Tensor:
+    """op(*device arrays of inputs, out=a new result of `shape`) on `dev`; the result's tensor
+    (not waited for with `defer`, as fused_conv's)."""
+    with dev:
+        results = joined_results(dev, True)  # (another device's deferred ones waited for first)
+        arrays = []
+        for t in inputs:
+            a = deferred_array(t)
+            arrays.append(operand(t, dev, True) if a is None else a)
+        out = results.new(shape, inputs[0])
+        op(*arrays, out=out)
+        if defer and results.over_tensor(out):
+            return defer_result(results, out, (inputs, arrays))
+        y = results.tensor(out)  # (and the deferred results before it)
+        flush_deferred()
+        return y
+
+
+def fused_adaptive_avg_pool(nd: int, input: torch.Tensor, output_size: Any, *,
+                            defer: bool = False) -> torch.Tensor:
+    """F.adaptive_avg_pool{nd}d (a squeeze-excitation gate's squeeze) by clconv on a device
+    whose memory is the host's, torch's elsewhere. defer: as fused_conv's."""
+    dev = current_device()
+    size = None
+    if _device_reads(dev, input) and input.dim() == nd + 2:
+        sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else \
+            (output_size,) * nd
+        try:
+            size = tuple(s if o is None else operator.index(o)
+                         for s, o in zip(input.shape[2:], sizes, strict=True))
+        except (TypeError, ValueError):  # torch's own error for a bad size
+            size = None
+    if size is None or min(size) < 1:
+        flush_deferred()  # torch reads the input
+        return _TORCH_ADAPTIVE_AVG_POOL[nd](input, output_size)
+    op = _CLCONV_ADAPTIVE_AVG_POOL[nd]
+    return _run_on_device(dev, (input,), (*input.shape[:2], *size),
+                          lambda x, out: op(x, size, out=out), defer)
+
+
+def fused_mul(a: Any, b: Any, *, defer: bool = False) -> Any:
+    """a * b of two tensors (a squeeze-excitation gate's excitation, broadcasting (N, C, 1, 1)
+    over the feature map) by clconv on a device whose memory is the host's; torch's `*` for
+    other operands. defer: as fused_conv's."""
+    dev = current_device()
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and _device_reads(dev, a, b):
+        try:
+            shape = tuple(torch.broadcast_shapes(a.shape, b.shape))
+        except RuntimeError:  # torch's own error
+            shape = None
+        if shape is not None and min(shape) > 0:
+            return _run_on_device(dev, (a, b), shape, mul, defer)
+    flush_deferred()
+    return a * b
+
+
+def _gates_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
+    """Adaptive average pooling (modules, F.adaptive_avg_pool*d) and products of two tensors
+    (`x * s`, torch.mul, x.mul) -> fused_adaptive_avg_pool / fused_mul nodes, so that a
+    squeeze-excitation block runs on the device without a wait (returns how many)."""
+    count = 0
+    for node in list(graph.nodes):
+        args = node.args
+        if node.op == "call_module" and type(modules.get(str(node.target))) in \
+                _ADAPTIVE_AVG_POOL_MODULES and len(args) == 1 and not node.kwargs:
+            m = modules[str(node.target)]
+            target, new_args = fused_adaptive_avg_pool, (
+                _ADAPTIVE_AVG_POOL_MODULES[type(m)], args[0], m.output_size)
+        elif node.op == "call_function" and node.target in _ADAPTIVE_AVG_POOL_FUNCTIONS and \
+                len(args) == 2 and not node.kwargs:
+            target, new_args = fused_adaptive_avg_pool, (
+                _ADAPTIVE_AVG_POOL_FUNCTIONS[node.target], *args)
+        elif ((node.op == "call_function" and node.target in (operator.mul, torch.mul)) or
+              (node.op == "call_method" and node.target == "mul")) and len(args) == 2 and \
+                not node.kwargs and all(isinstance(v, fx.Node) for v in args):
+            target, new_args = fused_mul, tuple(args)
+        else:
+            continue
+        with graph.inserting_before(node):
+            new = graph.call_function(target, new_args)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         count += 1
@@ -373,7 +482,8 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
 
 
 #: The inference trace's nodes that read deferred results through their device arrays.
-_INFERENCE_NODES = (fused_conv, fused_max_pool, _module_max_pool)
+_INFERENCE_NODES = (fused_conv, fused_max_pool, _module_max_pool, fused_adaptive_avg_pool,
+                    fused_mul)
 
 
 def _mark_deferred_inference(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
@@ -468,21 +578,26 @@ class FusedForward:
     in module order, the activation modules' parameters, and their train / eval flags: a forward
     that reads `self.training`, as F.dropout(x, p, self.training), is traced with the flags it
     runs with; the traces of every such state met are kept). `fused` / `pools`: the inference
-    trace's fused chains and pools, `deferred` of them waited for with a later one;
+    trace's fused chains and max pools, `gates` its squeeze-excitation ops run by clconv
+    (adaptive average pools, products of two tensors), `deferred` of them waited for with a
+    later one;
     `fused_train`: the autograd trace's chains, `deferred_train` of them waited for with a later
     one (clconv.torch_train._Deferred)."""
 
     def __init__(self, model: nn.Module, leaves: tuple[type, ...]) -> None:
         self.model, self.leaves = model, leaves
-        # key (`_structure`) -> (forward or None, fused, pools, deferred), one dict a trace kind
-        self._traces: dict[tuple[Any, ...], tuple[Any, int, int, int]] = {}
-        self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int]] = {}
-        self.fused = self.pools = self.deferred = self.fused_train = self.deferred_train = 0
+        # key (`_structure`) -> (forward or None, fused, pools, gates, deferred), one dict a
+        # trace kind
+        self._traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int]] = {}
+        self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int]] = {}
+        self.fused = self.pools = self.gates = self.deferred = 0
+        self.fused_train = self.deferred_train = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # The generated functions stay behind (traced again on the first fused call).
         return {"model": self.model, "leaves": self.leaves, "_traces": {}, "_train_traces": {},
-                "fused": 0, "pools": 0, "deferred": 0, "fused_train": 0, "deferred_train": 0}
+                "fused": 0, "pools": 0, "gates": 0, "deferred": 0, "fused_train": 0,
+                "deferred_train": 0}
 
     def _structure(self, training: bool | None) -> tuple[Any, ...] | None:
         """The module classes in order with their train / eval flags (a forward may read
@@ -534,22 +649,22 @@ class FusedForward:
                     if len(traces) >= _TRACES_KEPT:  # the oldest goes (a model swapping modules)
                         del traces[next(iter(traces))]
                     found = traces[key] = self._build(training)
-        fn, fused, pools, deferred = found
+        fn, fused, pools, gates, deferred = found
         if training:
             self.fused_train, self.deferred_train = fused, deferred
         else:
-            self.fused, self.pools, self.deferred = fused, pools, deferred
+            self.fused, self.pools, self.gates, self.deferred = fused, pools, gates, deferred
         return fn
 
-    def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int]:
-        """(the fused forward or None where nothing fused, chains fused, pools replaced (for
-        inference), nodes deferred)."""
+    def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int, int]:
+        """(the fused forward or None where nothing fused, chains fused, max pools and gate ops
+        replaced (for inference), nodes deferred)."""
         model = self.model
         try:
             with backward_hooks_set_aside(model), _checkpoints_refused(training):
                 graph = _Tracer(self.leaves).trace(model)
         except Exception:  # noqa: BLE001 - an untraceable forward runs as written
-            return None, 0, 0, 0
+            return None, 0, 0, 0, 0
         modules = dict(model.named_modules())
 
         def is_conv(m: nn.Module) -> bool:
@@ -557,14 +672,15 @@ class FusedForward:
                 m, nn.modules.conv._ConvTransposeNd)
         if training:
             fused = fuse_graph(graph, modules, is_conv, fused_conv_train, trains_fused)
-            pools, deferred = 0, _mark_deferred(graph)  # (max pooling stays torch's: its
-            # gradient needs the indices)
+            pools = gates = 0  # (max pooling stays torch's: its gradient needs the indices)
+            deferred = _mark_deferred(graph)
         else:
             fused = fuse_graph(graph, modules, is_conv)
             pools = _pools_to_clconv(graph, modules) if fused else 0
+            gates = _gates_to_clconv(graph, modules) if fused else 0
             deferred = _mark_deferred_inference(graph, modules) if fused else 0
         if not fused:
-            return None, 0, 0, 0
+            return None, 0, 0, 0, 0
         graph.lint()
         _augmented_as_calls(graph)
         code = graph.python_code(root_module="self")
@@ -574,7 +690,7 @@ class FusedForward:
         name = "training" if training else "inference"
         exec(compile(code.src, f"<clconv fused {name} forward of {type(model).__name__}>",
                      "exec"), scope)
-        return scope["forward"], fused, pools, deferred
+        return scope["forward"], fused, pools, gates, deferred
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model

@@ -114,11 +114,11 @@ def test_residual_blocks_run_as_fused_convolutions(ct, dev):
     _close(got, want)
     assert converted.forward.fused == 10  # every conv: stem 1, blocks 2 + 3 + 2 + 2
     ran = set(rec.names)
-    assert converted.forward.pools == 1
+    assert converted.forward.pools == 1 and converted.forward.gates == 1
     for name in ("batch_norm", "relu", "relu_", "relu6", "hardtanh", "add", "__add__",
-                 "__iadd__", "clamp", "max_pool2d"):
+                 "__iadd__", "clamp", "max_pool2d", "adaptive_avg_pool2d"):
         assert name not in ran, (name, sorted(ran))
-    assert "adaptive_avg_pool2d" in ran and "linear" in ran  # the rest runs as written
+    assert "linear" in ran  # the rest runs as written
 
 
 def test_training_grad_and_hooks_run_the_models_own_forward(ct, dev):
@@ -214,8 +214,8 @@ def test_inference_waits_once_for_what_only_clconv_reads(ct, dev, monkeypatch):
     x = torch.randn(2, 3, 12, 10)
     want = _run(model, x)
     _close(_run(converted, x, dev), want)  # the first call traces
-    # every fused node but the last convolution, which torch's adaptive_avg_pool2d reads
-    assert converted.forward.deferred == 10
+    # every fused node but the global pool, which torch's flatten reads
+    assert converted.forward.deferred == 11
     waits = []
     real = tt.make_host_visible
 
@@ -228,7 +228,7 @@ def test_inference_waits_once_for_what_only_clconv_reads(ct, dev, monkeypatch):
     for _ in range(2):
         _close(_run(converted, x, dev), want)
     # (a device whose memory is not the host's downloads each result instead)
-    assert waits == ([11, 11] if uses_zero_copy(dev) else [])
+    assert waits == ([12, 12] if uses_zero_copy(dev) else [])
 
 
 def test_a_deferred_result_is_waited_for_before_torch_reads_it(ct, dev):
@@ -425,6 +425,59 @@ def test_max_pooling_runs_in_clconv_as_torch(ct, dev, nd, args):
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _Gates(nn.Module):
+    """Squeeze-excitation gates as networks write them (a pool module, F.adaptive_avg_pool2d
+    with None, x * s, torch.mul(s, x), x.mul(s)), a spatial gate (N, 1, H, W), 1-d and 3-d
+    pools, and a product torch keeps (a float64 operand)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.spatial = nn.Conv2d(8, 1, 3, padding=1)
+        self.tail = nn.Conv2d(8, 4, 1)
+        self.pool1, self.pool3 = nn.AdaptiveAvgPool1d(3), nn.AdaptiveAvgPool3d((1, 2, None))
+        self.scale = nn.Parameter(torch.rand(1, 4, 1, 1, dtype=torch.float64))
+
+    def forward(self, x):
+        y = self.stem(x)
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(self.pool(y)))))
+        y = y * s
+        t = torch.sigmoid(self.fc2(torch.relu(self.fc1(F.adaptive_avg_pool2d(y, (1, None))))))
+        y = torch.mul(t, y)
+        y = y.mul(torch.sigmoid(self.spatial(y)))
+        z = self.tail(y)
+        return (z, self.pool1(z.flatten(2)), self.pool3(z.unsqueeze(2)), z * self.scale,
+                F.adaptive_avg_pool2d(z, 1).flatten(1))
+
+
+def test_squeeze_excitation_gates_run_in_clconv_as_torch(ct, dev):
+    """Adaptive average pooling and products of two tensors between fused convolutions run in
+    clconv (on a device whose memory is the host's), deferred like the convolutions: no wait
+    and no torch op inside a squeeze-excitation block. Values, NaN and Inf as torch's."""
+    from clconv.torch_ops import uses_zero_copy
+
+    torch.manual_seed(0)
+    model = _Gates().eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 9, 7)
+    x[0, 1, 2, 3], x[1, 0, 0, 0] = float("nan"), float("inf")
+    for inputs in (x, torch.randn(3, 3, 5, 6)):
+        want = _run(model, inputs)
+        with _Recorder() as rec:
+            got = _run(converted, inputs, dev)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
+    # the five products and pools of 4-d values, the 1-d and 3-d pools, and the last pool;
+    # the float64 product stays torch's
+    assert converted.forward.gates == 9
+    if uses_zero_copy(dev):
+        assert rec.names.count("mul") + rec.names.count("__mul__") == 1  # (the float64 one)
+        assert "adaptive_avg_pool2d" not in rec.names
 
 
 class _TransposedWithSize(nn.Module):
