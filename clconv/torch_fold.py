@@ -18,6 +18,7 @@ import pyopencl.array as cla
 import torch
 from torch import fx, nn
 
+from .ops.conv import cached_conv_plan
 from .ops.fold import fold_batchnorm, fold_overflowed, foldable
 from .ops.precision import check_precision, plan_dtype
 from .runtime.device import Device, current_device
@@ -67,6 +68,8 @@ class Fold:
         self._folded: tuple[np.ndarray, np.ndarray] | None = None
         self._finite = True  # whether the BatchNorm's scale is finite (else it is not folded)
         self._on_device: dict[Device, tuple[cla.Array, cla.Array]] = {}
+        # the forward's plans by their arguments (`plan`): a call skips the functional API
+        self._plans: dict[tuple[Any, ...], Any] = {}
         # thread id -> a weak reference to that thread's last folded result (per thread: threads
         # running the model at once each pass their own result through the BatchNorm)
         self._produced: dict[int, Any] = {}
@@ -94,7 +97,7 @@ class Fold:
         # Device copies stay behind (a copy or pickle of the model uploads its own), and so do the
         # sample views (numpy views of the tensors: remade on the first call).
         return {**self.__dict__, "_on_device": {}, "_views": [], "_key": None,
-                "_produced": {}}
+                "_produced": {}, "_plans": {}}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Fold:
         """A copy made with the model (its modules' parents copied too: the chain's places in
@@ -178,6 +181,36 @@ class Fold:
 
 
 
+def _forward_plan(fold: Fold, dev: Device, nd: int, conv: nn.Module, x: torch.Tensor,
+                  operands: tuple[Any, ...], padding: Any, spec: Any, has_residual: bool,
+                  dtype: np.dtype) -> Any:
+    """The functional API's plan of this chain's convolution (`cached_conv_plan`), kept by the
+    chain under its arguments, so that a call runs it without the API's argument handling and
+    plan-cache key (~25 us a call of a network's ~0.1 ms layers); None where an argument is
+    not hashable (the API's call then)."""
+    w, b = operands[1], operands[2]
+    if w.dtype != dtype or (b is not None and b.dtype != dtype):
+        return None  # (the API's call names the mixed dtypes)
+    key = (dev, tuple(x.shape), dtype, w.shape, None if b is None else b.shape, has_residual,
+           spec, conv.stride, padding, conv.dilation, conv.groups, conv.padding_mode,
+           conv.algorithm)
+    try:
+        plan = fold._plans.get(key)
+    except TypeError:  # (an unhashable spec or padding)
+        return None
+    if plan is None:
+        if len(fold._plans) >= 8:  # (a model called at many input sizes)
+            fold._plans.clear()
+        x_shape = tuple(x.shape)
+        r_shape = conv_result_shape(x_shape, tuple(w.shape), conv.stride, padding,
+                                    conv.dilation, conv.groups) if has_residual else None
+        plan = fold._plans[key] = cached_conv_plan(
+            dev, nd, x_shape, tuple(w.shape), None if b is None else tuple(b.shape), dtype,
+            conv.stride, padding, conv.dilation, conv.groups, conv.padding_mode, conv.algorithm,
+            spec, None, r_shape)
+    return plan
+
+
 def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
                residual: torch.Tensor | None = None, defer: bool = False) -> torch.Tensor:
     """act(bn(conv(input)) + residual) as one clconv convolution on the current device: `fold`'s
@@ -188,7 +221,8 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
     nd = len(conv.kernel_size)
     x, unbatched = batched(input, nd)
     dev = current_device()
-    check_precision(dev, plan_dtype(x.dtype))  # (float16 where the device lacks it: named)
+    dtype = plan_dtype(x.dtype)
+    check_precision(dev, dtype)  # (float16 where the device lacks it: named)
     transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
     with dev:
         zero_copy = uses_zero_copy(dev)
@@ -213,9 +247,18 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
             if residual is not None:
                 r = deferred_array(residual)
                 r = operand(residual, dev, zero_copy) if r is None else r
-            y = OPS[nd][0](*operands, conv.stride, padding, conv.dilation, conv.groups,
-                           padding_mode=conv.padding_mode, algorithm=conv.algorithm,
-                           activation=spec, residual=r, out=out)
+            plan = _forward_plan(fold, dev, nd, conv, x, operands, padding, spec,
+                                 residual is not None, dtype) \
+                if on_host and isinstance(dev, Device) else None
+            if plan is not None:
+                # (the result is waited for by the queue, `make_host_visible`: no event)
+                y = plan.execute({"input": operands[0], "weight": operands[1],
+                                  "bias": operands[2], "residual": r}, out, check=False,
+                                 events=False)
+            else:
+                y = OPS[nd][0](*operands, conv.stride, padding, conv.dilation, conv.groups,
+                               padding_mode=conv.padding_mode, algorithm=conv.algorithm,
+                               activation=spec, residual=r, out=out)
         if out is None:
             y = to_tensor(host_result(y), x)
         elif defer and not unbatched and x.is_contiguous() and results.over_tensor(out):
