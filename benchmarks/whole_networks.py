@@ -12,7 +12,9 @@ children in turn for a block of `--reps` back-to-back calls, `--blocks` times, w
 between blocks, so that the three paths are interleaved and a noisy spell on the machine hits all
 alike. Printed: the command, the device, torch's thread count, the median ms per call of each path
 and the ratio to torch (> 1: faster than torch). Every path takes a CPU tensor and returns one. The networks are clconv.tools.networks' ResNet-18
-and MobileNetV2 at full width (random weights, randomised BatchNorm statistics), eval mode.
+and MobileNetV2 (the four paths), MobileNetV3-Small, EfficientNet-B0, DenseNet-121 and ConvNeXt-T
+(torch, convert, compile) at full width (random weights, randomised BatchNorm statistics), eval
+mode.
 --train times a training step instead (train mode: BatchNorm on batch statistics; zero_grad,
 forward, cross-entropy against random labels, backward, SGD with momentum), torch against
 convert (whose convolutions run forward and backward on the device; compile is inference only).
@@ -31,13 +33,20 @@ from benchmarks import child_env, write_json
 from benchmarks.fair import Worker, alternate, command_line
 
 PATHS = ("torch", "convert", "compile", "functional")
+#: the networks benchmarks.functional_networks writes with clconv's functional API (the others
+#: run the first three paths)
+FUNCTIONAL = ("resnet18", "mobilenet_v2")
 
 
 def build(name: str):
     from clconv.tools import networks
 
     makers = {"resnet18": lambda: networks.resnet18(1.0, num_classes=1000),
-              "mobilenet_v2": lambda: networks.MobileNetV2(1.0, num_classes=1000)}
+              "mobilenet_v2": lambda: networks.MobileNetV2(1.0, num_classes=1000),
+              "mobilenet_v3_small": lambda: networks.MobileNetV3Small(1.0, num_classes=1000),
+              "efficientnet_b0": lambda: networks.EfficientNetB0(1.0, num_classes=1000),
+              "densenet121": lambda: networks.DenseNet((6, 12, 24, 16), 32, 64, 4, 1000),
+              "convnext_t": lambda: networks.ConvNeXt((3, 3, 9, 3), (96, 192, 384, 768), 1000)}
     if name not in makers:
         raise SystemExit(f"--models: unknown network {name!r}; choose from {sorted(makers)}")
     import torch
@@ -107,7 +116,7 @@ def parent(args: argparse.Namespace) -> None:
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batch.split(",")):
             workers: dict[str, Worker] = {}
-            paths = PATHS[:2] if args.train else PATHS
+            paths = PATHS[:2] if args.train else PATHS if name in FUNCTIONAL else PATHS[:3]
             for path in paths:
                 cmd = [sys.executable, "-m", "benchmarks.whole_networks", "--child", "--model",
                        name, "--path", path,
@@ -140,20 +149,17 @@ def parent(args: argparse.Namespace) -> None:
                       f"({row['convert_speedup']:.2f}x) [{args.blocks} blocks x {args.reps} "
                       f"calls, medians]", flush=True)
                 continue
-            row = {"model": name, "batch": batch, "size": args.size, **{f"{p}_ms": med[p]
-                                                                         for p in PATHS},
-                   "convert_speedup": med["torch"] / med["convert"],
-                   "compile_speedup": med["torch"] / med["compile"],
-                   "functional_speedup": med["torch"] / med["functional"],
+            row = {"model": name, "batch": batch, "size": args.size,
+                   **{f"{p}_ms": med[p] for p in paths},
+                   **{f"{p}_speedup": med["torch"] / med[p] for p in paths[1:]},
                    "compile_fallbacks": info["compile"]["fallbacks"]}
             results.append(row)
             print(f"device: {info['compile']['device']}; torch threads: {args.threads}")
-            print(f"{name:>13} batch {batch:>2} {args.size}x{args.size}: torch {med['torch']:8.1f} "
-                  f"ms | convert {med['convert']:8.1f} ms ({row['convert_speedup']:.2f}x) | "
-                  f"compile {med['compile']:8.1f} ms ({row['compile_speedup']:.2f}x) | "
-                  f"functional {med['functional']:8.1f} ms ({row['functional_speedup']:.2f}x) "
-                  f"[{args.blocks} blocks x {args.reps} calls, medians; fallbacks "
-                  f"{row['compile_fallbacks']}]", flush=True)
+            figures = " | ".join(f"{p} {med[p]:8.1f} ms ({row[p + '_speedup']:.2f}x)"
+                                 for p in paths[1:])
+            print(f"{name:>18} batch {batch:>2} {args.size}x{args.size}: torch {med['torch']:8.1f} "
+                  f"ms | {figures} [{args.blocks} blocks x {args.reps} calls, medians; "
+                  f"fallbacks {row['compile_fallbacks']}]", flush=True)
     write_json(args.json, results)
 
 

@@ -12,19 +12,29 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-# ResNet-18, MobileNetV2 and `randomize` are the package's (benchmarks.first_use and
-# benchmarks.whole_networks time them at full width); re-exported here so that the tests and the
-# benchmarks use one definition.
+# ResNet-18, MobileNetV2, MobileNetV3-Small, EfficientNet-B0, DenseNet, ConvNeXt and `randomize`
+# are the package's (benchmarks.first_use and benchmarks.whole_networks time them at full width);
+# re-exported here so that the tests and the benchmarks use one definition.
 from clconv.tools.networks import (  # noqa: F401 (re-exported)
     BasicBlock,
+    ConvNeXt,
+    ConvNeXtBlock,
+    DenseBlock,
+    DenseLayer,
+    DenseNet,
+    EfficientNetB0,
     InvertedResidual,
+    LayerNorm2d,
+    MBV3Block,
     MobileNetV2,
+    MobileNetV3Small,
     ResNet,
+    SqueezeExcitation,
     conv_bn,
     make_divisible,
+    mbconv,
     randomize,
     resnet18,
 )
@@ -98,210 +108,6 @@ class VGG(nn.Module):
         x = self.avgpool(self.features(x))
         x = x.view(x.size(0), -1)
         return self.classifier(x)
-
-
-# --- MobileNetV3-Small (Howard et al. 2019, Table 2) -----------------------------------------------
-
-class SqueezeExcitation(nn.Module):
-    """avg pool -> 1x1 conv -> act -> 1x1 conv -> gate activation -> x * scale."""
-
-    def __init__(self, c: int, squeeze: int, act: type = nn.ReLU,
-                 gate: type = nn.Hardsigmoid) -> None:
-        super().__init__()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(c, squeeze, 1)
-        self.fc2 = nn.Conv2d(squeeze, c, 1)
-        self.act = act()
-        self.gate = gate()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.gate(self.fc2(self.act(self.fc1(self.avgpool(x)))))
-        return x * s
-
-
-class MBV3Block(nn.Module):
-    def __init__(self, cin: int, k: int, exp: int, cout: int, se: bool, act: type,
-                 stride: int) -> None:
-        super().__init__()
-        self.use_res = stride == 1 and cin == cout
-        layers: list[nn.Module] = []
-        if exp != cin:
-            layers.append(conv_bn(cin, exp, 1, act=act))
-        layers.append(conv_bn(exp, exp, k, stride, groups=exp, act=act))
-        if se:
-            layers.append(SqueezeExcitation(exp, make_divisible(exp // 4)))
-        layers.append(conv_bn(exp, cout, 1, act=None))
-        self.block = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        return y + x if self.use_res else y
-
-
-class MobileNetV3Small(nn.Module):
-    RE, HS = nn.ReLU, nn.Hardswish
-    TABLE = ((3, 16, 16, True, RE, 2), (3, 72, 24, False, RE, 2), (3, 88, 24, False, RE, 1),
-             (5, 96, 40, True, HS, 2), (5, 240, 40, True, HS, 1), (5, 240, 40, True, HS, 1),
-             (5, 120, 48, True, HS, 1), (5, 144, 48, True, HS, 1), (5, 288, 96, True, HS, 2),
-             (5, 576, 96, True, HS, 1), (5, 576, 96, True, HS, 1))  # k, exp, out, SE, NL, s
-
-    def __init__(self, width: float = 0.5, num_classes: int = 10, head: int = 256) -> None:
-        super().__init__()
-        cin = make_divisible(16 * width)
-        layers: list[nn.Module] = [conv_bn(3, cin, 3, 2, act=nn.Hardswish)]
-        for k, exp, out, se, act, s in self.TABLE:
-            e, c = make_divisible(exp * width), make_divisible(out * width)
-            layers.append(MBV3Block(cin, k, e, c, se, act, s))
-            cin = c
-        last = make_divisible(576 * width)
-        layers.append(conv_bn(cin, last, 1, act=nn.Hardswish))
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(last, head), nn.Hardswish(), nn.Dropout(0.2),
-                                        nn.Linear(head, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(self.features(x)), 1)
-        return self.classifier(x)
-
-
-# --- EfficientNet-B0 (Tan & Le 2019, Table 1) ------------------------------------------------------
-
-def mbconv(cin: int, cout: int, k: int, stride: int, expand: int) -> InvertedResidual:
-    """EfficientNet's block: MobileNetV2's with a k x k depthwise, SiLU and a squeeze-excitation
-    (to cin / 4 channels) after the depthwise (stochastic depth is the identity in eval mode)."""
-    return InvertedResidual(cin, cout, stride, expand, k, nn.SiLU,
-                            lambda c: SqueezeExcitation(c, max(1, cin // 4), nn.SiLU, nn.Sigmoid))
-
-
-class EfficientNetB0(nn.Module):
-    TABLE = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-             (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))  # expand, k, s, c, n
-
-    def __init__(self, width: float = 0.25, num_classes: int = 10) -> None:
-        super().__init__()
-        cin = make_divisible(32 * width)
-        layers: list[nn.Module] = [conv_bn(3, cin, 3, 2, act=nn.SiLU)]
-        for e, k, s, c, n in self.TABLE:
-            cout = make_divisible(c * width)
-            for i in range(n):
-                layers.append(mbconv(cin, cout, k, s if i == 0 else 1, e))
-                cin = cout
-        last = make_divisible(1280 * width)
-        layers.append(conv_bn(cin, last, 1, act=nn.SiLU))
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-# --- DenseNet-BC (Huang et al. 2017, Table 1) ------------------------------------------------------
-
-class DenseLayer(nn.Module):
-    def __init__(self, cin: int, growth: int, bn_size: int) -> None:
-        super().__init__()
-        self.norm1 = nn.BatchNorm2d(cin)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(cin, bn_size * growth, 1, bias=False)
-        self.norm2 = nn.BatchNorm2d(bn_size * growth)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.cat(features, 1)
-        x = self.conv1(self.relu1(self.norm1(x)))
-        return self.conv2(self.relu2(self.norm2(x)))
-
-
-class DenseBlock(nn.Module):
-    def __init__(self, n: int, cin: int, growth: int, bn_size: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(DenseLayer(cin + i * growth, growth, bn_size)
-                                    for i in range(n))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
-        for layer in self.layers:
-            features.append(layer(features))
-        return torch.cat(features, 1)
-
-
-class DenseNet(nn.Module):
-    """DenseNet-BC: blocks (6, 12, 24, 16) with growth 32 is DenseNet-121."""
-
-    def __init__(self, blocks: tuple[int, ...] = (2, 3, 4, 3), growth: int = 8, init: int = 16,
-                 bn_size: int = 4, num_classes: int = 10) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, init, 7, 2, 3, bias=False), nn.BatchNorm2d(init),
-                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
-        c = init
-        for i, n in enumerate(blocks):
-            layers.append(DenseBlock(n, c, growth, bn_size))
-            c += n * growth
-            if i != len(blocks) - 1:
-                layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, c // 2, 1,
-                                                                               bias=False),
-                           nn.AvgPool2d(2, 2)]
-                c //= 2
-        layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(c, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
-        return self.classifier(torch.flatten(x, 1))
-
-
-# --- ConvNeXt (Liu et al. 2022, Table 9: ConvNeXt-T depths (3, 3, 9, 3), dims (96, ..., 768)) -------
-
-class LayerNorm2d(nn.LayerNorm):
-    """Channels-first LayerNorm (over C of (N, C, H, W)), written as torchvision writes it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
-
-
-class ConvNeXtBlock(nn.Module):
-    """dw 7x7 -> (channels-last) LayerNorm -> Linear 4C -> GELU -> Linear C -> layer scale -> + x."""
-
-    def __init__(self, dim: int, layer_scale: float = 1e-6) -> None:
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(4 * dim, dim)
-        self.gamma = nn.Parameter(layer_scale * torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
-        y = (self.gamma * y).permute(0, 3, 1, 2)
-        return x + y  # drop path is the identity in eval mode
-
-
-class ConvNeXt(nn.Module):
-    def __init__(self, depths: tuple[int, ...] = (1, 1, 2, 1),
-                 dims: tuple[int, ...] = (16, 32, 64, 128), num_classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6))
-        stages: list[nn.Module] = []
-        for i, (d, dim) in enumerate(zip(depths, dims)):
-            if i:
-                stages.append(nn.Sequential(LayerNorm2d(dims[i - 1], eps=1e-6),
-                                            nn.Conv2d(dims[i - 1], dim, 2, 2)))
-            stages += [ConvNeXtBlock(dim) for _ in range(d)]
-        self.stages = nn.Sequential(*stages)
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head = nn.Linear(dims[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        return self.head(self.norm(x.mean([-2, -1])))
 
 
 # --- Temporal convolutional network (Bai et al. 2018, Fig. 1: dilated causal residual blocks) -------

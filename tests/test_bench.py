@@ -235,6 +235,29 @@ def test_build_census_logs_first_builds_and_summarizes_them(tmp_path, monkeypatc
     assert "no census" in build_census.summarize(str(tmp_path / "none"))
 
 
+def test_whole_networks_times_the_paths_each_network_has(tmp_path):
+    """benchmarks.whole_networks on a network without a functional form (MobileNetV3-Small, tiny
+    input, one block of one call): torch, convert and compile each timed in their own process,
+    the ratios in the printed line and the JSON."""
+    pytest.importorskip("torch")
+    import subprocess
+
+    import benchmarks
+
+    out = tmp_path / "wn.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.whole_networks", "--models",
+                           "mobilenet_v3_small", "--batch", "1", "--size", "32", "--blocks", "1",
+                           "--reps", "1", "--pause", "0", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env=benchmarks.child_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(v for v in proc.stdout.splitlines() if "mobilenet_v3_small batch  1" in v)
+    assert "convert" in line and "compile" in line and "functional" not in line
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "mobilenet_v3_small" and row["compile_fallbacks"] == 0
+    assert {k for k in row if k.endswith("_speedup")} == {"convert_speedup", "compile_speedup"}
+
+
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_functional_networks_match_torch(clconv_mod, name):
     """benchmarks.functional_networks (whole_networks' 'functional' path): the networks written
