@@ -1731,6 +1731,29 @@ def _dynamic_backend_matches(ct, model, calls, same_shape=False):
         torch._dynamo.reset()
 
 
+class _WritesItsInput(nn.Module):
+    def forward(self, x):
+        x.mul_(2)
+        return x[:, :, 1:] + 1
+
+
+def test_torch_compile_backend_leaves_graphs_writing_their_input_to_torch(dev, ct):
+    """A graph that writes its input in place runs in torch (a FallbackWarning says so), which
+    writes the caller's tensor as torch.compile's own backends do; compiling it raised in
+    dynamo's guard building (an IndexError: sizes of the input with no source)."""
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(_WritesItsInput(), backend=ct.backend, dynamic=False)
+        x = torch.randn(2, 3, 5, 4)
+        x0 = x.clone()
+        with torch.no_grad(), pytest.warns(ct.FallbackWarning, match="writes its input"):
+            got = compiled(x)
+        _close(got, (2 * x0)[:, :, 1:] + 1)
+        _close(x, 2 * x0)
+    finally:
+        torch._dynamo.reset()
+
+
 class _FixedCoords(nn.Module):
     """CoordConv (Liu et al. 2018): coordinate channels of a fixed size, expanded to the batch."""
 
@@ -2210,6 +2233,11 @@ def test_statistics_are_lowered(dev, ct):
         for got, want in zip(cm(x), model(x)):
             assert got.shape == want.shape
             _close(got, want)
+        odd = torch.randn(2, 3, 9, 7)  # nn.GLU's last dim odd: refused as torch refuses it
+        with pytest.raises(RuntimeError, match="Halving dimension must be even"):
+            model(odd)
+        with pytest.raises(RuntimeError, match="Halving dimension must be even"):
+            cm(odd)
 
 
 class TrailingLayerNorms(nn.Module):

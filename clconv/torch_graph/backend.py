@@ -18,6 +18,7 @@ from torch import fx, nn
 from ..runtime.device import current_device
 from .base import FallbackWarning, Unlowerable, bind, pure_call
 from .compiled import CompiledModel
+from .inplace import writes_input
 
 
 def _is_state(node: fx.Node, value: Any) -> bool:
@@ -228,6 +229,13 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
     too, with a FallbackWarning saying why. Nodes compile()
     cannot lower fall back one by one as in compile()."""
     if torch.is_grad_enabled():
+        return gm.forward
+    if writes_input(gm):
+        # torch writes the caller's tensor (compile() computes on a copy of its input); running
+        # the graph through compile() here also left dynamo's guards for the input's sizes with
+        # no source (an IndexError in its guard building)
+        warnings.warn("clconv.torch.backend: this graph writes its input in place, so it runs "
+                      "in torch (which writes the caller's tensor)", FallbackWarning, stacklevel=2)
         return gm.forward
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(example_inputs):

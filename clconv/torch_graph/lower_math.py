@@ -449,6 +449,9 @@ class MathRules(LoweringBase):
         def run(env: dict[str, Any]) -> Any:
             a = env[xn]
             d = dim % a.ndim
+            if a.shape[d] % 2:  # (another call's sizes: torch's check)
+                raise RuntimeError(f"Halving dimension must be even, but dimension {d} is size "
+                                   f"{a.shape[d]}")
             h = a.shape[d] // 2
             first, second = (to_device(a[(slice(None),) * d + (slice(lo, lo + h),)], dev,
                                        "input", a.dtype) for lo in (0, h))
