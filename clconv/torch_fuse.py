@@ -29,13 +29,10 @@ from .torch_train import (defer_result, deferred_array, flush_deferred, joined_r
 from .torch_graph.activations import activation_module, activation_of, activation_spec
 from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_aside
 from .ops.binary import mul
-from .ops.channels import batch_norm
-from .ops.shape import cat
 from .ops.pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d, max_pool1d,
                        max_pool2d, max_pool3d, pool_output_size)
 from .runtime.device import current_device
-from .torch_ops import (conv_result_shape, fixed_operand, module_padding, nd_tuple, operand,
-                        uses_zero_copy)
+from .torch_ops import conv_result_shape, module_padding, nd_tuple, operand, uses_zero_copy
 
 # A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
 # it writes its first argument).
@@ -281,8 +278,8 @@ def _device_reads(dev: Any, *tensors: Any) -> bool:
 
 def _run_on_device(dev: Any, inputs: tuple[torch.Tensor, ...], shape: tuple[int, ...],
                    op: Callable[..., Any], defer: bool) -> torch.Tensor:
-    """op(device arrays of the inputs (a list), out=a new result of `shape`) on `dev`; the
-    result's tensor (not waited for with `defer`, as fused_conv's)."""
+    """op(*device arrays of inputs, out=a new result of `shape`) on `dev`; the result's tensor
+    (not waited for with `defer`, as fused_conv's)."""
     with dev:
         results = joined_results(dev, True)  # (another device's deferred ones waited for first)
         arrays = []
@@ -290,7 +287,7 @@ def _run_on_device(dev: Any, inputs: tuple[torch.Tensor, ...], shape: tuple[int,
             a = deferred_array(t)
             arrays.append(operand(t, dev, True) if a is None else a)
         out = results.new(shape, inputs[0])
-        op(arrays, out=out)
+        op(*arrays, out=out)
         if defer and results.over_tensor(out):
             return defer_result(results, out, (inputs, arrays))
         y = results.tensor(out)  # (and the deferred results before it)
@@ -317,7 +314,7 @@ def fused_adaptive_avg_pool(nd: int, input: torch.Tensor, output_size: Any, *,
         return _TORCH_ADAPTIVE_AVG_POOL[nd](input, output_size)
     op = _CLCONV_ADAPTIVE_AVG_POOL[nd]
     return _run_on_device(dev, (input,), (*input.shape[:2], *size),
-                          lambda arrays, out: op(arrays[0], size, out=out), defer)
+                          lambda x, out: op(x, size, out=out), defer)
 
 
 def fused_mul(a: Any, b: Any, *, defer: bool = False) -> Any:
@@ -331,59 +328,9 @@ def fused_mul(a: Any, b: Any, *, defer: bool = False) -> Any:
         except RuntimeError:  # torch's own error
             shape = None
         if shape is not None and min(shape) > 0:
-            return _run_on_device(dev, (a, b), shape,
-                                  lambda arrays, out: mul(*arrays, out=out), defer)
+            return _run_on_device(dev, (a, b), shape, mul, defer)
     flush_deferred()
     return a * b
-
-
-def fused_batch_norm(bn: nn.Module, input: torch.Tensor, spec: Any, *,
-                     defer: bool = False) -> torch.Tensor:
-    """act(bn(input)) of an eval-mode BatchNorm with running statistics (a pre-activation block's
-    BatchNorm -> ReLU before its convolution: DenseNet's, pre-activation ResNets') by
-    clconv.batch_norm with the activation in its store, on a device whose memory is the host's;
-    the module and torch's activation elsewhere. defer: as fused_conv's."""
-    dev = current_device()
-    nd = BATCHNORM_ND.get(getattr(type(bn), "_clconv_base", type(bn)))
-    state = (bn.running_mean, bn.running_var, bn.weight, bn.bias)
-    if bn.training or bn.running_mean is None or bn.running_var is None or \
-            not _device_reads(dev, input) or input.dim() != (nd or 0) + 2 or \
-            input.shape[1] != bn.num_features or bn._forward_hooks or \
-            bn._forward_pre_hooks or any(t is not None and t.dtype != input.dtype
-                                         for t in state):
-        flush_deferred()  # torch reads the input
-        return _torch_activation(bn(input), spec)
-    mean, var, weight, bias = (fixed_operand(t, dev) for t in state)
-    eps = float(bn.eps)
-    return _run_on_device(dev, (input,), tuple(input.shape), lambda arrays, out: batch_norm(
-        arrays[0], mean, var, weight, bias, False, 0.1, eps, activation=spec, out=out), defer)
-
-
-def _standalone_batch_norm(m: nn.Module | None) -> bool:
-    """Whether `m` is a BatchNorm module of no folded chain of convert()'s (a chain's BatchNorm
-    passes the folded convolution's result through: it must stay the module's call)."""
-    return m is not None and getattr(m, "_clconv_fold", None) is None and \
-        BATCHNORM_ND.get(getattr(type(m), "_clconv_base", type(m))) is not None
-
-
-def fused_cat(tensors: Any, dim: int = 0, *, defer: bool = False) -> torch.Tensor:
-    """torch.cat of tensors along `dim` (DenseNet's concatenations) by clconv.cat on a device
-    whose memory is the host's, torch's elsewhere (other dtypes, layouts, empty tensors)."""
-    dev = current_device()
-    tensors = list(tensors) if isinstance(tensors, (list, tuple)) else None
-    if tensors and type(dim) is int and _device_reads(dev, *tensors) and \
-            len({t.dim() for t in tensors}) == 1:
-        nd = tensors[0].dim()
-        d = dim % nd if -nd <= dim < nd else None
-        rest = {tuple(t.shape[:d]) + tuple(t.shape[d + 1:]) for t in tensors} if d is not None \
-            else set()
-        if len(rest) == 1:
-            shape = list(tensors[0].shape)
-            shape[d] = sum(t.shape[d] for t in tensors)
-            return _run_on_device(dev, tuple(tensors), tuple(shape),
-                                  lambda arrays, out: cat(arrays, d, out=out), defer)
-    flush_deferred()
-    return torch.cat(tensors if tensors is not None else tensors, dim)
 
 
 def _gates_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
@@ -406,28 +353,6 @@ def _gates_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
               (node.op == "call_method" and node.target == "mul")) and len(args) == 2 and \
                 not node.kwargs and all(isinstance(v, fx.Node) for v in args):
             target, new_args = fused_mul, tuple(args)
-        elif node.op == "call_function" and node.target is torch.cat and 1 <= len(args) <= 2 \
-                and not node.kwargs and isinstance(args[0], (list, tuple)) and \
-                all(isinstance(v, fx.Node) for v in args[0]):
-            target, new_args = fused_cat, tuple(args)
-        elif node.op == "call_module" and _standalone_batch_norm(modules.get(str(node.target))) \
-                and len(args) == 1 and not node.kwargs:
-            # with the activation that alone reads it (an inplace ReLU included: no node
-            # writes in place then, so the trace's convolutions can be deferred)
-            spec, end = None, node
-            nxt = _only_user(node)
-            found = activation_of(nxt, modules) if nxt is not None else None
-            if found is not None and found[1] is node:
-                spec, end = activation_spec(found[0]), nxt
-            with graph.inserting_before(end):
-                ref = graph.get_attr(node.target)
-                new = graph.call_function(fused_batch_norm, (ref, args[0], spec))
-            end.replace_all_uses_with(new)
-            if end is not node:
-                graph.erase_node(end)
-            graph.erase_node(node)
-            count += 1
-            continue
         else:
             continue
         with graph.inserting_before(node):
@@ -558,7 +483,7 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
 
 #: The inference trace's nodes that read deferred results through their device arrays.
 _INFERENCE_NODES = (fused_conv, fused_max_pool, _module_max_pool, fused_adaptive_avg_pool,
-                    fused_mul, fused_batch_norm, fused_cat)
+                    fused_mul)
 
 
 def _mark_deferred_inference(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:

@@ -42,7 +42,6 @@ class _Recorder(TorchFunctionMode):
 # ResNet's BasicBlock as torchvision writes it: one ReLU(inplace=True) called twice, `out +=
 # identity`, the downsample computed after the second BatchNorm.
 from clconv.tools.networks import BasicBlock as Basic  # noqa: E402
-from clconv.tools.networks import randomize  # noqa: E402
 
 
 class Inverted(nn.Module):
@@ -479,55 +478,6 @@ def test_squeeze_excitation_gates_run_in_clconv_as_torch(ct, dev):
     if uses_zero_copy(dev):
         assert rec.names.count("mul") + rec.names.count("__mul__") == 1  # (the float64 one)
         assert "adaptive_avg_pool2d" not in rec.names
-
-
-class _PreActivation(nn.Module):
-    """DenseNet's and pre-activation ResNets' BatchNorm -> activation before a convolution, and
-    concatenations: an inplace ReLU, F.silu, a BatchNorm alone, one without affine parameters,
-    one on batch statistics (torch's), cat along a negative dim and of two dtypes (torch's)."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.norm1, self.relu1 = nn.BatchNorm2d(7), nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(7, 6, 1, bias=False)
-        self.norm2 = nn.BatchNorm2d(6, affine=False)
-        self.conv2 = nn.Conv2d(6, 5, 3, padding=1)
-        self.norm3 = nn.BatchNorm2d(5)
-        self.batch_stats = nn.BatchNorm2d(5, track_running_stats=False)
-        self.extra = nn.Parameter(torch.randn(1, 5, 1, 1, dtype=torch.float64))
-
-    def forward(self, x):
-        y = self.conv1(self.relu1(self.norm1(torch.cat([x, self.stem(x)], 1))))
-        z = self.conv2(F.silu(self.norm2(y)))
-        w = torch.cat((self.norm3(z), z), -1)
-        return w, self.batch_stats(z), torch.cat([z.double(), self.extra.expand_as(z)], 1)
-
-
-def test_pre_activation_batch_norms_and_concatenations_run_in_clconv_as_torch(ct, dev):
-    """BatchNorm (eval, running statistics) with the activation that alone reads it, and
-    torch.cat, between convolutions run in clconv on a device whose memory is the host's: an
-    inplace ReLU no longer stops the trace's deferral. Others stay torch's."""
-    from clconv.torch_ops import uses_zero_copy
-
-    torch.manual_seed(0)
-    model = randomize(_PreActivation()).eval()
-    converted = ct.convert(model)
-    x = torch.randn(2, 3, 6, 5)
-    x[1, 2, 3, 4] = float("nan")
-    for inputs in (x, torch.randn(1, 3, 4, 7)):
-        want = _run(model, inputs)
-        with _Recorder() as rec:
-            got = _run(converted, inputs, dev)
-        for g, w in zip(got, want):
-            assert g.shape == w.shape and g.dtype == w.dtype
-            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
-    assert converted.forward.gates == 6  # 3 BatchNorms (and their activations), 3 cats
-    if uses_zero_copy(dev):
-        assert rec.names.count("batch_norm") == 1 and rec.names.count("cat") == 1
-        # the first cat and BatchNorm -> ReLU at least (the inplace ReLU left no node that
-        # writes in place, which would have stopped every deferral)
-        assert converted.forward.deferred >= 2
 
 
 class _TransposedWithSize(nn.Module):
