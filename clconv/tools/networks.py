@@ -374,8 +374,9 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                if m.running_mean is not None:  # (none without track_running_stats)
+                    m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                    m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
                 if m.weight is not None:
                     m.weight.copy_(torch.rand(c, generator=g) + 0.5)
                     m.bias.copy_(torch.randn(c, generator=g) * 0.2)
