@@ -1731,6 +1731,37 @@ def _dynamic_backend_matches(ct, model, calls, same_shape=False):
         torch._dynamo.reset()
 
 
+class _CheckpointedBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.block, x, use_reentrant=False)
+
+
+def test_torch_compile_backend_after_a_checkpointing_convert(dev, ct):
+    """After a converted model's training forward met torch.utils.checkpoint (its trace stops
+    there), dynamo reached a module's buffers through `__dict__['_buffers']`: the backend took
+    BatchNorm's running statistics for values computed in the graph and ran the graph in torch
+    (so every backend test after test_convert_fused's checkpoint test, in one process)."""
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    with dev, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ct.convert(_CheckpointedBlock().train())(x).sum().backward()
+    model = models.randomize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))).eval()
+    made, compiled = _backend_compiled(ct, model)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error", ct.FallbackWarning)
+            _close(compiled(x.detach()), model(x.detach()))
+        assert made and all(fn.compiled_model.fallbacks == [] for fn in made)
+    finally:
+        torch._dynamo.reset()
+
+
 class _WritesItsInput(nn.Module):
     def forward(self, x):
         x.mul_(2)

@@ -28,10 +28,17 @@ def _is_state(node: fx.Node, value: Any) -> bool:
         return True
     source = getattr(node.meta.get("grapharg"), "source", None)
     while source is not None:
-        if "ParamBufferSource" in type(source).__name__:
+        # (a module dynamo does not specialise -- so after torch.utils.checkpoint ran in the
+        # process -- reaches a buffer through `__dict__['_buffers'][name]`)
+        if "ParamBufferSource" in type(source).__name__ or \
+                getattr(source, "index", None) in _STATE_DICTS or \
+                getattr(source, "member", None) in _STATE_DICTS:
             return True
         source = getattr(source, "base", None)
     return False
+
+
+_STATE_DICTS = ("_parameters", "_buffers")
 
 
 def _is_number(node: fx.Node, value: Any) -> bool:
