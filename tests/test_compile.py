@@ -407,6 +407,32 @@ def test_expand_keeps_its_shape(dev, ct, kind):
     _matches(cm, model, x, torch.randn(1, 3, 8, 10))
 
 
+class Clones(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        z = y.clone()
+        z.relu_()  # writes the clone only
+        w = torch.clone(y, memory_format=torch.channels_last)
+        w.mul_(2)
+        return y + z + w
+
+
+def test_clones_are_device_copies(dev, ct):
+    """x.clone() / torch.clone: a copy on the device (it ran on the host), in-place writes to
+    the copy leaving the original as torch's memory does."""
+    torch.manual_seed(0)
+    model = Clones().eval()
+    x = torch.randn(2, 3, 6, 5)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    assert sum("clone (device copy)" in s.op for s in cm.steps) == 2
+    _matches(cm, model, x, torch.randn(1, 3, 4, 7))
+
+
 class Expands(nn.Module):
     """Tensor.expand's forms: new leading dims, -1, sizes read from the input, into a conv."""
 

@@ -267,6 +267,12 @@ class ShapeRules(LoweringBase):
         return self.value(node, lambda env: to_device(env[xn].transpose(axes), dev, "input",
                                                       env[xn].dtype), "permute (copy)", (xn,))
 
+    def cloned(self, node: fx.Node, x: Any) -> Step:
+        """x.clone() / torch.clone(x) (any memory_format: the values are the same): a copy on the
+        device (not an alias: a later in-place op on either must not reach the other)."""
+        xn = self.plain_tensor(x, "clone")
+        return self.value(node, lambda env: env[xn].copy(), "clone (device copy)", (xn,))
+
     def expanded_copy(self, node: fx.Node, x: Any, size_args: Any, like: Any = None) -> Step:
         """x.expand(*sizes) / x.expand_as(like) read by ops that do not broadcast it themselves
         (cat, a convolution): the broadcast view of the device array (stride 0 along the

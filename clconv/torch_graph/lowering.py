@@ -407,6 +407,8 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             return self.variance(node, t.__name__)
         if t is F.normalize:
             return self.normalize(node)
+        if t is torch.clone:
+            return self.cloned(node, node.args[0])
         if t is F.glu:
             return self.glu(node, *bind(node, lambda input, dim=-1: (input, dim)))
         if t in (torch.zeros_like, torch.ones_like, torch.full_like):
@@ -558,6 +560,8 @@ class Lowering(LayerRules, MathRules, ShapeRules):
             return self.expanded_copy(node, node.args[0], node.args[1:])
         if t in ("contiguous",):
             return self.alias(node, node.args[0], "contiguous")
+        if t == "clone":
+            return self.cloned(node, node.args[0])
         if t == "transpose":
             return self.transpose(node)
         if t == "permute":
