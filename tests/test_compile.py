@@ -407,6 +407,29 @@ def test_expand_keeps_its_shape(dev, ct, kind):
     _matches(cm, model, x, torch.randn(1, 3, 8, 10))
 
 
+class UnflattenBySizes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        v = y.flatten(2)
+        return (v.unflatten(2, y.shape[2:]) + torch.unflatten(v, 2, (y.shape[2], -1)) +
+                v.unflatten(-1, (x.size(2), x.size(3))))
+
+
+def test_unflatten_by_sizes_computed_in_the_graph(dev, ct):
+    """unflatten's sizes from the graph (`y.shape[2:]`, sizes of another tensor, with -1) are
+    read on each call (they ran on the host)."""
+    torch.manual_seed(0)
+    model = UnflattenBySizes().eval()
+    x = torch.randn(2, 3, 6, 5)
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    _matches(cm, model, x, torch.randn(1, 3, 4, 7))
+
+
 class Clones(nn.Module):
     def __init__(self):
         super().__init__()

@@ -94,17 +94,31 @@ class ShapeRules(LoweringBase):
         sh = shape(src)
         if sh is None or self.layout.get(src.name) is not None:
             raise Unlowerable("unflatten of a non-tensor or a permuted view")
-        sizes = tuple(sizes) if isinstance(sizes, (tuple, list, torch.Size)) else None
-        if type(dim) is not int or sizes is None or not all(type(v) is int for v in sizes):
-            raise Unlowerable("unflatten with sizes computed in the graph")
+        if isinstance(sizes, fx.Node):  # (a size computed in the graph: `y.shape[2:]`)
+            parts: Any = sizes
+        elif isinstance(sizes, (tuple, list, torch.Size)):
+            parts = tuple(sizes)
+        else:
+            parts = None
+        if type(dim) is not int or parts is None or (not isinstance(parts, fx.Node) and not all(
+                type(v) is int or isinstance(v, fx.Node) for v in parts)):
+            raise Unlowerable("unflatten with these sizes")
         d, x = dim % len(sh), src.name
-        known = math.prod(v for v in sizes if v != -1)
+        nodes = [parts] if isinstance(parts, fx.Node) else \
+            [v for v in parts if isinstance(v, fx.Node)]
 
         def run(env: dict[str, Any]) -> Any:
             a = env[x]
+            given = env[parts.name] if isinstance(parts, fx.Node) else \
+                [env[v.name] if isinstance(v, fx.Node) else v for v in parts]
+            sizes = tuple(int(v) for v in given)
+            known = math.prod(v for v in sizes if v != -1)
             new = tuple(a.shape[d] // known if v == -1 else v for v in sizes) if known else sizes
+            if math.prod(new) != a.shape[d]:  # torch's check (sizes read on this call)
+                raise RuntimeError(f"unflatten: Provided sizes {list(sizes)} don't multiply up "
+                                   f"to the size of dim {d} ({a.shape[d]}) in the input tensor")
             return reshape_view(a, (*a.shape[:d], *new, *a.shape[d + 1:]))
-        return self.value(node, run, "reshape (unflatten)", (x,))
+        return self.value(node, run, "reshape (unflatten)", (x, *(n.name for n in nodes)))
 
     def squeeze(self, node: fx.Node, name: str) -> Step:
         """squeeze/unsqueeze as a reshape of the device array (no device work)."""
