@@ -494,6 +494,30 @@ def test_expand_copies_as_torch(dev, ct, kind):
             cm(bad)
 
 
+class FixedExpandProduct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        return y * y.mean((2, 3), keepdim=True).expand(2, 4, 5, 6)
+
+
+def test_expand_of_fixed_sizes_is_checked_on_each_call(dev, ct):
+    """expand() to fixed sizes read by a product: at the example's batch the other operand has
+    the expanded shape, at another it does not (torch broadcasts batch 1 up to 2 and refuses
+    batch 3); it was an alias of its input, which gave (1, 4, 5, 6) and no error."""
+    torch.manual_seed(0)
+    model = FixedExpandProduct().eval()
+    cm = _compile(ct, model, torch.randn(2, 3, 5, 6))
+    _matches(cm, model, torch.randn(2, 3, 5, 6), torch.randn(1, 3, 5, 6))
+    bad = torch.randn(3, 3, 5, 6)
+    for fn in (model, cm):
+        with torch.no_grad(), pytest.raises(RuntimeError, match="must match the existing size"):
+            fn(bad)
+
+
 class MaxOfPermuted(nn.Module):
     def __init__(self, dim):
         super().__init__()

@@ -544,15 +544,15 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         if t in ("squeeze", "unsqueeze"):
             return self.squeeze(node, t)
         if t in ("expand_as", "expand"):
-            # x.expand_as(y) feeding only add/mul whose other operand has the expanded shape:
-            # their broadcasting expands it, no copy. (Beside a number or a smaller tensor the
-            # result would keep x's shape.)
-            full = shape(node)
+            # x.expand_as(y) feeding only add/mul whose other operand is y: their broadcasting
+            # expands it, no copy, at every call's sizes. (Beside a number or a smaller tensor
+            # the result would keep x's shape; sizes given to expand() need not be the other
+            # operand's at another call: a copy then, checked as torch checks them.)
+            like = node.args[1] if t == "expand_as" and len(node.args) == 2 else None
 
             def broadcast_by(u: fx.Node) -> bool:
-                return self.binary_name(u) is not None and full is not None and any(
-                    a is not node and isinstance(a, fx.Node) and shape(a) == full
-                    for a in (*u.args, *u.kwargs.values()))
+                return self.binary_name(u) is not None and isinstance(like, fx.Node) and any(
+                    a is like for a in (*u.args, *u.kwargs.values()))
             if node.users and all(broadcast_by(u) for u in node.users):
                 return self.alias(node, node.args[0], f"{t} (broadcast by its users)")
             if t == "expand_as":
