@@ -494,6 +494,62 @@ def test_expand_copies_as_torch(dev, ct, kind):
             cm(bad)
 
 
+class _Noise(nn.Module):
+    def forward(self, y):
+        return y + torch.rand(6)
+
+
+class _Written(nn.Module):
+    def forward(self, y):
+        z = torch.zeros(6)
+        z[0] = y.mean()
+        return y * z
+
+
+class Frozen(nn.Module):
+    """Values fx would run once, at the trace: a random draw of no traced value, and a tensor
+    made at the trace that traced values are written into."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.tail = _Noise() if kind == "random" else _Written()
+
+    def forward(self, x):
+        return self.tail(self.c(x))
+
+
+@pytest.mark.parametrize("kind", ["random", "written"])
+def test_values_a_trace_would_freeze_run_in_torch(dev, ct, kind):
+    """compile() kept `torch.rand(6)` as one draw (the same values every call) and a tensor
+    made in forward and written from the input as a constant uploaded once (0.06-0.17 off):
+    the module doing so runs in torch (a FallbackWarning), the model's values are torch's at
+    the same seed; through the torch.compile backend too."""
+    torch.manual_seed(0)
+    model = Frozen(kind).eval()
+    x = torch.randn(2, 3, 5, 6)
+    cm = _compile_with_fallbacks(ct, model, x)
+    assert [f.op for f in cm.fallbacks] == [type(model.tail).__name__]
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ct.FallbackWarning)
+        backend = torch.compile(model, backend=ct.backend, dynamic=False)
+        for fn in (cm, backend):
+            for inputs in (x, torch.randn(1, 3, 5, 6)):
+                with torch.no_grad():
+                    torch.manual_seed(1)
+                    want = model(inputs)
+                    torch.manual_seed(1)
+                    _close(fn(inputs), want)
+    torch._dynamo.reset()
+
+
+def test_a_root_forward_writing_a_tensor_made_at_the_trace_is_refused(dev, ct):
+    model = _Written().eval()
+    with pytest.raises(TypeError, match="made at the trace"):
+        ct.compile(model, torch.randn(2, 6), progress=False)
+
+
 class FixedExpandProduct(nn.Module):
     def __init__(self):
         super().__init__()

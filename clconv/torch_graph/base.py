@@ -99,7 +99,8 @@ IMPURE = frozenset(("rand", "randn", "rand_like", "randn_like", "randint", "rand
                     "randperm", "bernoulli", "multinomial", "normal", "poisson", "dropout",
                     "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
                     "rrelu", "empty", "empty_like", "uniform", "exponential", "geometric",
-                    "cauchy", "log_normal", "copy_", "item", "tolist", "numpy"))
+                    "cauchy", "log_normal", "copy_", "item", "tolist", "numpy", "native_dropout",
+                    "random_"))
 
 
 def pure_call(node: fx.Node) -> bool:

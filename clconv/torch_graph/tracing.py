@@ -15,6 +15,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils import prune
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.overrides import TorchFunctionMode
 
 from .inplace import redirect_inplace_writes, writes_input
 
@@ -84,11 +85,58 @@ def backward_hooks_set_aside(model: nn.Module) -> Iterator[None]:
         mod._global_backward_hooks, mod._global_backward_pre_hooks = hooks, pre_hooks
 
 
+#: Random draws: called without a traced argument, fx runs them once, at the trace.
+_RANDOM = frozenset(("rand", "randn", "randint", "randperm", "normal", "bernoulli",
+                     "multinomial", "poisson", "native_dropout", "uniform_", "normal_",
+                     "bernoulli_", "exponential_", "geometric_", "cauchy_", "log_normal_",
+                     "random_"))
+
+
+class _ConcreteValuesRefused(TorchFunctionMode):
+    """While fx traces: a random draw on no traced value (`torch.rand(6)`, `torch.empty(6)
+    .uniform_()`), and an in-place write of traced values into a tensor that is no traced value
+    (`z = torch.zeros(6); z[0] = x.mean()`), raise a TypeError. fx runs a call of no traced
+    argument once, at the trace, and keeps its result as a constant of the graph: the draw would
+    be the same on every call, and the written tensor a constant that every call writes again
+    (the compiled program uploaded it once). The module (or model) doing so is then left to
+    torch, which runs it as written."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        traced = _proxies((args, kwargs))
+        if name in _RANDOM and not traced:
+            raise TypeError(f"torch {name} of no traced value: a trace would keep one draw")
+        if traced and args and isinstance(args[0], torch.Tensor) and \
+                not isinstance(args[0], fx.Proxy) and (name == "__setitem__" or (
+                    name.endswith("_") and not name.startswith("_"))):
+            raise TypeError(f"{name} of traced values into a tensor made at the trace: the trace "
+                            f"would keep that tensor as a constant")
+        return func(*args, **kwargs)
+
+
+def _proxies(value: Any) -> list[fx.Proxy]:
+    """The fx Proxies in nested tuples, lists and dicts of `value`."""
+    if isinstance(value, fx.Proxy):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [p for v in value for p in _proxies(v)]
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _proxies(v)]
+    return []
+
+
 class InplaceTracer(fx.Tracer):
-    """torch.fx's tracer making InplaceProxy's."""
+    """torch.fx's tracer making InplaceProxy's, refusing what a trace would freeze
+    (_ConcreteValuesRefused)."""
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return InplaceProxy(node, self)
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        with _ConcreteValuesRefused():
+            return super().trace(root, concrete_args)
 
 
 class Tracer(InplaceTracer):
