@@ -99,7 +99,10 @@ class _Results:
 
     def over_tensor(self, arr: cla.Array) -> bool:
         """Whether a `new` array is over a tensor's memory (not a pool array to download)."""
-        return any(a is arr and t is not None for t, a in self._made)
+        for t, a in reversed(self._made):  # (asked of the latest: a forward's set grows)
+            if a is arr:
+                return t is not None
+        return False
 
     def unsynced(self, arr: cla.Array) -> torch.Tensor:
         """The tensor over a `new` array's memory, its contents the kernels' only after the next
