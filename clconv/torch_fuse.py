@@ -199,10 +199,7 @@ def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
     read and written in place; 1.9x faster than torch's on PoCL for ResNet's 3x3 / 2 pool); torch's
     own everywhere else (indices, other devices, dtypes or layouts). defer: as fused_conv's."""
     dev = current_device()
-    if return_indices or input.dim() != nd + 2 or input.dtype not in (torch.float32,
-                                                                         torch.float64) or \
-            (input.dtype == torch.float64 and not dev.fp64) or not input.is_contiguous() or \
-            not uses_zero_copy(dev):
+    if return_indices or input.dim() != nd + 2 or not _device_reads(dev, input):
         flush_deferred()  # torch reads the input
         return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
                                    ceil_mode=ceil_mode, return_indices=return_indices)
@@ -214,21 +211,13 @@ def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
             input.shape[2:], k, nd_tuple(padding, nd), st, nd_tuple(dilation, nd)))
     except (TypeError, ValueError):  # torch's own error for bad arguments
         size = None
-    if size is None or min(size) < 1 or input.numel() == 0:
+    if size is None or min(size) < 1:
         flush_deferred()
         return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
                                    ceil_mode=ceil_mode)
-    with dev:
-        results = joined_results(dev, True)  # (another device's deferred ones waited for first)
-        x = deferred_array(input)
-        x = operand(input, dev, True) if x is None else x
-        out = results.new((*input.shape[:2], *size), input)
-        _CLCONV_MAX_POOL[nd](x, kernel_size, stride, padding, dilation, ceil_mode, out=out)
-        if defer:
-            return defer_result(results, out, (input, x))
-        y = results.tensor(out)  # (and the deferred results before it)
-        flush_deferred()
-        return y
+    pool = _CLCONV_MAX_POOL[nd]
+    return _run_on_device(dev, (input,), (*input.shape[:2], *size), lambda x, out: pool(
+        x, kernel_size, stride, padding, dilation, ceil_mode, out=out), defer)
 
 
 def _module_max_pool(pool: nn.Module, input: torch.Tensor, defer: bool = False) -> Any:
@@ -265,14 +254,13 @@ def _pools_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
 
 
 def _device_reads(dev: Any, *tensors: Any) -> bool:
-    """Whether clconv runs an op of `tensors` in place of torch's (the inference forward's SE
-    gates): contiguous CPU float tensors of one dtype the device has, of at least one element
-    and one dim, on a device whose memory is the host's."""
+    """Whether clconv runs an op of `tensors` in place of torch's (the inference forward's
+    pools and SE gates): contiguous CPU float tensors of one dtype the device has, of at least
+    one element and one dim, on a device whose memory is the host's."""
     first = tensors[0]
     return uses_zero_copy(dev) and all(
         isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == first.dtype and
-        t.dim() >= 1 and t.numel() > 0 and t.is_contiguous() and not t.requires_grad
-        for t in tensors) and first.dtype in (torch.float32, torch.float64) and \
+        t.dim() >= 1 and t.numel() > 0 and t.is_contiguous() for t in tensors) and first.dtype in (torch.float32, torch.float64) and \
         (first.dtype == torch.float32 or dev.fp64)
 
 

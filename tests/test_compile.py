@@ -419,15 +419,21 @@ class UnflattenBySizes(nn.Module):
                 v.unflatten(-1, (x.size(2), x.size(3))))
 
 
+def _lowered_as_torch(ct, model, x, *others):
+    """model compiled on x with nothing on the host, giving torch's outputs for x and
+    `others`; the compiled model."""
+    cm = _compile(ct, model, x)
+    assert cm.fallbacks == []
+    _matches(cm, model, x, *others)
+    return cm
+
+
 def test_unflatten_by_sizes_computed_in_the_graph(dev, ct):
     """unflatten's sizes from the graph (`y.shape[2:]`, sizes of another tensor, with -1) are
     read on each call (they ran on the host)."""
     torch.manual_seed(0)
-    model = UnflattenBySizes().eval()
-    x = torch.randn(2, 3, 6, 5)
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
-    _matches(cm, model, x, torch.randn(1, 3, 4, 7))
+    _lowered_as_torch(ct, UnflattenBySizes().eval(), torch.randn(2, 3, 6, 5),
+                      torch.randn(1, 3, 4, 7))
 
 
 class Clones(nn.Module):
@@ -448,12 +454,8 @@ def test_clones_are_device_copies(dev, ct):
     """x.clone() / torch.clone: a copy on the device (it ran on the host), in-place writes to
     the copy leaving the original as torch's memory does."""
     torch.manual_seed(0)
-    model = Clones().eval()
-    x = torch.randn(2, 3, 6, 5)
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
+    cm = _lowered_as_torch(ct, Clones().eval(), torch.randn(2, 3, 6, 5), torch.randn(1, 3, 4, 7))
     assert sum("clone (device copy)" in s.op for s in cm.steps) == 2
-    _matches(cm, model, x, torch.randn(1, 3, 4, 7))
 
 
 class Expands(nn.Module):
@@ -482,10 +484,7 @@ def test_expand_copies_as_torch(dev, ct, kind):
     (and refused as torch refuses them: 7 columns expanded to 9)."""
     torch.manual_seed(0)
     model = Expands(kind).eval()
-    x = torch.randn(2, 3, 5, 7)
-    cm = _compile(ct, model, x)
-    assert cm.fallbacks == []
-    _matches(cm, model, x, torch.randn(3, 3, 4, 7))
+    cm = _lowered_as_torch(ct, model, torch.randn(2, 3, 5, 7), torch.randn(3, 3, 4, 7))
     if kind == "leading":
         bad = torch.randn(1, 3, 4, 9)
         with pytest.raises(RuntimeError, match="must match the existing size"):

@@ -61,17 +61,12 @@ class ShapeRules(LoweringBase):
         return self.value(node, run, "clconv.cat (stack)", names)
 
     def reshape(self, node: fx.Node, x: Any, shape_args: Any) -> Step:
-        if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list, fx.Node)):
-            shape_args = shape_args[0]
-        parts = shape_args if isinstance(shape_args, (tuple, list)) else (shape_args,)
+        parts = _size_parts(shape_args)
         xn = x.name
         inputs = (xn, *(p.name for p in parts if isinstance(p, fx.Node)))
 
         def run(env: dict[str, Any]) -> Any:
-            sh = [env[p.name] if isinstance(p, fx.Node) else p for p in parts]
-            if len(sh) == 1 and isinstance(sh[0], (tuple, list, torch.Size)):
-                sh = list(sh[0])
-            return reshape_view(env[xn], tuple(int(d) for d in sh))
+            return reshape_view(env[xn], _read_sizes(parts, env))
         return self.value(node, run, "reshape", inputs)
 
     def flatten(self, node: fx.Node, src: Any, start: int, end: int) -> Step:
@@ -298,25 +293,18 @@ class ShapeRules(LoweringBase):
             ln = self.plain_tensor(like, what)
             inputs: tuple[str, ...] = (xn, ln)
 
-            def sizes_of(env: dict[str, Any]) -> list[Any]:
-                return list(env[ln].shape)
+            def sizes_of(env: dict[str, Any]) -> tuple[int, ...]:
+                return tuple(env[ln].shape)
         else:
-            if len(size_args) == 1 and isinstance(size_args[0], (tuple, list, torch.Size,
-                                                                 fx.Node)):
-                size_args = size_args[0]
-            parts = size_args if isinstance(size_args, (tuple, list, torch.Size)) else \
-                (size_args,)
+            parts = _size_parts(size_args)
             inputs = (xn, *(p.name for p in parts if isinstance(p, fx.Node)))
 
-            def sizes_of(env: dict[str, Any]) -> list[Any]:
-                sizes = [env[p.name] if isinstance(p, fx.Node) else p for p in parts]
-                if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
-                    sizes = list(sizes[0])
-                return sizes
+            def sizes_of(env: dict[str, Any]) -> tuple[int, ...]:
+                return _read_sizes(parts, env)
 
         def run(env: dict[str, Any]) -> Any:
             a = env[xn]
-            view = broadcast_view(a, tuple(int(d) for d in sizes_of(env)))
+            view = broadcast_view(a, sizes_of(env))
             return to_device(view, dev, "input", a.dtype)
         return self.value(node, run, f"{what} (copy)", inputs)
 
@@ -450,6 +438,22 @@ def _empty_ranges(index: tuple[Any, ...], sizes: tuple[int, ...]) -> tuple[Any, 
             item = slice(start, max(start, stop), step)
         out.append(item)
     return (*out, *index[len(out):])
+
+
+def _size_parts(args: Any) -> Any:
+    """A reshape's or expand's size arguments as one sequence (`x.view(n, -1)`, `x.view((n,
+    -1))`, `x.view(size)` of a size node: items that are numbers or fx nodes)."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size, fx.Node)):
+        args = args[0]
+    return args if isinstance(args, (tuple, list, torch.Size)) else (args,)
+
+
+def _read_sizes(parts: Any, env: dict[str, Any]) -> tuple[int, ...]:
+    """`_size_parts`' sizes on this call (nodes read from `env`; one node may be a whole size)."""
+    sizes = [env[p.name] if isinstance(p, fx.Node) else p for p in parts]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
+        sizes = list(sizes[0])
+    return tuple(int(d) for d in sizes)
 
 
 def broadcast_view(a: cla.Array, sizes: tuple[int, ...]) -> cla.Array:

@@ -17,6 +17,7 @@ from torch.nn.utils import prune
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.overrides import TorchFunctionMode
 
+from .base import leaves
 from .inplace import redirect_inplace_writes, writes_input
 
 #: Python's augmented assignments: `a += b` on a tensor writes a.
@@ -105,7 +106,7 @@ class _ConcreteValuesRefused(TorchFunctionMode):
                            kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        traced = _proxies((args, kwargs))
+        traced = [v for v in leaves((args, tuple(kwargs.values()))) if isinstance(v, fx.Proxy)]
         if name in _RANDOM and not traced:
             raise TypeError(f"torch {name} of no traced value: a trace would keep one draw")
         if traced and args and isinstance(args[0], torch.Tensor) and \
@@ -114,17 +115,6 @@ class _ConcreteValuesRefused(TorchFunctionMode):
             raise TypeError(f"{name} of traced values into a tensor made at the trace: the trace "
                             f"would keep that tensor as a constant")
         return func(*args, **kwargs)
-
-
-def _proxies(value: Any) -> list[fx.Proxy]:
-    """The fx Proxies in nested tuples, lists and dicts of `value`."""
-    if isinstance(value, fx.Proxy):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [p for v in value for p in _proxies(v)]
-    if isinstance(value, dict):
-        return [p for v in value.values() for p in _proxies(v)]
-    return []
 
 
 class InplaceTracer(fx.Tracer):
