@@ -260,7 +260,8 @@ def _device_reads(dev: Any, *tensors: Any) -> bool:
     first = tensors[0]
     return uses_zero_copy(dev) and all(
         isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == first.dtype and
-        t.dim() >= 1 and t.numel() > 0 and t.is_contiguous() for t in tensors) and first.dtype in (torch.float32, torch.float64) and \
+        t.dim() >= 1 and t.numel() > 0 and t.is_contiguous() for t in tensors) and \
+        first.dtype in (torch.float32, torch.float64) and \
         (first.dtype == torch.float32 or dev.fp64)
 
 
