@@ -87,29 +87,53 @@ def _site_fold(conv: nn.Module, bn: nn.Module | None) -> Fold:
 
 
 @contextlib.contextmanager
-def _checkpoints_refused(training: bool) -> Iterator[None]:
-    """While the autograd trace is made (`training`): torch.utils.checkpoint raising, so that a
-    forward that checkpoints a block is not traced (the model's own forward runs then). fx
-    traced through it: the block's activations were kept, nothing was recomputed in backward,
-    and its BatchNorms' running statistics were updated once where torch's recomputation
-    updates them again. (Process-wide while the trace lasts, as fx's own patching.)"""
+def _untraceable_refused(training: bool) -> Iterator[None]:
+    """While a trace is made, in the tracing thread (another's calls run as before): for the
+    autograd trace (`training`), switches of autograd's mode (torch.no_grad(), enable_grad(),
+    set_grad_enabled(), inference_mode()) and torch.utils.checkpoint raising, for the inference
+    trace (made and run under no_grad) a switch that enables gradients, so that a forward using
+    them is not traced (the model's own forward runs then). fx traces through them and keeps
+    nothing of them: a `with torch.no_grad():` block's parameters and input got gradients, an
+    `enable_grad()` block's result under no_grad none; a checkpointed block's activations were
+    kept, nothing was recomputed in backward, and its BatchNorms' running statistics were
+    updated once where torch's recomputation updates them again."""
     import torch.utils.checkpoint as cp
 
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise TypeError("torch.utils.checkpoint in the traced forward")
+    tracing = threading.get_ident()
 
-    class Refused:
-        apply = staticmethod(refuse)
+    def refusing(what: str, original: Any, only: Callable[..., bool] | None = None) -> Any:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == tracing and (only is None or only(*args, **kwargs)):
+                raise TypeError(f"{what} in the traced forward")
+            return original(*args, **kwargs)
+        return refuse
 
-    swaps = {"CheckpointFunction": Refused, "_checkpoint_without_reentrant_generator": refuse}
-    saved = {name: getattr(cp, name) for name in swaps if training and hasattr(cp, name)}
+    swaps: list[tuple[Any, str, str, Any]] = [
+        (torch._C, "_set_grad_enabled", "a switch of autograd's mode",
+         None if training else lambda mode: bool(mode))]
+    if training:
+        swaps += [(torch._C, "_InferenceMode", "torch.inference_mode", None),
+                  (cp, "_checkpoint_without_reentrant_generator", "torch.utils.checkpoint", None)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _, _ in swaps
+             if hasattr(owner, name)]
+    if training and hasattr(cp, "CheckpointFunction"):
+        original_function = cp.CheckpointFunction
+
+        class Refused:
+            apply = staticmethod(refusing("torch.utils.checkpoint", original_function.apply))
+        saved.append((cp, "CheckpointFunction", original_function))
+    grad = torch.is_grad_enabled()  # (a refused exit of a `with` would leave its mode on)
     try:
-        for name in saved:
-            setattr(cp, name, swaps[name])
+        for owner, name, what, only in swaps:
+            if hasattr(owner, name):
+                setattr(owner, name, refusing(what, getattr(owner, name), only))
+        if training and hasattr(cp, "CheckpointFunction"):
+            cp.CheckpointFunction = Refused
         yield
     finally:
-        for name, value in saved.items():
-            setattr(cp, name, value)
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+        torch.set_grad_enabled(grad)
 
 
 def _parametrized(m: nn.Module) -> bool:
@@ -650,7 +674,9 @@ class FusedForward:
         replaced (for inference), nodes deferred)."""
         model = self.model
         try:
-            with backward_hooks_set_aside(model), _checkpoints_refused(training):
+            # (under the autograd mode the trace runs in: a forward may read it)
+            with torch.set_grad_enabled(training), backward_hooks_set_aside(model), \
+                    _untraceable_refused(training):
                 graph = _Tracer(self.leaves).trace(model)
         except Exception:  # noqa: BLE001 - an untraceable forward runs as written
             return None, 0, 0, 0, 0

@@ -553,3 +553,63 @@ def test_a_convs_changed_setting_makes_a_new_chain(ct, dev, chain, attr, value):
     _close(got, want)
     _close(got_grad, want_grad)
     _compare(converted, model)
+
+
+class _GradModeBlock(nn.Module):
+    """A first block under `mode` (torch.no_grad(), ...) in the forward, a second after it."""
+
+    def __init__(self, mode):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mode = mode
+        self.a = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+
+    def forward(self, x):
+        with self.mode():
+            y = self.a(x)
+            if self.mode is torch.enable_grad:
+                return self.b(y)
+        return self.b(y)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, lambda: torch.set_grad_enabled(False)],
+                         ids=["no_grad", "set_grad_enabled"])
+def test_a_forwards_grad_mode_blocks_hold_in_training(ct, dev, mode):
+    """A block of the forward under no_grad in train mode: as torch, neither the input nor the
+    block's parameters get gradients (the trace kept nothing of the switch: they did, and an
+    optimizer then moved the frozen block); the mode outside is untouched. Under
+    inference_mode, torch's error (its inference tensors cannot be saved for backward)."""
+    x = torch.randn(2, 3, 9, 9)
+    model = _GradModeBlock(torch.inference_mode).train()
+    converted = ct.convert(copy.deepcopy(model))
+    for m in (model, converted):
+        with dev, pytest.raises(RuntimeError, match="Inference tensors"):
+            m(x.clone().requires_grad_())
+    model = _GradModeBlock(mode).train()
+    converted = ct.convert(copy.deepcopy(model))
+    assert torch.is_grad_enabled()
+    want, want_grad = _step(model, x)
+    got, got_grad = _step(converted, x, dev)
+    _close(got, want)
+    assert want_grad is None and got_grad is None
+    _compare(converted, model)
+    assert all(p.grad is None for p in converted.a.parameters())
+
+
+def test_enable_grad_in_a_forward_under_no_grad_as_torch(ct, dev):
+    """`with torch.enable_grad():` around an eval model's forward called under no_grad: its
+    result requires grad as torch's (the inference trace dropped the switch)."""
+    model = _GradModeBlock(torch.enable_grad).eval()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        want = model(x)
+        with dev:
+            got = converted(x)
+        assert not torch.is_grad_enabled()
+    assert want.requires_grad and got.requires_grad
+    _close(got, want)
+    # (a no_grad block in an eval forward under no_grad changes nothing: still traced, fused)
+    plain = ct.convert(_GradModeBlock(torch.no_grad).eval())
+    assert plain.forward.fused == 2
