@@ -28,9 +28,9 @@ from .torch_train import (defer_result, deferred_array, flush_deferred, joined_r
                           run_chain, trainable, trains_fused)
 from .torch_graph.activations import activation_module, activation_of, activation_spec
 from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_aside
-from .ops.binary import mul
-from .ops.pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d, max_pool1d,
-                       max_pool2d, max_pool3d, pool_output_size)
+from .ops.binary import binary_plan, binary_values
+from .ops.pool import pool_output_size, pool_plan
+from .ops.precision import plan_dtype
 from .runtime.device import current_device
 from .torch_ops import conv_result_shape, module_padding, nd_tuple, operand, uses_zero_copy
 
@@ -206,13 +206,10 @@ _ADAPTIVE_AVG_POOL_MODULES = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2,
                               nn.AdaptiveAvgPool3d: 3}
 _ADAPTIVE_AVG_POOL_FUNCTIONS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2,
                                 F.adaptive_avg_pool3d: 3}
-_CLCONV_ADAPTIVE_AVG_POOL = {1: adaptive_avg_pool1d, 2: adaptive_avg_pool2d,
-                             3: adaptive_avg_pool3d}
 _TORCH_ADAPTIVE_AVG_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d,
                             3: F.adaptive_avg_pool3d}
 _MAX_POOL_MODULES = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
 _MAX_POOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
-_CLCONV_MAX_POOL = {1: max_pool1d, 2: max_pool2d, 3: max_pool3d}
 _TORCH_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
@@ -239,9 +236,10 @@ def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
         flush_deferred()
         return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
                                    ceil_mode=ceil_mode)
-    pool = _CLCONV_MAX_POOL[nd]
-    return _run_on_device(dev, (input,), (*input.shape[:2], *size), lambda x, out: pool(
-        x, kernel_size, stride, padding, dilation, ceil_mode, out=out), defer)
+    plan = pool_plan(dev, "max", nd, tuple(input.shape), plan_dtype(input.dtype),
+                     kernel_size=kernel_size, stride=stride, padding=padding,
+                     dilation=dilation, ceil_mode=ceil_mode)
+    return _run_on_device(dev, (input,), plan, _input_values, defer)
 
 
 def _module_max_pool(pool: nn.Module, input: torch.Tensor, defer: bool = False) -> Any:
@@ -289,23 +287,31 @@ def _device_reads(dev: Any, *tensors: Any) -> bool:
         (first.dtype == torch.float32 or dev.fp64)
 
 
-def _run_on_device(dev: Any, inputs: tuple[torch.Tensor, ...], shape: tuple[int, ...],
-                   op: Callable[..., Any], defer: bool) -> torch.Tensor:
-    """op(*device arrays of inputs, out=a new result of `shape`) on `dev`; the result's tensor
-    (not waited for with `defer`, as fused_conv's)."""
+def _run_on_device(dev: Any, inputs: tuple[torch.Tensor, ...], plan: Any,
+                   values: Callable[..., dict[str, Any]], defer: bool) -> torch.Tensor:
+    """`plan` (a functional op's, of `inputs`' shapes and dtype on `dev`) run on device arrays of
+    inputs (`values(*arrays)`: its execute's operands) into a new result; the result's tensor
+    (not waited for with `defer`, as fused_conv's). The plan is run as a folded chain's: no
+    functional-API argument handling or completion marker a call (~0.2 ms of host Python an op
+    on 2 cores, which the kernels wait for)."""
     with dev:
         results = joined_results(dev, True)  # (another device's deferred ones waited for first)
         arrays = []
         for t in inputs:
             a = deferred_array(t)
             arrays.append(operand(t, dev, True) if a is None else a)
-        out = results.new(shape, inputs[0])
-        op(*arrays, out=out)
+        out = results.new(plan.output_shape, inputs[0])
+        # (the result is waited for by the queue, `make_host_visible`: no event)
+        plan.execute(values(*arrays), out, check=False, events=False)
         if defer and results.over_tensor(out):
             return defer_result(results, out, (inputs, arrays))
         y = results.tensor(out)  # (and the deferred results before it)
         flush_deferred()
         return y
+
+
+def _input_values(x: Any) -> dict[str, Any]:
+    return {"input": x}
 
 
 def fused_adaptive_avg_pool(nd: int, input: torch.Tensor, output_size: Any, *,
@@ -325,9 +331,26 @@ def fused_adaptive_avg_pool(nd: int, input: torch.Tensor, output_size: Any, *,
     if size is None or min(size) < 1:
         flush_deferred()  # torch reads the input
         return _TORCH_ADAPTIVE_AVG_POOL[nd](input, output_size)
-    op = _CLCONV_ADAPTIVE_AVG_POOL[nd]
-    return _run_on_device(dev, (input,), (*input.shape[:2], *size),
-                          lambda x, out: op(x, size, out=out), defer)
+    plan = pool_plan(dev, "adaptive_avg", nd, tuple(input.shape), plan_dtype(input.dtype),
+                     output_size=size)
+    return _run_on_device(dev, (input,), plan, _input_values, defer)
+
+
+def _broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """torch.broadcast_shapes(a, b) (a dict-free few us, asked at every gate), or None where
+    they do not broadcast."""
+    if a == b:
+        return a
+    n = max(len(a), len(b))
+    shape = []
+    for i, j in zip((1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b):
+        if i == j or j == 1:
+            shape.append(i)
+        elif i == 1:
+            shape.append(j)
+        else:
+            return None
+    return tuple(shape)
 
 
 def fused_mul(a: Any, b: Any, *, defer: bool = False) -> Any:
@@ -336,13 +359,12 @@ def fused_mul(a: Any, b: Any, *, defer: bool = False) -> Any:
     other operands. defer: as fused_conv's."""
     dev = current_device()
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and _device_reads(dev, a, b):
-        try:
-            shape = tuple(torch.broadcast_shapes(a.shape, b.shape))
-        except RuntimeError:  # torch's own error
-            shape = None
+        a_shape, b_shape = tuple(a.shape), tuple(b.shape)
+        shape = _broadcast_shape(a_shape, b_shape)
         if shape is not None and min(shape) > 0:
-            return _run_on_device(dev, (a, b), shape, mul, defer)
-    flush_deferred()
+            plan = binary_plan(dev, "mul", a_shape, b_shape, plan_dtype(a.dtype))
+            return _run_on_device(dev, (a, b), plan, binary_values, defer)
+    flush_deferred()  # (torch's own error where they do not broadcast)
     return a * b
 
 

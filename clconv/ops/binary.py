@@ -121,7 +121,7 @@ class BinaryPlan(Plan):
 
     def __call__(self, input: ArrayLike, other: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:
-        return self.execute(_binary_values(input, other), out)
+        return self.execute(binary_values(input, other), out)
 
 
 #: cl/elementwise.cl's binary OP codes.
@@ -141,7 +141,8 @@ def _check_alpha(op: str, alpha: Any) -> float:
     return float(alpha)
 
 
-def _binary_values(input: Any, other: Any) -> dict[str, Any]:
+def binary_values(input: Any, other: Any) -> dict[str, Any]:
+    """A binary plan's operands by name (`execute`'s values)."""
     kind = input if is_device_array(input) or not is_device_array(other) else other
     return {"input": input, "other": other, "_kind": kind}
 
@@ -218,11 +219,18 @@ def binary_op(op: str, input: ArrayLike, other: ArrayLike, activation: Activatio
                 input = _device_scalar(dev, value)
             else:
                 other = _device_scalar(dev, value)
-    a_shape, b_shape = shape_of(input), shape_of(other)
+    plan = binary_plan(dev, op, shape_of(input), shape_of(other), dtype, activation, alpha)
+    return plan.execute(binary_values(input, other), out, check=False)
+
+
+def binary_plan(dev: Device, op: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...],
+                dtype: np.dtype, activation: ActivationArg = None, alpha: float = 1) -> BinaryPlan:
+    """The functional binary ops' plan (the device's plan cache): op of operands of shapes
+    a_shape and b_shape (broadcast) in `dtype`, then the activation. Its operands:
+    `binary_values`."""
     act = normalize_activation(activation)
-    plan = cached_plan(dev, ("binary", op, a_shape, b_shape, dtype, act, alpha),
+    return cached_plan(dev, ("binary", op, a_shape, b_shape, dtype, act, alpha),
                        lambda: BinaryPlan(dev, op, a_shape, b_shape, dtype, act, alpha=alpha))
-    return plan.execute(_binary_values(input, other), out, check=False)
 
 
 def add(input: ArrayLike, other: ArrayLike, *, alpha: float = 1,

@@ -322,6 +322,14 @@ class PoolPlan(Plan):
         return dx
 
 
+def pool_plan(dev: Device, kind: str, nd: int, shape: tuple[int, ...], dtype: np.dtype,
+              **args: Any) -> PoolPlan:
+    """The functional pools' plan of `kind` for an input of `shape` and `dtype` on `dev` with
+    PoolPlan's keyword arguments `args` (the device's plan cache)."""
+    return cached_plan(dev, ("pool", kind, nd, shape, dtype, *sorted(args.items())),
+                       lambda: PoolPlan(dev, kind, nd, shape, dtype, **args))
+
+
 def _pool(kind: str, nd: int, input: ArrayLike, out: ArrayLike | None,
           return_indices: bool = False, **args: Any) -> Any:
     if not isinstance(return_indices, (bool, np.bool_, numbers.Integral)):
@@ -331,8 +339,7 @@ def _pool(kind: str, nd: int, input: ArrayLike, out: ArrayLike | None,
     dev = current_device()
     dtype = result_dtype(dev, input=input)
     shape = shape_of(input)
-    plan = cached_plan(dev, ("pool", kind, nd, shape, dtype, *sorted(args.items())),
-                       lambda: PoolPlan(dev, kind, nd, shape, dtype, **args))
+    plan = pool_plan(dev, kind, nd, shape, dtype, **args)
     if not return_indices:
         return plan.execute({"input": input}, out, check=False)
     if out is not None:
