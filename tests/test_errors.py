@@ -440,3 +440,25 @@ def test_bad_inputs_found_by_the_nineteenth_fuzz(clconv):
         clconv.fold_batchnorm(torch.ones(2, 2, 3, 3, requires_grad=True), None, m, v)
     folded, _ = clconv.fold_batchnorm(torch.ones(2, 2, 3, 3), None, torch.zeros(2), torch.ones(2))
     assert isinstance(folded, np.ndarray) and folded.dtype == np.float32
+
+
+def test_bad_inputs_found_by_the_thirty_second_fuzz(clconv):
+    """A plan copied deeply or pickled: a TypeError saying why (pyopencl's "cannot pickle
+    'Kernel'" before), a shallow copy shares it; 2**31 or more channels or groups: named (the
+    kernels' 32-bit int4 sizes overflowed in numpy before), or the output's size where the device
+    cannot allocate it at once (llvmpipe's 2 GiB)."""
+    import copy
+    import pickle
+
+    plan = clconv.plan_conv2d((1, 2, 5, 5), (3, 2, 3, 3), padding=1)
+    with pytest.raises(TypeError, match="ConvPlan cannot be copied: it holds its device's"):
+        copy.deepcopy(plan)
+    with pytest.raises(TypeError, match="ConvPlan cannot be pickled"):
+        pickle.dumps(plan)
+    x = np.random.default_rng(0).random((1, 2, 5, 5), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    np.testing.assert_array_equal(copy.copy(plan)(x, w), plan(x, w))
+    big = 2**31
+    with pytest.raises((ValueError, MemoryError), match="channels 2147483648.*groups "
+                       "2147483648.*below 2|output .1, 2147483648, 1, 1. of float32 needs"):
+        clconv.plan_conv2d((1, big, 1, 1), (big, 1, 1, 1), groups=big)

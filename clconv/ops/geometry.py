@@ -191,6 +191,12 @@ def split_sizes(defines: Mapping[str, object], out_channels: int = 1, groups: in
     size, stride, dilation, padding mode; the GEOMETRY_ARGS, three cl int4 (C, ID, IH, IW),
     (COUT, OD, OH, OW), (GROUPS, PD, PH, PW))."""
     d = defines
+    too_large = {name: v for name, v in (("channels", d["C"]), ("out channels", out_channels),
+                                         ("groups", groups)) if int(v) > MAX_PADDED_SIZE}
+    if too_large:
+        raise ValueError(f"{', '.join(f'{k} {v}' for k, v in too_large.items())}: the kernels "
+                         f"take channel counts and groups as 32-bit ints, which must stay below "
+                         f"2**31")
     sizes = (cltypes.make_int4(*(int(d[k]) for k in ("C", "ID", "IH", "IW"))),
              cltypes.make_int4(out_channels, *(int(d[k]) for k in ("OD", "OH", "OW"))),
              cltypes.make_int4(groups, *(int(d[k]) for k in ("PD", "PH", "PW"))))

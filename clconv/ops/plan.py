@@ -174,6 +174,21 @@ class Plan:
     #: overlap of out with an operand is computed into a temporary and copied (`_overlaps`).
     out_may_be_operand: bool = False
 
+    def __copy__(self) -> Plan:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Plan:
+        raise TypeError(f"a {type(self).__name__} cannot be copied: it holds its device's "
+                        f"built kernels and buffers; make another plan with the same arguments "
+                        f"(plans of equal arguments share their programs)")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"a {type(self).__name__} cannot be pickled: it holds its device's "
+                        f"built kernels and buffers; pickle its arguments and make the plan again "
+                        f"where it is loaded")
+
     #: The constructor arguments that hold the batch in their first dim, and the operands that do:
     #: a plan called with another batch size of its layer derives a sibling plan (`_for_batch`).
     _BATCH_ARGS = ("input_shape", "input_size", "grad_shape", "residual_shape")
