@@ -171,3 +171,30 @@ __kernel void interpolate(__global const REAL* restrict x, const long x_offset,
     y[at] = src[((idx_t)sd * ih + sh) * iw + sw];
 #endif
 }
+
+// F.interpolate(antialias=True) along one dim (torch's separable resampling for 'bilinear' and
+// 'bicubic', aten/src/ATen/native/cpu/UpSampleKernel.cpp): the tensor viewed as (outer, in_len,
+// inner) -> (outer, out_len, inner), output o the weighted sum of inputs first[o] ..
+// first[o] + count[o] - 1 along the dim with weights[o * taps + j] (the host works out torch's
+// filter support, taps and normalised weights in torch's type). Summed as torch's loop: the
+// first product, then one fused multiply-add a tap (the compilers of torch's kernels contract
+// `output += t * w`); every tap counts (a weight of 0 times an Inf is NaN, as in torch). The
+// host runs the width, then the height (torch's order, each rounded to REAL), and leaves out a
+// dim whose size stays. NDRange (outer * out_len * inner,).
+__kernel void resample_aa(__global const REAL* restrict x, const long x_offset,
+                          __global REAL* restrict y, const long y_offset,
+                          __global const int* restrict first, __global const int* restrict count,
+                          __global const REAL* restrict weights, const int taps,
+                          const int in_len, const int out_len, const long inner) {
+    const idx_t at = get_global_id(0);
+    const idx_t i = at % inner;
+    const idx_t r = at / inner;
+    const int o = (int)(r % out_len);
+    const idx_t outer = r / out_len;
+    __global const REAL* src = x + x_offset + (outer * in_len + first[o]) * inner + i;
+    __global const REAL* w = weights + (idx_t)o * taps;
+    ACC v = (ACC)src[0] * (ACC)w[0];
+    const int n = count[o];
+    for (int j = 1; j < n; ++j) v = fma((ACC)src[(idx_t)j * inner], (ACC)w[j], v);
+    y[y_offset + at] = (REAL)v;
+}

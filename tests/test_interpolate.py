@@ -2,8 +2,11 @@
 (nearest, nearest-exact, linear/bilinear/trilinear and bicubic with and without align_corners,
 area), sizes
 and scale factors (integer, fractional, shrinking, recompute_scale_factor), NaN and Inf patterns as
-torch's, device operands, float64 where the device has it, and torch's errors.
-Tolerance: nearest modes copy (exact); linear and cubic modes are a few products (rtol 1e-5)."""
+torch's, device operands, float64 where the device has it, and torch's errors; antialias=True
+(bilinear and bicubic).
+Tolerance: nearest modes copy (exact); linear and cubic modes are a few products (rtol 1e-5);
+antialiased ones sums of up to ~2 * 2 * scale taps with weights worked out on the host as torch
+does (rtol 1e-5 against its largest value)."""
 
 from __future__ import annotations
 
@@ -233,3 +236,75 @@ def test_errors_as_torch(dev, rng, shape, kw, error, words):
         clconv.interpolate(x, **kw)
     with pytest.raises((RuntimeError, ValueError, TypeError, NotImplementedError)):
         torch.nn.functional.interpolate(torch.from_numpy(x), **kw)
+
+
+AA_CASES = [  # (input shape, size / scale_factor arguments) for antialias=True
+    ((2, 3, 17, 23), {"size": (5, 7)}),            # downscales by ~3.3: wide supports
+    ((1, 2, 40, 9), {"size": (13, 4)}),
+    ((2, 1, 6, 7), {"size": (15, 16)}),            # upscales: plain supports, edges renormalised
+    ((1, 2, 12, 10), {"scale_factor": (0.37, 0.5)}),
+    ((1, 2, 12, 10), {"scale_factor": (2.3, 0.45), "recompute_scale_factor": True}),
+    ((1, 2, 9, 11), {"size": (9, 4)}),             # the height's size stays: only the width
+    ((1, 1, 8, 8), {"size": (8, 8)}),              # no size changes: a copy, as torch's
+    ((1, 1, 9, 5), {"size": (1, 3)}),
+]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("shape, kw", AA_CASES, ids=[f"{s}-{k}" for s, k in AA_CASES])
+def test_antialias_matches_torch(dev, rng, shape, kw, mode, align_corners):
+    """antialias=True: torch's separable resampling, each output an average over the downscaled
+    footprint (the width first, then the height); NaN and Inf reach the outputs torch's do."""
+    x = _with_specials(rng, shape)
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), mode=mode, antialias=True,
+                                           align_corners=align_corners, **kw).numpy()
+    got = clconv.interpolate(x, mode=mode, antialias=True, align_corners=align_corners, **kw)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5,
+                               atol=1e-5 * float(np.abs(want[finite]).max(initial=1.0)))
+    if dev.fp64:
+        x64 = random_array(rng, shape).astype(np.float64)
+        np.testing.assert_allclose(
+            clconv.interpolate(x64, mode=mode, antialias=True, align_corners=align_corners, **kw),
+            torch.nn.functional.interpolate(torch.from_numpy(x64), mode=mode, antialias=True,
+                                            align_corners=align_corners, **kw).numpy(),
+            rtol=1e-12, atol=1e-12)
+
+
+def test_antialias_of_a_width_1_input_as_torchs_channels_last_kernel(dev):
+    """A width-1 result's vertical pass: torch 2.13's kernel for contiguous tensors gives each
+    column the first output's value there ([1, 1] for 0..4 shrunk to 2 rows), its channels-last
+    kernel the filter's ([1, 3]; a 3-channel input: with one, channels-last is contiguous):
+    clconv's are the latter."""
+    x = np.arange(15, dtype=np.float32).reshape(1, 3, 5, 1)
+    got = clconv.interpolate(x, size=(2, 1), mode="bilinear", antialias=True)
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(x).contiguous(memory_format=torch.channels_last), size=(2, 1),
+        mode="bilinear", antialias=True).contiguous().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got.ravel(), [1, 3, 6, 8, 11, 13], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, mode", [((1, 2, 5), "linear"), ((1, 2, 5, 6), "nearest"),
+                                         ((1, 2, 5, 6), "area"), ((1, 1, 2, 3, 4), "trilinear")])
+def test_antialias_is_for_bilinear_and_bicubic_of_4d_inputs(dev, rng, shape, mode):
+    x = random_array(rng, shape)
+    with pytest.raises(ValueError, match="antialias=True is restricted to the bilinear and"):
+        clconv.interpolate(x, size=3, mode=mode, antialias=True)
+    with pytest.raises(ValueError, match="Anti-alias option"):
+        torch.nn.functional.interpolate(torch.from_numpy(x), size=3, mode=mode, antialias=True)
+
+
+def test_antialias_plan_on_device_arrays(dev, rng):
+    x = random_array(rng, (2, 3, 20, 16))
+    plan = clconv.InterpolatePlan(dev, x.shape, (6, 5), None, "bicubic", None, None, np.float32,
+                                  antialias=True)
+    y = plan(cla.to_device(dev.queue, x))
+    assert isinstance(y, cla.Array)
+    np.testing.assert_allclose(y.get(), torch.nn.functional.interpolate(
+        torch.from_numpy(x), size=(6, 5), mode="bicubic", antialias=True).numpy(),
+        rtol=1e-5, atol=1e-6)

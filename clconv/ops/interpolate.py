@@ -4,8 +4,11 @@ torch's index arithmetic), and 'area', which is adaptive average pooling (as in 
 
 The output size and the per-dim scales follow torch: `size`, or `scale_factor` (output size
 floor(in * scale_factor); the kernels then use 1 / scale_factor unless recompute_scale_factor=True,
-which uses in / out); align_corners (linear modes and bicubic, default False). antialias=True is
-not implemented (a ValueError naming it).
+which uses in / out); align_corners (linear modes and bicubic, default False). antialias=True
+('bilinear' and 'bicubic' of 4-d inputs, torch's rule) is torch's separable resampling with a
+filter widened by the downscaling factor (PIL's; the cubic's A = -0.5): per dim, weights worked
+out on the host as torch does in its type (`antialias_weights`), and a launch of
+cl/interpolate.cl's resample_aa, the width first, then the height.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
 from pyopencl import cltypes
 
 from ..runtime.device import Device, current_device
+from ..runtime.memory import empty
 from ..runtime.program import kernel, precision_defines
-from ..runtime.transfer import ArrayLike, index_type, result_dtype
+from ..runtime.transfer import ArrayLike, element_offset, index_type, result_dtype, to_device
 from .pad import GatherPlan
 from .plan import cached_plan, shape_ints, shape_of
 
@@ -56,8 +62,10 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
     does: its opmath type for the linear modes, float for the nearest ones), or torch's error."""
     if mode not in _MODES and mode != "area":
         raise ValueError(f"interpolate: mode must be one of {(*_MODES, 'area')}, got {mode!r}")
-    if antialias:
-        raise ValueError("interpolate: antialias=True is not implemented by clconv")
+    if antialias and not (mode in ("bilinear", "bicubic") and len(shape) == 4):
+        raise ValueError(f"interpolate: antialias=True is restricted to the bilinear and bicubic "
+                         f"modes and needs a 4-d input (torch's rule), got mode {mode!r} and a "
+                         f"{len(shape)}-d input")
     if len(shape) not in (3, 4, 5):
         raise ValueError(f"interpolate: input must be 3-d, 4-d or 5-d (N, C, *spatial), got "
                          f"shape {shape}")
@@ -108,17 +116,63 @@ def output_geometry(shape: tuple[int, ...], size: Any, scale_factor: Any, mode: 
     return (*shape[:2], *out), tuple(kernel_scales)
 
 
+def _aa_filter(mode: str, x: Any, real: Any) -> Any:
+    """torch's aa_filter of `mode` at x (in `real`): the triangle, or Keys' cubic with A = -0.5."""
+    x = abs(real(x))
+    if mode == "bilinear":
+        return real(1.0 - float(x)) if x < 1 else real(0)
+    a = real(-0.5)
+    if x < 1:
+        return ((a + real(2)) * x - (a + real(3))) * x * x + real(1)
+    if x < 2:
+        return ((a * x - real(5) * a) * x + real(8) * a) * x - real(4) * a
+    return real(0)
+
+
+def antialias_weights(mode: str, in_size: int, out_size: int, scale: float, real: Any
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, count, weights (out_size, taps)) of F.interpolate(antialias=True) along one dim
+    with torch's `scale` (area_pixel_compute_scale), as torch's _compute_weights_aa works them
+    out: C++'s promotions (a product with 0.5 in double, then `real`), truncating casts, the
+    weights summed and normalised in `real`."""
+    real = np.dtype(real).type
+    s = real(scale)
+    interp = 2 if mode == "bilinear" else 4
+    support = real(interp * 0.5 * float(s)) if s >= 1 else real(interp * 0.5)
+    taps = int(math.ceil(float(support))) * 2 + 1
+    invscale = real(1.0 / float(s)) if s >= 1 else real(1)
+    first = np.zeros(out_size, np.int32)
+    count = np.zeros(out_size, np.int32)
+    weights = np.zeros((out_size, taps), real)
+    for i in range(out_size):
+        center = real(float(s) * (i + 0.5))
+        lo = max(int(float(center - support) + 0.5), 0)
+        n = min(int(float(center + support) + 0.5), in_size) - lo
+        w = [_aa_filter(mode, real(float(real(j + lo) - center) + 0.5) * float(invscale), real)
+             for j in range(max(n, 0))]
+        total = real(0)
+        for v in w:
+            total = real(total + v)
+        if total != 0:
+            w = [real(v / total) for v in w]
+        if n <= 0 or lo >= in_size:  # (torch reads the first tap anyway, with a weight of 0)
+            lo, n, w = min(lo, in_size - 1), 1, [real(0)]
+        first[i], count[i] = lo, n
+        weights[i, :len(w)] = w
+    return first, count, weights
+
+
 class InterpolatePlan(GatherPlan):
     """F.interpolate for one input shape, dtype and set of arguments (cl/interpolate.cl)."""
 
     def __init__(self, dev: Device, input_shape: Sequence[int], size: Any, scale_factor: Any,
                  mode: str, align_corners: bool | None, recompute_scale_factor: bool | None,
-                 dtype: np.dtype) -> None:
+                 dtype: np.dtype, antialias: bool = False) -> None:
         shape = shape_ints(input_shape, "input_shape")
         # (torch's index arithmetic: double for double tensors but in the 2-d nearest modes)
         double = np.dtype(dtype) == np.float64 and (mode in _SMOOTH or len(shape) != 4)
         out_shape, scales = output_geometry(shape, size, scale_factor, mode, align_corners,
-                                            recompute_scale_factor,
+                                            recompute_scale_factor, antialias,
                                             real=np.float64 if double else np.float32)
         if mode == "area":
             raise ValueError("interpolate: mode 'area' is adaptive_avg_pool (clconv.interpolate "
@@ -139,7 +193,54 @@ class InterpolatePlan(GatherPlan):
             math.prod(shape), math.prod(out_shape)))
         if align_corners and mode in _SMOOTH:
             defines["ALIGN_CORNERS"] = None
-        self.kernel = kernel(dev, "interpolate.cl", "interpolate", defines)
+        self.antialias = bool(antialias)
+        self.kernel = None if self.antialias else kernel(dev, "interpolate.cl", "interpolate",
+                                                         defines)
+        if self.antialias:
+            # The width, then the height, each a dim whose size changes (torch's order); the
+            # weights in the work type, uploaded once.
+            self._resample = kernel(dev, "interpolate.cl", "resample_aa", defines)
+            self._passes = []
+            n, c, h, w = shape
+            oh, ow = out_shape[2:]
+            for dim, (size_in, size_out) in ((3, (w, ow)), (2, (h, oh))):
+                if size_in == size_out:
+                    continue
+                first, count, weights = antialias_weights(
+                    mode, size_in, size_out, scales[dim - 2],
+                    np.float64 if double else np.float32)
+                src = (n, c, h, w) if dim == 3 or w == ow else (n, c, h, ow)
+                dst = src[:dim] + (size_out,) + src[dim + 1:]
+                inner = math.prod(src[dim + 1:])
+                self._passes.append((dst, to_device(first, dev, "first", np.int32),
+                                     to_device(count, dev, "count", np.int32),
+                                     to_device(weights.astype(self.work), dev, "weights",
+                                               self.work),
+                                     np.int32(weights.shape[1]), np.int32(size_in),
+                                     np.int32(size_out), np.int64(inner)))
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
+        if not self.antialias:
+            return super().enqueue(arrays, out)
+        x = arrays["input"]
+        assert x is not None
+        if out.size == 0:
+            return None
+        dev = self.device
+        with dev.lock:
+            if not self._passes:  # (torch copies where no size changes)
+                return cl.enqueue_copy(dev.queue, out.base_data, x.base_data,
+                                       byte_count=out.nbytes, src_offset=x.offset,
+                                       dst_offset=out.offset)
+            src, event = x, None
+            for i, (shape, first, count, weights, *sizes) in enumerate(self._passes):
+                dst = out if i == len(self._passes) - 1 else empty(dev, shape, self.work)
+                event = self._resample(dev.queue, (math.prod(shape),), None, src.base_data,
+                                       np.int64(element_offset(src)), dst.base_data,
+                                       np.int64(element_offset(dst)), first.base_data,
+                                       count.base_data, weights.base_data, *sizes)
+                src = dst
+            return event
 
 
 def interpolate(input: ArrayLike, size: Any = None, scale_factor: Any = None,
@@ -150,7 +251,9 @@ def interpolate(input: ArrayLike, size: Any = None, scale_factor: Any = None,
     or `scale_factor` (an int/float or one per dim), mode 'nearest', 'nearest-exact', 'linear'
     (3-d input), 'bilinear' (4-d), 'trilinear' (5-d), 'bicubic' (4-d; torch's Keys kernel, A =
     -0.75, edges clamped) (align_corners as torch's, default False) or 'area' (adaptive average
-    pooling). Returns numpy for a numpy input, else a device array."""
+    pooling); antialias=True ('bilinear' and 'bicubic' of a 4-d input) filters as torch's
+    antialiased resampling (a downscale averages over its whole footprint). Returns numpy for a
+    numpy input, else a device array."""
     shape = shape_of(input)
     out_shape, _ = output_geometry(shape, size, scale_factor, mode, align_corners,
                                    recompute_scale_factor, antialias)
@@ -163,8 +266,9 @@ def interpolate(input: ArrayLike, size: Any = None, scale_factor: Any = None,
     dtype = result_dtype(dev, input=input)
     key = ("interpolate", shape, out_shape, mode, bool(align_corners),
            None if size is not None or recompute_scale_factor else
-           _per_dim(scale_factor, len(shape) - 2, "scale_factor", numbers.Real), dtype)
+           _per_dim(scale_factor, len(shape) - 2, "scale_factor", numbers.Real), dtype,
+           bool(antialias))
     plan = cached_plan(dev, key, lambda: InterpolatePlan(dev, shape, size, scale_factor, mode,
                                                          align_corners, recompute_scale_factor,
-                                                         dtype))
+                                                         dtype, antialias))
     return plan.execute({"input": input}, out)

@@ -233,13 +233,37 @@ def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize("mode", ["nearest", "nearest-exact-1d", "bilinear", "bicubic"])
+def _antialias_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of an antialiased bicubic resize (PIL's filter, A = -0.5, widened
+    by the downscale, normalised), in float64."""
+    scale = n_in / n_out
+    support, stretch = 2 * max(scale, 1.0), max(scale, 1.0)
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        center = scale * (o + 0.5)
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
+        for j in range(lo, hi):
+            d, a = abs((j - center + 0.5) / stretch), -0.5
+            m[o, j] = ((a + 2) * d - (a + 3)) * d * d + 1 if d < 1 else \
+                ((a * d - 5 * a) * d + 8 * a) * d - 4 * a if d < 2 else 0.0
+        m[o] /= m[o].sum()
+    return m
+
+
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact-1d", "bilinear", "bicubic",
+                                  "antialias"])
 def test_interpolate(rng, index_t, mode):
     """interpolate.cl: nearest at a fractional scale (the general index path), 1-d nearest-exact
     (the separable kernel's rounding), bilinear with align_corners and bicubic (separable
-    weights)."""
+    weights), an antialiased bicubic downscale (resample_aa: the width, then the height)."""
     x = arr(rng, (2, 3, 4, 5))
-    if mode == "nearest-exact-1d":
+    if mode == "antialias":
+        x = arr(rng, (2, 3, 9, 10))
+        want = np.einsum("oh,nchw,pw->ncop", _antialias_weights(9, 4), x.astype(np.float64),
+                         _antialias_weights(10, 3))
+        expect(clconv.interpolate(x, size=(4, 3), mode="bicubic", antialias=True), want, F32,
+               2 * 9, 2 * mag(x))
+    elif mode == "nearest-exact-1d":
         x = arr(rng, (2, 3, 5))
         s = np.float32(5 / 11)
         src = np.maximum(s * (np.arange(11, dtype=np.float32) + np.float32(0.5)) -
