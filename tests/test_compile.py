@@ -2795,3 +2795,32 @@ def test_floor_division_and_unflatten_are_lowered(dev, ct):
     with torch.no_grad():
         for got, want in zip(cm(x), model(x)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class _EnableGradBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        self.b = nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        with torch.enable_grad():
+            y = self.a(x)
+        return self.b(y), y
+
+
+def test_torch_compile_backend_on_an_enable_grad_block_under_no_grad(dev, ct):
+    """A forward's `with torch.enable_grad():` block, called under no_grad: dynamo keeps the
+    switches as nodes of the graph, which compile() ran as no-ops (the block's result did not
+    require grad where torch's does); such a graph runs in torch."""
+    torch.manual_seed(0)
+    model = _EnableGradBlock().eval()
+    x = torch.randn(2, 3, 9, 9)
+    made, compiled = _backend_compiled(ct, model)
+    with torch.no_grad():
+        want = model(x)
+        got = compiled(x)
+    assert want[1].requires_grad and got[1].requires_grad and not got[0].requires_grad
+    for g, w in zip(got, want):
+        _close(g.detach(), w)
+    torch._dynamo.reset()

@@ -231,11 +231,16 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]
     inputs, become the program's constants: detached views that share the tensors' version
     counters, so a call after an in-place change lowers the program again, as compile()'s do;
     other tensors -- a new Parameter, another instance of the model -- get a compiled model of
-    their own). With grad enabled the
+    their own). With grad enabled, or where the graph enables it (an `enable_grad()` block), the
     graph runs in torch (the contract is inference); a graph compile() cannot take runs in torch
     too, with a FallbackWarning saying why. Nodes compile()
     cannot lower fall back one by one as in compile()."""
     if torch.is_grad_enabled():
+        return gm.forward
+    if any(n.op == "call_function" and n.target is torch._C._set_grad_enabled and
+           (not n.args or n.args[0] is not False) for n in gm.graph.nodes):
+        # (a `with torch.enable_grad():` block of the forward: dynamo keeps its switches as
+        # nodes, which compile() would run as no-ops: torch's result then requires grad)
         return gm.forward
     if writes_input(gm):
         # torch writes the caller's tensor (compile() computes on a copy of its input); running
