@@ -20,7 +20,8 @@ torch's CPU, in float32 (float64/float16 where the device has them). Data crosse
 the tensors (no copy into numpy); each call uploads its operands and downloads its result, except
 on host-memory devices (below).
 `module.algorithm` ('auto' by default) picks clconv's algorithm for forward convolutions.
-A channels_last input to a 2-d convolution gives a channels_last result (as torch's);
+A channels_last input to a 2-d convolution gives a channels_last result (as torch's; with
+circular padding a contiguous one, as torch's);
 `torch.jit.script` on these modules raises a RuntimeError saying it is not supported;
 On devices whose memory is the host's (CL_DEVICE_HOST_UNIFIED_MEMORY: PoCL's CPU devices) a
 forward's contiguous operands reach the device as USE_HOST_PTR buffers over the tensors' memory and
@@ -61,6 +62,7 @@ from .torch_graph import CompiledModel, Fallback, FallbackWarning, backend, comp
 from .torch_graph.base import unparametrized_type
 from .torch_ops import (
     OPS,
+    layout_source,
     NotScriptable,
     batched,
     conv_result_shape,
@@ -117,7 +119,7 @@ class ConvFunction(torch.autograd.Function):
         shape = conv_result_shape(tuple(x.shape), tuple(weight.shape), stride, padding, dilation)
         return _forward(ctx, x, weight, bias, dev, fixed, shape, lambda x_, w, b, out: OPS[nd][0](
             x_, w, b, stride, padding, dilation, groups, padding_mode=padding_mode,
-            algorithm=algorithm, out=out))
+            algorithm=algorithm, out=out), layout_source(x, padding_mode))
 
     @staticmethod
     @first_order  # a double backward raises (its gradients are not differentiable)
@@ -148,7 +150,7 @@ class ConvTransposeFunction(torch.autograd.Function):
         shape = conv_result_shape(tuple(x.shape), tuple(weight.shape), stride, padding, dilation,
                                   groups, output_padding)
         return _forward(ctx, x, weight, bias, dev, fixed, shape, lambda x_, w, b, out: OPS[nd][3](
-            x_, w, b, stride, padding, output_padding, groups, dilation, out=out))
+            x_, w, b, stride, padding, output_padding, groups, dilation, out=out), x)
 
     @staticmethod
     @first_order
@@ -188,10 +190,11 @@ def _nd_tuple(v: Any, nd: int) -> tuple[int, ...]:
 
 def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              dev: Device, fixed: bool, shape: tuple[int, ...],
-             conv: Callable[[Any, Any, Any, Any], Any]) -> torch.Tensor:
+             conv: Callable[[Any, Any, Any, Any], Any],
+             like: torch.Tensor | None) -> torch.Tensor:
     """The Functions' forward: saves what backward needs and returns `conv(x, weight, bias,
     out)` (on their device operands, on `dev`; `out` None or a device array of the result's
-    `shape` over a new tensor's memory) as a tensor (channels_last as x)."""
+    `shape` over a new tensor's memory) as a tensor (channels_last as `like`: x, or None for a contiguous result)."""
     ctx.save_for_backward(x, weight)
     ctx.dev, ctx.has_bias = dev, bias is not None
     with dev:
@@ -202,7 +205,7 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         result = result_operand(shape, x, dev, zc and isinstance(xd, cla.Array))
         y = conv(xd, w, b, None if result is None else result[1])
         y = host_result(y) if result is None else synced(result, dev)
-    return to_tensor(y, x)
+    return to_tensor(y, like)
 
 
 def _gradients(ctx: Any, g: torch.Tensor, input_grad: Callable[..., Any],

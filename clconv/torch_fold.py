@@ -33,6 +33,7 @@ from .torch_ops import (
     fixed_operand,
     host,
     host_result,
+    layout_source,
     module_padding,
     operand,
     sample_of,
@@ -260,12 +261,13 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
                                padding_mode=conv.padding_mode, algorithm=conv.algorithm,
                                activation=spec, residual=r, out=out)
         if out is None:
-            y = to_tensor(host_result(y), x)
+            y = to_tensor(host_result(y), layout_source(x, conv.padding_mode))
         elif defer and not unbatched and x.is_contiguous() and results.over_tensor(out):
             # (a contiguous x: the result is not made channels_last, which would read it)
             return defer_result(results, out, (input, residual, operands, r))
         else:
-            y = results.tensor(out, x)  # (and the deferred results before it)
+            # (and the deferred results before it)
+            y = results.tensor(out, layout_source(x, conv.padding_mode))
             flush_deferred()
     return y[0] if unbatched else y
 

@@ -335,6 +335,13 @@ def to_tensor(a: np.ndarray | torch.Tensor, like: torch.Tensor | None = None) ->
     return torch.empty(t.shape, dtype=t.dtype, memory_format=fmt).copy_(t)
 
 
+def layout_source(x: torch.Tensor, padding_mode: str) -> torch.Tensor | None:
+    """The tensor whose memory format a convolution's result takes (`to_tensor`'s `like`): the
+    input, but none with circular padding, which torch pads with F.pad into a new contiguous
+    tensor first (its convolution of a channels_last input then returns a contiguous result)."""
+    return None if padding_mode == "circular" else x
+
+
 def _channels_last_format(x: torch.Tensor) -> torch.memory_format | None:
     """torch.channels_last when torch's convolution of a 4-d `x` returns channels_last memory:
     x's suggested memory format (its strides decide, also for a single channel or pixel, where

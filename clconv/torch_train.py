@@ -41,8 +41,9 @@ from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .ops.precision import plan_dtype
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, rows_of
-from .torch_ops import (conv_result_shape, first_order, make_host_visible, module_padding,
-                        operand, result_operand, to_tensor, uses_zero_copy, version_of)
+from .torch_ops import (conv_result_shape, first_order, layout_source, make_host_visible,
+                        module_padding, operand, result_operand, to_tensor, uses_zero_copy,
+                        version_of)
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -341,7 +342,8 @@ class ConvChainFunction(torch.autograd.Function):
                     _DEFERRED.after.append(functools.partial(
                         _update_running_stats, bn, stats_t, shape[0] * inner, momentum))
             else:
-                result = results.tensor(out, x)  # (and every deferred result before it)
+                # (and every deferred result before it)
+                result = results.tensor(out, layout_source(x, conv.padding_mode))
                 stats_t = results.tensor(stats) if stats is not None else None
                 y_t = results.tensor(y) if y is not None and zc else None
                 flush_deferred()  # the earlier chains' statistics updates first (torch's order)

@@ -936,3 +936,28 @@ def test_convert_and_compile_refuse_what_is_not_a_module_or_a_tensor(ct):
         ct.compile(lambda x: x, torch.randn(1, 3, 5, 5))
     with pytest.raises(TypeError, match="numpy array"):
         ct.compile(model.eval(), np.ones((1, 3, 5, 5), np.float32))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+def test_a_padding_modes_result_layout_as_torchs(ct, dev, padding_mode):
+    """A channels_last input's result: channels_last as torch's, but contiguous with circular
+    padding (torch pads it with F.pad into a new contiguous tensor first), through the module,
+    a converted chain in training and the fused inference forward."""
+    import copy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1, padding_mode=padding_mode),
+                                torch.nn.BatchNorm2d(6), torch.nn.ReLU())
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    with dev:
+        pairs = [(converted[0](x), model[0](x)), (converted(x), model(x))]
+        model.eval()
+        converted.eval()
+        with torch.no_grad():
+            pairs.append((converted(x), model(x)))
+    for got, want in pairs:
+        assert got.is_contiguous() == want.is_contiguous()
+        assert got.is_contiguous(memory_format=torch.channels_last) == \
+            want.is_contiguous(memory_format=torch.channels_last)
+        _close(got, want, np.float32, 36)
