@@ -194,7 +194,8 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
              like: torch.Tensor | None) -> torch.Tensor:
     """The Functions' forward: saves what backward needs and returns `conv(x, weight, bias,
     out)` (on their device operands, on `dev`; `out` None or a device array of the result's
-    `shape` over a new tensor's memory) as a tensor (channels_last as `like`: x, or None for a contiguous result)."""
+    `shape` over a new tensor's memory) as a tensor (channels_last as `like`: x, or None for
+    a contiguous result)."""
     ctx.save_for_backward(x, weight)
     ctx.dev, ctx.has_bias = dev, bias is not None
     with dev:

@@ -292,8 +292,8 @@ def _run_on_device(dev: Any, inputs: tuple[torch.Tensor, ...], plan: Any,
     """`plan` (a functional op's, of `inputs`' shapes and dtype on `dev`) run on device arrays of
     inputs (`values(*arrays)`: its execute's operands) into a new result; the result's tensor
     (not waited for with `defer`, as fused_conv's). The plan is run as a folded chain's: no
-    functional-API argument handling or completion marker a call (~0.2 ms of host Python an op
-    on 2 cores, which the kernels wait for)."""
+    functional-API argument handling, plan-cache key or completion marker a call (~0.15 ms of
+    host Python an op, measured with the kernels stubbed: docs/performance.md)."""
     with dev:
         results = joined_results(dev, True)  # (another device's deferred ones waited for first)
         arrays = []
