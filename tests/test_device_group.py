@@ -348,3 +348,26 @@ def test_one_device_group_is_bitwise_that_device(rng):
         assert_exact(clconv.conv2d(x, w, b, padding=1), expect)
         with pytest.raises(ValueError, match="padding"):  # errors as the op's own
             clconv.conv2d(x, w, b, padding=-1)
+
+
+@two_devices
+def test_a_groups_refusals_are_the_ops_own(pair, rng):
+    """What one device refuses a group refuses alike, before any work: an out= tensor that
+    requires grad (a group wrote into it), an out= of another dtype (a TypeError after the
+    work), and arguments a part refused with the part's sizes in the message (a residual of
+    the wrong width named (1, 4, 7, 6)): the caller's."""
+    torch = pytest.importorskip("torch")
+    x, w, b = _data(rng, n=5)
+    wide = np.ones((5, 4, 7, 5), np.float32)
+    for ctx in (USABLE[0], pair, DeviceGroup(USABLE[:2])):
+        with ctx:
+            out = torch.zeros(5, 4, 7, 6, requires_grad=True)
+            with pytest.raises(TypeError, match="out is a torch tensor that requires grad"):
+                clconv.conv2d(x, w, b, padding=1, out=out)
+            assert not out.detach().any()
+            with pytest.raises(ValueError, match=r"out must have shape \(5, 4, 7, 6\) and dtype "
+                                                 r"float32, got \(5, 4, 7, 6\) float64"):
+                clconv.conv2d(x, w, b, padding=1, out=np.zeros((5, 4, 7, 6)))
+            with pytest.raises(ValueError, match=r"residual must have the output's shape "
+                                                 r"\(5, 4, 7, 6\), got \(5, 4, 7, 5\)"):
+                clconv.conv2d(x, w, b, padding=1, residual=wide)

@@ -61,6 +61,7 @@ from ..runtime import device as runtime_device
 from ..runtime import stack
 from ..runtime.device import Device, describe_devices, devices, usable_devices
 from ..runtime.errors import DeviceNotFoundError, UnsupportedError
+from ..runtime.interop import host_operand
 
 __all__ = ["DeviceGroup", "Split", "device", "group_of", "run_on_group", "splits_batch"]
 
@@ -335,10 +336,9 @@ def _into(out: Any, result: np.ndarray, name: str) -> Any:
         return result
     # (a torch tensor's numpy view shares its memory; the ops take no other host kind of out)
     host = out if isinstance(out, np.ndarray) else out.detach().numpy()
-    if host.shape != result.shape:
-        raise ValueError(f"{name}: out must have shape {result.shape}, got {host.shape}")
-    if host.dtype != result.dtype:
-        raise TypeError(f"{name}: out must have dtype {result.dtype}, got {host.dtype}")
+    if host.shape != result.shape or host.dtype != result.dtype:  # (as a plan's ValueError)
+        raise ValueError(f"{name}: out must have shape {result.shape} and dtype {result.dtype}, "
+                         f"got {host.shape} {host.dtype}")
     np.copyto(host, result)
     return out
 
@@ -458,8 +458,11 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
         return on(group.primary)
 
     # out= (numpy or a tensor): the parts compute their own results, the combined one is
-    # written into it
+    # written into it; what the op refuses of it (a tensor that requires grad, another kind)
+    # is refused before any work, as on one device
     out = bound.arguments.get("out")
+    if out is not None:
+        host_operand(out, "out", written=True)
 
     def sliced(start: int, stop: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         part = bound.arguments.copy()
@@ -473,9 +476,24 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
         b = inspect.BoundArguments(bound.signature, part)
         return b.args, b.kwargs
 
+    def refused(err: Exception) -> Exception:
+        """The op's error for the caller's own arguments where a part's refusal names the part's
+        sizes (a residual of the wrong width: the part's batch in the message): the whole call
+        on the primary device, which raises it before any work; else `err` itself."""
+        try:
+            on(group.primary)
+        except (ValueError, TypeError) as whole:
+            return whole
+        except Exception:  # noqa: BLE001 - (the primary cannot run it at all: the part's error)
+            return err
+        return err
+
     probe_n = min(n, max(2, n // (8 * len(group))))
     probe_args, probe_kwargs = sliced(0, probe_n)
-    speeds = group.speeds(key, lambda d: on(d, probe_args, probe_kwargs), probe_n)
+    try:
+        speeds = group.speeds(key, lambda d: on(d, probe_args, probe_kwargs), probe_n)
+    except (ValueError, TypeError) as err:
+        raise refused(err) from None
     ranges = group.split(n, speeds)
     position = {id(d): i for i, d in enumerate(group.devices)}
 
@@ -495,7 +513,10 @@ def run_on_group(group: DeviceGroup, op: Callable[..., Any], args: Sequence[Any]
     for dev, start, stop in ranges:
         a, k = sliced(start, stop)
         jobs.append((dev, functools.partial(op, *a, **k)))
-    parts, times = group.run_parts(jobs)
+    try:
+        parts, times = group.run_parts(jobs)
+    except (ValueError, TypeError) as err:
+        raise refused(err) from None
     observed(times)
     if reduce == "sum":
         acc = np.promote_types(parts[0].dtype, np.float32)  # float16 parts add in float32
