@@ -189,8 +189,10 @@ class InterpolatePlan(GatherPlan):
                       (cltypes.make_double4 if double else cltypes.make_float4)(
                           0, *((1.0,) * lift + scales)))
         defines = precision_defines(self.work)
+        # (antialiased: the width's pass result (N, C, H, W_out) is indexed too)
+        between = math.prod(shape[:-1]) * out_shape[-1]
         defines.update(MODE=_MODES[mode][0], NSPATIAL=nd, INDEX_T=index_type(
-            math.prod(shape), math.prod(out_shape)))
+            math.prod(shape), math.prod(out_shape), *((between,) if antialias else ())))
         if align_corners and mode in _SMOOTH:
             defines["ALIGN_CORNERS"] = None
         self.antialias = bool(antialias)
@@ -209,7 +211,7 @@ class InterpolatePlan(GatherPlan):
                 first, count, weights = antialias_weights(
                     mode, size_in, size_out, scales[dim - 2],
                     np.float64 if double else np.float32)
-                src = (n, c, h, w) if dim == 3 or w == ow else (n, c, h, ow)
+                src = (n, c, h, w if dim == 3 else ow)
                 dst = src[:dim] + (size_out,) + src[dim + 1:]
                 inner = math.prod(src[dim + 1:])
                 self._passes.append((dst, to_device(first, dev, "first", np.int32),
