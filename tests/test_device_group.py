@@ -352,10 +352,10 @@ def test_one_device_group_is_bitwise_that_device(rng):
 
 @two_devices
 def test_a_groups_refusals_are_the_ops_own(pair, rng):
-    """What one device refuses a group refuses alike, before any work: an out= tensor that
-    requires grad (a group wrote into it), an out= of another dtype (a TypeError after the
-    work), and arguments a part refused with the part's sizes in the message (a residual of
-    the wrong width named (1, 4, 7, 6)): the caller's."""
+    """What one device refuses a group refuses alike: an out= tensor that requires grad (a
+    group wrote into it; refused before any work), an out= of another dtype (a TypeError; the
+    plans' ValueError now, once the parts ran), and arguments a part refused with the part's
+    sizes in the message (a residual of the wrong width named (1, 4, 7, 6)): the caller's."""
     torch = pytest.importorskip("torch")
     x, w, b = _data(rng, n=5)
     wide = np.ones((5, 4, 7, 5), np.float32)
