@@ -182,6 +182,10 @@ def test_cli_bench_layers_runs_the_fair_method(clconv_mod, capsys):
     (["--layers", "resnet18", "--layer", TINY], "exclude each other"),
     (["--layers", "vgg"], "unknown layer set"),
     (["--layers", "resnet18", "--algorithms", "nope"], "unknown algorithm"),
+    # an option the chosen mode would not read: refused, not ignored
+    (["--layers", "resnet18", "--json", "-", "--dtype", "float64"],
+     "--dtype, --json: the classic bench's options, not read with --layers"),
+    (["--only", "dw", "--batch", "4"], "--batch, --only: --layers's options, not read without"),
 ])
 def test_cli_bench_layers_refuses_bad_options(clconv_mod, capsys, argv, message):
     from clconv.tools.cli import main

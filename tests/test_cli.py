@@ -312,3 +312,15 @@ def test_the_package_metadata_installs_clblast_and_says_its_license():
     assert project["license"] == "MIT"
     assert int(conf["build-system"]["requires"][0].split(">=")[1]) >= 77  # SPDX needs it
     assert conf["tool"]["setuptools"]["package-data"]["clconv.cl"] == ["*.cl"]
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    """`clconv info | head -1`: the reader leaves, the command's next write fails: exit status 1
+    and no traceback (Python's recipe), not a BrokenPipeError's."""
+    env = dict(os.environ, CLCONV_CACHE_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "clconv", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # (before the child's first write: its imports take longer)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -432,6 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return runners[args.command]()
+    except BrokenPipeError:
+        # The pipe's reader left (`clconv info | head -1`): no traceback (Python's own recipe:
+        # stdout pointed at devnull, so that the interpreter's last flush does not raise again)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except (DeviceNotFoundError, UnsupportedError, ValueError) as err:
         # What the options could not check beforehand (what the device supports): a usage error
         # of the command, exit status 2, as argparse's own.
@@ -462,10 +468,28 @@ def _benchmarks(name: str) -> Any:
             "bench`), or install clconv from its source tree with `pip install .`") from None
 
 
+#: bench's options that only one of its two modes reads: the fair method's layer sets
+#: (--layers) and the classic bench (without it).
+_FAIR_ONLY = ("batch", "only", "algorithms", "rounds", "block", "pause", "torch_threads")
+_CLASSIC_ONLY = ("peers", "dtype", "repeat", "time_per_peer", "out", "json", "no_latency",
+                 "first_use", "no_gemm", "no_plot", "no_progress")
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.layers and args.layer:
         raise ValueError("--layers (a network's layer set) and --layer (your own) exclude each "
                          "other")
+    # An option the chosen mode would not read is refused, not ignored (a --json with --layers
+    # wrote nothing; --batch without it timed batch 1)
+    parser = _COMMANDS["bench"]
+    unread = [name for name in (_CLASSIC_ONLY if args.layers else _FAIR_ONLY)
+              if getattr(args, name) != parser.get_default(name)]
+    if unread:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unread)
+        raise ValueError(f"{flags}: {'the classic bench' if args.layers else '--layers'}'s "
+                         f"option{'s' if len(unread) > 1 else ''}, not read "
+                         f"{'with --layers' if args.layers else 'without --layers'} "
+                         f"(see clconv bench --help)")
     if args.layers:
         return _benchmarks("network_layers").run_from_cli(args)
     return _benchmarks("bench").main(args)
