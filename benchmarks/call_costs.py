@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks import child_env
-from benchmarks.fair import Worker, alternate, command_line
+from benchmarks.fair import Worker, alternate, command_line, serve
 from benchmarks.timing import runs
 
 # The 4-layer CNN: (weight shape, conv2d keywords).
@@ -376,11 +376,10 @@ def same_process(args: argparse.Namespace) -> None:
                   f"{after:7.3f} ms, after clconv {warm:7.3f} ms ({after / warm:.2f}x)")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:  # Worker.module's command line
-        worker(argv[1], int(argv[2]), argv[3], argv[4])
-        return
+        return serve(lambda: worker(argv[1], int(argv[2]), argv[3], argv[4]))
     if argv[:1] == ["--same-process-child"]:
         same_process_child(int(argv[1]), int(argv[2]))
         return
@@ -405,7 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         fair(args)
         batch_and_fresh(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

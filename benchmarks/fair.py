@@ -118,6 +118,20 @@ def _worker_env(kind: str, threads: int, cache_dir: str | None) -> dict[str, str
     return env
 
 
+def serve(run: Callable[[], object]) -> int:
+    """A worker's main: `run()`, ended quietly when the terminal's Ctrl-C (which reaches the whole
+    process group, the parent and its workers) interrupts it (status 130), or when its parent
+    has gone and its answer finds no reader (status 1): the parent alone reports."""
+    try:
+        run()
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's flush)
+        return 1
+    return 0
+
+
 class Worker:
     """A warm process answering one JSON line per request line; `header` is its first line."""
 

@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable
 
 from benchmarks.fair import (Worker, alternate, batched, command_line, print_geometric_means,
-                             select_layers)
+                             select_layers, serve)
 
 
 def _out_pad(h: int, k: int, s: int, p: int, oh: int) -> int:
@@ -113,11 +113,10 @@ def worker(kind: str, threads: int, layers: list[list[int]]) -> None:
         print(json.dumps(block(i, op, reps)), flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:  # Worker.module's command line
-        worker(argv[1], int(argv[2]), json.loads(argv[3]))
-        return
+        return serve(lambda: worker(argv[1], int(argv[2]), json.loads(argv[3])))
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gradients",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--net", default="resnet18,mobilenet_v2")
@@ -161,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         clconv_w.close()
         shutil.rmtree(fresh, ignore_errors=True)
     print_geometric_means(ratios)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

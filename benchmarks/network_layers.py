@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from .fair import (NETS, Worker, alternate, batched, command_line, print_geometric_means,
-                   select_layers)
+                   select_layers, serve)
 
 __all__ = ["main", "run", "run_from_cli", "worker"]
 
@@ -59,22 +59,26 @@ def run(nets: str = "resnet18,mobilenet_v2", batch: int = 1, algorithms: Sequenc
         raise ValueError(f"no layer of {nets} has a name containing one of {only!r}")
     layers = batched(named, batch)
     print(command or command_line())
-    torch_w = Worker.module("benchmarks.network_layers", "torch", torch_threads,
-                            json.dumps(layers), "")
     fresh = None if keep_choices else tempfile.mkdtemp(prefix="clconv-bench-")
-    clconv_w = Worker.module("benchmarks.network_layers", "clconv", torch_threads,
-                             json.dumps(layers), device or "", cache_dir=fresh)
-    print(f"device: {clconv_w.header['device']}; CLCONV_AUTO={os.environ.get('CLCONV_AUTO', '')!r}"
-          f"; {'remembered' if fresh is None else 'fresh'} 'auto' choices; torch "
-          f"{torch_w.header['torch']}")
-    print(f"method: the fair method: torch ({torch_threads} threads) and clconv in separate warm "
-          f"processes; per layer {rounds} rounds of alternating blocks of {block} back-to-back "
-          f"calls (pause {pause}s at each hand-over); {stat} per-call time over the rounds; "
-          f"clconv on device arrays, the queue finished after each block; "
-          f"ratio = torch / clconv (> 1: clconv faster)")
     ratios: dict[str, list[float]] = {a: [] for a in algorithms}
     pick = statistics.median if stat == "median" else min
+    workers: list[Worker] = []  # (closed however the run ends: a Ctrl-C during a start too)
     try:
+        torch_w = Worker.module("benchmarks.network_layers", "torch", torch_threads,
+                                json.dumps(layers), "")
+        workers.append(torch_w)
+        clconv_w = Worker.module("benchmarks.network_layers", "clconv", torch_threads,
+                                 json.dumps(layers), device or "", cache_dir=fresh)
+        workers.append(clconv_w)
+        print(f"device: {clconv_w.header['device']}; "
+              f"CLCONV_AUTO={os.environ.get('CLCONV_AUTO', '')!r}; "
+              f"{'remembered' if fresh is None else 'fresh'} 'auto' choices; torch "
+              f"{torch_w.header['torch']}")
+        print(f"method: the fair method: torch ({torch_threads} threads) and clconv in separate "
+              f"warm processes; per layer {rounds} rounds of alternating blocks of {block} "
+              f"back-to-back calls (pause {pause}s at each hand-over); {stat} per-call time over "
+              f"the rounds; clconv on device arrays, the queue finished after each block; "
+              f"ratio = torch / clconv (> 1: clconv faster)", flush=True)
         for i, (name, _) in enumerate(named):
             torch_w.ask(i, "", 1)
             blocks = [lambda i=i: torch_w.ask(i, "", block)]
@@ -93,8 +97,8 @@ def run(nets: str = "resnet18,mobilenet_v2", batch: int = 1, algorithms: Sequenc
                 cells.append(f"{label} {t * 1e3:7.3f} ms ({t_torch / t:4.2f}x)")
             print(f"{name:<28} " + " | ".join(cells), flush=True)
     finally:
-        torch_w.close()
-        clconv_w.close()
+        for w in workers:
+            w.close()
         if fresh is not None:
             shutil.rmtree(fresh, ignore_errors=True)
     print_geometric_means(ratios)
@@ -185,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:  # Worker.module's command line
         kind, threads, layers, device = argv[1:5]
-        worker(kind, int(threads), json.loads(layers), device)
-        return 0
+        return serve(lambda: worker(kind, int(threads), json.loads(layers), device))
     parser = argparse.ArgumentParser(prog="python -m benchmarks.network_layers",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--net", default="resnet18,mobilenet_v2")

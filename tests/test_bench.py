@@ -178,6 +178,33 @@ def test_cli_bench_layers_runs_the_fair_method(clconv_mod, capsys):
     assert summary.startswith("geometric mean torch/clconv (auto): ") and "over 1 layers" in summary
 
 
+def test_ctrl_c_ends_the_fair_bench_quietly(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group: `bench` and its two warm workers) while
+    the fair bench runs: status 130, one line saying so, no traceback from it or its workers."""
+    pytest.importorskip("torch")
+    import signal
+    import subprocess
+    import time
+
+    env = dict(os.environ, CLCONV_CACHE_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "clconv", "bench", "--layers", "resnet18",
+                             "--only", "conv1", "--rounds", "100000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("method:"):  # both workers are up and blocks alternate
+                break
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().endswith("bench: interrupted")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--layers", "resnet18", "--layer", TINY], "exclude each other"),
     (["--layers", "vgg"], "unknown layer set"),

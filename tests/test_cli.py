@@ -56,6 +56,9 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     (["bench", "--out", "/nonexistent-clconv-dir/sub/bench"], "does not exist"),
     (["bench", "--layr", "1,4,8,8,4,3,1,1"], "unrecognized arguments: --layr"),
     (["info", "--device", "no-such-device-xyz"], "no-such-device-xyz"),
+    # clconv.device's groups split a batch; a command runs on one device
+    (["info", "--device", "all"], "'all' names a device group"),
+    (["bench", "--device", "0,1"], "'0,1' names a device group"),
     (["info", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_options_are_usage_errors(clconv_mod, capsys, argv, says):

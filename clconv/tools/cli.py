@@ -120,6 +120,12 @@ def device_spec(text: str) -> str:
     """--device: resolved now, so that a wrong spec is a usage error before anything runs."""
     from ..runtime.device import device
 
+    if text.strip().lower() == "all" or "," in text:
+        # clconv.device's device groups split a batch between devices; a command runs on one
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names a device group (clconv.device's, which splits a batch between "
+            f"devices); the command runs on one device: give its index, P:D, cpu, gpu or part of "
+            f"its name (see `info`)")
     try:
         device(text)
     except DeviceNotFoundError as err:
@@ -438,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: the command stops where it is, without a traceback, with the shell's status
+        # for an interrupt (128 + SIGINT)
+        print(f"{args.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (DeviceNotFoundError, UnsupportedError, ValueError) as err:
         # What the options could not check beforehand (what the device supports): a usage error
         # of the command, exit status 2, as argparse's own.
