@@ -349,10 +349,23 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #define ACT_APPLY(T, v) ((v) * ACT_CLIP((v) + (T)3, (T)0, (T)6) / (T)6)
 #elif ACT == ACT_HARDSIGMOID
 #define ACT_APPLY(T, v) (ACT_CLIP((v) + (T)3, (T)0, (T)6) / (T)6)
+#elif ACT == ACT_LEAKY_RELU && defined(ACT_A_ZERO)
+// A slope of +-0 (ACT_A_ZERO its sign, +-1): v * 0 written out, since Mesa's compiler (rusticl)
+// folds a product with a literal 0.0 to 0.0, dropping NaN, -inf * 0 = NaN and the zero's sign
+#define ACT_APPLY(T, v) \
+    (((v) > (T)0) ? (v) : (isfinite(v) ? copysign((T)0, (v) * (T)(ACT_A_ZERO)) : (T)NAN))
 #elif ACT == ACT_LEAKY_RELU
 #define ACT_APPLY(T, v) (((v) > (T)0) ? (v) : (v) * (T)(ACT_A))
+#elif ACT == ACT_ELU && defined(ACT_A_ZERO)
+// alpha +-0 (as leaky_relu's): below 0 the zero of alpha's sign times expm1's negative one
+#define ACT_APPLY(T, v) \
+    ((((v) >= (T)0) || isnan(v)) ? (v) : copysign((T)0, (T)(-(ACT_A_ZERO))))
 #elif ACT == ACT_ELU
-#define ACT_APPLY(T, v) (((v) > (T)0) ? (v) : (T)(ACT_A) * expm1(v))
+// (v >= 0: +-0 stays itself whatever alpha's sign, as torch's vectorised kernel)
+#define ACT_APPLY(T, v) (((v) >= (T)0) ? (v) : (T)(ACT_A) * expm1(v))
+#elif ACT == ACT_CLAMP && defined(ACT_ALL_NAN)
+// a NaN bound: torch's clamp is NaN everywhere (the comparisons of ACT_CLIP are false with NaN)
+#define ACT_APPLY(T, v) ((v) + (T)NAN)
 #elif ACT == ACT_CLAMP
 #define ACT_APPLY(T, v) ACT_CLIP(v, (T)(ACT_A), (T)(ACT_B))
 #elif ACT == ACT_SQRT
@@ -370,7 +383,7 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
     (((v) <= (T)0) ? expm1(v) * ((T)(ACT_A) * (T)(ACT_B)) : (v) * (T)(ACT_B))
 #elif ACT == ACT_CELU
 // torch: elu with negcoef = alpha, input scale = 1 / alpha (computed in double, rounded to T)
-#define ACT_APPLY(T, v) (((v) <= (T)0) ? expm1((v) * (T)(ACT_B)) * (T)(ACT_A) : (v))
+#define ACT_APPLY(T, v) (((v) >= (T)0) ? (v) : expm1((v) * (T)(ACT_B)) * (T)(ACT_A))
 #elif ACT == ACT_LOGSIGMOID
 // torch: min(x, 0) - log1p(exp(-|x|)) (NaN stays NaN through the second term)
 #define ACT_APPLY(T, v) ((((v) < (T)0) ? (v) : (T)0) - log1p(exp(-fabs(v))))

@@ -276,6 +276,37 @@ def test_div_rounding_modes_bitwise_as_torch(clconv, dev, rng, mode):
         clconv.div(a, b, rounding_mode="round")
 
 
+@pytest.mark.parametrize("name", ["leaky_relu", "elu"])
+@pytest.mark.parametrize("param", [0.0, -0.0, 0.5])
+def test_a_zero_slope_keeps_nan_and_signs_as_torch(clconv, dev, name, param):
+    """leaky_relu(x, 0) and elu(x, 0): -inf * 0 and NaN stay NaN and zeros keep torch's signs,
+    as a function, fused into a convolution's store and after one in a converted model (Mesa's
+    compiler folded the product with the literal 0 to +0 on rusticl)."""
+    torch = import_torch()
+    x = np.array([np.nan, -np.inf, np.inf, -1.0, 2.0, -0.0, 0.0, -3e38], np.float32)
+    layer = torch.nn.LeakyReLU(param) if name == "leaky_relu" else torch.nn.ELU(param)
+    conv = torch.nn.Conv2d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(-1.0)
+    model = torch.nn.Sequential(conv, layer).eval()
+    x4 = torch.from_numpy(x.reshape(1, 1, 2, 4))
+
+    def check(got, want):
+        got, want = np.asarray(got).reshape(-1), want.numpy().reshape(-1)
+        np.testing.assert_array_equal(got, want)
+        kept = ~np.isnan(want)  # (a NaN's sign is not torch's contract)
+        np.testing.assert_array_equal(np.signbit(got[kept]), np.signbit(want[kept]))
+    check(getattr(clconv, name)(x, param), layer(torch.from_numpy(x)))
+    with torch.no_grad():
+        want = model(x4)
+    check(clconv.conv2d(x.reshape(1, 1, 2, 4), -np.ones((1, 1, 1, 1), np.float32),
+                        activation=(name, param)), want)
+    from clconv.torch import convert
+
+    with torch.no_grad():
+        check(convert(model)(x4), want)
+
+
 def test_tanh_saturates_as_torch(clconv, dev):
     """tanh is exactly +-1 from |x| = 9.0108404 on, where torch's is (PoCL's float tanh stopped
     one ulp short), so that gelu's tanh form is -0 for large negative x and NaN at -inf, as

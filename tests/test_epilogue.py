@@ -18,6 +18,8 @@ sixth of them, parametrised ones included).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from helpers import as_kind, import_torch, random_array
@@ -348,13 +350,35 @@ def test_nan_inf_propagate(clconv, dev, rng, algorithm):
         check(got, x, w, b, r, want, np.float32, f"{algorithm} {act}")
 
 
+@pytest.mark.parametrize("act", [("leaky_relu", math.nan), ("elu", math.nan), ("celu", math.nan),
+                                 ("clamp", math.nan, 1.0), ("clamp", None, math.nan),
+                                 ("softplus", math.nan, 20.0), ("softplus", 1.0, math.nan),
+                                 ("hardshrink", math.nan)])
+def test_nan_parameters_compute_as_torch(clconv, dev, act):
+    """NaN parameters are torch's too (a clamp with a NaN bound is NaN everywhere, a NaN slope
+    NaN below zero): the function and the fused store give torch's values."""
+    torch = import_torch()
+    F = torch.nn.functional
+    name, *params = act
+    x = np.array([1.5, -1.0, np.nan, np.inf, -np.inf, -0.0, 0.0, 30.0], np.float32)
+    t = torch.from_numpy(x)
+    want = {"clamp": lambda: torch.clamp(t, *params),
+            "softplus": lambda: F.softplus(t, *params)}.get(
+        name, lambda: getattr(F, name)(t, *params))().numpy()
+    fn = {"clamp": lambda: clconv.clamp(x, *params),
+          "softplus": lambda: clconv.softplus(x, *params)}.get(
+        name, lambda: getattr(clconv, name)(x, *params))
+    np.testing.assert_array_equal(fn(), want)
+    y = clconv.conv2d(x.reshape(1, 1, 2, 4), np.ones((1, 1, 1, 1), np.float32), activation=act)
+    np.testing.assert_array_equal(y.reshape(-1), want)
+
+
 @pytest.mark.parametrize("act, match", [
     ("gelu_tanh", "activation"), ("swish", "activation"), (("leaky_relu",), "leaky_relu"),
-    (("elu", float("nan")), "elu"),
     (("gelu", "fast"), "gelu"), (("clamp", None, None), "clamp"), (("clamp", 0.0), "clamp"),
-    (("clamp", float("nan"), 1.0), "clamp"), (3, "activation"), (("relu", 1.0), "activation"),
-    (("celu", 0.0), "celu"), (("softplus", 1.0), "softplus"),
-    (("softplus", float("nan"), 20.0), "softplus"), (("mish", 1.0), "activation")])
+    (3, "activation"), (("relu", 1.0), "activation"), (("celu", 0.0), "celu"),
+    (("softplus", 1.0), "softplus"), (("softshrink", float("nan")), "softshrink"),
+    (("mish", 1.0), "activation")])
 def test_bad_activation(clconv, rng, act, match):
     x, w = random_array(rng, (1, 2, 5, 5)), random_array(rng, (3, 2, 3, 3))
     with pytest.raises(TypeError, match="leaky_relu's negative_slope"):  # a parameter's type

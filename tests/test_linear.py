@@ -130,6 +130,24 @@ def test_scalar_bias_broadcasts_as_torch(clconv, dev, rng):
             assert_close(got, want, np.float32, reduction=6, magnitude=16)
 
 
+@pytest.mark.parametrize("x_shape, b_shape", [((3, 6), (3, 5)), ((3, 6), (3, 1)), ((3, 6), (1, 5)),
+                                              ((2, 3, 6), (3, 5)), ((2, 3, 6), (2, 3, 5))])
+def test_a_bias_that_broadcasts_to_the_output_as_torch(clconv, dev, rng, x_shape, b_shape):
+    """A bias of another shape that broadcasts to the output (torch's addmm beside a 2-d input
+    takes (N, out) or (N, 1)), with the residual and the activation in torch's order; one that
+    would widen the output is refused."""
+    torch = import_torch()
+    x, w, b = (random_array(rng, s) for s in (x_shape, (5, 6), b_shape))
+    r = random_array(rng, (*x_shape[:-1], 5))
+    t = torch.from_numpy
+    want = torch.relu(torch.nn.functional.linear(t(x), t(w), t(b)) + t(r)).numpy()
+    for kind in (b, t(b), cla.to_device(dev.queue, b)):
+        got = clconv.linear(x, w, kind, activation="relu", residual=r)
+        assert_close(got, want, np.float32, reduction=6, magnitude=16)
+    with pytest.raises(ValueError, match="broadcasts to the output's"):
+        clconv.linear(x, w, random_array(rng, (4, *x_shape[:-1], 5)))
+
+
 def test_zero_features(clconv, rng):
     got = clconv.linear(np.ones((3, 0), np.float32), np.ones((2, 0), np.float32),
                         np.array([1.0, -2.0], np.float32))

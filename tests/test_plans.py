@@ -323,6 +323,23 @@ def test_the_plan_cache_and_the_program_cache_are_bounded(clconv, rng, monkeypat
     monkeypatch.undo()
 
 
+def test_a_stream_of_many_shapes_plans_each_once(clconv, rng):
+    """The plan cache holds what a network met at many input sizes cycles through (ResNet-18:
+    ~15 plans a (size, batch), 80 of them 1,176 plans): 1,200 shapes in turn, then again, plan
+    once each (the earlier bound, 512, made every call of such a stream plan again)."""
+    from clconv.ops.plan import plans
+
+    cache = plans(clconv.current_device())
+    cache.clear()
+    xs = [np.zeros((1, 1 + i % 3, 7 + i // 3), np.float32) for i in range(1200)]
+    for x in xs:
+        clconv.relu(x)
+    misses = cache.misses
+    for x in xs:
+        clconv.relu(x)
+    assert cache.misses == misses
+
+
 @pytest.mark.parametrize("algorithm", ["im2col", "direct", "winograd"])
 def test_a_new_batch_size_builds_nothing(clconv, rng, builds, algorithm):
     """Batch sizes are arguments of every kernel: a planned layer met at another batch size (a new

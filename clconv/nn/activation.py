@@ -3,6 +3,7 @@ SELU, LeakyReLU, ELU, CELU, Softplus, Hardtanh): one elementwise pass forward an
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -161,7 +162,15 @@ class Hardtanh(_ParametrisedActivation):
 
     kind, params = "clamp", ("min_val", "max_val")
 
-    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> None:
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False,
+                 min_value: float | None = None, max_value: float | None = None) -> None:
+        # torch's deprecated spellings, taken with its warning
+        for old, value in (("min_value", min_value), ("max_value", max_value)):
+            if value is not None:
+                warnings.warn(f"keyword argument `{old}` is deprecated and renamed to "
+                              f"`{old.replace('value', 'val')}`", FutureWarning, stacklevel=2)
+        min_val = min_val if min_value is None else min_value
+        max_val = max_val if max_value is None else max_value
         if min_val > max_val:
             raise ValueError(f"min_val ({min_val}) must not be greater than max_val ({max_val})")
         self._set(inplace, min_val, max_val)

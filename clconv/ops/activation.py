@@ -88,9 +88,10 @@ _HELP = ("activation must be None, one of " + ", ".join(repr(n) for n in ACTIVAT
 
 
 def _number(value: Any, what: str) -> float:
-    """`value` as a float; TypeError (torch's, for a parameter of another type) otherwise."""
+    """`value` as a float (a bool its 0 or 1, as torch takes it); TypeError (torch's, for a
+    parameter of another type) otherwise."""
     value = plain_number(value)
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a real number, got {value!r}")
     return float(value)
 
@@ -115,8 +116,7 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
                              f"{activation!r}")
         value = _number(params[0], f"{name}'s "
                         f"{'negative_slope' if name == 'leaky_relu' else 'alpha'}")
-        if math.isnan(value):
-            raise ValueError(f"the {name} parameter must not be NaN, got {activation!r}")
+        # (a NaN parameter is torch's too: NaN below zero)
         if name == "celu":
             if value == 0:
                 raise ValueError(f"celu's alpha must not be 0 (torch: ZeroDivisionError), got "
@@ -128,9 +128,8 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
             raise ValueError(f"activation ({name!r}, lambd) takes one parameter, got "
                              f"{activation!r}")
         value = _number(params[0], f"{name}'s lambd")
-        if math.isnan(value) or (name == "softshrink" and value < 0):
-            rule = " >= 0" if name == "softshrink" else ""
-            raise ValueError(f"{name}'s lambd must be a number{rule} (torch's rule), got "
+        if name == "softshrink" and not value >= 0:  # (hardshrink takes NaN: x itself, as torch)
+            raise ValueError(f"softshrink's lambd must be a number >= 0 (torch's rule), got "
                              f"{activation!r}")
         return Activation(name, value)
     if name == "softplus":
@@ -139,9 +138,7 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
                              f"{activation!r}")
         beta = _number(params[0], "softplus's beta")
         threshold = _number(params[1], "softplus's threshold")
-        if math.isnan(beta) or math.isnan(threshold):
-            raise ValueError(f"softplus's parameters must not be NaN, got {activation!r}")
-        return Activation(name, beta, threshold)
+        return Activation(name, beta, threshold)  # (NaN ones as torch's: beta NaN, NaN out)
     if name == "gelu":
         if len(params) != 1 or params[0] not in ("tanh", "none"):
             raise ValueError(f"activation ('gelu', approximate) takes 'tanh' or 'none', got "
@@ -154,7 +151,7 @@ def normalize_activation(activation: ActivationArg) -> Activation | None:
         lo = -math.inf if params[0] is None else _number(params[0], "clamp's min")
         hi = math.inf if params[1] is None else _number(params[1], "clamp's max")
         if math.isnan(lo) or math.isnan(hi):
-            raise ValueError(f"clamp's bounds must not be NaN, got {activation!r}")
+            return Activation("clamp", math.nan, math.nan)  # torch's: NaN everywhere
         # torch: min(max(v, lo), hi), which is hi everywhere when lo > hi (the kernels' clip
         # tests v < lo first)
         return Activation("clamp", min(lo, hi), hi)
@@ -180,6 +177,11 @@ def activation_defines(activation: ActivationArg) -> dict[str, object]:
     defines: dict[str, object] = {"ACT": act.code}
     if act.kind in _WITH_A:
         defines["ACT_A"] = float_literal(act.a)
+        if act.kind == "clamp" and math.isnan(act.a):
+            defines["ACT_ALL_NAN"] = None  # (NaN bounds: common.cl writes NaN everywhere)
+        if act.kind in ("leaky_relu", "elu") and act.a == 0:
+            # (common.cl writes the product with a zero out: Mesa folds it to 0, NaN or not)
+            defines["ACT_A_ZERO"] = int(math.copysign(1, act.a))
     if act.kind in _WITH_B:
         defines["ACT_B"] = float_literal(act.b)
     return defines

@@ -152,6 +152,8 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *
     if bias is not None and len(w_shape) == 2 and w_shape[0] != 1 and \
             tuple(shape_of(bias)) in ((), (1,)):
         bias = _spread_bias(bias, w_shape[0])  # torch broadcasts a 0-d or (1,) bias
+    if bias is not None and len(w_shape) == 2 and tuple(shape_of(bias)) != (w_shape[0],):
+        return _linear_broadcast_bias(input, weight, bias, activation, residual, out)
     dev = current_device()
     values = {"input": input, "weight": weight, "bias": bias, "residual": residual}
     dtype = result_dtype(dev, **{n: v for n, v in values.items() if v is not None})
@@ -162,6 +164,25 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *
                        lambda: LinearPlan(dev, shapes["input"], shapes["weight"], shapes["bias"],
                                           dtype, act, shapes["residual"]))
     return plan.execute(values, out, check=False)
+
+
+def _linear_broadcast_bias(input: ArrayLike, weight: ArrayLike, bias: ArrayLike,
+                           activation: ActivationArg, residual: ArrayLike | None,
+                           out: ArrayLike | None) -> ArrayLike:
+    """linear with a bias of another shape that broadcasts to the output (*, out_features)
+    (torch's addmm takes a (N, out_features) or (N, 1) one beside a 2-d input): the product
+    (with the residual) first, then the bias added with the activation fused."""
+    out_shape = (*shape_of(input)[:-1], shape_of(weight)[0])
+    b_shape = tuple(shape_of(bias))
+    try:
+        fits = np.broadcast_shapes(out_shape, b_shape) == out_shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"linear: bias must have shape ({out_shape[-1]},) or one that "
+                         f"broadcasts to the output's {out_shape}, got {b_shape}")
+    return add(linear(input, weight, None, residual=residual), bias, activation=activation,
+               out=out)
 
 
 def _linear_vector(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None,

@@ -238,7 +238,7 @@ def hardtanh(input: ArrayLike, min_val: float = -1.0, max_val: float = 1.0,
     """torch.nn.functional.hardtanh: x clamped to [min_val, max_val] (min_val <= max_val)."""
     min_val, max_val = plain_number(min_val), plain_number(max_val)
     for name, v in (("min_val", min_val), ("max_val", max_val)):
-        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        if not isinstance(v, numbers.Real):  # (a bool: 0 or 1, as torch's)
             raise TypeError(f"{name} must be a real number, got {v!r}")
     dtype = result_dtype(current_device(), input=input)
     for name, v in (("min_val", min_val), ("max_val", max_val)):
@@ -277,7 +277,7 @@ def clamp(input: ArrayLike, min: float | ArrayLike | None = None,
                        min if max is None else max, None, out,
                        other_name="min" if max is None else "max")
     for name, v in (("min", min), ("max", max)):
-        if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
+        if v is not None and not isinstance(v, numbers.Real):  # (a bool: 0 or 1, as torch's)
             raise TypeError(f"clamp: {name} must be a real number or None, got {v!r}")
     if any(v is not None and math.isnan(v) for v in (min, max)):
         return _nan_like(input, out)
@@ -320,7 +320,7 @@ def threshold(input: ArrayLike, threshold: float, value: float, inplace: bool = 
     threshold keeps every x, a NaN value puts NaN where x <= threshold, as torch's)."""
     threshold, value = plain_number(threshold), plain_number(value)
     for name, v in (("threshold", threshold), ("value", value)):
-        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        if not isinstance(v, numbers.Real):  # (a bool: 0 or 1, as torch's)
             raise TypeError(f"threshold: {name} must be a real number, got {v!r}")
     dtype = result_dtype(current_device(), input=input)
     for name, v in (("threshold", threshold), ("value", value)):

@@ -19,7 +19,8 @@ import pyopencl.tools as cl_tools
 from .device import Device, current_device
 
 __all__ = ["ColumnBuffer", "array_over", "column_buffer", "default_workspace_limit", "empty", "pool",
-           "release_column_buffer", "release_pool", "resolve_workspace_limit", "rows_of"]
+           "release_column_buffer", "release_pool", "resolve_workspace_limit", "rows_of",
+           "trim_idle"]
 
 
 def default_workspace_limit(dev: Device) -> int:
@@ -177,6 +178,27 @@ def rows_of(a: cla.Array) -> list[cla.Array]:
     return [cla.Array(None, (n,), a.dtype, data=a.base_data, offset=a.offset + i * row,
                       strides=(a.dtype.itemsize,), _fast=True, _size=n, _context=a.context,
                       _queue=a.queue) for i in range(a.shape[0])]
+
+
+#: Idle bytes the pool may hold beyond twice its active ones before a new plan gives them back.
+IDLE_SLACK = 64 << 20
+
+
+def trim_idle(dev: Device) -> bool:
+    """Gives the pool's held (unused) buffers back to the driver when they exceed twice the active
+    ones plus IDLE_SLACK; whether it did. Called when a plan is made, that is when new shapes
+    come: the pool keeps a freed buffer for its size class forever, so a model fed many input
+    sizes held ~20x its peak idle (a compiled MobileNetV2 at 120 random sizes: 234 MB held for
+    11 MB of activations). A model at sizes it has met makes no plan and keeps its buffers."""
+    p = dev.pool
+    if p is None:
+        return False
+    active = p.active_bytes
+    if p.managed_bytes - active <= 2 * active + IDLE_SLACK:
+        return False
+    with dev.lock:
+        p.free_held()
+    return True
 
 
 def release_pool(dev: Device) -> int:
