@@ -151,6 +151,30 @@ def test_a_choice_for_another_batch_that_cannot_run_this_one_is_measured_again(c
                                   - _border(x3.shape))
 
 
+def test_a_nearby_input_size_takes_the_measured_choice(clconv, rng, cache, runs):
+    """A layer measured at one input size is not measured again at another within a factor of 2
+    of the work (batch x input positions: a detector's images, a model fed varying sizes): it
+    takes that choice; the same size at another batch takes the nearest batch's at any distance;
+    a size 4x away is measured. A choice written by hand shows which was taken."""
+    from clconv.ops import autotune
+
+    dev = clconv.current_device()
+    w, b = random_array(rng, (4, 5, 3, 3)), random_array(rng, (4,))
+    first = clconv.plan_conv2d((2, 5, 16, 16), w.shape, True, padding=1)
+    assert len(runs["measure"]) == 1
+    autotune.record(dev, first.geometry, np.float32, "direct")  # (so that the reuse shows)
+    for n, h, wd in ((2, 20, 18), (1, 17, 17), (4, 15, 15), (8, 16, 16)):
+        x = random_array(rng, (n, 5, h, wd))
+        plan = clconv.plan_conv2d(x.shape, w.shape, True, padding=1)
+        assert plan.algorithm == "direct" and len(runs["measure"]) == 1, (n, h, wd)
+        assert_close(plan(x, w, b), ref.conv_nd(x, w, b, 1, 1), np.float32, conv_reduction(w),
+                     conv_magnitude(x, w, b))
+    clconv.plan_conv2d((2, 5, 32, 32), w.shape, True, padding=1)  # 4x the work: measured
+    assert len(runs["measure"]) == 2
+    clconv.plan_conv2d((1, 5, 40, 40), w.shape, True, padding=2)  # another layer: measured
+    assert len(runs["measure"]) == 3
+
+
 def _border(shape):
     """What padding 1 takes from the 3x3 sums of ones over 8 channels at stride 2 (the first row
     and column of the output read the padding)."""

@@ -103,7 +103,34 @@ class _Store:
         self.lock = threading.Lock()
         self.by_geometry: dict[tuple[ConvGeometry, str], str] = {}
         self.from_file: dict[str, str] | None = None  # key text -> algorithm, read once
-        self.parsed: dict[str, Any] = {}  # key text -> its JSON value (_nearest_batch's)
+        # the measured choices (this process's and the file's) by layer: the key without the
+        # batch and the input size -> [(batch, input size, algorithm)] (_nearest's index: a scan
+        # of every key on each new shape's lookup took ~3 ms with a few thousand in the file)
+        self.by_layer: dict[str, list[tuple[int, tuple[int, ...], str]]] = {}
+
+    def index(self, text: str, algorithm: str) -> None:
+        """Adds the choice under key `text` to by_layer (a key not of this version's form is left
+        out). Call holding the lock."""
+        try:
+            parts = json.loads(text)
+        except ValueError:
+            return
+        if not (isinstance(parts, list) and len(parts) == _KEY_LENGTH and
+                isinstance(parts[_BATCH], int) and isinstance(parts[_SIZE], list)):
+            return
+        batch, size = parts[_BATCH], tuple(parts[_SIZE])
+        entries = self.by_layer.setdefault(_layer_text(parts), [])
+        entries[:] = [e for e in entries if e[:2] != (batch, size)] + [(batch, size, algorithm)]
+
+
+# Where the batch and the input size sit in a key (`key`'s list), and its length.
+_BATCH, _SIZE, _KEY_LENGTH = 5, 9, 17
+
+
+def _layer_text(parts: list[Any]) -> str:
+    """A key's list without its batch and input size: the layer, at whatever shape."""
+    return json.dumps([p for i, p in enumerate(parts) if i not in (_BATCH, _SIZE)],
+                      separators=(",", ":"))
 
 
 def _location() -> tuple[str | None, str | None]:
@@ -163,40 +190,42 @@ def lookup(dev: Device, geo: ConvGeometry, dtype: Any) -> str | None:
                 entries = {}
             store.from_file = {k: v["algorithm"] for k, v in entries.items()
                                if isinstance(v, dict) and isinstance(v.get("algorithm"), str)}
+            for text, algorithm in store.from_file.items():
+                store.index(text, algorithm)
         found = store.from_file.get(key(dev, geo, dtype))
         if found is None:
-            found = _nearest_batch(store, dev, geo, dtype)
+            found = _nearest(store, dev, geo, dtype)
         if found is not None:
             store.by_geometry[mem_key] = found  # memory only: the file keeps measured choices
     return found
 
 
-def _nearest_batch(store: _Store, dev: Device, geo: ConvGeometry, dtype: Any) -> str | None:
-    """The choice remembered for the same layer at the nearest other batch size (by ratio), from
-    memory or the file, or None: a planned layer met at a new batch size is not measured again.
-    Call holding store.lock."""
-    name = np.dtype(dtype).name
-    batch = max(batch_bucket(geo.batch), 1)
-    best: tuple[float, str] | None = None
-    for (other, other_dtype), algorithm in store.by_geometry.items():
-        if other_dtype == name and other.batch and dataclasses.replace(other, batch=geo.batch) == geo:
-            distance = abs(math.log2(max(other.batch, 1) / batch))
-            if best is None or distance < best[0]:
-                best = (distance, algorithm)
+#: How far (a factor in batch x input positions) another input size's measured choice of a layer
+#: is taken for a new one instead of measuring; the same input size at another batch: any.
+_NEAREST_SIZE_FACTOR = 2.0
+
+
+def _nearest(store: _Store, dev: Device, geo: ConvGeometry, dtype: Any) -> str | None:
+    """The choice measured for the same layer at the nearest other shape, or None: the same input
+    size at another batch size (by ratio), else another input size within _NEAREST_SIZE_FACTOR
+    of the work (batch x input positions). So a planned layer met at a new batch size, or a
+    network at a nearby input size (a detector's images), is not measured again: ~0.3 s a new
+    size of a small network, ~40x its forward. Call holding store.lock."""
     mine = json.loads(key(dev, geo, dtype))
-    for text, algorithm in (store.from_file or {}).items():
-        other = store.parsed.get(text)
-        if other is None:  # each key parsed once (a new batch size's plan reads them all)
-            try:
-                other = store.parsed[text] = json.loads(text)
-            except ValueError:
-                continue
-        if isinstance(other, list) and len(other) == len(mine) and other[5] and \
-                other[:5] + other[6:] == mine[:5] + mine[6:]:
-            distance = abs(math.log2(max(int(other[5]), 1) / batch))
-            if best is None or distance < best[0]:
-                best = (distance, algorithm)
-    return None if best is None else best[1]
+    batch, size = max(mine[_BATCH], 1), tuple(mine[_SIZE])
+    positions = batch * math.prod(size)
+    best: tuple[bool, float, str] | None = None
+    for other_batch, other_size, algorithm in store.by_layer.get(_layer_text(mine), ()):
+        if not other_batch or not all(other_size):
+            continue
+        same_size = other_size == size
+        distance = abs(math.log2(other_batch * math.prod(other_size) / positions))
+        if not same_size and distance > math.log2(_NEAREST_SIZE_FACTOR):
+            continue
+        rank = (not same_size, distance, algorithm)
+        if best is None or rank[:2] < best[:2]:
+            best = rank
+    return None if best is None else best[2]
 
 
 def record(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str,
@@ -205,8 +234,10 @@ def record(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str,
     store = _store(dev)
     store.by_geometry[(_canonical(geo), np.dtype(dtype).name)] = algorithm
     text = key(dev, geo, dtype)
-    if store.from_file is not None:
-        store.from_file[text] = algorithm
+    with store.lock:
+        if store.from_file is not None:
+            store.from_file[text] = algorithm
+        store.index(text, algorithm)
     entry = {"algorithm": algorithm, "seconds": seconds or {},
              "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
@@ -215,8 +246,11 @@ def record(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str,
             choices = _read_file(path)
             choices[text] = entry
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps({"version": CHOICES_VERSION, "choices": choices}, indent=1,
-                                      sort_keys=True))
+            # one choice a line, each by json's C encoder (indent= takes its Python one: ~50 ms
+            # a write for a file of a few thousand choices, several writes a new input size)
+            encode = json.JSONEncoder(sort_keys=True).encode
+            lines = ",\n".join(f"{encode(k)}: {encode(v)}" for k, v in sorted(choices.items()))
+            tmp.write_text(f'{{"version": {CHOICES_VERSION}, "choices": {{\n{lines}\n}}}}\n')
             os.replace(tmp, path)
     except OSError as err:
         warnings.warn(f"clconv: could not save the algorithm choice to the cache folder ({err}); "
