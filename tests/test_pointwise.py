@@ -50,6 +50,32 @@ def test_matches_reference(clconv, dev, rng, case):
                (cout, cin // groups, 1, 1), groups=groups)
 
 
+@pytest.mark.parametrize("case", ["mobilenet-14", "overlap", "batch", "groups", "cout-1"])
+@pytest.mark.parametrize("accumulators", [4, 8])
+def test_the_one_vector_tile_where_it_computes_fewer_columns(clconv, dev, rng, monkeypatch,
+                                                             case, accumulators):
+    """Where MR accumulators keep the FMA pipes busy (Zen 4's AVX-512; forced here on every
+    device), 'pointwise' takes MR x VW tiles when they compute fewer of an image's columns than
+    MR x 2VW (196: 208 against 224) and matches the reference either way; with 8 needed it
+    keeps the two-vector tile (AVX-512's 16 lanes: 14x14 narrow, 7x7 and 56x56 not)."""
+    from clconv.blas import packed
+
+    monkeypatch.setattr(packed, "fma_accumulators", lambda d, dtype: accumulators)
+    wide = packed.tile_for(dev, np.float32, 8, 1024, 8)
+    vw = wide.vw
+    for n_cols in (196, 49, 3136, 100):
+        fewer = -(-n_cols // vw) * vw < -(-n_cols // (2 * vw)) * 2 * vw
+        assert fewer == {196: True, 49: False, 3136: False}.get(n_cols, fewer) or vw != 16
+        tile = packed.tile_for_columns(dev, np.float32, 64, n_cols, 64)
+        narrow = fewer and accumulators <= wide.mr
+        assert (tile.nr, tile.vw) == ((vw if narrow else 2 * vw), vw), (n_cols, tile)
+    n, cin, cout, groups, spatial = CASES[case]
+    size = spatial(register_tile_width(dev))
+    for dtype in (np.float32, np.float64) if dev.fp64 else (np.float32,):
+        check_conv(functools.partial(clconv.conv2d, algorithm="pointwise"), rng,
+                   (n, cin, *size), (cout, cin // groups, 1, 1), groups=groups, dtype=dtype)
+
+
 @pytest.mark.parametrize("nd", [1, 3])
 def test_1d_3d(clconv, dev, rng, nd):
     nr = register_tile_width(dev)

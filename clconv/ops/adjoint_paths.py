@@ -341,8 +341,8 @@ class StridedPointwiseAdjoint:
                 and getattr(dev, "loop_limit", None) is None):
             return False
         pgeo = StridedPointwiseAdjoint.geometry(geo)
-        nr = packed.tile_for(dev, dtype, pgeo.cout_per_group, pgeo.batch * pgeo.out_spatial,
-                             pgeo.cin_per_group).nr
+        nr = packed.tile_for_columns(dev, dtype, pgeo.cout_per_group, pgeo.out_spatial,
+                                     pgeo.cin_per_group).nr
         return (pointwise_unsupported(pgeo, dtype, nr) is None
                 and StridedPointwiseAdjoint.workspace(geo, dtype) <= limit)
 

@@ -148,9 +148,8 @@ def algorithm_unsupported(dev: Device, geo: ConvGeometry, algorithm: str,
     if algorithm == "depthwise":
         return depthwise_unsupported(geo)
     if algorithm == "pointwise":  # the register tile's width, as Pointwise and SplitK take it
-        nr = packed.tile_for(dev, np.float32 if dtype == np.float16 else dtype,
-                             geo.cout_per_group, geo.batch * geo.out_spatial,
-                             geo.cin_per_group).nr
+        nr = packed.tile_for_columns(dev, np.float32 if dtype == np.float16 else dtype,
+                                     geo.cout_per_group, geo.out_spatial, geo.cin_per_group).nr
         return pointwise_unsupported(geo, dtype, nr)
     if algorithm == "splitk":
         return splitk_unsupported(geo, dtype, splitk_tile(dev, geo, dtype).nr)

@@ -68,8 +68,8 @@ class Pointwise:
         C_out / groups) (a 1x1 layer's own weight, whose adjoint `geo` is), read in place."""
         dtype = np.dtype(dtype)
         m, l = geo.cout_per_group, geo.out_spatial
-        self.tile = packed.tile_for(dev, np.float32 if dtype == np.float16 else dtype, m,
-                                    geo.batch * l, geo.cin_per_group)
+        self.tile = packed.tile_for_columns(dev, np.float32 if dtype == np.float16 else dtype,
+                                            m, l, geo.cin_per_group)
         why = pointwise_unsupported(geo, dtype, self.tile.nr)
         if why is not None:
             raise ValueError(f"algorithm='pointwise' cannot compute this convolution: {why}; use "
