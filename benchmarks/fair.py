@@ -64,6 +64,56 @@ def mobilenet_v2() -> list[Layer]:
     return layers
 
 
+def resnet50() -> list[Layer]:
+    """ResNet-50's distinct convolutions at 224x224 (torchvision's v1.5 bottlenecks: the stride on
+    the 3x3), its stem ResNet-18's."""
+    layers: list[Layer] = []
+    size, cin = 56, 64
+    for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            out = size // s
+            convs = [(f"r50.{cin}-{planes} 1x1 @{size}", (cin, size, size, planes, 1, 1, 0, 1)),
+                     (f"r50.{planes} 3x3{f' s{s}' if s > 1 else ''} @{size}",
+                      (planes, size, size, planes, 3, s, 1, 1)),
+                     (f"r50.{planes}-{4 * planes} 1x1 @{out}",
+                      (planes, out, out, 4 * planes, 1, 1, 0, 1))]
+            if i == 0:
+                convs.append((f"r50.ds {cin}-{4 * planes} 1x1{f' s{s}' if s > 1 else ''} @{size}",
+                              (cin, size, size, 4 * planes, 1, s, 0, 1)))
+            for name, dims in convs:  # (each convolution once, under its first name)
+                if all(dims != other for _, other in layers):
+                    layers.append((name, dims))
+            size, cin = out, 4 * planes
+    return layers
+
+
+def efficientnet_b0() -> list[Layer]:
+    """EfficientNet-B0's distinct convolutions at 224x224 (Tan & Le 2019, Table 1: MBConv blocks
+    with 3x3 and 5x5 depthwise layers; the squeeze-excitation's 1x1 layers on 1x1 are left out)."""
+    layers = [("eb0.stem 3-32 3x3 s2", (3, 224, 224, 32, 3, 2, 1, 1))]
+    size, cin = 112, 32
+    for t, k, s, c, n in ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                          (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)):
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            convs = []
+            if t != 1:
+                convs.append((f"eb0.pw {cin}-{hidden} @{size}",
+                              (cin, size, size, hidden, 1, 1, 0, 1)))
+            convs.append((f"eb0.dw {hidden} {k}x{k} s{stride} @{size}",
+                          (hidden, size, size, hidden, k, stride, k // 2, hidden)))
+            out = size // stride
+            convs.append((f"eb0.pw {hidden}-{c} @{out}", (hidden, out, out, c, 1, 1, 0, 1)))
+            for name, dims in convs:  # (each convolution once, under its first name)
+                if all(dims != other for _, other in layers):
+                    layers.append((name, dims))
+            size, cin = out, c
+    layers.append((f"eb0.pw {cin}-1280 @{size}", (cin, size, size, 1280, 1, 1, 0, 1)))
+    return layers
+
+
 def classic() -> list[Layer]:
     """The classic bench's six layers (benchmarks.bench.LAYERS: AlexNet, VGG16, ResNet-50, a
     MobileNet depthwise layer), each at its own batch size, whatever --batch says."""
@@ -74,7 +124,8 @@ def classic() -> list[Layer]:
             for layer in LAYERS]
 
 
-NETS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2, "classic": classic}
+NETS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2, "resnet50": resnet50,
+        "efficientnet_b0": efficientnet_b0, "classic": classic}
 
 
 def batched(named: Sequence[Layer], batch: int) -> list[tuple[int, ...]]:

@@ -346,6 +346,37 @@ __kernel void conv_depthwise(DEPTHWISE_ARGS) {
 // that buffer, ROW_TAPS as above, and stored (masked past OW). The host requires OW <= SEG,
 // PW + IW <= SPAN_READ and (OH - 1) * SH + (KH - 1) * DH + 1 <= PLANE_ROWS. NDRange
 // (1, 1, ceil(nplanes / planes)), local size (1, 1, 1).
+#if SW == 2 && KW >= 5
+#define DEINTERLEAVED
+// Stride 2, 5 taps a row or more: each buffer row holds its even padded columns, then its odd ones
+// (from HALF_SPAN), so that a tap's VW inputs at stride 2 are VW adjacent values of one half: a
+// plain vector load where LOAD_STRIDED's two loads and a shuffle were, KW of them an output row
+// (EfficientNet's 5x5 at stride 2 ran 1.1-1.8x faster; 3x3 ones, whose copy of the plane weighs
+// more than their 3 taps, 0.9-1.0x: they keep LOAD_STRIDED).
+// Padded column c: output j's tap kw reads c = 2j + kw * DW, at (c & 1) * HALF_SPAN + (c >> 1).
+#define HALF_SPAN ((SPAN_READ + 1) / 2)
+#define BUF_COL(c) (((c) & 1) * HALF_SPAN + ((c) >> 1))
+#define SMALL_ROW_TAPS(acc, line, t)                                                  \
+    _Pragma("unroll") for (int kw_ = 0; kw_ < KW; ++kw_) {                            \
+        const VACC tap_ = (VACC)((t)[kw_]);                                           \
+        const REAL* src_ = (line) + BUF_COL(kw_ * DW);                                \
+        _Pragma("unroll") for (int v_ = 0; v_ < NV; ++v_)                             \
+            acc[v_] += tap_ * CONVERT_VACC(VLOAD(0, src_ + v_ * VW));                 \
+    }
+
+// src[2k] to a[k] and src[2k + 1] to b[k], k < pairs
+inline void deinterleave(__global const REAL* restrict src, const int pairs, REAL* restrict a,
+                         REAL* restrict b) {
+    for (int k = 0; k < pairs; ++k) {
+        a[k] = src[2 * k];
+        b[k] = src[2 * k + 1];
+    }
+}
+#else
+#define BUF_COL(c) (c)
+#define SMALL_ROW_TAPS(acc, line, t) ROW_TAPS(acc, line, t)
+#endif
+
 __kernel void conv_depthwise_small(DEPTHWISE_ARGS) {
     const idx_t p0 = (idx_t)get_global_id(2) * planes;
     const idx_t p1 = (nplanes - p0 > planes) ? p0 + planes : nplanes;
@@ -373,9 +404,23 @@ __kernel void conv_depthwise_small(DEPTHWISE_ARGS) {
         }
 #endif
         // The plane into the buffer at (PH, PW); the zeros around it stay from the first fill.
-        for (int ih = 0; ih < ih_hi; ++ih)
-            for (int iw = 0; iw < IW; ++iw)
-                buf[(ih + PH) * SPAN_READ + PW + iw] = image[(idx_t)ih * IW + iw];
+        for (int ih = 0; ih < ih_hi; ++ih) {
+            __global const REAL* src = image + (idx_t)ih * IW;
+            REAL* dst = buf + (ih + PH) * SPAN_READ;
+#ifdef DEINTERLEAVED
+            // input pairs (iw 2k, 2k + 1) into the halves: a loop of constant stride 2 for
+            // the compiler's interleaved vector loads, its halves swapped by PW's parity
+            REAL* even = dst + BUF_COL(PW + (PW & 1));      // where iw with PW + iw even go
+            REAL* odd = dst + BUF_COL(PW + 1 - (PW & 1));   // ... and odd
+            if (PW & 1)
+                deinterleave(src, IW / 2, odd, even);
+            else
+                deinterleave(src, IW / 2, even, odd);
+            if (IW & 1) dst[BUF_COL(PW + IW - 1)] = src[IW - 1];
+#else
+            for (int iw = 0; iw < IW; ++iw) dst[PW + iw] = src[iw];
+#endif
+        }
         for (int oh = 0; oh < OH; ++oh) {
             VACC acc[NV];
 #pragma unroll
@@ -384,7 +429,7 @@ __kernel void conv_depthwise_small(DEPTHWISE_ARGS) {
             for (int kh = 0; kh < KH; ++kh) {
                 const REAL* line = buf + (oh * SH + kh * DH) * SPAN_READ;
                 const ACC* t = taps + kh * KW;
-                ROW_TAPS(acc, line, t)
+                SMALL_ROW_TAPS(acc, line, t)
             }
             __global REAL* out = y + y_offset + plane + (idx_t)oh * OW;
             __global const REAL* res = residual + r_offset + plane + (idx_t)oh * OW;

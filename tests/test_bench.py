@@ -140,6 +140,15 @@ def test_the_network_layer_sets_are_the_distinct_convolutions():
     assert sum(g == c > 1 for _, (c, *_, g) in mobile) == sum("dw" in n for n, _ in mobile)
     both = select_layers("resnet18,mobilenet_v2", only="dw")
     assert both and all("dw" in name for name, _ in both)
+    # ResNet-50's bottlenecks (the stride on the 3x3, four stages) and EfficientNet-B0's MBConv
+    # blocks (3x3 and 5x5 depthwise layers, strided ones among them): each convolution once
+    r50, eb0 = select_layers("resnet50"), select_layers("efficientnet_b0")
+    for layers in (r50, eb0):
+        assert len({dims for _, dims in layers}) == len(layers)
+    assert len(r50) == 22 and ("r50.512 3x3 s2 @14", (512, 14, 14, 512, 3, 2, 1, 1)) in r50
+    assert {(k, s) for _, (c, *_, k, s, p, g) in eb0 if g == c > 1} == {(3, 1), (3, 2), (5, 1),
+                                                                          (5, 2)}
+    assert all(p == k // 2 for _, (*_, k, s, p, g) in eb0)
 
 
 def test_the_classic_layer_set_keeps_each_layers_batch():

@@ -62,6 +62,14 @@ CASES_2D = {
                                                   "padding_mode": "circular"}),
     "same": ((1, 3, 10, 27), (3, 1, 3, 3), {"padding": "same"}),
     "big-plane": ((1, 2, 64, 112), (2, 1, 3, 3), {"padding": 1}),  # rows split over work-items
+    # 5 taps a row at stride 2 on small planes: the buffer's rows deinterleaved (even padded
+    # columns, then odd), whatever the parity of the padding and of the width, dilated too
+    "5x5-s2-small": ((2, 6, 14, 14), (6, 1, 5, 5), {"padding": 2, "stride": 2}),
+    "5x5-s2-odd-pad": ((1, 3, 15, 27), (3, 1, 5, 5), {"padding": (2, 3), "stride": 2}),
+    "5x5-s2-odd-width": ((1, 4, 9, 13), (4, 1, 5, 5), {"padding": 1, "stride": 2}),
+    "7x7-s2-dilated": ((1, 2, 20, 22), (2, 1, 3, 7), {"padding": (2, 5), "stride": 2,
+                                                        "dilation": (1, 2)}),
+    "5x5-s2-multiplier": ((1, 2, 28, 28), (6, 1, 5, 5), {"padding": 2, "stride": 2}),
 }
 
 
@@ -83,6 +91,21 @@ def test_matches_reference_2d_row_segments(clconv, rng, case, monkeypatch):
     x_shape, w_shape, kw = CASES_2D[case]
     check_conv(_conv(clconv, 2), rng, x_shape, w_shape, groups=x_shape[1], **kw)
     plans(clconv.current_device()).clear()
+
+
+def test_the_new_small_cases_run_the_small_plane_kernel(clconv, dev):
+    """The deinterleaved stride-2 cases above are conv_depthwise_small's (what they test)."""
+    from clconv.blas.packed import vector_width
+    from clconv.ops.depthwise import small_plane
+    from clconv.ops.geometry import conv_geometry
+
+    vw = vector_width(dev, np.float32)
+    for case in ("5x5-s2-small", "5x5-s2-odd-pad", "5x5-s2-odd-width", "7x7-s2-dilated",
+                 "5x5-s2-multiplier"):
+        x_shape, w_shape, kw = CASES_2D[case]
+        geo = conv_geometry(2, x_shape, w_shape, kw.get("stride", 1), kw["padding"],
+                            kw.get("dilation", 1), x_shape[1])
+        assert small_plane(geo, vw, 2) is not None, case
 
 
 def test_small_plane_kernel_takes_mobilenet_layers(clconv, dev):
