@@ -370,6 +370,12 @@ inline void output_plane(GEO_DECL const idx_t ncd, int* od, idx_t* nco, idx_t* n
 #define ACT_APPLY(T, v) ACT_CLIP(v, (T)(ACT_A), (T)(ACT_B))
 #elif ACT == ACT_SQRT
 #define ACT_APPLY(T, v) sqrt(v)
+#elif ACT == ACT_SOFTPLUS && defined(ACT_A_ZERO)
+// beta +-0 (as leaky_relu's, Mesa folds x * 0.0): x * beta is +-0 for finite x, then
+// log1p(exp(0)) / +-0 = +-inf; NaN for non-finite x
+#define ACT_APPLY(T, v)                                                                     \
+    (isfinite(v) ? (((T)0 > (T)(ACT_B)) ? (v) : copysign((T)INFINITY, (T)(ACT_A_ZERO)))   \
+                 : (T)NAN)
 #elif ACT == ACT_SOFTPLUS
 // torch: x * beta > threshold ? x : log1p(exp(x * beta)) / beta
 #define ACT_APPLY(T, v) \

@@ -70,6 +70,11 @@ inline ACC activate_grad(ACC x, ACC g) {
 #endif
 #elif ACT == ACT_SQRT
     return g / ((ACC)2 * sqrt(x));  // torch's sqrt backward: grad / (2 * result)
+#elif ACT == ACT_SOFTPLUS && defined(ACT_A_NAN)
+    return g * (ACC)NAN;  // (PoCL's exp of the folded NaN gave 0 for some x: torch's NaN)
+#elif ACT == ACT_SOFTPLUS && defined(ACT_A_ZERO)
+    // beta +-0: z = exp(x * 0) = 1 for finite x (Mesa folds the product), NaN otherwise
+    return isfinite(x) ? (((ACC)0 > (ACC)(ACT_B)) ? g : g * (ACC)0.5) : (ACC)NAN;
 #elif ACT == ACT_SOFTPLUS
     const ACC z = exp(x * (ACC)(ACT_A));
     return (x * (ACC)(ACT_A) > (ACC)(ACT_B)) ? g : g * z / (z + (ACC)1);

@@ -307,6 +307,28 @@ def test_a_zero_slope_keeps_nan_and_signs_as_torch(clconv, dev, name, param):
         check(convert(model)(x4), want)
 
 
+@pytest.mark.parametrize("beta, threshold", [(0.0, 20.0), (-0.0, 20.0), (0.0, -1.0),
+                                             (math.nan, 20.0), (2.0, math.nan)])
+def test_softplus_of_zero_or_nan_beta_as_torch(clconv, dev, beta, threshold):
+    """softplus with beta +-0 (+-inf for finite x, NaN for the others: Mesa folded x * 0 on
+    rusticl) or NaN (NaN, and a NaN gradient: PoCL's exp of the folded NaN gave 0 for some x),
+    as a function, fused into a convolution's store, and nn.Softplus's backward."""
+    torch = import_torch()
+    x = np.array([np.nan, -np.inf, np.inf, 1.0, -2.0, 0.0, -0.0, 30.0], np.float32)
+    t = torch.from_numpy(x.copy()).requires_grad_()
+    want = torch.nn.functional.softplus(t, beta, threshold)
+    want.backward(torch.ones(8))
+    want = want.detach().numpy()
+    np.testing.assert_array_equal(clconv.softplus(x, beta, threshold), want)
+    fused = clconv.conv1d(x.reshape(1, 1, 8), np.ones((1, 1, 1), np.float32),
+                          activation=("softplus", beta, threshold))
+    np.testing.assert_array_equal(fused.reshape(-1), want)
+    layer = clconv.nn.Softplus(beta, threshold)
+    layer(x)
+    np.testing.assert_array_equal(np.asarray(layer.backward(np.ones(8, np.float32))),
+                                  t.grad.numpy())
+
+
 def test_tanh_saturates_as_torch(clconv, dev):
     """tanh is exactly +-1 from |x| = 9.0108404 on, where torch's is (PoCL's float tanh stopped
     one ulp short), so that gelu's tanh form is -0 for large negative x and NaN at -inf, as

@@ -171,6 +171,6 @@ class Hardtanh(_ParametrisedActivation):
                               f"`{old.replace('value', 'val')}`", FutureWarning, stacklevel=2)
         min_val = min_val if min_value is None else min_value
         max_val = max_val if max_value is None else max_value
-        if min_val > max_val:
-            raise ValueError(f"min_val ({min_val}) must not be greater than max_val ({max_val})")
+        if not max_val > min_val:  # (torch's module asserts it: equal or NaN bounds too)
+            raise ValueError(f"max_val ({max_val}) must be greater than min_val ({min_val})")
         self._set(inplace, min_val, max_val)

@@ -179,7 +179,9 @@ def activation_defines(activation: ActivationArg) -> dict[str, object]:
         defines["ACT_A"] = float_literal(act.a)
         if act.kind == "clamp" and math.isnan(act.a):
             defines["ACT_ALL_NAN"] = None  # (NaN bounds: common.cl writes NaN everywhere)
-        if act.kind in ("leaky_relu", "elu") and act.a == 0:
+        if act.kind == "softplus" and math.isnan(act.a):
+            defines["ACT_A_NAN"] = None
+        if act.kind in ("leaky_relu", "elu", "softplus") and act.a == 0:
             # (common.cl writes the product with a zero out: Mesa folds it to 0, NaN or not)
             defines["ACT_A_ZERO"] = int(math.copysign(1, act.a))
     if act.kind in _WITH_B:
