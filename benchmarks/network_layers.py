@@ -1,6 +1,7 @@
-"""Every distinct convolution of ResNet-18 and MobileNetV2 (224x224, batch 1 by default), or the
-classic bench's six layers (`classic`, each at its own batch size), clconv against torch CPU by the
-fair method, with per-layer ratios and their geometric mean.
+"""Every distinct convolution of ResNet-18, MobileNetV2, ResNet-50 or EfficientNet-B0 (224x224,
+batch 1 by default; benchmarks.fair's sets say what they leave out), or the classic bench's six
+layers (`classic`, each at its own batch size), clconv against torch CPU by the fair method, with
+per-layer ratios and their geometric mean.
 
     python -m clconv bench --layers resnet18,mobilenet_v2,classic [--batch 1] [--algorithms auto]
         [--rounds 5] [--block 5] [--pause 0.02] [--torch-threads 2] [--only dw]

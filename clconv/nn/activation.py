@@ -158,7 +158,9 @@ class Softplus(_ParametrisedActivation):
 
 
 class Hardtanh(_ParametrisedActivation):
-    """torch.nn.Hardtanh(min_val=-1.0, max_val=1.0)."""
+    """torch.nn.Hardtanh(min_val=-1.0, max_val=1.0, inplace=False, min_value=None,
+    max_value=None): max_val must be greater than min_val; min_value / max_value are torch's
+    deprecated spellings."""
 
     kind, params = "clamp", ("min_val", "max_val")
 
@@ -171,6 +173,6 @@ class Hardtanh(_ParametrisedActivation):
                               f"`{old.replace('value', 'val')}`", FutureWarning, stacklevel=2)
         min_val = min_val if min_value is None else min_value
         max_val = max_val if max_value is None else max_value
-        if not max_val > min_val:  # (torch's module asserts it: equal or NaN bounds too)
+        if max_val <= min_val:  # (torch's module refuses it, with an AssertionError)
             raise ValueError(f"max_val ({max_val}) must be greater than min_val ({min_val})")
         self._set(inplace, min_val, max_val)

@@ -145,7 +145,8 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *
     activation as the convolutions' (None, 'relu', ('leaky_relu', 0.2), ...).
     A 1-d weight (in_features,) gives an output of shape (*) (torch's matrix-vector form; a bias
     then is 0-d, and, as torch's, not allowed with a 2-d input). A 0-d or (1,) bias is broadcast
-    over the features, as torch's."""
+    over the features, as torch's; another bias that broadcasts to the output (torch's addmm:
+    (N, out_features), (N, 1)) is added in a second pass, with the activation."""
     if len(shape_of(weight)) == 1:
         return _linear_vector(input, weight, bias, activation, residual, out)
     w_shape = shape_of(weight)
