@@ -86,6 +86,14 @@ def register_tile_width(dev) -> int:
     return tile_for(dev, np.float32, 8, 1024, 8).nr
 
 
+def pointwise_tile_width(dev) -> int:
+    """The fewest output positions 'pointwise' takes on `dev`: its tile's width (one vector on the
+    CPUs whose FMA pipes a 6-row tile keeps busy: Zen 4; else register_tile_width)."""
+    from clconv.blas.packed import tile_for_columns
+
+    return tile_for_columns(dev, np.float32, 8, 1024, 8).nr
+
+
 def torch_case(rng, case):
     """The start of a cross-check against torch on `case` (x shape, w shape, conv kwargs):
     (torch, spatial dims, standard-normal float32 x and w of the shapes, kwargs). Skips the test

@@ -16,7 +16,8 @@ import functools
 import numpy as np
 import pytest
 import reference as ref
-from helpers import check_conv, check_epilogue, random_array, register_tile_width
+from helpers import (check_conv, check_epilogue, pointwise_tile_width, random_array,
+                     register_tile_width)
 from tolerance import assert_close, conv_magnitude, conv_reduction
 
 
@@ -52,22 +53,19 @@ def test_matches_reference(clconv, dev, rng, case):
 
 @pytest.mark.parametrize("case", ["mobilenet-14", "overlap", "batch", "groups", "cout-1"])
 @pytest.mark.parametrize("accumulators", [4, 8])
-def test_the_one_vector_tile_where_it_computes_fewer_columns(clconv, dev, rng, monkeypatch,
-                                                             case, accumulators):
+def test_the_one_vector_tile_where_the_cpu_needs_few_accumulators(clconv, dev, rng, monkeypatch,
+                                                                   case, accumulators):
     """Where MR accumulators keep the FMA pipes busy (Zen 4's AVX-512; forced here on every
-    device), 'pointwise' takes MR x VW tiles when they compute fewer of an image's columns than
-    MR x 2VW (196: 208 against 224) and matches the reference either way; with 8 needed it
-    keeps the two-vector tile (AVX-512's 16 lanes: 14x14 narrow, 7x7 and 56x56 not)."""
+    device), 'pointwise' takes MR x VW tiles (for every width, so that a network's 1x1 layers
+    share their programs) and matches the reference; with 8 needed it keeps MR x 2VW."""
     from clconv.blas import packed
 
     monkeypatch.setattr(packed, "fma_accumulators", lambda d, dtype: accumulators)
     wide = packed.tile_for(dev, np.float32, 8, 1024, 8)
     vw = wide.vw
     for n_cols in (196, 49, 3136, 100):
-        fewer = -(-n_cols // vw) * vw < -(-n_cols // (2 * vw)) * 2 * vw
-        assert fewer == {196: True, 49: False, 3136: False}.get(n_cols, fewer) or vw != 16
         tile = packed.tile_for_columns(dev, np.float32, 64, n_cols, 64)
-        narrow = fewer and accumulators <= wide.mr
+        narrow = accumulators <= wide.mr
         assert (tile.nr, tile.vw) == ((vw if narrow else 2 * vw), vw), (n_cols, tile)
     n, cin, cout, groups, spatial = CASES[case]
     size = spatial(register_tile_width(dev))
@@ -141,7 +139,7 @@ def test_strided(clconv, dev, rng, nd, x_shape, stride):
     b = random_array(rng, (26,))
     fn = {1: clconv.conv1d, 2: clconv.conv2d, 3: clconv.conv3d}[nd]
     want = ref.conv_nd(x, w, b, stride)
-    if int(np.prod(want.shape[2:])) < register_tile_width(dev):
+    if int(np.prod(want.shape[2:])) < pointwise_tile_width(dev):
         pytest.skip("fewer output positions than the register tile's width")
     got = fn(x, w, b, stride=stride, algorithm="pointwise", activation="relu")
     assert_close(got, np.maximum(want, 0), np.float32, conv_reduction(w), conv_magnitude(x, w, b))
@@ -158,7 +156,7 @@ def test_rejects_what_it_does_not_compute(clconv, rng, w_shape, kwargs, match):
 
 
 def test_rejects_fewer_positions_than_the_tile(clconv, dev, rng):
-    x = random_array(rng, (1, 4, 1, register_tile_width(dev) - 1))
+    x = random_array(rng, (1, 4, 1, pointwise_tile_width(dev) - 1))
     with pytest.raises(ValueError, match="algorithm='pointwise'.*output positions"):
         clconv.conv2d(x, random_array(rng, (3, 4, 1, 1)), algorithm="pointwise")
 

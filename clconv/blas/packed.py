@@ -129,18 +129,20 @@ def fma_accumulators(dev: Device, dtype: Any) -> int:
 def tile_for_columns(dev: Device, dtype: Any, m: int, n: int, k: int) -> Tile:
     """`tile_for`'s tile for a GEMM whose columns are taken in panels of n (an image's positions:
     'pointwise', whose last panel of an image ends at n and overlaps its predecessor), or its
-    one-vector form, MR x VW, where that computes fewer columns and its MR accumulators keep the
-    core's FMA pipes busy (`fma_accumulators`: Zen 4's AVX-512). MobileNetV2's and ResNet-18's
-    1x1 layers at 14x14 (196 columns: 208 computed in 16s, 224 in 32s) on Zen 4, 20-call blocks,
-    medians of 15, two runs: 64->384 0.086 -> 0.080 ms, 96->576 0.160 -> 0.142, 576->96 0.154 ->
-    0.138, 192->64 0.064 -> 0.060, 128->256 0.103 -> 0.099; at 7x7 (64 columns either way)
-    +-4%. With 8 accumulators needed (AVX2's 6 x 8 on the same cores) the narrow tile ran
-    0.77-0.86x: latency-bound."""
-    tile = tile_for(dev, dtype, m, n, k)
+    one-vector form, MR x VW, where its MR accumulators keep the core's FMA pipes busy
+    (`fma_accumulators`: Zen 4's AVX-512). On Zen 4, 20-call blocks, medians of 11-15, two-vector
+    -> one-vector: at 14x14 (196 columns: 208 computed in 16s, 224 in 32s) 64->384 0.086 -> 0.080
+    ms, 96->576 0.160 -> 0.142, 576->96 0.154 -> 0.138, 192->64 0.064 -> 0.060, 256->1024 0.563
+    -> 0.548; at 56x56 and 28x28 +1-4%; at 7x7 and 112x112 -4% to +2% (2048->512 0.636 -> 0.655,
+    160->960 0.134 -> 0.132). Taken for every n, not only where it computes fewer columns: a
+    network's 1x1 layers then share one program per epilogue (two tile widths built 2 more
+    programs for MobileNetV2, +0.6 s of its first forward with empty caches). With 8
+    accumulators needed (AVX2's 6 x 8 on the same cores) the one-vector tile ran 0.77-0.86x:
+    latency-bound."""
+    del n  # (every n: see above)
+    tile = tile_for(dev, dtype, m, 0, k)
     if tile.nr == 2 * tile.vw and tile.mr >= fma_accumulators(dev, dtype):
-        narrow = Tile(tile.mr, tile.vw, tile.vw)
-        if narrow.b_panels(n) * narrow.nr < tile.b_panels(n) * tile.nr:
-            return narrow
+        return Tile(tile.mr, tile.vw, tile.vw)
     return tile
 
 
