@@ -214,6 +214,8 @@ def _nearest(store: _Store, dev: Device, geo: ConvGeometry, dtype: Any) -> str |
     mine = json.loads(key(dev, geo, dtype))
     batch, size = max(mine[_BATCH], 1), tuple(mine[_SIZE])
     positions = batch * math.prod(size)
+    if not positions:  # (an empty input: validation refuses it before any choice)
+        return None
     best: tuple[bool, float, str] | None = None
     for other_batch, other_size, algorithm in store.by_layer.get(_layer_text(mine), ()):
         if not other_batch or not all(other_size):
