@@ -22,6 +22,9 @@
 // A second entry point, conv_depthwise_small (with -D PLANE_ROWS; at the end of the file), takes
 // whole small 2-d zero-padded planes (up to 64 padded rows and 4 vectors a row: MobileNet's 7x7
 // to 56x56) from a private zero-padded copy: no edge code at all (1.3-2.5x the row segments).
+// A third, conv_depthwise_flat (with -D FLAT_LEN; last), takes the smallest of them at stride 1
+// (7x7 and 14x14) as one 1-d convolution over the flattened padded plane: chunks of up to 16
+// independent vector sums where a row has one or two.
 //
 // Epilogue (common.cl): + bias[co] (-D HAS_BIAS), + the residual's element (-D HAS_RESIDUAL, an
 // operand of y's shape from r_offset), the activation (-D ACT, ACT_A, ACT_B) on whole vectors
@@ -30,10 +33,11 @@
 // Defines: REAL/ACC (common.cl), kernel size KD/KH/KW, stride SD/SH/SW, dilation DD/DH/DW,
 // PAD_MODE (common.cl), and the tile:
 // -D VW   lanes per vector: 2, 4, 8 or 16 (default 8; at most the device's preferred width)
-// -D NV   vectors per segment: 1 .. 4 (default 2)
+// -D NV   vectors per segment: 1 .. 4 (default 2); conv_depthwise_flat's chunk: 1 .. 16
 // -D FLIP_TAPS  every filter read backwards (the flipped filters of a stride-1 adjoint)
 // -D PLANE_ROWS  rows of conv_depthwise_small's buffer (8, 16, 32 or 64: a bucket, so that layers
 //                share the program); unset: only conv_depthwise is compiled
+// -D FLAT_LEN    elements of conv_depthwise_flat's buffers (a power of two); unset: not compiled
 // Sizes (C, COUT, GROUPS = C, ID..OW, PD..PW) are the GEOMETRY_ARGS arguments (RUNTIME_SIZES), and
 // the arguments rows (output rows per work-item), planes (output planes per work-item) and
 // nplanes (batch * COUT * OD): layers of one kernel size and stride share the program.
@@ -51,8 +55,8 @@
 #ifndef NV
 #define NV 2
 #endif
-#if NV < 1 || NV > 4
-#error "NV must be 1 .. 4"
+#if NV < 1 || NV > 16
+#error "NV must be 1 .. 16"
 #endif
 #define SEG (NV * VW)
 #include "vector.cl"
@@ -441,3 +445,81 @@ __kernel void conv_depthwise_small(DEPTHWISE_ARGS) {
     }
 }
 #endif  // PLANE_ROWS
+
+#ifdef FLAT_LEN
+// conv_depthwise_flat: whole small planes at stride 1 (2-d, zero padding; -D FLAT_LEN set by the
+// host), e.g. MobileNetV2's and EfficientNet's 7x7 and 14x14 layers. The plane is copied into a
+// private zero-filled buffer of row pitch P = OW + (KW - 1) * DW (its padding then plain zeros);
+// output (oh, ow) is element f = oh * P + ow of the flattened rows, and tap (kh, kw) reads
+// f + kh * DH * P + kw * DW of the buffer: a 1-d convolution over the whole plane. Chunks of NV
+// vectors of consecutive f (up to 16 accumulators: independent sums, where conv_depthwise_small's
+// row of one or two vectors chains its KH * KW FMAs), each tap one broadcast and NV plain vector
+// loads; the lanes at ow >= OW (P - OW a row) are computed and dropped. The sums go to a private
+// buffer of the same pitch, and out row by row through the epilogue; a row's last vector may run
+// into the next rows (its lanes past OW), which are stored after it (the plane's own outputs; the
+// plane's last row stores only its own lanes). Each output sums its taps in conv_depthwise_small's
+// order: the same bits.
+// FLAT_LEN: the buffers' elements, a power of two (layers share the program): at least
+// ceil(F / SEG) * SEG + (KH - 1) * DH * P + (KW - 1) * DW for F = (OH - 1) * P + OW flat outputs,
+// and (OH - 1) * P + ceil(OW / VW) * VW (clconv.ops.depthwise.flat_plane). NDRange
+// (1, 1, ceil(nplanes / planes)), local size (1, 1, 1).
+__kernel void conv_depthwise_flat(DEPTHWISE_ARGS) {
+    const idx_t p0 = (idx_t)get_global_id(2) * planes;
+    const idx_t p1 = (nplanes - p0 > planes) ? p0 + planes : nplanes;
+    const int mult = COUT / C;
+    const int P = OW + (KW - 1) * DW;  // the buffers' row pitch
+    const int F = (OH - 1) * P + OW;   // flat outputs
+    const int ih_hi = min(IH, OH + (KH - 1) * DH - PH);  // the input rows and columns read
+    const int iw_hi = min(IW, P - PW);
+    REAL buf[FLAT_LEN];
+    ACC sums[FLAT_LEN];
+    for (int j = 0; j < FLAT_LEN; ++j) buf[j] = (REAL)0;
+    for (idx_t p = p0; p < p1; ++p) {
+        const int co = p % COUT;
+        const idx_t n = p / COUT;
+        __global const REAL* image = x + x_offset + (n * C + co / mult) * IN_SPATIAL;
+        __global const REAL* filter = weight + w_offset + (idx_t)co * KSIZE;
+        ACC taps[KH * KW];
+#pragma unroll
+        for (int t = 0; t < KH * KW; ++t) taps[t] = (ACC)filter[TAP(t)];
+        const idx_t plane = p * ((idx_t)OH * OW);
+        __global REAL* out = y + y_offset + plane;
+        __global const REAL* res = residual + r_offset + plane;
+#ifdef FLIP_TAPS
+        if (!taps_finite(taps, KH * KW)) {  // the plane one output at a time
+            for (int oh = 0; oh < OH; ++oh)
+                point_outputs(GEO_PASS image, filter, 0, oh, 0, OW, bias, b_offset, co,
+                              res + oh * OW, out + oh * OW);
+            continue;
+        }
+#endif
+        // The plane into the buffer at (PH, PW); the zeros around it stay from the first fill.
+        for (int ih = 0; ih < ih_hi; ++ih) {
+            __global const REAL* src = image + (idx_t)ih * IW;
+            REAL* dst = buf + (ih + PH) * P + PW;
+            for (int iw = 0; iw < iw_hi; ++iw) dst[iw] = src[iw];
+        }
+        for (int f0 = 0; f0 < F; f0 += SEG) {
+            VACC acc[NV];
+#pragma unroll
+            for (int v = 0; v < NV; ++v) acc[v] = (VACC)0;
+#pragma unroll
+            for (int kh = 0; kh < KH; ++kh) {
+                const REAL* line = buf + f0 + kh * DH * P;
+                const ACC* t = taps + kh * KW;
+                ROW_TAPS(acc, line, t)
+            }
+#pragma unroll
+            for (int v = 0; v < NV; ++v) VSTORE(acc[v], 0, sums + f0 + v * VW);
+        }
+        const int total = OH * OW;
+        for (int oh = 0; oh < OH; ++oh) {
+            for (int s = 0; s < OW; s += VW) {
+                const int o = oh * OW + s;
+                store_vector(VLOAD(0, sums + oh * P + s), o + VW <= total, total - o, bias,
+                             b_offset, co, res + o, out + o);
+            }
+        }
+    }
+}
+#endif  // FLAT_LEN

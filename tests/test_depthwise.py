@@ -1,8 +1,9 @@
 """algorithm='depthwise' (cl/conv_depthwise.cl through clconv.ops.depthwise) against the float64
 oracle of tests/reference.py and against torch, through the public API.
 
-Shapes are chosen around the kernel's cases, through both kernels (conv_depthwise_small for small
-2-d zero-padded planes, and the row segments of conv_depthwise, forced for every case too): rows
+Shapes are chosen around the kernel's cases, through its three kernels (conv_depthwise_flat for the
+smallest stride-1 planes, conv_depthwise_small for small 2-d zero-padded planes, and the row
+segments of conv_depthwise, each of the last two forced for every case too): rows
 whose interior holds several segments (the last one overlapping), interiors of 2-15 outputs (short
 vectors), rows too narrow for any vector (the span path), padding wider than the EMAX scalars a side
 (point()), strides 1, 2 and 3 (the gathered lanes), dilation, every padding_mode, channel
@@ -70,6 +71,19 @@ CASES_2D = {
     "7x7-s2-dilated": ((1, 2, 20, 22), (2, 1, 3, 7), {"padding": (2, 5), "stride": 2,
                                                         "dilation": (1, 2)}),
     "5x5-s2-multiplier": ((1, 2, 28, 28), (6, 1, 5, 5), {"padding": 2, "stride": 2}),
+    # the flattened planes at stride 1 (conv_depthwise_flat): chunks of several vectors, rows
+    # narrower than a vector, a row's last vector running into the next rows, dilation,
+    # asymmetric and wide padding, a 1x1 plane, a tall plane, a multiplier, ConvNeXt's 7x7 taps
+    "5x5-flat": ((2, 6, 14, 14), (6, 1, 5, 5), {"padding": 2}),
+    "5x5-flat-7": ((1, 9, 7, 7), (9, 1, 5, 5), {"padding": 2}),
+    "7x7-flat-14": ((1, 3, 14, 14), (3, 1, 7, 7), {"padding": 3}),
+    "3x3-flat-odd": ((1, 5, 5, 11), (5, 1, 3, 3), {"padding": 1}),
+    "flat-dilated": ((1, 3, 11, 13), (3, 1, 5, 5), {"padding": 4, "dilation": 2}),
+    "flat-asymmetric": ((1, 4, 9, 12), (4, 1, 5, 5), {"padding": ((0, 4), (3, 1))}),
+    "flat-wide-padding": ((1, 2, 6, 6), (2, 1, 5, 5), {"padding": 4}),
+    "flat-1x1": ((1, 5, 1, 1), (5, 1, 5, 5), {"padding": 2}),
+    "flat-tall": ((1, 2, 20, 3), (2, 1, 5, 5), {"padding": 2}),
+    "flat-multiplier": ((2, 3, 8, 8), (9, 1, 5, 5), {"padding": 2}),
 }
 
 
@@ -79,14 +93,18 @@ def test_matches_reference_2d(clconv, rng, case):
     check_conv(_conv(clconv, 2), rng, x_shape, w_shape, groups=x_shape[1], **kw)
 
 
+@pytest.mark.parametrize("kernel", ["small", "rows"])
 @pytest.mark.parametrize("case", [c for c in CASES_2D if c not in ("big-plane",)])
-def test_matches_reference_2d_row_segments(clconv, rng, case, monkeypatch):
-    """The same cases through the row-segment kernel (conv_depthwise) where the small-plane one
-    (conv_depthwise_small) would take them: both must be right wherever either applies."""
+def test_matches_reference_2d_other_kernels(clconv, rng, case, kernel, monkeypatch):
+    """The same cases through the small-plane kernel (conv_depthwise_small) where the flat one
+    would take them, and through the row-segment kernel (conv_depthwise) where either would:
+    each must be right wherever it applies."""
     from clconv.ops import depthwise
     from clconv.ops.plan import plans
 
-    monkeypatch.setattr(depthwise, "small_plane", lambda *args: None)
+    monkeypatch.setattr(depthwise, "flat_plane", lambda *args: None)
+    if kernel == "rows":
+        monkeypatch.setattr(depthwise, "small_plane", lambda *args: None)
     plans(clconv.current_device()).clear()  # plans made before hold the other kernel
     x_shape, w_shape, kw = CASES_2D[case]
     check_conv(_conv(clconv, 2), rng, x_shape, w_shape, groups=x_shape[1], **kw)
@@ -106,6 +124,54 @@ def test_the_new_small_cases_run_the_small_plane_kernel(clconv, dev):
         geo = conv_geometry(2, x_shape, w_shape, kw.get("stride", 1), kw["padding"],
                             kw.get("dilation", 1), x_shape[1])
         assert small_plane(geo, vw, 2) is not None, case
+
+
+def test_the_flat_cases_run_the_flat_kernel(clconv, dev):
+    """The stride-1 small planes above are conv_depthwise_flat's (what they test), and its
+    results are conv_depthwise_small's to the bit (each output sums its taps in the same order)."""
+    import clconv.ops.depthwise as depthwise
+    from clconv.blas.packed import vector_width
+    from clconv.ops.geometry import conv_geometry
+    from clconv.ops.plan import plans
+
+    vw = vector_width(dev, np.float32)
+    rng = np.random.default_rng(5)
+    for case in [c for c in CASES_2D if "flat" in c]:
+        x_shape, w_shape, kw = CASES_2D[case]
+        geo = conv_geometry(2, x_shape, w_shape, 1, kw["padding"], kw.get("dilation", 1),
+                            x_shape[1], asymmetric=True)
+        assert depthwise.flat_plane(geo, vw, 2) is not None, case
+        x, w = random_array(rng, x_shape), random_array(rng, w_shape)
+        flat = clconv.conv2d(x, w, groups=x_shape[1], algorithm="depthwise", **kw)
+        saved = depthwise.flat_plane
+        depthwise.flat_plane = lambda *args: None
+        try:
+            plans(dev).clear()
+            small = clconv.conv2d(x, w, groups=x_shape[1], algorithm="depthwise", **kw)
+        finally:
+            depthwise.flat_plane = saved
+            plans(dev).clear()
+        np.testing.assert_array_equal(flat, small, err_msg=case)
+
+
+def test_flat_kernel_takes_the_smallest_stride_1_planes(clconv, dev):
+    """EfficientNet-B0's 7x7 and 14x14 stride-1 depthwise layers (5x5) and MobileNetV2's 14x14
+    ones (3x3) run the flat kernel, ConvNeXt-like 7x7 filters too; not 3x3 at 7x7 (the flat line
+    would compute more lanes than the rows: 64 for 49 outputs), larger planes, strides, or other
+    padding modes."""
+    from clconv.ops.depthwise import flat_plane
+    from clconv.ops.geometry import conv_geometry
+
+    def geo(size, k=3, stride=1, mode="zeros"):
+        return conv_geometry(2, (1, 8, size, size), (8, 1, k, k), stride, k // 2, 1, 8, mode)
+
+    for vw in (8, 16):
+        for size, k in ((14, 3), (7, 5), (14, 5), (7, 7), (14, 7)):
+            assert flat_plane(geo(size, k), vw, 2) is not None, (vw, size, k)
+        assert flat_plane(geo(7, 3), vw, 2) is None
+        assert flat_plane(geo(28), vw, 2) is None
+        assert flat_plane(geo(14, 3, 2), vw, 2) is None
+        assert flat_plane(geo(14, 3, 1, "reflect"), vw, 2) is None
 
 
 def test_small_plane_kernel_takes_mobilenet_layers(clconv, dev):
@@ -180,7 +246,7 @@ def test_nonfinite_input_poisons_only_its_windows(clconv, rng):
 
 @pytest.mark.parametrize("nd, x_shape, k, padding, stride, mult", [
     (1, (1, 4, 5), 3, 1, 1, 1), (1, (1, 4, 20), 5, 2, 2, 2), (2, (1, 4, 12, 40), 3, 1, 1, 1),
-    (2, (1, 4, 9, 9), 5, 2, 2, 2), (3, (1, 4, 4, 5, 6), 3, 1, 1, 1),
+    (2, (1, 4, 9, 9), 5, 2, 2, 2), (2, (1, 4, 9, 9), 5, 2, 1, 2), (3, (1, 4, 4, 5, 6), 3, 1, 1, 1),
     (3, (1, 4, 7, 7, 7), 3, 1, 2, 2)])
 def test_nonfinite_weights_poison_the_windows_that_read_zero_padding(clconv, dev, rng, nd, x_shape,
                                                                     k, padding, stride, mult):

@@ -3,7 +3,10 @@ C_in) by cl/conv_depthwise.cl, a vectorised direct kernel shaped for CPUs (local
 of outputs per work-item in vector registers; see the kernel's banner). Small 2-d zero-padded
 planes (up to 64 padded rows: MobileNet's 7x7 to 56x56, ConvNeXt's 7x7 kernels at 56x56) take the
 file's second kernel, conv_depthwise_small: whole planes from a private zero-padded copy, no edge
-code (`small_plane`; 1.3-2.5x the row segments there).
+code (`small_plane`; 1.3-2.5x the row segments there). The smallest of them at stride 1 (7x7,
+14x14) take its third, conv_depthwise_flat: the padded plane's rows flattened into one line, a
+1-d convolution in chunks of up to 8 vectors (`flat_plane`; 1.2-1.5x conv_depthwise_small's rows of
+one vector there, whose taps form one chain of dependent FMAs).
 
 `Depthwise` is one of the forward algorithm classes (registered in clconv.ops.conv_select; constructor and `run` as
 clconv.ops.conv_algorithms'): everything is decided and built when it is made (tile, NDRange,
@@ -25,7 +28,8 @@ from .activation import ActivationArg
 from .geometry import ConvGeometry
 from .launch import epilogue_defines, fused_conv_args, kernel_defines
 
-__all__ = ["Depthwise", "depthwise_launch", "depthwise_unsupported", "interior", "planes_per_item"]
+__all__ = ["Depthwise", "depthwise_launch", "depthwise_unsupported", "flat_plane", "interior",
+           "planes_per_item", "small_plane"]
 
 _MAX_NV = 4  # vectors of a segment (accumulators) at most: 4 x 16 floats, a quarter of AVX-512's
 _ITEMS_PER_CU = 8  # work-items a compute unit at least (PoCL hands them out dynamically)
@@ -137,6 +141,47 @@ def small_plane(geo: ConvGeometry, vw: int, compute_units: int) -> dict[str, int
             "planes": planes, "plane_blocks": -(-nplanes // planes), "nplanes": nplanes}
 
 
+_FLAT_NV = 8  # conv_depthwise_flat's vectors a chunk at most (accumulators: AVX2 has 16 registers)
+_FLAT_MAX_LEN = 512  # its buffers' elements at most: 14x14 with 5x5 taps (measured: larger lose)
+_FLAT_MIN_TAPS = 25  # filters of fewer taps take it only where it computes no more lanes
+
+
+def flat_plane(geo: ConvGeometry, vw: int, compute_units: int) -> dict[str, int] | None:
+    """The launch of cl/conv_depthwise.cl's conv_depthwise_flat for `geo` (the padded plane's rows
+    flattened: a 1-d convolution in chunks of NV vectors of `vw` lanes), or None where it does not
+    apply: 2-d, zero padding, stride 1, buffers of at most _FLAT_MAX_LEN elements (FLAT_LEN, a
+    power of two, the kernel's bound), and, for filters of fewer than _FLAT_MIN_TAPS taps, no
+    more lanes computed than conv_depthwise_small's rows (whose chains of taps are short then)."""
+    if geo.nd != 2 or geo.padding_mode != "zeros" or geo.batch == 0 or geo.stride != (1, 1):
+        return None
+    (oh, ow), (kh, kw), (dh, dw) = geo.out_size, geo.kernel, geo.dilation
+    if oh == 0 or ow == 0:
+        return None
+    pitch = ow + (kw - 1) * dw
+    vectors = -(-((oh - 1) * pitch + ow) // vw)  # of the flat outputs
+    chunks = -(-vectors // _FLAT_NV)
+    nv = -(-vectors // chunks)
+    need = max(chunks * nv * vw + (kh - 1) * dh * pitch + (kw - 1) * dw,
+               (oh - 1) * pitch + -(-ow // vw) * vw)
+    length = 64
+    while length < need:
+        length *= 2
+    if length > _FLAT_MAX_LEN:
+        return None
+    if kh * kw < _FLAT_MIN_TAPS:
+        # Short chains of taps: conv_depthwise_small's rows overlap theirs well; it wins where it
+        # computes fewer lanes (3x3 at 7x7: 7 rows of 8 lanes, where the flat line takes 64)
+        row_vw = vw
+        while row_vw > 4 and row_vw // 2 >= ow:
+            row_vw //= 2
+        if chunks * nv * vw > oh * -(-ow // row_vw) * row_vw:
+            return None
+    nplanes = geo.batch * geo.out_channels
+    planes = planes_per_item(nplanes, oh * ow, compute_units)
+    return {"VW": vw, "NV": nv, "FLAT_LEN": length, "segments": 1, "rows": oh, "row_blocks": 1,
+            "planes": planes, "plane_blocks": -(-nplanes // planes), "nplanes": nplanes}
+
+
 class Depthwise:
     """The depthwise kernel for the whole batch (see the module doc). Raises ValueError when `geo`
     is not depthwise (`depthwise_unsupported`)."""
@@ -167,8 +212,14 @@ class Depthwise:
         defines.update(epilogue_defines(has_bias, activation, has_residual))
         if flipped:
             defines["FLIP_TAPS"] = None
-        small = small_plane(geo, vw, dev.cl_device.max_compute_units)
-        if small is not None:  # whole planes from a private zero-padded copy
+        units = dev.cl_device.max_compute_units
+        flat = flat_plane(geo, vw, units)
+        small = None if flat is not None else small_plane(geo, vw, units)
+        if flat is not None:  # the padded plane's rows as one line
+            launch = flat
+            defines.update(VW=flat["VW"], NV=flat["NV"], FLAT_LEN=flat["FLAT_LEN"])
+            self.kernel = kernel(dev, "conv_depthwise.cl", "conv_depthwise_flat", defines)
+        elif small is not None:  # whole planes from a private zero-padded copy
             launch = small
             defines.update(VW=small["VW"], NV=small["NV"], PLANE_ROWS=small["PLANE_ROWS"])
             self.kernel = kernel(dev, "conv_depthwise.cl", "conv_depthwise_small", defines)

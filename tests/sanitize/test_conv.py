@@ -161,6 +161,8 @@ _SPECIAL = [
     ("conv2d", (2, 3, 5, 7), (3, 1, 3, 3), {"padding": 1, "groups": 3}, "depthwise", [F32, F64]),
     ("conv2d", (1, 2, 7, 9), (4, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 2}, "depthwise",
      [F32]),
+    ("conv2d", (1, 2, 6, 6), (4, 1, 5, 5), {"padding": 2, "groups": 2}, "depthwise", [F32]),
+    ("conv2d", (1, 2, 24, 20), (2, 1, 3, 3), {"padding": 1, "groups": 2}, "depthwise", [F32]),
     ("conv2d", (1, 3, 5, 6), (3, 1, 3, 3), {"padding": 1, "groups": 3, "padding_mode": "reflect"},
      "depthwise", [F32]),
     ("conv1d", (2, 2, 11), (2, 1, 5), {"padding": 2, "groups": 2, "dilation": 2}, "depthwise",
@@ -180,8 +182,9 @@ _SPECIAL = [
     for i, (fn, xs, ws, kw, a, dtypes) in enumerate(_SPECIAL) for dt in dtypes])
 def test_depthwise_pointwise_splitk(device, rng, index_t, fn, xs, ws, kw, algorithm, dtype,
                                     fused):
-    """'depthwise' (conv_depthwise.cl: conv_depthwise_small's whole zero-padded planes, stride 1
-    and 2, conv_depthwise for other padding modes, 1-d and 3-d, channel multipliers), 'pointwise'
+    """'depthwise' (conv_depthwise.cl: conv_depthwise_flat's flattened planes at stride 1,
+    conv_depthwise_small's whole zero-padded planes, stride 1 (a larger plane) and 2,
+    conv_depthwise for other padding modes, 1-d and 3-d, channel multipliers), 'pointwise'
     (conv_pointwise.cl, with the strided layer's subsample), 'splitk' (im2col + gemm_splitk.cl's
     slices and reduction); `fused`: bias + residual + ReLU in the epilogue."""
     need_dtype(device, dtype)
