@@ -93,16 +93,20 @@ def test_matches_reference_2d(clconv, rng, case):
     check_conv(_conv(clconv, 2), rng, x_shape, w_shape, groups=x_shape[1], **kw)
 
 
-@pytest.mark.parametrize("kernel", ["small", "rows"])
+@pytest.mark.parametrize("kernel", ["flat", "small", "rows"])
 @pytest.mark.parametrize("case", [c for c in CASES_2D if c not in ("big-plane",)])
-def test_matches_reference_2d_other_kernels(clconv, rng, case, kernel, monkeypatch):
-    """The same cases through the small-plane kernel (conv_depthwise_small) where the flat one
-    would take them, and through the row-segment kernel (conv_depthwise) where either would:
-    each must be right wherever it applies."""
+def test_matches_reference_2d_each_kernel(clconv, rng, case, kernel, monkeypatch):
+    """The same cases through the flat kernel (conv_depthwise_flat) wherever it fits, whatever
+    the device's rule (`flat_pays`), through the small-plane kernel (conv_depthwise_small) where
+    the flat one would take them, and through the row-segment kernel (conv_depthwise) where
+    either would: each must be right wherever it applies."""
     from clconv.ops import depthwise
     from clconv.ops.plan import plans
 
-    monkeypatch.setattr(depthwise, "flat_plane", lambda *args: None)
+    if kernel == "flat":
+        monkeypatch.setattr(depthwise, "flat_pays", lambda *args: True)
+    else:
+        monkeypatch.setattr(depthwise, "flat_plane", lambda *args: None)
     if kernel == "rows":
         monkeypatch.setattr(depthwise, "small_plane", lambda *args: None)
     plans(clconv.current_device()).clear()  # plans made before hold the other kernel
@@ -126,9 +130,22 @@ def test_the_new_small_cases_run_the_small_plane_kernel(clconv, dev):
         assert small_plane(geo, vw, 2) is not None, case
 
 
-def test_the_flat_cases_run_the_flat_kernel(clconv, dev):
-    """The stride-1 small planes above are conv_depthwise_flat's (what they test), and its
-    results are conv_depthwise_small's to the bit (each output sums its taps in the same order)."""
+@pytest.fixture
+def forced_flat(clconv, dev, monkeypatch):
+    """conv_depthwise_flat wherever it fits (`flat_pays` ignored), fresh plans before and after."""
+    from clconv.ops import depthwise
+    from clconv.ops.plan import plans
+
+    monkeypatch.setattr(depthwise, "flat_pays", lambda *args: True)
+    plans(dev).clear()
+    yield
+    plans(dev).clear()
+
+
+def test_the_flat_cases_fit_the_flat_kernel_and_match_the_small_one_to_the_bit(clconv, dev,
+                                                                               forced_flat):
+    """The stride-1 small planes above fit conv_depthwise_flat (what they test), and its results
+    are conv_depthwise_small's to the bit (each output sums its taps in the same order)."""
     import clconv.ops.depthwise as depthwise
     from clconv.blas.packed import vector_width
     from clconv.ops.geometry import conv_geometry
@@ -154,21 +171,53 @@ def test_the_flat_cases_run_the_flat_kernel(clconv, dev):
         np.testing.assert_array_equal(flat, small, err_msg=case)
 
 
-def test_flat_kernel_takes_the_smallest_stride_1_planes(clconv, dev):
-    """EfficientNet-B0's 7x7 and 14x14 stride-1 depthwise layers (5x5) and MobileNetV2's 14x14
-    ones (3x3) run the flat kernel, ConvNeXt-like 7x7 filters too; not 3x3 at 7x7 (the flat line
-    would compute more lanes than the rows: 64 for 49 outputs), larger planes, strides, or other
-    padding modes."""
-    from clconv.ops.depthwise import flat_plane
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_flat_kernel_nonfinite_weights(clconv, dev, rng, forced_flat, bad):
+    """conv_depthwise_flat with an Inf / NaN tap: the forward adds 0 * w at the zero padding (NaN
+    there, as torch), the adjoint (a transposed convolution: FLIP_TAPS) only the taps that exist
+    (its plane computed one output at a time)."""
+    torch = pytest.importorskip("torch")
+    x = random_array(rng, (1, 4, 9, 9))
+    w = random_array(rng, (4, 1, 5, 5))
+    w[1, 0, 0, 0] = bad
+    w[2, 0, 4, 4] = -np.inf
+    got = clconv.conv2d(x, w, padding=2, groups=4, algorithm="depthwise")
+    with np.errstate(invalid="ignore"):
+        want = ref.conv_nd(np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))), w, None, 1, 0, 1, 4)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    got = clconv.conv_transpose2d(x, w, padding=2, groups=4)
+    want = torch.nn.functional.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w),
+                                                padding=2, groups=4).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], np.float32, 25,
+                 conv_magnitude(x, np.nan_to_num(w, nan=0.0, posinf=0.0, neginf=0.0)))
+
+
+def test_flat_kernel_rule(clconv):
+    """Where conv_depthwise_flat pays (`flat_pays`): EfficientNet-B0's 5x5 layers at 7x7 and
+    14x14 and MobileNetV2's 3x3 ones at 14x14 with 16-lane vectors (AVX-512), ConvNeXt-like 7x7
+    filters at 14x14; with 8 lanes (AVX2), whose rows of 14 are two vectors, only 5x5 at 7x7. Never
+    3x3 at 7x7 (64 lanes for 49 outputs, where the rows compute 56); larger planes, strides and
+    other padding modes do not fit it."""
+    from clconv.ops.depthwise import flat_pays, flat_plane
     from clconv.ops.geometry import conv_geometry
 
     def geo(size, k=3, stride=1, mode="zeros"):
         return conv_geometry(2, (1, 8, size, size), (8, 1, k, k), stride, k // 2, 1, 8, mode)
 
+    def takes(g, vw):
+        flat = flat_plane(g, vw, 2)
+        return flat is not None and flat_pays(g, vw, flat)
+
+    taken = {16: {(14, 3), (7, 5), (14, 5), (14, 7)}, 8: {(7, 5)}}
     for vw in (8, 16):
-        for size, k in ((14, 3), (7, 5), (14, 5), (7, 7), (14, 7)):
-            assert flat_plane(geo(size, k), vw, 2) is not None, (vw, size, k)
-        assert flat_plane(geo(7, 3), vw, 2) is None
+        for size in (7, 14):
+            for k in (3, 5, 7):
+                assert flat_plane(geo(size, k), vw, 2) is not None, (vw, size, k)
+                assert takes(geo(size, k), vw) == ((size, k) in taken[vw]), (vw, size, k)
         assert flat_plane(geo(28), vw, 2) is None
         assert flat_plane(geo(14, 3, 2), vw, 2) is None
         assert flat_plane(geo(14, 3, 1, "reflect"), vw, 2) is None

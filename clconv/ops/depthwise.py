@@ -4,9 +4,9 @@ of outputs per work-item in vector registers; see the kernel's banner). Small 2-
 planes (up to 64 padded rows: MobileNet's 7x7 to 56x56, ConvNeXt's 7x7 kernels at 56x56) take the
 file's second kernel, conv_depthwise_small: whole planes from a private zero-padded copy, no edge
 code (`small_plane`; 1.3-2.5x the row segments there). The smallest of them at stride 1 (7x7,
-14x14) take its third, conv_depthwise_flat: the padded plane's rows flattened into one line, a
-1-d convolution in chunks of up to 8 vectors (`flat_plane`; 1.2-1.5x conv_depthwise_small's rows of
-one vector there, whose taps form one chain of dependent FMAs).
+14x14) take its third, conv_depthwise_flat, where it pays: the padded plane's rows flattened into
+one line, a 1-d convolution in chunks of up to 8 vectors (`flat_plane`, `flat_pays`; 1.1-1.4x
+conv_depthwise_small's rows of one vector, whose taps form one chain of dependent FMAs).
 
 `Depthwise` is one of the forward algorithm classes (registered in clconv.ops.conv_select; constructor and `run` as
 clconv.ops.conv_algorithms'): everything is decided and built when it is made (tile, NDRange,
@@ -28,8 +28,8 @@ from .activation import ActivationArg
 from .geometry import ConvGeometry
 from .launch import epilogue_defines, fused_conv_args, kernel_defines
 
-__all__ = ["Depthwise", "depthwise_launch", "depthwise_unsupported", "flat_plane", "interior",
-           "planes_per_item", "small_plane"]
+__all__ = ["Depthwise", "depthwise_launch", "depthwise_unsupported", "flat_pays", "flat_plane",
+           "interior", "planes_per_item", "small_plane"]
 
 _MAX_NV = 4  # vectors of a segment (accumulators) at most: 4 x 16 floats, a quarter of AVX-512's
 _ITEMS_PER_CU = 8  # work-items a compute unit at least (PoCL hands them out dynamically)
@@ -143,15 +143,13 @@ def small_plane(geo: ConvGeometry, vw: int, compute_units: int) -> dict[str, int
 
 _FLAT_NV = 8  # conv_depthwise_flat's vectors a chunk at most (accumulators: AVX2 has 16 registers)
 _FLAT_MAX_LEN = 512  # its buffers' elements at most: 14x14 with 5x5 taps (measured: larger lose)
-_FLAT_MIN_TAPS = 25  # filters of fewer taps take it only where it computes no more lanes
 
 
 def flat_plane(geo: ConvGeometry, vw: int, compute_units: int) -> dict[str, int] | None:
     """The launch of cl/conv_depthwise.cl's conv_depthwise_flat for `geo` (the padded plane's rows
     flattened: a 1-d convolution in chunks of NV vectors of `vw` lanes), or None where it does not
-    apply: 2-d, zero padding, stride 1, buffers of at most _FLAT_MAX_LEN elements (FLAT_LEN, a
-    power of two, the kernel's bound), and, for filters of fewer than _FLAT_MIN_TAPS taps, no
-    more lanes computed than conv_depthwise_small's rows (whose chains of taps are short then)."""
+    fit: 2-d, zero padding, stride 1, and buffers of at most _FLAT_MAX_LEN elements (FLAT_LEN, a
+    power of two, the kernel's bound). Whether it pays: `flat_pays`."""
     if geo.nd != 2 or geo.padding_mode != "zeros" or geo.batch == 0 or geo.stride != (1, 1):
         return None
     (oh, ow), (kh, kw), (dh, dw) = geo.out_size, geo.kernel, geo.dilation
@@ -168,18 +166,30 @@ def flat_plane(geo: ConvGeometry, vw: int, compute_units: int) -> dict[str, int]
         length *= 2
     if length > _FLAT_MAX_LEN:
         return None
-    if kh * kw < _FLAT_MIN_TAPS:
-        # Short chains of taps: conv_depthwise_small's rows overlap theirs well; it wins where it
-        # computes fewer lanes (3x3 at 7x7: 7 rows of 8 lanes, where the flat line takes 64)
-        row_vw = vw
-        while row_vw > 4 and row_vw // 2 >= ow:
-            row_vw //= 2
-        if chunks * nv * vw > oh * -(-ow // row_vw) * row_vw:
-            return None
     nplanes = geo.batch * geo.out_channels
     planes = planes_per_item(nplanes, oh * ow, compute_units)
-    return {"VW": vw, "NV": nv, "FLAT_LEN": length, "segments": 1, "rows": oh, "row_blocks": 1,
-            "planes": planes, "plane_blocks": -(-nplanes // planes), "nplanes": nplanes}
+    return {"VW": vw, "NV": nv, "FLAT_LEN": length, "lanes": chunks * nv * vw, "segments": 1,
+            "rows": oh, "row_blocks": 1, "planes": planes, "plane_blocks": -(-nplanes // planes),
+            "nplanes": nplanes}
+
+
+def flat_pays(geo: ConvGeometry, vw: int, flat: dict[str, int]) -> bool:
+    """Whether conv_depthwise_flat (launch `flat`) beats conv_depthwise_small on `geo`: where the
+    latter's row is one vector, whose KH * KW taps are then one chain of dependent FMAs, and the
+    flat line computes at most 1.5x its lanes (1x for filters under 25 taps, whose short chains
+    the rows overlap well). Measured on Zen 4, both ways at 16 and 8 lanes (AVX2 emulated), in
+    ms a call: 5x5 at 14x14 1.29-1.31x with one 16-lane vector a row but 0.84-0.92x against two
+    8-lane ones; 5x5 at 7x7 (80 lanes against 56) 1.36x / 1.03-1.16x; 7x7 at 7x7 (96 against
+    56) 1.07x / 0.84-0.90x; 3x3 at 14x14 (equal lanes) 1.14-1.23x; 3x3 at 7x7 (64 against 56)
+    0.95-0.96x."""
+    oh, ow = geo.out_size
+    row_vw = vw  # conv_depthwise_small's vectors (small_plane)
+    while row_vw > 4 and row_vw // 2 >= ow:
+        row_vw //= 2
+    if ow > row_vw:
+        return False
+    ratio = 1.5 if geo.kernel[0] * geo.kernel[1] >= 25 else 1.0
+    return flat["lanes"] <= ratio * oh * row_vw
 
 
 class Depthwise:
@@ -214,6 +224,8 @@ class Depthwise:
             defines["FLIP_TAPS"] = None
         units = dev.cl_device.max_compute_units
         flat = flat_plane(geo, vw, units)
+        if flat is not None and not flat_pays(geo, vw, flat):
+            flat = None
         small = None if flat is not None else small_plane(geo, vw, units)
         if flat is not None:  # the padded plane's rows as one line
             launch = flat
