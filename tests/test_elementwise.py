@@ -689,6 +689,10 @@ def test_cat_skips_1d_empty_arrays_as_torch(clconv, dev, rng):
         assert_exact(got, want.numpy())
     with pytest.raises(ValueError, match="shape"):
         clconv.cat([a, np.empty((0, 5), np.float32)])
+    # a left-out device array still makes the result a device array, as any device operand does
+    got = clconv.cat([a, cla.to_device(dev.queue, e)])
+    assert isinstance(got, cla.Array)
+    assert_exact(got.get(), a)
 
 
 def test_reshaping_ops_take_operands_as_the_others(clconv, rng):
@@ -703,6 +707,13 @@ def test_reshaping_ops_take_operands_as_the_others(clconv, rng):
         got = op(x.astype(">f4"))
         assert got.dtype == np.float32 and got.dtype.isnative
         np.testing.assert_array_equal(got, op(x))
+    # what is not an array is a TypeError, for these as for every op (not a list's values, not a
+    # string's rank)
+    for op in (clconv.pixel_shuffle, clconv.pixel_unshuffle, clconv.channel_shuffle):
+        with pytest.raises(TypeError, match="list"):
+            op(x.tolist(), 2)
+        with pytest.raises(TypeError, match="str"):
+            op("abc", 1)
 
 
 def test_flatten(clconv, dev, rng):

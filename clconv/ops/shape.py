@@ -99,7 +99,7 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = N
     """torch.cat: the arrays joined along `dim` (default 0, as torch's; dim=1 for channels). A
     device result when any array is a device array (numpy ones are uploaded). As torch's legacy
     rule, 1-d empty arrays (shape (0,)) are left out when any other array is not one (they still
-    count for the dtype)."""
+    count for the dtype, and a device one for the result's kind)."""
     dim = plain_number(dim)
     if isinstance(tensors, (np.ndarray, cla.Array)) or not isinstance(tensors, Sequence):
         raise TypeError(f"cat: tensors must be a sequence (list or tuple) of arrays, got "
@@ -109,6 +109,7 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = N
         raise ValueError("cat: tensors must be a non-empty sequence of arrays")
     dev = current_device()
     dtype = result_dtype(dev, **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
+    on_device = next((t for t in tensors if is_device_array(t)), None)  # (a left-out one counts)
     if any(shape_of(t) != (0,) for t in tensors):
         tensors = [t for t in tensors if shape_of(t) != (0,)]
     elif isinstance(dim, numbers.Integral) and not isinstance(dim, bool):
@@ -116,7 +117,10 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = N
     shapes = tuple(shape_of(t) for t in tensors)
     plan = cached_plan(dev, ("cat", shapes, dim, dtype),
                        lambda: CatPlan(dev, shapes, dim, dtype))
-    return plan.execute(plan._values(tensors), out, check=False)
+    values = plan._values(tensors)
+    if on_device is not None:
+        values["_kind"] = on_device
+    return plan.execute(values, out, check=False)
 
 
 def stack(tensors: Sequence[ArrayLike], dim: int = 0, *,
@@ -228,6 +232,9 @@ def _pixel_shuffle(input: ArrayLike, r: Any, inverse: bool) -> ArrayLike:
     if is_device_array(input):
         dev = current_device()
         result_dtype(dev, input=input)  # context and dtype checks
+    elif not isinstance(host_operand(input, "input"), np.ndarray):  # (lists: a TypeError)
+        raise TypeError(f"{name}: input must be a numpy or pyopencl array, got "
+                        f"{type(input).__name__}")
     shape = shape_of(input)
     if len(shape) < 3:
         raise ValueError(f"{name} expects input to have at least 3 dimensions, but got input "
