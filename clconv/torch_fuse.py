@@ -29,8 +29,11 @@ from .torch_train import (defer_result, deferred_array, flush_deferred, joined_r
 from .torch_graph.activations import activation_module, activation_of, activation_spec
 from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_aside
 from .ops.binary import binary_plan, binary_values
+from .ops.channels import batch_norm_plan
+from .ops.plan import cached_plan
 from .ops.pool import pool_output_size, pool_plan
 from .ops.precision import plan_dtype
+from .ops.shape import CatPlan
 from .runtime.device import current_device
 from .torch_ops import conv_result_shape, module_padding, nd_tuple, operand, uses_zero_copy
 
@@ -208,6 +211,10 @@ _ADAPTIVE_AVG_POOL_FUNCTIONS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d:
                                 F.adaptive_avg_pool3d: 3}
 _TORCH_ADAPTIVE_AVG_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d,
                             3: F.adaptive_avg_pool3d}
+_AVG_POOL_MODULES = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
+_AVG_POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
+_TORCH_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
 _MAX_POOL_MODULES = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
 _MAX_POOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
 _TORCH_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -334,6 +341,86 @@ def fused_adaptive_avg_pool(nd: int, input: torch.Tensor, output_size: Any, *,
     plan = pool_plan(dev, "adaptive_avg", nd, tuple(input.shape), plan_dtype(input.dtype),
                      output_size=size)
     return _run_on_device(dev, (input,), plan, _input_values, defer)
+
+
+def fused_avg_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any = None,
+                   padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+                   divisor_override: Any = None, *, defer: bool = False) -> Any:
+    """F.avg_pool{nd}d (DenseNet's transitions) by clconv on a device whose memory is the
+    host's, torch's own elsewhere (and for its errors). defer: as fused_conv's."""
+    dev = current_device()
+    args = {"kernel_size": kernel_size, "stride": stride, "padding": padding,
+            "ceil_mode": ceil_mode, "count_include_pad": count_include_pad}
+    if nd > 1:
+        args["divisor_override"] = divisor_override
+    plan = None
+    if input.dim() == nd + 2 and _device_reads(dev, input):
+        try:
+            plan = pool_plan(dev, "avg", nd, tuple(input.shape), plan_dtype(input.dtype), **args)
+        except (TypeError, ValueError):  # torch's own error for bad arguments
+            plan = None
+    if plan is None or min(plan.output_shape) < 1:
+        flush_deferred()  # torch reads the input
+        return _TORCH_AVG_POOL[nd](input, **args)
+    return _run_on_device(dev, (input,), plan, _input_values, defer)
+
+
+def _module_avg_pool(pool: nn.Module, input: torch.Tensor, defer: bool = False) -> Any:
+    """An AvgPool module's forward by fused_avg_pool (the module read at call time)."""
+    nd = _AVG_POOL_MODULES.get(type(pool))
+    if nd is None:
+        flush_deferred()
+        return pool(input)
+    return fused_avg_pool(nd, input, pool.kernel_size, pool.stride, pool.padding,
+                          pool.ceil_mode, pool.count_include_pad,
+                          getattr(pool, "divisor_override", None), defer=defer)
+
+
+def fused_cat(tensors: Any, dim: Any = 0, *, defer: bool = False) -> Any:
+    """torch.cat (DenseNet's feature maps, a U-Net's skips) by clconv on a device whose memory
+    is the host's; torch's own for other operands, torch's legacy empty ones, and its errors.
+    defer: as fused_conv's."""
+    dev = current_device()
+    if isinstance(tensors, (list, tuple)) and tensors and isinstance(dim, int) and \
+            not isinstance(dim, bool) and _device_reads(dev, *tensors):
+        shapes = tuple(tuple(t.shape) for t in tensors)
+        n = len(shapes[0])
+        d = dim + n if -n <= dim < 0 else dim
+        if 0 <= d < n and all(len(sh) == n and sh[:d] == shapes[0][:d] and
+                              sh[d + 1:] == shapes[0][d + 1:] for sh in shapes):
+            dtype = plan_dtype(tensors[0].dtype)
+            plan = cached_plan(dev, ("cat", shapes, d, dtype),
+                               lambda: CatPlan(dev, shapes, d, dtype))
+            return _run_on_device(dev, tuple(tensors), plan,
+                                  lambda *arrays: plan._values(arrays), defer)
+    flush_deferred()
+    return torch.cat(tensors, dim)
+
+
+def fused_batch_norm(bn: nn.Module, spec: Any, input: torch.Tensor, *,
+                     defer: bool = False) -> Any:
+    """An eval-mode BatchNorm module's forward and the activation after it (`spec`, or None):
+    DenseNet's and pre-activation networks' BatchNorm -> ReLU before a convolution, which no
+    fold reaches. By clconv on a device whose memory is the host's, with the module's running
+    statistics, weight and bias read at call time; the module's own forward (and torch's
+    activation) where it uses batch statistics, and for other operands. defer: as
+    fused_conv's."""
+    dev = current_device()
+    nd = BATCHNORM_ND.get(type(bn))
+    mean, var, weight, bias = bn.running_mean, bn.running_var, bn.weight, bn.bias
+    params = tuple(t.detach() for t in (weight, bias) if t is not None)
+    if nd is None or bn.training or mean is None or var is None or input.dim() != nd + 2 or \
+            input.shape[1] != mean.numel() or not _device_reads(dev, input, mean, var, *params):
+        flush_deferred()  # torch reads the input
+        return _torch_activation(bn(input), spec)
+    has_w, has_b = weight is not None, bias is not None
+    plan = batch_norm_plan(dev, tuple(input.shape), plan_dtype(input.dtype), has_w, has_b,
+                           bn.eps, normalize_activation(spec))
+
+    def values(x: Any, m: Any, v: Any, *wb: Any) -> dict[str, Any]:
+        return {"input": x, "running_mean": m, "running_var": v,
+                "weight": wb[0] if has_w else None, "bias": wb[-1] if has_b else None}
+    return _run_on_device(dev, (input, mean, var, *params), plan, values, defer)
 
 
 def _broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -516,9 +603,94 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
     return fused
 
 
+def _features_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
+    """torch.cat of tensors, average pooling (modules, F.avg_pool*d) and BatchNorm modules of no
+    fold (with the activation after one, when it is its only user) -> fused_cat,
+    fused_avg_pool and fused_batch_norm nodes, so that DenseNet's dense layers and transitions
+    run on the device without a wait (returns how many)."""
+    count = 0
+    cats: list[tuple[int, tuple[fx.Node, ...], fx.Node]] = []  # (dim, operands, fused node)
+    for node in list(graph.nodes):
+        if node.op not in ("call_function", "call_module"):
+            continue
+        args, kwargs, end = node.args, node.kwargs, node
+        m = modules.get(str(node.target)) if node.op == "call_module" else None
+        if node.op == "call_function" and node.target in _CAT_FUNCTIONS:
+            tensors = args[0] if args else kwargs.get("tensors")
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if len(args) > 2 or set(kwargs) - {"tensors", "dim"} or \
+                    not isinstance(tensors, (list, tuple)) or not tensors or \
+                    not all(isinstance(t, fx.Node) for t in tensors) or \
+                    not isinstance(dim, int) or isinstance(dim, bool):
+                continue
+            operands = tuple(tensors)
+            # DenseNet's dense layers join all the features before them: a join whose operands
+            # begin with an earlier join's (of 2 or more, along the same dim, whose result
+            # nothing writes in place) starts from that one's result, 2 copies instead of k
+            earlier = max((c for c in cats if c[0] == dim and 1 < len(c[1]) < len(operands) and
+                           operands[:len(c[1])] == c[1] and
+                           not _written_in_place(c[2], modules)),
+                          key=lambda c: len(c[1]), default=None)
+            joined = operands if earlier is None else (earlier[2], *operands[len(earlier[1]):])
+            target, new_args = fused_cat, (list(joined), dim)
+        elif node.op == "call_function" and node.target in _AVG_POOL_FUNCTIONS and \
+                len(args) <= 7 and args and isinstance(args[0], fx.Node) and \
+                not any(isinstance(v, fx.Node) for v in (*args[1:], *kwargs.values())):
+            target, new_args = fused_avg_pool, (_AVG_POOL_FUNCTIONS[node.target], *args)
+        elif m is not None and type(m) in _AVG_POOL_MODULES and len(args) == 1 and not kwargs:
+            with graph.inserting_before(node):
+                target, new_args = _module_avg_pool, (graph.get_attr(node.target), args[0])
+        elif m is not None and type(m) in BATCHNORM_ND and len(args) == 1 and \
+                isinstance(args[0], fx.Node) and not kwargs:
+            # (torch's own classes only: a folded chain's BatchNorm passes its input through)
+            spec, nxt = None, _only_user(node)
+            # (the activation only where it comes next: nothing between writes the input)
+            found = activation_of(nxt, modules) if nxt is node.next else None
+            if found is not None and found[1] is node:
+                spec, end = activation_spec(found[0]), nxt
+            with graph.inserting_before(end):
+                target, new_args = fused_batch_norm, (graph.get_attr(node.target), spec,
+                                                      args[0])
+        else:
+            continue
+        with graph.inserting_before(end):
+            new = graph.call_function(target, new_args,
+                                      dict(kwargs) if target is fused_avg_pool else {})
+        if target is fused_cat:
+            cats.append((dim, operands, new))
+        end.replace_all_uses_with(new)
+        graph.erase_node(end)
+        if end is not node:
+            graph.erase_node(node)
+        count += 1
+    return count
+
+
 #: The inference trace's nodes that read deferred results through their device arrays.
 _INFERENCE_NODES = (fused_conv, fused_max_pool, _module_max_pool, fused_adaptive_avg_pool,
-                    fused_mul)
+                    fused_mul, fused_cat, fused_avg_pool, _module_avg_pool, fused_batch_norm)
+
+
+def _lone_convs_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module],
+                          is_conv: Callable[[nn.Module], bool]) -> int:
+    """Convolutions of no chain whose every user is a clconv node of the inference trace ->
+    fused_conv nodes of the convolution alone, so that their results are not waited for
+    (DenseNet's 3x3 convolutions, read by the next joins; the transitions', by their pools).
+    Returns how many."""
+    count = 0
+    for conv in list(graph.nodes):
+        if conv.op != "call_module" or not is_conv(modules[str(conv.target)]) or \
+                len(conv.args) != 1 or conv.kwargs or not isinstance(conv.args[0], fx.Node) or \
+                not conv.users or not all(u.op == "call_function" and u.target in
+                                          _INFERENCE_NODES for u in conv.users):
+            continue
+        with graph.inserting_before(conv):
+            ref = graph.get_attr(conv.target)
+            new = graph.call_function(fused_conv, (ref, None, None, conv.args[0], None))
+        conv.replace_all_uses_with(new)
+        graph.erase_node(conv)
+        count += 1
+    return count
 
 
 def _mark_deferred_inference(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
@@ -627,7 +799,7 @@ class FusedForward:
         # trace kind
         self._traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int]] = {}
         self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int]] = {}
-        self.fused = self.pools = self.gates = self.deferred = 0
+        self.fused = self.pools = self.gates = self.features = self.deferred = 0
         self.fused_train = self.deferred_train = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -700,16 +872,18 @@ class FusedForward:
                     if len(traces) >= _TRACES_KEPT:  # the oldest goes (a model swapping modules)
                         del traces[next(iter(traces))]
                     found = traces[key] = self._build(training)
-        fn, fused, pools, gates, deferred = found
+        fn, fused, pools, gates, features, deferred = found
         if training:
             self.fused_train, self.deferred_train = fused, deferred
         else:
-            self.fused, self.pools, self.gates, self.deferred = fused, pools, gates, deferred
+            self.fused, self.pools, self.gates, self.features, self.deferred = \
+                fused, pools, gates, features, deferred
         return fn
 
-    def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int, int]:
-        """(the fused forward or None where nothing fused, chains fused, max pools and gate ops
-        replaced (for inference), nodes deferred)."""
+    def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int, int, int]:
+        """(the fused forward or None where nothing fused, chains fused, max pools, gate ops and
+        feature ops (cat, average pools, BatchNorms left) replaced (for inference), nodes
+        deferred)."""
         model = self.model
         try:
             # (under the autograd mode the trace runs in: a forward may read it)
@@ -717,7 +891,7 @@ class FusedForward:
                     _untraceable_refused(training):
                 graph = _Tracer(self.leaves).trace(model)
         except Exception:  # noqa: BLE001 - an untraceable forward runs as written
-            return None, 0, 0, 0, 0
+            return None, 0, 0, 0, 0, 0
         modules = dict(model.named_modules())
 
         def is_conv(m: nn.Module) -> bool:
@@ -725,15 +899,18 @@ class FusedForward:
                 m, nn.modules.conv._ConvTransposeNd)
         if training:
             fused = fuse_graph(graph, modules, is_conv, fused_conv_train, trains_fused)
-            pools = gates = 0  # (max pooling stays torch's: its gradient needs the indices)
+            pools = gates = features = 0  # (max pooling stays torch's: its gradient needs
+            # the indices)
             deferred = _mark_deferred(graph)
         else:
             fused = fuse_graph(graph, modules, is_conv)
             pools = _pools_to_clconv(graph, modules) if fused else 0
             gates = _gates_to_clconv(graph, modules) if fused else 0
+            features = _features_to_clconv(graph, modules) if fused else 0
+            fused += _lone_convs_to_clconv(graph, modules, is_conv) if fused else 0
             deferred = _mark_deferred_inference(graph, modules) if fused else 0
         if not fused:
-            return None, 0, 0, 0, 0
+            return None, 0, 0, 0, 0, 0
         graph.lint()
         _augmented_as_calls(graph)
         code = graph.python_code(root_module="self")
@@ -743,7 +920,7 @@ class FusedForward:
         name = "training" if training else "inference"
         exec(compile(code.src, f"<clconv fused {name} forward of {type(model).__name__}>",
                      "exec"), scope)
-        return scope["forward"], fused, pools, gates, deferred
+        return scope["forward"], fused, pools, gates, features, deferred
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model

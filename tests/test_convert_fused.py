@@ -874,3 +874,97 @@ def test_calls_from_several_threads(ct, dev, case):
     for got in results:
         _close(got, want)
     assert converted.forward.fused == 10
+
+
+def _random_batchnorms(model):
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.3)
+    return model.eval()
+
+
+def test_densenet_joins_norms_and_pools_run_in_clconv_without_a_wait(ct, dev, monkeypatch):
+    """DenseNet (clconv.tools.networks): its joins (torch.cat of all the features before), the
+    BatchNorm -> ReLU before each convolution (no fold reaches them: they follow a join), its
+    transitions' average pools and its lone 3x3 convolutions run as clconv nodes, so that the
+    forward waits once, at the global pool that torch's flatten reads; torch's cat, batch_norm,
+    avg_pool2d and relu do not run, and the result is torch's."""
+    import clconv.torch_train as tt
+    from clconv.tools.networks import DenseNet
+    from clconv.torch_ops import uses_zero_copy
+
+    torch.manual_seed(0)
+    model = _random_batchnorms(DenseNet((2, 3), 4, 8, 2, 5))
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 32, 28)
+    want = _run(model, x)
+    _close(_run(converted, x, dev), want)  # the first call traces
+    fwd = converted.forward
+    # convolutions: the stem, 2 a dense layer (5), the transition's; joins: 5 layers' + 2
+    # blocks'; BatchNorms: a layer's first (its second folds into its 1x1 convolution), the
+    # transition's, the last; 1 average pool
+    assert fwd.fused == 1 + 2 * 5 + 1 and fwd.features == 7 + 5 + 1 + 1 + 1
+    waits = []
+    real = tt.make_host_visible
+
+    def counted(d, arrays):
+        if arrays:
+            waits.append(len(arrays))
+        return real(d, arrays)
+
+    monkeypatch.setattr(tt, "make_host_visible", counted)
+    with _Recorder() as rec:
+        got = _run(converted, x, dev)
+    _close(got, want)
+    ran = set(rec.names)
+    if uses_zero_copy(dev):
+        assert len(waits) == 1
+        for name in ("cat", "batch_norm", "avg_pool2d", "relu", "relu_"):
+            assert name not in ran, (name, sorted(ran))
+
+
+class _Joins(nn.Module):
+    """Joins as models write them: torch.cat with a keyword dim, a negative dim, torch.concat, a
+    join starting with an earlier join's operands whose result is then written in place (it
+    must not be reused), a BatchNorm without running statistics (batch statistics in eval too),
+    one without affine parameters, average pools (module and functional, ceil_mode,
+    count_include_pad, divisor_override)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (nn.Conv2d(3, 4, 3, padding=1) for _ in range(3))
+        self.bn_batch = nn.BatchNorm2d(8, track_running_stats=False)
+        self.bn_plain = nn.BatchNorm2d(12, affine=False)
+        self.pool = nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)
+
+    def forward(self, x):
+        a, b, c = torch.relu(self.a(x)), self.b(x), self.c(x)  # (a chain: a fused forward)
+        j1 = torch.cat([a, b], dim=1)
+        j2 = torch.cat((a, b, c), -3)
+        j3 = torch.concat([a, b, c, a], 1)
+        n1 = F.relu(self.bn_batch(j1))
+        n2 = torch.sigmoid(self.bn_plain(j2))
+        p = self.pool(n2) + F.avg_pool2d(n2, 2, divisor_override=3)[..., :4, :4].mean()
+        j1.mul_(2)  # written after its reader: the joins after it must not start from it
+        j4 = torch.cat([a, b, c], 1)
+        return n1, p, j3, j4, j1
+
+
+def test_joins_norms_and_pools_as_models_write_them(ct, dev):
+    model = _random_batchnorms(_Joins())
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 9, 11)
+    want = _run(model, x)
+    for _ in range(2):  # traced, then run again
+        got = _run(converted, x, dev)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            _close(g, w)
+    assert converted.forward.features >= 5
