@@ -342,6 +342,17 @@ __kernel void conv_depthwise(DEPTHWISE_ARGS) {
     }
 }
 
+// The whole-plane kernels' operands of plane p (2-d): its output channel co, its image and
+// filter, the filter's taps in registers (in TAP's order), its first output element `plane`.
+#define PLANE_OPERANDS(p)                                                                   \
+    const int co = (p) % COUT;                                                              \
+    const idx_t n = (p) / COUT;                                                             \
+    __global const REAL* image = x + x_offset + (n * C + co / mult) * IN_SPATIAL;           \
+    __global const REAL* filter = weight + w_offset + (idx_t)co * KSIZE;                    \
+    ACC taps[KH * KW];                                                                      \
+    _Pragma("unroll") for (int t = 0; t < KH * KW; ++t) taps[t] = (ACC)filter[TAP(t)];      \
+    const idx_t plane = (p) * ((idx_t)OH * OW);
+
 #ifdef PLANE_ROWS
 // conv_depthwise_small: whole small planes (2-d, zero padding; -D PLANE_ROWS set by the host),
 // e.g. MobileNet's 7x7 and 14x14 layers, where a row's padding would be most of its work. Each
@@ -389,14 +400,7 @@ __kernel void conv_depthwise_small(DEPTHWISE_ARGS) {
     REAL buf[PLANE_ROWS * SPAN_READ];
     for (int j = 0; j < PLANE_ROWS * SPAN_READ; ++j) buf[j] = (REAL)0;
     for (idx_t p = p0; p < p1; ++p) {
-        const int co = p % COUT;
-        const idx_t n = p / COUT;
-        __global const REAL* image = x + x_offset + (n * C + co / mult) * IN_SPATIAL;
-        __global const REAL* filter = weight + w_offset + (idx_t)co * KSIZE;
-        ACC taps[KH * KW];
-#pragma unroll
-        for (int t = 0; t < KH * KW; ++t) taps[t] = (ACC)filter[TAP(t)];
-        const idx_t plane = p * ((idx_t)OH * OW);
+        PLANE_OPERANDS(p)
 #ifdef FLIP_TAPS
         if (!taps_finite(taps, KH * KW)) {  // the plane one output at a time
             for (int oh = 0; oh < OH; ++oh) {
@@ -475,14 +479,7 @@ __kernel void conv_depthwise_flat(DEPTHWISE_ARGS) {
     ACC sums[FLAT_LEN];
     for (int j = 0; j < FLAT_LEN; ++j) buf[j] = (REAL)0;
     for (idx_t p = p0; p < p1; ++p) {
-        const int co = p % COUT;
-        const idx_t n = p / COUT;
-        __global const REAL* image = x + x_offset + (n * C + co / mult) * IN_SPATIAL;
-        __global const REAL* filter = weight + w_offset + (idx_t)co * KSIZE;
-        ACC taps[KH * KW];
-#pragma unroll
-        for (int t = 0; t < KH * KW; ++t) taps[t] = (ACC)filter[TAP(t)];
-        const idx_t plane = p * ((idx_t)OH * OW);
+        PLANE_OPERANDS(p)
         __global REAL* out = y + y_offset + plane;
         __global const REAL* res = residual + r_offset + plane;
 #ifdef FLIP_TAPS

@@ -202,20 +202,11 @@ class _ResidualAct(nn.Module):
         return self.act(self.bn(self.conv(x)) + x)
 
 
-def test_inference_waits_once_for_what_only_clconv_reads(ct, dev, monkeypatch):
-    """A fused convolution or pool whose every user is one too is not waited for: one wait a
-    forward serves the network (the host enqueues the next convolutions while the device
-    computes), and the results stay torch's."""
+def _count_waits(monkeypatch):
+    """The list that each wait of the deferred results (clconv.torch_train's
+    make_host_visible of one or more arrays) appends its array count to."""
     import clconv.torch_train as tt
-    from clconv.torch_ops import uses_zero_copy
 
-    model = _net()
-    converted = ct.convert(model)
-    x = torch.randn(2, 3, 12, 10)
-    want = _run(model, x)
-    _close(_run(converted, x, dev), want)  # the first call traces
-    # every fused node but the global pool, which torch's flatten reads
-    assert converted.forward.deferred == 11
     waits = []
     real = tt.make_host_visible
 
@@ -225,6 +216,23 @@ def test_inference_waits_once_for_what_only_clconv_reads(ct, dev, monkeypatch):
         return real(d, arrays)
 
     monkeypatch.setattr(tt, "make_host_visible", counted)
+    return waits
+
+
+def test_inference_waits_once_for_what_only_clconv_reads(ct, dev, monkeypatch):
+    """A fused convolution or pool whose every user is one too is not waited for: one wait a
+    forward serves the network (the host enqueues the next convolutions while the device
+    computes), and the results stay torch's."""
+    from clconv.torch_ops import uses_zero_copy
+
+    model = _net()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 12, 10)
+    want = _run(model, x)
+    _close(_run(converted, x, dev), want)  # the first call traces
+    # every fused node but the global pool, which torch's flatten reads
+    assert converted.forward.deferred == 11
+    waits = _count_waits(monkeypatch)
     for _ in range(2):
         _close(_run(converted, x, dev), want)
     # (a device whose memory is not the host's downloads each result instead)
@@ -896,7 +904,6 @@ def test_densenet_joins_norms_and_pools_run_in_clconv_without_a_wait(ct, dev, mo
     transitions' average pools and its lone 3x3 convolutions run as clconv nodes, so that the
     forward waits once, at the global pool that torch's flatten reads; torch's cat, batch_norm,
     avg_pool2d and relu do not run, and the result is torch's."""
-    import clconv.torch_train as tt
     from clconv.tools.networks import DenseNet
     from clconv.torch_ops import uses_zero_copy
 
@@ -911,15 +918,7 @@ def test_densenet_joins_norms_and_pools_run_in_clconv_without_a_wait(ct, dev, mo
     # blocks'; BatchNorms: a layer's first (its second folds into its 1x1 convolution), the
     # transition's, the last; 1 average pool
     assert fwd.fused == 1 + 2 * 5 + 1 and fwd.features == 7 + 5 + 1 + 1 + 1
-    waits = []
-    real = tt.make_host_visible
-
-    def counted(d, arrays):
-        if arrays:
-            waits.append(len(arrays))
-        return real(d, arrays)
-
-    monkeypatch.setattr(tt, "make_host_visible", counted)
+    waits = _count_waits(monkeypatch)
     with _Recorder() as rec:
         got = _run(converted, x, dev)
     _close(got, want)
