@@ -171,6 +171,15 @@ def test_the_flat_cases_fit_the_flat_kernel_and_match_the_small_one_to_the_bit(c
         np.testing.assert_array_equal(flat, small, err_msg=case)
 
 
+def test_flat_kernel_float64(clconv, dev, rng, forced_flat):
+    """conv_depthwise_flat in float64 (its vectors of the device's double width), with bias."""
+    if not dev.fp64:
+        pytest.skip(f"{dev.name} has no float64 support")
+    for x_shape, w_shape, kw in (((1, 4, 14, 14), (4, 1, 5, 5), {"padding": 2}),
+                                 ((2, 3, 7, 7), (6, 1, 3, 3), {"padding": 1})):
+        check_conv(_conv(clconv, 2), rng, x_shape, w_shape, np.float64, groups=x_shape[1], **kw)
+
+
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_flat_kernel_nonfinite_weights(clconv, dev, rng, forced_flat, bad):
     """conv_depthwise_flat with an Inf / NaN tap: the forward adds 0 * w at the zero padding (NaN
