@@ -673,10 +673,11 @@ _INFERENCE_NODES = (fused_conv, fused_max_pool, _module_max_pool, fused_adaptive
 
 def _lone_convs_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module],
                           is_conv: Callable[[nn.Module], bool]) -> int:
-    """Convolutions of no chain whose every user is a clconv node of the inference trace ->
-    fused_conv nodes of the convolution alone, so that their results are not waited for
-    (DenseNet's 3x3 convolutions, read by the next joins; the transitions', by their pools).
-    Returns how many."""
+    """Convolutions (`is_conv`: transposed ones too) of no chain whose every user is a clconv
+    node of the inference trace -> fused_conv nodes of the convolution alone, so that their
+    results are not waited for (DenseNet's 3x3 convolutions, read by the next joins, and its
+    transitions', by their pools; a U-Net's transposed convolutions, by the joins with the
+    skips). Returns how many."""
     count = 0
     for conv in list(graph.nodes):
         if conv.op != "call_module" or not is_conv(modules[str(conv.target)]) or \
@@ -907,7 +908,8 @@ class FusedForward:
             pools = _pools_to_clconv(graph, modules) if fused else 0
             gates = _gates_to_clconv(graph, modules) if fused else 0
             features = _features_to_clconv(graph, modules) if fused else 0
-            fused += _lone_convs_to_clconv(graph, modules, is_conv) if fused else 0
+            fused += _lone_convs_to_clconv(
+                graph, modules, lambda m: isinstance(m, self.leaves)) if fused else 0
             deferred = _mark_deferred_inference(graph, modules) if fused else 0
         if not fused:
             return None, 0, 0, 0, 0, 0

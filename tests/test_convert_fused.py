@@ -967,3 +967,54 @@ def test_joins_norms_and_pools_as_models_write_them(ct, dev):
             assert g.shape == w.shape
             _close(g, w)
     assert converted.forward.features >= 5
+
+
+class _UNet(nn.Module):
+    """A U-Net (Ronneberger et al. 2015) in small: conv-BN-ReLU pairs, max pools, transposed
+    convolutions (one 2x2 / 2, one 3x3 / 2 with output_padding and groups) joined to the skips."""
+
+    def __init__(self, c=(4, 8, 16)):
+        super().__init__()
+
+        def pair(ci, co):
+            return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co),
+                                 nn.ReLU(inplace=True), nn.Conv2d(co, co, 3, padding=1),
+                                 nn.BatchNorm2d(co), nn.ReLU(inplace=True))
+
+        self.enc = nn.ModuleList([pair(3, c[0]), pair(c[0], c[1]), pair(c[1], c[2])])
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.ModuleList([nn.ConvTranspose2d(c[2], c[1], 3, 2, 1, output_padding=1,
+                                                    groups=2),
+                                 nn.ConvTranspose2d(c[1], c[0], 2, 2)])
+        self.dec = nn.ModuleList([pair(2 * c[1], c[1]), pair(2 * c[0], c[0])])
+        self.head = nn.Conv2d(c[0], 2, 1)
+
+    def forward(self, x):
+        skips = []
+        for i, e in enumerate(self.enc):
+            x = e(x)
+            if i < len(self.enc) - 1:
+                skips.append(x)
+                x = self.pool(x)
+        for u, d in zip(self.up, self.dec):
+            x = d(torch.cat([skips.pop(), u(x)], 1))
+        return self.head(x)
+
+
+def test_unet_transposed_convolutions_feed_their_joins_without_a_wait(ct, dev, monkeypatch):
+    """A U-Net's transposed convolutions, read only by the joins with the skips, are fused nodes
+    (output_padding and groups included): the forward waits once, for the head that torch's
+    caller reads, and the result is torch's."""
+    from clconv.torch_ops import uses_zero_copy
+
+    torch.manual_seed(0)
+    model = _random_batchnorms(_UNet())
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 16, 12)
+    want = _run(model, x)
+    _close(_run(converted, x, dev), want)  # the first call traces
+    assert converted.forward.fused == 5 * 2 + 2  # the pairs' chains, the transposed ones
+    waits = _count_waits(monkeypatch)
+    _close(_run(converted, x, dev), want)
+    if uses_zero_copy(dev):
+        assert len(waits) == 1
