@@ -539,13 +539,18 @@ def _written_in_place(node: fx.Node, modules: dict[str, nn.Module], depth: int =
         if user.kwargs.get("out") is node or \
                 (user.args and user.args[0] is node and _writes_in_place(user, modules)):
             return True
-        aliases = (user.op == "call_method" and str(user.target) in _ALIASING_METHODS) or \
-            (user.op == "call_function" and user.target in _ALIASING_FUNCTIONS) or \
-            (user.op == "call_module" and isinstance(modules.get(str(user.target)),
-                                                     (nn.Flatten, nn.Unflatten, nn.Identity)))
-        if aliases and depth < 16 and _written_in_place(user, modules, depth + 1):
+        if _aliasing(user, modules) and depth < 16 and \
+                _written_in_place(user, modules, depth + 1):
             return True
     return False
+
+
+def _aliasing(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether `node`'s result may be a view of its first argument."""
+    return (node.op == "call_method" and str(node.target) in _ALIASING_METHODS) or \
+        (node.op == "call_function" and node.target in _ALIASING_FUNCTIONS) or \
+        (node.op == "call_module" and isinstance(modules.get(str(node.target)),
+                                                 (nn.Flatten, nn.Unflatten, nn.Identity)))
 
 
 def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
@@ -625,11 +630,13 @@ def _features_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
                 continue
             operands = tuple(tensors)
             # DenseNet's dense layers join all the features before them: a join whose operands
-            # begin with an earlier join's (of 2 or more, along the same dim, whose result
-            # nothing writes in place) starts from that one's result, 2 copies instead of k
+            # begin with an earlier join's (of 2 or more, along the same dim; its result and
+            # operands unchanged after it: no in-place write, no view of another result) starts
+            # from that one's result, 2 copies instead of k
             earlier = max((c for c in cats if c[0] == dim and 1 < len(c[1]) < len(operands) and
                            operands[:len(c[1])] == c[1] and
-                           not _written_in_place(c[2], modules)),
+                           not any(_written_in_place(t, modules) or _aliasing(t, modules)
+                                   for t in (c[2], *c[1]))),
                           key=lambda c: len(c[1]), default=None)
             joined = operands if earlier is None else (earlier[2], *operands[len(earlier[1]):])
             target, new_args = fused_cat, (list(joined), dim)
@@ -798,8 +805,8 @@ class FusedForward:
         self.model, self.leaves = model, leaves
         # key (`_structure`) -> (forward or None, fused, pools, gates, deferred), one dict a
         # trace kind
-        self._traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int]] = {}
-        self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int]] = {}
+        self._traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int, int]] = {}
+        self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int, int]] = {}
         self.fused = self.pools = self.gates = self.features = self.deferred = 0
         self.fused_train = self.deferred_train = 0
 
@@ -900,8 +907,8 @@ class FusedForward:
                 m, nn.modules.conv._ConvTransposeNd)
         if training:
             fused = fuse_graph(graph, modules, is_conv, fused_conv_train, trains_fused)
-            pools = gates = features = 0  # (max pooling stays torch's: its gradient needs
-            # the indices)
+            # (max pooling stays torch's: its gradient needs the indices)
+            pools = gates = features = 0
             deferred = _mark_deferred(graph)
         else:
             fused = fuse_graph(graph, modules, is_conv)

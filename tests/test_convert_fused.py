@@ -953,7 +953,14 @@ class _Joins(nn.Module):
         p = self.pool(n2) + F.avg_pool2d(n2, 2, divisor_override=3)[..., :4, :4].mean()
         j1.mul_(2)  # written after its reader: the joins after it must not start from it
         j4 = torch.cat([a, b, c], 1)
-        return n1, p, j3, j4, j1
+        k1 = torch.cat([b, c], 1)
+        c.add_(1)  # an operand written between two joins: the second must not start from k1
+        k2 = torch.cat([b, c, a], 1)
+        v = a[:, :2]  # a view of a result written after the join that reads it
+        k3 = torch.cat([v, b], 1)
+        a.mul_(3)
+        k4 = torch.cat([v, b, c], 1)
+        return n1, p, j3, j4, j1, k1, k2, k3, k4
 
 
 def test_joins_norms_and_pools_as_models_write_them(ct, dev):
