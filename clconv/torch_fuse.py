@@ -609,44 +609,24 @@ def fuse_graph(graph: fx.Graph, modules: dict[str, nn.Module],
 
 
 def _features_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
-    """torch.cat of tensors, average pooling (modules, F.avg_pool*d) and BatchNorm modules of no
-    fold (with the activation after one, when it is its only user) -> fused_cat,
-    fused_avg_pool and fused_batch_norm nodes, so that DenseNet's dense layers and transitions
-    run on the device without a wait (returns how many)."""
+    """Average pooling (modules, F.avg_pool*d), BatchNorm modules of no fold (with the activation
+    after one, when it is its only user) and then torch.cat of tensors -> fused_avg_pool,
+    fused_batch_norm and fused_cat nodes, so that DenseNet's dense layers and transitions run on
+    the device without a wait (returns how many)."""
     count = 0
-    cats: list[tuple[int, tuple[fx.Node, ...], fx.Node]] = []  # (dim, operands, fused node)
     for node in list(graph.nodes):
-        if node.op not in ("call_function", "call_module"):
-            continue
         args, kwargs, end = node.args, node.kwargs, node
         m = modules.get(str(node.target)) if node.op == "call_module" else None
-        if node.op == "call_function" and node.target in _CAT_FUNCTIONS:
-            tensors = args[0] if args else kwargs.get("tensors")
-            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-            if len(args) > 2 or set(kwargs) - {"tensors", "dim"} or \
-                    not isinstance(tensors, (list, tuple)) or not tensors or \
-                    not all(isinstance(t, fx.Node) for t in tensors) or \
-                    not isinstance(dim, int) or isinstance(dim, bool):
-                continue
-            operands = tuple(tensors)
-            # DenseNet's dense layers join all the features before them: a join whose operands
-            # begin with an earlier join's (of 2 or more, along the same dim; its result and
-            # operands unchanged after it: no in-place write, no view of another result) starts
-            # from that one's result, 2 copies instead of k
-            earlier = max((c for c in cats if c[0] == dim and 1 < len(c[1]) < len(operands) and
-                           operands[:len(c[1])] == c[1] and
-                           not any(_written_in_place(t, modules) or _aliasing(t, modules)
-                                   for t in (c[2], *c[1]))),
-                          key=lambda c: len(c[1]), default=None)
-            joined = operands if earlier is None else (earlier[2], *operands[len(earlier[1]):])
-            target, new_args = fused_cat, (list(joined), dim)
-        elif node.op == "call_function" and node.target in _AVG_POOL_FUNCTIONS and \
+        if node.op == "call_function" and node.target in _AVG_POOL_FUNCTIONS and \
                 len(args) <= 7 and args and isinstance(args[0], fx.Node) and \
                 not any(isinstance(v, fx.Node) for v in (*args[1:], *kwargs.values())):
-            target, new_args = fused_avg_pool, (_AVG_POOL_FUNCTIONS[node.target], *args)
+            with graph.inserting_before(node):
+                new = graph.call_function(fused_avg_pool, (_AVG_POOL_FUNCTIONS[node.target],
+                                                           *args), dict(kwargs))
         elif m is not None and type(m) in _AVG_POOL_MODULES and len(args) == 1 and not kwargs:
             with graph.inserting_before(node):
-                target, new_args = _module_avg_pool, (graph.get_attr(node.target), args[0])
+                new = graph.call_function(_module_avg_pool, (graph.get_attr(node.target),
+                                                             args[0]))
         elif m is not None and type(m) in BATCHNORM_ND and len(args) == 1 and \
                 isinstance(args[0], fx.Node) and not kwargs:
             # (torch's own classes only: a folded chain's BatchNorm passes its input through)
@@ -656,19 +636,42 @@ def _features_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
             if found is not None and found[1] is node:
                 spec, end = activation_spec(found[0]), nxt
             with graph.inserting_before(end):
-                target, new_args = fused_batch_norm, (graph.get_attr(node.target), spec,
-                                                      args[0])
+                new = graph.call_function(fused_batch_norm, (graph.get_attr(node.target), spec,
+                                                             args[0]))
         else:
             continue
-        with graph.inserting_before(end):
-            new = graph.call_function(target, new_args,
-                                      dict(kwargs) if target is fused_avg_pool else {})
-        if target is fused_cat:
-            cats.append((dim, operands, new))
         end.replace_all_uses_with(new)
         graph.erase_node(end)
         if end is not node:
             graph.erase_node(node)
+        count += 1
+    # DenseNet's dense layers join all the features before them: a join whose operands begin
+    # with an earlier join's (of 2 or more, along the same dim) starts from that one's result,
+    # 2 copies instead of k, where nothing in the trace writes a tensor in place (what the
+    # earlier join read could have changed since: its operands, its result, a view of either)
+    reuse = not any(_writes_in_place(n, modules) for n in graph.nodes)
+    cats: list[tuple[int, tuple[fx.Node, ...], fx.Node]] = []  # (dim, operands, fused node)
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _CAT_FUNCTIONS:
+            continue
+        args, kwargs = node.args, node.kwargs
+        tensors = args[0] if args else kwargs.get("tensors")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if len(args) > 2 or set(kwargs) - {"tensors", "dim"} or \
+                not isinstance(tensors, (list, tuple)) or not tensors or \
+                not all(isinstance(t, fx.Node) for t in tensors) or \
+                not isinstance(dim, int) or isinstance(dim, bool):
+            continue
+        operands = tuple(tensors)
+        earlier = max((c for c in cats if c[0] == dim and 1 < len(c[1]) < len(operands) and
+                       operands[:len(c[1])] == c[1]),
+                      key=lambda c: len(c[1]), default=None) if reuse else None
+        joined = operands if earlier is None else (earlier[2], *operands[len(earlier[1]):])
+        with graph.inserting_before(node):
+            new = graph.call_function(fused_cat, (list(joined), dim))
+        cats.append((dim, operands, new))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
         count += 1
     return count
 

@@ -1025,3 +1025,51 @@ def test_unet_transposed_convolutions_feed_their_joins_without_a_wait(ct, dev, m
     _close(_run(converted, x, dev), want)
     if uses_zero_copy(dev):
         assert len(waits) == 1
+
+
+class _WrittenJoins(nn.Module):
+    """Joins whose earlier operands or results are written in place in ways the trace sees only
+    as in-place ops (a fuzz's finds): through an in-place op's result (`b.relu_()`, an inplace
+    module, F.relu(b, True) with the flag by position), `.data`, `.movedim`, a result's
+    `.to(its dtype)` (itself), and F.relu(b, True) as the trace's only write."""
+
+    def __init__(self, case):
+        super().__init__()
+        self.case, self.c, self.r = case, nn.Conv2d(3, 4, 1), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        a = F.relu(self.c(x))  # (a chain: a fused forward)
+        b, c = x * 2, x * 3
+        if self.case == "result-of-write":
+            y = b.relu_()
+        elif self.case == "inplace-module":
+            y = self.r(b)
+        elif self.case == "positional-inplace":
+            y = F.relu(b, True)
+        elif self.case == "data":
+            y = b.data
+        else:
+            y = b.movedim(1, 1)
+        if self.case == "result-alias":
+            j1 = torch.cat([a, b], 1)
+            j1.to(j1.dtype).mul_(2)
+            return j1, torch.cat([a, b, x], 1)
+        if self.case == "positional-write":  # the only write (fx passes the flag as inplace=)
+            j1 = torch.cat([b, a], 1)
+            F.relu(b, True)
+            return j1, torch.cat([b, a, c], 1)
+        j1 = torch.cat([y, a], 1)
+        b.mul_(2)
+        return j1, torch.cat([y, a, c], 1)
+
+
+@pytest.mark.parametrize("case", ["result-of-write", "inplace-module", "positional-inplace",
+                                  "data", "movedim", "result-alias", "positional-write"])
+def test_a_join_does_not_start_from_one_whose_inputs_were_written(ct, dev, case):
+    model = _WrittenJoins(case).eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 5, 4)
+    want = _run(model, x)
+    for _ in range(2):
+        for g, w in zip(_run(converted, x, dev), want):
+            _close(g, w)
