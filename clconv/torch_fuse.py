@@ -30,10 +30,9 @@ from .torch_graph.activations import activation_module, activation_of, activatio
 from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_aside
 from .ops.binary import binary_plan, binary_values
 from .ops.channels import batch_norm_plan
-from .ops.plan import cached_plan
 from .ops.pool import pool_output_size, pool_plan
 from .ops.precision import plan_dtype
-from .ops.shape import CatPlan
+from .ops.shape import cat_plan
 from .runtime.device import current_device
 from .torch_ops import conv_result_shape, module_padding, nd_tuple, operand, uses_zero_copy
 
@@ -389,8 +388,7 @@ def fused_cat(tensors: Any, dim: Any = 0, *, defer: bool = False) -> Any:
         if 0 <= d < n and all(len(sh) == n and sh[:d] == shapes[0][:d] and
                               sh[d + 1:] == shapes[0][d + 1:] for sh in shapes):
             dtype = plan_dtype(tensors[0].dtype)
-            plan = cached_plan(dev, ("cat", shapes, d, dtype),
-                               lambda: CatPlan(dev, shapes, d, dtype))
+            plan = cat_plan(dev, shapes, d, dtype)
             return _run_on_device(dev, tuple(tensors), plan,
                                   lambda *arrays: plan._values(arrays), defer)
     flush_deferred()

@@ -109,6 +109,14 @@ def planes_per_item(nplanes: int, plane_outputs: int, compute_units: int) -> int
     return max(1, min(_OUTPUTS_PER_ITEM // max(plane_outputs, 1), nplanes // want))
 
 
+def _row_width(vw: int, ow: int) -> int:
+    """conv_depthwise_small's lanes a vector for rows of `ow` outputs: `vw` halved (down to 4)
+    while a row fits in half of it."""
+    while vw > 4 and vw // 2 >= ow:
+        vw //= 2
+    return vw
+
+
 _PLANE_ROWS = (8, 16, 32, 64)  # the small-plane kernel's buffer heights (programs shared by bucket)
 
 
@@ -124,8 +132,7 @@ def small_plane(geo: ConvGeometry, vw: int, compute_units: int) -> dict[str, int
     (ph, pw) = geo.pad_lo
     if sw not in (1, 2) or ow == 0 or oh == 0:
         return None
-    while vw > 4 and vw // 2 >= ow:
-        vw //= 2
+    vw = _row_width(vw, ow)
     nv = -(-ow // vw)
     if nv > _MAX_NV:
         return None
@@ -183,9 +190,7 @@ def flat_pays(geo: ConvGeometry, vw: int, flat: dict[str, int]) -> bool:
     56) 1.07x / 0.84-0.90x; 3x3 at 14x14 (equal lanes) 1.14-1.23x; 3x3 at 7x7 (64 against 56)
     0.95-0.96x."""
     oh, ow = geo.out_size
-    row_vw = vw  # conv_depthwise_small's vectors (small_plane)
-    while row_vw > 4 and row_vw // 2 >= ow:
-        row_vw //= 2
+    row_vw = _row_width(vw, ow)  # conv_depthwise_small's vectors
     if ow > row_vw:
         return False
     ratio = 1.5 if geo.kernel[0] * geo.kernel[1] >= 25 else 1.0

@@ -23,8 +23,8 @@ from .elementwise import array_args, elementwise_defines
 from .plan import Plan, cached_plan, shape_ints, shape_of
 from .scalars import plain_number
 
-__all__ = ["CatPlan", "cat", "channel_shuffle", "flatten", "pixel_shuffle", "pixel_unshuffle",
-           "reshaped", "stack"]
+__all__ = ["CatPlan", "cat", "cat_plan", "channel_shuffle", "flatten", "pixel_shuffle",
+           "pixel_unshuffle", "reshaped", "stack"]
 
 
 def _dim(dim: Any, ndim: int, what: str) -> int:
@@ -95,6 +95,13 @@ class CatPlan(Plan):
         return values
 
 
+def cat_plan(dev: Device, shapes: tuple[tuple[int, ...], ...], dim: Any,
+             dtype: np.dtype) -> CatPlan:
+    """The CatPlan joining arrays of `shapes` along `dim` on `dev`, made on first use (shared by
+    every caller: `cat`, convert's joins)."""
+    return cached_plan(dev, ("cat", shapes, dim, dtype), lambda: CatPlan(dev, shapes, dim, dtype))
+
+
 def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = None) -> ArrayLike:
     """torch.cat: the arrays joined along `dim` (default 0, as torch's; dim=1 for channels). A
     device result when any array is a device array (numpy ones are uploaded). As torch's legacy
@@ -114,9 +121,7 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0, *, out: ArrayLike | None = N
         tensors = [t for t in tensors if shape_of(t) != (0,)]
     elif isinstance(dim, numbers.Integral) and not isinstance(dim, bool):
         dim = 0  # (torch: only 1-d empty arrays joins them whatever the dim)
-    shapes = tuple(shape_of(t) for t in tensors)
-    plan = cached_plan(dev, ("cat", shapes, dim, dtype),
-                       lambda: CatPlan(dev, shapes, dim, dtype))
+    plan = cat_plan(dev, tuple(shape_of(t) for t in tensors), dim, dtype)
     values = plan._values(tensors)
     if on_device is not None:
         values["_kind"] = on_device
