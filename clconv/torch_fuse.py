@@ -1,12 +1,13 @@
 """clconv.torch.convert()'s fused forward: a converted model runs its torch.fx trace with every
 convolution -> [BatchNorm] -> [+ residual] -> [activation] run of the data flow computed as one
 clconv node, so that the torch ops between the convolutions (ResNet's residual add and ReLU,
-MobileNetV2's skip add, a shared ReLU module) do not run; every other node runs as the model's
-own code does. In eval mode under no_grad the node is one clconv convolution (BatchNorm folded
-into the weights, the residual and the activation in the kernel's store); with autograd on, it is
-clconv.torch_train's chain Function (forward and backward on the device, BatchNorm on batch
-statistics in train mode). With hooks, keyword arguments, or while fx or torch.compile traces,
-the model's own forward runs."""
+MobileNetV2's skip add, a shared ReLU module) do not run; for inference, on devices whose memory
+is the host's, so do pools, joins, squeeze-excitation gates and ConvNeXt's channels-last runs;
+every other node runs as the model's own code does. In eval mode under no_grad the node is one
+clconv convolution (BatchNorm folded into the weights, the residual and the activation in the
+kernel's store); with autograd on, it is clconv.torch_train's chain Function (forward and
+backward on the device, BatchNorm on batch statistics in train mode). With hooks, keyword
+arguments, or while fx or torch.compile traces, the model's own forward runs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import operator
 import threading
 from typing import Any, Callable, Iterator
 
+import pyopencl.array as cla
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -29,12 +31,15 @@ from .torch_train import (defer_result, deferred_array, flush_deferred, joined_r
 from .torch_graph.activations import activation_module, activation_of, activation_spec
 from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_aside
 from .ops.binary import binary_plan, binary_values
-from .ops.channels import batch_norm_plan
+from .ops.channels import batch_norm_plan, channel_norm_plan
+from .ops.conv import cached_conv_plan
+from .ops.plan import derived, mark_constant
 from .ops.pool import pool_output_size, pool_plan
 from .ops.precision import plan_dtype
 from .ops.shape import cat_plan
 from .runtime.device import current_device
-from .torch_ops import conv_result_shape, module_padding, nd_tuple, operand, uses_zero_copy
+from .torch_ops import (conv_result_shape, fixed_operand, module_padding, nd_tuple, operand,
+                        uses_zero_copy)
 
 # A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
 # it writes its first argument).
@@ -453,6 +458,238 @@ def fused_mul(a: Any, b: Any, *, defer: bool = False) -> Any:
     return a * b
 
 
+def fused_add(a: Any, b: Any, *, defer: bool = False) -> Any:
+    """a + b of two tensors (ConvNeXt's residual add after its layer scale) by clconv on a
+    device whose memory is the host's; torch's `+` for other operands. defer: as
+    fused_conv's."""
+    dev = current_device()
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and _device_reads(dev, a, b):
+        a_shape, b_shape = tuple(a.shape), tuple(b.shape)
+        shape = _broadcast_shape(a_shape, b_shape)
+        if shape is not None and min(shape) > 0:
+            plan = binary_plan(dev, "add", a_shape, b_shape, plan_dtype(a.dtype))
+            return _run_on_device(dev, (a, b), plan, binary_values, defer)
+    flush_deferred()  # (torch's own error where they do not broadcast)
+    return a + b
+
+
+# ConvNeXt's channels-last runs: x.permute(0, 2, 3, 1) -> LayerNorm(C) / Linear / activation /
+# a per-channel scale -> .permute(0, 3, 1, 2), computed by clconv on x's channels-first data
+# (what compile() does with its channels-last views), each step a node of its own. Each node
+# takes and returns channels-first (N, C, H, W) tensors; where clconv does not run it (another
+# device, dtype or layout), it runs torch's op between the two permutes.
+_TO_CHANNELS_LAST, _TO_CHANNELS_FIRST = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def _channels_first_reads(dev: Any, x: Any, channels: int, *tensors: Any) -> bool:
+    """Whether clconv runs a channels-last step of `x`: a 4-d tensor of `channels` channels that
+    the device reads (_device_reads) with `tensors` (the step's parameters)."""
+    return isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == channels and \
+        all(isinstance(t, torch.Tensor) for t in tensors) and \
+        _device_reads(dev, x, *(t.detach() for t in tensors))
+
+
+def fused_channel_norm(input: torch.Tensor, normalized_shape: Any, weight: Any = None,
+                       bias: Any = None, eps: Any = 1e-5, *, defer: bool = False) -> Any:
+    """F.layer_norm(input.permute(0, 2, 3, 1), normalized_shape, weight, bias,
+    eps).permute(0, 3, 1, 2) of a channels-first (N, C, H, W) input: LayerNorm over its
+    channels, by clconv's channel norm on the channels-first data where normalized_shape is
+    (C,); torch's ops elsewhere. defer: as fused_conv's."""
+    dev = current_device()
+    shape = normalized_shape  # (an int is torch's TypeError)
+    params = tuple(t for t in (weight, bias) if t is not None)
+    if isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 1 and \
+            isinstance(eps, (int, float)) and not isinstance(eps, bool) and \
+            isinstance(input, torch.Tensor) and input.dim() == 4 and \
+            tuple(shape) == (input.shape[1],) and \
+            all(isinstance(t, torch.Tensor) and tuple(t.shape) == tuple(shape) for t in params) \
+            and _channels_first_reads(dev, input, input.shape[1], *params):
+        has_w, has_b = weight is not None, bias is not None
+        plan = channel_norm_plan(dev, tuple(input.shape), plan_dtype(input.dtype), has_w, has_b,
+                                 float(eps))
+
+        def values(x: Any, *wb: Any) -> dict[str, Any]:
+            return {"input": x, "weight": wb[0] if has_w else None,
+                    "bias": wb[-1] if has_b else None}
+        return _run_on_device(dev, (input, *(t.detach() for t in params)), plan, values, defer)
+    flush_deferred()  # torch reads the input
+    return F.layer_norm(input.permute(*_TO_CHANNELS_LAST), normalized_shape, weight, bias,
+                        eps).permute(*_TO_CHANNELS_FIRST)
+
+
+def _module_channel_norm(norm: nn.Module, input: torch.Tensor, *, defer: bool = False) -> Any:
+    """A LayerNorm module's forward between the two permutes (fused_channel_norm; the module
+    read at call time)."""
+    return fused_channel_norm(input, norm.normalized_shape, norm.weight, norm.bias, norm.eps,
+                              defer=defer)
+
+
+def _as_1x1(w: Any) -> Any:
+    """A Linear's (out, in) weight as a 1x1 convolution's (out, in, 1, 1), kept with a constant
+    device copy (its reshape, also constant: the plan keeps what it derives from it)."""
+    shape = (*w.shape, 1, 1)
+    if isinstance(w, cla.Array):
+        return derived(w, "as_1x1", lambda: mark_constant(w.reshape(shape)))
+    return w.reshape(shape)
+
+
+def fused_channels_linear(linear: nn.Module, spec: Any, input: torch.Tensor, *,
+                          defer: bool = False) -> Any:
+    """act(linear(input.permute(0, 2, 3, 1))).permute(0, 3, 1, 2) (`spec`: the activation
+    after it, or None) of a channels-first (N, C, H, W) input: ConvNeXt's pointwise layers, a
+    1x1 convolution by clconv of the channels-first data (the weight kept on the device while
+    it is unchanged, as a convolution's) with the activation in its store; torch's ops
+    elsewhere. defer: as fused_conv's."""
+    dev = current_device()
+    w, b = linear.weight, linear.bias
+    if type(linear) is nn.Linear and w.dim() == 2 and (b is None or b.shape == w.shape[:1]) \
+            and _channels_first_reads(dev, input, w.shape[1], w, *(() if b is None else (b,))):
+        with dev:
+            zero_copy = uses_zero_copy(dev)
+            results = joined_results(dev, zero_copy)
+            pending = deferred_array(input)
+            x = operand(input, dev, zero_copy) if pending is None else pending
+            weight, bias = _as_1x1(fixed_operand(w, dev)), fixed_operand(b, dev)
+            x_shape = tuple(input.shape)
+            plan = cached_conv_plan(dev, 2, x_shape, tuple(weight.shape),
+                                    None if b is None else tuple(b.shape),
+                                    plan_dtype(input.dtype), (1, 1), (0, 0), (1, 1), 1, "zeros",
+                                    "auto", spec, None, None)
+            out = results.new(plan.output_shape, input)
+            # (the result is waited for by the queue, `make_host_visible`: no event)
+            plan.execute({"input": x, "weight": weight, "bias": bias, "residual": None}, out,
+                         check=False, events=False)
+            if defer and results.over_tensor(out):
+                return defer_result(results, out, (input, x))
+            y = results.tensor(out)  # (and the deferred results before it)
+            flush_deferred()
+            return y
+    flush_deferred()  # torch reads the input
+    return _torch_activation(linear(input.permute(*_TO_CHANNELS_LAST)),
+                             spec).permute(*_TO_CHANNELS_FIRST)
+
+
+def fused_channels_scale(scale: Any, input: torch.Tensor, *, defer: bool = False) -> Any:
+    """(scale * input.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) of a channels-first (N, C, H, W)
+    input and a (C,) tensor (ConvNeXt's layer scale): clconv's product with the scale over
+    (C, 1, 1); torch's ops elsewhere. defer: as fused_conv's."""
+    dev = current_device()
+    if isinstance(scale, torch.Tensor) and scale.dim() == 1 and \
+            _channels_first_reads(dev, input, scale.shape[0], scale):
+        c = scale.shape[0]
+        plan = binary_plan(dev, "mul", tuple(input.shape), (c, 1, 1), plan_dtype(input.dtype))
+        return _run_on_device(dev, (input, scale.detach().view(c, 1, 1)), plan, binary_values,
+                              defer)
+    flush_deferred()  # torch reads the input
+    return (scale * input.permute(*_TO_CHANNELS_LAST)).permute(*_TO_CHANNELS_FIRST)
+
+
+def _permute_of(node: fx.Node) -> tuple[fx.Node, tuple[int, ...]] | None:
+    """(x, dims) where `node` permutes the 4 dims of x by constant dims (x.permute(0, 2, 3, 1),
+    x.permute((0, 2, 3, 1)), torch.permute(x, dims); negative dims as torch counts them)."""
+    if node.kwargs or not node.args:
+        return None
+    x, dims = node.args[0], node.args[1:]
+    if node.op == "call_method" and node.target == "permute":
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+    elif node.op == "call_function" and node.target is torch.permute and len(dims) == 1 and \
+            isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    else:
+        return None
+    if not isinstance(x, fx.Node) or len(dims) != 4 or \
+            not all(type(d) is int and -4 <= d < 4 for d in dims):
+        return None
+    return x, tuple(d % 4 for d in dims)
+
+
+def _layer_norm_call(node: fx.Node, x: fx.Node) -> tuple[Any, ...] | None:
+    """(normalized_shape, weight, bias, eps) of an F.layer_norm node of x whose arguments but
+    the weight and bias (parameters: get_attr nodes) are constants, else None."""
+    if node.op != "call_function" or node.target is not F.layer_norm:
+        return None
+    names = ("input", "normalized_shape", "weight", "bias", "eps")
+    if len(node.args) > len(names) or set(node.kwargs) - set(names[len(node.args):]):
+        return None
+    bound = {**dict(zip(names, node.args)), **node.kwargs}
+    if bound.get("input") is not x or "normalized_shape" not in bound:
+        return None
+    w, b = bound.get("weight"), bound.get("bias")
+    shape = bound["normalized_shape"]
+    if any(isinstance(v, fx.Node) and v.op != "get_attr" for v in (w, b)) or \
+            isinstance(bound.get("eps"), fx.Node) or not (
+                isinstance(shape, (tuple, list)) and len(shape) == 1 and
+                isinstance(shape[0], int)):
+        return None  # (over more dims than the channels, or torch's error: torch's)
+    return shape, w, b, bound.get("eps", 1e-5)
+
+
+def _channels_last_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
+    """Each x.permute(0, 2, 3, 1) -> steps -> .permute(0, 3, 1, 2) run of `graph` (each node the
+    only user of the one before), the steps LayerNorm modules or F.layer_norm calls, Linear
+    modules (with the activation after one), or products with a parameter (layer scale) ->
+    fused_channel_norm, fused_channels_linear and fused_channels_scale nodes of x's
+    channels-first data, so that ConvNeXt's blocks run on the device without a wait (returns
+    how many steps)."""
+    count = 0
+    for start in list(graph.nodes):
+        found = _permute_of(start)
+        if found is None or found[1] != _TO_CHANNELS_LAST:
+            continue
+        x, chain, steps, cur, end = found[0], [start], [], start, None
+        while (user := _only_user(cur)) is not None:
+            permuted = _permute_of(user)
+            if permuted is not None:
+                if permuted == (cur, _TO_CHANNELS_FIRST):
+                    end = user
+                break
+            m = modules.get(str(user.target)) if user.op == "call_module" else None
+            plain = user.args == (cur,) and not user.kwargs
+            norm = _layer_norm_call(user, cur)
+            if norm is not None:
+                steps.append((fused_channel_norm, norm, None))
+            elif type(m) is nn.LayerNorm and plain and len(m.normalized_shape) == 1:
+                steps.append((_module_channel_norm, (), user.target))
+            elif type(m) is nn.Linear and plain:
+                act, spec, target = _only_user(user), None, user.target
+                found_act = activation_of(act, modules) if act is not None else None
+                if found_act is not None and found_act[1] is user:
+                    spec = activation_spec(found_act[0])
+                    chain.append(user)
+                    user = act
+                steps.append((fused_channels_linear, (spec,), target))
+            elif ((user.op == "call_function" and user.target in (operator.mul, torch.mul)) or
+                  (user.op == "call_method" and user.target == "mul")) and \
+                    len(user.args) == 2 and not user.kwargs and cur in user.args:
+                other = user.args[1] if user.args[0] is cur else user.args[0]
+                if not isinstance(other, fx.Node) or other.op != "get_attr" or other is cur:
+                    break
+                steps.append((fused_channels_scale, (other,), None))
+            else:
+                break
+            chain.append(user)
+            cur = user
+        if end is None or not steps:
+            continue
+        with graph.inserting_before(end):
+            value = x
+            for target, args, module in steps:
+                if target is fused_channel_norm:
+                    value = graph.call_function(target, (value, *args))
+                elif target is _module_channel_norm:
+                    value = graph.call_function(target, (graph.get_attr(module), value))
+                elif target is fused_channels_linear:
+                    value = graph.call_function(target, (graph.get_attr(module), *args, value))
+                else:
+                    value = graph.call_function(target, (*args, value))
+        end.replace_all_uses_with(value)
+        for n in reversed([*chain, end]):
+            graph.erase_node(n)
+        count += len(steps)
+    return count
+
+
 def _gates_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
     """Adaptive average pooling (modules, F.adaptive_avg_pool*d) and products of two tensors
     (`x * s`, torch.mul, x.mul) -> fused_adaptive_avg_pool / fused_mul nodes, so that a
@@ -676,7 +913,49 @@ def _features_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
 
 #: The inference trace's nodes that read deferred results through their device arrays.
 _INFERENCE_NODES = (fused_conv, fused_max_pool, _module_max_pool, fused_adaptive_avg_pool,
-                    fused_mul, fused_cat, fused_avg_pool, _module_avg_pool, fused_batch_norm)
+                    fused_mul, fused_cat, fused_avg_pool, _module_avg_pool, fused_batch_norm,
+                    fused_channel_norm, _module_channel_norm, fused_channels_linear,
+                    fused_channels_scale, fused_add)
+
+
+def _adds_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module],
+                    is_conv: Callable[[nn.Module], bool]) -> int:
+    """Sums of two values (`a + b`, torch.add, a.add without alpha) one of which a clconv node
+    (or a convolution, `is_conv`, which _lone_convs_to_clconv may make one) computes ->
+    fused_add nodes, so that ConvNeXt's residual adds after a channels-last run do not wait
+    (returns how many)."""
+    def on_device(v: Any) -> bool:
+        return isinstance(v, fx.Node) and (
+            (v.op == "call_function" and v.target in _INFERENCE_NODES) or
+            (v.op == "call_module" and is_conv(modules[str(v.target)])))
+    count = 0
+    for node in list(graph.nodes):
+        if not ((node.op == "call_function" and node.target in _ADD_FUNCTIONS) or
+                (node.op == "call_method" and node.target == "add")) or node.kwargs or \
+                len(node.args) != 2 or not all(isinstance(v, fx.Node) for v in node.args) or \
+                not any(on_device(v) for v in node.args):
+            continue
+        with graph.inserting_before(node):
+            new = graph.call_function(fused_add, tuple(node.args))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        count += 1
+    return count
+
+
+def _identities_removed(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
+    """Removes the inference trace's calls of nn.Identity modules (a drop path of rate 0, as
+    ConvNeXt's code writes it), their readers reading the input, so that the runs around them
+    are found (returns how many). (Not dropout's: in eval mode it returns its input too, but
+    checks its rate and the input's dims at each call, and raises or warns as torch does.)"""
+    count = 0
+    for node in list(graph.nodes):
+        if node.op == "call_module" and type(modules.get(str(node.target))) is nn.Identity and \
+                len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            count += 1
+    return count
 
 
 def _lone_convs_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module],
@@ -687,7 +966,8 @@ def _lone_convs_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module],
     transitions', by their pools; a U-Net's transposed convolutions, by the joins with the
     skips). Returns how many."""
     count = 0
-    for conv in list(graph.nodes):
+    # (the last first: a convolution read by a later one that becomes such a node is one too)
+    for conv in reversed(list(graph.nodes)):
         if conv.op != "call_module" or not is_conv(modules[str(conv.target)]) or \
                 len(conv.args) != 1 or conv.kwargs or not isinstance(conv.args[0], fx.Node) or \
                 not conv.users or not all(u.op == "call_function" and u.target in
@@ -797,8 +1077,9 @@ class FusedForward:
     that reads `self.training`, as F.dropout(x, p, self.training), is traced with the flags it
     runs with; the traces of every such state met are kept). `fused` / `pools`: the inference
     trace's fused chains and max pools, `gates` its squeeze-excitation ops run by clconv
-    (adaptive average pools, products of two tensors), `deferred` of them waited for with a
-    later one;
+    (adaptive average pools, products of two tensors), `features` its other ops run by clconv
+    (joins, average pools, BatchNorms of no fold, the steps of channels-last runs, sums),
+    `deferred` of them waited for with a later one;
     `fused_train`: the autograd trace's chains, `deferred_train` of them waited for with a later
     one (clconv.torch_train._Deferred)."""
 
@@ -891,8 +1172,8 @@ class FusedForward:
 
     def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int, int, int]:
         """(the fused forward or None where nothing fused, chains fused, max pools, gate ops and
-        feature ops (cat, average pools, BatchNorms left) replaced (for inference), nodes
-        deferred)."""
+        feature ops (cat, average pools, BatchNorms left, channels-last steps, sums) replaced
+        (for inference), nodes deferred)."""
         model = self.model
         try:
             # (under the autograd mode the trace runs in: a forward may read it)
@@ -911,15 +1192,24 @@ class FusedForward:
             # (max pooling stays torch's: its gradient needs the indices)
             pools = gates = features = 0
             deferred = _mark_deferred(graph)
+            changed = fused
         else:
+            _identities_removed(graph, modules)
             fused = fuse_graph(graph, modules, is_conv)
-            pools = _pools_to_clconv(graph, modules) if fused else 0
-            gates = _gates_to_clconv(graph, modules) if fused else 0
-            features = _features_to_clconv(graph, modules) if fused else 0
-            fused += _lone_convs_to_clconv(
-                graph, modules, lambda m: isinstance(m, self.leaves)) if fused else 0
-            deferred = _mark_deferred_inference(graph, modules) if fused else 0
-        if not fused:
+            # (ConvNeXt's blocks: no chain, channels-last runs between the convolutions)
+            channels_last = _channels_last_to_clconv(graph, modules)
+            if fused or channels_last:
+                pools = _pools_to_clconv(graph, modules)
+                gates = _gates_to_clconv(graph, modules)
+                leaf = lambda m: isinstance(m, self.leaves)  # noqa: E731
+                features = _features_to_clconv(graph, modules) + channels_last + \
+                    _adds_to_clconv(graph, modules, leaf)
+                fused += _lone_convs_to_clconv(graph, modules, leaf)
+                deferred = _mark_deferred_inference(graph, modules)
+            else:
+                pools = gates = features = deferred = 0
+            changed = fused + features
+        if not changed:
             return None, 0, 0, 0, 0, 0
         graph.lint()
         _augmented_as_calls(graph)

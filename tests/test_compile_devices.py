@@ -27,26 +27,35 @@ def _channel_norm_reference(x: np.ndarray, w: np.ndarray | None, b: np.ndarray |
     mean = x.mean(axis=1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=1, keepdims=True)
     y = (x - mean) / np.sqrt(var + eps)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
     if w is not None:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        y = y * w.astype(np.float64).reshape(shape) + b.astype(np.float64).reshape(shape)
+        y = y * w.astype(np.float64).reshape(shape)
+    if b is not None:
+        y = y + b.astype(np.float64).reshape(shape)
     return y
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 7, 2, 3, 2), (3, 6), (1, 96, 5, 5)])
-@pytest.mark.parametrize("affine", [True, False])
-def test_channel_norm_is_layer_norm_over_channels(dev, dtype, shape, affine, rng):
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+@pytest.mark.parametrize("offset", [False, True], ids=["at-start", "view-at-offset"])
+def test_channel_norm_is_layer_norm_over_channels(dev, dtype, shape, affine, offset, rng):
     import pyopencl.array as cla
 
     from clconv.torch_graph import channel_norm
 
     c = shape[1]
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
-    w = (rng.random(c) + 0.5).astype(dtype) if affine else None
-    b = rng.standard_normal(c).astype(dtype) if affine else None
+    w = (rng.random(c) + 0.5).astype(dtype) if affine in ("both", "weight") else None
+    b = rng.standard_normal(c).astype(dtype) if affine in ("both", "bias") else None
     eps = 1e-6
     up = (lambda a: None if a is None else cla.to_device(dev.queue, a))
-    got = channel_norm(up(x), up(w), up(b), eps)
+    if offset:  # (the input a view one image into its buffer, the weight and bias too)
+        xd = up(np.concatenate([np.full((1, *shape[1:]), np.nan, dtype), x]))[1:]
+        wb = [None if a is None else up(np.concatenate([[np.nan], a]).astype(dtype))[1:]
+              for a in (w, b)]
+        got = channel_norm(xd, *wb, eps)
+    else:
+        got = channel_norm(up(x), up(w), up(b), eps)
     assert isinstance(got, cla.Array) and got.dtype == dtype and got.shape == shape
     got = got.get()
     tol = 1e-5 if dtype == np.float32 else 1e-12

@@ -1073,3 +1073,168 @@ def test_a_join_does_not_start_from_one_whose_inputs_were_written(ct, dev, case)
     for _ in range(2):
         for g, w in zip(_run(converted, x, dev), want):
             _close(g, w)
+
+
+def _randomized(model):
+    from clconv.tools.networks import randomize
+
+    torch.manual_seed(0)
+    return randomize(model).eval()
+
+
+def test_convnext_blocks_run_in_clconv_without_a_wait(ct, dev, monkeypatch):
+    """ConvNeXt (clconv.tools.networks, the paper's code): each block's permute -> LayerNorm ->
+    Linear -> GELU -> Linear -> layer scale -> permute runs as clconv nodes of the channels-first
+    data (channel norm, 1x1 convolutions with GELU in the store, a product with the scale), as
+    do its residual adds and the stem's and downsamplings' channels-first LayerNorms, so that
+    the forward waits once, at the head's mean; torch's permute, layer_norm, linear and gelu run
+    only in the head (its LayerNorm and Linear on (N, C)), and the result is torch's."""
+    from clconv.tools.networks import ConvNeXt
+    from clconv.torch_ops import uses_zero_copy
+
+    model = _randomized(ConvNeXt((1, 2, 1, 1), (8, 16, 24, 32), 5))
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 64, 48)
+    want = _run(model, x)
+    _close(_run(converted, x, dev), want)  # the first call traces
+    fwd = converted.forward
+    # convolutions: the stem, 5 depthwise, 3 downsamplings; channels-last steps: 5 blocks' 4,
+    # 4 LayerNorm2d's; 5 residual adds
+    assert fwd.fused == 1 + 5 + 3 and fwd.features == 5 * 4 + 4 + 5
+    waits = _count_waits(monkeypatch)
+    with _Recorder() as rec:
+        got = _run(converted, x, dev)
+    _close(got, want)
+    if uses_zero_copy(dev):
+        assert len(waits) == 1
+        counts = {n: rec.names.count(n) for n in ("permute", "layer_norm", "linear", "gelu")}
+        assert counts == {"permute": 0, "layer_norm": 1, "linear": 1, "gelu": 0}, counts
+
+
+class _ChannelsLast(nn.Module):
+    """Channels-last runs as models write them: torch.permute with a tuple, negative dims,
+    F.layer_norm with a weight only, LayerNorm without bias, Linear without bias and an inplace
+    ReLU after it, `y * scale`, a scale that is a buffer, and runs that must stay torch's (a
+    LayerNorm over two dims, an intermediate read twice, a (1, 1, 1, C) scale, a run not
+    ending in the permute back)."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.ln_w = nn.Parameter(torch.rand(c) + 0.5)
+        self.norm = nn.LayerNorm(c, bias=False)
+        self.fc1 = nn.Linear(c, 2 * c, bias=False)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(2 * c, c)
+        self.register_buffer("scale", torch.rand(c) * 2 - 1)
+        self.register_buffer("scale4", torch.rand(1, 1, 1, c))
+        self.wide = nn.LayerNorm((5, c))
+
+    def forward(self, x):
+        x = self.conv(x)
+        y = torch.permute(x, (0, 2, 3, 1))
+        y = F.layer_norm(y, (6,), self.ln_w, None, 1e-3)
+        y = self.fc2(self.act(self.fc1(self.norm(y))))
+        a = (y * self.scale).permute(0, -1, -3, -2)
+        b = x.permute(0, -2, -1, 1)
+        b = self.wide(b).permute(0, 3, 1, 2)  # a LayerNorm over (W, C): torch's
+        c = x.permute(0, 2, 3, 1)
+        n = self.norm(c)
+        d = (n * self.scale4).permute(0, 3, 1, 2) + n.sum()  # read twice; a (1, 1, 1, C) scale
+        e = self.fc2(self.fc1(x.permute(0, 2, 3, 1)))  # no permute back: torch's
+        return a + x, b, d, e
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_channels_last_runs_as_models_write_them(ct, dev, dtype, layout):
+    from clconv.torch_ops import uses_zero_copy
+
+    if dtype == torch.float64 and not dev.fp64:
+        pytest.skip(f"{dev.name} has no float64")
+    model = _ChannelsLast().to(dtype).eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 5, 5, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = _run(model, x)
+    for _ in range(2):  # traced, then run again
+        with _Recorder() as rec:
+            got = _run(converted, x, dev)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            _close(g, w)
+    # the first run's 5 steps (2 norms, 2 Linears, the scale) and its residual add (the wide
+    # LayerNorm's run and the third, whose LayerNorm is read twice, are torch's)
+    assert converted.forward.features == 5 + 1
+    if uses_zero_copy(dev) and layout == "contiguous":
+        # torch's: the wide LayerNorm and the third run's, the last run's two Linears
+        assert rec.names.count("layer_norm") == 2 and rec.names.count("linear") == 2
+
+
+class _RepoLayerNorm(nn.Module):
+    """The ConvNeXt repository's LayerNorm: F.layer_norm for channels_last, written out over
+    dim 1 for channels_first."""
+
+    def __init__(self, c, data_format="channels_last"):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(c) + 0.5)
+        self.bias = nn.Parameter(torch.randn(c) * 0.1)
+        self.eps, self.data_format, self.normalized_shape = 1e-6, data_format, (c,)
+
+    def forward(self, x):
+        if self.data_format == "channels_last":
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class _RepoBlock(nn.Module):
+    """The ConvNeXt repository's Block, its drop path of rate 0 an nn.Identity."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = _RepoLayerNorm(dim)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.rand(dim) * 0.5)
+        self.drop_path = nn.Identity()
+
+    def forward(self, x):
+        input = x
+        x = self.dwconv(x)
+        x = x.permute(0, 2, 3, 1)
+        x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
+        if self.gamma is not None:
+            x = self.gamma * x
+        x = x.permute(0, 3, 1, 2)
+        return input + self.drop_path(x)
+
+
+def test_convnext_blocks_as_its_repository_writes_them(ct, dev, monkeypatch):
+    """The repository's blocks after its channels-first stem LayerNorm (written out: torch's
+    ops, which read the stem convolution's result from its module's own forward): the drop
+    path's nn.Identity is no barrier, and the residual adds, one operand torch's, run in
+    clconv; the deferred results are waited for once, where torch's flatten reads the pool."""
+    from clconv.torch_ops import uses_zero_copy
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 4, 4), _RepoLayerNorm(8, "channels_first"),
+                          _RepoBlock(8), _RepoBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 32, 40)
+    want = _run(model, x)
+    _close(_run(converted, x, dev), want)
+    # 4 steps and a residual add a block; the stem LayerNorm's closing `* w + b`: its product
+    # is a gate op (fused_mul, as the head's pool), its sum one of the adds
+    assert converted.forward.features == 2 * 4 + 2 + 1 and converted.forward.gates == 2
+    waits = _count_waits(monkeypatch)
+    with _Recorder() as rec:
+        got = _run(converted, x, dev)
+    _close(got, want)
+    if uses_zero_copy(dev):
+        assert len(waits) == 1 and "linear" not in rec.names and "permute" not in rec.names

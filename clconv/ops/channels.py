@@ -1,6 +1,8 @@
 """Per-channel passes over (N, C, inner) arrays (cl/elementwise.cl's kernels): batch normalisation
 (the inference op, the batch statistics and running-statistics update of training, the backward),
-a bias + activation epilogue and column sums (Linear's bias and its gradient).
+a bias + activation epilogue and column sums (Linear's bias and its gradient); and the channel
+norm (cl/channel_norm.cl): LayerNorm over the channels of each position, what ConvNeXt's
+permute -> LayerNorm(C) -> permute computes.
 
     y = clconv.batch_norm(x, mean, var, gamma, beta, eps=1e-5)   # inference form
 
@@ -23,7 +25,7 @@ from ..runtime.device import Device, current_device
 from ..runtime.errors import UnsupportedError
 from ..runtime.interop import host_operand
 from ..runtime.memory import empty
-from ..runtime.program import kernel
+from ..runtime.program import kernel, precision_defines
 from ..runtime.transfer import ArrayLike, is_device_array, result_dtype, scatter, to_device
 from ..runtime.versions import bump
 from .activation import Activation, ActivationArg, activation_defines, normalize_activation
@@ -32,7 +34,8 @@ from .unary import gradient_from_output
 from .plan import Plan, cached_plan, shape_ints, shape_of
 from .scalars import plain_number
 
-__all__ = ["BatchNormPlan", "batch_norm", "batch_norm_plan", "check_loop_limit",
+__all__ = ["BatchNormPlan", "ChannelNormPlan", "batch_norm", "batch_norm_plan",
+           "channel_norm_plan", "check_loop_limit",
            "enqueue_batch_norm_backward", "enqueue_bias_act", "enqueue_channel_stats",
            "enqueue_column_sums", "reduction_group"]
 
@@ -202,6 +205,57 @@ def batch_norm_plan(dev: Device, shape: tuple[int, ...], dtype: np.dtype, has_we
     return cached_plan(dev, ("batch_norm", shape, dtype, has_weight, has_bias,
                              float(eps) if isinstance(eps, numbers.Real) else eps, act),
                        lambda: BatchNormPlan(dev, shape, has_weight, has_bias, eps, dtype, act))
+
+
+class ChannelNormPlan(Plan):
+    """Layer normalisation over dim 1 of (N, C, *spatial) (each position's C values: mean and
+    biased variance, two passes as torch's layer_norm), then weight and bias (C,) where given:
+    F.layer_norm(x.movedim(1, -1), (C,), weight, bias, eps).movedim(-1, 1), computed on the
+    channels-first data without the two transposes (cl/channel_norm.cl: a work-item a position)."""
+
+    def __init__(self, dev: Device, input_shape: Sequence[int], has_weight: bool,
+                 has_bias: bool, eps: float, dtype: np.dtype) -> None:
+        shape = shape_ints(input_shape, "input_shape")
+        if len(shape) < 2:
+            raise ValueError(f"channel_norm: input must have at least 2 dims (N, C, *), got "
+                             f"shape {shape}")
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+            raise TypeError(f"channel_norm: eps must be a real number, got {eps!r}")
+        c = shape[1]
+        self.channels, self.spatial, self.eps = c, math.prod(shape[2:]), float(eps)
+        self.positions = shape[0] * self.spatial
+        operands = {"input": shape, "weight": (c,) if has_weight else None,
+                    "bias": (c,) if has_bias else None}
+        self._prepare(dev, dtype, operands, shape, shape, {"input": shape})
+        self.label = "channel_norm"
+        defines = precision_defines(self.work)
+        defines.update(HAS_WEIGHT=int(has_weight), HAS_BIAS=int(has_bias))
+        self.kernel = kernel(dev, "channel_norm.cl", "channel_norm", defines)
+
+    def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
+        x, w, b = arrays["input"], arrays["weight"], arrays["bias"]
+        assert x is not None
+        if self.positions == 0 or self.channels == 0:  # (torch: an empty result, or no values)
+            return None
+        with self.device.lock:
+            return self.kernel(self.device.queue, (self.positions,), None, *array_args(x),
+                               *array_args(out), *array_args(w if w is not None else x),
+                               *array_args(b if b is not None else x),
+                               np.int64(self.channels), np.int64(self.spatial),
+                               np.int64(self.positions), real_scalar(self.work, self.eps))
+
+    def __call__(self, input: ArrayLike, weight: ArrayLike | None = None,
+                 bias: ArrayLike | None = None, *, out: ArrayLike | None = None) -> ArrayLike:
+        return self.execute({"input": input, "weight": weight, "bias": bias}, out)
+
+
+def channel_norm_plan(dev: Device, shape: tuple[int, ...], dtype: np.dtype, has_weight: bool,
+                      has_bias: bool, eps: Any) -> ChannelNormPlan:
+    """The ChannelNormPlan of these arguments on `dev`, made on first use (shared by every
+    caller)."""
+    return cached_plan(dev, ("channel_norm", shape, dtype, has_weight, has_bias,
+                             float(eps) if isinstance(eps, numbers.Real) else eps),
+                       lambda: ChannelNormPlan(dev, shape, has_weight, has_bias, eps, dtype))
 
 
 def check_loop_limit(dev: Device, what: str, passes: int) -> None:

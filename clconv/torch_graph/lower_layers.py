@@ -444,8 +444,6 @@ class LayerRules(LoweringBase):
         ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         if ns != (sh[-1],):
             raise Unlowerable(f"layer_norm over {ns} of a channels-last view")
-        if (weight is None) != (bias is None):
-            raise Unlowerable("layer_norm with only one of weight and bias")
         cm = self.cm
         w = cm.constant(("ln", id(weight)), weight) if weight is not None else None
         b = cm.constant(("ln", id(bias)), bias) if bias is not None else None

@@ -325,11 +325,13 @@ def test_cat(rng, index_t):
 
 
 @pytest.mark.parametrize("shape, affine, dtype", [
-    pytest.param(*c, id=case_id(*c[:1], "affine" if c[1] else "plain", c[2])) for c in [
-        ((2, 5, 3, 4), True, F32), ((1, 3, 7), False, F32), ((2, 4, 3, 3), True, F64)]])
+    pytest.param(*c, id=case_id(*c[:1], c[1], c[2])) for c in [
+        ((2, 5, 3, 4), "affine", F32), ((1, 3, 7), "plain", F32), ((2, 4, 3, 3), "affine", F64),
+        ((2, 3, 5), "weight-at-offset", F32)]])
 def test_channel_norm(device, rng, shape, affine, dtype):
     """channel_norm.cl (clconv.torch's channels-first LayerNorm), with and without the affine
-    weight and bias, an odd number of positions."""
+    weight and bias, an odd number of positions; the input and weight as views one image (one
+    value) into their buffers, without a bias."""
     import pyopencl.array as cla
 
     from clconv.torch_graph import channel_norm
@@ -338,17 +340,22 @@ def test_channel_norm(device, rng, shape, affine, dtype):
     x = arr(rng, shape, dtype)
     x[0, :, 0] += 100  # a large mean: the centred second pass
     c = shape[1]
-    w, b = (arr(rng, (c,), dtype), arr(rng, (c,), dtype)) if affine else (None, None)
+    w = arr(rng, (c,), dtype) if affine != "plain" else None
+    b = arr(rng, (c,), dtype) if affine == "affine" else None
     xx = x.astype(np.float64)
     want = (xx - xx.mean(axis=1, keepdims=True)) / np.sqrt(xx.var(axis=1, keepdims=True) + 1e-6)
-    if affine:
-        bshape = (1, c) + (1,) * (len(shape) - 2)
-        want = want * w.reshape(bshape) + b.reshape(bshape)
+    bshape = (1, c) + (1,) * (len(shape) - 2)
+    if w is not None:
+        want = want * w.reshape(bshape)
+    if b is not None:
+        want = want + b.reshape(bshape)
 
     def on_device(a):
-        return None if a is None else cla.to_device(device.queue, a)
+        if a is None or affine != "weight-at-offset":
+            return None if a is None else cla.to_device(device.queue, a)
+        return cla.to_device(device.queue, np.concatenate([a[:1], a]))[1:]
 
     got = channel_norm(on_device(x), on_device(w), on_device(b), 1e-6)
     # (x - mean) rounds at |x|'s scale (100): that over a standard deviation of ~1
-    expect(got, want, dtype, 2 * c, mag(x) * (mag(w) if affine else 1.0)
-           + (mag(b) if affine else 0.0))
+    expect(got, want, dtype, 2 * c, mag(x) * (mag(w) if w is not None else 1.0)
+           + (mag(b) if b is not None else 0.0))
