@@ -272,6 +272,33 @@ def test_padded_windows_larger_than_the_input_as_torch(clconv, rng):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
+HUGE = [  # (function, input shape, kwargs): a value past int32 that torch refuses
+    ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "stride": 2**33}),
+    ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 1, "dilation": 2**31}),
+    ("max_pool3d", (1, 1, 1, 5, 5), {"kernel_size": 1, "dilation": 2**33}),
+    ("avg_pool1d", (1, 1, 5), {"kernel_size": 2, "stride": 2**31}),
+    ("avg_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "stride": (2**63 - 1, 1)}),
+    ("avg_pool3d", (1, 1, 2, 5, 5), {"kernel_size": 2, "stride": 2**40}),
+]
+
+
+@pytest.mark.parametrize("name, shape, kwargs", HUGE, ids=[f"{h[0]}-{i}" for i, h in
+                                                           enumerate(HUGE)])
+def test_window_values_past_int32_refused_as_torch(clconv, rng, name, shape, kwargs):
+    """torch converts these pools' window arguments to int and refuses larger values even where
+    the output would be one window; max_pool1d alone takes 64-bit strides."""
+    torch = import_torch()
+    x = random_array(rng, shape)
+    with pytest.raises(RuntimeError, match="int"):
+        getattr(torch.nn.functional, name)(torch.from_numpy(x), **kwargs)
+    arg = next(k for k in kwargs if k != "kernel_size")
+    with pytest.raises(ValueError, match=arg):
+        getattr(clconv, name)(x, **kwargs)
+    x1 = random_array(rng, (1, 1, 5))  # max_pool1d takes the huge stride (one output)
+    want = torch.nn.functional.max_pool1d(torch.from_numpy(x1), 2, stride=2**40).numpy()
+    assert_exact(clconv.max_pool1d(x1, 2, stride=2**40), want)
+
+
 def test_bad_inputs(clconv, rng):
     with pytest.raises(ValueError, match="input"):
         clconv.max_pool2d(random_array(rng, (2, 3, 4, 4, 4)), 2)
