@@ -125,7 +125,7 @@ __kernel void max_pool_rows_indices(__global const REAL* restrict x, const long 
 
 __kernel void avg_pool(__global const REAL* restrict x, const long x_offset,
                        __global REAL* restrict y, const long y_offset,
-                       const int count_include_pad, const int divisor,
+                       const int count_include_pad, const long divisor,
                        const int4 in, const int4 out, const int4 k, const int4 s, const int4 p) {
     OUTPUT_OF_NDRANGE(out, plane, od, oh, ow, i)
     int d0 = od * s.x - p.x, h0 = oh * s.y - p.y, w0 = ow * s.z - p.z;
@@ -142,7 +142,7 @@ __kernel void avg_pool(__global const REAL* restrict x, const long x_offset,
     for (int d = d0; d < d1; ++d)
         for (int h = h0; h < h1; ++h)
             for (int w = w0; w < w1; ++w) sum += (ACC)src[((idx_t)d * in.y + h) * in.z + w];
-    const int count = divisor != 0 ? divisor
+    const long count = divisor != 0 ? divisor
                       : (count_include_pad ? padded : (d1 - d0) * (h1 - h0) * (w1 - w0));
     y[y_offset + i] = (REAL)(sum / (ACC)count);
 }
@@ -251,7 +251,7 @@ __kernel void max_pool_backward_rows(__global const REAL* restrict g, const long
 // over the outputs whose clipped window holds this element.
 __kernel void avg_pool_backward(__global const REAL* restrict g, const long g_offset,
                                 __global REAL* restrict dx, const long dx_offset,
-                                const int count_include_pad, const int divisor,
+                                const int count_include_pad, const long divisor,
                                 const int4 in, const int4 out, const int4 k, const int4 s,
                                 const int4 p) {
     const idx_t i = get_global_id(0);
@@ -270,7 +270,7 @@ __kernel void avg_pool_backward(__global const REAL* restrict g, const long g_of
                 const int padded = (d1 - d0) * (h1 - h0) * (w1 - w0);
                 d0 = max(d0, 0); h0 = max(h0, 0); w0 = max(w0, 0);
                 d1 = min(d1, in.x); h1 = min(h1, in.y); w1 = min(w1, in.z);
-                const int count = divisor != 0 ? divisor
+                const long count = divisor != 0 ? divisor
                                   : (count_include_pad ? padded : (d1 - d0) * (h1 - h0) * (w1 - w0));
                 sum += (ACC)g[g_offset + base + ((idx_t)od * out.y + oh) * out.z + ow] / (ACC)count;
             }

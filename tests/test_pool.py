@@ -272,6 +272,19 @@ def test_padded_windows_larger_than_the_input_as_torch(clconv, rng):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
+@pytest.mark.parametrize("divisor", [2**31, 2**40 + 1, -2**31 - 1, 2**63 - 1, 7])
+@pytest.mark.parametrize("nd", [2, 3])  # (torch's avg_pool1d has no divisor_override)
+def test_avg_pool_divisor_override_past_int32_as_torch(clconv, dev, rng, nd, divisor):
+    """torch takes any int64 divisor_override (the sum over it, as a float)."""
+    torch = import_torch()
+    x = random_array(rng, (2, 3, *SIZES[nd]))
+    name = f"avg_pool{nd}d"
+    got = getattr(clconv, name)(x, 2, divisor_override=divisor)
+    want = getattr(torch.nn.functional, name)(torch.from_numpy(x), 2,
+                                              divisor_override=divisor).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
 HUGE = [  # (function, input shape, kwargs): a value past int32 that torch refuses
     ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "stride": 2**33}),
     ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 1, "dilation": 2**31}),

@@ -203,9 +203,9 @@ class PoolPlan(Plan):
                                 f"{divisor_override!r}")
             if divisor_override == 0:
                 raise ValueError(f"{name}: divisor_override must not be zero")
-            if divisor_override is not None and abs(divisor_override) >= 2**31:
-                raise ValueError(f"{name}: divisor_override must be below 2**31 in magnitude (the "
-                                 f"kernel divides by a 32-bit int), got {divisor_override}")
+            if divisor_override is not None and not -2**63 <= divisor_override < 2**63:
+                raise ValueError(f"{name}: divisor_override must fit int64 (torch's), got "
+                                 f"{divisor_override}")
             self.divisor = 0 if divisor_override is None else int(divisor_override)
         self.planes = n * c
         self.in_size, self.out_size = _lift(size, 1), _lift(out, 1)
@@ -269,7 +269,7 @@ class PoolPlan(Plan):
             elif self.kind == "avg":
                 k, s, p, _ = self.window  # type: ignore[misc]
                 return self.kernel(dev.queue, self._grid, None, *io,
-                                   np.int32(self.count_include_pad), np.int32(self.divisor),
+                                   np.int32(self.count_include_pad), np.int64(self.divisor),
                                    *shapes, _int4(k), _int4(s), _int4(p))
             else:
                 return self.kernel(dev.queue, (size,), self._local(size), *io, *idx_args,
@@ -321,7 +321,7 @@ class PoolPlan(Plan):
                 k, s, p, _ = self.window  # type: ignore[misc]
                 kernel(dev, "pool.cl", "avg_pool_backward", self._defines)(
                     dev.queue, (dx.size,), None, *g, *d, np.int32(self.count_include_pad),
-                    np.int32(self.divisor), *shapes, _int4(k), _int4(s), _int4(p))
+                    np.int64(self.divisor), *shapes, _int4(k), _int4(s), _int4(p))
             else:
                 kernel(dev, "pool.cl", "adaptive_avg_pool_backward", self._defines)(
                     dev.queue, (dx.size,), None, *g, *d, *shapes)
