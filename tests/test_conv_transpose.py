@@ -199,6 +199,31 @@ def test_empty_batch(clconv, dev, rng, nd, kind):
     assert isinstance(got, cla.Array if kind == "cl" else np.ndarray)
 
 
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("stride, dilation, output_padding", [(2, 1, 2), (2, 1, 3), (1, 1, 1),
+                                                              (1, 2, 2)])
+@pytest.mark.parametrize("kind", ["numpy", "cl"])
+def test_empty_batch_takes_any_output_padding_as_torch(clconv, dev, rng, nd, stride, dilation,
+                                                        output_padding, kind):
+    """torch checks output_padding < stride or dilation only for a non-empty batch: batch 0 gives
+    the padded output's (empty) shape; a batch of 1 is refused by both."""
+    torch = pytest.importorskip("torch")
+    spatial, kernel = SHAPES_ND[nd]
+    x = np.zeros((0, 2) + spatial, np.float32)
+    w = random_array(rng, (2, 3) + kernel)
+    kw = {"stride": stride, "dilation": dilation, "output_padding": output_padding}
+    f = getattr(torch.nn.functional, f"conv_transpose{nd}d")
+    want = f(torch.from_numpy(x), torch.from_numpy(w), **kw)
+    got = _op(clconv, nd)(as_kind(x, kind, dev.queue), as_kind(w, kind, dev.queue), **kw)
+    assert got.shape == tuple(want.shape) and got.dtype == np.float32
+    assert isinstance(got, cla.Array if kind == "cl" else np.ndarray)
+    x1 = np.zeros((1, 2) + spatial, np.float32)
+    with pytest.raises(RuntimeError, match="output padding"):
+        f(torch.from_numpy(x1), torch.from_numpy(w), **kw)
+    with pytest.raises(ValueError, match="output_padding"):
+        _op(clconv, nd)(x1, w, **kw)
+
+
 @pytest.mark.parametrize("kind", ["numpy", "cl"])
 def test_output_of_extent_zero_is_empty_as_torch(clconv, dev, rng, kind):
     """Padding that leaves an output dim of extent exactly 0 gives an empty result (torch's;

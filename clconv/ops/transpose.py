@@ -79,7 +79,8 @@ def transpose_geometry(nd: int, input_shape: Sequence[int], weight_shape: Sequen
         raise ValueError(f"groups={groups} must divide the input channels {c_in} (weight's dim 0)")
     if any(i < 1 for i in in_size):
         raise ValueError(f"input must have non-zero spatial sizes, got shape {tuple(input_shape)}")
-    if any(op >= s and op >= d for op, s, d in zip(out_pad, stride_t, dilation_t)):
+    # (torch checks it only for a non-empty batch: batch 0 gives the padded output's shape)
+    if n and any(op >= s and op >= d for op, s, d in zip(out_pad, stride_t, dilation_t)):
         raise ValueError(f"output_padding {out_pad} must be smaller than either stride {stride_t} "
                          f"or dilation {dilation_t} in every dim")
     out_size = transpose_output_size(in_size, kernel, stride_t, padding_t, out_pad, dilation_t)
