@@ -11,7 +11,7 @@ import numpy as np
 import pyopencl.array as cla
 import pytest
 import reference_layers as ref
-from helpers import import_torch, random_array
+from helpers import as_kind, import_torch, random_array
 from tolerance import assert_close, assert_exact
 
 SIZES = {1: (11,), 2: (9, 10), 3: (5, 6, 7)}
@@ -283,6 +283,30 @@ def test_avg_pool_divisor_override_past_int32_as_torch(clconv, dev, rng, nd, div
     want = getattr(torch.nn.functional, name)(torch.from_numpy(x), 2,
                                               divisor_override=divisor).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("nd, shape", [
+    (2, (4, 5)), (2, (2, 0)), (2, (2, 3, 4, 5, 6)), (2, (0, 2, 3, 0)), (2, (2, 3, 4, 0)),
+    (3, (3, 4, 5)), (3, (2, 1, 2, 3, 4, 5)), (3, (2, 3, 0, 4, 4)), (1, (3, 0)), (1, (2, 3, 0)),
+])
+@pytest.mark.parametrize("kind", ["numpy", "cl"])
+def test_adaptive_avg_pool_to_ones_is_torchs_mean(clconv, dev, rng, nd, shape, kind):
+    """torch pools to all ones as a mean over the pooled dims: any rank that has them (1-d:
+    2 or 3 dims), NaN for empty planes; other sizes keep the (C, ...) / (N, C, ...) ranks."""
+    torch = import_torch()
+    x = random_array(rng, shape)
+    f = getattr(torch.nn.functional, f"adaptive_avg_pool{nd}d")
+    want = f(torch.from_numpy(x), 1).numpy()
+    got = getattr(clconv, f"adaptive_avg_pool{nd}d")(as_kind(x, kind, dev.queue), 1)
+    assert isinstance(got, cla.Array if kind == "cl" else np.ndarray)
+    got = got.get() if kind == "cl" else got
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # (NaN where torch's is)
+    if len(shape) not in (nd + 1, nd + 2):
+        with pytest.raises(RuntimeError):
+            f(torch.from_numpy(x), 2)
+        with pytest.raises(ValueError, match="input"):
+            getattr(clconv, f"adaptive_avg_pool{nd}d")(x, 2)
 
 
 HUGE = [  # (function, input shape, kwargs): a value past int32 that torch refuses

@@ -149,13 +149,23 @@ class PoolPlan(Plan):
         name = f"{kind}_pool{nd}d"
         self.kind, self.nd = kind, nd
         shape = shape_ints(input_shape, "input_shape")
-        if len(shape) not in (nd + 1, nd + 2):
+        # torch's adaptive average pool to all ones is a mean over the pooled dims: any rank with
+        # them (2-d and 3-d pools; a sized output_size: one more dim), empty planes giving NaN
+        whole = kind == "adaptive_avg" and len(shape) >= nd and (
+            nd == 1 and len(shape) in (2, 3) or nd > 1 and (
+                len(shape) > nd or not isinstance(output_size, (tuple, list)))) and \
+            _adaptive_size(output_size, nd, shape[-nd:], name) == (1,) * nd
+        if len(shape) not in (nd + 1, nd + 2) and not whole:
             raise ValueError(f"{name}: input must be {nd + 1}-d (C, {_DIMS[nd]}) or {nd + 2}-d "
                              f"(N, C, {_DIMS[nd]}), got shape {shape}")
         unbatched = len(shape) == nd + 1
-        n, c, *size = (1, *shape) if unbatched else shape
+        if whole and len(shape) not in (nd + 1, nd + 2):  # planes of one channel
+            n, c, *size = (math.prod(shape[:-nd]), 1, *shape[-nd:])
+        else:
+            n, c, *size = (1, *shape) if unbatched else shape
+        self.empty_planes = whole and any(s == 0 for s in size)
         # (torch's adaptive average pool alone takes 0 channels)
-        if (c == 0 and kind != "adaptive_avg") or any(s == 0 for s in size):
+        if (c == 0 and kind != "adaptive_avg") or any(s == 0 for s in size) and not whole:
             raise ValueError(f"{name}: input must have non-zero sizes except the batch, got shape "
                              f"{shape}")
         if kind.startswith("adaptive"):
@@ -210,7 +220,7 @@ class PoolPlan(Plan):
         self.planes = n * c
         self.in_size, self.out_size = _lift(size, 1), _lift(out, 1)
         _check_loop_limit(dev, name, self.in_size, self.out_size, self.window)
-        out_shape = (c, *out) if unbatched else (n, c, *out)
+        out_shape = (c, *out) if unbatched else (*shape[:-nd], *out)
         self._prepare(dev, dtype, {"input": shape}, out_shape, (n, c, *out),
                       {"input": shape, "output": out_shape})
         self.input_shape = shape
@@ -250,6 +260,10 @@ class PoolPlan(Plan):
         assert x is not None
         size = out.size
         if size == 0:
+            return None
+        if self.empty_planes:  # torch's mean over no elements
+            with self.device.lock:
+                out.fill(np.nan)
             return None
         save = np.int32(indices is not None)
         idx = indices if indices is not None else out
