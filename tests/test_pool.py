@@ -309,6 +309,28 @@ def test_adaptive_avg_pool_to_ones_is_torchs_mean(clconv, dev, rng, nd, shape, k
             getattr(clconv, f"adaptive_avg_pool{nd}d")(x, 2)
 
 
+@pytest.mark.parametrize("nd, shape", [
+    (2, (4, 5)), (2, (2, 3, 4, 5, 6)), (2, (2, 3, 4, 0)), (3, (2, 1, 2, 3, 4, 5)), (1, (3, 0))])
+def test_adaptive_avg_pool_layer_to_ones_is_torchs_mean(clconv, dev, rng, nd, shape):
+    """clconv.nn.AdaptiveAvgPool{nd}d(1) on those ranks: torch's output and shape, and its
+    gradient (torch's autograd of the mean: 1 / the plane's size, none for empty planes)."""
+    torch = import_torch()
+    import clconv.nn as cnn
+
+    x = random_array(rng, shape)
+    t = torch.from_numpy(x).requires_grad_()
+    want = getattr(torch.nn, f"AdaptiveAvgPool{nd}d")(1)(t)
+    g = random_array(rng, tuple(want.shape))
+    want.backward(torch.from_numpy(g))
+    layer = getattr(cnn, f"AdaptiveAvgPool{nd}d")(1)
+    got = layer.forward(x)
+    assert got.shape == tuple(want.shape)
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    dx = layer.backward(g)
+    assert dx.shape == shape
+    np.testing.assert_allclose(dx, t.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
 HUGE = [  # (function, input shape, kwargs): a value past int32 that torch refuses
     ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "stride": 2**33}),
     ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 1, "dilation": 2**31}),

@@ -34,7 +34,9 @@ class _Pool(Module):
                            lambda: PoolPlan(dev, kind, nd, tuple(xb.shape), x.dtype, **args))
         y, idx = plan.forward(xb, save=True)
         self._saved = (plan, idx, unbatched)
-        return leave(dev, y.reshape(plan.output_shape[1:]) if unbatched else y, dtype, host)
+        # (an adaptive average pool to ones takes any rank: its planes are the leading dims)
+        want = plan.output_shape[1:] if unbatched else plan.output_shape
+        return leave(dev, y if y.shape == want else y.reshape(want), dtype, host)
 
     def backward(self, grad_output: ArrayLike) -> ArrayLike:
         """grad_output (the latest forward's output shape) -> grad_input."""
@@ -45,8 +47,10 @@ class _Pool(Module):
             dev, g, dtype, host = enter(grad_output, "grad_output")
             check_grad(g, plan.output_shape[1:] if unbatched else plan.output_shape,
                        plan.work)
-            dx = plan.backward(g.reshape(plan.batch_shape) if unbatched else g, idx)
-            return leave(dev, dx.reshape(plan.input_shape[1:]) if unbatched else dx, dtype, host)
+            dx = plan.backward(g if g.shape == plan.batch_shape else g.reshape(plan.batch_shape),
+                               idx)
+            want = plan.input_shape[1:] if unbatched else plan.input_shape
+            return leave(dev, dx if dx.shape == want else dx.reshape(want), dtype, host)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.args.items())
