@@ -251,7 +251,6 @@ CONSTRUCTOR_BAD = [
     ("Conv2d", (2, 3, 3), {"device": "no-such-device"}, LookupError, "no-such-device"),
     ("ConvTranspose2d", (2, 3, 3), {"padding_mode": "reflect"}, ValueError, "padding_mode"),
     ("ConvTranspose2d", (2, 3, 3), {"padding": "same"}, TypeError, "padding"),
-    ("ConvTranspose2d", (2, 3, 3), {"output_padding": 1}, ValueError, "output_padding"),
     ("ConvTranspose1d", (2, 3, 3), {"output_padding": (1, 1)}, ValueError, "output_padding"),
 ]
 
@@ -261,6 +260,17 @@ def test_constructor_errors(clconv, case):
     cls_name, args, kwargs, exc, match = CONSTRUCTOR_BAD[case]
     with pytest.raises(exc, match=match):
         getattr(clconv.nn, cls_name)(*args, **kwargs)
+
+
+def test_transposed_output_padding_is_checked_by_forward_as_torchs(clconv):
+    """An output_padding not below stride or dilation: torch's module takes it, its forward
+    refuses it for a non-empty batch and gives the padded shape for an empty one."""
+    torch = pytest.importorskip("torch")
+    layer = clconv.nn.ConvTranspose2d(2, 3, 3, output_padding=1)
+    want = torch.nn.ConvTranspose2d(2, 3, 3, output_padding=1)(torch.zeros(0, 2, 4, 4))
+    assert layer.forward(np.zeros((0, 2, 4, 4), np.float32)).shape == tuple(want.shape)
+    with pytest.raises(ValueError, match="output_padding"):
+        layer.forward(np.zeros((1, 2, 4, 4), np.float32))
 
 
 # ---------------------------------------------------------------------------

@@ -617,8 +617,12 @@ def test_conv_transpose_invalid_output_padding(clconv, dev, nd, case):
     case = fit_case(dev, case.draw(transpose_cases(nd)), "x", "w", "b")
     kw = dict(case["kw"])
     kw["output_padding"] = tuple(max(s, d) for s, d in zip(kw["stride"], kw["dilation"]))
+    op = getattr(clconv, f"conv_transpose{nd}d")
+    if case["x"].shape[0] == 0:  # torch checks it only for a non-empty batch
+        assert op(case["x"], case["w"], case["b"], **kw).shape[0] == 0
+        return
     with pytest.raises(ValueError, match="output_padding"):
-        getattr(clconv, f"conv_transpose{nd}d")(case["x"], case["w"], case["b"], **kw)
+        op(case["x"], case["w"], case["b"], **kw)
 
 
 @_settings(20)

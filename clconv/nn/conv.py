@@ -89,11 +89,8 @@ class _ConvTransposeNd(Layer):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype, rng, algorithm)
         self.activation = normalize_activation(activation)
+        # (checked against stride and dilation by forward, as torch's: for a non-empty batch)
         self.output_padding = as_tuple(output_padding, self.nd, "output_padding", 0)
-        if any(op >= s and op >= d for op, s, d in zip(self.output_padding, self.stride,
-                                                       self.dilation)):
-            raise ValueError(f"output_padding {self.output_padding} must be smaller than either "
-                             f"stride {self.stride} or dilation {self.dilation} in every dim")
 
     def _output_padding(self, in_size: tuple[int, ...], output_size: Any,
                         input_dims: int) -> tuple[int, ...]:
