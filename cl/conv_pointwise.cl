@@ -25,10 +25,22 @@
 // NDRange (ceil(L / NR), mgroups, batch * GROUPS), local size (1, 1, 1): work-item (jp, mg, z) does
 // the A tiles [mg * panels_per_group, (mg + 1) * panels_per_group) of image z / GROUPS, group
 // z % GROUPS.
+//
+// A last panel of at most TAIL_DOT columns (L = 49 at 7x7: 3 panels of 16 and one column; 196 at
+// 14x14: 12 and four) is computed as dot products along K where the host gives `tail` room for
+// TAIL_DOT * CIN_G values (use_tail; not with A_TRANSPOSED, whose weight rows are not contiguous in
+// k): its columns copied out contiguous in k, DOT_ROWS weight rows (contiguous in k where they lie)
+// met a vector of k at a time, ncol / NR of a panel's vector FMAs (as conv_implicit.cl's narrow
+// panels), where the overlapping panel computed NR columns for them. It runs first in the launch
+// (work-item 0 of dim 0), so that PoCL's guided chunks share the full panels evenly.
 
 #define RUNTIME_SIZES
 #define GEMM_PACKED_NO_KERNELS
 #include "gemm_packed.cl"
+#include "row_sums.cl"
+
+#define TAIL_DOT 4  // the host's pointwise.TAIL_DOT
+#define DOT_ROWS (VW >= 16 ? 4 : 2)  // weight rows a dot-product step: DOT_ROWS * TAIL_DOT sums
 
 // Where A's (row, k) values lie: row * A_ROW_STRIDE + k * A_K_STRIDE (m = COUT_G, k = CIN_G)
 #ifdef A_TRANSPOSED
@@ -44,8 +56,9 @@ __kernel void conv_pointwise(__global const REAL* restrict x, const long x_offse
                              __global const REAL* restrict bias, const long b_offset,
                              __global const REAL* restrict residual, const long r_offset,
                              __global REAL* restrict y, const long y_offset,
-                             const int panels_per_group, GEOMETRY_ARGS) {
-    const int jp = get_global_id(0);
+                             const int panels_per_group, __local REAL* restrict tail,
+                             const int use_tail, GEOMETRY_ARGS) {
+    int jp = get_global_id(0);
     const int mg = get_global_id(1);
     const idx_t z = get_global_id(2);
     const int g = z % GROUPS;
@@ -53,6 +66,13 @@ __kernel void conv_pointwise(__global const REAL* restrict x, const long x_offse
     const idx_t l = OUT_SPATIAL;
     const int m = COUT_G, k = CIN_G;
     PANEL_ROWS(ip0, ip1, mg, m, panels_per_group)
+    const int panels = (int)((l + NR - 1) / NR);
+#ifndef A_TRANSPOSED
+    // a narrow last panel: dot products along K, first in the launch
+    const int ncol = (int)(l - (idx_t)(panels - 1) * NR);
+    const bool narrow = use_tail && NR > TAIL_DOT && panels > 1 && ncol <= TAIL_DOT;
+    if (narrow) jp = (jp == 0) ? panels - 1 : jp - 1;
+#endif
     const idx_t j0 = min((idx_t)jp * NR, l - NR);  // the last panel ends at l
 
     __global const REAL* b = x + x_offset + (n * C + (idx_t)g * CIN_G) * IN_SPATIAL + j0;
@@ -61,6 +81,47 @@ __kernel void conv_pointwise(__global const REAL* restrict x, const long x_offse
     __global REAL* c = y + y_offset + plane;
     // laid out as c (NULL: none, with RESIDUAL_AT_RUN_TIME)
     __global const REAL* res = RESIDUAL_AT(residual, r_offset + plane);
+#ifndef A_TRANSPOSED
+    if (narrow && jp == panels - 1) {
+        const idx_t t0 = (idx_t)jp * NR;  // its columns t0 .. l - 1
+        __global const REAL* bt = b - j0 + t0;
+        for (int p = 0; p < k; ++p)
+            for (int j = 0; j < ncol; ++j) tail[j * k + p] = bt[(idx_t)p * l + j];
+        const int r1 = min(ip1 * MR, m);
+        for (int i0 = ip0 * MR; i0 < r1; i0 += DOT_ROWS) {
+            const int rows = min(DOT_ROWS, r1 - i0);
+            VEC acc[TAIL_DOT][DOT_ROWS];  // column j, row i
+#pragma unroll
+            for (int j = 0; j < TAIL_DOT; ++j)
+#pragma unroll
+                for (int i = 0; i < DOT_ROWS; ++i) acc[j][i] = (VEC)(0);
+            // rows and columns past the last read the last one again (not stored)
+            __global const REAL* ar[DOT_ROWS];
+#pragma unroll
+            for (int i = 0; i < DOT_ROWS; ++i) ar[i] = a + (idx_t)(i0 + min(i, rows - 1)) * k;
+            __local const REAL* bc[TAIL_DOT];
+#pragma unroll
+            for (int j = 0; j < TAIL_DOT; ++j) bc[j] = tail + min(j, ncol - 1) * k;
+            int p = 0;
+            for (; p + VW <= k; p += VW) ROW_PRODUCTS_STEP(acc, bc, TAIL_DOT, ar, DOT_ROWS, p)
+#pragma unroll
+            for (int i = 0; i < DOT_ROWS; ++i) {
+                if (i >= rows) break;
+                __global REAL* crow = c + (idx_t)(i0 + i) * l + t0;
+                __global const REAL* rrow = RESIDUAL_AT(res, (idx_t)(i0 + i) * l + t0);
+#pragma unroll 1
+                for (int j = 0; j < ncol; ++j) {
+                    REAL sum = lane_sum(acc[j][i]);
+                    for (int q = p; q < k; ++q) sum = fma(ar[i][q], bc[j][q], sum);
+                    crow[j] = store_value(sum, (REAL)1, (REAL)0, crow + j, bias,
+                                          b_offset + (long)g * COUT_G, i0 + i,
+                                          RESIDUAL_AT(rrow, j));
+                }
+            }
+        }
+        return;
+    }
+#endif
     long col[NR];
 #pragma unroll
     for (int j = 0; j < NR; ++j) col[j] = j0 + j;

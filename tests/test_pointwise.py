@@ -107,6 +107,38 @@ def test_device_arrays_with_offsets_no_bias(clconv, dev, rng):
                  conv_magnitude(x, w))
 
 
+@pytest.mark.parametrize("extra", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("n, cin, cout, groups", [(2, 13, 7, 1), (1, 37, 11, 1), (2, 12, 15, 3)])
+def test_a_narrow_last_panel_as_dot_products(clconv, dev, rng, extra, n, cin, cout, groups):
+    """Positions two panels and `extra` columns wide: a last panel of at most TAIL_DOT columns
+    runs as dot products along K (C_in/groups not a multiple of the vector: its scalar rest),
+    first in the launch; 5 columns take the overlapping panel. float32 with bias, residual and
+    an activation against torch, float64 against the float64 oracle."""
+    from clconv.ops.pointwise import TAIL_DOT, Pointwise
+    from clconv.ops.geometry import conv_geometry
+
+    nr = pointwise_tile_width(dev)
+    size = (1, 2 * nr + extra)
+    geo = conv_geometry(2, (n, cin, *size), (cout, cin // groups, 1, 1), 1, 0, 1, groups,
+                        "zeros")
+    assert Pointwise(dev, geo, np.float32, True, None, 1 << 30).narrow == (extra <= TAIL_DOT)
+    conv = functools.partial(clconv.conv2d, algorithm="pointwise")
+    check_epilogue(conv, rng, (n, cin, *size), (cout, cin // groups, 1, 1), "silu",
+                   groups=groups)
+    if dev.fp64:
+        check_conv(conv, rng, (n, cin, *size), (cout, cin // groups, 1, 1), np.float64,
+                   groups=groups)
+    # an Inf in a narrow panel's column reaches that column alone
+    x = random_array(rng, (n, cin, *size))
+    w = random_array(rng, (cout, cin // groups, 1, 1))
+    w[w == 0] = 0.5
+    x[-1, -1, 0, -1] = np.inf
+    got = conv(x, w, groups=groups)
+    want = ref.conv_nd(x, w, groups=groups)
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
 def test_float64(clconv, dev, rng):
     if not dev.fp64:
         pytest.skip(f"{dev.name} has no float64 support")

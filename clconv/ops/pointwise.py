@@ -6,6 +6,11 @@ Strided ones (ResNet's downsampling) first gather the subsampled input into the 
 (conv_pointwise.cl's subsample, one launch; workspace N x C_in x L values), then run the same
 GEMM on it.
 
+An image's last column panel of at most TAIL_DOT positions (MobileNetV2's 7x7 layers: 49 = 3 x 16
++ 1; 14x14: 196 = 12 x 16 + 4) runs as dot products along K (its columns copied into local
+memory), not as a whole panel that overlaps its predecessor: the 1x1 layers at 7x7 10-20% faster
+(docs/performance.md).
+
 `Pointwise` is one of the forward algorithm classes (registered in clconv.ops.conv_select; constructor and `run` as
 clconv.ops.conv_algorithms'): the tile, the work split and the program are fixed when it is made,
 and `run` is one enqueue. Work is spread over output channels as well as column panels when the
@@ -32,7 +37,11 @@ from .activation import ActivationArg
 from .geometry import ConvGeometry
 from .launch import epilogue_defines, fused_conv_args, kernel_defines
 
-__all__ = ["Pointwise", "pointwise_unsupported", "tile_unsupported"]
+__all__ = ["Pointwise", "TAIL_DOT", "pointwise_unsupported", "tile_unsupported"]
+
+#: Columns of a narrow last panel computed as dot products along K (cl/conv_pointwise.cl's
+#: TAIL_DOT).
+TAIL_DOT = 4
 
 
 def pointwise_unsupported(geo: ConvGeometry, dtype: Any, nr: int) -> str | None:
@@ -123,7 +132,18 @@ class Pointwise:
                 f"this driver runs before it silently stops a loop (Device.loop_limit = "
                 f"{dev.loop_limit}); use algorithm='auto' or 'implicit'")
         self.global_size = (self.tile.b_panels(l), mgroups, geo.batch * geo.groups)
-        self.tail = (np.int32(per_group), *self.sizes)
+        # A last panel of at most TAIL_DOT columns as dot products along K (the kernel's rule),
+        # its columns copied into local memory: TAIL_DOT * C_in/groups values (not with the
+        # transposed weight, whose rows are not contiguous in k). 49 positions at 7x7 computed
+        # as 48 + 1, not 64; 196 at 14x14 as 192 + 4, not 208.
+        itemsize = np.dtype(np.float32 if dtype == np.float16 else dtype).itemsize
+        tail_bytes = TAIL_DOT * geo.cin_per_group * itemsize
+        self.narrow = not weight_transposed and 0 < l % self.tile.nr <= TAIL_DOT and \
+            self.tile.nr > TAIL_DOT and l > self.tile.nr and \
+            tail_bytes <= dev.cl_device.local_mem_size // 2
+        self.tail = (np.int32(per_group),
+                     cl.LocalMemory(tail_bytes if self.narrow else itemsize),
+                     np.int32(self.narrow), *self.sizes)
         self.empty = geo.batch == 0 or m == 0
 
     @staticmethod

@@ -171,6 +171,8 @@ _SPECIAL = [
      [F32]),
     # 'pointwise' and 'splitk' need a register tile's width of output positions (<= 64)
     ("conv2d", (2, 3, 8, 9), (4, 3, 1, 1), {}, "pointwise", [F32, F64]),
+    # 49 positions: a narrow last panel of one column (dot products, its columns in local memory)
+    ("conv2d", (2, 5, 7, 7), (6, 5, 1, 1), {}, "pointwise", [F32, F64]),
     ("conv2d", (1, 3, 16, 17), (4, 3, 1, 1), {"stride": 2}, "pointwise", [F32]),
     ("conv2d", (1, 5, 8, 9), (3, 5, 3, 3), {"padding": 1}, "splitk", [F32, F64]),
 ]
