@@ -36,9 +36,13 @@ __kernel void channel_norm(__global const REAL* restrict x, const long x_off,
     const long n = p / spatial;
     const long s = p - n * spatial;
     const long base = n * channels * spatial + s;
-    ACC mean = 0;
-    for (long c = 0; c < channels; ++c) mean += (ACC)x[base + c * spatial];
-    mean /= (ACC)channels;
+    // The mean as the first value plus the mean offset from it: exact where every channel holds
+    // the same value (torch's moments give 0 there; a plain sum rounded 1000.1 * 8 / 8 off by an
+    // ulp, which rsqrt(eps) then scaled up), and less cancellation elsewhere.
+    const ACC first = (ACC)x[base];
+    ACC shift = 0;
+    for (long c = 1; c < channels; ++c) shift += (ACC)x[base + c * spatial] - first;
+    const ACC mean = first + shift / (ACC)channels;
     ACC var = 0;
     for (long c = 0; c < channels; ++c) {
         const ACC d = (ACC)x[base + c * spatial] - mean;

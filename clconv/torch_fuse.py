@@ -17,6 +17,7 @@ import operator
 import threading
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pyopencl.array as cla
 import torch
 import torch.nn.functional as F
@@ -169,6 +170,7 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
     fold = _site_fold(conv, bn)
     if fold.active() and isinstance(input, torch.Tensor) and input.device.type == "cpu" and \
             input.dim() == nd + 2 and (residual is None or (
+            isinstance(residual, torch.Tensor) and  # (`conv(x) + x.size(1)`: torch's add)
             residual.dtype == input.dtype and tuple(residual.shape) == conv_result_shape(
                 tuple(input.shape), tuple(conv.weight.shape), conv.stride, module_padding(conv),
                 conv.dilation, conv.groups))):
@@ -569,10 +571,12 @@ def fused_channels_linear(linear: nn.Module, spec: Any, input: torch.Tensor, *,
                              spec).permute(*_TO_CHANNELS_FIRST)
 
 
-def fused_channels_scale(scale: Any, input: torch.Tensor, *, defer: bool = False) -> Any:
+def fused_channels_scale(scale: Any, input: torch.Tensor, scale_first: bool = True, *,
+                         defer: bool = False) -> Any:
     """(scale * input.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) of a channels-first (N, C, H, W)
-    input and a (C,) tensor (ConvNeXt's layer scale): clconv's product with the scale over
-    (C, 1, 1); torch's ops elsewhere. defer: as fused_conv's."""
+    input and a (C,) tensor (ConvNeXt's layer scale; the operands in the other order where not
+    `scale_first`): clconv's product with the scale over (C, 1, 1); torch's ops elsewhere.
+    defer: as fused_conv's."""
     dev = current_device()
     if isinstance(scale, torch.Tensor) and scale.dim() == 1 and \
             _channels_first_reads(dev, input, scale.shape[0], scale):
@@ -581,7 +585,8 @@ def fused_channels_scale(scale: Any, input: torch.Tensor, *, defer: bool = False
         return _run_on_device(dev, (input, scale.detach().view(c, 1, 1)), plan, binary_values,
                               defer)
     flush_deferred()  # torch reads the input
-    return (scale * input.permute(*_TO_CHANNELS_LAST)).permute(*_TO_CHANNELS_FIRST)
+    y = input.permute(*_TO_CHANNELS_LAST)
+    return (scale * y if scale_first else y * scale).permute(*_TO_CHANNELS_FIRST)
 
 
 def _permute_of(node: fx.Node) -> tuple[fx.Node, tuple[int, ...]] | None:
@@ -665,7 +670,7 @@ def _channels_last_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> 
                 other = user.args[1] if user.args[0] is cur else user.args[0]
                 if not isinstance(other, fx.Node) or other.op != "get_attr" or other is cur:
                     break
-                steps.append((fused_channels_scale, (other,), None))
+                steps.append((fused_channels_scale, (other, user.args[0] is other), None))
             else:
                 break
             chain.append(user)
@@ -681,8 +686,8 @@ def _channels_last_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> 
                     value = graph.call_function(target, (graph.get_attr(module), value))
                 elif target is fused_channels_linear:
                     value = graph.call_function(target, (graph.get_attr(module), *args, value))
-                else:
-                    value = graph.call_function(target, (*args, value))
+                else:  # the scale
+                    value = graph.call_function(target, (args[0], value, args[1]))
         end.replace_all_uses_with(value)
         for n in reversed([*chain, end]):
             graph.erase_node(n)
@@ -1216,7 +1221,10 @@ class FusedForward:
         code = graph.python_code(root_module="self")
         # An activation with no activation= name (threshold) is its Activation in the graph,
         # written out as its repr: the class (and non-finite parameters) must be in scope.
-        scope = {"Activation": Activation, "inf": math.inf, "nan": math.nan, **code.globals}
+        # (a numpy scalar argument, F.layer_norm(..., eps=np.float64(0.1)), is written out as
+        # numpy 2's repr)
+        scope = {"Activation": Activation, "inf": math.inf, "nan": math.nan, "np": np,
+                 **code.globals}
         name = "training" if training else "inference"
         exec(compile(code.src, f"<clconv fused {name} forward of {type(model).__name__}>",
                      "exec"), scope)

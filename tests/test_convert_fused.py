@@ -1238,3 +1238,55 @@ def test_convnext_blocks_as_its_repository_writes_them(ct, dev, monkeypatch):
     _close(got, want)
     if uses_zero_copy(dev):
         assert len(waits) == 1 and "linear" not in rec.names and "permute" not in rec.names
+
+
+class _Found(nn.Module):
+    """What a fuzz of the converted forwards found: a conv's sum with a Python int (no residual
+    the kernel adds), a numpy scalar argument in the trace, LayerNorm of a constant pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.one = nn.Conv2d(4, 8, 1, bias=False)  # 8 equal channels: each the same sum
+        with torch.no_grad():
+            self.one.weight.fill_(0.25)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        a = self.conv(x) + x.size(1)
+        b = F.layer_norm(F.relu(self.conv(x)), (x.shape[-1],), eps=np.float64(0.1))
+        c = self.norm(self.one(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return a, b, c
+
+
+def test_what_a_fuzz_of_the_converted_forwards_found(ct, dev):
+    model = _Found().eval()
+    converted = ct.convert(model)
+    x = torch.randn(2, 4, 5, 5) + 1000.1
+    want = _run(model, x)
+    for _ in range(2):
+        got = _run(converted, x, dev)
+        for g, w in zip(got, want):
+            _close(g, w)
+    # every channel of a pixel the same: torch's LayerNorm gives 0 exactly
+    assert float(want[2].abs().max()) == 0.0 and float(got[2].abs().max()) == 0.0
+
+
+def test_a_layer_scale_of_another_size_raises_torchs_error(ct, dev):
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.g = nn.Parameter(torch.ones(5))
+
+        def forward(self, x):
+            return (self.conv(x).permute(0, 2, 3, 1) * self.g).permute(0, 3, 1, 2)
+
+    model = Scaled().eval()
+    converted = ct.convert(model)
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(RuntimeError) as want:
+        _run(model, x)
+    with pytest.raises(RuntimeError) as got:
+        _run(converted, x, dev)
+    assert str(got.value) == str(want.value)
