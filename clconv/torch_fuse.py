@@ -691,7 +691,65 @@ def _channels_last_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> 
         end.replace_all_uses_with(value)
         for n in reversed([*chain, end]):
             graph.erase_node(n)
+        # torch's LayerNorm and Linear give a contiguous channels-last result, which the
+        # permute back makes channels_last in memory (a run of scales alone keeps x's layout:
+        # `_torch_layouts`)
+        value.meta["clconv_channels_last"] = True if any(
+            target is not fused_channels_scale for target, _, _ in steps) else x
         count += len(steps)
+    return count
+
+
+def _channels_last_result(y: Any) -> Any:
+    """A channels-last run's result as torch code reads it: channels_last in memory as torch's
+    own (its permute back of a contiguous channels-last tensor), where clconv computed it
+    channels-first (contiguous); torch's own result as it is."""
+    if isinstance(y, torch.Tensor) and y.dim() == 4 and y.is_contiguous():
+        return y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+def _torch_layouts(graph: fx.Graph) -> int:
+    """Gives the torch nodes (and the graph's output) that read a value that is channels_last in
+    memory in torch's forward but channels-first in clconv's the value in torch's memory format
+    (`_channels_last_result`: a `.view` of it then fails as torch's does); clconv's nodes read
+    the channels-first one (returns how many values). Such values: a channels-last run's result
+    (`_channels_last_to_clconv`), and what clconv's convolutions, sums and products compute from
+    them as torch's would (a convolution's result takes its input's layout, a sum or product
+    its first operand's; a chain's residual added too: both, the order being gone)."""
+    marked: set[fx.Node] = set()
+
+    def channels_last(v: Any) -> bool:
+        return isinstance(v, fx.Node) and v in marked
+
+    for node in graph.nodes:
+        found = node.meta.get("clconv_channels_last")
+        if found is not None:
+            cl = found is True or channels_last(found)
+        elif node.op != "call_function":
+            cl = False
+        elif node.target is fused_conv:
+            x, residual = node.args[3], node.args[4]
+            cl = channels_last(x) and (residual is None or channels_last(residual))
+        elif node.target in (fused_add, fused_mul):
+            cl = channels_last(node.args[0])
+        else:
+            cl = False
+        if cl:
+            marked.add(node)
+    count = 0
+    for node in list(graph.nodes):
+        if node not in marked:
+            continue
+        readers = [u for u in node.users
+                   if not (u.op == "call_function" and u.target in _INFERENCE_NODES)]
+        if not readers:
+            continue
+        with graph.inserting_after(node):
+            layout = graph.call_function(_channels_last_result, (node,))
+        for u in readers:
+            u.replace_input_with(node, layout)
+        count += 1
     return count
 
 
@@ -1210,6 +1268,7 @@ class FusedForward:
                 features = _features_to_clconv(graph, modules) + channels_last + \
                     _adds_to_clconv(graph, modules, leaf)
                 fused += _lone_convs_to_clconv(graph, modules, leaf)
+                _torch_layouts(graph)
                 deferred = _mark_deferred_inference(graph, modules)
             else:
                 pools = gates = features = deferred = 0

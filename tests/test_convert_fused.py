@@ -1162,7 +1162,9 @@ def test_channels_last_runs_as_models_write_them(ct, dev, dtype, layout):
         with _Recorder() as rec:
             got = _run(converted, x, dev)
         for g, w in zip(got, want):
-            assert g.shape == w.shape and g.dtype == w.dtype
+            # (and torch's memory format: a LayerNorm's run gives channels_last memory, and so
+            # do the sums whose first operand it is)
+            assert g.shape == w.shape and g.dtype == w.dtype and g.stride() == w.stride()
             _close(g, w)
     # the first run's 5 steps (2 norms, 2 Linears, the scale) and its residual add (the wide
     # LayerNorm's run and the third, whose LayerNorm is read twice, are torch's)
@@ -1268,6 +1270,9 @@ def test_what_a_fuzz_of_the_converted_forwards_found(ct, dev):
         got = _run(converted, x, dev)
         for g, w in zip(got, want):
             _close(g, w)
+            assert g.stride() == w.stride()
+    with pytest.raises(RuntimeError, match="view"):  # (channels_last memory, as torch's)
+        got[2].view(2, -1)
     # every channel of a pixel the same: torch's LayerNorm gives 0 exactly
     assert float(want[2].abs().max()) == 0.0 and float(got[2].abs().max()) == 0.0
 
