@@ -55,20 +55,8 @@ inline void tail_dot(GEO_DECL __global const REAL* restrict ai, __local const RE
                      const long boff, __global const REAL* rg) {
     for (int i0 = r0; i0 < r1; i0 += DOT_ROWS) {
         const int rows = min(DOT_ROWS, r1 - i0);
-        VEC acc[TAIL_DOT][DOT_ROWS];  // column j, row i
-#pragma unroll
-        for (int j = 0; j < TAIL_DOT; ++j)
-#pragma unroll
-            for (int i = 0; i < DOT_ROWS; ++i) acc[j][i] = (VEC)(0);
-        // rows and columns past the last read the last one again (not stored)
-        __global const REAL* a[DOT_ROWS];
-#pragma unroll
-        for (int i = 0; i < DOT_ROWS; ++i) a[i] = ai + (long)(i0 + min(i, rows - 1)) * KG;
-        __local const REAL* b[TAIL_DOT];
-#pragma unroll
-        for (int j = 0; j < TAIL_DOT; ++j) b[j] = tail + (long)min(j, ncol - 1) * kc;
-        int p = 0;
-        for (; p + VW <= kc; p += VW) ROW_PRODUCTS_STEP(acc, b, TAIL_DOT, a, DOT_ROWS, p)
+        // (column j, row i; rows and columns past the last read the last one again: not stored)
+        NARROW_DOTS(acc, a, b, p, ai, i0, rows, KG, tail, ncol, kc, kc)
 #pragma unroll
         for (int i = 0; i < DOT_ROWS; ++i) {
             if (i >= rows) break;

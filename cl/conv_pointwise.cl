@@ -90,20 +90,9 @@ __kernel void conv_pointwise(__global const REAL* restrict x, const long x_offse
         const int r1 = min(ip1 * MR, m);
         for (int i0 = ip0 * MR; i0 < r1; i0 += DOT_ROWS) {
             const int rows = min(DOT_ROWS, r1 - i0);
-            VEC acc[TAIL_DOT][DOT_ROWS];  // column j, row i
-#pragma unroll
-            for (int j = 0; j < TAIL_DOT; ++j)
-#pragma unroll
-                for (int i = 0; i < DOT_ROWS; ++i) acc[j][i] = (VEC)(0);
-            // rows and columns past the last read the last one again (not stored)
-            __global const REAL* ar[DOT_ROWS];
-#pragma unroll
-            for (int i = 0; i < DOT_ROWS; ++i) ar[i] = a + (idx_t)(i0 + min(i, rows - 1)) * k;
-            __local const REAL* bc[TAIL_DOT];
-#pragma unroll
-            for (int j = 0; j < TAIL_DOT; ++j) bc[j] = tail + min(j, ncol - 1) * k;
-            int p = 0;
-            for (; p + VW <= k; p += VW) ROW_PRODUCTS_STEP(acc, bc, TAIL_DOT, ar, DOT_ROWS, p)
+            // (column j, row i; rows and columns past the last read the last one again: not
+            // stored)
+            NARROW_DOTS(acc, ar, bc, p, a, i0, rows, k, tail, ncol, k, k)
 #pragma unroll
             for (int i = 0; i < DOT_ROWS; ++i) {
                 if (i >= rows) break;

@@ -53,3 +53,21 @@ inline REAL lane_sum(VREAL v) {
                 acc[c_][s_] = fma(h_[c_], v_, acc[c_][s_]);         \
         }                                                           \
     }
+
+// A narrow column panel's dot products (conv_implicit.cl's and conv_pointwise.cl's last panels of
+// at most TAIL_DOT columns; the including file defines TAIL_DOT and DOT_ROWS): acc[j][i] (vectors,
+// lanes not yet summed) of row i (`rows_base` + (i0 + i) * lda, contiguous; rows past `rows` read
+// the last one again) times column j (`cols` + j * ld, contiguous; columns past `ncol` the last
+// one again) over k < n - n % VW; `p` ends at the first k not summed (the caller adds the rest).
+#define NARROW_DOTS(acc, a, b, p, rows_base, i0, rows, lda, cols, ncol, ld, n)             \
+    VREAL acc[TAIL_DOT][DOT_ROWS];                                                          \
+    _Pragma("unroll") for (int j_ = 0; j_ < TAIL_DOT; ++j_)                                \
+        _Pragma("unroll") for (int i_ = 0; i_ < DOT_ROWS; ++i_) acc[j_][i_] = (VREAL)(0);   \
+    __global const REAL* a[DOT_ROWS];                                                       \
+    _Pragma("unroll") for (int i_ = 0; i_ < DOT_ROWS; ++i_)                                 \
+        a[i_] = (rows_base) + (long)((i0) + min(i_, (rows) - 1)) * (lda);                   \
+    __local const REAL* b[TAIL_DOT];                                                        \
+    _Pragma("unroll") for (int j_ = 0; j_ < TAIL_DOT; ++j_)                                 \
+        b[j_] = (cols) + (long)min(j_, (ncol) - 1) * (ld);                                  \
+    int p = 0;                                                                              \
+    for (; p + VW <= (n); p += VW) ROW_PRODUCTS_STEP(acc, b, TAIL_DOT, a, DOT_ROWS, p)

@@ -445,34 +445,34 @@ def _broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] 
     return tuple(shape)
 
 
-def fused_mul(a: Any, b: Any, *, defer: bool = False) -> Any:
-    """a * b of two tensors (a squeeze-excitation gate's excitation, broadcasting (N, C, 1, 1)
-    over the feature map) by clconv on a device whose memory is the host's; torch's `*` for
-    other operands. defer: as fused_conv's."""
+def _fused_binary(op: str, a: Any, b: Any, defer: bool) -> Any:
+    """clconv's `op` ("add", "mul") of two tensors, broadcasting, on a device whose memory is the
+    host's, else None (the caller's torch op then: its own error where they do not broadcast)."""
     dev = current_device()
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and _device_reads(dev, a, b):
         a_shape, b_shape = tuple(a.shape), tuple(b.shape)
         shape = _broadcast_shape(a_shape, b_shape)
         if shape is not None and min(shape) > 0:
-            plan = binary_plan(dev, "mul", a_shape, b_shape, plan_dtype(a.dtype))
+            plan = binary_plan(dev, op, a_shape, b_shape, plan_dtype(a.dtype))
             return _run_on_device(dev, (a, b), plan, binary_values, defer)
-    flush_deferred()  # (torch's own error where they do not broadcast)
-    return a * b
+    flush_deferred()  # torch reads the operands
+    return None
+
+
+def fused_mul(a: Any, b: Any, *, defer: bool = False) -> Any:
+    """a * b of two tensors (a squeeze-excitation gate's excitation, broadcasting (N, C, 1, 1)
+    over the feature map) by clconv on a device whose memory is the host's; torch's `*` for
+    other operands. defer: as fused_conv's."""
+    y = _fused_binary("mul", a, b, defer)
+    return a * b if y is None else y
 
 
 def fused_add(a: Any, b: Any, *, defer: bool = False) -> Any:
     """a + b of two tensors (ConvNeXt's residual add after its layer scale) by clconv on a
     device whose memory is the host's; torch's `+` for other operands. defer: as
     fused_conv's."""
-    dev = current_device()
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and _device_reads(dev, a, b):
-        a_shape, b_shape = tuple(a.shape), tuple(b.shape)
-        shape = _broadcast_shape(a_shape, b_shape)
-        if shape is not None and min(shape) > 0:
-            plan = binary_plan(dev, "add", a_shape, b_shape, plan_dtype(a.dtype))
-            return _run_on_device(dev, (a, b), plan, binary_values, defer)
-    flush_deferred()  # (torch's own error where they do not broadcast)
-    return a + b
+    y = _fused_binary("add", a, b, defer)
+    return a + b if y is None else y
 
 
 # ConvNeXt's channels-last runs: x.permute(0, 2, 3, 1) -> LayerNorm(C) / Linear / activation /

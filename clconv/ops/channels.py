@@ -40,6 +40,20 @@ __all__ = ["BatchNormPlan", "ChannelNormPlan", "batch_norm", "batch_norm_plan",
            "enqueue_column_sums", "reduction_group"]
 
 
+def _channels_shape(name: str, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """A per-channel op's input shape (N, C, *): ValueError naming `name` for fewer dims."""
+    shape = shape_ints(input_shape, "input_shape")
+    if len(shape) < 2:
+        raise ValueError(f"{name}: input must have at least 2 dims (N, C, *), got shape {shape}")
+    return shape
+
+
+def _check_eps(name: str, eps: Any) -> None:
+    """TypeError naming `name` for an eps that is no real number (a bool included)."""
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"{name}: eps must be a real number, got {eps!r}")
+
+
 class BatchNormPlan(Plan):
     """Inference batch normalisation of (N, C, *) with given statistics, optional affine
     weight/bias and fused activation: act((x - mean) / sqrt(var + eps) * weight + bias)."""
@@ -47,12 +61,8 @@ class BatchNormPlan(Plan):
     def __init__(self, dev: Device, input_shape: Sequence[int], has_weight: bool,
                  has_bias: bool, eps: float, dtype: np.dtype,
                  activation: ActivationArg = None) -> None:
-        shape = shape_ints(input_shape, "input_shape")
-        if len(shape) < 2:
-            raise ValueError(f"batch_norm: input must have at least 2 dims (N, C, *), got shape "
-                             f"{shape}")
-        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-            raise TypeError(f"batch_norm: eps must be a real number, got {eps!r}")
+        shape = _channels_shape("batch_norm", input_shape)
+        _check_eps("batch_norm", eps)
         if eps < 0:
             raise ValueError(f"batch_norm: eps must be non-negative (torch's rule), got {eps}")
         c = shape[1]
@@ -215,12 +225,8 @@ class ChannelNormPlan(Plan):
 
     def __init__(self, dev: Device, input_shape: Sequence[int], has_weight: bool,
                  has_bias: bool, eps: float, dtype: np.dtype) -> None:
-        shape = shape_ints(input_shape, "input_shape")
-        if len(shape) < 2:
-            raise ValueError(f"channel_norm: input must have at least 2 dims (N, C, *), got "
-                             f"shape {shape}")
-        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-            raise TypeError(f"channel_norm: eps must be a real number, got {eps!r}")
+        shape = _channels_shape("channel_norm", input_shape)
+        _check_eps("channel_norm", eps)
         c = shape[1]
         self.channels, self.spatial, self.eps = c, math.prod(shape[2:]), float(eps)
         self.positions = shape[0] * self.spatial
