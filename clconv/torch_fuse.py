@@ -714,10 +714,15 @@ def _torch_layouts(graph: fx.Graph) -> int:
     memory in torch's forward but channels-first in clconv's the value in torch's memory format
     (`_channels_last_result`: a `.view` of it then fails as torch's does); clconv's nodes read
     the channels-first one (returns how many values). Such values: a channels-last run's result
-    (`_channels_last_to_clconv`), and what clconv's convolutions, sums and products compute from
-    them as torch's would (a convolution's result takes its input's layout, a sum or product
-    its first operand's; a chain's residual added too: both, the order being gone)."""
+    (`_channels_last_to_clconv`), and what clconv's nodes compute from them as torch's would (a
+    convolution's, pool's or BatchNorm's result takes its input's layout, a sum or product its
+    first operand's, a join its operands' where all share it; a chain's residual added too:
+    both, the order being gone)."""
     marked: set[fx.Node] = set()
+    # the clconv nodes whose result takes the layout of one operand: its position (after the nd
+    # or module argument), else the `input=` keyword
+    follows = {fused_max_pool: 1, _module_max_pool: 1, fused_avg_pool: 1, _module_avg_pool: 1,
+               fused_adaptive_avg_pool: 1, fused_batch_norm: 2, fused_add: 0, fused_mul: 0}
 
     def channels_last(v: Any) -> bool:
         return isinstance(v, fx.Node) and v in marked
@@ -731,8 +736,13 @@ def _torch_layouts(graph: fx.Graph) -> int:
         elif node.target is fused_conv:
             x, residual = node.args[3], node.args[4]
             cl = channels_last(x) and (residual is None or channels_last(residual))
-        elif node.target in (fused_add, fused_mul):
-            cl = channels_last(node.args[0])
+        elif node.target in follows:
+            at = follows[node.target]
+            cl = channels_last(node.args[at] if len(node.args) > at else
+                               node.kwargs.get("input"))
+        elif node.target is fused_cat:
+            operands = node.args[0]
+            cl = bool(operands) and all(channels_last(v) for v in operands)
         else:
             cl = False
         if cl:

@@ -1295,3 +1295,33 @@ def test_a_layer_scale_of_another_size_raises_torchs_error(ct, dev):
     with pytest.raises(RuntimeError) as got:
         _run(converted, x, dev)
     assert str(got.value) == str(want.value)
+
+
+class _LayoutsOut(nn.Module):
+    """A LayerNorm's channels-last run (channels_last memory in torch) read by clconv's pools,
+    BatchNorm, joins and sums, whose results torch code reads: each in torch's memory format."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.norm = nn.LayerNorm(c)
+        self.bn = nn.BatchNorm2d(c)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        x = self.conv(x)
+        y = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return (self.pool(y), F.avg_pool2d(y, 2), F.adaptive_avg_pool2d(y, 3), self.bn(y),
+                torch.cat([y, y], 1), torch.cat([x, y], 1), x + y, y + x, y * x)
+
+
+def test_clconv_results_of_channels_last_values_have_torchs_layout(ct, dev):
+    model = _random_batchnorms(_LayoutsOut())
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 6, 8)
+    want = _run(model, x)
+    for _ in range(2):
+        got = _run(converted, x, dev)
+        for i, (g, w) in enumerate(zip(got, want)):
+            _close(g, w)
+            assert g.stride() == w.stride(), (i, g.stride(), w.stride())
