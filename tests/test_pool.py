@@ -358,6 +358,17 @@ def test_window_values_past_int32_refused_as_torch(clconv, rng, name, shape, kwa
     assert_exact(clconv.max_pool1d(x1, 2, stride=2**40), want)
 
 
+@pytest.mark.parametrize("kwargs", [{"kernel_size": 2**32, "padding": 2**31 - 1},
+                                    {"kernel_size": 2, "dilation": 2**33},
+                                    {"kernel_size": 2**31}])
+def test_max_pool1d_window_past_int32_refused(clconv, rng, kwargs):
+    """max_pool1d's kernel_size, padding and dilation past int32, which torch truncates (wrong
+    windows, or a loop that runs for minutes): a ValueError naming one (numpy's OverflowError
+    leaked for the first)."""
+    with pytest.raises(ValueError, match="must be below 2\\*\\*31|too small"):
+        clconv.max_pool1d(random_array(rng, (1, 1, 5)), **kwargs)
+
+
 def test_bad_inputs(clconv, rng):
     with pytest.raises(ValueError, match="input"):
         clconv.max_pool2d(random_array(rng, (2, 3, 4, 4, 4)), 2)

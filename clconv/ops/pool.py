@@ -180,12 +180,14 @@ class PoolPlan(Plan):
             p = as_tuple(padding, nd, "padding", 0)
             d = as_tuple(dilation, nd, "dilation", 1) if kind == "max" else (1,) * nd
             ceil_mode = _flag(ceil_mode, "ceil_mode")
-            if not (kind == "max" and nd == 1):  # torch's max_pool1d alone takes 64-bit values
-                for arg, vals in (("kernel_size", k), ("stride", s), ("padding", p),
-                                  ("dilation", d)):
-                    if any(v >= 2**31 for v in vals):  # torch: "cannot be converted to type int"
-                        raise ValueError(f"{name}: {arg} {vals} must be below 2**31 (torch's "
-                                         f"limit)")
+            # torch: "cannot be converted to type int"; its max_pool1d takes 64-bit strides (a
+            # window along the dim), and truncates the other values (wrong results): refused
+            for arg, vals in (("kernel_size", k), ("stride", s), ("padding", p),
+                              ("dilation", d)):
+                if any(v >= 2**31 for v in vals) and not (arg == "stride" and kind == "max" and
+                                                          nd == 1):
+                    raise ValueError(f"{name}: {arg} {vals} must be below 2**31 (torch's "
+                                     f"limit)")
             if any(pi > ki // 2 for pi, ki in zip(p, k)):
                 raise ValueError(f"{name}: padding {p} must be at most half of kernel_size {k}")
             if kind == "avg" and nd == 3 and any(i < ki for i, ki in zip(size, k)):
