@@ -546,26 +546,14 @@ def fused_channels_linear(linear: nn.Module, spec: Any, input: torch.Tensor, *,
     w, b = linear.weight, linear.bias
     if type(linear) is nn.Linear and w.dim() == 2 and (b is None or b.shape == w.shape[:1]) \
             and _channels_first_reads(dev, input, w.shape[1], w, *(() if b is None else (b,))):
-        with dev:
-            zero_copy = uses_zero_copy(dev)
-            results = joined_results(dev, zero_copy)
-            pending = deferred_array(input)
-            x = operand(input, dev, zero_copy) if pending is None else pending
-            weight, bias = _as_1x1(fixed_operand(w, dev)), fixed_operand(b, dev)
-            x_shape = tuple(input.shape)
-            plan = cached_conv_plan(dev, 2, x_shape, tuple(weight.shape),
-                                    None if b is None else tuple(b.shape),
-                                    plan_dtype(input.dtype), (1, 1), (0, 0), (1, 1), 1, "zeros",
-                                    "auto", spec, None, None)
-            out = results.new(plan.output_shape, input)
-            # (the result is waited for by the queue, `make_host_visible`: no event)
-            plan.execute({"input": x, "weight": weight, "bias": bias, "residual": None}, out,
-                         check=False, events=False)
-            if defer and results.over_tensor(out):
-                return defer_result(results, out, (input, x))
-            y = results.tensor(out)  # (and the deferred results before it)
-            flush_deferred()
-            return y
+        weight, bias = _as_1x1(fixed_operand(w, dev)), fixed_operand(b, dev)
+        plan = cached_conv_plan(dev, 2, tuple(input.shape), tuple(weight.shape),
+                                None if b is None else tuple(b.shape), plan_dtype(input.dtype),
+                                (1, 1), (0, 0), (1, 1), 1, "zeros", "auto", spec, None, None)
+
+        def values(x: Any) -> dict[str, Any]:
+            return {"input": x, "weight": weight, "bias": bias, "residual": None}
+        return _run_on_device(dev, (input,), plan, values, defer)
     flush_deferred()  # torch reads the input
     return _torch_activation(linear(input.permute(*_TO_CHANNELS_LAST)),
                              spec).permute(*_TO_CHANNELS_FIRST)

@@ -8,7 +8,7 @@ GEMM on it.
 
 An image's last column panel of at most TAIL_DOT positions (MobileNetV2's 7x7 layers: 49 = 3 x 16
 + 1; 14x14: 196 = 12 x 16 + 4) runs as dot products along K (its columns copied into local
-memory), not as a whole panel that overlaps its predecessor: the 1x1 layers at 7x7 10-20% faster
+memory), not as a whole panel that overlaps its predecessor: the 1x1 layers at 7x7 10-22% faster
 (docs/performance.md).
 
 `Pointwise` is one of the forward algorithm classes (registered in clconv.ops.conv_select; constructor and `run` as
@@ -141,13 +141,12 @@ class Pointwise:
         self.narrow = not weight_transposed and 0 < l % self.tile.nr <= TAIL_DOT and \
             self.tile.nr > TAIL_DOT and l > self.tile.nr and \
             tail_bytes <= dev.cl_device.local_mem_size // 2
-        self.tail = (np.int32(per_group),
-                     cl.LocalMemory(tail_bytes if self.narrow else itemsize),
-                     np.int32(self.narrow), *self.sizes)
+        fixed = (np.int32(per_group), cl.LocalMemory(tail_bytes if self.narrow else itemsize),
+                 np.int32(self.narrow), *self.sizes)
         # This plan's own kernel object with what never changes set now: a run sets the
-        # operands' buffers and offsets only (~5-8 us less a call than setting all 19 on the
-        # shared kernel: pyopencl's invoker sets every argument each call).
-        self.bound = BoundKernel(self.kernel, (None,) * 10 + self.tail, range(10))
+        # operands' buffers and offsets only (pyopencl's invoker of the shared kernel sets all
+        # 19 each call).
+        self.bound = BoundKernel(self.kernel, (None,) * 10 + fixed, range(10))
         self.empty = geo.batch == 0 or m == 0
 
     @staticmethod
