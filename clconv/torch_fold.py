@@ -17,6 +17,7 @@ import numpy as np
 import pyopencl.array as cla
 import torch
 from torch import fx, nn
+from torch.nn.modules import module as _module_module  # (its global hook tables)
 
 from .ops.conv import cached_conv_plan
 from .ops.fold import fold_batchnorm, fold_overflowed, foldable
@@ -125,7 +126,8 @@ class Fold:
         the input and every parameter as in torch."""
         bn = self.bn
         return (not self.conv.training and not torch.is_grad_enabled() and (bn is None or (
-            not bn.training and bn.running_mean is not None and bn.running_var is not None))
+            not bn.training and _tensor(bn, "running_mean") is not None
+            and _tensor(bn, "running_var") is not None))
             and not self.hooked() and self.in_place())
 
     def in_place(self) -> bool:
@@ -138,8 +140,10 @@ class Fold:
     def hooked(self) -> bool:
         """Whether a module of the chain, or every module (torch's global hooks), has hooks now:
         registered after convert(), they must see each module's own input and output."""
-        return any(m is not None and _hooked(m) for m in (self.conv, self.bn, self.act)) \
-            or global_hooks()
+        for m in (self.conv, self.bn, self.act):  # (a loop: asked on every chain's call)
+            if m is not None and _hooked(m):
+                return True
+        return global_hooks()
 
     def weights(self, dev: Device) -> tuple[cla.Array, cla.Array]:
         """(weight, bias) with the BatchNorm folded in (clconv.fold_batchnorm, float64 on the
@@ -150,8 +154,9 @@ class Fold:
         conv, bn = self.conv, self.bn
         if bn is None:
             return fixed_operand(conv.weight, dev), fixed_operand(conv.bias, dev)
-        tensors = (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-        held = tuple(None if t is None else (t.data_ptr(), version_of(t), t.dtype, tuple(t.shape))
+        tensors = (_tensor(conv, "weight"), _tensor(conv, "bias"), _tensor(bn, "running_mean"),
+                   _tensor(bn, "running_var"), _tensor(bn, "weight"), _tensor(bn, "bias"))
+        held = tuple(None if t is None else (t.data_ptr(), version_of(t), t.dtype, t.shape)
                      for t in tensors)
         key = (*held, float(bn.eps))
         # The samples' views are kept while the key holds (same storage, so the views stay
@@ -180,6 +185,17 @@ class Fold:
                 upload_constant(a, dev) for a in self._folded)
         return found
 
+
+
+def _tensor(m: nn.Module, name: str) -> torch.Tensor | None:
+    """`m.<name>` for a parameter or buffer, read from its table (nn.Module's __getattr__, which
+    the attribute lookup falls back to, costs ~1 us a call); a parametrization's computed
+    tensor through the attribute."""
+    table = m._parameters
+    if name in table:
+        return table[name]
+    table = m._buffers
+    return table[name] if name in table else getattr(m, name)
 
 
 def _forward_plan(fold: Fold, dev: Device, nd: int, conv: nn.Module, x: torch.Tensor,
@@ -237,8 +253,13 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
             input, None, conv.stride, conv.padding, conv.kernel_size, nd,
             conv.dilation) if transposed else None
         padding = module_padding(conv)  # conv.padding for the transposed ones (zeros only)
-        shape = conv_result_shape(tuple(x.shape), tuple(conv.weight.shape), conv.stride,
-                                  padding, conv.dilation, conv.groups, output_padding)
+        plan = _forward_plan(fold, dev, nd, conv, x, operands, padding, spec,
+                             residual is not None, dtype) \
+            if on_host and not transposed and isinstance(dev, Device) else None
+        # (the plan's result shape: the same, kept with it)
+        shape = plan.output_shape if plan is not None else conv_result_shape(
+            tuple(x.shape), tuple(conv.weight.shape), conv.stride, padding, conv.dilation,
+            conv.groups, output_padding)
         out = results.new(shape, x) if on_host else None
         r = None
         if transposed:
@@ -248,9 +269,6 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
             if residual is not None:
                 r = deferred_array(residual)
                 r = operand(residual, dev, zero_copy) if r is None else r
-            plan = _forward_plan(fold, dev, nd, conv, x, operands, padding, spec,
-                                 residual is not None, dtype) \
-                if on_host and isinstance(dev, Device) else None
             if plan is not None:
                 # (the result is waited for by the queue, `make_host_visible`: no event)
                 y = plan.execute({"input": operands[0], "weight": operands[1],
@@ -344,7 +362,7 @@ def folded_types(convs: Iterable[type], module: str) -> tuple[dict[type, type], 
 def global_hooks(backward: bool = True) -> bool:
     """Whether torch's global module hooks (register_module_forward_hook ...) are set; backward:
     the backward ones too (register_module_full_backward_hook ...)."""
-    from torch.nn.modules import module as mod
+    mod = _module_module
     return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks) or (backward and bool(
         mod._global_backward_hooks or getattr(mod, "_global_backward_pre_hooks", None)))
 

@@ -864,6 +864,20 @@ def test_inference_keeps_device_weights_until_they_change(ct, dev, folded):
     w.data.copy_(torch.randn_like(w))
     mirror()
     check()
+    w.data = torch.randn_like(w)  # new storage under the same Parameter (its version unchanged)
+    mirror()
+    check()
+    w.data[0, 0, 0, 0] = -3.0  # and a write into that one
+    mirror()
+    check()
+    # A weight that is not contiguous (no view of its memory to sample: sampled anew each call)
+    converted[0].weight = nn.Parameter(torch.randn(3, 4, 3, 3).transpose(0, 1))
+    w = converted[0].weight
+    mirror()
+    check()
+    w.data[0, 0, 0, 0] = 5.0
+    mirror()
+    check()
     converted.load_state_dict({k: v * 0.5 for k, v in converted.state_dict().items()})
     mirror()
     check()
