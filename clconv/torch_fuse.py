@@ -1129,6 +1129,44 @@ _ACTIVATION_CLASS: dict[type, bool] = {}
 _TRACES_KEPT = 8
 
 
+def submodule(root: nn.Module, path: tuple[str, ...]) -> Any:
+    """root's submodule at `path`, read from the modules' `_modules` tables (the attribute
+    lookup falls back to nn.Module.__getattr__ at each step: ~4 us for a module 4 deep, two a
+    fused chain); the attribute where a table lacks the name (its error, as the lookup's)."""
+    m = root
+    for name in path:
+        child = m._modules.get(name)
+        m = child if child is not None else getattr(m, name)
+    return m
+
+
+def _submodules_from_tables(src: str, graph: fx.Graph, model: nn.Module) -> str:
+    """The generated forward's source with each submodule fetch (fx writes a get_attr or
+    call_module node's module as `self.a.b` / getattr(..., "0") steps) as a `submodule` call,
+    where every step is a module's child that no class on the way defines as an attribute (the
+    lookup would find that first); the source as it is where fx writes the fetch otherwise."""
+    try:
+        from torch.fx.graph import _format_target
+    except ImportError:  # (fx's own writer: the fetches stay as written)
+        return src
+    for node in graph.nodes:
+        if node.op not in ("get_attr", "call_module") or not isinstance(node.target, str):
+            continue
+        path = tuple(node.target.split("."))
+        m, plain = model, True
+        for name in path:
+            child = m._modules.get(name) if isinstance(m, nn.Module) else None
+            if child is None or hasattr(type(m), name) or name in m.__dict__:
+                plain = False
+                break
+            m = child
+        call = "(" if node.op == "call_module" else ""
+        old = f"\n    {node.name} = {_format_target('self', node.target)}{call}"
+        if plain and src.count(old) == 1:
+            src = src.replace(old, f"\n    {node.name} = clconv_submodule(self, {path!r}){call}")
+    return src
+
+
 class FusedForward:
     """A converted model's `forward` (an instance attribute): a fused trace of the model's
     forward, the one for inference (eval mode, no_grad: `fused_conv`, `fused_max_pool`) or the
@@ -1281,10 +1319,10 @@ class FusedForward:
         # (a numpy scalar argument, F.layer_norm(..., eps=np.float64(0.1)), is written out as
         # numpy 2's repr)
         scope = {"Activation": Activation, "inf": math.inf, "nan": math.nan, "np": np,
-                 **code.globals}
+                 "clconv_submodule": submodule, **code.globals}
         name = "training" if training else "inference"
-        exec(compile(code.src, f"<clconv fused {name} forward of {type(model).__name__}>",
-                     "exec"), scope)
+        exec(compile(_submodules_from_tables(code.src, graph, model),
+                     f"<clconv fused {name} forward of {type(model).__name__}>", "exec"), scope)
         return scope["forward"], fused, pools, gates, features, deferred
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -23,7 +23,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 
 from ..runtime.device import Device, current_device
-from ..runtime.program import kernel
+from ..runtime.program import BoundKernel, kernel
 from ..runtime.transfer import ArrayLike, dtype_of, is_device_array, result_dtype, to_device
 from .activation import ActivationArg, activation_defines, normalize_activation
 from .elementwise import array_args, elementwise_defines, real_scalar
@@ -107,17 +107,21 @@ class BinaryPlan(Plan):
             OP=_BINARY_OPS[op], **activation_defines(act),
             **({} if alpha == 1 else {"HAS_ALPHA": None})))
         self.alpha = real_scalar(self.work, alpha)
+        # This plan's own kernel object with the sizes and strides set now: a run sets the
+        # operands' buffers and offsets only (a network's squeeze-excitation products and
+        # residual sums run it once a block).
+        self.bound = BoundKernel(self.kernel, (
+            (None,) * 6 + tuple(np.int64(s) for s in self.dims[1:-1])
+            + tuple(np.int64(t) for t in self.strides[0])
+            + tuple(np.int64(t) for t in self.strides[1]) + (self.alpha,)), range(6))
 
     def enqueue(self, arrays: dict[str, cla.Array | None], out: cla.Array) -> cl.Event | None:
         a, b = arrays["input"], arrays["other"]
         assert a is not None and b is not None
         with self.device.lock:
             inner = self.dims[-1]
-            return self.kernel(self.device.queue, (inner, out.size // inner), None, *array_args(a),
-                               *array_args(b), *array_args(out),
-                               *(np.int64(s) for s in self.dims[1:-1]),
-                               *(np.int64(t) for t in self.strides[0]),
-                               *(np.int64(t) for t in self.strides[1]), self.alpha)
+            return self.bound(self.device.queue, (inner, out.size // inner), None,
+                              *array_args(a), *array_args(b), *array_args(out))
 
     def __call__(self, input: ArrayLike, other: ArrayLike, *,
                  out: ArrayLike | None = None) -> ArrayLike:

@@ -236,6 +236,7 @@ class PoolPlan(Plan):
         self._grid = (ow, oh, self.planes * od)  # avg_pool's 3-D NDRange
         # (the max pool runs a row of outputs a work-item: its NDRange is _grid[1:])
         self._cpu = cpu_shaped(dev)
+        self._shapes: tuple[Any, Any] | None = None  # (the sizes as the kernels' int4s)
         self.kernel = kernel(dev, "pool.cl", "max_pool_rows" if kind == "max" else "avg_pool"
                              if kind == "avg" else "adaptive_pool", defines)
         # (training's: the same program's kernel that also writes the maxima's indices)
@@ -272,7 +273,9 @@ class PoolPlan(Plan):
         idx_args = (idx.base_data, np.int64(element_offset(idx)), )
         io = (x.base_data, np.int64(element_offset(x)), out.base_data,
               np.int64(element_offset(out)))
-        shapes = (_int4(self.in_size), _int4(self.out_size))
+        shapes = self._shapes
+        if shapes is None:  # (made once: a struct argument costs ~1 us to make)
+            shapes = self._shapes = (_int4(self.in_size), _int4(self.out_size))
         dev = self.device
         with dev.lock:
             if self.kind == "max":
@@ -318,7 +321,9 @@ class PoolPlan(Plan):
             return dx
         g = (grad_output.base_data, np.int64(element_offset(grad_output)))
         d = (dx.base_data, np.int64(element_offset(dx)))
-        shapes = (_int4(self.in_size), _int4(self.out_size))
+        shapes = self._shapes
+        if shapes is None:  # (made once: a struct argument costs ~1 us to make)
+            shapes = self._shapes = (_int4(self.in_size), _int4(self.out_size))
         with dev.lock:
             if self.saves_indices and indices is None:
                 raise ValueError(f"{self.label} backward needs the indices of its forward")
