@@ -171,6 +171,45 @@ def test_changed_modules_are_traced_again(ct, dev):
     _close(_run(converted, x, dev), _run(model, x))
 
 
+def test_nested_modules_replaced_by_their_class_are_fetched_where_they_now_are(ct, dev):
+    """The fused forward fetches each module at every call (from the modules' tables, four
+    Sequentials deep here): a conv and BatchNorm of a chain, and a module left to torch,
+    replaced after convert by others of the same class (the same trace) compute with their own
+    weights, in the inference and the autograd forward."""
+    from clconv.tools.networks import randomize
+
+    torch.manual_seed(0)
+
+    def block(c):
+        return nn.Sequential(nn.Sequential(nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())), nn.Dropout(0.0))
+
+    model = nn.Sequential(block(4), block(4), nn.Sequential(nn.Flatten(), nn.Linear(4 * 36, 3)))
+    model = randomize(model).eval()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 4, 6, 6)
+    _close(_run(converted, x, dev), _run(model, x))
+    traced = converted.forward.fused
+    assert traced == 2
+    torch.manual_seed(1)
+    new = randomize(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4),
+                                 nn.Linear(4 * 36, 3)), seed=1).eval()
+    for m in (model, converted):  # (copies of each one's own modules: the converted classes)
+        conv, bn, linear = (copy.deepcopy(m[1][0][0][0]), copy.deepcopy(m[1][0][0][1]),
+                            copy.deepcopy(m[2][1]))
+        for mine, theirs in zip((conv, bn, linear), new):
+            mine.load_state_dict(theirs.state_dict())
+        m[1][0][0][0], m[1][0][0][1], m[2][1] = conv, bn, linear
+    _close(_run(converted, x, dev), _run(model, x))
+    assert converted.forward.fused == traced
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with dev:
+        converted(xa).square().sum().backward()
+    model(xb).square().sum().backward()
+    np.testing.assert_allclose(xa.grad.numpy(), xb.grad.numpy(), rtol=1e-3,
+                               atol=1e-3 * float(xb.grad.abs().max()))
+
+
 @pytest.mark.parametrize("act, change", [
     (nn.LeakyReLU(0.1), lambda m: setattr(m, "negative_slope", 0.3)),
     (nn.Hardtanh(-1.0, 1.0), lambda m: setattr(m, "max_val", 0.25)),
