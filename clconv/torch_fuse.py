@@ -1206,26 +1206,28 @@ class FusedForward:
         modules'), or (for the inference trace, `training` False) is in train mode (training
         None: whatever the modes)."""
         key: list[Any] = []
+        append = key.append
         # (model.modules()'s order and sharing, walked without its generators: this runs at
         # every call, ~10 us a hundred modules less)
         stack, seen = [self.model], set()
+        inference = training is False
         while stack:
             m = stack.pop()
-            if id(m) in seen:
+            if m is None or id(m) in seen:  # (an empty slot of _modules; a shared module)
                 continue
             seen.add(id(m))
-            if (m.training and training is False) or m._forward_hooks or m._forward_pre_hooks or \
-                    (training is not False and backward_hooked(m)):
+            flag = m.training
+            if (flag and inference) or m._forward_hooks or m._forward_pre_hooks or \
+                    (not inference and backward_hooked(m)):
                 return None
             kind = type(m)
             acts = _ACTIVATION_CLASS.get(kind)
             if acts is None:  # (a parametrized module's class is its own: one answer a class)
                 acts = _ACTIVATION_CLASS[kind] = activation_module(m) is not None
-            spec = activation_module(m) if acts else None
-            key.append((kind, m.training) if spec is None else (kind, m.training, spec))
+            append((kind, flag, activation_module(m)) if acts else (kind, flag))
             children = m._modules
             if children:
-                stack.extend(c for c in reversed(children.values()) if c is not None)
+                stack.extend(reversed(children.values()))
         return tuple(key)
 
     def prepare(self) -> None:
