@@ -93,6 +93,16 @@ def _close(got, want):
                                atol=1e-4 * float(want.abs().max()))
 
 
+def _input_grads_match(converted, model, x, dev):
+    """The input's gradient of sum(model(x)^2) through `converted` (on dev) is torch's."""
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with dev:
+        converted(xa).square().sum().backward()
+    model(xb).square().sum().backward()
+    np.testing.assert_allclose(xa.grad.numpy(), xb.grad.numpy(), rtol=1e-3,
+                               atol=1e-3 * float(xb.grad.abs().max()))
+
+
 def _run(model, x, dev=None):
     with torch.no_grad():
         if dev is None:
@@ -126,12 +136,7 @@ def test_training_grad_and_hooks_run_the_models_own_forward(ct, dev):
     converted = ct.convert(model)
     x = torch.randn(2, 3, 12, 10)
     # grad enabled in eval mode: gradients as torch's
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with dev:
-        converted(xa).square().sum().backward()
-    model(xb).square().sum().backward()
-    np.testing.assert_allclose(xa.grad.numpy(), xb.grad.numpy(), rtol=1e-3,
-                               atol=1e-3 * float(xb.grad.abs().max()))
+    _input_grads_match(converted, model, x, dev)
     # a forward hook on a module the fusion would skip: it runs, and sees torch's values
     seen = []
     handle = converted[4].bn2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
@@ -202,12 +207,7 @@ def test_nested_modules_replaced_by_their_class_are_fetched_where_they_now_are(c
         m[1][0][0][0], m[1][0][0][1], m[2][1] = conv, bn, linear
     _close(_run(converted, x, dev), _run(model, x))
     assert converted.forward.fused == traced
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with dev:
-        converted(xa).square().sum().backward()
-    model(xb).square().sum().backward()
-    np.testing.assert_allclose(xa.grad.numpy(), xb.grad.numpy(), rtol=1e-3,
-                               atol=1e-3 * float(xb.grad.abs().max()))
+    _input_grads_match(converted, model, x, dev)
 
 
 @pytest.mark.parametrize("act, change", [
