@@ -37,6 +37,7 @@ from .torch_ops import (
     layout_source,
     module_padding,
     operand,
+    refuse_pairs,
     sample_of,
     sample_view,
     to_tensor,
@@ -253,6 +254,7 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
             input, None, conv.stride, conv.padding, conv.kernel_size, nd,
             conv.dilation) if transposed else None
         padding = module_padding(conv)  # conv.padding for the transposed ones (zeros only)
+        refuse_pairs(padding, nd)  # (torch's error: the plan below would take them)
         plan = _forward_plan(fold, dev, nd, conv, x, operands, padding, spec,
                              residual is not None, dtype) \
             if on_host and not transposed and isinstance(dev, Device) else None

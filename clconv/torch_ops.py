@@ -242,17 +242,23 @@ def module_padding(conv: nn.Module) -> Any:
     return tuple(lo for lo, _ in pairs)
 
 
+def refuse_pairs(padding: Any, nd: int) -> None:
+    """TypeError for a padding of (lo, hi) pairs, which torch's convolutions do not take (the
+    functional API and its plans do: clconv.torch's must not compute what torch refuses)."""
+    if isinstance(padding, (tuple, list)) and any(isinstance(p, (tuple, list)) for p in padding):
+        raise TypeError(f"padding {padding!r}: (lo, hi) pairs are taken by clconv.conv1d/2d/3d "
+                        f"and their plans only; torch's convolution modules and functions (and "
+                        f"clconv.torch's) take an int or one per dim (or 'same' / 'valid'): pad "
+                        f"with F.pad or nn.ZeroPad{nd}d first for asymmetric padding")
+
+
 def conv_result_shape(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Any,
                       padding: Any, dilation: Any, groups: int = 1,
                       output_padding: Any = None) -> tuple[int, ...]:
     """The result shape of a batched convolution with torch's arguments (transposed when
     `output_padding` is given), for `result_operand`; the op checks it against its own."""
     nd = len(w_shape) - 2
-    if isinstance(padding, (tuple, list)) and any(isinstance(p, (tuple, list)) for p in padding):
-        raise TypeError(f"padding {padding!r}: (lo, hi) pairs are taken by clconv.conv1d/2d/3d "
-                        f"and their plans only; torch's convolution modules and functions (and "
-                        f"clconv.torch's) take an int or one per dim (or 'same' / 'valid'): pad "
-                        f"with F.pad or nn.ZeroPad{nd}d first for asymmetric padding")
+    refuse_pairs(padding, nd)
     k, s, d = w_shape[2:], nd_tuple(stride, nd), nd_tuple(dilation, nd)
     if output_padding is not None:
         p, o = nd_tuple(padding, nd), nd_tuple(output_padding, nd)

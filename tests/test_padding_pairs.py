@@ -137,3 +137,34 @@ def test_clconv_torch_modules_refuse_pairs_clearly(clconv, rng):
     layer = ct.Conv2d(2, 3, 3, padding=((1, 0), (1, 0)))
     with pytest.raises(TypeError, match=r"pairs are taken by clconv.conv1d/2d/3d.*ZeroPad2d"):
         layer(torch.randn(2, 2, 6, 5))
+
+
+@pytest.mark.parametrize("chain", ["folded", "plain", "residual"])
+def test_converted_chains_refuse_pairs_as_torch(clconv, chain):
+    """A converted model's fused chains (BatchNorm folded, none, a residual add) refuse a
+    padding of pairs assigned after convert, as torch's F.conv2d does, rather than computing
+    what the functional API's plans would."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    import clconv.torch as ct
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x) + x)
+
+    model = {"folded": lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU()),
+             "plain": lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU()),
+             "residual": Residual}[chain]().eval()
+    converted = ct.convert(model)
+    x = torch.randn(1, 2, 6, 5)
+    with torch.no_grad():
+        converted(x)  # (traced and run with its own padding)
+        conv = converted.conv if chain == "residual" else converted[0]
+        conv.padding = ((1, 0), (1, 0))
+        with pytest.raises(TypeError, match=r"pairs are taken by clconv.conv1d/2d/3d"):
+            converted(x)
