@@ -236,7 +236,8 @@ class PoolPlan(Plan):
         self._grid = (ow, oh, self.planes * od)  # avg_pool's 3-D NDRange
         # (the max pool runs a row of outputs a work-item: its NDRange is _grid[1:])
         self._cpu = cpu_shaped(dev)
-        self._shapes: tuple[Any, Any] | None = None  # (the sizes as the kernels' int4s)
+        # the sizes as the kernels' int4s (made once: a struct argument costs ~1 us to make)
+        self._shapes = (_int4(self.in_size), _int4(self.out_size))
         self.kernel = kernel(dev, "pool.cl", "max_pool_rows" if kind == "max" else "avg_pool"
                              if kind == "avg" else "adaptive_pool", defines)
         # (training's: the same program's kernel that also writes the maxima's indices)
@@ -274,8 +275,6 @@ class PoolPlan(Plan):
         io = (x.base_data, np.int64(element_offset(x)), out.base_data,
               np.int64(element_offset(out)))
         shapes = self._shapes
-        if shapes is None:  # (made once: a struct argument costs ~1 us to make)
-            shapes = self._shapes = (_int4(self.in_size), _int4(self.out_size))
         dev = self.device
         with dev.lock:
             if self.kind == "max":
@@ -322,8 +321,6 @@ class PoolPlan(Plan):
         g = (grad_output.base_data, np.int64(element_offset(grad_output)))
         d = (dx.base_data, np.int64(element_offset(dx)))
         shapes = self._shapes
-        if shapes is None:  # (made once: a struct argument costs ~1 us to make)
-            shapes = self._shapes = (_int4(self.in_size), _int4(self.out_size))
         with dev.lock:
             if self.saves_indices and indices is None:
                 raise ValueError(f"{self.label} backward needs the indices of its forward")
