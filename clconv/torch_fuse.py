@@ -37,8 +37,10 @@ from .ops.conv import cached_conv_plan
 from .ops.plan import derived, mark_constant
 from .ops.pool import pool_output_size, pool_plan
 from .ops.precision import plan_dtype
+from .ops.prebuild import MIN_LAYERS, Recorded, is_recording
 from .ops.shape import cat_plan
 from .runtime.device import current_device
+from .torch_prebuild import SIGNATURES_KEPT, first_forward, signature
 from .torch_ops import (conv_result_shape, fixed_operand, module_padding, nd_tuple, operand,
                         uses_zero_copy)
 
@@ -164,6 +166,10 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
     `_mark_deferred_inference`): its kernels are waited for with a later node's or at the
     forward's end."""
     if _parametrized(conv) and not _caching():
+        if is_recording():  # (the listing pass: not evaluated once more; nothing built ahead)
+            return input.new_zeros(conv_result_shape(
+                tuple(input.shape), tuple(conv.weight.shape), conv.stride, module_padding(conv),
+                conv.dilation, conv.groups))
         with parametrize.cached():  # its weight computed once for the chain, as torch's call
             return fused_conv(conv, bn, spec, input, residual, defer)
     nd = len(conv.kernel_size)
@@ -178,6 +184,10 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
             return run_folded(conv, fold, spec, input, residual, defer)
         except NotFoldable:  # (before any work: the modules one by one below)
             pass
+        except Recorded:  # (the listing pass of a first forward: only the shape matters)
+            return input.new_zeros(conv_result_shape(
+                tuple(input.shape), tuple(conv.weight.shape), conv.stride, module_padding(conv),
+                conv.dilation, conv.groups))
     flush_deferred()  # torch reads the operands
     return _one_by_one(conv, bn, spec, input, residual)
 
@@ -199,11 +209,19 @@ def fused_conv_train(conv: nn.Module, bn: nn.Module | None, spec: Any, input: to
     return _one_by_one(conv, bn, spec, input, residual)
 
 
+_TORCH_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
 def _one_by_one(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Tensor,
                 residual: torch.Tensor | None) -> torch.Tensor:
     """The chain as each module's own forward (a folded chain's modules as their torch classes)
-    and torch's add and activation."""
-    y = getattr(type(conv), "_clconv_base", type(conv)).forward(conv, input)
+    and torch's add and activation; in the listing pass of a first forward (clconv.torch_prebuild)
+    the convolution as torch's, whose class clconv.torch's overrides."""
+    torch_conv = _TORCH_CONV.get(len(conv.kernel_size))
+    if is_recording() and isinstance(conv, torch_conv):  # (torch's convolution: see above)
+        y = torch_conv._conv_forward(conv, input, conv.weight, conv.bias)
+    else:
+        y = getattr(type(conv), "_clconv_base", type(conv)).forward(conv, input)
     if bn is not None:
         y = getattr(type(bn), "_clconv_base", type(bn)).forward(bn, y)
     if residual is not None:
@@ -291,9 +309,10 @@ def _pools_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
 def _device_reads(dev: Any, *tensors: Any) -> bool:
     """Whether clconv runs an op of `tensors` in place of torch's (the inference forward's
     pools and SE gates): contiguous CPU float tensors of one dtype the device has, of at least
-    one element and one dim, on a device whose memory is the host's."""
+    one element and one dim, on a device whose memory is the host's; not in the listing pass
+    of a first forward (clconv.torch_prebuild: torch computes it, nothing is built)."""
     first = tensors[0]
-    return uses_zero_copy(dev) and all(
+    return uses_zero_copy(dev) and not is_recording() and all(
         isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == first.dtype and
         t.dim() >= 1 and t.numel() > 0 and t.is_contiguous() for t in tensors) and \
         first.dtype in (torch.float32, torch.float64) and \
@@ -1190,12 +1209,15 @@ class FusedForward:
         self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int, int]] = {}
         self.fused = self.pools = self.gates = self.features = self.deferred = 0
         self.fused_train = self.deferred_train = 0
+        # (inference trace, input signature) pairs met: a new one's first forward lists its
+        # layers for clconv.torch_prebuild
+        self._met: set[tuple[Any, ...]] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # The generated functions stay behind (traced again on the first fused call).
         return {"model": self.model, "leaves": self.leaves, "_traces": {}, "_train_traces": {},
                 "fused": 0, "pools": 0, "gates": 0, "deferred": 0, "fused_train": 0,
-                "deferred_train": 0}
+                "deferred_train": 0, "_met": set()}
 
     def _structure(self, training: bool | None) -> tuple[Any, ...] | None:
         """The module classes in order with their train / eval flags (a forward may read
@@ -1347,10 +1369,21 @@ class FusedForward:
         fn = self._traced(grad, key)
         if fn is None:
             return plain(model, *args, **kwargs)
+        first = None
+        if not grad and self.fused >= MIN_LAYERS and len(self._met) < SIGNATURES_KEPT:
+            met = (id(fn), signature(args))
+            if met not in self._met:
+                self._met.add(met)
+                first = first_forward(fn, model, args, key)  # (kernels built alongside)
+        ok = False
         try:
-            return fn(model, *args)
+            y = fn(model, *args)
+            ok = True
+            return y
         finally:
             flush_deferred()  # the deferred chains' results (and running statistics)
+            if first is not None:
+                first.done(ok)
 
 
 def install(model: nn.Module, leaves: tuple[type, ...]) -> None:

@@ -398,6 +398,16 @@ def _time_once(dev: Device, run: Callable[[str], None], algorithm: str) -> float
     return time.perf_counter() - start
 
 
+_TRIALS_ONLY = False
+
+
+def trials_only(on: bool) -> None:
+    """For clconv.ops.prebuild's helper processes: `measure` runs each candidate once (building
+    and launching its kernels), records nothing and returns the cost model's favourite."""
+    global _TRIALS_ONLY
+    _TRIALS_ONLY = on
+
+
 def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str],
             run: Callable[[str], None]) -> str:
     """Times `run(algorithm)` for each candidate, records the fastest and returns it.
@@ -416,6 +426,11 @@ def measure(dev: Device, geo: ConvGeometry, dtype: Any, candidates: Sequence[str
     (its workspace does not fit, its kernel does not build here) is skipped with a warning (none
     for MemoryError); if all do, the last error propagates.
     """
+    if _TRIALS_ONLY:
+        for algorithm in candidates:
+            run(algorithm)
+        dev.queue.finish()
+        return candidates[0]
     with dev.lock:
         done = lookup(dev, geo, dtype)
         # (a choice another thread made meanwhile; not one remembered for another batch size

@@ -32,6 +32,7 @@ from .layout import (CHANNELS_LAST, ChannelsLastPlan, channels_first_axes, chann
 from .conv_algorithms import (ColumnPlan, WinogradPlan, plan_columns, plan_winograd,
                               winograd_unsupported)
 from .conv_select import ALGORITHM_CLASSES, ALGORITHMS, choose_algorithm, configure
+from . import prebuild
 from .dims import per_dimensions
 from .geometry import ConvGeometry, IntOrTuple, PaddingArg, conv_geometry, conv_operand_shapes
 from .launch import ACTIVATIONS
@@ -287,7 +288,11 @@ def cached_conv_plan(dev: Device, nd: int, x_shape: tuple[int, ...], w_shape: tu
                      dilation: Any, groups: Any, padding_mode: Any, algorithm: Any,
                      activation: Any, workspace_limit: Any,
                      r_shape: tuple[int, ...] | None) -> ConvPlan:
-    """The functional API's plan for these arguments, made on first use (`_convolve`, `warmup`)."""
+    """The functional API's plan for these arguments, made on first use (`_convolve`, `warmup`);
+    within clconv.ops.prebuild's `recording()`, the arguments listed and `Recorded` raised."""
+    if prebuild.is_recording():
+        prebuild.record((nd, x_shape, w_shape, b_shape, dtype, stride, padding, dilation, groups,
+                         padding_mode, algorithm, activation, workspace_limit, r_shape))
     return cached_plan(dev, ("conv", nd, x_shape, w_shape, b_shape, dtype, stride, padding,
                              dilation, groups, padding_mode, algorithm, activation,
                              workspace_limit, r_shape),

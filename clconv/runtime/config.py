@@ -11,6 +11,7 @@ Each is read when it is used (not at import), so a process may change it between
 | CLCONV_CACHE_DIR | unset: $XDG_CACHE_HOME/clconv or ~/.cache/clconv | where tuning results and 'auto''s choices are kept |
 | CLCONV_VERBOSE | off, on (a switch) | 1: print each kernel build (source, options, seconds) and the compiler's output |
 | CLCONV_TORCH_ZERO_COPY | on, off (a switch) | on devices whose memory is the host's, clconv.torch's forward reads its operands from the tensors' memory and writes its result into the returned tensor's (host-pointer buffers, no copies); 0: copies instead |
+| CLCONV_PREBUILD | auto, or a count (0: none) | the helper processes that build a converted network's new convolutions' kernels during its first forward (clconv.ops.prebuild): auto = one fewer than the process's cores, at most 3, on CPU devices |
 
 A switch is on as 1, on, yes or true and off as 0, off, no or false (any case), its default when
 unset or blank; any other value is a ValueError naming the variable.
@@ -33,8 +34,10 @@ import os
 from pathlib import Path
 
 __all__ = ["POCL_AFFINITY", "pin_pocl_threads", "AUTO_MODES", "DEVICE", "AUTO", "GEMM",
-           "GEMM_ENGINES", "TUNING", "CACHE_DIR", "VERBOSE", "TORCH_ZERO_COPY", "VARIABLES",
-           "auto_mode", "torch_zero_copy", "cache_dir", "device_spec", "gemm_engine",
+           "GEMM_ENGINES", "TUNING", "CACHE_DIR", "VERBOSE", "TORCH_ZERO_COPY", "PREBUILD",
+           "VARIABLES",
+           "auto_mode", "prebuild_helpers", "torch_zero_copy", "cache_dir", "device_spec",
+           "gemm_engine",
            "tuning_enabled", "verbose"]
 
 DEVICE = "CLCONV_DEVICE"
@@ -44,8 +47,9 @@ TUNING = "CLCONV_TUNING"
 CACHE_DIR = "CLCONV_CACHE_DIR"
 VERBOSE = "CLCONV_VERBOSE"
 TORCH_ZERO_COPY = "CLCONV_TORCH_ZERO_COPY"
+PREBUILD = "CLCONV_PREBUILD"
 #: Every variable clconv reads (the table above).
-VARIABLES = (DEVICE, AUTO, GEMM, TUNING, CACHE_DIR, VERBOSE, TORCH_ZERO_COPY)
+VARIABLES = (DEVICE, AUTO, GEMM, TUNING, CACHE_DIR, VERBOSE, TORCH_ZERO_COPY, PREBUILD)
 
 AUTO_MODES = ("measure", "rule")
 GEMM_ENGINES = ("packed", "clblast")
@@ -123,6 +127,18 @@ def torch_zero_copy() -> bool:
     """$CLCONV_TORCH_ZERO_COPY as a switch, on by default (clconv.torch's host-pointer operands
     and results)."""
     return _switch(TORCH_ZERO_COPY, True)
+
+
+def prebuild_helpers() -> int | None:
+    """$CLCONV_PREBUILD: None for auto (unset, blank or 'auto': clconv.ops.prebuild decides), else
+    the helper count, a non-negative integer (ValueError naming the variable otherwise)."""
+    value = _value(PREBUILD).lower()
+    if value in ("", "auto"):
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"environment variable {PREBUILD}={os.environ.get(PREBUILD)!r} must be "
+                         f"'auto' or a count of helper processes (0: none)")
+    return int(value)
 
 
 POCL_AFFINITY = "POCL_AFFINITY"
