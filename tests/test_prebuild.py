@@ -291,3 +291,50 @@ def test_build_runs_every_shortlisted_algorithm_without_remembering(cache, dev, 
         shortlisted += len(short) >= 2
     if "Portable Computing Language" in dev.platform_name:
         assert shortlisted
+
+
+def _all_planned(monkeypatch, dev, specs):
+    """Every spec's plan is the one the run made (the functional plan cache has it): what the
+    helpers built is what the caller ran."""
+    import clconv.ops.conv as oc
+
+    def unplanned(*args, **kwargs):
+        raise AssertionError(f"a spec the run did not plan: {args[1:4]}")
+
+    with monkeypatch.context() as m:
+        m.setattr(oc, "ConvPlan", unplanned)
+        for spec in specs:
+            oc.cached_conv_plan(dev, *spec)
+
+
+def test_the_listed_specs_are_the_plans_the_forward_makes(cache, monkeypatch, dev, clconv_mod):
+    import clconv.torch as ct
+
+    monkeypatch.setenv("CLCONV_PREBUILD", "1")
+    sent = _spy(monkeypatch)
+    x = torch.randn(4, 3, 18, 18)
+    with torch.no_grad():
+        ct.convert(_model())(x)
+    ((ok, layers, specs, _),) = sent
+    assert ok and layers == 8
+    _all_planned(monkeypatch, dev, specs)
+
+
+def test_compile_builds_its_convolutions_in_helpers(cache, monkeypatch, dev, clconv_mod):
+    import clconv.torch as ct
+
+    monkeypatch.setenv("CLCONV_PREBUILD", "1")
+    sent = _spy(monkeypatch)
+    model = _model()
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        want = model(x)
+        compiled = ct.compile(model, x, progress=False)
+        _close(compiled(x), want)
+    ((ok, layers, specs, pids),) = sent
+    assert ok and layers == 8 and len(pids) == 1
+    assert [s.conv_spec for s in compiled.steps if s.conv_spec is not None] == specs
+    _all_planned(monkeypatch, dev, specs)
+    with torch.no_grad():  # the same network compiled again (as in a new process): none
+        _close(ct.compile(model, x, progress=False)(x), want)
+    assert len(sent) == 1

@@ -47,7 +47,7 @@ from ..runtime import config
 from ..runtime.device import Device
 
 __all__ = ["MIN_LAYERS", "NETWORKS_FILE", "Helpers", "Recorded", "helper_count", "is_recording",
-           "known", "network_key", "record", "recording", "remember"]
+           "known", "network_key", "record", "recording", "remember", "start"]
 
 #: Fewer new layers than this are built by the caller alone (a helper's start, ~0.3 s of
 #: imports and a context, is about one kernel's compilation).
@@ -177,6 +177,8 @@ def remember(key: str) -> None:
     """Adds `key` to the file (merged with what is there; a failed write is ignored: the next
     process lists the layers again)."""
     path, keys = _networks()
+    if key in keys:
+        return
     keys.add(key)
     try:
         with _FILE_LOCK:
@@ -265,6 +267,16 @@ class Helpers:
             except subprocess.TimeoutExpired:  # (left to the OS)
                 pass
         self.procs = []
+
+
+def start(dev: Any, specs: Sequence[tuple[Any, ...]], key: str) -> Helpers | None:
+    """Helpers building the new ones of `specs` (known without a listing pass: compile()'s
+    lowered convolutions), or None where none run or the network of `key` (`network_key`) was
+    met in this cache folder before; `remember(key)` after the run that needed them."""
+    if helper_count(dev) == 0 or known(key):
+        return None
+    helpers = Helpers.spawn(dev)
+    return helpers if helpers is not None and helpers.send(dev, specs) else None
 
 
 def _build(dev: Device, spec: tuple[Any, ...]) -> None:

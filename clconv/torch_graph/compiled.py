@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..ops import prebuild
 from ..runtime.device import Device
 from ..runtime.progress import Progress
 from ..torch_ops import sample_of, version_of
@@ -98,18 +99,27 @@ class CompiledModel(Program):
                     for get in (_settings_getter(m),) if get is not None]
         self._constants.clear()  # the weights as they are now (kept across the rounds below)
         self.weight_bytes = 0
-        for _ in range(4 * len(self.nodes) + 1):
-            self.steps, self.layout = Lowering(self, options).lower()
-            failed = self.trial(example_inputs, None if shown is None else shown.update)
-            if failed is None:
-                break
-            step, err = failed
-            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
-            level = options.fuse_level.get(step.nodes[0], 0)
-            if len(step.nodes) > 1 and level < 2:
-                options.fuse_level[step.nodes[0]] = level + 1
-            else:
-                options.host[step.nodes[0]] = why
+        helpers, key = None, None
+        try:
+            for round_ in range(4 * len(self.nodes) + 1):
+                self.steps, self.layout = Lowering(self, options).lower()
+                if round_ == 0:  # the convolutions' kernels built in helpers too (first use)
+                    helpers, key = self._prebuild()
+                failed = self.trial(example_inputs, None if shown is None else shown.update)
+                if failed is None:
+                    break
+                step, err = failed
+                why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                level = options.fuse_level.get(step.nodes[0], 0)
+                if len(step.nodes) > 1 and level < 2:
+                    options.fuse_level[step.nodes[0]] = level + 1
+                else:
+                    options.host[step.nodes[0]] = why.strip()
+        finally:
+            if helpers is not None:
+                helpers.stop()
+        if key is not None:
+            prebuild.remember(key)
         if shown is not None:
             shown.close(f"{len(self.steps)} steps")
         self.final = True
@@ -117,6 +127,16 @@ class CompiledModel(Program):
         self._watched, self._settings = watched, settings
         outputs, self.trial_outputs = self.trial_outputs, None
         return outputs
+
+    def _prebuild(self) -> tuple[Any, str | None]:
+        """(helpers building the lowered convolutions' kernels, or None; the network's key, or
+        None where helpers do not run here): clconv.ops.prebuild, for a first run on a cold
+        cache."""
+        specs = [s.conv_spec for s in self.steps if s.conv_spec is not None]
+        if len(specs) < prebuild.MIN_LAYERS or prebuild.helper_count(self.device) == 0:
+            return None, None
+        key = prebuild.network_key(self.device, "compile", specs)
+        return prebuild.start(self.device, specs, key), key
 
     def _snapshot(self) -> list[tuple[dict[str, Any], str, Any, int | bytes | None]]:
         """(table, name, object, _state(object)) of every parameter, buffer and submodule entry of

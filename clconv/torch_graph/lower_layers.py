@@ -290,7 +290,13 @@ class LayerRules(LoweringBase):
         nodes = tuple(n.name for n in group)
         if pad_fold is not None:
             nodes += (head.args[0].name,)
-        return Step(last.name, nodes, op, inputs, run)
+        spec = None  # (the convolutions' plans, built ahead: not Linear's or transposed ones)
+        if kind == "conv" and shape(x) is not None and (residual is None or
+                                                        shape(residual) is not None):
+            spec = (nd, shape(x), tuple(w.shape), None if b is None else tuple(b.shape),
+                    np.dtype(w.dtype), *args, extra["padding_mode"], "auto",
+                    extra.get("activation"), None, None if r is None else shape(residual))
+        return Step(last.name, nodes, op, inputs, run, conv_spec=spec)
 
     # -- normalizations and functional layers -------------------------------------------------
 
