@@ -236,7 +236,7 @@ def test_a_failing_listing_pass_changes_nothing(cache, monkeypatch, dev, clconv_
 
 
 def test_helper_builds_the_specs(cache, dev, clconv_mod, tmp_path):
-    """`python -m clconv.ops.prebuild` with a payload: exits by itself, having built every spec
+    """A helper process with a payload: exits by itself, having built every spec
     (PoCL's disk cache gets kernels where it is the device); an empty payload: exits at once."""
     from clconv.ops import prebuild
 
@@ -247,13 +247,14 @@ def test_helper_builds_the_specs(cache, dev, clconv_mod, tmp_path):
                                   np.ones((8, 8, k, k), np.float32), None, stride=s,
                                   padding=k // 2, activation="relu6",
                                   residual=np.ones((2, 8, 12 // s, 12 // s), np.float32))
+    specs.append(prebuild.linear_spec((2, 64), (16, 64), (16,), np.float32, "relu", None))
     pocl = tmp_path / "pocl"
     env = dict(os.environ, POCL_CACHE_DIR=str(pocl), PYOPENCL_NO_CACHE="1")
     for payload in (pickle.dumps((dev, specs, os.getpid())), b""):
         start = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "clconv.ops.prebuild"], input=payload,
+        done = subprocess.run([sys.executable, "-c", prebuild.HELPER], input=payload,
                               env=env, capture_output=True, timeout=300)
-        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert done.returncode == 0 and not done.stderr, done.stderr.decode()[-2000:]
         assert time.monotonic() - start < 300
     if "Portable Computing Language" in dev.platform_name:
         assert any(p.suffix == ".so" for p in pocl.rglob("*"))
@@ -323,18 +324,23 @@ def test_the_listed_specs_are_the_plans_the_forward_makes(cache, monkeypatch, de
 def test_compile_builds_its_convolutions_in_helpers(cache, monkeypatch, dev, clconv_mod):
     import clconv.torch as ct
 
+    from clconv.ops import prebuild
+
     monkeypatch.setenv("CLCONV_PREBUILD", "1")
     sent = _spy(monkeypatch)
-    model = _model()
+    torch.manual_seed(1)
+    model = nn.Sequential(_model(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+                          nn.ReLU()).eval()
     x = torch.randn(2, 3, 20, 20)
     with torch.no_grad():
         want = model(x)
         compiled = ct.compile(model, x, progress=False)
         _close(compiled(x), want)
     ((ok, layers, specs, pids),) = sent
-    assert ok and layers == 8 and len(pids) == 1
-    assert [s.conv_spec for s in compiled.steps if s.conv_spec is not None] == specs
-    _all_planned(monkeypatch, dev, specs)
+    assert ok and layers == 9 and len(pids) == 1
+    assert [s.plan_spec for s in compiled.steps if s.plan_spec is not None] == specs
+    assert specs[-1] == prebuild.linear_spec((2, 32), (10, 32), (10,), np.float32, "relu", None)
+    _all_planned(monkeypatch, dev, specs[:-1])
     with torch.no_grad():  # the same network compiled again (as in a new process): none
         _close(ct.compile(model, x, progress=False)(x), want)
     assert len(sent) == 1

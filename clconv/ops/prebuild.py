@@ -23,7 +23,8 @@ helpers.
 Helpers run where they pay: on CPU devices (PoCL) of a process allowed two or more cores, for at
 least MIN_LAYERS new layers; CLCONV_PREBUILD sets their number (0: none).
 
-    python -m clconv.ops.prebuild     # a helper: reads (device, specs) pickled from stdin
+    python -c "from clconv.ops.prebuild import main; main()"   # a helper: (device, specs,
+                                                                 # parent pid) pickled on stdin
 """
 
 from __future__ import annotations
@@ -47,13 +48,16 @@ from ..runtime import config
 from ..runtime.device import Device
 
 __all__ = ["MIN_LAYERS", "NETWORKS_FILE", "Helpers", "Recorded", "helper_count", "is_recording",
-           "known", "network_key", "record", "recording", "remember", "start"]
+           "known", "linear_spec", "network_key", "record", "recording", "remember"]
 
 #: Fewer new layers than this are built by the caller alone (a helper's start, ~0.3 s of
 #: imports and a context, is about one kernel's compilation).
 MIN_LAYERS = 6
 #: Most helpers started, whatever the cores.
 MAX_HELPERS = 3
+#: A helper process's program (not `-m` of this module, which clconv.ops imports: runpy would
+#: run a second copy of it).
+HELPER = "from clconv.ops.prebuild import main; main()"
 #: A helper gives up after this long (seconds), whatever is left.
 HELPER_DEADLINE = 600.0
 
@@ -109,6 +113,14 @@ def helper_count(dev: Any) -> int:
     return max(0, min(cores - 1, MAX_HELPERS))
 
 
+def linear_spec(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                b_shape: tuple[int, ...] | None, dtype: Any, activation: Any,
+                r_shape: tuple[int, ...] | None) -> tuple[Any, ...]:
+    """A Linear's plan arguments as a spec (clconv.linear's plan: input, weight, bias and
+    residual shapes, dtype, activation), told from a convolution's by its first item."""
+    return ("linear", x_shape, w_shape, b_shape, np.dtype(dtype), activation, r_shape)
+
+
 def _new(dev: Device, specs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The distinct specs of algorithm='auto' whose choice `dev` never made (their kernels are
     likely not in the disk cache either), in the order met."""
@@ -117,15 +129,18 @@ def _new(dev: Device, specs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]
 
     new, seen = [], set()
     for spec in specs:
-        nd, x_shape, w_shape, _, dtype, stride, padding, dilation, groups, padding_mode, \
-            algorithm = spec[:11]
-        if algorithm != "auto":
-            continue
         try:
             key = pickle.dumps(spec)
             if key in seen:
                 continue
             seen.add(key)
+            if spec[0] == "linear":  # (no choice to remember: new where its network is)
+                new.append(spec)
+                continue
+            nd, x_shape, w_shape, _, dtype, stride, padding, dilation, groups, padding_mode, \
+                algorithm = spec[:11]
+            if algorithm != "auto":
+                continue
             batch_shape = x_shape if len(x_shape) == nd + 2 else (1, *x_shape)
             geo = conv_geometry(nd, batch_shape, w_shape, stride, padding, dilation, groups,
                                 padding_mode)
@@ -196,6 +211,33 @@ def remember(key: str) -> None:
         pass
 
 
+def _kind(spec: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a layer's programs likely depend on beyond its sizes (kernel arguments: layers of
+    one kind mostly share programs): kernel size, stride, padding, dilation, plain / grouped /
+    depthwise, padding mode, dtype, activation, bias and residual."""
+    if spec[0] == "linear":
+        return spec[:3]
+    nd, _, w_shape, b_shape, dtype, stride, padding, dilation, groups, padding_mode = spec[:10]
+    grouping = "plain" if groups == 1 else "depthwise" if groups == w_shape[0] else "grouped"
+    return (nd, tuple(w_shape[2:]), repr(stride), repr(padding), repr(dilation), grouping,
+            padding_mode, str(dtype), repr(spec[11]), b_shape is None, spec[-1] is None)
+
+
+def _helper_order(specs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """`specs` (the network's order) as the helpers take them: the caller builds from the first
+    layer on, so the helpers begin with what it needs last. First one layer of each kind (its
+    first), the kinds the caller meets last first: layers of a kind mostly share programs, and a
+    helper on ResNet-18's last 3x3 layer would compile what the caller compiles for its second
+    layer. Then the rest, from the last."""
+    firsts: dict[tuple[Any, ...], int] = {}
+    for i, spec in enumerate(specs):
+        firsts.setdefault(_kind(spec), i)
+    lead = sorted(firsts.values(), reverse=True)
+    chosen = set(lead)
+    return [specs[i] for i in lead] + [specs[i] for i in reversed(range(len(specs)))
+                                       if i not in chosen]
+
+
 class Helpers:
     """Helper processes: `spawn`ed first (their imports and context overlap the caller's listing
     of its layers), then `send` the specs; `stop()` ends them (idempotent)."""
@@ -223,7 +265,7 @@ class Helpers:
         for _ in range(count):
             try:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                    [sys.executable, "-c", HELPER], stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
             except OSError:
                 break
@@ -238,7 +280,7 @@ class Helpers:
         if len(todo) < MIN_LAYERS:
             self.stop()
             return False
-        todo.reverse()  # the caller builds from the first layer: the helpers from the last
+        todo = _helper_order(todo)
         count, sent = len(self.procs), 0
         for i, p in enumerate(self.procs):
             assert p.stdin is not None
@@ -269,28 +311,26 @@ class Helpers:
         self.procs = []
 
 
-def start(dev: Any, specs: Sequence[tuple[Any, ...]], key: str) -> Helpers | None:
-    """Helpers building the new ones of `specs` (known without a listing pass: compile()'s
-    lowered convolutions), or None where none run or the network of `key` (`network_key`) was
-    met in this cache folder before; `remember(key)` after the run that needed them."""
-    if helper_count(dev) == 0 or known(key):
-        return None
-    helpers = Helpers.spawn(dev)
-    return helpers if helpers is not None and helpers.send(dev, specs) else None
-
-
 def _build(dev: Device, spec: tuple[Any, ...]) -> None:
     """The plan of one spec made and run once on zeros: its kernels (and, for 'auto', every
-    shortlisted algorithm's: `autotune.trials_only`) built and launched."""
+    shortlisted algorithm's trial run: `autotune.trials_only`) built and launched."""
     import pyopencl.array as cla
 
     from .conv import cached_conv_plan
+    from .linear import LinearPlan
+    from .plan import mark_constant
 
-    _, x_shape, w_shape, b_shape, dtype = spec[:5]
-    r_shape = spec[-1]
-    plan = cached_conv_plan(dev, *spec)
+    if spec[0] == "linear":
+        _, x_shape, w_shape, b_shape, dtype, activation, r_shape = spec
+        plan = LinearPlan(dev, x_shape, w_shape, b_shape, dtype, activation, r_shape)
+    else:
+        _, x_shape, w_shape, b_shape, dtype = spec[:5]
+        r_shape = spec[-1]
+        plan = cached_conv_plan(dev, *spec)
     q = dev.queue
-    x, w = cla.zeros(q, x_shape, dtype), cla.zeros(q, w_shape, dtype)
+    # (constant weights, as both callers' are: plans then pack the filters once, with kernels
+    # of their own)
+    x, w = cla.zeros(q, x_shape, dtype), mark_constant(cla.zeros(q, w_shape, dtype))
     b = None if b_shape is None else cla.zeros(q, b_shape, dtype)
     r = None if r_shape is None else cla.zeros(q, r_shape, dtype)
     plan.execute({"input": x, "weight": w, "bias": b, "residual": r}, None, check=False)
@@ -299,9 +339,11 @@ def _build(dev: Device, spec: tuple[Any, ...]) -> None:
 
 def main() -> None:
     """A helper: (device, specs, parent pid) from stdin, each spec built in turn until done, the
-    parent gone or HELPER_DEADLINE passed. Any error ends the spec it hit, not the helper."""
-    from . import autotune, conv  # noqa: F401  (imported while the caller lists its layers)
+    parent gone or HELPER_DEADLINE passed. An error ends the spec it hit (a line on stderr,
+    which the caller's helpers send nowhere), not the helper."""
+    from . import autotune, conv, linear  # noqa: F401  (imported while the caller lists)
 
+    np.seterr(all="ignore")  # (zeros in, nothing read back)
     payload = sys.stdin.buffer.read()
     if not payload:  # (the caller found nothing new)
         return
@@ -313,10 +355,6 @@ def main() -> None:
             break
         try:
             _build(dev, spec)
-        except Exception:  # (the caller meets the same error itself, with its message)
-            continue
-
-
-if __name__ == "__main__":
-    np.seterr(all="ignore")
-    main()
+        except Exception as err:  # (the caller meets the same error itself, with its message)
+            print(f"clconv.ops.prebuild: {spec[:3]}: {type(err).__name__}: {err}",
+                  file=sys.stderr)

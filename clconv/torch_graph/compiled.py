@@ -99,12 +99,13 @@ class CompiledModel(Program):
                     for get in (_settings_getter(m),) if get is not None]
         self._constants.clear()  # the weights as they are now (kept across the rounds below)
         self.weight_bytes = 0
-        helpers, key = None, None
+        helpers, key = self._helpers(example_inputs)  # (starting while the model is lowered)
         try:
             for round_ in range(4 * len(self.nodes) + 1):
                 self.steps, self.layout = Lowering(self, options).lower()
-                if round_ == 0:  # the convolutions' kernels built in helpers too (first use)
-                    helpers, key = self._prebuild()
+                if round_ == 0 and helpers is not None and not helpers.send(
+                        self.device, [s.plan_spec for s in self.steps if s.plan_spec]):
+                    helpers = None  # (fewer than prebuild.MIN_LAYERS new)
                 failed = self.trial(example_inputs, None if shown is None else shown.update)
                 if failed is None:
                     break
@@ -128,15 +129,23 @@ class CompiledModel(Program):
         outputs, self.trial_outputs = self.trial_outputs, None
         return outputs
 
-    def _prebuild(self) -> tuple[Any, str | None]:
-        """(helpers building the lowered convolutions' kernels, or None; the network's key, or
-        None where helpers do not run here): clconv.ops.prebuild, for a first run on a cold
-        cache."""
-        specs = [s.conv_spec for s in self.steps if s.conv_spec is not None]
-        if len(specs) < prebuild.MIN_LAYERS or prebuild.helper_count(self.device) == 0:
+    def _helpers(self, example_inputs: tuple[Any, ...]) -> tuple[Any, str | None]:
+        """(helper processes to build the lowered convolutions' and Linears' kernels during the
+        example run, or None; the network's key, None where helpers do not run here):
+        clconv.ops.prebuild, for a first use on a cold cache. None too for a model of fewer than
+        MIN_LAYERS such layers, or one compiled in this cache folder before."""
+        dev = self.device
+        layers = [m for n in self.graph_module.graph.nodes if n.op == "call_module"
+                  for m in (self.modules.get(str(n.target)),)
+                  if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+        if len(layers) < prebuild.MIN_LAYERS or prebuild.helper_count(dev) == 0:
             return None, None
-        key = prebuild.network_key(self.device, "compile", specs)
-        return prebuild.start(self.device, specs, key), key
+        key = prebuild.network_key(
+            dev, "compile", [(n.op, str(n.target)) for n in self.graph_module.graph.nodes],
+            [tuple(p.shape) for p in self.graph_module.parameters()],
+            [(tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x)
+             for x in example_inputs])
+        return (None if prebuild.known(key) else prebuild.Helpers.spawn(dev)), key
 
     def _snapshot(self) -> list[tuple[dict[str, Any], str, Any, int | bytes | None]]:
         """(table, name, object, _state(object)) of every parameter, buffer and submodule entry of

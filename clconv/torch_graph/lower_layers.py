@@ -17,6 +17,7 @@ from ..ops.fold import fold_batchnorm, fold_overflowed, foldable
 from ..runtime.errors import ResidualShapeError
 from ..torch_ops import module_padding
 from .activations import activation_of, activation_spec
+from ..ops.prebuild import linear_spec
 from .base import Unlowerable, attr, bind, clconv_op, is_tensor, leaves, meta, shape, torch_type
 from .channel_norm import channel_norm
 from .lowering_base import (ADDS, BATCHNORMS, PAD_MODULES, LoweringBase, conv_dims,
@@ -290,13 +291,17 @@ class LayerRules(LoweringBase):
         nodes = tuple(n.name for n in group)
         if pad_fold is not None:
             nodes += (head.args[0].name,)
-        spec = None  # (the convolutions' plans, built ahead: not Linear's or transposed ones)
-        if kind == "conv" and shape(x) is not None and (residual is None or
-                                                        shape(residual) is not None):
+        spec = None  # (the plans built ahead: not the transposed convolutions')
+        r_shape = None if r is None else shape(residual)
+        if kind == "linear" and layout is None and shape(x) is not None and \
+                (r is None or r_shape is not None):
+            spec = linear_spec(shape(x), tuple(w.shape), None if b is None else tuple(b.shape),
+                               np.dtype(w.dtype), extra.get("activation"), r_shape)
+        elif kind == "conv" and shape(x) is not None and (r is None or r_shape is not None):
             spec = (nd, shape(x), tuple(w.shape), None if b is None else tuple(b.shape),
                     np.dtype(w.dtype), *args, extra["padding_mode"], "auto",
-                    extra.get("activation"), None, None if r is None else shape(residual))
-        return Step(last.name, nodes, op, inputs, run, conv_spec=spec)
+                    extra.get("activation"), None, r_shape)
+        return Step(last.name, nodes, op, inputs, run, plan_spec=spec)
 
     # -- normalizations and functional layers -------------------------------------------------
 

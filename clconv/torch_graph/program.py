@@ -31,9 +31,10 @@ class Step:
     host: bool = False
     frees: tuple[str, ...] = ()
     why: str = ""  # for host steps: why clconv does not run it
-    # a convolution's plan arguments (clconv.ops.conv.cached_conv_plan's after the device), for
-    # the helpers that build its kernels during compile()'s run (clconv.ops.prebuild)
-    conv_spec: tuple[Any, ...] | None = None
+    # a convolution's plan arguments (clconv.ops.conv.cached_conv_plan's after the device) or a
+    # Linear's (clconv.ops.prebuild.linear_spec), for the helpers that build its kernels during
+    # compile()'s run (clconv.ops.prebuild)
+    plan_spec: tuple[Any, ...] | None = None
 
 
 @dataclass
