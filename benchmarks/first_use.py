@@ -14,9 +14,11 @@ al. 2015, table 1; MobileNetV2: Sandler et al. 2018, table 2), randomly initiali
 batch 1 at 224x224, converted by `clconv.torch.convert` (--paths convert, the default; needs torch)
 or compiled by `clconv.torch.compile` (--paths compile: the first forward's time then includes
 compile(), which runs the example once). Reported per run: the first and second forward (s), the first one's CPU time (all the process's threads: a figure that other work on a
-shared machine inflates less than the wall time), torch's own forward (s), the programs clconv
-built and their build time (PoCL also compiles a kernel on its first launch, in its own threads:
-that is in the forward's time, not the build time).
+shared machine inflates less than the wall time; the helper processes' is not in it), torch's
+own forward (s), the programs clconv built and their build time (PoCL also compiles a kernel on
+its first launch, in its own threads: that is in the forward's time, not the build time), and
+the helper processes a first forward may start (clconv.ops.prebuild; CLCONV_PREBUILD=0 for
+none: they build the network's kernels alongside, and only where its caches are cold).
 """
 
 from __future__ import annotations
@@ -86,11 +88,14 @@ def run_child(net: str, path: str = "convert") -> dict[str, Any]:
         start = time.perf_counter()
         converted(x)
         second = time.perf_counter() - start
+    from clconv.ops.prebuild import helper_count
+
     err = float((y - ref).abs().max() / max(float(ref.abs().max()), 1e-30))
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     return {"net": net, "path": path, "convs": convs, "first_s": first, "first_cpu_s": first_cpu,
             "second_s": second, "torch_s": torch_s,
             "programs": builds, "build_s": build_s, "device": dev.name,
+            "helpers": helper_count(dev),
             "max_rel_err": err, "finite": bool(np.isfinite(y.numpy()).all())}
 
 
@@ -154,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['first_cpu_s']:6.2f} s)  second "
                           f"{r['second_s'] * 1e3:7.1f} ms  torch {r['torch_s'] * 1e3:6.1f} ms  "
                           f"programs {r['programs']:3d} built in {r['build_s']:6.2f} s  "
-                          f"({r['convs']} convs, max rel err {r['max_rel_err']:.1e})", flush=True)
+                          f"helpers {r.get('helpers', 0)}  ({r['convs']} convs, max rel err "
+                          f"{r['max_rel_err']:.1e})", flush=True)
     benchmarks.write_json(args.json, results)
     return 0
 

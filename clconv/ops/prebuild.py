@@ -1,27 +1,30 @@
-"""A network's convolution kernels built ahead, in helper processes, for its first forward on a
-cold cache (clconv.torch's converted models).
+"""A network's convolution and Linear kernels built ahead, in helper processes, for its first
+forward on a cold cache (clconv.torch's converted and compiled models).
 
 On PoCL every kernel is compiled twice by LLVM on its first use (the program at clBuildProgram,
-the kernel's work-group function at its first launch), ~0.3-1 s each, and one at a time: PoCL
+the kernel's work-group function at its first launch), 0.2-2 s each, and one at a time: PoCL
 holds one compiler lock per process. A network met for the first time (empty caches: a new
 machine, CI, a container) spent most of its first forward there (MobileNetV2 through `convert`:
-7.6 s, of which 0.6 s with PoCL's cache warm). Compilation in other processes is not behind that
-lock, and PoCL's disk cache (POCL_CACHE_DIR) is shared: a kernel another process compiled is
-found there (written through a temporary file and a rename, so a half-written one is never read).
+7.6 s, 0.6 s with PoCL's cache warm). Compilation in other processes is not behind that lock,
+and PoCL's disk cache (POCL_CACHE_DIR) is shared: a kernel another process compiled is found
+there (written through a temporary file and a rename, so a half-written one is never read).
 
 So the caller `Helpers.spawn`s helpers (their imports and OpenCL context overlap what follows),
-lists the network's convolutions without building anything (`recording`: `cached_conv_plan`
-records its arguments and raises `Recorded`, and the caller computes that layer some other way,
-e.g. in torch), and `send`s the helpers those whose algorithm='auto' choice this device has never
-made (`autotune.lookup`: a layer met before on this machine has its kernels in the disk cache
-too), last layer first, while it runs the network from the first. A helper makes each layer's
-plan, building and launching on zeros the shortlist that 'auto' would measure, measuring and
-remembering nothing; the caller `stop`s them when its forward is done. Nothing computed depends
-on them: a kernel the caller needs before a helper has it is built by the caller, as without
-helpers.
+lists the network's layers without building anything (`convert`: `recording`, in which
+`cached_conv_plan` records its arguments and raises `Recorded`, the caller computing that layer
+some other way; `compile`: its lowering) and `send`s them the distinct ones, in `_helper_order`
+(each kind of layer once, the kinds the caller meets last first, then the rest from the last),
+while it runs the network from the first. A helper makes each layer's plan and runs it once on
+zeros (weights marked constant, as the callers'), 'auto''s shortlist included (each candidate
+run once, nothing measured or remembered: `autotune.trials_only`); the caller `stop`s them when
+its forward is done. Nothing computed depends on them: a kernel the caller needs before a helper
+has it is built by the caller, as without helpers. A network whose first forward listed its
+layers is named in NETWORKS_FILE in clconv's cache folder (`network_key`), and another process's
+first forward lists nothing for it ('auto''s remembered choices are no such signal: a layer with
+one candidate is never measured, so never remembered).
 
 Helpers run where they pay: on CPU devices (PoCL) of a process allowed two or more cores, for at
-least MIN_LAYERS new layers; CLCONV_PREBUILD sets their number (0: none).
+least MIN_LAYERS layers; CLCONV_PREBUILD sets their number (0: none).
 
     python -c "from clconv.ops.prebuild import main; main()"   # a helper: (device, specs,
                                                                  # parent pid) pickled on stdin
@@ -122,8 +125,8 @@ def linear_spec(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
 
 
 def _new(dev: Device, specs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """The distinct specs of algorithm='auto' whose choice `dev` never made (their kernels are
-    likely not in the disk cache either), in the order met."""
+    """The distinct specs in the order met: Linears', and convolutions' of algorithm='auto'
+    whose choice `dev` has not remembered (one that has was measured here, its kernels built)."""
     from . import autotune
     from .geometry import conv_geometry
 
