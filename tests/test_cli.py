@@ -248,13 +248,15 @@ def test_cache_lists_and_clears(clconv_mod, capsys, tmp_path, monkeypatch):
     tuning = tmp_path / "clblast-tuning-dev-0123456789.json"
     tuning.write_text(json.dumps({"key": {"device": "my device"}, "parameters": {}}))
     (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "prebuilt-networks.json").write_text(json.dumps(["ab", "cd", "ef"]))
     rc, out, _ = run_main(capsys, "cache")
     assert rc == 0 and str(tmp_path) in out
+    assert "first-use list" in out and "3 networks listed" in out
     assert "CLBlast tuning" in out and "for my device" in out and tuning.name in out
     assert "'auto' choices" in out and "2 remembered choices" in out
     assert f"{tuning.stat().st_size} B" in out
     rc, out, _ = run_main(capsys, "cache", "--clear")
-    assert rc == 0 and "removed 2 file(s)" in out
+    assert rc == 0 and "removed 3 file(s)" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     rc, out, _ = run_main(capsys, "cache")
     assert "'auto' choices" not in out and "notes.txt" in out
@@ -262,6 +264,15 @@ def test_cache_lists_and_clears(clconv_mod, capsys, tmp_path, monkeypatch):
     (tmp_path / "algorithms.json").write_text("{not json")
     rc, out, _ = run_main(capsys, "cache")
     assert "unreadable" in out
+
+
+def test_cache_names_the_files_the_library_writes(clconv_mod):
+    """`clconv cache` names its files without importing the ops: the names it holds are theirs."""
+    from clconv.ops import autotune, prebuild
+    from clconv.tools import cache_cmd
+
+    assert cache_cmd.CHOICES_FILE == autotune.CHOICES_FILE
+    assert cache_cmd.NETWORKS_FILE == prebuild.NETWORKS_FILE
 
 
 def test_info_shows_the_cache_folder(clconv_mod, capsys, tmp_path, monkeypatch):

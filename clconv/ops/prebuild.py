@@ -179,7 +179,7 @@ def _networks() -> tuple[Path, set[str]]:
     if keys is None:
         try:
             data = json.loads((folder / NETWORKS_FILE).read_text())
-            keys = set(data) if isinstance(data, list) else set()
+            keys = {k for k in data if isinstance(k, str)} if isinstance(data, list) else set()
         except (OSError, ValueError):
             keys = set()
         _known[str(folder)] = keys
@@ -200,12 +200,12 @@ def remember(key: str) -> None:
     keys.add(key)
     try:
         with _FILE_LOCK:
-            try:
+            try:  # (other processes' additions kept)
                 data = json.loads(path.read_text())
-                keys.update(k for k in data if isinstance(k, str)) if isinstance(data, list) \
-                    else None
             except (OSError, ValueError):
-                pass
+                data = []
+            if isinstance(data, list):
+                keys.update(k for k in data if isinstance(k, str))
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_text(json.dumps(sorted(keys)))
