@@ -37,7 +37,7 @@ from .ops.conv import cached_conv_plan
 from .ops.plan import derived, mark_constant
 from .ops.pool import pool_output_size, pool_plan
 from .ops.precision import plan_dtype
-from .ops.prebuild import MIN_LAYERS, Recorded, is_recording
+from .ops.prebuild import MIN_LAYERS, Recorded, chain_spec, is_recording, note
 from .ops.shape import cat_plan
 from .runtime.device import current_device
 from .torch_prebuild import SIGNATURES_KEPT, first_forward, signature
@@ -204,6 +204,10 @@ def fused_conv_train(conv: nn.Module, bn: nn.Module | None, spec: Any, input: to
         with parametrize.cached():
             return fused_conv_train(conv, bn, spec, input, residual, defer)
     if torch.is_grad_enabled() and trainable(conv, bn, input, residual):
+        if note(chain_spec(conv, bn, spec, input, residual)):  # (a first step's listing pass:
+            return input.new_zeros(conv_result_shape(   # nothing run, BatchNorm's untouched)
+                tuple(input.shape), tuple(conv.weight.shape), conv.stride, module_padding(conv),
+                conv.dilation, conv.groups))
         return run_chain(conv, bn, spec, input, residual, defer)
     flush_deferred()  # torch reads the operands
     return _one_by_one(conv, bn, spec, input, residual)
@@ -1212,12 +1216,13 @@ class FusedForward:
         # (inference trace, input signature) pairs met: a new one's first forward lists its
         # layers for clconv.torch_prebuild
         self._met: set[tuple[Any, ...]] = set()
+        self._building: Any = None  # a first autograd forward's helpers, still building
 
     def __getstate__(self) -> dict[str, Any]:
         # The generated functions stay behind (traced again on the first fused call).
         return {"model": self.model, "leaves": self.leaves, "_traces": {}, "_train_traces": {},
                 "fused": 0, "pools": 0, "gates": 0, "deferred": 0, "fused_train": 0,
-                "deferred_train": 0, "_met": set()}
+                "deferred_train": 0, "_met": set(), "_building": None}
 
     def _structure(self, training: bool | None) -> tuple[Any, ...] | None:
         """The module classes in order with their train / eval flags (a forward may read
@@ -1351,6 +1356,9 @@ class FusedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
+        if self._building is not None:  # (the helpers of a first training step's backward)
+            building, self._building = self._building, None
+            building.done(True)
         plain = type(model).forward
         if _fx_tracing():
             # this thread's own trace (the user's, or one of a model holding this one), or
@@ -1370,11 +1378,12 @@ class FusedForward:
         if fn is None:
             return plain(model, *args, **kwargs)
         first = None
-        if not grad and self.fused >= MIN_LAYERS and len(self._met) < SIGNATURES_KEPT:
+        if (self.fused_train if grad else self.fused) >= MIN_LAYERS and \
+                len(self._met) < SIGNATURES_KEPT:
             met = (id(fn), signature(args))
             if met not in self._met:
                 self._met.add(met)
-                first = first_forward(fn, model, args, key)  # (kernels built alongside)
+                first = first_forward(fn, model, args, key, grad)  # (kernels built alongside)
         ok = False
         try:
             y = fn(model, *args)
@@ -1382,7 +1391,9 @@ class FusedForward:
             return y
         finally:
             flush_deferred()  # the deferred chains' results (and running statistics)
-            if first is not None:
+            if first is not None and grad and ok:
+                self._building = first  # (building the backward's kernels: stopped at the
+            elif first is not None:     # next call)
                 first.done(ok)
 
 

@@ -1,15 +1,19 @@
 """A converted model's first forward at an input signature: its new convolutions' kernels built
-by helper processes while it runs (clconv.ops.prebuild).
+by helper processes while it runs (clconv.ops.prebuild); for the autograd forward (a training
+step), its chains' forward and backward kernels, the helpers building on through the backward.
 
-The layers are listed by a shape pass: the fused inference forward run once more on the first
-item of the batch, each chain's plan arguments recorded instead of planned
-(clconv.ops.prebuild.recording) and its result zeros of its shape, the other ops computed by
-torch's (`is_recording` in torch_fuse's gates); torch's random number generator is put back after
-it. It runs for the first call at each input signature of a model with MIN_LAYERS or more fused
-chains whose network (`prebuild.network_key`: its modules, parameter shapes and the signature) has
-not listed its layers in this cache folder before, and only where helpers run. What it costs:
-MobileNetV2 at 224x224, 9 ms once the weights are folded (65 ms in a fresh process, most of it
-the BatchNorm folding that the forward then reuses).
+The layers are listed by a shape pass: the fused forward run once more, each chain's plan
+arguments recorded instead of planned (clconv.ops.prebuild.recording, `note`) and its result
+zeros of its shape, the other ops torch's (`is_recording` in torch_fuse's gates); torch's random
+number generator is put back after it. The inference forward's pass runs on the first item of
+the batch; the autograd forward's on the whole batch (BatchNorm's batch statistics need more
+than one value a channel), with every buffer of the model put back after it (the BatchNorms
+outside the chains update theirs). It runs for the first call at each input signature of a
+model with MIN_LAYERS or more fused chains whose network (`prebuild.network_key`: its modules,
+parameter shapes, the signature and the kind of forward) has not listed its layers in this
+cache folder before, and only where helpers run. What it costs: MobileNetV2's inference at
+224x224, 9 ms once the weights are folded (65 ms in a fresh process, most of it the BatchNorm
+folding that the forward then reuses).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def _first_items(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], int]:
 
 def _scaled(spec: tuple[Any, ...], n: int) -> tuple[Any, ...]:
     """A spec recorded on the first item, at the batch of n items (input and residual dim 0)."""
-    if n == 1:
+    if n == 1 or spec[0] in ("chain", "linear"):  # (the autograd pass runs the whole batch)
         return spec
     nd, x_shape = spec[0], spec[1]
     if len(x_shape) != nd + 2:
@@ -69,22 +73,27 @@ class FirstForward:
 
 
 def first_forward(fn: Callable[..., Any], model: Any, args: tuple[Any, ...],
-                  structure: tuple[Any, ...]) -> FirstForward | None:
+                  structure: tuple[Any, ...], training: bool = False) -> FirstForward | None:
     """For the first call of `fn(model, *args)` (a fused inference forward of the model's
-    `structure`) at this input signature: helpers building its new convolutions, or None where
-    none run (no helpers here, or this network listed its layers in this cache folder before)."""
+    `structure`, or with `training` its autograd one) at this input signature: helpers building
+    its new convolutions (training: its chains' forward and backward), or None where none run
+    (no helpers here, or this network listed its layers in this cache folder before)."""
     dev = current_device()
     if prebuild.helper_count(dev) == 0:
         return None
-    key = prebuild.network_key(dev, structure, signature(args),
+    key = prebuild.network_key(dev, structure, signature(args), training,
                                tuple(tuple(p.shape) for p in model.parameters()))
     if prebuild.known(key):
         return None
     helpers = prebuild.Helpers.spawn(dev)  # (starting while the layers are listed)
-    items, n = _first_items(args)
+    # The autograd forward's pass on the whole batch (BatchNorm's batch statistics need more
+    # than one value a channel), the buffers its torch ops update (BatchNorms outside the
+    # chains, in train mode) put back after it.
+    items, n = (args, 1) if training else _first_items(args)
     state = torch.random.get_rng_state()
+    buffers = [(b, b.clone()) for b in model.buffers()] if training else []
     try:
-        with prebuild.recording() as specs, torch.no_grad():
+        with prebuild.recording() as specs, torch.set_grad_enabled(training):
             fn(model, *items)
     except Exception:  # (the forward itself meets it again, with its own message)
         if helpers is not None:
@@ -92,6 +101,9 @@ def first_forward(fn: Callable[..., Any], model: Any, args: tuple[Any, ...],
         return None
     finally:
         torch.random.set_rng_state(state)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
     if helpers is not None and not helpers.send(dev, [_scaled(s, n) for s in specs]):
         helpers = None
     return FirstForward(key, helpers)

@@ -248,6 +248,9 @@ def test_helper_builds_the_specs(cache, dev, clconv_mod, tmp_path):
                                   padding=k // 2, activation="relu6",
                                   residual=np.ones((2, 8, 12 // s, 12 // s), np.float32))
     specs.append(prebuild.linear_spec((2, 64), (16, 64), (16,), np.float32, "relu", None))
+    conv, bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+    x = torch.zeros(2, 8, 12, 12)
+    specs.append(prebuild.chain_spec(conv, bn, "relu", x, x))  # (a training chain)
     pocl = tmp_path / "pocl"
     env = dict(os.environ, POCL_CACHE_DIR=str(pocl), PYOPENCL_NO_CACHE="1")
     for payload in (pickle.dumps((dev, specs, os.getpid())), b""):
@@ -344,3 +347,49 @@ def test_compile_builds_its_convolutions_in_helpers(cache, monkeypatch, dev, clc
     with torch.no_grad():  # the same network compiled again (as in a new process): none
         _close(ct.compile(model, x, progress=False)(x), want)
     assert len(sent) == 1
+
+
+class PreNormed(nn.Module):
+    """Net behind a BatchNorm no chain takes (torch's own, in train mode: the listing pass of a
+    training step must leave its running statistics and count as they were)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.pre = nn.BatchNorm2d(3)
+        self.net = _model()
+
+    def forward(self, x):
+        return self.net(self.pre(x))
+
+
+def test_a_first_training_step_with_helpers_is_torchs(cache, monkeypatch, dev, clconv_mod):
+    """convert's autograd forward at its first step: the chains listed (whole batch, nothing
+    run, BatchNorm's buffers untouched), the helpers sent each chain (forward and backward
+    built), still building through the backward and stopped at the next call; the step's loss,
+    gradients and buffers are torch's."""
+    import copy
+
+    import clconv.torch as ct
+
+    monkeypatch.setenv("CLCONV_PREBUILD", "1")
+    sent = _spy(monkeypatch)
+    ref = PreNormed().train()
+    converted = ct.convert(copy.deepcopy(ref))
+    x = torch.randn(4, 3, 16, 16)
+    for m in (ref, converted):
+        m(x).square().mean().backward()
+    ((ok, layers, specs, pids),) = sent
+    assert ok and layers == 8 and all(s[0] == "chain" for s in specs)
+    assert specs[0][2] == (4, 3, 16, 16) and specs[0][4][-1] is True  # (BatchNorm in train mode)
+    building = converted.forward._building
+    assert building is not None and building.helpers.procs
+    for (name, a), b in zip(ref.named_parameters(), converted.parameters()):
+        scale = float(a.grad.abs().max()) or 1.0
+        np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-3, atol=1e-4 * scale,
+                                   err_msg=name)
+    for (name, a), b in zip(ref.named_buffers(), converted.buffers()):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+    with torch.no_grad():
+        converted(x)  # the next call stops them
+    assert converted.forward._building is None and building.helpers.procs == []

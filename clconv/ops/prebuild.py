@@ -1,5 +1,5 @@
 """A network's convolution and Linear kernels built ahead, in helper processes, for its first
-forward on a cold cache (clconv.torch's converted and compiled models).
+forward (or first training step) on a cold cache (clconv.torch's converted and compiled models).
 
 On PoCL every kernel is compiled twice by LLVM on its first use (the program at clBuildProgram,
 the kernel's work-group function at its first launch), 0.2-2 s each, and one at a time: PoCL
@@ -11,13 +11,16 @@ there (written through a temporary file and a rename, so a half-written one is n
 
 So the caller `Helpers.spawn`s helpers (their imports and OpenCL context overlap what follows),
 lists the network's layers without building anything (`convert`: `recording`, in which
-`cached_conv_plan` records its arguments and raises `Recorded`, the caller computing that layer
-some other way; `compile`: its lowering) and `send`s them the distinct ones, in `_helper_order`
+`cached_conv_plan` records its arguments and raises `Recorded`, or a training chain `note`s its
+`chain_spec`, the caller computing that layer some other way; `compile`: its lowering) and
+`send`s them the distinct ones, in `_helper_order`
 (each kind of layer once, the kinds the caller meets last first, then the rest from the last),
 while it runs the network from the first. A helper makes each layer's plan and runs it once on
 zeros (weights marked constant, as the callers'), 'auto''s shortlist included (each candidate
-run once, nothing measured or remembered: `autotune.trials_only`); the caller `stop`s them when
-its forward is done. Nothing computed depends on them: a kernel the caller needs before a helper
+run once, nothing measured or remembered: `autotune.trials_only`), or for a training chain its
+modules and one forward and backward of clconv.torch_train.run_chain; the caller `stop`s them
+when its forward is done (a training step's at its next call: they build its backward's
+kernels meanwhile). Nothing computed depends on them: a kernel the caller needs before a helper
 has it is built by the caller, as without helpers. A network whose first forward listed its
 layers is named in NETWORKS_FILE in clconv's cache folder (`network_key`), and another process's
 first forward lists nothing for it ('auto''s remembered choices are no such signal: a layer with
@@ -51,7 +54,8 @@ from ..runtime import config
 from ..runtime.device import Device
 
 __all__ = ["MIN_LAYERS", "NETWORKS_FILE", "Helpers", "Recorded", "helper_count", "is_recording",
-           "known", "linear_spec", "network_key", "record", "recording", "remember"]
+           "chain_spec", "known", "linear_spec", "network_key", "note", "record", "recording",
+           "remember"]
 
 #: Fewer new layers than this are built by the caller alone (a helper's start, ~0.3 s of
 #: imports and a context, is about one kernel's compilation).
@@ -87,6 +91,16 @@ def recording() -> Iterator[list[tuple[Any, ...]]]:
 
 def is_recording() -> bool:
     return getattr(_state, "specs", None) is not None
+
+
+def note(spec: tuple[Any, ...]) -> bool:
+    """Within `recording()`: appends `spec` (a layer the caller then computes some other way)
+    and returns True; otherwise False."""
+    specs = getattr(_state, "specs", None)
+    if specs is None:
+        return False
+    specs.append(spec)
+    return True
 
 
 def record(spec: tuple[Any, ...]) -> None:
@@ -137,7 +151,7 @@ def _new(dev: Device, specs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]
             if key in seen:
                 continue
             seen.add(key)
-            if spec[0] == "linear":  # (no choice to remember: new where its network is)
+            if spec[0] in ("linear", "chain"):  # (no choice to remember: new with the network)
                 new.append(spec)
                 continue
             nd, x_shape, w_shape, _, dtype, stride, padding, dilation, groups, padding_mode, \
@@ -220,6 +234,10 @@ def _kind(spec: tuple[Any, ...]) -> tuple[Any, ...]:
     depthwise, padding mode, dtype, activation, bias and residual."""
     if spec[0] == "linear":
         return spec[:3]
+    if spec[0] == "chain":  # (a training chain: its convolution's settings but the channels)
+        _, nd, _, conv, bn, act, r_shape, dtype, _ = spec
+        return ("chain", nd, repr(conv[2:]), repr(bn and bn[1:]), repr(act), r_shape is None,
+                str(dtype))
     nd, _, w_shape, b_shape, dtype, stride, padding, dilation, groups, padding_mode = spec[:10]
     grouping = "plain" if groups == 1 else "depthwise" if groups == w_shape[0] else "grouped"
     return (nd, tuple(w_shape[2:]), repr(stride), repr(padding), repr(dilation), grouping,
@@ -323,6 +341,9 @@ def _build(dev: Device, spec: tuple[Any, ...]) -> None:
     from .linear import LinearPlan
     from .plan import mark_constant
 
+    if spec[0] == "chain":
+        _build_chain(spec)
+        return
     if spec[0] == "linear":
         _, x_shape, w_shape, b_shape, dtype, activation, r_shape = spec
         plan = LinearPlan(dev, x_shape, w_shape, b_shape, dtype, activation, r_shape)
@@ -338,6 +359,46 @@ def _build(dev: Device, spec: tuple[Any, ...]) -> None:
     r = None if r_shape is None else cla.zeros(q, r_shape, dtype)
     plan.execute({"input": x, "weight": w, "bias": b, "residual": r}, None, check=False)
     q.finish()
+
+
+def chain_spec(conv: Any, bn: Any, act: Any, x: Any, residual: Any) -> tuple[Any, ...]:
+    """A training chain's spec (clconv.torch_train.run_chain's arguments, as settings): the
+    convolution's constructor arguments, the BatchNorm's (or None) with its mode, the activation,
+    the residual's shape, the input's shape and dtype. The helper builds the chain's modules
+    from it and runs one forward and backward."""
+    nd = len(conv.kernel_size)
+    conv_args = (conv.in_channels, conv.out_channels, tuple(conv.kernel_size), conv.stride,
+                 conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                 conv.padding_mode, getattr(conv, "algorithm", "auto"))
+    bn_args = None if bn is None else (bn.num_features, bn.eps, bn.momentum, bn.affine,
+                                       bn.track_running_stats, bn.training)
+    return ("chain", nd, tuple(x.shape), conv_args, bn_args, act,
+            None if residual is None else tuple(residual.shape), str(x.dtype), None)
+
+
+def _build_chain(spec: tuple[Any, ...]) -> None:
+    """A training chain's kernels: its modules made from the spec, one forward and backward of
+    clconv.torch_train.run_chain on zeros (a helper imports torch for it)."""
+    import torch
+
+    from .. import torch as clconv_torch
+    from ..torch_train import run_chain
+
+    _, nd, x_shape, conv_args, bn_args, act, r_shape, dtype, _ = spec
+    cin, cout, kernel, stride, padding, dilation, groups, bias, padding_mode, algorithm = \
+        conv_args
+    dt = getattr(torch, dtype.replace("torch.", ""))
+    conv = getattr(clconv_torch, f"Conv{nd}d")(cin, cout, kernel, stride, padding, dilation,
+                                               groups, bias, padding_mode).to(dt)
+    conv.algorithm = algorithm
+    bn = None
+    if bn_args is not None:
+        features, eps, momentum, affine, track, training = bn_args
+        bn = getattr(torch.nn, f"BatchNorm{nd}d")(features, eps, momentum, affine, track)
+        bn = bn.to(dt).train(training)
+    x = torch.zeros(x_shape, dtype=dt, requires_grad=True)
+    r = None if r_shape is None else torch.zeros(r_shape, dtype=dt, requires_grad=True)
+    run_chain(conv, bn, act, x, r).sum().backward()
 
 
 def main() -> None:
