@@ -260,7 +260,8 @@ def test_helper_builds_the_specs(cache, dev, clconv_mod, tmp_path):
         assert done.returncode == 0 and not done.stderr, done.stderr.decode()[-2000:]
         assert time.monotonic() - start < 300
     if "Portable Computing Language" in dev.platform_name:
-        assert any(p.suffix == ".so" for p in pocl.rglob("*"))
+        assert any(p.suffix == ".so" and p.parent.parent.name.startswith("conv_")
+               for p in pocl.rglob("*"))
 
 
 def test_build_runs_every_shortlisted_algorithm_without_remembering(cache, dev, clconv_mod,
@@ -393,3 +394,23 @@ def test_a_first_training_step_with_helpers_is_torchs(cache, monkeypatch, dev, c
     with torch.no_grad():
         converted(x)  # the next call stops them
     assert converted.forward._building is None and building.helpers.procs == []
+
+
+def test_a_helper_whose_caller_is_gone_stops(cache, dev, clconv_mod, tmp_path):
+    """A helper told of a parent that is not its own (its caller gone) builds nothing and exits
+    at once: a helper never outlives the process it builds for."""
+    from clconv.ops import prebuild
+
+    spec = (2, (1, 8, 12, 12), (8, 8, 3, 3), None, np.dtype(np.float32), 1, 1, 1, 1, "zeros",
+            "auto", None, None, None)
+    pocl = tmp_path / "pocl"
+    env = dict(os.environ, POCL_CACHE_DIR=str(pocl), PYOPENCL_NO_CACHE="1")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", prebuild.HELPER],
+                          input=pickle.dumps((dev, [spec] * 50, os.getpid() + 10**6)), env=env,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0 and not done.stderr, done.stderr.decode()[-2000:]
+    assert time.monotonic() - start < 60
+    # (the device's own probe kernel may be there: no convolution's)
+    assert not any(p.suffix == ".so" and p.parent.parent.name.startswith("conv_")
+               for p in pocl.rglob("*"))

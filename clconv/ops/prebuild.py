@@ -403,7 +403,8 @@ def _build_chain(spec: tuple[Any, ...]) -> None:
 
 def main() -> None:
     """A helper: (device, specs, parent pid) from stdin, each spec built in turn until done, the
-    parent gone or HELPER_DEADLINE passed. An error ends the spec it hit (a line on stderr,
+    parent gone or HELPER_DEADLINE passed (a watching thread ends the process then, whatever it
+    is doing). An error ends the spec it hit (a line on stderr,
     which the caller's helpers send nowhere), not the helper."""
     from . import autotune, conv, linear  # noqa: F401  (imported while the caller lists)
 
@@ -414,6 +415,13 @@ def main() -> None:
     dev, specs, parent = pickle.loads(payload)
     autotune.trials_only(True)
     deadline = time.monotonic() + HELPER_DEADLINE
+
+    def watch() -> None:  # (a build that never ends does not outlive its caller)
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
     for spec in specs:
         if os.getppid() != parent or time.monotonic() > deadline:
             break
