@@ -167,9 +167,7 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
     forward's end."""
     if _parametrized(conv) and not _caching():
         if is_recording():  # (the listing pass: not evaluated once more; nothing built ahead)
-            return input.new_zeros(conv_result_shape(
-                tuple(input.shape), tuple(conv.weight.shape), conv.stride, module_padding(conv),
-                conv.dilation, conv.groups))
+            return _listed(conv, input)
         with parametrize.cached():  # its weight computed once for the chain, as torch's call
             return fused_conv(conv, bn, spec, input, residual, defer)
     nd = len(conv.kernel_size)
@@ -185,9 +183,7 @@ def fused_conv(conv: nn.Module, bn: nn.Module | None, spec: Any, input: torch.Te
         except NotFoldable:  # (before any work: the modules one by one below)
             pass
         except Recorded:  # (the listing pass of a first forward: only the shape matters)
-            return input.new_zeros(conv_result_shape(
-                tuple(input.shape), tuple(conv.weight.shape), conv.stride, module_padding(conv),
-                conv.dilation, conv.groups))
+            return _listed(conv, input)
     flush_deferred()  # torch reads the operands
     return _one_by_one(conv, bn, spec, input, residual)
 
@@ -204,13 +200,19 @@ def fused_conv_train(conv: nn.Module, bn: nn.Module | None, spec: Any, input: to
         with parametrize.cached():
             return fused_conv_train(conv, bn, spec, input, residual, defer)
     if torch.is_grad_enabled() and trainable(conv, bn, input, residual):
-        if note(chain_spec(conv, bn, spec, input, residual)):  # (a first step's listing pass:
-            return input.new_zeros(conv_result_shape(   # nothing run, BatchNorm's untouched)
-                tuple(input.shape), tuple(conv.weight.shape), conv.stride, module_padding(conv),
-                conv.dilation, conv.groups))
+        if note(chain_spec(conv, bn, spec, input, residual)):
+            return _listed(conv, input)  # (a first step's listing pass: BatchNorm's untouched)
         return run_chain(conv, bn, spec, input, residual, defer)
     flush_deferred()  # torch reads the operands
     return _one_by_one(conv, bn, spec, input, residual)
+
+
+def _listed(conv: nn.Module, input: torch.Tensor) -> torch.Tensor:
+    """A chain's result in the listing pass of a first forward (clconv.torch_prebuild): zeros of
+    its shape, nothing computed."""
+    return input.new_zeros(conv_result_shape(tuple(input.shape), tuple(conv.weight.shape),
+                                             conv.stride, module_padding(conv), conv.dilation,
+                                             conv.groups))
 
 
 _TORCH_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -1213,8 +1215,8 @@ class FusedForward:
         self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int, int]] = {}
         self.fused = self.pools = self.gates = self.features = self.deferred = 0
         self.fused_train = self.deferred_train = 0
-        # (inference trace, input signature) pairs met: a new one's first forward lists its
-        # layers for clconv.torch_prebuild
+        # (trace, input signature) pairs met: a new one's first forward lists its layers for
+        # clconv.torch_prebuild
         self._met: set[tuple[Any, ...]] = set()
         self._building: Any = None  # a first autograd forward's helpers, still building
 
