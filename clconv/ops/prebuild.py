@@ -316,20 +316,25 @@ class Helpers:
         return sent > 0
 
     def stop(self) -> None:
-        for p in self.procs:
+        procs, self.procs = self.procs, []
+        for p in procs:
             if p.poll() is None:
                 p.kill()
-        for p in self.procs:
             if p.stdin is not None and not p.stdin.closed:
                 try:
                     p.stdin.close()
                 except OSError:
                     pass
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # (left to the OS)
-                pass
-        self.procs = []
+        if procs:  # (reaped aside: a killed helper's exit took ~65 ms, a training step's time)
+            threading.Thread(target=_reap, args=(procs,), daemon=True).start()
+
+
+def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # (left to the OS)
+            pass
 
 
 def _build(dev: Device, spec: tuple[Any, ...]) -> None:
