@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..runtime import config
-from ..runtime.cache import cache_dir
+from ..runtime.cache import cache_dir, write_atomic
 from ..runtime.device import Device
 
 __all__ = ["ENV_VAR", "FORMAT", "KERNELS", "PRECISION_NAMES", "enabled", "clblast_version",
@@ -158,9 +158,7 @@ def save_user(dev: Device, entry: Mapping[str, Any], path: Path | None = None) -
         except (OSError, ValueError):
             old = None
     merged = _check_entry(merge_entries(old, entry), "new tuning entry")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
     return path
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import threading
 import time
 import warnings
@@ -52,7 +51,7 @@ import numpy as np
 import pyopencl as cl
 
 from ..runtime import config
-from ..runtime.cache import cache_dir
+from ..runtime.cache import cache_dir, write_atomic
 from ..runtime.device import Device
 from .geometry import ConvGeometry
 from .packed_conv import conv_tile, narrow_last
@@ -247,13 +246,11 @@ def record(dev: Device, geo: ConvGeometry, dtype: Any, algorithm: str,
         with _FILE_LOCK:
             choices = _read_file(path)
             choices[text] = entry
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             # one choice a line, each by json's C encoder (indent= takes its Python one: ~50 ms
             # a write for a file of a few thousand choices, several writes a new input size)
             encode = json.JSONEncoder(sort_keys=True).encode
             lines = ",\n".join(f"{encode(k)}: {encode(v)}" for k, v in sorted(choices.items()))
-            tmp.write_text(f'{{"version": {CHOICES_VERSION}, "choices": {{\n{lines}\n}}}}\n')
-            os.replace(tmp, path)
+            write_atomic(path, f'{{"version": {CHOICES_VERSION}, "choices": {{\n{lines}\n}}}}\n')
     except OSError as err:
         warnings.warn(f"clconv: could not save the algorithm choice to the cache folder ({err}); "
                       f"it is kept in memory for this process", RuntimeWarning, stacklevel=3)

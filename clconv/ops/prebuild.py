@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..runtime import config
+from ..runtime.cache import write_atomic
 from ..runtime.device import Device
 
 __all__ = ["MIN_LAYERS", "NETWORKS_FILE", "Helpers", "Recorded", "helper_count", "is_recording",
@@ -221,9 +222,7 @@ def remember(key: str) -> None:
             if isinstance(data, list):
                 keys.update(k for k in data if isinstance(k, str))
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(sorted(keys)))
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(sorted(keys)))
     except OSError:
         pass
 
@@ -235,7 +234,7 @@ def _kind(spec: tuple[Any, ...]) -> tuple[Any, ...]:
     if spec[0] == "linear":
         return spec[:3]
     if spec[0] == "chain":  # (a training chain: its convolution's settings but the channels)
-        _, nd, _, conv, bn, act, r_shape, dtype, _ = spec
+        _, nd, _, conv, bn, act, r_shape, dtype = spec
         return ("chain", nd, repr(conv[2:]), repr(bn and bn[1:]), repr(act), r_shape is None,
                 str(dtype))
     nd, _, w_shape, b_shape, dtype, stride, padding, dilation, groups, padding_mode = spec[:10]
@@ -378,7 +377,7 @@ def chain_spec(conv: Any, bn: Any, act: Any, x: Any, residual: Any) -> tuple[Any
     bn_args = None if bn is None else (bn.num_features, bn.eps, bn.momentum, bn.affine,
                                        bn.track_running_stats, bn.training)
     return ("chain", nd, tuple(x.shape), conv_args, bn_args, act,
-            None if residual is None else tuple(residual.shape), str(x.dtype), None)
+            None if residual is None else tuple(residual.shape), str(x.dtype))
 
 
 def _build_chain(spec: tuple[Any, ...]) -> None:
@@ -389,7 +388,7 @@ def _build_chain(spec: tuple[Any, ...]) -> None:
     from .. import torch as clconv_torch
     from ..torch_train import run_chain
 
-    _, nd, x_shape, conv_args, bn_args, act, r_shape, dtype, _ = spec
+    _, nd, x_shape, conv_args, bn_args, act, r_shape, dtype = spec
     cin, cout, kernel, stride, padding, dilation, groups, bias, padding_mode, algorithm = \
         conv_args
     dt = getattr(torch, dtype.replace("torch.", ""))
