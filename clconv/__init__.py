@@ -34,6 +34,7 @@ from .ops.binary import BinaryPlan, add, div, maximum, minimum, mul, prelu, sub
 from .ops.device_group import DeviceGroup, device
 from .ops.group_norm import GroupNormPlan, group_norm, instance_norm, layer_norm
 from .ops.local_response_norm import LocalResponseNormPlan, local_response_norm
+from .ops.squeeze_excitation import SqueezeExcitationPlan, squeeze_excitation
 from .ops.interpolate import InterpolatePlan, interpolate
 from .ops.pad import PadPlan, pad
 from .ops.softmax import SoftmaxPlan, log_softmax, softmax
@@ -90,6 +91,9 @@ __all__ += ["BatchNormPlan", "BinaryPlan", "CatPlan", "GroupNormPlan", "Interpol
             "selu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sub", "tanh",
             "abs", "exp", "log", "rsqrt", "erf", "threshold", "logsigmoid", "softsign", "tanhshrink", "hardshrink",
             "softshrink", "maximum", "minimum"]
+
+# A squeeze-excitation block as one op (pool, two 1x1 layers and the gate's product).
+__all__ += ["SqueezeExcitationPlan", "squeeze_excitation"]
 
 # Fused epilogues: BatchNorm folded into the convolution before it.
 __all__ += ["fold_batchnorm"]

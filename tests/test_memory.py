@@ -367,7 +367,7 @@ _LAUNCHING_MODULES = ("ops.launch", "ops.precision", "runtime.transfer", "ops.pa
                       "ops.pointwise", "ops.splitk", "ops.unary", "ops.binary", "ops.channels",
                       "ops.shape", "ops.adjoint_paths", "ops.weight_grad_paths",
                       "ops.pad", "ops.interpolate", "ops.group_norm", "ops.softmax",
-                      "ops.local_response_norm")
+                      "ops.local_response_norm", "ops.squeeze_excitation")
 
 
 @pytest.fixture
@@ -561,14 +561,15 @@ def _case_grad_paths(c, r, dev):
 
 def _case_network_ops(c, r, dev):
     # the other ops of a network's graph: pad.cl, interpolate.cl, group_norm.cl, softmax.cl,
-    # local_response_norm.cl
+    # local_response_norm.cl, squeeze_excitation.cl
     x = r((2, 4, 5, 6))
     return [c.pad(x, (1, 2, 0, 1), "reflect"), c.pad(x, (-1, 2, 1, 1), "circular"),
             c.interpolate(x, scale_factor=2, mode="bilinear"),
             c.interpolate(r((1, 2, 3, 4, 5)), size=(4, 6, 7)),
             c.group_norm(x, 2, r(4), r(4), activation="silu"),
             c.softmax(x, 1), c.log_softmax(x, -1), c.sub(x, r((4, 1, 1))), c.prelu(x, r(4)),
-            c.local_response_norm(x, 3, 0.5, 0.75, 2.0)]
+            c.local_response_norm(x, 3, 0.5, 0.75, 2.0),
+            c.squeeze_excitation(x, r((3, 4, 1, 1)), r(3), r((4, 3, 1, 1)), None, gate="tanh")]
 
 
 # case: (function, the kernel sources it must launch)
@@ -595,7 +596,8 @@ LONG_INDEX_CASES = {
     "elementwise": (_case_elementwise, {"elementwise.cl"}),
     "grad-paths": (_case_grad_paths, {"conv_grad_paths.cl"}),
     "network-ops": (_case_network_ops, {"pad.cl", "interpolate.cl", "group_norm.cl",
-                                        "softmax.cl", "elementwise.cl", "local_response_norm.cl"}),
+                                        "softmax.cl", "elementwise.cl", "local_response_norm.cl",
+                                        "squeeze_excitation.cl"}),
 }
 
 

@@ -28,6 +28,7 @@ __all__ = ["BoundKernel", "ProgramCache", "kernel", "kernel_dir", "options", "pr
            "programs"]
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+_AGAIN = "// clconv: include again"
 
 
 @lru_cache(maxsize=1)
@@ -44,7 +45,9 @@ def kernel_dir() -> Path:
 
 @lru_cache(maxsize=None)
 def _source(name: str) -> str:
-    """A kernel file with its #include "x.cl" lines replaced by the files (each included once).
+    """A kernel file with its #include "x.cl" lines replaced by the files (each included once,
+    but a file marked `// clconv: include again`, whose text depends on the defines before it:
+    activation.cl).
 
     Inlining on the host keeps the driver's binary cache keyed on the full text, so editing an
     included file can never serve a stale binary.
@@ -54,8 +57,9 @@ def _source(name: str) -> str:
     def expand(file: str) -> str:
         if file in seen:
             return ""
-        seen.add(file)
         text = (kernel_dir() / file).read_text()
+        if _AGAIN not in text:
+            seen.add(file)
         return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
 
     return expand(name)
