@@ -34,11 +34,12 @@ from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_as
 from .ops.binary import binary_plan, binary_values
 from .ops.channels import batch_norm_plan, channel_norm_plan
 from .ops.conv import cached_conv_plan
-from .ops.plan import derived, mark_constant
+from .ops.plan import cached_plan, derived, mark_constant
 from .ops.pool import pool_output_size, pool_plan
 from .ops.precision import plan_dtype
 from .ops.prebuild import MIN_LAYERS, Recorded, chain_spec, is_recording, note
 from .ops.shape import cat_plan
+from .ops.squeeze_excitation import SqueezeExcitationPlan, squeeze_excitation_fits
 from .runtime.device import current_device
 from .torch_prebuild import SIGNATURES_KEPT, first_forward, signature
 from .torch_ops import (conv_result_shape, fixed_operand, module_padding, nd_tuple, operand,
@@ -372,6 +373,53 @@ def fused_adaptive_avg_pool(nd: int, input: torch.Tensor, output_size: Any, *,
     plan = pool_plan(dev, "adaptive_avg", nd, tuple(input.shape), plan_dtype(input.dtype),
                      output_size=size)
     return _run_on_device(dev, (input,), plan, _input_values, defer)
+
+
+def _pointwise_layer(m: Any, nd: int) -> bool:
+    """Whether `m` is a plain 1x1 convolution of `nd` spatial dims (stride 1, no padding, one
+    group): on one position, a matrix times a vector."""
+    return isinstance(m, _TORCH_CONV.get(nd, ())) and not isinstance(
+        m, nn.modules.conv._ConvTransposeNd) and tuple(m.kernel_size) == (1,) * nd and \
+        tuple(m.stride) == (1,) * nd and m.groups == 1 and \
+        module_padding(m) in ((0,) * nd, "valid") and not _parametrized(m)
+
+
+def fused_squeeze_excitation(nd: int, input: torch.Tensor, conv1: nn.Module, spec1: Any,
+                             conv2: nn.Module, spec2: Any, input_first: bool, *,
+                             defer: bool = False) -> torch.Tensor:
+    """A squeeze-excitation block, input * gate(conv2(act(conv1(adaptive_avg_pool(input, 1))))),
+    as one clconv.squeeze_excitation launch on a device whose memory is the host's (conv1 and
+    conv2 plain 1x1 convolutions in eval mode without hooks, under no_grad); else its four nodes
+    as they were (the pool, the two chains and the product: torch's where they do not run in
+    clconv). input_first: the product was written input * gate. defer: as fused_conv's."""
+    dev = current_device()
+    if is_recording():  # (the listing pass of a first forward: only the shape matters)
+        return input.new_zeros(input.shape)
+    f1 = f2 = None
+    if _pointwise_layer(conv1, nd) and _pointwise_layer(conv2, nd) and \
+            _device_reads(dev, input) and input.dim() == nd + 2 and \
+            conv1.in_channels == input.shape[1] == conv2.out_channels and \
+            conv2.in_channels == conv1.out_channels:
+        f1, f2 = _site_fold(conv1, None), _site_fold(conv2, None)
+    if f1 is not None and f1.active() and f2.active():
+        dtype = plan_dtype(input.dtype)
+        w1, b1 = f1.weights(dev)
+        w2, b2 = f2.weights(dev)
+        if all(a is None or a.dtype == dtype for a in (w1, b1, w2, b2)) and \
+                squeeze_excitation_fits(dev, conv1.in_channels, conv1.out_channels,
+                                        dtype.itemsize):
+            plan = cached_plan(dev, ("squeeze_excitation", tuple(input.shape), w1.shape,
+                                     None if b1 is None else b1.shape, w2.shape,
+                                     None if b2 is None else b2.shape, spec1, spec2, dtype),
+                               lambda: SqueezeExcitationPlan(
+                                   dev, tuple(input.shape), w1.shape,
+                                   None if b1 is None else b1.shape, w2.shape,
+                                   None if b2 is None else b2.shape, spec1, spec2, dtype))
+            return _run_on_device(dev, (input,), plan, lambda x: {
+                "input": x, "weight1": w1, "bias1": b1, "weight2": w2, "bias2": b2}, defer)
+    s = fused_adaptive_avg_pool(nd, input, 1)
+    g = fused_conv(conv2, None, spec2, fused_conv(conv1, None, spec1, s))
+    return fused_mul(input, g, defer=defer) if input_first else fused_mul(g, input, defer=defer)
 
 
 def fused_avg_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any = None,
@@ -806,6 +854,51 @@ def _gates_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
     return count
 
 
+def _squeeze_excitations_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
+    """Each squeeze-excitation block of the fused graph, adaptive_avg_pool(x, 1) -> a 1x1
+    convolution chain -> another -> x * gate (each node the only user of the one before, nothing
+    between them writing in place), -> one fused_squeeze_excitation node (returns how many)."""
+    count = 0
+
+    def layer(node: fx.Node | None, source: fx.Node, nd: int) -> bool:
+        if node is None or node.op != "call_function" or node.target is not fused_conv or \
+                node.kwargs or len(node.args) != 5 or node.args[1] is not None or \
+                node.args[3] is not source or node.args[4] is not None:
+            return False
+        ref = node.args[0]
+        return isinstance(ref, fx.Node) and ref.op == "get_attr" and \
+            _pointwise_layer(modules.get(str(ref.target)), nd)
+
+    for pool in list(graph.nodes):
+        if pool.op != "call_function" or pool.target is not fused_adaptive_avg_pool or \
+                pool.kwargs or len(pool.args) != 3:
+            continue
+        nd, x, size = pool.args
+        sizes = tuple(size) if isinstance(size, (tuple, list)) else (size,) * nd
+        if len(sizes) != nd or any(type(s) is not int or s != 1 for s in sizes):
+            continue
+        fc1 = _only_user(pool)
+        fc2 = _only_user(fc1) if layer(fc1, pool, nd) else None
+        mul = _only_user(fc2) if layer(fc2, fc1, nd) else None
+        if mul is None or mul.op != "call_function" or mul.target is not fused_mul or \
+                mul.kwargs or len(mul.args) != 2 or set(mul.args) != {x, fc2}:
+            continue
+        between, node = [], pool.next
+        while node is not mul:
+            between.append(node)
+            node = node.next
+        if any(_writes_in_place(n, modules) for n in between):
+            continue
+        with graph.inserting_before(mul):
+            new = graph.call_function(fused_squeeze_excitation, (
+                nd, x, fc1.args[0], fc1.args[2], fc2.args[0], fc2.args[2], mul.args[0] is x))
+        mul.replace_all_uses_with(new)
+        for n in (mul, fc2, fc1, pool):
+            graph.erase_node(n)
+        count += 1
+    return count
+
+
 def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
@@ -1001,7 +1094,7 @@ def _features_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
 _INFERENCE_NODES = (fused_conv, fused_max_pool, _module_max_pool, fused_adaptive_avg_pool,
                     fused_mul, fused_cat, fused_avg_pool, _module_avg_pool, fused_batch_norm,
                     fused_channel_norm, _module_channel_norm, fused_channels_linear,
-                    fused_channels_scale, fused_add)
+                    fused_channels_scale, fused_add, fused_squeeze_excitation)
 
 
 def _adds_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module],
@@ -1201,7 +1294,9 @@ class FusedForward:
     that reads `self.training`, as F.dropout(x, p, self.training), is traced with the flags it
     runs with; the traces of every such state met are kept). `fused` / `pools`: the inference
     trace's fused chains and max pools, `gates` its squeeze-excitation ops run by clconv
-    (adaptive average pools, products of two tensors), `features` its other ops run by clconv
+    (adaptive average pools, products of two tensors, and whole blocks as one
+    `fused_squeeze_excitation` each, whose two chains `fused` does not count), `features` its
+    other ops run by clconv
     (joins, average pools, BatchNorms of no fold, the steps of channels-last runs, sums),
     `deferred` of them waited for with a later one;
     `fused_train`: the autograd trace's chains, `deferred_train` of them waited for with a later
@@ -1335,6 +1430,9 @@ class FusedForward:
                 features = _features_to_clconv(graph, modules) + channels_last + \
                     _adds_to_clconv(graph, modules, leaf)
                 fused += _lone_convs_to_clconv(graph, modules, leaf)
+                # (a block's two chains, pool and product become one node)
+                blocks = _squeeze_excitations_to_clconv(graph, modules)
+                fused, gates = fused - 2 * blocks, gates - blocks
                 _torch_layouts(graph)
                 deferred = _mark_deferred_inference(graph, modules)
             else:

@@ -519,9 +519,10 @@ def test_squeeze_excitation_gates_run_in_clconv_as_torch(ct, dev):
         for g, w in zip(got, want):
             assert g.shape == w.shape and g.dtype == w.dtype
             np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
-    # the five products and pools of 4-d values, the 1-d and 3-d pools, and the last pool;
-    # the float64 product stays torch's
-    assert converted.forward.gates == 9
+    # the first block as one squeeze_excitation, the second's pool (1, None) and product, the
+    # spatial gate's product, the 1-d and 3-d pools, and the last pool; the float64 product stays
+    # torch's
+    assert converted.forward.gates == 8
     if uses_zero_copy(dev):
         assert rec.names.count("mul") + rec.names.count("__mul__") == 1  # (the float64 one)
         assert "adaptive_avg_pool2d" not in rec.names
@@ -1364,3 +1365,95 @@ def test_clconv_results_of_channels_last_values_have_torchs_layout(ct, dev):
         for i, (g, w) in enumerate(zip(got, want)):
             _close(g, w)
             assert g.stride() == w.stride(), (i, g.stride(), w.stride())
+
+
+class _SEBlocks(nn.Module):
+    """Two MobileNetV3-style blocks: expand, depthwise, a squeeze-excitation block (its gate
+    written `s * x` in the first and `x * s` in the second, as torchvision and others write it),
+    project."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16),
+                                nn.ReLU())
+        self.pool, self.fc1, self.fc2 = nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 8, 1), \
+            nn.Conv2d(8, 16, 1)
+        self.act, self.gate = nn.ReLU(), nn.Hardsigmoid()
+        self.mid = nn.Sequential(nn.Conv2d(16, 24, 1, bias=False), nn.BatchNorm2d(24),
+                                 nn.Hardswish())
+        self.fc3, self.fc4 = nn.Conv2d(24, 6, 1, bias=False), nn.Conv2d(6, 24, 1)
+        self.project = nn.Sequential(nn.Conv2d(24, 8, 1, bias=False), nn.BatchNorm2d(8))
+
+    def forward(self, x):
+        y = self.dw(self.stem(x))
+        y = self.gate(self.fc2(self.act(self.fc1(self.pool(y))))) * y
+        y = self.mid(y)
+        y = y * torch.sigmoid(self.fc4(F.silu(self.fc3(F.adaptive_avg_pool2d(y, 1)))))
+        return self.project(y)
+
+
+def test_squeeze_excitation_blocks_run_as_one_launch(ct, dev):
+    """Each squeeze-excitation block of the inference trace (pool -> 1x1 chain -> 1x1 chain ->
+    product) runs as one clconv.squeeze_excitation launch where the device's memory is the
+    host's, values and NaN as torch's, weights updated in place read again; the four steps as
+    before where the block changed (a module replaced by one of 3x3) and torch's modules with
+    hooks or autograd."""
+    from clconv.ops import squeeze_excitation as se
+    from clconv.torch_ops import uses_zero_copy
+
+    torch.manual_seed(0)
+    model = _SEBlocks().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    converted = ct.convert(model)
+    x = torch.randn(2, 3, 14, 12)
+    x[1, 2, 3, 4] = float("nan")  # (the block's mean spreads it over the whole sample)
+    launches = []
+    original = se.SqueezeExcitationPlan.enqueue
+
+    def spy(plan, arrays, out):
+        launches.append(plan.label)
+        return original(plan, arrays, out)
+
+    def check(inputs, blocks):
+        launches.clear()
+        with torch.no_grad():
+            want = model(inputs)
+            with dev:
+                got = converted(inputs)
+        np.testing.assert_array_equal(torch.isnan(got).numpy(), torch.isnan(want).numpy())
+        finite = torch.isfinite(want)
+        assert finite.any()
+        _close(got[finite], want[finite])
+        assert len(launches) == (blocks if uses_zero_copy(dev) else 0), launches
+
+    se.SqueezeExcitationPlan.enqueue = spy
+    try:
+        check(x, 2)
+        assert converted.forward.gates == 2
+        check(torch.randn(3, 3, 9, 9), 2)  # another input size and batch
+        with torch.no_grad():  # weights written in place (the converted copy's): read again
+            for m in (model, converted):
+                m.fc2.weight.mul_(-2.0)
+                m.fc3.weight.add_(0.25)
+        check(x, 2)
+        seen = []
+        handle = converted.fc1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        check(x, 0)  # a module with hooks: the model's own forward, each module its own
+        assert seen == [(2, 8, 1, 1)]
+        handle.remove()
+        check(x, 2)
+        launches.clear()
+        with torch.enable_grad():
+            _close(converted(x[:1]), model(x[:1]))
+        assert not launches  # autograd: torch's modules
+        # not a 1x1 convolution now (of the converted class: the same trace runs)
+        model.fc3 = nn.Conv2d(24, 6, 3, padding=1, bias=False)
+        converted.fc3 = type(converted.fc3)(24, 6, 3, padding=1, bias=False).eval()
+        converted.fc3.load_state_dict(model.fc3.state_dict())
+        check(x, 1)
+    finally:
+        se.SqueezeExcitationPlan.enqueue = original
