@@ -37,7 +37,8 @@ from .ops.conv import cached_conv_plan
 from .ops.plan import cached_plan, derived, mark_constant
 from .ops.pool import pool_output_size, pool_plan
 from .ops.precision import plan_dtype
-from .ops.prebuild import MIN_LAYERS, Recorded, chain_spec, is_recording, note
+from .ops.prebuild import (MIN_LAYERS, Recorded, chain_spec, is_recording, note,
+                           squeeze_excitation_spec)
 from .ops.shape import cat_plan
 from .ops.squeeze_excitation import SqueezeExcitationPlan, squeeze_excitation_fits
 from .runtime.device import current_device
@@ -394,6 +395,11 @@ def fused_squeeze_excitation(nd: int, input: torch.Tensor, conv1: nn.Module, spe
     clconv). input_first: the product was written input * gate. defer: as fused_conv's."""
     dev = current_device()
     if is_recording():  # (the listing pass of a first forward: only the shape matters)
+        if _pointwise_layer(conv1, nd) and _pointwise_layer(conv2, nd):
+            bias = lambda m: None if m.bias is None else tuple(m.bias.shape)  # noqa: E731
+            note(squeeze_excitation_spec(
+                tuple(input.shape), tuple(conv1.weight.shape), bias(conv1),
+                tuple(conv2.weight.shape), bias(conv2), spec1, spec2, plan_dtype(input.dtype)))
         return input.new_zeros(input.shape)
     f1 = f2 = None
     if _pointwise_layer(conv1, nd) and _pointwise_layer(conv2, nd) and \

@@ -50,6 +50,8 @@ def _scaled(spec: tuple[Any, ...], n: int) -> tuple[Any, ...]:
     """A spec recorded on the first item, at the batch of n items (input and residual dim 0)."""
     if n == 1 or spec[0] in ("chain", "linear"):  # (the autograd pass runs the whole batch)
         return spec
+    if spec[0] == "squeeze_excitation":  # (its input batched: the pass's shape)
+        return (spec[0], (spec[1][0] * n, *spec[1][1:]), *spec[2:])
     nd, x_shape = spec[0], spec[1]
     if len(x_shape) != nd + 2:
         return spec

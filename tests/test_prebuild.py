@@ -251,6 +251,9 @@ def test_helper_builds_the_specs(cache, dev, clconv_mod, tmp_path):
     conv, bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
     x = torch.zeros(2, 8, 12, 12)
     specs.append(prebuild.chain_spec(conv, bn, "relu", x, x))  # (a training chain)
+    specs.append(prebuild.squeeze_excitation_spec((2, 8, 6, 6), (4, 8, 1, 1), (4,),
+                                                  (8, 4, 1, 1), None, "silu", "sigmoid",
+                                                  np.float32))
     pocl = tmp_path / "pocl"
     env = dict(os.environ, POCL_CACHE_DIR=str(pocl), PYOPENCL_NO_CACHE="1")
     for payload in (pickle.dumps((dev, specs, os.getpid())), b""):
@@ -323,6 +326,48 @@ def test_the_listed_specs_are_the_plans_the_forward_makes(cache, monkeypatch, de
     ((ok, layers, specs, _),) = sent
     assert ok and layers == 8
     _all_planned(monkeypatch, dev, specs)
+
+
+class SENet(Net):
+    """Net with a squeeze-excitation block after each of its last two chains."""
+
+    def __init__(self):
+        super().__init__()
+        self.pools = nn.ModuleList(nn.AdaptiveAvgPool2d(1) for _ in range(2))
+        self.fc1 = nn.ModuleList(nn.Conv2d(32, 8, 1) for _ in range(2))
+        self.fc2 = nn.ModuleList(nn.Conv2d(8, 32, 1, bias=False) for _ in range(2))
+
+    def forward(self, x):
+        for i, (skip, layer) in enumerate(zip(self.skips, self.layers)):
+            x = layer(x) + x if skip else layer(x)
+            j = i - len(self.layers) + 2
+            if j >= 0:
+                s = self.fc2[j](torch.relu(self.fc1[j](self.pools[j](x))))
+                x = x * torch.sigmoid(s)
+        return x
+
+
+def test_squeeze_excitation_blocks_are_listed_as_one_spec(cache, monkeypatch, dev, clconv_mod):
+    """A squeeze-excitation block is listed as its own spec (the plan its forward makes), its
+    two convolutions not; the first forward's results are torch's."""
+    import clconv.torch as ct
+    from clconv.ops import prebuild
+
+    monkeypatch.setenv("CLCONV_PREBUILD", "1")
+    sent = _spy(monkeypatch)
+    torch.manual_seed(0)
+    model = SENet().eval()
+    x = torch.randn(2, 3, 18, 18)
+    with torch.no_grad():
+        want = model(x)
+        _close(ct.convert(model)(x), want)
+    ((ok, layers, specs, _),) = sent
+    blocks = [s for s in specs if s[0] == "squeeze_excitation"]
+    # (both blocks alike: one new layer)
+    assert ok and len(specs) == 8 + 2 and layers == 8 + 1, specs
+    assert blocks == 2 * [prebuild.squeeze_excitation_spec(
+        (2, 32, 3, 3), (8, 32, 1, 1), (8,), (32, 8, 1, 1), None, "relu", "sigmoid",
+        np.float32)]
 
 
 def test_compile_builds_its_convolutions_in_helpers(cache, monkeypatch, dev, clconv_mod):

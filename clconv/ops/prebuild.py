@@ -139,6 +139,16 @@ def linear_spec(x_shape: tuple[int, ...], w_shape: tuple[int, ...],
     return ("linear", x_shape, w_shape, b_shape, np.dtype(dtype), activation, r_shape)
 
 
+def squeeze_excitation_spec(x_shape: tuple[int, ...], w1_shape: tuple[int, ...],
+                            b1_shape: tuple[int, ...] | None, w2_shape: tuple[int, ...],
+                            b2_shape: tuple[int, ...] | None, activation: Any, gate: Any,
+                            dtype: Any) -> tuple[Any, ...]:
+    """A squeeze-excitation block's plan arguments as a spec (clconv.squeeze_excitation's
+    plan), told from a convolution's by its first item."""
+    return ("squeeze_excitation", x_shape, w1_shape, b1_shape, w2_shape, b2_shape, activation,
+            gate, np.dtype(dtype))
+
+
 def _new(dev: Device, specs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The distinct specs in the order met: Linears', and convolutions' of algorithm='auto'
     whose choice `dev` has not remembered (one that has was measured here, its kernels built)."""
@@ -152,7 +162,8 @@ def _new(dev: Device, specs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]
             if key in seen:
                 continue
             seen.add(key)
-            if spec[0] in ("linear", "chain"):  # (no choice to remember: new with the network)
+            if spec[0] in ("linear", "chain", "squeeze_excitation"):
+                # (no choice to remember: new with the network)
                 new.append(spec)
                 continue
             nd, x_shape, w_shape, _, dtype, stride, padding, dilation, groups, padding_mode, \
@@ -233,6 +244,8 @@ def _kind(spec: tuple[Any, ...]) -> tuple[Any, ...]:
     depthwise, padding mode, dtype, activation, bias and residual."""
     if spec[0] == "linear":
         return spec[:3]
+    if spec[0] == "squeeze_excitation":  # (one program a pair of activations and dtype)
+        return (spec[0], repr(spec[6]), repr(spec[7]), str(spec[8]))
     if spec[0] == "chain":  # (a training chain: its convolution's settings but the channels)
         _, nd, _, conv, bn, act, r_shape, dtype = spec
         return ("chain", nd, repr(conv[2:]), repr(bn and bn[1:]), repr(act), r_shape is None,
@@ -348,6 +361,16 @@ def _build(dev: Device, spec: tuple[Any, ...]) -> None:
     if spec[0] == "chain":
         _build_chain(spec)
         return
+    q = dev.queue
+    if spec[0] == "squeeze_excitation":
+        from .squeeze_excitation import SqueezeExcitationPlan
+
+        plan = SqueezeExcitationPlan(dev, *spec[1:])
+        dtype = spec[8]
+        plan.execute({n: None if s is None else cla.zeros(q, s, dtype) for n, s in zip(
+            ("input", "weight1", "bias1", "weight2", "bias2"), spec[1:6])}, None, check=False)
+        q.finish()
+        return
     if spec[0] == "linear":
         _, x_shape, w_shape, b_shape, dtype, activation, r_shape = spec
         plan = LinearPlan(dev, x_shape, w_shape, b_shape, dtype, activation, r_shape)
@@ -355,7 +378,6 @@ def _build(dev: Device, spec: tuple[Any, ...]) -> None:
         _, x_shape, w_shape, b_shape, dtype = spec[:5]
         r_shape = spec[-1]
         plan = cached_conv_plan(dev, *spec)
-    q = dev.queue
     # (constant weights, as both callers' are: plans then pack the filters once, with kernels
     # of their own)
     x, w = cla.zeros(q, x_shape, dtype), mark_constant(cla.zeros(q, w_shape, dtype))

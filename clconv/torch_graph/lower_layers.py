@@ -17,7 +17,8 @@ from ..ops.fold import fold_batchnorm, fold_overflowed, foldable
 from ..runtime.errors import ResidualShapeError
 from ..torch_ops import module_padding
 from .activations import activation_of, activation_spec
-from ..ops.prebuild import linear_spec
+from ..ops.prebuild import linear_spec, squeeze_excitation_spec
+from ..ops.squeeze_excitation import squeeze_excitation_fits
 from .base import Unlowerable, attr, bind, clconv_op, is_tensor, leaves, meta, shape, torch_type
 from .channel_norm import channel_norm
 from .lowering_base import (ADDS, BATCHNORMS, PAD_MODULES, LoweringBase, conv_dims,
@@ -301,7 +302,70 @@ class LayerRules(LoweringBase):
             spec = (nd, shape(x), tuple(w.shape), None if b is None else tuple(b.shape),
                     np.dtype(w.dtype), *args, extra["padding_mode"], "auto",
                     extra.get("activation"), None, r_shape)
-        return Step(last.name, nodes, op, inputs, run, plan_spec=spec)
+        plain = kind == "conv" and layout is None and r is None and pad_fold is None and \
+            output_size is None
+        return Step(last.name, nodes, op, inputs, run, plan_spec=spec,
+                    conv_operands=(w, b, extra.get("activation")) if plain else None)
+
+    def squeeze_excitations(self, steps: list[Step]) -> list[Step]:
+        """Each squeeze-excitation block among the steps, adaptive_avg_pool(x, 1) -> a 1x1
+        convolution (its activation fused) -> another -> x * gate, each value read only by the
+        next, as one clconv.squeeze_excitation step (one launch, not four)."""
+        readers: dict[str, list[int]] = {}
+        for i, step in enumerate(steps):
+            for name in step.inputs:
+                readers.setdefault(name, []).append(i)
+        outputs: set[str] = set()
+        fx.node.map_arg(self.cm.output_arg, lambda n: outputs.add(n.name))
+        nodes = {n.name: n for n in self.cm.nodes}
+        at = {step.node: i for i, step in enumerate(steps)}
+
+        def only_reader(step: Step) -> Step | None:
+            found = readers.get(step.node, [])
+            return steps[found[0]] if len(found) == 1 and step.node not in outputs else None
+
+        def pointwise(step: Step | None, source: Step) -> bool:
+            spec = step.plan_spec if step is not None else None
+            return step is not None and step.conv_operands is not None and spec is not None and \
+                step.inputs == (source.node,) and all(k == 1 for k in spec[2][2:]) and \
+                all(s == 1 for s in spec[5]) and all(p == 0 for p in spec[6]) and \
+                spec[8] == 1 and spec[13] is None
+
+        replaced: dict[int, Step | None] = {}
+        for pool in steps:
+            if not pool.op.startswith("clconv.adaptive_avg_pool") or len(pool.inputs) != 1:
+                continue
+            x = pool.inputs[0]
+            x_shape, s_shape = shape(nodes.get(x)), shape(nodes.get(pool.node))
+            if x_shape is None or s_shape is None or len(x_shape) < 3 or \
+                    s_shape != x_shape[:2] + (1,) * (len(x_shape) - 2):
+                continue
+            fc1 = only_reader(pool)
+            fc2 = only_reader(fc1) if pointwise(fc1, pool) else None
+            mul = only_reader(fc2) if fc2 is not None and pointwise(fc2, fc1) else None
+            if mul is None or not mul.op.startswith("clconv.mul") or len(mul.nodes) != 1 or \
+                    set(mul.inputs) != {x, fc2.node} or shape(nodes.get(mul.node)) != x_shape:
+                continue
+            (w1, b1, act1), (w2, b2, act2) = fc1.conv_operands, fc2.conv_operands
+            if w1.dtype != w2.dtype or not squeeze_excitation_fits(
+                    self.cm.device, x_shape[1], w1.shape[0], np.dtype(w1.dtype).itemsize):
+                continue
+            fn = clconv_op("squeeze_excitation")
+
+            def run(env: dict[str, Any], x: str = x, w1: Any = w1, b1: Any = b1, w2: Any = w2,
+                    b2: Any = b2, act1: Any = act1, act2: Any = act2) -> Any:
+                return fn(env[x], w1, b1, w2, b2, activation=act1, gate=act2)
+            self.layout[mul.node] = None
+            for step in (pool, fc1, fc2):
+                replaced[at[step.node]] = None
+            shapes = (tuple(w1.shape), None if b1 is None else tuple(b1.shape),
+                      tuple(w2.shape), None if b2 is None else tuple(b2.shape))
+            replaced[at[mul.node]] = Step(
+                mul.node, pool.nodes + fc1.nodes + fc2.nodes + mul.nodes,
+                f"clconv.squeeze_excitation [{act1}, {act2}]", (x,), run,
+                plan_spec=squeeze_excitation_spec(x_shape, *shapes, act1, act2, w1.dtype))
+        return [replaced.get(i, step) for i, step in enumerate(steps)
+                if replaced.get(i, step) is not None]
 
     # -- normalizations and functional layers -------------------------------------------------
 

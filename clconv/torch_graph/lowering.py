@@ -74,6 +74,7 @@ class Lowering(LayerRules, MathRules, ShapeRules):
         read = {name for step in steps for name in step.inputs}
         fx.node.map_arg(self.cm.output_arg, lambda n: read.add(n.name))
         steps = [s for s in steps if s.op != "constant" or s.node in read]
+        steps = self.squeeze_excitations(steps)
         self._frees(steps)
         return steps, self.layout
 

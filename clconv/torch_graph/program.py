@@ -35,6 +35,9 @@ class Step:
     # Linear's (clconv.ops.prebuild.linear_spec), for the helpers that build its kernels during
     # compile()'s run (clconv.ops.prebuild)
     plan_spec: tuple[Any, ...] | None = None
+    # a convolution's (weight, bias or None, activation) as its run passes them, for a step
+    # that takes its place (lower_layers' squeeze_excitations)
+    conv_operands: tuple[Any, ...] | None = None
 
 
 @dataclass
