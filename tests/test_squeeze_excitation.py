@@ -175,3 +175,21 @@ def test_empty_batch(dev):
     got = clconv.squeeze_excitation(x, np.ones((2, 4, 1, 1), np.float32), None,
                                     np.ones((4, 2, 1, 1), np.float32), None)
     assert got.shape == (0, 4, 3, 3)
+
+
+@pytest.mark.parametrize("local", [2, 16, 64])
+def test_several_work_items_a_group(dev, rng, monkeypatch, local):
+    """The work-group of GPUs (several work-items striding each row, their partial sums added
+    in order): the same values. CPU devices run one."""
+    from clconv.ops import squeeze_excitation as se
+
+    monkeypatch.setattr(se, "_CPU_LOCAL", local)
+    monkeypatch.setattr(se, "_GPU_LOCAL", local)
+    for shape, hidden in (((2, 40, 9, 7), 10), ((1, 7, 3, 3), 19), ((1, 600, 2, 2), 150)):
+        x, w1, b1, w2, b2 = _operands(rng, shape, hidden, True, np.float32)
+        plan = SqueezeExcitationPlan(dev, x.shape, w1.shape, b1.shape, w2.shape, b2.shape,
+                                     "silu", "hardsigmoid", np.float32)
+        budget = se._local_budget(dev) - (shape[1] + hidden) * 4
+        # (fewer where the local memory or the kernel's work-group size is short)
+        assert 1 <= plan.local <= local and max(shape[1], hidden) * plan.local * 4 <= budget
+        _check(plan(x, w1, b1, w2, b2), x, w1, b1, w2, b2, "silu", "hardsigmoid", np.float32)
