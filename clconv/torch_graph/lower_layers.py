@@ -347,7 +347,9 @@ class LayerRules(LoweringBase):
                     set(mul.inputs) != {x, fc2.node} or shape(nodes.get(mul.node)) != x_shape:
                 continue
             (w1, b1, act1), (w2, b2, act2) = fc1.conv_operands, fc2.conv_operands
-            if w1.dtype != w2.dtype or not squeeze_excitation_fits(
+            # (a gate of one channel broadcast over the channels is no such block)
+            if w1.shape[1] != x_shape[1] or tuple(w2.shape[:2]) != (x_shape[1], w1.shape[0]) or \
+                    w1.dtype != w2.dtype or not squeeze_excitation_fits(
                     self.cm.device, x_shape[1], w1.shape[0], np.dtype(w1.dtype).itemsize):
                 continue
             fn = clconv_op("squeeze_excitation")
