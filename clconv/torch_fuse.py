@@ -37,7 +37,7 @@ from .ops.conv import cached_conv_plan
 from .ops.plan import cached_plan, derived, mark_constant
 from .ops.pool import pool_output_size, pool_plan
 from .ops.precision import plan_dtype
-from .ops.prebuild import (MIN_LAYERS, Recorded, chain_spec, is_recording, note,
+from .ops.prebuild import (MIN_LAYERS, Recorded, chain_spec, is_recording, note, pool_spec,
                            squeeze_excitation_spec)
 from .ops.shape import cat_plan
 from .ops.squeeze_excitation import SqueezeExcitationPlan, squeeze_excitation_fits
@@ -259,6 +259,9 @@ def fused_max_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
     read and written in place; 1.9x faster than torch's on PoCL for ResNet's 3x3 / 2 pool); torch's
     own everywhere else (indices, other devices, dtypes or layouts). defer: as fused_conv's."""
     dev = current_device()
+    if not return_indices:
+        _listed_pool(dev, "max", nd, input, kernel_size=kernel_size, stride=stride,
+                     padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     if return_indices or input.dim() != nd + 2 or not _device_reads(dev, input):
         flush_deferred()  # torch reads the input
         return _TORCH_MAX_POOL[nd](input, kernel_size, stride, padding, dilation,
@@ -316,11 +319,28 @@ def _pools_to_clconv(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
 
 def _device_reads(dev: Any, *tensors: Any) -> bool:
     """Whether clconv runs an op of `tensors` in place of torch's (the inference forward's
-    pools and SE gates): contiguous CPU float tensors of one dtype the device has, of at least
-    one element and one dim, on a device whose memory is the host's; not in the listing pass
-    of a first forward (clconv.torch_prebuild: torch computes it, nothing is built)."""
+    pools and SE gates): `_readable`, and not in the listing pass of a first forward
+    (clconv.torch_prebuild: torch computes it, nothing is built)."""
+    return not is_recording() and _readable(dev, *tensors)
+
+
+def _listed_pool(dev: Any, kind: str, nd: int, input: Any, **args: Any) -> None:
+    """In the listing pass of a first forward: the pooling clconv would run (a readable input)
+    noted for the helpers, which build its kernel (torch computes the value)."""
+    if is_recording() and isinstance(input, torch.Tensor) and input.dim() == nd + 2 and \
+            _readable(dev, input):
+        try:
+            hash(tuple(args.items()))
+        except TypeError:  # (an argument that could not be a plan's key)
+            return
+        note(pool_spec(kind, nd, tuple(input.shape), plan_dtype(input.dtype), args))
+
+
+def _readable(dev: Any, *tensors: Any) -> bool:
+    """Contiguous CPU float tensors of one dtype the device has, of at least one element and
+    one dim, on a device whose memory is the host's."""
     first = tensors[0]
-    return uses_zero_copy(dev) and not is_recording() and all(
+    return uses_zero_copy(dev) and all(
         isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == first.dtype and
         t.dim() >= 1 and t.numel() > 0 and t.is_contiguous() for t in tensors) and \
         first.dtype in (torch.float32, torch.float64) and \
@@ -360,7 +380,7 @@ def fused_adaptive_avg_pool(nd: int, input: torch.Tensor, output_size: Any, *,
     whose memory is the host's, torch's elsewhere. defer: as fused_conv's."""
     dev = current_device()
     size = None
-    if _device_reads(dev, input) and input.dim() == nd + 2:
+    if isinstance(input, torch.Tensor) and input.dim() == nd + 2:
         sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else \
             (output_size,) * nd
         try:
@@ -368,7 +388,9 @@ def fused_adaptive_avg_pool(nd: int, input: torch.Tensor, output_size: Any, *,
                          for s, o in zip(input.shape[2:], sizes, strict=True))
         except (TypeError, ValueError):  # torch's own error for a bad size
             size = None
-    if size is None or min(size) < 1:
+    if size is not None and min(size) >= 1:
+        _listed_pool(dev, "adaptive_avg", nd, input, output_size=size)
+    if size is None or min(size) < 1 or not _device_reads(dev, input):
         flush_deferred()  # torch reads the input
         return _TORCH_ADAPTIVE_AVG_POOL[nd](input, output_size)
     plan = pool_plan(dev, "adaptive_avg", nd, tuple(input.shape), plan_dtype(input.dtype),
@@ -438,6 +460,7 @@ def fused_avg_pool(nd: int, input: torch.Tensor, kernel_size: Any, stride: Any =
             "ceil_mode": ceil_mode, "count_include_pad": count_include_pad}
     if nd > 1:
         args["divisor_override"] = divisor_override
+    _listed_pool(dev, "avg", nd, input, **args)
     plan = None
     if input.dim() == nd + 2 and _device_reads(dev, input):
         try:

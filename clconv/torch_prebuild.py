@@ -52,6 +52,8 @@ def _scaled(spec: tuple[Any, ...], n: int) -> tuple[Any, ...]:
         return spec
     if spec[0] == "squeeze_excitation":  # (its input batched: the pass's shape)
         return (spec[0], (spec[1][0] * n, *spec[1][1:]), *spec[2:])
+    if spec[0] == "pool":
+        return (*spec[:3], (spec[3][0] * n, *spec[3][1:]), *spec[4:])
     nd, x_shape = spec[0], spec[1]
     if len(x_shape) != nd + 2:
         return spec

@@ -18,6 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 @pytest.fixture
@@ -329,7 +330,8 @@ def test_the_listed_specs_are_the_plans_the_forward_makes(cache, monkeypatch, de
 
 
 class SENet(Net):
-    """Net with a squeeze-excitation block after each of its last two chains."""
+    """Net with a squeeze-excitation block after each of its last two chains, then a max pool
+    and a global average pool."""
 
     def __init__(self):
         super().__init__()
@@ -344,12 +346,13 @@ class SENet(Net):
             if j >= 0:
                 s = self.fc2[j](torch.relu(self.fc1[j](self.pools[j](x))))
                 x = x * torch.sigmoid(s)
-        return x
+        return F.adaptive_avg_pool2d(F.max_pool2d(x, 2, ceil_mode=True), 1)
 
 
-def test_squeeze_excitation_blocks_are_listed_as_one_spec(cache, monkeypatch, dev, clconv_mod):
+def test_squeeze_excitation_blocks_and_pools_are_listed(cache, monkeypatch, dev, clconv_mod):
     """A squeeze-excitation block is listed as its own spec (the plan its forward makes), its
-    two convolutions not; the first forward's results are torch's."""
+    two convolutions not, and so are the pools; the helpers build them; the first forward's
+    results are torch's."""
     import clconv.torch as ct
     from clconv.ops import prebuild
 
@@ -364,7 +367,13 @@ def test_squeeze_excitation_blocks_are_listed_as_one_spec(cache, monkeypatch, de
     ((ok, layers, specs, _),) = sent
     blocks = [s for s in specs if s[0] == "squeeze_excitation"]
     # (both blocks alike: one new layer)
-    assert ok and len(specs) == 8 + 2 and layers == 8 + 1, specs
+    assert ok and len(specs) == 8 + 2 + 2 and layers == 8 + 1 + 2, specs
+    assert specs[-2:] == [prebuild.pool_spec("max", 2, (2, 32, 3, 3), np.float32, {
+        "kernel_size": 2, "stride": None, "padding": 0, "dilation": 1, "ceil_mode": True}),
+        prebuild.pool_spec("adaptive_avg", 2, (2, 32, 2, 2), np.float32,
+                           {"output_size": (1, 1)})]
+    for spec in specs[-4:]:
+        prebuild._build(dev, spec)  # (what a helper does)
     assert blocks == 2 * [prebuild.squeeze_excitation_spec(
         (2, 32, 3, 3), (8, 32, 1, 1), (8,), (32, 8, 1, 1), None, "relu", "sigmoid",
         np.float32)]

@@ -149,6 +149,13 @@ def squeeze_excitation_spec(x_shape: tuple[int, ...], w1_shape: tuple[int, ...],
             gate, np.dtype(dtype))
 
 
+def pool_spec(kind: str, nd: int, x_shape: tuple[int, ...], dtype: Any,
+              args: dict[str, Any]) -> tuple[Any, ...]:
+    """A pooling's plan arguments as a spec (clconv.ops.pool.pool_plan's: kind, dims, input
+    shape, dtype and keyword arguments)."""
+    return ("pool", kind, nd, x_shape, np.dtype(dtype), tuple(sorted(args.items())))
+
+
 def _new(dev: Device, specs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The distinct specs in the order met: Linears', and convolutions' of algorithm='auto'
     whose choice `dev` has not remembered (one that has was measured here, its kernels built)."""
@@ -162,7 +169,7 @@ def _new(dev: Device, specs: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]
             if key in seen:
                 continue
             seen.add(key)
-            if spec[0] in ("linear", "chain", "squeeze_excitation"):
+            if spec[0] in ("linear", "chain", "squeeze_excitation", "pool"):
                 # (no choice to remember: new with the network)
                 new.append(spec)
                 continue
@@ -244,6 +251,8 @@ def _kind(spec: tuple[Any, ...]) -> tuple[Any, ...]:
     depthwise, padding mode, dtype, activation, bias and residual."""
     if spec[0] == "linear":
         return spec[:3]
+    if spec[0] == "pool":  # (the kind, dims, dtype and window: not the input's size)
+        return (spec[0], spec[1], spec[2], str(spec[4]), repr(spec[5]))
     if spec[0] == "squeeze_excitation":  # (one program a pair of activations and dtype)
         return (spec[0], repr(spec[6]), repr(spec[7]), str(spec[8]))
     if spec[0] == "chain":  # (a training chain: its convolution's settings but the channels)
@@ -369,6 +378,14 @@ def _build(dev: Device, spec: tuple[Any, ...]) -> None:
         dtype = spec[8]
         plan.execute({n: None if s is None else cla.zeros(q, s, dtype) for n, s in zip(
             ("input", "weight1", "bias1", "weight2", "bias2"), spec[1:6])}, None, check=False)
+        q.finish()
+        return
+    if spec[0] == "pool":
+        from .pool import pool_plan
+
+        _, kind, nd, x_shape, dtype, args = spec
+        pool_plan(dev, kind, nd, x_shape, dtype, **dict(args)).execute(
+            {"input": cla.zeros(q, x_shape, dtype)}, None, check=False)
         q.finish()
         return
     if spec[0] == "linear":
