@@ -37,6 +37,8 @@ import benchmarks
 __all__ = ["NETWORKS", "PATHS", "measure", "mobilenet_v2", "resnet18", "run_child"]
 
 NETWORKS = ("resnet18", "mobilenet_v2")
+#: Also offered (--nets): squeeze-excitation networks
+MORE_NETWORKS = ("mobilenet_v3_small", "efficientnet_b0")
 MODES = ("cold", "warm")
 PATHS = ("convert", "compile")
 
@@ -57,6 +59,22 @@ def mobilenet_v2() -> Any:
     return MobileNetV2(1.0, num_classes=1000)
 
 
+def mobilenet_v3_small() -> Any:
+    """MobileNetV3-Small (Howard et al. 2019, table 2): hardswish, squeeze-excitation blocks
+    with hardsigmoid gates. 52 convs."""
+    from clconv.tools.networks import MobileNetV3Small
+
+    return MobileNetV3Small(1.0, num_classes=1000)
+
+
+def efficientnet_b0() -> Any:
+    """EfficientNet-B0 (Tan and Le 2019, table 1): MBConv blocks with SiLU and
+    squeeze-excitation (sigmoid gates). 81 convs."""
+    from clconv.tools.networks import EfficientNetB0
+
+    return EfficientNetB0(1.0, num_classes=1000)
+
+
 def run_child(net: str, path: str = "convert") -> dict[str, Any]:
     """In this process: build `net`, convert (or compile) it, time torch's forward and clconv's
     first two."""
@@ -68,7 +86,9 @@ def run_child(net: str, path: str = "convert") -> dict[str, Any]:
     from clconv.runtime.program import programs
 
     torch.manual_seed(0)
-    model = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}[net]().eval()
+    model = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2,
+             "mobilenet_v3_small": mobilenet_v3_small,
+             "efficientnet_b0": efficientnet_b0}[net]().eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         model(x)  # torch's own warm-up (its first call allocates)
@@ -134,7 +154,8 @@ def measure(net: str, mode: str = "cold", folder: str | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.first_use",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nets", nargs="+", choices=NETWORKS, default=list(NETWORKS))
+    parser.add_argument("--nets", nargs="+", choices=NETWORKS + MORE_NETWORKS,
+                        default=list(NETWORKS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=["convert"])
     parser.add_argument("--path", choices=PATHS, default="convert", help=argparse.SUPPRESS)
