@@ -416,18 +416,18 @@ def fused_squeeze_excitation(nd: int, input: torch.Tensor, conv1: nn.Module, spe
     as they were (the pool, the two chains and the product: torch's where they do not run in
     clconv). input_first: the product was written input * gate. defer: as fused_conv's."""
     dev = current_device()
-    if is_recording():  # (the listing pass of a first forward: only the shape matters)
-        if _pointwise_layer(conv1, nd) and _pointwise_layer(conv2, nd):
-            bias = lambda m: None if m.bias is None else tuple(m.bias.shape)  # noqa: E731
-            note(squeeze_excitation_spec(
-                tuple(input.shape), tuple(conv1.weight.shape), bias(conv1),
-                tuple(conv2.weight.shape), bias(conv2), spec1, spec2, plan_dtype(input.dtype)))
+    block = _pointwise_layer(conv1, nd) and _pointwise_layer(conv2, nd) and \
+        _readable(dev, input) and input.dim() == nd + 2 and \
+        conv1.in_channels == input.shape[1] == conv2.out_channels and \
+        conv2.in_channels == conv1.out_channels
+    if block and is_recording():  # (the listing pass of a first forward: only the shape matters)
+        bias = lambda m: None if m.bias is None else tuple(m.bias.shape)  # noqa: E731
+        note(squeeze_excitation_spec(
+            tuple(input.shape), tuple(conv1.weight.shape), bias(conv1),
+            tuple(conv2.weight.shape), bias(conv2), spec1, spec2, plan_dtype(input.dtype)))
         return input.new_zeros(input.shape)
     f1 = f2 = None
-    if _pointwise_layer(conv1, nd) and _pointwise_layer(conv2, nd) and \
-            _device_reads(dev, input) and input.dim() == nd + 2 and \
-            conv1.in_channels == input.shape[1] == conv2.out_channels and \
-            conv2.in_channels == conv1.out_channels:
+    if block and not is_recording():
         f1, f2 = _site_fold(conv1, None), _site_fold(conv2, None)
     if f1 is not None and f1.active() and f2.active():
         dtype = plan_dtype(input.dtype)

@@ -632,12 +632,16 @@ def test_an_op_failing_on_the_example_falls_back(dev, ct, monkeypatch):
 
     def broken(*args, **kwargs):
         raise ValueError("not today")
-    monkeypatch.setattr(clconv, "mul", broken)
+    # (its products are squeeze-excitation blocks', one step each, which falls back as its
+    # first node, the pool: the block's other steps then run in clconv one by one)
+    monkeypatch.setattr(clconv, "squeeze_excitation", broken)
     model = models.randomize(models.MobileNetV3Small(0.5)).eval()
     x = torch.randn(1, 3, 32, 32)
     with pytest.warns(ct.FallbackWarning, match="not today"):
         cm = ct.compile(model, x)
-    assert cm.fallbacks and all(f.op == "mul" for f in cm.fallbacks)
+    assert len(cm.fallbacks) == 9 and all(f.op == "AdaptiveAvgPool2d" for f in cm.fallbacks)
+    assert not any(s.op.startswith("clconv.squeeze_excitation") for s in cm.steps)
+    assert sum(s.op.startswith("clconv.mul") for s in cm.steps) == 9
     with torch.no_grad():
         _close(cm(x), model(x))
 
