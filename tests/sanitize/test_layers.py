@@ -1,6 +1,7 @@
 """The other layers under Oclgrind: pooling (pool.cl), activations and their gradients, broadcasts,
 linear's epilogue, batch norm and cat (elementwise.cl), clconv.torch's channels-first LayerNorm
-(channel_norm.cl) and local_response_norm.cl; the 64-bit index path of each."""
+(channel_norm.cl), local_response_norm.cl and squeeze_excitation.cl; the 64-bit index path of
+each."""
 
 from __future__ import annotations
 
@@ -359,3 +360,22 @@ def test_channel_norm(device, rng, shape, affine, dtype):
     # (x - mean) rounds at |x|'s scale (100): that over a standard deviation of ~1
     expect(got, want, dtype, 2 * c, mag(x) * (mag(w) if w is not None else 1.0)
            + (mag(b) if b is not None else 0.0))
+
+
+@pytest.mark.parametrize("local", [1, 4])
+def test_squeeze_excitation(rng, index_t, monkeypatch, local):
+    """squeeze_excitation.cl: one work-item a sample (CPUs) and several (GPUs: partial sums in
+    local memory between barriers), a row shorter than a vector, no second bias, a NaN that
+    spreads over its sample."""
+    from clconv.ops import squeeze_excitation as se
+
+    monkeypatch.setattr(se, "_CPU_LOCAL", local)
+    monkeypatch.setattr(se, "_GPU_LOCAL", local)
+    x, w1, b1, w2 = arr(rng, (2, 11, 3, 3)), arr(rng, (5, 11)), arr(rng, (5,)), arr(rng, (11, 5))
+    x[1, 4, 2, 0] = np.nan
+    v = x.astype(np.float64)
+    h = np.maximum(v.mean(axis=(2, 3)) @ w1.astype(np.float64).T + b1, 0)
+    with np.errstate(invalid="ignore"):
+        gate = 1 / (1 + np.exp(-(h @ w2.astype(np.float64).T)))
+    expect(clconv.squeeze_excitation(x, w1, b1, w2, None), v * gate[:, :, None, None], F32, 11,
+           mag(np.nan_to_num(x), w1) * mag(w2))
