@@ -58,9 +58,6 @@ inline ACC hidden_activation(ACC v) {
 // A work-item's share of a sum over [0, n): the chunks of VW consecutive elements lid, lid +
 // count, ... as vectors (VW independent sums: a dependency chain of one add a step would bound it
 // by the add's latency), then the tail's elements lid, lid + count, ... after the last chunk.
-inline ACC lanes_sum(const VACC v) {
-    return ((v.s0 + v.s1) + (v.s2 + v.s3)) + ((v.s4 + v.s5) + (v.s6 + v.s7));
-}
 
 inline ACC share_sum(__global const REAL* a, const idx_t n, const int lid, const int count) {
     VACC acc = 0;

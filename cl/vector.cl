@@ -11,6 +11,14 @@
 #define CONVERT_VACC CAT(convert_, VACC)
 #define CONVERT_VREAL CAT(convert_, VREAL)
 
+#if VW == 8
+// The sum of a vector's lanes, pairwise (the reductions that keep VW independent sums: a sum of
+// one accumulator is bound by the add's latency).
+inline ACC lanes_sum(const VACC v) {
+    return ((v.s0 + v.s1) + (v.s2 + v.s3)) + ((v.s4 + v.s5) + (v.s6 + v.s7));
+}
+#endif
+
 // Interior outputs [OW_LO, OW_HI) of a direct kernel's row (conv_depthwise.cl, conv_grouped.cl):
 // every input a vector of them loads is inside [0, IW) (the stride-2 load reads one element past
 // the last one it uses).

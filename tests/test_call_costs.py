@@ -198,7 +198,10 @@ def test_constant_linear_weights_are_packed_once(clconv, rng, queue, monkeypatch
     packs = []
     real = packed.enqueue_pack_a
     monkeypatch.setattr(packed, "enqueue_pack_a", lambda *a, **k: packs.append(1) or real(*a, **k))
-    x, w, b = _r(rng, (3, 37)), _r(rng, (21, 37)), _r(rng, (21,))
+    from clconv.ops.linear import GEMV_ROWS
+
+    # (more rows than cl/gemv.cl takes: the GEMM's)
+    x, w, b = _r(rng, (GEMV_ROWS + 2, 37)), _r(rng, (21, 37)), _r(rng, (21,))
     want = x.astype(np.float64) @ w.T.astype(np.float64) + b
     if activation == "relu":
         want = np.maximum(want, 0)

@@ -175,3 +175,28 @@ def test_bad_activation_and_dtypes(clconv, rng):
     torch = import_torch()
     with pytest.raises(RuntimeError):  # torch refuses mixed dtypes too
         torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w.astype(np.float64)))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("k", [5, 8, 203])
+def test_few_rows_as_torch(clconv, dev, rng, rows, k):
+    """A few rows (a classifier at batch 1-4) on CPU devices run cl/gemv.cl (a weight row read
+    once for every row; k below, at and beyond a vector of 8), five the GEMM: bias, residual and
+    activation in its store, device operands at an offset, float64."""
+    from clconv.ops.linear import GEMV_KINDS, GEMV_ROWS, LinearPlan
+
+    torch = import_torch()
+    for dtype in _dtypes(dev):
+        x = random_array(rng, (rows, k), dtype)
+        w, b = random_array(rng, (33, k), dtype), random_array(rng, (33,), dtype)
+        r = random_array(rng, (rows, 33), dtype)
+        plan = LinearPlan(dev, x.shape, w.shape, b.shape, dtype, "silu", r.shape)
+        assert (plan.gemv is not None) == (dev.kind in GEMV_KINDS and rows <= GEMV_ROWS)
+        want = torch.nn.functional.silu(torch.nn.functional.linear(
+            *(torch.from_numpy(a.astype(np.float64)) for a in (x, w, b))) +
+            torch.from_numpy(r.astype(np.float64))).numpy()
+        assert_close(plan(x, w, b, residual=r), want, dtype, reduction=k, magnitude=16)
+        big = cla.to_device(dev.queue, np.concatenate([np.zeros(3, dtype), w.ravel()]))
+        got = clconv.linear(cla.to_device(dev.queue, x), big[3:].reshape(w.shape), None)
+        want = (x.astype(np.float64) @ w.astype(np.float64).T)
+        assert_close(got.get(), want, dtype, reduction=k, magnitude=16)

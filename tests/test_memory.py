@@ -367,7 +367,7 @@ _LAUNCHING_MODULES = ("ops.launch", "ops.precision", "runtime.transfer", "ops.pa
                       "ops.pointwise", "ops.splitk", "ops.unary", "ops.binary", "ops.channels",
                       "ops.shape", "ops.adjoint_paths", "ops.weight_grad_paths",
                       "ops.pad", "ops.interpolate", "ops.group_norm", "ops.softmax",
-                      "ops.local_response_norm", "ops.squeeze_excitation")
+                      "ops.local_response_norm", "ops.squeeze_excitation", "ops.linear")
 
 
 @pytest.fixture
@@ -569,7 +569,8 @@ def _case_network_ops(c, r, dev):
             c.group_norm(x, 2, r(4), r(4), activation="silu"),
             c.softmax(x, 1), c.log_softmax(x, -1), c.sub(x, r((4, 1, 1))), c.prelu(x, r(4)),
             c.local_response_norm(x, 3, 0.5, 0.75, 2.0),
-            c.squeeze_excitation(x, r((3, 4, 1, 1)), r(3), r((4, 3, 1, 1)), None, gate="tanh")]
+            c.squeeze_excitation(x, r((3, 4, 1, 1)), r(3), r((4, 3, 1, 1)), None, gate="tanh"),
+            c.linear(r((2, 11)), r((5, 11)), r(5), activation="gelu")]
 
 
 # case: (function, the kernel sources it must launch)
@@ -597,7 +598,7 @@ LONG_INDEX_CASES = {
     "grad-paths": (_case_grad_paths, {"conv_grad_paths.cl"}),
     "network-ops": (_case_network_ops, {"pad.cl", "interpolate.cl", "group_norm.cl",
                                         "softmax.cl", "elementwise.cl", "local_response_norm.cl",
-                                        "squeeze_excitation.cl"}),
+                                        "squeeze_excitation.cl", "gemv.cl"}),
 }
 
 

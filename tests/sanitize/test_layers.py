@@ -113,6 +113,19 @@ def test_linear_epilogue(rng, index_t):
            mag(a, w) + mag(b) + mag(r))
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_linear_few_rows(rng, index_t, monkeypatch, rows):
+    """gemv.cl (a classifier at batch 1-4): k beyond a vector of 8 with a tail, bias, residual,
+    activation."""
+    from clconv.ops import linear
+
+    monkeypatch.setattr(linear, "GEMV_KINDS", ("cpu", "gpu", "accelerator"))
+    a, w, b, r = arr(rng, (rows, 19)), arr(rng, (5, 19)), arr(rng, (5,)), arr(rng, (rows, 5))
+    want = a.astype(np.float64) @ w.T + b + r
+    expect(clconv.linear(a, w, b, activation="relu", residual=r), np.maximum(want, 0), F32, 19,
+           mag(a, w) + mag(b) + mag(r))
+
+
 def test_linear_bias_gradient(rng, index_t):
     """nn.Linear with ReLU fused: its bias gradient from the output."""
     a = arr(rng, (5, 7))
