@@ -1,5 +1,6 @@
-"""A network's convolution and Linear kernels built ahead, in helper processes, for its first
-forward (or first training step) on a cold cache (clconv.torch's converted and compiled models).
+"""A network's convolution, Linear, pooling and squeeze-excitation kernels built ahead, in helper
+processes, for its first forward (or first training step) on a cold cache (clconv.torch's
+converted and compiled models).
 
 On PoCL every kernel is compiled twice by LLVM on its first use (the program at clBuildProgram,
 the kernel's work-group function at its first launch), 0.2-2 s each, and one at a time: PoCL
@@ -12,7 +13,8 @@ there (written through a temporary file and a rename, so a half-written one is n
 So the caller `Helpers.spawn`s helpers (their imports and OpenCL context overlap what follows),
 lists the network's layers without building anything (`convert`: `recording`, in which
 `cached_conv_plan` records its arguments and raises `Recorded`, or a training chain `note`s its
-`chain_spec`, the caller computing that layer some other way; `compile`: its lowering) and
+`chain_spec`, a pool its `pool_spec`, a squeeze-excitation block its `squeeze_excitation_spec`,
+the caller computing that layer some other way; `compile`: its lowering) and
 `send`s them the distinct ones, in `_helper_order`
 (each kind of layer once, the kinds the caller meets last first, then the rest from the last),
 while it runs the network from the first. A helper makes each layer's plan and runs it once on
