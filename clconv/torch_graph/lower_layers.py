@@ -337,7 +337,8 @@ class LayerRules(LoweringBase):
                 continue
             x = pool.inputs[0]
             x_shape, s_shape = shape(nodes.get(x)), shape(nodes.get(pool.node))
-            if x_shape is None or s_shape is None or len(x_shape) < 3 or \
+            if self.layout.get(x) is not None or x_shape is None or s_shape is None or \
+                    len(x_shape) < 3 or \
                     s_shape != x_shape[:2] + (1,) * (len(x_shape) - 2):
                 continue
             fc1 = only_reader(pool)
