@@ -79,11 +79,14 @@ inline ACC share_dot(__global const REAL* a, __local const REAL* b, const int n,
     return sum;
 }
 
-// The sum of row r's partial sums (one a work-item), in work-item order.
-inline ACC partials_sum(__local const ACC* partial, const int r, const int count) {
+// A layer's output r: its partial sums (one a work-item) added in work-item order, the bias
+// (where not NULL) last, rounded to REAL as torch's layer rounds its output.
+inline ACC layer_output(__local const ACC* partial, const int r, const int count,
+                        __global const REAL* bias, const long b_offset) {
     ACC sum = 0;
     for (int l = 0; l < count; ++l) sum += partial[r * count + l];
-    return sum;
+    if (bias) sum += (ACC)bias[b_offset + r];
+    return (ACC)(REAL)sum;
 }
 
 __kernel void squeeze_excitation(__global const REAL* restrict x, const long x_offset,
@@ -106,31 +109,26 @@ __kernel void squeeze_excitation(__global const REAL* restrict x, const long x_o
         partial[c * count + lid] = share_sum(src + (idx_t)c * positions, positions, lid, count);
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int c = lid; c < channels; c += count)
-        pooled[c] = (REAL)(partials_sum(partial, c, count) / (ACC)positions);
+    for (int c = lid; c < channels; c += count) {
+        ACC sum = 0;
+        for (int l = 0; l < count; ++l) sum += partial[c * count + l];
+        pooled[c] = (REAL)(sum / (ACC)positions);
+    }
     barrier(CLK_LOCAL_MEM_FENCE);
     __global const REAL* w = w1 + w1_offset;
     for (int j = 0; j < hidden; ++j)
         partial[j * count + lid] = share_dot(w + (idx_t)j * channels, pooled, channels, lid, count);
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int j = lid; j < hidden; j += count) {
-        ACC acc = partials_sum(partial, j, count);
-        if (b1) acc += (ACC)b1[b1_offset + j];
-        const ACC v = (ACC)(REAL)acc;
-        h[j] = (REAL)hidden_activation(v);
-    }
+    for (int j = lid; j < hidden; j += count)
+        h[j] = (REAL)hidden_activation(layer_output(partial, j, count, b1, b1_offset));
     barrier(CLK_LOCAL_MEM_FENCE);
     w = w2 + w2_offset;
     for (int c = 0; c < channels; ++c)
         partial[c * count + lid] = share_dot(w + (idx_t)c * hidden, h, hidden, lid, count);
     barrier(CLK_LOCAL_MEM_FENCE);
     // the gates overwrite the means: every mean was read above
-    for (int c = lid; c < channels; c += count) {
-        ACC acc = partials_sum(partial, c, count);
-        if (b2) acc += (ACC)b2[b2_offset + c];
-        const ACC v = (ACC)(REAL)acc;
-        pooled[c] = (REAL)gate_activation(v);
-    }
+    for (int c = lid; c < channels; c += count)
+        pooled[c] = (REAL)gate_activation(layer_output(partial, c, count, b2, b2_offset));
     barrier(CLK_LOCAL_MEM_FENCE);
     __global REAL* dst = y + y_offset + sample;
     for (int c = 0; c < channels; ++c) {

@@ -436,13 +436,10 @@ def fused_squeeze_excitation(nd: int, input: torch.Tensor, conv1: nn.Module, spe
         if all(a is None or a.dtype == dtype for a in (w1, b1, w2, b2)) and \
                 squeeze_excitation_fits(dev, conv1.in_channels, conv1.out_channels,
                                         dtype.itemsize):
-            plan = cached_plan(dev, ("squeeze_excitation", tuple(input.shape), w1.shape,
-                                     None if b1 is None else b1.shape, w2.shape,
-                                     None if b2 is None else b2.shape, spec1, spec2, dtype),
-                               lambda: SqueezeExcitationPlan(
-                                   dev, tuple(input.shape), w1.shape,
-                                   None if b1 is None else b1.shape, w2.shape,
-                                   None if b2 is None else b2.shape, spec1, spec2, dtype))
+            args = (tuple(input.shape), w1.shape, None if b1 is None else b1.shape, w2.shape,
+                    None if b2 is None else b2.shape, spec1, spec2, dtype)
+            plan = cached_plan(dev, ("squeeze_excitation", *args),
+                               lambda: SqueezeExcitationPlan(dev, *args))
             return _run_on_device(dev, (input,), plan, lambda x: {
                 "input": x, "weight1": w1, "bias1": b1, "weight2": w2, "bias2": b2}, defer)
     s = fused_adaptive_avg_pool(nd, input, 1)
