@@ -417,8 +417,9 @@ def convert(model: nn.Module, inplace: bool = False, *, fold: bool = True) -> nn
     host-memory devices; with grad enabled (training) each such run is one autograd Function
     computed forward and backward on the device (clconv.torch_train: BatchNorm on batch
     statistics with torch's running-stat updates in train mode, activations whose gradient follows
-    from their output). The model's own forward runs under no_grad in train mode, with hooks, and
-    for a forward fx cannot trace (docs/compile.md).
+    from their output). Under no_grad the inference trace runs whatever the modules' modes (a
+    chain whose BatchNorm trains runs module by module; dropout modules draw as torch's). The
+    model's own forward runs with hooks and for a forward fx cannot trace (docs/compile.md).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert takes a torch.nn.Module, got {type(model).__name__}")

@@ -1351,10 +1351,12 @@ class FusedForward:
         """The module classes in order with their train / eval flags (a forward may read
         `self.training`: the trace holds the value it read), an activation module's with its spec
         (the trace writes a fused activation's slope or bounds into the chain's node: another
-        value is a new trace), or None when any module has forward hooks, backward hooks (for
+        value is a new trace), or None when any module has forward hooks or backward hooks (for
         the autograd trace, `training` not False: a fused chain's backward calls none of its
-        modules'), or (for the inference trace, `training` False) is in train mode (training
-        None: whatever the modes)."""
+        modules'). Modules in train mode do not refuse the inference trace (`training` False):
+        its nodes check the modes they depend on at each call (a chain whose convolution or
+        BatchNorm trains runs module by module, `fused_batch_norm` and the squeeze-excitation
+        block likewise), and the modules it leaves to torch (dropout) run in their own mode."""
         key: list[Any] = []
         append = key.append
         # (model.modules()'s order and sharing, walked without its generators: this runs at
@@ -1367,7 +1369,7 @@ class FusedForward:
                 continue
             seen.add(id(m))
             flag = m.training
-            if (flag and inference) or m._forward_hooks or m._forward_pre_hooks or \
+            if m._forward_hooks or m._forward_pre_hooks or \
                     (not inference and backward_hooked(m)):
                 return None
             kind = type(m)

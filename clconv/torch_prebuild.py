@@ -91,11 +91,12 @@ def first_forward(fn: Callable[..., Any], model: Any, args: tuple[Any, ...],
         return None
     helpers = prebuild.Helpers.spawn(dev)  # (starting while the layers are listed)
     # The autograd forward's pass on the whole batch (BatchNorm's batch statistics need more
-    # than one value a channel), the buffers its torch ops update (BatchNorms outside the
-    # chains, in train mode) put back after it.
+    # than one value a channel), the buffers its torch ops update (BatchNorms in train mode:
+    # outside the chains, or in the inference trace, whose chains then run module by module)
+    # put back after it.
     items, n = (args, 1) if training else _first_items(args)
     state = torch.random.get_rng_state()
-    buffers = [(b, b.clone()) for b in model.buffers()] if training else []
+    buffers = [(b, b.clone()) for b in model.buffers()]
     try:
         with prebuild.recording() as specs, torch.set_grad_enabled(training):
             fn(model, *items)

@@ -163,9 +163,9 @@ def test_changed_modules_are_traced_again(ct, dev):
     x = torch.randn(1, 3, 12, 10)
     _run(converted, x, dev)
     for m in (model, converted):
-        m[6] = nn.Identity()  # the Inverted block gone; a new module trains: the own forward
+        m[6] = nn.Identity()  # the Inverted block gone (a new module, in train mode)
     _close(_run(converted, x, dev), _run(model, x))
-    assert converted.forward.fused == 10  # (no new trace while a module trains)
+    assert converted.forward.fused == 8  # a new trace, the Identity's train mode no obstacle
     converted[6].eval()
     _close(_run(converted, x, dev), _run(model, x))
     assert converted.forward.fused == 8
@@ -174,6 +174,59 @@ def test_changed_modules_are_traced_again(ct, dev):
     model[10] = head
     converted[10] = copy.deepcopy(head)
     _close(_run(converted, x, dev), _run(model, x))
+
+
+def _chains_one_by_one(monkeypatch):
+    """The chains the fused inference forward runs module by module (their convolutions)."""
+    import clconv.torch_fuse as tf
+
+    ran = []
+    one_by_one = tf._one_by_one
+
+    def spy(conv, *args):
+        ran.append(conv)
+        return one_by_one(conv, *args)
+
+    monkeypatch.setattr(tf, "_one_by_one", spy)
+    return ran
+
+
+def test_modules_in_train_mode_keep_the_fused_inference_forward(ct, dev, monkeypatch):
+    """Under no_grad, modules in train mode in an eval model (a head assigned after eval(),
+    Monte Carlo dropout, a BatchNorm left training) no longer send the whole forward to the
+    model's own code: the trace is made with their modes, the chains they do not touch run as
+    one convolution each, dropout draws as torch's, and a chain whose BatchNorm trains runs
+    module by module on the batch's statistics, its running statistics updated as torch's."""
+    torch.manual_seed(3)
+    model = _net()
+    model[10] = nn.Sequential(nn.Dropout(0.5), nn.Linear(16, 5))  # in train mode
+    model[8] = nn.AdaptiveAvgPool2d(1)  # in train mode too
+    converted = ct.convert(copy.deepcopy(model))
+    ran = _chains_one_by_one(monkeypatch)
+    x = torch.randn(2, 3, 12, 10)
+    _run(converted, x, dev)  # (the first call traces)
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        want = _run(model, x)
+        torch.manual_seed(seed)
+        with _Recorder() as rec:
+            got = _run(converted, x, dev)
+        _close(got, want)
+        # the trace's nodes ran (the model's own forward calls torch's pool, adds and ReLUs)
+        assert not {"max_pool2d", "adaptive_avg_pool2d", "add", "__iadd__", "relu",
+                    "relu_"} & set(rec.names), sorted(set(rec.names))
+        assert "dropout" in rec.names
+    assert converted.forward.fused == 10 and converted.forward.gates == 1 and ran == []
+    # a BatchNorm of one chain trains: that chain alone runs module by module
+    for m in (model, converted):
+        m[4].bn1.train()
+    torch.manual_seed(4)
+    want = _run(model, x)
+    torch.manual_seed(4)
+    _close(_run(converted, x, dev), want)
+    assert ran == [converted[4].conv1]
+    for a, b in zip(converted.buffers(), model.buffers(), strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_nested_modules_replaced_by_their_class_are_fetched_where_they_now_are(ct, dev):

@@ -7,6 +7,7 @@ before lists nothing; CLCONV_PREBUILD is parsed and obeyed."""
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import subprocess
@@ -179,6 +180,28 @@ def test_the_listing_pass_leaves_torchs_generator_as_it_was(cache, monkeypatch, 
     want = (torch.rand(2), torch.rand(2))
     assert len(draws) == 2 and torch.equal(draws[1], want[0]) and torch.equal(after, want[1])
     _close(y, _model()(x))
+
+
+def test_the_listing_pass_leaves_training_batchnorms_statistics_as_torchs(cache, monkeypatch,
+                                                                           dev, clconv_mod):
+    """An eval network with a BatchNorm left in train mode, under no_grad: the listing pass of
+    its first forward (whose chain of that BatchNorm runs module by module) puts the running
+    statistics back, so that after the forward they are torch's."""
+    import clconv.torch as ct
+
+    monkeypatch.setenv("CLCONV_PREBUILD", "1")
+    sent = _spy(monkeypatch)
+    model = _model()
+    model.layers[2][1].train()
+    converted = ct.convert(copy.deepcopy(model))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x)
+        with dev:
+            _close(converted(x), want)
+    assert len(sent) == 1
+    for a, b in zip(converted.buffers(), model.buffers(), strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_a_network_listed_before_lists_nothing(cache, monkeypatch, dev, clconv_mod):
