@@ -262,7 +262,9 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
         shape = plan.output_shape if plan is not None else conv_result_shape(
             tuple(x.shape), tuple(conv.weight.shape), conv.stride, padding, conv.dilation,
             conv.groups, output_padding)
-        out = results.new(shape, x) if on_host else None
+        # (a result only later clconv nodes read, deferred below: from the forward's pool)
+        kept = defer and not unbatched and x.is_contiguous()
+        out = results.new(shape, x, kept) if on_host else None
         r = None
         if transposed:
             y = OPS[nd][3](*operands, conv.stride, conv.padding, tuple(output_padding),

@@ -28,7 +28,7 @@ from .ops.activation import Activation, normalize_activation
 from .torch_fold import (BATCHNORM_ND, Fold, NotFoldable, backward_hooked, global_hooks,
                          run_folded)
 from .torch_train import (defer_result, deferred_array, flush_deferred, joined_results,
-                          run_chain, trainable, trains_fused)
+                          run_chain, set_result_pool, trainable, trains_fused)
 from .torch_graph.activations import activation_module, activation_of, activation_spec
 from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_aside
 from .ops.binary import binary_plan, binary_values
@@ -43,8 +43,8 @@ from .ops.shape import cat_plan
 from .ops.squeeze_excitation import SqueezeExcitationPlan, squeeze_excitation_fits
 from .runtime.device import current_device
 from .torch_prebuild import SIGNATURES_KEPT, first_forward, signature
-from .torch_ops import (conv_result_shape, fixed_operand, module_padding, nd_tuple, operand,
-                        uses_zero_copy)
+from .torch_ops import (ResultPool, conv_result_shape, fixed_operand, module_padding, nd_tuple,
+                        operand, uses_zero_copy)
 
 # A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
 # it writes its first argument).
@@ -360,7 +360,7 @@ def _run_on_device(dev: Any, inputs: tuple[torch.Tensor, ...], plan: Any,
         for t in inputs:
             a = deferred_array(t)
             arrays.append(operand(t, dev, True) if a is None else a)
-        out = results.new(plan.output_shape, inputs[0])
+        out = results.new(plan.output_shape, inputs[0], defer)
         # (the result is waited for by the queue, `make_host_visible`: no event)
         plan.execute(values(*arrays), out, check=False, events=False)
         if defer and results.over_tensor(out):
@@ -1340,12 +1340,13 @@ class FusedForward:
         # clconv.torch_prebuild
         self._met: set[tuple[Any, ...]] = set()
         self._building: Any = None  # a first autograd forward's helpers, still building
+        self._pool = ResultPool()  # the inference forward's deferred results, reused
 
     def __getstate__(self) -> dict[str, Any]:
         # The generated functions stay behind (traced again on the first fused call).
         return {"model": self.model, "leaves": self.leaves, "_traces": {}, "_train_traces": {},
                 "fused": 0, "pools": 0, "gates": 0, "deferred": 0, "fused_train": 0,
-                "deferred_train": 0, "_met": set(), "_building": None}
+                "deferred_train": 0, "_met": set(), "_building": None, "_pool": ResultPool()}
 
     def _structure(self, training: bool | None) -> tuple[Any, ...] | None:
         """The module classes in order with their train / eval flags (a forward may read
@@ -1513,12 +1514,15 @@ class FusedForward:
                 self._met.add(met)
                 first = first_forward(fn, model, args, key, grad)  # (kernels built alongside)
         ok = False
+        # (a converted model inside another's forward: the outer one's pool again after it)
+        outer = set_result_pool(None if grad else self._pool)
         try:
             y = fn(model, *args)
             ok = True
             return y
         finally:
             flush_deferred()  # the deferred chains' results (and running statistics)
+            set_result_pool(outer)
             if first is not None and grad and ok:
                 self._building = first  # (building the backward's kernels: stopped at the
             elif first is not None:     # next call)

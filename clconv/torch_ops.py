@@ -5,6 +5,8 @@ calls (fixed_operand), clconv's functions by dimension and the refusal of torch.
 from __future__ import annotations
 
 import functools
+import sys
+import threading
 import weakref
 from typing import Any
 
@@ -193,6 +195,63 @@ def result_operand(shape: tuple[int, ...], like: torch.Tensor, dev: Device,
     a = t.numpy()
     buf = cl.Buffer(dev.context, cl.mem_flags.WRITE_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=a)
     return t, array_over(dev, buf, a.shape, a.dtype)
+
+
+#: torch's count of the references to a tensor's memory (its views, numpy arrays over it), where
+#: this torch has it: without it no result is reused (`ResultPool`).
+_STORAGE_USES = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _storage_uses(t: torch.Tensor) -> int:
+    return _STORAGE_USES(t.untyped_storage()._cdata)
+
+
+class ResultPool:
+    """The result tensors of a converted model's inference forward that only its own clconv
+    nodes read (the trace's deferred results), kept and written again by its later forwards:
+    a new tensor each call costs its allocation, numpy view and USE_HOST_PTR buffer (~10 us of
+    host work a result) and cold memory; MobileNetV3-Small's converted forward at batch 1 ran
+    ~30% faster reusing them (docs/performance.md). A kept tensor is taken again only while
+    nothing but the pool holds it: neither the tensor object (Python references) nor its memory
+    (views, numpy arrays: the storage's use count) is referenced beyond the counts it had when
+    made, checked under a lock, and the taker's reference makes it busy before the lock is left.
+    Kernels of the earlier forward that still read it are enqueued before the new writer on the
+    device's in-order queue. Results over MAX_RESULT_BYTES are not kept; past MAX_BYTES the
+    pool starts again (a model met at other input sizes)."""
+
+    MAX_BYTES = 128 << 20
+    MAX_RESULT_BYTES = 8 << 20
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return ResultPool, ()  # (a copied or pickled model's pool starts empty)
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[Any, ...], list[tuple[tuple[torch.Tensor, cla.Array], int, int]]]
+        self._kept = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def result(self, shape: tuple[int, ...], like: torch.Tensor,
+               dev: Device) -> tuple[torch.Tensor, cla.Array] | None:
+        """`result_operand(shape, like, dev, True)`: a kept one that nothing else holds, or a
+        new one (kept where it fits)."""
+        key = (dev, shape, like.dtype)
+        with self._lock:
+            for made, refs, uses in self._kept.get(key, ()):
+                if sys.getrefcount(made[0]) == refs and _storage_uses(made[0]) == uses:
+                    return made[0], made[1]  # (a new tuple: the tensor is referenced, busy)
+            made = result_operand(shape, like, dev, True)
+            if made is None or _STORAGE_USES is None:
+                return made
+            nbytes = made[0].numel() * made[0].element_size()
+            if nbytes <= self.MAX_RESULT_BYTES:
+                if self._bytes + nbytes > self.MAX_BYTES:
+                    self._kept, self._bytes = {}, 0
+                # (the counts with only `made` holding the tensor, as when the loop above asks)
+                entry = (made, sys.getrefcount(made[0]), _storage_uses(made[0]))
+                self._kept.setdefault(key, []).append(entry)
+                self._bytes += nbytes
+            return made[0], made[1]
 
 
 def make_host_visible(dev: Device, arrays: list[cla.Array]) -> None:

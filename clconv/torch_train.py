@@ -41,9 +41,9 @@ from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .ops.precision import plan_dtype
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, rows_of
-from .torch_ops import (conv_result_shape, first_order, layout_source, make_host_visible,
-                        module_padding, operand, result_operand, to_tensor, uses_zero_copy,
-                        version_of)
+from .torch_ops import (ResultPool, conv_result_shape, first_order, layout_source,
+                        make_host_visible, module_padding, operand, result_operand, to_tensor,
+                        uses_zero_copy, version_of)
 
 _DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
@@ -82,8 +82,13 @@ class _Results:
         self._made: list[tuple[Any, cla.Array]] = []
         self._synced = 0  # how many of _made are synced
 
-    def new(self, shape: tuple[int, ...], like: torch.Tensor) -> cla.Array:
-        result = result_operand(shape, like, self.dev, self.zero_copy)
+    def new(self, shape: tuple[int, ...], like: torch.Tensor, kept: bool = False) -> cla.Array:
+        """A device array for a result of `shape` and `like`'s dtype. kept: only the forward's
+        own clconv nodes read it (a deferred result): from the running inference forward's
+        `ResultPool`, where one is set."""
+        pool = _DEFERRED.pool if kept and self.zero_copy else None
+        result = pool.result(shape, like, self.dev) if pool is not None else \
+            result_operand(shape, like, self.dev, self.zero_copy)
         if result is None:
             arr = empty(self.dev, shape, plan_dtype(like.dtype))
             self._made.append((None, arr))
@@ -135,16 +140,26 @@ class _Deferred(threading.local):
     all. `arrays`: the pending results' device arrays by (data pointer, shape, dtype), passed on
     to the chains that read them; `after`: what reads them on the host (the running statistics'
     update), run after the wait; `kept`: the deferred chains' operands (tensors such as a
-    residual that nothing else holds, contiguous copies), alive until their kernels are done."""
+    residual that nothing else holds, contiguous copies), alive until their kernels are done;
+    `pool`: the running inference forward's ResultPool (None: new results)."""
 
     def __init__(self) -> None:
         self.results: _Results | None = None
         self.arrays: dict[tuple[int, tuple[int, ...], torch.dtype], cla.Array] = {}
         self.after: list[Callable[[], None]] = []
         self.kept: list[Any] = []
+        self.pool: ResultPool | None = None
 
 
 _DEFERRED = _Deferred()
+
+
+def set_result_pool(pool: ResultPool | None) -> ResultPool | None:
+    """Makes `pool` the one this thread's deferred results come from (None: new results each);
+    returns the one before."""
+    d = _DEFERRED
+    before, d.pool = d.pool, pool
+    return before
 
 
 def joined_results(dev: Device, zero_copy: bool) -> _Results:

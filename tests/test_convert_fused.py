@@ -229,6 +229,77 @@ def test_modules_in_train_mode_keep_the_fused_inference_forward(ct, dev, monkeyp
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_deferred_results_are_reused_by_later_forwards(ct, dev, monkeypatch):
+    """The inference forward's deferred results (read only by its own clconv nodes) are made by
+    its first call and written again by later ones; outputs the caller holds keep their values
+    (they are new tensors each call)."""
+    import clconv.torch_ops as to
+
+    model = _net()
+    converted = ct.convert(model)
+    xs = [torch.randn(2, 3, 12, 10) for _ in range(3)]
+    made = []
+    result_operand = to.result_operand
+
+    def counted(*args):
+        made.append(args[0])
+        return result_operand(*args)
+
+    monkeypatch.setattr(to, "result_operand", counted)
+    ys = [_run(converted, xs[0], dev)]
+    first = len(made)
+    with dev:
+        on_host = to.uses_zero_copy(dev)
+    # (the chains, pool and gate whose readers are all clconv nodes)
+    assert first == (converted.forward.deferred if on_host else 0) and first >= (8 * on_host)
+    made.clear()
+    ys += [_run(converted, x, dev) for x in xs[1:]]
+    assert made == []
+    for x, y in zip(xs, ys, strict=True):
+        _close(y, _run(model, x))
+
+
+def test_result_pool_takes_only_what_nothing_else_holds(ct, dev, monkeypatch):
+    """ResultPool gives a kept result again only when neither the tensor nor a view of its
+    memory (a tensor view, a numpy array) is held elsewhere; results past its byte bounds are
+    made anew."""
+    import clconv.torch_ops as to
+
+    pool, like, shape = to.ResultPool(), torch.empty(1), (2, 3, 4)
+    with dev:
+        r1 = pool.result(shape, like, dev)
+        a = r1[0].data_ptr()
+        r2 = pool.result(shape, like, dev)  # r1 is held
+        b = r2[0].data_ptr()
+        assert a != b and isinstance(r2[1], type(r1[1]))
+        del r2
+        r3 = pool.result(shape, like, dev)
+        assert r3[0].data_ptr() == b
+        view = r1[0][1:]  # only a view of the first one's memory held
+        del r1
+        r4 = pool.result(shape, like, dev)
+        assert r4[0].data_ptr() not in (a, b)
+        array = r3[0].numpy()  # only a numpy array over the second one's memory held
+        del r3
+        r5 = pool.result(shape, like, dev)
+        assert r5[0].data_ptr() not in (a, b, r4[0].data_ptr())
+        del view, array, r4, r5
+        assert pool.result(shape, like, dev)[0].data_ptr() == a
+        assert pool.result(shape, torch.empty(1, dtype=torch.float64), dev)[0].data_ptr() != a
+
+        made = []
+        result_operand = to.result_operand
+        monkeypatch.setattr(to, "result_operand", lambda *args: made.append(args[0]) or
+                            result_operand(*args))
+        bounded = to.ResultPool()
+        bounded.MAX_RESULT_BYTES, bounded.MAX_BYTES = 4 * 24 - 1, 100  # (float32: 4 bytes)
+        for s in (shape, shape, (2, 3, 3), (2, 3, 3), (2, 3, 2), (2, 3, 2), (2, 3, 3)):
+            bounded.result(s, like, dev)
+        # 24 values: over the result bound, made each time; 18 kept; 12 more: past the pool's
+        # bound, which starts again with them
+        assert made == [shape, shape, (2, 3, 3), (2, 3, 2), (2, 3, 3)]
+
+
 def test_nested_modules_replaced_by_their_class_are_fetched_where_they_now_are(ct, dev):
     """The fused forward fetches each module at every call (from the modules' tables, four
     Sequentials deep here): a conv and BatchNorm of a chain, and a module left to torch,
@@ -943,37 +1014,38 @@ def test_calls_from_several_threads(ct, dev, case):
     it traces: other threads' calls ran into the trace (proxies returned, TraceError, a trace
     holding their calls). convert() traces now; a trace made again after a module changed is
     made by the next call (here in this thread: torch.fx cannot trace while other threads call
-    modules). Module by module (a module in train mode), a folded chain's BatchNorm passed
-    through the latest folded result of any thread: another thread's conv result was
-    normalised twice."""
+    modules). Module by module (a forward hook: the model's own forward), a folded chain's
+    BatchNorm passed through the latest folded result of any thread: another thread's conv
+    result was normalised twice. Each thread has its own input: the fused forward's reused
+    results (ResultPool) are never another running forward's."""
     import threading
 
     model = _net()
-    x = torch.randn(2, 3, 12, 10)
+    xs = [torch.randn(2, 3, 12, 10) for _ in range(3)]
     converted = ct.convert(model)
     if case == "traced again":  # a new module class: the next call traces again
         model[2], converted[2] = nn.ReLU6().eval(), nn.ReLU6().eval()
-        _run(converted, x, dev)
-    elif case == "module by module":  # a module in train mode: the model's own forward
-        model[2], converted[2] = nn.ReLU6(), nn.ReLU6()
-    want = _run(model, x)
+        _run(converted, xs[0], dev)
+    elif case == "module by module":  # a forward hook: the model's own forward
+        converted[10].register_forward_hook(lambda m, i, o: None)
+    wants = [_run(model, x) for x in xs]
     results, errors = [], []
 
-    def call():
+    def call(i):
         try:
             for _ in range(4):
-                results.append(_run(converted, x, dev))
-                results.append(_run(model, x))  # a plain torch model meanwhile
+                results.append((i, _run(converted, xs[i], dev)))
+                results.append((i, _run(model, xs[i])))  # a plain torch model meanwhile
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
-    threads = [threading.Thread(target=call) for _ in range(3)]
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == [] and len(results) == 24
-    for got in results:
-        _close(got, want)
+    for i, got in results:
+        _close(got, wants[i])
     assert converted.forward.fused == 10
 
 
