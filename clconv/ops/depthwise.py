@@ -22,7 +22,7 @@ import pyopencl.array as cla
 
 from ..blas.packed import vector_width
 from ..runtime.device import Device
-from ..runtime.program import kernel
+from ..runtime.program import BoundKernel, kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg
 from .geometry import ConvGeometry
@@ -243,8 +243,11 @@ class Depthwise:
         else:
             self.kernel = kernel(dev, "conv_depthwise.cl", "conv_depthwise", defines)
         self.global_size = (launch["segments"], launch["row_blocks"], launch["plane_blocks"])
-        self.tail = (np.int32(launch["rows"]), np.int32(launch["planes"]),
-                     np.int64(launch["nplanes"]), *geo.size_args())
+        tail = (np.int32(launch["rows"]), np.int32(launch["planes"]),
+                np.int64(launch["nplanes"]), *geo.size_args())
+        # This plan's own kernel object with the sizes set now: a run sets the operands'
+        # buffers and offsets only (the shared kernel's invoker set all of them each call).
+        self.bound = BoundKernel(self.kernel, (None,) * 10 + tail, range(10))
         self.empty = launch["nplanes"] == 0 or geo.out_spatial == 0
 
     def run(self, x: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
@@ -254,4 +257,4 @@ class Depthwise:
             return None
         args = fused_conv_args(x.base_data, element_offset(x), w, b, residual, out)
         with self.dev.lock:
-            return self.kernel(self.dev.queue, self.global_size, (1, 1, 1), *args, *self.tail)
+            return self.bound(self.dev.queue, self.global_size, (1, 1, 1), *args)
