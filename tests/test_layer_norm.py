@@ -101,8 +101,10 @@ def test_instance_norm_refusals(clconv):
         clconv.instance_norm(x, *stats)
     with pytest.raises(ValueError, match="needs running_mean"):
         clconv.instance_norm(x, use_input_stats=False)
-    with pytest.raises(ValueError, match="more than 1 spatial element"):
-        clconv.instance_norm(np.zeros((2, 3, 1), np.float32))
+    for shape in ((2, 3, 1), (0, 3, 1), (2, 0, 1, 1), (0, 0, 1)):  # (torch: empty ones too)
+        with pytest.raises(ValueError, match="more than 1 spatial element"):
+            clconv.instance_norm(np.zeros(shape, np.float32))
+    assert clconv.instance_norm(np.zeros((0, 3, 5), np.float32)).shape == (0, 3, 5)
     with pytest.raises(ValueError, match="more than 1 spatial element"):
         clconv.instance_norm(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match=r"\(N, C, \*spatial\)"):

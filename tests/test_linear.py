@@ -104,7 +104,7 @@ def test_vector_weight_as_torch(clconv, dev, rng, lead):
         out = np.empty(lead, dtype)
         assert clconv.linear(x, w, b, out=out) is out
         assert_close(out, want, dtype, reduction=11, magnitude=16)
-    with pytest.raises(ValueError, match="0-d"):
+    with pytest.raises(ValueError, match="0-d"):  # (a 1-d bias: torch's matrix path refuses)
         clconv.linear(x, w, np.ones(1, w.dtype))
     x2, w, b = random_array(rng, (5, 11)), random_array(rng, (11,)), np.asarray(0.5, np.float32)
     assert_close(clconv.linear(x2, w), torch.nn.functional.linear(t(x2), t(w)).numpy(),
@@ -115,6 +115,35 @@ def test_vector_weight_as_torch(clconv, dev, rng, lead):
         clconv.linear(x2, w, b)
     with pytest.raises(ValueError, match="features"):
         clconv.linear(x, random_array(rng, (7,), x.dtype))
+
+
+@pytest.mark.parametrize("lead, bias", [((2, 3), (2, 3)), ((2, 3), (1, 1)),
+                                        ((4, 2, 3), (1, 2, 3)), ((4, 2, 3), (4, 2, 1)),
+                                        ((4, 2, 3), (2, 3))], ids=str)
+def test_vector_weight_takes_a_bias_broadcasting_to_the_output(clconv, dev, rng, lead, bias):
+    """With a 1-d weight, torch adds a bias of >= 2 dims to the product in place: one that
+    broadcasts to the output (*lead) is added (with the activation after it, device arrays and
+    out= too); one that would broadcast the output beyond its shape is refused, as torch does."""
+    torch = import_torch()
+    t = torch.from_numpy
+    x, w, b = (random_array(rng, s) for s in ((*lead, 11), (11,), bias))
+    want = torch.nn.functional.linear(t(x), t(w), t(b)).numpy()
+    got = clconv.linear(x, w, b)
+    assert got.shape == lead
+    assert_close(got, want, np.float32, reduction=11, magnitude=16)
+    r = random_array(rng, lead)
+    got = clconv.linear(cla.to_device(dev.queue, x), w, cla.to_device(dev.queue, b),
+                        activation="relu", residual=r)
+    assert isinstance(got, cla.Array)
+    assert_close(got.get(), np.maximum(want + r, 0), np.float32, reduction=11, magnitude=16)
+    out = np.empty(lead, np.float32)
+    assert clconv.linear(x, w, b, out=out) is out
+    assert_close(out, want, np.float32, reduction=11, magnitude=16)
+    wide = random_array(rng, (5, *lead[1:]))
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.linear(t(x), t(w), t(wide))
+    with pytest.raises(ValueError, match="broadcast"):
+        clconv.linear(x, w, wide)
 
 
 def test_scalar_bias_broadcasts_as_torch(clconv, dev, rng):

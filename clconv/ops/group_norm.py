@@ -203,10 +203,10 @@ def instance_norm(input: ArrayLike, running_mean: ArrayLike | None = None,
         if v is not None and tuple(shape_of(v)) != (shape[1],):
             raise ValueError(f"instance_norm: {name} must have shape (C,) = ({shape[1]},) for "
                              f"input of shape {shape}, got {tuple(shape_of(v))}")
-    if shape[1] == 0:  # no channels: nothing to normalise (group_norm needs a group)
-        return group_norm(input, 1, weight, bias, eps)
-    if math.prod(shape[2:]) == 1 and math.prod(shape) > 0:
+    if math.prod(shape[2:]) == 1:  # (torch asks it of the shape, empty batches too)
         raise ValueError(f"instance_norm: expected more than 1 spatial element, got input size "
                          f"{list(shape)}")
+    if shape[1] == 0:  # no channels: nothing to normalise (group_norm needs a group)
+        return group_norm(input, 1, weight, bias, eps)
     # torch's statistics are batch_norm's: a constant instance with eps = 0 gives 0 (InvStd)
     return _group_norm(input, shape[1], weight, bias, eps, None, None, zero_rstd=True)

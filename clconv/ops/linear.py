@@ -173,7 +173,8 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *
     residual) of shape (*, out_features); residual (optional) has the output's shape;
     activation as the convolutions' (None, 'relu', ('leaky_relu', 0.2), ...).
     A 1-d weight (in_features,) gives an output of shape (*) (torch's matrix-vector form; a bias
-    then is 0-d, and, as torch's, not allowed with a 2-d input). A 0-d or (1,) bias is broadcast
+    then is 0-d or of >= 2 dims broadcasting to the output, and, as torch's, not allowed with a
+    2-d input). A 0-d or (1,) bias is broadcast
     over the features, as torch's; another bias that broadcasts to the output (torch's addmm:
     (N, out_features), (N, 1)) is added in a second pass, with the activation."""
     if len(shape_of(weight)) == 1:
@@ -221,14 +222,30 @@ def _linear_vector(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None,
     """linear with a 1-d weight (k,): the (1, k) weight's product with its last dim dropped."""
     k = shape_of(weight)[0]
     x_shape = shape_of(input)
-    if bias is not None and len(shape_of(bias)) != 0:
-        raise ValueError(f"linear: with a 1-d weight the bias must be 0-d, got shape "
-                         f"{shape_of(bias)}")
+    out_shape = tuple(x_shape[:-1])
+    b_shape = None if bias is None else tuple(shape_of(bias))
+    if b_shape is not None and len(b_shape) == 1:
+        # (torch's matrix path takes a 1-d bias for a matrix weight only)
+        raise ValueError(f"linear: with a 1-d weight the bias must be 0-d or of >= 2 dims "
+                         f"broadcasting to the output, got shape {b_shape}")
     if bias is not None and len(x_shape) == 2:
         # torch sends a 2-d input with a bias to addmm, which refuses a 1-d weight
         raise ValueError("linear: a 1-d weight with a bias takes an input of 1 or >= 3 dims "
                          "(torch's addmm refuses a 2-d one: 'mat2 must be a matrix')")
-    out_shape = tuple(x_shape[:-1])
+    if b_shape is not None and len(b_shape) >= 2:
+        # torch adds it to the product in place: it broadcasts to the output, not beyond
+        try:
+            fits = np.broadcast_shapes(out_shape, b_shape) == out_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"linear: bias of shape {b_shape} does not broadcast to the "
+                             f"output's {out_shape}")
+        if out is not None and tuple(shape_of(out)) != out_shape:
+            raise ValueError(f"linear: out must have the output's shape {out_shape}, got "
+                             f"{tuple(shape_of(out))}")
+        return add(_linear_vector(input, weight, None, None, residual, None), bias,
+                   activation=activation, out=out)
     for name, v in (("residual", residual), ("out", out)):
         if v is not None and tuple(shape_of(v)) != out_shape:
             raise ValueError(f"linear: {name} must have the output's shape {out_shape}, got "
