@@ -124,8 +124,64 @@ def classic() -> list[Layer]:
             for layer in LAYERS]
 
 
+def traced(net: str, prefix: str) -> list[Layer]:
+    """The distinct convolutions of benchmarks.whole_networks' `net` (clconv.tools.networks, full
+    width) as its forward calls them on one 224x224 image, named `prefix`.kind: each Conv2d's
+    input size and arguments, and each Linear on a channels-last (N, H, W, C) input (ConvNeXt's
+    blocks) as the 1x1 convolution `convert` runs it as. Left out: layers on one position (the
+    squeeze-excitation blocks' 1x1 layers, which run as blocks) and the classifier."""
+    import torch
+    from torch import nn
+
+    from .whole_networks import build
+
+    model = build(net)
+    found: list[Layer] = []
+
+    def name_of(c: int, h: int, co: int, k: int, s: int, g: int) -> str:
+        at = f" s{s}" if s > 1 else ""
+        if g > 1 and g == c == co:
+            return f"{prefix}.dw {c} {k}x{k}{at} @{h}"
+        if not found and c == 3:
+            return f"{prefix}.stem {c}-{co} {k}x{k}{at}"
+        groups = f" g{g}" if g > 1 else ""
+        if k == 1:
+            return f"{prefix}.pw {c}-{co}{at}{groups} @{h}"
+        return f"{prefix}.{c}-{co} {k}x{k}{at}{groups} @{h}"
+
+    def note(dims: tuple[int, ...]) -> None:
+        c, h, w, co, k, s, p, g = dims
+        if h * w > 1 and all(dims != other for _, other in found):
+            found.append((name_of(c, h, co, k, s, g), dims))
+
+    def conv_hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if len(set(m.kernel_size)) == len(set(m.stride)) == len(set(m.padding)) == 1 and \
+                m.dilation == (1, 1):  # (square, as the sets' layers are)
+            _, c, h, w = inputs[0].shape
+            note((c, h, w, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0],
+                  m.groups))
+
+    def linear_hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if inputs[0].dim() == 4:  # (N, H, W, C): channels-last
+            _, h, w, c = inputs[0].shape
+            note((c, h, w, m.out_features, 1, 1, 0, 1))
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules()
+             if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear_hook) for m in model.modules()
+              if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 224, 224))
+    for hook in hooks:
+        hook.remove()
+    return found
+
+
 NETS = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2, "resnet50": resnet50,
-        "efficientnet_b0": efficientnet_b0, "classic": classic}
+        "efficientnet_b0": efficientnet_b0, "classic": classic,
+        "mobilenet_v3_small": lambda: traced("mobilenet_v3_small", "mb3s"),
+        "densenet121": lambda: traced("densenet121", "d121"),
+        "convnext_t": lambda: traced("convnext_t", "cnx")}
 
 
 def batched(named: Sequence[Layer], batch: int) -> list[tuple[int, ...]]:

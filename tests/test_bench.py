@@ -151,6 +151,26 @@ def test_the_network_layer_sets_are_the_distinct_convolutions():
     assert all(p == k // 2 for _, (*_, k, s, p, g) in eb0)
 
 
+def test_the_traced_layer_sets_are_the_networks_convolutions():
+    """MobileNetV3-Small's, DenseNet-121's and ConvNeXt-T's sets: each convolution their forward
+    calls once (ConvNeXt's channels-last Linears as 1x1 ones), none on one position."""
+    pytest.importorskip("torch")
+    from benchmarks.fair import select_layers
+
+    mb3, cnx = select_layers("mobilenet_v3_small"), select_layers("convnext_t")
+    d121 = select_layers("densenet121")
+    for layers in (mb3, cnx, d121):
+        assert len({dims for _, dims in layers}) == len(layers)
+        assert all(h * w > 1 for _, (c, h, w, *_) in layers)
+    assert mb3[0] == ("mb3s.stem 3-16 3x3 s2", (3, 224, 224, 16, 3, 2, 1, 1))
+    assert {(k, s) for _, (c, *_, k, s, p, g) in mb3 if g == c > 1} == {(3, 1), (3, 2), (5, 1),
+                                                                          (5, 2)}
+    assert ("cnx.dw 384 7x7 @14", (384, 14, 14, 384, 7, 1, 3, 384)) in cnx
+    assert ("cnx.pw 96-384 @56", (96, 56, 56, 384, 1, 1, 0, 1)) in cnx
+    assert cnx[0][1] == (3, 224, 224, 96, 4, 4, 0, 1) and len(cnx) == 16
+    assert sum(n.startswith("d121.128-32 3x3") for n, _ in d121) == 4  # (its 3x3 layers)
+
+
 def test_the_classic_layer_set_keeps_each_layers_batch():
     """`--layers classic`: the classic table's six layers by the fair method, each at the batch
     size the table gives it (ResNet-50 res4 at 8), whatever --batch says."""

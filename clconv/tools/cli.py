@@ -347,7 +347,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "network layers (--layers; the fair method against torch CPU, which it needs)")
     fair.add_argument("--layers", type=network_list, default=None, metavar="NETS",
                       help="comma-separated built-in layer sets: resnet18, mobilenet_v2, "
-                           "resnet50, efficientnet_b0 (the distinct convolutions at 224x224; "
+                           "resnet50, efficientnet_b0, mobilenet_v3_small, densenet121, "
+                           "convnext_t (the distinct convolutions at 224x224; "
                            "benchmarks/fair.py says what each leaves out), classic (the classic "
                            "table's six layers, each at its own batch size)")
     fair.add_argument("--batch", type=positive_int, default=1,
