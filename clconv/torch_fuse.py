@@ -1311,6 +1311,58 @@ def _submodules_from_tables(src: str, graph: fx.Graph, model: nn.Module) -> str:
     return src
 
 
+class _Trace:
+    """A fused forward's generated source and the names it reads beyond the fixed ones (fx's
+    globals: modules kept by name), so that a copied or unpickled converted model makes its
+    function again from them instead of tracing again: torch.fx patches nn.Module calls
+    process-wide while it traces, so a first call's trace breaks other threads' module calls."""
+
+    def __init__(self, source: str, filename: str, names: dict[str, Any]) -> None:
+        self.source, self.filename = source, filename
+        self.names = {k: ("module", v.__name__) if isinstance(v, type(np)) else ("value", v)
+                      for k, v in names.items()}
+
+    def function(self) -> Callable[..., Any]:
+        """The forward (model, *args) this source defines; the function keeps this trace."""
+        import importlib
+
+        # An activation with no activation= name (threshold) is its Activation in the graph,
+        # written out as its repr: the class (and non-finite parameters) must be in scope.
+        # (a numpy scalar argument, F.layer_norm(..., eps=np.float64(0.1)), is written out as
+        # numpy 2's repr)
+        scope = {"Activation": Activation, "inf": math.inf, "nan": math.nan, "np": np,
+                 "clconv_submodule": submodule}
+        for k, (kind, v) in self.names.items():
+            scope[k] = importlib.import_module(v) if kind == "module" else v
+        exec(compile(self.source, self.filename, "exec"), scope)
+        fn = scope["forward"]
+        fn.clconv_trace = self
+        return fn
+
+
+def _portable(traces: dict[tuple[Any, ...], tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
+    """`traces` with each function replaced by its _Trace, for pickling; a trace whose key or
+    names do not pickle (a function of the user's forward defined inside another one) is left
+    out (made again by tracing at the first call that needs it)."""
+    import pickle
+
+    kept = {}
+    for key, (fn, *counts) in traces.items():
+        entry = (None if fn is None else fn.clconv_trace, *counts)
+        try:
+            pickle.dumps((key, entry))
+        except Exception:  # noqa: BLE001 - (any pickling failure: traced again)
+            continue
+        kept[key] = entry
+    return kept
+
+
+def _functions(traces: dict[tuple[Any, ...], tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
+    """`_portable`'s inverse: each _Trace made a function again."""
+    return {key: (None if t is None else t.function(), *counts)
+            for key, (t, *counts) in traces.items()}
+
+
 class FusedForward:
     """A converted model's `forward` (an instance attribute): a fused trace of the model's
     forward, the one for inference (eval mode, no_grad: `fused_conv`, `fused_max_pool`) or the
@@ -1343,10 +1395,37 @@ class FusedForward:
         self._pool = ResultPool()  # the inference forward's deferred results, reused
 
     def __getstate__(self) -> dict[str, Any]:
-        # The generated functions stay behind (traced again on the first fused call).
-        return {"model": self.model, "leaves": self.leaves, "_traces": {}, "_train_traces": {},
-                "fused": 0, "pools": 0, "gates": 0, "deferred": 0, "fused_train": 0,
-                "deferred_train": 0, "_met": set(), "_building": None, "_pool": ResultPool()}
+        # The traces as their sources (functions do not pickle); made again by __setstate__.
+        return {**self._copied_state(), "_traces": _portable(self._traces),
+                "_train_traces": _portable(self._train_traces)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for name in ("_traces", "_train_traces"):
+            state[name] = _functions(state.get(name, {}))
+        self.__dict__.update(state)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FusedForward:
+        # The generated functions fetch every module from the model they are given: the copy
+        # shares them (and traces nothing at its first call).
+        import copy
+
+        new = FusedForward.__new__(FusedForward)
+        memo[id(self)] = new
+        state = self._copied_state()
+        state["model"] = copy.deepcopy(self.model, memo)
+        new.__dict__.update(state, _traces=dict(self._traces),
+                            _train_traces=dict(self._train_traces))
+        return new
+
+    def _copied_state(self) -> dict[str, Any]:
+        """What a copy starts with besides the traces: the counts, no inputs met, no helpers
+        building, an empty result pool."""
+        return {"model": self.model, "leaves": self.leaves, "fused": self.fused,
+                "pools": self.pools, "gates": self.gates, "features": self.features,
+                "deferred": self.deferred, "fused_train": self.fused_train,
+                "deferred_train": self.deferred_train, "_met": set(), "_building": None,
+                "_pool": ResultPool()}
 
     def _structure(self, training: bool | None) -> tuple[Any, ...] | None:
         """The module classes in order with their train / eval flags (a forward may read
@@ -1472,16 +1551,10 @@ class FusedForward:
         graph.lint()
         _augmented_as_calls(graph)
         code = graph.python_code(root_module="self")
-        # An activation with no activation= name (threshold) is its Activation in the graph,
-        # written out as its repr: the class (and non-finite parameters) must be in scope.
-        # (a numpy scalar argument, F.layer_norm(..., eps=np.float64(0.1)), is written out as
-        # numpy 2's repr)
-        scope = {"Activation": Activation, "inf": math.inf, "nan": math.nan, "np": np,
-                 "clconv_submodule": submodule, **code.globals}
         name = "training" if training else "inference"
-        exec(compile(_submodules_from_tables(code.src, graph, model),
-                     f"<clconv fused {name} forward of {type(model).__name__}>", "exec"), scope)
-        return scope["forward"], fused, pools, gates, features, deferred
+        trace = _Trace(_submodules_from_tables(code.src, graph, model),
+                       f"<clconv fused {name} forward of {type(model).__name__}>", code.globals)
+        return trace.function(), fused, pools, gates, features, deferred
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model

@@ -525,12 +525,21 @@ def test_nothing_is_deferred_where_torch_writes_in_place(ct, dev):
         assert converted.forward.fused == 2 and converted.forward.deferred == 0
 
 
-def test_deepcopy_and_pickle_keep_the_fused_forward(ct, dev):
+def test_deepcopy_and_pickle_keep_the_fused_forward(ct, dev, monkeypatch):
+    """A deep copy and a pickled copy keep the traces (their functions made again from the
+    sources): their first calls trace nothing, since torch.fx's trace patches module calls
+    process-wide and would break other threads' calls (convert() traces for that reason)."""
+    import clconv.torch_fuse as tf
+
     model = _net()
     converted = ct.convert(model)
     x = torch.randn(1, 3, 12, 10)
     want = _run(model, x)
     _run(converted, x, dev)
+    traces = []
+    build = tf.FusedForward._build
+    monkeypatch.setattr(tf.FusedForward, "_build", lambda self, training: traces.append(
+        training) or build(self, training))
     twin = copy.deepcopy(converted)
     assert twin.forward.model is twin
     _close(_run(twin, x, dev), want)
@@ -540,7 +549,10 @@ def test_deepcopy_and_pickle_keep_the_fused_forward(ct, dev):
     loaded = torch.load(buf, weights_only=False)
     assert loaded.forward.model is loaded
     _close(_run(loaded, x, dev), want)
-    assert loaded.forward.fused == converted.forward.fused
+    assert loaded.forward.fused == converted.forward.fused == twin.forward.fused == 10
+    assert traces == []
+    _input_grads_match(loaded, model, x, dev)  # (the autograd trace too)
+    assert traces == []
 
 
 def test_compile_traces_the_models_own_forward(ct, dev):
