@@ -211,7 +211,7 @@ class ResultPool:
     nodes read (the trace's deferred results), kept and written again by its later forwards:
     a new tensor each call costs its allocation, numpy view and USE_HOST_PTR buffer (~10 us of
     host work a result) and cold memory; MobileNetV3-Small's converted forward at batch 1 ran
-    ~30% faster reusing them (docs/performance.md). A kept tensor is taken again only while
+    1.20x faster reusing them (docs/performance.md). A kept tensor is taken again only while
     nothing but the pool holds it: neither the tensor object (Python references) nor its memory
     (views, numpy arrays: the storage's use count) is referenced beyond the counts it had when
     made, checked under a lock, and the taker's reference makes it busy before the lock is left.
