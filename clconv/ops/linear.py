@@ -205,11 +205,7 @@ def _linear_broadcast_bias(input: ArrayLike, weight: ArrayLike, bias: ArrayLike,
     (with the residual) first, then the bias added with the activation fused."""
     out_shape = (*shape_of(input)[:-1], shape_of(weight)[0])
     b_shape = tuple(shape_of(bias))
-    try:
-        fits = np.broadcast_shapes(out_shape, b_shape) == out_shape
-    except ValueError:
-        fits = False
-    if not fits:
+    if not _broadcasts_to(b_shape, out_shape):
         raise ValueError(f"linear: bias must have shape ({out_shape[-1]},) or one that "
                          f"broadcasts to the output's {out_shape}, got {b_shape}")
     return add(linear(input, weight, None, residual=residual), bias, activation=activation,
@@ -232,30 +228,31 @@ def _linear_vector(input: ArrayLike, weight: ArrayLike, bias: ArrayLike | None,
         # torch sends a 2-d input with a bias to addmm, which refuses a 1-d weight
         raise ValueError("linear: a 1-d weight with a bias takes an input of 1 or >= 3 dims "
                          "(torch's addmm refuses a 2-d one: 'mat2 must be a matrix')")
-    if b_shape is not None and len(b_shape) >= 2:
-        # torch adds it to the product in place: it broadcasts to the output, not beyond
-        try:
-            fits = np.broadcast_shapes(out_shape, b_shape) == out_shape
-        except ValueError:
-            fits = False
-        if not fits:
-            raise ValueError(f"linear: bias of shape {b_shape} does not broadcast to the "
-                             f"output's {out_shape}")
-        if out is not None and tuple(shape_of(out)) != out_shape:
-            raise ValueError(f"linear: out must have the output's shape {out_shape}, got "
-                             f"{tuple(shape_of(out))}")
-        return add(_linear_vector(input, weight, None, None, residual, None), bias,
-                   activation=activation, out=out)
     for name, v in (("residual", residual), ("out", out)):
         if v is not None and tuple(shape_of(v)) != out_shape:
             raise ValueError(f"linear: {name} must have the output's shape {out_shape}, got "
                              f"{tuple(shape_of(v))}")
+    if b_shape is not None and len(b_shape) >= 2:
+        # torch adds it to the product in place: it broadcasts to the output, not beyond
+        if not _broadcasts_to(b_shape, out_shape):
+            raise ValueError(f"linear: bias of shape {b_shape} does not broadcast to the "
+                             f"output's {out_shape}")
+        return add(_linear_vector(input, weight, None, None, residual, None), bias,
+                   activation=activation, out=out)
     if out is not None and not _contiguous(out):
         raise ValueError("linear: with a 1-d weight, out must be contiguous")
     col = lambda a: None if a is None else a.reshape(*out_shape, 1)
     y = linear(input, weight.reshape(1, k), None if bias is None else bias.reshape(1),
                activation=activation, residual=col(residual), out=col(out))
     return out if out is not None else y.reshape(out_shape)
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether `shape` broadcasts to `target` without enlarging it."""
+    try:
+        return np.broadcast_shapes(target, shape) == target
+    except ValueError:
+        return False
 
 
 def _contiguous(a: Any) -> bool:
