@@ -284,7 +284,7 @@ def run_folded(conv: nn.Module, fold: Fold, spec: Any, input: torch.Tensor,
                                activation=spec, residual=r, out=out)
         if out is None:
             y = to_tensor(host_result(y), layout_source(x, conv.padding_mode))
-        elif defer and not unbatched and x.is_contiguous() and results.over_tensor(out):
+        elif kept and results.over_tensor(out):
             # (a contiguous x: the result is not made channels_last, which would read it)
             return defer_result(results, out, (input, residual, operands, r))
         else:
