@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyopencl.array as cla
 import torch
-from torch import fx, nn
+from torch import nn
 from torch.nn.modules import module as _module_module  # (its global hook tables)
 
 from .ops.conv import cached_conv_plan
@@ -25,7 +25,7 @@ from .ops.precision import check_precision, plan_dtype
 from .runtime.device import Device, current_device
 from .torch_graph import activation_module
 from .torch_graph.activations import ACTIVATION_MODULES
-from .torch_graph.tracing import backward_hooks_set_aside
+from .torch_graph.tracing import StateTracer, backward_hooks_set_aside, trace_writers_whole
 from .torch_ops import (
     OPS,
     NotScriptable,
@@ -403,7 +403,7 @@ def chains_traced(model: nn.Module) -> list[tuple[nn.Module, ...]] | None:
         for training in (True, False):
             model.train(training)
             with backward_hooks_set_aside(model):
-                graphs.append(fx.symbolic_trace(model).graph)
+                graphs.append(trace_writers_whole(StateTracer, model))
     except Exception:  # noqa: BLE001 - any failure to trace means: no traced chains
         return None
     finally:

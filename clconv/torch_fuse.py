@@ -30,7 +30,8 @@ from .torch_fold import (BATCHNORM_ND, Fold, NotFoldable, backward_hooked, globa
 from .torch_train import (defer_result, deferred_array, flush_deferred, joined_results,
                           run_chain, set_result_pool, trainable, trains_fused)
 from .torch_graph.activations import activation_module, activation_of, activation_spec
-from .torch_graph.tracing import AUGMENTED, InplaceTracer, backward_hooks_set_aside
+from .torch_graph.tracing import (AUGMENTED, InplaceTracer, backward_hooks_set_aside,
+                                  trace_writers_whole)
 from .ops.binary import binary_plan, binary_values
 from .ops.channels import batch_norm_plan, channel_norm_plan
 from .ops.conv import cached_conv_plan
@@ -1228,16 +1229,17 @@ def _defer_where_users_are(nodes: list[fx.Node], targets: tuple[Callable[..., An
 
 
 class _Tracer(InplaceTracer):
-    """torch.fx's tracer with clconv.torch's module classes (converted convolutions, folded
-    chains' BatchNorms and activations) as leaves, as torch.nn's own are, and `a += b` traced as
-    the write it is (InplaceProxy)."""
+    """torch.fx's tracer with clconv.torch's module classes (`classes`: converted convolutions,
+    folded chains' BatchNorms and activations) as leaves, as torch.nn's own are, the submodules
+    named in `whole` too (their forward writes their state: run as written), and `a += b`
+    traced as the write it is (InplaceProxy)."""
 
-    def __init__(self, leaves: tuple[type, ...]) -> None:
-        super().__init__()
-        self.leaves = leaves
+    def __init__(self, classes: tuple[type, ...], whole: frozenset[str] = frozenset()) -> None:
+        super().__init__(whole)
+        self.classes = classes
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, self.leaves) or hasattr(type(m), "_clconv_base") or \
+        return isinstance(m, self.classes) or hasattr(type(m), "_clconv_base") or \
             super().is_leaf_module(m, qualname)
 
 
@@ -1509,10 +1511,11 @@ class FusedForward:
         (for inference), nodes deferred)."""
         model = self.model
         try:
-            # (under the autograd mode the trace runs in: a forward may read it)
+            # (under the autograd mode the trace runs in: a forward may read it; a submodule
+            # writing its state runs as written, in torch, within the trace)
             with torch.set_grad_enabled(training), backward_hooks_set_aside(model), \
                     _untraceable_refused(training):
-                graph = _Tracer(self.leaves).trace(model)
+                graph = trace_writers_whole(lambda whole: _Tracer(self.leaves, whole), model)
         except Exception:  # noqa: BLE001 - an untraceable forward runs as written
             return None, 0, 0, 0, 0, 0
         modules = dict(model.named_modules())

@@ -549,6 +549,58 @@ def test_a_root_forward_writing_a_tensor_made_at_the_trace_is_refused(dev, ct):
         ct.compile(model, torch.randn(2, 6), progress=False)
 
 
+class _KeepsFeature(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.kept, self.seen = None, []
+
+    def forward(self, y):
+        self.kept = y
+        self.seen.append(y.shape)
+        return y
+
+
+class WritesState(nn.Module):
+    def __init__(self, where):
+        super().__init__()
+        self.where = where
+        self.c, self.d = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.keep = _KeepsFeature()
+        self.feats = []
+
+    def forward(self, x):
+        y = self.c(x)
+        if self.where == "submodule":
+            y = self.keep(y)
+        else:
+            self.feats.append(y)
+        return self.d(y)
+
+
+def test_a_module_writing_its_state_runs_in_torch(dev, ct):
+    """fx records no write of a module's Python state: compile() left an fx proxy in the
+    user's model (`self.kept`) and its list, written once at the trace. The module doing so
+    now runs in torch (a FallbackWarning), writing on each call as torch's; a root forward
+    doing so is refused, the model's state as it was."""
+    torch.manual_seed(0)
+    model = WritesState("submodule").eval()
+    x = torch.randn(2, 3, 5, 6)
+    cm = _compile_with_fallbacks(ct, model, x)
+    assert [f.op for f in cm.fallbacks] == ["_KeepsFeature"]
+    for inputs in (x, torch.randn(1, 3, 5, 6)):
+        model.keep.seen.clear()
+        got = cm(inputs)  # one write a call, of this call's values
+        assert model.keep.seen == [(len(inputs), 4, 5, 6)]
+        assert type(model.keep.kept) is torch.Tensor
+        with torch.no_grad():
+            _close(model.keep.kept, model.c(inputs))
+            _close(got, model(inputs))
+    root = WritesState("root").eval()
+    with pytest.raises(TypeError, match="feats changed in the traced forward"):
+        ct.compile(root, x, progress=False)
+    assert root.feats == []
+
+
 class FixedExpandProduct(nn.Module):
     def __init__(self):
         super().__init__()

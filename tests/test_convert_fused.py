@@ -1594,3 +1594,76 @@ def test_squeeze_excitation_blocks_run_as_one_launch(ct, dev):
         check(x, 1)
     finally:
         se.SqueezeExcitationPlan.enqueue = original
+
+
+class _Tap(nn.Module):
+    """Keeps its input (a feature map for later use) and counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.kept, self.calls = None, 0
+
+    def forward(self, x):
+        self.kept = x
+        self.calls += 1
+        return x
+
+
+class _WritesState(nn.Module):
+    """A network whose forward writes Python state: the root's attribute, a tap submodule's,
+    and a list the root holds."""
+
+    def __init__(self, where):
+        super().__init__()
+        self.where = where
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.tap = _Tap()
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.feat, self.feats = None, []
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.where == "tap":
+            y = self.tap(y)
+        elif self.where == "root":
+            self.feat = y
+        else:
+            self.feats.append(y)
+        return self.b(y)
+
+
+@pytest.mark.parametrize("where", ["tap", "root", "list"])
+def test_forwards_writing_their_state_write_it_on_every_call(ct, dev, where):
+    """fx runs a forward once, at its trace, and records no write of a module's Python state:
+    the converted model kept an fx proxy in `self.feat` (or its list, or the tap's attribute)
+    and no call wrote it again. The module that writes now runs as written (a submodule whole
+    inside the fused forward, whose other chains stay fused; the root: its own forward), in
+    eval under no_grad, with grad and in train mode, each call writing once as torch's."""
+    from torch.fx import Proxy
+
+    torch.manual_seed(0)
+    model = _WritesState(where).eval()
+    converted = ct.convert(copy.deepcopy(model))
+    for step, x in enumerate((torch.randn(2, 3, 6, 6), torch.randn(1, 3, 5, 7)), 1):
+        want = _run(model, x)
+        got = _run(converted, x, dev)
+        _close(got, want)
+        kept = {"tap": lambda m: m.tap.kept, "root": lambda m: m.feat,
+                "list": lambda m: m.feats[-1]}[where]
+        assert isinstance(kept(converted), torch.Tensor) and not isinstance(kept(converted),
+                                                                             Proxy)
+        _close(kept(converted), kept(model))
+        assert converted.tap.calls == model.tap.calls
+        assert len(converted.feats) == len(model.feats) == (step if where == "list" else 0)
+    # the rest stays fused where only the tap writes
+    assert converted.forward.fused == (2 if where == "tap" else 0)
+    with dev:
+        converted(x).sum().backward()  # the autograd trace as well
+    assert not isinstance(kept(converted), Proxy)
+    converted.train()
+    with dev:
+        converted(x).sum().backward()
+    assert not isinstance(kept(converted), Proxy)
+    from clconv.torch_graph.tracing import _MODULE_SETATTR
+
+    assert nn.Module.__setattr__ is _MODULE_SETATTR  # (swapped only while a trace runs)

@@ -5,9 +5,11 @@ shapes and dtypes on its nodes (fx's ShapeProp)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import operator
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
@@ -117,24 +119,94 @@ class _ConcreteValuesRefused(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class InplaceTracer(fx.Tracer):
-    """torch.fx's tracer making InplaceProxy's, refusing what a trace would freeze
-    (_ConcreteValuesRefused)."""
+class ModuleStateWritten(TypeError):
+    """The traced forward wrote its modules' Python state: `module` (a qualified name, '' for
+    the root) is the one whose forward did, or whose container changed."""
 
-    def proxy(self, node: fx.Node) -> fx.Proxy:
-        return InplaceProxy(node, self)
-
-    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
-        with _ConcreteValuesRefused():
-            return super().trace(root, concrete_args)
+    def __init__(self, message: str, module: str | None = None) -> None:
+        super().__init__(message)
+        self.module = module
 
 
-class Tracer(InplaceTracer):
-    """torch.fx's tracer, with clconv.torch's modules (converted convolutions, folded chains) as
-    leaves like torch.nn's: their forward runs clconv from Python, which fx cannot trace into.
-    `leaves`: qualified names of submodules kept whole too (those whose forward fx cannot trace);
-    `failed`: after a trace that raised, the innermost submodule being traced then ('' for the
-    model's own forward)."""
+#: Threads tracing now (a count each), whose module attribute writes _module_writes_refused
+#: refuses; nn.Module.__setattr__ is swapped while there is one.
+_WRITING_TRACES: dict[int, int] = {}
+_WRITING_LOCK = threading.Lock()
+_MODULE_SETATTR = nn.Module.__setattr__
+#: nn.Module's own attributes (parameter, buffer, module and hook tables), no user state.
+_MODULE_OWN = frozenset(vars(nn.Module()))
+
+
+#: `fx` > 0 while fx's tracer makes a node's argument in this thread: it sets the graph's
+#: constants (tensors of no traced value) on the root itself.
+_IN_FX = threading.local()
+
+
+def _setattr_refused_while_tracing(self: nn.Module, name: str, value: Any) -> None:
+    if threading.get_ident() in _WRITING_TRACES and not getattr(_IN_FX, "fx", 0):
+        raise ModuleStateWritten(f"{type(self).__name__}.{name} set in the traced forward (a "
+                                 f"trace would set it once, no call again)")
+    _MODULE_SETATTR(self, name, value)
+
+
+def _changed(now: Any, saved: Any) -> bool:
+    if isinstance(now, dict):
+        return now.keys() != saved.keys() or any(now[k] is not saved[k] for k in now)
+    if isinstance(now, set):
+        return {id(v) for v in now} != {id(v) for v in saved}
+    return len(now) != len(saved) or any(a is not b for a, b in zip(now, saved))
+
+
+def _put_back(now: Any, saved: Any) -> None:
+    if isinstance(now, list):
+        now[:] = saved
+    else:
+        now.clear()
+        now.update(saved)
+
+
+@contextlib.contextmanager
+def _module_writes_refused(root: Any) -> Iterator[None]:
+    """While fx traces `root`, in the tracing thread: a module attribute's write (`self.feat =
+    x`, `self.calls += 1`) raises ModuleStateWritten, and a list, dict or set a module holds
+    that the trace changed (`self.features.append(x)`) is put back as it was, and raises one
+    after the trace. fx runs the forward once, at the trace, and records no such write: the
+    model would keep a proxy, or the state of that one run, and no call would write it again.
+    The module whose forward writes is then left whole, to torch (which runs it as written)."""
+    ident = threading.get_ident()
+    names = {id(m): n for n, m in root.named_modules()} if isinstance(root, nn.Module) else {}
+    held = [(names[id(m)], name, v, copy.copy(v)) for m in (
+        root.modules() if isinstance(root, nn.Module) else ()) for name, v in vars(m).items()
+        if name not in _MODULE_OWN and type(v) in (list, dict, set)]
+    with _WRITING_LOCK:
+        if not _WRITING_TRACES:
+            nn.Module.__setattr__ = _setattr_refused_while_tracing  # type: ignore[method-assign]
+        _WRITING_TRACES[ident] = _WRITING_TRACES.get(ident, 0) + 1
+    changed: list[tuple[str, str]] = []
+    try:
+        yield
+    finally:
+        with _WRITING_LOCK:
+            _WRITING_TRACES[ident] -= 1
+            if not _WRITING_TRACES[ident]:
+                del _WRITING_TRACES[ident]
+            if not _WRITING_TRACES:
+                nn.Module.__setattr__ = _MODULE_SETATTR  # type: ignore[method-assign]
+        for module, name, now, saved in held:
+            if _changed(now, saved):
+                _put_back(now, saved)
+                changed.append((module, name))
+    if changed:
+        module, name = changed[0]
+        raise ModuleStateWritten(f"{module or 'the model'}'s {name} changed in the traced "
+                                 f"forward", module)
+
+
+class StateTracer(fx.Tracer):
+    """torch.fx's tracer refusing writes of the modules' own state (_module_writes_refused).
+    `leaves`: qualified names of submodules kept whole (traced as one call, run as written);
+    `failed`: after a trace that raised, the submodule that failed: the innermost one being
+    traced then, or the one whose state it wrote ('' for the model's own forward)."""
 
     def __init__(self, leaves: frozenset[str] = frozenset()) -> None:
         super().__init__()
@@ -143,10 +215,15 @@ class Tracer(InplaceTracer):
         self._path: list[str] = [""]
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        # (a module with forward hooks stays whole: the lowering leaves it to torch, which calls
-        # the hooks on each call; traced into, they would have run once, on the trace's proxies)
-        return module_qualified_name in self.leaves or type(m).__module__ == "clconv.torch" or \
-            forward_hooked(m) or super().is_leaf_module(m, module_qualified_name)
+        return module_qualified_name in self.leaves or \
+            super().is_leaf_module(m, module_qualified_name)
+
+    def create_arg(self, a: Any) -> Any:
+        _IN_FX.fx = getattr(_IN_FX, "fx", 0) + 1
+        try:
+            return super().create_arg(a)
+        finally:
+            _IN_FX.fx -= 1
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         self._path.append(self.path_of_module(m))
@@ -161,11 +238,57 @@ class Tracer(InplaceTracer):
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
         try:
-            return super().trace(root, concrete_args)
+            with _module_writes_refused(root):
+                return super().trace(root, concrete_args)
+        except ModuleStateWritten as err:
+            if err.module is not None:  # (a container: its module, whatever failed first)
+                self.failed = err.module
+            elif self.failed is None:
+                self.failed = ""
+            raise
         except Exception:
             if self.failed is None:
                 self.failed = ""
             raise
+
+
+def trace_writers_whole(make: Callable[[frozenset[str]], StateTracer], root: nn.Module) -> fx.Graph:
+    """`make(leaves).trace(root)`'s graph, with every submodule whose forward writes its state
+    kept whole (traced again with it as a leaf: it runs as written); ModuleStateWritten where
+    the root's own forward writes, and the trace's other errors as they are."""
+    whole: frozenset[str] = frozenset()
+    while True:
+        tracer = make(whole)
+        try:
+            return tracer.trace(root)
+        except ModuleStateWritten:
+            if not tracer.failed or tracer.failed in whole:
+                raise
+            whole |= {tracer.failed}
+
+
+class InplaceTracer(StateTracer):
+    """StateTracer making InplaceProxy's, refusing what a trace would freeze as well
+    (_ConcreteValuesRefused)."""
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return InplaceProxy(node, self)
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        with _ConcreteValuesRefused():
+            return super().trace(root, concrete_args)
+
+
+class Tracer(InplaceTracer):
+    """torch.fx's tracer, with clconv.torch's modules (converted convolutions, folded chains) as
+    leaves like torch.nn's: their forward runs clconv from Python, which fx cannot trace into;
+    `leaves` (InplaceTracer's) are those whose forward fx cannot trace."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # (a module with forward hooks stays whole: the lowering leaves it to torch, which calls
+        # the hooks on each call; traced into, they would have run once, on the trace's proxies)
+        return type(m).__module__ == "clconv.torch" or forward_hooked(m) or \
+            super().is_leaf_module(m, module_qualified_name)
 
 
 def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.GraphModule:
