@@ -37,8 +37,8 @@ import benchmarks
 __all__ = ["NETWORKS", "PATHS", "measure", "mobilenet_v2", "resnet18", "run_child"]
 
 NETWORKS = ("resnet18", "mobilenet_v2")
-#: Also offered (--nets): squeeze-excitation networks
-MORE_NETWORKS = ("mobilenet_v3_small", "efficientnet_b0")
+#: Also offered (--nets): squeeze-excitation networks, DenseNet-121 and ConvNeXt-T
+MORE_NETWORKS = ("mobilenet_v3_small", "efficientnet_b0", "densenet121", "convnext_t")
 MODES = ("cold", "warm")
 PATHS = ("convert", "compile")
 
@@ -75,6 +75,23 @@ def efficientnet_b0() -> Any:
     return EfficientNetB0(1.0, num_classes=1000)
 
 
+def densenet121() -> Any:
+    """DenseNet-121 (Huang et al. 2017, table 1): dense blocks of 6, 12, 24, 16 layers (growth
+    32, pre-activation BatchNorm -> ReLU -> 1x1 -> 3x3), transitions halving the channels. 120
+    convs."""
+    from clconv.tools.networks import DenseNet
+
+    return DenseNet((6, 12, 24, 16), 32, 64, 4, 1000)
+
+
+def convnext_t() -> Any:
+    """ConvNeXt-T (Liu et al. 2022): stages of 3, 3, 9, 3 blocks (96-768 channels; 7x7
+    depthwise, channels-last LayerNorm, 4x Linear MLP with GELU, layer scale)."""
+    from clconv.tools.networks import ConvNeXt
+
+    return ConvNeXt((3, 3, 9, 3), (96, 192, 384, 768), 1000)
+
+
 def run_child(net: str, path: str = "convert") -> dict[str, Any]:
     """In this process: build `net`, convert (or compile) it, time torch's forward and clconv's
     first two."""
@@ -88,7 +105,8 @@ def run_child(net: str, path: str = "convert") -> dict[str, Any]:
     torch.manual_seed(0)
     model = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2,
              "mobilenet_v3_small": mobilenet_v3_small,
-             "efficientnet_b0": efficientnet_b0}[net]().eval()
+             "efficientnet_b0": efficientnet_b0, "densenet121": densenet121,
+             "convnext_t": convnext_t}[net]().eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         model(x)  # torch's own warm-up (its first call allocates)
