@@ -403,7 +403,7 @@ def chains_traced(model: nn.Module) -> list[tuple[nn.Module, ...]] | None:
         for training in (True, False):
             model.train(training)
             with backward_hooks_set_aside(model):
-                graphs.append(trace_writers_whole(StateTracer, model))
+                graphs.append(trace_writers_whole(StateTracer, model)[0])
     except Exception:  # noqa: BLE001 - any failure to trace means: no traced chains
         return None
     finally:

@@ -1380,16 +1380,17 @@ class FusedForward:
     (joins, average pools, BatchNorms of no fold, the steps of channels-last runs, sums),
     `deferred` of them waited for with a later one;
     `fused_train`: the autograd trace's chains, `deferred_train` of them waited for with a later
-    one (clconv.torch_train._Deferred)."""
+    one (clconv.torch_train._Deferred); `writers`: the last trace run's submodules kept whole, as
+    their forward writes their Python state (clconv.torch_graph.tracing)."""
 
     def __init__(self, model: nn.Module, leaves: tuple[type, ...]) -> None:
         self.model, self.leaves = model, leaves
-        # key (`_structure`) -> (forward or None, fused, pools, gates, deferred), one dict a
-        # trace kind
-        self._traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int, int]] = {}
-        self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int, int]] = {}
+        # key (`_structure`) -> (forward or None, fused, pools, gates, features, deferred,
+        # writers), one dict a trace kind
+        self._traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int, int, int]] = {}
+        self._train_traces: dict[tuple[Any, ...], tuple[Any, int, int, int, int, int, int]] = {}
         self.fused = self.pools = self.gates = self.features = self.deferred = 0
-        self.fused_train = self.deferred_train = 0
+        self.fused_train = self.deferred_train = self.writers = 0
         # (trace, input signature) pairs met: a new one's first forward lists its layers for
         # clconv.torch_prebuild
         self._met: set[tuple[Any, ...]] = set()
@@ -1497,7 +1498,8 @@ class FusedForward:
                     if len(traces) >= _TRACES_KEPT:  # the oldest goes (a model swapping modules)
                         del traces[next(iter(traces))]
                     found = traces[key] = self._build(training)
-        fn, fused, pools, gates, features, deferred = found
+        fn, fused, pools, gates, features, deferred, *writers = found
+        self.writers = writers[0] if writers else 0  # (traces pickled before it counted them)
         if training:
             self.fused_train, self.deferred_train = fused, deferred
         else:
@@ -1505,19 +1507,20 @@ class FusedForward:
                 fused, pools, gates, features, deferred
         return fn
 
-    def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int, int, int]:
+    def _build(self, training: bool) -> tuple[Callable[..., Any] | None, int, int, int, int, int,
+                                              int]:
         """(the fused forward or None where nothing fused, chains fused, max pools, gate ops and
         feature ops (cat, average pools, BatchNorms left, channels-last steps, sums) replaced
-        (for inference), nodes deferred)."""
+        (for inference), nodes deferred, submodules kept whole as they write their state)."""
         model = self.model
         try:
             # (under the autograd mode the trace runs in: a forward may read it; a submodule
             # writing its state runs as written, in torch, within the trace)
             with torch.set_grad_enabled(training), backward_hooks_set_aside(model), \
                     _untraceable_refused(training):
-                graph = trace_writers_whole(lambda whole: _Tracer(self.leaves, whole), model)
+                graph, whole = trace_writers_whole(lambda w: _Tracer(self.leaves, w), model)
         except Exception:  # noqa: BLE001 - an untraceable forward runs as written
-            return None, 0, 0, 0, 0, 0
+            return None, 0, 0, 0, 0, 0, 0
         modules = dict(model.named_modules())
 
         def is_conv(m: nn.Module) -> bool:
@@ -1550,14 +1553,14 @@ class FusedForward:
                 pools = gates = features = deferred = 0
             changed = fused + features
         if not changed:
-            return None, 0, 0, 0, 0, 0
+            return None, 0, 0, 0, 0, 0, 0
         graph.lint()
         _augmented_as_calls(graph)
         code = graph.python_code(root_module="self")
         name = "training" if training else "inference"
         trace = _Trace(_submodules_from_tables(code.src, graph, model),
                        f"<clconv fused {name} forward of {type(model).__name__}>", code.globals)
-        return trace.function(), fused, pools, gates, features, deferred
+        return trace.function(), fused, pools, gates, features, deferred, len(whole)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         model = self.model
@@ -1583,7 +1586,8 @@ class FusedForward:
         if fn is None:
             return plain(model, *args, **kwargs)
         first = None
-        if (self.fused_train if grad else self.fused) >= MIN_LAYERS and \
+        # (no shape pass where a module writes its state: it would see two calls)
+        if (self.fused_train if grad else self.fused) >= MIN_LAYERS and not self.writers and \
                 len(self._met) < SIGNATURES_KEPT:
             met = (id(fn), signature(args))
             if met not in self._met:

@@ -233,6 +233,35 @@ def test_a_network_listed_before_lists_nothing(cache, monkeypatch, dev, clconv_m
     assert len(listed) == 3 and listed[2] is None
 
 
+class _Counting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x
+
+
+def test_no_listing_pass_where_a_module_writes_its_state(cache, monkeypatch, dev, clconv_mod):
+    """A submodule that writes its Python state runs whole inside the fused forward (as
+    written); the first forward then lists nothing, so that it sees one call, as in torch."""
+    import clconv.torch as ct
+
+    monkeypatch.setenv("CLCONV_PREBUILD", "1")
+    sent = _spy(monkeypatch)
+    model = _model()
+    model.layers[3].append(_Counting())  # (a chain's end: the chain itself stays fused)
+    x = torch.randn(2, 3, 20, 20)
+    converted = ct.convert(model)
+    with torch.no_grad():
+        want = model(x)
+        _close(converted(x), want)
+    assert converted.forward.writers == 1 and converted.forward.fused >= 6
+    assert model.layers[3][3].calls == 1 and converted.layers[3][3].calls == 1
+    assert sent == []
+
+
 def test_a_failing_listing_pass_changes_nothing(cache, monkeypatch, dev, clconv_mod):
     """A forward whose shape pass raises (here: it refuses the first item alone) runs as without
     helpers, its error (if any) its own."""

@@ -252,15 +252,17 @@ class StateTracer(fx.Tracer):
             raise
 
 
-def trace_writers_whole(make: Callable[[frozenset[str]], StateTracer], root: nn.Module) -> fx.Graph:
+def trace_writers_whole(make: Callable[[frozenset[str]], StateTracer],
+                        root: nn.Module) -> tuple[fx.Graph, frozenset[str]]:
     """`make(leaves).trace(root)`'s graph, with every submodule whose forward writes its state
-    kept whole (traced again with it as a leaf: it runs as written); ModuleStateWritten where
-    the root's own forward writes, and the trace's other errors as they are."""
+    kept whole (traced again with it as a leaf: it runs as written), and those submodules'
+    qualified names; ModuleStateWritten where the root's own forward writes, and the trace's
+    other errors as they are."""
     whole: frozenset[str] = frozenset()
     while True:
         tracer = make(whole)
         try:
-            return tracer.trace(root)
+            return tracer.trace(root), whole
         except ModuleStateWritten:
             if not tracer.failed or tracer.failed in whole:
                 raise
