@@ -209,6 +209,19 @@ def test_backward_errors(clconv, rng):
         layer(np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError, match="channel"):
         layer(np.zeros((1, 3, 4, 4), np.float32))
+    # Flatten as every other layer: a grad_output of another shape (even of the same size) is
+    # refused, numpy and device arrays alike, alone or ending a Sequential
+    flat = clconv.nn.Flatten()
+    flat(np.ones((2, 3, 2), np.float32))
+    for bad in (np.ones((3, 4), np.float32), np.ones((2, 5), np.float32)):
+        for g in (bad, cla.to_device(clconv.current_device().queue, bad)):
+            with pytest.raises(ValueError, match=r"grad_output must have the shape .*\(2, 6\)"):
+                flat.backward(g)
+    assert flat.backward(np.ones((2, 6), np.float32)).shape == (2, 3, 2)
+    model = clconv.nn.Sequential(clconv.nn.ReLU(), clconv.nn.Flatten())
+    model(np.ones((2, 3, 2), np.float32))
+    with pytest.raises(ValueError, match="grad_output must have the shape"):
+        model.backward(np.ones((3, 4), np.float32))
 
 
 def test_transposed_output_size(clconv, rng):

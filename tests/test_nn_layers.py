@@ -300,6 +300,41 @@ def test_sequential_container(clconv):
         nn.Sequential(nn.ReLU(), lambda x: x)
 
 
+def test_sequential_slices_keep_torchs_keys(clconv):
+    """A slice keeps each layer's key, as torch.nn.Sequential's (`model[1:]`'s first layer is
+    '1'; a reversed slice '2', '1', '0'): its state_dict, named_parameters, load_state_dict and
+    repr use them; append takes str(len) (replacing the layer a slice holds under that key, as
+    torch's add_module); del / insert / pop number the layers again."""
+    torch = import_torch()
+    nn = clconv.nn
+    ours = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 1), nn.ReLU(),
+                         nn.Conv2d(2, 3, 1))
+    theirs = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(2, 2, 1), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(2, 3, 1))
+    for index in (slice(1, None), slice(None, None, -1), slice(2, 5), slice(0, 5, 2)):
+        part, want = ours[index], theirs[index]
+        assert list(part.state_dict()) == list(want.state_dict())
+        assert [k for k, _ in part.named_parameters()] == [k for k, _ in want.named_parameters()]
+        part.load_state_dict(want.state_dict())  # (strict: every key met)
+        for key, value in want.state_dict().items():
+            np.testing.assert_array_equal(part.state_dict()[key], value.numpy())
+        assert [line.split(":")[0] for line in repr(part).splitlines()[1:-1]] == \
+            [line.split(":")[0] for line in repr(want).splitlines()[1:-1]]
+        assert part[:][0] is part[0] and list(part[:].state_dict()) == list(part.state_dict())
+    for edit in (lambda m, t: m.append(t), lambda m, t: m.extend([t, t])):
+        part, want = ours[2:], theirs[2:]
+        edit(part, nn.ReLU()), edit(want, torch.nn.ReLU())
+        assert len(part) == len(want) and list(part.state_dict()) == list(want.state_dict())
+    # (torch's insert into a slice fails: a KeyError of the key before its first)
+    for edit in (lambda m: m.__delitem__(0), lambda m: m.pop(0), lambda m: m.__delitem__(-1)):
+        part, want = ours[2:], theirs[2:]
+        edit(part), edit(want)
+        assert list(part.state_dict()) == list(want.state_dict())
+    part = ours[2:].insert(0, nn.ReLU())
+    assert list(part.state_dict()) == ["1.weight", "1.bias", "3.weight", "3.bias"]
+
+
 @pytest.mark.parametrize("name", ["ReLU", "ReLU6", "SiLU", "Sigmoid", "Tanh", "Hardswish",
                                   "Hardsigmoid", "Mish", "SELU"])
 def test_parameterless_activation_signatures_match_torch(clconv, name):

@@ -23,12 +23,20 @@ class Flatten(Module):
 
     def forward(self, input: ArrayLike) -> ArrayLike:
         self._shape = tuple(input.shape) if hasattr(input, "shape") else np.shape(input)
-        return flatten(input, self.start_dim, self.end_dim)
+        y = flatten(input, self.start_dim, self.end_dim)
+        self._out_shape = tuple(y.shape)
+        return y
 
     def backward(self, grad_output: ArrayLike) -> ArrayLike:
-        """grad_output reshaped back to the latest forward's input shape."""
+        """grad_output (the latest forward's output shape) reshaped back to its input shape."""
         if self._shape is None:
             raise RuntimeError("Flatten.backward needs a forward call first")
+        got = tuple(np.shape(grad_output) if not hasattr(grad_output, "shape")
+                    else grad_output.shape)
+        want = getattr(self, "_out_shape", None)
+        if want is not None and got != want:
+            raise ValueError(f"grad_output must have the shape of the latest forward's output "
+                             f"{want}, got {got}")
         if isinstance(grad_output, cla.Array):
             g = grad_output
             if not g.flags.c_contiguous:
@@ -50,20 +58,33 @@ class Sequential(Module):
     """torch.nn.Sequential: layers applied in order. Activations stay on the device from one layer
     to the next (a numpy input is uploaded once and the result downloaded once); backward runs the
     layers' backward in reverse. state_dict()/load_state_dict() use torch.nn.Sequential's keys
-    ('0.weight', '1.running_mean', ... by position)."""
+    ('0.weight', '1.running_mean', ...: a layer's position where it was made, which a slice keeps,
+    as torch's: `model[1:]`'s first layer is '1'; `del`, `insert` and `pop` number them again)."""
 
     def __init__(self, *layers: Module) -> None:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"layer {i} must be a clconv.nn layer, got {type(layer).__name__}")
         self.layers = list(layers)
+        self._keys = [str(i) for i in range(len(self.layers))]
+
+    def _names(self) -> list[str]:
+        """Each layer's key (its position, but in a slice: the position it was sliced from)."""
+        keys = getattr(self, "_keys", None)
+        return list(keys) if keys is not None and len(keys) == len(self.layers) else \
+            [str(i) for i in range(len(self.layers))]
+
+    def _renumbered(self) -> None:
+        self._keys = [str(i) for i in range(len(self.layers))]
 
     def __len__(self) -> int:
         return len(self.layers)
 
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
-            return Sequential(*self.layers[index])
+            part = Sequential(*self.layers[index])
+            part._keys = self._names()[index]  # (torch's slice keeps the keys)
+            return part
         return self.layers[index]
 
     def __iter__(self) -> Any:
@@ -74,9 +95,17 @@ class Sequential(Module):
 
     def __delitem__(self, index: int | slice) -> None:
         del self.layers[index]
+        self._renumbered()
 
     def append(self, layer: Module) -> Sequential:
-        self.layers.append(_layer(layer))
+        """`layer` under the key str(len(self)), as torch's: where a slice holds that key already,
+        the layer there is replaced (torch's add_module)."""
+        layer, keys, key = _layer(layer), self._names(), str(len(self.layers))
+        if key in keys:
+            self.layers[keys.index(key)] = layer
+        else:
+            self.layers.append(layer)
+            self._keys = keys + [key]
         return self
 
     def insert(self, index: int, layer: Module) -> Sequential:
@@ -88,19 +117,23 @@ class Sequential(Module):
         if not -n <= index <= n:
             raise IndexError(f"Index out of range: {index} (Sequential of {n} layers)")
         self.layers.insert(int(index), _layer(layer))
+        self._renumbered()
         return self
 
     def extend(self, layers: Any) -> Sequential:
-        self.layers.extend([_layer(layer) for layer in layers])
+        for layer in [_layer(layer) for layer in layers]:
+            self.append(layer)
         return self
 
     def pop(self, index: int = -1) -> Module:
-        return self.layers.pop(index)
+        layer = self.layers.pop(index)
+        self._renumbered()
+        return layer
 
     def named_parameters(self) -> list[tuple[str, cla.Array]]:
         """(key, parameter) pairs under the state_dict's keys ('0.weight', '0.bias', ...)."""
         pairs = []
-        for i, layer in enumerate(self.layers):
+        for i, layer in zip(self._names(), self.layers):
             if isinstance(layer, Sequential):
                 pairs += [(f"{i}.{k}", p) for k, p in layer.named_parameters()]
                 continue
@@ -130,37 +163,39 @@ class Sequential(Module):
         return [g for layer in self.layers for g in layer.gradients()]
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+        return {f"{i}.{k}": v for i, layer in zip(self._names(), self.layers)
                 for k, v in layer.state_dict().items()}
 
     def grad_dict(self) -> dict[str, np.ndarray | None]:
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+        return {f"{i}.{k}": v for i, layer in zip(self._names(), self.layers)
                 for k, v in layer.grad_dict().items()}
 
     def load_state_dict(self, state: Any, strict: bool = True) -> tuple[list[str], list[str]]:
         """Loads '<index>.<key>' entries (a torch.nn.Sequential's state_dict() loads as it is);
         strict: missing or unexpected keys are a ValueError, checked before anything changes."""
         check_state(state)
+        names = self._names()
+        position = {name: i for i, name in enumerate(names)}
         parts: list[dict[str, Any]] = [{} for _ in self.layers]
         unexpected = []
         for key, value in state.items():
             head, _, rest = str(key).partition(".")
-            if head.isdigit() and int(head) < len(self.layers) and rest:
-                parts[int(head)][rest] = value
+            if head in position and rest:
+                parts[position[head]][rest] = value
             else:
                 unexpected.append(key)
         missing = []
-        for i, layer in enumerate(self.layers):
+        for name, layer, part in zip(names, self.layers, parts):
             keys = list(layer.state_dict())
-            missing += [f"{i}.{k}" for k in keys if k not in parts[i]]
-            unexpected += [f"{i}.{k}" for k in parts[i] if k not in keys]
+            missing += [f"{name}.{k}" for k in keys if k not in part]
+            unexpected += [f"{name}.{k}" for k in part if k not in keys]
         if strict and (missing or unexpected):
             raise ValueError(f"load_state_dict for Sequential: missing keys {missing}, unexpected "
                              f"keys {unexpected}")
         # all or nothing, as a single layer's load: a later layer's bad entry puts back what the
         # earlier layers had
         loaded: list[tuple[Module, dict[str, np.ndarray]]] = []
-        for i, (layer, part) in enumerate(zip(self.layers, parts)):
+        for i, layer, part in zip(names, self.layers, parts):
             before = layer.state_dict()
             try:
                 layer.load_state_dict(part, strict=False)
@@ -203,7 +238,7 @@ class Sequential(Module):
             return deliver(g, not is_device_array(grad_output))
 
     def __repr__(self) -> str:
-        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in zip(self._names(), self.layers))
         return f"Sequential({inner}\n)"
 
 
