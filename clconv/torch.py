@@ -67,6 +67,7 @@ from .torch_ops import (
     batched,
     conv_result_shape,
     first_order,
+    saved_tensors,
     fixed_operand,
     host_result,
     module_padding,
@@ -156,14 +157,15 @@ class ConvTransposeFunction(torch.autograd.Function):
     @first_order
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         nd, stride, padding, groups, dilation, algorithm = ctx.conf
-        x_size = tuple(ctx.saved_tensors[0].shape[2:])
+        x, weight = saved_tensors(ctx)
+        x_size = tuple(x.shape[2:])
         # The convolution of grad_y has floor(output_padding / stride) more positions than x
         # along a dim where output_padding >= stride (legal while < dilation): no input reached
         # them, so the input gradient drops them and x, as the weight gradient's grad_output,
         # gets zeros there.
         size = tuple((gs + 2 * p - d * (k - 1) - 1) // s + 1 for gs, p, d, k, s in zip(
             g.shape[2:], _nd_tuple(padding, nd), _nd_tuple(dilation, nd),
-            ctx.saved_tensors[1].shape[2:], _nd_tuple(stride, nd)))
+            weight.shape[2:], _nd_tuple(stride, nd)))
         extra = [n - m for n, m in zip(size, x_size)]
 
         def input_grad(x: torch.Tensor, w: torch.Tensor, gh: Any, out: Any,
@@ -216,7 +218,7 @@ def _gradients(ctx: Any, g: torch.Tensor, input_grad: Callable[..., Any],
     the forward's device, each only when autograd needs it. grad_output, and what `put` makes
     of a tensor, are operands as `operand` makes them (no copies on host-memory devices); `out`
     is None or a device array over the gradient's new tensor (`result_operand`)."""
-    x, weight = ctx.saved_tensors
+    x, weight = saved_tensors(ctx)
     gx = gw = gb = None
     dev = ctx.dev
     needs = ctx.needs_input_grad

@@ -43,6 +43,16 @@ _FIRST_ORDER = (b"clconv.torch: differentiating the gradient of clconv's convolu
                 b"torch's modules for second-order gradients (gradient penalties, Hessians)")
 
 
+def saved_tensors(ctx: Any) -> tuple[Any, ...]:
+    """`ctx.saved_tensors`, unpacked once a backward call (kept on ctx until `first_order`'s
+    wrapper ends it): torch.utils.checkpoint's non-reentrant mode recomputes them at the first
+    unpack and refuses a second one."""
+    saved = getattr(ctx, "clconv_saved", None)
+    if saved is None:
+        saved = ctx.clconv_saved = ctx.saved_tensors
+    return saved
+
+
 def first_order(backward: Any) -> Any:
     """An autograd Function's backward whose result is not differentiable, as torch's
     once_differentiable, but refusing a second differentiation whenever the gradient's graph is
@@ -50,36 +60,45 @@ def first_order(backward: Any) -> Any:
     requires grad; a gradient penalty's incoming gradient is a constant (that of a sum), so the
     convolution's second-order terms, which come from its saved input and weight, were dropped
     without a word."""
-    from torch._C import _functions
 
     @functools.wraps(backward)
     def wrapper(ctx: Any, *grads: Any) -> Any:
-        with torch.no_grad():
-            outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled():  # a plain backward: nothing records the gradient's graph
-            return outputs
-        outs = outputs if isinstance(outputs, tuple) else (outputs,)
-
-        def delayed(t: Any) -> Any:  # an alias that requires grad, so the error node is reached
-            if t is None:
-                return None
-            t = t.detach()
-            t.requires_grad = True
-            return t
-
-        # The saved operands that require grad (input, weight) enter the error node too, so that
-        # a gradient taken with respect to them (torch.autograd.grad(g, x)) reaches it: the
-        # detached aliases alone left x out of g's graph (torch's "not used in the graph", or
-        # None with allow_unused=True)
-        saved = [t for t in ctx.saved_tensors if t is not None and t.requires_grad]
-        # and so does an incoming gradient that requires grad: torch.autograd.functional.jvp
-        # differentiates the gradient with respect to it (it got zeros, the error node unseen)
-        saved += [g for g in grads if isinstance(g, torch.Tensor) and g.requires_grad]
-        wrapped = _functions.DelayedError(_FIRST_ORDER, len(outs) + len(saved))(
-            *[delayed(t) for t in outs], *saved)
-        wrapped = (wrapped if isinstance(wrapped, tuple) else (wrapped,))[:len(outs)]
-        return wrapped if isinstance(outputs, tuple) else wrapped[0]
+        try:
+            with torch.no_grad():
+                outputs = backward(ctx, *grads)
+            if not torch.is_grad_enabled():  # a plain backward: nothing records the graph
+                return outputs
+            return _refusing_second_order(ctx, grads, outputs)
+        finally:
+            ctx.clconv_saved = None  # (the operands unpacked for this call: not held after it)
     return wrapper
+
+
+def _refusing_second_order(ctx: Any, grads: tuple[Any, ...], outputs: Any) -> Any:
+    """`outputs` through an error node that a differentiation of them reaches."""
+    from torch._C import _functions
+
+    outs = outputs if isinstance(outputs, tuple) else (outputs,)
+
+    def delayed(t: Any) -> Any:  # an alias that requires grad, so the error node is reached
+        if t is None:
+            return None
+        t = t.detach()
+        t.requires_grad = True
+        return t
+
+    # The saved operands that require grad (input, weight) enter the error node too, so that
+    # a gradient taken with respect to them (torch.autograd.grad(g, x)) reaches it: the
+    # detached aliases alone left x out of g's graph (torch's "not used in the graph", or
+    # None with allow_unused=True)
+    saved = [t for t in saved_tensors(ctx) if t is not None and t.requires_grad]
+    # and so does an incoming gradient that requires grad: torch.autograd.functional.jvp
+    # differentiates the gradient with respect to it (it got zeros, the error node unseen)
+    saved += [g for g in grads if isinstance(g, torch.Tensor) and g.requires_grad]
+    wrapped = _functions.DelayedError(_FIRST_ORDER, len(outs) + len(saved))(
+        *[delayed(t) for t in outs], *saved)
+    wrapped = (wrapped if isinstance(wrapped, tuple) else (wrapped,))[:len(outs)]
+    return wrapped if isinstance(outputs, tuple) else wrapped[0]
 
 
 def host(t: torch.Tensor | None) -> np.ndarray | None:

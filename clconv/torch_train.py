@@ -41,7 +41,7 @@ from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .ops.precision import plan_dtype
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, rows_of
-from .torch_ops import (ResultPool, conv_result_shape, first_order, layout_source,
+from .torch_ops import (ResultPool, conv_result_shape, first_order, layout_source, saved_tensors,
                         make_host_visible, module_padding, operand, result_operand, to_tensor,
                         uses_zero_copy, version_of)
 
@@ -377,7 +377,7 @@ class ConvChainFunction(torch.autograd.Function):
     @staticmethod
     @first_order  # a double backward raises (its gradients are not differentiable)
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        x, weight, gamma, result, y_t, stats_t = ctx.saved_tensors
+        x, weight, gamma, result, y_t, stats_t = saved_tensors(ctx)
         conv, bn, act, batch_stats, dev, plans = ctx.conf
         needs = ctx.needs_input_grad
         shape, channels, inner = plans.shape, plans.channels, plans.inner

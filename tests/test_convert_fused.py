@@ -968,10 +968,12 @@ def test_compile_traces_a_model_with_backward_hooks(ct, dev):
 
 
 class _Checkpointed(nn.Module):
-    def __init__(self, reentrant):
+    def __init__(self, reentrant, block="conv"):
         super().__init__()
         self.reentrant = reentrant
-        self.block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        first = nn.Conv2d(3, 8, 3, padding=1) if block == "conv" else \
+            nn.ConvTranspose2d(3, 8, 3, stride=2, padding=1, output_padding=1)
+        self.block = nn.Sequential(first, nn.BatchNorm2d(8), nn.ReLU())
         self.head = nn.Conv2d(8, 2, 1)
 
     def forward(self, x):
@@ -980,14 +982,16 @@ class _Checkpointed(nn.Module):
         return self.head(checkpoint(self.block, x, use_reentrant=self.reentrant))
 
 
+@pytest.mark.parametrize("block", ["conv", "transposed"])
 @pytest.mark.parametrize("reentrant", [True, False])
-def test_checkpointed_blocks_are_recomputed_as_torchs(ct, dev, reentrant):
+def test_checkpointed_blocks_are_recomputed_as_torchs(ct, dev, reentrant, block):
     """torch.utils.checkpoint in a converted model's forward: the block is recomputed in
     backward (its BatchNorm counts two batches, as torch's recomputation makes it), the
     gradients are torch's. The fused training trace went through it (no recomputation, the
-    activations kept, one batch counted)."""
+    activations kept, one batch counted); a transposed convolution's backward read its saved
+    tensors twice, which the non-reentrant checkpoint refuses (a CheckpointError)."""
     torch.manual_seed(0)
-    model = _Checkpointed(reentrant).train()
+    model = _Checkpointed(reentrant, block).train()
     converted = ct.convert(copy.deepcopy(model))
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     grads = []
