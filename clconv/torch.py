@@ -62,6 +62,8 @@ from .torch_graph import CompiledModel, Fallback, FallbackWarning, backend, comp
 from .torch_graph.base import unparametrized_type
 from .torch_ops import (
     OPS,
+    autocast_dtype,
+    autocast_run,
     layout_source,
     NotScriptable,
     batched,
@@ -283,6 +285,9 @@ class _ClconvConv(NotScriptable):
                       bias: torch.Tensor | None) -> torch.Tensor:
         if torch_runs(input, type(self).__name__):  # a meta tensor: torch's shapes
             return super()._conv_forward(input, weight, bias)  # type: ignore[misc]
+        low = autocast_dtype(input)
+        if low is not None:  # (torch.autocast: its dtype's rounding, computed in float32)
+            return autocast_run(low, self._conv_forward, input, weight, bias)
         nd = len(self.kernel_size)
         x, unbatched = batched(input, nd)
         # clconv pads natively for every padding_mode (torch pads with F.pad first, then runs an
@@ -304,14 +309,21 @@ class _ClconvConvTranspose(NotScriptable):
                              f"{type(self).__name__}")  # torch's own message and type
         if torch_runs(input, type(self).__name__):  # a meta tensor: torch's shapes
             return super().forward(input, output_size)  # type: ignore[misc]
+        low = autocast_dtype(input)
+        if low is not None:  # (torch.autocast: its dtype's rounding, computed in float32)
+            return autocast_run(low, lambda x, w, b: self._transposed(x, w, b, output_size),
+                                input, self.weight, self.bias)
+        return self._transposed(input, self.weight, self.bias, output_size)
+
+    def _transposed(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    output_size: list[int] | None) -> torch.Tensor:
         nd = len(self.kernel_size)
         x, unbatched = batched(input, nd)
         output_padding = self._output_padding(input, output_size, self.stride, self.padding,
                                               self.kernel_size, nd, self.dilation)
-        y = ConvTransposeFunction.apply(x, self.weight, self.bias, nd, self.stride, self.padding,
+        y = ConvTransposeFunction.apply(x, weight, bias, nd, self.stride, self.padding,
                                         tuple(output_padding), self.groups, self.dilation,
-                                        self.algorithm, current_device(),
-                                        _fixed(self.weight, self.bias))
+                                        self.algorithm, current_device(), _fixed(weight, bias))
         return y[0] if unbatched else y
 
 

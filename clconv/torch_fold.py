@@ -28,6 +28,7 @@ from .torch_graph.activations import ACTIVATION_MODULES
 from .torch_graph.tracing import StateTracer, backward_hooks_set_aside, trace_writers_whole
 from .torch_ops import (
     OPS,
+    autocast_dtype,
     NotScriptable,
     batched,
     conv_result_shape,
@@ -122,14 +123,16 @@ class Fold:
 
     def active(self) -> bool:
         """Whether the chain computes as one fused convolution now: conv and BatchNorm in eval
-        mode, BatchNorm with running statistics, and no autograd (torch.no_grad() or
-        torch.inference_mode()): with grad enabled the modules run one by one, so gradients reach
-        the input and every parameter as in torch."""
+        mode, BatchNorm with running statistics, no autograd (torch.no_grad() or
+        torch.inference_mode()) and no torch.autocast: with grad enabled the modules run one by
+        one, so gradients reach the input and every parameter as in torch (under autocast too,
+        each as torch's runs there)."""
         bn = self.bn
-        return (not self.conv.training and not torch.is_grad_enabled() and (bn is None or (
-            not bn.training and _tensor(bn, "running_mean") is not None
-            and _tensor(bn, "running_var") is not None))
-            and not self.hooked() and self.in_place())
+        return (not self.conv.training and not torch.is_grad_enabled()
+                and autocast_dtype("cpu") is None and (bn is None or (
+                    not bn.training and _tensor(bn, "running_mean") is not None
+                    and _tensor(bn, "running_var") is not None))
+                and not self.hooked() and self.in_place())
 
     def in_place(self) -> bool:
         """Whether the model still holds the chain's BatchNorm and activation where they were

@@ -44,8 +44,8 @@ from .ops.shape import cat_plan
 from .ops.squeeze_excitation import SqueezeExcitationPlan, squeeze_excitation_fits
 from .runtime.device import current_device
 from .torch_prebuild import SIGNATURES_KEPT, first_forward, signature
-from .torch_ops import (ResultPool, conv_result_shape, fixed_operand, module_padding, nd_tuple,
-                        operand, uses_zero_copy)
+from .torch_ops import (ResultPool, autocast_dtype, conv_result_shape, fixed_operand,
+                        module_padding, nd_tuple, operand, uses_zero_copy)
 
 # A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
 # it writes its first argument).
@@ -1576,8 +1576,9 @@ class FusedForward:
             if tracing:
                 return plain(model, *args, **kwargs)
         grad = torch.is_grad_enabled()
+        # (under torch.autocast the modules run one by one, each as torch's does there)
         if kwargs or torch.compiler.is_compiling() or torch.jit.is_tracing() or \
-                global_hooks(backward=grad):
+                global_hooks(backward=grad) or autocast_dtype("cpu") is not None:
             return plain(model, *args, **kwargs)
         key = self._structure(grad)
         if key is None:

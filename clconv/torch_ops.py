@@ -8,7 +8,7 @@ import functools
 import sys
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyopencl as cl
@@ -473,6 +473,36 @@ def torch_runs(input: Any, what: str) -> bool:
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{what}: the input must be a torch.Tensor, got {type(input).__name__}")
     return input.device.type == "meta"
+
+
+def autocast_dtype(input: torch.Tensor | str) -> torch.dtype | None:
+    """The lower-precision dtype torch.autocast gives convolutions on `input`'s device type (or
+    that device type) now (float16 / bfloat16), or None where autocast is off there."""
+    kind = input if isinstance(input, str) else input.device.type
+    try:
+        if not torch.is_autocast_enabled(kind):
+            return None
+        dtype = torch.get_autocast_dtype(kind)
+    except (RuntimeError, TypeError):  # a device type autocast does not know
+        return None
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
+
+def autocast_run(dtype: torch.dtype, run: Callable[..., torch.Tensor],
+                 *operands: torch.Tensor | None) -> torch.Tensor:
+    """A convolution under torch.autocast, as torch's: its floating operands other than float64
+    rounded to `dtype` (torch's autocast casts them so), computed from those values in float32
+    (clconv computes no float16 / bfloat16 convolution on CPUs), the result in `dtype`; float64
+    operands run as they are (autocast leaves them). `run(*operands)` computes; autograd sees the
+    casts, so gradients reach the float32 parameters as through torch's."""
+    def rounded(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+            return t
+        return t.to(dtype).float()
+    with torch.autocast(operands[0].device.type, enabled=False):
+        if any(t is not None and t.dtype == torch.float64 for t in operands):
+            return run(*operands)  # (torch's autocast runs those as they are too)
+        return run(*[rounded(t) for t in operands]).to(dtype)
 
 
 def batched(x: torch.Tensor, nd: int) -> tuple[torch.Tensor, bool]:

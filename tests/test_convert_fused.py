@@ -1671,3 +1671,52 @@ def test_forwards_writing_their_state_write_it_on_every_call(ct, dev, where):
     from clconv.torch_graph.tracing import _MODULE_SETATTR
 
     assert nn.Module.__setattr__ is _MODULE_SETATTR  # (swapped only while a trace runs)
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_autocast_rounds_as_torchs(ct, dev, low):
+    """Under torch.autocast a converted model's convolutions (and clconv.torch's modules) round
+    their operands to autocast's dtype as torch's do, compute from those values in float32 and
+    return autocast's dtype: a bfloat16 input made by an autocast Linear was refused, a float32
+    one gave float32. Chains run module by module there (each as torch's under autocast), with
+    grad too, gradients reaching the float32 parameters; float64 stays float64; a compiled model
+    runs the model in torch there (a FallbackWarning)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 32), nn.Unflatten(1, (2, 4, 4)),
+                        nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.ConvTranspose2d(6, 3, 2, stride=2),
+                        nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect")).eval()
+    converted = ct.convert(copy.deepcopy(net))
+    x = torch.randn(2, 4)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=low), dev:
+            want, got = net(x), converted(x)
+        assert got.dtype == want.dtype == low
+        # (bfloat16: the same roundings; float16 keeps more bits, where the sums' order shows)
+        np.testing.assert_allclose(got.detach().float().numpy(), want.detach().float().numpy(),
+                                   rtol=0, atol=4e-3 * float(want.detach().float().abs().max()))
+    converted.train(), net.train()
+    with torch.autocast("cpu", dtype=low), dev:
+        losses = [m(x).float().square().mean() for m in (net, converted)]
+    for loss in losses:
+        loss.backward()
+    # (a scale over every gradient: the bias before a BatchNorm gets rounding noise only)
+    scale = max(float(p.grad.abs().max()) for p in net.parameters())
+    for (name, p), q in zip(net.named_parameters(), converted.parameters()):
+        assert q.grad.dtype == torch.float32, name
+        np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=0, atol=2e-2 * scale,
+                                   err_msg=name)
+    # clconv.torch's modules alone; float64 as autocast leaves it
+    conv = ct.Conv2d(2, 3, 3).double()
+    with torch.autocast("cpu", dtype=low), dev:
+        y64 = conv(torch.randn(1, 2, 5, 5, dtype=torch.float64))
+        y = ct.ConvTranspose1d(2, 3, 3)(torch.randn(1, 2, 5))
+    assert y64.dtype == torch.float64 and y.dtype == low
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU()).eval()
+    image = torch.randn(1, 2, 6, 6)
+    with dev:
+        compiled = ct.compile(model, image, progress=False)
+    with torch.autocast("cpu", dtype=low), torch.no_grad():
+        with pytest.warns(ct.FallbackWarning, match="autocast"):
+            out = compiled(image)
+        assert out.dtype == low and torch.equal(out, model(image))

@@ -15,7 +15,7 @@ from torch import nn
 from ..ops import prebuild
 from ..runtime.device import Device
 from ..runtime.progress import Progress
-from ..torch_ops import sample_of, version_of
+from ..torch_ops import autocast_dtype, sample_of, version_of
 from .base import Fallback, FallbackWarning
 from .lowering import Lowering
 from .lowering_base import Options
@@ -199,7 +199,15 @@ class CompiledModel(Program):
 
     def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
         """The model's outputs for `inputs` (torch tensors of the example's ranks, any sizes;
-        keyword arguments and the forward's defaults as the model binds them)."""
+        keyword arguments and the forward's defaults as the model binds them). Under
+        torch.autocast the model itself runs, in torch (a FallbackWarning): the program computes
+        in the example's dtype, not autocast's roundings."""
+        if autocast_dtype("cpu") is not None:
+            warnings.warn("clconv.torch.compile: called under torch.autocast, whose float16 / "
+                          "bfloat16 roundings the compiled program does not make: the model runs "
+                          "in torch (clconv.torch.convert runs its convolutions under autocast)",
+                          FallbackWarning, stacklevel=2)
+            return self._model(*inputs, **kwargs)
         inputs = self.bind(inputs, kwargs)
         for i, (x, rank) in enumerate(zip(inputs, self._ranks)):
             if rank is not None and isinstance(x, torch.Tensor) and x.dim() != rank:
