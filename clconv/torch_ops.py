@@ -483,7 +483,7 @@ def autocast_dtype(input: torch.Tensor | str) -> torch.dtype | None:
         if not torch.is_autocast_enabled(kind):
             return None
         dtype = torch.get_autocast_dtype(kind)
-    except (RuntimeError, TypeError):  # a device type autocast does not know
+    except (AttributeError, RuntimeError, TypeError):  # (an unknown device type; older torch)
         return None
     return dtype if dtype in (torch.float16, torch.bfloat16) else None
 
