@@ -2924,3 +2924,58 @@ def test_squeeze_excitation_blocks_are_one_step(ct, dev):
             got, want = cm(inputs), model(inputs)
         for g, w in zip(got, want):
             _close(g, w)
+
+
+class _StarArgs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+
+    def forward(self, *xs):
+        return self.a(xs[0])
+
+
+class _Listed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+
+    def forward(self, xs):
+        return self.a(xs[0]) + self.a(xs[1])
+
+
+class _OptionalScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x, scale=None):
+        y = self.a(x)
+        return y if scale is None else y * scale
+
+
+def test_inputs_the_program_cannot_bind_are_refused(dev, ct):
+    """What a fuzz of compile found: a forward of `*xs` bound the tensor itself to xs (xs[0]
+    was its first item: a result of the wrong shape, no error), a list or dict input's tensors
+    reached no upload (numpy results, or a torch op failing on numpy); each now a TypeError
+    saying what to do. An argument left to its default None is traced as an input (`if scale is
+    None` then fails): the error says so; one given as a tensor in the example and then left out
+    is named, where the program's error named none."""
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"takes \*xs"):
+        ct.compile(_StarArgs().eval(), x, progress=False)
+    for inputs in (([x, x],), ((x, x),), ({"img": x},)):
+        with pytest.raises(TypeError, match="example input 0 is a"):
+            ct.compile(_Listed().eval(), inputs, progress=False)
+    with pytest.raises(TypeError, match="leaves scale=None to the default"):
+        ct.compile(_OptionalScale().eval(), x, progress=False)
+    model = _OptionalScale().eval()
+    cm = ct.compile(model, (x, torch.tensor(2.0)), progress=False)
+    _close(cm(x, torch.tensor(3.0)), _run_model(model, x, torch.tensor(3.0)))
+    with pytest.raises(TypeError, match="input 'scale' was a tensor in the example"):
+        cm(x)
+
+
+def _run_model(model, *inputs):
+    with torch.no_grad():
+        return model(*inputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,32 @@ def compile(model: nn.Module, example_input: Any, *, device: Device | None = Non
             raise TypeError(f"compile's example input {i} is a numpy array: pass a torch tensor "
                             f"(torch.from_numpy(x)); the compiled model is then called with "
                             f"tensors or numpy arrays")
+        if isinstance(x, (list, tuple, dict)):  # (its tensors would reach no upload)
+            raise TypeError(f"compile's example input {i} is a {type(x).__name__}: the compiled "
+                            f"model takes tensors and numbers as the forward's arguments, so "
+                            f"give each tensor its own argument, or use torch.compile(model, "
+                            f"backend=clconv.torch.backend) or clconv.torch.convert(model), which "
+                            f"take containers")
+    _check_signature(model)
     return CompiledModel(model, inputs, device or current_device(), progress)
+
+
+def _check_signature(model: nn.Module) -> None:
+    """TypeError for a forward taking *args or **kwargs: the program binds its inputs by the
+    forward's named arguments (fx traces `*xs` as one input, so `xs[0]` took a tensor's first
+    item)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # (no signature to read: fx's trace decides)
+        return
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            star = "*" if p.kind == p.VAR_POSITIONAL else "**"
+            raise TypeError(f"clconv.torch.compile cannot compile {type(model).__name__}: its "
+                            f"forward takes {star}{p.name}, and the compiled program binds its "
+                            f"inputs by named arguments; name them in the forward, or use "
+                            f"torch.compile(model, backend=clconv.torch.backend) or "
+                            f"clconv.torch.convert(model)")
 
 
 def warmup(model: nn.Module, example_input: Any, *, device: Device | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import inspect
 import io
 import operator
 import threading
@@ -301,6 +302,7 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.Grap
     host: `untraced(gm)` says why), and the trace is made again, until it succeeds; if the
     model's own forward cannot be traced, a TypeError says so."""
     leaves: dict[str, str] = {}
+    hint = _defaults_hint(model, len(example_inputs))
     while True:
         tracer = Tracer(frozenset(leaves))
         try:
@@ -314,7 +316,8 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.Grap
                     f"clconv.torch.compile cannot trace {type(model).__name__}'s forward with "
                     f"torch.fx ({why}); use clconv.torch.convert(model) for it (every "
                     f"convolution on the device, the rest in torch), or move the part fx cannot "
-                    f"trace into a submodule (compile then runs that submodule in torch)") from err
+                    f"trace into a submodule (compile then runs that submodule in torch)"
+                    f"{hint}") from err
             leaves[tracer.failed] = why
     gm = fx.GraphModule(model, graph, type(model).__name__)
     gm.meta["clconv_untraced"] = leaves
@@ -322,12 +325,29 @@ def trace(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> fx.Grap
         if writes_input(gm):  # (copies: the caller's example stays as it was)
             example_inputs = tuple(t.clone() if isinstance(t, torch.Tensor) else t
                                    for t in example_inputs)
-        _propagate(gm, example_inputs)
+        _propagate(gm, example_inputs, hint)
     redirect_inplace_writes(gm)  # (after: it tells `t += 1` of a tensor from that of a number)
     return gm
 
 
-def _propagate(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
+def _defaults_hint(model: nn.Module, given: int) -> str:
+    """A sentence for trace's errors naming the forward's arguments the example leaves to their
+    defaults: fx traces those as inputs too (`if scale is None` then takes a traced value's
+    path); '' where there are none."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[given:]
+    except (TypeError, ValueError):
+        return ""
+    left = [f"{p.name}={p.default!r}" for p in params if p.default is not p.empty]
+    if not left:
+        return ""
+    return (f". The example leaves {', '.join(left)} to the default, and fx traces such an "
+            f"argument as an input as well, so a branch on it (`if scale is None:`) takes the "
+            f"path of a traced value: give it in the example, or compile a module that calls "
+            f"the model with it fixed")
+
+
+def _propagate(gm: fx.GraphModule, example_inputs: tuple[Any, ...], hint: str = "") -> None:
     """fx's ShapeProp on the example; where the model itself fails on it (a wrong channel
     count, dtype, a size below the kernel's), that error (its type and torch's message), not
     ShapeProp's "ShapeProp error for: node=..." (which also printed a traceback on stderr)."""
@@ -340,7 +360,7 @@ def _propagate(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
             raise
         try:
             plain = type(cause)(f"clconv.torch.compile: the model fails on the example input: "
-                                f"{cause}")
+                                f"{cause}{hint}")
         except Exception:  # noqa: BLE001 - an exception type that takes other arguments
             raise cause from None
         raise plain from cause
