@@ -145,10 +145,39 @@ def _convolution(nd: int, input: da.Array, weight: Any, bias: Any = None, stride
                                  geo.dilation[d], geo.pad_lo[d], geo.out_size[d], geo.padding_mode)
             plans.append(p)
             out_chunks.append(c)
+    if algorithm != "auto":  # (each block is a convolution of its own sizes: refused now)
+        _check_blocks(nd, x, w, geo, algorithm, None if native else out_chunks)
     args = tuple(sorted(kwargs.items()))
     y = _build(f"clconv-conv{nd}d", x, w, b, plans, out_chunks, geo.out_channels,
                lambda blocks: (_conv_block, nd, args))
     return y[0] if unbatched else y
+
+
+def _check_blocks(nd: int, x: da.Array, w: Any, geo: Any, algorithm: str,
+                  out_chunks: list[tuple[int, ...]] | None) -> None:
+    """ValueError, when the graph is built, where the named algorithm cannot compute a block's
+    convolution (the whole array's with `out_chunks` None: no spatial cut; else each distinct
+    block's 'valid' convolution of its receptive field) on the current device: at compute()
+    its message named a block's sizes, not the chunking."""
+    from .ops.conv_select import algorithm_unsupported
+    from .runtime.device import current_device
+
+    batch = max(x.chunks[0])
+    # (the whole array's first: what no chunking changes is not put down to the chunking)
+    blocks = [(geo, False)]
+    if out_chunks is not None:
+        reach = [d * (k - 1) + 1 for d, k in zip(geo.dilation, geo.kernel)]
+        blocks += [(conv_geometry(nd, (batch, x.shape[1], *(
+            (o - 1) * s + r for o, s, r in zip(outs, geo.stride, reach))), w.shape, geo.stride,
+            0, geo.dilation, geo.groups), True) for outs in product(*map(set, out_chunks))]
+    for block, cut in blocks:
+        why = algorithm_unsupported(current_device(), block, algorithm, x.dtype)
+        if why is not None:
+            where = "" if not cut else \
+                f" (a block of output size {block.out_size} of this spatial chunking)"
+            raise ValueError(f"algorithm={algorithm!r} cannot compute this convolution"
+                             f"{where}: {why}; " + ("rechunk the spatial dims (chunks={2: -1, "
+                             "...}) or use algorithm='auto'" if cut else "use algorithm='auto'"))
 
 
 def _forward_axis(chunks: Sequence[int], n: int, k: int, s: int, dl: int, lo: int, o: int,

@@ -195,6 +195,24 @@ def test_errors_are_the_whole_array_calls(rng):
         cd.conv_transpose2d(xd, w.transpose(1, 0, 2, 3), stride=1, output_padding=1)
 
 
+def test_an_algorithm_a_block_cannot_take_is_refused_when_the_graph_is_built(rng):
+    """An explicit algorithm the whole array takes but a spatial block of its chunking does not
+    ('splitk' needs 48 output positions an image) failed only at compute(), naming a block's
+    sizes: now a ValueError naming the chunking when the graph is built; one the whole array
+    cannot take says so without the chunking; the same chunking unsplit computes."""
+    x, w = _rand(rng, 1, 4, 13, 11), _rand(rng, 4, 4, 3, 3)
+    with pytest.raises(ValueError, match="splitk.*of this spatial chunking.*rechunk"):
+        cd.conv2d(da.from_array(x, chunks=(1, 4, 5, 4)), w, padding=1, algorithm="splitk")
+    with pytest.raises(ValueError, match=r"pointwise.*this convolution: it needs a 1x1"):
+        cd.conv2d(da.from_array(x, chunks=(1, 4, 5, 4)), w, padding=1, algorithm="pointwise")
+    got = cd.conv2d(da.from_array(x, chunks=(1, 4, 13, 11)), w, padding=1,
+                    algorithm="splitk").compute()
+    assert_exact(got, clconv.conv2d(x, w, padding=1, algorithm="splitk"))
+    got = cd.conv2d(da.from_array(x, chunks=(1, 4, 5, 4)), w, padding=1,
+                    algorithm="direct").compute()
+    assert_exact(got, clconv.conv2d(x, w, padding=1, algorithm="direct"))
+
+
 def test_device_plugin_numbers_workers_without_shared_state(monkeypatch, tmp_path):
     """A worker's number comes from its name, else its address, else its pid: no file anywhere."""
     from types import SimpleNamespace
