@@ -41,8 +41,8 @@ def _check_signature(model: nn.Module) -> None:
     """TypeError for a forward taking *args or **kwargs: the program binds its inputs by the
     forward's named arguments (fx traces `*xs` as one input, so `xs[0]` took a tensor's first
     item)."""
-    try:
-        params = inspect.signature(model.forward).parameters.values()
+    try:  # (the class's: a converted model's forward attribute is its fused forward)
+        params = list(inspect.signature(type(model).forward).parameters.values())[1:]
     except (TypeError, ValueError):  # (no signature to read: fx's trace decides)
         return
     for p in params:

@@ -335,7 +335,7 @@ def _defaults_hint(model: nn.Module, given: int) -> str:
     defaults: fx traces those as inputs too (`if scale is None` then takes a traced value's
     path); '' where there are none."""
     try:
-        params = list(inspect.signature(model.forward).parameters.values())[given:]
+        params = list(inspect.signature(type(model).forward).parameters.values())[1 + given:]
     except (TypeError, ValueError):
         return ""
     left = [f"{p.name}={p.default!r}" for p in params if p.default is not p.empty]
