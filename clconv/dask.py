@@ -50,10 +50,10 @@ from dask.highlevelgraph import HighLevelGraph
 from .ops import conv as _conv
 from .ops import transpose as _transpose
 from .ops.activation import normalize_activation
-from .ops.conv_select import ALGORITHMS
+from .ops.conv_select import ALGORITHMS, algorithm_unsupported
 from .ops.dims import per_dimensions
 from .ops.geometry import IntOrTuple, PaddingArg, as_tuple, conv_geometry
-from .runtime.device import ENV_VAR, Device, devices
+from .runtime.device import ENV_VAR, Device, current_device, devices
 from .runtime.interop import host_operand
 
 try:  # distributed is part of the extra, but the threaded scheduler needs none of it
@@ -159,9 +159,6 @@ def _check_blocks(nd: int, x: da.Array, w: Any, geo: Any, algorithm: str,
     convolution (the whole array's with `out_chunks` None: no spatial cut; else each distinct
     block's 'valid' convolution of its receptive field) on the current device: at compute()
     its message named a block's sizes, not the chunking."""
-    from .ops.conv_select import algorithm_unsupported
-    from .runtime.device import current_device
-
     batch = max(x.chunks[0])
     # (the whole array's first: what no chunking changes is not put down to the chunking)
     blocks = [(geo, False)]

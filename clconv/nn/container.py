@@ -66,7 +66,7 @@ class Sequential(Module):
             if not isinstance(layer, Module):
                 raise TypeError(f"layer {i} must be a clconv.nn layer, got {type(layer).__name__}")
         self.layers = list(layers)
-        self._keys = [str(i) for i in range(len(self.layers))]
+        self._renumbered()
 
     def _names(self) -> list[str]:
         """Each layer's key (its position, but in a slice: the position it was sliced from)."""

@@ -210,13 +210,13 @@ class CompiledModel(Program):
                           FallbackWarning, stacklevel=2)
             return self._model(*inputs, **kwargs)
         inputs = self.bind(inputs, kwargs)
-        for (name, _), x, example in zip(self._arguments, inputs, self._examples):
-            if isinstance(example, _Zeros) and not isinstance(x, (torch.Tensor, np.ndarray)):
+        for i, ((name, _), x, rank) in enumerate(zip(self._arguments, inputs, self._ranks)):
+            # (rank: the example's tensor's; None where the example gave no tensor)
+            if rank is not None and not isinstance(x, (torch.Tensor, np.ndarray)):
                 raise TypeError(f"the compiled model's input {name!r} was a tensor in the "
                                 f"example, and its program reads one: got "
                                 f"{type(x).__name__} (compile again with an example that "
                                 f"leaves {name!r} to its default to use that)")
-        for i, (x, rank) in enumerate(zip(inputs, self._ranks)):
             if rank is not None and isinstance(x, torch.Tensor) and x.dim() != rank:
                 raise ValueError(f"the compiled model's input {i} was {rank}-d in the example, "
                                  f"got a {x.dim()}-d tensor of shape {tuple(x.shape)}: the "
