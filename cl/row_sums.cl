@@ -1,5 +1,5 @@
 // row_sums.cl: helpers of the kernels that sum products along rows in vectors of VW lanes and add
-// the lanes up once at the end (wgrad_stem.cl, wgrad_pointwise.cl, conv_implicit.cl's narrow
+// the lanes up once at the end (wgrad_stem.cl, conv_implicit.cl's and conv_pointwise.cl's narrow
 // panels). The including file defines VW and includes common.cl and vector.cl first.
 //
 // A row of n >= VW values is covered by whole vectors up to n - n % VW and one last vector that

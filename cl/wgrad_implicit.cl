@@ -125,3 +125,68 @@ __kernel void wg_gemm_xp(__global const REAL* restrict g, const long g_offset,
         }
     }
 }
+
+// wg_gemm_1x1: the weight gradient of a 1x1, stride-1, unpadded layer (dW = sum over n of G_n @
+// X_n^T, COUT x C) whose channel block's positions (batch * L rows of NR values) fit in local
+// memory, in one launch (MobileNetV2's 1x1 layers at 7x7: the copy launch cost as much as the
+// GEMM). Work-item (cp, mg) copies x's channels cp*NR .. + NR - 1 transposed into `panel` (row
+// n * L + l: the block's values at position l of image n, wg_pack_xp's layout for a 1x1 layer;
+// 0 past C), then runs wg_gemm_xp's K loop over it with G's rows read in place, in the same
+// order (n, l). dW's rows are contiguous in ci: a full panel's row is NV vector stores.
+// NDRange (ceil(C / NR), mgroups), local size (1, 1). Sizes are arguments.
+__kernel void wg_gemm_1x1(__global const REAL* restrict g, const long g_offset,
+                          __global const REAL* restrict x, const long x_offset,
+                          __global REAL* restrict dw, const long dw_offset, const int batch,
+                          const int cin, const int cout, const int l,
+                          const int panels_per_group, __local REAL* restrict panel) {
+    const int cp = get_global_id(0);
+    const int mg = get_global_id(1);
+    PANEL_ROWS(ip0, ip1, mg, cout, panels_per_group)
+    const int ncols = min(NR, cin - cp * NR);
+    for (int n = 0; n < batch; ++n) {
+        __local REAL* dst = panel + (long)n * l * NR;
+        for (int j = 0; j < NR; ++j) {
+            const __global REAL* src = x + x_offset + ((long)n * cin + cp * NR + j) * l;
+            if (j < ncols) {
+                for (int p = 0; p < l; ++p) dst[p * NR + j] = src[p];
+            } else {
+                for (int p = 0; p < l; ++p) dst[p * NR + j] = (REAL)0;
+            }
+        }
+    }
+    for (int ip = ip0; ip < ip1; ++ip) {
+        TILE_DECLARE(acc);
+        TILE_ZERO(acc)
+        const int i0 = ip * MR, mrows = min(MR, cout - i0);
+        __local const REAL* brow = panel;
+        for (int n = 0; n < batch; ++n) {
+            // rows past COUT repeat the last one: their sums are never stored
+            const __global REAL* grow[MR];
+#pragma unroll
+            for (int i = 0; i < MR; ++i)
+                grow[i] = g + g_offset + ((long)n * cout + min(i0 + i, cout - 1)) * l;
+            for (int p = 0; p < l; ++p) {
+                TILE_STEP(acc, grow[i_][p], brow)
+                brow += NR;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < MR; ++i) {
+            if (i >= mrows) break;
+            __global REAL* row = dw + dw_offset + (long)(i0 + i) * cin + cp * NR;
+            if (ncols == NR) {
+#pragma unroll
+                for (int v = 0; v < NV; ++v) VSTORE(acc[i][v], v, row);
+            } else {
+#pragma unroll
+                for (int v = 0; v < NV; ++v) {
+                    REAL lanes[VW];
+                    VSTORE(acc[i][v], 0, lanes);
+#pragma unroll
+                    for (int q = 0; q < VW; ++q)
+                        if (v * VW + q < ncols) row[v * VW + q] = lanes[q];
+                }
+            }
+        }
+    }
+}

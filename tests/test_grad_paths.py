@@ -50,10 +50,13 @@ CASES = {
     "1x1": ((2, 8, 28, 29), (5, 8, 1, 1), {}, FORWARD),
     "1x1-small-grid-groups": ((2, 8, 5, 6), (6, 4, 1, 1), {"groups": 2}, FORWARD),
     "1x1-groups": ((2, 8, 8, 9), (6, 4, 1, 1), {"groups": 2}, FORWARD),
-    # (1x1 weight gradients summed along the positions: 8 vectors to 255 positions in all; the
-    # last vector masked, tiles of channels part-filled; one image, then two)
-    "1x1-pointwise-wgrad": ((1, 20, 11, 13), (9, 20, 1, 1), {}, FORWARD),
-    "1x1-pointwise-wgrad-2images": ((2, 13, 8, 9), (7, 13, 1, 1), {}, FORWARD),
+    # (1x1 weight gradients of few positions in all: one launch, each work-item's block of x's
+    # channels transposed into local memory; C_in of one part-filled block (19, 20, 13), a full
+    # block and a part-filled one (40); C_out not a multiple of the tile; one image, two, three)
+    "1x1-local-wgrad": ((2, 19, 5, 7), (37, 19, 1, 1), {}, FORWARD),
+    "1x1-local-wgrad-blocks": ((1, 40, 7, 7), (13, 40, 1, 1), {}, FORWARD),
+    "1x1-local-wgrad-143": ((1, 20, 11, 13), (9, 20, 1, 1), {}, FORWARD),
+    "1x1-local-wgrad-3images": ((3, 13, 8, 9), (7, 13, 1, 1), {}, FORWARD),
     # (C_in past one vector and >= 256 positions: the weight gradient on the split-K GEMM; C_in
     # and C_out not multiples of the tile, 306 positions, 3 images)
     "1x1-splitk-weight": ((3, 20, 17, 18), (25, 20, 1, 1), {}, FORWARD),
@@ -162,13 +165,12 @@ def test_paths_taken(clconv, dev, case):
         # summed along the rows
         stem = (cin < nr and pw.geometry.out_size[-1] >= packed_engine.vector_width(
             dev, np.dtype(np.float32)) and w_shape[-1] <= 11 and uncapped)
-        # unpadded stride-1 1x1 layers of 8 vectors to 255 positions in all: summed along them
-        vw = packed_engine.vector_width(dev, np.dtype(np.float32))
-        pointwise = (w_shape[2:] == (1, 1) and not kw and uncapped
-                     and math.prod(x_shape[2:]) >= vw and 8 * vw <= positions < 256)
-        want = ("SplitKWeightGrad" if splitk else "PointwiseWeightGrad" if pointwise
-                else "StemWeightGrad" if stem else "ImplicitWeightGrad" if implicit
-                else "PackedWeightGrad")
+        # unpadded stride-1 1x1 layers of at most 64 KiB of B panel (positions x NR floats): the
+        # GEMM in one launch, each work-item's panel transposed from x into local memory
+        local = (w_shape[2:] == (1, 1) and not kw and uncapped and positions * nr * 4 <= 65536)
+        want = ("LocalGemmWeightGrad" if local else "SplitKWeightGrad" if splitk
+                else "StemWeightGrad" if stem
+                else "ImplicitWeightGrad" if implicit else "PackedWeightGrad")
     else:
         want = None
     assert _route_name(pw.impl.route) == want
@@ -425,12 +427,13 @@ def test_splitk_adjoint_transposed_with_epilogue(clconv, dev, rng, dtype):
 
 
 @pytest.mark.parametrize("nd, x_shape, w_shape", [
-    (1, (2, 17, 300), (9, 17, 1)),
-    (3, (1, 16, 4, 8, 9), (5, 16, 1, 1, 1)),
+    (1, (2, 17, 600), (9, 17, 1)),
+    (3, (2, 16, 4, 8, 18), (5, 16, 1, 1, 1)),
 ])
 def test_splitk_weight_grad_1d_3d(clconv, dev, rng, dtype, nd, x_shape, w_shape):
     """The 1x1 weight gradient's split-K GEMM over 1-d and 3-d positions (on CPU-shaped devices;
-    elsewhere the GEMM path), against the oracle."""
+    elsewhere the GEMM path), against the oracle. Over 1024 positions in all: more than
+    LocalGemmWeightGrad's 64 KiB of B panel holds with any tile (AVX2's 16 floats)."""
     x = random_array(rng, x_shape, dtype)
     g = random_array(rng, _out_shape(x_shape, w_shape, {}), dtype)
     plan = getattr(clconv, f"plan_conv{nd}d_weight")(x_shape, w_shape, dtype=dtype)
@@ -540,24 +543,27 @@ def test_depthwise_weight_grad_zero_padding_nonfinite(clconv, dev, rng, dtype):
                  magnitude=conv_magnitude(g[:, [0, 2]], x))
 
 
-def test_pointwise_weight_grad_nonfinite(clconv, dev, rng, dtype):
-    """The 1x1 weight gradient summed along the positions counts an Inf in x once where the
-    last, overlapping vector covers its position again: +Inf, not NaN."""
-    x_shape, w_shape = (1, 7, 10, 15), (5, 7, 1, 1)  # 150 positions: the last vector overlaps
-    x = random_array(rng, x_shape, dtype)
+def test_local_weight_grad_nonfinite(clconv, dev, rng, dtype):
+    """The 1x1 weight gradient with x's channel block in local memory: an Inf in x makes its
+    input channel's column +Inf, one in the output gradient its row, and the block's lanes past
+    C_in (zeros, times the Inf: NaN) are not stored."""
+    x_shape, w_shape = (1, 7, 10, 15), (5, 7, 1, 1)  # C_in 7: one part-filled block
+    x = np.abs(random_array(rng, x_shape, dtype)) + 0.1
     g = np.abs(random_array(rng, (1, 5, 10, 15), dtype)) + 0.1
-    x[0, 3, 9, 8] = np.inf  # position 143: inside the overlap for vectors of 8 or 16 lanes
+    x[0, 3, 9, 8] = np.inf
+    g[0, 2, 4, 4] = np.inf
     plan = clconv.plan_conv2d_weight(x_shape, w_shape, dtype=dtype)
-    vw = packed_engine.vector_width(dev, np.dtype(dtype))
     taken = bool(dev.cl_device.type & cl.device_type.CPU and gemm_engine(dev) is packed_engine
-                 and getattr(dev, "loop_limit", None) is None and 8 * vw <= 150)
-    assert (_route_name(plan.impl.route) == "PointwiseWeightGrad") == taken
+                 and getattr(dev, "loop_limit", None) is None)
+    assert (_route_name(plan.impl.route) == "LocalGemmWeightGrad") == taken
     got, want = plan(x, g), ref.conv_nd_weight(x, w_shape, g)
+    assert np.isposinf(want).sum() == 5 + 7 - 1 and not np.isnan(want).any()
     np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
-    assert np.isposinf(want).sum() == 5 and not np.isnan(got).any()
+    assert not np.isnan(got).any()
     finite = np.isfinite(want)
     assert_close(np.where(finite, got, 0), np.where(finite, want, 0), dtype, reduction=150,
-                 magnitude=conv_magnitude(g, np.nan_to_num(x, posinf=0.0)))
+                 magnitude=conv_magnitude(np.nan_to_num(g, posinf=0.0),
+                                          np.nan_to_num(x, posinf=0.0)))
 
 
 def test_stem_weight_grad_layers_share_programs(clconv, dev):

@@ -14,8 +14,9 @@ clconv.ops.adjoint_paths):
   panel or more, with neither operand packed (cl/wgrad_implicit.cl): G read in place, B from a
   channel-blocked copy of x instead of X^T packed (KH*KW times x's size: 9x for 3x3 layers).
 - `SplitKWeightGrad`: the weight gradient of unpadded stride-1 1x1 layers on the split-K GEMM.
-- `PointwiseWeightGrad`: the weight gradient of 1x1 stride-1 layers with few positions an image,
-  summed along the positions in one launch (cl/wgrad_pointwise.cl).
+- `LocalGemmWeightGrad`: the weight gradient of 1x1 stride-1 layers of few positions in all on
+  the packed micro-kernel in one launch, each work-item's B panel transposed from x into local
+  memory (cl/wgrad_implicit.cl wg_gemm_1x1).
 - `StemWeightGrad`: the weight gradient of layers with fewer input channels than a B panel
   (network stems), summed along output rows with vectors of G read in place (cl/wgrad_stem.cl):
   no GEMM operand packed.
@@ -25,6 +26,7 @@ clconv.ops.adjoint_paths):
 from __future__ import annotations
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cla
 from pyopencl import cltypes
 
@@ -42,8 +44,8 @@ from .splitk import reduce_kernel, split_of, splitk_grid
 __all__ = [
     "DepthwiseWeightGrad",
     "ImplicitWeightGrad",
+    "LocalGemmWeightGrad",
     "PackedWeightGrad",
-    "PointwiseWeightGrad",
     "SplitKWeightGrad",
     "StemWeightGrad",
     "weight_grad_route",
@@ -55,6 +57,9 @@ _SPLITK_MIN_POSITIONS = 256  # SplitKWeightGrad: positions an image (K) of at le
 # -> implicit: K = 3136 1.08 -> 0.72, 784 0.54 -> 0.44 and 0.87 -> 0.68; 196 0.42 -> 0.49 and
 # 0.73 -> 0.72; 49 0.41 -> 0.65 and 0.74 -> 1.67)
 _IMPLICIT_WG_MIN_POSITIONS = 512
+
+# LocalGemmWeightGrad's B panel (batch * positions x NR values) up to this many bytes
+_LOCAL_WG_PANEL_BYTES = 64 * 1024
 
 # StemWeightGrad up to this kernel width (KW + 1 vector registers an output channel of its tile)
 _STEM_WG_MAX_KW = 11
@@ -70,7 +75,7 @@ def _lifted_taps(geo: ConvGeometry) -> tuple[tuple[int, ...], ...]:
     return tuple(lift + t for t in (geo.kernel, geo.stride, geo.dilation))
 
 def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: int
-                      ) -> DepthwiseWeightGrad | SplitKWeightGrad | PointwiseWeightGrad | \
+                      ) -> DepthwiseWeightGrad | SplitKWeightGrad | LocalGemmWeightGrad | \
         StemWeightGrad | ImplicitWeightGrad | PackedWeightGrad | None:
     """The fast path for `grad.WeightGrad(geo)`, or None (then im2col + GEMM)."""
     if not float_work(dtype):
@@ -82,11 +87,11 @@ def weight_grad_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, limit: in
     if is_depthwise_2d(geo) and (limit_loops is None or
                                   2 * geo.batch * geo.out_spatial * geo.kernel[-1] < limit_loops):
         return DepthwiseWeightGrad(dev, geo, dtype)
+    if LocalGemmWeightGrad.applies(dev, geo, dtype):
+        return LocalGemmWeightGrad(dev, geo, dtype)
     if SplitKWeightGrad.applies(dev, geo, dtype) and \
             SplitKWeightGrad.workspace(dev, geo, dtype) <= limit:
         return SplitKWeightGrad(dev, geo, dtype)
-    if PointwiseWeightGrad.applies(dev, geo, dtype):
-        return PointwiseWeightGrad(dev, geo, dtype)
     if StemWeightGrad.applies(dev, geo, dtype) and \
             StemWeightGrad.workspace(dev, geo, dtype) <= limit:
         return StemWeightGrad(dev, geo, dtype)
@@ -316,59 +321,64 @@ class ImplicitWeightGrad:
                       self.taps, self.dil, *self.size_args)
 
 
-class PointwiseWeightGrad:
+class LocalGemmWeightGrad:
     """out (C_out, C_in, 1, ...) = the weight gradient of a 1x1, stride-1, unpadded convolution
-    `geo` (dense) with few positions an image (cl/wgrad_pointwise.cl), in one launch: summed along
-    the positions, where G's and x's rows are both contiguous, VW positions a vector, neither
-    operand packed nor transposed; a tile of CO_T x CI_T channel pairs a step. For rows of at
-    least one vector and 8 vectors to 255 positions in all (batch included): MobileNetV2's 1x1
-    layers at 14x14, batch 1, where the packed path's three launches cost more than their
-    arithmetic (ms, packed -> this, ad hoc: 64 -> 384 0.17-0.21 -> 0.09-0.12, 384 -> 64 0.21-0.24
-    -> 0.10, 96 -> 576 0.23-0.25 -> 0.14-0.15). With fewer vectors the lane sums cost as much as
-    the sums along the rows (7x7, batch 1: 0.14-0.30 against 0.16-0.24); with more the packed
-    GEMM is faster (batch 8 at 14x14: 0.48 against 0.32, at 7x7 0.69 against 0.46); from 256
-    positions an image SplitKWeightGrad takes them. Drivers without a loop cap. No workspace."""
+    `geo` (dense) on the packed micro-kernel in one launch (cl/wgrad_implicit.cl wg_gemm_1x1):
+    each work-item copies its block of NR input channels transposed into local memory (the B
+    panel, batch * L rows of NR values: ImplicitWeightGrad's channel-blocked copy, made by the
+    work-item that reads it) and multiplies G's rows, read where they are, by it. For panels of
+    at most _LOCAL_WG_PANEL_BYTES (batch * L * NR values), ahead of the split-K GEMM and in place
+    of the sums along the positions that ran MobileNetV2's 14x14 layers. Measured against the
+    path each layer had (2-core Zen 4, alternating blocks of 10 calls, medians of 11, ms):
+    MobileNetV2's 1x1 layers at 7x7, batch 1, packed GEMM 0.18-0.31 -> 0.11-0.25 (1.24-1.68x), at
+    batch 8 1.10-1.38x; at 14x14, batch 1, the row sums 0.87-1.21x (two of six slower: 192 -> 64
+    0.074 -> 0.086), batch 2 1.35-1.61x; 16x16 layers at batch 1 against split-K 1.22-1.63x but
+    32 -> 192 (one channel block) 0.84x. With AVX2's tiles (benchmarks/emulate_avx2.sh) 1.01-1.62x
+    on all of those. Larger panels (batch 4 and 8 at 14x14) measured 0.91-1.79x against
+    ImplicitWeightGrad: left to it. No workspace."""
 
     workspace_bytes = 0
 
     @staticmethod
     def applies(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> bool:
-        vw = packed.vector_width(dev, np.dtype(dtype))
-        return (geo.groups == 1 and geo.ksize == 1 and set(geo.stride) == {1}
+        if not (geo.groups == 1 and geo.ksize == 1 and set(geo.stride) == {1}
                 and not any(geo.pad_lo) and not any(geo.pad_hi) and geo.batch > 0
                 and geo.padding_mode == "zeros" and float_work(dtype)
-                and gemm_engine(dev) is packed and getattr(dev, "loop_limit", None) is None
-                and geo.out_spatial >= vw and 8 * vw <= geo.batch * geo.out_spatial < 256)
+                and gemm_engine(dev) is packed and getattr(dev, "loop_limit", None) is None):
+            return False
+        tile = LocalGemmWeightGrad._tile(dev, geo, dtype)
+        rows = geo.batch * geo.out_spatial
+        return (rows * tile.nr * np.dtype(dtype).itemsize <= _LOCAL_WG_PANEL_BYTES
+                and rows * tile.nr * np.dtype(dtype).itemsize <= dev.cl_device.local_mem_size
+                and geo.batch * max(geo.in_channels, geo.out_channels) * rows < 2**31)
 
     @staticmethod
-    def tile(dev: Device, dtype: np.dtype) -> tuple[int, int]:
-        """(CO_T, CI_T): CO_T * CI_T accumulators, CO_T vectors of G and one of x within the
-        vector registers (32 with AVX-512's 64-byte vectors, else 16)."""
-        vw = packed.vector_width(dev, np.dtype(dtype))
-        return (4, 6) if vw * np.dtype(dtype).itemsize >= 64 else (2, 5)
+    def _tile(dev: Device, geo: ConvGeometry, dtype: np.dtype) -> packed.Tile:
+        return packed.tile_for(dev, dtype, geo.out_channels, geo.in_channels,
+                               geo.batch * geo.out_spatial)
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype) -> None:
         self.dev, self.geo, self.dtype = dev, geo, np.dtype(dtype)
-        co_t, ci_t = self.tile(dev, dtype)
-        vw = packed.vector_width(dev, self.dtype)
+        self.tile = self._tile(dev, geo, dtype)
         index_t = index_type(geo.batch * geo.in_channels * geo.in_spatial,
                              geo.batch * geo.out_channels * geo.out_spatial)
-        self.kernel = kernel(dev, "wgrad_pointwise.cl", "wg_pointwise",
-                             kernel_defines({}, dtype, index_t, VW=vw, CO_T=co_t, CI_T=ci_t))
-        # Output channel tiles a work-item: as few as leave ~8 work-items a compute unit (a
-        # work-group costs PoCL about a microsecond; one tile is a few hundred vector fmas).
-        ci_blocks, tiles = -(-geo.in_channels // ci_t), -(-geo.out_channels // co_t)
-        want = 8 * max(1, dev.cl_device.max_compute_units)
-        per_item = max(1, min(tiles, ci_blocks * tiles // want))
-        self.range = (ci_blocks, -(-tiles // per_item))
+        self.kernel = kernel(dev, "wgrad_implicit.cl", "wg_gemm_1x1",
+                             kernel_defines({}, dtype, index_t,
+                                            **packed.gemm_defines(self.tile, dtype)))
+        blocks = self.tile.b_panels(geo.in_channels)
+        mgroups, per_group = packed.grid(dev, self.tile, geo.out_channels,
+                                         blocks * self.tile.nr, 1)
+        self.range = (blocks, mgroups)
+        rows = geo.batch * geo.out_spatial
         self.args = (np.int32(geo.batch), np.int32(geo.in_channels),
-                     np.int32(geo.out_channels), np.int32(geo.out_spatial), np.int32(per_item))
+                     np.int32(geo.out_channels), np.int32(geo.out_spatial), np.int32(per_group),
+                     cl.LocalMemory(rows * self.tile.nr * self.dtype.itemsize))
 
     def run(self, x: cla.Array, g: cla.Array, out: cla.Array) -> None:
         dev = self.dev
         with dev.lock:
-            self.kernel(dev.queue, self.range, (1, 1), x.base_data, np.int64(element_offset(x)),
-                        g.base_data, np.int64(element_offset(g)), out.base_data,
+            self.kernel(dev.queue, self.range, (1, 1), g.base_data, np.int64(element_offset(g)),
+                        x.base_data, np.int64(element_offset(x)), out.base_data,
                         np.int64(element_offset(out)), *self.args)
 
 

@@ -194,24 +194,26 @@ def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw, chunk_bytes, 
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
-def test_pointwise_weight_grad(device, rng, index_t, dtype):
-    """clconv.ops.weight_grad_paths.PointwiseWeightGrad configured directly (the rule takes it on PoCL
-    only): cl/wgrad_pointwise.cl over 2 images of 19 positions (full vectors and a masked last
-    one for any width up to 16), tiles of channels part-filled, several tiles a work-item."""
+def test_local_gemm_weight_grad(device, rng, index_t, dtype):
+    """clconv.ops.weight_grad_paths.LocalGemmWeightGrad configured directly (the rule takes it on
+    PoCL only): wgrad_implicit.cl's wg_gemm_1x1 over 2 images of 11 positions, a full channel
+    block (vector stores) and a part-filled one, an edge tile of output channels, the A panels
+    of a block split between work-items."""
     import pyopencl.array as cla
 
+    from clconv.blas import packed
     from clconv.ops.geometry import conv_geometry
-    from clconv.ops.weight_grad_paths import PointwiseWeightGrad
+    from clconv.ops.weight_grad_paths import LocalGemmWeightGrad
 
     need_dtype(device, dtype)
-    xs, ws = (2, 7, 1, 19), (38, 7, 1, 1)
-    x, g = arr(rng, xs, dtype), arr(rng, (2, 38, 1, 19), dtype)
-    route = PointwiseWeightGrad(device, conv_geometry(2, xs, ws, 1, 0, 1, 1), dtype)
-    if device.cl_device.max_compute_units <= 2:  # (Oclgrind: 1)
-        assert route.args[-1] > 1  # several tiles of output channels a work-item
+    nr = packed.tile_for(device, dtype, 64, 64, 22).nr
+    xs, ws = (2, nr + 5, 1, 11), (41, nr + 5, 1, 1)
+    x, g = arr(rng, xs, dtype), arr(rng, (2, 41, 1, 11), dtype)
+    route = LocalGemmWeightGrad(device, conv_geometry(2, xs, ws, 1, 0, 1, 1), dtype)
+    assert route.range[0] == 2 and route.range[1] > 1  # two blocks, A panels split
     out = cla.empty(device.queue, ws, dtype)
     route.run(cla.to_device(device.queue, x), cla.to_device(device.queue, g), out)
-    expect(out, ref.conv_nd_weight(x, ws, g), dtype, 2 * 19, mag(x, g))
+    expect(out, ref.conv_nd_weight(x, ws, g), dtype, 2 * 11, mag(x, g))
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
