@@ -171,12 +171,19 @@ __kernel void binary(__global const REAL* a, const long a_offset,
     const idx_t i0 = r;
     const ACC va = (ACC)a[a_offset + i0 * ta0 + i1 * ta1 + i2 * ta2 + i3 * ta3 + i4 * ta4];
     const ACC vb = (ACC)b[b_offset + i0 * tb0 + i1 * tb1 + i2 * tb2 + i3 * tb3 + i4 * tb4];
-// torch.add/sub's alpha (-D HAS_ALPHA): a +- alpha * b in one rounding, as torch's; alpha is an
-// argument, not a literal, because Mesa folds fma(0, b, a) to a (torch: NaN for an infinite b)
-#if defined(HAS_ALPHA) && OP == 0
-    const ACC v = fma((ACC)alpha, vb, va);
-#elif defined(HAS_ALPHA) && OP == 2
-    const ACC v = fma(-(ACC)alpha, vb, va);
+// torch.add/sub's alpha (-D HAS_ALPHA): a + alpha * b in one rounding, as torch's, where the
+// host passes sub's -alpha as torch negates it (an int 0 gives +0: a -0 input stays -0 only where
+// b is negative); alpha is an argument, not a literal, because Mesa folds fma(0, b, a) to a
+// (torch: NaN for an infinite b)
+#if defined(HAS_ALPHA) && (OP == 0 || OP == 2)
+    ACC v = fma((ACC)alpha, vb, va);
+    // A zero result: the product is -va exactly (unless it is below ~1e-30 and inexact), so
+    // their plain sum has the sign IEEE's fma gives, which llvmpipe's does not (fma(x, y, +0)
+    // of a -0 product: -0). Two statements: not contracted to an fma.
+    if (v == (ACC)0) {
+        const ACC product = (ACC)alpha * vb;
+        v = product + va;
+    }
 #elif OP == 0
     const ACC v = va + vb;
 #elif OP == 1

@@ -146,8 +146,8 @@ __kernel void wg_gemm_1x1(__global const REAL* restrict g, const long g_offset,
     for (int n = 0; n < batch; ++n) {
         __local REAL* dst = panel + (long)n * l * NR;
         for (int j = 0; j < NR; ++j) {
-            const __global REAL* src = x + x_offset + ((long)n * cin + cp * NR + j) * l;
             if (j < ncols) {
+                const __global REAL* src = x + x_offset + ((long)n * cin + cp * NR + j) * l;
                 for (int p = 0; p < l; ++p) dst[p * NR + j] = src[p];
             } else {
                 for (int p = 0; p < l; ++p) dst[p * NR + j] = (REAL)0;

@@ -386,6 +386,24 @@ def test_add_sub_alpha_as_torch(clconv, dev, rng):
         clconv.sub(a, b, alpha="2")
 
 
+def test_add_sub_alpha_signed_zeros_as_torch(clconv, dev):
+    """The sign of a zero result as torch's: sub computes input + (-alpha) * other with -alpha
+    negated as the number given (an int 0 gives +0, a float 0.0 -0.0, -0.0 +0), add input +
+    alpha * other; 0.0 and -0.0 (equal in Python) get plans of their own."""
+    torch = import_torch()
+    for dtype in _dtypes(dev):
+        a = np.array([-0.0, 0.0, -0.0, -0.0, 0.0], dtype)
+        b = np.array([3.0, -3.0, -3.0, 0.0, -0.0], dtype)
+        for alpha in (0, 0.0, -0.0, 0, 2, -0.0, 0.0):
+            for op in ("add", "sub"):
+                want = getattr(torch, op)(torch.from_numpy(a), torch.from_numpy(b),
+                                          alpha=alpha).numpy()
+                got = getattr(clconv, op)(a, b, alpha=alpha)
+                np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(np.signbit(got), np.signbit(want),
+                                              err_msg=f"{op} alpha={alpha!r} {dtype}")
+
+
 def test_clamp_nan_bound_as_torch(clconv, dev, rng):
     """A NaN bound of clamp / hardtanh makes every value NaN (torch's), the input's shape, dtype
     and kind kept; finite bounds leave NaN inputs NaN."""

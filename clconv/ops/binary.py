@@ -79,6 +79,7 @@ class BinaryPlan(Plan):
         if op not in _BINARY_OPS:
             raise ValueError(f"op must be one of {tuple(_BINARY_OPS)}, got {op!r}")
         alpha = _check_alpha(op, alpha)
+        coefficient = _alpha_coefficient(op, alpha)
         a_shape, b_shape = tuple(input_shape), tuple(other_shape)
         try:
             out_shape = tuple(np.broadcast_shapes(a_shape, b_shape))
@@ -106,7 +107,7 @@ class BinaryPlan(Plan):
             self.work, max(math.prod(out_shape), math.prod(a_shape), math.prod(b_shape)),
             OP=_BINARY_OPS[op], **activation_defines(act),
             **({} if alpha == 1 else {"HAS_ALPHA": None})))
-        self.alpha = real_scalar(self.work, alpha)
+        self.alpha = real_scalar(self.work, coefficient)  # (other's coefficient)
         # This plan's own kernel object with the sizes and strides set now: a run sets the
         # operands' buffers and offsets only (a network's squeeze-excitation products and
         # residual sums run it once a block).
@@ -133,16 +134,28 @@ _BINARY_OPS = {"add": 0, "mul": 1, "sub": 2, "prelu": 3, "div": 4, "maximum": 5,
                "div_trunc": 7, "div_floor": 8}
 
 
-def _check_alpha(op: str, alpha: Any) -> float:
-    """torch.add/sub's `alpha` (a real number or a 0-d array / tensor; other ops take none) as a
-    float."""
+def _alpha_coefficient(op: str, alpha: int | float) -> float:
+    """other's coefficient in add / sub: alpha, or for sub -alpha negated as the number it is, as
+    torch does (-0 of an int 0 is +0.0; of a float 0.0, -0.0: the sign of a zero result)."""
+    return float(-alpha if op == "sub" else alpha)
+
+
+def _alpha_key(op: str, alpha: int | float) -> bytes:
+    """The plan cache's key of alpha: its coefficient's bits (0.0 == -0.0 in Python, and a NaN
+    equals no other)."""
+    return np.float64(_alpha_coefficient(op, alpha)).tobytes()
+
+
+def _check_alpha(op: str, alpha: Any) -> int | float:
+    """torch.add/sub's `alpha` (a real number or a 0-d array / tensor; other ops take none) as
+    the plain number it is (an int stays one: sub negates it as torch does)."""
     alpha = plain_number(alpha)
     if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
         raise TypeError(f"{op}: alpha must be a real number, got {alpha!r} (torch takes a "
                         f"Boolean alpha only for Boolean results)")
     if alpha != 1 and op not in ("add", "sub"):
         raise ValueError(f"{op}: only add and sub take alpha")
-    return float(alpha)
+    return alpha
 
 
 def binary_values(input: Any, other: Any) -> dict[str, Any]:
@@ -233,7 +246,7 @@ def binary_plan(dev: Device, op: str, a_shape: tuple[int, ...], b_shape: tuple[i
     a_shape and b_shape (broadcast) in `dtype`, then the activation. Its operands:
     `binary_values`."""
     act = normalize_activation(activation)
-    return cached_plan(dev, ("binary", op, a_shape, b_shape, dtype, act, alpha),
+    return cached_plan(dev, ("binary", op, a_shape, b_shape, dtype, act, _alpha_key(op, alpha)),
                        lambda: BinaryPlan(dev, op, a_shape, b_shape, dtype, act, alpha=alpha))
 
 
