@@ -21,6 +21,11 @@
 // all) gets K in several launches (clconv.blas.packed.k_ranges), partial sums through the output
 // as between chunks.
 //
+// With A_FLIPPED, A is the adjoint's filters read in place from the layer's own: ap holds the
+// layer's (CIN_G-of-this-kernel x COUT_G-of-this-kernel x taps) blocks per group (this kernel's
+// input channels are the layer's outputs), and A[i][c * KSIZE + t] is the layer's filter (c, i)
+// at tap KSIZE - 1 - t: no flip pass over the filters each call (clconv.ops.adjoint_paths).
+//
 // A column panel of at most TAIL_DOT columns (the last one of a layer whose columns are not a
 // multiple of NR: ResNet's 7x7 outputs at batch 1 are 3 panels of 16 and one column) is computed
 // as dot products along K instead: its columns are copied out of the panel contiguous in k (the
@@ -44,6 +49,13 @@
 #include "row_sums.cl"
 
 #define TAIL_DOT 4  // the host's packed_conv.TAIL_DOT
+// Narrow last panels as dot products (they read the filters' rows contiguous in k: not with
+// A_FLIPPED; the host's packed_conv.narrow_last)
+#if defined(A_FLIPPED)
+#define NARROW_DOTS_ON 0
+#else
+#define NARROW_DOTS_ON (NR > TAIL_DOT)
+#endif
 #define DOT_ROWS (VW >= 16 ? 4 : 2)  // filter rows a dot-product step: DOT_ROWS * TAIL_DOT sums
 
 // Rows [r0, r1) of the output for the ncol (<= TAIL_DOT) columns col[] from rows [k0, k0 + kc) of
@@ -90,7 +102,7 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
     TASK_PANELS(jp, mg, per_group, split_at, tail_groups, tail_per, panels_per_group)
     {  // a narrow last panel (tail_dot) runs first: PoCL's guided chunks then share the full ones
         const int panels = (int)((ncols + NR - 1) / NR);  // (packed.tail_split, narrow_first)
-        if (NR > TAIL_DOT && ncols - (long)(panels - 1) * NR <= TAIL_DOT)
+        if (NARROW_DOTS_ON && ncols - (long)(panels - 1) * NR <= TAIL_DOT)
             jp = (jp == 0) ? panels - 1 : jp - 1;
     }
     PANEL_ROWS(ip0, ip1, mg, COUT_G, per_group)
@@ -122,7 +134,7 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
     for (int k0 = k_begin; k0 < k_end; k0 += kc_rows) {
         const int kc = min(kc_rows, k_end - k0);
         gather_rows_local(GEO_PASS x, &pc, g, k0, k0 + kc, panel);
-        if (NR > TAIL_DOT && ncol <= TAIL_DOT) {  // a few columns: dot products along K
+        if (NARROW_DOTS_ON && ncol <= TAIL_DOT) {  // a few columns: dot products along K
             for (int p = 0; p < kc; ++p)
                 for (int j = 0; j < ncol; ++j) tail[j * kc + p] = panel[p * NR + j];
             tail_dot(GEO_PASS afilters + k0, tail, kc, ncol, ip0 * MR,
@@ -146,6 +158,26 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                     for (int v = 0; v < NV; ++v) acc[i][v] = VLOAD(v, lanes);
                 }
             }
+#if defined(A_FLIPPED)
+            // A (row i, k = c * KSIZE + t) read in place from the layer's filters (c, i, *k)
+            // taps backwards: k's taps of channel c are the KSIZE values before wc, the tile's
+            // rows KSIZE apart (constant offsets); the edge tile's rows past the last repeat it.
+            for (int p_ = 0; p_ < kc;) {
+                const int c = (k0 + p_) / KSIZE, t0 = k0 + p_ - c * KSIZE;
+                const int steps = min((int)KSIZE - t0, kc - p_);
+                __global const REAL* wc = afilters + ((long)c * COUT_G + i0) * KSIZE + KSIZE - 1 -
+                                          t0;
+                __local const REAL* bp = panel + (long)p_ * NR;
+                if (mrows == MR) {
+                    for (int s = 0; s < steps; ++s)
+                        TILE_STEP(acc, wc[i_ * KSIZE - s], bp + s * NR)
+                } else {
+                    for (int s = 0; s < steps; ++s)
+                        TILE_STEP(acc, wc[min(i_, mrows - 1) * KSIZE - s], bp + s * NR)
+                }
+                p_ += steps;
+            }
+#else
             // The filters' rows read where they are (no packing pass): row i of the tile at
             // i * KG; an edge tile reads its last row again for the rows past it (not stored).
             __global const REAL* arows = afilters + (long)i0 * KG + k0;
@@ -157,6 +189,7 @@ __kernel void conv_implicit(__global const REAL* restrict x, const long x_off,
                     TILE_STEP(acc, arows[(long)min(i_, mrows - 1) * KG + p_],
                               panel + (long)p_ * NR)
             }
+#endif
             if (k0 + kc < KG) {  // partial sums: stored as they are
 #pragma unroll
                 for (int i = 0; i < MR; ++i) {

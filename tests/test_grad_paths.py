@@ -136,6 +136,9 @@ def test_paths_taken(clconv, dev, case):
     if path == DW_ADJ:  # small planes from a private copy, wide rows (and stride 3) gathered
         small = x_shape[3] <= 64 and kw.get("stride", 1) in (1, 2, (2, 1))
         assert pi.adjoint.route.small == small
+    if path == FORWARD and pi.adjoint.route.algorithm == "implicit":
+        # the implicit GEMM reads the layer's filters as the flipped ones (A_FLIPPED): no flip
+        assert pi.adjoint.route.flipped is None
     if path == FORWARD and pi.adjoint.route.algorithm == "depthwise":
         # the depthwise kernel reads the filters' taps backwards (FLIP_TAPS): no flip pass; only
         # a channel multiplier of 1 makes the adjoint depthwise
@@ -237,6 +240,48 @@ NONFINITE_ADJOINTS = {
     "dense-epilogue": ((2, 5, 28, 29), (5, 3, 3, 3), {"padding": 1, "activation": "relu6",
                                                       "residual": True}),
 }
+
+
+@pytest.mark.parametrize("y_shape, w_shape, kw", [
+    ((1, 40, 14, 14), (40, 19, 3, 3), {"padding": 1}),
+    ((1, 48, 9, 9), (48, 20, 3, 3), {"padding": 1, "groups": 2}),
+    ((1, 16, 12, 11), (16, 7, 5, 3), {"padding": (2, 1), "dilation": (1, 2)}),
+], ids=["3x3@14", "grouped@9", "5x3-dilated"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole-k", "k-chunks"])
+def test_implicit_adjoint_reads_filters_flipped(clconv, dev, rng, dtype, y_shape, w_shape, kw,
+                                                chunked, monkeypatch):
+    """A stride-1 adjoint whose forward convolution 'auto''s rule runs as 'implicit' (small grids
+    too) reads the layer's filters as the flipped ones in place, no flip pass: conv_transpose2d
+    and conv2d_input against the oracle, K whole or in chunks of 7 rows (ending inside a
+    channel's taps), where the rule ranks 'implicit' first for it."""
+    from clconv.ops import packed_conv
+    from clconv.ops.conv_select import rule_choice
+    from clconv.ops.geometry import conv_geometry
+
+    b = random_array(rng, (w_shape[1] * kw.get("groups", 1),), dtype)
+    y, w = random_array(rng, y_shape, dtype), random_array(rng, w_shape, dtype)
+    # (a new batch for the chunked runs: plans made under their budget)
+    y = np.concatenate([y, y])[:y_shape[0] + chunked]
+    want = ref.conv_transpose_nd(y, w, b, **kw)
+    geo = conv_geometry(2, want.shape, w_shape, 1, kw["padding"], kw.get("dilation", 1),
+                        kw.get("groups", 1))
+    fgeo = adjoint_paths.forward_geometry(geo)
+    if chunked:
+        tile = packed_conv.conv_tile(dev, fgeo, dtype)
+        monkeypatch.setattr(packed_conv, "PANEL_BUDGET",
+                            7 * (tile.nr + packed_conv.TAIL_DOT) * np.dtype(dtype).itemsize)
+    got = clconv.conv_transpose2d(y, w, b, **kw)
+    plan = clconv.plan_conv2d_input(want.shape, w_shape, dtype=dtype, **kw)
+    route = plan.adjoint.route
+    if rule_choice(dev, fgeo, np.dtype(dtype)) == "implicit" and not \
+            adjoint_paths._splitk_first(dev, fgeo, np.dtype(dtype)):
+        assert _route_name(route) == FORWARD and route.algorithm == "implicit"
+        assert route.flipped is None
+    reduction = w_shape[0] // kw.get("groups", 1) * math.prod(w_shape[2:])
+    assert_close(got, want, dtype, reduction=reduction, magnitude=conv_magnitude(y, w, b))
+    gi = plan(w, y)
+    assert_close(gi, want - b.reshape(-1, 1, 1), dtype, reduction=reduction,
+                 magnitude=conv_magnitude(y, w))
 
 
 @pytest.mark.parametrize("bad", [np.inf, np.nan])

@@ -37,6 +37,7 @@ from ..runtime.program import kernel
 from ..runtime.transfer import element_offset, index_type
 from .activation import ActivationArg, normalize_activation
 from .autotune import estimate, few_positions, pass_seconds
+from .conv_algorithms import ImplicitGemm
 from .conv_select import applicable_algorithms, configure, rule_choice
 from .depthwise import Depthwise, planes_per_item
 from .geometry import ConvGeometry, conv_geometry
@@ -93,12 +94,16 @@ def adjoint_route(dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: boo
     if not float_work(dtype) or 0 in geo.in_size:  # (an empty output: nothing runs)
         return None
     fgeo = forward_geometry(geo)
-    # Flipping the filters costs a pass over them per call, and the forward kernels do no
-    # better than GEMM + col2im on small grids for k > 1 (measured: 256ch 3x3 @14 0.84x, @7
+    # Flipping the filters costs a pass over them per call, and the forward kernels with it do
+    # no better than GEMM + col2im on small grids for k > 1 (measured: 256ch 3x3 @14 0.84x, @7
     # 1.04x, from @28 up faster); 1x1 (a transpose: MobileNetV2's 1.0-2.5x at every size) and
-    # depthwise filters (tiny) always.
+    # depthwise filters (tiny) always, and where 'implicit' or 'splitk' go first, which read the
+    # filters flipped themselves ('implicit' against GEMM + col2im, 2-core Zen 4, ms: ResNet-18's
+    # 256 @14 1.28-1.31 against 1.40-1.57 at batch 1, 9.05-9.21 against 11.5-12.0 at batch 8;
+    # 512 @7 at batch 8 9.20-10.03 against 12.3-12.9).
     if fgeo is not None and (geo.in_spatial >= _MIN_FORWARD_SPATIAL or geo.ksize == 1 or
-                             geo.groups == geo.in_channels or _splitk_first(dev, fgeo, dtype)):
+                             geo.groups == geo.in_channels or _splitk_first(dev, fgeo, dtype)
+                             or _implicit_first(dev, fgeo, dtype)):
         try:
             return ForwardAdjoint(dev, geo, fgeo, dtype, has_bias, limit, activation,
                                   has_residual)
@@ -134,6 +139,13 @@ def _depthwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     return (fgeo.groups == fgeo.in_channels == fgeo.out_channels
             and rule_choice(dev, fgeo, dtype) == "depthwise")
 
+def _implicit_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
+    """Whether 'auto''s rule ranks 'implicit' first for the forward convolution `fgeo`, whose
+    kernel then reads the layer's filters as the flipped ones itself (cl/conv_implicit.cl's
+    A_FLIPPED): the flip pass cost ResNet-18's 3x3 layers ~10% of their input gradient."""
+    return fgeo.ksize > 1 and rule_choice(dev, fgeo, dtype) == "implicit"
+
+
 def _pointwise_first(dev: Device, fgeo: ConvGeometry, dtype: np.dtype) -> bool:
     """Whether 'auto''s rule ranks 'pointwise' first for the stride-1 1x1 forward convolution
     `fgeo`, where it can read the layer's weight transposed (float32 / float64, no loop cap)."""
@@ -159,7 +171,12 @@ class ForwardAdjoint:
         depthwise = _depthwise_first(dev, fgeo, dtype)
         flip_free = (depthwise or _splitk_first(dev, fgeo, dtype)
                      or _pointwise_first(dev, fgeo, dtype))
-        if depthwise:  # the kernel reads each filter's taps backwards
+        implicit = not flip_free and _implicit_first(dev, fgeo, dtype)
+        if implicit:  # the kernel reads the layer's filters as the flipped ones (-D A_FLIPPED)
+            flip_free = True
+            self.impl = ImplicitGemm(dev, fgeo, dtype, has_bias, act, limit, has_residual,
+                                     flipped=True)
+        elif depthwise:  # the kernel reads each filter's taps backwards
             self.impl = Depthwise(dev, fgeo, dtype, has_bias, act, limit, has_residual,
                                   flipped=True)
         elif flip_free and fgeo.ksize == 1:
@@ -195,8 +212,8 @@ class ForwardAdjoint:
     def run(self, y: cla.Array, w: cla.Array, b: cla.Array | None, out: cla.Array,
             residual: cla.Array | None = None) -> None:
         dev = self.dev
-        if self.flipped is None:  # the GEMM reads w flipped
-            self.impl.run(y, w, b, out, residual)
+        if self.flipped is None:  # the kernel reads w flipped
+            self.impl.run(y, w, b, out, residual=residual)
             if self._borders_needed(w):
                 with dev.lock:
                     self.borders.run(y, w, b, out, residual)

@@ -335,7 +335,11 @@ class ImplicitGemm(_PackedGemmConv):
     prepare = None  # the filters are read as given: nothing to pack, even for constant weights
 
     def __init__(self, dev: Device, geo: ConvGeometry, dtype: np.dtype, has_bias: bool,
-                 activation: ActivationArg, limit: int, has_residual: bool = False) -> None:
+                 activation: ActivationArg, limit: int, has_residual: bool = False,
+                 flipped: bool = False) -> None:
+        """flipped: `run`'s w is the filters of the stride-1 layer whose adjoint `geo` is
+        (clconv.ops.adjoint_paths.forward_geometry), read in place as this convolution's flipped,
+        per-group transposed ones (-D A_FLIPPED)."""
         super().__init__(dev, geo, dtype, has_bias, activation, limit, has_residual)
         tile, itemsize = self.tile, self.dtype.itemsize
         self.m, self.k = geo.cout_per_group, geo.cin_per_group * geo.ksize
@@ -344,7 +348,7 @@ class ImplicitGemm(_PackedGemmConv):
         # the residual is read when its buffer is not NULL (RESIDUAL_AT_RUN_TIME), so that a
         # layer with a residual add shares the program of one without.
         defines = kernel_defines(geo.shape_defines(), self.dtype, _index_t(geo), **tile.defines(),
-                                 RESIDUAL_AT_RUN_TIME=None)
+                                 RESIDUAL_AT_RUN_TIME=None, **({"A_FLIPPED": None} if flipped else {}))
         defines.update(epilogue_defines(has_bias, activation))
         self.conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
         self.panel = cl.LocalMemory(kc * tile.nr * itemsize)
@@ -354,7 +358,7 @@ class ImplicitGemm(_PackedGemmConv):
         for start, count in packed_conv.column_chunks(geo, tile, itemsize, None):
             mgroups, per_group = packed.grid(dev, tile, self.m, count, geo.groups)
             split = packed.tail_split(dev, tile, self.m, count, geo.groups, mgroups,
-                                      packed_conv.narrow_last(tile, count))
+                                      packed_conv.narrow_last(tile, count) and not flipped)
             tasks = tile.b_panels(count) + split[1] - 1
             self.launches.append(((tasks, mgroups, geo.groups), np.int64(start),
                                   np.int64(count), np.int32(per_group),

@@ -194,6 +194,41 @@ def test_stem_weight_grad(device, rng, index_t, dtype, xs, ws, kw, chunk_bytes, 
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+@pytest.mark.parametrize("ys, ws, kw", [
+    ((2, 19, 6, 7), (19, 5, 3, 3), {"padding": 1}),
+    ((1, 8, 7, 9), (8, 3, 3, 2), {"padding": (2, 1), "dilation": (2, 1), "groups": 2})],
+    ids=["3x3-2images", "grouped-dilated"])
+def test_implicit_flipped_adjoint(device, rng, index_t, dtype, ys, ws, kw, monkeypatch):
+    """conv_implicit.cl with A_FLIPPED (the stride-1 adjoint's forward convolution reading the
+    layer's filters as its flipped ones: clconv.ops.adjoint_paths), configured directly as
+    conv_transpose2d's: edge tiles of output channels, K in chunks that end inside a channel's
+    taps (a small panel budget), two images."""
+    import pyopencl.array as cla
+
+    from clconv.ops import packed_conv
+    from clconv.ops.adjoint_paths import forward_geometry
+    from clconv.ops.conv_algorithms import ImplicitGemm
+    from clconv.ops.geometry import conv_geometry
+
+    need_dtype(device, dtype)
+    y, w, b = arr(rng, ys, dtype), arr(rng, ws, dtype), arr(rng, (ws[1] * kw.get("groups", 1),),
+                                                            dtype)
+    want = ref.conv_transpose_nd(y, w, b, **kw)
+    # the layer whose adjoint this is: input `want`'s shape, filters w
+    geo = conv_geometry(2, want.shape, ws, 1, kw.get("padding", 0), kw.get("dilation", 1),
+                        kw.get("groups", 1))
+    fgeo = forward_geometry(geo)
+    tile = packed_conv.conv_tile(device, fgeo, dtype)  # chunks of 7 rows of K (taps: 9, 6)
+    monkeypatch.setattr(packed_conv, "PANEL_BUDGET",
+                        7 * (tile.nr + packed_conv.TAIL_DOT) * np.dtype(dtype).itemsize)
+    impl = ImplicitGemm(device, fgeo, dtype, True, None, 1 << 30, flipped=True)
+    out = cla.empty(device.queue, want.shape, dtype)
+    q = device.queue
+    impl.run(cla.to_device(q, y), cla.to_device(q, w), cla.to_device(q, b), out)
+    expect(out, want, dtype, ws[0] * 6, mag(y, w))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 def test_local_gemm_weight_grad(device, rng, index_t, dtype):
     """clconv.ops.weight_grad_paths.LocalGemmWeightGrad configured directly (the rule takes it on
     PoCL only): wgrad_implicit.cl's wg_gemm_1x1 over 2 images of 11 positions, a full channel
