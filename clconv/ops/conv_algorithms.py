@@ -347,8 +347,9 @@ class ImplicitGemm(_PackedGemmConv):
         # Sizes and the chunk are arguments: one program per kernel size, stride and epilogue;
         # the residual is read when its buffer is not NULL (RESIDUAL_AT_RUN_TIME), so that a
         # layer with a residual add shares the program of one without.
+        flip = {"A_FLIPPED": None} if flipped else {}
         defines = kernel_defines(geo.shape_defines(), self.dtype, _index_t(geo), **tile.defines(),
-                                 RESIDUAL_AT_RUN_TIME=None, **({"A_FLIPPED": None} if flipped else {}))
+                                 RESIDUAL_AT_RUN_TIME=None, **flip)
         defines.update(epilogue_defines(has_bias, activation))
         self.conv = kernel(dev, "conv_implicit.cl", "conv_implicit", defines)
         self.panel = cl.LocalMemory(kc * tile.nr * itemsize)
