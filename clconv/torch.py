@@ -74,6 +74,7 @@ from .torch_ops import (
     host_result,
     module_padding,
     operand,
+    pause_openmp,
     result_operand,
     synced,
     to_tensor,
@@ -202,6 +203,7 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     a contiguous result)."""
     ctx.save_for_backward(x, weight)
     ctx.dev, ctx.has_bias = dev, bias is not None
+    pause_openmp(dev)
     with dev:
         zc = uses_zero_copy(dev)
         w, b = _parameters(weight, bias, dev, zc, fixed)
@@ -228,6 +230,7 @@ def _gradients(ctx: Any, g: torch.Tensor, input_grad: Callable[..., Any],
         gx, gw = (torch.zeros_like(t) if need else None for t, need in zip((x, weight), needs))
         gb = weight.new_zeros(g.shape[1]) if ctx.has_bias and needs[2] else None
         return (gx, gw, gb) + (None,) * (len(needs) - 3)
+    pause_openmp(dev)
     with dev:
         zc = uses_zero_copy(dev)
         gh = operand(g.contiguous() if zc else g, dev, zc)

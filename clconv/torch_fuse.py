@@ -44,7 +44,7 @@ from .ops.shape import cat_plan
 from .ops.squeeze_excitation import SqueezeExcitationPlan, squeeze_excitation_fits
 from .runtime.device import current_device
 from .torch_prebuild import SIGNATURES_KEPT, first_forward, signature
-from .torch_ops import (ResultPool, autocast_dtype, conv_result_shape, fixed_operand,
+from .torch_ops import (ResultPool, autocast_dtype, conv_result_shape, fixed_operand, pause_openmp,
                         module_padding, nd_tuple, operand, uses_zero_copy)
 
 # A residual add: the conv chain's tensor and another one (either order; iadd only as the first:
@@ -1597,6 +1597,7 @@ class FusedForward:
         ok = False
         # (a converted model inside another's forward: the outer one's pool again after it)
         outer = set_result_pool(None if grad else self._pool)
+        pause_openmp(current_device())  # (torch's ops before this call: their idle workers)
         try:
             y = fn(model, *args)
             ok = True

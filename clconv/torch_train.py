@@ -41,7 +41,8 @@ from .ops.grad import cached_grad_plan, enqueue_bias_grad
 from .ops.precision import plan_dtype
 from .runtime.device import Device, current_device
 from .runtime.memory import empty, rows_of
-from .torch_ops import (ResultPool, conv_result_shape, first_order, layout_source, saved_tensors,
+from .torch_ops import (ResultPool, conv_result_shape, first_order, layout_source, pause_openmp,
+                        saved_tensors,
                         make_host_visible, module_padding, operand, result_operand, to_tensor,
                         uses_zero_copy, version_of)
 
@@ -306,6 +307,7 @@ class ConvChainFunction(torch.autograd.Function):
                 momentum: float | None, defer: bool) -> torch.Tensor:
         dev = current_device()
         kept: list[Any] = []
+        pause_openmp(dev)
         with dev:
             plans = _plans(dev, conv, bn, act, x, bias is not None, residual is not None,
                            gamma is not None, beta is not None)
@@ -383,6 +385,7 @@ class ConvChainFunction(torch.autograd.Function):
         shape, channels, inner = plans.shape, plans.channels, plans.inner
         kept: list[Any] = []
         grads: list[Any] = [None] * 6
+        pause_openmp(dev)
         with dev:
             zc = uses_zero_copy(dev)
             results = _Results(dev, zc)

@@ -101,6 +101,7 @@ def test_a_fresh_process_pins_pocls_threads():
     (config.TUNING, config.tuning_enabled, True),
     (config.VERBOSE, config.verbose, False),
     (config.TORCH_ZERO_COPY, config.torch_zero_copy, True),
+    (config.TORCH_PAUSE_OPENMP, config.torch_pause_openmp, True),
 ])
 def test_switches_take_one_set_of_words_and_refuse_others(monkeypatch, name, read, default):
     """The on/off variables read 1/on/yes/true and 0/off/no/false alike (CLCONV_TORCH_ZERO_COPY

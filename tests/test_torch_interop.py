@@ -975,3 +975,38 @@ def test_a_padding_modes_result_layout_as_torchs(ct, dev, padding_mode):
         assert got.is_contiguous(memory_format=torch.channels_last) == \
             want.is_contiguous(memory_format=torch.channels_last)
         _close(got, want, np.float32, 36)
+
+
+def test_pause_openmp_releases_torchs_idle_workers(monkeypatch):
+    """clconv.torch_ops.pause_openmp on a CPU device ends the calling thread's idle OpenMP team
+    (torch's intra-op workers, which spin after each parallel op on the cores PoCL's threads
+    need); torch's next parallel op starts it again with the same results. A no-op with
+    CLCONV_TORCH_PAUSE_OPENMP=0 and on other devices."""
+    import os
+    from types import SimpleNamespace
+
+    from clconv import torch_ops
+
+    assert torch_ops._openmp_pause() is not None  # torch's Linux wheels load libgomp
+
+    def tasks() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = torch.arange(4_000_000, dtype=torch.float32)
+        want = (a * 2).sum().item()  # a parallel region: the team of 2 exists now
+        team = tasks()
+        torch_ops.pause_openmp(SimpleNamespace(kind="gpu"))
+        assert tasks() == team
+        monkeypatch.setenv("CLCONV_TORCH_PAUSE_OPENMP", "0")
+        torch_ops.pause_openmp(SimpleNamespace(kind="cpu"))
+        assert tasks() == team
+        monkeypatch.delenv("CLCONV_TORCH_PAUSE_OPENMP")
+        torch_ops.pause_openmp(SimpleNamespace(kind="cpu"))
+        assert tasks() == team - 1  # its worker ended
+        assert (a * 2).sum().item() == want  # a new team, the same result
+        assert tasks() == team
+    finally:
+        torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ Each is read when it is used (not at import), so a process may change it between
 | CLCONV_CACHE_DIR | unset: $XDG_CACHE_HOME/clconv or ~/.cache/clconv | where tuning results and 'auto''s choices are kept |
 | CLCONV_VERBOSE | off, on (a switch) | 1: print each kernel build (source, options, seconds) and the compiler's output |
 | CLCONV_TORCH_ZERO_COPY | on, off (a switch) | on devices whose memory is the host's, clconv.torch's forward reads its operands from the tensors' memory and writes its result into the returned tensor's (host-pointer buffers, no copies); 0: copies instead |
+| CLCONV_TORCH_PAUSE_OPENMP | on, off (a switch) | on CPU devices, clconv.torch releases torch's idle OpenMP workers (the calling thread's team: `omp_pause_resource_all`) before it enqueues work, so that their spinning does not compete with the device's threads for the cores; 0: left as they are |
 | CLCONV_PREBUILD | auto, or a count (0: none) | the helper processes that build a converted network's new convolutions' kernels during its first forward (clconv.ops.prebuild): auto = one fewer than the process's cores, at most 3, on CPU devices |
 
 A switch is on as 1, on, yes or true and off as 0, off, no or false (any case), its default when
@@ -35,7 +36,7 @@ from pathlib import Path
 
 __all__ = ["POCL_AFFINITY", "pin_pocl_threads", "AUTO_MODES", "DEVICE", "AUTO", "GEMM",
            "GEMM_ENGINES", "TUNING", "CACHE_DIR", "VERBOSE", "TORCH_ZERO_COPY", "PREBUILD",
-           "VARIABLES",
+           "TORCH_PAUSE_OPENMP", "VARIABLES", "torch_pause_openmp",
            "auto_mode", "prebuild_helpers", "torch_zero_copy", "cache_dir", "device_spec",
            "gemm_engine",
            "tuning_enabled", "verbose"]
@@ -48,8 +49,10 @@ CACHE_DIR = "CLCONV_CACHE_DIR"
 VERBOSE = "CLCONV_VERBOSE"
 TORCH_ZERO_COPY = "CLCONV_TORCH_ZERO_COPY"
 PREBUILD = "CLCONV_PREBUILD"
+TORCH_PAUSE_OPENMP = "CLCONV_TORCH_PAUSE_OPENMP"
 #: Every variable clconv reads (the table above).
-VARIABLES = (DEVICE, AUTO, GEMM, TUNING, CACHE_DIR, VERBOSE, TORCH_ZERO_COPY, PREBUILD)
+VARIABLES = (DEVICE, AUTO, GEMM, TUNING, CACHE_DIR, VERBOSE, TORCH_ZERO_COPY, TORCH_PAUSE_OPENMP,
+             PREBUILD)
 
 AUTO_MODES = ("measure", "rule")
 GEMM_ENGINES = ("packed", "clblast")
@@ -127,6 +130,11 @@ def torch_zero_copy() -> bool:
     """$CLCONV_TORCH_ZERO_COPY as a switch, on by default (clconv.torch's host-pointer operands
     and results)."""
     return _switch(TORCH_ZERO_COPY, True)
+
+
+def torch_pause_openmp() -> bool:
+    """$CLCONV_TORCH_PAUSE_OPENMP as a switch, on by default (clconv.torch_ops.pause_openmp)."""
+    return _switch(TORCH_PAUSE_OPENMP, True)
 
 
 def prebuild_helpers() -> int | None:

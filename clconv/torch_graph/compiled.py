@@ -16,7 +16,7 @@ from torch import nn
 from ..ops import prebuild
 from ..runtime.device import Device
 from ..runtime.progress import Progress
-from ..torch_ops import autocast_dtype, sample_of, version_of
+from ..torch_ops import autocast_dtype, pause_openmp, sample_of, version_of
 from .base import Fallback, FallbackWarning
 from .lowering import Lowering
 from .lowering_base import Options
@@ -230,6 +230,7 @@ class CompiledModel(Program):
                     self._refresh()
                     with torch.no_grad():
                         return self._lower(inputs, None)  # (the run that tried the program)
+        pause_openmp(self.device)  # (torch's ops before this call: their idle workers)
         return super().__call__(*inputs)
 
     def __repr__(self) -> str:
